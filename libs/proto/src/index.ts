@@ -1,0 +1,62 @@
+/** @shoal/proto: Shoal's wire contracts and OCI grammar. Everything public is listed here. */
+export {
+  DIGEST_ALGORITHMS,
+  DigestHasher,
+  digestOf,
+  isDigest,
+  parseDigest,
+  type Digest,
+  type DigestAlgorithm,
+} from './oci/digest.js';
+export { OciParseError, type OciParseErrorCode } from './oci/errors.js';
+export {
+  MAX_NAME_LENGTH,
+  parseManifestReference,
+  parseRepositoryName,
+  parseTag,
+  type ManifestReference,
+} from './oci/name.js';
+export {
+  DEFAULT_REGISTRY,
+  formatImageReference,
+  parseImageReference,
+  parseRegistryHost,
+  type ImageReference,
+} from './oci/reference.js';
+export { KV_BUCKETS, STREAMS, type KvSpec, type Retention, type StreamSpec } from './streams.js';
+export {
+  digestSubjectTokens,
+  digestText,
+  peerId,
+  peerInfo,
+  pieceRanges,
+  type PeerInfo,
+  type PieceRanges,
+} from './messages/common.js';
+export { handout, handoutSubject, type Handout } from './messages/handout.js';
+export { peerGone, peerGoneSubject, type PeerGone } from './messages/peer-gone.js';
+export { pieceHashes, pieceHashesSubject, type PieceHashes } from './messages/piece-hashes.js';
+export { pieceHave, pieceHaveSubject, type PieceHave } from './messages/piece-have.js';
+export { pieceWant, pieceWantSubject, type PieceWant } from './messages/piece-want.js';
+export {
+  PREHEAT_COMMAND_SUBJECT,
+  preheatCommand,
+  preheatScope,
+  type PreheatCommand,
+} from './messages/preheat-command.js';
+export {
+  preheatProgress,
+  preheatProgressSubject,
+  preheatState,
+  type PreheatProgress,
+} from './messages/preheat-progress.js';
+export { seedRequest, seedRequestSubject, type SeedRequest } from './messages/seed-request.js';
+export {
+  PROTOCOL_VERSION,
+  decodeMessage,
+  encodeMessage,
+  messageSchemas,
+  type Decoded,
+  type Message,
+  type MessageType,
+} from './messages/index.js';

@@ -1,0 +1,42 @@
+/** Building blocks shared by the v1 message schemas. */
+import { z } from 'zod';
+
+import { isDigest, parseDigest } from '../oci/digest.js';
+
+/** A digest Shoal can verify, as text (`sha256:<64 hex>` or `sha512:<128 hex>`). */
+export const digestText = z.string().refine(isDigest, { message: 'not a sha256/sha512 digest' });
+
+/** A peer id: the node's stable name, safe to use as a NATS subject token. */
+export const peerId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'peer id must be 1-64 of [A-Za-z0-9_-]');
+
+/** Where a peer serves pieces, and where it runs. */
+export const peerInfo = z.strictObject({
+  id: peerId,
+  /** Base URL of the peer's piece server, e.g. `http://10.0.0.7:65002`. */
+  url: z.url({ protocol: /^https?$/ }),
+  /** Topology zone (`topology.kubernetes.io/zone`); hand-outs prefer the asker's zone. */
+  zone: z.string().max(63).optional(),
+});
+export type PeerInfo = z.infer<typeof peerInfo>;
+
+/**
+ * A set of piece indexes as sorted, disjoint, half-open ranges `[start, end)`. A swarm's
+ * piece sets are nearly always a few runs, so this stays small where a bitfield would not.
+ */
+export const pieceRanges = z
+  .array(z.tuple([z.int().nonnegative(), z.int().positive()]))
+  .max(4096)
+  .refine(
+    (ranges) =>
+      ranges.every(
+        ([start, end], i) => start < end && (i === 0 || start > (ranges[i - 1]?.[1] ?? -1)),
+      ),
+    { message: 'ranges must be sorted, disjoint, non-adjacent and non-empty' },
+  );
+export type PieceRanges = z.infer<typeof pieceRanges>;
+
+/** Turns a digest into the two subject tokens `<algorithm>.<hex>`. */
+export function digestSubjectTokens(digest: string): string {
+  const parsed = parseDigest(digest);
+  return `${parsed.algorithm}.${parsed.hex}`;
+}

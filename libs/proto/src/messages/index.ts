@@ -1,0 +1,57 @@
+/**
+ * The v1 message table. Every message carries a `type` tag; `messageSchemas` maps each tag to
+ * its schema so a consumer can validate anything it receives in one place.
+ */
+import { z } from 'zod';
+
+import { handout } from './handout.js';
+import { peerGone } from './peer-gone.js';
+import { pieceHashes } from './piece-hashes.js';
+import { pieceHave } from './piece-have.js';
+import { pieceWant } from './piece-want.js';
+import { preheatCommand } from './preheat-command.js';
+import { preheatProgress } from './preheat-progress.js';
+import { seedRequest } from './seed-request.js';
+
+export const messageSchemas = {
+  'piece-hashes': pieceHashes,
+  'piece-have': pieceHave,
+  'piece-want': pieceWant,
+  'peer-gone': peerGone,
+  handout,
+  'seed-request': seedRequest,
+  preheat: preheatCommand,
+  'preheat-progress': preheatProgress,
+} as const;
+
+export type MessageType = keyof typeof messageSchemas;
+export type Message = { [K in MessageType]: z.infer<(typeof messageSchemas)[K]> }[MessageType];
+
+/** The major version every v1 subject carries. */
+export const PROTOCOL_VERSION = 1;
+
+/** The outcome of decoding bytes received from NATS. */
+export type Decoded<T> = { ok: true; value: T } | { ok: false; error: string };
+
+/** Decodes and validates a JSON message against one schema; never throws on bad input. */
+export function decodeMessage<S extends z.ZodType>(
+  schema: S,
+  bytes: Uint8Array,
+): Decoded<z.infer<S>> {
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (error) {
+    return { ok: false, error: `not JSON: ${(error as Error).message}` };
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) {
+    return { ok: false, error: z.prettifyError(result.error) };
+  }
+  return { ok: true, value: result.data };
+}
+
+/** Encodes a message after validating it, so a bug cannot put an invalid message on the wire. */
+export function encodeMessage<S extends z.ZodType>(schema: S, message: z.input<S>): Uint8Array {
+  return Buffer.from(JSON.stringify(schema.parse(message)), 'utf8');
+}

@@ -1,0 +1,30 @@
+/**
+ * `piece-hashes`: the seed server publishes the hash of each piece of a blob as soon as that
+ * piece has arrived from the origin (cut-through), in batches. Agents verify every piece they
+ * fetch against these hashes; only the seed server may publish them (NATS permissions).
+ */
+import { z } from 'zod';
+
+import { digestSubjectTokens, digestText } from './common.js';
+
+export const pieceHashes = z
+  .strictObject({
+    type: z.literal('piece-hashes'),
+    blob: digestText,
+    /** Blob size in bytes. */
+    size: z.int().nonnegative(),
+    /** Piece size in bytes; every piece but the last is exactly this long. */
+    pieceSize: z.int().positive(),
+    /** Index of the first piece whose hash this batch carries. */
+    first: z.int().nonnegative(),
+    /** Lowercase hex sha256 of each piece, for pieces `first`, `first + 1`, ... */
+    hashes: z.array(z.string().regex(/^[a-f0-9]{64}$/)).min(1).max(1024),
+  })
+  .refine((m) => m.first + m.hashes.length <= Math.max(1, Math.ceil(m.size / m.pieceSize)), {
+    message: 'more hashes than the blob has pieces',
+  });
+export type PieceHashes = z.infer<typeof pieceHashes>;
+
+/** Subject of a blob's piece hashes. */
+export const pieceHashesSubject = (blob: string): string =>
+  `shoal.pieces.v1.hashes.${digestSubjectTokens(blob)}`;

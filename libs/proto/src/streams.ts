@@ -1,0 +1,101 @@
+/**
+ * Every JetStream stream and KV bucket Shoal uses. Each is created idempotently at start-up
+ * by the service named as its owner; others only bind to it.
+ */
+
+/** Retention as JetStream names it: `limits` keeps by age/size, `workqueue` deletes on ack. */
+export type Retention = 'limits' | 'workqueue';
+
+/** A stream declaration, independent of the NATS client's types. */
+export interface StreamSpec {
+  readonly name: string;
+  readonly subjects: readonly string[];
+  readonly retention: Retention;
+  /** Age after which messages are dropped, in milliseconds; 0 keeps them. */
+  readonly maxAgeMs: number;
+  /** Window in which a repeated message id is dropped, in milliseconds. */
+  readonly duplicateWindowMs: number;
+  readonly owner: 'agent' | 'tracker' | 'seedserver' | 'watcher';
+  readonly description: string;
+}
+
+const MINUTE_MS = 60_000;
+const HOUR_MS = 60 * MINUTE_MS;
+
+export const STREAMS = {
+  swarm: {
+    name: 'SHOAL_SWARM',
+    subjects: ['shoal.swarm.v1.>'],
+    retention: 'limits',
+    maxAgeMs: 30 * MINUTE_MS,
+    duplicateWindowMs: 2 * MINUTE_MS,
+    owner: 'tracker',
+    description: 'piece-have, piece-want and peer-gone events; the tracker rebuilds from it',
+  },
+  pieces: {
+    name: 'SHOAL_PIECES',
+    subjects: ['shoal.pieces.v1.>'],
+    retention: 'limits',
+    maxAgeMs: 24 * HOUR_MS,
+    duplicateWindowMs: 2 * MINUTE_MS,
+    owner: 'seedserver',
+    description: 'piece hashes published by the seed server',
+  },
+  seed: {
+    name: 'SHOAL_SEED',
+    subjects: ['shoal.seed.v1.>'],
+    retention: 'workqueue',
+    maxAgeMs: HOUR_MS,
+    duplicateWindowMs: 2 * MINUTE_MS,
+    owner: 'seedserver',
+    description: 'seed requests, one consumer group of seed-server replicas',
+  },
+  preheat: {
+    name: 'SHOAL_PREHEAT',
+    subjects: ['shoal.preheat.v1.command'],
+    retention: 'workqueue',
+    maxAgeMs: 24 * HOUR_MS,
+    duplicateWindowMs: 10 * MINUTE_MS,
+    owner: 'watcher',
+    description: 'preheat commands; a restart loses none',
+  },
+  preheatEvents: {
+    name: 'SHOAL_PREHEAT_EVENTS',
+    subjects: ['shoal.preheat.v1.progress.>'],
+    retention: 'limits',
+    maxAgeMs: 7 * 24 * HOUR_MS,
+    duplicateWindowMs: 2 * MINUTE_MS,
+    owner: 'watcher',
+    description: 'preheat progress and completion events',
+  },
+} as const satisfies Record<string, StreamSpec>;
+
+/** A KV bucket declaration. */
+export interface KvSpec {
+  readonly bucket: string;
+  /** Entries expire after this long, in milliseconds; 0 keeps them. Locks rely on it. */
+  readonly ttlMs: number;
+  readonly owner: StreamSpec['owner'];
+  readonly description: string;
+}
+
+export const KV_BUCKETS = {
+  seedLocks: {
+    bucket: 'shoal_seed_locks',
+    ttlMs: MINUTE_MS,
+    owner: 'seedserver',
+    description: 'one origin fetch per blob across seed-server replicas',
+  },
+  watcherLeader: {
+    bucket: 'shoal_watcher_leader',
+    ttlMs: 30_000,
+    owner: 'watcher',
+    description: 'which watcher replica runs scheduled preheat',
+  },
+  preheatJobs: {
+    bucket: 'shoal_preheat_jobs',
+    ttlMs: 7 * 24 * HOUR_MS,
+    owner: 'watcher',
+    description: 'preheat job status by id',
+  },
+} as const satisfies Record<string, KvSpec>;

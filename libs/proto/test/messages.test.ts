@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import {
+  decodeMessage,
+  digestOf,
+  encodeMessage,
+  messageSchemas,
+  pieceHashes,
+  pieceHashesSubject,
+  pieceHave,
+  pieceHaveSubject,
+  seedRequestSubject,
+  STREAMS,
+  type MessageType,
+} from '../src/index.js';
+
+const fixturesDir = join(import.meta.dirname, '..', '..', 'fixtures', 'v1');
+const fixtureFiles = readdirSync(fixturesDir).filter((f) => f.endsWith('.json'));
+
+function isMessageType(name: string): name is MessageType {
+  return Object.hasOwn(messageSchemas, name);
+}
+
+describe('v1 golden fixtures', () => {
+  it('has one fixture per message type', () => {
+    assert.deepEqual(
+      fixtureFiles.map((f) => f.replace(/\.json$/, '')).sort(),
+      Object.keys(messageSchemas).sort(),
+    );
+  });
+
+  for (const file of fixtureFiles) {
+    it(`${file} decodes and re-encodes byte for byte`, () => {
+      const type = file.replace(/\.json$/, '');
+      assert.ok(isMessageType(type));
+      const schema = messageSchemas[type];
+      const bytes = readFileSync(join(fixturesDir, file));
+      const decoded = decodeMessage(schema, bytes);
+      assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
+      assert.equal(decoded.value.type, type);
+      const reencoded = Buffer.from(encodeMessage(schema, decoded.value)).toString('utf8');
+      assert.equal(reencoded, bytes.toString('utf8').trim());
+    });
+  }
+});
+
+describe('decodeMessage', () => {
+  it('reports non-JSON input without throwing', () => {
+    const result = decodeMessage(pieceHave, Buffer.from('{"type":'));
+    assert.equal(result.ok, false);
+    assert.match(result.ok ? '' : result.error, /not JSON/);
+  });
+
+  it('rejects unknown fields, bad digests and overlapping ranges', () => {
+    const good = JSON.parse(readFileSync(join(fixturesDir, 'piece-have.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    const cases: Record<string, unknown>[] = [
+      { ...good, extra: 1 },
+      { ...good, blob: 'sha256:abc' },
+      { ...good, blob: 'md5:' + 'a'.repeat(32) },
+      { ...good, pieces: [[0, 4], [3, 6]] },
+      { ...good, pieces: [[4, 4]] },
+      { ...good, peer: { id: 'has.dot', url: 'http://x:1' } },
+      { ...good, peer: { id: 'ok', url: 'ftp://x' } },
+    ];
+    for (const bad of cases) {
+      const result = decodeMessage(pieceHave, Buffer.from(JSON.stringify(bad)));
+      assert.equal(result.ok, false, JSON.stringify(bad));
+    }
+  });
+
+  it('rejects piece hashes beyond the end of the blob', () => {
+    const blob = digestOf(Buffer.from('x')).toString();
+    const result = pieceHashes.safeParse({
+      type: 'piece-hashes',
+      blob,
+      size: 10,
+      pieceSize: 4,
+      first: 2,
+      hashes: ['a'.repeat(64), 'b'.repeat(64)],
+    });
+    assert.equal(result.success, false);
+  });
+
+  it('refuses to encode an invalid message', () => {
+    assert.throws(() =>
+      encodeMessage(pieceHave, {
+        type: 'piece-have',
+        blob: 'nope',
+        peer: { id: 'a', url: 'http://a:1' },
+        pieces: [],
+        complete: false,
+      }),
+    );
+  });
+});
+
+describe('subjects', () => {
+  const blob = digestOf(Buffer.from('hello')).toString();
+  const hex = blob.slice('sha256:'.length);
+
+  it('carry the algorithm and hex as separate tokens under a versioned domain', () => {
+    assert.equal(pieceHaveSubject(blob), `shoal.swarm.v1.have.sha256.${hex}`);
+    assert.equal(pieceHashesSubject(blob), `shoal.pieces.v1.hashes.sha256.${hex}`);
+    assert.equal(seedRequestSubject(blob), `shoal.seed.v1.request.sha256.${hex}`);
+  });
+
+  it('fall inside the stream that owns them', () => {
+    const matches = (filter: string, subject: string): boolean =>
+      subject.startsWith(filter.replace(/>$/, ''));
+    assert.ok(STREAMS.swarm.subjects.some((f) => matches(f, pieceHaveSubject(blob))));
+    assert.ok(STREAMS.pieces.subjects.some((f) => matches(f, pieceHashesSubject(blob))));
+    assert.ok(STREAMS.seed.subjects.some((f) => matches(f, seedRequestSubject(blob))));
+  });
+
+  it('refuse a digest that is not valid', () => {
+    assert.throws(() => pieceHaveSubject('sha256:../../x'));
+  });
+});
