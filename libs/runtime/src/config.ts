@@ -1,0 +1,76 @@
+/**
+ * Configuration from environment variables. Each component declares a zod object of the
+ * variables it reads (with defaults and units in the names); a service merges them and calls
+ * `loadConfig`, the only place that reads the environment.
+ */
+import { z } from 'zod';
+
+/** Every problem with the environment at once, so an operator fixes them in one go. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly problems: readonly string[];
+
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.problems = problems;
+  }
+}
+
+/** Validates `env` against `schema`; throws a `ConfigError` naming every bad variable. */
+export function loadConfig<S extends z.ZodType>(
+  schema: S,
+  env: Record<string, string | undefined>,
+): z.infer<S> {
+  const result = schema.safeParse(env);
+  if (result.success) {
+    return result.data;
+  }
+  throw new ConfigError(
+    result.error.issues.map((issue) => {
+      const key = issue.path.map(String).join('.');
+      return key === '' ? issue.message : `${key}: ${issue.message}`;
+    }),
+  );
+}
+
+/** A non-negative integer given as text, e.g. a size in bytes or a duration in ms. */
+export const envInt = (defaultValue: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a non-negative integer')
+    .transform(Number)
+    .pipe(z.int().nonnegative().max(Number.MAX_SAFE_INTEGER))
+    .default(defaultValue);
+
+/** A boolean given as `true`/`false`/`1`/`0`. */
+export const envBool = (defaultValue: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0'], { message: 'must be true or false' })
+    .transform((v) => v === 'true' || v === '1')
+    .default(defaultValue);
+
+/** A `host:port` address to listen on; `[::]:p` and `0.0.0.0:p` listen on every interface. */
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export const envListen = (defaultValue: string) =>
+  z
+    .string()
+    .default(defaultValue)
+    .transform((text, ctx): ListenAddress => {
+      const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+      const port = Number(match?.[3]);
+      const host = match?.[1] ?? match?.[2];
+      if (host === undefined || !(port >= 0 && port <= 65535)) {
+        ctx.addIssue({ code: 'custom', message: `"${text}" is not host:port` });
+        return z.NEVER;
+      }
+      return { host, port };
+    });
+
+/** pino's log levels. */
+export const envLogLevel = z
+  .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+  .default('info');

@@ -1,0 +1,14 @@
+/** @shoal/runtime: what every Shoal service needs to start, log, measure and stop. */
+export {
+  ConfigError,
+  envBool,
+  envInt,
+  envListen,
+  envLogLevel,
+  loadConfig,
+  type ListenAddress,
+} from './config.js';
+export { isAbortError, ShoalError } from './errors.js';
+export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
+export { createLogger, type Logger, type LoggerSettings } from './logger.js';
+export { createMetrics, type ServiceMetrics } from './metrics.js';

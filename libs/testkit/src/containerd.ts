@@ -1,0 +1,119 @@
+/**
+ * containerd for tests: its own root, state and socket in a temporary directory, the CRI
+ * plugin off, driven with `ctr`. Pulls go through a hosts directory, as a node's containerd
+ * would read `/etc/containerd/certs.d`.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { makeTempDir, requireBinary, run, startProcess, waitFor, type RunningProcess } from './process.js';
+
+export interface Containerd {
+  readonly address: string;
+  /** Directory passed as `--hosts-dir`; `writeMirrorHosts` fills it. */
+  readonly hostsDir: string;
+  readonly process: RunningProcess;
+  /** Runs `ctr` against this containerd in the `shoal-test` namespace. */
+  ctr(args: readonly string[], timeoutMs?: number): Promise<string>;
+  /** `ctr images pull` through the hosts directory. */
+  pull(ref: string, options?: { user?: string; timeoutMs?: number }): Promise<string>;
+  /** Digests in containerd's content store. */
+  contentDigests(): Promise<Set<string>>;
+  stop(): Promise<void>;
+}
+
+/** Writes `<hostsDir>/<registry>/hosts.toml` sending pulls of `registry` to `mirrorUrl` first. */
+export async function writeMirrorHosts(
+  hostsDir: string,
+  registry: string,
+  registryUrl: string,
+  mirrorUrl: string,
+): Promise<string> {
+  const dir = join(hostsDir, registry);
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, 'hosts.toml');
+  await writeFile(
+    path,
+    [
+      `server = "${registryUrl}"`,
+      '',
+      `[host."${mirrorUrl}"]`,
+      '  capabilities = ["pull", "resolve"]',
+      '',
+    ].join('\n'),
+  );
+  return path;
+}
+
+export async function startContainerd(): Promise<Containerd> {
+  const binary = await requireBinary('containerd');
+  const ctrBinary = await requireBinary('ctr');
+  const dir = await makeTempDir('containerd');
+  const address = join(dir.path, 'containerd.sock');
+  const hostsDir = join(dir.path, 'certs.d');
+  await mkdir(hostsDir, { recursive: true });
+  const configPath = join(dir.path, 'config.toml');
+  await writeFile(
+    configPath,
+    [
+      'version = 2',
+      `root = "${join(dir.path, 'root')}"`,
+      `state = "${join(dir.path, 'state')}"`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = "${address}"`,
+      '[ttrpc]',
+      `  address = "${address}.ttrpc"`,
+      '[debug]',
+      `  address = ""`,
+      '',
+    ].join('\n'),
+  );
+  const proc = startProcess(binary, ['--config', configPath], { logPath: join(dir.path, 'containerd.log') });
+  const ctr = async (args: readonly string[], timeoutMs?: number): Promise<string> =>
+    (
+      await run(ctrBinary, ['--address', address, '--namespace', 'shoal-test', ...args], {
+        ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      })
+    ).stdout;
+  try {
+    await waitFor('containerd to answer', async () => (await ctr(['version'], 2000)).includes('Server'), {
+      process: proc,
+    });
+  } catch (error) {
+    await proc.stop();
+    await dir.remove();
+    throw error;
+  }
+  return {
+    address,
+    hostsDir,
+    process: proc,
+    ctr,
+    pull: (ref, options = {}) =>
+      ctr(
+        [
+          'images',
+          'pull',
+          '--hosts-dir',
+          hostsDir,
+          '--snapshotter',
+          'native',
+          ...(options.user === undefined ? [] : ['--user', options.user]),
+          ref,
+        ],
+        options.timeoutMs ?? 300_000,
+      ),
+    contentDigests: async () =>
+      new Set(
+        (await ctr(['content', 'ls', '-q']))
+          .split('\n')
+          .map((line) => line.trim())
+          .filter((line) => line !== ''),
+      ),
+    stop: async () => {
+      await proc.stop(10_000);
+      await dir.remove();
+    },
+  };
+}

@@ -1,0 +1,22 @@
+/** @shoal/testkit: real servers for tests, on random ports in temporary directories. */
+export { startContainerd, writeMirrorHosts, type Containerd } from './containerd.js';
+export {
+  generateImage,
+  MEDIA_TYPES,
+  pushImage,
+  type Descriptor,
+  type GeneratedImage,
+  type ImageSpec,
+} from './image.js';
+export { startNats, type NatsServer } from './nats.js';
+export {
+  freePort,
+  makeTempDir,
+  requireBinary,
+  run,
+  startProcess,
+  waitFor,
+  type RunningProcess,
+} from './process.js';
+export { startRegistry, type Registry, type RegistryOptions, type RegistryRequest } from './registry.js';
+export { skopeoCopy, type CopyOptions } from './skopeo.js';

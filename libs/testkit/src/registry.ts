@@ -1,0 +1,172 @@
+/**
+ * Debian's `docker-registry` (the CNCF distribution registry) for tests: random port, its own
+ * storage directory, optional htpasswd auth and push notifications. It logs every request as
+ * JSON, which is how tests count what the registry served, from the registry's side.
+ */
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import bcrypt from 'bcryptjs';
+
+import { freePort, makeTempDir, requireBinary, startProcess, waitFor, type RunningProcess } from './process.js';
+
+export interface RegistryOptions {
+  /** Require these credentials (htpasswd, Basic auth). */
+  readonly auth?: { readonly username: string; readonly password: string };
+  /** Send push and pull notifications to this URL. */
+  readonly notify?: { readonly url: string; readonly headers?: Record<string, string> };
+}
+
+/** One request the registry served, read from its log. */
+export interface RegistryRequest {
+  readonly method: string;
+  readonly uri: string;
+  readonly status: number;
+  readonly userAgent: string;
+}
+
+export interface Registry {
+  /** `127.0.0.1:<port>`: the name clients use in image references. */
+  readonly host: string;
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  readonly storageDir: string;
+  readonly process: RunningProcess;
+  /** Every request served so far, oldest first. */
+  requests(): Promise<RegistryRequest[]>;
+  /** Successful `GET .../blobs/<digest>` requests, optionally for one digest. */
+  blobGets(digest?: string): Promise<RegistryRequest[]>;
+  /** Overwrites a stored blob's bytes so the registry serves content that fails its digest. */
+  corruptBlob(digest: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startRegistry(options: RegistryOptions = {}): Promise<Registry> {
+  const binary = await requireBinary('docker-registry');
+  const dir = await makeTempDir('registry');
+  const port = await freePort();
+  const storageDir = join(dir.path, 'data');
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: info',
+    '  formatter: json',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${storageDir}`,
+    '  delete:',
+    '    enabled: true',
+    '  maintenance:',
+    '    uploadpurging:',
+    '      enabled: false',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+  ];
+  if (options.auth !== undefined) {
+    const hash = bcrypt.hashSync(options.auth.password, bcrypt.genSaltSync(4));
+    await writeFile(join(dir.path, 'htpasswd'), `${options.auth.username}:${hash}\n`);
+    lines.push('auth:', '  htpasswd:', '    realm: shoal-test', `    path: ${join(dir.path, 'htpasswd')}`);
+  }
+  if (options.notify !== undefined) {
+    lines.push(
+      'notifications:',
+      '  endpoints:',
+      '    - name: shoal',
+      `      url: ${options.notify.url}`,
+      '      timeout: 2s',
+      '      threshold: 10',
+      '      backoff: 1s',
+    );
+    const headers = Object.entries(options.notify.headers ?? {});
+    if (headers.length > 0) {
+      lines.push('      headers:');
+      for (const [name, value] of headers) {
+        lines.push(`        ${name}: [${JSON.stringify(value)}]`);
+      }
+    }
+  }
+  const configPath = join(dir.path, 'config.yml');
+  await writeFile(configPath, `${lines.join('\n')}\n`);
+  const logPath = join(dir.path, 'registry.log');
+  const proc = startProcess(binary, ['serve', configPath], { logPath });
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitFor(
+      'docker-registry to answer /v2/',
+      async () => {
+        const response = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
+        return response.status === 200 || response.status === 401;
+      },
+      { process: proc },
+    );
+  } catch (error) {
+    await proc.stop();
+    throw error;
+  }
+
+  const requests = async (): Promise<RegistryRequest[]> => {
+    const text = await readFile(logPath, 'utf8');
+    const served: RegistryRequest[] = [];
+    for (const line of text.split('\n')) {
+      if (!line.startsWith('{')) {
+        continue;
+      }
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      if (entry.msg !== 'response completed' && entry.msg !== 'response completed with error') {
+        continue;
+      }
+      served.push({
+        method: String(entry['http.request.method']),
+        uri: String(entry['http.request.uri']),
+        status: Number(entry['http.response.status']),
+        userAgent: String(entry['http.request.useragent'] ?? ''),
+      });
+    }
+    return served;
+  };
+
+  return {
+    host: `127.0.0.1:${port}`,
+    url,
+    storageDir,
+    process: proc,
+    requests,
+    blobGets: async (digest) =>
+      (await requests()).filter(
+        (r) =>
+          r.method === 'GET' &&
+          r.status >= 200 &&
+          r.status < 300 &&
+          /\/blobs\/sha(256|512):/.test(r.uri) &&
+          (digest === undefined || r.uri.endsWith(`/blobs/${digest}`)),
+      ),
+    corruptBlob: async (digest) => {
+      const [algorithm = '', hex = ''] = digest.split(':');
+      const path = join(storageDir, 'docker/registry/v2/blobs', algorithm, hex.slice(0, 2), hex, 'data');
+      // Flip a byte at the start, middle and end, in place: same size, wrong digest.
+      const handle = await open(path, 'r+');
+      try {
+        const { size } = await handle.stat();
+        for (const position of new Set([0, Math.floor(size / 2), Math.max(0, size - 1)])) {
+          const byte = Buffer.alloc(1);
+          await handle.read(byte, 0, 1, position);
+          byte[0] = (byte[0] ?? 0) ^ 0xff;
+          await handle.write(byte, 0, 1, position);
+        }
+      } finally {
+        await handle.close();
+      }
+    },
+    stop: async () => {
+      await proc.stop();
+      await rm(dir.path, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,10 @@
+/** Configuration of the agent's on-disk cache. */
+import { envInt } from '@shoal/runtime';
+import { z } from 'zod';
+
+export const cacheConfig = z.object({
+  /** Directory holding cached blobs and manifests; created when missing. */
+  SHOAL_AGENT_CACHE_DIR: z.string().min(1).default('/var/lib/shoal/agent'),
+  /** Size quota of the cache, in bytes; least recently used content is evicted past it. */
+  SHOAL_AGENT_CACHE_MAX_BYTES: envInt(50 * 1024 ** 3),
+});

@@ -1,0 +1,204 @@
+/**
+ * The agent's content-addressed cache on disk:
+ *
+ *   <root>/blobs/<algorithm>/<hex>        verified content (blobs and manifests)
+ *   <root>/blobs/<algorithm>/<hex>.type   a manifest's media type
+ *   <root>/tmp/                           downloads in progress, cleared at start
+ *
+ * Content enters only through `commit`, after its digest has been verified, by a rename on
+ * the same filesystem: a crash leaves either nothing or the whole verified file. Past the
+ * size quota the least recently used unpinned entries are evicted; an entry being served is
+ * pinned and never evicted.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { parseDigest, type Digest } from '@shoal/proto';
+
+interface Entry {
+  size: number;
+  lastUsedMs: number;
+  pins: number;
+}
+
+export interface ContentStoreEvents {
+  /** Called with the bytes freed each time an entry is evicted. */
+  onEvict?(size: number): void;
+}
+
+/** A verified file opened for reading; `release` unpins it. */
+export interface OpenedContent {
+  readonly handle: FileHandle;
+  readonly size: number;
+  release(): Promise<void>;
+}
+
+export class FsContentStore {
+  readonly #root: string;
+  readonly #maxBytes: number;
+  readonly #events: ContentStoreEvents;
+  readonly #entries = new Map<string, Entry>();
+  #totalBytes = 0;
+
+  constructor(root: string, maxBytes: number, events: ContentStoreEvents = {}) {
+    this.#root = root;
+    this.#maxBytes = maxBytes;
+    this.#events = events;
+  }
+
+  /** Bytes of verified content held. */
+  get totalBytes(): number {
+    return this.#totalBytes;
+  }
+
+  /** Creates the folders, drops leftovers of interrupted downloads, indexes what is cached. */
+  async init(): Promise<void> {
+    await rm(join(this.#root, 'tmp'), { recursive: true, force: true });
+    await mkdir(join(this.#root, 'tmp'), { recursive: true });
+    for (const algorithm of ['sha256', 'sha512']) {
+      const dir = join(this.#root, 'blobs', algorithm);
+      await mkdir(dir, { recursive: true });
+      for (const name of await readdir(dir)) {
+        if (name.endsWith('.type')) {
+          continue;
+        }
+        let digest: Digest;
+        try {
+          digest = parseDigest(`${algorithm}:${name}`);
+        } catch {
+          // Not ours (or a partial name): never serve what we cannot name.
+          await rm(join(dir, name), { force: true, recursive: true });
+          continue;
+        }
+        const info = await stat(join(dir, name));
+        this.#add(digest.toString(), info.size, info.mtimeMs);
+      }
+    }
+  }
+
+  has(digest: Digest): boolean {
+    return this.#entries.has(digest.toString());
+  }
+
+  /** Size of cached content, or undefined when it is not cached. */
+  sizeOf(digest: Digest): number | undefined {
+    return this.#entries.get(digest.toString())?.size;
+  }
+
+  /** Opens cached content, pinned until released; undefined when it is not cached. */
+  async open(digest: Digest): Promise<OpenedContent | undefined> {
+    const key = digest.toString();
+    const entry = this.#entries.get(key);
+    if (entry === undefined) {
+      return undefined;
+    }
+    entry.pins += 1;
+    entry.lastUsedMs = Date.now();
+    let handle: FileHandle;
+    try {
+      handle = await open(this.#pathOf(digest), 'r');
+    } catch (error) {
+      entry.pins -= 1;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        // Removed behind our back: forget it rather than fail every request for it.
+        this.#remove(key);
+        return undefined;
+      }
+      throw error;
+    }
+    let released = false;
+    return {
+      handle,
+      size: entry.size,
+      release: async () => {
+        if (released) {
+          return;
+        }
+        released = true;
+        entry.pins -= 1;
+        await handle.close();
+        await this.#evictOverQuota();
+      },
+    };
+  }
+
+  /** A new empty file for a download in progress, with read and write access. */
+  async createTemp(): Promise<{ path: string; handle: FileHandle }> {
+    const path = join(this.#root, 'tmp', randomUUID());
+    return { path, handle: await open(path, 'w+') };
+  }
+
+  /** Moves a verified temp file into the cache. The caller has checked its digest. */
+  async commit(tempPath: string, digest: Digest, size: number): Promise<void> {
+    await rename(tempPath, this.#pathOf(digest));
+    this.#add(digest.toString(), size, Date.now());
+    await this.#evictOverQuota();
+  }
+
+  /** Stores small verified content (a manifest) with its media type. */
+  async putSmall(digest: Digest, bytes: Uint8Array, mediaType: string | undefined): Promise<void> {
+    const temp = join(this.#root, 'tmp', randomUUID());
+    await writeFile(temp, bytes);
+    if (mediaType !== undefined) {
+      await writeFile(`${this.#pathOf(digest)}.type`, mediaType);
+    }
+    await this.commit(temp, digest, bytes.length);
+  }
+
+  /** Reads small cached content (a manifest) and its media type. */
+  async getSmall(digest: Digest): Promise<{ bytes: Buffer; mediaType: string | undefined } | undefined> {
+    const entry = this.#entries.get(digest.toString());
+    if (entry === undefined) {
+      return undefined;
+    }
+    entry.lastUsedMs = Date.now();
+    try {
+      const bytes = await readFile(this.#pathOf(digest));
+      const mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8').catch(() => undefined);
+      return { bytes, mediaType };
+    } catch {
+      this.#remove(digest.toString());
+      return undefined;
+    }
+  }
+
+  #pathOf(digest: Digest): string {
+    return join(this.#root, 'blobs', digest.algorithm, digest.hex);
+  }
+
+  #add(key: string, size: number, lastUsedMs: number): void {
+    if (!this.#entries.has(key)) {
+      this.#totalBytes += size;
+    }
+    this.#entries.set(key, { size, lastUsedMs, pins: this.#entries.get(key)?.pins ?? 0 });
+  }
+
+  #remove(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry !== undefined) {
+      this.#totalBytes -= entry.size;
+      this.#entries.delete(key);
+    }
+  }
+
+  async #evictOverQuota(): Promise<void> {
+    while (this.#totalBytes > this.#maxBytes) {
+      let victim: [string, Entry] | undefined;
+      for (const item of this.#entries) {
+        if (item[1].pins === 0 && (victim === undefined || item[1].lastUsedMs < victim[1].lastUsedMs)) {
+          victim = item;
+        }
+      }
+      if (victim === undefined) {
+        return;
+      }
+      const [key, entry] = victim;
+      this.#remove(key);
+      const digest = parseDigest(key);
+      await unlink(this.#pathOf(digest)).catch(() => undefined);
+      await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+      this.#events.onEvict?.(entry.size);
+    }
+  }
+}

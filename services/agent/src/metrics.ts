@@ -1,0 +1,75 @@
+/** The agent's Prometheus metrics, `shoal_agent_<thing>_<unit>`. */
+import type { ServiceMetrics } from '@shoal/runtime';
+import { Counter, Gauge, Histogram } from 'prom-client';
+
+export type AgentMetrics = ReturnType<typeof createAgentMetrics>;
+
+export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
+  const registers = [registry];
+  return {
+    requests: new Counter({
+      name: `${prefix}mirror_requests_total`,
+      help: 'Mirror requests answered, by kind (manifest, blob, other), method and status',
+      labelNames: ['kind', 'method', 'status'] as const,
+      registers,
+    }),
+    rejected: new Counter({
+      name: `${prefix}mirror_rejected_total`,
+      help: 'Mirror requests refused for bad input or an unmirrored registry, by OCI code',
+      labelNames: ['code'] as const,
+      registers,
+    }),
+    fetchedBytes: new Counter({
+      name: `${prefix}fetched_bytes_total`,
+      help: 'Blob bytes received by the agent, by source (origin, peer, seed)',
+      labelNames: ['source'] as const,
+      registers,
+    }),
+    servedBytes: new Counter({
+      name: `${prefix}served_bytes_total`,
+      help: 'Blob bytes sent to mirror clients, by where they were read (cache, download)',
+      labelNames: ['from'] as const,
+      registers,
+    }),
+    upstreamRequests: new Counter({
+      name: `${prefix}upstream_requests_total`,
+      help: 'Requests sent to upstream registries, by registry, kind and status (or error)',
+      labelNames: ['registry', 'kind', 'status'] as const,
+      registers,
+    }),
+    verificationFailures: new Counter({
+      name: `${prefix}verification_failures_total`,
+      help: 'Content that did not match its digest or size, by kind (manifest, blob)',
+      labelNames: ['kind'] as const,
+      registers,
+    }),
+    downloadsInFlight: new Gauge({
+      name: `${prefix}downloads_in_flight`,
+      help: 'Blob downloads in progress',
+      registers,
+    }),
+    downloadSeconds: new Histogram({
+      name: `${prefix}download_duration_seconds`,
+      help: 'Time to download and verify a blob, by outcome',
+      labelNames: ['outcome'] as const,
+      buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600],
+      registers,
+    }),
+    cacheBytes: new Gauge({
+      name: `${prefix}cache_size_bytes`,
+      help: 'Bytes of verified content in the cache',
+      registers,
+    }),
+    cacheEvictions: new Counter({
+      name: `${prefix}cache_evictions_total`,
+      help: 'Cache entries evicted to stay under the quota',
+      registers,
+    }),
+    cacheHits: new Counter({
+      name: `${prefix}cache_requests_total`,
+      help: 'Content requests by digest, by result (hit, miss)',
+      labelNames: ['kind', 'result'] as const,
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,110 @@
+/** The mirror's HTTP routes: `/v2/` and the pull endpoints, and OCI error answers. */
+import type { Logger } from '@shoal/runtime';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+
+import type { AgentMetrics } from '../metrics.js';
+import type { RegistryTable } from '../upstream/registries.js';
+import { MirrorError, ociErrorBody, toMirrorError } from './errors.js';
+import type { Mirror } from './mirror.js';
+import { parsePullPath } from './path.js';
+
+export interface MirrorRouteDeps {
+  readonly mirror: Mirror;
+  readonly registries: RegistryTable;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+}
+
+const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' };
+
+export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps): void {
+  const { mirror, registries, metrics, logger } = deps;
+
+  app.route({
+    method: ['GET', 'HEAD'],
+    url: '/v2/',
+    handler: async (_request, reply) => reply.headers(API_VERSION_HEADER).send({}),
+  });
+
+  app.route({
+    method: ['GET', 'HEAD'],
+    url: '/v2/*',
+    handler: async (request, reply) => {
+      const [rawPath = '', rawQuery = ''] = request.url.split('?', 2);
+      const target = parsePullPath(rawPath);
+      const ns = new URLSearchParams(rawQuery).getAll('ns');
+      if (ns.length > 1) {
+        throw new MirrorError('DENIED', 400, 'ns= given more than once');
+      }
+      const registry = registries.resolve(ns[0]);
+      const controller = new AbortController();
+      reply.raw.once('close', () => controller.abort());
+      reply.headers(API_VERSION_HEADER);
+      await mirror.pull(
+        target,
+        {
+          method: request.method === 'HEAD' ? 'HEAD' : 'GET',
+          registry,
+          accept: joinHeader(request.headers.accept),
+          authorization: request.headers.authorization,
+          range: request.headers.range,
+          signal: controller.signal,
+        },
+        reply,
+      );
+      return reply;
+    },
+  });
+
+  app.route({
+    method: ['PUT', 'POST', 'PATCH', 'DELETE'],
+    url: '/v2/*',
+    handler: async () => {
+      throw new MirrorError('UNSUPPORTED', 405, 'the mirror is read-only: push to the registry');
+    },
+  });
+
+  app.setNotFoundHandler(async (request, reply) =>
+    sendError(reply, request, new MirrorError('UNSUPPORTED', 404, 'no such endpoint')),
+  );
+
+  app.setErrorHandler(async (error, request, reply) => sendError(reply, request, toMirrorError(error)));
+
+  app.addHook('onResponse', async (request, reply) => {
+    const path = request.url;
+    const kind = path.includes('/manifests/') ? 'manifest' : path.includes('/blobs/') ? 'blob' : 'other';
+    metrics.requests.inc({ kind, method: request.method, status: String(reply.statusCode) });
+    logger.debug(
+      { method: request.method, url: request.url.slice(0, 512), status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
+      'mirror request',
+    );
+  });
+
+  function sendError(reply: FastifyReply, request: FastifyRequest, error: MirrorError): FastifyReply {
+    if (error.status < 500) {
+      metrics.rejected.inc({ code: error.code });
+      logger.warn({ url: request.url.slice(0, 512), code: error.code, status: error.status }, error.message);
+    } else {
+      logger.error({ url: request.url.slice(0, 512), code: error.code, err: error.cause ?? error }, error.message);
+    }
+    if (reply.sent || reply.raw.headersSent) {
+      // Bytes already went out: the only honest answer left is to cut the response.
+      reply.raw.destroy();
+      return reply;
+    }
+    if (error.code === 'RANGE_INVALID') {
+      const size = (error.detail as { size?: number } | undefined)?.size;
+      if (size !== undefined) {
+        reply.header('content-range', `bytes */${size}`);
+      }
+    }
+    return reply
+      .code(error.status)
+      .header('content-type', 'application/json')
+      .send(ociErrorBody(error.code, error.message, error.detail));
+  }
+}
+
+function joinHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(', ') : value;
+}
