@@ -17,7 +17,7 @@ import { ShoalError } from '@shoal/runtime';
 import type { FsContentStore } from './content-store.js';
 
 /** Bytes read from the temp file per chunk handed to a client. */
-const READ_CHUNK_BYTES = 256 * 1024;
+const READ_CHUNK_BYTES = 64 * 1024;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 

@@ -182,7 +182,7 @@ export class Mirror {
       start: range?.start ?? 0,
       end: range?.end ?? Math.max(0, opened.size - 1),
       autoClose: false,
-      highWaterMark: 256 * 1024,
+      highWaterMark: 64 * 1024,
     });
     stream.once('close', () => void opened.release());
     this.#count(stream, 'cache');

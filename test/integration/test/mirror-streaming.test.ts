@@ -1,0 +1,69 @@
+/**
+ * Streaming and single flight (issue 2, item 6 and "concurrent requests share one upstream
+ * fetch"): four clients stream the same 1 GiB blob through the agent at once; the registry
+ * serves it once, every client gets the right bytes, and the agent's peak RSS, read from its
+ * own /proc status, stays under 150 MiB.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { generateImage, makeTempDir, pushImage, startRegistry, type GeneratedImage, type Registry } from '@shoal/testkit';
+
+import { startAgent, type AgentProcess } from '../src/agent-process.js';
+import { MiB } from '../src/files.js';
+import { streamDigest } from '../src/http.js';
+
+const GiB = 1024 * MiB;
+const RSS_LIMIT_BYTES = 150 * MiB;
+
+describe('streaming a 1 GiB blob', () => {
+  let registry: Registry;
+  let agent: AgentProcess;
+  let image: GeneratedImage;
+  const cleanup: (() => Promise<void>)[] = [];
+
+  before(async () => {
+    registry = await startRegistry();
+    cleanup.push(() => registry.stop());
+    const layout = await makeTempDir('image');
+    cleanup.push(() => layout.remove());
+    image = await generateImage(layout.path, { layerSizes: [GiB], seed: 'streaming' });
+    await pushImage(image, registry.host, 'shoal/huge');
+    await layout.remove();
+    agent = await startAgent({ registries: `${registry.host}=${registry.url}`, defaultRegistry: registry.host });
+    cleanup.push(() => agent.stop());
+  });
+
+  after(async () => {
+    for (const step of cleanup.reverse()) {
+      await step();
+    }
+  });
+
+  it('shares one upstream fetch among concurrent clients and keeps RSS under 150 MiB', async (t) => {
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined && layer.size >= GiB);
+    const url = `${agent.url}/v2/shoal/huge/blobs/${layer.digest}`;
+    const started = Date.now();
+    const outcomes = await Promise.all([1, 2, 3, 4].map(() => streamDigest(url)));
+    const seconds = (Date.now() - started) / 1000;
+    for (const outcome of outcomes) {
+      assert.equal(outcome.error, undefined);
+      assert.equal(outcome.status, 200);
+      assert.equal(outcome.bytes, layer.size);
+      assert.equal(outcome.digest, layer.digest);
+    }
+    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'the registry served the blob once');
+
+    const fromCache = await streamDigest(url);
+    assert.equal(fromCache.digest, layer.digest);
+    assert.equal((await registry.blobGets(layer.digest)).length, 1);
+
+    const peak = await agent.peakRssBytes();
+    t.diagnostic(
+      `agent peak RSS ${(peak / MiB).toFixed(1)} MiB after streaming ${(layer.size / MiB).toFixed(0)} MiB to 4 clients ` +
+        `at once (${seconds.toFixed(1)} s) and once more from cache`,
+    );
+    assert.ok(peak < RSS_LIMIT_BYTES, `peak RSS ${peak} bytes is under ${RSS_LIMIT_BYTES}`);
+  });
+});
