@@ -50,8 +50,8 @@ describe('v1 golden fixtures', () => {
 describe('decodeMessage', () => {
   it('reports non-JSON input without throwing', () => {
     const result = decodeMessage(pieceHave, Buffer.from('{"type":'));
-    assert.equal(result.ok, false);
-    assert.match(result.ok ? '' : result.error, /not JSON/);
+    assert.ok(!result.ok);
+    assert.match(result.error, /not JSON/);
   });
 
   it('rejects unknown fields, bad digests and overlapping ranges', () => {
@@ -63,7 +63,13 @@ describe('decodeMessage', () => {
       { ...good, extra: 1 },
       { ...good, blob: 'sha256:abc' },
       { ...good, blob: 'md5:' + 'a'.repeat(32) },
-      { ...good, pieces: [[0, 4], [3, 6]] },
+      {
+        ...good,
+        pieces: [
+          [0, 4],
+          [3, 6],
+        ],
+      },
       { ...good, pieces: [[4, 4]] },
       { ...good, peer: { id: 'has.dot', url: 'http://x:1' } },
       { ...good, peer: { id: 'ok', url: 'ftp://x' } },

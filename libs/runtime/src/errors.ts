@@ -27,6 +27,8 @@ export class ShoalError<Code extends string = string> extends Error {
 export function isAbortError(error: unknown): boolean {
   return (
     error instanceof Error &&
-    (error.name === 'AbortError' || error.name === 'TimeoutError' || error.name === 'RequestAbortedError')
+    (error.name === 'AbortError' ||
+      error.name === 'TimeoutError' ||
+      error.name === 'RequestAbortedError')
   );
 }

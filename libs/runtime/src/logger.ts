@@ -28,7 +28,5 @@ export function createLogger(settings: LoggerSettings): Logger {
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
   };
-  return settings.destination === undefined
-    ? pino(options)
-    : pino(options, settings.destination);
+  return settings.destination === undefined ? pino(options) : pino(options, settings.destination);
 }

@@ -6,7 +6,14 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { makeTempDir, requireBinary, run, startProcess, waitFor, type RunningProcess } from './process.js';
+import {
+  makeTempDir,
+  requireBinary,
+  run,
+  startProcess,
+  waitFor,
+  type RunningProcess,
+} from './process.js';
 
 export interface Containerd {
   readonly address: string;
@@ -46,8 +53,8 @@ export async function writeMirrorHosts(
 }
 
 export async function startContainerd(): Promise<Containerd> {
-  const binary = await requireBinary('containerd');
-  const ctrBinary = await requireBinary('ctr');
+  const binary = requireBinary('containerd');
+  const ctrBinary = requireBinary('ctr');
   const dir = await makeTempDir('containerd');
   const address = join(dir.path, 'containerd.sock');
   const hostsDir = join(dir.path, 'certs.d');
@@ -69,7 +76,9 @@ export async function startContainerd(): Promise<Containerd> {
       '',
     ].join('\n'),
   );
-  const proc = startProcess(binary, ['--config', configPath], { logPath: join(dir.path, 'containerd.log') });
+  const proc = startProcess(binary, ['--config', configPath], {
+    logPath: join(dir.path, 'containerd.log'),
+  });
   const ctr = async (args: readonly string[], timeoutMs?: number): Promise<string> =>
     (
       await run(ctrBinary, ['--address', address, '--namespace', 'shoal-test', ...args], {
@@ -77,9 +86,13 @@ export async function startContainerd(): Promise<Containerd> {
       })
     ).stdout;
   try {
-    await waitFor('containerd to answer', async () => (await ctr(['version'], 2000)).includes('Server'), {
-      process: proc,
-    });
+    await waitFor(
+      'containerd to answer',
+      async () => (await ctr(['version'], 2000)).includes('Server'),
+      {
+        process: proc,
+      },
+    );
   } catch (error) {
     await proc.stop();
     await dir.remove();

@@ -54,7 +54,13 @@ const BLOCK = 512;
 const CHUNK = 1024 * 1024;
 
 function goArch(): string {
-  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x' };
+  const map: Record<string, string> = {
+    x64: 'amd64',
+    arm64: 'arm64',
+    arm: 'arm',
+    ppc64: 'ppc64le',
+    s390x: 's390x',
+  };
   return map[process.arch] ?? process.arch;
 }
 
@@ -64,7 +70,8 @@ function tarHeader(name: string, size: number): Buffer {
   const field = (value: string, offset: number, length: number): void => {
     header.write(value, offset, length, 'ascii');
   };
-  const octal = (value: number, length: number): string => value.toString(8).padStart(length - 1, '0');
+  const octal = (value: number, length: number): string =>
+    value.toString(8).padStart(length - 1, '0');
   field(name, 0, 100);
   field(octal(0o644, 8), 100, 8);
   field(octal(0, 8), 108, 8);

@@ -1,4 +1,5 @@
 /** @shoal/testkit: real servers for tests, on random ports in temporary directories. */
+export { startAgent, type AgentOptions, type AgentProcess } from './agent.js';
 export { startContainerd, writeMirrorHosts, type Containerd } from './containerd.js';
 export {
   generateImage,
@@ -18,5 +19,10 @@ export {
   waitFor,
   type RunningProcess,
 } from './process.js';
-export { startRegistry, type Registry, type RegistryOptions, type RegistryRequest } from './registry.js';
+export {
+  startRegistry,
+  type Registry,
+  type RegistryOptions,
+  type RegistryRequest,
+} from './registry.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';

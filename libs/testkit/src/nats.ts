@@ -5,7 +5,13 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { makeTempDir, requireBinary, startProcess, waitFor, type RunningProcess } from './process.js';
+import {
+  makeTempDir,
+  requireBinary,
+  startProcess,
+  waitFor,
+  type RunningProcess,
+} from './process.js';
 
 export interface NatsServer {
   /** Client URL, e.g. `nats://127.0.0.1:41234`. */
@@ -17,7 +23,7 @@ export interface NatsServer {
 }
 
 export async function startNats(): Promise<NatsServer> {
-  const binary = await requireBinary('nats-server');
+  const binary = requireBinary('nats-server');
   const dir = await makeTempDir('nats');
   const storeDir = join(dir.path, 'jetstream');
   const proc = startProcess(
@@ -34,7 +40,9 @@ export async function startNats(): Promise<NatsServer> {
         if (file === undefined) {
           return false;
         }
-        const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as { nats?: string[] };
+        const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as {
+          nats?: string[];
+        };
         url = ports.nats?.[0] ?? '';
         return url !== '';
       },

@@ -23,7 +23,7 @@ const PACKAGES: Record<string, string> = {
 };
 
 /** Throws a clear error when a binary the kit needs is not installed. */
-export async function requireBinary(name: string): Promise<string> {
+export function requireBinary(name: string): string {
   for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/bin'])) {
     const candidate = join(dir, name);
     if (existsSync(candidate)) {
@@ -35,7 +35,9 @@ export async function requireBinary(name: string): Promise<string> {
 }
 
 /** A temporary directory removed by `remove()`. */
-export async function makeTempDir(prefix: string): Promise<{ path: string; remove(): Promise<void> }> {
+export async function makeTempDir(
+  prefix: string,
+): Promise<{ path: string; remove(): Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), `shoal-${prefix}-`));
   return { path, remove: () => rm(path, { recursive: true, force: true }) };
 }
@@ -75,8 +77,8 @@ export function startProcess(
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout?.pipe(log, { end: false });
-  child.stderr?.pipe(log, { end: false });
+  child.stdout.pipe(log, { end: false });
+  child.stderr.pipe(log, { end: false });
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) {
       resolve();
@@ -119,7 +121,9 @@ export async function waitFor(
   const deadline = Date.now() + (options.timeoutMs ?? 15_000);
   for (;;) {
     if (options.process !== undefined && options.process.child.exitCode !== null) {
-      throw new Error(`${what}: process exited with ${options.process.child.exitCode}; see ${options.process.logPath}`);
+      throw new Error(
+        `${what}: process exited with ${options.process.child.exitCode}; see ${options.process.logPath}`,
+      );
     }
     if (await probe().catch(() => false)) {
       return;
@@ -145,8 +149,11 @@ export async function run(
     });
   } catch (error) {
     const e = error as Error & { stdout?: string; stderr?: string };
-    throw new Error(`${command} ${args.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}${e.stdout ?? ''}`, {
-      cause: error,
-    });
+    throw new Error(
+      `${command} ${args.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}${e.stdout ?? ''}`,
+      {
+        cause: error,
+      },
+    );
   }
 }

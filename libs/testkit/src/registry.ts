@@ -8,7 +8,14 @@ import { join } from 'node:path';
 
 import bcrypt from 'bcryptjs';
 
-import { freePort, makeTempDir, requireBinary, startProcess, waitFor, type RunningProcess } from './process.js';
+import {
+  freePort,
+  makeTempDir,
+  requireBinary,
+  startProcess,
+  waitFor,
+  type RunningProcess,
+} from './process.js';
 
 export interface RegistryOptions {
   /** Require these credentials (htpasswd, Basic auth). */
@@ -42,7 +49,7 @@ export interface Registry {
 }
 
 export async function startRegistry(options: RegistryOptions = {}): Promise<Registry> {
-  const binary = await requireBinary('docker-registry');
+  const binary = requireBinary('docker-registry');
   const dir = await makeTempDir('registry');
   const port = await freePort();
   const storageDir = join(dir.path, 'data');
@@ -67,7 +74,12 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   if (options.auth !== undefined) {
     const hash = bcrypt.hashSync(options.auth.password, bcrypt.genSaltSync(4));
     await writeFile(join(dir.path, 'htpasswd'), `${options.auth.username}:${hash}\n`);
-    lines.push('auth:', '  htpasswd:', '    realm: shoal-test', `    path: ${join(dir.path, 'htpasswd')}`);
+    lines.push(
+      'auth:',
+      '  htpasswd:',
+      '    realm: shoal-test',
+      `    path: ${join(dir.path, 'htpasswd')}`,
+    );
   }
   if (options.notify !== undefined) {
     lines.push(
@@ -126,7 +138,10 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
         method: String(entry['http.request.method']),
         uri: String(entry['http.request.uri']),
         status: Number(entry['http.response.status']),
-        userAgent: String(entry['http.request.useragent'] ?? ''),
+        userAgent:
+          typeof entry['http.request.useragent'] === 'string'
+            ? entry['http.request.useragent']
+            : '',
       });
     }
     return served;
@@ -149,7 +164,14 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
       ),
     corruptBlob: async (digest) => {
       const [algorithm = '', hex = ''] = digest.split(':');
-      const path = join(storageDir, 'docker/registry/v2/blobs', algorithm, hex.slice(0, 2), hex, 'data');
+      const path = join(
+        storageDir,
+        'docker/registry/v2/blobs',
+        algorithm,
+        hex.slice(0, 2),
+        hex,
+        'data',
+      );
       // Flip a byte at the start, middle and end, in place: same size, wrong digest.
       const handle = await open(path, 'r+');
       try {

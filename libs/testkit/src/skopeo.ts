@@ -10,8 +10,12 @@ export interface CopyOptions {
 }
 
 /** `skopeo copy` without TLS verification (test registries and the agent speak plain HTTP). */
-export async function skopeoCopy(source: string, destination: string, options: CopyOptions = {}): Promise<void> {
-  const binary = await requireBinary('skopeo');
+export async function skopeoCopy(
+  source: string,
+  destination: string,
+  options: CopyOptions = {},
+): Promise<void> {
+  const binary = requireBinary('skopeo');
   await run(
     binary,
     [

@@ -27,21 +27,32 @@ export interface AgentApp extends Service {
   readonly url: () => string;
 }
 
-export async function buildApp(config: AgentConfig, overrides: AgentOverrides = {}): Promise<AgentApp> {
+export async function buildApp(
+  config: AgentConfig,
+  overrides: AgentOverrides = {},
+): Promise<AgentApp> {
   // Telemetry: logs and metrics first, so everything after can report.
-  const logger = overrides.logger ?? createLogger({ service: 'agent', level: config.SHOAL_LOG_LEVEL });
+  const logger =
+    overrides.logger ?? createLogger({ service: 'agent', level: config.SHOAL_LOG_LEVEL });
   const serviceMetrics = createMetrics('agent');
   const metrics = createAgentMetrics(serviceMetrics);
 
   // Cache: verified content on disk, with a quota.
-  const store = new FsContentStore(config.SHOAL_AGENT_CACHE_DIR, config.SHOAL_AGENT_CACHE_MAX_BYTES, {
-    onEvict: () => metrics.cacheEvictions.inc(),
-  });
+  const store = new FsContentStore(
+    config.SHOAL_AGENT_CACHE_DIR,
+    config.SHOAL_AGENT_CACHE_MAX_BYTES,
+    {
+      onEvict: () => metrics.cacheEvictions.inc(),
+    },
+  );
   await store.init();
   metrics.cacheBytes.set(store.totalBytes);
 
   // Upstreams: only the configured registries, through one connection pool.
-  const registries = new RegistryTable(config.SHOAL_AGENT_REGISTRIES, config.SHOAL_AGENT_DEFAULT_REGISTRY);
+  const registries = new RegistryTable(
+    config.SHOAL_AGENT_REGISTRIES,
+    config.SHOAL_AGENT_DEFAULT_REGISTRY,
+  );
   const upstream = new UpstreamClient({
     connectMs: config.SHOAL_AGENT_UPSTREAM_CONNECT_TIMEOUT_MS,
     headersMs: config.SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS,
@@ -51,6 +62,7 @@ export async function buildApp(config: AgentConfig, overrides: AgentOverrides = 
   // Downloads: one per blob, shared by every request for it.
   const downloads = new DownloadTable(store, {
     onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
+    onStarted: () => metrics.downloadsInFlight.set(downloads.active),
     onSettled: (download, state) => {
       metrics.downloadsInFlight.set(downloads.active);
       metrics.cacheBytes.set(store.totalBytes);
@@ -93,23 +105,28 @@ export async function buildApp(config: AgentConfig, overrides: AgentOverrides = 
     notReadyReason: () => (closing ? 'shutting down' : undefined),
   });
   registerMirrorRoutes(server, { mirror, registries, metrics, logger });
-  server.addHook('onRequest', async () => {
-    metrics.downloadsInFlight.set(downloads.active);
-  });
 
   let address = '';
   return {
     url: () => address,
     start: async () => {
-      await server.listen({ host: config.SHOAL_AGENT_LISTEN.host, port: config.SHOAL_AGENT_LISTEN.port });
+      await server.listen({
+        host: config.SHOAL_AGENT_LISTEN.host,
+        port: config.SHOAL_AGENT_LISTEN.port,
+      });
       const bound = server.server.address();
-      const port = typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_AGENT_LISTEN.port;
+      const port =
+        typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_AGENT_LISTEN.port;
       const host = config.SHOAL_AGENT_LISTEN.host.includes(':')
         ? `[${config.SHOAL_AGENT_LISTEN.host}]`
         : config.SHOAL_AGENT_LISTEN.host;
       address = `http://${host}:${port}`;
       logger.info(
-        { url: address, registries: registries.registries.map((r) => r.host), cacheBytes: store.totalBytes },
+        {
+          url: address,
+          registries: registries.registries.map((r) => r.host),
+          cacheBytes: store.totalBytes,
+        },
         'mirror listening',
       );
     },

@@ -9,7 +9,11 @@ export interface RawResponse {
 }
 
 /** Sends `path` unaltered (fetch would resolve `..`); collects a small response. */
-export function rawGet(baseUrl: string, path: string, headers: Record<string, string> = {}): Promise<RawResponse> {
+export function rawGet(
+  baseUrl: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
   const url = new URL(baseUrl);
   return new Promise((resolve, reject) => {
     const req = request(
@@ -17,7 +21,13 @@ export function rawGet(baseUrl: string, path: string, headers: Record<string, st
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+          }),
+        );
         res.on('error', reject);
       },
     );
@@ -43,7 +53,7 @@ export async function streamDigest(url: string, init: RequestInit = {}): Promise
   let error: Error | undefined;
   try {
     if (response.body !== null) {
-      for await (const chunk of response.body) {
+      for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
         hash.update(chunk);
         bytes += chunk.length;
       }

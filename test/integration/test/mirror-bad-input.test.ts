@@ -14,9 +14,10 @@ import {
   startRegistry,
   type GeneratedImage,
   type Registry,
+  startAgent,
+  type AgentProcess,
 } from '@shoal/testkit';
 
-import { startAgent, type AgentProcess } from '../src/agent-process.js';
 import { MiB } from '../src/files.js';
 import { ociCode, rawGet, streamDigest } from '../src/http.js';
 
@@ -32,7 +33,10 @@ describe('the agent refuses bad input and keeps serving', () => {
     cleanup.push(() => registry.stop());
     const layout = await makeTempDir('image');
     cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, { layerSizes: [3 * MiB, 2 * MiB, 1 * MiB], seed: 'bad-input' });
+    image = await generateImage(layout.path, {
+      layerSizes: [3 * MiB, 2 * MiB, 1 * MiB],
+      seed: 'bad-input',
+    });
     await pushImage(image, registry.host, 'shoal/app');
     agent = await startAgent({ registries: `${registry.host}=${registry.url}` });
     cleanup.push(() => agent.stop());
@@ -45,11 +49,17 @@ describe('the agent refuses bad input and keeps serving', () => {
     }
   });
 
-  const upstreamRequests = (): Promise<number> => agent.metric('shoal_agent_upstream_requests_total');
+  const upstreamRequests = (): Promise<number> =>
+    agent.metric('shoal_agent_upstream_requests_total');
 
   it('answers a malformed digest with 400 DIGEST_INVALID and asks no upstream', async () => {
     const before = await upstreamRequests();
-    for (const bad of ['sha256:xyz', 'sha256:' + 'A'.repeat(64), 'md5:' + 'a'.repeat(32), 'sha256']) {
+    for (const bad of [
+      'sha256:xyz',
+      'sha256:' + 'A'.repeat(64),
+      'md5:' + 'a'.repeat(32),
+      'sha256',
+    ]) {
       const response = await rawGet(agent.url, `/v2/shoal/app/blobs/${bad}?${ns}`);
       assert.equal(response.status, 400, bad);
       assert.equal(ociCode(response.body), 'DIGEST_INVALID', bad);
@@ -58,7 +68,9 @@ describe('the agent refuses bad input and keeps serving', () => {
     assert.equal(manifest.status, 400);
     assert.equal(ociCode(manifest.body), 'DIGEST_INVALID');
     assert.equal(await upstreamRequests(), before);
-    assert.ok((await agent.metric('shoal_agent_mirror_rejected_total', { code: 'DIGEST_INVALID' })) >= 5);
+    assert.ok(
+      (await agent.metric('shoal_agent_mirror_rejected_total', { code: 'DIGEST_INVALID' })) >= 5,
+    );
   });
 
   it('answers path traversal in the name with 400 NAME_INVALID and asks no upstream', async () => {
@@ -83,7 +95,12 @@ describe('the agent refuses bad input and keeps serving', () => {
 
   it('refuses an unknown ns= with 403 DENIED and never contacts it', async () => {
     const before = await upstreamRequests();
-    for (const query of ['ns=evil.example.com', 'ns=127.0.0.1:1', `ns=${registry.host}&ns=evil.example.com`, '']) {
+    for (const query of [
+      'ns=evil.example.com',
+      'ns=127.0.0.1:1',
+      `ns=${registry.host}&ns=evil.example.com`,
+      '',
+    ]) {
       const response = await rawGet(agent.url, `/v2/shoal/app/manifests/latest?${query}`);
       assert.ok(response.status === 403 || response.status === 400, `${query}: ${response.status}`);
       assert.equal(ociCode(response.body), 'DENIED', query);
@@ -92,7 +109,9 @@ describe('the agent refuses bad input and keeps serving', () => {
   });
 
   it('refuses writes: the mirror is read-only', async () => {
-    const response = await fetch(`${agent.url}/v2/shoal/app/blobs/uploads/?${ns}`, { method: 'POST' });
+    const response = await fetch(`${agent.url}/v2/shoal/app/blobs/uploads/?${ns}`, {
+      method: 'POST',
+    });
     assert.equal(response.status, 405);
     assert.equal(ociCode(Buffer.from(await response.arrayBuffer())), 'UNSUPPORTED');
   });
@@ -103,17 +122,29 @@ describe('the agent refuses bad input and keeps serving', () => {
     const url = `${agent.url}/v2/shoal/app/blobs/${layer.digest}?${ns}`;
     const whole = await streamDigest(url);
     assert.equal(whole.digest, layer.digest);
-    for (const range of [`bytes=${layer.size}-`, 'bytes=abc', 'bytes=10-5', 'bytes=-0', 'items=0-1']) {
-      const response = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, { range });
+    for (const range of [
+      `bytes=${layer.size}-`,
+      'bytes=abc',
+      'bytes=10-5',
+      'bytes=-0',
+      'items=0-1',
+    ]) {
+      const response = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, {
+        range,
+      });
       assert.equal(response.status, 416, range);
       assert.equal(ociCode(response.body), 'RANGE_INVALID', range);
       assert.equal(response.headers['content-range'], `bytes */${layer.size}`);
     }
-    const part = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, { range: 'bytes=100-199' });
+    const part = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, {
+      range: 'bytes=100-199',
+    });
     assert.equal(part.status, 206);
     assert.equal(part.body.length, 100);
     assert.equal(part.headers['content-range'], `bytes 100-199/${layer.size}`);
-    const tail = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, { range: 'bytes=-10' });
+    const tail = await rawGet(agent.url, `/v2/shoal/app/blobs/${layer.digest}?${ns}`, {
+      range: 'bytes=-10',
+    });
     assert.equal(tail.status, 206);
     assert.equal(tail.body.length, 10);
   });
@@ -123,13 +154,18 @@ describe('the agent refuses bad input and keeps serving', () => {
     assert.ok(layer !== undefined);
     await registry.corruptBlob(layer.digest);
     const url = `${agent.url}/v2/shoal/app/blobs/${layer.digest}?${ns}`;
-    const failuresBefore = await agent.metric('shoal_agent_verification_failures_total', { kind: 'blob' });
+    const failuresBefore = await agent.metric('shoal_agent_verification_failures_total', {
+      kind: 'blob',
+    });
     // Three clients at once share one download; all of them must see it cut, not completed.
     const outcomes = await Promise.all([streamDigest(url), streamDigest(url), streamDigest(url)]);
     for (const outcome of outcomes) {
       assert.equal(outcome.status, 200);
       assert.ok(outcome.error !== undefined, 'the response was aborted');
-      assert.ok(outcome.bytes < layer.size, `only ${outcome.bytes} of ${layer.size} bytes were sent`);
+      assert.ok(
+        outcome.bytes < layer.size,
+        `only ${outcome.bytes} of ${layer.size} bytes were sent`,
+      );
     }
     assert.equal(
       await agent.metric('shoal_agent_verification_failures_total', { kind: 'blob' }),

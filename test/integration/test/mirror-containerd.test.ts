@@ -17,9 +17,10 @@ import {
   writeMirrorHosts,
   type GeneratedImage,
   type Registry,
+  startAgent,
+  type AgentProcess,
 } from '@shoal/testkit';
 
-import { startAgent, type AgentProcess } from '../src/agent-process.js';
 import { fileDigest, MiB } from '../src/files.js';
 
 /** Pulls `ref` with a fresh containerd whose hosts.toml points at `agent`; returns its content. */
@@ -66,9 +67,15 @@ describe('containerd pulls through the agent', () => {
     cleanup.push(() => registry.stop());
     const layout = await makeTempDir('image');
     cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, { layerSizes: [256 * MiB, 8 * MiB, 512 * 1024], seed: 'mirror-containerd' });
+    image = await generateImage(layout.path, {
+      layerSizes: [256 * MiB, 8 * MiB, 512 * 1024],
+      seed: 'mirror-containerd',
+    });
     ref = await pushImage(image, registry.host, 'shoal/big');
-    agent = await startAgent({ registries: `${registry.host}=${registry.url}`, defaultRegistry: registry.host });
+    agent = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      defaultRegistry: registry.host,
+    });
     cleanup.push(() => agent.stop());
   });
 
@@ -86,7 +93,10 @@ describe('containerd pulls through the agent', () => {
     for (const blob of image.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest} fetched once`);
     }
-    assert.equal(await agent.metric('shoal_agent_fetched_bytes_total', { source: 'origin' }), image.blobs.reduce((s, b) => s + b.size, 0));
+    assert.equal(
+      await agent.metric('shoal_agent_fetched_bytes_total', { source: 'origin' }),
+      image.blobs.reduce((s, b) => s + b.size, 0),
+    );
   });
 
   it('serves a second pull with zero blob requests to the registry', async () => {
@@ -103,7 +113,10 @@ describe('containerd pulls through the agent', () => {
   it('lets skopeo copy the image through the mirror', async () => {
     const out = await makeTempDir('skopeo-out');
     try {
-      await skopeoCopy(`docker://127.0.0.1:${agent.port}/shoal/big:latest`, `oci:${out.path}:copied`);
+      await skopeoCopy(
+        `docker://127.0.0.1:${agent.port}/shoal/big:latest`,
+        `oci:${out.path}:copied`,
+      );
       for (const blob of image.blobs) {
         const hex = blob.digest.slice('sha256:'.length);
         assert.equal(await fileDigest(join(out.path, 'blobs', 'sha256', hex)), blob.digest);
@@ -127,8 +140,13 @@ describe('containerd pulls through the agent from an htpasswd-protected registry
     cleanup.push(() => registry.stop());
     const layout = await makeTempDir('image');
     cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, { layerSizes: [4 * MiB, 2 * MiB, 1 * MiB], seed: 'mirror-auth' });
-    ref = await pushImage(image, registry.host, 'private/app', { destCreds: `${auth.username}:${auth.password}` });
+    image = await generateImage(layout.path, {
+      layerSizes: [4 * MiB, 2 * MiB, 1 * MiB],
+      seed: 'mirror-auth',
+    });
+    ref = await pushImage(image, registry.host, 'private/app', {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
     agent = await startAgent({ registries: `${registry.host}=${registry.url}` });
     cleanup.push(() => agent.stop());
   });
@@ -140,16 +158,25 @@ describe('containerd pulls through the agent from an htpasswd-protected registry
   });
 
   it('refuses a pull without credentials, passing the registry challenge through', async () => {
-    const response = await fetch(`${agent.url}/v2/private/app/manifests/latest?ns=${registry.host}`);
+    const response = await fetch(
+      `${agent.url}/v2/private/app/manifests/latest?ns=${registry.host}`,
+    );
     assert.equal(response.status, 401);
     assert.match(response.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
-    const blob = await fetch(`${agent.url}/v2/private/app/blobs/${image.layers[0]?.digest ?? ''}?ns=${registry.host}`);
+    const blob = await fetch(
+      `${agent.url}/v2/private/app/blobs/${image.layers[0]?.digest ?? ''}?ns=${registry.host}`,
+    );
     assert.equal(blob.status, 401);
     assert.equal(await agent.metric('shoal_agent_cache_size_bytes'), 0);
   });
 
   it('pulls with credentials given to containerd only', async () => {
-    const content = await pullWithFreshContainerd(registry, agent, ref, `${auth.username}:${auth.password}`);
+    const content = await pullWithFreshContainerd(
+      registry,
+      agent,
+      ref,
+      `${auth.username}:${auth.password}`,
+    );
     assertHoldsImage(content, image);
     for (const blob of image.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest} fetched once`);

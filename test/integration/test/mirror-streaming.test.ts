@@ -7,9 +7,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { generateImage, makeTempDir, pushImage, startRegistry, type GeneratedImage, type Registry } from '@shoal/testkit';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startAgent,
+  startRegistry,
+  type AgentProcess,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
 
-import { startAgent, type AgentProcess } from '../src/agent-process.js';
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
 
@@ -30,7 +38,10 @@ describe('streaming a 1 GiB blob', () => {
     image = await generateImage(layout.path, { layerSizes: [GiB], seed: 'streaming' });
     await pushImage(image, registry.host, 'shoal/huge');
     await layout.remove();
-    agent = await startAgent({ registries: `${registry.host}=${registry.url}`, defaultRegistry: registry.host });
+    agent = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      defaultRegistry: registry.host,
+    });
     cleanup.push(() => agent.stop());
   });
 
@@ -53,7 +64,11 @@ describe('streaming a 1 GiB blob', () => {
       assert.equal(outcome.bytes, layer.size);
       assert.equal(outcome.digest, layer.digest);
     }
-    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'the registry served the blob once');
+    assert.equal(
+      (await registry.blobGets(layer.digest)).length,
+      1,
+      'the registry served the blob once',
+    );
 
     const fromCache = await streamDigest(url);
     assert.equal(fromCache.digest, layer.digest);

@@ -7,7 +7,9 @@ import { isDigest, parseDigest } from '../oci/digest.js';
 export const digestText = z.string().refine(isDigest, { message: 'not a sha256/sha512 digest' });
 
 /** A peer id: the node's stable name, safe to use as a NATS subject token. */
-export const peerId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'peer id must be 1-64 of [A-Za-z0-9_-]');
+export const peerId = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, 'peer id must be 1-64 of [A-Za-z0-9_-]');
 
 /** Where a peer serves pieces, and where it runs. */
 export const peerInfo = z.strictObject({

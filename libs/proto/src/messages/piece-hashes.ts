@@ -18,7 +18,10 @@ export const pieceHashes = z
     /** Index of the first piece whose hash this batch carries. */
     first: z.int().nonnegative(),
     /** Lowercase hex sha256 of each piece, for pieces `first`, `first + 1`, ... */
-    hashes: z.array(z.string().regex(/^[a-f0-9]{64}$/)).min(1).max(1024),
+    hashes: z
+      .array(z.string().regex(/^[a-f0-9]{64}$/))
+      .min(1)
+      .max(1024),
   })
   .refine((m) => m.first + m.hashes.length <= Math.max(1, Math.ceil(m.size / m.pieceSize)), {
     message: 'more hashes than the blob has pieces',

@@ -36,7 +36,10 @@ function isDigestAlgorithm(name: string): name is DigestAlgorithm {
 /** Parses `algorithm:hex`, rejecting anything the spec rejects and any algorithm we cannot verify. */
 export function parseDigest(input: string): Digest {
   if (!DIGEST_GRAMMAR.test(input)) {
-    throw new OciParseError('DIGEST_INVALID', `"${clip(input)}" is not a digest (algorithm:encoded)`);
+    throw new OciParseError(
+      'DIGEST_INVALID',
+      `"${clip(input)}" is not a digest (algorithm:encoded)`,
+    );
   }
   const colon = input.indexOf(':');
   const algorithm = input.slice(0, colon);

@@ -2,7 +2,8 @@
  * The OCI distribution spec's error codes that parsing can produce. A mirror maps them to
  * the spec's error body (`{"errors":[{"code":...}]}`) and a 400.
  */
-export type OciParseErrorCode = 'DIGEST_INVALID' | 'NAME_INVALID' | 'TAG_INVALID' | 'REFERENCE_INVALID';
+export type OciParseErrorCode =
+  'DIGEST_INVALID' | 'NAME_INVALID' | 'TAG_INVALID' | 'REFERENCE_INVALID';
 
 /** Raised for input the OCI grammar rejects; `code` is stable and safe to show to a client. */
 export class OciParseError extends Error {

@@ -11,7 +11,18 @@
  * pinned and never evicted.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import {
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { parseDigest, type Digest } from '@shoal/proto';
@@ -147,7 +158,9 @@ export class FsContentStore {
   }
 
   /** Reads small cached content (a manifest) and its media type. */
-  async getSmall(digest: Digest): Promise<{ bytes: Buffer; mediaType: string | undefined } | undefined> {
+  async getSmall(
+    digest: Digest,
+  ): Promise<{ bytes: Buffer; mediaType: string | undefined } | undefined> {
     const entry = this.#entries.get(digest.toString());
     if (entry === undefined) {
       return undefined;
@@ -155,7 +168,9 @@ export class FsContentStore {
     entry.lastUsedMs = Date.now();
     try {
       const bytes = await readFile(this.#pathOf(digest));
-      const mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8').catch(() => undefined);
+      const mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8').catch(
+        () => undefined,
+      );
       return { bytes, mediaType };
     } catch {
       this.#remove(digest.toString());
@@ -186,7 +201,10 @@ export class FsContentStore {
     while (this.#totalBytes > this.#maxBytes) {
       let victim: [string, Entry] | undefined;
       for (const item of this.#entries) {
-        if (item[1].pins === 0 && (victim === undefined || item[1].lastUsedMs < victim[1].lastUsedMs)) {
+        if (
+          item[1].pins === 0 &&
+          (victim === undefined || item[1].lastUsedMs < victim[1].lastUsedMs)
+        ) {
           victim = item;
         }
       }

@@ -22,6 +22,8 @@ export type Flight =
 export interface DownloadHooks {
   /** Bytes received from the upstream. */
   onBytes(bytes: number): void;
+  /** A download began. */
+  onStarted(download: BlobDownload): void;
   /** A download ended, verified or failed. */
   onSettled(download: BlobDownload, state: DownloadState): void;
 }
@@ -47,7 +49,10 @@ export class DownloadTable {
    * Joins the download of `digest`, or starts it with `fetch` (given a signal that aborts on
    * shutdown). Resolves with the download, or with the upstream's non-200 answer to `fetch`.
    */
-  async join(digest: Digest, fetch: (signal: AbortSignal) => Promise<UpstreamResponse>): Promise<Flight> {
+  async join(
+    digest: Digest,
+    fetch: (signal: AbortSignal) => Promise<UpstreamResponse>,
+  ): Promise<Flight> {
     const pending = this.#flights.get(digest.toString());
     if (pending !== undefined) {
       const flight = await pending.catch(() => undefined);
@@ -58,7 +63,10 @@ export class DownloadTable {
     return this.#lead(digest, fetch);
   }
 
-  #lead(digest: Digest, fetch: (signal: AbortSignal) => Promise<UpstreamResponse>): Promise<Flight> {
+  #lead(
+    digest: Digest,
+    fetch: (signal: AbortSignal) => Promise<UpstreamResponse>,
+  ): Promise<Flight> {
     const key = digest.toString();
     const flight = (async (): Promise<Flight> => {
       const response = await fetch(this.#abort.signal);
@@ -69,13 +77,16 @@ export class DownloadTable {
       const size = length === undefined ? undefined : Number(length);
       const download = new BlobDownload(digest, size, await this.#store.createTemp());
       this.#running.add(download);
-      void download.run(response.body, this.#store, (n) => this.#hooks.onBytes(n)).then((state) => {
-        this.#running.delete(download);
-        if (this.#flights.get(key) === flight) {
-          this.#flights.delete(key);
-        }
-        this.#hooks.onSettled(download, state);
-      });
+      this.#hooks.onStarted(download);
+      void download
+        .run(response.body, this.#store, (n) => this.#hooks.onBytes(n))
+        .then((state) => {
+          this.#running.delete(download);
+          if (this.#flights.get(key) === flight) {
+            this.#flights.delete(key);
+          }
+          this.#hooks.onSettled(download, state);
+        });
       return { kind: 'download', download };
     })();
     this.#flights.set(key, flight);

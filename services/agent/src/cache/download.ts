@@ -42,7 +42,11 @@ export class BlobDownload {
   readonly settled: Promise<DownloadState>;
   #settle: (state: DownloadState) => void = () => undefined;
 
-  constructor(digest: Digest, size: number | undefined, temp: { path: string; handle: FileHandle }) {
+  constructor(
+    digest: Digest,
+    size: number | undefined,
+    temp: { path: string; handle: FileHandle },
+  ) {
     this.digest = digest;
     this.size = size;
     this.#tempPath = temp.path;

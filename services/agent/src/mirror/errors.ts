@@ -25,7 +25,9 @@ export class MirrorError extends ShoalError<OciErrorCode> {
 
 /** The OCI error body for one error. */
 export function ociErrorBody(code: string, message: string, detail?: unknown): string {
-  return JSON.stringify({ errors: [{ code, message, ...(detail === undefined ? {} : { detail }) }] });
+  return JSON.stringify({
+    errors: [{ code, message, ...(detail === undefined ? {} : { detail }) }],
+  });
 }
 
 /** Maps anything thrown while handling a request to a status and an OCI code. */

@@ -91,10 +91,15 @@ export class Mirror {
       }
     }
     const refText = reference.kind === 'tag' ? reference.tag : reference.digest.toString();
-    const response = await this.#request(req, 'manifest', `/v2/${target.name}/manifests/${refText}`, {
-      accept: req.accept,
-      authorization: req.authorization,
-    });
+    const response = await this.#request(
+      req,
+      'manifest',
+      `/v2/${target.name}/manifests/${refText}`,
+      {
+        accept: req.accept,
+        authorization: req.authorization,
+      },
+    );
     if (response.status !== 200 || req.method === 'HEAD') {
       await passThrough(reply, response);
       return;
@@ -113,7 +118,12 @@ export class Mirror {
     if (expected !== undefined && actual.toString() !== expected.toString()) {
       metrics.verificationFailures.inc({ kind: 'manifest' });
       this.#deps.logger.warn(
-        { registry: req.registry.host, name: target.name, expected: expected.toString(), actual: actual.toString() },
+        {
+          registry: req.registry.host,
+          name: target.name,
+          expected: expected.toString(),
+          actual: actual.toString(),
+        },
         'upstream manifest does not match its digest',
       );
       throw new MirrorError(
@@ -136,7 +146,10 @@ export class Mirror {
     }
     const path = `/v2/${name}/blobs/${digest.toString()}`;
     if (req.method === 'HEAD') {
-      await passThrough(reply, await this.#request(req, 'blob', path, { authorization: req.authorization }));
+      await passThrough(
+        reply,
+        await this.#request(req, 'blob', path, { authorization: req.authorization }),
+      );
       return;
     }
     const flight = await downloads.join(digest, (signal) =>
@@ -148,13 +161,20 @@ export class Mirror {
     }
     const { download } = flight;
     const range = download.size === undefined ? undefined : parseRange(req.range, download.size);
-    const stream = download.openReader(range?.start ?? 0, range === undefined ? undefined : range.end + 1);
+    const stream = download.openReader(
+      range?.start ?? 0,
+      range === undefined ? undefined : range.end + 1,
+    );
     if (stream === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
       if (await this.#fromCache(digest, req, reply)) {
         return;
       }
-      throw new MirrorError('BLOB_UNKNOWN', 503, `${digest.toString()} could not be fetched; retry`);
+      throw new MirrorError(
+        'BLOB_UNKNOWN',
+        503,
+        `${digest.toString()} could not be fetched; retry`,
+      );
     }
     this.#count(stream, 'download');
     sendBlob(reply, digest, download.size, range, stream);
@@ -186,7 +206,13 @@ export class Mirror {
     });
     stream.once('close', () => void opened.release());
     this.#count(stream, 'cache');
-    sendBlob(reply, digest, opened.size, range, opened.size === 0 ? emptyStream(stream) : stream);
+    if (opened.size === 0) {
+      // A zero-length blob: close the file at once and send nothing.
+      stream.destroy();
+      sendBlob(reply, digest, 0, range, undefined);
+    } else {
+      sendBlob(reply, digest, opened.size, range, stream);
+    }
     return true;
   }
 
@@ -214,7 +240,11 @@ export class Mirror {
       metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
       return response;
     } catch (error) {
-      metrics.upstreamRequests.inc({ registry, kind, status: isAbortError(error) ? 'aborted' : 'error' });
+      metrics.upstreamRequests.inc({
+        registry,
+        kind,
+        status: isAbortError(error) ? 'aborted' : 'error',
+      });
       const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
       throw new MirrorError('UNAVAILABLE', 502, `upstream ${registry} did not answer: ${reason}`, {
         cause: error,
@@ -276,12 +306,6 @@ function sendBlob(
     }
   }
   reply.send(body);
-}
-
-/** A zero-length blob: close the file at once and send nothing. */
-function emptyStream(stream: Readable): undefined {
-  stream.destroy();
-  return undefined;
 }
 
 /** Sends an upstream's answer (an error, a challenge, a HEAD) to the client as it came. */

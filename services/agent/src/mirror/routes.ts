@@ -59,7 +59,7 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
   app.route({
     method: ['PUT', 'POST', 'PATCH', 'DELETE'],
     url: '/v2/*',
-    handler: async () => {
+    handler: () => {
       throw new MirrorError('UNSUPPORTED', 405, 'the mirror is read-only: push to the registry');
     },
   });
@@ -68,24 +68,45 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     sendError(reply, request, new MirrorError('UNSUPPORTED', 404, 'no such endpoint')),
   );
 
-  app.setErrorHandler(async (error, request, reply) => sendError(reply, request, toMirrorError(error)));
+  app.setErrorHandler(async (error, request, reply) =>
+    sendError(reply, request, toMirrorError(error)),
+  );
 
   app.addHook('onResponse', async (request, reply) => {
     const path = request.url;
-    const kind = path.includes('/manifests/') ? 'manifest' : path.includes('/blobs/') ? 'blob' : 'other';
+    const kind = path.includes('/manifests/')
+      ? 'manifest'
+      : path.includes('/blobs/')
+        ? 'blob'
+        : 'other';
     metrics.requests.inc({ kind, method: request.method, status: String(reply.statusCode) });
     logger.debug(
-      { method: request.method, url: request.url.slice(0, 512), status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
+      {
+        method: request.method,
+        url: request.url.slice(0, 512),
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime),
+      },
       'mirror request',
     );
   });
 
-  function sendError(reply: FastifyReply, request: FastifyRequest, error: MirrorError): FastifyReply {
+  function sendError(
+    reply: FastifyReply,
+    request: FastifyRequest,
+    error: MirrorError,
+  ): FastifyReply {
     if (error.status < 500) {
       metrics.rejected.inc({ code: error.code });
-      logger.warn({ url: request.url.slice(0, 512), code: error.code, status: error.status }, error.message);
+      logger.warn(
+        { url: request.url.slice(0, 512), code: error.code, status: error.status },
+        error.message,
+      );
     } else {
-      logger.error({ url: request.url.slice(0, 512), code: error.code, err: error.cause ?? error }, error.message);
+      logger.error(
+        { url: request.url.slice(0, 512), code: error.code, err: error.cause ?? error },
+        error.message,
+      );
     }
     if (reply.sent || reply.raw.headersSent) {
       // Bytes already went out: the only honest answer left is to cut the response.

@@ -23,10 +23,14 @@ const WELL_KNOWN_ENDPOINTS: Record<string, string> = {
  */
 export const registriesList = z.string().transform((text, ctx): UpstreamRegistry[] => {
   const registries: UpstreamRegistry[] = [];
-  for (const entry of text.split(',').map((e) => e.trim()).filter((e) => e !== '')) {
+  for (const entry of text
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '')) {
     const eq = entry.indexOf('=');
     const host = eq === -1 ? entry : entry.slice(0, eq);
-    const endpoint = eq === -1 ? (WELL_KNOWN_ENDPOINTS[host] ?? `https://${host}`) : entry.slice(eq + 1);
+    const endpoint =
+      eq === -1 ? (WELL_KNOWN_ENDPOINTS[host] ?? `https://${host}`) : entry.slice(eq + 1);
     try {
       parseRegistryHost(host);
     } catch {
@@ -41,7 +45,10 @@ export const registriesList = z.string().transform((text, ctx): UpstreamRegistry
       continue;
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      ctx.addIssue({ code: 'custom', message: `${host}: only http and https upstreams are supported` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `${host}: only http and https upstreams are supported`,
+      });
       continue;
     }
     if (registries.some((r) => r.host === host)) {

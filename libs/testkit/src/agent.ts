@@ -1,11 +1,16 @@
-/** Runs the built agent as its own process, as a node would, for integration tests. */
+/**
+ * Runs the built agent (`services/agent/dist/src/main.js`, from `tsc -b`) as its own process,
+ * as a node would, for integration tests, benchmarks and the local demo.
+ */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from '@shoal/testkit';
+import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
 
-const AGENT_MAIN = fileURLToPath(new URL('../../../../services/agent/dist/src/main.js', import.meta.url));
+const AGENT_MAIN = fileURLToPath(
+  new URL('../../../../services/agent/dist/src/main.js', import.meta.url),
+);
 
 export interface AgentProcess {
   /** Mirror base URL, e.g. `http://127.0.0.1:41234`. */
@@ -23,13 +28,15 @@ export interface AgentProcess {
 export interface AgentOptions {
   /** `SHOAL_AGENT_REGISTRIES` */
   readonly registries: string;
+  /** Port to listen on; a free one when omitted. */
+  readonly port?: number;
   readonly defaultRegistry?: string;
   readonly env?: Record<string, string>;
 }
 
 export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
   const dir = await makeTempDir('agent');
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const cacheDir = join(dir.path, 'cache');
   const proc = startProcess(process.execPath, [AGENT_MAIN], {
     logPath: join(dir.path, 'agent.log'),
@@ -37,7 +44,9 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       PATH: process.env.PATH ?? '',
       SHOAL_AGENT_LISTEN: `127.0.0.1:${port}`,
       SHOAL_AGENT_REGISTRIES: options.registries,
-      ...(options.defaultRegistry === undefined ? {} : { SHOAL_AGENT_DEFAULT_REGISTRY: options.defaultRegistry }),
+      ...(options.defaultRegistry === undefined
+        ? {}
+        : { SHOAL_AGENT_DEFAULT_REGISTRY: options.defaultRegistry }),
       SHOAL_AGENT_CACHE_DIR: cacheDir,
       SHOAL_LOG_LEVEL: 'info',
       ...options.env,
@@ -45,10 +54,14 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
   });
   const url = `http://127.0.0.1:${port}`;
   try {
-    await waitFor('agent /readyz', async () => (await fetch(`${url}/readyz`)).ok, { process: proc });
+    await waitFor('agent /readyz', async () => (await fetch(`${url}/readyz`)).ok, {
+      process: proc,
+    });
   } catch (error) {
     await proc.stop();
-    throw new Error(`${(error as Error).message}\n${await readFile(proc.logPath, 'utf8').catch(() => '')}`);
+    throw new Error(
+      `${(error as Error).message}\n${await readFile(proc.logPath, 'utf8').catch(() => '')}`,
+    );
   }
   return {
     url,

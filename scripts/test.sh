@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, type-checked lint, format check, then every test file
+# (unit and integration, against real servers) with node's test runner.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+
+echo "[test] lint"
+npx --no-install eslint --max-warnings=0 .
+echo "[test] format"
+npx --no-install prettier --check . >/dev/null
+
+mapfile -t files < <(find libs services test tools -path '*/node_modules' -prune -o -path '*/dist/*' -name '*.test.js' -print | sort)
+if [ "${#files[@]}" -eq 0 ]; then
+  echo "no test files found" >&2
+  exit 1
+fi
+echo "[test] ${#files[@]} test files"
+# One file at a time: integration tests start real servers and move gigabytes.
+node --enable-source-maps --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
