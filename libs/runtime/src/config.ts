@@ -16,21 +16,27 @@ export class ConfigError extends Error {
   }
 }
 
-/** Validates `env` against `schema`; throws a `ConfigError` naming every bad variable. */
+/**
+ * Validates `env` against `schema`; throws a `ConfigError` naming every bad variable, together
+ * with `crossProblems` (problems the caller found between variables, as `NAME: reason`).
+ */
 export function loadConfig<S extends z.ZodType>(
   schema: S,
   env: Record<string, string | undefined>,
+  crossProblems: readonly string[] = [],
 ): z.infer<S> {
   const result = schema.safeParse(env);
-  if (result.success) {
+  const problems = result.success
+    ? []
+    : result.error.issues.map((issue) => {
+        const key = issue.path.map(String).join('.');
+        return key === '' ? issue.message : `${key}: ${issue.message}`;
+      });
+  problems.push(...crossProblems);
+  if (result.success && problems.length === 0) {
     return result.data;
   }
-  throw new ConfigError(
-    result.error.issues.map((issue) => {
-      const key = issue.path.map(String).join('.');
-      return key === '' ? issue.message : `${key}: ${issue.message}`;
-    }),
-  );
+  throw new ConfigError(problems);
 }
 
 /** A non-negative integer given as text, e.g. a size in bytes or a duration in ms. */

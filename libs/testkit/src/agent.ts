@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
 
-const AGENT_MAIN = fileURLToPath(
+/** The built agent's entry point. */
+export const AGENT_MAIN = fileURLToPath(
   new URL('../../../../services/agent/dist/src/main.js', import.meta.url),
 );
 
@@ -30,6 +31,8 @@ export interface AgentOptions {
   readonly registries: string;
   /** Port to listen on; a free one when omitted. */
   readonly port?: number;
+  /** Cache directory to use (and keep); a temporary one when omitted. */
+  readonly cacheDir?: string;
   readonly defaultRegistry?: string;
   readonly env?: Record<string, string>;
 }
@@ -37,7 +40,7 @@ export interface AgentOptions {
 export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
   const dir = await makeTempDir('agent');
   const port = options.port ?? (await freePort());
-  const cacheDir = join(dir.path, 'cache');
+  const cacheDir = options.cacheDir ?? join(dir.path, 'cache');
   const proc = startProcess(process.execPath, [AGENT_MAIN], {
     logPath: join(dir.path, 'agent.log'),
     env: {

@@ -1,5 +1,5 @@
 /** @shoal/testkit: real servers for tests, on random ports in temporary directories. */
-export { startAgent, type AgentOptions, type AgentProcess } from './agent.js';
+export { AGENT_MAIN, startAgent, type AgentOptions, type AgentProcess } from './agent.js';
 export { startContainerd, writeMirrorHosts, type Containerd } from './containerd.js';
 export {
   generateImage,

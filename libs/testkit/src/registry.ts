@@ -119,7 +119,16 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   }
 
   const requests = async (): Promise<RegistryRequest[]> => {
-    const text = await readFile(logPath, 'utf8');
+    // The registry logs a request just after answering it: wait for the log to settle.
+    let text = await readFile(logPath, 'utf8');
+    for (let i = 0; i < 20; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const again = await readFile(logPath, 'utf8');
+      if (again.length === text.length) {
+        break;
+      }
+      text = again;
+    }
     const served: RegistryRequest[] = [];
     for (const line of text.split('\n')) {
       if (!line.startsWith('{')) {

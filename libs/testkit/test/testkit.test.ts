@@ -1,0 +1,130 @@
+/**
+ * The test kit's own servers: each starts on a random port, does what later tests rely on,
+ * and leaves nothing behind when stopped.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage } from 'node:http';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { generateImage, makeTempDir, pushImage, startNats, startRegistry } from '../src/index.js';
+
+/** Reads the INFO line a NATS server sends on connect. */
+async function natsInfo(port: number): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let text = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      text += chunk;
+      const end = text.indexOf('\r\n');
+      if (end !== -1) {
+        socket.destroy();
+        resolve(JSON.parse(text.slice('INFO '.length, end)) as Record<string, unknown>);
+      }
+    });
+    socket.on('error', reject);
+  });
+}
+
+describe('startNats', () => {
+  it('runs nats-server with JetStream on a random port and removes its store on stop', async () => {
+    const nats = await startNats();
+    try {
+      assert.match(nats.url, /^nats:\/\/127\.0\.0\.1:\d+$/);
+      const info = await natsInfo(nats.port);
+      assert.equal(info.jetstream, true);
+      assert.equal(info.port, nats.port);
+    } finally {
+      await nats.stop();
+    }
+    assert.equal(existsSync(nats.storeDir), false);
+    await assert.rejects(natsInfo(nats.port));
+  });
+});
+
+describe('generateImage', () => {
+  it('writes an OCI layout whose blobs match their descriptors', async () => {
+    const dir = await makeTempDir('image-test');
+    try {
+      const image = await generateImage(dir.path, { layerSizes: [1000, 70_000], seed: 'kit' });
+      assert.equal(image.layers.length, 2);
+      for (const blob of [image.manifest, ...image.blobs]) {
+        const bytes = await readFile(join(dir.path, 'blobs', 'sha256', blob.digest.slice(7)));
+        assert.equal(bytes.length, blob.size);
+        assert.equal(`sha256:${createHash('sha256').update(bytes).digest('hex')}`, blob.digest);
+      }
+      const again = await generateImage(join(dir.path, 'again'), {
+        layerSizes: [1000, 70_000],
+        seed: 'kit',
+      });
+      assert.deepEqual(again.layers, image.layers, 'the same seed gives the same layers');
+      const other = await generateImage(join(dir.path, 'other'), {
+        layerSizes: [1000],
+        seed: 'other',
+      });
+      assert.notEqual(other.layers[0]?.digest, image.layers[0]?.digest);
+    } finally {
+      await dir.remove();
+    }
+  });
+});
+
+describe('startRegistry', () => {
+  it('sends push notifications to a URL and logs every request it serves', async () => {
+    const envelopes: { auth: string | undefined; body: unknown }[] = [];
+    const receiver = createServer((req: IncomingMessage, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        envelopes.push({
+          auth: req.headers.authorization,
+          body: JSON.parse(Buffer.concat(chunks).toString()),
+        });
+        res.end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const address = receiver.address();
+    assert.ok(address !== null && typeof address === 'object');
+    const registry = await startRegistry({
+      notify: {
+        url: `http://127.0.0.1:${address.port}/hook`,
+        headers: { Authorization: 'Bearer kit' },
+      },
+    });
+    const dir = await makeTempDir('image-test');
+    try {
+      const image = await generateImage(dir.path, { layerSizes: [2000], seed: 'notify' });
+      await pushImage(image, registry.host, 'kit/notify');
+      const deadline = Date.now() + 15_000;
+      const pushedManifest = (): boolean =>
+        envelopes.some(
+          (e) =>
+            JSON.stringify(e.body).includes(`"digest":"${image.manifest.digest}"`) &&
+            JSON.stringify(e.body).includes('"action":"push"'),
+        );
+      while (!pushedManifest() && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.ok(pushedManifest(), 'a push event for the manifest arrived');
+      assert.ok(envelopes.every((e) => e.auth === 'Bearer kit'));
+      const response = await fetch(
+        `${registry.url}/v2/kit/notify/blobs/${image.layers[0]?.digest ?? ''}`,
+      );
+      await response.arrayBuffer();
+      assert.equal(response.status, 200);
+      const gets = await registry.blobGets(image.layers[0]?.digest);
+      assert.equal(gets.length, 1);
+      assert.equal(gets[0]?.userAgent, 'node');
+    } finally {
+      await registry.stop();
+      await dir.remove();
+      receiver.close();
+    }
+  });
+});
