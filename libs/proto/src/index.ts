@@ -34,10 +34,25 @@ export {
   type PieceRanges,
 } from './messages/common.js';
 export { handout, handoutSubject, type Handout } from './messages/handout.js';
-export { peerGone, peerGoneSubject, type PeerGone } from './messages/peer-gone.js';
+export {
+  PEER_GONE_SUBJECTS,
+  peerGone,
+  peerGoneSubject,
+  type PeerGone,
+} from './messages/peer-gone.js';
 export { pieceHashes, pieceHashesSubject, type PieceHashes } from './messages/piece-hashes.js';
-export { pieceHave, pieceHaveSubject, type PieceHave } from './messages/piece-have.js';
-export { pieceWant, pieceWantSubject, type PieceWant } from './messages/piece-want.js';
+export {
+  PIECE_HAVE_SUBJECTS,
+  pieceHave,
+  pieceHaveSubject,
+  type PieceHave,
+} from './messages/piece-have.js';
+export {
+  PIECE_WANT_SUBJECTS,
+  pieceWant,
+  pieceWantSubject,
+  type PieceWant,
+} from './messages/piece-want.js';
 export {
   PREHEAT_COMMAND_SUBJECT,
   preheatCommand,

@@ -15,6 +15,8 @@ export interface StreamSpec {
   readonly maxAgeMs: number;
   /** Window in which a repeated message id is dropped, in milliseconds. */
   readonly duplicateWindowMs: number;
+  /** Messages kept per subject (-1: no limit). 1 keeps only each subject's latest state. */
+  readonly maxMsgsPerSubject: number;
   readonly owner: 'agent' | 'tracker' | 'seedserver' | 'watcher';
   readonly description: string;
 }
@@ -25,12 +27,24 @@ const HOUR_MS = 60 * MINUTE_MS;
 export const STREAMS = {
   swarm: {
     name: 'SHOAL_SWARM',
-    subjects: ['shoal.swarm.v1.>'],
+    subjects: ['shoal.swarm.v1.have.>', 'shoal.swarm.v1.gone.>'],
     retention: 'limits',
-    maxAgeMs: 30 * MINUTE_MS,
+    maxAgeMs: 2 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
+    maxMsgsPerSubject: 1,
     owner: 'tracker',
-    description: 'piece-have, piece-want and peer-gone events; the tracker rebuilds from it',
+    description:
+      'latest piece-have per (blob, peer) and peer-gone per peer; a tracker rebuilds its view by replaying it',
+  },
+  wants: {
+    name: 'SHOAL_WANTS',
+    subjects: ['shoal.swarm.v1.want.>'],
+    retention: 'workqueue',
+    maxAgeMs: MINUTE_MS,
+    duplicateWindowMs: 2 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
+    owner: 'tracker',
+    description: 'piece-want events, each answered by one tracker replica',
   },
   pieces: {
     name: 'SHOAL_PIECES',
@@ -38,6 +52,7 @@ export const STREAMS = {
     retention: 'limits',
     maxAgeMs: 24 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
     owner: 'seedserver',
     description: 'piece hashes published by the seed server',
   },
@@ -47,6 +62,7 @@ export const STREAMS = {
     retention: 'workqueue',
     maxAgeMs: HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
     owner: 'seedserver',
     description: 'seed requests, one consumer group of seed-server replicas',
   },
@@ -56,6 +72,7 @@ export const STREAMS = {
     retention: 'workqueue',
     maxAgeMs: 24 * HOUR_MS,
     duplicateWindowMs: 10 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
     owner: 'watcher',
     description: 'preheat commands; a restart loses none',
   },
@@ -65,6 +82,7 @@ export const STREAMS = {
     retention: 'limits',
     maxAgeMs: 7 * 24 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
     owner: 'watcher',
     description: 'preheat progress and completion events',
   },

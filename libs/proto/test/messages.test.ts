@@ -12,6 +12,7 @@ import {
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
+  pieceWantSubject,
   seedRequestSubject,
   STREAMS,
   type MessageType,
@@ -111,7 +112,7 @@ describe('subjects', () => {
   const hex = blob.slice('sha256:'.length);
 
   it('carry the algorithm and hex as separate tokens under a versioned domain', () => {
-    assert.equal(pieceHaveSubject(blob), `shoal.swarm.v1.have.sha256.${hex}`);
+    assert.equal(pieceHaveSubject(blob, 'node-a'), `shoal.swarm.v1.have.sha256.${hex}.node-a`);
     assert.equal(pieceHashesSubject(blob), `shoal.pieces.v1.hashes.sha256.${hex}`);
     assert.equal(seedRequestSubject(blob), `shoal.seed.v1.request.sha256.${hex}`);
   });
@@ -119,12 +120,13 @@ describe('subjects', () => {
   it('fall inside the stream that owns them', () => {
     const matches = (filter: string, subject: string): boolean =>
       subject.startsWith(filter.replace(/>$/, ''));
-    assert.ok(STREAMS.swarm.subjects.some((f) => matches(f, pieceHaveSubject(blob))));
+    assert.ok(STREAMS.swarm.subjects.some((f) => matches(f, pieceHaveSubject(blob, 'node-a'))));
+    assert.ok(STREAMS.wants.subjects.some((f) => matches(f, pieceWantSubject(blob))));
     assert.ok(STREAMS.pieces.subjects.some((f) => matches(f, pieceHashesSubject(blob))));
     assert.ok(STREAMS.seed.subjects.some((f) => matches(f, seedRequestSubject(blob))));
   });
 
   it('refuse a digest that is not valid', () => {
-    assert.throws(() => pieceHaveSubject('sha256:../../x'));
+    assert.throws(() => pieceHaveSubject('sha256:../../x', 'node-a'));
   });
 });

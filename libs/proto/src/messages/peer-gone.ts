@@ -11,3 +11,6 @@ export type PeerGone = z.infer<typeof peerGone>;
 
 /** Subject of a peer's departure. */
 export const peerGoneSubject = (peer: string): string => `shoal.swarm.v1.gone.${peer}`;
+
+/** Subjects of every peer-gone event. */
+export const PEER_GONE_SUBJECTS = 'shoal.swarm.v1.gone.>';

@@ -20,6 +20,12 @@ export const pieceHave = z.strictObject({
 });
 export type PieceHave = z.infer<typeof pieceHave>;
 
-/** Subject of a blob's have events. */
-export const pieceHaveSubject = (blob: string): string =>
-  `shoal.swarm.v1.have.${digestSubjectTokens(blob)}`;
+/**
+ * Subject of one peer's have events for one blob. The stream keeps the latest message per
+ * subject, so replaying it yields exactly the current swarm.
+ */
+export const pieceHaveSubject = (blob: string, peer: string): string =>
+  `shoal.swarm.v1.have.${digestSubjectTokens(blob)}.${peer}`;
+
+/** Subjects of every have event (all blobs, all peers). */
+export const PIECE_HAVE_SUBJECTS = 'shoal.swarm.v1.have.>';

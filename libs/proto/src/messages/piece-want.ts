@@ -23,3 +23,6 @@ export type PieceWant = z.infer<typeof pieceWant>;
 /** Subject of a blob's want events. */
 export const pieceWantSubject = (blob: string): string =>
   `shoal.swarm.v1.want.${digestSubjectTokens(blob)}`;
+
+/** Subjects of every want event. */
+export const PIECE_WANT_SUBJECTS = 'shoal.swarm.v1.want.>';

@@ -1,0 +1,127 @@
+/**
+ * The NATS side every service shares: one connection that reconnects forever, and the
+ * idempotent creation of the streams and KV buckets a service owns (from `@shoal/proto`).
+ */
+import {
+  DiscardPolicy,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StreamConfig,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { KvSpec, StreamSpec } from '@shoal/proto';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+
+export type { NatsConnection } from '@nats-io/transport-node';
+
+/** Configuration of the NATS connection, shared by every service. */
+export const natsConfig = z.object({
+  /** Comma-separated NATS server URLs, e.g. `nats://nats-0:4222,nats://nats-1:4222`. */
+  SHOAL_NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
+  /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
+  SHOAL_NATS_CREDS_FILE: z.string().optional(),
+  /** Replicas of each stream Shoal creates; 3 in a production JetStream cluster. */
+  SHOAL_NATS_STREAM_REPLICAS: z
+    .string()
+    .regex(/^[135]$/, 'must be 1, 3 or 5')
+    .transform(Number)
+    .default(1),
+});
+export type NatsConfig = z.infer<typeof natsConfig>;
+
+const nanos = (ms: number): number => ms * 1_000_000;
+
+/** Connects with reconnects forever; connection state changes are logged. */
+export async function connectNats(
+  config: NatsConfig,
+  name: string,
+  logger: Logger,
+): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: config.SHOAL_NATS_URL.split(',').map((s) => s.trim()),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    timeout: 5000,
+    ...(config.SHOAL_NATS_CREDS_FILE === undefined
+      ? {}
+      : { authenticator: await credsAuthenticator(config.SHOAL_NATS_CREDS_FILE) }),
+  });
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === 'disconnect' || status.type === 'error') {
+        logger.warn({ nats: status.type }, 'nats connection problem');
+      } else if (status.type === 'reconnect') {
+        logger.info({ nats: status.type }, 'nats reconnected');
+      }
+    }
+  })();
+  return nc;
+}
+
+async function credsAuthenticator(path: string) {
+  const { readFile } = await import('node:fs/promises');
+  const { credsAuthenticator: fromCreds } = await import('@nats-io/transport-node');
+  return fromCreds(await readFile(path));
+}
+
+/** The stream configuration for a declared stream. */
+export function streamConfig(spec: StreamSpec, replicas: number): Partial<StreamConfig> & { name: string } {
+  return {
+    name: spec.name,
+    subjects: [...spec.subjects],
+    description: spec.description,
+    retention: spec.retention === 'workqueue' ? RetentionPolicy.Workqueue : RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    max_age: nanos(spec.maxAgeMs),
+    duplicate_window: nanos(spec.duplicateWindowMs),
+    max_msgs_per_subject: spec.maxMsgsPerSubject,
+    num_replicas: replicas,
+  };
+}
+
+/** Creates the streams, or updates them to the declared configuration. */
+export async function ensureStreams(
+  jsm: JetStreamManager,
+  specs: readonly StreamSpec[],
+  replicas: number,
+): Promise<void> {
+  for (const spec of specs) {
+    const config = streamConfig(spec, replicas);
+    try {
+      await jsm.streams.info(spec.name);
+      await jsm.streams.update(spec.name, config);
+    } catch (error) {
+      if (!isNotFound(error)) {
+        throw error;
+      }
+      await jsm.streams.add(config);
+    }
+  }
+}
+
+function isNotFound(error: unknown): boolean {
+  return error instanceof Error && /not found/i.test(error.message);
+}
+
+/** Creates (or opens) a KV bucket with its declared TTL. */
+export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: number): Promise<KV> {
+  return new Kvm(js).create(spec.bucket, {
+    ttl: spec.ttlMs,
+    replicas,
+    history: 1,
+    description: spec.description,
+  });
+}
+
+/** JetStream handles for a connection. */
+export async function jetStreamFor(nc: NatsConnection): Promise<{ js: JetStreamClient; jsm: JetStreamManager }> {
+  return { js: jetstream(nc), jsm: await jetstreamManager(nc) };
+}
