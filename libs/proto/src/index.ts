@@ -75,3 +75,11 @@ export {
   type Message,
   type MessageType,
 } from './messages/index.js';
+export {
+  pieceBounds,
+  pieceCount,
+  pieceSizeFor,
+  rangesInclude,
+  rangesSize,
+  toRanges,
+} from './pieces.js';

@@ -126,6 +126,12 @@ describe('subjects', () => {
     assert.ok(STREAMS.seed.subjects.some((f) => matches(f, seedRequestSubject(blob))));
   });
 
+  it('declare streams nats-server accepts: a duplicate window no longer than the max age', () => {
+    for (const spec of Object.values(STREAMS)) {
+      assert.ok(spec.maxAgeMs === 0 || spec.duplicateWindowMs <= spec.maxAgeMs, spec.name);
+    }
+  });
+
   it('refuse a digest that is not valid', () => {
     assert.throws(() => pieceHaveSubject('sha256:../../x', 'node-a'));
   });

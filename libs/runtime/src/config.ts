@@ -43,10 +43,15 @@ export function loadConfig<S extends z.ZodType>(
 export const envInt = (defaultValue: number) =>
   z
     .string()
-    .regex(/^\d+$/, 'must be a non-negative integer')
-    .transform(Number)
-    .pipe(z.int().nonnegative().max(Number.MAX_SAFE_INTEGER))
-    .default(defaultValue);
+    .default(String(defaultValue))
+    .transform((text, ctx): number => {
+      const value = Number(text);
+      if (!/^\d+$/.test(text) || !Number.isSafeInteger(value)) {
+        ctx.addIssue({ code: 'custom', message: 'must be a non-negative integer' });
+        return z.NEVER;
+      }
+      return value;
+    });
 
 /** A boolean given as `true`/`false`/`1`/`0`. */
 export const envBool = (defaultValue: boolean) =>

@@ -12,13 +12,3 @@ export { isAbortError, ShoalError } from './errors.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
-export {
-  connectNats,
-  ensureKv,
-  ensureStreams,
-  jetStreamFor,
-  natsConfig,
-  streamConfig,
-  type NatsConfig,
-  type NatsConnection,
-} from './nats.js';

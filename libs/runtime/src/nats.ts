@@ -1,4 +1,7 @@
 /**
+ * Imported as `@shoal/runtime/nats`, apart from the rest of the runtime, so a process that
+ * does not use NATS does not load the client.
+ *
  * The NATS side every service shares: one connection that reconnects forever, and the
  * idempotent creation of the streams and KV buckets a service owns (from `@shoal/proto`).
  */
@@ -72,7 +75,10 @@ async function credsAuthenticator(path: string) {
 }
 
 /** The stream configuration for a declared stream. */
-export function streamConfig(spec: StreamSpec, replicas: number): Partial<StreamConfig> & { name: string } {
+export function streamConfig(
+  spec: StreamSpec,
+  replicas: number,
+): Partial<StreamConfig> & { name: string } {
   return {
     name: spec.name,
     subjects: [...spec.subjects],
@@ -122,6 +128,8 @@ export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: numb
 }
 
 /** JetStream handles for a connection. */
-export async function jetStreamFor(nc: NatsConnection): Promise<{ js: JetStreamClient; jsm: JetStreamManager }> {
+export async function jetStreamFor(
+  nc: NatsConnection,
+): Promise<{ js: JetStreamClient; jsm: JetStreamManager }> {
   return { js: jetstream(nc), jsm: await jetstreamManager(nc) };
 }

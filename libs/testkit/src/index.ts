@@ -25,4 +25,5 @@ export {
   type RegistryOptions,
   type RegistryRequest,
 } from './registry.js';
+export { startS3, type S3Server } from './s3.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';

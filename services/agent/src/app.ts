@@ -14,6 +14,8 @@ import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';
 import { UpstreamClient } from './upstream/client.js';
+import { OriginFetcher } from './upstream/origin-fetcher.js';
+import { RegistryRequests } from './upstream/registry-requests.js';
 import { RegistryTable } from './upstream/registries.js';
 
 export { loadAgentConfig, type AgentConfig } from './config.js';
@@ -59,15 +61,18 @@ export async function buildApp(
     idleMs: config.SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS,
   });
 
-  // Downloads: one per blob, shared by every request for it.
-  const downloads = new DownloadTable(store, {
-    onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
+  // Downloads: one per blob, shared by every request for it, filled from the origin.
+  const requests = new RegistryRequests(upstream, metrics);
+  const downloads = new DownloadTable({
     onStarted: () => metrics.downloadsInFlight.set(downloads.active),
     onSettled: (download, state) => {
       metrics.downloadsInFlight.set(downloads.active);
       metrics.cacheBytes.set(store.totalBytes);
       if (state === 'verified') {
-        logger.info({ digest: download.digest.toString(), bytes: download.written }, 'blob cached');
+        logger.info(
+          { digest: download.digest.toString(), bytes: download.available },
+          'blob cached',
+        );
         return;
       }
       if (download.error instanceof ContentMismatchError) {
@@ -79,12 +84,19 @@ export async function buildApp(
       );
     },
   });
+  const fetcher = new OriginFetcher({
+    store,
+    downloads,
+    requests,
+    onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
+  });
 
   // Mirror: the OCI pull API on the configured address.
   const mirror = new Mirror({
     store,
     downloads,
-    upstream,
+    fetcher,
+    requests,
     metrics,
     logger,
     maxManifestBytes: config.SHOAL_AGENT_MAX_MANIFEST_BYTES,

@@ -29,7 +29,8 @@ import { parseDigest, type Digest } from '@shoal/proto';
 
 interface Entry {
   size: number;
-  lastUsedMs: number;
+  /** Logical time of the last use; larger is more recent. */
+  lastUsed: number;
   pins: number;
 }
 
@@ -51,6 +52,7 @@ export class FsContentStore {
   readonly #events: ContentStoreEvents;
   readonly #entries = new Map<string, Entry>();
   #totalBytes = 0;
+  #clock = 0;
 
   constructor(root: string, maxBytes: number, events: ContentStoreEvents = {}) {
     this.#root = root;
@@ -67,6 +69,7 @@ export class FsContentStore {
   async init(): Promise<void> {
     await rm(join(this.#root, 'tmp'), { recursive: true, force: true });
     await mkdir(join(this.#root, 'tmp'), { recursive: true });
+    const found: { key: string; size: number; mtimeMs: number }[] = [];
     for (const algorithm of ['sha256', 'sha512']) {
       const dir = join(this.#root, 'blobs', algorithm);
       await mkdir(dir, { recursive: true });
@@ -83,9 +86,22 @@ export class FsContentStore {
           continue;
         }
         const info = await stat(join(dir, name));
-        this.#add(digest.toString(), info.size, info.mtimeMs);
+        found.push({ key: digest.toString(), size: info.size, mtimeMs: info.mtimeMs });
       }
     }
+    // Oldest first, so recency survives a restart as well as file times allow.
+    for (const { key, size } of found.sort((a, b) => a.mtimeMs - b.mtimeMs)) {
+      this.#add(key, size);
+    }
+    await this.#evictOverQuota();
+  }
+
+  /** Digests of everything cached, with sizes. */
+  entries(): { digest: Digest; size: number }[] {
+    return [...this.#entries].map(([key, entry]) => ({
+      digest: parseDigest(key),
+      size: entry.size,
+    }));
   }
 
   has(digest: Digest): boolean {
@@ -105,7 +121,7 @@ export class FsContentStore {
       return undefined;
     }
     entry.pins += 1;
-    entry.lastUsedMs = Date.now();
+    entry.lastUsed = this.#tick();
     let handle: FileHandle;
     try {
       handle = await open(this.#pathOf(digest), 'r');
@@ -143,7 +159,7 @@ export class FsContentStore {
   /** Moves a verified temp file into the cache. The caller has checked its digest. */
   async commit(tempPath: string, digest: Digest, size: number): Promise<void> {
     await rename(tempPath, this.#pathOf(digest));
-    this.#add(digest.toString(), size, Date.now());
+    this.#add(digest.toString(), size);
     await this.#evictOverQuota();
   }
 
@@ -165,7 +181,7 @@ export class FsContentStore {
     if (entry === undefined) {
       return undefined;
     }
-    entry.lastUsedMs = Date.now();
+    entry.lastUsed = this.#tick();
     try {
       const bytes = await readFile(this.#pathOf(digest));
       const mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8').catch(
@@ -182,11 +198,21 @@ export class FsContentStore {
     return join(this.#root, 'blobs', digest.algorithm, digest.hex);
   }
 
-  #add(key: string, size: number, lastUsedMs: number): void {
-    if (!this.#entries.has(key)) {
+  #add(key: string, size: number): void {
+    const existing = this.#entries.get(key);
+    if (existing === undefined) {
       this.#totalBytes += size;
+      this.#entries.set(key, { size, lastUsed: this.#tick(), pins: 0 });
+      return;
     }
-    this.#entries.set(key, { size, lastUsedMs, pins: this.#entries.get(key)?.pins ?? 0 });
+    // Same digest, same bytes: keep the entry (and its pins, which open readers will release).
+    existing.lastUsed = this.#tick();
+  }
+
+  /** A logical clock for recency: unlike wall time it never ties. */
+  #tick(): number {
+    this.#clock += 1;
+    return this.#clock;
   }
 
   #remove(key: string): void {
@@ -201,10 +227,7 @@ export class FsContentStore {
     while (this.#totalBytes > this.#maxBytes) {
       let victim: [string, Entry] | undefined;
       for (const item of this.#entries) {
-        if (
-          item[1].pins === 0 &&
-          (victim === undefined || item[1].lastUsedMs < victim[1].lastUsedMs)
-        ) {
+        if (item[1].pins === 0 && (victim === undefined || item[1].lastUsed < victim[1].lastUsed)) {
           victim = item;
         }
       }

@@ -1,11 +1,16 @@
 /**
- * Blob downloads in progress, shared by every request for the same digest.
+ * A blob being fetched into the cache, shared by every request for it.
  *
- * A download writes the upstream body to a temp file while hashing it; readers follow the
- * file as it grows, so memory is bounded by the chunks in flight whatever the blob size.
- * No response is completed with unverified bytes: until the whole blob has been verified,
- * a reader withholds the last byte of its response, and if verification fails the reader
- * throws, which aborts the client's response instead of completing it.
+ * Whoever fills it (the origin, streaming in order, or the swarm, piece by piece in any
+ * order) writes into one temp file and moves `available` forward: the length of the prefix
+ * that is on disk and, for pieces, verified against its piece hash. Readers follow that prefix
+ * as it grows, so memory is bounded by the chunks in flight whatever the blob size. The
+ * prefix is also fed to a hash of the whole blob; the download is committed to the store only
+ * if that digest matches.
+ *
+ * No response is completed with unverified bytes: until the whole blob has verified, a reader
+ * withholds the last byte of its response, and if verification fails the reader throws, which
+ * aborts the client's response instead of completing it.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { unlink } from 'node:fs/promises';
@@ -16,8 +21,10 @@ import { ShoalError } from '@shoal/runtime';
 
 import type { FsContentStore } from './content-store.js';
 
-/** Bytes read from the temp file per chunk handed to a client. */
+/** Bytes per chunk of a stream made from a cursor. */
 const READ_CHUNK_BYTES = 64 * 1024;
+/** Bytes read back per step when hashing a prefix that was written out of order. */
+const HASH_CHUNK_BYTES = 1024 * 1024;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 
@@ -28,11 +35,15 @@ export class ContentMismatchError extends ShoalError<'DIGEST_MISMATCH' | 'SIZE_M
 
 export class BlobDownload {
   readonly digest: Digest;
-  /** Size announced by the source (Content-Length), when it announced one. */
-  readonly size: number | undefined;
+  #size: number | undefined;
   #state: DownloadState = 'running';
   #error: Error | undefined;
-  #written = 0;
+  /** Bytes of the contiguous prefix readers may have. */
+  #available = 0;
+  /** Bytes of the prefix fed to the whole-blob hash. */
+  #hashed = 0;
+  #hashing: Promise<void> = Promise.resolve();
+  readonly #hasher: DigestHasher;
   #waiters: (() => void)[] = [];
   #openReaders = 0;
   #handleClosed = false;
@@ -41,57 +52,107 @@ export class BlobDownload {
   /** Resolves once the download has settled, verified or failed. */
   readonly settled: Promise<DownloadState>;
   #settle: (state: DownloadState) => void = () => undefined;
+  /** Resolves with the size once it is known; rejects if the download fails before that. */
+  readonly sized: Promise<number>;
+  #resolveSize: (size: number) => void = () => undefined;
+  #rejectSize: (error: Error) => void = () => undefined;
 
-  constructor(
-    digest: Digest,
-    size: number | undefined,
-    temp: { path: string; handle: FileHandle },
-  ) {
+  constructor(digest: Digest, temp: { path: string; handle: FileHandle }) {
     this.digest = digest;
-    this.size = size;
     this.#tempPath = temp.path;
     this.#handle = temp.handle;
+    this.#hasher = new DigestHasher(digest.algorithm);
     this.settled = new Promise((resolve) => {
       this.#settle = resolve;
     });
+    this.sized = new Promise((resolve, reject) => {
+      this.#resolveSize = resolve;
+      this.#rejectSize = reject;
+    });
+    // Nobody may be waiting for the size; a failure is still reported through `settled`.
+    this.sized.catch(() => undefined);
   }
 
   get state(): DownloadState {
     return this.#state;
   }
 
-  get written(): number {
-    return this.#written;
+  /** Size of the blob, once a source announced it. */
+  get size(): number | undefined {
+    return this.#size;
   }
 
-  /**
-   * Copies `body` to disk, verifies it and commits it to `store`. Never throws: the outcome
-   * is the download's state. `onBytes` counts bytes as they arrive.
-   */
-  async run(
-    body: AsyncIterable<Uint8Array>,
-    store: FsContentStore,
-    onBytes: (bytes: number) => void,
-  ): Promise<DownloadState> {
-    const hasher = new DigestHasher(this.digest.algorithm);
+  /** Bytes of the verified, contiguous prefix. */
+  get available(): number {
+    return this.#available;
+  }
+
+  /** The error a failed download ended with. */
+  get error(): Error | undefined {
+    return this.#error;
+  }
+
+  /** Sets the blob size (from Content-Length or the seed's piece hashes); first one wins. */
+  setSize(size: number): void {
+    if (this.#size === undefined) {
+      this.#size = size;
+      this.#resolveSize(size);
+    }
+  }
+
+  /** Appends bytes in order (the origin path): written, hashed and made available at once. */
+  async append(chunk: Uint8Array): Promise<void> {
+    if (this.#size !== undefined && this.#available + chunk.length > this.#size) {
+      throw new ContentMismatchError(
+        'SIZE_MISMATCH',
+        502,
+        `${this.digest.toString()}: more bytes than announced`,
+      );
+    }
+    await this.#writeAll(chunk, this.#available);
+    if (this.#hashed === this.#available) {
+      this.#hasher.update(chunk);
+      this.#hashed += chunk.length;
+    }
+    this.#available += chunk.length;
+    this.#wake();
+  }
+
+  /** Writes verified bytes at `offset` (the swarm path); `advance` makes them readable. */
+  async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
+    await this.#writeAll(bytes, offset);
+  }
+
+  /** Moves the readable prefix to `available` bytes (all written and verified). */
+  advance(available: number): void {
+    if (available <= this.#available) {
+      return;
+    }
+    this.#available = available;
+    this.#hashing = this.#hashing.then(() => this.#hashPrefix());
+    // A read error here is reported by `finish`, which awaits the chain; mark it handled now.
+    this.#hashing.catch(() => undefined);
+    this.#wake();
+  }
+
+  /** Checks the whole blob against its digest and commits it to `store`. Never throws. */
+  async finish(store: FsContentStore): Promise<DownloadState> {
+    if (this.#state !== 'running') {
+      return this.#state;
+    }
     try {
-      for await (const chunk of body) {
-        hasher.update(chunk);
-        await this.#writeAll(chunk);
-        onBytes(chunk.length);
-        if (this.size !== undefined && this.#written > this.size) {
-          break;
-        }
-        this.#wake();
+      if (this.#size === undefined) {
+        this.setSize(this.#available);
       }
-      if (this.size !== undefined && this.#written !== this.size) {
+      if (this.#available !== this.#size) {
         throw new ContentMismatchError(
           'SIZE_MISMATCH',
           502,
-          `${this.digest.toString()}: expected ${this.size} bytes, received ${this.#written}`,
+          `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      const actual = hasher.digest();
+      await this.#hashing;
+      const actual = this.#hasher.digest();
       if (actual.toString() !== this.digest.toString()) {
         throw new ContentMismatchError(
           'DIGEST_MISMATCH',
@@ -100,83 +161,139 @@ export class BlobDownload {
         );
       }
       await this.#handle.sync();
-      await store.commit(this.#tempPath, this.digest, this.#written);
+      await store.commit(this.#tempPath, this.digest, this.#available);
       this.#state = 'verified';
+      this.#wake();
+      this.#settle(this.#state);
+      await this.#closeHandleIfIdle();
     } catch (error) {
-      this.#state = 'failed';
-      this.#error = error instanceof Error ? error : new Error(String(error));
-      await unlink(this.#tempPath).catch(() => undefined);
+      await this.fail(error);
     }
-    this.#wake();
-    this.#settle(this.#state);
-    await this.#closeHandleIfIdle();
     return this.#state;
   }
 
-  /** The error a failed download ended with. */
-  get error(): Error | undefined {
-    return this.#error;
+  /** Ends the download as failed: readers throw, the temp file goes. Idempotent. */
+  async fail(error: unknown): Promise<void> {
+    if (this.#state !== 'running') {
+      return;
+    }
+    this.#state = 'failed';
+    this.#error = error instanceof Error ? error : new Error(String(error));
+    this.#rejectSize(this.#error);
+    await unlink(this.#tempPath).catch(() => undefined);
+    this.#wake();
+    this.#settle(this.#state);
+    await this.#closeHandleIfIdle();
   }
 
   /**
-   * A reader of the bytes `[start, end)` as they arrive (`end` defaults to the whole blob),
-   * or undefined when the download has settled and released its file: read the store then.
-   * The final byte is yielded only once the whole blob verified; a failed download throws.
+   * Reads `length` verified bytes at `offset` (for serving pieces to peers), or undefined
+   * when they are not available or the file is gone.
    */
-  openReader(start: number, end = this.size ?? Number.POSITIVE_INFINITY): Readable | undefined {
+  async readVerified(offset: number, length: number): Promise<Buffer | undefined> {
+    if (this.#handleClosed || this.#state === 'failed' || offset + length > this.#available) {
+      return undefined;
+    }
+    this.#openReaders += 1;
+    try {
+      const buffer = Buffer.allocUnsafe(length);
+      const { bytesRead } = await this.#handle.read(buffer, 0, length, offset);
+      return bytesRead === length ? buffer : undefined;
+    } finally {
+      this.#openReaders -= 1;
+      await this.#closeHandleIfIdle();
+    }
+  }
+
+  /**
+   * A cursor over the bytes `[start, end)` as they become available (`end` defaults to the
+   * whole blob), or undefined when the download has settled and released its file: read the
+   * store then. The final byte is given only once the whole blob verified; a failed download
+   * makes `read` throw. The caller must `close` it.
+   */
+  openCursor(start: number, end?: number): ByteCursor | undefined {
     if (this.#handleClosed) {
       return undefined;
     }
-    // Counted now, not when the stream first reads, so the file stays open for it; released
-    // when the stream closes for any reason (end, error, client gone before the first read).
+    // Counted now so the file stays open until the cursor closes.
     this.#openReaders += 1;
-    const stream = Readable.from(this.#read(start, end), { objectMode: false });
-    stream.once('close', () => {
-      this.#openReaders -= 1;
-      void this.#closeHandleIfIdle();
-    });
-    return stream;
+    let position = start;
+    let closed = false;
+    return {
+      read: async (buffer) => {
+        for (;;) {
+          if (closed) {
+            throw new Error('cursor closed');
+          }
+          if (this.#state === 'failed') {
+            throw this.#error ?? new Error('download failed');
+          }
+          const verified = this.#state === 'verified';
+          const stop = end ?? this.#size ?? Number.POSITIVE_INFINITY;
+          if (verified && position >= Math.min(stop, this.#available)) {
+            return 0;
+          }
+          // Until verification, hold back the response's final byte: the byte before `stop`,
+          // or, while the end is not known, the last byte available.
+          const limit = verified
+            ? Math.min(stop, this.#available)
+            : Number.isFinite(stop)
+              ? Math.min(this.#available, stop - 1)
+              : this.#available - 1;
+          if (position >= limit) {
+            await this.#changed();
+            continue;
+          }
+          const length = Math.min(limit - position, buffer.length);
+          const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
+          if (bytesRead === 0) {
+            throw new Error(`short read at ${position} of ${this.digest.toString()}`);
+          }
+          position += bytesRead;
+          return bytesRead;
+        }
+      },
+      close: () => {
+        if (!closed) {
+          closed = true;
+          this.#openReaders -= 1;
+          void this.#closeHandleIfIdle();
+        }
+      },
+    };
   }
 
-  async *#read(start: number, end: number): AsyncGenerator<Buffer> {
-    let position = start;
-    for (;;) {
-      if (this.#state === 'failed') {
-        throw this.#error ?? new Error('download failed');
-      }
-      const target = this.#state === 'verified' ? Math.min(end, this.#written) : end;
-      if (position >= target) {
-        return;
-      }
-      // Hold back the response's final byte until verification is done.
-      const limit = this.#state === 'verified' ? target : Math.min(this.#written, target - 1);
-      if (position >= limit) {
-        await this.#changed();
-        continue;
-      }
-      const length = Math.min(limit - position, READ_CHUNK_BYTES);
+  /** The same as `openCursor`, as a stream of fresh buffers. */
+  openReader(start: number, end?: number): Readable | undefined {
+    const cursor = this.openCursor(start, end);
+    return cursor === undefined ? undefined : cursorStream(cursor);
+  }
+
+  /** Feeds the prefix written out of order to the whole-blob hash, reading it back. */
+  async #hashPrefix(): Promise<void> {
+    while (this.#hashed < this.#available && !this.#handleClosed) {
+      const length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
       const buffer = Buffer.allocUnsafe(length);
-      const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
+      const { bytesRead } = await this.#handle.read(buffer, 0, length, this.#hashed);
       if (bytesRead === 0) {
-        throw new Error(`short read at ${position} of ${this.digest.toString()}`);
+        throw new Error(`short read while hashing ${this.digest.toString()}`);
       }
-      position += bytesRead;
-      yield buffer.subarray(0, bytesRead);
+      this.#hasher.update(buffer.subarray(0, bytesRead));
+      this.#hashed += bytesRead;
     }
   }
 
-  async #writeAll(chunk: Uint8Array): Promise<void> {
+  async #writeAll(chunk: Uint8Array, position: number): Promise<void> {
     let offset = 0;
     while (offset < chunk.length) {
       const { bytesWritten } = await this.#handle.write(
         chunk,
         offset,
         chunk.length - offset,
-        this.#written + offset,
+        position + offset,
       );
       offset += bytesWritten;
     }
-    this.#written += chunk.length;
   }
 
   #changed(): Promise<void> {
@@ -197,4 +314,53 @@ export class BlobDownload {
       await this.#handle.close();
     }
   }
+}
+
+/** Reads bytes into a caller's buffer, so a sender can reuse a few buffers for a whole blob. */
+export interface ByteCursor {
+  /** Reads up to `buffer.length` bytes into `buffer`; 0 at the end. Throws if the source failed. */
+  read(buffer: Buffer): Promise<number>;
+  /** Releases the cursor. Idempotent. */
+  close(): void;
+}
+
+/** A stream of fresh buffers read from a cursor; closing the stream closes the cursor. */
+export function cursorStream(cursor: ByteCursor): Readable {
+  const stream = Readable.from(
+    (async function* () {
+      for (;;) {
+        const buffer = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+        const bytes = await cursor.read(buffer);
+        if (bytes === 0) {
+          return;
+        }
+        yield buffer.subarray(0, bytes);
+      }
+    })(),
+    { objectMode: false },
+  );
+  stream.once('close', () => cursor.close());
+  return stream;
+}
+
+/**
+ * Fills a download from a body streamed in order (an origin response), then verifies and
+ * commits it. Never throws: the outcome is the download's state.
+ */
+export async function fillInOrder(
+  download: BlobDownload,
+  body: AsyncIterable<Uint8Array>,
+  store: FsContentStore,
+  onBytes: (bytes: number) => void,
+): Promise<DownloadState> {
+  try {
+    for await (const chunk of body) {
+      await download.append(chunk);
+      onBytes(chunk.length);
+    }
+  } catch (error) {
+    await download.fail(error);
+    return download.state;
+  }
+  return download.finish(store);
 }

@@ -10,14 +10,24 @@
 import type { Readable } from 'node:stream';
 
 import { digestOf, parseDigest, type Digest, type DigestAlgorithm } from '@shoal/proto';
-import { isAbortError, type Logger } from '@shoal/runtime';
+import type { Logger } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
+import type { ByteCursor } from '../cache/download.js';
 import type { DownloadTable } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { UpstreamRegistry } from '../upstream/config.js';
-import { headerValue, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
+import {
+  headerValue,
+  readAnswer,
+  UpstreamAnswerError,
+  type UpstreamAnswer,
+  type UpstreamResponse,
+} from '../upstream/client.js';
+import type { RegistryRequests } from '../upstream/registry-requests.js';
+import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
+import { pumpBody } from './body.js';
 import { MirrorError } from './errors.js';
 import type { PullTarget } from './path.js';
 import { parseRange, type ByteRange } from './range.js';
@@ -36,7 +46,9 @@ export interface PullRequest {
 export interface MirrorDeps {
   readonly store: FsContentStore;
   readonly downloads: DownloadTable;
-  readonly upstream: UpstreamClient;
+  /** Where blobs that are not cached come from: the origin, or the swarm. */
+  readonly fetcher: BlobFetcher;
+  readonly requests: RegistryRequests;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
   /** Largest manifest accepted from an upstream, in bytes. */
@@ -54,9 +66,6 @@ const PASSED_HEADERS = [
   'ratelimit-limit',
   'ratelimit-remaining',
 ];
-
-/** Largest error body passed through from an upstream, in bytes. */
-const MAX_PASSED_BODY_BYTES = 64 * 1024;
 
 export class Mirror {
   readonly #deps: MirrorDeps;
@@ -91,17 +100,16 @@ export class Mirror {
       }
     }
     const refText = reference.kind === 'tag' ? reference.tag : reference.digest.toString();
-    const response = await this.#request(
-      req,
-      'manifest',
-      `/v2/${target.name}/manifests/${refText}`,
-      {
-        accept: req.accept,
-        authorization: req.authorization,
-      },
-    );
+    const response = await this.#deps.requests.send({
+      registry: req.registry,
+      method: req.method,
+      kind: 'manifest',
+      path: `/v2/${target.name}/manifests/${refText}`,
+      headers: { accept: req.accept, authorization: req.authorization },
+      signal: req.signal,
+    });
     if (response.status !== 200 || req.method === 'HEAD') {
-      await passThrough(reply, response);
+      sendAnswer(reply, await readAnswer(response));
       return;
     }
     const expected =
@@ -146,26 +154,49 @@ export class Mirror {
     }
     const path = `/v2/${name}/blobs/${digest.toString()}`;
     if (req.method === 'HEAD') {
-      await passThrough(
-        reply,
-        await this.#request(req, 'blob', path, { authorization: req.authorization }),
-      );
+      const response = await this.#deps.requests.send({
+        registry: req.registry,
+        method: 'HEAD',
+        kind: 'blob',
+        path,
+        headers: { authorization: req.authorization },
+        signal: req.signal,
+      });
+      sendAnswer(reply, await readAnswer(response));
       return;
     }
+    const target: BlobTarget = {
+      registry: req.registry,
+      name,
+      digest,
+      authorization: req.authorization,
+    };
     const flight = await downloads.join(digest, (signal) =>
-      this.#request({ ...req, signal }, 'blob', path, { authorization: req.authorization }),
+      this.#deps.fetcher.start(target, signal),
     );
     if (flight.kind === 'answer') {
-      await passThrough(reply, flight.response);
+      sendAnswer(reply, flight.answer);
       return;
     }
     const { download } = flight;
-    const range = download.size === undefined ? undefined : parseRange(req.range, download.size);
-    const stream = download.openReader(
+    let size: number;
+    try {
+      size = await untilAborted(download.sized, req.signal);
+    } catch (error) {
+      if (error instanceof UpstreamAnswerError) {
+        sendAnswer(reply, error.answer);
+        return;
+      }
+      throw new MirrorError('UNAVAILABLE', 502, `${digest.toString()} could not be fetched`, {
+        cause: error,
+      });
+    }
+    const range = parseRange(req.range, size);
+    const cursor = download.openCursor(
       range?.start ?? 0,
       range === undefined ? undefined : range.end + 1,
     );
-    if (stream === undefined) {
+    if (cursor === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
       if (await this.#fromCache(digest, req, reply)) {
         return;
@@ -176,8 +207,7 @@ export class Mirror {
         `${digest.toString()} could not be fetched; retry`,
       );
     }
-    this.#count(stream, 'download');
-    sendBlob(reply, digest, download.size, range, stream);
+    await this.#send(reply, digest, size, range, cursor, 'download');
   }
 
   /** Serves a cached blob; false when it is not cached. */
@@ -193,63 +223,45 @@ export class Mirror {
       await opened.release();
       throw error;
     }
-    if (req.method === 'HEAD') {
+    if (req.method === 'HEAD' || opened.size === 0) {
       await opened.release();
-      sendBlob(reply, digest, opened.size, range, undefined);
+      sendBlobHeaders(reply, digest, opened.size, range).send();
       return true;
     }
-    const stream = opened.handle.createReadStream({
-      start: range?.start ?? 0,
-      end: range?.end ?? Math.max(0, opened.size - 1),
-      autoClose: false,
-      highWaterMark: 64 * 1024,
-    });
-    stream.once('close', () => void opened.release());
-    this.#count(stream, 'cache');
-    if (opened.size === 0) {
-      // A zero-length blob: close the file at once and send nothing.
-      stream.destroy();
-      sendBlob(reply, digest, 0, range, undefined);
-    } else {
-      sendBlob(reply, digest, opened.size, range, stream);
-    }
+    const start = range?.start ?? 0;
+    const end = range === undefined ? opened.size : range.end + 1;
+    let position = start;
+    const cursor: ByteCursor = {
+      read: async (buffer) => {
+        const length = Math.min(buffer.length, end - position);
+        if (length <= 0) {
+          return 0;
+        }
+        const { bytesRead } = await opened.handle.read(buffer, 0, length, position);
+        if (bytesRead === 0) {
+          throw new Error(`short read at ${position} of ${digest.toString()}`);
+        }
+        position += bytesRead;
+        return bytesRead;
+      },
+      close: () => void opened.release(),
+    };
+    await this.#send(reply, digest, opened.size, range, cursor, 'cache');
     return true;
   }
 
-  #count(stream: Readable, from: 'cache' | 'download'): void {
+  /** Streams a blob body from `cursor` with the blob headers, counting the bytes served. */
+  async #send(
+    reply: FastifyReply,
+    digest: Digest,
+    size: number,
+    range: ByteRange | undefined,
+    cursor: ByteCursor,
+    from: 'cache' | 'download',
+  ): Promise<void> {
     const counter = this.#deps.metrics.servedBytes.labels({ from });
-    stream.on('data', (chunk: Buffer) => counter.inc(chunk.length));
-  }
-
-  async #request(
-    req: PullRequest,
-    kind: 'manifest' | 'blob',
-    path: string,
-    headers: Record<string, string | undefined>,
-  ): Promise<UpstreamResponse> {
-    const { upstream, metrics } = this.#deps;
-    const registry = req.registry.host;
-    try {
-      const response = await upstream.request({
-        registry: req.registry,
-        method: req.method === 'HEAD' || kind === 'manifest' ? req.method : 'GET',
-        path,
-        headers,
-        signal: req.signal,
-      });
-      metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
-      return response;
-    } catch (error) {
-      metrics.upstreamRequests.inc({
-        registry,
-        kind,
-        status: isAbortError(error) ? 'aborted' : 'error',
-      });
-      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-      throw new MirrorError('UNAVAILABLE', 502, `upstream ${registry} did not answer: ${reason}`, {
-        cause: error,
-      });
-    }
+    sendBlobHeaders(reply, digest, size, range);
+    await pumpBody(reply, reply.statusCode, cursor, (bytes) => counter.inc(bytes));
   }
 }
 
@@ -282,60 +294,67 @@ function sendManifest(
   reply.send(method === 'HEAD' ? undefined : bytes);
 }
 
-function sendBlob(
+/** Sets the status and headers of a blob answer (200, or 206 for a range). */
+function sendBlobHeaders(
   reply: FastifyReply,
   digest: Digest,
-  size: number | undefined,
+  size: number,
   range: ByteRange | undefined,
-  body: Readable | undefined,
-): void {
+): FastifyReply {
   reply
     .header('content-type', 'application/octet-stream')
     .header('docker-content-digest', digest.toString())
     .header('etag', `"${digest.toString()}"`)
     .header('accept-ranges', 'bytes');
-  if (range !== undefined && size !== undefined) {
-    reply
+  if (range !== undefined) {
+    return reply
       .code(206)
       .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
       .header('content-length', range.end - range.start + 1);
-  } else {
-    reply.code(200);
-    if (size !== undefined) {
-      reply.header('content-length', size);
-    }
   }
-  reply.send(body);
+  return reply.code(200).header('content-length', size);
 }
 
 /** Sends an upstream's answer (an error, a challenge, a HEAD) to the client as it came. */
-async function passThrough(reply: FastifyReply, response: UpstreamResponse): Promise<void> {
-  reply.code(response.status);
+function sendAnswer(reply: FastifyReply, answer: UpstreamAnswer): void {
+  reply.code(answer.status);
   for (const name of PASSED_HEADERS) {
-    const value = response.headers[name];
+    const value = answer.headers[name];
     if (value !== undefined) {
       reply.header(name, value);
     }
   }
   if (reply.request.method === 'HEAD') {
-    response.body.destroy();
     reply.send();
     return;
   }
-  const body = await readLimited(response.body, MAX_PASSED_BODY_BYTES, () => undefined);
-  reply.header('content-length', body.length);
-  reply.send(body);
+  reply.header('content-length', answer.body.length);
+  reply.send(answer.body);
 }
 
-/**
- * Reads a small body whole; past `limit` bytes it stops and throws what `tooLarge` returns,
- * or returns the first `limit` bytes when that is undefined.
- */
-async function readLimited(
-  body: Readable,
-  limit: number,
-  tooLarge: () => Error | undefined,
-): Promise<Buffer> {
+/** Resolves as `promise` does, or rejects when the client goes away first. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    return Promise.reject(new Error('client went away'));
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(new Error('client went away'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+/** Reads a small body whole; past `limit` bytes it stops and throws what `tooLarge` returns. */
+async function readLimited(body: Readable, limit: number, tooLarge: () => Error): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
@@ -343,11 +362,7 @@ async function readLimited(
     length += chunk.length;
     if (length > limit) {
       body.destroy();
-      const error = tooLarge();
-      if (error !== undefined) {
-        throw error;
-      }
-      return Buffer.concat(chunks).subarray(0, limit);
+      throw tooLarge();
     }
   }
   return Buffer.concat(chunks);

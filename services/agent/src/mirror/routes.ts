@@ -72,23 +72,30 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     sendError(reply, request, toMirrorError(error)),
   );
 
-  app.addHook('onResponse', async (request, reply) => {
-    const path = request.url;
-    const kind = path.includes('/manifests/')
-      ? 'manifest'
-      : path.includes('/blobs/')
-        ? 'blob'
-        : 'other';
-    metrics.requests.inc({ kind, method: request.method, status: String(reply.statusCode) });
-    logger.debug(
-      {
-        method: request.method,
-        url: request.url.slice(0, 512),
-        status: reply.statusCode,
-        ms: Math.round(reply.elapsedTime),
-      },
-      'mirror request',
-    );
+  // Counted when the response closes rather than in onResponse, because blob bodies are
+  // sent by the mirror itself (hijacked) and fastify's response hooks do not run for them.
+  app.addHook('onRequest', (request, reply, done) => {
+    const started = performance.now();
+    reply.raw.once('close', () => {
+      const path = request.url;
+      const kind = path.includes('/manifests/')
+        ? 'manifest'
+        : path.includes('/blobs/')
+          ? 'blob'
+          : 'other';
+      const status = reply.raw.writableFinished ? String(reply.raw.statusCode) : 'aborted';
+      metrics.requests.inc({ kind, method: request.method, status });
+      logger.debug(
+        {
+          method: request.method,
+          url: path.slice(0, 512),
+          status,
+          ms: Math.round(performance.now() - started),
+        },
+        'mirror request',
+      );
+    });
+    done();
   });
 
   function sendError(

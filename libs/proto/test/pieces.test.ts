@@ -1,0 +1,62 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import {
+  pieceBounds,
+  pieceCount,
+  pieceRanges,
+  pieceSizeFor,
+  rangesInclude,
+  rangesSize,
+  toRanges,
+} from '../src/index.js';
+
+const MiB = 1024 * 1024;
+
+describe('piece layout', () => {
+  it('grows the piece size with the blob', () => {
+    assert.equal(pieceSizeFor(0), 256 * 1024);
+    assert.equal(pieceSizeFor(64 * MiB), 256 * 1024);
+    assert.equal(pieceSizeFor(64 * MiB + 1), MiB);
+    assert.equal(pieceSizeFor(256 * MiB), MiB);
+    assert.equal(pieceSizeFor(1024 * MiB), 4 * MiB);
+    assert.equal(pieceSizeFor(1024 * MiB + 1), 16 * MiB);
+  });
+
+  it('keeps between 1 and 256 pieces up to 1 GiB', () => {
+    for (const size of [1, 1000, 64 * MiB, 200 * MiB, 256 * MiB, 1024 * MiB]) {
+      const count = pieceCount(size, pieceSizeFor(size));
+      assert.ok(count >= 1 && count <= 256, `${size}: ${count}`);
+    }
+  });
+
+  it('covers every byte exactly once', () => {
+    const size = 10 * MiB + 123;
+    const pieceSize = pieceSizeFor(size);
+    let next = 0;
+    for (let i = 0; i < pieceCount(size, pieceSize); i++) {
+      const { start, end } = pieceBounds(i, size, pieceSize);
+      assert.equal(start, next);
+      assert.ok(end > start);
+      next = end;
+    }
+    assert.equal(next, size);
+    assert.equal(pieceCount(0, pieceSizeFor(0)), 1);
+  });
+});
+
+describe('piece ranges', () => {
+  it('compacts indexes into valid ranges', () => {
+    const ranges = toRanges([5, 1, 2, 3, 9, 8, 2]);
+    assert.deepEqual(ranges, [
+      [1, 4],
+      [5, 6],
+      [8, 10],
+    ]);
+    assert.ok(pieceRanges.safeParse(ranges).success);
+    assert.equal(rangesSize(ranges), 6);
+    assert.ok(rangesInclude(ranges, 9));
+    assert.ok(!rangesInclude(ranges, 4));
+    assert.deepEqual(toRanges([]), []);
+  });
+});

@@ -1,0 +1,80 @@
+/**
+ * Sends a blob body with a few reused buffers. Each buffer goes back to the pool only when
+ * the socket has taken its bytes (the write callback), so a response holds at most
+ * `POOL_BUFFERS` x `BUFFER_BYTES` of memory however large the blob, and makes no garbage for
+ * the collector to catch up with.
+ */
+import type { FastifyReply } from 'fastify';
+
+import type { ByteCursor } from '../cache/download.js';
+
+const POOL_BUFFERS = 4;
+const BUFFER_BYTES = 64 * 1024;
+
+/**
+ * Writes `status`, the headers set on `reply`, and the cursor's bytes, then ends the response.
+ * If the cursor fails the response is destroyed (cut, never completed). Takes the response
+ * over from fastify (`hijack`): the caller's response hooks do not run for it.
+ */
+export async function pumpBody(
+  reply: FastifyReply,
+  status: number,
+  cursor: ByteCursor,
+  onBytes: (bytes: number) => void,
+): Promise<void> {
+  const res = reply.raw;
+  reply.hijack();
+  const headers: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(reply.getHeaders())) {
+    if (value !== undefined) {
+      headers[name] = typeof value === 'number' ? String(value) : value;
+    }
+  }
+  res.writeHead(status, headers);
+  const pool: Buffer[] = [];
+  for (let i = 0; i < POOL_BUFFERS; i++) {
+    pool.push(Buffer.allocUnsafe(BUFFER_BYTES));
+  }
+  let wake: (() => void) | undefined;
+  const release = (buffer: Buffer): void => {
+    pool.push(buffer);
+    wake?.();
+    wake = undefined;
+  };
+  const onClose = (): void => {
+    wake?.();
+    wake = undefined;
+  };
+  res.once('close', onClose);
+  try {
+    for (;;) {
+      let buffer = pool.pop();
+      while (buffer === undefined) {
+        if (res.destroyed) {
+          return;
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        buffer = pool.pop();
+      }
+      if (res.destroyed) {
+        return;
+      }
+      const bytes = await cursor.read(buffer);
+      if (bytes === 0) {
+        break;
+      }
+      onBytes(bytes);
+      const chunk = buffer;
+      res.write(chunk.subarray(0, bytes), () => release(chunk));
+    }
+    res.end();
+  } catch (error) {
+    // Bytes already went out: the only honest answer left is to cut the response.
+    res.destroy(error instanceof Error ? error : new Error(String(error)));
+  } finally {
+    res.off('close', onClose);
+    cursor.close();
+  }
+}

@@ -1,0 +1,76 @@
+/**
+ * Fetches a blob from its origin registry with the client's credentials, streaming it into a
+ * download in order. This is the whole path when the agent runs without a swarm, and the
+ * swarm's last resort.
+ */
+import type { Digest } from '@shoal/proto';
+
+import type { FsContentStore } from '../cache/content-store.js';
+import type { DownloadTable, Flight } from '../cache/download-table.js';
+import { BlobDownload, fillInOrder } from '../cache/download.js';
+import type { UpstreamRegistry } from './config.js';
+import { headerValue, readAnswer } from './client.js';
+import type { RegistryRequests } from './registry-requests.js';
+
+/** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */
+export interface BlobTarget {
+  readonly registry: UpstreamRegistry;
+  readonly name: string;
+  readonly digest: Digest;
+  /** The client's Authorization header, forwarded as is. */
+  readonly authorization: string | undefined;
+}
+
+/** Starts a blob fetch; `signal` aborts on shutdown. */
+export interface BlobFetcher {
+  start(target: BlobTarget, signal: AbortSignal): Promise<Flight>;
+}
+
+export interface OriginFetcherDeps {
+  readonly store: FsContentStore;
+  readonly downloads: DownloadTable;
+  readonly requests: RegistryRequests;
+  /** Bytes received from the origin. */
+  readonly onBytes: (bytes: number) => void;
+}
+
+export class OriginFetcher implements BlobFetcher {
+  readonly #deps: OriginFetcherDeps;
+
+  constructor(deps: OriginFetcherDeps) {
+    this.#deps = deps;
+  }
+
+  async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
+    const { store, downloads } = this.#deps;
+    const response = await this.#deps.requests.send({
+      registry: target.registry,
+      method: 'GET',
+      kind: 'blob',
+      path: blobPath(target),
+      headers: { authorization: target.authorization },
+      signal,
+    });
+    if (response.status !== 200) {
+      return { kind: 'answer', answer: await readAnswer(response) };
+    }
+    const running = downloads.running(target.digest);
+    if (running !== undefined) {
+      // Another client's fetch got there first (after an answer that was not ours).
+      response.body.destroy();
+      return { kind: 'download', download: running };
+    }
+    const download = new BlobDownload(target.digest, await store.createTemp());
+    const length = headerValue(response.headers, 'content-length');
+    if (length !== undefined) {
+      download.setSize(Number(length));
+    }
+    void fillInOrder(download, response.body, store, this.#deps.onBytes);
+    return { kind: 'download', download };
+  }
+}
+
+/** `/v2/<name>/blobs/<digest>` */
+export function blobPath(target: Pick<BlobTarget, 'name' | 'digest'>): string {
+  return `/v2/${target.name}/blobs/${target.digest.toString()}`;
+}

@@ -1,0 +1,400 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import {
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  unlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { digestOf, type Digest } from '@shoal/proto';
+
+import { FsContentStore } from '../src/cache/content-store.js';
+
+const MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';
+
+/**
+ * Pause between operations whose order the LRU must see: it orders entries by wall-clock
+ * milliseconds.
+ */
+const TICK_MS = 5;
+
+let root: string;
+
+beforeEach(async () => {
+  root = join(await mkdtemp(join(tmpdir(), 'shoal-content-store-')), 'cache');
+});
+
+afterEach(async () => {
+  await rm(join(root, '..'), { recursive: true, force: true });
+});
+
+function blobPath(digest: Digest): string {
+  return join(root, 'blobs', digest.algorithm, digest.hex);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Writes `bytes` to a temp file of the store and commits it as its own digest. */
+async function commitBytes(
+  store: FsContentStore,
+  bytes: Uint8Array,
+  algorithm: 'sha256' | 'sha512' = 'sha256',
+): Promise<Digest> {
+  const digest = digestOf(bytes, algorithm);
+  const temp = await store.createTemp();
+  await temp.handle.writeFile(bytes);
+  await temp.handle.close();
+  await store.commit(temp.path, digest, bytes.length);
+  return digest;
+}
+
+async function readOpened(store: FsContentStore, digest: Digest): Promise<Buffer | undefined> {
+  const opened = await store.open(digest);
+  if (opened === undefined) {
+    return undefined;
+  }
+  try {
+    const buffer = Buffer.alloc(opened.size);
+    const { bytesRead } = await opened.handle.read(buffer, 0, opened.size, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await opened.release();
+  }
+}
+
+describe('FsContentStore', () => {
+  describe('init', () => {
+    it('creates the blob and temp folders', async () => {
+      const store = new FsContentStore(root, 1024);
+      await store.init();
+      for (const dir of ['tmp', 'blobs/sha256', 'blobs/sha512']) {
+        assert.ok((await stat(join(root, dir))).isDirectory(), dir);
+      }
+      assert.equal(store.totalBytes, 0);
+    });
+
+    it('removes what interrupted downloads left in tmp', async () => {
+      await mkdir(join(root, 'tmp', 'nested'), { recursive: true });
+      await writeFile(join(root, 'tmp', 'partial'), randomBytes(100));
+      await writeFile(join(root, 'tmp', 'nested', 'partial'), randomBytes(100));
+      const store = new FsContentStore(root, 1024);
+      await store.init();
+      assert.deepEqual(await readdir(join(root, 'tmp')), []);
+      assert.equal(store.totalBytes, 0);
+    });
+
+    it('removes files it cannot name as a digest and keeps the rest', async () => {
+      const content = randomBytes(300);
+      const digest = digestOf(content);
+      const dir256 = join(root, 'blobs', 'sha256');
+      const dir512 = join(root, 'blobs', 'sha512');
+      await mkdir(dir256, { recursive: true });
+      await mkdir(dir512, { recursive: true });
+      await writeFile(join(dir256, digest.hex), content);
+      await writeFile(join(dir256, `${digest.hex}.type`), MANIFEST_TYPE);
+      const strays = [
+        join(dir256, 'garbage'),
+        join(dir256, digest.hex.slice(1)),
+        join(dir256, digest.hex.toUpperCase()),
+        join(dir256, `${digest.hex}.partial`),
+        join(dir512, digest.hex),
+      ];
+      for (const stray of strays) {
+        await writeFile(stray, randomBytes(10));
+      }
+      await mkdir(join(dir256, 'junk', 'deeper'), { recursive: true });
+
+      const store = new FsContentStore(root, 1024);
+      await store.init();
+
+      assert.deepEqual((await readdir(dir256)).sort(), [digest.hex, `${digest.hex}.type`].sort());
+      assert.deepEqual(await readdir(dir512), []);
+      assert.equal(store.totalBytes, 300);
+      const small = await store.getSmall(digest);
+      assert.deepEqual(small?.bytes, content);
+      assert.equal(small.mediaType, MANIFEST_TYPE);
+    });
+
+    it('re-indexes the content a previous run committed, with its size', async () => {
+      const first = new FsContentStore(root, 10_000);
+      await first.init();
+      const a = await commitBytes(first, randomBytes(1000));
+      const b = await commitBytes(first, randomBytes(2345), 'sha512');
+
+      const second = new FsContentStore(root, 10_000);
+      await second.init();
+      assert.equal(second.totalBytes, 3345);
+      assert.equal(second.sizeOf(a), 1000);
+      assert.equal(second.sizeOf(b), 2345);
+      assert.ok(second.has(a));
+      assert.ok(second.has(b));
+      assert.equal((await readOpened(second, b))?.length, 2345);
+    });
+
+    it('takes the modification time of re-indexed content as its last use', async () => {
+      const first = new FsContentStore(root, 10_000);
+      await first.init();
+      const older = await commitBytes(first, randomBytes(100));
+      const newer = await commitBytes(first, randomBytes(100));
+      const past = new Date(Date.now() - 3_600_000);
+      await utimes(blobPath(older), past, past);
+
+      const evicted: number[] = [];
+      const second = new FsContentStore(root, 250, { onEvict: (size) => evicted.push(size) });
+      await second.init();
+      const added = await commitBytes(second, randomBytes(100));
+      assert.equal(second.has(older), false);
+      assert.ok(second.has(newer));
+      assert.ok(second.has(added));
+      assert.deepEqual(evicted, [100]);
+    });
+  });
+
+  describe('commit and open', () => {
+    it('moves the temp file into the cache and serves its bytes', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const content = randomBytes(4096);
+      const digest = await commitBytes(store, content);
+
+      assert.deepEqual(await readdir(join(root, 'tmp')), []);
+      assert.deepEqual(await readFile(blobPath(digest)), content);
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), 4096);
+      assert.equal(store.totalBytes, 4096);
+
+      const opened = await store.open(digest);
+      assert.ok(opened !== undefined);
+      assert.equal(opened.size, 4096);
+      const { buffer } = await opened.handle.read(Buffer.alloc(4096), 0, 4096, 0);
+      assert.deepEqual(buffer, content);
+      await opened.release();
+      // A second release is harmless and does not unpin anything twice.
+      await opened.release();
+      assert.equal(store.totalBytes, 4096);
+    });
+
+    it('answers undefined for content it does not hold', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const digest = digestOf(Buffer.from('never stored'));
+      assert.equal(store.has(digest), false);
+      assert.equal(store.sizeOf(digest), undefined);
+      assert.equal(await store.open(digest), undefined);
+      assert.equal(await store.getSmall(digest), undefined);
+    });
+
+    it('forgets content removed from disk behind its back', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const kept = await commitBytes(store, randomBytes(10));
+      const removed = await commitBytes(store, randomBytes(20));
+      await unlink(blobPath(removed));
+      assert.equal(await store.open(removed), undefined);
+      assert.equal(store.has(removed), false);
+      assert.equal(store.totalBytes, 10);
+      assert.ok(store.has(kept));
+    });
+
+    it('counts content committed twice once', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const content = randomBytes(500);
+      await commitBytes(store, content);
+      const digest = await commitBytes(store, content);
+      assert.equal(store.totalBytes, 500);
+      assert.deepEqual(await readOpened(store, digest), content);
+    });
+  });
+
+  describe('putSmall and getSmall', () => {
+    it('stores small content with its media type', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST_TYPE }));
+      const digest = digestOf(manifest);
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), manifest.length);
+      assert.equal(store.totalBytes, manifest.length);
+      const small = await store.getSmall(digest);
+      assert.deepEqual(small?.bytes, manifest);
+      assert.equal(small.mediaType, MANIFEST_TYPE);
+      assert.deepEqual(await readdir(join(root, 'tmp')), []);
+    });
+
+    it('stores small content without a media type', async () => {
+      const store = new FsContentStore(root, 10_000);
+      await store.init();
+      const bytes = Buffer.from('{}');
+      const digest = digestOf(bytes);
+      await store.putSmall(digest, bytes, undefined);
+      const small = await store.getSmall(digest);
+      assert.deepEqual(small?.bytes, bytes);
+      assert.equal(small.mediaType, undefined);
+    });
+  });
+
+  describe('eviction', () => {
+    it('evicts the least recently used content past the quota, reporting sizes', async () => {
+      const evicted: number[] = [];
+      const store = new FsContentStore(root, 300, { onEvict: (size) => evicted.push(size) });
+      await store.init();
+      const a = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(120));
+      await sleep(TICK_MS);
+      const c = await commitBytes(store, randomBytes(70));
+      assert.deepEqual(evicted, []);
+      assert.equal(store.totalBytes, 290);
+
+      await sleep(TICK_MS);
+      const d = await commitBytes(store, randomBytes(50));
+      assert.deepEqual(evicted, [100]);
+      assert.equal(store.has(a), false);
+      assert.equal(await exists(blobPath(a)), false);
+      assert.equal(store.totalBytes, 240);
+
+      await sleep(TICK_MS);
+      const e = await commitBytes(store, randomBytes(200));
+      // 440 bytes: b (120) then c (70) go, which leaves 250.
+      assert.deepEqual(evicted, [100, 120, 70]);
+      assert.deepEqual(
+        [a, b, c, d, e].map((digest) => store.has(digest)),
+        [false, false, false, true, true],
+      );
+      assert.equal(store.totalBytes, 250);
+      assert.equal(await exists(blobPath(b)), false);
+      assert.equal(await exists(blobPath(c)), false);
+    });
+
+    it('removes the media type of evicted content', async () => {
+      const store = new FsContentStore(root, 150);
+      await store.init();
+      const manifest = randomBytes(100);
+      const digest = digestOf(manifest);
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+      await sleep(TICK_MS);
+      await commitBytes(store, randomBytes(100));
+      assert.equal(store.has(digest), false);
+      assert.equal(await exists(`${blobPath(digest)}.type`), false);
+      assert.equal(await store.getSmall(digest), undefined);
+    });
+
+    it('counts opening an entry as a use', async () => {
+      const store = new FsContentStore(root, 250);
+      await store.init();
+      const a = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      assert.equal((await readOpened(store, a))?.length, 100);
+      await sleep(TICK_MS);
+      const c = await commitBytes(store, randomBytes(100));
+      assert.ok(store.has(a));
+      assert.equal(store.has(b), false);
+      assert.ok(store.has(c));
+    });
+
+    it('counts reading small content as a use', async () => {
+      const store = new FsContentStore(root, 250);
+      await store.init();
+      const manifest = randomBytes(100);
+      const a = digestOf(manifest);
+      await store.putSmall(a, manifest, MANIFEST_TYPE);
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      assert.deepEqual((await store.getSmall(a))?.bytes, manifest);
+      await sleep(TICK_MS);
+      await commitBytes(store, randomBytes(100));
+      assert.ok(store.has(a));
+      assert.equal(store.has(b), false);
+    });
+
+    it('never evicts content that is open, and evicts it once released', async () => {
+      const evicted: number[] = [];
+      const store = new FsContentStore(root, 200, { onEvict: (size) => evicted.push(size) });
+      await store.init();
+      const pinnedBytes = randomBytes(100);
+      const pinned = await commitBytes(store, pinnedBytes);
+      const opened = await store.open(pinned);
+      assert.ok(opened !== undefined);
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(60));
+      await sleep(TICK_MS);
+      const c = await commitBytes(store, randomBytes(70));
+      // 230 bytes: the open entry is the oldest, but b goes.
+      assert.deepEqual(evicted, [60]);
+      assert.ok(store.has(pinned));
+      assert.equal(store.has(b), false);
+      assert.ok(store.has(c));
+
+      await sleep(TICK_MS);
+      const d = await commitBytes(store, randomBytes(90));
+      // 260 bytes: c (70) is the only entry that may go; 190 remain.
+      assert.deepEqual(evicted, [60, 70]);
+      assert.ok(store.has(pinned));
+      assert.ok(store.has(d));
+      const { buffer } = await opened.handle.read(Buffer.alloc(100), 0, 100, 0);
+      assert.deepEqual(buffer, pinnedBytes);
+
+      await opened.release();
+      await sleep(TICK_MS);
+      const e = await commitBytes(store, randomBytes(50));
+      assert.deepEqual(evicted, [60, 70, 100]);
+      assert.equal(store.has(pinned), false);
+      assert.ok(store.has(d));
+      assert.ok(store.has(e));
+      assert.equal(store.totalBytes, 140);
+    });
+
+    it('evicts content just committed when everything else is open', async () => {
+      const store = new FsContentStore(root, 150);
+      await store.init();
+      const pinned = await commitBytes(store, randomBytes(100));
+      const opened = await store.open(pinned);
+      assert.ok(opened !== undefined);
+      const added = await commitBytes(store, randomBytes(100));
+      assert.ok(store.has(pinned));
+      assert.equal(store.has(added), false);
+      assert.equal(store.totalBytes, 100);
+      await opened.release();
+    });
+
+    it('does not keep content pinned when it is committed again while open', async () => {
+      // A second download of the same blob may commit while a client reads the first copy.
+      const evicted: number[] = [];
+      const store = new FsContentStore(root, 150, { onEvict: (size) => evicted.push(size) });
+      await store.init();
+      const content = randomBytes(100);
+      const digest = await commitBytes(store, content);
+      const opened = await store.open(digest);
+      assert.ok(opened !== undefined);
+      await commitBytes(store, content);
+      await opened.release();
+
+      await sleep(TICK_MS);
+      const newer = await commitBytes(store, randomBytes(100));
+      assert.equal(store.has(digest), false, 'the released, older entry should be evicted');
+      assert.ok(store.has(newer), 'the newer entry should be kept');
+      assert.deepEqual(evicted, [100]);
+    });
+  });
+});

@@ -1,0 +1,1183 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { digestOf, type Digest } from '@shoal/proto';
+
+import { FsContentStore } from '../src/cache/content-store.js';
+import {
+  DownloadTable,
+  type DownloadHooks,
+  type Flight,
+  type FlightStarter,
+} from '../src/cache/download-table.js';
+import {
+  BlobDownload,
+  ContentMismatchError,
+  fillInOrder,
+  type DownloadState,
+} from '../src/cache/download.js';
+import type { UpstreamAnswer } from '../src/upstream/client.js';
+
+/** Larger than the 64 KiB a reader reads at a time, so blobs span several chunks. */
+const BLOB_BYTES = 200_000;
+/** Piece size for the swarm path: BLOB_BYTES is four pieces. */
+const PIECE_BYTES = 50_000;
+
+let root: string;
+let store: FsContentStore;
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'shoal-download-'));
+  store = new FsContentStore(root, 1024 ** 3);
+  await store.init();
+});
+
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** What a reader received, and the error its stream ended with, if any. */
+interface Received {
+  readonly bytes: Buffer;
+  readonly error: unknown;
+}
+
+/** Resolves when `stream` closes, whether it ended or failed. */
+function closeOf(stream: Readable): Promise<void> {
+  return new Promise((resolve) => stream.once('close', () => resolve()));
+}
+
+/** Reads a stream to its end or its error, and waits for it to close. */
+async function drain(stream: Readable): Promise<Received> {
+  const chunks: Buffer[] = [];
+  let error: unknown;
+  const closed = closeOf(stream);
+  try {
+    for await (const chunk of stream) {
+      chunks.push(chunk as Buffer);
+    }
+  } catch (caught) {
+    error = caught;
+  }
+  await closed;
+  return { bytes: Buffer.concat(chunks), error };
+}
+
+/** A reader that records what it received so far, for looking at mid-download. */
+function watch(stream: Readable): {
+  received: () => number;
+  bytes: () => Buffer;
+  ended: () => boolean;
+  error: () => unknown;
+} {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let ended = false;
+  let error: unknown;
+  stream.on('data', (chunk: Buffer) => {
+    chunks.push(chunk);
+    received += chunk.length;
+  });
+  stream.on('end', () => {
+    ended = true;
+  });
+  stream.on('error', (caught) => {
+    error = caught;
+  });
+  return {
+    received: () => received,
+    bytes: () => Buffer.concat(chunks),
+    ended: () => ended,
+    error: () => error,
+  };
+}
+
+async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) {
+      assert.fail(`timed out waiting until ${what}`);
+    }
+    await sleep(1);
+  }
+}
+
+function openReader(download: BlobDownload, start = 0, end?: number): Readable {
+  const stream = end === undefined ? download.openReader(start) : download.openReader(start, end);
+  assert.ok(stream !== undefined, 'the download should still serve readers');
+  return stream;
+}
+
+/** A download into a real temp file of the store, with its size set when one is given. */
+async function newDownload(digest: Digest, size?: number): Promise<BlobDownload> {
+  const download = new BlobDownload(digest, await store.createTemp());
+  if (size !== undefined) {
+    download.setSize(size);
+  }
+  return download;
+}
+
+function fill(download: BlobDownload, body: AsyncIterable<Uint8Array>): Promise<DownloadState> {
+  return fillInOrder(download, body, store, () => undefined);
+}
+
+function assertMismatch(error: unknown, code: 'DIGEST_MISMATCH' | 'SIZE_MISMATCH'): void {
+  assert.ok(
+    error instanceof ContentMismatchError,
+    `expected a ContentMismatchError: ${String(error)}`,
+  );
+  assert.equal(error.code, code);
+}
+
+async function assertNothingKept(digest: Digest): Promise<void> {
+  assert.equal(store.has(digest), false);
+  assert.equal(store.totalBytes, 0);
+  assert.deepEqual(await readdir(join(root, 'tmp')), []);
+  assert.deepEqual(await readdir(join(root, 'blobs', digest.algorithm)), []);
+}
+
+/** Feeds `bytes` to `body` in chunks of `chunkBytes`, yielding to readers in between. */
+async function feed(body: PassThrough, bytes: Uint8Array, chunkBytes = 30_000): Promise<void> {
+  for (let offset = 0; offset < bytes.length; offset += chunkBytes) {
+    body.write(bytes.subarray(offset, offset + chunkBytes));
+    await sleep(1);
+  }
+}
+
+/** Piece `index` of `blob`. */
+function piece(blob: Buffer, index: number): Buffer {
+  return blob.subarray(index * PIECE_BYTES, (index + 1) * PIECE_BYTES);
+}
+
+/** A copy of `bytes` with its last byte changed. */
+function corrupted(bytes: Buffer): Buffer {
+  const copy = Buffer.from(bytes);
+  copy[copy.length - 1] = (copy.at(-1) ?? 0) ^ 0xff;
+  return copy;
+}
+
+describe('BlobDownload', () => {
+  describe('size', () => {
+    it('is unknown until set, and the first size set wins', async () => {
+      const download = await newDownload(digestOf(Buffer.from('x')));
+      assert.equal(download.size, undefined);
+      download.setSize(10);
+      download.setSize(20);
+      assert.equal(download.size, 10);
+      assert.equal(await download.sized, 10);
+      await download.fail(new Error('done'));
+    });
+
+    it('resolves `sized` with the size set while the download runs', async () => {
+      const blob = randomBytes(1000);
+      const download = await newDownload(digestOf(blob));
+      const sized = download.sized;
+      download.setSize(blob.length);
+      assert.equal(await sized, blob.length);
+      assert.equal(await fill(download, Readable.from([blob])), 'verified');
+      assert.equal(await download.sized, blob.length);
+    });
+
+    it('resolves `sized` with the bytes received when no size was announced', async () => {
+      const blob = randomBytes(1000);
+      const download = await newDownload(digestOf(blob));
+      assert.equal(await fill(download, Readable.from([blob])), 'verified');
+      assert.equal(download.size, blob.length);
+      assert.equal(await download.sized, blob.length);
+    });
+
+    it('rejects `sized` when the download fails before a size was known', async () => {
+      const download = await newDownload(digestOf(Buffer.from('x')));
+      const sized = download.sized;
+      const error = new Error('no seed and no origin');
+      await download.fail(error);
+      await assert.rejects(sized, (caught) => caught === error);
+      assert.equal(download.error, error);
+      assert.equal(download.size, undefined);
+      assert.equal(await download.settled, 'failed');
+    });
+
+    it('keeps `sized` resolved when the download fails after its size was known', async () => {
+      const download = await newDownload(digestOf(Buffer.from('x')), 1);
+      await download.fail(new Error('connection reset'));
+      assert.equal(await download.sized, 1);
+    });
+  });
+
+  describe('from the origin (fillInOrder)', () => {
+    it('streams every byte in order to a reader attached before the data arrives', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const body = new PassThrough();
+      const reader = drain(openReader(download));
+      let counted = 0;
+      const run = fillInOrder(download, body, store, (n) => (counted += n));
+      await feed(body, blob);
+      body.end();
+
+      assert.equal(await run, 'verified');
+      const received = await reader;
+      assert.equal(received.error, undefined);
+      assert.equal(received.bytes.length, blob.length);
+      assert.equal(digestOf(received.bytes).toString(), digest.toString());
+      assert.equal(counted, blob.length);
+      assert.equal(download.available, blob.length);
+      assert.equal(download.state, 'verified');
+      assert.equal(download.error, undefined);
+      assert.equal(await download.settled, 'verified');
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), blob.length);
+      assert.deepEqual(await readdir(join(root, 'tmp')), []);
+    });
+
+    it('streams a blob whose size was not announced', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest);
+      const body = new PassThrough();
+      const reader = drain(openReader(download));
+      const run = fill(download, body);
+      await feed(body, blob);
+      body.end();
+      assert.equal(await run, 'verified');
+      const received = await reader;
+      assert.equal(received.error, undefined);
+      assert.deepEqual(received.bytes, blob);
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), blob.length);
+    });
+
+    it('streams an empty blob that matches its digest', async () => {
+      const empty = Buffer.alloc(0);
+      const digest = digestOf(empty);
+      for (const size of [0, undefined]) {
+        const download = await newDownload(digest, size);
+        const reader = drain(openReader(download));
+        assert.equal(await fill(download, Readable.from([])), 'verified', `size ${size}`);
+        const received = await reader;
+        assert.equal(received.error, undefined);
+        assert.equal(received.bytes.length, 0);
+        assert.equal(await download.sized, 0);
+      }
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), 0);
+    });
+
+    it('withholds the final byte until the blob is verified', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const body = new PassThrough();
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      const run = fill(download, body);
+
+      // Every byte has arrived, but the upstream body has not ended: nothing is verified yet.
+      await feed(body, blob);
+      await until(() => download.available === blob.length, 'every byte is available');
+      await until(() => reader.received() === blob.length - 1, 'all but the last byte are read');
+      await sleep(50);
+      assert.equal(download.state, 'running');
+      assert.equal(reader.received(), blob.length - 1);
+      assert.equal(reader.ended(), false);
+      assert.equal(store.has(digest), false);
+
+      body.end();
+      assert.equal(await run, 'verified');
+      await closed;
+      assert.equal(reader.received(), blob.length);
+      assert.equal(reader.ended(), true);
+      assert.deepEqual(reader.bytes(), blob);
+    });
+
+    it('withholds the last available byte until verification when the size is unknown', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest);
+      const body = new PassThrough();
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      const run = fill(download, body);
+
+      // Part way: the reader stays one byte behind what is available.
+      await feed(body, blob.subarray(0, 100_000));
+      await until(() => download.available === 100_000, 'the first half is available');
+      await until(() => reader.received() === 99_999, 'all but the last available byte are read');
+      await sleep(50);
+      assert.equal(reader.received(), 99_999);
+      assert.equal(download.size, undefined);
+
+      // Everything: still one byte behind until the body ends and the digest matches.
+      await feed(body, blob.subarray(100_000));
+      await until(() => download.available === blob.length, 'every byte is available');
+      await until(() => reader.received() === blob.length - 1, 'all but the last byte are read');
+      await sleep(50);
+      assert.equal(download.state, 'running');
+      assert.equal(reader.received(), blob.length - 1);
+      assert.equal(reader.ended(), false);
+
+      body.end();
+      assert.equal(await run, 'verified');
+      await closed;
+      assert.equal(reader.error(), undefined);
+      assert.equal(reader.ended(), true);
+      assert.deepEqual(reader.bytes(), blob);
+    });
+
+    it('withholds the final byte of a range until the blob is verified', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const download = await newDownload(digestOf(blob), blob.length);
+      const body = new PassThrough();
+      const stream = openReader(download, 1000, 5000);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      const run = fill(download, body);
+      await feed(body, blob);
+      await until(() => reader.received() === 3999, 'all but the last byte of the range are read');
+      await sleep(50);
+      assert.equal(reader.received(), 3999);
+      assert.equal(reader.ended(), false);
+      body.end();
+      assert.equal(await run, 'verified');
+      await closed;
+      assert.equal(reader.received(), 4000);
+      assert.deepEqual(reader.bytes(), blob.subarray(1000, 5000));
+    });
+
+    it('fails every reader on a digest mismatch and commits nothing', async () => {
+      const expected = randomBytes(BLOB_BYTES);
+      const digest = digestOf(expected);
+      const served = corrupted(expected);
+      const download = await newDownload(digest, served.length);
+      const body = new PassThrough();
+      const readers = [
+        drain(openReader(download)),
+        drain(openReader(download)),
+        drain(openReader(download, 500, 1500)),
+        drain(openReader(download, served.length - 1)),
+      ];
+      const run = fill(download, body);
+      await feed(body, served);
+      body.end();
+
+      assert.equal(await run, 'failed');
+      assertMismatch(download.error, 'DIGEST_MISMATCH');
+      assert.equal(await download.settled, 'failed');
+      for (const received of await Promise.all(readers)) {
+        assertMismatch(received.error, 'DIGEST_MISMATCH');
+      }
+      const [whole, , range, last] = await Promise.all(readers);
+      assert.ok((whole?.bytes.length ?? 0) < served.length);
+      assert.ok((range?.bytes.length ?? 0) < 1000);
+      assert.equal(last?.bytes.length, 0);
+      await assertNothingKept(digest);
+    });
+
+    it('fails a reader that arrives after the mismatch, while others still read', async () => {
+      const expected = randomBytes(BLOB_BYTES);
+      const digest = digestOf(expected);
+      const download = await newDownload(digest, expected.length);
+      // A reader that has not consumed anything yet keeps the download's file open.
+      const idle = openReader(download);
+      assert.equal(await fill(download, Readable.from([randomBytes(BLOB_BYTES)])), 'failed');
+      const late = await drain(openReader(download));
+      assertMismatch(late.error, 'DIGEST_MISMATCH');
+      assertMismatch((await drain(idle)).error, 'DIGEST_MISMATCH');
+      await assertNothingKept(digest);
+    });
+
+    it('fails the reader of an announced empty body whose digest does not match', async () => {
+      const digest = digestOf(Buffer.from('not empty'));
+      const download = await newDownload(digest, 0);
+      const body = new PassThrough();
+      const reader = drain(openReader(download));
+      const run = fill(download, body);
+      body.end();
+      assert.equal(await run, 'failed');
+      assertMismatch(download.error, 'DIGEST_MISMATCH');
+      const received = await reader;
+      assert.equal(received.bytes.length, 0);
+      assertMismatch(received.error, 'DIGEST_MISMATCH');
+      await assertNothingKept(digest);
+    });
+
+    it('fails the reader of an unannounced empty body whose digest does not match', async () => {
+      const digest = digestOf(Buffer.from('not empty'));
+      const download = await newDownload(digest);
+      const stream = openReader(download);
+      const reader = drain(stream);
+      // The reader waits for data rather than ending with nothing.
+      await sleep(20);
+      assert.equal(stream.readableEnded, false);
+      assert.equal(await fill(download, Readable.from([])), 'failed');
+      assertMismatch(download.error, 'DIGEST_MISMATCH');
+      const received = await reader;
+      assert.equal(received.bytes.length, 0);
+      assertMismatch(received.error, 'DIGEST_MISMATCH');
+      await assertNothingKept(digest);
+    });
+
+    it('fails when the body is shorter than announced', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const body = new PassThrough();
+      const reader = drain(openReader(download));
+      const run = fill(download, body);
+      await feed(body, blob.subarray(0, blob.length - 10));
+      body.end();
+
+      assert.equal(await run, 'failed');
+      assertMismatch(download.error, 'SIZE_MISMATCH');
+      const received = await reader;
+      assertMismatch(received.error, 'SIZE_MISMATCH');
+      assert.ok(received.bytes.length <= blob.length - 10);
+      await assertNothingKept(digest);
+    });
+
+    it('fails when the body is longer than announced, without reading it all', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const announced = blob.length - 10;
+      const download = await newDownload(digest, announced);
+      const reader = drain(openReader(download));
+      let counted = 0;
+      const chunks = [blob.subarray(0, 100_000), blob.subarray(100_000), randomBytes(BLOB_BYTES)];
+      const run = fillInOrder(download, Readable.from(chunks), store, (n) => (counted += n));
+
+      assert.equal(await run, 'failed');
+      assertMismatch(download.error, 'SIZE_MISMATCH');
+      assert.equal(counted, 100_000);
+      const received = await reader;
+      assertMismatch(received.error, 'SIZE_MISMATCH');
+      assert.ok(received.bytes.length < announced);
+      await assertNothingKept(digest);
+    });
+
+    it('gives ranged readers exactly their bytes', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const download = await newDownload(digestOf(blob), blob.length);
+      const body = new PassThrough();
+      const ranges: [number, number][] = [
+        [0, 1],
+        [0, 65_536],
+        [1000, 70_000],
+        [65_535, 131_073],
+        [blob.length - 10, blob.length],
+        [blob.length - 1, blob.length],
+        [12_345, blob.length],
+      ];
+      const readers = ranges.map(([start, end]) => drain(openReader(download, start, end)));
+      const whole = drain(openReader(download, 12_345));
+      const run = fill(download, body);
+      await feed(body, blob, 7_777);
+      body.end();
+      assert.equal(await run, 'verified');
+      const received = await Promise.all(readers);
+      ranges.forEach(([start, end], i) => {
+        assert.equal(received[i]?.error, undefined, `${start}-${end}`);
+        assert.deepEqual(received[i]?.bytes, blob.subarray(start, end), `${start}-${end}`);
+      });
+      assert.deepEqual((await whole).bytes, blob.subarray(12_345));
+    });
+
+    it('serves readers after verification while its file is open, and none once all closed', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const first = openReader(download);
+      assert.equal(await fill(download, Readable.from([blob])), 'verified');
+
+      const late = await drain(openReader(download, 10, 20));
+      assert.equal(late.error, undefined);
+      assert.deepEqual(late.bytes, blob.subarray(10, 20));
+      const whole = await drain(first);
+      assert.deepEqual(whole.bytes, blob);
+
+      assert.equal(download.openReader(0), undefined);
+      assert.equal(download.openReader(0, 10), undefined);
+      assert.ok(store.has(digest));
+    });
+
+    it('serves no reader once it settled without any', async () => {
+      const blob = randomBytes(1000);
+      const download = await newDownload(digestOf(blob), blob.length);
+      assert.equal(await fill(download, Readable.from([blob])), 'verified');
+      assert.equal(download.openReader(0), undefined);
+
+      const failed = await newDownload(digestOf(blob), blob.length);
+      assert.equal(await fill(failed, Readable.from([randomBytes(1000)])), 'failed');
+      assert.equal(failed.openReader(0), undefined);
+    });
+
+    it('releases its file when a reader is destroyed before reading', async () => {
+      const blob = randomBytes(1000);
+      const download = await newDownload(digestOf(blob), blob.length);
+      const stream = openReader(download);
+      const closed = closeOf(stream);
+      stream.destroy();
+      await closed;
+      assert.equal(await fill(download, Readable.from([blob])), 'verified');
+      assert.equal(download.openReader(0), undefined);
+    });
+
+    it('fails its readers when the body errors', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const body = new PassThrough();
+      const reader = drain(openReader(download));
+      const run = fill(download, body);
+      await feed(body, blob.subarray(0, 50_000));
+      body.destroy(new Error('connection reset'));
+      assert.equal(await run, 'failed');
+      assert.equal(download.error?.message, 'connection reset');
+      const received = await reader;
+      assert.ok(received.error instanceof Error);
+      assert.equal(received.error.message, 'connection reset');
+      await assertNothingKept(digest);
+    });
+  });
+
+  describe('from the swarm (writeAt, advance, finish)', () => {
+    it('serves pieces written out of order only as far as the contiguous prefix', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+
+      // Piece 2 arrives first: nothing before it is there, so nothing is readable.
+      await download.writeAt(2 * PIECE_BYTES, piece(blob, 2));
+      await sleep(20);
+      assert.equal(download.available, 0);
+      assert.equal(reader.received(), 0);
+
+      // Piece 0: the prefix is piece 0 alone, although piece 2 is on disk too.
+      await download.writeAt(0, piece(blob, 0));
+      download.advance(PIECE_BYTES);
+      assert.equal(download.available, PIECE_BYTES);
+      await until(() => reader.received() === PIECE_BYTES, 'piece 0 is read');
+      await sleep(20);
+      assert.equal(reader.received(), PIECE_BYTES);
+
+      // Piece 1 fills the gap: pieces 0 to 2 are readable.
+      await download.writeAt(PIECE_BYTES, piece(blob, 1));
+      download.advance(3 * PIECE_BYTES);
+      await until(() => reader.received() === 3 * PIECE_BYTES, 'pieces 0 to 2 are read');
+
+      // Moving the prefix back does nothing.
+      download.advance(PIECE_BYTES);
+      assert.equal(download.available, 3 * PIECE_BYTES);
+
+      // The last piece: all but the final byte, until the blob verifies.
+      await download.writeAt(3 * PIECE_BYTES, piece(blob, 3));
+      download.advance(blob.length);
+      await until(() => reader.received() === blob.length - 1, 'all but the last byte are read');
+      await sleep(50);
+      assert.equal(reader.received(), blob.length - 1);
+      assert.equal(reader.ended(), false);
+      assert.equal(download.state, 'running');
+      assert.equal(store.has(digest), false);
+
+      assert.equal(await download.finish(store), 'verified');
+      await closed;
+      assert.equal(reader.error(), undefined);
+      assert.equal(reader.ended(), true);
+      assert.deepEqual(reader.bytes(), blob);
+      assert.equal(await download.settled, 'verified');
+      assert.ok(store.has(digest));
+      assert.equal(store.sizeOf(digest), blob.length);
+      assert.deepEqual(await readdir(join(root, 'tmp')), []);
+      // Finishing again changes nothing.
+      assert.equal(await download.finish(store), 'verified');
+    });
+
+    it('verifies and commits a blob whose pieces all arrived before the prefix moved', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const reader = drain(openReader(download, 1000, 180_000));
+      for (const index of [3, 1, 2, 0]) {
+        await download.writeAt(index * PIECE_BYTES, piece(blob, index));
+      }
+      download.advance(blob.length);
+      assert.equal(await download.finish(store), 'verified');
+      const received = await reader;
+      assert.equal(received.error, undefined);
+      assert.deepEqual(received.bytes, blob.subarray(1000, 180_000));
+      assert.ok(store.has(digest));
+    });
+
+    it('sets the size from the prefix when finishing without one', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest);
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      await download.writeAt(PIECE_BYTES, blob.subarray(PIECE_BYTES));
+      await download.writeAt(0, piece(blob, 0));
+      download.advance(blob.length);
+      await until(() => reader.received() === blob.length - 1, 'all but the last byte are read');
+      await sleep(20);
+      assert.equal(reader.received(), blob.length - 1);
+      assert.equal(await download.finish(store), 'verified');
+      assert.equal(await download.sized, blob.length);
+      await closed;
+      assert.deepEqual(reader.bytes(), blob);
+      assert.ok(store.has(digest));
+    });
+
+    it('fails the readers and commits nothing when the digest does not match', async () => {
+      const expected = randomBytes(BLOB_BYTES);
+      const digest = digestOf(expected);
+      const served = corrupted(expected);
+      const download = await newDownload(digest, served.length);
+      const readers = [
+        drain(openReader(download)),
+        drain(openReader(download, 100, 200)),
+        drain(openReader(download, served.length - 1)),
+      ];
+      await download.writeAt(2 * PIECE_BYTES, piece(served, 2));
+      await download.writeAt(PIECE_BYTES, piece(served, 1));
+      await download.writeAt(3 * PIECE_BYTES, piece(served, 3));
+      await download.writeAt(0, piece(served, 0));
+      download.advance(PIECE_BYTES);
+      download.advance(served.length);
+
+      assert.equal(await download.finish(store), 'failed');
+      assertMismatch(download.error, 'DIGEST_MISMATCH');
+      assert.equal(await download.settled, 'failed');
+      const [whole, range, last] = await Promise.all(readers);
+      assertMismatch(whole?.error, 'DIGEST_MISMATCH');
+      assert.ok((whole?.bytes.length ?? 0) < served.length);
+      // A range that ends before the final byte of the blob is complete, and still fails.
+      assertMismatch(range?.error, 'DIGEST_MISMATCH');
+      assert.ok((range?.bytes.length ?? 0) < 100);
+      assertMismatch(last?.error, 'DIGEST_MISMATCH');
+      assert.equal(last?.bytes.length, 0);
+      await assertNothingKept(digest);
+    });
+
+    it('fails when finished before the whole blob is available', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const reader = drain(openReader(download));
+      await download.writeAt(0, piece(blob, 0));
+      await download.writeAt(2 * PIECE_BYTES, piece(blob, 2));
+      download.advance(PIECE_BYTES);
+      assert.equal(await download.finish(store), 'failed');
+      assertMismatch(download.error, 'SIZE_MISMATCH');
+      const received = await reader;
+      assertMismatch(received.error, 'SIZE_MISMATCH');
+      assert.ok(received.bytes.length <= PIECE_BYTES);
+      await assertNothingKept(digest);
+    });
+
+    it('fails its readers with the error it failed with', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      await download.writeAt(0, piece(blob, 0));
+      download.advance(PIECE_BYTES);
+      await until(() => reader.received() === PIECE_BYTES, 'piece 0 is read');
+
+      const error = new Error('every peer went away');
+      await download.fail(error);
+      await download.fail(new Error('a second failure'));
+      await closed;
+      assert.equal(reader.error(), error);
+      assert.equal(reader.ended(), false);
+      assert.equal(download.state, 'failed');
+      assert.equal(download.error, error);
+      assert.equal(await download.settled, 'failed');
+      assert.equal(await download.finish(store), 'failed');
+      await assertNothingKept(digest);
+    });
+
+    it('reads verified bytes only within the available prefix', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      assert.equal(await download.readVerified(0, 1), undefined);
+
+      await download.writeAt(2 * PIECE_BYTES, piece(blob, 2));
+      await download.writeAt(0, piece(blob, 0));
+      download.advance(PIECE_BYTES);
+      assert.deepEqual(await download.readVerified(0, PIECE_BYTES), piece(blob, 0));
+      assert.deepEqual(await download.readVerified(100, 200), blob.subarray(100, 300));
+      assert.deepEqual(
+        await download.readVerified(PIECE_BYTES - 1, 1),
+        blob.subarray(PIECE_BYTES - 1, PIECE_BYTES),
+      );
+      // Past the prefix, even when the bytes are on disk.
+      assert.equal(await download.readVerified(PIECE_BYTES - 1, 2), undefined);
+      assert.equal(await download.readVerified(PIECE_BYTES, 1), undefined);
+      assert.equal(await download.readVerified(2 * PIECE_BYTES, PIECE_BYTES), undefined);
+
+      await download.writeAt(PIECE_BYTES, piece(blob, 1));
+      download.advance(3 * PIECE_BYTES);
+      assert.deepEqual(await download.readVerified(2 * PIECE_BYTES, PIECE_BYTES), piece(blob, 2));
+      assert.equal(await download.readVerified(3 * PIECE_BYTES, 1), undefined);
+
+      await download.writeAt(3 * PIECE_BYTES, piece(blob, 3));
+      download.advance(blob.length);
+      assert.deepEqual(await download.readVerified(3 * PIECE_BYTES, PIECE_BYTES), piece(blob, 3));
+      assert.equal(await download.readVerified(blob.length - 1, 2), undefined);
+    });
+
+    it('reads verified bytes of a verified download while a reader keeps its file open', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const download = await newDownload(digestOf(blob), blob.length);
+      const stream = openReader(download);
+      await download.writeAt(0, blob);
+      download.advance(blob.length);
+      assert.equal(await download.finish(store), 'verified');
+      assert.deepEqual(await download.readVerified(PIECE_BYTES, PIECE_BYTES), piece(blob, 1));
+      assert.deepEqual((await drain(stream)).bytes, blob);
+      // Its file released, the blob is read from the store.
+      assert.equal(await download.readVerified(PIECE_BYTES, PIECE_BYTES), undefined);
+    });
+
+    it('reads no bytes of a failed download, even while a reader keeps its file open', async () => {
+      const expected = randomBytes(BLOB_BYTES);
+      const digest = digestOf(expected);
+      const served = corrupted(expected);
+      const download = await newDownload(digest, served.length);
+      // A reader that has not consumed anything yet keeps the download's file open.
+      const idle = openReader(download);
+      assert.equal(await fill(download, Readable.from([served])), 'failed');
+      assert.equal(download.available, served.length);
+      // The content failed its digest and its temp file is gone: none of it may go to a peer.
+      const whileOpen = await download.readVerified(0, PIECE_BYTES);
+      assert.ok(
+        whileOpen === undefined,
+        `readVerified returned ${whileOpen?.length} bytes of a failed download`,
+      );
+      assertMismatch((await drain(idle)).error, 'DIGEST_MISMATCH');
+      assert.equal(await download.readVerified(0, PIECE_BYTES), undefined);
+      await assertNothingKept(digest);
+    });
+  });
+});
+
+/** Hooks that record what the table reports. */
+function recordingHooks(): DownloadHooks & {
+  started: BlobDownload[];
+  settled: [BlobDownload, DownloadState][];
+} {
+  const hooks = {
+    started: [] as BlobDownload[],
+    settled: [] as [BlobDownload, DownloadState][],
+    onStarted: (download: BlobDownload) => {
+      hooks.started.push(download);
+    },
+    onSettled: (download: BlobDownload, state: DownloadState) => {
+      hooks.settled.push([download, state]);
+    },
+  };
+  return hooks;
+}
+
+/** What an origin fetcher does with a 200: a download filled in order from `body`. */
+async function fromOrigin(
+  digest: Digest,
+  body: AsyncIterable<Uint8Array>,
+  size: number | undefined,
+  onBytes: (bytes: number) => void = () => undefined,
+): Promise<Flight> {
+  const download = await newDownload(digest, size);
+  void fillInOrder(download, body, store, onBytes);
+  return { kind: 'download', download };
+}
+
+function answer(status: number, text: string): Flight {
+  const upstream: UpstreamAnswer = {
+    status,
+    headers: { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="x"' },
+    body: Buffer.from(text),
+  };
+  return { kind: 'answer', answer: upstream };
+}
+
+function downloadOf(flight: Flight | undefined): BlobDownload {
+  assert.equal(flight?.kind, 'download');
+  return flight.download;
+}
+
+function answerOf(flight: Flight | undefined): UpstreamAnswer {
+  assert.equal(flight?.kind, 'answer');
+  return flight.answer;
+}
+
+/** A promise settled from outside. */
+function deferred<T>(): {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (error: Error) => void;
+} {
+  let resolve: (value: T) => void = () => undefined;
+  let reject: (error: Error) => void = () => undefined;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** A start that fails the test if called. */
+const mustNotStart: FlightStarter = () => Promise.reject(new Error('start should not be called'));
+
+describe('DownloadTable', () => {
+  it('fetches a blob once for many concurrent requests', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const body = new PassThrough();
+    let fetches = 0;
+    let bytes = 0;
+    const start: FlightStarter = () => {
+      fetches += 1;
+      return fromOrigin(digest, body, blob.length, (n) => (bytes += n));
+    };
+
+    assert.equal(table.running(digest), undefined);
+    const flights = await Promise.all(Array.from({ length: 20 }, () => table.join(digest, start)));
+    assert.equal(fetches, 1);
+    const download = downloadOf(flights[0]);
+    for (const flight of flights) {
+      assert.equal(downloadOf(flight), download);
+    }
+    assert.equal(table.active, 1);
+    assert.equal(table.running(digest), download);
+    assert.deepEqual(hooks.started, [download]);
+
+    const readers = flights.map((flight) => drain(openReader(downloadOf(flight))));
+    await feed(body, blob);
+    body.end();
+    for (const received of await Promise.all(readers)) {
+      assert.equal(received.error, undefined);
+      assert.deepEqual(received.bytes, blob);
+    }
+    assert.equal(await download.settled, 'verified');
+    await until(() => hooks.settled.length === 1, 'the table reports the download settled');
+    assert.deepEqual(hooks.settled, [[download, 'verified']]);
+    assert.equal(bytes, blob.length);
+    assert.equal(table.active, 0);
+    assert.equal(table.running(digest), undefined);
+    assert.ok(store.has(digest));
+    assert.equal(fetches, 1);
+  });
+
+  it('calls start once for many joins while it is still starting', async () => {
+    const blob = randomBytes(1000);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const starting = deferred<Flight>();
+    let starts = 0;
+    const start: FlightStarter = () => {
+      starts += 1;
+      return starting.promise;
+    };
+    const joins = Array.from({ length: 50 }, () => table.join(digest, start));
+    await sleep(20);
+    assert.equal(starts, 1);
+    assert.equal(table.active, 0);
+    assert.deepEqual(hooks.started, []);
+
+    starting.resolve(await fromOrigin(digest, Readable.from([blob]), blob.length));
+    const flights = await Promise.all(joins);
+    const download = downloadOf(flights[0]);
+    for (const flight of flights) {
+      assert.equal(downloadOf(flight), download);
+    }
+    assert.equal(starts, 1);
+    assert.deepEqual(hooks.started, [download]);
+    assert.equal(await download.settled, 'verified');
+  });
+
+  it('joins a download in progress from a later request', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const table = new DownloadTable(recordingHooks());
+    const body = new PassThrough();
+    let fetches = 0;
+    const start: FlightStarter = () => {
+      fetches += 1;
+      return fromOrigin(digest, body, blob.length);
+    };
+    const first = downloadOf(await table.join(digest, start));
+    const firstReader = drain(openReader(first));
+    await feed(body, blob.subarray(0, 100_000));
+    const second = downloadOf(await table.join(digest, start));
+    assert.equal(second, first);
+    const secondReader = drain(openReader(second));
+    await feed(body, blob.subarray(100_000));
+    body.end();
+    assert.deepEqual((await firstReader).bytes, blob);
+    assert.deepEqual((await secondReader).bytes, blob);
+    assert.equal(fetches, 1);
+  });
+
+  it('returns a running download without calling start', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    // A swarm download: running until its pieces arrive.
+    const download = await newDownload(digest, blob.length);
+    const first = downloadOf(
+      await table.join(digest, () => Promise.resolve({ kind: 'download', download })),
+    );
+    assert.equal(first, download);
+    assert.equal(table.running(digest), download);
+
+    const joined = await Promise.all([
+      table.join(digest, mustNotStart),
+      table.join(digest, mustNotStart),
+    ]);
+    for (const flight of joined) {
+      assert.equal(downloadOf(flight), download);
+    }
+    assert.deepEqual(hooks.started, [download]);
+
+    await download.writeAt(0, blob);
+    download.advance(blob.length);
+    assert.equal(await download.finish(store), 'verified');
+    await until(() => hooks.settled.length === 1, 'the table reports the download settled');
+    assert.equal(table.running(digest), undefined);
+  });
+
+  it('gives an answer to the leader alone; a follower fetches for itself', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const calls: string[] = [];
+    const leader = table.join(digest, async () => {
+      calls.push('leader');
+      await sleep(10);
+      return answer(401, '{"errors":[{"code":"UNAUTHORIZED"}]}');
+    });
+    const follower = table.join(digest, () => {
+      calls.push('follower');
+      return fromOrigin(digest, Readable.from([blob]), blob.length);
+    });
+
+    const led = answerOf(await leader);
+    assert.equal(led.status, 401);
+    assert.equal(led.headers['www-authenticate'], 'Bearer realm="x"');
+    assert.equal(led.body.toString(), '{"errors":[{"code":"UNAUTHORIZED"}]}');
+    const followed = downloadOf(await follower);
+    assert.deepEqual(calls, ['leader', 'follower']);
+    assert.deepEqual((await drain(openReader(followed))).bytes, blob);
+    assert.equal(await followed.settled, 'verified');
+    assert.deepEqual(hooks.started, [followed]);
+    assert.ok(store.has(digest));
+  });
+
+  it('gives a follower the download running when its own turn to start comes', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const calls: string[] = [];
+    const starter = (name: string, flight: Promise<Flight>): FlightStarter => {
+      return () => {
+        calls.push(name);
+        return flight;
+      };
+    };
+    const leaderFlight = deferred<Flight>();
+    const firstFlight = deferred<Flight>();
+    const secondFlight = deferred<Flight>();
+
+    // Two followers wait on the leader; its answer sends each to start for itself.
+    const leader = table.join(digest, starter('leader', leaderFlight.promise));
+    const first = table.join(digest, starter('first', firstFlight.promise));
+    const second = table.join(digest, starter('second', secondFlight.promise));
+    leaderFlight.resolve(answer(404, '{"errors":[{"code":"BLOB_UNKNOWN"}]}'));
+    assert.equal(answerOf(await leader).status, 404);
+    await until(() => calls.length === 3, 'both followers start');
+    assert.deepEqual(calls, ['leader', 'first', 'second']);
+
+    // A third request waits on the latest start; meanwhile the first one's download begins.
+    const third = table.join(digest, mustNotStart);
+    const download = await newDownload(digest, blob.length);
+    firstFlight.resolve({ kind: 'download', download });
+    assert.equal(downloadOf(await first), download);
+    assert.equal(table.running(digest), download);
+
+    // The second start ends with an answer of its own: the third joins the running download.
+    secondFlight.resolve(answer(401, '{"errors":[{"code":"UNAUTHORIZED"}]}'));
+    assert.equal(answerOf(await second).status, 401);
+    assert.equal(downloadOf(await third), download);
+    assert.deepEqual(calls, ['leader', 'first', 'second']);
+    assert.deepEqual(hooks.started, [download]);
+    await download.fail(new Error('test over'));
+  });
+
+  it('lets a follower fetch for itself when the leader fetch throws', async () => {
+    const blob = randomBytes(1000);
+    const digest = digestOf(blob);
+    const table = new DownloadTable(recordingHooks());
+    const calls: string[] = [];
+    const leader = table.join(digest, async () => {
+      calls.push('leader');
+      await sleep(10);
+      throw new Error('connect ECONNREFUSED');
+    });
+    const follower = table.join(digest, () => {
+      calls.push('follower');
+      return fromOrigin(digest, Readable.from([blob]), blob.length);
+    });
+    await assert.rejects(leader, /ECONNREFUSED/);
+    const followed = downloadOf(await follower);
+    assert.deepEqual(calls, ['leader', 'follower']);
+    assert.equal(await followed.settled, 'verified');
+  });
+
+  it('asks again once an answer was given', async () => {
+    const digest = digestOf(Buffer.from('missing'));
+    const table = new DownloadTable(recordingHooks());
+    let fetches = 0;
+    const start: FlightStarter = () => {
+      fetches += 1;
+      return Promise.resolve(answer(404, '{"errors":[{"code":"BLOB_UNKNOWN"}]}'));
+    };
+    assert.equal(answerOf(await table.join(digest, start)).status, 404);
+    assert.equal(answerOf(await table.join(digest, start)).status, 404);
+    assert.equal(fetches, 2);
+    assert.equal(table.active, 0);
+    assert.equal(table.running(digest), undefined);
+  });
+
+  it('starts a fresh download when the previous one failed', async () => {
+    const blob = randomBytes(1000);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const bodies = [randomBytes(1000), blob];
+    let fetches = 0;
+    const start: FlightStarter = () => {
+      const bytes = bodies[fetches] ?? Buffer.alloc(0);
+      fetches += 1;
+      return fromOrigin(digest, Readable.from([bytes]), bytes.length);
+    };
+    const first = downloadOf(await table.join(digest, start));
+    assert.equal(await first.settled, 'failed');
+    await until(() => hooks.settled.length === 1, 'the first download is reported');
+    assert.deepEqual(hooks.settled, [[first, 'failed']]);
+    assert.equal(table.running(digest), undefined);
+    const second = downloadOf(await table.join(digest, start));
+    assert.notEqual(second, first);
+    assert.equal(await second.settled, 'verified');
+    await until(() => hooks.settled.length === 2, 'the second download is reported');
+    assert.deepEqual(hooks.started, [first, second]);
+    assert.deepEqual(hooks.settled, [
+      [first, 'failed'],
+      [second, 'verified'],
+    ]);
+    assert.equal(fetches, 2);
+    assert.ok(store.has(digest));
+  });
+
+  it('tracks downloads of different digests separately', async () => {
+    const blobs = [randomBytes(1000), randomBytes(2000)];
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const flights = await Promise.all(
+      blobs.map((blob) =>
+        table.join(digestOf(blob), () => fromOrigin(digestOf(blob), new PassThrough(), undefined)),
+      ),
+    );
+    const downloads = flights.map(downloadOf);
+    assert.notEqual(downloads[0], downloads[1]);
+    assert.equal(table.active, 2);
+    blobs.forEach((blob, i) => assert.equal(table.running(digestOf(blob)), downloads[i]));
+    await Promise.all(downloads.map((download) => download.fail(new Error('test over'))));
+    await until(() => table.active === 0, 'both downloads are forgotten');
+  });
+
+  it('aborts downloads on close and waits for them to settle', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const hooks = recordingHooks();
+    const table = new DownloadTable(hooks);
+    const signals: AbortSignal[] = [];
+    const body = new PassThrough();
+    const flight = await table.join(digest, (signal) => {
+      signals.push(signal);
+      // As an HTTP client does, the body fails when the request is aborted.
+      signal.addEventListener('abort', () => body.destroy(signal.reason as Error), { once: true });
+      return fromOrigin(digest, body, blob.length);
+    });
+    const download = downloadOf(flight);
+    const reader = drain(openReader(download));
+    await feed(body, blob.subarray(0, 100_000));
+    assert.deepEqual(
+      signals.map((s) => s.aborted),
+      [false],
+    );
+
+    await table.close();
+    assert.deepEqual(
+      signals.map((s) => s.aborted),
+      [true],
+    );
+    assert.equal(download.state, 'failed');
+    await until(() => table.active === 0, 'the table forgets the download');
+    const received = await reader;
+    assert.ok(received.error !== undefined, 'the reader should fail, not end');
+    assert.ok(received.bytes.length < blob.length);
+    await assertNothingKept(digest);
+  });
+
+  it('aborts a swarm download on close through the signal given to start', async () => {
+    const blob = randomBytes(BLOB_BYTES);
+    const digest = digestOf(blob);
+    const table = new DownloadTable(recordingHooks());
+    const download = downloadOf(
+      await table.join(digest, async (signal) => {
+        const swarm = await newDownload(digest, blob.length);
+        signal.addEventListener('abort', () => void swarm.fail(signal.reason), { once: true });
+        return { kind: 'download', download: swarm };
+      }),
+    );
+    const sized = download.sized;
+    const reader = drain(openReader(download));
+    await download.writeAt(0, piece(blob, 0));
+    download.advance(PIECE_BYTES);
+
+    await table.close();
+    assert.equal(download.state, 'failed');
+    assert.equal(await sized, blob.length);
+    const received = await reader;
+    assert.ok(received.error !== undefined, 'the reader should fail, not end');
+    assert.ok(received.bytes.length <= PIECE_BYTES);
+    await assertNothingKept(digest);
+  });
+
+  it('closes at once when nothing runs', async () => {
+    const table = new DownloadTable(recordingHooks());
+    await table.close();
+    assert.equal(table.active, 0);
+  });
+});

@@ -1,0 +1,225 @@
+/**
+ * The tracker's composition root: every dependency built in order, every consumer and server
+ * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
+ */
+import type { AddressInfo } from 'node:net';
+
+import { STREAMS, type StreamSpec } from '@shoal/proto';
+import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
+import { connectNats, ensureStreams, jetStreamFor, type NatsConnection } from '@shoal/runtime/nats';
+import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
+
+import type { TrackerConfig } from './config.js';
+import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
+import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
+import { LoadTracker } from './handout/load.js';
+import { registerOpsRoutes } from './http/ops.js';
+import { createTrackerMetrics } from './metrics.js';
+import { SeedRequester } from './seed/requests.js';
+import { SwarmView, type SwarmSnapshot } from './swarm/view.js';
+
+export { loadTrackerConfig, type TrackerConfig } from './config.js';
+export type { SwarmEntry, SwarmSnapshot } from './swarm/view.js';
+
+/** How long a seed request may wait for JetStream's acknowledgement, in ms. */
+const PUBLISH_TIMEOUT_MS = 5_000;
+/** How long draining the NATS connection may take before it is closed outright, in ms. */
+const DRAIN_TIMEOUT_MS = 10_000;
+
+export interface TrackerOverrides {
+  readonly logger?: Logger;
+  /** The clock, in ms since the epoch (default `Date.now`); tests move it to expire peers. */
+  readonly now?: () => number;
+}
+
+export interface TrackerApp extends Service {
+  /** The ops listener's address once started, e.g. `http://127.0.0.1:65020`. */
+  readonly url: () => string;
+  /** Read-only access to this replica's swarm view. */
+  readonly view: SwarmSnapshot;
+  /** Why the tracker is not ready (what /readyz reports), or undefined when it is. */
+  readonly notReadyReason: () => string | undefined;
+}
+
+export function buildApp(
+  config: TrackerConfig,
+  overrides: TrackerOverrides = {},
+): Promise<TrackerApp> {
+  // Telemetry: logs and metrics first, so everything after can report.
+  const logger =
+    overrides.logger ?? createLogger({ service: 'tracker', level: config.SHOAL_LOG_LEVEL });
+  const now = overrides.now ?? Date.now;
+
+  // State: the swarm view and the hand-out load, both rebuilt from scratch by every replica.
+  const view = new SwarmView({ maxAgeMs: config.SHOAL_TRACKER_PEER_MAX_AGE_MS });
+  const load = new LoadTracker(config.SHOAL_TRACKER_LOAD_WINDOW_MS);
+  const serviceMetrics = createMetrics('tracker');
+  const metrics = createTrackerMetrics(serviceMetrics, view);
+
+  // Ops listener: health, readiness and metrics.
+  const stopping = new AbortController();
+  // A function, not the property, so checks after an await are not narrowed away.
+  const stopped = (): boolean => stopping.signal.aborted;
+  let nc: NatsConnection | undefined;
+  let natsConnected = false;
+  let swarm: SwarmStreamConsumer | undefined;
+  const notReadyReason = (): string | undefined => {
+    if (stopped()) {
+      return 'shutting down';
+    }
+    if (nc === undefined) {
+      return 'connecting to NATS';
+    }
+    if (!natsConnected || nc.isClosed()) {
+      return 'NATS disconnected';
+    }
+    if (swarm?.caughtUp !== true) {
+      return 'replaying the swarm stream';
+    }
+    return undefined;
+  };
+  // Typed as fastify's logger so the instance keeps fastify's default generics.
+  const fastifyLogger: FastifyBaseLogger = logger;
+  const server = Fastify({
+    loggerInstance: fastifyLogger,
+    // Probes and scrapes would drown the log.
+    logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  registerOpsRoutes(server, { registry: serviceMetrics.registry, notReadyReason });
+
+  let address = '';
+  let wants: WantsConsumer | undefined;
+  let sweep: NodeJS.Timeout | undefined;
+  let starting: Promise<void> | undefined;
+  let closed: Promise<void> | undefined;
+
+  const start = async (): Promise<void> => {
+    // The ops listener first, so probes are answered (503) while NATS and the replay run.
+    await server.listen({
+      host: config.SHOAL_TRACKER_LISTEN.host,
+      port: config.SHOAL_TRACKER_LISTEN.port,
+    });
+    address = formatAddress(config.SHOAL_TRACKER_LISTEN.host, server.server.address());
+    logger.info({ url: address }, 'ops listening');
+
+    // NATS: one connection; readiness follows its state.
+    const connection = await connectNats(config, 'shoal-tracker', logger);
+    nc = connection;
+    natsConnected = true;
+    void (async () => {
+      for await (const status of connection.status()) {
+        if (status.type === 'disconnect') {
+          natsConnected = false;
+        } else if (status.type === 'reconnect') {
+          natsConnected = true;
+        }
+      }
+    })();
+    const { js, jsm } = await jetStreamFor(connection);
+
+    // Streams the tracker owns, created or brought to their declared configuration.
+    await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
+
+    // Swarm view: replay SHOAL_SWARM from the start, then keep following it.
+    swarm = new SwarmStreamConsumer({ js, jsm, view, metrics, logger, now });
+    await swarm.start();
+    await swarm.whenCaughtUp(stopping.signal);
+    if (stopped()) {
+      return;
+    }
+
+    // Wants: only once the view is whole, so no hand-out or seed request comes from half a
+    // swarm; meanwhile the other replicas answer.
+    await ensureWantsConsumer(jsm);
+    if (stopped()) {
+      return;
+    }
+    wants = new WantsConsumer(js, {
+      nc: connection,
+      view,
+      load,
+      seeds: new SeedRequester(js, { timeoutMs: PUBLISH_TIMEOUT_MS }),
+      metrics,
+      logger,
+      now,
+    });
+    wants.start();
+
+    // Housekeeping: expired peers and idle load counters leave memory.
+    const sweepMs = Math.min(Math.max(config.SHOAL_TRACKER_PEER_MAX_AGE_MS / 10, 1_000), 60_000);
+    sweep = setInterval(() => {
+      const removed = view.expire(now());
+      load.prune(now());
+      if (removed > 0) {
+        logger.debug({ removed }, 'expired swarm entries removed');
+      }
+    }, sweepMs);
+    sweep.unref();
+    logger.info({ entries: view.entryCount, blobs: view.blobCount }, 'tracker ready');
+  };
+
+  const close = async (): Promise<void> => {
+    // Readiness fails first; then consumers stop, NATS drains, and the listener closes last
+    // so probes see 503 throughout.
+    stopping.abort();
+    await starting?.catch(() => undefined);
+    clearInterval(sweep);
+    await wants?.stop();
+    await swarm?.stop();
+    if (nc !== undefined) {
+      await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
+    }
+    await server.close();
+  };
+
+  // Nothing above waits; the promise keeps the signature of services whose building does.
+  return Promise.resolve({
+    url: () => address,
+    view: view.snapshot(now),
+    notReadyReason,
+    start: () => {
+      starting = start();
+      return starting;
+    },
+    close: () => {
+      closed ??= close();
+      return closed;
+    },
+  });
+}
+
+/** The streams the tracker owns. */
+function ownedStreams(): StreamSpec[] {
+  return [STREAMS.swarm, STREAMS.wants];
+}
+
+/** Drains the connection, closing it outright if draining takes longer than `timeoutMs`. */
+async function drainWithin(nc: NatsConnection, timeoutMs: number, logger: Logger): Promise<void> {
+  if (nc.isClosed()) {
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    const result = await Promise.race([nc.drain().then(() => 'drained' as const), timedOut]);
+    if (result === 'timeout') {
+      logger.warn({ timeoutMs }, 'NATS drain timed out; closing');
+      await nc.close();
+    }
+  } catch (error) {
+    logger.warn({ err: error }, 'NATS drain failed; closing');
+    await nc.close();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `http://host:port` of a bound listener, with IPv6 hosts in brackets. */
+function formatAddress(host: string, bound: AddressInfo | string | null): string {
+  const port = typeof bound === 'object' && bound !== null ? bound.port : 0;
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}

@@ -1,0 +1,25 @@
+/** The tracker's configuration: the components' pieces, checked together. */
+import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { natsConfig } from '@shoal/runtime/nats';
+import { z } from 'zod';
+
+import { handoutConfig } from './handout/config.js';
+import { swarmConfig } from './swarm/config.js';
+
+const trackerFields = z.object({
+  ...natsConfig.shape,
+  /** Where /healthz, /readyz and /metrics listen (default `0.0.0.0:65020`). */
+  SHOAL_TRACKER_LISTEN: envListen('0.0.0.0:65020'),
+  SHOAL_LOG_LEVEL: envLogLevel,
+  /** How long a graceful shutdown may take, in ms (default 30 000). */
+  SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
+  ...swarmConfig.shape,
+  ...handoutConfig.shape,
+});
+
+export type TrackerConfig = z.infer<typeof trackerFields>;
+
+/** Reads the tracker's configuration; throws a ConfigError naming every problem. */
+export function loadTrackerConfig(env: Record<string, string | undefined>): TrackerConfig {
+  return loadConfig(trackerFields, env);
+}

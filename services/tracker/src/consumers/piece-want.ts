@@ -1,0 +1,232 @@
+/**
+ * piece-want events from SHOAL_WANTS: every replica pulls from one durable consumer, so each
+ * want is answered by one replica. The answer is a hand-out on the asker's core-NATS
+ * subject and, when nobody can finish the blob, a seed request.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type ConsumerConfig,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import {
+  decodeMessage,
+  encodeMessage,
+  handout,
+  handoutSubject,
+  pieceWant,
+  pieceWantSubject,
+  STREAMS,
+  type Handout,
+} from '@shoal/proto';
+import type { Logger } from '@shoal/runtime';
+
+import type { LoadTracker } from '../handout/load.js';
+import { choosePeers, hasFinisher } from '../handout/policy.js';
+import type { TrackerMetrics } from '../metrics.js';
+import type { SeedRequester } from '../seed/requests.js';
+import type { SwarmView } from '../swarm/view.js';
+import { superviseConsumption, type ConsumeLoop } from './supervise.js';
+import { MAX_LOGGED_ERROR } from './swarm-event.js';
+
+/** The durable consumer every tracker replica shares (`<service>-<purpose>`). */
+export const WANTS_CONSUMER = 'tracker-wants';
+/** How long a delivered want may stay unacknowledged before another replica gets it, in ms. */
+const ACK_WAIT_MS = 10_000;
+/** Deliveries of one want before it is given up (the agent asks again, or falls back). */
+const MAX_DELIVER = 5;
+/** Wants delivered to one replica and not yet acknowledged; bounds a replica's backlog. */
+const MAX_ACK_PENDING = 1_000;
+/** Wants pulled per request. */
+const PULL_BATCH = 64;
+/** Redelivery delay after a transient failure, in ms. */
+const NAK_DELAY_MS = 1_000;
+/** Wait before reopening the consumer after a failure, in ms. */
+const RETRY_DELAY_MS = 1_000;
+/** Trace context headers carried from a want to its hand-out and seed request. */
+const TRACE_HEADERS = ['traceparent', 'tracestate'] as const;
+
+const nanos = (ms: number): number => ms * 1_000_000;
+
+/** Creates the shared durable consumer, or updates it to this configuration. */
+export async function ensureWantsConsumer(jsm: JetStreamManager): Promise<void> {
+  const settings = {
+    ack_wait: nanos(ACK_WAIT_MS),
+    max_deliver: MAX_DELIVER,
+    max_ack_pending: MAX_ACK_PENDING,
+  } satisfies Partial<ConsumerConfig>;
+  try {
+    await jsm.consumers.info(STREAMS.wants.name, WANTS_CONSUMER);
+    await jsm.consumers.update(STREAMS.wants.name, WANTS_CONSUMER, settings);
+  } catch (error) {
+    if (!(error instanceof Error && /not found/i.test(error.message))) {
+      throw error;
+    }
+    // Two replicas starting together may both get here; creating an identical durable
+    // consumer twice succeeds.
+    await jsm.consumers.add(STREAMS.wants.name, {
+      durable_name: WANTS_CONSUMER,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ...settings,
+    });
+  }
+}
+
+export interface WantDeps {
+  readonly nc: NatsConnection;
+  readonly view: SwarmView;
+  readonly load: LoadTracker;
+  readonly seeds: SeedRequester;
+  readonly metrics: TrackerMetrics;
+  readonly logger: Logger;
+  /** Current time in ms since the epoch. */
+  readonly now: () => number;
+}
+
+/**
+ * Answers one want: a hand-out to the asker, a seed request when nobody can finish the blob,
+ * then the ack. Never throws: an invalid want is terminated, a transient failure nak'ed.
+ */
+export async function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
+  const { metrics, logger } = deps;
+  const decoded = decodeMessage(pieceWant, msg.data);
+  if (!decoded.ok) {
+    metrics.eventsRejected.inc({ type: 'piece-want', reason: 'invalid' });
+    logger.warn(
+      { subject: msg.subject, seq: msg.seq, error: decoded.error.slice(0, MAX_LOGGED_ERROR) },
+      'invalid piece-want terminated',
+    );
+    // No reason given: nats-server before 2.11 does not parse `+TERM <reason>` and would
+    // leave the message pending. The log line above carries the reason.
+    msg.term();
+    return;
+  }
+  const want = decoded.value;
+  if (msg.subject !== pieceWantSubject(want.blob)) {
+    metrics.eventsRejected.inc({ type: 'piece-want', reason: 'subject-mismatch' });
+    logger.warn(
+      { subject: msg.subject, seq: msg.seq, blob: want.blob },
+      'piece-want on a subject that does not match its blob terminated',
+    );
+    msg.term();
+    return;
+  }
+  metrics.eventsConsumed.inc({ type: 'piece-want' });
+
+  const now = deps.now();
+  const members = deps.view.members(want.blob, now);
+  metrics.swarmSize.observe(members.length);
+  const chosen = choosePeers(members, want, (peer) => deps.load.load(peer, now));
+  const trace = traceHeaders(msg.headers);
+
+  // The seed request goes first: if it fails, the want is redelivered and the asker gets a
+  // single hand-out later rather than two.
+  if (!hasFinisher(members, want.peer.id)) {
+    try {
+      const outcome = await deps.seeds.request(want, trace);
+      metrics.seedRequests.inc({ outcome });
+      if (outcome === 'no-stream') {
+        logger.warn(
+          { blob: want.blob },
+          'no stream takes seed requests; is a seed server deployed?',
+        );
+      } else {
+        logger.info({ blob: want.blob, outcome }, 'seed requested');
+      }
+    } catch (error) {
+      metrics.seedRequests.inc({ outcome: 'failed' });
+      logger.warn({ err: error, blob: want.blob }, 'seed request failed; want will be retried');
+      msg.nak(NAK_DELAY_MS);
+      return;
+    }
+  }
+
+  const answer: Handout = {
+    type: 'handout',
+    blob: want.blob,
+    peers: chosen.map(({ peer, pieces, complete, seed }) => ({ peer, pieces, complete, seed })),
+  };
+  try {
+    deps.nc.publish(
+      handoutSubject(want.peer.id),
+      encodeMessage(handout, answer),
+      trace === undefined ? undefined : { headers: trace },
+    );
+  } catch (error) {
+    // Publishing only fails when the connection is closing or closed; another replica (or
+    // this one, reconnected) answers the redelivery.
+    logger.warn({ err: error, blob: want.blob }, 'hand-out not published; want will be retried');
+    msg.nak(NAK_DELAY_MS);
+    return;
+  }
+  for (const member of chosen) {
+    deps.load.record(member.peer.id, now);
+  }
+  metrics.handouts.inc();
+  metrics.handoutPeers.observe(chosen.length);
+  const publishedAtMs = Number(msg.timestampNanos / 1_000_000n);
+  metrics.handoutLatency.observe(Math.max(0, deps.now() - publishedAtMs) / 1000);
+  logger.debug(
+    {
+      blob: want.blob,
+      asker: want.peer.id,
+      peers: chosen.map((m) => m.peer.id),
+      swarm: members.length,
+    },
+    'hand-out',
+  );
+  msg.ack();
+}
+
+/** The want consumer of one replica. */
+export class WantsConsumer {
+  readonly #js: JetStreamClient;
+  readonly #deps: WantDeps;
+  #loop: ConsumeLoop | undefined;
+
+  constructor(js: JetStreamClient, deps: WantDeps) {
+    this.#js = js;
+    this.#deps = deps;
+  }
+
+  /** Starts pulling wants from the shared durable consumer (which must exist). */
+  start(): void {
+    this.#loop = superviseConsumption({
+      name: WANTS_CONSUMER,
+      logger: this.#deps.logger,
+      retryDelayMs: RETRY_DELAY_MS,
+      open: async () => {
+        const consumer = await this.#js.consumers.get(STREAMS.wants.name, WANTS_CONSUMER);
+        return consumer.consume({ max_messages: PULL_BATCH });
+      },
+      handle: (msg) => handleWant(msg, this.#deps),
+      // Wants pulled but not yet answered go back at once, for another replica to answer.
+      release: (msg) => msg.nak(),
+    });
+  }
+
+  /** Stops pulling; the want being answered finishes first. */
+  async stop(): Promise<void> {
+    await this.#loop?.stop();
+  }
+}
+
+/** The want's trace context, to carry on to what answers it; undefined when it has none. */
+function traceHeaders(source: MsgHdrs | undefined): MsgHdrs | undefined {
+  if (source === undefined) {
+    return undefined;
+  }
+  let carried: MsgHdrs | undefined;
+  for (const name of TRACE_HEADERS) {
+    const value = source.get(name);
+    if (value !== '') {
+      carried ??= natsHeaders();
+      carried.set(name, value);
+    }
+  }
+  return carried;
+}

@@ -1,0 +1,96 @@
+/**
+ * A consume loop that keeps running: when the consumer's iterator fails or ends (the server
+ * restarted, the consumer was deleted, the stream was recreated) it is reopened after a
+ * delay, until `stop` is called. Handlers run one message at a time, in order.
+ */
+import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import type { Logger } from '@shoal/runtime';
+
+export interface SuperviseOptions {
+  /** Names the consumer in logs. */
+  readonly name: string;
+  readonly logger: Logger;
+  /** Opens the consumer's message iterator; called again after every failure. */
+  readonly open: () => Promise<ConsumerMessages>;
+  /** Handles one message. It should not throw; if it does, the error is logged and skipped. */
+  readonly handle: (msg: JsMsg) => Promise<void> | void;
+  /**
+   * Called instead of `handle` for messages still delivered after `stop`; a work-queue
+   * consumer naks them so another replica takes them at once rather than after the ack wait.
+   */
+  readonly release?: (msg: JsMsg) => void;
+  /** Wait before reopening after a failure, in ms. */
+  readonly retryDelayMs: number;
+}
+
+export interface ConsumeLoop {
+  /** Stops pulling, lets the message being handled finish, and resolves when the loop ends. */
+  stop(): Promise<void>;
+}
+
+export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
+  const { logger, name } = options;
+  const stopping = new AbortController();
+  // A function, not the property, so checks after an await are not narrowed away.
+  const stopped = (): boolean => stopping.signal.aborted;
+  let current: ConsumerMessages | undefined;
+
+  const loop = async (): Promise<void> => {
+    while (!stopped()) {
+      try {
+        const messages = await options.open();
+        current = messages;
+        if (stopped()) {
+          await messages.close();
+          break;
+        }
+        for await (const msg of messages) {
+          if (stopped()) {
+            options.release?.(msg);
+            continue;
+          }
+          try {
+            await options.handle(msg);
+          } catch (error) {
+            logger.error({ err: error, consumer: name, subject: msg.subject }, 'handler failed');
+          }
+        }
+        if (!stopped()) {
+          logger.warn({ consumer: name }, 'consumer ended; reopening');
+        }
+      } catch (error) {
+        if (stopped()) {
+          break;
+        }
+        logger.warn({ err: error, consumer: name }, 'consumer failed; reopening');
+      }
+      await delay(options.retryDelayMs, stopping.signal);
+    }
+  };
+  const running = loop();
+
+  return {
+    stop: async () => {
+      stopping.abort();
+      await current?.close();
+      await running;
+    },
+  };
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

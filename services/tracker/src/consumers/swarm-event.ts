@@ -1,0 +1,26 @@
+/** What the SHOAL_SWARM handlers need from a stored message and from the app. */
+import type { Logger } from '@shoal/runtime';
+
+import type { TrackerMetrics } from '../metrics.js';
+import type { SwarmView } from '../swarm/view.js';
+
+/** A message read back from SHOAL_SWARM. */
+export interface SwarmEvent {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  /** Stream sequence. */
+  readonly seq: number;
+  /** JetStream timestamp of the publication, in ms since the epoch. */
+  readonly publishedAtMs: number;
+}
+
+export interface SwarmEventDeps {
+  readonly view: SwarmView;
+  readonly metrics: TrackerMetrics;
+  readonly logger: Logger;
+  /** Current time in ms since the epoch. */
+  readonly now: () => number;
+}
+
+/** Longest decode error quoted in a log line; a hostile message must not flood the logs. */
+export const MAX_LOGGED_ERROR = 500;

@@ -1,0 +1,156 @@
+/**
+ * Follows all of SHOAL_SWARM with an ordered consumer, from the first message, and feeds the
+ * view. That replay is how a (re)started tracker rebuilds its view: the stream keeps the
+ * latest have per (blob, peer) and the latest peer-gone per peer, which is the whole state.
+ */
+import {
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import { PEER_GONE_SUBJECTS, PIECE_HAVE_SUBJECTS, STREAMS } from '@shoal/proto';
+
+import { handlePeerGone } from './peer-gone.js';
+import { handlePieceHave } from './piece-have.js';
+import { superviseConsumption, type ConsumeLoop } from './supervise.js';
+import type { SwarmEvent, SwarmEventDeps } from './swarm-event.js';
+
+/** Subject prefixes, from the wildcard subjects `shoal.swarm.v1.have.>` and `...gone.>`. */
+const HAVE_PREFIX = PIECE_HAVE_SUBJECTS.slice(0, -1);
+const GONE_PREFIX = PEER_GONE_SUBJECTS.slice(0, -1);
+
+/** How often catch-up is re-checked against the stream when no message says so, in ms. */
+const CATCH_UP_POLL_MS = 1_000;
+/** Wait before reopening the consumer after a failure, in ms. */
+const RETRY_DELAY_MS = 1_000;
+
+export interface SwarmStreamDeps extends SwarmEventDeps {
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+}
+
+export class SwarmStreamConsumer {
+  readonly #deps: SwarmStreamDeps;
+  #loop: ConsumeLoop | undefined;
+  #poll: NodeJS.Timeout | undefined;
+  #caughtUp = false;
+  /** Stream sequence of the last message handled, valid or not. */
+  #lastSeq = 0;
+  readonly #caughtUpWaiters: (() => void)[] = [];
+
+  constructor(deps: SwarmStreamDeps) {
+    this.#deps = deps;
+  }
+
+  /** True once the view has applied every message the stream held when it started. */
+  get caughtUp(): boolean {
+    return this.#caughtUp;
+  }
+
+  /** Starts following the stream; `whenCaughtUp` says when the replay is done. */
+  async start(): Promise<void> {
+    const { jsm, js, logger } = this.#deps;
+    const state = (await jsm.streams.info(STREAMS.swarm.name)).state;
+    logger.info(
+      { stream: STREAMS.swarm.name, messages: state.messages, lastSeq: state.last_seq },
+      'replaying the swarm stream',
+    );
+    if (state.messages === 0) {
+      this.#markCaughtUp();
+    } else {
+      this.#poll = setInterval(() => void this.#checkCaughtUp(), CATCH_UP_POLL_MS);
+    }
+    this.#loop = superviseConsumption({
+      name: 'swarm',
+      logger,
+      retryDelayMs: RETRY_DELAY_MS,
+      // Reopened after a failure, the consumer resumes after the last applied message, so a
+      // reconnect does not replay the stream again.
+      open: async () => {
+        const next = this.#lastSeq + 1;
+        const consumer = await js.consumers.get(
+          STREAMS.swarm.name,
+          next === 1
+            ? { deliver_policy: DeliverPolicy.All }
+            : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next },
+        );
+        return consumer.consume();
+      },
+      handle: (msg) => this.#handle(msg),
+    });
+  }
+
+  /** Resolves once caught up (see `caughtUp`), or at once when `signal` aborts. */
+  whenCaughtUp(signal: AbortSignal): Promise<void> {
+    if (this.#caughtUp || signal.aborted) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.#caughtUpWaiters.push(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** Stops following the stream; the view keeps what it has. */
+  async stop(): Promise<void> {
+    clearInterval(this.#poll);
+    await this.#loop?.stop();
+  }
+
+  #handle(msg: JsMsg): void {
+    const event: SwarmEvent = {
+      subject: msg.subject,
+      data: msg.data,
+      seq: msg.seq,
+      publishedAtMs: Number(msg.timestampNanos / 1_000_000n),
+    };
+    if (event.subject.startsWith(HAVE_PREFIX)) {
+      handlePieceHave(event, this.#deps);
+    } else if (event.subject.startsWith(GONE_PREFIX)) {
+      handlePeerGone(event, this.#deps);
+    } else {
+      // The stream's subjects are fixed, so this only happens if its configuration drifted.
+      this.#deps.metrics.eventsRejected.inc({ type: 'unknown', reason: 'unknown-subject' });
+      this.#deps.logger.warn({ subject: event.subject, seq: event.seq }, 'unexpected subject');
+    }
+    this.#lastSeq = Math.max(this.#lastSeq, msg.seq);
+    if (!this.#caughtUp && msg.info.pending === 0) {
+      this.#markCaughtUp();
+    }
+  }
+
+  /**
+   * The fallback for a replay that ends without a message saying `pending: 0`: the messages
+   * left expired before they were delivered, or the stream was purged.
+   */
+  async #checkCaughtUp(): Promise<void> {
+    try {
+      const state = (await this.#deps.jsm.streams.info(STREAMS.swarm.name)).state;
+      if (state.messages === 0 || state.last_seq <= this.#lastSeq) {
+        this.#markCaughtUp();
+      }
+    } catch (error) {
+      this.#deps.logger.debug({ err: error }, 'catch-up check failed');
+    }
+  }
+
+  #markCaughtUp(): void {
+    if (this.#caughtUp) {
+      return;
+    }
+    this.#caughtUp = true;
+    clearInterval(this.#poll);
+    this.#deps.logger.info(
+      { lastSeq: this.#lastSeq, entries: this.#deps.view.entryCount },
+      'swarm view caught up',
+    );
+    for (const resolve of this.#caughtUpWaiters.splice(0)) {
+      resolve();
+    }
+  }
+}

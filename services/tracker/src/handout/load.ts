@@ -1,0 +1,82 @@
+/**
+ * Upload load as the tracker sees it: how many hand-outs named each peer recently. The
+ * tracker cannot see peers' real traffic, but every peer it hands out is about to be asked
+ * for pieces, so recent hand-outs are a good, free proxy.
+ */
+
+/** Number of buckets a window is cut into; the window slides by one bucket at a time. */
+const BUCKETS_PER_WINDOW = 10;
+
+interface Bucket {
+  /** `floor(time / bucketMs)` of the hand-outs counted here. */
+  readonly index: number;
+  count: number;
+}
+
+/**
+ * Counts hand-outs per peer over a sliding window. Pure: callers pass the time, so tests and
+ * replays are deterministic. Memory is one small array per recently handed-out peer.
+ */
+export class LoadTracker {
+  readonly #bucketMs: number;
+  readonly #peers = new Map<string, Bucket[]>();
+
+  /** @param windowMs length of the window, in ms (the tracker's default is 10 000). */
+  constructor(windowMs: number) {
+    this.#bucketMs = Math.max(1, Math.ceil(windowMs / BUCKETS_PER_WINDOW));
+  }
+
+  /** Counts one hand-out of `peer` at `nowMs` (ms since the epoch). */
+  record(peer: string, nowMs: number): void {
+    const index = Math.floor(nowMs / this.#bucketMs);
+    const buckets = this.#live(peer, index) ?? [];
+    const last = buckets.at(-1);
+    if (last?.index === index) {
+      last.count += 1;
+    } else {
+      buckets.push({ index, count: 1 });
+    }
+    this.#peers.set(peer, buckets);
+  }
+
+  /** Hand-outs of `peer` within the window ending at `nowMs`. */
+  load(peer: string, nowMs: number): number {
+    const buckets = this.#live(peer, Math.floor(nowMs / this.#bucketMs));
+    let total = 0;
+    for (const bucket of buckets ?? []) {
+      total += bucket.count;
+    }
+    return total;
+  }
+
+  /** Forgets peers with no hand-out in the window ending at `nowMs`. */
+  prune(nowMs: number): void {
+    const index = Math.floor(nowMs / this.#bucketMs);
+    for (const peer of [...this.#peers.keys()]) {
+      this.#live(peer, index);
+    }
+  }
+
+  /** Peers with hand-outs still counted. */
+  get size(): number {
+    return this.#peers.size;
+  }
+
+  /** The peer's buckets inside the window ending in bucket `index`, dropping older ones. */
+  #live(peer: string, index: number): Bucket[] | undefined {
+    const buckets = this.#peers.get(peer);
+    if (buckets === undefined) {
+      return undefined;
+    }
+    const oldest = index - BUCKETS_PER_WINDOW + 1;
+    const kept = buckets.filter((b) => b.index >= oldest);
+    if (kept.length === 0) {
+      this.#peers.delete(peer);
+      return undefined;
+    }
+    if (kept.length !== buckets.length) {
+      this.#peers.set(peer, kept);
+    }
+    return kept;
+  }
+}

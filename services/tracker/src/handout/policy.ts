@@ -1,0 +1,122 @@
+/**
+ * The hand-out policy: which members of a blob's swarm to give an asker, best first. Pure:
+ * it sees the swarm, the ask and the load, and returns a ranking, so every rule is
+ * unit-tested without NATS.
+ */
+import type { PeerInfo, PieceRanges } from '@shoal/proto';
+
+import { countMissing } from './pieces.js';
+
+/** One member of a blob's swarm, as a hand-out lists it. */
+export interface SwarmMember {
+  readonly peer: PeerInfo;
+  /** Pieces the member last announced holding. */
+  readonly pieces: PieceRanges;
+  /** True when the member holds the whole verified blob. */
+  readonly complete: boolean;
+  /** True for the seed server. */
+  readonly seed: boolean;
+}
+
+/** What the asker told the tracker in its piece-want. */
+export interface HandoutAsk {
+  readonly peer: PeerInfo;
+  /** Pieces the asker holds already. */
+  readonly have: PieceRanges;
+  /** Most members to return (the want's `limit`, 1-64). */
+  readonly limit: number;
+}
+
+/** Recent hand-outs naming a peer (see `LoadTracker`). */
+export type LoadOf = (peerId: string) => number;
+
+interface Ranked {
+  readonly member: SwarmMember;
+  readonly sameZone: boolean;
+  readonly load: number;
+  /** Pieces the asker lacks that this member holds; Infinity for complete members. */
+  readonly useful: number;
+}
+
+/**
+ * Ranks the members that can help the asker and returns at most `ask.limit` of them.
+ *
+ * - The asker itself, and members holding none of the pieces it lacks, are left out. A
+ *   complete member holds every piece, and a seed is fetching every piece from the origin
+ *   (cut-through), so both always stay in.
+ * - Order: non-seeds before seeds (the seed server is the swarm's last resort, so it stays
+ *   free for pieces nobody else has), then the asker's zone first (cross-zone traffic costs
+ *   money and latency), then fewer recent hand-outs (spreads upload load), then more useful
+ *   pieces, then peer id (so equal members are taken in turn as their load grows).
+ * - Coverage: when no chosen member can finish the blob (complete, or a seed) but an
+ *   unchosen one can, the best of those takes the last place, so the asker always learns of
+ *   someone who will hold every piece.
+ */
+export function choosePeers(
+  members: readonly SwarmMember[],
+  ask: HandoutAsk,
+  loadOf: LoadOf,
+): SwarmMember[] {
+  const ranked: Ranked[] = [];
+  for (const member of members) {
+    if (member.peer.id === ask.peer.id) {
+      continue;
+    }
+    const useful = member.complete
+      ? Number.POSITIVE_INFINITY
+      : countMissing(member.pieces, ask.have);
+    if (useful === 0 && !member.seed) {
+      continue;
+    }
+    ranked.push({
+      member,
+      sameZone: ask.peer.zone !== undefined && member.peer.zone === ask.peer.zone,
+      load: loadOf(member.peer.id),
+      useful,
+    });
+  }
+  ranked.sort(compareRanked);
+
+  const limit = Math.max(0, ask.limit);
+  const chosen = ranked.slice(0, limit);
+  if (limit > 0 && !chosen.some((r) => isFinisher(r.member))) {
+    const finisher = ranked.slice(limit).find((r) => isFinisher(r.member));
+    if (finisher !== undefined) {
+      chosen.splice(limit - 1, 1, finisher);
+    }
+  }
+  return chosen.map((r) => r.member);
+}
+
+function compareRanked(a: Ranked, b: Ranked): number {
+  if (a.member.seed !== b.member.seed) {
+    return a.member.seed ? 1 : -1;
+  }
+  if (a.sameZone !== b.sameZone) {
+    return a.sameZone ? -1 : 1;
+  }
+  if (a.load !== b.load) {
+    return a.load < b.load ? -1 : 1;
+  }
+  // Compared, not subtracted: two complete members are both Infinity.
+  if (a.useful !== b.useful) {
+    return a.useful > b.useful ? -1 : 1;
+  }
+  if (a.member.peer.id === b.member.peer.id) {
+    return 0;
+  }
+  return a.member.peer.id < b.member.peer.id ? -1 : 1;
+}
+
+/** A member that holds, or is fetching, the whole blob. */
+function isFinisher(member: SwarmMember): boolean {
+  return member.complete || member.seed;
+}
+
+/**
+ * True when someone other than the asker holds or is fetching the whole blob (a seed or a
+ * complete peer); when false the tracker asks the seed server to seed it.
+ */
+export function hasFinisher(members: readonly SwarmMember[], askerId: string): boolean {
+  return members.some((m) => m.peer.id !== askerId && isFinisher(m));
+}

@@ -1,0 +1,22 @@
+/** Liveness, readiness and metrics endpoints of the tracker's ops listener. */
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+
+export interface OpsDeps {
+  readonly registry: Registry;
+  /** Why the tracker is not ready, or undefined when it is. */
+  readonly notReadyReason: () => string | undefined;
+}
+
+export function registerOpsRoutes(app: FastifyInstance, deps: OpsDeps): void {
+  app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    const reason = deps.notReadyReason();
+    return reason === undefined
+      ? reply.send({ status: 'ready' })
+      : reply.code(503).send({ status: 'not ready', reason });
+  });
+  app.get('/metrics', async (_request, reply) =>
+    reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),
+  );
+}

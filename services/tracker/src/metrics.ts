@@ -1,0 +1,99 @@
+/** The tracker's Prometheus metrics, `shoal_tracker_<thing>_<unit>`. */
+import type { ServiceMetrics } from '@shoal/runtime';
+import { Counter, Gauge, Histogram } from 'prom-client';
+
+import type { SwarmView } from './swarm/view.js';
+
+export type TrackerMetrics = ReturnType<typeof createTrackerMetrics>;
+
+/** Event types the tracker consumes, as metric labels. */
+export type EventType = 'piece-have' | 'peer-gone' | 'piece-want';
+
+/** Why an event was refused, as metric labels. */
+export type RejectReason = 'invalid' | 'subject-mismatch' | 'unknown-subject';
+
+/** Registers the tracker's metrics; the swarm gauges read `view` when scraped. */
+export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view: SwarmView) {
+  const registers = [registry];
+  return {
+    eventsConsumed: new Counter<'type'>({
+      name: `${prefix}events_consumed_total`,
+      help: 'Valid events consumed, by type (piece-have, peer-gone, piece-want)',
+      labelNames: ['type'],
+      registers,
+    }),
+    eventsRejected: new Counter<'type' | 'reason'>({
+      name: `${prefix}events_rejected_total`,
+      help: 'Events refused, by type and reason (invalid, subject-mismatch, unknown-subject)',
+      labelNames: ['type', 'reason'],
+      registers,
+    }),
+    haveOutcomes: new Counter<'outcome'>({
+      name: `${prefix}swarm_haves_total`,
+      help: 'Piece-have events applied to the view, by outcome (applied, superseded, peer-gone, expired)',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    swarmBlobs: new Gauge({
+      name: `${prefix}swarm_blobs`,
+      help: 'Blobs tracked in the swarm view',
+      registers,
+      collect() {
+        this.set(view.blobCount);
+      },
+    }),
+    swarmPeers: new Gauge({
+      name: `${prefix}swarm_peers`,
+      help: 'Distinct peers in the swarm view',
+      registers,
+      collect() {
+        this.set(view.peerCount);
+      },
+    }),
+    swarmEntries: new Gauge({
+      name: `${prefix}swarm_entries`,
+      help: '(blob, peer) entries in the swarm view',
+      registers,
+      collect() {
+        this.set(view.entryCount);
+      },
+    }),
+    swarmSequence: new Gauge({
+      name: `${prefix}swarm_stream_sequence`,
+      help: 'Last SHOAL_SWARM stream sequence applied to the view',
+      registers,
+      collect() {
+        this.set(view.lastSeq);
+      },
+    }),
+    swarmSize: new Histogram({
+      name: `${prefix}swarm_size_peers`,
+      help: 'Live peers in the wanted blob’s swarm, observed for every want answered',
+      buckets: [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+      registers,
+    }),
+    handouts: new Counter({
+      name: `${prefix}handouts_total`,
+      help: 'Hand-outs published',
+      registers,
+    }),
+    handoutPeers: new Histogram({
+      name: `${prefix}handout_peers`,
+      help: 'Peers listed per hand-out',
+      buckets: [0, 1, 2, 4, 8, 16, 32, 64],
+      registers,
+    }),
+    handoutLatency: new Histogram({
+      name: `${prefix}handout_latency_seconds`,
+      help: 'Time from a want’s publication (JetStream timestamp) to its hand-out',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    seedRequests: new Counter<'outcome'>({
+      name: `${prefix}seed_requests_total`,
+      help: 'Seed requests for wants nobody could finish, by outcome (published, duplicate, no-stream, failed)',
+      labelNames: ['outcome'],
+      registers,
+    }),
+  };
+}

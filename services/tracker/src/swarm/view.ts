@@ -1,0 +1,227 @@
+/**
+ * The swarm view: who holds which pieces of which blob, built only from the SHOAL_SWARM
+ * stream. Pure and synchronous: the stream consumer feeds it events with their stream
+ * sequence and publish time, and callers pass the current time, so replaying the stream
+ * gives the same view on every replica and in tests.
+ */
+import type { PieceHave } from '@shoal/proto';
+
+import type { SwarmMember } from '../handout/policy.js';
+
+/** A member of a blob's swarm, with where its latest have sits in the stream. */
+export interface SwarmEntry extends SwarmMember {
+  /** Stream sequence of the piece-have this entry comes from. */
+  readonly seq: number;
+  /** When that piece-have was published (JetStream timestamp), in ms since the epoch. */
+  readonly publishedAtMs: number;
+}
+
+/** What applying a piece-have did. */
+export type HaveOutcome =
+  /** The entry was added or replaced. */
+  | 'applied'
+  /** The view already holds a later have of this peer for this blob. */
+  | 'superseded'
+  /** The peer left (peer-gone) after this have was published. */
+  | 'peer-gone'
+  /** The have is older than the maximum age and no longer counts. */
+  | 'expired';
+
+/** Read-only access to the view, for admin routes and tests. */
+export interface SwarmSnapshot {
+  /** Live members of a blob's swarm, sorted by peer id; empty for an unknown blob. */
+  swarm(blob: string): readonly SwarmEntry[];
+  /** Blobs with at least one live member, sorted. */
+  blobs(): readonly string[];
+}
+
+interface Departure {
+  /** Stream sequence of the peer-gone. */
+  readonly seq: number;
+  readonly publishedAtMs: number;
+}
+
+export interface SwarmViewOptions {
+  /** How long a have counts after its publish time, in ms. */
+  readonly maxAgeMs: number;
+}
+
+export class SwarmView {
+  readonly #maxAgeMs: number;
+  /** blob -> peer id -> entry. */
+  readonly #blobs = new Map<string, Map<string, SwarmEntry>>();
+  /** peer id -> blobs it is a member of, so a peer-gone does not scan every blob. */
+  readonly #peers = new Map<string, Set<string>>();
+  /** peer id -> its last peer-gone, so a replayed have from before it is not re-added. */
+  readonly #departures = new Map<string, Departure>();
+  #entries = 0;
+  #lastSeq = 0;
+
+  constructor(options: SwarmViewOptions) {
+    this.#maxAgeMs = options.maxAgeMs;
+  }
+
+  /** Highest stream sequence applied so far (0 before the first event). */
+  get lastSeq(): number {
+    return this.#lastSeq;
+  }
+
+  /** Blobs with at least one entry (expired entries count until `expire` runs). */
+  get blobCount(): number {
+    return this.#blobs.size;
+  }
+
+  /** Distinct peers with at least one entry. */
+  get peerCount(): number {
+    return this.#peers.size;
+  }
+
+  /** (blob, peer) entries held. */
+  get entryCount(): number {
+    return this.#entries;
+  }
+
+  /**
+   * Applies a piece-have: it replaces the peer's entry for the blob (pieces are the full set,
+   * not a delta) unless the view holds a later one, the peer left after it, or it expired.
+   */
+  applyHave(have: PieceHave, seq: number, publishedAtMs: number, nowMs: number): HaveOutcome {
+    this.#advance(seq);
+    const peerId = have.peer.id;
+    const current = this.#blobs.get(have.blob)?.get(peerId);
+    if (current !== undefined && current.seq >= seq) {
+      return 'superseded';
+    }
+    const departure = this.#departures.get(peerId);
+    if (departure !== undefined && departure.seq > seq) {
+      return 'peer-gone';
+    }
+    if (this.#isExpired(publishedAtMs, nowMs)) {
+      // A later have that expired means the earlier one did too.
+      if (current !== undefined) {
+        this.#remove(have.blob, peerId);
+      }
+      return 'expired';
+    }
+    let swarm = this.#blobs.get(have.blob);
+    if (swarm === undefined) {
+      swarm = new Map();
+      this.#blobs.set(have.blob, swarm);
+    }
+    if (current === undefined) {
+      this.#entries += 1;
+    }
+    swarm.set(peerId, {
+      peer: have.peer,
+      pieces: have.pieces,
+      complete: have.complete,
+      seed: have.seed,
+      seq,
+      publishedAtMs,
+    });
+    let blobs = this.#peers.get(peerId);
+    if (blobs === undefined) {
+      blobs = new Set();
+      this.#peers.set(peerId, blobs);
+    }
+    blobs.add(have.blob);
+    return 'applied';
+  }
+
+  /**
+   * Applies a peer-gone: the peer leaves every swarm it was in before `seq`. A have published
+   * after it (a higher sequence) adds the peer back. Returns the number of entries removed.
+   */
+  applyGone(peerId: string, seq: number, publishedAtMs: number): number {
+    this.#advance(seq);
+    const previous = this.#departures.get(peerId);
+    if (previous === undefined || previous.seq < seq) {
+      this.#departures.set(peerId, { seq, publishedAtMs });
+    }
+    let removed = 0;
+    for (const blob of [...(this.#peers.get(peerId) ?? [])]) {
+      const entry = this.#blobs.get(blob)?.get(peerId);
+      if (entry !== undefined && entry.seq < seq) {
+        this.#remove(blob, peerId);
+        removed += 1;
+      }
+    }
+    return removed;
+  }
+
+  /** Live members of a blob's swarm at `nowMs`, in no particular order. */
+  members(blob: string, nowMs: number): SwarmEntry[] {
+    const live: SwarmEntry[] = [];
+    for (const entry of this.#blobs.get(blob)?.values() ?? []) {
+      if (!this.#isExpired(entry.publishedAtMs, nowMs)) {
+        live.push(entry);
+      }
+    }
+    return live;
+  }
+
+  /** Blobs with at least one live member at `nowMs`, sorted. */
+  liveBlobs(nowMs: number): string[] {
+    return [...this.#blobs.keys()].filter((blob) => this.members(blob, nowMs).length > 0).sort();
+  }
+
+  /**
+   * Drops entries and departures older than the maximum age at `nowMs`. A departure older
+   * than that can go: every have it could hide is at least as old, so it is expired anyway.
+   * Returns the number of entries removed.
+   */
+  expire(nowMs: number): number {
+    let removed = 0;
+    for (const [blob, swarm] of [...this.#blobs]) {
+      for (const [peerId, entry] of [...swarm]) {
+        if (this.#isExpired(entry.publishedAtMs, nowMs)) {
+          this.#remove(blob, peerId);
+          removed += 1;
+        }
+      }
+    }
+    for (const [peerId, departure] of [...this.#departures]) {
+      if (this.#isExpired(departure.publishedAtMs, nowMs)) {
+        this.#departures.delete(peerId);
+      }
+    }
+    return removed;
+  }
+
+  /** A read-only snapshot API over this view, evaluated at `now()` on every call. */
+  snapshot(now: () => number): SwarmSnapshot {
+    return {
+      swarm: (blob) =>
+        this.members(blob, now()).sort((a, b) =>
+          a.peer.id === b.peer.id ? 0 : a.peer.id < b.peer.id ? -1 : 1,
+        ),
+      blobs: () => this.liveBlobs(now()),
+    };
+  }
+
+  #isExpired(publishedAtMs: number, nowMs: number): boolean {
+    return nowMs - publishedAtMs > this.#maxAgeMs;
+  }
+
+  #advance(seq: number): void {
+    if (seq > this.#lastSeq) {
+      this.#lastSeq = seq;
+    }
+  }
+
+  #remove(blob: string, peerId: string): void {
+    const swarm = this.#blobs.get(blob);
+    if (swarm?.delete(peerId) !== true) {
+      return;
+    }
+    this.#entries -= 1;
+    if (swarm.size === 0) {
+      this.#blobs.delete(blob);
+    }
+    const blobs = this.#peers.get(peerId);
+    blobs?.delete(blob);
+    if (blobs?.size === 0) {
+      this.#peers.delete(peerId);
+    }
+  }
+}

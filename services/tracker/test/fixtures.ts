@@ -1,0 +1,32 @@
+/** Builders shared by the tracker's tests. */
+import { digestOf, type PeerInfo, type PieceHave, type PieceRanges } from '@shoal/proto';
+
+/** A blob digest derived from a name, so tests read `blob('a')`. */
+export function blob(name: string): string {
+  return digestOf(Buffer.from(`blob ${name}`)).toString();
+}
+
+/** A peer with a URL derived from its id, optionally in a zone. */
+export function peer(id: string, zone?: string): PeerInfo {
+  const info: PeerInfo = { id, url: `http://${id}.peers.test:65002` };
+  return zone === undefined ? info : { ...info, zone };
+}
+
+export interface HaveOptions {
+  readonly pieces?: PieceRanges;
+  readonly complete?: boolean;
+  readonly seed?: boolean;
+  readonly zone?: string;
+}
+
+/** A piece-have of `peerId` for `digest`; by default pieces [0, 10) and not complete. */
+export function have(digest: string, peerId: string, options: HaveOptions = {}): PieceHave {
+  return {
+    type: 'piece-have',
+    blob: digest,
+    peer: peer(peerId, options.zone),
+    pieces: options.pieces ?? [[0, 10]],
+    complete: options.complete ?? false,
+    seed: options.seed ?? false,
+  };
+}

@@ -1,0 +1,281 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { PieceRanges } from '@shoal/proto';
+
+import { LoadTracker } from '../src/handout/load.js';
+import { countMissing, countPieces } from '../src/handout/pieces.js';
+import { choosePeers, hasFinisher, type SwarmMember } from '../src/handout/policy.js';
+import { peer } from './fixtures.js';
+
+function member(
+  id: string,
+  options: { pieces?: PieceRanges; complete?: boolean; seed?: boolean; zone?: string } = {},
+): SwarmMember {
+  return {
+    peer: peer(id, options.zone),
+    pieces: options.pieces ?? (options.complete === true ? [[0, 100]] : [[0, 10]]),
+    complete: options.complete ?? false,
+    seed: options.seed ?? false,
+  };
+}
+
+const noLoad = (): number => 0;
+
+/** Ids of the members chosen for an asker `me` holding `have`, limit 8 unless given. */
+function ids(
+  members: readonly SwarmMember[],
+  options: {
+    have?: PieceRanges;
+    limit?: number;
+    zone?: string;
+    load?: (id: string) => number;
+  } = {},
+): string[] {
+  return choosePeers(
+    members,
+    { peer: peer('me', options.zone), have: options.have ?? [], limit: options.limit ?? 8 },
+    options.load ?? noLoad,
+  ).map((m) => m.peer.id);
+}
+
+describe('piece ranges', () => {
+  it('counts pieces', () => {
+    assert.equal(countPieces([]), 0);
+    assert.equal(
+      countPieces([
+        [0, 10],
+        [20, 25],
+      ]),
+      15,
+    );
+  });
+
+  it('counts the pieces of one set missing from another', () => {
+    assert.equal(countMissing([[0, 10]], []), 10);
+    assert.equal(countMissing([], [[0, 10]]), 0);
+    assert.equal(countMissing([[0, 10]], [[0, 10]]), 0);
+    assert.equal(
+      countMissing(
+        [[0, 10]],
+        [
+          [2, 4],
+          [6, 8],
+        ],
+      ),
+      6,
+    );
+    assert.equal(
+      countMissing(
+        [
+          [0, 10],
+          [20, 30],
+        ],
+        [[5, 25]],
+      ),
+      10,
+    );
+    assert.equal(
+      countMissing(
+        [
+          [5, 6],
+          [7, 8],
+          [9, 10],
+        ],
+        [[0, 100]],
+      ),
+      0,
+    );
+    assert.equal(
+      countMissing(
+        [
+          [0, 3],
+          [5, 8],
+        ],
+        [
+          [1, 2],
+          [6, 7],
+          [9, 12],
+        ],
+      ),
+      4,
+    );
+    assert.equal(
+      countMissing(
+        [[10, 20]],
+        [
+          [0, 5],
+          [25, 30],
+        ],
+      ),
+      10,
+    );
+  });
+
+  it('stays linear on large sets', () => {
+    const even: PieceRanges = Array.from({ length: 4096 }, (_, i) => [i * 2, i * 2 + 1]);
+    const odd: PieceRanges = Array.from({ length: 4096 }, (_, i) => [i * 2 + 1, i * 2 + 2]);
+    assert.equal(countMissing(even, odd), 4096);
+    assert.equal(countMissing(even, [[0, 8192]]), 0);
+  });
+});
+
+describe('hand-out policy', () => {
+  it('never hands the asker to itself', () => {
+    assert.deepEqual(ids([member('me'), member('a')]), ['a']);
+  });
+
+  it('leaves out peers that hold none of the pieces the asker lacks', () => {
+    const members = [
+      member('has-what-i-have', { pieces: [[0, 10]] }),
+      member('has-more', { pieces: [[0, 20]] }),
+      member('has-other', { pieces: [[30, 40]] }),
+    ];
+    assert.deepEqual(ids(members, { have: [[0, 10]] }).sort(), ['has-more', 'has-other']);
+  });
+
+  it('keeps complete peers and seeds even when their piece lists add nothing', () => {
+    const members = [
+      member('complete', { complete: true, pieces: [[0, 10]] }),
+      member('seed-starting', { seed: true, pieces: [] }),
+      member('partial', { pieces: [[0, 10]] }),
+    ];
+    assert.deepEqual(ids(members, { have: [[0, 10]] }), ['complete', 'seed-starting']);
+  });
+
+  it('prefers the asker’s zone', () => {
+    const members = [member('b1', { zone: 'b' }), member('a1', { zone: 'a' }), member('none')];
+    assert.deepEqual(ids(members, { zone: 'a' }), ['a1', 'b1', 'none']);
+  });
+
+  it('ignores zones when the asker has none', () => {
+    const members = [member('b1', { zone: 'b' }), member('a1', { zone: 'a' })];
+    assert.deepEqual(ids(members), ['a1', 'b1']);
+  });
+
+  it('prefers less loaded peers', () => {
+    const load = new Map([
+      ['a', 5],
+      ['b', 0],
+      ['c', 2],
+    ]);
+    const members = [member('a'), member('b'), member('c')];
+    assert.deepEqual(ids(members, { load: (id) => load.get(id) ?? 0 }), ['b', 'c', 'a']);
+  });
+
+  it('spreads hand-outs over equal peers as their load grows', () => {
+    const tracker = new LoadTracker(10_000);
+    const members = ['a', 'b', 'c', 'd'].map((id) => member(id));
+    const firsts: string[] = [];
+    for (let i = 0; i < 8; i += 1) {
+      const chosen = choosePeers(members, { peer: peer(`asker${i}`), have: [], limit: 1 }, (id) =>
+        tracker.load(id, 1_000),
+      );
+      for (const m of chosen) {
+        tracker.record(m.peer.id, 1_000);
+      }
+      firsts.push(chosen[0]?.peer.id ?? '');
+    }
+    assert.deepEqual(firsts, ['a', 'b', 'c', 'd', 'a', 'b', 'c', 'd']);
+  });
+
+  it('prefers peers with more of the pieces the asker lacks', () => {
+    const members = [
+      member('few', { pieces: [[0, 12]] }),
+      member('many', { pieces: [[0, 50]] }),
+      member('some', { pieces: [[0, 30]] }),
+    ];
+    assert.deepEqual(ids(members, { have: [[0, 10]] }), ['many', 'some', 'few']);
+  });
+
+  it('ranks zone over load, and load over useful pieces', () => {
+    const load = new Map([['near-busy', 3]]);
+    const members = [
+      member('far-idle', { zone: 'b', pieces: [[0, 100]] }),
+      member('near-busy', { zone: 'a', pieces: [[0, 100]] }),
+      member('near-idle-small', { zone: 'a', pieces: [[0, 5]] }),
+    ];
+    assert.deepEqual(ids(members, { zone: 'a', load: (id) => load.get(id) ?? 0 }), [
+      'near-idle-small',
+      'near-busy',
+      'far-idle',
+    ]);
+  });
+
+  it('puts seeds last whenever a non-seed peer can serve', () => {
+    const members = [
+      member('seed', { seed: true, complete: true, zone: 'a' }),
+      member('far-partial', { zone: 'b' }),
+      member('complete', { complete: true, zone: 'b' }),
+    ];
+    const chosen = ids(members, { zone: 'a', load: (id) => (id === 'complete' ? 9 : 0) });
+    assert.deepEqual(chosen, ['far-partial', 'complete', 'seed']);
+  });
+
+  it('hands out seeds when they are all there is', () => {
+    const members = [member('seed-2', { seed: true }), member('seed-1', { seed: true })];
+    assert.deepEqual(ids(members), ['seed-1', 'seed-2']);
+  });
+
+  it('returns at most the asked number of peers', () => {
+    const members = Array.from({ length: 20 }, (_, i) => member(`p${String(i).padStart(2, '0')}`));
+    assert.equal(ids(members, { limit: 3 }).length, 3);
+    assert.deepEqual(ids(members, { limit: 3 }), ['p00', 'p01', 'p02']);
+    assert.equal(ids(members, { limit: 64 }).length, 20);
+  });
+
+  it('keeps the last place for someone who can finish the blob', () => {
+    const members = [
+      ...Array.from({ length: 5 }, (_, i) => member(`partial${i}`)),
+      member('seed', { seed: true, complete: true }),
+    ];
+    assert.deepEqual(ids(members, { limit: 3 }), ['partial0', 'partial1', 'seed']);
+    const withComplete = [...members, member('complete', { complete: true })];
+    assert.deepEqual(ids(withComplete, { limit: 2, load: (id) => (id === 'complete' ? 5 : 0) }), [
+      'partial0',
+      'complete',
+    ]);
+  });
+
+  it('returns nothing for an empty swarm', () => {
+    assert.deepEqual(ids([]), []);
+  });
+
+  it('says whether someone other than the asker can finish the blob', () => {
+    assert.equal(hasFinisher([member('a')], 'me'), false);
+    assert.equal(hasFinisher([member('a'), member('s', { seed: true })], 'me'), true);
+    assert.equal(hasFinisher([member('c', { complete: true })], 'me'), true);
+    assert.equal(hasFinisher([member('me', { complete: true })], 'me'), false);
+  });
+});
+
+describe('load tracker', () => {
+  it('counts hand-outs per peer within the window', () => {
+    const load = new LoadTracker(10_000);
+    load.record('a', 0);
+    load.record('a', 4_000);
+    load.record('b', 4_000);
+    assert.equal(load.load('a', 5_000), 2);
+    assert.equal(load.load('b', 5_000), 1);
+    assert.equal(load.load('c', 5_000), 0);
+  });
+
+  it('forgets hand-outs older than the window', () => {
+    const load = new LoadTracker(10_000);
+    load.record('a', 0);
+    load.record('a', 6_000);
+    assert.equal(load.load('a', 9_999), 2);
+    assert.equal(load.load('a', 12_000), 1);
+    assert.equal(load.load('a', 17_000), 0);
+  });
+
+  it('prunes idle peers', () => {
+    const load = new LoadTracker(1_000);
+    load.record('a', 0);
+    load.record('b', 900);
+    load.prune(1_500);
+    assert.equal(load.size, 1);
+    load.prune(5_000);
+    assert.equal(load.size, 0);
+  });
+});
