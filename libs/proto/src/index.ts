@@ -78,6 +78,7 @@ export {
 export {
   pieceBounds,
   pieceCount,
+  piecePath,
   pieceSizeFor,
   rangesInclude,
   rangesSize,

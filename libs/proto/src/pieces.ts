@@ -71,3 +71,12 @@ export function rangesInclude(ranges: PieceRanges, index: number): boolean {
 export function rangesSize(ranges: PieceRanges): number {
   return ranges.reduce((sum, [start, end]) => sum + (end - start), 0);
 }
+
+/**
+ * HTTP path of one piece on a peer's or the seed server's piece server:
+ * `/pieces/<algorithm>/<hex>/<index>`. The answer is the piece's bytes, or 404.
+ */
+export function piecePath(blob: string, index: number): string {
+  const colon = blob.indexOf(':');
+  return `/pieces/${blob.slice(0, colon)}/${blob.slice(colon + 1)}/${index}`;
+}

@@ -133,3 +133,5 @@ export async function jetStreamFor(
 ): Promise<{ js: JetStreamClient; jsm: JetStreamManager }> {
   return { js: jetstream(nc), jsm: await jetstreamManager(nc) };
 }
+
+export { superviseConsumption, type ConsumeLoop, type SuperviseOptions } from './consume.js';

@@ -2,6 +2,8 @@
  * The agent's composition root: every dependency built in order, every server paired with
  * its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
+import type { Digest } from '@shoal/proto';
+import { UpstreamClient } from '@shoal/registry';
 import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -13,8 +15,8 @@ import { registerOpsRoutes } from './http/ops.js';
 import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';
-import { UpstreamClient } from './upstream/client.js';
-import { OriginFetcher } from './upstream/origin-fetcher.js';
+import { startSwarm } from './swarm/start.js';
+import { OriginFetcher, type BlobFetcher } from './upstream/origin-fetcher.js';
 import { RegistryRequests } from './upstream/registry-requests.js';
 import { RegistryTable } from './upstream/registries.js';
 
@@ -39,12 +41,16 @@ export async function buildApp(
   const serviceMetrics = createMetrics('agent');
   const metrics = createAgentMetrics(serviceMetrics);
 
-  // Cache: verified content on disk, with a quota.
+  // Cache: verified content on disk, with a quota. Evictions are told to the swarm, once there is one.
+  let onEvicted: (digest: Digest) => void = () => undefined;
   const store = new FsContentStore(
     config.SHOAL_AGENT_CACHE_DIR,
     config.SHOAL_AGENT_CACHE_MAX_BYTES,
     {
-      onEvict: () => metrics.cacheEvictions.inc(),
+      onEvict: (digest) => {
+        metrics.cacheEvictions.inc();
+        onEvicted(digest);
+      },
     },
   );
   await store.init();
@@ -84,12 +90,26 @@ export async function buildApp(
       );
     },
   });
-  const fetcher = new OriginFetcher({
+  const originFetcher = new OriginFetcher({
     store,
     downloads,
     requests,
     onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
   });
+
+  // Swarm: with NATS configured, misses join the blob's swarm; otherwise they go to the origin.
+  const natsUrl = config.SHOAL_NATS_URL;
+  const swarm =
+    natsUrl === undefined
+      ? undefined
+      : await startSwarm(
+          { ...config, SHOAL_NATS_URL: natsUrl },
+          { store, requests, metrics, logger },
+        );
+  if (swarm !== undefined) {
+    onEvicted = (digest) => swarm.service.forget(digest);
+  }
+  const fetcher: BlobFetcher = swarm?.service ?? originFetcher;
 
   // Mirror: the OCI pull API on the configured address.
   const mirror = new Mirror({
@@ -118,6 +138,23 @@ export async function buildApp(
   });
   registerMirrorRoutes(server, { mirror, registries, metrics, logger });
 
+  // Peers: pieces for other agents (not on a leecher), and ops for Prometheus off the node.
+  const peerServer =
+    swarm?.service.uploads === true
+      ? Fastify({
+          loggerInstance: fastifyLogger,
+          logController: new LogController({ disableRequestLogging: true }),
+          forceCloseConnections: 'idle',
+        })
+      : undefined;
+  if (peerServer !== undefined && swarm !== undefined) {
+    swarm.service.registerRoutes(peerServer);
+    registerOpsRoutes(peerServer, {
+      registry: serviceMetrics.registry,
+      notReadyReason: () => (closing ? 'shutting down' : undefined),
+    });
+  }
+
   let address = '';
   return {
     url: () => address,
@@ -133,6 +170,13 @@ export async function buildApp(
         ? `[${config.SHOAL_AGENT_LISTEN.host}]`
         : config.SHOAL_AGENT_LISTEN.host;
       address = `http://${host}:${port}`;
+      if (peerServer !== undefined) {
+        await peerServer.listen({
+          host: config.SHOAL_AGENT_PEER_LISTEN.host,
+          port: config.SHOAL_AGENT_PEER_LISTEN.port,
+        });
+      }
+      swarm?.service.open();
       logger.info(
         {
           url: address,
@@ -149,7 +193,9 @@ export async function buildApp(
       // Readiness fails first, then the listener drains, then downloads and upstreams stop.
       closing = true;
       await server.close();
+      await peerServer?.close();
       await downloads.close();
+      await swarm?.close();
       await upstream.close();
     },
   };

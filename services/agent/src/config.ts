@@ -3,7 +3,10 @@ import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
 import { cacheConfig } from './cache/config.js';
-import { registriesList, upstreamConfig } from './upstream/config.js';
+import { swarmConfig } from './swarm/config.js';
+import { registriesList } from '@shoal/registry';
+
+import { upstreamConfig } from './upstream/config.js';
 
 const agentFields = z.object({
   /** Where the mirror listens; containerd's hosts.toml points here. */
@@ -13,6 +16,7 @@ const agentFields = z.object({
   SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
   ...upstreamConfig.shape,
   ...cacheConfig.shape,
+  ...swarmConfig.shape,
 });
 
 export type AgentConfig = z.infer<typeof agentFields>;

@@ -65,6 +65,51 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Cache entries evicted to stay under the quota',
       registers,
     }),
+    eventsPublished: new Counter({
+      name: `${prefix}events_published_total`,
+      help: 'Control-plane events published, by type',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    eventsReceived: new Counter({
+      name: `${prefix}events_received_total`,
+      help: 'Control-plane events received, by type',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    eventsRejected: new Counter({
+      name: `${prefix}events_rejected_total`,
+      help: 'Control-plane events dropped as invalid, by type',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    pieces: new Counter({
+      name: `${prefix}pieces_total`,
+      help: 'Pieces fetched, by source (peer, seed, origin) and result (ok, bad, failed)',
+      labelNames: ['source', 'result'] as const,
+      registers,
+    }),
+    uploadedBytes: new Counter({
+      name: `${prefix}uploaded_bytes_total`,
+      help: 'Piece bytes served to peers',
+      registers,
+    }),
+    rateLimitWaits: new Counter({
+      name: `${prefix}rate_limit_waits_total`,
+      help: 'Times a transfer waited for the rate limit, by direction (upload, download)',
+      labelNames: ['direction'] as const,
+      registers,
+    }),
+    swarmFallbacks: new Counter({
+      name: `${prefix}swarm_fallbacks_total`,
+      help: 'Downloads that fell back to the origin because the swarm stalled',
+      registers,
+    }),
+    swarmPeers: new Gauge({
+      name: `${prefix}swarm_peers`,
+      help: 'Peers known for the downloads in progress',
+      registers,
+    }),
     cacheHits: new Counter({
       name: `${prefix}cache_requests_total`,
       help: 'Content requests by digest, by result (hit, miss)',

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { ConfigError } from '@shoal/runtime';
 
 import { loadAgentConfig } from '../src/config.js';
-import { registriesList } from '../src/upstream/config.js';
+import { registriesList } from '@shoal/registry';
 
 /** Registries as comparable text: `host=url`. */
 function hostsAndUrls(text: string): string[] {

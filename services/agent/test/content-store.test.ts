@@ -155,7 +155,9 @@ describe('FsContentStore', () => {
       await utimes(blobPath(older), past, past);
 
       const evicted: number[] = [];
-      const second = new FsContentStore(root, 250, { onEvict: (size) => evicted.push(size) });
+      const second = new FsContentStore(root, 250, {
+        onEvict: (_digest, size) => evicted.push(size),
+      });
       await second.init();
       const added = await commitBytes(second, randomBytes(100));
       assert.equal(second.has(older), false);
@@ -254,7 +256,9 @@ describe('FsContentStore', () => {
   describe('eviction', () => {
     it('evicts the least recently used content past the quota, reporting sizes', async () => {
       const evicted: number[] = [];
-      const store = new FsContentStore(root, 300, { onEvict: (size) => evicted.push(size) });
+      const store = new FsContentStore(root, 300, {
+        onEvict: (_digest, size) => evicted.push(size),
+      });
       await store.init();
       const a = await commitBytes(store, randomBytes(100));
       await sleep(TICK_MS);
@@ -330,7 +334,9 @@ describe('FsContentStore', () => {
 
     it('never evicts content that is open, and evicts it once released', async () => {
       const evicted: number[] = [];
-      const store = new FsContentStore(root, 200, { onEvict: (size) => evicted.push(size) });
+      const store = new FsContentStore(root, 200, {
+        onEvict: (_digest, size) => evicted.push(size),
+      });
       await store.init();
       const pinnedBytes = randomBytes(100);
       const pinned = await commitBytes(store, pinnedBytes);
@@ -381,7 +387,9 @@ describe('FsContentStore', () => {
     it('does not keep content pinned when it is committed again while open', async () => {
       // A second download of the same blob may commit while a client reads the first copy.
       const evicted: number[] = [];
-      const store = new FsContentStore(root, 150, { onEvict: (size) => evicted.push(size) });
+      const store = new FsContentStore(root, 150, {
+        onEvict: (_digest, size) => evicted.push(size),
+      });
       await store.init();
       const content = randomBytes(100);
       const digest = await commitBytes(store, content);

@@ -22,7 +22,7 @@ import {
   fillInOrder,
   type DownloadState,
 } from '../src/cache/download.js';
-import type { UpstreamAnswer } from '../src/upstream/client.js';
+import type { UpstreamAnswer } from '@shoal/registry';
 
 /** Larger than the 64 KiB a reader reads at a time, so blobs span several chunks. */
 const BLOB_BYTES = 200_000;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { MirrorError } from '../src/mirror/errors.js';
-import type { UpstreamRegistry } from '../src/upstream/config.js';
+import type { UpstreamRegistry } from '@shoal/registry';
 import { RegistryTable } from '../src/upstream/registries.js';
 
 const DOCKER: UpstreamRegistry = {

@@ -25,7 +25,7 @@ import {
 } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { parseDigest, type Digest } from '@shoal/proto';
+import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
 
 interface Entry {
   size: number;
@@ -35,8 +35,8 @@ interface Entry {
 }
 
 export interface ContentStoreEvents {
-  /** Called with the bytes freed each time an entry is evicted. */
-  onEvict?(size: number): void;
+  /** Called each time an entry is evicted, with its digest and the bytes freed. */
+  onEvict?(digest: Digest, size: number): void;
 }
 
 /** A verified file opened for reading; `release` unpins it. */
@@ -150,6 +150,29 @@ export class FsContentStore {
     };
   }
 
+  /**
+   * Piece `index` of a cached blob (the piece layout follows from its size), or undefined
+   * when the blob is not cached or has no such piece.
+   */
+  async readPiece(digest: Digest, index: number): Promise<Buffer | undefined> {
+    const opened = await this.open(digest);
+    if (opened === undefined) {
+      return undefined;
+    }
+    try {
+      const pieceSize = pieceSizeFor(opened.size);
+      if (index >= pieceCount(opened.size, pieceSize)) {
+        return undefined;
+      }
+      const { start, end } = pieceBounds(index, opened.size, pieceSize);
+      const buffer = Buffer.allocUnsafe(end - start);
+      const { bytesRead } = await opened.handle.read(buffer, 0, buffer.length, start);
+      return bytesRead === buffer.length ? buffer : undefined;
+    } finally {
+      await opened.release();
+    }
+  }
+
   /** A new empty file for a download in progress, with read and write access. */
   async createTemp(): Promise<{ path: string; handle: FileHandle }> {
     const path = join(this.#root, 'tmp', randomUUID());
@@ -239,7 +262,7 @@ export class FsContentStore {
       const digest = parseDigest(key);
       await unlink(this.#pathOf(digest)).catch(() => undefined);
       await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
-      this.#events.onEvict?.(entry.size);
+      this.#events.onEvict?.(digest, entry.size);
     }
   }
 }

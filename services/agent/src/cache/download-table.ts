@@ -10,7 +10,7 @@
  */
 import type { Digest } from '@shoal/proto';
 
-import type { UpstreamAnswer } from '../upstream/client.js';
+import type { UpstreamAnswer } from '@shoal/registry';
 import type { BlobDownload, DownloadState } from './download.js';
 
 export type Flight =

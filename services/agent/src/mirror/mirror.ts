@@ -17,14 +17,14 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { ByteCursor } from '../cache/download.js';
 import type { DownloadTable } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
-import type { UpstreamRegistry } from '../upstream/config.js';
 import {
   headerValue,
   readAnswer,
   UpstreamAnswerError,
   type UpstreamAnswer,
+  type UpstreamRegistry,
   type UpstreamResponse,
-} from '../upstream/client.js';
+} from '@shoal/registry';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import { pumpBody } from './body.js';

@@ -1,69 +1,7 @@
 /** Configuration of the upstream registries the agent mirrors, and how it talks to them. */
-import { parseRegistryHost } from '@shoal/proto';
+import { registriesList } from '@shoal/registry';
 import { envInt } from '@shoal/runtime';
 import { z } from 'zod';
-
-/** One mirrored registry: the host clients name (`ns=`), and the URL the agent fetches from. */
-export interface UpstreamRegistry {
-  /** Host as clients name it, e.g. `docker.io` or `127.0.0.1:5000`. */
-  readonly host: string;
-  /** Base URL the agent sends requests to, e.g. `https://registry-1.docker.io`. */
-  readonly url: URL;
-}
-
-/** docker.io is served from a different host than its name, as every client knows. */
-const WELL_KNOWN_ENDPOINTS: Record<string, string> = {
-  'docker.io': 'https://registry-1.docker.io',
-};
-
-/**
- * Parses `SHOAL_AGENT_REGISTRIES`: a comma-separated list of `host` or `host=url`, e.g.
- * `docker.io,ghcr.io,127.0.0.1:5000=http://127.0.0.1:5000`. A bare host is fetched over
- * HTTPS from itself (docker.io from registry-1.docker.io).
- */
-export const registriesList = z
-  .string({ error: 'required: a comma-separated list of registries to mirror' })
-  .transform((text, ctx): UpstreamRegistry[] => {
-    const registries: UpstreamRegistry[] = [];
-    for (const entry of text
-      .split(',')
-      .map((e) => e.trim())
-      .filter((e) => e !== '')) {
-      const eq = entry.indexOf('=');
-      const host = eq === -1 ? entry : entry.slice(0, eq);
-      const endpoint =
-        eq === -1 ? (WELL_KNOWN_ENDPOINTS[host] ?? `https://${host}`) : entry.slice(eq + 1);
-      try {
-        parseRegistryHost(host);
-      } catch {
-        ctx.addIssue({ code: 'custom', message: `"${host}" is not a registry host` });
-        continue;
-      }
-      let url: URL;
-      try {
-        url = new URL(endpoint);
-      } catch {
-        ctx.addIssue({ code: 'custom', message: `"${endpoint}" (for ${host}) is not a URL` });
-        continue;
-      }
-      if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-        ctx.addIssue({
-          code: 'custom',
-          message: `${host}: only http and https upstreams are supported`,
-        });
-        continue;
-      }
-      if (registries.some((r) => r.host === host)) {
-        ctx.addIssue({ code: 'custom', message: `${host} is listed twice` });
-        continue;
-      }
-      registries.push({ host, url });
-    }
-    if (registries.length === 0) {
-      ctx.addIssue({ code: 'custom', message: 'name at least one registry to mirror' });
-    }
-    return registries;
-  });
 
 export const upstreamConfig = z.object({
   /** Registries to mirror; anything else is refused. */

@@ -8,8 +8,7 @@ import type { Digest } from '@shoal/proto';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder } from '../cache/download.js';
-import type { UpstreamRegistry } from './config.js';
-import { headerValue, readAnswer } from './client.js';
+import { headerValue, readAnswer, type UpstreamRegistry } from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
 /** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */

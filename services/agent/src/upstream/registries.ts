@@ -1,6 +1,6 @@
 /** Which upstream a mirror request is for: only configured registries are ever contacted. */
 import { MirrorError } from '../mirror/errors.js';
-import type { UpstreamRegistry } from './config.js';
+import type { UpstreamRegistry } from '@shoal/registry';
 
 export class RegistryTable {
   readonly #byHost: ReadonlyMap<string, UpstreamRegistry>;

@@ -6,8 +6,7 @@ import { isAbortError } from '@shoal/runtime';
 
 import type { AgentMetrics } from '../metrics.js';
 import { MirrorError } from '../mirror/errors.js';
-import type { UpstreamClient, UpstreamResponse } from './client.js';
-import type { UpstreamRegistry } from './config.js';
+import type { UpstreamClient, UpstreamRegistry, UpstreamResponse } from '@shoal/registry';
 
 export interface RegistryRequest {
   readonly registry: UpstreamRegistry;

@@ -29,7 +29,7 @@ import { choosePeers, hasFinisher } from '../handout/policy.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
 import type { SwarmView } from '../swarm/view.js';
-import { superviseConsumption, type ConsumeLoop } from './supervise.js';
+import { superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
 import { MAX_LOGGED_ERROR } from './swarm-event.js';
 
 /** The durable consumer every tracker replica shares (`<service>-<purpose>`). */

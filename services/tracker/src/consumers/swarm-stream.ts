@@ -13,7 +13,7 @@ import { PEER_GONE_SUBJECTS, PIECE_HAVE_SUBJECTS, STREAMS } from '@shoal/proto';
 
 import { handlePeerGone } from './peer-gone.js';
 import { handlePieceHave } from './piece-have.js';
-import { superviseConsumption, type ConsumeLoop } from './supervise.js';
+import { superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
 import type { SwarmEvent, SwarmEventDeps } from './swarm-event.js';
 
 /** Subject prefixes, from the wildcard subjects `shoal.swarm.v1.have.>` and `...gone.>`. */

@@ -4,7 +4,7 @@
  * delay, until `stop` is called. Handlers run one message at a time, in order.
  */
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import type { Logger } from '@shoal/runtime';
+import type { Logger } from 'pino';
 
 export interface SuperviseOptions {
   /** Names the consumer in logs. */

@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream';
 
 import { ShoalError } from '@shoal/runtime';
 
-import type { UpstreamRegistry } from './config.js';
+import type { UpstreamRegistry } from './registries.js';
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -38,7 +38,8 @@ export interface UpstreamResponse {
   readonly body: Readable;
 }
 
-const USER_AGENT = 'shoal-agent/0.1';
+/** Default User-Agent; registries log it, which is how tests tell Shoal's requests apart. */
+const DEFAULT_USER_AGENT = 'shoal-agent/0.1';
 const MAX_REDIRECTIONS = 5;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
@@ -54,13 +55,16 @@ export class UpstreamClient {
   readonly #http = new HttpAgent({ keepAlive: true, maxSockets: 64 });
   readonly #https = new HttpsAgent({ keepAlive: true, maxSockets: 64 });
 
-  constructor(timeouts: UpstreamTimeouts) {
+  readonly #userAgent: string;
+
+  constructor(timeouts: UpstreamTimeouts, userAgent = DEFAULT_USER_AGENT) {
     this.#timeouts = timeouts;
+    this.#userAgent = userAgent;
   }
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     let url = new URL(req.path, req.registry.url);
-    const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+    const headers: Record<string, string> = { 'user-agent': this.#userAgent };
     for (const [name, value] of Object.entries(req.headers)) {
       if (value !== undefined) {
         headers[name] = value;

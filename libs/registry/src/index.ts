@@ -1,0 +1,20 @@
+/** @shoal/registry: talking to OCI registries (the origin) over HTTP. */
+export {
+  headerValue,
+  readAnswer,
+  UpstreamAnswerError,
+  UpstreamClient,
+  UpstreamTimeoutError,
+  type UpstreamAnswer,
+  type UpstreamRequest,
+  type UpstreamResponse,
+  type UpstreamTimeouts,
+} from './client.js';
+export { registriesList, type UpstreamRegistry } from './registries.js';
+export {
+  loadDockerConfig,
+  parseChallenge,
+  parseDockerConfig,
+  RegistryAuth,
+  type BasicCredentials,
+} from './credentials.js';

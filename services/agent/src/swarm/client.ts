@@ -1,0 +1,208 @@
+/**
+ * The agent's side of the control plane: wants and haves published to JetStream, hand-outs
+ * received on the agent's own core-NATS subject, piece hashes read from the seed server's
+ * stream. Haves are batched per blob and carry the full piece set, so the agent's message
+ * rate depends on what it downloads, never on how many peers are in the swarm.
+ */
+import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import {
+  decodeMessage,
+  encodeMessage,
+  handout,
+  handoutSubject,
+  peerGone,
+  peerGoneSubject,
+  pieceHashes,
+  pieceHashesSubject,
+  pieceHave,
+  pieceHaveSubject,
+  pieceWant,
+  pieceWantSubject,
+  STREAMS,
+  type Handout,
+  type PeerInfo,
+  type PieceHashes,
+  type PieceRanges,
+} from '@shoal/proto';
+import type { Logger } from '@shoal/runtime';
+
+import type { AgentMetrics } from '../metrics.js';
+
+export interface WantRequest {
+  readonly blob: string;
+  readonly registry: string;
+  readonly repository: string;
+  readonly have: PieceRanges;
+}
+
+interface PendingHave {
+  pieces: PieceRanges;
+  complete: boolean;
+}
+
+export class SwarmClient {
+  readonly self: PeerInfo;
+  readonly #nc: NatsConnection;
+  readonly #js: JetStreamClient;
+  readonly #uploads: boolean;
+  readonly #logger: Logger;
+  readonly #metrics: AgentMetrics;
+  readonly #listeners = new Map<string, Set<(h: Handout) => void>>();
+  readonly #pendingHaves = new Map<string, PendingHave>();
+  readonly #haveTimer: NodeJS.Timeout;
+  #subscription: Subscription | undefined;
+
+  constructor(options: {
+    nc: NatsConnection;
+    js: JetStreamClient;
+    self: PeerInfo;
+    /** False for a leecher: it announces nothing, so nobody asks it for pieces. */
+    uploads: boolean;
+    haveIntervalMs: number;
+    logger: Logger;
+    metrics: AgentMetrics;
+  }) {
+    this.self = options.self;
+    this.#nc = options.nc;
+    this.#js = options.js;
+    this.#uploads = options.uploads;
+    this.#logger = options.logger;
+    this.#metrics = options.metrics;
+    this.#haveTimer = setInterval(() => void this.flushHaves(), options.haveIntervalMs);
+  }
+
+  /** Starts receiving hand-outs. */
+  start(): void {
+    const subscription = this.#nc.subscribe(handoutSubject(this.self.id));
+    this.#subscription = subscription;
+    void (async () => {
+      for await (const msg of subscription) {
+        const decoded = decodeMessage(handout, msg.data);
+        if (!decoded.ok) {
+          this.#metrics.eventsRejected.inc({ type: 'handout' });
+          this.#logger.warn({ error: decoded.error.slice(0, 512) }, 'invalid hand-out dropped');
+          continue;
+        }
+        this.#metrics.eventsReceived.inc({ type: 'handout' });
+        for (const listener of this.#listeners.get(decoded.value.blob) ?? []) {
+          listener(decoded.value);
+        }
+      }
+    })();
+  }
+
+  /** Calls `listener` with every hand-out for `blob` until the returned function is called. */
+  onHandout(blob: string, listener: (h: Handout) => void): () => void {
+    let set = this.#listeners.get(blob);
+    if (set === undefined) {
+      set = new Set();
+      this.#listeners.set(blob, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) {
+        this.#listeners.delete(blob);
+      }
+    };
+  }
+
+  /** Asks the tracker for peers. Failures are logged: the download goes on (or falls back). */
+  async want(request: WantRequest): Promise<void> {
+    try {
+      await this.#js.publish(
+        pieceWantSubject(request.blob),
+        encodeMessage(pieceWant, {
+          type: 'piece-want',
+          blob: request.blob,
+          peer: this.self,
+          have: request.have,
+          registry: request.registry,
+          repository: request.repository,
+          limit: 16,
+        }),
+      );
+      this.#metrics.eventsPublished.inc({ type: 'piece-want' });
+    } catch (error) {
+      this.#logger.warn({ err: error, blob: request.blob }, 'could not publish a want');
+    }
+  }
+
+  /** Queues the pieces now held of `blob`; sent with the next batch. */
+  announce(blob: string, pieces: PieceRanges, complete: boolean): void {
+    if (this.#uploads) {
+      this.#pendingHaves.set(blob, { pieces, complete });
+    }
+  }
+
+  /** Sends the queued haves now. */
+  async flushHaves(): Promise<void> {
+    const batch = [...this.#pendingHaves];
+    this.#pendingHaves.clear();
+    for (const [blob, have] of batch) {
+      try {
+        await this.#js.publish(
+          pieceHaveSubject(blob, this.self.id),
+          encodeMessage(pieceHave, {
+            type: 'piece-have',
+            blob,
+            peer: this.self,
+            pieces: have.pieces,
+            complete: have.complete,
+            seed: false,
+          }),
+        );
+        this.#metrics.eventsPublished.inc({ type: 'piece-have' });
+      } catch (error) {
+        this.#logger.warn({ err: error, blob }, 'could not publish a have');
+      }
+    }
+  }
+
+  /**
+   * Follows a blob's piece hashes from the start of the stream (cut-through: batches keep
+   * arriving while the seed fetches) until `signal` aborts.
+   */
+  async followHashes(
+    blob: string,
+    signal: AbortSignal,
+    onBatch: (batch: PieceHashes) => void,
+  ): Promise<void> {
+    const consumer = await this.#js.consumers.get(STREAMS.pieces.name, {
+      filter_subjects: pieceHashesSubject(blob),
+      deliver_policy: DeliverPolicy.All,
+    });
+    const messages = await consumer.consume();
+    const stop = (): void => void messages.close();
+    signal.addEventListener('abort', stop, { once: true });
+    try {
+      for await (const msg of messages) {
+        const decoded = decodeMessage(pieceHashes, msg.data);
+        if (!decoded.ok || decoded.value.blob !== blob) {
+          this.#metrics.eventsRejected.inc({ type: 'piece-hashes' });
+          continue;
+        }
+        this.#metrics.eventsReceived.inc({ type: 'piece-hashes' });
+        onBatch(decoded.value);
+      }
+    } finally {
+      signal.removeEventListener('abort', stop);
+    }
+  }
+
+  /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */
+  async close(): Promise<void> {
+    clearInterval(this.#haveTimer);
+    await this.flushHaves();
+    if (this.#uploads) {
+      await this.#js
+        .publish(
+          peerGoneSubject(this.self.id),
+          encodeMessage(peerGone, { type: 'peer-gone', peer: this.self.id }),
+        )
+        .catch(() => undefined);
+    }
+    this.#subscription?.unsubscribe();
+  }
+}

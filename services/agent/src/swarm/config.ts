@@ -1,0 +1,50 @@
+/**
+ * Configuration of the agent's swarm side. The swarm is on when `SHOAL_NATS_URL` is set;
+ * without it the agent is a plain verifying mirror of the origin.
+ */
+import { hostname } from 'node:os';
+
+import { peerId } from '@shoal/proto';
+import { envBool, envInt, envListen } from '@shoal/runtime';
+import { z } from 'zod';
+
+const defaultId =
+  hostname()
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]/g, '-')
+    .slice(0, 64) || 'agent';
+
+export const swarmConfig = z.object({
+  /** NATS server URLs, comma-separated; unset: no swarm, every miss goes to the origin. */
+  SHOAL_NATS_URL: z.string().min(1).optional(),
+  /** Credentials file for the agent's NATS user. */
+  SHOAL_NATS_CREDS_FILE: z.string().optional(),
+  /** The agent's peer id (default: the host name, i.e. the node name in a DaemonSet). */
+  SHOAL_AGENT_PEER_ID: peerId.default(defaultId),
+  /** Where pieces are served to peers, with /healthz, /readyz and /metrics (default `0.0.0.0:65002`). */
+  SHOAL_AGENT_PEER_LISTEN: envListen('0.0.0.0:65002'),
+  /** The URL peers fetch pieces from (default `http://<hostname>:<port>`). */
+  SHOAL_AGENT_PEER_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** Topology zone; hand-outs prefer peers in the same zone. */
+  SHOAL_AGENT_ZONE: z.string().max(63).optional(),
+  /** `mixed` (download and upload, default), `seeder` (the same; for nodes meant to upload), `leecher` (never uploads). */
+  SHOAL_AGENT_MODE: z.enum(['mixed', 'seeder', 'leecher']).default('mixed'),
+  /** Upload limit in bytes/s for pieces served to peers; 0: none. */
+  SHOAL_AGENT_UPLOAD_RATE_BYTES: envInt(0),
+  /** Download limit in bytes/s for pieces fetched from the swarm; 0: none. */
+  SHOAL_AGENT_DOWNLOAD_RATE_BYTES: envInt(0),
+  /** Pieces fetched at once per blob (default 8). */
+  SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
+  /** Longest a piece request may take, in ms (default 15 000). */
+  SHOAL_AGENT_PIECE_TIMEOUT_MS: envInt(15_000),
+  /** Without progress from the swarm for this long, missing pieces come from the origin, in ms (default 10 000). */
+  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
+  /** How often a download asks the tracker for more peers, in ms (default 1 000). */
+  SHOAL_AGENT_WANT_INTERVAL_MS: envInt(1_000),
+  /** How often piece-have announcements are sent, batched, in ms (default 200). */
+  SHOAL_AGENT_HAVE_INTERVAL_MS: envInt(200),
+  /** Fault injection for tests: serve corrupted pieces. Never set it in production. */
+  SHOAL_AGENT_FAULT_CORRUPT_PIECES: envBool(false),
+});
+
+export type SwarmConfig = z.infer<typeof swarmConfig>;

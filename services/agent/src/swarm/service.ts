@@ -1,0 +1,144 @@
+/**
+ * The agent's swarm: the blob fetcher that joins a blob's swarm instead of going to the
+ * origin, the piece server peers fetch from, and the announcements of what the cache holds.
+ */
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
+import type { Logger } from '@shoal/runtime';
+import type { FastifyInstance } from 'fastify';
+
+import type { FsContentStore } from '../cache/content-store.js';
+import type { Flight } from '../cache/download-table.js';
+import { BlobDownload } from '../cache/download.js';
+import type { AgentMetrics } from '../metrics.js';
+import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
+import type { RegistryRequests } from '../upstream/registry-requests.js';
+import { SwarmClient } from './client.js';
+import type { SwarmConfig } from './config.js';
+import { PieceClient } from './piece-client.js';
+import { registerPeerRoutes } from './peer-server.js';
+import { RateLimiter } from './rate-limit.js';
+import { SwarmFetch } from './swarm-fetch.js';
+
+/** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
+const REANNOUNCE_INTERVAL_MS = 30 * 60_000;
+
+export interface SwarmServiceDeps {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly self: PeerInfo;
+  readonly config: SwarmConfig;
+  readonly store: FsContentStore;
+  readonly requests: RegistryRequests;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+}
+
+export class SwarmService implements BlobFetcher {
+  readonly client: SwarmClient;
+  readonly #deps: SwarmServiceDeps;
+  readonly #pieces: PieceClient;
+  readonly #active = new Map<string, SwarmFetch>();
+  readonly #uploadLimit: RateLimiter;
+  readonly #downloadLimit: RateLimiter;
+  readonly #uploads: boolean;
+  #reannounce: NodeJS.Timeout | undefined;
+
+  constructor(deps: SwarmServiceDeps) {
+    const { config, metrics } = deps;
+    this.#deps = deps;
+    this.#uploads = config.SHOAL_AGENT_MODE !== 'leecher';
+    this.client = new SwarmClient({
+      nc: deps.nc,
+      js: deps.js,
+      self: deps.self,
+      uploads: this.#uploads,
+      haveIntervalMs: config.SHOAL_AGENT_HAVE_INTERVAL_MS,
+      logger: deps.logger,
+      metrics,
+    });
+    this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS);
+    this.#uploadLimit = new RateLimiter(config.SHOAL_AGENT_UPLOAD_RATE_BYTES, () =>
+      metrics.rateLimitWaits.inc({ direction: 'upload' }),
+    );
+    this.#downloadLimit = new RateLimiter(config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES, () =>
+      metrics.rateLimitWaits.inc({ direction: 'download' }),
+    );
+  }
+
+  /** Whether this agent serves pieces (not a leecher). */
+  get uploads(): boolean {
+    return this.#uploads;
+  }
+
+  /** Starts receiving hand-outs and announces what the cache already holds. */
+  open(): void {
+    this.client.start();
+    this.#announceCache();
+    this.#reannounce = setInterval(() => this.#announceCache(), REANNOUNCE_INTERVAL_MS);
+    this.#reannounce.unref();
+  }
+
+  /** Routes for the peer listener. */
+  registerRoutes(app: FastifyInstance): void {
+    registerPeerRoutes(app, {
+      store: this.#deps.store,
+      active: (digest) => this.#active.get(digest),
+      uploadLimit: this.#uploadLimit,
+      metrics: this.#deps.metrics,
+      corruptPieces: this.#deps.config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
+    });
+  }
+
+  /** A cached blob left the cache: peers must not ask for it any more. */
+  forget(digest: Digest): void {
+    this.client.announce(digest.toString(), [], false);
+  }
+
+  /** BlobFetcher: joins the blob's swarm; the download fills as pieces verify. */
+  async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
+    const { config, store, requests, metrics, logger } = this.#deps;
+    const download = new BlobDownload(target.digest, await store.createTemp());
+    const fetch = new SwarmFetch(download, target, {
+      client: this.client,
+      pieces: this.#pieces,
+      store,
+      requests,
+      downloadLimit: this.#downloadLimit,
+      metrics,
+      logger,
+      settings: {
+        concurrency: Math.max(1, config.SHOAL_AGENT_PIECE_CONCURRENCY),
+        stallTimeoutMs: config.SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS,
+        wantIntervalMs: config.SHOAL_AGENT_WANT_INTERVAL_MS,
+      },
+    });
+    const key = target.digest.toString();
+    this.#active.set(key, fetch);
+    void fetch.run(signal).finally(() => {
+      if (this.#active.get(key) === fetch) {
+        this.#active.delete(key);
+      }
+    });
+    return { kind: 'download', download };
+  }
+
+  #announceCache(): void {
+    if (!this.#uploads) {
+      return;
+    }
+    for (const { digest, size } of this.#deps.store.entries()) {
+      const count = pieceCount(size, pieceSizeFor(size));
+      this.client.announce(digest.toString(), [[0, count]], true);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#reannounce !== undefined) {
+      clearInterval(this.#reannounce);
+    }
+    await this.client.close();
+    this.#pieces.close();
+  }
+}

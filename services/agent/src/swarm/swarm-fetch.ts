@@ -1,0 +1,496 @@
+/**
+ * One blob fetched from the swarm into a download.
+ *
+ * It follows the blob's piece hashes (published by the seed server as the pieces arrive),
+ * asks the tracker for peers, and fetches missing pieces from several peers at once: rarest
+ * first, at most a few requests per peer, and at the tail the last pieces from two peers at
+ * once (endgame). Every piece is checked against its hash before it is written; a peer that
+ * sends a bad piece is dropped for this blob and the piece is fetched elsewhere. Verified
+ * pieces are announced (batched) and extend the prefix that clients read.
+ *
+ * If the swarm makes no progress for the stall timeout (no peers, seed server down), the
+ * missing pieces come from the origin with ranged reads and the client's credentials. The
+ * download then checks the whole blob against its digest as every download does.
+ */
+import { createHash } from 'node:crypto';
+
+import {
+  pieceBounds,
+  pieceCount,
+  rangesInclude,
+  toRanges,
+  type Handout,
+  type PeerInfo,
+  type PieceHashes,
+  type PieceRanges,
+} from '@shoal/proto';
+import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
+import type { Logger } from '@shoal/runtime';
+
+import type { FsContentStore } from '../cache/content-store.js';
+import type { BlobDownload } from '../cache/download.js';
+import type { AgentMetrics } from '../metrics.js';
+import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
+import type { RegistryRequests } from '../upstream/registry-requests.js';
+import type { SwarmClient } from './client.js';
+import type { PieceClient } from './piece-client.js';
+import type { RateLimiter } from './rate-limit.js';
+
+/** Requests in flight to one peer for one blob. */
+const PER_PEER_REQUESTS = 4;
+/** Copies of one piece requested at once in the endgame. */
+const ENDGAME_COPIES = 2;
+/** Failed requests after which a peer is skipped for this blob until a hand-out names it again. */
+const MAX_PEER_FAILURES = 3;
+/** Longest wait between two scheduling rounds, in ms. */
+const TICK_MS = 250;
+
+export interface SwarmFetchSettings {
+  readonly concurrency: number;
+  readonly stallTimeoutMs: number;
+  readonly wantIntervalMs: number;
+}
+
+export interface SwarmFetchDeps {
+  readonly client: SwarmClient;
+  readonly pieces: PieceClient;
+  readonly store: FsContentStore;
+  readonly requests: RegistryRequests;
+  readonly downloadLimit: RateLimiter;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+  readonly settings: SwarmFetchSettings;
+}
+
+interface PeerState {
+  info: PeerInfo;
+  pieces: PieceRanges;
+  complete: boolean;
+  seed: boolean;
+  inFlight: number;
+  failures: number;
+  banned: boolean;
+}
+
+export class SwarmFetch {
+  readonly download: BlobDownload;
+  readonly #target: BlobTarget;
+  readonly #deps: SwarmFetchDeps;
+  readonly #blob: string;
+  #pieceSize = 0;
+  #count = 0;
+  readonly #hashes: (string | undefined)[] = [];
+  readonly #have = new Set<number>();
+  /** Pieces `[0, prefix)` are all held. */
+  #prefix = 0;
+  readonly #peers = new Map<string, PeerState>();
+  /** Requests in flight per piece, with the peer each went to. */
+  readonly #inFlight = new Map<number, Set<{ controller: AbortController; peer: string }>>();
+  #lastProgress = Date.now();
+  #wake: (() => void) | undefined;
+
+  constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
+    this.download = download;
+    this.#target = target;
+    this.#deps = deps;
+    this.#blob = target.digest.toString();
+  }
+
+  /** True when piece `index` is held (verified and written). */
+  hasPiece(index: number): boolean {
+    return this.#have.has(index);
+  }
+
+  /** The layout once known: piece size and count. */
+  get layout(): { pieceSize: number; count: number } | undefined {
+    return this.#count === 0 ? undefined : { pieceSize: this.#pieceSize, count: this.#count };
+  }
+
+  /** Runs the fetch to its end: verified and committed, or failed. Never throws. */
+  async run(signal: AbortSignal): Promise<void> {
+    const { client, logger, metrics } = this.#deps;
+    const stop = new AbortController();
+    const onAbort = (): void => stop.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const offHandouts = client.onHandout(this.#blob, (h) => this.#onHandout(h));
+    const hashes = client
+      .followHashes(this.#blob, stop.signal, (batch) => this.#onHashes(batch))
+      .catch((error: unknown) =>
+        logger.warn({ err: error, blob: this.#blob }, 'piece hashes unavailable'),
+      );
+    try {
+      const complete = await this.#fromSwarm(stop.signal);
+      if (!complete && !signal.aborted) {
+        metrics.swarmFallbacks.inc();
+        logger.info(
+          { blob: this.#blob, held: this.#have.size, of: this.#count },
+          'swarm stalled; reading the rest from the origin',
+        );
+        this.#abortAll();
+        await this.#fromOrigin(signal);
+      }
+      if (signal.aborted) {
+        throw new Error('shutting down');
+      }
+      const state = await this.download.finish(this.#deps.store);
+      if (state === 'verified') {
+        client.announce(this.#blob, [[0, this.#count]], true);
+      }
+    } catch (error) {
+      await this.download.fail(error);
+      if (this.#have.size > 0) {
+        client.announce(this.#blob, [], false);
+      }
+    } finally {
+      this.#abortAll();
+      stop.abort();
+      signal.removeEventListener('abort', onAbort);
+      offHandouts();
+      await hashes;
+    }
+  }
+
+  /** Fetches pieces from peers until all are held (true) or the swarm stalls (false). */
+  async #fromSwarm(signal: AbortSignal): Promise<boolean> {
+    const { client, settings } = this.#deps;
+    let lastWant = 0;
+    this.#lastProgress = Date.now();
+    while (!signal.aborted) {
+      if (this.#count > 0 && this.#have.size === this.#count) {
+        return true;
+      }
+      const now = Date.now();
+      if (now - this.#lastProgress > settings.stallTimeoutMs) {
+        return false;
+      }
+      if (now - lastWant >= settings.wantIntervalMs && this.#needsPeers()) {
+        lastWant = now;
+        void client.want({
+          blob: this.#blob,
+          registry: this.#target.registry.host,
+          repository: this.#target.name,
+          have: toRanges(this.#have),
+        });
+      }
+      this.#schedule(signal);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, TICK_MS);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    return false;
+  }
+
+  /** True while some missing piece has no usable holder among the known peers. */
+  #needsPeers(): boolean {
+    if (this.#count === 0) {
+      return true;
+    }
+    const usable = [...this.#peers.values()].filter((p) => this.#usable(p));
+    for (let i = 0; i < this.#count; i++) {
+      if (!this.#have.has(i) && !usable.some((p) => p.complete || rangesInclude(p.pieces, i))) {
+        return true;
+      }
+    }
+    return usable.length < 2;
+  }
+
+  #usable(peer: PeerState): boolean {
+    return !peer.banned && peer.failures < MAX_PEER_FAILURES;
+  }
+
+  /** Starts piece requests up to the concurrency: rarest first, endgame at the tail. */
+  #schedule(signal: AbortSignal): void {
+    const { settings } = this.#deps;
+    let active = [...this.#inFlight.values()].reduce((sum, set) => sum + set.size, 0);
+    if (this.#count === 0 || active >= settings.concurrency) {
+      return;
+    }
+    const peers = [...this.#peers.values()].filter((p) => this.#usable(p));
+    const holders = (index: number): PeerState[] =>
+      peers.filter((p) => p.complete || rangesInclude(p.pieces, index));
+    const candidates: { index: number; holders: PeerState[] }[] = [];
+    for (let index = 0; index < this.#count; index++) {
+      if (this.#have.has(index) || this.#hashes[index] === undefined || this.#inFlight.has(index)) {
+        continue;
+      }
+      const held = holders(index);
+      if (held.length > 0) {
+        candidates.push({ index, holders: held });
+      }
+    }
+    // Rarest first; among equals, the lowest index, so clients reading in order get bytes soon.
+    candidates.sort((a, b) => a.holders.length - b.holders.length || a.index - b.index);
+    for (const candidate of candidates) {
+      if (active >= settings.concurrency) {
+        return;
+      }
+      const peer = this.#pickPeer(candidate.holders, new Set());
+      if (peer !== undefined) {
+        this.#request(candidate.index, peer, signal);
+        active += 1;
+      }
+    }
+    // Endgame: nothing new to start and few pieces left: ask a second peer for each.
+    const missing = this.#count - this.#have.size;
+    if (candidates.length === 0 && missing <= settings.concurrency) {
+      for (const [index, requests] of this.#inFlight) {
+        if (active >= settings.concurrency * 2 || requests.size >= ENDGAME_COPIES) {
+          continue;
+        }
+        const busy = new Set([...requests].map((r) => r.peer));
+        const peer = this.#pickPeer(holders(index), busy);
+        if (peer !== undefined) {
+          this.#request(index, peer, signal);
+          active += 1;
+        }
+      }
+    }
+  }
+
+  /** The least busy holder not in `exclude`, peers before seeds. */
+  #pickPeer(holders: PeerState[], exclude: Set<string>): PeerState | undefined {
+    let best: PeerState | undefined;
+    for (const peer of holders) {
+      if (peer.inFlight >= PER_PEER_REQUESTS || exclude.has(peer.info.id)) {
+        continue;
+      }
+      if (
+        best === undefined ||
+        (best.seed && !peer.seed) ||
+        (best.seed === peer.seed && peer.inFlight < best.inFlight)
+      ) {
+        best = peer;
+      }
+    }
+    return best;
+  }
+
+  #request(index: number, peer: PeerState, signal: AbortSignal): void {
+    const controller = new AbortController();
+    const entry = { controller, peer: peer.info.id };
+    const onAbort = (): void => controller.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    let requests = this.#inFlight.get(index);
+    if (requests === undefined) {
+      requests = new Set();
+      this.#inFlight.set(index, requests);
+    }
+    requests.add(entry);
+    peer.inFlight += 1;
+    void this.#fetchPiece(index, peer, controller.signal).finally(() => {
+      peer.inFlight -= 1;
+      signal.removeEventListener('abort', onAbort);
+      const set = this.#inFlight.get(index);
+      set?.delete(entry);
+      if (set?.size === 0) {
+        this.#inFlight.delete(index);
+      }
+      this.#wake?.();
+    });
+  }
+
+  async #fetchPiece(index: number, peer: PeerState, signal: AbortSignal): Promise<void> {
+    const { pieces, metrics, logger, downloadLimit } = this.#deps;
+    const source = peer.seed ? 'seed' : 'peer';
+    const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
+    try {
+      await downloadLimit.take(end - start);
+      const bytes = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+      if (this.#have.has(index)) {
+        return;
+      }
+      const hash = createHash('sha256').update(bytes).digest('hex');
+      if (hash !== this.#hashes[index]) {
+        metrics.pieces.inc({ source, result: 'bad' });
+        metrics.verificationFailures.inc({ kind: 'piece' });
+        peer.banned = true;
+        logger.warn(
+          { blob: this.#blob, piece: index, peer: peer.info.id },
+          'peer sent a bad piece; dropping it for this blob',
+        );
+        return;
+      }
+      await this.#accept(index, start, bytes);
+      metrics.pieces.inc({ source, result: 'ok' });
+      metrics.fetchedBytes.inc({ source }, bytes.length);
+      // The endgame's other copies of this piece are no longer needed.
+      for (const other of this.#inFlight.get(index) ?? []) {
+        other.controller.abort();
+      }
+    } catch (error) {
+      if (!signal.aborted) {
+        peer.failures += 1;
+        metrics.pieces.inc({ source, result: 'failed' });
+        logger.debug(
+          { err: error, blob: this.#blob, piece: index, peer: peer.info.id },
+          'piece request failed',
+        );
+      }
+    }
+  }
+
+  /** Writes a verified piece and moves the readable prefix over it. */
+  async #accept(index: number, offset: number, bytes: Buffer): Promise<void> {
+    await this.download.writeAt(offset, bytes);
+    this.#have.add(index);
+    this.#lastProgress = Date.now();
+    while (this.#have.has(this.#prefix)) {
+      this.#prefix += 1;
+    }
+    const size = this.download.size ?? 0;
+    this.download.advance(Math.min(size, this.#prefix * this.#pieceSize));
+    this.#deps.client.announce(this.#blob, toRanges(this.#have), false);
+  }
+
+  #onHashes(batch: PieceHashes): void {
+    if (this.#count === 0) {
+      this.#pieceSize = batch.pieceSize;
+      this.#count = pieceCount(batch.size, batch.pieceSize);
+      this.download.setSize(batch.size);
+    }
+    if (batch.pieceSize !== this.#pieceSize || batch.size !== this.download.size) {
+      return;
+    }
+    batch.hashes.forEach((hash, i) => {
+      this.#hashes[batch.first + i] = hash;
+    });
+    this.#lastProgress = Date.now();
+    this.#wake?.();
+  }
+
+  #onHandout(message: Handout): void {
+    for (const entry of message.peers) {
+      if (entry.peer.id === this.#deps.client.self.id) {
+        continue;
+      }
+      const known = this.#peers.get(entry.peer.id);
+      if (known === undefined) {
+        this.#peers.set(entry.peer.id, {
+          info: entry.peer,
+          pieces: entry.pieces,
+          complete: entry.complete,
+          seed: entry.seed,
+          inFlight: 0,
+          failures: 0,
+          banned: false,
+        });
+      } else {
+        known.info = entry.peer;
+        known.pieces = entry.pieces;
+        known.complete = entry.complete;
+        known.failures = 0;
+      }
+    }
+    this.#deps.metrics.swarmPeers.set(this.#peers.size);
+    this.#wake?.();
+  }
+
+  #abortAll(): void {
+    for (const requests of this.#inFlight.values()) {
+      for (const request of requests) {
+        request.controller.abort();
+      }
+    }
+  }
+
+  /** Reads what the swarm did not deliver from the origin, with the client's credentials. */
+  async #fromOrigin(signal: AbortSignal): Promise<void> {
+    const { requests, metrics } = this.#deps;
+    const size = this.download.size;
+    if (size === undefined || this.#count === 0) {
+      // Nothing is known about the blob: read it whole, in order.
+      const response = await requests.send({
+        registry: this.#target.registry,
+        method: 'GET',
+        kind: 'blob',
+        path: blobPath(this.#target),
+        headers: { authorization: this.#target.authorization },
+        signal,
+      });
+      if (response.status !== 200) {
+        throw new UpstreamAnswerError(await readAnswer(response));
+      }
+      const length = headerValue(response.headers, 'content-length');
+      if (length !== undefined) {
+        this.download.setSize(Number(length));
+      }
+      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+        await this.download.append(chunk);
+        metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);
+      }
+      return;
+    }
+    for (const [first, last] of toRanges(this.#missing())) {
+      const start = first * this.#pieceSize;
+      const end = Math.min(size, last * this.#pieceSize);
+      const response = await requests.send({
+        registry: this.#target.registry,
+        method: 'GET',
+        kind: 'blob',
+        path: blobPath(this.#target),
+        headers: { authorization: this.#target.authorization, range: `bytes=${start}-${end - 1}` },
+        signal,
+      });
+      if (response.status !== 206) {
+        throw new UpstreamAnswerError(await readAnswer(response));
+      }
+      await this.#piecesFromStream(response.body as AsyncIterable<Buffer>, first, last);
+    }
+  }
+
+  /** Cuts a ranged origin body into pieces `[first, last)`, checking known hashes. */
+  async #piecesFromStream(body: AsyncIterable<Buffer>, first: number, last: number): Promise<void> {
+    const size = this.download.size ?? 0;
+    let index = first;
+    let bounds = pieceBounds(index, size, this.#pieceSize);
+    let piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+    let filled = 0;
+    for await (const chunk of body) {
+      let rest = chunk;
+      while (rest.length > 0 && index < last) {
+        const take = Math.min(rest.length, piece.length - filled);
+        rest.copy(piece, filled, 0, take);
+        filled += take;
+        rest = rest.subarray(take);
+        if (filled === piece.length) {
+          const expected = this.#hashes[index];
+          if (
+            expected !== undefined &&
+            createHash('sha256').update(piece).digest('hex') !== expected
+          ) {
+            this.#deps.metrics.pieces.inc({ source: 'origin', result: 'bad' });
+            throw new Error(`origin bytes of piece ${index} do not match its hash`);
+          }
+          if (!this.#have.has(index)) {
+            await this.#accept(index, bounds.start, piece);
+            this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
+            this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);
+          }
+          index += 1;
+          if (index < last) {
+            bounds = pieceBounds(index, size, this.#pieceSize);
+            piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+            filled = 0;
+          }
+        }
+      }
+    }
+    if (index < last) {
+      throw new Error(`origin range ended at piece ${index} of ${last}`);
+    }
+  }
+
+  #missing(): number[] {
+    const missing: number[] = [];
+    for (let i = 0; i < this.#count; i++) {
+      if (!this.#have.has(i)) {
+        missing.push(i);
+      }
+    }
+    return missing;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The seed server's composition root: every dependency built in order, every server paired
+ * with its shutdown. Tests call `buildApp` to run the real wiring in-process.
+ */
+import { hostname } from 'node:os';
+
+import { createBlobStore } from '@shoal/blobstore';
+import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
+import { loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
+import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
+import { connectNats, ensureKv, ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
+import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
+
+import type { SeedConfig } from './config.js';
+import { consumeSeedRequests, ensureSeedConsumer } from './consumers/seed-requests.js';
+import { registerRoutes } from './http/routes.js';
+import { createSeedMetrics } from './metrics.js';
+import { OriginClient } from './origin/origin.js';
+import { Seeder } from './seeding/seeder.js';
+
+export { loadSeedConfig, type SeedConfig } from './config.js';
+
+export interface SeedOverrides {
+  readonly logger?: Logger;
+}
+
+export interface SeedApp extends Service {
+  /** The piece server's address once started. */
+  readonly url: () => string;
+}
+
+export async function buildApp(
+  config: SeedConfig,
+  overrides: SeedOverrides = {},
+): Promise<SeedApp> {
+  // Telemetry first, so everything after can report.
+  const logger =
+    overrides.logger ?? createLogger({ service: 'seedserver', level: config.SHOAL_LOG_LEVEL });
+  const serviceMetrics = createMetrics('seedserver');
+  const metrics = createSeedMetrics(serviceMetrics);
+
+  // Object gateway: where seeded blobs are kept for the whole cluster.
+  const store = createBlobStore(config);
+  await store.init();
+
+  // Origin: the registries, with the seed's own credentials.
+  const upstream = new UpstreamClient(
+    {
+      connectMs: config.SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS,
+      headersMs: config.SHOAL_SEED_ORIGIN_HEADERS_TIMEOUT_MS,
+      idleMs: config.SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS,
+    },
+    'shoal-seedserver/0.1',
+  );
+  const origin = new OriginClient(
+    upstream,
+    new RegistryAuth(await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG), upstream),
+  );
+
+  // NATS: the streams and the lock bucket the seed server owns.
+  const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
+  const { js, jsm } = await jetStreamFor(nc);
+  await ensureStreams(jsm, [STREAMS.pieces, STREAMS.seed], config.SHOAL_NATS_STREAM_REPLICAS);
+  const locks = await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
+  await ensureSeedConsumer(jsm);
+
+  // HTTP: pieces for agents, and ops.
+  const fastifyLogger: FastifyBaseLogger = logger;
+  const server = Fastify({
+    loggerInstance: fastifyLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: 'idle',
+  });
+  let closing = false;
+  let address = '';
+  const self = (): PeerInfo => ({
+    id: config.SHOAL_SEED_ID,
+    url: config.SHOAL_SEED_URL ?? address,
+  });
+  let seeder: Seeder | undefined;
+  registerRoutes(server, {
+    blob: (digest) => seeder?.blob(digest),
+    metrics,
+    registry: serviceMetrics.registry,
+    notReadyReason: () =>
+      closing ? 'shutting down' : nc.isClosed() ? 'NATS connection closed' : undefined,
+  });
+  let consumer: { stop(): Promise<void> } | undefined;
+
+  return {
+    url: () => address,
+    start: async () => {
+      await server.listen({
+        host: config.SHOAL_SEED_LISTEN.host,
+        port: config.SHOAL_SEED_LISTEN.port,
+      });
+      const bound = server.server.address();
+      const port =
+        typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_SEED_LISTEN.port;
+      const host = ['0.0.0.0', '::'].includes(config.SHOAL_SEED_LISTEN.host)
+        ? hostname()
+        : config.SHOAL_SEED_LISTEN.host;
+      address = `http://${host}:${port}`;
+      // Seeding: the seeder announces as soon as it knows its own address.
+      seeder = new Seeder({
+        js,
+        jsm,
+        locks,
+        store,
+        origin,
+        registries: new Map(config.SHOAL_SEED_REGISTRIES.map((r) => [r.host, r])),
+        self: self(),
+        cacheDir: config.SHOAL_SEED_CACHE_DIR,
+        metrics,
+        logger,
+      });
+      await seeder.init();
+      consumer = consumeSeedRequests({
+        js,
+        seeder,
+        concurrency: config.SHOAL_SEED_CONCURRENCY,
+        metrics,
+        logger,
+      });
+      logger.info(
+        { url: self().url, id: config.SHOAL_SEED_ID, store: config.SHOAL_STORE_KIND },
+        'seed server ready',
+      );
+    },
+    close: async () => {
+      if (closing) {
+        return;
+      }
+      // Readiness fails, consumers stop, in-flight seeds end, then NATS drains and HTTP closes.
+      closing = true;
+      await consumer?.stop();
+      await seeder?.close();
+      await nc.drain().catch(() => undefined);
+      await server.close();
+      await upstream.close();
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,49 @@
+/** The seed server's configuration: the components' pieces, checked together. */
+import { hostname } from 'node:os';
+
+import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
+import { peerId } from '@shoal/proto';
+import { registriesList } from '@shoal/registry';
+import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { natsConfig } from '@shoal/runtime/nats';
+import { z } from 'zod';
+
+/** A peer id made from the host name: the seed's identity in the swarm. */
+const defaultId = `seed-${hostname()
+  .toLowerCase()
+  .replace(/[^a-z0-9_-]/g, '-')}`.slice(0, 64);
+
+const seedFields = z.object({
+  ...natsConfig.shape,
+  ...blobStoreConfig.shape,
+  /** Where pieces, /healthz, /readyz and /metrics are served (default `0.0.0.0:65010`). */
+  SHOAL_SEED_LISTEN: envListen('0.0.0.0:65010'),
+  /** The URL agents fetch pieces from (default `http://<hostname>:<port>`). */
+  SHOAL_SEED_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** The seed's peer id in the swarm (default `seed-<hostname>`). */
+  SHOAL_SEED_ID: peerId.default(defaultId),
+  /** Registries the seed may fetch from, as `host` or `host=url`, comma-separated. */
+  SHOAL_SEED_REGISTRIES: registriesList,
+  /** docker config JSON with registry credentials (a `dockerconfigjson` Secret); none: anonymous. */
+  SHOAL_SEED_DOCKER_CONFIG: z.string().optional(),
+  /** Local directory for blobs being seeded and recently seeded (default `/var/lib/shoal/seed`). */
+  SHOAL_SEED_CACHE_DIR: z.string().min(1).default('/var/lib/shoal/seed'),
+  /** Blobs seeded at once by this replica (default 4). */
+  SHOAL_SEED_CONCURRENCY: envInt(4),
+  /** Connecting to the origin, in ms (default 10 000). */
+  SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS: envInt(10_000),
+  /** From request to response headers at the origin, in ms (default 30 000). */
+  SHOAL_SEED_ORIGIN_HEADERS_TIMEOUT_MS: envInt(30_000),
+  /** Longest pause inside an origin body, in ms (default 60 000). */
+  SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS: envInt(60_000),
+  SHOAL_LOG_LEVEL: envLogLevel,
+  /** How long a graceful shutdown may take, in ms (default 30 000). */
+  SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
+});
+
+export type SeedConfig = z.infer<typeof seedFields>;
+
+/** Reads the seed server's configuration; throws a ConfigError naming every problem. */
+export function loadSeedConfig(env: Record<string, string | undefined>): SeedConfig {
+  return loadConfig(seedFields, env, blobStoreConfigProblems(env));
+}

@@ -1,0 +1,120 @@
+/**
+ * seed-request events from SHOAL_SEED (a work queue): the replicas share one durable
+ * consumer, each handling up to its concurrency at once. A request stays unacknowledged while
+ * its blob is seeded (kept alive with `working()`), so a replica that dies mid-seed leaves it
+ * to another.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import { decodeMessage, seedRequest, STREAMS } from '@shoal/proto';
+import type { Logger } from '@shoal/runtime';
+
+import type { SeedMetrics } from '../metrics.js';
+import type { Seeder } from '../seeding/seeder.js';
+
+export const SEED_CONSUMER = 'seedserver-seed';
+const ACK_WAIT_MS = 30_000;
+const MAX_DELIVER = 5;
+const RETRY_DELAY_MS = 1_000;
+const nanos = (ms: number): number => ms * 1_000_000;
+
+export async function ensureSeedConsumer(jsm: JetStreamManager): Promise<void> {
+  const settings = { ack_wait: nanos(ACK_WAIT_MS), max_deliver: MAX_DELIVER, max_ack_pending: 256 };
+  try {
+    await jsm.consumers.info(STREAMS.seed.name, SEED_CONSUMER);
+    await jsm.consumers.update(STREAMS.seed.name, SEED_CONSUMER, settings);
+  } catch (error) {
+    if (!(error instanceof Error && /not found/i.test(error.message))) {
+      throw error;
+    }
+    await jsm.consumers.add(STREAMS.seed.name, {
+      durable_name: SEED_CONSUMER,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ...settings,
+    });
+  }
+}
+
+export interface SeedConsumerDeps {
+  readonly js: JetStreamClient;
+  readonly seeder: Seeder;
+  readonly concurrency: number;
+  readonly metrics: SeedMetrics;
+  readonly logger: Logger;
+}
+
+/** Consumes seed requests until `stop`; resolves when in-flight seeds have ended. */
+export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<void> } {
+  const { js, seeder, logger, metrics } = deps;
+  const stopping = new AbortController();
+  // A function, not the property, so checks after an await are not narrowed away.
+  const stopped = (): boolean => stopping.signal.aborted;
+  const inFlight = new Set<Promise<void>>();
+
+  const handle = async (msg: JsMsg): Promise<void> => {
+    const decoded = decodeMessage(seedRequest, msg.data);
+    if (!decoded.ok) {
+      metrics.requestsRejected.inc();
+      logger.warn(
+        { subject: msg.subject, error: decoded.error.slice(0, 512) },
+        'invalid seed-request terminated',
+      );
+      // No reason: nats-server before 2.11 leaves `+TERM <reason>` pending.
+      msg.term();
+      return;
+    }
+    const outcome = await seeder.seed(decoded.value, stopping.signal, () => msg.working());
+    if (outcome === 'failed' && stopping.signal.aborted) {
+      msg.nak();
+      return;
+    }
+    // A failed seed is not retried from here: the agents fall back to the origin, and a
+    // later want asks again.
+    msg.ack();
+  };
+
+  const loop = async (): Promise<void> => {
+    while (!stopped()) {
+      try {
+        const consumer = await js.consumers.get(STREAMS.seed.name, SEED_CONSUMER);
+        const messages = await consumer.consume({ max_messages: deps.concurrency });
+        stopping.signal.addEventListener('abort', () => void messages.close(), { once: true });
+        for await (const msg of messages) {
+          while (inFlight.size >= deps.concurrency) {
+            await Promise.race(inFlight);
+          }
+          if (stopped()) {
+            msg.nak();
+            continue;
+          }
+          const run = handle(msg).catch((error: unknown) => {
+            logger.error({ err: error }, 'seed request handler failed');
+            msg.nak(RETRY_DELAY_MS);
+          });
+          inFlight.add(run);
+          void run.finally(() => inFlight.delete(run));
+        }
+      } catch (error) {
+        if (!stopped()) {
+          logger.warn({ err: error }, 'seed consumer failed; reopening');
+          await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
+        }
+      }
+    }
+  };
+  const running = loop();
+
+  return {
+    stop: async () => {
+      stopping.abort();
+      await running;
+      await Promise.allSettled(inFlight);
+    },
+  };
+}

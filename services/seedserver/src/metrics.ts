@@ -1,0 +1,49 @@
+/** The seed server's Prometheus metrics, `shoal_seedserver_<thing>_<unit>`. */
+import type { ServiceMetrics } from '@shoal/runtime';
+import { Counter, Gauge } from 'prom-client';
+
+export type SeedMetrics = ReturnType<typeof createSeedMetrics>;
+
+export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
+  const registers = [registry];
+  return {
+    seeds: new Counter({
+      name: `${prefix}seeds_total`,
+      help: 'Seed runs, by source (origin, store, none) and outcome (seeded, held, busy, failed)',
+      labelNames: ['source', 'outcome'] as const,
+      registers,
+    }),
+    inFlight: new Gauge({
+      name: `${prefix}seeds_in_flight`,
+      help: 'Blobs being seeded now',
+      registers,
+    }),
+    ingestedBytes: new Counter({
+      name: `${prefix}ingested_bytes_total`,
+      help: 'Blob bytes read in, by source (origin, store)',
+      labelNames: ['source'] as const,
+      registers,
+    }),
+    storedBytes: new Counter({
+      name: `${prefix}stored_bytes_total`,
+      help: 'Blob bytes written to the object gateway',
+      registers,
+    }),
+    servedBytes: new Counter({
+      name: `${prefix}served_bytes_total`,
+      help: 'Piece bytes served to agents',
+      registers,
+    }),
+    pieceRequests: new Counter({
+      name: `${prefix}piece_requests_total`,
+      help: 'Piece requests, by result (served, missing, invalid)',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    requestsRejected: new Counter({
+      name: `${prefix}seed_requests_rejected_total`,
+      help: 'Seed requests dropped as invalid',
+      registers,
+    }),
+  };
+}
