@@ -12,3 +12,4 @@ export { isAbortError, ShoalError } from './errors.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
+export { RateLimiter } from './rate-limit.js';

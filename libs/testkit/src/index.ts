@@ -1,5 +1,4 @@
 /** @shoal/testkit: real servers for tests, on random ports in temporary directories. */
-export { AGENT_MAIN, startAgent, type AgentOptions, type AgentProcess } from './agent.js';
 export { startContainerd, writeMirrorHosts, type Containerd } from './containerd.js';
 export {
   generateImage,
@@ -27,3 +26,14 @@ export {
 } from './registry.js';
 export { startS3, type S3Server } from './s3.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';
+export {
+  AGENT_MAIN,
+  serviceMain,
+  startAgent,
+  startSeedServer,
+  startTracker,
+  type AgentOptions,
+  type AgentProcess,
+  type SeedServerOptions,
+  type ServiceProcess,
+} from './services.js';

@@ -85,7 +85,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     pieces: new Counter({
       name: `${prefix}pieces_total`,
-      help: 'Pieces fetched, by source (peer, seed, origin) and result (ok, bad, failed)',
+      help: 'Pieces fetched, by source (peer, seed, origin) and result (ok, bad, failed, deferred)',
       labelNames: ['source', 'result'] as const,
       registers,
     }),

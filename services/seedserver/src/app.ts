@@ -7,7 +7,13 @@ import { hostname } from 'node:os';
 import { createBlobStore } from '@shoal/blobstore';
 import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
 import { loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
-import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
+import {
+  createLogger,
+  createMetrics,
+  RateLimiter,
+  type Logger,
+  type Service,
+} from '@shoal/runtime';
 import { connectNats, ensureKv, ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -80,6 +86,11 @@ export async function buildApp(
   let seeder: Seeder | undefined;
   registerRoutes(server, {
     blob: (digest) => seeder?.blob(digest),
+    uploadLimit: new RateLimiter(config.SHOAL_SEED_UPLOAD_RATE_BYTES),
+    fanout: {
+      copies: config.SHOAL_SEED_PIECE_FANOUT,
+      windowMs: config.SHOAL_SEED_FANOUT_WINDOW_MS,
+    },
     metrics,
     registry: serviceMetrics.registry,
     notReadyReason: () =>

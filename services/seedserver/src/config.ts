@@ -28,6 +28,16 @@ const seedFields = z.object({
   SHOAL_SEED_DOCKER_CONFIG: z.string().optional(),
   /** Local directory for blobs being seeded and recently seeded (default `/var/lib/shoal/seed`). */
   SHOAL_SEED_CACHE_DIR: z.string().min(1).default('/var/lib/shoal/seed'),
+  /** Upload limit for pieces served to agents, in bytes/s; 0: none (default). */
+  SHOAL_SEED_UPLOAD_RATE_BYTES: envInt(0),
+  /**
+   * Agents served each piece per fanout window (default 2; 0: no limit). Past it, agents are
+   * told to get the piece from a peer that already has it (429), so the seed's upload goes to
+   * pieces the swarm does not have yet, as BitTorrent's super-seeding does.
+   */
+  SHOAL_SEED_PIECE_FANOUT: envInt(2),
+  /** The fanout window, in ms (default 2 000). */
+  SHOAL_SEED_FANOUT_WINDOW_MS: envInt(2_000),
   /** Blobs seeded at once by this replica (default 4). */
   SHOAL_SEED_CONCURRENCY: envInt(4),
   /** Connecting to the origin, in ms (default 10 000). */

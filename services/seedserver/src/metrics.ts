@@ -36,7 +36,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     pieceRequests: new Counter({
       name: `${prefix}piece_requests_total`,
-      help: 'Piece requests, by result (served, missing, invalid)',
+      help: 'Piece requests, by result (served, rationed, missing, invalid)',
       labelNames: ['result'] as const,
       registers,
     }),

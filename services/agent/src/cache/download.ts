@@ -187,11 +187,12 @@ export class BlobDownload {
   }
 
   /**
-   * Reads `length` verified bytes at `offset` (for serving pieces to peers), or undefined
-   * when they are not available or the file is gone.
+   * Reads `length` bytes at `offset`, or undefined when the download failed or released its
+   * file. The caller vouches that the range was verified: the prefix, or a piece the swarm
+   * checked against its hash.
    */
-  async readVerified(offset: number, length: number): Promise<Buffer | undefined> {
-    if (this.#handleClosed || this.#state === 'failed' || offset + length > this.#available) {
+  async readAt(offset: number, length: number): Promise<Buffer | undefined> {
+    if (this.#handleClosed || this.#state === 'failed') {
       return undefined;
     }
     this.#openReaders += 1;
@@ -203,6 +204,11 @@ export class BlobDownload {
       this.#openReaders -= 1;
       await this.#closeHandleIfIdle();
     }
+  }
+
+  /** Reads bytes inside the verified prefix, or undefined outside it (or when unavailable). */
+  async readVerified(offset: number, length: number): Promise<Buffer | undefined> {
+    return offset + length > this.#available ? undefined : this.readAt(offset, length);
   }
 
   /**

@@ -39,8 +39,8 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_PIECE_TIMEOUT_MS: envInt(15_000),
   /** Without progress from the swarm for this long, missing pieces come from the origin, in ms (default 10 000). */
   SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
-  /** How often a download asks the tracker for more peers, in ms (default 1 000). */
-  SHOAL_AGENT_WANT_INTERVAL_MS: envInt(1_000),
+  /** How often a download asks the tracker for peers, in ms (default 500). */
+  SHOAL_AGENT_WANT_INTERVAL_MS: envInt(500),
   /** How often piece-have announcements are sent, batched, in ms (default 200). */
   SHOAL_AGENT_HAVE_INTERVAL_MS: envInt(200),
   /** Fault injection for tests: serve corrupted pieces. Never set it in production. */

@@ -2,12 +2,12 @@
  * Serves pieces to peers: from downloads in progress (only pieces already verified) and from
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
-import { parseDigest, pieceBounds, type Digest } from '@shoal/proto';
+import { parseDigest, type Digest } from '@shoal/proto';
 import type { FastifyInstance } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
-import type { RateLimiter } from './rate-limit.js';
+import type { RateLimiter } from '@shoal/runtime';
 import type { SwarmFetch } from './swarm-fetch.js';
 
 export interface PeerRouteDeps {
@@ -51,15 +51,6 @@ async function readPiece(
   digest: Digest,
   index: number,
 ): Promise<Buffer | undefined> {
-  const fetch = deps.active(digest.toString());
-  const layout = fetch?.layout;
-  if (fetch !== undefined && layout !== undefined && fetch.hasPiece(index)) {
-    const size = fetch.download.size ?? 0;
-    const { start, end } = pieceBounds(index, size, layout.pieceSize);
-    const bytes = await fetch.download.readVerified(start, end - start);
-    if (bytes !== undefined) {
-      return bytes;
-    }
-  }
-  return deps.store.readPiece(digest, index);
+  const fromDownload = await deps.active(digest.toString())?.readPiece(index);
+  return fromDownload ?? deps.store.readPiece(digest, index);
 }

@@ -4,7 +4,9 @@ import { Agent, request } from 'node:http';
 import { piecePath } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
-export class PieceFetchError extends ShoalError<'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT'> {
+export class PieceFetchError extends ShoalError<
+  'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
+> {
   override readonly name = 'PieceFetchError';
 }
 
@@ -41,11 +43,17 @@ export class PieceClient {
           res.resume();
           clearTimeout(timer);
           reject(
-            new PieceFetchError(
-              'PIECE_STATUS',
-              502,
-              `piece ${index} from ${url.host}: ${res.statusCode}`,
-            ),
+            res.statusCode === 429
+              ? new PieceFetchError(
+                  'PIECE_RATIONED',
+                  429,
+                  `${url.host} asks to get piece ${index} from a peer`,
+                )
+              : new PieceFetchError(
+                  'PIECE_STATUS',
+                  502,
+                  `piece ${index} from ${url.host}: ${String(res.statusCode)}`,
+                ),
           );
           return;
         }

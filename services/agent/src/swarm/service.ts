@@ -5,7 +5,7 @@
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { RateLimiter, type Logger } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -18,7 +18,6 @@ import { SwarmClient } from './client.js';
 import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
 import { registerPeerRoutes } from './peer-server.js';
-import { RateLimiter } from './rate-limit.js';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */

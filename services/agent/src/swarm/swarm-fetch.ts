@@ -33,15 +33,19 @@ import type { AgentMetrics } from '../metrics.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
-import type { PieceClient } from './piece-client.js';
-import type { RateLimiter } from './rate-limit.js';
+import { PieceFetchError, type PieceClient } from './piece-client.js';
+import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
 const PER_PEER_REQUESTS = 4;
+/** Requests in flight to a seed while other peers can serve: the seed's upload is for pieces nobody else has. */
+const PER_SEED_REQUESTS = 2;
 /** Copies of one piece requested at once in the endgame. */
 const ENDGAME_COPIES = 2;
 /** Failed requests after which a peer is skipped for this blob until a hand-out names it again. */
 const MAX_PEER_FAILURES = 3;
+/** How long a piece the seed rationed is asked of peers only, in ms. */
+const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
 const TICK_MS = 250;
 
@@ -81,6 +85,10 @@ export class SwarmFetch {
   #count = 0;
   readonly #hashes: (string | undefined)[] = [];
   readonly #have = new Set<number>();
+  /** Pieces the seed asked us to get from a peer, until when (ms since the epoch). */
+  readonly #seedDeferred = new Map<number, number>();
+  /** Verified pieces being written (an endgame copy arriving meanwhile is dropped). */
+  readonly #accepting = new Set<number>();
   /** Pieces `[0, prefix)` are all held. */
   #prefix = 0;
   readonly #peers = new Map<string, PeerState>();
@@ -99,6 +107,15 @@ export class SwarmFetch {
   /** True when piece `index` is held (verified and written). */
   hasPiece(index: number): boolean {
     return this.#have.has(index);
+  }
+
+  /** A held piece's bytes (verified against its hash when it arrived), or undefined. */
+  async readPiece(index: number): Promise<Buffer | undefined> {
+    if (!this.#have.has(index)) {
+      return undefined;
+    }
+    const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
+    return this.download.readAt(start, end - start);
   }
 
   /** The layout once known: piece size and count. */
@@ -163,7 +180,9 @@ export class SwarmFetch {
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
         return false;
       }
-      if (now - lastWant >= settings.wantIntervalMs && this.#needsPeers()) {
+      // Asked at a fixed interval for the whole download: the tracker's view of who holds
+      // what keeps changing, and one message a second per blob does not grow with the swarm.
+      if (now - lastWant >= settings.wantIntervalMs) {
         lastWant = now;
         void client.want({
           blob: this.#blob,
@@ -184,20 +203,6 @@ export class SwarmFetch {
     return false;
   }
 
-  /** True while some missing piece has no usable holder among the known peers. */
-  #needsPeers(): boolean {
-    if (this.#count === 0) {
-      return true;
-    }
-    const usable = [...this.#peers.values()].filter((p) => this.#usable(p));
-    for (let i = 0; i < this.#count; i++) {
-      if (!this.#have.has(i) && !usable.some((p) => p.complete || rangesInclude(p.pieces, i))) {
-        return true;
-      }
-    }
-    return usable.length < 2;
-  }
-
   #usable(peer: PeerState): boolean {
     return !peer.banned && peer.failures < MAX_PEER_FAILURES;
   }
@@ -212,23 +217,31 @@ export class SwarmFetch {
     const peers = [...this.#peers.values()].filter((p) => this.#usable(p));
     const holders = (index: number): PeerState[] =>
       peers.filter((p) => p.complete || rangesInclude(p.pieces, index));
-    const candidates: { index: number; holders: PeerState[] }[] = [];
+    const candidates: { index: number; holders: PeerState[]; rank: number }[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || this.#hashes[index] === undefined || this.#inFlight.has(index)) {
         continue;
       }
       const held = holders(index);
       if (held.length > 0) {
-        candidates.push({ index, holders: held });
+        candidates.push({ index, holders: held, rank: 0 });
       }
     }
-    // Rarest first; among equals, the lowest index, so clients reading in order get bytes soon.
-    candidates.sort((a, b) => a.holders.length - b.holders.length || a.index - b.index);
+    // Rarest first; among equals, in an order of this agent's own, so agents starting together
+    // take different pieces from the seed and then trade them.
+    for (const candidate of candidates) {
+      candidate.rank = Math.random();
+    }
+    candidates.sort((a, b) => a.holders.length - b.holders.length || a.rank - b.rank);
     for (const candidate of candidates) {
       if (active >= settings.concurrency) {
         return;
       }
-      const peer = this.#pickPeer(candidate.holders, new Set());
+      const deferred = (this.#seedDeferred.get(candidate.index) ?? 0) > Date.now();
+      const peer = this.#pickPeer(
+        deferred ? candidate.holders.filter((h) => !h.seed) : candidate.holders,
+        new Set(),
+      );
       if (peer !== undefined) {
         this.#request(candidate.index, peer, signal);
         active += 1;
@@ -253,9 +266,13 @@ export class SwarmFetch {
 
   /** The least busy holder not in `exclude`, peers before seeds. */
   #pickPeer(holders: PeerState[], exclude: Set<string>): PeerState | undefined {
+    // While other peers are in the swarm, the seed's upload is kept for pieces nobody else
+    // has yet: a few requests per agent, the rest go to peers as the pieces spread.
+    const othersServe = [...this.#peers.values()].some((p) => !p.seed && this.#usable(p));
     let best: PeerState | undefined;
     for (const peer of holders) {
-      if (peer.inFlight >= PER_PEER_REQUESTS || exclude.has(peer.info.id)) {
+      const cap = peer.seed && othersServe ? PER_SEED_REQUESTS : PER_PEER_REQUESTS;
+      if (peer.inFlight >= cap || exclude.has(peer.info.id)) {
         continue;
       }
       if (
@@ -303,6 +320,9 @@ export class SwarmFetch {
       if (this.#have.has(index)) {
         return;
       }
+      if (this.#accepting.has(index)) {
+        return;
+      }
       const hash = createHash('sha256').update(bytes).digest('hex');
       if (hash !== this.#hashes[index]) {
         metrics.pieces.inc({ source, result: 'bad' });
@@ -314,7 +334,9 @@ export class SwarmFetch {
         );
         return;
       }
+      this.#accepting.add(index);
       await this.#accept(index, start, bytes);
+      this.#accepting.delete(index);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, bytes.length);
       // The endgame's other copies of this piece are no longer needed.
@@ -322,7 +344,11 @@ export class SwarmFetch {
         other.controller.abort();
       }
     } catch (error) {
-      if (!signal.aborted) {
+      if (error instanceof PieceFetchError && error.code === 'PIECE_RATIONED') {
+        // The seed has handed this piece out already: a peer will have it shortly.
+        this.#seedDeferred.set(index, Date.now() + SEED_DEFER_MS);
+        metrics.pieces.inc({ source, result: 'deferred' });
+      } else if (!signal.aborted) {
         peer.failures += 1;
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(

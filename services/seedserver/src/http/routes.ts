@@ -1,5 +1,6 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { parseDigest } from '@shoal/proto';
+import type { RateLimiter } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 
@@ -10,12 +11,17 @@ export interface RouteDeps {
   /** The local copy of a blob, complete or being seeded. */
   readonly blob: (digest: string) => SeedBlob | undefined;
   readonly metrics: SeedMetrics;
+  /** Copies of one piece served per window before agents are sent to peers (0: no limit). */
+  readonly fanout: { readonly copies: number; readonly windowMs: number };
+  /** The seed's upload budget, shared by every piece it serves. */
+  readonly uploadLimit: RateLimiter;
   readonly registry: Registry;
   readonly notReadyReason: () => string | undefined;
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { metrics } = deps;
+  const rations = new PieceRations(deps.fanout.copies, deps.fanout.windowMs);
   app.get<{ Params: { algorithm: string; hex: string; index: string } }>(
     '/pieces/:algorithm/:hex/:index',
     async (request, reply) => {
@@ -28,11 +34,20 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
         return reply.code(400).send({ error: 'not a digest' });
       }
       const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
-      const bytes = piece < 0 ? undefined : await deps.blob(digest)?.readPiece(piece);
+      const blob = deps.blob(digest);
+      if (blob !== undefined && piece >= 0 && !rations.allow(digest, piece)) {
+        metrics.pieceRequests.inc({ result: 'rationed' });
+        return reply
+          .code(429)
+          .header('retry-after', '1')
+          .send({ error: 'get this piece from a peer' });
+      }
+      const bytes = piece < 0 ? undefined : await blob?.readPiece(piece);
       if (bytes === undefined) {
         metrics.pieceRequests.inc({ result: 'missing' });
         return reply.code(404).send({ error: 'piece not held' });
       }
+      await deps.uploadLimit.take(bytes.length);
       metrics.pieceRequests.inc({ result: 'served' });
       metrics.servedBytes.inc(bytes.length);
       return reply.header('content-type', 'application/octet-stream').send(bytes);
@@ -48,4 +63,44 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   app.get('/metrics', async (_request, reply) =>
     reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),
   );
+}
+
+/**
+ * Counts copies of each piece served in the current window. Entries are kept per blob and
+ * dropped when their window has passed, so memory follows the pieces served recently.
+ */
+class PieceRations {
+  readonly #copies: number;
+  readonly #windowMs: number;
+  readonly #served = new Map<string, { count: number; since: number }>();
+
+  constructor(copies: number, windowMs: number) {
+    this.#copies = copies;
+    this.#windowMs = windowMs;
+  }
+
+  allow(digest: string, piece: number): boolean {
+    if (this.#copies === 0) {
+      return true;
+    }
+    const now = Date.now();
+    if (this.#served.size > 100_000) {
+      for (const [key, entry] of this.#served) {
+        if (now - entry.since > this.#windowMs) {
+          this.#served.delete(key);
+        }
+      }
+    }
+    const key = `${digest}/${piece}`;
+    const entry = this.#served.get(key);
+    if (entry === undefined || now - entry.since > this.#windowMs) {
+      this.#served.set(key, { count: 1, since: now });
+      return true;
+    }
+    if (entry.count >= this.#copies) {
+      return false;
+    }
+    entry.count += 1;
+    return true;
+  }
 }

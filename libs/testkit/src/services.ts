@@ -1,0 +1,182 @@
+/**
+ * Runs Shoal's built services (`services/<name>/dist/src/main.js`, from `tsc -b`) as their own
+ * processes, as a cluster would, for integration tests, benchmarks and the local demo.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
+
+/** The built entry point of a service. */
+export function serviceMain(service: 'agent' | 'tracker' | 'seedserver'): string {
+  return fileURLToPath(
+    new URL(`../../../../services/${service}/dist/src/main.js`, import.meta.url),
+  );
+}
+
+/** The built agent's entry point. */
+export const AGENT_MAIN = serviceMain('agent');
+
+/** A running Shoal service. */
+export interface ServiceProcess {
+  /** Base URL of its HTTP listener (the mirror for an agent), e.g. `http://127.0.0.1:41234`. */
+  readonly url: string;
+  readonly port: number;
+  readonly process: RunningProcess;
+  /** Its temporary directory (log, caches). */
+  readonly dir: string;
+  /** The process's peak resident set size (VmHWM), in bytes. */
+  peakRssBytes(): Promise<number>;
+  /** Reads one counter or gauge (summed over label sets matching `labels`) from /metrics. */
+  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export interface AgentProcess extends ServiceProcess {
+  readonly cacheDir: string;
+  /** The agent's peer id, when it is in a swarm. */
+  readonly peerId: string | undefined;
+}
+
+export interface AgentOptions {
+  /** `SHOAL_AGENT_REGISTRIES` */
+  readonly registries: string;
+  /** Port to listen on; a free one when omitted. */
+  readonly port?: number;
+  /** Cache directory to use (and keep); a temporary one when omitted. */
+  readonly cacheDir?: string;
+  readonly defaultRegistry?: string;
+  /** Joins the swarm through this NATS server, serving pieces on a free port. */
+  readonly natsUrl?: string;
+  /** Peer id in the swarm (default `agent-<port>`). */
+  readonly peerId?: string;
+  readonly env?: Record<string, string>;
+}
+
+/** Starts a service process and waits for its /readyz; `env` is all it gets besides PATH. */
+async function startService(
+  service: 'agent' | 'tracker' | 'seedserver',
+  dir: { path: string; remove(): Promise<void> },
+  port: number,
+  env: Record<string, string>,
+): Promise<ServiceProcess> {
+  const proc = startProcess(process.execPath, [serviceMain(service)], {
+    logPath: join(dir.path, `${service}.log`),
+    env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
+  });
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitFor(`${service} /readyz`, async () => (await fetch(`${url}/readyz`)).ok, {
+      process: proc,
+      timeoutMs: 30_000,
+    });
+  } catch (error) {
+    await proc.stop();
+    throw new Error(
+      `${(error as Error).message}\n${await readFile(proc.logPath, 'utf8').catch(() => '')}`,
+    );
+  }
+  return {
+    url,
+    port,
+    process: proc,
+    dir: dir.path,
+    peakRssBytes: async () => {
+      const status = await readFile(`/proc/${String(proc.child.pid)}/status`, 'utf8');
+      const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
+      if (match?.[1] === undefined) {
+        throw new Error('no VmHWM in /proc status');
+      }
+      return Number(match[1]) * 1024;
+    },
+    metric: async (name, labels = {}) => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      let total = 0;
+      for (const line of text.split('\n')) {
+        const match = /^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+        if (match?.[1] !== name) {
+          continue;
+        }
+        const set = match[2] ?? '';
+        if (Object.entries(labels).every(([k, v]) => set.includes(`${k}="${v}"`))) {
+          total += Number(match[3]);
+        }
+      }
+      return total;
+    },
+    stop: async () => {
+      await proc.stop();
+      await dir.remove();
+    },
+  };
+}
+
+/** Starts an agent: a mirror of `registries`, and a swarm member when `natsUrl` is given. */
+export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
+  const dir = await makeTempDir('agent');
+  const port = options.port ?? (await freePort());
+  const cacheDir = options.cacheDir ?? join(dir.path, 'cache');
+  const env: Record<string, string> = {
+    SHOAL_AGENT_LISTEN: `127.0.0.1:${port}`,
+    SHOAL_AGENT_REGISTRIES: options.registries,
+    SHOAL_AGENT_CACHE_DIR: cacheDir,
+  };
+  if (options.defaultRegistry !== undefined) {
+    env.SHOAL_AGENT_DEFAULT_REGISTRY = options.defaultRegistry;
+  }
+  let peerId: string | undefined;
+  if (options.natsUrl !== undefined) {
+    const peerPort = await freePort();
+    peerId = options.peerId ?? `agent-${port}`;
+    Object.assign(env, {
+      SHOAL_NATS_URL: options.natsUrl,
+      SHOAL_AGENT_PEER_ID: peerId,
+      SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
+      SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
+    });
+  }
+  const running = await startService('agent', dir, port, { ...env, ...options.env });
+  return { ...running, cacheDir, peerId };
+}
+
+/** Starts a tracker on `natsUrl`. */
+export async function startTracker(options: {
+  natsUrl: string;
+  env?: Record<string, string>;
+}): Promise<ServiceProcess> {
+  const dir = await makeTempDir('tracker');
+  const port = await freePort();
+  return startService('tracker', dir, port, {
+    SHOAL_NATS_URL: options.natsUrl,
+    SHOAL_TRACKER_LISTEN: `127.0.0.1:${port}`,
+    ...options.env,
+  });
+}
+
+export interface SeedServerOptions {
+  readonly natsUrl: string;
+  /** `SHOAL_SEED_REGISTRIES` */
+  readonly registries: string;
+  /** Object gateway settings (`SHOAL_STORE_*`, `SHOAL_S3_*`); a local directory by default. */
+  readonly storeEnv?: Record<string, string>;
+  readonly id?: string;
+  readonly env?: Record<string, string>;
+}
+
+/** Starts a seed server on `natsUrl`, with its cache and (by default) its store in its own directory. */
+export async function startSeedServer(options: SeedServerOptions): Promise<ServiceProcess> {
+  const dir = await makeTempDir('seedserver');
+  const port = await freePort();
+  return startService('seedserver', dir, port, {
+    SHOAL_NATS_URL: options.natsUrl,
+    SHOAL_SEED_LISTEN: `127.0.0.1:${port}`,
+    SHOAL_SEED_URL: `http://127.0.0.1:${port}`,
+    SHOAL_SEED_ID: options.id ?? `seed-${port}`,
+    SHOAL_SEED_REGISTRIES: options.registries,
+    SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
+    SHOAL_STORE_DIR: join(dir.path, 'store'),
+    ...options.storeEnv,
+    ...options.env,
+  });
+}
