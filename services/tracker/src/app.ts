@@ -87,7 +87,11 @@ export function buildApp(
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
-  registerOpsRoutes(server, { registry: serviceMetrics.registry, notReadyReason });
+  registerOpsRoutes(server, {
+    registry: serviceMetrics.registry,
+    notReadyReason,
+    view: view.snapshot(now),
+  });
 
   let address = '';
   let wants: WantsConsumer | undefined;

@@ -1,0 +1,168 @@
+/**
+ * A whole Shoal cluster on this machine for tests: nats-server, the registry with a generated
+ * image, trackers, a seed server and agents, each a separate process.
+ */
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startAgent,
+  startNats,
+  startRegistry,
+  startSeedServer,
+  startTracker,
+  type AgentProcess,
+  type GeneratedImage,
+  type NatsServer,
+  type Registry,
+  type ServiceProcess,
+} from '@shoal/testkit';
+
+import { streamDigest, type StreamOutcome } from './http.js';
+
+export interface AgentSpec {
+  readonly peerId: string;
+  readonly env?: Record<string, string>;
+}
+
+export interface ClusterSpec {
+  readonly layerSizes: readonly number[];
+  readonly seed: string;
+  readonly repository: string;
+  readonly trackers: number;
+  readonly agents: readonly AgentSpec[];
+  /** Extra seed-server variables (object gateway, rates). */
+  readonly seedEnv?: Record<string, string>;
+  /** Reuse a registry (and its image) instead of starting one. */
+  readonly registry?: { registry: Registry; image: GeneratedImage };
+}
+
+export interface Cluster {
+  readonly nats: NatsServer;
+  readonly registry: Registry;
+  readonly image: GeneratedImage;
+  readonly trackers: ServiceProcess[];
+  seed: ServiceProcess;
+  readonly agents: AgentProcess[];
+  /** Environment every agent gets, to start more or restart one. */
+  readonly agentEnv: Record<string, string>;
+  /** Stops everything it started (the registry only if it started it). */
+  stop(): Promise<void>;
+}
+
+/** Settings that make a test swarm react within seconds rather than production minutes. */
+export const FAST_SWARM_ENV = {
+  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '4000',
+  SHOAL_AGENT_WANT_INTERVAL_MS: '300',
+  SHOAL_AGENT_HAVE_INTERVAL_MS: '100',
+};
+
+export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async (): Promise<void> => {
+    for (const stop of stops.reverse()) {
+      await stop().catch(() => undefined);
+    }
+  };
+  try {
+    const nats = await startNats();
+    stops.push(() => nats.stop());
+    let registry: Registry;
+    let image: GeneratedImage;
+    if (spec.registry === undefined) {
+      registry = await startRegistry();
+      stops.push(() => registry.stop());
+      const layout = await makeTempDir('image');
+      stops.push(() => layout.remove());
+      image = await generateImage(layout.path, { layerSizes: spec.layerSizes, seed: spec.seed });
+      await pushImage(image, registry.host, spec.repository);
+    } else {
+      ({ registry, image } = spec.registry);
+    }
+    const trackers: ServiceProcess[] = [];
+    for (let i = 0; i < spec.trackers; i++) {
+      const tracker = await startTracker({ natsUrl: nats.url });
+      trackers.push(tracker);
+    }
+    stops.push(async () => {
+      for (const tracker of trackers) {
+        await tracker.stop();
+      }
+    });
+    const registries = `${registry.host}=${registry.url}`;
+    const cluster: Cluster = {
+      nats,
+      registry,
+      image,
+      trackers,
+      seed: await startSeedServer({
+        natsUrl: nats.url,
+        registries,
+        ...(spec.seedEnv === undefined ? {} : { env: spec.seedEnv }),
+      }),
+      agents: [],
+      agentEnv: { ...FAST_SWARM_ENV },
+      stop: stopAll,
+    };
+    stops.push(() => cluster.seed.stop());
+    stops.push(async () => {
+      for (const agent of cluster.agents) {
+        await agent.stop();
+      }
+    });
+    for (const agent of spec.agents) {
+      cluster.agents.push(
+        await startAgent({
+          registries,
+          defaultRegistry: registry.host,
+          natsUrl: nats.url,
+          peerId: agent.peerId,
+          env: { ...cluster.agentEnv, ...agent.env },
+        }),
+      );
+    }
+    return cluster;
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+/** Every blob of the image fetched through one agent, digests checked while streaming. */
+export async function pullBlobs(
+  agent: AgentProcess,
+  cluster: Pick<Cluster, 'image' | 'registry'>,
+  repository: string,
+): Promise<StreamOutcome[]> {
+  return Promise.all(
+    cluster.image.blobs.map((blob) =>
+      streamDigest(
+        `${agent.url}/v2/${repository}/blobs/${blob.digest}?ns=${cluster.registry.host}`,
+      ),
+    ),
+  );
+}
+
+/** Bytes an agent received, by source. */
+export async function bytesBySource(
+  agent: AgentProcess,
+): Promise<{ origin: number; seed: number; peer: number }> {
+  const read = (source: string): Promise<number> =>
+    agent.metric('shoal_agent_fetched_bytes_total', { source });
+  return { origin: await read('origin'), seed: await read('seed'), peer: await read('peer') };
+}
+
+/** The members of a blob's swarm as a tracker sees them. */
+export async function trackerView(
+  tracker: ServiceProcess,
+  blob: string,
+): Promise<{ peer: string; complete: boolean; seed: boolean; pieces: [number, number][] }[]> {
+  const [algorithm, hex] = blob.split(':');
+  const response = await fetch(`${tracker.url}/swarm/${algorithm ?? ''}/${hex ?? ''}`, {
+    signal: AbortSignal.timeout(5000),
+  });
+  const body = (await response.json()) as {
+    members: { peer: string; complete: boolean; seed: boolean; pieces: [number, number][] }[];
+  };
+  return body.members;
+}

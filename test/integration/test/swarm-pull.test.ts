@@ -1,0 +1,100 @@
+/**
+ * The swarm (issue 3, item 1): six agents, one seed server and two trackers, each its own
+ * process; all six agents pull the same multi-layer image of more than 256 MiB at the same
+ * moment with skopeo as the client. Every layer verifies, the registry serves each blob once
+ * (counted registry-side), and more than half of the bytes the agents received came from
+ * other agents.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { makeTempDir, skopeoCopy } from '@shoal/testkit';
+
+import { fileDigest, MiB } from '../src/files.js';
+import { bytesBySource, startCluster, trackerView, type Cluster } from '../src/swarm.js';
+
+describe('six agents pull one image at once through the swarm', () => {
+  let cluster: Cluster;
+  const repository = 'shoal/swarm';
+
+  before(async () => {
+    cluster = await startCluster({
+      layerSizes: [256 * MiB, 16 * MiB, 1 * MiB],
+      seed: 'swarm-pull',
+      repository,
+      trackers: 2,
+      agents: [1, 2, 3, 4, 5, 6].map((n) => ({ peerId: `node-${n}` })),
+    });
+  });
+
+  after(async () => {
+    await cluster.stop();
+  });
+
+  it('delivers verified layers, reads each blob from the registry once, and trades between agents', async (t) => {
+    const { image, registry, agents } = cluster;
+    assert.ok(image.totalBytes >= 256 * MiB && image.layers.length >= 3);
+    const out = await makeTempDir('swarm-out');
+    try {
+      const started = Date.now();
+      const times = await Promise.all(
+        agents.map(async (agent, i) => {
+          await skopeoCopy(
+            `docker://127.0.0.1:${agent.port}/${repository}:latest`,
+            `oci:${join(out.path, `a${i}`)}:pulled`,
+          );
+          return (Date.now() - started) / 1000;
+        }),
+      );
+      for (const [i] of agents.entries()) {
+        for (const blob of image.blobs) {
+          assert.equal(
+            await fileDigest(join(out.path, `a${i}`, 'blobs', 'sha256', blob.digest.slice(7))),
+            blob.digest,
+          );
+        }
+      }
+      for (const blob of image.blobs) {
+        assert.equal(
+          (await registry.blobGets(blob.digest)).length,
+          1,
+          `${blob.digest} read from the registry once`,
+        );
+      }
+      const sources = await Promise.all(agents.map((agent) => bytesBySource(agent)));
+      const received = sources.reduce((sum, s) => sum + s.origin + s.seed + s.peer, 0);
+      const fromPeers = sources.reduce((sum, s) => sum + s.peer, 0);
+      const blobBytes = image.blobs.reduce((sum, b) => sum + b.size, 0);
+      assert.equal(
+        received,
+        blobBytes * agents.length,
+        'every agent received each blob exactly once',
+      );
+      t.diagnostic(
+        `${agents.length} agents, ${(blobBytes / MiB).toFixed(0)} MiB each: ${((fromPeers / received) * 100).toFixed(1)}% ` +
+          `of bytes from peers; times ${times.map((s) => s.toFixed(1)).join(', ')} s`,
+      );
+      assert.ok(fromPeers > received / 2, `${fromPeers} of ${received} bytes came from peers`);
+
+      // Both trackers see every agent and the seed holding the big layer.
+      const big = image.layers[0]?.digest ?? '';
+      for (const tracker of cluster.trackers) {
+        const members = await trackerView(tracker, big);
+        const complete = members
+          .filter((m) => m.complete)
+          .map((m) => m.peer)
+          .sort();
+        for (const agent of agents) {
+          assert.ok(
+            complete.includes(agent.peerId ?? ''),
+            `${agent.peerId ?? ''} complete in the tracker view`,
+          );
+        }
+        assert.ok(members.some((m) => m.seed && m.complete));
+      }
+    } finally {
+      await out.remove();
+    }
+  });
+});
