@@ -52,6 +52,8 @@ export class SwarmClient {
   readonly #pendingHaves = new Map<string, PendingHave>();
   readonly #haveTimer: NodeJS.Timeout;
   #subscription: Subscription | undefined;
+  /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
+  readonly #penalties = new Map<string, number>();
 
   constructor(options: {
     nc: NatsConnection;
@@ -106,6 +108,24 @@ export class SwarmClient {
         this.#listeners.delete(blob);
       }
     };
+  }
+
+  /** Keeps a peer that sent a bad piece out of every download for `ms`. */
+  penalize(peer: string, ms: number): void {
+    this.#penalties.set(peer, Date.now() + ms);
+  }
+
+  /** True while a peer is penalised. */
+  isPenalized(peer: string): boolean {
+    const until = this.#penalties.get(peer);
+    if (until === undefined) {
+      return false;
+    }
+    if (until < Date.now()) {
+      this.#penalties.delete(peer);
+      return false;
+    }
+    return true;
   }
 
   /** Asks the tracker for peers. Failures are logged: the download goes on (or falls back). */

@@ -44,6 +44,8 @@ const PER_SEED_REQUESTS = 2;
 const ENDGAME_COPIES = 2;
 /** Failed requests after which a peer is skipped for this blob until a hand-out names it again. */
 const MAX_PEER_FAILURES = 3;
+/** How long a peer that sent a bad piece is kept out of every download, in ms. */
+const BAD_PIECE_PENALTY_MS = 10 * 60_000;
 /** How long a piece the seed rationed is asked of peers only, in ms. */
 const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
@@ -204,7 +206,11 @@ export class SwarmFetch {
   }
 
   #usable(peer: PeerState): boolean {
-    return !peer.banned && peer.failures < MAX_PEER_FAILURES;
+    return (
+      !peer.banned &&
+      peer.failures < MAX_PEER_FAILURES &&
+      !this.#deps.client.isPenalized(peer.info.id)
+    );
   }
 
   /** Starts piece requests up to the concurrency: rarest first, endgame at the tail. */
@@ -328,9 +334,10 @@ export class SwarmFetch {
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
         peer.banned = true;
+        this.#deps.client.penalize(peer.info.id, BAD_PIECE_PENALTY_MS);
         logger.warn(
           { blob: this.#blob, piece: index, peer: peer.info.id },
-          'peer sent a bad piece; dropping it for this blob',
+          'peer sent a bad piece; dropping it',
         );
         return;
       }
