@@ -21,7 +21,7 @@ import { registerPeerRoutes } from './peer-server.js';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
-const REANNOUNCE_INTERVAL_MS = 30 * 60_000;
+const REANNOUNCE_INTERVAL_MS = 10 * 60_000;
 
 export interface SwarmServiceDeps {
   readonly nc: NatsConnection;
