@@ -13,3 +13,4 @@ export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } fro
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
 export { RateLimiter } from './rate-limit.js';
+export { registerOpsRoutes, type OpsRouteDeps } from './http-ops.js';

@@ -4,14 +4,19 @@
  */
 import type { Digest } from '@shoal/proto';
 import { UpstreamClient } from '@shoal/registry';
-import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
+import {
+  createLogger,
+  createMetrics,
+  registerOpsRoutes,
+  type Logger,
+  type Service,
+} from '@shoal/runtime';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import { FsContentStore } from './cache/content-store.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
 import type { AgentConfig } from './config.js';
-import { registerOpsRoutes } from './http/ops.js';
 import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';

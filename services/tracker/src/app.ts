@@ -13,7 +13,7 @@ import type { TrackerConfig } from './config.js';
 import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
 import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
 import { LoadTracker } from './handout/load.js';
-import { registerOpsRoutes } from './http/ops.js';
+import { registerTrackerRoutes } from './http/ops.js';
 import { createTrackerMetrics } from './metrics.js';
 import { SeedRequester } from './seed/requests.js';
 import { SwarmView, type SwarmSnapshot } from './swarm/view.js';
@@ -87,7 +87,7 @@ export function buildApp(
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
-  registerOpsRoutes(server, {
+  registerTrackerRoutes(server, {
     registry: serviceMetrics.registry,
     notReadyReason,
     view: view.snapshot(now),

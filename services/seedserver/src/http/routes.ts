@@ -1,13 +1,12 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { parseDigest } from '@shoal/proto';
-import type { RateLimiter } from '@shoal/runtime';
+import { registerOpsRoutes, type OpsRouteDeps, type RateLimiter } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
-import type { Registry } from 'prom-client';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedBlob } from '../seeding/seed-blob.js';
 
-export interface RouteDeps {
+export interface RouteDeps extends OpsRouteDeps {
   /** The local copy of a blob, complete or being seeded. */
   readonly blob: (digest: string) => SeedBlob | undefined;
   readonly metrics: SeedMetrics;
@@ -15,8 +14,6 @@ export interface RouteDeps {
   readonly fanout: { readonly copies: number; readonly windowMs: number };
   /** The seed's upload budget, shared by every piece it serves. */
   readonly uploadLimit: RateLimiter;
-  readonly registry: Registry;
-  readonly notReadyReason: () => string | undefined;
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
@@ -53,16 +50,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return reply.header('content-type', 'application/octet-stream').send(bytes);
     },
   );
-  app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
-  app.get('/readyz', async (_request, reply) => {
-    const reason = deps.notReadyReason();
-    return reason === undefined
-      ? reply.send({ status: 'ready' })
-      : reply.code(503).send({ status: 'not ready', reason });
-  });
-  app.get('/metrics', async (_request, reply) =>
-    reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),
-  );
+  registerOpsRoutes(app, deps);
 }
 
 /**

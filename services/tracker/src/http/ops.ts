@@ -1,25 +1,16 @@
-/** Liveness, readiness and metrics endpoints of the tracker's ops listener. */
+/** The tracker's HTTP listener: health, readiness and metrics, and the read-only swarm view. */
 import type { FastifyInstance } from 'fastify';
-import type { Registry } from 'prom-client';
+import { registerOpsRoutes, type OpsRouteDeps } from '@shoal/runtime';
 
 import type { SwarmSnapshot } from '../swarm/view.js';
 
-export interface OpsDeps {
-  readonly registry: Registry;
+export interface OpsDeps extends OpsRouteDeps {
   /** The swarm view, shown read-only on the admin routes. */
   readonly view: SwarmSnapshot;
-  /** Why the tracker is not ready, or undefined when it is. */
-  readonly notReadyReason: () => string | undefined;
 }
 
-export function registerOpsRoutes(app: FastifyInstance, deps: OpsDeps): void {
-  app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
-  app.get('/readyz', async (_request, reply) => {
-    const reason = deps.notReadyReason();
-    return reason === undefined
-      ? reply.send({ status: 'ready' })
-      : reply.code(503).send({ status: 'not ready', reason });
-  });
+export function registerTrackerRoutes(app: FastifyInstance, deps: OpsDeps): void {
+  registerOpsRoutes(app, deps);
   // Admin: what the tracker believes, to compare with what the agents hold.
   app.get('/swarm', async (_request, reply) => reply.send({ blobs: deps.view.blobs() }));
   app.get<{ Params: { algorithm: string; hex: string } }>(
@@ -37,8 +28,5 @@ export function registerOpsRoutes(app: FastifyInstance, deps: OpsDeps): void {
         })),
       });
     },
-  );
-  app.get('/metrics', async (_request, reply) =>
-    reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),
   );
 }

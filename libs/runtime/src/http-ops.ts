@@ -1,14 +1,17 @@
-/** Liveness, readiness and metrics endpoints, the same on every listener of the agent. */
+/**
+ * The endpoints every Shoal service answers on its HTTP listener: `/healthz` (alive),
+ * `/readyz` (503 with a reason when not ready) and `/metrics` (Prometheus).
+ */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 
-export interface OpsDeps {
+export interface OpsRouteDeps {
   readonly registry: Registry;
-  /** Why the agent is not ready, or undefined when it is. */
+  /** Why the service is not ready, or undefined when it is. */
   readonly notReadyReason: () => string | undefined;
 }
 
-export function registerOpsRoutes(app: FastifyInstance, deps: OpsDeps): void {
+export function registerOpsRoutes(app: FastifyInstance, deps: OpsRouteDeps): void {
   app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const reason = deps.notReadyReason();
