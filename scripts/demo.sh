@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shoal's local demo: installs what it needs, then runs a registry, an agent and containerd
-# on this machine and pulls a generated image through the agent. Arguments go to the demo
-# (--keep to leave it running, --layers 64,16,1 for layer sizes in MiB).
+# Shoal's local demo: installs what it needs, then runs a whole swarm on this machine
+# (nats-server, a registry with a generated image, a tracker, a seed server, agents, one
+# containerd per agent) and pulls the image through every agent at once. Arguments go to the
+# demo: --help lists them (--agents N, --layers 64,16,1, --keep, --registry/--image for your own).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh >&2

@@ -14,7 +14,12 @@ export interface BasicCredentials {
 }
 
 /** Docker Hub's legacy key in docker config files. */
-const DOCKER_HUB_KEYS = ['https://index.docker.io/v1/', 'index.docker.io', 'registry-1.docker.io'];
+const DOCKER_HUB_KEYS = [
+  'https://index.docker.io/v1/',
+  'index.docker.io',
+  'registry-1.docker.io',
+  'https://registry-1.docker.io',
+];
 
 /** Parses `{"auths": {"host": {"auth": base64("user:pass")} | {"username","password"}}}`. */
 export function parseDockerConfig(text: string): Map<string, BasicCredentials> {

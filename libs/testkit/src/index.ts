@@ -37,3 +37,5 @@ export {
   type SeedServerOptions,
   type ServiceProcess,
 } from './services.js';
+export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
+export { mib, percent, ratio, seconds, table } from './report.js';

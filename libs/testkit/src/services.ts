@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { scrapeMetrics } from './metrics.js';
 import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
 
 /** The built entry point of a service. */
@@ -90,21 +91,7 @@ async function startService(
       }
       return Number(match[1]) * 1024;
     },
-    metric: async (name, labels = {}) => {
-      const text = await (await fetch(`${url}/metrics`)).text();
-      let total = 0;
-      for (const line of text.split('\n')) {
-        const match = /^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
-        if (match?.[1] !== name) {
-          continue;
-        }
-        const set = match[2] ?? '';
-        if (Object.entries(labels).every(([k, v]) => set.includes(`${k}="${v}"`))) {
-          total += Number(match[3]);
-        }
-      }
-      return total;
-    },
+    metric: async (name, labels = {}) => (await scrapeMetrics(url)).get(name, labels),
     stop: async () => {
       await proc.stop();
       await dir.remove();

@@ -1,0 +1,574 @@
+#!/usr/bin/env node
+/**
+ * The swarm benchmark: N agents pull one image at the same moment, first as a Shoal swarm
+ * (tracker, seed server, agents exchanging pieces), then as N plain mirrors of the origin (the
+ * baseline, same run, same image). Prints what came from where, how long each agent took and
+ * how much memory it used, and the swarm's figures as ratios of the baseline's.
+ *
+ *   node bench/dist/src/swarm.js [--agents 6] [--layers 256,16,1] [--seed-rate-mbps N]
+ *                                [--client http|skopeo|ctr] [--timeout-s 600]
+ *
+ * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startAgent,
+  startNats,
+  startRegistry,
+  startSeedServer,
+  startTracker,
+  type AgentProcess,
+  type Registry,
+} from '@shoal/testkit';
+
+import {
+  CLIENTS,
+  prepareClient,
+  type ClientKind,
+  type PreparedClient,
+  type PullTarget,
+} from './clients.js';
+import { mib, percent, ratio, seconds, table } from '@shoal/testkit';
+import { scrapeMetrics } from '@shoal/testkit';
+
+const MiB = 1024 * 1024;
+const REPOSITORY = 'bench/swarm';
+
+const USAGE = `usage: node bench/dist/src/swarm.js [--agents N] [--layers MiB,MiB,...] [--seed-rate-mbps N]
+                                  [--client http|skopeo|ctr] [--timeout-s S]
+
+  --agents N           agents pulling at once (default 6)
+  --layers LIST        layer sizes of the generated image, in MiB (default 256,16,1)
+  --seed-rate-mbps N   the seed server's upload limit, in megabits/s (default: none)
+  --client KIND        http (default): the mirror API, digests checked while streaming;
+                       skopeo: skopeo copy to an OCI layout; ctr: a fresh containerd per agent
+  --timeout-s S        longest a pull may take (default 600)
+`;
+
+interface Options {
+  readonly agents: number;
+  readonly layerSizes: readonly number[];
+  /** The seed server's upload limit in bytes/s; 0: none. */
+  readonly seedRateBytes: number;
+  readonly client: ClientKind;
+  readonly timeoutMs: number;
+}
+
+function isClient(value: string): value is ClientKind {
+  return (CLIENTS as readonly string[]).includes(value);
+}
+
+/** Parses the command line; every problem is printed at once, with the usage, and exits 2. */
+function parseOptions(argv: readonly string[]): Options {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        agents: { type: 'string', default: '6' },
+        layers: { type: 'string', default: '256,16,1' },
+        'seed-rate-mbps': { type: 'string', default: '0' },
+        client: { type: 'string', default: 'http' },
+        'timeout-s': { type: 'string', default: '600' },
+        help: { type: 'boolean', default: false },
+      },
+    }));
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const problems: string[] = [];
+  const agents = Number(values.agents);
+  if (!Number.isInteger(agents) || agents < 1 || agents > 64) {
+    problems.push('--agents takes a whole number from 1 to 64');
+  }
+  const layerSizes = values.layers.split(',').map((s) => Math.round(Number(s) * MiB));
+  if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
+    problems.push('--layers takes sizes in MiB, e.g. 256,16,1');
+  }
+  const mbps = Number(values['seed-rate-mbps']);
+  if (!Number.isFinite(mbps) || mbps < 0) {
+    problems.push('--seed-rate-mbps takes a rate in megabits/s (0: none)');
+  }
+  const client = values.client;
+  if (!isClient(client)) {
+    problems.push(`--client takes one of ${CLIENTS.join(', ')}`);
+  }
+  const timeoutS = Number(values['timeout-s']);
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
+    problems.push('--timeout-s takes a positive number of seconds');
+  }
+  if (problems.length > 0 || !isClient(client)) {
+    process.stderr.write(`${problems.join('\n')}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  return {
+    agents,
+    layerSizes,
+    seedRateBytes: Math.round((mbps * 1_000_000) / 8),
+    client,
+    timeoutMs: timeoutS * 1000,
+  };
+}
+
+/** Teardown steps, run newest first; a failing step is reported and the others still run. */
+class Teardown {
+  readonly #steps: { what: string; step: () => Promise<void> }[] = [];
+
+  add(what: string, step: () => Promise<void>): void {
+    this.#steps.push({ what, step });
+  }
+
+  async run(): Promise<void> {
+    for (let entry = this.#steps.pop(); entry !== undefined; entry = this.#steps.pop()) {
+      try {
+        await entry.step();
+      } catch (error) {
+        progress(`stopping ${entry.what} failed: ${(error as Error).message}`);
+      }
+    }
+  }
+}
+
+function progress(line: string): void {
+  process.stderr.write(`[bench] ${line}\n`);
+}
+
+/** A successful blob GET the registry logged, with the bytes it wrote. */
+interface OriginGet {
+  readonly digest: string;
+  readonly written: number;
+}
+
+/**
+ * Successful blob GETs in the registry's log, oldest first. The test kit's `blobGets()` gives
+ * the same list (and waits for the log to settle); the log also says how many bytes each
+ * response wrote, which tells a whole-blob GET from a ranged one.
+ */
+async function originGets(registry: Registry): Promise<OriginGet[]> {
+  const counted = await registry.blobGets();
+  const gets: OriginGet[] = [];
+  for (const line of (await readFile(registry.process.logPath, 'utf8')).split('\n')) {
+    if (!line.startsWith('{')) {
+      continue;
+    }
+    let entry: Record<string, unknown>;
+    try {
+      entry = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      continue;
+    }
+    const uri = entry['http.request.uri'];
+    const status = entry['http.response.status'];
+    const digest = typeof uri === 'string' ? /\/blobs\/(sha(?:256|512):[0-9a-f]+)/.exec(uri) : null;
+    if (
+      (entry.msg === 'response completed' || entry.msg === 'response completed with error') &&
+      entry['http.request.method'] === 'GET' &&
+      typeof status === 'number' &&
+      status >= 200 &&
+      status < 300 &&
+      digest?.[1] !== undefined
+    ) {
+      const written = entry['http.response.written'];
+      gets.push({ digest: digest[1], written: typeof written === 'number' ? written : 0 });
+    }
+  }
+  if (gets.length !== counted.length) {
+    throw new Error(
+      `registry log: ${gets.length} blob GETs parsed, the test kit counts ${counted.length}`,
+    );
+  }
+  return gets;
+}
+
+/** One agent's figures for one phase. */
+interface AgentFigures {
+  readonly name: string;
+  readonly origin: number;
+  readonly seed: number;
+  readonly peer: number;
+  readonly uploaded: number;
+  /** From the common start to this agent's last verified byte, in seconds. */
+  readonly seconds: number;
+  readonly peakRss: number;
+  readonly error: string | undefined;
+}
+
+interface PhaseFigures {
+  readonly agents: readonly AgentFigures[];
+  /** Successful blob GETs the registry served during the phase. */
+  readonly blobGets: number;
+  /** Sum of the sizes of the blobs those GETs asked for. */
+  readonly originBytes: number;
+  /** Bytes the registry wrote for them, by its own log. */
+  readonly originWritten: number;
+  /** The seed server's figures (swarm only). */
+  readonly seed: { readonly ingested: number; readonly served: number } | undefined;
+}
+
+/** Starts `count` agents at once; stops those that started when one fails. */
+async function startAgents(
+  count: number,
+  start: (index: number) => Promise<AgentProcess>,
+  teardown: Teardown,
+): Promise<AgentProcess[]> {
+  const settled = await Promise.allSettled(Array.from({ length: count }, (_, i) => start(i)));
+  const agents: AgentProcess[] = [];
+  for (const result of settled) {
+    if (result.status === 'fulfilled') {
+      const agent = result.value;
+      agents.push(agent);
+      teardown.add(`agent ${agent.url}`, () => agent.stop());
+    }
+  }
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed !== undefined) {
+    throw new Error(`an agent did not start: ${String(failed.reason)}`);
+  }
+  return agents;
+}
+
+/** Every agent pulls the image at the same moment; returns each agent's figures. */
+async function pullAll(
+  agents: readonly AgentProcess[],
+  target: PullTarget,
+  registry: Registry,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<Omit<PhaseFigures, 'seed'>> {
+  const teardown = new Teardown();
+  try {
+    const clients: PreparedClient[] = [];
+    for (const agent of agents) {
+      const client = await prepareClient(options.client, agent.url, target, options.timeoutMs);
+      clients.push(client);
+      teardown.add(`${options.client} client`, () => client.close());
+    }
+    const before = (await originGets(registry)).length;
+    const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
+    const started = performance.now();
+    const outcomes = await Promise.all(
+      clients.map(async (client) => {
+        let error: string | undefined;
+        try {
+          await client.pull(signal);
+        } catch (caught) {
+          error = caught instanceof Error ? caught.message.split('\n')[0] : String(caught);
+        }
+        return { seconds: (performance.now() - started) / 1000, error };
+      }),
+    );
+    const sizes = new Map(target.blobs.map((b) => [b.digest, b.size]));
+    const gets = (await originGets(registry)).slice(before);
+    const figures: AgentFigures[] = [];
+    for (const [index, agent] of agents.entries()) {
+      const metrics = await scrapeMetrics(agent.url);
+      const fetched = (source: string): number =>
+        metrics.get('shoal_agent_fetched_bytes_total', { source });
+      const outcome = outcomes[index] ?? { seconds: Number.NaN, error: 'no outcome' };
+      figures.push({
+        name: agent.peerId ?? `agent-${index}`,
+        origin: fetched('origin'),
+        seed: fetched('seed'),
+        peer: fetched('peer'),
+        uploaded: metrics.get('shoal_agent_uploaded_bytes_total'),
+        seconds: outcome.seconds,
+        peakRss: await agent.peakRssBytes(),
+        error: outcome.error,
+      });
+    }
+    return {
+      agents: figures,
+      blobGets: gets.length,
+      originBytes: gets.reduce((sum, g) => sum + (sizes.get(g.digest) ?? 0), 0),
+      originWritten: gets.reduce((sum, g) => sum + g.written, 0),
+    };
+  } finally {
+    await teardown.run();
+  }
+}
+
+/** The swarm: a tracker, a seed server and N agents on the same NATS. */
+async function swarmPhase(
+  natsUrl: string,
+  registry: Registry,
+  target: PullTarget,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<PhaseFigures> {
+  const teardown = new Teardown();
+  try {
+    const registries = `${registry.host}=${registry.url}`;
+    const tracker = await startTracker({ natsUrl });
+    teardown.add('tracker', () => tracker.stop());
+    const seed = await startSeedServer({
+      natsUrl,
+      registries,
+      env: { SHOAL_SEED_UPLOAD_RATE_BYTES: String(options.seedRateBytes) },
+    });
+    teardown.add('seed server', () => seed.stop());
+    const agents = await startAgents(
+      options.agents,
+      (i) =>
+        startAgent({ registries, natsUrl, peerId: `agent-${i}`, defaultRegistry: registry.host }),
+      teardown,
+    );
+    interrupt.throwIfAborted();
+    progress(`swarm: ${agents.length} agents, a tracker and a seed server are up; pulling`);
+    const pulled = await pullAll(agents, target, registry, options, interrupt);
+    const seedMetrics = await scrapeMetrics(seed.url);
+    return {
+      ...pulled,
+      seed: {
+        ingested: seedMetrics.get('shoal_seedserver_ingested_bytes_total', { source: 'origin' }),
+        served: seedMetrics.get('shoal_seedserver_served_bytes_total'),
+      },
+    };
+  } finally {
+    await teardown.run();
+  }
+}
+
+/** The baseline: the same N agents as plain mirrors (no NATS), each going to the origin. */
+async function baselinePhase(
+  registry: Registry,
+  target: PullTarget,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<PhaseFigures> {
+  const teardown = new Teardown();
+  try {
+    const registries = `${registry.host}=${registry.url}`;
+    const agents = await startAgents(
+      options.agents,
+      () => startAgent({ registries, defaultRegistry: registry.host }),
+      teardown,
+    );
+    interrupt.throwIfAborted();
+    progress(`baseline: ${agents.length} agents without the swarm are up; pulling`);
+    const pulled = await pullAll(agents, target, registry, options, interrupt);
+    return {
+      ...pulled,
+      agents: pulled.agents.map((a, i) => ({ ...a, name: `mirror-${i}` })),
+      seed: undefined,
+    };
+  } finally {
+    await teardown.run();
+  }
+}
+
+function mean(values: readonly number[]): number {
+  return values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/** Prints the report: both phases' tables, then the swarm's figures against the baseline's. */
+function report(
+  options: Options,
+  target: PullTarget,
+  imageRef: string,
+  swarm: PhaseFigures,
+  baseline: PhaseFigures,
+): string {
+  const imageBytes = target.blobs.reduce((sum, b) => sum + b.size, 0);
+  const rateText =
+    options.seedRateBytes === 0
+      ? 'unlimited'
+      : `${(options.seedRateBytes * 8) / 1_000_000} Mbit/s (${mib(options.seedRateBytes)}/s)`;
+  const out: string[] = [];
+  out.push(
+    `Shoal swarm benchmark: ${options.agents} agents, client ${options.client}, seed upload ${rateText}`,
+    `image   ${imageRef}`,
+    `        ${target.blobs.length - 1} layers + config = ${mib(imageBytes)} of blobs ` +
+      `(layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB; manifest ${target.manifest.size} B)`,
+    '',
+  );
+
+  const swarmRows = swarm.agents.map((a) => [
+    a.name,
+    mib(a.origin),
+    mib(a.seed),
+    mib(a.peer),
+    mib(a.uploaded),
+    a.error === undefined ? seconds(a.seconds) : 'FAILED',
+    mib(a.peakRss),
+  ]);
+  const sum = (pick: (a: AgentFigures) => number): number =>
+    swarm.agents.reduce((total, a) => total + pick(a), 0);
+  const fetchedTotal = sum((a) => a.origin + a.seed + a.peer);
+  out.push(
+    `Swarm: tracker + seed server + ${options.agents} agents, all pulling at once`,
+    table(
+      ['agent', 'origin', 'seed', 'peer', 'uploaded', 'time', 'peak RSS'],
+      [
+        ...swarmRows,
+        null,
+        [
+          'total',
+          mib(sum((a) => a.origin)),
+          mib(sum((a) => a.seed)),
+          mib(sum((a) => a.peer)),
+          mib(sum((a) => a.uploaded)),
+          seconds(Math.max(...swarm.agents.map((a) => a.seconds))),
+          mib(Math.max(...swarm.agents.map((a) => a.peakRss))),
+        ],
+        [
+          'share',
+          percent(
+            sum((a) => a.origin),
+            fetchedTotal,
+          ),
+          percent(
+            sum((a) => a.seed),
+            fetchedTotal,
+          ),
+          percent(
+            sum((a) => a.peer),
+            fetchedTotal,
+          ),
+          '',
+          '',
+          '',
+        ],
+      ],
+    ),
+    `(total time: the slowest agent; total peak RSS: the largest)`,
+    '',
+  );
+
+  out.push(
+    `Baseline: the same ${options.agents} agents without the swarm, each a mirror of the origin`,
+    table(
+      ['agent', 'origin', 'time', 'peak RSS'],
+      baseline.agents.map((a) => [
+        a.name,
+        mib(a.origin),
+        a.error === undefined ? seconds(a.seconds) : 'FAILED',
+        mib(a.peakRss),
+      ]),
+    ),
+    '',
+  );
+
+  const meanTime = (p: PhaseFigures): number => mean(p.agents.map((a) => a.seconds));
+  const maxTime = (p: PhaseFigures): number => Math.max(...p.agents.map((a) => a.seconds));
+  const meanRss = (p: PhaseFigures): number => mean(p.agents.map((a) => a.peakRss));
+  const originRatio = (p: PhaseFigures): number => p.originBytes / imageBytes;
+  const writtenRatio = (p: PhaseFigures): number => p.originWritten / imageBytes;
+  out.push(
+    table(
+      ['', 'swarm', 'baseline', 'swarm / baseline'],
+      [
+        ['registry blob GETs', String(swarm.blobGets), String(baseline.blobGets), ''],
+        [
+          'origin bytes / image size',
+          ratio(originRatio(swarm)),
+          ratio(originRatio(baseline)),
+          ratio(originRatio(swarm) / originRatio(baseline)),
+        ],
+        [
+          'registry bytes written / image size',
+          ratio(writtenRatio(swarm)),
+          ratio(writtenRatio(baseline)),
+          ratio(writtenRatio(swarm) / writtenRatio(baseline)),
+        ],
+        [
+          'mean time per agent',
+          seconds(meanTime(swarm)),
+          seconds(meanTime(baseline)),
+          ratio(meanTime(swarm) / meanTime(baseline)),
+        ],
+        [
+          'time until every agent is done',
+          seconds(maxTime(swarm)),
+          seconds(maxTime(baseline)),
+          ratio(maxTime(swarm) / maxTime(baseline)),
+        ],
+        [
+          'mean agent peak RSS',
+          mib(meanRss(swarm)),
+          mib(meanRss(baseline)),
+          ratio(meanRss(swarm) / meanRss(baseline)),
+        ],
+      ],
+    ),
+    '',
+    `bytes the agents fetched from peers: ${percent(
+      sum((a) => a.peer),
+      fetchedTotal,
+    )} ` + `(${mib(sum((a) => a.peer))} of ${mib(fetchedTotal)})`,
+  );
+  if (swarm.seed !== undefined) {
+    out.push(
+      `seed server: read ${mib(swarm.seed.ingested)} from the origin, served ${mib(swarm.seed.served)} to agents`,
+    );
+  }
+  const failures = [...swarm.agents, ...baseline.agents].filter((a) => a.error !== undefined);
+  for (const a of failures) {
+    out.push(`FAILED ${a.name}: ${a.error ?? ''}`);
+  }
+  return `${out.join('\n')}\n`;
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  const interrupt = new AbortController();
+  const onSignal = (): void => {
+    progress('interrupted: stopping everything');
+    interrupt.abort(new Error('interrupted'));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const teardown = new Teardown();
+  try {
+    const nats = await startNats();
+    teardown.add('nats-server', () => nats.stop());
+    const registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('bench-image');
+    teardown.add('image layout', () => layout.remove());
+    progress(`generating and pushing a ${options.layerSizes.length}-layer image`);
+    const image = await generateImage(layout.path, {
+      layerSizes: options.layerSizes,
+      seed: `bench-${Date.now()}`,
+    });
+    const imageRef = await pushImage(image, registry.host, REPOSITORY);
+    const target: PullTarget = {
+      registryHost: registry.host,
+      registryUrl: registry.url,
+      repository: REPOSITORY,
+      tag: image.tag,
+      manifest: image.manifest,
+      blobs: image.blobs,
+    };
+    interrupt.signal.throwIfAborted();
+
+    const swarm = await swarmPhase(nats.url, registry, target, options, interrupt.signal);
+    interrupt.signal.throwIfAborted();
+    const baseline = await baselinePhase(registry, target, options, interrupt.signal);
+    process.stdout.write(report(options, target, imageRef, swarm, baseline));
+    return [...swarm.agents, ...baseline.agents].some((a) => a.error !== undefined) ? 1 : 0;
+  } finally {
+    await teardown.run();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+try {
+  process.exitCode = await main();
+} catch (error) {
+  process.stderr.write(
+    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exitCode = 1;
+}

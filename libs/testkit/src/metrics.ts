@@ -1,0 +1,33 @@
+/** Reads a service's Prometheus /metrics once, with a timeout, and answers several questions. */
+
+export interface MetricsSnapshot {
+  /** One counter or gauge, summed over the label sets that carry every label in `labels`. */
+  get(name: string, labels?: Record<string, string>): number;
+}
+
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$/;
+
+export async function scrapeMetrics(baseUrl: string, timeoutMs = 10_000): Promise<MetricsSnapshot> {
+  const response = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(timeoutMs) });
+  if (!response.ok) {
+    await response.body?.cancel();
+    throw new Error(`${baseUrl}/metrics: HTTP ${response.status}`);
+  }
+  const samples: { name: string; labels: string; value: number }[] = [];
+  for (const line of (await response.text()).split('\n')) {
+    const match = SAMPLE.exec(line);
+    if (match?.[1] !== undefined && match[3] !== undefined) {
+      samples.push({ name: match[1], labels: match[2] ?? '', value: Number(match[3]) });
+    }
+  }
+  return {
+    get: (name, labels = {}) =>
+      samples
+        .filter(
+          (s) =>
+            s.name === name &&
+            Object.entries(labels).every(([k, v]) => s.labels.includes(`${k}="${v}"`)),
+        )
+        .reduce((sum, s) => sum + s.value, 0),
+  };
+}
