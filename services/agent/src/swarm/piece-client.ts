@@ -1,4 +1,4 @@
-/** Fetches one piece from a peer or the seed server over HTTP, with a timeout. */
+/** Fetches one piece from a peer or the seed server over HTTP, with a timeout and a signal. */
 import { Agent, request } from 'node:http';
 
 import { piecePath } from '@shoal/proto';
@@ -19,13 +19,34 @@ export class PieceClient {
   }
 
   /** The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory. */
-  fetch(
+  async fetch(
     baseUrl: string,
     blob: string,
     index: number,
     length: number,
     signal: AbortSignal,
   ): Promise<Buffer> {
+    const buffer = Buffer.allocUnsafe(length);
+    await this.stream(baseUrl, blob, index, length, signal, (chunk, offset) => {
+      chunk.copy(buffer, offset);
+      return Promise.resolve();
+    });
+    return buffer;
+  }
+
+  /**
+   * Streams the piece to `sink` chunk by chunk (with the chunk's offset in the piece), waiting
+   * for each chunk to be taken before reading on, so memory stays at one socket chunk. Fails
+   * unless exactly `length` bytes arrive.
+   */
+  stream(
+    baseUrl: string,
+    blob: string,
+    index: number,
+    length: number,
+    signal: AbortSignal,
+    sink: (chunk: Buffer, offset: number) => Promise<void>,
+  ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
     return new Promise((resolve, reject) => {
       const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs });
@@ -38,11 +59,15 @@ export class PieceClient {
           ),
         );
       }, this.#timeoutMs);
+      const fail = (error: Error): void => {
+        clearTimeout(timer);
+        req.destroy();
+        reject(error);
+      };
       req.once('response', (res) => {
         if (res.statusCode !== 200) {
           res.resume();
-          clearTimeout(timer);
-          reject(
+          fail(
             res.statusCode === 429
               ? new PieceFetchError(
                   'PIECE_RATIONED',
@@ -57,50 +82,40 @@ export class PieceClient {
           );
           return;
         }
-        const buffer = Buffer.allocUnsafe(length);
-        let received = 0;
-        res.on('data', (chunk: Buffer) => {
-          if (received + chunk.length > length) {
-            req.destroy(
-              new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host} is too long`,
-              ),
-            );
-            return;
-          }
-          chunk.copy(buffer, received);
-          received += chunk.length;
-        });
-        res.once('end', () => {
-          clearTimeout(timer);
-          if (received === length) {
-            resolve(buffer);
-          } else {
-            reject(
-              new PieceFetchError(
+        void (async () => {
+          let received = 0;
+          try {
+            for await (const chunk of res as AsyncIterable<Buffer>) {
+              if (received + chunk.length > length) {
+                throw new PieceFetchError(
+                  'PIECE_LENGTH',
+                  502,
+                  `piece ${index} from ${url.host} is too long`,
+                );
+              }
+              await sink(chunk, received);
+              received += chunk.length;
+            }
+            if (received !== length) {
+              throw new PieceFetchError(
                 'PIECE_LENGTH',
                 502,
                 `piece ${index} from ${url.host}: ${received} of ${length} bytes`,
-              ),
-            );
+              );
+            }
+            clearTimeout(timer);
+            resolve();
+          } catch (error) {
+            fail(error instanceof Error ? error : new Error(String(error)));
           }
-        });
-        res.once('error', (error) => {
-          clearTimeout(timer);
-          reject(error);
-        });
+        })();
       });
       req.once('timeout', () =>
         req.destroy(
           new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
         ),
       );
-      req.once('error', (error) => {
-        clearTimeout(timer);
-        reject(error);
-      });
+      req.once('error', (error) => fail(error));
       req.end();
     });
   }

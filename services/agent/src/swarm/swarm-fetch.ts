@@ -68,6 +68,14 @@ export interface SwarmFetchDeps {
   readonly settings: SwarmFetchSettings;
 }
 
+interface InFlight {
+  readonly controller: AbortController;
+  readonly peer: string;
+  /** Streams straight into the download (the first request for a piece) or buffers (endgame). */
+  readonly streaming: boolean;
+  done: Promise<void>;
+}
+
 interface PeerState {
   info: PeerInfo;
   pieces: PieceRanges;
@@ -87,15 +95,15 @@ export class SwarmFetch {
   #count = 0;
   readonly #hashes: (string | undefined)[] = [];
   readonly #have = new Set<number>();
+  /** Pieces an endgame copy is writing now. */
+  readonly #committing = new Set<number>();
   /** Pieces the seed asked us to get from a peer, until when (ms since the epoch). */
   readonly #seedDeferred = new Map<number, number>();
-  /** Verified pieces being written (an endgame copy arriving meanwhile is dropped). */
-  readonly #accepting = new Set<number>();
   /** Pieces `[0, prefix)` are all held. */
   #prefix = 0;
   readonly #peers = new Map<string, PeerState>();
-  /** Requests in flight per piece, with the peer each went to. */
-  readonly #inFlight = new Map<number, Set<{ controller: AbortController; peer: string }>>();
+  /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
+  readonly #inFlight = new Map<number, Set<InFlight>>();
   #lastProgress = Date.now();
   #wake: (() => void) | undefined;
 
@@ -145,7 +153,7 @@ export class SwarmFetch {
           { blob: this.#blob, held: this.#have.size, of: this.#count },
           'swarm stalled; reading the rest from the origin',
         );
-        this.#abortAll();
+        await this.#abortAll();
         await this.#fromOrigin(signal);
       }
       if (signal.aborted) {
@@ -161,7 +169,7 @@ export class SwarmFetch {
         client.announce(this.#blob, [], false);
       }
     } finally {
-      this.#abortAll();
+      await this.#abortAll();
       stop.abort();
       signal.removeEventListener('abort', onAbort);
       offHandouts();
@@ -249,7 +257,7 @@ export class SwarmFetch {
         new Set(),
       );
       if (peer !== undefined) {
-        this.#request(candidate.index, peer, signal);
+        this.#request(candidate.index, peer, signal, true);
         active += 1;
       }
     }
@@ -263,7 +271,7 @@ export class SwarmFetch {
         const busy = new Set([...requests].map((r) => r.peer));
         const peer = this.#pickPeer(holders(index), busy);
         if (peer !== undefined) {
-          this.#request(index, peer, signal);
+          this.#request(index, peer, signal, false);
           active += 1;
         }
       }
@@ -292,9 +300,9 @@ export class SwarmFetch {
     return best;
   }
 
-  #request(index: number, peer: PeerState, signal: AbortSignal): void {
+  #request(index: number, peer: PeerState, signal: AbortSignal, streaming: boolean): void {
     const controller = new AbortController();
-    const entry = { controller, peer: peer.info.id };
+    const entry: InFlight = { controller, peer: peer.info.id, streaming, done: Promise.resolve() };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     let requests = this.#inFlight.get(index);
@@ -304,7 +312,7 @@ export class SwarmFetch {
     }
     requests.add(entry);
     peer.inFlight += 1;
-    void this.#fetchPiece(index, peer, controller.signal).finally(() => {
+    entry.done = this.#fetchPiece(index, peer, entry).finally(() => {
       peer.inFlight -= 1;
       signal.removeEventListener('abort', onAbort);
       const set = this.#inFlight.get(index);
@@ -316,21 +324,41 @@ export class SwarmFetch {
     });
   }
 
-  async #fetchPiece(index: number, peer: PeerState, signal: AbortSignal): Promise<void> {
+  /**
+   * Fetches one piece from one peer. The first request for a piece writes into the download
+   * as the bytes arrive, hashing them on the way (memory: one socket chunk); the piece counts
+   * only if the hash matches. An endgame copy is buffered instead, and written only after the
+   * streaming request for the same piece has stopped, so two writers never overlap.
+   */
+  async #fetchPiece(index: number, peer: PeerState, entry: InFlight): Promise<void> {
     const { pieces, metrics, logger, downloadLimit } = this.#deps;
+    const { signal } = entry.controller;
     const source = peer.seed ? 'seed' : 'peer';
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
+    const hasher = createHash('sha256');
     try {
       await downloadLimit.take(end - start);
-      const bytes = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+      let bytes: Buffer | undefined;
+      if (entry.streaming) {
+        await pieces.stream(
+          peer.info.url,
+          this.#blob,
+          index,
+          end - start,
+          signal,
+          async (chunk, offset) => {
+            hasher.update(chunk);
+            await this.download.writeAt(start + offset, chunk);
+          },
+        );
+      } else {
+        bytes = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+        hasher.update(bytes);
+      }
       if (this.#have.has(index)) {
         return;
       }
-      if (this.#accepting.has(index)) {
-        return;
-      }
-      const hash = createHash('sha256').update(bytes).digest('hex');
-      if (hash !== this.#hashes[index]) {
+      if (hasher.digest('hex') !== this.#hashes[index]) {
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
         peer.banned = true;
@@ -341,14 +369,32 @@ export class SwarmFetch {
         );
         return;
       }
-      this.#accepting.add(index);
-      await this.#accept(index, start, bytes);
-      this.#accepting.delete(index);
+      if (bytes !== undefined) {
+        // Stop the streaming request for this piece and let its last write land first.
+        const streams = [...(this.#inFlight.get(index) ?? [])].filter((r) => r.streaming);
+        for (const other of streams) {
+          other.controller.abort();
+        }
+        await Promise.all(streams.map((other) => other.done));
+        if (this.#have.has(index) || this.#committing.has(index)) {
+          return;
+        }
+        // Two endgame copies may both get here; the first one writes.
+        this.#committing.add(index);
+        try {
+          await this.download.writeAt(start, bytes);
+        } finally {
+          this.#committing.delete(index);
+        }
+      }
+      this.#markHave(index);
       metrics.pieces.inc({ source, result: 'ok' });
-      metrics.fetchedBytes.inc({ source }, bytes.length);
+      metrics.fetchedBytes.inc({ source }, end - start);
       // The endgame's other copies of this piece are no longer needed.
       for (const other of this.#inFlight.get(index) ?? []) {
-        other.controller.abort();
+        if (other !== entry) {
+          other.controller.abort();
+        }
       }
     } catch (error) {
       if (error instanceof PieceFetchError && error.code === 'PIECE_RATIONED') {
@@ -366,9 +412,8 @@ export class SwarmFetch {
     }
   }
 
-  /** Writes a verified piece and moves the readable prefix over it. */
-  async #accept(index: number, offset: number, bytes: Buffer): Promise<void> {
-    await this.download.writeAt(offset, bytes);
+  /** Records a verified piece on disk and moves the readable prefix over it. */
+  #markHave(index: number): void {
     this.#have.add(index);
     this.#lastProgress = Date.now();
     while (this.#have.has(this.#prefix)) {
@@ -422,12 +467,13 @@ export class SwarmFetch {
     this.#wake?.();
   }
 
-  #abortAll(): void {
-    for (const requests of this.#inFlight.values()) {
-      for (const request of requests) {
-        request.controller.abort();
-      }
+  /** Stops every piece request and waits until none can still write. */
+  async #abortAll(): Promise<void> {
+    const requests = [...this.#inFlight.values()].flatMap((set) => [...set]);
+    for (const request of requests) {
+      request.controller.abort();
     }
+    await Promise.all(requests.map((request) => request.done));
   }
 
   /** Reads what the swarm did not deliver from the origin, with the client's credentials. */
@@ -499,7 +545,8 @@ export class SwarmFetch {
             throw new Error(`origin bytes of piece ${index} do not match its hash`);
           }
           if (!this.#have.has(index)) {
-            await this.#accept(index, bounds.start, piece);
+            await this.download.writeAt(bounds.start, piece);
+            this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
             this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);
           }
