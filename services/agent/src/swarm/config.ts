@@ -33,6 +33,11 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_UPLOAD_RATE_BYTES: envInt(0),
   /** Download limit in bytes/s for pieces fetched from the swarm; 0: none. */
   SHOAL_AGENT_DOWNLOAD_RATE_BYTES: envInt(0),
+  /**
+   * A JSON file with `uploadRateBytes` / `downloadRateBytes`, read again when it changes, so
+   * limits change without a redeploy (e.g. a mounted ConfigMap).
+   */
+  SHOAL_AGENT_LIMITS_FILE: z.string().min(1).optional(),
   /** Pieces fetched at once per blob (default 8). */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
   /** Longest a piece request may take, in ms (default 15 000). */

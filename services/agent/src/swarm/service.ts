@@ -15,6 +15,7 @@ import type { AgentMetrics } from '../metrics.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import { SwarmClient } from './client.js';
+import { watchLimits } from './limits.js';
 import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
 import { registerPeerRoutes } from './peer-server.js';
@@ -43,6 +44,7 @@ export class SwarmService implements BlobFetcher {
   readonly #downloadLimit: RateLimiter;
   readonly #uploads: boolean;
   #reannounce: NodeJS.Timeout | undefined;
+  #limits: { stop(): void } | undefined;
 
   constructor(deps: SwarmServiceDeps) {
     const { config, metrics } = deps;
@@ -73,6 +75,23 @@ export class SwarmService implements BlobFetcher {
 
   /** Starts receiving hand-outs and announces what the cache already holds. */
   open(): void {
+    const { config } = this.#deps;
+    if (config.SHOAL_AGENT_LIMITS_FILE !== undefined) {
+      const watch = watchLimits(
+        config.SHOAL_AGENT_LIMITS_FILE,
+        {
+          upload: this.#uploadLimit,
+          download: this.#downloadLimit,
+          defaults: {
+            upload: config.SHOAL_AGENT_UPLOAD_RATE_BYTES,
+            download: config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES,
+          },
+        },
+        this.#deps.logger,
+      );
+      void watch.check();
+      this.#limits = watch;
+    }
     this.client.start();
     this.#announceCache();
     this.#reannounce = setInterval(() => this.#announceCache(), REANNOUNCE_INTERVAL_MS);
@@ -137,6 +156,7 @@ export class SwarmService implements BlobFetcher {
     if (this.#reannounce !== undefined) {
       clearInterval(this.#reannounce);
     }
+    this.#limits?.stop();
     await this.client.close();
     this.#pieces.close();
   }

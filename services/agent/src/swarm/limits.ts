@@ -1,0 +1,70 @@
+/**
+ * Rate limits that change without a redeploy: a small JSON file (in Kubernetes, a mounted
+ * ConfigMap, which the kubelet updates in place) read again whenever it changes:
+ *
+ *   { "uploadRateBytes": 52428800, "downloadRateBytes": 0 }
+ *
+ * A field left out keeps the limit from the environment; 0 means unlimited. A file that does
+ * not parse is reported and ignored, and the limits in force stay.
+ */
+import { readFile, stat } from 'node:fs/promises';
+
+import type { Logger, RateLimiter } from '@shoal/runtime';
+import { z } from 'zod';
+
+const limitsFile = z.strictObject({
+  uploadRateBytes: z.int().nonnegative().optional(),
+  downloadRateBytes: z.int().nonnegative().optional(),
+});
+
+export interface LimitTargets {
+  readonly upload: RateLimiter;
+  readonly download: RateLimiter;
+  /** The limits from the environment, used for fields the file leaves out. */
+  readonly defaults: { readonly upload: number; readonly download: number };
+}
+
+/** Watches `path` every `intervalMs` and applies its limits; `stop` ends the watch. */
+export function watchLimits(
+  path: string,
+  targets: LimitTargets,
+  logger: Logger,
+  intervalMs = 5_000,
+): { check(): Promise<void>; stop(): void } {
+  let lastSeen = '';
+  const check = async (): Promise<void> => {
+    let text: string;
+    try {
+      const info = await stat(path);
+      const stamp = `${info.mtimeMs}:${info.size}`;
+      if (stamp === lastSeen) {
+        return;
+      }
+      lastSeen = stamp;
+      text = await readFile(path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        logger.warn({ err: error, path }, 'cannot read the limits file');
+      }
+      return;
+    }
+    let parsed: z.infer<typeof limitsFile>;
+    try {
+      parsed = limitsFile.parse(JSON.parse(text));
+    } catch (error) {
+      logger.warn({ path, error: String(error).slice(0, 512) }, 'limits file ignored: not valid');
+      return;
+    }
+    const upload = parsed.uploadRateBytes ?? targets.defaults.upload;
+    const download = parsed.downloadRateBytes ?? targets.defaults.download;
+    targets.upload.setRate(upload);
+    targets.download.setRate(download);
+    logger.info(
+      { path, uploadRateBytes: upload, downloadRateBytes: download },
+      'rate limits applied',
+    );
+  };
+  const timer = setInterval(() => void check(), intervalMs);
+  timer.unref();
+  return { check, stop: () => clearInterval(timer) };
+}
