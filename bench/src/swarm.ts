@@ -10,18 +10,24 @@
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify.
  */
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
 import {
   generateImage,
   makeTempDir,
+  mib,
+  percent,
   pushImage,
+  ratio,
+  scrapeMetrics,
+  seconds,
   startAgent,
   startNats,
   startRegistry,
   startSeedServer,
   startTracker,
+  table,
+  Teardown,
   type AgentProcess,
   type Registry,
 } from '@shoal/testkit';
@@ -33,8 +39,6 @@ import {
   type PreparedClient,
   type PullTarget,
 } from './clients.js';
-import { mib, percent, ratio, seconds, table } from '@shoal/testkit';
-import { scrapeMetrics } from '@shoal/testkit';
 
 const MiB = 1024 * 1024;
 const REPOSITORY = 'bench/swarm';
@@ -120,74 +124,27 @@ function parseOptions(argv: readonly string[]): Options {
   };
 }
 
-/** Teardown steps, run newest first; a failing step is reported and the others still run. */
-class Teardown {
-  readonly #steps: { what: string; step: () => Promise<void> }[] = [];
-
-  add(what: string, step: () => Promise<void>): void {
-    this.#steps.push({ what, step });
-  }
-
-  async run(): Promise<void> {
-    for (let entry = this.#steps.pop(); entry !== undefined; entry = this.#steps.pop()) {
-      try {
-        await entry.step();
-      } catch (error) {
-        progress(`stopping ${entry.what} failed: ${(error as Error).message}`);
-      }
-    }
-  }
+/** Teardown that reports a failed step and goes on. */
+function newTeardown(): Teardown {
+  return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
 }
 
 function progress(line: string): void {
   process.stderr.write(`[bench] ${line}\n`);
 }
 
-/** A successful blob GET the registry logged, with the bytes it wrote. */
+/** A successful blob GET the registry served, with the bytes it wrote. */
 interface OriginGet {
   readonly digest: string;
   readonly written: number;
 }
 
-/**
- * Successful blob GETs in the registry's log, oldest first. The test kit's `blobGets()` gives
- * the same list (and waits for the log to settle); the log also says how many bytes each
- * response wrote, which tells a whole-blob GET from a ranged one.
- */
+/** Successful blob GETs in the registry's own log, oldest first. */
 async function originGets(registry: Registry): Promise<OriginGet[]> {
-  const counted = await registry.blobGets();
-  const gets: OriginGet[] = [];
-  for (const line of (await readFile(registry.process.logPath, 'utf8')).split('\n')) {
-    if (!line.startsWith('{')) {
-      continue;
-    }
-    let entry: Record<string, unknown>;
-    try {
-      entry = JSON.parse(line) as Record<string, unknown>;
-    } catch {
-      continue;
-    }
-    const uri = entry['http.request.uri'];
-    const status = entry['http.response.status'];
-    const digest = typeof uri === 'string' ? /\/blobs\/(sha(?:256|512):[0-9a-f]+)/.exec(uri) : null;
-    if (
-      (entry.msg === 'response completed' || entry.msg === 'response completed with error') &&
-      entry['http.request.method'] === 'GET' &&
-      typeof status === 'number' &&
-      status >= 200 &&
-      status < 300 &&
-      digest?.[1] !== undefined
-    ) {
-      const written = entry['http.response.written'];
-      gets.push({ digest: digest[1], written: typeof written === 'number' ? written : 0 });
-    }
-  }
-  if (gets.length !== counted.length) {
-    throw new Error(
-      `registry log: ${gets.length} blob GETs parsed, the test kit counts ${counted.length}`,
-    );
-  }
-  return gets;
+  return (await registry.blobGets()).map((get) => ({
+    digest: /\/blobs\/(sha(?:256|512):[0-9a-f]+)/.exec(get.uri)?.[1] ?? '',
+    written: get.written,
+  }));
 }
 
 /** One agent's figures for one phase. */
@@ -245,7 +202,7 @@ async function pullAll(
   options: Options,
   interrupt: AbortSignal,
 ): Promise<Omit<PhaseFigures, 'seed'>> {
-  const teardown = new Teardown();
+  const teardown = newTeardown();
   try {
     const clients: PreparedClient[] = [];
     for (const agent of agents) {
@@ -305,7 +262,7 @@ async function swarmPhase(
   options: Options,
   interrupt: AbortSignal,
 ): Promise<PhaseFigures> {
-  const teardown = new Teardown();
+  const teardown = newTeardown();
   try {
     const registries = `${registry.host}=${registry.url}`;
     const tracker = await startTracker({ natsUrl });
@@ -345,7 +302,7 @@ async function baselinePhase(
   options: Options,
   interrupt: AbortSignal,
 ): Promise<PhaseFigures> {
-  const teardown = new Teardown();
+  const teardown = newTeardown();
   try {
     const registries = `${registry.host}=${registry.url}`;
     const agents = await startAgents(
@@ -528,7 +485,7 @@ async function main(): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
-  const teardown = new Teardown();
+  const teardown = newTeardown();
   try {
     const nats = await startNats();
     teardown.add('nats-server', () => nats.stop());

@@ -39,3 +39,4 @@ export {
 } from './services.js';
 export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
+export { Teardown } from './teardown.js';

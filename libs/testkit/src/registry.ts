@@ -30,6 +30,8 @@ export interface RegistryRequest {
   readonly uri: string;
   readonly status: number;
   readonly userAgent: string;
+  /** Bytes of body the registry wrote. */
+  readonly written: number;
 }
 
 export interface Registry {
@@ -147,6 +149,8 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
         method: String(entry['http.request.method']),
         uri: String(entry['http.request.uri']),
         status: Number(entry['http.response.status']),
+        written:
+          typeof entry['http.response.written'] === 'number' ? entry['http.response.written'] : 0,
         userAgent:
           typeof entry['http.request.useragent'] === 'string'
             ? entry['http.request.useragent']

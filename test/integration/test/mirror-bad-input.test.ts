@@ -7,46 +7,33 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import {
-  generateImage,
-  makeTempDir,
-  pushImage,
-  startRegistry,
-  type GeneratedImage,
-  type Registry,
-  startAgent,
-  type AgentProcess,
-} from '@shoal/testkit';
+import { type GeneratedImage, type Registry, type AgentProcess } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import { startMirror, type MirrorFixture } from '../src/mirror.js';
 import { ociCode, rawGet, streamDigest } from '../src/http.js';
 
 describe('the agent refuses bad input and keeps serving', () => {
+  let fixture: MirrorFixture;
   let registry: Registry;
   let agent: AgentProcess;
   let image: GeneratedImage;
   let ns: string;
-  const cleanup: (() => Promise<void>)[] = [];
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.push(() => registry.stop());
-    const layout = await makeTempDir('image');
-    cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, {
+    fixture = await startMirror({
       layerSizes: [3 * MiB, 2 * MiB, 1 * MiB],
       seed: 'bad-input',
+      repository: 'shoal/app',
+      // No default registry: a request without ns= must be refused.
+      asDefault: false,
     });
-    await pushImage(image, registry.host, 'shoal/app');
-    agent = await startAgent({ registries: `${registry.host}=${registry.url}` });
-    cleanup.push(() => agent.stop());
+    ({ registry, agent, image } = fixture);
     ns = `ns=${registry.host}`;
   });
 
   after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
+    await fixture.stop();
   });
 
   const upstreamRequests = (): Promise<number> =>

@@ -8,20 +8,17 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
-  generateImage,
   makeTempDir,
-  pushImage,
   skopeoCopy,
   startContainerd,
-  startRegistry,
   writeMirrorHosts,
   type GeneratedImage,
   type Registry,
-  startAgent,
   type AgentProcess,
 } from '@shoal/testkit';
 
 import { fileDigest, MiB } from '../src/files.js';
+import { startMirror, type MirrorFixture } from '../src/mirror.js';
 
 /** Pulls `ref` with a fresh containerd whose hosts.toml points at `agent`; returns its content. */
 async function pullWithFreshContainerd(
@@ -56,33 +53,23 @@ function assertHoldsImage(content: Set<string>, image: GeneratedImage): void {
 }
 
 describe('containerd pulls through the agent', () => {
+  let fixture: MirrorFixture;
   let registry: Registry;
   let agent: AgentProcess;
   let image: GeneratedImage;
   let ref: string;
-  const cleanup: (() => Promise<void>)[] = [];
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.push(() => registry.stop());
-    const layout = await makeTempDir('image');
-    cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, {
+    fixture = await startMirror({
       layerSizes: [256 * MiB, 8 * MiB, 512 * 1024],
       seed: 'mirror-containerd',
+      repository: 'shoal/big',
     });
-    ref = await pushImage(image, registry.host, 'shoal/big');
-    agent = await startAgent({
-      registries: `${registry.host}=${registry.url}`,
-      defaultRegistry: registry.host,
-    });
-    cleanup.push(() => agent.stop());
+    ({ registry, agent, image, ref } = fixture);
   });
 
   after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
+    await fixture.stop();
   });
 
   it('pulls a 3-layer image with a 256 MiB layer, digests intact, every request through the agent', async () => {
@@ -129,32 +116,24 @@ describe('containerd pulls through the agent', () => {
 
 describe('containerd pulls through the agent from an htpasswd-protected registry', () => {
   const auth = { username: 'puller', password: 'correct horse battery staple' };
+  let fixture: MirrorFixture;
   let registry: Registry;
   let agent: AgentProcess;
   let image: GeneratedImage;
   let ref: string;
-  const cleanup: (() => Promise<void>)[] = [];
 
   before(async () => {
-    registry = await startRegistry({ auth });
-    cleanup.push(() => registry.stop());
-    const layout = await makeTempDir('image');
-    cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, {
+    fixture = await startMirror({
       layerSizes: [4 * MiB, 2 * MiB, 1 * MiB],
       seed: 'mirror-auth',
+      repository: 'private/app',
+      auth,
     });
-    ref = await pushImage(image, registry.host, 'private/app', {
-      destCreds: `${auth.username}:${auth.password}`,
-    });
-    agent = await startAgent({ registries: `${registry.host}=${registry.url}` });
-    cleanup.push(() => agent.stop());
+    ({ registry, agent, image, ref } = fixture);
   });
 
   after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
+    await fixture.stop();
   });
 
   it('refuses a pull without credentials, passing the registry challenge through', async () => {

@@ -7,48 +7,28 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import {
-  generateImage,
-  makeTempDir,
-  pushImage,
-  startAgent,
-  startRegistry,
-  type AgentProcess,
-  type GeneratedImage,
-  type Registry,
-} from '@shoal/testkit';
+import { type AgentProcess, type GeneratedImage, type Registry } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import { startMirror, type MirrorFixture } from '../src/mirror.js';
 import { streamDigest } from '../src/http.js';
 
 const GiB = 1024 * MiB;
 const RSS_LIMIT_BYTES = 150 * MiB;
 
 describe('streaming a 1 GiB blob', () => {
+  let fixture: MirrorFixture;
   let registry: Registry;
   let agent: AgentProcess;
   let image: GeneratedImage;
-  const cleanup: (() => Promise<void>)[] = [];
 
   before(async () => {
-    registry = await startRegistry();
-    cleanup.push(() => registry.stop());
-    const layout = await makeTempDir('image');
-    cleanup.push(() => layout.remove());
-    image = await generateImage(layout.path, { layerSizes: [GiB], seed: 'streaming' });
-    await pushImage(image, registry.host, 'shoal/huge');
-    await layout.remove();
-    agent = await startAgent({
-      registries: `${registry.host}=${registry.url}`,
-      defaultRegistry: registry.host,
-    });
-    cleanup.push(() => agent.stop());
+    fixture = await startMirror({ layerSizes: [GiB], seed: 'streaming', repository: 'shoal/huge' });
+    ({ registry, agent, image } = fixture);
   });
 
   after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
+    await fixture.stop();
   });
 
   it('shares one upstream fetch among concurrent clients and keeps RSS under 150 MiB', async (t) => {

@@ -17,22 +17,24 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
+  scrapeMetrics,
   startAgent,
   startContainerd,
   startNats,
   startRegistry,
   startSeedServer,
   startTracker,
+  table,
+  Teardown,
   writeMirrorHosts,
   type AgentProcess,
   type Containerd,
   type Descriptor,
+  type MetricsSnapshot,
   type Registry,
 } from '@shoal/testkit';
 
 import { credentialsFor } from './docker-config.js';
-import { scrapeMetrics, type MetricsSnapshot } from '@shoal/testkit';
-import { table } from '@shoal/testkit';
 import { parseDemoOptions, type DemoOptions } from './options.js';
 
 const MiB = 1024 * 1024;
@@ -42,25 +44,6 @@ const say = (line = ''): void => {
   process.stdout.write(`${line}\n`);
 };
 const mib = (bytes: number): string => `${(bytes / MiB).toFixed(1)} MiB`;
-
-/** Teardown steps, run newest first; a failing step is reported and the others still run. */
-class Teardown {
-  readonly #steps: { what: string; step: () => Promise<void> }[] = [];
-
-  add(what: string, step: () => Promise<void>): void {
-    this.#steps.push({ what, step });
-  }
-
-  async run(): Promise<void> {
-    for (let entry = this.#steps.pop(); entry !== undefined; entry = this.#steps.pop()) {
-      try {
-        await entry.step();
-      } catch (error) {
-        process.stderr.write(`stopping ${entry.what} failed: ${(error as Error).message}\n`);
-      }
-    }
-  }
-}
 
 /** The image the agents pull and the registry it comes from. */
 interface Origin {
@@ -430,7 +413,9 @@ async function main(options: DemoOptions, teardown: Teardown): Promise<number> {
 }
 
 const options = parseDemoOptions(process.argv.slice(2));
-const teardown = new Teardown();
+const teardown = new Teardown((what, error) =>
+  process.stderr.write(`stopping ${what} failed: ${error.message}\n`),
+);
 try {
   process.exitCode = await main(options, teardown);
 } catch (error) {
