@@ -125,7 +125,7 @@ describe('FsContentStore', () => {
       assert.deepEqual((await readdir(dir256)).sort(), [digest.hex, `${digest.hex}.type`].sort());
       assert.deepEqual(await readdir(dir512), []);
       assert.equal(store.totalBytes, 300);
-      const small = await store.getSmall(digest);
+      const small = await store.getSmall(digest, 4 * 1024 * 1024);
       assert.deepEqual(small?.bytes, content);
       assert.equal(small.mediaType, MANIFEST_TYPE);
     });
@@ -198,7 +198,7 @@ describe('FsContentStore', () => {
       assert.equal(store.has(digest), false);
       assert.equal(store.sizeOf(digest), undefined);
       assert.equal(await store.open(digest), undefined);
-      assert.equal(await store.getSmall(digest), undefined);
+      assert.equal(await store.getSmall(digest, 4 * 1024 * 1024), undefined);
     });
 
     it('forgets content removed from disk behind its back', async () => {
@@ -235,7 +235,7 @@ describe('FsContentStore', () => {
       assert.ok(store.has(digest));
       assert.equal(store.sizeOf(digest), manifest.length);
       assert.equal(store.totalBytes, manifest.length);
-      const small = await store.getSmall(digest);
+      const small = await store.getSmall(digest, 4 * 1024 * 1024);
       assert.deepEqual(small?.bytes, manifest);
       assert.equal(small.mediaType, MANIFEST_TYPE);
       assert.deepEqual(await readdir(join(root, 'tmp')), []);
@@ -247,7 +247,7 @@ describe('FsContentStore', () => {
       const bytes = Buffer.from('{}');
       const digest = digestOf(bytes);
       await store.putSmall(digest, bytes, undefined);
-      const small = await store.getSmall(digest);
+      const small = await store.getSmall(digest, 4 * 1024 * 1024);
       assert.deepEqual(small?.bytes, bytes);
       assert.equal(small.mediaType, undefined);
     });
@@ -298,7 +298,7 @@ describe('FsContentStore', () => {
       await commitBytes(store, randomBytes(100));
       assert.equal(store.has(digest), false);
       assert.equal(await exists(`${blobPath(digest)}.type`), false);
-      assert.equal(await store.getSmall(digest), undefined);
+      assert.equal(await store.getSmall(digest, 4 * 1024 * 1024), undefined);
     });
 
     it('counts opening an entry as a use', async () => {
@@ -325,7 +325,7 @@ describe('FsContentStore', () => {
       await sleep(TICK_MS);
       const b = await commitBytes(store, randomBytes(100));
       await sleep(TICK_MS);
-      assert.deepEqual((await store.getSmall(a))?.bytes, manifest);
+      assert.deepEqual((await store.getSmall(a, 4 * 1024 * 1024))?.bytes, manifest);
       await sleep(TICK_MS);
       await commitBytes(store, randomBytes(100));
       assert.ok(store.has(a));

@@ -190,29 +190,39 @@ export class FsContentStore {
   async putSmall(digest: Digest, bytes: Uint8Array, mediaType: string | undefined): Promise<void> {
     const temp = join(this.#root, 'tmp', randomUUID());
     await writeFile(temp, bytes);
-    if (mediaType !== undefined) {
-      await writeFile(`${this.#pathOf(digest)}.type`, mediaType);
-    }
+    // The type file marks content as a manifest (empty when the upstream named no type).
+    await writeFile(`${this.#pathOf(digest)}.type`, mediaType ?? '');
     await this.commit(temp, digest, bytes.length);
   }
 
-  /** Reads small cached content (a manifest) and its media type. */
+  /**
+   * Reads a cached manifest and its media type; undefined when the digest is not cached as a
+   * manifest (content without a media type, or larger than `maxBytes`, is a blob: never read
+   * whole into memory).
+   */
   async getSmall(
     digest: Digest,
+    maxBytes: number,
   ): Promise<{ bytes: Buffer; mediaType: string | undefined } | undefined> {
-    const entry = this.#entries.get(digest.toString());
-    if (entry === undefined) {
+    const key = digest.toString();
+    const entry = this.#entries.get(key);
+    if (entry === undefined || entry.size > maxBytes) {
       return undefined;
     }
-    entry.lastUsed = this.#tick();
+    let mediaType: string;
+    try {
+      mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8');
+    } catch {
+      return undefined;
+    }
     try {
       const bytes = await readFile(this.#pathOf(digest));
-      const mediaType = await readFile(`${this.#pathOf(digest)}.type`, 'utf8').catch(
-        () => undefined,
-      );
-      return { bytes, mediaType };
-    } catch {
-      this.#remove(digest.toString());
+      entry.lastUsed = this.#tick();
+      return { bytes, mediaType: mediaType === '' ? undefined : mediaType };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.#remove(key);
+      }
       return undefined;
     }
   }

@@ -50,22 +50,26 @@ export class DownloadTable {
   /** Joins the download of `digest`, or starts one with `start`. */
   async join(digest: Digest, start: FlightStarter): Promise<Flight> {
     const key = digest.toString();
-    const running = this.#running.get(key);
-    if (running !== undefined) {
-      return { kind: 'download', download: running };
-    }
-    const pending = this.#flights.get(key);
-    if (pending !== undefined) {
+    // Look again after every wait: a follower whose leader got an answer (not the blob) must
+    // not lead when another follower already does.
+    for (;;) {
+      const running = this.#running.get(key);
+      if (running !== undefined) {
+        return { kind: 'download', download: running };
+      }
+      const pending = this.#flights.get(key);
+      if (pending === undefined) {
+        return this.#lead(key, start);
+      }
       const flight = await pending.catch(() => undefined);
       if (flight?.kind === 'download') {
         return flight;
       }
-      const started = this.#running.get(key);
-      if (started !== undefined) {
-        return { kind: 'download', download: started };
+      if (this.#flights.get(key) === pending) {
+        // The leader's own answer, still being forgotten: lead now.
+        return this.#lead(key, start);
       }
     }
-    return this.#lead(key, start);
   }
 
   #lead(key: string, start: FlightStarter): Promise<Flight> {

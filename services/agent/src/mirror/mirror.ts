@@ -92,7 +92,7 @@ export class Mirror {
     const { store, metrics } = this.#deps;
     const { reference } = target;
     if (reference.kind === 'digest') {
-      const cached = await store.getSmall(reference.digest);
+      const cached = await store.getSmall(reference.digest, this.#deps.maxManifestBytes);
       metrics.cacheHits.inc({ kind: 'manifest', result: cached === undefined ? 'miss' : 'hit' });
       if (cached !== undefined) {
         sendManifest(reply, req.method, cached.bytes, cached.mediaType, reference.digest);

@@ -52,6 +52,8 @@ export class SwarmClient {
   readonly #pendingHaves = new Map<string, PendingHave>();
   readonly #haveTimer: NodeJS.Timeout;
   #subscription: Subscription | undefined;
+  #closed = false;
+  #flushing: Promise<void> = Promise.resolve();
   /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
   readonly #penalties = new Map<string, number>();
 
@@ -72,23 +74,37 @@ export class SwarmClient {
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#haveTimer = setInterval(() => void this.flushHaves(), options.haveIntervalMs);
+    this.#haveTimer.unref();
   }
 
-  /** Starts receiving hand-outs. */
+  /** Starts receiving hand-outs; a subscription that fails is reopened after a second. */
   start(): void {
     const subscription = this.#nc.subscribe(handoutSubject(this.self.id));
     this.#subscription = subscription;
     void (async () => {
-      for await (const msg of subscription) {
-        const decoded = decodeMessage(handout, msg.data);
-        if (!decoded.ok) {
-          this.#metrics.eventsRejected.inc({ type: 'handout' });
-          this.#logger.warn({ error: decoded.error.slice(0, 512) }, 'invalid hand-out dropped');
-          continue;
+      try {
+        for await (const msg of subscription) {
+          const decoded = decodeMessage(handout, msg.data);
+          if (!decoded.ok) {
+            this.#metrics.eventsRejected.inc({ type: 'handout' });
+            this.#logger.warn({ error: decoded.error.slice(0, 512) }, 'invalid hand-out dropped');
+            continue;
+          }
+          this.#metrics.eventsReceived.inc({ type: 'handout' });
+          for (const listener of this.#listeners.get(decoded.value.blob) ?? []) {
+            listener(decoded.value);
+          }
         }
-        this.#metrics.eventsReceived.inc({ type: 'handout' });
-        for (const listener of this.#listeners.get(decoded.value.blob) ?? []) {
-          listener(decoded.value);
+      } catch (error) {
+        // A permissions violation or a server error ends the subscription; downloads fall
+        // back to the origin meanwhile, so keep trying rather than crash the mirror.
+        this.#logger.error({ err: error }, 'hand-out subscription failed; reopening');
+        if (!this.#closed) {
+          setTimeout(() => {
+            if (!this.#closed) {
+              this.start();
+            }
+          }, 1000).unref();
         }
       }
     })();
@@ -156,8 +172,13 @@ export class SwarmClient {
     }
   }
 
-  /** Sends the queued haves now. */
-  async flushHaves(): Promise<void> {
+  /** Sends the queued haves now, after any flush still in progress, so order is kept. */
+  flushHaves(): Promise<void> {
+    this.#flushing = this.#flushing.then(() => this.#flushHaves());
+    return this.#flushing;
+  }
+
+  async #flushHaves(): Promise<void> {
     const batch = [...this.#pendingHaves];
     this.#pendingHaves.clear();
     for (const [blob, have] of batch) {
@@ -213,6 +234,7 @@ export class SwarmClient {
 
   /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */
   async close(): Promise<void> {
+    this.#closed = true;
     clearInterval(this.#haveTimer);
     await this.flushHaves();
     if (this.#uploads) {

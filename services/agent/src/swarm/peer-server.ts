@@ -2,7 +2,7 @@
  * Serves pieces to peers: from downloads in progress (only pieces already verified) and from
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
-import { parseDigest, type Digest } from '@shoal/proto';
+import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
 import type { FastifyInstance } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -20,7 +20,11 @@ export interface PeerRouteDeps {
   readonly corruptPieces: boolean;
 }
 
+/** Pieces served at once; more requests get 429 and try another holder. */
+const MAX_CONCURRENT_UPLOADS = 16;
+
 export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): void {
+  let uploads = 0;
   app.get<{ Params: { algorithm: string; hex: string; index: string } }>(
     '/pieces/:algorithm/:hex/:index',
     async (request, reply) => {
@@ -32,11 +36,29 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
         return reply.code(400).send({ error: 'not a digest' });
       }
       const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
-      const bytes = piece < 0 ? undefined : await readPiece(deps, digest, piece);
+      const length = piece < 0 ? undefined : pieceLength(deps, digest, piece);
+      if (length === undefined) {
+        return reply.code(404).send({ error: 'piece not held' });
+      }
+      // Bounded: past the cap peers are asked to come back (they try another holder meanwhile).
+      if (uploads >= MAX_CONCURRENT_UPLOADS) {
+        return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
+      }
+      // Counted until the response is gone, so the cap bounds the pieces held in memory.
+      uploads += 1;
+      reply.raw.once('close', () => {
+        uploads -= 1;
+      });
+      // Wait for the budget before reading, so a queued request holds no piece in memory,
+      // and drop requests whose peer gave up meanwhile.
+      await deps.uploadLimit.take(length);
+      if (request.raw.destroyed) {
+        return reply;
+      }
+      const bytes = await readPiece(deps, digest, piece);
       if (bytes === undefined) {
         return reply.code(404).send({ error: 'piece not held' });
       }
-      await deps.uploadLimit.take(bytes.length);
       if (deps.corruptPieces && bytes.length > 0) {
         bytes[0] = (bytes[0] ?? 0) ^ 0xff;
       }
@@ -53,4 +75,22 @@ async function readPiece(
 ): Promise<Buffer | undefined> {
   const fromDownload = await deps.active(digest.toString())?.readPiece(index);
   return fromDownload ?? deps.store.readPiece(digest, index);
+}
+
+/** The length of a piece this agent holds the layout of, or undefined for none. */
+function pieceLength(deps: PeerRouteDeps, digest: Digest, index: number): number | undefined {
+  const fetch = deps.active(digest.toString());
+  const layout = fetch?.layout;
+  const activeSize = fetch?.download.size;
+  const size =
+    layout !== undefined && activeSize !== undefined ? activeSize : deps.store.sizeOf(digest);
+  if (size === undefined) {
+    return undefined;
+  }
+  const pieceSize = layout?.pieceSize ?? pieceSizeFor(size);
+  if (index >= pieceCount(size, pieceSize)) {
+    return undefined;
+  }
+  const { start, end } = pieceBounds(index, size, pieceSize);
+  return end - start;
 }

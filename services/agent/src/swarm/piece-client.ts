@@ -59,10 +59,13 @@ export class PieceClient {
           ),
         );
       }, this.#timeoutMs);
+      // The sink's write in progress: the promise settles only after it, so a caller that
+      // aborts and awaits this request knows nothing more will be written.
+      let sinking: Promise<void> | undefined;
       const fail = (error: Error): void => {
         clearTimeout(timer);
         req.destroy();
-        reject(error);
+        void (sinking ?? Promise.resolve()).catch(() => undefined).then(() => reject(error));
       };
       req.once('response', (res) => {
         if (res.statusCode !== 200) {
@@ -93,7 +96,9 @@ export class PieceClient {
                   `piece ${index} from ${url.host} is too long`,
                 );
               }
-              await sink(chunk, received);
+              sinking = sink(chunk, received);
+              await sinking;
+              sinking = undefined;
               received += chunk.length;
             }
             if (received !== length) {

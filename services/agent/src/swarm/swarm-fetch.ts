@@ -160,7 +160,8 @@ export class SwarmFetch {
         throw new Error('shutting down');
       }
       const state = await this.download.finish(this.#deps.store);
-      if (state === 'verified') {
+      // Evicted at once by a small quota? Then the swarm must not hear it is held.
+      if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         client.announce(this.#blob, [[0, this.#count]], true);
       }
     } catch (error) {
@@ -337,7 +338,15 @@ export class SwarmFetch {
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
     const hasher = createHash('sha256');
     try {
+      const waitStarted = Date.now();
       await downloadLimit.take(end - start);
+      // Time spent waiting for the download budget is the operator's choice, not a stalled
+      // swarm: it does not count toward the stall timeout. (Only the wait itself: a request
+      // that then fails must not look like progress.)
+      this.#lastProgress += Date.now() - waitStarted;
+      if (signal.aborted) {
+        return;
+      }
       let bytes: Buffer | undefined;
       if (entry.streaming) {
         await pieces.stream(
@@ -514,22 +523,48 @@ export class SwarmFetch {
         headers: { authorization: this.#target.authorization, range: `bytes=${start}-${end - 1}` },
         signal,
       });
-      if (response.status !== 206) {
+      let skip = 0;
+      if (response.status === 200) {
+        // A registry (or a proxy before it) that ignores Range sends the whole blob: use the
+        // part we asked for.
+        skip = start;
+      } else if (response.status !== 206) {
         throw new UpstreamAnswerError(await readAnswer(response));
+      } else if (
+        headerValue(response.headers, 'content-range')?.startsWith(`bytes ${start}-${end - 1}/`) !==
+        true
+      ) {
+        response.body.destroy();
+        throw new Error(`origin answered a different range than bytes=${start}-${end - 1}`);
       }
-      await this.#piecesFromStream(response.body as AsyncIterable<Buffer>, first, last);
+      await this.#piecesFromStream(response.body as AsyncIterable<Buffer>, first, last, skip);
+      response.body.destroy();
     }
   }
 
   /** Cuts a ranged origin body into pieces `[first, last)`, checking known hashes. */
-  async #piecesFromStream(body: AsyncIterable<Buffer>, first: number, last: number): Promise<void> {
+  async #piecesFromStream(
+    body: AsyncIterable<Buffer>,
+    first: number,
+    last: number,
+    skip: number,
+  ): Promise<void> {
     const size = this.download.size ?? 0;
+    let toSkip = skip;
     let index = first;
     let bounds = pieceBounds(index, size, this.#pieceSize);
     let piece = Buffer.allocUnsafe(bounds.end - bounds.start);
     let filled = 0;
     for await (const chunk of body) {
       let rest = chunk;
+      if (toSkip > 0) {
+        const dropped = Math.min(toSkip, rest.length);
+        rest = rest.subarray(dropped);
+        toSkip -= dropped;
+      }
+      if (index >= last) {
+        break;
+      }
       while (rest.length > 0 && index < last) {
         const take = Math.min(rest.length, piece.length - filled);
         rest.copy(piece, filled, 0, take);

@@ -84,21 +84,12 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       try {
         const consumer = await js.consumers.get(STREAMS.seed.name, SEED_CONSUMER);
         const messages = await consumer.consume({ max_messages: deps.concurrency });
-        stopping.signal.addEventListener('abort', () => void messages.close(), { once: true });
-        for await (const msg of messages) {
-          while (inFlight.size >= deps.concurrency) {
-            await Promise.race(inFlight);
-          }
-          if (stopped()) {
-            msg.nak();
-            continue;
-          }
-          const run = handle(msg).catch((error: unknown) => {
-            logger.error({ err: error }, 'seed request handler failed');
-            msg.nak(RETRY_DELAY_MS);
-          });
-          inFlight.add(run);
-          void run.finally(() => inFlight.delete(run));
+        const close = (): void => void messages.close();
+        stopping.signal.addEventListener('abort', close, { once: true });
+        try {
+          await handleMessages(messages);
+        } finally {
+          stopping.signal.removeEventListener('abort', close);
         }
       } catch (error) {
         if (!stopped()) {
@@ -106,6 +97,24 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
           await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
         }
       }
+    }
+  };
+
+  const handleMessages = async (messages: AsyncIterable<JsMsg>): Promise<void> => {
+    for await (const msg of messages) {
+      while (inFlight.size >= deps.concurrency) {
+        await Promise.race(inFlight);
+      }
+      if (stopped()) {
+        msg.nak();
+        continue;
+      }
+      const run = handle(msg).catch((error: unknown) => {
+        logger.error({ err: error }, 'seed request handler failed');
+        msg.nak(RETRY_DELAY_MS);
+      });
+      inFlight.add(run);
+      void run.finally(() => inFlight.delete(run));
     }
   };
   const running = loop();

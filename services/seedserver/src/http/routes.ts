@@ -32,7 +32,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       }
       const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
       const blob = deps.blob(digest);
-      if (blob !== undefined && piece >= 0 && !rations.allow(digest, piece)) {
+      if (blob !== undefined && piece >= 0 && piece < blob.count && !rations.allow(digest, piece)) {
         metrics.pieceRequests.inc({ result: 'rationed' });
         return reply
           .code(429)

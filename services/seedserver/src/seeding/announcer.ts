@@ -34,8 +34,14 @@ export class Announcer {
 
   /** Publishes what changed since the last call; calls are serialised. */
   flush(): Promise<void> {
-    this.#chain = this.#chain.then(() => this.#flush());
+    // A failed publish fails this call only; the next one starts afresh.
+    this.#chain = this.#chain.catch(() => undefined).then(() => this.#flush());
     return this.#chain;
+  }
+
+  /** Records that the hashes stream already holds every hash known now (after a restart). */
+  hashesAlreadyPublished(): void {
+    this.#published = this.#blob.ready;
   }
 
   /** Publishes every hash again (after the hashes stream lost them), then the have. */

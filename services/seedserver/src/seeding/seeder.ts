@@ -84,17 +84,25 @@ export class Seeder {
         continue;
       }
       const path = join(cacheDir, 'blobs', name);
+      let blob: SeedBlob;
       try {
         const digest = parseDigest(name.replace('-', ':'));
         const manifest = JSON.parse(await readFile(`${path}.pieces.json`, 'utf8')) as PieceManifest;
-        const blob = await SeedBlob.load(digest, path, manifest);
-        this.#blobs.set(digest.toString(), blob);
-        await this.#ensureHashesPublished(blob);
+        blob = await SeedBlob.load(digest, path, manifest);
       } catch (error) {
         logger.warn({ file: name, err: error }, 'dropping an unreadable cached blob');
         await rm(path, { force: true });
         await rm(`${path}.pieces.json`, { force: true });
+        continue;
       }
+      this.#blobs.set(blob.digest.toString(), blob);
+      // NATS trouble here is not the blob's fault: keep it, a later request announces it.
+      await this.#ensureHashesPublished(blob).catch((error: unknown) => {
+        logger.warn(
+          { blob: blob.digest.toString(), err: error },
+          'could not announce a cached blob',
+        );
+      });
     }
   }
 
@@ -256,13 +264,8 @@ export class Seeder {
       clearInterval(ticker);
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
       await blob.commit(finalPath);
-      await announcer.flush();
-      if (source === 'origin') {
-        await store.write(key, createReadStream(finalPath), size, signal);
-        await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
-        metrics.storedBytes.inc(size);
-      }
     } catch (error) {
+      // Nothing verified: withdraw what was announced and drop the file.
       clearInterval(ticker);
       body.destroy();
       if (this.#blobs.get(key) === blob) {
@@ -271,6 +274,14 @@ export class Seeder {
       await announcer.withdraw().catch(() => undefined);
       await blob.discard();
       throw error;
+    }
+    // Verified and committed: from here a failure (NATS, the object gateway) leaves the blob
+    // held and served; the next request for it tries the rest again.
+    await announcer.flush();
+    if (source === 'origin') {
+      await store.write(key, createReadStream(blob.path), size, signal);
+      await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
+      metrics.storedBytes.inc(size);
     }
   }
 
@@ -281,10 +292,13 @@ export class Seeder {
       await this.#deps.jsm.streams.getMessage(STREAMS.pieces.name, {
         last_by_subj: pieceHashesSubject(blob.digest.toString()),
       });
-      await announcer.flush();
     } catch {
+      // The stream no longer has them (its age limit): publish them again, then the have.
       await announcer.republish();
+      return;
     }
+    announcer.hashesAlreadyPublished();
+    await announcer.flush();
   }
 
   async close(): Promise<void> {
