@@ -420,41 +420,27 @@ function report(
   const meanRss = (p: PhaseFigures): number => mean(p.agents.map((a) => a.peakRss));
   const originRatio = (p: PhaseFigures): number => p.originBytes / imageBytes;
   const writtenRatio = (p: PhaseFigures): number => p.originWritten / imageBytes;
+  /** One row comparing a figure of both phases, with swarm ÷ baseline. */
+  const compare = (
+    label: string,
+    figure: (p: PhaseFigures) => number,
+    format: (value: number) => string,
+  ): string[] => [
+    label,
+    format(figure(swarm)),
+    format(figure(baseline)),
+    ratio(figure(swarm) / figure(baseline)),
+  ];
   out.push(
     table(
       ['', 'swarm', 'baseline', 'swarm / baseline'],
       [
         ['registry blob GETs', String(swarm.blobGets), String(baseline.blobGets), ''],
-        [
-          'origin bytes / image size',
-          ratio(originRatio(swarm)),
-          ratio(originRatio(baseline)),
-          ratio(originRatio(swarm) / originRatio(baseline)),
-        ],
-        [
-          'registry bytes written / image size',
-          ratio(writtenRatio(swarm)),
-          ratio(writtenRatio(baseline)),
-          ratio(writtenRatio(swarm) / writtenRatio(baseline)),
-        ],
-        [
-          'mean time per agent',
-          seconds(meanTime(swarm)),
-          seconds(meanTime(baseline)),
-          ratio(meanTime(swarm) / meanTime(baseline)),
-        ],
-        [
-          'time until every agent is done',
-          seconds(maxTime(swarm)),
-          seconds(maxTime(baseline)),
-          ratio(maxTime(swarm) / maxTime(baseline)),
-        ],
-        [
-          'mean agent peak RSS',
-          mib(meanRss(swarm)),
-          mib(meanRss(baseline)),
-          ratio(meanRss(swarm) / meanRss(baseline)),
-        ],
+        compare('origin bytes / image size', originRatio, ratio),
+        compare('registry bytes written / image size', writtenRatio, ratio),
+        compare('mean time per agent', meanTime, seconds),
+        compare('time until every agent is done', maxTime, seconds),
+        compare('mean agent peak RSS', meanRss, mib),
       ],
     ),
     '',
