@@ -27,6 +27,8 @@ export { KV_BUCKETS, STREAMS, type KvSpec, type Retention, type StreamSpec } fro
 export {
   digestSubjectTokens,
   digestText,
+  jobId,
+  labelSelector,
   peerId,
   peerInfo,
   pieceRanges,
@@ -65,6 +67,17 @@ export {
   preheatState,
   type PreheatProgress,
 } from './messages/preheat-progress.js';
+export {
+  preheatReport,
+  preheatReportSubject,
+  type PreheatReport,
+} from './messages/preheat-report.js';
+export {
+  PREHEAT_NODES_SUBJECT,
+  preheatNodes,
+  type PreheatNodes,
+} from './messages/preheat-nodes.js';
+export { agentPresence, selectorMatches, type AgentPresence } from './messages/agent-presence.js';
 export { seedRequest, seedRequestSubject, type SeedRequest } from './messages/seed-request.js';
 export {
   PROTOCOL_VERSION,

@@ -78,13 +78,23 @@ export const STREAMS = {
   },
   preheatEvents: {
     name: 'SHOAL_PREHEAT_EVENTS',
-    subjects: ['shoal.preheat.v1.progress.>'],
+    subjects: ['shoal.preheat.v1.progress.>', 'shoal.preheat.v1.report.>'],
     retention: 'limits',
     maxAgeMs: 7 * 24 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
     maxMsgsPerSubject: -1,
     owner: 'watcher',
-    description: 'preheat progress and completion events',
+    description: 'preheat progress events, and the per-blob reports of seeds and agents',
+  },
+  preheatNodes: {
+    name: 'SHOAL_PREHEAT_NODES',
+    subjects: ['shoal.preheat.v1.nodes'],
+    retention: 'limits',
+    maxAgeMs: 24 * HOUR_MS,
+    duplicateWindowMs: 10 * MINUTE_MS,
+    maxMsgsPerSubject: -1,
+    owner: 'watcher',
+    description: 'node preheat tasks; every agent reads them with its own durable consumer',
   },
 } as const satisfies Record<string, StreamSpec>;
 
@@ -115,5 +125,11 @@ export const KV_BUCKETS = {
     ttlMs: 7 * 24 * HOUR_MS,
     owner: 'watcher',
     description: 'preheat job status by id',
+  },
+  agents: {
+    bucket: 'shoal_agents',
+    ttlMs: 30_000,
+    owner: 'agent',
+    description: 'live agents and their labels, refreshed by each agent; read by the watcher',
   },
 } as const satisfies Record<string, KvSpec>;

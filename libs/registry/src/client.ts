@@ -204,3 +204,22 @@ export function headerValue(
   const value = headers[name];
   return Array.isArray(value) ? value[0] : value;
 }
+
+/** Reads a small body whole; past `limit` bytes it stops and throws what `tooLarge` returns. */
+export async function readLimited(
+  body: Readable,
+  limit: number,
+  tooLarge: () => Error,
+): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    chunks.push(chunk);
+    length += chunk.length;
+    if (length > limit) {
+      body.destroy();
+      throw tooLarge();
+    }
+  }
+  return Buffer.concat(chunks);
+}

@@ -2,6 +2,7 @@
 export {
   headerValue,
   readAnswer,
+  readLimited,
   UpstreamAnswerError,
   UpstreamClient,
   UpstreamTimeoutError,
@@ -18,3 +19,4 @@ export {
   RegistryAuth,
   type BasicCredentials,
 } from './credentials.js';
+export { RegistryReader } from './reader.js';

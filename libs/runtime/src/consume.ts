@@ -1,7 +1,9 @@
 /**
  * A consume loop that keeps running: when the consumer's iterator fails or ends (the server
  * restarted, the consumer was deleted, the stream was recreated) it is reopened after a
- * delay, until `stop` is called. Handlers run one message at a time, in order.
+ * delay, until `stop` is called. Handlers run one message at a time, in order, unless a
+ * concurrency is given: then up to that many run at once (for work queues, where order does
+ * not matter and each message is long work).
  */
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
@@ -21,6 +23,8 @@ export interface SuperviseOptions {
   readonly release?: (msg: JsMsg) => void;
   /** Wait before reopening after a failure, in ms. */
   readonly retryDelayMs: number;
+  /** Messages handled at once (default 1: one at a time, in order). */
+  readonly concurrency?: number;
 }
 
 export interface ConsumeLoop {
@@ -34,6 +38,15 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
   // A function, not the property, so checks after an await are not narrowed away.
   const stopped = (): boolean => stopping.signal.aborted;
   let current: ConsumerMessages | undefined;
+  const concurrency = Math.max(1, options.concurrency ?? 1);
+  const inFlight = new Set<Promise<void>>();
+  const handleOne = async (msg: JsMsg): Promise<void> => {
+    try {
+      await options.handle(msg);
+    } catch (error) {
+      logger.error({ err: error, consumer: name, subject: msg.subject }, 'handler failed');
+    }
+  };
 
   const loop = async (): Promise<void> => {
     while (!stopped()) {
@@ -49,11 +62,20 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
             options.release?.(msg);
             continue;
           }
-          try {
-            await options.handle(msg);
-          } catch (error) {
-            logger.error({ err: error, consumer: name, subject: msg.subject }, 'handler failed');
+          if (concurrency === 1) {
+            await handleOne(msg);
+            continue;
           }
+          while (inFlight.size >= concurrency) {
+            await Promise.race(inFlight);
+          }
+          if (stopped()) {
+            options.release?.(msg);
+            continue;
+          }
+          const run = handleOne(msg);
+          inFlight.add(run);
+          void run.finally(() => inFlight.delete(run));
         }
         if (!stopped()) {
           logger.warn({ consumer: name }, 'consumer ended; reopening');
@@ -74,6 +96,7 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
       stopping.abort();
       await current?.close();
       await running;
+      await Promise.allSettled(inFlight);
     },
   };
 }

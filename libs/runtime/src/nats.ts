@@ -6,11 +6,14 @@
  * idempotent creation of the streams and KV buckets a service owns (from `@shoal/proto`).
  */
 import {
+  AckPolicy,
+  DeliverPolicy,
   DiscardPolicy,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
   StorageType,
+  type ConsumerConfig,
   type JetStreamClient,
   type JetStreamManager,
   type StreamConfig,
@@ -113,8 +116,75 @@ export async function ensureStreams(
   }
 }
 
-function isNotFound(error: unknown): boolean {
+/** The settings of a durable consumer that `ensureConsumer` keeps up to date. */
+export interface DurableSettings {
+  /** How long a delivered message may stay unacknowledged before redelivery, in ms. */
+  readonly ackWaitMs: number;
+  /** Deliveries before a message is given up on (-1: no limit). */
+  readonly maxDeliver: number;
+  /** Messages delivered and not yet acknowledged, at most. */
+  readonly maxAckPending: number;
+  /** Where a new consumer starts: every message kept, or only those published from now. */
+  readonly deliver?: 'all' | 'new';
+  /** Filter on the stream's subjects (one subject; nats-server 2.9 takes no list). */
+  readonly filterSubject?: string;
+  /** The server removes the consumer after this long without a client, in ms (0: never). */
+  readonly inactiveMs?: number;
+}
+
+/**
+ * Creates a durable pull consumer with explicit acks, or brings an existing one to these
+ * settings. Replicas starting together may both create it: an identical create succeeds.
+ */
+export async function ensureConsumer(
+  jsm: JetStreamManager,
+  stream: string,
+  durable: string,
+  settings: DurableSettings,
+): Promise<void> {
+  const updatable = {
+    ack_wait: nanos(settings.ackWaitMs),
+    max_deliver: settings.maxDeliver,
+    max_ack_pending: settings.maxAckPending,
+    ...(settings.inactiveMs === undefined || settings.inactiveMs === 0
+      ? {}
+      : { inactive_threshold: nanos(settings.inactiveMs) }),
+  } satisfies Partial<ConsumerConfig>;
+  try {
+    await jsm.consumers.info(stream, durable);
+    await jsm.consumers.update(stream, durable, updatable);
+  } catch (error) {
+    if (!isNotFound(error)) {
+      throw error;
+    }
+    await jsm.consumers.add(stream, {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: settings.deliver === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
+      ...(settings.filterSubject === undefined ? {} : { filter_subject: settings.filterSubject }),
+      ...updatable,
+    });
+  }
+}
+
+/** True for the "not found" answers of JetStream's API (stream, consumer, key). */
+export function isNotFound(error: unknown): boolean {
   return error instanceof Error && /not found/i.test(error.message);
+}
+
+/** Opens a KV bucket another service owns; undefined while it does not exist. */
+export async function openKv(js: JetStreamClient, spec: KvSpec): Promise<KV | undefined> {
+  try {
+    const kv = new Kvm(js);
+    const bucket = await kv.open(spec.bucket);
+    await bucket.status();
+    return bucket;
+  } catch (error) {
+    if (isNotFound(error)) {
+      return undefined;
+    }
+    throw error;
+  }
 }
 
 /** Creates (or opens) a KV bucket with its declared TTL. */

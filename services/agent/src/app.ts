@@ -20,6 +20,7 @@ import type { AgentConfig } from './config.js';
 import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';
+import { startNodePreheat, type StartedPreheat } from './preheat/start.js';
 import { startSwarm } from './swarm/start.js';
 import { OriginFetcher, type BlobFetcher } from './upstream/origin-fetcher.js';
 import { RegistryRequests } from './upstream/registry-requests.js';
@@ -161,6 +162,7 @@ export async function buildApp(
   }
 
   let address = '';
+  let preheat: StartedPreheat | undefined;
   return {
     url: () => address,
     start: async () => {
@@ -182,6 +184,17 @@ export async function buildApp(
         });
       }
       swarm?.service.open();
+      // Preheat: this node's presence for the watcher, and the node tasks it hands out.
+      if (swarm !== undefined) {
+        preheat = await startNodePreheat(config, {
+          swarm,
+          store,
+          downloads,
+          registries,
+          metrics,
+          logger,
+        });
+      }
       logger.info(
         {
           url: address,
@@ -199,6 +212,7 @@ export async function buildApp(
       closing = true;
       await server.close();
       await peerServer?.close();
+      await preheat?.stop();
       await downloads.close();
       await swarm?.close();
       await upstream.close();

@@ -96,7 +96,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     rateLimitWaits: new Counter({
       name: `${prefix}rate_limit_waits_total`,
-      help: 'Times a transfer waited for the rate limit, by direction (upload, download)',
+      help: 'Times a transfer waited for the rate limit, by direction (upload, download, preheat)',
       labelNames: ['direction'] as const,
       registers,
     }),
@@ -108,6 +108,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     swarmPeers: new Gauge({
       name: `${prefix}swarm_peers`,
       help: 'Peers known for the downloads in progress',
+      registers,
+    }),
+    preheatBlobs: new Counter({
+      name: `${prefix}preheat_blobs_total`,
+      help: 'Blobs of node preheats, by result (cached: already here, pulled, failed)',
+      labelNames: ['result'] as const,
       registers,
     }),
     cacheHits: new Counter({

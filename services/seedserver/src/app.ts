@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 
 import { createBlobStore } from '@shoal/blobstore';
 import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
-import { loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
+import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
 import {
   createLogger,
   createMetrics,
@@ -21,7 +21,7 @@ import type { SeedConfig } from './config.js';
 import { consumeSeedRequests, ensureSeedConsumer } from './consumers/seed-requests.js';
 import { registerRoutes } from './http/routes.js';
 import { createSeedMetrics } from './metrics.js';
-import { OriginClient } from './origin/origin.js';
+
 import { Seeder } from './seeding/seeder.js';
 
 export { loadSeedConfig, type SeedConfig } from './config.js';
@@ -58,7 +58,7 @@ export async function buildApp(
     },
     'shoal-seedserver/0.1',
   );
-  const origin = new OriginClient(
+  const origin = new RegistryReader(
     upstream,
     new RegistryAuth(await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG), upstream),
   );
@@ -130,6 +130,7 @@ export async function buildApp(
         js,
         seeder,
         concurrency: config.SHOAL_SEED_CONCURRENCY,
+        self: config.SHOAL_SEED_ID,
         metrics,
         logger,
       });

@@ -40,6 +40,12 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['result'] as const,
       registers,
     }),
+    preheatReports: new Counter({
+      name: `${prefix}preheat_reports_total`,
+      help: 'Preheat blobs reported to their jobs, by ok (true: held and stored)',
+      labelNames: ['ok'] as const,
+      registers,
+    }),
     requestsRejected: new Counter({
       name: `${prefix}seed_requests_rejected_total`,
       help: 'Seed requests dropped as invalid',

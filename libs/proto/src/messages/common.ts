@@ -11,6 +11,14 @@ export const peerId = z
   .string()
   .regex(/^[A-Za-z0-9_-]{1,64}$/, 'peer id must be 1-64 of [A-Za-z0-9_-]');
 
+/** A preheat job id: safe as a NATS subject token and a KV key. */
+export const jobId = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, 'job id must be 1-64 of [A-Za-z0-9_-]');
+
+/** A label selector: every pair must be among the node's labels (empty: every node). */
+export const labelSelector = z.record(z.string().min(1).max(253), z.string().max(63));
+
 /** Where a peer serves pieces, and where it runs. */
 export const peerInfo = z.strictObject({
   id: peerId,

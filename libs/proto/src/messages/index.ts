@@ -4,13 +4,16 @@
  */
 import { z } from 'zod';
 
+import { agentPresence } from './agent-presence.js';
 import { handout } from './handout.js';
 import { peerGone } from './peer-gone.js';
 import { pieceHashes } from './piece-hashes.js';
 import { pieceHave } from './piece-have.js';
 import { pieceWant } from './piece-want.js';
 import { preheatCommand } from './preheat-command.js';
+import { preheatNodes } from './preheat-nodes.js';
 import { preheatProgress } from './preheat-progress.js';
+import { preheatReport } from './preheat-report.js';
 import { seedRequest } from './seed-request.js';
 
 export const messageSchemas = {
@@ -22,6 +25,9 @@ export const messageSchemas = {
   'seed-request': seedRequest,
   preheat: preheatCommand,
   'preheat-progress': preheatProgress,
+  'preheat-report': preheatReport,
+  'preheat-nodes': preheatNodes,
+  'agent-presence': agentPresence,
 } as const;
 
 export type MessageType = keyof typeof messageSchemas;

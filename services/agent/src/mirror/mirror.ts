@@ -7,7 +7,6 @@
  * has been verified; otherwise it is fetched (one upstream fetch per blob, however many
  * clients ask), verified, cached and streamed.
  */
-import type { Readable } from 'node:stream';
 
 import { digestOf, parseDigest, type Digest, type DigestAlgorithm } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
@@ -20,6 +19,7 @@ import type { AgentMetrics } from '../metrics.js';
 import {
   headerValue,
   readAnswer,
+  readLimited,
   UpstreamAnswerError,
   type UpstreamAnswer,
   type UpstreamRegistry,
@@ -351,19 +351,4 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
-}
-
-/** Reads a small body whole; past `limit` bytes it stops and throws what `tooLarge` returns. */
-async function readLimited(body: Readable, limit: number, tooLarge: () => Error): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let length = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    chunks.push(chunk);
-    length += chunk.length;
-    if (length > limit) {
-      body.destroy();
-      throw tooLarge();
-    }
-  }
-  return Buffer.concat(chunks);
 }

@@ -4,6 +4,7 @@
  */
 import { hostname } from 'node:os';
 
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { PeerInfo } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 
@@ -15,6 +16,9 @@ import { SwarmService } from './service.js';
 
 export interface StartedSwarm {
   readonly service: SwarmService;
+  /** The swarm's NATS connection, for the agent's other consumers (preheat). */
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
   close(): Promise<void>;
 }
 
@@ -39,7 +43,7 @@ export async function startSwarm(
     `shoal-agent-${config.SHOAL_AGENT_PEER_ID}`,
     deps.logger,
   );
-  const { js } = await jetStreamFor(nc);
+  const { js, jsm } = await jetStreamFor(nc);
   const self: PeerInfo = {
     id: config.SHOAL_AGENT_PEER_ID,
     url:
@@ -49,6 +53,8 @@ export async function startSwarm(
   const service = new SwarmService({ nc, js, self, config, ...deps });
   return {
     service,
+    js,
+    jsm,
     close: async () => {
       await service.close();
       await nc.drain().catch(() => undefined);

@@ -340,6 +340,7 @@ export class SwarmFetch {
     try {
       const waitStarted = Date.now();
       await downloadLimit.take(end - start);
+      await this.#target.limit?.take(end - start);
       // Time spent waiting for the download budget is the operator's choice, not a stalled
       // swarm: it does not count toward the stall timeout. (Only the wait itself: a request
       // that then fails must not look like progress.)

@@ -4,6 +4,7 @@
  * swarm's last resort.
  */
 import type { Digest } from '@shoal/proto';
+import type { RateLimiter } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
@@ -18,6 +19,8 @@ export interface BlobTarget {
   readonly digest: Digest;
   /** The client's Authorization header, forwarded as is. */
   readonly authorization: string | undefined;
+  /** A download limit for this fetch on top of the agent's own (preheat pulls have one). */
+  readonly limit?: RateLimiter;
 }
 
 /** Starts a blob fetch; `signal` aborts on shutdown. */

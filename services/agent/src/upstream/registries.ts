@@ -16,6 +16,11 @@ export class RegistryTable {
     return [...this.#byHost.values()];
   }
 
+  /** The mirrored registry called `host`, if there is one. */
+  get(host: string): UpstreamRegistry | undefined {
+    return this.#byHost.get(host);
+  }
+
   /**
    * The registry named by containerd's `ns` query parameter, or the default registry when
    * there is none (docker's `registry-mirrors`). Anything unlisted is refused.

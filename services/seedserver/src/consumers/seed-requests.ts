@@ -11,7 +11,16 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import { decodeMessage, seedRequest, STREAMS } from '@shoal/proto';
+import {
+  decodeMessage,
+  encodeMessage,
+  parseDigest,
+  preheatReport,
+  preheatReportSubject,
+  seedRequest,
+  STREAMS,
+  type SeedRequest,
+} from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
@@ -21,6 +30,10 @@ export const SEED_CONSUMER = 'seedserver-seed';
 const ACK_WAIT_MS = 30_000;
 const MAX_DELIVER = 5;
 const RETRY_DELAY_MS = 1_000;
+/** How often a preheat asks again while another replica holds the blob's lock, in ms. */
+const BUSY_RETRY_MS = 1_000;
+/** How long a preheat report may wait for JetStream's acknowledgement, in ms. */
+const REPORT_TIMEOUT_MS = 5_000;
 const nanos = (ms: number): number => ms * 1_000_000;
 
 export async function ensureSeedConsumer(jsm: JetStreamManager): Promise<void> {
@@ -45,6 +58,8 @@ export interface SeedConsumerDeps {
   readonly js: JetStreamClient;
   readonly seeder: Seeder;
   readonly concurrency: number;
+  /** The seed's peer id, named in preheat reports. */
+  readonly self: string;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -69,14 +84,46 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       msg.term();
       return;
     }
-    const outcome = await seeder.seed(decoded.value, stopping.signal, () => msg.working());
-    if (outcome === 'failed' && stopping.signal.aborted) {
+    const request = decoded.value;
+    const heartbeat = (): void => msg.working();
+    let outcome = await seeder.seed(request, stopping.signal, heartbeat);
+    // A preheat must end with the blob here: while another replica seeds it, wait and ask
+    // again (it will then come from the object gateway).
+    while (outcome === 'busy' && request.reason.kind === 'preheat' && !stopped()) {
+      await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
+      heartbeat();
+      outcome = await seeder.seed(request, stopping.signal, heartbeat);
+    }
+    if ((outcome === 'failed' || outcome === 'busy') && stopped()) {
       msg.nak();
       return;
+    }
+    if (request.reason.kind === 'preheat') {
+      await report(request, request.reason.job, outcome === 'seeded' || outcome === 'held');
     }
     // A failed seed is not retried from here: the agents fall back to the origin, and a
     // later want asks again.
     msg.ack();
+  };
+
+  /** Tells the preheat job how its blob went; a lost report is retried by redelivery. */
+  const report = async (request: SeedRequest, job: string, ok: boolean): Promise<void> => {
+    const error = ok ? undefined : (seeder.failure(request.blob) ?? 'seeding failed');
+    const hex = parseDigest(request.blob).hex;
+    await js.publish(
+      preheatReportSubject(job),
+      encodeMessage(preheatReport, {
+        type: 'preheat-report',
+        job,
+        peer: deps.self,
+        role: 'seed',
+        blob: request.blob,
+        ok,
+        ...(error === undefined ? {} : { error }),
+      }),
+      { msgID: `${job}.seed.${hex}`, timeout: REPORT_TIMEOUT_MS },
+    );
+    metrics.preheatReports.inc({ ok: String(ok) });
   };
 
   const loop = async (): Promise<void> => {

@@ -28,11 +28,11 @@ import {
   type PeerInfo,
   type SeedRequest,
 } from '@shoal/proto';
-import { headerValue, type UpstreamRegistry } from '@shoal/registry';
+import { headerValue, type RegistryReader, type UpstreamRegistry } from '@shoal/registry';
 import { ShoalError, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
-import type { OriginClient } from '../origin/origin.js';
+
 import { Announcer } from './announcer.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 
@@ -56,7 +56,7 @@ export interface SeederDeps {
   readonly jsm: JetStreamManager;
   readonly locks: KV;
   readonly store: BlobStore;
-  readonly origin: OriginClient;
+  readonly origin: RegistryReader;
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
   readonly self: PeerInfo;
   readonly cacheDir: string;
@@ -68,6 +68,8 @@ export class Seeder {
   readonly #deps: SeederDeps;
   readonly #blobs = new Map<string, SeedBlob>();
   readonly #running = new Map<string, Promise<SeedOutcome>>();
+  /** Why the last failed run of a blob failed, for preheat reports. */
+  readonly #failures = new Map<string, string>();
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;
@@ -111,6 +113,11 @@ export class Seeder {
     return this.#blobs.get(digest);
   }
 
+  /** Why the blob's last seeding failed, if it did. */
+  failure(digest: string): string | undefined {
+    return this.#failures.get(digest);
+  }
+
   /** Seeds the blob a request names; one run per blob in this process. Never throws. */
   seed(request: SeedRequest, signal: AbortSignal, heartbeat: () => void): Promise<SeedOutcome> {
     const running = this.#running.get(request.blob);
@@ -133,7 +140,14 @@ export class Seeder {
     const digest = parseDigest(request.blob);
     const held = this.#blobs.get(request.blob);
     if (held?.complete === true) {
-      await this.#ensureHashesPublished(held);
+      try {
+        await this.#ensureHashesPublished(held);
+        await this.#ensureStored(held, signal);
+      } catch (error) {
+        this.#failures.set(request.blob, errorText(error));
+        logger.warn({ blob: request.blob, err: error }, 'could not announce or store a held blob');
+        return 'failed';
+      }
       return 'held';
     }
     const lockKey = `${digest.algorithm}.${digest.hex}`;
@@ -159,9 +173,11 @@ export class Seeder {
       source = opened.source;
       await this.#ingest(digest, opened.size, opened.body, source, signal);
       metrics.seeds.inc({ source, outcome: 'seeded' });
+      this.#failures.delete(request.blob);
       return 'seeded';
     } catch (error) {
       metrics.seeds.inc({ source, outcome: 'failed' });
+      this.#failures.set(request.blob, errorText(error));
       logger.warn({ blob: request.blob, registry: request.registry, err: error }, 'seeding failed');
       return 'failed';
     } finally {
@@ -285,6 +301,21 @@ export class Seeder {
     }
   }
 
+  /**
+   * Stores a held blob in the object gateway if it is not there: a blob committed locally
+   * whose upload failed is completed by the next request for it.
+   */
+  async #ensureStored(blob: SeedBlob, signal: AbortSignal): Promise<void> {
+    const { store, metrics } = this.#deps;
+    const key = blob.digest.toString();
+    if ((await store.stat(key, signal)) !== undefined) {
+      return;
+    }
+    await store.write(key, createReadStream(blob.path), blob.size, signal);
+    await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
+    metrics.storedBytes.inc(blob.size);
+  }
+
   /** Re-publishes a held blob's hashes if the hashes stream no longer has them. */
   async #ensureHashesPublished(blob: SeedBlob): Promise<void> {
     const announcer = new Announcer(this.#deps.js, this.#deps.self, blob);
@@ -307,4 +338,9 @@ export class Seeder {
       await blob.close();
     }
   }
+}
+
+/** An error's message, for a report to the operator. */
+function errorText(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).slice(0, 1024);
 }

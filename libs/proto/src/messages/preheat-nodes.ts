@@ -1,0 +1,26 @@
+/**
+ * `preheat-nodes`: the blobs of a preheat job with scope `nodes`, handed to every agent. Each
+ * agent reads the stream with its own durable consumer, keeps the task if its labels match the
+ * selector, pulls the blobs into its cache and reports each one.
+ */
+import { z } from 'zod';
+
+import { digestText, jobId, labelSelector } from './common.js';
+
+export const preheatNodes = z.strictObject({
+  type: z.literal('preheat-nodes'),
+  job: jobId,
+  /** The registry as agents name it (`ns=`), e.g. `registry.example.com`. */
+  registry: z.string().min(1).max(255),
+  repository: z.string().min(1).max(255),
+  blobs: z
+    .array(z.strictObject({ digest: digestText, size: z.int().nonnegative() }))
+    .min(1)
+    .max(4096),
+  /** Only agents whose labels include every pair take part (empty: all). */
+  selector: labelSelector.default({}),
+});
+export type PreheatNodes = z.infer<typeof preheatNodes>;
+
+/** Subject of node preheat tasks. */
+export const PREHEAT_NODES_SUBJECT = 'shoal.preheat.v1.nodes';

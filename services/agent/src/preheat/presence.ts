@@ -1,0 +1,45 @@
+/**
+ * The agent's entry in the `shoal_agents` bucket: its labels and mode, refreshed at an
+ * interval. The bucket's TTL removes the entry of an agent that stopped refreshing, so the
+ * watcher waits only for agents that are alive.
+ */
+import type { KV } from '@nats-io/kv';
+import { agentPresence, encodeMessage, type AgentPresence } from '@shoal/proto';
+import type { Logger } from '@shoal/runtime';
+
+export class PresenceBeacon {
+  readonly #kv: KV;
+  readonly #entry: Omit<AgentPresence, 'at'>;
+  readonly #logger: Logger;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(kv: KV, entry: Omit<AgentPresence, 'at'>, logger: Logger) {
+    this.#kv = kv;
+    this.#entry = entry;
+    this.#logger = logger;
+  }
+
+  /** Writes the entry now and then every `intervalMs`. */
+  async start(intervalMs: number): Promise<void> {
+    await this.#beat();
+    this.#timer = setInterval(() => void this.#beat(), intervalMs);
+    this.#timer.unref();
+  }
+
+  async #beat(): Promise<void> {
+    try {
+      await this.#kv.put(
+        this.#entry.peer,
+        encodeMessage(agentPresence, { ...this.#entry, at: Date.now() }),
+      );
+    } catch (error) {
+      this.#logger.warn({ err: error }, 'could not refresh the presence entry');
+    }
+  }
+
+  /** Stops refreshing and removes the entry, so preheats stop waiting for this agent. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#kv.delete(this.#entry.peer).catch(() => undefined);
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * The watcher's composition root: every dependency built in order, every consumer and server
+ * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
+ */
+import {
+  KV_BUCKETS,
+  STREAMS,
+  agentPresence,
+  decodeMessage,
+  type AgentPresence,
+} from '@shoal/proto';
+import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
+import {
+  createLogger,
+  createMetrics,
+  registerOpsRoutes,
+  type Logger,
+  type Service,
+} from '@shoal/runtime';
+import {
+  connectNats,
+  ensureKv,
+  ensureStreams,
+  jetStreamFor,
+  openKv,
+  type NatsConnection,
+} from '@shoal/runtime/nats';
+import type { KV } from '@nats-io/kv';
+import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
+
+import type { WatcherConfig } from './config.js';
+import { registerApiRoutes } from './http/api.js';
+import { registerWebhookRoutes } from './http/webhooks.js';
+import { createWatcherMetrics } from './metrics.js';
+import { JobStore } from './preheat/jobs.js';
+import { PreheatRequests } from './preheat/requests.js';
+import { ImageResolver } from './preheat/resolve.js';
+import { PreheatRunner } from './preheat/runner.js';
+import { LeaderLock } from './schedule/leader.js';
+import { Scheduler } from './schedule/schedule.js';
+
+export { loadWatcherConfig, type WatcherConfig } from './config.js';
+export type { JobStatus } from './preheat/jobs.js';
+
+/** How often the schedule lock is refreshed, in ms: a third of its TTL. */
+const LOCK_REFRESH_MS = KV_BUCKETS.watcherLeader.ttlMs / 3;
+
+export interface WatcherOverrides {
+  readonly logger?: Logger;
+}
+
+export interface WatcherApp extends Service {
+  /** The listener's address once started, e.g. `http://127.0.0.1:65030`. */
+  readonly url: () => string;
+}
+
+export async function buildApp(
+  config: WatcherConfig,
+  overrides: WatcherOverrides = {},
+): Promise<WatcherApp> {
+  // Telemetry: logs and metrics first, so everything after can report.
+  const logger =
+    overrides.logger ?? createLogger({ service: 'watcher', level: config.SHOAL_LOG_LEVEL });
+  const serviceMetrics = createMetrics('watcher');
+  const metrics = createWatcherMetrics(serviceMetrics);
+
+  // Registries: manifests are read with the watcher's own credentials.
+  const upstream = new UpstreamClient(
+    {
+      connectMs: 10_000,
+      headersMs: config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS,
+      idleMs: config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS,
+    },
+    'shoal-watcher/0.1',
+  );
+  const resolver = new ImageResolver(
+    new RegistryReader(
+      upstream,
+      new RegistryAuth(await loadDockerConfig(config.SHOAL_WATCHER_DOCKER_CONFIG), upstream),
+    ),
+    {
+      registries: config.SHOAL_WATCHER_REGISTRIES,
+      maxManifestBytes: config.SHOAL_WATCHER_MAX_MANIFEST_BYTES,
+      timeoutMs: config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS,
+    },
+  );
+
+  // NATS: the preheat streams and buckets the watcher owns; the agents' bucket is theirs.
+  const nc: NatsConnection = await connectNats(
+    config,
+    `shoal-watcher-${config.SHOAL_WATCHER_ID}`,
+    logger,
+  );
+  const { js, jsm } = await jetStreamFor(nc);
+  await ensureStreams(
+    jsm,
+    [STREAMS.preheat, STREAMS.preheatEvents, STREAMS.preheatNodes],
+    config.SHOAL_NATS_STREAM_REPLICAS,
+  );
+  const jobs = new JobStore(
+    await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS),
+  );
+  const leaderKv = await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
+  let agentsKv: KV | undefined;
+  const agents = async (): Promise<AgentPresence[]> => {
+    agentsKv ??= await openKv(js, KV_BUCKETS.agents);
+    return agentsKv === undefined ? [] : liveAgents(agentsKv);
+  };
+
+  // Preheat: requests turn into jobs; the runner works through the queue.
+  const requests = new PreheatRequests(js, jobs, metrics, logger);
+  const runner = new PreheatRunner({
+    js,
+    jsm,
+    jobs,
+    resolver,
+    agents,
+    concurrency: config.SHOAL_WATCHER_PREHEAT_CONCURRENCY,
+    timeoutMs: config.SHOAL_WATCHER_PREHEAT_TIMEOUT_MS,
+    ackWaitMs: config.SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS,
+    metrics,
+    logger,
+  });
+
+  // Schedule: only with a file, and only on the replica holding the lock.
+  const scheduleFile = config.SHOAL_WATCHER_SCHEDULE_FILE;
+  const scheduler =
+    scheduleFile === undefined
+      ? undefined
+      : new Scheduler({
+          file: scheduleFile,
+          intervalMs: config.SHOAL_WATCHER_SCHEDULE_INTERVAL_MS,
+          lockRefreshMs: LOCK_REFRESH_MS,
+          defaultPlatforms: config.SHOAL_WATCHER_PLATFORMS,
+          lock: new LeaderLock(leaderKv, config.SHOAL_WATCHER_ID, logger),
+          resolver,
+          requests,
+          metrics,
+          logger,
+        });
+
+  // HTTP: webhooks, the preheat API, and ops.
+  let closing = false;
+  const fastifyLogger: FastifyBaseLogger = logger;
+  const server = Fastify({
+    loggerInstance: fastifyLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.SHOAL_WATCHER_WEBHOOK_MAX_BYTES,
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  server.setErrorHandler((error: { statusCode?: number; message: string }, _request, reply) => {
+    const status = error.statusCode ?? 500;
+    if (status === 413) {
+      metrics.webhooksRejected.inc({ reason: 'too-large' });
+      logger.warn({ status }, 'request body too large');
+      return reply
+        .code(413)
+        .send({ error: `the body is larger than ${config.SHOAL_WATCHER_WEBHOOK_MAX_BYTES} bytes` });
+    }
+    if (status >= 500) {
+      logger.error({ err: error }, 'request failed');
+      return reply.code(503).send({ error: 'the preheat could not be queued; retry' });
+    }
+    return reply.code(status).send({ error: error.message });
+  });
+  registerOpsRoutes(server, {
+    registry: serviceMetrics.registry,
+    notReadyReason: () =>
+      closing ? 'shutting down' : nc.isClosed() ? 'NATS connection closed' : undefined,
+  });
+  registerWebhookRoutes(server, {
+    secrets: {
+      token: config.SHOAL_WATCHER_WEBHOOK_TOKEN,
+      hmacSecret: config.SHOAL_WATCHER_WEBHOOK_HMAC_SECRET,
+    },
+    maxBytes: config.SHOAL_WATCHER_WEBHOOK_MAX_BYTES,
+    scope: config.SHOAL_WATCHER_WEBHOOK_SCOPE,
+    platforms: config.SHOAL_WATCHER_PLATFORMS,
+    resolver,
+    requests,
+    metrics,
+    logger,
+  });
+  registerApiRoutes(server, {
+    token: config.SHOAL_WATCHER_API_TOKEN ?? config.SHOAL_WATCHER_WEBHOOK_TOKEN,
+    platforms: config.SHOAL_WATCHER_PLATFORMS,
+    resolver,
+    requests,
+    jobs,
+  });
+
+  let address = '';
+  return {
+    url: () => address,
+    start: async () => {
+      await runner.start();
+      scheduler?.start();
+      await server.listen({
+        host: config.SHOAL_WATCHER_LISTEN.host,
+        port: config.SHOAL_WATCHER_LISTEN.port,
+      });
+      const bound = server.server.address();
+      const port =
+        typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_WATCHER_LISTEN.port;
+      const host = config.SHOAL_WATCHER_LISTEN.host.includes(':')
+        ? `[${config.SHOAL_WATCHER_LISTEN.host}]`
+        : config.SHOAL_WATCHER_LISTEN.host;
+      address = `http://${host}:${port}`;
+      logger.info(
+        {
+          url: address,
+          registries: config.SHOAL_WATCHER_REGISTRIES.map((r) => r.host),
+          schedule: scheduleFile,
+        },
+        'watcher listening',
+      );
+    },
+    close: async () => {
+      if (closing) {
+        return;
+      }
+      // Readiness fails, the listener stops taking requests, the schedule and the runner stop
+      // (jobs in flight go back to the queue), then NATS drains.
+      closing = true;
+      await server.close();
+      await scheduler?.stop();
+      await runner.stop();
+      await nc.drain().catch(() => undefined);
+      await upstream.close();
+    },
+  };
+}
+
+/** The agents' presence entries, skipping any that do not parse. */
+async function liveAgents(kv: KV): Promise<AgentPresence[]> {
+  const found: AgentPresence[] = [];
+  for await (const key of await kv.keys()) {
+    const entry = await kv.get(key);
+    if (entry?.operation !== 'PUT') {
+      continue;
+    }
+    const decoded = decodeMessage(agentPresence, entry.value);
+    if (decoded.ok) {
+      found.push(decoded.value);
+    }
+  }
+  return found;
+}

@@ -1,0 +1,105 @@
+/**
+ * The preheat API for operators (and the `shoal-preheat` CLI): ask for a preheat, read a job's
+ * status, list recent jobs. Bearer-token authenticated.
+ */
+import { labelSelector, preheatScope } from '@shoal/proto';
+import { ShoalError } from '@shoal/runtime';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { z } from 'zod';
+
+import type { JobStore } from '../preheat/jobs.js';
+import type { PreheatRequests } from '../preheat/requests.js';
+import type { ImageResolver } from '../preheat/resolve.js';
+import { sameText } from '../webhooks/auth.js';
+
+const preheatBody = z.strictObject({
+  image: z.string().min(1).max(512),
+  scope: preheatScope.default('seed'),
+  selector: labelSelector.default({}),
+  platforms: z.array(z.string().regex(/^[a-z0-9]+\/[a-z0-9]+(?:\/[a-z0-9]+)?$/)).optional(),
+});
+export type PreheatBody = z.input<typeof preheatBody>;
+
+export interface ApiRouteDeps {
+  /** The API's bearer token; undefined: the API refuses every request. */
+  readonly token: string | undefined;
+  readonly platforms: readonly string[];
+  readonly resolver: ImageResolver;
+  readonly requests: PreheatRequests;
+  readonly jobs: JobStore;
+}
+
+export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): void {
+  const denied = (request: FastifyRequest, reply: FastifyReply): FastifyReply | undefined => {
+    const given = /^Bearer\s+(.+)$/i.exec(request.headers.authorization ?? '')?.[1];
+    if (deps.token !== undefined && given !== undefined && sameText(given, deps.token)) {
+      return undefined;
+    }
+    return reply
+      .code(401)
+      .header('www-authenticate', 'Bearer realm="shoal-watcher"')
+      .send({
+        error:
+          deps.token === undefined
+            ? 'the API has no token configured'
+            : 'wrong or missing bearer token',
+      });
+  };
+
+  app.post('/preheat', async (request, reply) => {
+    const refusal = denied(request, reply);
+    if (refusal !== undefined) {
+      return refusal;
+    }
+    const parsed = preheatBody.safeParse(request.body);
+    if (!parsed.success) {
+      return reply.code(400).send({ error: z.prettifyError(parsed.error).slice(0, 1024) });
+    }
+    const body = parsed.data;
+    try {
+      const { reference, registry } = deps.resolver.parse(body.image);
+      const digest = await deps.resolver.currentDigest(registry, reference, request.signal);
+      const result = await deps.requests.submit(
+        {
+          registry: registry.host,
+          repository: reference.repository,
+          digest: digest.toString(),
+          scope: body.scope,
+          selector: body.selector,
+          platforms: body.platforms ?? deps.platforms,
+        },
+        body.image,
+        'api',
+      );
+      return await reply.code(202).send({ ...result.status, duplicate: result.duplicate });
+    } catch (error) {
+      if (error instanceof ShoalError) {
+        return reply.code(error.status).send({ error: error.message });
+      }
+      throw error;
+    }
+  });
+
+  app.get<{ Params: { id: string } }>('/preheat/:id', async (request, reply) => {
+    const refusal = denied(request, reply);
+    if (refusal !== undefined) {
+      return refusal;
+    }
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(request.params.id)) {
+      return reply.code(400).send({ error: 'not a job id' });
+    }
+    const job = await deps.jobs.get(request.params.id);
+    return job === undefined
+      ? reply.code(404).send({ error: `no job ${request.params.id}` })
+      : reply.send(job);
+  });
+
+  app.get<{ Querystring: { limit?: string } }>('/preheat', async (request, reply) => {
+    const refusal = denied(request, reply);
+    if (refusal !== undefined) {
+      return refusal;
+    }
+    const limit = Math.min(Math.max(Number(request.query.limit ?? 50) || 50, 1), 500);
+    return reply.send({ jobs: await deps.jobs.list(limit) });
+  });
+}

@@ -1,0 +1,80 @@
+/**
+ * Preheat job status, one entry per job in the `shoal_preheat_jobs` KV bucket: what the API
+ * and the CLI show, and how a redelivered command knows its job already finished.
+ */
+import type { KV } from '@nats-io/kv';
+import { jobId, labelSelector, preheatScope, preheatState } from '@shoal/proto';
+import { z } from 'zod';
+
+export const jobStatus = z.strictObject({
+  id: jobId,
+  /** The image as requested, e.g. `registry.example.com/team/app:v1`. */
+  image: z.string(),
+  /** What is preheated: `registry/repository@digest` of the pushed or resolved manifest. */
+  resolved: z.string(),
+  scope: preheatScope,
+  selector: labelSelector,
+  platforms: z.array(z.string()),
+  origin: z.enum(['webhook', 'schedule', 'api']),
+  state: preheatState,
+  /** Blobs (configs and layers) of the wanted platforms. */
+  blobsTotal: z.int().nonnegative(),
+  /** Blobs the seed server holds and has stored in the object gateway. */
+  blobsDone: z.int().nonnegative(),
+  /** Scope `nodes`: agents handed the job, and those done with every blob. */
+  nodesTotal: z.int().nonnegative().optional(),
+  nodesDone: z.int().nonnegative().optional(),
+  /** The first failures, for the operator (peer, blob, reason). */
+  failures: z.array(z.strictObject({ peer: z.string(), blob: z.string(), error: z.string() })),
+  error: z.string().optional(),
+  /** ms since the epoch. */
+  createdAt: z.int(),
+  updatedAt: z.int(),
+});
+export type JobStatus = z.infer<typeof jobStatus>;
+
+export class JobStore {
+  readonly #kv: KV;
+
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  async get(id: string): Promise<JobStatus | undefined> {
+    const entry = await this.#kv.get(id);
+    if (entry === null || entry.operation !== 'PUT' || entry.length === 0) {
+      return undefined;
+    }
+    const parsed = jobStatus.safeParse(entry.json());
+    return parsed.success ? parsed.data : undefined;
+  }
+
+  /** Creates the entry; false when the job exists already. */
+  async create(status: JobStatus): Promise<boolean> {
+    try {
+      await this.#kv.create(status.id, JSON.stringify(status));
+      return true;
+    } catch (error) {
+      if ((await this.get(status.id)) !== undefined) {
+        return false;
+      }
+      throw error;
+    }
+  }
+
+  async put(status: JobStatus): Promise<void> {
+    await this.#kv.put(status.id, JSON.stringify(status));
+  }
+
+  /** The newest jobs first, at most `limit`. */
+  async list(limit: number): Promise<JobStatus[]> {
+    const jobs: JobStatus[] = [];
+    for await (const key of await this.#kv.keys()) {
+      const job = await this.get(key);
+      if (job !== undefined) {
+        jobs.push(job);
+      }
+    }
+    return jobs.sort((a, b) => b.createdAt - a.createdAt).slice(0, limit);
+  }
+}
