@@ -17,6 +17,8 @@ import { FsContentStore } from './cache/content-store.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
 import type { AgentConfig } from './config.js';
+import { hostsMirrorUrl } from './hosts/config.js';
+import { createHostsFiles } from './hosts/hosts-files.js';
 import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';
@@ -161,6 +163,13 @@ export async function buildApp(
     });
   }
 
+  // containerd hosts.toml, when configured: pointing at the mirror only while it listens.
+  const hostsFiles = createHostsFiles(config, {
+    registries: registries.registries,
+    metrics,
+    logger,
+  });
+
   let address = '';
   let preheat: StartedPreheat | undefined;
   return {
@@ -203,6 +212,9 @@ export async function buildApp(
         },
         'mirror listening',
       );
+      await hostsFiles?.write(
+        hostsMirrorUrl(config.SHOAL_AGENT_HOSTS_MIRROR_URL, config.SHOAL_AGENT_LISTEN, port),
+      );
     },
     close: async () => {
       if (closing) {
@@ -210,6 +222,8 @@ export async function buildApp(
       }
       // Readiness fails first, then the listener drains, then downloads and upstreams stop.
       closing = true;
+      // containerd stops asking the mirror before it goes away.
+      await hostsFiles?.remove();
       await server.close();
       await peerServer?.close();
       await preheat?.stop();

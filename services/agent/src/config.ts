@@ -3,6 +3,7 @@ import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
 import { cacheConfig } from './cache/config.js';
+import { hostsConfig } from './hosts/config.js';
 import { preheatConfig } from './preheat/config.js';
 import { swarmConfig } from './swarm/config.js';
 import { registriesList } from '@shoal/registry';
@@ -19,6 +20,7 @@ const agentFields = z.object({
   ...cacheConfig.shape,
   ...swarmConfig.shape,
   ...preheatConfig.shape,
+  ...hostsConfig.shape,
 });
 
 export type AgentConfig = z.infer<typeof agentFields>;

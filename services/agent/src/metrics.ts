@@ -122,5 +122,21 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['kind', 'result'] as const,
       registers,
     }),
+    hostsFiles: new Gauge({
+      name: `${prefix}hosts_files`,
+      help: 'containerd hosts.toml files written by this agent and not yet removed',
+      registers,
+    }),
+    hostsFilesSkipped: new Counter({
+      name: `${prefix}hosts_files_skipped_total`,
+      help: 'Registries whose existing hosts.toml was not written by a Shoal agent, so left alone',
+      registers,
+    }),
+    hostsFileErrors: new Counter({
+      name: `${prefix}hosts_file_errors_total`,
+      help: 'hosts.toml files that could not be written or removed, by operation (write, remove)',
+      labelNames: ['operation'] as const,
+      registers,
+    }),
   };
 }
