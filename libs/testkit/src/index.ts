@@ -28,14 +28,18 @@ export { startS3, type S3Server } from './s3.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';
 export {
   AGENT_MAIN,
+  PREHEAT_CLI,
   serviceMain,
   startAgent,
   startSeedServer,
   startTracker,
+  startWatcher,
+  WATCHER_TOKEN,
   type AgentOptions,
   type AgentProcess,
   type SeedServerOptions,
   type ServiceProcess,
+  type WatcherOptions,
 } from './services.js';
 export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 export { mib, percent, ratio, seconds, table } from './report.js';

@@ -10,11 +10,18 @@ import { scrapeMetrics } from './metrics.js';
 import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
 
 /** The built entry point of a service. */
-export function serviceMain(service: 'agent' | 'tracker' | 'seedserver'): string {
+export function serviceMain(service: ShoalService): string {
   return fileURLToPath(
     new URL(`../../../../services/${service}/dist/src/main.js`, import.meta.url),
   );
 }
+
+type ShoalService = 'agent' | 'tracker' | 'seedserver' | 'watcher';
+
+/** The built `shoal-preheat` command line. */
+export const PREHEAT_CLI = fileURLToPath(
+  new URL('../../../../services/watcher/dist/src/cli.js', import.meta.url),
+);
 
 /** The built agent's entry point. */
 export const AGENT_MAIN = serviceMain('agent');
@@ -57,7 +64,7 @@ export interface AgentOptions {
 
 /** Starts a service process and waits for its /readyz; `env` is all it gets besides PATH. */
 async function startService(
-  service: 'agent' | 'tracker' | 'seedserver',
+  service: ShoalService,
   dir: { path: string; remove(): Promise<void> },
   port: number,
   env: Record<string, string>,
@@ -164,6 +171,35 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
     SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
     SHOAL_STORE_DIR: join(dir.path, 'store'),
     ...options.storeEnv,
+    ...options.env,
+  });
+}
+
+export interface WatcherOptions {
+  readonly natsUrl: string;
+  /** `SHOAL_WATCHER_REGISTRIES` */
+  readonly registries: string;
+  /** Port to listen on (a registry's notifications need it before the watcher starts). */
+  readonly port?: number;
+  readonly id?: string;
+  /** The webhook and API bearer token (default `WATCHER_TOKEN`). */
+  readonly token?: string;
+  readonly env?: Record<string, string>;
+}
+
+/** The bearer token test watchers accept unless told otherwise. */
+export const WATCHER_TOKEN = 'shoal-test-token-0123456789';
+
+/** Starts a watcher on `natsUrl`. */
+export async function startWatcher(options: WatcherOptions): Promise<ServiceProcess> {
+  const dir = await makeTempDir('watcher');
+  const port = options.port ?? (await freePort());
+  return startService('watcher', dir, port, {
+    SHOAL_NATS_URL: options.natsUrl,
+    SHOAL_WATCHER_LISTEN: `127.0.0.1:${port}`,
+    SHOAL_WATCHER_ID: options.id ?? `watcher-${port}`,
+    SHOAL_WATCHER_REGISTRIES: options.registries,
+    SHOAL_WATCHER_WEBHOOK_TOKEN: options.token ?? WATCHER_TOKEN,
     ...options.env,
   });
 }

@@ -151,9 +151,7 @@ export class Seeder {
       return 'held';
     }
     const lockKey = `${digest.algorithm}.${digest.hex}`;
-    try {
-      await locks.create(lockKey, JSON.stringify({ owner: self.id, at: Date.now() }));
-    } catch {
+    if (!(await this.#takeLock(lockKey))) {
       // Another replica is seeding it and will announce it.
       metrics.seeds.inc({ source: 'none', outcome: 'busy' });
       return 'busy';
@@ -184,6 +182,35 @@ export class Seeder {
       clearInterval(timer);
       metrics.inFlight.dec();
       await locks.delete(lockKey).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Takes the blob's seed lock. A lock in this seed's own name is left from before a restart
+   * (this process runs one seed per blob, and it is not running this one): it is taken over
+   * rather than waited out.
+   */
+  async #takeLock(key: string): Promise<boolean> {
+    const { locks, self } = this.#deps;
+    const value = JSON.stringify({ owner: self.id, at: Date.now() });
+    try {
+      await locks.create(key, value);
+      return true;
+    } catch {
+      const held = await locks.get(key).catch(() => null);
+      if (held === null || held.operation !== 'PUT') {
+        return false;
+      }
+      const owner = held.json<{ owner?: unknown }>().owner;
+      if (owner !== self.id) {
+        return false;
+      }
+      try {
+        await locks.update(key, value, held.revision);
+        return true;
+      } catch {
+        return false;
+      }
     }
   }
 

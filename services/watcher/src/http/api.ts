@@ -56,10 +56,12 @@ export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): voi
       return reply.code(400).send({ error: z.prettifyError(parsed.error).slice(0, 1024) });
     }
     const body = parsed.data;
+    let result;
     try {
       const { reference, registry } = deps.resolver.parse(body.image);
-      const digest = await deps.resolver.currentDigest(registry, reference, request.signal);
-      const result = await deps.requests.submit(
+      // Not the request's signal: fastify aborts it once the body has been read.
+      const digest = await deps.resolver.currentDigest(registry, reference);
+      result = await deps.requests.submit(
         {
           registry: registry.host,
           repository: reference.repository,
@@ -71,13 +73,13 @@ export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): voi
         body.image,
         'api',
       );
-      return await reply.code(202).send({ ...result.status, duplicate: result.duplicate });
     } catch (error) {
       if (error instanceof ShoalError) {
         return reply.code(error.status).send({ error: error.message });
       }
       throw error;
     }
+    return reply.code(202).send({ ...result.status, duplicate: result.duplicate });
   });
 
   app.get<{ Params: { id: string } }>('/preheat/:id', async (request, reply) => {
