@@ -5,13 +5,26 @@
 import { context, propagation, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 
+/** The W3C trace-context headers. */
+const TRACE_CONTEXT_HEADERS = ['traceparent', 'tracestate'] as const;
+
 /**
- * Headers carrying the active (or given) context, to pass as `{ headers }` when publishing;
- * undefined when there is no trace to carry (tracing off, or no span active).
+ * Headers carrying the active context, to pass as `{ headers }` when publishing; undefined
+ * when there is no trace to carry (no span active). With tracing off in this process, the
+ * trace-context headers of `passOn` (the message being answered) are copied instead, so a
+ * trace still crosses a service that does not export spans.
  */
-export function traceHeaders(ctx: Context = context.active()): MsgHdrs | undefined {
+export function traceHeaders(passOn?: MsgHdrs): MsgHdrs | undefined {
   const carrier: Record<string, string> = {};
-  propagation.inject(ctx, carrier);
+  propagation.inject(context.active(), carrier);
+  if (Object.keys(carrier).length === 0 && passOn !== undefined) {
+    for (const name of TRACE_CONTEXT_HEADERS) {
+      const value = passOn.get(name);
+      if (value !== '') {
+        carrier[name] = value;
+      }
+    }
+  }
   const entries = Object.entries(carrier);
   if (entries.length === 0) {
     return undefined;

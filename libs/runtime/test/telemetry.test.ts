@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
+import { headers as natsHeaders } from '@nats-io/transport-node';
 import { startOtlpReceiver, traceTree, type OtlpReceiver } from '@shoal/testkit';
 
 import {
@@ -48,6 +49,14 @@ describe('tracingEnabled', () => {
     });
     assert.equal(result, 42);
     await telemetry.shutdown();
+  });
+
+  it('passes a received trace context on when it exports none itself', () => {
+    const received = natsHeaders();
+    const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    received.set('traceparent', traceparent);
+    assert.equal(traceHeaders(received)?.get('traceparent'), traceparent);
+    assert.equal(traceHeaders(natsHeaders()), undefined);
   });
 
   it('refuses a protocol it cannot export with', async () => {
