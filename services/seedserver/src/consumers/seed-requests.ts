@@ -12,7 +12,8 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import { decodeMessage, seedRequest, STREAMS } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import { contextFromHeaders } from '@shoal/runtime/nats';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { Seeder } from '../seeding/seeder.js';
@@ -57,7 +58,19 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
   const stopped = (): boolean => stopping.signal.aborted;
   const inFlight = new Set<Promise<void>>();
 
-  const handle = async (msg: JsMsg): Promise<void> => {
+  // A CONSUMER span in the trace of the want that caused the request (its headers).
+  const handle = (msg: JsMsg): Promise<void> =>
+    withSpan(
+      'seed-request process',
+      {
+        kind: SpanKind.CONSUMER,
+        parent: contextFromHeaders(msg.headers),
+        attributes: { 'messaging.destination.name': msg.subject, 'messaging.message.id': msg.seq },
+      },
+      () => handleRequest(msg),
+    );
+
+  const handleRequest = async (msg: JsMsg): Promise<void> => {
     const decoded = decodeMessage(seedRequest, msg.data);
     if (!decoded.ok) {
       metrics.requestsRejected.inc();
@@ -69,6 +82,7 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       msg.term();
       return;
     }
+    metrics.eventsConsumed.inc({ type: 'seed-request' });
     const outcome = await seeder.seed(decoded.value, stopping.signal, () => msg.working());
     if (outcome === 'failed' && stopping.signal.aborted) {
       msg.nak();
