@@ -38,6 +38,8 @@ export interface CollectedSpan {
   readonly kind: SpanKindName;
   /** The resource's `service.name`. */
   readonly service: string;
+  /** Every resource attribute (`service.instance.id` from `OTEL_RESOURCE_ATTRIBUTES`, ...). */
+  readonly resource: Readonly<Record<string, string | number | boolean>>;
   readonly attributes: Readonly<Record<string, string | number | boolean>>;
   /** Start time, in ns since the epoch. */
   readonly startNs: bigint;
@@ -228,6 +230,7 @@ function decodeExport(body: unknown): CollectedSpan[] {
           name: span.name ?? '',
           kind: KINDS[span.kind ?? 0] ?? 'unspecified',
           service,
+          resource,
           attributes: attributesOf(span.attributes),
           startNs: BigInt(span.startTimeUnixNano ?? 0),
           error: span.status?.code === 2,
