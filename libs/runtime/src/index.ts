@@ -14,3 +14,20 @@ export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
 export { RateLimiter } from './rate-limit.js';
 export { registerOpsRoutes, type OpsRouteDeps } from './http-ops.js';
+export { startTelemetry, tracingEnabled, type Telemetry } from './telemetry.js';
+export {
+  contextFromHttp,
+  failSpan,
+  injectHttp,
+  runInContext,
+  SpanKind,
+  SpanStatusCode,
+  startSpan,
+  traceFields,
+  tracer,
+  withSpan,
+  type Attributes,
+  type Context,
+  type Span,
+  type SpanOptions,
+} from './tracing.js';

@@ -16,6 +16,8 @@ export interface RunOptions {
   readonly logger: Logger;
   /** How long a graceful close may take before the process exits anyway, in ms. */
   readonly shutdownTimeoutMs: number;
+  /** Flushed last, after the service has closed (or failed to), so its final spans are sent. */
+  readonly telemetry?: { shutdown(): Promise<void> };
 }
 
 /** Starts `service`, closes it on the first signal, exits 0 on a clean close, 1 otherwise. */
@@ -34,13 +36,18 @@ export async function runUntilSignal(service: Service, options: RunOptions): Pro
       process.exit(1);
     }, options.shutdownTimeoutMs);
     timer.unref();
+    const flush = async (): Promise<void> => {
+      await options.telemetry?.shutdown().catch(() => undefined);
+    };
     service.close().then(
-      () => {
+      async () => {
         logger.info('stopped');
+        await flush();
         process.exit(0);
       },
-      (error: unknown) => {
+      async (error: unknown) => {
         logger.error({ err: error }, 'shutdown failed');
+        await flush();
         process.exit(1);
       },
     );

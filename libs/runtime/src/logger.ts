@@ -1,5 +1,10 @@
-/** Structured JSON logs with pino; credentials are redacted wherever they would appear. */
+/**
+ * Structured JSON logs with pino; credentials are redacted wherever they would appear. A line
+ * written inside a span carries its `trace_id` and `span_id`, to find the trace from the log.
+ */
 import { pino, type Logger, type LoggerOptions } from 'pino';
+
+import { traceFields } from './tracing.js';
 
 export type { Logger } from 'pino';
 
@@ -27,6 +32,7 @@ export function createLogger(settings: LoggerSettings): Logger {
     redact: { paths: REDACT, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
+    mixin: traceFields,
   };
   return settings.destination === undefined ? pino(options) : pino(options, settings.destination);
 }

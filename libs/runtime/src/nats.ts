@@ -205,3 +205,4 @@ export async function jetStreamFor(
 }
 
 export { superviseConsumption, type ConsumeLoop, type SuperviseOptions } from './consume.js';
+export { contextFromHeaders, traceHeaders } from './nats-trace.js';

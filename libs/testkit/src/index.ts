@@ -10,6 +10,15 @@ export {
 } from './image.js';
 export { startNats, type NatsServer } from './nats.js';
 export {
+  formatTraceTree,
+  startOtlpReceiver,
+  traceTree,
+  type CollectedSpan,
+  type OtlpReceiver,
+  type SpanKindName,
+  type TraceNode,
+} from './otlp.js';
+export {
   freePort,
   makeTempDir,
   requireBinary,

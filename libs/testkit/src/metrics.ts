@@ -3,6 +3,8 @@
 export interface MetricsSnapshot {
   /** One counter or gauge, summed over the label sets that carry every label in `labels`. */
   get(name: string, labels?: Record<string, string>): number;
+  /** True when the metric is registered (a `# TYPE` line), even with no sample yet. */
+  has(name: string): boolean;
 }
 
 const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$/;
@@ -14,7 +16,11 @@ export async function scrapeMetrics(baseUrl: string, timeoutMs = 10_000): Promis
     throw new Error(`${baseUrl}/metrics: HTTP ${response.status}`);
   }
   const samples: { name: string; labels: string; value: number }[] = [];
+  const families = new Set<string>();
   for (const line of (await response.text()).split('\n')) {
+    if (line.startsWith('# TYPE ')) {
+      families.add(line.split(' ')[2] ?? '');
+    }
     const match = SAMPLE.exec(line);
     if (match?.[1] !== undefined && match[3] !== undefined) {
       samples.push({ name: match[1], labels: match[2] ?? '', value: Number(match[3]) });
@@ -29,5 +35,6 @@ export async function scrapeMetrics(baseUrl: string, timeoutMs = 10_000): Promis
             Object.entries(labels).every(([k, v]) => s.labels.includes(`${k}="${v}"`)),
         )
         .reduce((sum, s) => sum + s.value, 0),
+    has: (name) => families.has(name),
   };
 }

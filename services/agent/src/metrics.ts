@@ -21,7 +21,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     fetchedBytes: new Counter({
       name: `${prefix}fetched_bytes_total`,
-      help: 'Blob bytes received by the agent, by source (origin, peer, seed)',
+      help: 'Blob bytes the agent got for its clients, by source: origin, peer, seed (received, each verified byte once) and cache (sent from a blob already cached)',
       labelNames: ['source'] as const,
       registers,
     }),

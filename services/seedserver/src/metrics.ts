@@ -46,6 +46,12 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['ok'] as const,
       registers,
     }),
+    eventsConsumed: new Counter({
+      name: `${prefix}events_consumed_total`,
+      help: 'Valid events consumed, by type (seed-request)',
+      labelNames: ['type'] as const,
+      registers,
+    }),
     requestsRejected: new Counter({
       name: `${prefix}seed_requests_rejected_total`,
       help: 'Seed requests dropped as invalid',

@@ -33,6 +33,8 @@ export interface ClusterSpec {
   readonly agents: readonly AgentSpec[];
   /** Extra seed-server variables (object gateway, rates). */
   readonly seedEnv?: Record<string, string>;
+  /** Variables every service gets (telemetry: `OTEL_*`). */
+  readonly env?: Record<string, string>;
   /** Reuse a registry (and its image) instead of starting one. */
   readonly registry?: { registry: Registry; image: GeneratedImage };
 }
@@ -81,7 +83,7 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     }
     const trackers: ServiceProcess[] = [];
     for (let i = 0; i < spec.trackers; i++) {
-      const tracker = await startTracker({ natsUrl: nats.url });
+      const tracker = await startTracker({ natsUrl: nats.url, env: { ...spec.env } });
       trackers.push(tracker);
     }
     stops.push(async () => {
@@ -98,10 +100,10 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
       seed: await startSeedServer({
         natsUrl: nats.url,
         registries,
-        ...(spec.seedEnv === undefined ? {} : { env: spec.seedEnv }),
+        env: { ...spec.env, ...spec.seedEnv },
       }),
       agents: [],
-      agentEnv: { ...FAST_SWARM_ENV },
+      agentEnv: { ...FAST_SWARM_ENV, ...spec.env },
       stop: stopAll,
     };
     stops.push(() => cluster.seed.stop());

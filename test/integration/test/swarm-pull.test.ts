@@ -63,6 +63,13 @@ describe('six agents pull one image at once through the swarm', () => {
         );
       }
       const sources = await Promise.all(agents.map((agent) => bytesBySource(agent)));
+      for (const [i, s] of sources.entries()) {
+        assert.equal(
+          s.origin + s.seed + s.peer,
+          image.blobs.reduce((sum, b) => sum + b.size, 0),
+          `${agents[i]?.peerId ?? i} counted each byte it received once, by source`,
+        );
+      }
       const received = sources.reduce((sum, s) => sum + s.origin + s.seed + s.peer, 0);
       const fromPeers = sources.reduce((sum, s) => sum + s.peer, 0);
       const blobBytes = image.blobs.reduce((sum, b) => sum + b.size, 0);

@@ -259,9 +259,17 @@ export class Mirror {
     cursor: ByteCursor,
     from: 'cache' | 'download',
   ): Promise<void> {
-    const counter = this.#deps.metrics.servedBytes.labels({ from });
+    const { metrics } = this.#deps;
+    const served = metrics.servedBytes.labels({ from });
+    // Bytes by source: a cache hit is the fourth source beside origin, seed and peer, which
+    // are counted as they are received.
+    const fromCache =
+      from === 'cache' ? metrics.fetchedBytes.labels({ source: 'cache' }) : undefined;
     sendBlobHeaders(reply, digest, size, range);
-    await pumpBody(reply, reply.statusCode, cursor, (bytes) => counter.inc(bytes));
+    await pumpBody(reply, reply.statusCode, cursor, (bytes) => {
+      served.inc(bytes);
+      fromCache?.inc(bytes);
+    });
   }
 }
 

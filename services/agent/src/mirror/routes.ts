@@ -1,5 +1,5 @@
 /** The mirror's HTTP routes: `/v2/` and the pull endpoints, and OCI error answers. */
-import type { Logger } from '@shoal/runtime';
+import { runInContext, type Logger } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { AgentMetrics } from '../metrics.js';
@@ -7,6 +7,7 @@ import type { RegistryTable } from '../upstream/registries.js';
 import { MirrorError, ociErrorBody, toMirrorError } from './errors.js';
 import type { Mirror } from './mirror.js';
 import { parsePullPath } from './path.js';
+import { traceMirrorRequest } from './tracing.js';
 
 export interface MirrorRouteDeps {
   readonly mirror: Mirror;
@@ -40,17 +41,21 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
       const controller = new AbortController();
       reply.raw.once('close', () => controller.abort());
       reply.headers(API_VERSION_HEADER);
-      await mirror.pull(
-        target,
-        {
-          method: request.method === 'HEAD' ? 'HEAD' : 'GET',
-          registry,
-          accept: joinHeader(request.headers.accept),
-          authorization: request.headers.authorization,
-          range: request.headers.range,
-          signal: controller.signal,
-        },
-        reply,
+      // Everything the request sets off (its download, wants, piece fetches) joins its trace.
+      const traced = traceMirrorRequest(request, reply, target, registry.host);
+      await runInContext(traced, () =>
+        mirror.pull(
+          target,
+          {
+            method: request.method === 'HEAD' ? 'HEAD' : 'GET',
+            registry,
+            accept: joinHeader(request.headers.accept),
+            authorization: request.headers.authorization,
+            range: request.headers.range,
+            signal: controller.signal,
+          },
+          reply,
+        ),
       );
       return reply;
     },

@@ -26,6 +26,7 @@ import {
   type PieceRanges,
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
+import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
 
@@ -144,8 +145,12 @@ export class SwarmClient {
     return true;
   }
 
-  /** Asks the tracker for peers. Failures are logged: the download goes on (or falls back). */
+  /**
+   * Asks the tracker for peers. Failures are logged: the download goes on (or falls back).
+   * The want carries the active trace context, so the tracker's answer joins the trace.
+   */
   async want(request: WantRequest): Promise<void> {
+    const headers = traceHeaders();
     try {
       await this.#js.publish(
         pieceWantSubject(request.blob),
@@ -158,6 +163,7 @@ export class SwarmClient {
           repository: request.repository,
           limit: 16,
         }),
+        headers === undefined ? undefined : { headers },
       );
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
     } catch (error) {

@@ -3,7 +3,8 @@
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
 import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
-import type { FastifyInstance } from 'fastify';
+import { contextFromHttp, SpanKind, withSpan } from '@shoal/runtime';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
@@ -20,51 +21,69 @@ export interface PeerRouteDeps {
   readonly corruptPieces: boolean;
 }
 
+interface PieceRoute {
+  Params: { algorithm: string; hex: string; index: string };
+}
+type PieceRequest = FastifyRequest<PieceRoute>;
+
 /** Pieces served at once; more requests get 429 and try another holder. */
 const MAX_CONCURRENT_UPLOADS = 16;
 
 export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): void {
   let uploads = 0;
-  app.get<{ Params: { algorithm: string; hex: string; index: string } }>(
-    '/pieces/:algorithm/:hex/:index',
-    async (request, reply) => {
-      const { algorithm, hex, index } = request.params;
-      let digest: Digest;
-      try {
-        digest = parseDigest(`${algorithm}:${hex}`);
-      } catch {
-        return reply.code(400).send({ error: 'not a digest' });
-      }
-      const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
-      const length = piece < 0 ? undefined : pieceLength(deps, digest, piece);
-      if (length === undefined) {
-        return reply.code(404).send({ error: 'piece not held' });
-      }
-      // Bounded: past the cap peers are asked to come back (they try another holder meanwhile).
-      if (uploads >= MAX_CONCURRENT_UPLOADS) {
-        return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
-      }
-      // Counted until the response is gone, so the cap bounds the pieces held in memory.
-      uploads += 1;
-      reply.raw.once('close', () => {
-        uploads -= 1;
-      });
-      // Wait for the budget before reading, so a queued request holds no piece in memory,
-      // and drop requests whose peer gave up meanwhile.
-      await deps.uploadLimit.take(length);
-      if (request.raw.destroyed) {
-        return reply;
-      }
-      const bytes = await readPiece(deps, digest, piece);
-      if (bytes === undefined) {
-        return reply.code(404).send({ error: 'piece not held' });
-      }
-      if (deps.corruptPieces && bytes.length > 0) {
-        bytes[0] = (bytes[0] ?? 0) ^ 0xff;
-      }
-      deps.metrics.uploadedBytes.inc(bytes.length);
-      return reply.header('content-type', 'application/octet-stream').send(bytes);
-    },
+  const serve = async (request: PieceRequest, reply: FastifyReply): Promise<FastifyReply> => {
+    const { algorithm, hex, index } = request.params;
+    let digest: Digest;
+    try {
+      digest = parseDigest(`${algorithm}:${hex}`);
+    } catch {
+      return reply.code(400).send({ error: 'not a digest' });
+    }
+    const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
+    const length = piece < 0 ? undefined : pieceLength(deps, digest, piece);
+    if (length === undefined) {
+      return reply.code(404).send({ error: 'piece not held' });
+    }
+    // Bounded: past the cap peers are asked to come back (they try another holder meanwhile).
+    if (uploads >= MAX_CONCURRENT_UPLOADS) {
+      return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
+    }
+    // Counted until the response is gone, so the cap bounds the pieces held in memory.
+    uploads += 1;
+    reply.raw.once('close', () => {
+      uploads -= 1;
+    });
+    // Wait for the budget before reading, so a queued request holds no piece in memory,
+    // and drop requests whose peer gave up meanwhile.
+    await deps.uploadLimit.take(length);
+    if (request.raw.destroyed) {
+      return reply;
+    }
+    const bytes = await readPiece(deps, digest, piece);
+    if (bytes === undefined) {
+      return reply.code(404).send({ error: 'piece not held' });
+    }
+    if (deps.corruptPieces && bytes.length > 0) {
+      bytes[0] = (bytes[0] ?? 0) ^ 0xff;
+    }
+    deps.metrics.uploadedBytes.inc(bytes.length);
+    return reply.header('content-type', 'application/octet-stream').send(bytes);
+  };
+  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
+    // A SERVER span in the trace of the agent asking (from its `traceparent`).
+    withSpan(
+      'piece serve',
+      {
+        kind: SpanKind.SERVER,
+        parent: contextFromHttp(request.headers),
+        attributes: { 'shoal.piece_path': request.url.slice(0, 256) },
+      },
+      async (span) => {
+        const sent = await serve(request, reply);
+        span.setAttribute('http.response.status_code', reply.statusCode);
+        return sent;
+      },
+    ),
   );
 }
 

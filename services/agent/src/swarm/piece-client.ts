@@ -2,7 +2,7 @@
 import { Agent, request } from 'node:http';
 
 import { piecePath } from '@shoal/proto';
-import { ShoalError } from '@shoal/runtime';
+import { injectHttp, ShoalError } from '@shoal/runtime';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -49,7 +49,10 @@ export class PieceClient {
   ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
     return new Promise((resolve, reject) => {
-      const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs });
+      // The active span's context goes along, so the peer's span joins this trace.
+      const headers = {};
+      injectHttp(headers);
+      const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs, headers });
       const timer = setTimeout(() => {
         req.destroy(
           new PieceFetchError(

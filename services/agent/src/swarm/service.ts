@@ -5,7 +5,7 @@
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
-import { RateLimiter, type Logger } from '@shoal/runtime';
+import { RateLimiter, runInContext, startSpan, type Logger } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -134,7 +134,17 @@ export class SwarmService implements BlobFetcher {
     });
     const key = target.digest.toString();
     this.#active.set(key, fetch);
-    void fetch.run(signal).finally(() => {
+    // A child of the request that started it; wants and piece requests are its children.
+    const traced = startSpan('swarm download', {
+      attributes: {
+        'oci.registry': target.registry.host,
+        'oci.repository': target.name,
+        'oci.digest': key,
+      },
+    });
+    void runInContext(traced.context, () => fetch.run(signal)).finally(() => {
+      traced.span.setAttributes(fetch.summary());
+      traced.span.end();
       if (this.#active.get(key) === fetch) {
         this.#active.delete(key);
       }

@@ -25,7 +25,7 @@ import {
   type PieceRanges,
 } from '@shoal/proto';
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
-import type { Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { BlobDownload } from '../cache/download.js';
@@ -126,6 +126,15 @@ export class SwarmFetch {
     }
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
     return this.download.readAt(start, end - start);
+  }
+
+  /** Span attributes describing how the fetch went, for the end of its span. */
+  summary(): Record<string, number> {
+    return {
+      'shoal.pieces': this.#count,
+      'shoal.pieces_held': this.#have.size,
+      'shoal.peers': this.#peers.size,
+    };
   }
 
   /** The layout once known: piece size and count. */
@@ -348,23 +357,37 @@ export class SwarmFetch {
       if (signal.aborted) {
         return;
       }
-      let bytes: Buffer | undefined;
-      if (entry.streaming) {
-        await pieces.stream(
-          peer.info.url,
-          this.#blob,
-          index,
-          end - start,
-          signal,
-          async (chunk, offset) => {
-            hasher.update(chunk);
-            await this.download.writeAt(start + offset, chunk);
+      const bytes = await withSpan(
+        'piece GET',
+        {
+          kind: SpanKind.CLIENT,
+          attributes: {
+            'shoal.piece': index,
+            'shoal.peer': peer.info.id,
+            'shoal.source': source,
+            'server.address': new URL(peer.info.url).host,
           },
-        );
-      } else {
-        bytes = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
-        hasher.update(bytes);
-      }
+        },
+        async () => {
+          if (!entry.streaming) {
+            const copy = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+            hasher.update(copy);
+            return copy;
+          }
+          await pieces.stream(
+            peer.info.url,
+            this.#blob,
+            index,
+            end - start,
+            signal,
+            async (chunk, offset) => {
+              hasher.update(chunk);
+              await this.download.writeAt(start + offset, chunk);
+            },
+          );
+          return undefined;
+        },
+      );
       if (this.#have.has(index)) {
         return;
       }

@@ -2,7 +2,7 @@
  * Every request the agent sends to a registry goes through here: counted by registry, kind
  * and status, and a failure to get an answer becomes the mirror's 502 UNAVAILABLE.
  */
-import { isAbortError } from '@shoal/runtime';
+import { isAbortError, SpanKind, withSpan } from '@shoal/runtime';
 
 import type { AgentMetrics } from '../metrics.js';
 import { MirrorError } from '../mirror/errors.js';
@@ -28,7 +28,27 @@ export class RegistryRequests {
     this.#metrics = metrics;
   }
 
-  async send(req: RegistryRequest): Promise<UpstreamResponse> {
+  /** Sends one request in a CLIENT span (ended at the response headers; no header values). */
+  send(req: RegistryRequest): Promise<UpstreamResponse> {
+    return withSpan(
+      `origin ${req.method} ${req.kind}`,
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          'oci.registry': req.registry.host,
+          'http.request.method': req.method,
+          ...(req.headers.range === undefined ? {} : { 'http.request.range': req.headers.range }),
+        },
+      },
+      async (span) => {
+        const response = await this.#send(req);
+        span.setAttribute('http.response.status_code', response.status);
+        return response;
+      },
+    );
+  }
+
+  async #send(req: RegistryRequest): Promise<UpstreamResponse> {
     const registry = req.registry.host;
     const { kind } = req;
     try {

@@ -21,7 +21,8 @@ import {
   STREAMS,
   type SeedRequest,
 } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import { contextFromHeaders } from '@shoal/runtime/nats';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { Seeder } from '../seeding/seeder.js';
@@ -72,7 +73,19 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
   const stopped = (): boolean => stopping.signal.aborted;
   const inFlight = new Set<Promise<void>>();
 
-  const handle = async (msg: JsMsg): Promise<void> => {
+  // A CONSUMER span in the trace of the want that caused the request (its headers).
+  const handle = (msg: JsMsg): Promise<void> =>
+    withSpan(
+      'seed-request process',
+      {
+        kind: SpanKind.CONSUMER,
+        parent: contextFromHeaders(msg.headers),
+        attributes: { 'messaging.destination.name': msg.subject, 'messaging.message.id': msg.seq },
+      },
+      () => handleRequest(msg),
+    );
+
+  const handleRequest = async (msg: JsMsg): Promise<void> => {
     const decoded = decodeMessage(seedRequest, msg.data);
     if (!decoded.ok) {
       metrics.requestsRejected.inc();
@@ -84,6 +97,7 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       msg.term();
       return;
     }
+    metrics.eventsConsumed.inc({ type: 'seed-request' });
     const request = decoded.value;
     const heartbeat = (): void => msg.working();
     let outcome = await seeder.seed(request, stopping.signal, heartbeat);

@@ -1,7 +1,14 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { parseDigest } from '@shoal/proto';
-import { registerOpsRoutes, type OpsRouteDeps, type RateLimiter } from '@shoal/runtime';
-import type { FastifyInstance } from 'fastify';
+import {
+  contextFromHttp,
+  registerOpsRoutes,
+  SpanKind,
+  withSpan,
+  type OpsRouteDeps,
+  type RateLimiter,
+} from '@shoal/runtime';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedBlob } from '../seeding/seed-blob.js';
@@ -19,39 +26,58 @@ export interface RouteDeps extends OpsRouteDeps {
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { metrics } = deps;
   const rations = new PieceRations(deps.fanout.copies, deps.fanout.windowMs);
-  app.get<{ Params: { algorithm: string; hex: string; index: string } }>(
-    '/pieces/:algorithm/:hex/:index',
-    async (request, reply) => {
-      const { algorithm, hex, index } = request.params;
-      let digest: string;
-      try {
-        digest = parseDigest(`${algorithm}:${hex}`).toString();
-      } catch {
-        metrics.pieceRequests.inc({ result: 'invalid' });
-        return reply.code(400).send({ error: 'not a digest' });
-      }
-      const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
-      const blob = deps.blob(digest);
-      if (blob !== undefined && piece >= 0 && piece < blob.count && !rations.allow(digest, piece)) {
-        metrics.pieceRequests.inc({ result: 'rationed' });
-        return reply
-          .code(429)
-          .header('retry-after', '1')
-          .send({ error: 'get this piece from a peer' });
-      }
-      const bytes = piece < 0 ? undefined : await blob?.readPiece(piece);
-      if (bytes === undefined) {
-        metrics.pieceRequests.inc({ result: 'missing' });
-        return reply.code(404).send({ error: 'piece not held' });
-      }
-      await deps.uploadLimit.take(bytes.length);
-      metrics.pieceRequests.inc({ result: 'served' });
-      metrics.servedBytes.inc(bytes.length);
-      return reply.header('content-type', 'application/octet-stream').send(bytes);
-    },
+  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
+    // A SERVER span in the trace of the agent asking (from its `traceparent`).
+    withSpan(
+      'piece serve',
+      {
+        kind: SpanKind.SERVER,
+        parent: contextFromHttp(request.headers),
+        attributes: { 'shoal.piece_path': request.url.slice(0, 256) },
+      },
+      async (span) => {
+        const sent = await servePiece(request, reply);
+        span.setAttribute('http.response.status_code', reply.statusCode);
+        return sent;
+      },
+    ),
   );
   registerOpsRoutes(app, deps);
+
+  async function servePiece(request: PieceRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const { algorithm, hex, index } = request.params;
+    let digest: string;
+    try {
+      digest = parseDigest(`${algorithm}:${hex}`).toString();
+    } catch {
+      metrics.pieceRequests.inc({ result: 'invalid' });
+      return reply.code(400).send({ error: 'not a digest' });
+    }
+    const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
+    const blob = deps.blob(digest);
+    if (blob !== undefined && piece >= 0 && piece < blob.count && !rations.allow(digest, piece)) {
+      metrics.pieceRequests.inc({ result: 'rationed' });
+      return reply
+        .code(429)
+        .header('retry-after', '1')
+        .send({ error: 'get this piece from a peer' });
+    }
+    const bytes = piece < 0 ? undefined : await blob?.readPiece(piece);
+    if (bytes === undefined) {
+      metrics.pieceRequests.inc({ result: 'missing' });
+      return reply.code(404).send({ error: 'piece not held' });
+    }
+    await deps.uploadLimit.take(bytes.length);
+    metrics.pieceRequests.inc({ result: 'served' });
+    metrics.servedBytes.inc(bytes.length);
+    return reply.header('content-type', 'application/octet-stream').send(bytes);
+  }
 }
+
+interface PieceRoute {
+  Params: { algorithm: string; hex: string; index: string };
+}
+type PieceRequest = FastifyRequest<PieceRoute>;
 
 /**
  * Counts copies of each piece served in the current window. Entries are kept per blob and

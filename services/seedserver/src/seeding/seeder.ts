@@ -29,10 +29,9 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import { headerValue, type RegistryReader, type UpstreamRegistry } from '@shoal/registry';
-import { ShoalError, type Logger } from '@shoal/runtime';
+import { ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
-
 import { Announcer } from './announcer.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 
@@ -167,9 +166,19 @@ export class Seeder {
     metrics.inFlight.inc();
     let source: 'store' | 'origin' = 'origin';
     try {
-      const opened = await this.#open(request, digest, signal);
+      // One span for reading the blob in (origin or object gateway), cut into pieces and verified.
+      const opened = await withSpan(
+        'seed fetch',
+        { attributes: { 'oci.digest': request.blob, 'oci.registry': request.registry } },
+        async (span) => {
+          const bytes = await this.#open(request, digest, signal);
+          span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
+          const ingested = await this.#ingest(digest, bytes.size, bytes.body, bytes.source);
+          return { ...ingested, source: bytes.source };
+        },
+      );
       source = opened.source;
-      await this.#ingest(digest, opened.size, opened.body, source, signal);
+      await this.#announceAndStore(opened.blob, opened.announcer, source, signal);
       metrics.seeds.inc({ source, outcome: 'seeded' });
       this.#failures.delete(request.blob);
       return 'seeded';
@@ -237,7 +246,19 @@ export class Seeder {
         `registry ${request.registry} is not configured`,
       );
     }
-    const response = await origin.fetchBlob(registry, request.repository, digest, signal);
+    // Ends at the response headers; the body is read by the seed fetch span around it.
+    const response = await withSpan(
+      'origin GET blob',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'oci.registry': registry.host, 'oci.repository': request.repository },
+      },
+      async (span) => {
+        const answer = await origin.fetchBlob(registry, request.repository, digest, signal);
+        span.setAttribute('http.response.status_code', answer.status);
+        return answer;
+      },
+    );
     if (response.status !== 200) {
       response.body.resume();
       throw new SeedError('ORIGIN_ANSWER', 502, `origin answered ${response.status}`);
@@ -250,15 +271,14 @@ export class Seeder {
     return { body: response.body, size: Number(length), source: 'origin' };
   }
 
-  /** Cuts the stream into pieces on disk, announcing them; verifies, commits and stores. */
+  /** Cuts the stream into pieces on disk, announcing them; verifies and commits. */
   async #ingest(
     digest: Digest,
     size: number,
     body: Readable,
     source: 'store' | 'origin',
-    signal: AbortSignal,
-  ): Promise<void> {
-    const { cacheDir, js, self, store, metrics } = this.#deps;
+  ): Promise<{ blob: SeedBlob; announcer: Announcer }> {
+    const { cacheDir, js, self, metrics } = this.#deps;
     const key = digest.toString();
     const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
     const blob = await SeedBlob.create(digest, size, temp);
@@ -307,6 +327,7 @@ export class Seeder {
       clearInterval(ticker);
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
       await blob.commit(finalPath);
+      return { blob, announcer };
     } catch (error) {
       // Nothing verified: withdraw what was announced and drop the file.
       clearInterval(ticker);
@@ -318,13 +339,22 @@ export class Seeder {
       await blob.discard();
       throw error;
     }
-    // Verified and committed: from here a failure (NATS, the object gateway) leaves the blob
-    // held and served; the next request for it tries the rest again.
+  }
+
+  /**
+   * After a verified commit: the last announcement and, for a blob from the origin, the copy
+   * in the object gateway. A failure here (NATS, the gateway) leaves the blob held and served;
+   * the next request for it tries the rest again.
+   */
+  async #announceAndStore(
+    blob: SeedBlob,
+    announcer: Announcer,
+    source: 'store' | 'origin',
+    signal: AbortSignal,
+  ): Promise<void> {
     await announcer.flush();
     if (source === 'origin') {
-      await store.write(key, createReadStream(blob.path), size, signal);
-      await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
-      metrics.storedBytes.inc(size);
+      await this.#store(blob, signal);
     }
   }
 
@@ -333,14 +363,25 @@ export class Seeder {
    * whose upload failed is completed by the next request for it.
    */
   async #ensureStored(blob: SeedBlob, signal: AbortSignal): Promise<void> {
+    if ((await this.#deps.store.stat(blob.digest.toString(), signal)) === undefined) {
+      await this.#store(blob, signal);
+    }
+  }
+
+  /** Writes a verified blob and its piece manifest to the object gateway. */
+  async #store(blob: SeedBlob, signal: AbortSignal): Promise<void> {
     const { store, metrics } = this.#deps;
     const key = blob.digest.toString();
-    if ((await store.stat(key, signal)) !== undefined) {
-      return;
-    }
-    await store.write(key, createReadStream(blob.path), blob.size, signal);
-    await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
-    metrics.storedBytes.inc(blob.size);
+    const { size } = blob;
+    await withSpan(
+      'gateway write',
+      { kind: SpanKind.CLIENT, attributes: { 'oci.digest': key, 'shoal.size': size } },
+      async () => {
+        await store.write(key, createReadStream(blob.path), size, signal);
+        await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
+      },
+    );
+    metrics.storedBytes.inc(size);
   }
 
   /** Re-publishes a held blob's hashes if the hashes stream no longer has them. */

@@ -11,7 +11,7 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
@@ -22,14 +22,19 @@ import {
   STREAMS,
   type Handout,
 } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { LoadTracker } from '../handout/load.js';
 import { choosePeers, hasFinisher } from '../handout/policy.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
 import type { SwarmView } from '../swarm/view.js';
-import { superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
+import {
+  contextFromHeaders,
+  superviseConsumption,
+  traceHeaders,
+  type ConsumeLoop,
+} from '@shoal/runtime/nats';
 import { MAX_LOGGED_ERROR } from './swarm-event.js';
 
 /** The durable consumer every tracker replica shares (`<service>-<purpose>`). */
@@ -46,8 +51,6 @@ const PULL_BATCH = 64;
 const NAK_DELAY_MS = 1_000;
 /** Wait before reopening the consumer after a failure, in ms. */
 const RETRY_DELAY_MS = 1_000;
-/** Trace context headers carried from a want to its hand-out and seed request. */
-const TRACE_HEADERS = ['traceparent', 'tracestate'] as const;
 
 const nanos = (ms: number): number => ms * 1_000_000;
 
@@ -90,8 +93,23 @@ export interface WantDeps {
 /**
  * Answers one want: a hand-out to the asker, a seed request when nobody can finish the blob,
  * then the ack. Never throws: an invalid want is terminated, a transient failure nak'ed.
+ *
+ * It runs in a CONSUMER span whose parent is the want's trace context (the asking agent's
+ * download), and the hand-out and seed request carry this span's context on.
  */
-export async function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
+export function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
+  return withSpan(
+    'piece-want process',
+    {
+      kind: SpanKind.CONSUMER,
+      parent: contextFromHeaders(msg.headers),
+      attributes: { 'messaging.destination.name': msg.subject, 'messaging.message.id': msg.seq },
+    },
+    () => answerWant(msg, deps),
+  );
+}
+
+async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
   const { metrics, logger } = deps;
   const decoded = decodeMessage(pieceWant, msg.data);
   if (!decoded.ok) {
@@ -121,13 +139,20 @@ export async function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
   const members = deps.view.members(want.blob, now);
   metrics.swarmSize.observe(members.length);
   const chosen = choosePeers(members, want, (peer) => deps.load.load(peer, now));
-  const trace = traceHeaders(msg.headers);
 
   // The seed request goes first: if it fails, the want is redelivered and the asker gets a
   // single hand-out later rather than two.
   if (!hasFinisher(members, want.peer.id)) {
     try {
-      const outcome = await deps.seeds.request(want, trace);
+      const outcome = await withSpan(
+        'seed-request publish',
+        { kind: SpanKind.PRODUCER, attributes: { 'shoal.blob': want.blob } },
+        async (span) => {
+          const result = await deps.seeds.request(want, traceHeaders(msg.headers));
+          span.setAttribute('shoal.outcome', result);
+          return result;
+        },
+      );
       metrics.seedRequests.inc({ outcome });
       if (outcome === 'no-stream') {
         logger.warn(
@@ -151,10 +176,20 @@ export async function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
     peers: chosen.map(({ peer, pieces, complete, seed }) => ({ peer, pieces, complete, seed })),
   };
   try {
-    deps.nc.publish(
-      handoutSubject(want.peer.id),
-      encodeMessage(handout, answer),
-      trace === undefined ? undefined : { headers: trace },
+    await withSpan(
+      'handout publish',
+      {
+        kind: SpanKind.PRODUCER,
+        attributes: { 'shoal.blob': want.blob, 'shoal.peers': chosen.length },
+      },
+      () => {
+        const headers = traceHeaders(msg.headers);
+        deps.nc.publish(
+          handoutSubject(want.peer.id),
+          encodeMessage(handout, answer),
+          headers === undefined ? undefined : { headers },
+        );
+      },
     );
   } catch (error) {
     // Publishing only fails when the connection is closing or closed; another replica (or
@@ -213,20 +248,4 @@ export class WantsConsumer {
   async stop(): Promise<void> {
     await this.#loop?.stop();
   }
-}
-
-/** The want's trace context, to carry on to what answers it; undefined when it has none. */
-function traceHeaders(source: MsgHdrs | undefined): MsgHdrs | undefined {
-  if (source === undefined) {
-    return undefined;
-  }
-  let carried: MsgHdrs | undefined;
-  for (const name of TRACE_HEADERS) {
-    const value = source.get(name);
-    if (value !== '') {
-      carried ??= natsHeaders();
-      carried.set(name, value);
-    }
-  }
-  return carried;
 }

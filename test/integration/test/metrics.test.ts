@@ -1,0 +1,125 @@
+/**
+ * Metrics (issue 5, acceptance 2): after a swarm pull, each agent's bytes by source (origin,
+ * seed, peer) add up to exactly the bytes of the blobs it fetched, and a pull served from the
+ * cache counts under `cache` without changing them. Every service reports the metrics the
+ * operations guide lists.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { scrapeMetrics } from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import { pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
+
+/** Bytes by source as one agent's /metrics reports them. */
+async function sources(url: string): Promise<Record<'origin' | 'seed' | 'peer' | 'cache', number>> {
+  const metrics = await scrapeMetrics(url);
+  const read = (source: string): number =>
+    metrics.get('shoal_agent_fetched_bytes_total', { source });
+  return { origin: read('origin'), seed: read('seed'), peer: read('peer'), cache: read('cache') };
+}
+
+describe('metrics after a swarm pull', () => {
+  const repository = 'shoal/metrics';
+  let cluster: Cluster;
+
+  before(async () => {
+    cluster = await startCluster({
+      layerSizes: [24 * MiB, 4 * MiB, 300 * 1024],
+      seed: 'metrics',
+      repository,
+      trackers: 1,
+      agents: ['m-1', 'm-2', 'm-3'].map((peerId) => ({ peerId })),
+    });
+  });
+
+  after(async () => {
+    await cluster.stop();
+  });
+
+  it('reports bytes by source that add up to what each agent received', async (t) => {
+    const { agents, image } = cluster;
+    const blobBytes = image.blobs.reduce((sum, b) => sum + b.size, 0);
+    const outcomes = await Promise.all(
+      agents.map((agent) => pullBlobs(agent, cluster, repository)),
+    );
+    for (const outcome of outcomes.flat()) {
+      assert.equal(outcome.status, 200);
+      assert.equal(outcome.error, undefined);
+    }
+    for (const agent of agents) {
+      const got = await sources(agent.url);
+      t.diagnostic(
+        `${agent.peerId ?? ''}: origin ${got.origin}, seed ${got.seed}, peer ${got.peer}, cache ${got.cache}; blobs ${blobBytes}`,
+      );
+      assert.equal(got.origin + got.seed + got.peer, blobBytes, `${agent.peerId ?? ''} received`);
+      assert.equal(got.cache, 0, 'nothing was cached before');
+      assert.equal(await agent.metric('shoal_agent_cache_size_bytes'), blobBytes);
+    }
+
+    // The same blobs again from one agent: all from its cache, nothing received.
+    const [first] = agents;
+    assert.ok(first !== undefined);
+    const earlier = await sources(first.url);
+    await pullBlobs(first, cluster, repository);
+    const again = await sources(first.url);
+    assert.deepEqual(again, { ...earlier, cache: blobBytes });
+  });
+
+  it('reports the listed metrics on every service', async () => {
+    const [agent] = cluster.agents;
+    const [tracker] = cluster.trackers;
+    assert.ok(agent !== undefined && tracker !== undefined);
+    const expected: [string, string[]][] = [
+      [
+        agent.url,
+        [
+          'fetched_bytes_total',
+          'pieces_total',
+          'verification_failures_total',
+          'swarm_peers',
+          'events_received_total',
+          'events_rejected_total',
+          'cache_size_bytes',
+          'cache_evictions_total',
+          'rate_limit_waits_total',
+        ].map((m) => `shoal_agent_${m}`),
+      ],
+      [
+        tracker.url,
+        [
+          'swarm_size_peers',
+          'swarm_peers',
+          'swarm_blobs',
+          'handout_latency_seconds',
+          'events_consumed_total',
+          'events_rejected_total',
+        ].map((m) => `shoal_tracker_${m}`),
+      ],
+      [
+        cluster.seed.url,
+        [
+          'ingested_bytes_total',
+          'served_bytes_total',
+          'events_consumed_total',
+          'seed_requests_rejected_total',
+        ].map((m) => `shoal_seedserver_${m}`),
+      ],
+    ];
+    for (const [url, names] of expected) {
+      const metrics = await scrapeMetrics(url);
+      for (const name of names) {
+        assert.ok(metrics.has(name), `${url} reports ${name}`);
+      }
+    }
+    assert.ok(
+      (await tracker.metric('shoal_tracker_events_consumed_total', { type: 'piece-want' })) > 0,
+    );
+    assert.ok(
+      (await cluster.seed.metric('shoal_seedserver_events_consumed_total', {
+        type: 'seed-request',
+      })) > 0,
+    );
+  });
+});
