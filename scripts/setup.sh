@@ -22,6 +22,7 @@ declare -A packages=(
   [containerd]=containerd
   [ctr]=containerd
   [ip]=iproute2
+  [docker-compose]=docker-compose
 )
 missing=()
 for binary in "${!packages[@]}"; do

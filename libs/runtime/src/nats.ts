@@ -24,11 +24,17 @@ import type { KvSpec, StreamSpec } from '@shoal/proto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 
+import { ConfigError } from './config.js';
+
 export type { NatsConnection } from '@nats-io/transport-node';
 
 /** Configuration of the NATS connection, shared by every service. */
 export const natsConfig = z.object({
-  /** Comma-separated NATS server URLs, e.g. `nats://nats-0:4222,nats://nats-1:4222`. */
+  /**
+   * Comma-separated NATS server URLs, e.g. `nats://nats-0:4222,nats://nats-1:4222`. A URL may
+   * carry a user and password (`nats://agent:secret@nats:4222`, percent-encoded), which are
+   * then used for every server, including those learned from the cluster.
+   */
   SHOAL_NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
@@ -49,8 +55,10 @@ export async function connectNats(
   name: string,
   logger: Logger,
 ): Promise<NatsConnection> {
+  const { servers, user, pass } = parseNatsServers(config.SHOAL_NATS_URL);
   const nc = await connect({
-    servers: config.SHOAL_NATS_URL.split(',').map((s) => s.trim()),
+    servers,
+    ...(user === undefined ? {} : { user, pass: pass ?? '' }),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
@@ -69,6 +77,49 @@ export async function connectNats(
     }
   })();
   return nc;
+}
+
+/** Server URLs without credentials, and the user and password they carried, if any. */
+export interface NatsServers {
+  readonly servers: string[];
+  readonly user?: string;
+  readonly pass?: string;
+}
+
+/**
+ * Splits `SHOAL_NATS_URL` into server URLs and moves credentials out of them: the NATS client
+ * does not read them from a URL itself, and keeping them out of the server list keeps them out
+ * of its error messages. Throws a ConfigError when URLs carry different credentials.
+ */
+export function parseNatsServers(text: string): NatsServers {
+  const servers: string[] = [];
+  let user: string | undefined;
+  let pass: string | undefined;
+  for (const entry of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')) {
+    const match = /^([a-z]+:\/\/)([^@/]*)@(.*)$/i.exec(entry);
+    if (match === null) {
+      servers.push(entry);
+      continue;
+    }
+    const [, scheme = '', userinfo = '', rest = ''] = match;
+    const colon = userinfo.indexOf(':');
+    const thisUser = decodeURIComponent(colon === -1 ? userinfo : userinfo.slice(0, colon));
+    const thisPass = colon === -1 ? undefined : decodeURIComponent(userinfo.slice(colon + 1));
+    if (user !== undefined && (user !== thisUser || pass !== thisPass)) {
+      throw new ConfigError(['SHOAL_NATS_URL: every URL must carry the same user and password']);
+    }
+    user = thisUser;
+    pass = thisPass;
+    servers.push(`${scheme}${rest}`);
+  }
+  return {
+    servers,
+    ...(user === undefined ? {} : { user }),
+    ...(pass === undefined ? {} : { pass }),
+  };
 }
 
 async function credsAuthenticator(path: string) {

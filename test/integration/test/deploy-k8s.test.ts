@@ -1,0 +1,340 @@
+/**
+ * The kustomize overlays render, and the objects that matter are what the services and the
+ * operators expect: the agent on the node's network with its ports and host mounts, a
+ * three-node JetStream cluster, monitoring, disruption budgets, network policies, pinned
+ * images and no reference to a Secret or ConfigMap that does not exist.
+ */
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+
+import {
+  at,
+  envValue,
+  find,
+  names,
+  podSpec,
+  renderOverlay,
+  workloads,
+  type Container,
+  type K8sObject,
+} from '../src/deploy.js';
+
+const OVERLAYS = ['mixed', 'leecher', 'seeder'] as const;
+const AGENT_DAEMONSETS = ['shoal-agent', 'shoal-agent-seeder', 'shoal-agent-leecher'];
+
+const rendered = new Map<string, K8sObject[]>();
+
+function overlay(name: string): K8sObject[] {
+  const objects = rendered.get(name);
+  assert.ok(objects !== undefined, `overlay ${name} was not rendered`);
+  return objects;
+}
+
+function containersOf(objects: readonly K8sObject[]): Container[] {
+  return workloads(objects).flatMap((w) => {
+    const spec = podSpec(w);
+    return [...spec.containers, ...(spec.initContainers ?? [])];
+  });
+}
+
+function shoalContainers(objects: readonly K8sObject[]): Container[] {
+  return containersOf(objects).filter((c) => c.image.includes('/shoal:'));
+}
+
+function configData(objects: readonly K8sObject[], prefix: string): Record<string, string> {
+  const configMap = objects.find(
+    (o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith(prefix),
+  );
+  assert.ok(configMap !== undefined, `no ConfigMap ${prefix}*`);
+  return (configMap.data ?? {}) as Record<string, string>;
+}
+
+describe('deploy/k8s overlays', () => {
+  before(async () => {
+    for (const name of OVERLAYS) {
+      rendered.set(name, await renderOverlay(name));
+    }
+  });
+
+  for (const name of OVERLAYS) {
+    describe(`overlay ${name}`, () => {
+      it('puts everything in the shoal namespace', () => {
+        const objects = overlay(name);
+        find(objects, 'Namespace', 'shoal');
+        for (const o of objects.filter((x) => x.kind !== 'Namespace')) {
+          assert.equal(at(o, 'metadata', 'namespace'), 'shoal', `${o.kind}/${o.metadata.name}`);
+        }
+      });
+
+      it('pins every image to a tag other than latest', () => {
+        for (const container of containersOf(overlay(name))) {
+          const image = container.image;
+          const tag = /^(?:.*\/)?[^/:@]+(?::([^/@]+))?(?:@sha256:[a-f0-9]{64})?$/.exec(image);
+          assert.ok(tag !== null, `${image} is not an image reference`);
+          assert.ok(
+            tag[1] !== undefined || image.includes('@sha256:'),
+            `${container.name}: ${image} has no tag`,
+          );
+          assert.notEqual(tag[1], 'latest', `${container.name}: ${image}`);
+        }
+      });
+
+      it('refers only to Secrets and ConfigMaps it defines', () => {
+        const objects = overlay(name);
+        const secrets = new Set(
+          objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name),
+        );
+        const configMaps = new Set(
+          objects.filter((o) => o.kind === 'ConfigMap').map((o) => o.metadata.name),
+        );
+        for (const w of workloads(objects)) {
+          const spec = podSpec(w);
+          const where = `${w.kind}/${w.metadata.name}`;
+          for (const volume of spec.volumes ?? []) {
+            if (volume.secret !== undefined) {
+              assert.ok(secrets.has(volume.secret.secretName), `${where}: ${volume.name}`);
+            }
+            if (volume.configMap !== undefined) {
+              assert.ok(configMaps.has(volume.configMap.name), `${where}: ${volume.name}`);
+            }
+          }
+          for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+            for (const source of c.envFrom ?? []) {
+              if (source.secretRef !== undefined) {
+                assert.ok(secrets.has(source.secretRef.name), `${where}: ${source.secretRef.name}`);
+              }
+              if (source.configMapRef !== undefined) {
+                assert.ok(configMaps.has(source.configMapRef.name), where);
+              }
+            }
+            for (const variable of c.env ?? []) {
+              const ref = variable.valueFrom?.secretKeyRef;
+              if (ref !== undefined && ref.optional !== true) {
+                const secret = objects.find(
+                  (o) => o.kind === 'Secret' && o.metadata.name === ref.name,
+                );
+                assert.ok(secret !== undefined, `${where}: ${variable.name} -> ${ref.name}`);
+                const keys = ['data', 'stringData'].flatMap((field) =>
+                  Object.keys((at(secret, field) ?? {}) as Record<string, unknown>),
+                );
+                assert.ok(keys.includes(ref.key), `${where}: ${ref.name} has no ${ref.key}`);
+              }
+            }
+          }
+        }
+      });
+
+      it('defines every $(VAR) before a variable uses it', () => {
+        for (const container of containersOf(overlay(name))) {
+          const defined = new Set<string>();
+          for (const variable of container.env ?? []) {
+            for (const match of (variable.value ?? '').matchAll(/\$\(([A-Z0-9_]+)\)/g)) {
+              assert.ok(
+                defined.has(match[1] ?? ''),
+                `${container.name}: ${variable.name} uses $(${match[1]}) before it is defined`,
+              );
+            }
+            defined.add(variable.name);
+          }
+        }
+      });
+
+      it('runs the services from the one image, each with its own NATS user', () => {
+        for (const container of shoalContainers(overlay(name))) {
+          const main = /^services\/(agent|tracker|seedserver|watcher)\/dist\/src\/main\.js$/.exec(
+            container.args?.[0] ?? '',
+          );
+          assert.ok(main !== null, `${container.name}: ${container.args?.join(' ')}`);
+          const service = main[1] ?? '';
+          assert.match(
+            envValue(container, 'SHOAL_NATS_URL') ?? '',
+            new RegExp(`^nats://${service}:\\$\\(NATS_PASSWORD\\)@`),
+          );
+          const password = container.env?.find((e) => e.name === 'NATS_PASSWORD');
+          assert.deepEqual(password?.valueFrom?.secretKeyRef, {
+            name: 'shoal-nats-users',
+            key: service,
+          });
+          assert.equal(envValue(container, 'OTEL_SERVICE_NAME'), `shoal-${service}`);
+          assert.ok(
+            container.envFrom?.some((s) => s.configMapRef?.name.startsWith('shoal-config')),
+            `${container.name} does not read shoal-config`,
+          );
+        }
+      });
+    });
+  }
+
+  describe('mixed', () => {
+    it('runs NATS as a three-node JetStream cluster with a user per role', () => {
+      const objects = overlay('mixed');
+      const nats = find(objects, 'StatefulSet', 'shoal-nats');
+      assert.equal(at(nats, 'spec', 'replicas'), 3);
+      assert.equal(at(nats, 'spec', 'serviceName'), 'shoal-nats-headless');
+      assert.equal(
+        at(find(objects, 'Service', 'shoal-nats-headless'), 'spec', 'clusterIP'),
+        'None',
+      );
+      assert.ok(at(nats, 'spec', 'volumeClaimTemplates', 0, 'metadata', 'name'), 'data');
+      const config = configData(objects, 'shoal-nats-config');
+      const conf = config['nats.conf'] ?? '';
+      assert.match(conf, /jetstream\s*\{[^}]*store_dir:\s*\/data/);
+      for (const i of [0, 1, 2]) {
+        assert.ok(conf.includes(`nats://shoal-nats-${i}.shoal-nats-headless:6222`), conf);
+      }
+      assert.match(conf, /include \.\/auth\.conf/);
+      const auth = config['auth.conf'] ?? '';
+      for (const user of ['agent', 'tracker', 'seedserver', 'watcher']) {
+        assert.match(auth, new RegExp(`user: ${user}, password: \\$NATS_${user.toUpperCase()}_`));
+      }
+      assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
+    });
+
+    it('runs the agent on the node network with its ports, host mounts and requests', () => {
+      const objects = overlay('mixed');
+      for (const name of AGENT_DAEMONSETS) {
+        const spec = podSpec(find(objects, 'DaemonSet', name));
+        assert.equal(spec.hostNetwork, true, name);
+        const [agent] = spec.containers;
+        assert.ok(agent !== undefined);
+        const ports = new Map((agent.ports ?? []).map((p) => [p.containerPort, p.hostPort]));
+        assert.equal(ports.get(65001), 65001, `${name}: mirror port`);
+        assert.equal(ports.get(65002), 65002, `${name}: peer port`);
+        assert.equal(envValue(agent, 'SHOAL_AGENT_LISTEN'), '127.0.0.1:65001');
+        assert.equal(envValue(agent, 'SHOAL_AGENT_PEER_LISTEN'), '0.0.0.0:65002');
+        assert.equal(envValue(agent, 'SHOAL_AGENT_PEER_URL'), 'http://$(HOST_IP):65002');
+        const hostIp = agent.env?.find((e) => e.name === 'HOST_IP');
+        assert.equal(hostIp?.valueFrom?.fieldRef?.fieldPath, 'status.hostIP');
+        for (const [variable, hostPath] of [
+          ['SHOAL_AGENT_HOSTS_DIR', '/etc/containerd/certs.d'],
+          ['SHOAL_AGENT_CACHE_DIR', '/var/lib/shoal/agent'],
+        ] as const) {
+          const mountPath = envValue(agent, variable);
+          const mount: { name: string; readOnly?: boolean } | undefined = agent.volumeMounts?.find(
+            (m) => m.mountPath === mountPath,
+          );
+          assert.ok(mount !== undefined, `${name}: nothing mounted at ${variable}`);
+          assert.notEqual(mount.readOnly, true, `${name}: ${variable} must be writable`);
+          const volume: { hostPath?: { path: string } } | undefined = spec.volumes?.find(
+            (v) => v.name === mount.name,
+          );
+          assert.equal(volume?.hostPath?.path, hostPath, `${name}: ${variable}`);
+        }
+      }
+      const [mixed] = podSpec(find(objects, 'DaemonSet', 'shoal-agent')).containers;
+      assert.ok(mixed !== undefined);
+      assert.deepEqual(mixed.resources?.requests, { cpu: '200m', memory: '200Mi' });
+      assert.equal(envValue(mixed, 'SHOAL_AGENT_MODE'), 'mixed');
+    });
+
+    it('chooses the agent mode by the node label shoal.io/agent-mode', () => {
+      const objects = overlay('mixed');
+      for (const mode of ['seeder', 'leecher']) {
+        const spec = podSpec(find(objects, 'DaemonSet', `shoal-agent-${mode}`));
+        assert.deepEqual(spec.nodeSelector, { 'shoal.io/agent-mode': mode });
+        const [agent] = spec.containers;
+        assert.equal(envValue(agent ?? { name: '', image: '' }, 'SHOAL_AGENT_MODE'), mode);
+        assert.equal(
+          envValue(agent ?? { name: '', image: '' }, 'SHOAL_AGENT_LABELS'),
+          `shoal.io/role=${mode}`,
+        );
+      }
+      const mixed = find(objects, 'DaemonSet', 'shoal-agent');
+      assert.deepEqual(
+        at(
+          mixed,
+          ...['spec', 'template', 'spec', 'affinity', 'nodeAffinity'],
+          ...['requiredDuringSchedulingIgnoredDuringExecution', 'nodeSelectorTerms', 0],
+          ...['matchExpressions', 0],
+        ),
+        { key: 'shoal.io/agent-mode', operator: 'NotIn', values: ['seeder', 'leecher'] },
+      );
+      // Each DaemonSet owns only its own pods.
+      const selectors = AGENT_DAEMONSETS.map((n) =>
+        JSON.stringify(at(find(objects, 'DaemonSet', n), 'spec', 'selector')),
+      );
+      assert.equal(new Set(selectors).size, AGENT_DAEMONSETS.length);
+    });
+
+    it('has monitors, disruption budgets and network policies', () => {
+      const objects = overlay('mixed');
+      const all = names(objects);
+      for (const service of ['tracker', 'seedserver', 'watcher']) {
+        const monitor = find(objects, 'ServiceMonitor', `shoal-${service}`);
+        assert.equal(monitor.apiVersion, 'monitoring.coreos.com/v1');
+        assert.equal(at(monitor, 'spec', 'endpoints', 0, 'path'), '/metrics');
+      }
+      const agentMonitor = find(objects, 'PodMonitor', 'shoal-agent');
+      assert.equal(at(agentMonitor, 'spec', 'podMetricsEndpoints', 0, 'port'), 'peer');
+      for (const component of ['nats', 'tracker', 'seedserver', 'watcher']) {
+        assert.ok(all.includes(`PodDisruptionBudget/shoal-${component}`), component);
+      }
+      for (const component of ['nats', 'tracker', 'seedserver', 'watcher', 'minio']) {
+        assert.ok(all.includes(`NetworkPolicy/shoal-${component}`), component);
+      }
+      const deny = find(objects, 'NetworkPolicy', 'shoal-default-deny-ingress');
+      assert.deepEqual(at(deny, 'spec', 'podSelector'), {});
+      const natsPolicy = JSON.stringify(find(objects, 'NetworkPolicy', 'shoal-nats'));
+      for (const port of [4222, 6222]) {
+        assert.ok(natsPolicy.includes(`"port":${port}`), `NATS policy lacks ${port}`);
+      }
+    });
+
+    it('stores blobs in MinIO, with a Job that creates the bucket', () => {
+      const objects = overlay('mixed');
+      const [seed] = podSpec(find(objects, 'StatefulSet', 'shoal-seedserver')).containers;
+      assert.ok(seed !== undefined);
+      assert.equal(envValue(seed, 'SHOAL_STORE_KIND'), 's3');
+      assert.equal(envValue(seed, 'SHOAL_S3_ENDPOINT'), 'http://shoal-minio:9000');
+      assert.equal(envValue(seed, 'SHOAL_S3_BUCKET'), 'shoal');
+      find(objects, 'StatefulSet', 'shoal-minio');
+      const setup = configData(objects, 'shoal-minio-setup')['setup.sh'] ?? '';
+      assert.match(setup, /mc mb --ignore-existing shoal\/shoal/);
+      find(objects, 'Job', 'shoal-minio-setup');
+    });
+  });
+
+  describe('leecher', () => {
+    it('runs only agents, pointed at a remote NATS', () => {
+      const objects = overlay('leecher');
+      assert.deepEqual(
+        workloads(objects)
+          .map((w) => `${w.kind}/${w.metadata.name}`)
+          .sort(),
+        AGENT_DAEMONSETS.map((n) => `DaemonSet/${n}`).sort(),
+      );
+      for (const name of AGENT_DAEMONSETS) {
+        const [agent] = podSpec(find(objects, 'DaemonSet', name)).containers;
+        const url = envValue(agent ?? { name: '', image: '' }, 'SHOAL_NATS_URL') ?? '';
+        assert.doesNotMatch(url, /@shoal-nats:/, `${name} must use the seeder's NATS`);
+      }
+      assert.ok(configData(objects, 'shoal-config').SHOAL_AGENT_ZONE);
+    });
+  });
+
+  describe('seeder', () => {
+    it('runs NATS, MinIO, trackers, the seed server and the watcher, and no agents', () => {
+      const objects = overlay('seeder');
+      assert.equal(objects.filter((o) => o.kind === 'DaemonSet').length, 0);
+      assert.equal(at(find(objects, 'Deployment', 'shoal-tracker'), 'spec', 'replicas'), 2);
+      assert.equal(at(find(objects, 'Deployment', 'shoal-watcher'), 'spec', 'replicas'), 2);
+      assert.equal(at(find(objects, 'StatefulSet', 'shoal-nats'), 'spec', 'replicas'), 3);
+      find(objects, 'StatefulSet', 'shoal-seedserver');
+      find(objects, 'StatefulSet', 'shoal-minio');
+      assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
+    });
+
+    it('publishes NATS and the seed server to other clusters', () => {
+      const objects = overlay('seeder');
+      for (const name of ['shoal-nats-public', 'shoal-seedserver-public']) {
+        assert.equal(at(find(objects, 'Service', name), 'spec', 'type'), 'LoadBalancer');
+      }
+      const [seed] = podSpec(find(objects, 'StatefulSet', 'shoal-seedserver')).containers;
+      assert.doesNotMatch(
+        envValue(seed ?? { name: '', image: '' }, 'SHOAL_SEED_URL') ?? '',
+        /\.svc[:/]/,
+        'remote agents cannot resolve in-cluster names',
+      );
+    });
+  });
+});
