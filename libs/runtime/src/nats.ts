@@ -175,8 +175,8 @@ export interface DurableSettings {
   readonly maxDeliver: number;
   /** Messages delivered and not yet acknowledged, at most. */
   readonly maxAckPending: number;
-  /** Where a new consumer starts: every message kept, or only those published from now. */
-  readonly deliver?: 'all' | 'new';
+  /** Where a new consumer starts: every message kept (default), or those published since. */
+  readonly startTime?: Date;
   /** Filter on the stream's subjects (one subject; nats-server 2.9 takes no list). */
   readonly filterSubject?: string;
   /** The server removes the consumer after this long without a client, in ms (0: never). */
@@ -211,7 +211,12 @@ export async function ensureConsumer(
     await jsm.consumers.add(stream, {
       durable_name: durable,
       ack_policy: AckPolicy.Explicit,
-      deliver_policy: settings.deliver === 'new' ? DeliverPolicy.New : DeliverPolicy.All,
+      ...(settings.startTime === undefined
+        ? { deliver_policy: DeliverPolicy.All }
+        : {
+            deliver_policy: DeliverPolicy.StartTime,
+            opt_start_time: settings.startTime.toISOString(),
+          }),
       ...(settings.filterSubject === undefined ? {} : { filter_subject: settings.filterSubject }),
       ...updatable,
     });

@@ -1,8 +1,8 @@
 /**
  * The NATS users of deploy/k8s are enough for Shoal to work and keep the roles apart: a real
  * nats-server runs the rendered authorization block, the real tracker, seed server and agents
- * log in as their own users and pull an image through the swarm, and an agent cannot publish
- * piece hashes.
+ * log in as their own users and pull an image through the swarm, the watcher preheats an image
+ * onto the agents, and an agent cannot publish piece hashes.
  */
 import assert from 'node:assert/strict';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
@@ -20,7 +20,9 @@ import {
   startRegistry,
   startSeedServer,
   startTracker,
+  startWatcher,
   waitFor,
+  WATCHER_TOKEN,
   type AgentProcess,
   type GeneratedImage,
   type Registry,
@@ -45,6 +47,7 @@ describe('NATS users of deploy/k8s', () => {
   let hostPort = '';
   let registry: Registry;
   let image: GeneratedImage;
+  let preheated: GeneratedImage;
 
   const urlFor = (user: keyof typeof PASSWORDS): string =>
     `nats://${user}:${PASSWORDS[user]}@${hostPort}`;
@@ -107,6 +110,11 @@ describe('NATS users of deploy/k8s', () => {
     cleanup.push(() => layout.remove());
     image = await generateImage(layout.path, { layerSizes: [3 * MiB, 1 * MiB], seed: 'users' });
     await pushImage(image, registry.host, repository);
+    preheated = await generateImage(join(layout.path, 'preheated'), {
+      layerSizes: [2 * MiB],
+      seed: 'users-preheat',
+    });
+    await pushImage(preheated, registry.host, `${repository}-preheat`);
   });
 
   after(async () => {
@@ -142,6 +150,37 @@ describe('NATS users of deploy/k8s', () => {
         // Every byte came from the seed or a peer: the swarm worked under these permissions.
         assert.equal((await bytesBySource(agent)).origin, 0);
       }
+
+      // Preheat onto every agent, the watcher and the agents as their own users.
+      const watcher = await startWatcher({ natsUrl: urlFor('watcher'), registries });
+      stops.push(watcher);
+      const response = await fetch(`${watcher.url}/preheat`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          image: `${registry.host}/${repository}-preheat:${preheated.tag}`,
+          scope: 'nodes',
+        }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      assert.equal(response.status, 202, await response.clone().text());
+      const { id } = (await response.json()) as { id: string };
+      let job: { state?: string; nodesDone?: number; blobsDone?: number } = {};
+      await waitFor(
+        'the preheat to finish',
+        async () => {
+          const status = await fetch(`${watcher.url}/preheat/${id}`, {
+            headers: { authorization: `Bearer ${WATCHER_TOKEN}` },
+            signal: AbortSignal.timeout(5_000),
+          });
+          job = (await status.json()) as typeof job;
+          return job.state === 'done' || job.state === 'failed';
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+      assert.equal(job.state, 'done', JSON.stringify(job));
+      assert.equal(job.blobsDone, preheated.blobs.length);
+      assert.equal(job.nodesDone, agents.length);
     } finally {
       for (const service of stops.reverse()) {
         await service.stop();

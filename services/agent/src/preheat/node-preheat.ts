@@ -5,6 +5,8 @@
  * the mirror uses (so a client pulling the same blob meanwhile shares the fetch), and reports
  * every blob to the job.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import {
   decodeMessage,
@@ -18,8 +20,14 @@ import {
   type Digest,
   type PreheatNodes,
 } from '@shoal/proto';
-import { RateLimiter, type Logger } from '@shoal/runtime';
-import { ensureConsumer, superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
+import { RateLimiter, SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import {
+  contextFromHeaders,
+  ensureConsumer,
+  isNotFound,
+  superviseConsumption,
+  type ConsumeLoop,
+} from '@shoal/runtime/nats';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable } from '../cache/download-table.js';
@@ -56,6 +64,11 @@ export class NodePreheat {
   readonly #deps: NodePreheatDeps;
   readonly #limit: RateLimiter;
   readonly #stopping = new AbortController();
+  /**
+   * Tasks published since the agent started are its own, even when its consumer comes later
+   * (the watcher created the stream after the agent started): the agent is already present.
+   */
+  readonly #startedAt = new Date();
   #loop: ConsumeLoop | undefined;
 
   constructor(deps: NodePreheatDeps) {
@@ -78,19 +91,47 @@ export class NodePreheat {
       retryDelayMs: RETRY_DELAY_MS,
       // The stream is the watcher's; until a watcher has created it, this keeps retrying.
       open: async () => {
+        await this.#streamExists();
         await ensureConsumer(jsm, STREAMS.preheatNodes.name, this.consumerName, {
           ackWaitMs: ACK_WAIT_MS,
           maxDeliver: -1,
           maxAckPending: 1,
-          deliver: 'new',
+          startTime: this.#startedAt,
           inactiveMs: INACTIVE_MS,
         });
         const consumer = await js.consumers.get(STREAMS.preheatNodes.name, this.consumerName);
         return consumer.consume({ max_messages: 1 });
       },
-      handle: (msg) => this.#handle(msg),
+      // Each task in a CONSUMER span, in the trace of the preheat (from the webhook on).
+      handle: (msg) =>
+        withSpan(
+          'node preheat',
+          { kind: SpanKind.CONSUMER, parent: contextFromHeaders(msg.headers) },
+          () => this.#handle(msg),
+        ),
       release: (msg) => msg.nak(),
     });
+  }
+
+  /** Waits, quietly, until a watcher has created the node-task stream. */
+  async #streamExists(): Promise<void> {
+    const { jsm, logger } = this.#deps;
+    let told = false;
+    for (;;) {
+      try {
+        await jsm.streams.info(STREAMS.preheatNodes.name);
+        return;
+      } catch (error) {
+        if (!isNotFound(error)) {
+          throw error;
+        }
+      }
+      if (!told) {
+        logger.info('no preheat stream yet (no watcher has started); node preheat waits for it');
+        told = true;
+      }
+      await sleep(RETRY_DELAY_MS, undefined, { signal: this.#stopping.signal });
+    }
   }
 
   async #handle(msg: JsMsg): Promise<void> {

@@ -3,7 +3,7 @@
  * status, list recent jobs. Bearer-token authenticated.
  */
 import { labelSelector, preheatScope } from '@shoal/proto';
-import { ShoalError } from '@shoal/runtime';
+import { contextFromHttp, ShoalError, SpanKind, withSpan } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 
@@ -58,20 +58,27 @@ export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): voi
     const body = parsed.data;
     let result;
     try {
-      const { reference, registry } = deps.resolver.parse(body.image);
-      // Not the request's signal: fastify aborts it once the body has been read.
-      const digest = await deps.resolver.currentDigest(registry, reference);
-      result = await deps.requests.submit(
-        {
-          registry: registry.host,
-          repository: reference.repository,
-          digest: digest.toString(),
-          scope: body.scope,
-          selector: body.selector,
-          platforms: body.platforms ?? deps.platforms,
+      // The preheat's trace starts here (or in the caller's trace, if it sent one).
+      result = await withSpan(
+        'preheat request',
+        { kind: SpanKind.SERVER, parent: contextFromHttp(request.headers) },
+        async () => {
+          const { reference, registry } = deps.resolver.parse(body.image);
+          // Not the request's signal: fastify aborts it once the body has been read.
+          const digest = await deps.resolver.currentDigest(registry, reference);
+          return deps.requests.submit(
+            {
+              registry: registry.host,
+              repository: reference.repository,
+              digest: digest.toString(),
+              scope: body.scope,
+              selector: body.selector,
+              platforms: body.platforms ?? deps.platforms,
+            },
+            body.image,
+            'api',
+          );
         },
-        body.image,
-        'api',
       );
     } catch (error) {
       if (error instanceof ShoalError) {

@@ -6,8 +6,8 @@
  * the registry does not retry them.
  */
 import { parseRepositoryName } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import { contextFromHttp, SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 
 import type { WatcherMetrics } from '../metrics.js';
@@ -59,102 +59,112 @@ export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDe
     scope.post<{ Params: { format: string }; Querystring: { registry?: string } }>(
       '/webhooks/:format',
       { bodyLimit: deps.maxBytes },
-      async (request, reply) => {
-        const name = request.params.format;
-        const format = FORMATS.get(name);
-        if (format === undefined) {
-          return refuse(
-            reply,
-            404,
-            'unknown-format',
-            `no webhook format "${name.slice(0, 64)}"; use ${[...FORMATS.keys()].join(' or ')}`,
-            'unknown',
-          );
-        }
-        const body = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
-        const denied = refuseWebhook(request.headers, body, deps.secrets);
-        if (denied !== undefined) {
-          return refuse(reply, 401, 'unauthorized', denied, name);
-        }
-        let json: unknown;
-        try {
-          json = JSON.parse(body.toString('utf8'));
-        } catch (error) {
-          return refuse(
-            reply,
-            400,
-            'malformed',
-            `the body is not JSON: ${(error as Error).message}`,
-            name,
-          );
-        }
-        const parsed = format.schema.safeParse(json);
-        if (!parsed.success) {
-          return refuse(
-            reply,
-            400,
-            'invalid',
-            `not a ${name} delivery: ${z.prettifyError(parsed.error).slice(0, 1024)}`,
-            name,
-          );
-        }
-        let pushes: readonly ImagePush[];
-        let ignored: readonly string[];
-        try {
-          ({ pushes, ignored } = format.read(parsed.data));
-        } catch (error) {
-          if (error instanceof DeliveryError) {
-            return refuse(reply, 400, 'invalid', error.message, name);
-          }
-          throw error;
-        }
-        // Every push is checked before any is queued: a refused delivery publishes nothing.
-        const jobs = [];
-        for (const push of pushes) {
-          const host = request.query.registry ?? push.host;
-          const registry = host === undefined ? undefined : deps.resolver.registryFor(host);
-          if (registry === undefined) {
-            return refuse(
-              reply,
-              400,
-              'unknown-registry',
-              `registry ${host ?? '(not named)'} is not in SHOAL_WATCHER_REGISTRIES; name it with ?registry=<host>`,
-              name,
-            );
-          }
-          try {
-            parseRepositoryName(push.repository);
-          } catch (error) {
-            return refuse(reply, 400, 'invalid', (error as Error).message, name);
-          }
-          jobs.push({ push, registry });
-        }
-        const accepted = [];
-        for (const { push, registry } of jobs) {
-          const image = `${registry.host}/${push.repository}${push.tag === undefined ? '' : `:${push.tag}`}`;
-          const result = await deps.requests.submit(
-            {
-              registry: registry.host,
-              repository: push.repository,
-              digest: push.digest,
-              scope: deps.scope,
-              selector: {},
-              platforms: deps.platforms,
-            },
-            image,
-            'webhook',
-          );
-          accepted.push({ id: result.id, image, duplicate: result.duplicate });
-        }
-        metrics.webhookEvents.inc({ result: 'preheat' }, accepted.length);
-        metrics.webhookEvents.inc({ result: 'ignored' }, ignored.length);
-        metrics.webhooks.inc({
-          format: name,
-          outcome: accepted.length > 0 ? 'accepted' : 'ignored',
-        });
-        return reply.code(accepted.length > 0 ? 202 : 200).send({ accepted, ignored });
-      },
+      (request, reply) =>
+        withSpan(
+          `webhook ${request.params.format.slice(0, 32)}`,
+          { kind: SpanKind.SERVER, parent: contextFromHttp(request.headers) },
+          () => handle(request, reply),
+        ),
     );
     done();
   });
+
+  const handle = async (
+    request: FastifyRequest<{ Params: { format: string }; Querystring: { registry?: string } }>,
+    reply: FastifyReply,
+  ): Promise<FastifyReply> => {
+    const name = request.params.format;
+    const format = FORMATS.get(name);
+    if (format === undefined) {
+      return refuse(
+        reply,
+        404,
+        'unknown-format',
+        `no webhook format "${name.slice(0, 64)}"; use ${[...FORMATS.keys()].join(' or ')}`,
+        'unknown',
+      );
+    }
+    const body = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
+    const denied = refuseWebhook(request.headers, body, deps.secrets);
+    if (denied !== undefined) {
+      return refuse(reply, 401, 'unauthorized', denied, name);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(body.toString('utf8'));
+    } catch (error) {
+      return refuse(
+        reply,
+        400,
+        'malformed',
+        `the body is not JSON: ${(error as Error).message}`,
+        name,
+      );
+    }
+    const parsed = format.schema.safeParse(json);
+    if (!parsed.success) {
+      return refuse(
+        reply,
+        400,
+        'invalid',
+        `not a ${name} delivery: ${z.prettifyError(parsed.error).slice(0, 1024)}`,
+        name,
+      );
+    }
+    let pushes: readonly ImagePush[];
+    let ignored: readonly string[];
+    try {
+      ({ pushes, ignored } = format.read(parsed.data));
+    } catch (error) {
+      if (error instanceof DeliveryError) {
+        return refuse(reply, 400, 'invalid', error.message, name);
+      }
+      throw error;
+    }
+    // Every push is checked before any is queued: a refused delivery publishes nothing.
+    const jobs = [];
+    for (const push of pushes) {
+      const host = request.query.registry ?? push.host;
+      const registry = host === undefined ? undefined : deps.resolver.registryFor(host);
+      if (registry === undefined) {
+        return refuse(
+          reply,
+          400,
+          'unknown-registry',
+          `registry ${host ?? '(not named)'} is not in SHOAL_WATCHER_REGISTRIES; name it with ?registry=<host>`,
+          name,
+        );
+      }
+      try {
+        parseRepositoryName(push.repository);
+      } catch (error) {
+        return refuse(reply, 400, 'invalid', (error as Error).message, name);
+      }
+      jobs.push({ push, registry });
+    }
+    const accepted = [];
+    for (const { push, registry } of jobs) {
+      const image = `${registry.host}/${push.repository}${push.tag === undefined ? '' : `:${push.tag}`}`;
+      const result = await deps.requests.submit(
+        {
+          registry: registry.host,
+          repository: push.repository,
+          digest: push.digest,
+          scope: deps.scope,
+          selector: {},
+          platforms: deps.platforms,
+        },
+        image,
+        'webhook',
+      );
+      accepted.push({ id: result.id, image, duplicate: result.duplicate });
+    }
+    metrics.webhookEvents.inc({ result: 'preheat' }, accepted.length);
+    metrics.webhookEvents.inc({ result: 'ignored' }, ignored.length);
+    metrics.webhooks.inc({
+      format: name,
+      outcome: accepted.length > 0 ? 'accepted' : 'ignored',
+    });
+    return reply.code(accepted.length > 0 ? 202 : 200).send({ accepted, ignored });
+  };
 }

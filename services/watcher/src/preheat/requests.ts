@@ -15,6 +15,7 @@ import {
   type PreheatCommand,
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
+import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { WatcherMetrics } from '../metrics.js';
 import { jobIdFor, type PreheatSpec } from './ids.js';
@@ -96,7 +97,12 @@ export class PreheatRequests {
         origin,
       }),
       // A failed job queued again needs a fresh message id.
-      { msgID: existing === undefined ? id : `${id}-${now}`, timeout: PUBLISH_TIMEOUT_MS },
+      {
+        msgID: existing === undefined ? id : `${id}-${now}`,
+        timeout: PUBLISH_TIMEOUT_MS,
+        // The preheat's trace starts at the webhook (or API call) that asked for it.
+        ...optionalHeaders(),
+      },
     );
     await this.#js.publish(
       preheatProgressSubject(id),
@@ -116,4 +122,10 @@ export class PreheatRequests {
     );
     return { id, duplicate: ack.duplicate, status };
   }
+}
+
+/** `{ headers }` carrying the active trace context, or nothing when there is none. */
+export function optionalHeaders(): { headers?: NonNullable<ReturnType<typeof traceHeaders>> } {
+  const headers = traceHeaders();
+  return headers === undefined ? {} : { headers };
 }

@@ -28,11 +28,17 @@ import {
   type PreheatCommand,
   type PreheatReport,
 } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
-import { ensureConsumer, superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
+import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import {
+  contextFromHeaders,
+  ensureConsumer,
+  superviseConsumption,
+  type ConsumeLoop,
+} from '@shoal/runtime/nats';
 
 import type { WatcherMetrics } from '../metrics.js';
 import type { JobStatus, JobStore } from './jobs.js';
+import { optionalHeaders } from './requests.js';
 import type { ImageResolver, ResolvedImage } from './resolve.js';
 
 export const PREHEAT_CONSUMER = 'watcher-preheat';
@@ -99,7 +105,20 @@ export class PreheatRunner {
     await this.#loop?.stop();
   }
 
-  async #handle(msg: JsMsg): Promise<void> {
+  /** One job in a CONSUMER span, in the trace of the webhook or API call that queued it. */
+  #handle(msg: JsMsg): Promise<void> {
+    return withSpan(
+      'preheat run',
+      {
+        kind: SpanKind.CONSUMER,
+        parent: contextFromHeaders(msg.headers),
+        attributes: { 'messaging.destination.name': msg.subject },
+      },
+      () => this.#handleCommand(msg),
+    );
+  }
+
+  async #handleCommand(msg: JsMsg): Promise<void> {
     const { jobs, metrics, logger, ackWaitMs } = this.#deps;
     const decoded = decodeMessage(preheatCommand, msg.data);
     if (!decoded.ok) {
@@ -233,7 +252,11 @@ export class PreheatRunner {
           repository: image.repository,
           reason: { kind: 'preheat', job: command.id },
         }),
-        { msgID: `${command.id}.${parseDigest(blob.digest).hex}`, timeout: PUBLISH_TIMEOUT_MS },
+        {
+          msgID: `${command.id}.${parseDigest(blob.digest).hex}`,
+          timeout: PUBLISH_TIMEOUT_MS,
+          ...optionalHeaders(),
+        },
       );
     }
     const pending = new Set(image.blobs.map((b) => b.digest));
@@ -278,7 +301,7 @@ export class PreheatRunner {
         blobs: image.blobs.map((b) => ({ digest: b.digest, size: b.size })),
         selector: command.selector,
       }),
-      { msgID: `${command.id}.nodes`, timeout: PUBLISH_TIMEOUT_MS },
+      { msgID: `${command.id}.nodes`, timeout: PUBLISH_TIMEOUT_MS, ...optionalHeaders() },
     );
     const remaining = new Map(
       [...expected].map((peer) => [peer, new Set(image.blobs.map((b) => b.digest))]),
