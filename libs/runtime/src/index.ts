@@ -10,6 +10,7 @@ export {
 } from './config.js';
 export { isAbortError, ShoalError } from './errors.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
+export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
 export { RateLimiter } from './rate-limit.js';
@@ -25,6 +26,7 @@ export {
   startSpan,
   traceFields,
   tracer,
+  withServerSpan,
   withSpan,
   type Attributes,
   type Context,

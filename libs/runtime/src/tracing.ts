@@ -144,3 +144,25 @@ export function traceFields(): { trace_id?: string; span_id?: string } {
   }
   return { trace_id: spanContext.traceId, span_id: spanContext.spanId };
 }
+
+/**
+ * Handles an HTTP request in a SERVER span continuing the caller's trace (its `traceparent`),
+ * recording the response status when the handler is done.
+ */
+export function withServerSpan<T>(
+  name: string,
+  request: { readonly headers: IncomingHttpHeaders },
+  reply: { readonly statusCode: number },
+  attributes: Attributes,
+  fn: () => Promise<T>,
+): Promise<T> {
+  return withSpan(
+    name,
+    { kind: SpanKind.SERVER, parent: contextFromHttp(request.headers), attributes },
+    async (span) => {
+      const result = await fn();
+      span.setAttribute('http.response.status_code', reply.statusCode);
+      return result;
+    },
+  );
+}

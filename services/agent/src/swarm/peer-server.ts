@@ -3,7 +3,7 @@
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
 import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
-import { contextFromHttp, SpanKind, withSpan } from '@shoal/runtime';
+import { withServerSpan } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -71,18 +71,12 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
   };
   app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
-    withSpan(
+    withServerSpan(
       'piece serve',
-      {
-        kind: SpanKind.SERVER,
-        parent: contextFromHttp(request.headers),
-        attributes: { 'shoal.piece_path': request.url.slice(0, 256) },
-      },
-      async (span) => {
-        const sent = await serve(request, reply);
-        span.setAttribute('http.response.status_code', reply.statusCode);
-        return sent;
-      },
+      request,
+      reply,
+      { 'shoal.piece_path': request.url.slice(0, 256) },
+      () => serve(request, reply),
     ),
   );
 }

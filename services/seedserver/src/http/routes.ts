@@ -1,10 +1,8 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { parseDigest } from '@shoal/proto';
 import {
-  contextFromHttp,
   registerOpsRoutes,
-  SpanKind,
-  withSpan,
+  withServerSpan,
   type OpsRouteDeps,
   type RateLimiter,
 } from '@shoal/runtime';
@@ -28,18 +26,12 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const rations = new PieceRations(deps.fanout.copies, deps.fanout.windowMs);
   app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
-    withSpan(
+    withServerSpan(
       'piece serve',
-      {
-        kind: SpanKind.SERVER,
-        parent: contextFromHttp(request.headers),
-        attributes: { 'shoal.piece_path': request.url.slice(0, 256) },
-      },
-      async (span) => {
-        const sent = await servePiece(request, reply);
-        span.setAttribute('http.response.status_code', reply.statusCode);
-        return sent;
-      },
+      request,
+      reply,
+      { 'shoal.piece_path': request.url.slice(0, 256) },
+      () => servePiece(request, reply),
     ),
   );
   registerOpsRoutes(app, deps);

@@ -2,8 +2,17 @@
  * Preheat job status, one entry per job in the `shoal_preheat_jobs` KV bucket: what the API
  * and the CLI show, and how a redelivered command knows its job already finished.
  */
+import type { JetStreamClient } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
-import { jobId, labelSelector, preheatScope, preheatState } from '@shoal/proto';
+import {
+  encodeMessage,
+  jobId,
+  labelSelector,
+  preheatProgress,
+  preheatProgressSubject,
+  preheatScope,
+  preheatState,
+} from '@shoal/proto';
 import { z } from 'zod';
 
 export const jobStatus = z.strictObject({
@@ -77,4 +86,27 @@ export class JobStore {
     }
     return jobs.sort((a, b) => b.createdAt - a.createdAt).slice(0, limit);
   }
+}
+
+/** Publishes a job's state and counts as a progress event, for whoever follows the job. */
+export async function publishProgress(
+  js: JetStreamClient,
+  status: JobStatus,
+  timeoutMs: number,
+): Promise<void> {
+  await js.publish(
+    preheatProgressSubject(status.id),
+    encodeMessage(preheatProgress, {
+      type: 'preheat-progress',
+      id: status.id,
+      state: status.state,
+      blobsDone: status.blobsDone,
+      blobsTotal: status.blobsTotal,
+      ...(status.nodesTotal === undefined
+        ? {}
+        : { nodesDone: status.nodesDone ?? 0, nodesTotal: status.nodesTotal }),
+      ...(status.error === undefined ? {} : { error: status.error }),
+    }),
+    { timeout: timeoutMs },
+  );
 }

@@ -10,8 +10,6 @@ import {
   parseDigest,
   PREHEAT_COMMAND_SUBJECT,
   preheatCommand,
-  preheatProgress,
-  preheatProgressSubject,
   type PreheatCommand,
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
@@ -19,7 +17,7 @@ import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { WatcherMetrics } from '../metrics.js';
 import { jobIdFor, type PreheatSpec } from './ids.js';
-import type { JobStatus, JobStore } from './jobs.js';
+import { publishProgress, type JobStatus, type JobStore } from './jobs.js';
 
 const PUBLISH_TIMEOUT_MS = 5_000;
 
@@ -104,17 +102,7 @@ export class PreheatRequests {
         ...optionalHeaders(),
       },
     );
-    await this.#js.publish(
-      preheatProgressSubject(id),
-      encodeMessage(preheatProgress, {
-        type: 'preheat-progress',
-        id,
-        state: 'queued',
-        blobsDone: 0,
-        blobsTotal: 0,
-      }),
-      { timeout: PUBLISH_TIMEOUT_MS },
-    );
+    await publishProgress(this.#js, status, PUBLISH_TIMEOUT_MS);
     this.#metrics.commands.inc({ origin });
     this.#logger.info(
       { job: id, image: resolved, scope: spec.scope, origin, seq: ack.seq },

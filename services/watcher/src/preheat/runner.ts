@@ -16,8 +16,6 @@ import {
   PREHEAT_NODES_SUBJECT,
   preheatCommand,
   preheatNodes,
-  preheatProgress,
-  preheatProgressSubject,
   preheatReport,
   preheatReportSubject,
   seedRequest,
@@ -37,7 +35,7 @@ import {
 } from '@shoal/runtime/nats';
 
 import type { WatcherMetrics } from '../metrics.js';
-import type { JobStatus, JobStore } from './jobs.js';
+import { publishProgress, type JobStatus, type JobStore } from './jobs.js';
 import { optionalHeaders } from './requests.js';
 import type { ImageResolver, ResolvedImage } from './resolve.js';
 
@@ -454,21 +452,7 @@ class JobProgress {
     const { js, jobs } = this.#deps;
     const status = this.current;
     await jobs.put(status);
-    await js.publish(
-      preheatProgressSubject(status.id),
-      encodeMessage(preheatProgress, {
-        type: 'preheat-progress',
-        id: status.id,
-        state: status.state,
-        blobsDone: status.blobsDone,
-        blobsTotal: status.blobsTotal,
-        ...(status.nodesTotal === undefined
-          ? {}
-          : { nodesDone: status.nodesDone ?? 0, nodesTotal: status.nodesTotal }),
-        ...(status.error === undefined ? {} : { error: status.error }),
-      }),
-      { timeout: PUBLISH_TIMEOUT_MS },
-    );
+    await publishProgress(js, status, PUBLISH_TIMEOUT_MS);
   }
 
   close(): void {
