@@ -1,0 +1,328 @@
+/**
+ * The image resolver against a real distribution registry: tags to digests, manifests to
+ * blobs, and an image index fanned out to the wanted platforms (attestations left out).
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { parseDigest } from '@shoal/proto';
+import {
+  loadDockerConfig,
+  RegistryAuth,
+  RegistryReader,
+  UpstreamClient,
+  type UpstreamRegistry,
+} from '@shoal/registry';
+import {
+  generateImage,
+  makeTempDir,
+  MEDIA_TYPES,
+  pushImage,
+  startRegistry,
+  Teardown,
+  type Descriptor,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
+
+import { ImageResolver, ResolveError } from '../src/preheat/resolve.js';
+
+const INDEX_TYPE = 'application/vnd.oci.image.index.v1+json';
+const IN_TOTO_TYPE = 'application/vnd.in-toto+json';
+
+/** One platform's image as pushed by hand: its manifest and the blobs it names. */
+interface PushedManifest {
+  readonly manifest: Descriptor;
+  readonly blobs: readonly Descriptor[];
+}
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** Uploads a blob in one request (POST an upload, PUT its bytes with the digest). */
+async function putBlob(
+  registry: Registry,
+  repository: string,
+  mediaType: string,
+  bytes: Buffer,
+): Promise<Descriptor> {
+  const digest = sha256(bytes);
+  const started = await fetch(`${registry.url}/v2/${repository}/blobs/uploads/`, {
+    method: 'POST',
+    signal: AbortSignal.timeout(10_000),
+  });
+  assert.equal(started.status, 202, await started.text());
+  const location = started.headers.get('location');
+  assert.ok(location !== null, 'the registry names the upload');
+  const url = new URL(location, registry.url);
+  url.searchParams.set('digest', digest);
+  const put = await fetch(url, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: bytes,
+    signal: AbortSignal.timeout(10_000),
+  });
+  assert.equal(put.status, 201, await put.text());
+  return { mediaType, digest, size: bytes.length };
+}
+
+/** PUTs a manifest or index under `reference` (a tag, or its own digest). */
+async function putManifest(
+  registry: Registry,
+  repository: string,
+  mediaType: string,
+  body: unknown,
+  reference?: string,
+): Promise<Descriptor> {
+  const bytes = Buffer.from(JSON.stringify(body));
+  const digest = sha256(bytes);
+  const response = await fetch(
+    `${registry.url}/v2/${repository}/manifests/${reference ?? digest}`,
+    {
+      method: 'PUT',
+      headers: { 'content-type': mediaType },
+      body: bytes,
+      signal: AbortSignal.timeout(10_000),
+    },
+  );
+  assert.equal(response.status, 201, await response.text());
+  assert.equal(response.headers.get('docker-content-digest'), digest);
+  return { mediaType, digest, size: bytes.length };
+}
+
+/** An image manifest with a config and one layer of random bytes. */
+async function pushPlatform(
+  registry: Registry,
+  repository: string,
+  platform: { os: string; architecture: string; variant?: string },
+  layerType: string = MEDIA_TYPES.layer,
+): Promise<PushedManifest> {
+  const layer = await putBlob(registry, repository, layerType, randomBytes(4096));
+  const config = await putBlob(
+    registry,
+    repository,
+    MEDIA_TYPES.config,
+    Buffer.from(JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: [] } })),
+  );
+  const manifest = await putManifest(registry, repository, MEDIA_TYPES.manifest, {
+    schemaVersion: 2,
+    mediaType: MEDIA_TYPES.manifest,
+    config,
+    layers: [layer],
+  });
+  return { manifest, blobs: [config, layer] };
+}
+
+const blobsOf = (...images: readonly { blobs: readonly Descriptor[] }[]) =>
+  images.flatMap((image) => image.blobs.map(({ digest, size }) => ({ digest, size })));
+
+describe('image resolver', () => {
+  const teardown = new Teardown();
+  let registry: Registry;
+  let upstream: UpstreamClient;
+  let resolver: ImageResolver;
+  let configured: UpstreamRegistry;
+  let single: GeneratedImage;
+  let amd64: PushedManifest;
+  let arm64: PushedManifest;
+  let attestation: PushedManifest;
+  let index: Descriptor;
+
+  before(async () => {
+    registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const dir = await makeTempDir('resolve-images');
+    teardown.add('images', () => dir.remove());
+
+    upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
+    teardown.add('upstream client', () => upstream.close());
+    configured = { host: registry.host, url: new URL(registry.url) };
+    resolver = new ImageResolver(
+      new RegistryReader(upstream, new RegistryAuth(await loadDockerConfig(undefined), upstream)),
+      { registries: [configured], maxManifestBytes: 4 * 1024 * 1024, timeoutMs: 10_000 },
+    );
+
+    single = await generateImage(join(dir.path, 'single'), {
+      layerSizes: [64 * 1024, 16 * 1024],
+      seed: 'resolve-single',
+      tag: 'v1',
+    });
+    await pushImage(single, registry.host, 'team/single');
+
+    // A multi-platform image as BuildKit pushes one: two platforms and an attestation
+    // manifest (platform unknown/unknown) describing the amd64 image.
+    const repository = 'team/multi';
+    amd64 = await pushPlatform(registry, repository, { os: 'linux', architecture: 'amd64' });
+    arm64 = await pushPlatform(registry, repository, {
+      os: 'linux',
+      architecture: 'arm64',
+      variant: 'v8',
+    });
+    attestation = await pushPlatform(
+      registry,
+      repository,
+      { os: 'unknown', architecture: 'unknown' },
+      IN_TOTO_TYPE,
+    );
+    index = await putManifest(
+      registry,
+      repository,
+      INDEX_TYPE,
+      {
+        schemaVersion: 2,
+        mediaType: INDEX_TYPE,
+        manifests: [
+          { ...amd64.manifest, platform: { os: 'linux', architecture: 'amd64' } },
+          { ...arm64.manifest, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+          {
+            ...attestation.manifest,
+            platform: { os: 'unknown', architecture: 'unknown' },
+            annotations: {
+              'vnd.docker.reference.type': 'attestation-manifest',
+              'vnd.docker.reference.digest': amd64.manifest.digest,
+            },
+          },
+        ],
+      },
+      'v2',
+    );
+  });
+
+  after(() => teardown.run());
+
+  it('finds a configured registry by its name or its URL’s host, and no other', () => {
+    assert.equal(resolver.registryFor(registry.host), configured);
+    assert.equal(resolver.registryFor(new URL(registry.url).host), configured);
+    assert.equal(resolver.registryFor('other.example.com'), undefined);
+  });
+
+  it('reads a tag’s digest and a single manifest’s config and layers', async () => {
+    const { reference, registry: upstreamRegistry } = resolver.parse(
+      `${registry.host}/team/single:v1`,
+    );
+    assert.equal(upstreamRegistry, configured);
+    const digest = await resolver.currentDigest(upstreamRegistry, reference);
+    assert.equal(digest.toString(), single.manifest.digest);
+
+    const image = await resolver.resolve(upstreamRegistry, 'team/single', digest, []);
+    assert.equal(image.registry, configured);
+    assert.equal(image.repository, 'team/single');
+    assert.equal(image.digest, digest);
+    assert.deepEqual(image.manifests, [single.manifest.digest]);
+    assert.deepEqual(image.blobs, blobsOf(single));
+  });
+
+  it('takes the digest of a reference by digest as it is, without asking the registry', async () => {
+    const { reference, registry: upstreamRegistry } = resolver.parse(
+      `${registry.host}/team/absent@${single.manifest.digest}`,
+    );
+    const digest = await resolver.currentDigest(upstreamRegistry, reference);
+    assert.equal(digest.toString(), single.manifest.digest);
+  });
+
+  it('fans an index out to every real platform, leaving attestations out', async () => {
+    const { reference } = resolver.parse(`${registry.host}/team/multi:v2`);
+    const digest = await resolver.currentDigest(configured, reference);
+    assert.equal(digest.toString(), index.digest);
+
+    const image = await resolver.resolve(configured, 'team/multi', digest, []);
+    assert.deepEqual(image.manifests, [amd64.manifest.digest, arm64.manifest.digest]);
+    assert.deepEqual(image.blobs, blobsOf(amd64, arm64));
+    const attestationBlobs = new Set(attestation.blobs.map((b) => b.digest));
+    assert.ok(image.blobs.every((b) => !attestationBlobs.has(b.digest)));
+  });
+
+  it('fans an index out to the wanted platforms only', async () => {
+    const digest = parseDigest(index.digest);
+    const arm = await resolver.resolve(configured, 'team/multi', digest, ['linux/arm64']);
+    assert.deepEqual(arm.manifests, [arm64.manifest.digest]);
+    assert.deepEqual(arm.blobs, blobsOf(arm64));
+
+    const both = await resolver.resolve(configured, 'team/multi', digest, [
+      'linux/arm64/v8',
+      'linux/amd64',
+    ]);
+    assert.deepEqual(both.manifests, [amd64.manifest.digest, arm64.manifest.digest]);
+
+    await assert.rejects(
+      resolver.resolve(configured, 'team/multi', digest, ['linux/s390x']),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'NOT_FOUND' &&
+        error.status === 404 &&
+        /has no manifest for linux\/s390x/.test(error.message),
+    );
+  });
+
+  it('reports a missing tag or manifest as NOT_FOUND (404)', async () => {
+    const { reference } = resolver.parse(`${registry.host}/team/single:no-such-tag`);
+    await assert.rejects(
+      resolver.currentDigest(configured, reference),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'NOT_FOUND' &&
+        error.status === 404 &&
+        error.message === 'team/single:no-such-tag does not exist',
+    );
+    const { reference: absent } = resolver.parse(`${registry.host}/team/never-pushed:v1`);
+    await assert.rejects(resolver.currentDigest(configured, absent), {
+      name: 'ResolveError',
+      code: 'NOT_FOUND',
+      status: 404,
+    });
+    const unknownDigest = parseDigest(`sha256:${'0'.repeat(64)}`);
+    await assert.rejects(resolver.resolve(configured, 'team/single', unknownDigest, []), {
+      name: 'ResolveError',
+      code: 'NOT_FOUND',
+      status: 404,
+    });
+  });
+
+  it('refuses a registry that is not configured (UNKNOWN_REGISTRY, 400)', () => {
+    assert.throws(
+      () => resolver.parse('other.example.com/team/app:v1'),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'UNKNOWN_REGISTRY' &&
+        error.status === 400 &&
+        /other\.example\.com is not in SHOAL_WATCHER_REGISTRIES/.test(error.message),
+    );
+  });
+
+  it('refuses a reference that does not parse (400)', () => {
+    assert.throws(() => resolver.parse(`${registry.host}/Team/UPPER:v1`), {
+      name: 'ResolveError',
+      status: 400,
+    });
+  });
+
+  it('refuses a manifest whose bytes do not match its digest (BAD_MANIFEST)', async () => {
+    const corrupt = await pushPlatform(registry, 'team/corrupt', {
+      os: 'linux',
+      architecture: 'amd64',
+    });
+    // The registry keeps manifests as blobs: replace the stored bytes with the same manifest,
+    // indented, so the registry still serves valid JSON under a digest it no longer has.
+    const hex = corrupt.manifest.digest.slice('sha256:'.length);
+    const stored = join(
+      registry.storageDir,
+      'docker/registry/v2/blobs/sha256',
+      hex.slice(0, 2),
+      hex,
+      'data',
+    );
+    await writeFile(stored, JSON.stringify(JSON.parse(await readFile(stored, 'utf8')), null, 2));
+    await assert.rejects(
+      resolver.resolve(configured, 'team/corrupt', parseDigest(corrupt.manifest.digest), []),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'BAD_MANIFEST' &&
+        error.status === 502 &&
+        /does not match its digest/.test(error.message),
+    );
+  });
+});
