@@ -140,9 +140,13 @@ export async function buildApp(
     return503OnClosing: true,
   });
   let closing = false;
+  // Ready once start() has finished: the mirror, the swarm, preheat and the hosts files.
+  let started = false;
+  const notReadyReason = (): string | undefined =>
+    closing ? 'shutting down' : started ? undefined : 'starting';
   registerOpsRoutes(server, {
     registry: serviceMetrics.registry,
-    notReadyReason: () => (closing ? 'shutting down' : undefined),
+    notReadyReason,
   });
   registerMirrorRoutes(server, { mirror, registries, metrics, logger });
 
@@ -159,7 +163,7 @@ export async function buildApp(
     swarm.service.registerRoutes(peerServer);
     registerOpsRoutes(peerServer, {
       registry: serviceMetrics.registry,
-      notReadyReason: () => (closing ? 'shutting down' : undefined),
+      notReadyReason,
     });
   }
 
@@ -215,6 +219,7 @@ export async function buildApp(
       await hostsFiles?.write(
         hostsMirrorUrl(config.SHOAL_AGENT_HOSTS_MIRROR_URL, config.SHOAL_AGENT_LISTEN, port),
       );
+      started = true;
     },
     close: async () => {
       if (closing) {
