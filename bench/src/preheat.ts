@@ -1,0 +1,591 @@
+#!/usr/bin/env node
+/**
+ * The preheat benchmark: what a `nodes` preheat buys at rollout time. One cluster (nats-server,
+ * a tracker, a seed server, a watcher and N agents in the swarm) and two images of the same
+ * sizes. The first is rolled out cold: every agent pulls it at once with nothing preheated. The
+ * second is preheated to every node through the watcher's API, then rolled out the same way.
+ * Prints both rollouts, the preheat, and the preheated rollout's figures as ratios of the cold
+ * one's.
+ *
+ *   node bench/dist/src/preheat.js [--agents 4] [--layers 128,16] [--timeout-s 600]
+ *
+ * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify,
+ * or when the preheat does not finish on every node.
+ */
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import {
+  generateImage,
+  makeTempDir,
+  mib,
+  pushImage,
+  ratio,
+  scrapeMetrics,
+  seconds,
+  startAgent,
+  startNats,
+  startRegistry,
+  startSeedServer,
+  startTracker,
+  startWatcher,
+  table,
+  Teardown,
+  waitFor,
+  WATCHER_TOKEN,
+  type AgentProcess,
+  type GeneratedImage,
+  type Registry,
+  type ServiceProcess,
+} from '@shoal/testkit';
+
+import { prepareClient, type PullTarget } from './clients.js';
+
+const MiB = 1024 * 1024;
+const COLD_REPOSITORY = 'bench/cold';
+const PREHEATED_REPOSITORY = 'bench/preheated';
+
+/**
+ * Settings that make the swarm react within seconds rather than production minutes, as the
+ * integration tests run it (`test/integration/src/swarm.ts`, which the bench cannot import).
+ */
+const FAST_SWARM_ENV = {
+  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '4000',
+  SHOAL_AGENT_WANT_INTERVAL_MS: '300',
+  SHOAL_AGENT_HAVE_INTERVAL_MS: '100',
+};
+
+/** How often the preheat job's status is read while waiting for it, in ms. */
+const JOB_POLL_MS = 100;
+
+/** Longest a single call to the watcher's API may take, in ms. */
+const API_TIMEOUT_MS = 10_000;
+
+const USAGE = `usage: node bench/dist/src/preheat.js [--agents N] [--layers MiB,MiB,...] [--timeout-s S]
+
+  --agents N      agents in the cluster, all pulling at once (default 4)
+  --layers LIST   layer sizes of each generated image, in MiB (default 128,16)
+  --timeout-s S   longest a rollout or the preheat may take (default 600)
+`;
+
+interface Options {
+  readonly agents: number;
+  readonly layerSizes: readonly number[];
+  readonly timeoutMs: number;
+}
+
+/** Parses the command line; every problem is printed at once, with the usage, and exits 2. */
+function parseOptions(argv: readonly string[]): Options {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        agents: { type: 'string', default: '4' },
+        layers: { type: 'string', default: '128,16' },
+        'timeout-s': { type: 'string', default: '600' },
+        help: { type: 'boolean', default: false },
+      },
+    }));
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const problems: string[] = [];
+  const agents = Number(values.agents);
+  if (!Number.isInteger(agents) || agents < 1 || agents > 64) {
+    problems.push('--agents takes a whole number from 1 to 64');
+  }
+  const layerSizes = values.layers.split(',').map((s) => Math.round(Number(s) * MiB));
+  if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
+    problems.push('--layers takes sizes in MiB, e.g. 128,16');
+  }
+  const timeoutS = Number(values['timeout-s']);
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
+    problems.push('--timeout-s takes a positive number of seconds');
+  }
+  if (problems.length > 0) {
+    process.stderr.write(`${problems.join('\n')}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  return { agents, layerSizes, timeoutMs: timeoutS * 1000 };
+}
+
+/** Teardown that reports a failed step and goes on. */
+function newTeardown(): Teardown {
+  return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
+}
+
+function progress(line: string): void {
+  process.stderr.write(`[bench] ${line}\n`);
+}
+
+/** Bytes an agent received, by source (`shoal_agent_fetched_bytes_total{source}`). */
+interface Sources {
+  readonly origin: number;
+  readonly seed: number;
+  readonly peer: number;
+}
+
+/** An agent's counters at one moment, to subtract one reading from a later one. */
+interface AgentCounters extends Sources {
+  /** `shoal_agent_cache_requests_total{result="hit"}`: blob requests served from its cache. */
+  readonly hits: number;
+}
+
+async function readCounters(agent: AgentProcess): Promise<AgentCounters> {
+  const metrics = await scrapeMetrics(agent.url);
+  const fetched = (source: string): number =>
+    metrics.get('shoal_agent_fetched_bytes_total', { source });
+  return {
+    origin: fetched('origin'),
+    seed: fetched('seed'),
+    peer: fetched('peer'),
+    hits: metrics.get('shoal_agent_cache_requests_total', { result: 'hit' }),
+  };
+}
+
+function since(after: AgentCounters, before: AgentCounters): AgentCounters {
+  return {
+    origin: after.origin - before.origin,
+    seed: after.seed - before.seed,
+    peer: after.peer - before.peer,
+    hits: after.hits - before.hits,
+  };
+}
+
+async function readAll(agents: readonly AgentProcess[]): Promise<AgentCounters[]> {
+  return Promise.all(agents.map(readCounters));
+}
+
+const ZERO: AgentCounters = { origin: 0, seed: 0, peer: 0, hits: 0 };
+
+function total(counters: readonly AgentCounters[]): AgentCounters {
+  return counters.reduce(
+    (sum, c) => ({
+      origin: sum.origin + c.origin,
+      seed: sum.seed + c.seed,
+      peer: sum.peer + c.peer,
+      hits: sum.hits + c.hits,
+    }),
+    ZERO,
+  );
+}
+
+/** One agent's figures for one rollout: counter deltas over the rollout, and its time. */
+interface AgentRollout extends AgentCounters {
+  readonly name: string;
+  /** From the common start to this agent's last verified byte, in seconds. */
+  readonly seconds: number;
+  readonly error: string | undefined;
+}
+
+interface Rollout {
+  readonly agents: readonly AgentRollout[];
+  /** Successful blob GETs the registry served during the rollout. */
+  readonly blobGets: number;
+}
+
+/** Every agent pulls `target` at the same moment, streaming each blob and checking its digest. */
+async function rollout(
+  agents: readonly AgentProcess[],
+  target: PullTarget,
+  registry: Registry,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<Rollout> {
+  const clients = await Promise.all(
+    agents.map((agent) => prepareClient('http', agent.url, target, options.timeoutMs)),
+  );
+  const before = await readAll(agents);
+  const getsBefore = (await registry.blobGets()).length;
+  const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
+  const started = performance.now();
+  const outcomes = await Promise.all(
+    clients.map(async (client) => {
+      let error: string | undefined;
+      try {
+        await client.pull(signal);
+      } catch (caught) {
+        error = caught instanceof Error ? caught.message.split('\n')[0] : String(caught);
+      }
+      return { seconds: (performance.now() - started) / 1000, error };
+    }),
+  );
+  const after = await readAll(agents);
+  const gets = (await registry.blobGets()).length - getsBefore;
+  return {
+    agents: agents.map((agent, i) => {
+      const outcome = outcomes[i] ?? { seconds: Number.NaN, error: 'no outcome' };
+      return {
+        name: agent.peerId ?? `agent-${i}`,
+        ...since(after[i] ?? ZERO, before[i] ?? ZERO),
+        seconds: outcome.seconds,
+        error: outcome.error,
+      };
+    }),
+    blobGets: gets,
+  };
+}
+
+/** A preheat job's status as `GET /preheat/<id>` returns it (the fields the bench reads). */
+interface JobStatus {
+  readonly id: string;
+  readonly state: string;
+  readonly blobsTotal: number;
+  readonly blobsDone: number;
+  readonly nodesTotal?: number;
+  readonly nodesDone?: number;
+  readonly failures: readonly unknown[];
+  readonly error?: string;
+}
+
+function isJobStatus(value: unknown): value is JobStatus {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const j = value as Record<string, unknown>;
+  return (
+    typeof j.id === 'string' &&
+    typeof j.state === 'string' &&
+    typeof j.blobsTotal === 'number' &&
+    typeof j.blobsDone === 'number' &&
+    Array.isArray(j.failures)
+  );
+}
+
+async function watcherApi(
+  watcher: ServiceProcess,
+  path: string,
+  init: { method: 'GET' } | { method: 'POST'; body: unknown },
+): Promise<JobStatus> {
+  const response = await fetch(`${watcher.url}${path}`, {
+    method: init.method,
+    headers: {
+      authorization: `Bearer ${WATCHER_TOKEN}`,
+      ...(init.method === 'POST' ? { 'content-type': 'application/json' } : {}),
+    },
+    ...(init.method === 'POST' ? { body: JSON.stringify(init.body) } : {}),
+    signal: AbortSignal.timeout(API_TIMEOUT_MS),
+  });
+  const text = await response.text();
+  if (response.status !== 200 && response.status !== 202) {
+    throw new Error(`${init.method} ${path}: HTTP ${response.status}: ${text.slice(0, 300)}`);
+  }
+  const body: unknown = JSON.parse(text);
+  if (!isJobStatus(body)) {
+    throw new Error(`${init.method} ${path}: not a job status: ${text.slice(0, 300)}`);
+  }
+  return body;
+}
+
+interface Preheat {
+  readonly job: JobStatus;
+  /** From the POST to the first status read that says the job finished, in seconds. */
+  readonly seconds: number;
+  /** Successful blob GETs the registry served during the preheat. */
+  readonly blobGets: number;
+  /** What the agents fetched during the preheat, summed over agents. */
+  readonly fetched: AgentCounters;
+}
+
+/** Asks the watcher to preheat `image` on every node and waits until the job finishes. */
+async function preheat(
+  watcher: ServiceProcess,
+  image: string,
+  agents: readonly AgentProcess[],
+  registry: Registry,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<Preheat> {
+  const before = await readAll(agents);
+  const getsBefore = (await registry.blobGets()).length;
+  const started = performance.now();
+  const submitted = await watcherApi(watcher, '/preheat', {
+    method: 'POST',
+    body: { image, scope: 'nodes' },
+  });
+  let job = submitted;
+  await waitFor(
+    `preheat job ${submitted.id} to finish`,
+    async () => {
+      interrupt.throwIfAborted();
+      job = await watcherApi(watcher, `/preheat/${encodeURIComponent(submitted.id)}`, {
+        method: 'GET',
+      });
+      return job.state === 'done' || job.state === 'failed';
+    },
+    { timeoutMs: options.timeoutMs, intervalMs: JOB_POLL_MS },
+  );
+  const elapsed = (performance.now() - started) / 1000;
+  interrupt.throwIfAborted();
+  const after = await readAll(agents);
+  return {
+    job,
+    seconds: elapsed,
+    blobGets: (await registry.blobGets()).length - getsBefore,
+    fetched: total(agents.map((_, i) => since(after[i] ?? ZERO, before[i] ?? ZERO))),
+  };
+}
+
+/** Starts `count` agents at once; those that started are torn down even when one fails. */
+async function startAgents(
+  count: number,
+  start: (index: number) => Promise<AgentProcess>,
+  teardown: Teardown,
+): Promise<AgentProcess[]> {
+  const settled = await Promise.allSettled(Array.from({ length: count }, (_, i) => start(i)));
+  const agents: AgentProcess[] = [];
+  for (const result of settled) {
+    if (result.status === 'fulfilled') {
+      const agent = result.value;
+      agents.push(agent);
+      teardown.add(`agent ${agent.url}`, () => agent.stop());
+    }
+  }
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed !== undefined) {
+    throw new Error(`an agent did not start: ${String(failed.reason)}`);
+  }
+  return agents;
+}
+
+/** Generates an image from `seed` and pushes it; returns what a client pulls. */
+async function pushTarget(
+  dir: string,
+  registry: Registry,
+  repository: string,
+  seed: string,
+  options: Options,
+): Promise<{ image: GeneratedImage; ref: string; target: PullTarget }> {
+  const image = await generateImage(join(dir, repository.replace('/', '-')), {
+    layerSizes: options.layerSizes,
+    seed,
+  });
+  const ref = await pushImage(image, registry.host, repository);
+  return {
+    image,
+    ref,
+    target: {
+      registryHost: registry.host,
+      registryUrl: registry.url,
+      repository,
+      tag: image.tag,
+      manifest: image.manifest,
+      blobs: image.blobs,
+    },
+  };
+}
+
+function mean(values: readonly number[]): number {
+  return values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+function rolloutTable(figures: Rollout): string {
+  const sum = total(figures.agents);
+  return table(
+    ['agent', 'origin', 'seed', 'peer', 'cache hits', 'time'],
+    [
+      ...figures.agents.map((a) => [
+        a.name,
+        mib(a.origin),
+        mib(a.seed),
+        mib(a.peer),
+        String(a.hits),
+        a.error === undefined ? seconds(a.seconds) : 'FAILED',
+      ]),
+      null,
+      [
+        'total',
+        mib(sum.origin),
+        mib(sum.seed),
+        mib(sum.peer),
+        String(sum.hits),
+        seconds(Math.max(...figures.agents.map((a) => a.seconds))),
+      ],
+    ],
+  );
+}
+
+/** The report: both rollouts, the preheat, and the preheated rollout against the cold one. */
+function report(
+  options: Options,
+  blobCount: number,
+  imageBytes: number,
+  cold: Rollout,
+  heat: Preheat,
+  warm: Rollout,
+): string {
+  const out: string[] = [];
+  out.push(
+    `Shoal preheat benchmark: ${options.agents} agents, a tracker, a seed server and a watcher`,
+    `images  two of ${blobCount - 1} layers + config = ${mib(imageBytes)} of blobs each ` +
+      `(layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB), different content`,
+    `This runs on one machine (loopback, ${availableParallelism()} cores shared by every process): ` +
+      'the times are relative, to compare within this run, not with a cluster.',
+    '',
+    `Cold rollout: image 1, nothing preheated, ${options.agents} agents pulling at once`,
+    rolloutTable(cold),
+    '(bytes and cache hits during the rollout; total time: the slowest agent)',
+    '',
+  );
+
+  const { job } = heat;
+  out.push(
+    `Preheat: image 2, POST /preheat {scope: "nodes"} to the watcher, until GET /preheat/<id> says done`,
+    table(
+      ['job', 'state', 'blobs', 'nodes', 'registry blob GETs', 'duration'],
+      [
+        [
+          job.id,
+          job.state,
+          `${job.blobsDone}/${job.blobsTotal}`,
+          `${job.nodesDone ?? 0}/${job.nodesTotal ?? 0}`,
+          String(heat.blobGets),
+          seconds(heat.seconds),
+        ],
+      ],
+    ),
+    `agents fetched during the preheat: origin ${mib(heat.fetched.origin)}, ` +
+      `seed ${mib(heat.fetched.seed)}, peers ${mib(heat.fetched.peer)}`,
+    '',
+    `Preheated rollout: image 2, ${options.agents} agents pulling at once`,
+    rolloutTable(warm),
+    '',
+  );
+
+  const maxTime = (r: Rollout): number => Math.max(...r.agents.map((a) => a.seconds));
+  const meanTime = (r: Rollout): number => mean(r.agents.map((a) => a.seconds));
+  const coldSum = total(cold.agents);
+  const warmSum = total(warm.agents);
+  out.push(
+    table(
+      ['at rollout time', 'cold', 'preheated', 'preheated / cold'],
+      [
+        [
+          'time until every agent is done',
+          seconds(maxTime(cold)),
+          seconds(maxTime(warm)),
+          ratio(maxTime(warm) / maxTime(cold)),
+        ],
+        [
+          'mean time per agent',
+          seconds(meanTime(cold)),
+          seconds(meanTime(warm)),
+          ratio(meanTime(warm) / meanTime(cold)),
+        ],
+        ['registry blob GETs', String(cold.blobGets), String(warm.blobGets), ''],
+        ['bytes from the origin', mib(coldSum.origin), mib(warmSum.origin), ''],
+        ['bytes from the seed server', mib(coldSum.seed), mib(warmSum.seed), ''],
+        ['bytes from peers', mib(coldSum.peer), mib(warmSum.peer), ''],
+        ['cache hits', String(coldSum.hits), String(warmSum.hits), ''],
+      ],
+    ),
+    '',
+    `preheat duration ${seconds(heat.seconds)} (before the rollout; ` +
+      `${ratio(heat.seconds / maxTime(cold))}x the cold rollout)`,
+  );
+  if (job.state !== 'done' || job.nodesDone !== options.agents) {
+    out.push(
+      `PREHEAT INCOMPLETE: ${job.state}, nodes ${job.nodesDone ?? 0}/${job.nodesTotal ?? 0}` +
+        (job.error === undefined ? '' : `: ${job.error}`),
+    );
+  }
+  for (const a of [...cold.agents, ...warm.agents].filter((x) => x.error !== undefined)) {
+    out.push(`FAILED ${a.name}: ${a.error ?? ''}`);
+  }
+  return `${out.join('\n')}\n`;
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  const interrupt = new AbortController();
+  const onSignal = (): void => {
+    progress('interrupted: stopping everything');
+    interrupt.abort(new Error('interrupted'));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const teardown = newTeardown();
+  try {
+    // The origin, without notifications: nothing is preheated unless the bench asks.
+    const nats = await startNats();
+    teardown.add('nats-server', () => nats.stop());
+    const registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const registries = `${registry.host}=${registry.url}`;
+
+    // Two images of the same sizes and different content, both pushed before anything runs.
+    const layouts = await makeTempDir('bench-preheat-images');
+    teardown.add('image layouts', () => layouts.remove());
+    progress(`generating and pushing two ${options.layerSizes.length}-layer images`);
+    const run = Date.now();
+    const cold = await pushTarget(layouts.path, registry, COLD_REPOSITORY, `cold-${run}`, options);
+    const warm = await pushTarget(
+      layouts.path,
+      registry,
+      PREHEATED_REPOSITORY,
+      `preheated-${run}`,
+      options,
+    );
+    interrupt.signal.throwIfAborted();
+
+    // The cluster: a tracker, a seed server, a watcher and the agents, on one NATS.
+    const tracker = await startTracker({ natsUrl: nats.url });
+    teardown.add('tracker', () => tracker.stop());
+    const seed = await startSeedServer({ natsUrl: nats.url, registries });
+    teardown.add('seed server', () => seed.stop());
+    const watcher = await startWatcher({ natsUrl: nats.url, registries });
+    teardown.add('watcher', () => watcher.stop());
+    const agents = await startAgents(
+      options.agents,
+      (i) =>
+        startAgent({
+          registries,
+          defaultRegistry: registry.host,
+          natsUrl: nats.url,
+          peerId: `agent-${i}`,
+          env: FAST_SWARM_ENV,
+        }),
+      teardown,
+    );
+    interrupt.signal.throwIfAborted();
+
+    progress(`cold: ${agents.length} agents pulling ${cold.ref}`);
+    const coldRollout = await rollout(agents, cold.target, registry, options, interrupt.signal);
+    interrupt.signal.throwIfAborted();
+    progress(`preheat: ${warm.ref} on every node`);
+    const heat = await preheat(watcher, warm.ref, agents, registry, options, interrupt.signal);
+    progress(`preheated: ${agents.length} agents pulling ${warm.ref}`);
+    const warmRollout = await rollout(agents, warm.target, registry, options, interrupt.signal);
+
+    const imageBytes = warm.image.blobs.reduce((sum, b) => sum + b.size, 0);
+    process.stdout.write(
+      report(options, warm.image.blobs.length, imageBytes, coldRollout, heat, warmRollout),
+    );
+    const failed =
+      [...coldRollout.agents, ...warmRollout.agents].some((a) => a.error !== undefined) ||
+      heat.job.state !== 'done' ||
+      heat.job.nodesDone !== options.agents;
+    return failed ? 1 : 0;
+  } finally {
+    await teardown.run();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+try {
+  process.exitCode = await main();
+} catch (error) {
+  process.stderr.write(
+    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exitCode = 1;
+}
