@@ -70,6 +70,7 @@ export {
 export {
   preheatReport,
   preheatReportSubject,
+  preheatReportSubjects,
   type PreheatReport,
 } from './messages/preheat-report.js';
 export {

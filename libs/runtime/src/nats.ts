@@ -181,6 +181,8 @@ export interface DurableSettings {
   readonly filterSubject?: string;
   /** The server removes the consumer after this long without a client, in ms (0: never). */
   readonly inactiveMs?: number;
+  /** Consumer replicas (default: the stream's). */
+  readonly replicas?: number;
 }
 
 /**
@@ -218,6 +220,7 @@ export async function ensureConsumer(
             opt_start_time: settings.startTime.toISOString(),
           }),
       ...(settings.filterSubject === undefined ? {} : { filter_subject: settings.filterSubject }),
+      ...(settings.replicas === undefined ? {} : { num_replicas: settings.replicas }),
       ...updatable,
     });
   }

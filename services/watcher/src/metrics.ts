@@ -15,7 +15,7 @@ export function createWatcherMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     webhooksRejected: new Counter({
       name: `${prefix}webhooks_rejected_total`,
-      help: 'Webhook deliveries refused, by reason (unauthorized, too-large, malformed, invalid, unknown-registry, unknown-format)',
+      help: 'Webhook deliveries refused, and pushes in them ignored, by reason (unauthorized, too-large, malformed, invalid, unknown-registry, unknown-format)',
       labelNames: ['reason'] as const,
       registers,
     }),

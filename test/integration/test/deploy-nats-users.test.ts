@@ -188,7 +188,7 @@ describe('NATS users of deploy/k8s', () => {
     }
   });
 
-  it('refuses piece hashes published by an agent', async () => {
+  it('refuses piece hashes and seed reports published by an agent', async () => {
     const nc: NatsConnection = await connect({
       servers: [`nats://${hostPort}`],
       user: 'agent',
@@ -209,6 +209,13 @@ describe('NATS users of deploy/k8s', () => {
         timeoutMs: 5000,
       });
       assert.match(errors.join('\n'), /permissions violation/i);
+      // Nor a preheat report in the seed server's name.
+      nc.publish('shoal.preheat.v1.report.p-1.seed.seed-a', 'forged');
+      await nc.flush();
+      await waitFor('a second violation', () => Promise.resolve(errors.length > 1), {
+        timeoutMs: 5000,
+      });
+      assert.match(errors[1] ?? '', /shoal\.preheat\.v1\.report\.p-1\.seed\.seed-a/);
     } finally {
       await nc.close();
     }

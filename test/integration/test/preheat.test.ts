@@ -307,6 +307,14 @@ describe('preheat', () => {
         /action pull/,
       ],
       [
+        'a registry not configured',
+        'distribution',
+        distribution.replaceAll(quiet.host, 'elsewhere.example.com'),
+        bearer,
+        200,
+        /elsewhere\.example\.com is not in SHOAL_WATCHER_REGISTRIES/,
+      ],
+      [
         'Harbor pull',
         'harbor',
         harbor('PULL_ARTIFACT'),
@@ -412,6 +420,39 @@ describe('preheat', () => {
       3,
       'one job per digest: two tags of sched:v1 and other:v1',
     );
+  });
+
+  it('fails a preheat the origin cannot serve, and runs it again once asked after a fix', async () => {
+    const pushed = await image('retry', [1 * MiB]);
+    const ref = await pushImage(pushed, quiet.host, 'team/retry');
+    const layer = pushed.layers[0];
+    assert.ok(layer !== undefined);
+    await quiet.corruptBlob(layer.digest);
+    const ask = async (): Promise<{ id: string; duplicate: boolean }> => {
+      const response = await fetch(`${watcher.url}/preheat`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ image: ref }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      assert.equal(response.status, 202);
+      return (await response.json()) as { id: string; duplicate: boolean };
+    };
+    const first = await ask();
+    const failed = await jobFor(watcher, (j) => j.id === first.id);
+    assert.equal(failed.state, 'failed', JSON.stringify(failed));
+    assert.match(JSON.stringify(failed.failures), /digest/);
+
+    // The registry serves the right bytes again (flipping the same bytes back); asked again,
+    // the same job runs afresh and does not trip over the first run's failure report.
+    await quiet.corruptBlob(layer.digest);
+    const second = await ask();
+    assert.equal(second.id, first.id);
+    assert.equal(second.duplicate, false);
+    const done = await jobFor(watcher, (j) => j.id === first.id && j.state !== 'failed');
+    assert.equal(done.state, 'done', JSON.stringify(done));
+    assert.equal(done.blobsDone, pushed.blobs.length);
+    assert.deepEqual(done.failures, []);
   });
 
   it('completes a preheat after its watcher and the seed server are killed mid-way', async () => {

@@ -21,5 +21,15 @@ export const preheatReport = z.strictObject({
 });
 export type PreheatReport = z.infer<typeof preheatReport>;
 
-/** Subject of one job's reports. */
-export const preheatReportSubject = (job: string): string => `shoal.preheat.v1.report.${job}`;
+/**
+ * Subject of one report: the role and peer are in it, so NATS permissions can keep agents from
+ * reporting as the seed server, and a report whose body claims otherwise is refused.
+ */
+export const preheatReportSubject = (
+  job: string,
+  role: PreheatReport['role'],
+  peer: string,
+): string => `shoal.preheat.v1.report.${job}.${role}.${peer}`;
+
+/** Subjects of every report of one job. */
+export const preheatReportSubjects = (job: string): string => `shoal.preheat.v1.report.${job}.>`;

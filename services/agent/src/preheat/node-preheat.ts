@@ -42,6 +42,7 @@ const HEARTBEAT_MS = 20_000;
 const INACTIVE_MS = 24 * 60 * 60 * 1000;
 const RETRY_DELAY_MS = 5_000;
 const REPORT_TIMEOUT_MS = 5_000;
+const START_MARGIN_MS = 10 * 60_000;
 
 export interface NodePreheatDeps {
   readonly js: JetStreamClient;
@@ -67,8 +68,10 @@ export class NodePreheat {
   /**
    * Tasks published since the agent started are its own, even when its consumer comes later
    * (the watcher created the stream after the agent started): the agent is already present.
+   * A margin covers a node clock ahead of the server's; a task seen twice costs nothing, the
+   * cache answers it.
    */
-  readonly #startedAt = new Date();
+  readonly #startedAt = new Date(Date.now() - START_MARGIN_MS);
   #loop: ConsumeLoop | undefined;
 
   constructor(deps: NodePreheatDeps) {
@@ -98,6 +101,8 @@ export class NodePreheat {
           maxAckPending: 1,
           startTime: this.#startedAt,
           inactiveMs: INACTIVE_MS,
+          // One consumer per node: a single replica each, not a Raft group per node.
+          replicas: 1,
         });
         const consumer = await js.consumers.get(STREAMS.preheatNodes.name, this.consumerName);
         return consumer.consume({ max_messages: 1 });
@@ -227,8 +232,9 @@ export class NodePreheat {
 
   async #report(task: PreheatNodes, blob: string, error: string | undefined): Promise<void> {
     const { js, peer } = this.#deps;
+    // No message id: a report repeated by a redelivered task counts once at the watcher.
     await js.publish(
-      preheatReportSubject(task.job),
+      preheatReportSubject(task.job, 'agent', peer),
       encodeMessage(preheatReport, {
         type: 'preheat-report',
         job: task.job,
@@ -238,7 +244,7 @@ export class NodePreheat {
         ok: error === undefined,
         ...(error === undefined ? {} : { error: error.slice(0, 1024) }),
       }),
-      { msgID: `${task.job}.${peer}.${parseDigest(blob).hex}`, timeout: REPORT_TIMEOUT_MS },
+      { timeout: REPORT_TIMEOUT_MS },
     );
   }
 

@@ -14,7 +14,6 @@ import {
 import {
   decodeMessage,
   encodeMessage,
-  parseDigest,
   preheatReport,
   preheatReportSubject,
   seedRequest,
@@ -123,9 +122,9 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
   /** Tells the preheat job how its blob went; a lost report is retried by redelivery. */
   const report = async (request: SeedRequest, job: string, ok: boolean): Promise<void> => {
     const error = ok ? undefined : (seeder.failure(request.blob) ?? 'seeding failed');
-    const hex = parseDigest(request.blob).hex;
+    // No message id: a report repeated by a redelivery counts once at the watcher.
     await js.publish(
-      preheatReportSubject(job),
+      preheatReportSubject(job, 'seed', deps.self),
       encodeMessage(preheatReport, {
         type: 'preheat-report',
         job,
@@ -135,7 +134,7 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
         ok,
         ...(error === undefined ? {} : { error }),
       }),
-      { msgID: `${job}.seed.${hex}`, timeout: REPORT_TIMEOUT_MS },
+      { timeout: REPORT_TIMEOUT_MS },
     );
     metrics.preheatReports.inc({ ok: String(ok) });
   };

@@ -27,7 +27,7 @@ export interface WebhookRouteDeps {
   readonly logger: Logger;
 }
 
-type Refusal = 'unauthorized' | 'malformed' | 'invalid' | 'unknown-registry' | 'unknown-format';
+type Refusal = 'unauthorized' | 'malformed' | 'invalid' | 'unknown-format';
 
 export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDeps): void {
   const { metrics, logger } = deps;
@@ -56,7 +56,7 @@ export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDe
       { parseAs: 'buffer', bodyLimit: deps.maxBytes },
       (_req, body, next) => next(null, body),
     );
-    scope.post<{ Params: { format: string }; Querystring: { registry?: string } }>(
+    scope.post<{ Params: { format: string }; Querystring: { registry?: string | string[] } }>(
       '/webhooks/:format',
       { bodyLimit: deps.maxBytes },
       (request, reply) =>
@@ -70,7 +70,10 @@ export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDe
   });
 
   const handle = async (
-    request: FastifyRequest<{ Params: { format: string }; Querystring: { registry?: string } }>,
+    request: FastifyRequest<{
+      Params: { format: string };
+      Querystring: { registry?: string | string[] };
+    }>,
     reply: FastifyReply,
   ): Promise<FastifyReply> => {
     const name = request.params.format;
@@ -121,24 +124,36 @@ export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDe
       }
       throw error;
     }
-    // Every push is checked before any is queued: a refused delivery publishes nothing.
+    // A push that cannot be preheated (a registry not configured, a name that does not parse)
+    // is acknowledged and listed as ignored: the distribution registry retries a refused
+    // delivery for ever and holds every later notification behind it.
+    const registryParam =
+      typeof request.query.registry === 'string' ? request.query.registry : undefined;
     const jobs = [];
+    const skipped = [...ignored];
     for (const push of pushes) {
-      const host = request.query.registry ?? push.host;
+      const host = registryParam ?? push.host;
       const registry = host === undefined ? undefined : deps.resolver.registryFor(host);
+      let problem: string | undefined;
       if (registry === undefined) {
-        return refuse(
-          reply,
-          400,
-          'unknown-registry',
-          `registry ${host ?? '(not named)'} is not in SHOAL_WATCHER_REGISTRIES; name it with ?registry=<host>`,
-          name,
-        );
+        problem = `registry ${host ?? '(not named)'} is not in SHOAL_WATCHER_REGISTRIES; name it with ?registry=<host>`;
+      } else {
+        try {
+          parseRepositoryName(push.repository);
+        } catch (error) {
+          problem = (error as Error).message;
+        }
       }
-      try {
-        parseRepositoryName(push.repository);
-      } catch (error) {
-        return refuse(reply, 400, 'invalid', (error as Error).message, name);
+      if (registry === undefined || problem !== undefined) {
+        metrics.webhooksRejected.inc({
+          reason: registry === undefined ? 'unknown-registry' : 'invalid',
+        });
+        logger.warn(
+          { format: name, repository: push.repository.slice(0, 255), problem },
+          'webhook push ignored',
+        );
+        skipped.push(`${push.repository.slice(0, 255)}@${push.digest}: ${problem ?? ''}`);
+        continue;
       }
       jobs.push({ push, registry });
     }
@@ -160,11 +175,11 @@ export function registerWebhookRoutes(app: FastifyInstance, deps: WebhookRouteDe
       accepted.push({ id: result.id, image, duplicate: result.duplicate });
     }
     metrics.webhookEvents.inc({ result: 'preheat' }, accepted.length);
-    metrics.webhookEvents.inc({ result: 'ignored' }, ignored.length);
+    metrics.webhookEvents.inc({ result: 'ignored' }, skipped.length);
     metrics.webhooks.inc({
       format: name,
       outcome: accepted.length > 0 ? 'accepted' : 'ignored',
     });
-    return reply.code(accepted.length > 0 ? 202 : 200).send({ accepted, ignored });
+    return reply.code(accepted.length > 0 ? 202 : 200).send({ accepted, ignored: skipped });
   };
 }

@@ -50,12 +50,37 @@ export class JobStore {
   }
 
   async get(id: string): Promise<JobStatus | undefined> {
+    return (await this.#entry(id))?.status;
+  }
+
+  async #entry(id: string): Promise<{ status: JobStatus; revision: number } | undefined> {
     const entry = await this.#kv.get(id);
     if (entry === null || entry.operation !== 'PUT' || entry.length === 0) {
       return undefined;
     }
     const parsed = jobStatus.safeParse(entry.json());
-    return parsed.success ? parsed.data : undefined;
+    return parsed.success ? { status: parsed.data, revision: entry.revision } : undefined;
+  }
+
+  /**
+   * Replaces `previous` with `status` only if the entry is still what `previous` was read
+   * as (same `updatedAt` and state); false when someone changed it meanwhile.
+   */
+  async replace(status: JobStatus, previous: JobStatus): Promise<boolean> {
+    const current = await this.#entry(status.id);
+    if (
+      current === undefined ||
+      current.status.updatedAt !== previous.updatedAt ||
+      current.status.state !== previous.state
+    ) {
+      return false;
+    }
+    try {
+      await this.#kv.update(status.id, JSON.stringify(status), current.revision);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Creates the entry; false when the job exists already. */

@@ -3,13 +3,14 @@
  * entry, then its command on the SHOAL_PREHEAT work queue. A job that exists already is not
  * queued again, and the command's message id is the job id, so concurrent repeats collapse too.
  */
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
 import {
   encodeMessage,
   formatImageReference,
   parseDigest,
   PREHEAT_COMMAND_SUBJECT,
   preheatCommand,
+  STREAMS,
   type PreheatCommand,
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
@@ -51,18 +52,26 @@ export class PreheatRequests {
     const existing = await this.#jobs.get(id);
     if (existing !== undefined && existing.state !== 'failed') {
       this.#metrics.duplicates.inc({ origin });
+      if (
+        existing.state === 'queued' &&
+        Date.now() - existing.createdAt < STREAMS.preheat.duplicateWindowMs
+      ) {
+        // Its command may never have been published (the publish failed, or the watcher died
+        // right after creating the job): publish it again. Within the stream's duplicate
+        // window JetStream drops it if it was published, so this never queues a job twice.
+        await this.#publishCommand(existing);
+      }
       return { id, duplicate: true, status: existing };
     }
     const now = Date.now();
-    const resolved = formatImageReference({
-      registry: spec.registry,
-      repository: spec.repository,
-      digest: parseDigest(spec.digest),
-    });
     const status: JobStatus = {
       id,
       image,
-      resolved,
+      resolved: formatImageReference({
+        registry: spec.registry,
+        repository: spec.repository,
+        digest: parseDigest(spec.digest),
+      }),
       scope: spec.scope,
       selector: { ...spec.selector },
       platforms: [...spec.platforms],
@@ -74,41 +83,46 @@ export class PreheatRequests {
       createdAt: now,
       updatedAt: now,
     };
-    if (existing === undefined) {
-      if (!(await this.#jobs.create(status))) {
-        // Another replica created it a moment ago.
-        this.#metrics.duplicates.inc({ origin });
-        return { id, duplicate: true, status: (await this.#jobs.get(id)) ?? status };
-      }
-    } else {
-      await this.#jobs.put(status);
+    // A failed job is queued again by replacing its entry at the revision read above, so of
+    // two replicas re-queueing it at once, one does.
+    const won =
+      existing === undefined
+        ? await this.#jobs.create(status)
+        : await this.#jobs.replace(status, existing);
+    if (!won) {
+      this.#metrics.duplicates.inc({ origin });
+      return { id, duplicate: true, status: (await this.#jobs.get(id)) ?? status };
     }
-    const ack = await this.#js.publish(
+    const ack = await this.#publishCommand(status);
+    await publishProgress(this.#js, status, PUBLISH_TIMEOUT_MS);
+    this.#metrics.commands.inc({ origin });
+    this.#logger.info(
+      { job: id, image: status.resolved, scope: spec.scope, origin, seq: ack.seq },
+      'preheat queued',
+    );
+    return { id, duplicate: ack.duplicate, status };
+  }
+
+  /** Publishes a job's command; its message id names this queueing of the job. */
+  #publishCommand(status: JobStatus): Promise<PubAck> {
+    return this.#js.publish(
       PREHEAT_COMMAND_SUBJECT,
       encodeMessage(preheatCommand, {
         type: 'preheat',
-        id,
-        image: resolved,
-        scope: spec.scope,
-        selector: { ...spec.selector },
-        platforms: [...spec.platforms],
-        origin,
+        id: status.id,
+        image: status.resolved,
+        scope: status.scope,
+        selector: status.selector,
+        platforms: status.platforms,
+        origin: status.origin,
       }),
-      // A failed job queued again needs a fresh message id.
       {
-        msgID: existing === undefined ? id : `${id}-${now}`,
+        msgID: `${status.id}-${status.createdAt}`,
         timeout: PUBLISH_TIMEOUT_MS,
         // The preheat's trace starts at the webhook (or API call) that asked for it.
         ...optionalHeaders(),
       },
     );
-    await publishProgress(this.#js, status, PUBLISH_TIMEOUT_MS);
-    this.#metrics.commands.inc({ origin });
-    this.#logger.info(
-      { job: id, image: resolved, scope: spec.scope, origin, seq: ack.seq },
-      'preheat queued',
-    );
-    return { id, duplicate: ack.duplicate, status };
   }
 }
 

@@ -18,10 +18,12 @@ import {
   preheatNodes,
   preheatReport,
   preheatReportSubject,
+  preheatReportSubjects,
   seedRequest,
   seedRequestSubject,
   selectorMatches,
   STREAMS,
+  OciParseError,
   type AgentPresence,
   type PreheatCommand,
   type PreheatReport,
@@ -37,11 +39,17 @@ import {
 import type { WatcherMetrics } from '../metrics.js';
 import { publishProgress, type JobStatus, type JobStore } from './jobs.js';
 import { optionalHeaders } from './requests.js';
-import type { ImageResolver, ResolvedImage } from './resolve.js';
+import { ResolveError, type ImageResolver, type ResolvedImage } from './resolve.js';
 
 export const PREHEAT_CONSUMER = 'watcher-preheat';
 const PUBLISH_TIMEOUT_MS = 5_000;
 const RETRY_DELAY_MS = 2_000;
+/** Retries of a job failing on transient errors wait up to this long, in ms. */
+const MAX_BACKOFF_MS = 5 * 60_000;
+/** Deliveries of a job before a transient failure fails it. */
+const MAX_ATTEMPTS = 10;
+/** An agent missing from the presence bucket this long has left, in ms. */
+const AGENT_GRACE_MS = 60_000;
 /** Status and progress are written at most this often while reports arrive, in ms. */
 const PROGRESS_INTERVAL_MS = 1_000;
 /** How often the live agents are checked while a `nodes` job waits for them, in ms. */
@@ -82,7 +90,8 @@ export class PreheatRunner {
     await ensureConsumer(jsm, STREAMS.preheat.name, PREHEAT_CONSUMER, {
       ackWaitMs,
       maxDeliver: -1,
-      maxAckPending: Math.max(1, concurrency),
+      // Each replica bounds its own jobs (below); this only bounds the whole group.
+      maxAckPending: 1_000,
     });
     this.#loop = superviseConsumption({
       name: PREHEAT_CONSUMER,
@@ -132,48 +141,66 @@ export class PreheatRunner {
       msg.ack();
       return;
     }
+    const run: Run = {
+      command,
+      seq: msg.info.streamSequence,
+      queuedAtNanos: msg.timestampNanos,
+      attempt: msg.info.deliveryCount,
+    };
     const heartbeat = setInterval(() => msg.working(), Math.max(1_000, ackWaitMs / 3));
     metrics.jobsRunning.inc();
     try {
-      const status = await this.#run(command, existing);
-      if (this.#stopping.signal.aborted && status === undefined) {
+      const status = await this.#run(run, existing);
+      if (status === undefined) {
+        // Stopping: the job goes back to the queue and resumes where its reports say.
         msg.nak();
         return;
       }
       msg.ack();
     } catch (error) {
-      logger.warn({ err: error, job: command.id }, 'preheat job interrupted; it will be retried');
-      msg.nak(RETRY_DELAY_MS);
+      const delayMs = Math.min(RETRY_DELAY_MS * 2 ** (run.attempt - 1), MAX_BACKOFF_MS);
+      logger.warn(
+        { err: error, job: command.id, attempt: run.attempt, retryInMs: delayMs },
+        'preheat job interrupted; it will be retried',
+      );
+      msg.nak(delayMs);
     } finally {
       clearInterval(heartbeat);
       metrics.jobsRunning.dec();
     }
   }
 
-  /** Runs a job to its end; undefined when stopped part-way (the job resumes later). */
-  async #run(
-    command: PreheatCommand,
-    existing: JobStatus | undefined,
-  ): Promise<JobStatus | undefined> {
+  /**
+   * Runs a job to its end; undefined when stopped part-way (the job resumes later). Throws
+   * for a transient failure (a registry's 5xx, NATS trouble) while attempts remain.
+   */
+  async #run(run: Run, existing: JobStatus | undefined): Promise<JobStatus | undefined> {
     const { jobs, resolver, metrics, logger, timeoutMs } = this.#deps;
+    const { command } = run;
     const now = Date.now();
-    const { reference, registry } = resolver.parse(command.image);
-    let status: JobStatus = existing ?? {
-      id: command.id,
-      image: command.image,
-      resolved: command.image,
-      scope: command.scope,
-      selector: command.selector,
-      platforms: command.platforms,
-      origin: command.origin,
-      state: 'queued',
-      blobsTotal: 0,
+    // Counts and failures are rebuilt from this run's reports, replayed from the stream.
+    let status: JobStatus = {
+      ...(existing ?? {
+        id: command.id,
+        image: command.image,
+        resolved: command.image,
+        scope: command.scope,
+        selector: command.selector,
+        platforms: command.platforms,
+        origin: command.origin,
+        blobsTotal: 0,
+        createdAt: now,
+      }),
+      state: existing?.state ?? 'queued',
       blobsDone: 0,
       failures: [],
-      createdAt: now,
       updatedAt: now,
     };
-    const deadline = AbortSignal.timeout(timeoutMs);
+    delete status.error;
+    delete status.nodesDone;
+    delete status.nodesTotal;
+    // The job's time runs from when it was queued, however often it is interrupted.
+    const deadline = AbortSignal.timeout(Math.max(0, status.createdAt + timeoutMs - now));
     const signal = AbortSignal.any([this.#stopping.signal, deadline]);
     const tracker = new JobProgress(
       this.#deps,
@@ -181,6 +208,7 @@ export class PreheatRunner {
       (next) => (status = next),
     );
     try {
+      const { reference, registry } = resolver.parse(command.image);
       const digest =
         reference.digest ?? (await resolver.currentDigest(registry, reference, signal));
       const image = await resolver.resolve(
@@ -195,15 +223,15 @@ export class PreheatRunner {
         { job: command.id, manifests: image.manifests.length, blobs: image.blobs.length },
         'preheat running',
       );
-      await this.#seed(command, image, tracker, signal);
+      await this.#seed(run, image, tracker, signal);
       if (command.scope === 'nodes') {
-        await this.#nodes(command, image, tracker, signal);
+        await this.#nodes(run, image, tracker, signal);
       }
-      const failed = status.failures.length > 0;
+      const failed = tracker.failureCount;
       await tracker.update(
         {
-          state: failed ? 'failed' : 'done',
-          ...(failed ? { error: `${status.failures.length} blob(s) could not be preheated` } : {}),
+          state: failed > 0 ? 'failed' : 'done',
+          ...(failed > 0 ? { error: `${failed} blob(s) could not be preheated` } : {}),
         },
         true,
       );
@@ -216,7 +244,16 @@ export class PreheatRunner {
         : error instanceof Error
           ? error.message
           : String(error);
-      if (!(error instanceof JobFailed) && !deadline.aborted && !isPermanent(error)) {
+      const final =
+        error instanceof JobFailed ||
+        deadline.aborted ||
+        isPermanent(error) ||
+        run.attempt >= MAX_ATTEMPTS;
+      if (!final) {
+        // Shown while the job waits for its next attempt.
+        await tracker
+          .update({ error: `attempt ${run.attempt}: ${reason}`.slice(0, 1024) }, true)
+          .catch(() => undefined);
         throw error;
       }
       await tracker.update({ state: 'failed', error: reason.slice(0, 1024) }, true);
@@ -234,12 +271,13 @@ export class PreheatRunner {
 
   /** Asks the seed server for every blob and waits until it reports each one. */
   async #seed(
-    command: PreheatCommand,
+    run: Run,
     image: ResolvedImage,
     tracker: JobProgress,
     signal: AbortSignal,
   ): Promise<void> {
     const { js } = this.#deps;
+    const { command } = run;
     for (const blob of image.blobs) {
       await js.publish(
         seedRequestSubject(blob.digest),
@@ -251,35 +289,38 @@ export class PreheatRunner {
           reason: { kind: 'preheat', job: command.id },
         }),
         {
-          msgID: `${command.id}.${parseDigest(blob.digest).hex}`,
+          // Per run: a job queued again after failing asks the seed server again.
+          msgID: `${command.id}.${run.seq}.${parseDigest(blob.digest).hex}`,
           timeout: PUBLISH_TIMEOUT_MS,
           ...optionalHeaders(),
         },
       );
     }
     const pending = new Set(image.blobs.map((b) => b.digest));
-    await this.#followReports(command.id, signal, (report) => {
-      if (report.role !== 'seed' || !pending.delete(report.blob)) {
-        return pending.size === 0;
-      }
-      tracker.blobSeeded(report);
-      return pending.size === 0;
-    });
-    if (tracker.current.failures.length > 0) {
-      throw new JobFailed(
-        `the seed server could not preheat ${tracker.current.failures.length} blob(s)`,
-      );
+    await this.#followReports(
+      run,
+      signal,
+      () => pending.size === 0,
+      (report) => {
+        if (report.role === 'seed' && pending.delete(report.blob)) {
+          tracker.blobSeeded(report);
+        }
+      },
+    );
+    if (tracker.failureCount > 0) {
+      throw new JobFailed(`the seed server could not preheat ${tracker.failureCount} blob(s)`);
     }
   }
 
   /** Hands the blobs to the matching live agents and waits for each to report them all. */
   async #nodes(
-    command: PreheatCommand,
+    run: Run,
     image: ResolvedImage,
     tracker: JobProgress,
     signal: AbortSignal,
   ): Promise<void> {
     const { js, agents } = this.#deps;
+    const { command } = run;
     const expected = new Set(
       (await agents())
         .filter((agent) => selectorMatches(command.selector, agent.labels))
@@ -299,74 +340,90 @@ export class PreheatRunner {
         blobs: image.blobs.map((b) => ({ digest: b.digest, size: b.size })),
         selector: command.selector,
       }),
-      { msgID: `${command.id}.nodes`, timeout: PUBLISH_TIMEOUT_MS, ...optionalHeaders() },
+      {
+        msgID: `${command.id}.${run.seq}.nodes`,
+        timeout: PUBLISH_TIMEOUT_MS,
+        ...optionalHeaders(),
+      },
     );
     const remaining = new Map(
       [...expected].map((peer) => [peer, new Set(image.blobs.map((b) => b.digest))]),
     );
     let done = 0;
-    const finish = (peer: string): void => {
-      if (remaining.delete(peer)) {
-        done += 1;
-        void tracker.update({ nodesDone: done });
-      }
-    };
-    // Agents that leave before finishing are not waited for: they count as failed.
-    const gone = setInterval(() => {
+    // Agents missing from the presence bucket for a while are not waited for: they count as
+    // failed. A restarting agent (a DaemonSet update) is back well within the grace.
+    const missingSince = new Map<string, number>();
+    const stopWaiting = new AbortController();
+    const checkAgents = setInterval(() => {
       void agents()
         .then((live) => {
           const alive = new Set(live.map((a) => a.peer));
+          const now = Date.now();
           for (const peer of [...remaining.keys()]) {
-            if (!alive.has(peer)) {
+            if (alive.has(peer)) {
+              missingSince.delete(peer);
+              continue;
+            }
+            const since = missingSince.get(peer) ?? now;
+            missingSince.set(peer, since);
+            if (now - since >= AGENT_GRACE_MS) {
               remaining.delete(peer);
               tracker.fail({ peer, blob: '', error: 'the agent left before finishing' });
             }
           }
           if (remaining.size === 0) {
-            wake();
+            stopWaiting.abort();
           }
         })
         .catch(() => undefined);
     }, AGENTS_CHECK_MS);
-    let wake: () => void = () => undefined;
-    const woken = new Promise<void>((resolve) => (wake = resolve));
     try {
-      await Promise.race([
-        this.#followReports(command.id, signal, (report) => {
+      await this.#followReports(
+        run,
+        AbortSignal.any([signal, stopWaiting.signal]),
+        () => remaining.size === 0,
+        (report) => {
           const blobs = report.role === 'agent' ? remaining.get(report.peer) : undefined;
-          if (blobs?.delete(report.blob) === true) {
-            if (!report.ok) {
-              tracker.fail({
-                peer: report.peer,
-                blob: report.blob,
-                error: report.error ?? 'failed',
-              });
-            }
-            if (blobs.size === 0) {
-              finish(report.peer);
-            }
+          if (blobs?.delete(report.blob) !== true) {
+            return;
           }
-          return remaining.size === 0;
-        }),
-        woken,
-      ]);
+          if (!report.ok) {
+            tracker.fail({ peer: report.peer, blob: report.blob, error: report.error ?? 'failed' });
+          }
+          if (blobs.size === 0 && remaining.delete(report.peer)) {
+            done += 1;
+            void tracker.update({ nodesDone: done });
+          }
+        },
+      ).catch((error: unknown) => {
+        // Every agent still awaited has left: not an error of the job's own.
+        if (!stopWaiting.signal.aborted || signal.aborted) {
+          throw error;
+        }
+      });
     } finally {
-      clearInterval(gone);
+      clearInterval(checkAgents);
+      stopWaiting.abort();
     }
   }
 
   /**
-   * Reads the job's reports from the start of the stream (so a resumed job counts what was
-   * reported before), handing each to `onReport` until it returns true.
+   * Reads this run's reports (those published since its command was queued) from the start of
+   * the stream, so a resumed run counts what was reported before; stops when `finished`.
    */
   async #followReports(
-    job: string,
+    run: Run,
     signal: AbortSignal,
-    onReport: (report: PreheatReport) => boolean,
+    finished: () => boolean,
+    onReport: (report: PreheatReport) => void,
   ): Promise<void> {
     const { js, metrics, logger } = this.#deps;
+    const job = run.command.id;
+    if (finished()) {
+      return;
+    }
     const consumer = await js.consumers.get(STREAMS.preheatEvents.name, {
-      filter_subjects: preheatReportSubject(job),
+      filter_subjects: preheatReportSubjects(job),
     });
     const messages = await consumer.consume();
     const close = (): void => void messages.close();
@@ -376,14 +433,22 @@ export class PreheatRunner {
         return;
       }
       for await (const msg of messages) {
+        if (msg.timestampNanos < run.queuedAtNanos) {
+          continue;
+        }
         const decoded = decodeMessage(preheatReport, msg.data);
-        if (!decoded.ok || decoded.value.job !== job) {
+        const report = decoded.ok ? decoded.value : undefined;
+        if (
+          report === undefined ||
+          msg.subject !== preheatReportSubject(report.job, report.role, report.peer)
+        ) {
           metrics.eventsRejected.inc({ type: 'preheat-report' });
           logger.warn({ subject: msg.subject }, 'invalid preheat report ignored');
           continue;
         }
-        metrics.reports.inc({ role: decoded.value.role, ok: String(decoded.value.ok) });
-        if (onReport(decoded.value)) {
+        metrics.reports.inc({ role: report.role, ok: String(report.ok) });
+        onReport(report);
+        if (finished()) {
           return;
         }
       }
@@ -395,9 +460,26 @@ export class PreheatRunner {
   }
 }
 
-/** Registry answers that no retry will change (a missing image, a bad manifest). */
+/**
+ * Failures no retry will change: a missing image, a bad or oversized manifest, a registry
+ * not configured, input that does not parse. A registry's 5xx and NATS trouble are retried.
+ */
 function isPermanent(error: unknown): boolean {
-  return error instanceof Error && error.name === 'ResolveError';
+  if (error instanceof ResolveError) {
+    return error.code !== 'REGISTRY_ANSWER';
+  }
+  return error instanceof OciParseError || (error instanceof Error && error.name === 'ZodError');
+}
+
+/** One delivery of a job's command. */
+interface Run {
+  readonly command: PreheatCommand;
+  /** The command's stream sequence: names this run in message ids. */
+  readonly seq: number;
+  /** When the command was queued, in ns: reports before it belong to an earlier run. */
+  readonly queuedAtNanos: bigint;
+  /** Which delivery this is (1 for the first). */
+  readonly attempt: number;
 }
 
 /**
@@ -409,6 +491,7 @@ class JobProgress {
   readonly #get: () => JobStatus;
   readonly #set: (status: JobStatus) => void;
   #timer: NodeJS.Timeout | undefined;
+  #failures = 0;
 
   constructor(deps: RunnerDeps, get: () => JobStatus, set: (status: JobStatus) => void) {
     this.#deps = deps;
@@ -420,6 +503,11 @@ class JobProgress {
     return this.#get();
   }
 
+  /** Failures in this run (the status keeps only the first few). */
+  get failureCount(): number {
+    return this.#failures;
+  }
+
   blobSeeded(report: PreheatReport): void {
     if (report.ok) {
       void this.update({ blobsDone: this.current.blobsDone + 1 });
@@ -429,6 +517,7 @@ class JobProgress {
   }
 
   fail(failure: JobStatus['failures'][number]): void {
+    this.#failures += 1;
     const failures = [...this.current.failures, failure].slice(0, MAX_FAILURES);
     void this.update({ failures });
   }

@@ -31,7 +31,7 @@ export class LeaderLock {
     try {
       this.#revision =
         this.#revision === undefined
-          ? await this.#kv.create(LOCK_KEY, value)
+          ? await this.#takeOver(value)
           : await this.#kv.update(LOCK_KEY, value, this.#revision);
       return true;
     } catch (error) {
@@ -40,6 +40,22 @@ export class LeaderLock {
       }
       this.#revision = undefined;
       return false;
+    }
+  }
+
+  /**
+   * Creates the entry; or, when it is in this replica's own name (left from before a restart,
+   * or a refresh that lost its revision), takes it over at its revision.
+   */
+  async #takeOver(value: string): Promise<number> {
+    try {
+      return await this.#kv.create(LOCK_KEY, value);
+    } catch (error) {
+      const held = await this.#kv.get(LOCK_KEY);
+      if (held?.operation !== 'PUT' || held.json<{ owner?: unknown }>().owner !== this.#self) {
+        throw error;
+      }
+      return this.#kv.update(LOCK_KEY, value, held.revision);
     }
   }
 

@@ -52,7 +52,8 @@ export class Scheduler {
   readonly #stopping = new AbortController();
   #lockTimer: NodeJS.Timeout | undefined;
   #checkTimer: NodeJS.Timeout | undefined;
-  #checking: Promise<void> = Promise.resolve();
+  #checking: Promise<void> | undefined;
+  #refreshing: Promise<void> | undefined;
 
   constructor(deps: SchedulerDeps) {
     this.#deps = deps;
@@ -69,18 +70,21 @@ export class Scheduler {
         this.#check();
       }
     };
-    void refresh();
-    this.#lockTimer = setInterval(() => void refresh(), this.#deps.lockRefreshMs);
+    // One refresh at a time: two overlapping compare-and-set writes would lose the lock.
+    const refreshOnce = (): void => {
+      this.#refreshing ??= refresh().finally(() => (this.#refreshing = undefined));
+    };
+    refreshOnce();
+    this.#lockTimer = setInterval(refreshOnce, this.#deps.lockRefreshMs);
     this.#checkTimer = setInterval(() => this.#check(), this.#deps.intervalMs);
   }
 
   #check(): void {
     // One check at a time; a slow registry makes intervals pass, not pile up.
-    this.#checking = this.#checking.then(async () => {
-      if (this.#deps.lock.isLeader && !this.#stopping.signal.aborted) {
-        await this.checkOnce();
-      }
-    });
+    if (this.#checking !== undefined || !this.#deps.lock.isLeader) {
+      return;
+    }
+    this.#checking = this.checkOnce().finally(() => (this.#checking = undefined));
   }
 
   /** Reads the file and queues a job for every image whose digest is new. Never throws. */
@@ -98,7 +102,7 @@ export class Scheduler {
       return;
     }
     for (const entry of schedule.images) {
-      if (this.#stopping.signal.aborted) {
+      if (this.#stopping.signal.aborted || !this.#deps.lock.isLeader) {
         return;
       }
       try {
@@ -129,6 +133,7 @@ export class Scheduler {
     clearInterval(this.#lockTimer);
     clearInterval(this.#checkTimer);
     await this.#checking;
+    await this.#refreshing;
     await this.#deps.lock.release();
     this.#deps.metrics.scheduleLeader.set(0);
   }
