@@ -14,7 +14,6 @@
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 
 import {
   generateImage,
@@ -40,6 +39,7 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 
+import { commonOptions, exitOnProblems, newTeardown, progress, readOptions } from './cli.js';
 import { prepareClient, type PullTarget } from './clients.js';
 
 const MiB = 1024 * 1024;
@@ -77,52 +77,15 @@ interface Options {
 
 /** Parses the command line; every problem is printed at once, with the usage, and exits 2. */
 function parseOptions(argv: readonly string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: {
-        agents: { type: 'string', default: '4' },
-        layers: { type: 'string', default: '128,16' },
-        'timeout-s': { type: 'string', default: '600' },
-        help: { type: 'boolean', default: false },
-      },
-    }));
-  } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    process.exit(0);
-  }
+  const values = readOptions(argv, USAGE, {
+    agents: { type: 'string', default: '4' },
+    layers: { type: 'string', default: '128,16' },
+    'timeout-s': { type: 'string', default: '600' },
+  });
   const problems: string[] = [];
-  const agents = Number(values.agents);
-  if (!Number.isInteger(agents) || agents < 1 || agents > 64) {
-    problems.push('--agents takes a whole number from 1 to 64');
-  }
-  const layerSizes = values.layers.split(',').map((s) => Math.round(Number(s) * MiB));
-  if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
-    problems.push('--layers takes sizes in MiB, e.g. 128,16');
-  }
-  const timeoutS = Number(values['timeout-s']);
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
-    problems.push('--timeout-s takes a positive number of seconds');
-  }
-  if (problems.length > 0) {
-    process.stderr.write(`${problems.join('\n')}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  return { agents, layerSizes, timeoutMs: timeoutS * 1000 };
-}
-
-/** Teardown that reports a failed step and goes on. */
-function newTeardown(): Teardown {
-  return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
-}
-
-function progress(line: string): void {
-  process.stderr.write(`[bench] ${line}\n`);
+  const options = commonOptions(values, problems);
+  exitOnProblems(problems, USAGE);
+  return options;
 }
 
 /** Bytes an agent received, by source (`shoal_agent_fetched_bytes_total{source}`). */

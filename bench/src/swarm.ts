@@ -10,7 +10,6 @@
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify.
  */
-import { parseArgs } from 'node:util';
 
 import {
   generateImage,
@@ -32,6 +31,7 @@ import {
   type Registry,
 } from '@shoal/testkit';
 
+import { commonOptions, exitOnProblems, newTeardown, progress, readOptions } from './cli.js';
 import {
   CLIENTS,
   prepareClient,
@@ -69,68 +69,29 @@ function isClient(value: string): value is ClientKind {
 
 /** Parses the command line; every problem is printed at once, with the usage, and exits 2. */
 function parseOptions(argv: readonly string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: {
-        agents: { type: 'string', default: '6' },
-        layers: { type: 'string', default: '256,16,1' },
-        'seed-rate-mbps': { type: 'string', default: '0' },
-        client: { type: 'string', default: 'http' },
-        'timeout-s': { type: 'string', default: '600' },
-        help: { type: 'boolean', default: false },
-      },
-    }));
-  } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    process.exit(0);
-  }
+  const values = readOptions(argv, USAGE, {
+    agents: { type: 'string', default: '6' },
+    layers: { type: 'string', default: '256,16,1' },
+    'seed-rate-mbps': { type: 'string', default: '0' },
+    client: { type: 'string', default: 'http' },
+    'timeout-s': { type: 'string', default: '600' },
+  });
   const problems: string[] = [];
-  const agents = Number(values.agents);
-  if (!Number.isInteger(agents) || agents < 1 || agents > 64) {
-    problems.push('--agents takes a whole number from 1 to 64');
-  }
-  const layerSizes = values.layers.split(',').map((s) => Math.round(Number(s) * MiB));
-  if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
-    problems.push('--layers takes sizes in MiB, e.g. 256,16,1');
-  }
+  const common = commonOptions(values, problems);
   const mbps = Number(values['seed-rate-mbps']);
   if (!Number.isFinite(mbps) || mbps < 0) {
     problems.push('--seed-rate-mbps takes a rate in megabits/s (0: none)');
   }
-  const client = values.client;
+  const client = String(values.client);
   if (!isClient(client)) {
     problems.push(`--client takes one of ${CLIENTS.join(', ')}`);
   }
-  const timeoutS = Number(values['timeout-s']);
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
-    problems.push('--timeout-s takes a positive number of seconds');
-  }
-  if (problems.length > 0 || !isClient(client)) {
-    process.stderr.write(`${problems.join('\n')}\n\n${USAGE}`);
-    process.exit(2);
-  }
+  exitOnProblems(problems, USAGE);
   return {
-    agents,
-    layerSizes,
+    ...common,
     seedRateBytes: Math.round((mbps * 1_000_000) / 8),
-    client,
-    timeoutMs: timeoutS * 1000,
+    client: isClient(client) ? client : 'http',
   };
-}
-
-/** Teardown that reports a failed step and goes on. */
-function newTeardown(): Teardown {
-  return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
-}
-
-function progress(line: string): void {
-  process.stderr.write(`[bench] ${line}\n`);
 }
 
 /** A successful blob GET the registry served, with the bytes it wrote. */

@@ -8,7 +8,7 @@ export {
   type GeneratedImage,
   type ImageSpec,
 } from './image.js';
-export { startNats, type NatsServer } from './nats.js';
+export { startNats, type NatsOptions, type NatsServer } from './nats.js';
 export {
   formatTraceTree,
   startOtlpReceiver,
@@ -17,6 +17,8 @@ export {
   type OtlpReceiver,
   type SpanKindName,
   type TraceNode,
+  traceView,
+  type TraceView,
 } from './otlp.js';
 export {
   freePort,

@@ -2,7 +2,7 @@
  * nats-server with JetStream for tests: random port (`-p -1`, read back from the ports file),
  * a temporary store directory, and a teardown that always runs.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import {
@@ -22,15 +22,39 @@ export interface NatsServer {
   stop(): Promise<void>;
 }
 
-export async function startNats(): Promise<NatsServer> {
+export interface NatsOptions {
+  /**
+   * Extra configuration (e.g. `include ./auth.conf`), appended to the server's own: loopback,
+   * a random port, JetStream in the temporary directory.
+   */
+  readonly config?: string;
+  /** Files written beside the configuration first, by name (e.g. `auth.conf`). */
+  readonly files?: Readonly<Record<string, string>>;
+  /** Environment of the server (the configuration may read `$VARIABLES`). */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+export async function startNats(options: NatsOptions = {}): Promise<NatsServer> {
   const binary = requireBinary('nats-server');
   const dir = await makeTempDir('nats');
   const storeDir = join(dir.path, 'jetstream');
-  const proc = startProcess(
-    binary,
-    ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', storeDir, '--ports_file_dir', dir.path],
-    { logPath: join(dir.path, 'nats.log') },
+  for (const [name, text] of Object.entries(options.files ?? {})) {
+    await writeFile(join(dir.path, name), text);
+  }
+  const configPath = join(dir.path, 'nats.conf');
+  await writeFile(
+    configPath,
+    [
+      'listen: 127.0.0.1:-1',
+      `jetstream { store_dir: ${JSON.stringify(storeDir)} }`,
+      options.config ?? '',
+      '',
+    ].join('\n'),
   );
+  const proc = startProcess(binary, ['-c', configPath, '--ports_file_dir', dir.path], {
+    logPath: join(dir.path, 'nats.log'),
+    ...(options.env === undefined ? {} : { env: { PATH: process.env.PATH ?? '', ...options.env } }),
+  });
   let url = '';
   try {
     await waitFor(

@@ -269,3 +269,24 @@ function attributesOf(
   }
   return out;
 }
+
+/** One trace's spans with the lookups its assertions need. */
+export interface TraceView {
+  readonly spans: readonly CollectedSpan[];
+  /** The span's parent, when it is in the trace. */
+  readonly parentOf: (span: CollectedSpan) => CollectedSpan | undefined;
+  /** The spans `service` named `name`. */
+  readonly named: (service: string, name: string) => CollectedSpan[];
+  /** The trace as trees (one, when every parent is in it). */
+  readonly roots: TraceNode[];
+}
+
+export function traceView(spans: readonly CollectedSpan[]): TraceView {
+  const byId = new Map(spans.map((s) => [s.spanId, s]));
+  return {
+    spans,
+    parentOf: (span) => (span.parentSpanId === undefined ? undefined : byId.get(span.parentSpanId)),
+    named: (service, name) => spans.filter((s) => s.service === service && s.name === name),
+    roots: traceTree(spans),
+  };
+}

@@ -5,7 +5,6 @@
  * onto the agents, and an agent cannot publish piece hashes.
  */
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -14,9 +13,8 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
-  requireBinary,
   startAgent,
-  startProcess,
+  startNats,
   startRegistry,
   startSeedServer,
   startTracker,
@@ -61,48 +59,18 @@ describe('NATS users of deploy/k8s', () => {
     assert.ok(configMap !== undefined);
     find(objects, 'StatefulSet', 'shoal-nats');
     const auth = (configMap.data as Record<string, string>)['auth.conf'] ?? '';
-    const dir = await makeTempDir('nats-users');
-    cleanup.push(() => dir.remove());
-    await writeFile(join(dir.path, 'auth.conf'), auth);
-    await writeFile(
-      join(dir.path, 'nats.conf'),
-      [
-        'listen: 127.0.0.1:-1',
-        `jetstream { store_dir: "${join(dir.path, 'js')}" }`,
-        'include ./auth.conf',
-        '',
-      ].join('\n'),
-    );
-    const server = startProcess(
-      requireBinary('nats-server'),
-      ['-c', join(dir.path, 'nats.conf'), '--ports_file_dir', dir.path],
-      {
-        logPath: join(dir.path, 'nats.log'),
-        env: {
-          PATH: process.env.PATH ?? '',
-          NATS_AGENT_PASSWORD: PASSWORDS.agent,
-          NATS_TRACKER_PASSWORD: PASSWORDS.tracker,
-          NATS_SEEDSERVER_PASSWORD: PASSWORDS.seedserver,
-          NATS_WATCHER_PASSWORD: PASSWORDS.watcher,
-        },
+    const nats = await startNats({
+      config: 'include ./auth.conf',
+      files: { 'auth.conf': auth },
+      env: {
+        NATS_AGENT_PASSWORD: PASSWORDS.agent,
+        NATS_TRACKER_PASSWORD: PASSWORDS.tracker,
+        NATS_SEEDSERVER_PASSWORD: PASSWORDS.seedserver,
+        NATS_WATCHER_PASSWORD: PASSWORDS.watcher,
       },
-    );
-    cleanup.push(() => server.stop());
-    await waitFor(
-      'nats-server ports file',
-      async () => {
-        const file = (await readdir(dir.path)).find((f) => f.endsWith('.ports'));
-        if (file === undefined) {
-          return false;
-        }
-        const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as {
-          nats?: string[];
-        };
-        hostPort = new URL(ports.nats?.[0] ?? 'nats://-').host;
-        return hostPort !== '';
-      },
-      { process: server },
-    );
+    });
+    cleanup.push(() => nats.stop());
+    hostPort = new URL(nats.url).host;
 
     registry = await startRegistry();
     cleanup.push(() => registry.stop());

@@ -22,7 +22,7 @@ import {
   startTracker,
   startWatcher,
   Teardown,
-  traceTree,
+  traceView,
   waitFor,
   WATCHER_TOKEN,
   type CollectedSpan,
@@ -120,13 +120,7 @@ describe('a preheat from a push webhook is one trace', () => {
     const run = runOf(receiver.spans());
     assert.ok(run !== undefined);
     const spans = receiver.trace(run.traceId);
-    const byId = new Map(spans.map((s) => [s.spanId, s]));
-    const parentOf = (s: CollectedSpan): CollectedSpan | undefined =>
-      s.parentSpanId === undefined ? undefined : byId.get(s.parentSpanId);
-    const named = (service: string, name: string): CollectedSpan[] =>
-      spans.filter((s) => s.service === service && s.name === name);
-
-    const roots = traceTree(spans);
+    const { parentOf, named, roots } = traceView(spans);
     t.diagnostic(`trace ${run.traceId}, ${spans.length} spans:\n${formatTraceTree(roots)}`);
     assert.equal(roots.length, 1, 'one root: every span has its parent in the trace');
 

@@ -19,7 +19,7 @@ import {
   formatTraceTree,
   startContainerd,
   startOtlpReceiver,
-  traceTree,
+  traceView,
   writeMirrorHosts,
   type CollectedSpan,
   type Containerd,
@@ -110,13 +110,7 @@ describe('one pull through the swarm is one trace across agent, tracker, peer an
     const root = receiver.spans().find(isRoot);
     assert.ok(root !== undefined);
     const spans = receiver.trace(root.traceId);
-    const byId = new Map(spans.map((s) => [s.spanId, s]));
-    const parentOf = (s: CollectedSpan): CollectedSpan | undefined =>
-      s.parentSpanId === undefined ? undefined : byId.get(s.parentSpanId);
-    const named = (service: string, name: string): CollectedSpan[] =>
-      spans.filter((s) => s.service === service && s.name === name);
-
-    const roots = traceTree(spans);
+    const { parentOf, named, roots } = traceView(spans);
     t.diagnostic(`trace ${root.traceId}, ${spans.length} spans:\n${formatTraceTree(roots)}`);
     assert.equal(roots.length, 1, 'one root: every span has its parent in the trace');
     assert.equal(roots[0]?.span.spanId, root.spanId);

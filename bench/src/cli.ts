@@ -1,0 +1,74 @@
+/** What every benchmark's command line shares: parsing, the common options, progress lines. */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+import { Teardown } from '@shoal/testkit';
+
+const MiB = 1024 * 1024;
+
+/** Option values as `parseArgs` gives them, read by name. */
+export type OptionValues = Readonly<Record<string, string | boolean | undefined>>;
+
+/** Parses `argv`; prints the usage and exits (2 on an error, 0 for --help). */
+export function readOptions(
+  argv: readonly string[],
+  usage: string,
+  options: NonNullable<ParseArgsConfig['options']>,
+): OptionValues {
+  let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: { ...options, help: { type: 'boolean', default: false } },
+    }));
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n\n${usage}`);
+    process.exit(2);
+  }
+  if (values.help === true) {
+    process.stdout.write(usage);
+    process.exit(0);
+  }
+  return Object.fromEntries(
+    Object.entries(values).map(([name, value]) => [name, Array.isArray(value) ? value[0] : value]),
+  );
+}
+
+/** `--agents`, `--layers` (MiB) and `--timeout-s`, checked; problems are added to `problems`. */
+export function commonOptions(
+  values: OptionValues,
+  problems: string[],
+): { agents: number; layerSizes: number[]; timeoutMs: number } {
+  const agents = Number(values.agents);
+  if (!Number.isInteger(agents) || agents < 1 || agents > 64) {
+    problems.push('--agents takes a whole number from 1 to 64');
+  }
+  const layerSizes = String(values.layers)
+    .split(',')
+    .map((s) => Math.round(Number(s) * MiB));
+  if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
+    problems.push('--layers takes sizes in MiB, e.g. 128,16');
+  }
+  const timeoutS = Number(values['timeout-s']);
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
+    problems.push('--timeout-s takes a positive number of seconds');
+  }
+  return { agents, layerSizes, timeoutMs: timeoutS * 1000 };
+}
+
+/** Prints every problem at once, with the usage, and exits 2; nothing when there are none. */
+export function exitOnProblems(problems: readonly string[], usage: string): void {
+  if (problems.length > 0) {
+    process.stderr.write(`${problems.join('\n')}\n\n${usage}`);
+    process.exit(2);
+  }
+}
+
+/** A progress line on standard error, apart from the results on standard output. */
+export function progress(line: string): void {
+  process.stderr.write(`[bench] ${line}\n`);
+}
+
+/** Teardown that reports a failed step and goes on. */
+export function newTeardown(): Teardown {
+  return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
+}
