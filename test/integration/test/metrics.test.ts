@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { scrapeMetrics } from '@shoal/testkit';
+import { scrapeMetrics, startWatcher, waitFor, WATCHER_TOKEN } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
@@ -121,5 +121,48 @@ describe('metrics after a swarm pull', () => {
         type: 'seed-request',
       })) > 0,
     );
+  });
+
+  it('reports preheat jobs by state on the watcher', async () => {
+    const { registry, image } = cluster;
+    const watcher = await startWatcher({
+      natsUrl: cluster.nats.url,
+      registries: `${registry.host}=${registry.url}`,
+    });
+    try {
+      const response = await fetch(`${watcher.url}/preheat`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ image: `${registry.host}/${repository}:${image.tag}` }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      assert.equal(response.status, 202, await response.clone().text());
+      await waitFor(
+        'the job to be counted as done',
+        async () =>
+          (await watcher.metric('shoal_watcher_preheat_jobs_total', { state: 'done' })) === 1,
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+      const metrics = await scrapeMetrics(watcher.url);
+      for (const name of [
+        'preheat_jobs_total',
+        'preheat_jobs_running',
+        'preheat_commands_total',
+        'preheat_reports_total',
+        'webhooks_total',
+        'events_rejected_total',
+        'schedule_leader',
+      ]) {
+        assert.ok(metrics.has(`shoal_watcher_${name}`), `the watcher reports ${name}`);
+      }
+      assert.equal(metrics.get('shoal_watcher_preheat_jobs_running'), 0);
+      assert.equal(metrics.get('shoal_watcher_preheat_commands_total', { origin: 'api' }), 1);
+      assert.equal(
+        metrics.get('shoal_watcher_preheat_reports_total', { role: 'seed', ok: 'true' }),
+        image.blobs.length,
+      );
+    } finally {
+      await watcher.stop();
+    }
   });
 });
