@@ -72,3 +72,25 @@ export function progress(line: string): void {
 export function newTeardown(): Teardown {
   return new Teardown((what, error) => progress(`stopping ${what} failed: ${error.message}`));
 }
+
+export function mean(values: readonly number[]): number {
+  return values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/** Aborts on SIGINT/SIGTERM, so a run stops and tears down; `release` stops listening. */
+export function interruptOnSignal(): { signal: AbortSignal; release(): void } {
+  const interrupt = new AbortController();
+  const onSignal = (): void => {
+    progress('interrupted: stopping everything');
+    interrupt.abort(new Error('interrupted'));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return {
+    signal: interrupt.signal,
+    release: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

@@ -13,13 +13,11 @@
  * or when the preheat does not finish on every node.
  */
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
 
 import {
-  generateImage,
+  FAST_SWARM_ENV,
   makeTempDir,
   mib,
-  pushImage,
   ratio,
   scrapeMetrics,
   seconds,
@@ -30,31 +28,28 @@ import {
   startTracker,
   startWatcher,
   table,
-  Teardown,
   waitFor,
   WATCHER_TOKEN,
   type AgentProcess,
-  type GeneratedImage,
   type Registry,
   type ServiceProcess,
 } from '@shoal/testkit';
 
-import { commonOptions, exitOnProblems, newTeardown, progress, readOptions } from './cli.js';
+import {
+  commonOptions,
+  exitOnProblems,
+  interruptOnSignal,
+  mean,
+  newTeardown,
+  progress,
+  readOptions,
+} from './cli.js';
+import { pushTarget, startAgents } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
 
 const MiB = 1024 * 1024;
 const COLD_REPOSITORY = 'bench/cold';
 const PREHEATED_REPOSITORY = 'bench/preheated';
-
-/**
- * Settings that make the swarm react within seconds rather than production minutes, as the
- * integration tests run it (`test/integration/src/swarm.ts`, which the bench cannot import).
- */
-const FAST_SWARM_ENV = {
-  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '4000',
-  SHOAL_AGENT_WANT_INTERVAL_MS: '300',
-  SHOAL_AGENT_HAVE_INTERVAL_MS: '100',
-};
 
 /** How often the preheat job's status is read while waiting for it, in ms. */
 const JOB_POLL_MS = 100;
@@ -296,59 +291,6 @@ async function preheat(
   };
 }
 
-/** Starts `count` agents at once; those that started are torn down even when one fails. */
-async function startAgents(
-  count: number,
-  start: (index: number) => Promise<AgentProcess>,
-  teardown: Teardown,
-): Promise<AgentProcess[]> {
-  const settled = await Promise.allSettled(Array.from({ length: count }, (_, i) => start(i)));
-  const agents: AgentProcess[] = [];
-  for (const result of settled) {
-    if (result.status === 'fulfilled') {
-      const agent = result.value;
-      agents.push(agent);
-      teardown.add(`agent ${agent.url}`, () => agent.stop());
-    }
-  }
-  const failed = settled.find((r) => r.status === 'rejected');
-  if (failed !== undefined) {
-    throw new Error(`an agent did not start: ${String(failed.reason)}`);
-  }
-  return agents;
-}
-
-/** Generates an image from `seed` and pushes it; returns what a client pulls. */
-async function pushTarget(
-  dir: string,
-  registry: Registry,
-  repository: string,
-  seed: string,
-  options: Options,
-): Promise<{ image: GeneratedImage; ref: string; target: PullTarget }> {
-  const image = await generateImage(join(dir, repository.replace('/', '-')), {
-    layerSizes: options.layerSizes,
-    seed,
-  });
-  const ref = await pushImage(image, registry.host, repository);
-  return {
-    image,
-    ref,
-    target: {
-      registryHost: registry.host,
-      registryUrl: registry.url,
-      repository,
-      tag: image.tag,
-      manifest: image.manifest,
-      blobs: image.blobs,
-    },
-  };
-}
-
-function mean(values: readonly number[]): number {
-  return values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length;
-}
-
 function rolloutTable(figures: Rollout): string {
   const sum = total(figures.agents);
   return table(
@@ -467,13 +409,7 @@ function report(
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
-  const interrupt = new AbortController();
-  const onSignal = (): void => {
-    progress('interrupted: stopping everything');
-    interrupt.abort(new Error('interrupted'));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const interrupt = interruptOnSignal();
 
   const teardown = newTeardown();
   try {
@@ -489,13 +425,19 @@ async function main(): Promise<number> {
     teardown.add('image layouts', () => layouts.remove());
     progress(`generating and pushing two ${options.layerSizes.length}-layer images`);
     const run = Date.now();
-    const cold = await pushTarget(layouts.path, registry, COLD_REPOSITORY, `cold-${run}`, options);
+    const cold = await pushTarget(
+      layouts.path,
+      registry,
+      COLD_REPOSITORY,
+      `cold-${run}`,
+      options.layerSizes,
+    );
     const warm = await pushTarget(
       layouts.path,
       registry,
       PREHEATED_REPOSITORY,
       `preheated-${run}`,
-      options,
+      options.layerSizes,
     );
     interrupt.signal.throwIfAborted();
 
@@ -539,8 +481,7 @@ async function main(): Promise<number> {
     return failed ? 1 : 0;
   } finally {
     await teardown.run();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    interrupt.release();
   }
 }
 

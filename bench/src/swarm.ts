@@ -12,11 +12,9 @@
  */
 
 import {
-  generateImage,
   makeTempDir,
   mib,
   percent,
-  pushImage,
   ratio,
   scrapeMetrics,
   seconds,
@@ -26,12 +24,20 @@ import {
   startSeedServer,
   startTracker,
   table,
-  Teardown,
   type AgentProcess,
   type Registry,
 } from '@shoal/testkit';
 
-import { commonOptions, exitOnProblems, newTeardown, progress, readOptions } from './cli.js';
+import {
+  commonOptions,
+  exitOnProblems,
+  interruptOnSignal,
+  mean,
+  newTeardown,
+  progress,
+  readOptions,
+} from './cli.js';
+import { pushTarget, startAgents } from './cluster.js';
 import {
   CLIENTS,
   prepareClient,
@@ -131,28 +137,6 @@ interface PhaseFigures {
   readonly originWritten: number;
   /** The seed server's figures (swarm only). */
   readonly seed: { readonly ingested: number; readonly served: number } | undefined;
-}
-
-/** Starts `count` agents at once; stops those that started when one fails. */
-async function startAgents(
-  count: number,
-  start: (index: number) => Promise<AgentProcess>,
-  teardown: Teardown,
-): Promise<AgentProcess[]> {
-  const settled = await Promise.allSettled(Array.from({ length: count }, (_, i) => start(i)));
-  const agents: AgentProcess[] = [];
-  for (const result of settled) {
-    if (result.status === 'fulfilled') {
-      const agent = result.value;
-      agents.push(agent);
-      teardown.add(`agent ${agent.url}`, () => agent.stop());
-    }
-  }
-  const failed = settled.find((r) => r.status === 'rejected');
-  if (failed !== undefined) {
-    throw new Error(`an agent did not start: ${String(failed.reason)}`);
-  }
-  return agents;
 }
 
 /** Every agent pulls the image at the same moment; returns each agent's figures. */
@@ -282,10 +266,6 @@ async function baselinePhase(
   } finally {
     await teardown.run();
   }
-}
-
-function mean(values: readonly number[]): number {
-  return values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length;
 }
 
 /** Prints the report: both phases' tables, then the swarm's figures against the baseline's. */
@@ -424,13 +404,7 @@ function report(
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
-  const interrupt = new AbortController();
-  const onSignal = (): void => {
-    progress('interrupted: stopping everything');
-    interrupt.abort(new Error('interrupted'));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const interrupt = interruptOnSignal();
 
   const teardown = newTeardown();
   try {
@@ -441,19 +415,13 @@ async function main(): Promise<number> {
     const layout = await makeTempDir('bench-image');
     teardown.add('image layout', () => layout.remove());
     progress(`generating and pushing a ${options.layerSizes.length}-layer image`);
-    const image = await generateImage(layout.path, {
-      layerSizes: options.layerSizes,
-      seed: `bench-${Date.now()}`,
-    });
-    const imageRef = await pushImage(image, registry.host, REPOSITORY);
-    const target: PullTarget = {
-      registryHost: registry.host,
-      registryUrl: registry.url,
-      repository: REPOSITORY,
-      tag: image.tag,
-      manifest: image.manifest,
-      blobs: image.blobs,
-    };
+    const { ref: imageRef, target } = await pushTarget(
+      layout.path,
+      registry,
+      REPOSITORY,
+      `bench-${Date.now()}`,
+      options.layerSizes,
+    );
     interrupt.signal.throwIfAborted();
 
     const swarm = await swarmPhase(nats.url, registry, target, options, interrupt.signal);
@@ -463,8 +431,7 @@ async function main(): Promise<number> {
     return [...swarm.agents, ...baseline.agents].some((a) => a.error !== undefined) ? 1 : 0;
   } finally {
     await teardown.run();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    interrupt.release();
   }
 }
 

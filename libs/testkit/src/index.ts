@@ -39,6 +39,7 @@ export { startS3, type S3Server } from './s3.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';
 export {
   AGENT_MAIN,
+  FAST_SWARM_ENV,
   PREHEAT_CLI,
   serviceMain,
   startAgent,

@@ -203,3 +203,10 @@ export async function startWatcher(options: WatcherOptions): Promise<ServiceProc
     ...options.env,
   });
 }
+
+/** Settings that make a test swarm react within seconds rather than production minutes. */
+export const FAST_SWARM_ENV: Readonly<Record<string, string>> = {
+  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '4000',
+  SHOAL_AGENT_WANT_INTERVAL_MS: '300',
+  SHOAL_AGENT_HAVE_INTERVAL_MS: '100',
+};

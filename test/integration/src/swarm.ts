@@ -3,6 +3,7 @@
  * image, trackers, a seed server and agents, each a separate process.
  */
 import {
+  FAST_SWARM_ENV,
   generateImage,
   makeTempDir,
   pushImage,
@@ -52,12 +53,7 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
-/** Settings that make a test swarm react within seconds rather than production minutes. */
-export const FAST_SWARM_ENV = {
-  SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '4000',
-  SHOAL_AGENT_WANT_INTERVAL_MS: '300',
-  SHOAL_AGENT_HAVE_INTERVAL_MS: '100',
-};
+export { FAST_SWARM_ENV } from '@shoal/testkit';
 
 export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
   const stops: (() => Promise<void>)[] = [];
