@@ -4,13 +4,7 @@
  * its blob is seeded (kept alive with `working()`), so a replica that dies mid-seed leaves it
  * to another.
  */
-import {
-  AckPolicy,
-  DeliverPolicy,
-  type JetStreamClient,
-  type JetStreamManager,
-  type JsMsg,
-} from '@nats-io/jetstream';
+import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import {
   decodeMessage,
   encodeMessage,
@@ -21,7 +15,7 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
-import { contextFromHeaders } from '@shoal/runtime/nats';
+import { contextFromHeaders, ensureConsumer, superviseConsumption } from '@shoal/runtime/nats';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { Seeder } from '../seeding/seeder.js';
@@ -34,24 +28,13 @@ const RETRY_DELAY_MS = 1_000;
 const BUSY_RETRY_MS = 1_000;
 /** How long a preheat report may wait for JetStream's acknowledgement, in ms. */
 const REPORT_TIMEOUT_MS = 5_000;
-const nanos = (ms: number): number => ms * 1_000_000;
 
-export async function ensureSeedConsumer(jsm: JetStreamManager): Promise<void> {
-  const settings = { ack_wait: nanos(ACK_WAIT_MS), max_deliver: MAX_DELIVER, max_ack_pending: 256 };
-  try {
-    await jsm.consumers.info(STREAMS.seed.name, SEED_CONSUMER);
-    await jsm.consumers.update(STREAMS.seed.name, SEED_CONSUMER, settings);
-  } catch (error) {
-    if (!(error instanceof Error && /not found/i.test(error.message))) {
-      throw error;
-    }
-    await jsm.consumers.add(STREAMS.seed.name, {
-      durable_name: SEED_CONSUMER,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ...settings,
-    });
-  }
+export function ensureSeedConsumer(jsm: JetStreamManager): Promise<void> {
+  return ensureConsumer(jsm, STREAMS.seed.name, SEED_CONSUMER, {
+    ackWaitMs: ACK_WAIT_MS,
+    maxDeliver: MAX_DELIVER,
+    maxAckPending: 256,
+  });
 }
 
 export interface SeedConsumerDeps {
@@ -70,7 +53,6 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
   const stopping = new AbortController();
   // A function, not the property, so checks after an await are not narrowed away.
   const stopped = (): boolean => stopping.signal.aborted;
-  const inFlight = new Set<Promise<void>>();
 
   // A CONSUMER span in the trace of the want that caused the request (its headers).
   const handle = (msg: JsMsg): Promise<void> =>
@@ -139,51 +121,28 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
     metrics.preheatReports.inc({ ok: String(ok) });
   };
 
-  const loop = async (): Promise<void> => {
-    while (!stopped()) {
-      try {
-        const consumer = await js.consumers.get(STREAMS.seed.name, SEED_CONSUMER);
-        const messages = await consumer.consume({ max_messages: deps.concurrency });
-        const close = (): void => void messages.close();
-        stopping.signal.addEventListener('abort', close, { once: true });
-        try {
-          await handleMessages(messages);
-        } finally {
-          stopping.signal.removeEventListener('abort', close);
-        }
-      } catch (error) {
-        if (!stopped()) {
-          logger.warn({ err: error }, 'seed consumer failed; reopening');
-          await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
-        }
-      }
-    }
-  };
-
-  const handleMessages = async (messages: AsyncIterable<JsMsg>): Promise<void> => {
-    for await (const msg of messages) {
-      while (inFlight.size >= deps.concurrency) {
-        await Promise.race(inFlight);
-      }
-      if (stopped()) {
-        msg.nak();
-        continue;
-      }
-      const run = handle(msg).catch((error: unknown) => {
+  // Up to `concurrency` seeds at once; a request the handler could not finish comes back.
+  const loop = superviseConsumption({
+    name: SEED_CONSUMER,
+    logger,
+    retryDelayMs: RETRY_DELAY_MS,
+    concurrency: deps.concurrency,
+    open: async () => {
+      const consumer = await js.consumers.get(STREAMS.seed.name, SEED_CONSUMER);
+      return consumer.consume({ max_messages: deps.concurrency });
+    },
+    handle: (msg) =>
+      handle(msg).catch((error: unknown) => {
         logger.error({ err: error }, 'seed request handler failed');
         msg.nak(RETRY_DELAY_MS);
-      });
-      inFlight.add(run);
-      void run.finally(() => inFlight.delete(run));
-    }
-  };
-  const running = loop();
+      }),
+    release: (msg) => msg.nak(),
+  });
 
   return {
     stop: async () => {
       stopping.abort();
-      await running;
-      await Promise.allSettled(inFlight);
+      await loop.stop();
     },
   };
 }

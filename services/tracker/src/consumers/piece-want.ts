@@ -3,14 +3,7 @@
  * want is answered by one replica. The answer is a hand-out on the asker's core-NATS
  * subject and, when nobody can finish the blob, a seed request.
  */
-import {
-  AckPolicy,
-  DeliverPolicy,
-  type ConsumerConfig,
-  type JetStreamClient,
-  type JetStreamManager,
-  type JsMsg,
-} from '@nats-io/jetstream';
+import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
@@ -31,6 +24,7 @@ import type { SeedRequester } from '../seed/requests.js';
 import type { SwarmView } from '../swarm/view.js';
 import {
   contextFromHeaders,
+  ensureConsumer,
   superviseConsumption,
   traceHeaders,
   type ConsumeLoop,
@@ -52,31 +46,16 @@ const NAK_DELAY_MS = 1_000;
 /** Wait before reopening the consumer after a failure, in ms. */
 const RETRY_DELAY_MS = 1_000;
 
-const nanos = (ms: number): number => ms * 1_000_000;
-
-/** Creates the shared durable consumer, or updates it to this configuration. */
-export async function ensureWantsConsumer(jsm: JetStreamManager): Promise<void> {
-  const settings = {
-    ack_wait: nanos(ACK_WAIT_MS),
-    max_deliver: MAX_DELIVER,
-    max_ack_pending: MAX_ACK_PENDING,
-  } satisfies Partial<ConsumerConfig>;
-  try {
-    await jsm.consumers.info(STREAMS.wants.name, WANTS_CONSUMER);
-    await jsm.consumers.update(STREAMS.wants.name, WANTS_CONSUMER, settings);
-  } catch (error) {
-    if (!(error instanceof Error && /not found/i.test(error.message))) {
-      throw error;
-    }
-    // Two replicas starting together may both get here; creating an identical durable
-    // consumer twice succeeds.
-    await jsm.consumers.add(STREAMS.wants.name, {
-      durable_name: WANTS_CONSUMER,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ...settings,
-    });
-  }
+/**
+ * Creates the shared durable consumer, or updates it to this configuration. Two replicas
+ * starting together may both create it: an identical create succeeds.
+ */
+export function ensureWantsConsumer(jsm: JetStreamManager): Promise<void> {
+  return ensureConsumer(jsm, STREAMS.wants.name, WANTS_CONSUMER, {
+    ackWaitMs: ACK_WAIT_MS,
+    maxDeliver: MAX_DELIVER,
+    maxAckPending: MAX_ACK_PENDING,
+  });
 }
 
 export interface WantDeps {
