@@ -23,3 +23,14 @@ export function registerOpsRoutes(app: FastifyInstance, deps: OpsRouteDeps): voi
     reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),
   );
 }
+
+/** Listens on `listen` and returns the listener's URL (`http://host:port`, IPv6 in brackets). */
+export async function listenOn(
+  app: FastifyInstance,
+  listen: { readonly host: string; readonly port: number },
+): Promise<string> {
+  await app.listen({ host: listen.host, port: listen.port });
+  const bound = app.server.address();
+  const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
+  return `http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
+}

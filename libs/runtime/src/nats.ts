@@ -263,5 +263,32 @@ export async function jetStreamFor(
   return { js: jetstream(nc), jsm: await jetstreamManager(nc) };
 }
 
+/** Drains the connection, closing it outright if draining takes longer than `timeoutMs`. */
+export async function drainWithin(
+  nc: NatsConnection,
+  timeoutMs: number,
+  logger: Logger,
+): Promise<void> {
+  if (nc.isClosed()) {
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    const result = await Promise.race([nc.drain().then(() => 'drained' as const), timedOut]);
+    if (result === 'timeout') {
+      logger.warn({ timeoutMs }, 'NATS drain timed out; closing');
+      await nc.close();
+    }
+  } catch (error) {
+    logger.warn({ err: error }, 'NATS drain failed; closing');
+    await nc.close();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export { superviseConsumption, type ConsumeLoop, type SuperviseOptions } from './consume.js';
 export { contextFromHeaders, traceHeaders } from './nats-trace.js';

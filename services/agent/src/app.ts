@@ -7,6 +7,7 @@ import { UpstreamClient } from '@shoal/registry';
 import {
   createLogger,
   createMetrics,
+  listenOn,
   registerOpsRoutes,
   type Logger,
   type Service,
@@ -179,17 +180,7 @@ export async function buildApp(
   return {
     url: () => address,
     start: async () => {
-      await server.listen({
-        host: config.SHOAL_AGENT_LISTEN.host,
-        port: config.SHOAL_AGENT_LISTEN.port,
-      });
-      const bound = server.server.address();
-      const port =
-        typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_AGENT_LISTEN.port;
-      const host = config.SHOAL_AGENT_LISTEN.host.includes(':')
-        ? `[${config.SHOAL_AGENT_LISTEN.host}]`
-        : config.SHOAL_AGENT_LISTEN.host;
-      address = `http://${host}:${port}`;
+      address = await listenOn(server, config.SHOAL_AGENT_LISTEN);
       if (peerServer !== undefined) {
         await peerServer.listen({
           host: config.SHOAL_AGENT_PEER_LISTEN.host,
@@ -217,7 +208,11 @@ export async function buildApp(
         'mirror listening',
       );
       await hostsFiles?.write(
-        hostsMirrorUrl(config.SHOAL_AGENT_HOSTS_MIRROR_URL, config.SHOAL_AGENT_LISTEN, port),
+        hostsMirrorUrl(
+          config.SHOAL_AGENT_HOSTS_MIRROR_URL,
+          config.SHOAL_AGENT_LISTEN,
+          Number(new URL(address).port),
+        ),
       );
       started = true;
     },

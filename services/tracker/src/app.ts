@@ -2,11 +2,16 @@
  * The tracker's composition root: every dependency built in order, every consumer and server
  * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
-import type { AddressInfo } from 'node:net';
 
 import { STREAMS, type StreamSpec } from '@shoal/proto';
-import { createLogger, createMetrics, type Logger, type Service } from '@shoal/runtime';
-import { connectNats, ensureStreams, jetStreamFor, type NatsConnection } from '@shoal/runtime/nats';
+import { createLogger, createMetrics, listenOn, type Logger, type Service } from '@shoal/runtime';
+import {
+  connectNats,
+  drainWithin,
+  ensureStreams,
+  jetStreamFor,
+  type NatsConnection,
+} from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { TrackerConfig } from './config.js';
@@ -101,11 +106,7 @@ export function buildApp(
 
   const start = async (): Promise<void> => {
     // The ops listener first, so probes are answered (503) while NATS and the replay run.
-    await server.listen({
-      host: config.SHOAL_TRACKER_LISTEN.host,
-      port: config.SHOAL_TRACKER_LISTEN.port,
-    });
-    address = formatAddress(config.SHOAL_TRACKER_LISTEN.host, server.server.address());
+    address = await listenOn(server, config.SHOAL_TRACKER_LISTEN);
     logger.info({ url: address }, 'ops listening');
 
     // NATS: one connection; readiness follows its state.
@@ -197,33 +198,4 @@ export function buildApp(
 /** The streams the tracker owns. */
 function ownedStreams(): StreamSpec[] {
   return [STREAMS.swarm, STREAMS.wants];
-}
-
-/** Drains the connection, closing it outright if draining takes longer than `timeoutMs`. */
-async function drainWithin(nc: NatsConnection, timeoutMs: number, logger: Logger): Promise<void> {
-  if (nc.isClosed()) {
-    return;
-  }
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), timeoutMs);
-  });
-  try {
-    const result = await Promise.race([nc.drain().then(() => 'drained' as const), timedOut]);
-    if (result === 'timeout') {
-      logger.warn({ timeoutMs }, 'NATS drain timed out; closing');
-      await nc.close();
-    }
-  } catch (error) {
-    logger.warn({ err: error }, 'NATS drain failed; closing');
-    await nc.close();
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** `http://host:port` of a bound listener, with IPv6 hosts in brackets. */
-function formatAddress(host: string, bound: AddressInfo | string | null): string {
-  const port = typeof bound === 'object' && bound !== null ? bound.port : 0;
-  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }

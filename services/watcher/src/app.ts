@@ -13,12 +13,14 @@ import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '
 import {
   createLogger,
   createMetrics,
+  listenOn,
   registerOpsRoutes,
   type Logger,
   type Service,
 } from '@shoal/runtime';
 import {
   connectNats,
+  drainWithin,
   ensureKv,
   ensureStreams,
   jetStreamFor,
@@ -42,6 +44,8 @@ import { Scheduler } from './schedule/schedule.js';
 export { loadWatcherConfig, type WatcherConfig } from './config.js';
 export type { JobStatus } from './preheat/jobs.js';
 
+/** How long draining the NATS connection may take before it is closed outright, in ms. */
+const DRAIN_TIMEOUT_MS = 10_000;
 /** How often the schedule lock is refreshed, in ms: a third of its TTL. */
 const LOCK_REFRESH_MS = KV_BUCKETS.watcherLeader.ttlMs / 3;
 
@@ -196,17 +200,7 @@ export async function buildApp(
     start: async () => {
       await runner.start();
       scheduler?.start();
-      await server.listen({
-        host: config.SHOAL_WATCHER_LISTEN.host,
-        port: config.SHOAL_WATCHER_LISTEN.port,
-      });
-      const bound = server.server.address();
-      const port =
-        typeof bound === 'object' && bound !== null ? bound.port : config.SHOAL_WATCHER_LISTEN.port;
-      const host = config.SHOAL_WATCHER_LISTEN.host.includes(':')
-        ? `[${config.SHOAL_WATCHER_LISTEN.host}]`
-        : config.SHOAL_WATCHER_LISTEN.host;
-      address = `http://${host}:${port}`;
+      address = await listenOn(server, config.SHOAL_WATCHER_LISTEN);
       logger.info(
         {
           url: address,
@@ -226,7 +220,7 @@ export async function buildApp(
       await server.close();
       await scheduler?.stop();
       await runner.stop();
-      await nc.drain().catch(() => undefined);
+      await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
       await upstream.close();
     },
   };
