@@ -175,7 +175,7 @@ export class PreheatRunner {
    * for a transient failure (a registry's 5xx, NATS trouble) while attempts remain.
    */
   async #run(run: Run, existing: JobStatus | undefined): Promise<JobStatus | undefined> {
-    const { jobs, resolver, metrics, logger, timeoutMs } = this.#deps;
+    const { resolver, metrics, logger, timeoutMs } = this.#deps;
     const { command } = run;
     const now = Date.now();
     // Counts and failures are rebuilt from this run's reports, replayed from the stream.
@@ -265,7 +265,7 @@ export class PreheatRunner {
       { job: command.id, state: status.state, error: status.error, blobs: status.blobsTotal },
       'preheat finished',
     );
-    await jobs.put(status);
+    // The final state was written (and published) by the last update, before the ack.
     return status;
   }
 
