@@ -9,15 +9,18 @@ export interface OpsRouteDeps {
   readonly registry: Registry;
   /** Why the service is not ready, or undefined when it is. */
   readonly notReadyReason: () => string | undefined;
+  /** More of the service's state for `/readyz`'s body (e.g. whether a control plane is joined). */
+  readonly readyDetail?: () => Record<string, string>;
 }
 
 export function registerOpsRoutes(app: FastifyInstance, deps: OpsRouteDeps): void {
   app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const reason = deps.notReadyReason();
+    const detail = deps.readyDetail?.() ?? {};
     return reason === undefined
-      ? reply.send({ status: 'ready' })
-      : reply.code(503).send({ status: 'not ready', reason });
+      ? reply.send({ status: 'ready', ...detail })
+      : reply.code(503).send({ status: 'not ready', reason, ...detail });
   });
   app.get('/metrics', async (_request, reply) =>
     reply.header('content-type', deps.registry.contentType).send(await deps.registry.metrics()),

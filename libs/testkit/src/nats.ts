@@ -23,6 +23,8 @@ export interface NatsServer {
 }
 
 export interface NatsOptions {
+  /** Port to listen on (e.g. one an agent was told before the server existed); random when omitted. */
+  readonly port?: number;
   /**
    * Extra configuration (e.g. `include ./auth.conf`), appended to the server's own: loopback,
    * a random port, JetStream in the temporary directory.
@@ -45,7 +47,7 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
   await writeFile(
     configPath,
     [
-      'listen: 127.0.0.1:-1',
+      `listen: 127.0.0.1:${String(options.port ?? -1)}`,
       `jetstream { store_dir: ${JSON.stringify(storeDir)} }`,
       options.config ?? '',
       '',

@@ -24,7 +24,9 @@ import { createAgentMetrics } from './metrics.js';
 import { Mirror } from './mirror/mirror.js';
 import { registerMirrorRoutes } from './mirror/routes.js';
 import { startNodePreheat, type StartedPreheat } from './preheat/start.js';
-import { startSwarm } from './swarm/start.js';
+import { createTransferLimits } from './swarm/limits.js';
+import { registerPeerRoutes } from './swarm/peer-server.js';
+import { joinSwarm, startSwarm, type StartedSwarm, type SwarmJoin } from './swarm/start.js';
 import { OriginFetcher, type BlobFetcher } from './upstream/origin-fetcher.js';
 import { RegistryRequests } from './upstream/registry-requests.js';
 import { RegistryTable } from './upstream/registries.js';
@@ -106,19 +108,22 @@ export async function buildApp(
     onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
   });
 
-  // Swarm: with NATS configured, misses join the blob's swarm; otherwise they go to the origin.
+  // Swarm: with NATS configured, misses join the blob's swarm; otherwise (and until NATS
+  // answers) they go to the origin. The swarm is joined in the background at start.
   const natsUrl = config.SHOAL_NATS_URL;
-  const swarm =
-    natsUrl === undefined
-      ? undefined
-      : await startSwarm(
-          { ...config, SHOAL_NATS_URL: natsUrl },
-          { store, requests, metrics, logger },
-        );
-  if (swarm !== undefined) {
-    onEvicted = (digest) => swarm.service.forget(digest);
-  }
-  const fetcher: BlobFetcher = swarm?.service ?? originFetcher;
+  const limits = createTransferLimits(
+    {
+      uploadRateBytes: config.SHOAL_AGENT_UPLOAD_RATE_BYTES,
+      downloadRateBytes: config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES,
+    },
+    metrics,
+  );
+  let join: SwarmJoin | undefined;
+  const swarmNow = (): StartedSwarm | undefined => join?.current;
+  onEvicted = (digest) => swarmNow()?.service.forget(digest);
+  const fetcher: BlobFetcher = {
+    start: (target, signal) => (swarmNow()?.service ?? originFetcher).start(target, signal),
+  };
 
   // Mirror: the OCI pull API on the configured address.
   const mirror = new Mirror({
@@ -145,26 +150,41 @@ export async function buildApp(
   let started = false;
   const notReadyReason = (): string | undefined =>
     closing ? 'shutting down' : started ? undefined : 'starting';
+  // Ready means the mirror serves, with or without the swarm; the body says which.
+  const readyDetail = (): Record<string, string> =>
+    natsUrl === undefined ? {} : { swarm: swarmNow() === undefined ? 'joining' : 'joined' };
   registerOpsRoutes(server, {
     registry: serviceMetrics.registry,
     notReadyReason,
+    readyDetail,
   });
   registerMirrorRoutes(server, { mirror, registries, metrics, logger });
 
-  // Peers: pieces for other agents (not on a leecher), and ops for Prometheus off the node.
+  // Peers: pieces for other agents (not on a leecher), and ops for the kubelet's probes and
+  // Prometheus off the node (on a leecher too).
+  const uploads = config.SHOAL_AGENT_MODE !== 'leecher';
   const peerServer =
-    swarm?.service.uploads === true
-      ? Fastify({
+    natsUrl === undefined
+      ? undefined
+      : Fastify({
           loggerInstance: fastifyLogger,
           logController: new LogController({ disableRequestLogging: true }),
           forceCloseConnections: 'idle',
-        })
-      : undefined;
-  if (peerServer !== undefined && swarm !== undefined) {
-    swarm.service.registerRoutes(peerServer);
+        });
+  if (peerServer !== undefined) {
+    if (uploads) {
+      registerPeerRoutes(peerServer, {
+        store,
+        active: (digest) => swarmNow()?.service.activeFetch(digest),
+        uploadLimit: limits.upload,
+        metrics,
+        corruptPieces: config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
+      });
+    }
     registerOpsRoutes(peerServer, {
       registry: serviceMetrics.registry,
       notReadyReason,
+      readyDetail,
     });
   }
 
@@ -187,17 +207,36 @@ export async function buildApp(
           port: config.SHOAL_AGENT_PEER_LISTEN.port,
         });
       }
-      swarm?.service.open();
-      // Preheat: this node's presence for the watcher, and the node tasks it hands out.
-      if (swarm !== undefined) {
-        preheat = await startNodePreheat(config, {
-          swarm,
-          store,
-          downloads,
-          registries,
-          metrics,
-          logger,
-        });
+      if (natsUrl !== undefined) {
+        join = joinSwarm(
+          () =>
+            startSwarm(
+              { ...config, SHOAL_NATS_URL: natsUrl },
+              { store, requests, metrics, logger, limits },
+            ),
+          {
+            logger,
+            metrics,
+            onJoined: async (swarm) => {
+              swarm.service.open();
+              // Preheat: this node's presence for the watcher, and the node tasks it hands out.
+              preheat = await startNodePreheat(config, {
+                swarm,
+                store,
+                downloads,
+                registries,
+                metrics,
+                logger,
+              }).catch((error: unknown) => {
+                logger.error({ err: error }, 'preheat could not start; pulls are not affected');
+                return undefined;
+              });
+            },
+          },
+        );
+        // A first attempt before declaring the agent started, so a healthy cluster starts
+        // with its swarm; an unreachable one costs at most that attempt's timeout.
+        await join.settledOnce;
       }
       logger.info(
         {
@@ -228,7 +267,7 @@ export async function buildApp(
       await peerServer?.close();
       await preheat?.stop();
       await downloads.close();
-      await swarm?.close();
+      await join?.close();
       await upstream.close();
     },
   };

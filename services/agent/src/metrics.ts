@@ -105,6 +105,16 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Downloads that fell back to the origin because the swarm stalled',
       registers,
     }),
+    swarmJoined: new Gauge({
+      name: `${prefix}swarm_joined`,
+      help: 'Whether the agent has joined the swarm (1) or serves as a plain mirror while NATS is out of reach (0)',
+      registers,
+    }),
+    swarmJoinFailures: new Counter({
+      name: `${prefix}swarm_join_failures_total`,
+      help: 'Attempts to join the swarm (connect to NATS and JetStream) that failed',
+      registers,
+    }),
     swarmPeers: new Gauge({
       name: `${prefix}swarm_peers`,
       help: 'Peers known for the downloads in progress',

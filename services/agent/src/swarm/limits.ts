@@ -9,8 +9,10 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 
-import type { Logger, RateLimiter } from '@shoal/runtime';
+import { RateLimiter, type Logger } from '@shoal/runtime';
 import { z } from 'zod';
+
+import type { AgentMetrics } from '../metrics.js';
 
 const limitsFile = z.strictObject({
   uploadRateBytes: z.int().nonnegative().optional(),
@@ -22,6 +24,32 @@ export interface LimitTargets {
   readonly download: RateLimiter;
   /** The limits from the environment, used for fields the file leaves out. */
   readonly defaults: { readonly upload: number; readonly download: number };
+}
+
+/** The agent's upload and download budgets, shared by every transfer. */
+export interface TransferLimits {
+  /** Pieces served to peers. */
+  readonly upload: RateLimiter;
+  /** Pieces fetched from the swarm. */
+  readonly download: RateLimiter;
+}
+
+/**
+ * Creates the budgets from the environment's rates (bytes/s, 0: none). They exist before the
+ * swarm does, so the peer listener can be built while NATS is still out of reach.
+ */
+export function createTransferLimits(
+  rates: { readonly uploadRateBytes: number; readonly downloadRateBytes: number },
+  metrics: AgentMetrics,
+): TransferLimits {
+  return {
+    upload: new RateLimiter(rates.uploadRateBytes, () =>
+      metrics.rateLimitWaits.inc({ direction: 'upload' }),
+    ),
+    download: new RateLimiter(rates.downloadRateBytes, () =>
+      metrics.rateLimitWaits.inc({ direction: 'download' }),
+    ),
+  };
 }
 
 /** Watches `path` every `intervalMs` and applies its limits; `stop` ends the watch. */

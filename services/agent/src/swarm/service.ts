@@ -5,8 +5,7 @@
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
-import { RateLimiter, runInContext, startSpan, type Logger } from '@shoal/runtime';
-import type { FastifyInstance } from 'fastify';
+import { runInContext, startSpan, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { Flight } from '../cache/download-table.js';
@@ -15,10 +14,9 @@ import type { AgentMetrics } from '../metrics.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import { SwarmClient } from './client.js';
-import { watchLimits } from './limits.js';
+import { watchLimits, type TransferLimits } from './limits.js';
 import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
-import { registerPeerRoutes } from './peer-server.js';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
@@ -33,6 +31,8 @@ export interface SwarmServiceDeps {
   readonly requests: RegistryRequests;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
+  /** The agent's upload and download budgets. */
+  readonly limits: TransferLimits;
 }
 
 export class SwarmService implements BlobFetcher {
@@ -40,8 +40,6 @@ export class SwarmService implements BlobFetcher {
   readonly #deps: SwarmServiceDeps;
   readonly #pieces: PieceClient;
   readonly #active = new Map<string, SwarmFetch>();
-  readonly #uploadLimit: RateLimiter;
-  readonly #downloadLimit: RateLimiter;
   readonly #uploads: boolean;
   #reannounce: NodeJS.Timeout | undefined;
   #limits: { stop(): void } | undefined;
@@ -60,12 +58,6 @@ export class SwarmService implements BlobFetcher {
       metrics,
     });
     this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS);
-    this.#uploadLimit = new RateLimiter(config.SHOAL_AGENT_UPLOAD_RATE_BYTES, () =>
-      metrics.rateLimitWaits.inc({ direction: 'upload' }),
-    );
-    this.#downloadLimit = new RateLimiter(config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES, () =>
-      metrics.rateLimitWaits.inc({ direction: 'download' }),
-    );
   }
 
   /** Whether this agent serves pieces (not a leecher). */
@@ -80,8 +72,8 @@ export class SwarmService implements BlobFetcher {
       const watch = watchLimits(
         config.SHOAL_AGENT_LIMITS_FILE,
         {
-          upload: this.#uploadLimit,
-          download: this.#downloadLimit,
+          upload: this.#deps.limits.upload,
+          download: this.#deps.limits.download,
           defaults: {
             upload: config.SHOAL_AGENT_UPLOAD_RATE_BYTES,
             download: config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES,
@@ -98,15 +90,9 @@ export class SwarmService implements BlobFetcher {
     this.#reannounce.unref();
   }
 
-  /** Routes for the peer listener. */
-  registerRoutes(app: FastifyInstance): void {
-    registerPeerRoutes(app, {
-      store: this.#deps.store,
-      active: (digest) => this.#active.get(digest),
-      uploadLimit: this.#uploadLimit,
-      metrics: this.#deps.metrics,
-      corruptPieces: this.#deps.config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
-    });
+  /** The swarm fetch of `digest` in progress, if any: the peer server serves its verified pieces. */
+  activeFetch(digest: string): SwarmFetch | undefined {
+    return this.#active.get(digest);
   }
 
   /** A cached blob left the cache: peers must not ask for it any more. */
@@ -123,7 +109,7 @@ export class SwarmService implements BlobFetcher {
       pieces: this.#pieces,
       store,
       requests,
-      downloadLimit: this.#downloadLimit,
+      downloadLimit: this.#deps.limits.download,
       metrics,
       logger,
       settings: {

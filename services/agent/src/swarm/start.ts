@@ -1,6 +1,10 @@
 /**
  * Connects the agent to the swarm. The NATS client is loaded only here, so an agent without
  * a swarm does not carry it.
+ *
+ * The agent never waits for the swarm to start serving: `joinSwarm` keeps trying in the
+ * background (NATS may start after the agents, or be down for a while) and hands the swarm
+ * over once it is there. Until then the agent is a plain verifying mirror of the origin.
  */
 import { hostname } from 'node:os';
 
@@ -12,6 +16,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmConfig } from './config.js';
+import type { TransferLimits } from './limits.js';
 import { SwarmService } from './service.js';
 
 export interface StartedSwarm {
@@ -29,6 +34,7 @@ export async function startSwarm(
     requests: RegistryRequests;
     metrics: AgentMetrics;
     logger: Logger;
+    limits: TransferLimits;
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');
@@ -43,7 +49,15 @@ export async function startSwarm(
     `shoal-agent-${config.SHOAL_AGENT_PEER_ID}`,
     deps.logger,
   );
-  const { js, jsm } = await jetStreamFor(nc);
+  let jet: Awaited<ReturnType<typeof jetStreamFor>>;
+  try {
+    jet = await jetStreamFor(nc);
+  } catch (error) {
+    // Connected, but JetStream does not answer (yet): the next attempt starts afresh.
+    await nc.close().catch(() => undefined);
+    throw error;
+  }
+  const { js, jsm } = jet;
   const self: PeerInfo = {
     id: config.SHOAL_AGENT_PEER_ID,
     url:
@@ -60,4 +74,93 @@ export async function startSwarm(
       await nc.drain().catch(() => undefined);
     },
   };
+}
+
+/** First wait between two attempts to join the swarm, in ms; it doubles up to the maximum. */
+const JOIN_RETRY_FIRST_MS = 500;
+/** Longest wait between two attempts to join the swarm, in ms. */
+const JOIN_RETRY_MAX_MS = 15_000;
+
+/** A swarm being joined in the background. */
+export interface SwarmJoin {
+  /** The swarm, once joined. */
+  readonly current: StartedSwarm | undefined;
+  /** Resolves once the first attempt has ended, joined (and `onJoined` done) or not. */
+  readonly settledOnce: Promise<void>;
+  /** Stops trying, and closes the swarm if it was joined. */
+  close(): Promise<void>;
+}
+
+/**
+ * Tries `start` until it succeeds, waiting longer after each failure, and calls `onJoined`
+ * with the swarm. Failures are logged and counted, never thrown: the agent keeps serving.
+ */
+export function joinSwarm(
+  start: () => Promise<StartedSwarm>,
+  deps: {
+    logger: Logger;
+    metrics: AgentMetrics;
+    onJoined: (swarm: StartedSwarm) => Promise<void>;
+  },
+): SwarmJoin {
+  const { logger, metrics } = deps;
+  const stop = new AbortController();
+  let current: StartedSwarm | undefined;
+  let firstSettled: () => void = () => undefined;
+  const settledOnce = new Promise<void>((resolve) => {
+    firstSettled = resolve;
+  });
+  // A function, not the property, because it changes while an attempt is awaited.
+  const stopped = (): boolean => stop.signal.aborted;
+  const attempts = (async () => {
+    for (let waitMs = JOIN_RETRY_FIRST_MS; !stopped();) {
+      let swarm: StartedSwarm;
+      try {
+        swarm = await start();
+      } catch (error) {
+        metrics.swarmJoinFailures.inc();
+        logger.warn(
+          { err: error, retryMs: waitMs },
+          'swarm unreachable; serving as a plain mirror until it answers',
+        );
+        firstSettled();
+        await sleep(waitMs, stop.signal);
+        waitMs = Math.min(waitMs * 2, JOIN_RETRY_MAX_MS);
+        continue;
+      }
+      if (stopped()) {
+        await swarm.close();
+        return;
+      }
+      current = swarm;
+      metrics.swarmJoined.set(1);
+      logger.info('joined the swarm');
+      await deps.onJoined(swarm);
+      return;
+    }
+  })().finally(() => firstSettled());
+  return {
+    get current() {
+      return current;
+    },
+    settledOnce,
+    close: async () => {
+      stop.abort();
+      await attempts;
+      await current?.close();
+    },
+  };
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+  });
 }
