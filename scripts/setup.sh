@@ -22,6 +22,7 @@ declare -A packages=(
   [containerd]=containerd
   [ctr]=containerd
   [ip]=iproute2
+  [openssl]=openssl
   [docker-compose]=docker-compose
 )
 missing=()

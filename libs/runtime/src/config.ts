@@ -85,3 +85,20 @@ export const envListen = (defaultValue: string) =>
 export const envLogLevel = z
   .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
   .default('info');
+
+/**
+ * TLS to NATS. With a CA file the connection is TLS and the server's certificate must chain to
+ * that CA (and name the host dialled); a client certificate is presented too when the server
+ * verifies its clients (mutual TLS). A `tls://` URL asks for TLS with the system's CAs.
+ */
+// Here rather than in `./nats.js`, so that a config that reads these does not load the NATS
+// client (the agent without a swarm never does).
+export const natsTlsConfig = z.object({
+  /** PEM CA bundle that NATS servers' certificates must chain to; set, TLS is required. */
+  SHOAL_NATS_TLS_CA_FILE: z.string().min(1).optional(),
+  /** PEM client certificate for servers that verify clients (with SHOAL_NATS_TLS_KEY_FILE). */
+  SHOAL_NATS_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key of SHOAL_NATS_TLS_CERT_FILE. */
+  SHOAL_NATS_TLS_KEY_FILE: z.string().min(1).optional(),
+});
+export type NatsTlsConfig = z.infer<typeof natsTlsConfig>;

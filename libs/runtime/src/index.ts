@@ -6,7 +6,9 @@ export {
   envListen,
   envLogLevel,
   loadConfig,
+  natsTlsConfig,
   type ListenAddress,
+  type NatsTlsConfig,
 } from './config.js';
 export { isAbortError, ShoalError } from './errors.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';

@@ -24,7 +24,9 @@ import type { KvSpec, StreamSpec } from '@shoal/proto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 
-import { ConfigError } from './config.js';
+import { ConfigError, natsTlsConfig, type NatsTlsConfig } from './config.js';
+
+export { natsTlsConfig, type NatsTlsConfig } from './config.js';
 
 export type { NatsConnection } from '@nats-io/transport-node';
 
@@ -38,6 +40,7 @@ export const natsConfig = z.object({
   SHOAL_NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
+  ...natsTlsConfig.shape,
   /** Replicas of each stream Shoal creates; 3 in a production JetStream cluster. */
   SHOAL_NATS_STREAM_REPLICAS: z
     .string()
@@ -56,9 +59,11 @@ export async function connectNats(
   logger: Logger,
 ): Promise<NatsConnection> {
   const { servers, user, pass } = parseNatsServers(config.SHOAL_NATS_URL);
+  const tls = natsTlsOptions(config, servers);
   const nc = await connect({
     servers,
     ...(user === undefined ? {} : { user, pass: pass ?? '' }),
+    ...(tls === undefined ? {} : { tls }),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
@@ -77,6 +82,33 @@ export async function connectNats(
     }
   })();
   return nc;
+}
+
+/**
+ * The client's TLS options, or undefined for plain connections. A certificate without its
+ * key (or the reverse) is a configuration error, not a silent plain connection.
+ */
+export function natsTlsOptions(
+  config: NatsTlsConfig,
+  servers: readonly string[],
+): { caFile?: string; certFile?: string; keyFile?: string } | undefined {
+  const { SHOAL_NATS_TLS_CA_FILE: caFile, SHOAL_NATS_TLS_CERT_FILE: certFile } = config;
+  const keyFile = config.SHOAL_NATS_TLS_KEY_FILE;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new ConfigError([
+      'SHOAL_NATS_TLS_CERT_FILE and SHOAL_NATS_TLS_KEY_FILE: give both or neither',
+    ]);
+  }
+  const wanted =
+    caFile !== undefined || certFile !== undefined || servers.some((s) => s.startsWith('tls://'));
+  if (!wanted) {
+    return undefined;
+  }
+  return {
+    ...(caFile === undefined ? {} : { caFile }),
+    ...(certFile === undefined ? {} : { certFile }),
+    ...(keyFile === undefined ? {} : { keyFile }),
+  };
 }
 
 /** Server URLs without credentials, and the user and password they carried, if any. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { ConfigError } from '../src/config.js';
-import { parseNatsServers } from '../src/nats.js';
+import { natsTlsOptions, parseNatsServers } from '../src/nats.js';
 
 describe('parseNatsServers', () => {
   it('passes URLs without credentials through', () => {
@@ -28,5 +28,40 @@ describe('parseNatsServers', () => {
 
   it('refuses URLs that carry different credentials', () => {
     assert.throws(() => parseNatsServers('nats://u:p@a:4222,nats://v:p@b:4222'), ConfigError);
+  });
+});
+
+describe('natsTlsOptions', () => {
+  it('is plain without TLS settings or tls:// URLs', () => {
+    assert.equal(natsTlsOptions({}, ['nats://a:4222']), undefined);
+  });
+
+  it('asks for TLS with the system CAs for a tls:// URL', () => {
+    assert.deepEqual(natsTlsOptions({}, ['tls://a:4222']), {});
+  });
+
+  it('verifies the server with the CA file and shows a client certificate', () => {
+    assert.deepEqual(
+      natsTlsOptions(
+        {
+          SHOAL_NATS_TLS_CA_FILE: '/ca.pem',
+          SHOAL_NATS_TLS_CERT_FILE: '/c.pem',
+          SHOAL_NATS_TLS_KEY_FILE: '/c.key',
+        },
+        ['nats://a:4222'],
+      ),
+      { caFile: '/ca.pem', certFile: '/c.pem', keyFile: '/c.key' },
+    );
+  });
+
+  it('refuses a certificate without its key, and a key without its certificate', () => {
+    assert.throws(
+      () => natsTlsOptions({ SHOAL_NATS_TLS_CERT_FILE: '/c.pem' }, ['nats://a:4222']),
+      ConfigError,
+    );
+    assert.throws(
+      () => natsTlsOptions({ SHOAL_NATS_TLS_KEY_FILE: '/c.key' }, ['nats://a:4222']),
+      ConfigError,
+    );
   });
 });

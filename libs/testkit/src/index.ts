@@ -36,6 +36,7 @@ export {
   type RegistryRequest,
 } from './registry.js';
 export { startS3, type S3Server } from './s3.js';
+export { makeTestCa, type IssuedCert, type TestCa } from './tls.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';
 export {
   AGENT_MAIN,

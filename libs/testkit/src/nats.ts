@@ -12,6 +12,7 @@ import {
   waitFor,
   type RunningProcess,
 } from './process.js';
+import type { TestCa } from './tls.js';
 
 export interface NatsServer {
   /** Client URL, e.g. `nats://127.0.0.1:41234`. */
@@ -19,6 +20,13 @@ export interface NatsServer {
   readonly port: number;
   readonly process: RunningProcess;
   readonly storeDir: string;
+  /** The monitoring endpoint (`/connz`, `/varz`), e.g. `http://127.0.0.1:41235`. */
+  readonly monitorUrl: string;
+  /**
+   * With TLS: the settings a Shoal service needs to connect (`SHOAL_NATS_TLS_*`), with a client
+   * certificate of its own; empty without TLS.
+   */
+  clientEnv(name: string): Promise<Record<string, string>>;
   stop(): Promise<void>;
 }
 
@@ -34,6 +42,11 @@ export interface NatsOptions {
   readonly files?: Readonly<Record<string, string>>;
   /** Environment of the server (the configuration may read `$VARIABLES`). */
   readonly env?: Readonly<Record<string, string>>;
+  /**
+   * TLS for clients, with certificates from this CA: every client must use TLS and, with
+   * `verifyClients`, show a certificate the CA issued (mutual TLS).
+   */
+  readonly tls?: { readonly ca: TestCa; readonly verifyClients?: boolean };
 }
 
 export async function startNats(options: NatsOptions = {}): Promise<NatsServer> {
@@ -44,11 +57,25 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
     await writeFile(join(dir.path, name), text);
   }
   const configPath = join(dir.path, 'nats.conf');
+  const tls = options.tls;
+  const serverCert = tls === undefined ? undefined : await tls.ca.issue('nats-server');
   await writeFile(
     configPath,
     [
       `listen: 127.0.0.1:${String(options.port ?? -1)}`,
+      'http: 127.0.0.1:-1',
       `jetstream { store_dir: ${JSON.stringify(storeDir)} }`,
+      serverCert === undefined || tls === undefined
+        ? ''
+        : [
+            'tls {',
+            `  cert_file: ${JSON.stringify(serverCert.certFile)}`,
+            `  key_file: ${JSON.stringify(serverCert.keyFile)}`,
+            `  ca_file: ${JSON.stringify(tls.ca.caFile)}`,
+            `  verify: ${tls.verifyClients === true ? 'true' : 'false'}`,
+            '  timeout: 2',
+            '}',
+          ].join('\n'),
       options.config ?? '',
       '',
     ].join('\n'),
@@ -58,6 +85,7 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
     ...(options.env === undefined ? {} : { env: { PATH: process.env.PATH ?? '', ...options.env } }),
   });
   let url = '';
+  let monitorUrl = '';
   try {
     await waitFor(
       'nats-server ports file',
@@ -68,9 +96,12 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
         }
         const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as {
           nats?: string[];
+          monitoring?: string[];
         };
-        url = ports.nats?.[0] ?? '';
-        return url !== '';
+        // A TLS server lists `tls://` URLs; clients find TLS from the server's INFO either way.
+        url = (ports.nats?.[0] ?? '').replace(/^tls:/, 'nats:');
+        monitorUrl = ports.monitoring?.[0] ?? '';
+        return url !== '' && monitorUrl !== '';
       },
       { process: proc },
     );
@@ -83,6 +114,18 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
     port: Number(new URL(url).port),
     process: proc,
     storeDir,
+    monitorUrl,
+    clientEnv: async (name) => {
+      if (tls === undefined) {
+        return {};
+      }
+      const cert = await tls.ca.issue(name);
+      return {
+        SHOAL_NATS_TLS_CA_FILE: tls.ca.caFile,
+        SHOAL_NATS_TLS_CERT_FILE: cert.certFile,
+        SHOAL_NATS_TLS_KEY_FILE: cert.keyFile,
+      };
+    },
     stop: async () => {
       await proc.stop();
       await dir.remove();

@@ -2,11 +2,11 @@
  * Helpers for the deployment tests: where the repository is, the rendered kustomize overlays
  * as plain objects, and the metric names the services define.
  */
-import { readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { requireBinary, run } from '@shoal/testkit';
+import { makeTempDir, requireBinary, run } from '@shoal/testkit';
 import { parseAllDocuments } from 'yaml';
 
 /** The repository's root directory. */
@@ -22,14 +22,45 @@ export interface K8sObject {
 
 /** `kubectl kustomize` of an overlay (needs kubectl with kustomize v5, i.e. kubectl >= 1.27). */
 export async function renderOverlay(overlay: string): Promise<K8sObject[]> {
+  return renderKustomization(join(REPO_ROOT, 'deploy', 'k8s', 'overlays', overlay));
+}
+
+/**
+ * An overlay with components added, as an operator adds them: a kustomization of its own (in
+ * a temporary directory) naming the overlay and the components (`deploy/k8s/components/*`).
+ */
+export async function renderWithComponents(
+  overlay: string,
+  components: readonly string[],
+): Promise<K8sObject[]> {
+  const dir = await makeTempDir('kustomization');
+  try {
+    const k8s = join(REPO_ROOT, 'deploy', 'k8s');
+    // kustomize takes only relative paths to other kustomizations.
+    await writeFile(
+      join(dir.path, 'kustomization.yaml'),
+      [
+        'apiVersion: kustomize.config.k8s.io/v1beta1',
+        'kind: Kustomization',
+        'resources:',
+        `  - ${relative(dir.path, join(k8s, 'overlays', overlay))}`,
+        'components:',
+        ...components.map((c) => `  - ${relative(dir.path, join(k8s, 'components', c))}`),
+        '',
+      ].join('\n'),
+    );
+    return await renderKustomization(dir.path);
+  } finally {
+    await dir.remove();
+  }
+}
+
+async function renderKustomization(path: string): Promise<K8sObject[]> {
   const kubectl = requireBinary('kubectl');
-  const { stdout } = await run(kubectl, [
-    'kustomize',
-    join(REPO_ROOT, 'deploy', 'k8s', 'overlays', overlay),
-  ]);
+  const { stdout } = await run(kubectl, ['kustomize', path]);
   return parseAllDocuments(stdout).map((doc) => {
     if (doc.errors.length > 0) {
-      throw new Error(`overlay ${overlay} rendered invalid YAML: ${doc.errors.join('; ')}`);
+      throw new Error(`${path} rendered invalid YAML: ${doc.errors.join('; ')}`);
     }
     return doc.toJS() as K8sObject;
   });

@@ -6,6 +6,7 @@ import {
   FAST_SWARM_ENV,
   generateImage,
   makeTempDir,
+  makeTestCa,
   pushImage,
   startAgent,
   startNats,
@@ -17,6 +18,7 @@ import {
   type NatsServer,
   type Registry,
   type ServiceProcess,
+  type TestCa,
 } from '@shoal/testkit';
 
 import { streamDigest, type StreamOutcome } from './http.js';
@@ -38,10 +40,14 @@ export interface ClusterSpec {
   readonly env?: Record<string, string>;
   /** Reuse a registry (and its image) instead of starting one. */
   readonly registry?: { registry: Registry; image: GeneratedImage };
+  /** NATS over TLS from a CA of the test's own; every service gets a client certificate. */
+  readonly natsTls?: { readonly verifyClients: boolean };
 }
 
 export interface Cluster {
   readonly nats: NatsServer;
+  /** The CA of NATS's certificates, with `natsTls`. */
+  readonly ca: TestCa | undefined;
   readonly registry: Registry;
   readonly image: GeneratedImage;
   readonly trackers: ServiceProcess[];
@@ -63,7 +69,15 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     }
   };
   try {
-    const nats = await startNats();
+    const ca = spec.natsTls === undefined ? undefined : await makeTestCa();
+    if (ca !== undefined) {
+      stops.push(() => ca.remove());
+    }
+    const nats = await startNats(
+      ca === undefined || spec.natsTls === undefined
+        ? {}
+        : { tls: { ca, verifyClients: spec.natsTls.verifyClients } },
+    );
     stops.push(() => nats.stop());
     let registry: Registry;
     let image: GeneratedImage;
@@ -79,7 +93,10 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     }
     const trackers: ServiceProcess[] = [];
     for (let i = 0; i < spec.trackers; i++) {
-      const tracker = await startTracker({ natsUrl: nats.url, env: { ...spec.env } });
+      const tracker = await startTracker({
+        natsUrl: nats.url,
+        env: { ...spec.env, ...(await nats.clientEnv(`tracker-${String(i)}`)) },
+      });
       trackers.push(tracker);
     }
     stops.push(async () => {
@@ -90,13 +107,14 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     const registries = `${registry.host}=${registry.url}`;
     const cluster: Cluster = {
       nats,
+      ca,
       registry,
       image,
       trackers,
       seed: await startSeedServer({
         natsUrl: nats.url,
         registries,
-        env: { ...spec.env, ...spec.seedEnv },
+        env: { ...spec.env, ...spec.seedEnv, ...(await nats.clientEnv('seedserver')) },
       }),
       agents: [],
       agentEnv: { ...FAST_SWARM_ENV, ...spec.env },
@@ -115,7 +133,11 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
           defaultRegistry: registry.host,
           natsUrl: nats.url,
           peerId: agent.peerId,
-          env: { ...cluster.agentEnv, ...agent.env },
+          env: {
+            ...cluster.agentEnv,
+            ...(await nats.clientEnv(agent.peerId)),
+            ...agent.env,
+          },
         }),
       );
     }

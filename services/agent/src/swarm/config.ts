@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 
 import { peerId } from '@shoal/proto';
-import { envBool, envInt, envListen } from '@shoal/runtime';
+import { envBool, envInt, envListen, natsTlsConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
 const defaultId =
@@ -19,6 +19,7 @@ export const swarmConfig = z.object({
   SHOAL_NATS_URL: z.string().min(1).optional(),
   /** Credentials file for the agent's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
+  ...natsTlsConfig.shape,
   /** The agent's peer id (default: the host name, i.e. the node name in a DaemonSet). */
   SHOAL_AGENT_PEER_ID: peerId.default(defaultId),
   /** Where pieces are served to peers, with /healthz, /readyz and /metrics (default `0.0.0.0:65002`). */

@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { PeerInfo } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { ConfigError, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
@@ -42,9 +42,12 @@ export async function startSwarm(
     {
       SHOAL_NATS_URL: config.SHOAL_NATS_URL,
       SHOAL_NATS_STREAM_REPLICAS: 1,
-      ...(config.SHOAL_NATS_CREDS_FILE === undefined
-        ? {}
-        : { SHOAL_NATS_CREDS_FILE: config.SHOAL_NATS_CREDS_FILE }),
+      ...definedOnly({
+        SHOAL_NATS_CREDS_FILE: config.SHOAL_NATS_CREDS_FILE,
+        SHOAL_NATS_TLS_CA_FILE: config.SHOAL_NATS_TLS_CA_FILE,
+        SHOAL_NATS_TLS_CERT_FILE: config.SHOAL_NATS_TLS_CERT_FILE,
+        SHOAL_NATS_TLS_KEY_FILE: config.SHOAL_NATS_TLS_KEY_FILE,
+      }),
     },
     `shoal-agent-${config.SHOAL_AGENT_PEER_ID}`,
     deps.logger,
@@ -73,6 +76,15 @@ export async function startSwarm(
       await service.close();
       await nc.drain().catch(() => undefined);
     },
+  };
+}
+
+/** `record` without its undefined entries (for settings under exactOptionalPropertyTypes). */
+function definedOnly<T extends Record<string, string | undefined>>(
+  record: T,
+): { [K in keyof T]?: string } {
+  return Object.fromEntries(Object.entries(record).filter(([, v]) => v !== undefined)) as {
+    [K in keyof T]?: string;
   };
 }
 
@@ -119,6 +131,11 @@ export function joinSwarm(
         swarm = await start();
       } catch (error) {
         metrics.swarmJoinFailures.inc();
+        if (error instanceof ConfigError) {
+          // Trying again cannot help: say so once, and stay a plain mirror.
+          logger.error({ err: error }, 'swarm settings are invalid; serving as a plain mirror');
+          return;
+        }
         logger.warn(
           { err: error, retryMs: waitMs },
           'swarm unreachable; serving as a plain mirror until it answers',
