@@ -17,12 +17,29 @@ export interface StreamSpec {
   readonly duplicateWindowMs: number;
   /** Messages kept per subject (-1: no limit). 1 keeps only each subject's latest state. */
   readonly maxMsgsPerSubject: number;
+  /**
+   * Bytes the stream may hold; past it the oldest messages go. Sized for 10,000 nodes (see
+   * the README's "JetStream limits"); with R3 every server holds a copy.
+   */
+  readonly maxBytes: number;
+  /** Messages the stream may hold; past it the oldest go. */
+  readonly maxMsgs: number;
+  /** Largest message the server accepts on the stream's subjects, in bytes. */
+  readonly maxMsgSize: number;
+  /**
+   * Consumers the stream may have (-1: no limit). Applied when the stream is created; JetStream
+   * does not change it on an existing stream.
+   */
+  readonly maxConsumers: number;
   readonly owner: 'agent' | 'tracker' | 'seedserver' | 'watcher';
   readonly description: string;
 }
 
 const MINUTE_MS = 60_000;
 const HOUR_MS = 60 * MINUTE_MS;
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
 
 export const STREAMS = {
   swarm: {
@@ -32,6 +49,11 @@ export const STREAMS = {
     maxAgeMs: 2 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
     maxMsgsPerSubject: 1,
+    // One have per (blob, peer): 10,000 nodes x ~100 blobs each, a few hundred bytes apiece.
+    maxBytes: 2 * GiB,
+    maxMsgs: 4_000_000,
+    maxMsgSize: 128 * KiB,
+    maxConsumers: 64,
     owner: 'tracker',
     description:
       'latest piece-have per (blob, peer) and peer-gone per peer; a tracker rebuilds its view by replaying it',
@@ -43,6 +65,11 @@ export const STREAMS = {
     maxAgeMs: 2 * MINUTE_MS,
     duplicateWindowMs: MINUTE_MS,
     maxMsgsPerSubject: -1,
+    // Wants live seconds: one per blob in progress per node per want interval.
+    maxBytes: 256 * MiB,
+    maxMsgs: 1_000_000,
+    maxMsgSize: 128 * KiB,
+    maxConsumers: 16,
     owner: 'tracker',
     description: 'piece-want events, each answered by one tracker replica',
   },
@@ -53,6 +80,12 @@ export const STREAMS = {
     maxAgeMs: 24 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
     maxMsgsPerSubject: -1,
+    // A blob's hashes are ~70 bytes per piece: a day of 10,000 distinct 1 GiB blobs fits.
+    maxBytes: 1 * GiB,
+    maxMsgs: 1_000_000,
+    maxMsgSize: 128 * KiB,
+    // Agents read a blob's hashes with a consumer of their own while they fetch it.
+    maxConsumers: -1,
     owner: 'seedserver',
     description: 'piece hashes published by the seed server',
   },
@@ -63,6 +96,10 @@ export const STREAMS = {
     maxAgeMs: HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
     maxMsgsPerSubject: -1,
+    maxBytes: 64 * MiB,
+    maxMsgs: 100_000,
+    maxMsgSize: 16 * KiB,
+    maxConsumers: 16,
     owner: 'seedserver',
     description: 'seed requests, one consumer group of seed-server replicas',
   },
@@ -73,6 +110,10 @@ export const STREAMS = {
     maxAgeMs: 24 * HOUR_MS,
     duplicateWindowMs: 10 * MINUTE_MS,
     maxMsgsPerSubject: -1,
+    maxBytes: 64 * MiB,
+    maxMsgs: 100_000,
+    maxMsgSize: 16 * KiB,
+    maxConsumers: 16,
     owner: 'watcher',
     description: 'preheat commands; a restart loses none',
   },
@@ -83,6 +124,10 @@ export const STREAMS = {
     maxAgeMs: 7 * 24 * HOUR_MS,
     duplicateWindowMs: 2 * MINUTE_MS,
     maxMsgsPerSubject: -1,
+    maxBytes: 512 * MiB,
+    maxMsgs: 2_000_000,
+    maxMsgSize: 64 * KiB,
+    maxConsumers: 1_000,
     owner: 'watcher',
     description: 'preheat progress events, and the per-blob reports of seeds and agents',
   },
@@ -93,6 +138,11 @@ export const STREAMS = {
     maxAgeMs: 24 * HOUR_MS,
     duplicateWindowMs: 10 * MINUTE_MS,
     maxMsgsPerSubject: -1,
+    maxBytes: 64 * MiB,
+    maxMsgs: 100_000,
+    maxMsgSize: 512 * KiB,
+    // One durable consumer per agent.
+    maxConsumers: 20_000,
     owner: 'watcher',
     description: 'node preheat tasks; every agent reads them with its own durable consumer',
   },
@@ -103,6 +153,10 @@ export interface KvSpec {
   readonly bucket: string;
   /** Entries expire after this long, in milliseconds; 0 keeps them. Locks rely on it. */
   readonly ttlMs: number;
+  /** Bytes the bucket may hold. */
+  readonly maxBytes: number;
+  /** Largest value accepted, in bytes. */
+  readonly maxValueSize: number;
   readonly owner: StreamSpec['owner'];
   readonly description: string;
 }
@@ -111,24 +165,33 @@ export const KV_BUCKETS = {
   seedLocks: {
     bucket: 'shoal_seed_locks',
     ttlMs: MINUTE_MS,
+    maxBytes: 64 * MiB,
+    maxValueSize: 1 * KiB,
     owner: 'seedserver',
     description: 'one origin fetch per blob across seed-server replicas',
   },
   watcherLeader: {
     bucket: 'shoal_watcher_leader',
     ttlMs: 30_000,
+    maxBytes: 1 * MiB,
+    maxValueSize: 1 * KiB,
     owner: 'watcher',
     description: 'which watcher replica runs scheduled preheat',
   },
   preheatJobs: {
     bucket: 'shoal_preheat_jobs',
     ttlMs: 7 * 24 * HOUR_MS,
+    maxBytes: 256 * MiB,
+    maxValueSize: 64 * KiB,
     owner: 'watcher',
     description: 'preheat job status by id',
   },
   agents: {
     bucket: 'shoal_agents',
     ttlMs: 30_000,
+    // One small entry per live agent.
+    maxBytes: 64 * MiB,
+    maxValueSize: 4 * KiB,
     owner: 'agent',
     description: 'live agents and their labels, refreshed by each agent; read by the watcher',
   },

@@ -175,6 +175,10 @@ export function streamConfig(
     max_age: nanos(spec.maxAgeMs),
     duplicate_window: nanos(spec.duplicateWindowMs),
     max_msgs_per_subject: spec.maxMsgsPerSubject,
+    max_bytes: spec.maxBytes,
+    max_msgs: spec.maxMsgs,
+    max_msg_size: spec.maxMsgSize,
+    max_consumers: spec.maxConsumers,
     num_replicas: replicas,
   };
 }
@@ -189,7 +193,11 @@ export async function ensureStreams(
     const config = streamConfig(spec, replicas);
     try {
       await jsm.streams.info(spec.name);
-      await jsm.streams.update(spec.name, config);
+      // JetStream does not change max_consumers (nor the storage) of an existing stream.
+      const updatable: Partial<StreamConfig> = { ...config };
+      delete updatable.max_consumers;
+      delete updatable.storage;
+      await jsm.streams.update(spec.name, updatable);
     } catch (error) {
       if (!isNotFound(error)) {
         throw error;
@@ -284,6 +292,8 @@ export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: numb
     ttl: spec.ttlMs,
     replicas,
     history: 1,
+    max_bytes: spec.maxBytes,
+    maxValueSize: spec.maxValueSize,
     description: spec.description,
   });
 }
