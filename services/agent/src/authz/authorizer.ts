@@ -78,6 +78,7 @@ type Grant =
   { readonly allowed: true } | { readonly allowed: false; readonly answer: UpstreamAnswer };
 
 const ANONYMOUS = 'anonymous';
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
 /** The credential's fingerprint: SHA-256 of the whole Authorization value, or `anonymous`. */
 export function credentialFingerprint(authorization: string | undefined): string {
@@ -205,7 +206,8 @@ export class Authorizer {
       return this.#unreachable(subject, describe(error), undefined);
     }
     const { status } = answer;
-    if (status >= 200 && status < 300) {
+    // A redirect (to the registry's storage) is given only to an authorized client.
+    if ((status >= 200 && status < 300) || REDIRECTS.has(status)) {
       this.#grants.set(
         grantKey(registry, repository, fingerprint),
         { allowed: true },

@@ -7,7 +7,8 @@ import type { AuthzProbe } from './authorizer.js';
 /**
  * A probe that HEADs `/v2/<repository>/{blobs,manifests}/<digest>` at the registry with the
  * client's own Authorization header: a 2xx means the registry would serve this client this
- * content. A HEAD moves no content and is not counted against pull rate limits.
+ * content, and so does a redirect to its storage, which is not followed (storage URLs are often
+ * signed for GET only). A HEAD moves no content and is not counted against pull rate limits.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
@@ -22,6 +23,7 @@ export function registryProbe(requests: RegistryRequests): AuthzProbe {
         ...(subject.kind === 'manifest' ? { accept: MANIFEST_TYPES } : {}),
       },
       signal,
+      redirects: 'manual',
     });
     return readAnswer(response);
   };
