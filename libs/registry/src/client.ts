@@ -30,6 +30,11 @@ export interface UpstreamRequest {
   /** Headers forwarded from the client: `accept`, `authorization`, `range`. */
   readonly headers: Readonly<Record<string, string | undefined>>;
   readonly signal: AbortSignal;
+  /**
+   * `follow` (default) follows redirects; `manual` returns the redirect itself (a registry
+   * redirects to its storage only after it has authorized the request).
+   */
+  readonly redirects?: 'follow' | 'manual';
 }
 
 export interface UpstreamResponse {
@@ -75,6 +80,7 @@ export class UpstreamClient {
       const response = await this.#send(method, url, headers, req.signal);
       const location = response.headers.location;
       if (
+        req.redirects !== 'manual' &&
         REDIRECTS.has(response.statusCode ?? 0) &&
         location !== undefined &&
         hop < MAX_REDIRECTIONS

@@ -2,8 +2,15 @@
  * Registry credentials from a docker config JSON file (a Kubernetes `dockerconfigjson`
  * Secret), and the registry token flow (`WWW-Authenticate: Bearer realm=...`) done with them.
  * Credentials are used only in Authorization headers and never logged.
+ *
+ * A registry names its token realm in its challenge, so whoever answers for the registry (or
+ * sits between) could send Basic credentials anywhere. They go only to a realm over HTTPS on
+ * the registry's own host name (or a well-known one: Docker Hub's auth.docker.io), or to a
+ * realm origin the operator listed; any other realm is asked for an anonymous token.
  */
 import { readFile } from 'node:fs/promises';
+
+import { z } from 'zod';
 
 import type { UpstreamClient } from './client.js';
 import type { UpstreamRegistry } from './registries.js';
@@ -71,6 +78,69 @@ export function parseChallenge(header: string): { scheme: string; params: Record
   return { scheme, params };
 }
 
+/** Realms of well-known registries on another host than the registry's. */
+const WELL_KNOWN_REALMS: Record<string, readonly string[]> = {
+  'docker.io': ['https://auth.docker.io'],
+};
+
+/**
+ * Parses a comma-separated list of token realm origins that may receive Basic credentials
+ * besides the defaults, e.g. `https://gitlab.example.com,http://127.0.0.1:5001`.
+ */
+export const trustedRealmsList = z
+  .string()
+  .default('')
+  .transform((text, ctx): string[] => {
+    const origins: string[] = [];
+    for (const entry of text
+      .split(',')
+      .map((e) => e.trim())
+      .filter((e) => e !== '')) {
+      let url: URL;
+      try {
+        url = new URL(entry);
+      } catch {
+        ctx.addIssue({ code: 'custom', message: `"${entry}" is not a URL` });
+        continue;
+      }
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+        ctx.addIssue({ code: 'custom', message: `${entry}: only http and https realms` });
+        continue;
+      }
+      origins.push(url.origin);
+    }
+    return origins;
+  });
+
+/**
+ * Whether `registry`'s Basic credentials may be sent to the token realm `realm`: an HTTPS realm
+ * on the registry's own host name or a well-known one for it, or an origin in `trusted`.
+ */
+export function mayReceiveBasic(
+  registry: UpstreamRegistry,
+  realm: URL,
+  trusted: readonly string[] = [],
+): boolean {
+  if (trusted.includes(realm.origin)) {
+    return true;
+  }
+  if (realm.protocol !== 'https:') {
+    return false;
+  }
+  return (
+    realm.hostname === registry.url.hostname ||
+    (WELL_KNOWN_REALMS[registry.host] ?? []).includes(realm.origin)
+  );
+}
+
+export interface RegistryAuthOptions {
+  /**
+   * Realm origins (`scheme://host[:port]`) that may receive Basic credentials besides an
+   * HTTPS realm on the registry's host; none by default. Parse with `trustedRealmsList`.
+   */
+  readonly trustedRealms?: readonly string[];
+}
+
 interface CachedToken {
   readonly header: string;
   readonly expiresAt: number;
@@ -81,10 +151,16 @@ export class RegistryAuth {
   readonly #credentials: Map<string, BasicCredentials>;
   readonly #client: UpstreamClient;
   readonly #tokens = new Map<string, CachedToken>();
+  readonly #trustedRealms: readonly string[];
 
-  constructor(credentials: Map<string, BasicCredentials>, client: UpstreamClient) {
+  constructor(
+    credentials: Map<string, BasicCredentials>,
+    client: UpstreamClient,
+    options: RegistryAuthOptions = {},
+  ) {
     this.#credentials = credentials;
     this.#client = client;
+    this.#trustedRealms = options.trustedRealms ?? [];
   }
 
   /** The Authorization header to try first: a cached token, else Basic credentials, else none. */
@@ -98,7 +174,8 @@ export class RegistryAuth {
 
   /**
    * Answers a 401 challenge: for Bearer, fetches a pull token from the realm (with Basic
-   * credentials when configured); for Basic, the configured credentials. Undefined when the
+   * credentials when configured and the realm may have them, see `mayReceiveBasic`; an
+   * anonymous token otherwise); for Basic, the configured credentials. Undefined when the
    * challenge cannot be met.
    */
   async answer(
@@ -114,12 +191,22 @@ export class RegistryAuth {
     if (scheme !== 'bearer' || params.realm === undefined) {
       return undefined;
     }
-    const realm = new URL(params.realm);
+    let realm: URL;
+    try {
+      realm = new URL(params.realm);
+    } catch {
+      return undefined;
+    }
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
+      return undefined;
+    }
     if (params.service !== undefined) {
       realm.searchParams.set('service', params.service);
     }
     realm.searchParams.set('scope', params.scope ?? `repository:${repository}:pull`);
-    const basic = this.#basic(registry);
+    const basic = mayReceiveBasic(registry, realm, this.#trustedRealms)
+      ? this.#basic(registry)
+      : undefined;
     const response = await this.#client.request({
       registry: { host: realm.host, url: new URL(realm.origin) },
       method: 'GET',

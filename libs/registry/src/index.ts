@@ -14,9 +14,12 @@ export {
 export { registriesList, type UpstreamRegistry } from './registries.js';
 export {
   loadDockerConfig,
+  mayReceiveBasic,
   parseChallenge,
   parseDockerConfig,
   RegistryAuth,
+  trustedRealmsList,
   type BasicCredentials,
+  type RegistryAuthOptions,
 } from './credentials.js';
 export { RegistryReader } from './reader.js';

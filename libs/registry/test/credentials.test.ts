@@ -1,7 +1,17 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 
-import { parseChallenge, parseDockerConfig } from '../src/index.js';
+import {
+  mayReceiveBasic,
+  parseChallenge,
+  parseDockerConfig,
+  RegistryAuth,
+  trustedRealmsList,
+  UpstreamClient,
+  type UpstreamRegistry,
+} from '../src/index.js';
 
 describe('parseDockerConfig', () => {
   it('reads auth, username/password entries and Docker Hub keys', () => {
@@ -47,5 +57,84 @@ describe('parseChallenge', () => {
       scheme: 'basic',
       params: { realm: 'shoal-test' },
     });
+  });
+});
+
+describe('Basic credentials and token realms', () => {
+  const registry: UpstreamRegistry = {
+    host: 'registry.example.com',
+    url: new URL('https://registry.example.com'),
+  };
+
+  it('go only to an HTTPS realm on the registry host, a well-known one, or a listed origin', () => {
+    const may = (realm: string, trusted: string[] = []): boolean =>
+      mayReceiveBasic(registry, new URL(realm), trusted);
+    assert.equal(may('https://registry.example.com/token'), true);
+    assert.equal(may('https://registry.example.com:8443/token'), true);
+    assert.equal(may('http://registry.example.com/token'), false, 'plain http');
+    assert.equal(may('https://auth.example.com/token'), false, 'another host');
+    assert.equal(may('https://registry.example.com.evil.test/token'), false);
+    assert.equal(may('https://auth.example.com/token', ['https://auth.example.com']), true);
+    assert.equal(may('http://10.0.0.5:5001/token', ['http://10.0.0.5:5001']), true);
+    assert.equal(may('http://10.0.0.5:5002/token', ['http://10.0.0.5:5001']), false);
+    const hub: UpstreamRegistry = {
+      host: 'docker.io',
+      url: new URL('https://registry-1.docker.io'),
+    };
+    assert.equal(mayReceiveBasic(hub, new URL('https://auth.docker.io/token')), true);
+    assert.equal(mayReceiveBasic(hub, new URL('http://auth.docker.io/token')), false);
+  });
+
+  it('parses the listed realm origins and reports bad ones', () => {
+    assert.deepEqual(trustedRealmsList.parse(undefined), []);
+    assert.deepEqual(
+      trustedRealmsList.parse('https://auth.example.com/token, http://127.0.0.1:5001'),
+      ['https://auth.example.com', 'http://127.0.0.1:5001'],
+    );
+    assert.equal(trustedRealmsList.safeParse('ftp://x,not a url').error?.issues.length, 2);
+  });
+
+  it('asks a realm that may not have them for an anonymous token (a real realm server)', async () => {
+    const seen: (string | undefined)[] = [];
+    const realm = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ token: `t${seen.length}`, expires_in: 300 }));
+    });
+    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+    const port = (realm.address() as AddressInfo).port;
+    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    const local: UpstreamRegistry = {
+      host: '127.0.0.1:5000',
+      url: new URL('http://127.0.0.1:5000'),
+    };
+    const credentials = new Map([[local.host, { username: 'seeder', password: 'hunter2' }]]);
+    const challenge = `Bearer realm="http://127.0.0.1:${port}/token",service="test"`;
+    try {
+      const strict = new RegistryAuth(credentials, client);
+      const anonymous = await strict.answer(
+        local,
+        'team/app',
+        challenge,
+        AbortSignal.timeout(5000),
+      );
+      assert.equal(anonymous, 'Bearer t1');
+      assert.deepEqual(seen, [undefined], 'no Basic credentials to an http realm');
+
+      const trusting = new RegistryAuth(credentials, client, {
+        trustedRealms: trustedRealmsList.parse(`http://127.0.0.1:${port}`),
+      });
+      const authorized = await trusting.answer(
+        local,
+        'team/app',
+        challenge,
+        AbortSignal.timeout(5000),
+      );
+      assert.equal(authorized, 'Bearer t2');
+      assert.equal(seen[1], `Basic ${Buffer.from('seeder:hunter2').toString('base64')}`);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => realm.close(resolve));
+    }
   });
 });

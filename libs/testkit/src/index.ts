@@ -57,3 +57,4 @@ export {
 export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
+export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';

@@ -20,6 +20,17 @@ import {
 export interface RegistryOptions {
   /** Require these credentials (htpasswd, Basic auth). */
   readonly auth?: { readonly username: string; readonly password: string };
+  /**
+   * Require bearer tokens from a token server (`startTokenServer`) instead: per-repository
+   * access, as Docker Hub, Harbor or GitLab grant it.
+   */
+  readonly tokenAuth?: {
+    readonly realm: string;
+    readonly service: string;
+    readonly issuer: string;
+    /** PEM file of the certificate the tokens are signed with. */
+    readonly rootCertBundle: string;
+  };
   /** Send push and pull notifications to this URL. */
   readonly notify?: { readonly url: string; readonly headers?: Record<string, string> };
 }
@@ -81,6 +92,17 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
       '  htpasswd:',
       '    realm: shoal-test',
       `    path: ${join(dir.path, 'htpasswd')}`,
+    );
+  }
+  if (options.tokenAuth !== undefined) {
+    const token = options.tokenAuth;
+    lines.push(
+      'auth:',
+      '  token:',
+      `    realm: ${token.realm}`,
+      `    service: ${token.service}`,
+      `    issuer: ${token.issuer}`,
+      `    rootcertbundle: ${token.rootCertBundle}`,
     );
   }
   if (options.notify !== undefined) {

@@ -14,6 +14,7 @@ import {
 } from '@shoal/runtime';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
+import { startAuthorizer } from './authz/start.js';
 import { FsContentStore } from './cache/content-store.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
@@ -125,12 +126,16 @@ export async function buildApp(
     start: (target, signal) => (swarmNow()?.service ?? originFetcher).start(target, signal),
   };
 
+  // Authorization: content by digest only for clients the registry authorizes (unless off).
+  const authz = startAuthorizer(config, { requests, metrics, logger });
+
   // Mirror: the OCI pull API on the configured address.
   const mirror = new Mirror({
     store,
     downloads,
     fetcher,
     requests,
+    authz,
     metrics,
     logger,
     maxManifestBytes: config.SHOAL_AGENT_MAX_MANIFEST_BYTES,
@@ -267,6 +272,7 @@ export async function buildApp(
       await peerServer?.close();
       await preheat?.stop();
       await downloads.close();
+      authz?.close();
       await join?.close();
       await upstream.close();
     },

@@ -2,6 +2,7 @@
 import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
+import { authzConfig } from './authz/config.js';
 import { cacheConfig } from './cache/config.js';
 import { hostsConfig } from './hosts/config.js';
 import { preheatConfig } from './preheat/config.js';
@@ -17,6 +18,7 @@ const agentFields = z.object({
   /** How long a graceful shutdown may take, in ms. */
   SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
   ...upstreamConfig.shape,
+  ...authzConfig.shape,
   ...cacheConfig.shape,
   ...swarmConfig.shape,
   ...preheatConfig.shape,

@@ -31,6 +31,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['from'] as const,
       registers,
     }),
+    authzDecisions: new Counter({
+      name: `${prefix}authz_decisions_total`,
+      help: 'Authorization checks of content by digest, by result (allow, deny, unavailable) and cache (hit: decided from cached registry answers; miss: the registry was asked)',
+      labelNames: ['result', 'cache'] as const,
+      registers,
+    }),
     upstreamRequests: new Counter({
       name: `${prefix}upstream_requests_total`,
       help: 'Requests sent to upstream registries, by registry, kind and status (or error)',

@@ -148,16 +148,22 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
   }
 }
 
-/** Every blob of the image fetched through one agent, digests checked while streaming. */
+/**
+ * Every blob of the image fetched through one agent, digests checked while streaming; with
+ * the client's `authorization` header when given (a private registry).
+ */
 export async function pullBlobs(
   agent: AgentProcess,
   cluster: Pick<Cluster, 'image' | 'registry'>,
   repository: string,
+  authorization?: string,
 ): Promise<StreamOutcome[]> {
+  const init = authorization === undefined ? {} : { headers: { authorization } };
   return Promise.all(
     cluster.image.blobs.map((blob) =>
       streamDigest(
         `${agent.url}/v2/${repository}/blobs/${blob.digest}?ns=${cluster.registry.host}`,
+        init,
       ),
     ),
   );

@@ -1,7 +1,8 @@
 /**
  * A private registry: the seed server authenticates with credentials from a docker config
- * JSON file (as a Kubernetes `dockerconfigjson` Secret provides them), and the agents never
- * need them for blobs the swarm serves.
+ * JSON file (as a Kubernetes `dockerconfigjson` Secret provides them); the agents' clients send
+ * their own, which the registry checks (swarm-authz.test covers the refusals), while the bytes
+ * come from the seed and peers.
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -22,6 +23,7 @@ import { pullBlobs, startCluster } from '../src/swarm.js';
 
 const repository = 'private/app';
 const auth = { username: 'seeder', password: 's3cret!' };
+const basic = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
 
 describe('seeding from a registry that requires credentials', () => {
   let registry: Registry;
@@ -52,7 +54,7 @@ describe('seeding from a registry that requires credentials', () => {
     }
   });
 
-  it('seeds with the docker config credentials; agents pull without any', async () => {
+  it('seeds with the docker config credentials; clients pull with theirs, bytes from the swarm', async () => {
     const cluster = await startCluster({
       layerSizes: [],
       seed: 'unused',
@@ -64,7 +66,7 @@ describe('seeding from a registry that requires credentials', () => {
     });
     try {
       const outcomes = await Promise.all(
-        cluster.agents.map((agent) => pullBlobs(agent, cluster, repository)),
+        cluster.agents.map((agent) => pullBlobs(agent, cluster, repository, basic)),
       );
       for (const perAgent of outcomes) {
         perAgent.forEach((outcome, i) => {

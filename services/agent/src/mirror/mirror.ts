@@ -5,13 +5,15 @@
  * its `401` + `WWW-Authenticate` challenge is passed back so the client authenticates as it
  * would against the registry. Content addressed by digest is served from the cache once it
  * has been verified; otherwise it is fetched (one upstream fetch per blob, however many
- * clients ask), verified, cached and streamed.
+ * clients ask), verified, cached and streamed. Before any content by digest is served, the
+ * authorizer checks that the registry would serve it to this client (see `authz/`).
  */
 
 import { digestOf, parseDigest, type Digest, type DigestAlgorithm } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
 
+import type { Authorizer } from '../authz/authorizer.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { ByteCursor } from '../cache/download.js';
 import type { DownloadTable } from '../cache/download-table.js';
@@ -28,7 +30,7 @@ import {
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import { pumpBody } from './body.js';
-import { MirrorError } from './errors.js';
+import { MirrorError, ociErrorBody } from './errors.js';
 import type { PullTarget } from './path.js';
 import { parseRange, type ByteRange } from './range.js';
 
@@ -49,6 +51,8 @@ export interface MirrorDeps {
   /** Where blobs that are not cached come from: the origin, or the swarm. */
   readonly fetcher: BlobFetcher;
   readonly requests: RegistryRequests;
+  /** Checks the client's right to content by digest; undefined when the check is off. */
+  readonly authz: Authorizer | undefined;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
   /** Largest manifest accepted from an upstream, in bytes. */
@@ -79,9 +83,54 @@ export class Mirror {
    * (a streamed body may still be flowing); the route returns `reply` after it.
    */
   async pull(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<void> {
+    // Authorization before bytes: whatever holds the content, the registry decides who gets it.
+    if (!(await this.#authorized(target, req, reply))) {
+      return;
+    }
     return target.kind === 'manifest'
       ? this.#manifest(target, req, reply)
       : this.#blob(target.name, target.digest, req, reply);
+  }
+
+  /**
+   * Checks content by digest with the authorizer; on a refusal answers the client (the
+   * registry's own 401 challenge, 403 or 404) and returns false. A tag needs no check: it is
+   * resolved at the registry with the client's credentials.
+   */
+  async #authorized(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<boolean> {
+    const { authz } = this.#deps;
+    const digest =
+      target.kind === 'blob'
+        ? target.digest
+        : target.reference.kind === 'digest'
+          ? target.reference.digest
+          : undefined;
+    if (authz === undefined || digest === undefined) {
+      return true;
+    }
+    const decision = await authz.check({
+      registry: req.registry,
+      repository: target.name,
+      kind: target.kind,
+      digest,
+      authorization: req.authorization,
+    });
+    if (decision.kind === 'allow') {
+      return true;
+    }
+    if (decision.kind === 'deny') {
+      sendAnswer(reply, withErrorBody(decision.answer, target.kind));
+      return false;
+    }
+    if (decision.answer !== undefined) {
+      sendAnswer(reply, withErrorBody(decision.answer, target.kind));
+      return false;
+    }
+    throw new MirrorError(
+      'UNAVAILABLE',
+      503,
+      `authorization could not be checked at ${req.registry.host}: ${decision.reason}`,
+    );
   }
 
   async #manifest(
@@ -95,6 +144,7 @@ export class Mirror {
       const cached = await store.getSmall(reference.digest, this.#deps.maxManifestBytes);
       metrics.cacheHits.inc({ kind: 'manifest', result: cached === undefined ? 'miss' : 'hit' });
       if (cached !== undefined) {
+        this.#deps.authz?.learnManifest(req.registry, target.name, cached.bytes);
         sendManifest(reply, req.method, cached.bytes, cached.mediaType, reference.digest);
         return;
       }
@@ -108,6 +158,15 @@ export class Mirror {
       headers: { accept: req.accept, authorization: req.authorization },
       signal: req.signal,
     });
+    if (response.status === 200 && reference.kind === 'tag') {
+      // The registry just served this client the repository's manifest: remember it.
+      this.#deps.authz?.learnAllowed(
+        req.registry,
+        target.name,
+        req.authorization,
+        announcedDigest(response.headers),
+      );
+    }
     if (response.status !== 200 || req.method === 'HEAD') {
       sendAnswer(reply, await readAnswer(response));
       return;
@@ -142,6 +201,7 @@ export class Mirror {
     }
     const mediaType = headerValue(response.headers, 'content-type');
     await store.putSmall(actual, bytes, mediaType);
+    this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
 
@@ -338,6 +398,30 @@ function sendAnswer(reply: FastifyReply, answer: UpstreamAnswer): void {
   }
   reply.header('content-length', answer.body.length);
   reply.send(answer.body);
+}
+
+/**
+ * A refusal learnt from a HEAD has no body; a GET client gets the spec's error body with it.
+ */
+function withErrorBody(answer: UpstreamAnswer, kind: 'blob' | 'manifest'): UpstreamAnswer {
+  if (answer.body.length > 0) {
+    return answer;
+  }
+  const code =
+    answer.status === 401
+      ? 'UNAUTHORIZED'
+      : answer.status === 403
+        ? 'DENIED'
+        : answer.status === 404
+          ? kind === 'blob'
+            ? 'BLOB_UNKNOWN'
+            : 'MANIFEST_UNKNOWN'
+          : 'UNAVAILABLE';
+  return {
+    status: answer.status,
+    headers: { ...answer.headers, 'content-type': 'application/json' },
+    body: Buffer.from(ociErrorBody(code, `the registry answered ${answer.status}`)),
+  };
 }
 
 /** Resolves as `promise` does, or rejects when the client goes away first. */

@@ -17,6 +17,8 @@ export interface RegistryRequest {
   /** Forwarded headers: `accept`, `authorization`, `range`. */
   readonly headers: Readonly<Record<string, string | undefined>>;
   readonly signal: AbortSignal;
+  /** Whether redirects are followed (default) or returned. */
+  readonly redirects?: 'follow' | 'manual';
 }
 
 export class RegistryRequests {
@@ -58,6 +60,7 @@ export class RegistryRequests {
         path: req.path,
         headers: req.headers,
         signal: req.signal,
+        ...(req.redirects === undefined ? {} : { redirects: req.redirects }),
       });
       this.#metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
       return response;

@@ -1,0 +1,51 @@
+/** The digests a manifest or index names: the content a repository holds along with it. */
+import { parseDigest } from '@shoal/proto';
+
+/** Most digests taken from one manifest; an image has tens, an index a few hundred. */
+const MAX_REFERENCES = 4096;
+
+interface Descriptor {
+  readonly digest?: unknown;
+}
+
+/**
+ * The config, layer and child-manifest digests of an OCI/Docker manifest or index, valid ones
+ * only; an empty list for anything that is not such JSON.
+ */
+export function referencedDigests(bytes: Buffer): string[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return [];
+  }
+  if (typeof parsed !== 'object' || parsed === null) {
+    return [];
+  }
+  const { config, layers, manifests, blobs } = parsed as Record<string, unknown>;
+  const descriptors: unknown[] = [config];
+  for (const list of [layers, manifests, blobs]) {
+    if (Array.isArray(list)) {
+      descriptors.push(...(list as unknown[]).slice(0, MAX_REFERENCES));
+    }
+  }
+  const digests = new Set<string>();
+  for (const descriptor of descriptors) {
+    if (typeof descriptor !== 'object' || descriptor === null) {
+      continue;
+    }
+    const { digest } = descriptor as Descriptor;
+    if (typeof digest !== 'string') {
+      continue;
+    }
+    try {
+      digests.add(parseDigest(digest).toString());
+    } catch {
+      // Not a digest we could be asked for: nothing to remember.
+    }
+    if (digests.size >= MAX_REFERENCES) {
+      break;
+    }
+  }
+  return [...digests];
+}

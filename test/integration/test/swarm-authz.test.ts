@@ -1,0 +1,288 @@
+/**
+ * Authorization before bytes (issue 10, item 1): a registry behind htpasswd, a seed server
+ * holding the registry's credentials, two agents in a swarm. A client without credentials (or
+ * with wrong ones) gets the registry's 401 challenge and not one byte of private content, in
+ * every state the content can be in: never pulled, in flight on its node, cached on its node,
+ * cached on a peer; and a manifest by digest likewise. containerd with the right credentials
+ * pulls through the swarm.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startContainerd,
+  startRegistry,
+  Teardown,
+  writeMirrorHosts,
+  type AgentProcess,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import { ociCode, streamDigest } from '../src/http.js';
+import { bytesBySource, startCluster, type Cluster } from '../src/swarm.js';
+
+const repository = 'private/app';
+const auth = { username: 'puller', password: 'pull-me-if-you-can' };
+const basic = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
+const wrongBasic = `Basic ${Buffer.from(`${auth.username}:not-the-password`).toString('base64')}`;
+
+/** A request for `path` at `agent`, with or without an Authorization header. */
+function mirrorUrl(agent: AgentProcess, registry: Registry, path: string): string {
+  return `${agent.url}/v2/${repository}/${path}?ns=${registry.host}`;
+}
+
+/**
+ * Asserts that `agent` refuses the content at `path` to a client sending `authorization`
+ * (none when undefined): the registry's own Basic challenge, an OCI error body, no content.
+ */
+async function assertRefused(
+  agent: AgentProcess,
+  registry: Registry,
+  path: string,
+  authorization: string | undefined,
+  what: string,
+): Promise<void> {
+  const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
+  for (const method of ['GET', 'HEAD'] as const) {
+    const response = await fetch(mirrorUrl(agent, registry, path), {
+      method,
+      headers,
+      signal: AbortSignal.timeout(30_000),
+    });
+    const body = Buffer.from(await response.arrayBuffer());
+    assert.equal(response.status, 401, `${method} ${what}: 401`);
+    assert.match(
+      response.headers.get('www-authenticate') ?? '',
+      /^Basic realm="shoal-test"/,
+      `${method} ${what}: the registry's challenge`,
+    );
+    assert.equal(response.headers.get('docker-content-digest'), null, `${what}: no digest`);
+    if (method === 'GET') {
+      assert.ok(body.length < 1024, `${what}: ${body.length} bytes of body, not content`);
+      assert.equal(ociCode(body), 'UNAUTHORIZED', `${what}: an OCI error body`);
+    }
+  }
+}
+
+describe('authorization before bytes, with a private registry and a swarm', () => {
+  const teardown = new Teardown();
+  let registry: Registry;
+  let image: GeneratedImage;
+  let cluster: Cluster;
+  let slow: AgentProcess;
+  let other: AgentProcess;
+
+  before(async () => {
+    registry = await startRegistry({ auth });
+    teardown.add('registry', () => registry.stop());
+    const dir = await makeTempDir('authz');
+    teardown.add('dir', () => dir.remove());
+    image = await generateImage(join(dir.path, 'image'), {
+      layerSizes: [24 * MiB, 2 * MiB],
+      seed: 'swarm-authz',
+    });
+    await pushImage(image, registry.host, repository, {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
+    const configPath = join(dir.path, 'config.json');
+    const token = Buffer.from(`${auth.username}:${auth.password}`).toString('base64');
+    await writeFile(configPath, JSON.stringify({ auths: { [registry.host]: { auth: token } } }));
+    cluster = await startCluster({
+      layerSizes: [],
+      seed: 'unused',
+      repository,
+      trackers: 1,
+      registry: { registry, image },
+      // A slow seed, so that a swarm pull takes pieces from the peer that holds them.
+      seedEnv: {
+        SHOAL_SEED_DOCKER_CONFIG: configPath,
+        SHOAL_SEED_UPLOAD_RATE_BYTES: String(4 * MiB),
+      },
+      agents: [
+        // Downloads slowly, so that its pull is still in flight while another client asks.
+        { peerId: 'authz-slow', env: { SHOAL_AGENT_DOWNLOAD_RATE_BYTES: String(6 * MiB) } },
+        { peerId: 'authz-other' },
+      ],
+    });
+    teardown.add('cluster', () => cluster.stop());
+    [slow, other] = cluster.agents as [AgentProcess, AgentProcess];
+  });
+
+  after(async () => {
+    await teardown.run();
+  });
+
+  it('refuses content never pulled, and the seed fetches nothing for it', async () => {
+    for (const blob of image.blobs) {
+      await assertRefused(
+        other,
+        registry,
+        `blobs/${blob.digest}`,
+        undefined,
+        `never pulled ${blob.digest}`,
+      );
+      await assertRefused(other, registry, `blobs/${blob.digest}`, wrongBasic, 'wrong password');
+    }
+    await assertRefused(
+      other,
+      registry,
+      `manifests/${image.manifest.digest}`,
+      undefined,
+      'manifest',
+    );
+    assert.deepEqual(await registry.blobGets(), [], 'nobody fetched a blob for a refused client');
+    assert.deepEqual(await bytesBySource(other), { origin: 0, seed: 0, peer: 0 });
+    assert.equal(await other.metric('shoal_agent_cache_size_bytes'), 0);
+    assert.ok(
+      (await other.metric('shoal_agent_authz_decisions_total', { result: 'deny' })) >= 6,
+      'the refusals are counted',
+    );
+  });
+
+  it('refuses a layer while another client is pulling it on the same node', async () => {
+    const big = image.layers[0];
+    assert.ok(big !== undefined && big.size >= 20 * MiB);
+    const response = await fetch(mirrorUrl(slow, registry, `blobs/${big.digest}`), {
+      headers: { authorization: basic },
+      signal: AbortSignal.timeout(120_000),
+    });
+    assert.equal(response.status, 200);
+    assert.ok(response.body !== null);
+    const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+    const first = await reader.read();
+    assert.ok(first.value !== undefined && first.value.length > 0, 'the pull has begun');
+
+    assert.equal(await slow.metric('shoal_agent_downloads_in_flight'), 1, 'in flight before');
+    await assertRefused(slow, registry, `blobs/${big.digest}`, undefined, 'in flight');
+    await assertRefused(
+      slow,
+      registry,
+      `blobs/${big.digest}`,
+      wrongBasic,
+      'in flight, wrong password',
+    );
+    assert.equal(await slow.metric('shoal_agent_downloads_in_flight'), 1, 'still in flight after');
+
+    const hash = createHash('sha256').update(first.value);
+    let bytes = first.value.length;
+    for (;;) {
+      const next = await reader.read();
+      if (next.done) {
+        break;
+      }
+      hash.update(next.value);
+      bytes += next.value.length;
+    }
+    assert.equal(bytes, big.size);
+    assert.equal(`sha256:${hash.digest('hex')}`, big.digest, 'the authorized client got the layer');
+  });
+
+  it('refuses content cached on the node, and serves it to the right credentials', async () => {
+    for (const blob of image.blobs) {
+      const outcome = await streamDigest(mirrorUrl(slow, registry, `blobs/${blob.digest}`), {
+        headers: { authorization: basic },
+      });
+      assert.equal(outcome.status, 200);
+      assert.equal(outcome.digest, blob.digest);
+    }
+    const manifest = await fetch(mirrorUrl(slow, registry, `manifests/${image.manifest.digest}`), {
+      headers: { authorization: basic, accept: image.manifest.mediaType },
+    });
+    assert.equal(manifest.status, 200);
+    assert.equal(Buffer.from(await manifest.arrayBuffer()).length, image.manifest.size);
+    const cached = await slow.metric('shoal_agent_cache_size_bytes');
+    assert.ok(cached >= image.blobs.reduce((sum, b) => sum + b.size, 0), 'all cached');
+
+    const servedBefore = await slow.metric('shoal_agent_served_bytes_total');
+    for (const blob of image.blobs) {
+      await assertRefused(
+        slow,
+        registry,
+        `blobs/${blob.digest}`,
+        undefined,
+        `cached ${blob.digest}`,
+      );
+      await assertRefused(
+        slow,
+        registry,
+        `blobs/${blob.digest}`,
+        wrongBasic,
+        'cached, wrong password',
+      );
+    }
+    await assertRefused(
+      slow,
+      registry,
+      `manifests/${image.manifest.digest}`,
+      undefined,
+      'cached manifest',
+    );
+    assert.equal(
+      await slow.metric('shoal_agent_served_bytes_total'),
+      servedBefore,
+      'not one byte served to the refused clients',
+    );
+  });
+
+  it('refuses content cached on a peer', async () => {
+    for (const blob of image.blobs) {
+      await assertRefused(
+        other,
+        registry,
+        `blobs/${blob.digest}`,
+        undefined,
+        `on a peer ${blob.digest}`,
+      );
+    }
+    await assertRefused(
+      other,
+      registry,
+      `manifests/${image.manifest.digest}`,
+      undefined,
+      'manifest',
+    );
+    assert.deepEqual(await bytesBySource(other), { origin: 0, seed: 0, peer: 0 });
+    assert.equal(await other.metric('shoal_agent_served_bytes_total'), 0, 'not one byte served');
+  });
+
+  it('lets containerd with the right credentials pull through the swarm', async () => {
+    const containerd = await startContainerd();
+    try {
+      await writeMirrorHosts(containerd.hostsDir, registry.host, registry.url, other.url);
+      await assert.rejects(
+        containerd.pull(`${registry.host}/${repository}:${image.tag}`, { timeoutMs: 60_000 }),
+        'no credentials: containerd cannot pull',
+      );
+      await containerd.pull(`${registry.host}/${repository}:${image.tag}`, {
+        user: `${auth.username}:${auth.password}`,
+      });
+      const content = await containerd.contentDigests();
+      assert.ok(content.has(image.manifest.digest));
+      for (const blob of image.blobs) {
+        assert.ok(content.has(blob.digest), `${blob.digest} in containerd's store`);
+      }
+    } finally {
+      await containerd.stop();
+    }
+    const sources = await bytesBySource(other);
+    assert.equal(sources.origin, 0, 'nothing from the origin');
+    assert.ok(sources.peer > 0, `bytes from peers: ${sources.peer}`);
+    assert.equal(
+      sources.peer + sources.seed,
+      image.blobs.reduce((sum, b) => sum + b.size, 0),
+      'every blob byte once, from the swarm',
+    );
+    assert.equal(await other.metric('shoal_agent_verification_failures_total'), 0);
+    for (const blob of image.blobs) {
+      assert.equal((await registry.blobGets(blob.digest)).length, 1, 'the origin served it once');
+    }
+  });
+});
