@@ -23,6 +23,7 @@ declare -A packages=(
   [ctr]=containerd
   [ip]=iproute2
   [openssl]=openssl
+  [promtool]=prometheus
   [docker-compose]=docker-compose
 )
 missing=()

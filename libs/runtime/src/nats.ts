@@ -22,9 +22,11 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { KvSpec, StreamSpec } from '@shoal/proto';
 import type { Logger } from 'pino';
+import { Gauge } from 'prom-client';
 import { z } from 'zod';
 
 import { ConfigError, natsTlsConfig, type NatsTlsConfig } from './config.js';
+import type { ServiceMetrics } from './metrics.js';
 
 export { natsTlsConfig, type NatsTlsConfig } from './config.js';
 
@@ -296,6 +298,51 @@ export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: numb
     maxValueSize: spec.maxValueSize,
     description: spec.description,
   });
+}
+
+/** How often stream usage is read for the metrics, in ms. */
+const STREAM_USAGE_INTERVAL_MS = 30_000;
+
+/**
+ * Reports how full the service's own streams are, for the "JetStream storage near its limit"
+ * alert: `shoal_<service>_jetstream_stream_bytes{stream}` and `..._max_bytes{stream}`, read
+ * every 30 s (and once at once). A read that fails is logged at debug and tried again later.
+ * `stop` ends it.
+ */
+export function watchStreamUsage(
+  jsm: JetStreamManager,
+  specs: readonly StreamSpec[],
+  metrics: ServiceMetrics,
+  logger: Logger,
+): { stop(): void } {
+  const registers = [metrics.registry];
+  const bytes = new Gauge({
+    name: `${metrics.prefix}jetstream_stream_bytes`,
+    help: 'Bytes held by each JetStream stream this service owns',
+    labelNames: ['stream'] as const,
+    registers,
+  });
+  const maxBytes = new Gauge({
+    name: `${metrics.prefix}jetstream_stream_max_bytes`,
+    help: 'Byte limit of each JetStream stream this service owns (-1: none)',
+    labelNames: ['stream'] as const,
+    registers,
+  });
+  const read = async (): Promise<void> => {
+    for (const spec of specs) {
+      try {
+        const info = await jsm.streams.info(spec.name);
+        bytes.set({ stream: spec.name }, info.state.bytes);
+        maxBytes.set({ stream: spec.name }, info.config.max_bytes);
+      } catch (error) {
+        logger.debug({ err: error, stream: spec.name }, 'stream usage unavailable');
+      }
+    }
+  };
+  void read();
+  const timer = setInterval(() => void read(), STREAM_USAGE_INTERVAL_MS);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
 }
 
 /** JetStream handles for a connection. */

@@ -67,6 +67,7 @@ export async function buildApp(
   );
   await store.init();
   metrics.cacheBytes.set(store.totalBytes);
+  metrics.cacheMaxBytes.set(config.SHOAL_AGENT_CACHE_MAX_BYTES);
 
   // Upstreams: only the configured registries, through one connection pool.
   const registries = new RegistryTable(

@@ -66,6 +66,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Bytes of verified content in the cache',
       registers,
     }),
+    cacheMaxBytes: new Gauge({
+      name: `${prefix}cache_max_bytes`,
+      help: 'The cache quota in bytes (SHOAL_AGENT_CACHE_MAX_BYTES)',
+      registers,
+    }),
     cacheEvictions: new Counter({
       name: `${prefix}cache_evictions_total`,
       help: 'Cache entries evicted to stay under the quota',

@@ -14,7 +14,13 @@ import {
   type Logger,
   type Service,
 } from '@shoal/runtime';
-import { connectNats, ensureKv, ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
+import {
+  connectNats,
+  ensureKv,
+  ensureStreams,
+  jetStreamFor,
+  watchStreamUsage,
+} from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { SeedConfig } from './config.js';
@@ -66,7 +72,9 @@ export async function buildApp(
   // NATS: the streams and the lock bucket the seed server owns.
   const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
   const { js, jsm } = await jetStreamFor(nc);
-  await ensureStreams(jsm, [STREAMS.pieces, STREAMS.seed], config.SHOAL_NATS_STREAM_REPLICAS);
+  const ownedStreams = [STREAMS.pieces, STREAMS.seed];
+  await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
+  const usage = watchStreamUsage(jsm, ownedStreams, serviceMetrics, logger);
   const locks = await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
   await ensureSeedConsumer(jsm);
 
@@ -147,6 +155,7 @@ export async function buildApp(
       closing = true;
       await consumer?.stop();
       await seeder?.close();
+      usage.stop();
       await nc.drain().catch(() => undefined);
       await server.close();
       await upstream.close();

@@ -10,6 +10,7 @@ import {
   drainWithin,
   ensureStreams,
   jetStreamFor,
+  watchStreamUsage,
   type NatsConnection,
 } from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
@@ -101,6 +102,7 @@ export function buildApp(
   let address = '';
   let wants: WantsConsumer | undefined;
   let sweep: NodeJS.Timeout | undefined;
+  let usage: { stop(): void } | undefined;
   let starting: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
 
@@ -126,6 +128,7 @@ export function buildApp(
 
     // Streams the tracker owns, created or brought to their declared configuration.
     await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
+    usage = watchStreamUsage(jsm, ownedStreams(), serviceMetrics, logger);
 
     // Swarm view: replay SHOAL_SWARM from the start, then keep following it.
     swarm = new SwarmStreamConsumer({ js, jsm, view, metrics, logger, now });
@@ -171,6 +174,7 @@ export function buildApp(
     stopping.abort();
     await starting?.catch(() => undefined);
     clearInterval(sweep);
+    usage?.stop();
     await wants?.stop();
     await swarm?.stop();
     if (nc !== undefined) {

@@ -24,6 +24,7 @@ import {
   ensureKv,
   ensureStreams,
   jetStreamFor,
+  watchStreamUsage,
   openKv,
   type NatsConnection,
 } from '@shoal/runtime/nats';
@@ -96,11 +97,9 @@ export async function buildApp(
     logger,
   );
   const { js, jsm } = await jetStreamFor(nc);
-  await ensureStreams(
-    jsm,
-    [STREAMS.preheat, STREAMS.preheatEvents, STREAMS.preheatNodes],
-    config.SHOAL_NATS_STREAM_REPLICAS,
-  );
+  const ownedStreams = [STREAMS.preheat, STREAMS.preheatEvents, STREAMS.preheatNodes];
+  await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
+  const usage = watchStreamUsage(jsm, ownedStreams, serviceMetrics, logger);
   const jobs = new JobStore(
     await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS),
   );
@@ -220,6 +219,7 @@ export async function buildApp(
       await server.close();
       await scheduler?.stop();
       await runner.stop();
+      usage.stop();
       await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
       await upstream.close();
     },

@@ -14,6 +14,7 @@ import {
   names,
   podSpec,
   renderOverlay,
+  renderWithComponents,
   workloads,
   type Container,
   type K8sObject,
@@ -256,9 +257,19 @@ describe('deploy/k8s overlays', () => {
       assert.equal(new Set(selectors).size, AGENT_DAEMONSETS.length);
     });
 
-    it('has monitors, disruption budgets and network policies', () => {
-      const objects = overlay('mixed');
+    it('renders no Prometheus Operator object unless the monitoring component is added', () => {
+      for (const name of OVERLAYS) {
+        const operatorObjects = overlay(name).filter((o) =>
+          o.apiVersion.startsWith('monitoring.coreos.com/'),
+        );
+        assert.deepEqual(names(operatorObjects), [], name);
+      }
+    });
+
+    it('has monitors and alerts (component), disruption budgets and network policies', async () => {
+      const objects = await renderWithComponents('mixed', ['monitoring']);
       const all = names(objects);
+      assert.ok(all.includes('PrometheusRule/shoal-alerts'));
       for (const service of ['tracker', 'seedserver', 'watcher']) {
         const monitor = find(objects, 'ServiceMonitor', `shoal-${service}`);
         assert.equal(monitor.apiVersion, 'monitoring.coreos.com/v1');
