@@ -8,9 +8,15 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { piecePath, pieceAuthHeaders, seedRequestSubject } from '@shoal/proto';
+import {
+  piecePath,
+  pieceAuthHeaders,
+  PREHEAT_NODES_SUBJECT,
+  seedRequestSubject,
+  STREAMS,
+} from '@shoal/proto';
 import {
   freePort,
   generateHandoutKeys,
@@ -237,5 +243,46 @@ describe('piece endpoints serve cluster members only', () => {
     // Still running and ready.
     const readyz = await fetch(`${cluster.seed.url}/readyz`);
     assert.equal(readyz.status, 200);
+  });
+
+  it('terminates and counts node preheat tasks with bad names, and keeps serving', async () => {
+    const [first] = cluster.agents;
+    assert.ok(first !== undefined);
+    const nc = await connect({ servers: cluster.nats.url, timeout: 5_000 });
+    try {
+      // The watcher owns this stream; none runs here, so the test declares it.
+      const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+      await jsm.streams.add({
+        name: STREAMS.preheatNodes.name,
+        subjects: [...STREAMS.preheatNodes.subjects],
+      });
+      const js = jetstream(nc, { timeout: 5_000 });
+      const valid = {
+        type: 'preheat-nodes',
+        job: 'bad-names',
+        registry: cluster.registry.host,
+        repository,
+        blobs: [{ digest: blob, size: 1 }],
+        selector: {},
+      };
+      const bad = [
+        { ...valid, repository: '../../v2/_catalog' },
+        { ...valid, registry: 'evil.example.com/x?y=' },
+        { ...valid, blobs: [{ digest: 'sha256:abc', size: 1 }] },
+      ];
+      for (const message of bad) {
+        await js.publish(PREHEAT_NODES_SUBJECT, Buffer.from(JSON.stringify(message)));
+      }
+      await waitFor(
+        'bad node preheat tasks counted',
+        async () =>
+          (await first.metric('shoal_agent_events_rejected_total', { type: 'preheat-nodes' })) ===
+          bad.length,
+        { timeoutMs: 30_000 },
+      );
+    } finally {
+      await nc.close();
+    }
+    assert.equal((await fetch(`${first.url}/readyz`)).status, 200);
   });
 });
