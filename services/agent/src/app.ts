@@ -180,12 +180,14 @@ export async function buildApp(
         });
   if (peerServer !== undefined) {
     if (uploads) {
+      // Members only: pieces for requests with a tracker-signed hand-out token.
+      const verifier = await pieceVerifier(config, logger);
       registerPeerRoutes(peerServer, {
         store,
         active: (digest) => swarmNow()?.service.activeFetch(digest),
         uploadLimit: limits.upload,
         metrics,
-        verifier: await pieceVerifier(config, logger),
+        verifier,
         logger,
         corruptPieces: config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
       });
