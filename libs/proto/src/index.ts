@@ -32,10 +32,25 @@ export {
   peerId,
   peerInfo,
   pieceRanges,
+  registryHost,
+  repositoryName,
   type PeerInfo,
   type PieceRanges,
 } from './messages/common.js';
 export { handout, handoutSubject, type Handout } from './messages/handout.js';
+export {
+  checkHandoutClaims,
+  handoutTokenClaims,
+  MAX_HANDOUT_TOKEN_LENGTH,
+  PIECE_AUTH_SCHEME,
+  PIECE_PEER_HEADER,
+  pieceAuthHeaders,
+  signHandoutToken,
+  verifyHandoutToken,
+  type HandoutTokenClaims,
+  type HandoutTokenRefusal,
+  type PieceRequestScope,
+} from './handout-token.js';
 export {
   PEER_GONE_SUBJECTS,
   peerGone,

@@ -136,3 +136,38 @@ describe('subjects', () => {
     assert.throws(() => pieceHaveSubject('sha256:../../x', 'node-a'));
   });
 });
+
+describe('names and digests from NATS', () => {
+  const fixture = (name: string): Record<string, unknown> =>
+    JSON.parse(readFileSync(join(fixturesDir, `${name}.json`), 'utf8')) as Record<string, unknown>;
+
+  it('are held to the OCI grammar the mirror applies to its paths', () => {
+    for (const type of ['piece-want', 'seed-request', 'preheat-nodes'] as const) {
+      const good = fixture(type);
+      const schema = messageSchemas[type];
+      assert.ok(decodeMessage(schema, Buffer.from(JSON.stringify(good))).ok, type);
+      for (const bad of [
+        { repository: '../../v2/_catalog' },
+        { repository: 'Team/App' },
+        { repository: 'team//app' },
+        { repository: `a/${'b'.repeat(255)}` },
+        { repository: '' },
+        { registry: 'evil.example.com/x?y=' },
+        { registry: 'user@evil.example.com' },
+        { registry: '' },
+      ]) {
+        const result = decodeMessage(schema, Buffer.from(JSON.stringify({ ...good, ...bad })));
+        assert.equal(result.ok, false, `${type} with ${JSON.stringify(bad)}`);
+      }
+    }
+  });
+
+  it('take only job ids that are safe subject tokens', () => {
+    const good = fixture('seed-request');
+    const result = decodeMessage(
+      messageSchemas['seed-request'],
+      Buffer.from(JSON.stringify({ ...good, reason: { kind: 'preheat', job: 'a.>' } })),
+    );
+    assert.equal(result.ok, false);
+  });
+});

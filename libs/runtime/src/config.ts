@@ -32,7 +32,7 @@ export function loadConfig<S extends z.ZodType>(
         const key = issue.path.map(String).join('.');
         return key === '' ? issue.message : `${key}: ${issue.message}`;
       });
-  problems.push(...crossProblems);
+  problems.push(...crossProblems, ...placeholderProblems(env));
   if (result.success && problems.length === 0) {
     return result.data;
   }
@@ -102,3 +102,28 @@ export const natsTlsConfig = z.object({
   SHOAL_NATS_TLS_KEY_FILE: z.string().min(1).optional(),
 });
 export type NatsTlsConfig = z.infer<typeof natsTlsConfig>;
+
+/** The text every secret in the deploy files starts as, until an operator replaces it. */
+const PLACEHOLDER = /change-?me/i;
+
+/** Throws when `text` (a secret read from a file) is still a deploy file's placeholder. */
+export function refusePlaceholderSecret(what: string, text: string): void {
+  if (PLACEHOLDER.test(text)) {
+    throw new ConfigError([
+      `${what}: still the deploy files' placeholder ("change-me..."); replace it with a real secret`,
+    ]);
+  }
+}
+
+/**
+ * Problems for every `SHOAL_*` variable that still holds a deploy file's placeholder secret
+ * (NATS passwords inside URLs, S3 keys, webhook tokens), as `NAME: reason`.
+ */
+export function placeholderProblems(env: Record<string, string | undefined>): string[] {
+  return Object.entries(env)
+    .filter(([name, value]) => name.startsWith('SHOAL_') && PLACEHOLDER.test(value ?? ''))
+    .map(
+      ([name]) =>
+        `${name}: holds the deploy files' placeholder secret ("change-me..."); replace it with a real secret`,
+    );
+}

@@ -7,9 +7,21 @@ export {
   envLogLevel,
   loadConfig,
   natsTlsConfig,
+  placeholderProblems,
+  refusePlaceholderSecret,
   type ListenAddress,
   type NatsTlsConfig,
 } from './config.js';
+export {
+  envPieceAuth,
+  pieceAuthPreHandler,
+  PieceTokenVerifier,
+  readHandoutPrivateKey,
+  readHandoutPublicKeys,
+  TOKEN_CLOCK_SKEW_MS,
+  type PieceAuthDeps,
+  type PieceAuthResult,
+} from './piece-auth.js';
 export { isAbortError, ShoalError } from './errors.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';

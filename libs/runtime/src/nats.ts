@@ -25,7 +25,12 @@ import type { Logger } from 'pino';
 import { Gauge } from 'prom-client';
 import { z } from 'zod';
 
-import { ConfigError, natsTlsConfig, type NatsTlsConfig } from './config.js';
+import {
+  ConfigError,
+  natsTlsConfig,
+  refusePlaceholderSecret,
+  type NatsTlsConfig,
+} from './config.js';
 import type { ServiceMetrics } from './metrics.js';
 
 export { natsTlsConfig, type NatsTlsConfig } from './config.js';
@@ -159,7 +164,9 @@ export function parseNatsServers(text: string): NatsServers {
 async function credsAuthenticator(path: string) {
   const { readFile } = await import('node:fs/promises');
   const { credsAuthenticator: fromCreds } = await import('@nats-io/transport-node');
-  return fromCreds(await readFile(path));
+  const creds = await readFile(path);
+  refusePlaceholderSecret(path, creds.toString('utf8'));
+  return fromCreds(creds);
 }
 
 /** The stream configuration for a declared stream. */

@@ -8,6 +8,14 @@ export {
   type GeneratedImage,
   type ImageSpec,
 } from './image.js';
+export {
+  generateHandoutKeys,
+  signTestToken,
+  testHandoutKeys,
+  writeHandoutPrivateKey,
+  writeHandoutPublicKeys,
+  type HandoutKeys,
+} from './handout-keys.js';
 export { startNats, type NatsOptions, type NatsServer } from './nats.js';
 export {
   formatTraceTree,

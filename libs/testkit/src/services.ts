@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { writeHandoutPrivateKey, writeHandoutPublicKeys } from './handout-keys.js';
 import { scrapeMetrics } from './metrics.js';
 import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
 
@@ -128,6 +129,7 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       SHOAL_AGENT_PEER_ID: peerId,
       SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
       SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
+      SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
     });
   }
   const running = await startService('agent', dir, port, { ...env, ...options.env });
@@ -144,6 +146,7 @@ export async function startTracker(options: {
   return startService('tracker', dir, port, {
     SHOAL_NATS_URL: options.natsUrl,
     SHOAL_TRACKER_LISTEN: `127.0.0.1:${port}`,
+    SHOAL_TRACKER_HANDOUT_KEY_FILE: await writeHandoutPrivateKey(dir.path),
     ...options.env,
   });
 }
@@ -170,6 +173,7 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
     SHOAL_SEED_REGISTRIES: options.registries,
     SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
     SHOAL_STORE_DIR: join(dir.path, 'store'),
+    SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
     ...options.storeEnv,
     ...options.env,
   });

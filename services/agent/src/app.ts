@@ -27,6 +27,7 @@ import { registerMirrorRoutes } from './mirror/routes.js';
 import { startNodePreheat, type StartedPreheat } from './preheat/start.js';
 import { createTransferLimits } from './swarm/limits.js';
 import { registerPeerRoutes } from './swarm/peer-server.js';
+import { pieceVerifier } from './swarm/piece-auth.js';
 import { joinSwarm, startSwarm, type StartedSwarm, type SwarmJoin } from './swarm/start.js';
 import { OriginFetcher, type BlobFetcher } from './upstream/origin-fetcher.js';
 import { RegistryRequests } from './upstream/registry-requests.js';
@@ -179,11 +180,15 @@ export async function buildApp(
         });
   if (peerServer !== undefined) {
     if (uploads) {
+      // Members only: pieces for requests with a tracker-signed hand-out token.
+      const verifier = await pieceVerifier(config, logger);
       registerPeerRoutes(peerServer, {
         store,
         active: (digest) => swarmNow()?.service.activeFetch(digest),
         uploadLimit: limits.upload,
         metrics,
+        verifier,
+        logger,
         corruptPieces: config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
       });
     }

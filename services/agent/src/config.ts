@@ -6,7 +6,7 @@ import { authzConfig } from './authz/config.js';
 import { cacheConfig } from './cache/config.js';
 import { hostsConfig } from './hosts/config.js';
 import { preheatConfig } from './preheat/config.js';
-import { swarmConfig } from './swarm/config.js';
+import { swarmConfig, swarmConfigProblems } from './swarm/config.js';
 import { registriesList } from '@shoal/registry';
 
 import { upstreamConfig } from './upstream/config.js';
@@ -43,5 +43,6 @@ export function loadAgentConfig(env: Record<string, string | undefined>): AgentC
       `SHOAL_AGENT_DEFAULT_REGISTRY: "${fallback}" is not one of SHOAL_AGENT_REGISTRIES`,
     );
   }
+  problems.push(...swarmConfigProblems(env));
   return loadConfig(agentFields, env, problems);
 }

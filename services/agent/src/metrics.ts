@@ -100,6 +100,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['source', 'result'] as const,
       registers,
     }),
+    pieceAuthRefused: new Counter({
+      name: `${prefix}piece_auth_refused_total`,
+      help: 'Piece requests from peers refused for their hand-out token, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer)',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     uploadedBytes: new Counter({
       name: `${prefix}uploaded_bytes_total`,
       help: 'Piece bytes served to peers',

@@ -244,3 +244,39 @@ describe('loadAgentConfig', () => {
     assert.equal(problems.length, 3, JSON.stringify(problems));
   });
 });
+
+describe('piece authentication settings', () => {
+  const swarm = { SHOAL_AGENT_REGISTRIES: 'docker.io', SHOAL_NATS_URL: 'nats://nats:4222' };
+
+  it('needs the tracker public keys when the agent serves pieces', () => {
+    assertMentions(configProblems(swarm), 'SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: required');
+    const config = loadAgentConfig({
+      ...swarm,
+      SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: '/etc/shoal/handout/handout.pub',
+    });
+    assert.equal(config.SHOAL_AGENT_PIECE_AUTH, 'on');
+    assert.equal(config.SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE, '/etc/shoal/handout/handout.pub');
+  });
+
+  it('does not need them without a swarm, for a leecher, or when explicitly off', () => {
+    assert.doesNotThrow(() => loadAgentConfig({ SHOAL_AGENT_REGISTRIES: 'docker.io' }));
+    assert.doesNotThrow(() => loadAgentConfig({ ...swarm, SHOAL_AGENT_MODE: 'leecher' }));
+    const open = loadAgentConfig({ ...swarm, SHOAL_AGENT_PIECE_AUTH: 'off' });
+    assert.equal(open.SHOAL_AGENT_PIECE_AUTH, 'off');
+    assertMentions(
+      configProblems({ ...swarm, SHOAL_AGENT_PIECE_AUTH: 'no' }),
+      'SHOAL_AGENT_PIECE_AUTH',
+    );
+  });
+
+  it("refuses the deploy files' placeholder NATS password", () => {
+    assertMentions(
+      configProblems({
+        ...swarm,
+        SHOAL_NATS_URL: 'nats://agent:change-me-agent@nats:4222',
+        SHOAL_AGENT_PIECE_AUTH: 'off',
+      }),
+      "SHOAL_NATS_URL: holds the deploy files' placeholder",
+    );
+  });
+});

@@ -8,9 +8,12 @@ import { createBlobStore } from '@shoal/blobstore';
 import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
 import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
 import {
+  ConfigError,
   createLogger,
   createMetrics,
+  PieceTokenVerifier,
   RateLimiter,
+  readHandoutPublicKeys,
   type Logger,
   type Service,
 } from '@shoal/runtime';
@@ -50,6 +53,21 @@ export async function buildApp(
     overrides.logger ?? createLogger({ service: 'seedserver', level: config.SHOAL_LOG_LEVEL });
   const serviceMetrics = createMetrics('seedserver');
   const metrics = createSeedMetrics(serviceMetrics);
+
+  // Piece authentication: the tracker's public keys, read before anything connects.
+  const keysFile = config.SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE;
+  let verifier: PieceTokenVerifier | undefined;
+  if (config.SHOAL_SEED_PIECE_AUTH === 'off') {
+    logger.warn(
+      'SHOAL_SEED_PIECE_AUTH=off: the seed server serves pieces to anyone who can reach it',
+    );
+  } else if (keysFile === undefined) {
+    throw new ConfigError([
+      'SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: required unless SHOAL_SEED_PIECE_AUTH=off',
+    ]);
+  } else {
+    verifier = new PieceTokenVerifier(await readHandoutPublicKeys(keysFile));
+  }
 
   // Object gateway: where seeded blobs are kept for the whole cluster.
   const store = createBlobStore(config);
@@ -100,6 +118,8 @@ export async function buildApp(
       windowMs: config.SHOAL_SEED_FANOUT_WINDOW_MS,
     },
     metrics,
+    verifier,
+    logger,
     registry: serviceMetrics.registry,
     notReadyReason: () =>
       closing ? 'shutting down' : nc.isClosed() ? 'NATS connection closed' : undefined,
@@ -139,6 +159,7 @@ export async function buildApp(
         seeder,
         concurrency: config.SHOAL_SEED_CONCURRENCY,
         self: config.SHOAL_SEED_ID,
+        registries: new Set(config.SHOAL_SEED_REGISTRIES.map((r) => r.host)),
         metrics,
         logger,
       });

@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
 import { peerId } from '@shoal/proto';
 import { registriesList } from '@shoal/registry';
-import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { envInt, envListen, envLogLevel, envPieceAuth, loadConfig } from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
@@ -38,6 +38,14 @@ const seedFields = z.object({
   SHOAL_SEED_PIECE_FANOUT: envInt(2),
   /** The fanout window, in ms (default 2 000). */
   SHOAL_SEED_FANOUT_WINDOW_MS: envInt(2_000),
+  /**
+   * The tracker's Ed25519 public keys (PEM, one or more: during a key rotation, the old and
+   * the new), which sign the hand-out tokens agents must present for pieces. Required unless
+   * `SHOAL_SEED_PIECE_AUTH=off`.
+   */
+  SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: z.string().min(1).optional(),
+  /** `on` (default): pieces only for requests with a valid hand-out token; `off`: for anyone. */
+  SHOAL_SEED_PIECE_AUTH: envPieceAuth,
   /** Blobs seeded at once by this replica (default 4). */
   SHOAL_SEED_CONCURRENCY: envInt(4),
   /** Connecting to the origin, in ms (default 10 000). */
@@ -55,5 +63,14 @@ export type SeedConfig = z.infer<typeof seedFields>;
 
 /** Reads the seed server's configuration; throws a ConfigError naming every problem. */
 export function loadSeedConfig(env: Record<string, string | undefined>): SeedConfig {
-  return loadConfig(seedFields, env, blobStoreConfigProblems(env));
+  const problems = blobStoreConfigProblems(env);
+  if (
+    env.SHOAL_SEED_PIECE_AUTH !== 'off' &&
+    (env.SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE ?? '') === ''
+  ) {
+    problems.push(
+      "SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: required to check agents' hand-out tokens (the tracker's public key), unless SHOAL_SEED_PIECE_AUTH=off",
+    );
+  }
+  return loadConfig(seedFields, env, problems);
 }

@@ -57,5 +57,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Seed requests dropped as invalid',
       registers,
     }),
+    pieceAuthRefused: new Counter({
+      name: `${prefix}piece_auth_refused_total`,
+      help: 'Piece requests refused for their hand-out token, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer)',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
   };
 }

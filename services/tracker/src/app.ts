@@ -4,7 +4,15 @@
  */
 
 import { STREAMS, type StreamSpec } from '@shoal/proto';
-import { createLogger, createMetrics, listenOn, type Logger, type Service } from '@shoal/runtime';
+import {
+  ConfigError,
+  createLogger,
+  createMetrics,
+  listenOn,
+  readHandoutPrivateKey,
+  type Logger,
+  type Service,
+} from '@shoal/runtime';
 import {
   connectNats,
   drainWithin,
@@ -19,6 +27,7 @@ import type { TrackerConfig } from './config.js';
 import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
 import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
 import { LoadTracker } from './handout/load.js';
+import { HandoutTokens } from './handout/tokens.js';
 import { registerTrackerRoutes } from './http/ops.js';
 import { createTrackerMetrics } from './metrics.js';
 import { SeedRequester } from './seed/requests.js';
@@ -47,7 +56,7 @@ export interface TrackerApp extends Service {
   readonly notReadyReason: () => string | undefined;
 }
 
-export function buildApp(
+export async function buildApp(
   config: TrackerConfig,
   overrides: TrackerOverrides = {},
 ): Promise<TrackerApp> {
@@ -55,6 +64,24 @@ export function buildApp(
   const logger =
     overrides.logger ?? createLogger({ service: 'tracker', level: config.SHOAL_LOG_LEVEL });
   const now = overrides.now ?? Date.now;
+
+  // Hand-out tokens: every hand-out lets its asker fetch the blob's pieces for a while.
+  const keyFile = config.SHOAL_TRACKER_HANDOUT_KEY_FILE;
+  let tokens: HandoutTokens | undefined;
+  if (config.SHOAL_TRACKER_PIECE_AUTH === 'off') {
+    logger.warn(
+      'SHOAL_TRACKER_PIECE_AUTH=off: hand-outs carry no tokens; peers and the seed server must also serve pieces to anyone',
+    );
+  } else if (keyFile === undefined) {
+    throw new ConfigError([
+      'SHOAL_TRACKER_HANDOUT_KEY_FILE: required unless SHOAL_TRACKER_PIECE_AUTH=off',
+    ]);
+  } else {
+    tokens = new HandoutTokens(
+      await readHandoutPrivateKey(keyFile),
+      config.SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS,
+    );
+  }
 
   // State: the swarm view and the hand-out load, both rebuilt from scratch by every replica.
   const view = new SwarmView({ maxAgeMs: config.SHOAL_TRACKER_PEER_MAX_AGE_MS });
@@ -149,6 +176,7 @@ export function buildApp(
       view,
       load,
       seeds: new SeedRequester(js, { timeoutMs: PUBLISH_TIMEOUT_MS }),
+      tokens,
       metrics,
       logger,
       now,
@@ -183,8 +211,7 @@ export function buildApp(
     await server.close();
   };
 
-  // Nothing above waits; the promise keeps the signature of services whose building does.
-  return Promise.resolve({
+  return {
     url: () => address,
     view: view.snapshot(now),
     notReadyReason,
@@ -196,7 +223,7 @@ export function buildApp(
       closed ??= close();
       return closed;
     },
-  });
+  };
 }
 
 /** The streams the tracker owns. */

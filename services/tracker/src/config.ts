@@ -3,7 +3,7 @@ import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
-import { handoutConfig } from './handout/config.js';
+import { handoutConfig, handoutConfigProblems } from './handout/config.js';
 import { swarmConfig } from './swarm/config.js';
 
 const trackerFields = z.object({
@@ -21,5 +21,5 @@ export type TrackerConfig = z.infer<typeof trackerFields>;
 
 /** Reads the tracker's configuration; throws a ConfigError naming every problem. */
 export function loadTrackerConfig(env: Record<string, string | undefined>): TrackerConfig {
-  return loadConfig(trackerFields, env);
+  return loadConfig(trackerFields, env, handoutConfigProblems(env));
 }

@@ -6,8 +6,10 @@ import { ConfigError } from '@shoal/runtime';
 import { loadTrackerConfig } from '../src/config.js';
 
 describe('tracker configuration', () => {
-  it('has defaults for everything', () => {
-    const config = loadTrackerConfig({});
+  it('has defaults for everything but the hand-out key', () => {
+    const config = loadTrackerConfig({ SHOAL_TRACKER_HANDOUT_KEY_FILE: '/keys/handout.key' });
+    assert.equal(config.SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS, 10 * 60_000);
+    assert.equal(config.SHOAL_TRACKER_PIECE_AUTH, 'on');
     assert.deepEqual(config.SHOAL_TRACKER_LISTEN, { host: '0.0.0.0', port: 65020 });
     assert.equal(config.SHOAL_TRACKER_PEER_MAX_AGE_MS, 30 * 60_000);
     assert.equal(config.SHOAL_TRACKER_LOAD_WINDOW_MS, 10_000);
@@ -25,7 +27,11 @@ describe('tracker configuration', () => {
       SHOAL_TRACKER_LOAD_WINDOW_MS: '2000',
       SHOAL_LOG_LEVEL: 'debug',
       SHOAL_SHUTDOWN_TIMEOUT_MS: '5000',
+      SHOAL_TRACKER_PIECE_AUTH: 'off',
+      SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS: '60000',
     });
+    assert.equal(config.SHOAL_TRACKER_PIECE_AUTH, 'off');
+    assert.equal(config.SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS, 60_000);
     assert.deepEqual(config.SHOAL_TRACKER_LISTEN, { host: '::', port: 9000 });
     assert.equal(config.SHOAL_NATS_STREAM_REPLICAS, 3);
     assert.equal(config.SHOAL_TRACKER_PEER_MAX_AGE_MS, 60_000);
@@ -41,6 +47,7 @@ describe('tracker configuration', () => {
         SHOAL_TRACKER_PEER_MAX_AGE_MS: '0',
         SHOAL_TRACKER_LOAD_WINDOW_MS: 'ten seconds',
         SHOAL_NATS_STREAM_REPLICAS: '2',
+        SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS: '5',
       });
     } catch (error) {
       thrown = error;
@@ -51,11 +58,32 @@ describe('tracker configuration', () => {
       'SHOAL_TRACKER_PEER_MAX_AGE_MS',
       'SHOAL_TRACKER_LOAD_WINDOW_MS',
       'SHOAL_NATS_STREAM_REPLICAS',
+      'SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS',
+      'SHOAL_TRACKER_HANDOUT_KEY_FILE',
     ]) {
       assert.ok(
         thrown.problems.some((p) => p.startsWith(`${name}:`)),
         `${name} not reported: ${JSON.stringify(thrown.problems)}`,
       );
     }
+  });
+
+  it('refuses to start without a hand-out key unless piece authentication is off', () => {
+    assert.throws(() => loadTrackerConfig({}), /SHOAL_TRACKER_HANDOUT_KEY_FILE: required/);
+    assert.equal(
+      loadTrackerConfig({ SHOAL_TRACKER_PIECE_AUTH: 'off' }).SHOAL_TRACKER_PIECE_AUTH,
+      'off',
+    );
+  });
+
+  it("refuses the deploy files' placeholder secrets", () => {
+    assert.throws(
+      () =>
+        loadTrackerConfig({
+          SHOAL_TRACKER_HANDOUT_KEY_FILE: '/keys/handout.key',
+          SHOAL_NATS_URL: 'nats://tracker:change-me-tracker@nats:4222',
+        }),
+      /SHOAL_NATS_URL: holds the deploy files' placeholder secret/,
+    );
   });
 });

@@ -26,13 +26,21 @@ import {
   seedRequest,
   seedRequestSubject,
   STREAMS,
+  verifyHandoutToken,
   type Handout,
   type PieceHave,
   type PieceRanges,
   type PieceWant,
 } from '@shoal/proto';
 import { ensureStreams } from '@shoal/runtime/nats';
-import { startNats, waitFor, type NatsServer } from '@shoal/testkit';
+import {
+  makeTempDir,
+  startNats,
+  testHandoutKeys,
+  waitFor,
+  writeHandoutPrivateKey,
+  type NatsServer,
+} from '@shoal/testkit';
 
 import { buildApp, loadTrackerConfig, type TrackerApp } from '../src/app.js';
 import { WANTS_CONSUMER } from '../src/consumers/piece-want.js';
@@ -42,8 +50,16 @@ import { blob, have, peer } from './fixtures.js';
 /** How long a test waits for a hand-out or a view change, in ms. */
 const WAIT_MS = 10_000;
 
+/** Where the test trackers' hand-out key is written; removed when the tests end. */
+let keyDir: { path: string; remove(): Promise<void> } | undefined;
+after(async () => {
+  await keyDir?.remove();
+});
+
 async function startTracker(natsUrl: string): Promise<TrackerApp> {
+  keyDir ??= await makeTempDir('tracker-key');
   const config = loadTrackerConfig({
+    SHOAL_TRACKER_HANDOUT_KEY_FILE: await writeHandoutPrivateKey(keyDir.path),
     SHOAL_NATS_URL: natsUrl,
     SHOAL_TRACKER_LISTEN: '127.0.0.1:0',
     SHOAL_LOG_LEVEL: 'silent',
@@ -243,6 +259,14 @@ describe('tracker', () => {
       assert.ok(source !== undefined);
       assert.deepEqual(asAnnounced(entry), asAnnounced(source));
     }
+    // The asker's token: signed by the tracker's key, for this blob and this asker, for 10 min.
+    assert.ok(answer.token !== undefined, 'a hand-out carries a token');
+    const verified = verifyHandoutToken(answer.token, [testHandoutKeys().publicKey]);
+    assert.ok(verified.ok, 'the token verifies with the public key');
+    assert.equal(verified.claims.blob, a);
+    assert.equal(verified.claims.peer, 'me');
+    const ttl = verified.claims.exp - Date.now();
+    assert.ok(ttl > 9 * 60_000 && ttl <= 10 * 60_000, `token lives ${ttl} ms`);
     assert.equal(await metric(app, 'shoal_tracker_handouts_total'), 1);
     assert.equal(
       await metric(app, 'shoal_tracker_events_consumed_total', { type: 'piece-have' }),
@@ -258,6 +282,23 @@ describe('tracker', () => {
     const wantSubject = pieceWantSubject(a);
     await js.publish(wantSubject, Buffer.from('{not json'));
     await js.publish(wantSubject, Buffer.from(JSON.stringify({ type: 'piece-want', blob: a })));
+    // Names the mirror's HTTP path would refuse: they would reach the seed server's fetch.
+    const valid = {
+      type: 'piece-want',
+      blob: a,
+      peer: peer('sneaky'),
+      have: [],
+      registry: 'registry.test',
+      repository: 'library/app',
+    };
+    await js.publish(
+      wantSubject,
+      Buffer.from(JSON.stringify({ ...valid, repository: '../../v2/_catalog' })),
+    );
+    await js.publish(
+      wantSubject,
+      Buffer.from(JSON.stringify({ ...valid, registry: 'evil.test/x?y=' })),
+    );
     // A valid want, but for another blob than its subject says.
     await js.publish(
       wantSubject,
@@ -290,12 +331,13 @@ describe('tracker', () => {
 
     await waitFor(
       'rejections counted',
-      async () => (await metric(app, 'shoal_tracker_events_rejected_total')) === 5,
+      async () => (await metric(app, 'shoal_tracker_events_rejected_total')) === 7,
       { timeoutMs: WAIT_MS },
     );
     const rejected = (type: string, reason: string): Promise<number> =>
       metric(app, 'shoal_tracker_events_rejected_total', { type, reason });
-    assert.equal(await rejected('piece-want', 'invalid'), 2);
+    assert.equal(await rejected('piece-want', 'invalid'), 4);
+    assert.equal(inbox.received.has('sneaky'), false);
     assert.equal(await rejected('piece-want', 'subject-mismatch'), 1);
     assert.equal(await rejected('piece-have', 'invalid'), 1);
     assert.equal(await rejected('piece-have', 'subject-mismatch'), 1);

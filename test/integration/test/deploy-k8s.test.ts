@@ -191,6 +191,46 @@ describe('deploy/k8s overlays', () => {
       assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
     });
 
+    it('gives the tracker the hand-out key and every piece server the public keys', () => {
+      const objects = overlay('mixed');
+      const cases: [string, string, string, string][] = [
+        ['Deployment', 'shoal-tracker', 'SHOAL_TRACKER_HANDOUT_KEY_FILE', 'shoal-handout-key'],
+        [
+          'StatefulSet',
+          'shoal-seedserver',
+          'SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE',
+          'shoal-handout-public-keys',
+        ],
+        ...AGENT_DAEMONSETS.map((name): [string, string, string, string] => [
+          'DaemonSet',
+          name,
+          'SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE',
+          'shoal-handout-public-keys',
+        ]),
+      ];
+      for (const [kind, name, variable, secret] of cases) {
+        const spec = podSpec(find(objects, kind, name));
+        const [container] = spec.containers;
+        assert.ok(container !== undefined);
+        const file = envValue(container, variable) ?? '';
+        const volume = spec.volumes?.find((v) => v.secret?.secretName === secret);
+        assert.ok(volume !== undefined, `${name} mounts no ${secret}`);
+        const mount = container.volumeMounts?.find((m) => m.name === volume.name);
+        assert.ok(
+          mount !== undefined && file.startsWith(`${mount.mountPath}/`),
+          `${name}: ${file}`,
+        );
+        assert.equal(mount.readOnly, true);
+      }
+      // Only the tracker holds the private key.
+      for (const workload of workloads(objects)) {
+        const uses = (podSpec(workload).volumes ?? []).some(
+          (v) => v.secret?.secretName === 'shoal-handout-key',
+        );
+        assert.equal(uses, workload.metadata.name === 'shoal-tracker', workload.metadata.name);
+      }
+    });
+
     it('runs the agent on the node network with its ports, host mounts and requests', () => {
       const objects = overlay('mixed');
       for (const name of AGENT_DAEMONSETS) {

@@ -8,7 +8,7 @@
  * telemetry export is off.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -17,6 +17,7 @@ import {
   makeTempDir,
   startNats,
   startProcess,
+  testHandoutKeys,
   waitFor,
   type NatsServer,
   type RunningProcess,
@@ -25,6 +26,7 @@ import {
 import {
   podSpec,
   renderOverlay,
+  type PodSpec,
   REPO_ROOT,
   workloads,
   type Container,
@@ -137,6 +139,40 @@ function renderedEnv(container: Container, objects: readonly K8sObject[]): Recor
   return env;
 }
 
+/**
+ * Writes the files of the container's Secret volumes under `scratch`, where `localEnv` points
+ * the paths, as the kubelet would mount them. Placeholders are replaced as an operator
+ * replaces them before deploying: hand-out keys by the test kit's key pair.
+ */
+async function writeSecretMounts(
+  spec: PodSpec,
+  container: Container,
+  objects: readonly K8sObject[],
+  scratch: string,
+): Promise<void> {
+  for (const mount of container.volumeMounts ?? []) {
+    const secretName = spec.volumes?.find((v) => v.name === mount.name)?.secret?.secretName;
+    const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === secretName);
+    if (secret === undefined) {
+      continue;
+    }
+    const dir = join(scratch, mount.mountPath);
+    await mkdir(dir, { recursive: true });
+    const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
+    for (const key of keys) {
+      let value = decodeSecret(secret, key) ?? '';
+      if (/change-?me/i.test(value)) {
+        value = key.endsWith('.key')
+          ? testHandoutKeys().privatePem
+          : key.endsWith('.pub')
+            ? testHandoutKeys().publicPem
+            : `probe-test-${key}-0123456789abcdef`;
+      }
+      await writeFile(join(dir, key), value);
+    }
+  }
+}
+
 /** The rendered environment with only what cannot exist on this machine replaced. */
 function localEnv(
   env: Record<string, string>,
@@ -229,6 +265,7 @@ describe('deploy/k8s probes', () => {
             continue;
           }
           const scratch = await makeTempDir(`probe-${workload.metadata.name}`);
+          await writeSecretMounts(podSpec(workload), container, objects, scratch.path);
           const env = localEnv(
             renderedEnv(container, objects),
             scratch.path,

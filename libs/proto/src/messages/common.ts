@@ -2,9 +2,41 @@
 import { z } from 'zod';
 
 import { isDigest, parseDigest } from '../oci/digest.js';
+import { parseRepositoryName } from '../oci/name.js';
+import { parseRegistryHost } from '../oci/reference.js';
 
 /** A digest Shoal can verify, as text (`sha256:<64 hex>` or `sha512:<128 hex>`). */
 export const digestText = z.string().refine(isDigest, { message: 'not a sha256/sha512 digest' });
+
+/** True when `parse` accepts `input`; the OCI parsers throw on what they reject. */
+function accepts(parse: (input: string) => unknown, input: string): boolean {
+  try {
+    parse(input);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A repository name by the OCI distribution grammar, as strict as the mirror's HTTP path: a
+ * name in a message is used with the seed server's credentials and in request paths.
+ */
+export const repositoryName = z
+  .string()
+  .max(255)
+  .refine((name) => accepts(parseRepositoryName, name), {
+    message: 'not an OCI repository name',
+  });
+
+/**
+ * A registry host (`name[:port]`), as agents name registries (`ns=`). Whether it is one this
+ * service mirrors is for the service to check against its configured registries.
+ */
+export const registryHost = z
+  .string()
+  .max(255)
+  .refine((host) => accepts(parseRegistryHost, host), { message: 'not a registry host' });
 
 /** A peer id: the node's stable name, safe to use as a NATS subject token. */
 export const peerId = z

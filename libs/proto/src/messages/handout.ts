@@ -1,6 +1,7 @@
 /** `handout`: the tracker's answer to a want: whom to fetch pieces from, best first. */
 import { z } from 'zod';
 
+import { MAX_HANDOUT_TOKEN_LENGTH } from '../handout-token.js';
 import { digestText, peerInfo, pieceRanges } from './common.js';
 
 export const handout = z.strictObject({
@@ -17,6 +18,15 @@ export const handout = z.strictObject({
       }),
     )
     .max(64),
+  /**
+   * The asker's hand-out token for this blob (see `handout-token.ts`), presented on every
+   * piece request. Absent only from a tracker that runs with piece authentication off.
+   */
+  token: z
+    .string()
+    .max(MAX_HANDOUT_TOKEN_LENGTH)
+    .regex(/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/)
+    .optional(),
 });
 export type Handout = z.infer<typeof handout>;
 

@@ -4,7 +4,14 @@
  */
 import { z } from 'zod';
 
-import { digestSubjectTokens, digestText, peerInfo, pieceRanges } from './common.js';
+import {
+  digestSubjectTokens,
+  digestText,
+  peerInfo,
+  pieceRanges,
+  registryHost,
+  repositoryName,
+} from './common.js';
 
 export const pieceWant = z.strictObject({
   type: z.literal('piece-want'),
@@ -13,8 +20,8 @@ export const pieceWant = z.strictObject({
   /** Pieces the asker already holds; the tracker prefers peers holding the others. */
   have: pieceRanges,
   /** Registry and repository the blob belongs to, so the seed server can fetch it. */
-  registry: z.string().min(1).max(255),
-  repository: z.string().min(1).max(255),
+  registry: registryHost,
+  repository: repositoryName,
   /** Most peers the asker wants back. */
   limit: z.int().min(1).max(64).default(8),
 });

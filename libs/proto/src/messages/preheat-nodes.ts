@@ -5,14 +5,14 @@
  */
 import { z } from 'zod';
 
-import { digestText, jobId, labelSelector } from './common.js';
+import { digestText, jobId, labelSelector, registryHost, repositoryName } from './common.js';
 
 export const preheatNodes = z.strictObject({
   type: z.literal('preheat-nodes'),
   job: jobId,
   /** The registry as agents name it (`ns=`), e.g. `registry.example.com`. */
-  registry: z.string().min(1).max(255),
-  repository: z.string().min(1).max(255),
+  registry: registryHost,
+  repository: repositoryName,
   blobs: z
     .array(z.strictObject({ digest: digestText, size: z.int().nonnegative() }))
     .min(1)

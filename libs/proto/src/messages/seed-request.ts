@@ -5,17 +5,17 @@
  */
 import { z } from 'zod';
 
-import { digestSubjectTokens, digestText } from './common.js';
+import { digestSubjectTokens, digestText, jobId, registryHost, repositoryName } from './common.js';
 
 export const seedRequest = z.strictObject({
   type: z.literal('seed-request'),
   blob: digestText,
-  registry: z.string().min(1).max(255),
-  repository: z.string().min(1).max(255),
+  registry: registryHost,
+  repository: repositoryName,
   /** Why: a want nobody could answer, or a preheat job (its id). */
   reason: z.discriminatedUnion('kind', [
     z.strictObject({ kind: z.literal('want') }),
-    z.strictObject({ kind: z.literal('preheat'), job: z.string().min(1).max(64) }),
+    z.strictObject({ kind: z.literal('preheat'), job: jobId }),
   ]),
 });
 export type SeedRequest = z.infer<typeof seedRequest>;

@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 
 import { peerId } from '@shoal/proto';
-import { envBool, envInt, envListen, natsTlsConfig } from '@shoal/runtime';
+import { envBool, envInt, envListen, envPieceAuth, natsTlsConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
 const defaultId =
@@ -49,8 +49,28 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_WANT_INTERVAL_MS: envInt(500),
   /** How often piece-have announcements are sent, batched, in ms (default 200). */
   SHOAL_AGENT_HAVE_INTERVAL_MS: envInt(200),
+  /**
+   * The tracker's Ed25519 public keys (PEM, one or more: during a key rotation, the old and
+   * the new), which sign the hand-out tokens peers must present for pieces. Required for an
+   * agent that serves pieces, unless `SHOAL_AGENT_PIECE_AUTH=off`.
+   */
+  SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: z.string().min(1).optional(),
+  /** `on` (default): pieces only for requests with a valid hand-out token; `off`: for anyone. */
+  SHOAL_AGENT_PIECE_AUTH: envPieceAuth,
   /** Fault injection for tests: serve corrupted pieces. Never set it in production. */
   SHOAL_AGENT_FAULT_CORRUPT_PIECES: envBool(false),
 });
 
 export type SwarmConfig = z.infer<typeof swarmConfig>;
+
+/** The cross-variable problems of the swarm configuration, as `NAME: reason`. */
+export function swarmConfigProblems(env: Record<string, string | undefined>): string[] {
+  const servesPieces = (env.SHOAL_NATS_URL ?? '') !== '' && env.SHOAL_AGENT_MODE !== 'leecher';
+  return servesPieces &&
+    env.SHOAL_AGENT_PIECE_AUTH !== 'off' &&
+    (env.SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE ?? '') === ''
+    ? [
+        "SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: required to check peers' hand-out tokens (the tracker's public key), unless SHOAL_AGENT_PIECE_AUTH=off",
+      ]
+    : [];
+}

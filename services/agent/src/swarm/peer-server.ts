@@ -3,12 +3,12 @@
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
 import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
-import { withServerSpan } from '@shoal/runtime';
+import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
-import type { RateLimiter } from '@shoal/runtime';
+import type { Logger, RateLimiter } from '@shoal/runtime';
 import type { SwarmFetch } from './swarm-fetch.js';
 
 export interface PeerRouteDeps {
@@ -17,6 +17,9 @@ export interface PeerRouteDeps {
   readonly active: (digest: string) => SwarmFetch | undefined;
   readonly uploadLimit: RateLimiter;
   readonly metrics: AgentMetrics;
+  /** Checks hand-out tokens; undefined when piece authentication is off. */
+  readonly verifier: PieceTokenVerifier | undefined;
+  readonly logger: Logger;
   /** Test fault: flip a byte of every piece served. */
   readonly corruptPieces: boolean;
 }
@@ -69,7 +72,13 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     deps.metrics.uploadedBytes.inc(bytes.length);
     return reply.header('content-type', 'application/octet-stream').send(bytes);
   };
-  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
+  // Members only: no byte, not even whether a piece is held, before the token checks out.
+  const preHandler = pieceAuthPreHandler({
+    verifier: deps.verifier,
+    refused: (reason) => deps.metrics.pieceAuthRefused.inc({ reason }),
+    logger: deps.logger,
+  });
+  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', { preHandler }, (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
     withServerSpan(
       'piece serve',

@@ -18,19 +18,31 @@ export class PieceClient {
     this.#timeoutMs = timeoutMs;
   }
 
-  /** The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory. */
+  /**
+   * The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory.
+   * `auth`: the hand-out token headers (`pieceAuthHeaders`) the serving side requires.
+   */
   async fetch(
     baseUrl: string,
     blob: string,
     index: number,
     length: number,
     signal: AbortSignal,
+    auth?: Readonly<Record<string, string>>,
   ): Promise<Buffer> {
     const buffer = Buffer.allocUnsafe(length);
-    await this.stream(baseUrl, blob, index, length, signal, (chunk, offset) => {
-      chunk.copy(buffer, offset);
-      return Promise.resolve();
-    });
+    await this.stream(
+      baseUrl,
+      blob,
+      index,
+      length,
+      signal,
+      (chunk, offset) => {
+        chunk.copy(buffer, offset);
+        return Promise.resolve();
+      },
+      auth,
+    );
     return buffer;
   }
 
@@ -46,11 +58,12 @@ export class PieceClient {
     length: number,
     signal: AbortSignal,
     sink: (chunk: Buffer, offset: number) => Promise<void>,
+    auth?: Readonly<Record<string, string>>,
   ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
     return new Promise((resolve, reject) => {
       // The active span's context goes along, so the peer's span joins this trace.
-      const headers = {};
+      const headers: Record<string, string> = { ...auth };
       injectHttp(headers);
       const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs, headers });
       const timer = setTimeout(() => {

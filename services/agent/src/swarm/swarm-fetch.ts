@@ -15,6 +15,7 @@
 import { createHash } from 'node:crypto';
 
 import {
+  pieceAuthHeaders,
   pieceBounds,
   pieceCount,
   rangesInclude,
@@ -105,6 +106,8 @@ export class SwarmFetch {
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
   #lastProgress = Date.now();
+  /** The latest hand-out token's request headers, presented with every piece request. */
+  #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
 
   constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
@@ -370,7 +373,14 @@ export class SwarmFetch {
         },
         async () => {
           if (!entry.streaming) {
-            const copy = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+            const copy = await pieces.fetch(
+              peer.info.url,
+              this.#blob,
+              index,
+              end - start,
+              signal,
+              this.#auth,
+            );
             hasher.update(copy);
             return copy;
           }
@@ -384,6 +394,7 @@ export class SwarmFetch {
               hasher.update(chunk);
               await this.download.writeAt(start + offset, chunk);
             },
+            this.#auth,
           );
           return undefined;
         },
@@ -474,6 +485,9 @@ export class SwarmFetch {
   }
 
   #onHandout(message: Handout): void {
+    if (message.token !== undefined) {
+      this.#auth = pieceAuthHeaders(message.token, this.#deps.client.self.id);
+    }
     for (const entry of message.peers) {
       if (entry.peer.id === this.#deps.client.self.id) {
         continue;

@@ -11,6 +11,7 @@ import {
   preheatReport,
   preheatReportSubject,
   seedRequest,
+  seedRequestSubject,
   STREAMS,
   type SeedRequest,
 } from '@shoal/proto';
@@ -43,6 +44,8 @@ export interface SeedConsumerDeps {
   readonly concurrency: number;
   /** The seed's peer id, named in preheat reports. */
   readonly self: string;
+  /** The registries this seed server fetches from (`SHOAL_SEED_REGISTRIES` hosts). */
+  readonly registries: ReadonlySet<string>;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -78,8 +81,24 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       msg.term();
       return;
     }
-    metrics.eventsConsumed.inc({ type: 'seed-request' });
     const request = decoded.value;
+    // Valid, but not for this seed server: a registry it does not fetch from, or a subject
+    // that names another blob. Never retried.
+    const refusal = !deps.registries.has(request.registry)
+      ? 'registry not configured'
+      : msg.subject !== seedRequestSubject(request.blob)
+        ? 'subject does not match its blob'
+        : undefined;
+    if (refusal !== undefined) {
+      metrics.requestsRejected.inc();
+      logger.warn(
+        { subject: msg.subject, registry: request.registry.slice(0, 255), refusal },
+        'seed-request terminated',
+      );
+      msg.term();
+      return;
+    }
+    metrics.eventsConsumed.inc({ type: 'seed-request' });
     const heartbeat = (): void => msg.working();
     let outcome = await seeder.seed(request, stopping.signal, heartbeat);
     // A preheat must end with the blob here: while another replica seeds it, wait and ask

@@ -1,9 +1,12 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { parseDigest } from '@shoal/proto';
 import {
+  pieceAuthPreHandler,
   registerOpsRoutes,
   withServerSpan,
+  type Logger,
   type OpsRouteDeps,
+  type PieceTokenVerifier,
   type RateLimiter,
 } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -19,12 +22,21 @@ export interface RouteDeps extends OpsRouteDeps {
   readonly fanout: { readonly copies: number; readonly windowMs: number };
   /** The seed's upload budget, shared by every piece it serves. */
   readonly uploadLimit: RateLimiter;
+  /** Checks hand-out tokens; undefined when piece authentication is off. */
+  readonly verifier: PieceTokenVerifier | undefined;
+  readonly logger: Logger;
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { metrics } = deps;
   const rations = new PieceRations(deps.fanout.copies, deps.fanout.windowMs);
-  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', (request, reply) =>
+  // Members only: no byte, not even whether a piece is held, before the token checks out.
+  const preHandler = pieceAuthPreHandler({
+    verifier: deps.verifier,
+    refused: (reason) => metrics.pieceAuthRefused.inc({ reason }),
+    logger: deps.logger,
+  });
+  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', { preHandler }, (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
     withServerSpan(
       'piece serve',

@@ -18,6 +18,7 @@ import {
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { LoadTracker } from '../handout/load.js';
+import type { HandoutTokens } from '../handout/tokens.js';
 import { choosePeers, hasFinisher } from '../handout/policy.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
@@ -63,6 +64,8 @@ export interface WantDeps {
   readonly view: SwarmView;
   readonly load: LoadTracker;
   readonly seeds: SeedRequester;
+  /** Signs the asker's token; undefined when piece authentication is off. */
+  readonly tokens: HandoutTokens | undefined;
   readonly metrics: TrackerMetrics;
   readonly logger: Logger;
   /** Current time in ms since the epoch. */
@@ -153,6 +156,9 @@ async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
     type: 'handout',
     blob: want.blob,
     peers: chosen.map(({ peer, pieces, complete, seed }) => ({ peer, pieces, complete, seed })),
+    ...(deps.tokens === undefined
+      ? {}
+      : { token: deps.tokens.tokenFor(want.blob, want.peer.id, now) }),
   };
   try {
     await withSpan(

@@ -1,0 +1,113 @@
+/**
+ * Hand-out tokens: the tracker's signed permission for one peer to fetch the pieces of one
+ * blob, valid for a few minutes. The tracker puts one in every hand-out it sends; the peer
+ * presents it on every piece request; peers and the seed server check it with the tracker's
+ * public key, without asking anyone.
+ *
+ *   token  := base64url(claims JSON) "." base64url(Ed25519 signature of the first part)
+ *   claims := { "blob": <digest>, "peer": <peer id>, "exp": <ms since the epoch> }
+ *
+ * Sent as `Authorization: Shoal-Piece <token>`, with `Shoal-Peer: <id>` naming the requester.
+ * Without client certificates the peer id is a claim: the token is a bearer token scoped to
+ * (blob, peer) for its lifetime, and keeping hand-outs private (each agent reads only its own)
+ * is what keeps it from non-members.
+ */
+import { sign, verify, type KeyObject } from 'node:crypto';
+
+import { z } from 'zod';
+
+import { digestText, peerId } from './messages/common.js';
+
+/** The `Authorization` scheme of a piece request. */
+export const PIECE_AUTH_SCHEME = 'Shoal-Piece';
+/** The header in which a piece request names its requester (lowercase, as node reports it). */
+export const PIECE_PEER_HEADER = 'shoal-peer';
+/** Longest token accepted, in characters; real ones are about 250. */
+export const MAX_HANDOUT_TOKEN_LENGTH = 1024;
+
+export const handoutTokenClaims = z.strictObject({
+  /** The blob whose pieces the token opens. */
+  blob: digestText,
+  /** The peer the tracker handed the blob's peers to. */
+  peer: peerId,
+  /** When the token stops being accepted, in ms since the epoch. */
+  exp: z.int().positive(),
+});
+export type HandoutTokenClaims = z.infer<typeof handoutTokenClaims>;
+
+/** Why a token was not accepted for a request; stable, used as a metric label. */
+export type HandoutTokenRefusal =
+  'missing' | 'malformed' | 'bad-signature' | 'expired' | 'wrong-blob' | 'wrong-peer';
+
+/** Signs claims with the tracker's Ed25519 private key. */
+export function signHandoutToken(key: KeyObject, claims: HandoutTokenClaims): string {
+  const payload = Buffer.from(JSON.stringify(handoutTokenClaims.parse(claims))).toString(
+    'base64url',
+  );
+  const signature = sign(null, Buffer.from(payload, 'ascii'), key).toString('base64url');
+  return `${payload}.${signature}`;
+}
+
+const TOKEN_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+/**
+ * Checks a token's form and signature against any of `keys` (several during a key rotation)
+ * and returns its claims. Expiry and scope depend on the request: see `checkHandoutClaims`.
+ */
+export function verifyHandoutToken(
+  token: string,
+  keys: readonly KeyObject[],
+): { ok: true; claims: HandoutTokenClaims } | { ok: false; reason: 'malformed' | 'bad-signature' } {
+  if (token.length > MAX_HANDOUT_TOKEN_LENGTH || !TOKEN_SHAPE.test(token)) {
+    return { ok: false, reason: 'malformed' };
+  }
+  const dot = token.indexOf('.');
+  const payload = token.slice(0, dot);
+  const signature = Buffer.from(token.slice(dot + 1), 'base64url');
+  const signed = Buffer.from(payload, 'ascii');
+  if (!keys.some((key) => verify(null, signed, key, signature))) {
+    return { ok: false, reason: 'bad-signature' };
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+  } catch {
+    return { ok: false, reason: 'malformed' };
+  }
+  const claims = handoutTokenClaims.safeParse(json);
+  return claims.success ? { ok: true, claims: claims.data } : { ok: false, reason: 'malformed' };
+}
+
+/** What a piece request asks for, to hold a token's claims against. */
+export interface PieceRequestScope {
+  /** The blob of the requested piece, as it appears in the path (`algorithm:hex`). */
+  readonly blob: string;
+  /** The requester's claimed peer id (`Shoal-Peer`), if it sent one. */
+  readonly peer: string | undefined;
+  /** Now, in ms since the epoch. */
+  readonly now: number;
+  /** Clock difference tolerated between the tracker and this host, in ms. */
+  readonly skewMs: number;
+}
+
+/** The reason verified claims do not cover this request, or undefined when they do. */
+export function checkHandoutClaims(
+  claims: HandoutTokenClaims,
+  scope: PieceRequestScope,
+): HandoutTokenRefusal | undefined {
+  if (scope.now > claims.exp + scope.skewMs) {
+    return 'expired';
+  }
+  if (claims.blob !== scope.blob) {
+    return 'wrong-blob';
+  }
+  if (claims.peer !== scope.peer) {
+    return 'wrong-peer';
+  }
+  return undefined;
+}
+
+/** The headers a piece request carries its token in. */
+export function pieceAuthHeaders(token: string, peer: string): Record<string, string> {
+  return { authorization: `${PIECE_AUTH_SCHEME} ${token}`, [PIECE_PEER_HEADER]: peer };
+}

@@ -1,0 +1,67 @@
+/**
+ * The hand-out signing key of test clusters. Every tracker a test process starts signs with
+ * the same Ed25519 key and every agent and seed server trusts it, so every swarm test runs
+ * with piece authentication on, as production does.
+ */
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { signHandoutToken, type HandoutTokenClaims } from '@shoal/proto';
+
+/** A hand-out key pair, as objects and as PEM text. */
+export interface HandoutKeys {
+  readonly privateKey: KeyObject;
+  readonly publicKey: KeyObject;
+  /** PKCS#8 PEM, what `SHOAL_TRACKER_HANDOUT_KEY_FILE` holds. */
+  readonly privatePem: string;
+  /** SPKI PEM, what `SHOAL_*_HANDOUT_PUBLIC_KEYS_FILE` holds. */
+  readonly publicPem: string;
+}
+
+/** A new Ed25519 key pair. */
+export function generateHandoutKeys(): HandoutKeys {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return {
+    privateKey,
+    publicKey,
+    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
+}
+
+let clusterKeys: HandoutKeys | undefined;
+
+/** The key pair test clusters of this process share. */
+export function testHandoutKeys(): HandoutKeys {
+  clusterKeys ??= generateHandoutKeys();
+  return clusterKeys;
+}
+
+/** Writes the private key into `dir`; returns its path. */
+export async function writeHandoutPrivateKey(
+  dir: string,
+  keys: HandoutKeys = testHandoutKeys(),
+): Promise<string> {
+  const path = join(dir, 'handout.key');
+  await writeFile(path, keys.privatePem, { mode: 0o600 });
+  return path;
+}
+
+/** Writes the public key into `dir`; returns its path. */
+export async function writeHandoutPublicKeys(
+  dir: string,
+  keys: HandoutKeys = testHandoutKeys(),
+): Promise<string> {
+  const path = join(dir, 'handout.pub');
+  await writeFile(path, keys.publicPem);
+  return path;
+}
+
+/** A token signed with the test clusters' key (or `keys`), for tests that call peers directly. */
+export function signTestToken(
+  claims: HandoutTokenClaims,
+  keys: HandoutKeys = testHandoutKeys(),
+): string {
+  return signHandoutToken(keys.privateKey, claims);
+}

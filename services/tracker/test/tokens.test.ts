@@ -1,0 +1,34 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { verifyHandoutToken } from '@shoal/proto';
+import { generateHandoutKeys } from '@shoal/testkit';
+
+import { HandoutTokens } from '../src/handout/tokens.js';
+
+const blob = `sha256:${'e'.repeat(64)}`;
+const keys = generateHandoutKeys();
+const TTL_MS = 600_000;
+const NOW = 1_764_470_000_000;
+
+describe('hand-out tokens', () => {
+  it('are signed for the blob and the asker, valid for the lifetime', () => {
+    const tokens = new HandoutTokens(keys.privateKey, TTL_MS);
+    const verified = verifyHandoutToken(tokens.tokenFor(blob, 'node-a', NOW), [keys.publicKey]);
+    assert.ok(verified.ok);
+    assert.deepEqual(verified.claims, { blob, peer: 'node-a', exp: NOW + TTL_MS });
+  });
+
+  it('are reused until half their lifetime has passed, per blob and peer', () => {
+    const tokens = new HandoutTokens(keys.privateKey, TTL_MS);
+    const first = tokens.tokenFor(blob, 'node-a', NOW);
+    assert.equal(tokens.tokenFor(blob, 'node-a', NOW + TTL_MS / 2 - 1), first);
+    assert.notEqual(tokens.tokenFor(blob, 'node-b', NOW), first);
+    assert.notEqual(tokens.tokenFor(`sha256:${'f'.repeat(64)}`, 'node-a', NOW), first);
+    const renewed = tokens.tokenFor(blob, 'node-a', NOW + TTL_MS / 2);
+    assert.notEqual(renewed, first);
+    const verified = verifyHandoutToken(renewed, [keys.publicKey]);
+    assert.ok(verified.ok);
+    assert.equal(verified.claims.exp, NOW + TTL_MS / 2 + TTL_MS);
+  });
+});
