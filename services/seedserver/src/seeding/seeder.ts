@@ -451,9 +451,12 @@ export class Seeder {
       const key = blob.digest.toString();
       if (blob.stored !== true) {
         // Only what the gateway keeps is dropped, so that it can be brought back from there.
-        const stored = await store.stat(key).catch(() => undefined);
-        blob.stored = stored?.size === blob.size;
-        if (!blob.stored || !this.#evictable(blob)) {
+        // Unknown (undefined) while the gateway does not answer: asked again next time.
+        blob.stored = await store.stat(key).then(
+          (stored) => stored?.size === blob.size,
+          () => undefined,
+        );
+        if (blob.stored !== true || !this.#evictable(blob)) {
           continue;
         }
       }
