@@ -360,4 +360,31 @@ describe('seed server', () => {
       await seed.stop();
     }
   });
+
+  it('closes a piece answer that outlives its deadline, and frees its upload slot', async () => {
+    const a = layer(1);
+    const seed = await startSeed({
+      // A 256 KiB piece would take three seconds; the deadline is half a second.
+      SHOAL_SEED_UPLOAD_RATE_BYTES: String(64 * 1024),
+      SHOAL_SEED_UPLOAD_TIMEOUT_MS: '500',
+      SHOAL_SEED_MAX_UPLOADS: '1',
+    });
+    try {
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      const started = Date.now();
+      await assert.rejects(
+        fetch(`${seed.url}${piecePath(a.digest, 0)}`, { signal: AbortSignal.timeout(WAIT_MS) }),
+        (error: Error) => error.name === 'TypeError',
+      );
+      assert.ok(Date.now() - started < 2500, `closed after ${Date.now() - started} ms`);
+      await waitFor(
+        'the upload slot freed',
+        async () => (await seed.metric('shoal_seedserver_uploads_in_flight')) === 0,
+        { timeoutMs: WAIT_MS, intervalMs: 20 },
+      );
+    } finally {
+      await seed.stop();
+    }
+  });
 });
