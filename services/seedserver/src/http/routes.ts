@@ -63,17 +63,18 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       metrics.pieceRequests.inc({ result: 'missing' });
       return reply.code(404).send({ error: 'piece not held' });
     }
+    // Bounded: past the cap agents are asked to come back and try a peer meanwhile. Checked
+    // before the ration, so that a request turned away uses none of the piece's copies.
+    if (uploads >= deps.uploads.max) {
+      metrics.pieceRequests.inc({ result: 'busy' });
+      return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
+    }
     if (!rations.allow(digest, piece)) {
       metrics.pieceRequests.inc({ result: 'rationed' });
       return reply
         .code(429)
         .header('retry-after', '1')
         .send({ error: 'get this piece from a peer' });
-    }
-    // Bounded: past the cap agents are asked to come back and try a peer meanwhile.
-    if (uploads >= deps.uploads.max) {
-      metrics.pieceRequests.inc({ result: 'busy' });
-      return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
     }
     // In use until the response is gone: the cache never evicts a blob being served.
     if (!blob.acquire()) {
