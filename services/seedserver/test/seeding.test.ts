@@ -72,9 +72,14 @@ function layer(index: number): Descriptor {
   return descriptor;
 }
 
-async function startSeed(env: Record<string, string> = {}): Promise<SeedUnderTest> {
+/**
+ * A seed server on a fresh nats-server; its cache and store in `base` when given (kept on
+ * stop, as a restart would find them), else in a temporary directory removed on stop.
+ */
+async function startSeed(env: Record<string, string> = {}, base?: string): Promise<SeedUnderTest> {
   const nats: NatsServer = await startNats();
-  const dir = await makeTempDir('seed-test');
+  const dir =
+    base === undefined ? await makeTempDir('seed-test') : { path: base, remove: async () => {} };
   let nc: NatsConnection | undefined;
   let app: SeedApp | undefined;
   try {
@@ -385,6 +390,34 @@ describe('seed server', () => {
       );
     } finally {
       await seed.stop();
+    }
+  });
+
+  it('evicts at start when the cache is over a smaller quota, oldest first', async () => {
+    const [a, b] = [layer(1), layer(2)];
+    const dir = await makeTempDir('seed-test-restart');
+    try {
+      const first = await startSeed({}, dir.path);
+      try {
+        await first.request(a);
+        await first.seeds('seeded', 1);
+        await first.request(b);
+        await first.seeds('seeded', 2);
+      } finally {
+        await first.stop();
+      }
+      // Restarted with room for one of them: A, the older, goes; B stays and is served.
+      const second = await startSeed({ SHOAL_SEED_CACHE_MAX_BYTES: String(4 * MiB) }, dir.path);
+      try {
+        await assert.rejects(stat(cacheFile(second.cacheDir, a)), { code: 'ENOENT' });
+        await stat(storeFile(second.storeDir, a));
+        assert.equal(await second.metric('shoal_seedserver_cache_bytes'), b.size);
+        await fetchAllPieces(second.url, b);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await dir.remove();
     }
   });
 });
