@@ -32,7 +32,8 @@ describe('PieceCutter', () => {
         writes.push(buffers.reduce((sum, b) => sum + b.length, 0));
         return writev(offset, buffers);
       };
-      const cutter = new PieceCutter(blob, digest.algorithm);
+      // However slow this machine is, pieces wait for the full write.
+      const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: Infinity });
       let firstReady = -1;
       for (let offset = 0; offset < bytes.length; offset += 64 * KiB) {
         await cutter.push(bytes.subarray(offset, offset + 64 * KiB));
@@ -53,6 +54,29 @@ describe('PieceCutter', () => {
         assert.equal(blob.hashes[i], createHash('sha256').update(piece).digest('hex'));
         assert.deepEqual(await blob.readPiece(i, Buffer.alloc(blob.pieceSize)), piece);
       }
+      await blob.close();
+    } finally {
+      await dir.remove();
+    }
+  });
+
+  it('writes a complete piece that waited too long for a full write', async () => {
+    const dir = await makeTempDir('seed-ingest');
+    try {
+      const bytes = randomBytes(2 * MiB);
+      const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+      const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
+      const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: 20 });
+      // A slow origin: the first piece (256 KiB) and a bit, then a pause.
+      await cutter.push(bytes.subarray(0, 256 * KiB + 10));
+      assert.equal(blob.ready, 0);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await cutter.push(bytes.subarray(256 * KiB + 10, 256 * KiB + 20));
+      assert.equal(blob.ready, 1);
+      assert.deepEqual(await blob.readPiece(0), bytes.subarray(0, 256 * KiB));
+      await cutter.push(bytes.subarray(256 * KiB + 20));
+      assert.equal(await cutter.finish(), digest.toString());
+      assert.equal(blob.ready, blob.count);
       await blob.close();
     } finally {
       await dir.remove();

@@ -17,11 +17,18 @@ import type { SeedBlob } from './seed-blob.js';
 export const COALESCE_BYTES = 1024 * 1024;
 /** Chunks gathered into one write at most (well under IOV_MAX, 1024 on Linux). */
 const MAX_CHUNKS_PER_WRITE = 256;
+/**
+ * Longest a complete piece waits for the gathered write, in ms: from a slow origin (under
+ * 20 MB/s) pieces are written sooner and in smaller writes, so agents need not wait for a
+ * whole MiB to arrive before they can fetch the first piece.
+ */
+export const HOLD_MS = 50;
 
 /**
  * Cuts a stream, in order, into the pieces of a blob: hashes each piece and the whole blob,
- * writes the bytes with gathered writes of at least `COALESCE_BYTES` (or the rest), and marks
- * pieces ready only once they are on disk.
+ * writes the bytes with gathered writes of at least `COALESCE_BYTES` (or the rest, or what
+ * has arrived once a complete piece has waited `holdMs`), and marks pieces ready only once
+ * they are on disk.
  */
 export class PieceCutter {
   readonly #blob: SeedBlob;
@@ -38,11 +45,16 @@ export class PieceCutter {
   #pendingBytes = 0;
   /** Hashes of complete pieces not yet on disk (all of them end at or before `#offset`). */
   #hashes: string[] = [];
+  /** When the oldest complete piece not yet on disk was cut (performance.now()). */
+  #heldSince = 0;
+  readonly #holdMs: number;
 
-  constructor(blob: SeedBlob, algorithm: Digest['algorithm']) {
+  /** `holdMs`: longest a complete piece waits for a larger write (default `HOLD_MS`). */
+  constructor(blob: SeedBlob, algorithm: Digest['algorithm'], options: { holdMs?: number } = {}) {
     this.#blob = blob;
     this.#whole = new DigestHasher(algorithm);
     this.#pieceEnd = pieceBounds(0, blob.size, blob.pieceSize).end;
+    this.#holdMs = options.holdMs ?? HOLD_MS;
   }
 
   /** Bytes received so far. */
@@ -73,7 +85,11 @@ export class PieceCutter {
     }
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
-    if (this.#pendingBytes >= COALESCE_BYTES || this.#pending.length >= MAX_CHUNKS_PER_WRITE) {
+    if (
+      this.#pendingBytes >= COALESCE_BYTES ||
+      this.#pending.length >= MAX_CHUNKS_PER_WRITE ||
+      (this.#hashes.length > 0 && performance.now() - this.#heldSince >= this.#holdMs)
+    ) {
       await this.#flush();
     }
   }
@@ -93,6 +109,9 @@ export class PieceCutter {
 
   #endPiece(): void {
     const blob = this.#blob;
+    if (this.#hashes.length === 0) {
+      this.#heldSince = performance.now();
+    }
     this.#hashes.push(this.#piece.digest('hex'));
     this.#piece = createHash('sha256');
     this.#pieceIndex += 1;
