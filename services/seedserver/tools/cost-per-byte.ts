@@ -7,7 +7,8 @@
  *     [--store fs|s3] [name=path/to/seedserver/main.js ...]
  *
  * Each `name=main.js` is a seed server build to measure (default: this one, as `current`);
- * pass an older build's main.js to compare two builds on the same machine in the same run.
+ * pass an older build's main.js (`tools/build-at.sh <commit> <dir>` makes one) to compare two
+ * builds on the same machine in the same run.
  * The registry (Debian's docker-registry) and the blob are shared; every round of every build
  * gets a fresh nats-server, cache and store. The registry's own CPU per GiB for the same bytes
  * is printed as the yardstick of a direct pull.
