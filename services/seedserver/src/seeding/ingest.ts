@@ -150,7 +150,7 @@ export class GatewayTee {
   #failed = false;
 
   constructor(store: BlobStore, digest: string, size: number, signal: AbortSignal) {
-    // About one S3 part's worth in the pipe; the store holds its parts in flight besides.
+    // 1 MiB in the pipe; the store gathers its parts and holds those in flight besides.
     this.#body = new PassThrough({ highWaterMark: 1024 * 1024 });
     this.#done = store.write(digest, this.#body, size, signal);
     this.#done.catch(() => {
