@@ -46,6 +46,16 @@ export interface BlobStore {
    */
   write(digest: string, body: Readable, size: number, signal?: AbortSignal): Promise<void>;
   /**
+   * Stores a blob from a complete local file that the caller has already verified against
+   * `digest` and flushed to disk (fsync), without copying its bytes: the filesystem store
+   * hard-links the file into place, so one copy on disk serves both. The file must not be
+   * written to afterwards. Resolves false, having stored nothing, when the store cannot link
+   * it (another filesystem); the caller then streams it with `write`. Throws BlobStoreError
+   * SIZE_MISMATCH when the file is not `size` bytes. Stores with no local files (S3) lack
+   * this method: stream the bytes to `write` as they arrive instead.
+   */
+  linkVerified?(digest: string, path: string, size: number, signal?: AbortSignal): Promise<boolean>;
+  /**
    * Stores a small metadata document beside a blob (e.g. its piece hashes), replacing any
    * document of that name. `name` matches [a-z0-9-]{1,64}; at most `MAX_META_BYTES` bytes.
    * The blob itself need not be stored yet.

@@ -11,7 +11,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { addAbortSignal, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -145,6 +145,53 @@ export class FsBlobStore implements ManagedBlobStore {
       body.destroy();
       await rm(tmp, { force: true });
       throw failure(error, signal, `write ${d.toString()}`);
+    }
+  }
+
+  /**
+   * Hard-links a verified file into place: through `tmp/` and a rename, as `write` does, so
+   * an existing blob is replaced atomically and a crash leaves at most a link in `tmp/`.
+   * Resolves false on another filesystem (EXDEV) or where links are refused (EPERM).
+   */
+  async linkVerified(
+    digest: string,
+    path: string,
+    size: number,
+    signal?: AbortSignal,
+  ): Promise<boolean> {
+    const d = blobDigest(digest);
+    checkSize(size);
+    signal?.throwIfAborted();
+    const final = this.#blobPath(d);
+    const tmp = join(this.#tmpDir, `${d.algorithm}-${d.hex}-${randomUUID()}`);
+    try {
+      const actual = (await stat(path)).size;
+      if (actual !== size) {
+        throw new BlobStoreError(
+          'SIZE_MISMATCH',
+          `${path} is ${actual} bytes, not the announced ${size}; not stored`,
+        );
+      }
+      await mkdir(this.#tmpDir, { recursive: true });
+      await mkdir(dirname(final), { recursive: true });
+      try {
+        await link(path, tmp);
+      } catch (error) {
+        const code = (error as { code?: unknown } | undefined)?.code;
+        if (code === 'EXDEV' || code === 'EPERM') {
+          return false;
+        }
+        throw error;
+      }
+      await rename(tmp, final);
+      // rename(2) does nothing when both names are links to one file (the blob was linked
+      // from this file before): the temporary name is then still there.
+      await rm(tmp, { force: true });
+      await fsync(dirname(final));
+      return true;
+    } catch (error) {
+      await rm(tmp, { force: true });
+      throw failure(error, signal, `link ${d.toString()}`);
     }
   }
 

@@ -113,6 +113,10 @@ export async function buildApp(
   registerRoutes(server, {
     blob: (digest) => seeder?.blob(digest),
     uploadLimit: new RateLimiter(config.SHOAL_SEED_UPLOAD_RATE_BYTES),
+    uploads: {
+      max: config.SHOAL_SEED_MAX_UPLOADS,
+      timeoutMs: config.SHOAL_SEED_UPLOAD_TIMEOUT_MS,
+    },
     fanout: {
       copies: config.SHOAL_SEED_PIECE_FANOUT,
       windowMs: config.SHOAL_SEED_FANOUT_WINDOW_MS,
@@ -150,6 +154,7 @@ export async function buildApp(
         registries: new Map(config.SHOAL_SEED_REGISTRIES.map((r) => [r.host, r])),
         self: self(),
         cacheDir: config.SHOAL_SEED_CACHE_DIR,
+        cacheMaxBytes: config.SHOAL_SEED_CACHE_MAX_BYTES,
         metrics,
         logger,
       });

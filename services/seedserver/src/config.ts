@@ -28,6 +28,19 @@ const seedFields = z.object({
   SHOAL_SEED_DOCKER_CONFIG: z.string().optional(),
   /** Local directory for blobs being seeded and recently seeded (default `/var/lib/shoal/seed`). */
   SHOAL_SEED_CACHE_DIR: z.string().min(1).default('/var/lib/shoal/seed'),
+  /**
+   * Quota of the local cache, in bytes (default 100 GiB). Past it the least recently used
+   * blobs that the object gateway keeps are evicted (never one being served or seeded); a
+   * later request brings one back from the gateway.
+   */
+  SHOAL_SEED_CACHE_MAX_BYTES: envInt(100 * 1024 ** 3),
+  /**
+   * Piece requests answered at once (default 32); past it agents get 429 and try a peer.
+   * Each holds one piece in memory (up to 16 MiB) until it is sent.
+   */
+  SHOAL_SEED_MAX_UPLOADS: envInt(32).refine((n) => n >= 1, 'must be at least 1'),
+  /** Longest piece response, from its turn to the last byte, in ms (default 60 000). */
+  SHOAL_SEED_UPLOAD_TIMEOUT_MS: envInt(60_000).refine((n) => n >= 1, 'must be at least 1'),
   /** Upload limit for pieces served to agents, in bytes/s; 0: none (default). */
   SHOAL_SEED_UPLOAD_RATE_BYTES: envInt(0),
   /**

@@ -36,8 +36,28 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     pieceRequests: new Counter({
       name: `${prefix}piece_requests_total`,
-      help: 'Piece requests, by result (served, rationed, missing, invalid)',
+      help: 'Piece requests, by result (served, rationed, busy, missing, invalid, aborted)',
       labelNames: ['result'] as const,
+      registers,
+    }),
+    uploadsInFlight: new Gauge({
+      name: `${prefix}uploads_in_flight`,
+      help: 'Piece requests being answered now (capped by SHOAL_SEED_MAX_UPLOADS)',
+      registers,
+    }),
+    cacheBytes: new Gauge({
+      name: `${prefix}cache_bytes`,
+      help: 'Bytes of the blobs in the local cache, those being seeded at their full size',
+      registers,
+    }),
+    cacheBlobs: new Gauge({
+      name: `${prefix}cache_blobs`,
+      help: 'Blobs in the local cache, complete or being seeded',
+      registers,
+    }),
+    evictedBytes: new Counter({
+      name: `${prefix}cache_evicted_bytes_total`,
+      help: 'Bytes of blobs evicted from the local cache (the object gateway keeps them)',
       registers,
     }),
     preheatReports: new Counter({

@@ -13,6 +13,10 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedBlob } from '../seeding/seed-blob.js';
+import { PieceBuffers } from './piece-buffers.js';
+
+/** Memory kept for piece buffers between responses, in bytes. */
+const IDLE_PIECE_BUFFER_BYTES = 64 * 1024 * 1024;
 
 export interface RouteDeps extends OpsRouteDeps {
   /** The local copy of a blob, complete or being seeded. */
@@ -25,6 +29,11 @@ export interface RouteDeps extends OpsRouteDeps {
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
   readonly logger: Logger;
+  /**
+   * Pieces answered at once (`max`; past it 429), and the longest answer in ms, from its
+   * turn to its last byte (`timeoutMs`; past it the connection is closed).
+   */
+  readonly uploads: { readonly max: number; readonly timeoutMs: number };
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
@@ -36,6 +45,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     refused: (reason) => metrics.pieceAuthRefused.inc({ reason }),
     logger: deps.logger,
   });
+  const buffers = new PieceBuffers(IDLE_PIECE_BUFFER_BYTES);
+  let uploads = 0;
   app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', { preHandler }, (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
     withServerSpan(
@@ -59,19 +70,74 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     }
     const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
     const blob = deps.blob(digest);
-    if (blob !== undefined && piece >= 0 && piece < blob.count && !rations.allow(digest, piece)) {
+    const length = piece < 0 ? undefined : blob?.pieceLength(piece);
+    if (blob === undefined || length === undefined) {
+      metrics.pieceRequests.inc({ result: 'missing' });
+      return reply.code(404).send({ error: 'piece not held' });
+    }
+    // Bounded: past the cap agents are asked to come back and try a peer meanwhile. Checked
+    // before the ration, so that a request turned away uses none of the piece's copies.
+    if (uploads >= deps.uploads.max) {
+      metrics.pieceRequests.inc({ result: 'busy' });
+      return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
+    }
+    if (!rations.allow(digest, piece)) {
       metrics.pieceRequests.inc({ result: 'rationed' });
       return reply
         .code(429)
         .header('retry-after', '1')
         .send({ error: 'get this piece from a peer' });
     }
-    const bytes = piece < 0 ? undefined : await blob?.readPiece(piece);
+    // In use until the response is gone: the cache never evicts a blob being served.
+    if (!blob.acquire()) {
+      metrics.pieceRequests.inc({ result: 'missing' });
+      return reply.code(404).send({ error: 'piece not held' });
+    }
+    uploads += 1;
+    metrics.uploadsInFlight.set(uploads);
+    // Changed by the close handler and the read, each seeing the other's changes.
+    const state: { buffer: Buffer | undefined; reading: boolean; closed: boolean } = {
+      buffer: undefined,
+      reading: false,
+      closed: false,
+    };
+    const deadline = setTimeout(() => {
+      request.raw.socket.destroy();
+    }, deps.uploads.timeoutMs);
+    reply.raw.once('close', () => {
+      state.closed = true;
+      clearTimeout(deadline);
+      uploads -= 1;
+      metrics.uploadsInFlight.set(uploads);
+      blob.release();
+      // The socket has taken the bytes (or is gone): the buffer may serve the next piece,
+      // unless a read into it is still running (it is given back when that ends).
+      if (state.buffer !== undefined && !state.reading) {
+        buffers.give(state.buffer);
+      }
+    });
+    // The budget before the read, so a queued request holds no piece in memory; and nothing
+    // read for an agent that gave up meanwhile.
+    await deps.uploadLimit.take(length);
+    if (request.raw.destroyed || reply.raw.destroyed) {
+      metrics.pieceRequests.inc({ result: 'aborted' });
+      return reply;
+    }
+    const into = buffers.take(length);
+    state.buffer = into;
+    state.reading = true;
+    const bytes = await blob.readPiece(piece, into).finally(() => {
+      state.reading = false;
+    });
+    if (state.closed) {
+      buffers.give(into);
+      metrics.pieceRequests.inc({ result: 'aborted' });
+      return reply;
+    }
     if (bytes === undefined) {
       metrics.pieceRequests.inc({ result: 'missing' });
       return reply.code(404).send({ error: 'piece not held' });
     }
-    await deps.uploadLimit.take(bytes.length);
     metrics.pieceRequests.inc({ result: 'served' });
     metrics.servedBytes.inc(bytes.length);
     return reply.header('content-type', 'application/octet-stream').send(bytes);

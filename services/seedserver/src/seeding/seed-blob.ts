@@ -3,7 +3,7 @@
  * or the object gateway) or complete. Pieces are served as soon as they are on disk and
  * hashed, which is what lets agents start before the origin fetch ends (cut-through).
  */
-import { open, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 import { pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
 
@@ -21,10 +21,16 @@ export class SeedBlob {
   readonly pieceSize: number;
   readonly count: number;
   readonly hashes: string[] = [];
+  /**
+   * Whether the object gateway holds the blob: true once stored (or read from it), false when
+   * found missing, undefined until known (a blob found on disk at start).
+   */
+  stored: boolean | undefined;
   #handle: FileHandle;
   #path: string;
   #complete = false;
   #closed = false;
+  #users = 0;
 
   private constructor(digest: Digest, size: number, path: string, handle: FileHandle) {
     this.digest = digest;
@@ -65,23 +71,49 @@ export class SeedBlob {
     return { size: this.size, pieceSize: this.pieceSize, hashes: [...this.hashes] };
   }
 
-  /** Writes bytes at `offset` (the seeder writes in order). */
-  async write(offset: number, bytes: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < bytes.length) {
-      const { bytesWritten } = await this.#handle.write(
-        bytes,
-        done,
-        bytes.length - done,
-        offset + done,
-      );
-      done += bytesWritten;
+  /**
+   * Writes the buffers, back to back, at `offset` with one gathered write (one thread-pool
+   * round trip however many socket chunks they are); the seeder writes in order.
+   */
+  async writev(offset: number, buffers: readonly Buffer[]): Promise<void> {
+    let rest = buffers.filter((b) => b.length > 0);
+    let at = offset;
+    while (rest.length > 0) {
+      const { bytesWritten } = await this.#handle.writev(rest, at);
+      at += bytesWritten;
+      // A short write (rare on a regular file): go on from the first byte not written.
+      let skip = bytesWritten;
+      while (rest.length > 0 && skip >= (rest[0]?.length ?? 0)) {
+        skip -= rest[0]?.length ?? 0;
+        rest = rest.slice(1);
+      }
+      if (skip > 0 && rest[0] !== undefined) {
+        rest = [rest[0].subarray(skip), ...rest.slice(1)];
+      }
     }
   }
 
-  /** Records the next piece's hash; the piece is on disk. */
-  pieceDone(hash: string): void {
-    this.hashes.push(hash);
+  /** Records the next pieces' hashes; the pieces are on disk. */
+  piecesDone(hashes: readonly string[]): void {
+    this.hashes.push(...hashes);
+  }
+
+  /** Requests using the blob now (pieces being served); a blob in use is never evicted. */
+  get users(): number {
+    return this.#users;
+  }
+
+  /** Marks the blob in use until `release`; false when it is already closed (evicted). */
+  acquire(): boolean {
+    if (this.#closed) {
+      return false;
+    }
+    this.#users += 1;
+    return true;
+  }
+
+  release(): void {
+    this.#users = Math.max(0, this.#users - 1);
   }
 
   /** Moves the verified file to `finalPath` and writes its manifest beside it. */
@@ -98,21 +130,51 @@ export class SeedBlob {
     return this.#path;
   }
 
-  /** A piece's bytes, or undefined when it is not on disk yet (or the blob was dropped). */
-  async readPiece(index: number): Promise<Buffer | undefined> {
+  /** A piece's length in bytes, or undefined when it is not on disk yet (or was dropped). */
+  pieceLength(index: number): number | undefined {
     if (this.#closed || index < 0 || index >= this.ready) {
       return undefined;
     }
     const { start, end } = pieceBounds(index, this.size, this.pieceSize);
-    const buffer = Buffer.allocUnsafe(end - start);
-    const { bytesRead } = await this.#handle.read(buffer, 0, buffer.length, start);
-    return bytesRead === buffer.length ? buffer : undefined;
+    return end - start;
+  }
+
+  /**
+   * Reads a piece into `buffer` (at least the piece's length) with one read; returns the
+   * filled part, or undefined when the piece is not on disk (or the blob was dropped).
+   */
+  async readPiece(index: number, buffer?: Buffer): Promise<Buffer | undefined> {
+    const length = this.pieceLength(index);
+    if (length === undefined) {
+      return undefined;
+    }
+    const target = (buffer ?? Buffer.allocUnsafe(length)).subarray(0, length);
+    if (target.length < length) {
+      throw new RangeError(`a ${target.length}-byte buffer cannot hold a ${length}-byte piece`);
+    }
+    const start = pieceBounds(index, this.size, this.pieceSize).start;
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.#handle.read(target, done, length - done, start + done);
+      if (bytesRead === 0) {
+        return undefined;
+      }
+      done += bytesRead;
+    }
+    return target;
   }
 
   /** Drops an incomplete blob: closes and removes its file. */
   async discard(): Promise<void> {
     await this.close();
     await unlink(this.#path).catch(() => undefined);
+  }
+
+  /** Drops a complete blob from the disk (evicted): its file and its piece manifest. */
+  async remove(): Promise<void> {
+    await this.close();
+    await rm(this.#path, { force: true });
+    await rm(`${this.#path}.pieces.json`, { force: true });
   }
 
   async close(): Promise<void> {

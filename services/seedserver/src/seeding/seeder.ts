@@ -4,14 +4,19 @@
  * TTL, refreshed while the fetch runs), so many agents and several seed servers asking at the
  * same instant still cause one origin fetch.
  *
- * While the bytes arrive they are cut into pieces; each piece is written to disk, hashed and
- * announced (cut-through). At the end the whole blob is checked against its digest: a match
- * is committed locally and, when it came from the origin, stored in the object gateway with
- * its piece manifest; a mismatch is withdrawn from the swarm and dropped.
+ * The bytes are read once (see ingest.ts): while they arrive they are cut into pieces, hashed,
+ * written to disk in large writes and announced (cut-through), and streamed on to an object
+ * gateway that cannot take the local file. At the end the whole blob is checked against its
+ * digest: a match is committed locally and, when it came from the origin, stored in the object
+ * gateway with its piece manifest (the filesystem gateway hard-links the committed file: one
+ * copy on disk); a mismatch is withdrawn from the swarm and nothing of it is kept anywhere.
+ *
+ * The local copies live under a quota (`SeedCache`): past it the least recently used blobs
+ * the gateway keeps are evicted, never one being served or seeded; a later request for one
+ * brings it back from the gateway.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -19,9 +24,7 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { BlobStore } from '@shoal/blobstore';
 import {
-  DigestHasher,
   parseDigest,
-  pieceBounds,
   pieceHashesSubject,
   STREAMS,
   type Digest,
@@ -33,7 +36,9 @@ import { ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
 import { Announcer } from './announcer.js';
+import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
+import { SeedCache } from './seed-cache.js';
 
 /** How often progress is announced while a blob streams in, in ms. */
 const ANNOUNCE_INTERVAL_MS = 100;
@@ -59,19 +64,25 @@ export interface SeederDeps {
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
   readonly self: PeerInfo;
   readonly cacheDir: string;
+  /** The local cache's quota in bytes; past it least recently used blobs are evicted. */
+  readonly cacheMaxBytes: number;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
 
 export class Seeder {
   readonly #deps: SeederDeps;
-  readonly #blobs = new Map<string, SeedBlob>();
+  readonly #cache: SeedCache;
+  /** Evictions run one at a time. */
+  #evicting: Promise<void> = Promise.resolve();
+  #overQuotaLogged = false;
   readonly #running = new Map<string, Promise<SeedOutcome>>();
   /** Why the last failed run of a blob failed, for preheat reports. */
   readonly #failures = new Map<string, string>();
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;
+    this.#cache = new SeedCache(deps.cacheMaxBytes);
   }
 
   /** Creates the cache folders and re-announces the complete blobs found there. */
@@ -80,10 +91,19 @@ export class Seeder {
     await rm(join(cacheDir, 'tmp'), { recursive: true, force: true });
     await mkdir(join(cacheDir, 'tmp'), { recursive: true });
     await mkdir(join(cacheDir, 'blobs'), { recursive: true });
+    // Least recently written first, so that the quota evicts the oldest first.
+    const found: { name: string; at: number }[] = [];
     for (const name of await readdir(join(cacheDir, 'blobs'))) {
-      if (name.endsWith('.pieces.json')) {
-        continue;
+      if (!name.endsWith('.pieces.json')) {
+        const at = await stat(join(cacheDir, 'blobs', name)).then(
+          (s) => s.mtimeMs,
+          () => 0,
+        );
+        found.push({ name, at });
       }
+    }
+    found.sort((a, b) => a.at - b.at);
+    for (const { name } of found) {
       const path = join(cacheDir, 'blobs', name);
       let blob: SeedBlob;
       try {
@@ -96,7 +116,7 @@ export class Seeder {
         await rm(`${path}.pieces.json`, { force: true });
         continue;
       }
-      this.#blobs.set(blob.digest.toString(), blob);
+      this.#cache.add(blob);
       // NATS trouble here is not the blob's fault: keep it, a later request announces it.
       await this.#ensureHashesPublished(blob).catch((error: unknown) => {
         logger.warn(
@@ -105,11 +125,14 @@ export class Seeder {
         );
       });
     }
+    this.#reportCache();
+    // The quota may have shrunk since these were written.
+    await this.#makeRoom(0);
   }
 
-  /** The blob's local copy (complete or in progress), for serving pieces. */
+  /** The blob's local copy (complete or in progress), for serving pieces; marks it used. */
   blob(digest: string): SeedBlob | undefined {
-    return this.#blobs.get(digest);
+    return this.#cache.use(digest);
   }
 
   /** Why the blob's last seeding failed, if it did. */
@@ -137,7 +160,7 @@ export class Seeder {
   ): Promise<SeedOutcome> {
     const { locks, self, logger, metrics } = this.#deps;
     const digest = parseDigest(request.blob);
-    const held = this.#blobs.get(request.blob);
+    const held = this.#cache.use(request.blob);
     if (held?.complete === true) {
       try {
         await this.#ensureHashesPublished(held);
@@ -173,12 +196,12 @@ export class Seeder {
         async (span) => {
           const bytes = await this.#open(request, digest, signal);
           span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
-          const ingested = await this.#ingest(digest, bytes.size, bytes.body, bytes.source);
+          const ingested = await this.#ingest(digest, bytes, signal);
           return { ...ingested, source: bytes.source };
         },
       );
       source = opened.source;
-      await this.#announceAndStore(opened.blob, opened.announcer, source, signal);
+      await this.#announceAndStore(opened, signal);
       metrics.seeds.inc({ source, outcome: 'seeded' });
       this.#failures.delete(request.blob);
       return 'seeded';
@@ -271,70 +294,67 @@ export class Seeder {
     return { body: response.body, size: Number(length), source: 'origin' };
   }
 
-  /** Cuts the stream into pieces on disk, announcing them; verifies and commits. */
+  /**
+   * Reads the blob in once: cuts it into pieces on disk, announcing them, streams it on to
+   * the object gateway when that cannot take the local file (a blob from the origin only),
+   * verifies it and commits it. On any failure nothing of it is left, locally or in the
+   * gateway, and what was announced is withdrawn.
+   */
   async #ingest(
     digest: Digest,
-    size: number,
-    body: Readable,
-    source: 'store' | 'origin',
-  ): Promise<{ blob: SeedBlob; announcer: Announcer }> {
-    const { cacheDir, js, self, metrics } = this.#deps;
+    bytes: { body: Readable; size: number; source: 'store' | 'origin' },
+    signal: AbortSignal,
+  ): Promise<{ blob: SeedBlob; announcer: Announcer; tee: GatewayTee | undefined }> {
+    const { cacheDir, js, self, metrics, store } = this.#deps;
+    const { body, size, source } = bytes;
     const key = digest.toString();
+    await this.#makeRoom(size);
     const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
     const blob = await SeedBlob.create(digest, size, temp);
-    this.#blobs.set(key, blob);
+    blob.stored = source === 'store' ? true : undefined;
+    this.#cache.add(blob);
+    this.#reportCache();
     const announcer = new Announcer(js, self, blob);
-    const whole = new DigestHasher(digest.algorithm);
-    let offset = 0;
-    let piece = createHash('sha256');
-    let pieceEnd = pieceBounds(0, size, blob.pieceSize).end;
+    const cutter = new PieceCutter(blob, digest.algorithm);
+    const tee =
+      source === 'origin' && store.linkVerified === undefined
+        ? new GatewayTee(store, key, size, signal)
+        : undefined;
+    const ingested = metrics.ingestedBytes.labels({ source });
     const ticker = setInterval(
       () => void announcer.flush().catch(() => undefined),
       ANNOUNCE_INTERVAL_MS,
     );
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
-        let rest = chunk;
-        if (offset + rest.length > size) {
+        if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
         }
-        whole.update(rest);
-        await blob.write(offset, rest);
-        metrics.ingestedBytes.inc({ source }, rest.length);
-        // Hash piece by piece; a chunk may end one piece and start the next.
-        while (rest.length > 0) {
-          const take = Math.min(rest.length, pieceEnd - offset);
-          piece.update(rest.subarray(0, take));
-          offset += take;
-          rest = rest.subarray(take);
-          if (offset === pieceEnd) {
-            blob.pieceDone(piece.digest('hex'));
-            piece = createHash('sha256');
-            pieceEnd =
-              blob.ready < blob.count ? pieceBounds(blob.ready, size, blob.pieceSize).end : size;
-          }
-        }
+        await cutter.push(chunk);
+        ingested.inc(chunk.length);
+        await tee?.push(chunk);
       }
-      if (size === 0) {
-        blob.pieceDone(piece.digest('hex'));
+      const actual = await cutter.finish();
+      if (cutter.received !== size) {
+        throw new SeedError('SIZE_MISMATCH', 502, `${key}: ${cutter.received} of ${size} bytes`);
       }
-      if (offset !== size) {
-        throw new SeedError('SIZE_MISMATCH', 502, `${key}: ${offset} of ${size} bytes`);
-      }
-      if (whole.digest().toString() !== key) {
+      if (actual !== key) {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
       clearInterval(ticker);
+      // Verified: the gateway may complete its copy, and the local one is committed.
+      tee?.end();
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
       await blob.commit(finalPath);
-      return { blob, announcer };
+      return { blob, announcer, tee };
     } catch (error) {
-      // Nothing verified: withdraw what was announced and drop the file.
+      // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
       clearInterval(ticker);
       body.destroy();
-      if (this.#blobs.get(key) === blob) {
-        this.#blobs.delete(key);
-      }
+      tee?.abort(error instanceof Error ? error : new Error(String(error)));
+      await tee?.done().catch(() => undefined);
+      this.#cache.delete(blob);
+      this.#reportCache();
       await announcer.withdraw().catch(() => undefined);
       await blob.discard();
       throw error;
@@ -347,14 +367,17 @@ export class Seeder {
    * the next request for it tries the rest again.
    */
   async #announceAndStore(
-    blob: SeedBlob,
-    announcer: Announcer,
-    source: 'store' | 'origin',
+    ingested: {
+      blob: SeedBlob;
+      announcer: Announcer;
+      tee: GatewayTee | undefined;
+      source: 'store' | 'origin';
+    },
     signal: AbortSignal,
   ): Promise<void> {
-    await announcer.flush();
-    if (source === 'origin') {
-      await this.#store(blob, signal);
+    await ingested.announcer.flush();
+    if (ingested.source === 'origin') {
+      await this.#store(ingested.blob, signal, ingested.tee);
     }
   }
 
@@ -364,24 +387,112 @@ export class Seeder {
    */
   async #ensureStored(blob: SeedBlob, signal: AbortSignal): Promise<void> {
     if ((await this.#deps.store.stat(blob.digest.toString(), signal)) === undefined) {
+      blob.stored = false;
       await this.#store(blob, signal);
+    } else {
+      blob.stored = true;
     }
   }
 
-  /** Writes a verified blob and its piece manifest to the object gateway. */
-  async #store(blob: SeedBlob, signal: AbortSignal): Promise<void> {
+  /**
+   * Writes a verified blob and its piece manifest to the object gateway: the bytes streamed
+   * during the ingest (`tee`), else the committed file linked into the gateway, else the file
+   * streamed to it (another filesystem, or the retry of a failed upload).
+   */
+  async #store(blob: SeedBlob, signal: AbortSignal, tee?: GatewayTee): Promise<void> {
     const { store, metrics } = this.#deps;
     const key = blob.digest.toString();
     const { size } = blob;
     await withSpan(
       'gateway write',
       { kind: SpanKind.CLIENT, attributes: { 'oci.digest': key, 'shoal.size': size } },
-      async () => {
-        await store.write(key, createReadStream(blob.path), size, signal);
+      async (span) => {
+        let how: 'streamed' | 'linked' | 'copied' = 'streamed';
+        if (tee !== undefined) {
+          await tee.done();
+        } else if ((await store.linkVerified?.(key, blob.path, size, signal)) === true) {
+          how = 'linked';
+        } else {
+          how = 'copied';
+          await store.write(key, createReadStream(blob.path), size, signal);
+        }
+        span.setAttribute('shoal.store_write', how);
         await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
       },
     );
+    blob.stored = true;
     metrics.storedBytes.inc(size);
+  }
+
+  /**
+   * Evicts least recently used blobs until `incoming` more bytes fit under the quota. Only a
+   * complete blob the gateway keeps goes, and never one being served or seeded; when nothing
+   * more may go the cache stays over its quota (logged once) rather than fail a seed.
+   */
+  #makeRoom(incoming: number): Promise<void> {
+    const run = this.#evicting.then(() => this.#evictFor(incoming));
+    // The chain outlives a failed run; the caller still hears of it.
+    this.#evicting = run.catch(() => undefined);
+    return run.catch((error: unknown) => {
+      this.#deps.logger.warn({ err: error }, 'cache eviction failed');
+    });
+  }
+
+  async #evictFor(incoming: number): Promise<void> {
+    const cache = this.#cache;
+    const { store, logger, metrics } = this.#deps;
+    for (const blob of cache.oldestFirst()) {
+      if (cache.bytes + incoming <= cache.maxBytes) {
+        break;
+      }
+      if (!this.#evictable(blob)) {
+        continue;
+      }
+      const key = blob.digest.toString();
+      if (blob.stored !== true) {
+        // Only what the gateway keeps is dropped, so that it can be brought back from there.
+        // Unknown (undefined) while the gateway does not answer: asked again next time.
+        blob.stored = await store.stat(key).then(
+          (stored) => stored?.size === blob.size,
+          () => undefined,
+        );
+        if (blob.stored !== true || !this.#evictable(blob)) {
+          continue;
+        }
+      }
+      // Synchronously after the check: no request can take the blob in between.
+      cache.delete(blob);
+      this.#reportCache();
+      metrics.evictedBytes.inc(blob.size);
+      logger.info({ blob: key, size: blob.size }, 'evicted from the local cache');
+      await new Announcer(this.#deps.js, this.#deps.self, blob)
+        .withdraw()
+        .catch((error: unknown) => {
+          logger.warn({ blob: key, err: error }, 'could not withdraw an evicted blob');
+        });
+      await blob.remove();
+    }
+    const over = cache.bytes + incoming > cache.maxBytes;
+    if (over && !this.#overQuotaLogged) {
+      logger.warn(
+        { bytes: cache.bytes, incoming, maxBytes: cache.maxBytes },
+        'the local cache is over its quota: every blob in it is in use or not in the gateway yet',
+      );
+    }
+    this.#overQuotaLogged = over;
+  }
+
+  /** A blob may be evicted: complete, held, and neither served nor seeded now. */
+  #evictable(blob: SeedBlob): boolean {
+    const key = blob.digest.toString();
+    return (
+      blob.complete && blob.users === 0 && !this.#running.has(key) && this.#cache.peek(key) === blob
+    );
+  }
+
+  #reportCache(): void {
+    this.#deps.metrics.cacheBytes.set(this.#cache.bytes);
+    this.#deps.metrics.cacheBlobs.set(this.#cache.size);
   }
 
   /** Re-publishes a held blob's hashes if the hashes stream no longer has them. */
@@ -402,7 +513,8 @@ export class Seeder {
 
   async close(): Promise<void> {
     await Promise.allSettled(this.#running.values());
-    for (const blob of this.#blobs.values()) {
+    await this.#evicting;
+    for (const blob of this.#cache.oldestFirst()) {
       await blob.close();
     }
   }

@@ -1,0 +1,187 @@
+/**
+ * The one pass of a seed: bytes from the origin (or the object gateway) are hashed once for
+ * their piece and once for the whole blob, gathered into large writes to the local piece
+ * file, and, when the object gateway cannot take the local file itself, streamed on to it as
+ * they arrive. Nothing reads the bytes back.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { once } from 'node:events';
+import { PassThrough } from 'node:stream';
+
+import type { BlobStore } from '@shoal/blobstore';
+import { DigestHasher, pieceBounds, type Digest } from '@shoal/proto';
+
+import type { SeedBlob } from './seed-blob.js';
+
+/** The smallest write to the piece file, in bytes: socket chunks are gathered to this. */
+export const COALESCE_BYTES = 1024 * 1024;
+/** Chunks gathered into one write at most (well under IOV_MAX, 1024 on Linux). */
+const MAX_CHUNKS_PER_WRITE = 256;
+/**
+ * Longest a complete piece waits for the gathered write, in ms: from a slow origin (under
+ * 20 MB/s) pieces are written sooner and in smaller writes, so agents need not wait for a
+ * whole MiB to arrive before they can fetch the first piece.
+ */
+export const HOLD_MS = 50;
+
+/**
+ * Cuts a stream, in order, into the pieces of a blob: hashes each piece and the whole blob,
+ * writes the bytes with gathered writes of at least `COALESCE_BYTES` (or the rest, or what
+ * has arrived once a complete piece has waited `holdMs`), and marks pieces ready only once
+ * they are on disk.
+ */
+export class PieceCutter {
+  readonly #blob: SeedBlob;
+  readonly #whole: DigestHasher;
+  /** Bytes received so far. */
+  #offset = 0;
+  /** Bytes on disk so far: `[0, #written)`. */
+  #written = 0;
+  #piece: Hash = createHash('sha256');
+  #pieceEnd: number;
+  #pieceIndex = 0;
+  /** Received, not yet written. */
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  /** Hashes of complete pieces not yet on disk (all of them end at or before `#offset`). */
+  #hashes: string[] = [];
+  /** When the oldest complete piece not yet on disk was cut (performance.now()). */
+  #heldSince = 0;
+  readonly #holdMs: number;
+
+  /** `holdMs`: longest a complete piece waits for a larger write (default `HOLD_MS`). */
+  constructor(blob: SeedBlob, algorithm: Digest['algorithm'], options: { holdMs?: number } = {}) {
+    this.#blob = blob;
+    this.#whole = new DigestHasher(algorithm);
+    this.#pieceEnd = pieceBounds(0, blob.size, blob.pieceSize).end;
+    this.#holdMs = options.holdMs ?? HOLD_MS;
+  }
+
+  /** Bytes received so far. */
+  get received(): number {
+    return this.#offset;
+  }
+
+  /**
+   * Takes the next chunk; resolves once it is hashed and, when enough has gathered, written.
+   * Throws (writing nothing more) when the chunk runs past the blob's size.
+   */
+  async push(chunk: Buffer): Promise<void> {
+    const { size } = this.#blob;
+    if (this.#offset + chunk.length > size) {
+      throw new RangeError(`more than ${size} bytes`);
+    }
+    this.#whole.update(chunk);
+    // A chunk may end one piece and start the next.
+    let rest = chunk;
+    while (rest.length > 0) {
+      const take = Math.min(rest.length, this.#pieceEnd - this.#offset);
+      this.#piece.update(rest.subarray(0, take));
+      this.#offset += take;
+      rest = rest.subarray(take);
+      if (this.#offset === this.#pieceEnd) {
+        this.#endPiece();
+      }
+    }
+    this.#pending.push(chunk);
+    this.#pendingBytes += chunk.length;
+    if (
+      this.#pendingBytes >= COALESCE_BYTES ||
+      this.#pending.length >= MAX_CHUNKS_PER_WRITE ||
+      (this.#hashes.length > 0 && performance.now() - this.#heldSince >= this.#holdMs)
+    ) {
+      await this.#flush();
+    }
+  }
+
+  /**
+   * Writes what is left and returns the whole blob's digest (`algorithm:hex`). The caller
+   * compares it with the digest it expected and the received count with the size.
+   */
+  async finish(): Promise<string> {
+    if (this.#blob.size === 0 && this.#pieceIndex === 0) {
+      // An empty blob is one empty piece.
+      this.#endPiece();
+    }
+    await this.#flush();
+    return this.#whole.digest().toString();
+  }
+
+  #endPiece(): void {
+    const blob = this.#blob;
+    if (this.#hashes.length === 0) {
+      this.#heldSince = performance.now();
+    }
+    this.#hashes.push(this.#piece.digest('hex'));
+    this.#piece = createHash('sha256');
+    this.#pieceIndex += 1;
+    this.#pieceEnd =
+      this.#pieceIndex < blob.count
+        ? pieceBounds(this.#pieceIndex, blob.size, blob.pieceSize).end
+        : blob.size;
+  }
+
+  async #flush(): Promise<void> {
+    const buffers = this.#pending;
+    const bytes = this.#pendingBytes;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    if (bytes > 0) {
+      await this.#blob.writev(this.#written, buffers);
+      this.#written += bytes;
+    }
+    // Every complete piece ends at or before the bytes just written: they are on disk now.
+    if (this.#hashes.length > 0) {
+      this.#blob.piecesDone(this.#hashes);
+      this.#hashes = [];
+    }
+  }
+}
+
+/**
+ * Streams a blob's bytes to the object gateway's `write` as they arrive, with its
+ * back-pressure: `push` waits while the gateway is behind. The gateway verifies the bytes
+ * again and stores nothing unless they match; `abort` makes sure of that whatever they are.
+ * A gateway failure does not stop the seed: later pushes are dropped and `done` rejects.
+ */
+export class GatewayTee {
+  readonly #body: PassThrough;
+  readonly #done: Promise<void>;
+  #failed = false;
+
+  constructor(store: BlobStore, digest: string, size: number, signal: AbortSignal) {
+    // 1 MiB in the pipe; the store gathers its parts and holds those in flight besides.
+    this.#body = new PassThrough({ highWaterMark: 1024 * 1024 });
+    this.#done = store.write(digest, this.#body, size, signal);
+    this.#done.catch(() => {
+      this.#failed = true;
+    });
+  }
+
+  /** Hands a chunk on; waits while the gateway is behind, never past its failure. */
+  async push(chunk: Buffer): Promise<void> {
+    if (this.#failed || this.#body.destroyed) {
+      return;
+    }
+    if (!this.#body.write(chunk)) {
+      await Promise.race([once(this.#body, 'drain'), this.#done]).catch(() => undefined);
+    }
+  }
+
+  /** Every byte has been handed on and verified by the seed: let the gateway finish. */
+  end(): void {
+    if (!this.#body.destroyed) {
+      this.#body.end();
+    }
+  }
+
+  /** The seed failed: the gateway must store nothing. */
+  abort(error: Error): void {
+    this.#body.destroy(error);
+  }
+
+  /** Settles when the gateway has stored the blob (or failed to). */
+  done(): Promise<void> {
+    return this.#done;
+  }
+}

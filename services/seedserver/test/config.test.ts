@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { ConfigError } from '@shoal/runtime';
+
+import { loadSeedConfig } from '../src/config.js';
+
+const required = { SHOAL_SEED_REGISTRIES: 'registry.example' };
+
+describe('seed server configuration', () => {
+  it('bounds the cache and the uploads by default', () => {
+    const config = loadSeedConfig(required);
+    assert.equal(config.SHOAL_SEED_CACHE_MAX_BYTES, 100 * 1024 ** 3);
+    assert.equal(config.SHOAL_SEED_MAX_UPLOADS, 32);
+    assert.equal(config.SHOAL_SEED_UPLOAD_TIMEOUT_MS, 60_000);
+  });
+
+  it('reads the cache quota and the upload settings', () => {
+    const config = loadSeedConfig({
+      ...required,
+      SHOAL_SEED_CACHE_MAX_BYTES: '1073741824',
+      SHOAL_SEED_MAX_UPLOADS: '4',
+      SHOAL_SEED_UPLOAD_TIMEOUT_MS: '1500',
+    });
+    assert.equal(config.SHOAL_SEED_CACHE_MAX_BYTES, 1024 ** 3);
+    assert.equal(config.SHOAL_SEED_MAX_UPLOADS, 4);
+    assert.equal(config.SHOAL_SEED_UPLOAD_TIMEOUT_MS, 1500);
+  });
+
+  it('reports every problem at once', () => {
+    let thrown: unknown;
+    try {
+      loadSeedConfig({
+        ...required,
+        SHOAL_SEED_CACHE_MAX_BYTES: '10 GiB',
+        SHOAL_SEED_MAX_UPLOADS: '0',
+        SHOAL_SEED_UPLOAD_TIMEOUT_MS: '0',
+      });
+    } catch (error) {
+      thrown = error;
+    }
+    assert.ok(thrown instanceof ConfigError);
+    for (const name of [
+      'SHOAL_SEED_CACHE_MAX_BYTES',
+      'SHOAL_SEED_MAX_UPLOADS',
+      'SHOAL_SEED_UPLOAD_TIMEOUT_MS',
+    ]) {
+      assert.match(thrown.message, new RegExp(name));
+    }
+  });
+});

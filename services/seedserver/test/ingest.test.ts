@@ -1,0 +1,151 @@
+/**
+ * The pieces of one pass on a real file: gathered writes of at least 1 MiB, pieces ready only
+ * once on disk, hashes and digest computed once; and the cache's least-recently-used order.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { parseDigest, pieceBounds } from '@shoal/proto';
+import { makeTempDir } from '@shoal/testkit';
+
+import { COALESCE_BYTES, PieceCutter } from '../src/seeding/ingest.js';
+import { SeedBlob } from '../src/seeding/seed-blob.js';
+import { SeedCache } from '../src/seeding/seed-cache.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+describe('PieceCutter', () => {
+  it('writes socket-sized chunks as few large writes, and marks pieces ready once on disk', async () => {
+    const dir = await makeTempDir('seed-ingest');
+    try {
+      // 3 MiB and a bit: 256 KiB pieces, the last one short.
+      const bytes = randomBytes(3 * MiB + 1000);
+      const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+      const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
+      // Watch the writes the file gets (passed through unchanged).
+      const writes: number[] = [];
+      const writev = blob.writev.bind(blob);
+      blob.writev = (offset, buffers) => {
+        writes.push(buffers.reduce((sum, b) => sum + b.length, 0));
+        return writev(offset, buffers);
+      };
+      // However slow this machine is, pieces wait for the full write.
+      const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: Infinity });
+      let firstReady = -1;
+      for (let offset = 0; offset < bytes.length; offset += 64 * KiB) {
+        await cutter.push(bytes.subarray(offset, offset + 64 * KiB));
+        if (firstReady < 0 && blob.ready > 0) {
+          firstReady = cutter.received;
+        }
+        // Nothing is ready before it has been written.
+        assert.ok(blob.ready * blob.pieceSize <= Math.max(0, cutter.received));
+      }
+      assert.equal(await cutter.finish(), digest.toString());
+      // 49 chunks of 64 KiB in four writes: three of 1 MiB, then the rest.
+      assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
+      assert.equal(firstReady, COALESCE_BYTES);
+      assert.equal(blob.ready, blob.count);
+      for (let i = 0; i < blob.count; i++) {
+        const { start, end } = pieceBounds(i, blob.size, blob.pieceSize);
+        const piece = bytes.subarray(start, end);
+        assert.equal(blob.hashes[i], createHash('sha256').update(piece).digest('hex'));
+        assert.deepEqual(await blob.readPiece(i, Buffer.alloc(blob.pieceSize)), piece);
+      }
+      await blob.close();
+    } finally {
+      await dir.remove();
+    }
+  });
+
+  it('writes a complete piece that waited too long for a full write', async () => {
+    const dir = await makeTempDir('seed-ingest');
+    try {
+      const bytes = randomBytes(2 * MiB);
+      const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+      const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
+      const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: 20 });
+      // A slow origin: the first piece (256 KiB) and a bit, then a pause.
+      await cutter.push(bytes.subarray(0, 256 * KiB + 10));
+      assert.equal(blob.ready, 0);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await cutter.push(bytes.subarray(256 * KiB + 10, 256 * KiB + 20));
+      assert.equal(blob.ready, 1);
+      assert.deepEqual(await blob.readPiece(0), bytes.subarray(0, 256 * KiB));
+      await cutter.push(bytes.subarray(256 * KiB + 20));
+      assert.equal(await cutter.finish(), digest.toString());
+      assert.equal(blob.ready, blob.count);
+      await blob.close();
+    } finally {
+      await dir.remove();
+    }
+  });
+
+  it('cuts an empty blob into one empty piece', async () => {
+    const dir = await makeTempDir('seed-ingest');
+    try {
+      const digest = parseDigest(`sha256:${createHash('sha256').digest('hex')}`);
+      const blob = await SeedBlob.create(digest, 0, join(dir.path, 'blob'));
+      const cutter = new PieceCutter(blob, digest.algorithm);
+      assert.equal(await cutter.finish(), digest.toString());
+      assert.deepEqual(blob.hashes, [createHash('sha256').digest('hex')]);
+      await blob.close();
+    } finally {
+      await dir.remove();
+    }
+  });
+
+  it('refuses bytes past the size', async () => {
+    const dir = await makeTempDir('seed-ingest');
+    try {
+      const digest = parseDigest(`sha256:${'0'.repeat(64)}`);
+      const blob = await SeedBlob.create(digest, 10, join(dir.path, 'blob'));
+      const cutter = new PieceCutter(blob, digest.algorithm);
+      await assert.rejects(cutter.push(Buffer.alloc(11)), RangeError);
+      await blob.discard();
+    } finally {
+      await dir.remove();
+    }
+  });
+});
+
+describe('SeedCache', () => {
+  it('keeps blobs least recently used first and counts their bytes', async () => {
+    const dir = await makeTempDir('seed-cache');
+    try {
+      const make = (n: number, size: number): Promise<SeedBlob> =>
+        SeedBlob.create(
+          parseDigest(`sha256:${String(n).repeat(64)}`),
+          size,
+          join(dir.path, String(n)),
+        );
+      const [one, two, three] = [await make(1, 100), await make(2, 200), await make(3, 300)];
+      const cache = new SeedCache(1000);
+      cache.add(one);
+      cache.add(two);
+      cache.add(three);
+      assert.equal(cache.bytes, 600);
+      assert.equal(cache.use(one.digest.toString()), one);
+      assert.deepEqual(cache.oldestFirst(), [two, three, one]);
+      // peek does not count as a use.
+      cache.peek(two.digest.toString());
+      assert.deepEqual(cache.oldestFirst(), [two, three, one]);
+      assert.equal(cache.delete(two), true);
+      assert.equal(cache.delete(two), false);
+      assert.equal(cache.bytes, 400);
+      // A newer copy of a blob replaces the older one, and only the newer one can be deleted.
+      const again = await make(3, 300);
+      cache.add(again);
+      assert.equal(cache.bytes, 400);
+      assert.equal(cache.delete(three), false);
+      assert.deepEqual(cache.oldestFirst(), [one, again]);
+      for (const blob of [one, two, three, again]) {
+        await blob.close();
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+});

@@ -1,0 +1,423 @@
+/**
+ * The seed server's real wiring (`buildApp`) against a real nats-server, Debian's registry and
+ * the filesystem or S3 object gateway: one-pass ingest, what a digest mismatch leaves behind,
+ * the cache quota, and the cap on piece uploads.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import { createS3Client } from '@shoal/blobstore';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  encodeMessage,
+  pieceCount,
+  piecePath,
+  pieceSizeFor,
+  seedRequest,
+  seedRequestSubject,
+  STREAMS,
+} from '@shoal/proto';
+import { ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  scrapeMetrics,
+  startNats,
+  startRegistry,
+  startS3,
+  waitFor,
+  type Descriptor,
+  type GeneratedImage,
+  type NatsServer,
+  type Registry,
+} from '@shoal/testkit';
+
+import { buildApp, loadSeedConfig, type SeedApp } from '../src/app.js';
+
+const MiB = 1024 * 1024;
+const REPOSITORY = 'shoal/seed-test';
+const WAIT_MS = 30_000;
+
+interface SeedUnderTest {
+  readonly app: SeedApp;
+  readonly url: string;
+  readonly cacheDir: string;
+  readonly storeDir: string;
+  /** Publishes a seed request for the blob (no message id: every request counts). */
+  request(blob: Descriptor): Promise<void>;
+  /** Waits until `count` seeds ended with `outcome` (and `source`, when given). */
+  seeds(outcome: 'seeded' | 'failed', count: number, source?: 'origin' | 'store'): Promise<void>;
+  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  stop(): Promise<void>;
+}
+
+let registry: Registry;
+let image: GeneratedImage;
+let imageDir: { path: string; remove(): Promise<void> };
+
+/** The image's layers: big (one-pass), a and b (quota), corrupt (mismatch). */
+function layer(index: number): Descriptor {
+  const descriptor = image.layers[index];
+  assert.ok(descriptor !== undefined, `layer ${index}`);
+  return descriptor;
+}
+
+/**
+ * A seed server on a fresh nats-server; its cache and store in `base` when given (kept on
+ * stop, as a restart would find them), else in a temporary directory removed on stop.
+ */
+async function startSeed(env: Record<string, string> = {}, base?: string): Promise<SeedUnderTest> {
+  const nats: NatsServer = await startNats();
+  const dir =
+    base === undefined ? await makeTempDir('seed-test') : { path: base, remove: async () => {} };
+  let nc: NatsConnection | undefined;
+  let app: SeedApp | undefined;
+  try {
+    const cacheDir = join(dir.path, 'cache');
+    const storeDir = join(dir.path, 'store');
+    nc = await connect({ servers: nats.url });
+    const { js, jsm } = await jetStreamFor(nc);
+    // The trackers own the swarm stream the seed announces on; none runs here.
+    await ensureStreams(jsm, [STREAMS.swarm], 1);
+    const config = loadSeedConfig({
+      SHOAL_NATS_URL: nats.url,
+      SHOAL_SEED_LISTEN: '127.0.0.1:0',
+      SHOAL_SEED_ID: 'seed-test',
+      SHOAL_SEED_REGISTRIES: `${registry.host}=${registry.url}`,
+      SHOAL_SEED_CACHE_DIR: cacheDir,
+      SHOAL_STORE_DIR: storeDir,
+      SHOAL_LOG_LEVEL: 'silent',
+      ...env,
+    });
+    const started = await buildApp(config);
+    app = started;
+    await started.start();
+    const url = started.url().replace('localhost', '127.0.0.1');
+    const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> =>
+      (await scrapeMetrics(url)).get(name, labels);
+    const connection = nc;
+    return {
+      app: started,
+      url,
+      cacheDir,
+      storeDir,
+      request: (blob) => publishRequest(js, blob),
+      seeds: (outcome, count, source) =>
+        waitFor(
+          `${count} seed(s) ${outcome}`,
+          async () =>
+            (await metric('shoal_seedserver_seeds_total', {
+              outcome,
+              ...(source === undefined ? {} : { source }),
+            })) >= count,
+          { timeoutMs: WAIT_MS, intervalMs: 50 },
+        ),
+      metric,
+      stop: async () => {
+        await started.close();
+        await connection.close();
+        await nats.stop();
+        await dir.remove();
+      },
+    };
+  } catch (error) {
+    await app?.close().catch(() => undefined);
+    await nc?.close().catch(() => undefined);
+    await nats.stop();
+    await dir.remove();
+    throw error;
+  }
+}
+
+async function publishRequest(js: JetStreamClient, blob: Descriptor): Promise<void> {
+  await js.publish(
+    seedRequestSubject(blob.digest),
+    encodeMessage(seedRequest, {
+      type: 'seed-request',
+      blob: blob.digest,
+      registry: registry.host,
+      repository: REPOSITORY,
+      reason: { kind: 'want' },
+    }),
+  );
+}
+
+/** Bytes this process caused to be written to storage so far (`/proc/self/io`). */
+async function writeBytes(): Promise<number> {
+  const io = await readFile('/proc/self/io', 'utf8');
+  const match = /^write_bytes: (\d+)$/m.exec(io);
+  assert.ok(match?.[1] !== undefined, 'write_bytes in /proc/self/io');
+  return Number(match[1]);
+}
+
+/** Every piece of a blob from the seed, checked against the blob's digest. */
+async function fetchAllPieces(url: string, blob: Descriptor): Promise<string[]> {
+  const hashes: string[] = [];
+  const whole = createHash('sha256');
+  for (let i = 0; i < pieceCount(blob.size, pieceSizeFor(blob.size)); i++) {
+    const response = await fetch(`${url}${piecePath(blob.digest, i)}`, {
+      signal: AbortSignal.timeout(WAIT_MS),
+    });
+    assert.equal(response.status, 200, `piece ${i}`);
+    const bytes = Buffer.from(await response.arrayBuffer());
+    hashes.push(createHash('sha256').update(bytes).digest('hex'));
+    whole.update(bytes);
+  }
+  assert.equal(`sha256:${whole.digest('hex')}`, blob.digest);
+  return hashes;
+}
+
+async function entries(path: string): Promise<string[]> {
+  return readdir(path).catch(() => []);
+}
+
+function cacheFile(cacheDir: string, blob: Descriptor): string {
+  return join(cacheDir, 'blobs', blob.digest.replace(':', '-'));
+}
+
+function storeFile(storeDir: string, blob: Descriptor): string {
+  return join(storeDir, 'blobs', ...blob.digest.split(':'));
+}
+
+describe('seed server', () => {
+  before(async () => {
+    registry = await startRegistry();
+    imageDir = await makeTempDir('seed-test-image');
+    image = await generateImage(imageDir.path, {
+      layerSizes: [24 * MiB, 3 * MiB, 2 * MiB, 6 * MiB + 123],
+      seed: 'seedserver-test',
+    });
+    await pushImage(image, registry.host, REPOSITORY);
+    await registry.corruptBlob(layer(3).digest);
+  });
+
+  after(async () => {
+    await registry.stop();
+    await imageDir.remove();
+  });
+
+  it('ingests in one pass: the blob is written once, and the gateway links that file', async () => {
+    const seed = await startSeed();
+    try {
+      const big = layer(0);
+      const before = await writeBytes();
+      await seed.request(big);
+      await seed.seeds('seeded', 1);
+      const written = (await writeBytes()) - before;
+      // The piece file once, plus its manifests; no second copy for the gateway.
+      assert.ok(written >= big.size, `${written} bytes written for ${big.size}`);
+      assert.ok(written <= big.size * 1.05, `${written} bytes written for ${big.size}`);
+      const cached = await stat(cacheFile(seed.cacheDir, big));
+      const stored = await stat(storeFile(seed.storeDir, big));
+      assert.equal(stored.ino, cached.ino);
+      assert.equal(stored.size, big.size);
+      assert.equal(await seed.metric('shoal_seedserver_stored_bytes_total'), big.size);
+      // Every piece serves the verified bytes, and the manifest in the gateway matches.
+      const hashes = await fetchAllPieces(seed.url, big);
+      const manifest = JSON.parse(
+        await readFile(join(seed.storeDir, 'meta', ...big.digest.split(':'), 'pieces'), 'utf8'),
+      ) as { hashes: string[] };
+      assert.deepEqual(manifest.hashes, hashes);
+      assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
+      assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('keeps nothing of a blob that fails its digest, in the cache or the gateway', async () => {
+    const seed = await startSeed();
+    try {
+      await seed.request(layer(3));
+      await seed.seeds('failed', 1);
+      assert.deepEqual(await entries(join(seed.cacheDir, 'blobs')), []);
+      assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
+      assert.deepEqual(await entries(join(seed.storeDir, 'blobs', 'sha256')), []);
+      assert.deepEqual(await entries(join(seed.storeDir, 'meta', 'sha256')), []);
+      assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
+      assert.equal(await seed.metric('shoal_seedserver_cache_bytes'), 0);
+      const missing = await fetch(`${seed.url}${piecePath(layer(3).digest, 0)}`);
+      assert.equal(missing.status, 404);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('streams to S3 as the bytes arrive, and aborts the upload on a digest mismatch', async () => {
+    const s3 = await startS3();
+    const bucket = 'seed-test';
+    let client: S3Client | undefined;
+    try {
+      await s3.createBucket(bucket);
+      client = createS3Client({
+        endpoint: s3.endpoint,
+        region: s3.region,
+        accessKeyId: s3.accessKeyId,
+        secretAccessKey: s3.secretAccessKey,
+        forcePathStyle: true,
+      });
+      const seed = await startSeed({
+        SHOAL_STORE_KIND: 's3',
+        SHOAL_S3_ENDPOINT: s3.endpoint,
+        SHOAL_S3_REGION: s3.region,
+        SHOAL_S3_BUCKET: bucket,
+        SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
+        SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+        SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
+      });
+      try {
+        // 6 MiB: a multipart upload whose first part is sent before the digest is known.
+        await seed.request(layer(3));
+        await seed.seeds('failed', 1);
+        const objects = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+        assert.deepEqual(objects.Contents ?? [], []);
+        const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
+        assert.deepEqual(uploads.Uploads ?? [], []);
+        assert.deepEqual(await entries(join(seed.cacheDir, 'blobs')), []);
+        assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
+
+        // A good blob is in the bucket once seeded, read from the origin once.
+        const good = layer(1);
+        await seed.request(good);
+        await seed.seeds('seeded', 1);
+        const head = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+        const keys = (head.Contents ?? []).map((o) => `${o.Key ?? ''} ${o.Size ?? -1}`);
+        const hex = good.digest.split(':')[1] ?? '';
+        assert.ok(keys.includes(`blobs/sha256/${hex} ${good.size}`), keys.join(', '));
+        await fetchAllPieces(seed.url, good);
+      } finally {
+        await seed.stop();
+      }
+    } finally {
+      client?.destroy();
+      await s3.stop();
+    }
+  });
+
+  it('evicts the least recently used blob past its quota, never one being served', async () => {
+    const [a, b] = [layer(1), layer(2)];
+    const seed = await startSeed({
+      // A and B do not both fit.
+      SHOAL_SEED_CACHE_MAX_BYTES: String(4 * MiB),
+      // A 256 KiB piece takes three seconds: a request stays in flight meanwhile.
+      SHOAL_SEED_UPLOAD_RATE_BYTES: String(64 * 1024),
+      SHOAL_SEED_MAX_UPLOADS: '1',
+    });
+    try {
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      const originReads = (await registry.blobGets(a.digest)).length;
+
+      // One piece of A being served; past the cap of one upload, the next gets 429.
+      const serving = fetch(`${seed.url}${piecePath(a.digest, 0)}`, {
+        signal: AbortSignal.timeout(WAIT_MS),
+      });
+      await waitFor(
+        'an upload in flight',
+        async () => (await seed.metric('shoal_seedserver_uploads_in_flight')) === 1,
+        { timeoutMs: WAIT_MS, intervalMs: 20 },
+      );
+      const busy = await fetch(`${seed.url}${piecePath(a.digest, 1)}`);
+      assert.equal(busy.status, 429);
+      assert.equal(busy.headers.get('retry-after'), '1');
+      await busy.body?.cancel();
+
+      // B does not fit, but A is being served: both stay, over the quota for now.
+      await seed.request(b);
+      await seed.seeds('seeded', 2);
+      await stat(cacheFile(seed.cacheDir, a));
+      await stat(cacheFile(seed.cacheDir, b));
+      assert.equal(await seed.metric('shoal_seedserver_cache_evicted_bytes_total'), 0);
+      const piece = await serving;
+      assert.equal(piece.status, 200);
+      assert.equal((await piece.arrayBuffer()).byteLength, pieceSizeFor(a.size));
+
+      // The next blob makes room: A, least recently used and no longer served, goes. The
+      // gateway keeps its copy.
+      await seed.request(image.config);
+      await seed.seeds('seeded', 3);
+      await assert.rejects(stat(cacheFile(seed.cacheDir, a)), { code: 'ENOENT' });
+      await stat(cacheFile(seed.cacheDir, b));
+      await stat(storeFile(seed.storeDir, a));
+      assert.equal(await seed.metric('shoal_seedserver_cache_evicted_bytes_total'), a.size);
+      assert.ok((await seed.metric('shoal_seedserver_cache_bytes')) <= 4 * MiB);
+      const gone = await fetch(`${seed.url}${piecePath(a.digest, 0)}`);
+      assert.equal(gone.status, 404);
+
+      // Asked for again, A comes back from the gateway, not from the origin; B makes room.
+      await seed.request(a);
+      await seed.seeds('seeded', 1, 'store');
+      await stat(cacheFile(seed.cacheDir, a));
+      await assert.rejects(stat(cacheFile(seed.cacheDir, b)), { code: 'ENOENT' });
+      assert.equal((await registry.blobGets(a.digest)).length, originReads);
+      assert.ok((await seed.metric('shoal_seedserver_cache_bytes')) <= 4 * MiB);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('closes a piece answer that outlives its deadline, and frees its upload slot', async () => {
+    const a = layer(1);
+    const seed = await startSeed({
+      // A 256 KiB piece would take three seconds; the deadline is half a second.
+      SHOAL_SEED_UPLOAD_RATE_BYTES: String(64 * 1024),
+      SHOAL_SEED_UPLOAD_TIMEOUT_MS: '500',
+      SHOAL_SEED_MAX_UPLOADS: '1',
+    });
+    try {
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      const started = Date.now();
+      await assert.rejects(
+        fetch(`${seed.url}${piecePath(a.digest, 0)}`, { signal: AbortSignal.timeout(WAIT_MS) }),
+        (error: Error) => error.name === 'TypeError',
+      );
+      assert.ok(Date.now() - started < 2500, `closed after ${Date.now() - started} ms`);
+      await waitFor(
+        'the upload slot freed',
+        async () => (await seed.metric('shoal_seedserver_uploads_in_flight')) === 0,
+        { timeoutMs: WAIT_MS, intervalMs: 20 },
+      );
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('evicts at start when the cache is over a smaller quota, oldest first', async () => {
+    const [a, b] = [layer(1), layer(2)];
+    const dir = await makeTempDir('seed-test-restart');
+    try {
+      const first = await startSeed({}, dir.path);
+      try {
+        await first.request(a);
+        await first.seeds('seeded', 1);
+        await first.request(b);
+        await first.seeds('seeded', 2);
+      } finally {
+        await first.stop();
+      }
+      // Restarted with room for one of them: A, the older, goes; B stays and is served.
+      const second = await startSeed({ SHOAL_SEED_CACHE_MAX_BYTES: String(4 * MiB) }, dir.path);
+      try {
+        await assert.rejects(stat(cacheFile(second.cacheDir, a)), { code: 'ENOENT' });
+        await stat(storeFile(second.storeDir, a));
+        assert.equal(await second.metric('shoal_seedserver_cache_bytes'), b.size);
+        await fetchAllPieces(second.url, b);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+});
