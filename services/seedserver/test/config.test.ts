@@ -5,7 +5,8 @@ import { ConfigError } from '@shoal/runtime';
 
 import { loadSeedConfig } from '../src/config.js';
 
-const required = { SHOAL_SEED_REGISTRIES: 'registry.example' };
+// Piece authentication has its own tests (test/integration/test/piece-auth.test.ts).
+const required = { SHOAL_SEED_REGISTRIES: 'registry.example', SHOAL_SEED_PIECE_AUTH: 'off' };
 
 describe('seed server configuration', () => {
   it('bounds the cache and the uploads by default', () => {

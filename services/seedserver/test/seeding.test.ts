@@ -97,6 +97,8 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
       SHOAL_SEED_CACHE_DIR: cacheDir,
       SHOAL_STORE_DIR: storeDir,
       SHOAL_LOG_LEVEL: 'silent',
+      // These tests read pieces without hand-out tokens; piece-auth.test.ts covers those.
+      SHOAL_SEED_PIECE_AUTH: 'off',
       ...env,
     });
     const started = await buildApp(config);
