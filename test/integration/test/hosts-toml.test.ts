@@ -2,7 +2,8 @@
  * Acceptance for the agent's containerd hosts.toml files (issue 5): with
  * `SHOAL_AGENT_HOSTS_DIR` set to containerd's hosts directory, a plain `ctr` pull goes
  * through the agent with no hosts file of the test's own; a hosts.toml the agent did not
- * write is left alone and still followed; and the agent's own files go when it stops.
+ * write is left alone and still followed; the agent's own files go when it stops; and a file
+ * an agent that crashed left behind never blocks a pull (containerd falls back to the server).
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -134,6 +135,29 @@ describe('the agent writes containerd hosts.toml files', () => {
 
     await terminate(agent);
     assert.deepEqual(await readdir(containerd.hostsDir), [], 'its file and directory are gone');
+  });
+
+  it('never blocks a pull when the agent crashed and left its file behind', async () => {
+    const agent = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      env: { SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir },
+    });
+    test.add('agent', () => agent.stop());
+    const path = join(containerd.hostsDir, registry.host, 'hosts.toml');
+    assert.ok((await readFile(path, 'utf8')).startsWith(MARKER));
+    // A crash (or OOM kill): no chance to remove the file, which still names the dead mirror.
+    await agent.process.kill();
+    assert.ok(await exists(path), 'the file is left behind');
+
+    // containerd tries the mirror, finds nobody, and goes to the registry named as server.
+    const traffic = await trafficDuring(registry, () =>
+      containerd.pull(`${registry.host}/${repository}:latest`),
+    );
+    assertHoldsImage(await containerd.contentDigests(), image);
+    assert.ok(
+      traffic.some((r) => !r.userAgent.startsWith('shoal-agent/') && r.uri.includes('/blobs/')),
+      'containerd fetched the blobs from the registry itself',
+    );
   });
 
   it('leaves a hosts.toml it did not write as it is, and containerd still follows it', async () => {
