@@ -32,23 +32,13 @@ export async function makeTestCa(name = 'shoal-test-ca'): Promise<TestCa> {
   const dir = await makeTempDir('ca');
   const caFile = join(dir.path, 'ca.pem');
   const caKey = join(dir.path, 'ca.key');
-  await run(openssl, [
-    'req',
-    '-x509',
-    ...KEY_ARGS,
-    '-keyout',
-    caKey,
-    '-out',
-    caFile,
-    '-days',
-    '2',
-    '-subj',
-    `/CN=${name}`,
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-  ]);
+  await writeSelfSigned({
+    keyArgs: KEY_ARGS,
+    keyFile: caKey,
+    certFile: caFile,
+    name,
+    keyUsage: 'keyCertSign,cRLSign',
+  });
   let serial = 1;
   return {
     caFile,
@@ -97,6 +87,36 @@ export async function makeTestCa(name = 'shoal-test-ca'): Promise<TestCa> {
     },
     remove: () => dir.remove(),
   };
+}
+
+/**
+ * Writes a self-signed CA certificate and its key with openssl: `keyArgs` choose the key (e.g.
+ * `-newkey ec ...` or `-newkey rsa:2048 -nodes`), valid two days.
+ */
+export async function writeSelfSigned(options: {
+  readonly keyArgs: readonly string[];
+  readonly keyFile: string;
+  readonly certFile: string;
+  readonly name: string;
+  readonly keyUsage: string;
+}): Promise<void> {
+  await run(requireBinary('openssl'), [
+    'req',
+    '-x509',
+    ...options.keyArgs,
+    '-keyout',
+    options.keyFile,
+    '-out',
+    options.certFile,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${options.name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    `keyUsage=critical,${options.keyUsage}`,
+  ]);
 }
 
 function subjectAltName(host: string): string {

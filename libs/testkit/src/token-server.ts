@@ -10,7 +10,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-import { makeTempDir, requireBinary, run } from './process.js';
+import { makeTempDir } from './process.js';
+import { writeSelfSigned } from './tls.js';
 
 export interface TokenUser {
   readonly password: string;
@@ -38,29 +39,16 @@ const SERVICE = 'shoal-test-registry';
 const ISSUER = 'shoal-test-token-issuer';
 
 export async function startTokenServer(users: Record<string, TokenUser>): Promise<TokenServer> {
-  const openssl = requireBinary('openssl');
   const dir = await makeTempDir('token');
   const keyPath = join(dir.path, 'key.pem');
   const certPath = join(dir.path, 'cert.pem');
-  await run(openssl, [
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-keyout',
-    keyPath,
-    '-out',
-    certPath,
-    '-days',
-    '2',
-    '-subj',
-    '/CN=shoal-test-token',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,digitalSignature,keyCertSign',
-  ]);
+  await writeSelfSigned({
+    keyArgs: ['-newkey', 'rsa:2048', '-nodes'],
+    keyFile: keyPath,
+    certFile: certPath,
+    name: 'shoal-test-token',
+    keyUsage: 'digitalSignature,keyCertSign',
+  });
   const key: KeyObject = createPrivateKey(await readFile(keyPath, 'utf8'));
   const certificate = new X509Certificate(await readFile(certPath, 'utf8'));
   const x5c = certificate.raw.toString('base64');

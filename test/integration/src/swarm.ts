@@ -13,6 +13,7 @@ import {
   startRegistry,
   startSeedServer,
   startTracker,
+  startWatcher,
   type AgentProcess,
   type GeneratedImage,
   type NatsServer,
@@ -191,4 +192,21 @@ export async function trackerView(
     members: { peer: string; complete: boolean; seed: boolean; pieces: [number, number][] }[];
   };
   return body.members;
+}
+
+/**
+ * One of each Shoal service on `natsUrl`, mirroring or seeding from `registry`: a tracker, a
+ * seed server, a watcher and an agent, in that order (the order to stop them in reverse).
+ */
+export async function startOneOfEach(
+  natsUrl: string,
+  registry: Pick<Registry, 'host' | 'url'>,
+): Promise<ServiceProcess[]> {
+  const registries = `${registry.host}=${registry.url}`;
+  return [
+    await startTracker({ natsUrl }),
+    await startSeedServer({ natsUrl, registries }),
+    await startWatcher({ natsUrl, registries }),
+    await startAgent({ registries, natsUrl }),
+  ];
 }

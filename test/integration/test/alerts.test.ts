@@ -12,12 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import {
   requireBinary,
   run,
-  startAgent,
   startNats,
   startRegistry,
-  startSeedServer,
-  startTracker,
-  startWatcher,
   type NatsServer,
   type Registry,
   type ServiceProcess,
@@ -25,6 +21,7 @@ import {
 import { parse } from 'yaml';
 
 import { REPO_ROOT } from '../src/deploy.js';
+import { startOneOfEach } from '../src/swarm.js';
 
 const RULES_DIR = join(REPO_ROOT, 'deploy', 'prometheus');
 const RULES = join(RULES_DIR, 'shoal-rules.yaml');
@@ -55,11 +52,7 @@ describe('alerts', () => {
   before(async () => {
     nats = await startNats();
     registry = await startRegistry();
-    const registries = `${registry.host}=${registry.url}`;
-    services.push(await startTracker({ natsUrl: nats.url }));
-    services.push(await startSeedServer({ natsUrl: nats.url, registries }));
-    services.push(await startWatcher({ natsUrl: nats.url, registries }));
-    services.push(await startAgent({ registries, natsUrl: nats.url }));
+    services.push(...(await startOneOfEach(nats.url, registry)));
   });
 
   after(async () => {

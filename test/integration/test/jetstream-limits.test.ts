@@ -19,16 +19,14 @@ import {
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { KV_BUCKETS, STREAMS } from '@shoal/proto';
 import {
-  startAgent,
   startNats,
   startRegistry,
-  startSeedServer,
-  startTracker,
-  startWatcher,
   type NatsServer,
   type Registry,
   type ServiceProcess,
 } from '@shoal/testkit';
+
+import { startOneOfEach } from '../src/swarm.js';
 
 describe('JetStream limits', () => {
   let nats: NatsServer;
@@ -51,12 +49,8 @@ describe('JetStream limits', () => {
       discard: DiscardPolicy.Old,
       max_msgs_per_subject: 1,
     });
-    const registries = `${registry.host}=${registry.url}`;
-    services.push(await startTracker({ natsUrl: nats.url }));
-    services.push(await startSeedServer({ natsUrl: nats.url, registries }));
-    services.push(await startWatcher({ natsUrl: nats.url, registries }));
-    // The agents' presence bucket is the agents' own.
-    services.push(await startAgent({ registries, natsUrl: nats.url }));
+    // The agent is there for its presence bucket, which is the agents' own.
+    services.push(...(await startOneOfEach(nats.url, registry)));
   });
 
   after(async () => {
