@@ -2,6 +2,8 @@
  * The endpoints every Shoal service answers on its HTTP listener: `/healthz` (alive),
  * `/readyz` (503 with a reason when not ready) and `/metrics` (Prometheus).
  */
+import { Server as TlsServer } from 'node:tls';
+
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 
@@ -27,7 +29,10 @@ export function registerOpsRoutes(app: FastifyInstance, deps: OpsRouteDeps): voi
   );
 }
 
-/** Listens on `listen` and returns the listener's URL (`http://host:port`, IPv6 in brackets). */
+/**
+ * Listens on `listen` and returns the listener's URL (`http://host:port`, or `https://` for a
+ * TLS listener; IPv6 in brackets).
+ */
 export async function listenOn(
   app: FastifyInstance,
   listen: { readonly host: string; readonly port: number },
@@ -35,5 +40,6 @@ export async function listenOn(
   await app.listen({ host: listen.host, port: listen.port });
   const bound = app.server.address();
   const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
-  return `http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
+  const scheme = app.server instanceof TlsServer ? 'https' : 'http';
+  return `${scheme}://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
 }

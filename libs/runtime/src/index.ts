@@ -23,6 +23,7 @@ export {
   type PieceAuthResult,
 } from './piece-auth.js';
 export { isAbortError, ShoalError } from './errors.js';
+export { httpsFactory, type HttpsFactory, type ServerTlsFiles } from './https.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';

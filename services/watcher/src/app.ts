@@ -13,6 +13,7 @@ import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '
 import {
   createLogger,
   createMetrics,
+  httpsFactory,
   listenOn,
   registerOpsRoutes,
   type Logger,
@@ -142,10 +143,19 @@ export async function buildApp(
           logger,
         });
 
-  // HTTP: webhooks, the preheat API, and ops.
+  // HTTP: webhooks, the preheat API, and ops; HTTPS with a certificate.
   let closing = false;
   const fastifyLogger: FastifyBaseLogger = logger;
+  const https = await httpsFactory(
+    {
+      certFile: config.SHOAL_WATCHER_TLS_CERT_FILE,
+      keyFile: config.SHOAL_WATCHER_TLS_KEY_FILE,
+    },
+    { cert: 'SHOAL_WATCHER_TLS_CERT_FILE', key: 'SHOAL_WATCHER_TLS_KEY_FILE' },
+    logger,
+  );
   const server = Fastify({
+    ...(https === undefined ? {} : { serverFactory: https.serverFactory }),
     loggerInstance: fastifyLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.SHOAL_WATCHER_WEBHOOK_MAX_BYTES,
@@ -220,6 +230,7 @@ export async function buildApp(
       await scheduler?.stop();
       await runner.stop();
       usage.stop();
+      https?.stop();
       await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
       await upstream.close();
     },

@@ -17,6 +17,10 @@ const watcherFields = z.object({
   ...natsConfig.shape,
   /** Where webhooks, the preheat API, /healthz, /readyz and /metrics listen (default `0.0.0.0:65030`). */
   SHOAL_WATCHER_LISTEN: envListen('0.0.0.0:65030'),
+  /** PEM certificate for HTTPS on SHOAL_WATCHER_LISTEN (with the key; none: plain HTTP). */
+  SHOAL_WATCHER_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key of SHOAL_WATCHER_TLS_CERT_FILE. */
+  SHOAL_WATCHER_TLS_KEY_FILE: z.string().min(1).optional(),
   /** This replica's name in the schedule lock (default `watcher-<hostname>`). */
   SHOAL_WATCHER_ID: peerId.default(defaultId),
   /** Registries images are preheated from, as `host` or `host=url`, comma-separated. */
