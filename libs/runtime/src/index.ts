@@ -23,6 +23,12 @@ export {
   type PieceAuthResult,
 } from './piece-auth.js';
 export { isAbortError, ShoalError } from './errors.js';
+export {
+  httpLimitsConfig,
+  httpServerOptions,
+  limitConnections,
+  type HttpLimitsConfig,
+} from './http-limits.js';
 export { httpsFactory, type HttpsFactory, type ServerTlsFiles } from './https.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';

@@ -11,6 +11,8 @@ import {
   registerOpsRoutes,
   type Logger,
   type Service,
+  httpServerOptions,
+  limitConnections,
 } from '@shoal/runtime';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -145,6 +147,7 @@ export async function buildApp(
   // Typed as fastify's logger so the instance keeps fastify's default generics.
   const fastifyLogger: FastifyBaseLogger = logger;
   const server = Fastify({
+    ...httpServerOptions(config),
     loggerInstance: fastifyLogger,
     // Requests are logged by the mirror's own hook (debug, with status and timing).
     logController: new LogController({ disableRequestLogging: true }),
@@ -152,6 +155,7 @@ export async function buildApp(
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
+  limitConnections(server, config);
   let closing = false;
   // Ready once start() has finished: the mirror, the swarm, preheat and the hosts files.
   let started = false;
@@ -174,11 +178,13 @@ export async function buildApp(
     natsUrl === undefined
       ? undefined
       : Fastify({
+          ...httpServerOptions(config),
           loggerInstance: fastifyLogger,
           logController: new LogController({ disableRequestLogging: true }),
           forceCloseConnections: 'idle',
         });
   if (peerServer !== undefined) {
+    limitConnections(peerServer, config);
     if (uploads) {
       // Members only: pieces for requests with a tracker-signed hand-out token.
       const verifier = await pieceVerifier(config, logger);

@@ -1,5 +1,5 @@
 /** The agent's configuration: the components' pieces, checked together. */
-import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { envInt, envListen, envLogLevel, httpLimitsConfig, loadConfig } from '@shoal/runtime';
 import { z } from 'zod';
 
 import { authzConfig } from './authz/config.js';
@@ -17,6 +17,7 @@ const agentFields = z.object({
   SHOAL_LOG_LEVEL: envLogLevel,
   /** How long a graceful shutdown may take, in ms. */
   SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
+  ...httpLimitsConfig.shape,
   ...upstreamConfig.shape,
   ...authzConfig.shape,
   ...cacheConfig.shape,

@@ -16,6 +16,8 @@ import {
   readHandoutPublicKeys,
   type Logger,
   type Service,
+  httpServerOptions,
+  limitConnections,
 } from '@shoal/runtime';
 import {
   connectNats,
@@ -99,10 +101,12 @@ export async function buildApp(
   // HTTP: pieces for agents, and ops.
   const fastifyLogger: FastifyBaseLogger = logger;
   const server = Fastify({
+    ...httpServerOptions(config),
     loggerInstance: fastifyLogger,
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
   });
+  limitConnections(server, config);
   let closing = false;
   let address = '';
   const self = (): PeerInfo => ({

@@ -4,7 +4,14 @@ import { hostname } from 'node:os';
 import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
 import { peerId } from '@shoal/proto';
 import { registriesList } from '@shoal/registry';
-import { envInt, envListen, envLogLevel, envPieceAuth, loadConfig } from '@shoal/runtime';
+import {
+  envInt,
+  envListen,
+  envLogLevel,
+  envPieceAuth,
+  httpLimitsConfig,
+  loadConfig,
+} from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
@@ -15,6 +22,7 @@ const defaultId = `seed-${hostname()
 
 const seedFields = z.object({
   ...natsConfig.shape,
+  ...httpLimitsConfig.shape,
   ...blobStoreConfig.shape,
   /** Where pieces, /healthz, /readyz and /metrics are served (default `0.0.0.0:65010`). */
   SHOAL_SEED_LISTEN: envListen('0.0.0.0:65010'),

@@ -12,6 +12,8 @@ import {
   readHandoutPrivateKey,
   type Logger,
   type Service,
+  httpServerOptions,
+  limitConnections,
 } from '@shoal/runtime';
 import {
   connectNats,
@@ -114,12 +116,14 @@ export async function buildApp(
   // Typed as fastify's logger so the instance keeps fastify's default generics.
   const fastifyLogger: FastifyBaseLogger = logger;
   const server = Fastify({
+    ...httpServerOptions(config),
     loggerInstance: fastifyLogger,
     // Probes and scrapes would drown the log.
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
+  limitConnections(server, config);
   registerTrackerRoutes(server, {
     registry: serviceMetrics.registry,
     notReadyReason,

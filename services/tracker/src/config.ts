@@ -1,5 +1,5 @@
 /** The tracker's configuration: the components' pieces, checked together. */
-import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { envInt, envListen, envLogLevel, httpLimitsConfig, loadConfig } from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
@@ -8,6 +8,7 @@ import { swarmConfig } from './swarm/config.js';
 
 const trackerFields = z.object({
   ...natsConfig.shape,
+  ...httpLimitsConfig.shape,
   /** Where /healthz, /readyz and /metrics listen (default `0.0.0.0:65020`). */
   SHOAL_TRACKER_LISTEN: envListen('0.0.0.0:65020'),
   SHOAL_LOG_LEVEL: envLogLevel,

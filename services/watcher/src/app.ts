@@ -18,6 +18,8 @@ import {
   registerOpsRoutes,
   type Logger,
   type Service,
+  httpServerOptions,
+  limitConnections,
 } from '@shoal/runtime';
 import {
   connectNats,
@@ -155,6 +157,7 @@ export async function buildApp(
     logger,
   );
   const server = Fastify({
+    ...httpServerOptions(config),
     ...(https === undefined ? {} : { serverFactory: https.serverFactory }),
     loggerInstance: fastifyLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -162,6 +165,7 @@ export async function buildApp(
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
+  limitConnections(server, config);
   server.setErrorHandler((error: { statusCode?: number; message: string }, _request, reply) => {
     const status = error.statusCode ?? 500;
     if (status === 413) {

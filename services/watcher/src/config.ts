@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 
 import { peerId, preheatScope } from '@shoal/proto';
 import { registriesList } from '@shoal/registry';
-import { envInt, envListen, envLogLevel, loadConfig } from '@shoal/runtime';
+import { envInt, envListen, envLogLevel, httpLimitsConfig, loadConfig } from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
@@ -15,6 +15,7 @@ const defaultId = `watcher-${hostname()
 
 const watcherFields = z.object({
   ...natsConfig.shape,
+  ...httpLimitsConfig.shape,
   /** Where webhooks, the preheat API, /healthz, /readyz and /metrics listen (default `0.0.0.0:65030`). */
   SHOAL_WATCHER_LISTEN: envListen('0.0.0.0:65030'),
   /** PEM certificate for HTTPS on SHOAL_WATCHER_LISTEN (with the key; none: plain HTTP). */
