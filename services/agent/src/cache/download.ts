@@ -8,6 +8,12 @@
  * prefix is also fed to a hash of the whole blob; the download is committed to the store only
  * if that digest matches.
  *
+ * A verified piece is written with one write, and its bytes are kept in memory for a while
+ * (at most `HELD_BYTES` per download): the whole-blob hash takes them from there when the
+ * prefix reaches them, and readers following the prefix copy them from there, so a byte is
+ * read back from the file only when it arrived out of order and its buffer was dropped, or
+ * when a reader lags far behind.
+ *
  * No response is completed with unverified bytes: until the whole blob has verified, a reader
  * withholds the last byte of its response, and if verification fails the reader throws, which
  * aborts the client's response instead of completing it.
@@ -19,12 +25,19 @@ import { Readable } from 'node:stream';
 import { DigestHasher, type Digest } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
+import type { BufferPool } from './buffer-pool.js';
 import type { FsContentStore } from './content-store.js';
 
 /** Bytes per chunk of a stream made from a cursor. */
 const READ_CHUNK_BYTES = 64 * 1024;
 /** Bytes read back per step when hashing a prefix that was written out of order. */
 const HASH_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Piece bytes kept in memory per download after their write, for the whole-blob hash and for
+ * readers. Pieces already hashed are dropped first (oldest first); a piece that does not fit
+ * is not kept, and its bytes are read back from the file when needed.
+ */
+export const HELD_BYTES = 16 * 1024 * 1024;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 
@@ -43,6 +56,9 @@ export class BlobDownload {
   /** Bytes of the prefix fed to the whole-blob hash. */
   #hashed = 0;
   #hashing: Promise<void> = Promise.resolve();
+  /** Written, verified pieces still in memory, by offset, oldest first. */
+  readonly #held = new Map<number, Buffer>();
+  #heldBytes = 0;
   readonly #hasher: DigestHasher;
   #waiters: (() => void)[] = [];
   #openReaders = 0;
@@ -57,8 +73,12 @@ export class BlobDownload {
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
 
-  constructor(digest: Digest, temp: { path: string; handle: FileHandle }) {
+  readonly #pool: BufferPool | undefined;
+
+  /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
+  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: BufferPool) {
     this.digest = digest;
+    this.#pool = pool;
     this.#tempPath = temp.path;
     this.#handle = temp.handle;
     this.#hasher = new DigestHasher(digest.algorithm);
@@ -123,6 +143,18 @@ export class BlobDownload {
     await this.#writeAll(bytes, offset);
   }
 
+  /**
+   * Writes a whole verified piece at `offset` with one write and keeps its bytes in memory
+   * while the budget allows (see `HELD_BYTES`); `advance` makes them readable. The download
+   * owns `bytes` from then on: the caller must not touch them again (they go back to the pool).
+   */
+  async writePiece(offset: number, bytes: Buffer): Promise<void> {
+    await this.#writeAll(bytes, offset);
+    if (!(this.#state === 'running' && this.#hold(offset, bytes))) {
+      this.#pool?.give(bytes);
+    }
+  }
+
   /** Moves the readable prefix to `available` bytes (all written and verified). */
   advance(available: number): void {
     if (available <= this.#available) {
@@ -163,6 +195,7 @@ export class BlobDownload {
       await this.#handle.sync();
       await store.commit(this.#tempPath, this.digest, this.#available);
       this.#state = 'verified';
+      this.#dropHeld();
       this.#wake();
       this.#settle(this.#state);
       await this.#closeHandleIfIdle();
@@ -178,6 +211,7 @@ export class BlobDownload {
       return;
     }
     this.#state = 'failed';
+    this.#dropHeld();
     this.#error = error instanceof Error ? error : new Error(String(error));
     this.#rejectSize(this.#error);
     await unlink(this.#tempPath).catch(() => undefined);
@@ -194,6 +228,11 @@ export class BlobDownload {
   async readAt(offset: number, length: number): Promise<Buffer | undefined> {
     if (this.#handleClosed || this.#state === 'failed') {
       return undefined;
+    }
+    const held = this.#heldAt(offset);
+    if (held !== undefined && offset + length <= held.start + held.bytes.length) {
+      // A copy: the held buffer goes back to the pool while the caller may still send this.
+      return Buffer.from(held.bytes.subarray(offset - held.start, offset - held.start + length));
     }
     this.#openReaders += 1;
     try {
@@ -251,6 +290,19 @@ export class BlobDownload {
             continue;
           }
           const length = Math.min(limit - position, buffer.length);
+          const held = this.#heldAt(position);
+          if (held !== undefined) {
+            // The bytes in flight: copied from memory rather than read back from the file.
+            const from = position - held.start;
+            const copied = held.bytes.copy(
+              buffer,
+              0,
+              from,
+              Math.min(held.bytes.length, from + length),
+            );
+            position += copied;
+            return copied;
+          }
           const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
           if (bytesRead === 0) {
             throw new Error(`short read at ${position} of ${this.digest.toString()}`);
@@ -275,10 +327,27 @@ export class BlobDownload {
     return cursor === undefined ? undefined : cursorStream(cursor);
   }
 
-  /** Feeds the prefix written out of order to the whole-blob hash, reading it back. */
+  /**
+   * Feeds the prefix to the whole-blob hash: from the pieces held in memory, reading back from
+   * the file only what is not held (pieces that arrived out of order and were dropped).
+   */
   async #hashPrefix(): Promise<void> {
     while (this.#hashed < this.#available && !this.#handleClosed) {
-      const length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
+      const held = this.#heldAt(this.#hashed);
+      if (held !== undefined) {
+        const from = this.#hashed - held.start;
+        const to = Math.min(held.bytes.length, this.#available - held.start);
+        this.#hasher.update(held.bytes.subarray(from, to));
+        this.#hashed += to - from;
+        continue;
+      }
+      let length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
+      // Stop the read where a held piece begins: its bytes are in memory.
+      for (const start of this.#held.keys()) {
+        if (start > this.#hashed && start < this.#hashed + length) {
+          length = start - this.#hashed;
+        }
+      }
       const buffer = Buffer.allocUnsafe(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, this.#hashed);
       if (bytesRead === 0) {
@@ -287,6 +356,54 @@ export class BlobDownload {
       this.#hasher.update(buffer.subarray(0, bytesRead));
       this.#hashed += bytesRead;
     }
+  }
+
+  /** The held piece holding the byte at `position`, if any. */
+  #heldAt(position: number): { start: number; bytes: Buffer } | undefined {
+    for (const [start, bytes] of this.#held) {
+      if (position >= start && position < start + bytes.length) {
+        return { start, bytes };
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Keeps a written piece in memory, dropping hashed pieces first; false (not kept) when the
+   * prefix has passed it already or it does not fit.
+   */
+  #hold(start: number, bytes: Buffer): boolean {
+    if (
+      bytes.length > HELD_BYTES ||
+      start + bytes.length <= this.#hashed ||
+      this.#heldAt(start) !== undefined
+    ) {
+      return false;
+    }
+    for (const [offset, held] of this.#held) {
+      if (this.#heldBytes + bytes.length <= HELD_BYTES) {
+        break;
+      }
+      if (offset + held.length <= this.#hashed) {
+        this.#held.delete(offset);
+        this.#heldBytes -= held.length;
+        this.#pool?.give(held);
+      }
+    }
+    if (this.#heldBytes + bytes.length > HELD_BYTES) {
+      return false;
+    }
+    this.#held.set(start, bytes);
+    this.#heldBytes += bytes.length;
+    return true;
+  }
+
+  #dropHeld(): void {
+    for (const held of this.#held.values()) {
+      this.#pool?.give(held);
+    }
+    this.#held.clear();
+    this.#heldBytes = 0;
   }
 
   async #writeAll(chunk: Uint8Array, position: number): Promise<void> {

@@ -59,11 +59,13 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     if (request.raw.destroyed) {
       return reply;
     }
-    const bytes = await readPiece(deps, digest, piece);
-    if (bytes === undefined) {
+    const held = await readPiece(deps, digest, piece);
+    if (held === undefined) {
       return reply.code(404).send({ error: 'piece not held' });
     }
-    if (deps.corruptPieces && bytes.length > 0) {
+    // A piece of a download in progress may be the download's own bytes in memory: corrupt a copy.
+    const bytes = deps.corruptPieces && held.length > 0 ? Buffer.from(held) : held;
+    if (bytes !== held) {
       bytes[0] = (bytes[0] ?? 0) ^ 0xff;
     }
     deps.metrics.uploadedBytes.inc(bytes.length);

@@ -8,6 +8,7 @@ import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/pro
 import { RateLimiter, runInContext, startSpan, type Logger } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 
+import { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { Flight } from '../cache/download-table.js';
 import { BlobDownload } from '../cache/download.js';
@@ -20,6 +21,9 @@ import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
 import { registerPeerRoutes } from './peer-server.js';
 import { SwarmFetch } from './swarm-fetch.js';
+
+/** Free piece buffers kept for reuse, in bytes. */
+const POOLED_PIECE_BYTES = 32 * 1024 * 1024;
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
 const REANNOUNCE_INTERVAL_MS = 10 * 60_000;
@@ -39,6 +43,7 @@ export class SwarmService implements BlobFetcher {
   readonly client: SwarmClient;
   readonly #deps: SwarmServiceDeps;
   readonly #pieces: PieceClient;
+  readonly #pool = new BufferPool(POOLED_PIECE_BYTES);
   readonly #active = new Map<string, SwarmFetch>();
   readonly #uploadLimit: RateLimiter;
   readonly #downloadLimit: RateLimiter;
@@ -117,11 +122,12 @@ export class SwarmService implements BlobFetcher {
   /** BlobFetcher: joins the blob's swarm; the download fills as pieces verify. */
   async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
     const { config, store, requests, metrics, logger } = this.#deps;
-    const download = new BlobDownload(target.digest, await store.createTemp());
+    const download = new BlobDownload(target.digest, await store.createTemp(), this.#pool);
     const fetch = new SwarmFetch(download, target, {
       client: this.client,
       pieces: this.#pieces,
       store,
+      pool: this.#pool,
       requests,
       downloadLimit: this.#downloadLimit,
       metrics,

@@ -27,8 +27,9 @@ import {
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
+import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
-import type { BlobDownload } from '../cache/download.js';
+import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
@@ -50,6 +51,13 @@ const BAD_PIECE_PENALTY_MS = 10 * 60_000;
 const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
 const TICK_MS = 250;
+/**
+ * Largest piece received whole into memory, verified, and written with one write. Memory:
+ * up to twice the concurrency of these per download (endgame copies).
+ */
+const WHOLE_PIECE_BYTES = 4 * 1024 * 1024;
+/** Bytes per write when a larger piece is written as it arrives (before it verifies). */
+const STREAM_BLOCK_BYTES = 1024 * 1024;
 
 export interface SwarmFetchSettings {
   readonly concurrency: number;
@@ -61,6 +69,8 @@ export interface SwarmFetchDeps {
   readonly client: SwarmClient;
   readonly pieces: PieceClient;
   readonly store: FsContentStore;
+  /** Where whole-piece buffers come from; the download gives them back. */
+  readonly pool: BufferPool;
   readonly requests: RegistryRequests;
   readonly downloadLimit: RateLimiter;
   readonly metrics: AgentMetrics;
@@ -71,7 +81,10 @@ export interface SwarmFetchDeps {
 interface InFlight {
   readonly controller: AbortController;
   readonly peer: string;
-  /** Streams straight into the download (the first request for a piece) or buffers (endgame). */
+  /**
+   * Writes into the download as the bytes arrive (the first request for a piece larger than
+   * `WHOLE_PIECE_BYTES`), or receives the piece whole and writes it once verified.
+   */
   readonly streaming: boolean;
   done: Promise<void>;
 }
@@ -251,12 +264,22 @@ export class SwarmFetch {
         candidates.push({ index, holders: held, rank: 0 });
       }
     }
-    // Rarest first; among equals, in an order of this agent's own, so agents starting together
-    // take different pieces from the seed and then trade them.
+    // Pieces in a window just past the verified prefix come first: clients read the blob in
+    // order, and the download keeps pieces that arrive ahead of the prefix in memory (for the
+    // whole-blob hash and for readers) only as far as the window reaches. Within the window and
+    // past it, rarest first; among equals, in an order of this agent's own, so agents starting
+    // together take different pieces from the seed and then trade them.
+    const windowEnd =
+      this.#prefix + Math.max(settings.concurrency, Math.floor(HELD_BYTES / this.#pieceSize));
     for (const candidate of candidates) {
       candidate.rank = Math.random();
     }
-    candidates.sort((a, b) => a.holders.length - b.holders.length || a.rank - b.rank);
+    candidates.sort(
+      (a, b) =>
+        Number(a.index >= windowEnd) - Number(b.index >= windowEnd) ||
+        a.holders.length - b.holders.length ||
+        a.rank - b.rank,
+    );
     for (const candidate of candidates) {
       if (active >= settings.concurrency) {
         return;
@@ -310,8 +333,10 @@ export class SwarmFetch {
     return best;
   }
 
-  #request(index: number, peer: PeerState, signal: AbortSignal, streaming: boolean): void {
+  #request(index: number, peer: PeerState, signal: AbortSignal, first: boolean): void {
     const controller = new AbortController();
+    const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
+    const streaming = first && end - start > WHOLE_PIECE_BYTES;
     const entry: InFlight = { controller, peer: peer.info.id, streaming, done: Promise.resolve() };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
@@ -335,10 +360,13 @@ export class SwarmFetch {
   }
 
   /**
-   * Fetches one piece from one peer. The first request for a piece writes into the download
-   * as the bytes arrive, hashing them on the way (memory: one socket chunk); the piece counts
-   * only if the hash matches. An endgame copy is buffered instead, and written only after the
-   * streaming request for the same piece has stopped, so two writers never overlap.
+   * Fetches one piece from one peer. A piece up to `WHOLE_PIECE_BYTES` is received whole into
+   * memory, hashed, and written with one write once it matches its hash; its bytes then stay
+   * in the download's memory for the whole-blob hash and for readers. The first request for a
+   * larger piece writes into the download in blocks as they arrive, hashing them on the way
+   * (memory: one block); the piece counts only if the hash matches. An endgame copy of a large
+   * piece is received whole, and written only after the streaming request for the same piece
+   * has stopped, so two writers never overlap.
    */
   async #fetchPiece(index: number, peer: PeerState, entry: InFlight): Promise<void> {
     const { pieces, metrics, logger, downloadLimit } = this.#deps;
@@ -370,7 +398,14 @@ export class SwarmFetch {
         },
         async () => {
           if (!entry.streaming) {
-            const copy = await pieces.fetch(peer.info.url, this.#blob, index, end - start, signal);
+            const copy = await pieces.fetch(
+              peer.info.url,
+              this.#blob,
+              index,
+              end - start,
+              signal,
+              (size) => this.#deps.pool.take(size),
+            );
             hasher.update(copy);
             return copy;
           }
@@ -380,18 +415,21 @@ export class SwarmFetch {
             index,
             end - start,
             signal,
-            async (chunk, offset) => {
-              hasher.update(chunk);
-              await this.download.writeAt(start + offset, chunk);
+            STREAM_BLOCK_BYTES,
+            async (block, offset) => {
+              hasher.update(block);
+              await this.download.writeAt(start + offset, block);
             },
           );
           return undefined;
         },
       );
       if (this.#have.has(index)) {
+        this.#giveBack(bytes);
         return;
       }
       if (hasher.digest('hex') !== this.#hashes[index]) {
+        this.#giveBack(bytes);
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
         peer.banned = true;
@@ -410,12 +448,13 @@ export class SwarmFetch {
         }
         await Promise.all(streams.map((other) => other.done));
         if (this.#have.has(index) || this.#committing.has(index)) {
+          this.#giveBack(bytes);
           return;
         }
         // Two endgame copies may both get here; the first one writes.
         this.#committing.add(index);
         try {
-          await this.download.writeAt(start, bytes);
+          await this.download.writePiece(start, bytes);
         } finally {
           this.#committing.delete(index);
         }
@@ -442,6 +481,13 @@ export class SwarmFetch {
           'piece request failed',
         );
       }
+    }
+  }
+
+  /** Returns a piece buffer nobody will use to the pool. */
+  #giveBack(bytes: Buffer | undefined): void {
+    if (bytes !== undefined) {
+      this.#deps.pool.give(bytes);
     }
   }
 
@@ -604,7 +650,7 @@ export class SwarmFetch {
             throw new Error(`origin bytes of piece ${index} do not match its hash`);
           }
           if (!this.#have.has(index)) {
-            await this.download.writeAt(bounds.start, piece);
+            await this.download.writePiece(bounds.start, piece);
             this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
             this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);
