@@ -1,8 +1,8 @@
 /** Fetches one piece from a peer or the seed server over HTTP, with a timeout and a signal. */
-import { Agent, request } from 'node:http';
-
 import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
+
+import { PieceHttpClient } from './piece-http.js';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -13,7 +13,7 @@ export class PieceFetchError extends ShoalError<
 const EMPTY = Buffer.alloc(0);
 
 export class PieceClient {
-  readonly #agent = new Agent({ keepAlive: true, maxSockets: 16 });
+  readonly #http = new PieceHttpClient();
   readonly #timeoutMs: number;
 
   constructor(timeoutMs: number) {
@@ -49,14 +49,14 @@ export class PieceClient {
   }
 
   /**
-   * Fetches the piece in blocks of `blockBytes` (the last one shorter): every socket chunk is
-   * copied into the current block as it arrives, with no promise per chunk, and `sink` gets
-   * each block once full, with its offset in the piece. While a sink's promise is pending the
-   * response is paused, so memory stays at about one block. Fails unless exactly `length`
-   * bytes arrive; settles only after the last sink has, so a caller that aborts and awaits
-   * the request knows nothing more will be written. Blocks come from `alloc`.
+   * Fetches the piece in blocks of `blockBytes` (the last one shorter): the body is copied into
+   * the current block as it is read, with no promise per socket read, and `sink` gets each
+   * block once full, with its offset in the piece. While a sink's promise is pending reading
+   * pauses, so memory stays at about one block. Fails unless exactly `length` bytes arrive;
+   * settles only after the last sink has, so a caller that aborts and awaits the request knows
+   * nothing more will be written. Blocks come from `alloc`.
    */
-  stream(
+  async stream(
     baseUrl: string,
     blob: string,
     index: number,
@@ -67,146 +67,98 @@ export class PieceClient {
     alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
   ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
-    return new Promise((resolve, reject) => {
-      // The active span's context goes along, so the peer's span joins this trace.
-      const headers = {};
-      injectHttp(headers);
-      const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs, headers });
-      const timer = setTimeout(() => {
-        req.destroy(
+    // The active span's context goes along, so the peer's span joins this trace.
+    const headers: Record<string, string> = {};
+    injectHttp(headers);
+    let received = 0;
+    let block: Buffer = EMPTY;
+    let filled = 0;
+    const deliver = (): Promise<void> | void => {
+      const result = sink(block, received - filled);
+      filled = 0;
+      block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
+      return result;
+    };
+    await this.#http.get(
+      url,
+      {
+        headers,
+        signal,
+        timeoutMs: this.#timeoutMs,
+        timeoutError: (kind) =>
           new PieceFetchError(
             'PIECE_TIMEOUT',
             504,
-            `piece ${index} from ${url.host} took too long`,
+            kind === 'total'
+              ? `piece ${index} from ${url.host} took too long`
+              : `piece ${index} from ${url.host} went quiet`,
           ),
-        );
-      }, this.#timeoutMs);
-      // The sinks' writes in progress: the promise settles only after them.
-      let sinking: Promise<void> | undefined;
-      let settled = false;
-      const fail = (error: Error): void => {
-        if (settled) {
-          return;
-        }
-        settled = true;
-        clearTimeout(timer);
-        req.destroy();
-        void (sinking ?? Promise.resolve()).catch(() => undefined).then(() => reject(error));
-      };
-      req.once('response', (res) => {
-        if (res.statusCode !== 200) {
-          res.resume();
-          fail(
-            res.statusCode === 429
-              ? new PieceFetchError(
-                  'PIECE_RATIONED',
-                  429,
-                  `${url.host} asks to get piece ${index} from a peer`,
-                )
-              : new PieceFetchError(
-                  'PIECE_STATUS',
-                  502,
-                  `piece ${index} from ${url.host}: ${String(res.statusCode)}`,
-                ),
-          );
-          return;
-        }
-        let received = 0;
-        let block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
-        let filled = 0;
-        const deliver = (): void => {
-          const pending = sink(block, received - filled);
-          filled = 0;
-          block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
-          if (pending === undefined) {
-            return;
-          }
-          res.pause();
-          const previous = sinking ?? Promise.resolve();
-          const current: Promise<void> = Promise.all([previous, pending]).then(() => {
-            if (sinking === current) {
-              sinking = undefined;
-              res.resume();
-            }
-          });
-          sinking = current;
-          current.catch((error: unknown) =>
-            fail(error instanceof Error ? error : new Error(String(error))),
-          );
-        };
-        res.on('data', (chunk: Buffer) => {
-          if (settled) {
-            return;
-          }
-          if (received + chunk.length > length) {
-            fail(
-              new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host} is too long`,
-              ),
+      },
+      {
+        onHead: (status, announced) => {
+          if (status === 429) {
+            throw new PieceFetchError(
+              'PIECE_RATIONED',
+              429,
+              `${url.host} asks to get piece ${index} from a peer`,
             );
-            return;
           }
+          if (status !== 200) {
+            throw new PieceFetchError(
+              'PIECE_STATUS',
+              502,
+              `piece ${index} from ${url.host}: ${String(status)}`,
+            );
+          }
+          if (announced !== undefined && announced !== length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
+            );
+          }
+          block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
+        },
+        onBody: (bytes) => {
+          if (received + bytes.length > length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host} is too long`,
+            );
+          }
+          let waits: Promise<void>[] | undefined;
           let offset = 0;
-          while (offset < chunk.length) {
-            const take = Math.min(chunk.length - offset, block.length - filled);
-            chunk.copy(block, filled, offset, offset + take);
+          while (offset < bytes.length) {
+            const take = Math.min(bytes.length - offset, block.length - filled);
+            bytes.copy(block, filled, offset, offset + take);
             filled += take;
             received += take;
             offset += take;
             if (filled === block.length) {
-              deliver();
+              const pending = deliver();
+              if (pending !== undefined) {
+                (waits ??= []).push(pending);
+              }
             }
           }
-        });
-        res.once('end', () => {
-          if (settled) {
-            return;
-          }
-          if (received !== length) {
-            fail(
-              new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host}: ${received} of ${length} bytes`,
-              ),
-            );
-            return;
-          }
-          if (length === 0) {
-            deliver();
-          }
-          // A sink that fails has failed the request already.
-          void (sinking ?? Promise.resolve()).then(
-            () => {
-              if (!settled) {
-                settled = true;
-                clearTimeout(timer);
-                resolve();
-              }
-            },
-            () => undefined,
-          );
-        });
-        res.once('error', (error) => fail(error));
-        res.once('close', () => {
-          if (!res.complete) {
-            fail(new Error(`piece ${index} from ${url.host}: connection closed early`));
-          }
-        });
-      });
-      req.once('timeout', () =>
-        req.destroy(
-          new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
-        ),
+          return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+        },
+      },
+    );
+    if (received !== length) {
+      throw new PieceFetchError(
+        'PIECE_LENGTH',
+        502,
+        `piece ${index} from ${url.host}: ${received} of ${length} bytes`,
       );
-      req.once('error', (error) => fail(error));
-      req.end();
-    });
+    }
+    if (length === 0) {
+      await sink(EMPTY, 0);
+    }
   }
 
   close(): void {
-    this.#agent.destroy();
+    this.#http.close();
   }
 }
