@@ -223,20 +223,26 @@ export class BlobDownload {
   /**
    * Reads `length` bytes at `offset`, or undefined when the download failed or released its
    * file. The caller vouches that the range was verified: the prefix, or a piece the swarm
-   * checked against its hash.
+   * checked against its hash. The bytes go into a buffer from `alloc`.
    */
-  async readAt(offset: number, length: number): Promise<Buffer | undefined> {
+  async readAt(
+    offset: number,
+    length: number,
+    alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
+  ): Promise<Buffer | undefined> {
     if (this.#handleClosed || this.#state === 'failed') {
       return undefined;
     }
     const held = this.#heldAt(offset);
     if (held !== undefined && offset + length <= held.start + held.bytes.length) {
       // A copy: the held buffer goes back to the pool while the caller may still send this.
-      return Buffer.from(held.bytes.subarray(offset - held.start, offset - held.start + length));
+      const copy = alloc(length);
+      held.bytes.copy(copy, 0, offset - held.start, offset - held.start + length);
+      return copy;
     }
     this.#openReaders += 1;
     try {
-      const buffer = Buffer.allocUnsafe(length);
+      const buffer = alloc(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, offset);
       return bytesRead === length ? buffer : undefined;
     } finally {

@@ -109,6 +109,7 @@ export class SwarmService implements BlobFetcher {
       store: this.#deps.store,
       active: (digest) => this.#active.get(digest),
       uploadLimit: this.#uploadLimit,
+      pool: this.#pool,
       metrics: this.#deps.metrics,
       corruptPieces: this.#deps.config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
     });

@@ -132,13 +132,16 @@ export class SwarmFetch {
     return this.#have.has(index);
   }
 
-  /** A held piece's bytes (verified against its hash when it arrived), or undefined. */
-  async readPiece(index: number): Promise<Buffer | undefined> {
+  /**
+   * A held piece's bytes (verified against its hash when it arrived), in a buffer from
+   * `alloc`, or undefined.
+   */
+  async readPiece(index: number, alloc?: (size: number) => Buffer): Promise<Buffer | undefined> {
     if (!this.#have.has(index)) {
       return undefined;
     }
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
-    return this.download.readAt(start, end - start);
+    return this.download.readAt(start, end - start, alloc);
   }
 
   /** Span attributes describing how the fetch went, for the end of its span. */
