@@ -52,6 +52,15 @@ const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
 const TICK_MS = 250;
 /**
+ * Wants sent ahead of the interval, at most, while the blob's piece hashes are known (someone
+ * holds pieces) but no hand-out has named a holder yet: on a cold pull the seed server starts
+ * holding the blob a moment after the first want, and waiting a whole want interval to hear of
+ * it was most of the latency Shoal added to a small image.
+ */
+const EARLY_WANTS = 5;
+/** Shortest gap between two wants, in ms. */
+const EARLY_WANT_GAP_MS = 50;
+/**
  * Largest piece received whole into memory, verified, and written with one write. Memory:
  * up to twice the concurrency of these per download (endgame copies).
  */
@@ -207,6 +216,7 @@ export class SwarmFetch {
   async #fromSwarm(signal: AbortSignal): Promise<boolean> {
     const { client, settings } = this.#deps;
     let lastWant = 0;
+    let earlyWants = 0;
     this.#lastProgress = Date.now();
     while (!signal.aborted) {
       if (this.#count > 0 && this.#have.size === this.#count) {
@@ -218,7 +228,15 @@ export class SwarmFetch {
       }
       // Asked at a fixed interval for the whole download: the tracker's view of who holds
       // what keeps changing, and one message a second per blob does not grow with the swarm.
-      if (now - lastWant >= settings.wantIntervalMs) {
+      // A few more at the start, while pieces exist but nobody known holds them.
+      const early = earlyWants < EARLY_WANTS && this.#count > 0 && !this.#anyHolder();
+      if (
+        now - lastWant >= settings.wantIntervalMs ||
+        (early && now - lastWant >= EARLY_WANT_GAP_MS)
+      ) {
+        if (now - lastWant < settings.wantIntervalMs) {
+          earlyWants += 1;
+        }
         lastWant = now;
         void client.want({
           blob: this.#blob,
@@ -228,13 +246,27 @@ export class SwarmFetch {
         });
       }
       this.#schedule(signal);
+      const wait =
+        early && earlyWants < EARLY_WANTS
+          ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
+          : TICK_MS;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, TICK_MS);
+        const timer = setTimeout(resolve, wait);
         this.#wake = () => {
           clearTimeout(timer);
           resolve();
         };
       });
+    }
+    return false;
+  }
+
+  /** True when a usable peer is known to hold pieces of the blob. */
+  #anyHolder(): boolean {
+    for (const peer of this.#peers.values()) {
+      if (this.#usable(peer) && (peer.complete || peer.pieces.length > 0)) {
+        return true;
+      }
     }
     return false;
   }
