@@ -242,6 +242,8 @@ interface Results {
     readonly fromPeers: number;
     readonly fromOrigin: number;
   };
+  /** The first agent's largest resident set over the run (VmHWM), in bytes. */
+  readonly agentPeakRss: number;
 }
 
 function report(options: Options, results: Results): string {
@@ -319,6 +321,7 @@ function report(options: Options, results: Results): string {
       `; receiving agent ${perGiB(measured, 'agent b', bigBytes)} CPU s/GiB, ` +
       `serving agent ${perGiB(measured, 'agent', bigBytes)} CPU s/GiB`,
   );
+  out.push(`agent peak RSS over the run: ${mib(results.agentPeakRss)}`);
   return `${out.join('\n')}\n`;
 }
 
@@ -397,6 +400,7 @@ async function main(): Promise<number> {
       client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)])),
     );
     const metrics = await scrapeMetrics(agentB.url);
+    const agentPeakRss = await agent.peakRssBytes();
     const results: Results = {
       bigBytes: blobBytes(big.target),
       smallBytes: blobBytes(small.target),
@@ -410,6 +414,7 @@ async function main(): Promise<number> {
         fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
         fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
       },
+      agentPeakRss,
     };
     process.stdout.write(report(options, results));
     return 0;
