@@ -38,6 +38,13 @@ const HASH_CHUNK_BYTES = 1024 * 1024;
  * is not kept, and its bytes are read back from the file when needed.
  */
 export const HELD_BYTES = 16 * 1024 * 1024;
+/** Bytes appended in order (the origin path) gathered into one write. */
+const APPEND_BLOCK_BYTES = 1024 * 1024;
+/**
+ * Appended blocks kept in memory, in bytes: readers follow an in-order download closely, and
+ * the hash has them already, so a few recent blocks are enough.
+ */
+const APPEND_HELD_BYTES = 4 * APPEND_BLOCK_BYTES;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 
@@ -59,6 +66,8 @@ export class BlobDownload {
   /** Written, verified pieces still in memory, by offset, oldest first. */
   readonly #held = new Map<number, Buffer>();
   #heldBytes = 0;
+  /** The block `append` is filling: readable from memory (it is in `#held`), not yet written. */
+  #tail: { start: number; bytes: Buffer; filled: number } | undefined;
   readonly #hasher: DigestHasher;
   #waiters: (() => void)[] = [];
   #openReaders = 0;
@@ -120,7 +129,11 @@ export class BlobDownload {
     }
   }
 
-  /** Appends bytes in order (the origin path): written, hashed and made available at once. */
+  /**
+   * Appends bytes in order (the origin path): hashed and made available at once, readers
+   * taking them from memory; written in blocks of `APPEND_BLOCK_BYTES` (the last one by
+   * `finish`), so a socket chunk costs a copy rather than a write of its own.
+   */
   async append(chunk: Uint8Array): Promise<void> {
     if (this.#size !== undefined && this.#available + chunk.length > this.#size) {
       throw new ContentMismatchError(
@@ -129,13 +142,23 @@ export class BlobDownload {
         `${this.digest.toString()}: more bytes than announced`,
       );
     }
-    await this.#writeAll(chunk, this.#available);
-    if (this.#hashed === this.#available) {
-      this.#hasher.update(chunk);
-      this.#hashed += chunk.length;
+    let offset = 0;
+    while (offset < chunk.length) {
+      const tail = this.#tail ?? this.#newTail();
+      const take = Math.min(chunk.length - offset, tail.bytes.length - tail.filled);
+      tail.bytes.set(chunk.subarray(offset, offset + take), tail.filled);
+      if (this.#hashed === this.#available) {
+        this.#hasher.update(tail.bytes.subarray(tail.filled, tail.filled + take));
+        this.#hashed += take;
+      }
+      tail.filled += take;
+      this.#available += take;
+      offset += take;
+      this.#wake();
+      if (tail.filled === tail.bytes.length) {
+        await this.#flushTail();
+      }
     }
-    this.#available += chunk.length;
-    this.#wake();
   }
 
   /** Writes verified bytes at `offset` (the swarm path); `advance` makes them readable. */
@@ -173,6 +196,7 @@ export class BlobDownload {
       return this.#state;
     }
     try {
+      await this.#flushTail();
       if (this.#size === undefined) {
         this.setSize(this.#available);
       }
@@ -386,16 +410,7 @@ export class BlobDownload {
     ) {
       return false;
     }
-    for (const [offset, held] of this.#held) {
-      if (this.#heldBytes + bytes.length <= HELD_BYTES) {
-        break;
-      }
-      if (offset + held.length <= this.#hashed) {
-        this.#held.delete(offset);
-        this.#heldBytes -= held.length;
-        this.#pool?.give(held);
-      }
-    }
+    this.#makeRoom(bytes.length);
     if (this.#heldBytes + bytes.length > HELD_BYTES) {
       return false;
     }
@@ -404,7 +419,44 @@ export class BlobDownload {
     return true;
   }
 
+  /** Starts a block for `append`, held (readable) from the start; makes room for it first. */
+  #newTail(): { start: number; bytes: Buffer; filled: number } {
+    const bytes =
+      this.#pool?.take(APPEND_BLOCK_BYTES) ?? Buffer.allocUnsafeSlow(APPEND_BLOCK_BYTES);
+    this.#makeRoom(bytes.length, APPEND_HELD_BYTES);
+    const tail = { start: this.#available, bytes, filled: 0 };
+    this.#tail = tail;
+    this.#held.set(tail.start, bytes);
+    this.#heldBytes += bytes.length;
+    return tail;
+  }
+
+  /** Writes the block `append` filled (or the part filled, at the end); it stays held. */
+  async #flushTail(): Promise<void> {
+    const tail = this.#tail;
+    if (tail === undefined) {
+      return;
+    }
+    this.#tail = undefined;
+    await this.#writeAll(tail.bytes.subarray(0, tail.filled), tail.start);
+  }
+
+  /** Drops hashed pieces, oldest first, until `bytes` more fit in `budget` (or none can go). */
+  #makeRoom(bytes: number, budget = HELD_BYTES): void {
+    for (const [offset, held] of this.#held) {
+      if (this.#heldBytes + bytes <= budget) {
+        return;
+      }
+      if (offset + held.length <= this.#hashed && held !== this.#tail?.bytes) {
+        this.#held.delete(offset);
+        this.#heldBytes -= held.length;
+        this.#pool?.give(held);
+      }
+    }
+  }
+
   #dropHeld(): void {
+    this.#tail = undefined;
     for (const held of this.#held.values()) {
       this.#pool?.give(held);
     }
