@@ -71,6 +71,9 @@ class Connection {
         },
       },
     });
+    // Errors reach the exchange or the idle pool through their own listeners; this one only
+    // keeps an error between the two (an exchange just ended) from crashing the process.
+    this.socket.on('error', () => undefined);
   }
 }
 

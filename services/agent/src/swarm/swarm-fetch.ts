@@ -658,7 +658,7 @@ export class SwarmFetch {
     let toSkip = skip;
     let index = first;
     let bounds = pieceBounds(index, size, this.#pieceSize);
-    let piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+    let piece = this.#deps.pool.take(bounds.end - bounds.start);
     let filled = 0;
     for await (const chunk of body) {
       let rest = chunk;
@@ -693,7 +693,7 @@ export class SwarmFetch {
           index += 1;
           if (index < last) {
             bounds = pieceBounds(index, size, this.#pieceSize);
-            piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+            piece = this.#deps.pool.take(bounds.end - bounds.start);
             filled = 0;
           }
         }
