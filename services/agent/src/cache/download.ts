@@ -37,7 +37,7 @@ const HASH_CHUNK_BYTES = 1024 * 1024;
  * readers. Pieces already hashed are dropped first (oldest first); a piece that does not fit
  * is not kept, and its bytes are read back from the file when needed.
  */
-export const HELD_BYTES = 16 * 1024 * 1024;
+export const HELD_BYTES = 8 * 1024 * 1024;
 /** Bytes appended in order (the origin path) gathered into one write. */
 const APPEND_BLOCK_BYTES = 1024 * 1024;
 /**

@@ -23,7 +23,7 @@ import { registerPeerRoutes } from './peer-server.js';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** Free piece buffers kept for reuse, in bytes. */
-const POOLED_PIECE_BYTES = 16 * 1024 * 1024;
+const POOLED_PIECE_BYTES = 8 * 1024 * 1024;
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
 const REANNOUNCE_INTERVAL_MS = 10 * 60_000;
