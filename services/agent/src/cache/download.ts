@@ -42,9 +42,9 @@ export const HELD_BYTES = 8 * 1024 * 1024;
 const APPEND_BLOCK_BYTES = 1024 * 1024;
 /**
  * Appended blocks kept in memory, in bytes: readers follow an in-order download closely, and
- * the hash has them already, so a few recent blocks are enough.
+ * the hash has them already, so the block being filled and the one before are enough.
  */
-const APPEND_HELD_BYTES = 4 * APPEND_BLOCK_BYTES;
+const APPEND_HELD_BYTES = 2 * APPEND_BLOCK_BYTES;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 

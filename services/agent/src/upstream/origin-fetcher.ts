@@ -38,7 +38,7 @@ export interface OriginFetcherDeps {
 }
 
 /** Free write blocks kept for the downloads' reuse, in bytes. */
-const POOLED_BLOCK_BYTES = 8 * 1024 * 1024;
+const POOLED_BLOCK_BYTES = 4 * 1024 * 1024;
 
 export class OriginFetcher implements BlobFetcher {
   readonly #deps: OriginFetcherDeps;
