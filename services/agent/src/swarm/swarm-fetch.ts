@@ -35,6 +35,7 @@ import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
+import { orderPieces, windowEnd } from './piece-order.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -289,31 +290,19 @@ export class SwarmFetch {
     const peers = [...this.#peers.values()].filter((p) => this.#usable(p));
     const holders = (index: number): PeerState[] =>
       peers.filter((p) => p.complete || rangesInclude(p.pieces, index));
-    const candidates: { index: number; holders: PeerState[]; rank: number }[] = [];
+    const candidates: { index: number; holders: number; peers: PeerState[]; rank: number }[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || this.#hashes[index] === undefined || this.#inFlight.has(index)) {
         continue;
       }
       const held = holders(index);
       if (held.length > 0) {
-        candidates.push({ index, holders: held, rank: 0 });
+        candidates.push({ index, holders: held.length, peers: held, rank: Math.random() });
       }
     }
-    // Pieces in a window just past the verified prefix come first: clients read the blob in
-    // order, and the download keeps pieces that arrive ahead of the prefix in memory (for the
-    // whole-blob hash and for readers) only as far as the window reaches. Within the window and
-    // past it, rarest first; among equals, in an order of this agent's own, so agents starting
-    // together take different pieces from the seed and then trade them.
-    const windowEnd =
-      this.#prefix + Math.max(settings.concurrency, Math.floor(HELD_BYTES / this.#pieceSize));
-    for (const candidate of candidates) {
-      candidate.rank = Math.random();
-    }
-    candidates.sort(
-      (a, b) =>
-        Number(a.index >= windowEnd) - Number(b.index >= windowEnd) ||
-        a.holders.length - b.holders.length ||
-        a.rank - b.rank,
+    orderPieces(
+      candidates,
+      windowEnd(this.#prefix, this.#pieceSize, HELD_BYTES, settings.concurrency),
     );
     for (const candidate of candidates) {
       if (active >= settings.concurrency) {
@@ -321,7 +310,7 @@ export class SwarmFetch {
       }
       const deferred = (this.#seedDeferred.get(candidate.index) ?? 0) > Date.now();
       const peer = this.#pickPeer(
-        deferred ? candidate.holders.filter((h) => !h.seed) : candidate.holders,
+        deferred ? candidate.peers.filter((h) => !h.seed) : candidate.peers,
         new Set(),
       );
       if (peer !== undefined) {
