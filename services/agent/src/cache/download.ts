@@ -362,6 +362,8 @@ export class BlobDownload {
    * the file only what is not held (pieces that arrived out of order and were dropped).
    */
   async #hashPrefix(): Promise<void> {
+    // One buffer for all the reading back of this round (hashing runs one round at a time).
+    let scratch: Buffer | undefined;
     while (this.#hashed < this.#available && !this.#handleClosed) {
       const held = this.#heldAt(this.#hashed);
       if (held !== undefined) {
@@ -378,13 +380,16 @@ export class BlobDownload {
           length = start - this.#hashed;
         }
       }
-      const buffer = Buffer.allocUnsafe(length);
-      const { bytesRead } = await this.#handle.read(buffer, 0, length, this.#hashed);
+      scratch ??= this.#pool?.take(HASH_CHUNK_BYTES) ?? Buffer.allocUnsafe(HASH_CHUNK_BYTES);
+      const { bytesRead } = await this.#handle.read(scratch, 0, length, this.#hashed);
       if (bytesRead === 0) {
         throw new Error(`short read while hashing ${this.digest.toString()}`);
       }
-      this.#hasher.update(buffer.subarray(0, bytesRead));
+      this.#hasher.update(scratch.subarray(0, bytesRead));
       this.#hashed += bytesRead;
+    }
+    if (scratch !== undefined) {
+      this.#pool?.give(scratch);
     }
   }
 

@@ -443,7 +443,10 @@ export class SwarmFetch {
             async (block, offset) => {
               hasher.update(block);
               await this.download.writeAt(start + offset, block);
+              // Written: the block is free for the next one.
+              this.#deps.pool.give(block);
             },
+            (size) => this.#deps.pool.take(size),
           );
           return undefined;
         },
