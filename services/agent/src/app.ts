@@ -17,6 +17,7 @@ import {
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import { startAuthorizer } from './authz/start.js';
+import { BufferPool } from './cache/buffer-pool.js';
 import { FsContentStore } from './cache/content-store.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
@@ -36,6 +37,9 @@ import { RegistryRequests } from './upstream/registry-requests.js';
 import { RegistryTable } from './upstream/registries.js';
 
 export { loadAgentConfig, type AgentConfig } from './config.js';
+
+/** Free piece buffers kept for reuse, in bytes. */
+const POOLED_PIECE_BYTES = 8 * 1024 * 1024;
 
 export interface AgentOverrides {
   readonly logger?: Logger;
@@ -123,6 +127,8 @@ export async function buildApp(
     },
     metrics,
   );
+  // Piece buffers, used again by the swarm's downloads and the peer server's uploads.
+  const piecePool = new BufferPool(POOLED_PIECE_BYTES);
   let join: SwarmJoin | undefined;
   const swarmNow = (): StartedSwarm | undefined => join?.current;
   onEvicted = (digest) => swarmNow()?.service.forget(digest);
@@ -192,6 +198,7 @@ export async function buildApp(
         store,
         active: (digest) => swarmNow()?.service.activeFetch(digest),
         uploadLimit: limits.upload,
+        pool: piecePool,
         metrics,
         verifier,
         logger,
@@ -229,7 +236,7 @@ export async function buildApp(
           () =>
             startSwarm(
               { ...config, SHOAL_NATS_URL: natsUrl },
-              { store, requests, metrics, logger, limits },
+              { store, requests, metrics, logger, limits, pool: piecePool },
             ),
           {
             logger,

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { digestOf, type Digest } from '@shoal/proto';
 
+import { BufferPool } from '../src/cache/buffer-pool.js';
 import { FsContentStore } from '../src/cache/content-store.js';
 import {
   DownloadTable,
@@ -20,6 +21,7 @@ import {
   BlobDownload,
   ContentMismatchError,
   fillInOrder,
+  HELD_BYTES,
   type DownloadState,
 } from '../src/cache/download.js';
 import type { UpstreamAnswer } from '@shoal/registry';
@@ -773,6 +775,109 @@ describe('BlobDownload', () => {
       assert.equal(await download.readVerified(0, PIECE_BYTES), undefined);
       await assertNothingKept(digest);
     });
+  });
+});
+
+describe('BlobDownload pieces in memory (writePiece)', () => {
+  const MiB = 1024 * 1024;
+
+  /** Writes `blob`'s pieces of `pieceBytes` in `order` as a swarm would, copies from `pool`. */
+  async function writePieces(
+    download: BlobDownload,
+    blob: Buffer,
+    pieceBytes: number,
+    order: readonly number[],
+    pool: BufferPool,
+  ): Promise<void> {
+    const have = new Set<number>();
+    let prefix = 0;
+    for (const index of order) {
+      const bytes = blob.subarray(index * pieceBytes, (index + 1) * pieceBytes);
+      const copy = pool.take(bytes.length);
+      bytes.copy(copy);
+      await download.writePiece(index * pieceBytes, copy);
+      have.add(index);
+      while (have.has(prefix)) {
+        prefix += 1;
+      }
+      download.advance(Math.min(blob.length, prefix * pieceBytes));
+      // Give readers and the hash a turn, as the event loop does between pieces.
+      await sleep(0);
+    }
+  }
+
+  it('verifies from the pieces in memory and gives their buffers back to the pool', async () => {
+    const blob = randomBytes(4 * MiB + 12_345);
+    const digest = digestOf(blob);
+    const pool = new BufferPool(64 * MiB);
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    download.setSize(blob.length);
+    const reader = drain(openReader(download));
+    const count = Math.ceil(blob.length / MiB);
+    await writePieces(download, blob, MiB, [...Array(count).keys()], pool);
+    assert.equal(await download.finish(store), 'verified');
+    const received = await reader;
+    assert.equal(received.error, undefined);
+    assert.deepEqual(received.bytes, blob);
+    assert.ok(pool.bytes >= 4 * MiB, `the pool holds ${pool.bytes} bytes of returned pieces`);
+    assert.ok(store.has(digest));
+  });
+
+  it('reads back only what it could not keep: pieces far out of order still verify', async () => {
+    // Twice the memory budget, written back to front: most pieces cannot be kept until the
+    // prefix reaches them, and are hashed from the file.
+    const pieceBytes = MiB;
+    const count = (2 * HELD_BYTES) / pieceBytes;
+    const blob = randomBytes(count * pieceBytes - 777);
+    const digest = digestOf(blob);
+    const pool = new BufferPool(8 * MiB);
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    download.setSize(blob.length);
+    const whole = drain(openReader(download));
+    const range = drain(openReader(download, 3 * MiB + 5, 7 * MiB + 3));
+    await writePieces(download, blob, pieceBytes, [...Array(count).keys()].reverse(), pool);
+    assert.equal(await download.finish(store), 'verified');
+    assert.deepEqual((await whole).bytes, blob);
+    assert.deepEqual((await range).bytes, blob.subarray(3 * MiB + 5, 7 * MiB + 3));
+  });
+
+  it("fails the digest when a piece held in memory is not the blob's", async () => {
+    const blob = randomBytes(3 * MiB);
+    const digest = digestOf(blob);
+    const served = Buffer.from(blob);
+    served[MiB + 10] = (served[MiB + 10] ?? 0) ^ 0xff;
+    const pool = new BufferPool(8 * MiB);
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    download.setSize(served.length);
+    const reader = drain(openReader(download));
+    await writePieces(download, served, MiB, [0, 2, 1], pool);
+    assert.equal(await download.finish(store), 'failed');
+    assertMismatch(download.error, 'DIGEST_MISMATCH');
+    const received = await reader;
+    assertMismatch(received.error, 'DIGEST_MISMATCH');
+    assert.ok(received.bytes.length < served.length);
+    assert.equal(await download.readVerified(0, MiB), undefined);
+    await assertNothingKept(digest);
+  });
+
+  it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
+    const blob = randomBytes(2 * MiB);
+    const pool = new BufferPool(8 * MiB);
+    const download = new BlobDownload(digestOf(blob), await store.createTemp(), pool);
+    download.setSize(blob.length);
+    await writePieces(download, blob, MiB, [1], pool);
+    const ahead = await download.readAt(MiB, MiB);
+    assert.deepEqual(ahead, blob.subarray(MiB));
+    await writePieces(download, blob, MiB, [0], pool);
+    download.advance(blob.length);
+    const first = await download.readVerified(0, MiB);
+    assert.deepEqual(first, blob.subarray(0, MiB));
+    assert.equal(await download.finish(store), 'verified');
+    // The pieces' buffers are back in the pool; overwriting them changes no copy handed out.
+    pool.take(MiB).fill(0);
+    pool.take(MiB).fill(0);
+    assert.deepEqual(ahead, blob.subarray(MiB));
+    assert.deepEqual(first, blob.subarray(0, MiB));
   });
 });
 

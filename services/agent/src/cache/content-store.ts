@@ -152,9 +152,13 @@ export class FsContentStore {
 
   /**
    * Piece `index` of a cached blob (the piece layout follows from its size), or undefined
-   * when the blob is not cached or has no such piece.
+   * when the blob is not cached or has no such piece. The bytes go into a buffer from `alloc`.
    */
-  async readPiece(digest: Digest, index: number): Promise<Buffer | undefined> {
+  async readPiece(
+    digest: Digest,
+    index: number,
+    alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
+  ): Promise<Buffer | undefined> {
     const opened = await this.open(digest);
     if (opened === undefined) {
       return undefined;
@@ -165,7 +169,7 @@ export class FsContentStore {
         return undefined;
       }
       const { start, end } = pieceBounds(index, opened.size, pieceSize);
-      const buffer = Buffer.allocUnsafe(end - start);
+      const buffer = alloc(end - start);
       const { bytesRead } = await opened.handle.read(buffer, 0, buffer.length, start);
       return bytesRead === buffer.length ? buffer : undefined;
     } finally {

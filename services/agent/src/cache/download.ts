@@ -8,6 +8,12 @@
  * prefix is also fed to a hash of the whole blob; the download is committed to the store only
  * if that digest matches.
  *
+ * A verified piece is written with one write, and its bytes are kept in memory for a while
+ * (at most `HELD_BYTES` per download): the whole-blob hash takes them from there when the
+ * prefix reaches them, and readers following the prefix copy them from there, so a byte is
+ * read back from the file only when it arrived out of order and its buffer was dropped, or
+ * when a reader lags far behind.
+ *
  * No response is completed with unverified bytes: until the whole blob has verified, a reader
  * withholds the last byte of its response, and if verification fails the reader throws, which
  * aborts the client's response instead of completing it.
@@ -19,12 +25,26 @@ import { Readable } from 'node:stream';
 import { DigestHasher, type Digest } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
+import type { BufferPool } from './buffer-pool.js';
 import type { FsContentStore } from './content-store.js';
 
 /** Bytes per chunk of a stream made from a cursor. */
 const READ_CHUNK_BYTES = 64 * 1024;
 /** Bytes read back per step when hashing a prefix that was written out of order. */
 const HASH_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Piece bytes kept in memory per download after their write, for the whole-blob hash and for
+ * readers. Pieces already hashed are dropped first (oldest first); a piece that does not fit
+ * is not kept, and its bytes are read back from the file when needed.
+ */
+export const HELD_BYTES = 8 * 1024 * 1024;
+/** Bytes appended in order (the origin path) gathered into one write. */
+const APPEND_BLOCK_BYTES = 1024 * 1024;
+/**
+ * Appended blocks kept in memory, in bytes: readers follow an in-order download closely, and
+ * the hash has them already, so the block being filled and the one before are enough.
+ */
+const APPEND_HELD_BYTES = 2 * APPEND_BLOCK_BYTES;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 
@@ -43,6 +63,11 @@ export class BlobDownload {
   /** Bytes of the prefix fed to the whole-blob hash. */
   #hashed = 0;
   #hashing: Promise<void> = Promise.resolve();
+  /** Written, verified pieces still in memory, by offset, oldest first. */
+  readonly #held = new Map<number, Buffer>();
+  #heldBytes = 0;
+  /** The block `append` is filling: readable from memory (it is in `#held`), not yet written. */
+  #tail: { start: number; bytes: Buffer; filled: number } | undefined;
   readonly #hasher: DigestHasher;
   #waiters: (() => void)[] = [];
   #openReaders = 0;
@@ -57,8 +82,12 @@ export class BlobDownload {
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
 
-  constructor(digest: Digest, temp: { path: string; handle: FileHandle }) {
+  readonly #pool: BufferPool | undefined;
+
+  /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
+  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: BufferPool) {
     this.digest = digest;
+    this.#pool = pool;
     this.#tempPath = temp.path;
     this.#handle = temp.handle;
     this.#hasher = new DigestHasher(digest.algorithm);
@@ -100,7 +129,11 @@ export class BlobDownload {
     }
   }
 
-  /** Appends bytes in order (the origin path): written, hashed and made available at once. */
+  /**
+   * Appends bytes in order (the origin path): hashed and made available at once, readers
+   * taking them from memory; written in blocks of `APPEND_BLOCK_BYTES` (the last one by
+   * `finish`), so a socket chunk costs a copy rather than a write of its own.
+   */
   async append(chunk: Uint8Array): Promise<void> {
     if (this.#size !== undefined && this.#available + chunk.length > this.#size) {
       throw new ContentMismatchError(
@@ -109,18 +142,40 @@ export class BlobDownload {
         `${this.digest.toString()}: more bytes than announced`,
       );
     }
-    await this.#writeAll(chunk, this.#available);
-    if (this.#hashed === this.#available) {
-      this.#hasher.update(chunk);
-      this.#hashed += chunk.length;
+    let offset = 0;
+    while (offset < chunk.length) {
+      const tail = this.#tail ?? this.#newTail();
+      const take = Math.min(chunk.length - offset, tail.bytes.length - tail.filled);
+      tail.bytes.set(chunk.subarray(offset, offset + take), tail.filled);
+      if (this.#hashed === this.#available) {
+        this.#hasher.update(tail.bytes.subarray(tail.filled, tail.filled + take));
+        this.#hashed += take;
+      }
+      tail.filled += take;
+      this.#available += take;
+      offset += take;
+      this.#wake();
+      if (tail.filled === tail.bytes.length) {
+        await this.#flushTail();
+      }
     }
-    this.#available += chunk.length;
-    this.#wake();
   }
 
   /** Writes verified bytes at `offset` (the swarm path); `advance` makes them readable. */
   async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
     await this.#writeAll(bytes, offset);
+  }
+
+  /**
+   * Writes a whole verified piece at `offset` with one write and keeps its bytes in memory
+   * while the budget allows (see `HELD_BYTES`); `advance` makes them readable. The download
+   * owns `bytes` from then on: the caller must not touch them again (they go back to the pool).
+   */
+  async writePiece(offset: number, bytes: Buffer): Promise<void> {
+    await this.#writeAll(bytes, offset);
+    if (!(this.#state === 'running' && this.#hold(offset, bytes))) {
+      this.#pool?.give(bytes);
+    }
   }
 
   /** Moves the readable prefix to `available` bytes (all written and verified). */
@@ -141,6 +196,7 @@ export class BlobDownload {
       return this.#state;
     }
     try {
+      await this.#flushTail();
       if (this.#size === undefined) {
         this.setSize(this.#available);
       }
@@ -163,6 +219,7 @@ export class BlobDownload {
       await this.#handle.sync();
       await store.commit(this.#tempPath, this.digest, this.#available);
       this.#state = 'verified';
+      this.#dropHeld();
       this.#wake();
       this.#settle(this.#state);
       await this.#closeHandleIfIdle();
@@ -178,6 +235,7 @@ export class BlobDownload {
       return;
     }
     this.#state = 'failed';
+    this.#dropHeld();
     this.#error = error instanceof Error ? error : new Error(String(error));
     this.#rejectSize(this.#error);
     await unlink(this.#tempPath).catch(() => undefined);
@@ -189,15 +247,26 @@ export class BlobDownload {
   /**
    * Reads `length` bytes at `offset`, or undefined when the download failed or released its
    * file. The caller vouches that the range was verified: the prefix, or a piece the swarm
-   * checked against its hash.
+   * checked against its hash. The bytes go into a buffer from `alloc`.
    */
-  async readAt(offset: number, length: number): Promise<Buffer | undefined> {
+  async readAt(
+    offset: number,
+    length: number,
+    alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
+  ): Promise<Buffer | undefined> {
     if (this.#handleClosed || this.#state === 'failed') {
       return undefined;
     }
+    const held = this.#heldAt(offset);
+    if (held !== undefined && offset + length <= held.start + held.bytes.length) {
+      // A copy: the held buffer goes back to the pool while the caller may still send this.
+      const copy = alloc(length);
+      held.bytes.copy(copy, 0, offset - held.start, offset - held.start + length);
+      return copy;
+    }
     this.#openReaders += 1;
     try {
-      const buffer = Buffer.allocUnsafe(length);
+      const buffer = alloc(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, offset);
       return bytesRead === length ? buffer : undefined;
     } finally {
@@ -251,6 +320,19 @@ export class BlobDownload {
             continue;
           }
           const length = Math.min(limit - position, buffer.length);
+          const held = this.#heldAt(position);
+          if (held !== undefined) {
+            // The bytes in flight: copied from memory rather than read back from the file.
+            const from = position - held.start;
+            const copied = held.bytes.copy(
+              buffer,
+              0,
+              from,
+              Math.min(held.bytes.length, from + length),
+            );
+            position += copied;
+            return copied;
+          }
           const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
           if (bytesRead === 0) {
             throw new Error(`short read at ${position} of ${this.digest.toString()}`);
@@ -275,18 +357,116 @@ export class BlobDownload {
     return cursor === undefined ? undefined : cursorStream(cursor);
   }
 
-  /** Feeds the prefix written out of order to the whole-blob hash, reading it back. */
+  /**
+   * Feeds the prefix to the whole-blob hash: from the pieces held in memory, reading back from
+   * the file only what is not held (pieces that arrived out of order and were dropped).
+   */
   async #hashPrefix(): Promise<void> {
+    // One buffer for all the reading back of this round (hashing runs one round at a time).
+    let scratch: Buffer | undefined;
     while (this.#hashed < this.#available && !this.#handleClosed) {
-      const length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
-      const buffer = Buffer.allocUnsafe(length);
-      const { bytesRead } = await this.#handle.read(buffer, 0, length, this.#hashed);
+      const held = this.#heldAt(this.#hashed);
+      if (held !== undefined) {
+        const from = this.#hashed - held.start;
+        const to = Math.min(held.bytes.length, this.#available - held.start);
+        this.#hasher.update(held.bytes.subarray(from, to));
+        this.#hashed += to - from;
+        continue;
+      }
+      let length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
+      // Stop the read where a held piece begins: its bytes are in memory.
+      for (const start of this.#held.keys()) {
+        if (start > this.#hashed && start < this.#hashed + length) {
+          length = start - this.#hashed;
+        }
+      }
+      scratch ??= this.#pool?.take(HASH_CHUNK_BYTES) ?? Buffer.allocUnsafe(HASH_CHUNK_BYTES);
+      const { bytesRead } = await this.#handle.read(scratch, 0, length, this.#hashed);
       if (bytesRead === 0) {
         throw new Error(`short read while hashing ${this.digest.toString()}`);
       }
-      this.#hasher.update(buffer.subarray(0, bytesRead));
+      this.#hasher.update(scratch.subarray(0, bytesRead));
       this.#hashed += bytesRead;
     }
+    if (scratch !== undefined) {
+      this.#pool?.give(scratch);
+    }
+  }
+
+  /** The held piece holding the byte at `position`, if any. */
+  #heldAt(position: number): { start: number; bytes: Buffer } | undefined {
+    for (const [start, bytes] of this.#held) {
+      if (position >= start && position < start + bytes.length) {
+        return { start, bytes };
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Keeps a written piece in memory, dropping hashed pieces first; false (not kept) when the
+   * prefix has passed it already or it does not fit.
+   */
+  #hold(start: number, bytes: Buffer): boolean {
+    if (
+      bytes.length > HELD_BYTES ||
+      start + bytes.length <= this.#hashed ||
+      this.#heldAt(start) !== undefined
+    ) {
+      return false;
+    }
+    this.#makeRoom(bytes.length);
+    if (this.#heldBytes + bytes.length > HELD_BYTES) {
+      return false;
+    }
+    this.#held.set(start, bytes);
+    this.#heldBytes += bytes.length;
+    return true;
+  }
+
+  /** Starts a block for `append`, held (readable) from the start; makes room for it first. */
+  #newTail(): { start: number; bytes: Buffer; filled: number } {
+    const bytes =
+      this.#pool?.take(APPEND_BLOCK_BYTES) ?? Buffer.allocUnsafeSlow(APPEND_BLOCK_BYTES);
+    this.#makeRoom(bytes.length, APPEND_HELD_BYTES);
+    const tail = { start: this.#available, bytes, filled: 0 };
+    this.#tail = tail;
+    this.#held.set(tail.start, bytes);
+    this.#heldBytes += bytes.length;
+    return tail;
+  }
+
+  /** Writes the block `append` filled (or the part filled, at the end); it stays held. */
+  async #flushTail(): Promise<void> {
+    const tail = this.#tail;
+    if (tail === undefined) {
+      return;
+    }
+    this.#tail = undefined;
+    await this.#writeAll(tail.bytes.subarray(0, tail.filled), tail.start);
+  }
+
+  /** Drops hashed pieces, oldest first, until `bytes` more fit in `budget` (or none can go). */
+  #makeRoom(bytes: number, budget = HELD_BYTES): void {
+    for (const [offset, held] of this.#held) {
+      if (this.#heldBytes + bytes <= budget) {
+        return;
+      }
+      if (offset + held.length <= this.#hashed && held !== this.#tail?.bytes) {
+        this.#held.delete(offset);
+        this.#heldBytes -= held.length;
+        this.#pool?.give(held);
+      }
+    }
+  }
+
+  #dropHeld(): void {
+    this.#tail = undefined;
+    for (const held of this.#held.values()) {
+      this.#pool?.give(held);
+    }
+    this.#held.clear();
+    this.#heldBytes = 0;
   }
 
   async #writeAll(chunk: Uint8Array, position: number): Promise<void> {

@@ -8,8 +8,13 @@ import type { FastifyReply } from 'fastify';
 
 import type { ByteCursor } from '../cache/download.js';
 
-const POOL_BUFFERS = 4;
-const BUFFER_BYTES = 64 * 1024;
+/** Two: one on its way to the socket while the next is read. */
+const POOL_BUFFERS = 2;
+/**
+ * One read (or copy of bytes in flight) per MiB: each read is a thread-pool round trip, which
+ * costs the same for 64 KiB as for 1 MiB.
+ */
+const BUFFER_BYTES = 1024 * 1024;
 
 /**
  * Writes `status`, the headers set on `reply`, and the cursor's bytes, then ends the response.

@@ -6,6 +6,7 @@ import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from 
 import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
+import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { Logger, RateLimiter } from '@shoal/runtime';
@@ -16,6 +17,8 @@ export interface PeerRouteDeps {
   /** The swarm fetch of a blob in progress, if any. */
   readonly active: (digest: string) => SwarmFetch | undefined;
   readonly uploadLimit: RateLimiter;
+  /** Buffers for the pieces read to be sent; each goes back once its response has finished. */
+  readonly pool: BufferPool;
   readonly metrics: AgentMetrics;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
@@ -69,6 +72,8 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     if (deps.corruptPieces && bytes.length > 0) {
       bytes[0] = (bytes[0] ?? 0) ^ 0xff;
     }
+    // Once written out the buffer is free again (not on a cut response: the socket may still hold it).
+    reply.raw.once('finish', () => deps.pool.give(bytes));
     deps.metrics.uploadedBytes.inc(bytes.length);
     return reply.header('content-type', 'application/octet-stream').send(bytes);
   };
@@ -95,8 +100,9 @@ async function readPiece(
   digest: Digest,
   index: number,
 ): Promise<Buffer | undefined> {
-  const fromDownload = await deps.active(digest.toString())?.readPiece(index);
-  return fromDownload ?? deps.store.readPiece(digest, index);
+  const alloc = (size: number): Buffer => deps.pool.take(size);
+  const fromDownload = await deps.active(digest.toString())?.readPiece(index, alloc);
+  return fromDownload ?? deps.store.readPiece(digest, index, alloc);
 }
 
 /** The length of a piece this agent holds the layout of, or undefined for none. */

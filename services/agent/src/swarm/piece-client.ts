@@ -1,8 +1,8 @@
 /** Fetches one piece from a peer or the seed server over HTTP, with a timeout and a signal. */
-import { Agent, request } from 'node:http';
-
 import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
+
+import { PieceHttpClient } from './piece-http.js';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -10,8 +10,10 @@ export class PieceFetchError extends ShoalError<
   override readonly name = 'PieceFetchError';
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export class PieceClient {
-  readonly #agent = new Agent({ keepAlive: true, maxSockets: 16 });
+  readonly #http = new PieceHttpClient();
   readonly #timeoutMs: number;
 
   constructor(timeoutMs: number) {
@@ -19,8 +21,9 @@ export class PieceClient {
   }
 
   /**
-   * The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory.
-   * `auth`: the hand-out token headers (`pieceAuthHeaders`) the serving side requires.
+   * The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory, in a
+   * buffer from `alloc`. `auth`: the hand-out token headers (`pieceAuthHeaders`) the serving
+   * side requires.
    */
   async fetch(
     baseUrl: string,
@@ -28,120 +31,138 @@ export class PieceClient {
     index: number,
     length: number,
     signal: AbortSignal,
+    alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
     auth?: Readonly<Record<string, string>>,
   ): Promise<Buffer> {
-    const buffer = Buffer.allocUnsafe(length);
+    let piece: Buffer = EMPTY;
     await this.stream(
       baseUrl,
       blob,
       index,
       length,
       signal,
-      (chunk, offset) => {
-        chunk.copy(buffer, offset);
-        return Promise.resolve();
+      length,
+      (block) => {
+        piece = block;
       },
+      alloc,
       auth,
     );
-    return buffer;
+    return piece;
   }
 
   /**
-   * Streams the piece to `sink` chunk by chunk (with the chunk's offset in the piece), waiting
-   * for each chunk to be taken before reading on, so memory stays at one socket chunk. Fails
-   * unless exactly `length` bytes arrive.
+   * Fetches the piece in blocks of `blockBytes` (the last one shorter): the body is copied into
+   * the current block as it is read, with no promise per socket read, and `sink` gets each
+   * block once full, with its offset in the piece. While a sink's promise is pending reading
+   * pauses, so memory stays at about one block. Fails unless exactly `length` bytes arrive;
+   * settles only after the last sink has, so a caller that aborts and awaits the request knows
+   * nothing more will be written. Blocks come from `alloc`; `auth` headers go with the request.
    */
-  stream(
+  async stream(
     baseUrl: string,
     blob: string,
     index: number,
     length: number,
     signal: AbortSignal,
-    sink: (chunk: Buffer, offset: number) => Promise<void>,
+    blockBytes: number,
+    sink: (block: Buffer, offset: number) => Promise<void> | void,
+    alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
     auth?: Readonly<Record<string, string>>,
   ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
-    return new Promise((resolve, reject) => {
-      // The active span's context goes along, so the peer's span joins this trace.
-      const headers: Record<string, string> = { ...auth };
-      injectHttp(headers);
-      const req = request(url, { agent: this.#agent, signal, timeout: this.#timeoutMs, headers });
-      const timer = setTimeout(() => {
-        req.destroy(
+    // The active span's context goes along, so the peer's span joins this trace.
+    const headers: Record<string, string> = { ...auth };
+    injectHttp(headers);
+    let received = 0;
+    let block: Buffer = EMPTY;
+    let filled = 0;
+    const deliver = (): Promise<void> | void => {
+      const result = sink(block, received - filled);
+      filled = 0;
+      block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
+      return result;
+    };
+    await this.#http.get(
+      url,
+      {
+        headers,
+        signal,
+        timeoutMs: this.#timeoutMs,
+        timeoutError: (kind) =>
           new PieceFetchError(
             'PIECE_TIMEOUT',
             504,
-            `piece ${index} from ${url.host} took too long`,
+            kind === 'total'
+              ? `piece ${index} from ${url.host} took too long`
+              : `piece ${index} from ${url.host} went quiet`,
           ),
-        );
-      }, this.#timeoutMs);
-      // The sink's write in progress: the promise settles only after it, so a caller that
-      // aborts and awaits this request knows nothing more will be written.
-      let sinking: Promise<void> | undefined;
-      const fail = (error: Error): void => {
-        clearTimeout(timer);
-        req.destroy();
-        void (sinking ?? Promise.resolve()).catch(() => undefined).then(() => reject(error));
-      };
-      req.once('response', (res) => {
-        if (res.statusCode !== 200) {
-          res.resume();
-          fail(
-            res.statusCode === 429
-              ? new PieceFetchError(
-                  'PIECE_RATIONED',
-                  429,
-                  `${url.host} asks to get piece ${index} from a peer`,
-                )
-              : new PieceFetchError(
-                  'PIECE_STATUS',
-                  502,
-                  `piece ${index} from ${url.host}: ${String(res.statusCode)}`,
-                ),
-          );
-          return;
-        }
-        void (async () => {
-          let received = 0;
-          try {
-            for await (const chunk of res as AsyncIterable<Buffer>) {
-              if (received + chunk.length > length) {
-                throw new PieceFetchError(
-                  'PIECE_LENGTH',
-                  502,
-                  `piece ${index} from ${url.host} is too long`,
-                );
-              }
-              sinking = sink(chunk, received);
-              await sinking;
-              sinking = undefined;
-              received += chunk.length;
-            }
-            if (received !== length) {
-              throw new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host}: ${received} of ${length} bytes`,
-              );
-            }
-            clearTimeout(timer);
-            resolve();
-          } catch (error) {
-            fail(error instanceof Error ? error : new Error(String(error)));
+      },
+      {
+        onHead: (status, announced) => {
+          if (status === 429) {
+            throw new PieceFetchError(
+              'PIECE_RATIONED',
+              429,
+              `${url.host} asks to get piece ${index} from a peer`,
+            );
           }
-        })();
-      });
-      req.once('timeout', () =>
-        req.destroy(
-          new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
-        ),
+          if (status !== 200) {
+            throw new PieceFetchError(
+              'PIECE_STATUS',
+              502,
+              `piece ${index} from ${url.host}: ${String(status)}`,
+            );
+          }
+          if (announced !== undefined && announced !== length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
+            );
+          }
+          block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
+        },
+        onBody: (bytes) => {
+          if (received + bytes.length > length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host} is too long`,
+            );
+          }
+          let waits: Promise<void>[] | undefined;
+          let offset = 0;
+          while (offset < bytes.length) {
+            const take = Math.min(bytes.length - offset, block.length - filled);
+            bytes.copy(block, filled, offset, offset + take);
+            filled += take;
+            received += take;
+            offset += take;
+            if (filled === block.length) {
+              const pending = deliver();
+              if (pending !== undefined) {
+                (waits ??= []).push(pending);
+              }
+            }
+          }
+          return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+        },
+      },
+    );
+    if (received !== length) {
+      throw new PieceFetchError(
+        'PIECE_LENGTH',
+        502,
+        `piece ${index} from ${url.host}: ${received} of ${length} bytes`,
       );
-      req.once('error', (error) => fail(error));
-      req.end();
-    });
+    }
+    if (length === 0) {
+      await sink(EMPTY, 0);
+    }
   }
 
   close(): void {
-    this.#agent.destroy();
+    this.#http.close();
   }
 }

@@ -7,6 +7,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
 import { runInContext, startSpan, type Logger } from '@shoal/runtime';
 
+import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { Flight } from '../cache/download-table.js';
 import { BlobDownload } from '../cache/download.js';
@@ -33,6 +34,8 @@ export interface SwarmServiceDeps {
   readonly logger: Logger;
   /** The agent's upload and download budgets. */
   readonly limits: TransferLimits;
+  /** Piece buffers, shared with the peer server. */
+  readonly pool: BufferPool;
 }
 
 export class SwarmService implements BlobFetcher {
@@ -103,11 +106,12 @@ export class SwarmService implements BlobFetcher {
   /** BlobFetcher: joins the blob's swarm; the download fills as pieces verify. */
   async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
     const { config, store, requests, metrics, logger } = this.#deps;
-    const download = new BlobDownload(target.digest, await store.createTemp());
+    const download = new BlobDownload(target.digest, await store.createTemp(), this.#deps.pool);
     const fetch = new SwarmFetch(download, target, {
       client: this.client,
       pieces: this.#pieces,
       store,
+      pool: this.#deps.pool,
       requests,
       downloadLimit: this.#deps.limits.download,
       metrics,

@@ -12,6 +12,7 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { PeerInfo } from '@shoal/proto';
 import { ConfigError, type Logger } from '@shoal/runtime';
 
+import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
@@ -35,6 +36,7 @@ export async function startSwarm(
     metrics: AgentMetrics;
     logger: Logger;
     limits: TransferLimits;
+    pool: BufferPool;
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');

@@ -28,13 +28,15 @@ import {
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
+import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
-import type { BlobDownload } from '../cache/download.js';
+import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
+import { orderPieces, windowEnd } from './piece-order.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -51,6 +53,22 @@ const BAD_PIECE_PENALTY_MS = 10 * 60_000;
 const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
 const TICK_MS = 250;
+/**
+ * Wants sent ahead of the interval, at most, while the blob's piece hashes are known (someone
+ * holds pieces) but no hand-out has named a holder yet: on a cold pull the seed server starts
+ * holding the blob a moment after the first want, and waiting a whole want interval to hear of
+ * it was most of the latency Shoal added to a small image.
+ */
+const EARLY_WANTS = 5;
+/** Shortest gap between two wants, in ms. */
+const EARLY_WANT_GAP_MS = 50;
+/**
+ * Largest piece received whole into memory, verified, and written with one write. Memory:
+ * up to twice the concurrency of these per download (endgame copies).
+ */
+const WHOLE_PIECE_BYTES = 4 * 1024 * 1024;
+/** Bytes per write when a larger piece is written as it arrives (before it verifies). */
+const STREAM_BLOCK_BYTES = 1024 * 1024;
 
 export interface SwarmFetchSettings {
   readonly concurrency: number;
@@ -62,6 +80,8 @@ export interface SwarmFetchDeps {
   readonly client: SwarmClient;
   readonly pieces: PieceClient;
   readonly store: FsContentStore;
+  /** Where whole-piece buffers come from; the download gives them back. */
+  readonly pool: BufferPool;
   readonly requests: RegistryRequests;
   readonly downloadLimit: RateLimiter;
   readonly metrics: AgentMetrics;
@@ -72,7 +92,10 @@ export interface SwarmFetchDeps {
 interface InFlight {
   readonly controller: AbortController;
   readonly peer: string;
-  /** Streams straight into the download (the first request for a piece) or buffers (endgame). */
+  /**
+   * Writes into the download as the bytes arrive (the first request for a piece larger than
+   * `WHOLE_PIECE_BYTES`), or receives the piece whole and writes it once verified.
+   */
   readonly streaming: boolean;
   done: Promise<void>;
 }
@@ -122,13 +145,16 @@ export class SwarmFetch {
     return this.#have.has(index);
   }
 
-  /** A held piece's bytes (verified against its hash when it arrived), or undefined. */
-  async readPiece(index: number): Promise<Buffer | undefined> {
+  /**
+   * A held piece's bytes (verified against its hash when it arrived), in a buffer from
+   * `alloc`, or undefined.
+   */
+  async readPiece(index: number, alloc?: (size: number) => Buffer): Promise<Buffer | undefined> {
     if (!this.#have.has(index)) {
       return undefined;
     }
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
-    return this.download.readAt(start, end - start);
+    return this.download.readAt(start, end - start, alloc);
   }
 
   /** Span attributes describing how the fetch went, for the end of its span. */
@@ -194,6 +220,7 @@ export class SwarmFetch {
   async #fromSwarm(signal: AbortSignal): Promise<boolean> {
     const { client, settings } = this.#deps;
     let lastWant = 0;
+    let earlyWants = 0;
     this.#lastProgress = Date.now();
     while (!signal.aborted) {
       if (this.#count > 0 && this.#have.size === this.#count) {
@@ -205,7 +232,15 @@ export class SwarmFetch {
       }
       // Asked at a fixed interval for the whole download: the tracker's view of who holds
       // what keeps changing, and one message a second per blob does not grow with the swarm.
-      if (now - lastWant >= settings.wantIntervalMs) {
+      // A few more at the start, while pieces exist but nobody known holds them.
+      const early = earlyWants < EARLY_WANTS && this.#count > 0 && !this.#anyHolder();
+      if (
+        now - lastWant >= settings.wantIntervalMs ||
+        (early && now - lastWant >= EARLY_WANT_GAP_MS)
+      ) {
+        if (now - lastWant < settings.wantIntervalMs) {
+          earlyWants += 1;
+        }
         lastWant = now;
         void client.want({
           blob: this.#blob,
@@ -215,13 +250,27 @@ export class SwarmFetch {
         });
       }
       this.#schedule(signal);
+      const wait =
+        early && earlyWants < EARLY_WANTS
+          ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
+          : TICK_MS;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, TICK_MS);
+        const timer = setTimeout(resolve, wait);
         this.#wake = () => {
           clearTimeout(timer);
           resolve();
         };
       });
+    }
+    return false;
+  }
+
+  /** True when a usable peer is known to hold pieces of the blob. */
+  #anyHolder(): boolean {
+    for (const peer of this.#peers.values()) {
+      if (this.#usable(peer) && (peer.complete || peer.pieces.length > 0)) {
+        return true;
+      }
     }
     return false;
   }
@@ -244,29 +293,27 @@ export class SwarmFetch {
     const peers = [...this.#peers.values()].filter((p) => this.#usable(p));
     const holders = (index: number): PeerState[] =>
       peers.filter((p) => p.complete || rangesInclude(p.pieces, index));
-    const candidates: { index: number; holders: PeerState[]; rank: number }[] = [];
+    const candidates: { index: number; holders: number; peers: PeerState[]; rank: number }[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || this.#hashes[index] === undefined || this.#inFlight.has(index)) {
         continue;
       }
       const held = holders(index);
       if (held.length > 0) {
-        candidates.push({ index, holders: held, rank: 0 });
+        candidates.push({ index, holders: held.length, peers: held, rank: Math.random() });
       }
     }
-    // Rarest first; among equals, in an order of this agent's own, so agents starting together
-    // take different pieces from the seed and then trade them.
-    for (const candidate of candidates) {
-      candidate.rank = Math.random();
-    }
-    candidates.sort((a, b) => a.holders.length - b.holders.length || a.rank - b.rank);
+    orderPieces(
+      candidates,
+      windowEnd(this.#prefix, this.#pieceSize, HELD_BYTES, settings.concurrency),
+    );
     for (const candidate of candidates) {
       if (active >= settings.concurrency) {
         return;
       }
       const deferred = (this.#seedDeferred.get(candidate.index) ?? 0) > Date.now();
       const peer = this.#pickPeer(
-        deferred ? candidate.holders.filter((h) => !h.seed) : candidate.holders,
+        deferred ? candidate.peers.filter((h) => !h.seed) : candidate.peers,
         new Set(),
       );
       if (peer !== undefined) {
@@ -313,8 +360,10 @@ export class SwarmFetch {
     return best;
   }
 
-  #request(index: number, peer: PeerState, signal: AbortSignal, streaming: boolean): void {
+  #request(index: number, peer: PeerState, signal: AbortSignal, first: boolean): void {
     const controller = new AbortController();
+    const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
+    const streaming = first && end - start > WHOLE_PIECE_BYTES;
     const entry: InFlight = { controller, peer: peer.info.id, streaming, done: Promise.resolve() };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
@@ -338,10 +387,13 @@ export class SwarmFetch {
   }
 
   /**
-   * Fetches one piece from one peer. The first request for a piece writes into the download
-   * as the bytes arrive, hashing them on the way (memory: one socket chunk); the piece counts
-   * only if the hash matches. An endgame copy is buffered instead, and written only after the
-   * streaming request for the same piece has stopped, so two writers never overlap.
+   * Fetches one piece from one peer. A piece up to `WHOLE_PIECE_BYTES` is received whole into
+   * memory, hashed, and written with one write once it matches its hash; its bytes then stay
+   * in the download's memory for the whole-blob hash and for readers. The first request for a
+   * larger piece writes into the download in blocks as they arrive, hashing them on the way
+   * (memory: one block); the piece counts only if the hash matches. An endgame copy of a large
+   * piece is received whole, and written only after the streaming request for the same piece
+   * has stopped, so two writers never overlap.
    */
   async #fetchPiece(index: number, peer: PeerState, entry: InFlight): Promise<void> {
     const { pieces, metrics, logger, downloadLimit } = this.#deps;
@@ -379,6 +431,7 @@ export class SwarmFetch {
               index,
               end - start,
               signal,
+              (size) => this.#deps.pool.take(size),
               this.#auth,
             );
             hasher.update(copy);
@@ -390,19 +443,25 @@ export class SwarmFetch {
             index,
             end - start,
             signal,
-            async (chunk, offset) => {
-              hasher.update(chunk);
-              await this.download.writeAt(start + offset, chunk);
+            STREAM_BLOCK_BYTES,
+            async (block, offset) => {
+              hasher.update(block);
+              await this.download.writeAt(start + offset, block);
+              // Written: the block is free for the next one.
+              this.#deps.pool.give(block);
             },
+            (size) => this.#deps.pool.take(size),
             this.#auth,
           );
           return undefined;
         },
       );
       if (this.#have.has(index)) {
+        this.#giveBack(bytes);
         return;
       }
       if (hasher.digest('hex') !== this.#hashes[index]) {
+        this.#giveBack(bytes);
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
         peer.banned = true;
@@ -421,12 +480,13 @@ export class SwarmFetch {
         }
         await Promise.all(streams.map((other) => other.done));
         if (this.#have.has(index) || this.#committing.has(index)) {
+          this.#giveBack(bytes);
           return;
         }
         // Two endgame copies may both get here; the first one writes.
         this.#committing.add(index);
         try {
-          await this.download.writeAt(start, bytes);
+          await this.download.writePiece(start, bytes);
         } finally {
           this.#committing.delete(index);
         }
@@ -453,6 +513,13 @@ export class SwarmFetch {
           'piece request failed',
         );
       }
+    }
+  }
+
+  /** Returns a piece buffer nobody will use to the pool. */
+  #giveBack(bytes: Buffer | undefined): void {
+    if (bytes !== undefined) {
+      this.#deps.pool.give(bytes);
     }
   }
 
@@ -591,7 +658,7 @@ export class SwarmFetch {
     let toSkip = skip;
     let index = first;
     let bounds = pieceBounds(index, size, this.#pieceSize);
-    let piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+    let piece = this.#deps.pool.take(bounds.end - bounds.start);
     let filled = 0;
     for await (const chunk of body) {
       let rest = chunk;
@@ -618,7 +685,7 @@ export class SwarmFetch {
             throw new Error(`origin bytes of piece ${index} do not match its hash`);
           }
           if (!this.#have.has(index)) {
-            await this.download.writeAt(bounds.start, piece);
+            await this.download.writePiece(bounds.start, piece);
             this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
             this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);
@@ -626,7 +693,7 @@ export class SwarmFetch {
           index += 1;
           if (index < last) {
             bounds = pieceBounds(index, size, this.#pieceSize);
-            piece = Buffer.allocUnsafe(bounds.end - bounds.start);
+            piece = this.#deps.pool.take(bounds.end - bounds.start);
             filled = 0;
           }
         }

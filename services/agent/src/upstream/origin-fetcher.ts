@@ -6,6 +6,7 @@
 import type { Digest } from '@shoal/proto';
 import type { RateLimiter } from '@shoal/runtime';
 
+import { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder } from '../cache/download.js';
@@ -36,8 +37,12 @@ export interface OriginFetcherDeps {
   readonly onBytes: (bytes: number) => void;
 }
 
+/** Free write blocks kept for the downloads' reuse, in bytes. */
+const POOLED_BLOCK_BYTES = 4 * 1024 * 1024;
+
 export class OriginFetcher implements BlobFetcher {
   readonly #deps: OriginFetcherDeps;
+  readonly #pool = new BufferPool(POOLED_BLOCK_BYTES);
 
   constructor(deps: OriginFetcherDeps) {
     this.#deps = deps;
@@ -62,7 +67,7 @@ export class OriginFetcher implements BlobFetcher {
       response.body.destroy();
       return { kind: 'download', download: running };
     }
-    const download = new BlobDownload(target.digest, await store.createTemp());
+    const download = new BlobDownload(target.digest, await store.createTemp(), this.#pool);
     const length = headerValue(response.headers, 'content-length');
     if (length !== undefined) {
       download.setSize(Number(length));

@@ -1,0 +1,460 @@
+/**
+ * A small HTTP/1.1 client for piece GETs, with keep-alive connections.
+ *
+ * Why not node:http: it reads every socket chunk into a fresh 64 KiB buffer, so a GiB received
+ * is a GiB of short-lived external memory, and V8 answers that pressure with a full collection
+ * every few tens of MiB; on the agent's swarm path that was a third of its CPU per byte. Here
+ * each connection reads into one buffer of its own (net's `onread`) and the body is handed to
+ * the caller as views of it, to be copied at once into the piece. Pieces are plain GETs answered
+ * with a body of a known length (or chunked), so the protocol needed is small.
+ */
+import { connect, type Socket } from 'node:net';
+
+/** Bytes each connection reads at a time, into a buffer it keeps. */
+const READ_BUFFER_BYTES = 256 * 1024;
+/** Longest response head accepted, in bytes. */
+const MAX_HEAD_BYTES = 16 * 1024;
+/**
+ * How long an idle connection is kept, in ms: below the 5 s keep-alive timeout of Node's HTTP
+ * servers, so a connection is rarely reused just as the server closes it.
+ */
+const IDLE_MS = 4000;
+/** Idle connections kept per host. */
+const MAX_IDLE_PER_HOST = 16;
+
+/** What the caller does with one response. */
+export interface ResponseSink {
+  /** The status and, when sent, the Content-Length. Throwing ends the exchange with that error. */
+  onHead(status: number, length: number | undefined): void;
+  /**
+   * Body bytes: a view valid only during the call (copy what you keep). A promise pauses
+   * reading until it settles; a rejected one ends the exchange with its error.
+   */
+  onBody(bytes: Buffer): Promise<void> | void;
+}
+
+export interface GetOptions {
+  readonly headers: Readonly<Record<string, string>>;
+  readonly signal: AbortSignal;
+  /** Longest the whole exchange may take, and longest the connection may stay silent, in ms. */
+  readonly timeoutMs: number;
+  /** The errors for a timeout, by kind. */
+  readonly timeoutError: (kind: 'total' | 'idle') => Error;
+}
+
+/** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
+class Connection {
+  readonly socket: Socket;
+  /** Reads go here while an exchange runs; false pauses the socket. */
+  receive: ((bytes: Buffer) => boolean) | undefined;
+  /** Set when the connection was used before: a failure before any answer may be a stale one. */
+  reused = false;
+  idleTimer: NodeJS.Timeout | undefined;
+  /** Drops the connection from the idle list (its close/error listener while idle). */
+  forget: (() => void) | undefined;
+
+  constructor(host: string, port: number) {
+    this.socket = connect({
+      host,
+      port,
+      noDelay: true,
+      onread: {
+        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+        callback: (bytes: number, buffer: Uint8Array) => {
+          const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
+          if (this.receive === undefined) {
+            // Nothing was asked: a server that talks out of turn loses the connection.
+            this.socket.destroy();
+            return false;
+          }
+          return this.receive(view);
+        },
+      },
+    });
+    // Errors reach the exchange or the idle pool through their own listeners; this one only
+    // keeps an error between the two (an exchange just ended) from crashing the process.
+    this.socket.on('error', () => undefined);
+  }
+}
+
+export class PieceHttpClient {
+  readonly #idle = new Map<string, Connection[]>();
+  #closed = false;
+
+  /**
+   * GETs `url` and hands the response to `sink`. Resolves once the whole body has been given
+   * to the sink and every promise it returned has settled; rejects on a connection error, a
+   * timeout, an abort, or an error from the sink. A connection used before that fails before
+   * any answer is retried once on a new one (the server may have closed it while idle).
+   */
+  async get(url: URL, options: GetOptions, sink: ResponseSink): Promise<void> {
+    const key = `${url.hostname}:${url.port || '80'}`;
+    let connection = this.#take(key);
+    for (;;) {
+      const reused = connection.reused;
+      try {
+        await this.#exchange(key, connection, url, options, sink);
+        return;
+      } catch (error) {
+        if (!(error instanceof StaleConnectionError) || !reused || options.signal.aborted) {
+          throw error instanceof StaleConnectionError ? error.cause : error;
+        }
+      }
+      connection = this.#take(key, true);
+    }
+  }
+
+  /** Closes every idle connection; connections in use close when their exchange ends. */
+  close(): void {
+    this.#closed = true;
+    for (const list of this.#idle.values()) {
+      for (const connection of list) {
+        clearTimeout(connection.idleTimer);
+        connection.socket.destroy();
+      }
+    }
+    this.#idle.clear();
+  }
+
+  #take(key: string, fresh = false): Connection {
+    const list = this.#idle.get(key);
+    const idle = fresh ? undefined : list?.pop();
+    if (idle !== undefined) {
+      clearTimeout(idle.idleTimer);
+      if (idle.forget !== undefined) {
+        idle.socket.off('close', idle.forget);
+        idle.socket.off('error', idle.forget);
+        idle.forget = undefined;
+      }
+      return idle;
+    }
+    const [host, port] = splitHostPort(key);
+    return new Connection(host, Number(port));
+  }
+
+  #release(key: string, connection: Connection): void {
+    const list = this.#idle.get(key) ?? [];
+    if (this.#closed || list.length >= MAX_IDLE_PER_HOST || connection.socket.destroyed) {
+      connection.socket.destroy();
+      return;
+    }
+    connection.reused = true;
+    connection.receive = undefined;
+    const forget = (): void => {
+      clearTimeout(connection.idleTimer);
+      const at = list.indexOf(connection);
+      if (at >= 0) {
+        list.splice(at, 1);
+      }
+      connection.socket.destroy();
+    };
+    connection.forget = forget;
+    connection.socket.once('close', forget);
+    connection.socket.once('error', forget);
+    connection.idleTimer = setTimeout(forget, IDLE_MS);
+    connection.idleTimer.unref();
+    list.push(connection);
+    this.#idle.set(key, list);
+  }
+
+  #exchange(
+    key: string,
+    connection: Connection,
+    url: URL,
+    options: GetOptions,
+    sink: ResponseSink,
+  ): Promise<void> {
+    const { socket } = connection;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      let answered = false;
+      let pending: Promise<void> | undefined;
+      const parser = new ResponseParser();
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        socket.setTimeout(0);
+        socket.off('timeout', onIdle);
+        socket.off('error', onError);
+        socket.off('close', onClose);
+        socket.off('end', onEnd);
+        options.signal.removeEventListener('abort', onAbort);
+        connection.receive = undefined;
+      };
+      const fail = (error: Error): void => {
+        if (settled) {
+          return;
+        }
+        settled = true;
+        cleanup();
+        socket.destroy();
+        // Settle after the sink's last write, so nothing more is written once the caller knows.
+        void (pending ?? Promise.resolve())
+          .catch(() => undefined)
+          .then(() => reject(answered ? error : new StaleConnectionError(error)));
+      };
+      const finish = (reusable: boolean): void => {
+        if (settled) {
+          return;
+        }
+        settled = true;
+        cleanup();
+        void (pending ?? Promise.resolve()).then(
+          () => {
+            if (reusable) {
+              this.#release(key, connection);
+            } else {
+              socket.destroy();
+            }
+            resolve();
+          },
+          (error: unknown) => {
+            socket.destroy();
+            reject(error instanceof Error ? error : new Error(String(error)));
+          },
+        );
+      };
+      const timer = setTimeout(() => fail(options.timeoutError('total')), options.timeoutMs);
+      const onIdle = (): void => fail(options.timeoutError('idle'));
+      const onError = (error: Error): void => fail(error);
+      const onClose = (): void => fail(new Error(`connection to ${key} closed early`));
+      const onEnd = (): void => {
+        if (parser.untilClose) {
+          finish(false);
+        } else {
+          fail(new Error(`connection to ${key} ended early`));
+        }
+      };
+      const onAbort = (): void =>
+        fail(
+          options.signal.reason instanceof Error
+            ? options.signal.reason
+            : new Error('piece request aborted'),
+        );
+      if (options.signal.aborted) {
+        onAbort();
+        return;
+      }
+      options.signal.addEventListener('abort', onAbort, { once: true });
+      socket.setTimeout(options.timeoutMs);
+      // A connection the sink paused, earlier, reads again.
+      socket.resume();
+      socket.on('timeout', onIdle);
+      socket.on('error', onError);
+      socket.on('close', onClose);
+      socket.on('end', onEnd);
+
+      /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
+      const deliver = (bytes: Buffer): void => {
+        const result = sink.onBody(bytes);
+        if (result === undefined) {
+          return;
+        }
+        const previous = pending ?? Promise.resolve();
+        const current: Promise<void> = Promise.all([previous, result]).then(() => {
+          if (pending === current) {
+            pending = undefined;
+            if (!settled) {
+              socket.resume();
+            }
+          }
+        });
+        pending = current;
+        current.catch((error: unknown) =>
+          fail(error instanceof Error ? error : new Error(String(error))),
+        );
+      };
+      connection.receive = (bytes) => {
+        if (settled) {
+          return false;
+        }
+        answered = true;
+        try {
+          const outcome = parser.feed(
+            bytes,
+            (status, length) => sink.onHead(status, length),
+            deliver,
+          );
+          if (outcome === 'done') {
+            finish(parser.keepAlive);
+            // Reading on while idle, so a server that closes the connection is noticed.
+            return true;
+          }
+        } catch (error) {
+          fail(error instanceof Error ? error : new Error(String(error)));
+          return false;
+        }
+        // Paused while the sink writes; resumed when it is done.
+        return pending === undefined;
+      };
+
+      const lines = [`GET ${url.pathname}${url.search} HTTP/1.1`, `host: ${url.host}`];
+      for (const [name, value] of Object.entries(options.headers)) {
+        lines.push(`${name}: ${value}`);
+      }
+      socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+    });
+  }
+}
+
+/** A connection failed before anything came back; `cause` is why. */
+class StaleConnectionError extends Error {
+  constructor(cause: Error) {
+    super(cause.message, { cause });
+    this.cause = cause;
+  }
+  override readonly cause: Error;
+}
+
+function splitHostPort(key: string): [string, string] {
+  const at = key.lastIndexOf(':');
+  return [key.slice(0, at).replace(/^\[|\]$/g, ''), key.slice(at + 1)];
+}
+
+/**
+ * Parses one HTTP/1.1 response: the head, then a body of Content-Length bytes, chunked, or
+ * (without either) until the connection ends.
+ */
+class ResponseParser {
+  #state: 'head' | 'body' | 'size' | 'data' | 'crlf' | 'trailer' | 'done' = 'head';
+  #head = '';
+  #line = '';
+  #remaining = 0;
+  #chunked = false;
+  /** The body runs until the server closes the connection. */
+  untilClose = false;
+  /** The connection may carry another request afterwards. */
+  keepAlive = true;
+
+  /** Feeds bytes read; 'done' once the response is complete. */
+  feed(
+    bytes: Buffer,
+    onHead: (status: number, length: number | undefined) => void,
+    onBody: (bytes: Buffer) => void,
+  ): 'more' | 'done' {
+    let at = 0;
+    while (at < bytes.length) {
+      switch (this.#state) {
+        case 'head': {
+          const before = this.#head.length;
+          this.#head += bytes.toString('latin1', at, Math.min(bytes.length, at + MAX_HEAD_BYTES));
+          const end = this.#head.indexOf('\r\n\r\n');
+          if (end < 0) {
+            if (this.#head.length >= MAX_HEAD_BYTES) {
+              throw new Error('response head too large');
+            }
+            at = bytes.length;
+            break;
+          }
+          at += end + 4 - before;
+          if (this.#startBody(onHead)) {
+            // Bytes after a complete response: no pipelining here, so the connection is spent.
+            this.keepAlive &&= at === bytes.length;
+            return 'done';
+          }
+          break;
+        }
+        case 'body':
+        case 'data': {
+          if (this.untilClose) {
+            onBody(bytes.subarray(at));
+            at = bytes.length;
+            break;
+          }
+          const take = Math.min(this.#remaining, bytes.length - at);
+          onBody(bytes.subarray(at, at + take));
+          at += take;
+          this.#remaining -= take;
+          if (this.#remaining === 0) {
+            if (this.#state === 'body') {
+              this.#state = 'done';
+              this.keepAlive &&= at === bytes.length;
+              return 'done';
+            }
+            this.#state = 'crlf';
+            this.#line = '';
+          }
+          break;
+        }
+        case 'size':
+        case 'crlf':
+        case 'trailer': {
+          const newline = bytes.indexOf(0x0a, at);
+          const end = newline < 0 ? bytes.length : newline + 1;
+          this.#line += bytes.toString('latin1', at, end);
+          at = end;
+          if (this.#line.length > 1024) {
+            throw new Error('chunk framing line too long');
+          }
+          if (newline < 0) {
+            break;
+          }
+          const line = this.#line.replace(/\r?\n$/, '');
+          this.#line = '';
+          if (this.#state === 'crlf') {
+            if (line !== '') {
+              throw new Error('bad chunk framing');
+            }
+            this.#state = 'size';
+          } else if (this.#state === 'size') {
+            const size = Number.parseInt(line.split(';')[0] ?? '', 16);
+            if (!Number.isSafeInteger(size) || size < 0) {
+              throw new Error('bad chunk size');
+            }
+            this.#remaining = size;
+            this.#state = size === 0 ? 'trailer' : 'data';
+          } else if (line === '') {
+            this.#state = 'done';
+            this.keepAlive &&= at === bytes.length;
+            return 'done';
+          }
+          break;
+        }
+        case 'done':
+          throw new Error('bytes after the response');
+      }
+    }
+    return this.#state === 'done' ? 'done' : 'more';
+  }
+
+  /** Reads the head; true when the response has no body (and so is complete). */
+  #startBody(onHead: (status: number, length: number | undefined) => void): boolean {
+    const [statusLine = '', ...headerLines] = this.#head
+      .slice(0, this.#head.indexOf('\r\n\r\n'))
+      .split('\r\n');
+    const match = /^HTTP\/1\.([01]) (\d{3})/.exec(statusLine);
+    if (match === null) {
+      throw new Error(`not an HTTP/1.x response: ${statusLine.slice(0, 64)}`);
+    }
+    const status = Number(match[2]);
+    this.keepAlive = match[1] === '1';
+    let length: number | undefined;
+    for (const line of headerLines) {
+      const colon = line.indexOf(':');
+      const name = line.slice(0, colon).trim().toLowerCase();
+      const value = line.slice(colon + 1).trim();
+      if (name === 'content-length') {
+        length = Number(value);
+        if (!Number.isSafeInteger(length) || length < 0) {
+          throw new Error('bad content-length');
+        }
+      } else if (name === 'transfer-encoding') {
+        this.#chunked = value.toLowerCase().split(',').at(-1)?.trim() === 'chunked';
+      } else if (name === 'connection') {
+        this.keepAlive = value.toLowerCase() !== 'close' && this.keepAlive;
+      }
+    }
+    this.#head = '';
+    onHead(status, this.#chunked ? undefined : length);
+    if (this.#chunked) {
+      this.#state = 'size';
+    } else if (length !== undefined) {
+      this.#remaining = length;
+      this.#state = length === 0 ? 'done' : 'body';
+    } else {
+      this.untilClose = true;
+      this.keepAlive = false;
+      this.#state = 'body';
+    }
+    return length === 0 && !this.#chunked;
+  }
+}

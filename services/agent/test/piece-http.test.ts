@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { PieceHttpClient, type GetOptions } from '../src/swarm/piece-http.js';
+
+const BODY = randomBytes(3 * 1024 * 1024 + 17);
+
+let server: Server;
+let base: string;
+let connections: number;
+let handler: (req: IncomingMessage, res: ServerResponse) => void;
+let client: PieceHttpClient;
+
+beforeEach(async () => {
+  connections = 0;
+  handler = (_req, res) => {
+    res.setHeader('content-length', BODY.length);
+    res.end(BODY);
+  };
+  server = createServer((req, res) => handler(req, res));
+  server.on('connection', () => {
+    connections += 1;
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  client = new PieceHttpClient();
+});
+
+afterEach(async () => {
+  client.close();
+  server.closeAllConnections();
+  await new Promise((resolve) => server.close(resolve));
+});
+
+function options(timeoutMs = 5000, signal = AbortSignal.timeout(10_000)): GetOptions {
+  return {
+    headers: { 'x-test': 'yes' },
+    signal,
+    timeoutMs,
+    timeoutError: (kind) => new Error(`timeout: ${kind}`),
+  };
+}
+
+/** GETs `path` and returns the status and the body, copied. */
+async function get(
+  path: string,
+  opts = options(),
+  slowSink = false,
+): Promise<{ status: number; length: number | undefined; body: Buffer }> {
+  const chunks: Buffer[] = [];
+  let status = 0;
+  let length: number | undefined;
+  await client.get(new URL(path, base), opts, {
+    onHead: (s, l) => {
+      status = s;
+      length = l;
+    },
+    onBody: (bytes) => {
+      chunks.push(Buffer.from(bytes));
+      return slowSink ? sleep(1) : undefined;
+    },
+  });
+  return { status, length, body: Buffer.concat(chunks) };
+}
+
+describe('PieceHttpClient', () => {
+  it('reads bodies of a known length over one keep-alive connection, with the headers sent', async () => {
+    let seen: string | undefined;
+    handler = (req, res) => {
+      seen = req.headers['x-test'] as string | undefined;
+      res.setHeader('content-length', BODY.length);
+      res.end(BODY);
+    };
+    for (let i = 0; i < 3; i++) {
+      const { status, length, body } = await get(`/piece/${i}`);
+      assert.equal(status, 200);
+      assert.equal(length, BODY.length);
+      assert.ok(body.equals(BODY));
+    }
+    assert.equal(seen, 'yes');
+    assert.equal(connections, 1);
+  });
+
+  it('reads a chunked body, pausing while the sink is busy', async () => {
+    handler = (_req, res) => {
+      res.write(BODY.subarray(0, 1000));
+      res.write(BODY.subarray(1000, 700_000));
+      res.end(BODY.subarray(700_000));
+    };
+    const { status, length, body } = await get('/chunked', options(), true);
+    assert.equal(status, 200);
+    assert.equal(length, undefined);
+    assert.ok(body.equals(BODY));
+    // The connection is good for another request.
+    assert.ok((await get('/chunked')).body.equals(BODY));
+    assert.equal(connections, 1);
+  });
+
+  it('ends the exchange with the error onHead throws', async () => {
+    handler = (_req, res) => {
+      res.statusCode = 429;
+      res.end('{"error":"busy"}');
+    };
+    await assert.rejects(
+      client.get(new URL('/busy', base), options(), {
+        onHead: (status) => {
+          throw new Error(`status ${status}`);
+        },
+        onBody: () => undefined,
+      }),
+      /status 429/,
+    );
+  });
+
+  it('replaces a connection the server closed while it was idle', async () => {
+    assert.ok((await get('/a')).body.equals(BODY));
+    server.closeIdleConnections();
+    await sleep(50);
+    assert.ok((await get('/b')).body.equals(BODY));
+    assert.equal(connections, 2);
+  });
+
+  it('fails when the body ends early', async () => {
+    handler = (_req, res) => {
+      res.setHeader('content-length', BODY.length);
+      res.write(BODY.subarray(0, 1000), () => res.destroy());
+    };
+    await assert.rejects(get('/short'));
+  });
+
+  it('times out a server that does not answer, and stops on an abort', async () => {
+    handler = () => undefined;
+    await assert.rejects(get('/silent', options(200)), /timeout/);
+    const controller = new AbortController();
+    const pending = get('/silent', options(5000, controller.signal));
+    setTimeout(() => controller.abort(new Error('caller gave up')), 50);
+    await assert.rejects(pending, /caller gave up/);
+  });
+});
