@@ -105,6 +105,7 @@ export {
   type MessageType,
 } from './messages/index.js';
 export {
+  MAX_BLOB_BYTES,
   pieceBounds,
   pieceCount,
   piecePath,

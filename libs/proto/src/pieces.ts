@@ -18,6 +18,9 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
+/** The largest blob Shoal moves (1 TiB): 65,536 pieces of 16 MiB. */
+export const MAX_BLOB_BYTES = 1024 * GiB;
+
 /** Piece size in bytes for a blob of `size` bytes. */
 export function pieceSizeFor(size: number): number {
   if (size <= 64 * MiB) {

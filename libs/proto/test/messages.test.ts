@@ -7,11 +7,13 @@ import {
   decodeMessage,
   digestOf,
   encodeMessage,
+  MAX_BLOB_BYTES,
   messageSchemas,
   pieceHashes,
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
+  pieceSizeFor,
   pieceWantSubject,
   seedRequestSubject,
   STREAMS,
@@ -24,6 +26,8 @@ const fixtureFiles = readdirSync(fixturesDir).filter((f) => f.endsWith('.json'))
 function isMessageType(name: string): name is MessageType {
   return Object.hasOwn(messageSchemas, name);
 }
+
+const MiB = 1024 * 1024;
 
 describe('v1 golden fixtures', () => {
   it('has one fixture per message type', () => {
@@ -92,6 +96,33 @@ describe('decodeMessage', () => {
       hashes: ['a'.repeat(64), 'b'.repeat(64)],
     });
     assert.equal(result.success, false);
+  });
+
+  it('rejects a piece layout other than the one the blob size calls for, and giant blobs', () => {
+    const blob = digestOf(Buffer.from('x')).toString();
+    const batch = { type: 'piece-hashes', blob, first: 0, hashes: ['a'.repeat(64)] };
+    // A one-byte piece size for a 4 PiB blob would have an agent track 2^52 pieces.
+    assert.equal(pieceHashes.safeParse({ ...batch, size: 2 ** 52, pieceSize: 1 }).success, false);
+    assert.equal(
+      pieceHashes.safeParse({ ...batch, size: 10 * MiB, pieceSize: MiB }).success,
+      false,
+    );
+    assert.equal(
+      pieceHashes.safeParse({ ...batch, size: MAX_BLOB_BYTES + 1, pieceSize: 16 * MiB }).success,
+      false,
+    );
+    assert.equal(
+      pieceHashes.safeParse({ ...batch, size: 10 * MiB, pieceSize: 256 * 1024 }).success,
+      true,
+    );
+    assert.equal(
+      pieceHashes.safeParse({
+        ...batch,
+        size: MAX_BLOB_BYTES,
+        pieceSize: pieceSizeFor(MAX_BLOB_BYTES),
+      }).success,
+      true,
+    );
   });
 
   it('refuses to encode an invalid message', () => {

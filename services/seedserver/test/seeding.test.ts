@@ -20,6 +20,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   encodeMessage,
   pieceCount,
+  pieceHashesSubject,
   piecePath,
   pieceSizeFor,
   seedRequest,
@@ -58,6 +59,8 @@ interface SeedUnderTest {
   /** Waits until `count` seeds ended with `outcome` (and `source`, when given). */
   seeds(outcome: 'seeded' | 'failed', count: number, source?: 'origin' | 'store'): Promise<void>;
   metric(name: string, labels?: Record<string, string>): Promise<number>;
+  /** Piece-hash messages the SHOAL_PIECES stream holds for `blob`. */
+  hashMessages(blob: Descriptor): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -125,6 +128,12 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
           { timeoutMs: WAIT_MS, intervalMs: 50 },
         ),
       metric,
+      hashMessages: async (blob) => {
+        const info = await jsm.streams.info(STREAMS.pieces.name, {
+          subjects_filter: pieceHashesSubject(blob.digest),
+        });
+        return Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
+      },
       stop: async () => {
         await started.close();
         await connection.close();
@@ -224,6 +233,7 @@ describe('seed server', () => {
       assert.equal(stored.ino, cached.ino);
       assert.equal(stored.size, big.size);
       assert.equal(await seed.metric('shoal_seedserver_stored_bytes_total'), big.size);
+      assert.ok((await seed.hashMessages(big)) > 0, 'a seeded blob keeps its hashes');
       // Every piece serves the verified bytes, and the manifest in the gateway matches.
       const hashes = await fetchAllPieces(seed.url, big);
       const manifest = JSON.parse(
@@ -242,6 +252,8 @@ describe('seed server', () => {
     try {
       await seed.request(layer(3));
       await seed.seeds('failed', 1);
+      // No hash of the failed run stays for agents to verify pieces against.
+      assert.equal(await seed.hashMessages(layer(3)), 0);
       assert.deepEqual(await entries(join(seed.cacheDir, 'blobs')), []);
       assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
       assert.deepEqual(await entries(join(seed.storeDir, 'blobs', 'sha256')), []);

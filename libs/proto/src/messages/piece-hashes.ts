@@ -5,14 +5,15 @@
  */
 import { z } from 'zod';
 
+import { MAX_BLOB_BYTES, pieceSizeFor } from '../pieces.js';
 import { digestSubjectTokens, digestText } from './common.js';
 
 export const pieceHashes = z
   .strictObject({
     type: z.literal('piece-hashes'),
     blob: digestText,
-    /** Blob size in bytes. */
-    size: z.int().nonnegative(),
+    /** Blob size in bytes (at most MAX_BLOB_BYTES). */
+    size: z.int().nonnegative().max(MAX_BLOB_BYTES),
     /** Piece size in bytes; every piece but the last is exactly this long. */
     pieceSize: z.int().positive(),
     /** Index of the first piece whose hash this batch carries. */
@@ -22,6 +23,10 @@ export const pieceHashes = z
       .array(z.string().regex(/^[a-f0-9]{64}$/))
       .min(1)
       .max(1024),
+  })
+  // The layout follows from the size alone, so no batch can impose another one on agents.
+  .refine((m) => m.pieceSize === pieceSizeFor(m.size), {
+    message: 'the piece size is not the one the blob size calls for',
   })
   .refine((m) => m.first + m.hashes.length <= Math.max(1, Math.ceil(m.size / m.pieceSize)), {
     message: 'more hashes than the blob has pieces',

@@ -356,8 +356,27 @@ export class Seeder {
       this.#cache.delete(blob);
       this.#reportCache();
       await announcer.withdraw().catch(() => undefined);
+      await this.#forgetHashes(key);
       await blob.discard();
       throw error;
+    }
+  }
+
+  /**
+   * Removes the piece hashes a failed run published, so that no agent verifies pieces against
+   * them (and penalises the good peers that send the real bytes) and the next run's hashes
+   * are the only ones an agent reads.
+   */
+  async #forgetHashes(blob: string): Promise<void> {
+    try {
+      await this.#deps.jsm.streams.purge(STREAMS.pieces.name, {
+        filter: pieceHashesSubject(blob),
+      });
+    } catch (error) {
+      this.#deps.logger.warn(
+        { err: error, blob },
+        "could not remove the failed run's piece hashes",
+      );
     }
   }
 
