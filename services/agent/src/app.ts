@@ -19,6 +19,7 @@ import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 import { startAuthorizer } from './authz/start.js';
 import { BufferPool } from './cache/buffer-pool.js';
 import { FsContentStore } from './cache/content-store.js';
+import { BlobLedger, reportBlob } from './provenance/ledger.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
 import type { AgentConfig } from './config.js';
@@ -110,11 +111,20 @@ export async function buildApp(
       );
     },
   });
+  // Where each blob's bytes came from: a log line per blob per pull, and `shoal-why`.
+  const ledger = new BlobLedger();
   const originFetcher = new OriginFetcher({
     store,
     downloads,
     requests,
     onBytes: (bytes) => metrics.fetchedBytes.inc({ source: 'origin' }, bytes),
+    onSettled: (target, tally, state) =>
+      reportBlob(ledger, logger, {
+        digest: target.digest.toString(),
+        image: `${target.registry.host}/${target.name}`,
+        tally,
+        outcome: state === 'verified' ? 'verified' : 'failed',
+      }),
   });
 
   // Swarm: with NATS configured, misses join the blob's swarm; otherwise (and until NATS
@@ -149,6 +159,7 @@ export async function buildApp(
     metrics,
     logger,
     maxManifestBytes: config.SHOAL_AGENT_MAX_MANIFEST_BYTES,
+    ledger,
   });
   // Typed as fastify's logger so the instance keeps fastify's default generics.
   const fastifyLogger: FastifyBaseLogger = logger;
@@ -175,7 +186,7 @@ export async function buildApp(
     notReadyReason,
     readyDetail,
   });
-  registerMirrorRoutes(server, { mirror, registries, metrics, logger });
+  registerMirrorRoutes(server, { mirror, registries, metrics, logger, ledger });
 
   // Peers: pieces for other agents (not on a leecher), and ops for the kubelet's probes and
   // Prometheus off the node (on a leecher too).
@@ -236,7 +247,7 @@ export async function buildApp(
           () =>
             startSwarm(
               { ...config, SHOAL_NATS_URL: natsUrl },
-              { store, requests, metrics, logger, limits, pool: piecePool },
+              { store, requests, metrics, logger, limits, pool: piecePool, ledger },
             ),
           {
             logger,

@@ -18,6 +18,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { ByteCursor } from '../cache/download.js';
 import type { DownloadTable } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
+import { ByteTally, reportBlob, type BlobLedger } from '../provenance/ledger.js';
 import {
   headerValue,
   readAnswer,
@@ -57,6 +58,8 @@ export interface MirrorDeps {
   readonly logger: Logger;
   /** Largest manifest accepted from an upstream, in bytes. */
   readonly maxManifestBytes: number;
+  /** Where blobs' bytes came from; cache hits are recorded here. */
+  readonly ledger?: BlobLedger;
 }
 
 /** Upstream headers a client needs to see on an answer that is passed through. */
@@ -207,7 +210,7 @@ export class Mirror {
 
   async #blob(name: string, digest: Digest, req: PullRequest, reply: FastifyReply): Promise<void> {
     const { downloads, metrics } = this.#deps;
-    const cached = await this.#fromCache(digest, req, reply);
+    const cached = await this.#fromCache(name, digest, req, reply);
     metrics.cacheHits.inc({ kind: 'blob', result: cached ? 'hit' : 'miss' });
     if (cached) {
       return;
@@ -258,7 +261,7 @@ export class Mirror {
     );
     if (cursor === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
-      if (await this.#fromCache(digest, req, reply)) {
+      if (await this.#fromCache(name, digest, req, reply)) {
         return;
       }
       throw new MirrorError(
@@ -271,7 +274,12 @@ export class Mirror {
   }
 
   /** Serves a cached blob; false when it is not cached. */
-  async #fromCache(digest: Digest, req: PullRequest, reply: FastifyReply): Promise<boolean> {
+  async #fromCache(
+    name: string,
+    digest: Digest,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<boolean> {
     const opened = await this.#deps.store.open(digest);
     if (opened === undefined) {
       return false;
@@ -306,7 +314,17 @@ export class Mirror {
       },
       close: () => void opened.release(),
     };
+    const tally = new ByteTally();
     await this.#send(reply, digest, opened.size, range, cursor, 'cache');
+    if (this.#deps.ledger !== undefined) {
+      tally.add('cache', position - start);
+      reportBlob(this.#deps.ledger, this.#deps.logger, {
+        digest: digest.toString(),
+        image: `${req.registry.host}/${name}`,
+        tally,
+        outcome: 'cache',
+      });
+    }
     return true;
   }
 

@@ -3,6 +3,7 @@ import { runInContext, type Logger } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { AgentMetrics } from '../metrics.js';
+import type { BlobLedger } from '../provenance/ledger.js';
 import type { RegistryTable } from '../upstream/registries.js';
 import { MirrorError, ociErrorBody, toMirrorError } from './errors.js';
 import type { Mirror } from './mirror.js';
@@ -11,6 +12,8 @@ import { traceMirrorRequest } from './tracing.js';
 
 export interface MirrorRouteDeps {
   readonly mirror: Mirror;
+  /** Where blobs' bytes came from, for `GET /shoal/v1/blobs/<digest>` (shoal-why). */
+  readonly ledger: BlobLedger;
   readonly registries: RegistryTable;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
@@ -59,6 +62,16 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
       );
       return reply;
     },
+  });
+
+  // How a blob's bytes arrived on this node, for `shoal-why`. The mirror listens on loopback
+  // only: this tells nothing to anyone off the node.
+  app.get<{ Params: { digest: string } }>('/shoal/v1/blobs/:digest', async (request, reply) => {
+    const record = deps.ledger.get(request.params.digest);
+    if (record === undefined) {
+      return reply.code(404).send({ error: 'not pulled through this agent since it started' });
+    }
+    return reply.send(record);
   });
 
   app.route({

@@ -12,6 +12,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { Flight } from '../cache/download-table.js';
 import { BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
+import { reportBlob, type BlobLedger } from '../provenance/ledger.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import { SwarmClient } from './client.js';
@@ -36,6 +37,8 @@ export interface SwarmServiceDeps {
   readonly limits: TransferLimits;
   /** Piece buffers, shared with the peer server. */
   readonly pool: BufferPool;
+  /** Where each blob's bytes came from. */
+  readonly ledger: BlobLedger;
 }
 
 export class SwarmService implements BlobFetcher {
@@ -133,6 +136,14 @@ export class SwarmService implements BlobFetcher {
       },
     });
     void runInContext(traced.context, () => fetch.run(signal)).finally(() => {
+      runInContext(traced.context, () =>
+        reportBlob(this.#deps.ledger, logger, {
+          digest: key,
+          image: `${target.registry.host}/${target.name}`,
+          tally: fetch.tally,
+          outcome: download.state === 'verified' ? 'verified' : 'failed',
+        }),
+      );
       traced.span.setAttributes(fetch.summary());
       traced.span.end();
       if (this.#active.get(key) === fetch) {

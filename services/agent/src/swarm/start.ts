@@ -15,6 +15,7 @@ import { ConfigError, type Logger } from '@shoal/runtime';
 import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
+import type { BlobLedger } from '../provenance/ledger.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmConfig } from './config.js';
 import type { TransferLimits } from './limits.js';
@@ -37,6 +38,7 @@ export async function startSwarm(
     logger: Logger;
     limits: TransferLimits;
     pool: BufferPool;
+    ledger: BlobLedger;
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');

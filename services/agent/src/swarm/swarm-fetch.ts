@@ -32,6 +32,7 @@ import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
+import { ByteTally } from '../provenance/ledger.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
@@ -112,6 +113,8 @@ interface PeerState {
 
 export class SwarmFetch {
   readonly download: BlobDownload;
+  /** Bytes received by source, and the peers that sent them. */
+  readonly tally = new ByteTally();
   readonly #target: BlobTarget;
   readonly #deps: SwarmFetchDeps;
   readonly #blob: string;
@@ -494,6 +497,7 @@ export class SwarmFetch {
       this.#markHave(index);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, end - start);
+      this.tally.add(source, end - start, peer.info.id);
       // The endgame's other copies of this piece are no longer needed.
       for (const other of this.#inFlight.get(index) ?? []) {
         if (other !== entry) {
@@ -614,6 +618,7 @@ export class SwarmFetch {
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         await this.download.append(chunk);
         metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);
+        this.tally.add('origin', chunk.length);
       }
       return;
     }
@@ -689,6 +694,7 @@ export class SwarmFetch {
             this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
             this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);
+            this.tally.add('origin', piece.length);
           }
           index += 1;
           if (index < last) {

@@ -9,7 +9,8 @@ import type { RateLimiter } from '@shoal/runtime';
 import { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
-import { BlobDownload, fillInOrder } from '../cache/download.js';
+import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
+import { ByteTally } from '../provenance/ledger.js';
 import { headerValue, readAnswer, type UpstreamRegistry } from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
@@ -35,6 +36,8 @@ export interface OriginFetcherDeps {
   readonly requests: RegistryRequests;
   /** Bytes received from the origin. */
   readonly onBytes: (bytes: number) => void;
+  /** A fetch ended: its blob, where it was asked for, and what came in. */
+  readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
 }
 
 /** Free write blocks kept for the downloads' reuse, in bytes. */
@@ -72,7 +75,11 @@ export class OriginFetcher implements BlobFetcher {
     if (length !== undefined) {
       download.setSize(Number(length));
     }
-    void fillInOrder(download, response.body, store, this.#deps.onBytes);
+    const tally = new ByteTally();
+    void fillInOrder(download, response.body, store, (bytes) => {
+      tally.add('origin', bytes);
+      this.#deps.onBytes(bytes);
+    }).then((state) => this.#deps.onSettled?.(target, tally, state));
     return { kind: 'download', download };
   }
 }
