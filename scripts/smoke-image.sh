@@ -99,7 +99,9 @@ mkdir -p "$tmp/keys"
 chown 65532:65532 "$tmp/keys"
 podman run --rm --network none "${limits[@]}" -v "$tmp/keys:/var/lib/shoal/keys/private" "$IMAGE" \
   services/tracker/dist/src/keygen.js /var/lib/shoal/keys/private >/dev/null
-[ -s "$tmp/keys/handout.key" ] && [ -s "$tmp/keys/handout.pub" ] || die "keygen wrote no key"
+if [ ! -s "$tmp/keys/handout.key" ] || [ ! -s "$tmp/keys/handout.pub" ]; then
+  die "keygen wrote no key"
+fi
 log "hand-out key made with services/tracker/dist/src/keygen.js"
 webhook_token=$(node -p 'require("node:crypto").randomBytes(24).toString("hex")')
 
