@@ -1,4 +1,4 @@
-// Type-checked lint for every workspace; see STYLE.md ("Code").
+// Type-checked lint for every workspace; see docs/architecture.md ("Code conventions").
 import eslint from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
