@@ -27,7 +27,7 @@ import {
 
 import { MiB } from '../src/files.js';
 import { rawGet } from '../src/http.js';
-import { bytesBySource, pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
+import { bytesBySource, pullBlobs, startCluster, trackerView, type Cluster } from '../src/swarm.js';
 
 const repository = 'team/members';
 
@@ -70,6 +70,13 @@ describe('piece endpoints serve cluster members only', () => {
     for (const outcome of await pullBlobs(first, cluster, repository)) {
       assert.equal(outcome.error, undefined);
     }
+    // The tracker has heard that the first agent holds the blob (its haves are batched), so
+    // the second agent's hand-out names it.
+    const [tracker] = cluster.trackers;
+    assert.ok(tracker !== undefined);
+    await waitFor('the tracker to see the first agent holding the blob', async () =>
+      (await trackerView(tracker, blob)).some((m) => m.peer === 'first' && m.complete),
+    );
     for (const outcome of await pullBlobs(second, cluster, repository)) {
       assert.equal(outcome.error, undefined);
     }
