@@ -79,7 +79,7 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function hostsFiles(registryList: string, hostsDir = dir): HostsFiles {
+function hostsFiles(registryList: string, hostsDir = dir, merge = false): HostsFiles {
   return new HostsFiles({
     dir: hostsDir,
     registries: registries(registryList),
@@ -87,6 +87,7 @@ function hostsFiles(registryList: string, hostsDir = dir): HostsFiles {
     metrics,
     logger: log.logger,
     now: () => NOW,
+    merge,
   });
 }
 
@@ -198,6 +199,87 @@ describe('HostsFiles.write', () => {
     assert.ok(log.lines().some((l) => l.level === 'error'));
     await files.remove();
     assert.deepEqual(await readdir(dir), ['docker.io']);
+  });
+});
+
+describe('merge mode (SHOAL_AGENT_HOSTS_MERGE)', () => {
+  // Someone else's file: top-level keys, a host of its own, a comment, CRLF and a non-UTF-8 byte.
+  const foreign = Buffer.concat([
+    Buffer.from(
+      '# managed by our platform team\r\nserver = "https://registry-1.docker.io"\r\n' +
+        'skip_verify = false\n\n[host."https://cache.internal:5000"]\n  capabilities = ["pull"]\n' +
+        '  ca = "/etc/certs/cache.pem"\n# \xe9\n',
+      'latin1',
+    ),
+    Buffer.from([0xff, 0x0a]),
+  ]);
+  const path = (): string => join(dir, 'docker.io', 'hosts.toml');
+
+  it('puts the mirror first and keeps every other byte, then puts the file back', async () => {
+    await mkdir(join(dir, 'docker.io'));
+    await writeFile(path(), foreign);
+    const files = hostsFiles('docker.io', dir, true);
+    await files.write(MIRROR);
+
+    const merged = await readFile(path());
+    const text = merged.toString('latin1');
+    assert.ok(isAgentHostsFile(text), "marked as the agent's");
+    const mirrorAt = text.indexOf(`[host."${MIRROR}"]`);
+    const theirsAt = text.indexOf('[host."https://cache.internal:5000"]');
+    assert.ok(mirrorAt > 0 && mirrorAt < theirsAt, 'the mirror is the first host');
+    assert.ok(text.indexOf('server = ') < mirrorAt, 'top-level keys stay ahead of every table');
+    // Without the marker line and the mirror's table, the original byte for byte.
+    const block = `[host."${MIRROR}"]\n  capabilities = ["pull", "resolve"]\n\n`;
+    const stripped = text.slice(text.indexOf('\n') + 1).replace(block, '');
+    assert.deepEqual(Buffer.from(stripped, 'latin1'), foreign);
+    assert.deepEqual(await readFile(`${path()}.shoal-original`), foreign);
+    assert.equal(await value(metrics.hostsFilesSkipped), 0);
+
+    await files.remove();
+    assert.deepEqual(await readFile(path()), foreign, 'put back byte for byte');
+    assert.deepEqual(await readdir(join(dir, 'docker.io')), ['hosts.toml']);
+  });
+
+  it('after a crash, merges into the kept original again (never twice) and puts it back', async () => {
+    await mkdir(join(dir, 'docker.io'));
+    await writeFile(path(), foreign);
+    await hostsFiles('docker.io', dir, true).write(MIRROR);
+    // The agent dies here; the next one starts.
+    const next = hostsFiles('docker.io', dir, true);
+    await next.write(MIRROR);
+    const text = (await readFile(path())).toString('latin1');
+    assert.equal(text.split(`[host."${MIRROR}"]`).length, 2, 'the mirror once');
+    assert.ok(isAgentHostsFile(text));
+    await next.remove();
+    assert.deepEqual(await readFile(path()), foreign);
+    assert.ok(!(await exists(`${path()}.shoal-original`)));
+  });
+
+  it('leaves a file that names the mirror already, and writes its own where there is none', async () => {
+    const already = `server = "https://ghcr.io"\n\n[host."${MIRROR}"]\n  capabilities = ["pull"]\n`;
+    await mkdir(join(dir, 'ghcr.io'));
+    await writeFile(join(dir, 'ghcr.io', 'hosts.toml'), already);
+    const files = hostsFiles('ghcr.io,quay.io', dir, true);
+    await files.write(MIRROR);
+    assert.equal(await readFile(join(dir, 'ghcr.io', 'hosts.toml'), 'utf8'), already);
+    assert.equal(
+      await readFile(join(dir, 'quay.io', 'hosts.toml'), 'utf8'),
+      hostsToml('https://quay.io'),
+    );
+    await files.remove();
+    assert.equal(await readFile(join(dir, 'ghcr.io', 'hosts.toml'), 'utf8'), already);
+    assert.ok(!(await exists(join(dir, 'quay.io'))));
+  });
+
+  it('is off by default: the foreign file is left alone', async () => {
+    await mkdir(join(dir, 'docker.io'));
+    await writeFile(path(), foreign);
+    await hostsFiles('docker.io').write(MIRROR);
+    assert.deepEqual(await readFile(path()), foreign);
+    assert.equal(
+      loadAgentConfig({ SHOAL_AGENT_REGISTRIES: 'docker.io' }).SHOAL_AGENT_HOSTS_MERGE,
+      false,
+    );
   });
 });
 

@@ -160,6 +160,38 @@ describe('the agent writes containerd hosts.toml files', () => {
     );
   });
 
+  it('in merge mode, puts the mirror first in a foreign hosts.toml and gives it back on stop', async () => {
+    const path = join(containerd.hostsDir, registry.host, 'hosts.toml');
+    const foreign = Buffer.from(
+      `# Kept by the node's administrator.\r\nserver = "${registry.url}"\n`,
+      'utf8',
+    );
+    await mkdir(join(containerd.hostsDir, registry.host));
+    await writeFile(path, foreign);
+    const agent = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      env: { SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir, SHOAL_AGENT_HOSTS_MERGE: 'true' },
+    });
+    test.add('agent', () => agent.stop());
+    const merged = await readFile(path, 'utf8');
+    assert.ok(merged.startsWith(MARKER), merged);
+    assert.ok(merged.includes(`[host."${agent.url}"]`));
+    assert.ok(merged.includes("# Kept by the node's administrator."));
+
+    const traffic = await trafficDuring(registry, () =>
+      containerd.pull(`${registry.host}/${repository}:latest`),
+    );
+    assertHoldsImage(await containerd.contentDigests(), image);
+    assert.deepEqual(
+      traffic.filter((r) => !r.userAgent.startsWith('shoal-agent/')),
+      [],
+      'containerd pulled through the mirror the merged file names first',
+    );
+    await terminate(agent);
+    assert.deepEqual(await readFile(path), foreign, "the administrator's file, byte for byte");
+    assert.deepEqual(await readdir(join(containerd.hostsDir, registry.host)), ['hosts.toml']);
+  });
+
   it('leaves a hosts.toml it did not write as it is, and containerd still follows it', async () => {
     // The same registry under a second name: one name keeps the node's own file, the other
     // gets the agent's.

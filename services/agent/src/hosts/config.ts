@@ -2,10 +2,15 @@
  * Configuration of the containerd hosts.toml files the agent writes. Off unless a directory
  * is given: on a node, whoever manages containerd's configuration may prefer to write them.
  */
-import type { ListenAddress } from '@shoal/runtime';
+import { envBool, type ListenAddress } from '@shoal/runtime';
 import { z } from 'zod';
 
 export const hostsConfig = z.object({
+  /**
+   * A hosts.toml someone else wrote gets the mirror inserted as its first host, everything
+   * else kept, and is put back as it was when the agent stops (default false: left alone).
+   */
+  SHOAL_AGENT_HOSTS_MERGE: envBool(false),
   /**
    * containerd's `config_path`, e.g. `/etc/containerd/certs.d`. When set, the agent writes
    * `<dir>/<registry>/hosts.toml` for every mirrored registry once it listens, and removes

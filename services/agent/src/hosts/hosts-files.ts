@@ -25,6 +25,12 @@ export const HOSTS_MARKER = '# Written by the Shoal agent';
 /** The file containerd reads in each registry's directory. */
 export const HOSTS_FILE = 'hosts.toml';
 
+/** Beside a file merged into (`merge` mode): the file as it was, put back when the agent stops. */
+export const ORIGINAL_SUFFIX = '.shoal-original';
+
+/** The end of a merged file's marker line. */
+const MERGED = `merged into the file below, which comes back (from ${HOSTS_FILE}${ORIGINAL_SUFFIX}) when it stops.`;
+
 /** Whether `text` is a hosts.toml written by a Shoal agent (this one or an earlier one). */
 export function isAgentHostsFile(text: string): boolean {
   return text.startsWith(`${HOSTS_MARKER} `);
@@ -65,6 +71,30 @@ export function renderHostsToml(
   ].join('\n');
 }
 
+/**
+ * `original` (a hosts.toml someone else wrote) with the mirror inserted as its first host,
+ * everything else kept byte for byte: the mirror's table goes before the first table of the
+ * file (TOML keeps top-level keys such as `server` ahead of every table), or at the end when
+ * it has none. Undefined when the file names the mirror already.
+ */
+export function mergeHostsToml(
+  original: string,
+  mirrorUrl: string,
+  marker: string,
+): string | undefined {
+  const table = `[host.${tomlString(mirrorUrl)}]`;
+  if (original.includes(table)) {
+    return undefined;
+  }
+  const block = `${table}\n  capabilities = ["pull", "resolve"]\n\n`;
+  const firstTable = /^[ \t]*\[/m.exec(original);
+  const body =
+    firstTable === null
+      ? `${original}${original === '' || original.endsWith('\n') ? '' : '\n'}\n${block}`
+      : `${original.slice(0, firstTable.index)}${block}${original.slice(firstTable.index)}`;
+  return `${marker}\n${body}`;
+}
+
 export interface HostsFilesOptions {
   /** containerd's `config_path`; created when missing. */
   readonly dir: string;
@@ -76,11 +106,18 @@ export interface HostsFilesOptions {
   readonly logger: Logger;
   /** The clock the marker's time is read from; tests pin it. */
   readonly now?: () => Date;
+  /**
+   * A file someone else wrote gets the mirror inserted first (its original kept beside it and
+   * put back on removal) instead of being left alone. Default false.
+   */
+  readonly merge?: boolean;
 }
 
 interface WrittenFile {
   readonly path: string;
   readonly content: string;
+  /** For a merged file: where the original is kept, to put back on removal. */
+  readonly original?: string;
 }
 
 function errorCode(error: unknown): string | undefined {
@@ -89,15 +126,35 @@ function errorCode(error: unknown): string | undefined {
     : undefined;
 }
 
-/** Reads `path`, or undefined when there is no such file. */
-async function readIfPresent(path: string): Promise<string | undefined> {
+/**
+ * Reads `path`, or undefined when there is no such file. `latin1` maps every byte to one
+ * character and back, for files that must be kept byte for byte whatever they hold.
+ */
+async function readIfPresent(
+  path: string,
+  encoding: 'utf8' | 'latin1' = 'utf8',
+): Promise<string | undefined> {
   try {
-    return await readFile(path, 'utf8');
+    return await readFile(path, encoding);
   } catch (error) {
     if (errorCode(error) === 'ENOENT') {
       return undefined;
     }
     throw error;
+  }
+}
+
+/**
+ * Puts `content` (one character per byte) at `path` through a temporary file and a rename:
+ * never seen half written.
+ */
+async function replaceAtomically(path: string, content: string): Promise<void> {
+  const temp = join(dirname(path), `.${HOSTS_FILE}.shoal-${randomBytes(6).toString('hex')}`);
+  await writeFile(temp, Buffer.from(content, 'latin1'), { flag: 'wx', mode: 0o644 });
+  try {
+    await rename(temp, path);
+  } finally {
+    await rm(temp, { force: true });
   }
 }
 
@@ -127,7 +184,17 @@ export class HostsFiles {
       const path = join(this.#options.dir, registry.host, HOSTS_FILE);
       const content = renderHostsToml(registry, mirrorUrl, marker);
       try {
-        if (await this.#writeOne(path, content)) {
+        const merged =
+          this.#options.merge === true
+            ? await this.#merge(path, mirrorUrl, `${HOSTS_MARKER} ${owner} at ${stamp}; ${MERGED}`)
+            : undefined;
+        if (merged !== undefined) {
+          this.#written.push(merged);
+          logger.info(
+            { path, registry: registry.host, mirror: mirrorUrl, original: merged.original },
+            'hosts.toml merged: the mirror first, the rest as it was',
+          );
+        } else if (await this.#writeOne(path, content)) {
           this.#written.push({ path, content });
           logger.info({ path, registry: registry.host, mirror: mirrorUrl }, 'hosts.toml written');
         } else {
@@ -156,8 +223,15 @@ export class HostsFiles {
     const { logger } = this.#options;
     for (let file = this.#written.pop(); file !== undefined; file = this.#written.pop()) {
       try {
-        const text = await readIfPresent(file.path);
-        if (text === file.content) {
+        const text = await readIfPresent(
+          file.path,
+          file.original === undefined ? 'utf8' : 'latin1',
+        );
+        if (text === file.content && file.original !== undefined) {
+          // The original back in place, byte for byte, in one step.
+          await rename(file.original, file.path);
+          logger.info({ path: file.path }, 'hosts.toml restored to what it was before the merge');
+        } else if (text === file.content) {
           await rm(file.path, { force: true });
           logger.info({ path: file.path }, 'hosts.toml removed');
         } else if (text !== undefined) {
@@ -183,6 +257,39 @@ export class HostsFiles {
         }
       });
     }
+  }
+
+  /**
+   * In merge mode: the mirror inserted into a file someone else wrote (or into the original
+   * an earlier agent kept, when it crashed before putting it back), the original kept beside
+   * it first. Undefined when there is nothing to merge into: no file, one the agent wrote
+   * itself, or one that names the mirror already.
+   */
+  async #merge(path: string, mirrorUrl: string, marker: string): Promise<WrittenFile | undefined> {
+    const originalPath = `${path}${ORIGINAL_SUFFIX}`;
+    // Byte for byte: another tool's file may hold anything.
+    const kept = await readIfPresent(originalPath, 'latin1');
+    const existing = await readIfPresent(path, 'latin1');
+    if (existing === undefined) {
+      return undefined;
+    }
+    // Ours: merged by an agent that did not get to put the original back (or a plain file of
+    // ours, with nothing kept). Someone else's: the file as it is now, even if an older copy
+    // was kept, since whoever wrote it since knows best.
+    const original = isAgentHostsFile(existing) ? kept : existing;
+    if (original === undefined) {
+      return undefined;
+    }
+    const content = mergeHostsToml(original, mirrorUrl, marker);
+    if (content === undefined) {
+      return undefined;
+    }
+    if (original !== kept) {
+      // Kept before anything changes, so a crash at any point can be undone.
+      await replaceAtomically(originalPath, original);
+    }
+    await replaceAtomically(path, content);
+    return { path, content, original: originalPath };
   }
 
   /** Writes `content` to `path` atomically unless a foreign file is there; false if one is. */
@@ -244,5 +351,6 @@ export function createHostsFiles(
         ...deps,
         dir: config.SHOAL_AGENT_HOSTS_DIR,
         owner: config.SHOAL_AGENT_PEER_ID,
+        merge: config.SHOAL_AGENT_HOSTS_MERGE,
       });
 }
