@@ -14,6 +14,7 @@
  * Bounded in time: the whole run stops by itself at its deadline, and everything started is
  * torn down on exit, on failure and on Ctrl-C. It reports figures; it never asserts them.
  */
+import { STREAMS } from '@shoal/proto';
 import { mib, ratio, table } from '@shoal/testkit';
 
 import { exitOnProblems, interruptOnSignal, newTeardown, progress, readOptions } from './cli.js';
@@ -38,6 +39,7 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
   --ramp-s S             agents join evenly over this long (default 5)
   --churn F              fraction of agents that leave mid-download and rejoin (default 0.05)
   --no-preheat           leave out each agent's preheat durable consumer and presence entry
+  --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
   --phase-timeout-s S    longest one agent count may run (default 150)
   --deadline-s S         hard deadline of the whole run (default 600)
 `;
@@ -75,6 +77,7 @@ async function main(): Promise<void> {
     'ramp-s': { type: 'string', default: '5' },
     churn: { type: 'string', default: '0.05' },
     'no-preheat': { type: 'boolean', default: false },
+    'cpu-prof-dir': { type: 'string' },
     'phase-timeout-s': { type: 'string', default: '150' },
     'deadline-s': { type: 'string', default: '600' },
   });
@@ -105,6 +108,7 @@ async function main(): Promise<void> {
     rampMs: intOption(values, 'ramp-s', 0, 600, problems) * 1000,
     churn,
     preheat: values['no-preheat'] !== true,
+    cpuProfDir: typeof values['cpu-prof-dir'] === 'string' ? values['cpu-prof-dir'] : undefined,
   };
   const phaseTimeoutMs = intOption(values, 'phase-timeout-s', 10, 3600, problems) * 1000;
   const deadlineMs = intOption(values, 'deadline-s', 10, 24 * 3600, problems) * 1000;
@@ -240,6 +244,15 @@ function report(
       (v) => fixed(v),
     ],
     ['tracker CPU, all replicas (s)', trackerCpu, (v) => fixed(v, 2)],
+    ['nats-server CPU (s)', (r) => r.natsCpuS, (v) => fixed(v, 2)],
+    ['simulator workers CPU (s)', (r) => r.workersCpuS, (v) => fixed(v, 2)],
+    [
+      'swarm size per want answered (mean)',
+      (r) =>
+        r.trackers.reduce((s, t) => s + t.swarmSizeSum, 0) /
+        r.trackers.reduce((s, t) => s + t.swarmSizeCount, 0),
+      (v) => fixed(v, 0),
+    ],
     [
       'tracker CPU per hand-out (ms)',
       (r) => (1000 * trackerCpu(r)) / handouts(r),
@@ -286,7 +299,7 @@ function report(
         `${String(r.agents)}: ${r.trackers
           .map(
             (t, i) =>
-              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
+              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.haves, 0)} haves applied, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
           )
           .join('; ')}`,
     )
@@ -294,7 +307,10 @@ function report(
   const wants = results
     .map(
       (r) =>
-        `${String(r.agents)}: ${String(r.wants)} wants, ${String(r.unanswered)} never answered, ${String(r.extraHandouts)} answered twice, ${String(r.wantPublishFailures)} not acknowledged by JetStream`,
+        `${String(r.agents)}: ${String(r.wants)} wants, ${String(r.unanswered)} unanswered at the end ` +
+        `(${String(r.queuedWants)} of them still queued in ${STREAMS.wants.name}, ` +
+        `${String(Math.max(0, r.unanswered - r.queuedWants))} lost), ${String(r.extraHandouts)} answered twice, ` +
+        `${String(r.wantPublishFailures)} not acknowledged by JetStream`,
     )
     .join('\n');
   return [

@@ -23,6 +23,8 @@ export interface SimNats {
   readonly monitorUrls: readonly string[];
   /** Stream replicas to declare: 1, or 3 on the cluster. */
   readonly replicas: number;
+  /** Process ids of the servers, for their CPU time. */
+  readonly pids: readonly (number | undefined)[];
   stop(): Promise<void>;
 }
 
@@ -33,6 +35,7 @@ export async function startSingleNats(): Promise<SimNats> {
     urls: [server.url],
     monitorUrls: [server.monitorUrl],
     replicas: 1,
+    pids: [server.process.child.pid],
     stop: () => server.stop(),
   };
 }
@@ -110,7 +113,7 @@ export async function startNatsCluster3(): Promise<SimNats> {
       },
       { timeoutMs: 30_000, intervalMs: 250 },
     );
-    return { urls, monitorUrls, replicas: 3, stop };
+    return { urls, monitorUrls, replicas: 3, pids: processes.map((p) => p.child.pid), stop };
   } catch (error) {
     await stop();
     throw error;

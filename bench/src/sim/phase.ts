@@ -8,6 +8,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -74,6 +75,8 @@ export interface PhaseOptions {
   readonly rampMs: number;
   readonly churn: number;
   readonly preheat: boolean;
+  /** Where the trackers write V8 CPU profiles (`--cpu-prof`) when they exit; none when undefined. */
+  readonly cpuProfDir: string | undefined;
   /** When this phase must be over, in ms since the epoch. */
   readonly deadlineAt: number;
   readonly signal: AbortSignal;
@@ -84,6 +87,9 @@ export interface TrackerFigures {
   readonly peakRssBytes: number;
   readonly handouts: number;
   readonly haves: number;
+  /** Sum and count of the swarm sizes the tracker saw per want answered (its histogram). */
+  readonly swarmSizeSum: number;
+  readonly swarmSizeCount: number;
   readonly killed: boolean;
 }
 
@@ -101,6 +107,8 @@ export interface PhaseResult {
   readonly received: Record<string, Tally>;
   readonly wants: number;
   readonly unanswered: number;
+  /** Wants still in SHOAL_WANTS when the run ended: waiting in the backlog, not lost. */
+  readonly queuedWants: number;
   readonly extraHandouts: number;
   readonly wantPublishFailures: number;
   /** Agent connections as the servers counted them (/connz). */
@@ -118,6 +126,9 @@ export interface PhaseResult {
   readonly replay: { readyS: number; replayS: number; messages: number; peakRssBytes: number };
   readonly churned: number;
   readonly errors: Record<string, number>;
+  /** CPU seconds over the run of the nats-server(s) and of the simulator's workers. */
+  readonly natsCpuS: number;
+  readonly workersCpuS: number;
 }
 
 /** A forked worker and its messages as promises. */
@@ -210,10 +221,14 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   aborted();
 
   // The real trackers; the first creates SHOAL_SWARM and SHOAL_WANTS.
-  const trackerEnv = {
+  const trackerEnv: Record<string, string> = {
     SHOAL_NATS_STREAM_REPLICAS: String(nats.replicas),
     SHOAL_LOG_LEVEL: 'info',
   };
+  if (options.cpuProfDir !== undefined) {
+    trackerEnv.NODE_OPTIONS = `--import=${fileURLToPath(new URL('./cpu-profile.js', import.meta.url))}`;
+    trackerEnv.SHOAL_SIM_CPU_PROF_DIR = options.cpuProfDir;
+  }
   const trackers: ServiceProcess[] = [];
   for (let r = 0; r < options.trackers; r++) {
     const tracker = await startTracker({ natsUrl, env: trackerEnv });
@@ -271,6 +286,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   // The run: baselines, the common start, sampling until every download is done.
   const varzBefore = await varzTotals(nats.monitorUrls);
   const cpuBefore = await Promise.all(trackers.map((t) => cpuSeconds(t.process.child.pid)));
+  const natsCpuBefore = await sumCpu(nats.pids);
   const startAt = Date.now() + 500;
   for (const worker of workers) {
     worker.send({ type: 'go', startAt });
@@ -326,6 +342,8 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const reports: WorkerReport[] = (
     await Promise.all(workers.map((w) => w.next('report', graceMs + 30_000)))
   ).map((m) => m.report);
+  const natsCpuS = (await sumCpu(nats.pids)) - natsCpuBefore;
+  const workersCpuS = reports.reduce((sum, r) => sum + r.cpuS, 0);
 
   // Server-side figures.
   const varzAfter = await varzTotals(nats.monitorUrls);
@@ -334,17 +352,27 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const trackerFigures: TrackerFigures[] = [];
   for (const [r, tracker] of trackers.entries()) {
     const pid = tracker.process.child.pid;
-    const isKilled = killed.has(r);
+    if (killed.has(r)) {
+      trackerFigures.push({
+        cpuS: -(cpuBefore[r] ?? 0),
+        peakRssBytes: Number.NaN,
+        handouts: handoutsBeforeKill.get(r) ?? 0,
+        haves: Number.NaN,
+        swarmSizeSum: 0,
+        swarmSizeCount: 0,
+        killed: true,
+      });
+      continue;
+    }
+    const metrics = await scrapeMetrics(tracker.url);
     trackerFigures.push({
-      cpuS: isKilled ? -(cpuBefore[r] ?? 0) : (await cpuSeconds(pid)) - (cpuBefore[r] ?? 0),
-      peakRssBytes: isKilled ? Number.NaN : await peakRssBytes(pid),
-      handouts: isKilled ? (handoutsBeforeKill.get(r) ?? 0) : await handoutsOf(tracker),
-      haves: isKilled
-        ? Number.NaN
-        : (await scrapeMetrics(tracker.url)).get('shoal_tracker_events_consumed_total', {
-            type: 'piece-have',
-          }),
-      killed: isKilled,
+      cpuS: (await cpuSeconds(pid)) - (cpuBefore[r] ?? 0),
+      peakRssBytes: await peakRssBytes(pid),
+      handouts: metrics.get('shoal_tracker_handouts_total'),
+      haves: metrics.get('shoal_tracker_events_consumed_total', { type: 'piece-have' }),
+      swarmSizeSum: metrics.get('shoal_tracker_swarm_size_peers_sum'),
+      swarmSizeCount: metrics.get('shoal_tracker_swarm_size_peers_count'),
+      killed: false,
     });
   }
 
@@ -412,6 +440,9 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     },
     churned: sum((r) => r.churned),
     errors,
+    queuedWants: jetStream.streams[STREAMS.wants.name]?.messages ?? 0,
+    natsCpuS,
+    workersCpuS,
   };
 }
 
@@ -453,6 +484,15 @@ async function seedBlobs(
     blobs.push({ digest, pieces });
   }
   return blobs;
+}
+
+async function sumCpu(pids: readonly (number | undefined)[]): Promise<number> {
+  let total = 0;
+  for (const pid of pids) {
+    const cpu = await cpuSeconds(pid);
+    total += Number.isFinite(cpu) ? cpu : 0;
+  }
+  return total;
 }
 
 async function handoutsOf(tracker: ServiceProcess): Promise<number> {

@@ -101,6 +101,8 @@ export interface WorkerReport {
   readonly churned: number;
   /** Piece-hash consumers opened (one per agent-blob download, as the agent does). */
   readonly hashConsumers: number;
+  /** The worker's own CPU time over its life (user + system), in seconds. */
+  readonly cpuS: number;
   /** Errors by kind, with a count (e.g. a consumer that could not be opened). */
   readonly errors: Record<string, number>;
 }

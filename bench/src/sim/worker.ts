@@ -239,6 +239,7 @@ class Worker {
       lastCompletionAt: this.#lastCompletionAt,
       churned: this.#churned,
       hashConsumers: this.#hashConsumers,
+      cpuS: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
       errors: this.#errors,
     };
     await Promise.all(this.#connections.map(({ nc }) => nc.close().catch(() => undefined)));
