@@ -138,6 +138,8 @@ class WorkerProcess {
   of = 0;
   readonly #waiting = new Map<string, (message: FromWorker) => void>();
   #failure: string | undefined;
+  /** True once the worker's report has arrived: its exit after that is the normal end. */
+  #reported = false;
 
   constructor() {
     this.child = fork(new URL('./worker.js', import.meta.url), [], {
@@ -153,12 +155,15 @@ class WorkerProcess {
           resolve(message);
         }
       } else {
+        this.#reported ||= message.type === 'report';
         this.#waiting.get(message.type)?.(message);
       }
     });
-    this.child.on('exit', (code) => {
-      if (!this.#waiting.has('exited')) {
-        this.#failure ??= `worker exited with ${String(code)}`;
+    // 'close', not 'exit': it comes after every message the worker sent has been read.
+    this.child.on('close', (code, signal) => {
+      if (!this.#waiting.has('exited') && !this.#reported) {
+        this.#failure ??= `worker exited with ${String(code ?? signal)}`;
+        progress(`a simulator worker ended early: ${this.#failure}`);
       }
       for (const resolve of this.#waiting.values()) {
         resolve({ type: 'failed', error: this.#failure ?? 'worker exited' });

@@ -219,6 +219,20 @@ class Worker {
     }
     clearInterval(this.#tick);
     clearInterval(this.#progress);
+    // Why unfinished downloads did not finish, as errors: no piece hashes, or no hand-out yet.
+    for (const agent of this.#agents) {
+      for (const download of agent.downloads) {
+        if (download.doneAt === undefined) {
+          this.#error(
+            !download.hashesKnown
+              ? 'unfinished: no piece hashes'
+              : download.peers.length === 0
+                ? 'unfinished: no hand-out'
+                : 'unfinished: too slow',
+          );
+        }
+      }
+    }
     for (const agent of this.#agents) {
       for (const download of agent.downloads) {
         download.stopHashes.abort();
@@ -575,7 +589,11 @@ class Worker {
     }
   }
 
-  /** Reads the blob's piece hashes with a consumer of its own, as `SwarmClient.followHashes`. */
+  /**
+   * Reads the blob's piece hashes with a consumer of its own, as `SwarmClient.followHashes`.
+   * Where the agent would stall and fall back to the origin when the consumer cannot be opened,
+   * the virtual agent counts the error and tries again a second later.
+   */
   #followHashes(agent: Agent, download: Download): void {
     const { js } = agent.conn;
     const signal = download.stopHashes.signal;
@@ -602,7 +620,16 @@ class Worker {
           download.hashesKnown = true;
         }
       }
-    })().catch(() => this.#error('piece-hash consumer'));
+    })().catch(() => {
+      this.#error('piece-hash consumer');
+      if (!download.hashesKnown && !signal.aborted) {
+        setTimeout(() => {
+          if (!download.hashesKnown && !signal.aborted) {
+            this.#followHashes(agent, download);
+          }
+        }, 1_000);
+      }
+    });
   }
 
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
@@ -673,6 +700,7 @@ function send(message: FromWorker): void {
 }
 
 let worker: Worker | undefined;
+let finished = false;
 process.on('message', (message: ToWorker) => {
   void (async () => {
     try {
@@ -683,8 +711,10 @@ process.on('message', (message: ToWorker) => {
       } else if (message.type === 'go') {
         worker?.go(message.startAt);
       } else if (worker !== undefined) {
-        send({ type: 'report', report: await worker.finish(message.graceMs) });
-        process.disconnect();
+        const report = await worker.finish(message.graceMs);
+        finished = true;
+        // Disconnected only once the report (megabytes of latencies) has gone out.
+        process.send?.({ type: 'report', report } satisfies FromWorker, () => process.disconnect());
       }
     } catch (error) {
       send({ type: 'failed', error: error instanceof Error ? error.message : String(error) });
@@ -695,5 +725,8 @@ process.on('message', (message: ToWorker) => {
 });
 // The simulator gone (killed, interrupted) means this worker has nobody to report to.
 process.on('disconnect', () => {
+  if (worker !== undefined && !finished) {
+    process.stderr.write('[sim worker] the simulator went away; exiting\n');
+  }
   setTimeout(() => process.exit(process.exitCode ?? 0), 2_000).unref();
 });
