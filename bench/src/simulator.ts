@@ -273,6 +273,8 @@ function report(
     ['tracker restart to ready (s)', (r) => r.replay.readyS, (v) => fixed(v, 2)],
     ['  replay of SHOAL_SWARM (s)', (r) => r.replay.replayS, (v) => fixed(v, 2)],
     ['  messages replayed', (r) => r.replay.messages, (v) => fixed(v, 0)],
+    ['  stream last seq at start', (r) => r.replay.startLastSeq, (v) => fixed(v, 0)],
+    ['  last seq applied when caught up', (r) => r.replay.caughtUpSeq, (v) => fixed(v, 0)],
     ['  peak RSS after replay (MiB)', (r) => r.replay.peakRssBytes / 1024 / 1024, (v) => fixed(v)],
   ];
   const header = ['agents', ...results.map((r) => String(r.agents))];

@@ -123,7 +123,7 @@ export interface PhaseResult {
   readonly allDoneS: number;
   readonly downloadP50S: number;
   readonly downloadP99S: number;
-  readonly replay: { readyS: number; replayS: number; messages: number; peakRssBytes: number };
+  readonly replay: Replay & { readyS: number; peakRssBytes: number };
   readonly churned: number;
   readonly errors: Record<string, number>;
   /** CPU seconds over the run of the nats-server(s) and of the simulator's workers. */
@@ -512,7 +512,18 @@ async function handoutsOf(tracker: ServiceProcess): Promise<number> {
  * The replay's own duration from the tracker's log: from "replaying the swarm stream" to
  * "swarm view caught up" (pino's `time`, ms since the epoch), and the messages it replayed.
  */
-async function replayFromLog(logPath: string): Promise<{ replayS: number; messages: number }> {
+/** What the restarted tracker's log says about its replay. */
+export interface Replay {
+  /** From "replaying the swarm stream" to "swarm view caught up", in seconds. */
+  readonly replayS: number;
+  /** Messages in SHOAL_SWARM when the replay began. */
+  readonly messages: number;
+  /** The stream's last sequence when the replay began, and the last applied when caught up. */
+  readonly startLastSeq: number;
+  readonly caughtUpSeq: number;
+}
+
+async function replayFromLog(logPath: string): Promise<Replay> {
   // The tracker's logger writes asynchronously: its lines may land a moment after /readyz.
   const until = Date.now() + 5_000;
   for (;;) {
@@ -524,23 +535,32 @@ async function replayFromLog(logPath: string): Promise<{ replayS: number; messag
   }
 }
 
-function parseReplay(log: string): { replayS: number; messages: number } {
+function parseReplay(log: string): Replay {
   let begin: number | undefined;
   let end: number | undefined;
   let messages = Number.NaN;
+  let startLastSeq = Number.NaN;
+  let caughtUpSeq = Number.NaN;
   for (const line of log.split('\n')) {
     if (!line.startsWith('{')) {
       continue;
     }
     try {
       // pino with ISO time (`libs/runtime/src/logger.ts`).
-      const entry = JSON.parse(line) as { msg?: string; time?: string; messages?: number };
+      const entry = JSON.parse(line) as {
+        msg?: string;
+        time?: string;
+        messages?: number;
+        lastSeq?: number;
+      };
       const time = entry.time === undefined ? undefined : Date.parse(entry.time);
       if (entry.msg === 'replaying the swarm stream') {
         begin = time;
         messages = entry.messages ?? Number.NaN;
+        startLastSeq = entry.lastSeq ?? Number.NaN;
       } else if (entry.msg === 'swarm view caught up') {
         end = time;
+        caughtUpSeq = entry.lastSeq ?? Number.NaN;
       }
     } catch {
       // Not a log entry of the tracker's: skipped.
@@ -549,5 +569,7 @@ function parseReplay(log: string): { replayS: number; messages: number } {
   return {
     replayS: begin === undefined || end === undefined ? Number.NaN : (end - begin) / 1000,
     messages,
+    startLastSeq,
+    caughtUpSeq,
   };
 }
