@@ -36,6 +36,8 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
   --seed-pps N           pieces/s the seed uploads to the whole swarm (default 512)
   --want-interval-ms N   want interval of a download (default 500, the agent's)
   --have-interval-ms N   have batching interval (default 200, the agent's)
+  --stall-timeout-ms N   no piece for this long: the download reads the rest from the origin
+                         (default 10000, the agent's; 0: never)
   --ramp-s S             agents join evenly over this long (default 5)
   --churn F              fraction of agents that leave mid-download and rejoin (default 0.05)
   --no-preheat           leave out each agent's preheat durable consumer and presence entry
@@ -74,6 +76,7 @@ async function main(): Promise<void> {
     'seed-pps': { type: 'string', default: '512' },
     'want-interval-ms': { type: 'string', default: '500' },
     'have-interval-ms': { type: 'string', default: '200' },
+    'stall-timeout-ms': { type: 'string', default: '10000' },
     'ramp-s': { type: 'string', default: '5' },
     churn: { type: 'string', default: '0.05' },
     'no-preheat': { type: 'boolean', default: false },
@@ -105,6 +108,7 @@ async function main(): Promise<void> {
     seedPiecesPerS: intOption(values, 'seed-pps', 1, 1_000_000, problems),
     wantIntervalMs: intOption(values, 'want-interval-ms', 50, 60_000, problems),
     haveIntervalMs: intOption(values, 'have-interval-ms', 20, 60_000, problems),
+    stallTimeoutMs: intOption(values, 'stall-timeout-ms', 0, 3_600_000, problems),
     rampMs: intOption(values, 'ramp-s', 0, 600, problems) * 1000,
     churn,
     preheat: values['no-preheat'] !== true,
@@ -263,6 +267,16 @@ function report(
     ['JetStream stored msgs', (r) => r.jetStream.messages, (v) => fixed(v, 0)],
     ['JetStream consumers, peak', (r) => r.peakConsumers, (v) => fixed(v, 0)],
     ['  on SHOAL_PIECES, peak', (r) => r.peakPieceConsumers, (v) => fixed(v, 0)],
+    [
+      'downloads falling back to the origin (%)',
+      (r) => (100 * r.fallbacks) / r.started,
+      (v) => fixed(v, 1),
+    ],
+    [
+      'pieces read from the origin (%)',
+      (r) => (100 * r.originPieces) / (r.started * base.pieces),
+      (v) => fixed(v, 1),
+    ],
     ['download p50 (s)', (r) => r.downloadP50S, (v) => fixed(v, 2)],
     ['download p99 (s)', (r) => r.downloadP99S, (v) => fixed(v, 2)],
     [

@@ -72,6 +72,7 @@ export interface PhaseOptions {
   readonly seedPiecesPerS: number;
   readonly wantIntervalMs: number;
   readonly haveIntervalMs: number;
+  readonly stallTimeoutMs: number;
   readonly rampMs: number;
   readonly churn: number;
   readonly preheat: boolean;
@@ -125,6 +126,9 @@ export interface PhaseResult {
   readonly downloadP99S: number;
   readonly replay: Replay & { readyS: number; peakRssBytes: number };
   readonly churned: number;
+  /** Agent-blob downloads that stalled and fell back to the origin, and the pieces they read there. */
+  readonly fallbacks: number;
+  readonly originPieces: number;
   readonly errors: Record<string, number>;
   /** CPU seconds over the run of the nats-server(s) and of the simulator's workers. */
   readonly natsCpuS: number;
@@ -277,6 +281,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       seedPiecesPerS: options.seedPiecesPerS,
       wantIntervalMs: options.wantIntervalMs,
       haveIntervalMs: options.haveIntervalMs,
+      stallTimeoutMs: options.stallTimeoutMs,
       wantLimit: 16,
       rampMs: options.rampMs,
       churn: options.churn,
@@ -444,6 +449,8 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       peakRssBytes: await peakRssBytes(fresh.process.child.pid),
     },
     churned: sum((r) => r.churned),
+    fallbacks: sum((r) => r.fallbacks),
+    originPieces: sum((r) => r.originPieces),
     errors,
     queuedWants: jetStream.streams[STREAMS.wants.name]?.messages ?? 0,
     natsCpuS,

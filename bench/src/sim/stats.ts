@@ -51,6 +51,8 @@ export interface WorkerConfig {
   readonly wantIntervalMs: number;
   /** The agent's have batching interval (`SHOAL_AGENT_HAVE_INTERVAL_MS`), in ms. */
   readonly haveIntervalMs: number;
+  /** The agent's stall timeout (`SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS`), in ms; 0: never. */
+  readonly stallTimeoutMs: number;
   /** Peers asked for per want (the agent asks for 16). */
   readonly wantLimit: number;
   /** Agents join evenly over this long after the common start, in ms. */
@@ -101,6 +103,10 @@ export interface WorkerReport {
   readonly churned: number;
   /** Piece-hash consumers opened (one per agent-blob download, as the agent does). */
   readonly hashConsumers: number;
+  /** Downloads that stalled and read the rest from the origin. */
+  readonly fallbacks: number;
+  /** Pieces those downloads read from the origin. */
+  readonly originPieces: number;
   /** The worker's own CPU time over its life (user + system), in seconds. */
   readonly cpuS: number;
   /** Errors by kind, with a count (e.g. a consumer that could not be opened). */

@@ -87,6 +87,10 @@ interface Download {
   doneAt: number | undefined;
   /** Pieces the download budget allows but not yet taken (fractional). */
   credit: number;
+  /** When the download last got a piece (or started), in ms since the epoch. */
+  lastProgress: number;
+  /** True once it stalled and reads the rest from the origin, as the agent falls back. */
+  fromOrigin: boolean;
   readonly stopHashes: AbortController;
 }
 
@@ -129,6 +133,8 @@ class Worker {
   #started = 0;
   #churned = 0;
   #hashConsumers = 0;
+  #fallbacks = 0;
+  #originPieces = 0;
   #lastCompletionAt = 0;
   #tick: NodeJS.Timeout | undefined;
   #progress: NodeJS.Timeout | undefined;
@@ -253,6 +259,8 @@ class Worker {
       lastCompletionAt: this.#lastCompletionAt,
       churned: this.#churned,
       hashConsumers: this.#hashConsumers,
+      fallbacks: this.#fallbacks,
+      originPieces: this.#originPieces,
       cpuS: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
       errors: this.#errors,
     };
@@ -303,16 +311,37 @@ class Worker {
         this.#leave(agent, now);
         continue;
       }
-      const active = agent.downloads.filter((d) => d.doneAt === undefined && d.hashesKnown);
+      const stallMs = this.#config.stallTimeoutMs;
+      for (const download of agent.downloads) {
+        // The agent's stall timeout: no piece for this long, and the rest comes from the origin.
+        if (
+          download.doneAt === undefined &&
+          !download.fromOrigin &&
+          stallMs > 0 &&
+          now - download.lastProgress > stallMs
+        ) {
+          download.fromOrigin = true;
+          download.stopHashes.abort();
+          this.#fallbacks += 1;
+          this.#originPieces += download.blob.pieces - download.heldCount;
+        }
+      }
+      const active = agent.downloads.filter(
+        (d) => d.doneAt === undefined && (d.hashesKnown || d.fromOrigin),
+      );
       for (const download of agent.downloads) {
         if (download.doneAt !== undefined) {
           continue;
         }
-        if (download.hashesKnown) {
+        if (download.hashesKnown || download.fromOrigin) {
           this.#fetch(agent, download, dt / active.length, now);
         }
-        // `#fetch` may just have completed it.
-        if (!isDone(download) && now - download.lastWant >= this.#config.wantIntervalMs) {
+        // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
+        if (
+          !isDone(download) &&
+          !download.fromOrigin &&
+          now - download.lastWant >= this.#config.wantIntervalMs
+        ) {
           download.lastWant = now;
           this.#want(agent, download, now);
         }
@@ -350,6 +379,8 @@ class Worker {
         peers: [],
         lastWant: 0,
         lastHave: 0,
+        lastProgress: now,
+        fromOrigin: false,
         haveDirty: false,
         startedAt: now,
         doneAt: undefined,
@@ -382,11 +413,24 @@ class Worker {
   #fetch(agent: Agent, download: Download, dtShare: number, now: number): void {
     const rate = this.#config.downloadPiecesPerS;
     download.credit = Math.min(download.credit + rate * dtShare, rate * BURST_S + 1);
+    const pieces = download.blob.pieces;
+    if (download.fromOrigin) {
+      // Ranged reads from the origin: the missing pieces in order, at the download rate. The
+      // agent announces the blob once it is whole.
+      for (let index = 0; index < pieces && download.credit >= 1; index++) {
+        if (download.held[index] === 0) {
+          download.held[index] = 1;
+          download.heldCount += 1;
+          download.credit -= 1;
+        }
+      }
+      this.#completeIfWhole(download, now);
+      return;
+    }
     const holders = download.peers.filter((p) => p.peer.id !== agent.peer.id);
     if (holders.length === 0) {
       return;
     }
-    const pieces = download.blob.pieces;
     let attempts = 0;
     let scan = -1;
     while (download.credit >= 1 && download.heldCount < pieces) {
@@ -416,8 +460,14 @@ class Worker {
       download.heldCount += 1;
       download.credit -= 1;
       download.haveDirty = true;
+      download.lastProgress = now;
     }
-    if (download.heldCount === pieces && download.doneAt === undefined) {
+    this.#completeIfWhole(download, now);
+  }
+
+  #completeIfWhole(download: Download, now: number): void {
+    if (download.heldCount === download.blob.pieces && download.doneAt === undefined) {
+      download.haveDirty = true;
       download.doneAt = now;
       download.stopHashes.abort();
       this.#completed += 1;
@@ -591,8 +641,8 @@ class Worker {
 
   /**
    * Reads the blob's piece hashes with a consumer of its own, as `SwarmClient.followHashes`.
-   * Where the agent would stall and fall back to the origin when the consumer cannot be opened,
-   * the virtual agent counts the error and tries again a second later.
+   * When the consumer cannot be opened, the error is counted and, as for the agent, the
+   * download stalls and falls back to the origin.
    */
   #followHashes(agent: Agent, download: Download): void {
     const { js } = agent.conn;
@@ -620,16 +670,7 @@ class Worker {
           download.hashesKnown = true;
         }
       }
-    })().catch(() => {
-      this.#error('piece-hash consumer');
-      if (!download.hashesKnown && !signal.aborted) {
-        setTimeout(() => {
-          if (!download.hashesKnown && !signal.aborted) {
-            this.#followHashes(agent, download);
-          }
-        }, 1_000);
-      }
-    });
+    })().catch(() => this.#error('piece-hash consumer'));
   }
 
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
