@@ -187,7 +187,7 @@ function phaseSummary(r: PhaseResult): string {
   return (
     `[sim] ${String(r.agents)} agents: ${String(r.completed)}/${String(r.started)} downloads done` +
     `${r.finished ? '' : ' (deadline reached first)'}, ${String(r.wants)} wants, ${String(lost)} unanswered, ` +
-    `${String(r.extraHandouts)} answered twice, churned ${String(r.churned)}` +
+    `${String(r.extraHandouts)} hand-outs with no want waiting, churned ${String(r.churned)}` +
     (Object.keys(r.errors).length > 0 ? `, errors ${JSON.stringify(r.errors)}` : '')
   );
 }
@@ -325,7 +325,7 @@ function report(
       (r) =>
         `${String(r.agents)}: ${String(r.wants)} wants, ${String(r.unanswered)} unanswered at the end ` +
         `(${String(r.queuedWants)} of them still queued in ${STREAMS.wants.name}, ` +
-        `${String(Math.max(0, r.unanswered - r.queuedWants))} lost), ${String(r.extraHandouts)} answered twice, ` +
+        `${String(Math.max(0, r.unanswered - r.queuedWants))} lost), ${String(r.extraHandouts)} hand-outs with no want waiting, ` +
         `${String(r.wantPublishFailures)} not acknowledged by JetStream`,
     )
     .join('\n');

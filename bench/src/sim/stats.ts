@@ -87,7 +87,10 @@ export interface WorkerReport {
   readonly wants: number;
   /** Wants whose publish JetStream did not acknowledge. */
   readonly wantPublishFailures: number;
-  /** Hand-outs that arrived with no want of theirs outstanding (a want answered twice). */
+  /**
+   * Hand-outs that arrived with no want of theirs outstanding: a want answered twice (a
+   * replica died between hand-out and ack), or one whose publish timed out but was stored.
+   */
   readonly extraHandouts: number;
   /** Wants still without a hand-out when the worker finished: lost. */
   readonly unanswered: number;
