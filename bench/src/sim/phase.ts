@@ -356,9 +356,27 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const workersCpuS = reports.reduce((sum, r) => sum + r.cpuS, 0);
 
   // Server-side figures.
-  const varzAfter = await varzTotals(nats.monitorUrls);
-  const connz = await connzTotals(nats.monitorUrls, connectionName);
-  const jetStream = await jetStreamState(jsm);
+  // A probe that times out on a saturated server costs its figure (NaN), not the phase.
+  const noTotals: ServerTotals = {
+    inMsgs: Number.NaN,
+    outMsgs: Number.NaN,
+    inBytes: Number.NaN,
+    outBytes: Number.NaN,
+  };
+  const varzAfter = await probe('/varz', () => varzTotals(nats.monitorUrls), noTotals);
+  const connz = await probe('/connz', () => connzTotals(nats.monitorUrls, connectionName), {
+    connections: Number.NaN,
+    sent: Number.NaN,
+    sentBytes: Number.NaN,
+    received: Number.NaN,
+    receivedBytes: Number.NaN,
+  });
+  const jetStream = await probe('the JetStream state', () => jetStreamState(jsm), {
+    bytes: Number.NaN,
+    messages: Number.NaN,
+    consumers: Number.NaN,
+    streams: {},
+  });
   const trackerFigures: TrackerFigures[] = [];
   for (const [r, tracker] of trackers.entries()) {
     const pid = tracker.process.child.pid;
@@ -374,7 +392,10 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       });
       continue;
     }
-    const metrics = await scrapeMetrics(tracker.url);
+    const metrics = await probe(`${tracker.url}/metrics`, () => scrapeMetrics(tracker.url), {
+      get: () => Number.NaN,
+      has: () => false,
+    });
     trackerFigures.push({
       cpuS: (await cpuSeconds(pid)) - (cpuBefore[r] ?? 0),
       peakRssBytes: await peakRssBytes(pid),
@@ -438,7 +459,9 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     },
     trackers: trackerFigures,
     jetStream,
-    peakConsumers: Math.max(peakConsumers, jetStream.consumers),
+    peakConsumers: Number.isFinite(jetStream.consumers)
+      ? Math.max(peakConsumers, jetStream.consumers)
+      : peakConsumers,
     peakPieceConsumers,
     allDoneS: lastCompletion > 0 ? (lastCompletion - startAt) / 1000 : Number.NaN,
     downloadP50S: quantile(downloads, 0.5) / 1000,
@@ -496,6 +519,16 @@ async function seedBlobs(
     blobs.push({ digest, pieces });
   }
   return blobs;
+}
+
+/** The probe's answer, or `fallback` (with a progress line) when it fails. */
+async function probe<T>(what: string, read: () => Promise<T>, fallback: T): Promise<T> {
+  try {
+    return await read();
+  } catch (error) {
+    progress(`reading ${what} failed: ${error instanceof Error ? error.message : String(error)}`);
+    return fallback;
+  }
 }
 
 async function sumCpu(pids: readonly (number | undefined)[]): Promise<number> {

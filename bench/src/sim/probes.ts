@@ -9,7 +9,7 @@ import type { JetStreamManager } from '@nats-io/jetstream';
 
 /** Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`; 100 on Linux). */
 const CLOCK_TICKS_PER_S = 100;
-const TIMEOUT_MS = 10_000;
+const TIMEOUT_MS = 30_000;
 
 /** User plus system CPU time of a process so far, in seconds; NaN when it is gone. */
 export async function cpuSeconds(pid: number | undefined): Promise<number> {
