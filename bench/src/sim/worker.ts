@@ -1,0 +1,773 @@
+/**
+ * A simulator worker: one process running a share of the virtual agents over one NATS
+ * connection (or a few). Each virtual agent speaks the agent's control-plane protocol as
+ * `services/agent/src/swarm/client.ts` does: its own hand-out subscription, a piece-want per
+ * blob every want interval while it downloads, batched piece-haves carrying the full piece
+ * set, a piece-hash consumer per blob download, a peer-gone when it leaves, and (optionally)
+ * its preheat durable consumer and presence entry. No piece bytes move: a piece "arrives"
+ * when the agent's download budget and a handed-out holder's upload budget allow it.
+ *
+ * Started by the simulator with `fork`; it is told what to do over IPC (see `stats.ts`).
+ */
+import {
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  agentPresence,
+  handoutSubject,
+  KV_BUCKETS,
+  peerGone,
+  peerGoneSubject,
+  pieceHashesSubject,
+  pieceHave,
+  pieceHaveSubject,
+  pieceWant,
+  pieceWantSubject,
+  rangesInclude,
+  STREAMS,
+  type AgentPresence,
+  type Handout,
+  type PeerGone,
+  type PeerInfo,
+  type PieceHashes,
+  type PieceHave,
+  type PieceRanges,
+  type PieceWant,
+} from '@shoal/proto';
+import { ensureConsumer } from '@shoal/runtime/nats';
+
+import {
+  PUBLISHED_KINDS,
+  RECEIVED_KINDS,
+  tallies,
+  type FromWorker,
+  type PublishedKind,
+  type SimBlob,
+  type ToWorker,
+  type WorkerConfig,
+  type WorkerReport,
+} from './stats.js';
+
+/** How often the worker moves every agent on, in ms (the agent schedules every 250 ms). */
+const TICK_MS = 100;
+/** Longest burst a budget may save up, in seconds of its rate. */
+const BURST_S = 0.5;
+/** How long a churned agent stays away before it rejoins, in ms. */
+const REJOIN_AFTER_MS = 1_000;
+/** The preheat consumer's settings, as `services/agent/src/preheat/node-preheat.ts` has them. */
+const PREHEAT_ACK_WAIT_MS = 60_000;
+const PREHEAT_INACTIVE_MS = 24 * 60 * 60 * 1000;
+
+interface Connection {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  readonly kv: KV | undefined;
+}
+
+/** One blob being downloaded by one agent. */
+interface Download {
+  readonly blob: SimBlob;
+  readonly held: Uint8Array;
+  heldCount: number;
+  hashesKnown: boolean;
+  /** The latest hand-out's peers for this blob. */
+  peers: Handout['peers'];
+  lastWant: number;
+  lastHave: number;
+  haveDirty: boolean;
+  readonly startedAt: number;
+  doneAt: number | undefined;
+  /** Pieces the download budget allows but not yet taken (fractional). */
+  credit: number;
+  /** When the download last got a piece (or started), in ms since the epoch. */
+  lastProgress: number;
+  /** True once it stalled and reads the rest from the origin, as the agent falls back. */
+  fromOrigin: boolean;
+  readonly stopHashes: AbortController;
+}
+
+interface Agent {
+  readonly index: number;
+  readonly peer: PeerInfo;
+  readonly conn: Connection;
+  readonly joinAt: number;
+  joined: boolean;
+  /** When the agent leaves (churn) and rejoins, in ms since the epoch; undefined: never. */
+  leaveAt: number | undefined;
+  rejoinAt: number | undefined;
+  downloads: Download[];
+  /** Publish times of wants not yet answered, per blob, oldest first; kept across a rejoin. */
+  readonly outstanding: Map<string, number[]>;
+  nextPresence: number;
+  preheat: ConsumerMessages | undefined;
+}
+
+/** Upload budget of one holder, as seen by this worker (its share of the holder's rate). */
+interface Budget {
+  tokens: number;
+  at: number;
+}
+
+class Worker {
+  readonly #config: WorkerConfig;
+  readonly #connections: Connection[] = [];
+  readonly #agents: Agent[] = [];
+  readonly #budgets = new Map<string, Budget>();
+  readonly #published = tallies(PUBLISHED_KINDS);
+  readonly #received = tallies(RECEIVED_KINDS);
+  readonly #latencies: number[] = [];
+  readonly #downloadMs: number[] = [];
+  readonly #errors: Record<string, number> = {};
+  #wants = 0;
+  #wantFailures = 0;
+  #extraHandouts = 0;
+  #completed = 0;
+  #started = 0;
+  #churned = 0;
+  #hashConsumers = 0;
+  #fallbacks = 0;
+  #originPieces = 0;
+  #lastCompletionAt = 0;
+  #tick: NodeJS.Timeout | undefined;
+  #progress: NodeJS.Timeout | undefined;
+  #lastTick = 0;
+  /** Message kinds already checked against their schema once (see `#check`). */
+  readonly #checked = new Set<string>();
+
+  constructor(config: WorkerConfig) {
+    this.#config = config;
+  }
+
+  /** Connects, subscribes every agent to its hand-outs, and waits for the server to have them. */
+  async prepare(): Promise<void> {
+    const config = this.#config;
+    for (let c = 0; c < config.connections; c++) {
+      const servers = config.natsUrls[(config.worker + c) % config.natsUrls.length] ?? '';
+      const nc = await connect({
+        servers,
+        name: `${config.connectionName}-w${String(config.worker)}-c${String(c)}`,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 500,
+        timeout: 5000,
+      });
+      const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      const kv = config.preheat ? await new Kvm(js).open(KV_BUCKETS.agents.bucket) : undefined;
+      this.#connections.push({ nc, js, jsm, kv });
+    }
+    for (let index = config.firstAgent; index < config.endAgent; index++) {
+      const conn = this.#connections[index % this.#connections.length];
+      if (conn === undefined) {
+        throw new Error('no connection');
+      }
+      const id = `sim-${String(index).padStart(5, '0')}`;
+      const agent: Agent = {
+        index,
+        peer: {
+          id,
+          // Never contacted: no piece bytes move in the simulation.
+          url: `http://127.0.0.1:${String(20_000 + (index % 40_000))}`,
+          zone: `zone-${'abc'[index % 3] ?? 'a'}`,
+        },
+        conn,
+        joinAt: 0,
+        joined: false,
+        leaveAt: undefined,
+        rejoinAt: undefined,
+        downloads: [],
+        outstanding: new Map(),
+        nextPresence: 0,
+        preheat: undefined,
+      };
+      conn.nc.subscribe(handoutSubject(id), {
+        callback: (error, msg) => {
+          if (error === null) {
+            this.#onHandout(agent, msg.data);
+          }
+        },
+      });
+      this.#agents.push(agent);
+    }
+    for (const { nc } of this.#connections) {
+      await nc.flush();
+    }
+  }
+
+  /** Starts the clock: agents join evenly over the ramp from `startAt`. */
+  go(startAt: number): void {
+    const { rampMs, totalAgents, churn } = this.#config;
+    for (const agent of this.#agents) {
+      const joinAt = startAt + Math.floor((rampMs * agent.index) / Math.max(1, totalAgents));
+      (agent as { joinAt: number }).joinAt = joinAt;
+      // A fixed, evenly spread choice of agents that leave once, 1 to 3 s after joining.
+      if (((agent.index * 2_654_435_761) % 1000) / 1000 < churn) {
+        agent.leaveAt = joinAt + 1_000 + Math.random() * 2_000;
+      }
+    }
+    this.#lastTick = Date.now();
+    this.#tick = setInterval(() => this.#step(), TICK_MS);
+    this.#progress = setInterval(() => this.#sendProgress(), 1_000);
+  }
+
+  /** Waits up to `graceMs` for every want to be answered, stops, and reports. */
+  async finish(graceMs: number): Promise<WorkerReport> {
+    const until = Date.now() + graceMs;
+    while (this.#unanswered() > 0 && Date.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    clearInterval(this.#tick);
+    clearInterval(this.#progress);
+    // Why unfinished downloads did not finish, as errors: no piece hashes, or no hand-out yet.
+    for (const agent of this.#agents) {
+      for (const download of agent.downloads) {
+        if (download.doneAt === undefined) {
+          this.#error(
+            !download.hashesKnown
+              ? 'unfinished: no piece hashes'
+              : download.peers.length === 0
+                ? 'unfinished: no hand-out'
+                : 'unfinished: too slow',
+          );
+        }
+      }
+    }
+    for (const agent of this.#agents) {
+      for (const download of agent.downloads) {
+        download.stopHashes.abort();
+      }
+      agent.preheat?.stop();
+    }
+    const report: WorkerReport = {
+      published: this.#published,
+      received: this.#received,
+      latenciesMs: this.#latencies,
+      wants: this.#wants,
+      wantPublishFailures: this.#wantFailures,
+      extraHandouts: this.#extraHandouts,
+      unanswered: this.#unanswered(),
+      completed: this.#completed,
+      started: this.#started,
+      downloadMs: this.#downloadMs,
+      lastCompletionAt: this.#lastCompletionAt,
+      churned: this.#churned,
+      hashConsumers: this.#hashConsumers,
+      fallbacks: this.#fallbacks,
+      originPieces: this.#originPieces,
+      cpuS: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
+      errors: this.#errors,
+    };
+    await Promise.all(this.#connections.map(({ nc }) => nc.close().catch(() => undefined)));
+    return report;
+  }
+
+  #unanswered(): number {
+    let count = 0;
+    for (const agent of this.#agents) {
+      for (const queue of agent.outstanding.values()) {
+        count += queue.length;
+      }
+    }
+    return count;
+  }
+
+  #sendProgress(): void {
+    let done = 0;
+    for (const agent of this.#agents) {
+      if (agent.joined && agent.rejoinAt === undefined) {
+        done += agent.downloads.filter((d) => d.doneAt !== undefined).length;
+      }
+    }
+    send({ type: 'progress', done, of: this.#agents.length * this.#config.blobs.length });
+  }
+
+  /** One scheduling round for every agent: join, leave, fetch, want, have, presence. */
+  #step(): void {
+    const now = Date.now();
+    const dt = Math.min(1, (now - this.#lastTick) / 1000);
+    this.#lastTick = now;
+    for (const agent of this.#agents) {
+      if (!agent.joined) {
+        if (now >= agent.joinAt) {
+          this.#join(agent, now);
+        }
+        continue;
+      }
+      if (agent.rejoinAt !== undefined) {
+        if (now >= agent.rejoinAt) {
+          agent.rejoinAt = undefined;
+          this.#startDownloads(agent, now);
+        }
+        continue;
+      }
+      if (agent.leaveAt !== undefined && now >= agent.leaveAt) {
+        this.#leave(agent, now);
+        continue;
+      }
+      const stallMs = this.#config.stallTimeoutMs;
+      for (const download of agent.downloads) {
+        // The agent's stall timeout: no piece for this long, and the rest comes from the origin.
+        if (
+          download.doneAt === undefined &&
+          !download.fromOrigin &&
+          stallMs > 0 &&
+          now - download.lastProgress > stallMs
+        ) {
+          download.fromOrigin = true;
+          download.stopHashes.abort();
+          this.#fallbacks += 1;
+          this.#originPieces += download.blob.pieces - download.heldCount;
+        }
+      }
+      const active = agent.downloads.filter(
+        (d) => d.doneAt === undefined && (d.hashesKnown || d.fromOrigin),
+      );
+      for (const download of agent.downloads) {
+        if (download.doneAt !== undefined) {
+          continue;
+        }
+        if (download.hashesKnown || download.fromOrigin) {
+          this.#fetch(agent, download, dt / active.length, now);
+        }
+        // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
+        if (
+          !isDone(download) &&
+          !download.fromOrigin &&
+          now - download.lastWant >= this.#config.wantIntervalMs
+        ) {
+          download.lastWant = now;
+          this.#want(agent, download, now);
+        }
+      }
+      for (const download of agent.downloads) {
+        if (download.haveDirty && now - download.lastHave >= this.#config.haveIntervalMs) {
+          download.haveDirty = false;
+          download.lastHave = now;
+          this.#have(agent, download);
+        }
+      }
+      if (this.#config.preheat && now >= agent.nextPresence) {
+        agent.nextPresence = now + this.#config.presenceIntervalMs;
+        this.#presence(agent, now);
+      }
+    }
+  }
+
+  #join(agent: Agent, now: number): void {
+    agent.joined = true;
+    if (this.#config.preheat) {
+      this.#openPreheat(agent);
+      agent.nextPresence = now;
+    }
+    this.#startDownloads(agent, now);
+  }
+
+  #startDownloads(agent: Agent, now: number): void {
+    agent.downloads = this.#config.blobs.map((blob) => {
+      const download: Download = {
+        blob,
+        held: new Uint8Array(blob.pieces),
+        heldCount: 0,
+        hashesKnown: false,
+        peers: [],
+        lastWant: 0,
+        lastHave: 0,
+        lastProgress: now,
+        fromOrigin: false,
+        haveDirty: false,
+        startedAt: now,
+        doneAt: undefined,
+        credit: 0,
+        stopHashes: new AbortController(),
+      };
+      this.#started += 1;
+      this.#followHashes(agent, download);
+      return download;
+    });
+  }
+
+  /** Leaves every swarm as a stopping agent does (peer-gone), and comes back from scratch. */
+  #leave(agent: Agent, now: number): void {
+    agent.leaveAt = undefined;
+    if (agent.downloads.every((d) => d.doneAt !== undefined)) {
+      return;
+    }
+    this.#churned += 1;
+    for (const download of agent.downloads) {
+      download.stopHashes.abort();
+    }
+    agent.downloads = [];
+    agent.rejoinAt = now + REJOIN_AFTER_MS;
+    const message: PeerGone = { type: 'peer-gone', peer: agent.peer.id };
+    void this.#publish(agent, 'peer-gone', peerGone, peerGoneSubject(agent.peer.id), message);
+  }
+
+  /** Takes as many missing pieces as the budgets allow from the hand-out's holders. */
+  #fetch(agent: Agent, download: Download, dtShare: number, now: number): void {
+    const rate = this.#config.downloadPiecesPerS;
+    download.credit = Math.min(download.credit + rate * dtShare, rate * BURST_S + 1);
+    const pieces = download.blob.pieces;
+    if (download.fromOrigin) {
+      // Ranged reads from the origin: the missing pieces in order, at the download rate. The
+      // agent announces the blob once it is whole.
+      for (let index = 0; index < pieces && download.credit >= 1; index++) {
+        if (download.held[index] === 0) {
+          download.held[index] = 1;
+          download.heldCount += 1;
+          download.credit -= 1;
+        }
+      }
+      this.#completeIfWhole(download, now);
+      return;
+    }
+    const holders = download.peers.filter((p) => p.peer.id !== agent.peer.id);
+    if (holders.length === 0) {
+      return;
+    }
+    let attempts = 0;
+    let scan = -1;
+    while (download.credit >= 1 && download.heldCount < pieces) {
+      // Random pieces, as rarest-first with random ties spreads them; a scan when few are left.
+      let index: number;
+      if (attempts < 32) {
+        attempts += 1;
+        index = Math.floor(Math.random() * pieces);
+        if (download.held[index] === 1) {
+          continue;
+        }
+      } else {
+        scan += 1;
+        if (scan >= pieces) {
+          return;
+        }
+        index = scan;
+        if (download.held[index] === 1) {
+          continue;
+        }
+      }
+      const holder = this.#holderFor(holders, index, now);
+      if (holder === undefined) {
+        continue;
+      }
+      download.held[index] = 1;
+      download.heldCount += 1;
+      download.credit -= 1;
+      download.haveDirty = true;
+      download.lastProgress = now;
+    }
+    this.#completeIfWhole(download, now);
+  }
+
+  #completeIfWhole(download: Download, now: number): void {
+    if (download.heldCount === download.blob.pieces && download.doneAt === undefined) {
+      download.haveDirty = true;
+      download.doneAt = now;
+      download.stopHashes.abort();
+      this.#completed += 1;
+      this.#downloadMs.push(now - download.startedAt);
+      this.#lastCompletionAt = Math.max(this.#lastCompletionAt, now);
+    }
+  }
+
+  /** A holder of piece `index` with upload budget left, whose budget it then spends. */
+  #holderFor(holders: Handout['peers'], index: number, now: number): string | undefined {
+    const offset = Math.floor(Math.random() * holders.length);
+    for (let k = 0; k < holders.length; k++) {
+      const holder = holders[(offset + k) % holders.length];
+      if (holder === undefined) {
+        continue;
+      }
+      if (!holder.complete && !holder.seed && !rangesInclude(holder.pieces, index)) {
+        continue;
+      }
+      const id = holder.peer.id;
+      const rate =
+        (holder.seed ? this.#config.seedPiecesPerS : this.#config.uploadPiecesPerS) /
+        this.#config.workers;
+      let budget = this.#budgets.get(id);
+      if (budget === undefined) {
+        budget = { tokens: rate * BURST_S, at: now };
+        this.#budgets.set(id, budget);
+      }
+      budget.tokens = Math.min(rate * BURST_S, budget.tokens + (rate * (now - budget.at)) / 1000);
+      budget.at = now;
+      if (budget.tokens >= 1) {
+        budget.tokens -= 1;
+        return id;
+      }
+    }
+    return undefined;
+  }
+
+  #want(agent: Agent, download: Download, now: number): void {
+    const message: PieceWant = {
+      type: 'piece-want',
+      blob: download.blob.digest,
+      peer: agent.peer,
+      have: heldRanges(download.held),
+      registry: this.#config.registry,
+      repository: this.#config.repository,
+      limit: this.#config.wantLimit,
+    };
+    let queue = agent.outstanding.get(download.blob.digest);
+    if (queue === undefined) {
+      queue = [];
+      agent.outstanding.set(download.blob.digest, queue);
+    }
+    queue.push(now);
+    this.#wants += 1;
+    const published = this.#publish(
+      agent,
+      'piece-want',
+      pieceWant,
+      pieceWantSubject(download.blob.digest),
+      message,
+    );
+    void published.then((ok) => {
+      if (!ok) {
+        this.#wantFailures += 1;
+        // A want JetStream refused gets no hand-out: it is not waited for.
+        const at = queue.indexOf(now);
+        if (at >= 0) {
+          queue.splice(at, 1);
+        }
+      }
+    });
+  }
+
+  #have(agent: Agent, download: Download): void {
+    const complete = download.heldCount === download.blob.pieces;
+    const message: PieceHave = {
+      type: 'piece-have',
+      blob: download.blob.digest,
+      peer: agent.peer,
+      pieces: heldRanges(download.held),
+      complete,
+      seed: false,
+    };
+    void this.#publish(
+      agent,
+      'piece-have',
+      pieceHave,
+      pieceHaveSubject(download.blob.digest, agent.peer.id),
+      message,
+    );
+  }
+
+  #presence(agent: Agent, now: number): void {
+    const kv = agent.conn.kv;
+    if (kv === undefined) {
+      return;
+    }
+    const entry: AgentPresence = {
+      type: 'agent-presence',
+      peer: agent.peer.id,
+      labels: {},
+      mode: 'mixed',
+      ...(agent.peer.zone === undefined ? {} : { zone: agent.peer.zone }),
+      at: now,
+    };
+    const data = this.#encode('presence', agentPresence, entry);
+    this.#count(this.#published, 'presence', data.length);
+    this.#count(this.#received, 'puback', 0);
+    kv.put(agent.peer.id, data).catch(() => this.#error('presence put'));
+  }
+
+  /**
+   * Publishes to JetStream as the agent does (`js.publish`, waiting for the stream's
+   * acknowledgement); resolves false when it is not acknowledged.
+   */
+  async #publish(
+    agent: Agent,
+    kind: PublishedKind,
+    schema: { parse(input: unknown): unknown },
+    subject: string,
+    message: unknown,
+  ): Promise<boolean> {
+    const data = this.#encode(kind, schema, message);
+    this.#count(this.#published, kind, data.length);
+    try {
+      await agent.conn.js.publish(subject, data, { timeout: 10_000 });
+      this.#count(this.#received, 'puback', 0);
+      return true;
+    } catch {
+      this.#error(`${kind} publish`);
+      return false;
+    }
+  }
+
+  /**
+   * JSON as the agent sends it. The first message of each kind is checked against its schema
+   * (the agent checks every one; here that would cost the simulator more CPU than the
+   * trackers it measures, and every later message is built the same way).
+   */
+  #encode(kind: string, schema: { parse(input: unknown): unknown }, message: unknown): Buffer {
+    if (!this.#checked.has(kind)) {
+      schema.parse(message);
+      this.#checked.add(kind);
+    }
+    return Buffer.from(JSON.stringify(message), 'utf8');
+  }
+
+  #onHandout(agent: Agent, data: Uint8Array): void {
+    this.#count(this.#received, 'handout', data.length);
+    let answer: Handout;
+    try {
+      // Parsed, not schema-checked, for the same reason as `#encode`: the tracker checked it.
+      answer = JSON.parse(Buffer.from(data).toString('utf8')) as Handout;
+    } catch {
+      this.#error('handout not JSON');
+      return;
+    }
+    const queue = agent.outstanding.get(answer.blob);
+    const askedAt = queue?.shift();
+    if (askedAt === undefined) {
+      this.#extraHandouts += 1;
+    } else {
+      this.#latencies.push(Date.now() - askedAt);
+    }
+    const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
+    if (download !== undefined && download.doneAt === undefined) {
+      download.peers = answer.peers;
+    }
+  }
+
+  /**
+   * Reads the blob's piece hashes with a consumer of its own, as `SwarmClient.followHashes`.
+   * When the consumer cannot be opened, the error is counted and, as for the agent, the
+   * download stalls and falls back to the origin.
+   */
+  #followHashes(agent: Agent, download: Download): void {
+    const { js } = agent.conn;
+    const signal = download.stopHashes.signal;
+    this.#hashConsumers += 1;
+    void (async () => {
+      const consumer = await js.consumers.get(STREAMS.pieces.name, {
+        filter_subjects: pieceHashesSubject(download.blob.digest),
+        deliver_policy: DeliverPolicy.All,
+      });
+      if (signal.aborted) {
+        return;
+      }
+      const messages = await consumer.consume();
+      const stop = (): void => void messages.close();
+      signal.addEventListener('abort', stop, { once: true });
+      // Aborted while the consumer was being created: the listener came too late.
+      if (isAborted(signal)) {
+        stop();
+      }
+      for await (const msg of messages) {
+        this.#count(this.#received, 'piece-hashes', msg.data.length);
+        const batch = JSON.parse(Buffer.from(msg.data).toString('utf8')) as PieceHashes;
+        if (batch.first + batch.hashes.length >= download.blob.pieces) {
+          download.hashesKnown = true;
+        }
+      }
+    })().catch(() => this.#error('piece-hash consumer'));
+  }
+
+  /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
+  #openPreheat(agent: Agent): void {
+    const { js, jsm } = agent.conn;
+    const name = `agent-preheat-${agent.peer.id}`;
+    void (async () => {
+      await ensureConsumer(jsm, STREAMS.preheatNodes.name, name, {
+        ackWaitMs: PREHEAT_ACK_WAIT_MS,
+        maxDeliver: -1,
+        maxAckPending: 1,
+        startTime: new Date(),
+        inactiveMs: PREHEAT_INACTIVE_MS,
+        replicas: 1,
+      });
+      const consumer = await js.consumers.get(STREAMS.preheatNodes.name, name);
+      const messages = await consumer.consume({ max_messages: 1 });
+      agent.preheat = messages;
+      for await (const msg of messages) {
+        this.#count(this.#received, 'preheat-task', msg.data.length);
+        msg.ack();
+      }
+    })().catch(() => this.#error('preheat consumer'));
+  }
+
+  #count<K extends string>(
+    table: Record<K, { msgs: number; bytes: number }>,
+    kind: K,
+    bytes: number,
+  ): void {
+    table[kind].msgs += 1;
+    table[kind].bytes += bytes;
+  }
+
+  #error(kind: string): void {
+    this.#errors[kind] = (this.#errors[kind] ?? 0) + 1;
+  }
+}
+
+/** True once every piece is held; a function, so checks after a call are not narrowed away. */
+function isDone(download: Download): boolean {
+  return download.doneAt !== undefined;
+}
+
+/** `signal.aborted`, read through a call for the same reason. */
+function isAborted(signal: AbortSignal): boolean {
+  return signal.aborted;
+}
+
+/** The held pieces as the sorted, disjoint ranges the messages carry. */
+function heldRanges(held: Uint8Array): PieceRanges {
+  const ranges: PieceRanges = [];
+  let start = -1;
+  for (let i = 0; i <= held.length; i++) {
+    const has = i < held.length && held[i] === 1;
+    if (has && start < 0) {
+      start = i;
+    } else if (!has && start >= 0) {
+      ranges.push([start, i]);
+      start = -1;
+    }
+  }
+  return ranges;
+}
+
+function send(message: FromWorker): void {
+  process.send?.(message);
+}
+
+let worker: Worker | undefined;
+let finished = false;
+process.on('message', (message: ToWorker) => {
+  void (async () => {
+    try {
+      if (message.type === 'start') {
+        worker = new Worker(message.config);
+        await worker.prepare();
+        send({ type: 'ready' });
+      } else if (message.type === 'go') {
+        worker?.go(message.startAt);
+      } else if (worker !== undefined) {
+        const report = await worker.finish(message.graceMs);
+        finished = true;
+        // Disconnected only once the report (megabytes of latencies) has gone out.
+        process.send?.({ type: 'report', report } satisfies FromWorker, () => process.disconnect());
+      }
+    } catch (error) {
+      send({ type: 'failed', error: error instanceof Error ? error.message : String(error) });
+      process.exitCode = 1;
+      process.disconnect();
+    }
+  })();
+});
+// The simulator gone (killed, interrupted) means this worker has nobody to report to.
+process.on('disconnect', () => {
+  if (worker !== undefined && !finished) {
+    process.stderr.write('[sim worker] the simulator went away; exiting\n');
+  }
+  setTimeout(() => process.exit(process.exitCode ?? 0), 2_000).unref();
+});
