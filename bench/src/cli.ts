@@ -94,3 +94,15 @@ export function interruptOnSignal(): { signal: AbortSignal; release(): void } {
     },
   };
 }
+
+/** Runs a benchmark's `main` as the process: its exit code, or 1 with the error on stderr. */
+export async function runBench(main: () => Promise<number>): Promise<void> {
+  try {
+    process.exitCode = await main();
+  } catch (error) {
+    process.stderr.write(
+      `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    process.exitCode = 1;
+  }
+}

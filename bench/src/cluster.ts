@@ -3,9 +3,13 @@ import { join } from 'node:path';
 
 import {
   generateImage,
+  makeTempDir,
   pushImage,
+  startNats,
+  startRegistry,
   type AgentProcess,
   type GeneratedImage,
+  type NatsServer,
   type Registry,
   type Teardown,
 } from '@shoal/testkit';
@@ -59,4 +63,21 @@ export async function pushTarget(
       blobs: image.blobs,
     },
   };
+}
+
+/**
+ * What every benchmark starts from: nats-server, a registry and a temporary directory for
+ * generated images (named `layoutName`), each torn down by `teardown`.
+ */
+export async function startBase(
+  teardown: Teardown,
+  layoutName: string,
+): Promise<{ nats: NatsServer; registry: Registry; layout: { path: string } }> {
+  const nats = await startNats();
+  teardown.add('nats-server', () => nats.stop());
+  const registry = await startRegistry();
+  teardown.add('registry', () => registry.stop());
+  const layout = await makeTempDir(layoutName);
+  teardown.add('image layout', () => layout.remove());
+  return { nats, registry, layout };
 }

@@ -21,15 +21,12 @@ import { join } from 'node:path';
 import {
   FAST_SWARM_ENV,
   freePort,
-  makeTempDir,
   mib,
   ratio,
   scrapeMetrics,
   seconds,
   startAgent,
   startContainerd,
-  startNats,
-  startRegistry,
   startSeedServer,
   startTracker,
   table,
@@ -39,8 +36,15 @@ import {
   type Teardown,
 } from '@shoal/testkit';
 
-import { exitOnProblems, interruptOnSignal, newTeardown, progress, readOptions } from './cli.js';
-import { pushTarget } from './cluster.js';
+import {
+  exitOnProblems,
+  interruptOnSignal,
+  newTeardown,
+  progress,
+  readOptions,
+  runBench,
+} from './cli.js';
+import { pushTarget, startBase } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
 
 const MiB = 1024 * 1024;
@@ -330,12 +334,7 @@ async function main(): Promise<number> {
   const interrupt = interruptOnSignal();
   const teardown = newTeardown();
   try {
-    const nats = await startNats();
-    teardown.add('nats-server', () => nats.stop());
-    const registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const layout = await makeTempDir('bench-datapath');
-    teardown.add('image layout', () => layout.remove());
+    const { nats, registry, layout } = await startBase(teardown, 'bench-datapath');
     progress('generating and pushing the images');
     const run = `${Date.now()}`;
     const big = await pushTarget(
@@ -424,11 +423,4 @@ async function main(): Promise<number> {
   }
 }
 
-try {
-  process.exitCode = await main();
-} catch (error) {
-  process.stderr.write(
-    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exitCode = 1;
-}
+await runBench(main);

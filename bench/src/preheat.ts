@@ -43,6 +43,7 @@ import {
   newTeardown,
   progress,
   readOptions,
+  runBench,
 } from './cli.js';
 import { pushTarget, startAgents } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
@@ -485,11 +486,4 @@ async function main(): Promise<number> {
   }
 }
 
-try {
-  process.exitCode = await main();
-} catch (error) {
-  process.stderr.write(
-    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exitCode = 1;
-}
+await runBench(main);

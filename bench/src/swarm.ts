@@ -12,15 +12,12 @@
  */
 
 import {
-  makeTempDir,
   mib,
   percent,
   ratio,
   scrapeMetrics,
   seconds,
   startAgent,
-  startNats,
-  startRegistry,
   startSeedServer,
   startTracker,
   table,
@@ -36,8 +33,9 @@ import {
   newTeardown,
   progress,
   readOptions,
+  runBench,
 } from './cli.js';
-import { pushTarget, startAgents } from './cluster.js';
+import { pushTarget, startAgents, startBase } from './cluster.js';
 import {
   CLIENTS,
   prepareClient,
@@ -408,12 +406,7 @@ async function main(): Promise<number> {
 
   const teardown = newTeardown();
   try {
-    const nats = await startNats();
-    teardown.add('nats-server', () => nats.stop());
-    const registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const layout = await makeTempDir('bench-image');
-    teardown.add('image layout', () => layout.remove());
+    const { nats, registry, layout } = await startBase(teardown, 'bench-image');
     progress(`generating and pushing a ${options.layerSizes.length}-layer image`);
     const { ref: imageRef, target } = await pushTarget(
       layout.path,
@@ -435,11 +428,4 @@ async function main(): Promise<number> {
   }
 }
 
-try {
-  process.exitCode = await main();
-} catch (error) {
-  process.stderr.write(
-    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exitCode = 1;
-}
+await runBench(main);
