@@ -178,9 +178,12 @@ export async function buildApp(
   let started = false;
   const notReadyReason = (): string | undefined =>
     closing ? 'shutting down' : started ? undefined : 'starting';
-  // Ready means the mirror serves, with or without the swarm; the body says which.
-  const readyDetail = (): Record<string, string> =>
-    natsUrl === undefined ? {} : { swarm: swarmNow() === undefined ? 'joining' : 'joined' };
+  // Ready means the mirror serves, with or without the swarm; the body says which, and what
+  // became of containerd's hosts.toml files.
+  const readyDetail = (): Record<string, string> => ({
+    ...(natsUrl === undefined ? {} : { swarm: swarmNow() === undefined ? 'joining' : 'joined' }),
+    ...(hostsFiles === undefined ? {} : { hostsFiles: hostsFiles.summary }),
+  });
   registerOpsRoutes(server, {
     registry: serviceMetrics.registry,
     notReadyReason,

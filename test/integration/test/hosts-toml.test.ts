@@ -215,6 +215,9 @@ describe('the agent writes containerd hosts.toml files', () => {
     assert.deepEqual(await readFile(foreignPath), foreign, 'the foreign file is untouched');
     assert.equal(await agent.metric('shoal_agent_hosts_files_skipped_total'), 1);
     assert.equal(await agent.metric('shoal_agent_hosts_files'), 1);
+    // The agent's readiness says the same, for `kubectl describe` and shoal-doctor.
+    const ready = (await (await fetch(`${agent.url}/readyz`)).json()) as { hostsFiles?: string };
+    assert.equal(ready.hostsFiles, '1 written, 1 left alone');
 
     // Through the agent's file: every registry request is the agent's.
     const viaAgent = await trafficDuring(registry, () =>

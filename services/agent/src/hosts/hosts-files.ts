@@ -162,12 +162,19 @@ async function replaceAtomically(path: string, content: string): Promise<void> {
 export class HostsFiles {
   readonly #options: HostsFilesOptions;
   readonly #written: WrittenFile[] = [];
+  /** Files someone else wrote that the last `write` left alone. */
+  #skipped = 0;
   /** Directories this process created, to remove again if they are empty at the end. */
   readonly #createdDirs = new Set<string>();
 
   constructor(options: HostsFilesOptions) {
     // Absolute, so the directories mkdir reports as created compare with ours.
     this.#options = { ...options, dir: resolve(options.dir) };
+  }
+
+  /** What the last `write` did, for the agent's readiness: `2 written, 1 left alone`. */
+  get summary(): string {
+    return `${String(this.#written.length)} written, ${String(this.#skipped)} left alone`;
   }
 
   /** Paths of the files written and not yet removed. */
@@ -199,6 +206,7 @@ export class HostsFiles {
           logger.info({ path, registry: registry.host, mirror: mirrorUrl }, 'hosts.toml written');
         } else {
           this.#options.metrics.hostsFilesSkipped.inc();
+          this.#skipped += 1;
           logger.warn(
             { path, registry: registry.host },
             'hosts.toml exists and was not written by a Shoal agent; left as it is',
