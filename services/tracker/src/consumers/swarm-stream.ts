@@ -37,6 +37,8 @@ export class SwarmStreamConsumer {
   #caughtUp = false;
   /** Stream sequence of the last message handled, valid or not. */
   #lastSeq = 0;
+  /** The stream's last sequence when the replay began: reaching it completes the replay. */
+  #replayTo = 0;
   readonly #caughtUpWaiters: (() => void)[] = [];
 
   constructor(deps: SwarmStreamDeps) {
@@ -56,6 +58,7 @@ export class SwarmStreamConsumer {
       { stream: STREAMS.swarm.name, messages: state.messages, lastSeq: state.last_seq },
       'replaying the swarm stream',
     );
+    this.#replayTo = state.last_seq;
     if (state.messages === 0) {
       this.#markCaughtUp();
     } else {
@@ -119,7 +122,10 @@ export class SwarmStreamConsumer {
       this.#deps.logger.warn({ subject: event.subject, seq: event.seq }, 'unexpected subject');
     }
     this.#lastSeq = Math.max(this.#lastSeq, msg.seq);
-    if (!this.#caughtUp && msg.info.pending === 0) {
+    // The stream's own sequence says when the replay is done; the consumer's `pending` can
+    // start too high on a stream with deleted messages (nats-server 2.9) and never reach 0,
+    // which left the catch-up to the poll.
+    if (!this.#caughtUp && (msg.seq >= this.#replayTo || msg.info.pending === 0)) {
       this.#markCaughtUp();
     }
   }
