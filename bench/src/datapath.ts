@@ -15,14 +15,16 @@
  *
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import {
   FAST_SWARM_ENV,
   freePort,
   mib,
+  procCostBetween,
   ratio,
+  readProcCost,
   scrapeMetrics,
   seconds,
   startAgent,
@@ -32,6 +34,7 @@ import {
   table,
   writeMirrorHosts,
   type Containerd,
+  type ProcCost,
   type Registry,
   type Teardown,
 } from '@shoal/testkit';
@@ -50,7 +53,6 @@ import { prepareClient, type PullTarget } from './clients.js';
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
-const CLOCK_TICKS = 100;
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
 
@@ -90,62 +92,29 @@ function parseOptions(argv: readonly string[]): Options {
   return { layerSizes, smallBytes, timeoutMs: timeoutS * 1000 };
 }
 
-/** CPU time and disk bytes of one process, as /proc reports them. */
-interface ProcSample {
-  /** utime + stime, in seconds. */
-  readonly cpuS: number;
-  /** Bytes the process caused to be read from storage (`read_bytes`). */
-  readonly diskRead: number;
-  /** Bytes the process caused to be written to storage (`write_bytes`). */
-  readonly diskWritten: number;
-}
-
-async function sampleProc(pid: number): Promise<ProcSample> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name (which may hold spaces), from field 3 (state) on.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  const io = await readFile(`/proc/${pid}/io`, 'utf8');
-  const field = (name: string): number =>
-    Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1]);
-  return {
-    cpuS: ticks / CLOCK_TICKS,
-    diskRead: field('read_bytes'),
-    diskWritten: field('write_bytes'),
-  };
-}
-
-function minus(after: ProcSample, before: ProcSample): ProcSample {
-  return {
-    cpuS: after.cpuS - before.cpuS,
-    diskRead: after.diskRead - before.diskRead,
-    diskWritten: after.diskWritten - before.diskWritten,
-  };
-}
-
 /** The processes whose cost a pull is charged with, by name. */
 type Watched = Readonly<Record<string, number>>;
 
 /** One measured pull: wall time, and each watched process's cost during it. */
 interface Measured {
   readonly seconds: number;
-  readonly costs: Readonly<Record<string, ProcSample>>;
+  readonly costs: Readonly<Record<string, ProcCost>>;
 }
 
 /** Runs `pull`, sampling the watched processes just before and just after it. */
 async function measure(watched: Watched, pull: () => Promise<void>): Promise<Measured> {
-  const before = new Map<string, ProcSample>();
+  const before = new Map<string, ProcCost>();
   for (const [name, pid] of Object.entries(watched)) {
-    before.set(name, await sampleProc(pid));
+    before.set(name, await readProcCost(pid));
   }
   const started = performance.now();
   await pull();
   const elapsed = (performance.now() - started) / 1000;
-  const costs: Record<string, ProcSample> = {};
+  const costs: Record<string, ProcCost> = {};
   for (const [name, pid] of Object.entries(watched)) {
     const first = before.get(name);
     if (first !== undefined) {
-      costs[name] = minus(await sampleProc(pid), first);
+      costs[name] = procCostBetween(first, await readProcCost(pid));
     }
   }
   return { seconds: elapsed, costs };
@@ -253,12 +222,12 @@ interface Results {
 function report(options: Options, results: Results): string {
   const perGiB = (m: Measured, name: string, bytes: number): string => {
     const cost = m.costs[name];
-    return cost === undefined ? '-' : (cost.cpuS / (bytes / GiB)).toFixed(2);
+    return cost === undefined ? '-' : (cost.cpuSeconds / (bytes / GiB)).toFixed(2);
   };
   const perByte = (
     m: Measured,
     name: string,
-    pick: 'diskWritten' | 'diskRead',
+    pick: 'writeBytes' | 'readBytes',
     bytes: number,
   ): string => {
     const cost = m.costs[name];
@@ -277,9 +246,9 @@ function report(options: Options, results: Results): string {
     perGiB(m, 'agent', bytes),
     perGiB(m, 'seed', bytes),
     perGiB(m, 'registry', bytes),
-    perByte(m, 'agent', 'diskWritten', bytes),
-    perByte(m, 'agent', 'diskRead', bytes),
-    perByte(m, 'seed', 'diskWritten', bytes),
+    perByte(m, 'agent', 'writeBytes', bytes),
+    perByte(m, 'agent', 'readBytes', bytes),
+    perByte(m, 'seed', 'writeBytes', bytes),
   ];
   const { bigBytes, smallBytes } = results;
   const out: string[] = [

@@ -32,8 +32,10 @@ import {
   freePort,
   generateImage,
   makeTempDir,
+  procCostBetween,
   pushImage,
   ratio,
+  readProcCost,
   scrapeMetrics,
   serviceMain,
   startNats,
@@ -42,6 +44,7 @@ import {
   startS3,
   table,
   waitFor,
+  type ProcCost,
   type Registry,
   type S3Server,
 } from '@shoal/testkit';
@@ -49,61 +52,13 @@ import {
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const REPOSITORY = 'shoal/cost';
-/** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
-const TICKS_PER_SECOND = 100;
 /** Pieces fetched at once while serving. */
 const SERVE_CONCURRENCY = 4;
 
-interface ProcSample {
-  readonly cpuSeconds: number;
-  readonly writeBytes: number;
-  readonly readBytes: number;
-  /** Bytes passed to write(2)-like calls, whatever the file system. */
-  readonly wchar: number;
-  readonly syscw: number;
-  readonly syscr: number;
-}
-
-async function sample(pid: number): Promise<ProcSample> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name (which may hold spaces); utime and stime are fields 14, 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  const io = new Map(
-    (await readFile(`/proc/${pid}/io`, 'utf8'))
-      .trim()
-      .split('\n')
-      .map((line) => {
-        const [key, value] = line.split(':');
-        return [key ?? '', Number(value)] as const;
-      }),
-  );
-  const get = (key: string): number => io.get(key) ?? 0;
-  return {
-    cpuSeconds: ticks / TICKS_PER_SECOND,
-    writeBytes: get('write_bytes'),
-    readBytes: get('read_bytes'),
-    wchar: get('wchar'),
-    syscw: get('syscw'),
-    syscr: get('syscr'),
-  };
-}
-
-function delta(a: ProcSample, b: ProcSample): ProcSample {
-  return {
-    cpuSeconds: b.cpuSeconds - a.cpuSeconds,
-    writeBytes: b.writeBytes - a.writeBytes,
-    readBytes: b.readBytes - a.readBytes,
-    wchar: b.wchar - a.wchar,
-    syscw: b.syscw - a.syscw,
-    syscr: b.syscr - a.syscr,
-  };
-}
-
 interface RoundResult {
   readonly name: string;
-  readonly ingest: ProcSample;
-  readonly serve: ProcSample;
+  readonly ingest: ProcCost;
+  readonly serve: ProcCost;
   readonly ingestSeconds: number;
   readonly serveSeconds: number;
   readonly registryCpuSeconds: number;
@@ -131,6 +86,8 @@ async function measure(
       SHOAL_SEED_ID: seedId,
       SHOAL_SEED_REGISTRIES: `${registry.host}=${registry.url}`,
       SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
+      // Pieces are read here without hand-out tokens (builds before them ignore this).
+      SHOAL_SEED_PIECE_AUTH: 'off',
       ...(await storeEnv(dir.path)),
     },
   });
@@ -146,8 +103,8 @@ async function measure(
     });
     const pid = proc.child.pid ?? 0;
     const registryPid = registry.process.child.pid ?? 0;
-    const registryBefore = await sample(registryPid);
-    const before = await sample(pid);
+    const registryBefore = await readProcCost(registryPid);
+    const before = await readProcCost(pid);
     const started = performance.now();
     await js.publish(
       seedRequestSubject(blob.digest),
@@ -166,8 +123,8 @@ async function measure(
       { process: proc, timeoutMs: 120_000, intervalMs: 250 },
     );
     const ingestSeconds = (performance.now() - started) / 1000;
-    const seeded = await sample(pid);
-    const registryAfter = await sample(registryPid);
+    const seeded = await readProcCost(pid);
+    const registryAfter = await readProcCost(registryPid);
 
     const count = pieceCount(blob.size, pieceSizeFor(blob.size));
     let next = 0;
@@ -191,11 +148,11 @@ async function measure(
     if (served !== blob.size) {
       throw new Error(`served ${served} bytes of ${blob.size}`);
     }
-    const after = await sample(pid);
+    const after = await readProcCost(pid);
     return {
       name,
-      ingest: delta(before, seeded),
-      serve: delta(seeded, after),
+      ingest: procCostBetween(before, seeded),
+      serve: procCostBetween(seeded, after),
       ingestSeconds,
       serveSeconds,
       registryCpuSeconds: registryAfter.cpuSeconds - registryBefore.cpuSeconds,
