@@ -19,6 +19,7 @@ import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 import { startAuthorizer } from './authz/start.js';
 import { BufferPool } from './cache/buffer-pool.js';
 import { FsContentStore } from './cache/content-store.js';
+import { DiskHeadroom } from './cache/disk-headroom.js';
 import { BlobLedger, reportBlob } from './provenance/ledger.js';
 import { DownloadTable } from './cache/download-table.js';
 import { ContentMismatchError } from './cache/download.js';
@@ -160,6 +161,9 @@ export async function buildApp(
     logger,
     maxManifestBytes: config.SHOAL_AGENT_MAX_MANIFEST_BYTES,
     ledger,
+    disk: new DiskHeadroom(config.SHOAL_AGENT_CACHE_DIR, {
+      minFreeBytes: config.SHOAL_AGENT_CACHE_MIN_FREE_BYTES,
+    }),
   });
   // Typed as fastify's logger so the instance keeps fastify's default generics.
   const fastifyLogger: FastifyBaseLogger = logger;

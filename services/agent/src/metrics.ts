@@ -27,7 +27,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     servedBytes: new Counter({
       name: `${prefix}served_bytes_total`,
-      help: 'Blob bytes sent to mirror clients, by where they were read (cache, download)',
+      help: 'Blob bytes sent to mirror clients, by where they were read (cache, download, origin: passed through uncached because the disk was full)',
       labelNames: ['from'] as const,
       registers,
     }),
@@ -69,6 +69,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     cacheMaxBytes: new Gauge({
       name: `${prefix}cache_max_bytes`,
       help: 'The cache quota in bytes (SHOAL_AGENT_CACHE_MAX_BYTES)',
+      registers,
+    }),
+    passThroughs: new Counter({
+      name: `${prefix}cache_pass_throughs_total`,
+      help: 'Blobs and manifests served uncached because the cache disk was full, by reason (low-free-space: below SHOAL_AGENT_CACHE_MIN_FREE_BYTES; write-failed: a write failed with ENOSPC or EDQUOT)',
+      labelNames: ['reason'] as const,
       registers,
     }),
     cacheEvictions: new Counter({

@@ -193,9 +193,16 @@ export class FsContentStore {
   /** Stores small verified content (a manifest) with its media type. */
   async putSmall(digest: Digest, bytes: Uint8Array, mediaType: string | undefined): Promise<void> {
     const temp = join(this.#root, 'tmp', randomUUID());
-    await writeFile(temp, bytes);
-    // The type file marks content as a manifest (empty when the upstream named no type).
-    await writeFile(`${this.#pathOf(digest)}.type`, mediaType ?? '');
+    try {
+      await writeFile(temp, bytes);
+      // The type file marks content as a manifest (empty when the upstream named no type).
+      await writeFile(`${this.#pathOf(digest)}.type`, mediaType ?? '');
+    } catch (error) {
+      // A full disk: leave nothing half-written behind.
+      await rm(temp, { force: true });
+      await rm(`${this.#pathOf(digest)}.type`, { force: true });
+      throw error;
+    }
     await this.commit(temp, digest, bytes.length);
   }
 

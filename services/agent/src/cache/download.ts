@@ -469,16 +469,25 @@ export class BlobDownload {
     this.#heldBytes = 0;
   }
 
+  /**
+   * Writes all of `chunk` at `position`. A write that fails (a full disk, an I/O error) fails
+   * the download: it is no source's fault, and no other source could make it succeed.
+   */
   async #writeAll(chunk: Uint8Array, position: number): Promise<void> {
     let offset = 0;
-    while (offset < chunk.length) {
-      const { bytesWritten } = await this.#handle.write(
-        chunk,
-        offset,
-        chunk.length - offset,
-        position + offset,
-      );
-      offset += bytesWritten;
+    try {
+      while (offset < chunk.length) {
+        const { bytesWritten } = await this.#handle.write(
+          chunk,
+          offset,
+          chunk.length - offset,
+          position + offset,
+        );
+        offset += bytesWritten;
+      }
+    } catch (error) {
+      await this.fail(error);
+      throw error;
     }
   }
 

@@ -15,8 +15,9 @@ import type { FastifyReply } from 'fastify';
 
 import type { Authorizer } from '../authz/authorizer.js';
 import type { FsContentStore } from '../cache/content-store.js';
-import type { ByteCursor } from '../cache/download.js';
-import type { DownloadTable } from '../cache/download-table.js';
+import type { DiskHeadroom, TightReason } from '../cache/disk-headroom.js';
+import { ContentMismatchError, type ByteCursor } from '../cache/download.js';
+import type { DownloadTable, Flight } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally, reportBlob, type BlobLedger } from '../provenance/ledger.js';
 import {
@@ -32,6 +33,7 @@ import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import { pumpBody } from './body.js';
 import { MirrorError, ociErrorBody } from './errors.js';
+import { passThroughCursor } from './pass-through.js';
 import type { PullTarget } from './path.js';
 import { parseRange, type ByteRange } from './range.js';
 
@@ -60,6 +62,11 @@ export interface MirrorDeps {
   readonly maxManifestBytes: number;
   /** Where blobs' bytes came from; cache hits are recorded here. */
   readonly ledger?: BlobLedger;
+  /**
+   * Whether the cache's disk has room; when it has not, blobs pass through from the origin
+   * uncached. Undefined: always cache.
+   */
+  readonly disk?: DiskHeadroom;
 }
 
 /** Upstream headers a client needs to see on an answer that is passed through. */
@@ -203,7 +210,19 @@ export class Mirror {
       );
     }
     const mediaType = headerValue(response.headers, 'content-type');
-    await store.putSmall(actual, bytes, mediaType);
+    try {
+      await store.putSmall(actual, bytes, mediaType);
+    } catch (error) {
+      // A full disk costs the cache this manifest, not the client its answer.
+      if (this.#deps.disk?.noteFailure(error) !== true) {
+        throw error;
+      }
+      metrics.passThroughs.inc({ reason: 'write-failed' });
+      this.#deps.logger.warn(
+        { digest: actual.toString() },
+        'cache disk is full: the manifest is served uncached',
+      );
+    }
     this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
@@ -234,9 +253,22 @@ export class Mirror {
       digest,
       authorization: req.authorization,
     };
-    const flight = await downloads.join(digest, (signal) =>
-      this.#deps.fetcher.start(target, signal),
-    );
+    // A full disk passes bytes through; a download already running has its file, so join it.
+    const tight = await this.#deps.disk?.tight();
+    if (tight !== undefined && downloads.running(digest) === undefined) {
+      await this.#passThrough(target, req, reply, tight);
+      return;
+    }
+    let flight: Flight;
+    try {
+      flight = await downloads.join(digest, (signal) => this.#deps.fetcher.start(target, signal));
+    } catch (error) {
+      if (this.#deps.disk?.noteFailure(error) === true) {
+        await this.#passThrough(target, req, reply, 'write-failed');
+        return;
+      }
+      throw error;
+    }
     if (flight.kind === 'answer') {
       sendAnswer(reply, flight.answer);
       return;
@@ -248,6 +280,11 @@ export class Mirror {
     } catch (error) {
       if (error instanceof UpstreamAnswerError) {
         sendAnswer(reply, error.answer);
+        return;
+      }
+      if (this.#deps.disk?.noteFailure(error) === true) {
+        // The disk filled before this client got a byte: it gets the blob uncached.
+        await this.#passThrough(target, req, reply, 'write-failed');
         return;
       }
       throw new MirrorError('UNAVAILABLE', 502, `${digest.toString()} could not be fetched`, {
@@ -270,7 +307,104 @@ export class Mirror {
         `${digest.toString()} could not be fetched; retry`,
       );
     }
-    await this.#send(reply, digest, size, range, cursor, 'download');
+    await this.#send(reply, digest, size, range, this.#watchingDisk(cursor), 'download');
+  }
+
+  /**
+   * Sends a blob from the origin straight to the client, verified on the way but not cached:
+   * the disk has no room for it.
+   */
+  async #passThrough(
+    target: BlobTarget,
+    req: PullRequest,
+    reply: FastifyReply,
+    reason: TightReason,
+  ): Promise<void> {
+    const { metrics, logger } = this.#deps;
+    const digest = target.digest;
+    metrics.passThroughs.inc({ reason });
+    logger.warn(
+      { digest: digest.toString(), reason },
+      'cache disk is full: passing the blob through uncached',
+    );
+    const response = await this.#deps.requests.send({
+      registry: req.registry,
+      method: 'GET',
+      kind: 'blob',
+      path: `/v2/${target.name}/blobs/${digest.toString()}`,
+      headers: { authorization: req.authorization },
+      signal: req.signal,
+    });
+    if (response.status !== 200) {
+      sendAnswer(reply, withErrorBody(await readAnswer(response), 'blob'));
+      return;
+    }
+    const length = Number(headerValue(response.headers, 'content-length') ?? Number.NaN);
+    if (!Number.isSafeInteger(length) || length < 0) {
+      response.body.destroy();
+      throw new MirrorError(
+        'UNAVAILABLE',
+        502,
+        `the upstream sent ${digest.toString()} without a valid Content-Length`,
+      );
+    }
+    let range: ByteRange | undefined;
+    try {
+      range = parseRange(req.range, length);
+    } catch (error) {
+      response.body.destroy();
+      throw error;
+    }
+    const cursor = passThroughCursor(response.body, digest, length, range);
+    const tally = new ByteTally();
+    sendBlobHeaders(reply, digest, length, range);
+    const origin = metrics.fetchedBytes.labels({ source: 'origin' });
+    const served = metrics.servedBytes.labels({ from: 'origin' });
+    const outcome = { failed: false };
+    await pumpBody(
+      reply,
+      reply.statusCode,
+      {
+        read: (buffer) =>
+          cursor.read(buffer).catch((error: unknown) => {
+            outcome.failed = true;
+            if (error instanceof ContentMismatchError) {
+              metrics.verificationFailures.inc({ kind: 'blob' });
+            }
+            throw error;
+          }),
+        close: () => cursor.close(),
+      },
+      (bytes) => {
+        origin.inc(bytes);
+        served.inc(bytes);
+        tally.add('origin', bytes);
+      },
+    );
+    if (this.#deps.ledger !== undefined) {
+      reportBlob(this.#deps.ledger, logger, {
+        digest: digest.toString(),
+        image: `${req.registry.host}/${target.name}`,
+        tally,
+        outcome: outcome.failed ? 'failed' : 'verified',
+      });
+    }
+  }
+
+  /** A download's cursor that tells the disk watch when the download failed for want of room. */
+  #watchingDisk(cursor: ByteCursor): ByteCursor {
+    const disk = this.#deps.disk;
+    if (disk === undefined) {
+      return cursor;
+    }
+    return {
+      read: (buffer) =>
+        cursor.read(buffer).catch((error: unknown) => {
+          disk.noteFailure(error);
+          throw error;
+        }),
+      close: () => cursor.close(),
+    };
   }
 
   /** Serves a cached blob; false when it is not cached. */

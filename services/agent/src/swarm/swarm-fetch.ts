@@ -229,6 +229,10 @@ export class SwarmFetch {
       if (this.#count > 0 && this.#have.size === this.#count) {
         return true;
       }
+      if (this.download.state === 'failed') {
+        // A write failed (a full disk): no source can help.
+        throw this.download.error ?? new Error('the download failed');
+      }
       const now = Date.now();
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
         return false;
@@ -509,7 +513,7 @@ export class SwarmFetch {
         // The seed has handed this piece out already: a peer will have it shortly.
         this.#seedDeferred.set(index, Date.now() + SEED_DEFER_MS);
         metrics.pieces.inc({ source, result: 'deferred' });
-      } else if (!signal.aborted) {
+      } else if (!signal.aborted && this.download.state === 'running') {
         peer.failures += 1;
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(

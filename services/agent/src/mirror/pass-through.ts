@@ -1,0 +1,122 @@
+/**
+ * A blob sent from the origin's answer straight to the client, without the cache: what the
+ * mirror does when the disk has no room for a download. The invariant of every other path
+ * holds: the whole blob is hashed on the way, and the last byte of the response is withheld
+ * until the digest matches; on a mismatch (or a short or long body) the cursor throws and the
+ * response is cut, never completed.
+ *
+ * A range is served from a whole-blob fetch: the bytes before it are hashed and dropped, the
+ * bytes after it hashed, so that a range answer is verified like a whole one.
+ */
+import type { Readable } from 'node:stream';
+
+import { DigestHasher, type Digest } from '@shoal/proto';
+
+import { ContentMismatchError, type ByteCursor } from '../cache/download.js';
+import type { ByteRange } from './range.js';
+
+/**
+ * A cursor over `body` (the origin's 200 answer for `digest`, `size` bytes) that yields the
+ * bytes of `range` (or all of them) and verifies the whole blob before yielding the last.
+ */
+export function passThroughCursor(
+  body: Readable,
+  digest: Digest,
+  size: number,
+  range: ByteRange | undefined,
+): ByteCursor {
+  const hasher = new DigestHasher(digest.algorithm);
+  const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const end = range === undefined ? size : range.end + 1;
+  /** Blob offset of the next byte to give the client. */
+  let position = range?.start ?? 0;
+  /** Bytes of the blob received from the origin (and hashed). */
+  let received = 0;
+  /** Received bytes not yet given, starting at `position`. */
+  let pending: Buffer | undefined;
+  let verified = false;
+
+  const receive = async (): Promise<boolean> => {
+    const next = await chunks.next();
+    if (next.done === true) {
+      return false;
+    }
+    const chunk = next.value;
+    const chunkStart = received;
+    received += chunk.length;
+    if (received > size) {
+      throw new ContentMismatchError(
+        'SIZE_MISMATCH',
+        502,
+        `the origin sent more than the ${size} bytes of ${digest.toString()}`,
+      );
+    }
+    hasher.update(chunk);
+    // Keep the part of the chunk the client still needs.
+    const from = Math.max(position, chunkStart) - chunkStart;
+    const to = Math.min(end, received) - chunkStart;
+    if (to > from) {
+      pending =
+        pending === undefined
+          ? chunk.subarray(from, to)
+          : Buffer.concat([pending, chunk.subarray(from, to)]);
+    }
+    return true;
+  };
+
+  const verify = async (): Promise<void> => {
+    while (await receive()) {
+      // Hash the rest of the blob.
+    }
+    if (received !== size) {
+      throw new ContentMismatchError(
+        'SIZE_MISMATCH',
+        502,
+        `the origin sent ${received} of the ${size} bytes of ${digest.toString()}`,
+      );
+    }
+    const actual = hasher.digest();
+    if (actual.toString() !== digest.toString()) {
+      throw new ContentMismatchError(
+        'DIGEST_MISMATCH',
+        502,
+        `the origin sent content with digest ${actual.toString()} for ${digest.toString()}`,
+      );
+    }
+    verified = true;
+  };
+
+  return {
+    read: async (buffer) => {
+      if (position >= end) {
+        // Only an empty blob gets here unverified: it still has to be the blob asked for.
+        if (size === 0 && !verified) {
+          await verify();
+        }
+        return 0;
+      }
+      while (pending === undefined || pending.length === 0) {
+        if (!(await receive())) {
+          throw new ContentMismatchError(
+            'SIZE_MISMATCH',
+            502,
+            `the origin sent ${received} of the ${size} bytes of ${digest.toString()}`,
+          );
+        }
+      }
+      // Everything but the response's last byte may go before the blob has verified.
+      let length = Math.min(buffer.length, pending.length, end - 1 - position);
+      if (length === 0) {
+        await verify();
+        length = 1;
+      }
+      pending.copy(buffer, 0, 0, length);
+      pending = pending.subarray(length);
+      position += length;
+      return length;
+    },
+    close: () => {
+      body.destroy();
+    },
+  };
+}
