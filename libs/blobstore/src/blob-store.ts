@@ -18,6 +18,16 @@ export interface BlobStat {
   readonly size: number;
 }
 
+/** A stored blob, as `list` gives it. */
+export interface StoredBlob {
+  /** `<algorithm>:<hex>` */
+  readonly digest: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** When it was stored, in ms since the epoch (file mtime; S3 LastModified). */
+  readonly storedAt: number;
+}
+
 /**
  * Verified blobs by digest, plus small metadata documents beside each.
  *
@@ -65,6 +75,11 @@ export interface BlobStore {
   getMeta(digest: string, name: string, signal?: AbortSignal): Promise<Buffer | undefined>;
   /** Removes a blob and its metadata documents; removing an absent blob is not an error. */
   delete(digest: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Every stored blob (not the metadata documents, not writes in progress), in no particular
+   * order, read a page at a time: for retention sweeps. Entries that are not blobs are skipped.
+   */
+  list(signal?: AbortSignal): AsyncIterable<StoredBlob>;
 }
 
 /** A BlobStore with its start-up and shutdown, as `createBlobStore` returns it. */

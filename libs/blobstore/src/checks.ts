@@ -21,6 +21,19 @@ export function blobDigest(input: string): Digest {
   }
 }
 
+/** The digest algorithms a store keeps blobs under (`blobs/<algorithm>/<hex>`). */
+export const DIGEST_ALGORITHMS = ['sha256', 'sha512'] as const;
+
+/** Whether `text` is a digest a store could hold (for names found in a listing). */
+export function isDigest(text: string): boolean {
+  try {
+    parseDigest(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function checkMetaName(name: string): void {
   if (!META_NAME.test(name)) {
     throw new BlobStoreError(

@@ -11,14 +11,24 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { link, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  link,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { addAbortSignal, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
 import type { Digest } from '@shoal/proto';
 
-import type { BlobStat, ByteRange, ManagedBlobStore } from './blob-store.js';
+import type { BlobStat, ByteRange, ManagedBlobStore, StoredBlob } from './blob-store.js';
 import {
   blobDigest,
   BlobVerifier,
@@ -28,6 +38,8 @@ import {
   checkSize,
   chunkBytes,
   clampRange,
+  DIGEST_ALGORITHMS,
+  isDigest,
 } from './checks.js';
 import { BlobNotFoundError, BlobStoreError } from './errors.js';
 
@@ -244,6 +256,37 @@ export class FsBlobStore implements ManagedBlobStore {
       await rm(this.#metaDir(d), { recursive: true, force: true });
     } catch (error) {
       throw storageFailed(`delete ${d.toString()}`, error);
+    }
+  }
+
+  async *list(signal?: AbortSignal): AsyncIterable<StoredBlob> {
+    for (const algorithm of DIGEST_ALGORITHMS) {
+      const dir = join(this.root, 'blobs', algorithm);
+      let names: string[];
+      try {
+        names = await readdir(dir);
+      } catch (error) {
+        if (isNotFound(error)) {
+          continue;
+        }
+        throw storageFailed(`list ${dir}`, error);
+      }
+      for (const hex of names) {
+        signal?.throwIfAborted();
+        const digest = `${algorithm}:${hex}`;
+        if (!isDigest(digest)) {
+          continue;
+        }
+        try {
+          const s = await stat(join(dir, hex));
+          yield { digest, size: s.size, storedAt: s.mtimeMs };
+        } catch (error) {
+          // Deleted since the directory was read.
+          if (!isNotFound(error)) {
+            throw storageFailed(`stat ${digest}`, error);
+          }
+        }
+      }
     }
   }
 

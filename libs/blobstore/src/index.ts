@@ -5,6 +5,7 @@ export {
   type BlobStore,
   type ByteRange,
   type ManagedBlobStore,
+  type StoredBlob,
 } from './blob-store.js';
 export {
   blobStoreConfig,

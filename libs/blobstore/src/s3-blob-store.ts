@@ -41,6 +41,7 @@ import {
   type BlobStat,
   type ByteRange,
   type ManagedBlobStore,
+  type StoredBlob,
 } from './blob-store.js';
 import {
   blobDigest,
@@ -50,6 +51,7 @@ import {
   checkRange,
   checkSize,
   chunkBytes,
+  isDigest,
 } from './checks.js';
 import { BlobNotFoundError, BlobStoreError } from './errors.js';
 
@@ -364,6 +366,34 @@ export class S3BlobStore implements ManagedBlobStore {
       for (const object of page.Contents ?? []) {
         if (object.Key !== undefined) {
           await this.#deleteKey(object.Key, signal);
+        }
+      }
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  async *list(signal?: AbortSignal): AsyncIterable<StoredBlob> {
+    const prefix = `${this.prefix}blobs/`;
+    let token: string | undefined;
+    do {
+      const page = await this.#send(
+        'list blobs',
+        (s) =>
+          this.#client.send(
+            new ListObjectsV2Command({
+              Bucket: this.bucket,
+              Prefix: prefix,
+              ...(token === undefined ? {} : { ContinuationToken: token }),
+            }),
+            { abortSignal: s },
+          ),
+        signal,
+      );
+      for (const object of page.Contents ?? []) {
+        // `<prefix>blobs/<algorithm>/<hex>`; anything else under the prefix is not ours.
+        const digest = (object.Key ?? '').slice(prefix.length).replace('/', ':');
+        if (isDigest(digest) && object.Size !== undefined) {
+          yield { digest, size: object.Size, storedAt: object.LastModified?.getTime() ?? 0 };
         }
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;

@@ -141,6 +141,42 @@ export function runBlobStoreConformance(
       });
     });
 
+    it('lists the stored blobs with their sizes and times, not metadata or refused writes', async () => {
+      await withStore(async ({ store }) => {
+        const before = Date.now() - 5000;
+        const a = small(1000, 'list-a');
+        const b = small(2000, 'list-b', 'sha512');
+        await store.write(a.digest, streamOf(a.bytes), 1000);
+        await store.write(b.digest, streamOf(b.bytes), 2000);
+        await store.putMeta(a.digest, 'pieces', Buffer.from('{}'));
+        // Metadata of a blob that is not stored is not a blob either.
+        await store.putMeta(small(10, 'list-meta-only').digest, 'pieces', Buffer.from('{}'));
+        const refused = generatedDigest(3000, 'list-claimed');
+        await assert.rejects(store.write(refused, Readable.from(generate(3000, 'x')), 3000));
+        const listed = [];
+        for await (const blob of store.list()) {
+          listed.push(blob);
+        }
+        listed.sort((x, y) => x.size - y.size);
+        assert.deepEqual(
+          listed.map((l) => [l.digest, l.size]),
+          [
+            [a.digest, 1000],
+            [b.digest, 2000],
+          ],
+        );
+        for (const l of listed) {
+          assert.ok(l.storedAt >= before && l.storedAt <= Date.now() + 5000, 'a plausible time');
+        }
+        await store.delete(a.digest);
+        const after = [];
+        for await (const blob of store.list()) {
+          after.push(blob.digest);
+        }
+        assert.deepEqual(after, [b.digest]);
+      });
+    });
+
     it('stores sha512 blobs and the empty blob', async () => {
       await withStore(async ({ store }) => {
         const blob = small(5000, 'sha512', 'sha512');

@@ -33,6 +33,7 @@ import { consumeSeedRequests, ensureSeedConsumer } from './consumers/seed-reques
 import { registerRoutes } from './http/routes.js';
 import { createSeedMetrics } from './metrics.js';
 
+import { GatewayRetention } from './seeding/retention.js';
 import { Seeder } from './seeding/seeder.js';
 
 export { loadSeedConfig, type SeedConfig } from './config.js';
@@ -133,6 +134,7 @@ export async function buildApp(
       closing ? 'shutting down' : nc.isClosed() ? 'NATS connection closed' : undefined,
   });
   let consumer: { stop(): Promise<void> } | undefined;
+  let retention: GatewayRetention | undefined;
 
   return {
     url: () => address,
@@ -163,6 +165,22 @@ export async function buildApp(
         logger,
       });
       await seeder.init();
+      // Retention: the object gateway deletes what the policy says, one seed server at a time.
+      const running = seeder;
+      retention = new GatewayRetention({
+        store,
+        locks,
+        policy: {
+          maxAgeMs: config.SHOAL_SEED_GATEWAY_MAX_AGE_MS,
+          maxBytes: config.SHOAL_SEED_GATEWAY_MAX_BYTES,
+        },
+        intervalMs: config.SHOAL_SEED_GATEWAY_SWEEP_INTERVAL_MS,
+        self: config.SHOAL_SEED_ID,
+        busy: (digest) => running.seeding(digest),
+        metrics,
+        logger,
+      });
+      retention.start();
       consumer = consumeSeedRequests({
         js,
         seeder,
@@ -184,6 +202,7 @@ export async function buildApp(
       // Readiness fails, consumers stop, in-flight seeds end, then NATS drains and HTTP closes.
       closing = true;
       await consumer?.stop();
+      await retention?.close();
       await seeder?.close();
       usage.stop();
       await nc.drain().catch(() => undefined);

@@ -43,6 +43,19 @@ const seedFields = z.object({
    */
   SHOAL_SEED_CACHE_MAX_BYTES: envInt(100 * 1024 ** 3),
   /**
+   * Object gateway retention: blobs stored longer ago than this are deleted from the gateway,
+   * in ms (default 30 days; 0: kept whatever their age). A blob pulled after it expired is
+   * fetched from its registry once more.
+   */
+  SHOAL_SEED_GATEWAY_MAX_AGE_MS: envInt(30 * 24 * 3600 * 1000),
+  /** Object gateway retention: past this many bytes the oldest blobs go (default 0: no limit). */
+  SHOAL_SEED_GATEWAY_MAX_BYTES: envInt(0),
+  /** Time between retention sweeps of the object gateway, in ms (default 1 h). */
+  SHOAL_SEED_GATEWAY_SWEEP_INTERVAL_MS: envInt(3_600_000).refine(
+    (n) => n >= 1000,
+    'must be at least 1000',
+  ),
+  /**
    * Piece requests answered at once (default 32); past it agents get 429 and try a peer.
    * Each holds one piece in memory (up to 16 MiB) until it is sent.
    */

@@ -72,6 +72,31 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['type'] as const,
       registers,
     }),
+    gatewayDeleted: new Counter({
+      name: `${prefix}gateway_deleted_blobs_total`,
+      help: 'Blobs deleted from the object gateway by its retention (SHOAL_SEED_GATEWAY_MAX_AGE_MS, SHOAL_SEED_GATEWAY_MAX_BYTES)',
+      registers,
+    }),
+    gatewayDeletedBytes: new Counter({
+      name: `${prefix}gateway_deleted_bytes_total`,
+      help: 'Bytes of the blobs deleted from the object gateway by its retention',
+      registers,
+    }),
+    gatewayBytes: new Gauge({
+      name: `${prefix}gateway_bytes`,
+      help: 'Bytes of blobs in the object gateway after the last retention sweep this seed server ran',
+      registers,
+    }),
+    gatewayBlobs: new Gauge({
+      name: `${prefix}gateway_blobs`,
+      help: 'Blobs in the object gateway after the last retention sweep this seed server ran',
+      registers,
+    }),
+    gatewaySweepFailures: new Counter({
+      name: `${prefix}gateway_sweep_failures_total`,
+      help: 'Object gateway retention sweeps that failed (listing or deleting)',
+      registers,
+    }),
     requestsRejected: new Counter({
       name: `${prefix}seed_requests_rejected_total`,
       help: 'Seed requests dropped as invalid',

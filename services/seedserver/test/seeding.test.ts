@@ -318,6 +318,40 @@ describe('seed server', () => {
     }
   });
 
+  it('deletes the oldest blobs from the object gateway past its size limit, and keeps serving from its cache', async () => {
+    const [a, b] = [layer(1), layer(2)];
+    const seed = await startSeed({
+      // A or B fits, A and B together do not.
+      SHOAL_SEED_GATEWAY_MAX_BYTES: String(a.size + b.size - 1),
+      SHOAL_SEED_GATEWAY_SWEEP_INTERVAL_MS: '1000',
+    });
+    try {
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      // Stored a moment later than A, so that A is the older one whatever the clock's grain.
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      await seed.request(b);
+      await seed.seeds('seeded', 2);
+      await waitFor(
+        'a sweep deleted A',
+        async () =>
+          (await seed.metric('shoal_seedserver_gateway_deleted_blobs_total')) >= 1 &&
+          (await seed.metric('shoal_seedserver_gateway_blobs')) === 1,
+        { timeoutMs: WAIT_MS, intervalMs: 100 },
+      );
+      await assert.rejects(stat(storeFile(seed.storeDir, a)), { code: 'ENOENT' });
+      assert.deepEqual(await entries(join(seed.storeDir, 'meta', ...a.digest.split(':'))), []);
+      assert.equal((await stat(storeFile(seed.storeDir, b))).size, b.size);
+      assert.equal(await seed.metric('shoal_seedserver_gateway_deleted_bytes_total'), a.size);
+      assert.equal(await seed.metric('shoal_seedserver_gateway_bytes'), b.size);
+      assert.equal(await seed.metric('shoal_seedserver_gateway_blobs'), 1);
+      // The seed server's own cache has its own quota: A is still served from there.
+      await fetchAllPieces(seed.url, a);
+    } finally {
+      await seed.stop();
+    }
+  });
+
   it('evicts the least recently used blob past its quota, never one being served', async () => {
     const [a, b] = [layer(1), layer(2)];
     const seed = await startSeed({

@@ -131,6 +131,11 @@ export class Seeder {
   }
 
   /** The blob's local copy (complete or in progress), for serving pieces; marks it used. */
+  /** Whether the blob is being seeded now. */
+  seeding(digest: string): boolean {
+    return this.#running.has(digest);
+  }
+
   blob(digest: string): SeedBlob | undefined {
     return this.#cache.use(digest);
   }
