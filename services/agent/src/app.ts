@@ -216,6 +216,10 @@ export async function buildApp(
         store,
         active: (digest) => swarmNow()?.service.activeFetch(digest),
         uploadLimit: limits.upload,
+        uploads: {
+          max: config.SHOAL_AGENT_MAX_UPLOADS,
+          perPeer: config.SHOAL_AGENT_MAX_UPLOADS_PER_PEER,
+        },
         pool: piecePool,
         metrics,
         verifier,

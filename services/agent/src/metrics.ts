@@ -112,6 +112,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['reason'] as const,
       registers,
     }),
+    uploadsRefused: new Counter({
+      name: `${prefix}uploads_refused_total`,
+      help: 'Piece requests answered 429 for want of an upload slot, by reason (busy: SHOAL_AGENT_MAX_UPLOADS in use; peer-busy: that peer holds SHOAL_AGENT_MAX_UPLOADS_PER_PEER)',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     uploadedBytes: new Counter({
       name: `${prefix}uploaded_bytes_total`,
       help: 'Piece bytes served to peers',

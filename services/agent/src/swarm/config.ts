@@ -39,6 +39,17 @@ export const swarmConfig = z.object({
    * limits change without a redeploy (e.g. a mounted ConfigMap).
    */
   SHOAL_AGENT_LIMITS_FILE: z.string().min(1).optional(),
+  /**
+   * Pieces served to peers at once (default 16); past it peers get 429 and try another holder.
+   * Each holds one piece in memory (up to 16 MiB) until it is sent.
+   */
+  SHOAL_AGENT_MAX_UPLOADS: envInt(16).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Pieces served at once to one peer (default 8), so that one greedy or stalled peer cannot
+   * take every upload slot. A peer is known by its verified hand-out token's peer id, or its
+   * address when piece authentication is off.
+   */
+  SHOAL_AGENT_MAX_UPLOADS_PER_PEER: envInt(8).refine((n) => n >= 1, 'must be at least 1'),
   /** Pieces fetched at once per blob (default 8). */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
   /** Longest a piece request may take, in ms (default 15 000). */

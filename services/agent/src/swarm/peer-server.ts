@@ -2,7 +2,14 @@
  * Serves pieces to peers: from downloads in progress (only pieces already verified) and from
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
-import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
+import {
+  parseDigest,
+  PIECE_PEER_HEADER,
+  pieceBounds,
+  pieceCount,
+  pieceSizeFor,
+  type Digest,
+} from '@shoal/proto';
 import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
@@ -25,6 +32,8 @@ export interface PeerRouteDeps {
   readonly logger: Logger;
   /** Test fault: flip a byte of every piece served. */
   readonly corruptPieces: boolean;
+  /** Upload slots: pieces served at once in all, and to one peer. */
+  readonly uploads: { readonly max: number; readonly perPeer: number };
 }
 
 interface PieceRoute {
@@ -32,11 +41,10 @@ interface PieceRoute {
 }
 type PieceRequest = FastifyRequest<PieceRoute>;
 
-/** Pieces served at once; more requests get 429 and try another holder. */
-const MAX_CONCURRENT_UPLOADS = 16;
-
 export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): void {
   let uploads = 0;
+  /** Uploads in flight by peer; a peer is dropped from the map when it has none. */
+  const byPeer = new Map<string, number>();
   const serve = async (request: PieceRequest, reply: FastifyReply): Promise<FastifyReply> => {
     const { algorithm, hex, index } = request.params;
     let digest: Digest;
@@ -50,14 +58,26 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     if (length === undefined) {
       return reply.code(404).send({ error: 'piece not held' });
     }
-    // Bounded: past the cap peers are asked to come back (they try another holder meanwhile).
-    if (uploads >= MAX_CONCURRENT_UPLOADS) {
-      return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
+    // Bounded: past the caps peers are asked to come back (they try another holder meanwhile).
+    // The peer header was checked against the hand-out token when authentication is on.
+    const peer = requestingPeer(request);
+    const peerUploads = byPeer.get(peer) ?? 0;
+    if (uploads >= deps.uploads.max || peerUploads >= deps.uploads.perPeer) {
+      const reason = uploads >= deps.uploads.max ? 'busy' : 'peer-busy';
+      deps.metrics.uploadsRefused.inc({ reason });
+      return reply.code(429).header('retry-after', '1').send({ error: reason });
     }
-    // Counted until the response is gone, so the cap bounds the pieces held in memory.
+    // Counted until the response is gone, so the caps bound the pieces held in memory.
     uploads += 1;
+    byPeer.set(peer, peerUploads + 1);
     reply.raw.once('close', () => {
       uploads -= 1;
+      const left = (byPeer.get(peer) ?? 1) - 1;
+      if (left > 0) {
+        byPeer.set(peer, left);
+      } else {
+        byPeer.delete(peer);
+      }
     });
     // Wait for the budget before reading, so a queued request holds no piece in memory,
     // and drop requests whose peer gave up meanwhile.
@@ -93,6 +113,14 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
       () => serve(request, reply),
     ),
   );
+}
+
+/** Who asks: the peer id it sends (token-checked when authentication is on), else its address. */
+function requestingPeer(request: PieceRequest): string {
+  const header = request.headers[PIECE_PEER_HEADER];
+  return typeof header === 'string' && header !== ''
+    ? `id:${header.slice(0, 64)}`
+    : `ip:${request.ip}`;
 }
 
 async function readPiece(
