@@ -219,6 +219,7 @@ export async function buildApp(
         uploads: {
           max: config.SHOAL_AGENT_MAX_UPLOADS,
           perPeer: config.SHOAL_AGENT_MAX_UPLOADS_PER_PEER,
+          timeoutMs: config.SHOAL_AGENT_UPLOAD_TIMEOUT_MS,
         },
         pool: piecePool,
         metrics,

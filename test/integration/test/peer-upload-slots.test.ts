@@ -20,17 +20,31 @@ const repository = 'team/slots';
 describe('upload slots on the peer port', () => {
   let cluster: Cluster;
   let peerUrl: string;
+  let strictUrl: string;
   let blob: string;
 
   before(async () => {
     const peerPort = await freePort();
     peerUrl = `http://127.0.0.1:${peerPort}`;
+    const strictPort = await freePort();
+    strictUrl = `http://127.0.0.1:${strictPort}`;
     cluster = await startCluster({
       layerSizes: [4 * MiB],
       seed: 'upload-slots',
       repository,
       trackers: 1,
       agents: [
+        {
+          // A 256 KiB piece takes four seconds at its upload rate; its deadline is half a second.
+          peerId: 'strict',
+          env: {
+            SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${strictPort}`,
+            SHOAL_AGENT_PEER_URL: strictUrl,
+            SHOAL_AGENT_UPLOAD_RATE_BYTES: String(64 * 1024),
+            SHOAL_AGENT_UPLOAD_TIMEOUT_MS: '500',
+            SHOAL_AGENT_MAX_UPLOADS: '1',
+          },
+        },
         {
           peerId: 'holder',
           env: {
@@ -46,10 +60,10 @@ describe('upload slots on the peer port', () => {
     const layer = cluster.image.layers[0];
     assert.ok(layer !== undefined);
     blob = layer.digest;
-    const [holder] = cluster.agents;
-    assert.ok(holder !== undefined);
-    for (const outcome of await pullBlobs(holder, cluster, repository)) {
-      assert.equal(outcome.error, undefined);
+    for (const agent of cluster.agents) {
+      for (const outcome of await pullBlobs(agent, cluster, repository)) {
+        assert.equal(outcome.error, undefined);
+      }
     }
   });
 
@@ -58,15 +72,15 @@ describe('upload slots on the peer port', () => {
   });
 
   /** A piece request as `peer`, with a valid hand-out token. */
-  const ask = (peer: string, piece: number): Promise<RawResponse> =>
+  const ask = (peer: string, piece: number, url = peerUrl): Promise<RawResponse> =>
     rawGet(
-      peerUrl,
+      url,
       piecePath(blob, piece),
       pieceAuthHeaders(signTestToken({ blob, peer, exp: Date.now() + 120_000 }), peer),
     );
 
   it('refuses a peer past its own cap, and everyone past the total, then serves again', async () => {
-    const [holder] = cluster.agents;
+    const holder = cluster.agents[1];
     assert.ok(holder !== undefined);
     // Two slots for "greedy" (its cap): a third request from it is refused, with one slot free.
     const held = [ask('greedy', 0), ask('greedy', 1)];
@@ -95,5 +109,23 @@ describe('upload slots on the peer port', () => {
     const after = await ask('greedy', 3);
     assert.equal(after.status, 200);
     assert.equal(after.body.length, 256 * 1024);
+  });
+
+  it('closes an answer that outlives its deadline, and frees its upload slot', async () => {
+    const strict = cluster.agents[0];
+    assert.ok(strict !== undefined);
+    const url = strictUrl;
+    const refusedBefore = await strict.metric('shoal_agent_uploads_refused_total');
+    // While the other agent pulled, this one's single slot was often taken: a peer that got
+    // 429 waits a second before asking again, instead of spinning (thousands of refusals).
+    assert.ok(refusedBefore < 100, `${refusedBefore} refusals during one pull`);
+    const started = Date.now();
+    await assert.rejects(ask('slow', 0, url), 'the answer is cut');
+    const took = Date.now() - started;
+    assert.ok(took < 3000, `cut after ${took} ms`);
+    // Its only slot is free again: the next request is not refused as busy.
+    const next = await ask('slow', 0, url).catch((error: unknown) => error);
+    assert.ok(next instanceof Error, 'cut again, not refused');
+    assert.equal(await strict.metric('shoal_agent_uploads_refused_total'), refusedBefore);
   });
 });

@@ -50,6 +50,12 @@ export const swarmConfig = z.object({
    * address when piece authentication is off.
    */
   SHOAL_AGENT_MAX_UPLOADS_PER_PEER: envInt(8).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Longest piece answer on the peer port, in ms, from taking its upload slot to its last byte
+   * (default 60 000); past it the connection is closed, so that a peer that stopped reading
+   * gives its slot back.
+   */
+  SHOAL_AGENT_UPLOAD_TIMEOUT_MS: envInt(60_000).refine((n) => n >= 1, 'must be at least 1'),
   /** Pieces fetched at once per blob (default 8). */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
   /** Longest a piece request may take, in ms (default 15 000). */

@@ -32,8 +32,16 @@ export interface PeerRouteDeps {
   readonly logger: Logger;
   /** Test fault: flip a byte of every piece served. */
   readonly corruptPieces: boolean;
-  /** Upload slots: pieces served at once in all, and to one peer. */
-  readonly uploads: { readonly max: number; readonly perPeer: number };
+  /**
+   * Upload slots: pieces served at once in all (`max`) and to one peer (`perPeer`), and the
+   * longest answer in ms from taking a slot to the last byte (`timeoutMs`; past it the
+   * connection is closed and the slot freed).
+   */
+  readonly uploads: {
+    readonly max: number;
+    readonly perPeer: number;
+    readonly timeoutMs: number;
+  };
 }
 
 interface PieceRoute {
@@ -70,7 +78,11 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     // Counted until the response is gone, so the caps bound the pieces held in memory.
     uploads += 1;
     byPeer.set(peer, peerUploads + 1);
+    const deadline = setTimeout(() => {
+      request.raw.socket.destroy();
+    }, deps.uploads.timeoutMs);
     reply.raw.once('close', () => {
+      clearTimeout(deadline);
       uploads -= 1;
       const left = (byPeer.get(peer) ?? 1) - 1;
       if (left > 0) {

@@ -50,6 +50,8 @@ const ENDGAME_COPIES = 2;
 const MAX_PEER_FAILURES = 3;
 /** How long a peer that sent a bad piece is kept out of every download, in ms. */
 const BAD_PIECE_PENALTY_MS = 10 * 60_000;
+/** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
+const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms. */
 const SEED_DEFER_MS = 750;
 /** Longest wait between two scheduling rounds, in ms. */
@@ -109,6 +111,8 @@ interface PeerState {
   inFlight: number;
   failures: number;
   banned: boolean;
+  /** A peer that answered 429 (all its upload slots taken) is left alone until then, ms. */
+  busyUntil: number;
 }
 
 export class SwarmFetch {
@@ -285,6 +289,7 @@ export class SwarmFetch {
   #usable(peer: PeerState): boolean {
     return (
       !peer.banned &&
+      peer.busyUntil <= Date.now() &&
       peer.failures < MAX_PEER_FAILURES &&
       !this.#deps.client.isPenalized(peer.info.id)
     );
@@ -510,8 +515,13 @@ export class SwarmFetch {
       }
     } catch (error) {
       if (error instanceof PieceFetchError && error.code === 'PIECE_RATIONED') {
-        // The seed has handed this piece out already: a peer will have it shortly.
-        this.#seedDeferred.set(index, Date.now() + SEED_DEFER_MS);
+        if (peer.seed) {
+          // The seed has handed this piece out already: a peer will have it shortly.
+          this.#seedDeferred.set(index, Date.now() + SEED_DEFER_MS);
+        } else {
+          // Every upload slot of that peer is taken: asking again at once only spins.
+          peer.busyUntil = Date.now() + PEER_BUSY_BACKOFF_MS;
+        }
         metrics.pieces.inc({ source, result: 'deferred' });
       } else if (!signal.aborted && this.download.state === 'running') {
         peer.failures += 1;
@@ -575,6 +585,7 @@ export class SwarmFetch {
           complete: entry.complete,
           seed: entry.seed,
           inFlight: 0,
+          busyUntil: 0,
           failures: 0,
           banned: false,
         });
