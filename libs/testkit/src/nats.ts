@@ -2,7 +2,7 @@
  * nats-server with JetStream for tests: random port (`-p -1`, read back from the ports file),
  * a temporary store directory, and a teardown that always runs.
  */
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import {
@@ -18,6 +18,7 @@ export interface NatsServer {
   /** Client URL, e.g. `nats://127.0.0.1:41234`. */
   readonly url: string;
   readonly port: number;
+  /** The running process (a new one after `crashAndRestart`). */
   readonly process: RunningProcess;
   readonly storeDir: string;
   /** The monitoring endpoint (`/connz`, `/varz`), e.g. `http://127.0.0.1:41235`. */
@@ -27,6 +28,11 @@ export interface NatsServer {
    * certificate of its own; empty without TLS.
    */
   clientEnv(name: string): Promise<Record<string, string>>;
+  /**
+   * Kills the server at once (SIGKILL, as a crash would), waits `downMs`, and starts it again
+   * on the same port with the same configuration and JetStream store.
+   */
+  crashAndRestart(downMs: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -80,41 +86,58 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
       '',
     ].join('\n'),
   );
-  const proc = startProcess(binary, ['-c', configPath, '--ports_file_dir', dir.path], {
-    logPath: join(dir.path, 'nats.log'),
-    ...(options.env === undefined ? {} : { env: { PATH: process.env.PATH ?? '', ...options.env } }),
-  });
   let url = '';
   let monitorUrl = '';
-  try {
-    await waitFor(
-      'nats-server ports file',
-      async () => {
-        const file = (await readdir(dir.path)).find((f) => f.endsWith('.ports'));
-        if (file === undefined) {
-          return false;
-        }
-        const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as {
-          nats?: string[];
-          monitoring?: string[];
-        };
-        // A TLS server lists `tls://` URLs; clients find TLS from the server's INFO either way.
-        url = (ports.nats?.[0] ?? '').replace(/^tls:/, 'nats:');
-        monitorUrl = ports.monitoring?.[0] ?? '';
-        return url !== '' && monitorUrl !== '';
-      },
-      { process: proc },
-    );
-  } catch (error) {
-    await proc.stop();
-    throw error;
-  }
+  /** Starts the server and waits for its ports file (a fresh one: old ones are removed first). */
+  const launch = async (): Promise<RunningProcess> => {
+    for (const file of await readdir(dir.path)) {
+      if (file.endsWith('.ports')) {
+        await rm(join(dir.path, file), { force: true });
+      }
+    }
+    const started = startProcess(binary, ['-c', configPath, '--ports_file_dir', dir.path], {
+      logPath: join(dir.path, 'nats.log'),
+      ...(options.env === undefined
+        ? {}
+        : { env: { PATH: process.env.PATH ?? '', ...options.env } }),
+    });
+    try {
+      await waitFor(
+        'nats-server ports file',
+        async () => {
+          const file = (await readdir(dir.path)).find((f) => f.endsWith('.ports'));
+          if (file === undefined) {
+            return false;
+          }
+          const ports = JSON.parse(await readFile(join(dir.path, file), 'utf8')) as {
+            nats?: string[];
+            monitoring?: string[];
+          };
+          // A TLS server lists `tls://` URLs; clients find TLS from the server's INFO either way.
+          url = (ports.nats?.[0] ?? '').replace(/^tls:/, 'nats:');
+          monitorUrl = ports.monitoring?.[0] ?? '';
+          return url !== '' && monitorUrl !== '';
+        },
+        { process: started },
+      );
+    } catch (error) {
+      await started.stop();
+      throw error;
+    }
+    return started;
+  };
+  let proc = await launch();
+  const port = Number(new URL(url).port);
   return {
     url,
-    port: Number(new URL(url).port),
-    process: proc,
+    port,
+    get process() {
+      return proc;
+    },
     storeDir,
-    monitorUrl,
+    get monitorUrl() {
+      return monitorUrl;
+    },
     clientEnv: async (name) => {
       if (tls === undefined) {
         return {};
@@ -125,6 +148,14 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
         SHOAL_NATS_TLS_CERT_FILE: cert.certFile,
         SHOAL_NATS_TLS_KEY_FILE: cert.keyFile,
       };
+    },
+    crashAndRestart: async (downMs) => {
+      await proc.kill();
+      await new Promise((resolve) => setTimeout(resolve, downMs));
+      // The same port again (the first start may have picked a random one).
+      const config = await readFile(configPath, 'utf8');
+      await writeFile(configPath, config.replace(/^listen: .*$/m, `listen: 127.0.0.1:${port}`));
+      proc = await launch();
     },
     stop: async () => {
       await proc.stop();

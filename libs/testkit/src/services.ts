@@ -158,13 +158,15 @@ export interface SeedServerOptions {
   /** Object gateway settings (`SHOAL_STORE_*`, `SHOAL_S3_*`); a local directory by default. */
   readonly storeEnv?: Record<string, string>;
   readonly id?: string;
+  /** Port to listen on (a restart keeps its address); a free one when omitted. */
+  readonly port?: number;
   readonly env?: Record<string, string>;
 }
 
 /** Starts a seed server on `natsUrl`, with its cache and (by default) its store in its own directory. */
 export async function startSeedServer(options: SeedServerOptions): Promise<ServiceProcess> {
   const dir = await makeTempDir('seedserver');
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   return startService('seedserver', dir, port, {
     SHOAL_NATS_URL: options.natsUrl,
     SHOAL_SEED_LISTEN: `127.0.0.1:${port}`,
