@@ -145,7 +145,7 @@ async function want(
     repository: 'library/app',
     limit: options.limit ?? 8,
   };
-  await js.publish(pieceWantSubject(digest), encodeMessage(pieceWant, message));
+  await js.publish(pieceWantSubject(digest, asker), encodeMessage(pieceWant, message));
 }
 
 /** What a snapshot or hand-out says about a member, in the shape of a piece-have. */
@@ -279,7 +279,7 @@ describe('tracker', () => {
   it('terminates and counts invalid events, and keeps answering', async () => {
     const [app] = running;
     assert.ok(app !== undefined);
-    const wantSubject = pieceWantSubject(a);
+    const wantSubject = pieceWantSubject(a, 'sneaky');
     await js.publish(wantSubject, Buffer.from('{not json'));
     await js.publish(wantSubject, Buffer.from(JSON.stringify({ type: 'piece-want', blob: a })));
     // Names the mirror's HTTP path would refuse: they would reach the seed server's fetch.
