@@ -43,13 +43,14 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 
-import { REPO_ROOT, renderWithComponents } from '../src/deploy.js';
+import { find, REPO_ROOT, renderWithComponents } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
 const repository = 'deploy/nats-identity';
 const NODES = ['ident-1', 'ident-2'] as const;
-const SEED_ID = 'seed-ident';
+/** The seed server's id as deploy/k8s names it (`seed-<pod>`). */
+const SEED_ID = 'seed-shoal-seedserver-0';
 const CLI = join(REPO_ROOT, 'services', 'tracker', 'dist', 'src', 'nats-identity.js');
 const BLOB = `sha256:${'b'.repeat(64)}`;
 
@@ -122,6 +123,16 @@ describe('per-node NATS identity of deploy/k8s', () => {
     assert.ok(configMap !== undefined);
     const auth = (configMap.data as Record<string, string>)['auth.conf'] ?? '';
     assert.match(auth, /^include \.\.\/nats-identity\/operator\.conf$/m);
+    // The tracker's settings as rendered: which peers may announce a seed.
+    const tracker = find(objects, 'Deployment', 'shoal-tracker') as unknown as {
+      spec: { template: { spec: { containers: { env?: { name: string; value?: string }[] }[] } } };
+    };
+    const trackerEnv = Object.fromEntries(
+      (tracker.spec.template.spec.containers[0]?.env ?? [])
+        .filter((e) => e.name.startsWith('SHOAL_TRACKER_SEED') && e.value !== undefined)
+        .map((e) => [e.name, e.value ?? '']),
+    );
+    assert.equal(trackerEnv.SHOAL_TRACKER_SEED_PEERS, 'seed-shoal-seedserver-*');
     const nats = await startNats({
       configDir: 'nats',
       config: 'include ./auth.conf',
@@ -146,7 +157,9 @@ describe('per-node NATS identity of deploy/k8s', () => {
     await pushImage(preheated, registry.host, `${repository}-preheat`);
 
     const registries = `${registry.host}=${registry.url}`;
-    services.push(await startTracker({ natsUrl, env: credsEnv('tracker.creds') }));
+    services.push(
+      await startTracker({ natsUrl, env: { ...trackerEnv, ...credsEnv('tracker.creds') } }),
+    );
     services.push(
       await startSeedServer({
         natsUrl,
