@@ -36,7 +36,6 @@ import {
   startTracker,
   startWatcher,
   waitFor,
-  WATCHER_TOKEN,
   type AgentProcess,
   type GeneratedImage,
   type Registry,
@@ -45,6 +44,7 @@ import {
 
 import { find, REPO_ROOT, renderWithComponents } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
+import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
 const repository = 'deploy/nats-identity';
@@ -202,29 +202,10 @@ describe('per-node NATS identity of deploy/k8s', () => {
     }
     const watcher = services.at(-1);
     assert.ok(watcher !== undefined);
-    const response = await fetch(`${watcher.url}/preheat`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        image: `${registry.host}/${repository}-preheat:${preheated.tag}`,
-        scope: 'nodes',
-      }),
-      signal: AbortSignal.timeout(10_000),
-    });
-    assert.equal(response.status, 202, await response.clone().text());
-    const { id } = (await response.json()) as { id: string };
-    let job: { state?: string; nodesDone?: number; blobsDone?: number } = {};
-    await waitFor(
-      'the preheat to finish',
-      async () => {
-        const status = await fetch(`${watcher.url}/preheat/${id}`, {
-          headers: { authorization: `Bearer ${WATCHER_TOKEN}` },
-          signal: AbortSignal.timeout(5_000),
-        });
-        job = (await status.json()) as typeof job;
-        return job.state === 'done' || job.state === 'failed';
-      },
-      { timeoutMs: 60_000, intervalMs: 250 },
+    const job = await preheatAndWait(
+      watcher.url,
+      `${registry.host}/${repository}-preheat:${preheated.tag}`,
+      'nodes',
     );
     assert.equal(job.state, 'done', JSON.stringify(job));
     assert.equal(job.nodesDone, NODES.length);
