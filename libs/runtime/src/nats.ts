@@ -79,6 +79,12 @@ export async function connectNats(
     config.SHOAL_NATS_CREDS_FILE === undefined
       ? undefined
       : await readCreds(config.SHOAL_NATS_CREDS_FILE);
+  if (creds !== undefined && user !== undefined) {
+    // The server would take one and ignore the other; which one is not for a reader to guess.
+    throw new ConfigError([
+      'SHOAL_NATS_CREDS_FILE: give a credentials file or a user in SHOAL_NATS_URL, not both',
+    ]);
+  }
   if (creds !== undefined && identity !== undefined && creds.userName !== identity) {
     throw new ConfigError([
       `SHOAL_NATS_CREDS_FILE: the credentials are for user ${JSON.stringify(creds.userName ?? '')}, ` +

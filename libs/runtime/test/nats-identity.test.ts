@@ -1,9 +1,14 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { credsUserName } from '../src/nats.js';
+import { pino } from 'pino';
+
+import { ConfigError } from '../src/config.js';
+import { connectNats, credsUserName } from '../src/nats.js';
 import {
   accountPublicKey,
   AGENT_PERMISSION_TEMPLATE,
@@ -120,5 +125,49 @@ describe('NATS credentials', () => {
 
   it('have no user name when the file holds no JWT', () => {
     assert.equal(credsUserName('nothing here'), undefined);
+  });
+});
+
+describe('connectNats with credentials', () => {
+  const seeds = newIdentitySeeds();
+  const issuer = { agentIssuer: seeds.agentIssuer, accountPublicKey: accountPublicKey(seeds) };
+
+  /** Calls connectNats with a node's credentials file; it must refuse before connecting. */
+  async function refused(url: string, identity: string | undefined): Promise<ConfigError> {
+    const dir = await mkdtemp(join(tmpdir(), 'creds-'));
+    try {
+      const file = join(dir, 'node.creds');
+      await writeFile(file, await nodeCreds(issuer, 'node-a'));
+      // Port 1: were the checks missing, the connection would fail, not hang.
+      const error: unknown = await connectNats(
+        { SHOAL_NATS_URL: url, SHOAL_NATS_CREDS_FILE: file, SHOAL_NATS_STREAM_REPLICAS: 1 },
+        'test',
+        pino({ level: 'silent' }),
+        identity,
+      ).then(
+        async (nc) => {
+          await nc.close();
+          return undefined;
+        },
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof ConfigError, String(error));
+      return error;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  it("refuses credentials for another peer id than the agent's", async () => {
+    const error = await refused('nats://127.0.0.1:1', 'node-b');
+    assert.match(
+      error.message,
+      /credentials are for user "node-a", not for this peer \("node-b"\)/,
+    );
+  });
+
+  it('refuses a credentials file together with a user in the URL', async () => {
+    const error = await refused('nats://agent:$(NATS_PASSWORD)@127.0.0.1:1', 'node-a');
+    assert.match(error.message, /not both/);
   });
 });

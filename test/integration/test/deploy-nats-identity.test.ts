@@ -42,7 +42,7 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 
-import { find, REPO_ROOT, renderWithComponents } from '../src/deploy.js';
+import { find, REPO_ROOT, renderWithComponents, type K8sObject } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
 import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
@@ -189,6 +189,33 @@ describe('per-node NATS identity of deploy/k8s', () => {
     for (const step of cleanup.reverse()) {
       await step().catch(() => undefined);
     }
+  });
+
+  it("renders the agents' side alone for a leecher cluster", async () => {
+    const agentEnv = (objects: readonly K8sObject[]) => {
+      const daemonSet = objects.find((o) => o.kind === 'DaemonSet') as unknown as {
+        spec: {
+          template: {
+            spec: {
+              containers: { env?: { name: string; value?: string }[] }[];
+              volumes: { name: string; hostPath?: { path: string } }[];
+            };
+          };
+        };
+      };
+      const pod = daemonSet.spec.template.spec;
+      return {
+        env: new Map((pod.containers[0]?.env ?? []).map((e) => [e.name, e.value])),
+        hostPaths: pod.volumes.flatMap((v) => (v.hostPath === undefined ? [] : [v.hostPath.path])),
+      };
+    };
+    const leecher = agentEnv(await renderWithComponents('leecher', ['nats-identity-agents']));
+    assert.equal(leecher.env.get('SHOAL_NATS_CREDS_FILE'), '/etc/shoal/nats-identity/node.creds');
+    assert.ok(leecher.hostPaths.includes('/etc/shoal/nats-identity'));
+    assert.equal(leecher.env.has('NATS_PASSWORD'), false);
+    const mixed = agentEnv(await renderWithComponents('mixed', ['nats-identity']));
+    assert.equal(mixed.env.get('SHOAL_NATS_URL'), 'nats://shoal-nats:4222');
+    assert.equal(mixed.env.get('SHOAL_NATS_CREDS_FILE'), '/etc/shoal/nats-identity/node.creds');
   });
 
   it('pulls through the swarm and preheats, every node and service as itself', async () => {
