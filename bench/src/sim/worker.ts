@@ -30,6 +30,7 @@ import {
   pieceHaveSubject,
   pieceWant,
   pieceWantSubject,
+  preheatNodesConsumer,
   rangesInclude,
   STREAMS,
   type AgentPresence,
@@ -527,7 +528,7 @@ class Worker {
       agent,
       'piece-want',
       pieceWant,
-      pieceWantSubject(download.blob.digest),
+      pieceWantSubject(download.blob.digest, agent.peer.id),
       message,
     );
     void published.then((ok) => {
@@ -676,7 +677,7 @@ class Worker {
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
   #openPreheat(agent: Agent): void {
     const { js, jsm } = agent.conn;
-    const name = `agent-preheat-${agent.peer.id}`;
+    const name = preheatNodesConsumer(agent.peer.id);
     void (async () => {
       await ensureConsumer(jsm, STREAMS.preheatNodes.name, name, {
         ackWaitMs: PREHEAT_ACK_WAIT_MS,

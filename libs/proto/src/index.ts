@@ -68,6 +68,7 @@ export {
   PIECE_WANT_SUBJECTS,
   pieceWant,
   pieceWantSubject,
+  legacyPieceWantSubject,
   type PieceWant,
 } from './messages/piece-want.js';
 export {
@@ -91,6 +92,7 @@ export {
 export {
   PREHEAT_NODES_SUBJECT,
   preheatNodes,
+  preheatNodesConsumer,
   type PreheatNodes,
 } from './messages/preheat-nodes.js';
 export { agentPresence, selectorMatches, type AgentPresence } from './messages/agent-presence.js';

@@ -152,7 +152,7 @@ describe('subjects', () => {
     const matches = (filter: string, subject: string): boolean =>
       subject.startsWith(filter.replace(/>$/, ''));
     assert.ok(STREAMS.swarm.subjects.some((f) => matches(f, pieceHaveSubject(blob, 'node-a'))));
-    assert.ok(STREAMS.wants.subjects.some((f) => matches(f, pieceWantSubject(blob))));
+    assert.ok(STREAMS.wants.subjects.some((f) => matches(f, pieceWantSubject(blob, 'node-a'))));
     assert.ok(STREAMS.pieces.subjects.some((f) => matches(f, pieceHashesSubject(blob))));
     assert.ok(STREAMS.seed.subjects.some((f) => matches(f, seedRequestSubject(blob))));
   });

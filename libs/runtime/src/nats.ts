@@ -59,14 +59,42 @@ export type NatsConfig = z.infer<typeof natsConfig>;
 
 const nanos = (ms: number): number => ms * 1_000_000;
 
-/** Connects with reconnects forever; connection state changes are logged. */
+/**
+ * Connects with reconnects forever; connection state changes are logged.
+ *
+ * With a credentials file, replies come to `_INBOX.<user name>.>`, the inbox per-node NATS
+ * permissions leave to that user alone, and `identity` (an agent's peer id) must be the
+ * user name the credentials carry: a node started with another node's credentials stops
+ * with a configuration error rather than speak as that node.
+ */
 export async function connectNats(
   config: NatsConfig,
   name: string,
   logger: Logger,
+  identity?: string,
 ): Promise<NatsConnection> {
   const { servers, user, pass } = parseNatsServers(config.SHOAL_NATS_URL);
   const tls = natsTlsOptions(config, servers);
+  const creds =
+    config.SHOAL_NATS_CREDS_FILE === undefined
+      ? undefined
+      : await readCreds(config.SHOAL_NATS_CREDS_FILE);
+  if (creds !== undefined && user !== undefined) {
+    // The server would take one and ignore the other; which one is not for a reader to guess.
+    throw new ConfigError([
+      'SHOAL_NATS_CREDS_FILE: give a credentials file or a user in SHOAL_NATS_URL, not both',
+    ]);
+  }
+  if (creds !== undefined && identity !== undefined && creds.userName !== identity) {
+    throw new ConfigError([
+      `SHOAL_NATS_CREDS_FILE: the credentials are for user ${JSON.stringify(creds.userName ?? '')}, ` +
+        `not for this peer (${JSON.stringify(identity)}); mint them with the peer id`,
+    ]);
+  }
+  const inboxPrefix =
+    creds?.userName !== undefined && SUBJECT_TOKEN.test(creds.userName)
+      ? `_INBOX.${creds.userName}`
+      : undefined;
   const nc = await connect({
     servers,
     ...(user === undefined ? {} : { user, pass: pass ?? '' }),
@@ -75,9 +103,8 @@ export async function connectNats(
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     timeout: 5000,
-    ...(config.SHOAL_NATS_CREDS_FILE === undefined
-      ? {}
-      : { authenticator: await credsAuthenticator(config.SHOAL_NATS_CREDS_FILE) }),
+    ...(creds === undefined ? {} : { authenticator: creds.authenticator }),
+    ...(inboxPrefix === undefined ? {} : { inboxPrefix }),
   });
   void (async () => {
     for await (const status of nc.status()) {
@@ -161,12 +188,38 @@ export function parseNatsServers(text: string): NatsServers {
   };
 }
 
-async function credsAuthenticator(path: string) {
+/** A user name that can stand as one subject token (peer ids and role names are). */
+const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+const jwtClaims = z.object({ name: z.string().optional() });
+
+/**
+ * The user name a credentials file's JWT carries (its `name` claim), or undefined when the
+ * file holds no readable JWT. Read, not verified: the server verifies the signature.
+ */
+export function credsUserName(creds: string): string | undefined {
+  const jwt = /-----BEGIN NATS USER JWT-----\s*([A-Za-z0-9_.-]+)\s*-+END NATS USER JWT/.exec(
+    creds,
+  )?.[1];
+  const payload = jwt?.split('.')[1];
+  if (payload === undefined) {
+    return undefined;
+  }
+  try {
+    const claims = jwtClaims.safeParse(JSON.parse(Buffer.from(payload, 'base64url').toString()));
+    return claims.success ? claims.data.name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function readCreds(path: string) {
   const { readFile } = await import('node:fs/promises');
-  const { credsAuthenticator: fromCreds } = await import('@nats-io/transport-node');
+  const { credsAuthenticator } = await import('@nats-io/transport-node');
   const creds = await readFile(path);
-  refusePlaceholderSecret(path, creds.toString('utf8'));
-  return fromCreds(creds);
+  const text = creds.toString('utf8');
+  refusePlaceholderSecret(path, text);
+  return { authenticator: credsAuthenticator(creds), userName: credsUserName(text) };
 }
 
 /** The stream configuration for a declared stream. */

@@ -2,8 +2,8 @@
  * nats-server with JetStream for tests: random port (`-p -1`, read back from the ports file),
  * a temporary store directory, and a teardown that always runs.
  */
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 import {
   makeTempDir,
@@ -44,8 +44,17 @@ export interface NatsOptions {
    * a random port, JetStream in the temporary directory.
    */
   readonly config?: string;
-  /** Files written beside the configuration first, by name (e.g. `auth.conf`). */
+  /**
+   * Files written first, by path relative to the server's temporary directory (e.g.
+   * `auth.conf`, or `identity/operator.conf`; directories are made).
+   */
   readonly files?: Readonly<Record<string, string>>;
+  /**
+   * Subdirectory of the temporary directory that holds the configuration (default: the
+   * directory itself), so that a relative `include ../x/y.conf`, as deploy/k8s writes it,
+   * stays inside the temporary directory.
+   */
+  readonly configDir?: string;
   /** Environment of the server (the configuration may read `$VARIABLES`). */
   readonly env?: Readonly<Record<string, string>>;
   /**
@@ -60,9 +69,12 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
   const dir = await makeTempDir('nats');
   const storeDir = join(dir.path, 'jetstream');
   for (const [name, text] of Object.entries(options.files ?? {})) {
+    await mkdir(dirname(join(dir.path, name)), { recursive: true });
     await writeFile(join(dir.path, name), text);
   }
-  const configPath = join(dir.path, 'nats.conf');
+  const configDir = join(dir.path, options.configDir ?? '');
+  await mkdir(configDir, { recursive: true });
+  const configPath = join(configDir, 'nats.conf');
   const tls = options.tls;
   const serverCert = tls === undefined ? undefined : await tls.ca.issue('nats-server');
   await writeFile(

@@ -33,6 +33,7 @@ import { HandoutTokens } from './handout/tokens.js';
 import { registerTrackerRoutes } from './http/ops.js';
 import { createTrackerMetrics } from './metrics.js';
 import { SeedRequester } from './seed/requests.js';
+import { seedPeerMatcher } from './swarm/config.js';
 import { SwarmView, type SwarmSnapshot } from './swarm/view.js';
 
 export { loadTrackerConfig, type TrackerConfig } from './config.js';
@@ -162,7 +163,15 @@ export async function buildApp(
     usage = watchStreamUsage(jsm, ownedStreams(), serviceMetrics, logger);
 
     // Swarm view: replay SHOAL_SWARM from the start, then keep following it.
-    swarm = new SwarmStreamConsumer({ js, jsm, view, metrics, logger, now });
+    swarm = new SwarmStreamConsumer({
+      js,
+      jsm,
+      view,
+      metrics,
+      logger,
+      now,
+      maySeed: seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS),
+    });
     await swarm.start();
     await swarm.whenCaughtUp(stopping.signal);
     if (stopped()) {

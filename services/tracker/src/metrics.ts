@@ -24,7 +24,7 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     }),
     eventsRejected: new Counter<'type' | 'reason'>({
       name: `${prefix}events_rejected_total`,
-      help: 'Events refused, by type and reason (invalid, subject-mismatch, unknown-subject)',
+      help: 'Events refused, by type and reason (invalid, subject-mismatch, unknown-subject, not-a-seed)',
       labelNames: ['type', 'reason'],
       registers,
     }),

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import { ConfigError } from '@shoal/runtime';
 
 import { loadTrackerConfig } from '../src/config.js';
+import { seedPeerMatcher } from '../src/swarm/config.js';
 
 describe('tracker configuration', () => {
   it('has defaults for everything but the hand-out key', () => {
@@ -73,6 +74,26 @@ describe('tracker configuration', () => {
     assert.equal(
       loadTrackerConfig({ SHOAL_TRACKER_PIECE_AUTH: 'off' }).SHOAL_TRACKER_PIECE_AUTH,
       'off',
+    );
+  });
+
+  it('reads the seed peers as ids and prefixes, and refuses anything else', () => {
+    const config = loadTrackerConfig({
+      SHOAL_TRACKER_PIECE_AUTH: 'off',
+      SHOAL_TRACKER_SEED_PEERS: ' seed-*, other ,',
+    });
+    assert.deepEqual(config.SHOAL_TRACKER_SEED_PEERS, ['seed-*', 'other']);
+    const maySeed = seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS);
+    assert.deepEqual(['seed-1', 'other', 'others', 'node'].map(maySeed), [
+      true,
+      true,
+      false,
+      false,
+    ]);
+    assert.ok(seedPeerMatcher([])('anyone'), 'no list: any peer');
+    assert.throws(
+      () => loadTrackerConfig({ SHOAL_TRACKER_PIECE_AUTH: 'off', SHOAL_TRACKER_SEED_PEERS: 'a.b' }),
+      /SHOAL_TRACKER_SEED_PEERS/,
     );
   });
 

@@ -56,13 +56,17 @@ after(async () => {
   await keyDir?.remove();
 });
 
-async function startTracker(natsUrl: string): Promise<TrackerApp> {
+async function startTracker(
+  natsUrl: string,
+  env: Record<string, string> = {},
+): Promise<TrackerApp> {
   keyDir ??= await makeTempDir('tracker-key');
   const config = loadTrackerConfig({
     SHOAL_TRACKER_HANDOUT_KEY_FILE: await writeHandoutPrivateKey(keyDir.path),
     SHOAL_NATS_URL: natsUrl,
     SHOAL_TRACKER_LISTEN: '127.0.0.1:0',
     SHOAL_LOG_LEVEL: 'silent',
+    ...env,
   });
   const app = await buildApp(config);
   try {
@@ -145,7 +149,7 @@ async function want(
     repository: 'library/app',
     limit: options.limit ?? 8,
   };
-  await js.publish(pieceWantSubject(digest), encodeMessage(pieceWant, message));
+  await js.publish(pieceWantSubject(digest, asker), encodeMessage(pieceWant, message));
 }
 
 /** What a snapshot or hand-out says about a member, in the shape of a piece-have. */
@@ -279,7 +283,7 @@ describe('tracker', () => {
   it('terminates and counts invalid events, and keeps answering', async () => {
     const [app] = running;
     assert.ok(app !== undefined);
-    const wantSubject = pieceWantSubject(a);
+    const wantSubject = pieceWantSubject(a, 'sneaky');
     await js.publish(wantSubject, Buffer.from('{not json'));
     await js.publish(wantSubject, Buffer.from(JSON.stringify({ type: 'piece-want', blob: a })));
     // Names the mirror's HTTP path would refuse: they would reach the seed server's fetch.
@@ -488,6 +492,43 @@ describe('tracker', () => {
     const closing = stopTracker(app);
     assert.equal(app.notReadyReason(), 'shutting down');
     await closing;
+  });
+});
+
+describe('tracker seed claims', () => {
+  it('hands out only the configured seed peers as seeds', async () => {
+    const nats = await startNats();
+    const nc = await connect({ servers: nats.url, timeout: 5_000 });
+    const inbox = new HandoutInbox(nc);
+    const app = await startTracker(nats.url, { SHOAL_TRACKER_SEED_PEERS: 'seed-*, other' });
+    try {
+      const js = jetstream(nc, { timeout: 5_000 });
+      const c = blob('c');
+      // A node that claims, under its own id, to be a seed holding nothing: were it believed,
+      // it would be handed out to everyone and no seed request would be made for the blob.
+      await announce(js, have(c, 'forger', { pieces: [], seed: true }));
+      await announce(js, have(c, 'seed-1', { pieces: [[0, 8]], complete: true, seed: true }));
+      await announce(js, have(c, 'node', { pieces: [[0, 4]] }));
+      await waitForMembers(app, c, 2);
+      await want(js, c, 'asker');
+      const answer = await inbox.nth('asker');
+      assert.deepEqual(
+        answer.peers.map((p) => [p.peer.id, p.seed]),
+        [
+          ['node', false],
+          ['seed-1', true],
+        ],
+      );
+      assert.equal(
+        await metric(app, 'shoal_tracker_events_rejected_total', { reason: 'not-a-seed' }),
+        1,
+      );
+    } finally {
+      await app.close();
+      inbox.stop();
+      await nc.drain();
+      await nats.stop();
+    }
   });
 });
 

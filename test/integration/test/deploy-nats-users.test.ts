@@ -20,7 +20,6 @@ import {
   startTracker,
   startWatcher,
   waitFor,
-  WATCHER_TOKEN,
   type AgentProcess,
   type GeneratedImage,
   type Registry,
@@ -29,6 +28,7 @@ import {
 
 import { find, renderOverlay } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
+import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
 const PASSWORDS = {
@@ -122,29 +122,10 @@ describe('NATS users of deploy/k8s', () => {
       // Preheat onto every agent, the watcher and the agents as their own users.
       const watcher = await startWatcher({ natsUrl: urlFor('watcher'), registries });
       stops.push(watcher);
-      const response = await fetch(`${watcher.url}/preheat`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
-        body: JSON.stringify({
-          image: `${registry.host}/${repository}-preheat:${preheated.tag}`,
-          scope: 'nodes',
-        }),
-        signal: AbortSignal.timeout(10_000),
-      });
-      assert.equal(response.status, 202, await response.clone().text());
-      const { id } = (await response.json()) as { id: string };
-      let job: { state?: string; nodesDone?: number; blobsDone?: number } = {};
-      await waitFor(
-        'the preheat to finish',
-        async () => {
-          const status = await fetch(`${watcher.url}/preheat/${id}`, {
-            headers: { authorization: `Bearer ${WATCHER_TOKEN}` },
-            signal: AbortSignal.timeout(5_000),
-          });
-          job = (await status.json()) as typeof job;
-          return job.state === 'done' || job.state === 'failed';
-        },
-        { timeoutMs: 60_000, intervalMs: 250 },
+      const job = await preheatAndWait(
+        watcher.url,
+        `${registry.host}/${repository}-preheat:${preheated.tag}`,
+        'nodes',
       );
       assert.equal(job.state, 'done', JSON.stringify(job));
       assert.equal(job.blobsDone, preheated.blobs.length);

@@ -27,8 +27,19 @@ export const pieceWant = z.strictObject({
 });
 export type PieceWant = z.infer<typeof pieceWant>;
 
-/** Subject of a blob's want events. */
-export const pieceWantSubject = (blob: string): string =>
+/**
+ * Subject of one peer's want for a blob. The asker's peer id is in it so that per-node NATS
+ * permissions can keep an agent from asking in another's name (the tracker answers the peer
+ * named in the body, and checks that it is the one in the subject).
+ */
+export const pieceWantSubject = (blob: string, peer: string): string =>
+  `shoal.swarm.v1.want.${digestSubjectTokens(blob)}.${peer}`;
+
+/**
+ * The subject agents before per-node identity used, without the peer; the tracker still
+ * answers it (NATS permissions refuse it to agents that run with per-node identity).
+ */
+export const legacyPieceWantSubject = (blob: string): string =>
   `shoal.swarm.v1.want.${digestSubjectTokens(blob)}`;
 
 /** Subjects of every want event. */

@@ -24,3 +24,11 @@ export type PreheatNodes = z.infer<typeof preheatNodes>;
 
 /** Subject of node preheat tasks. */
 export const PREHEAT_NODES_SUBJECT = 'shoal.preheat.v1.nodes';
+
+/**
+ * The durable consumer through which one agent reads node preheat tasks: the peer id itself.
+ * Per-node NATS permissions allow an agent this consumer only, so no agent takes another's
+ * tasks; nats-server 2.9 fills a permission template only as a whole subject token, which is
+ * why the name has no `agent-preheat-` prefix (the stream has no other consumers).
+ */
+export const preheatNodesConsumer = (peer: string): string => peer;

@@ -13,6 +13,7 @@ import {
   encodeMessage,
   parseDigest,
   preheatNodes,
+  preheatNodesConsumer,
   preheatReport,
   preheatReportSubject,
   selectorMatches,
@@ -83,7 +84,7 @@ export class NodePreheat {
 
   /** The durable consumer's name for this agent. */
   get consumerName(): string {
-    return `agent-preheat-${this.#deps.peer}`;
+    return preheatNodesConsumer(this.#deps.peer);
   }
 
   start(): void {

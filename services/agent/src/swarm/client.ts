@@ -153,7 +153,7 @@ export class SwarmClient {
     const headers = traceHeaders();
     try {
       await this.#js.publish(
-        pieceWantSubject(request.blob),
+        pieceWantSubject(request.blob, this.self.id),
         encodeMessage(pieceWant, {
           type: 'piece-want',
           blob: request.blob,

@@ -55,6 +55,7 @@ export async function startSwarm(
     },
     `shoal-agent-${config.SHOAL_AGENT_PEER_ID}`,
     deps.logger,
+    config.SHOAL_AGENT_PEER_ID,
   );
   let jet: Awaited<ReturnType<typeof jetStreamFor>>;
   try {

@@ -26,6 +26,16 @@ export function handlePieceHave(event: SwarmEvent, deps: SwarmEventDeps): void {
     );
     return;
   }
+  // Only the seed servers may claim to be one: a seed is handed out even when it holds
+  // nothing useful, and its presence stops seed requests for the blob.
+  if (have.seed && deps.maySeed !== undefined && !deps.maySeed(have.peer.id)) {
+    metrics.eventsRejected.inc({ type: 'piece-have', reason: 'not-a-seed' });
+    logger.warn(
+      { subject: event.subject, seq: event.seq, blob: have.blob, peer: have.peer.id },
+      'piece-have claiming a seed from a peer that is not one skipped',
+    );
+    return;
+  }
   metrics.eventsConsumed.inc({ type: 'piece-have' });
   const outcome = deps.view.applyHave(have, event.seq, event.publishedAtMs, deps.now());
   metrics.haveOutcomes.inc({ outcome });

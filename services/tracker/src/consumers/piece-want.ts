@@ -12,6 +12,7 @@ import {
   handoutSubject,
   pieceWant,
   pieceWantSubject,
+  legacyPieceWantSubject,
   STREAMS,
   type Handout,
 } from '@shoal/proto';
@@ -106,7 +107,12 @@ async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
     return;
   }
   const want = decoded.value;
-  if (msg.subject !== pieceWantSubject(want.blob)) {
+  // The asker's peer id is in the subject, where per-node NATS permissions hold each agent to
+  // its own; the subject without it is what agents before per-node identity publish.
+  if (
+    msg.subject !== pieceWantSubject(want.blob, want.peer.id) &&
+    msg.subject !== legacyPieceWantSubject(want.blob)
+  ) {
     metrics.eventsRejected.inc({ type: 'piece-want', reason: 'subject-mismatch' });
     logger.warn(
       { subject: msg.subject, seq: msg.seq, blob: want.blob },

@@ -20,6 +20,8 @@ export interface SwarmEventDeps {
   readonly logger: Logger;
   /** Current time in ms since the epoch. */
   readonly now: () => number;
+  /** Whether a peer may announce itself as a seed (default: any). */
+  readonly maySeed?: (peer: string) => boolean;
 }
 
 /** Longest decode error quoted in a log line; a hostile message must not flood the logs. */
