@@ -11,7 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { serviceMain } from '@shoal/testkit';
+import { freePort, serviceMain } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { bytesBySource, pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
@@ -133,10 +133,31 @@ describe('where the bytes came from', () => {
     assert.equal(unknown.status, 404);
   });
 
-  it('says a usage error in one line, exit 2; an unknown image, exit 1', async () => {
+  it('says each error in one line: usage exit 2, unknown image exit 1, no mirror exit 3', async () => {
+    const oneLine = (err: string): string => {
+      assert.equal(err.split('\n').filter((l) => l !== '').length, 1, err);
+      return err.trim();
+    };
     const usage = await why([]);
     assert.equal(usage.code, 2);
-    assert.match(usage.err.split('\n')[0] ?? '', /^shoal-why: /);
+    assert.match(oneLine(usage.err), /^shoal-why: name one image/);
+    const flag = await why(['--frobnicate', 'a/b:c']);
+    assert.equal(flag.code, 2);
+    assert.equal(
+      oneLine(flag.err),
+      'shoal-why: unknown option --frobnicate (shoal-why --help lists the options)',
+    );
+    const port = await freePort();
+    const down = await why([
+      `${cluster.registry.host}/a/b:c`,
+      '--mirror',
+      `http://127.0.0.1:${port}`,
+    ]);
+    assert.equal(down.code, 3);
+    assert.equal(
+      oneLine(down.err),
+      `shoal-why: cannot reach the mirror at http://127.0.0.1:${port}: ECONNREFUSED`,
+    );
     const missing = await why([
       `${cluster.registry.host}/shoal/nothing:here`,
       '--mirror',
