@@ -5,8 +5,6 @@
  * code (2 usage, 3 watcher unreachable, 4 refused, 5 --wait gave up), never a stack trace.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -29,36 +27,22 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 
+import { runTool, type ToolRun } from '../src/cli.js';
 import { MiB } from '../src/files.js';
 import { FAST_SWARM_ENV } from '../src/swarm.js';
 
 /** The rate-limited agent's download limit: its 6 MiB layer takes about 5 s. */
 const SLOW_RATE_BYTES = 1 * MiB;
 
-interface Outcome {
-  readonly code: number | null;
-  readonly out: string;
-  readonly err: string;
-}
-
 /** Runs the CLI to its end with only `env` (and PATH), like an operator's shell. */
-async function preheat(args: readonly string[], env: Record<string, string>): Promise<Outcome> {
-  const child = spawn(process.execPath, [PREHEAT_CLI, ...args], {
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return { code, out, err };
+function preheat(args: readonly string[], env: Record<string, string>): Promise<ToolRun> {
+  return runTool(PREHEAT_CLI, args, env);
 }
 
 /** The one line of stderr; fails when there is none or more (a stack trace). */
-function oneLine(outcome: Outcome): string {
-  const lines = outcome.err.split('\n').filter((l) => l !== '');
-  assert.equal(lines.length, 1, `one line on stderr, got: ${outcome.err}`);
+function oneLine(outcome: ToolRun): string {
+  const lines = outcome.stderr.split('\n').filter((l) => l !== '');
+  assert.equal(lines.length, 1, `one line on stderr, got: ${outcome.stderr}`);
   return lines[0] ?? '';
 }
 
@@ -126,11 +110,11 @@ describe('shoal-preheat', () => {
       [ref, '--scope', 'nodes', '--selector', 'pool=cli', '--wait', '--timeout', '120'],
       env,
     );
-    assert.equal(waited.code, 1, `the stray agent fails the job: ${waited.out}${waited.err}`);
-    assert.equal(waited.err, '');
-    const lines = waited.out.trimEnd().split('\n');
+    assert.equal(waited.code, 1, `the stray agent fails the job: ${waited.stdout}${waited.stderr}`);
+    assert.equal(waited.stderr, '');
+    const lines = waited.stdout.trimEnd().split('\n');
     const id = /^(p-[0-9a-f]+) queued /.exec(lines[0] ?? '')?.[1];
-    assert.ok(id !== undefined, waited.out);
+    assert.ok(id !== undefined, waited.stdout);
     for (const line of lines.filter((l) => l.startsWith(id))) {
       assert.ok(
         line.startsWith(`${id} `) && line.includes(` ${ref}: `),
@@ -139,7 +123,7 @@ describe('shoal-preheat', () => {
     }
     // While agents pull, the node phase shows its bytes and an estimate of the time left.
     assert.match(
-      waited.out,
+      waited.stdout,
       new RegExp(
         `^${id} running ${ref}: seed ${mib(bytes)}/${mib(bytes)} \\(100%\\), blobs 3/3, ` +
           `nodes [01]/2 [0-9.]+ MiB/${mib(2 * bytes)} \\([0-9]+%\\), ETA [0-9]+ (s|min [0-9]+ s) \\(nodes\\)`,
@@ -147,7 +131,7 @@ describe('shoal-preheat', () => {
       ),
     );
     const final = `${id} failed ${ref}: seed ${mib(bytes)}/${mib(bytes)} (100%), blobs 3/3, nodes 2/2 ${mib(bytes)}/${mib(2 * bytes)} (50%), 3 failures`;
-    assert.ok(lines.includes(final), `${final}\nin\n${waited.out}`);
+    assert.ok(lines.includes(final), `${final}\nin\n${waited.stdout}`);
     const reason = `registry ${registry.host} is not mirrored by this agent`;
     const failures = lines.filter((l) => l.startsWith('  stray-1 '));
     assert.deepEqual(
@@ -158,13 +142,13 @@ describe('shoal-preheat', () => {
     assert.equal(lines.filter((l) => l.startsWith('  slow-1')).length, 0);
 
     const listed = await preheat(['list'], env);
-    assert.equal(listed.code, 0, listed.err);
-    assert.ok(listed.out.split('\n').includes(final), listed.out);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.ok(listed.stdout.split('\n').includes(final), listed.stdout);
 
     const status = await preheat(['status', id], env);
     assert.equal(status.code, 1, 'a failed job exits 1');
-    assert.equal(status.err, '');
-    const block = status.out.split('\n');
+    assert.equal(status.stderr, '');
+    const block = status.stdout.split('\n');
     for (const expected of [
       `job       ${id}`,
       `image     ${ref}`,
@@ -176,7 +160,7 @@ describe('shoal-preheat', () => {
       'error     3 blob(s) could not be preheated',
       'failures  3',
     ]) {
-      assert.ok(block.includes(expected), `"${expected}" in\n${status.out}`);
+      assert.ok(block.includes(expected), `"${expected}" in\n${status.stdout}`);
     }
     assert.deepEqual(
       block.filter((l) => l.startsWith('  stray-1 ')).map((l) => l.trim().split(/\s{2,}/)),
@@ -184,7 +168,7 @@ describe('shoal-preheat', () => {
     );
 
     const json = await preheat(['status', id, '--json'], env);
-    const parsed = JSON.parse(json.out) as { bytesTotal: number; nodeBytesDone: number };
+    const parsed = JSON.parse(json.stdout) as { bytesTotal: number; nodeBytesDone: number };
     assert.equal(parsed.bytesTotal, bytes);
     assert.equal(parsed.nodeBytesDone, bytes);
   });
@@ -193,9 +177,9 @@ describe('shoal-preheat', () => {
     const [image, ref] = await push('cli-seed', [3 * MiB]);
     const bytes = image.blobs.reduce((sum, b) => sum + b.size, 0);
     const waited = await preheat([ref, '--wait', '--timeout', '60'], env);
-    assert.equal(waited.code, 0, waited.out + waited.err);
+    assert.equal(waited.code, 0, waited.stdout + waited.stderr);
     assert.match(
-      waited.out,
+      waited.stdout,
       new RegExp(
         `^p-[0-9a-f]+ done ${ref}: seed ${mib(bytes)}/${mib(bytes)} \\(100%\\), blobs 2/2$`,
         'm',
@@ -266,8 +250,8 @@ describe('shoal-preheat', () => {
     ];
     for (const [what, args, caseEnv, code, line] of cases) {
       const outcome = await preheat(args, caseEnv);
-      assert.equal(outcome.code, code, `${what}: ${outcome.err}`);
-      assert.equal(outcome.out, '', what);
+      assert.equal(outcome.code, code, `${what}: ${outcome.stderr}`);
+      assert.equal(outcome.stdout, '', what);
       if (typeof line === 'string') {
         assert.equal(oneLine(outcome), line, what);
       } else {
@@ -281,7 +265,7 @@ describe('shoal-preheat', () => {
       [ref, '--scope', 'nodes', '--selector', 'pool=cli', '--wait', '--timeout', '1'],
       env,
     );
-    assert.equal(gaveUp.code, 5, gaveUp.out + gaveUp.err);
+    assert.equal(gaveUp.code, 5, gaveUp.stdout + gaveUp.stderr);
     assert.match(
       oneLine(gaveUp),
       /^shoal-preheat: job p-[0-9a-f]+ still (queued|running) after 1 s \(shoal-preheat status p-[0-9a-f]+ follows it\)$/,
