@@ -122,6 +122,7 @@ describe('deploy/compose', () => {
     for (const name of [
       'nats',
       'object-gateway',
+      'object-gateway-bucket',
       'registry',
       'tracker',
       'seedserver',
