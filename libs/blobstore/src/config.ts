@@ -37,7 +37,11 @@ export const blobStoreConfig = z.object({
     .default(''),
   /** Static credentials; leave both unset to use the default AWS credential chain. */
   SHOAL_S3_ACCESS_KEY_ID: z.string().min(1).optional(),
-  SHOAL_S3_SECRET_ACCESS_KEY: z.string().min(1).optional(),
+  SHOAL_S3_SECRET_ACCESS_KEY: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('Secret of SHOAL_S3_ACCESS_KEY_ID; set both or neither.'),
   /** Path-style addressing (`endpoint/bucket/key`), as MinIO and RGW usually need. Default true. */
   SHOAL_S3_FORCE_PATH_STYLE: envBool(true),
   /** Part size of multipart uploads in bytes, 5 MiB to 5 GiB. Default 8 MiB. */

@@ -15,6 +15,7 @@ import {
   pieceHaveSubject,
   pieceSizeFor,
   pieceWantSubject,
+  preheatProgress,
   seedRequestSubject,
   STREAMS,
   type MessageType,
@@ -123,6 +124,19 @@ describe('decodeMessage', () => {
       }).success,
       true,
     );
+  });
+
+  it('still reads a preheat-progress from a watcher that sent no byte counts', () => {
+    const older = {
+      type: 'preheat-progress',
+      id: 'job-42',
+      state: 'running',
+      blobsDone: 2,
+      blobsTotal: 5,
+    };
+    const decoded = decodeMessage(preheatProgress, Buffer.from(JSON.stringify(older)));
+    assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
+    assert.equal(decoded.value.bytesTotal, undefined);
   });
 
   it('refuses to encode an invalid message', () => {

@@ -51,14 +51,17 @@ export const envInt = (defaultValue: number) =>
         return z.NEVER;
       }
       return value;
-    });
+    })
+    // The type the configuration reference (docs/configuration.md) shows.
+    .meta({ envType: 'integer' });
 
 /** A boolean given as `true`/`false`/`1`/`0`. */
 export const envBool = (defaultValue: boolean) =>
   z
     .enum(['true', 'false', '1', '0'], { message: 'must be true or false' })
     .transform((v) => v === 'true' || v === '1')
-    .default(defaultValue);
+    .default(defaultValue)
+    .meta({ envType: '`true` \\| `false`' });
 
 /** A `host:port` address to listen on; `[::]:p` and `0.0.0.0:p` listen on every interface. */
 export interface ListenAddress {
@@ -79,12 +82,14 @@ export const envListen = (defaultValue: string) =>
         return z.NEVER;
       }
       return { host, port };
-    });
+    })
+    .meta({ envType: 'host:port' });
 
 /** pino's log levels. */
 export const envLogLevel = z
   .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
-  .default('info');
+  .default('info')
+  .describe('pino log level; `debug` also logs every request.');
 
 /**
  * TLS to NATS. With a CA file the connection is TLS and the server's certificate must chain to

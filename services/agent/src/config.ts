@@ -11,7 +11,7 @@ import { registriesList } from '@shoal/registry';
 
 import { upstreamConfig } from './upstream/config.js';
 
-const agentFields = z.object({
+export const agentFields = z.object({
   /** Where the mirror listens; containerd's hosts.toml points here. */
   SHOAL_AGENT_LISTEN: envListen('127.0.0.1:65001'),
   SHOAL_LOG_LEVEL: envLogLevel,

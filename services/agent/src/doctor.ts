@@ -8,11 +8,10 @@
  *
  *   shoal-doctor [--containerd-config PATH] [--image REGISTRY/REPO:TAG] [--json]
  *
- * Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 a usage error.
+ * Every error is one line on stderr; the exit codes are in `usage` (and the README).
  */
-import { parseArgs } from 'node:util';
-
 import { ConfigError } from '@shoal/runtime';
+import { parseCliArgs, runCli, USAGE_EXIT } from '@shoal/runtime/cli';
 
 import { loadAgentConfig } from './config.js';
 import {
@@ -27,7 +26,15 @@ import {
 } from './doctor/checks.js';
 import { formatReport } from './doctor/report.js';
 
-const usage = 'usage: shoal-doctor [--containerd-config PATH] [--image REGISTRY/REPO:TAG] [--json]';
+const TOOL = 'shoal-doctor';
+/** Exit codes, as `--help` and the README list them. */
+const EXIT = { ok: 0, checkFailed: 1, usage: USAGE_EXIT, internal: 70 } as const;
+const usage = `usage: shoal-doctor [--containerd-config PATH] [--image REGISTRY/REPO:TAG] [--json]
+exit codes:
+  0  nothing failed (warnings allowed)
+  1  a check failed (the table says which, and the fix)
+  2  usage error: unknown option, unexpected argument
+  70 an unexpected error (a bug: please report the line it printed)`;
 
 async function diagnose(options: {
   containerdConfig: string | undefined;
@@ -76,9 +83,8 @@ async function diagnose(options: {
   return results;
 }
 
-let values: { 'containerd-config'?: string; image?: string; json?: boolean; help?: boolean };
-try {
-  ({ values } = parseArgs({
+async function main(): Promise<number> {
+  const { values } = parseCliArgs(TOOL, {
     options: {
       'containerd-config': { type: 'string' },
       image: { type: 'string' },
@@ -86,16 +92,11 @@ try {
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: false,
-  }));
-} catch (error) {
-  process.stderr.write(`shoal-doctor: ${(error as Error).message}\n${usage}\n`);
-  process.exit(2);
-}
-if (values.help === true) {
-  process.stdout.write(`${usage}\n`);
-  process.exit(0);
-}
-try {
+  });
+  if (values.help === true) {
+    process.stdout.write(`${usage}\n`);
+    return EXIT.ok;
+  }
   const results = await diagnose({
     containerdConfig: values['containerd-config'],
     image: values.image,
@@ -103,8 +104,7 @@ try {
   process.stdout.write(
     values.json === true ? `${JSON.stringify(results, null, 2)}\n` : formatReport(results),
   );
-  process.exit(results.some((r) => r.status === 'fail') ? 1 : 0);
-} catch (error) {
-  process.stderr.write(`shoal-doctor: ${(error as Error).message}\n`);
-  process.exit(2);
+  return results.some((r) => r.status === 'fail') ? EXIT.checkFailed : EXIT.ok;
 }
+
+await runCli(TOOL, main, EXIT.internal);

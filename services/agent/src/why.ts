@@ -7,14 +7,22 @@
  *   shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--json]
  *
  * The mirror is `--mirror`, else `http://` + SHOAL_AGENT_LISTEN, else http://127.0.0.1:65001.
- * Exit status: 0 answered, 1 the image could not be resolved, 2 a usage error.
+ * Every error is one line on stderr; the exit codes are in `usage` (and the README).
  */
-import { parseArgs } from 'node:util';
+import { CliError, parseCliArgs, runCli, unreachableReason, USAGE_EXIT } from '@shoal/runtime/cli';
 
 import type { BlobRecord } from './provenance/ledger.js';
 
-const usage =
-  'usage: shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--json]';
+const TOOL = 'shoal-why';
+/** Exit codes, as `--help` and the README list them. */
+const EXIT = { ok: 0, unresolved: 1, usage: USAGE_EXIT, unreachable: 3, internal: 70 } as const;
+const usage = `usage: shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--json]
+exit codes:
+  0  answered (blobs never pulled through this agent are listed as such)
+  1  the image could not be resolved through the mirror (unknown, credentials wanted, no such platform)
+  2  usage error: unknown option, bad or missing argument
+  3  the mirror could not be reached (is the agent running? --mirror)
+  70 an unexpected error (a bug: please report the line it printed)`;
 const TIMEOUT_MS = 30_000;
 const ACCEPT = [
   'application/vnd.oci.image.index.v1+json',
@@ -23,8 +31,20 @@ const ACCEPT = [
   'application/vnd.docker.distribution.manifest.v2+json',
 ].join(', ');
 
-class UsageError extends Error {}
-class ResolveError extends Error {}
+const usageError = (message: string): CliError => new CliError(message, EXIT.usage);
+const resolveError = (message: string): CliError => new CliError(message, EXIT.unresolved);
+
+/** fetch, with "the mirror cannot be reached" as the one line when there is no answer. */
+async function ask(mirror: string, url: string, init: RequestInit): Promise<Response> {
+  try {
+    return await fetch(url, init);
+  } catch (error) {
+    throw new CliError(
+      `cannot reach the mirror at ${mirror}: ${unreachableReason(error)}`,
+      EXIT.unreachable,
+    );
+  }
+}
 
 interface Descriptor {
   readonly digest: string;
@@ -51,7 +71,7 @@ function parseImage(text: string): { registry: string; repository: string; ref: 
       text,
     );
   if (match?.[1] === undefined || match[2] === undefined) {
-    throw new UsageError(`"${text}" is not REGISTRY/REPOSITORY[:TAG|@DIGEST]`);
+    throw usageError(`"${text}" is not REGISTRY/REPOSITORY[:TAG|@DIGEST]`);
   }
   return { registry: match[1], repository: match[2], ref: match[4] ?? match[3] ?? 'latest' };
 }
@@ -63,15 +83,15 @@ async function manifest(
   authorization: string | undefined,
 ): Promise<Manifest> {
   const url = `${mirror}/v2/${image.repository}/manifests/${ref}?ns=${encodeURIComponent(image.registry)}`;
-  const response = await fetch(url, {
+  const response = await ask(mirror, url, {
     headers: { accept: ACCEPT, ...(authorization === undefined ? {} : { authorization }) },
     signal: AbortSignal.timeout(TIMEOUT_MS),
   });
   if (response.status === 401) {
-    throw new ResolveError(`the registry wants credentials for ${image.repository}: use --user`);
+    throw resolveError(`the registry wants credentials for ${image.repository}: use --user`);
   }
   if (response.status !== 200) {
-    throw new ResolveError(
+    throw resolveError(
       `the mirror answered ${String(response.status)} for ${image.repository}:${ref}`,
     );
   }
@@ -79,7 +99,7 @@ async function manifest(
 }
 
 async function record(mirror: string, digest: string): Promise<BlobRecord | undefined> {
-  const response = await fetch(`${mirror}/shoal/v1/blobs/${digest}`, {
+  const response = await ask(mirror, `${mirror}/shoal/v1/blobs/${digest}`, {
     signal: AbortSignal.timeout(TIMEOUT_MS),
   });
   if (response.status === 404) {
@@ -87,7 +107,7 @@ async function record(mirror: string, digest: string): Promise<BlobRecord | unde
     return undefined;
   }
   if (response.status !== 200) {
-    throw new ResolveError(`the agent answered ${String(response.status)} about ${digest}`);
+    throw resolveError(`the agent answered ${String(response.status)} about ${digest}`);
   }
   return (await response.json()) as BlobRecord;
 }
@@ -142,28 +162,22 @@ function table(image: string, rows: readonly Row[]): string {
 }
 
 async function main(): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      options: {
-        mirror: { type: 'string' },
-        platform: { type: 'string' },
-        user: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-    });
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCliArgs(TOOL, {
+    options: {
+      mirror: { type: 'string' },
+      platform: { type: 'string' },
+      user: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+  });
   if (values.help === true) {
     process.stdout.write(`${usage}\n`);
     return 0;
   }
   if (positionals.length !== 1 || positionals[0] === undefined) {
-    throw new UsageError('name one image');
+    throw usageError('name one image, REGISTRY/REPOSITORY[:TAG|@DIGEST] (shoal-why --help)');
   }
   const image = parseImage(positionals[0]);
   const listen = process.env.SHOAL_AGENT_LISTEN?.replace(/^0\.0\.0\.0:/, '127.0.0.1:');
@@ -179,7 +193,7 @@ async function main(): Promise<number> {
       (m) => m.platform?.os === os && m.platform.architecture === architecture,
     );
     if (chosen === undefined) {
-      throw new ResolveError(`the image index has no ${os}/${architecture} manifest`);
+      throw resolveError(`the image index has no ${os}/${architecture} manifest`);
     }
     top = await manifest(mirror, image, chosen.digest, authorization);
   }
@@ -202,13 +216,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-try {
-  process.exit(await main());
-} catch (error) {
-  process.stderr.write(`shoal-why: ${(error as Error).message}\n`);
-  if (error instanceof UsageError) {
-    process.stderr.write(`${usage}\n`);
-    process.exit(2);
-  }
-  process.exit(1);
-}
+await runCli(TOOL, main, EXIT.internal);

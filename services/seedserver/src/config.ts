@@ -20,7 +20,7 @@ const defaultId = `seed-${hostname()
   .toLowerCase()
   .replace(/[^a-z0-9_-]/g, '-')}`.slice(0, 64);
 
-const seedFields = z.object({
+export const seedFields = z.object({
   ...natsConfig.shape,
   ...httpLimitsConfig.shape,
   ...blobStoreConfig.shape,

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { handoutConfig, handoutConfigProblems } from './handout/config.js';
 import { swarmConfig } from './swarm/config.js';
 
-const trackerFields = z.object({
+export const trackerFields = z.object({
   ...natsConfig.shape,
   ...httpLimitsConfig.shape,
   /** Where /healthz, /readyz and /metrics listen (default `0.0.0.0:65020`). */

@@ -13,7 +13,7 @@ const defaultId = `watcher-${hostname()
   .toLowerCase()
   .replace(/[^a-z0-9_-]/g, '-')}`.slice(0, 64);
 
-const watcherFields = z.object({
+export const watcherFields = z.object({
   ...natsConfig.shape,
   ...httpLimitsConfig.shape,
   /** Where webhooks, the preheat API, /healthz, /readyz and /metrics listen (default `0.0.0.0:65030`). */

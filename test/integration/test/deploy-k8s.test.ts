@@ -320,7 +320,7 @@ describe('deploy/k8s overlays', () => {
       for (const component of ['nats', 'tracker', 'seedserver', 'watcher']) {
         assert.ok(all.includes(`PodDisruptionBudget/shoal-${component}`), component);
       }
-      for (const component of ['nats', 'tracker', 'seedserver', 'watcher', 'minio']) {
+      for (const component of ['nats', 'tracker', 'seedserver', 'watcher', 'object-gateway']) {
         assert.ok(all.includes(`NetworkPolicy/shoal-${component}`), component);
       }
       const deny = find(objects, 'NetworkPolicy', 'shoal-default-deny-ingress');
@@ -331,17 +331,32 @@ describe('deploy/k8s overlays', () => {
       }
     });
 
-    it('stores blobs in MinIO, with a Job that creates the bucket', () => {
+    it('stores blobs in the object gateway (versitygw), its bucket made before it serves', () => {
       const objects = overlay('mixed');
       const [seed] = podSpec(find(objects, 'StatefulSet', 'shoal-seedserver')).containers;
       assert.ok(seed !== undefined);
       assert.equal(envValue(seed, 'SHOAL_STORE_KIND'), 's3');
-      assert.equal(envValue(seed, 'SHOAL_S3_ENDPOINT'), 'http://shoal-minio:9000');
+      assert.equal(envValue(seed, 'SHOAL_S3_ENDPOINT'), 'http://shoal-object-gateway:7070');
       assert.equal(envValue(seed, 'SHOAL_S3_BUCKET'), 'shoal');
-      find(objects, 'StatefulSet', 'shoal-minio');
-      const setup = configData(objects, 'shoal-minio-setup')['setup.sh'] ?? '';
-      assert.match(setup, /mc mb --ignore-existing shoal\/shoal/);
-      find(objects, 'Job', 'shoal-minio-setup');
+      const gateway = podSpec(find(objects, 'StatefulSet', 'shoal-object-gateway'));
+      const [server] = gateway.containers;
+      assert.ok(server !== undefined);
+      assert.match(server.image, /^ghcr\.io\/versity\/versitygw:v\d+\.\d+\.\d+$/);
+      assert.deepEqual(server.args, ['--port', ':7070', 'posix', '/data']);
+      // Its one account is the seed server's key, from the same Secret.
+      for (const [variable, key] of [
+        ['ROOT_ACCESS_KEY_ID', 'SHOAL_S3_ACCESS_KEY_ID'],
+        ['ROOT_SECRET_ACCESS_KEY', 'SHOAL_S3_SECRET_ACCESS_KEY'],
+      ]) {
+        assert.deepEqual(server.env?.find((e) => e.name === variable)?.valueFrom?.secretKeyRef, {
+          name: 'shoal-seedserver-s3',
+          key,
+        });
+      }
+      const bucket = gateway.initContainers?.[0];
+      assert.equal(bucket?.image, server.image);
+      assert.match(JSON.stringify(bucket), /mkdir -p \/data\/shoal/);
+      assert.equal(objects.filter((o) => /minio/i.test(JSON.stringify(o))).length, 0);
     });
   });
 
@@ -364,14 +379,14 @@ describe('deploy/k8s overlays', () => {
   });
 
   describe('seeder', () => {
-    it('runs NATS, MinIO, trackers, the seed server and the watcher, and no agents', () => {
+    it('runs NATS, the object gateway, trackers, the seed server and the watcher, and no agents', () => {
       const objects = overlay('seeder');
       assert.equal(objects.filter((o) => o.kind === 'DaemonSet').length, 0);
       assert.equal(at(find(objects, 'Deployment', 'shoal-tracker'), 'spec', 'replicas'), 2);
       assert.equal(at(find(objects, 'Deployment', 'shoal-watcher'), 'spec', 'replicas'), 2);
       assert.equal(at(find(objects, 'StatefulSet', 'shoal-nats'), 'spec', 'replicas'), 3);
       find(objects, 'StatefulSet', 'shoal-seedserver');
-      find(objects, 'StatefulSet', 'shoal-minio');
+      find(objects, 'StatefulSet', 'shoal-object-gateway');
       assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
     });
 

@@ -17,7 +17,6 @@ import {
   makeTempDir,
   startNats,
   startProcess,
-  testHandoutKeys,
   waitFor,
   type NatsServer,
   type RunningProcess,
@@ -127,10 +126,6 @@ function renderedEnv(container: Container, objects: readonly K8sObject[]): Recor
         (o) => o.kind === 'Secret' && o.metadata.name === from.secretKeyRef?.name,
       );
       value = secret === undefined ? undefined : decodeSecret(secret, from.secretKeyRef.key);
-      // What an operator does before deploying: a real secret instead of the placeholder.
-      if (value !== undefined && /change-?me/i.test(value)) {
-        value = `probe-test-${from.secretKeyRef.key}-0123456789abcdef`;
-      }
     }
     if (value !== undefined) {
       env[variable.name] = value;
@@ -160,15 +155,8 @@ async function writeSecretMounts(
     await mkdir(dir, { recursive: true });
     const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
     for (const key of keys) {
-      let value = decodeSecret(secret, key) ?? '';
-      if (/change-?me/i.test(value)) {
-        value = key.endsWith('.key')
-          ? testHandoutKeys().privatePem
-          : key.endsWith('.pub')
-            ? testHandoutKeys().publicPem
-            : `probe-test-${key}-0123456789abcdef`;
-      }
-      await writeFile(join(dir, key), value);
+      // The generated secrets themselves (scripts/gen-secrets.sh), hand-out keys included.
+      await writeFile(join(dir, key), decodeSecret(secret, key) ?? '');
     }
   }
 }

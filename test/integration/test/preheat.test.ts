@@ -183,11 +183,16 @@ describe('preheat', () => {
       ],
       { env, timeoutMs: 150_000 },
     );
-    assert.match(stdout, / done: blobs 3\/3, nodes 2\/2/);
+    assert.match(
+      stdout,
+      / done \S+\/team\/nodes:\S+: seed [0-9.]+ MiB\/[0-9.]+ MiB \(100%\), blobs 3\/3, nodes 2\/2 /,
+    );
     const id = /^(p-[0-9a-f]+) /m.exec(stdout)?.[1];
     assert.ok(id !== undefined, stdout);
     const status = await run(process.execPath, [PREHEAT_CLI, 'status', id], { env });
-    assert.match(status.stdout, new RegExp(`^${id} done: blobs 3/3, nodes 2/2`));
+    assert.match(status.stdout, new RegExp(`^job +${id}\nimage +${ref}\n`));
+    assert.match(status.stdout, /^state +done$/m);
+    assert.match(status.stdout, /^nodes +2\/2 [0-9.]+ MiB\/[0-9.]+ MiB \(100%\)$/m);
 
     for (const node of gpu) {
       const before = await bytesBySource(node);

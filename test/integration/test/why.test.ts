@@ -5,14 +5,13 @@
  * repeat pull shows the cache, and the counts add up to the blobs' sizes.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { serviceMain } from '@shoal/testkit';
+import { freePort, serviceMain } from '@shoal/testkit';
 
+import { runTool, type ToolRun } from '../src/cli.js';
 import { MiB } from '../src/files.js';
 import { bytesBySource, pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
 
@@ -31,19 +30,8 @@ interface Row {
   };
 }
 
-async function why(
-  args: readonly string[],
-): Promise<{ code: number | null; out: string; err: string }> {
-  const child = spawn(process.execPath, [WHY, ...args], {
-    env: { PATH: process.env.PATH ?? '' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return { code, out, err };
+function why(args: readonly string[]): Promise<ToolRun> {
+  return runTool(WHY, args);
 }
 
 describe('where the bytes came from', () => {
@@ -74,8 +62,8 @@ describe('where the bytes came from', () => {
       }
     }
     const result = await why([ref, '--mirror', second.url, '--json']);
-    assert.equal(result.code, 0, result.err);
-    const rows = JSON.parse(result.out) as Row[];
+    assert.equal(result.code, 0, result.stderr);
+    const rows = JSON.parse(result.stdout) as Row[];
     assert.deepEqual(
       rows.map((r) => r.digest).sort(),
       [cluster.image.config.digest, ...cluster.image.layers.map((l) => l.digest)].sort(),
@@ -116,15 +104,15 @@ describe('where the bytes came from', () => {
     // The table a person reads.
     const table = await why([ref, '--mirror', second.url]);
     assert.equal(table.code, 0);
-    assert.match(table.out, /^blob\s+size\s+peers\s+seed\s+origin\s+cache\s+from\s+time$/m);
-    assert.match(table.out, /origin 0%, cache 0%/);
+    assert.match(table.stdout, /^blob\s+size\s+peers\s+seed\s+origin\s+cache\s+from\s+time$/m);
+    assert.match(table.stdout, /origin 0%, cache 0%/);
   });
 
   it('shows a repeat pull as cache, and a blob it never pulled as such', async () => {
     const [first] = cluster.agents;
     assert.ok(first !== undefined);
     await pullBlobs(first, cluster, REPOSITORY);
-    const rows = JSON.parse((await why([ref, '--mirror', first.url, '--json'])).out) as Row[];
+    const rows = JSON.parse((await why([ref, '--mirror', first.url, '--json'])).stdout) as Row[];
     for (const row of rows) {
       assert.equal(row.record?.outcome, 'cache');
       assert.equal(row.record.bytes.cache, row.size);
@@ -133,16 +121,37 @@ describe('where the bytes came from', () => {
     assert.equal(unknown.status, 404);
   });
 
-  it('says a usage error in one line, exit 2; an unknown image, exit 1', async () => {
+  it('says each error in one line: usage exit 2, unknown image exit 1, no mirror exit 3', async () => {
+    const oneLine = (err: string): string => {
+      assert.equal(err.split('\n').filter((l) => l !== '').length, 1, err);
+      return err.trim();
+    };
     const usage = await why([]);
     assert.equal(usage.code, 2);
-    assert.match(usage.err.split('\n')[0] ?? '', /^shoal-why: /);
+    assert.match(oneLine(usage.stderr), /^shoal-why: name one image/);
+    const flag = await why(['--frobnicate', 'a/b:c']);
+    assert.equal(flag.code, 2);
+    assert.equal(
+      oneLine(flag.stderr),
+      'shoal-why: unknown option --frobnicate (shoal-why --help lists the options)',
+    );
+    const port = await freePort();
+    const down = await why([
+      `${cluster.registry.host}/a/b:c`,
+      '--mirror',
+      `http://127.0.0.1:${port}`,
+    ]);
+    assert.equal(down.code, 3);
+    assert.equal(
+      oneLine(down.stderr),
+      `shoal-why: cannot reach the mirror at http://127.0.0.1:${port}: ECONNREFUSED`,
+    );
     const missing = await why([
       `${cluster.registry.host}/shoal/nothing:here`,
       '--mirror',
       cluster.agents[0]?.url ?? '',
     ]);
     assert.equal(missing.code, 1);
-    assert.match(missing.err, /^shoal-why: the mirror answered 404/);
+    assert.match(missing.stderr, /^shoal-why: the mirror answered 404/);
   });
 });

@@ -14,6 +14,15 @@ export const preheatProgress = z.strictObject({
   /** Scope `nodes`: agents that finished every blob, and agents the job was handed to. */
   nodesDone: z.int().nonnegative().optional(),
   nodesTotal: z.int().nonnegative().optional(),
+  /**
+   * Bytes of the image's blobs, and of those the seed server holds (counted a blob at a time).
+   * Added in v1 without a version bump: optional, absent from older watchers' events.
+   */
+  bytesDone: z.int().nonnegative().optional(),
+  bytesTotal: z.int().nonnegative().optional(),
+  /** Scope `nodes`: the image's bytes times the agents handed the job, and those warm on them. */
+  nodeBytesDone: z.int().nonnegative().optional(),
+  nodeBytesTotal: z.int().nonnegative().optional(),
   /** Why a job failed, for the operator. */
   error: z.string().max(1024).optional(),
 });

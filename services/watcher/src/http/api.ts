@@ -7,7 +7,12 @@ import { contextFromHttp, ShoalError, SpanKind, withSpan } from '@shoal/runtime'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 
-import type { JobStore } from '../preheat/jobs.js';
+import {
+  progressOf,
+  type JobProgressView,
+  type JobStatus,
+  type JobStore,
+} from '../preheat/jobs.js';
 import type { PreheatRequests } from '../preheat/requests.js';
 import type { ImageResolver } from '../preheat/resolve.js';
 import { sameText } from '../webhooks/auth.js';
@@ -100,7 +105,7 @@ export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): voi
     const job = await deps.jobs.get(request.params.id);
     return job === undefined
       ? reply.code(404).send({ error: `no job ${request.params.id}` })
-      : reply.send(job);
+      : reply.send(withProgress(job, Date.now()));
   });
 
   app.get<{ Querystring: { limit?: string } }>('/preheat', async (request, reply) => {
@@ -109,6 +114,13 @@ export function registerApiRoutes(app: FastifyInstance, deps: ApiRouteDeps): voi
       return refusal;
     }
     const limit = Math.min(Math.max(Number(request.query.limit ?? 50) || 50, 1), 500);
-    return reply.send({ jobs: await deps.jobs.list(limit) });
+    const now = Date.now();
+    return reply.send({ jobs: (await deps.jobs.list(limit)).map((j) => withProgress(j, now)) });
   });
+}
+
+/** A job as the API shows it: its status, and for a running job its phase's progress and ETA. */
+function withProgress(job: JobStatus, nowMs: number): JobStatus & { progress?: JobProgressView } {
+  const progress = progressOf(job, nowMs);
+  return progress === undefined ? job : { ...job, progress };
 }

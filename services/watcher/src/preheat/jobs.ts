@@ -33,8 +33,22 @@ export const jobStatus = z.strictObject({
   /** Scope `nodes`: agents handed the job, and those done with every blob. */
   nodesTotal: z.int().nonnegative().optional(),
   nodesDone: z.int().nonnegative().optional(),
+  /**
+   * Bytes of those blobs, and bytes of the blobs the seed server holds. Progress is counted
+   * a blob at a time, as the seed server reports blobs. Absent in entries of older watchers.
+   */
+  bytesTotal: z.int().nonnegative().optional(),
+  bytesDone: z.int().nonnegative().optional(),
+  /** Scope `nodes`: the image's bytes times the agents handed the job, and those reported warm. */
+  nodeBytesTotal: z.int().nonnegative().optional(),
+  nodeBytesDone: z.int().nonnegative().optional(),
+  /** When the job first started running, and when its node phase began (ms since the epoch). */
+  startedAt: z.int().optional(),
+  nodesStartedAt: z.int().optional(),
   /** The first failures, for the operator (peer, blob, reason). */
   failures: z.array(z.strictObject({ peer: z.string(), blob: z.string(), error: z.string() })),
+  /** Every failure of the run, of which `failures` keeps the first few. */
+  failuresTotal: z.int().nonnegative().optional(),
   error: z.string().optional(),
   /** ms since the epoch. */
   createdAt: z.int(),
@@ -130,8 +144,64 @@ export async function publishProgress(
       ...(status.nodesTotal === undefined
         ? {}
         : { nodesDone: status.nodesDone ?? 0, nodesTotal: status.nodesTotal }),
+      ...(status.bytesTotal === undefined
+        ? {}
+        : { bytesDone: status.bytesDone ?? 0, bytesTotal: status.bytesTotal }),
+      ...(status.nodeBytesTotal === undefined
+        ? {}
+        : { nodeBytesDone: status.nodeBytesDone ?? 0, nodeBytesTotal: status.nodeBytesTotal }),
       ...(status.error === undefined ? {} : { error: status.error }),
     }),
     { timeout: timeoutMs },
   );
+}
+
+/**
+ * Share of a phase's bytes done before an ETA is given: progress moves a blob at a time, and
+ * the rate of a small first blob (a config of a few hundred bytes) says nothing of the rest.
+ */
+export const ETA_MIN_SHARE = 0.05;
+
+/** Where a running job is: which phase, its bytes done and to do, and an estimate of the rest. */
+export interface JobProgressView {
+  readonly phase: 'seed' | 'nodes';
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  /**
+   * ms until the phase ends at the rate it has kept so far; absent until ETA_MIN_SHARE of its
+   * bytes are done.
+   */
+  readonly etaMs?: number;
+}
+
+/**
+ * The progress of a running job at `nowMs`: the seed phase, then (scope `nodes`) the node
+ * phase, each with its own rate (agents pull in parallel, far faster than the seed's one
+ * copy). Undefined for a job not running or written by a watcher that kept no byte counts.
+ */
+export function progressOf(status: JobStatus, nowMs: number): JobProgressView | undefined {
+  if (status.state !== 'running' || status.bytesTotal === undefined) {
+    return undefined;
+  }
+  const nodes = status.nodesStartedAt !== undefined && status.nodeBytesTotal !== undefined;
+  const phase = nodes
+    ? {
+        phase: 'nodes' as const,
+        bytesDone: status.nodeBytesDone ?? 0,
+        bytesTotal: status.nodeBytesTotal ?? 0,
+        since: status.nodesStartedAt,
+      }
+    : {
+        phase: 'seed' as const,
+        bytesDone: status.bytesDone ?? 0,
+        bytesTotal: status.bytesTotal,
+        since: status.startedAt,
+      };
+  const { since, ...view } = phase;
+  const elapsedMs = since === undefined ? 0 : nowMs - since;
+  if (view.bytesDone < view.bytesTotal * ETA_MIN_SHARE || view.bytesDone === 0 || elapsedMs <= 0) {
+    return view;
+  }
+  const remaining = Math.max(0, view.bytesTotal - view.bytesDone);
+  return { ...view, etaMs: Math.round((remaining * elapsedMs) / view.bytesDone) };
 }

@@ -199,6 +199,9 @@ export class PreheatRunner {
     delete status.error;
     delete status.nodesDone;
     delete status.nodesTotal;
+    delete status.failuresTotal;
+    delete status.nodeBytesDone;
+    delete status.nodeBytesTotal;
     // The job's time runs from when it was queued, however often it is interrupted.
     const deadline = AbortSignal.timeout(Math.max(0, status.createdAt + timeoutMs - now));
     const signal = AbortSignal.any([this.#stopping.signal, deadline]);
@@ -218,7 +221,18 @@ export class PreheatRunner {
         command.platforms,
         signal,
       );
-      await tracker.update({ state: 'running', blobsTotal: image.blobs.length }, true);
+      tracker.sizes = new Map(image.blobs.map((b) => [b.digest, b.size]));
+      await tracker.update(
+        {
+          state: 'running',
+          blobsTotal: image.blobs.length,
+          bytesTotal: image.blobs.reduce((sum, b) => sum + b.size, 0),
+          bytesDone: 0,
+          // A resumed job keeps its first start, so its rate counts the time it was down.
+          startedAt: status.startedAt ?? Date.now(),
+        },
+        true,
+      );
       logger.info(
         { job: command.id, manifests: image.manifests.length, blobs: image.blobs.length },
         'preheat running',
@@ -326,7 +340,17 @@ export class PreheatRunner {
         .filter((agent) => selectorMatches(command.selector, agent.labels))
         .map((agent) => agent.peer),
     );
-    await tracker.update({ nodesTotal: expected.size, nodesDone: 0 }, true);
+    const imageBytes = image.blobs.reduce((sum, b) => sum + b.size, 0);
+    await tracker.update(
+      {
+        nodesTotal: expected.size,
+        nodesDone: 0,
+        nodeBytesTotal: imageBytes * expected.size,
+        nodeBytesDone: 0,
+        nodesStartedAt: tracker.current.nodesStartedAt ?? Date.now(),
+      },
+      true,
+    );
     if (expected.size === 0) {
       return;
     }
@@ -387,7 +411,9 @@ export class PreheatRunner {
           if (blobs?.delete(report.blob) !== true) {
             return;
           }
-          if (!report.ok) {
+          if (report.ok) {
+            tracker.blobWarmOnNode(report.blob);
+          } else {
             tracker.fail({ peer: report.peer, blob: report.blob, error: report.error ?? 'failed' });
           }
           if (blobs.size === 0 && remaining.delete(report.peer)) {
@@ -492,6 +518,8 @@ class JobProgress {
   readonly #set: (status: JobStatus) => void;
   #timer: NodeJS.Timeout | undefined;
   #failures = 0;
+  /** Bytes of each blob of the image, by digest, once it is resolved. */
+  sizes: ReadonlyMap<string, number> = new Map();
 
   constructor(deps: RunnerDeps, get: () => JobStatus, set: (status: JobStatus) => void) {
     this.#deps = deps;
@@ -510,16 +538,26 @@ class JobProgress {
 
   blobSeeded(report: PreheatReport): void {
     if (report.ok) {
-      void this.update({ blobsDone: this.current.blobsDone + 1 });
+      void this.update({
+        blobsDone: this.current.blobsDone + 1,
+        bytesDone: (this.current.bytesDone ?? 0) + (this.sizes.get(report.blob) ?? 0),
+      });
     } else {
       this.fail({ peer: report.peer, blob: report.blob, error: report.error ?? 'failed' });
     }
   }
 
+  /** An agent reported a blob held and verified. */
+  blobWarmOnNode(blob: string): void {
+    void this.update({
+      nodeBytesDone: (this.current.nodeBytesDone ?? 0) + (this.sizes.get(blob) ?? 0),
+    });
+  }
+
   fail(failure: JobStatus['failures'][number]): void {
     this.#failures += 1;
     const failures = [...this.current.failures, failure].slice(0, MAX_FAILURES);
-    void this.update({ failures });
+    void this.update({ failures, failuresTotal: this.#failures });
   }
 
   /** Applies `change`; written now when `now`, else within the progress interval. */

@@ -1,0 +1,127 @@
+/**
+ * No placeholders in what is deployed: the overlays' Secrets come from files that
+ * `scripts/gen-secrets.sh` generates (git-ignored), every overlay renders with them and without
+ * a `change-me` anywhere, the leecher gets the seeder's agent password and public key and
+ * nothing more, and an overlay rendered before generating stops with the missing file's name.
+ */
+import assert from 'node:assert/strict';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { cp, readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { makeTempDir, requireBinary, run } from '@shoal/testkit';
+
+import { generatedK8s, REPO_ROOT, renderOverlay, type K8sObject } from '../src/deploy.js';
+
+const OVERLAYS = ['mixed', 'seeder', 'leecher'] as const;
+
+/** A Secret's values, decoded. */
+function secretData(objects: readonly K8sObject[], name: string): Record<string, string> {
+  const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === name);
+  assert.ok(secret !== undefined, `no Secret ${name}`);
+  const data = (secret.data ?? {}) as Record<string, string>;
+  const plain = (secret.stringData ?? {}) as Record<string, string>;
+  return {
+    ...plain,
+    ...Object.fromEntries(
+      Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]),
+    ),
+  };
+}
+
+describe('generated secrets', () => {
+  for (const overlay of OVERLAYS) {
+    it(`${overlay}: every Secret holds generated values, no placeholder`, async () => {
+      const objects = await renderOverlay(overlay);
+      const secrets = objects.filter((o) => o.kind === 'Secret');
+      assert.ok(secrets.length > 0);
+      for (const secret of secrets) {
+        const values = secretData(objects, secret.metadata.name);
+        assert.ok(Object.keys(values).length > 0, secret.metadata.name);
+        for (const [key, value] of Object.entries(values)) {
+          assert.doesNotMatch(value, /change-?me|placeholder/i, `${secret.metadata.name}.${key}`);
+          assert.ok(value.trim() !== '', `${secret.metadata.name}.${key} is empty`);
+        }
+      }
+      assert.doesNotMatch(JSON.stringify(objects), /change-?me/i);
+    });
+  }
+
+  it('gives every cluster strong passwords, and the tracker a real Ed25519 pair', async () => {
+    const mixed = await renderOverlay('mixed');
+    const users = secretData(mixed, 'shoal-nats-users');
+    assert.deepEqual(Object.keys(users).sort(), ['agent', 'seedserver', 'tracker', 'watcher']);
+    for (const password of Object.values(users)) {
+      // Letters and digits only: they go into nats://user:password@host URLs.
+      assert.match(password, /^[0-9a-f]{48}$/);
+    }
+    assert.equal(new Set(Object.values(users)).size, 4);
+    const key = createPrivateKey(secretData(mixed, 'shoal-handout-key')['handout.key'] ?? '');
+    assert.equal(key.asymmetricKeyType, 'ed25519');
+    const pub = secretData(mixed, 'shoal-handout-public-keys')['handout.pub'] ?? '';
+    assert.equal(
+      createPublicKey(key).export({ type: 'spki', format: 'pem' }).toString(),
+      pub,
+      'handout.pub is the public half of handout.key',
+    );
+    const s3 = secretData(mixed, 'shoal-seedserver-s3');
+    assert.match(s3.SHOAL_S3_SECRET_ACCESS_KEY ?? '', /^[0-9a-f]{48}$/);
+    assert.match(secretData(mixed, 'shoal-watcher-webhook').token ?? '', /^[0-9a-f]{48}$/);
+
+    // The leecher: the seeder's agent password and public key, and no other secret.
+    const leecher = await renderOverlay('leecher');
+    assert.deepEqual(secretData(leecher, 'shoal-nats-users'), { agent: users.agent });
+    assert.equal(secretData(leecher, 'shoal-handout-public-keys')['handout.pub'], pub);
+    assert.deepEqual(
+      leecher
+        .filter((o) => o.kind === 'Secret')
+        .map((o) => o.metadata.name)
+        .sort(),
+      ['shoal-handout-public-keys', 'shoal-nats-users', 'shoal-registry-credentials'],
+    );
+  });
+
+  it('keeps what it generated when run again', async () => {
+    const dir = join(await generatedK8s(), 'secrets');
+    const read = async (): Promise<string[]> =>
+      Promise.all(
+        ['nats-users.env', 'handout.key', 'handout.pub', 'seedserver-s3.env'].map((f) =>
+          readFile(join(dir, f), 'utf8'),
+        ),
+      );
+    const before = await read();
+    const { stdout } = await run('bash', [
+      join(REPO_ROOT, 'scripts', 'gen-secrets.sh'),
+      'k8s',
+      dir,
+    ]);
+    assert.doesNotMatch(stdout, /generated/);
+    assert.deepEqual(await read(), before);
+  });
+
+  it('stops an overlay rendered before the secrets are generated, naming the missing file', async () => {
+    const dir = await makeTempDir('k8s-no-secrets');
+    try {
+      const k8s = join(dir.path, 'k8s');
+      await cp(join(REPO_ROOT, 'deploy', 'k8s'), k8s, { recursive: true });
+      // A developer's own generated files play no part.
+      for (const sub of ['secrets', join('secrets', 'leecher')]) {
+        for (const file of await readdir(join(k8s, sub))) {
+          if (/\.(env|key|pub)$/.test(file)) {
+            await rm(join(k8s, sub, file));
+          }
+        }
+      }
+      for (const overlay of OVERLAYS) {
+        await assert.rejects(
+          run(requireBinary('kubectl'), ['kustomize', join(k8s, 'overlays', overlay)]),
+          /secrets\/(leecher\/)?nats-users\.env: no such file or directory/,
+          overlay,
+        );
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+});
