@@ -6,10 +6,11 @@
  * `httpsFactory` makes a service's HTTPS listener; `watchTlsFiles` is the reloading underneath
  * it, also used by clients that present a certificate of their own.
  */
+import { constants } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
 import type { RequestListener } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 
 import type { Logger } from 'pino';
 
@@ -126,23 +127,30 @@ export async function httpsFactory(
   if (certFile === undefined || keyFile === undefined) {
     throw new ConfigError([`${names.cert} and ${names.key}: give both or neither`]);
   }
+  const verifiesClients = clientCaFile !== undefined;
+  const context = (contents: TlsFileContents<'cert' | 'key' | 'ca'>) => ({
+    ...secureOptions(contents),
+    // No session tickets when client certificates count: Node reports a resumed TLS 1.3
+    // session as verified even when the session it resumes showed no certificate, which with
+    // `rejectUnauthorized: false` would let a client without one in on its second connection.
+    ...(verifiesClients ? { secureOptions: constants.SSL_OP_NO_TICKET } : {}),
+  });
   const servers: Server[] = [];
   const watch = await watchTlsFiles(
     { cert: certFile, key: keyFile, ca: clientCaFile },
     (next) => {
       for (const server of servers) {
-        server.setSecureContext(secureOptions(next));
+        server.setSecureContext(context(next));
       }
     },
     logger,
     reloadCheckMs,
   );
-  const verifiesClients = clientCaFile !== undefined;
   return {
     serverFactory: (handler) => {
       const server = createServer(
         {
-          ...secureOptions(watch.current),
+          ...context(watch.current),
           // Asked for, checked against the CA, but not required at the handshake: the routes
           // that need a member's certificate refuse the others (`clientVerified`).
           ...(verifiesClients ? { requestCert: true, rejectUnauthorized: false } : {}),
@@ -168,8 +176,12 @@ export function secureOptions(contents: TlsFileContents<'cert' | 'key' | 'ca'>):
 
 /**
  * Whether the connection of a request came with a client certificate that chains to the
- * listener's client CA. False on plain HTTP.
+ * listener's client CA, shown in this handshake (a resumed session proves nothing here; see
+ * the session tickets above). False on plain HTTP.
  */
 export function clientVerified(socket: unknown): boolean {
-  return (socket as Partial<TLSSocket> | null)?.authorized === true;
+  if (!(socket instanceof TLSSocket)) {
+    return false;
+  }
+  return socket.authorized && !socket.isSessionReused();
 }

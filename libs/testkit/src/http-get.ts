@@ -15,11 +15,14 @@ export interface GetTextOptions {
   readonly timeoutMs?: number;
 }
 
-/** The status and body of a GET; rejects on a connection or TLS error, or after the timeout. */
+/**
+ * The status and body (as UTF-8 text and as bytes) of a GET; rejects on a connection or TLS
+ * error, or after the timeout.
+ */
 export function getText(
   url: string,
   options: GetTextOptions = {},
-): Promise<{ status: number; body: string }> {
+): Promise<{ status: number; body: string; bytes: Buffer }> {
   const https = url.startsWith('https:');
   const request = https ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
@@ -37,9 +40,12 @@ export function getText(
         signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
       },
       (res) => {
-        let body = '';
-        res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => {
+          const bytes = Buffer.concat(chunks);
+          resolve({ status: res.statusCode ?? 0, body: bytes.toString('utf8'), bytes });
+        });
         res.on('error', reject);
       },
     );

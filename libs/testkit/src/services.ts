@@ -48,6 +48,8 @@ export interface AgentProcess extends ServiceProcess {
   readonly cacheDir: string;
   /** The agent's peer id, when it is in a swarm. */
   readonly peerId: string | undefined;
+  /** Where it serves pieces (`SHOAL_AGENT_PEER_URL`), when it is in a swarm. */
+  readonly peerUrl: string | undefined;
 }
 
 export interface AgentOptions {
@@ -162,7 +164,12 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
     }
   }
   const running = await startService('agent', dir, port, { ...env, ...options.env });
-  return { ...running, cacheDir, peerId };
+  return {
+    ...running,
+    cacheDir,
+    peerId,
+    peerUrl: options.env?.SHOAL_AGENT_PEER_URL ?? env.SHOAL_AGENT_PEER_URL,
+  };
 }
 
 /** Starts a tracker on `natsUrl`. */
