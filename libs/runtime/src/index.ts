@@ -1,5 +1,6 @@
 /** @shoal/runtime: what every Shoal service needs to start, log, measure and stop. */
 export {
+  announcedUrlProblems,
   ConfigError,
   envBool,
   envInt,

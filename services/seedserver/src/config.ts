@@ -5,6 +5,7 @@ import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
 import { peerId } from '@shoal/proto';
 import { registriesList } from '@shoal/registry';
 import {
+  announcedUrlProblems,
   envInt,
   envListen,
   envLogLevel,
@@ -106,14 +107,12 @@ export function loadSeedConfig(env: Record<string, string | undefined>): SeedCon
     );
   }
   // Agents speak what the announced URL says: it must match what the listener serves.
-  const tls = (env.SHOAL_SEED_TLS_CERT_FILE ?? '') !== '';
-  const url = env.SHOAL_SEED_URL ?? '';
-  if (url !== '' && url.startsWith('https:') !== tls) {
-    problems.push(
-      tls
-        ? 'SHOAL_SEED_URL: must be https:// when the seed server serves TLS (SHOAL_SEED_TLS_CERT_FILE)'
-        : 'SHOAL_SEED_URL: https:// needs SHOAL_SEED_TLS_CERT_FILE and SHOAL_SEED_TLS_KEY_FILE',
-    );
-  }
+  problems.push(
+    ...announcedUrlProblems(env, {
+      url: 'SHOAL_SEED_URL',
+      cert: 'SHOAL_SEED_TLS_CERT_FILE',
+      key: 'SHOAL_SEED_TLS_KEY_FILE',
+    }),
+  );
   return loadConfig(seedFields, env, problems);
 }

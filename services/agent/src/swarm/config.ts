@@ -5,7 +5,14 @@
 import { hostname } from 'node:os';
 
 import { peerId } from '@shoal/proto';
-import { envBool, envInt, envListen, envPieceAuth, natsTlsConfig } from '@shoal/runtime';
+import {
+  announcedUrlProblems,
+  envBool,
+  envInt,
+  envListen,
+  envPieceAuth,
+  natsTlsConfig,
+} from '@shoal/runtime';
 import { z } from 'zod';
 
 const defaultId =
@@ -101,15 +108,13 @@ export function swarmConfigProblems(env: Record<string, string | undefined>): st
     );
   }
   // Peers speak what the announced URL says: it must match what the peer port serves.
-  const tls = (env.SHOAL_AGENT_PEER_TLS_CERT_FILE ?? '') !== '';
-  const url = env.SHOAL_AGENT_PEER_URL ?? '';
-  if (url !== '' && url.startsWith('https:') !== tls) {
-    problems.push(
-      tls
-        ? 'SHOAL_AGENT_PEER_URL: must be https:// when the peer port serves TLS (SHOAL_AGENT_PEER_TLS_CERT_FILE)'
-        : 'SHOAL_AGENT_PEER_URL: https:// needs SHOAL_AGENT_PEER_TLS_CERT_FILE and SHOAL_AGENT_PEER_TLS_KEY_FILE',
-    );
-  }
+  problems.push(
+    ...announcedUrlProblems(env, {
+      url: 'SHOAL_AGENT_PEER_URL',
+      cert: 'SHOAL_AGENT_PEER_TLS_CERT_FILE',
+      key: 'SHOAL_AGENT_PEER_TLS_KEY_FILE',
+    }),
+  );
   if (
     ((env.SHOAL_AGENT_PIECE_TLS_CERT_FILE ?? '') === '') !==
     ((env.SHOAL_AGENT_PIECE_TLS_KEY_FILE ?? '') === '')
