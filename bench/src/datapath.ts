@@ -3,13 +3,18 @@
  * The data-path benchmark: what one agent costs per byte it hands to containerd, against the
  * same pull straight from the registry, in one run.
  *
- *   node bench/dist/src/datapath.js [--layers 160,64,32] [--small 10] [--timeout-s 600]
+ *   node bench/dist/src/datapath.js [--layers 160,64,32] [--small 10] [--timeout-s 600] [--only tls]
  *
  * One agent and one seed server (with nats-server and a tracker) serve `ctr images pull` of a
  * generated image; a fresh containerd per pull. In order: the image straight from the registry,
  * through the agent cold (swarm path: seed server, then agent), through the agent warm (cache
  * hit), straight again; a small image straight and through the agent cold; then a second agent
- * fetches the big image's pieces from the first (the seed server stopped). CPU seconds come
+ * fetches the big image's pieces from the first (the seed server stopped), and the same once
+ * more over TLS: a third agent with a TLS peer port (mutual TLS, certificates of a CA made for
+ * the run) takes the image from the first two, they stop, and a fourth agent takes it from the
+ * third over HTTPS; the two agent-to-agent pulls are printed side by side, as ratios. With
+ * `--only tls` the pulls through containerd are skipped (the first agent takes the image from
+ * the seed server with a plain HTTP client) and only that comparison runs. CPU seconds come
  * from /proc/PID/stat (utime + stime) and disk bytes from /proc/PID/io (write_bytes,
  * read_bytes), sampled just before and just after each pull.
  *
@@ -20,7 +25,7 @@ import { join } from 'node:path';
 
 import {
   FAST_SWARM_ENV,
-  freePort,
+  makeTestCa,
   mib,
   procCostBetween,
   ratio,
@@ -34,7 +39,9 @@ import {
   table,
   writeMirrorHosts,
   type Containerd,
+  type AgentProcess,
   type ProcCost,
+  type ServiceProcess,
   type Registry,
   type Teardown,
 } from '@shoal/testkit';
@@ -54,17 +61,20 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
 
-const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
+const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S] [--only tls]
 
   --layers LIST   layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB     size of the small single-layer image (default 10)
   --timeout-s S   longest a pull may take (default 600)
+  --only tls      only the agent-to-agent pulls, plain HTTP against TLS
 `;
 
 interface Options {
   readonly layerSizes: readonly number[];
   readonly smallBytes: number;
   readonly timeoutMs: number;
+  /** Only the agent-to-agent comparison of plain HTTP and TLS. */
+  readonly tlsOnly: boolean;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -72,6 +82,7 @@ function parseOptions(argv: readonly string[]): Options {
     layers: { type: 'string', default: '160,64,32' },
     small: { type: 'string', default: '10' },
     'timeout-s': { type: 'string', default: '600' },
+    only: { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -88,8 +99,11 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
+  if (values.only !== undefined && values.only !== 'tls') {
+    problems.push('--only takes tls');
+  }
   exitOnProblems(problems, USAGE);
-  return { layerSizes, smallBytes, timeoutMs: timeoutS * 1000 };
+  return { layerSizes, smallBytes, timeoutMs: timeoutS * 1000, tlsOnly: values.only === 'tls' };
 }
 
 /** The processes whose cost a pull is charged with, by name. */
@@ -161,69 +175,59 @@ function blobBytes(target: PullTarget): number {
   return target.blobs.reduce((sum, b) => sum + b.size, 0);
 }
 
-/** Starts the swarm side: tracker, seed server, and one agent with a known peer port. */
+/**
+ * Starts the swarm side: tracker, seed server and one agent. The seed server and the agent
+ * may be stopped before the teardown (which then leaves them alone).
+ */
 async function startSwarm(
   natsUrl: string,
   registry: Registry,
   teardown: Teardown,
-): Promise<{
-  registries: string;
-  seed: Awaited<ReturnType<typeof startSeedServer>>;
-  agent: Awaited<ReturnType<typeof startAgent>>;
-}> {
-  const registries = `${registry.host}=${registry.url}`;
+): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
   const tracker = await startTracker({ natsUrl });
   teardown.add('tracker', () => tracker.stop());
-  const seed = await startSeedServer({ natsUrl, registries });
-  let seedStopped = false;
-  teardown.add('seed server', async () => {
-    if (!seedStopped) {
-      await seed.stop();
-    }
-  });
-  const agent = await startAgent({
-    registries,
-    natsUrl,
-    peerId: 'agent-a',
-    defaultRegistry: registry.host,
-    env: { ...FAST_SWARM_ENV },
-  });
-  teardown.add('agent a', () => agent.stop());
-  return {
-    registries,
-    seed: {
-      ...seed,
-      stop: async () => {
-        seedStopped = true;
-        await seed.stop();
-      },
-    },
-    agent,
-  };
+  const seed = await startSeedServer({ natsUrl, registries: `${registry.host}=${registry.url}` });
+  const stopSeed = once(() => seed.stop());
+  teardown.add('seed server', stopSeed);
+  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined);
+  const stopAgent = once(() => agent.stop());
+  teardown.add('agent a', stopAgent);
+  return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
 }
 
-interface Results {
-  readonly bigBytes: number;
-  readonly smallBytes: number;
+/** One agent taking the big image from another, with both agents' costs. */
+interface PeerPull {
+  readonly measured: Measured;
+  readonly fromPeers: number;
+  readonly fromOrigin: number;
+}
+
+/** The pulls through containerd (left out with `--only tls`). */
+interface CtrResults {
   readonly direct: readonly Measured[];
   readonly cold: Measured;
   readonly warm: Measured;
   readonly smallDirect: Measured;
   readonly smallCold: Measured;
-  readonly peer: {
-    readonly measured: Measured;
-    readonly fromPeers: number;
-    readonly fromOrigin: number;
-  };
+}
+
+interface Results {
+  readonly bigBytes: number;
+  readonly smallBytes: number;
+  readonly ctr: CtrResults | undefined;
+  /** Agent to agent over plain HTTP, then over TLS. */
+  readonly peer: PeerPull;
+  readonly peerTls: PeerPull;
   /** The first agent's largest resident set over the run (VmHWM), in bytes. */
   readonly agentPeakRss: number;
 }
 
-function report(options: Options, results: Results): string {
-  const perGiB = (m: Measured, name: string, bytes: number): string => {
-    const cost = m.costs[name];
-    return cost === undefined ? '-' : (cost.cpuSeconds / (bytes / GiB)).toFixed(2);
-  };
+function perGiB(m: Measured, name: string, bytes: number): number {
+  const cost = m.costs[name];
+  return cost === undefined ? Number.NaN : cost.cpuSeconds / (bytes / GiB);
+}
+
+function ctrReport(results: Results, ctr: CtrResults): string[] {
   const perByte = (
     m: Measured,
     name: string,
@@ -233,7 +237,11 @@ function report(options: Options, results: Results): string {
     const cost = m.costs[name];
     return cost === undefined ? '-' : ratio(cost[pick] / bytes);
   };
-  const directS = results.direct.reduce((sum, m) => sum + m.seconds, 0) / results.direct.length;
+  const cpu = (m: Measured, name: string, bytes: number): string => {
+    const value = perGiB(m, name, bytes);
+    return Number.isNaN(value) ? '-' : value.toFixed(2);
+  };
+  const directS = ctr.direct.reduce((sum, m) => sum + m.seconds, 0) / ctr.direct.length;
   const row = (
     label: string,
     m: Measured,
@@ -243,18 +251,16 @@ function report(options: Options, results: Results): string {
     label,
     seconds(m.seconds),
     vsDirect === undefined ? '' : ratio(m.seconds / vsDirect),
-    perGiB(m, 'agent', bytes),
-    perGiB(m, 'seed', bytes),
-    perGiB(m, 'registry', bytes),
+    cpu(m, 'agent', bytes),
+    cpu(m, 'seed', bytes),
+    cpu(m, 'registry', bytes),
     perByte(m, 'agent', 'writeBytes', bytes),
     perByte(m, 'agent', 'readBytes', bytes),
     perByte(m, 'seed', 'writeBytes', bytes),
   ];
   const { bigBytes, smallBytes } = results;
-  const out: string[] = [
-    `Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry`,
-    `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(bigBytes)} of blobs); ` +
-      `small image: ${mib(smallBytes)} of blobs`,
+  return [
+    `small image: ${mib(smallBytes)} of blobs`,
     '',
     table(
       [
@@ -269,33 +275,125 @@ function report(options: Options, results: Results): string {
         'seed disk W/B',
       ],
       [
-        ...results.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
-        row('big, through Shoal, cold', results.cold, bigBytes, directS),
-        row('big, through Shoal, warm (cache hit)', results.warm, bigBytes, directS),
+        ...ctr.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
+        row('big, through Shoal, cold', ctr.cold, bigBytes, directS),
+        row('big, through Shoal, warm (cache hit)', ctr.warm, bigBytes, directS),
         null,
-        row('small, direct', results.smallDirect, smallBytes, undefined),
-        row(
-          'small, through Shoal, cold',
-          results.smallCold,
-          smallBytes,
-          results.smallDirect.seconds,
-        ),
+        row('small, direct', ctr.smallDirect, smallBytes, undefined),
+        row('small, through Shoal, cold', ctr.smallCold, smallBytes, ctr.smallDirect.seconds),
       ],
     ),
     '(/ direct: over the mean of the direct pulls of the same image; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
-    `small image, cold: Shoal adds ${seconds(results.smallCold.seconds - results.smallDirect.seconds)}`,
+    `small image, cold: Shoal adds ${seconds(ctr.smallCold.seconds - ctr.smallDirect.seconds)}`,
+    '',
   ];
-  const { measured, fromPeers, fromOrigin } = results.peer;
-  out.push(
-    `agent to agent (loopback, seed server stopped): ${mib(fromPeers)} from peers in ${seconds(measured.seconds)} = ` +
-      `${(fromPeers / 1e6 / measured.seconds).toFixed(0)} MB/s` +
-      (fromOrigin > 0 ? ` (and ${mib(fromOrigin)} from the origin)` : '') +
-      `; receiving agent ${perGiB(measured, 'agent b', bigBytes)} CPU s/GiB, ` +
-      `serving agent ${perGiB(measured, 'agent', bigBytes)} CPU s/GiB`,
-  );
-  out.push(`agent peak RSS over the run: ${mib(results.agentPeakRss)}`);
+}
+
+function peerReport(results: Results): string[] {
+  const { bigBytes, peer, peerTls } = results;
+  const figures = (pull: PeerPull) => ({
+    mbps: pull.fromPeers / 1e6 / pull.measured.seconds,
+    receiving: perGiB(pull.measured, 'receiver', bigBytes),
+    serving: perGiB(pull.measured, 'sender', bigBytes),
+  });
+  const plain = figures(peer);
+  const tls = figures(peerTls);
+  const row = (label: string, pull: PeerPull, f: typeof plain): string[] => [
+    label,
+    mib(pull.fromPeers),
+    seconds(pull.measured.seconds),
+    f.mbps.toFixed(0),
+    f.receiving.toFixed(2),
+    f.serving.toFixed(2),
+    mib(pull.fromOrigin),
+  ];
+  return [
+    'agent to agent (loopback, seed server stopped, one agent holding the image):',
+    table(
+      [
+        'pieces over',
+        'from peers',
+        'time',
+        'MB/s',
+        'receiving agent CPU s/GiB',
+        'serving agent CPU s/GiB',
+        'from origin',
+      ],
+      [
+        row('plain HTTP', peer, plain),
+        row('TLS (mutual, ECDSA P-256)', peerTls, tls),
+        null,
+        [
+          'TLS / plain',
+          '',
+          ratio(peerTls.measured.seconds / peer.measured.seconds),
+          ratio(tls.mbps / plain.mbps),
+          ratio(tls.receiving / plain.receiving),
+          ratio(tls.serving / plain.serving),
+          '',
+        ],
+      ],
+    ),
+  ];
+}
+
+function report(options: Options, results: Results): string {
+  const out: string[] = [
+    options.tlsOnly
+      ? 'Shoal data-path benchmark: pieces between agents, plain HTTP and TLS'
+      : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
+    `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
+    ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
+    ...peerReport(results),
+    `agent peak RSS over the run: ${mib(results.agentPeakRss)}`,
+  ];
   return `${out.join('\n')}\n`;
+}
+
+function pid(p: { process: { child: { pid?: number | undefined } } }): number {
+  const value = p.process.child.pid;
+  if (value === undefined) {
+    throw new Error('a process has no pid');
+  }
+  return value;
+}
+
+/** `receiver` takes `target` from the swarm through a plain HTTP client; `sender` is charged too. */
+async function peerPull(
+  sender: AgentProcess,
+  receiver: AgentProcess,
+  target: PullTarget,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<PeerPull> {
+  const client = await prepareClient('http', receiver.url, target, timeoutMs);
+  const measured = await measure({ sender: pid(sender), receiver: pid(receiver) }, () =>
+    client.pull(AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])),
+  );
+  const metrics = await scrapeMetrics(receiver.url);
+  return {
+    measured,
+    fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
+    fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
+  };
+}
+
+/** An agent in the swarm on a peer port of its own; with `pieceTls`, that port serves HTTPS. */
+async function startPeer(
+  natsUrl: string,
+  registry: Registry,
+  peerId: string,
+  pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
+): Promise<AgentProcess> {
+  return startAgent({
+    registries: `${registry.host}=${registry.url}`,
+    natsUrl,
+    peerId,
+    defaultRegistry: registry.host,
+    ...(pieceTls === undefined ? {} : { pieceTls }),
+    env: { ...FAST_SWARM_ENV },
+  });
 }
 
 async function main(): Promise<number> {
@@ -313,75 +411,71 @@ async function main(): Promise<number> {
       `big-${run}`,
       options.layerSizes,
     );
-    const small = await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
-      options.smallBytes,
-    ]);
+    const small = options.tlsOnly
+      ? undefined
+      : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
+          options.smallBytes,
+        ]);
     interrupt.signal.throwIfAborted();
-    const { registries, seed, agent } = await startSwarm(nats.url, registry, teardown);
-    const pid = (p: { process: { child: { pid?: number | undefined } } }): number => {
-      const value = p.process.child.pid;
-      if (value === undefined) {
-        throw new Error('a process has no pid');
-      }
-      return value;
-    };
-    const watched = {
-      agent: pid(agent),
-      seed: pid(seed),
-      registry: pid(registry),
-    };
+    const { seed, agent } = await startSwarm(nats.url, registry, teardown);
     const { timeoutMs } = options;
-    progress('big image: direct');
-    const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
-    interrupt.signal.throwIfAborted();
-    progress('big image: through Shoal, cold');
-    const cold = await ctrPull(big.target, agent.url, timeoutMs, watched);
-    interrupt.signal.throwIfAborted();
-    progress('big image: through Shoal, warm');
-    const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
-    interrupt.signal.throwIfAborted();
-    progress('big image: direct again');
-    const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
-    interrupt.signal.throwIfAborted();
-    progress('small image: direct, then through Shoal, cold');
-    const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
-    const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
-    interrupt.signal.throwIfAborted();
+    let ctr: CtrResults | undefined;
+    if (small === undefined) {
+      progress('big image: the first agent takes it from the seed server');
+      const client = await prepareClient('http', agent.url, big.target, timeoutMs);
+      await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+    } else {
+      const watched = { agent: pid(agent), seed: pid(seed), registry: pid(registry) };
+      progress('big image: direct');
+      const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
+      interrupt.signal.throwIfAborted();
+      progress('big image: through Shoal, cold');
+      const cold = await ctrPull(big.target, agent.url, timeoutMs, watched);
+      interrupt.signal.throwIfAborted();
+      progress('big image: through Shoal, warm');
+      const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
+      interrupt.signal.throwIfAborted();
+      progress('big image: direct again');
+      const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
+      interrupt.signal.throwIfAborted();
+      progress('small image: direct, then through Shoal, cold');
+      const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
+      const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
+      interrupt.signal.throwIfAborted();
+      ctr = { direct: [direct1, direct2], cold, warm, smallDirect, smallCold };
+    }
 
     progress('agent to agent: a second agent takes the big image from the first');
     await seed.stop();
-    const peerPort = await freePort();
-    const agentB = await startAgent({
-      registries,
-      natsUrl: nats.url,
-      peerId: 'agent-b',
-      defaultRegistry: registry.host,
-      env: {
-        ...FAST_SWARM_ENV,
-        SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
-        SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
-      },
-    });
-    teardown.add('agent b', () => agentB.stop());
-    const client = await prepareClient('http', agentB.url, big.target, timeoutMs);
-    const measured = await measure({ agent: pid(agent), 'agent b': pid(agentB) }, () =>
-      client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)])),
-    );
-    const metrics = await scrapeMetrics(agentB.url);
+    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined);
+    const stopB = once(() => agentB.stop());
+    teardown.add('agent b', stopB);
+    const peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
     const agentPeakRss = await agent.peakRssBytes();
+    interrupt.signal.throwIfAborted();
+
+    // TLS: a third agent with a TLS peer port takes the image from the first two; once they
+    // are gone, a fourth takes it from the third alone, over HTTPS with client certificates.
+    progress('agent to agent over TLS: a third agent takes the image, a fourth takes it from it');
+    const ca = await makeTestCa('bench-datapath-ca');
+    teardown.add('test CA', () => ca.remove());
+    const pieceTls = { ca, verifyClients: true };
+    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls);
+    teardown.add('agent c', () => agentC.stop());
+    const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
+    await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+    await stopB();
+    await agent.stop();
+    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls);
+    teardown.add('agent d', () => agentD.stop());
+    const peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
+
     const results: Results = {
       bigBytes: blobBytes(big.target),
-      smallBytes: blobBytes(small.target),
-      direct: [direct1, direct2],
-      cold,
-      warm,
-      smallDirect,
-      smallCold,
-      peer: {
-        measured,
-        fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
-        fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
-      },
+      smallBytes: small === undefined ? 0 : blobBytes(small.target),
+      ctr,
+      peer,
+      peerTls,
       agentPeakRss,
     };
     process.stdout.write(report(options, results));
@@ -390,6 +484,12 @@ async function main(): Promise<number> {
     await teardown.run();
     interrupt.release();
   }
+}
+
+/** `stop` run at most once, however many times it is called (a process stopped early and at teardown). */
+function once(stop: () => Promise<void>): () => Promise<void> {
+  let done: Promise<void> | undefined;
+  return () => (done ??= stop());
 }
 
 await runBench(main);

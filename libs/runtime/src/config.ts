@@ -108,6 +108,27 @@ export const natsTlsConfig = z.object({
 });
 export type NatsTlsConfig = z.infer<typeof natsTlsConfig>;
 
+/**
+ * The problem, if any, with a listener's announced URL: clients speak what its scheme says, so
+ * it must be `https://` exactly when the listener has a certificate (`cert`, the variable of
+ * its certificate file; `key`, of its key).
+ */
+export function announcedUrlProblems(
+  env: Record<string, string | undefined>,
+  names: { readonly url: string; readonly cert: string; readonly key: string },
+): string[] {
+  const tls = (env[names.cert] ?? '') !== '';
+  const url = env[names.url] ?? '';
+  if (url === '' || url.startsWith('https:') === tls) {
+    return [];
+  }
+  return [
+    tls
+      ? `${names.url}: must be https:// when the listener serves TLS (${names.cert})`
+      : `${names.url}: https:// needs ${names.cert} and ${names.key}`,
+  ];
+}
+
 /** The text every secret in the deploy files starts as, until an operator replaces it. */
 const PLACEHOLDER = /change-?me/i;
 

@@ -1,5 +1,6 @@
 /** @shoal/runtime: what every Shoal service needs to start, log, measure and stop. */
 export {
+  announcedUrlProblems,
   ConfigError,
   envBool,
   envInt,
@@ -21,6 +22,7 @@ export {
   TOKEN_CLOCK_SKEW_MS,
   type PieceAuthDeps,
   type PieceAuthResult,
+  type PieceRefusal,
 } from './piece-auth.js';
 export { isAbortError, ShoalError } from './errors.js';
 export {
@@ -29,7 +31,16 @@ export {
   limitConnections,
   type HttpLimitsConfig,
 } from './http-limits.js';
-export { httpsFactory, type HttpsFactory, type ServerTlsFiles } from './https.js';
+export {
+  clientVerified,
+  httpsFactory,
+  secureOptions,
+  watchTlsFiles,
+  type HttpsFactory,
+  type ServerTlsFiles,
+  type TlsFileContents,
+  type TlsFileWatch,
+} from './https.js';
 export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
 export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';

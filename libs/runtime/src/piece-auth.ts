@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 
 import { ConfigError, refusePlaceholderSecret } from './config.js';
+import { clientVerified } from './https.js';
 
 /** Clock difference tolerated between the tracker and a serving host, in ms. */
 export const TOKEN_CLOCK_SKEW_MS = 30_000;
@@ -160,12 +161,23 @@ export class PieceTokenVerifier {
   }
 }
 
+/**
+ * Why a piece request was refused: its hand-out token, or (with mutual TLS) no client
+ * certificate from the cluster CA. Stable, used as a metric label.
+ */
+export type PieceRefusal = HandoutTokenRefusal | 'client-certificate';
+
 /** What a piece endpoint needs to refuse non-members. */
 export interface PieceAuthDeps {
   /** The verifier, or undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
+  /**
+   * Mutual TLS: the connection must have shown a client certificate of the listener's client
+   * CA (checked at the handshake). Independent of the token: with both, both are required.
+   */
+  readonly requireClientCert?: boolean;
   /** Counts refusals by reason. */
-  readonly refused: (reason: HandoutTokenRefusal) => void;
+  readonly refused: (reason: PieceRefusal) => void;
   readonly logger: Logger;
 }
 
@@ -175,14 +187,25 @@ interface PieceParams {
 }
 
 /**
- * A fastify preHandler for a `/pieces/:algorithm/:hex/:index` route: answers 401 (no, bad or
- * expired token) or 403 (a token for another blob or peer) before the handler runs.
+ * A fastify preHandler for a `/pieces/:algorithm/:hex/:index` route: answers 403 (no client
+ * certificate of the cluster CA, with mutual TLS), 401 (no, bad or expired token) or 403 (a
+ * token for another blob or peer) before the handler runs.
  */
 export function pieceAuthPreHandler(deps: PieceAuthDeps) {
   return async (
     request: FastifyRequest<{ Params: PieceParams }>,
     reply: FastifyReply,
   ): Promise<FastifyReply | undefined> => {
+    if (deps.requireClientCert === true && !clientVerified(request.raw.socket)) {
+      deps.refused('client-certificate');
+      deps.logger.warn(
+        { reason: 'client-certificate', from: request.ip, path: request.url.slice(0, 256) },
+        'piece request refused',
+      );
+      return reply
+        .code(403)
+        .send({ error: 'piece request refused: no client certificate from the cluster CA' });
+    }
     if (deps.verifier === undefined) {
       return undefined;
     }

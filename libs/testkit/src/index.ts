@@ -59,11 +59,13 @@ export {
   WATCHER_TOKEN,
   type AgentOptions,
   type AgentProcess,
+  type PieceTls,
   type SeedServerOptions,
   type ServiceProcess,
   type WatcherOptions,
 } from './services.js';
 export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
+export { getText, type GetTextOptions } from './http-get.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
 export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';

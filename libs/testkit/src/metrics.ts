@@ -1,4 +1,5 @@
 /** Reads a service's Prometheus /metrics once, with a timeout, and answers several questions. */
+import { getText } from './http-get.js';
 
 export interface MetricsSnapshot {
   /** One counter or gauge, summed over the label sets that carry every label in `labels`. */
@@ -9,15 +10,22 @@ export interface MetricsSnapshot {
 
 const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$/;
 
-export async function scrapeMetrics(baseUrl: string, timeoutMs = 10_000): Promise<MetricsSnapshot> {
-  const response = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(timeoutMs) });
-  if (!response.ok) {
-    await response.body?.cancel();
+/** `ca`: the PEM CA to trust when `baseUrl` is `https://` with a test CA's certificate. */
+export async function scrapeMetrics(
+  baseUrl: string,
+  timeoutMs = 10_000,
+  ca?: Buffer,
+): Promise<MetricsSnapshot> {
+  const response = await getText(`${baseUrl}/metrics`, {
+    timeoutMs,
+    ...(ca === undefined ? {} : { ca }),
+  });
+  if (response.status !== 200) {
     throw new Error(`${baseUrl}/metrics: HTTP ${response.status}`);
   }
   const samples: { name: string; labels: string; value: number }[] = [];
   const families = new Set<string>();
-  for (const line of (await response.text()).split('\n')) {
+  for (const line of response.body.split('\n')) {
     if (line.startsWith('# TYPE ')) {
       families.add(line.split(' ')[2] ?? '');
     }

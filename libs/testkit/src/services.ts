@@ -7,8 +7,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { writeHandoutPrivateKey, writeHandoutPublicKeys } from './handout-keys.js';
+import { getText } from './http-get.js';
 import { scrapeMetrics } from './metrics.js';
 import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
+import type { TestCa } from './tls.js';
 
 /** The built entry point of a service. */
 export function serviceMain(service: ShoalService): string {
@@ -46,6 +48,8 @@ export interface AgentProcess extends ServiceProcess {
   readonly cacheDir: string;
   /** The agent's peer id, when it is in a swarm. */
   readonly peerId: string | undefined;
+  /** Where it serves pieces (`SHOAL_AGENT_PEER_URL`), when it is in a swarm. */
+  readonly peerUrl: string | undefined;
 }
 
 export interface AgentOptions {
@@ -61,6 +65,15 @@ export interface AgentOptions {
   /** Peer id in the swarm (default `agent-<port>`). */
   readonly peerId?: string;
   readonly env?: Record<string, string>;
+  /** Pieces over TLS: the peer port serves HTTPS and the piece client trusts only `ca`. */
+  readonly pieceTls?: PieceTls;
+}
+
+/** TLS on the data path, with certificates from a test CA. */
+export interface PieceTls {
+  readonly ca: TestCa;
+  /** Mutual TLS: pieces only for clients with a certificate of `ca` (each gets one). */
+  readonly verifyClients?: boolean;
 }
 
 /** Starts a service process and waits for its /readyz; `env` is all it gets besides PATH. */
@@ -69,17 +82,20 @@ async function startService(
   dir: { path: string; remove(): Promise<void> },
   port: number,
   env: Record<string, string>,
+  /** The listener serves HTTPS with a certificate of this CA. */
+  ca?: Buffer,
 ): Promise<ServiceProcess> {
   const proc = startProcess(process.execPath, [serviceMain(service)], {
     logPath: join(dir.path, `${service}.log`),
     env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
   });
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${ca === undefined ? 'http' : 'https'}://127.0.0.1:${port}`;
   try {
-    await waitFor(`${service} /readyz`, async () => (await fetch(`${url}/readyz`)).ok, {
-      process: proc,
-      timeoutMs: 30_000,
-    });
+    await waitFor(
+      `${service} /readyz`,
+      async () => (await getText(`${url}/readyz`, ca === undefined ? {} : { ca })).status === 200,
+      { process: proc, timeoutMs: 30_000 },
+    );
   } catch (error) {
     await proc.stop();
     throw new Error(
@@ -99,7 +115,8 @@ async function startService(
       }
       return Number(match[1]) * 1024;
     },
-    metric: async (name, labels = {}) => (await scrapeMetrics(url)).get(name, labels),
+    metric: async (name, labels = {}) =>
+      (await scrapeMetrics(url, undefined, ca)).get(name, labels),
     stop: async () => {
       await proc.stop();
       await dir.remove();
@@ -131,9 +148,28 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
       SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
     });
+    if (options.pieceTls !== undefined) {
+      const { ca, verifyClients } = options.pieceTls;
+      const cert = await ca.issue(`agent-${peerId}`);
+      Object.assign(env, {
+        SHOAL_AGENT_PEER_URL: `https://127.0.0.1:${peerPort}`,
+        SHOAL_AGENT_PEER_TLS_CERT_FILE: cert.certFile,
+        SHOAL_AGENT_PEER_TLS_KEY_FILE: cert.keyFile,
+        SHOAL_AGENT_PIECE_TLS_CA_FILE: ca.caFile,
+        // The same certificate as a client's, for peers and seed servers that verify clients.
+        SHOAL_AGENT_PIECE_TLS_CERT_FILE: cert.certFile,
+        SHOAL_AGENT_PIECE_TLS_KEY_FILE: cert.keyFile,
+        ...(verifyClients === true ? { SHOAL_AGENT_PEER_TLS_CLIENT_CA_FILE: ca.caFile } : {}),
+      });
+    }
   }
   const running = await startService('agent', dir, port, { ...env, ...options.env });
-  return { ...running, cacheDir, peerId };
+  return {
+    ...running,
+    cacheDir,
+    peerId,
+    peerUrl: options.env?.SHOAL_AGENT_PEER_URL ?? env.SHOAL_AGENT_PEER_URL,
+  };
 }
 
 /** Starts a tracker on `natsUrl`. */
@@ -161,24 +197,44 @@ export interface SeedServerOptions {
   /** Port to listen on (a restart keeps its address); a free one when omitted. */
   readonly port?: number;
   readonly env?: Record<string, string>;
+  /** Pieces (and ops) over HTTPS with a certificate of this CA. */
+  readonly pieceTls?: PieceTls;
 }
 
 /** Starts a seed server on `natsUrl`, with its cache and (by default) its store in its own directory. */
 export async function startSeedServer(options: SeedServerOptions): Promise<ServiceProcess> {
   const dir = await makeTempDir('seedserver');
   const port = options.port ?? (await freePort());
-  return startService('seedserver', dir, port, {
+  const tls = options.pieceTls;
+  const cert = tls === undefined ? undefined : await tls.ca.issue(`seed-${port}`);
+  const tlsEnv: Record<string, string> =
+    tls === undefined || cert === undefined
+      ? {}
+      : {
+          SHOAL_SEED_TLS_CERT_FILE: cert.certFile,
+          SHOAL_SEED_TLS_KEY_FILE: cert.keyFile,
+          ...(tls.verifyClients === true ? { SHOAL_SEED_TLS_CLIENT_CA_FILE: tls.ca.caFile } : {}),
+        };
+  const env = {
     SHOAL_NATS_URL: options.natsUrl,
     SHOAL_SEED_LISTEN: `127.0.0.1:${port}`,
-    SHOAL_SEED_URL: `http://127.0.0.1:${port}`,
+    SHOAL_SEED_URL: `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
     SHOAL_SEED_ID: options.id ?? `seed-${port}`,
     SHOAL_SEED_REGISTRIES: options.registries,
     SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
     SHOAL_STORE_DIR: join(dir.path, 'store'),
     SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
+    ...tlsEnv,
     ...options.storeEnv,
     ...options.env,
-  });
+  };
+  return startService(
+    'seedserver',
+    dir,
+    port,
+    env,
+    tls === undefined ? undefined : await readFile(tls.ca.caFile),
+  );
 }
 
 export interface WatcherOptions {

@@ -33,6 +33,7 @@ import { startNodePreheat, type StartedPreheat } from './preheat/start.js';
 import { createTransferLimits } from './swarm/limits.js';
 import { registerPeerRoutes } from './swarm/peer-server.js';
 import { pieceVerifier } from './swarm/piece-auth.js';
+import { peerHttps, pieceClientTls } from './swarm/piece-tls.js';
 import { joinSwarm, startSwarm, type StartedSwarm, type SwarmJoin } from './swarm/start.js';
 import { OriginFetcher, type BlobFetcher } from './upstream/origin-fetcher.js';
 import { RegistryRequests } from './upstream/registry-requests.js';
@@ -198,11 +199,16 @@ export async function buildApp(
   // Peers: pieces for other agents (not on a leecher), and ops for the kubelet's probes and
   // Prometheus off the node (on a leecher too).
   const uploads = config.SHOAL_AGENT_MODE !== 'leecher';
+  // TLS on the data path: HTTPS on the peer port with a certificate, and the piece client's
+  // trust for https:// peers and seed servers.
+  const peerTls = natsUrl === undefined ? undefined : await peerHttps(config, logger);
+  const pieceTls = natsUrl === undefined ? undefined : await pieceClientTls(config, logger);
   const peerServer =
     natsUrl === undefined
       ? undefined
       : Fastify({
           ...httpServerOptions(config),
+          ...(peerTls === undefined ? {} : { serverFactory: peerTls.serverFactory }),
           loggerInstance: fastifyLogger,
           logController: new LogController({ disableRequestLogging: true }),
           forceCloseConnections: 'idle',
@@ -224,6 +230,7 @@ export async function buildApp(
         pool: piecePool,
         metrics,
         verifier,
+        requireClientCert: peerTls?.verifiesClients === true,
         logger,
         corruptPieces: config.SHOAL_AGENT_FAULT_CORRUPT_PIECES,
       });
@@ -259,7 +266,16 @@ export async function buildApp(
           () =>
             startSwarm(
               { ...config, SHOAL_NATS_URL: natsUrl },
-              { store, requests, metrics, logger, limits, pool: piecePool, ledger },
+              {
+                store,
+                requests,
+                metrics,
+                logger,
+                limits,
+                pool: piecePool,
+                ledger,
+                ...(pieceTls === undefined ? {} : { pieceTls }),
+              },
             ),
           {
             logger,
@@ -316,6 +332,8 @@ export async function buildApp(
       await downloads.close();
       authz?.close();
       await join?.close();
+      peerTls?.stop();
+      pieceTls?.stop();
       await upstream.close();
     },
   };

@@ -108,7 +108,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     pieceAuthRefused: new Counter({
       name: `${prefix}piece_auth_refused_total`,
-      help: 'Piece requests from peers refused for their hand-out token, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer)',
+      help: 'Piece requests from peers refused for their hand-out token or client certificate, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer; client-certificate with mutual TLS)',
       labelNames: ['reason'] as const,
       registers,
     }),

@@ -280,3 +280,46 @@ describe('piece authentication settings', () => {
     );
   });
 });
+
+describe('pieces over TLS settings', () => {
+  const swarm = {
+    SHOAL_AGENT_REGISTRIES: 'docker.io',
+    SHOAL_NATS_URL: 'nats://127.0.0.1:4222',
+    SHOAL_AGENT_PIECE_AUTH: 'off',
+  };
+  const tls = {
+    SHOAL_AGENT_PEER_TLS_CERT_FILE: '/etc/shoal/pieces-tls/tls.crt',
+    SHOAL_AGENT_PEER_TLS_KEY_FILE: '/etc/shoal/pieces-tls/tls.key',
+  };
+
+  it('takes an https:// peer URL with a certificate, and the piece client settings', () => {
+    const config = loadAgentConfig({
+      ...swarm,
+      ...tls,
+      SHOAL_AGENT_PEER_URL: 'https://10.0.0.7:65002',
+      SHOAL_AGENT_PEER_TLS_CLIENT_CA_FILE: '/etc/shoal/pieces-tls/ca.crt',
+      SHOAL_AGENT_PIECE_TLS_CA_FILE: '/etc/shoal/pieces-tls/ca.crt',
+      SHOAL_AGENT_PIECE_TLS_SERVER_NAME: 'shoal-pieces',
+    });
+    assert.equal(config.SHOAL_AGENT_PEER_TLS_CERT_FILE, tls.SHOAL_AGENT_PEER_TLS_CERT_FILE);
+    assert.equal(config.SHOAL_AGENT_PIECE_TLS_SERVER_NAME, 'shoal-pieces');
+  });
+
+  it('refuses a peer URL whose scheme is not what the peer port serves', () => {
+    assertMentions(
+      configProblems({ ...swarm, ...tls, SHOAL_AGENT_PEER_URL: 'http://10.0.0.7:65002' }),
+      'SHOAL_AGENT_PEER_URL: must be https://',
+    );
+    assertMentions(
+      configProblems({ ...swarm, SHOAL_AGENT_PEER_URL: 'https://10.0.0.7:65002' }),
+      'SHOAL_AGENT_PEER_URL: https:// needs SHOAL_AGENT_PEER_TLS_CERT_FILE',
+    );
+  });
+
+  it('refuses a client certificate without its key', () => {
+    assertMentions(
+      configProblems({ ...swarm, SHOAL_AGENT_PIECE_TLS_CERT_FILE: '/tls.crt' }),
+      'SHOAL_AGENT_PIECE_TLS_CERT_FILE and SHOAL_AGENT_PIECE_TLS_KEY_FILE',
+    );
+  });
+});

@@ -10,6 +10,7 @@ import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '
 import {
   ConfigError,
   createLogger,
+  httpsFactory,
   createMetrics,
   PieceTokenVerifier,
   RateLimiter,
@@ -99,10 +100,24 @@ export async function buildApp(
   const locks = await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
   await ensureSeedConsumer(jsm);
 
-  // HTTP: pieces for agents, and ops.
+  // HTTP: pieces for agents, and ops; HTTPS with a certificate (mutual TLS with a client CA).
+  const https = await httpsFactory(
+    {
+      certFile: config.SHOAL_SEED_TLS_CERT_FILE,
+      keyFile: config.SHOAL_SEED_TLS_KEY_FILE,
+      clientCaFile: config.SHOAL_SEED_TLS_CLIENT_CA_FILE,
+    },
+    {
+      cert: 'SHOAL_SEED_TLS_CERT_FILE',
+      key: 'SHOAL_SEED_TLS_KEY_FILE',
+      clientCa: 'SHOAL_SEED_TLS_CLIENT_CA_FILE',
+    },
+    logger,
+  );
   const fastifyLogger: FastifyBaseLogger = logger;
   const server = Fastify({
     ...httpServerOptions(config),
+    ...(https === undefined ? {} : { serverFactory: https.serverFactory }),
     loggerInstance: fastifyLogger,
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
@@ -128,6 +143,7 @@ export async function buildApp(
     },
     metrics,
     verifier,
+    requireClientCert: https?.verifiesClients === true,
     logger,
     registry: serviceMetrics.registry,
     notReadyReason: () =>
@@ -149,7 +165,7 @@ export async function buildApp(
       const host = ['0.0.0.0', '::'].includes(config.SHOAL_SEED_LISTEN.host)
         ? hostname()
         : config.SHOAL_SEED_LISTEN.host;
-      address = `http://${host}:${port}`;
+      address = `${https === undefined ? 'http' : 'https'}://${host}:${port}`;
       // Seeding: the seeder announces as soon as it knows its own address.
       seeder = new Seeder({
         js,
@@ -207,6 +223,7 @@ export async function buildApp(
       usage.stop();
       await nc.drain().catch(() => undefined);
       await server.close();
+      https?.stop();
       await upstream.close();
       await store.close();
     },

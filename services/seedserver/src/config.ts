@@ -5,6 +5,7 @@ import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
 import { peerId } from '@shoal/proto';
 import { registriesList } from '@shoal/registry';
 import {
+  announcedUrlProblems,
   envInt,
   envListen,
   envLogLevel,
@@ -26,8 +27,20 @@ export const seedFields = z.object({
   ...blobStoreConfig.shape,
   /** Where pieces, /healthz, /readyz and /metrics are served (default `0.0.0.0:65010`). */
   SHOAL_SEED_LISTEN: envListen('0.0.0.0:65010'),
-  /** The URL agents fetch pieces from (default `http://<hostname>:<port>`). */
+  /**
+   * The URL agents fetch pieces from (default `http://<hostname>:<port>`, `https://` with
+   * SHOAL_SEED_TLS_CERT_FILE).
+   */
   SHOAL_SEED_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** PEM certificate chain: pieces and ops are served over HTTPS (with SHOAL_SEED_TLS_KEY_FILE). */
+  SHOAL_SEED_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key of SHOAL_SEED_TLS_CERT_FILE. */
+  SHOAL_SEED_TLS_KEY_FILE: z.string().min(1).optional(),
+  /**
+   * PEM CA bundle: pieces only for agents showing a client certificate of this CA (mutual
+   * TLS), besides the hand-out token. Probes and /metrics need none.
+   */
+  SHOAL_SEED_TLS_CLIENT_CA_FILE: z.string().min(1).optional(),
   /** The seed's peer id in the swarm (default `seed-<hostname>`). */
   SHOAL_SEED_ID: peerId.default(defaultId),
   /** Registries the seed may fetch from, as `host` or `host=url`, comma-separated. */
@@ -106,5 +119,13 @@ export function loadSeedConfig(env: Record<string, string | undefined>): SeedCon
       "SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: required to check agents' hand-out tokens (the tracker's public key), unless SHOAL_SEED_PIECE_AUTH=off",
     );
   }
+  // Agents speak what the announced URL says: it must match what the listener serves.
+  problems.push(
+    ...announcedUrlProblems(env, {
+      url: 'SHOAL_SEED_URL',
+      cert: 'SHOAL_SEED_TLS_CERT_FILE',
+      key: 'SHOAL_SEED_TLS_KEY_FILE',
+    }),
+  );
   return loadConfig(seedFields, env, problems);
 }

@@ -104,7 +104,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     pieceAuthRefused: new Counter({
       name: `${prefix}piece_auth_refused_total`,
-      help: 'Piece requests refused for their hand-out token, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer)',
+      help: 'Piece requests refused for their hand-out token or client certificate, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer; client-certificate with mutual TLS)',
       labelNames: ['reason'] as const,
       registers,
     }),

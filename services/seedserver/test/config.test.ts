@@ -49,4 +49,26 @@ describe('seed server configuration', () => {
       assert.match(thrown.message, new RegExp(name));
     }
   });
+
+  it('takes https:// with a certificate, and refuses a URL whose scheme the listener does not serve', () => {
+    const tls = {
+      SHOAL_SEED_TLS_CERT_FILE: '/etc/shoal/pieces-tls/tls.crt',
+      SHOAL_SEED_TLS_KEY_FILE: '/etc/shoal/pieces-tls/tls.key',
+    };
+    const config = loadSeedConfig({
+      ...required,
+      ...tls,
+      SHOAL_SEED_URL: 'https://seed-0.example:65010',
+      SHOAL_SEED_TLS_CLIENT_CA_FILE: '/etc/shoal/pieces-tls/ca.crt',
+    });
+    assert.equal(config.SHOAL_SEED_TLS_CLIENT_CA_FILE, '/etc/shoal/pieces-tls/ca.crt');
+    assert.throws(
+      () => loadSeedConfig({ ...required, ...tls, SHOAL_SEED_URL: 'http://seed-0.example:65010' }),
+      /SHOAL_SEED_URL: must be https:\/\//,
+    );
+    assert.throws(
+      () => loadSeedConfig({ ...required, SHOAL_SEED_URL: 'https://seed-0.example:65010' }),
+      /SHOAL_SEED_URL: https:\/\/ needs SHOAL_SEED_TLS_CERT_FILE/,
+    );
+  });
 });

@@ -17,6 +17,7 @@ import {
   type AgentProcess,
   type GeneratedImage,
   type NatsServer,
+  type PieceTls,
   type Registry,
   type ServiceProcess,
   type TestCa,
@@ -43,12 +44,16 @@ export interface ClusterSpec {
   readonly registry?: { registry: Registry; image: GeneratedImage };
   /** NATS over TLS from a CA of the test's own; every service gets a client certificate. */
   readonly natsTls?: { readonly verifyClients: boolean };
+  /** Pieces over TLS (peer ports and the seed server) from the same CA; mutual with `verifyClients`. */
+  readonly pieceTls?: { readonly verifyClients: boolean };
 }
 
 export interface Cluster {
   readonly nats: NatsServer;
-  /** The CA of NATS's certificates, with `natsTls`. */
+  /** The CA of NATS's and the piece servers' certificates, with `natsTls` or `pieceTls`. */
   readonly ca: TestCa | undefined;
+  /** The piece TLS every agent and the seed server get, to start more agents alike. */
+  readonly pieceTls: PieceTls | undefined;
   readonly registry: Registry;
   readonly image: GeneratedImage;
   readonly trackers: ServiceProcess[];
@@ -70,10 +75,15 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     }
   };
   try {
-    const ca = spec.natsTls === undefined ? undefined : await makeTestCa();
+    const ca =
+      spec.natsTls === undefined && spec.pieceTls === undefined ? undefined : await makeTestCa();
     if (ca !== undefined) {
       stops.push(() => ca.remove());
     }
+    const pieceTls: PieceTls | undefined =
+      ca === undefined || spec.pieceTls === undefined
+        ? undefined
+        : { ca, verifyClients: spec.pieceTls.verifyClients };
     const nats = await startNats(
       ca === undefined || spec.natsTls === undefined
         ? {}
@@ -109,6 +119,7 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
     const cluster: Cluster = {
       nats,
       ca,
+      pieceTls,
       registry,
       image,
       trackers,
@@ -116,6 +127,7 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
         natsUrl: nats.url,
         registries,
         env: { ...spec.env, ...spec.seedEnv, ...(await nats.clientEnv('seedserver')) },
+        ...(pieceTls === undefined ? {} : { pieceTls }),
       }),
       agents: [],
       agentEnv: { ...FAST_SWARM_ENV, ...spec.env },
@@ -134,6 +146,7 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
           defaultRegistry: registry.host,
           natsUrl: nats.url,
           peerId: agent.peerId,
+          ...(pieceTls === undefined ? {} : { pieceTls }),
           env: {
             ...cluster.agentEnv,
             ...(await nats.clientEnv(agent.peerId)),

@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { copyFile, readFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { request, type RequestOptions } from 'node:https';
+import { Agent, request, type RequestOptions } from 'node:https';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 
-import { createLogger, httpsFactory } from '@shoal/runtime';
+import { clientVerified, createLogger, httpsFactory } from '@shoal/runtime';
 import {
   freePort,
   makeTempDir,
@@ -172,6 +172,46 @@ describe('HTTPS listeners', () => {
     } finally {
       factory.stop();
       await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it('with a client CA, tells verified clients apart, also on a resumed session', async () => {
+    const serverCert = await ca.issue('mtls-server');
+    const member = await ca.issue('mtls-member');
+    const otherCa = await makeTestCa('mtls-other');
+    const factory = await httpsFactory(
+      { certFile: serverCert.certFile, keyFile: serverCert.keyFile, clientCaFile: ca.caFile },
+      { cert: 'CERT', key: 'KEY', clientCa: 'CLIENT_CA' },
+      createLogger({ service: 'https-test', level: 'silent' }),
+    );
+    assert.ok(factory?.verifiesClients === true);
+    const server = factory.serverFactory((req, res) => res.end(String(clientVerified(req.socket))));
+    const port = await freePort();
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    const url = `https://127.0.0.1:${String(port)}/`;
+    try {
+      const stranger = await otherCa.issue('mtls-stranger');
+      const certOf = async (c: { certFile: string; keyFile: string }) => ({
+        cert: await readFile(c.certFile),
+        key: await readFile(c.keyFile),
+      });
+      // One agent without keep-alive: every request is a new connection that offers the
+      // session (ticket) of the one before, as a client resuming would.
+      const agent = new Agent({ keepAlive: false, maxCachedSessions: 10 });
+      const none = [];
+      for (let i = 0; i < 3; i++) {
+        none.push((await httpsCall(url, { ca: caPem, agent })).body);
+      }
+      assert.deepEqual(none, ['false', 'false', 'false'], 'no certificate, however many times');
+      const memberAnswer = await httpsCall(url, { ca: caPem, ...(await certOf(member)) });
+      assert.equal(memberAnswer.body, 'true');
+      const strangerAnswer = await httpsCall(url, { ca: caPem, ...(await certOf(stranger)) });
+      assert.equal(strangerAnswer.body, 'false', 'a certificate of another CA');
+      agent.destroy();
+    } finally {
+      factory.stop();
+      await new Promise((resolve) => server.close(resolve));
+      await otherCa.remove();
     }
   });
 });

@@ -5,7 +5,14 @@
 import { hostname } from 'node:os';
 
 import { peerId } from '@shoal/proto';
-import { envBool, envInt, envListen, envPieceAuth, natsTlsConfig } from '@shoal/runtime';
+import {
+  announcedUrlProblems,
+  envBool,
+  envInt,
+  envListen,
+  envPieceAuth,
+  natsTlsConfig,
+} from '@shoal/runtime';
 import { z } from 'zod';
 
 const defaultId =
@@ -24,8 +31,32 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_PEER_ID: peerId.default(defaultId),
   /** Where pieces are served to peers, with /healthz, /readyz and /metrics (default `0.0.0.0:65002`). */
   SHOAL_AGENT_PEER_LISTEN: envListen('0.0.0.0:65002'),
-  /** The URL peers fetch pieces from (default `http://<hostname>:<port>`). */
+  /**
+   * The URL peers fetch pieces from (default `http://<hostname>:<port>`, `https://` with
+   * SHOAL_AGENT_PEER_TLS_CERT_FILE).
+   */
   SHOAL_AGENT_PEER_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** PEM certificate chain: the peer port serves HTTPS (with SHOAL_AGENT_PEER_TLS_KEY_FILE). */
+  SHOAL_AGENT_PEER_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key of SHOAL_AGENT_PEER_TLS_CERT_FILE. */
+  SHOAL_AGENT_PEER_TLS_KEY_FILE: z.string().min(1).optional(),
+  /**
+   * PEM CA bundle: pieces only for peers showing a client certificate of this CA (mutual
+   * TLS), besides the hand-out token. Probes and /metrics need none.
+   */
+  SHOAL_AGENT_PEER_TLS_CLIENT_CA_FILE: z.string().min(1).optional(),
+  /** PEM CA bundle that `https://` peers' and seed servers' certificates must chain to (default: the system's). */
+  SHOAL_AGENT_PIECE_TLS_CA_FILE: z.string().min(1).optional(),
+  /** PEM client certificate shown to `https://` piece servers that verify clients (with SHOAL_AGENT_PIECE_TLS_KEY_FILE). */
+  SHOAL_AGENT_PIECE_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key of SHOAL_AGENT_PIECE_TLS_CERT_FILE. */
+  SHOAL_AGENT_PIECE_TLS_KEY_FILE: z.string().min(1).optional(),
+  /**
+   * The name every `https://` piece server's certificate must carry, checked instead of the
+   * URL's host (and sent as SNI): for agents that share one certificate and are announced by
+   * node address. Unset: the URL's host name or address.
+   */
+  SHOAL_AGENT_PIECE_TLS_SERVER_NAME: z.string().min(1).max(253).optional(),
   /** Topology zone; hand-outs prefer peers in the same zone. */
   SHOAL_AGENT_ZONE: z.string().max(63).optional(),
   /** `mixed` (download and upload, default), `seeder` (the same; for nodes meant to upload), `leecher` (never uploads). */
@@ -82,12 +113,32 @@ export type SwarmConfig = z.infer<typeof swarmConfig>;
 
 /** The cross-variable problems of the swarm configuration, as `NAME: reason`. */
 export function swarmConfigProblems(env: Record<string, string | undefined>): string[] {
+  const problems: string[] = [];
   const servesPieces = (env.SHOAL_NATS_URL ?? '') !== '' && env.SHOAL_AGENT_MODE !== 'leecher';
-  return servesPieces &&
+  if (
+    servesPieces &&
     env.SHOAL_AGENT_PIECE_AUTH !== 'off' &&
     (env.SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE ?? '') === ''
-    ? [
-        "SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: required to check peers' hand-out tokens (the tracker's public key), unless SHOAL_AGENT_PIECE_AUTH=off",
-      ]
-    : [];
+  ) {
+    problems.push(
+      "SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: required to check peers' hand-out tokens (the tracker's public key), unless SHOAL_AGENT_PIECE_AUTH=off",
+    );
+  }
+  // Peers speak what the announced URL says: it must match what the peer port serves.
+  problems.push(
+    ...announcedUrlProblems(env, {
+      url: 'SHOAL_AGENT_PEER_URL',
+      cert: 'SHOAL_AGENT_PEER_TLS_CERT_FILE',
+      key: 'SHOAL_AGENT_PEER_TLS_KEY_FILE',
+    }),
+  );
+  if (
+    ((env.SHOAL_AGENT_PIECE_TLS_CERT_FILE ?? '') === '') !==
+    ((env.SHOAL_AGENT_PIECE_TLS_KEY_FILE ?? '') === '')
+  ) {
+    problems.push(
+      'SHOAL_AGENT_PIECE_TLS_CERT_FILE and SHOAL_AGENT_PIECE_TLS_KEY_FILE: give both or neither',
+    );
+  }
+  return problems;
 }

@@ -29,6 +29,8 @@ export interface PeerRouteDeps {
   readonly metrics: AgentMetrics;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
+  /** Mutual TLS: pieces only over connections that showed a client certificate of the CA. */
+  readonly requireClientCert: boolean;
   readonly logger: Logger;
   /** Test fault: flip a byte of every piece served. */
   readonly corruptPieces: boolean;
@@ -112,6 +114,7 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({
     verifier: deps.verifier,
+    requireClientCert: deps.requireClientCert,
     refused: (reason) => deps.metrics.pieceAuthRefused.inc({ reason }),
     logger: deps.logger,
   });

@@ -2,7 +2,7 @@
 import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
 
-import { PieceHttpClient } from './piece-http.js';
+import { PieceHttpClient, type PieceTlsOptions } from './piece-http.js';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -13,11 +13,13 @@ export class PieceFetchError extends ShoalError<
 const EMPTY = Buffer.alloc(0);
 
 export class PieceClient {
-  readonly #http = new PieceHttpClient();
+  readonly #http: PieceHttpClient;
   readonly #timeoutMs: number;
 
-  constructor(timeoutMs: number) {
+  /** `tls`: how `https://` peers and seed servers are reached (default: the system's CAs). */
+  constructor(timeoutMs: number, tls?: PieceTlsOptions) {
     this.#timeoutMs = timeoutMs;
+    this.#http = new PieceHttpClient(tls);
   }
 
   /**

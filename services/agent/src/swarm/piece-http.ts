@@ -7,8 +7,13 @@
  * each connection reads into one buffer of its own (net's `onread`) and the body is handed to
  * the caller as views of it, to be copied at once into the piece. Pieces are plain GETs answered
  * with a body of a known length (or chunked), so the protocol needed is small.
+ *
+ * `https://` sources are reached over TLS (`tls.connect`, with the same per-connection read
+ * buffer): the server's certificate must chain to the configured CA (the system's by default)
+ * and name the host dialled, or the configured server name.
  */
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type OnReadOpts, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type SecureContext } from 'node:tls';
 
 /** Bytes each connection reads at a time, into a buffer it keeps. */
 const READ_BUFFER_BYTES = 256 * 1024;
@@ -21,6 +26,17 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const IDLE_MS = 4000;
 /** Idle connections kept per host. */
 const MAX_IDLE_PER_HOST = 16;
+
+/** How `https://` sources are reached. */
+export interface PieceTlsOptions {
+  /** CA, and client certificate for mutual TLS; undefined: the system's CAs, no certificate. */
+  readonly secureContext: () => SecureContext | undefined;
+  /**
+   * The name servers' certificates must carry (and the SNI sent), instead of the URL's host:
+   * for peers that share one certificate and are dialled by address.
+   */
+  readonly servername: string | undefined;
+}
 
 /** What the caller does with one response. */
 export interface ResponseSink {
@@ -53,24 +69,38 @@ class Connection {
   /** Drops the connection from the idle list (its close/error listener while idle). */
   forget: (() => void) | undefined;
 
-  constructor(host: string, port: number) {
-    this.socket = connect({
-      host,
-      port,
-      noDelay: true,
-      onread: {
-        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
-        callback: (bytes: number, buffer: Uint8Array) => {
-          const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
-          if (this.receive === undefined) {
-            // Nothing was asked: a server that talks out of turn loses the connection.
-            this.socket.destroy();
-            return false;
-          }
-          return this.receive(view);
-        },
+  constructor(url: URL, tls: PieceTlsOptions | undefined) {
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const onread: OnReadOpts = {
+      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      callback: (bytes: number, buffer: Uint8Array): boolean => {
+        const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
+        if (this.receive === undefined) {
+          // Nothing was asked: a server that talks out of turn loses the connection.
+          this.socket.destroy();
+          return false;
+        }
+        return this.receive(view);
       },
-    });
+    };
+    if (url.protocol === 'https:') {
+      const secureContext = tls?.secureContext();
+      // SNI carries names only; an address is checked against the certificate's IP names.
+      const servername = tls?.servername ?? (isIP(host) === 0 ? host : undefined);
+      // tls.connect takes net's `onread` (documented since Node 14), which its types omit.
+      const options: ConnectionOptions & { onread: OnReadOpts } = {
+        host,
+        port: Number(url.port || '443'),
+        ...(servername === undefined ? {} : { servername }),
+        ...(secureContext === undefined ? {} : { secureContext }),
+        ALPNProtocols: ['http/1.1'],
+        onread,
+      };
+      this.socket = tlsConnect(options);
+      this.socket.setNoDelay(true);
+    } else {
+      this.socket = connect({ host, port: Number(url.port || '80'), noDelay: true, onread });
+    }
     // Errors reach the exchange or the idle pool through their own listeners; this one only
     // keeps an error between the two (an exchange just ended) from crashing the process.
     this.socket.on('error', () => undefined);
@@ -79,7 +109,13 @@ class Connection {
 
 export class PieceHttpClient {
   readonly #idle = new Map<string, Connection[]>();
+  readonly #tls: PieceTlsOptions | undefined;
   #closed = false;
+
+  /** `tls`: how `https://` sources are reached (default: the system's CAs, no certificate). */
+  constructor(tls?: PieceTlsOptions) {
+    this.#tls = tls;
+  }
 
   /**
    * GETs `url` and hands the response to `sink`. Resolves once the whole body has been given
@@ -88,8 +124,9 @@ export class PieceHttpClient {
    * any answer is retried once on a new one (the server may have closed it while idle).
    */
   async get(url: URL, options: GetOptions, sink: ResponseSink): Promise<void> {
-    const key = `${url.hostname}:${url.port || '80'}`;
-    let connection = this.#take(key);
+    // Scheme in the key: a plain and a TLS connection to one address are not interchangeable.
+    const key = `${url.protocol}//${url.host}`;
+    let connection = this.#take(key, url);
     for (;;) {
       const reused = connection.reused;
       try {
@@ -100,7 +137,7 @@ export class PieceHttpClient {
           throw error instanceof StaleConnectionError ? error.cause : error;
         }
       }
-      connection = this.#take(key, true);
+      connection = this.#take(key, url, true);
     }
   }
 
@@ -116,7 +153,7 @@ export class PieceHttpClient {
     this.#idle.clear();
   }
 
-  #take(key: string, fresh = false): Connection {
+  #take(key: string, url: URL, fresh = false): Connection {
     const list = this.#idle.get(key);
     const idle = fresh ? undefined : list?.pop();
     if (idle !== undefined) {
@@ -128,8 +165,7 @@ export class PieceHttpClient {
       }
       return idle;
     }
-    const [host, port] = splitHostPort(key);
-    return new Connection(host, Number(port));
+    return new Connection(url, this.#tls);
   }
 
   #release(key: string, connection: Connection): void {
@@ -303,11 +339,6 @@ class StaleConnectionError extends Error {
     this.cause = cause;
   }
   override readonly cause: Error;
-}
-
-function splitHostPort(key: string): [string, string] {
-  const at = key.lastIndexOf(':');
-  return [key.slice(0, at).replace(/^\[|\]$/g, ''), key.slice(at + 1)];
 }
 
 /**

@@ -19,6 +19,7 @@ import { SwarmClient } from './client.js';
 import { watchLimits, type TransferLimits } from './limits.js';
 import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
+import type { PieceTlsOptions } from './piece-http.js';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
@@ -39,6 +40,8 @@ export interface SwarmServiceDeps {
   readonly pool: BufferPool;
   /** Where each blob's bytes came from. */
   readonly ledger: BlobLedger;
+  /** How the piece client reaches https:// peers and seed servers (default: the system's CAs). */
+  readonly pieceTls?: PieceTlsOptions;
 }
 
 export class SwarmService implements BlobFetcher {
@@ -63,7 +66,7 @@ export class SwarmService implements BlobFetcher {
       logger: deps.logger,
       metrics,
     });
-    this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS);
+    this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS, deps.pieceTls);
   }
 
   /** Whether this agent serves pieces (not a leecher). */

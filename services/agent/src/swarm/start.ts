@@ -19,6 +19,7 @@ import type { BlobLedger } from '../provenance/ledger.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmConfig } from './config.js';
 import type { TransferLimits } from './limits.js';
+import type { PieceTlsOptions } from './piece-http.js';
 import { SwarmService } from './service.js';
 
 export interface StartedSwarm {
@@ -39,6 +40,8 @@ export async function startSwarm(
     limits: TransferLimits;
     pool: BufferPool;
     ledger: BlobLedger;
+    /** How the piece client reaches https:// sources (default: the system's CAs). */
+    pieceTls?: PieceTlsOptions;
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');
@@ -69,7 +72,8 @@ export async function startSwarm(
   const self: PeerInfo = {
     id: config.SHOAL_AGENT_PEER_ID,
     url:
-      config.SHOAL_AGENT_PEER_URL ?? `http://${hostname()}:${config.SHOAL_AGENT_PEER_LISTEN.port}`,
+      config.SHOAL_AGENT_PEER_URL ??
+      `${config.SHOAL_AGENT_PEER_TLS_CERT_FILE === undefined ? 'http' : 'https'}://${hostname()}:${config.SHOAL_AGENT_PEER_LISTEN.port}`,
     ...(config.SHOAL_AGENT_ZONE === undefined ? {} : { zone: config.SHOAL_AGENT_ZONE }),
   };
   const service = new SwarmService({ nc, js, self, config, ...deps });

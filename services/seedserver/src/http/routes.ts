@@ -28,6 +28,8 @@ export interface RouteDeps extends OpsRouteDeps {
   readonly uploadLimit: RateLimiter;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
+  /** Mutual TLS: pieces only over connections that showed a client certificate of the CA. */
+  readonly requireClientCert: boolean;
   readonly logger: Logger;
   /**
    * Pieces answered at once (`max`; past it 429), and the longest answer in ms, from its
@@ -42,6 +44,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({
     verifier: deps.verifier,
+    requireClientCert: deps.requireClientCert,
     refused: (reason) => metrics.pieceAuthRefused.inc({ reason }),
     logger: deps.logger,
   });
