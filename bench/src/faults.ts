@@ -26,7 +26,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { copyFile, mkdir, readdir } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -106,6 +106,7 @@ const USAGE = `usage: node bench/dist/src/faults.js [--agents N] [--layers MiB,.
                    ${FAULTS.join(', ')}
   --rng-seed N     seed of the random fault moments (default 1)
   --timeout-s S    longest a pull may take, retries included (default 300)
+  --logs DIR       keep every process's log under DIR/<fault>/ (default: logs are removed)
 `;
 
 interface Options {
@@ -114,6 +115,8 @@ interface Options {
   readonly faults: readonly Fault[];
   readonly rngSeed: number;
   readonly timeoutMs: number;
+  /** Where to keep the processes' logs; undefined: not kept. */
+  readonly logsDir: string | undefined;
 }
 
 function isFault(value: string): value is Fault {
@@ -127,6 +130,7 @@ function parseOptions(argv: readonly string[]): Options {
     faults: { type: 'string', default: FAULTS.join(',') },
     'rng-seed': { type: 'string', default: '1' },
     'timeout-s': { type: 'string', default: '300' },
+    logs: { type: 'string' },
   });
   const problems: string[] = [];
   const common = commonOptions(values, problems);
@@ -144,7 +148,8 @@ function parseOptions(argv: readonly string[]): Options {
   exitOnProblems(problems, USAGE);
   // The baseline always runs first: every time is compared with it.
   const faults = ['none' as const, ...named.filter(isFault).filter((f) => f !== 'none')];
-  return { ...common, faults, rngSeed };
+  const logsDir = typeof values.logs === 'string' ? values.logs : undefined;
+  return { ...common, faults, rngSeed, logsDir };
 }
 
 /** A small seeded generator (mulberry32), so that a run's fault moments can be repeated. */
@@ -232,6 +237,20 @@ async function pullImage(
       ...tally,
       error: error instanceof Error ? error.message : String(error),
     };
+  }
+}
+
+/** Copies every process's log (the current ones: a restarted process has a new log). */
+async function keepLogs(dir: string, cluster: FaultCluster): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const logs: [string, string][] = [
+    ['nats', join(cluster.nats.process.logPath)],
+    ['seed', cluster.seed.process.logPath],
+    ...cluster.trackers.map((t, i): [string, string] => [`tracker-${i}`, t.process.logPath]),
+    ...cluster.agents.map((a, i): [string, string] => [`agent-${i}`, a.agent.process.logPath]),
+  ];
+  for (const [name, path] of logs) {
+    await copyFile(path, join(dir, `${name}.log`)).catch(() => undefined);
   }
 }
 
@@ -525,6 +544,9 @@ async function runFault(
     }
     const outcomes = await Promise.all(pulls);
     struck.undo();
+    if (options.logsDir !== undefined) {
+      await keepLogs(join(options.logsDir, fault), cluster);
+    }
     const caches: string[] = [];
     for (const slot of cluster.agents.filter((s) => s.restarted)) {
       const check = await cacheConsistent(slot.cacheDir);

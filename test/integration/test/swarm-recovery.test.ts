@@ -102,4 +102,27 @@ describe('services killed in the middle of a swarm', () => {
     }
     assert.ok(fromOrigin > 0, 'the rest came from the origin');
   });
+
+  it('announces a blob read from the origin before any piece hash came, so the tracker hands it out', async () => {
+    const started = await startCluster({
+      layerSizes: [6 * MiB],
+      seed: 'no-hashes',
+      repository,
+      trackers: 1,
+      agents: [{ peerId: 'alone' }],
+    });
+    cluster = started;
+    // No seed server: no piece hash is ever published, the swarm stalls, the origin serves.
+    await started.seed.process.kill();
+    const [agent] = started.agents;
+    const [tracker] = started.trackers;
+    assert.ok(agent !== undefined && tracker !== undefined);
+    assertVerified(started, [await pullBlobs(agent, started, repository)]);
+    assert.ok((await agent.metric('shoal_agent_swarm_fallbacks_total')) >= 1);
+    for (const blob of started.image.blobs) {
+      await waitFor(`the tracker to see ${blob.digest} held whole`, async () =>
+        (await trackerView(tracker, blob.digest)).some((m) => m.peer === 'alone' && m.complete),
+      );
+    }
+  });
 });

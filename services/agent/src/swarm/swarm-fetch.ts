@@ -18,6 +18,7 @@ import {
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
+  pieceSizeFor,
   rangesInclude,
   toRanges,
   type Handout,
@@ -207,7 +208,11 @@ export class SwarmFetch {
       const state = await this.download.finish(this.#deps.store);
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
-        client.announce(this.#blob, [[0, this.#count]], true);
+        // Read from the origin before any piece hash came (the seed server was down), the
+        // layout is still the one every holder uses: it follows from the size alone.
+        const size = this.download.size ?? 0;
+        const count = this.#count > 0 ? this.#count : pieceCount(size, pieceSizeFor(size));
+        client.announce(this.#blob, [[0, count]], true);
       }
     } catch (error) {
       await this.download.fail(error);
