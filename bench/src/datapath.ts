@@ -40,6 +40,7 @@ import {
 } from '@shoal/testkit';
 
 import {
+  cpuProfileEnv,
   exitOnProblems,
   interruptOnSignal,
   newTeardown,
@@ -54,17 +55,20 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
 
-const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
+const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S] [--cpu-prof-dir DIR]
 
-  --layers LIST   layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
-  --small MiB     size of the small single-layer image (default 10)
-  --timeout-s S   longest a pull may take (default 600)
+  --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
+  --small MiB         size of the small single-layer image (default 10)
+  --timeout-s S       longest a pull may take (default 600)
+  --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
 `;
 
 interface Options {
   readonly layerSizes: readonly number[];
   readonly smallBytes: number;
   readonly timeoutMs: number;
+  /** Where the seed server and agents write CPU profiles; none when undefined. */
+  readonly cpuProfDir: string | undefined;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -72,6 +76,7 @@ function parseOptions(argv: readonly string[]): Options {
     layers: { type: 'string', default: '160,64,32' },
     small: { type: 'string', default: '10' },
     'timeout-s': { type: 'string', default: '600' },
+    'cpu-prof-dir': { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -89,7 +94,13 @@ function parseOptions(argv: readonly string[]): Options {
     problems.push('--timeout-s takes a positive number of seconds');
   }
   exitOnProblems(problems, USAGE);
-  return { layerSizes, smallBytes, timeoutMs: timeoutS * 1000 };
+  const cpuProfDir = values['cpu-prof-dir'];
+  return {
+    layerSizes,
+    smallBytes,
+    timeoutMs: timeoutS * 1000,
+    cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
+  };
 }
 
 /** The processes whose cost a pull is charged with, by name. */
@@ -166,6 +177,7 @@ async function startSwarm(
   natsUrl: string,
   registry: Registry,
   teardown: Teardown,
+  profileEnv: Record<string, string>,
 ): Promise<{
   registries: string;
   seed: Awaited<ReturnType<typeof startSeedServer>>;
@@ -174,7 +186,7 @@ async function startSwarm(
   const registries = `${registry.host}=${registry.url}`;
   const tracker = await startTracker({ natsUrl });
   teardown.add('tracker', () => tracker.stop());
-  const seed = await startSeedServer({ natsUrl, registries });
+  const seed = await startSeedServer({ natsUrl, registries, env: profileEnv });
   let seedStopped = false;
   teardown.add('seed server', async () => {
     if (!seedStopped) {
@@ -186,7 +198,7 @@ async function startSwarm(
     natsUrl,
     peerId: 'agent-a',
     defaultRegistry: registry.host,
-    env: { ...FAST_SWARM_ENV },
+    env: { ...FAST_SWARM_ENV, ...profileEnv },
   });
   teardown.add('agent a', () => agent.stop());
   return {
@@ -317,7 +329,8 @@ async function main(): Promise<number> {
       options.smallBytes,
     ]);
     interrupt.signal.throwIfAborted();
-    const { registries, seed, agent } = await startSwarm(nats.url, registry, teardown);
+    const profileEnv = cpuProfileEnv(options.cpuProfDir);
+    const { registries, seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv);
     const pid = (p: { process: { child: { pid?: number | undefined } } }): number => {
       const value = p.process.child.pid;
       if (value === undefined) {
@@ -358,6 +371,7 @@ async function main(): Promise<number> {
       defaultRegistry: registry.host,
       env: {
         ...FAST_SWARM_ENV,
+        ...profileEnv,
         SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
         SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
       },
