@@ -1,4 +1,5 @@
 /** What every benchmark's command line shares: parsing, the common options, progress lines. */
+import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 import { Teardown } from '@shoal/testkit';
@@ -105,4 +106,19 @@ export async function runBench(main: () => Promise<number>): Promise<void> {
     );
     process.exitCode = 1;
   }
+}
+
+/**
+ * Environment that makes a service started by the test kit write a V8 CPU profile
+ * (`<pid>.cpuprofile`) into `dir` when it exits (see sim/cpu-profile.ts); empty when `dir` is
+ * undefined.
+ */
+export function cpuProfileEnv(dir: string | undefined): Record<string, string> {
+  if (dir === undefined) {
+    return {};
+  }
+  return {
+    NODE_OPTIONS: `--import=${fileURLToPath(new URL('./sim/cpu-profile.js', import.meta.url))}`,
+    SHOAL_SIM_CPU_PROF_DIR: dir,
+  };
 }

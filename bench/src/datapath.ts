@@ -47,6 +47,7 @@ import {
 } from '@shoal/testkit';
 
 import {
+  cpuProfileEnv,
   exitOnProblems,
   interruptOnSignal,
   newTeardown,
@@ -61,12 +62,14 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
 
-const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S] [--only tls]
+const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
+                                     [--only tls] [--cpu-prof-dir DIR]
 
-  --layers LIST   layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
-  --small MiB     size of the small single-layer image (default 10)
-  --timeout-s S   longest a pull may take (default 600)
-  --only tls      only the agent-to-agent pulls, plain HTTP against TLS
+  --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
+  --small MiB         size of the small single-layer image (default 10)
+  --timeout-s S       longest a pull may take (default 600)
+  --only tls          only the agent-to-agent pulls, plain HTTP against TLS
+  --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
 `;
 
 interface Options {
@@ -75,6 +78,8 @@ interface Options {
   readonly timeoutMs: number;
   /** Only the agent-to-agent comparison of plain HTTP and TLS. */
   readonly tlsOnly: boolean;
+  /** Where the seed server and agents write CPU profiles; none when undefined. */
+  readonly cpuProfDir: string | undefined;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -83,6 +88,7 @@ function parseOptions(argv: readonly string[]): Options {
     small: { type: 'string', default: '10' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
+    'cpu-prof-dir': { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -103,7 +109,14 @@ function parseOptions(argv: readonly string[]): Options {
     problems.push('--only takes tls');
   }
   exitOnProblems(problems, USAGE);
-  return { layerSizes, smallBytes, timeoutMs: timeoutS * 1000, tlsOnly: values.only === 'tls' };
+  const cpuProfDir = values['cpu-prof-dir'];
+  return {
+    layerSizes,
+    smallBytes,
+    timeoutMs: timeoutS * 1000,
+    tlsOnly: values.only === 'tls',
+    cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
+  };
 }
 
 /** The processes whose cost a pull is charged with, by name. */
@@ -183,13 +196,18 @@ async function startSwarm(
   natsUrl: string,
   registry: Registry,
   teardown: Teardown,
+  profileEnv: Record<string, string>,
 ): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
   const tracker = await startTracker({ natsUrl });
   teardown.add('tracker', () => tracker.stop());
-  const seed = await startSeedServer({ natsUrl, registries: `${registry.host}=${registry.url}` });
+  const seed = await startSeedServer({
+    natsUrl,
+    registries: `${registry.host}=${registry.url}`,
+    env: profileEnv,
+  });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined);
+  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, profileEnv);
   const stopAgent = once(() => agent.stop());
   teardown.add('agent a', stopAgent);
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
@@ -385,6 +403,7 @@ async function startPeer(
   registry: Registry,
   peerId: string,
   pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
+  profileEnv: Record<string, string>,
 ): Promise<AgentProcess> {
   return startAgent({
     registries: `${registry.host}=${registry.url}`,
@@ -392,7 +411,7 @@ async function startPeer(
     peerId,
     defaultRegistry: registry.host,
     ...(pieceTls === undefined ? {} : { pieceTls }),
-    env: { ...FAST_SWARM_ENV },
+    env: { ...FAST_SWARM_ENV, ...profileEnv },
   });
 }
 
@@ -417,7 +436,8 @@ async function main(): Promise<number> {
           options.smallBytes,
         ]);
     interrupt.signal.throwIfAborted();
-    const { seed, agent } = await startSwarm(nats.url, registry, teardown);
+    const profileEnv = cpuProfileEnv(options.cpuProfDir);
+    const { seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv);
     const { timeoutMs } = options;
     let ctr: CtrResults | undefined;
     if (small === undefined) {
@@ -447,7 +467,7 @@ async function main(): Promise<number> {
 
     progress('agent to agent: a second agent takes the big image from the first');
     await seed.stop();
-    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined);
+    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, profileEnv);
     const stopB = once(() => agentB.stop());
     teardown.add('agent b', stopB);
     const peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
@@ -460,13 +480,13 @@ async function main(): Promise<number> {
     const ca = await makeTestCa('bench-datapath-ca');
     teardown.add('test CA', () => ca.remove());
     const pieceTls = { ca, verifyClients: true };
-    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls);
+    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, profileEnv);
     teardown.add('agent c', () => agentC.stop());
     const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
     await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
     await stopB();
     await agent.stop();
-    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls);
+    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, profileEnv);
     teardown.add('agent d', () => agentD.stop());
     const peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
 

@@ -8,7 +8,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -24,7 +23,7 @@ import {
 import { ensureKv, ensureStreams } from '@shoal/runtime/nats';
 import { scrapeMetrics, startTracker, type ServiceProcess, type Teardown } from '@shoal/testkit';
 
-import { progress } from '../cli.js';
+import { cpuProfileEnv, progress } from '../cli.js';
 import { startNatsCluster3, startSingleNats, type SimNats } from './nats-cluster.js';
 import {
   connzTotals,
@@ -234,10 +233,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     SHOAL_NATS_STREAM_REPLICAS: String(nats.replicas),
     SHOAL_LOG_LEVEL: 'info',
   };
-  if (options.cpuProfDir !== undefined) {
-    trackerEnv.NODE_OPTIONS = `--import=${fileURLToPath(new URL('./cpu-profile.js', import.meta.url))}`;
-    trackerEnv.SHOAL_SIM_CPU_PROF_DIR = options.cpuProfDir;
-  }
+  Object.assign(trackerEnv, cpuProfileEnv(options.cpuProfDir));
   const trackers: ServiceProcess[] = [];
   for (let r = 0; r < options.trackers; r++) {
     const tracker = await startTracker({ natsUrl, env: trackerEnv });

@@ -300,6 +300,57 @@ describe('BlobDownload', () => {
       assert.deepEqual(reader.bytes(), blob);
     });
 
+    it('completes its readers once the digest matches, before the commit to the store ends', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      // A slow disk: the commit (fsync, rename) waits until the test lets it go.
+      let release: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const slowStore = Object.create(store) as FsContentStore;
+      slowStore.commit = async (...args) => {
+        await gate;
+        return store.commit(...args);
+      };
+      await download.append(blob);
+      const finished = download.finish(slowStore);
+      await closed;
+      assert.equal(reader.error(), undefined);
+      assert.equal(reader.ended(), true);
+      assert.deepEqual(reader.bytes(), blob);
+      assert.equal(download.state, 'running');
+      assert.equal(store.has(digest), false);
+      release();
+      assert.equal(await finished, 'verified');
+      assert.equal(store.has(digest), true);
+    });
+
+    it('ends a reader that had every verified byte cleanly when the commit then fails', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const digest = digestOf(blob);
+      const download = await newDownload(digest, blob.length);
+      const stream = openReader(download);
+      const reader = watch(stream);
+      const closed = closeOf(stream);
+      const brokenStore = Object.create(store) as FsContentStore;
+      brokenStore.commit = async () => {
+        // After the readers had their last byte, so that the failure comes after it.
+        await until(() => reader.ended(), 'the reader has every byte');
+        throw new Error('disk full');
+      };
+      await download.append(blob);
+      assert.equal(await download.finish(brokenStore), 'failed');
+      await closed;
+      assert.equal(reader.error(), undefined);
+      assert.deepEqual(reader.bytes(), blob);
+      await assertNothingKept(digest);
+    });
+
     it('withholds the last available byte until verification when the size is unknown', async () => {
       const blob = randomBytes(BLOB_BYTES);
       const digest = digestOf(blob);

@@ -57,6 +57,8 @@ export class BlobDownload {
   readonly digest: Digest;
   #size: number | undefined;
   #state: DownloadState = 'running';
+  /** The whole blob matched its digest (the commit to the store may still be running). */
+  #matched = false;
   #error: Error | undefined;
   /** Bytes of the contiguous prefix readers may have. */
   #available = 0;
@@ -216,6 +218,10 @@ export class BlobDownload {
           `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
         );
       }
+      // Readers may complete their responses now: every byte is verified. Making the cache's
+      // copy durable (fsync, rename) is the cache's business and need not delay them.
+      this.#matched = true;
+      this.#wake();
       await this.#handle.sync();
       await store.commit(this.#tempPath, this.digest, this.#available);
       this.#state = 'verified';
@@ -300,13 +306,15 @@ export class BlobDownload {
           if (closed) {
             throw new Error('cursor closed');
           }
-          if (this.#state === 'failed') {
-            throw this.#error ?? new Error('download failed');
-          }
-          const verified = this.#state === 'verified';
+          const verified = this.#state === 'verified' || this.#matched;
           const stop = end ?? this.#size ?? Number.POSITIVE_INFINITY;
+          // Checked before a failure: every byte was verified and handed over already, even if
+          // the commit to the store failed afterwards.
           if (verified && position >= Math.min(stop, this.#available)) {
             return 0;
+          }
+          if (this.#state === 'failed') {
+            throw this.#error ?? new Error('download failed');
           }
           // Until verification, hold back the response's final byte: the byte before `stop`,
           // or, while the end is not known, the last byte available.

@@ -126,6 +126,8 @@ export class SwarmFetch {
   #pieceSize = 0;
   #count = 0;
   readonly #hashes: (string | undefined)[] = [];
+  /** Pieces `[0, #hashedPrefix)` all have their hash. */
+  #hashedPrefix = 0;
   readonly #have = new Set<number>();
   /** Pieces an endgame copy is writing now. */
   readonly #committing = new Set<number>();
@@ -570,8 +572,34 @@ export class SwarmFetch {
     batch.hashes.forEach((hash, i) => {
       this.#hashes[batch.first + i] = hash;
     });
+    while (this.#hashes[this.#hashedPrefix] !== undefined) {
+      this.#hashedPrefix += 1;
+    }
+    for (const peer of this.#peers.values()) {
+      this.#followSeed(peer);
+    }
     this.#lastProgress = Date.now();
     this.#wake?.();
+  }
+
+  /**
+   * A seed server publishes a piece's hash only once the piece is on its disk, in order. A
+   * seed known to be part-way through the blob (holding a prefix) therefore holds every piece
+   * hashed so far: it is asked for them at once rather than after the next hand-out, which
+   * comes only with the next want and was most of what a cold pull waited on.
+   */
+  #followSeed(peer: PeerState): void {
+    const held = peer.pieces[0];
+    if (
+      peer.seed &&
+      !peer.complete &&
+      peer.pieces.length === 1 &&
+      held !== undefined &&
+      held[0] === 0 &&
+      held[1] < this.#hashedPrefix
+    ) {
+      peer.pieces = [[0, this.#hashedPrefix]];
+    }
   }
 
   #onHandout(message: Handout): void {
@@ -599,6 +627,11 @@ export class SwarmFetch {
         known.pieces = entry.pieces;
         known.complete = entry.complete;
         known.failures = 0;
+      }
+      const peer = this.#peers.get(entry.peer.id);
+      if (peer !== undefined) {
+        // A hand-out may be older than the hashes heard since.
+        this.#followSeed(peer);
       }
     }
     this.#deps.metrics.swarmPeers.set(this.#peers.size);

@@ -335,8 +335,14 @@ export class Seeder {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
         }
+        const ready = blob.ready;
         await cutter.push(chunk);
         ingested.inc(chunk.length);
+        if (ready === 0 && blob.ready > 0) {
+          // The first pieces are announced at once, not at the next tick: agents waiting on a
+          // cold blob start fetching while the rest streams in.
+          void announcer.flush().catch(() => undefined);
+        }
         await tee?.push(chunk);
       }
       const actual = await cutter.finish();
@@ -347,6 +353,9 @@ export class Seeder {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
       clearInterval(ticker);
+      // Verified: the last pieces are announced before the commit's fsync, which agents need
+      // not wait for (they read the pieces from this file, and verify them themselves).
+      void announcer.flush().catch(() => undefined);
       // Verified: the gateway may complete its copy, and the local one is committed.
       tee?.end();
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
