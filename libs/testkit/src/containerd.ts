@@ -52,7 +52,12 @@ export async function writeMirrorHosts(
   return path;
 }
 
-export async function startContainerd(): Promise<Containerd> {
+/**
+ * Starts containerd; with `netns`, it and every `ctr` run inside that network namespace
+ * (`ctr images pull` fetches from the client side in containerd 1.6, so both must be there).
+ */
+export async function startContainerd(options: { netns?: string } = {}): Promise<Containerd> {
+  const netns = options.netns === undefined ? {} : { netns: options.netns };
   const binary = requireBinary('containerd');
   const ctrBinary = requireBinary('ctr');
   const dir = await makeTempDir('containerd');
@@ -78,11 +83,13 @@ export async function startContainerd(): Promise<Containerd> {
   );
   const proc = startProcess(binary, ['--config', configPath], {
     logPath: join(dir.path, 'containerd.log'),
+    ...netns,
   });
   const ctr = async (args: readonly string[], timeoutMs?: number): Promise<string> =>
     (
       await run(ctrBinary, ['--address', address, '--namespace', 'shoal-test', ...args], {
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
+        ...netns,
       })
     ).stdout;
   try {

@@ -30,11 +30,14 @@ export {
 } from './otlp.js';
 export {
   freePort,
+  inNetns,
   makeTempDir,
   requireBinary,
   run,
   startProcess,
+  urlHost,
   waitFor,
+  type Placement,
   type RunningProcess,
 } from './process.js';
 export {
