@@ -227,9 +227,7 @@ function report(
   const out: string[] = [];
   out.push(
     `Shaped-network benchmark: ${options.nodes} nodes at ${options.nodeMbit} Mbit/s` +
-      (options.slowNodes > 0
-        ? ` (${options.slowNodes} at ${options.nodeMbit / 4} Mbit/s)`
-        : '') +
+      (options.slowNodes > 0 ? ` (${options.slowNodes} at ${options.nodeMbit / 4} Mbit/s)` : '') +
       `, registry ${options.registryMbit} Mbit/s, cache ${options.cacheMbit} Mbit/s, ` +
       `control (NATS, tracker, seed) ${options.controlMbit} Mbit/s`,
     `links: tbf on both ends of every link` +

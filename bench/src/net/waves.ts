@@ -213,7 +213,12 @@ export async function shoalWave(
     teardown.add('nats-server', () => nats.stop());
     const tracker = await startTracker({ natsUrl: nats.url, ...placed });
     teardown.add('tracker', () => tracker.stop());
-    const seed = await startSeedServer({ natsUrl: nats.url, registries, env: { ...env }, ...placed });
+    const seed = await startSeedServer({
+      natsUrl: nats.url,
+      registries,
+      env: { ...env },
+      ...placed,
+    });
     teardown.add('seed server', () => seed.stop());
     const containerds = await startContainerds(context.nodes, teardown);
     const agents: AgentProcess[] = await Promise.all(
@@ -255,8 +260,7 @@ export async function shoalWave(
     const scraped = await Promise.all(agents.map((a) => scrapeMetrics(a.url)));
     const sum = (name: string, labels: Record<string, string> = {}): number =>
       scraped.reduce((total, m) => total + m.get(name, labels), 0);
-    const fetched = (source: string): number =>
-      sum('shoal_agent_fetched_bytes_total', { source });
+    const fetched = (source: string): number => sum('shoal_agent_fetched_bytes_total', { source });
     const seedMetrics = await scrapeMetrics(seed.url);
     return {
       ...pulled,
