@@ -3,6 +3,7 @@ import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
 
 import { PieceHttpClient } from './piece-http.js';
+import { RateFloor, watchRateFloor } from './rate-floor.js';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -12,12 +13,20 @@ export class PieceFetchError extends ShoalError<
 
 const EMPTY = Buffer.alloc(0);
 
+/** When a piece request is given up while it runs. */
+export interface PieceTimeouts {
+  /** Longest the connection may stay silent, in ms; also the grace before the rate floor. */
+  readonly idleTimeoutMs: number;
+  /** Slowest average rate accepted after the grace, in bytes/s; 0: none. */
+  readonly minRateBytes: number;
+}
+
 export class PieceClient {
   readonly #http = new PieceHttpClient();
-  readonly #timeoutMs: number;
+  readonly #timeouts: PieceTimeouts;
 
-  constructor(timeoutMs: number) {
-    this.#timeoutMs = timeoutMs;
+  constructor(timeouts: PieceTimeouts) {
+    this.#timeouts = timeouts;
   }
 
   /**
@@ -83,73 +92,87 @@ export class PieceClient {
       block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
       return result;
     };
-    await this.#http.get(
-      url,
-      {
-        headers,
-        signal,
-        timeoutMs: this.#timeoutMs,
-        timeoutError: (kind) =>
-          new PieceFetchError(
-            'PIECE_TIMEOUT',
-            504,
-            kind === 'total'
-              ? `piece ${index} from ${url.host} took too long`
-              : `piece ${index} from ${url.host} went quiet`,
-          ),
-      },
-      {
-        onHead: (status, announced) => {
-          if (status === 429) {
-            throw new PieceFetchError(
-              'PIECE_RATIONED',
-              429,
-              `${url.host} asks to get piece ${index} from a peer`,
-            );
-          }
-          if (status !== 200) {
-            throw new PieceFetchError(
-              'PIECE_STATUS',
-              502,
-              `piece ${index} from ${url.host}: ${String(status)}`,
-            );
-          }
-          if (announced !== undefined && announced !== length) {
-            throw new PieceFetchError(
-              'PIECE_LENGTH',
-              502,
-              `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
-            );
-          }
-          block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
+    // No fixed time per piece: a request that keeps moving above the floor may take as long
+    // as the link needs; one that falls below it is given up, so the piece goes elsewhere.
+    const { idleTimeoutMs, minRateBytes } = this.#timeouts;
+    const floor = new RateFloor({ graceMs: idleTimeoutMs, minBytesPerSecond: minRateBytes });
+    const slow = new AbortController();
+    const stopWatching = watchRateFloor(
+      floor,
+      slow,
+      () =>
+        new PieceFetchError(
+          'PIECE_TIMEOUT',
+          504,
+          `piece ${index} from ${url.host} is below ${minRateBytes} bytes/s (${floor.received} of ${length} bytes)`,
+        ),
+    );
+    try {
+      await this.#http.get(
+        url,
+        {
+          headers,
+          signal: AbortSignal.any([signal, slow.signal]),
+          timeoutMs: idleTimeoutMs,
+          timeoutError: () =>
+            new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
         },
-        onBody: (bytes) => {
-          if (received + bytes.length > length) {
-            throw new PieceFetchError(
-              'PIECE_LENGTH',
-              502,
-              `piece ${index} from ${url.host} is too long`,
-            );
-          }
-          let waits: Promise<void>[] | undefined;
-          let offset = 0;
-          while (offset < bytes.length) {
-            const take = Math.min(bytes.length - offset, block.length - filled);
-            bytes.copy(block, filled, offset, offset + take);
-            filled += take;
-            received += take;
-            offset += take;
-            if (filled === block.length) {
-              const pending = deliver();
-              if (pending !== undefined) {
-                (waits ??= []).push(pending);
+        {
+          onHead: (status, announced) => {
+            if (status === 429) {
+              throw new PieceFetchError(
+                'PIECE_RATIONED',
+                429,
+                `${url.host} asks to get piece ${index} from a peer`,
+              );
+            }
+            if (status !== 200) {
+              throw new PieceFetchError(
+                'PIECE_STATUS',
+                502,
+                `piece ${index} from ${url.host}: ${String(status)}`,
+              );
+            }
+            if (announced !== undefined && announced !== length) {
+              throw new PieceFetchError(
+                'PIECE_LENGTH',
+                502,
+                `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
+              );
+            }
+            block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
+          },
+          onBody: (bytes) => {
+            floor.record(bytes.length);
+            if (received + bytes.length > length) {
+              throw new PieceFetchError(
+                'PIECE_LENGTH',
+                502,
+                `piece ${index} from ${url.host} is too long`,
+              );
+            }
+            let waits: Promise<void>[] | undefined;
+            let offset = 0;
+            while (offset < bytes.length) {
+              const take = Math.min(bytes.length - offset, block.length - filled);
+              bytes.copy(block, filled, offset, offset + take);
+              filled += take;
+              received += take;
+              offset += take;
+              if (filled === block.length) {
+                const pending = deliver();
+                if (pending !== undefined) {
+                  (waits ??= []).push(pending);
+                }
               }
             }
-          }
-          return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+            return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+          },
         },
-      },
-    );
+      );
+    } finally {
+      stopWatching();
+    }
     if (received !== length) {
       throw new PieceFetchError(
         'PIECE_LENGTH',

@@ -63,7 +63,10 @@ export class SwarmService implements BlobFetcher {
       logger: deps.logger,
       metrics,
     });
-    this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS);
+    this.#pieces = new PieceClient({
+      idleTimeoutMs: config.SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS,
+      minRateBytes: config.SHOAL_AGENT_PIECE_MIN_RATE_BYTES,
+    });
   }
 
   /** Whether this agent serves pieces (not a leecher). */
