@@ -33,7 +33,7 @@ import {
   readOptions,
   runBench,
 } from './cli.js';
-import { NetLab, type LabHost, type LinkShape } from './net/lab.js';
+import { NetLab, type LabHost, type LinkShape } from '@shoal/testkit';
 import {
   cacheWave,
   directWave,

@@ -20,13 +20,13 @@ import {
   writeMirrorHosts,
   type AgentProcess,
   type Containerd,
+  type LabHost,
   type Registry,
   type RunningProcess,
   type Teardown,
 } from '@shoal/testkit';
 
 import { newTeardown, progress } from '../cli.js';
-import type { LabHost } from './lab.js';
 
 /** A node of the lab and when it starts pulling. */
 export interface LabNode {

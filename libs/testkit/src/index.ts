@@ -70,3 +70,4 @@ export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
 export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';
+export { NetLab, type LabHost, type LinkShape } from './netlab.js';

@@ -1,7 +1,8 @@
 /**
- * A network of Linux network namespaces for the shaped-network bench: one namespace per host,
- * all joined by a bridge that lives in a namespace of its own, every link shaped with tc's
- * token bucket (tbf) on both ends, so each host has its own upload and download rate.
+ * A network of Linux network namespaces, for the shaped-network bench and the test of
+ * components on their own addresses: one namespace per host, all joined by a bridge that
+ * lives in a namespace of its own, every link shaped with tc's token bucket (tbf) on both
+ * ends, so each host has its own upload and download rate.
  *
  * Only addresses of these namespaces are ever used (198.18.0.0/24, the block set aside for
  * network benchmarks), and the one route to them from the bench's own namespace goes through
@@ -11,7 +12,7 @@
  */
 import { execFileSync } from 'node:child_process';
 
-import { requireBinary, run } from '@shoal/testkit';
+import { requireBinary, run } from './process.js';
 
 /** Namespaces and root-side links of every run start with this. */
 const PREFIX = 'shoalbench-';
