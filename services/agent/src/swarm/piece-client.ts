@@ -107,72 +107,69 @@ export class PieceClient {
           `piece ${index} from ${url.host} is below ${minRateBytes} bytes/s (${floor.received} of ${length} bytes)`,
         ),
     );
-    try {
-      await this.#http.get(
-        url,
-        {
-          headers,
-          signal: AbortSignal.any([signal, slow.signal]),
-          timeoutMs: idleTimeoutMs,
-          timeoutError: () =>
-            new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
+    const exchange = this.#http.get(
+      url,
+      {
+        headers,
+        signal: AbortSignal.any([signal, slow.signal]),
+        timeoutMs: idleTimeoutMs,
+        timeoutError: () =>
+          new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
+      },
+      {
+        onHead: (status, announced) => {
+          if (status === 429) {
+            throw new PieceFetchError(
+              'PIECE_RATIONED',
+              429,
+              `${url.host} asks to get piece ${index} from a peer`,
+            );
+          }
+          if (status !== 200) {
+            throw new PieceFetchError(
+              'PIECE_STATUS',
+              502,
+              `piece ${index} from ${url.host}: ${String(status)}`,
+            );
+          }
+          if (announced !== undefined && announced !== length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
+            );
+          }
+          block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
         },
-        {
-          onHead: (status, announced) => {
-            if (status === 429) {
-              throw new PieceFetchError(
-                'PIECE_RATIONED',
-                429,
-                `${url.host} asks to get piece ${index} from a peer`,
-              );
-            }
-            if (status !== 200) {
-              throw new PieceFetchError(
-                'PIECE_STATUS',
-                502,
-                `piece ${index} from ${url.host}: ${String(status)}`,
-              );
-            }
-            if (announced !== undefined && announced !== length) {
-              throw new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host}: ${announced} bytes announced, ${length} expected`,
-              );
-            }
-            block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
-          },
-          onBody: (bytes) => {
-            floor.record(bytes.length);
-            if (received + bytes.length > length) {
-              throw new PieceFetchError(
-                'PIECE_LENGTH',
-                502,
-                `piece ${index} from ${url.host} is too long`,
-              );
-            }
-            let waits: Promise<void>[] | undefined;
-            let offset = 0;
-            while (offset < bytes.length) {
-              const take = Math.min(bytes.length - offset, block.length - filled);
-              bytes.copy(block, filled, offset, offset + take);
-              filled += take;
-              received += take;
-              offset += take;
-              if (filled === block.length) {
-                const pending = deliver();
-                if (pending !== undefined) {
-                  (waits ??= []).push(pending);
-                }
+        onBody: (bytes) => {
+          floor.record(bytes.length);
+          if (received + bytes.length > length) {
+            throw new PieceFetchError(
+              'PIECE_LENGTH',
+              502,
+              `piece ${index} from ${url.host} is too long`,
+            );
+          }
+          let waits: Promise<void>[] | undefined;
+          let offset = 0;
+          while (offset < bytes.length) {
+            const take = Math.min(bytes.length - offset, block.length - filled);
+            bytes.copy(block, filled, offset, offset + take);
+            filled += take;
+            received += take;
+            offset += take;
+            if (filled === block.length) {
+              const pending = deliver();
+              if (pending !== undefined) {
+                (waits ??= []).push(pending);
               }
             }
-            return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
-          },
+          }
+          return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
         },
-      );
-    } finally {
-      stopWatching();
-    }
+      },
+    );
+    await exchange.finally(stopWatching);
     if (received !== length) {
       throw new PieceFetchError(
         'PIECE_LENGTH',
