@@ -403,6 +403,7 @@ async function main(): Promise<number> {
       progress(`${wave}: every node done in ${seconds(slowest)}`);
       results.set(wave, result);
     }
+    interrupt.signal.throwIfAborted();
     process.stdout.write(report(options, image, results, slowNames, lab.netem));
     return [...results.values()].some((r) => r.pulls.some((p) => p.error !== undefined)) ? 1 : 0;
   } finally {

@@ -114,7 +114,7 @@ async function pullEverywhere(
         if (containerd === undefined) {
           throw new Error('no containerd');
         }
-        await containerd.pull(ref, { timeoutMs });
+        await containerd.pull(ref, { timeoutMs, signal: context.signal });
       } catch (caught) {
         // ctr's own complaint is the last line of the error's output.
         const lines = (caught instanceof Error ? caught.message : String(caught))

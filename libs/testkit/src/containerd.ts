@@ -22,8 +22,11 @@ export interface Containerd {
   readonly process: RunningProcess;
   /** Runs `ctr` against this containerd in the `shoal-test` namespace. */
   ctr(args: readonly string[], timeoutMs?: number): Promise<string>;
-  /** `ctr images pull` through the hosts directory. */
-  pull(ref: string, options?: { user?: string; timeoutMs?: number }): Promise<string>;
+  /** `ctr images pull` through the hosts directory; `signal` ends it. */
+  pull(
+    ref: string,
+    options?: { user?: string; timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<string>;
   /** Digests in containerd's content store. */
   contentDigests(): Promise<Set<string>>;
   stop(): Promise<void>;
@@ -85,10 +88,15 @@ export async function startContainerd(options: { netns?: string } = {}): Promise
     logPath: join(dir.path, 'containerd.log'),
     ...netns,
   });
-  const ctr = async (args: readonly string[], timeoutMs?: number): Promise<string> =>
+  const ctr = async (
+    args: readonly string[],
+    timeoutMs?: number,
+    signal?: AbortSignal,
+  ): Promise<string> =>
     (
       await run(ctrBinary, ['--address', address, '--namespace', 'shoal-test', ...args], {
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
+        ...(signal === undefined ? {} : { signal }),
         ...netns,
       })
     ).stdout;
@@ -123,6 +131,7 @@ export async function startContainerd(options: { netns?: string } = {}): Promise
           ref,
         ],
         options.timeoutMs ?? 300_000,
+        options.signal,
       ),
     contentDigests: async () =>
       new Set(

@@ -174,7 +174,13 @@ export async function waitFor(
 export async function run(
   command: string,
   args: readonly string[],
-  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; netns?: string } = {},
+  options: {
+    timeoutMs?: number;
+    env?: NodeJS.ProcessEnv;
+    netns?: string;
+    /** Ends the command (SIGTERM) when aborted. */
+    signal?: AbortSignal;
+  } = {},
 ): Promise<{ stdout: string; stderr: string }> {
   const [file, argv] = inNetns(options.netns, command, args);
   try {
@@ -182,6 +188,7 @@ export async function run(
       timeout: options.timeoutMs ?? 300_000,
       maxBuffer: 64 * 1024 * 1024,
       env: options.env ?? process.env,
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
   } catch (error) {
     const e = error as Error & { stdout?: string; stderr?: string };
