@@ -22,8 +22,11 @@ export interface Containerd {
   readonly process: RunningProcess;
   /** Runs `ctr` against this containerd in the `shoal-test` namespace. */
   ctr(args: readonly string[], timeoutMs?: number): Promise<string>;
-  /** `ctr images pull` through the hosts directory. */
-  pull(ref: string, options?: { user?: string; timeoutMs?: number }): Promise<string>;
+  /** `ctr images pull` through the hosts directory; `signal` ends it. */
+  pull(
+    ref: string,
+    options?: { user?: string; timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<string>;
   /** Digests in containerd's content store. */
   contentDigests(): Promise<Set<string>>;
   stop(): Promise<void>;
@@ -52,7 +55,12 @@ export async function writeMirrorHosts(
   return path;
 }
 
-export async function startContainerd(): Promise<Containerd> {
+/**
+ * Starts containerd; with `netns`, it and every `ctr` run inside that network namespace
+ * (`ctr images pull` fetches from the client side in containerd 1.6, so both must be there).
+ */
+export async function startContainerd(options: { netns?: string } = {}): Promise<Containerd> {
+  const netns = options.netns === undefined ? {} : { netns: options.netns };
   const binary = requireBinary('containerd');
   const ctrBinary = requireBinary('ctr');
   const dir = await makeTempDir('containerd');
@@ -78,11 +86,18 @@ export async function startContainerd(): Promise<Containerd> {
   );
   const proc = startProcess(binary, ['--config', configPath], {
     logPath: join(dir.path, 'containerd.log'),
+    ...netns,
   });
-  const ctr = async (args: readonly string[], timeoutMs?: number): Promise<string> =>
+  const ctr = async (
+    args: readonly string[],
+    timeoutMs?: number,
+    signal?: AbortSignal,
+  ): Promise<string> =>
     (
       await run(ctrBinary, ['--address', address, '--namespace', 'shoal-test', ...args], {
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
+        ...(signal === undefined ? {} : { signal }),
+        ...netns,
       })
     ).stdout;
   try {
@@ -116,6 +131,7 @@ export async function startContainerd(): Promise<Containerd> {
           ref,
         ],
         options.timeoutMs ?? 300_000,
+        options.signal,
       ),
     contentDigests: async () =>
       new Set(

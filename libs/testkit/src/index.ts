@@ -30,11 +30,14 @@ export {
 } from './otlp.js';
 export {
   freePort,
+  inNetns,
   makeTempDir,
   requireBinary,
   run,
   startProcess,
+  urlHost,
   waitFor,
+  type Placement,
   type RunningProcess,
 } from './process.js';
 export {
@@ -69,3 +72,4 @@ export { getText, type GetTextOptions } from './http-get.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
 export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';
+export { NetLab, type LabHost, type LinkShape } from './netlab.js';

@@ -10,6 +10,7 @@ import {
   requireBinary,
   startProcess,
   waitFor,
+  type Placement,
   type RunningProcess,
 } from './process.js';
 import type { TestCa } from './tls.js';
@@ -36,7 +37,7 @@ export interface NatsServer {
   stop(): Promise<void>;
 }
 
-export interface NatsOptions {
+export interface NatsOptions extends Placement {
   /** Port to listen on (e.g. one an agent was told before the server existed); random when omitted. */
   readonly port?: number;
   /**
@@ -75,13 +76,14 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
   const configDir = join(dir.path, options.configDir ?? '');
   await mkdir(configDir, { recursive: true });
   const configPath = join(configDir, 'nats.conf');
+  const host = options.host ?? '127.0.0.1';
   const tls = options.tls;
   const serverCert = tls === undefined ? undefined : await tls.ca.issue('nats-server');
   await writeFile(
     configPath,
     [
-      `listen: 127.0.0.1:${String(options.port ?? -1)}`,
-      'http: 127.0.0.1:-1',
+      `listen: ${host}:${String(options.port ?? -1)}`,
+      `http: ${host}:-1`,
       `jetstream { store_dir: ${JSON.stringify(storeDir)} }`,
       serverCert === undefined || tls === undefined
         ? ''
@@ -109,6 +111,7 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
     }
     const started = startProcess(binary, ['-c', configPath, '--ports_file_dir', dir.path], {
       logPath: join(dir.path, 'nats.log'),
+      ...(options.netns === undefined ? {} : { netns: options.netns }),
       ...(options.env === undefined
         ? {}
         : { env: { PATH: process.env.PATH ?? '', ...options.env } }),
@@ -166,7 +169,7 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
       await new Promise((resolve) => setTimeout(resolve, downMs));
       // The same port again (the first start may have picked a random one).
       const config = await readFile(configPath, 'utf8');
-      await writeFile(configPath, config.replace(/^listen: .*$/m, `listen: 127.0.0.1:${port}`));
+      await writeFile(configPath, config.replace(/^listen: .*$/m, `listen: ${host}:${port}`));
       proc = await launch();
     },
     stop: async () => {

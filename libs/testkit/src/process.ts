@@ -20,6 +20,7 @@ const PACKAGES: Record<string, string> = {
   containerd: 'containerd',
   ctr: 'containerd',
   skopeo: 'skopeo',
+  ip: 'iproute2',
 };
 
 /** Throws a clear error when a binary the kit needs is not installed. */
@@ -65,14 +66,48 @@ export interface RunningProcess {
   kill(): Promise<void>;
 }
 
-/** Spawns `command` with stdout and stderr appended to `logPath`. */
+/**
+ * Where a server runs: by default on 127.0.0.1 in this network namespace; for a cluster of
+ * network namespaces (the shaped-network bench), inside `netns` on its address `host`.
+ */
+export interface Placement {
+  /** Network namespace to run in (`ip netns exec`); this one when omitted. */
+  readonly netns?: string;
+  /** Address to listen on and to be reached at (default `127.0.0.1`). */
+  readonly host?: string;
+}
+
+/** The host part of a URL for address `host` (IPv6 in brackets). */
+export function urlHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/**
+ * `command` and `args` as run inside network namespace `netns` (`ip netns exec`, which execs
+ * the command: the process id is the command's own), or unchanged without one.
+ */
+export function inNetns(
+  netns: string | undefined,
+  command: string,
+  args: readonly string[],
+): [string, string[]] {
+  return netns === undefined
+    ? [command, [...args]]
+    : [requireBinary('ip'), ['netns', 'exec', netns, command, ...args]];
+}
+
+/**
+ * Spawns `command` with stdout and stderr appended to `logPath`; inside network namespace
+ * `netns` when given.
+ */
 export function startProcess(
   command: string,
   args: readonly string[],
-  options: { logPath: string; env?: NodeJS.ProcessEnv; cwd?: string },
+  options: { logPath: string; env?: NodeJS.ProcessEnv; cwd?: string; netns?: string },
 ): RunningProcess {
   const log = createWriteStream(options.logPath, { flags: 'a' });
-  const child = spawn(command, args, {
+  const [file, argv] = inNetns(options.netns, command, args);
+  const child = spawn(file, argv, {
     env: options.env ?? process.env,
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -139,13 +174,21 @@ export async function waitFor(
 export async function run(
   command: string,
   args: readonly string[],
-  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  options: {
+    timeoutMs?: number;
+    env?: NodeJS.ProcessEnv;
+    netns?: string;
+    /** Ends the command (SIGTERM) when aborted. */
+    signal?: AbortSignal;
+  } = {},
 ): Promise<{ stdout: string; stderr: string }> {
+  const [file, argv] = inNetns(options.netns, command, args);
   try {
-    return await execFileAsync(command, args, {
+    return await execFileAsync(file, argv, {
       timeout: options.timeoutMs ?? 300_000,
       maxBuffer: 64 * 1024 * 1024,
       env: options.env ?? process.env,
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
   } catch (error) {
     const e = error as Error & { stdout?: string; stderr?: string };

@@ -14,10 +14,19 @@ import {
   requireBinary,
   startProcess,
   waitFor,
+  type Placement,
   type RunningProcess,
+  urlHost,
 } from './process.js';
 
-export interface RegistryOptions {
+export interface RegistryOptions extends Placement {
+  /** Port to listen on; a free one when omitted (5000 in a namespace of its own). */
+  readonly port?: number;
+  /**
+   * Run as a pull-through cache of the registry at this URL (distribution's `proxy` mode),
+   * as many clusters run one instead of a P2P distributor.
+   */
+  readonly proxyRemoteUrl?: string;
   /** Require these credentials (htpasswd, Basic auth). */
   readonly auth?: { readonly username: string; readonly password: string };
   /**
@@ -46,7 +55,7 @@ export interface RegistryRequest {
 }
 
 export interface Registry {
-  /** `127.0.0.1:<port>`: the name clients use in image references. */
+  /** `127.0.0.1:<port>` (or the placed host's): the name clients use in image references. */
   readonly host: string;
   /** `http://127.0.0.1:<port>` */
   readonly url: string;
@@ -64,7 +73,8 @@ export interface Registry {
 export async function startRegistry(options: RegistryOptions = {}): Promise<Registry> {
   const binary = requireBinary('docker-registry');
   const dir = await makeTempDir('registry');
-  const port = await freePort();
+  const host = urlHost(options.host ?? '127.0.0.1');
+  const port = options.port ?? (options.netns === undefined ? await freePort() : 5000);
   const storageDir = join(dir.path, 'data');
   const lines = [
     'version: 0.1',
@@ -82,8 +92,11 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     '    uploadpurging:',
     '      enabled: false',
     'http:',
-    `  addr: 127.0.0.1:${port}`,
+    `  addr: ${host}:${port}`,
   ];
+  if (options.proxyRemoteUrl !== undefined) {
+    lines.push('proxy:', `  remoteurl: ${options.proxyRemoteUrl}`);
+  }
   if (options.auth !== undefined) {
     const hash = bcrypt.hashSync(options.auth.password, bcrypt.genSaltSync(4));
     await writeFile(join(dir.path, 'htpasswd'), `${options.auth.username}:${hash}\n`);
@@ -126,8 +139,11 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const configPath = join(dir.path, 'config.yml');
   await writeFile(configPath, `${lines.join('\n')}\n`);
   const logPath = join(dir.path, 'registry.log');
-  const proc = startProcess(binary, ['serve', configPath], { logPath });
-  const url = `http://127.0.0.1:${port}`;
+  const proc = startProcess(binary, ['serve', configPath], {
+    logPath,
+    ...(options.netns === undefined ? {} : { netns: options.netns }),
+  });
+  const url = `http://${host}:${port}`;
   try {
     await waitFor(
       'docker-registry to answer /v2/',
@@ -183,7 +199,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   };
 
   return {
-    host: `127.0.0.1:${port}`,
+    host: `${host}:${port}`,
     url,
     storageDir,
     process: proc,

@@ -9,7 +9,15 @@ import { fileURLToPath } from 'node:url';
 import { writeHandoutPrivateKey, writeHandoutPublicKeys } from './handout-keys.js';
 import { getText } from './http-get.js';
 import { scrapeMetrics } from './metrics.js';
-import { freePort, makeTempDir, startProcess, waitFor, type RunningProcess } from './process.js';
+import {
+  freePort,
+  makeTempDir,
+  startProcess,
+  waitFor,
+  type Placement,
+  type RunningProcess,
+  urlHost,
+} from './process.js';
 import type { TestCa } from './tls.js';
 
 /** The built entry point of a service. */
@@ -52,10 +60,10 @@ export interface AgentProcess extends ServiceProcess {
   readonly peerUrl: string | undefined;
 }
 
-export interface AgentOptions {
+export interface AgentOptions extends Placement {
   /** `SHOAL_AGENT_REGISTRIES` */
   readonly registries: string;
-  /** Port to listen on; a free one when omitted. */
+  /** Port to listen on; a free one when omitted (65001 in a namespace of its own). */
   readonly port?: number;
   /** Cache directory to use (and keep); a temporary one when omitted. */
   readonly cacheDir?: string;
@@ -77,19 +85,29 @@ export interface PieceTls {
 }
 
 /** Starts a service process and waits for its /readyz; `env` is all it gets besides PATH. */
+/**
+ * A port for a service placed at `placement`: `fixed` in a network namespace of its own
+ * (every port there is free), else one free a moment ago on loopback.
+ */
+async function portFor(placement: Placement, fixed: number): Promise<number> {
+  return placement.netns === undefined ? freePort() : fixed;
+}
+
 async function startService(
   service: ShoalService,
   dir: { path: string; remove(): Promise<void> },
   port: number,
   env: Record<string, string>,
+  placement: Placement = {},
   /** The listener serves HTTPS with a certificate of this CA. */
   ca?: Buffer,
 ): Promise<ServiceProcess> {
   const proc = startProcess(process.execPath, [serviceMain(service)], {
     logPath: join(dir.path, `${service}.log`),
     env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
+    ...(placement.netns === undefined ? {} : { netns: placement.netns }),
   });
-  const url = `${ca === undefined ? 'http' : 'https'}://127.0.0.1:${port}`;
+  const url = `${ca === undefined ? 'http' : 'https'}://${urlHost(placement.host ?? '127.0.0.1')}:${port}`;
   try {
     await waitFor(
       `${service} /readyz`,
@@ -127,10 +145,11 @@ async function startService(
 /** Starts an agent: a mirror of `registries`, and a swarm member when `natsUrl` is given. */
 export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
   const dir = await makeTempDir('agent');
-  const port = options.port ?? (await freePort());
+  const host = urlHost(options.host ?? '127.0.0.1');
+  const port = options.port ?? (await portFor(options, 65001));
   const cacheDir = options.cacheDir ?? join(dir.path, 'cache');
   const env: Record<string, string> = {
-    SHOAL_AGENT_LISTEN: `127.0.0.1:${port}`,
+    SHOAL_AGENT_LISTEN: `${host}:${port}`,
     SHOAL_AGENT_REGISTRIES: options.registries,
     SHOAL_AGENT_CACHE_DIR: cacheDir,
   };
@@ -139,20 +158,20 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
   }
   let peerId: string | undefined;
   if (options.natsUrl !== undefined) {
-    const peerPort = await freePort();
+    const peerPort = await portFor(options, 65002);
     peerId = options.peerId ?? `agent-${port}`;
     Object.assign(env, {
       SHOAL_NATS_URL: options.natsUrl,
       SHOAL_AGENT_PEER_ID: peerId,
-      SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
-      SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${peerPort}`,
+      SHOAL_AGENT_PEER_LISTEN: `${host}:${peerPort}`,
+      SHOAL_AGENT_PEER_URL: `http://${host}:${peerPort}`,
       SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
     });
     if (options.pieceTls !== undefined) {
       const { ca, verifyClients } = options.pieceTls;
       const cert = await ca.issue(`agent-${peerId}`);
       Object.assign(env, {
-        SHOAL_AGENT_PEER_URL: `https://127.0.0.1:${peerPort}`,
+        SHOAL_AGENT_PEER_URL: `https://${host}:${peerPort}`,
         SHOAL_AGENT_PEER_TLS_CERT_FILE: cert.certFile,
         SHOAL_AGENT_PEER_TLS_KEY_FILE: cert.keyFile,
         SHOAL_AGENT_PIECE_TLS_CA_FILE: ca.caFile,
@@ -163,7 +182,7 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       });
     }
   }
-  const running = await startService('agent', dir, port, { ...env, ...options.env });
+  const running = await startService('agent', dir, port, { ...env, ...options.env }, options);
   return {
     ...running,
     cacheDir,
@@ -173,21 +192,31 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
 }
 
 /** Starts a tracker on `natsUrl`. */
-export async function startTracker(options: {
-  natsUrl: string;
-  env?: Record<string, string>;
-}): Promise<ServiceProcess> {
+export async function startTracker(
+  options: {
+    natsUrl: string;
+    env?: Record<string, string>;
+    /** Port to listen on; a free one when omitted (65020 in a namespace). */
+    port?: number;
+  } & Placement,
+): Promise<ServiceProcess> {
   const dir = await makeTempDir('tracker');
-  const port = await freePort();
-  return startService('tracker', dir, port, {
-    SHOAL_NATS_URL: options.natsUrl,
-    SHOAL_TRACKER_LISTEN: `127.0.0.1:${port}`,
-    SHOAL_TRACKER_HANDOUT_KEY_FILE: await writeHandoutPrivateKey(dir.path),
-    ...options.env,
-  });
+  const port = options.port ?? (await portFor(options, 65020));
+  return startService(
+    'tracker',
+    dir,
+    port,
+    {
+      SHOAL_NATS_URL: options.natsUrl,
+      SHOAL_TRACKER_LISTEN: `${urlHost(options.host ?? '127.0.0.1')}:${port}`,
+      SHOAL_TRACKER_HANDOUT_KEY_FILE: await writeHandoutPrivateKey(dir.path),
+      ...options.env,
+    },
+    options,
+  );
 }
 
-export interface SeedServerOptions {
+export interface SeedServerOptions extends Placement {
   readonly natsUrl: string;
   /** `SHOAL_SEED_REGISTRIES` */
   readonly registries: string;
@@ -204,7 +233,8 @@ export interface SeedServerOptions {
 /** Starts a seed server on `natsUrl`, with its cache and (by default) its store in its own directory. */
 export async function startSeedServer(options: SeedServerOptions): Promise<ServiceProcess> {
   const dir = await makeTempDir('seedserver');
-  const port = options.port ?? (await freePort());
+  const port = options.port ?? (await portFor(options, 65010));
+  const host = urlHost(options.host ?? '127.0.0.1');
   const tls = options.pieceTls;
   const cert = tls === undefined ? undefined : await tls.ca.issue(`seed-${port}`);
   const tlsEnv: Record<string, string> =
@@ -217,8 +247,8 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
         };
   const env = {
     SHOAL_NATS_URL: options.natsUrl,
-    SHOAL_SEED_LISTEN: `127.0.0.1:${port}`,
-    SHOAL_SEED_URL: `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
+    SHOAL_SEED_LISTEN: `${host}:${port}`,
+    SHOAL_SEED_URL: `${tls === undefined ? 'http' : 'https'}://${host}:${port}`,
     SHOAL_SEED_ID: options.id ?? `seed-${port}`,
     SHOAL_SEED_REGISTRIES: options.registries,
     SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
@@ -233,6 +263,7 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
     dir,
     port,
     env,
+    options,
     tls === undefined ? undefined : await readFile(tls.ca.caFile),
   );
 }

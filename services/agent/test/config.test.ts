@@ -120,6 +120,9 @@ describe('loadAgentConfig', () => {
       config.SHOAL_AGENT_REGISTRIES.map((r) => [r.host, r.url.href]),
       [['docker.io', 'https://registry-1.docker.io/']],
     );
+    // No fixed time per piece: a silence limit and a rate floor.
+    assert.equal(config.SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS, 15_000);
+    assert.equal(config.SHOAL_AGENT_PIECE_MIN_RATE_BYTES, 16 * 1024);
   });
 
   it('reads every variable', () => {
@@ -199,6 +202,8 @@ describe('loadAgentConfig', () => {
       ['SHOAL_AGENT_MAX_MANIFEST_BYTES', '1e6'],
       ['SHOAL_AGENT_CACHE_MAX_BYTES', '9007199254740993'],
       ['SHOAL_AGENT_CACHE_DIR', ''],
+      ['SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS', '0'],
+      ['SHOAL_AGENT_PIECE_MIN_RATE_BYTES', '-1'],
     ] as const) {
       const problems = configProblems({ SHOAL_AGENT_REGISTRIES: 'docker.io', [name]: value });
       assert.ok(problems.length > 0);

@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { orderPieces, windowEnd, type PieceCandidate } from '../src/swarm/piece-order.js';
+import {
+  endgameLate,
+  nextTypicalMs,
+  orderPieces,
+  windowEnd,
+  type PieceCandidate,
+} from '../src/swarm/piece-order.js';
 
 const MiB = 1024 * 1024;
 
@@ -35,5 +41,31 @@ describe('piece order', () => {
       { index: 2, holders: 1, rank: 0.5 },
     ];
     assert.deepEqual(indexes(orderPieces(candidates, 8)), [1, 2, 0]);
+  });
+});
+
+describe('endgame', () => {
+  it('asks a second peer only for a piece late against the typical piece time', () => {
+    // Pieces typically take 8 s on this link: a request 10 s old is on time, 16 s is late.
+    assert.equal(endgameLate(0, 10_000, 8_000, 2, 1_000), false);
+    assert.equal(endgameLate(0, 15_999, 8_000, 2, 1_000), false);
+    assert.equal(endgameLate(0, 16_000, 8_000, 2, 1_000), true);
+    // Fast pieces: never before the minimum.
+    assert.equal(endgameLate(0, 999, 20, 2, 1_000), false);
+    assert.equal(endgameLate(0, 1_000, 20, 2, 1_000), true);
+    // Before any piece arrived: the minimum alone.
+    assert.equal(endgameLate(5_000, 6_000, undefined, 2, 1_000), true);
+    assert.equal(endgameLate(5_000, 5_500, undefined, 2, 1_000), false);
+  });
+
+  it('follows the piece times with a moving average', () => {
+    let typical = nextTypicalMs(undefined, 800);
+    assert.equal(typical, 800);
+    typical = nextTypicalMs(typical, 1_600);
+    assert.equal(typical, 900);
+    for (let i = 0; i < 100; i++) {
+      typical = nextTypicalMs(typical, 8_000);
+    }
+    assert.ok(Math.abs(typical - 8_000) < 1, `settles on the new time: ${typical}`);
   });
 });

@@ -140,6 +140,7 @@ export async function buildApp(
     fanout: {
       copies: config.SHOAL_SEED_PIECE_FANOUT,
       windowMs: config.SHOAL_SEED_FANOUT_WINDOW_MS,
+      holdMs: config.SHOAL_SEED_FANOUT_HOLD_MS,
     },
     metrics,
     verifier,

@@ -78,13 +78,22 @@ export const seedFields = z.object({
   /** Upload limit for pieces served to agents, in bytes/s; 0: none (default). */
   SHOAL_SEED_UPLOAD_RATE_BYTES: envInt(0),
   /**
-   * Agents served each piece per fanout window (default 2; 0: no limit). Past it, agents are
-   * told to get the piece from a peer that already has it (429), so the seed's upload goes to
-   * pieces the swarm does not have yet, as BitTorrent's super-seeding does.
+   * Copies of a piece sent at once (default 1; 0: no limit). A copy counts while it is being
+   * sent and for the fanout window after; past the limit agents are told to get the piece
+   * from a peer that already has it (429), so the seed's upload goes to pieces the swarm does
+   * not have yet, as BitTorrent's super-seeding does.
    */
-  SHOAL_SEED_PIECE_FANOUT: envInt(2),
-  /** The fanout window, in ms (default 2 000). */
+  SHOAL_SEED_PIECE_FANOUT: envInt(1),
+  /**
+   * How long a copy sent whole keeps counting, in ms (default 2 000): time for the agent
+   * that got it to announce it and for the others to be handed it.
+   */
   SHOAL_SEED_FANOUT_WINDOW_MS: envInt(2_000),
+  /**
+   * How long a copy still being sent counts at most, in ms (default 20 000): past it the
+   * agent getting it is too slow for the others to wait on.
+   */
+  SHOAL_SEED_FANOUT_HOLD_MS: envInt(20_000),
   /**
    * The tracker's Ed25519 public keys (PEM, one or more: during a key rotation, the old and
    * the new), which sign the hand-out tokens agents must present for pieces. Required unless

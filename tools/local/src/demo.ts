@@ -371,7 +371,12 @@ async function main(options: DemoOptions, teardown: Teardown): Promise<number> {
     teardown,
   );
   say(`agents       ${agents.map((a, i) => `agent-${i} ${a.url}`).join(', ')}`);
-  const containerds = await startAll('containerd', agents.length, startContainerd, teardown);
+  const containerds = await startAll(
+    'containerd',
+    agents.length,
+    () => startContainerd(),
+    teardown,
+  );
   for (const [i, containerd] of containerds.entries()) {
     const agent = agents[i];
     if (agent !== undefined) {

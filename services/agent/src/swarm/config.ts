@@ -89,8 +89,17 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_UPLOAD_TIMEOUT_MS: envInt(60_000).refine((n) => n >= 1, 'must be at least 1'),
   /** Pieces fetched at once per blob (default 8). */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
-  /** Longest a piece request may take, in ms (default 15 000). */
-  SHOAL_AGENT_PIECE_TIMEOUT_MS: envInt(15_000),
+  /**
+   * Longest a piece response may stay silent, in ms (default 15 000); also the grace before
+   * the rate floor applies. There is no fixed time per piece: on a slow link a piece takes
+   * what the link needs.
+   */
+  SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS: envInt(15_000).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Slowest average rate of a piece response after the grace, in bytes/s (default 16 384);
+   * below it the request is given up and the piece asked elsewhere. 0: no floor.
+   */
+  SHOAL_AGENT_PIECE_MIN_RATE_BYTES: envInt(16 * 1024),
   /** Without progress from the swarm for this long, missing pieces come from the origin, in ms (default 10 000). */
   SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
   /** How often a download asks the tracker for peers, in ms (default 500). */

@@ -3,6 +3,7 @@ import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
 
 import { PieceHttpClient, type PieceTlsOptions } from './piece-http.js';
+import { RateFloor, watchRateFloor } from './rate-floor.js';
 
 export class PieceFetchError extends ShoalError<
   'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
@@ -12,13 +13,21 @@ export class PieceFetchError extends ShoalError<
 
 const EMPTY = Buffer.alloc(0);
 
+/** When a piece request is given up while it runs. */
+export interface PieceTimeouts {
+  /** Longest the connection may stay silent, in ms; also the grace before the rate floor. */
+  readonly idleTimeoutMs: number;
+  /** Slowest average rate accepted after the grace, in bytes/s; 0: none. */
+  readonly minRateBytes: number;
+}
+
 export class PieceClient {
   readonly #http: PieceHttpClient;
-  readonly #timeoutMs: number;
+  readonly #timeouts: PieceTimeouts;
 
   /** `tls`: how `https://` peers and seed servers are reached (default: the system's CAs). */
-  constructor(timeoutMs: number, tls?: PieceTlsOptions) {
-    this.#timeoutMs = timeoutMs;
+  constructor(timeouts: PieceTimeouts, tls?: PieceTlsOptions) {
+    this.#timeouts = timeouts;
     this.#http = new PieceHttpClient(tls);
   }
 
@@ -85,20 +94,29 @@ export class PieceClient {
       block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
       return result;
     };
-    await this.#http.get(
+    // No fixed time per piece: a request that keeps moving above the floor may take as long
+    // as the link needs; one that falls below it is given up, so the piece goes elsewhere.
+    const { idleTimeoutMs, minRateBytes } = this.#timeouts;
+    const floor = new RateFloor({ graceMs: idleTimeoutMs, minBytesPerSecond: minRateBytes });
+    const slow = new AbortController();
+    const stopWatching = watchRateFloor(
+      floor,
+      slow,
+      () =>
+        new PieceFetchError(
+          'PIECE_TIMEOUT',
+          504,
+          `piece ${index} from ${url.host} is below ${minRateBytes} bytes/s (${floor.received} of ${length} bytes)`,
+        ),
+    );
+    const exchange = this.#http.get(
       url,
       {
         headers,
-        signal,
-        timeoutMs: this.#timeoutMs,
-        timeoutError: (kind) =>
-          new PieceFetchError(
-            'PIECE_TIMEOUT',
-            504,
-            kind === 'total'
-              ? `piece ${index} from ${url.host} took too long`
-              : `piece ${index} from ${url.host} went quiet`,
-          ),
+        signal: AbortSignal.any([signal, slow.signal]),
+        timeoutMs: idleTimeoutMs,
+        timeoutError: () =>
+          new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
       },
       {
         onHead: (status, announced) => {
@@ -126,6 +144,7 @@ export class PieceClient {
           block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
         },
         onBody: (bytes) => {
+          floor.record(bytes.length);
           if (received + bytes.length > length) {
             throw new PieceFetchError(
               'PIECE_LENGTH',
@@ -152,6 +171,7 @@ export class PieceClient {
         },
       },
     );
+    await exchange.finally(stopWatching);
     if (received !== length) {
       throw new PieceFetchError(
         'PIECE_LENGTH',

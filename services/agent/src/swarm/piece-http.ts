@@ -52,10 +52,13 @@ export interface ResponseSink {
 export interface GetOptions {
   readonly headers: Readonly<Record<string, string>>;
   readonly signal: AbortSignal;
-  /** Longest the whole exchange may take, and longest the connection may stay silent, in ms. */
+  /**
+   * Longest the connection may stay silent, in ms. There is no limit on the whole exchange: a
+   * slow answer that keeps moving is the caller's to judge (see `RateFloor`).
+   */
   readonly timeoutMs: number;
-  /** The errors for a timeout, by kind. */
-  readonly timeoutError: (kind: 'total' | 'idle') => Error;
+  /** The error for a timeout. */
+  readonly timeoutError: (kind: 'idle') => Error;
 }
 
 /** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
@@ -207,7 +210,6 @@ export class PieceHttpClient {
       let pending: Promise<void> | undefined;
       const parser = new ResponseParser();
       const cleanup = (): void => {
-        clearTimeout(timer);
         socket.setTimeout(0);
         socket.off('timeout', onIdle);
         socket.off('error', onError);
@@ -249,7 +251,6 @@ export class PieceHttpClient {
           },
         );
       };
-      const timer = setTimeout(() => fail(options.timeoutError('total')), options.timeoutMs);
       const onIdle = (): void => fail(options.timeoutError('idle'));
       const onError = (error: Error): void => fail(error);
       const onClose = (): void => fail(new Error(`connection to ${key} closed early`));

@@ -37,3 +37,25 @@ export function orderPieces<T extends PieceCandidate>(candidates: T[], end: numb
       Number(a.index >= end) - Number(b.index >= end) || a.holders - b.holders || a.rank - b.rank,
   );
 }
+
+/**
+ * Whether a piece in flight since `startedMs` is late enough, at `nowMs`, for the endgame to
+ * ask a second peer for it: past `factor` times the download's typical piece time
+ * (`typicalMs`, undefined before any piece arrived) and never before `minMs`. On a slow link a
+ * second copy of every piece at the tail takes the link's time from the first copies and is
+ * thrown away when they land; asked only for a late piece, it pays off.
+ */
+export function endgameLate(
+  startedMs: number,
+  nowMs: number,
+  typicalMs: number | undefined,
+  factor: number,
+  minMs: number,
+): boolean {
+  return nowMs - startedMs >= Math.max(minMs, factor * (typicalMs ?? 0));
+}
+
+/** The typical piece time after one more sample: a moving average weighing the new one 1/8. */
+export function nextTypicalMs(typicalMs: number | undefined, sampleMs: number): number {
+  return typicalMs === undefined ? sampleMs : typicalMs + (sampleMs - typicalMs) / 8;
+}

@@ -66,7 +66,13 @@ export class SwarmService implements BlobFetcher {
       logger: deps.logger,
       metrics,
     });
-    this.#pieces = new PieceClient(config.SHOAL_AGENT_PIECE_TIMEOUT_MS, deps.pieceTls);
+    this.#pieces = new PieceClient(
+      {
+        idleTimeoutMs: config.SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS,
+        minRateBytes: config.SHOAL_AGENT_PIECE_MIN_RATE_BYTES,
+      },
+      deps.pieceTls,
+    );
   }
 
   /** Whether this agent serves pieces (not a leecher). */

@@ -38,7 +38,7 @@ import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
-import { orderPieces, windowEnd } from './piece-order.js';
+import { endgameLate, nextTypicalMs, orderPieces, windowEnd } from './piece-order.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -47,6 +47,10 @@ const PER_PEER_REQUESTS = 4;
 const PER_SEED_REQUESTS = 2;
 /** Copies of one piece requested at once in the endgame. */
 const ENDGAME_COPIES = 2;
+/** A piece is late for the endgame past this many times the download's typical piece time. */
+const ENDGAME_LATE_FACTOR = 2;
+/** ...and never before this, in ms (before any piece arrived: this alone). */
+const ENDGAME_LATE_MIN_MS = 1000;
 /** Failed requests after which a peer is skipped for this blob until a hand-out names it again. */
 const MAX_PEER_FAILURES = 3;
 /** How long a peer that sent a bad piece is kept out of every download, in ms. */
@@ -101,6 +105,8 @@ interface InFlight {
    * `WHOLE_PIECE_BYTES`), or receives the piece whole and writes it once verified.
    */
   readonly streaming: boolean;
+  /** When the request started, in ms since the epoch. */
+  readonly started: number;
   done: Promise<void>;
 }
 
@@ -139,6 +145,8 @@ export class SwarmFetch {
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
   #lastProgress = Date.now();
+  /** How long a piece request that succeeded typically took, in ms (a moving average). */
+  #typicalPieceMs: number | undefined;
   /** The latest hand-out token's request headers, presented with every piece request. */
   #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
@@ -340,11 +348,19 @@ export class SwarmFetch {
         active += 1;
       }
     }
-    // Endgame: nothing new to start and few pieces left: ask a second peer for each.
+    // Endgame: nothing new to start and few pieces left: ask a second peer for each piece
+    // whose request is late.
     const missing = this.#count - this.#have.size;
     if (candidates.length === 0 && missing <= settings.concurrency) {
+      const now = Date.now();
       for (const [index, requests] of this.#inFlight) {
         if (active >= settings.concurrency * 2 || requests.size >= ENDGAME_COPIES) {
+          continue;
+        }
+        const started = Math.min(...[...requests].map((r) => r.started));
+        if (
+          !endgameLate(started, now, this.#typicalPieceMs, ENDGAME_LATE_FACTOR, ENDGAME_LATE_MIN_MS)
+        ) {
           continue;
         }
         const busy = new Set([...requests].map((r) => r.peer));
@@ -383,7 +399,13 @@ export class SwarmFetch {
     const controller = new AbortController();
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
     const streaming = first && end - start > WHOLE_PIECE_BYTES;
-    const entry: InFlight = { controller, peer: peer.info.id, streaming, done: Promise.resolve() };
+    const entry: InFlight = {
+      controller,
+      peer: peer.info.id,
+      streaming,
+      started: Date.now(),
+      done: Promise.resolve(),
+    };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     let requests = this.#inFlight.get(index);
@@ -511,6 +533,7 @@ export class SwarmFetch {
         }
       }
       this.#markHave(index);
+      this.#typicalPieceMs = nextTypicalMs(this.#typicalPieceMs, Date.now() - entry.started);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, end - start);
       this.tally.add(source, end - start, peer.info.id);

@@ -14,6 +14,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedBlob } from '../seeding/seed-blob.js';
 import { PieceBuffers } from './piece-buffers.js';
+import { PieceRations, type RationSettings } from './piece-rations.js';
 
 /** Memory kept for piece buffers between responses, in bytes. */
 const IDLE_PIECE_BUFFER_BYTES = 64 * 1024 * 1024;
@@ -22,8 +23,8 @@ export interface RouteDeps extends OpsRouteDeps {
   /** The local copy of a blob, complete or being seeded. */
   readonly blob: (digest: string) => SeedBlob | undefined;
   readonly metrics: SeedMetrics;
-  /** Copies of one piece served per window before agents are sent to peers (0: no limit). */
-  readonly fanout: { readonly copies: number; readonly windowMs: number };
+  /** Copies of one piece counted at once before agents are sent to peers (`PieceRations`). */
+  readonly fanout: RationSettings;
   /** The seed's upload budget, shared by every piece it serves. */
   readonly uploadLimit: RateLimiter;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
@@ -40,7 +41,7 @@ export interface RouteDeps extends OpsRouteDeps {
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { metrics } = deps;
-  const rations = new PieceRations(deps.fanout.copies, deps.fanout.windowMs);
+  const rations = new PieceRations(deps.fanout);
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({
     verifier: deps.verifier,
@@ -84,7 +85,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       metrics.pieceRequests.inc({ result: 'busy' });
       return reply.code(429).header('retry-after', '1').send({ error: 'busy' });
     }
-    if (!rations.allow(digest, piece)) {
+    const ticket = rations.take(digest, piece);
+    if (ticket === undefined) {
       metrics.pieceRequests.inc({ result: 'rationed' });
       return reply
         .code(429)
@@ -93,22 +95,31 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     }
     // In use until the response is gone: the cache never evicts a blob being served.
     if (!blob.acquire()) {
+      ticket.end(false);
       metrics.pieceRequests.inc({ result: 'missing' });
       return reply.code(404).send({ error: 'piece not held' });
     }
     uploads += 1;
     metrics.uploadsInFlight.set(uploads);
     // Changed by the close handler and the read, each seeing the other's changes.
-    const state: { buffer: Buffer | undefined; reading: boolean; closed: boolean } = {
+    const state: {
+      buffer: Buffer | undefined;
+      reading: boolean;
+      closed: boolean;
+      sending: boolean;
+    } = {
       buffer: undefined,
       reading: false,
       closed: false,
+      sending: false,
     };
     const deadline = setTimeout(() => {
       request.raw.socket.destroy();
     }, deps.uploads.timeoutMs);
     reply.raw.once('close', () => {
       state.closed = true;
+      // The copy counts as spread only when the agent got all of it.
+      ticket.end(state.sending && reply.raw.writableFinished);
       clearTimeout(deadline);
       uploads -= 1;
       metrics.uploadsInFlight.set(uploads);
@@ -141,6 +152,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       metrics.pieceRequests.inc({ result: 'missing' });
       return reply.code(404).send({ error: 'piece not held' });
     }
+    state.sending = true;
     metrics.pieceRequests.inc({ result: 'served' });
     metrics.servedBytes.inc(bytes.length);
     return reply.header('content-type', 'application/octet-stream').send(bytes);
@@ -151,43 +163,3 @@ interface PieceRoute {
   Params: { algorithm: string; hex: string; index: string };
 }
 type PieceRequest = FastifyRequest<PieceRoute>;
-
-/**
- * Counts copies of each piece served in the current window. Entries are kept per blob and
- * dropped when their window has passed, so memory follows the pieces served recently.
- */
-class PieceRations {
-  readonly #copies: number;
-  readonly #windowMs: number;
-  readonly #served = new Map<string, { count: number; since: number }>();
-
-  constructor(copies: number, windowMs: number) {
-    this.#copies = copies;
-    this.#windowMs = windowMs;
-  }
-
-  allow(digest: string, piece: number): boolean {
-    if (this.#copies === 0) {
-      return true;
-    }
-    const now = Date.now();
-    if (this.#served.size > 100_000) {
-      for (const [key, entry] of this.#served) {
-        if (now - entry.since > this.#windowMs) {
-          this.#served.delete(key);
-        }
-      }
-    }
-    const key = `${digest}/${piece}`;
-    const entry = this.#served.get(key);
-    if (entry === undefined || now - entry.since > this.#windowMs) {
-      this.#served.set(key, { count: 1, since: now });
-      return true;
-    }
-    if (entry.count >= this.#copies) {
-      return false;
-    }
-    entry.count += 1;
-    return true;
-  }
-}

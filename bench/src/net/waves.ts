@@ -1,0 +1,279 @@
+/**
+ * The shaped-network bench's waves: every node of the lab pulls one image with `ctr images
+ * pull` at the same moment (late nodes a set time after), straight from the registry, through
+ * a pull-through cache, or through Shoal. Each wave starts cold: a fresh containerd per node,
+ * and for the cache and Shoal a fresh cache, seed server and agents.
+ */
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import {
+  readProcCost,
+  scrapeMetrics,
+  startAgent,
+  startContainerd,
+  startNats,
+  startRegistry,
+  startSeedServer,
+  startTracker,
+  waitFor,
+  writeMirrorHosts,
+  type AgentProcess,
+  type Containerd,
+  type LabHost,
+  type Registry,
+  type RunningProcess,
+  type Teardown,
+} from '@shoal/testkit';
+
+import { newTeardown, progress } from '../cli.js';
+
+/** A node of the lab and when it starts pulling. */
+export interface LabNode {
+  readonly host: LabHost;
+  /** Seconds after the wave's start at which this node starts its pull. */
+  readonly startAfterS: number;
+}
+
+/** One node's pull. */
+export interface NodePull {
+  readonly name: string;
+  /** From this node's own start to its pull's end, in seconds. */
+  readonly seconds: number;
+  /** From the wave's start to this node's pull's end, in seconds. */
+  readonly doneAtS: number;
+  readonly error: string | undefined;
+}
+
+/** What a wave's caller gives every wave. */
+export interface WaveContext {
+  readonly nodes: readonly LabNode[];
+  readonly registry: Registry;
+  /** `host:port/repository:tag` of the image, as the nodes name it. */
+  readonly ref: string;
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal;
+}
+
+/** Shoal's cost in a wave: CPU seconds by role, and what the swarm moved. */
+export interface SwarmFigures {
+  readonly cpuSeconds: Readonly<Record<'agents' | 'seed' | 'tracker' | 'nats', number>>;
+  /** Bytes the agents fetched, by source, and uploaded to peers. */
+  readonly fetched: Readonly<Record<'origin' | 'seed' | 'peer', number>>;
+  readonly uploaded: number;
+  /** Bytes the seed server served to agents. */
+  readonly seedServed: number;
+  /** Piece requests that failed (timeouts, errors), and those the seed turned away. */
+  readonly piecesFailed: number;
+  readonly piecesRationed: number;
+}
+
+export interface WaveResult {
+  readonly pulls: readonly NodePull[];
+  /** Bytes of blobs the origin registry wrote during the wave, by its own log. */
+  readonly registryBytes: number;
+  /** Bytes the registry's link carried out during the wave (with TCP/IP overhead). */
+  readonly registryLinkBytes: number;
+  readonly swarm: SwarmFigures | undefined;
+}
+
+/** containerd on every node, each torn down by `teardown`; `hosts` writes its hosts.toml. */
+async function startContainerds(
+  nodes: readonly LabNode[],
+  teardown: Teardown,
+): Promise<Containerd[]> {
+  return Promise.all(
+    nodes.map(async (node) => {
+      const containerd = await startContainerd({ netns: node.host.netns });
+      teardown.add(`containerd on ${node.host.name}`, () => containerd.stop());
+      return containerd;
+    }),
+  );
+}
+
+/** Every node pulls `ref` (late ones later); the registry's figures around the pulls. */
+async function pullEverywhere(
+  context: WaveContext,
+  containerds: readonly Containerd[],
+  registryHost: LabHost,
+): Promise<Omit<WaveResult, 'swarm'>> {
+  const { nodes, registry, ref, timeoutMs } = context;
+  const before = (await registry.blobGets()).length;
+  const linkBefore = await registryHost.counters();
+  const started = performance.now();
+  const pulls = await Promise.all(
+    nodes.map(async (node, index): Promise<NodePull> => {
+      const containerd = containerds[index];
+      if (node.startAfterS > 0) {
+        await new Promise((resolve) => setTimeout(resolve, node.startAfterS * 1000));
+      }
+      const own = performance.now();
+      let error: string | undefined;
+      try {
+        context.signal.throwIfAborted();
+        if (containerd === undefined) {
+          throw new Error('no containerd');
+        }
+        await containerd.pull(ref, { timeoutMs, signal: context.signal });
+      } catch (caught) {
+        // ctr's own complaint is the last line of the error's output.
+        const lines = (caught instanceof Error ? caught.message : String(caught))
+          .split('\n')
+          .filter((line) => line.trim() !== '');
+        error = lines.at(-1) ?? 'failed';
+      }
+      const end = performance.now();
+      return {
+        name: node.host.name,
+        seconds: (end - own) / 1000,
+        doneAtS: (end - started) / 1000,
+        error,
+      };
+    }),
+  );
+  const gets = (await registry.blobGets()).slice(before);
+  const linkAfter = await registryHost.counters();
+  return {
+    pulls,
+    registryBytes: gets.reduce((sum, get) => sum + get.written, 0),
+    registryLinkBytes: linkAfter.tx - linkBefore.tx,
+  };
+}
+
+/** (a) Every node pulls straight from the registry. */
+export async function directWave(context: WaveContext, registryHost: LabHost): Promise<WaveResult> {
+  const teardown = newTeardown();
+  try {
+    const containerds = await startContainerds(context.nodes, teardown);
+    // The registry as its own only host: containerd 1.6 ignores `server`'s http scheme when a
+    // hosts.toml has no host table.
+    const { host, url } = context.registry;
+    await Promise.all(containerds.map((c) => writeMirrorHosts(c.hostsDir, host, url, url)));
+    progress(`direct: ${context.nodes.length} nodes pulling from the registry`);
+    return { ...(await pullEverywhere(context, containerds, registryHost)), swarm: undefined };
+  } finally {
+    await teardown.run();
+  }
+}
+
+/** (b) Every node pulls through a pull-through cache (distribution in proxy mode). */
+export async function cacheWave(
+  context: WaveContext,
+  registryHost: LabHost,
+  cacheHost: LabHost,
+): Promise<WaveResult> {
+  const teardown = newTeardown();
+  try {
+    const cache = await startRegistry({
+      netns: cacheHost.netns,
+      host: cacheHost.address,
+      proxyRemoteUrl: context.registry.url,
+    });
+    teardown.add('pull-through cache', () => cache.stop());
+    const containerds = await startContainerds(context.nodes, teardown);
+    await Promise.all(
+      containerds.map((c) =>
+        writeMirrorHosts(c.hostsDir, context.registry.host, context.registry.url, cache.url),
+      ),
+    );
+    progress(`cache: ${context.nodes.length} nodes pulling through ${cache.url}`);
+    return { ...(await pullEverywhere(context, containerds, registryHost)), swarm: undefined };
+  } finally {
+    await teardown.run();
+  }
+}
+
+/** CPU seconds every process in `processes` has used so far. */
+async function cpuOf(processes: readonly RunningProcess[]): Promise<number> {
+  let total = 0;
+  for (const proc of processes) {
+    if (proc.child.pid !== undefined) {
+      total += (await readProcCost(proc.child.pid)).cpuSeconds;
+    }
+  }
+  return total;
+}
+
+/**
+ * (c) Every node pulls through its Shoal agent: NATS, a tracker and the seed server in the
+ * control namespace, an agent per node on the node's own address, writing containerd's
+ * hosts.toml itself. `env` goes to the agents and the seed server.
+ */
+export async function shoalWave(
+  context: WaveContext,
+  registryHost: LabHost,
+  controlHost: LabHost,
+  env: Readonly<Record<string, string>>,
+): Promise<WaveResult> {
+  const teardown = newTeardown();
+  const placed = { netns: controlHost.netns, host: controlHost.address };
+  try {
+    const registries = `${context.registry.host}=${context.registry.url}`;
+    const nats = await startNats(placed);
+    teardown.add('nats-server', () => nats.stop());
+    const tracker = await startTracker({ natsUrl: nats.url, ...placed });
+    teardown.add('tracker', () => tracker.stop());
+    const seed = await startSeedServer({
+      natsUrl: nats.url,
+      registries,
+      env: { ...env },
+      ...placed,
+    });
+    teardown.add('seed server', () => seed.stop());
+    const containerds = await startContainerds(context.nodes, teardown);
+    const agents: AgentProcess[] = await Promise.all(
+      context.nodes.map(async (node, index) => {
+        const agent = await startAgent({
+          registries,
+          natsUrl: nats.url,
+          peerId: node.host.name,
+          netns: node.host.netns,
+          host: node.host.address,
+          env: { SHOAL_AGENT_HOSTS_DIR: containerds[index]?.hostsDir ?? '', ...env },
+        });
+        teardown.add(`agent on ${node.host.name}`, () => agent.stop());
+        return agent;
+      }),
+    );
+    // The agents write containerd's hosts.toml once they listen; pull only after they have.
+    await Promise.all(
+      containerds.map((c) =>
+        waitFor('the agent to write hosts.toml', async () => {
+          await access(join(c.hostsDir, context.registry.host, 'hosts.toml'));
+          return true;
+        }),
+      ),
+    );
+    context.signal.throwIfAborted();
+    const roles = {
+      agents: agents.map((a) => a.process),
+      seed: [seed.process],
+      tracker: [tracker.process],
+      nats: [nats.process],
+    };
+    const cpuBefore = await Promise.all(Object.values(roles).map(cpuOf));
+    progress(`shoal: ${agents.length} agents, a tracker and a seed server are up; pulling`);
+    const pulled = await pullEverywhere(context, containerds, registryHost);
+    const cpuAfter = await Promise.all(Object.values(roles).map(cpuOf));
+    const cpu = (i: number): number => (cpuAfter[i] ?? 0) - (cpuBefore[i] ?? 0);
+
+    const scraped = await Promise.all(agents.map((a) => scrapeMetrics(a.url)));
+    const sum = (name: string, labels: Record<string, string> = {}): number =>
+      scraped.reduce((total, m) => total + m.get(name, labels), 0);
+    const fetched = (source: string): number => sum('shoal_agent_fetched_bytes_total', { source });
+    const seedMetrics = await scrapeMetrics(seed.url);
+    return {
+      ...pulled,
+      swarm: {
+        cpuSeconds: { agents: cpu(0), seed: cpu(1), tracker: cpu(2), nats: cpu(3) },
+        fetched: { origin: fetched('origin'), seed: fetched('seed'), peer: fetched('peer') },
+        uploaded: sum('shoal_agent_uploaded_bytes_total'),
+        seedServed: seedMetrics.get('shoal_seedserver_served_bytes_total'),
+        piecesFailed: sum('shoal_agent_pieces_total', { result: 'failed' }),
+        piecesRationed: sum('shoal_agent_pieces_total', { result: 'deferred' }),
+      },
+    };
+  } finally {
+    await teardown.run();
+  }
+}

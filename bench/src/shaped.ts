@@ -1,0 +1,415 @@
+#!/usr/bin/env node
+/**
+ * The shaped-network benchmark: a cluster built of network namespaces on this machine, every
+ * link rate-limited with tc on both ends, and one generated image pulled with `ctr images
+ * pull` on every node at once, in three waves of the same run: (a) straight from the registry,
+ * (b) through a pull-through cache, (c) through Shoal. For each wave it prints the time until
+ * every node is done, the median node, registry bytes ÷ image bytes, the ideal lower bound and
+ * the ratios to it, and for Shoal the CPU seconds of its processes.
+ *
+ *   npm run shaped -w bench -- [--nodes 4] [--node-mbit 25] [--size-mib 64] ...   (as root)
+ *
+ * It reports figures; it never asserts a time. It exits 1 when a pull fails.
+ */
+import { join } from 'node:path';
+
+import {
+  generateImage,
+  makeTempDir,
+  mib,
+  pushImage,
+  ratio,
+  seconds,
+  startRegistry,
+  table,
+  type GeneratedImage,
+} from '@shoal/testkit';
+
+import {
+  exitOnProblems,
+  interruptOnSignal,
+  newTeardown,
+  progress,
+  readOptions,
+  runBench,
+} from './cli.js';
+import { NetLab, type LabHost, type LinkShape } from '@shoal/testkit';
+import {
+  cacheWave,
+  directWave,
+  shoalWave,
+  type LabNode,
+  type WaveContext,
+  type WaveResult,
+} from './net/waves.js';
+
+const MiB = 1024 * 1024;
+const REPOSITORY = 'bench/shaped';
+const WAVES = ['direct', 'cache', 'shoal'] as const;
+type WaveName = (typeof WAVES)[number];
+
+const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it builds network namespaces)
+
+  --nodes N            nodes pulling at once, each with containerd and an agent (default 4)
+  --node-mbit R        each node's link, megabits/s each way (default 25)
+  --registry-mbit R    the registry's link (default: --node-mbit)
+  --cache-mbit R       the pull-through cache's link (default: --registry-mbit)
+  --control-mbit R     the link of NATS, the tracker and the seed server (default: --node-mbit)
+  --delay-ms D         one-way delay on every link end (needs netem in the kernel; default 0)
+  --loss-pct P         packet loss on every link end, in percent (needs netem; default 0)
+  --layers L           layers of the generated image (default 3; sizes halve layer by layer)
+  --size-mib S         the image's size, all layers together, in MiB (default 64)
+  --slow-nodes K       K nodes at a quarter of --node-mbit (default 0)
+  --late-join S        the last node starts pulling S seconds after the others (default 0)
+  --waves LIST         which waves, in order (default direct,cache,shoal)
+  --shoal-env LIST     settings for the agents and the seed server, KEY=VALUE,KEY=VALUE
+  --timeout-s S        longest a node's pull may take (default 600)
+
+The issue's configuration: --nodes 6 --size-mib 256 (about 15 minutes at 25 Mbit/s).
+`;
+
+interface Options {
+  readonly nodes: number;
+  readonly nodeMbit: number;
+  readonly registryMbit: number;
+  readonly cacheMbit: number;
+  readonly controlMbit: number;
+  readonly delayMs: number;
+  readonly lossPct: number;
+  readonly layerSizes: readonly number[];
+  readonly slowNodes: number;
+  readonly lateJoinS: number;
+  readonly waves: readonly WaveName[];
+  readonly shoalEnv: Readonly<Record<string, string>>;
+  readonly timeoutMs: number;
+}
+
+/** Layer sizes that halve from one layer to the next and add up to `totalBytes`. */
+function halvingLayers(count: number, totalBytes: number): number[] {
+  const weights = Array.from({ length: count }, (_, i) => 2 ** (count - 1 - i));
+  const sum = weights.reduce((a, b) => a + b, 0);
+  return weights.map((w) => Math.max(4096, Math.round((totalBytes * w) / sum)));
+}
+
+function parseOptions(argv: readonly string[]): Options {
+  const values = readOptions(argv, USAGE, {
+    nodes: { type: 'string', default: '4' },
+    'node-mbit': { type: 'string', default: '25' },
+    'registry-mbit': { type: 'string' },
+    'cache-mbit': { type: 'string' },
+    'control-mbit': { type: 'string' },
+    'delay-ms': { type: 'string', default: '0' },
+    'loss-pct': { type: 'string', default: '0' },
+    layers: { type: 'string', default: '3' },
+    'size-mib': { type: 'string', default: '64' },
+    'slow-nodes': { type: 'string', default: '0' },
+    'late-join': { type: 'string', default: '0' },
+    waves: { type: 'string', default: WAVES.join(',') },
+    'shoal-env': { type: 'string', default: '' },
+    'timeout-s': { type: 'string', default: '600' },
+  });
+  const problems: string[] = [];
+  const number = (name: string, fallback?: string): number =>
+    Number(values[name] ?? (fallback === undefined ? undefined : values[fallback]));
+  const check = (ok: boolean, problem: string): void => {
+    if (!ok) {
+      problems.push(problem);
+    }
+  };
+  const nodes = number('nodes');
+  check(Number.isInteger(nodes) && nodes >= 1 && nodes <= 32, '--nodes takes 1 to 32');
+  const nodeMbit = number('node-mbit');
+  const registryMbit = values['registry-mbit'] === undefined ? nodeMbit : number('registry-mbit');
+  const cacheMbit = values['cache-mbit'] === undefined ? registryMbit : number('cache-mbit');
+  const controlMbit = values['control-mbit'] === undefined ? nodeMbit : number('control-mbit');
+  for (const [name, value] of Object.entries({ nodeMbit, registryMbit, cacheMbit, controlMbit })) {
+    check(Number.isFinite(value) && value > 0 && value <= 10_000, `${name}: a rate in Mbit/s`);
+  }
+  const delayMs = number('delay-ms');
+  const lossPct = number('loss-pct');
+  check(Number.isFinite(delayMs) && delayMs >= 0, '--delay-ms takes a delay in ms');
+  check(Number.isFinite(lossPct) && lossPct >= 0 && lossPct < 100, '--loss-pct takes 0 to 99');
+  const layers = number('layers');
+  const sizeMib = number('size-mib');
+  check(Number.isInteger(layers) && layers >= 1 && layers <= 16, '--layers takes 1 to 16');
+  check(Number.isFinite(sizeMib) && sizeMib > 0, '--size-mib takes a size in MiB');
+  const slowNodes = number('slow-nodes');
+  check(
+    Number.isInteger(slowNodes) && slowNodes >= 0 && slowNodes < nodes,
+    '--slow-nodes takes 0 to --nodes - 1',
+  );
+  const lateJoinS = number('late-join');
+  check(Number.isFinite(lateJoinS) && lateJoinS >= 0, '--late-join takes seconds');
+  const waves = String(values.waves)
+    .split(',')
+    .filter((w) => w !== '');
+  check(
+    waves.length > 0 && waves.every((w) => (WAVES as readonly string[]).includes(w)),
+    `--waves takes some of ${WAVES.join(',')}`,
+  );
+  const shoalEnv: Record<string, string> = {};
+  for (const pair of String(values['shoal-env'])
+    .split(',')
+    .filter((p) => p !== '')) {
+    const at = pair.indexOf('=');
+    check(at > 0 && /^SHOAL_[A-Z0-9_]+$/.test(pair.slice(0, at)), `--shoal-env: bad ${pair}`);
+    shoalEnv[pair.slice(0, at)] = pair.slice(at + 1);
+  }
+  const timeoutS = number('timeout-s');
+  check(Number.isFinite(timeoutS) && timeoutS > 0, '--timeout-s takes seconds');
+  exitOnProblems(problems, USAGE);
+  return {
+    nodes,
+    nodeMbit,
+    registryMbit,
+    cacheMbit,
+    controlMbit,
+    delayMs,
+    lossPct,
+    layerSizes: halvingLayers(layers, sizeMib * MiB),
+    slowNodes,
+    lateJoinS,
+    waves: waves as WaveName[],
+    shoalEnv,
+    timeoutMs: timeoutS * 1000,
+  };
+}
+
+/** Bytes per second of a link of `mbit`. */
+const bytesPerSecond = (mbit: number): number => (mbit * 1_000_000) / 8;
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? (sorted[mid] ?? Number.NaN)
+    : ((sorted[mid - 1] ?? Number.NaN) + (sorted[mid] ?? Number.NaN)) / 2;
+}
+
+/**
+ * Lower bounds on the time until every node is done, in seconds, for `imageBytes` on the
+ * lab's links: no client can beat its own link or the links its bytes must cross.
+ */
+function idealSeconds(
+  wave: WaveName,
+  options: Options,
+  imageBytes: number,
+  nodeMbit: number,
+): number {
+  const node = bytesPerSecond(nodeMbit);
+  const registry = bytesPerSecond(options.registryMbit);
+  const n = options.nodes;
+  switch (wave) {
+    case 'direct':
+      // The registry's link carries the image once per node.
+      return Math.max((n * imageBytes) / registry, imageBytes / node);
+    case 'cache':
+      // Once over the registry's link, once per node over the cache's.
+      return Math.max(
+        imageBytes / Math.min(registry, node),
+        (n * imageBytes) / bytesPerSecond(options.cacheMbit),
+      );
+    case 'shoal':
+      // A perfect swarm: every byte crosses the registry's link once and each node's once.
+      return imageBytes / Math.min(node, registry, bytesPerSecond(options.controlMbit));
+  }
+}
+
+/** The report: one table of the waves, then Shoal's details. */
+function report(
+  options: Options,
+  image: GeneratedImage,
+  results: ReadonlyMap<WaveName, WaveResult>,
+  slowNames: ReadonlySet<string>,
+  netem: boolean | undefined,
+): string {
+  const imageBytes = image.blobs.reduce((sum, b) => sum + b.size, 0);
+  const out: string[] = [];
+  out.push(
+    `Shaped-network benchmark: ${options.nodes} nodes at ${options.nodeMbit} Mbit/s` +
+      (options.slowNodes > 0 ? ` (${options.slowNodes} at ${options.nodeMbit / 4} Mbit/s)` : '') +
+      `, registry ${options.registryMbit} Mbit/s, cache ${options.cacheMbit} Mbit/s, ` +
+      `control (NATS, tracker, seed) ${options.controlMbit} Mbit/s`,
+    `links: tbf on both ends of every link` +
+      (options.delayMs > 0 || options.lossPct > 0
+        ? netem === true
+          ? `, netem ${options.delayMs} ms delay and ${options.lossPct} % loss at each end`
+          : ', delay and loss SKIPPED (no netem in this kernel)'
+        : ''),
+    `image: ${image.layers.length} layers + config = ${mib(imageBytes)} ` +
+      `(layers ${image.layers.map((l) => mib(l.size)).join(', ')})`,
+    options.lateJoinS > 0
+      ? `late join: the last node starts ${options.lateJoinS} s after the others (its time from its own start)`
+      : '',
+    '',
+  );
+  const rows: string[][] = [];
+  const fastMbit = options.nodeMbit;
+  for (const [wave, result] of results) {
+    const ok = result.pulls.filter((p) => p.error === undefined);
+    const all = Math.max(...result.pulls.map((p) => p.seconds));
+    const med = median(result.pulls.map((p) => p.seconds));
+    const fast = result.pulls.filter((p) => !slowNames.has(p.name));
+    const fastAll = Math.max(...fast.map((p) => p.seconds));
+    const slowestMbit = options.slowNodes > 0 ? fastMbit / 4 : fastMbit;
+    const ideal = idealSeconds(wave, options, imageBytes, slowestMbit);
+    const idealFast = idealSeconds(wave, options, imageBytes, fastMbit);
+    const cpu = result.swarm?.cpuSeconds;
+    rows.push([
+      wave,
+      `${ok.length}/${result.pulls.length}`,
+      seconds(all),
+      seconds(ideal),
+      ratio(all / ideal),
+      seconds(med),
+      ratio(med / idealFast),
+      ...(options.slowNodes > 0 ? [seconds(fastAll), ratio(fastAll / idealFast)] : []),
+      ratio(result.registryBytes / imageBytes),
+      ratio(result.registryLinkBytes / imageBytes),
+      cpu === undefined ? '' : (cpu.agents + cpu.seed + cpu.tracker + cpu.nats).toFixed(1),
+    ]);
+  }
+  out.push(
+    table(
+      [
+        'wave',
+        'ok',
+        'all done',
+        'ideal',
+        '÷ ideal',
+        'median',
+        '÷ ideal',
+        ...(options.slowNodes > 0 ? ['full-speed done', '÷ ideal'] : []),
+        'registry ÷ image',
+        'reg. link ÷ image',
+        'Shoal CPU s',
+      ],
+      rows,
+    ),
+    '',
+    'ideal: direct N × image ÷ registry link; cache max(image ÷ registry link, N × image ÷ cache link);',
+    'shoal (a perfect swarm) image ÷ min(node link, registry link, seed link); the median against',
+    'a full-speed node. reg. link: bytes out of the registry namespace, TCP/IP headers included.',
+    '',
+  );
+  const times = (wave: WaveName): number =>
+    Math.max(...(results.get(wave)?.pulls ?? []).map((p) => p.seconds));
+  const shoal = results.get('shoal');
+  for (const other of ['direct', 'cache'] as const) {
+    if (shoal !== undefined && results.has(other)) {
+      out.push(
+        `Shoal ÷ ${other}: every node done ${ratio(times('shoal') / times(other))}× the time ` +
+          `(${ratio(times(other) / times('shoal'))}× faster)`,
+      );
+    }
+  }
+  const swarm = shoal?.swarm;
+  if (shoal !== undefined && swarm !== undefined) {
+    out.push(
+      '',
+      `Shoal: agents fetched ${ratio(swarm.fetched.peer / imageBytes)}× the image from peers, ` +
+        `${ratio(swarm.fetched.seed / imageBytes)}× from the seed, ` +
+        `${ratio(swarm.fetched.origin / imageBytes)}× from the origin; uploaded ` +
+        `${ratio(swarm.uploaded / imageBytes)}×`,
+      `seed server sent ${ratio(swarm.seedServed / imageBytes)}× the image; piece requests failed: ` +
+        `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}`,
+      `CPU seconds: agents ${swarm.cpuSeconds.agents.toFixed(1)}, seed server ` +
+        `${swarm.cpuSeconds.seed.toFixed(1)}, tracker ${swarm.cpuSeconds.tracker.toFixed(1)}, ` +
+        `nats-server ${swarm.cpuSeconds.nats.toFixed(1)}`,
+      table(
+        ['node', 'time', 'done at'],
+        shoal.pulls.map((p) => [
+          p.name + (slowNames.has(p.name) ? ' (slow)' : ''),
+          p.error === undefined ? seconds(p.seconds) : 'FAILED',
+          seconds(p.doneAtS),
+        ]),
+      ),
+    );
+  }
+  for (const [wave, result] of results) {
+    for (const pull of result.pulls.filter((p) => p.error !== undefined)) {
+      out.push(`FAILED ${wave} ${pull.name}: ${pull.error ?? ''}`);
+    }
+  }
+  return `${out.join('\n')}\n`;
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('the shaped bench builds network namespaces: run it as root\n');
+    return 2;
+  }
+  const interrupt = interruptOnSignal();
+  const teardown = newTeardown();
+  try {
+    const lab = await NetLab.create(progress);
+    teardown.add('network namespaces', () => lab.close());
+    const shape = (mbit: number): LinkShape => ({
+      mbit,
+      delayMs: options.delayMs,
+      lossPct: options.lossPct,
+    });
+    const registryHost = await lab.addHost('reg', 1, shape(options.registryMbit));
+    const controlHost = await lab.addHost('ctl', 2, shape(options.controlMbit));
+    const cacheHost = await lab.addHost('cache', 3, shape(options.cacheMbit));
+    const slowNames = new Set<string>();
+    const nodes: LabNode[] = [];
+    for (let i = 0; i < options.nodes; i++) {
+      // The slow nodes are the first ones; the late one is the last.
+      const slow = i < options.slowNodes;
+      const host: LabHost = await lab.addHost(
+        `n${i}`,
+        10 + i,
+        shape(slow ? options.nodeMbit / 4 : options.nodeMbit),
+      );
+      if (slow) {
+        slowNames.add(host.name);
+      }
+      nodes.push({ host, startAfterS: i === options.nodes - 1 ? options.lateJoinS : 0 });
+    }
+    progress(`lab up: ${nodes.length} nodes, the registry, a cache and the control namespace`);
+
+    // The origin, on its own address; the image is pushed over the bench's control link.
+    const registry = await startRegistry({ netns: registryHost.netns, host: registryHost.address });
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('bench-shaped');
+    teardown.add('image layout', () => layout.remove());
+    progress(`generating and pushing a ${options.layerSizes.length}-layer image`);
+    const image = await generateImage(join(layout.path, 'image'), {
+      layerSizes: options.layerSizes,
+      seed: `shaped-${Date.now()}`,
+    });
+    const ref = await pushImage(image, registry.host, REPOSITORY);
+    interrupt.signal.throwIfAborted();
+
+    const context: WaveContext = {
+      nodes,
+      registry,
+      ref,
+      timeoutMs: options.timeoutMs,
+      signal: interrupt.signal,
+    };
+    const results = new Map<WaveName, WaveResult>();
+    for (const wave of options.waves) {
+      interrupt.signal.throwIfAborted();
+      const result =
+        wave === 'direct'
+          ? await directWave(context, registryHost)
+          : wave === 'cache'
+            ? await cacheWave(context, registryHost, cacheHost)
+            : await shoalWave(context, registryHost, controlHost, options.shoalEnv);
+      const slowest = Math.max(...result.pulls.map((p) => p.seconds));
+      progress(`${wave}: every node done in ${seconds(slowest)}`);
+      results.set(wave, result);
+    }
+    interrupt.signal.throwIfAborted();
+    process.stdout.write(report(options, image, results, slowNames, lab.netem));
+    return [...results.values()].some((r) => r.pulls.some((p) => p.error !== undefined)) ? 1 : 0;
+  } finally {
+    await teardown.run();
+    interrupt.release();
+  }
+}
+
+await runBench(main);

@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { PieceRations } from '../src/http/piece-rations.js';
+
+const BLOB = `sha256:${'b'.repeat(64)}`;
+
+/** A clock the test moves by hand. */
+function manualClock(): { now: () => number; advance(ms: number): void } {
+  let t = 5_000_000;
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+describe('PieceRations', () => {
+  const settings = { copies: 1, windowMs: 2_000, holdMs: 20_000 };
+
+  it('sends a piece once while its copy is on a slow link, however long that takes', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    const first = rations.take(BLOB, 0);
+    assert.ok(first);
+    // The old window counted from the start: after 2 s a second copy went out. Now the copy
+    // in flight counts until it is sent (up to the hold).
+    for (let ms = 0; ms < 19_000; ms += 1_000) {
+      clock.advance(1_000);
+      assert.equal(rations.take(BLOB, 0), undefined, `a second copy at ${ms + 1_000} ms`);
+    }
+    // Other pieces are not held back.
+    assert.ok(rations.take(BLOB, 1));
+    first.end(true);
+    // Sent whole: the window for the swarm to hear of it.
+    clock.advance(1_999);
+    assert.equal(rations.take(BLOB, 0), undefined);
+    clock.advance(1);
+    assert.ok(rations.take(BLOB, 0), 'after the window, a copy for whoever still lacks it');
+  });
+
+  it('lets another copy go when the first was cut off', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    rations.take(BLOB, 3)?.end(false);
+    assert.ok(rations.take(BLOB, 3));
+  });
+
+  it('stops waiting on a copy held longer than the hold', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    const stuck = rations.take(BLOB, 0);
+    assert.ok(stuck);
+    clock.advance(19_999);
+    assert.equal(rations.take(BLOB, 0), undefined);
+    clock.advance(1);
+    const second = rations.take(BLOB, 0);
+    assert.ok(second, 'the slow copy no longer counts');
+    assert.equal(rations.take(BLOB, 0), undefined, 'the new copy does');
+    stuck.end(true);
+    second.end(true);
+    clock.advance(2_000);
+    assert.ok(rations.take(BLOB, 0));
+  });
+
+  it('counts up to `copies` at once, and nothing with 0', () => {
+    const clock = manualClock();
+    const two = new PieceRations({ ...settings, copies: 2 }, clock.now);
+    assert.ok(two.take(BLOB, 0));
+    assert.ok(two.take(BLOB, 0));
+    assert.equal(two.take(BLOB, 0), undefined);
+    const none = new PieceRations({ ...settings, copies: 0 }, clock.now);
+    for (let i = 0; i < 10; i++) {
+      assert.ok(none.take(BLOB, 0));
+    }
+    assert.equal(none.size, 0);
+  });
+
+  it('keeps memory to the pieces served recently', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    rations.take(BLOB, 0)?.end(false);
+    assert.equal(rations.size, 0, 'a cut-off copy leaves nothing behind');
+    const ticket = rations.take(BLOB, 1);
+    ticket?.end(true);
+    ticket?.end(true);
+    assert.equal(rations.size, 1);
+    clock.advance(2_000);
+    assert.ok(rations.take(BLOB, 1));
+  });
+});
