@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
+  freePort,
   generateImage,
   makeTempDir,
   pushImage,
@@ -20,6 +21,7 @@ import {
   startSeedServer,
   startTracker,
   startWatcher,
+  signTestToken,
   WATCHER_TOKEN,
   type AgentProcess,
   type GeneratedImage,
@@ -38,7 +40,7 @@ const REPOSITORY = 'shoal/fuzz';
 /** Stands for a body over the watcher's limit. */
 const OVERSIZE = Buffer.from('oversize');
 /** Inputs per surface; together over 10,000. */
-const RUNS = { mirror: 5_000, webhooks: 2_000, api: 1_000, nats: 2_500 } as const;
+const RUNS = { mirror: 5_000, pieces: 1_500, webhooks: 2_000, api: 1_000, nats: 2_500 } as const;
 
 async function rssBytes(service: ServiceProcess): Promise<number> {
   const status = await readFile(`/proc/${String(service.process.child.pid)}/status`, 'utf8');
@@ -85,6 +87,8 @@ describe('fuzzing', () => {
   let nats: NatsServer;
   let image: GeneratedImage;
   let agent: AgentProcess;
+  let agentPeerPort: number;
+  let seed: ServiceProcess;
   let watcher: ServiceProcess;
   let nc: NatsConnection;
   const services: ServiceProcess[] = [];
@@ -98,14 +102,20 @@ describe('fuzzing', () => {
     nats = await startNats();
     const registries = `${registry.host}=${registry.url}`;
     services.push(await startTracker({ natsUrl: nats.url }));
-    services.push(await startSeedServer({ natsUrl: nats.url, registries }));
+    seed = await startSeedServer({ natsUrl: nats.url, registries });
+    services.push(seed);
     watcher = await startWatcher({ natsUrl: nats.url, registries });
     services.push(watcher);
+    agentPeerPort = await freePort();
     agent = await startAgent({
       registries,
       defaultRegistry: registry.host,
       natsUrl: nats.url,
-      env: { ...FAST_SWARM_ENV },
+      env: {
+        ...FAST_SWARM_ENV,
+        SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${String(agentPeerPort)}`,
+        SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${String(agentPeerPort)}`,
+      },
     });
     services.push(agent);
     nc = await connect({ servers: nats.url, timeout: 5_000 });
@@ -204,6 +214,80 @@ describe('fuzzing', () => {
     assert.ok(alive(agent), 'the agent is still running');
     const grown = (await rssBytes(agent)) - rssBefore;
     assert.ok(grown < 128 * MiB, `agent RSS grew by ${String(Math.round(grown / MiB))} MiB`);
+  });
+
+  it(`piece endpoints: ${String(RUNS.pieces)} bad requests each to the peer port and the seed server, all 4xx`, async () => {
+    const [layer] = image.layers;
+    assert.ok(layer !== undefined);
+    // The seed server and the agent hold the layer, so that near misses reach the piece code.
+    const pulled = await streamDigest(`${agent.url}/v2/${REPOSITORY}/blobs/${layer.digest}`);
+    assert.equal(pulled.digest, layer.digest);
+    const exp = Date.now() + 10 * 60_000;
+    const digest = fc.oneof(
+      fc.constant(layer.digest),
+      hex(64).map((h) => `sha256:${h}`),
+      fc.constantFrom('sha512:00', 'sha256:', 'md5:00', 'sha256:ZZ'),
+      printable,
+    );
+    const target = fc
+      .record({
+        prefix: fc.constantFrom('/pieces/', '/pieces', '/piece/', '//pieces/', '/v2/', '/'),
+        digest: digest.map((d) => d.replace(':', '/')),
+        index: fc.oneof(
+          fc.nat({ max: 20 }).map(String),
+          fc.constantFrom('-1', '1e3', '999999999', '9999999999', '0x1', '', '0/0', '..'),
+          printable.map(encodeURIComponent),
+        ),
+      })
+      .map(({ prefix, digest: d, index }) => `${prefix}${d}/${index}`);
+    const token = fc.oneof(
+      fc.constantFrom('', 'x', 'a.b', 'a.b.c', '....'),
+      printable,
+      fc.base64String({ maxLength: 200 }),
+      // Well-signed, but for the wrong blob, the wrong peer, or expired.
+      fc.constantFrom(
+        signTestToken({ blob: `sha256:${'0'.repeat(64)}`, peer: 'fuzzer', exp }),
+        signTestToken({ blob: layer.digest, peer: 'someone-else', exp }),
+        signTestToken({ blob: layer.digest, peer: 'fuzzer', exp: Date.now() - 60_000 }),
+        signTestToken({ blob: layer.digest, peer: 'fuzzer', exp }),
+      ),
+    );
+    const headers = fc.array(
+      fc.oneof(
+        token.map((t) => ['Authorization', `ShoalPiece ${t}`] as const),
+        token.map((t) => ['Authorization', t] as const),
+        fc
+          .oneof(fc.constantFrom('fuzzer', '', 'someone-else', 'x'.repeat(300)), printable)
+          .map((p) => ['shoal-peer', p] as const),
+        printable.map((v) => ['Range', v] as const),
+      ),
+      { maxLength: 3 },
+    );
+    const method = fc.constantFrom('GET', 'GET', 'GET', 'HEAD', 'PUT', 'POST', 'DELETE');
+    for (const [name, port, service] of [
+      ['peer port', agentPeerPort, agent],
+      ['seed server', seed.port, seed],
+    ] as const) {
+      const rssBefore = await rssBytes(service);
+      let answered = 0;
+      await fc.assert(
+        fc.asyncProperty(method, target, headers, async (m, t, h) => {
+          const answer = await sendRaw(port, { method: m, target: t, headers: h });
+          const what = `${name}: ${m} ${t} ${JSON.stringify(h).slice(0, 300)}`;
+          assert.ok(
+            answer.status >= 200 && answer.status < 500,
+            `${what}: status ${String(answer.status)}`,
+          );
+          assertClearError(answer, what);
+          answered += 1;
+        }),
+        { numRuns: RUNS.pieces, seed: 90210, endOnFailure: true },
+      );
+      assert.equal(answered, RUNS.pieces);
+      assert.ok(alive(service), `the ${name} is still running`);
+      const grown = (await rssBytes(service)) - rssBefore;
+      assert.ok(grown < 128 * MiB, `${name} RSS grew by ${String(Math.round(grown / MiB))} MiB`);
+    }
   });
 
   it(`watcher: ${String(RUNS.webhooks)} bad webhooks and ${String(RUNS.api)} bad API calls, all 4xx`, async () => {
