@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -188,6 +188,18 @@ async function fetchAllPieces(url: string, blob: Descriptor): Promise<string[]> 
   return hashes;
 }
 
+/** The files under `dir` this process holds open (from /proc/self/fd). */
+async function openFilesUnder(dir: string): Promise<string[]> {
+  const open: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(join('/proc/self/fd', fd)).catch(() => '');
+    if (target.startsWith(`${dir}/`)) {
+      open.push(target);
+    }
+  }
+  return open;
+}
+
 async function entries(path: string): Promise<string[]> {
   return readdir(path).catch(() => []);
 }
@@ -347,6 +359,30 @@ describe('seed server', () => {
       assert.equal(await seed.metric('shoal_seedserver_gateway_blobs'), 1);
       // The seed server's own cache has its own quota: A is still served from there.
       await fetchAllPieces(seed.url, a);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('keeps no file open for a complete blob nobody is reading', async () => {
+    // No rationing: this test reads the same pieces twice in a row.
+    const seed = await startSeed({ SHOAL_SEED_PIECE_FANOUT: '0' });
+    try {
+      const blobs = [layer(0), layer(1), layer(2)];
+      for (const [i, blob] of blobs.entries()) {
+        await seed.request(blob);
+        await seed.seeds('seeded', i + 1);
+      }
+      for (const blob of blobs) {
+        await fetchAllPieces(seed.url, blob);
+      }
+      // Served pieces close their file once the last request ends; the next one opens it again.
+      await waitFor(
+        'no cached blob file open',
+        async () => (await openFilesUnder(seed.cacheDir)).length === 0,
+        { timeoutMs: WAIT_MS, intervalMs: 50 },
+      );
+      await fetchAllPieces(seed.url, layer(1));
     } finally {
       await seed.stop();
     }

@@ -2,6 +2,10 @@
  * One blob on the seed server's disk: being seeded (pieces arriving in order from the origin
  * or the object gateway) or complete. Pieces are served as soon as they are on disk and
  * hashed, which is what lets agents start before the origin fetch ends (cut-through).
+ *
+ * A complete blob keeps its file open only while it is being read: the cache may hold far
+ * more blobs than a process may hold files, so an idle one closes its file and opens it again
+ * for the next piece request.
  */
 import { open, rename, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
@@ -26,13 +30,17 @@ export class SeedBlob {
    * found missing, undefined until known (a blob found on disk at start).
    */
   stored: boolean | undefined;
-  #handle: FileHandle;
+  /** The open file: always while being written; for a complete blob, only while in use. */
+  #handle: FileHandle | undefined;
+  #opening: Promise<FileHandle> | undefined;
   #path: string;
   #complete = false;
   #closed = false;
   #users = 0;
+  /** Piece reads under way. */
+  #reads = 0;
 
-  private constructor(digest: Digest, size: number, path: string, handle: FileHandle) {
+  private constructor(digest: Digest, size: number, path: string, handle: FileHandle | undefined) {
     this.digest = digest;
     this.size = size;
     this.pieceSize = pieceSizeFor(size);
@@ -48,9 +56,10 @@ export class SeedBlob {
 
   /** A complete blob found on disk with its piece manifest. */
   static async load(digest: Digest, path: string, manifest: PieceManifest): Promise<SeedBlob> {
-    const blob = new SeedBlob(digest, manifest.size, path, await open(path, 'r'));
+    // Opened once to make sure the file is there and readable; closed until it is asked for.
+    await (await open(path, 'r')).close();
+    const blob = new SeedBlob(digest, manifest.size, path, undefined);
     if (blob.pieceSize !== manifest.pieceSize || manifest.hashes.length !== blob.count) {
-      await blob.#handle.close();
       throw new Error(`piece manifest of ${digest.toString()} does not match its size`);
     }
     blob.hashes.push(...manifest.hashes);
@@ -78,8 +87,9 @@ export class SeedBlob {
   async writev(offset: number, buffers: readonly Buffer[]): Promise<void> {
     let rest = buffers.filter((b) => b.length > 0);
     let at = offset;
+    const handle = await this.#file();
     while (rest.length > 0) {
-      const { bytesWritten } = await this.#handle.writev(rest, at);
+      const { bytesWritten } = await handle.writev(rest, at);
       at += bytesWritten;
       // A short write (rare on a regular file): go on from the first byte not written.
       let skip = bytesWritten;
@@ -114,15 +124,17 @@ export class SeedBlob {
 
   release(): void {
     this.#users = Math.max(0, this.#users - 1);
+    this.#parkIfIdle();
   }
 
   /** Moves the verified file to `finalPath` and writes its manifest beside it. */
   async commit(finalPath: string): Promise<void> {
-    await this.#handle.sync();
+    await (await this.#file()).sync();
     await writeFile(`${finalPath}.pieces.json`, JSON.stringify(this.manifest));
     await rename(this.#path, finalPath);
     this.#path = finalPath;
     this.#complete = true;
+    this.#parkIfIdle();
   }
 
   /** The file's path (the temp path until commit). */
@@ -153,15 +165,62 @@ export class SeedBlob {
       throw new RangeError(`a ${target.length}-byte buffer cannot hold a ${length}-byte piece`);
     }
     const start = pieceBounds(index, this.size, this.pieceSize).start;
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await this.#handle.read(target, done, length - done, start + done);
-      if (bytesRead === 0) {
-        return undefined;
+    this.#reads += 1;
+    try {
+      const handle = await this.#file();
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(target, done, length - done, start + done);
+        if (bytesRead === 0) {
+          return undefined;
+        }
+        done += bytesRead;
       }
-      done += bytesRead;
+      return target;
+    } finally {
+      this.#reads -= 1;
+      this.#parkIfIdle();
     }
-    return target;
+  }
+
+  /** The open file, opened again for reading when it was closed while idle. */
+  #file(): Promise<FileHandle> {
+    if (this.#handle !== undefined) {
+      return Promise.resolve(this.#handle);
+    }
+    if (this.#closed) {
+      return Promise.reject(new Error(`${this.digest.toString()} was dropped`));
+    }
+    this.#opening ??= open(this.#path, 'r').then(
+      (handle) => {
+        this.#opening = undefined;
+        if (this.#closed) {
+          void handle.close();
+          throw new Error(`${this.digest.toString()} was dropped`);
+        }
+        this.#handle = handle;
+        return handle;
+      },
+      (error: unknown) => {
+        this.#opening = undefined;
+        throw error;
+      },
+    );
+    return this.#opening;
+  }
+
+  /** Closes the file of a complete blob nobody is reading. */
+  #parkIfIdle(): void {
+    const handle = this.#handle;
+    if (handle !== undefined && this.#complete && this.#users === 0 && this.#reads === 0) {
+      this.#handle = undefined;
+      void handle.close().catch(() => undefined);
+    }
+  }
+
+  /** Whether the blob's file is open now (for tests and metrics). */
+  get open(): boolean {
+    return this.#handle !== undefined;
   }
 
   /** Drops an incomplete blob: closes and removes its file. */
@@ -180,7 +239,9 @@ export class SeedBlob {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
-      await this.#handle.close();
+      const handle = this.#handle;
+      this.#handle = undefined;
+      await handle?.close();
     }
   }
 }
