@@ -44,17 +44,33 @@ export async function makeTempDir(
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1 (for servers that cannot take port 0). */
+/**
+ * Ports this process handed out recently: the kernel may offer a port again as soon as it is
+ * closed, and two calls in a row (an agent's mirror and peer ports) must not get the same one.
+ */
+const recentPorts: number[] = [];
+const RECENT_PORTS = 256;
+
 export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') {
-    throw new Error('could not find a free port');
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const server = createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const address = server.address();
+    server.close();
+    await once(server, 'close');
+    if (address === null || typeof address === 'string') {
+      throw new Error('could not find a free port');
+    }
+    if (!recentPorts.includes(address.port)) {
+      recentPorts.push(address.port);
+      if (recentPorts.length > RECENT_PORTS) {
+        recentPorts.shift();
+      }
+      return address.port;
+    }
   }
-  return address.port;
+  throw new Error('could not find a free port not handed out a moment ago');
 }
 
 export interface RunningProcess {
