@@ -89,6 +89,16 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
+    wantsCoalesced: new Counter({
+      name: `${prefix}wants_coalesced_total`,
+      help: 'Wants replaced, before they were answered, by a newer want of the same asker for the same blob (acknowledged unanswered; the newer one’s hand-out answers both)',
+      registers,
+    }),
+    wantQueue: new Gauge({
+      name: `${prefix}want_queue_wants`,
+      help: 'Wants pulled by this replica and waiting for their answer (at most one per blob and asker)',
+      registers,
+    }),
     seedRequests: new Counter<'outcome'>({
       name: `${prefix}seed_requests_total`,
       help: 'Seed requests for wants nobody could finish, by outcome (published, duplicate, no-stream, failed)',
