@@ -129,6 +129,7 @@ class Worker {
   #wants = 0;
   #wantFailures = 0;
   #extraHandouts = 0;
+  #answeredTogether = 0;
   #completed = 0;
   #started = 0;
   #churned = 0;
@@ -252,6 +253,7 @@ class Worker {
       wants: this.#wants,
       wantPublishFailures: this.#wantFailures,
       extraHandouts: this.#extraHandouts,
+      answeredTogether: this.#answeredTogether,
       unanswered: this.#unanswered(),
       completed: this.#completed,
       started: this.#started,
@@ -626,12 +628,20 @@ class Worker {
       this.#error('handout not JSON');
       return;
     }
+    // A hand-out answers every want of this agent for this blob still waiting: the agent
+    // uses the latest hand-out, whichever want it answers, and the tracker answers only the
+    // latest of an asker's wants waiting in its queue. Each waiting want's latency is its
+    // wait for the next hand-out.
     const queue = agent.outstanding.get(answer.blob);
-    const askedAt = queue?.shift();
-    if (askedAt === undefined) {
+    if (queue === undefined || queue.length === 0) {
       this.#extraHandouts += 1;
     } else {
-      this.#latencies.push(Date.now() - askedAt);
+      const at = Date.now();
+      for (const askedAt of queue) {
+        this.#latencies.push(at - askedAt);
+      }
+      this.#answeredTogether += queue.length - 1;
+      queue.length = 0;
     }
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
@@ -645,6 +655,10 @@ class Worker {
    * download stalls and falls back to the origin.
    */
   #followHashes(agent: Agent, download: Download): void {
+    if (this.#config.hashReads === 'direct') {
+      this.#readHashesDirect(agent, download);
+      return;
+    }
     const { js } = agent.conn;
     const signal = download.stopHashes.signal;
     this.#hashConsumers += 1;
@@ -671,6 +685,54 @@ class Worker {
         }
       }
     })().catch(() => this.#error('piece-hash consumer'));
+  }
+
+  /**
+   * Reads the blob's piece hashes without a consumer: a core subscription to the blob's hash
+   * subject first (so a batch published meanwhile is not missed), then the stored batches one
+   * direct get each (`next_by_subj` from the last sequence read). A batch seen twice counts
+   * once.
+   */
+  #readHashesDirect(agent: Agent, download: Download): void {
+    const { nc, jsm } = agent.conn;
+    const subject = pieceHashesSubject(download.blob.digest);
+    const signal = download.stopHashes.signal;
+    const firsts = new Set<number>();
+    let known = 0;
+    const onBatch = (data: Uint8Array): void => {
+      this.#count(this.#received, 'piece-hashes', data.length);
+      const batch = JSON.parse(Buffer.from(data).toString('utf8')) as PieceHashes;
+      if (!firsts.has(batch.first)) {
+        firsts.add(batch.first);
+        known += batch.hashes.length;
+      }
+      if (known >= download.blob.pieces) {
+        download.hashesKnown = true;
+        download.stopHashes.abort();
+      }
+    };
+    const sub = nc.subscribe(subject, {
+      callback: (error, msg) => {
+        if (error === null) {
+          onBatch(msg.data);
+        }
+      },
+    });
+    signal.addEventListener('abort', () => sub.unsubscribe(), { once: true });
+    void (async () => {
+      let seq = 0;
+      while (!isAborted(signal)) {
+        const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+          seq: seq + 1,
+          next_by_subj: subject,
+        });
+        if (stored === null) {
+          return;
+        }
+        onBatch(stored.data);
+        seq = stored.seq;
+      }
+    })().catch(() => this.#error('piece-hash direct get'));
   }
 
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
