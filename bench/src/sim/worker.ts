@@ -9,6 +9,8 @@
  *
  * Started by the simulator with `fork`; it is told what to do over IPC (see `stats.ts`).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import {
   DeliverPolicy,
   jetstream,
@@ -59,6 +61,8 @@ import {
 const TICK_MS = 100;
 /** Longest burst a budget may save up, in seconds of its rate. */
 const BURST_S = 0.5;
+/** Wait before a piece-hash direct get that failed is asked again, in ms. */
+const DIRECT_GET_RETRY_MS = 1_000;
 /** How long a churned agent stays away before it rejoins, in ms. */
 const REJOIN_AFTER_MS = 1_000;
 /** The preheat consumer's settings, as `services/agent/src/preheat/node-preheat.ts` has them. */
@@ -722,17 +726,25 @@ class Worker {
     void (async () => {
       let seq = 0;
       while (!isAborted(signal)) {
-        const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
-          seq: seq + 1,
-          next_by_subj: subject,
-        });
+        let stored;
+        try {
+          stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+            seq: seq + 1,
+            next_by_subj: subject,
+          });
+        } catch {
+          // A get lost to a busy server is asked again, from the same place, a moment later.
+          this.#error('piece-hash direct get retried');
+          await sleep(DIRECT_GET_RETRY_MS);
+          continue;
+        }
         if (stored === null) {
           return;
         }
         onBatch(stored.data);
         seq = stored.seq;
       }
-    })().catch(() => this.#error('piece-hash direct get'));
+    })();
   }
 
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */

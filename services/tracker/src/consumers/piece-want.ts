@@ -4,6 +4,8 @@
  * subject and, when nobody can finish the blob, a seed request. Pulled wants wait in a
  * coalescing queue (one per blob and asker, the latest) until they are answered.
  */
+import { setImmediate } from 'node:timers/promises';
+
 import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
@@ -301,6 +303,10 @@ export class WantsConsumer {
   async #answer(): Promise<void> {
     const signal = this.#stopping.signal;
     while (!signal.aborted) {
+      // Wants already received are queued before the next one is answered (this waits for
+      // the event loop's next turn, after pending I/O and the pulling loop's own steps), so a
+      // replica that falls behind coalesces its backlog instead of answering it in order.
+      await setImmediate();
       const queued = this.#queue.take();
       this.#deps.metrics.wantQueue.set(this.#queue.size);
       if (queued === undefined) {
