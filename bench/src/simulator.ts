@@ -181,6 +181,11 @@ function agentBlobs(r: PhaseResult): number {
   return r.agents * r.blobs;
 }
 
+/** A replica's figure, or 0 when it could not be read (a killed replica's). */
+function finite(value: number): number {
+  return Number.isFinite(value) ? value : 0;
+}
+
 function fixed(value: number, digits = 1): string {
   return Number.isFinite(value) ? value.toFixed(digits) : '-';
 }
@@ -222,13 +227,17 @@ function report(
     ['hand-out p50 (ms)', (r) => r.latencyP50Ms, (v) => fixed(v, 0)],
     ['hand-out p99 (ms)', (r) => r.latencyP99Ms, (v) => fixed(v, 0)],
     ['hand-out max (ms)', (r) => r.latencyMaxMs, (v) => fixed(v, 0)],
+    [
+      '  in the trackers, mean (ms)',
+      (r) =>
+        (1000 * r.trackers.reduce((s, t) => s + finite(t.handoutLatencySumS), 0)) /
+        r.trackers.reduce((s, t) => s + finite(t.handoutLatencyCount), 0),
+      (v) => fixed(v, 0),
+    ],
     ['wants per agent per blob', (r) => perAgentBlob(r, r.wants), (v) => fixed(v)],
     [
       'wants coalesced in the trackers (%)',
-      (r) =>
-        (100 *
-          r.trackers.reduce((s, t) => s + (Number.isFinite(t.coalesced) ? t.coalesced : 0), 0)) /
-        r.wants,
+      (r) => (100 * r.trackers.reduce((s, t) => s + finite(t.coalesced), 0)) / r.wants,
       (v) => fixed(v, 1),
     ],
     ['msgs published / agent / blob', pub, (v) => fixed(v)],

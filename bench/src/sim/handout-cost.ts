@@ -16,6 +16,7 @@ import type { PieceRanges } from '@shoal/proto';
 import { table } from '@shoal/testkit';
 
 import { exitOnProblems, readOptions } from '../cli.js';
+import { heldRanges } from './stats.js';
 
 const USAGE = `usage: node bench/dist/src/sim/handout-cost.js [options]
 
@@ -44,18 +45,7 @@ function random(seed: number): () => number {
 
 /** Random pieces, each held with probability `share`, as the sorted ranges messages carry. */
 function randomRanges(next: () => number, share: number): PieceRanges {
-  const ranges: PieceRanges = [];
-  let start = -1;
-  for (let i = 0; i <= PIECES; i++) {
-    const has = i < PIECES && next() < share;
-    if (has && start < 0) {
-      start = i;
-    } else if (!has && start >= 0) {
-      ranges.push([start, i]);
-      start = -1;
-    }
-  }
-  return ranges;
+  return heldRanges(Uint8Array.from({ length: PIECES }, () => (next() < share ? 1 : 0)));
 }
 
 interface Figures {

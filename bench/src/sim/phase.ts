@@ -96,6 +96,13 @@ export interface TrackerFigures {
   readonly swarmSizeCount: number;
   /** Wants replaced in the replica's queue by a newer one of the same asker and blob. */
   readonly coalesced: number;
+  /**
+   * Sum (s) and count of the replica's own hand-out latency histogram: from a want's
+   * JetStream timestamp to its hand-out's publication, i.e. without the agent's publish and
+   * the hand-out's delivery.
+   */
+  readonly handoutLatencySumS: number;
+  readonly handoutLatencyCount: number;
   readonly killed: boolean;
 }
 
@@ -402,6 +409,8 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
         swarmSizeSum: 0,
         swarmSizeCount: 0,
         coalesced: 0,
+        handoutLatencySumS: 0,
+        handoutLatencyCount: 0,
         killed: true,
       });
       continue;
@@ -417,6 +426,8 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       haves: metrics.get('shoal_tracker_events_consumed_total', { type: 'piece-have' }),
       swarmSizeSum: metrics.get('shoal_tracker_swarm_size_peers_sum'),
       swarmSizeCount: metrics.get('shoal_tracker_swarm_size_peers_count'),
+      handoutLatencySumS: metrics.get('shoal_tracker_handout_latency_seconds_sum'),
+      handoutLatencyCount: metrics.get('shoal_tracker_handout_latency_seconds_count'),
       // 0 from a tracker without a want queue (the metric is absent).
       coalesced: metrics.get('shoal_tracker_wants_coalesced_total'),
       killed: false,

@@ -1,7 +1,8 @@
 /**
  * What the simulator's worker processes and its main process tell each other, and the small
- * arithmetic on the figures (percentiles, sums). Pure: no NATS, no processes.
+ * arithmetic on the figures (percentiles, sums) and on piece sets. Pure: no NATS, no processes.
  */
+import type { PieceRanges } from '@shoal/proto';
 
 /** A message count and the payload bytes those messages carried. */
 export interface Tally {
@@ -167,4 +168,20 @@ export function totalOf(table: Readonly<Record<string, Tally>>): Tally {
     total.bytes += tally.bytes;
   }
   return total;
+}
+
+/** The held pieces as the sorted, disjoint ranges the messages carry. */
+export function heldRanges(held: Uint8Array): PieceRanges {
+  const ranges: PieceRanges = [];
+  let start = -1;
+  for (let i = 0; i <= held.length; i++) {
+    const has = i < held.length && held[i] === 1;
+    if (has && start < 0) {
+      start = i;
+    } else if (!has && start >= 0) {
+      ranges.push([start, i]);
+      start = -1;
+    }
+  }
+  return ranges;
 }

@@ -40,12 +40,12 @@ import {
   type PeerInfo,
   type PieceHashes,
   type PieceHave,
-  type PieceRanges,
   type PieceWant,
 } from '@shoal/proto';
 import { ensureConsumer } from '@shoal/runtime/nats';
 
 import {
+  heldRanges,
   PUBLISHED_KINDS,
   RECEIVED_KINDS,
   tallies,
@@ -792,22 +792,6 @@ function isDone(download: Download): boolean {
 /** `signal.aborted`, read through a call for the same reason. */
 function isAborted(signal: AbortSignal): boolean {
   return signal.aborted;
-}
-
-/** The held pieces as the sorted, disjoint ranges the messages carry. */
-function heldRanges(held: Uint8Array): PieceRanges {
-  const ranges: PieceRanges = [];
-  let start = -1;
-  for (let i = 0; i <= held.length; i++) {
-    const has = i < held.length && held[i] === 1;
-    if (has && start < 0) {
-      start = i;
-    } else if (!has && start >= 0) {
-      ranges.push([start, i]);
-      start = -1;
-    }
-  }
-  return ranges;
 }
 
 function send(message: FromWorker): void {

@@ -6,19 +6,7 @@ import type { PieceRanges } from '@shoal/proto';
 import { LoadTracker } from '../src/handout/load.js';
 import { countMissing, countPieces } from '../src/handout/pieces.js';
 import { choosePeers, type SwarmMember } from '../src/handout/policy.js';
-import { peer } from './fixtures.js';
-
-function member(
-  id: string,
-  options: { pieces?: PieceRanges; complete?: boolean; seed?: boolean; zone?: string } = {},
-): SwarmMember {
-  return {
-    peer: peer(id, options.zone),
-    pieces: options.pieces ?? (options.complete === true ? [[0, 100]] : [[0, 10]]),
-    complete: options.complete ?? false,
-    seed: options.seed ?? false,
-  };
-}
+import { member, peer } from './fixtures.js';
 
 const noLoad = (): number => 0;
 

@@ -12,22 +12,10 @@ import { BlobHolders } from '../src/handout/holders.js';
 import { LoadTracker } from '../src/handout/load.js';
 import { choosePeers, sampleWindow, type SwarmMember } from '../src/handout/policy.js';
 import { SwarmView } from '../src/swarm/view.js';
-import { blob, have, peer } from './fixtures.js';
+import { blob, have, member, peer } from './fixtures.js';
 
 const T0 = 1_700_000_000_000;
 const MAX_AGE_MS = 60_000;
-
-function member(
-  id: string,
-  options: { pieces?: PieceRanges; complete?: boolean; seed?: boolean; zone?: string } = {},
-): SwarmMember {
-  return {
-    peer: peer(id, options.zone),
-    pieces: options.pieces ?? (options.complete === true ? [[0, 100]] : [[0, 10]]),
-    complete: options.complete ?? false,
-    seed: options.seed ?? false,
-  };
-}
 
 function holdersOf(members: readonly SwarmMember[]): BlobHolders<SwarmMember> {
   const holders = new BlobHolders<SwarmMember>();
