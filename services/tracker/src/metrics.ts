@@ -68,7 +68,7 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     }),
     swarmSize: new Histogram({
       name: `${prefix}swarm_size_peers`,
-      help: 'Live peers in the wanted blob’s swarm, observed for every want answered',
+      help: 'Peers in the wanted blob’s swarm (expired ones the sweep has not removed yet included), observed for every want answered; a want looks at a sample of them',
       buckets: [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
       registers,
     }),
