@@ -41,6 +41,9 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
   --ramp-s S             agents join evenly over this long (default 5)
   --churn F              fraction of agents that leave mid-download and rejoin (default 0.05)
   --no-preheat           leave out each agent's preheat durable consumer and presence entry
+  --hashes KIND          how agents read piece hashes: consumer (one JetStream consumer per
+                         download, as the agent does; default) or direct (a core subscription
+                         and direct gets of the stored batches, no consumer)
   --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
   --phase-timeout-s S    longest one agent count may run (default 150)
   --deadline-s S         hard deadline of the whole run (default 600)
@@ -80,6 +83,7 @@ async function main(): Promise<void> {
     'ramp-s': { type: 'string', default: '5' },
     churn: { type: 'string', default: '0.05' },
     'no-preheat': { type: 'boolean', default: false },
+    hashes: { type: 'string', default: 'consumer' },
     'cpu-prof-dir': { type: 'string' },
     'phase-timeout-s': { type: 'string', default: '150' },
     'deadline-s': { type: 'string', default: '600' },
@@ -112,8 +116,12 @@ async function main(): Promise<void> {
     rampMs: intOption(values, 'ramp-s', 0, 600, problems) * 1000,
     churn,
     preheat: values['no-preheat'] !== true,
+    hashReads: values.hashes === 'direct' ? ('direct' as const) : ('consumer' as const),
     cpuProfDir: typeof values['cpu-prof-dir'] === 'string' ? values['cpu-prof-dir'] : undefined,
   };
+  if (values.hashes !== 'consumer' && values.hashes !== 'direct') {
+    problems.push('--hashes takes consumer or direct');
+  }
   const phaseTimeoutMs = intOption(values, 'phase-timeout-s', 10, 3600, problems) * 1000;
   const deadlineMs = intOption(values, 'deadline-s', 10, 24 * 3600, problems) * 1000;
   if (base.killTracker && base.trackers < 2) {
@@ -173,6 +181,11 @@ function agentBlobs(r: PhaseResult): number {
   return r.agents * r.blobs;
 }
 
+/** A replica's figure, or 0 when it could not be read (a killed replica's). */
+function finite(value: number): number {
+  return Number.isFinite(value) ? value : 0;
+}
+
 function fixed(value: number, digits = 1): string {
   return Number.isFinite(value) ? value.toFixed(digits) : '-';
 }
@@ -214,7 +227,19 @@ function report(
     ['hand-out p50 (ms)', (r) => r.latencyP50Ms, (v) => fixed(v, 0)],
     ['hand-out p99 (ms)', (r) => r.latencyP99Ms, (v) => fixed(v, 0)],
     ['hand-out max (ms)', (r) => r.latencyMaxMs, (v) => fixed(v, 0)],
+    [
+      '  in the trackers, mean (ms)',
+      (r) =>
+        (1000 * r.trackers.reduce((s, t) => s + finite(t.handoutLatencySumS), 0)) /
+        r.trackers.reduce((s, t) => s + finite(t.handoutLatencyCount), 0),
+      (v) => fixed(v, 0),
+    ],
     ['wants per agent per blob', (r) => perAgentBlob(r, r.wants), (v) => fixed(v)],
+    [
+      'wants coalesced in the trackers (%)',
+      (r) => (100 * r.trackers.reduce((s, t) => s + finite(t.coalesced), 0)) / r.wants,
+      (v) => fixed(v, 1),
+    ],
     ['msgs published / agent / blob', pub, (v) => fixed(v)],
     ['  piece-want', (r) => perAgentBlob(r, r.published['piece-want']?.msgs ?? 0), (v) => fixed(v)],
     ['  piece-have', (r) => perAgentBlob(r, r.published['piece-have']?.msgs ?? 0), (v) => fixed(v)],
@@ -315,7 +340,7 @@ function report(
         `${String(r.agents)}: ${r.trackers
           .map(
             (t, i) =>
-              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.haves, 0)} haves applied, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
+              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.coalesced, 0)} wants coalesced, ${fixed(t.haves, 0)} haves applied, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
           )
           .join('; ')}`,
     )
@@ -325,7 +350,8 @@ function report(
       (r) =>
         `${String(r.agents)}: ${String(r.wants)} wants, ${String(r.unanswered)} unanswered at the end ` +
         `(${String(r.queuedWants)} of them still queued in ${STREAMS.wants.name}, ` +
-        `${String(Math.max(0, r.unanswered - r.queuedWants))} lost), ${String(r.extraHandouts)} hand-outs with no want waiting, ` +
+        `${String(Math.max(0, r.unanswered - r.queuedWants))} lost), ${String(r.answeredTogether)} answered by a hand-out that also answered an earlier want, ` +
+        `${String(r.extraHandouts)} hand-outs with no want waiting, ` +
         `${String(r.wantPublishFailures)} not acknowledged by JetStream`,
     )
     .join('\n');

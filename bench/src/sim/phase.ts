@@ -40,6 +40,7 @@ import {
   quantile,
   sumTallies,
   type FromWorker,
+  type HashReads,
   type SimBlob,
   type Tally,
   type ToWorker,
@@ -75,6 +76,8 @@ export interface PhaseOptions {
   readonly rampMs: number;
   readonly churn: number;
   readonly preheat: boolean;
+  /** How the virtual agents read piece hashes (see `WorkerConfig.hashReads`). */
+  readonly hashReads: HashReads;
   /** Where the trackers write V8 CPU profiles (`--cpu-prof`) when they exit; none when undefined. */
   readonly cpuProfDir: string | undefined;
   /** When this phase must be over, in ms since the epoch. */
@@ -90,6 +93,15 @@ export interface TrackerFigures {
   /** Sum and count of the swarm sizes the tracker saw per want answered (its histogram). */
   readonly swarmSizeSum: number;
   readonly swarmSizeCount: number;
+  /** Wants replaced in the replica's queue by a newer one of the same asker and blob. */
+  readonly coalesced: number;
+  /**
+   * Sum (s) and count of the replica's own hand-out latency histogram: from a want's
+   * JetStream timestamp to its hand-out's publication, i.e. without the agent's publish and
+   * the hand-out's delivery.
+   */
+  readonly handoutLatencySumS: number;
+  readonly handoutLatencyCount: number;
   readonly killed: boolean;
 }
 
@@ -110,6 +122,8 @@ export interface PhaseResult {
   /** Wants still in SHOAL_WANTS when the run ended: waiting in the backlog, not lost. */
   readonly queuedWants: number;
   readonly extraHandouts: number;
+  /** Wants answered by the same hand-out as an earlier want of the same agent and blob. */
+  readonly answeredTogether: number;
   readonly wantPublishFailures: number;
   /** Agent connections as the servers counted them (/connz). */
   readonly connz: Awaited<ReturnType<typeof connzTotals>>;
@@ -248,6 +262,11 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const js = jetstream(nc);
   const jsm: JetStreamManager = await jetstreamManager(nc);
   await ensureStreams(jsm, [STREAMS.pieces, STREAMS.preheatNodes], nats.replicas);
+  if (options.hashReads === 'direct') {
+    // Direct gets are answered by any server holding the stream, without a consumer; a
+    // stream allows them only when told to (nats-server 2.9 and later).
+    await jsm.streams.update(STREAMS.pieces.name, { allow_direct: true });
+  }
   if (options.preheat) {
     await ensureKv(js, KV_BUCKETS.agents, nats.replicas);
   }
@@ -282,6 +301,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       rampMs: options.rampMs,
       churn: options.churn,
       preheat: options.preheat,
+      hashReads: options.hashReads,
       presenceIntervalMs: 10_000,
     };
     worker.send({ type: 'start', config });
@@ -384,6 +404,9 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
         haves: Number.NaN,
         swarmSizeSum: 0,
         swarmSizeCount: 0,
+        coalesced: 0,
+        handoutLatencySumS: 0,
+        handoutLatencyCount: 0,
         killed: true,
       });
       continue;
@@ -399,6 +422,10 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       haves: metrics.get('shoal_tracker_events_consumed_total', { type: 'piece-have' }),
       swarmSizeSum: metrics.get('shoal_tracker_swarm_size_peers_sum'),
       swarmSizeCount: metrics.get('shoal_tracker_swarm_size_peers_count'),
+      handoutLatencySumS: metrics.get('shoal_tracker_handout_latency_seconds_sum'),
+      handoutLatencyCount: metrics.get('shoal_tracker_handout_latency_seconds_count'),
+      // 0 from a tracker without a want queue (the metric is absent).
+      coalesced: metrics.get('shoal_tracker_wants_coalesced_total'),
       killed: false,
     });
   }
@@ -445,6 +472,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     wants: sum((r) => r.wants),
     unanswered: sum((r) => r.unanswered),
     extraHandouts: sum((r) => r.extraHandouts),
+    answeredTogether: sum((r) => r.answeredTogether),
     wantPublishFailures: sum((r) => r.wantPublishFailures),
     connz,
     varz: {

@@ -1,7 +1,8 @@
 /**
  * What the simulator's worker processes and its main process tell each other, and the small
- * arithmetic on the figures (percentiles, sums). Pure: no NATS, no processes.
+ * arithmetic on the figures (percentiles, sums) and on piece sets. Pure: no NATS, no processes.
  */
+import type { PieceRanges } from '@shoal/proto';
 
 /** A message count and the payload bytes those messages carried. */
 export interface Tally {
@@ -24,6 +25,9 @@ export interface SimBlob {
 }
 
 /** What a worker process needs to run its share of the virtual agents. */
+/** How virtual agents read piece hashes (see `WorkerConfig.hashReads`). */
+export type HashReads = 'consumer' | 'direct';
+
 export interface WorkerConfig {
   /** Position of this worker among all of them (0-based). */
   readonly worker: number;
@@ -61,6 +65,12 @@ export interface WorkerConfig {
   readonly churn: number;
   /** True: each agent also holds its preheat durable consumer and refreshes its presence. */
   readonly preheat: boolean;
+  /**
+   * How an agent reads a blob's piece hashes: `consumer`, a JetStream consumer per download
+   * (as the agent does); `direct`, a core subscription to the blob's hash subject plus direct
+   * gets of the stored batches (`next_by_subj`), with no consumer.
+   */
+  readonly hashReads: HashReads;
   /** How often an agent refreshes its presence entry, in ms (the agent's default is 10 000). */
   readonly presenceIntervalMs: number;
 }
@@ -82,16 +92,20 @@ export type FromWorker =
 export interface WorkerReport {
   readonly published: Record<PublishedKind, Tally>;
   readonly received: Record<ReceivedKind, Tally>;
-  /** Want publish to hand-out receipt, in ms, one per matched hand-out. */
+  /** Want publish to the next hand-out for its blob, in ms, one per answered want. */
   readonly latenciesMs: number[];
   readonly wants: number;
   /** Wants whose publish JetStream did not acknowledge. */
   readonly wantPublishFailures: number;
   /**
-   * Hand-outs that arrived with no want of theirs outstanding: a want answered twice (a
-   * replica died between hand-out and ack), or one whose publish timed out but was stored.
+   * Hand-outs that arrived with no want of their blob outstanding: the answer to a want an
+   * earlier hand-out already answered (wants queued first-in first-out each get one), a want
+   * answered twice (a replica died between hand-out and ack), or one whose publish timed out
+   * but was stored.
    */
   readonly extraHandouts: number;
+  /** Wants answered by the same hand-out as an earlier want of the same agent and blob. */
+  readonly answeredTogether: number;
   /** Wants still without a hand-out when the worker finished: lost. */
   readonly unanswered: number;
   /** Agent-blob downloads that reached every piece. */
@@ -154,4 +168,20 @@ export function totalOf(table: Readonly<Record<string, Tally>>): Tally {
     total.bytes += tally.bytes;
   }
   return total;
+}
+
+/** The held pieces as the sorted, disjoint ranges the messages carry. */
+export function heldRanges(held: Uint8Array): PieceRanges {
+  const ranges: PieceRanges = [];
+  let start = -1;
+  for (let i = 0; i <= held.length; i++) {
+    const has = i < held.length && held[i] === 1;
+    if (has && start < 0) {
+      start = i;
+    } else if (!has && start >= 0) {
+      ranges.push([start, i]);
+      start = -1;
+    }
+  }
+  return ranges;
 }

@@ -9,6 +9,8 @@
  *
  * Started by the simulator with `fork`; it is told what to do over IPC (see `stats.ts`).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import {
   DeliverPolicy,
   jetstream,
@@ -39,12 +41,12 @@ import {
   type PeerInfo,
   type PieceHashes,
   type PieceHave,
-  type PieceRanges,
   type PieceWant,
 } from '@shoal/proto';
 import { ensureConsumer } from '@shoal/runtime/nats';
 
 import {
+  heldRanges,
   PUBLISHED_KINDS,
   RECEIVED_KINDS,
   tallies,
@@ -60,6 +62,8 @@ import {
 const TICK_MS = 100;
 /** Longest burst a budget may save up, in seconds of its rate. */
 const BURST_S = 0.5;
+/** Wait before a piece-hash direct get that failed is asked again, in ms. */
+const DIRECT_GET_RETRY_MS = 1_000;
 /** How long a churned agent stays away before it rejoins, in ms. */
 const REJOIN_AFTER_MS = 1_000;
 /** The preheat consumer's settings, as `services/agent/src/preheat/node-preheat.ts` has them. */
@@ -130,6 +134,7 @@ class Worker {
   #wants = 0;
   #wantFailures = 0;
   #extraHandouts = 0;
+  #answeredTogether = 0;
   #completed = 0;
   #started = 0;
   #churned = 0;
@@ -253,6 +258,7 @@ class Worker {
       wants: this.#wants,
       wantPublishFailures: this.#wantFailures,
       extraHandouts: this.#extraHandouts,
+      answeredTogether: this.#answeredTogether,
       unanswered: this.#unanswered(),
       completed: this.#completed,
       started: this.#started,
@@ -627,12 +633,20 @@ class Worker {
       this.#error('handout not JSON');
       return;
     }
+    // A hand-out answers every want of this agent for this blob still waiting: the agent
+    // uses the latest hand-out, whichever want it answers, and the tracker answers only the
+    // latest of an asker's wants waiting in its queue. Each waiting want's latency is its
+    // wait for the next hand-out.
     const queue = agent.outstanding.get(answer.blob);
-    const askedAt = queue?.shift();
-    if (askedAt === undefined) {
+    if (queue === undefined || queue.length === 0) {
       this.#extraHandouts += 1;
     } else {
-      this.#latencies.push(Date.now() - askedAt);
+      const at = Date.now();
+      for (const askedAt of queue) {
+        this.#latencies.push(at - askedAt);
+      }
+      this.#answeredTogether += queue.length - 1;
+      queue.length = 0;
     }
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
@@ -646,6 +660,10 @@ class Worker {
    * download stalls and falls back to the origin.
    */
   #followHashes(agent: Agent, download: Download): void {
+    if (this.#config.hashReads === 'direct') {
+      this.#readHashesDirect(agent, download);
+      return;
+    }
     const { js } = agent.conn;
     const signal = download.stopHashes.signal;
     this.#hashConsumers += 1;
@@ -672,6 +690,62 @@ class Worker {
         }
       }
     })().catch(() => this.#error('piece-hash consumer'));
+  }
+
+  /**
+   * Reads the blob's piece hashes without a consumer: a core subscription to the blob's hash
+   * subject first (so a batch published meanwhile is not missed), then the stored batches one
+   * direct get each (`next_by_subj` from the last sequence read). A batch seen twice counts
+   * once.
+   */
+  #readHashesDirect(agent: Agent, download: Download): void {
+    const { nc, jsm } = agent.conn;
+    const subject = pieceHashesSubject(download.blob.digest);
+    const signal = download.stopHashes.signal;
+    const firsts = new Set<number>();
+    let known = 0;
+    const onBatch = (data: Uint8Array): void => {
+      this.#count(this.#received, 'piece-hashes', data.length);
+      const batch = JSON.parse(Buffer.from(data).toString('utf8')) as PieceHashes;
+      if (!firsts.has(batch.first)) {
+        firsts.add(batch.first);
+        known += batch.hashes.length;
+      }
+      if (known >= download.blob.pieces) {
+        download.hashesKnown = true;
+        download.stopHashes.abort();
+      }
+    };
+    const sub = nc.subscribe(subject, {
+      callback: (error, msg) => {
+        if (error === null) {
+          onBatch(msg.data);
+        }
+      },
+    });
+    signal.addEventListener('abort', () => sub.unsubscribe(), { once: true });
+    void (async () => {
+      let seq = 0;
+      while (!isAborted(signal)) {
+        let stored;
+        try {
+          stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+            seq: seq + 1,
+            next_by_subj: subject,
+          });
+        } catch {
+          // A get lost to a busy server is asked again, from the same place, a moment later.
+          this.#error('piece-hash direct get retried');
+          await sleep(DIRECT_GET_RETRY_MS);
+          continue;
+        }
+        if (stored === null) {
+          return;
+        }
+        onBatch(stored.data);
+        seq = stored.seq;
+      }
+    })();
   }
 
   /** The agent's preheat durable consumer, as `NodePreheat` opens it. */
@@ -719,22 +793,6 @@ function isDone(download: Download): boolean {
 /** `signal.aborted`, read through a call for the same reason. */
 function isAborted(signal: AbortSignal): boolean {
   return signal.aborted;
-}
-
-/** The held pieces as the sorted, disjoint ranges the messages carry. */
-function heldRanges(held: Uint8Array): PieceRanges {
-  const ranges: PieceRanges = [];
-  let start = -1;
-  for (let i = 0; i <= held.length; i++) {
-    const has = i < held.length && held[i] === 1;
-    if (has && start < 0) {
-      start = i;
-    } else if (!has && start >= 0) {
-      ranges.push([start, i]);
-      start = -1;
-    }
-  }
-  return ranges;
 }
 
 function send(message: FromWorker): void {

@@ -184,16 +184,20 @@ export async function buildApp(
     if (stopped()) {
       return;
     }
-    wants = new WantsConsumer(js, {
-      nc: connection,
-      view,
-      load,
-      seeds: new SeedRequester(js, { timeoutMs: PUBLISH_TIMEOUT_MS }),
-      tokens,
-      metrics,
-      logger,
-      now,
-    });
+    wants = new WantsConsumer(
+      js,
+      {
+        nc: connection,
+        view,
+        load,
+        seeds: new SeedRequester(js, { timeoutMs: PUBLISH_TIMEOUT_MS }),
+        tokens,
+        metrics,
+        logger,
+        now,
+      },
+      config.SHOAL_TRACKER_WANT_QUEUE_MAX,
+    );
     wants.start();
 
     // Housekeeping: expired peers and idle load counters leave memory.

@@ -5,6 +5,7 @@ import { z } from 'zod';
 
 import { handoutConfig, handoutConfigProblems } from './handout/config.js';
 import { swarmConfig } from './swarm/config.js';
+import { wantsConfig } from './wants/config.js';
 
 export const trackerFields = z.object({
   ...natsConfig.shape,
@@ -16,6 +17,7 @@ export const trackerFields = z.object({
   SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
   ...swarmConfig.shape,
   ...handoutConfig.shape,
+  ...wantsConfig.shape,
 });
 
 export type TrackerConfig = z.infer<typeof trackerFields>;

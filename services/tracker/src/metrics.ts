@@ -68,7 +68,7 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     }),
     swarmSize: new Histogram({
       name: `${prefix}swarm_size_peers`,
-      help: 'Live peers in the wanted blob’s swarm, observed for every want answered',
+      help: 'Peers in the wanted blob’s swarm (expired ones the sweep has not removed yet included), observed for every want answered; a want looks at a sample of them',
       buckets: [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
       registers,
     }),
@@ -87,6 +87,16 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       name: `${prefix}handout_latency_seconds`,
       help: 'Time from a want’s publication (JetStream timestamp) to its hand-out',
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    wantsCoalesced: new Counter({
+      name: `${prefix}wants_coalesced_total`,
+      help: 'Wants replaced, before they were answered, by a newer want of the same asker for the same blob (acknowledged unanswered; the newer one’s hand-out answers both)',
+      registers,
+    }),
+    wantQueue: new Gauge({
+      name: `${prefix}want_queue_wants`,
+      help: 'Wants pulled by this replica and waiting for their answer (at most one per blob and asker)',
       registers,
     }),
     seedRequests: new Counter<'outcome'>({

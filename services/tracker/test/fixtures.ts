@@ -1,6 +1,8 @@
 /** Builders shared by the tracker's tests. */
 import { digestOf, type PeerInfo, type PieceHave, type PieceRanges } from '@shoal/proto';
 
+import type { SwarmMember } from '../src/handout/policy.js';
+
 /** A blob digest derived from a name, so tests read `blob('a')`. */
 export function blob(name: string): string {
   return digestOf(Buffer.from(`blob ${name}`)).toString();
@@ -26,6 +28,19 @@ export function have(digest: string, peerId: string, options: HaveOptions = {}):
     blob: digest,
     peer: peer(peerId, options.zone),
     pieces: options.pieces ?? [[0, 10]],
+    complete: options.complete ?? false,
+    seed: options.seed ?? false,
+  };
+}
+
+/** A swarm member; by default partial with pieces [0, 10), or [0, 100) when complete. */
+export function member(
+  id: string,
+  options: { pieces?: PieceRanges; complete?: boolean; seed?: boolean; zone?: string } = {},
+): SwarmMember {
+  return {
+    peer: peer(id, options.zone),
+    pieces: options.pieces ?? (options.complete === true ? [[0, 100]] : [[0, 10]]),
     complete: options.complete ?? false,
     seed: options.seed ?? false,
   };

@@ -5,20 +5,8 @@ import type { PieceRanges } from '@shoal/proto';
 
 import { LoadTracker } from '../src/handout/load.js';
 import { countMissing, countPieces } from '../src/handout/pieces.js';
-import { choosePeers, hasFinisher, type SwarmMember } from '../src/handout/policy.js';
-import { peer } from './fixtures.js';
-
-function member(
-  id: string,
-  options: { pieces?: PieceRanges; complete?: boolean; seed?: boolean; zone?: string } = {},
-): SwarmMember {
-  return {
-    peer: peer(id, options.zone),
-    pieces: options.pieces ?? (options.complete === true ? [[0, 100]] : [[0, 10]]),
-    complete: options.complete ?? false,
-    seed: options.seed ?? false,
-  };
-}
+import { choosePeers, type SwarmMember } from '../src/handout/policy.js';
+import { member, peer } from './fixtures.js';
 
 const noLoad = (): number => 0;
 
@@ -239,13 +227,6 @@ describe('hand-out policy', () => {
 
   it('returns nothing for an empty swarm', () => {
     assert.deepEqual(ids([]), []);
-  });
-
-  it('says whether someone other than the asker can finish the blob', () => {
-    assert.equal(hasFinisher([member('a')], 'me'), false);
-    assert.equal(hasFinisher([member('a'), member('s', { seed: true })], 'me'), true);
-    assert.equal(hasFinisher([member('c', { complete: true })], 'me'), true);
-    assert.equal(hasFinisher([member('me', { complete: true })], 'me'), false);
   });
 });
 

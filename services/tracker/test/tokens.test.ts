@@ -31,4 +31,23 @@ describe('hand-out tokens', () => {
     assert.ok(verified.ok);
     assert.equal(verified.claims.exp, NOW + TTL_MS / 2 + TTL_MS);
   });
+
+  it('forget the least recently used first, and only past their capacity', () => {
+    const tokens = new HandoutTokens(keys.privateKey, TTL_MS, 3);
+    const a = tokens.tokenFor(blob, 'node-a', NOW);
+    const b = tokens.tokenFor(blob, 'node-b', NOW);
+    tokens.tokenFor(blob, 'node-c', NOW);
+    // node-a used again: node-b is now the least recently used.
+    assert.equal(tokens.tokenFor(blob, 'node-a', NOW + 1), a);
+    tokens.tokenFor(blob, 'node-d', NOW + 2);
+    assert.equal(tokens.size, 3, 'one forgotten, not all');
+    // node-a is still remembered (the same token); node-b was forgotten and is signed anew.
+    assert.equal(tokens.tokenFor(blob, 'node-a', NOW + 3), a);
+    const renewed = tokens.tokenFor(blob, 'node-b', NOW + 4);
+    assert.notEqual(renewed, b);
+    const verified = verifyHandoutToken(renewed, [keys.publicKey]);
+    assert.ok(verified.ok);
+    assert.equal(verified.claims.exp, NOW + 4 + TTL_MS);
+    assert.equal(tokens.size, 3);
+  });
 });

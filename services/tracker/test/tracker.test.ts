@@ -486,6 +486,35 @@ describe('tracker', () => {
     assert.equal((await jsm.streams.info(STREAMS.seed.name)).state.messages, 1);
   });
 
+  it('answers or coalesces every want of a backlog, none twice', async () => {
+    for (const app of [...running]) {
+      await stopTracker(app);
+    }
+    // A backlog from one download that kept asking while no tracker ran: each want holds a
+    // piece more than the one before.
+    const wants = 30;
+    for (let i = 0; i < wants; i += 1) {
+      await want(js, a, 'repeater', { have: [[0, i + 1]] });
+    }
+    const app = await tracker();
+    await waitFor(
+      'the backlog to be answered or coalesced',
+      async () =>
+        (await jsm.streams.info(STREAMS.wants.name)).state.messages === 0 &&
+        (await jsm.consumers.info(STREAMS.wants.name, WANTS_CONSUMER)).num_ack_pending === 0,
+      { timeoutMs: WAIT_MS },
+    );
+    // Time for a late hand-out to show up, if there were one.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const answered = inbox.received.get('repeater')?.length ?? 0;
+    const coalesced = await metric(app, 'shoal_tracker_wants_coalesced_total');
+    assert.ok(answered >= 1, 'the latest want is answered');
+    assert.ok(coalesced > 0, 'wants received together coalesce');
+    assert.equal(answered + coalesced, wants, `${answered} answered, ${coalesced} coalesced`);
+    assert.equal(await metric(app, 'shoal_tracker_handouts_total'), answered);
+    assert.equal(await metric(app, 'shoal_tracker_want_queue_wants'), 0);
+  });
+
   it('reports not ready once closing', async () => {
     const [app] = running;
     assert.ok(app !== undefined);

@@ -1,8 +1,11 @@
 /**
  * piece-want events from SHOAL_WANTS: every replica pulls from one durable consumer, so each
  * want is answered by one replica. The answer is a hand-out on the asker's core-NATS
- * subject and, when nobody can finish the blob, a seed request.
+ * subject and, when nobody can finish the blob, a seed request. Pulled wants wait in a
+ * coalescing queue (one per blob and asker, the latest) until they are answered.
  */
+import { setImmediate } from 'node:timers/promises';
+
 import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
@@ -15,15 +18,17 @@ import {
   legacyPieceWantSubject,
   STREAMS,
   type Handout,
+  type PieceWant,
 } from '@shoal/proto';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { LoadTracker } from '../handout/load.js';
 import type { HandoutTokens } from '../handout/tokens.js';
-import { choosePeers, hasFinisher } from '../handout/policy.js';
+import { choosePeers, sampleWindow } from '../handout/policy.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
 import type { SwarmView } from '../swarm/view.js';
+import { CoalescingQueue } from '../wants/queue.js';
 import {
   contextFromHeaders,
   ensureConsumer,
@@ -39,8 +44,12 @@ export const WANTS_CONSUMER = 'tracker-wants';
 const ACK_WAIT_MS = 10_000;
 /** Deliveries of one want before it is given up (the agent asks again, or falls back). */
 const MAX_DELIVER = 5;
-/** Wants delivered to one replica and not yet acknowledged; bounds a replica's backlog. */
-const MAX_ACK_PENDING = 1_000;
+/**
+ * Wants delivered and not yet acknowledged, over all replicas. Large enough for the replicas'
+ * queues to hold a want per (blob, asker) of a 10 000-node rollout, so wants coalesce in the
+ * queues rather than wait in the stream first-in first-out.
+ */
+const MAX_ACK_PENDING = 20_000;
 /** Wants pulled per request. */
 const PULL_BATCH = 64;
 /** Redelivery delay after a transient failure, in ms. */
@@ -73,6 +82,12 @@ export interface WantDeps {
   readonly now: () => number;
 }
 
+/** A want that passed its checks, waiting for its answer. */
+interface QueuedWant {
+  readonly msg: JsMsg;
+  readonly want: PieceWant;
+}
+
 /**
  * Answers one want: a hand-out to the asker, a seed request when nobody can finish the blob,
  * then the ack. Never throws: an invalid want is terminated, a transient failure nak'ed.
@@ -80,7 +95,7 @@ export interface WantDeps {
  * It runs in a CONSUMER span whose parent is the want's trace context (the asking agent's
  * download), and the hand-out and seed request carry this span's context on.
  */
-export function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
+export function handleWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
   return withSpan(
     'piece-want process',
     {
@@ -88,11 +103,18 @@ export function handleWant(msg: JsMsg, deps: WantDeps): Promise<void> {
       parent: contextFromHeaders(msg.headers),
       attributes: { 'messaging.destination.name': msg.subject, 'messaging.message.id': msg.seq },
     },
-    () => answerWant(msg, deps),
+    () => answerWant(msg, want, deps),
   );
 }
 
-async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
+/**
+ * The want a message carries, or undefined when it is invalid or filed under another blob's
+ * subject (then it is terminated, logged and counted).
+ */
+export function checkWant(
+  msg: JsMsg,
+  deps: Pick<WantDeps, 'metrics' | 'logger'>,
+): PieceWant | undefined {
   const { metrics, logger } = deps;
   const decoded = decodeMessage(pieceWant, msg.data);
   if (!decoded.ok) {
@@ -104,7 +126,7 @@ async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
     // No reason given: nats-server before 2.11 does not parse `+TERM <reason>` and would
     // leave the message pending. The log line above carries the reason.
     msg.term();
-    return;
+    return undefined;
   }
   const want = decoded.value;
   // The asker's peer id is in the subject, where per-node NATS permissions hold each agent to
@@ -119,18 +141,23 @@ async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
       'piece-want on a subject that does not match its blob terminated',
     );
     msg.term();
-    return;
+    return undefined;
   }
   metrics.eventsConsumed.inc({ type: 'piece-want' });
+  return want;
+}
 
+async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
+  const { metrics, logger } = deps;
   const now = deps.now();
-  const members = deps.view.members(want.blob, now);
-  metrics.swarmSize.observe(members.length);
-  const chosen = choosePeers(members, want, (peer) => deps.load.load(peer, now));
+  // A sample of the swarm, not all of it: the cost of a want does not grow with the swarm.
+  const sample = deps.view.sample(want.blob, want, sampleWindow(want.limit), now);
+  metrics.swarmSize.observe(sample.swarmSize);
+  const chosen = choosePeers(sample.members, want, (peer) => deps.load.load(peer, now));
 
   // The seed request goes first: if it fails, the want is redelivered and the asker gets a
   // single hand-out later rather than two.
-  if (!hasFinisher(members, want.peer.id)) {
+  if (!sample.finisher) {
     try {
       const outcome = await withSpan(
         'seed-request publish',
@@ -201,26 +228,32 @@ async function answerWant(msg: JsMsg, deps: WantDeps): Promise<void> {
       blob: want.blob,
       asker: want.peer.id,
       peers: chosen.map((m) => m.peer.id),
-      swarm: members.length,
+      swarm: sample.swarmSize,
     },
     'hand-out',
   );
   msg.ack();
 }
 
-/** The want consumer of one replica. */
+/** The want consumer of one replica: a pulling loop that queues, and one that answers. */
 export class WantsConsumer {
   readonly #js: JetStreamClient;
   readonly #deps: WantDeps;
+  readonly #queue: CoalescingQueue<QueuedWant>;
+  readonly #stopping = new AbortController();
   #loop: ConsumeLoop | undefined;
+  #answering: Promise<void> | undefined;
 
-  constructor(js: JetStreamClient, deps: WantDeps) {
+  /** `queueMax`: most (blob, asker) wants this replica holds unanswered. */
+  constructor(js: JetStreamClient, deps: WantDeps, queueMax: number) {
     this.#js = js;
     this.#deps = deps;
+    this.#queue = new CoalescingQueue(queueMax);
   }
 
   /** Starts pulling wants from the shared durable consumer (which must exist). */
   start(): void {
+    this.#answering = this.#answer();
     this.#loop = superviseConsumption({
       name: WANTS_CONSUMER,
       logger: this.#deps.logger,
@@ -229,14 +262,69 @@ export class WantsConsumer {
         const consumer = await this.#js.consumers.get(STREAMS.wants.name, WANTS_CONSUMER);
         return consumer.consume({ max_messages: PULL_BATCH });
       },
-      handle: (msg) => handleWant(msg, this.#deps),
+      handle: (msg) => this.#enqueue(msg),
       // Wants pulled but not yet answered go back at once, for another replica to answer.
       release: (msg) => msg.nak(),
     });
   }
 
-  /** Stops pulling; the want being answered finishes first. */
+  /** Stops pulling, lets the want being answered finish, and gives the queued ones back. */
   async stop(): Promise<void> {
+    this.#stopping.abort();
     await this.#loop?.stop();
+    await this.#answering;
+    for (const queued of this.#queue.takeAll()) {
+      queued.msg.nak();
+    }
+  }
+
+  /** Checks a pulled want and queues it; waits while the queue is full of other askers. */
+  async #enqueue(msg: JsMsg): Promise<void> {
+    const want = checkWant(msg, this.#deps);
+    if (want === undefined) {
+      return;
+    }
+    const key = `${want.blob} ${want.peer.id}`;
+    for (;;) {
+      const offer = this.#queue.offer(key, { msg, want });
+      if (offer.outcome === 'replaced') {
+        // The newer want is answered in the older one's turn; the older one is done.
+        offer.replaced.msg.ack();
+        this.#deps.metrics.wantsCoalesced.inc();
+        return;
+      }
+      if (offer.outcome === 'queued') {
+        this.#deps.metrics.wantQueue.set(this.#queue.size);
+        return;
+      }
+      await this.#queue.whenSpace(this.#stopping.signal);
+      if (this.#stopping.signal.aborted) {
+        msg.nak();
+        return;
+      }
+    }
+  }
+
+  /** Answers queued wants one at a time, oldest first, until stopped. */
+  async #answer(): Promise<void> {
+    const signal = this.#stopping.signal;
+    while (!signal.aborted) {
+      // Wants already received are queued before the next one is answered (this waits for
+      // the event loop's next turn, after pending I/O and the pulling loop's own steps), so a
+      // replica that falls behind coalesces its backlog instead of answering it in order.
+      await setImmediate();
+      const queued = this.#queue.take();
+      this.#deps.metrics.wantQueue.set(this.#queue.size);
+      if (queued === undefined) {
+        await this.#queue.whenItem(signal);
+        continue;
+      }
+      try {
+        await handleWant(queued.msg, queued.want, this.#deps);
+      } catch (error) {
+        this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'answering a want failed');
+        queued.msg.nak(NAK_DELAY_MS);
+      }
+    }
   }
 }

@@ -1,7 +1,8 @@
 /**
  * The hand-out policy: which members of a blob's swarm to give an asker, best first. Pure:
- * it sees the swarm, the ask and the load, and returns a ranking, so every rule is
- * unit-tested without NATS.
+ * it sees the members, the ask and the load, and returns a ranking, so every rule is
+ * unit-tested without NATS. The members it ranks are a sample of the swarm (`sampleWindow`
+ * of them, see `BlobHolders.sample`), so a want costs O(limit) however large the swarm.
  */
 import type { PeerInfo, PieceRanges } from '@shoal/proto';
 
@@ -27,6 +28,15 @@ export interface HandoutAsk {
   readonly limit: number;
 }
 
+/**
+ * How many members of each kind to sample for a want of `limit` peers: twice the limit, so
+ * the less loaded half of a sample is handed out, and at least 16, so a small swarm is
+ * ranked whole (and exactly as if the policy saw all of it).
+ */
+export function sampleWindow(limit: number): number {
+  return Math.max(16, 2 * limit);
+}
+
 /** Recent hand-outs naming a peer (see `LoadTracker`). */
 export type LoadOf = (peerId: string) => number;
 
@@ -40,6 +50,7 @@ interface Ranked {
 
 /**
  * Ranks the members that can help the asker and returns at most `ask.limit` of them.
+ * `members` is the whole swarm or a sample of it; every rule holds within what it is given.
  *
  * - The asker itself, and members holding none of the pieces it lacks, are left out. A
  *   complete member holds every piece, and a seed is fetching every piece from the origin
@@ -111,12 +122,4 @@ function compareRanked(a: Ranked, b: Ranked): number {
 /** A member that holds, or is fetching, the whole blob. */
 function isFinisher(member: SwarmMember): boolean {
   return member.complete || member.seed;
-}
-
-/**
- * True when someone other than the asker holds or is fetching the whole blob (a seed or a
- * complete peer); when false the tracker asks the seed server to seed it.
- */
-export function hasFinisher(members: readonly SwarmMember[], askerId: string): boolean {
-  return members.some((m) => m.peer.id !== askerId && isFinisher(m));
 }

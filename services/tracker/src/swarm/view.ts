@@ -6,7 +6,8 @@
  */
 import type { PieceHave } from '@shoal/proto';
 
-import type { SwarmMember } from '../handout/policy.js';
+import { BlobHolders } from '../handout/holders.js';
+import type { HandoutAsk, SwarmMember } from '../handout/policy.js';
 
 /** A member of a blob's swarm, with where its latest have sits in the stream. */
 export interface SwarmEntry extends SwarmMember {
@@ -41,6 +42,22 @@ interface Departure {
   readonly publishedAtMs: number;
 }
 
+/** Members of a blob's swarm worth ranking for one asker (see `SwarmView.sample`). */
+export interface HandoutSample {
+  /** Live members that can help the asker, never the asker (see `BlobHolders.sample`). */
+  readonly members: SwarmEntry[];
+  /** True when someone other than the asker holds or is fetching the whole blob. */
+  readonly finisher: boolean;
+  /** Members of the blob's swarm, including expired ones not yet removed. */
+  readonly swarmSize: number;
+}
+
+/** One blob's swarm: its entries by peer id, and the same entries in hand-out order. */
+interface Swarm {
+  readonly entries: Map<string, SwarmEntry>;
+  readonly holders: BlobHolders<SwarmEntry>;
+}
+
 export interface SwarmViewOptions {
   /** How long a have counts after its publish time, in ms. */
   readonly maxAgeMs: number;
@@ -48,8 +65,8 @@ export interface SwarmViewOptions {
 
 export class SwarmView {
   readonly #maxAgeMs: number;
-  /** blob -> peer id -> entry. */
-  readonly #blobs = new Map<string, Map<string, SwarmEntry>>();
+  /** blob -> its swarm. */
+  readonly #blobs = new Map<string, Swarm>();
   /** peer id -> blobs it is a member of, so a peer-gone does not scan every blob. */
   readonly #peers = new Map<string, Set<string>>();
   /** peer id -> its last peer-gone, so a replayed have from before it is not re-added. */
@@ -88,7 +105,7 @@ export class SwarmView {
   applyHave(have: PieceHave, seq: number, publishedAtMs: number, nowMs: number): HaveOutcome {
     this.#advance(seq);
     const peerId = have.peer.id;
-    const current = this.#blobs.get(have.blob)?.get(peerId);
+    const current = this.#blobs.get(have.blob)?.entries.get(peerId);
     if (current !== undefined && current.seq >= seq) {
       return 'superseded';
     }
@@ -105,20 +122,22 @@ export class SwarmView {
     }
     let swarm = this.#blobs.get(have.blob);
     if (swarm === undefined) {
-      swarm = new Map();
+      swarm = { entries: new Map(), holders: new BlobHolders() };
       this.#blobs.set(have.blob, swarm);
     }
     if (current === undefined) {
       this.#entries += 1;
     }
-    swarm.set(peerId, {
+    const entry: SwarmEntry = {
       peer: have.peer,
       pieces: have.pieces,
       complete: have.complete,
       seed: have.seed,
       seq,
       publishedAtMs,
-    });
+    };
+    swarm.entries.set(peerId, entry);
+    swarm.holders.set(entry);
     let blobs = this.#peers.get(peerId);
     if (blobs === undefined) {
       blobs = new Set();
@@ -140,7 +159,7 @@ export class SwarmView {
     }
     let removed = 0;
     for (const blob of [...(this.#peers.get(peerId) ?? [])]) {
-      const entry = this.#blobs.get(blob)?.get(peerId);
+      const entry = this.#blobs.get(blob)?.entries.get(peerId);
       if (entry !== undefined && entry.seq < seq) {
         this.#remove(blob, peerId);
         removed += 1;
@@ -152,12 +171,39 @@ export class SwarmView {
   /** Live members of a blob's swarm at `nowMs`, in no particular order. */
   members(blob: string, nowMs: number): SwarmEntry[] {
     const live: SwarmEntry[] = [];
-    for (const entry of this.#blobs.get(blob)?.values() ?? []) {
+    for (const entry of this.#blobs.get(blob)?.entries.values() ?? []) {
       if (!this.#isExpired(entry.publishedAtMs, nowMs)) {
         live.push(entry);
       }
     }
     return live;
+  }
+
+  /**
+   * The members worth ranking for one asker, in O(window): about `window` live members that
+   * can help it, taken in turn from the blob's holders (see `BlobHolders.sample`), not the
+   * whole swarm. Expired members met on the way are removed.
+   */
+  sample(
+    blob: string,
+    ask: Pick<HandoutAsk, 'peer' | 'have'>,
+    window: number,
+    nowMs: number,
+  ): HandoutSample {
+    const swarm = this.#blobs.get(blob);
+    if (swarm === undefined) {
+      return { members: [], finisher: false, swarmSize: 0 };
+    }
+    const swarmSize = swarm.entries.size;
+    const found = swarm.holders.sample(
+      ask,
+      window,
+      (entry) => !this.#isExpired(entry.publishedAtMs, nowMs),
+    );
+    for (const entry of found.dead) {
+      this.#remove(blob, entry.peer.id);
+    }
+    return { members: found.members, finisher: found.finisher, swarmSize };
   }
 
   /** Blobs with at least one live member at `nowMs`, sorted. */
@@ -173,7 +219,7 @@ export class SwarmView {
   expire(nowMs: number): number {
     let removed = 0;
     for (const [blob, swarm] of [...this.#blobs]) {
-      for (const [peerId, entry] of [...swarm]) {
+      for (const [peerId, entry] of [...swarm.entries]) {
         if (this.#isExpired(entry.publishedAtMs, nowMs)) {
           this.#remove(blob, peerId);
           removed += 1;
@@ -211,11 +257,12 @@ export class SwarmView {
 
   #remove(blob: string, peerId: string): void {
     const swarm = this.#blobs.get(blob);
-    if (swarm?.delete(peerId) !== true) {
+    if (swarm?.entries.delete(peerId) !== true) {
       return;
     }
+    swarm.holders.delete(peerId);
     this.#entries -= 1;
-    if (swarm.size === 0) {
+    if (swarm.entries.size === 0) {
       this.#blobs.delete(blob);
     }
     const blobs = this.#peers.get(peerId);

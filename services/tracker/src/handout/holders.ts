@@ -1,0 +1,262 @@
+/**
+ * The holders of one blob, kept so that a hand-out looks at O(limit) of them, not the whole
+ * swarm. Members sit in rings by zone and by kind (complete, partial; seeds apart), and each
+ * ring has a cursor that moves past the members it showed: consecutive askers see different
+ * holders, so load spreads over the whole swarm without ranking all of it for every want.
+ * Pure: no clock, no I/O; the caller says which members still count.
+ */
+import type { HandoutAsk, SwarmMember } from './policy.js';
+import { countMissing } from './pieces.js';
+
+/** Members visited per ring for each candidate wanted, at most; bounds the work of a want. */
+const SCAN_FACTOR = 4;
+
+/** Where a member is kept: a ring of its zone (complete or partial), or the seeds' ring. */
+type Kind = 'seed' | 'complete' | 'partial';
+
+/**
+ * A rotating list: O(1) add, replace and remove (a removed member's place is taken by the
+ * last one), and a cursor that every visit moves forward.
+ */
+class Ring<M> {
+  readonly #items: M[] = [];
+  readonly #ids: string[] = [];
+  readonly #index = new Map<string, number>();
+  #cursor = 0;
+
+  get size(): number {
+    return this.#items.length;
+  }
+
+  /** Adds `member` under `id`, or replaces the member held under it in place. */
+  set(id: string, member: M): void {
+    const at = this.#index.get(id);
+    if (at !== undefined) {
+      this.#items[at] = member;
+      return;
+    }
+    this.#index.set(id, this.#items.length);
+    this.#items.push(member);
+    this.#ids.push(id);
+  }
+
+  delete(id: string): void {
+    const at = this.#index.get(id);
+    if (at === undefined) {
+      return;
+    }
+    this.#index.delete(id);
+    const lastItem = this.#items.pop();
+    const lastId = this.#ids.pop();
+    if (at < this.#items.length && lastItem !== undefined && lastId !== undefined) {
+      this.#items[at] = lastItem;
+      this.#ids[at] = lastId;
+      this.#index.set(lastId, at);
+    }
+    if (this.#cursor >= this.#items.length) {
+      this.#cursor = 0;
+    }
+  }
+
+  /**
+   * Calls `visit` on members from the cursor on, at most `max` of them and never one twice,
+   * until it returns false; the cursor moves past every member visited.
+   */
+  visit(max: number, visit: (member: M) => boolean): void {
+    const count = Math.min(max, this.#items.length);
+    for (let k = 0; k < count; k += 1) {
+      const member = this.#items[this.#cursor];
+      this.#cursor = (this.#cursor + 1) % this.#items.length;
+      if (member !== undefined && !visit(member)) {
+        return;
+      }
+    }
+  }
+}
+
+interface ZoneRings<M> {
+  readonly complete: Ring<M>;
+  readonly partial: Ring<M>;
+}
+
+/** What `sample` found. */
+export interface Sample<M> {
+  /**
+   * Members that can help the asker: never the asker, never one that does not count any more,
+   * never a partial member holding nothing the asker lacks. Includes someone who can finish
+   * the blob (complete, or a seed) whenever the blob has one besides the asker.
+   */
+  readonly members: M[];
+  /** True when `members` includes someone who can finish the blob (complete, or a seed). */
+  readonly finisher: boolean;
+  /** Members found not to count any more (expired), for the caller to remove. */
+  readonly dead: M[];
+}
+
+/**
+ * The holders of one blob. `M` is the caller's member type (the swarm view's entries), so a
+ * sample hands back the caller's own objects.
+ */
+export class BlobHolders<M extends SwarmMember> {
+  /** Zone ('' for none) -> its rings; zones are few, so walking them all is cheap. */
+  readonly #zones = new Map<string, ZoneRings<M>>();
+  readonly #seeds = new Ring<M>();
+  /** Where each member is, so an update that changes its zone or kind moves it. */
+  readonly #placed = new Map<string, { zone: string; kind: Kind }>();
+  /** Rotates the order in which other zones are visited, as rings rotate their members. */
+  #zoneCursor = 0;
+
+  /** Members held. */
+  get size(): number {
+    return this.#placed.size;
+  }
+
+  /** Adds a member, or replaces it (moving it when its zone or kind changed). */
+  set(member: M): void {
+    const id = member.peer.id;
+    const zone = member.peer.zone ?? '';
+    const kind: Kind = member.seed ? 'seed' : member.complete ? 'complete' : 'partial';
+    const placed = this.#placed.get(id);
+    if (placed !== undefined && (placed.zone !== zone || placed.kind !== kind)) {
+      this.#ringOf(placed.zone, placed.kind)?.delete(id);
+    }
+    this.#placed.set(id, { zone, kind });
+    let ring = this.#ringOf(zone, kind);
+    if (ring === undefined) {
+      const rings: ZoneRings<M> = { complete: new Ring(), partial: new Ring() };
+      this.#zones.set(zone, rings);
+      ring = rings[kind === 'complete' ? 'complete' : 'partial'];
+    }
+    ring.set(id, member);
+  }
+
+  delete(peerId: string): void {
+    const placed = this.#placed.get(peerId);
+    if (placed === undefined) {
+      return;
+    }
+    this.#placed.delete(peerId);
+    this.#ringOf(placed.zone, placed.kind)?.delete(peerId);
+    const rings = this.#zones.get(placed.zone);
+    if (rings !== undefined && rings.complete.size === 0 && rings.partial.size === 0) {
+      this.#zones.delete(placed.zone);
+    }
+  }
+
+  /**
+   * Up to about `window` non-seed members that can help `ask` (and up to `window` seeds),
+   * visiting at most `SCAN_FACTOR * window` members per ring: the asker's zone first (its
+   * members rank first), other zones only while the window is not full. Complete and partial
+   * members are both taken, so uploads fall on partial holders too, as in any swarm.
+   */
+  sample(
+    ask: Pick<HandoutAsk, 'peer' | 'have'>,
+    window: number,
+    counts: (member: M) => boolean,
+  ): Sample<M> {
+    const members: M[] = [];
+    const dead: M[] = [];
+    const askerId = ask.peer.id;
+    const consider = (member: M): boolean => {
+      if (member.peer.id === askerId) {
+        return false;
+      }
+      if (!counts(member)) {
+        dead.push(member);
+        return false;
+      }
+      return true;
+    };
+    const budget = SCAN_FACTOR * window;
+    for (const rings of this.#zoneOrder(ask.peer.zone)) {
+      let complete = 0;
+      rings.complete.visit(budget, (member) => {
+        if (consider(member)) {
+          members.push(member);
+          complete += 1;
+        }
+        return complete < window;
+      });
+      let partial = 0;
+      rings.partial.visit(budget, (member) => {
+        if (consider(member) && countMissing(member.pieces, ask.have) > 0) {
+          members.push(member);
+          partial += 1;
+        }
+        return partial < window;
+      });
+      if (members.length >= window) {
+        break;
+      }
+    }
+    let seeds = 0;
+    this.#seeds.visit(budget, (member) => {
+      if (consider(member)) {
+        members.push(member);
+        seeds += 1;
+      }
+      return seeds < window;
+    });
+    if (members.some((m) => m.complete || m.seed)) {
+      return { members, finisher: true, dead };
+    }
+    // The window filled before reaching a zone with a complete member: the policy keeps a
+    // place for someone who can finish the blob, so one is looked up.
+    const found = this.#findFinisher(askerId, counts, dead);
+    if (found !== undefined) {
+      members.push(found);
+    }
+    return { members, finisher: found !== undefined, dead };
+  }
+
+  #findFinisher(askerId: string, counts: (member: M) => boolean, dead: M[]): M | undefined {
+    let found: M | undefined;
+    const look = (member: M): boolean => {
+      if (member.peer.id === askerId) {
+        return true;
+      }
+      if (!counts(member)) {
+        dead.push(member);
+        return true;
+      }
+      found = member;
+      return false;
+    };
+    // Every ring is visited whole at most once: dead members are removed by the caller, so a
+    // later look does not pay for them again.
+    this.#seeds.visit(this.#seeds.size, look);
+    for (const rings of this.#zones.values()) {
+      if (found !== undefined) {
+        break;
+      }
+      rings.complete.visit(rings.complete.size, look);
+    }
+    return found;
+  }
+
+  /** The asker's zone first, then the others from a rotating start. */
+  *#zoneOrder(zone: string | undefined): Generator<ZoneRings<M>> {
+    const own = zone === undefined ? undefined : this.#zones.get(zone);
+    if (own !== undefined) {
+      yield own;
+    }
+    const others = [...this.#zones.entries()].filter(([name]) => name !== zone);
+    if (others.length === 0) {
+      return;
+    }
+    this.#zoneCursor = (this.#zoneCursor + 1) % others.length;
+    for (let k = 0; k < others.length; k += 1) {
+      const entry = others[(this.#zoneCursor + k) % others.length];
+      if (entry !== undefined) {
+        yield entry[1];
+      }
+    }
+  }
+
+  #ringOf(zone: string, kind: Kind): Ring<M> | undefined {
+    if (kind === 'seed') {
+      return this.#seeds;
+    }
+    return this.#zones.get(zone)?.[kind];
+  }
+}
