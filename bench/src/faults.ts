@@ -58,6 +58,7 @@ import {
   progress,
   readOptions,
   runBench,
+  seededRandom,
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
 import type { PullTarget } from './clients.js';
@@ -150,18 +151,6 @@ function parseOptions(argv: readonly string[]): Options {
   const faults = ['none' as const, ...named.filter(isFault).filter((f) => f !== 'none')];
   const logsDir = typeof values.logs === 'string' ? values.logs : undefined;
   return { ...common, faults, rngSeed, logsDir };
-}
-
-/** A small seeded generator (mulberry32), so that a run's fault moments can be repeated. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** What one client's pull came to. */
@@ -605,6 +594,7 @@ function report(options: Options, figures: readonly FaultFigures[]): string {
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const interrupt = interruptOnSignal();
+  // Seeded, so that a run's fault moments can be repeated.
   const random = seededRandom(options.rngSeed);
   const teardown = newTeardown();
   try {

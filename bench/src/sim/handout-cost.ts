@@ -15,7 +15,7 @@ import { SwarmView } from '@shoal/tracker/swarm/view';
 import type { PieceRanges } from '@shoal/proto';
 import { table } from '@shoal/testkit';
 
-import { exitOnProblems, readOptions } from '../cli.js';
+import { exitOnProblems, readOptions, seededRandom } from '../cli.js';
 import { heldRanges } from './stats.js';
 
 const USAGE = `usage: node bench/dist/src/sim/handout-cost.js [options]
@@ -30,18 +30,6 @@ const ZONES = ['zone-a', 'zone-b', 'zone-c'];
 /** Share of members that hold the whole blob; the rest hold a random part of it. */
 const COMPLETE_SHARE = 0.1;
 const BLOB = `sha256:${'ab'.repeat(32)}`;
-
-/** A small seeded generator (mulberry32), so every run builds the same swarms. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 
 /** Random pieces, each held with probability `share`, as the sorted ranges messages carry. */
 function randomRanges(next: () => number, share: number): PieceRanges {
@@ -79,7 +67,8 @@ function usefulFor(member: SwarmMember, have: PieceRanges): number {
 
 /** Answers `wants` wants on a fresh swarm of `size`, ranking all of it or a sample. */
 function measure(size: number, wants: number, limit: number, whole: boolean): Figures {
-  const next = random(size);
+  // Seeded, so that every run builds the same swarms.
+  const next = seededRandom(size);
   const now = 1_764_000_000_000;
   const view = new SwarmView({ maxAgeMs: 3_600_000 });
   let seq = 0;
