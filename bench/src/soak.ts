@@ -140,6 +140,8 @@ async function pullImage(
 /** What one process holds now. */
 interface ProcessFigures {
   readonly rss: number;
+  /** V8's heap in use (live objects and garbage not yet collected), from its /metrics. */
+  readonly heap: number;
   readonly fds: number;
 }
 
@@ -148,7 +150,8 @@ async function processFigures(service: ServiceProcess): Promise<ProcessFigures> 
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const rss = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) * 1024;
   const fds = (await readdir(`/proc/${pid}/fd`)).length;
-  return { rss, fds };
+  const heap = await service.metric('nodejs_heap_size_used_bytes');
+  return { rss, heap, fds };
 }
 
 /** The figures of a group of processes: the largest RSS and file descriptor count. */
@@ -156,6 +159,7 @@ async function groupFigures(services: readonly ServiceProcess[]): Promise<Proces
   const all = await Promise.all(services.map(processFigures));
   return {
     rss: Math.max(...all.map((f) => f.rss)),
+    heap: Math.max(...all.map((f) => f.heap)),
     fds: Math.max(...all.map((f) => f.fds)),
   };
 }
@@ -274,7 +278,10 @@ async function main(): Promise<number> {
 
     // Soak: rollouts one after another until the time is up.
     if (options.minutes > 0) {
-      const until = Date.now() + options.minutes * 60_000;
+      const soakStarted = Date.now();
+      const until = soakStarted + options.minutes * 60_000;
+      /** Quarters of the soak already recorded. */
+      let quarters = 0;
       const snapshots: Snapshot[] = [];
       let rollouts = 0;
       let rolloutErrors = 0;
@@ -288,6 +295,11 @@ async function main(): Promise<number> {
         // The first few rollouts warm everything up; growth is measured from there.
         if (rollouts === 3) {
           snapshots.push(await snapshot(`after rollout 3`));
+        }
+        const quarter = Math.floor(((Date.now() - soakStarted) / (until - soakStarted)) * 4);
+        if (rollouts > 3 && quarter > quarters && quarter < 4) {
+          quarters = quarter;
+          snapshots.push(await snapshot(`after rollout ${rollouts}`));
         }
         if (rollouts % 10 === 0) {
           progress(`soak: ${rollouts} rollouts, ${rolloutErrors} failed pulls`);
@@ -303,20 +315,26 @@ async function main(): Promise<number> {
           [
             '',
             'agent RSS (max)',
+            'agent heap',
             'agent fds (max)',
             'tracker RSS (max)',
+            'tracker heap',
             'tracker fds',
             'seed RSS',
+            'seed heap',
             'seed fds',
             'JetStream bytes / limits',
           ],
           snapshots.map((s) => [
             s.label,
             mib(s.agents.rss),
+            mib(s.agents.heap),
             String(s.agents.fds),
             mib(s.trackers.rss),
+            mib(s.trackers.heap),
             String(s.trackers.fds),
             mib(s.seed.rss),
+            mib(s.seed.heap),
             String(s.seed.fds),
             `${mib(s.jetStreamBytes)} / ${mib(s.jetStreamLimit)}`,
           ]),
