@@ -126,20 +126,28 @@ async function httpPull(agentUrl: string, target: PullTarget, signal: AbortSigna
   if (sha256(body) !== target.manifest.digest) {
     throw new Error(`manifest: got ${sha256(body)}, expected ${target.manifest.digest}`);
   }
-  await Promise.all(manifestBlobs(body).map((blob) => streamBlob(base, ns, blob, signal)));
+  await Promise.all(manifestBlobs(body).map((blob) => pullBlob(agentUrl, target, blob, signal)));
 }
 
-async function streamBlob(
-  base: string,
-  ns: string,
+/**
+ * GETs a blob through an agent's mirror API and hashes it as it streams in, keeping nothing.
+ * Throws when the answer is not a 200 or the response is cut; a response that completed is
+ * returned with its length and sha256 digest, to be compared by the caller.
+ */
+export async function fetchBlobDigest(
+  agentUrl: string,
+  target: Pick<PullTarget, 'repository' | 'registryHost'>,
   blob: Descriptor,
   signal: AbortSignal,
-): Promise<void> {
+): Promise<{ bytes: number; digest: string }> {
   const [algorithm] = blob.digest.split(':');
   if (algorithm !== 'sha256') {
     throw new Error(`${blob.digest}: only sha256 blobs are checked`);
   }
-  const response = await fetch(`${base}/blobs/${blob.digest}?${ns}`, { signal });
+  const ns = `ns=${encodeURIComponent(target.registryHost)}`;
+  const response = await fetch(`${agentUrl}/v2/${target.repository}/blobs/${blob.digest}?${ns}`, {
+    signal,
+  });
   if (response.status !== 200 || response.body === null) {
     await response.body?.cancel();
     throw new Error(`blob ${blob.digest}: HTTP ${response.status}`);
@@ -150,7 +158,17 @@ async function streamBlob(
     hash.update(chunk);
     bytes += chunk.length;
   }
-  const digest = `sha256:${hash.digest('hex')}`;
+  return { bytes, digest: `sha256:${hash.digest('hex')}` };
+}
+
+/** Streams one blob through an agent and checks it; throws on any failure or mismatch. */
+export async function pullBlob(
+  agentUrl: string,
+  target: Pick<PullTarget, 'repository' | 'registryHost'>,
+  blob: Descriptor,
+  signal: AbortSignal,
+): Promise<void> {
+  const { bytes, digest } = await fetchBlobDigest(agentUrl, target, blob, signal);
   if (bytes !== blob.size || digest !== blob.digest) {
     throw new Error(`blob ${blob.digest}: got ${bytes} bytes with digest ${digest}`);
   }

@@ -61,7 +61,7 @@ import {
   seededRandom,
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
-import type { PullTarget } from './clients.js';
+import { fetchBlobDigest, type PullTarget } from './clients.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -165,8 +165,8 @@ interface PullOutcome {
 
 /** A blob asked for until it verifies or the deadline passes, as containerd does. */
 async function pullBlob(
-  base: string,
-  ns: string,
+  agentUrl: string,
+  target: PullTarget,
   blob: Descriptor,
   deadline: AbortSignal,
   tally: { corrupt: number; retries: number },
@@ -177,28 +177,14 @@ async function pullBlob(
       tally.retries += 1;
       await new Promise((resolve) => setTimeout(resolve, RETRY_PAUSE_MS));
     }
-    let response: Response;
+    let got: { bytes: number; digest: string };
     try {
-      response = await fetch(`${base}/blobs/${blob.digest}?${ns}`, { signal: deadline });
+      got = await fetchBlobDigest(agentUrl, target, blob, deadline);
     } catch {
+      // Refused, failed or cut: never completed, so never trusted. Ask again.
       continue;
     }
-    if (response.status !== 200 || response.body === null) {
-      await response.body?.cancel();
-      continue;
-    }
-    const hash = createHash('sha256');
-    let bytes = 0;
-    try {
-      for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
-        hash.update(chunk);
-        bytes += chunk.length;
-      }
-    } catch {
-      // Cut: never completed, so never trusted. Ask again.
-      continue;
-    }
-    if (`sha256:${hash.digest('hex')}` === blob.digest && bytes === blob.size) {
+    if (got.digest === blob.digest && got.bytes === blob.size) {
       return;
     }
     tally.corrupt += 1;
@@ -213,11 +199,11 @@ async function pullImage(
   deadline: AbortSignal,
 ): Promise<PullOutcome> {
   const tally = { corrupt: 0, retries: 0 };
-  const ns = `ns=${encodeURIComponent(target.registryHost)}`;
-  const base = `${agentUrl}/v2/${target.repository}`;
   try {
     // The blobs come from the target: the manifest path is the mirror tests' business.
-    await Promise.all(target.blobs.map((blob) => pullBlob(base, ns, blob, deadline, tally)));
+    await Promise.all(
+      target.blobs.map((blob) => pullBlob(agentUrl, target, blob, deadline, tally)),
+    );
     return { ok: true, seconds: (performance.now() - started) / 1000, ...tally, error: undefined };
   } catch (error) {
     return {

@@ -16,7 +16,6 @@
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails.
  */
-import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 
 import { jetstreamManager } from '@nats-io/jetstream';
@@ -28,7 +27,6 @@ import {
   startTracker,
   table,
   type AgentProcess,
-  type Descriptor,
   type ServiceProcess,
 } from '@shoal/testkit';
 
@@ -42,7 +40,7 @@ import {
   runBench,
 } from './cli.js';
 import { pushTarget, startAgents, startBase } from './cluster.js';
-import type { PullTarget } from './clients.js';
+import { pullBlob, type PullTarget } from './clients.js';
 
 const MiB = 1024 * 1024;
 
@@ -96,30 +94,6 @@ function parseOptions(argv: readonly string[]): Options {
   }
   exitOnProblems(problems, USAGE);
   return { ...common, concurrency, images, minutes, cacheBytes: cacheMib * MiB };
-}
-
-/** Streams one blob through an agent and checks its digest; throws on any failure. */
-async function pullBlob(
-  agentUrl: string,
-  target: PullTarget,
-  blob: Descriptor,
-  signal: AbortSignal,
-): Promise<void> {
-  const ns = `ns=${encodeURIComponent(target.registryHost)}`;
-  const response = await fetch(`${agentUrl}/v2/${target.repository}/blobs/${blob.digest}?${ns}`, {
-    signal,
-  });
-  if (response.status !== 200 || response.body === null) {
-    await response.body?.cancel();
-    throw new Error(`${blob.digest}: HTTP ${response.status}`);
-  }
-  const hash = createHash('sha256');
-  for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
-    hash.update(chunk);
-  }
-  if (`sha256:${hash.digest('hex')}` !== blob.digest) {
-    throw new Error(`${blob.digest}: content does not match`);
-  }
 }
 
 /** Pulls every blob of `target` through `agentUrl`; returns the error text or undefined. */

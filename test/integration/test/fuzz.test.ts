@@ -11,7 +11,6 @@ import { after, before, describe, it } from 'node:test';
 
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
-  freePort,
   generateImage,
   makeTempDir,
   pushImage,
@@ -87,7 +86,6 @@ describe('fuzzing', () => {
   let nats: NatsServer;
   let image: GeneratedImage;
   let agent: AgentProcess;
-  let agentPeerPort: number;
   let seed: ServiceProcess;
   let watcher: ServiceProcess;
   let nc: NatsConnection;
@@ -106,16 +104,11 @@ describe('fuzzing', () => {
     services.push(seed);
     watcher = await startWatcher({ natsUrl: nats.url, registries });
     services.push(watcher);
-    agentPeerPort = await freePort();
     agent = await startAgent({
       registries,
       defaultRegistry: registry.host,
       natsUrl: nats.url,
-      env: {
-        ...FAST_SWARM_ENV,
-        SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${String(agentPeerPort)}`,
-        SHOAL_AGENT_PEER_URL: `http://127.0.0.1:${String(agentPeerPort)}`,
-      },
+      env: { ...FAST_SWARM_ENV },
     });
     services.push(agent);
     nc = await connect({ servers: nats.url, timeout: 5_000 });
@@ -264,8 +257,9 @@ describe('fuzzing', () => {
       { maxLength: 3 },
     );
     const method = fc.constantFrom('GET', 'GET', 'GET', 'HEAD', 'PUT', 'POST', 'DELETE');
+    assert.ok(agent.peerUrl !== undefined);
     for (const [name, port, service] of [
-      ['peer port', agentPeerPort, agent],
+      ['peer port', Number(new URL(agent.peerUrl).port), agent],
       ['seed server', seed.port, seed],
     ] as const) {
       const rssBefore = await rssBytes(service);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { piecePath, pieceAuthHeaders } from '@shoal/proto';
-import { freePort, signTestToken } from '@shoal/testkit';
+import { signTestToken } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { rawGet, type RawResponse } from '../src/http.js';
@@ -24,10 +24,6 @@ describe('upload slots on the peer port', () => {
   let blob: string;
 
   before(async () => {
-    const peerPort = await freePort();
-    peerUrl = `http://127.0.0.1:${peerPort}`;
-    const strictPort = await freePort();
-    strictUrl = `http://127.0.0.1:${strictPort}`;
     cluster = await startCluster({
       layerSizes: [4 * MiB],
       seed: 'upload-slots',
@@ -38,8 +34,6 @@ describe('upload slots on the peer port', () => {
           // A 256 KiB piece takes four seconds at its upload rate; its deadline is half a second.
           peerId: 'strict',
           env: {
-            SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${strictPort}`,
-            SHOAL_AGENT_PEER_URL: strictUrl,
             SHOAL_AGENT_UPLOAD_RATE_BYTES: String(64 * 1024),
             SHOAL_AGENT_UPLOAD_TIMEOUT_MS: '500',
             SHOAL_AGENT_MAX_UPLOADS: '1',
@@ -48,8 +42,6 @@ describe('upload slots on the peer port', () => {
         {
           peerId: 'holder',
           env: {
-            SHOAL_AGENT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
-            SHOAL_AGENT_PEER_URL: peerUrl,
             SHOAL_AGENT_UPLOAD_RATE_BYTES: String(128 * 1024),
             SHOAL_AGENT_MAX_UPLOADS: '3',
             SHOAL_AGENT_MAX_UPLOADS_PER_PEER: '2',
@@ -57,6 +49,10 @@ describe('upload slots on the peer port', () => {
         },
       ],
     });
+    const [strict, holder] = cluster.agents;
+    assert.ok(strict?.peerUrl !== undefined && holder?.peerUrl !== undefined);
+    strictUrl = strict.peerUrl;
+    peerUrl = holder.peerUrl;
     const layer = cluster.image.layers[0];
     assert.ok(layer !== undefined);
     blob = layer.digest;

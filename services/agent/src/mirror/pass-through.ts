@@ -52,14 +52,12 @@ export function passThroughCursor(
       );
     }
     hasher.update(chunk);
-    // Keep the part of the chunk the client still needs.
+    // Keep the part of the chunk the client still needs. A chunk is asked for only when the
+    // pending bytes are used up (or, to verify, past the response's end), so it replaces them.
     const from = Math.max(position, chunkStart) - chunkStart;
     const to = Math.min(end, received) - chunkStart;
     if (to > from) {
-      pending =
-        pending === undefined
-          ? chunk.subarray(from, to)
-          : Buffer.concat([pending, chunk.subarray(from, to)]);
+      pending = chunk.subarray(from, to);
     }
     return true;
   };
