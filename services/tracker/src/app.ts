@@ -87,7 +87,10 @@ export async function buildApp(
   }
 
   // State: the swarm view and the hand-out load, both rebuilt from scratch by every replica.
-  const view = new SwarmView({ maxAgeMs: config.SHOAL_TRACKER_PEER_MAX_AGE_MS });
+  const view = new SwarmView({
+    maxAgeMs: config.SHOAL_TRACKER_PEER_MAX_AGE_MS,
+    maxEntries: config.SHOAL_TRACKER_MAX_ENTRIES,
+  });
   const load = new LoadTracker(config.SHOAL_TRACKER_LOAD_WINDOW_MS);
   const serviceMetrics = createMetrics('tracker');
   const metrics = createTrackerMetrics(serviceMetrics, view);

@@ -58,6 +58,15 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
         this.set(view.entryCount);
       },
     }),
+    swarmEvicted: new Counter({
+      name: `${prefix}swarm_evicted_total`,
+      help: 'Entries and peer departures dropped from the swarm view because it held SHOAL_TRACKER_MAX_ENTRIES (the stalest first)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(view.evictedCount);
+      },
+    }),
     swarmSequence: new Gauge({
       name: `${prefix}swarm_stream_sequence`,
       help: 'Last SHOAL_SWARM stream sequence applied to the view',

@@ -143,4 +143,38 @@ describe('swarm view', () => {
       { peer: have(a, 'amy').peer, pieces: [[0, 50]], complete: true, seed: true },
     );
   });
+
+  it('holds at most maxEntries entries, dropping the one updated longest ago', () => {
+    const view = new SwarmView({ maxAgeMs: MAX_AGE_MS, maxEntries: 3 });
+    view.applyHave(have(a, 'p1'), 1, T0, T0);
+    view.applyHave(have(a, 'p2'), 2, T0, T0);
+    view.applyHave(have(b, 'p1'), 3, T0, T0);
+    // p1's entry for a is refreshed: now a/p2 is the stalest.
+    view.applyHave(have(a, 'p1', { pieces: [[0, 20]] }), 4, T0, T0);
+    assert.equal(view.applyHave(have(b, 'p3'), 5, T0, T0), 'applied');
+    assert.equal(view.entryCount, 3);
+    assert.equal(view.evictedCount, 1);
+    assert.deepEqual(members(view, a), ['p1']);
+    assert.deepEqual(members(view, b), ['p1', 'p3']);
+    assert.equal(view.peerCount, 2);
+  });
+
+  it('stays bounded under a flood of haves and departures for made-up blobs and peers', () => {
+    const cap = 1_000;
+    const view = new SwarmView({ maxAgeMs: MAX_AGE_MS, maxEntries: cap });
+    let seq = 0;
+    for (let i = 0; i < 50_000; i += 1) {
+      view.applyHave(have(blob(`flood-${i}`), `peer-${i % 7_000}`), (seq += 1), T0, T0);
+      if (i % 5 === 0) {
+        view.applyGone(`gone-${i}`, (seq += 1), T0);
+      }
+    }
+    assert.equal(view.entryCount, cap);
+    assert.ok(view.blobCount <= cap);
+    assert.ok(view.peerCount <= cap);
+    assert.equal(view.departureCount, cap);
+    // The newest haves are the ones kept.
+    assert.deepEqual(members(view, blob('flood-49999')), ['peer-999']);
+    assert.deepEqual(members(view, blob('flood-0')), []);
+  });
 });

@@ -10,6 +10,13 @@ export const swarmConfig = z.object({
    */
   SHOAL_TRACKER_PEER_MAX_AGE_MS: envInt(30 * 60_000).refine((ms) => ms > 0, 'must be positive'),
   /**
+   * Most (blob, peer) entries the swarm view holds, and most peer departures it remembers
+   * (default 1 000 000: 10,000 nodes with 100 blobs each). Past it the entry updated longest
+   * ago goes first, so a flood of haves cannot grow the tracker's memory without bound;
+   * sizing in the README's "JetStream limits".
+   */
+  SHOAL_TRACKER_MAX_ENTRIES: envInt(1_000_000).refine((n) => n > 0, 'must be positive'),
+  /**
    * The peer ids whose haves may say `seed: true`, comma-separated; an entry ending in `*`
    * is a prefix (e.g. `seed-shoal-seedserver-*`). Empty (the default): any peer. A seed is
    * handed out even without useful pieces and stops seed requests for its blob, so with

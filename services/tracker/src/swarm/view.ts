@@ -4,7 +4,7 @@
  * sequence and publish time, and callers pass the current time, so replaying the stream
  * gives the same view on every replica and in tests.
  */
-import type { PieceHave } from '@shoal/proto';
+import type { PeerInfo, PieceHave } from '@shoal/proto';
 
 import { BlobHolders } from '../handout/holders.js';
 import type { HandoutAsk, SwarmMember } from '../handout/policy.js';
@@ -52,6 +52,17 @@ export interface HandoutSample {
   readonly swarmSize: number;
 }
 
+/** A peer of the view: its latest address, and the blobs it has entries for. */
+interface KnownPeer {
+  info: PeerInfo;
+  readonly blobs: Set<string>;
+}
+
+/** Whether two announcements of a peer give the same address and zone. */
+function samePeer(a: PeerInfo, b: PeerInfo): boolean {
+  return a.id === b.id && a.url === b.url && a.zone === b.zone;
+}
+
 /** One blob's swarm: its entries by peer id, and the same entries in hand-out order. */
 interface Swarm {
   readonly entries: Map<string, SwarmEntry>;
@@ -61,6 +72,12 @@ interface Swarm {
 export interface SwarmViewOptions {
   /** How long a have counts after its publish time, in ms. */
   readonly maxAgeMs: number;
+  /**
+   * Most (blob, peer) entries held, and most peer departures remembered (default: no limit).
+   * Past it the entry (or departure) updated longest ago goes first, so a flood of haves for
+   * made-up blobs or peers costs bounded memory and pushes out only the stalest state.
+   */
+  readonly maxEntries?: number;
 }
 
 export class SwarmView {
@@ -68,14 +85,26 @@ export class SwarmView {
   /** blob -> its swarm. */
   readonly #blobs = new Map<string, Swarm>();
   /** peer id -> blobs it is a member of, so a peer-gone does not scan every blob. */
-  readonly #peers = new Map<string, Set<string>>();
+  readonly #peers = new Map<string, KnownPeer>();
   /** peer id -> its last peer-gone, so a replayed have from before it is not re-added. */
   readonly #departures = new Map<string, Departure>();
-  #entries = 0;
+  /**
+   * Every entry, with its blob, in the order of its last update: Map iteration order is
+   * insertion order and an update replaces the entry, so the first one is the stalest.
+   */
+  readonly #byUpdate = new Map<SwarmEntry, string>();
+  readonly #maxEntries: number;
+  #evicted = 0;
   #lastSeq = 0;
 
   constructor(options: SwarmViewOptions) {
     this.#maxAgeMs = options.maxAgeMs;
+    this.#maxEntries = options.maxEntries ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** Entries and departures dropped because the view was full (see `maxEntries`). */
+  get evictedCount(): number {
+    return this.#evicted;
   }
 
   /** Highest stream sequence applied so far (0 before the first event). */
@@ -95,7 +124,12 @@ export class SwarmView {
 
   /** (blob, peer) entries held. */
   get entryCount(): number {
-    return this.#entries;
+    return this.#byUpdate.size;
+  }
+
+  /** Peer departures remembered. */
+  get departureCount(): number {
+    return this.#departures.size;
   }
 
   /**
@@ -125,11 +159,17 @@ export class SwarmView {
       swarm = { entries: new Map(), holders: new BlobHolders() };
       this.#blobs.set(have.blob, swarm);
     }
-    if (current === undefined) {
-      this.#entries += 1;
+    let known = this.#peers.get(peerId);
+    if (known === undefined) {
+      known = { info: have.peer, blobs: new Set() };
+      this.#peers.set(peerId, known);
+    } else if (!samePeer(known.info, have.peer)) {
+      known.info = have.peer;
     }
+    known.blobs.add(have.blob);
     const entry: SwarmEntry = {
-      peer: have.peer,
+      // One object per peer, shared by its entries, rather than one per have received.
+      peer: known.info,
       pieces: have.pieces,
       complete: have.complete,
       seed: have.seed,
@@ -138,12 +178,11 @@ export class SwarmView {
     };
     swarm.entries.set(peerId, entry);
     swarm.holders.set(entry);
-    let blobs = this.#peers.get(peerId);
-    if (blobs === undefined) {
-      blobs = new Set();
-      this.#peers.set(peerId, blobs);
+    if (current !== undefined) {
+      this.#byUpdate.delete(current);
     }
-    blobs.add(have.blob);
+    this.#byUpdate.set(entry, have.blob);
+    this.#evictStalest();
     return 'applied';
   }
 
@@ -155,10 +194,20 @@ export class SwarmView {
     this.#advance(seq);
     const previous = this.#departures.get(peerId);
     if (previous === undefined || previous.seq < seq) {
+      this.#departures.delete(peerId);
       this.#departures.set(peerId, { seq, publishedAtMs });
+      // Forgetting the stalest departure early can only let a replayed have that it would
+      // have hidden count again until it expires: a stale hand-out, refused by that peer.
+      for (const [stalest] of this.#departures) {
+        if (this.#departures.size <= this.#maxEntries) {
+          break;
+        }
+        this.#departures.delete(stalest);
+        this.#evicted += 1;
+      }
     }
     let removed = 0;
-    for (const blob of [...(this.#peers.get(peerId) ?? [])]) {
+    for (const blob of [...(this.#peers.get(peerId)?.blobs ?? [])]) {
       const entry = this.#blobs.get(blob)?.entries.get(peerId);
       if (entry !== undefined && entry.seq < seq) {
         this.#remove(blob, peerId);
@@ -245,6 +294,17 @@ export class SwarmView {
     };
   }
 
+  /** Drops the entries updated longest ago while the view holds more than `maxEntries`. */
+  #evictStalest(): void {
+    for (const [entry, blob] of this.#byUpdate) {
+      if (this.#byUpdate.size <= this.#maxEntries) {
+        return;
+      }
+      this.#remove(blob, entry.peer.id);
+      this.#evicted += 1;
+    }
+  }
+
   #isExpired(publishedAtMs: number, nowMs: number): boolean {
     return nowMs - publishedAtMs > this.#maxAgeMs;
   }
@@ -257,17 +317,19 @@ export class SwarmView {
 
   #remove(blob: string, peerId: string): void {
     const swarm = this.#blobs.get(blob);
-    if (swarm?.entries.delete(peerId) !== true) {
+    const entry = swarm?.entries.get(peerId);
+    if (swarm === undefined || entry === undefined) {
       return;
     }
+    swarm.entries.delete(peerId);
     swarm.holders.delete(peerId);
-    this.#entries -= 1;
+    this.#byUpdate.delete(entry);
     if (swarm.entries.size === 0) {
       this.#blobs.delete(blob);
     }
-    const blobs = this.#peers.get(peerId);
-    blobs?.delete(blob);
-    if (blobs?.size === 0) {
+    const known = this.#peers.get(peerId);
+    known?.blobs.delete(blob);
+    if (known?.blobs.size === 0) {
       this.#peers.delete(peerId);
     }
   }
