@@ -155,12 +155,19 @@ export class BlobReader {
           },
           signal: AbortSignal.any([signal, stop.signal]),
           timeoutMs: timeouts.idleMs,
-          timeoutError: () =>
-            new UpstreamTimeoutError(
-              'IDLE_TIMEOUT',
-              504,
-              `${url.host} went quiet for ${timeouts.idleMs} ms`,
-            ),
+          connectTimeoutMs: timeouts.connectMs,
+          timeoutError: (kind) =>
+            kind === 'connect'
+              ? new UpstreamTimeoutError(
+                  'CONNECT_TIMEOUT',
+                  504,
+                  `could not connect to ${url.host} in ${timeouts.connectMs} ms`,
+                )
+              : new UpstreamTimeoutError(
+                  'IDLE_TIMEOUT',
+                  504,
+                  `${url.host} went quiet for ${timeouts.idleMs} ms`,
+                ),
         },
         {
           onHead: (status, size, headers) => {

@@ -66,8 +66,13 @@ export interface GetOptions {
    * slow answer that keeps moving is the caller's to judge (see `RateFloor`).
    */
   readonly timeoutMs: number;
+  /**
+   * Longest a new connection may take to connect, in ms; without it only `timeoutMs` bounds
+   * the connect.
+   */
+  readonly connectTimeoutMs?: number;
   /** The error for a timeout. */
-  readonly timeoutError: (kind: 'idle') => Error;
+  readonly timeoutError: (kind: 'idle' | 'connect') => Error;
 }
 
 /** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
@@ -218,7 +223,9 @@ export class RawHttpClient {
       let answered = false;
       let pending: Promise<void> | undefined;
       const parser = new ResponseParser();
+      let connectTimer: NodeJS.Timeout | undefined;
       const cleanup = (): void => {
+        clearTimeout(connectTimer);
         socket.setTimeout(0);
         socket.off('timeout', onIdle);
         socket.off('error', onError);
@@ -281,6 +288,13 @@ export class RawHttpClient {
         return;
       }
       options.signal.addEventListener('abort', onAbort, { once: true });
+      if (options.connectTimeoutMs !== undefined && socket.connecting) {
+        connectTimer = setTimeout(
+          () => fail(options.timeoutError('connect')),
+          options.connectTimeoutMs,
+        );
+        socket.once('connect', () => clearTimeout(connectTimer));
+      }
       socket.setTimeout(options.timeoutMs);
       // A connection the sink paused, earlier, reads again.
       socket.resume();
