@@ -241,6 +241,8 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   #waiterFailed: ((error: Error) => void) | undefined;
   /** The transfer waiting for a free block. */
   #space: (() => void) | undefined;
+  /** Hands a partly filled block over when the caller has waited the hold time. */
+  #holdTimer: NodeJS.Timeout | undefined;
   #ended = false;
   #error: Error | undefined;
   #done = false;
@@ -277,8 +279,8 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
         this.#handOver();
       }
     }
-    if (this.#waiter !== undefined && performance.now() - this.#startedAt >= this.#holdMs) {
-      this.#handOver();
+    if (this.#waiter !== undefined) {
+      this.#holdOrHandOver();
     }
     if (this.#free.length > 0 || this.#owned.length < BLOCKS_PER_BODY) {
       return undefined;
@@ -323,13 +325,10 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
       this.#finish(true);
       return Promise.resolve({ value: undefined, done: true });
     }
-    if (this.#filled > 0 && performance.now() - this.#startedAt >= this.#holdMs) {
-      this.#handOver();
-      return this.next();
-    }
     return new Promise<IteratorResult<Buffer>>((resolve, reject) => {
       this.#waiter = resolve;
       this.#waiterFailed = reject;
+      this.#holdOrHandOver();
     });
   }
 
@@ -347,8 +346,32 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     return block;
   }
 
+  /**
+   * The caller waits: hands over the bytes of a partly filled block that has waited the hold
+   * time, or makes sure they are handed over when it is up (the origin may send nothing more
+   * for a while).
+   */
+  #holdOrHandOver(): void {
+    if (this.#filled === 0 || this.#holdTimer !== undefined) {
+      return;
+    }
+    const waited = performance.now() - this.#startedAt;
+    if (waited >= this.#holdMs) {
+      this.#handOver();
+      return;
+    }
+    this.#holdTimer = setTimeout(() => {
+      this.#holdTimer = undefined;
+      if (this.#waiter !== undefined) {
+        this.#handOver();
+      }
+    }, this.#holdMs - waited);
+  }
+
   /** Hands the filled part of the current block to the caller. */
   #handOver(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
     const block = this.#current;
     if (block === undefined || this.#filled === 0) {
       return;
@@ -394,6 +417,8 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
       return;
     }
     this.#done = true;
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
     const space = this.#space;
     this.#space = undefined;
     space?.();

@@ -196,6 +196,43 @@ describe('BlobReader', () => {
     assert.equal(seen[1]?.authorization, undefined);
   });
 
+  it('hands over what a slow origin has sent once the caller has waited the hold time', async () => {
+    const bytes = await readFile(layer.path);
+    const head = 100 * 1024;
+    let restSent = false;
+    const slow = createServer((_request, response) => {
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.write(bytes.subarray(0, head));
+      setTimeout(() => {
+        restSent = true;
+        response.end(bytes.subarray(head));
+      }, 500);
+    });
+    const url = await listen(slow);
+    teardown.add('slow', () => new Promise((resolve) => slow.close(() => resolve())));
+    const blobs = new BlobReader(auth, { timeouts, userAgent: 'shoal-test', holdMs: 50 });
+    readers.push(blobs);
+    const opened = await blobs.open(
+      { host: 'slow', url: new URL(url) },
+      repository,
+      parseDigest(layer.digest),
+      AbortSignal.timeout(30_000),
+    );
+    const first = await opened.blocks.next();
+    if (first.done === true) {
+      assert.fail('no block');
+    }
+    const block: Buffer = first.value;
+    // The first 100 KiB, not a whole 1 MiB block, and before the rest was sent.
+    assert.equal(block.length, head);
+    assert.equal(restSent, false);
+    const hash = createHash('sha256').update(block);
+    for await (const next of opened.blocks) {
+      hash.update(next);
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+  });
+
   it('gives up on a registry that never answers, after the headers timeout', async () => {
     const silent = createServer(() => undefined);
     const url = await listen(silent);
