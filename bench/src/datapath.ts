@@ -155,7 +155,12 @@ interface SeedDetail {
   readonly gc: Readonly<Record<GcKind, { readonly count: number; readonly seconds: number }>>;
   readonly servedBytes: number;
   readonly ingestedBytes: number;
+  /** Piece requests by how they were answered (served, rationed, busy, missing, ...). */
+  readonly pieceRequests: Readonly<Record<string, number>>;
 }
+
+/** The answers the seed server counts in `shoal_seedserver_piece_requests_total{result}`. */
+const PIECE_RESULTS = ['served', 'rationed', 'busy', 'missing', 'aborted', 'invalid'] as const;
 
 /** The seed server's metrics and threads at one moment. */
 interface SeedSample {
@@ -244,6 +249,12 @@ function seedDetail(before: SeedSample, after: SeedSample): SeedDetail {
     gc,
     servedBytes: delta('shoal_seedserver_served_bytes_total'),
     ingestedBytes: delta('shoal_seedserver_ingested_bytes_total'),
+    pieceRequests: Object.fromEntries(
+      PIECE_RESULTS.map((result) => [
+        result,
+        delta('shoal_seedserver_piece_requests_total', { result }),
+      ]),
+    ),
   };
 }
 
@@ -439,7 +450,12 @@ function seedReport(cold: Measured, bytes: number): string[] {
   return [
     `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}`,
     `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
-    `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces`,
+    `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
+      Object.entries(detail.pieceRequests)
+        .filter(([, count]) => count > 0)
+        .map(([result, count]) => `${count} ${result}`)
+        .join(', ') || 'none'
+    }`,
     '',
   ];
 }
