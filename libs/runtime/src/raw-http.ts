@@ -281,7 +281,7 @@ export class RawHttpClient {
         fail(
           options.signal.reason instanceof Error
             ? options.signal.reason
-            : new Error('piece request aborted'),
+            : new Error(`request to ${key} aborted`),
         );
       if (options.signal.aborted) {
         onAbort();
