@@ -14,7 +14,7 @@
  * origin.
  */
 import type { Digest } from '@shoal/proto';
-import { RawHttpClient, type ResponseHeaders } from '@shoal/runtime/raw-http';
+import { RAW_READ_BYTES, RawHttpClient, type ResponseHeaders } from '@shoal/runtime/raw-http';
 
 import { UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
 import type { RegistryAuth } from './credentials.js';
@@ -40,7 +40,10 @@ export interface BlobReaderOptions {
   readonly timeouts: UpstreamTimeouts;
   /** Sent as User-Agent; registries log it. */
   readonly userAgent: string;
-  /** Size of the blocks the body is handed over in, in bytes (default `BLOB_BLOCK_BYTES`). */
+  /**
+   * Size of the blocks the body is handed over in, in bytes (default `BLOB_BLOCK_BYTES`); at
+   * least `RAW_READ_BYTES`, so that one socket read never needs more than one fresh block.
+   */
   readonly blockBytes?: number;
   /** See `BLOB_HOLD_MS`. */
   readonly holdMs?: number;
@@ -73,7 +76,8 @@ export class BlobReader {
   constructor(auth: RegistryAuth, options: BlobReaderOptions) {
     this.#auth = auth;
     this.#options = options;
-    this.#blockBytes = options.blockBytes ?? BLOB_BLOCK_BYTES;
+    // A read spanning several fresh blocks would need more than the three a body may use.
+    this.#blockBytes = Math.max(options.blockBytes ?? BLOB_BLOCK_BYTES, RAW_READ_BYTES);
   }
 
   /** GETs a blob; resolves with the final answer once its head has arrived. */
@@ -266,7 +270,8 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     while (at < bytes.length) {
       let block = this.#current;
       if (block === undefined) {
-        // There is always one: the transfer pauses below until there is.
+        // There is one to take without going past BLOCKS_PER_BODY: the transfer pauses below
+        // until there is, and a read (at most RAW_READ_BYTES) never needs two fresh blocks.
         block = this.#takeBlock();
         this.#current = block;
         this.#filled = 0;

@@ -12,6 +12,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { parseDigest } from '@shoal/proto';
 import {
@@ -136,6 +137,30 @@ describe('BlobReader', () => {
       AbortSignal.timeout(30_000),
     );
     assert.equal((await drain(again)).digest, layer.digest);
+  });
+
+  it('pauses the transfer while the caller is slow, in no more than three blocks', async () => {
+    // Blocks smaller than a socket read are raised to its size (256 KiB): still three at most.
+    const opened = await reader({ blockBytes: 64 * 1024 }).open(
+      upstream,
+      repository,
+      parseDigest(layer.digest),
+      AbortSignal.timeout(30_000),
+    );
+    const hash = createHash('sha256');
+    const memory = new Set<ArrayBufferLike>();
+    let blocks = 0;
+    for await (const block of opened.blocks) {
+      // The first blocks are held a while: the rest of the body waits in the socket.
+      if (blocks < 5) {
+        await sleep(20);
+      }
+      hash.update(block);
+      memory.add(block.buffer);
+      blocks += 1;
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+    assert.ok(memory.size <= 3, `${memory.size} distinct blocks`);
   });
 
   it('gives the answer of a blob the registry does not have, with no blocks', async () => {

@@ -18,8 +18,8 @@
 import { connect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type SecureContext } from 'node:tls';
 
-/** Bytes each connection reads at a time, into a buffer it keeps. */
-const READ_BUFFER_BYTES = 256 * 1024;
+/** Bytes each connection reads at a time, into a buffer it keeps: the largest body view. */
+export const RAW_READ_BYTES = 256 * 1024;
 /** Longest response head accepted, in bytes. */
 const MAX_HEAD_BYTES = 16 * 1024;
 /**
@@ -89,7 +89,7 @@ class Connection {
   constructor(url: URL, tls: RawTlsOptions | undefined) {
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const onread: OnReadOpts = {
-      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      buffer: Buffer.allocUnsafe(RAW_READ_BYTES),
       callback: (bytes: number, buffer: Uint8Array): boolean => {
         const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
         if (this.receive === undefined) {
