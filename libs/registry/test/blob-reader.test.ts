@@ -29,6 +29,7 @@ import {
   BlobReader,
   RegistryAuth,
   UpstreamClient,
+  type BlobReaderOptions,
   type OpenedBlob,
   type UpstreamRegistry,
 } from '../src/index.js';
@@ -38,21 +39,26 @@ const timeouts = { connectMs: 5000, headersMs: 5000, idleMs: 5000 };
 const repository = 'team/app';
 const users = { seeder: { password: 'seed-pass', pull: ['*'], push: ['*'] } };
 
-/** Reads every block, hashing it, and notes the distinct memory the blocks were lent in. */
+/**
+ * Reads every block, hashing it, and notes the distinct memory the blocks were lent in;
+ * `hold` is awaited before each block is used (a slow caller).
+ */
 async function drain(
   opened: OpenedBlob,
-): Promise<{ digest: string; bytes: number; blocks: number; memory: number }> {
+  hold: (index: number) => Promise<void> = () => Promise.resolve(),
+): Promise<{ digest: string; bytes: number; blocks: number; memory: Set<ArrayBufferLike> }> {
   const hash = createHash('sha256');
   const memory = new Set<ArrayBufferLike>();
   let bytes = 0;
   let blocks = 0;
   for await (const block of opened.blocks) {
+    await hold(blocks);
     hash.update(block);
     memory.add(block.buffer);
     bytes += block.length;
     blocks += 1;
   }
-  return { digest: `sha256:${hash.digest('hex')}`, bytes, blocks, memory: memory.size };
+  return { digest: `sha256:${hash.digest('hex')}`, bytes, blocks, memory };
 }
 
 async function listen(server: Server): Promise<string> {
@@ -67,10 +73,26 @@ describe('BlobReader', () => {
   let layer: { digest: string; size: number; path: string };
   let auth: RegistryAuth;
   const readers: BlobReader[] = [];
-  const reader = (options: { blockBytes?: number; holdMs?: number } = {}): BlobReader => {
-    const made = new BlobReader(auth, { timeouts, userAgent: 'shoal-test', ...options });
+  const reader = (options: Partial<BlobReaderOptions> = {}, as = auth): BlobReader => {
+    const made = new BlobReader(as, { timeouts, userAgent: 'shoal-test', ...options });
     readers.push(made);
     return made;
+  };
+
+  const openLayer = (blobs: BlobReader, from: UpstreamRegistry = upstream): Promise<OpenedBlob> =>
+    blobs.open(from, repository, parseDigest(layer.digest), AbortSignal.timeout(30_000));
+  /** A node:http server standing in for a registry, closed at the end. */
+  const serve = async (
+    host: string,
+    handler: Parameters<typeof createServer>[1],
+  ): Promise<UpstreamRegistry> => {
+    const server = createServer(handler);
+    const url = await listen(server);
+    teardown.add(host, () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    });
+    return { host, url: new URL(url) };
   };
 
   before(async () => {
@@ -114,12 +136,7 @@ describe('BlobReader', () => {
 
   it('reads a blob through the token flow, in blocks that go round', async () => {
     const blobs = reader({ blockBytes: 256 * 1024 });
-    const opened = await blobs.open(
-      upstream,
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
+    const opened = await openLayer(blobs);
     assert.equal(opened.status, 200);
     assert.equal(opened.size, layer.size);
     const read = await drain(opened);
@@ -127,40 +144,21 @@ describe('BlobReader', () => {
     assert.equal(read.bytes, layer.size);
     // 5 MiB in 256 KiB blocks is at least 21 of them, lent from three pieces of memory at most.
     assert.ok(read.blocks >= 21, `${read.blocks} blocks`);
-    assert.ok(read.memory <= 3, `${read.memory} distinct blocks`);
+    assert.ok(read.memory.size <= 3, `${read.memory.size} distinct blocks`);
 
     // A second blob reuses the blocks the first gave back: no new memory.
-    const again = await blobs.open(
-      upstream,
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
-    assert.equal((await drain(again)).digest, layer.digest);
+    const again = await drain(await openLayer(blobs));
+    assert.equal(again.digest, layer.digest);
+    assert.ok([...again.memory].every((block) => read.memory.has(block)));
   });
 
   it('pauses the transfer while the caller is slow, in no more than three blocks', async () => {
     // Blocks smaller than a socket read are raised to its size (256 KiB): still three at most.
-    const opened = await reader({ blockBytes: 64 * 1024 }).open(
-      upstream,
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
-    const hash = createHash('sha256');
-    const memory = new Set<ArrayBufferLike>();
-    let blocks = 0;
-    for await (const block of opened.blocks) {
-      // The first blocks are held a while: the rest of the body waits in the socket.
-      if (blocks < 5) {
-        await sleep(20);
-      }
-      hash.update(block);
-      memory.add(block.buffer);
-      blocks += 1;
-    }
-    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
-    assert.ok(memory.size <= 3, `${memory.size} distinct blocks`);
+    const opened = await openLayer(reader({ blockBytes: 64 * 1024 }));
+    // The first blocks are held a while: the rest of the body waits in the socket.
+    const read = await drain(opened, (index) => (index < 5 ? sleep(20) : Promise.resolve()));
+    assert.equal(read.digest, layer.digest);
+    assert.ok(read.memory.size <= 3, `${read.memory.size} distinct blocks`);
   });
 
   it('gives the answer of a blob the registry does not have, with no blocks', async () => {
@@ -171,12 +169,7 @@ describe('BlobReader', () => {
   });
 
   it('stops the transfer when cancelled: the next block throws why', async () => {
-    const opened = await reader({ blockBytes: 64 * 1024 }).open(
-      upstream,
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
+    const opened = await openLayer(reader({ blockBytes: 64 * 1024 }));
     const first = await opened.blocks.next();
     assert.equal(first.done, false);
     opened.cancel(new Error('enough'));
@@ -186,34 +179,25 @@ describe('BlobReader', () => {
   it('follows a redirect to storage on another origin without the credentials', async () => {
     const bytes = await readFile(layer.path);
     const seen: IncomingHttpHeaders[] = [];
-    const storage = createServer((request, response) => {
+    const storage = await serve('storage', (request, response) => {
       seen.push(request.headers);
       response.writeHead(200, { 'content-length': bytes.length });
       response.end(bytes);
     });
-    const storageUrl = (await listen(storage)).replace('127.0.0.1', 'localhost');
-    teardown.add('storage', () => new Promise((resolve) => storage.close(() => resolve())));
-    const front = createServer((request, response) => {
+    // Another origin: the same server by another name.
+    const elsewhere = storage.url.href.replace('127.0.0.1', 'localhost');
+    const front = await serve('front', (request, response) => {
       seen.push(request.headers);
-      response.writeHead(307, { location: `${storageUrl}/data`, 'content-length': 0 });
+      response.writeHead(307, { location: `${elsewhere}data`, 'content-length': 0 });
       response.end();
     });
-    const frontUrl = await listen(front);
-    teardown.add('front', () => new Promise((resolve) => front.close(() => resolve())));
     const client = new UpstreamClient(timeouts, 'shoal-test');
     teardown.add('front client', () => client.close());
     const basic = new RegistryAuth(
       new Map([['front', { username: 'seeder', password: 'front-pass' }]]),
       client,
     );
-    const blobs = new BlobReader(basic, { timeouts, userAgent: 'shoal-test' });
-    readers.push(blobs);
-    const opened = await blobs.open(
-      { host: 'front', url: new URL(frontUrl) },
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
+    const opened = await openLayer(reader({}, basic), front);
     assert.equal(opened.status, 200);
     assert.equal((await drain(opened)).digest, layer.digest);
     assert.equal(seen.length, 2);
@@ -225,7 +209,7 @@ describe('BlobReader', () => {
     const bytes = await readFile(layer.path);
     const head = 100 * 1024;
     let restSent = false;
-    const slow = createServer((_request, response) => {
+    const slow = await serve('slow', (_request, response) => {
       response.writeHead(200, { 'content-length': bytes.length });
       response.write(bytes.subarray(0, head));
       setTimeout(() => {
@@ -233,16 +217,7 @@ describe('BlobReader', () => {
         response.end(bytes.subarray(head));
       }, 500);
     });
-    const url = await listen(slow);
-    teardown.add('slow', () => new Promise((resolve) => slow.close(() => resolve())));
-    const blobs = new BlobReader(auth, { timeouts, userAgent: 'shoal-test', holdMs: 50 });
-    readers.push(blobs);
-    const opened = await blobs.open(
-      { host: 'slow', url: new URL(url) },
-      repository,
-      parseDigest(layer.digest),
-      AbortSignal.timeout(30_000),
-    );
+    const opened = await openLayer(reader({ holdMs: 50 }), slow);
     const first = await opened.blocks.next();
     if (first.done === true) {
       assert.fail('no block');
@@ -259,25 +234,10 @@ describe('BlobReader', () => {
   });
 
   it('gives up on a registry that never answers, after the headers timeout', async () => {
-    const silent = createServer(() => undefined);
-    const url = await listen(silent);
-    teardown.add('silent', () => {
-      silent.closeAllConnections();
-      return new Promise((resolve) => silent.close(() => resolve()));
-    });
-    const blobs = new BlobReader(auth, {
-      timeouts: { ...timeouts, headersMs: 300 },
-      userAgent: 'shoal-test',
-    });
-    readers.push(blobs);
+    const silent = await serve('silent', () => undefined);
     const started = performance.now();
     await assert.rejects(
-      blobs.open(
-        { host: 'silent', url: new URL(url) },
-        repository,
-        parseDigest(layer.digest),
-        AbortSignal.timeout(30_000),
-      ),
+      openLayer(reader({ timeouts: { ...timeouts, headersMs: 300 } }), silent),
       /no response from .* in 300 ms/,
     );
     assert.ok(performance.now() - started < 5000);
