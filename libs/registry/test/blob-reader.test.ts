@@ -233,6 +233,17 @@ describe('BlobReader', () => {
     assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
   });
 
+  it('fails the blocks when the origin closes the connection before the end', async () => {
+    const bytes = await readFile(layer.path);
+    const cut = await serve('cut', (_request, response) => {
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.write(bytes.subarray(0, 2 * MiB), () => response.destroy());
+    });
+    const opened = await openLayer(reader(), cut);
+    assert.equal(opened.size, bytes.length);
+    await assert.rejects(drain(opened), /closed early|ended early/);
+  });
+
   it('gives up on a registry that never answers, after the headers timeout', async () => {
     const silent = await serve('silent', () => undefined);
     const started = performance.now();
