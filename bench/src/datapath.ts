@@ -21,7 +21,7 @@
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 import {
   FAST_SWARM_ENV,
@@ -30,6 +30,7 @@ import {
   procCostBetween,
   ratio,
   readProcCost,
+  readThreadCpu,
   scrapeMetrics,
   seconds,
   startAgent,
@@ -37,11 +38,14 @@ import {
   startSeedServer,
   startTracker,
   table,
+  waitFor,
   writeMirrorHosts,
   type Containerd,
   type AgentProcess,
   type ProcCost,
   type ServiceProcess,
+  type ThreadCpu,
+  type MetricsSnapshot,
   type Registry,
   type Teardown,
 } from '@shoal/testkit';
@@ -63,13 +67,15 @@ const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
-                                     [--only tls] [--cpu-prof-dir DIR]
+                                     [--only tls|cold] [--cpu-prof-dir DIR] [--seed-main FILE]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB         size of the small single-layer image (default 10)
   --timeout-s S       longest a pull may take (default 600)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
+  --only cold         only the big image, direct then through Shoal cold (the seed's figures)
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
+  --seed-main FILE    run this seed server build (its dist/src/main.js) instead of this checkout's
 `;
 
 interface Options {
@@ -78,8 +84,12 @@ interface Options {
   readonly timeoutMs: number;
   /** Only the agent-to-agent comparison of plain HTTP and TLS. */
   readonly tlsOnly: boolean;
+  /** Only the big image direct and cold (what the seed server costs). */
+  readonly coldOnly: boolean;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
   readonly cpuProfDir: string | undefined;
+  /** Another build of the seed server to run (its main.js); this checkout's when undefined. */
+  readonly seedMain: string | undefined;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -89,6 +99,7 @@ function parseOptions(argv: readonly string[]): Options {
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
+    'seed-main': { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -105,17 +116,20 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
-  if (values.only !== undefined && values.only !== 'tls') {
-    problems.push('--only takes tls');
+  if (values.only !== undefined && values.only !== 'tls' && values.only !== 'cold') {
+    problems.push('--only takes tls or cold');
   }
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
+  const seedMain = values['seed-main'];
   return {
     layerSizes,
     smallBytes,
     timeoutMs: timeoutS * 1000,
     tlsOnly: values.only === 'tls',
+    coldOnly: values.only === 'cold',
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
+    seedMain: typeof seedMain === 'string' ? resolve(seedMain) : undefined,
   };
 }
 
@@ -126,10 +140,50 @@ type Watched = Readonly<Record<string, number>>;
 interface Measured {
   readonly seconds: number;
   readonly costs: Readonly<Record<string, ProcCost>>;
+  /** The seed server's own figures, when it was watched in detail. */
+  readonly seed?: SeedDetail;
 }
 
-/** Runs `pull`, sampling the watched processes just before and just after it. */
-async function measure(watched: Watched, pull: () => Promise<void>): Promise<Measured> {
+/** V8's collections as prom-client's default metrics count them (`nodejs_gc_duration_seconds`). */
+const GC_KINDS = ['major', 'minor', 'incremental', 'weakcb'] as const;
+type GcKind = (typeof GC_KINDS)[number];
+
+/** What the seed server did during a pull, from its threads and its own metrics. */
+interface SeedDetail {
+  readonly threads: ThreadCpu;
+  /** Collections of each kind and the time they paused the main thread, in seconds. */
+  readonly gc: Readonly<Record<GcKind, { readonly count: number; readonly seconds: number }>>;
+  readonly servedBytes: number;
+  readonly ingestedBytes: number;
+  /** Piece requests by how they were answered (served, rationed, busy, missing, ...). */
+  readonly pieceRequests: Readonly<Record<string, number>>;
+}
+
+/** The answers the seed server counts in `shoal_seedserver_piece_requests_total{result}`. */
+const PIECE_RESULTS = ['served', 'rationed', 'busy', 'missing', 'aborted', 'invalid'] as const;
+
+/** The seed server's metrics and threads at one moment. */
+interface SeedSample {
+  readonly threads: ThreadCpu;
+  readonly metrics: MetricsSnapshot;
+}
+
+/** Longest the seed server may take to finish a seed after the pull that asked for it, in ms. */
+const SEED_SETTLE_MS = 60_000;
+
+/**
+ * Runs `pull`, sampling the watched processes just before and just after it. With `seed`, the
+ * seed server's threads and metrics are read around it too, and its window closes only once it
+ * has no seed in flight: what it spends to finish an ingest (the last write, the commit) is the
+ * pull's, as it is in the seed server's own cost tool.
+ */
+async function measure(
+  watched: Watched,
+  pull: () => Promise<void>,
+  seed?: ServiceProcess,
+): Promise<Measured> {
+  // Metrics are scraped outside the CPU window, so the scrapes are not charged to the pull.
+  const seedBefore = seed === undefined ? undefined : await sampleSeed(seed, 'metrics first');
   const before = new Map<string, ProcCost>();
   for (const [name, pid] of Object.entries(watched)) {
     before.set(name, await readProcCost(pid));
@@ -137,6 +191,13 @@ async function measure(watched: Watched, pull: () => Promise<void>): Promise<Mea
   const started = performance.now();
   await pull();
   const elapsed = (performance.now() - started) / 1000;
+  if (seed !== undefined) {
+    await waitFor(
+      'the seed server to finish its seeds',
+      async () => (await seed.metric('shoal_seedserver_seeds_in_flight')) === 0,
+      { timeoutMs: SEED_SETTLE_MS, intervalMs: 50 },
+    );
+  }
   const costs: Record<string, ProcCost> = {};
   for (const [name, pid] of Object.entries(watched)) {
     const first = before.get(name);
@@ -144,7 +205,57 @@ async function measure(watched: Watched, pull: () => Promise<void>): Promise<Mea
       costs[name] = procCostBetween(first, await readProcCost(pid));
     }
   }
-  return { seconds: elapsed, costs };
+  const seedAfter = seed === undefined ? undefined : await sampleSeed(seed, 'threads first');
+  return {
+    seconds: elapsed,
+    costs,
+    ...(seedBefore === undefined || seedAfter === undefined
+      ? {}
+      : { seed: seedDetail(seedBefore, seedAfter) }),
+  };
+}
+
+/** Reads the seed server's threads and metrics, in the order that keeps the scrape outside. */
+async function sampleSeed(
+  seed: ServiceProcess,
+  order: 'metrics first' | 'threads first',
+): Promise<SeedSample> {
+  const seedPid = pid(seed);
+  if (order === 'metrics first') {
+    const metrics = await scrapeMetrics(seed.url);
+    return { metrics, threads: await readThreadCpu(seedPid) };
+  }
+  const threads = await readThreadCpu(seedPid);
+  return { threads, metrics: await scrapeMetrics(seed.url) };
+}
+
+function seedDetail(before: SeedSample, after: SeedSample): SeedDetail {
+  const delta = (name: string, labels: Record<string, string> = {}): number =>
+    after.metrics.get(name, labels) - before.metrics.get(name, labels);
+  const gc = Object.fromEntries(
+    GC_KINDS.map((kind) => [
+      kind,
+      {
+        count: delta('nodejs_gc_duration_seconds_count', { kind }),
+        seconds: delta('nodejs_gc_duration_seconds_sum', { kind }),
+      },
+    ]),
+  ) as SeedDetail['gc'];
+  return {
+    threads: {
+      mainSeconds: after.threads.mainSeconds - before.threads.mainSeconds,
+      otherSeconds: after.threads.otherSeconds - before.threads.otherSeconds,
+    },
+    gc,
+    servedBytes: delta('shoal_seedserver_served_bytes_total'),
+    ingestedBytes: delta('shoal_seedserver_ingested_bytes_total'),
+    pieceRequests: Object.fromEntries(
+      PIECE_RESULTS.map((result) => [
+        result,
+        delta('shoal_seedserver_piece_requests_total', { result }),
+      ]),
+    ),
+  };
 }
 
 /** A fresh containerd pulling `target` straight from the registry (`mirrorUrl` undefined) or through an agent. */
@@ -153,6 +264,7 @@ async function ctrPull(
   mirrorUrl: string | undefined,
   timeoutMs: number,
   watched: Watched,
+  seed?: ServiceProcess,
 ): Promise<Measured> {
   const containerd: Containerd = await startContainerd();
   try {
@@ -170,9 +282,13 @@ async function ctrPull(
       );
     }
     const ref = `${target.registryHost}/${target.repository}:${target.tag}`;
-    const result = await measure(watched, async () => {
-      await containerd.pull(ref, { timeoutMs });
-    });
+    const result = await measure(
+      watched,
+      async () => {
+        await containerd.pull(ref, { timeoutMs });
+      },
+      seed,
+    );
     const stored = await containerd.contentDigests();
     const missing = target.blobs.filter((b) => !stored.has(b.digest));
     if (missing.length > 0) {
@@ -197,6 +313,7 @@ async function startSwarm(
   registry: Registry,
   teardown: Teardown,
   profileEnv: Record<string, string>,
+  seedMain: string | undefined,
 ): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
   const tracker = await startTracker({ natsUrl });
   teardown.add('tracker', () => tracker.stop());
@@ -204,6 +321,7 @@ async function startSwarm(
     natsUrl,
     registries: `${registry.host}=${registry.url}`,
     env: profileEnv,
+    ...(seedMain === undefined ? {} : { main: seedMain }),
   });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
@@ -220,22 +338,20 @@ interface PeerPull {
   readonly fromOrigin: number;
 }
 
-/** The pulls through containerd (left out with `--only tls`). */
+/** The pulls through containerd (left out with `--only tls`; only the big ones with `--only cold`). */
 interface CtrResults {
   readonly direct: readonly Measured[];
   readonly cold: Measured;
-  readonly warm: Measured;
-  readonly smallDirect: Measured;
-  readonly smallCold: Measured;
+  readonly warm: Measured | undefined;
+  readonly small: { readonly direct: Measured; readonly cold: Measured } | undefined;
 }
 
 interface Results {
   readonly bigBytes: number;
   readonly smallBytes: number;
   readonly ctr: CtrResults | undefined;
-  /** Agent to agent over plain HTTP, then over TLS. */
-  readonly peer: PeerPull;
-  readonly peerTls: PeerPull;
+  /** Agent to agent over plain HTTP, then over TLS (left out with `--only cold`). */
+  readonly peers: { readonly plain: PeerPull; readonly tls: PeerPull } | undefined;
   /** The first agent's largest resident set over the run (VmHWM), in bytes. */
   readonly agentPeakRss: number;
 }
@@ -277,8 +393,9 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     perByte(m, 'seed', 'writeBytes', bytes),
   ];
   const { bigBytes, smallBytes } = results;
+  const { warm, small } = ctr;
   return [
-    `small image: ${mib(smallBytes)} of blobs`,
+    ...(small === undefined ? [] : [`small image: ${mib(smallBytes)} of blobs`]),
     '',
     table(
       [
@@ -295,21 +412,55 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
       [
         ...ctr.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
         row('big, through Shoal, cold', ctr.cold, bigBytes, directS),
-        row('big, through Shoal, warm (cache hit)', ctr.warm, bigBytes, directS),
-        null,
-        row('small, direct', ctr.smallDirect, smallBytes, undefined),
-        row('small, through Shoal, cold', ctr.smallCold, smallBytes, ctr.smallDirect.seconds),
+        ...(warm === undefined
+          ? []
+          : [row('big, through Shoal, warm (cache hit)', warm, bigBytes, directS)]),
+        ...(small === undefined
+          ? []
+          : [
+              null,
+              row('small, direct', small.direct, smallBytes, undefined),
+              row('small, through Shoal, cold', small.cold, smallBytes, small.direct.seconds),
+            ]),
       ],
     ),
     '(/ direct: over the mean of the direct pulls of the same image; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
-    `small image, cold: Shoal adds ${seconds(ctr.smallCold.seconds - ctr.smallDirect.seconds)}`,
+    ...seedReport(ctr.cold, bigBytes),
+    ...(small === undefined
+      ? []
+      : [
+          `small image, cold: Shoal adds ${seconds(small.cold.seconds - small.direct.seconds)}`,
+          '',
+        ]),
+  ];
+}
+
+/** Where the seed server's CPU went during the cold pull of the big image. */
+function seedReport(cold: Measured, bytes: number): string[] {
+  const detail = cold.seed;
+  if (detail === undefined) {
+    return [];
+  }
+  const gib = bytes / GiB;
+  const { gc, threads } = detail;
+  const kinds = GC_KINDS.filter((kind) => gc[kind].count > 0).map(
+    (kind) => `${gc[kind].count} ${kind} (${seconds(gc[kind].seconds)})`,
+  );
+  return [
+    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}`,
+    `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
+    `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
+      Object.entries(detail.pieceRequests)
+        .filter(([, count]) => count > 0)
+        .map(([result, count]) => `${count} ${result}`)
+        .join(', ') || 'none'
+    }`,
     '',
   ];
 }
 
-function peerReport(results: Results): string[] {
-  const { bigBytes, peer, peerTls } = results;
+function peerReport(bigBytes: number, peer: PeerPull, peerTls: PeerPull): string[] {
   const figures = (pull: PeerPull) => ({
     mbps: pull.fromPeers / 1e6 / pull.measured.seconds,
     receiving: perGiB(pull.measured, 'receiver', bigBytes),
@@ -363,7 +514,9 @@ function report(options: Options, results: Results): string {
       : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
     `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
     ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
-    ...peerReport(results),
+    ...(results.peers === undefined
+      ? []
+      : peerReport(results.bigBytes, results.peers.plain, results.peers.tls)),
     `agent peak RSS over the run: ${mib(results.agentPeakRss)}`,
   ];
   return `${out.join('\n')}\n`;
@@ -430,17 +583,24 @@ async function main(): Promise<number> {
       `big-${run}`,
       options.layerSizes,
     );
-    const small = options.tlsOnly
-      ? undefined
-      : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
-          options.smallBytes,
-        ]);
+    const small =
+      options.tlsOnly || options.coldOnly
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
+            options.smallBytes,
+          ]);
     interrupt.signal.throwIfAborted();
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
-    const { seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv);
+    const { seed, agent } = await startSwarm(
+      nats.url,
+      registry,
+      teardown,
+      profileEnv,
+      options.seedMain,
+    );
     const { timeoutMs } = options;
     let ctr: CtrResults | undefined;
-    if (small === undefined) {
+    if (options.tlsOnly) {
       progress('big image: the first agent takes it from the seed server');
       const client = await prepareClient('http', agent.url, big.target, timeoutMs);
       await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
@@ -450,52 +610,45 @@ async function main(): Promise<number> {
       const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
       interrupt.signal.throwIfAborted();
       progress('big image: through Shoal, cold');
-      const cold = await ctrPull(big.target, agent.url, timeoutMs, watched);
+      const cold = await ctrPull(big.target, agent.url, timeoutMs, watched, seed);
       interrupt.signal.throwIfAborted();
-      progress('big image: through Shoal, warm');
-      const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('big image: direct again');
-      const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('small image: direct, then through Shoal, cold');
-      const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
-      const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      ctr = { direct: [direct1, direct2], cold, warm, smallDirect, smallCold };
+      if (small === undefined) {
+        ctr = { direct: [direct1], cold, warm: undefined, small: undefined };
+      } else {
+        progress('big image: through Shoal, warm');
+        const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        progress('big image: direct again');
+        const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        progress('small image: direct, then through Shoal, cold');
+        const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
+        const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        ctr = {
+          direct: [direct1, direct2],
+          cold,
+          warm,
+          small: { direct: smallDirect, cold: smallCold },
+        };
+      }
     }
-
-    progress('agent to agent: a second agent takes the big image from the first');
-    await seed.stop();
-    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, profileEnv);
-    const stopB = once(() => agentB.stop());
-    teardown.add('agent b', stopB);
-    const peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
-    const agentPeakRss = await agent.peakRssBytes();
-    interrupt.signal.throwIfAborted();
-
-    // TLS: a third agent with a TLS peer port takes the image from the first two; once they
-    // are gone, a fourth takes it from the third alone, over HTTPS with client certificates.
-    progress('agent to agent over TLS: a third agent takes the image, a fourth takes it from it');
-    const ca = await makeTestCa('bench-datapath-ca');
-    teardown.add('test CA', () => ca.remove());
-    const pieceTls = { ca, verifyClients: true };
-    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, profileEnv);
-    teardown.add('agent c', () => agentC.stop());
-    const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
-    await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
-    await stopB();
-    await agent.stop();
-    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, profileEnv);
-    teardown.add('agent d', () => agentD.stop());
-    const peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
+    let peers: Results['peers'];
+    let agentPeakRss: number;
+    if (options.coldOnly) {
+      agentPeakRss = await agent.peakRssBytes();
+    } else {
+      ({ peers, agentPeakRss } = await agentToAgent(
+        { natsUrl: nats.url, registry, agent, seed, target: big.target, profileEnv },
+        { teardown, timeoutMs, signal: interrupt.signal },
+      ));
+    }
 
     const results: Results = {
       bigBytes: blobBytes(big.target),
       smallBytes: small === undefined ? 0 : blobBytes(small.target),
       ctr,
-      peer,
-      peerTls,
+      peers,
       agentPeakRss,
     };
     process.stdout.write(report(options, results));
@@ -504,6 +657,50 @@ async function main(): Promise<number> {
     await teardown.run();
     interrupt.release();
   }
+}
+
+/**
+ * The seed server stops and a second agent takes the big image from the first (plain HTTP);
+ * then a third agent with a TLS peer port takes it from the first two, they stop, and a
+ * fourth takes it from the third alone, over HTTPS with client certificates. The first
+ * agent's peak RSS is read before it stops.
+ */
+async function agentToAgent(
+  swarm: {
+    readonly natsUrl: string;
+    readonly registry: Registry;
+    readonly agent: AgentProcess;
+    readonly seed: ServiceProcess;
+    readonly target: PullTarget;
+    readonly profileEnv: Record<string, string>;
+  },
+  run: { readonly teardown: Teardown; readonly timeoutMs: number; readonly signal: AbortSignal },
+): Promise<{ peers: NonNullable<Results['peers']>; agentPeakRss: number }> {
+  const { natsUrl, registry, agent, seed, target, profileEnv } = swarm;
+  const { teardown, timeoutMs, signal } = run;
+  progress('agent to agent: a second agent takes the big image from the first');
+  await seed.stop();
+  const agentB = await startPeer(natsUrl, registry, 'agent-b', undefined, profileEnv);
+  const stopB = once(() => agentB.stop());
+  teardown.add('agent b', stopB);
+  const plain = await peerPull(agent, agentB, target, timeoutMs, signal);
+  const agentPeakRss = await agent.peakRssBytes();
+  signal.throwIfAborted();
+
+  progress('agent to agent over TLS: a third agent takes the image, a fourth takes it from it');
+  const ca = await makeTestCa('bench-datapath-ca');
+  teardown.add('test CA', () => ca.remove());
+  const pieceTls = { ca, verifyClients: true };
+  const agentC = await startPeer(natsUrl, registry, 'agent-c', pieceTls, profileEnv);
+  teardown.add('agent c', () => agentC.stop());
+  const warmUp = await prepareClient('http', agentC.url, target, timeoutMs);
+  await warmUp.pull(AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
+  await stopB();
+  await agent.stop();
+  const agentD = await startPeer(natsUrl, registry, 'agent-d', pieceTls, profileEnv);
+  teardown.add('agent d', () => agentD.stop());
+  const tls = await peerPull(agentC, agentD, target, timeoutMs, signal);
+  return { peers: { plain, tls }, agentPeakRss };
 }
 
 /** `stop` run at most once, however many times it is called (a process stopped early and at teardown). */

@@ -23,3 +23,10 @@ export {
   type RegistryAuthOptions,
 } from './credentials.js';
 export { RegistryReader } from './reader.js';
+export {
+  BLOB_BLOCK_BYTES,
+  BLOB_HOLD_MS,
+  BlobReader,
+  type BlobReaderOptions,
+  type OpenedBlob,
+} from './blob-reader.js';

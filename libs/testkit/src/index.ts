@@ -46,7 +46,13 @@ export {
   type RegistryOptions,
   type RegistryRequest,
 } from './registry.js';
-export { procCostBetween, readProcCost, type ProcCost } from './proc.js';
+export {
+  procCostBetween,
+  readProcCost,
+  readThreadCpu,
+  type ProcCost,
+  type ThreadCpu,
+} from './proc.js';
 export { startS3, type S3Server } from './s3.js';
 export { makeTestCa, type IssuedCert, type TestCa } from './tls.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';

@@ -3,7 +3,7 @@
  * calls of its reads and writes. Benchmarks take one before and one after what they measure
  * and subtract (`procCostBetween`).
  */
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 
 /** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
 const TICKS_PER_SECOND = 100;
@@ -25,10 +25,7 @@ export interface ProcCost {
 
 /** The cost of process `pid` so far. */
 export async function readProcCost(pid: number): Promise<ProcCost> {
-  const stat = await readFile(`/proc/${String(pid)}/stat`, 'utf8');
-  // Fields after the command name (which may hold spaces); utime and stime are fields 14, 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
+  const ticks = await readStatTicks(`/proc/${String(pid)}/stat`);
   const io = await readFile(`/proc/${String(pid)}/io`, 'utf8');
   const field = (name: string): number =>
     Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1] ?? 0);
@@ -52,4 +49,40 @@ export function procCostBetween(before: ProcCost, after: ProcCost): ProcCost {
     syscr: after.syscr - before.syscr,
     syscw: after.syscw - before.syscw,
   };
+}
+
+/** CPU time of a process split by thread, in seconds: its main thread, and all the others. */
+export interface ThreadCpu {
+  /** The main thread (its id is the process's): JavaScript, hashing, system calls. */
+  readonly mainSeconds: number;
+  /** Every other thread: in Node, V8's garbage-collector workers and libuv's thread pool. */
+  readonly otherSeconds: number;
+}
+
+/**
+ * The process's CPU time by thread, from /proc/PID/task/TID/stat. Threads that ended between
+ * two readings drop out of the second one, so the split is for threads that live as long as
+ * the process (Node's are started once).
+ */
+export async function readThreadCpu(pid: number): Promise<ThreadCpu> {
+  const dir = `/proc/${String(pid)}/task`;
+  let mainSeconds = 0;
+  let otherSeconds = 0;
+  for (const tid of await readdir(dir)) {
+    const ticks = await readStatTicks(`${dir}/${tid}/stat`).catch(() => 0);
+    if (tid === String(pid)) {
+      mainSeconds += ticks / TICKS_PER_SECOND;
+    } else {
+      otherSeconds += ticks / TICKS_PER_SECOND;
+    }
+  }
+  return { mainSeconds, otherSeconds };
+}
+
+/** utime + stime, in clock ticks, of a /proc stat file (a process's or a thread's). */
+async function readStatTicks(path: string): Promise<number> {
+  const stat = await readFile(path, 'utf8');
+  // Fields after the command name (which may hold spaces); utime and stime are fields 14, 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
 }

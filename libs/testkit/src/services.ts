@@ -101,8 +101,9 @@ async function startService(
   placement: Placement = {},
   /** The listener serves HTTPS with a certificate of this CA. */
   ca?: Buffer,
+  main: string = serviceMain(service),
 ): Promise<ServiceProcess> {
-  const proc = startProcess(process.execPath, [serviceMain(service)], {
+  const proc = startProcess(process.execPath, [main], {
     logPath: join(dir.path, `${service}.log`),
     env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
     ...(placement.netns === undefined ? {} : { netns: placement.netns }),
@@ -228,6 +229,11 @@ export interface SeedServerOptions extends Placement {
   readonly env?: Record<string, string>;
   /** Pieces (and ops) over HTTPS with a certificate of this CA. */
   readonly pieceTls?: PieceTls;
+  /**
+   * The seed server's main.js to run instead of this checkout's (another build, e.g. from
+   * `services/seedserver/tools/build-at.sh`, for a benchmark's before and after).
+   */
+  readonly main?: string;
 }
 
 /** Starts a seed server on `natsUrl`, with its cache and (by default) its store in its own directory. */
@@ -265,6 +271,7 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
     env,
     options,
     tls === undefined ? undefined : await readFile(tls.ca.caFile),
+    options.main,
   );
 }
 

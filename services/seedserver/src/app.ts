@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 
 import { createBlobStore } from '@shoal/blobstore';
 import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
-import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
+import { BlobReader, loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
 import {
   ConfigError,
   createLogger,
@@ -78,17 +78,18 @@ export async function buildApp(
   await store.init();
 
   // Origin: the registries, with the seed's own credentials.
-  const upstream = new UpstreamClient(
-    {
-      connectMs: config.SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS,
-      headersMs: config.SHOAL_SEED_ORIGIN_HEADERS_TIMEOUT_MS,
-      idleMs: config.SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS,
-    },
-    'shoal-seedserver/0.1',
-  );
-  const origin = new RegistryReader(
-    upstream,
+  const originTimeouts = {
+    connectMs: config.SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS,
+    headersMs: config.SHOAL_SEED_ORIGIN_HEADERS_TIMEOUT_MS,
+    idleMs: config.SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS,
+  };
+  const userAgent = 'shoal-seedserver/0.1';
+  const upstream = new UpstreamClient(originTimeouts, userAgent);
+  // Blob bodies are read with a client of their own into reused blocks (see BlobReader);
+  // the registry's token requests go through the upstream client.
+  const origin = new BlobReader(
     new RegistryAuth(await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG), upstream),
+    { timeouts: originTimeouts, userAgent },
   );
 
   // NATS: the streams and the lock bucket the seed server owns.
@@ -225,6 +226,7 @@ export async function buildApp(
       await nc.drain().catch(() => undefined);
       await server.close();
       https?.stop();
+      origin.close();
       await upstream.close();
       await store.close();
     },

@@ -2,7 +2,7 @@
 import { piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
 
-import { PieceHttpClient, type PieceTlsOptions } from './piece-http.js';
+import { RawHttpClient, type RawTlsOptions } from '@shoal/runtime/raw-http';
 import { RateFloor, watchRateFloor } from './rate-floor.js';
 
 export class PieceFetchError extends ShoalError<
@@ -22,13 +22,13 @@ export interface PieceTimeouts {
 }
 
 export class PieceClient {
-  readonly #http: PieceHttpClient;
+  readonly #http: RawHttpClient;
   readonly #timeouts: PieceTimeouts;
 
   /** `tls`: how `https://` peers and seed servers are reached (default: the system's CAs). */
-  constructor(timeouts: PieceTimeouts, tls?: PieceTlsOptions) {
+  constructor(timeouts: PieceTimeouts, tls?: RawTlsOptions) {
     this.#timeouts = timeouts;
-    this.#http = new PieceHttpClient(tls);
+    this.#http = new RawHttpClient(tls);
   }
 
   /**

@@ -14,7 +14,7 @@ import {
   type Logger,
 } from '@shoal/runtime';
 
-import type { PieceTlsOptions } from './piece-http.js';
+import type { RawTlsOptions } from '@shoal/runtime/raw-http';
 import type { SwarmConfig } from './config.js';
 
 /** The peer port's HTTPS listener, or undefined for plain HTTP. */
@@ -35,7 +35,7 @@ export function peerHttps(config: SwarmConfig, logger: Logger): Promise<HttpsFac
 }
 
 /** The piece client's TLS settings, with `stop` for the file watch. */
-export interface PieceClientTls extends PieceTlsOptions {
+export interface PieceClientTls extends RawTlsOptions {
   stop(): void;
 }
 

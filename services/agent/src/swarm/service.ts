@@ -19,7 +19,7 @@ import { SwarmClient } from './client.js';
 import { watchLimits, type TransferLimits } from './limits.js';
 import type { SwarmConfig } from './config.js';
 import { PieceClient } from './piece-client.js';
-import type { PieceTlsOptions } from './piece-http.js';
+import type { RawTlsOptions } from '@shoal/runtime/raw-http';
 import { SwarmFetch } from './swarm-fetch.js';
 
 /** How often everything cached is announced again, so the swarm stream never forgets it, in ms. */
@@ -41,7 +41,7 @@ export interface SwarmServiceDeps {
   /** Where each blob's bytes came from. */
   readonly ledger: BlobLedger;
   /** How the piece client reaches https:// peers and seed servers (default: the system's CAs). */
-  readonly pieceTls?: PieceTlsOptions;
+  readonly pieceTls?: RawTlsOptions;
 }
 
 export class SwarmService implements BlobFetcher {

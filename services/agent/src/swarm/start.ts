@@ -19,7 +19,7 @@ import type { BlobLedger } from '../provenance/ledger.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmConfig } from './config.js';
 import type { TransferLimits } from './limits.js';
-import type { PieceTlsOptions } from './piece-http.js';
+import type { RawTlsOptions } from '@shoal/runtime/raw-http';
 import { SwarmService } from './service.js';
 
 export interface StartedSwarm {
@@ -41,7 +41,7 @@ export async function startSwarm(
     pool: BufferPool;
     ledger: BlobLedger;
     /** How the piece client reaches https:// sources (default: the system's CAs). */
-    pieceTls?: PieceTlsOptions;
+    pieceTls?: RawTlsOptions;
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');

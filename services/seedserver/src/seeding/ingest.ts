@@ -107,6 +107,11 @@ export class PieceCutter {
     return this.#whole.digest().toString();
   }
 
+  /** Writes what has been received so far (a caller that reuses its chunks needs them out). */
+  async flush(): Promise<void> {
+    await this.#flush();
+  }
+
   #endPiece(): void {
     const blob = this.#blob;
     if (this.#hashes.length === 0) {

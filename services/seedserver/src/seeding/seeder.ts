@@ -18,7 +18,6 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
@@ -31,7 +30,7 @@ import {
   type PeerInfo,
   type SeedRequest,
 } from '@shoal/proto';
-import { headerValue, type RegistryReader, type UpstreamRegistry } from '@shoal/registry';
+import type { BlobReader, UpstreamRegistry } from '@shoal/registry';
 import { ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
@@ -60,7 +59,8 @@ export interface SeederDeps {
   readonly jsm: JetStreamManager;
   readonly locks: KV;
   readonly store: BlobStore;
-  readonly origin: RegistryReader;
+  /** Reads blobs from the origin registries, into blocks it reuses. */
+  readonly origin: BlobReader;
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
   readonly self: PeerInfo;
   readonly cacheDir: string;
@@ -252,16 +252,15 @@ export class Seeder {
   }
 
   /** The blob's bytes: from the object gateway when it holds them, else from the origin. */
-  async #open(
-    request: SeedRequest,
-    digest: Digest,
-    signal: AbortSignal,
-  ): Promise<{ body: Readable; size: number; source: 'store' | 'origin' }> {
+  async #open(request: SeedRequest, digest: Digest, signal: AbortSignal): Promise<BlobBytes> {
     const { store, origin, registries } = this.#deps;
     const stored = await store.stat(request.blob, signal);
     if (stored !== undefined) {
+      const body = await store.read(request.blob, undefined, signal);
       return {
-        body: await store.read(request.blob, undefined, signal),
+        chunks: body,
+        lent: false,
+        cancel: () => body.destroy(),
         size: stored.size,
         source: 'store',
       };
@@ -282,21 +281,25 @@ export class Seeder {
         attributes: { 'oci.registry': registry.host, 'oci.repository': request.repository },
       },
       async (span) => {
-        const answer = await origin.fetchBlob(registry, request.repository, digest, signal);
+        const answer = await origin.open(registry, request.repository, digest, signal);
         span.setAttribute('http.response.status_code', answer.status);
         return answer;
       },
     );
     if (response.status !== 200) {
-      response.body.resume();
       throw new SeedError('ORIGIN_ANSWER', 502, `origin answered ${response.status}`);
     }
-    const length = headerValue(response.headers, 'content-length');
-    if (length === undefined) {
-      response.body.resume();
+    if (response.size === undefined) {
+      response.cancel(new Error('no Content-Length'));
       throw new SeedError('NO_SIZE', 502, 'origin sent no Content-Length');
     }
-    return { body: response.body, size: Number(length), source: 'origin' };
+    return {
+      chunks: response.blocks,
+      lent: true,
+      cancel: () => response.cancel(new Error('seeding stopped')),
+      size: response.size,
+      source: 'origin',
+    };
   }
 
   /**
@@ -307,11 +310,11 @@ export class Seeder {
    */
   async #ingest(
     digest: Digest,
-    bytes: { body: Readable; size: number; source: 'store' | 'origin' },
+    bytes: BlobBytes,
     signal: AbortSignal,
   ): Promise<{ blob: SeedBlob; announcer: Announcer; tee: GatewayTee | undefined }> {
     const { cacheDir, js, self, metrics, store } = this.#deps;
-    const { body, size, source } = bytes;
+    const { chunks, lent, size, source } = bytes;
     const key = digest.toString();
     await this.#makeRoom(size);
     const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
@@ -331,19 +334,24 @@ export class Seeder {
       ANNOUNCE_INTERVAL_MS,
     );
     try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
+      for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
         }
         const ready = blob.ready;
         await cutter.push(chunk);
+        if (lent) {
+          // The block is the reader's again at the next turn: on disk before then.
+          await cutter.flush();
+        }
         ingested.inc(chunk.length);
         if (ready === 0 && blob.ready > 0) {
           // The first pieces are announced at once, not at the next tick: agents waiting on a
           // cold blob start fetching while the rest streams in.
           void announcer.flush().catch(() => undefined);
         }
-        await tee?.push(chunk);
+        // The gateway holds on to what it is given: a lent block goes as a copy.
+        await tee?.push(lent ? Buffer.from(chunk) : chunk);
       }
       const actual = await cutter.finish();
       if (cutter.received !== size) {
@@ -364,7 +372,7 @@ export class Seeder {
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
       clearInterval(ticker);
-      body.destroy();
+      bytes.cancel();
       tee?.abort(error instanceof Error ? error : new Error(String(error)));
       await tee?.done().catch(() => undefined);
       this.#cache.delete(blob);
@@ -551,6 +559,20 @@ export class Seeder {
       await blob.close();
     }
   }
+}
+
+/** A blob's bytes as they are read in, from the origin or the object gateway. */
+interface BlobBytes {
+  readonly chunks: AsyncIterable<Buffer>;
+  /**
+   * Each chunk is lent until the next is asked for (the origin reader's reused blocks): it
+   * must be written, and copied where it is kept, before then.
+   */
+  readonly lent: boolean;
+  /** Stops reading (on failure). */
+  cancel(): void;
+  readonly size: number;
+  readonly source: 'store' | 'origin';
 }
 
 /** An error's message, for a report to the operator. */

@@ -1,12 +1,15 @@
 /**
- * A small HTTP/1.1 client for piece GETs, with keep-alive connections.
+ * A small HTTP/1.1 client for bulk GETs (pieces between agents, blobs from a registry), with
+ * keep-alive connections.
  *
- * Why not node:http: it reads every socket chunk into a fresh 64 KiB buffer, so a GiB received
- * is a GiB of short-lived external memory, and V8 answers that pressure with a full collection
- * every few tens of MiB; on the agent's swarm path that was a third of its CPU per byte. Here
- * each connection reads into one buffer of its own (net's `onread`) and the body is handed to
- * the caller as views of it, to be copied at once into the piece. Pieces are plain GETs answered
- * with a body of a known length (or chunked), so the protocol needed is small.
+ * Why not node:http: its client reads every socket chunk into a fresh 64 KiB buffer and its
+ * parser copies every body chunk into another, so a GiB received is two GiB of short-lived
+ * external memory, and V8 answers that pressure with a full collection every few tens of MiB;
+ * on the agent's swarm path that was a third of its CPU per byte, on the seed server's ingest
+ * about as much. Here each connection reads into one buffer of its own (net's `onread`) and the
+ * body is handed to the caller as views of it, to be copied at once where it is kept. These
+ * are plain GETs answered with a body of a known length (or chunked), so the protocol needed is
+ * small.
  *
  * `https://` sources are reached over TLS (`tls.connect`, with the same per-connection read
  * buffer): the server's certificate must chain to the configured CA (the system's by default)
@@ -15,8 +18,8 @@
 import { connect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type SecureContext } from 'node:tls';
 
-/** Bytes each connection reads at a time, into a buffer it keeps. */
-const READ_BUFFER_BYTES = 256 * 1024;
+/** Bytes each connection reads at a time, into a buffer it keeps: the largest body view. */
+export const RAW_READ_BYTES = 256 * 1024;
 /** Longest response head accepted, in bytes. */
 const MAX_HEAD_BYTES = 16 * 1024;
 /**
@@ -28,7 +31,7 @@ const IDLE_MS = 4000;
 const MAX_IDLE_PER_HOST = 16;
 
 /** How `https://` sources are reached. */
-export interface PieceTlsOptions {
+export interface RawTlsOptions {
   /** CA, and client certificate for mutual TLS; undefined: the system's CAs, no certificate. */
   readonly secureContext: () => SecureContext | undefined;
   /**
@@ -38,10 +41,16 @@ export interface PieceTlsOptions {
   readonly servername: string | undefined;
 }
 
+/** A response's headers, by lowercase name. */
+export type ResponseHeaders = Readonly<Record<string, string>>;
+
 /** What the caller does with one response. */
 export interface ResponseSink {
-  /** The status and, when sent, the Content-Length. Throwing ends the exchange with that error. */
-  onHead(status: number, length: number | undefined): void;
+  /**
+   * The status, the Content-Length when sent, and the headers (names in lowercase; a repeated
+   * header keeps its last value). Throwing ends the exchange with that error.
+   */
+  onHead(status: number, length: number | undefined, headers: ResponseHeaders): void;
   /**
    * Body bytes: a view valid only during the call (copy what you keep). A promise pauses
    * reading until it settles; a rejected one ends the exchange with its error.
@@ -57,8 +66,13 @@ export interface GetOptions {
    * slow answer that keeps moving is the caller's to judge (see `RateFloor`).
    */
   readonly timeoutMs: number;
+  /**
+   * Longest a new connection may take to connect, in ms; without it only `timeoutMs` bounds
+   * the connect.
+   */
+  readonly connectTimeoutMs?: number;
   /** The error for a timeout. */
-  readonly timeoutError: (kind: 'idle') => Error;
+  readonly timeoutError: (kind: 'idle' | 'connect') => Error;
 }
 
 /** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
@@ -72,10 +86,10 @@ class Connection {
   /** Drops the connection from the idle list (its close/error listener while idle). */
   forget: (() => void) | undefined;
 
-  constructor(url: URL, tls: PieceTlsOptions | undefined) {
+  constructor(url: URL, tls: RawTlsOptions | undefined) {
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const onread: OnReadOpts = {
-      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      buffer: Buffer.allocUnsafe(RAW_READ_BYTES),
       callback: (bytes: number, buffer: Uint8Array): boolean => {
         const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
         if (this.receive === undefined) {
@@ -110,13 +124,13 @@ class Connection {
   }
 }
 
-export class PieceHttpClient {
+export class RawHttpClient {
   readonly #idle = new Map<string, Connection[]>();
-  readonly #tls: PieceTlsOptions | undefined;
+  readonly #tls: RawTlsOptions | undefined;
   #closed = false;
 
   /** `tls`: how `https://` sources are reached (default: the system's CAs, no certificate). */
-  constructor(tls?: PieceTlsOptions) {
+  constructor(tls?: RawTlsOptions) {
     this.#tls = tls;
   }
 
@@ -209,7 +223,9 @@ export class PieceHttpClient {
       let answered = false;
       let pending: Promise<void> | undefined;
       const parser = new ResponseParser();
+      let connectTimer: NodeJS.Timeout | undefined;
       const cleanup = (): void => {
+        clearTimeout(connectTimer);
         socket.setTimeout(0);
         socket.off('timeout', onIdle);
         socket.off('error', onError);
@@ -265,13 +281,20 @@ export class PieceHttpClient {
         fail(
           options.signal.reason instanceof Error
             ? options.signal.reason
-            : new Error('piece request aborted'),
+            : new Error(`request to ${key} aborted`),
         );
       if (options.signal.aborted) {
         onAbort();
         return;
       }
       options.signal.addEventListener('abort', onAbort, { once: true });
+      if (options.connectTimeoutMs !== undefined && socket.connecting) {
+        connectTimer = setTimeout(
+          () => fail(options.timeoutError('connect')),
+          options.connectTimeoutMs,
+        );
+        socket.once('connect', () => clearTimeout(connectTimer));
+      }
       socket.setTimeout(options.timeoutMs);
       // A connection the sink paused, earlier, reads again.
       socket.resume();
@@ -308,7 +331,7 @@ export class PieceHttpClient {
         try {
           const outcome = parser.feed(
             bytes,
-            (status, length) => sink.onHead(status, length),
+            (status, length, headers) => sink.onHead(status, length, headers),
             deliver,
           );
           if (outcome === 'done') {
@@ -360,7 +383,7 @@ class ResponseParser {
   /** Feeds bytes read; 'done' once the response is complete. */
   feed(
     bytes: Buffer,
-    onHead: (status: number, length: number | undefined) => void,
+    onHead: (status: number, length: number | undefined, headers: ResponseHeaders) => void,
     onBody: (bytes: Buffer) => void,
   ): 'more' | 'done' {
     let at = 0;
@@ -449,7 +472,9 @@ class ResponseParser {
   }
 
   /** Reads the head; true when the response has no body (and so is complete). */
-  #startBody(onHead: (status: number, length: number | undefined) => void): boolean {
+  #startBody(
+    onHead: (status: number, length: number | undefined, headers: ResponseHeaders) => void,
+  ): boolean {
     const [statusLine = '', ...headerLines] = this.#head
       .slice(0, this.#head.indexOf('\r\n\r\n'))
       .split('\r\n');
@@ -460,10 +485,13 @@ class ResponseParser {
     const status = Number(match[2]);
     this.keepAlive = match[1] === '1';
     let length: number | undefined;
+    // No prototype: a header named like one of Object's properties is just a header.
+    const headers = Object.create(null) as Record<string, string>;
     for (const line of headerLines) {
       const colon = line.indexOf(':');
       const name = line.slice(0, colon).trim().toLowerCase();
       const value = line.slice(colon + 1).trim();
+      headers[name] = value;
       if (name === 'content-length') {
         length = Number(value);
         if (!Number.isSafeInteger(length) || length < 0) {
@@ -476,7 +504,7 @@ class ResponseParser {
       }
     }
     this.#head = '';
-    onHead(status, this.#chunked ? undefined : length);
+    onHead(status, this.#chunked ? undefined : length, headers);
     if (this.#chunked) {
       this.#state = 'size';
     } else if (length !== undefined) {

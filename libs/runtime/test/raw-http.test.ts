@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { PieceHttpClient, type GetOptions } from '../src/swarm/piece-http.js';
+import { RawHttpClient, type GetOptions } from '../src/raw-http.js';
 
 const BODY = randomBytes(3 * 1024 * 1024 + 17);
 
@@ -13,7 +13,7 @@ let server: Server;
 let base: string;
 let connections: number;
 let handler: (req: IncomingMessage, res: ServerResponse) => void;
-let client: PieceHttpClient;
+let client: RawHttpClient;
 
 beforeEach(async () => {
   connections = 0;
@@ -27,7 +27,7 @@ beforeEach(async () => {
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  client = new PieceHttpClient();
+  client = new RawHttpClient();
 });
 
 afterEach(async () => {
@@ -67,7 +67,7 @@ async function get(
   return { status, length, body: Buffer.concat(chunks) };
 }
 
-describe('PieceHttpClient', () => {
+describe('RawHttpClient', () => {
   it('reads bodies of a known length over one keep-alive connection, with the headers sent', async () => {
     let seen: string | undefined;
     handler = (req, res) => {

@@ -18,7 +18,7 @@ import { createSecureContext, TLSSocket } from 'node:tls';
 
 import { makeTestCa, type IssuedCert, type TestCa } from '@shoal/testkit';
 
-import { PieceHttpClient, type GetOptions } from '../src/swarm/piece-http.js';
+import { RawHttpClient, type GetOptions } from '../src/raw-http.js';
 
 const BODY = randomBytes(2 * 1024 * 1024 + 5);
 
@@ -26,7 +26,7 @@ function options(timeoutMs = 5000, signal = AbortSignal.timeout(10_000)): GetOpt
   return { headers: {}, signal, timeoutMs, timeoutError: (kind) => new Error(`timeout: ${kind}`) };
 }
 
-async function get(client: PieceHttpClient, url: string, opts = options()): Promise<Buffer> {
+async function get(client: RawHttpClient, url: string, opts = options()): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let status = 0;
   await client.get(new URL(url), opts, {
@@ -41,7 +41,7 @@ async function get(client: PieceHttpClient, url: string, opts = options()): Prom
   return Buffer.concat(chunks);
 }
 
-describe('PieceHttpClient over TLS', () => {
+describe('RawHttpClient over TLS', () => {
   let ca: TestCa;
   let otherCa: TestCa;
   let serverCert: IssuedCert;
@@ -51,20 +51,20 @@ describe('PieceHttpClient over TLS', () => {
   let handshakes: number;
   /** Common names of the client certificates servers saw, verified or not. */
   let clientNames: string[] = [];
-  const clients: PieceHttpClient[] = [];
+  const clients: RawHttpClient[] = [];
 
   /** A client trusting `trust` (the CA file), optionally with a client certificate and name. */
   async function client(
     trust: TestCa,
     extra: { cert?: IssuedCert; servername?: string } = {},
-  ): Promise<PieceHttpClient> {
+  ): Promise<RawHttpClient> {
     const context = createSecureContext({
       ca: await readFile(trust.caFile),
       ...(extra.cert === undefined
         ? {}
         : { cert: await readFile(extra.cert.certFile), key: await readFile(extra.cert.keyFile) }),
     });
-    const made = new PieceHttpClient({
+    const made = new RawHttpClient({
       secureContext: () => context,
       servername: extra.servername,
     });
@@ -129,7 +129,7 @@ describe('PieceHttpClient over TLS', () => {
       /certificate|verify|self[- ]signed/i,
     );
     // No system CA trusts the test's CA either.
-    await assert.rejects(get(new PieceHttpClient(), `${base}/pieces/0`), /certificate|verify/i);
+    await assert.rejects(get(new RawHttpClient(), `${base}/pieces/0`), /certificate|verify/i);
   });
 
   it('checks the server name: the address dialled, or the configured name', async () => {

@@ -1,0 +1,441 @@
+/**
+ * Reads whole blobs from a registry with a service's own credentials, into blocks it reuses.
+ *
+ * The seed server reads every blob of the cluster from the origin once. Through node:http each
+ * GiB read was two GiB of fresh 64 KiB buffers (one per socket read, one per parsed body chunk),
+ * and V8 answered that external memory with a full collection every 20 to 40 MiB: about 40 % of
+ * the seed server's CPU per byte went to V8's collector threads. Here the socket is read into
+ * one buffer per connection (`RawHttpClient`) and the body is copied into a few blocks of
+ * `blockBytes` that go round: a block handed to the caller is lent until it asks for the next
+ * one, so the caller must be done with it (hashed, written) by then.
+ *
+ * The registry's token flow (a 401 challenge answered once) and redirects to its storage are
+ * followed as `RegistryReader` follows them; the Authorization header never goes to another
+ * origin.
+ */
+import type { Digest } from '@shoal/proto';
+import { RAW_READ_BYTES, RawHttpClient, type ResponseHeaders } from '@shoal/runtime/raw-http';
+
+import { UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
+import type { RegistryAuth } from './credentials.js';
+import type { UpstreamRegistry } from './registries.js';
+
+/** Default size of the blocks a body is copied into, in bytes. */
+export const BLOB_BLOCK_BYTES = 1024 * 1024;
+/**
+ * Longest the bytes of a partly filled block wait for more while the caller waits, in ms: from
+ * a slow origin the caller gets what has arrived rather than waiting for a whole block.
+ */
+export const BLOB_HOLD_MS = 50;
+/** Blocks one body uses at most: one filling, one ready, one lent to the caller. */
+const BLOCKS_PER_BODY = 3;
+/** Blocks kept between bodies. */
+const MAX_IDLE_BLOCKS = 12;
+/** Largest body read from an answer other than the blob (an error, a redirect), in bytes. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+const MAX_REDIRECTIONS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+export interface BlobReaderOptions {
+  readonly timeouts: UpstreamTimeouts;
+  /** Sent as User-Agent; registries log it. */
+  readonly userAgent: string;
+  /**
+   * Size of the blocks the body is handed over in, in bytes (default `BLOB_BLOCK_BYTES`); at
+   * least `RAW_READ_BYTES`, so that one socket read never needs more than one fresh block.
+   */
+  readonly blockBytes?: number;
+  /** See `BLOB_HOLD_MS`. */
+  readonly holdMs?: number;
+}
+
+/** A registry's final answer to a blob GET. */
+export interface OpenedBlob {
+  readonly status: number;
+  readonly headers: ResponseHeaders;
+  /** Content-Length of the answer, when sent. */
+  readonly size: number | undefined;
+  /**
+   * The body of a 200, in order, in blocks of up to `blockBytes`; each block is lent until the
+   * next is asked for (or the iteration ends). Empty for any other status. Throws when the
+   * transfer fails.
+   */
+  readonly blocks: AsyncIterableIterator<Buffer>;
+  /** Stops the transfer (the connection is closed); the blocks then end with `reason`. */
+  cancel(reason: Error): void;
+}
+
+export class BlobReader {
+  readonly #client = new RawHttpClient();
+  readonly #auth: RegistryAuth;
+  readonly #options: BlobReaderOptions;
+  readonly #blockBytes: number;
+  /** Blocks no body uses now, for the next. */
+  readonly #idle: Buffer[] = [];
+
+  constructor(auth: RegistryAuth, options: BlobReaderOptions) {
+    this.#auth = auth;
+    this.#options = options;
+    // A read spanning several fresh blocks would need more than the three a body may use.
+    this.#blockBytes = Math.max(options.blockBytes ?? BLOB_BLOCK_BYTES, RAW_READ_BYTES);
+  }
+
+  /** GETs a blob; resolves with the final answer once its head has arrived. */
+  async open(
+    registry: UpstreamRegistry,
+    repository: string,
+    digest: Digest,
+    signal: AbortSignal,
+  ): Promise<OpenedBlob> {
+    let url = new URL(`/v2/${repository}/blobs/${digest.toString()}`, registry.url);
+    let authorization = this.#auth.current(registry, repository);
+    let challenged = false;
+    for (let hop = 0; ; hop += 1) {
+      const answer = await this.#get(url, authorization, signal);
+      const challenge = answer.headers['www-authenticate'];
+      if (answer.status === 401 && challenge !== undefined && !challenged) {
+        challenged = true;
+        const answered = await this.#auth.answer(registry, repository, challenge, signal);
+        if (answered === undefined) {
+          return answer;
+        }
+        authorization = answered;
+        continue;
+      }
+      const location = answer.headers.location;
+      if (REDIRECTS.has(answer.status) && location !== undefined && hop < MAX_REDIRECTIONS) {
+        const next = new URL(location, url);
+        if (next.origin !== url.origin) {
+          // Credentials are for the registry, never for the storage it redirects to.
+          authorization = undefined;
+        }
+        url = next;
+        continue;
+      }
+      return answer;
+    }
+  }
+
+  /** Closes idle connections and drops the idle blocks. */
+  close(): void {
+    this.#client.close();
+    this.#idle.length = 0;
+  }
+
+  /**
+   * One GET. A 200 resolves at its head, its body streaming into the blocks; any other answer
+   * resolves once its (small) body has been read and dropped.
+   */
+  #get(url: URL, authorization: string | undefined, signal: AbortSignal): Promise<OpenedBlob> {
+    const { timeouts, userAgent } = this.#options;
+    const stop = new AbortController();
+    const headersTimer = setTimeout(() => {
+      stop.abort(
+        new UpstreamTimeoutError(
+          'HEADERS_TIMEOUT',
+          504,
+          `no response from ${url.host} in ${timeouts.headersMs} ms`,
+        ),
+      );
+    }, timeouts.headersMs);
+    const body = new LentBlocks(this.#blockBytes, this.#options.holdMs ?? BLOB_HOLD_MS, {
+      take: () => this.#idle.pop(),
+      give: (block) => {
+        if (this.#idle.length < MAX_IDLE_BLOCKS) {
+          this.#idle.push(block);
+        }
+      },
+      cancel: (reason) => stop.abort(reason),
+    });
+    return new Promise<OpenedBlob>((resolve, reject) => {
+      let head: Omit<OpenedBlob, 'blocks' | 'cancel'> | undefined;
+      let dropped = 0;
+      const exchange = this.#client.get(
+        url,
+        {
+          headers: {
+            'user-agent': userAgent,
+            ...(authorization === undefined ? {} : { authorization }),
+          },
+          signal: AbortSignal.any([signal, stop.signal]),
+          timeoutMs: timeouts.idleMs,
+          connectTimeoutMs: timeouts.connectMs,
+          timeoutError: (kind) =>
+            kind === 'connect'
+              ? new UpstreamTimeoutError(
+                  'CONNECT_TIMEOUT',
+                  504,
+                  `could not connect to ${url.host} in ${timeouts.connectMs} ms`,
+                )
+              : new UpstreamTimeoutError(
+                  'IDLE_TIMEOUT',
+                  504,
+                  `${url.host} went quiet for ${timeouts.idleMs} ms`,
+                ),
+        },
+        {
+          onHead: (status, size, headers) => {
+            clearTimeout(headersTimer);
+            head = { status, size, headers };
+            if (status === 200) {
+              resolve({ ...head, blocks: body, cancel: (reason) => body.cancel(reason) });
+            }
+          },
+          onBody: (bytes) => {
+            if (head?.status === 200) {
+              return body.write(bytes);
+            }
+            dropped += bytes.length;
+            if (dropped > MAX_ANSWER_BYTES) {
+              throw new Error(`${url.host} answered ${head?.status} with a body too large`);
+            }
+            return undefined;
+          },
+        },
+      );
+      exchange.then(
+        () => {
+          clearTimeout(headersTimer);
+          body.end();
+          if (head !== undefined && head.status !== 200) {
+            resolve({ ...head, blocks: body, cancel: () => undefined });
+          }
+        },
+        (error: unknown) => {
+          clearTimeout(headersTimer);
+          const failure = error instanceof Error ? error : new Error(String(error));
+          body.fail(failure);
+          // Before the head: the request failed. After it: the blocks throw.
+          reject(failure);
+        },
+      );
+    });
+  }
+}
+
+/** Where a body's blocks come from and go back to. */
+interface BlockPool {
+  take(): Buffer | undefined;
+  give(block: Buffer): void;
+  /** Stops the transfer. */
+  cancel(reason: Error): void;
+}
+
+/**
+ * A body copied into a few reused blocks and iterated block by block. The transfer pauses
+ * while every block is in use (the caller has not asked for the next one yet).
+ */
+class LentBlocks implements AsyncIterableIterator<Buffer> {
+  readonly #blockBytes: number;
+  readonly #holdMs: number;
+  readonly #pool: BlockPool;
+  /** Every block this body took, to give back at the end. */
+  readonly #owned: Buffer[] = [];
+  readonly #free: Buffer[] = [];
+  #current: Buffer | undefined;
+  #filled = 0;
+  /** When the current block got its first byte (performance.now()). */
+  #startedAt = 0;
+  /** Filled parts handed over in order, with the block each belongs to. */
+  readonly #ready: { block: Buffer; view: Buffer }[] = [];
+  /** The block the caller holds now. */
+  #lent: Buffer | undefined;
+  /** The caller waiting in `next()`. */
+  #waiter: ((result: IteratorResult<Buffer>) => void) | undefined;
+  #waiterFailed: ((error: Error) => void) | undefined;
+  /** The transfer waiting for a free block. */
+  #space: (() => void) | undefined;
+  /** Hands a partly filled block over when the caller has waited the hold time. */
+  #holdTimer: NodeJS.Timeout | undefined;
+  #ended = false;
+  #error: Error | undefined;
+  #done = false;
+
+  constructor(blockBytes: number, holdMs: number, pool: BlockPool) {
+    this.#blockBytes = blockBytes;
+    this.#holdMs = holdMs;
+    this.#pool = pool;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<Buffer> {
+    return this;
+  }
+
+  /**
+   * Copies body bytes (a view valid only now) into the blocks; a promise when the transfer must
+   * wait for the caller to hand a block back.
+   */
+  write(bytes: Buffer): Promise<void> | undefined {
+    let at = 0;
+    while (at < bytes.length) {
+      let block = this.#current;
+      if (block === undefined) {
+        // There is one to take without going past BLOCKS_PER_BODY: the transfer pauses below
+        // until there is, and a read (at most RAW_READ_BYTES) never needs two fresh blocks.
+        block = this.#takeBlock();
+        this.#current = block;
+        this.#filled = 0;
+        this.#startedAt = performance.now();
+      }
+      const copied = bytes.copy(block, this.#filled, at);
+      this.#filled += copied;
+      at += copied;
+      if (this.#filled === block.length) {
+        this.#handOver();
+      }
+    }
+    if (this.#waiter !== undefined) {
+      this.#holdOrHandOver();
+    }
+    if (this.#free.length > 0 || this.#owned.length < BLOCKS_PER_BODY) {
+      return undefined;
+    }
+    return new Promise<void>((resolve) => {
+      this.#space = resolve;
+    });
+  }
+
+  /** The transfer ended: what is left is handed over, then the iteration ends. */
+  end(): void {
+    this.#ended = true;
+    this.#handOver();
+    this.#wake();
+  }
+
+  /** The transfer failed: the caller's next block throws `error`. */
+  fail(error: Error): void {
+    this.#error ??= error;
+    this.#wake();
+  }
+
+  /** The caller gives up: the transfer stops and the blocks go back (except one it may hold). */
+  cancel(reason: Error): void {
+    this.fail(reason);
+    this.#pool.cancel(reason);
+    this.#finish(false);
+  }
+
+  next(): Promise<IteratorResult<Buffer>> {
+    this.#giveBack();
+    const ready = this.#ready.shift();
+    if (ready !== undefined) {
+      this.#lent = ready.block;
+      return Promise.resolve({ value: ready.view, done: false });
+    }
+    if (this.#error !== undefined) {
+      this.#finish(true);
+      return Promise.reject(this.#error);
+    }
+    if (this.#ended) {
+      this.#finish(true);
+      return Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise<IteratorResult<Buffer>>((resolve, reject) => {
+      this.#waiter = resolve;
+      this.#waiterFailed = reject;
+      this.#holdOrHandOver();
+    });
+  }
+
+  /** The caller stopped early (`break`, or a throw in its loop): the transfer is cancelled. */
+  return(): Promise<IteratorResult<Buffer>> {
+    this.cancel(new Error('the blob was not read to its end'));
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  #takeBlock(): Buffer {
+    const block = this.#free.pop() ?? this.#pool.take() ?? Buffer.allocUnsafeSlow(this.#blockBytes);
+    if (!this.#owned.includes(block)) {
+      this.#owned.push(block);
+    }
+    return block;
+  }
+
+  /**
+   * The caller waits: hands over the bytes of a partly filled block that has waited the hold
+   * time, or makes sure they are handed over when it is up (the origin may send nothing more
+   * for a while).
+   */
+  #holdOrHandOver(): void {
+    if (this.#filled === 0 || this.#holdTimer !== undefined) {
+      return;
+    }
+    const waited = performance.now() - this.#startedAt;
+    if (waited >= this.#holdMs) {
+      this.#handOver();
+      return;
+    }
+    this.#holdTimer = setTimeout(() => {
+      this.#holdTimer = undefined;
+      if (this.#waiter !== undefined) {
+        this.#handOver();
+      }
+    }, this.#holdMs - waited);
+  }
+
+  /** Hands the filled part of the current block to the caller. */
+  #handOver(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const block = this.#current;
+    if (block === undefined || this.#filled === 0) {
+      return;
+    }
+    this.#ready.push({ block, view: block.subarray(0, this.#filled) });
+    this.#current = undefined;
+    this.#filled = 0;
+    this.#wake();
+  }
+
+  /** Answers a caller waiting in `next()`. */
+  #wake(): void {
+    const waiter = this.#waiter;
+    const failed = this.#waiterFailed;
+    if (waiter === undefined || failed === undefined) {
+      return;
+    }
+    const ready = this.#ready.length > 0;
+    if (!ready && this.#error === undefined && !this.#ended) {
+      return;
+    }
+    this.#waiter = undefined;
+    this.#waiterFailed = undefined;
+    this.next().then(waiter, failed);
+  }
+
+  /** The block the caller held is free again: the transfer may go on. */
+  #giveBack(): void {
+    const lent = this.#lent;
+    if (lent === undefined) {
+      return;
+    }
+    this.#lent = undefined;
+    this.#free.push(lent);
+    const space = this.#space;
+    this.#space = undefined;
+    space?.();
+  }
+
+  /** Gives the blocks back to the pool; `withLent`: the caller is done with the one it held. */
+  #finish(withLent: boolean): void {
+    if (this.#done) {
+      return;
+    }
+    this.#done = true;
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const space = this.#space;
+    this.#space = undefined;
+    space?.();
+    for (const block of this.#owned) {
+      // A block the caller may still be reading (or writing out) is left to the collector.
+      if (withLent || block !== this.#lent) {
+        this.#pool.give(block);
+      }
+    }
+    this.#owned.length = 0;
+    this.#free.length = 0;
+    this.#ready.length = 0;
+    this.#current = undefined;
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * BlobReader against a real registry that wants bearer tokens (Debian's docker-registry and the
+ * test kit's token server): the bytes, the reuse of its blocks, answers other than a blob, and
+ * a cancelled transfer. Redirects to storage on another origin and a registry that never
+ * answers are small node:http servers: the registry here keeps blobs on its own disk and does
+ * not redirect, and a silent server is a fault.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { parseDigest } from '@shoal/proto';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startRegistry,
+  startTokenServer,
+  Teardown,
+  type Registry,
+} from '@shoal/testkit';
+
+import {
+  BlobReader,
+  RegistryAuth,
+  UpstreamClient,
+  type BlobReaderOptions,
+  type OpenedBlob,
+  type UpstreamRegistry,
+} from '../src/index.js';
+
+const MiB = 1024 * 1024;
+const timeouts = { connectMs: 5000, headersMs: 5000, idleMs: 5000 };
+const repository = 'team/app';
+const users = { seeder: { password: 'seed-pass', pull: ['*'], push: ['*'] } };
+
+/**
+ * Reads every block, hashing it, and notes the distinct memory the blocks were lent in;
+ * `hold` is awaited before each block is used (a slow caller).
+ */
+async function drain(
+  opened: OpenedBlob,
+  hold: (index: number) => Promise<void> = () => Promise.resolve(),
+): Promise<{ digest: string; bytes: number; blocks: number; memory: Set<ArrayBufferLike> }> {
+  const hash = createHash('sha256');
+  const memory = new Set<ArrayBufferLike>();
+  let bytes = 0;
+  let blocks = 0;
+  for await (const block of opened.blocks) {
+    await hold(blocks);
+    hash.update(block);
+    memory.add(block.buffer);
+    bytes += block.length;
+    blocks += 1;
+  }
+  return { digest: `sha256:${hash.digest('hex')}`, bytes, blocks, memory };
+}
+
+async function listen(server: Server): Promise<string> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+describe('BlobReader', () => {
+  const teardown = new Teardown();
+  let registry: Registry;
+  let upstream: UpstreamRegistry;
+  let layer: { digest: string; size: number; path: string };
+  let auth: RegistryAuth;
+  const readers: BlobReader[] = [];
+  const reader = (options: Partial<BlobReaderOptions> = {}, as = auth): BlobReader => {
+    const made = new BlobReader(as, { timeouts, userAgent: 'shoal-test', ...options });
+    readers.push(made);
+    return made;
+  };
+
+  const openLayer = (blobs: BlobReader, from: UpstreamRegistry = upstream): Promise<OpenedBlob> =>
+    blobs.open(from, repository, parseDigest(layer.digest), AbortSignal.timeout(30_000));
+  /** A node:http server standing in for a registry, closed at the end. */
+  const serve = async (
+    host: string,
+    handler: Parameters<typeof createServer>[1],
+  ): Promise<UpstreamRegistry> => {
+    const server = createServer(handler);
+    const url = await listen(server);
+    teardown.add(host, () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    });
+    return { host, url: new URL(url) };
+  };
+
+  before(async () => {
+    const tokens = await startTokenServer(users);
+    teardown.add('token server', () => tokens.stop());
+    registry = await startRegistry({ tokenAuth: tokens });
+    teardown.add('registry', () => registry.stop());
+    const dir = await makeTempDir('blob-reader');
+    teardown.add('image', () => dir.remove());
+    const image = await generateImage(join(dir.path, 'image'), {
+      layerSizes: [5 * MiB + 12_345],
+      seed: 'blob-reader',
+    });
+    await pushImage(image, registry.host, repository, {
+      destCreds: `seeder:${users.seeder.password}`,
+    });
+    const first = image.layers[0];
+    assert.ok(first !== undefined);
+    const hex = parseDigest(first.digest).hex;
+    layer = {
+      digest: first.digest,
+      size: first.size,
+      path: join(image.layoutDir, 'blobs', 'sha256', hex),
+    };
+    upstream = { host: registry.host, url: new URL(registry.url) };
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('upstream client', () => client.close());
+    auth = new RegistryAuth(
+      new Map([[registry.host, { username: 'seeder', password: users.seeder.password }]]),
+      client,
+      { trustedRealms: [new URL(tokens.realm).origin] },
+    );
+  });
+
+  after(async () => {
+    for (const made of readers) {
+      made.close();
+    }
+    await teardown.run();
+  });
+
+  it('reads a blob through the token flow, in blocks that go round', async () => {
+    const blobs = reader({ blockBytes: 256 * 1024 });
+    const opened = await openLayer(blobs);
+    assert.equal(opened.status, 200);
+    assert.equal(opened.size, layer.size);
+    const read = await drain(opened);
+    assert.equal(read.digest, layer.digest);
+    assert.equal(read.bytes, layer.size);
+    // 5 MiB in 256 KiB blocks is at least 21 of them, lent from three pieces of memory at most.
+    assert.ok(read.blocks >= 21, `${read.blocks} blocks`);
+    assert.ok(read.memory.size <= 3, `${read.memory.size} distinct blocks`);
+
+    // A second blob reuses the blocks the first gave back: no new memory.
+    const again = await drain(await openLayer(blobs));
+    assert.equal(again.digest, layer.digest);
+    assert.ok([...again.memory].every((block) => read.memory.has(block)));
+  });
+
+  it('pauses the transfer while the caller is slow, in no more than three blocks', async () => {
+    // Blocks smaller than a socket read are raised to its size (256 KiB): still three at most.
+    const opened = await openLayer(reader({ blockBytes: 64 * 1024 }));
+    // The first blocks are held a while: the rest of the body waits in the socket.
+    const read = await drain(opened, (index) => (index < 5 ? sleep(20) : Promise.resolve()));
+    assert.equal(read.digest, layer.digest);
+    assert.ok(read.memory.size <= 3, `${read.memory.size} distinct blocks`);
+  });
+
+  it('gives the answer of a blob the registry does not have, with no blocks', async () => {
+    const missing = parseDigest(`sha256:${'0'.repeat(64)}`);
+    const opened = await reader().open(upstream, repository, missing, AbortSignal.timeout(30_000));
+    assert.equal(opened.status, 404);
+    assert.equal((await drain(opened)).bytes, 0);
+  });
+
+  it('stops the transfer when cancelled: the next block throws why', async () => {
+    const opened = await openLayer(reader({ blockBytes: 64 * 1024 }));
+    const first = await opened.blocks.next();
+    assert.equal(first.done, false);
+    opened.cancel(new Error('enough'));
+    await assert.rejects(opened.blocks.next(), /enough/);
+  });
+
+  it('follows a redirect to storage on another origin without the credentials', async () => {
+    const bytes = await readFile(layer.path);
+    const seen: IncomingHttpHeaders[] = [];
+    const storage = await serve('storage', (request, response) => {
+      seen.push(request.headers);
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.end(bytes);
+    });
+    // Another origin: the same server by another name.
+    const elsewhere = storage.url.href.replace('127.0.0.1', 'localhost');
+    const front = await serve('front', (request, response) => {
+      seen.push(request.headers);
+      response.writeHead(307, { location: `${elsewhere}data`, 'content-length': 0 });
+      response.end();
+    });
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('front client', () => client.close());
+    const basic = new RegistryAuth(
+      new Map([['front', { username: 'seeder', password: 'front-pass' }]]),
+      client,
+    );
+    const opened = await openLayer(reader({}, basic), front);
+    assert.equal(opened.status, 200);
+    assert.equal((await drain(opened)).digest, layer.digest);
+    assert.equal(seen.length, 2);
+    assert.match(seen[0]?.authorization ?? '', /^Basic /);
+    assert.equal(seen[1]?.authorization, undefined);
+  });
+
+  it('hands over what a slow origin has sent once the caller has waited the hold time', async () => {
+    const bytes = await readFile(layer.path);
+    const head = 100 * 1024;
+    let restSent = false;
+    const slow = await serve('slow', (_request, response) => {
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.write(bytes.subarray(0, head));
+      setTimeout(() => {
+        restSent = true;
+        response.end(bytes.subarray(head));
+      }, 500);
+    });
+    const opened = await openLayer(reader({ holdMs: 50 }), slow);
+    const first = await opened.blocks.next();
+    if (first.done === true) {
+      assert.fail('no block');
+    }
+    const block: Buffer = first.value;
+    // The first 100 KiB, not a whole 1 MiB block, and before the rest was sent.
+    assert.equal(block.length, head);
+    assert.equal(restSent, false);
+    const hash = createHash('sha256').update(block);
+    for await (const next of opened.blocks) {
+      hash.update(next);
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+  });
+
+  it('fails the blocks when the origin closes the connection before the end', async () => {
+    const bytes = await readFile(layer.path);
+    const cut = await serve('cut', (_request, response) => {
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.write(bytes.subarray(0, 2 * MiB), () => response.destroy());
+    });
+    const opened = await openLayer(reader(), cut);
+    assert.equal(opened.size, bytes.length);
+    await assert.rejects(drain(opened), /closed early|ended early/);
+  });
+
+  it('gives up on a registry that never answers, after the headers timeout', async () => {
+    const silent = await serve('silent', () => undefined);
+    const started = performance.now();
+    await assert.rejects(
+      openLayer(reader({ timeouts: { ...timeouts, headersMs: 300 } }), silent),
+      /no response from .* in 300 ms/,
+    );
+    assert.ok(performance.now() - started < 5000);
+  });
+});
