@@ -14,7 +14,10 @@
  * the run) takes the image from the first two, they stop, and a fourth agent takes it from the
  * third over HTTPS; the two agent-to-agent pulls are printed side by side, as ratios. With
  * `--only tls` the pulls through containerd are skipped (the first agent takes the image from
- * the seed server with a plain HTTP client) and only that comparison runs. CPU seconds come
+ * the seed server with a plain HTTP client) and only that comparison runs. With `--rss MiB`,
+ * four clients also stream one blob of that size at once through a fresh agent, cold, while
+ * its memory is watched (datapath-rss.ts); `--only rss` runs just that, 4 GiB by default.
+ * CPU seconds come
  * from /proc/PID/stat (utime + stime) and disk bytes from /proc/PID/io (write_bytes,
  * read_bytes), sampled just before and just after each pull.
  *
@@ -57,19 +60,28 @@ import {
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
+import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-/** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
+/** Clients streaming the blob of the memory run at once (the issue's goal: four). */
+const RSS_CLIENTS = 4;
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
-                                     [--only tls] [--cpu-prof-dir DIR]
+                                     [--rss MiB] [--only tls|rss] [--cpu-prof-dir DIR]
+                                     [--agent-node-options OPTIONS]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB         size of the small single-layer image (default 10)
   --timeout-s S       longest a pull may take (default 600)
+  --rss MiB           also stream one blob of this size with four clients through a fresh
+                      agent, watching its memory (default: not run; 4096 with --only rss)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
+  --only rss          only the memory run of --rss
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
+  --agent-node-options OPTIONS
+                      more NODE_OPTIONS for the agents, to try Node or V8 flags against
+                      those the agent is started with
 `;
 
 interface Options {
@@ -78,8 +90,14 @@ interface Options {
   readonly timeoutMs: number;
   /** Only the agent-to-agent comparison of plain HTTP and TLS. */
   readonly tlsOnly: boolean;
+  /** Only the memory run. */
+  readonly rssOnly: boolean;
+  /** Size of the blob of the memory run, in bytes; 0: no memory run. */
+  readonly rssBytes: number;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
   readonly cpuProfDir: string | undefined;
+  /** More NODE_OPTIONS for the agents ('' for none). */
+  readonly agentNodeOptions: string;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -88,7 +106,9 @@ function parseOptions(argv: readonly string[]): Options {
     small: { type: 'string', default: '10' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
+    rss: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
+    'agent-node-options': { type: 'string', default: '' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -105,8 +125,12 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
-  if (values.only !== undefined && values.only !== 'tls') {
-    problems.push('--only takes tls');
+  if (values.only !== undefined && values.only !== 'tls' && values.only !== 'rss') {
+    problems.push('--only takes tls or rss');
+  }
+  const rssMiB = Number(values.rss ?? (values.only === 'rss' ? 4096 : 0));
+  if (!Number.isFinite(rssMiB) || rssMiB < 0) {
+    problems.push('--rss takes a size in MiB');
   }
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
@@ -115,7 +139,10 @@ function parseOptions(argv: readonly string[]): Options {
     smallBytes,
     timeoutMs: timeoutS * 1000,
     tlsOnly: values.only === 'tls',
+    rssOnly: values.only === 'rss',
+    rssBytes: Math.round(rssMiB * MiB),
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
+    agentNodeOptions: String(values['agent-node-options']),
   };
 }
 
@@ -197,6 +224,7 @@ async function startSwarm(
   registry: Registry,
   teardown: Teardown,
   profileEnv: Record<string, string>,
+  agentEnv: Record<string, string>,
 ): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
   const tracker = await startTracker({ natsUrl });
   teardown.add('tracker', () => tracker.stop());
@@ -207,16 +235,17 @@ async function startSwarm(
   });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, profileEnv);
+  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, agentEnv);
   const stopAgent = once(() => agent.stop());
   teardown.add('agent a', stopAgent);
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
 }
 
-/** One agent taking the big image from another, with both agents' costs. */
+/** One agent taking the big image from another (or the seed server), with both sides' costs. */
 interface PeerPull {
   readonly measured: Measured;
   readonly fromPeers: number;
+  readonly fromSeed: number;
   readonly fromOrigin: number;
 }
 
@@ -235,9 +264,16 @@ interface Results {
   readonly ctr: CtrResults | undefined;
   /** Agent to agent over plain HTTP, then over TLS. */
   readonly peer: PeerPull;
+  /**
+   * With `--only tls`: the first agent taking the image from the seed server, with the same
+   * client, to compare receiving from a peer with receiving from the seed.
+   */
+  readonly seedPull: PeerPull | undefined;
   readonly peerTls: PeerPull;
   /** The first agent's largest resident set over the run (VmHWM), in bytes. */
   readonly agentPeakRss: number;
+  /** The memory run, with `--rss`. */
+  readonly rss: RssRun | undefined;
 }
 
 function perGiB(m: Measured, name: string, bytes: number): number {
@@ -309,9 +345,9 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
 }
 
 function peerReport(results: Results): string[] {
-  const { bigBytes, peer, peerTls } = results;
+  const { bigBytes, peer, peerTls, seedPull } = results;
   const figures = (pull: PeerPull) => ({
-    mbps: pull.fromPeers / 1e6 / pull.measured.seconds,
+    mbps: (pull.fromPeers + pull.fromSeed) / 1e6 / pull.measured.seconds,
     receiving: perGiB(pull.measured, 'receiver', bigBytes),
     serving: perGiB(pull.measured, 'sender', bigBytes),
   });
@@ -319,7 +355,7 @@ function peerReport(results: Results): string[] {
   const tls = figures(peerTls);
   const row = (label: string, pull: PeerPull, f: typeof plain): string[] => [
     label,
-    mib(pull.fromPeers),
+    mib(pull.fromPeers + pull.fromSeed),
     seconds(pull.measured.seconds),
     f.mbps.toFixed(0),
     f.receiving.toFixed(2),
@@ -327,18 +363,23 @@ function peerReport(results: Results): string[] {
     mib(pull.fromOrigin),
   ];
   return [
-    'agent to agent (loopback, seed server stopped, one agent holding the image):',
+    seedPull === undefined
+      ? 'agent to agent (loopback, seed server stopped, one agent holding the image):'
+      : 'agent to agent (loopback; first the first agent from the seed server, then with the seed server stopped, one agent holding the image):',
     table(
       [
         'pieces over',
-        'from peers',
+        'from peers/seed',
         'time',
         'MB/s',
         'receiving agent CPU s/GiB',
-        'serving agent CPU s/GiB',
+        'serving side CPU s/GiB',
         'from origin',
       ],
       [
+        ...(seedPull === undefined
+          ? []
+          : [row('plain HTTP, from the seed server', seedPull, figures(seedPull))]),
         row('plain HTTP', peer, plain),
         row('TLS (mutual, ECDSA P-256)', peerTls, tls),
         null,
@@ -365,6 +406,7 @@ function report(options: Options, results: Results): string {
     ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
     ...peerReport(results),
     `agent peak RSS over the run: ${mib(results.agentPeakRss)}`,
+    ...(results.rss === undefined ? [] : ['', ...rssReport(results.rss)]),
   ];
   return `${out.join('\n')}\n`;
 }
@@ -379,7 +421,7 @@ function pid(p: { process: { child: { pid?: number | undefined } } }): number {
 
 /** `receiver` takes `target` from the swarm through a plain HTTP client; `sender` is charged too. */
 async function peerPull(
-  sender: AgentProcess,
+  sender: ServiceProcess,
   receiver: AgentProcess,
   target: PullTarget,
   timeoutMs: number,
@@ -393,6 +435,7 @@ async function peerPull(
   return {
     measured,
     fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
+    fromSeed: metrics.get('shoal_agent_fetched_bytes_total', { source: 'seed' }),
     fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
   };
 }
@@ -403,7 +446,7 @@ async function startPeer(
   registry: Registry,
   peerId: string,
   pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
-  profileEnv: Record<string, string>,
+  env: Record<string, string>,
 ): Promise<AgentProcess> {
   return startAgent({
     registries: `${registry.host}=${registry.url}`,
@@ -411,7 +454,7 @@ async function startPeer(
     peerId,
     defaultRegistry: registry.host,
     ...(pieceTls === undefined ? {} : { pieceTls }),
-    env: { ...FAST_SWARM_ENV, ...profileEnv },
+    env: { ...FAST_SWARM_ENV, ...env },
   });
 }
 
@@ -430,20 +473,53 @@ async function main(): Promise<number> {
       `big-${run}`,
       options.layerSizes,
     );
-    const small = options.tlsOnly
-      ? undefined
-      : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
-          options.smallBytes,
-        ]);
+    const huge =
+      options.rssBytes === 0
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/huge', `huge-${run}`, [options.rssBytes]);
+    const small =
+      options.tlsOnly || options.rssOnly
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
+            options.smallBytes,
+          ]);
     interrupt.signal.throwIfAborted();
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
-    const { seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv);
+    const nodeOptions = [profileEnv.NODE_OPTIONS ?? '', options.agentNodeOptions].join(' ').trim();
+    const agentEnv = nodeOptions === '' ? profileEnv : { ...profileEnv, NODE_OPTIONS: nodeOptions };
+    const { seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv, agentEnv);
     const { timeoutMs } = options;
+    // The memory run: a fresh agent (the first one, with --only rss), so its VmHWM is this pull's.
+    const memoryRun = async (fresh: AgentProcess): Promise<RssRun | undefined> => {
+      const layer = huge?.target.blobs.at(-1);
+      if (huge === undefined || layer === undefined) {
+        return undefined;
+      }
+      progress(`memory: four clients stream one ${mib(layer.size)} blob through a fresh agent`);
+      return measureRss(
+        fresh,
+        pid(fresh),
+        pid(seed),
+        huge.target,
+        layer,
+        RSS_CLIENTS,
+        AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]),
+      );
+    };
+    if (options.rssOnly) {
+      const rss = await memoryRun(agent);
+      if (rss !== undefined) {
+        process.stdout.write(
+          `Shoal data-path benchmark: agent memory\n\n${rssReport(rss).join('\n')}\n`,
+        );
+      }
+      return 0;
+    }
     let ctr: CtrResults | undefined;
+    let seedPull: PeerPull | undefined;
     if (small === undefined) {
       progress('big image: the first agent takes it from the seed server');
-      const client = await prepareClient('http', agent.url, big.target, timeoutMs);
-      await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+      seedPull = await peerPull(seed, agent, big.target, timeoutMs, interrupt.signal);
     } else {
       const watched = { agent: pid(agent), seed: pid(seed), registry: pid(registry) };
       progress('big image: direct');
@@ -465,9 +541,18 @@ async function main(): Promise<number> {
       ctr = { direct: [direct1, direct2], cold, warm, smallDirect, smallCold };
     }
 
+    let rss: RssRun | undefined;
+    if (huge !== undefined) {
+      const agentM = await startPeer(nats.url, registry, 'agent-m', undefined, agentEnv);
+      const stopM = once(() => agentM.stop());
+      teardown.add('agent m', stopM);
+      rss = await memoryRun(agentM);
+      await stopM();
+    }
+
     progress('agent to agent: a second agent takes the big image from the first');
     await seed.stop();
-    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, profileEnv);
+    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, agentEnv);
     const stopB = once(() => agentB.stop());
     teardown.add('agent b', stopB);
     const peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
@@ -480,13 +565,13 @@ async function main(): Promise<number> {
     const ca = await makeTestCa('bench-datapath-ca');
     teardown.add('test CA', () => ca.remove());
     const pieceTls = { ca, verifyClients: true };
-    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, profileEnv);
+    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, agentEnv);
     teardown.add('agent c', () => agentC.stop());
     const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
     await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
     await stopB();
     await agent.stop();
-    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, profileEnv);
+    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, agentEnv);
     teardown.add('agent d', () => agentD.stop());
     const peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
 
@@ -495,8 +580,10 @@ async function main(): Promise<number> {
       smallBytes: small === undefined ? 0 : blobBytes(small.target),
       ctr,
       peer,
+      seedPull,
       peerTls,
       agentPeakRss,
+      rss,
     };
     process.stdout.write(report(options, results));
     return 0;
