@@ -55,6 +55,7 @@ export {
   FAST_SWARM_ENV,
   PREHEAT_CLI,
   serviceMain,
+  serviceNodeFlags,
   startAgent,
   startSeedServer,
   startTracker,

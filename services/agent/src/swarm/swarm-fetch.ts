@@ -75,8 +75,12 @@ const EARLY_WANT_GAP_MS = 50;
  * up to twice the concurrency of these per download (endgame copies).
  */
 const WHOLE_PIECE_BYTES = 4 * 1024 * 1024;
-/** Bytes per write when a larger piece is written as it arrives (before it verifies). */
-const STREAM_BLOCK_BYTES = 1024 * 1024;
+/**
+ * Bytes per write when a larger piece is written as it arrives (before it verifies). Each
+ * streaming request holds two of these (one being written while the next fills), so the
+ * concurrency's worth of them is most of a large blob's memory.
+ */
+const STREAM_BLOCK_BYTES = 512 * 1024;
 
 export interface SwarmFetchSettings {
   readonly concurrency: number;
