@@ -23,7 +23,7 @@
  *
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import {
@@ -64,6 +64,8 @@ import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
+/** Clock ticks per second of /proc/PID/task/TID/stat times (USER_HZ; 100 on Linux). */
+const TICKS_PER_SECOND = 100;
 /** Clients streaming the blob of the memory run at once (the issue's goal: four). */
 const RSS_CLIENTS = 4;
 
@@ -153,25 +155,39 @@ type Watched = Readonly<Record<string, number>>;
 interface Measured {
   readonly seconds: number;
   readonly costs: Readonly<Record<string, ProcCost>>;
+  /**
+   * Of each process's CPU seconds, those of its main thread (JavaScript, and the socket reads
+   * and writes Node makes there); the rest is the thread pool's file I/O and V8's GC helpers.
+   */
+  readonly mainCpu: Readonly<Record<string, number>>;
+}
+
+/** CPU seconds (utime + stime) of a process's main thread so far, from /proc/PID/task/PID/stat. */
+async function mainThreadCpu(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${String(pid)}/task/${String(pid)}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
 /** Runs `pull`, sampling the watched processes just before and just after it. */
 async function measure(watched: Watched, pull: () => Promise<void>): Promise<Measured> {
-  const before = new Map<string, ProcCost>();
+  const before = new Map<string, { cost: ProcCost; main: number }>();
   for (const [name, pid] of Object.entries(watched)) {
-    before.set(name, await readProcCost(pid));
+    before.set(name, { cost: await readProcCost(pid), main: await mainThreadCpu(pid) });
   }
   const started = performance.now();
   await pull();
   const elapsed = (performance.now() - started) / 1000;
   const costs: Record<string, ProcCost> = {};
+  const mainCpu: Record<string, number> = {};
   for (const [name, pid] of Object.entries(watched)) {
     const first = before.get(name);
     if (first !== undefined) {
-      costs[name] = procCostBetween(first, await readProcCost(pid));
+      costs[name] = procCostBetween(first.cost, await readProcCost(pid));
+      mainCpu[name] = (await mainThreadCpu(pid)) - first.main;
     }
   }
-  return { seconds: elapsed, costs };
+  return { seconds: elapsed, costs, mainCpu };
 }
 
 /** A fresh containerd pulling `target` straight from the registry (`mirrorUrl` undefined) or through an agent. */
@@ -349,6 +365,7 @@ function peerReport(results: Results): string[] {
   const figures = (pull: PeerPull) => ({
     mbps: (pull.fromPeers + pull.fromSeed) / 1e6 / pull.measured.seconds,
     receiving: perGiB(pull.measured, 'receiver', bigBytes),
+    receivingMain: (pull.measured.mainCpu.receiver ?? Number.NaN) / (bigBytes / GiB),
     serving: perGiB(pull.measured, 'sender', bigBytes),
   });
   const plain = figures(peer);
@@ -359,6 +376,7 @@ function peerReport(results: Results): string[] {
     seconds(pull.measured.seconds),
     f.mbps.toFixed(0),
     f.receiving.toFixed(2),
+    f.receivingMain.toFixed(2),
     f.serving.toFixed(2),
     mib(pull.fromOrigin),
   ];
@@ -373,6 +391,7 @@ function peerReport(results: Results): string[] {
         'time',
         'MB/s',
         'receiving agent CPU s/GiB',
+        'of it main thread',
         'serving side CPU s/GiB',
         'from origin',
       ],
@@ -389,6 +408,7 @@ function peerReport(results: Results): string[] {
           ratio(peerTls.measured.seconds / peer.measured.seconds),
           ratio(tls.mbps / plain.mbps),
           ratio(tls.receiving / plain.receiving),
+          ratio(tls.receivingMain / plain.receivingMain),
           ratio(tls.serving / plain.serving),
           '',
         ],
