@@ -61,12 +61,12 @@ export interface RssRun {
   readonly largest: MemorySample;
 }
 
-/** Reads one `Vm...:  N kB` line of /proc/PID/status, in bytes. */
-async function vm(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
+/** The process's resident set now (VmRSS of /proc/PID/status), in bytes. */
+async function residentBytes(pid: number): Promise<number> {
   const status = await readFile(`/proc/${String(pid)}/status`, 'utf8');
-  const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status);
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(status);
   if (match?.[1] === undefined) {
-    throw new Error(`no ${field} in /proc/${String(pid)}/status`);
+    throw new Error(`no VmRSS in /proc/${String(pid)}/status`);
   }
   return Number(match[1]) * 1024;
 }
@@ -75,7 +75,7 @@ async function vm(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
 async function sample(agent: AgentProcess, pid: number): Promise<MemorySample> {
   const metrics = await scrapeMetrics(agent.url);
   return {
-    rss: await vm(pid, 'VmRSS'),
+    rss: await residentBytes(pid),
     heapUsed: metrics.get('nodejs_heap_size_used_bytes'),
     heapTotal: metrics.get('nodejs_heap_size_total_bytes'),
     newSpace: metrics.get('nodejs_heap_space_size_total_bytes', { space: 'new' }),
@@ -138,7 +138,7 @@ export async function measureRss(
     agent: procCostBetween(agentBefore, await readProcCost(agentPid)),
     seed: procCostBetween(seedBefore, await readProcCost(seedPid)),
     idle,
-    peakRss: await vm(agentPid, 'VmHWM'),
+    peakRss: await agent.peakRssBytes(),
     atPeak,
     largest,
   };

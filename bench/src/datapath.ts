@@ -263,6 +263,8 @@ interface PeerPull {
   readonly fromPeers: number;
   readonly fromSeed: number;
   readonly fromOrigin: number;
+  /** Piece requests of the receiving agent that failed (not a 429), e.g. to a source that is gone. */
+  readonly failedRequests: number;
 }
 
 /** The pulls through containerd (left out with `--only tls`). */
@@ -378,6 +380,7 @@ function peerReport(results: Results): string[] {
     f.receiving.toFixed(2),
     f.receivingMain.toFixed(2),
     f.serving.toFixed(2),
+    String(pull.failedRequests),
     mib(pull.fromOrigin),
   ];
   return [
@@ -393,6 +396,7 @@ function peerReport(results: Results): string[] {
         'receiving agent CPU s/GiB',
         'of it main thread',
         'serving side CPU s/GiB',
+        'failed requests',
         'from origin',
       ],
       [
@@ -410,6 +414,7 @@ function peerReport(results: Results): string[] {
           ratio(tls.receiving / plain.receiving),
           ratio(tls.receivingMain / plain.receivingMain),
           ratio(tls.serving / plain.serving),
+          '',
           '',
         ],
       ],
@@ -456,6 +461,7 @@ async function peerPull(
     measured,
     fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
     fromSeed: metrics.get('shoal_agent_fetched_bytes_total', { source: 'seed' }),
+    failedRequests: metrics.get('shoal_agent_pieces_total', { result: 'failed' }),
     fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
   };
 }
