@@ -14,7 +14,10 @@
  * the run) takes the image from the first two, they stop, and a fourth agent takes it from the
  * third over HTTPS; the two agent-to-agent pulls are printed side by side, as ratios. With
  * `--only tls` the pulls through containerd are skipped (the first agent takes the image from
- * the seed server with a plain HTTP client) and only that comparison runs. CPU seconds come
+ * the seed server with a plain HTTP client) and only that comparison runs. With `--rss MiB`,
+ * four clients also stream one blob of that size at once through a fresh agent, cold, while
+ * its memory is watched (datapath-rss.ts); `--only rss` runs just that, 4 GiB by default.
+ * CPU seconds come
  * from /proc/PID/stat (utime + stime) and disk bytes from /proc/PID/io (write_bytes,
  * read_bytes), sampled just before and just after each pull.
  *
@@ -61,21 +64,30 @@ import {
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
+import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-/** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
+/** Clients streaming the blob of the memory run at once (the issue's goal: four). */
+const RSS_CLIENTS = 4;
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
-                                     [--only tls|cold] [--cpu-prof-dir DIR] [--seed-main FILE]
+                                     [--only tls|cold|rss] [--rss MiB] [--cpu-prof-dir DIR]
+                                     [--seed-main FILE] [--agent-node-options OPTIONS]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB         size of the small single-layer image (default 10)
   --timeout-s S       longest a pull may take (default 600)
+  --rss MiB           also stream one blob of this size with four clients through a fresh
+                      agent, watching its memory (default: not run; 4096 with --only rss)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
   --only cold         only the big image, direct then through Shoal cold (the seed's figures)
+  --only rss          only the memory run of --rss
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
   --seed-main FILE    run this seed server build (its dist/src/main.js) instead of this checkout's
+  --agent-node-options OPTIONS
+                      more NODE_OPTIONS for the agents, to try Node or V8 flags against
+                      those the agent is started with
 `;
 
 interface Options {
@@ -86,10 +98,16 @@ interface Options {
   readonly tlsOnly: boolean;
   /** Only the big image direct and cold (what the seed server costs). */
   readonly coldOnly: boolean;
+  /** Only the memory run. */
+  readonly rssOnly: boolean;
+  /** Size of the blob of the memory run, in bytes; 0: no memory run. */
+  readonly rssBytes: number;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
   readonly cpuProfDir: string | undefined;
   /** Another build of the seed server to run (its main.js); this checkout's when undefined. */
   readonly seedMain: string | undefined;
+  /** More NODE_OPTIONS for the agents ('' for none). */
+  readonly agentNodeOptions: string;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -98,8 +116,10 @@ function parseOptions(argv: readonly string[]): Options {
     small: { type: 'string', default: '10' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
+    rss: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
     'seed-main': { type: 'string' },
+    'agent-node-options': { type: 'string', default: '' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -116,8 +136,12 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
-  if (values.only !== undefined && values.only !== 'tls' && values.only !== 'cold') {
-    problems.push('--only takes tls or cold');
+  if (values.only !== undefined && !['tls', 'cold', 'rss'].includes(String(values.only))) {
+    problems.push('--only takes tls, cold or rss');
+  }
+  const rssMiB = Number(values.rss ?? (values.only === 'rss' ? 4096 : 0));
+  if (!Number.isFinite(rssMiB) || rssMiB < 0) {
+    problems.push('--rss takes a size in MiB');
   }
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
@@ -128,8 +152,11 @@ function parseOptions(argv: readonly string[]): Options {
     timeoutMs: timeoutS * 1000,
     tlsOnly: values.only === 'tls',
     coldOnly: values.only === 'cold',
+    rssOnly: values.only === 'rss',
+    rssBytes: Math.round(rssMiB * MiB),
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     seedMain: typeof seedMain === 'string' ? resolve(seedMain) : undefined,
+    agentNodeOptions: String(values['agent-node-options']),
   };
 }
 
@@ -140,6 +167,11 @@ type Watched = Readonly<Record<string, number>>;
 interface Measured {
   readonly seconds: number;
   readonly costs: Readonly<Record<string, ProcCost>>;
+  /**
+   * Of each process's CPU seconds, those of its main thread (JavaScript, and the socket reads
+   * and writes Node makes there); the rest is the thread pool's file I/O and V8's GC helpers.
+   */
+  readonly mainCpu: Readonly<Record<string, number>>;
   /** The seed server's own figures, when it was watched in detail. */
   readonly seed?: SeedDetail;
 }
@@ -184,9 +216,12 @@ async function measure(
 ): Promise<Measured> {
   // Metrics are scraped outside the CPU window, so the scrapes are not charged to the pull.
   const seedBefore = seed === undefined ? undefined : await sampleSeed(seed, 'metrics first');
-  const before = new Map<string, ProcCost>();
+  const before = new Map<string, { cost: ProcCost; main: number }>();
   for (const [name, pid] of Object.entries(watched)) {
-    before.set(name, await readProcCost(pid));
+    before.set(name, {
+      cost: await readProcCost(pid),
+      main: (await readThreadCpu(pid)).mainSeconds,
+    });
   }
   const started = performance.now();
   await pull();
@@ -199,16 +234,19 @@ async function measure(
     );
   }
   const costs: Record<string, ProcCost> = {};
+  const mainCpu: Record<string, number> = {};
   for (const [name, pid] of Object.entries(watched)) {
     const first = before.get(name);
     if (first !== undefined) {
-      costs[name] = procCostBetween(first, await readProcCost(pid));
+      costs[name] = procCostBetween(first.cost, await readProcCost(pid));
+      mainCpu[name] = (await readThreadCpu(pid)).mainSeconds - first.main;
     }
   }
   const seedAfter = seed === undefined ? undefined : await sampleSeed(seed, 'threads first');
   return {
     seconds: elapsed,
     costs,
+    mainCpu,
     ...(seedBefore === undefined || seedAfter === undefined
       ? {}
       : { seed: seedDetail(seedBefore, seedAfter) }),
@@ -313,6 +351,7 @@ async function startSwarm(
   registry: Registry,
   teardown: Teardown,
   profileEnv: Record<string, string>,
+  agentEnv: Record<string, string>,
   seedMain: string | undefined,
 ): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
   const tracker = await startTracker({ natsUrl });
@@ -325,17 +364,20 @@ async function startSwarm(
   });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, profileEnv);
+  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, agentEnv);
   const stopAgent = once(() => agent.stop());
   teardown.add('agent a', stopAgent);
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
 }
 
-/** One agent taking the big image from another, with both agents' costs. */
+/** One agent taking the big image from another (or the seed server), with both sides' costs. */
 interface PeerPull {
   readonly measured: Measured;
   readonly fromPeers: number;
+  readonly fromSeed: number;
   readonly fromOrigin: number;
+  /** Piece requests of the receiving agent that failed (not a 429), e.g. to a source that is gone. */
+  readonly failedRequests: number;
 }
 
 /** The pulls through containerd (left out with `--only tls`; only the big ones with `--only cold`). */
@@ -352,8 +394,15 @@ interface Results {
   readonly ctr: CtrResults | undefined;
   /** Agent to agent over plain HTTP, then over TLS (left out with `--only cold`). */
   readonly peers: { readonly plain: PeerPull; readonly tls: PeerPull } | undefined;
+  /**
+   * With `--only tls`: the first agent taking the image from the seed server, with the same
+   * client, to compare receiving from a peer with receiving from the seed.
+   */
+  readonly seedPull: PeerPull | undefined;
   /** The first agent's largest resident set over the run (VmHWM), in bytes. */
   readonly agentPeakRss: number;
+  /** The memory run, with `--rss`. */
+  readonly rss: RssRun | undefined;
 }
 
 function perGiB(m: Measured, name: string, bytes: number): number {
@@ -460,36 +509,51 @@ function seedReport(cold: Measured, bytes: number): string[] {
   ];
 }
 
-function peerReport(bigBytes: number, peer: PeerPull, peerTls: PeerPull): string[] {
+function peerReport(
+  bigBytes: number,
+  peer: PeerPull,
+  peerTls: PeerPull,
+  seedPull: PeerPull | undefined,
+): string[] {
   const figures = (pull: PeerPull) => ({
-    mbps: pull.fromPeers / 1e6 / pull.measured.seconds,
+    mbps: (pull.fromPeers + pull.fromSeed) / 1e6 / pull.measured.seconds,
     receiving: perGiB(pull.measured, 'receiver', bigBytes),
+    receivingMain: (pull.measured.mainCpu.receiver ?? Number.NaN) / (bigBytes / GiB),
     serving: perGiB(pull.measured, 'sender', bigBytes),
   });
   const plain = figures(peer);
   const tls = figures(peerTls);
   const row = (label: string, pull: PeerPull, f: typeof plain): string[] => [
     label,
-    mib(pull.fromPeers),
+    mib(pull.fromPeers + pull.fromSeed),
     seconds(pull.measured.seconds),
     f.mbps.toFixed(0),
     f.receiving.toFixed(2),
+    f.receivingMain.toFixed(2),
     f.serving.toFixed(2),
+    String(pull.failedRequests),
     mib(pull.fromOrigin),
   ];
   return [
-    'agent to agent (loopback, seed server stopped, one agent holding the image):',
+    seedPull === undefined
+      ? 'agent to agent (loopback, seed server stopped, one agent holding the image):'
+      : 'agent to agent (loopback; first the first agent from the seed server, then with the seed server stopped, one agent holding the image):',
     table(
       [
         'pieces over',
-        'from peers',
+        'from peers/seed',
         'time',
         'MB/s',
         'receiving agent CPU s/GiB',
-        'serving agent CPU s/GiB',
+        'of it main thread',
+        'serving side CPU s/GiB',
+        'failed requests',
         'from origin',
       ],
       [
+        ...(seedPull === undefined
+          ? []
+          : [row('plain HTTP, from the seed server', seedPull, figures(seedPull))]),
         row('plain HTTP', peer, plain),
         row('TLS (mutual, ECDSA P-256)', peerTls, tls),
         null,
@@ -499,7 +563,9 @@ function peerReport(bigBytes: number, peer: PeerPull, peerTls: PeerPull): string
           ratio(peerTls.measured.seconds / peer.measured.seconds),
           ratio(tls.mbps / plain.mbps),
           ratio(tls.receiving / plain.receiving),
+          ratio(tls.receivingMain / plain.receivingMain),
           ratio(tls.serving / plain.serving),
+          '',
           '',
         ],
       ],
@@ -516,8 +582,9 @@ function report(options: Options, results: Results): string {
     ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
     ...(results.peers === undefined
       ? []
-      : peerReport(results.bigBytes, results.peers.plain, results.peers.tls)),
+      : peerReport(results.bigBytes, results.peers.plain, results.peers.tls, results.seedPull)),
     `agent peak RSS over the run: ${mib(results.agentPeakRss)}`,
+    ...(results.rss === undefined ? [] : ['', ...rssReport(results.rss)]),
   ];
   return `${out.join('\n')}\n`;
 }
@@ -532,7 +599,7 @@ function pid(p: { process: { child: { pid?: number | undefined } } }): number {
 
 /** `receiver` takes `target` from the swarm through a plain HTTP client; `sender` is charged too. */
 async function peerPull(
-  sender: AgentProcess,
+  sender: ServiceProcess,
   receiver: AgentProcess,
   target: PullTarget,
   timeoutMs: number,
@@ -546,6 +613,8 @@ async function peerPull(
   return {
     measured,
     fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
+    fromSeed: metrics.get('shoal_agent_fetched_bytes_total', { source: 'seed' }),
+    failedRequests: metrics.get('shoal_agent_pieces_total', { result: 'failed' }),
     fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
   };
 }
@@ -556,7 +625,7 @@ async function startPeer(
   registry: Registry,
   peerId: string,
   pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
-  profileEnv: Record<string, string>,
+  env: Record<string, string>,
 ): Promise<AgentProcess> {
   return startAgent({
     registries: `${registry.host}=${registry.url}`,
@@ -564,7 +633,7 @@ async function startPeer(
     peerId,
     defaultRegistry: registry.host,
     ...(pieceTls === undefined ? {} : { pieceTls }),
-    env: { ...FAST_SWARM_ENV, ...profileEnv },
+    env: { ...FAST_SWARM_ENV, ...env },
   });
 }
 
@@ -583,27 +652,60 @@ async function main(): Promise<number> {
       `big-${run}`,
       options.layerSizes,
     );
+    const huge =
+      options.rssBytes === 0
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/huge', `huge-${run}`, [options.rssBytes]);
     const small =
-      options.tlsOnly || options.coldOnly
+      options.tlsOnly || options.coldOnly || options.rssOnly
         ? undefined
         : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
             options.smallBytes,
           ]);
     interrupt.signal.throwIfAborted();
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
+    const nodeOptions = [profileEnv.NODE_OPTIONS ?? '', options.agentNodeOptions].join(' ').trim();
+    const agentEnv = nodeOptions === '' ? profileEnv : { ...profileEnv, NODE_OPTIONS: nodeOptions };
     const { seed, agent } = await startSwarm(
       nats.url,
       registry,
       teardown,
       profileEnv,
+      agentEnv,
       options.seedMain,
     );
     const { timeoutMs } = options;
+    // The memory run: a fresh agent (the first one, with --only rss), so its VmHWM is this pull's.
+    const memoryRun = async (fresh: AgentProcess): Promise<RssRun | undefined> => {
+      const layer = huge?.target.blobs.at(-1);
+      if (huge === undefined || layer === undefined) {
+        return undefined;
+      }
+      progress(`memory: four clients stream one ${mib(layer.size)} blob through a fresh agent`);
+      return measureRss(
+        fresh,
+        pid(fresh),
+        pid(seed),
+        huge.target,
+        layer,
+        RSS_CLIENTS,
+        AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]),
+      );
+    };
+    if (options.rssOnly) {
+      const rss = await memoryRun(agent);
+      if (rss !== undefined) {
+        process.stdout.write(
+          `Shoal data-path benchmark: agent memory\n\n${rssReport(rss).join('\n')}\n`,
+        );
+      }
+      return 0;
+    }
     let ctr: CtrResults | undefined;
+    let seedPull: PeerPull | undefined;
     if (options.tlsOnly) {
       progress('big image: the first agent takes it from the seed server');
-      const client = await prepareClient('http', agent.url, big.target, timeoutMs);
-      await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+      seedPull = await peerPull(seed, agent, big.target, timeoutMs, interrupt.signal);
     } else {
       const watched = { agent: pid(agent), seed: pid(seed), registry: pid(registry) };
       progress('big image: direct');
@@ -639,9 +741,18 @@ async function main(): Promise<number> {
       agentPeakRss = await agent.peakRssBytes();
     } else {
       ({ peers, agentPeakRss } = await agentToAgent(
-        { natsUrl: nats.url, registry, agent, seed, target: big.target, profileEnv },
+        { natsUrl: nats.url, registry, agent, seed, target: big.target, agentEnv },
         { teardown, timeoutMs, signal: interrupt.signal },
       ));
+    }
+
+    let rss: RssRun | undefined;
+    if (huge !== undefined) {
+      const agentM = await startPeer(nats.url, registry, 'agent-m', undefined, agentEnv);
+      const stopM = once(() => agentM.stop());
+      teardown.add('agent m', stopM);
+      rss = await memoryRun(agentM);
+      await stopM();
     }
 
     const results: Results = {
@@ -649,7 +760,9 @@ async function main(): Promise<number> {
       smallBytes: small === undefined ? 0 : blobBytes(small.target),
       ctr,
       peers,
+      seedPull,
       agentPeakRss,
+      rss,
     };
     process.stdout.write(report(options, results));
     return 0;
@@ -672,15 +785,15 @@ async function agentToAgent(
     readonly agent: AgentProcess;
     readonly seed: ServiceProcess;
     readonly target: PullTarget;
-    readonly profileEnv: Record<string, string>;
+    readonly agentEnv: Record<string, string>;
   },
   run: { readonly teardown: Teardown; readonly timeoutMs: number; readonly signal: AbortSignal },
 ): Promise<{ peers: NonNullable<Results['peers']>; agentPeakRss: number }> {
-  const { natsUrl, registry, agent, seed, target, profileEnv } = swarm;
+  const { natsUrl, registry, agent, seed, target, agentEnv } = swarm;
   const { teardown, timeoutMs, signal } = run;
   progress('agent to agent: a second agent takes the big image from the first');
   await seed.stop();
-  const agentB = await startPeer(natsUrl, registry, 'agent-b', undefined, profileEnv);
+  const agentB = await startPeer(natsUrl, registry, 'agent-b', undefined, agentEnv);
   const stopB = once(() => agentB.stop());
   teardown.add('agent b', stopB);
   const plain = await peerPull(agent, agentB, target, timeoutMs, signal);
@@ -691,13 +804,13 @@ async function agentToAgent(
   const ca = await makeTestCa('bench-datapath-ca');
   teardown.add('test CA', () => ca.remove());
   const pieceTls = { ca, verifyClients: true };
-  const agentC = await startPeer(natsUrl, registry, 'agent-c', pieceTls, profileEnv);
+  const agentC = await startPeer(natsUrl, registry, 'agent-c', pieceTls, agentEnv);
   teardown.add('agent c', () => agentC.stop());
   const warmUp = await prepareClient('http', agentC.url, target, timeoutMs);
   await warmUp.pull(AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
   await stopB();
   await agent.stop();
-  const agentD = await startPeer(natsUrl, registry, 'agent-d', pieceTls, profileEnv);
+  const agentD = await startPeer(natsUrl, registry, 'agent-d', pieceTls, agentEnv);
   teardown.add('agent d', () => agentD.stop());
   const tls = await peerPull(agentC, agentD, target, timeoutMs, signal);
   return { peers: { plain, tls }, agentPeakRss };

@@ -61,6 +61,7 @@ export {
   FAST_SWARM_ENV,
   PREHEAT_CLI,
   serviceMain,
+  serviceNodeFlags,
   startAgent,
   startSeedServer,
   startTracker,

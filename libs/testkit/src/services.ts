@@ -29,6 +29,17 @@ export function serviceMain(service: ShoalService): string {
 
 type ShoalService = 'agent' | 'tracker' | 'seedserver' | 'watcher';
 
+/**
+ * The Node flags a service's entry point names on its `#!/usr/bin/env -S node ...` line (the
+ * agent's memory settings), so that services run here as they run in production.
+ */
+export async function serviceNodeFlags(service: ShoalService): Promise<string[]> {
+  const source = await readFile(serviceMain(service), 'utf8');
+  const first = source.slice(0, source.indexOf('\n'));
+  const match = /^#!\/usr\/bin\/env -S node( .*)?$/.exec(first);
+  return match?.[1]?.trim().split(/\s+/) ?? [];
+}
+
 /** The built `shoal-preheat` command line. */
 export const PREHEAT_CLI = fileURLToPath(
   new URL('../../../../services/watcher/dist/src/cli.js', import.meta.url),
@@ -103,7 +114,8 @@ async function startService(
   ca?: Buffer,
   main: string = serviceMain(service),
 ): Promise<ServiceProcess> {
-  const proc = startProcess(process.execPath, [main], {
+  const argv = [...(await serviceNodeFlags(service)), main];
+  const proc = startProcess(process.execPath, argv, {
     logPath: join(dir.path, `${service}.log`),
     env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
     ...(placement.netns === undefined ? {} : { netns: placement.netns }),

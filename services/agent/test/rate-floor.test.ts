@@ -154,3 +154,32 @@ describe('PieceClient against a slow server', () => {
     }
   });
 });
+
+describe('PieceClient against a source that is gone', () => {
+  it('says the source is unreachable when nothing listens at its address', async () => {
+    // A port that was just free: a stopped peer or seed server the tracker still names.
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    await new Promise((resolve) => server.close(resolve));
+    const client = new PieceClient({ idleTimeoutMs: 1000, minRateBytes: 0 });
+    try {
+      await assert.rejects(
+        client.fetch(
+          `http://127.0.0.1:${port}`,
+          `sha256:${'b'.repeat(64)}`,
+          0,
+          1024,
+          AbortSignal.timeout(5_000),
+        ),
+        (error: unknown) =>
+          error instanceof PieceFetchError &&
+          error.code === 'PIECE_UNREACHABLE' &&
+          error.cause instanceof Error &&
+          (error.cause as NodeJS.ErrnoException).code === 'ECONNREFUSED',
+      );
+    } finally {
+      client.close();
+    }
+  });
+});

@@ -9,7 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { makeTempDir, requireBinary, run } from '@shoal/testkit';
+import { makeTempDir, requireBinary, run, serviceNodeFlags } from '@shoal/testkit';
 import { parse } from 'yaml';
 
 import { definedMetrics, podSpec, renderOverlay, REPO_ROOT } from '../src/deploy.js';
@@ -17,6 +17,7 @@ import { definedMetrics, podSpec, renderOverlay, REPO_ROOT } from '../src/deploy
 interface ComposeService {
   readonly image?: string;
   readonly build?: unknown;
+  readonly command?: string[];
   readonly environment?: Record<string, string | null>;
   readonly ports?: ({ published?: number | string; target?: number } | string)[];
 }
@@ -135,6 +136,19 @@ describe('deploy/compose', () => {
     ]) {
       assert.ok(services[name] !== undefined, `no service ${name}`);
     }
+  });
+
+  it("starts the agents, and the image by default, with the Node flags of the agent's main.js", async () => {
+    const flags = await serviceNodeFlags('agent');
+    assert.ok(flags.length > 0, 'the agent names its memory settings on its first line');
+    const main = 'services/agent/dist/src/main.js';
+    for (const name of ['agent-1', 'agent-2']) {
+      assert.deepEqual(services[name]?.command, [...flags, main], name);
+    }
+    const dockerfile = await readFile(join(REPO_ROOT, 'deploy', 'Dockerfile'), 'utf8');
+    const cmd = /^CMD (\[.*\])$/m.exec(dockerfile)?.[1];
+    assert.ok(cmd !== undefined, 'deploy/Dockerfile has no CMD');
+    assert.deepEqual(JSON.parse(cmd), [...flags, main]);
   });
 
   it('pins every image to a tag other than latest', () => {

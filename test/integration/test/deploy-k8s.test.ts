@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 
+import { serviceNodeFlags } from '@shoal/testkit';
+
 import {
   at,
   envValue,
@@ -140,13 +142,16 @@ describe('deploy/k8s overlays', () => {
         }
       });
 
-      it('runs the services from the one image, each with its own NATS user', () => {
+      it('runs the services from the one image, each with its own NATS user', async () => {
         for (const container of shoalContainers(overlay(name))) {
+          const args = container.args ?? [];
           const main = /^services\/(agent|tracker|seedserver|watcher)\/dist\/src\/main\.js$/.exec(
-            container.args?.[0] ?? '',
+            args.at(-1) ?? '',
           );
-          assert.ok(main !== null, `${container.name}: ${container.args?.join(' ')}`);
-          const service = main[1] ?? '';
+          assert.ok(main !== null, `${container.name}: ${args.join(' ')}`);
+          const service = main[1] as 'agent' | 'tracker' | 'seedserver' | 'watcher';
+          // Node flags before the script: those its main.js names (the agent's memory settings).
+          assert.deepEqual(args.slice(0, -1), await serviceNodeFlags(service), container.name);
           assert.match(
             envValue(container, 'SHOAL_NATS_URL') ?? '',
             new RegExp(`^nats://${service}:\\$\\(NATS_PASSWORD\\)@`),

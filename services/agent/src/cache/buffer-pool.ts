@@ -8,6 +8,8 @@ export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
   readonly #maxBytes: number;
   #bytes = 0;
+  /** A buffer was taken since the last `trimIdle`. */
+  #used = false;
 
   /** Keeps at most `maxBytes` of free buffers; more are left to the collector. */
   constructor(maxBytes: number) {
@@ -21,6 +23,7 @@ export class BufferPool {
 
   /** A buffer of exactly `size` bytes, with arbitrary content. */
   take(size: number): Buffer {
+    this.#used = true;
     const buffer = this.#free.get(size)?.pop();
     if (buffer === undefined) {
       // Not from Node's shared small-buffer slab: a buffer of its own, so it can come back.
@@ -28,6 +31,23 @@ export class BufferPool {
     }
     this.#bytes -= size;
     return buffer;
+  }
+
+  /**
+   * Lets go of free buffers past `bytes` when none was taken since the previous call: a pool
+   * large enough for a burst of downloads does not keep that memory while the agent is idle.
+   * Call it on a timer.
+   */
+  trimIdle(bytes: number): void {
+    if (this.#used) {
+      this.#used = false;
+      return;
+    }
+    for (const [size, list] of this.#free) {
+      while (this.#bytes > bytes && list.pop() !== undefined) {
+        this.#bytes -= size;
+      }
+    }
   }
 
   /** Returns a buffer from `take`; the caller must not touch it afterwards. */

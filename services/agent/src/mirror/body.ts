@@ -11,10 +11,12 @@ import type { ByteCursor } from '../cache/download.js';
 /** Two: one on its way to the socket while the next is read. */
 const POOL_BUFFERS = 2;
 /**
- * One read (or copy of bytes in flight) per MiB: each read is a thread-pool round trip, which
- * costs the same for 64 KiB as for 1 MiB.
+ * One read (or copy of bytes in flight) per 512 KiB: each read is a thread-pool round trip,
+ * which costs the same for 64 KiB as for 1 MiB, so reads are large; and a response holds two
+ * of these, so they are not larger: four clients streaming at once cost 4 MiB of the agent's
+ * 100 MiB memory budget, not 8.
  */
-const BUFFER_BYTES = 1024 * 1024;
+const BUFFER_BYTES = 512 * 1024;
 
 /**
  * Writes `status`, the headers set on `reply`, and the cursor's bytes, then ends the response.

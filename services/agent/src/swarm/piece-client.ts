@@ -6,9 +6,21 @@ import { RawHttpClient, type RawTlsOptions } from '@shoal/runtime/raw-http';
 import { RateFloor, watchRateFloor } from './rate-floor.js';
 
 export class PieceFetchError extends ShoalError<
-  'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED'
+  'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED' | 'PIECE_UNREACHABLE'
 > {
   override readonly name = 'PieceFetchError';
+}
+
+/**
+ * Connection errors that say nothing listens at the source's address (a peer or seed server
+ * that stopped, though the tracker may name it for a while yet), rather than that one request
+ * went wrong.
+ */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+function unreachable(error: unknown): boolean {
+  const code: unknown = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
+  return typeof code === 'string' && UNREACHABLE_CODES.has(code);
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -171,7 +183,13 @@ export class PieceClient {
         },
       },
     );
-    await exchange.finally(stopWatching);
+    await exchange.finally(stopWatching).catch((error: unknown) => {
+      throw unreachable(error)
+        ? new PieceFetchError('PIECE_UNREACHABLE', 503, `${url.host} refuses connections`, {
+            cause: error,
+          })
+        : error;
+    });
     if (received !== length) {
       throw new PieceFetchError(
         'PIECE_LENGTH',

@@ -55,6 +55,13 @@ const ENDGAME_LATE_MIN_MS = 1000;
 const MAX_PEER_FAILURES = 3;
 /** How long a peer that sent a bad piece is kept out of every download, in ms. */
 const BAD_PIECE_PENALTY_MS = 10 * 60_000;
+/**
+ * How long a peer or seed that refuses connections (it stopped; the tracker names it until it
+ * notices) is left alone by every download, in ms. Short, so that one restarting is back soon;
+ * without it each hand-out made every download try it again, a few refused connections per
+ * piece received while the seed server was down.
+ */
+const UNREACHABLE_PENALTY_MS = 2000;
 /** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms. */
@@ -75,8 +82,12 @@ const EARLY_WANT_GAP_MS = 50;
  * up to twice the concurrency of these per download (endgame copies).
  */
 const WHOLE_PIECE_BYTES = 4 * 1024 * 1024;
-/** Bytes per write when a larger piece is written as it arrives (before it verifies). */
-const STREAM_BLOCK_BYTES = 1024 * 1024;
+/**
+ * Bytes per write when a larger piece is written as it arrives (before it verifies). Each
+ * streaming request holds two of these (one being written while the next fills), so the
+ * concurrency's worth of them is most of a large blob's memory.
+ */
+const STREAM_BLOCK_BYTES = 512 * 1024;
 
 export interface SwarmFetchSettings {
   readonly concurrency: number;
@@ -554,6 +565,9 @@ export class SwarmFetch {
         }
         metrics.pieces.inc({ source, result: 'deferred' });
       } else if (!signal.aborted && this.download.state === 'running') {
+        if (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE') {
+          this.#deps.client.penalize(peer.info.id, UNREACHABLE_PENALTY_MS);
+        }
         peer.failures += 1;
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(
