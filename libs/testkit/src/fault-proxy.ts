@@ -173,7 +173,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     }
     if (current?.kind === 'slow') {
       counts.slowed += 1;
-      setTimeout(() => forward(req, res), current.delayMs);
+      const timer = setTimeout(() => forward(req, res), current.delayMs);
+      // A client gone before the delay is over is never forwarded.
+      res.once('close', () => clearTimeout(timer));
       return;
     }
     forward(req, res);
