@@ -20,7 +20,9 @@
  * - retries: blob requests asked again after a failure or a cut;
  * - cache: for a restarted agent, whether its cache is consistent (every cached blob matches
  *   its digest, no temporary file left);
- * - time: until every agent is done, and against the baseline.
+ * - time: until every agent is done, and against the baseline;
+ * - origin ÷ image: bytes the registry served (through the fault proxy) over the image's bytes:
+ *   about 1 when the cluster read each blob from the origin once.
  *
  *   node bench/dist/src/faults.js [--agents 4] [--layers 64,16,1] [--faults a,b,...]
  *                                 [--rng-seed N] [--timeout-s 300] [--window-s 5]
@@ -176,6 +178,18 @@ const SETUP_FAULTS: ReadonlySet<Fault> = new Set<Fault>([
   'slow-peer',
   'slow-peer-link',
 ]);
+
+/** The `-ack30s` rows: the setting each puts back to the 30 s it was before the fix. */
+const OLD_ACK_WAITS: Partial<Record<Fault, string>> = {
+  'kill-seed-server-early-ack30s': 'SHOAL_SEED_REQUEST_ACK_WAIT_MS',
+  'kill-watcher-mid-preheat-ack30s': 'SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS',
+};
+
+/** For a service whose settings start with `prefix`: its old ack wait, if `fault` wants it. */
+function oldAckWait(fault: Fault, prefix: string): Record<string, string> {
+  const name = OLD_ACK_WAITS[fault];
+  return name?.startsWith(prefix) === true ? { [name]: '30000' } : {};
+}
 
 /** Faults struck on a preheat rather than on a pull. */
 function isWatcherFault(fault: Fault): boolean {
@@ -447,9 +461,7 @@ async function startFaultCluster(
       host,
       env: {
         ...natsEnv,
-        ...(fault === 'kill-seed-server-early-ack30s'
-          ? { SHOAL_SEED_REQUEST_ACK_WAIT_MS: '30000' }
-          : {}),
+        ...oldAckWait(fault, 'SHOAL_SEED_'),
         SHOAL_SEED_CACHE_DIR: seedCache,
         SHOAL_STORE_DIR: join(seedDir.path, 'store'),
       },
@@ -461,12 +473,7 @@ async function startFaultCluster(
       registries,
       id: 'watcher-0',
       port: watcherPort,
-      env: {
-        ...natsEnv,
-        ...(fault === 'kill-watcher-mid-preheat-ack30s'
-          ? { SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS: '30000' }
-          : {}),
-      },
+      env: { ...natsEnv, ...oldAckWait(fault, 'SHOAL_WATCHER_') },
     });
   const cluster: FaultCluster = {
     nats,
@@ -706,6 +713,8 @@ interface FaultFigures {
   readonly ownBaseline: number | undefined;
   /** What else is worth a line under the table. */
   readonly notes: readonly string[];
+  /** Bytes the registry served (through the fault proxy) ÷ the bytes of the images pulled. */
+  readonly originShare: number;
 }
 
 /** Polls `probe` every `intervalMs` until it is true or `stop` settles; false when stopped. */
@@ -944,6 +953,8 @@ async function runFault(
       excluded,
       ownBaseline,
       notes,
+      // The watcher's rows preheat two images of the same size on their cluster.
+      originShare: cluster.proxy.counts().bytes / (imageBytes * (isWatcherFault(fault) ? 2 : 1)),
     };
   } finally {
     await teardown.run();
@@ -980,6 +991,7 @@ function report(options: Options, figures: readonly FaultFigures[]): string {
       f.cache,
       Number.isNaN(time) ? 'FAILED' : seconds(time),
       Number.isNaN(time) || Number.isNaN(against) ? '-' : ratio(time / against),
+      ratio(f.originShare),
     ];
   });
   const survived = figures.filter(
@@ -990,7 +1002,17 @@ function report(options: Options, figures: readonly FaultFigures[]): string {
       `${options.layerSizes.map((s) => s / MiB).join(', ')} MiB; rng seed ${options.rngSeed}; ` +
       `registry faults for ${options.windowMs / 1000} s`,
     table(
-      ['fault', 'struck', 'pulls ok', 'corrupt', 'retries', 'restarted cache', 'time', 'vs none'],
+      [
+        'fault',
+        'struck',
+        'pulls ok',
+        'corrupt',
+        'retries',
+        'restarted cache',
+        'time',
+        'vs none',
+        'origin ÷ image',
+      ],
       rows,
     ),
     '',
