@@ -34,7 +34,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, readdir } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, stat } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -320,7 +320,15 @@ async function keepLogs(dir: string, cluster: FaultCluster): Promise<void> {
 
 /** Checks an agent's cache: every blob file matches its name's digest, nothing in `tmp/`. */
 async function cacheConsistent(cacheDir: string): Promise<{ ok: boolean; detail: string }> {
-  const leftovers = await readdir(join(cacheDir, 'tmp')).catch(() => []);
+  const leftovers = await readdir(join(cacheDir, 'tmp')).catch(() => [] as string[]);
+  const leftoverBytes = await Promise.all(
+    leftovers.map((name) =>
+      stat(join(cacheDir, 'tmp', name)).then(
+        (s) => s.size,
+        () => 0,
+      ),
+    ),
+  );
   let blobs = 0;
   const bad: string[] = [];
   for (const algorithm of ['sha256']) {
@@ -344,7 +352,8 @@ async function cacheConsistent(cacheDir: string): Promise<{ ok: boolean; detail:
     ok,
     detail: ok
       ? `${blobs} blobs verified`
-      : `${bad.length} bad blobs, ${leftovers.length} temp files`,
+      : `${blobs} blobs, ${bad.length} bad, ${leftovers.length} temp files ` +
+        `(${leftoverBytes.map((b) => mib(b)).join(', ')})`,
   };
 }
 
@@ -940,6 +949,13 @@ async function runFault(
     }
     const caches: string[] = [];
     for (const slot of cluster.agents.filter((s) => s.restarted)) {
+      // A download still running (a piece the swarm asked for) holds a temporary file by
+      // right; what is left once none runs is a leak.
+      await until(
+        async () => (await slot.agent.metric('shoal_agent_downloads_in_flight')) === 0,
+        100,
+        new Promise((resolve) => setTimeout(resolve, 10_000)),
+      );
       const check = await cacheConsistent(slot.cacheDir);
       caches.push(`${check.ok ? 'ok' : 'BROKEN'}: ${check.detail}`);
     }
