@@ -104,6 +104,7 @@ const FAULTS = [
   'registry-429',
   'registry-5xx',
   'registry-slow',
+  'registry-down',
   'stalled-reader',
   'full-disk-agent',
   'full-disk-seed',
@@ -133,6 +134,7 @@ const DESCRIPTIONS: Record<Fault, string> = {
   'registry-429': 'the registry answers every request 429 (Retry-After: 1) for the window',
   'registry-5xx': 'the registry answers every request 500, 502 or 503 for the window',
   'registry-slow': 'the registry answers after 2 s at 1 MiB/s in all for the window',
+  'registry-down': 'every connection to the registry is reset for the window',
   'stalled-reader': 'a client on one agent asks for the largest blob and never reads',
   'full-disk-agent': "one agent's cache on a tmpfs of half the image",
   'full-disk-seed': "the seed server's cache on a tmpfs of half the image",
@@ -616,6 +618,8 @@ function registryFault(fault: Fault): RegistryFault | undefined {
       return { kind: 'status', statuses: [500, 502, 503] };
     case 'registry-slow':
       return { kind: 'slow', delayMs: 2000, rateBytes: MiB };
+    case 'registry-down':
+      return { kind: 'down' };
     default:
       return undefined;
   }
@@ -679,6 +683,7 @@ async function strike(
     case 'registry-429':
     case 'registry-5xx':
     case 'registry-slow':
+    case 'registry-down':
       // Set when the pull starts and healed by its window (runFault).
       return { hit: 'registry', undo: none };
     case 'none':
@@ -786,7 +791,7 @@ async function pullWithFault(
   const outcomes = await pulls;
   struck.undo();
   await window;
-  return { hit: struck.hit, at, outcomes };
+  return { hit: registry === undefined ? struck.hit : 'registry', at, outcomes };
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * An HTTP proxy in front of a real registry that misbehaves on demand, for faults a real
- * registry cannot be told to show: answering 429 or 5xx, or answering slowly. Without a fault
+ * registry cannot be told to show: answering 429 or 5xx, answering slowly, or down (every
+ * connection reset). Without a fault
  * it passes every request and response through unchanged, streaming both ways with
  * back-pressure; the registry behind it is the real one, so what the clients get once the
  * fault heals is what the registry serves.
@@ -35,13 +36,15 @@ export type RegistryFault =
    * Every new request waits `delayMs` before it is forwarded, and every response body (those
    * in flight included) shares `rateBytes` bytes per second, as over a congested link.
    */
-  | { readonly kind: 'slow'; readonly delayMs: number; readonly rateBytes: number };
+  | { readonly kind: 'slow'; readonly delayMs: number; readonly rateBytes: number }
+  /** Every new request has its connection reset, as a registry that is down or restarting. */
+  | { readonly kind: 'down' };
 
 /** What the proxy has done so far. */
 export interface FaultProxyCounts {
   /** Requests forwarded to the registry. */
   readonly forwarded: number;
-  /** Requests answered by the fault (a 429 or 5xx) without reaching the registry. */
+  /** Requests answered by the fault (a 429 or 5xx, or a reset) without reaching the registry. */
   readonly refused: number;
   /** Requests that arrived while a slow fault was set. */
   readonly slowed: number;
@@ -169,6 +172,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       // The request body is not wanted; drain it so the connection stays usable.
       req.resume();
       refuse(res, current.statuses, current.retryAfterS ?? 1);
+      return;
+    }
+    if (current?.kind === 'down') {
+      counts.refused += 1;
+      req.socket.destroy();
       return;
     }
     if (current?.kind === 'slow') {

@@ -167,6 +167,8 @@ describe('startFaultProxy', () => {
       assert.equal(limited.headers.get('retry-after'), '2');
       proxy.set({ kind: 'status', statuses: [500, 503] });
       assert.deepEqual([(await get()).status, (await get()).status], [500, 503]);
+      proxy.set({ kind: 'down' });
+      await assert.rejects(get());
       proxy.set(undefined);
       assert.equal((await get()).digest, digest);
 
@@ -180,7 +182,7 @@ describe('startFaultProxy', () => {
       assert.ok(elapsedMs >= 600, `a slowed 512 KiB answer took ${elapsedMs.toFixed(0)} ms`);
 
       const counts = proxy.counts();
-      assert.equal(counts.refused, 3);
+      assert.equal(counts.refused, 4);
       assert.equal(counts.forwarded, 3);
       assert.equal(counts.slowed, 1);
       assert.equal(counts.bytes, 3 * (image.layers[0]?.size ?? 0));
