@@ -738,9 +738,10 @@ async function until(
   stop: Promise<unknown>,
 ): Promise<boolean> {
   const state = { stopped: false };
-  void stop.finally(() => {
+  const halt = (): void => {
     state.stopped = true;
-  });
+  };
+  stop.then(halt, halt);
   while (!state.stopped) {
     if (await probe().catch(() => false)) {
       return true;
@@ -827,6 +828,8 @@ async function preheatWithFault(
           cluster.watcher = await killAndRestart(watcher(), cluster.restartWatcher);
           hit = 'watcher-0';
         });
+  // Awaited after the polling; a failed restart must not go unhandled meanwhile.
+  striking.catch(() => undefined);
   let job: JobStatus | undefined;
   while (!deadline.aborted) {
     job = await watcherApi(watcher(), path, { method: 'GET' }).catch(() => job);
@@ -959,7 +962,7 @@ async function runFault(
       await until(
         async () => (await slot.agent.metric('shoal_agent_downloads_in_flight')) === 0,
         100,
-        new Promise((resolve) => setTimeout(resolve, 10_000)),
+        new Promise((resolve) => setTimeout(resolve, 10_000).unref()),
       );
       const check = await cacheConsistent(slot.cacheDir);
       caches.push(`${check.ok ? 'ok' : 'BROKEN'}: ${check.detail}`);
@@ -1037,7 +1040,7 @@ function report(options: Options, figures: readonly FaultFigures[]): string {
       rows,
     ),
     '',
-    ...figures.map((f) => `${f.fault.padEnd(26)} ${DESCRIPTIONS[f.fault]}`),
+    ...figures.map((f) => `${f.fault.padEnd(32)} ${DESCRIPTIONS[f.fault]}`),
     '',
     ...figures.flatMap((f) => f.notes.map((note) => `${f.fault}: ${note}`)),
     `faults survived (every pull ok, 0 corrupt responses): ${survived} of ${figures.length}`,
