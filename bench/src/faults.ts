@@ -24,7 +24,7 @@
  * - origin ÷ image: bytes the registry served (through the fault proxy) over the image's bytes:
  *   about 1 when the cluster read each blob from the origin once.
  *
- *   node bench/dist/src/faults.js [--agents 4] [--layers 64,16,1] [--faults a,b,...]
+ *   node bench/dist/src/faults.js [--agents 4] [--layers 24,4,1] [--faults a,b,...]
  *                                 [--rng-seed N] [--timeout-s 300] [--window-s 5]
  *                                 [--slow-mbit 16]
  *
@@ -148,7 +148,7 @@ const USAGE = `usage: node bench/dist/src/faults.js [--agents N] [--layers MiB,.
                                    [--rng-seed N] [--timeout-s S] [--window-s S] [--slow-mbit R]
 
   --agents N       agents pulling at once (default 4)
-  --layers LIST    layer sizes of each generated image, in MiB (default 64,16,1)
+  --layers LIST    layer sizes of each generated image, in MiB (default 24,4,1)
   --faults LIST    which faults, comma-separated (default: all):
                    ${FAULTS.join(', ')}
   --rng-seed N     seed of the random fault moments (default 1)
@@ -205,7 +205,7 @@ function isFault(value: string): value is Fault {
 function parseOptions(argv: readonly string[]): Options {
   const values = readOptions(argv, USAGE, {
     agents: { type: 'string', default: '4' },
-    layers: { type: 'string', default: '64,16,1' },
+    layers: { type: 'string', default: '24,4,1' },
     faults: { type: 'string', default: FAULTS.join(',') },
     'rng-seed': { type: 'string', default: '1' },
     'timeout-s': { type: 'string', default: '300' },
