@@ -109,7 +109,14 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       return;
     }
     metrics.eventsConsumed.inc({ type: 'seed-request' });
-    const heartbeat = (): void => msg.working();
+    const heartbeat = (): void => {
+      try {
+        msg.working();
+      } catch (error) {
+        // A connection closing under a timer: the request goes back to the queue anyway.
+        logger.debug({ err: error }, 'seed request progress not acknowledged');
+      }
+    };
     // In-progress acknowledgements for as long as this request is handled, whatever the
     // seeder is waiting on (the origin, the lock, the object gateway).
     const working = setInterval(heartbeat, deps.ackWaitMs / IN_PROGRESS_PER_ACK_WAIT);
