@@ -29,7 +29,6 @@ import {
   startWatcher,
   table,
   waitFor,
-  WATCHER_TOKEN,
   type AgentProcess,
   type Registry,
   type ServiceProcess,
@@ -47,6 +46,7 @@ import {
 } from './cli.js';
 import { pushTarget, startAgents } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
+import { watcherApi, type JobStatus } from './watcher-api.js';
 
 const MiB = 1024 * 1024;
 const COLD_REPOSITORY = 'bench/cold';
@@ -54,9 +54,6 @@ const PREHEATED_REPOSITORY = 'bench/preheated';
 
 /** How often the preheat job's status is read while waiting for it, in ms. */
 const JOB_POLL_MS = 100;
-
-/** Longest a single call to the watcher's API may take, in ms. */
-const API_TIMEOUT_MS = 10_000;
 
 const USAGE = `usage: node bench/dist/src/preheat.js [--agents N] [--layers MiB,MiB,...] [--timeout-s S]
 
@@ -190,57 +187,6 @@ async function rollout(
     }),
     blobGets: gets,
   };
-}
-
-/** A preheat job's status as `GET /preheat/<id>` returns it (the fields the bench reads). */
-interface JobStatus {
-  readonly id: string;
-  readonly state: string;
-  readonly blobsTotal: number;
-  readonly blobsDone: number;
-  readonly nodesTotal?: number;
-  readonly nodesDone?: number;
-  readonly failures: readonly unknown[];
-  readonly error?: string;
-}
-
-function isJobStatus(value: unknown): value is JobStatus {
-  if (typeof value !== 'object' || value === null) {
-    return false;
-  }
-  const j = value as Record<string, unknown>;
-  return (
-    typeof j.id === 'string' &&
-    typeof j.state === 'string' &&
-    typeof j.blobsTotal === 'number' &&
-    typeof j.blobsDone === 'number' &&
-    Array.isArray(j.failures)
-  );
-}
-
-async function watcherApi(
-  watcher: ServiceProcess,
-  path: string,
-  init: { method: 'GET' } | { method: 'POST'; body: unknown },
-): Promise<JobStatus> {
-  const response = await fetch(`${watcher.url}${path}`, {
-    method: init.method,
-    headers: {
-      authorization: `Bearer ${WATCHER_TOKEN}`,
-      ...(init.method === 'POST' ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(init.method === 'POST' ? { body: JSON.stringify(init.body) } : {}),
-    signal: AbortSignal.timeout(API_TIMEOUT_MS),
-  });
-  const text = await response.text();
-  if (response.status !== 200 && response.status !== 202) {
-    throw new Error(`${init.method} ${path}: HTTP ${response.status}: ${text.slice(0, 300)}`);
-  }
-  const body: unknown = JSON.parse(text);
-  if (!isJobStatus(body)) {
-    throw new Error(`${init.method} ${path}: not a job status: ${text.slice(0, 300)}`);
-  }
-  return body;
 }
 
 interface Preheat {

@@ -79,4 +79,11 @@ export { getText, type GetTextOptions } from './http-get.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
 export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';
+export {
+  startFaultProxy,
+  type FaultProxy,
+  type FaultProxyCounts,
+  type FaultProxyOptions,
+  type RegistryFault,
+} from './fault-proxy.js';
 export { NetLab, type LabHost, type LinkShape } from './netlab.js';

@@ -181,6 +181,14 @@ export class NetLab {
     return host;
   }
 
+  /**
+   * The bench's own address on the lab's unshaped control link: a server in this namespace
+   * listening on it is reachable from every host of the lab.
+   */
+  get controlAddress(): string {
+    return CONTROL_ADDRESS;
+  }
+
   /** True when delay and loss can be applied (netem), false when asked for and missing. */
   get netem(): boolean | undefined {
     return this.#netem;

@@ -138,8 +138,17 @@ export function startProcess(
       child.once('error', () => resolve());
     }
   });
+  // Output can still arrive after 'exit' (until 'close': the pipes drained). The log ends once
+  // they are closed, or a moment after exit if something else holds them; anything later is
+  // dropped rather than written to an ended log.
+  const closed = new Promise<void>((resolve) => {
+    child.once('close', () => resolve());
+  });
   const ended = async (): Promise<void> => {
     await exited;
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
+    child.stdout.unpipe(log);
+    child.stderr.unpipe(log);
     log.end();
   };
   return {

@@ -11,7 +11,14 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { generateImage, makeTempDir, pushImage, startNats, startRegistry } from '../src/index.js';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startFaultProxy,
+  startNats,
+  startRegistry,
+} from '../src/index.js';
 
 /** Reads the INFO line a NATS server sends on connect. */
 async function natsInfo(port: number): Promise<Record<string, unknown>> {
@@ -125,6 +132,66 @@ describe('startRegistry', () => {
       await registry.stop();
       await dir.remove();
       receiver.close();
+    }
+  });
+});
+
+describe('startFaultProxy', () => {
+  it('passes a real registry through, refuses while a status fault is set, and slows bytes', async () => {
+    const registry = await startRegistry();
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    const dir = await makeTempDir('fault-proxy-test');
+    try {
+      const layerBytes = 512 * 1024;
+      const image = await generateImage(dir.path, { layerSizes: [layerBytes], seed: 'proxy' });
+      await pushImage(image, registry.host, 'kit/proxy');
+      const digest = image.layers[0]?.digest ?? '';
+      const get = async (): Promise<{ status: number; digest: string; headers: Headers }> => {
+        const response = await fetch(`${proxy.url}/v2/kit/proxy/blobs/${digest}`, {
+          signal: AbortSignal.timeout(15_000),
+        });
+        const body = Buffer.from(await response.arrayBuffer());
+        return {
+          status: response.status,
+          digest: `sha256:${createHash('sha256').update(body).digest('hex')}`,
+          headers: response.headers,
+        };
+      };
+      const healthy = await get();
+      assert.equal(healthy.status, 200);
+      assert.equal(healthy.digest, digest);
+
+      proxy.set({ kind: 'status', statuses: [429], retryAfterS: 2 });
+      const limited = await get();
+      assert.equal(limited.status, 429);
+      assert.equal(limited.headers.get('retry-after'), '2');
+      proxy.set({ kind: 'status', statuses: [500, 503] });
+      assert.deepEqual([(await get()).status, (await get()).status], [500, 503]);
+      proxy.set({ kind: 'down' });
+      await assert.rejects(get());
+      proxy.set(undefined);
+      assert.equal((await get()).digest, digest);
+
+      // 512 KiB at 1 MiB/s takes about half a second, after the 200 ms delay.
+      proxy.set({ kind: 'slow', delayMs: 200, rateBytes: 1024 * 1024 });
+      const started = performance.now();
+      const slow = await get();
+      const elapsedMs = performance.now() - started;
+      proxy.set(undefined);
+      assert.equal(slow.digest, digest);
+      assert.ok(elapsedMs >= 600, `a slowed 512 KiB answer took ${elapsedMs.toFixed(0)} ms`);
+
+      const counts = proxy.counts();
+      assert.equal(counts.refused, 4);
+      assert.equal(counts.forwarded, 3);
+      assert.equal(counts.slowed, 1);
+      assert.equal(counts.bytes, 3 * (image.layers[0]?.size ?? 0));
+      // Only what the proxy forwarded reached the registry.
+      assert.equal((await registry.blobGets(digest)).length, 3);
+    } finally {
+      await proxy.stop();
+      await registry.stop();
+      await dir.remove();
     }
   });
 });

@@ -99,7 +99,7 @@ export async function buildApp(
   await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
   const usage = watchStreamUsage(jsm, ownedStreams, serviceMetrics, logger);
   const locks = await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
-  await ensureSeedConsumer(jsm);
+  await ensureSeedConsumer(jsm, config.SHOAL_SEED_REQUEST_ACK_WAIT_MS);
 
   // HTTP: pieces for agents, and ops; HTTPS with a certificate (mutual TLS with a client CA).
   const https = await httpsFactory(
@@ -203,6 +203,7 @@ export async function buildApp(
         js,
         seeder,
         concurrency: config.SHOAL_SEED_CONCURRENCY,
+        ackWaitMs: config.SHOAL_SEED_REQUEST_ACK_WAIT_MS,
         self: config.SHOAL_SEED_ID,
         registries: new Set(config.SHOAL_SEED_REGISTRIES.map((r) => r.host)),
         metrics,

@@ -104,6 +104,12 @@ export const seedFields = z.object({
   SHOAL_SEED_PIECE_AUTH: envPieceAuth,
   /** Blobs seeded at once by this replica (default 4). */
   SHOAL_SEED_CONCURRENCY: envInt(4),
+  /**
+   * How long a seed request a replica took may go without word from it before JetStream hands
+   * it to another replica (or to this one, restarted), in ms (default 4 000). A replica at work
+   * says so four times within it, so a long seed is not taken twice.
+   */
+  SHOAL_SEED_REQUEST_ACK_WAIT_MS: envInt(4_000).refine((n) => n >= 1_000, 'must be at least 1000'),
   /** Connecting to the origin, in ms (default 10 000). */
   SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS: envInt(10_000),
   /** From request to response headers at the origin, in ms (default 30 000). */

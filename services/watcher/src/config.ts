@@ -49,10 +49,11 @@ export const watcherFields = z.object({
   /** How long a preheat job may run before it is failed, in ms (default 3 600 000). */
   SHOAL_WATCHER_PREHEAT_TIMEOUT_MS: envInt(3_600_000),
   /**
-   * How long a job whose watcher died stays with it before another replica takes it over, in
-   * ms (default 30 000). The running replica keeps its jobs alive well within this.
+   * How long a job whose watcher died stays with it before another replica (or the same one,
+   * restarted) takes it over, in ms (default 10 000). The running replica keeps its jobs alive
+   * with an in-progress acknowledgement every third of it.
    */
-  SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS: envInt(30_000),
+  SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS: envInt(10_000),
   /** Largest manifest read from a registry, in bytes (default 4 MiB). */
   SHOAL_WATCHER_MAX_MANIFEST_BYTES: envInt(4 * 1024 * 1024),
   /** From request to response headers at a registry, in ms (default 30 000). */

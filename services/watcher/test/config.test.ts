@@ -39,7 +39,7 @@ describe('watcher configuration', () => {
     assert.equal(config.SHOAL_WATCHER_SCHEDULE_INTERVAL_MS, 300_000);
     assert.equal(config.SHOAL_WATCHER_PREHEAT_CONCURRENCY, 2);
     assert.equal(config.SHOAL_WATCHER_PREHEAT_TIMEOUT_MS, 3_600_000);
-    assert.equal(config.SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS, 30_000);
+    assert.equal(config.SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS, 10_000);
     assert.equal(config.SHOAL_WATCHER_MAX_MANIFEST_BYTES, 4 * 1024 * 1024);
     assert.equal(config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS, 30_000);
     assert.equal(config.SHOAL_NATS_URL, 'nats://127.0.0.1:4222');

@@ -1,8 +1,8 @@
 /**
  * seed-request events from SHOAL_SEED (a work queue): the replicas share one durable
  * consumer, each handling up to its concurrency at once. A request stays unacknowledged while
- * its blob is seeded (kept alive with `working()`), so a replica that dies mid-seed leaves it
- * to another.
+ * its blob is seeded, kept alive with in-progress acknowledgements within a short ack wait, so
+ * a replica that dies mid-seed leaves it to another (or to itself, restarted) within seconds.
  */
 import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import {
@@ -19,10 +19,17 @@ import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 import { contextFromHeaders, ensureConsumer, superviseConsumption } from '@shoal/runtime/nats';
 
 import type { SeedMetrics } from '../metrics.js';
-import type { Seeder } from '../seeding/seeder.js';
+import type { SeedOutcome, Seeder } from '../seeding/seeder.js';
 
 export const SEED_CONSUMER = 'seedserver-seed';
-const ACK_WAIT_MS = 30_000;
+/**
+ * In-progress acknowledgements per ack wait. The ack wait is short (SHOAL_SEED_REQUEST_ACK_WAIT_MS,
+ * seconds), because the agents of a blob whose seed server died before it published a piece
+ * hash have nothing to fetch until a seed server takes the request again; a replica at work
+ * says so this many times within it, so one late acknowledgement does not hand a seed in
+ * progress to a second replica.
+ */
+const IN_PROGRESS_PER_ACK_WAIT = 4;
 const MAX_DELIVER = 5;
 const RETRY_DELAY_MS = 1_000;
 /** How often a preheat asks again while another replica holds the blob's lock, in ms. */
@@ -30,9 +37,10 @@ const BUSY_RETRY_MS = 1_000;
 /** How long a preheat report may wait for JetStream's acknowledgement, in ms. */
 const REPORT_TIMEOUT_MS = 5_000;
 
-export function ensureSeedConsumer(jsm: JetStreamManager): Promise<void> {
+/** Creates the shared consumer, or brings it to `ackWaitMs` (SHOAL_SEED_REQUEST_ACK_WAIT_MS). */
+export function ensureSeedConsumer(jsm: JetStreamManager, ackWaitMs: number): Promise<void> {
   return ensureConsumer(jsm, STREAMS.seed.name, SEED_CONSUMER, {
-    ackWaitMs: ACK_WAIT_MS,
+    ackWaitMs,
     maxDeliver: MAX_DELIVER,
     maxAckPending: 256,
   });
@@ -42,6 +50,8 @@ export interface SeedConsumerDeps {
   readonly js: JetStreamClient;
   readonly seeder: Seeder;
   readonly concurrency: number;
+  /** The consumer's ack wait (SHOAL_SEED_REQUEST_ACK_WAIT_MS), in ms. */
+  readonly ackWaitMs: number;
   /** The seed's peer id, named in preheat reports. */
   readonly self: string;
   /** The registries this seed server fetches from (`SHOAL_SEED_REGISTRIES` hosts). */
@@ -99,14 +109,28 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       return;
     }
     metrics.eventsConsumed.inc({ type: 'seed-request' });
-    const heartbeat = (): void => msg.working();
-    let outcome = await seeder.seed(request, stopping.signal, heartbeat);
-    // A preheat must end with the blob here: while another replica seeds it, wait and ask
-    // again (it will then come from the object gateway).
-    while (outcome === 'busy' && request.reason.kind === 'preheat' && !stopped()) {
-      await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
-      heartbeat();
+    const heartbeat = (): void => {
+      try {
+        msg.working();
+      } catch (error) {
+        // A connection closing under a timer: the request goes back to the queue anyway.
+        logger.debug({ err: error }, 'seed request progress not acknowledged');
+      }
+    };
+    // In-progress acknowledgements for as long as this request is handled, whatever the
+    // seeder is waiting on (the origin, the lock, the object gateway).
+    const working = setInterval(heartbeat, deps.ackWaitMs / IN_PROGRESS_PER_ACK_WAIT);
+    let outcome: SeedOutcome;
+    try {
       outcome = await seeder.seed(request, stopping.signal, heartbeat);
+      // A preheat must end with the blob here: while another replica seeds it, wait and ask
+      // again (it will then come from the object gateway).
+      while (outcome === 'busy' && request.reason.kind === 'preheat' && !stopped()) {
+        await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
+        outcome = await seeder.seed(request, stopping.signal, heartbeat);
+      }
+    } finally {
+      clearInterval(working);
     }
     if ((outcome === 'failed' || outcome === 'busy') && stopped()) {
       msg.nak();

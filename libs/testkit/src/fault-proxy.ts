@@ -1,0 +1,229 @@
+/**
+ * An HTTP proxy in front of a real registry that misbehaves on demand, for faults a real
+ * registry cannot be told to show: answering 429 or 5xx, answering slowly, or down (every
+ * connection reset). Without a fault
+ * it passes every request and response through unchanged, streaming both ways with
+ * back-pressure; the registry behind it is the real one, so what the clients get once the
+ * fault heals is what the registry serves.
+ */
+import { once } from 'node:events';
+import {
+  Agent,
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Transform, pipeline, type TransformCallback } from 'node:stream';
+
+import { urlHost } from './process.js';
+
+/** What the proxy does to requests while a fault is set. */
+export type RegistryFault =
+  /**
+   * Every new request is answered at once with one of `statuses` (in turn) and an OCI error
+   * body; the registry never sees it. A 429 carries `Retry-After: retryAfterS`.
+   */
+  | {
+      readonly kind: 'status';
+      readonly statuses: readonly number[];
+      /** Seconds in the 429's `Retry-After` header (default 1). */
+      readonly retryAfterS?: number;
+    }
+  /**
+   * Every new request waits `delayMs` before it is forwarded, and every response body (those
+   * in flight included) shares `rateBytes` bytes per second, as over a congested link.
+   */
+  | { readonly kind: 'slow'; readonly delayMs: number; readonly rateBytes: number }
+  /** Every new request has its connection reset, as a registry that is down or restarting. */
+  | { readonly kind: 'down' };
+
+/** What the proxy has done so far. */
+export interface FaultProxyCounts {
+  /** Requests forwarded to the registry. */
+  readonly forwarded: number;
+  /** Requests answered by the fault (a 429 or 5xx, or a reset) without reaching the registry. */
+  readonly refused: number;
+  /** Requests that arrived while a slow fault was set. */
+  readonly slowed: number;
+  /** Response body bytes passed back to clients. */
+  readonly bytes: number;
+}
+
+export interface FaultProxy {
+  /** `http://<host>:<port>`: what clients use as the registry's URL. */
+  readonly url: string;
+  /** Sets the fault new requests meet (and, when slow, bytes in flight); undefined heals. */
+  set(fault: RegistryFault | undefined): void;
+  /** Sets `fault` for `ms`, then heals; resolves once healed (early when `signal` aborts). */
+  during(fault: RegistryFault, ms: number, signal?: AbortSignal): Promise<void>;
+  counts(): FaultProxyCounts;
+  stop(): Promise<void>;
+}
+
+export interface FaultProxyOptions {
+  /** The registry's base URL, e.g. `http://127.0.0.1:5000`. */
+  readonly upstream: string;
+  /** Address to listen on (default 127.0.0.1). */
+  readonly host?: string;
+  /** Port to listen on (default: a free one). */
+  readonly port?: number;
+  /** Longest an upstream connection may stay silent, in ms (default 30 000). */
+  readonly idleTimeoutMs?: number;
+}
+
+/** Slowed bodies are passed on in slices of at most this many bytes, so the rate stays smooth. */
+const SLICE_BYTES = 16 * 1024;
+
+/** The OCI error code a registry sends with `status`. */
+function errorCode(status: number): string {
+  return status === 429 ? 'TOOMANYREQUESTS' : status === 503 ? 'UNAVAILABLE' : 'UNKNOWN';
+}
+
+export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
+  const upstream = new URL(options.upstream);
+  const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
+  const agent = new Agent({ keepAlive: true });
+  let fault: RegistryFault | undefined;
+  let statusTurn = 0;
+  // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
+  let linkFreeAt = 0;
+  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0 };
+
+  /** Waits for the slow link to carry `bytes`; at once when no slow fault is set. */
+  const linkDelay = (bytes: number): number => {
+    if (fault?.kind !== 'slow') {
+      return 0;
+    }
+    const now = performance.now();
+    const start = Math.max(now, linkFreeAt);
+    linkFreeAt = start + (bytes / fault.rateBytes) * 1000;
+    return linkFreeAt - now;
+  };
+
+  /** Passes a body on, slice by slice at the slow link's pace while a slow fault is set. */
+  const throttle = (): Transform =>
+    new Transform({
+      transform(chunk: Buffer, _encoding, done: TransformCallback): void {
+        const push = async (): Promise<void> => {
+          for (let at = 0; at < chunk.length; at += SLICE_BYTES) {
+            const slice = chunk.subarray(at, at + SLICE_BYTES);
+            const wait = linkDelay(slice.length);
+            if (wait > 0) {
+              await new Promise((resolve) => setTimeout(resolve, wait));
+            }
+            counts.bytes += slice.length;
+            this.push(slice);
+          }
+        };
+        push().then(() => done(), done);
+      },
+    });
+
+  const refuse = (res: ServerResponse, statuses: readonly number[], retryAfterS: number): void => {
+    const status = statuses[statusTurn++ % statuses.length] ?? 503;
+    counts.refused += 1;
+    const body = JSON.stringify({
+      errors: [{ code: errorCode(status), message: `fault proxy: answering ${status}` }],
+    });
+    res.writeHead(status, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      ...(status === 429 ? { 'retry-after': String(retryAfterS) } : {}),
+    });
+    res.end(body);
+  };
+
+  const forward = (req: IncomingMessage, res: ServerResponse): void => {
+    counts.forwarded += 1;
+    const headers: OutgoingHttpHeaders = { ...req.headers, host: upstream.host };
+    const abort = new AbortController();
+    // A client that goes away ends the upstream request too.
+    res.once('close', () => {
+      if (!res.writableFinished) {
+        abort.abort();
+      }
+    });
+    const outgoing = httpRequest(
+      new URL(req.url ?? '/', upstream),
+      { method: req.method, headers, agent, signal: abort.signal, timeout: idleTimeoutMs },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        pipeline(answer, throttle(), res, () => undefined);
+      },
+    );
+    outgoing.on('timeout', () => outgoing.destroy(new Error('registry idle timeout')));
+    outgoing.on('error', () => {
+      if (!res.headersSent) {
+        res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end('fault proxy: registry unreachable\n');
+      } else {
+        res.destroy();
+      }
+    });
+    pipeline(req, outgoing, () => undefined);
+  };
+
+  const server = createServer((req, res) => {
+    const current = fault;
+    if (current?.kind === 'status') {
+      // The request body is not wanted; drain it so the connection stays usable.
+      req.resume();
+      refuse(res, current.statuses, current.retryAfterS ?? 1);
+      return;
+    }
+    if (current?.kind === 'down') {
+      counts.refused += 1;
+      req.socket.destroy();
+      return;
+    }
+    if (current?.kind === 'slow') {
+      counts.slowed += 1;
+      const timer = setTimeout(() => forward(req, res), current.delayMs);
+      // A client gone before the delay is over is never forwarded.
+      res.once('close', () => clearTimeout(timer));
+      return;
+    }
+    forward(req, res);
+  });
+  server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+
+  const set = (next: RegistryFault | undefined): void => {
+    fault = next;
+    statusTurn = 0;
+    linkFreeAt = 0;
+  };
+  return {
+    url: `http://${urlHost(options.host ?? '127.0.0.1')}:${port}`,
+    set,
+    during: async (next, ms, signal) => {
+      set(next);
+      try {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, ms);
+          signal?.addEventListener(
+            'abort',
+            () => {
+              clearTimeout(timer);
+              resolve();
+            },
+            { once: true },
+          );
+        });
+      } finally {
+        set(undefined);
+      }
+    },
+    counts: () => ({ ...counts }),
+    stop: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      agent.destroy();
+      await closed;
+    },
+  };
+}
