@@ -7,9 +7,9 @@ import { PassThrough, Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { PieceBuffers } from '@shoal/pieces';
 import { digestOf, type Digest } from '@shoal/proto';
 
-import { BufferPool } from '../src/cache/buffer-pool.js';
 import { FsContentStore } from '../src/cache/content-store.js';
 import {
   DownloadTable,
@@ -838,7 +838,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     blob: Buffer,
     pieceBytes: number,
     order: readonly number[],
-    pool: BufferPool,
+    pool: PieceBuffers,
   ): Promise<void> {
     const have = new Set<number>();
     let prefix = 0;
@@ -860,7 +860,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
   it('verifies from the pieces in memory and gives their buffers back to the pool', async () => {
     const blob = randomBytes(4 * MiB + 12_345);
     const digest = digestOf(blob);
-    const pool = new BufferPool(64 * MiB);
+    const pool = new PieceBuffers(64 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(blob.length);
     const reader = drain(openReader(download));
@@ -881,7 +881,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     const count = (2 * HELD_BYTES) / pieceBytes;
     const blob = randomBytes(count * pieceBytes - 777);
     const digest = digestOf(blob);
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(blob.length);
     const whole = drain(openReader(download));
@@ -897,7 +897,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     const digest = digestOf(blob);
     const served = Buffer.from(blob);
     served[MiB + 10] = (served[MiB + 10] ?? 0) ^ 0xff;
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(served.length);
     const reader = drain(openReader(download));
@@ -913,7 +913,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
 
   it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
     const blob = randomBytes(2 * MiB);
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digestOf(blob), await store.createTemp(), pool);
     download.setSize(blob.length);
     await writePieces(download, blob, MiB, [1], pool);

@@ -22,10 +22,10 @@ import type { FileHandle } from 'node:fs/promises';
 import { unlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
+import type { PieceBuffers } from '@shoal/pieces';
 import { DigestHasher, type Digest } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
-import type { BufferPool } from './buffer-pool.js';
 import type { FsContentStore } from './content-store.js';
 
 /** Bytes per chunk of a stream made from a cursor. */
@@ -84,10 +84,10 @@ export class BlobDownload {
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
 
-  readonly #pool: BufferPool | undefined;
+  readonly #pool: PieceBuffers | undefined;
 
   /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
-  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: BufferPool) {
+  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: PieceBuffers) {
     this.digest = digest;
     this.#pool = pool;
     this.#tempPath = temp.path;

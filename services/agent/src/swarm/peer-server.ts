@@ -2,6 +2,7 @@
  * Serves pieces to peers: from downloads in progress (only pieces already verified) and from
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
+import type { PieceBuffers } from '@shoal/pieces';
 import {
   parseDigest,
   PIECE_PEER_HEADER,
@@ -13,7 +14,6 @@ import {
 import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { Logger, RateLimiter } from '@shoal/runtime';
@@ -25,7 +25,7 @@ export interface PeerRouteDeps {
   readonly active: (digest: string) => SwarmFetch | undefined;
   readonly uploadLimit: RateLimiter;
   /** Buffers for the pieces read to be sent; each goes back once its response has finished. */
-  readonly pool: BufferPool;
+  readonly pool: PieceBuffers;
   readonly metrics: AgentMetrics;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;

@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 
+import type { PieceBuffers } from '@shoal/pieces';
 import {
   pieceAuthHeaders,
   pieceBounds,
@@ -29,7 +30,6 @@ import {
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
@@ -89,7 +89,7 @@ export interface SwarmFetchDeps {
   readonly pieces: PieceClient;
   readonly store: FsContentStore;
   /** Where whole-piece buffers come from; the download gives them back. */
-  readonly pool: BufferPool;
+  readonly pool: PieceBuffers;
   readonly requests: RegistryRequests;
   readonly downloadLimit: RateLimiter;
   readonly metrics: AgentMetrics;

@@ -1,4 +1,5 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
+import { PieceBuffers } from '@shoal/pieces';
 import { parseDigest } from '@shoal/proto';
 import {
   pieceAuthPreHandler,
@@ -13,7 +14,6 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedBlob } from '../seeding/seed-blob.js';
-import { PieceBuffers } from './piece-buffers.js';
 import { PieceRations, type RationSettings } from './piece-rations.js';
 
 /** Memory kept for piece buffers between responses, in bytes. */

@@ -1,0 +1,5 @@
+/**
+ * @shoal/pieces: the piece engine the agent and the seed server share — buffers, the piece
+ * server, the piece picker and the piece file.
+ */
+export { PieceBuffers } from './buffers.js';
