@@ -3,3 +3,13 @@
  * server, the piece picker and the piece file.
  */
 export { PieceBuffers } from './buffers.js';
+export {
+  pieceHandler,
+  PIECE_ROUTE,
+  type PieceRequest,
+  type PieceResult,
+  type PieceRoute,
+  type PieceServerOptions,
+  type PieceSource,
+  type PieceTicket,
+} from './server.js';
