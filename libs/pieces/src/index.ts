@@ -13,3 +13,16 @@ export {
   type PieceSource,
   type PieceTicket,
 } from './server.js';
+export {
+  endgameLate,
+  nextTypicalMs,
+  orderPieces,
+  PiecePicker,
+  windowEnd,
+  type PickedRequest,
+  type PickerOptions,
+  type PickerSettings,
+  type PieceCandidate,
+  type RequestOutcome,
+  type SourceAdvert,
+} from './picker.js';
