@@ -26,3 +26,4 @@ export {
   type RequestOutcome,
   type SourceAdvert,
 } from './picker.js';
+export { COALESCE_BYTES, PieceFile, type PieceFileOptions } from './piece-file.js';
