@@ -139,9 +139,8 @@ export class PieceFile {
     this.#pendingByEnd.set(extent.end, extent);
     this.#unwritten += bytes.length;
     const run = this.#runAround(extent);
-    const runBytes = run.reduce((sum, e) => sum + e.bytes.length, 0);
-    if (runBytes >= this.#coalesceBytes || run.length >= MAX_CHUNKS_PER_WRITE) {
-      await this.#write(run);
+    if (run.bytes >= this.#coalesceBytes || run.extents.length >= MAX_CHUNKS_PER_WRITE) {
+      await this.#write(run.extents);
     }
     await this.#makeRoom();
   }
@@ -296,20 +295,25 @@ export class PieceFile {
     await unlink(this.#path).catch(() => undefined);
   }
 
-  /** The contiguous run of pending extents that `extent` is part of, in order. */
-  #runAround(extent: Extent): Extent[] {
-    const run = [extent];
-    let before = this.#pendingByEnd.get(extent.start);
-    while (before !== undefined && run.length < MAX_CHUNKS_PER_WRITE) {
-      run.unshift(before);
-      before = this.#pendingByEnd.get(before.start);
+  /** The contiguous run of pending extents that `extent` is part of, in order, and its bytes. */
+  #runAround(extent: Extent): { extents: Extent[]; bytes: number } {
+    const before: Extent[] = [];
+    let bytes = extent.bytes.length;
+    let previous = this.#pendingByEnd.get(extent.start);
+    while (previous !== undefined && before.length < MAX_CHUNKS_PER_WRITE) {
+      before.push(previous);
+      bytes += previous.bytes.length;
+      previous = this.#pendingByEnd.get(previous.start);
     }
-    let after = this.#held.get(extent.end);
-    while (after?.state === 'pending' && run.length < MAX_CHUNKS_PER_WRITE) {
-      run.push(after);
-      after = this.#held.get(after.end);
+    const extents = before.reverse();
+    extents.push(extent);
+    let next = this.#held.get(extent.end);
+    while (next?.state === 'pending' && extents.length < MAX_CHUNKS_PER_WRITE) {
+      extents.push(next);
+      bytes += next.bytes.length;
+      next = this.#held.get(next.end);
     }
-    return run;
+    return { extents, bytes };
   }
 
   /** Writes a run of pending extents with one gathered write; they stay held, as written. */

@@ -911,6 +911,55 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     await assertNothingKept(digest);
   });
 
+  /** A temp file for a download whose gathered writes are recorded (bytes per write). */
+  async function watchedTemp(): Promise<{
+    temp: Awaited<ReturnType<FsContentStore['createTemp']>>;
+    writes: number[];
+  }> {
+    const temp = await store.createTemp();
+    const writes: number[] = [];
+    const writev = temp.handle.writev.bind(temp.handle);
+    temp.handle.writev = (buffers, position) => {
+      writes.push(buffers.reduce((sum, b) => sum + b.byteLength, 0));
+      return writev(buffers, position);
+    };
+    return { temp, writes };
+  }
+
+  it('writes pieces that arrive out of order in gathered writes of 1 MiB, each byte once', async () => {
+    const pieceBytes = 256 * 1024;
+    const blob = randomBytes(4 * MiB);
+    const digest = digestOf(blob);
+    const pool = new PieceBuffers(16 * MiB);
+    const { temp, writes } = await watchedTemp();
+    const download = new BlobDownload(digest, temp, pool);
+    download.setSize(blob.length);
+    const reader = drain(openReader(download));
+    // Within each MiB the pieces come last first; no piece is written on its own.
+    const order = [...Array(16).keys()].map((i) => Math.floor(i / 4) * 4 + (3 - (i % 4)));
+    await writePieces(download, blob, pieceBytes, order, pool);
+    assert.equal(await download.finish(store), 'verified');
+    assert.deepEqual((await reader).bytes, blob);
+    assert.deepEqual(writes, [MiB, MiB, MiB, MiB]);
+  });
+
+  it('gathers socket-sized chunks appended in order into writes of 1 MiB', async () => {
+    const blob = randomBytes(3 * MiB + 1000);
+    const { temp, writes } = await watchedTemp();
+    const download = new BlobDownload(digestOf(blob), temp);
+    const chunks: Buffer[] = [];
+    for (let offset = 0; offset < blob.length; offset += 64 * 1024) {
+      chunks.push(Buffer.from(blob.subarray(offset, offset + 64 * 1024)));
+    }
+    const reader = drain(openReader(download));
+    assert.equal(
+      await fillInOrder(download, Readable.from(chunks), store, () => undefined),
+      'verified',
+    );
+    assert.deepEqual((await reader).bytes, blob);
+    assert.deepEqual(writes, [MiB, MiB, MiB, 1000]);
+  });
+
   it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
     const blob = randomBytes(2 * MiB);
     const pool = new PieceBuffers(8 * MiB);
