@@ -118,31 +118,24 @@ export class PieceFile {
    * again); otherwise it is only referenced until then. Rejects when a write fails.
    */
   async put(offset: number, bytes: Buffer, owned: boolean): Promise<void> {
-    if (this.#closed) {
-      this.#release(bytes, owned);
-      throw new Error(`${this.#path} is closed`);
+    const extent = this.#take(offset, bytes, owned);
+    if (extent !== undefined) {
+      await this.#place(extent);
     }
-    if (bytes.length === 0 || this.#held.get(offset)?.bytes.length === bytes.length) {
-      // Nothing, or the same verified bytes taken twice (two copies of a piece): kept once.
-      this.#release(bytes, owned);
-      return;
+  }
+
+  /**
+   * Takes `bytes` right after the verified prefix and moves the prefix over them (bytes that
+   * arrive in order, verified by the whole-blob digest at the end): hashed from memory at
+   * once, then written as `put` writes.
+   */
+  async append(bytes: Buffer, owned: boolean): Promise<void> {
+    const start = this.#verified;
+    const extent = this.#take(start, bytes, owned);
+    this.advance(start + bytes.length);
+    if (extent !== undefined) {
+      await this.#place(extent);
     }
-    const extent: Extent = {
-      start: offset,
-      end: offset + bytes.length,
-      bytes,
-      owned,
-      state: 'pending',
-    };
-    this.#held.set(offset, extent);
-    this.#heldBytes += bytes.length;
-    this.#pendingByEnd.set(extent.end, extent);
-    this.#unwritten += bytes.length;
-    const run = this.#runAround(extent);
-    if (run.bytes >= this.#coalesceBytes || run.extents.length >= MAX_CHUNKS_PER_WRITE) {
-      await this.#write(run.extents);
-    }
-    await this.#makeRoom();
   }
 
   /** Writes `bytes` at `offset` at once, holding nothing (large blocks, written as they come). */
@@ -295,6 +288,40 @@ export class PieceFile {
     await unlink(this.#path).catch(() => undefined);
   }
 
+  /** Holds a new extent, or nothing (undefined) for no bytes or bytes held already. */
+  #take(offset: number, bytes: Buffer, owned: boolean): Extent | undefined {
+    if (this.#closed) {
+      this.#release(bytes, owned);
+      throw new Error(`${this.#path} is closed`);
+    }
+    if (bytes.length === 0 || this.#held.get(offset)?.bytes.length === bytes.length) {
+      // Nothing, or the same verified bytes taken twice (two copies of a piece): kept once.
+      this.#release(bytes, owned);
+      return undefined;
+    }
+    const extent: Extent = {
+      start: offset,
+      end: offset + bytes.length,
+      bytes,
+      owned,
+      state: 'pending',
+    };
+    this.#held.set(offset, extent);
+    this.#heldBytes += bytes.length;
+    this.#pendingByEnd.set(extent.end, extent);
+    this.#unwritten += bytes.length;
+    return extent;
+  }
+
+  /** Writes the run a new extent completes, if large enough; then keeps within the budget. */
+  async #place(extent: Extent): Promise<void> {
+    const run = this.#runAround(extent);
+    if (run.bytes >= this.#coalesceBytes || run.extents.length >= MAX_CHUNKS_PER_WRITE) {
+      await this.#write(run.extents);
+    }
+    await this.#makeRoom();
+  }
+
   /** The contiguous run of pending extents that `extent` is part of, in order, and its bytes. */
   #runAround(extent: Extent): { extents: Extent[]; bytes: number } {
     const before: Extent[] = [];
@@ -349,7 +376,7 @@ export class PieceFile {
   /**
    * Keeps the extents within the hold budget: drops written ones whose bytes were hashed
    * (oldest first), then written ones furthest from the prefix (the hash reads them back when
-   * the prefix gets there); only when that is not enough, writes what is pending early.
+   * the prefix gets there); when the unwritten bytes alone pass the budget, writes them early.
    */
   async #makeRoom(): Promise<void> {
     if (this.#heldBytes <= this.#heldBudget) {
@@ -364,7 +391,9 @@ export class PieceFile {
       }
     }
     this.#dropFurthest();
-    if (this.#heldBytes <= this.#heldBudget) {
+    // Unwritten bytes past the budget (pieces that join no run yet) are written early; an
+    // in-order stream never gets here, its run being written at the coalescing size.
+    if (this.#unwritten <= Math.max(this.#heldBudget, this.#coalesceBytes)) {
       return;
     }
     await this.flush();

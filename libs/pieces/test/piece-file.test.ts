@@ -108,6 +108,22 @@ describe('PieceFile', () => {
     await assert.rejects(stat(join(dir, 'unwritten')), { code: 'ENOENT' });
   });
 
+  it('appends socket-sized chunks in order: hashed at once, written in 1 MiB writes', async () => {
+    const blob = randomBytes(3 * MiB + 1000);
+    // Nothing kept once written: only the write being gathered is in memory.
+    const { file, writes } = await watched('appended', 0);
+    for (let offset = 0; offset < blob.length; offset += 64 * KiB) {
+      await file.append(blob.subarray(offset, offset + 64 * KiB), false);
+      assert.equal(file.verified, Math.min(blob.length, offset + 64 * KiB));
+      assert.ok(file.unwritten < COALESCE_BYTES);
+    }
+    await file.flush();
+    assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
+    assert.equal(file.heldAt(0), undefined, 'written bytes are not kept');
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.close();
+  });
+
   it('stays within its hold budget, reading back for the hash what it dropped', async () => {
     const pieceBytes = 256 * KiB;
     const blob = randomBytes(8 * MiB + 100);

@@ -101,8 +101,10 @@ async function serve(
 describe('pieceHandler', () => {
   it('serves the bytes of every piece, and says why it serves none', async () => {
     const source = memorySource();
+    const buffers = new PieceBuffers(1024 * 1024);
     const { base, results } = await serve({
       source: (asked) => (asked === digest ? source : undefined),
+      buffers,
     });
     for (let index = 0; index < 4; index++) {
       const answer = await get(base, `/pieces/sha256/${hex}/${index}`);
@@ -122,6 +124,8 @@ describe('pieceHandler', () => {
       'invalid',
     ]);
     assert.equal(source.users, 0, 'every use released');
+    // Each response's buffer came back once it was written out, and served the next piece.
+    assert.equal(buffers.bytes, PIECE);
   });
 
   it('answers 429 past the caps, and takes the budget before reading', async () => {

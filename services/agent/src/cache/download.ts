@@ -139,16 +139,14 @@ export class BlobDownload {
       this.#appending = true;
       this.#file.holdBudget(APPEND_HELD_BYTES);
     }
-    const start = this.#available;
     const bytes = Buffer.isBuffer(chunk)
       ? chunk
       : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     // Readable (from memory) and hashed before it is written: it is in order.
-    const put = this.#written(() => this.#file.put(start, bytes, false));
+    const appended = this.#written(() => this.#file.append(bytes, false));
     this.#available += bytes.length;
-    this.#file.advance(this.#available);
     this.#wake();
-    await put;
+    await appended;
   }
 
   /** Writes verified bytes at `offset` at once (the swarm path's large pieces, block by block). */

@@ -70,7 +70,6 @@ export class PieceCutter {
       throw new RangeError(`more than ${size} bytes`);
     }
     const file = this.#blob.writer;
-    const start = this.#offset;
     // A chunk may end one piece and start the next.
     let rest = chunk;
     while (rest.length > 0) {
@@ -82,11 +81,9 @@ export class PieceCutter {
         this.#endPiece();
       }
     }
-    // Held by reference (no copy) and written once `COALESCE_BYTES` have gathered; the
-    // whole-blob hash takes it from memory, in order.
-    const put = file.put(start, chunk, false);
-    file.advance(this.#offset);
-    await put;
+    // Held by reference (no copy), hashed for the whole blob at once, and written once
+    // `COALESCE_BYTES` have gathered.
+    await file.append(chunk, false);
     if (
       this.#hashes.length > 0 &&
       (file.unwritten === 0 || performance.now() - this.#heldSince >= this.#holdMs)

@@ -13,14 +13,14 @@
  */
 import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
-import { COALESCE_BYTES, PieceFile } from '@shoal/pieces';
+import { PieceFile } from '@shoal/pieces';
 import { pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
 
 /**
- * Bytes of an ingest held in memory: the write being gathered and the one before (written
- * chunks are dropped as soon as the whole-blob hash has had them).
+ * Bytes of an ingest kept in memory once written: none (agents are served from the file). The
+ * write being gathered is held until it is written whatever the budget.
  */
-const INGEST_HELD_BYTES = 2 * COALESCE_BYTES;
+const INGEST_HELD_BYTES = 0;
 
 /** The piece layout and hashes of a blob, as kept beside it and in the object gateway. */
 export interface PieceManifest {
