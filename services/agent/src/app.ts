@@ -2,6 +2,7 @@
  * The agent's composition root: every dependency built in order, every server paired with
  * its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
+import { PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
 import { UpstreamClient } from '@shoal/registry';
 import {
@@ -17,7 +18,6 @@ import {
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import { startAuthorizer } from './authz/start.js';
-import { BufferPool } from './cache/buffer-pool.js';
 import { FsContentStore } from './cache/content-store.js';
 import { DiskHeadroom } from './cache/disk-headroom.js';
 import { BlobLedger, reportBlob } from './provenance/ledger.js';
@@ -151,7 +151,7 @@ export async function buildApp(
   );
   // Piece buffers, used again by the swarm's downloads and the peer server's uploads; given
   // back to the collector once idle, so that a burst of pulls does not stay resident.
-  const piecePool = new BufferPool(POOLED_PIECE_BYTES);
+  const piecePool = new PieceBuffers(POOLED_PIECE_BYTES);
   const poolTrim = setInterval(() => piecePool.trimIdle(IDLE_POOLED_PIECE_BYTES), POOL_TRIM_MS);
   poolTrim.unref();
   let join: SwarmJoin | undefined;

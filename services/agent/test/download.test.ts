@@ -7,9 +7,9 @@ import { PassThrough, Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { PieceBuffers } from '@shoal/pieces';
 import { digestOf, type Digest } from '@shoal/proto';
 
-import { BufferPool } from '../src/cache/buffer-pool.js';
 import { FsContentStore } from '../src/cache/content-store.js';
 import {
   DownloadTable,
@@ -838,7 +838,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     blob: Buffer,
     pieceBytes: number,
     order: readonly number[],
-    pool: BufferPool,
+    pool: PieceBuffers,
   ): Promise<void> {
     const have = new Set<number>();
     let prefix = 0;
@@ -860,7 +860,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
   it('verifies from the pieces in memory and gives their buffers back to the pool', async () => {
     const blob = randomBytes(4 * MiB + 12_345);
     const digest = digestOf(blob);
-    const pool = new BufferPool(64 * MiB);
+    const pool = new PieceBuffers(64 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(blob.length);
     const reader = drain(openReader(download));
@@ -881,7 +881,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     const count = (2 * HELD_BYTES) / pieceBytes;
     const blob = randomBytes(count * pieceBytes - 777);
     const digest = digestOf(blob);
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(blob.length);
     const whole = drain(openReader(download));
@@ -897,7 +897,7 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     const digest = digestOf(blob);
     const served = Buffer.from(blob);
     served[MiB + 10] = (served[MiB + 10] ?? 0) ^ 0xff;
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     download.setSize(served.length);
     const reader = drain(openReader(download));
@@ -911,9 +911,58 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     await assertNothingKept(digest);
   });
 
+  /** A temp file for a download whose gathered writes are recorded (bytes per write). */
+  async function watchedTemp(): Promise<{
+    temp: Awaited<ReturnType<FsContentStore['createTemp']>>;
+    writes: number[];
+  }> {
+    const temp = await store.createTemp();
+    const writes: number[] = [];
+    const writev = temp.handle.writev.bind(temp.handle);
+    temp.handle.writev = (buffers, position) => {
+      writes.push(buffers.reduce((sum, b) => sum + b.byteLength, 0));
+      return writev(buffers, position);
+    };
+    return { temp, writes };
+  }
+
+  it('writes pieces that arrive out of order in gathered writes of 1 MiB, each byte once', async () => {
+    const pieceBytes = 256 * 1024;
+    const blob = randomBytes(4 * MiB);
+    const digest = digestOf(blob);
+    const pool = new PieceBuffers(16 * MiB);
+    const { temp, writes } = await watchedTemp();
+    const download = new BlobDownload(digest, temp, pool);
+    download.setSize(blob.length);
+    const reader = drain(openReader(download));
+    // Within each MiB the pieces come last first; no piece is written on its own.
+    const order = [...Array(16).keys()].map((i) => Math.floor(i / 4) * 4 + (3 - (i % 4)));
+    await writePieces(download, blob, pieceBytes, order, pool);
+    assert.equal(await download.finish(store), 'verified');
+    assert.deepEqual((await reader).bytes, blob);
+    assert.deepEqual(writes, [MiB, MiB, MiB, MiB]);
+  });
+
+  it('gathers socket-sized chunks appended in order into writes of 1 MiB', async () => {
+    const blob = randomBytes(3 * MiB + 1000);
+    const { temp, writes } = await watchedTemp();
+    const download = new BlobDownload(digestOf(blob), temp);
+    const chunks: Buffer[] = [];
+    for (let offset = 0; offset < blob.length; offset += 64 * 1024) {
+      chunks.push(Buffer.from(blob.subarray(offset, offset + 64 * 1024)));
+    }
+    const reader = drain(openReader(download));
+    assert.equal(
+      await fillInOrder(download, Readable.from(chunks), store, () => undefined),
+      'verified',
+    );
+    assert.deepEqual((await reader).bytes, blob);
+    assert.deepEqual(writes, [MiB, MiB, MiB, 1000]);
+  });
+
   it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
     const blob = randomBytes(2 * MiB);
-    const pool = new BufferPool(8 * MiB);
+    const pool = new PieceBuffers(8 * MiB);
     const download = new BlobDownload(digestOf(blob), await store.createTemp(), pool);
     download.setSize(blob.length);
     await writePieces(download, blob, MiB, [1], pool);

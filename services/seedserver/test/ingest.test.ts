@@ -27,10 +27,11 @@ describe('PieceCutter', () => {
       const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
       // Watch the writes the file gets (passed through unchanged).
       const writes: number[] = [];
-      const writev = blob.writev.bind(blob);
-      blob.writev = (offset, buffers) => {
-        writes.push(buffers.reduce((sum, b) => sum + b.length, 0));
-        return writev(offset, buffers);
+      const { handle } = blob.writer;
+      const writev = handle.writev.bind(handle);
+      handle.writev = (buffers, position) => {
+        writes.push(buffers.reduce((sum, b) => sum + b.byteLength, 0));
+        return writev(buffers, position);
       };
       // However slow this machine is, pieces wait for the full write.
       const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: Infinity });

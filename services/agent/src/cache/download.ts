@@ -8,11 +8,12 @@
  * prefix is also fed to a hash of the whole blob; the download is committed to the store only
  * if that digest matches.
  *
- * A verified piece is written with one write, and its bytes are kept in memory for a while
- * (at most `HELD_BYTES` per download): the whole-blob hash takes them from there when the
- * prefix reaches them, and readers following the prefix copy them from there, so a byte is
- * read back from the file only when it arrived out of order and its buffer was dropped, or
- * when a reader lags far behind.
+ * The file is a `PieceFile` of `@shoal/pieces`: verified pieces and appended chunks are held in
+ * memory (at most `HELD_BYTES` per download) and written in gathered writes of at least 1 MiB
+ * where they are contiguous; the whole-blob hash takes them from memory when the prefix
+ * reaches them, and readers following the prefix copy them from there, so a byte is read back
+ * from the file only when it arrived far out of order and was dropped, or when a reader lags
+ * far behind.
  *
  * No response is completed with unverified bytes: until the whole blob has verified, a reader
  * withholds the last byte of its response, and if verification fails the reader throws, which
@@ -22,29 +23,26 @@ import type { FileHandle } from 'node:fs/promises';
 import { unlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
-import { DigestHasher, type Digest } from '@shoal/proto';
+import { PieceFile, type PieceBuffers } from '@shoal/pieces';
+import type { Digest } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
-import type { BufferPool } from './buffer-pool.js';
 import type { FsContentStore } from './content-store.js';
 
 /** Bytes per chunk of a stream made from a cursor. */
 const READ_CHUNK_BYTES = 64 * 1024;
-/** Bytes read back per step when hashing a prefix that was written out of order. */
-const HASH_CHUNK_BYTES = 1024 * 1024;
 /**
- * Piece bytes kept in memory per download after their write, for the whole-blob hash and for
- * readers. Pieces already hashed are dropped first (oldest first); a piece that does not fit
- * is not kept, and its bytes are read back from the file when needed.
+ * Piece bytes kept in memory per download, for the gathered writes, the whole-blob hash and
+ * readers. Pieces already hashed and written are dropped first (oldest first); past the
+ * budget, pieces are written and dropped, and read back from the file when needed.
  */
 export const HELD_BYTES = 8 * 1024 * 1024;
-/** Bytes appended in order (the origin path) gathered into one write. */
-const APPEND_BLOCK_BYTES = 1024 * 1024;
 /**
- * Appended blocks kept in memory, in bytes: readers follow an in-order download closely, and
- * the hash has them already, so the block being filled and the one before are enough.
+ * Appended bytes (the origin path, in order) kept in memory: readers follow an in-order
+ * download closely, and the hash has them already, so the write being gathered (1 MiB) and
+ * the one before are enough.
  */
-const APPEND_HELD_BYTES = 2 * APPEND_BLOCK_BYTES;
+const APPEND_HELD_BYTES = 2 * 1024 * 1024;
 
 export type DownloadState = 'running' | 'verified' | 'failed';
 
@@ -62,20 +60,13 @@ export class BlobDownload {
   #error: Error | undefined;
   /** Bytes of the contiguous prefix readers may have. */
   #available = 0;
-  /** Bytes of the prefix fed to the whole-blob hash. */
-  #hashed = 0;
-  #hashing: Promise<void> = Promise.resolve();
-  /** Written, verified pieces still in memory, by offset, oldest first. */
-  readonly #held = new Map<number, Buffer>();
-  #heldBytes = 0;
-  /** The block `append` is filling: readable from memory (it is in `#held`), not yet written. */
-  #tail: { start: number; bytes: Buffer; filled: number } | undefined;
-  readonly #hasher: DigestHasher;
+  /** The file: gathered writes, bytes in memory, the whole-blob hash of the prefix. */
+  readonly #file: PieceFile;
+  /** `append` has started: the in-order path, with its smaller hold budget. */
+  #appending = false;
   #waiters: (() => void)[] = [];
   #openReaders = 0;
   #handleClosed = false;
-  readonly #handle: FileHandle;
-  readonly #tempPath: string;
   /** Resolves once the download has settled, verified or failed. */
   readonly settled: Promise<DownloadState>;
   #settle: (state: DownloadState) => void = () => undefined;
@@ -84,15 +75,14 @@ export class BlobDownload {
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
 
-  readonly #pool: BufferPool | undefined;
-
   /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
-  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: BufferPool) {
+  constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: PieceBuffers) {
     this.digest = digest;
-    this.#pool = pool;
-    this.#tempPath = temp.path;
-    this.#handle = temp.handle;
-    this.#hasher = new DigestHasher(digest.algorithm);
+    this.#file = new PieceFile(temp.handle, temp.path, {
+      algorithm: digest.algorithm,
+      heldBytes: HELD_BYTES,
+      buffers: pool,
+    });
     this.settled = new Promise((resolve) => {
       this.#settle = resolve;
     });
@@ -133,8 +123,9 @@ export class BlobDownload {
 
   /**
    * Appends bytes in order (the origin path): hashed and made available at once, readers
-   * taking them from memory; written in blocks of `APPEND_BLOCK_BYTES` (the last one by
-   * `finish`), so a socket chunk costs a copy rather than a write of its own.
+   * taking them from memory; written in gathered writes of at least 1 MiB (the last one by
+   * `finish`), so a socket chunk costs no write of its own. The download keeps a reference to
+   * `chunk` until it is written and dropped: the caller must not reuse it.
    */
   async append(chunk: Uint8Array): Promise<void> {
     if (this.#size !== undefined && this.#available + chunk.length > this.#size) {
@@ -144,40 +135,33 @@ export class BlobDownload {
         `${this.digest.toString()}: more bytes than announced`,
       );
     }
-    let offset = 0;
-    while (offset < chunk.length) {
-      const tail = this.#tail ?? this.#newTail();
-      const take = Math.min(chunk.length - offset, tail.bytes.length - tail.filled);
-      tail.bytes.set(chunk.subarray(offset, offset + take), tail.filled);
-      if (this.#hashed === this.#available) {
-        this.#hasher.update(tail.bytes.subarray(tail.filled, tail.filled + take));
-        this.#hashed += take;
-      }
-      tail.filled += take;
-      this.#available += take;
-      offset += take;
-      this.#wake();
-      if (tail.filled === tail.bytes.length) {
-        await this.#flushTail();
-      }
+    if (!this.#appending) {
+      this.#appending = true;
+      this.#file.holdBudget(APPEND_HELD_BYTES);
     }
+    const bytes = Buffer.isBuffer(chunk)
+      ? chunk
+      : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    // Readable (from memory) and hashed before it is written: it is in order.
+    const appended = this.#written(() => this.#file.append(bytes, false));
+    this.#available += bytes.length;
+    this.#wake();
+    await appended;
   }
 
-  /** Writes verified bytes at `offset` (the swarm path); `advance` makes them readable. */
+  /** Writes verified bytes at `offset` at once (the swarm path's large pieces, block by block). */
   async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
-    await this.#writeAll(bytes, offset);
+    await this.#written(() => this.#file.writeThrough(offset, bytes));
   }
 
   /**
-   * Writes a whole verified piece at `offset` with one write and keeps its bytes in memory
-   * while the budget allows (see `HELD_BYTES`); `advance` makes them readable. The download
-   * owns `bytes` from then on: the caller must not touch them again (they go back to the pool).
+   * Takes a whole verified piece at `offset`: held in memory while the budget allows (see
+   * `HELD_BYTES`) and written with its contiguous neighbours in one gathered write; `advance`
+   * makes it readable. The download owns `bytes` from then on: the caller must not touch them
+   * again (they go back to the pool).
    */
   async writePiece(offset: number, bytes: Buffer): Promise<void> {
-    await this.#writeAll(bytes, offset);
-    if (!(this.#state === 'running' && this.#hold(offset, bytes))) {
-      this.#pool?.give(bytes);
-    }
+    await this.#written(() => this.#file.put(offset, bytes, true));
   }
 
   /** Moves the readable prefix to `available` bytes (all written and verified). */
@@ -186,9 +170,8 @@ export class BlobDownload {
       return;
     }
     this.#available = available;
-    this.#hashing = this.#hashing.then(() => this.#hashPrefix());
-    // A read error here is reported by `finish`, which awaits the chain; mark it handled now.
-    this.#hashing.catch(() => undefined);
+    // A read error while hashing is reported by `finish`, which asks for the digest.
+    this.#file.advance(available);
     this.#wake();
   }
 
@@ -198,7 +181,7 @@ export class BlobDownload {
       return this.#state;
     }
     try {
-      await this.#flushTail();
+      await this.#written(() => this.#file.flush());
       if (this.#size === undefined) {
         this.setSize(this.#available);
       }
@@ -209,8 +192,7 @@ export class BlobDownload {
           `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      await this.#hashing;
-      const actual = this.#hasher.digest();
+      const actual = await this.#file.digest();
       if (actual.toString() !== this.digest.toString()) {
         throw new ContentMismatchError(
           'DIGEST_MISMATCH',
@@ -222,10 +204,10 @@ export class BlobDownload {
       // copy durable (fsync, rename) is the cache's business and need not delay them.
       this.#matched = true;
       this.#wake();
-      await this.#handle.sync();
-      await store.commit(this.#tempPath, this.digest, this.#available);
+      await this.#file.sync();
+      await store.commit(this.#file.path, this.digest, this.#available);
       this.#state = 'verified';
-      this.#dropHeld();
+      this.#file.dropHeld();
       this.#wake();
       this.#settle(this.#state);
       await this.#closeHandleIfIdle();
@@ -241,10 +223,10 @@ export class BlobDownload {
       return;
     }
     this.#state = 'failed';
-    this.#dropHeld();
+    this.#file.dropHeld();
     this.#error = error instanceof Error ? error : new Error(String(error));
     this.#rejectSize(this.#error);
-    await unlink(this.#tempPath).catch(() => undefined);
+    await unlink(this.#file.path).catch(() => undefined);
     this.#wake();
     this.#settle(this.#state);
     await this.#closeHandleIfIdle();
@@ -263,7 +245,7 @@ export class BlobDownload {
     if (this.#handleClosed || this.#state === 'failed') {
       return undefined;
     }
-    const held = this.#heldAt(offset);
+    const held = this.#file.heldAt(offset);
     if (held !== undefined && offset + length <= held.start + held.bytes.length) {
       // A copy: the held buffer goes back to the pool while the caller may still send this.
       const copy = alloc(length);
@@ -272,9 +254,9 @@ export class BlobDownload {
     }
     this.#openReaders += 1;
     try {
+      // From memory where held (some of it may not be on disk yet), else from the file.
       const buffer = alloc(length);
-      const { bytesRead } = await this.#handle.read(buffer, 0, length, offset);
-      return bytesRead === length ? buffer : undefined;
+      return (await this.#file.readFully(buffer, offset)) ? buffer : undefined;
     } finally {
       this.#openReaders -= 1;
       await this.#closeHandleIfIdle();
@@ -328,20 +310,8 @@ export class BlobDownload {
             continue;
           }
           const length = Math.min(limit - position, buffer.length);
-          const held = this.#heldAt(position);
-          if (held !== undefined) {
-            // The bytes in flight: copied from memory rather than read back from the file.
-            const from = position - held.start;
-            const copied = held.bytes.copy(
-              buffer,
-              0,
-              from,
-              Math.min(held.bytes.length, from + length),
-            );
-            position += copied;
-            return copied;
-          }
-          const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
+          // The bytes in flight are copied from memory rather than read back from the file.
+          const bytesRead = await this.#file.read(buffer, 0, length, position);
           if (bytesRead === 0) {
             throw new Error(`short read at ${position} of ${this.digest.toString()}`);
           }
@@ -366,133 +336,12 @@ export class BlobDownload {
   }
 
   /**
-   * Feeds the prefix to the whole-blob hash: from the pieces held in memory, reading back from
-   * the file only what is not held (pieces that arrived out of order and were dropped).
+   * Runs a write of the file. A write that fails (a full disk, an I/O error) fails the
+   * download: it is no source's fault, and no other source could make it succeed.
    */
-  async #hashPrefix(): Promise<void> {
-    // One buffer for all the reading back of this round (hashing runs one round at a time).
-    let scratch: Buffer | undefined;
-    while (this.#hashed < this.#available && !this.#handleClosed) {
-      const held = this.#heldAt(this.#hashed);
-      if (held !== undefined) {
-        const from = this.#hashed - held.start;
-        const to = Math.min(held.bytes.length, this.#available - held.start);
-        this.#hasher.update(held.bytes.subarray(from, to));
-        this.#hashed += to - from;
-        continue;
-      }
-      let length = Math.min(this.#available - this.#hashed, HASH_CHUNK_BYTES);
-      // Stop the read where a held piece begins: its bytes are in memory.
-      for (const start of this.#held.keys()) {
-        if (start > this.#hashed && start < this.#hashed + length) {
-          length = start - this.#hashed;
-        }
-      }
-      scratch ??= this.#pool?.take(HASH_CHUNK_BYTES) ?? Buffer.allocUnsafe(HASH_CHUNK_BYTES);
-      const { bytesRead } = await this.#handle.read(scratch, 0, length, this.#hashed);
-      if (bytesRead === 0) {
-        throw new Error(`short read while hashing ${this.digest.toString()}`);
-      }
-      this.#hasher.update(scratch.subarray(0, bytesRead));
-      this.#hashed += bytesRead;
-    }
-    if (scratch !== undefined) {
-      this.#pool?.give(scratch);
-    }
-  }
-
-  /** The held piece holding the byte at `position`, if any. */
-  #heldAt(position: number): { start: number; bytes: Buffer } | undefined {
-    for (const [start, bytes] of this.#held) {
-      if (position >= start && position < start + bytes.length) {
-        return { start, bytes };
-      }
-    }
-    return undefined;
-  }
-
-  /**
-   * Keeps a written piece in memory, dropping hashed pieces first; false (not kept) when the
-   * prefix has passed it already or it does not fit.
-   */
-  #hold(start: number, bytes: Buffer): boolean {
-    if (
-      bytes.length > HELD_BYTES ||
-      start + bytes.length <= this.#hashed ||
-      this.#heldAt(start) !== undefined
-    ) {
-      return false;
-    }
-    this.#makeRoom(bytes.length);
-    if (this.#heldBytes + bytes.length > HELD_BYTES) {
-      return false;
-    }
-    this.#held.set(start, bytes);
-    this.#heldBytes += bytes.length;
-    return true;
-  }
-
-  /** Starts a block for `append`, held (readable) from the start; makes room for it first. */
-  #newTail(): { start: number; bytes: Buffer; filled: number } {
-    const bytes =
-      this.#pool?.take(APPEND_BLOCK_BYTES) ?? Buffer.allocUnsafeSlow(APPEND_BLOCK_BYTES);
-    this.#makeRoom(bytes.length, APPEND_HELD_BYTES);
-    const tail = { start: this.#available, bytes, filled: 0 };
-    this.#tail = tail;
-    this.#held.set(tail.start, bytes);
-    this.#heldBytes += bytes.length;
-    return tail;
-  }
-
-  /** Writes the block `append` filled (or the part filled, at the end); it stays held. */
-  async #flushTail(): Promise<void> {
-    const tail = this.#tail;
-    if (tail === undefined) {
-      return;
-    }
-    this.#tail = undefined;
-    await this.#writeAll(tail.bytes.subarray(0, tail.filled), tail.start);
-  }
-
-  /** Drops hashed pieces, oldest first, until `bytes` more fit in `budget` (or none can go). */
-  #makeRoom(bytes: number, budget = HELD_BYTES): void {
-    for (const [offset, held] of this.#held) {
-      if (this.#heldBytes + bytes <= budget) {
-        return;
-      }
-      if (offset + held.length <= this.#hashed && held !== this.#tail?.bytes) {
-        this.#held.delete(offset);
-        this.#heldBytes -= held.length;
-        this.#pool?.give(held);
-      }
-    }
-  }
-
-  #dropHeld(): void {
-    this.#tail = undefined;
-    for (const held of this.#held.values()) {
-      this.#pool?.give(held);
-    }
-    this.#held.clear();
-    this.#heldBytes = 0;
-  }
-
-  /**
-   * Writes all of `chunk` at `position`. A write that fails (a full disk, an I/O error) fails
-   * the download: it is no source's fault, and no other source could make it succeed.
-   */
-  async #writeAll(chunk: Uint8Array, position: number): Promise<void> {
-    let offset = 0;
+  async #written(write: () => Promise<void>): Promise<void> {
     try {
-      while (offset < chunk.length) {
-        const { bytesWritten } = await this.#handle.write(
-          chunk,
-          offset,
-          chunk.length - offset,
-          position + offset,
-        );
-        offset += bytesWritten;
-      }
+      await write();
     } catch (error) {
       await this.fail(error);
       throw error;
@@ -514,7 +363,7 @@ export class BlobDownload {
   async #closeHandleIfIdle(): Promise<void> {
     if (this.#state !== 'running' && this.#openReaders === 0 && !this.#handleClosed) {
       this.#handleClosed = true;
-      await this.#handle.close();
+      await this.#file.close();
     }
   }
 }

@@ -3,6 +3,14 @@
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
 import {
+  pieceHandler,
+  PIECE_ROUTE,
+  type PieceBuffers,
+  type PieceRequest,
+  type PieceRoute,
+  type PieceSource,
+} from '@shoal/pieces';
+import {
   parseDigest,
   PIECE_PEER_HEADER,
   pieceBounds,
@@ -11,9 +19,8 @@ import {
   type Digest,
 } from '@shoal/proto';
 import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { Logger, RateLimiter } from '@shoal/runtime';
@@ -25,7 +32,7 @@ export interface PeerRouteDeps {
   readonly active: (digest: string) => SwarmFetch | undefined;
   readonly uploadLimit: RateLimiter;
   /** Buffers for the pieces read to be sent; each goes back once its response has finished. */
-  readonly pool: BufferPool;
+  readonly pool: PieceBuffers;
   readonly metrics: AgentMetrics;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
   readonly verifier: PieceTokenVerifier | undefined;
@@ -46,71 +53,23 @@ export interface PeerRouteDeps {
   };
 }
 
-interface PieceRoute {
-  Params: { algorithm: string; hex: string; index: string };
-}
-type PieceRequest = FastifyRequest<PieceRoute>;
-
 export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): void {
-  let uploads = 0;
-  /** Uploads in flight by peer; a peer is dropped from the map when it has none. */
-  const byPeer = new Map<string, number>();
-  const serve = async (request: PieceRequest, reply: FastifyReply): Promise<FastifyReply> => {
-    const { algorithm, hex, index } = request.params;
-    let digest: Digest;
-    try {
-      digest = parseDigest(`${algorithm}:${hex}`);
-    } catch {
-      return reply.code(400).send({ error: 'not a digest' });
-    }
-    const piece = /^\d{1,9}$/.test(index) ? Number(index) : -1;
-    const length = piece < 0 ? undefined : pieceLength(deps, digest, piece);
-    if (length === undefined) {
-      return reply.code(404).send({ error: 'piece not held' });
-    }
-    // Bounded: past the caps peers are asked to come back (they try another holder meanwhile).
+  const serve = pieceHandler({
+    source: (digest) => peerSource(deps, parseDigest(digest)),
+    buffers: deps.pool,
+    uploadLimit: deps.uploadLimit,
+    uploads: deps.uploads,
     // The peer header was checked against the hand-out token when authentication is on.
-    const peer = requestingPeer(request);
-    const peerUploads = byPeer.get(peer) ?? 0;
-    if (uploads >= deps.uploads.max || peerUploads >= deps.uploads.perPeer) {
-      const reason = uploads >= deps.uploads.max ? 'busy' : 'peer-busy';
-      deps.metrics.uploadsRefused.inc({ reason });
-      return reply.code(429).header('retry-after', '1').send({ error: reason });
-    }
-    // Counted until the response is gone, so the caps bound the pieces held in memory.
-    uploads += 1;
-    byPeer.set(peer, peerUploads + 1);
-    const deadline = setTimeout(() => {
-      request.raw.socket.destroy();
-    }, deps.uploads.timeoutMs);
-    reply.raw.once('close', () => {
-      clearTimeout(deadline);
-      uploads -= 1;
-      const left = (byPeer.get(peer) ?? 1) - 1;
-      if (left > 0) {
-        byPeer.set(peer, left);
-      } else {
-        byPeer.delete(peer);
+    peerOf: requestingPeer,
+    corrupt: deps.corruptPieces,
+    onResult: (result, bytes) => {
+      if (result === 'busy' || result === 'peer-busy') {
+        deps.metrics.uploadsRefused.inc({ reason: result });
+      } else if (result === 'served') {
+        deps.metrics.uploadedBytes.inc(bytes);
       }
-    });
-    // Wait for the budget before reading, so a queued request holds no piece in memory,
-    // and drop requests whose peer gave up meanwhile.
-    await deps.uploadLimit.take(length);
-    if (request.raw.destroyed) {
-      return reply;
-    }
-    const bytes = await readPiece(deps, digest, piece);
-    if (bytes === undefined) {
-      return reply.code(404).send({ error: 'piece not held' });
-    }
-    if (deps.corruptPieces && bytes.length > 0) {
-      bytes[0] = (bytes[0] ?? 0) ^ 0xff;
-    }
-    // Once written out the buffer is free again (not on a cut response: the socket may still hold it).
-    reply.raw.once('finish', () => deps.pool.give(bytes));
-    deps.metrics.uploadedBytes.inc(bytes.length);
-    return reply.header('content-type', 'application/octet-stream').send(bytes);
-  };
+    },
+  });
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({
     verifier: deps.verifier,
@@ -118,7 +77,7 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     refused: (reason) => deps.metrics.pieceAuthRefused.inc({ reason }),
     logger: deps.logger,
   });
-  app.get<PieceRoute>('/pieces/:algorithm/:hex/:index', { preHandler }, (request, reply) =>
+  app.get<PieceRoute>(PIECE_ROUTE, { preHandler }, (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`).
     withServerSpan(
       'piece serve',
@@ -138,18 +97,11 @@ function requestingPeer(request: PieceRequest): string {
     : `ip:${request.ip}`;
 }
 
-async function readPiece(
-  deps: PeerRouteDeps,
-  digest: Digest,
-  index: number,
-): Promise<Buffer | undefined> {
-  const alloc = (size: number): Buffer => deps.pool.take(size);
-  const fromDownload = await deps.active(digest.toString())?.readPiece(index, alloc);
-  return fromDownload ?? deps.store.readPiece(digest, index, alloc);
-}
-
-/** The length of a piece this agent holds the layout of, or undefined for none. */
-function pieceLength(deps: PeerRouteDeps, digest: Digest, index: number): number | undefined {
+/**
+ * A blob this agent holds in any form: the download in progress (only pieces already
+ * verified are read) or the cache (each read pins the entry while it runs).
+ */
+function peerSource(deps: PeerRouteDeps, digest: Digest): PieceSource | undefined {
   const fetch = deps.active(digest.toString());
   const layout = fetch?.layout;
   const activeSize = fetch?.download.size;
@@ -159,9 +111,22 @@ function pieceLength(deps: PeerRouteDeps, digest: Digest, index: number): number
     return undefined;
   }
   const pieceSize = layout?.pieceSize ?? pieceSizeFor(size);
-  if (index >= pieceCount(size, pieceSize)) {
-    return undefined;
-  }
-  const { start, end } = pieceBounds(index, size, pieceSize);
-  return end - start;
+  return {
+    pieceLength: (index) => {
+      if (index >= pieceCount(size, pieceSize)) {
+        return undefined;
+      }
+      const { start, end } = pieceBounds(index, size, pieceSize);
+      return end - start;
+    },
+    readPiece: async (index, buffer) => {
+      // The piece's length is the buffer's, from the same layout.
+      const alloc = (length: number): Buffer =>
+        length <= buffer.length ? buffer.subarray(0, length) : Buffer.allocUnsafe(length);
+      const fromDownload = await fetch?.readPiece(index, alloc);
+      return fromDownload ?? deps.store.readPiece(digest, index, alloc);
+    },
+    acquire: () => true,
+    release: () => undefined,
+  };
 }

@@ -4,10 +4,10 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { PieceBuffers } from '@shoal/pieces';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
 import { runInContext, startSpan, type Logger } from '@shoal/runtime';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { Flight } from '../cache/download-table.js';
 import { BlobDownload } from '../cache/download.js';
@@ -37,7 +37,7 @@ export interface SwarmServiceDeps {
   /** The agent's upload and download budgets. */
   readonly limits: TransferLimits;
   /** Piece buffers, shared with the peer server. */
-  readonly pool: BufferPool;
+  readonly pool: PieceBuffers;
   /** Where each blob's bytes came from. */
   readonly ledger: BlobLedger;
   /** How the piece client reaches https:// peers and seed servers (default: the system's CAs). */

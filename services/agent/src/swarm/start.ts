@@ -9,10 +9,10 @@
 import { hostname } from 'node:os';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { PieceBuffers } from '@shoal/pieces';
 import type { PeerInfo } from '@shoal/proto';
 import { ConfigError, type Logger } from '@shoal/runtime';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { BlobLedger } from '../provenance/ledger.js';
@@ -38,7 +38,7 @@ export async function startSwarm(
     metrics: AgentMetrics;
     logger: Logger;
     limits: TransferLimits;
-    pool: BufferPool;
+    pool: PieceBuffers;
     ledger: BlobLedger;
     /** How the piece client reaches https:// sources (default: the system's CAs). */
     pieceTls?: RawTlsOptions;

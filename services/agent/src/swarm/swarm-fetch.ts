@@ -15,21 +15,24 @@
 import { createHash } from 'node:crypto';
 
 import {
+  PiecePicker,
+  type PickedRequest,
+  type PieceBuffers,
+  type RequestOutcome,
+} from '@shoal/pieces';
+import {
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
   pieceSizeFor,
-  rangesInclude,
   toRanges,
   type Handout,
   type PeerInfo,
   type PieceHashes,
-  type PieceRanges,
 } from '@shoal/proto';
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
-import type { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
@@ -38,7 +41,6 @@ import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
-import { endgameLate, nextTypicalMs, orderPieces, windowEnd } from './piece-order.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -100,7 +102,7 @@ export interface SwarmFetchDeps {
   readonly pieces: PieceClient;
   readonly store: FsContentStore;
   /** Where whole-piece buffers come from; the download gives them back. */
-  readonly pool: BufferPool;
+  readonly pool: PieceBuffers;
   readonly requests: RegistryRequests;
   readonly downloadLimit: RateLimiter;
   readonly metrics: AgentMetrics;
@@ -110,27 +112,14 @@ export interface SwarmFetchDeps {
 
 interface InFlight {
   readonly controller: AbortController;
-  readonly peer: string;
+  /** The picker's request: which piece of which source. */
+  readonly picked: PickedRequest;
   /**
    * Writes into the download as the bytes arrive (the first request for a piece larger than
    * `WHOLE_PIECE_BYTES`), or receives the piece whole and writes it once verified.
    */
   readonly streaming: boolean;
-  /** When the request started, in ms since the epoch. */
-  readonly started: number;
   done: Promise<void>;
-}
-
-interface PeerState {
-  info: PeerInfo;
-  pieces: PieceRanges;
-  complete: boolean;
-  seed: boolean;
-  inFlight: number;
-  failures: number;
-  banned: boolean;
-  /** A peer that answered 429 (all its upload slots taken) is left alone until then, ms. */
-  busyUntil: number;
 }
 
 export class SwarmFetch {
@@ -141,23 +130,16 @@ export class SwarmFetch {
   readonly #deps: SwarmFetchDeps;
   readonly #blob: string;
   #pieceSize = 0;
-  #count = 0;
   readonly #hashes: (string | undefined)[] = [];
-  /** Pieces `[0, #hashedPrefix)` all have their hash. */
-  #hashedPrefix = 0;
-  readonly #have = new Set<number>();
+  /** Which piece to ask of which peer: the pieces held, the peers' holdings and slots. */
+  readonly #picker: PiecePicker;
   /** Pieces an endgame copy is writing now. */
   readonly #committing = new Set<number>();
-  /** Pieces the seed asked us to get from a peer, until when (ms since the epoch). */
-  readonly #seedDeferred = new Map<number, number>();
-  /** Pieces `[0, prefix)` are all held. */
-  #prefix = 0;
-  readonly #peers = new Map<string, PeerState>();
+  /** Where each peer named by a hand-out is reached. */
+  readonly #peers = new Map<string, PeerInfo>();
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
   #lastProgress = Date.now();
-  /** How long a piece request that succeeded typically took, in ms (a moving average). */
-  #typicalPieceMs: number | undefined;
   /** The latest hand-out token's request headers, presented with every piece request. */
   #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
@@ -167,11 +149,28 @@ export class SwarmFetch {
     this.#target = target;
     this.#deps = deps;
     this.#blob = target.digest.toString();
+    this.#picker = new PiecePicker({
+      settings: {
+        concurrency: deps.settings.concurrency,
+        heldBytes: HELD_BYTES,
+        perSource: PER_PEER_REQUESTS,
+        perSeed: PER_SEED_REQUESTS,
+        endgameCopies: ENDGAME_COPIES,
+        endgameLateFactor: ENDGAME_LATE_FACTOR,
+        endgameLateMinMs: ENDGAME_LATE_MIN_MS,
+        maxFailures: MAX_PEER_FAILURES,
+        busyBackoffMs: PEER_BUSY_BACKOFF_MS,
+        seedDeferMs: SEED_DEFER_MS,
+      },
+      now: Date.now,
+      random: Math.random,
+      excluded: (id) => deps.client.isPenalized(id),
+    });
   }
 
   /** True when piece `index` is held (verified and written). */
   hasPiece(index: number): boolean {
-    return this.#have.has(index);
+    return this.#picker.has(index);
   }
 
   /**
@@ -179,7 +178,7 @@ export class SwarmFetch {
    * `alloc`, or undefined.
    */
   async readPiece(index: number, alloc?: (size: number) => Buffer): Promise<Buffer | undefined> {
-    if (!this.#have.has(index)) {
+    if (!this.#picker.has(index)) {
       return undefined;
     }
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
@@ -189,15 +188,16 @@ export class SwarmFetch {
   /** Span attributes describing how the fetch went, for the end of its span. */
   summary(): Record<string, number> {
     return {
-      'shoal.pieces': this.#count,
-      'shoal.pieces_held': this.#have.size,
+      'shoal.pieces': this.#picker.count,
+      'shoal.pieces_held': this.#picker.held.size,
       'shoal.peers': this.#peers.size,
     };
   }
 
   /** The layout once known: piece size and count. */
   get layout(): { pieceSize: number; count: number } | undefined {
-    return this.#count === 0 ? undefined : { pieceSize: this.#pieceSize, count: this.#count };
+    const count = this.#picker.count;
+    return count === 0 ? undefined : { pieceSize: this.#pieceSize, count };
   }
 
   /** Runs the fetch to its end: verified and committed, or failed. Never throws. */
@@ -217,7 +217,7 @@ export class SwarmFetch {
       if (!complete && !signal.aborted) {
         metrics.swarmFallbacks.inc();
         logger.info(
-          { blob: this.#blob, held: this.#have.size, of: this.#count },
+          { blob: this.#blob, held: this.#picker.held.size, of: this.#picker.count },
           'swarm stalled; reading the rest from the origin',
         );
         await this.#abortAll();
@@ -232,12 +232,13 @@ export class SwarmFetch {
         // Read from the origin before any piece hash came (the seed server was down), the
         // layout is still the one every holder uses: it follows from the size alone.
         const size = this.download.size ?? 0;
-        const count = this.#count > 0 ? this.#count : pieceCount(size, pieceSizeFor(size));
+        const count =
+          this.#picker.count > 0 ? this.#picker.count : pieceCount(size, pieceSizeFor(size));
         client.announce(this.#blob, [[0, count]], true);
       }
     } catch (error) {
       await this.download.fail(error);
-      if (this.#have.size > 0) {
+      if (this.#picker.held.size > 0) {
         client.announce(this.#blob, [], false);
       }
     } finally {
@@ -256,7 +257,7 @@ export class SwarmFetch {
     let earlyWants = 0;
     this.#lastProgress = Date.now();
     while (!signal.aborted) {
-      if (this.#count > 0 && this.#have.size === this.#count) {
+      if (this.#picker.done) {
         return true;
       }
       if (this.download.state === 'failed') {
@@ -270,7 +271,7 @@ export class SwarmFetch {
       // Asked at a fixed interval for the whole download: the tracker's view of who holds
       // what keeps changing, and one message a second per blob does not grow with the swarm.
       // A few more at the start, while pieces exist but nobody known holds them.
-      const early = earlyWants < EARLY_WANTS && this.#count > 0 && !this.#anyHolder();
+      const early = earlyWants < EARLY_WANTS && this.#picker.count > 0 && !this.#picker.anyHolder();
       if (
         now - lastWant >= settings.wantIntervalMs ||
         (early && now - lastWant >= EARLY_WANT_GAP_MS)
@@ -283,10 +284,13 @@ export class SwarmFetch {
           blob: this.#blob,
           registry: this.#target.registry.host,
           repository: this.#target.name,
-          have: toRanges(this.#have),
+          have: toRanges(this.#picker.held),
         });
       }
-      this.#schedule(signal);
+      // Rarest first, endgame at the tail: whatever the picker starts now.
+      for (const picked of this.#picker.next()) {
+        this.#request(picked, signal);
+      }
       const wait =
         early && earlyWants < EARLY_WANTS
           ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
@@ -302,121 +306,13 @@ export class SwarmFetch {
     return false;
   }
 
-  /** True when a usable peer is known to hold pieces of the blob. */
-  #anyHolder(): boolean {
-    for (const peer of this.#peers.values()) {
-      if (this.#usable(peer) && (peer.complete || peer.pieces.length > 0)) {
-        return true;
-      }
-    }
-    return false;
-  }
-
-  #usable(peer: PeerState): boolean {
-    return (
-      !peer.banned &&
-      peer.busyUntil <= Date.now() &&
-      peer.failures < MAX_PEER_FAILURES &&
-      !this.#deps.client.isPenalized(peer.info.id)
-    );
-  }
-
-  /** Starts piece requests up to the concurrency: rarest first, endgame at the tail. */
-  #schedule(signal: AbortSignal): void {
-    const { settings } = this.#deps;
-    let active = [...this.#inFlight.values()].reduce((sum, set) => sum + set.size, 0);
-    if (this.#count === 0 || active >= settings.concurrency) {
-      return;
-    }
-    const peers = [...this.#peers.values()].filter((p) => this.#usable(p));
-    const holders = (index: number): PeerState[] =>
-      peers.filter((p) => p.complete || rangesInclude(p.pieces, index));
-    const candidates: { index: number; holders: number; peers: PeerState[]; rank: number }[] = [];
-    for (let index = 0; index < this.#count; index++) {
-      if (this.#have.has(index) || this.#hashes[index] === undefined || this.#inFlight.has(index)) {
-        continue;
-      }
-      const held = holders(index);
-      if (held.length > 0) {
-        candidates.push({ index, holders: held.length, peers: held, rank: Math.random() });
-      }
-    }
-    orderPieces(
-      candidates,
-      windowEnd(this.#prefix, this.#pieceSize, HELD_BYTES, settings.concurrency),
-    );
-    for (const candidate of candidates) {
-      if (active >= settings.concurrency) {
-        return;
-      }
-      const deferred = (this.#seedDeferred.get(candidate.index) ?? 0) > Date.now();
-      const peer = this.#pickPeer(
-        deferred ? candidate.peers.filter((h) => !h.seed) : candidate.peers,
-        new Set(),
-      );
-      if (peer !== undefined) {
-        this.#request(candidate.index, peer, signal, true);
-        active += 1;
-      }
-    }
-    // Endgame: nothing new to start and few pieces left: ask a second peer for each piece
-    // whose request is late.
-    const missing = this.#count - this.#have.size;
-    if (candidates.length === 0 && missing <= settings.concurrency) {
-      const now = Date.now();
-      for (const [index, requests] of this.#inFlight) {
-        if (active >= settings.concurrency * 2 || requests.size >= ENDGAME_COPIES) {
-          continue;
-        }
-        const started = Math.min(...[...requests].map((r) => r.started));
-        if (
-          !endgameLate(started, now, this.#typicalPieceMs, ENDGAME_LATE_FACTOR, ENDGAME_LATE_MIN_MS)
-        ) {
-          continue;
-        }
-        const busy = new Set([...requests].map((r) => r.peer));
-        const peer = this.#pickPeer(holders(index), busy);
-        if (peer !== undefined) {
-          this.#request(index, peer, signal, false);
-          active += 1;
-        }
-      }
-    }
-  }
-
-  /** The least busy holder not in `exclude`, peers before seeds. */
-  #pickPeer(holders: PeerState[], exclude: Set<string>): PeerState | undefined {
-    // While other peers are in the swarm, the seed's upload is kept for pieces nobody else
-    // has yet: a few requests per agent, the rest go to peers as the pieces spread.
-    const othersServe = [...this.#peers.values()].some((p) => !p.seed && this.#usable(p));
-    let best: PeerState | undefined;
-    for (const peer of holders) {
-      const cap = peer.seed && othersServe ? PER_SEED_REQUESTS : PER_PEER_REQUESTS;
-      if (peer.inFlight >= cap || exclude.has(peer.info.id)) {
-        continue;
-      }
-      if (
-        best === undefined ||
-        (best.seed && !peer.seed) ||
-        (best.seed === peer.seed && peer.inFlight < best.inFlight)
-      ) {
-        best = peer;
-      }
-    }
-    return best;
-  }
-
-  #request(index: number, peer: PeerState, signal: AbortSignal, first: boolean): void {
+  /** Runs a request the picker started, and hands its outcome back to the picker. */
+  #request(picked: PickedRequest, signal: AbortSignal): void {
     const controller = new AbortController();
+    const { index } = picked;
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
-    const streaming = first && end - start > WHOLE_PIECE_BYTES;
-    const entry: InFlight = {
-      controller,
-      peer: peer.info.id,
-      streaming,
-      started: Date.now(),
-      done: Promise.resolve(),
-    };
+    const streaming = picked.first && end - start > WHOLE_PIECE_BYTES;
+    const entry: InFlight = { controller, picked, streaming, done: Promise.resolve() };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     let requests = this.#inFlight.get(index);
@@ -425,17 +321,21 @@ export class SwarmFetch {
       this.#inFlight.set(index, requests);
     }
     requests.add(entry);
-    peer.inFlight += 1;
-    entry.done = this.#fetchPiece(index, peer, entry).finally(() => {
-      peer.inFlight -= 1;
-      signal.removeEventListener('abort', onAbort);
-      const set = this.#inFlight.get(index);
-      set?.delete(entry);
-      if (set?.size === 0) {
-        this.#inFlight.delete(index);
-      }
-      this.#wake?.();
-    });
+    let outcome: RequestOutcome = 'dropped';
+    entry.done = this.#fetchPiece(picked, entry)
+      .then((result) => {
+        outcome = result;
+      })
+      .finally(() => {
+        this.#picker.settle(picked, outcome);
+        signal.removeEventListener('abort', onAbort);
+        const set = this.#inFlight.get(index);
+        set?.delete(entry);
+        if (set?.size === 0) {
+          this.#inFlight.delete(index);
+        }
+        this.#wake?.();
+      });
   }
 
   /**
@@ -447,10 +347,15 @@ export class SwarmFetch {
    * piece is received whole, and written only after the streaming request for the same piece
    * has stopped, so two writers never overlap.
    */
-  async #fetchPiece(index: number, peer: PeerState, entry: InFlight): Promise<void> {
+  async #fetchPiece(picked: PickedRequest, entry: InFlight): Promise<RequestOutcome> {
     const { pieces, metrics, logger, downloadLimit } = this.#deps;
     const { signal } = entry.controller;
-    const source = peer.seed ? 'seed' : 'peer';
+    const { index } = picked;
+    const source = picked.seed ? 'seed' : 'peer';
+    const peer = this.#peers.get(picked.source);
+    if (peer === undefined) {
+      return 'dropped';
+    }
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
     const hasher = createHash('sha256');
     try {
@@ -462,7 +367,7 @@ export class SwarmFetch {
       // that then fails must not look like progress.)
       this.#lastProgress += Date.now() - waitStarted;
       if (signal.aborted) {
-        return;
+        return 'dropped';
       }
       const bytes = await withSpan(
         'piece GET',
@@ -470,15 +375,15 @@ export class SwarmFetch {
           kind: SpanKind.CLIENT,
           attributes: {
             'shoal.piece': index,
-            'shoal.peer': peer.info.id,
+            'shoal.peer': peer.id,
             'shoal.source': source,
-            'server.address': new URL(peer.info.url).host,
+            'server.address': new URL(peer.url).host,
           },
         },
         async () => {
           if (!entry.streaming) {
             const copy = await pieces.fetch(
-              peer.info.url,
+              peer.url,
               this.#blob,
               index,
               end - start,
@@ -490,7 +395,7 @@ export class SwarmFetch {
             return copy;
           }
           await pieces.stream(
-            peer.info.url,
+            peer.url,
             this.#blob,
             index,
             end - start,
@@ -508,21 +413,21 @@ export class SwarmFetch {
           return undefined;
         },
       );
-      if (this.#have.has(index)) {
+      if (this.#picker.has(index)) {
         this.#giveBack(bytes);
-        return;
+        return 'dropped';
       }
       if (hasher.digest('hex') !== this.#hashes[index]) {
         this.#giveBack(bytes);
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
-        peer.banned = true;
-        this.#deps.client.penalize(peer.info.id, BAD_PIECE_PENALTY_MS);
+        // The picker drops the peer for this blob; the penalty keeps it out of every download.
+        this.#deps.client.penalize(peer.id, BAD_PIECE_PENALTY_MS);
         logger.warn(
-          { blob: this.#blob, piece: index, peer: peer.info.id },
+          { blob: this.#blob, piece: index, peer: peer.id },
           'peer sent a bad piece; dropping it',
         );
-        return;
+        return 'bad';
       }
       if (bytes !== undefined) {
         // Stop the streaming request for this piece and let its last write land first.
@@ -531,9 +436,9 @@ export class SwarmFetch {
           other.controller.abort();
         }
         await Promise.all(streams.map((other) => other.done));
-        if (this.#have.has(index) || this.#committing.has(index)) {
+        if (this.#picker.has(index) || this.#committing.has(index)) {
           this.#giveBack(bytes);
-          return;
+          return 'dropped';
         }
         // Two endgame copies may both get here; the first one writes.
         this.#committing.add(index);
@@ -544,37 +449,37 @@ export class SwarmFetch {
         }
       }
       this.#markHave(index);
-      this.#typicalPieceMs = nextTypicalMs(this.#typicalPieceMs, Date.now() - entry.started);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, end - start);
-      this.tally.add(source, end - start, peer.info.id);
+      this.tally.add(source, end - start, peer.id);
       // The endgame's other copies of this piece are no longer needed.
       for (const other of this.#inFlight.get(index) ?? []) {
         if (other !== entry) {
           other.controller.abort();
         }
       }
+      return 'ok';
     } catch (error) {
       if (error instanceof PieceFetchError && error.code === 'PIECE_RATIONED') {
-        if (peer.seed) {
-          // The seed has handed this piece out already: a peer will have it shortly.
-          this.#seedDeferred.set(index, Date.now() + SEED_DEFER_MS);
-        } else {
-          // Every upload slot of that peer is taken: asking again at once only spins.
-          peer.busyUntil = Date.now() + PEER_BUSY_BACKOFF_MS;
-        }
+        // A seed that handed the piece out already, or a peer with every upload slot taken:
+        // the picker asks elsewhere for a moment.
         metrics.pieces.inc({ source, result: 'deferred' });
-      } else if (!signal.aborted && this.download.state === 'running') {
+        return 'busy';
+      }
+      if (!signal.aborted && this.download.state === 'running') {
         if (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE') {
-          this.#deps.client.penalize(peer.info.id, UNREACHABLE_PENALTY_MS);
+          // A source that refuses connections (a stopped seed server the tracker still names)
+          // is left alone by every download for a moment, not retried at once.
+          this.#deps.client.penalize(peer.id, UNREACHABLE_PENALTY_MS);
         }
-        peer.failures += 1;
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(
-          { err: error, blob: this.#blob, piece: index, peer: peer.info.id },
+          { err: error, blob: this.#blob, piece: index, peer: peer.id },
           'piece request failed',
         );
+        return 'failed';
       }
+      return 'dropped';
     }
   }
 
@@ -587,20 +492,17 @@ export class SwarmFetch {
 
   /** Records a verified piece on disk and moves the readable prefix over it. */
   #markHave(index: number): void {
-    this.#have.add(index);
+    this.#picker.markHave(index);
     this.#lastProgress = Date.now();
-    while (this.#have.has(this.#prefix)) {
-      this.#prefix += 1;
-    }
     const size = this.download.size ?? 0;
-    this.download.advance(Math.min(size, this.#prefix * this.#pieceSize));
-    this.#deps.client.announce(this.#blob, toRanges(this.#have), false);
+    this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
+    this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
   }
 
   #onHashes(batch: PieceHashes): void {
-    if (this.#count === 0) {
+    if (this.#picker.count === 0) {
       this.#pieceSize = batch.pieceSize;
-      this.#count = pieceCount(batch.size, batch.pieceSize);
+      this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);
     }
     if (batch.pieceSize !== this.#pieceSize || batch.size !== this.download.size) {
@@ -609,34 +511,10 @@ export class SwarmFetch {
     batch.hashes.forEach((hash, i) => {
       this.#hashes[batch.first + i] = hash;
     });
-    while (this.#hashes[this.#hashedPrefix] !== undefined) {
-      this.#hashedPrefix += 1;
-    }
-    for (const peer of this.#peers.values()) {
-      this.#followSeed(peer);
-    }
+    // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
+    this.#picker.hashesKnown(batch.first, batch.hashes.length);
     this.#lastProgress = Date.now();
     this.#wake?.();
-  }
-
-  /**
-   * A seed server publishes a piece's hash only once the piece is on its disk, in order. A
-   * seed known to be part-way through the blob (holding a prefix) therefore holds every piece
-   * hashed so far: it is asked for them at once rather than after the next hand-out, which
-   * comes only with the next want and was most of what a cold pull waited on.
-   */
-  #followSeed(peer: PeerState): void {
-    const held = peer.pieces[0];
-    if (
-      peer.seed &&
-      !peer.complete &&
-      peer.pieces.length === 1 &&
-      held !== undefined &&
-      held[0] === 0 &&
-      held[1] < this.#hashedPrefix
-    ) {
-      peer.pieces = [[0, this.#hashedPrefix]];
-    }
   }
 
   #onHandout(message: Handout): void {
@@ -647,29 +525,13 @@ export class SwarmFetch {
       if (entry.peer.id === this.#deps.client.self.id) {
         continue;
       }
-      const known = this.#peers.get(entry.peer.id);
-      if (known === undefined) {
-        this.#peers.set(entry.peer.id, {
-          info: entry.peer,
-          pieces: entry.pieces,
-          complete: entry.complete,
-          seed: entry.seed,
-          inFlight: 0,
-          busyUntil: 0,
-          failures: 0,
-          banned: false,
-        });
-      } else {
-        known.info = entry.peer;
-        known.pieces = entry.pieces;
-        known.complete = entry.complete;
-        known.failures = 0;
-      }
-      const peer = this.#peers.get(entry.peer.id);
-      if (peer !== undefined) {
-        // A hand-out may be older than the hashes heard since.
-        this.#followSeed(peer);
-      }
+      this.#peers.set(entry.peer.id, entry.peer);
+      this.#picker.advertise({
+        id: entry.peer.id,
+        seed: entry.seed,
+        complete: entry.complete,
+        pieces: entry.pieces,
+      });
     }
     this.#deps.metrics.swarmPeers.set(this.#peers.size);
     this.#wake?.();
@@ -688,7 +550,7 @@ export class SwarmFetch {
   async #fromOrigin(signal: AbortSignal): Promise<void> {
     const { requests, metrics } = this.#deps;
     const size = this.download.size;
-    if (size === undefined || this.#count === 0) {
+    if (size === undefined || this.#picker.count === 0) {
       // Nothing is known about the blob: read it whole, in order.
       const response = await requests.send({
         registry: this.#target.registry,
@@ -712,7 +574,7 @@ export class SwarmFetch {
       }
       return;
     }
-    for (const [first, last] of toRanges(this.#missing())) {
+    for (const [first, last] of toRanges(this.#picker.missing())) {
       const start = first * this.#pieceSize;
       const end = Math.min(size, last * this.#pieceSize);
       const response = await requests.send({
@@ -779,7 +641,7 @@ export class SwarmFetch {
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'bad' });
             throw new Error(`origin bytes of piece ${index} do not match its hash`);
           }
-          if (!this.#have.has(index)) {
+          if (!this.#picker.has(index)) {
             await this.download.writePiece(bounds.start, piece);
             this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
@@ -798,15 +660,5 @@ export class SwarmFetch {
     if (index < last) {
       throw new Error(`origin range ended at piece ${index} of ${last}`);
     }
-  }
-
-  #missing(): number[] {
-    const missing: number[] = [];
-    for (let i = 0; i < this.#count; i++) {
-      if (!this.#have.has(i)) {
-        missing.push(i);
-      }
-    }
-    return missing;
   }
 }

@@ -3,10 +3,10 @@
  * download in order. This is the whole path when the agent runs without a swarm, and the
  * swarm's last resort.
  */
+import { PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
 import type { RateLimiter } from '@shoal/runtime';
 
-import { BufferPool } from '../cache/buffer-pool.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
@@ -45,7 +45,7 @@ const POOLED_BLOCK_BYTES = 4 * 1024 * 1024;
 
 export class OriginFetcher implements BlobFetcher {
   readonly #deps: OriginFetcherDeps;
-  readonly #pool = new BufferPool(POOLED_BLOCK_BYTES);
+  readonly #pool = new PieceBuffers(POOLED_BLOCK_BYTES);
 
   constructor(deps: OriginFetcherDeps) {
     this.#deps = deps;

@@ -1,22 +1,21 @@
 /**
  * The one pass of a seed: bytes from the origin (or the object gateway) are hashed once for
  * their piece and once for the whole blob, gathered into large writes to the local piece
- * file, and, when the object gateway cannot take the local file itself, streamed on to it as
- * they arrive. Nothing reads the bytes back.
+ * file (a `PieceFile`), and, when the object gateway cannot take the local file itself,
+ * streamed on to it as they arrive. Nothing reads the bytes back.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough } from 'node:stream';
 
 import type { BlobStore } from '@shoal/blobstore';
-import { DigestHasher, pieceBounds, type Digest } from '@shoal/proto';
+import { COALESCE_BYTES } from '@shoal/pieces';
+import { pieceBounds, type Digest } from '@shoal/proto';
 
 import type { SeedBlob } from './seed-blob.js';
 
 /** The smallest write to the piece file, in bytes: socket chunks are gathered to this. */
-export const COALESCE_BYTES = 1024 * 1024;
-/** Chunks gathered into one write at most (well under IOV_MAX, 1024 on Linux). */
-const MAX_CHUNKS_PER_WRITE = 256;
+export { COALESCE_BYTES };
 /**
  * Longest a complete piece waits for the gathered write, in ms: from a slow origin (under
  * 20 MB/s) pieces are written sooner and in smaller writes, so agents need not wait for a
@@ -32,27 +31,26 @@ export const HOLD_MS = 50;
  */
 export class PieceCutter {
   readonly #blob: SeedBlob;
-  readonly #whole: DigestHasher;
   /** Bytes received so far. */
   #offset = 0;
-  /** Bytes on disk so far: `[0, #written)`. */
-  #written = 0;
   #piece: Hash = createHash('sha256');
   #pieceEnd: number;
   #pieceIndex = 0;
-  /** Received, not yet written. */
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
   /** Hashes of complete pieces not yet on disk (all of them end at or before `#offset`). */
   #hashes: string[] = [];
   /** When the oldest complete piece not yet on disk was cut (performance.now()). */
   #heldSince = 0;
   readonly #holdMs: number;
 
-  /** `holdMs`: longest a complete piece waits for a larger write (default `HOLD_MS`). */
+  /**
+   * `holdMs`: longest a complete piece waits for a larger write (default `HOLD_MS`). The
+   * whole-blob digest is the blob file's, of `algorithm` (the one the blob was created with).
+   */
   constructor(blob: SeedBlob, algorithm: Digest['algorithm'], options: { holdMs?: number } = {}) {
+    if (algorithm !== blob.digest.algorithm) {
+      throw new Error(`a ${blob.digest.algorithm} blob cannot be hashed with ${algorithm}`);
+    }
     this.#blob = blob;
-    this.#whole = new DigestHasher(algorithm);
     this.#pieceEnd = pieceBounds(0, blob.size, blob.pieceSize).end;
     this.#holdMs = options.holdMs ?? HOLD_MS;
   }
@@ -71,7 +69,7 @@ export class PieceCutter {
     if (this.#offset + chunk.length > size) {
       throw new RangeError(`more than ${size} bytes`);
     }
-    this.#whole.update(chunk);
+    const file = this.#blob.writer;
     // A chunk may end one piece and start the next.
     let rest = chunk;
     while (rest.length > 0) {
@@ -83,12 +81,12 @@ export class PieceCutter {
         this.#endPiece();
       }
     }
-    this.#pending.push(chunk);
-    this.#pendingBytes += chunk.length;
+    // Held by reference (no copy), hashed for the whole blob at once, and written once
+    // `COALESCE_BYTES` have gathered.
+    await file.append(chunk, false);
     if (
-      this.#pendingBytes >= COALESCE_BYTES ||
-      this.#pending.length >= MAX_CHUNKS_PER_WRITE ||
-      (this.#hashes.length > 0 && performance.now() - this.#heldSince >= this.#holdMs)
+      this.#hashes.length > 0 &&
+      (file.unwritten === 0 || performance.now() - this.#heldSince >= this.#holdMs)
     ) {
       await this.#flush();
     }
@@ -104,7 +102,7 @@ export class PieceCutter {
       this.#endPiece();
     }
     await this.#flush();
-    return this.#whole.digest().toString();
+    return (await this.#blob.writer.digest()).toString();
   }
 
   /** Writes what has been received so far (a caller that reuses its chunks needs them out). */
@@ -127,14 +125,7 @@ export class PieceCutter {
   }
 
   async #flush(): Promise<void> {
-    const buffers = this.#pending;
-    const bytes = this.#pendingBytes;
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    if (bytes > 0) {
-      await this.#blob.writev(this.#written, buffers);
-      this.#written += bytes;
-    }
+    await this.#blob.writer.flush();
     // Every complete piece ends at or before the bytes just written: they are on disk now.
     if (this.#hashes.length > 0) {
       this.#blob.piecesDone(this.#hashes);

@@ -3,13 +3,24 @@
  * or the object gateway) or complete. Pieces are served as soon as they are on disk and
  * hashed, which is what lets agents start before the origin fetch ends (cut-through).
  *
+ * While being seeded its file is a `PieceFile` of `@shoal/pieces` (gathered writes of at least
+ * 1 MiB, the whole-blob hash fed from the bytes in memory, crash-safe commit); the seed adds
+ * the piece manifest beside it, and the bookkeeping of a cache with more blobs than files.
+ *
  * A complete blob keeps its file open only while it is being read: the cache may hold far
  * more blobs than a process may hold files, so an idle one closes its file and opens it again
  * for the next piece request.
  */
-import { open, rename, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
+import { PieceFile } from '@shoal/pieces';
 import { pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
+
+/**
+ * Bytes of an ingest kept in memory once written: none (agents are served from the file). The
+ * write being gathered is held until it is written whatever the budget.
+ */
+const INGEST_HELD_BYTES = 0;
 
 /** The piece layout and hashes of a blob, as kept beside it and in the object gateway. */
 export interface PieceManifest {
@@ -32,6 +43,8 @@ export class SeedBlob {
   stored: boolean | undefined;
   /** The open file: always while being written; for a complete blob, only while in use. */
   #handle: FileHandle | undefined;
+  /** The file being written, until the commit. */
+  #writer: PieceFile | undefined;
   #opening: Promise<FileHandle> | undefined;
   #path: string;
   #complete = false;
@@ -51,7 +64,13 @@ export class SeedBlob {
 
   /** A new blob to be written at `path` (a temp file). */
   static async create(digest: Digest, size: number, path: string): Promise<SeedBlob> {
-    return new SeedBlob(digest, size, path, await open(path, 'w+'));
+    const file = await PieceFile.create(path, {
+      algorithm: digest.algorithm,
+      heldBytes: INGEST_HELD_BYTES,
+    });
+    const blob = new SeedBlob(digest, size, path, file.handle);
+    blob.#writer = file;
+    return blob;
   }
 
   /** A complete blob found on disk with its piece manifest. */
@@ -80,27 +99,12 @@ export class SeedBlob {
     return { size: this.size, pieceSize: this.pieceSize, hashes: [...this.hashes] };
   }
 
-  /**
-   * Writes the buffers, back to back, at `offset` with one gathered write (one thread-pool
-   * round trip however many socket chunks they are); the seeder writes in order.
-   */
-  async writev(offset: number, buffers: readonly Buffer[]): Promise<void> {
-    let rest = buffers.filter((b) => b.length > 0);
-    let at = offset;
-    const handle = await this.#file();
-    while (rest.length > 0) {
-      const { bytesWritten } = await handle.writev(rest, at);
-      at += bytesWritten;
-      // A short write (rare on a regular file): go on from the first byte not written.
-      let skip = bytesWritten;
-      while (rest.length > 0 && skip >= (rest[0]?.length ?? 0)) {
-        skip -= rest[0]?.length ?? 0;
-        rest = rest.slice(1);
-      }
-      if (skip > 0 && rest[0] !== undefined) {
-        rest = [rest[0].subarray(skip), ...rest.slice(1)];
-      }
+  /** The file being written (until the commit): the ingest puts the bytes there, in order. */
+  get writer(): PieceFile {
+    if (this.#writer === undefined) {
+      throw new Error(`${this.digest.toString()} is complete: nothing more is written`);
     }
+    return this.#writer;
   }
 
   /** Records the next pieces' hashes; the pieces are on disk. */
@@ -129,9 +133,10 @@ export class SeedBlob {
 
   /** Moves the verified file to `finalPath` and writes its manifest beside it. */
   async commit(finalPath: string): Promise<void> {
-    await (await this.#file()).sync();
-    await writeFile(`${finalPath}.pieces.json`, JSON.stringify(this.manifest));
-    await rename(this.#path, finalPath);
+    await this.writer.commit(finalPath, () =>
+      writeFile(`${finalPath}.pieces.json`, JSON.stringify(this.manifest)),
+    );
+    this.#writer = undefined;
     this.#path = finalPath;
     this.#complete = true;
     this.#parkIfIdle();
@@ -239,6 +244,9 @@ export class SeedBlob {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      // Nothing written any more; the handle is closed below (it is the writer's).
+      this.#writer?.dropHeld();
+      this.#writer = undefined;
       const handle = this.#handle;
       this.#handle = undefined;
       await handle?.close();

@@ -1,0 +1,310 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import {
+  endgameLate,
+  nextTypicalMs,
+  orderPieces,
+  PiecePicker,
+  windowEnd,
+  type PickedRequest,
+  type PickerSettings,
+  type PieceCandidate,
+} from '../src/picker.js';
+
+const MiB = 1024 * 1024;
+
+const SETTINGS: PickerSettings = {
+  concurrency: 4,
+  heldBytes: 64 * MiB,
+  perSource: 4,
+  perSeed: 2,
+  endgameCopies: 2,
+  endgameLateFactor: 2,
+  endgameLateMinMs: 1000,
+  maxFailures: 3,
+  busyBackoffMs: 1000,
+  seedDeferMs: 750,
+};
+
+/** A picker on a fake clock, with `count` pieces of 1 MiB, every hash known. */
+function picker(
+  count: number,
+  settings: Partial<PickerSettings> = {},
+): { picker: PiecePicker; clock: { ms: number } } {
+  const clock = { ms: 1_000_000 };
+  // Ties broken in a fixed order, so the tests see one order.
+  let draws = 0;
+  const picker = new PiecePicker({
+    settings: { ...SETTINGS, ...settings },
+    now: () => clock.ms,
+    random: () => (draws++ % 97) / 97,
+  });
+  picker.setLayout(count, MiB);
+  picker.hashesKnown(0, count);
+  return { picker, clock };
+}
+
+function indexes(requests: readonly PickedRequest[]): number[] {
+  return requests.map((r) => r.index);
+}
+
+describe('piece order', () => {
+  it('reaches as far past the prefix as the held budget holds, and at least the concurrency', () => {
+    assert.equal(windowEnd(10, MiB, 8 * MiB, 8), 18);
+    assert.equal(windowEnd(10, 256 * 1024, 8 * MiB, 8), 42);
+    assert.equal(windowEnd(0, 16 * MiB, 8 * MiB, 8), 8);
+  });
+
+  it('asks for pieces in the window first, then the rest, rarest first within each', () => {
+    const candidates: PieceCandidate[] = [
+      { index: 40, holders: 1, rank: 0.1 },
+      { index: 3, holders: 3, rank: 0.2 },
+      { index: 5, holders: 1, rank: 0.9 },
+      { index: 12, holders: 2, rank: 0.5 },
+      { index: 30, holders: 3, rank: 0.3 },
+      { index: 4, holders: 2, rank: 0.4 },
+    ];
+    assert.deepEqual(
+      orderPieces(candidates, 18).map((c) => c.index),
+      [5, 4, 12, 3, 40, 30],
+    );
+  });
+
+  it("breaks ties with the agent's own rank, not the index, so agents spread over the pieces", () => {
+    const candidates: PieceCandidate[] = [
+      { index: 0, holders: 1, rank: 0.7 },
+      { index: 1, holders: 1, rank: 0.2 },
+      { index: 2, holders: 1, rank: 0.5 },
+    ];
+    assert.deepEqual(
+      orderPieces(candidates, 8).map((c) => c.index),
+      [1, 2, 0],
+    );
+  });
+});
+
+describe('endgame timing', () => {
+  it('asks a second peer only for a piece late against the typical piece time', () => {
+    // Pieces typically take 8 s on this link: a request 10 s old is on time, 16 s is late.
+    assert.equal(endgameLate(0, 10_000, 8_000, 2, 1_000), false);
+    assert.equal(endgameLate(0, 15_999, 8_000, 2, 1_000), false);
+    assert.equal(endgameLate(0, 16_000, 8_000, 2, 1_000), true);
+    // Fast pieces: never before the minimum.
+    assert.equal(endgameLate(0, 999, 20, 2, 1_000), false);
+    assert.equal(endgameLate(0, 1_000, 20, 2, 1_000), true);
+    // Before any piece arrived: the minimum alone.
+    assert.equal(endgameLate(5_000, 6_000, undefined, 2, 1_000), true);
+    assert.equal(endgameLate(5_000, 5_500, undefined, 2, 1_000), false);
+  });
+
+  it('follows the piece times with a moving average', () => {
+    let typical = nextTypicalMs(undefined, 800);
+    assert.equal(typical, 800);
+    typical = nextTypicalMs(typical, 1_600);
+    assert.equal(typical, 900);
+    for (let i = 0; i < 100; i++) {
+      typical = nextTypicalMs(typical, 8_000);
+    }
+    assert.ok(Math.abs(typical - 8_000) < 1, `settles on the new time: ${typical}`);
+  });
+});
+
+describe('PiecePicker', () => {
+  it('starts the rarest pieces first, at most a few per source', () => {
+    const { picker: p } = picker(6, { concurrency: 8, perSource: 2 });
+    // Piece 5 is held by one peer, pieces 2-3 by two, the rest by three.
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    p.advertise({ id: 'b', seed: false, complete: false, pieces: [[0, 5]] });
+    p.advertise({
+      id: 'c',
+      seed: false,
+      complete: false,
+      pieces: [
+        [0, 2],
+        [4, 5],
+      ],
+    });
+    const started = p.next();
+    assert.deepEqual(indexes(started).slice(0, 3), [5, 2, 3]);
+    assert.equal(started[0]?.source, 'a', 'the only holder of piece 5');
+    // Three sources, two requests each.
+    assert.equal(started.length, 6);
+    for (const id of ['a', 'b', 'c']) {
+      assert.equal(started.filter((r) => r.source === id).length, 2);
+    }
+    assert.ok(started.every((r) => r.first));
+    assert.deepEqual(p.next(), [], 'every source is at its limit');
+  });
+
+  it('asks only for pieces whose hash is known, and none it holds', () => {
+    const clock = { ms: 0 };
+    const p = new PiecePicker({ settings: SETTINGS, now: () => clock.ms, random: () => 0.5 });
+    p.setLayout(4, MiB);
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    assert.deepEqual(p.next(), []);
+    p.hashesKnown(0, 4);
+    p.markHave(0);
+    p.markHave(2);
+    assert.deepEqual(indexes(p.next()).sort(), [1, 3]);
+    assert.equal(p.prefix, 1);
+  });
+
+  it('keeps a seed to a few requests while peers serve, and prefers peers', () => {
+    const { picker: p } = picker(8, { concurrency: 8 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 2]] });
+    const started = p.next();
+    assert.equal(started.filter((r) => r.source === 'seed').length, 2);
+    assert.deepEqual(
+      started
+        .filter((r) => r.source === 'peer')
+        .map((r) => r.index)
+        .sort(),
+      [0, 1],
+    );
+  });
+
+  it('asks a second source for a late piece at the tail, and cancels nothing itself', () => {
+    const { picker: p, clock } = picker(2);
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    p.advertise({ id: 'b', seed: false, complete: true, pieces: [] });
+    const first = p.next();
+    assert.equal(first.length, 2);
+    // Not late yet: no duplicate.
+    clock.ms += 999;
+    assert.deepEqual(p.next(), []);
+    clock.ms += 1;
+    const copies = p.next();
+    assert.equal(copies.length, 2);
+    for (const copy of copies) {
+      assert.equal(copy.first, false);
+      const original = first.find((r) => r.index === copy.index);
+      assert.ok(original !== undefined);
+      assert.notEqual(copy.source, original.source, 'a copy goes to another source');
+    }
+    assert.equal(p.requestsFor(0).size, 2);
+    // At most two copies of a piece.
+    clock.ms += 10_000;
+    assert.deepEqual(p.next(), []);
+  });
+
+  it('waits for the typical piece time before an endgame copy on a slow link', () => {
+    const { picker: p, clock } = picker(3, { concurrency: 2 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    p.advertise({ id: 'b', seed: false, complete: true, pieces: [] });
+    // Pieces take 5 s each here.
+    const first = p.next();
+    assert.equal(first.length, 2);
+    clock.ms += 5_000;
+    for (const request of first) {
+      p.markHave(request.index);
+      p.settle(request, 'ok');
+    }
+    const [last] = p.next();
+    assert.ok(last !== undefined);
+    clock.ms += 9_000;
+    assert.deepEqual(p.next(), [], '9 s is not late against 5 s pieces');
+    clock.ms += 1_000;
+    const [copy] = p.next();
+    assert.equal(copy?.index, last.index);
+    assert.notEqual(copy.source, last.source);
+  });
+
+  it('never asks again a source that sent a bad piece', () => {
+    const { picker: p } = picker(2);
+    p.advertise({ id: 'bad', seed: false, complete: true, pieces: [] });
+    const first = p.next();
+    assert.deepEqual(
+      first.map((r) => r.source),
+      ['bad', 'bad'],
+    );
+    const [sent, other] = first;
+    assert.ok(sent !== undefined && other !== undefined);
+    p.settle(sent, 'bad');
+    p.settle(other, 'dropped');
+    assert.deepEqual(p.next(), [], 'the only holder sent a bad piece');
+    p.advertise({ id: 'good', seed: false, complete: true, pieces: [] });
+    // A hand-out naming the bad source again does not bring it back.
+    p.advertise({ id: 'bad', seed: false, complete: true, pieces: [] });
+    const again = p.next();
+    assert.deepEqual(
+      again.map((r) => r.source),
+      ['good', 'good'],
+    );
+  });
+
+  it('skips a source after repeated failures until a hand-out names it again', () => {
+    const { picker: p } = picker(1, { concurrency: 1 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    for (let i = 0; i < 3; i++) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'failed');
+    }
+    assert.deepEqual(p.next(), []);
+    assert.equal(p.anyHolder(), false);
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    assert.equal(p.next().length, 1);
+  });
+
+  it('leaves a busy source alone until its backoff has passed on the clock', () => {
+    const { picker: p, clock } = picker(1, { concurrency: 1 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const [request] = p.next();
+    assert.ok(request !== undefined);
+    p.settle(request, 'busy');
+    assert.deepEqual(p.next(), []);
+    assert.equal(p.anyHolder(), false);
+    clock.ms += 999;
+    assert.deepEqual(p.next(), []);
+    clock.ms += 1;
+    assert.deepEqual(indexes(p.next()), [0]);
+  });
+
+  it('asks peers only, for a while, for a piece the seed rationed', () => {
+    const { picker: p, clock } = picker(1, { concurrency: 1 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const [request] = p.next();
+    assert.equal(request?.source, 'seed');
+    p.settle(request, 'busy');
+    // The seed itself is not backed off: only this piece is deferred.
+    assert.equal(p.anyHolder(), true);
+    assert.deepEqual(p.next(), []);
+    clock.ms += 749;
+    assert.deepEqual(p.next(), []);
+    clock.ms += 1;
+    const [again] = p.next();
+    assert.equal(again?.source, 'seed', 'asked of the seed again once the deferral passed');
+    p.settle(again, 'busy');
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 1]] });
+    assert.equal(p.next()[0]?.source, 'peer');
+  });
+
+  it('has a seed part-way through the blob asked for every piece hashed since', () => {
+    const clock = { ms: 0 };
+    const p = new PiecePicker({ settings: SETTINGS, now: () => clock.ms, random: () => 0.5 });
+    p.setLayout(8, MiB);
+    p.hashesKnown(0, 2);
+    p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 1]] });
+    assert.deepEqual(indexes(p.next()).sort(), [0, 1]);
+    p.hashesKnown(2, 2);
+    assert.deepEqual(indexes(p.next()).sort(), [2, 3]);
+  });
+
+  it('leaves out sources excluded from elsewhere', () => {
+    const excluded = new Set(['a']);
+    const p = new PiecePicker({
+      settings: SETTINGS,
+      now: () => 0,
+      random: () => 0.5,
+      excluded: (id) => excluded.has(id),
+    });
+    p.setLayout(1, MiB);
+    p.hashesKnown(0, 1);
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    assert.deepEqual(p.next(), []);
+    excluded.clear();
+    assert.equal(p.next().length, 1);
+  });
+});

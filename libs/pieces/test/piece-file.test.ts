@@ -1,0 +1,163 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { PieceBuffers } from '../src/buffers.js';
+import { COALESCE_BYTES, PieceFile } from '../src/piece-file.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+let dir = '';
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'piece-file-'));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A piece file whose gathered writes are recorded (bytes per write). */
+async function watched(
+  name: string,
+  heldBytes: number,
+  buffers?: PieceBuffers,
+): Promise<{ file: PieceFile; writes: number[] }> {
+  const file = await PieceFile.create(join(dir, name), {
+    algorithm: 'sha256',
+    heldBytes,
+    buffers,
+  });
+  const writes: number[] = [];
+  const { handle } = file;
+  const writev = handle.writev.bind(handle);
+  handle.writev = (buffers, position) => {
+    writes.push(buffers.reduce((sum, b) => sum + b.byteLength, 0));
+    return writev(buffers, position);
+  };
+  return { file, writes };
+}
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+describe('PieceFile', () => {
+  it('gathers out-of-order pieces into writes of at least 1 MiB where they are contiguous', async () => {
+    const pieceBytes = 64 * KiB;
+    const blob = randomBytes(4 * MiB);
+    const pool = new PieceBuffers(16 * MiB);
+    const { file, writes } = await watched('out-of-order', 8 * MiB, pool);
+    const count = blob.length / pieceBytes;
+    // Every piece of each MiB, the MiBs in reverse order and each one's pieces shuffled.
+    const order: number[] = [];
+    for (let mib = 3; mib >= 0; mib--) {
+      const first = (mib * MiB) / pieceBytes;
+      const pieces = [...Array(MiB / pieceBytes).keys()].map((i) => first + i);
+      pieces.sort(() => Math.random() - 0.5);
+      order.push(...pieces);
+    }
+    assert.equal(order.length, count);
+    const have = new Set<number>();
+    let prefix = 0;
+    for (const index of order) {
+      const copy = pool.take(pieceBytes);
+      blob.copy(copy, 0, index * pieceBytes, (index + 1) * pieceBytes);
+      await file.put(index * pieceBytes, copy, true);
+      have.add(index);
+      while (have.has(prefix)) {
+        prefix += 1;
+      }
+      file.advance(prefix * pieceBytes);
+    }
+    await file.flush();
+    assert.ok(
+      writes.every((bytes) => bytes >= COALESCE_BYTES),
+      `every write is at least 1 MiB: ${writes.join(', ')}`,
+    );
+    assert.equal(
+      writes.reduce((sum, bytes) => sum + bytes, 0),
+      blob.length,
+      'each byte written once',
+    );
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.commit(join(dir, 'out-of-order.done'));
+    assert.deepEqual(await readFile(join(dir, 'out-of-order.done')), blob);
+    await file.close();
+  });
+
+  it('reads pieces not written yet from memory, and hashes from memory only', async () => {
+    const blob = randomBytes(512 * KiB);
+    const { file, writes } = await watched('unwritten', 8 * MiB);
+    await file.put(256 * KiB, blob.subarray(256 * KiB), false);
+    await file.put(0, blob.subarray(0, 256 * KiB), false);
+    assert.deepEqual(writes, [], 'half a MiB waits for more');
+    assert.equal(file.unwritten, blob.length);
+    // A read across both pieces, partly from each.
+    const middle = Buffer.alloc(100 * KiB);
+    assert.equal(await file.readFully(middle, 200 * KiB), true);
+    assert.deepEqual(middle, blob.subarray(200 * KiB, 300 * KiB));
+    file.advance(blob.length);
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.flush();
+    assert.deepEqual(writes, [blob.length]);
+    assert.equal(file.unwritten, 0);
+    await file.discard();
+    await assert.rejects(stat(join(dir, 'unwritten')), { code: 'ENOENT' });
+  });
+
+  it('appends socket-sized chunks in order: hashed at once, written in 1 MiB writes', async () => {
+    const blob = randomBytes(3 * MiB + 1000);
+    // Nothing kept once written: only the write being gathered is in memory.
+    const { file, writes } = await watched('appended', 0);
+    for (let offset = 0; offset < blob.length; offset += 64 * KiB) {
+      await file.append(blob.subarray(offset, offset + 64 * KiB), false);
+      assert.equal(file.verified, Math.min(blob.length, offset + 64 * KiB));
+      assert.ok(file.unwritten < COALESCE_BYTES);
+    }
+    await file.flush();
+    assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
+    assert.equal(file.heldAt(0), undefined, 'written bytes are not kept');
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.close();
+  });
+
+  it('stays within its hold budget, reading back for the hash what it dropped', async () => {
+    const pieceBytes = 256 * KiB;
+    const blob = randomBytes(8 * MiB + 100);
+    const pool = new PieceBuffers(4 * MiB);
+    const { file, writes } = await watched('budget', MiB, pool);
+    const count = Math.ceil(blob.length / pieceBytes);
+    // Back to front: nothing joins the prefix until the very end.
+    for (let index = count - 1; index >= 0; index--) {
+      const piece = blob.subarray(
+        index * pieceBytes,
+        Math.min(blob.length, (index + 1) * pieceBytes),
+      );
+      const copy = pool.take(piece.length);
+      piece.copy(copy);
+      await file.put(index * pieceBytes, copy, true);
+    }
+    file.advance(blob.length);
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.flush();
+    assert.equal(
+      writes.reduce((sum, bytes) => sum + bytes, 0),
+      blob.length,
+    );
+    const back = Buffer.alloc(blob.length);
+    assert.equal(await file.readFully(back, 0), true);
+    assert.deepEqual(back, blob);
+    await file.close();
+  });
+
+  it('fails the write, not the process, when the disk refuses it', async () => {
+    const { file } = await watched('refused', 8 * MiB);
+    const { handle } = file;
+    handle.writev = () => Promise.reject(Object.assign(new Error('no space'), { code: 'ENOSPC' }));
+    await assert.rejects(file.put(0, randomBytes(2 * MiB), false), { code: 'ENOSPC' });
+    await file.discard();
+  });
+});
