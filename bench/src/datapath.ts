@@ -735,6 +735,16 @@ async function main(): Promise<number> {
         };
       }
     }
+    // Before the agent-to-agent pulls, which stop the seed server.
+    let rss: RssRun | undefined;
+    if (huge !== undefined) {
+      const agentM = await startPeer(nats.url, registry, 'agent-m', undefined, agentEnv);
+      const stopM = once(() => agentM.stop());
+      teardown.add('agent m', stopM);
+      rss = await memoryRun(agentM);
+      await stopM();
+    }
+
     let peers: Results['peers'];
     let agentPeakRss: number;
     if (options.coldOnly) {
@@ -744,15 +754,6 @@ async function main(): Promise<number> {
         { natsUrl: nats.url, registry, agent, seed, target: big.target, agentEnv },
         { teardown, timeoutMs, signal: interrupt.signal },
       ));
-    }
-
-    let rss: RssRun | undefined;
-    if (huge !== undefined) {
-      const agentM = await startPeer(nats.url, registry, 'agent-m', undefined, agentEnv);
-      const stopM = once(() => agentM.stop());
-      teardown.add('agent m', stopM);
-      rss = await memoryRun(agentM);
-      await stopM();
     }
 
     const results: Results = {
