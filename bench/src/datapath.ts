@@ -35,10 +35,14 @@ import {
   startAgent,
   startContainerd,
   startSeedServer,
+  startOtlpReceiver,
   startTracker,
   table,
   writeMirrorHosts,
+  type CollectedSpan,
   type Containerd,
+  type GeneratedImage,
+  type OtlpReceiver,
   type AgentProcess,
   type ProcCost,
   type ServiceProcess,
@@ -57,27 +61,45 @@ import {
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
+import {
+  median,
+  mirrorRoot,
+  PHASES,
+  pullTimeline,
+  type Phase,
+  type PhaseLabel,
+} from './timeline.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on every Linux we run on). */
 
-const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
-                                     [--only tls] [--cpu-prof-dir DIR]
+const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--small-runs N]
+                                     [--timeout-s S] [--only tls|small] [--cpu-prof-dir DIR]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB         size of the small single-layer image (default 10)
+  --small-runs N      small images pulled, each a new one, direct then cold (default 1;
+                      figures are their medians)
   --timeout-s S       longest a pull may take (default 600)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
+  --only small        only the small image's pulls and its cold timeline
+  --spans-file PATH   write every span the swarm exported to PATH (JSON lines)
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
 `;
 
 interface Options {
   readonly layerSizes: readonly number[];
   readonly smallBytes: number;
+  /** Small images pulled, each a new one (direct, then cold through the agent). */
+  readonly smallRuns: number;
   readonly timeoutMs: number;
   /** Only the agent-to-agent comparison of plain HTTP and TLS. */
   readonly tlsOnly: boolean;
+  /** Only the small image's pulls. */
+  readonly smallOnly: boolean;
+  /** Where every span received is written at the end, one JSON object a line. */
+  readonly spansFile: string | undefined;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
   readonly cpuProfDir: string | undefined;
 }
@@ -86,9 +108,11 @@ function parseOptions(argv: readonly string[]): Options {
   const values = readOptions(argv, USAGE, {
     layers: { type: 'string', default: '160,64,32' },
     small: { type: 'string', default: '10' },
+    'small-runs': { type: 'string', default: '1' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
+    'spans-file': { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -101,21 +125,29 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(smallBytes) || smallBytes <= 0) {
     problems.push('--small takes a size in MiB');
   }
+  const smallRuns = Number(values['small-runs']);
+  if (!Number.isInteger(smallRuns) || smallRuns < 1 || smallRuns > 50) {
+    problems.push('--small-runs takes a whole number from 1 to 50');
+  }
   const timeoutS = Number(values['timeout-s']);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
-  if (values.only !== undefined && values.only !== 'tls') {
-    problems.push('--only takes tls');
+  if (values.only !== undefined && values.only !== 'tls' && values.only !== 'small') {
+    problems.push('--only takes tls or small');
   }
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
+  const spansFile = values['spans-file'];
   return {
     layerSizes,
     smallBytes,
+    smallRuns,
     timeoutMs: timeoutS * 1000,
     tlsOnly: values.only === 'tls',
+    smallOnly: values.only === 'small',
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
+    spansFile: typeof spansFile === 'string' ? spansFile : undefined,
   };
 }
 
@@ -196,18 +228,19 @@ async function startSwarm(
   natsUrl: string,
   registry: Registry,
   teardown: Teardown,
-  profileEnv: Record<string, string>,
+  /** For all three: CPU profiles, trace export. */
+  env: Record<string, string>,
 ): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
-  const tracker = await startTracker({ natsUrl });
+  const tracker = await startTracker({ natsUrl, env });
   teardown.add('tracker', () => tracker.stop());
   const seed = await startSeedServer({
     natsUrl,
     registries: `${registry.host}=${registry.url}`,
-    env: profileEnv,
+    env,
   });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, profileEnv);
+  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, env);
   const stopAgent = once(() => agent.stop());
   teardown.add('agent a', stopAgent);
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
@@ -220,22 +253,34 @@ interface PeerPull {
   readonly fromOrigin: number;
 }
 
-/** The pulls through containerd (left out with `--only tls`). */
-interface CtrResults {
+/** The big image's pulls through containerd (left out with `--only tls` and `--only small`). */
+interface BigResults {
   readonly direct: readonly Measured[];
   readonly cold: Measured;
   readonly warm: Measured;
-  readonly smallDirect: Measured;
-  readonly smallCold: Measured;
+}
+
+/** One small image: straight from the registry, then cold through the agent, and its timeline. */
+interface SmallRun {
+  readonly direct: Measured;
+  readonly cold: Measured;
+  /** The cold pull's phases, per blob of the image (layer, config), from the exported spans. */
+  readonly timelines: ReadonlyMap<'layer' | 'config', readonly Phase[]>;
+}
+
+/** The pulls through containerd (left out with `--only tls`). */
+interface CtrResults {
+  readonly big: BigResults | undefined;
+  readonly small: readonly SmallRun[];
 }
 
 interface Results {
   readonly bigBytes: number;
   readonly smallBytes: number;
   readonly ctr: CtrResults | undefined;
-  /** Agent to agent over plain HTTP, then over TLS. */
-  readonly peer: PeerPull;
-  readonly peerTls: PeerPull;
+  /** Agent to agent over plain HTTP, then over TLS (left out with `--only small`). */
+  readonly peer: PeerPull | undefined;
+  readonly peerTls: PeerPull | undefined;
   /** The first agent's largest resident set over the run (VmHWM), in bytes. */
   readonly agentPeakRss: number;
 }
@@ -259,7 +304,6 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     const value = perGiB(m, name, bytes);
     return Number.isNaN(value) ? '-' : value.toFixed(2);
   };
-  const directS = ctr.direct.reduce((sum, m) => sum + m.seconds, 0) / ctr.direct.length;
   const row = (
     label: string,
     m: Measured,
@@ -277,7 +321,28 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     perByte(m, 'seed', 'writeBytes', bytes),
   ];
   const { bigBytes, smallBytes } = results;
-  return [
+  const rows: (string[] | null)[] = [];
+  const { big, small } = ctr;
+  if (big !== undefined) {
+    const directS = big.direct.reduce((sum, m) => sum + m.seconds, 0) / big.direct.length;
+    rows.push(
+      ...big.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
+      row('big, through Shoal, cold', big.cold, bigBytes, directS),
+      row('big, through Shoal, warm (cache hit)', big.warm, bigBytes, directS),
+      null,
+    );
+  }
+  // With several small images, the rows are the runs of median time.
+  const smallDirect = medianRun(small.map((r) => r.direct));
+  const smallCold = medianRun(small.map((r) => r.cold));
+  const of = small.length > 1 ? ` (median of ${small.length})` : '';
+  if (smallDirect !== undefined && smallCold !== undefined) {
+    rows.push(
+      row(`small, direct${of}`, smallDirect, smallBytes, undefined),
+      row(`small, through Shoal, cold${of}`, smallCold, smallBytes, smallDirect.seconds),
+    );
+  }
+  const lines = [
     `small image: ${mib(smallBytes)} of blobs`,
     '',
     table(
@@ -292,24 +357,57 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
         'agent disk R/B',
         'seed disk W/B',
       ],
-      [
-        ...ctr.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
-        row('big, through Shoal, cold', ctr.cold, bigBytes, directS),
-        row('big, through Shoal, warm (cache hit)', ctr.warm, bigBytes, directS),
-        null,
-        row('small, direct', ctr.smallDirect, smallBytes, undefined),
-        row('small, through Shoal, cold', ctr.smallCold, smallBytes, ctr.smallDirect.seconds),
-      ],
+      rows,
     ),
     '(/ direct: over the mean of the direct pulls of the same image; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
-    `small image, cold: Shoal adds ${seconds(ctr.smallCold.seconds - ctr.smallDirect.seconds)}`,
-    '',
+  ];
+  if (smallDirect !== undefined && smallCold !== undefined) {
+    lines.push(
+      `small image, cold: Shoal adds ${seconds(smallCold.seconds - smallDirect.seconds)}${of}`,
+    );
+    if (small.length > 1) {
+      lines.push(
+        `  each run, cold / direct: ${small.map((r) => `${r.cold.seconds.toFixed(2)}/${r.direct.seconds.toFixed(2)}`).join(' ')} s`,
+      );
+    }
+    lines.push('', ...timelineReport(small), '');
+  }
+  return lines;
+}
+
+/** The run of median time (the lower of the two middle ones for an even count). */
+function medianRun(runs: readonly Measured[]): Measured | undefined {
+  const sorted = [...runs].sort((a, b) => a.seconds - b.seconds);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+/**
+ * The small image's cold timeline: when each phase happened, in ms since the agent received
+ * the blob's mirror request (median over the runs), with the step from the phase before for
+ * the layer.
+ */
+function timelineReport(runs: readonly SmallRun[]): string[] {
+  const phaseMs = (blob: 'layer' | 'config', label: PhaseLabel): number =>
+    median(runs.flatMap((r) => r.timelines.get(blob)?.find((p) => p.label === label)?.atMs ?? []));
+  const ms = (value: number): string => (Number.isNaN(value) ? '-' : value.toFixed(1));
+  let previous = 0;
+  const rows = PHASES.map((label) => {
+    const layer = phaseMs('layer', label);
+    const step = Number.isNaN(layer) ? Number.NaN : layer - previous;
+    if (!Number.isNaN(layer)) {
+      previous = layer;
+    }
+    return [label, ms(layer), ms(step), ms(phaseMs('config', label))];
+  });
+  const traced = runs.filter((r) => r.timelines.size > 0).length;
+  return [
+    `small image, cold, phase by phase (ms since the agent got the blob's request; median of ${traced} traced run(s)):`,
+    table(['phase', 'layer ms', 'layer step ms', 'config ms'], rows),
   ];
 }
 
-function peerReport(results: Results): string[] {
-  const { bigBytes, peer, peerTls } = results;
+function peerReport(bigBytes: number, peer: PeerPull, peerTls: PeerPull): string[] {
   const figures = (pull: PeerPull) => ({
     mbps: pull.fromPeers / 1e6 / pull.measured.seconds,
     receiving: perGiB(pull.measured, 'receiver', bigBytes),
@@ -361,9 +459,15 @@ function report(options: Options, results: Results): string {
     options.tlsOnly
       ? 'Shoal data-path benchmark: pieces between agents, plain HTTP and TLS'
       : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
-    `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
+    ...(options.smallOnly
+      ? []
+      : [
+          `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
+        ]),
     ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
-    ...peerReport(results),
+    ...(results.peer === undefined || results.peerTls === undefined
+      ? []
+      : peerReport(results.bigBytes, results.peer, results.peerTls)),
     `agent peak RSS over the run: ${mib(results.agentPeakRss)}`,
   ];
   return `${out.join('\n')}\n`;
@@ -423,87 +527,162 @@ async function main(): Promise<number> {
     const { nats, registry, layout } = await startBase(teardown, 'bench-datapath');
     progress('generating and pushing the images');
     const run = `${Date.now()}`;
-    const big = await pushTarget(
-      layout.path,
-      registry,
-      'bench/big',
-      `big-${run}`,
-      options.layerSizes,
-    );
-    const small = options.tlsOnly
+    const big = options.smallOnly
       ? undefined
-      : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
-          options.smallBytes,
-        ]);
+      : await pushTarget(layout.path, registry, 'bench/big', `big-${run}`, options.layerSizes);
     interrupt.signal.throwIfAborted();
+    // The swarm's processes export their spans here, for the small image's timeline.
+    const receiver = options.tlsOnly ? undefined : await startOtlpReceiver();
+    if (receiver !== undefined) {
+      teardown.add('OTLP receiver', () => receiver.stop());
+    }
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
-    const { seed, agent } = await startSwarm(nats.url, registry, teardown, profileEnv);
+    const { seed, agent } = await startSwarm(nats.url, registry, teardown, {
+      ...profileEnv,
+      ...receiver?.env,
+    });
     const { timeoutMs } = options;
     let ctr: CtrResults | undefined;
-    if (small === undefined) {
-      progress('big image: the first agent takes it from the seed server');
-      const client = await prepareClient('http', agent.url, big.target, timeoutMs);
-      await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+    if (receiver === undefined) {
+      if (big !== undefined) {
+        progress('big image: the first agent takes it from the seed server');
+        const client = await prepareClient('http', agent.url, big.target, timeoutMs);
+        await client.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+      }
     } else {
       const watched = { agent: pid(agent), seed: pid(seed), registry: pid(registry) };
-      progress('big image: direct');
-      const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('big image: through Shoal, cold');
-      const cold = await ctrPull(big.target, agent.url, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('big image: through Shoal, warm');
-      const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('big image: direct again');
-      const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('small image: direct, then through Shoal, cold');
-      const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
-      const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      ctr = { direct: [direct1, direct2], cold, warm, smallDirect, smallCold };
+      let bigResults: BigResults | undefined;
+      if (big !== undefined) {
+        progress('big image: direct');
+        const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        progress('big image: through Shoal, cold');
+        const cold = await ctrPull(big.target, agent.url, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        progress('big image: through Shoal, warm');
+        const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        progress('big image: direct again');
+        const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        bigResults = { direct: [direct1, direct2], cold, warm };
+      }
+      const small: SmallRun[] = [];
+      for (let i = 0; i < options.smallRuns; i++) {
+        progress(`small image ${i + 1} of ${options.smallRuns}: direct, then through Shoal, cold`);
+        // A new image each time, in a folder of its own: every cold pull is cold.
+        const image = await pushTarget(
+          join(layout.path, `small-${i}`),
+          registry,
+          'bench/small',
+          `small-${run}-${i}`,
+          [options.smallBytes],
+        );
+        const direct = await ctrPull(image.target, undefined, timeoutMs, watched);
+        const cold = await ctrPull(image.target, agent.url, timeoutMs, watched);
+        interrupt.signal.throwIfAborted();
+        small.push({ direct, cold, timelines: await timelines(receiver, image.image) });
+      }
+      ctr = { big: bigResults, small };
     }
 
-    progress('agent to agent: a second agent takes the big image from the first');
-    await seed.stop();
-    const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, profileEnv);
-    const stopB = once(() => agentB.stop());
-    teardown.add('agent b', stopB);
-    const peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
-    const agentPeakRss = await agent.peakRssBytes();
-    interrupt.signal.throwIfAborted();
+    let peer: PeerPull | undefined;
+    let peerTls: PeerPull | undefined;
+    let agentPeakRss = await agent.peakRssBytes();
+    if (big !== undefined) {
+      progress('agent to agent: a second agent takes the big image from the first');
+      await seed.stop();
+      const agentB = await startPeer(nats.url, registry, 'agent-b', undefined, profileEnv);
+      const stopB = once(() => agentB.stop());
+      teardown.add('agent b', stopB);
+      peer = await peerPull(agent, agentB, big.target, timeoutMs, interrupt.signal);
+      agentPeakRss = await agent.peakRssBytes();
+      interrupt.signal.throwIfAborted();
 
-    // TLS: a third agent with a TLS peer port takes the image from the first two; once they
-    // are gone, a fourth takes it from the third alone, over HTTPS with client certificates.
-    progress('agent to agent over TLS: a third agent takes the image, a fourth takes it from it');
-    const ca = await makeTestCa('bench-datapath-ca');
-    teardown.add('test CA', () => ca.remove());
-    const pieceTls = { ca, verifyClients: true };
-    const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, profileEnv);
-    teardown.add('agent c', () => agentC.stop());
-    const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
-    await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
-    await stopB();
-    await agent.stop();
-    const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, profileEnv);
-    teardown.add('agent d', () => agentD.stop());
-    const peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
+      // TLS: a third agent with a TLS peer port takes the image from the first two; once they
+      // are gone, a fourth takes it from the third alone, over HTTPS with client certificates.
+      progress('agent to agent over TLS: a third agent takes the image, a fourth takes it from it');
+      const ca = await makeTestCa('bench-datapath-ca');
+      teardown.add('test CA', () => ca.remove());
+      const pieceTls = { ca, verifyClients: true };
+      const agentC = await startPeer(nats.url, registry, 'agent-c', pieceTls, profileEnv);
+      teardown.add('agent c', () => agentC.stop());
+      const warmUp = await prepareClient('http', agentC.url, big.target, timeoutMs);
+      await warmUp.pull(AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]));
+      await stopB();
+      await agent.stop();
+      const agentD = await startPeer(nats.url, registry, 'agent-d', pieceTls, profileEnv);
+      teardown.add('agent d', () => agentD.stop());
+      peerTls = await peerPull(agentC, agentD, big.target, timeoutMs, interrupt.signal);
+    }
 
     const results: Results = {
-      bigBytes: blobBytes(big.target),
-      smallBytes: small === undefined ? 0 : blobBytes(small.target),
+      bigBytes: big === undefined ? 0 : blobBytes(big.target),
+      smallBytes: options.smallBytes,
       ctr,
       peer,
       peerTls,
       agentPeakRss,
     };
     process.stdout.write(report(options, results));
+    if (receiver !== undefined && options.spansFile !== undefined) {
+      await writeFile(
+        options.spansFile,
+        receiver
+          .spans()
+          .map((span) =>
+            JSON.stringify(span, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v)),
+          )
+          .join('\n'),
+      );
+    }
     return 0;
   } finally {
     await teardown.run();
     interrupt.release();
   }
+}
+
+/** How long a cold pull's spans may take to reach the receiver, in ms. */
+const SPANS_WAIT_MS = 5_000;
+
+/**
+ * The phases of the cold pull of each blob of `image` (its layer and its config), from the
+ * spans exported for it; a blob whose trace did not arrive in time has none.
+ */
+async function timelines(
+  receiver: OtlpReceiver,
+  image: GeneratedImage,
+): Promise<Map<'layer' | 'config', Phase[]>> {
+  const blobs = new Map<'layer' | 'config', string>([
+    ['layer', image.layers[0]?.digest ?? ''],
+    ['config', image.config.digest],
+  ]);
+  // Complete once the root and the download it started have ended (both exported at their end).
+  const ended = (spans: readonly CollectedSpan[], digest: string): boolean => {
+    const root = mirrorRoot(spans, digest);
+    return (
+      root !== undefined &&
+      spans.some((s) => s.traceId === root.traceId && s.name === 'swarm download' && s.endNs > 0n)
+    );
+  };
+  await receiver
+    .waitFor(
+      'the small image’s cold pull',
+      (spans) => [...blobs.values()].every((d) => ended(spans, d)),
+      SPANS_WAIT_MS,
+    )
+    .catch((error: unknown) => progress(`no complete timeline: ${String(error)}`));
+  // The other processes export on their own schedule (every 100 ms here).
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const out = new Map<'layer' | 'config', Phase[]>();
+  for (const [blob, digest] of blobs) {
+    const root = mirrorRoot(receiver.spans(), digest);
+    if (root !== undefined) {
+      out.set(blob, pullTimeline(root, receiver.trace(root.traceId)));
+    }
+  }
+  return out;
 }
 
 /** `stop` run at most once, however many times it is called (a process stopped early and at teardown). */

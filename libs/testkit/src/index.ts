@@ -23,6 +23,7 @@ export {
   traceTree,
   type CollectedSpan,
   type OtlpReceiver,
+  type SpanEvent,
   type SpanKindName,
   type TraceNode,
   traceView,

@@ -28,7 +28,8 @@ export const HOLD_MS = 50;
  * Cuts a stream, in order, into the pieces of a blob: hashes each piece and the whole blob,
  * writes the bytes with gathered writes of at least `COALESCE_BYTES` (or the rest, or what
  * has arrived once a complete piece has waited `holdMs`), and marks pieces ready only once
- * they are on disk.
+ * they are on disk. The first complete piece is written at once, alone: on a cold pull every
+ * agent waits on it, and gathering the first MiB cost them the time that MiB took to arrive.
  */
 export class PieceCutter {
   readonly #blob: SeedBlob;
@@ -88,7 +89,8 @@ export class PieceCutter {
     if (
       this.#pendingBytes >= COALESCE_BYTES ||
       this.#pending.length >= MAX_CHUNKS_PER_WRITE ||
-      (this.#hashes.length > 0 && performance.now() - this.#heldSince >= this.#holdMs)
+      (this.#hashes.length > 0 &&
+        (this.#written === 0 || performance.now() - this.#heldSince >= this.#holdMs))
     ) {
       await this.#flush();
     }
