@@ -26,7 +26,7 @@ import { activeSpan, markSpan, type Logger } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
-import { readPieceHashes } from './hash-reader.js';
+import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
 
 export interface WantRequest {
   readonly blob: string;
@@ -45,6 +45,7 @@ export class SwarmClient {
   readonly #nc: NatsConnection;
   readonly #js: JetStreamClient;
   readonly #jsm: JetStreamManager;
+  readonly #directGets: DirectGetCheck;
   readonly #uploads: boolean;
   readonly #logger: Logger;
   readonly #metrics: AgentMetrics;
@@ -73,6 +74,7 @@ export class SwarmClient {
     this.#nc = options.nc;
     this.#js = options.js;
     this.#jsm = options.jsm;
+    this.#directGets = new DirectGetCheck(options.jsm);
     this.#uploads = options.uploads;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
@@ -231,7 +233,14 @@ export class SwarmClient {
     onBatch: (batch: PieceHashes) => void,
   ): Promise<void> {
     return readPieceHashes(
-      { nc: this.#nc, js: this.#js, jsm: this.#jsm, metrics: this.#metrics, logger: this.#logger },
+      {
+        nc: this.#nc,
+        js: this.#js,
+        jsm: this.#jsm,
+        directGets: this.#directGets,
+        metrics: this.#metrics,
+        logger: this.#logger,
+      },
       blob,
       signal,
       onBatch,

@@ -40,6 +40,8 @@ import type { AgentMetrics } from '../metrics.js';
 const RECHECK_MS = 1_000;
 /** Wait before a direct get that timed out (a busy server) is asked again, in ms. */
 const RETRY_MS = 250;
+/** How long the stream's answer to "direct gets allowed?" is trusted, in ms. */
+const DIRECT_CHECK_TTL_MS = 60_000;
 
 export type HashPath = 'stored' | 'live' | 'consumer';
 
@@ -47,8 +49,41 @@ export interface HashReaderDeps {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
+  /** Whether SHOAL_PIECES answers direct gets (see `DirectGetCheck`). */
+  readonly directGets: DirectGetCheck;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
+}
+
+/**
+ * Whether SHOAL_PIECES allows direct gets, from its configuration, asked at most once a
+ * minute per agent. A stream without `allow_direct` does not refuse a direct get on
+ * nats-server 2.9: the request just times out, which cannot be told from a busy server.
+ */
+export class DirectGetCheck {
+  readonly #jsm: JetStreamManager;
+  #answer: { allowed: Promise<boolean>; atMs: number } | undefined;
+
+  constructor(jsm: JetStreamManager) {
+    this.#jsm = jsm;
+  }
+
+  allowed(): Promise<boolean> {
+    const now = performance.now();
+    if (this.#answer === undefined || now - this.#answer.atMs > DIRECT_CHECK_TTL_MS) {
+      const allowed = this.#jsm.streams.info(STREAMS.pieces.name).then(
+        // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
+        (info) => (info.config.allow_direct as boolean | undefined) === true,
+        () => {
+          // Unknown (NATS trouble): ask again next time rather than keep a guess.
+          this.#answer = undefined;
+          return false;
+        },
+      );
+      this.#answer = { allowed, atMs: now };
+    }
+    return this.#answer.allowed;
+  }
 }
 
 /** Direct gets cannot work here (the stream does not allow them, or NATS permissions). */
@@ -69,6 +104,9 @@ export async function readPieceHashes(
 ): Promise<void> {
   const reader = new HashReader(deps, blob, signal, onBatch);
   try {
+    if (!(await deps.directGets.allowed())) {
+      throw new DirectUnavailable(`${STREAMS.pieces.name} does not allow direct gets`);
+    }
     await reader.direct();
   } catch (error) {
     if (!(error instanceof DirectUnavailable)) {
