@@ -35,6 +35,7 @@ import {
   startAgent,
   startContainerd,
   startSeedServer,
+  startNats,
   startOtlpReceiver,
   startTracker,
   table,
@@ -85,6 +86,10 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
   --only small        only the small image's pulls and its cold timeline
   --spans-file PATH   write every span the swarm exported to PATH (JSON lines)
+  --baseline DIR      with the small image: a second swarm (its own nats-server) runs the
+                      services built at DIR (a checkout built with tsc -b, e.g. by
+                      services/seedserver/tools/build-at.sh); each small run also pulls a
+                      new small image cold through it, alternating which goes first
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
 `;
 
@@ -100,6 +105,8 @@ interface Options {
   readonly smallOnly: boolean;
   /** Where every span received is written at the end, one JSON object a line. */
   readonly spansFile: string | undefined;
+  /** A checkout built with `tsc -b` whose services the baseline swarm runs. */
+  readonly baseline: string | undefined;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
   readonly cpuProfDir: string | undefined;
 }
@@ -113,6 +120,7 @@ function parseOptions(argv: readonly string[]): Options {
     only: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
     'spans-file': { type: 'string' },
+    baseline: { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -136,9 +144,13 @@ function parseOptions(argv: readonly string[]): Options {
   if (values.only !== undefined && values.only !== 'tls' && values.only !== 'small') {
     problems.push('--only takes tls or small');
   }
+  if (values.baseline !== undefined && values.only === 'tls') {
+    problems.push('--baseline compares the small image, which --only tls leaves out');
+  }
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
   const spansFile = values['spans-file'];
+  const baseline = values.baseline;
   return {
     layerSizes,
     smallBytes,
@@ -148,6 +160,7 @@ function parseOptions(argv: readonly string[]): Options {
     smallOnly: values.only === 'small',
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     spansFile: typeof spansFile === 'string' ? spansFile : undefined,
+    baseline: typeof baseline === 'string' ? baseline : undefined,
   };
 }
 
@@ -230,20 +243,31 @@ async function startSwarm(
   teardown: Teardown,
   /** For all three: CPU profiles, trace export. */
   env: Record<string, string>,
-): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
-  const tracker = await startTracker({ natsUrl, env });
+  /** Another checkout's build to run (the baseline), and its agent's peer id. */
+  baseline?: { buildRoot: string; peerId: string },
+): Promise<{ seed: ServiceProcess; agent: AgentProcess; tracker: ServiceProcess }> {
+  const build = baseline === undefined ? {} : { buildRoot: baseline.buildRoot };
+  const tracker = await startTracker({ natsUrl, env, ...build });
   teardown.add('tracker', () => tracker.stop());
   const seed = await startSeedServer({
     natsUrl,
     registries: `${registry.host}=${registry.url}`,
     env,
+    ...build,
   });
   const stopSeed = once(() => seed.stop());
   teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, env);
+  const agent = await startPeer(
+    natsUrl,
+    registry,
+    baseline?.peerId ?? 'agent-a',
+    undefined,
+    env,
+    baseline?.buildRoot,
+  );
   const stopAgent = once(() => agent.stop());
   teardown.add('agent a', stopAgent);
-  return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
+  return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent }, tracker };
 }
 
 /** One agent taking the big image from another, with both agents' costs. */
@@ -266,6 +290,11 @@ interface SmallRun {
   readonly cold: Measured;
   /** The cold pull's phases, per blob of the image (layer, config), from the exported spans. */
   readonly timelines: ReadonlyMap<'layer' | 'config', readonly Phase[]>;
+  /** Another new small image, cold through the baseline swarm (with `--baseline`). */
+  readonly baseline?: {
+    readonly cold: Measured;
+    readonly timelines: ReadonlyMap<'layer' | 'config', readonly Phase[]>;
+  };
 }
 
 /** The pulls through containerd (left out with `--only tls`). */
@@ -335,12 +364,25 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
   // With several small images, the rows are the runs of median time.
   const smallDirect = medianRun(small.map((r) => r.direct));
   const smallCold = medianRun(small.map((r) => r.cold));
+  const baselineCold = medianRun(
+    small.flatMap((r) => (r.baseline === undefined ? [] : [r.baseline.cold])),
+  );
   const of = small.length > 1 ? ` (median of ${small.length})` : '';
   if (smallDirect !== undefined && smallCold !== undefined) {
     rows.push(
       row(`small, direct${of}`, smallDirect, smallBytes, undefined),
       row(`small, through Shoal, cold${of}`, smallCold, smallBytes, smallDirect.seconds),
     );
+    if (baselineCold !== undefined) {
+      rows.push(
+        row(
+          `small, through the baseline, cold${of}`,
+          baselineCold,
+          smallBytes,
+          smallDirect.seconds,
+        ),
+      );
+    }
   }
   const lines = [
     `small image: ${mib(smallBytes)} of blobs`,
@@ -366,9 +408,18 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     lines.push(
       `small image, cold: Shoal adds ${seconds(smallCold.seconds - smallDirect.seconds)}${of}`,
     );
-    if (small.length > 1) {
+    if (baselineCold !== undefined) {
       lines.push(
-        `  each run, cold / direct: ${small.map((r) => `${r.cold.seconds.toFixed(2)}/${r.direct.seconds.toFixed(2)}`).join(' ')} s`,
+        `small image, cold: the baseline adds ${seconds(baselineCold.seconds - smallDirect.seconds)}${of}`,
+      );
+    }
+    if (small.length > 1) {
+      const each = (r: SmallRun): string =>
+        [r.cold, ...(r.baseline === undefined ? [] : [r.baseline.cold]), r.direct]
+          .map((m) => m.seconds.toFixed(2))
+          .join('/');
+      lines.push(
+        `  each run, cold${baselineCold === undefined ? '' : ' / baseline cold'} / direct: ${small.map(each).join(' ')} s`,
       );
     }
     lines.push('', ...timelineReport(small), '');
@@ -388,22 +439,51 @@ function medianRun(runs: readonly Measured[]): Measured | undefined {
  * the layer.
  */
 function timelineReport(runs: readonly SmallRun[]): string[] {
-  const phaseMs = (blob: 'layer' | 'config', label: PhaseLabel): number =>
-    median(runs.flatMap((r) => r.timelines.get(blob)?.find((p) => p.label === label)?.atMs ?? []));
+  type Timelines = SmallRun['timelines'];
+  const phaseMs = (
+    pick: (r: SmallRun) => Timelines | undefined,
+    blob: 'layer' | 'config',
+    label: PhaseLabel,
+  ): number =>
+    median(
+      runs.flatMap(
+        (r) =>
+          pick(r)
+            ?.get(blob)
+            ?.find((p) => p.label === label)?.atMs ?? [],
+      ),
+    );
   const ms = (value: number): string => (Number.isNaN(value) ? '-' : value.toFixed(1));
+  const withBaseline = runs.some((r) => r.baseline !== undefined);
   let previous = 0;
   const rows = PHASES.map((label) => {
-    const layer = phaseMs('layer', label);
+    const layer = phaseMs((r) => r.timelines, 'layer', label);
     const step = Number.isNaN(layer) ? Number.NaN : layer - previous;
     if (!Number.isNaN(layer)) {
       previous = layer;
     }
-    return [label, ms(layer), ms(step), ms(phaseMs('config', label))];
+    const row = [label, ms(layer), ms(step), ms(phaseMs((r) => r.timelines, 'config', label))];
+    if (withBaseline) {
+      row.push(
+        ms(phaseMs((r) => r.baseline?.timelines, 'layer', label)),
+        ms(phaseMs((r) => r.baseline?.timelines, 'config', label)),
+      );
+    }
+    return row;
   });
   const traced = runs.filter((r) => r.timelines.size > 0).length;
   return [
-    `small image, cold, phase by phase (ms since the agent got the blob's request; median of ${traced} traced run(s)):`,
-    table(['phase', 'layer ms', 'layer step ms', 'config ms'], rows),
+    `small image, cold, phase by phase (ms since the agent got the blob's request; median of ${traced} traced run(s)${withBaseline ? "; '-' for the baseline: a moment its build does not record" : ''}):`,
+    table(
+      [
+        'phase',
+        'layer ms',
+        'layer step ms',
+        'config ms',
+        ...(withBaseline ? ['baseline layer ms', 'baseline config ms'] : []),
+      ],
+      rows,
+    ),
   ];
 }
 
@@ -508,6 +588,7 @@ async function startPeer(
   peerId: string,
   pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
   profileEnv: Record<string, string>,
+  buildRoot?: string,
 ): Promise<AgentProcess> {
   return startAgent({
     registries: `${registry.host}=${registry.url}`,
@@ -515,6 +596,7 @@ async function startPeer(
     peerId,
     defaultRegistry: registry.host,
     ...(pieceTls === undefined ? {} : { pieceTls }),
+    ...(buildRoot === undefined ? {} : { buildRoot }),
     env: { ...FAST_SWARM_ENV, ...profileEnv },
   });
 }
@@ -541,6 +623,22 @@ async function main(): Promise<number> {
       ...profileEnv,
       ...receiver?.env,
     });
+    // The baseline swarm: another build, on a nats-server of its own (its streams and
+    // consumers are its own business), exporting its spans to the same receiver.
+    let baselineAgent: AgentProcess | undefined;
+    if (options.baseline !== undefined) {
+      const baseNats = await startNats();
+      teardown.add('baseline nats-server', () => baseNats.stop());
+      baselineAgent = (
+        await startSwarm(
+          baseNats.url,
+          registry,
+          teardown,
+          { ...profileEnv, ...receiver?.env },
+          { buildRoot: options.baseline, peerId: 'agent-baseline' },
+        )
+      ).agent;
+    }
     const { timeoutMs } = options;
     let ctr: CtrResults | undefined;
     if (receiver === undefined) {
@@ -579,9 +677,39 @@ async function main(): Promise<number> {
           [options.smallBytes],
         );
         const direct = await ctrPull(image.target, undefined, timeoutMs, watched);
-        const cold = await ctrPull(image.target, agent.url, timeoutMs, watched);
+        // With a baseline, which swarm pulls first alternates, so neither always meets the
+        // machine as the other left it.
+        const pullThis = async (): Promise<Omit<SmallRun, 'direct'>> => {
+          const cold = await ctrPull(image.target, agent.url, timeoutMs, watched);
+          return { cold, timelines: await timelines(receiver, image.image) };
+        };
+        const pullBaseline = async (): Promise<SmallRun['baseline']> => {
+          if (baselineAgent === undefined) {
+            return undefined;
+          }
+          const other = await pushTarget(
+            join(layout.path, `small-base-${i}`),
+            registry,
+            'bench/small-base',
+            `small-base-${run}-${i}`,
+            [options.smallBytes],
+          );
+          const cold = await ctrPull(other.target, baselineAgent.url, timeoutMs, {
+            registry: pid(registry),
+          });
+          return { cold, timelines: await timelines(receiver, other.image) };
+        };
+        let current: Omit<SmallRun, 'direct'>;
+        let baseline: SmallRun['baseline'];
+        if (i % 2 === 0) {
+          current = await pullThis();
+          baseline = await pullBaseline();
+        } else {
+          baseline = await pullBaseline();
+          current = await pullThis();
+        }
         interrupt.signal.throwIfAborted();
-        small.push({ direct, cold, timelines: await timelines(receiver, image.image) });
+        small.push({ direct, ...current, ...(baseline === undefined ? {} : { baseline }) });
       }
       ctr = { big: bigResults, small };
     }

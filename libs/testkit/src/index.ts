@@ -63,6 +63,7 @@ export {
   WATCHER_TOKEN,
   type AgentOptions,
   type AgentProcess,
+  type BuildChoice,
   type PieceTls,
   type SeedServerOptions,
   type ServiceProcess,

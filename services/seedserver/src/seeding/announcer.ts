@@ -156,28 +156,36 @@ export class Announcer {
     const blob = this.#blob;
     const digest = blob.digest.toString();
     const ready = blob.ready;
-    while (this.#published < ready) {
-      const first = this.#published;
+    // The hashes and the have go out back to back and their acknowledgements are awaited
+    // together: one round trip, not two, before the tracker hears of the pieces. The have may
+    // be stored first (another stream); agents fetch no piece before its hash, so a have ahead
+    // of its hashes only waits, and a failed flush is redone whole by the next one.
+    const publishes: Promise<unknown>[] = [];
+    for (let first = this.#published; first < ready; first += HASHES_PER_MESSAGE) {
       const hashes = blob.hashes.slice(first, Math.min(ready, first + HASHES_PER_MESSAGE));
-      await this.#publishHashes(first, hashes, `${blob.digest.hex}-${first}-${hashes.length}`);
-      this.#published = first + hashes.length;
+      publishes.push(
+        this.#publishHashes(first, hashes, `${blob.digest.hex}-${first}-${hashes.length}`),
+      );
     }
     const haveKey = blob.complete ? ready + 1 : ready;
-    if (haveKey === this.#lastHave || ready === 0) {
-      return;
+    if (haveKey !== this.#lastHave && ready > 0) {
+      publishes.push(
+        this.#js.publish(
+          pieceHaveSubject(digest, this.#self.id),
+          encodeMessage(pieceHave, {
+            type: 'piece-have',
+            blob: digest,
+            peer: this.#self,
+            pieces: [[0, ready]],
+            complete: blob.complete,
+            seed: true,
+          }),
+        ),
+      );
     }
-    await this.#js.publish(
-      pieceHaveSubject(digest, this.#self.id),
-      encodeMessage(pieceHave, {
-        type: 'piece-have',
-        blob: digest,
-        peer: this.#self,
-        pieces: [[0, ready]],
-        complete: blob.complete,
-        seed: true,
-      }),
-    );
-    this.#lastHave = haveKey;
+    await Promise.all(publishes);
+    this.#published = Math.max(this.#published, ready);
+    this.#lastHave = ready > 0 ? haveKey : this.#lastHave;
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */
