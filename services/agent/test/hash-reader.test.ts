@@ -143,6 +143,28 @@ describe('piece-hash reader', () => {
     assert.equal(rejected?.value, 1);
   });
 
+  it('reads again what the subscription missed while the connection was down', async () => {
+    const blob = blobNamed('missed');
+    await publish(batch(blob, 0, 1));
+    const { hashes, metrics } = await read(blob, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The reader's connection is down for its reconnect wait (2 s): a batch the seed
+      // publishes meanwhile is stored, but never reaches its subscription.
+      await nats.crashAndRestart(100);
+      const seed = await connect({ servers: nats.url, timeout: 5_000 });
+      try {
+        const seedJs = jetstream(seed, { timeout: 5_000 });
+        const rest = batch(blob, 1, 3);
+        await seedJs.publish(pieceHashesSubject(blob), encodeMessage(pieceHashes, rest));
+      } finally {
+        await seed.close();
+      }
+    });
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    assert.equal(await count(metrics, 'stored'), 2, 'both batches read from the stream');
+    assert.equal(await count(metrics, 'consumer'), 0);
+  });
+
   it('reads with a consumer of its own where the stream refuses direct gets', async () => {
     const blob = blobNamed('fallback');
     await publish(batch(blob, 0, 2));

@@ -35,9 +35,12 @@ import type { AgentMetrics } from '../metrics.js';
 /**
  * Without a new hash for this long while some are missing, the stored batches are read again
  * from where the last read ended, in ms: a batch published while the connection was down
- * never reaches the subscription, and the next seed run of a failed blob republishes.
+ * never reaches the subscription, and the next seed run of a failed blob republishes. Each
+ * read that finds nothing new doubles the wait, up to `RECHECK_MAX_MS`: a seed stuck on a
+ * slow origin costs each waiting agent a get every half minute, not every second.
  */
 const RECHECK_MS = 1_000;
+const RECHECK_MAX_MS = 30_000;
 /** Wait before a direct get that timed out (a busy server) is asked again, in ms. */
 const RETRY_MS = 250;
 /** How long the stream's answer to "direct gets allowed?" is trusted, in ms. */
@@ -132,8 +135,10 @@ class HashReader {
   #count: number | undefined;
   /** Last stream sequence read by a direct get. */
   #seq = 0;
-  /** When a new hash last arrived (performance.now()). */
+  /** When a new hash last arrived, or the stored ones were last read (performance.now()). */
   #progressAt = performance.now();
+  /** How long without a new hash before the stored batches are read again, in ms. */
+  #recheckMs = RECHECK_MS;
   #wake: (() => void) | undefined;
   /** The download's span: batches heard on the subscription come outside its context. */
   readonly #span: Span | undefined = activeSpan();
@@ -183,12 +188,16 @@ class HashReader {
           throw new DirectUnavailable('the hash subscription was refused', { cause: failure });
         }
         const idle = performance.now() - this.#progressAt;
-        if (idle >= RECHECK_MS) {
+        if (idle >= this.#recheckMs) {
+          const known = this.#known.size;
           await this.#readStored();
+          if (this.#known.size === known) {
+            this.#recheckMs = Math.min(RECHECK_MAX_MS, this.#recheckMs * 2);
+          }
           this.#progressAt = performance.now();
           continue;
         }
-        await this.#sleep(RECHECK_MS - idle);
+        await this.#sleep(this.#recheckMs - idle);
       }
     } finally {
       this.#signal.removeEventListener('abort', onAbort);
@@ -284,6 +293,7 @@ class HashReader {
       return;
     }
     this.#progressAt = performance.now();
+    this.#recheckMs = RECHECK_MS;
     this.#span?.addEvent('piece hashes received', {
       'shoal.first': batch.first,
       'shoal.count': batch.hashes.length,
