@@ -1,8 +1,9 @@
 /**
  * The agent's side of the control plane: wants and haves published to JetStream, hand-outs
  * received on the agent's own core-NATS subject, piece hashes read from the seed server's
- * stream once per blob (direct gets, and the subject while the seed still hashes). Haves are batched per blob and carry the full piece set, so the agent's message
- * rate depends on what it downloads, never on how many peers are in the swarm.
+ * stream once per blob (direct gets, and the subject while the seed still hashes). Haves are
+ * batched per blob and carry the full piece set, so the agent's message rate depends on what
+ * it downloads, never on how many peers are in the swarm.
  */
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
