@@ -23,7 +23,7 @@ import {
   type PieceHashes,
   type PieceRanges,
 } from '@shoal/proto';
-import { activeSpan, markSpan, type Logger } from '@shoal/runtime';
+import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
@@ -56,6 +56,8 @@ export class SwarmClient {
   #subscription: Subscription | undefined;
   #closed = false;
   #flushing: Promise<void> = Promise.resolve();
+  /** Download spans that have their first want recorded. */
+  readonly #wantMarked = new WeakSet<Span>();
   /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
   readonly #penalties = new Map<string, number>();
 
@@ -181,7 +183,13 @@ export class SwarmClient {
         headers === undefined ? undefined : { headers },
       );
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
-      markSpan('piece-want stored');
+      // The first want of a download is a phase of its timeline; the rest would only fill
+      // its span with events.
+      const span = activeSpan();
+      if (span !== undefined && !this.#wantMarked.has(span)) {
+        this.#wantMarked.add(span);
+        span.addEvent('piece-want stored');
+      }
     } catch (error) {
       this.#logger.warn({ err: error, blob: request.blob }, 'could not publish a want');
     }

@@ -107,9 +107,6 @@ export async function readPieceHashes(
 ): Promise<void> {
   const reader = new HashReader(deps, blob, signal, onBatch);
   try {
-    if (!(await deps.directGets.allowed())) {
-      throw new DirectUnavailable(`${STREAMS.pieces.name} does not allow direct gets`);
-    }
     await reader.direct();
   } catch (error) {
     if (!(error instanceof DirectUnavailable)) {
@@ -182,6 +179,12 @@ class HashReader {
     const onAbort = (): void => this.#wake?.();
     this.#signal.addEventListener('abort', onAbort, { once: true });
     try {
+      // Subscribed first (before the caller's first want goes out), asked second: the
+      // subscription does not depend on the stream's setting, and the batches it hears
+      // meanwhile count either way.
+      if (!(await this.#deps.directGets.allowed())) {
+        throw new DirectUnavailable(`${STREAMS.pieces.name} does not allow direct gets`);
+      }
       await this.#readStored();
       while (!this.#isDone()) {
         if (failure !== undefined) {
