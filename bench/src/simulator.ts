@@ -41,9 +41,10 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
   --ramp-s S             agents join evenly over this long (default 5)
   --churn F              fraction of agents that leave mid-download and rejoin (default 0.05)
   --no-preheat           leave out each agent's preheat durable consumer and presence entry
-  --hashes KIND          how agents read piece hashes: consumer (one JetStream consumer per
-                         download, as the agent does; default) or direct (a core subscription
-                         and direct gets of the stored batches, no consumer)
+  --hashes KIND          how agents read piece hashes: direct (a core subscription and direct
+                         gets of the stored batches, no consumer, as the agent does; default)
+                         or consumer (one JetStream consumer per download, as agents did
+                         before direct gets)
   --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
   --phase-timeout-s S    longest one agent count may run (default 150)
   --deadline-s S         hard deadline of the whole run (default 600)
@@ -83,7 +84,7 @@ async function main(): Promise<void> {
     'ramp-s': { type: 'string', default: '5' },
     churn: { type: 'string', default: '0.05' },
     'no-preheat': { type: 'boolean', default: false },
-    hashes: { type: 'string', default: 'consumer' },
+    hashes: { type: 'string', default: 'direct' },
     'cpu-prof-dir': { type: 'string' },
     'phase-timeout-s': { type: 'string', default: '150' },
     'deadline-s': { type: 'string', default: '600' },

@@ -261,12 +261,9 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   teardown.add('simulator connection', () => nc.close());
   const js = jetstream(nc);
   const jsm: JetStreamManager = await jetstreamManager(nc);
+  // SHOAL_PIECES allows direct gets, as the seed server declares it: any server holding the
+  // stream answers them, without a consumer (nats-server 2.9 and later).
   await ensureStreams(jsm, [STREAMS.pieces, STREAMS.preheatNodes], nats.replicas);
-  if (options.hashReads === 'direct') {
-    // Direct gets are answered by any server holding the stream, without a consumer; a
-    // stream allows them only when told to (nats-server 2.9 and later).
-    await jsm.streams.update(STREAMS.pieces.name, { allow_direct: true });
-  }
   if (options.preheat) {
     await ensureKv(js, KV_BUCKETS.agents, nats.replicas);
   }

@@ -57,7 +57,12 @@ export {
   peerGoneSubject,
   type PeerGone,
 } from './messages/peer-gone.js';
-export { pieceHashes, pieceHashesSubject, type PieceHashes } from './messages/piece-hashes.js';
+export {
+  PIECE_HASHES_SUBJECTS,
+  pieceHashes,
+  pieceHashesSubject,
+  type PieceHashes,
+} from './messages/piece-hashes.js';
 export {
   PIECE_HAVE_SUBJECTS,
   pieceHave,

@@ -31,6 +31,12 @@ export interface StreamSpec {
    * does not change it on an existing stream.
    */
   readonly maxConsumers: number;
+  /**
+   * Whether any server holding the stream answers JetStream direct gets
+   * (`$JS.API.DIRECT.GET.<stream>`, nats-server 2.9 and later): reads of single messages by
+   * sequence or subject without a consumer. Changed on an existing stream at start-up.
+   */
+  readonly allowDirect?: boolean;
   readonly owner: 'agent' | 'tracker' | 'seedserver' | 'watcher';
   readonly description: string;
 }
@@ -84,8 +90,11 @@ export const STREAMS = {
     maxBytes: 1 * GiB,
     maxMsgs: 1_000_000,
     maxMsgSize: 128 * KiB,
-    // Agents read a blob's hashes with a consumer of their own while they fetch it.
+    // Agents read a blob's stored hashes with direct gets (and hear new ones on the subject
+    // while the seed still hashes): no consumer per download. Agents of before direct gets
+    // open a consumer of their own per blob, hence no limit.
     maxConsumers: -1,
+    allowDirect: true,
     owner: 'seedserver',
     description: 'piece hashes published by the seed server',
   },

@@ -41,7 +41,13 @@ export {
   type TlsFileContents,
   type TlsFileWatch,
 } from './https.js';
-export { exitOnStartupError, runUntilSignal, type RunOptions, type Service } from './lifecycle.js';
+export {
+  exitOnStartupError,
+  runUntilSignal,
+  untilAborted,
+  type RunOptions,
+  type Service,
+} from './lifecycle.js';
 export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js';
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
@@ -52,6 +58,8 @@ export {
   contextFromHttp,
   failSpan,
   injectHttp,
+  activeSpan,
+  markSpan,
   runInContext,
   SpanKind,
   SpanStatusCode,

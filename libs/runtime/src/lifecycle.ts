@@ -68,3 +68,31 @@ export function exitOnStartupError(error: unknown, logger?: Logger): never {
   }
   process.exit(1);
 }
+
+/**
+ * Resolves as `promise` does, or rejects with `reason()` as soon as `signal` aborts (the
+ * promise is left to settle on its own): for waits that take no signal themselves.
+ */
+export function untilAborted<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  reason: () => Error = () => new Error('aborted'),
+): Promise<T> {
+  if (signal.aborted) {
+    return Promise.reject(reason());
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(reason());
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}

@@ -29,6 +29,7 @@ import {
   KV_BUCKETS,
   peerGoneSubject,
   peerId,
+  PIECE_HASHES_SUBJECTS,
   preheatNodesConsumer,
   preheatReportSubject,
   STREAMS,
@@ -62,7 +63,9 @@ const consumerOps = (stream: string): string[] => [
  * The agent's permission template. `{{name()}}` is the agent's peer id: the subjects that say
  * who is speaking (haves, wants and gone carry the peer as their last token; reports carry
  * role and peer) and what is one node's own (hand-outs, inbox, preheat consumer, presence key)
- * are open to that peer only. Piece hashes are read, never written.
+ * are open to that peer only. Piece hashes are read, never written: stored ones with direct
+ * gets on SHOAL_PIECES, new ones on their subject while the seed hashes (the consumer
+ * operations are for agents of before direct gets).
  */
 export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
   pub: {
@@ -73,6 +76,7 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       preheatReportSubject('*', 'agent', NAME),
       '$JS.API.INFO',
       `$JS.API.STREAM.INFO.${pieces.name}`,
+      `$JS.API.DIRECT.GET.${pieces.name}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}.>`,
       `$JS.API.CONSUMER.INFO.${pieces.name}.>`,
@@ -90,7 +94,7 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       `$KV.${KV_BUCKETS.agents.bucket}.${NAME}`,
     ],
   },
-  sub: { allow: [`_INBOX.${NAME}.>`, handoutSubject(NAME)] },
+  sub: { allow: [`_INBOX.${NAME}.>`, handoutSubject(NAME), PIECE_HASHES_SUBJECTS] },
 };
 
 /** Each service role's permissions, the same as deploy/k8s/base/nats/auth.conf gives them. */

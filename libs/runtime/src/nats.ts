@@ -241,6 +241,7 @@ export function streamConfig(
     max_msgs: spec.maxMsgs,
     max_msg_size: spec.maxMsgSize,
     max_consumers: spec.maxConsumers,
+    allow_direct: spec.allowDirect === true,
     num_replicas: replicas,
   };
 }

@@ -132,6 +132,20 @@ export function injectHttp(headers: OutgoingHttpHeaders, ctx: Context = context.
   });
 }
 
+/**
+ * Records a moment in the active span (a span event named `name`), for the phases of work a
+ * span covers that are not worth a span of their own: the first byte of a response, the
+ * first piece hash heard. A no-op outside a span or without a started SDK.
+ */
+export function markSpan(name: string, attributes?: Attributes): void {
+  trace.getActiveSpan()?.addEvent(name, attributes);
+}
+
+/** The active span, to record moments in later from another context (see `markSpan`). */
+export function activeSpan(): Span | undefined {
+  return trace.getActiveSpan();
+}
+
 /** `trace_id` and `span_id` of the active span, for log lines; empty outside a sampled span. */
 export function traceFields(): { trace_id?: string; span_id?: string } {
   const span = trace.getActiveSpan();

@@ -43,8 +43,20 @@ export interface CollectedSpan {
   readonly attributes: Readonly<Record<string, string | number | boolean>>;
   /** Start time, in ns since the epoch. */
   readonly startNs: bigint;
+  /** End time, in ns since the epoch. */
+  readonly endNs: bigint;
+  /** The moments recorded in the span (`markSpan`), in the order received. */
+  readonly events: readonly SpanEvent[];
   /** True when the span's status is ERROR. */
   readonly error: boolean;
+}
+
+/** One span event: a named moment within a span. */
+export interface SpanEvent {
+  readonly name: string;
+  /** When, in ns since the epoch. */
+  readonly timeNs: bigint;
+  readonly attributes: Readonly<Record<string, string | number | boolean>>;
 }
 
 /** A span and the spans whose parent it is, in start order. */
@@ -204,7 +216,9 @@ interface JsonSpan {
   name?: string;
   kind?: number;
   startTimeUnixNano?: string | number;
+  endTimeUnixNano?: string | number;
   attributes?: JsonAttribute[];
+  events?: { name?: string; timeUnixNano?: string | number; attributes?: JsonAttribute[] }[];
   status?: { code?: number };
 }
 
@@ -233,6 +247,12 @@ function decodeExport(body: unknown): CollectedSpan[] {
           resource,
           attributes: attributesOf(span.attributes),
           startNs: BigInt(span.startTimeUnixNano ?? 0),
+          endNs: BigInt(span.endTimeUnixNano ?? 0),
+          events: (span.events ?? []).map((event) => ({
+            name: event.name ?? '',
+            timeNs: BigInt(event.timeUnixNano ?? 0),
+            attributes: attributesOf(event.attributes),
+          })),
           error: span.status?.code === 2,
         });
       }

@@ -20,11 +20,20 @@ import {
 } from './process.js';
 import type { TestCa } from './tls.js';
 
-/** The built entry point of a service. */
-export function serviceMain(service: ShoalService): string {
-  return fileURLToPath(
-    new URL(`../../../../services/${service}/dist/src/main.js`, import.meta.url),
-  );
+/**
+ * The built entry point of a service: this checkout's, or that of another checkout built with
+ * `tsc -b` at `buildRoot` (a benchmark's baseline, e.g. made by seedserver's `build-at.sh`).
+ */
+export function serviceMain(service: ShoalService, buildRoot?: string): string {
+  return buildRoot === undefined
+    ? fileURLToPath(new URL(`../../../../services/${service}/dist/src/main.js`, import.meta.url))
+    : join(buildRoot, 'services', service, 'dist', 'src', 'main.js');
+}
+
+/** Which build of a service runs. */
+export interface BuildChoice {
+  /** The root of another checkout built with `tsc -b`, whose service runs instead of this one's. */
+  readonly buildRoot?: string;
 }
 
 type ShoalService = 'agent' | 'tracker' | 'seedserver' | 'watcher';
@@ -71,7 +80,7 @@ export interface AgentProcess extends ServiceProcess {
   readonly peerUrl: string | undefined;
 }
 
-export interface AgentOptions extends Placement {
+export interface AgentOptions extends Placement, BuildChoice {
   /** `SHOAL_AGENT_REGISTRIES` */
   readonly registries: string;
   /** Port to listen on; a free one when omitted (65001 in a namespace of its own). */
@@ -109,12 +118,15 @@ async function startService(
   dir: { path: string; remove(): Promise<void> },
   port: number,
   env: Record<string, string>,
-  placement: Placement = {},
+  placement: Placement & BuildChoice = {},
   /** The listener serves HTTPS with a certificate of this CA. */
   ca?: Buffer,
-  main: string = serviceMain(service),
+  main?: string,
 ): Promise<ServiceProcess> {
-  const argv = [...(await serviceNodeFlags(service)), main];
+  const argv = [
+    ...(await serviceNodeFlags(service)),
+    main ?? serviceMain(service, placement.buildRoot),
+  ];
   const proc = startProcess(process.execPath, argv, {
     logPath: join(dir.path, `${service}.log`),
     env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
@@ -211,7 +223,8 @@ export async function startTracker(
     env?: Record<string, string>;
     /** Port to listen on; a free one when omitted (65020 in a namespace). */
     port?: number;
-  } & Placement,
+  } & Placement &
+    BuildChoice,
 ): Promise<ServiceProcess> {
   const dir = await makeTempDir('tracker');
   const port = options.port ?? (await portFor(options, 65020));
@@ -229,7 +242,7 @@ export async function startTracker(
   );
 }
 
-export interface SeedServerOptions extends Placement {
+export interface SeedServerOptions extends Placement, BuildChoice {
   readonly natsUrl: string;
   /** `SHOAL_SEED_REGISTRIES` */
   readonly registries: string;

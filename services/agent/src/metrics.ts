@@ -94,6 +94,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['type'] as const,
       registers,
     }),
+    pieceHashReads: new Counter({
+      name: `${prefix}piece_hash_reads_total`,
+      help: 'Piece-hash batches received, by how: stored (a direct get), live (the subject, while the seed hashes), consumer (a consumer per blob, where direct gets are not available)',
+      labelNames: ['path'] as const,
+      registers,
+    }),
     eventsRejected: new Counter({
       name: `${prefix}events_rejected_total`,
       help: 'Control-plane events dropped as invalid, by type',

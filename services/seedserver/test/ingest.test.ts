@@ -45,9 +45,10 @@ describe('PieceCutter', () => {
         assert.ok(blob.ready * blob.pieceSize <= Math.max(0, cutter.received));
       }
       assert.equal(await cutter.finish(), digest.toString());
-      // 49 chunks of 64 KiB in four writes: three of 1 MiB, then the rest.
-      assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
-      assert.equal(firstReady, COALESCE_BYTES);
+      // 49 chunks of 64 KiB in four writes: the first piece alone and at once (agents wait on
+      // it), two of 1 MiB, then the rest.
+      assert.deepEqual(writes, [256 * KiB, COALESCE_BYTES, COALESCE_BYTES, 768 * KiB + 1000]);
+      assert.equal(firstReady, 256 * KiB);
       assert.equal(blob.ready, blob.count);
       for (let i = 0; i < blob.count; i++) {
         const { start, end } = pieceBounds(i, blob.size, blob.pieceSize);
@@ -68,14 +69,18 @@ describe('PieceCutter', () => {
       const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
       const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
       const cutter = new PieceCutter(blob, digest.algorithm, { holdMs: 20 });
-      // A slow origin: the first piece (256 KiB) and a bit, then a pause.
+      // The first piece (256 KiB) is written at once; a slow origin: the second piece and a
+      // bit, then a pause.
       await cutter.push(bytes.subarray(0, 256 * KiB + 10));
-      assert.equal(blob.ready, 0);
-      await new Promise((resolve) => setTimeout(resolve, 30));
-      await cutter.push(bytes.subarray(256 * KiB + 10, 256 * KiB + 20));
       assert.equal(blob.ready, 1);
+      await cutter.push(bytes.subarray(256 * KiB + 10, 512 * KiB + 10));
+      assert.equal(blob.ready, 1);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await cutter.push(bytes.subarray(512 * KiB + 10, 512 * KiB + 20));
+      assert.equal(blob.ready, 2);
       assert.deepEqual(await blob.readPiece(0), bytes.subarray(0, 256 * KiB));
-      await cutter.push(bytes.subarray(256 * KiB + 20));
+      assert.deepEqual(await blob.readPiece(1), bytes.subarray(256 * KiB, 512 * KiB));
+      await cutter.push(bytes.subarray(512 * KiB + 20));
       assert.equal(await cutter.finish(), digest.toString());
       assert.equal(blob.ready, blob.count);
       await blob.close();

@@ -61,6 +61,8 @@ interface SeedUnderTest {
   metric(name: string, labels?: Record<string, string>): Promise<number>;
   /** Piece-hash messages the SHOAL_PIECES stream holds for `blob`. */
   hashMessages(blob: Descriptor): Promise<number>;
+  /** The first piece-hash message stored for `blob` and its sequence, read as agents do. */
+  storedHashes(blob: Descriptor): Promise<{ seq: number; first: number; hashes: string[] }>;
   stop(): Promise<void>;
 }
 
@@ -133,6 +135,14 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
           subjects_filter: pieceHashesSubject(blob.digest),
         });
         return Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
+      },
+      storedHashes: async (blob) => {
+        const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+          seq: 1,
+          next_by_subj: pieceHashesSubject(blob.digest),
+        });
+        assert.ok(stored !== null, `no stored hashes for ${blob.digest}`);
+        return { seq: stored.seq, ...stored.json<{ first: number; hashes: string[] }>() };
       },
       stop: async () => {
         await started.close();
@@ -245,13 +255,18 @@ describe('seed server', () => {
       assert.equal(stored.ino, cached.ino);
       assert.equal(stored.size, big.size);
       assert.equal(await seed.metric('shoal_seedserver_stored_bytes_total'), big.size);
-      assert.ok((await seed.hashMessages(big)) > 0, 'a seeded blob keeps its hashes');
+      // Announced in batches as it streamed in, its hashes are kept as one message (96
+      // pieces): a node that comes later reads them with one direct get.
+      assert.equal(await seed.hashMessages(big), 1, 'a seeded blob keeps its hashes, consolidated');
+      const kept = await seed.storedHashes(big);
+      assert.ok(kept.seq > 1, 'published in batches first (its first piece alone)');
       // Every piece serves the verified bytes, and the manifest in the gateway matches.
       const hashes = await fetchAllPieces(seed.url, big);
       const manifest = JSON.parse(
         await readFile(join(seed.storeDir, 'meta', ...big.digest.split(':'), 'pieces'), 'utf8'),
       ) as { hashes: string[] };
       assert.deepEqual(manifest.hashes, hashes);
+      assert.deepEqual(kept.hashes, hashes);
       assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
       assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
     } finally {

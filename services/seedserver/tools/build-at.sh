@@ -5,9 +5,13 @@
 #   bash services/seedserver/tools/build-at.sh <commit> <dir>
 #   node services/seedserver/dist/tools/cost-per-byte.js \
 #     before=<dir>/services/seedserver/dist/src/main.js after=services/seedserver/dist/src/main.js
+#
+# A third argument names the project to build instead: `.` builds every service, for the
+# data-path bench's `--baseline <dir>`.
 set -euo pipefail
 commit=${1:?commit}
 dir=${2:?directory}
+project=${3:-services/seedserver}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 rm -rf "$dir"
 mkdir -p "$dir/node_modules/@shoal"
@@ -20,5 +24,5 @@ done
 for link in "$root"/node_modules/@shoal/*; do
   ln -s "$(readlink "$link")" "$dir/node_modules/@shoal/$(basename "$link")"
 done
-(cd "$dir" && npx --no-install tsc -b services/seedserver)
+(cd "$dir" && npx --no-install tsc -b "$project")
 echo "$dir/services/seedserver/dist/src/main.js"

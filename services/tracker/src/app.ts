@@ -30,6 +30,7 @@ import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
 import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
 import { LoadTracker } from './handout/load.js';
 import { HandoutTokens } from './handout/tokens.js';
+import { WaitingAskers } from './handout/waiting.js';
 import { registerTrackerRoutes } from './http/ops.js';
 import { createTrackerMetrics } from './metrics.js';
 import { SeedRequester } from './seed/requests.js';
@@ -41,6 +42,12 @@ export type { SwarmEntry, SwarmSnapshot } from './swarm/view.js';
 
 /** How long a seed request may wait for JetStream's acknowledgement, in ms. */
 const PUBLISH_TIMEOUT_MS = 5_000;
+/**
+ * Askers told of no holder that hear of the first one without asking again: at most this
+ * many (blob, asker) pairs, each for this long (agents ask again every 500 ms by default).
+ */
+const WAITING_ASKERS_MAX = 20_000;
+const WAITING_ASKER_TTL_MS = 5_000;
 /** How long draining the NATS connection may take before it is closed outright, in ms. */
 const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -174,6 +181,8 @@ export async function buildApp(
       logger,
       now,
       maySeed: seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS),
+      // Wants are answered only once the replay is done; until then nobody waits.
+      onHolder: (blob, peer) => wants?.holderAppeared(blob, peer),
     });
     await swarm.start();
     await swarm.whenCaughtUp(stopping.signal);
@@ -198,6 +207,7 @@ export async function buildApp(
         metrics,
         logger,
         now,
+        waiting: new WaitingAskers(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS),
       },
       config.SHOAL_TRACKER_WANT_QUEUE_MAX,
     );

@@ -86,6 +86,11 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Hand-outs published',
       registers,
     }),
+    handoutsPushed: new Counter({
+      name: `${prefix}handouts_pushed_total`,
+      help: 'Hand-outs sent without a want, to askers told of no holder, when a holder appeared',
+      registers,
+    }),
     handoutPeers: new Histogram({
       name: `${prefix}handout_peers`,
       help: 'Peers listed per hand-out',

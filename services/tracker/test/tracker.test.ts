@@ -486,6 +486,39 @@ describe('tracker', () => {
     assert.equal((await jsm.streams.info(STREAMS.seed.name)).state.messages, 1);
   });
 
+  it('tells an asker of the first holder when its have arrives, without another want', async () => {
+    const pushed = async (): Promise<number> => {
+      let total = 0;
+      for (const app of running) {
+        total += await metric(app, 'shoal_tracker_handouts_pushed_total');
+      }
+      return total;
+    };
+    const before = await pushed();
+    const cold = blob('cold');
+    await want(js, cold, 'waiter');
+    assert.deepEqual((await inbox.nth('waiter')).peers, [], 'nobody holds it yet');
+    // A member holding nothing is no holder: no hand-out for it.
+    await announce(js, have(cold, 'empty', { pieces: [] }));
+    for (const app of running) {
+      await waitForMembers(app, cold, 1);
+    }
+    // The seed's first pieces: the asker hears of them at once, from the replica it asked.
+    await announce(js, have(cold, 'seed', { pieces: [[0, 1]], seed: true }));
+    const second = await inbox.nth('waiter', 2);
+    assert.deepEqual(
+      second.peers.map((p) => [p.peer.id, p.pieces]),
+      [['seed', [[0, 1]]]],
+    );
+    assert.ok(second.token !== undefined, 'the pushed hand-out carries a token');
+    assert.equal((await pushed()) - before, 1);
+    // Told once: more pieces later come with the answers to its wants, not pushed.
+    await announce(js, have(cold, 'seed', { pieces: [[0, 4]], seed: true }));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(inbox.received.get('waiter')?.length, 2);
+    assert.equal((await pushed()) - before, 1);
+  });
+
   it('answers or coalesces every want of a backlog, none twice', async () => {
     for (const app of [...running]) {
       await stopTracker(app);

@@ -3,9 +3,10 @@
  * the rendered configuration with the operator, accounts and agent template that
  * `shoal-nats-identity init` makes; the real tracker, seed server and watcher sign in with
  * their role credentials and two agents with credentials minted for their own peer ids. The
- * swarm and node preheat work, and the server refuses an agent that publishes a have or a
- * want as another peer or as the seed, takes another node's preheat consumer, or reads another
- * node's hand-outs or inbox.
+ * swarm and node preheat work (piece hashes read by direct get and subscription), and the
+ * server refuses an agent that publishes a have or a want as another peer or as the seed,
+ * writes piece hashes, direct-gets another stream, takes another node's preheat consumer, or
+ * reads another node's hand-outs or inbox.
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -17,6 +18,7 @@ import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/trans
 import {
   encodeMessage,
   handoutSubject,
+  pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
   pieceWantSubject,
@@ -226,6 +228,12 @@ describe('per-node NATS identity of deploy/k8s', () => {
         assert.equal(outcome.digest, image.blobs[i]?.digest);
       });
       assert.equal((await bytesBySource(agent)).origin, 0);
+      // The piece hashes came by direct get and the hash subject, which the template allows:
+      // no consumer per download.
+      const reads = (path: string): Promise<number> =>
+        agent.metric('shoal_agent_piece_hash_reads_total', { path });
+      assert.ok((await reads('stored')) + (await reads('live')) >= image.blobs.length);
+      assert.equal(await reads('consumer'), 0);
     }
     const watcher = services.at(-1);
     assert.ok(watcher !== undefined);
@@ -277,6 +285,30 @@ describe('per-node NATS identity of deploy/k8s', () => {
       subjects_filter: `shoal.swarm.v1.have.sha256.${'b'.repeat(64)}.>`,
     });
     assert.deepEqual(Object.keys(state.state.subjects ?? {}), [pieceHaveSubject(BLOB, 'ident-1')]);
+  });
+
+  it('lets an agent read piece hashes, never write them, and direct-get no other stream', async () => {
+    const conn = await connectAs('ident-1');
+    const blob = image.blobs[0]?.digest;
+    assert.ok(blob !== undefined);
+    // Reads: the stored hashes by direct get, and the subject they are published on.
+    const jsm = await jetstreamManager(conn.nc);
+    const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+      seq: 1,
+      next_by_subj: pieceHashesSubject(blob),
+    });
+    assert.equal(stored?.json<{ blob: string }>().blob, blob);
+    conn.nc.subscribe(pieceHashesSubject(blob));
+    await conn.nc.flush();
+    // Writes and other streams: refused.
+    conn.nc.publish(pieceHashesSubject(BLOB), '{}');
+    await conn.nc.flush();
+    await violation(conn, pieceHashesSubject(BLOB));
+    const otherDirect = `$JS.API.DIRECT.GET.${STREAMS.swarm.name}`;
+    conn.nc.publish(otherDirect, JSON.stringify({ seq: 1 }), { reply: '_INBOX.ident-1.peek' });
+    await conn.nc.flush();
+    await violation(conn, otherDirect);
+    assert.ok(!conn.errors.some((e) => e.includes(pieceHashesSubject(blob))));
   });
 
   it("refuses another node's preheat consumer", async () => {

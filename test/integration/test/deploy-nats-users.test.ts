@@ -115,8 +115,13 @@ describe('NATS users of deploy/k8s', () => {
           assert.equal(outcome.error, undefined);
           assert.equal(outcome.digest, image.blobs[i]?.digest);
         });
-        // Every byte came from the seed or a peer: the swarm worked under these permissions.
+        // Every byte came from the seed or a peer: the swarm worked under these permissions,
+        // the piece hashes by direct get and subscription (no consumer per download).
         assert.equal((await bytesBySource(agent)).origin, 0);
+        assert.equal(
+          await agent.metric('shoal_agent_piece_hash_reads_total', { path: 'consumer' }),
+          0,
+        );
       }
 
       // Preheat onto every agent, the watcher and the agents as their own users.

@@ -17,7 +17,7 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { KV_BUCKETS, STREAMS } from '@shoal/proto';
+import { KV_BUCKETS, STREAMS, type StreamSpec } from '@shoal/proto';
 import {
   startNats,
   startRegistry,
@@ -69,6 +69,8 @@ describe('JetStream limits', () => {
       assert.equal(config.max_msgs, spec.maxMsgs, `${spec.name} max_msgs`);
       assert.equal(config.max_msg_size, spec.maxMsgSize, `${spec.name} max_msg_size`);
       assert.ok(config.max_bytes > 0 && config.max_msgs > 0 && config.max_msg_size > 0);
+      const declared: StreamSpec = spec;
+      assert.equal(config.allow_direct, declared.allowDirect === true, `${spec.name} allow_direct`);
       if (spec.name !== STREAMS.swarm.name) {
         // Set at creation; the swarm stream existed before, and JetStream keeps its count.
         assert.equal(config.max_consumers, spec.maxConsumers, `${spec.name} max_consumers`);

@@ -55,6 +55,13 @@ describe('metrics after a swarm pull', () => {
       );
       assert.equal(got.origin + got.seed + got.peer, blobBytes, `${agent.peerId ?? ''} received`);
       assert.equal(got.cache, 0, 'nothing was cached before');
+      // A client has its last byte once the blob verifies; the cache's durable copy (fsync,
+      // rename) follows, so the cache size reaches the blobs a moment later.
+      await waitFor(
+        `${agent.peerId ?? ''} caches every blob`,
+        async () => (await agent.metric('shoal_agent_cache_size_bytes')) === blobBytes,
+        { timeoutMs: 10_000 },
+      );
       assert.equal(await agent.metric('shoal_agent_cache_size_bytes'), blobBytes);
     }
 

@@ -19,6 +19,7 @@ import {
   startContainerd,
   startRegistry,
   Teardown,
+  waitFor,
   writeMirrorHosts,
   type AgentProcess,
   type GeneratedImage,
@@ -198,8 +199,15 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     });
     assert.equal(manifest.status, 200);
     assert.equal(Buffer.from(await manifest.arrayBuffer()).length, image.manifest.size);
+    // The last byte comes once a blob verifies; its copy in the cache (fsync, rename) follows.
+    const all = image.blobs.reduce((sum, b) => sum + b.size, 0);
+    await waitFor(
+      'every blob in the cache',
+      async () => (await slow.metric('shoal_agent_cache_size_bytes')) >= all,
+      { timeoutMs: 10_000 },
+    );
     const cached = await slow.metric('shoal_agent_cache_size_bytes');
-    assert.ok(cached >= image.blobs.reduce((sum, b) => sum + b.size, 0), 'all cached');
+    assert.ok(cached >= all, 'all cached');
 
     const servedBefore = await slow.metric('shoal_agent_served_bytes_total');
     for (const blob of image.blobs) {

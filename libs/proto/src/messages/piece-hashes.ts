@@ -36,3 +36,6 @@ export type PieceHashes = z.infer<typeof pieceHashes>;
 /** Subject of a blob's piece hashes. */
 export const pieceHashesSubject = (blob: string): string =>
   `shoal.pieces.v1.hashes.${digestSubjectTokens(blob)}`;
+
+/** Every blob's piece-hash subject: what agents may read and only the seed server may publish. */
+export const PIECE_HASHES_SUBJECTS = 'shoal.pieces.v1.hashes.>';

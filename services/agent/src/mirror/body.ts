@@ -4,6 +4,7 @@
  * `POOL_BUFFERS` x `BUFFER_BYTES` of memory however large the blob, and makes no garbage for
  * the collector to catch up with.
  */
+import { markSpan } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
 
 import type { ByteCursor } from '../cache/download.js';
@@ -53,6 +54,7 @@ export async function pumpBody(
     wake = undefined;
   };
   res.once('close', onClose);
+  let first = true;
   try {
     for (;;) {
       let buffer = pool.pop();
@@ -71,6 +73,11 @@ export async function pumpBody(
       const bytes = await cursor.read(buffer);
       if (bytes === 0) {
         break;
+      }
+      if (first) {
+        // The moment the client's wait for bytes ends: a phase of the pull's timeline.
+        markSpan('first body bytes sent');
+        first = false;
       }
       onBytes(bytes);
       const chunk = buffer;

@@ -10,7 +10,7 @@
  */
 
 import { digestOf, parseDigest, type Digest, type DigestAlgorithm } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { markSpan, untilAborted, type Logger } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
 
 import type { Authorizer } from '../authz/authorizer.js';
@@ -276,7 +276,7 @@ export class Mirror {
     const { download } = flight;
     let size: number;
     try {
-      size = await untilAborted(download.sized, req.signal);
+      size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
     } catch (error) {
       if (error instanceof UpstreamAnswerError) {
         sendAnswer(reply, error.answer);
@@ -291,6 +291,7 @@ export class Mirror {
         cause: error,
       });
     }
+    markSpan('blob size known');
     const range = parseRange(req.range, size);
     const cursor = download.openCursor(
       range?.start ?? 0,
@@ -574,25 +575,4 @@ function withErrorBody(answer: UpstreamAnswer, kind: 'blob' | 'manifest'): Upstr
     headers: { ...answer.headers, 'content-type': 'application/json' },
     body: Buffer.from(ociErrorBody(code, `the registry answered ${answer.status}`)),
   };
-}
-
-/** Resolves as `promise` does, or rejects when the client goes away first. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    return Promise.reject(new Error('client went away'));
-  }
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(new Error('client went away'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error instanceof Error ? error : new Error(String(error)));
-      },
-    );
-  });
 }

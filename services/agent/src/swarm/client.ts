@@ -1,10 +1,11 @@
 /**
  * The agent's side of the control plane: wants and haves published to JetStream, hand-outs
  * received on the agent's own core-NATS subject, piece hashes read from the seed server's
- * stream. Haves are batched per blob and carry the full piece set, so the agent's message
- * rate depends on what it downloads, never on how many peers are in the swarm.
+ * stream once per blob (direct gets, and the subject while the seed still hashes). Haves are
+ * batched per blob and carry the full piece set, so the agent's message rate depends on what
+ * it downloads, never on how many peers are in the swarm.
  */
-import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   decodeMessage,
@@ -13,22 +14,20 @@ import {
   handoutSubject,
   peerGone,
   peerGoneSubject,
-  pieceHashes,
-  pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
   pieceWant,
   pieceWantSubject,
-  STREAMS,
   type Handout,
   type PeerInfo,
   type PieceHashes,
   type PieceRanges,
 } from '@shoal/proto';
-import type { Logger } from '@shoal/runtime';
+import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
+import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
 
 export interface WantRequest {
   readonly blob: string;
@@ -46,6 +45,8 @@ export class SwarmClient {
   readonly self: PeerInfo;
   readonly #nc: NatsConnection;
   readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
+  readonly #directGets: DirectGetCheck;
   readonly #uploads: boolean;
   readonly #logger: Logger;
   readonly #metrics: AgentMetrics;
@@ -55,12 +56,16 @@ export class SwarmClient {
   #subscription: Subscription | undefined;
   #closed = false;
   #flushing: Promise<void> = Promise.resolve();
+  /** Download spans that have their first want recorded. */
+  readonly #wantMarked = new WeakSet<Span>();
   /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
   readonly #penalties = new Map<string, number>();
 
   constructor(options: {
     nc: NatsConnection;
     js: JetStreamClient;
+    /** For direct gets of piece hashes. */
+    jsm: JetStreamManager;
     self: PeerInfo;
     /** False for a leecher: it announces nothing, so nobody asks it for pieces. */
     uploads: boolean;
@@ -71,6 +76,8 @@ export class SwarmClient {
     this.self = options.self;
     this.#nc = options.nc;
     this.#js = options.js;
+    this.#jsm = options.jsm;
+    this.#directGets = new DirectGetCheck(options.jsm);
     this.#uploads = options.uploads;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
@@ -118,9 +125,19 @@ export class SwarmClient {
       set = new Set();
       this.#listeners.set(blob, set);
     }
-    set.add(listener);
+    // The first hand-out is a phase of the download's timeline, recorded in its span.
+    const span = activeSpan();
+    let first = true;
+    const heard = (h: Handout): void => {
+      if (first) {
+        first = false;
+        span?.addEvent('first hand-out received', { 'shoal.peers': h.peers.length });
+      }
+      listener(h);
+    };
+    set.add(heard);
     return () => {
-      set.delete(listener);
+      set.delete(heard);
       if (set.size === 0) {
         this.#listeners.delete(blob);
       }
@@ -166,6 +183,13 @@ export class SwarmClient {
         headers === undefined ? undefined : { headers },
       );
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
+      // The first want of a download is a phase of its timeline; the rest would only fill
+      // its span with events.
+      const span = activeSpan();
+      if (span !== undefined && !this.#wantMarked.has(span)) {
+        this.#wantMarked.add(span);
+        span.addEvent('piece-want stored');
+      }
     } catch (error) {
       this.#logger.warn({ err: error, blob: request.blob }, 'could not publish a want');
     }
@@ -208,34 +232,28 @@ export class SwarmClient {
   }
 
   /**
-   * Follows a blob's piece hashes from the start of the stream (cut-through: batches keep
-   * arriving while the seed fetches) until `signal` aborts.
+   * Delivers a blob's piece hashes to `onBatch` until every piece's hash has come or
+   * `signal` aborts: the stored batches by direct get, new ones live while the seed still
+   * hashes (cut-through), no consumer per download (see `hash-reader.ts`).
    */
-  async followHashes(
+  followHashes(
     blob: string,
     signal: AbortSignal,
     onBatch: (batch: PieceHashes) => void,
   ): Promise<void> {
-    const consumer = await this.#js.consumers.get(STREAMS.pieces.name, {
-      filter_subjects: pieceHashesSubject(blob),
-      deliver_policy: DeliverPolicy.All,
-    });
-    const messages = await consumer.consume();
-    const stop = (): void => void messages.close();
-    signal.addEventListener('abort', stop, { once: true });
-    try {
-      for await (const msg of messages) {
-        const decoded = decodeMessage(pieceHashes, msg.data);
-        if (!decoded.ok || decoded.value.blob !== blob) {
-          this.#metrics.eventsRejected.inc({ type: 'piece-hashes' });
-          continue;
-        }
-        this.#metrics.eventsReceived.inc({ type: 'piece-hashes' });
-        onBatch(decoded.value);
-      }
-    } finally {
-      signal.removeEventListener('abort', stop);
-    }
+    return readPieceHashes(
+      {
+        nc: this.#nc,
+        js: this.#js,
+        jsm: this.#jsm,
+        directGets: this.#directGets,
+        metrics: this.#metrics,
+        logger: this.#logger,
+      },
+      blob,
+      signal,
+      onBatch,
+    );
   }
 
   /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */

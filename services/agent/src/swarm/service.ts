@@ -2,7 +2,7 @@
  * The agent's swarm: the blob fetcher that joins a blob's swarm instead of going to the
  * origin, the piece server peers fetch from, and the announcements of what the cache holds.
  */
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { PieceBuffers } from '@shoal/pieces';
 import { pieceCount, pieceSizeFor, type Digest, type PeerInfo } from '@shoal/proto';
@@ -28,6 +28,7 @@ const REANNOUNCE_INTERVAL_MS = 10 * 60_000;
 export interface SwarmServiceDeps {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
   readonly self: PeerInfo;
   readonly config: SwarmConfig;
   readonly store: FsContentStore;
@@ -60,6 +61,7 @@ export class SwarmService implements BlobFetcher {
     this.client = new SwarmClient({
       nc: deps.nc,
       js: deps.js,
+      jsm: deps.jsm,
       self: deps.self,
       uploads: this.#uploads,
       haveIntervalMs: config.SHOAL_AGENT_HAVE_INTERVAL_MS,

@@ -76,7 +76,7 @@ export async function startSwarm(
       `${config.SHOAL_AGENT_PEER_TLS_CERT_FILE === undefined ? 'http' : 'https'}://${hostname()}:${config.SHOAL_AGENT_PEER_LISTEN.port}`,
     ...(config.SHOAL_AGENT_ZONE === undefined ? {} : { zone: config.SHOAL_AGENT_ZONE }),
   };
-  const service = new SwarmService({ nc, js, self, config, ...deps });
+  const service = new SwarmService({ nc, js, jsm, self, config, ...deps });
   return {
     service,
     js,

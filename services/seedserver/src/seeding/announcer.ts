@@ -1,33 +1,57 @@
 /**
  * Publishes a blob's progress at the seed: piece hashes first (agents verify against them),
- * then the seed's piece-have. Batched at a short interval so a fast origin does not turn into
- * one message per piece; the have always carries the full set, so a lost one costs nothing.
+ * then the seed's piece-have; the have always carries the full set, so a lost one costs
+ * nothing.
+ *
+ * While a blob streams in, progress is announced as soon as pieces are on disk, paced so that
+ * a fast origin does not turn into one message per piece: the first announcement goes at
+ * once (every agent of a cold pull waits on it), the next ones at least 10, 20, 30 ... ms
+ * apart, at most `ANNOUNCE_MAX_GAP_MS`. A small blob thus reaches the agents with its pieces,
+ * and a large one costs about as many messages as a fixed 100 ms interval.
+ *
+ * Once the blob has verified, its incremental hash batches are replaced by one message per
+ * `HASHES_PER_MESSAGE` pieces (the older ones purged), so an agent that reads a complete
+ * blob's hashes later (a direct get per message) needs one request for most blobs.
  */
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import {
   encodeMessage,
   pieceHashes,
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
+  STREAMS,
   type PeerInfo,
 } from '@shoal/proto';
+import { markSpan } from '@shoal/runtime';
 
 import type { SeedBlob } from './seed-blob.js';
 
-/** Hashes per piece-hashes message (the schema allows up to 1024). */
-const HASHES_PER_MESSAGE = 512;
+/** Hashes per piece-hashes message: the schema's most (about 70 KiB of JSON). */
+export const HASHES_PER_MESSAGE = 1024;
+/** Step by which the pause between two announcements grows, in ms. */
+const ANNOUNCE_GAP_STEP_MS = 10;
+/** Longest pause between two announcements while pieces keep arriving, in ms. */
+export const ANNOUNCE_MAX_GAP_MS = 100;
 
 export class Announcer {
   readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
   readonly #self: PeerInfo;
   readonly #blob: SeedBlob;
   #published = 0;
   #lastHave = -1;
+  /** Hash messages this run published (consolidation is needed when more than the minimum). */
+  #messages = 0;
   #chain: Promise<void> = Promise.resolve();
+  /** Announcements made while pacing, and when the last one started (performance.now()). */
+  #paced = 0;
+  #pacedAt = 0;
+  #timer: NodeJS.Timeout | undefined;
 
-  constructor(js: JetStreamClient, self: PeerInfo, blob: SeedBlob) {
+  constructor(js: JetStreamClient, jsm: JetStreamManager, self: PeerInfo, blob: SeedBlob) {
     this.#js = js;
+    this.#jsm = jsm;
     this.#self = self;
     this.#blob = blob;
   }
@@ -37,6 +61,35 @@ export class Announcer {
     // A failed publish fails this call only; the next one starts afresh.
     this.#chain = this.#chain.catch(() => undefined).then(() => this.#flush());
     return this.#chain;
+  }
+
+  /**
+   * New pieces are on disk: announces them now, or when the pause since the last paced
+   * announcement is over (one pending at a time). Failures are left to the next one.
+   */
+  progress(): void {
+    if (this.#timer !== undefined) {
+      return;
+    }
+    const gap = Math.min(ANNOUNCE_MAX_GAP_MS, this.#paced * ANNOUNCE_GAP_STEP_MS);
+    const wait = this.#pacedAt + gap - performance.now();
+    const announce = (): void => {
+      this.#timer = undefined;
+      this.#paced += 1;
+      this.#pacedAt = performance.now();
+      void this.flush().catch(() => undefined);
+    };
+    if (this.#paced === 0 || wait <= 0) {
+      announce();
+    } else {
+      this.#timer = setTimeout(announce, wait);
+    }
+  }
+
+  /** Stops paced announcements (the blob is in, or failed); `flush` still works. */
+  stopPacing(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
   }
 
   /** Records that the hashes stream already holds every hash known now (after a restart). */
@@ -51,8 +104,40 @@ export class Announcer {
     return this.flush();
   }
 
+  /**
+   * Replaces a complete blob's incremental hash batches with the fewest messages (one per
+   * `HASHES_PER_MESSAGE` pieces) and purges the older ones. A reader in the middle of the
+   * stored batches meets the consolidated ones next; every batch carries its own indexes.
+   */
+  async consolidate(): Promise<void> {
+    const blob = this.#blob;
+    await this.#chain.catch(() => undefined);
+    const needed = Math.ceil(blob.count / HASHES_PER_MESSAGE);
+    if (!blob.complete || this.#messages <= needed) {
+      return;
+    }
+    const digest = blob.digest.toString();
+    let firstSeq: number | undefined;
+    for (let first = 0; first < blob.count; first += HASHES_PER_MESSAGE) {
+      const hashes = blob.hashes.slice(first, first + HASHES_PER_MESSAGE);
+      const ack = await this.#publishHashes(
+        first,
+        hashes,
+        `${blob.digest.hex}-all-${first}-${hashes.length}`,
+      );
+      firstSeq ??= ack;
+    }
+    if (firstSeq !== undefined) {
+      await this.#jsm.streams.purge(STREAMS.pieces.name, {
+        filter: pieceHashesSubject(digest),
+        seq: firstSeq,
+      });
+    }
+  }
+
   /** Tells the swarm the seed no longer holds the blob (it failed verification). */
   async withdraw(): Promise<void> {
+    this.stopPacing();
     await this.#chain.catch(() => undefined);
     await this.#js.publish(
       pieceHaveSubject(this.#blob.digest.toString(), this.#self.id),
@@ -71,38 +156,55 @@ export class Announcer {
     const blob = this.#blob;
     const digest = blob.digest.toString();
     const ready = blob.ready;
-    while (this.#published < ready) {
-      const first = this.#published;
+    // The hashes and the have go out back to back and their acknowledgements are awaited
+    // together: one round trip, not two, before the tracker hears of the pieces. The have may
+    // be stored first (another stream); agents fetch no piece before its hash, so a have ahead
+    // of its hashes only waits, and a failed flush is redone whole by the next one.
+    const publishes: Promise<unknown>[] = [];
+    for (let first = this.#published; first < ready; first += HASHES_PER_MESSAGE) {
       const hashes = blob.hashes.slice(first, Math.min(ready, first + HASHES_PER_MESSAGE));
-      await this.#js.publish(
-        pieceHashesSubject(digest),
-        encodeMessage(pieceHashes, {
-          type: 'piece-hashes',
-          blob: digest,
-          size: blob.size,
-          pieceSize: blob.pieceSize,
-          first,
-          hashes,
-        }),
-        { msgID: `${blob.digest.hex}-${first}-${hashes.length}` },
+      publishes.push(
+        this.#publishHashes(first, hashes, `${blob.digest.hex}-${first}-${hashes.length}`),
       );
-      this.#published = first + hashes.length;
     }
     const haveKey = blob.complete ? ready + 1 : ready;
-    if (haveKey === this.#lastHave || ready === 0) {
-      return;
+    if (haveKey !== this.#lastHave && ready > 0) {
+      publishes.push(
+        this.#js.publish(
+          pieceHaveSubject(digest, this.#self.id),
+          encodeMessage(pieceHave, {
+            type: 'piece-have',
+            blob: digest,
+            peer: this.#self,
+            pieces: [[0, ready]],
+            complete: blob.complete,
+            seed: true,
+          }),
+        ),
+      );
     }
-    await this.#js.publish(
-      pieceHaveSubject(digest, this.#self.id),
-      encodeMessage(pieceHave, {
-        type: 'piece-have',
-        blob: digest,
-        peer: this.#self,
-        pieces: [[0, ready]],
-        complete: blob.complete,
-        seed: true,
+    await Promise.all(publishes);
+    this.#published = Math.max(this.#published, ready);
+    this.#lastHave = ready > 0 ? haveKey : this.#lastHave;
+  }
+
+  /** Publishes one batch of hashes; returns its stream sequence. */
+  async #publishHashes(first: number, hashes: string[], msgID: string): Promise<number> {
+    const blob = this.#blob;
+    const ack = await this.#js.publish(
+      pieceHashesSubject(blob.digest.toString()),
+      encodeMessage(pieceHashes, {
+        type: 'piece-hashes',
+        blob: blob.digest.toString(),
+        size: blob.size,
+        pieceSize: blob.pieceSize,
+        first,
+        hashes,
       }),
+      { msgID },
     );
-    this.#lastHave = haveKey;
+    this.#messages += 1;
+    markSpan('piece hashes published', { 'shoal.first': first, 'shoal.count': hashes.length });
+    return ack.seq;
   }
 }

@@ -27,7 +27,8 @@ export const HOLD_MS = 50;
  * Cuts a stream, in order, into the pieces of a blob: hashes each piece and the whole blob,
  * writes the bytes with gathered writes of at least `COALESCE_BYTES` (or the rest, or what
  * has arrived once a complete piece has waited `holdMs`), and marks pieces ready only once
- * they are on disk.
+ * they are on disk. The first complete piece is written at once, alone: on a cold pull every
+ * agent waits on it, and gathering the first MiB cost them the time that MiB took to arrive.
  */
 export class PieceCutter {
   readonly #blob: SeedBlob;
@@ -86,7 +87,10 @@ export class PieceCutter {
     await file.append(chunk, false);
     if (
       this.#hashes.length > 0 &&
-      (file.unwritten === 0 || performance.now() - this.#heldSince >= this.#holdMs)
+      // The first piece goes out at once, alone (see the class comment).
+      (file.unwritten === 0 ||
+        this.#blob.ready === 0 ||
+        performance.now() - this.#heldSince >= this.#holdMs)
     ) {
       await this.#flush();
     }

@@ -31,7 +31,7 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import type { BlobReader, UpstreamRegistry } from '@shoal/registry';
-import { ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
 import { Announcer } from './announcer.js';
@@ -39,8 +39,6 @@ import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 import { SeedCache } from './seed-cache.js';
 
-/** How often progress is announced while a blob streams in, in ms. */
-const ANNOUNCE_INTERVAL_MS = 100;
 /** How often the lock is refreshed and the request kept alive, in ms. */
 const HEARTBEAT_INTERVAL_MS = 10_000;
 /** Name of the piece manifest kept beside a blob in the object gateway. */
@@ -322,33 +320,32 @@ export class Seeder {
     blob.stored = source === 'store' ? true : undefined;
     this.#cache.add(blob);
     this.#reportCache();
-    const announcer = new Announcer(js, self, blob);
+    const announcer = new Announcer(js, this.#deps.jsm, self, blob);
     const cutter = new PieceCutter(blob, digest.algorithm);
     const tee =
       source === 'origin' && store.linkVerified === undefined
         ? new GatewayTee(store, key, size, signal)
         : undefined;
     const ingested = metrics.ingestedBytes.labels({ source });
-    const ticker = setInterval(
-      () => void announcer.flush().catch(() => undefined),
-      ANNOUNCE_INTERVAL_MS,
-    );
     try {
       for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
         }
         const ready = blob.ready;
+        if (cutter.received === 0) {
+          markSpan('first bytes in');
+        }
         await cutter.push(chunk);
         if (lent) {
           // The block is the reader's again at the next turn: on disk before then.
           await cutter.flush();
         }
         ingested.inc(chunk.length);
-        if (ready === 0 && blob.ready > 0) {
-          // The first pieces are announced at once, not at the next tick: agents waiting on a
-          // cold blob start fetching while the rest streams in.
-          void announcer.flush().catch(() => undefined);
+        if (blob.ready !== ready) {
+          // Pieces on disk: announced at once or after a short pause (cut-through: agents
+          // fetch them while the rest streams in).
+          announcer.progress();
         }
         // The gateway holds on to what it is given: a lent block goes as a copy.
         await tee?.push(lent ? Buffer.from(chunk) : chunk);
@@ -360,7 +357,7 @@ export class Seeder {
       if (actual !== key) {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
-      clearInterval(ticker);
+      announcer.stopPacing();
       // Verified: the last pieces are announced before the commit's fsync, which agents need
       // not wait for (they read the pieces from this file, and verify them themselves).
       void announcer.flush().catch(() => undefined);
@@ -371,7 +368,7 @@ export class Seeder {
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
-      clearInterval(ticker);
+      announcer.stopPacing();
       bytes.cancel();
       tee?.abort(error instanceof Error ? error : new Error(String(error)));
       await tee?.done().catch(() => undefined);
@@ -417,6 +414,13 @@ export class Seeder {
     signal: AbortSignal,
   ): Promise<void> {
     await ingested.announcer.flush();
+    // The hashes of a complete blob in the fewest messages: one read for a node joining later.
+    await ingested.announcer.consolidate().catch((error: unknown) => {
+      this.#deps.logger.warn(
+        { blob: ingested.blob.digest.toString(), err: error },
+        'could not consolidate the piece hashes; they stay in their batches',
+      );
+    });
     if (ingested.source === 'origin') {
       await this.#store(ingested.blob, signal, ingested.tee);
     }
@@ -506,7 +510,7 @@ export class Seeder {
       this.#reportCache();
       metrics.evictedBytes.inc(blob.size);
       logger.info({ blob: key, size: blob.size }, 'evicted from the local cache');
-      await new Announcer(this.#deps.js, this.#deps.self, blob)
+      await new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob)
         .withdraw()
         .catch((error: unknown) => {
           logger.warn({ blob: key, err: error }, 'could not withdraw an evicted blob');
@@ -538,7 +542,7 @@ export class Seeder {
 
   /** Re-publishes a held blob's hashes if the hashes stream no longer has them. */
   async #ensureHashesPublished(blob: SeedBlob): Promise<void> {
-    const announcer = new Announcer(this.#deps.js, this.#deps.self, blob);
+    const announcer = new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob);
     try {
       await this.#deps.jsm.streams.getMessage(STREAMS.pieces.name, {
         last_by_subj: pieceHashesSubject(blob.digest.toString()),

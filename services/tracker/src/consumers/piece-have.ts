@@ -39,6 +39,9 @@ export function handlePieceHave(event: SwarmEvent, deps: SwarmEventDeps): void {
   metrics.eventsConsumed.inc({ type: 'piece-have' });
   const outcome = deps.view.applyHave(have, event.seq, event.publishedAtMs, deps.now());
   metrics.haveOutcomes.inc({ outcome });
+  if (outcome === 'applied' && (have.complete || have.pieces.length > 0)) {
+    deps.onHolder?.(have.blob, have.peer.id);
+  }
   logger.debug(
     { blob: have.blob, peer: have.peer.id, seq: event.seq, outcome, complete: have.complete },
     'piece-have',

@@ -20,11 +20,12 @@ import {
   type Handout,
   type PieceWant,
 } from '@shoal/proto';
-import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, type Context, type Logger } from '@shoal/runtime';
 
 import type { LoadTracker } from '../handout/load.js';
 import type { HandoutTokens } from '../handout/tokens.js';
-import { choosePeers, sampleWindow } from '../handout/policy.js';
+import { choosePeers, sampleWindow, type SwarmMember } from '../handout/policy.js';
+import type { WaitingAskers } from '../handout/waiting.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
 import type { SwarmView } from '../swarm/view.js';
@@ -80,6 +81,17 @@ export interface WantDeps {
   readonly logger: Logger;
   /** Current time in ms since the epoch. */
   readonly now: () => number;
+  /**
+   * Askers whose hand-out named no holder yet: they get a new one as soon as a holder's have
+   * is applied (`pushWaitingHandouts`). Undefined: they hear of it with their next want.
+   */
+  readonly waiting?: WaitingAskers<Waiter>;
+}
+
+/** An asker waiting for a blob's first holder: its latest want and the trace it came in. */
+export interface Waiter {
+  readonly want: PieceWant;
+  readonly parent: Context;
 }
 
 /** A want that passed its checks, waiting for its answer. */
@@ -147,13 +159,85 @@ export function checkWant(
   return want;
 }
 
+/** The peers to hand out for `want`, from a sample of the blob's swarm. */
+function pickPeers(
+  want: PieceWant,
+  deps: WantDeps,
+  now: number,
+): { chosen: SwarmMember[]; finisher: boolean; swarmSize: number } {
+  // A sample of the swarm, not all of it: the cost of a want does not grow with the swarm.
+  const sample = deps.view.sample(want.blob, want, sampleWindow(want.limit), now);
+  deps.metrics.swarmSize.observe(sample.swarmSize);
+  const chosen = choosePeers(sample.members, want, (peer) => deps.load.load(peer, now));
+  return { chosen, finisher: sample.finisher, swarmSize: sample.swarmSize };
+}
+
+/** Publishes the hand-out naming `chosen` on the asker's subject, and counts it. */
+function publishHandout(
+  want: PieceWant,
+  chosen: readonly SwarmMember[],
+  deps: WantDeps,
+  now: number,
+  headers: ReturnType<typeof traceHeaders>,
+): void {
+  const answer: Handout = {
+    type: 'handout',
+    blob: want.blob,
+    peers: chosen.map(({ peer, pieces, complete, seed }) => ({ peer, pieces, complete, seed })),
+    ...(deps.tokens === undefined
+      ? {}
+      : { token: deps.tokens.tokenFor(want.blob, want.peer.id, now) }),
+  };
+  deps.nc.publish(
+    handoutSubject(want.peer.id),
+    encodeMessage(handout, answer),
+    headers === undefined ? undefined : { headers },
+  );
+  for (const member of chosen) {
+    deps.load.record(member.peer.id, now);
+  }
+  deps.metrics.handouts.inc();
+  deps.metrics.handoutPeers.observe(chosen.length);
+}
+
+/** True when a member holds at least one piece (a seed that holds nothing yet does not). */
+const holdsPieces = (member: SwarmMember): boolean => member.complete || member.pieces.length > 0;
+
+/**
+ * A holder of `blob` appeared (`holder`'s have was applied): every asker this replica told
+ * of no holder gets a new hand-out now instead of with its next want. Never throws.
+ */
+export function pushWaitingHandouts(blob: string, holder: string, deps: WantDeps): void {
+  const waiting = deps.waiting;
+  if (waiting === undefined) {
+    return;
+  }
+  const now = deps.now();
+  for (const { want, parent } of waiting.take(blob, now)) {
+    if (want.peer.id === holder) {
+      continue;
+    }
+    void withSpan(
+      'handout push',
+      { kind: SpanKind.PRODUCER, parent, attributes: { 'shoal.blob': blob } },
+      (span) => {
+        const { chosen } = pickPeers(want, deps, now);
+        span.setAttribute('shoal.peers', chosen.length);
+        publishHandout(want, chosen, deps, now, traceHeaders());
+        deps.metrics.handoutsPushed.inc();
+      },
+    ).catch((error: unknown) => {
+      // Only a closing connection fails a publish; the asker's next want is answered anyway.
+      deps.logger.warn({ err: error, blob }, 'hand-out for a waiting asker not published');
+    });
+  }
+}
+
 async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
   const { metrics, logger } = deps;
   const now = deps.now();
-  // A sample of the swarm, not all of it: the cost of a want does not grow with the swarm.
-  const sample = deps.view.sample(want.blob, want, sampleWindow(want.limit), now);
-  metrics.swarmSize.observe(sample.swarmSize);
-  const chosen = choosePeers(sample.members, want, (peer) => deps.load.load(peer, now));
+  const sample = pickPeers(want, deps, now);
+  const { chosen } = sample;
 
   // The seed request goes first: if it fails, the want is redelivered and the asker gets a
   // single hand-out later rather than two.
@@ -185,14 +269,6 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
     }
   }
 
-  const answer: Handout = {
-    type: 'handout',
-    blob: want.blob,
-    peers: chosen.map(({ peer, pieces, complete, seed }) => ({ peer, pieces, complete, seed })),
-    ...(deps.tokens === undefined
-      ? {}
-      : { token: deps.tokens.tokenFor(want.blob, want.peer.id, now) }),
-  };
   try {
     await withSpan(
       'handout publish',
@@ -200,14 +276,7 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
         kind: SpanKind.PRODUCER,
         attributes: { 'shoal.blob': want.blob, 'shoal.peers': chosen.length },
       },
-      () => {
-        const headers = traceHeaders(msg.headers);
-        deps.nc.publish(
-          handoutSubject(want.peer.id),
-          encodeMessage(handout, answer),
-          headers === undefined ? undefined : { headers },
-        );
-      },
+      () => publishHandout(want, chosen, deps, now, traceHeaders(msg.headers)),
     );
   } catch (error) {
     // Publishing only fails when the connection is closing or closed; another replica (or
@@ -216,11 +285,15 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
     msg.nak(NAK_DELAY_MS);
     return;
   }
-  for (const member of chosen) {
-    deps.load.record(member.peer.id, now);
+  if (!chosen.some(holdsPieces)) {
+    // Nobody holds a piece yet (the seed server is being asked): told again when one does.
+    deps.waiting?.add(
+      want.blob,
+      want.peer.id,
+      { want, parent: contextFromHeaders(msg.headers) },
+      now,
+    );
   }
-  metrics.handouts.inc();
-  metrics.handoutPeers.observe(chosen.length);
   const publishedAtMs = Number(msg.timestampNanos / 1_000_000n);
   metrics.handoutLatency.observe(Math.max(0, deps.now() - publishedAtMs) / 1000);
   logger.debug(
@@ -266,6 +339,11 @@ export class WantsConsumer {
       // Wants pulled but not yet answered go back at once, for another replica to answer.
       release: (msg) => msg.nak(),
     });
+  }
+
+  /** A holder of `blob` appeared: askers this replica told of none hear of it now. */
+  holderAppeared(blob: string, holder: string): void {
+    pushWaitingHandouts(blob, holder, this.#deps);
   }
 
   /** Stops pulling, lets the want being answered finish, and gives the queued ones back. */

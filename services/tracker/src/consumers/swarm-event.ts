@@ -22,6 +22,8 @@ export interface SwarmEventDeps {
   readonly now: () => number;
   /** Whether a peer may announce itself as a seed (default: any). */
   readonly maySeed?: (peer: string) => boolean;
+  /** Called when an applied have says `peer` holds pieces of `blob` (after the replay only). */
+  readonly onHolder?: (blob: string, peer: string) => void;
 }
 
 /** Longest decode error quoted in a log line; a hostile message must not flood the logs. */

@@ -1,0 +1,332 @@
+/**
+ * Reads one blob's piece hashes without a JetStream consumer: once per blob per node.
+ *
+ * The agent first subscribes (core NATS) to the blob's hash subject, so a batch the seed
+ * publishes from then on reaches it at once (cut-through), then reads the batches already
+ * stored with JetStream direct gets (`next_by_subj` from the last sequence read, nats-server
+ * 2.9 and later, `allow_direct` on SHOAL_PIECES). It stops as soon as every piece's hash is
+ * known: the subscription lives only while the seed is still hashing. A complete blob's
+ * hashes are kept consolidated (the seed server replaces its incremental batches with one
+ * message per 1,024 pieces), so a node joining later reads them with a single request.
+ *
+ * Where direct gets are not available (a stream created before `allow_direct`, NATS
+ * permissions of an older deployment) it falls back to what agents did before: a consumer of
+ * its own on the blob's hash subject.
+ */
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import {
+  RequestError,
+  TimeoutError,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node';
+import {
+  decodeMessage,
+  pieceCount,
+  pieceHashes,
+  pieceHashesSubject,
+  STREAMS,
+  type PieceHashes,
+} from '@shoal/proto';
+import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
+
+import type { AgentMetrics } from '../metrics.js';
+
+/**
+ * Without a new hash for this long while some are missing, the stored batches are read again
+ * from where the last read ended, in ms: a batch published while the connection was down
+ * never reaches the subscription, and the next seed run of a failed blob republishes. Each
+ * read that finds nothing new doubles the wait, up to `RECHECK_MAX_MS`: a seed stuck on a
+ * slow origin costs each waiting agent a get every half minute, not every second.
+ */
+const RECHECK_MS = 1_000;
+const RECHECK_MAX_MS = 30_000;
+/** Wait before a direct get that timed out (a busy server) is asked again, in ms. */
+const RETRY_MS = 250;
+/** How long the stream's answer to "direct gets allowed?" is trusted, in ms. */
+const DIRECT_CHECK_TTL_MS = 60_000;
+
+export type HashPath = 'stored' | 'live' | 'consumer';
+
+export interface HashReaderDeps {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  /** Whether SHOAL_PIECES answers direct gets (see `DirectGetCheck`). */
+  readonly directGets: DirectGetCheck;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+}
+
+/**
+ * Whether SHOAL_PIECES allows direct gets, from its configuration, asked at most once a
+ * minute per agent. A stream without `allow_direct` does not refuse a direct get on
+ * nats-server 2.9: the request just times out, which cannot be told from a busy server.
+ */
+export class DirectGetCheck {
+  readonly #jsm: JetStreamManager;
+  #answer: { allowed: Promise<boolean>; atMs: number } | undefined;
+
+  constructor(jsm: JetStreamManager) {
+    this.#jsm = jsm;
+  }
+
+  allowed(): Promise<boolean> {
+    const now = performance.now();
+    if (this.#answer === undefined || now - this.#answer.atMs > DIRECT_CHECK_TTL_MS) {
+      const allowed = this.#jsm.streams.info(STREAMS.pieces.name).then(
+        // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
+        (info) => (info.config.allow_direct as boolean | undefined) === true,
+        () => {
+          // Unknown (NATS trouble): ask again next time rather than keep a guess.
+          this.#answer = undefined;
+          return false;
+        },
+      );
+      this.#answer = { allowed, atMs: now };
+    }
+    return this.#answer.allowed;
+  }
+}
+
+/** Direct gets cannot work here (the stream does not allow them, or NATS permissions). */
+class DirectUnavailable extends Error {
+  override readonly name = 'DirectUnavailable';
+}
+
+/**
+ * Calls `onBatch` with each valid batch of `blob`'s piece hashes until every piece's hash has
+ * been delivered or `signal` aborts. A batch may come twice (stored and live); `onBatch` must
+ * take a repeat as a no-op. Resolves when done; rejects when neither path can read the hashes.
+ */
+export async function readPieceHashes(
+  deps: HashReaderDeps,
+  blob: string,
+  signal: AbortSignal,
+  onBatch: (batch: PieceHashes) => void,
+): Promise<void> {
+  const reader = new HashReader(deps, blob, signal, onBatch);
+  try {
+    await reader.direct();
+  } catch (error) {
+    if (!(error instanceof DirectUnavailable)) {
+      throw error;
+    }
+    deps.logger.debug(
+      { blob, err: error },
+      'piece hashes by direct get unavailable; reading them with a consumer',
+    );
+    await reader.consumer();
+  }
+}
+
+class HashReader {
+  readonly #deps: HashReaderDeps;
+  readonly #blob: string;
+  readonly #subject: string;
+  readonly #signal: AbortSignal;
+  readonly #onBatch: (batch: PieceHashes) => void;
+  /** Pieces whose hash was delivered. */
+  readonly #known = new Set<number>();
+  /** Pieces of the blob, once a batch said its size. */
+  #count: number | undefined;
+  /** Last stream sequence read by a direct get. */
+  #seq = 0;
+  /** When a new hash last arrived, or the stored ones were last read (performance.now()). */
+  #progressAt = performance.now();
+  /** How long without a new hash before the stored batches are read again, in ms. */
+  #recheckMs = RECHECK_MS;
+  #wake: (() => void) | undefined;
+  /** The download's span: batches heard on the subscription come outside its context. */
+  readonly #span: Span | undefined = activeSpan();
+
+  constructor(
+    deps: HashReaderDeps,
+    blob: string,
+    signal: AbortSignal,
+    onBatch: (batch: PieceHashes) => void,
+  ) {
+    this.#deps = deps;
+    this.#blob = blob;
+    this.#subject = pieceHashesSubject(blob);
+    this.#signal = signal;
+    this.#onBatch = onBatch;
+  }
+
+  #isDone(): boolean {
+    return this.#signal.aborted || (this.#count !== undefined && this.#known.size >= this.#count);
+  }
+
+  /** Subscription first, then the stored batches; until done. */
+  async direct(): Promise<void> {
+    let failure: Error | undefined;
+    let subscription: Subscription;
+    try {
+      subscription = this.#deps.nc.subscribe(this.#subject, {
+        callback: (error, msg) => {
+          if (error !== null) {
+            // A permissions violation ends the subscription: the consumer takes over.
+            failure = error;
+            this.#wake?.();
+            return;
+          }
+          this.#deliver(msg.data, 'live');
+        },
+      });
+    } catch (error) {
+      throw new DirectUnavailable('cannot subscribe to the hash subject', { cause: error });
+    }
+    const onAbort = (): void => this.#wake?.();
+    this.#signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      // Subscribed first (before the caller's first want goes out), asked second: the
+      // subscription does not depend on the stream's setting, and the batches it hears
+      // meanwhile count either way.
+      if (!(await this.#deps.directGets.allowed())) {
+        throw new DirectUnavailable(`${STREAMS.pieces.name} does not allow direct gets`);
+      }
+      await this.#readStored();
+      while (!this.#isDone()) {
+        if (failure !== undefined) {
+          throw new DirectUnavailable('the hash subscription was refused', { cause: failure });
+        }
+        const idle = performance.now() - this.#progressAt;
+        if (idle >= this.#recheckMs) {
+          const known = this.#known.size;
+          await this.#readStored();
+          if (this.#known.size === known) {
+            this.#recheckMs = Math.min(RECHECK_MAX_MS, this.#recheckMs * 2);
+          }
+          this.#progressAt = performance.now();
+          continue;
+        }
+        await this.#sleep(this.#recheckMs - idle);
+      }
+    } finally {
+      this.#signal.removeEventListener('abort', onAbort);
+      subscription.unsubscribe();
+    }
+  }
+
+  /** What agents did before direct gets: a consumer of the blob's hash subject from the start. */
+  async consumer(): Promise<void> {
+    if (this.#isDone()) {
+      return;
+    }
+    const consumer = await this.#deps.js.consumers.get(STREAMS.pieces.name, {
+      filter_subjects: this.#subject,
+      deliver_policy: DeliverPolicy.All,
+    });
+    const messages = await consumer.consume();
+    const stop = (): void => void messages.close();
+    this.#signal.addEventListener('abort', stop, { once: true });
+    if (this.#signal.aborted) {
+      stop();
+    }
+    try {
+      for await (const msg of messages) {
+        this.#deliver(msg.data, 'consumer');
+        if (this.#isDone()) {
+          stop();
+        }
+      }
+    } finally {
+      this.#signal.removeEventListener('abort', stop);
+    }
+  }
+
+  /** Reads the stored batches after the last one read, until none is left or done. */
+  async #readStored(): Promise<void> {
+    const { jsm } = this.#deps;
+    while (!this.#isDone()) {
+      let stored;
+      try {
+        stored = await untilAborted(
+          jsm.direct.getMessage(STREAMS.pieces.name, {
+            seq: this.#seq + 1,
+            next_by_subj: this.#subject,
+          }),
+          this.#signal,
+        );
+      } catch (error) {
+        if (this.#signal.aborted) {
+          return;
+        }
+        if (!isTransient(error)) {
+          throw new DirectUnavailable('direct get refused', { cause: error });
+        }
+        // A busy server: ask again from the same place a moment later.
+        this.#deps.logger.debug({ blob: this.#blob, err: error }, 'piece-hash direct get retried');
+        await this.#sleep(RETRY_MS);
+        continue;
+      }
+      if (stored === null) {
+        return;
+      }
+      this.#seq = stored.seq;
+      this.#deliver(stored.data, 'stored');
+    }
+  }
+
+  #deliver(data: Uint8Array, path: HashPath): void {
+    const { metrics, logger } = this.#deps;
+    const decoded = decodeMessage(pieceHashes, data);
+    if (!decoded.ok || decoded.value.blob !== this.#blob) {
+      metrics.eventsRejected.inc({ type: 'piece-hashes' });
+      if (!decoded.ok) {
+        logger.warn(
+          { blob: this.#blob, error: decoded.error.slice(0, 512) },
+          'invalid piece hashes dropped',
+        );
+      }
+      return;
+    }
+    const batch = decoded.value;
+    metrics.eventsReceived.inc({ type: 'piece-hashes' });
+    metrics.pieceHashReads.inc({ path });
+    this.#count ??= pieceCount(batch.size, batch.pieceSize);
+    let added = false;
+    for (let i = 0; i < batch.hashes.length; i++) {
+      if (!this.#known.has(batch.first + i)) {
+        this.#known.add(batch.first + i);
+        added = true;
+      }
+    }
+    if (!added) {
+      return;
+    }
+    this.#progressAt = performance.now();
+    this.#recheckMs = RECHECK_MS;
+    this.#span?.addEvent('piece hashes received', {
+      'shoal.first': batch.first,
+      'shoal.count': batch.hashes.length,
+      'shoal.path': path,
+    });
+    this.#onBatch(batch);
+    if (this.#isDone()) {
+      this.#wake?.();
+    }
+  }
+
+  /** Waits `ms`, or less when a batch completes the hashes, a subscription fails or the signal aborts. */
+  #sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+    }).then(() => {
+      this.#wake = undefined;
+    });
+  }
+}
+
+/** A failure worth asking again: the server was too busy to answer in time. */
+function isTransient(error: unknown): boolean {
+  return (
+    error instanceof TimeoutError ||
+    (error instanceof RequestError && error.cause instanceof TimeoutError)
+  );
+}

@@ -1,0 +1,182 @@
+/**
+ * The agent's piece-hash reader against a real nats-server: stored batches by direct get,
+ * new ones on the subject while the seed hashes, done once every hash is known (no consumer,
+ * no subscription left behind), and a consumer of its own where the stream refuses direct gets.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  digestOf,
+  encodeMessage,
+  pieceHashes,
+  pieceHashesSubject,
+  STREAMS,
+  type PieceHashes,
+} from '@shoal/proto';
+import { createLogger, createMetrics } from '@shoal/runtime';
+import { ensureStreams } from '@shoal/runtime/nats';
+import { startNats, type NatsServer } from '@shoal/testkit';
+
+import { createAgentMetrics, type AgentMetrics } from '../src/metrics.js';
+import { DirectGetCheck, readPieceHashes } from '../src/swarm/hash-reader.js';
+
+const KiB = 1024;
+/** 1 MiB: four pieces of 256 KiB. */
+const SIZE = 1024 * KiB;
+
+const blobNamed = (name: string): string => digestOf(Buffer.from(`hash reader ${name}`)).toString();
+const hashOf = (i: number): string => digestOf(Buffer.from(`piece ${i}`)).hex;
+
+function batch(blob: string, first: number, count: number): PieceHashes {
+  return {
+    type: 'piece-hashes',
+    blob,
+    size: SIZE,
+    pieceSize: 256 * KiB,
+    first,
+    hashes: Array.from({ length: count }, (_, i) => hashOf(first + i)),
+  };
+}
+
+describe('piece-hash reader', () => {
+  let nats: NatsServer;
+  let nc: NatsConnection;
+  let js: JetStreamClient;
+  let jsm: JetStreamManager;
+
+  before(async () => {
+    nats = await startNats();
+    nc = await connect({ servers: nats.url, timeout: 5_000 });
+    js = jetstream(nc, { timeout: 5_000 });
+    jsm = await jetstreamManager(nc, { timeout: 5_000 });
+    await ensureStreams(jsm, [STREAMS.pieces], 1);
+  });
+
+  after(async () => {
+    await nc.drain();
+    await nats.stop();
+  });
+
+  const publish = (b: PieceHashes): Promise<unknown> =>
+    js.publish(pieceHashesSubject(b.blob), encodeMessage(pieceHashes, b));
+
+  /** Reads `blob`'s hashes; resolves with what was delivered and the reader's counters. */
+  async function read(
+    blob: string,
+    whileReading: () => Promise<void> = () => Promise.resolve(),
+  ): Promise<{ hashes: (string | undefined)[]; metrics: AgentMetrics }> {
+    const metrics = createAgentMetrics(createMetrics('agent'));
+    const hashes: (string | undefined)[] = [];
+    const done = readPieceHashes(
+      {
+        nc,
+        js,
+        jsm,
+        // A new check per read: the last test changes the stream's setting.
+        directGets: new DirectGetCheck(jsm),
+        metrics,
+        logger: createLogger({ service: 'test', level: 'silent' }),
+      },
+      blob,
+      AbortSignal.timeout(10_000),
+      (b) => b.hashes.forEach((h, i) => (hashes[b.first + i] = h)),
+    );
+    await whileReading();
+    await done;
+    return { hashes, metrics };
+  }
+
+  const count = async (metrics: AgentMetrics, path: string): Promise<number> =>
+    (await metrics.pieceHashReads.get()).values.find((v) => v.labels.path === path)?.value ?? 0;
+
+  it('reads the stored batches by direct get, and stops once every hash is known', async () => {
+    const blob = blobNamed('stored');
+    await publish(batch(blob, 0, 1));
+    await publish(batch(blob, 1, 3));
+    // Another blob's batch in between is not this blob's business.
+    await publish(batch(blobNamed('other'), 0, 4));
+    const { hashes, metrics } = await read(blob);
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    assert.equal(await count(metrics, 'stored'), 2);
+    assert.equal(await count(metrics, 'consumer'), 0);
+    const info = await jsm.streams.info(STREAMS.pieces.name);
+    assert.equal(info.state.consumer_count, 0, 'no consumer was opened');
+    // Nothing is left subscribed on the connection.
+    const connz = (await (
+      await fetch(`${nats.monitorUrl}/connz?subs=1`, { signal: AbortSignal.timeout(5_000) })
+    ).json()) as { connections: { subscriptions_list?: string[] }[] };
+    const subs = connz.connections.flatMap((c) => c.subscriptions_list ?? []);
+    assert.ok(!subs.some((s) => s.startsWith('shoal.pieces.')), subs.join(', '));
+  });
+
+  it('hears batches published while it reads (cut-through), each hash once', async () => {
+    const blob = blobNamed('live');
+    await publish(batch(blob, 0, 1));
+    const { hashes, metrics } = await read(blob, async () => {
+      // The seed goes on hashing: the rest comes on the subject.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await publish(batch(blob, 1, 2));
+      await publish(batch(blob, 3, 1));
+    });
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    assert.equal((await count(metrics, 'stored')) + (await count(metrics, 'live')), 3);
+    assert.ok((await count(metrics, 'live')) >= 2);
+  });
+
+  it('drops a batch that is not valid for the blob and keeps reading', async () => {
+    const blob = blobNamed('invalid');
+    nc.publish(pieceHashesSubject(blob), new TextEncoder().encode('{"type":"piece-hashes"}'));
+    await publish(batch(blob, 0, 4));
+    const { hashes, metrics } = await read(blob);
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    const rejected = (await metrics.eventsRejected.get()).values.find(
+      (v) => v.labels.type === 'piece-hashes',
+    );
+    assert.equal(rejected?.value, 1);
+  });
+
+  it('reads again what the subscription missed while the connection was down', async () => {
+    const blob = blobNamed('missed');
+    await publish(batch(blob, 0, 1));
+    const { hashes, metrics } = await read(blob, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The reader's connection is down for its reconnect wait (2 s): a batch the seed
+      // publishes meanwhile is stored, but never reaches its subscription.
+      await nats.crashAndRestart(100);
+      const seed = await connect({ servers: nats.url, timeout: 5_000 });
+      try {
+        const seedJs = jetstream(seed, { timeout: 5_000 });
+        const rest = batch(blob, 1, 3);
+        await seedJs.publish(pieceHashesSubject(blob), encodeMessage(pieceHashes, rest));
+      } finally {
+        await seed.close();
+      }
+    });
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    assert.equal(await count(metrics, 'stored'), 2, 'both batches read from the stream');
+    assert.equal(await count(metrics, 'consumer'), 0);
+  });
+
+  it('reads with a consumer of its own where the stream refuses direct gets', async () => {
+    const blob = blobNamed('fallback');
+    await publish(batch(blob, 0, 2));
+    await publish(batch(blob, 2, 2));
+    await jsm.streams.update(STREAMS.pieces.name, { allow_direct: false });
+    try {
+      const { hashes, metrics } = await read(blob);
+      assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+      assert.equal(await count(metrics, 'consumer'), 2);
+      assert.equal(await count(metrics, 'stored'), 0);
+    } finally {
+      await jsm.streams.update(STREAMS.pieces.name, { allow_direct: true });
+    }
+  });
+});
