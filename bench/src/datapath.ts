@@ -3,12 +3,15 @@
  * The data-path benchmark: what one agent costs per byte it hands to containerd, against the
  * same pull straight from the registry, in one run.
  *
- *   node bench/dist/src/datapath.js [--layers 160,64,32] [--small 10] [--timeout-s 600] [--only tls]
+ *   node bench/dist/src/datapath.js [--layers 160,64,32] [--small 10] [--timeout-s 600]
+ *                                   [--only tls|cold|rss|small] [--small-runs N] [--baseline DIR]
  *
  * One agent and one seed server (with nats-server and a tracker) serve `ctr images pull` of a
  * generated image; a fresh containerd per pull. In order: the image straight from the registry,
  * through the agent cold (swarm path: seed server, then agent), through the agent warm (cache
- * hit), straight again; a small image straight and through the agent cold; then a second agent
+ * hit), straight again; a small image straight and through the agent cold (`--small-runs N`: N
+ * new ones, rows of median time), with the cold pull's phase-by-phase timeline from the spans
+ * the swarm exports to an OTLP receiver run here; then a second agent
  * fetches the big image's pieces from the first (the seed server stopped), and the same once
  * more over TLS: a third agent with a TLS peer port (mutual TLS, certificates of a CA made for
  * the run) takes the image from the first two, they stop, and a fourth agent takes it from the
@@ -17,7 +20,8 @@
  * the seed server with a plain HTTP client) and only that comparison runs. With `--rss MiB`,
  * four clients also stream one blob of that size at once through a fresh agent, cold, while
  * its memory is watched (datapath-rss.ts); `--only rss` runs just that, 4 GiB by default.
- * CPU seconds come
+ * `--only small` runs only the small images; with `--baseline DIR` each small run also pulls a
+ * twin image cold through a second swarm running the build at DIR. CPU seconds come
  * from /proc/PID/stat (utime + stime) and disk bytes from /proc/PID/io (write_bytes,
  * read_bytes), sampled just before and just after each pull.
  *
@@ -38,12 +42,17 @@ import {
   seconds,
   startAgent,
   startContainerd,
+  startNats,
+  startOtlpReceiver,
   startSeedServer,
   startTracker,
   table,
   waitFor,
   writeMirrorHosts,
+  type CollectedSpan,
   type Containerd,
+  type GeneratedImage,
+  type OtlpReceiver,
   type AgentProcess,
   type ProcCost,
   type ServiceProcess,
@@ -65,41 +74,59 @@ import {
 import { pushTarget, startBase } from './cluster.js';
 import { prepareClient, type PullTarget } from './clients.js';
 import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
+import {
+  median,
+  mirrorRoot,
+  PHASES,
+  pullTimeline,
+  type Phase,
+  type PhaseLabel,
+} from './timeline.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** Clients streaming the blob of the memory run at once (the issue's goal: four). */
 const RSS_CLIENTS = 4;
 
-const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--timeout-s S]
-                                     [--only tls|cold|rss] [--rss MiB] [--cpu-prof-dir DIR]
+const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--small-runs N]
+                                     [--timeout-s S] [--only tls|cold|rss|small] [--rss MiB]
+                                     [--cpu-prof-dir DIR] [--spans-file PATH] [--baseline DIR]
                                      [--seed-main FILE] [--agent-node-options OPTIONS]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
   --small MiB         size of the small single-layer image (default 10)
+  --small-runs N      small images pulled, each a new one, direct then cold (default 1;
+                      figures are their medians)
   --timeout-s S       longest a pull may take (default 600)
   --rss MiB           also stream one blob of this size with four clients through a fresh
                       agent, watching its memory (default: not run; 4096 with --only rss)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
   --only cold         only the big image, direct then through Shoal cold (the seed's figures)
   --only rss          only the memory run of --rss
+  --only small        only the small image's pulls and its cold timeline
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
+  --spans-file PATH   write every span the swarm exported to PATH (JSON lines)
+  --baseline DIR      with the small image: a second swarm (its own nats-server) runs the
+                      services built at DIR (a checkout built with tsc -b, e.g. by
+                      services/seedserver/tools/build-at.sh); each small run also pulls a
+                      new small image cold through it, alternating which goes first
   --seed-main FILE    run this seed server build (its dist/src/main.js) instead of this checkout's
   --agent-node-options OPTIONS
                       more NODE_OPTIONS for the agents, to try Node or V8 flags against
                       those the agent is started with
 `;
 
+/** What `--only` keeps; `all` without it. */
+type Only = 'all' | 'tls' | 'cold' | 'rss' | 'small';
+const ONLY: readonly Only[] = ['tls', 'cold', 'rss', 'small'];
+
 interface Options {
   readonly layerSizes: readonly number[];
   readonly smallBytes: number;
+  /** Small images pulled, each a new one (direct, then cold through the agent). */
+  readonly smallRuns: number;
   readonly timeoutMs: number;
-  /** Only the agent-to-agent comparison of plain HTTP and TLS. */
-  readonly tlsOnly: boolean;
-  /** Only the big image direct and cold (what the seed server costs). */
-  readonly coldOnly: boolean;
-  /** Only the memory run. */
-  readonly rssOnly: boolean;
+  readonly only: Only;
   /** Size of the blob of the memory run, in bytes; 0: no memory run. */
   readonly rssBytes: number;
   /** Where the seed server and agents write CPU profiles; none when undefined. */
@@ -108,18 +135,25 @@ interface Options {
   readonly seedMain: string | undefined;
   /** More NODE_OPTIONS for the agents ('' for none). */
   readonly agentNodeOptions: string;
+  /** Where every span received is written at the end, one JSON object a line. */
+  readonly spansFile: string | undefined;
+  /** A checkout built with `tsc -b` whose services the baseline swarm runs. */
+  readonly baseline: string | undefined;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   const values = readOptions(argv, USAGE, {
     layers: { type: 'string', default: '160,64,32' },
     small: { type: 'string', default: '10' },
+    'small-runs': { type: 'string', default: '1' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     rss: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
     'seed-main': { type: 'string' },
     'agent-node-options': { type: 'string', default: '' },
+    'spans-file': { type: 'string' },
+    baseline: { type: 'string' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers)
@@ -132,12 +166,22 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isFinite(smallBytes) || smallBytes <= 0) {
     problems.push('--small takes a size in MiB');
   }
+  const smallRuns = Number(values['small-runs']);
+  if (!Number.isInteger(smallRuns) || smallRuns < 1 || smallRuns > 50) {
+    problems.push('--small-runs takes a whole number from 1 to 50');
+  }
   const timeoutS = Number(values['timeout-s']);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
-  if (values.only !== undefined && !['tls', 'cold', 'rss'].includes(String(values.only))) {
-    problems.push('--only takes tls, cold or rss');
+  const only = ONLY.find((o) => o === values.only) ?? 'all';
+  if (values.only !== undefined && only === 'all') {
+    problems.push('--only takes tls, cold, rss or small');
+  }
+  for (const name of ['baseline', 'spans-file'] as const) {
+    if (values[name] !== undefined && !withSmall(only)) {
+      problems.push(`--${name} is about the small image, which --only ${only} leaves out`);
+    }
   }
   const rssMiB = Number(values.rss ?? (values.only === 'rss' ? 4096 : 0));
   if (!Number.isFinite(rssMiB) || rssMiB < 0) {
@@ -146,17 +190,20 @@ function parseOptions(argv: readonly string[]): Options {
   exitOnProblems(problems, USAGE);
   const cpuProfDir = values['cpu-prof-dir'];
   const seedMain = values['seed-main'];
+  const spansFile = values['spans-file'];
+  const baseline = values.baseline;
   return {
     layerSizes,
     smallBytes,
+    smallRuns,
     timeoutMs: timeoutS * 1000,
-    tlsOnly: values.only === 'tls',
-    coldOnly: values.only === 'cold',
-    rssOnly: values.only === 'rss',
+    only,
     rssBytes: Math.round(rssMiB * MiB),
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     seedMain: typeof seedMain === 'string' ? resolve(seedMain) : undefined,
     agentNodeOptions: String(values['agent-node-options']),
+    spansFile: typeof spansFile === 'string' ? spansFile : undefined,
+    baseline: typeof baseline === 'string' ? resolve(baseline) : undefined,
   };
 }
 
@@ -350,24 +397,43 @@ async function startSwarm(
   natsUrl: string,
   registry: Registry,
   teardown: Teardown,
-  profileEnv: Record<string, string>,
-  agentEnv: Record<string, string>,
-  seedMain: string | undefined,
-): Promise<{ seed: ServiceProcess; agent: AgentProcess }> {
-  const tracker = await startTracker({ natsUrl });
-  teardown.add('tracker', () => tracker.stop());
+  setup: SwarmSetup,
+): Promise<Swarm> {
+  const { env, agentEnv, peerId, buildRoot, seedMain } = setup;
+  const build = buildRoot === undefined ? {} : { buildRoot };
+  const tracker = await startTracker({ natsUrl, env, ...build });
+  teardown.add(`tracker of ${peerId}`, () => tracker.stop());
   const seed = await startSeedServer({
     natsUrl,
     registries: `${registry.host}=${registry.url}`,
-    env: profileEnv,
+    env,
+    ...build,
     ...(seedMain === undefined ? {} : { main: seedMain }),
   });
   const stopSeed = once(() => seed.stop());
-  teardown.add('seed server', stopSeed);
-  const agent = await startPeer(natsUrl, registry, 'agent-a', undefined, agentEnv);
+  teardown.add(`seed server of ${peerId}`, stopSeed);
+  const agent = await startPeer(natsUrl, registry, peerId, undefined, agentEnv, buildRoot);
   const stopAgent = once(() => agent.stop());
-  teardown.add('agent a', stopAgent);
+  teardown.add(peerId, stopAgent);
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
+}
+
+/** What a swarm's processes get, and which build they run. */
+interface SwarmSetup {
+  /** For all three: CPU profiles, trace export. */
+  readonly env: Record<string, string>;
+  /** For the agent: `env` with the agent's NODE_OPTIONS. */
+  readonly agentEnv: Record<string, string>;
+  readonly peerId: string;
+  /** Another checkout built with `tsc -b` whose three services run (the baseline). */
+  readonly buildRoot?: string | undefined;
+  /** Another seed server build to run (its main.js). */
+  readonly seedMain?: string | undefined;
+}
+
+interface Swarm {
+  readonly seed: ServiceProcess;
+  readonly agent: AgentProcess;
 }
 
 /** One agent taking the big image from another (or the seed server), with both sides' costs. */
@@ -380,12 +446,34 @@ interface PeerPull {
   readonly failedRequests: number;
 }
 
-/** The pulls through containerd (left out with `--only tls`; only the big ones with `--only cold`). */
-interface CtrResults {
+/** The big image's pulls through containerd (left out with `--only small`). */
+interface BigResults {
   readonly direct: readonly Measured[];
   readonly cold: Measured;
+  /** Left out with `--only cold`. */
   readonly warm: Measured | undefined;
-  readonly small: { readonly direct: Measured; readonly cold: Measured } | undefined;
+}
+
+/** The cold pull's phases, per blob of the image (layer, config), from the exported spans. */
+type Timelines = ReadonlyMap<Blob, readonly Phase[]>;
+type Blob = 'layer' | 'config';
+
+/** One small image: straight from the registry, then cold through the agent, and its timeline. */
+interface SmallRun {
+  /** Its blobs' bytes (layer and config). */
+  readonly bytes: number;
+  readonly direct: Measured;
+  readonly cold: Measured;
+  readonly timelines: Timelines;
+  /** Another new small image, cold through the baseline swarm (with `--baseline`). */
+  readonly baseline?: { readonly cold: Measured; readonly timelines: Timelines };
+}
+
+/** The pulls through containerd (left out with `--only tls` and `--only rss`). */
+interface CtrResults {
+  readonly big: BigResults | undefined;
+  /** Empty with `--only cold`. */
+  readonly small: readonly SmallRun[];
 }
 
 interface Results {
@@ -424,7 +512,6 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     const value = perGiB(m, name, bytes);
     return Number.isNaN(value) ? '-' : value.toFixed(2);
   };
-  const directS = ctr.direct.reduce((sum, m) => sum + m.seconds, 0) / ctr.direct.length;
   const row = (
     label: string,
     m: Measured,
@@ -442,9 +529,55 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     perByte(m, 'seed', 'writeBytes', bytes),
   ];
   const { bigBytes, smallBytes } = results;
-  const { warm, small } = ctr;
+  const { big, small } = ctr;
+  const rows: (string[] | null)[] = [];
+  if (big !== undefined) {
+    const directS = big.direct.reduce((sum, m) => sum + m.seconds, 0) / big.direct.length;
+    rows.push(
+      ...big.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
+      row('big, through Shoal, cold', big.cold, bigBytes, directS),
+      ...(big.warm === undefined
+        ? []
+        : [row('big, through Shoal, warm (cache hit)', big.warm, bigBytes, directS)]),
+    );
+  }
+  // With several small images, the rows are the runs of median time.
+  const smallDirect = medianRun(small.map((r) => r.direct));
+  const smallCold = medianRun(small.map((r) => r.cold));
+  const baselineCold = medianRun(small.flatMap((r) => r.baseline?.cold ?? []));
+  const of = small.length > 1 ? ` (median of ${small.length})` : '';
+  const smallLines: string[] = [];
+  if (smallDirect !== undefined && smallCold !== undefined) {
+    const colds: [string, Measured][] = [
+      ['Shoal', smallCold],
+      ...(baselineCold === undefined ? [] : [['the baseline', baselineCold] as [string, Measured]]),
+    ];
+    rows.push(
+      ...(rows.length === 0 ? [] : [null]),
+      row(`small, direct${of}`, smallDirect, smallBytes, undefined),
+      ...colds.map(([who, m]) =>
+        row(`small, through ${who}, cold${of}`, m, smallBytes, smallDirect.seconds),
+      ),
+    );
+    smallLines.push(
+      ...colds.map(
+        ([who, m]) =>
+          `small image, cold: ${who} adds ${seconds(m.seconds - smallDirect.seconds)}${of}`,
+      ),
+    );
+    if (small.length > 1) {
+      const each = (r: SmallRun): string =>
+        [r.cold, ...(r.baseline === undefined ? [] : [r.baseline.cold]), r.direct]
+          .map((m) => m.seconds.toFixed(2))
+          .join('/');
+      smallLines.push(
+        `  each run, cold${baselineCold === undefined ? '' : ' / baseline cold'} / direct: ${small.map(each).join(' ')} s`,
+      );
+    }
+    smallLines.push('', ...timelineReport(small), '');
+  }
   return [
-    ...(small === undefined ? [] : [`small image: ${mib(smallBytes)} of blobs`]),
+    ...(small.length === 0 ? [] : [`small image: ${mib(smallBytes)} of blobs`]),
     '',
     table(
       [
@@ -458,30 +591,71 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
         'agent disk R/B',
         'seed disk W/B',
       ],
-      [
-        ...ctr.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
-        row('big, through Shoal, cold', ctr.cold, bigBytes, directS),
-        ...(warm === undefined
-          ? []
-          : [row('big, through Shoal, warm (cache hit)', warm, bigBytes, directS)]),
-        ...(small === undefined
-          ? []
-          : [
-              null,
-              row('small, direct', small.direct, smallBytes, undefined),
-              row('small, through Shoal, cold', small.cold, smallBytes, small.direct.seconds),
-            ]),
-      ],
+      rows,
     ),
     '(/ direct: over the mean of the direct pulls of the same image; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
-    ...seedReport(ctr.cold, bigBytes),
-    ...(small === undefined
-      ? []
-      : [
-          `small image, cold: Shoal adds ${seconds(small.cold.seconds - small.direct.seconds)}`,
-          '',
-        ]),
+    ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
+    ...smallLines,
+  ];
+}
+
+/** The run of median time (the lower of the two middle ones for an even count). */
+function medianRun(runs: readonly Measured[]): Measured | undefined {
+  const sorted = [...runs].sort((a, b) => a.seconds - b.seconds);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+/**
+ * The small image's cold timeline: when each phase happened, in ms since the agent received
+ * the blob's mirror request (median over the runs), with the step from the phase before for
+ * the layer.
+ */
+function timelineReport(runs: readonly SmallRun[]): string[] {
+  const phaseMs = (
+    pick: (r: SmallRun) => Timelines | undefined,
+    blob: Blob,
+    label: PhaseLabel,
+  ): number =>
+    median(
+      runs.flatMap(
+        (r) =>
+          pick(r)
+            ?.get(blob)
+            ?.find((p) => p.label === label)?.atMs ?? [],
+      ),
+    );
+  const ms = (value: number): string => (Number.isNaN(value) ? '-' : value.toFixed(1));
+  const withBaseline = runs.some((r) => r.baseline !== undefined);
+  let previous = 0;
+  const rows = PHASES.map((label) => {
+    const layer = phaseMs((r) => r.timelines, 'layer', label);
+    const step = Number.isNaN(layer) ? Number.NaN : layer - previous;
+    if (!Number.isNaN(layer)) {
+      previous = layer;
+    }
+    const row = [label, ms(layer), ms(step), ms(phaseMs((r) => r.timelines, 'config', label))];
+    if (withBaseline) {
+      row.push(
+        ms(phaseMs((r) => r.baseline?.timelines, 'layer', label)),
+        ms(phaseMs((r) => r.baseline?.timelines, 'config', label)),
+      );
+    }
+    return row;
+  });
+  const traced = runs.filter((r) => r.timelines.size > 0).length;
+  return [
+    `small image, cold, phase by phase (ms since the agent got the blob's request; median of ${traced} traced run(s)${withBaseline ? "; '-' for the baseline: a moment its build does not record" : ''}):`,
+    table(
+      [
+        'phase',
+        'layer ms',
+        'layer step ms',
+        'config ms',
+        ...(withBaseline ? ['baseline layer ms', 'baseline config ms'] : []),
+      ],
+      rows,
+    ),
   ];
 }
 
@@ -575,10 +749,14 @@ function peerReport(
 
 function report(options: Options, results: Results): string {
   const out: string[] = [
-    options.tlsOnly
+    options.only === 'tls'
       ? 'Shoal data-path benchmark: pieces between agents, plain HTTP and TLS'
       : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
-    `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
+    ...(results.bigBytes === 0
+      ? []
+      : [
+          `big image: layers ${options.layerSizes.map((s) => s / MiB).join(', ')} MiB (${mib(results.bigBytes)} of blobs)`,
+        ]),
     ...(results.ctr === undefined ? [''] : ctrReport(results, results.ctr)),
     ...(results.peers === undefined
       ? []
@@ -626,6 +804,7 @@ async function startPeer(
   peerId: string,
   pieceTls: Parameters<typeof startAgent>[0]['pieceTls'],
   env: Record<string, string>,
+  buildRoot?: string,
 ): Promise<AgentProcess> {
   return startAgent({
     registries: `${registry.host}=${registry.url}`,
@@ -633,48 +812,51 @@ async function startPeer(
     peerId,
     defaultRegistry: registry.host,
     ...(pieceTls === undefined ? {} : { pieceTls }),
+    ...(buildRoot === undefined ? {} : { buildRoot }),
     env: { ...FAST_SWARM_ENV, ...env },
   });
 }
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
+  const { only, timeoutMs } = options;
   const interrupt = interruptOnSignal();
+  const { signal } = interrupt;
   const teardown = newTeardown();
   try {
     const { nats, registry, layout } = await startBase(teardown, 'bench-datapath');
     progress('generating and pushing the images');
     const run = `${Date.now()}`;
-    const big = await pushTarget(
-      layout.path,
-      registry,
-      'bench/big',
-      `big-${run}`,
-      options.layerSizes,
-    );
+    const big =
+      only === 'rss' || only === 'small'
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/big', `big-${run}`, options.layerSizes);
     const huge =
       options.rssBytes === 0
         ? undefined
         : await pushTarget(layout.path, registry, 'bench/huge', `huge-${run}`, [options.rssBytes]);
-    const small =
-      options.tlsOnly || options.coldOnly || options.rssOnly
-        ? undefined
-        : await pushTarget(layout.path, registry, 'bench/small', `small-${run}`, [
-            options.smallBytes,
-          ]);
-    interrupt.signal.throwIfAborted();
+    signal.throwIfAborted();
+    // The swarm's processes export their spans here, for the small image's timeline.
+    const receiver = withSmall(only) ? await startOtlpReceiver() : undefined;
+    if (receiver !== undefined) {
+      teardown.add('OTLP receiver', () => receiver.stop());
+    }
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
     const nodeOptions = [profileEnv.NODE_OPTIONS ?? '', options.agentNodeOptions].join(' ').trim();
+    // The agents started later do not export spans: their pulls are not on the timeline.
     const agentEnv = nodeOptions === '' ? profileEnv : { ...profileEnv, NODE_OPTIONS: nodeOptions };
+    const traced = (peerId: string, build: Partial<SwarmSetup>): SwarmSetup => ({
+      env: { ...profileEnv, ...receiver?.env },
+      agentEnv: { ...agentEnv, ...receiver?.env },
+      peerId,
+      ...build,
+    });
     const { seed, agent } = await startSwarm(
       nats.url,
       registry,
       teardown,
-      profileEnv,
-      agentEnv,
-      options.seedMain,
+      traced('agent-a', { seedMain: options.seedMain }),
     );
-    const { timeoutMs } = options;
     // The memory run: a fresh agent (the first one, with --only rss), so its VmHWM is this pull's.
     const memoryRun = async (fresh: AgentProcess): Promise<RssRun | undefined> => {
       const layer = huge?.target.blobs.at(-1);
@@ -689,10 +871,10 @@ async function main(): Promise<number> {
         huge.target,
         layer,
         RSS_CLIENTS,
-        AbortSignal.any([interrupt.signal, AbortSignal.timeout(timeoutMs)]),
+        AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
       );
     };
-    if (options.rssOnly) {
+    if (only === 'rss') {
       const rss = await memoryRun(agent);
       if (rss !== undefined) {
         process.stdout.write(
@@ -701,39 +883,41 @@ async function main(): Promise<number> {
       }
       return 0;
     }
+    const pulls: PullRun = { registry, layoutPath: layout.path, run, timeoutMs, signal };
+    const through = (swarm: Swarm): Through => ({
+      agentUrl: swarm.agent.url,
+      watched: { agent: pid(swarm.agent), seed: pid(swarm.seed), registry: pid(registry) },
+    });
     let ctr: CtrResults | undefined;
     let seedPull: PeerPull | undefined;
-    if (options.tlsOnly) {
+    if (only === 'tls' && big !== undefined) {
       progress('big image: the first agent takes it from the seed server');
-      seedPull = await peerPull(seed, agent, big.target, timeoutMs, interrupt.signal);
+      seedPull = await peerPull(seed, agent, big.target, timeoutMs, signal);
     } else {
-      const watched = { agent: pid(agent), seed: pid(seed), registry: pid(registry) };
-      progress('big image: direct');
-      const direct1 = await ctrPull(big.target, undefined, timeoutMs, watched);
-      interrupt.signal.throwIfAborted();
-      progress('big image: through Shoal, cold');
-      const cold = await ctrPull(big.target, agent.url, timeoutMs, watched, seed);
-      interrupt.signal.throwIfAborted();
-      if (small === undefined) {
-        ctr = { direct: [direct1], cold, warm: undefined, small: undefined };
-      } else {
-        progress('big image: through Shoal, warm');
-        const warm = await ctrPull(big.target, agent.url, timeoutMs, watched);
-        interrupt.signal.throwIfAborted();
-        progress('big image: direct again');
-        const direct2 = await ctrPull(big.target, undefined, timeoutMs, watched);
-        interrupt.signal.throwIfAborted();
-        progress('small image: direct, then through Shoal, cold');
-        const smallDirect = await ctrPull(small.target, undefined, timeoutMs, watched);
-        const smallCold = await ctrPull(small.target, agent.url, timeoutMs, watched);
-        interrupt.signal.throwIfAborted();
-        ctr = {
-          direct: [direct1, direct2],
-          cold,
-          warm,
-          small: { direct: smallDirect, cold: smallCold },
-        };
+      const bigResults =
+        big === undefined
+          ? undefined
+          : await bigPulls(pulls, big.target, through({ seed, agent }), seed, only === 'cold');
+      let small: SmallRun[] = [];
+      if (receiver !== undefined) {
+        // The baseline swarm: another build, on a nats-server of its own (its streams and
+        // consumers are its own business), exporting its spans to the same receiver.
+        let baseline: Through | undefined;
+        if (options.baseline !== undefined) {
+          const baseNats = await startNats();
+          teardown.add('baseline nats-server', () => baseNats.stop());
+          baseline = through(
+            await startSwarm(
+              baseNats.url,
+              registry,
+              teardown,
+              traced('agent-baseline', { buildRoot: options.baseline }),
+            ),
+          );
+        }
+        small = await smallPulls(pulls, options, receiver, through({ seed, agent }), baseline);
       }
+      ctr = { big: bigResults, small };
     }
     // Before the agent-to-agent pulls, which stop the seed server.
     let rss: RssRun | undefined;
@@ -747,18 +931,18 @@ async function main(): Promise<number> {
 
     let peers: Results['peers'];
     let agentPeakRss: number;
-    if (options.coldOnly) {
+    if (big === undefined || only === 'cold') {
       agentPeakRss = await agent.peakRssBytes();
     } else {
       ({ peers, agentPeakRss } = await agentToAgent(
         { natsUrl: nats.url, registry, agent, seed, target: big.target, agentEnv },
-        { teardown, timeoutMs, signal: interrupt.signal },
+        { teardown, timeoutMs, signal },
       ));
     }
 
     const results: Results = {
-      bigBytes: blobBytes(big.target),
-      smallBytes: small === undefined ? 0 : blobBytes(small.target),
+      bigBytes: big === undefined ? 0 : blobBytes(big.target),
+      smallBytes: ctr?.small[0] === undefined ? 0 : ctr.small[0].bytes,
       ctr,
       peers,
       seedPull,
@@ -766,11 +950,167 @@ async function main(): Promise<number> {
       rss,
     };
     process.stdout.write(report(options, results));
+    if (receiver !== undefined && options.spansFile !== undefined) {
+      await writeFile(
+        options.spansFile,
+        receiver
+          .spans()
+          .map((span) =>
+            JSON.stringify(span, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v)),
+          )
+          .join('\n'),
+      );
+    }
     return 0;
   } finally {
     await teardown.run();
     interrupt.release();
   }
+}
+
+/** Whether a run with this `--only` pulls the small image. */
+function withSmall(only: Only): boolean {
+  return only === 'all' || only === 'small';
+}
+
+/** What the pulls of one run share. */
+interface PullRun {
+  readonly registry: Registry;
+  /** Where the generated images are written. */
+  readonly layoutPath: string;
+  /** This run's tag prefix, so every image is new to the registry. */
+  readonly run: string;
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal;
+}
+
+/** A swarm pulled through: its agent's mirror and the processes a pull is charged with. */
+interface Through {
+  readonly agentUrl: string;
+  readonly watched: Watched;
+}
+
+/**
+ * The big image straight from the registry, then through the agent cold (the seed server
+ * watched in detail); unless `coldOnly`, then warm and straight again.
+ */
+async function bigPulls(
+  pulls: PullRun,
+  target: PullTarget,
+  swarm: Through,
+  seed: ServiceProcess,
+  coldOnly: boolean,
+): Promise<BigResults> {
+  const pull = async (what: string, mirrorUrl: string | undefined, detail?: ServiceProcess) => {
+    progress(`big image: ${what}`);
+    const measured = await ctrPull(target, mirrorUrl, pulls.timeoutMs, swarm.watched, detail);
+    pulls.signal.throwIfAborted();
+    return measured;
+  };
+  const direct1 = await pull('direct', undefined);
+  const cold = await pull('through Shoal, cold', swarm.agentUrl, seed);
+  if (coldOnly) {
+    return { direct: [direct1], cold, warm: undefined };
+  }
+  const warm = await pull('through Shoal, warm', swarm.agentUrl);
+  const direct2 = await pull('direct again', undefined);
+  return { direct: [direct1, direct2], cold, warm };
+}
+
+/**
+ * `options.smallRuns` small images, each a new one: straight from the registry, then cold
+ * through the swarm; with a baseline, a twin image cold through it too, alternating which
+ * swarm goes first so neither always meets the machine as the other left it.
+ */
+async function smallPulls(
+  pulls: PullRun,
+  options: Pick<Options, 'smallBytes' | 'smallRuns'>,
+  receiver: OtlpReceiver,
+  swarm: Through,
+  baseline: Through | undefined,
+): Promise<SmallRun[]> {
+  const { registry, layoutPath, run, timeoutMs, signal } = pulls;
+  // A new image each time, in a folder of its own: every cold pull is cold.
+  const push = (name: string, i: number) =>
+    pushTarget(join(layoutPath, `${name}-${i}`), registry, `bench/${name}`, `${name}-${run}-${i}`, [
+      options.smallBytes,
+    ]);
+  const coldPull = async (
+    image: Awaited<ReturnType<typeof push>>,
+    through: Through,
+  ): Promise<{ cold: Measured; timelines: Timelines }> => {
+    const cold = await ctrPull(image.target, through.agentUrl, timeoutMs, through.watched);
+    return { cold, timelines: await timelines(receiver, image.image) };
+  };
+  const runs: SmallRun[] = [];
+  for (let i = 0; i < options.smallRuns; i++) {
+    progress(`small image ${i + 1} of ${options.smallRuns}: direct, then through Shoal, cold`);
+    const image = await push('small', i);
+    const twin = baseline === undefined ? undefined : await push('small-base', i);
+    const direct = await ctrPull(image.target, undefined, timeoutMs, swarm.watched);
+    const ours = () => coldPull(image, swarm);
+    const theirs = async () =>
+      twin === undefined || baseline === undefined ? undefined : coldPull(twin, baseline);
+    let current: Awaited<ReturnType<typeof ours>>;
+    let other: Awaited<ReturnType<typeof theirs>>;
+    if (i % 2 === 0) {
+      current = await ours();
+      other = await theirs();
+    } else {
+      other = await theirs();
+      current = await ours();
+    }
+    signal.throwIfAborted();
+    runs.push({
+      bytes: blobBytes(image.target),
+      direct,
+      ...current,
+      ...(other === undefined ? {} : { baseline: other }),
+    });
+  }
+  return runs;
+}
+
+/** How long a cold pull's spans may take to reach the receiver, in ms. */
+const SPANS_WAIT_MS = 5_000;
+
+/**
+ * The phases of the cold pull of each blob of `image` (its layer and its config), from the
+ * spans exported for it; a blob whose trace did not arrive in time has none.
+ */
+async function timelines(
+  receiver: OtlpReceiver,
+  image: GeneratedImage,
+): Promise<Map<Blob, Phase[]>> {
+  const blobs = new Map<Blob, string>([
+    ['layer', image.layers[0]?.digest ?? ''],
+    ['config', image.config.digest],
+  ]);
+  // Complete once the root and the download it started have ended (both exported at their end).
+  const ended = (spans: readonly CollectedSpan[], digest: string): boolean => {
+    const root = mirrorRoot(spans, digest);
+    return (
+      root !== undefined &&
+      spans.some((s) => s.traceId === root.traceId && s.name === 'swarm download' && s.endNs > 0n)
+    );
+  };
+  await receiver
+    .waitFor(
+      'the small image’s cold pull',
+      (spans) => [...blobs.values()].every((d) => ended(spans, d)),
+      SPANS_WAIT_MS,
+    )
+    .catch((error: unknown) => progress(`no complete timeline: ${String(error)}`));
+  // The other processes export on their own schedule (every 100 ms here).
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const out = new Map<Blob, Phase[]>();
+  for (const [blob, digest] of blobs) {
+    const root = mirrorRoot(receiver.spans(), digest);
+    if (root !== undefined) {
+      out.set(blob, pullTimeline(root, receiver.trace(root.traceId)));
+    }
+  }
+  return out;
 }
 
 /**
