@@ -62,7 +62,10 @@ function probePort(container: Container, probe: HttpProbe): number {
 
 /** The service a Shoal container runs (`services/<name>/dist/src/main.js`), if any. */
 function serviceOf(container: Container): string | undefined {
-  return /^services\/([a-z]+)\/dist\/src\/main\.js$/.exec(container.args?.[0] ?? '')?.[1];
+  // Node flags may come first (the agent's memory settings): the script is the first argument
+  // that is not one.
+  const script = container.args?.find((arg) => !arg.startsWith('-')) ?? '';
+  return /^services\/([a-z]+)\/dist\/src\/main\.js$/.exec(script)?.[1];
 }
 
 /** The ports the container's `*_LISTEN` settings open. */
