@@ -10,7 +10,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { Teardown, type AgentProcess, type Descriptor } from '@shoal/testkit';
+import { Teardown, waitFor, type AgentProcess, type Descriptor } from '@shoal/testkit';
 
 import { MiB, smallDisk } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
@@ -25,21 +25,6 @@ const STALL_TIMEOUT_MS = 10_000;
 async function seedBlobs(cacheDir: string): Promise<string[]> {
   const names = await readdir(join(cacheDir, 'blobs'));
   return names.filter((n) => !n.endsWith('.pieces.json'));
-}
-
-/** Waits until `check` holds, polling; fails after `timeoutMs`. */
-async function until(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) {
-      assert.fail(`timed out waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 describe('a seed server whose cache disk is full', () => {
@@ -97,11 +82,12 @@ describe('a seed server whose cache disk is full', () => {
     assert.equal(outcome.error, undefined);
     assert.equal(outcome.digest, blob.digest);
     // Idle only once its run is over (stored in the gateway): then it may be evicted.
-    await until(
+    await waitFor(
       'the blob in the gateway',
       async () =>
         (await seedMetric('shoal_seedserver_stored_bytes_total')) >= stored + blob.size &&
         (await seedMetric('shoal_seedserver_seeds_in_flight')) === 0,
+      { timeoutMs: 30_000 },
     );
   }
 
