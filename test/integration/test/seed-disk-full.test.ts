@@ -6,11 +6,21 @@
  * straight away instead of waiting out their 10 s stall timeout.
  */
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { Teardown, waitFor, type AgentProcess, type Descriptor } from '@shoal/testkit';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startFaultProxy,
+  startRegistry,
+  Teardown,
+  waitFor,
+  type AgentProcess,
+  type Descriptor,
+} from '@shoal/testkit';
 
 import { MiB, smallDisk } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
@@ -153,5 +163,103 @@ describe('a seed server whose cache disk is full', () => {
       elapsedMs < STALL_TIMEOUT_MS,
       `the pull took ${elapsedMs} ms, less than the stall timeout`,
     );
+  });
+});
+
+/** Writes `path` until its disk is full (ENOSPC), as another process on the node might. */
+async function fillDisk(path: string): Promise<void> {
+  const file = await open(path, 'w');
+  const block = Buffer.alloc(64 * 1024);
+  try {
+    for (;;) {
+      await file.write(block);
+    }
+  } catch (error) {
+    assert.equal((error as NodeJS.ErrnoException).code, 'ENOSPC');
+  } finally {
+    await file.close();
+  }
+}
+
+describe('a seed server whose cache disk fills while it seeds', () => {
+  const teardown = new Teardown();
+  let cluster: Cluster;
+  let cacheDir: string;
+  let slowOrigin: Awaited<ReturnType<typeof startFaultProxy>>;
+  let idle: Descriptor;
+  let next: Descriptor;
+
+  before(async () => {
+    cacheDir = await smallDisk(teardown, DISK_BYTES);
+    const registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('image');
+    teardown.add('image', () => layout.remove());
+    const image = await generateImage(layout.path, {
+      layerSizes: [3 * MiB, 3 * MiB],
+      seed: 'seed-disk-fills',
+    });
+    await pushImage(image, registry.host, repository);
+    // Only the seed server reads the registry through this proxy, so it can be slowed down.
+    slowOrigin = await startFaultProxy({ upstream: registry.url });
+    teardown.add('proxy', () => slowOrigin.stop());
+    cluster = await startCluster({
+      layerSizes: [],
+      seed: 'seed-disk-fills',
+      repository,
+      trackers: 1,
+      agents: [{ peerId: 'node-a' }],
+      registry: { registry, image },
+      seedEnv: {
+        SHOAL_SEED_CACHE_DIR: cacheDir,
+        SHOAL_SEED_CACHE_MIN_FREE_BYTES: '0',
+        SHOAL_SEED_REGISTRIES: `${registry.host}=${slowOrigin.url}`,
+      },
+    });
+    teardown.add('cluster', () => cluster.stop());
+    [idle, next] = image.layers as [Descriptor, Descriptor];
+  });
+
+  after(async () => {
+    await teardown.run();
+  });
+
+  it('evicts an idle blob when a write fails with ENOSPC, and writes again', async () => {
+    const via = cluster.agents[0];
+    assert.ok(via !== undefined);
+    const seedMetric = (name: string, labels?: Record<string, string>): Promise<number> =>
+      cluster.seed.metric(name, labels);
+    const url = (blob: Descriptor): string =>
+      `${via.url}/v2/${repository}/blobs/${blob.digest}?ns=${cluster.registry.host}`;
+    const first = await streamDigest(url(idle));
+    assert.equal(first.digest, idle.digest);
+    await waitFor(
+      'the first blob stored and idle',
+      async () =>
+        (await seedMetric('shoal_seedserver_stored_bytes_total')) >= idle.size &&
+        (await seedMetric('shoal_seedserver_seeds_in_flight')) === 0,
+      { timeoutMs: 30_000 },
+    );
+    // The next blob comes in slowly; once it has begun, another writer takes all the room left.
+    slowOrigin.set({ kind: 'slow', delayMs: 0, rateBytes: MiB });
+    const pulling = streamDigest(url(next));
+    await waitFor(
+      'the next blob coming in',
+      async () =>
+        (await seedMetric('shoal_seedserver_ingested_bytes_total')) >= idle.size + MiB / 2,
+      { timeoutMs: 30_000 },
+    );
+    await fillDisk(join(cacheDir, 'filler'));
+    const outcome = await pulling;
+    slowOrigin.set(undefined);
+    assert.equal(outcome.error, undefined);
+    assert.equal(outcome.digest, next.digest);
+    // The write that failed made the seed server evict the idle blob, and it went on.
+    assert.ok((await seedMetric('shoal_seedserver_cache_evicted_bytes_total')) >= idle.size);
+    assert.equal(await seedMetric('shoal_seedserver_seeds_total', { outcome: 'failed' }), 0);
+    assert.deepEqual(await seedBlobs(cacheDir), [next.digest.replace(':', '-')]);
+    const received = await bytesBySource(via);
+    assert.equal(received.seed, idle.size + next.size);
+    assert.equal(received.origin, 0);
   });
 });

@@ -78,8 +78,6 @@ export interface SeederDeps {
    * much to spare, once idle blobs are evicted (0: only what the blob itself needs).
    */
   readonly cacheMinFreeBytes: number;
-  /** Free bytes of the filesystem holding a directory (default: statfs). */
-  readonly freeBytes?: (dir: string) => Promise<number>;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -519,8 +517,7 @@ export class Seeder {
 
   async #evictForDisk(incoming: number): Promise<void> {
     const { cacheDir, cacheMinFreeBytes, metrics } = this.#deps;
-    const freeBytes = this.#deps.freeBytes ?? freeDiskBytes;
-    const free = (): Promise<number | undefined> => freeBytes(cacheDir).catch(() => undefined);
+    const free = (): Promise<number | undefined> => freeDiskBytes(cacheDir).catch(() => undefined);
     let pending = this.#reserved;
     for (const blob of this.#cache.oldestFirst()) {
       if (!blob.complete) {
