@@ -459,8 +459,12 @@ async function startFaultCluster(
   const seedDir = await makeTempDir('faults-seed');
   teardown.add('seed directory', () => seedDir.remove());
   const seedCache = join(seedDir.path, 'cache');
+  // The free space the seed server keeps: none on the small disk, so that the layers that fit
+  // are seeded and only the one larger than the disk is refused.
+  const seedDiskEnv: Record<string, string> = {};
   if (fault === 'full-disk-seed') {
     await smallDisk(seedCache, imageBytes / 2, teardown);
+    seedDiskEnv.SHOAL_SEED_CACHE_MIN_FREE_BYTES = '0';
   }
   const seedPort = await freePort();
   const startSeed = (): Promise<ServiceProcess> =>
@@ -473,6 +477,7 @@ async function startFaultCluster(
       env: {
         ...natsEnv,
         ...oldAckWait(fault, 'SHOAL_SEED_'),
+        ...seedDiskEnv,
         SHOAL_SEED_CACHE_DIR: seedCache,
         SHOAL_STORE_DIR: join(seedDir.path, 'store'),
       },

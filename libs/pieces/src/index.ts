@@ -27,3 +27,4 @@ export {
   type SourceAdvert,
 } from './picker.js';
 export { COALESCE_BYTES, PieceFile, type PieceFileOptions } from './piece-file.js';
+export { freeDiskBytes, isDiskFull } from './disk.js';

@@ -156,6 +156,8 @@ export class PiecePicker {
   /** Pieces `[0, #prefix)` are all held. */
   #prefix = 0;
   readonly #sources = new Map<string, SourceState>();
+  /** Sources that will not serve the blob any more (`drop`), whatever hand-outs say. */
+  readonly #dropped = new Set<string>();
   /** Requests in flight per piece. */
   readonly #inFlight = new Map<number, Set<PickedRequest>>();
   #active = 0;
@@ -206,7 +208,7 @@ export class PiecePicker {
         pieces: advert.pieces,
         inFlight: 0,
         failures: 0,
-        banned: false,
+        banned: this.#dropped.has(advert.id),
         busyUntil: 0,
       };
       this.#sources.set(advert.id, source);
@@ -219,6 +221,49 @@ export class PiecePicker {
     known.pieces = advert.pieces;
     known.failures = 0;
     this.#followSeed(known);
+  }
+
+  /**
+   * A source that will not serve the blob any more (a seed server that gave it up): never
+   * asked again, even when a later hand-out names it.
+   */
+  drop(id: string): void {
+    this.#dropped.add(id);
+    const source = this.#sources.get(id);
+    if (source !== undefined) {
+      source.banned = true;
+      source.pieces = [];
+    }
+  }
+
+  /**
+   * True when a source that may still be asked (one busy for a moment counts) is known to
+   * hold a piece not held here.
+   */
+  holdsMissing(): boolean {
+    for (const source of this.#sources.values()) {
+      if (
+        source.banned ||
+        source.failures >= this.#settings.maxFailures ||
+        this.#excluded(source.advert.id)
+      ) {
+        continue;
+      }
+      if (source.advert.complete) {
+        if (this.#have.size < this.#count) {
+          return true;
+        }
+        continue;
+      }
+      for (const [start, end] of source.pieces) {
+        for (let index = start; index < Math.min(end, this.#count); index++) {
+          if (!this.#have.has(index)) {
+            return true;
+          }
+        }
+      }
+    }
+    return false;
   }
 
   /** Sources known. */

@@ -357,14 +357,27 @@ export class PieceFile {
       this.handle,
       run.map((e) => e.bytes),
       first.start,
-    ).then(() => {
-      for (const extent of run) {
-        extent.state = 'written';
-        if (this.#held.get(extent.start) === extent) {
-          this.#unwritten -= extent.bytes.length;
+    ).then(
+      () => {
+        for (const extent of run) {
+          extent.state = 'written';
+          if (this.#held.get(extent.start) === extent) {
+            this.#unwritten -= extent.bytes.length;
+          }
         }
-      }
-    });
+      },
+      (error: unknown) => {
+        // A failed write (a full disk) leaves its bytes held and pending: once the caller has
+        // made room, `flush` writes them again at the same offset.
+        for (const extent of run) {
+          if (extent.state === 'writing' && this.#held.get(extent.start) === extent) {
+            extent.state = 'pending';
+            this.#pendingByEnd.set(extent.end, extent);
+          }
+        }
+        throw error;
+      },
+    );
     this.#writes.add(write);
     const forget = (): void => {
       this.#writes.delete(write);

@@ -307,4 +307,27 @@ describe('PiecePicker', () => {
     excluded.clear();
     assert.equal(p.next().length, 1);
   });
+
+  it('never asks a dropped seed again, and says when no source holds a missing piece', () => {
+    const { picker: p } = picker(4, { concurrency: 8 });
+    p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 4]] });
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 2]] });
+    assert.ok(p.holdsMissing());
+    p.drop('seed');
+    // A later hand-out that still names it changes nothing.
+    p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 4]] });
+    const started = p.next();
+    assert.deepEqual(indexes(started).sort(), [0, 1]);
+    assert.ok(started.every((r) => r.source === 'peer'));
+    for (const request of started) {
+      p.settle(request, 'ok');
+      p.markHave(request.index);
+    }
+    assert.ok(!p.holdsMissing(), 'the peer holds nothing more, the seed is gone');
+    // A seed dropped before any hand-out named it stays dropped.
+    p.drop('seed-2');
+    p.advertise({ id: 'seed-2', seed: true, complete: true, pieces: [] });
+    assert.ok(!p.holdsMissing());
+    assert.deepEqual(p.next(), []);
+  });
 });

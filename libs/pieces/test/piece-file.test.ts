@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 
 import { PieceBuffers } from '../src/buffers.js';
+import { isDiskFull } from '../src/disk.js';
 import { COALESCE_BYTES, PieceFile } from '../src/piece-file.js';
 
 const KiB = 1024;
@@ -159,5 +162,33 @@ describe('PieceFile', () => {
     handle.writev = () => Promise.reject(Object.assign(new Error('no space'), { code: 'ENOSPC' }));
     await assert.rejects(file.put(0, randomBytes(2 * MiB), false), { code: 'ENOSPC' });
     await file.discard();
+  });
+
+  it('keeps the bytes of a write that failed for want of disk room, and writes them again on flush', async () => {
+    // A real filesystem that really fills (root only, as the integration tests' small disks).
+    const disk = await mkdtemp(join(tmpdir(), 'piece-file-disk-'));
+    const run = promisify(execFile);
+    await run('mount', ['-t', 'tmpfs', '-o', `size=${2 * MiB}`, 'tmpfs', disk]);
+    try {
+      const filler = join(disk, 'filler');
+      await writeFile(filler, Buffer.alloc(MiB + MiB / 2));
+      const file = await PieceFile.create(join(disk, 'blob'), {
+        algorithm: 'sha256',
+        heldBytes: 0,
+      });
+      const blob = randomBytes(COALESCE_BYTES);
+      await assert.rejects(file.append(blob, false), (error: unknown) => isDiskFull(error));
+      assert.equal(file.unwritten, blob.length, 'the bytes are still held');
+      // Room made: the same bytes go to the same place.
+      await rm(filler);
+      await file.flush();
+      assert.equal(file.unwritten, 0);
+      assert.equal(sha256(await readFile(join(disk, 'blob'))), sha256(blob));
+      assert.equal((await file.digest()).toString(), sha256(blob));
+      await file.close();
+    } finally {
+      await run('umount', ['-l', disk]);
+      await rm(disk, { recursive: true, force: true });
+    }
   });
 });

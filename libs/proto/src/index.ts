@@ -64,6 +64,12 @@ export {
   type PieceHashes,
 } from './messages/piece-hashes.js';
 export {
+  SEED_FAILURE_REASONS,
+  seedFailed,
+  type SeedFailed,
+  type SeedFailureReason,
+} from './messages/seed-failed.js';
+export {
   PIECE_HAVE_SUBJECTS,
   pieceHave,
   pieceHaveSubject,

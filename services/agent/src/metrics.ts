@@ -137,7 +137,8 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     swarmFallbacks: new Counter({
       name: `${prefix}swarm_fallbacks_total`,
-      help: 'Downloads that fell back to the origin because the swarm stalled',
+      help: 'Downloads that read the rest from the origin, by reason (stall: no progress for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing)',
+      labelNames: ['reason'] as const,
       registers,
     }),
     swarmJoined: new Gauge({

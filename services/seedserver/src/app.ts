@@ -179,6 +179,7 @@ export async function buildApp(
         self: self(),
         cacheDir: config.SHOAL_SEED_CACHE_DIR,
         cacheMaxBytes: config.SHOAL_SEED_CACHE_MAX_BYTES,
+        cacheMinFreeBytes: config.SHOAL_SEED_CACHE_MIN_FREE_BYTES,
         metrics,
         logger,
       });

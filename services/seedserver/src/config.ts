@@ -56,6 +56,13 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_CACHE_MAX_BYTES: envInt(100 * 1024 ** 3),
   /**
+   * Free space kept on the cache's disk, in bytes (default 1 GiB). Before a blob is seeded
+   * (and once more if a write fails with ENOSPC) idle blobs the object gateway keeps are
+   * evicted until it fits with this much to spare; when it cannot fit, the seed fails at once
+   * and tells the agents, which read from the origin or their peers. 0: only the blob's size.
+   */
+  SHOAL_SEED_CACHE_MIN_FREE_BYTES: envInt(1024 ** 3),
+  /**
    * Object gateway retention: blobs stored longer ago than this are deleted from the gateway,
    * in ms (default 30 days; 0: kept whatever their age). A blob pulled after it expired is
    * fetched from its registry once more.

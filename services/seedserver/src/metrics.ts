@@ -9,8 +9,8 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
   return {
     seeds: new Counter({
       name: `${prefix}seeds_total`,
-      help: 'Seed runs, by source (origin, store, none) and outcome (seeded, held, busy, failed)',
-      labelNames: ['source', 'outcome'] as const,
+      help: 'Seed runs, by source (origin, store, none), outcome (seeded, held, busy, failed) and, for a failed one, reason (disk-full, origin, verification, other)',
+      labelNames: ['source', 'outcome', 'reason'] as const,
       registers,
     }),
     inFlight: new Gauge({
@@ -58,6 +58,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     evictedBytes: new Counter({
       name: `${prefix}cache_evicted_bytes_total`,
       help: 'Bytes of blobs evicted from the local cache (the object gateway keeps them)',
+      registers,
+    }),
+    noRoom: new Counter({
+      name: `${prefix}cache_no_room_total`,
+      help: 'Blobs that did not fit on the cache disk (with SHOAL_SEED_CACHE_MIN_FREE_BYTES to spare) even with every idle blob evicted: not seeded, agents told at once',
       registers,
     }),
     preheatReports: new Counter({

@@ -279,8 +279,19 @@ describe('seed server', () => {
     try {
       await seed.request(layer(3));
       await seed.seeds('failed', 1);
-      // No hash of the failed run stays for agents to verify pieces against.
-      assert.equal(await seed.hashMessages(layer(3)), 0);
+      // No hash of the failed run stays for agents to verify pieces against: only the notice
+      // that tells them the seed gave the blob up, so they need not wait for it.
+      assert.equal(await seed.hashMessages(layer(3)), 1);
+      const notice: Record<string, unknown> = await seed.storedHashes(layer(3));
+      assert.equal(notice.type, 'seed-failed');
+      assert.equal(notice.reason, 'verification');
+      assert.equal(
+        await seed.metric('shoal_seedserver_seeds_total', {
+          outcome: 'failed',
+          reason: 'verification',
+        }),
+        1,
+      );
       assert.deepEqual(await entries(join(seed.cacheDir, 'blobs')), []);
       assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
       assert.deepEqual(await entries(join(seed.storeDir, 'blobs', 'sha256')), []);

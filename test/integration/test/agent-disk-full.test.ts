@@ -11,11 +11,9 @@
  * - A corrupt origin blob passed through is cut before its last byte, never completed.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 
 import {
   generateImage,
@@ -32,23 +30,11 @@ import {
   type Registry,
 } from '@shoal/testkit';
 
-import { MiB } from '../src/files.js';
+import { MiB, smallDisk } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
 
-const run = promisify(execFile);
 const DISK_BYTES = 24 * MiB;
 const PASS_THROUGHS = 'shoal_agent_cache_pass_throughs_total';
-
-/** Mounts a tmpfs of `bytes` on a fresh directory; the teardown unmounts it. */
-async function smallDisk(teardown: Teardown, bytes: number): Promise<string> {
-  const dir = await makeTempDir('small-disk');
-  await run('mount', ['-t', 'tmpfs', '-o', `size=${bytes}`, 'tmpfs', dir.path]);
-  teardown.add('small disk', async () => {
-    await run('umount', ['-l', dir.path]);
-    await dir.remove();
-  });
-  return dir.path;
-}
 
 /** Files under the cache directory (blobs and temp files), recursively. */
 async function cacheFiles(dir: string): Promise<string[]> {

@@ -14,6 +14,7 @@ import { preheatCommand } from './preheat-command.js';
 import { preheatNodes } from './preheat-nodes.js';
 import { preheatProgress } from './preheat-progress.js';
 import { preheatReport } from './preheat-report.js';
+import { seedFailed } from './seed-failed.js';
 import { seedRequest } from './seed-request.js';
 
 export const messageSchemas = {
@@ -23,6 +24,7 @@ export const messageSchemas = {
   'peer-gone': peerGone,
   handout,
   'seed-request': seedRequest,
+  'seed-failed': seedFailed,
   preheat: preheatCommand,
   'preheat-progress': preheatProgress,
   'preheat-report': preheatReport,

@@ -8,10 +8,9 @@
  * ENOSPC or EDQUOT within the last `cooldownMs`. The second catches what the first cannot:
  * a quota, a blob larger than the free space, or another process filling the disk meanwhile.
  */
-import { statfs } from 'node:fs/promises';
+import { freeDiskBytes, isDiskFull } from '@shoal/pieces';
 
-/** Error codes that mean "no room to write". */
-const DISK_FULL_CODES = new Set(['ENOSPC', 'EDQUOT']);
+export { isDiskFull };
 
 /** Free space of the filesystem holding `dir`, in bytes (for tests: a stand-in). */
 export type FreeBytes = (dir: string) => Promise<number>;
@@ -47,7 +46,7 @@ export class DiskHeadroom {
     this.#cooldownMs = options.cooldownMs ?? 60_000;
     this.#statIntervalMs = options.statIntervalMs ?? 1000;
     this.#now = options.now ?? Date.now;
-    this.#freeBytes = options.freeBytes ?? statFreeBytes;
+    this.#freeBytes = options.freeBytes ?? freeDiskBytes;
   }
 
   /**
@@ -88,22 +87,4 @@ export class DiskHeadroom {
     this.#fullUntil = this.#now() + this.#cooldownMs;
     return true;
   }
-}
-
-/** Whether `error`, or an error in its chain of causes, says the disk is full. */
-export function isDiskFull(error: unknown): boolean {
-  for (let e = error, depth = 0; e instanceof Error && depth < 8; depth++) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== undefined && DISK_FULL_CODES.has(code)) {
-      return true;
-    }
-    e = e.cause;
-  }
-  return false;
-}
-
-async function statFreeBytes(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  // bavail: blocks available to an unprivileged writer, which is what a cache should count on.
-  return s.bavail * s.bsize;
 }

@@ -22,6 +22,7 @@ import {
   type PeerInfo,
   type PieceHashes,
   type PieceRanges,
+  type SeedFailed,
 } from '@shoal/proto';
 import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
@@ -234,12 +235,14 @@ export class SwarmClient {
   /**
    * Delivers a blob's piece hashes to `onBatch` until every piece's hash has come or
    * `signal` aborts: the stored batches by direct get, new ones live while the seed still
-   * hashes (cut-through), no consumer per download (see `hash-reader.ts`).
+   * hashes (cut-through), no consumer per download (see `hash-reader.ts`). A seed server that
+   * gives the blob up says so on the same subject: `onSeedFailed`.
    */
   followHashes(
     blob: string,
     signal: AbortSignal,
     onBatch: (batch: PieceHashes) => void,
+    onSeedFailed?: (notice: SeedFailed) => void,
   ): Promise<void> {
     return readPieceHashes(
       {
@@ -253,6 +256,7 @@ export class SwarmClient {
       blob,
       signal,
       onBatch,
+      onSeedFailed,
     );
   }
 

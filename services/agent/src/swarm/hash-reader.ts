@@ -25,8 +25,10 @@ import {
   pieceCount,
   pieceHashes,
   pieceHashesSubject,
+  seedFailed,
   STREAMS,
   type PieceHashes,
+  type SeedFailed,
 } from '@shoal/proto';
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
 
@@ -97,15 +99,18 @@ class DirectUnavailable extends Error {
 /**
  * Calls `onBatch` with each valid batch of `blob`'s piece hashes until every piece's hash has
  * been delivered or `signal` aborts. A batch may come twice (stored and live); `onBatch` must
- * take a repeat as a no-op. Resolves when done; rejects when neither path can read the hashes.
+ * take a repeat as a no-op. A seed server's `seed-failed` notice on the subject goes to
+ * `onSeedFailed` (the reading goes on: a later run publishes hashes again). Resolves when
+ * done; rejects when neither path can read the hashes.
  */
 export async function readPieceHashes(
   deps: HashReaderDeps,
   blob: string,
   signal: AbortSignal,
   onBatch: (batch: PieceHashes) => void,
+  onSeedFailed: (notice: SeedFailed) => void = () => undefined,
 ): Promise<void> {
-  const reader = new HashReader(deps, blob, signal, onBatch);
+  const reader = new HashReader(deps, blob, signal, onBatch, onSeedFailed);
   try {
     await reader.direct();
   } catch (error) {
@@ -126,6 +131,7 @@ class HashReader {
   readonly #subject: string;
   readonly #signal: AbortSignal;
   readonly #onBatch: (batch: PieceHashes) => void;
+  readonly #onSeedFailed: (notice: SeedFailed) => void;
   /** Pieces whose hash was delivered. */
   readonly #known = new Set<number>();
   /** Pieces of the blob, once a batch said its size. */
@@ -145,12 +151,14 @@ class HashReader {
     blob: string,
     signal: AbortSignal,
     onBatch: (batch: PieceHashes) => void,
+    onSeedFailed: (notice: SeedFailed) => void,
   ) {
     this.#deps = deps;
     this.#blob = blob;
     this.#subject = pieceHashesSubject(blob);
     this.#signal = signal;
     this.#onBatch = onBatch;
+    this.#onSeedFailed = onSeedFailed;
   }
 
   #isDone(): boolean {
@@ -271,6 +279,19 @@ class HashReader {
   #deliver(data: Uint8Array, path: HashPath): void {
     const { metrics, logger } = this.#deps;
     const decoded = decodeMessage(pieceHashes, data);
+    if (!decoded.ok) {
+      const failed = decodeMessage(seedFailed, data);
+      if (failed.ok && failed.value.blob === this.#blob) {
+        metrics.eventsReceived.inc({ type: 'seed-failed' });
+        this.#span?.addEvent('seed failed', {
+          'shoal.seed': failed.value.seed,
+          'shoal.reason': failed.value.reason,
+          'shoal.path': path,
+        });
+        this.#onSeedFailed(failed.value);
+        return;
+      }
+    }
     if (!decoded.ok || decoded.value.blob !== this.#blob) {
       metrics.eventsRejected.inc({ type: 'piece-hashes' });
       if (!decoded.ok) {

@@ -29,6 +29,7 @@ import {
   type Handout,
   type PeerInfo,
   type PieceHashes,
+  type SeedFailed,
 } from '@shoal/proto';
 import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
@@ -140,6 +141,8 @@ export class SwarmFetch {
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
   #lastProgress = Date.now();
+  /** The seed server that gave the blob up (its `seed-failed` notice), if one did. */
+  #seedFailed: string | undefined;
   /** The latest hand-out token's request headers, presented with every piece request. */
   #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
@@ -208,17 +211,24 @@ export class SwarmFetch {
     signal.addEventListener('abort', onAbort, { once: true });
     const offHandouts = client.onHandout(this.#blob, (h) => this.#onHandout(h));
     const hashes = client
-      .followHashes(this.#blob, stop.signal, (batch) => this.#onHashes(batch))
+      .followHashes(
+        this.#blob,
+        stop.signal,
+        (batch) => this.#onHashes(batch),
+        (notice) => this.#onSeedFailed(notice),
+      )
       .catch((error: unknown) =>
         logger.warn({ err: error, blob: this.#blob }, 'piece hashes unavailable'),
       );
     try {
-      const complete = await this.#fromSwarm(stop.signal);
-      if (!complete && !signal.aborted) {
-        metrics.swarmFallbacks.inc();
+      const end = await this.#fromSwarm(stop.signal);
+      if (end !== 'complete' && !signal.aborted) {
+        metrics.swarmFallbacks.inc({ reason: end });
         logger.info(
           { blob: this.#blob, held: this.#picker.held.size, of: this.#picker.count },
-          'swarm stalled; reading the rest from the origin',
+          end === 'stall'
+            ? 'swarm stalled; reading the rest from the origin'
+            : 'the seed server gave the blob up and no peer holds the rest; reading it from the origin',
         );
         await this.#abortAll();
         await this.#fromOrigin(signal);
@@ -250,15 +260,18 @@ export class SwarmFetch {
     }
   }
 
-  /** Fetches pieces from peers until all are held (true) or the swarm stalls (false). */
-  async #fromSwarm(signal: AbortSignal): Promise<boolean> {
+  /**
+   * Fetches pieces from peers until all are held, the swarm stalls, or the seed server gave
+   * the blob up and no peer holds a missing piece.
+   */
+  async #fromSwarm(signal: AbortSignal): Promise<'complete' | 'stall' | 'seed-failed' | 'aborted'> {
     const { client, settings } = this.#deps;
     let lastWant = 0;
     let earlyWants = 0;
     this.#lastProgress = Date.now();
     while (!signal.aborted) {
       if (this.#picker.done) {
-        return true;
+        return 'complete';
       }
       if (this.download.state === 'failed') {
         // A write failed (a full disk): no source can help.
@@ -266,7 +279,7 @@ export class SwarmFetch {
       }
       const now = Date.now();
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
-        return false;
+        return 'stall';
       }
       // Asked at a fixed interval for the whole download: the tracker's view of who holds
       // what keeps changing, and one message a second per blob does not grow with the swarm.
@@ -291,6 +304,14 @@ export class SwarmFetch {
       for (const picked of this.#picker.next()) {
         this.#request(picked, signal);
       }
+      if (
+        this.#seedFailed !== undefined &&
+        this.#inFlight.size === 0 &&
+        !this.#picker.holdsMissing()
+      ) {
+        // Nobody will bring the missing pieces: waiting out the stall timeout gains nothing.
+        return 'seed-failed';
+      }
       const wait =
         early && earlyWants < EARLY_WANTS
           ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
@@ -303,7 +324,7 @@ export class SwarmFetch {
         };
       });
     }
-    return false;
+    return 'aborted';
   }
 
   /** Runs a request the picker started, and hands its outcome back to the picker. */
@@ -514,6 +535,20 @@ export class SwarmFetch {
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
     this.#lastProgress = Date.now();
+    this.#wake?.();
+  }
+
+  /** The seed server gave the blob up: it is asked for nothing more, and the loop looks again. */
+  #onSeedFailed(notice: SeedFailed): void {
+    if (this.#seedFailed !== undefined) {
+      return;
+    }
+    this.#seedFailed = notice.seed;
+    this.#picker.drop(notice.seed);
+    this.#deps.logger.info(
+      { blob: this.#blob, seed: notice.seed, reason: notice.reason },
+      'the seed server gave the blob up',
+    );
     this.#wake?.();
   }
 

@@ -13,7 +13,11 @@
  *
  * The local copies live under a quota (`SeedCache`): past it the least recently used blobs
  * the gateway keeps are evicted, never one being served or seeded; a later request for one
- * brings it back from the gateway.
+ * brings it back from the gateway. The disk itself is looked at too (statfs): before an
+ * ingest, and once more if a write fails with ENOSPC, idle blobs are evicted until the blob
+ * fits with `cacheMinFreeBytes` to spare. When it cannot fit, the seed fails at once and says
+ * so on the blob's hash subject (`seed-failed`), so that agents read from the origin (or
+ * their peers) now rather than after their stall timeout.
  */
 import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -22,12 +26,17 @@ import { join } from 'node:path';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { BlobStore } from '@shoal/blobstore';
+import { freeDiskBytes, isDiskFull } from '@shoal/pieces';
 import {
+  decodeMessage,
+  encodeMessage,
   parseDigest,
   pieceHashesSubject,
+  seedFailed,
   STREAMS,
   type Digest,
   type PeerInfo,
+  type SeedFailureReason,
   type SeedRequest,
 } from '@shoal/proto';
 import type { BlobReader, UpstreamRegistry } from '@shoal/registry';
@@ -47,7 +56,7 @@ export const PIECES_META = 'pieces';
 export type SeedOutcome = 'seeded' | 'held' | 'busy' | 'failed';
 
 export class SeedError extends ShoalError<
-  'ORIGIN_ANSWER' | 'NO_SIZE' | 'DIGEST_MISMATCH' | 'SIZE_MISMATCH' | 'UNKNOWN_REGISTRY'
+  'ORIGIN_ANSWER' | 'NO_SIZE' | 'DIGEST_MISMATCH' | 'SIZE_MISMATCH' | 'UNKNOWN_REGISTRY' | 'NO_ROOM'
 > {
   override readonly name = 'SeedError';
 }
@@ -64,6 +73,11 @@ export interface SeederDeps {
   readonly cacheDir: string;
   /** The local cache's quota in bytes; past it least recently used blobs are evicted. */
   readonly cacheMaxBytes: number;
+  /**
+   * Free space kept on the cache's disk, in bytes: a blob is seeded only if it fits with this
+   * much to spare, once idle blobs are evicted (0: only what the blob itself needs).
+   */
+  readonly cacheMinFreeBytes: number;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -74,6 +88,8 @@ export class Seeder {
   /** Evictions run one at a time. */
   #evicting: Promise<void> = Promise.resolve();
   #overQuotaLogged = false;
+  /** Bytes of ingests that passed the disk check and are not in the cache yet. */
+  #reserved = 0;
   readonly #running = new Map<string, Promise<SeedOutcome>>();
   /** Why the last failed run of a blob failed, for preheat reports. */
   readonly #failures = new Map<string, string>();
@@ -191,6 +207,8 @@ export class Seeder {
     }, HEARTBEAT_INTERVAL_MS);
     metrics.inFlight.inc();
     let source: 'store' | 'origin' = 'origin';
+    /** Verified and committed: from then on a failure leaves the blob held and served. */
+    let committed = false;
     try {
       // One span for reading the blob in (origin or object gateway), cut into pieces and verified.
       const opened = await withSpan(
@@ -204,14 +222,24 @@ export class Seeder {
         },
       );
       source = opened.source;
+      committed = true;
       await this.#announceAndStore(opened, signal);
       metrics.seeds.inc({ source, outcome: 'seeded' });
       this.#failures.delete(request.blob);
       return 'seeded';
     } catch (error) {
-      metrics.seeds.inc({ source, outcome: 'failed' });
+      const reason = failureReason(error);
+      metrics.seeds.inc({ source, outcome: 'failed', reason });
       this.#failures.set(request.blob, errorText(error));
-      logger.warn({ blob: request.blob, registry: request.registry, err: error }, 'seeding failed');
+      logger.warn(
+        { blob: request.blob, registry: request.registry, reason, err: error },
+        reason === 'disk-full' ? 'seeding failed: no room on the cache disk' : 'seeding failed',
+      );
+      // Agents waiting on this seed hear of it now. Not when shutting down (the request goes
+      // back to the queue for another run) nor after the commit (the blob is served).
+      if (!committed && !signal.aborted) {
+        await this.#tellFailed(request.blob, reason);
+      }
       return 'failed';
     } finally {
       clearInterval(timer);
@@ -315,8 +343,22 @@ export class Seeder {
     const { chunks, lent, size, source } = bytes;
     const key = digest.toString();
     await this.#makeRoom(size);
-    const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
-    const blob = await SeedBlob.create(digest, size, temp);
+    try {
+      await this.#makeDiskRoom(size);
+    } catch (error) {
+      // Not a byte read: the origin's answer is left unread.
+      bytes.cancel();
+      throw error;
+    }
+    this.#reserved += size;
+    let blob: SeedBlob;
+    try {
+      const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
+      blob = await SeedBlob.create(digest, size, temp);
+    } finally {
+      // In the cache from here on, where its bytes still to come count as pending.
+      this.#reserved -= size;
+    }
     blob.stored = source === 'store' ? true : undefined;
     this.#cache.add(blob);
     this.#reportCache();
@@ -327,7 +369,27 @@ export class Seeder {
         ? new GatewayTee(store, key, size, signal)
         : undefined;
     const ingested = metrics.ingestedBytes.labels({ source });
+    /**
+     * A write that failed for want of disk room: once per ingest, room is made (idle blobs
+     * evicted) and `redo` writes again what failed; a second failure ends the seed.
+     */
+    let retried = false;
+    const onDiskFull = async <T>(error: unknown, redo: () => Promise<T>): Promise<T> => {
+      if (retried || !isDiskFull(error)) {
+        throw error;
+      }
+      retried = true;
+      this.#deps.logger.warn(
+        { blob: key, received: cutter.received, size },
+        'the cache disk filled during a seed: evicting idle blobs and writing again',
+      );
+      // The blob is in the cache, incomplete: what it still needs counts as pending.
+      await this.#makeDiskRoom(0);
+      return redo();
+    };
     try {
+      // A notice of an earlier failed run must not outlive this one's first hashes.
+      await this.#clearFailure(key);
       for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
@@ -336,10 +398,11 @@ export class Seeder {
         if (cutter.received === 0) {
           markSpan('first bytes in');
         }
-        await cutter.push(chunk);
+        // A failed push keeps the chunk (hashed, held): flushing writes it again.
+        await cutter.push(chunk).catch((error: unknown) => onDiskFull(error, () => cutter.flush()));
         if (lent) {
           // The block is the reader's again at the next turn: on disk before then.
-          await cutter.flush();
+          await cutter.flush().catch((error: unknown) => onDiskFull(error, () => cutter.flush()));
         }
         ingested.inc(chunk.length);
         if (blob.ready !== ready) {
@@ -350,7 +413,9 @@ export class Seeder {
         // The gateway holds on to what it is given: a lent block goes as a copy.
         await tee?.push(lent ? Buffer.from(chunk) : chunk);
       }
-      const actual = await cutter.finish();
+      const actual = await cutter
+        .finish()
+        .catch((error: unknown) => onDiskFull(error, () => cutter.finish()));
       if (cutter.received !== size) {
         throw new SeedError('SIZE_MISMATCH', 502, `${key}: ${cutter.received} of ${size} bytes`);
       }
@@ -364,7 +429,9 @@ export class Seeder {
       // Verified: the gateway may complete its copy, and the local one is committed.
       tee?.end();
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
-      await blob.commit(finalPath);
+      await blob
+        .commit(finalPath)
+        .catch((error: unknown) => onDiskFull(error, () => blob.commit(finalPath)));
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
@@ -396,6 +463,111 @@ export class Seeder {
         { err: error, blob },
         "could not remove the failed run's piece hashes",
       );
+    }
+  }
+
+  /**
+   * Tells the agents following the blob's hash subject that this seed gave it up, so they
+   * stop waiting on it. A failure here is logged: they wait out their stall timeout instead.
+   */
+  async #tellFailed(blob: string, reason: SeedFailureReason): Promise<void> {
+    const { js, self, logger } = this.#deps;
+    try {
+      // No message id: the notice of every failed run counts, however close together.
+      await js.publish(
+        pieceHashesSubject(blob),
+        encodeMessage(seedFailed, { type: 'seed-failed', blob, seed: self.id, reason }),
+      );
+    } catch (error) {
+      logger.warn({ err: error, blob }, 'could not tell the swarm that seeding failed');
+    }
+  }
+
+  /**
+   * Removes an earlier run's `seed-failed` notice (the only message a failed run leaves on
+   * the hash subject), so that agents joining during this run do not give up on it.
+   */
+  async #clearFailure(blob: string): Promise<void> {
+    let last;
+    try {
+      last = await this.#deps.jsm.streams.getMessage(STREAMS.pieces.name, {
+        last_by_subj: pieceHashesSubject(blob),
+      });
+    } catch {
+      // Nothing stored for the blob (or NATS trouble, which the first announcement meets).
+      return;
+    }
+    if (last !== null && decodeMessage(seedFailed, last.data).ok) {
+      await this.#forgetHashes(blob);
+    }
+  }
+
+  /**
+   * Makes room on the cache's disk for `incoming` more bytes, besides what the ingests under
+   * way still have to write, with `cacheMinFreeBytes` to spare: least recently used idle blobs
+   * the gateway keeps are evicted (only files that are their data's last link: one the
+   * filesystem gateway shares frees nothing). Throws `NO_ROOM`, evicting nothing, when even
+   * all of them would not do. A free-space reading that fails lets the ingest try.
+   */
+  #makeDiskRoom(incoming: number): Promise<void> {
+    const run = this.#evicting.then(() => this.#evictForDisk(incoming));
+    this.#evicting = run.catch(() => undefined);
+    return run;
+  }
+
+  async #evictForDisk(incoming: number): Promise<void> {
+    const { cacheDir, cacheMinFreeBytes, metrics } = this.#deps;
+    const free = (): Promise<number | undefined> => freeDiskBytes(cacheDir).catch(() => undefined);
+    let pending = this.#reserved;
+    for (const blob of this.#cache.oldestFirst()) {
+      if (!blob.complete) {
+        pending += Math.max(0, blob.size - blob.ready * blob.pieceSize);
+      }
+    }
+    const needed = incoming + pending + cacheMinFreeBytes;
+    let available = await free();
+    if (available === undefined || available >= needed) {
+      return;
+    }
+    const candidates: SeedBlob[] = [];
+    let reclaimable = 0;
+    for (const blob of this.#cache.oldestFirst()) {
+      const links = this.#evictable(blob)
+        ? await stat(blob.path).then(
+            (s) => s.nlink,
+            () => 0,
+          )
+        : 0;
+      if (links === 1) {
+        candidates.push(blob);
+        reclaimable += blob.size;
+      }
+    }
+    const noRoom = (): SeedError => {
+      metrics.noRoom.inc();
+      return new SeedError(
+        'NO_ROOM',
+        507,
+        `no room on the cache disk: ${needed} bytes needed (${incoming} for the blob, ${pending} for seeds under way, ${cacheMinFreeBytes} kept free), ${available ?? 0} free and ${reclaimable} in idle blobs`,
+      );
+    };
+    if (available + reclaimable < needed) {
+      throw noRoom();
+    }
+    for (const blob of candidates) {
+      if (available >= needed) {
+        return;
+      }
+      if (await this.#evictIfStored(blob)) {
+        const now = await free();
+        if (now === undefined) {
+          return;
+        }
+        available = now;
+      }
+    }
+    if (available < needed) {
+      throw noRoom();
     }
   }
 
@@ -485,37 +657,12 @@ export class Seeder {
 
   async #evictFor(incoming: number): Promise<void> {
     const cache = this.#cache;
-    const { store, logger, metrics } = this.#deps;
+    const { logger } = this.#deps;
     for (const blob of cache.oldestFirst()) {
       if (cache.bytes + incoming <= cache.maxBytes) {
         break;
       }
-      if (!this.#evictable(blob)) {
-        continue;
-      }
-      const key = blob.digest.toString();
-      if (blob.stored !== true) {
-        // Only what the gateway keeps is dropped, so that it can be brought back from there.
-        // Unknown (undefined) while the gateway does not answer: asked again next time.
-        blob.stored = await store.stat(key).then(
-          (stored) => stored?.size === blob.size,
-          () => undefined,
-        );
-        if (blob.stored !== true || !this.#evictable(blob)) {
-          continue;
-        }
-      }
-      // Synchronously after the check: no request can take the blob in between.
-      cache.delete(blob);
-      this.#reportCache();
-      metrics.evictedBytes.inc(blob.size);
-      logger.info({ blob: key, size: blob.size }, 'evicted from the local cache');
-      await new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob)
-        .withdraw()
-        .catch((error: unknown) => {
-          logger.warn({ blob: key, err: error }, 'could not withdraw an evicted blob');
-        });
-      await blob.remove();
+      await this.#evictIfStored(blob);
     }
     const over = cache.bytes + incoming > cache.maxBytes;
     if (over && !this.#overQuotaLogged) {
@@ -525,6 +672,40 @@ export class Seeder {
       );
     }
     this.#overQuotaLogged = over;
+  }
+
+  /**
+   * Evicts the blob if it is idle and the gateway keeps it (only that is dropped, so that it
+   * can be brought back from there); true when it went.
+   */
+  async #evictIfStored(blob: SeedBlob): Promise<boolean> {
+    const { store, logger, metrics } = this.#deps;
+    if (!this.#evictable(blob)) {
+      return false;
+    }
+    const key = blob.digest.toString();
+    if (blob.stored !== true) {
+      // Unknown (undefined) while the gateway does not answer: asked again next time.
+      blob.stored = await store.stat(key).then(
+        (stored) => stored?.size === blob.size,
+        () => undefined,
+      );
+      if (blob.stored !== true || !this.#evictable(blob)) {
+        return false;
+      }
+    }
+    // Synchronously after the check: no request can take the blob in between.
+    this.#cache.delete(blob);
+    this.#reportCache();
+    metrics.evictedBytes.inc(blob.size);
+    logger.info({ blob: key, size: blob.size }, 'evicted from the local cache');
+    await new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob)
+      .withdraw()
+      .catch((error: unknown) => {
+        logger.warn({ blob: key, err: error }, 'could not withdraw an evicted blob');
+      });
+    await blob.remove();
+    return true;
   }
 
   /** A blob may be evicted: complete, held, and neither served nor seeded now. */
@@ -577,6 +758,19 @@ interface BlobBytes {
   cancel(): void;
   readonly size: number;
   readonly source: 'store' | 'origin';
+}
+
+/** Why a seed run failed, for the metric and the agents' notice. */
+function failureReason(error: unknown): SeedFailureReason {
+  if (isDiskFull(error) || (error instanceof SeedError && error.code === 'NO_ROOM')) {
+    return 'disk-full';
+  }
+  if (error instanceof SeedError) {
+    return error.code === 'DIGEST_MISMATCH' || error.code === 'SIZE_MISMATCH'
+      ? 'verification'
+      : 'origin';
+  }
+  return 'other';
 }
 
 /** An error's message, for a report to the operator. */
