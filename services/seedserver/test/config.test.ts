@@ -17,7 +17,7 @@ describe('seed server configuration', () => {
     // One copy of a piece at a time, counted while sent (20 s at most) and 2 s after.
     assert.equal(config.SHOAL_SEED_PIECE_FANOUT, 1);
     assert.equal(config.SHOAL_SEED_FANOUT_HOLD_MS, 20_000);
-    assert.equal(config.SHOAL_SEED_FANOUT_WINDOW_MS, 2_000);
+    assert.equal(config.SHOAL_SEED_FANOUT_WINDOW_MS, 5_000);
   });
 
   it('reads the cache quota and the upload settings', () => {
