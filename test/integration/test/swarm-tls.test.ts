@@ -17,6 +17,7 @@ import {
   makeTestCa,
   signTestToken,
   startAgent,
+  waitFor,
   type IssuedCert,
   type TestCa,
 } from '@shoal/testkit';
@@ -180,7 +181,17 @@ describe('six agents pull through a swarm with TLS on NATS and on pieces', () =>
       };
       const noToken = await getText(url, memberTls);
       assert.equal(noToken.status, 401, `${where}: a member's certificate without a token`);
-      const served = await getText(url, { ...memberTls, headers });
+      // The seed server may ration a piece it sent during the pull a moment ago (429, come back
+      // after `retry-after`): a member comes back, as agents do.
+      let served = await getText(url, { ...memberTls, headers });
+      await waitFor(
+        `${where}: a member with a token is served`,
+        async () => {
+          served = await getText(url, { ...memberTls, headers });
+          return served.status !== 429;
+        },
+        { timeoutMs: 10_000, intervalMs: 500 },
+      );
       assert.equal(served.status, 200, `${where}: a member with a token`);
       assert.equal(served.bytes.length, length);
       // Probes and metrics answer without a client certificate.
