@@ -165,6 +165,27 @@ describe('PiecePicker', () => {
     );
   });
 
+  it('asks the only source there is for more pieces at once, and goes back to a few per source when another appears', () => {
+    const { picker: p } = picker(16, { concurrency: 8, perSoleSource: 6 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const alone = p.next();
+    assert.equal(alone.length, 6, 'the seed alone: up to perSoleSource');
+    assert.ok(alone.every((r) => r.source === 'seed'));
+    for (const request of alone) {
+      p.markHave(request.index);
+      p.settle(request, 'ok');
+    }
+    // A peer joins: the seed is kept to perSeed again, the peer takes perSource.
+    p.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
+    const shared = p.next();
+    assert.equal(shared.filter((r) => r.source === 'seed').length, 2);
+    assert.equal(shared.filter((r) => r.source === 'peer').length, 4);
+    // Without the setting a sole source gets perSource.
+    const { picker: plain } = picker(16, { concurrency: 8 });
+    plain.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
+    assert.equal(plain.next().length, 4);
+  });
+
   it('asks a second source for a late piece at the tail, and cancels nothing itself', () => {
     const { picker: p, clock } = picker(2);
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });

@@ -406,9 +406,9 @@ export class Seeder {
         }
         ingested.inc(chunk.length);
         if (blob.ready !== ready) {
-          // Pieces on disk: announced at once or after a short pause (cut-through: agents
-          // fetch them while the rest streams in).
-          announcer.progress();
+          // Pieces on disk: their hashes go out at once (cut-through: agents fetch them while
+          // the rest streams in). A failed publication is redone by the next one.
+          void announcer.progress().catch(() => undefined);
         }
         // The gateway holds on to what it is given: a lent block goes as a copy.
         await tee?.push(lent ? Buffer.from(chunk) : chunk);
