@@ -79,13 +79,15 @@ export interface PickerSettings {
   /** Requests in flight to a seed while other sources can serve. */
   readonly perSeed: number;
   /**
-   * Requests in flight to a source while it is the only one that may be asked (a cold pull
-   * from the seed server alone, a blob one peer holds). Each request is a round trip to that
-   * source, so a few at a time leave its link and this agent idle between them: on a cold
-   * 10 MiB pull from a seed still reading the origin, four 256 KiB requests in flight moved
-   * about 85 MB/s. Capped by `concurrency`; default `perSource`.
+   * Piece bytes in flight to a source while it is the only one that may be asked (a cold pull
+   * from the seed server alone, a blob one peer holds): as many requests as this holds, and
+   * never fewer than `perSource`. Each request is a round trip to that source, so a few small
+   * pieces at a time leave its link and this agent idle between them (on a cold 10 MiB pull
+   * from a seed still reading the origin, four 256 KiB requests in flight moved about
+   * 85 MB/s); large pieces keep `perSource`, whose in-order arrival feeds the client's stream.
+   * Capped by `concurrency`; default: `perSource` whatever the piece size.
    */
-  readonly perSoleSource?: number;
+  readonly soleSourceBytes?: number;
   /** Copies of one piece requested at once in the endgame. */
   readonly endgameCopies: number;
   /** A piece is late for the endgame past this many times the typical piece time... */
@@ -480,7 +482,7 @@ export class PiecePicker {
         source.advert.seed && othersServe
           ? settings.perSeed
           : sole
-            ? (settings.perSoleSource ?? settings.perSource)
+            ? this.#soleCap()
             : settings.perSource;
       if (source.inFlight >= cap || exclude.has(source.advert.id)) {
         continue;
@@ -494,6 +496,15 @@ export class PiecePicker {
       }
     }
     return best;
+  }
+
+  /** Requests in flight to a sole source: see `soleSourceBytes`. */
+  #soleCap(): number {
+    const { perSource, soleSourceBytes } = this.#settings;
+    if (soleSourceBytes === undefined || this.#pieceSize === 0) {
+      return perSource;
+    }
+    return Math.max(perSource, Math.floor(soleSourceBytes / this.#pieceSize));
   }
 
   #start(index: number, source: SourceState, first: boolean, now: number): PickedRequest {
