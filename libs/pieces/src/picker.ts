@@ -9,11 +9,11 @@
  * agents starting together take different pieces from the seed and then trade them.
  *
  * Each source takes a few requests at a time (a seed fewer while peers can serve, so its upload
- * goes to pieces nobody else has; the only source there is, more); at the tail, a piece whose request is late is asked of a
- * second source (endgame). A source that sent a bad piece is never asked again; one that failed
- * too often is skipped until a hand-out names it again; one whose upload slots were all taken
- * (429) is left alone for a moment, and a piece the seed rationed is asked of peers only for a
- * moment.
+ * goes to pieces nobody else has; the only source there is, more small pieces); at the tail, a
+ * piece whose request is late is asked of a second source (endgame). A source that sent a bad
+ * piece is never asked again; one that failed too often is skipped until a hand-out names it
+ * again; one whose upload slots were all taken (429) is left alone for a moment, and a piece
+ * the seed rationed is asked of peers only for a moment.
  */
 import { rangesInclude, type PieceRanges } from '@shoal/proto';
 
