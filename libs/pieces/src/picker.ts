@@ -9,11 +9,11 @@
  * agents starting together take different pieces from the seed and then trade them.
  *
  * Each source takes a few requests at a time (a seed fewer while peers can serve, so its upload
- * goes to pieces nobody else has); at the tail, a piece whose request is late is asked of a
- * second source (endgame). A source that sent a bad piece is never asked again; one that failed
- * too often is skipped until a hand-out names it again; one whose upload slots were all taken
- * (429) is left alone for a moment, and a piece the seed rationed is asked of peers only for a
- * moment.
+ * goes to pieces nobody else has; the only source there is, more small pieces); at the tail, a
+ * piece whose request is late is asked of a second source (endgame). A source that sent a bad
+ * piece is never asked again; one that failed too often is skipped until a hand-out names it
+ * again; one whose upload slots were all taken (429) is left alone for a moment, and a piece
+ * the seed rationed is asked of peers only for a moment.
  */
 import { rangesInclude, type PieceRanges } from '@shoal/proto';
 
@@ -78,6 +78,16 @@ export interface PickerSettings {
   readonly perSource: number;
   /** Requests in flight to a seed while other sources can serve. */
   readonly perSeed: number;
+  /**
+   * Piece bytes in flight to a source while it is the only one that may be asked (a cold pull
+   * from the seed server alone, a blob one peer holds): as many requests as this holds, and
+   * never fewer than `perSource`. Each request is a round trip to that source, so a few small
+   * pieces at a time leave its link and this agent idle between them (on a cold 10 MiB pull
+   * from a seed still reading the origin, four 256 KiB requests in flight moved about
+   * 85 MB/s); large pieces keep `perSource`, whose in-order arrival feeds the client's stream.
+   * Capped by `concurrency`; default: `perSource` whatever the piece size.
+   */
+  readonly soleSourceBytes?: number;
   /** Copies of one piece requested at once in the endgame. */
   readonly endgameCopies: number;
   /** A piece is late for the endgame past this many times the typical piece time... */
@@ -357,6 +367,7 @@ export class PiecePicker {
     // While other sources can serve, the seed's upload is kept for pieces nobody else has
     // yet: a few requests per agent, the rest go to peers as the pieces spread.
     const othersServe = usable.some((s) => !s.advert.seed);
+    const sole = usable.length === 1;
     for (const candidate of candidates) {
       if (this.#active >= settings.concurrency) {
         return started;
@@ -366,6 +377,7 @@ export class PiecePicker {
         deferred ? candidate.sources.filter((s) => !s.advert.seed) : candidate.sources,
         new Set(),
         othersServe,
+        sole,
       );
       if (source !== undefined) {
         started.push(this.#start(candidate.index, source, true, now));
@@ -392,7 +404,7 @@ export class PiecePicker {
           continue;
         }
         const busy = new Set([...requests].map((r) => r.source));
-        const source = this.#pick(holders(index), busy, othersServe);
+        const source = this.#pick(holders(index), busy, othersServe, sole);
         if (source !== undefined) {
           started.push(this.#start(index, source, false, now));
         }
@@ -453,16 +465,25 @@ export class PiecePicker {
     );
   }
 
-  /** The least busy holder not in `exclude`, peers before seeds. */
+  /**
+   * The least busy holder not in `exclude`, peers before seeds. `sole`: the holders are the
+   * only source that may be asked.
+   */
   #pick(
     holders: readonly SourceState[],
     exclude: ReadonlySet<string>,
     othersServe: boolean,
+    sole: boolean,
   ): SourceState | undefined {
+    const settings = this.#settings;
     let best: SourceState | undefined;
     for (const source of holders) {
       const cap =
-        source.advert.seed && othersServe ? this.#settings.perSeed : this.#settings.perSource;
+        source.advert.seed && othersServe
+          ? settings.perSeed
+          : sole
+            ? this.#soleCap()
+            : settings.perSource;
       if (source.inFlight >= cap || exclude.has(source.advert.id)) {
         continue;
       }
@@ -475,6 +496,15 @@ export class PiecePicker {
       }
     }
     return best;
+  }
+
+  /** Requests in flight to a sole source: see `soleSourceBytes`. */
+  #soleCap(): number {
+    const { perSource, soleSourceBytes } = this.#settings;
+    if (soleSourceBytes === undefined || this.#pieceSize === 0) {
+      return perSource;
+    }
+    return Math.max(perSource, Math.floor(soleSourceBytes / this.#pieceSize));
   }
 
   #start(index: number, source: SourceState, first: boolean, now: number): PickedRequest {

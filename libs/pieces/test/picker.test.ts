@@ -165,6 +165,32 @@ describe('PiecePicker', () => {
     );
   });
 
+  it('asks the only source there is for more small pieces at once, and goes back to a few per source when another appears', () => {
+    // 1 MiB pieces, 6 MiB to a sole source.
+    const { picker: p } = picker(16, { concurrency: 8, soleSourceBytes: 6 * MiB });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const alone = p.next();
+    assert.equal(alone.length, 6, 'the seed alone: as many pieces as soleSourceBytes holds');
+    assert.ok(alone.every((r) => r.source === 'seed'));
+    for (const request of alone) {
+      p.markHave(request.index);
+      p.settle(request, 'ok');
+    }
+    // A peer joins: the seed is kept to perSeed again, the peer takes perSource.
+    p.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
+    const shared = p.next();
+    assert.equal(shared.filter((r) => r.source === 'seed').length, 2);
+    assert.equal(shared.filter((r) => r.source === 'peer').length, 4);
+    // Pieces larger than that share: never fewer than perSource.
+    const { picker: large } = picker(16, { concurrency: 8, soleSourceBytes: 2 * MiB });
+    large.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    assert.equal(large.next().length, 4);
+    // Without the setting a sole source gets perSource.
+    const { picker: plain } = picker(16, { concurrency: 8 });
+    plain.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
+    assert.equal(plain.next().length, 4);
+  });
+
   it('asks a second source for a late piece at the tail, and cancels nothing itself', () => {
     const { picker: p, clock } = picker(2);
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });

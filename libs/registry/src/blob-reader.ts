@@ -47,6 +47,13 @@ export interface BlobReaderOptions {
   readonly blockBytes?: number;
   /** See `BLOB_HOLD_MS`. */
   readonly holdMs?: number;
+  /**
+   * Bytes after which a body's first block is handed over without waiting to fill (default:
+   * the whole block). The seed server cuts pieces of 256 KiB and more and announces each one as
+   * soon as it has it: on a cold pull every agent waits on the first piece, and a whole first
+   * block made them wait for a MiB to arrive.
+   */
+  readonly firstBlockBytes?: number;
 }
 
 /** A registry's final answer to a blob GET. */
@@ -138,15 +145,20 @@ export class BlobReader {
         ),
       );
     }, timeouts.headersMs);
-    const body = new LentBlocks(this.#blockBytes, this.#options.holdMs ?? BLOB_HOLD_MS, {
-      take: () => this.#idle.pop(),
-      give: (block) => {
-        if (this.#idle.length < MAX_IDLE_BLOCKS) {
-          this.#idle.push(block);
-        }
+    const body = new LentBlocks(
+      this.#blockBytes,
+      this.#options.holdMs ?? BLOB_HOLD_MS,
+      this.#options.firstBlockBytes ?? this.#blockBytes,
+      {
+        take: () => this.#idle.pop(),
+        give: (block) => {
+          if (this.#idle.length < MAX_IDLE_BLOCKS) {
+            this.#idle.push(block);
+          }
+        },
+        cancel: (reason) => stop.abort(reason),
       },
-      cancel: (reason) => stop.abort(reason),
-    });
+    );
     return new Promise<OpenedBlob>((resolve, reject) => {
       let head: Omit<OpenedBlob, 'blocks' | 'cancel'> | undefined;
       let dropped = 0;
@@ -228,6 +240,10 @@ interface BlockPool {
 class LentBlocks implements AsyncIterableIterator<Buffer> {
   readonly #blockBytes: number;
   readonly #holdMs: number;
+  /** Bytes after which the first block goes without filling. */
+  readonly #firstBytes: number;
+  /** Whether a block has been handed over yet. */
+  #started = false;
   readonly #pool: BlockPool;
   /** Every block this body took, to give back at the end. */
   readonly #owned: Buffer[] = [];
@@ -251,9 +267,10 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   #error: Error | undefined;
   #done = false;
 
-  constructor(blockBytes: number, holdMs: number, pool: BlockPool) {
+  constructor(blockBytes: number, holdMs: number, firstBytes: number, pool: BlockPool) {
     this.#blockBytes = blockBytes;
     this.#holdMs = holdMs;
+    this.#firstBytes = firstBytes;
     this.#pool = pool;
   }
 
@@ -280,7 +297,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
       const copied = bytes.copy(block, this.#filled, at);
       this.#filled += copied;
       at += copied;
-      if (this.#filled === block.length) {
+      if (this.#filled === block.length || (!this.#started && this.#filled >= this.#firstBytes)) {
         this.#handOver();
       }
     }
@@ -382,6 +399,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
       return;
     }
     this.#ready.push({ block, view: block.subarray(0, this.#filled) });
+    this.#started = true;
     this.#current = undefined;
     this.#filled = 0;
     this.#wake();

@@ -205,6 +205,26 @@ describe('BlobReader', () => {
     assert.equal(seen[1]?.authorization, undefined);
   });
 
+  it('hands over the first block once it holds firstBlockBytes, and whole blocks after it', async () => {
+    const first = 256 * 1024;
+    // No partial block for a slow moment of this machine: only the first goes early.
+    const opened = await openLayer(reader({ firstBlockBytes: first, holdMs: 60_000 }));
+    const lengths: number[] = [];
+    const hash = createHash('sha256');
+    for await (const block of opened.blocks) {
+      lengths.push(block.length);
+      hash.update(block);
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+    // A socket read adds at most 256 KiB: the first block goes with 256 to 512 KiB in it.
+    const [head, ...rest] = lengths;
+    assert.ok(head !== undefined && head >= first && head < 2 * first, `first block ${head}`);
+    assert.ok(
+      rest.slice(0, -1).every((length) => length === MiB),
+      `then whole blocks: ${rest.join(', ')}`,
+    );
+  });
+
   it('hands over what a slow origin has sent once the caller has waited the hold time', async () => {
     const bytes = await readFile(layer.path);
     const head = 100 * 1024;

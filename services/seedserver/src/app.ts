@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 
 import { createBlobStore } from '@shoal/blobstore';
-import { KV_BUCKETS, STREAMS, type PeerInfo } from '@shoal/proto';
+import { KV_BUCKETS, pieceSizeFor, STREAMS, type PeerInfo } from '@shoal/proto';
 import { BlobReader, loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
 import {
   ConfigError,
@@ -89,7 +89,8 @@ export async function buildApp(
   // the registry's token requests go through the upstream client.
   const origin = new BlobReader(
     new RegistryAuth(await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG), upstream),
-    { timeouts: originTimeouts, userAgent },
+    // The first block as soon as it holds the smallest piece (256 KiB): see `firstBlockBytes`.
+    { timeouts: originTimeouts, userAgent, firstBlockBytes: pieceSizeFor(0) },
   );
 
   // NATS: the streams and the lock bucket the seed server owns.

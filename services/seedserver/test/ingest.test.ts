@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { parseDigest, pieceBounds } from '@shoal/proto';
-import { makeTempDir } from '@shoal/testkit';
+import { makeTempDir, waitFor } from '@shoal/testkit';
 
 import { COALESCE_BYTES, PieceCutter } from '../src/seeding/ingest.js';
-import { SeedBlob } from '../src/seeding/seed-blob.js';
+import { IDLE_CLOSE_MS, SeedBlob } from '../src/seeding/seed-blob.js';
 import { SeedCache } from '../src/seeding/seed-cache.js';
 
 const KiB = 1024;
@@ -111,6 +111,47 @@ describe('PieceCutter', () => {
       const cutter = new PieceCutter(blob, digest.algorithm);
       await assert.rejects(cutter.push(Buffer.alloc(11)), RangeError);
       await blob.discard();
+    } finally {
+      await dir.remove();
+    }
+  });
+});
+
+describe('SeedBlob', () => {
+  it("keeps a complete blob's file open between piece requests, and closes it once idle a moment", async () => {
+    const dir = await makeTempDir('seed-blob');
+    try {
+      const bytes = randomBytes(MiB + 123);
+      const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+      const blob = await SeedBlob.create(digest, bytes.length, join(dir.path, 'blob'));
+      const cutter = new PieceCutter(blob, digest.algorithm);
+      await cutter.push(bytes);
+      assert.equal(await cutter.finish(), digest.toString());
+      await blob.commit(join(dir.path, 'committed'));
+      // Agents of a cold pull are fetching its pieces now: the file stays open.
+      assert.equal(blob.open, true, 'open right after the commit');
+      let idleSince = 0;
+      for (let i = 0; i < blob.count; i++) {
+        const { start, end } = pieceBounds(i, blob.size, blob.pieceSize);
+        assert.ok(blob.acquire());
+        assert.deepEqual(await blob.readPiece(i), bytes.subarray(start, end));
+        idleSince = performance.now();
+        blob.release();
+        // Between two requests: not closed, to be opened again by the next one.
+        assert.equal(blob.open, true, `open after piece ${i}`);
+      }
+      await waitFor('the idle file closed', () => Promise.resolve(!blob.open), {
+        timeoutMs: 30_000,
+        intervalMs: 20,
+      });
+      assert.ok(performance.now() - idleSince >= IDLE_CLOSE_MS - 50, 'not before the pause');
+      // The next request opens it again.
+      assert.ok(blob.acquire());
+      assert.deepEqual(await blob.readPiece(0), bytes.subarray(0, blob.pieceSize));
+      blob.release();
+      assert.equal(blob.open, true);
+      await blob.close();
+      assert.equal(blob.open, false);
     } finally {
       await dir.remove();
     }

@@ -48,6 +48,11 @@ import type { RateLimiter } from '@shoal/runtime';
 const PER_PEER_REQUESTS = 4;
 /** Requests in flight to a seed while other peers can serve: the seed's upload is for pieces nobody else has. */
 const PER_SEED_REQUESTS = 2;
+/**
+ * Piece bytes in flight to the only source there is (the seed server on a cold pull): eight
+ * 256 KiB pieces (blobs up to 64 MiB), four of the larger ones as to any source.
+ */
+const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
 /** Copies of one piece requested at once in the endgame. */
 const ENDGAME_COPIES = 2;
 /** A piece is late for the endgame past this many times the download's typical piece time. */
@@ -158,6 +163,7 @@ export class SwarmFetch {
         heldBytes: HELD_BYTES,
         perSource: PER_PEER_REQUESTS,
         perSeed: PER_SEED_REQUESTS,
+        soleSourceBytes: SOLE_SOURCE_BYTES,
         endgameCopies: ENDGAME_COPIES,
         endgameLateFactor: ENDGAME_LATE_FACTOR,
         endgameLateMinMs: ENDGAME_LATE_MIN_MS,

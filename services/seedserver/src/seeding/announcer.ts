@@ -3,11 +3,16 @@
  * then the seed's piece-have; the have always carries the full set, so a lost one costs
  * nothing.
  *
- * While a blob streams in, progress is announced as soon as pieces are on disk, paced so that
- * a fast origin does not turn into one message per piece: the first announcement goes at
- * once (every agent of a cold pull waits on it), the next ones at least 10, 20, 30 ... ms
- * apart, at most `ANNOUNCE_MAX_GAP_MS`. A small blob thus reaches the agents with its pieces,
- * and a large one costs about as many messages as a fixed 100 ms interval.
+ * While a blob streams in, the hashes of the pieces on disk are published at once, without a
+ * pause: agents following the blob's hash subject fetch a piece as soon as they hear of it,
+ * and every pause here was time the cut-through stream stood still (a 10 MiB blob reached the
+ * agent in three or four bursts, the last one at the end of the ingest). One publication is in
+ * flight at a time; pieces that land meanwhile go out together in the next one, so a fast
+ * origin costs one message per acknowledgement round trip, not one per piece. The have, which
+ * only the trackers read (agents extend a seed's prefix from the hashes they hear), is paced:
+ * the first at once (every agent of a cold pull waits on the seed becoming a holder), the next
+ * ones at least 10, 20, 30 ... ms apart, at most `ANNOUNCE_MAX_GAP_MS`, about as many messages
+ * as a fixed 100 ms interval for a large blob.
  *
  * Once the blob has verified, its incremental hash batches are replaced by one message per
  * `HASHES_PER_MESSAGE` pieces (the older ones purged), so an agent that reads a complete
@@ -29,9 +34,9 @@ import type { SeedBlob } from './seed-blob.js';
 
 /** Hashes per piece-hashes message: the schema's most (about 70 KiB of JSON). */
 export const HASHES_PER_MESSAGE = 1024;
-/** Step by which the pause between two announcements grows, in ms. */
+/** Step by which the pause between two piece-haves grows, in ms. */
 const ANNOUNCE_GAP_STEP_MS = 10;
-/** Longest pause between two announcements while pieces keep arriving, in ms. */
+/** Longest pause between two piece-haves while pieces keep arriving, in ms. */
 export const ANNOUNCE_MAX_GAP_MS = 100;
 
 export class Announcer {
@@ -44,7 +49,9 @@ export class Announcer {
   /** Hash messages this run published (consolidation is needed when more than the minimum). */
   #messages = 0;
   #chain: Promise<void> = Promise.resolve();
-  /** Announcements made while pacing, and when the last one started (performance.now()). */
+  /** The hash publication queued behind the one in flight, if any (see `progress`). */
+  #queued: Promise<void> | undefined;
+  /** Piece-haves sent while pacing, and when the last one started (performance.now()). */
   #paced = 0;
   #pacedAt = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -59,15 +66,33 @@ export class Announcer {
   /** Publishes what changed since the last call; calls are serialised. */
   flush(): Promise<void> {
     // A failed publish fails this call only; the next one starts afresh.
-    this.#chain = this.#chain.catch(() => undefined).then(() => this.#flush());
+    this.#chain = this.#chain.catch(() => undefined).then(() => this.#flush(true));
     return this.#chain;
   }
 
   /**
-   * New pieces are on disk: announces them now, or when the pause since the last paced
-   * announcement is over (one pending at a time). Failures are left to the next one.
+   * New pieces are on disk: publishes their hashes now, or right after the publication in
+   * flight (everything on disk by then goes in one message), and the have now or when its
+   * pause is over (one pending at a time). Resolves once the hashes of every piece on disk at
+   * the call are published (rejects when that publication failed; the next call redoes it).
    */
-  progress(): void {
+  progress(): Promise<void> {
+    this.#paceHave();
+    if (this.#queued === undefined) {
+      const queued = this.#chain
+        .catch(() => undefined)
+        .then(() => {
+          this.#queued = undefined;
+          return this.#flush(false);
+        });
+      this.#queued = queued;
+      this.#chain = queued;
+    }
+    return this.#queued;
+  }
+
+  /** Sends the have now, or arms its timer for the end of the pause. */
+  #paceHave(): void {
     if (this.#timer !== undefined) {
       return;
     }
@@ -86,7 +111,7 @@ export class Announcer {
     }
   }
 
-  /** Stops paced announcements (the blob is in, or failed); `flush` still works. */
+  /** Stops the paced haves (the blob is in, or failed); `flush` still works. */
   stopPacing(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
@@ -152,7 +177,8 @@ export class Announcer {
     );
   }
 
-  async #flush(): Promise<void> {
+  /** Publishes the hashes not published yet and, with `have`, the have when it changed. */
+  async #flush(have: boolean): Promise<void> {
     const blob = this.#blob;
     const digest = blob.digest.toString();
     const ready = blob.ready;
@@ -168,7 +194,8 @@ export class Announcer {
       );
     }
     const haveKey = blob.complete ? ready + 1 : ready;
-    if (haveKey !== this.#lastHave && ready > 0) {
+    const sendHave = have && haveKey !== this.#lastHave && ready > 0;
+    if (sendHave) {
       publishes.push(
         this.#js.publish(
           pieceHaveSubject(digest, this.#self.id),
@@ -185,7 +212,7 @@ export class Announcer {
     }
     await Promise.all(publishes);
     this.#published = Math.max(this.#published, ready);
-    this.#lastHave = ready > 0 ? haveKey : this.#lastHave;
+    this.#lastHave = sendHave ? haveKey : this.#lastHave;
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */

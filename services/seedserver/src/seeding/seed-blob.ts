@@ -7,9 +7,11 @@
  * 1 MiB, the whole-blob hash fed from the bytes in memory, crash-safe commit); the seed adds
  * the piece manifest beside it, and the bookkeeping of a cache with more blobs than files.
  *
- * A complete blob keeps its file open only while it is being read: the cache may hold far
- * more blobs than a process may hold files, so an idle one closes its file and opens it again
- * for the next piece request.
+ * A complete blob keeps its file open only while it is being read, and for `IDLE_CLOSE_MS`
+ * after: the cache may hold far more blobs than a process may hold files, so an idle one closes
+ * its file and opens it again for the next piece request. The pause keeps a blob that agents
+ * are fetching from being closed and opened again between two of their requests: right after
+ * a cold ingest every piece request of the tail paid an open and a close.
  */
 import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
@@ -21,6 +23,9 @@ import { pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto
  * write being gathered is held until it is written whatever the budget.
  */
 const INGEST_HELD_BYTES = 0;
+
+/** How long a complete blob nobody reads keeps its file open, in ms. */
+export const IDLE_CLOSE_MS = 1000;
 
 /** The piece layout and hashes of a blob, as kept beside it and in the object gateway. */
 export interface PieceManifest {
@@ -52,6 +57,8 @@ export class SeedBlob {
   #users = 0;
   /** Piece reads under way. */
   #reads = 0;
+  /** Closes the file of an idle complete blob once `IDLE_CLOSE_MS` have passed. */
+  #idleTimer: NodeJS.Timeout | undefined;
 
   private constructor(digest: Digest, size: number, path: string, handle: FileHandle | undefined) {
     this.digest = digest;
@@ -122,6 +129,7 @@ export class SeedBlob {
     if (this.#closed) {
       return false;
     }
+    this.#stopIdleTimer();
     this.#users += 1;
     return true;
   }
@@ -190,6 +198,7 @@ export class SeedBlob {
 
   /** The open file, opened again for reading when it was closed while idle. */
   #file(): Promise<FileHandle> {
+    this.#stopIdleTimer();
     if (this.#handle !== undefined) {
       return Promise.resolve(this.#handle);
     }
@@ -214,13 +223,31 @@ export class SeedBlob {
     return this.#opening;
   }
 
-  /** Closes the file of a complete blob nobody is reading. */
+  /** Closes the file of a complete blob nobody is reading, once it has stayed idle a moment. */
   #parkIfIdle(): void {
-    const handle = this.#handle;
-    if (handle !== undefined && this.#complete && this.#users === 0 && this.#reads === 0) {
-      this.#handle = undefined;
-      void handle.close().catch(() => undefined);
+    if (!this.#idle() || this.#idleTimer !== undefined) {
+      return;
     }
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      const handle = this.#handle;
+      if (handle !== undefined && this.#idle()) {
+        this.#handle = undefined;
+        void handle.close().catch(() => undefined);
+      }
+    }, IDLE_CLOSE_MS);
+    // An idle file never keeps the process alive.
+    this.#idleTimer.unref();
+  }
+
+  /** A complete blob with its file open and nobody using it. */
+  #idle(): boolean {
+    return this.#handle !== undefined && this.#complete && this.#users === 0 && this.#reads === 0;
+  }
+
+  #stopIdleTimer(): void {
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
   }
 
   /** Whether the blob's file is open now (for tests and metrics). */
@@ -244,6 +271,7 @@ export class SeedBlob {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      this.#stopIdleTimer();
       // Nothing written any more; the handle is closed below (it is the writer's).
       this.#writer?.dropHeld();
       this.#writer = undefined;

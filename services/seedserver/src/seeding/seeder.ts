@@ -209,6 +209,10 @@ export class Seeder {
     let source: 'store' | 'origin' = 'origin';
     /** Verified and committed: from then on a failure leaves the blob held and served. */
     let committed = false;
+    // A notice of an earlier failed run must not outlive this one's first hashes. Looked up
+    // while the origin answers (it was a NATS round trip before the first piece); it never
+    // rejects.
+    const cleared = this.#clearFailure(request.blob);
     try {
       // One span for reading the blob in (origin or object gateway), cut into pieces and verified.
       const opened = await withSpan(
@@ -217,7 +221,7 @@ export class Seeder {
         async (span) => {
           const bytes = await this.#open(request, digest, signal);
           span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
-          const ingested = await this.#ingest(digest, bytes, signal);
+          const ingested = await this.#ingest(digest, bytes, cleared, signal);
           return { ...ingested, source: bytes.source };
         },
       );
@@ -238,6 +242,8 @@ export class Seeder {
       // Agents waiting on this seed hear of it now. Not when shutting down (the request goes
       // back to the queue for another run) nor after the commit (the blob is served).
       if (!committed && !signal.aborted) {
+        // After the old notice is gone, never before: it would take this one with it.
+        await cleared;
         await this.#tellFailed(request.blob, reason);
       }
       return 'failed';
@@ -337,6 +343,7 @@ export class Seeder {
   async #ingest(
     digest: Digest,
     bytes: BlobBytes,
+    cleared: Promise<void>,
     signal: AbortSignal,
   ): Promise<{ blob: SeedBlob; announcer: Announcer; tee: GatewayTee | undefined }> {
     const { cacheDir, js, self, metrics, store } = this.#deps;
@@ -388,8 +395,7 @@ export class Seeder {
       return redo();
     };
     try {
-      // A notice of an earlier failed run must not outlive this one's first hashes.
-      await this.#clearFailure(key);
+      await cleared;
       for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
@@ -406,9 +412,9 @@ export class Seeder {
         }
         ingested.inc(chunk.length);
         if (blob.ready !== ready) {
-          // Pieces on disk: announced at once or after a short pause (cut-through: agents
-          // fetch them while the rest streams in).
-          announcer.progress();
+          // Pieces on disk: their hashes go out at once (cut-through: agents fetch them while
+          // the rest streams in). A failed publication is redone by the next one.
+          void announcer.progress().catch(() => undefined);
         }
         // The gateway holds on to what it is given: a lent block goes as a copy.
         await tee?.push(lent ? Buffer.from(chunk) : chunk);
