@@ -83,6 +83,13 @@ export async function buildApp(
         metrics.cacheEvictions.inc();
         onEvicted(digest);
       },
+      onCorrupt: (digest) => {
+        metrics.verificationFailures.inc({ kind: 'cached-manifest' });
+        logger.warn(
+          { digest: digest.toString() },
+          'a cached manifest no longer matches its digest: dropped, read from the registry again',
+        );
+      },
     },
   );
   await store.init();

@@ -251,6 +251,32 @@ describe('FsContentStore', () => {
       assert.deepEqual(small?.bytes, bytes);
       assert.equal(small.mediaType, undefined);
     });
+
+    it('drops a cached manifest changed on disk instead of serving it', async () => {
+      const corrupt: string[] = [];
+      const store = new FsContentStore(root, 10_000, {
+        onCorrupt: (digest) => corrupt.push(digest.toString()),
+      });
+      await store.init();
+      const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST_TYPE }));
+      const digest = digestOf(manifest);
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+      // A bit flipped on disk behind the agent's back (a bad sector, a stray write).
+      const path = join(root, 'blobs', digest.algorithm, digest.hex);
+      const changed = Buffer.from(manifest);
+      changed[changed.length - 2] = 0x20;
+      await writeFile(path, changed);
+
+      assert.equal(await store.getSmall(digest, 4 * 1024 * 1024), undefined);
+      assert.deepEqual(corrupt, [digest.toString()]);
+      assert.equal(store.has(digest), false);
+      assert.equal(store.totalBytes, 0);
+      await assert.rejects(stat(path), { code: 'ENOENT' });
+      await assert.rejects(stat(`${path}.type`), { code: 'ENOENT' });
+      // Stored again (read from the registry once more), it is served.
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+      assert.deepEqual((await store.getSmall(digest, 4 * 1024 * 1024))?.bytes, manifest);
+    });
   });
 
   describe('eviction', () => {

@@ -25,7 +25,14 @@ import {
 } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
+import {
+  digestOf,
+  parseDigest,
+  pieceBounds,
+  pieceCount,
+  pieceSizeFor,
+  type Digest,
+} from '@shoal/proto';
 
 interface Entry {
   size: number;
@@ -37,6 +44,8 @@ interface Entry {
 export interface ContentStoreEvents {
   /** Called each time an entry is evicted, with its digest and the bytes freed. */
   onEvict?(digest: Digest, size: number): void;
+  /** Called when a cached manifest no longer matches its digest (it was dropped). */
+  onCorrupt?(digest: Digest): void;
 }
 
 /** A verified file opened for reading; `release` unpins it. */
@@ -190,11 +199,20 @@ export class FsContentStore {
     await this.#evictOverQuota();
   }
 
-  /** Stores small verified content (a manifest) with its media type. */
+  /**
+   * Stores small verified content (a manifest) with its media type. The bytes reach the disk
+   * before the rename, as a blob's do: a crash leaves the old state or the whole manifest.
+   */
   async putSmall(digest: Digest, bytes: Uint8Array, mediaType: string | undefined): Promise<void> {
     const temp = join(this.#root, 'tmp', randomUUID());
     try {
-      await writeFile(temp, bytes);
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(bytes);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
       // The type file marks content as a manifest (empty when the upstream named no type).
       await writeFile(`${this.#pathOf(digest)}.type`, mediaType ?? '');
     } catch (error) {
@@ -209,7 +227,9 @@ export class FsContentStore {
   /**
    * Reads a cached manifest and its media type; undefined when the digest is not cached as a
    * manifest (content without a media type, or larger than `maxBytes`, is a blob: never read
-   * whole into memory).
+   * whole into memory). The bytes are hashed again before they are handed out (a manifest is
+   * small, and whatever changed it on disk must not reach a client): a manifest that no longer
+   * matches its digest is dropped from the cache (`onCorrupt`) and read as a miss.
    */
   async getSmall(
     digest: Digest,
@@ -228,6 +248,13 @@ export class FsContentStore {
     }
     try {
       const bytes = await readFile(this.#pathOf(digest));
+      if (digestOf(bytes, digest.algorithm).toString() !== key) {
+        this.#remove(key);
+        await unlink(this.#pathOf(digest)).catch(() => undefined);
+        await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+        this.#events.onCorrupt?.(digest);
+        return undefined;
+      }
       entry.lastUsed = this.#tick();
       return { bytes, mediaType: mediaType === '' ? undefined : mediaType };
     } catch (error) {
