@@ -314,6 +314,40 @@ describe('FsContentStore', () => {
       assert.equal(await exists(blobPath(c)), false);
     });
 
+    it('counts downloads in progress against the quota, until committed or released', async () => {
+      const evicted: number[] = [];
+      const store = new FsContentStore(root, 300, {
+        onEvict: (_digest, size) => evicted.push(size),
+      });
+      await store.init();
+      const a = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(100));
+      // A 150-byte download starts: a, the least recently used, makes room for it now.
+      const incoming = randomBytes(150);
+      const digest = digestOf(incoming);
+      await store.reserve(digest, 150);
+      assert.deepEqual(evicted, [100]);
+      assert.equal(store.has(a), false);
+      assert.equal(store.reservedBytes, 150);
+      // Another one fails: its reservation goes, nothing more is evicted.
+      const failed = digestOf(randomBytes(10));
+      await store.reserve(failed, 40);
+      store.release(failed);
+      assert.equal(store.reservedBytes, 150);
+      assert.deepEqual(evicted, [100]);
+      // The first commits: its bytes now count as content, not twice.
+      const temp = join(root, 'tmp', 'incoming');
+      await writeFile(temp, incoming);
+      await store.commit(temp, digest, incoming.length);
+      assert.equal(store.reservedBytes, 0);
+      assert.equal(store.totalBytes, 250);
+      assert.deepEqual(evicted, [100]);
+      assert.equal(store.has(b), true);
+      store.release(digest);
+      assert.equal(store.reservedBytes, 0);
+    });
+
     it('removes the media type of evicted content', async () => {
       const store = new FsContentStore(root, 150);
       await store.init();

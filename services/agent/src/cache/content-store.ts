@@ -8,7 +8,8 @@
  * Content enters only through `commit`, after its digest has been verified, by a rename on
  * the same filesystem: a crash leaves either nothing or the whole verified file. Past the
  * size quota the least recently used unpinned entries are evicted; an entry being served is
- * pinned and never evicted.
+ * pinned and never evicted. Downloads in progress count against the quota from the moment
+ * their size is known (`reserve`).
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -60,7 +61,10 @@ export class FsContentStore {
   readonly #maxBytes: number;
   readonly #events: ContentStoreEvents;
   readonly #entries = new Map<string, Entry>();
+  /** Downloads in progress: digest -> the bytes they will add (see `reserve`). */
+  readonly #reservations = new Map<string, number>();
   #totalBytes = 0;
+  #reservedBytes = 0;
   #clock = 0;
 
   constructor(root: string, maxBytes: number, events: ContentStoreEvents = {}) {
@@ -72,6 +76,34 @@ export class FsContentStore {
   /** Bytes of verified content held. */
   get totalBytes(): number {
     return this.#totalBytes;
+  }
+
+  /** Bytes that downloads in progress will add (see `reserve`). */
+  get reservedBytes(): number {
+    return this.#reservedBytes;
+  }
+
+  /**
+   * Counts a download in progress against the quota: `size` bytes are about to be written
+   * for `digest`, so least recently used content is evicted now to make room, rather than the
+   * disk holding the quota plus every download in flight. `commit` of the digest, or
+   * `release`, ends the reservation.
+   */
+  async reserve(digest: Digest, size: number): Promise<void> {
+    this.release(digest);
+    this.#reservations.set(digest.toString(), size);
+    this.#reservedBytes += size;
+    await this.#evictOverQuota();
+  }
+
+  /** Ends a download's reservation (it failed, or was committed); nothing when there is none. */
+  release(digest: Digest): void {
+    const key = digest.toString();
+    const size = this.#reservations.get(key);
+    if (size !== undefined) {
+      this.#reservations.delete(key);
+      this.#reservedBytes -= size;
+    }
   }
 
   /** Creates the folders, drops leftovers of interrupted downloads, indexes what is cached. */
@@ -195,6 +227,7 @@ export class FsContentStore {
   /** Moves a verified temp file into the cache. The caller has checked its digest. */
   async commit(tempPath: string, digest: Digest, size: number): Promise<void> {
     await rename(tempPath, this.#pathOf(digest));
+    this.release(digest);
     this.#add(digest.toString(), size);
     await this.#evictOverQuota();
   }
@@ -295,7 +328,9 @@ export class FsContentStore {
   }
 
   async #evictOverQuota(): Promise<void> {
-    while (this.#totalBytes > this.#maxBytes) {
+    // Each pass takes its victim out of the index before it waits, so runs started by
+    // concurrent commits and reservations never pick the same one.
+    while (this.#totalBytes + this.#reservedBytes > this.#maxBytes) {
       let victim: [string, Entry] | undefined;
       for (const item of this.#entries) {
         if (item[1].pins === 0 && (victim === undefined || item[1].lastUsed < victim[1].lastUsed)) {
