@@ -280,12 +280,20 @@ describe('FsContentStore', () => {
   });
 
   describe('eviction', () => {
-    it('evicts the least recently used content past the quota, reporting sizes', async () => {
+    /** A store of `maxBytes` that lists the sizes it evicts. */
+    async function recordingStore(
+      maxBytes: number,
+    ): Promise<{ store: FsContentStore; evicted: number[] }> {
       const evicted: number[] = [];
-      const store = new FsContentStore(root, 300, {
+      const store = new FsContentStore(root, maxBytes, {
         onEvict: (_digest, size) => evicted.push(size),
       });
       await store.init();
+      return { store, evicted };
+    }
+
+    it('evicts the least recently used content past the quota, reporting sizes', async () => {
+      const { store, evicted } = await recordingStore(300);
       const a = await commitBytes(store, randomBytes(100));
       await sleep(TICK_MS);
       const b = await commitBytes(store, randomBytes(120));
@@ -315,11 +323,7 @@ describe('FsContentStore', () => {
     });
 
     it('counts downloads in progress against the quota, until committed or released', async () => {
-      const evicted: number[] = [];
-      const store = new FsContentStore(root, 300, {
-        onEvict: (_digest, size) => evicted.push(size),
-      });
-      await store.init();
+      const { store, evicted } = await recordingStore(300);
       const a = await commitBytes(store, randomBytes(100));
       await sleep(TICK_MS);
       const b = await commitBytes(store, randomBytes(100));
