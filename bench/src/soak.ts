@@ -20,7 +20,7 @@
  *
  *   node bench/dist/src/soak.js [--agents 16] [--concurrency 32] [--images 4] [--layers 4,1]
  *                               [--minutes 10] [--cycle 12] [--cache-mib 32]
- *                               [--seed-cache-mib 32] [--peer-max-age-s 1800]
+ *                               [--seed-cache-mib 32] [--peer-max-age-s 1800] [--token-ttl-s 600]
  *                               [--sample-s 15] [--heap-snapshots DIR] [--timeout-s 300]
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails.
@@ -57,7 +57,8 @@ const MiB = 1024 * 1024;
 
 const USAGE = `usage: node bench/dist/src/soak.js [--agents N] [--concurrency N] [--images N]
                                  [--layers MiB,...] [--minutes M] [--cycle N] [--cache-mib N]
-                                 [--seed-cache-mib N] [--peer-max-age-s S] [--sample-s S]
+                                 [--seed-cache-mib N] [--peer-max-age-s S] [--token-ttl-s S]
+                                 [--sample-s S]
                                  [--heap-snapshots DIR] [--timeout-s S]
 
   --agents N           agents (default 16)
@@ -70,6 +71,8 @@ const USAGE = `usage: node bench/dist/src/soak.js [--agents N] [--concurrency N]
   --seed-cache-mib N   the seed server's cache quota (SHOAL_SEED_CACHE_MAX_BYTES; default 32),
                        so that it evicts too and brings blobs back from the object gateway
   --peer-max-age-s S   the trackers' SHOAL_TRACKER_PEER_MAX_AGE_MS, in s (default: theirs, 1800)
+  --token-ttl-s S      the trackers' SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS, in s (default: theirs,
+                       600): the verified-token caches hold a token lifetime's worth
   --sample-s S         seconds between two readings of every process (default 15)
   --heap-snapshots DIR the trackers, the seed server and one agent write a V8 heap snapshot
                        into DIR after the warm-up and at the end (compare them with
@@ -87,6 +90,7 @@ interface Options {
   readonly cacheBytes: number;
   readonly seedCacheBytes: number;
   readonly peerMaxAgeMs: number | undefined;
+  readonly tokenTtlMs: number | undefined;
   readonly sampleMs: number;
   readonly heapSnapshots: string | undefined;
   readonly timeoutMs: number;
@@ -103,6 +107,7 @@ function parseOptions(argv: readonly string[]): Options {
     'cache-mib': { type: 'string', default: '32' },
     'seed-cache-mib': { type: 'string', default: '32' },
     'peer-max-age-s': { type: 'string' },
+    'token-ttl-s': { type: 'string' },
     'sample-s': { type: 'string', default: '15' },
     'heap-snapshots': { type: 'string' },
     'timeout-s': { type: 'string', default: '300' },
@@ -124,6 +129,8 @@ function parseOptions(argv: readonly string[]): Options {
   const sampleS = whole('sample-s', 1, 3600);
   const peerMaxAgeS =
     values['peer-max-age-s'] === undefined ? undefined : whole('peer-max-age-s', 1, 86_400);
+  const tokenTtlS =
+    values['token-ttl-s'] === undefined ? undefined : whole('token-ttl-s', 10, 86_400);
   const minutes = Number(values.minutes);
   if (!Number.isFinite(minutes) || minutes < 0 || minutes > 24 * 60) {
     problems.push('--minutes takes a number of minutes from 0 to 1440');
@@ -139,6 +146,7 @@ function parseOptions(argv: readonly string[]): Options {
     cacheBytes: cacheMib * MiB,
     seedCacheBytes: seedCacheMib * MiB,
     peerMaxAgeMs: peerMaxAgeS === undefined ? undefined : peerMaxAgeS * 1000,
+    tokenTtlMs: tokenTtlS === undefined ? undefined : tokenTtlS * 1000,
     sampleMs: sampleS * 1000,
     heapSnapshots: typeof snapshots === 'string' ? resolve(snapshots) : undefined,
   };
@@ -332,6 +340,9 @@ async function main(): Promise<number> {
           ...(options.peerMaxAgeMs === undefined
             ? {}
             : { SHOAL_TRACKER_PEER_MAX_AGE_MS: String(options.peerMaxAgeMs) }),
+          ...(options.tokenTtlMs === undefined
+            ? {}
+            : { SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS: String(options.tokenTtlMs) }),
         },
       });
       teardown.add(`tracker ${i}`, () => tracker.stop());
@@ -424,7 +435,8 @@ async function main(): Promise<number> {
         `${mib(options.cacheBytes)}, seed cache quota ${mib(options.seedCacheBytes)}; tracker have age ` +
         (options.peerMaxAgeMs === undefined
           ? 'default (1800 s)'
-          : `${options.peerMaxAgeMs / 1000} s`),
+          : `${options.peerMaxAgeMs / 1000} s`) +
+        `, token lifetime ${options.tokenTtlMs === undefined ? 'default (600 s)' : `${options.tokenTtlMs / 1000} s`}`,
       '',
       `load: ${outcomes.length} pulls (${options.concurrency} at once per agent, ${options.images} images), ` +
         `${outcomes.length - loadErrors.length} ok, ${loadErrors.length} failed, in ${loadSeconds.toFixed(1)} s; ` +
