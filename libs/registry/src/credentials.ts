@@ -139,7 +139,16 @@ export interface RegistryAuthOptions {
    * HTTPS realm on the registry's host; none by default. Parse with `trustedRealmsList`.
    */
   readonly trustedRealms?: readonly string[];
+  /**
+   * Most pull tokens remembered, one per (registry, repository) (default 4096): past it the
+   * expired ones go, then the oldest. Without a bound a node that pulls from ever new
+   * repositories would keep a token for each.
+   */
+  readonly maxTokens?: number;
 }
+
+/** Pull tokens remembered by default. */
+const DEFAULT_MAX_TOKENS = 4096;
 
 interface CachedToken {
   readonly header: string;
@@ -152,6 +161,7 @@ export class RegistryAuth {
   readonly #client: UpstreamClient;
   readonly #tokens = new Map<string, CachedToken>();
   readonly #trustedRealms: readonly string[];
+  readonly #maxTokens: number;
 
   constructor(
     credentials: Map<string, BasicCredentials>,
@@ -161,6 +171,12 @@ export class RegistryAuth {
     this.#credentials = credentials;
     this.#client = client;
     this.#trustedRealms = options.trustedRealms ?? [];
+    this.#maxTokens = Math.max(1, options.maxTokens ?? DEFAULT_MAX_TOKENS);
+  }
+
+  /** Pull tokens remembered. */
+  get tokenCount(): number {
+    return this.#tokens.size;
   }
 
   /** The Authorization header to try first: a cached token, else Basic credentials, else none. */
@@ -233,11 +249,32 @@ export class RegistryAuth {
     const header = `Bearer ${token}`;
     // Renew a little before the registry's deadline (default 60 s per the token spec).
     const lifetimeMs = Math.max(10, (body.expires_in ?? 60) - 10) * 1000;
-    this.#tokens.set(`${registry.host}/${repository}`, {
+    this.#remember(`${registry.host}/${repository}`, {
       header,
       expiresAt: Date.now() + lifetimeMs,
     });
     return header;
+  }
+
+  /** Keeps `token` under `key` as the newest, within `maxTokens`. */
+  #remember(key: string, token: CachedToken): void {
+    this.#tokens.delete(key);
+    if (this.#tokens.size >= this.#maxTokens) {
+      const now = Date.now();
+      for (const [known, cached] of this.#tokens) {
+        if (cached.expiresAt <= now) {
+          this.#tokens.delete(known);
+        }
+      }
+      // None expired: the oldest goes (a Map iterates in insertion order).
+      for (const [oldest] of this.#tokens) {
+        if (this.#tokens.size < this.#maxTokens) {
+          break;
+        }
+        this.#tokens.delete(oldest);
+      }
+    }
+    this.#tokens.set(key, token);
   }
 
   #basic(registry: UpstreamRegistry): string | undefined {

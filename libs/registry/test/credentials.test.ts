@@ -132,6 +132,20 @@ describe('Basic credentials and token realms', () => {
       );
       assert.equal(authorized, 'Bearer t2');
       assert.equal(seen[1], `Basic ${Buffer.from('seeder:hunter2').toString('base64')}`);
+
+      // A token per repository, within the bound: pulling from ever new repositories keeps
+      // the latest ones only.
+      const bounded = new RegistryAuth(credentials, client, { maxTokens: 3 });
+      for (let i = 0; i < 10; i += 1) {
+        await bounded.answer(local, `team/app-${i}`, challenge, AbortSignal.timeout(5000));
+      }
+      assert.equal(bounded.tokenCount, 3);
+      assert.equal(bounded.current(local, 'team/app-9'), `Bearer t${seen.length}`);
+      assert.equal(
+        bounded.current(local, 'team/app-6'),
+        `Basic ${Buffer.from('seeder:hunter2').toString('base64')}`,
+        'forgotten: the configured credentials again, until the next challenge',
+      );
     } finally {
       await client.close();
       await new Promise((resolve) => realm.close(resolve));

@@ -27,6 +27,8 @@ import { clientVerified } from './https.js';
 export const TOKEN_CLOCK_SKEW_MS = 30_000;
 /** Verified tokens remembered at once; past it the oldest are forgotten. */
 const VERIFIED_CACHE_ENTRIES = 4_096;
+/** How often expired tokens are swept out of the cache (as new ones come), in ms. */
+const SWEEP_INTERVAL_MS = 60_000;
 
 /** `on` (default): piece requests need a hand-out token; `off`: anyone is served. */
 export const envPieceAuth = z.enum(['on', 'off']).default('on');
@@ -98,11 +100,19 @@ export class PieceTokenVerifier {
   readonly #now: () => number;
   /** Tokens whose signature checked out, with their claims; in insertion order. */
   readonly #verified = new Map<string, HandoutTokenClaims>();
+  /** When expired tokens were last swept out, in ms. */
+  #sweptAt: number;
 
   /** `now`: the clock in ms since the epoch (default `Date.now`). */
   constructor(keys: readonly KeyObject[], now: () => number = Date.now) {
     this.#keys = keys;
     this.#now = now;
+    this.#sweptAt = now();
+  }
+
+  /** Tokens remembered. */
+  get size(): number {
+    return this.#verified.size;
   }
 
   /** Checks the `Authorization` and `Shoal-Peer` values of a request for a piece of `blob`. */
@@ -144,14 +154,19 @@ export class PieceTokenVerifier {
   }
 
   #remember(token: string, claims: HandoutTokenClaims): void {
-    if (this.#verified.size >= VERIFIED_CACHE_ENTRIES) {
-      // Expired entries first; if none, the oldest (Maps iterate in insertion order).
-      const now = this.#now();
+    const now = this.#now();
+    // Expired entries go once a minute, not only when the cache is full: a peer that keeps
+    // serving would otherwise hold the cache's worth of dead tokens for good.
+    if (this.#verified.size >= VERIFIED_CACHE_ENTRIES || now - this.#sweptAt >= SWEEP_INTERVAL_MS) {
+      this.#sweptAt = now;
       for (const [known, entry] of this.#verified) {
         if (now > entry.exp + TOKEN_CLOCK_SKEW_MS) {
           this.#verified.delete(known);
         }
       }
+    }
+    if (this.#verified.size >= VERIFIED_CACHE_ENTRIES) {
+      // None expired: the oldest goes (Maps iterate in insertion order).
       const oldest = this.#verified.keys().next();
       if (this.#verified.size >= VERIFIED_CACHE_ENTRIES && oldest.done !== true) {
         this.#verified.delete(oldest.value);

@@ -49,6 +49,25 @@ describe('PieceTokenVerifier', () => {
     assert.equal(reason(auth, 'p1'), 'expired');
   });
 
+  it('forgets expired tokens as new ones come, not only once the cache is full', () => {
+    let now = NOW;
+    const verifier = new PieceTokenVerifier([keys.publicKey], () => now);
+    // Ten minutes of rollouts: every minute, 50 tokens that live two minutes.
+    for (let minute = 0; minute < 10; minute += 1) {
+      for (let i = 0; i < 50; i += 1) {
+        const fresh = signHandoutToken(keys.privateKey, {
+          blob,
+          peer: `p${i}`,
+          exp: now + 120_000,
+        });
+        assert.equal(verifier.check(`Shoal-Piece ${fresh}`, `p${i}`, blob).ok, true);
+      }
+      now += 60_000;
+    }
+    // Those of the last three minutes at most (two of life, the skew), not all 500.
+    assert.ok(verifier.size <= 150, `${verifier.size} tokens remembered`);
+  });
+
   it('accepts tokens of every configured key during a rotation', () => {
     const verifier = new PieceTokenVerifier([keys.publicKey, next.publicKey], () => NOW);
     const newer = signHandoutToken(next.privateKey, { blob, peer: 'p1', exp: NOW + 60_000 });

@@ -83,6 +83,13 @@ export async function buildApp(
         metrics.cacheEvictions.inc();
         onEvicted(digest);
       },
+      onCorrupt: (digest) => {
+        metrics.verificationFailures.inc({ kind: 'cached-manifest' });
+        logger.warn(
+          { digest: digest.toString() },
+          'a cached manifest no longer matches its digest: dropped, read from the registry again',
+        );
+      },
     },
   );
   await store.init();
@@ -103,8 +110,25 @@ export async function buildApp(
   // Downloads: one per blob, shared by every request for it, filled from the origin.
   const requests = new RegistryRequests(upstream, metrics);
   const downloads = new DownloadTable({
-    onStarted: () => metrics.downloadsInFlight.set(downloads.active),
+    onStarted: (download) => {
+      metrics.downloadsInFlight.set(downloads.active);
+      // The bytes it will write count against the quota as soon as their number is known.
+      download.sized
+        .then(
+          (size) => {
+            if (download.state === 'running') {
+              return store.reserve(download.digest, size);
+            }
+            return undefined;
+          },
+          () => undefined,
+        )
+        .catch((error: unknown) => {
+          logger.warn({ err: error }, 'cache eviction for a download in progress failed');
+        });
+    },
     onSettled: (download, state) => {
+      store.release(download.digest);
       metrics.downloadsInFlight.set(downloads.active);
       metrics.cacheBytes.set(store.totalBytes);
       if (state === 'verified') {

@@ -251,15 +251,49 @@ describe('FsContentStore', () => {
       assert.deepEqual(small?.bytes, bytes);
       assert.equal(small.mediaType, undefined);
     });
+
+    it('drops a cached manifest changed on disk instead of serving it', async () => {
+      const corrupt: string[] = [];
+      const store = new FsContentStore(root, 10_000, {
+        onCorrupt: (digest) => corrupt.push(digest.toString()),
+      });
+      await store.init();
+      const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST_TYPE }));
+      const digest = digestOf(manifest);
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+      // A bit flipped on disk behind the agent's back (a bad sector, a stray write).
+      const path = join(root, 'blobs', digest.algorithm, digest.hex);
+      const changed = Buffer.from(manifest);
+      changed[changed.length - 2] = 0x20;
+      await writeFile(path, changed);
+
+      assert.equal(await store.getSmall(digest, 4 * 1024 * 1024), undefined);
+      assert.deepEqual(corrupt, [digest.toString()]);
+      assert.equal(store.has(digest), false);
+      assert.equal(store.totalBytes, 0);
+      await assert.rejects(stat(path), { code: 'ENOENT' });
+      await assert.rejects(stat(`${path}.type`), { code: 'ENOENT' });
+      // Stored again (read from the registry once more), it is served.
+      await store.putSmall(digest, manifest, MANIFEST_TYPE);
+      assert.deepEqual((await store.getSmall(digest, 4 * 1024 * 1024))?.bytes, manifest);
+    });
   });
 
   describe('eviction', () => {
-    it('evicts the least recently used content past the quota, reporting sizes', async () => {
+    /** A store of `maxBytes` that lists the sizes it evicts. */
+    async function recordingStore(
+      maxBytes: number,
+    ): Promise<{ store: FsContentStore; evicted: number[] }> {
       const evicted: number[] = [];
-      const store = new FsContentStore(root, 300, {
+      const store = new FsContentStore(root, maxBytes, {
         onEvict: (_digest, size) => evicted.push(size),
       });
       await store.init();
+      return { store, evicted };
+    }
+
+    it('evicts the least recently used content past the quota, reporting sizes', async () => {
+      const { store, evicted } = await recordingStore(300);
       const a = await commitBytes(store, randomBytes(100));
       await sleep(TICK_MS);
       const b = await commitBytes(store, randomBytes(120));
@@ -286,6 +320,36 @@ describe('FsContentStore', () => {
       assert.equal(store.totalBytes, 250);
       assert.equal(await exists(blobPath(b)), false);
       assert.equal(await exists(blobPath(c)), false);
+    });
+
+    it('counts downloads in progress against the quota, until committed or released', async () => {
+      const { store, evicted } = await recordingStore(300);
+      const a = await commitBytes(store, randomBytes(100));
+      await sleep(TICK_MS);
+      const b = await commitBytes(store, randomBytes(100));
+      // A 150-byte download starts: a, the least recently used, makes room for it now.
+      const incoming = randomBytes(150);
+      const digest = digestOf(incoming);
+      await store.reserve(digest, 150);
+      assert.deepEqual(evicted, [100]);
+      assert.equal(store.has(a), false);
+      assert.equal(store.reservedBytes, 150);
+      // Another one fails: its reservation goes, nothing more is evicted.
+      const failed = digestOf(randomBytes(10));
+      await store.reserve(failed, 40);
+      store.release(failed);
+      assert.equal(store.reservedBytes, 150);
+      assert.deepEqual(evicted, [100]);
+      // The first commits: its bytes now count as content, not twice.
+      const temp = join(root, 'tmp', 'incoming');
+      await writeFile(temp, incoming);
+      await store.commit(temp, digest, incoming.length);
+      assert.equal(store.reservedBytes, 0);
+      assert.equal(store.totalBytes, 250);
+      assert.deepEqual(evicted, [100]);
+      assert.equal(store.has(b), true);
+      store.release(digest);
+      assert.equal(store.reservedBytes, 0);
     });
 
     it('removes the media type of evicted content', async () => {

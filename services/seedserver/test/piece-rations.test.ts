@@ -84,4 +84,19 @@ describe('PieceRations', () => {
     clock.advance(2_000);
     assert.ok(rations.take(BLOB, 1));
   });
+
+  it('forgets the pieces of blobs nobody asks for any more', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    // A rollout a second, each a new blob of 8 pieces sent whole once: the entries of the old
+    // ones must not pile up.
+    for (let rollout = 0; rollout < 600; rollout += 1) {
+      const blob = `sha256:${rollout.toString(16).padStart(64, '0')}`;
+      for (let piece = 0; piece < 8; piece += 1) {
+        rations.take(blob, piece)?.end(true);
+      }
+      clock.advance(1_000);
+      assert.ok(rations.size <= 3 * 8, `${rations.size} entries after ${rollout + 1} rollouts`);
+    }
+  });
 });

@@ -26,7 +26,7 @@ import {
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { TrackerConfig } from './config.js';
-import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
+import { ensureWantsConsumer, WantsConsumer, type Waiter } from './consumers/piece-want.js';
 import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
 import { LoadTracker } from './handout/load.js';
 import { HandoutTokens } from './handout/tokens.js';
@@ -99,6 +99,7 @@ export async function buildApp(
     maxEntries: config.SHOAL_TRACKER_MAX_ENTRIES,
   });
   const load = new LoadTracker(config.SHOAL_TRACKER_LOAD_WINDOW_MS);
+  const waiting = new WaitingAskers<Waiter>(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS);
   const serviceMetrics = createMetrics('tracker');
   const metrics = createTrackerMetrics(serviceMetrics, view);
 
@@ -207,17 +208,20 @@ export async function buildApp(
         metrics,
         logger,
         now,
-        waiting: new WaitingAskers(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS),
+        waiting,
       },
       config.SHOAL_TRACKER_WANT_QUEUE_MAX,
     );
     wants.start();
 
-    // Housekeeping: expired peers and idle load counters leave memory.
+    // Housekeeping: expired peers, idle load counters, tokens no longer handed out and
+    // askers no longer waiting leave memory.
     const sweepMs = Math.min(Math.max(config.SHOAL_TRACKER_PEER_MAX_AGE_MS / 10, 1_000), 60_000);
     sweep = setInterval(() => {
       const removed = view.expire(now());
       load.prune(now());
+      tokens?.prune(now());
+      waiting.prune(now());
       if (removed > 0) {
         logger.debug({ removed }, 'expired swarm entries removed');
       }

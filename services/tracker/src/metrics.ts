@@ -30,7 +30,7 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     }),
     haveOutcomes: new Counter<'outcome'>({
       name: `${prefix}swarm_haves_total`,
-      help: 'Piece-have events applied to the view, by outcome (applied, superseded, peer-gone, expired)',
+      help: 'Piece-have events applied to the view, by outcome (applied, superseded, peer-gone, expired, withdrawn: the peer holds nothing of the blob any more)',
       labelNames: ['outcome'],
       registers,
     }),

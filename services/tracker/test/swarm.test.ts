@@ -82,6 +82,78 @@ describe('swarm view', () => {
     assert.deepEqual(members(view, a, T0 + 1), ['p1']);
   });
 
+  it('removes the entry of a peer that holds nothing of the blob any more', () => {
+    const view = newView();
+    view.applyHave(have(a, 'p1', { pieces: [[0, 10]], complete: true }), 1, T0, T0);
+    view.applyHave(have(b, 'p1'), 2, T0, T0);
+    view.applyHave(have(a, 'seed', { pieces: [[0, 10]], complete: true, seed: true }), 3, T0, T0);
+    // p1 evicted a; the seed server evicted it too (its withdrawal says seed: true).
+    assert.equal(view.applyHave(have(a, 'p1', { pieces: [] }), 4, T0, T0), 'withdrawn');
+    assert.equal(
+      view.applyHave(have(a, 'seed', { pieces: [], seed: true }), 5, T0, T0),
+      'withdrawn',
+    );
+    assert.deepEqual(members(view, a), []);
+    assert.deepEqual(members(view, b), ['p1']);
+    assert.equal(view.entryCount, 1);
+    assert.equal(view.blobCount, 1);
+    assert.equal(view.peerCount, 1);
+    // Nobody can finish a any more: a want for it must lead to a seed request again.
+    assert.equal(view.sample(a, { peer: have(a, 'asker').peer, have: [] }, 8, T0).finisher, false);
+    // Never held, then withdrawn: nothing to remove, nothing added.
+    assert.equal(view.applyHave(have(blob('c'), 'p2', { pieces: [] }), 6, T0, T0), 'withdrawn');
+    assert.equal(view.entryCount, 1);
+    // Held again later: an entry again.
+    assert.equal(view.applyHave(have(a, 'p1'), 7, T0, T0), 'applied');
+    assert.deepEqual(members(view, a), ['p1']);
+  });
+
+  it('remembers when a seed last withdrew a blob, for a while and within the cap', () => {
+    const view = new SwarmView({ maxAgeMs: MAX_AGE_MS, maxEntries: 2 });
+    view.applyHave(have(a, 'seed', { complete: true, seed: true }), 1, T0, T0);
+    assert.equal(view.seedWithdrawal(a), undefined);
+    // An agent's eviction is no seed's withdrawal.
+    view.applyHave(have(a, 'p1', { pieces: [] }), 2, T0, T0);
+    assert.equal(view.seedWithdrawal(a), undefined);
+    view.applyHave(have(a, 'seed', { pieces: [], seed: true }), 3, T0, T0);
+    assert.equal(view.seedWithdrawal(a), 3);
+    // Seeded and withdrawn again: the later one counts.
+    view.applyHave(have(a, 'seed', { complete: true, seed: true }), 4, T0 + 10, T0 + 10);
+    view.applyHave(have(a, 'seed', { pieces: [], seed: true }), 5, T0 + 10, T0 + 10);
+    assert.equal(view.seedWithdrawal(a), 5);
+    view.applyHave(have(b, 'seed', { pieces: [], seed: true }), 6, T0 + 20, T0 + 20);
+    view.applyHave(have(blob('c'), 'seed', { pieces: [], seed: true }), 7, T0 + 30, T0 + 30);
+    // Past the cap the oldest goes.
+    assert.equal(view.withdrawalCount, 2);
+    assert.equal(view.seedWithdrawal(a), undefined);
+    assert.equal(view.seedWithdrawal(b), 6);
+    view.expire(T0 + 25 + MAX_AGE_MS);
+    assert.equal(view.seedWithdrawal(b), undefined);
+    assert.equal(view.seedWithdrawal(blob('c')), 7);
+    assert.equal(view.withdrawalCount, 1);
+  });
+
+  it('stays flat over rollouts whose blobs every peer evicts', () => {
+    const view = newView();
+    let seq = 0;
+    for (let rollout = 0; rollout < 1_000; rollout += 1) {
+      const digest = blob(`rollout-${rollout}`);
+      for (let p = 0; p < 16; p += 1) {
+        view.applyHave(have(digest, `agent-${p}`, { complete: true }), (seq += 1), T0, T0);
+      }
+      // Each agent's cache keeps the last two rollouts' blobs.
+      if (rollout >= 2) {
+        const evicted = blob(`rollout-${rollout - 2}`);
+        for (let p = 0; p < 16; p += 1) {
+          view.applyHave(have(evicted, `agent-${p}`, { pieces: [] }), (seq += 1), T0, T0);
+        }
+      }
+    }
+    assert.equal(view.entryCount, 2 * 16);
+    assert.equal(view.blobCount, 2);
+    assert.equal(view.peerCount, 16);
+  });
+
   it('ignores a peer-gone for a peer it does not know', () => {
     const view = newView();
     assert.equal(view.applyGone('nobody', 1, T0), 0);

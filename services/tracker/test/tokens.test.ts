@@ -50,4 +50,23 @@ describe('hand-out tokens', () => {
     assert.equal(verified.claims.exp, NOW + 4 + TTL_MS);
     assert.equal(tokens.size, 3);
   });
+
+  it('are forgotten by prune once past half their lifetime, as they are never handed out again', () => {
+    const tokens = new HandoutTokens(keys.privateKey, TTL_MS);
+    // A long run of rollouts: every (blob, peer) asks once, a minute apart per 100 of them.
+    for (let i = 0; i < 1_000; i += 1) {
+      tokens.tokenFor(`sha256:${i.toString(16).padStart(64, '0')}`, 'node-a', NOW + i * 600);
+    }
+    assert.equal(tokens.size, 1_000);
+    // At NOW + 600 s, the tokens issued up to NOW + 300 s are past half their lifetime.
+    const at = NOW + TTL_MS;
+    assert.equal(tokens.prune(at), 501);
+    assert.equal(tokens.size, 499);
+    // One still remembered is handed out again as it was.
+    const kept = `sha256:${(999).toString(16).padStart(64, '0')}`;
+    const token = tokens.tokenFor(kept, 'node-a', at);
+    assert.equal(tokens.tokenFor(kept, 'node-a', at + 1), token);
+    assert.equal(tokens.prune(at + TTL_MS), 499);
+    assert.equal(tokens.size, 0);
+  });
 });

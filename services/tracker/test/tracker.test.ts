@@ -461,6 +461,11 @@ describe('tracker', () => {
     assert.ok(stored !== null);
     assert.equal(stored.header.get('Nats-Msg-Id'), seedRequestId(fresh));
     assert.equal(seedRequestId(fresh), `seed-sha256-${fresh.slice('sha256:'.length)}`);
+    assert.equal(
+      seedRequestId(fresh, 42),
+      `seed-sha256-${fresh.slice('sha256:'.length)}-w42`,
+      'after a seed withdrew the blob, a new request',
+    );
     const decoded = decodeMessage(seedRequest, stored.data);
     assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
     assert.deepEqual(decoded.value, {
@@ -498,10 +503,21 @@ describe('tracker', () => {
     const cold = blob('cold');
     await want(js, cold, 'waiter');
     assert.deepEqual((await inbox.nth('waiter')).peers, [], 'nobody holds it yet');
-    // A member holding nothing is no holder: no hand-out for it.
+    // A member holding nothing is no holder: no hand-out for it, and no entry in the view.
+    const withdrawn = (app: TrackerApp): Promise<number> =>
+      metric(app, 'shoal_tracker_swarm_haves_total', { outcome: 'withdrawn' });
+    const withdrawnBefore = new Map<TrackerApp, number>();
+    for (const app of running) {
+      withdrawnBefore.set(app, await withdrawn(app));
+    }
     await announce(js, have(cold, 'empty', { pieces: [] }));
     for (const app of running) {
-      await waitForMembers(app, cold, 1);
+      await waitFor(
+        'the empty have applied',
+        async () => (await withdrawn(app)) > (withdrawnBefore.get(app) ?? 0),
+        { timeoutMs: WAIT_MS, intervalMs: 10 },
+      );
+      assert.equal(app.view.swarm(cold).length, 0);
     }
     // The seed's first pieces: the asker hears of them at once, from the replica it asked.
     await announce(js, have(cold, 'seed', { pieces: [[0, 1]], seed: true }));

@@ -29,4 +29,23 @@ describe('askers waiting for a first holder', () => {
     assert.deepEqual(waiting.take('blob', 155), ['new']);
     assert.equal(waiting.size, 0);
   });
+
+  it('drops expired askers of blobs that never got a holder', () => {
+    const waiting = new WaitingAskers<string>(100_000, 100);
+    // A seed that failed every blob of a long run: nobody ever takes these.
+    for (let i = 0; i < 50_000; i += 1) {
+      waiting.add(`blob-${i}`, 'asker', `w${i}`, i / 100);
+    }
+    assert.equal(waiting.size, 50_000);
+    // At 400, those added before 300 (until before 400) have expired.
+    assert.equal(waiting.prune(400), 30_000);
+    assert.equal(waiting.size, 20_000);
+    assert.deepEqual(waiting.take('blob-29999', 400), []);
+    assert.deepEqual(waiting.take('blob-30000', 400), ['w30000']);
+    // An asker that asked again is kept: its entry moved to the back.
+    waiting.add('blob-30001', 'asker', 'again', 450);
+    assert.equal(waiting.prune(10_000), 19_999);
+    assert.equal(waiting.size, 0);
+    assert.equal(waiting.prune(10_000), 0);
+  });
 });

@@ -8,7 +8,8 @@
  * Content enters only through `commit`, after its digest has been verified, by a rename on
  * the same filesystem: a crash leaves either nothing or the whole verified file. Past the
  * size quota the least recently used unpinned entries are evicted; an entry being served is
- * pinned and never evicted.
+ * pinned and never evicted. Downloads in progress count against the quota from the moment
+ * their size is known (`reserve`).
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -25,7 +26,14 @@ import {
 } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
+import {
+  digestOf,
+  parseDigest,
+  pieceBounds,
+  pieceCount,
+  pieceSizeFor,
+  type Digest,
+} from '@shoal/proto';
 
 interface Entry {
   size: number;
@@ -37,6 +45,8 @@ interface Entry {
 export interface ContentStoreEvents {
   /** Called each time an entry is evicted, with its digest and the bytes freed. */
   onEvict?(digest: Digest, size: number): void;
+  /** Called when a cached manifest no longer matches its digest (it was dropped). */
+  onCorrupt?(digest: Digest): void;
 }
 
 /** A verified file opened for reading; `release` unpins it. */
@@ -51,7 +61,10 @@ export class FsContentStore {
   readonly #maxBytes: number;
   readonly #events: ContentStoreEvents;
   readonly #entries = new Map<string, Entry>();
+  /** Downloads in progress: digest -> the bytes they will add (see `reserve`). */
+  readonly #reservations = new Map<string, number>();
   #totalBytes = 0;
+  #reservedBytes = 0;
   #clock = 0;
 
   constructor(root: string, maxBytes: number, events: ContentStoreEvents = {}) {
@@ -63,6 +76,34 @@ export class FsContentStore {
   /** Bytes of verified content held. */
   get totalBytes(): number {
     return this.#totalBytes;
+  }
+
+  /** Bytes that downloads in progress will add (see `reserve`). */
+  get reservedBytes(): number {
+    return this.#reservedBytes;
+  }
+
+  /**
+   * Counts a download in progress against the quota: `size` bytes are about to be written
+   * for `digest`, so least recently used content is evicted now to make room, rather than the
+   * disk holding the quota plus every download in flight. `commit` of the digest, or
+   * `release`, ends the reservation.
+   */
+  async reserve(digest: Digest, size: number): Promise<void> {
+    this.release(digest);
+    this.#reservations.set(digest.toString(), size);
+    this.#reservedBytes += size;
+    await this.#evictOverQuota();
+  }
+
+  /** Ends a download's reservation (it failed, or was committed); nothing when there is none. */
+  release(digest: Digest): void {
+    const key = digest.toString();
+    const size = this.#reservations.get(key);
+    if (size !== undefined) {
+      this.#reservations.delete(key);
+      this.#reservedBytes -= size;
+    }
   }
 
   /** Creates the folders, drops leftovers of interrupted downloads, indexes what is cached. */
@@ -186,15 +227,25 @@ export class FsContentStore {
   /** Moves a verified temp file into the cache. The caller has checked its digest. */
   async commit(tempPath: string, digest: Digest, size: number): Promise<void> {
     await rename(tempPath, this.#pathOf(digest));
+    this.release(digest);
     this.#add(digest.toString(), size);
     await this.#evictOverQuota();
   }
 
-  /** Stores small verified content (a manifest) with its media type. */
+  /**
+   * Stores small verified content (a manifest) with its media type. The bytes reach the disk
+   * before the rename, as a blob's do: a crash leaves the old state or the whole manifest.
+   */
   async putSmall(digest: Digest, bytes: Uint8Array, mediaType: string | undefined): Promise<void> {
     const temp = join(this.#root, 'tmp', randomUUID());
     try {
-      await writeFile(temp, bytes);
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(bytes);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
       // The type file marks content as a manifest (empty when the upstream named no type).
       await writeFile(`${this.#pathOf(digest)}.type`, mediaType ?? '');
     } catch (error) {
@@ -209,7 +260,9 @@ export class FsContentStore {
   /**
    * Reads a cached manifest and its media type; undefined when the digest is not cached as a
    * manifest (content without a media type, or larger than `maxBytes`, is a blob: never read
-   * whole into memory).
+   * whole into memory). The bytes are hashed again before they are handed out (a manifest is
+   * small, and whatever changed it on disk must not reach a client): a manifest that no longer
+   * matches its digest is dropped from the cache (`onCorrupt`) and read as a miss.
    */
   async getSmall(
     digest: Digest,
@@ -228,6 +281,13 @@ export class FsContentStore {
     }
     try {
       const bytes = await readFile(this.#pathOf(digest));
+      if (digestOf(bytes, digest.algorithm).toString() !== key) {
+        this.#remove(key);
+        await unlink(this.#pathOf(digest)).catch(() => undefined);
+        await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+        this.#events.onCorrupt?.(digest);
+        return undefined;
+      }
       entry.lastUsed = this.#tick();
       return { bytes, mediaType: mediaType === '' ? undefined : mediaType };
     } catch (error) {
@@ -268,7 +328,9 @@ export class FsContentStore {
   }
 
   async #evictOverQuota(): Promise<void> {
-    while (this.#totalBytes > this.#maxBytes) {
+    // Each pass takes its victim out of the index before it waits, so runs started by
+    // concurrent commits and reservations never pick the same one.
+    while (this.#totalBytes + this.#reservedBytes > this.#maxBytes) {
       let victim: [string, Entry] | undefined;
       for (const item of this.#entries) {
         if (item[1].pins === 0 && (victim === undefined || item[1].lastUsed < victim[1].lastUsed)) {

@@ -36,15 +36,22 @@ export interface RationTicket {
 
 const NO_TICKET: RationTicket = { end: () => undefined };
 
-/** Copies of each piece counted now. Entries go once nothing about them counts any more. */
+/**
+ * Copies of each piece counted now. Entries go once nothing about them counts any more: at the
+ * end of the last copy being sent when none was sent whole, else at a sweep once the window
+ * of the copies sent has passed (a piece nobody asks for again would otherwise stay forever).
+ */
 export class PieceRations {
   readonly #settings: RationSettings;
   readonly #now: () => number;
   readonly #pieces = new Map<string, PieceState>();
+  /** When the last sweep ran, in ms. */
+  #sweptAt: number;
 
   constructor(settings: RationSettings, now: () => number = Date.now) {
     this.#settings = settings;
     this.#now = now;
+    this.#sweptAt = now();
   }
 
   /** A ticket when another copy of the piece may go out now; undefined: send the agent to a peer. */
@@ -54,7 +61,9 @@ export class PieceRations {
       return NO_TICKET;
     }
     const now = this.#now();
-    if (this.#pieces.size > 100_000) {
+    // At most one sweep per window (or when a burst left very many entries): the work is
+    // spread over the takes, and the entries kept are those of the last two windows or so.
+    if (now - this.#sweptAt >= this.#settings.windowMs || this.#pieces.size > 100_000) {
       this.#sweep(now);
     }
     const key = `${digest}/${piece}`;
@@ -105,6 +114,7 @@ export class PieceRations {
   }
 
   #sweep(now: number): void {
+    this.#sweptAt = now;
     for (const [key, state] of this.#pieces) {
       if (this.#counted(state, now) === 0 && state.sending.length === 0) {
         this.#pieces.delete(key);

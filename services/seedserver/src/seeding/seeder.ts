@@ -44,6 +44,7 @@ import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/ru
 
 import type { SeedMetrics } from '../metrics.js';
 import { Announcer } from './announcer.js';
+import { FailureNotes } from './failures.js';
 import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 import { SeedCache } from './seed-cache.js';
@@ -92,7 +93,7 @@ export class Seeder {
   #reserved = 0;
   readonly #running = new Map<string, Promise<SeedOutcome>>();
   /** Why the last failed run of a blob failed, for preheat reports. */
-  readonly #failures = new Map<string, string>();
+  readonly #failures = new FailureNotes();
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;

@@ -247,7 +247,11 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
         'seed-request publish',
         { kind: SpanKind.PRODUCER, attributes: { 'shoal.blob': want.blob } },
         async (span) => {
-          const result = await deps.seeds.request(want, traceHeaders(msg.headers));
+          const result = await deps.seeds.request(
+            want,
+            traceHeaders(msg.headers),
+            deps.view.seedWithdrawal(want.blob),
+          );
           span.setAttribute('shoal.outcome', result);
           return result;
         },

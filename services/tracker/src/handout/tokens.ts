@@ -34,6 +34,22 @@ export class HandoutTokens {
     return this.#issued.size;
   }
 
+  /**
+   * Forgets the tokens past half their lifetime at `now` (ms): they are never handed out
+   * again, so keeping them until the cache is full would only hold memory for every (blob,
+   * peer) of the last hours. Returns the number forgotten.
+   */
+  prune(now: number): number {
+    let pruned = 0;
+    for (const [key, { exp }] of this.#issued) {
+      if (exp - now <= this.#ttlMs / 2) {
+        this.#issued.delete(key);
+        pruned += 1;
+      }
+    }
+    return pruned;
+  }
+
   /** A token for `peer` to fetch pieces of `blob`, valid for at least half the lifetime. */
   tokenFor(blob: string, peer: string, now: number): string {
     const key = `${blob}/${peer}`;

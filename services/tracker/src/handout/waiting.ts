@@ -54,6 +54,24 @@ export class WaitingAskers<T> {
     keys.add(key);
   }
 
+  /**
+   * Drops the entries expired at `nowMs` (those of blobs no holder appeared for: a seed that
+   * failed, an asker that went to the origin), so they do not wait for the table to fill.
+   * Returns the number dropped.
+   */
+  prune(nowMs: number): number {
+    let pruned = 0;
+    // Every entry lives as long, and a replaced one moves to the back: oldest first.
+    for (const [key, entry] of this.#entries) {
+      if (entry.untilMs >= nowMs) {
+        break;
+      }
+      this.#delete(key);
+      pruned += 1;
+    }
+    return pruned;
+  }
+
   /** Removes and returns the live entries for `blob`, oldest first. */
   take(blob: string, nowMs: number): T[] {
     const keys = this.#byBlob.get(blob);

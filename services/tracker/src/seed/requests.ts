@@ -21,10 +21,17 @@ export type SeedRequestOutcome =
    */
   | 'no-stream';
 
-/** The message id of a blob's seed request, `seed-<algorithm>-<hex>`. */
-export function seedRequestId(blob: string): string {
+/**
+ * The message id of a blob's seed request, `seed-<algorithm>-<hex>`, or
+ * `seed-<algorithm>-<hex>-w<seq>` once a seed withdrew the blob (evicted it, or a run failed)
+ * at stream sequence `withdrawal`: the request that brings it back must not be dropped as a
+ * duplicate of the one that first brought it in, while the wants that follow one withdrawal
+ * still make one request between them.
+ */
+export function seedRequestId(blob: string, withdrawal?: number): string {
   const digest = parseDigest(blob);
-  return `seed-${digest.algorithm}-${digest.hex}`;
+  const id = `seed-${digest.algorithm}-${digest.hex}`;
+  return withdrawal === undefined ? id : `${id}-w${String(withdrawal)}`;
 }
 
 export interface SeedRequesterOptions {
@@ -42,10 +49,15 @@ export class SeedRequester {
   }
 
   /**
-   * Publishes a seed request for the wanted blob. Throws on failures worth retrying (a
-   * timeout, a lost connection); a missing stream is an outcome, not an error.
+   * Publishes a seed request for the wanted blob (`withdrawal`: see `seedRequestId`). Throws
+   * on failures worth retrying (a timeout, a lost connection); a missing stream is an
+   * outcome, not an error.
    */
-  async request(want: PieceWant, headers?: MsgHdrs): Promise<SeedRequestOutcome> {
+  async request(
+    want: PieceWant,
+    headers?: MsgHdrs,
+    withdrawal?: number,
+  ): Promise<SeedRequestOutcome> {
     const payload = encodeMessage(seedRequest, {
       type: 'seed-request',
       blob: want.blob,
@@ -55,7 +67,7 @@ export class SeedRequester {
     });
     try {
       const ack = await this.#js.publish(seedRequestSubject(want.blob), payload, {
-        msgID: seedRequestId(want.blob),
+        msgID: seedRequestId(want.blob, withdrawal),
         timeout: this.#timeoutMs,
         ...(headers === undefined ? {} : { headers }),
       });

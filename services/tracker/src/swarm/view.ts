@@ -26,7 +26,12 @@ export type HaveOutcome =
   /** The peer left (peer-gone) after this have was published. */
   | 'peer-gone'
   /** The have is older than the maximum age and no longer counts. */
-  | 'expired';
+  | 'expired'
+  /**
+   * The peer holds nothing of the blob any more (no piece, not complete: an agent that
+   * evicted it, a seed server that withdrew it): its entry, if any, was removed.
+   */
+  | 'withdrawn';
 
 /** Read-only access to the view, for admin routes and tests. */
 export interface SwarmSnapshot {
@@ -93,6 +98,11 @@ export class SwarmView {
    * insertion order and an update replaces the entry, so the first one is the stalest.
    */
   readonly #byUpdate = new Map<SwarmEntry, string>();
+  /**
+   * blob -> the last withdrawal of it by a seed (evicted, or a failed run), oldest first: it
+   * names a new seed request for the blob (see `seedWithdrawal`).
+   */
+  readonly #withdrawals = new Map<string, Departure>();
   readonly #maxEntries: number;
   #evicted = 0;
   #lastSeq = 0;
@@ -153,6 +163,28 @@ export class SwarmView {
         this.#remove(have.blob, peerId);
       }
       return 'expired';
+    }
+    if (!have.complete && have.pieces.length === 0) {
+      // Nobody is ever handed a member that holds nothing, so keeping one would only cost
+      // memory for every blob a peer ever evicted. Worse, a seed's withdrawal kept as a seed
+      // member would stand for a seed fetching the blob, and no seed request would be made
+      // for it again. The stream delivers a peer's haves for a blob in order and keeps only
+      // the latest, so no earlier have can come after this one and bring the entry back.
+      if (current !== undefined) {
+        this.#remove(have.blob, peerId);
+      }
+      if (have.seed) {
+        this.#withdrawals.delete(have.blob);
+        this.#withdrawals.set(have.blob, { seq, publishedAtMs });
+        for (const [oldest] of this.#withdrawals) {
+          if (this.#withdrawals.size <= this.#maxEntries) {
+            break;
+          }
+          this.#withdrawals.delete(oldest);
+          this.#evicted += 1;
+        }
+      }
+      return 'withdrawn';
     }
     let swarm = this.#blobs.get(have.blob);
     if (swarm === undefined) {
@@ -217,6 +249,21 @@ export class SwarmView {
     return removed;
   }
 
+  /**
+   * Stream sequence of the last time a seed withdrew `blob` (its have holding nothing), or
+   * undefined. Every replica reads the same stream, so they agree on it: a seed request named
+   * after it is a new request (not a duplicate of the one that brought the blob in before
+   * the seed evicted it), still one per blob however many replicas and wants ask.
+   */
+  seedWithdrawal(blob: string): number | undefined {
+    return this.#withdrawals.get(blob)?.seq;
+  }
+
+  /** Seed withdrawals remembered. */
+  get withdrawalCount(): number {
+    return this.#withdrawals.size;
+  }
+
   /** Live members of a blob's swarm at `nowMs`, in no particular order. */
   members(blob: string, nowMs: number): SwarmEntry[] {
     const live: SwarmEntry[] = [];
@@ -261,7 +308,7 @@ export class SwarmView {
   }
 
   /**
-   * Drops entries and departures older than the maximum age at `nowMs`. A departure older
+   * Drops entries, departures and seed withdrawals older than the maximum age at `nowMs`. A departure older
    * than that can go: every have it could hide is at least as old, so it is expired anyway.
    * Returns the number of entries removed.
    */
@@ -278,6 +325,12 @@ export class SwarmView {
     for (const [peerId, departure] of [...this.#departures]) {
       if (this.#isExpired(departure.publishedAtMs, nowMs)) {
         this.#departures.delete(peerId);
+      }
+    }
+    // Seed requests are de-duplicated for minutes, far less than the maximum age.
+    for (const [blob, withdrawal] of [...this.#withdrawals]) {
+      if (this.#isExpired(withdrawal.publishedAtMs, nowMs)) {
+        this.#withdrawals.delete(blob);
       }
     }
     return removed;
