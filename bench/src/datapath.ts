@@ -252,6 +252,8 @@ interface Measured {
   readonly mainCpu: Readonly<Record<string, number>>;
   /** The seed server's own figures, when it was watched in detail. */
   readonly seed?: SeedDetail;
+  /** Of `seconds`, those `ctr` says it spent unpacking (NaN when unknown; pulls by ctr only). */
+  readonly unpackSeconds?: number;
 }
 
 /** V8's collections as prom-client's default metrics count them (`nodejs_gc_duration_seconds`). */
@@ -395,13 +397,15 @@ async function ctrPull(
       );
     }
     const ref = `${target.registryHost}/${target.repository}:${target.tag}`;
-    const result = await measure(
+    let output = '';
+    const measured = await measure(
       watched,
       async () => {
-        await containerd.pull(ref, { timeoutMs });
+        output = await containerd.pull(ref, { timeoutMs });
       },
       seed,
     );
+    const result: Measured = { ...measured, unpackSeconds: unpackSeconds(output) };
     const stored = await containerd.contentDigests();
     const missing = target.blobs.filter((b) => !stored.has(b.digest));
     if (missing.length > 0) {
@@ -411,6 +415,20 @@ async function ctrPull(
   } finally {
     await containerd.stop();
   }
+}
+
+/**
+ * How long `ctr images pull` spent unpacking, from its last line (`done: 1.310626655s`); what
+ * is left of the pull is resolving and fetching, the part a mirror can change. NaN when the
+ * output says nothing.
+ */
+function unpackSeconds(output: string): number {
+  const match = /done: ([0-9.]+)(ms|s)\s*$/.exec(output.trim());
+  if (match?.[1] === undefined) {
+    return Number.NaN;
+  }
+  const value = Number(match[1]);
+  return match[2] === 'ms' ? value / 1000 : value;
 }
 
 function blobBytes(target: PullTarget): number {
@@ -704,6 +722,18 @@ function warmReport(rounds: readonly WarmRound[], bytes: number): string[] {
     );
   }
   const cpu = (m: Measured, name: string): number => perGiB(m, name, bytes);
+  // ctr fetches, then unpacks: the fetch is what goes through the mirror, the unpack is the same.
+  const fetch = (m: Measured): number => m.seconds - (m.unpackSeconds ?? Number.NaN);
+  lines.push(
+    `  fetch (the pull less ctr's unpack), warm / direct of the same round: ${spread(rounds.map((r) => fetch(r.warm.measured) / fetch(r.direct)))}`,
+    `  fetch s, warm: ${spread(rounds.map((r) => fetch(r.warm.measured)))}; direct: ${spread(rounds.map((r) => fetch(r.direct)))}`,
+    `  unpack s, warm: ${spread(rounds.map((r) => r.warm.measured.unpackSeconds ?? Number.NaN))}; direct: ${spread(rounds.map((r) => r.direct.unpackSeconds ?? Number.NaN))}`,
+    ...(withBaseline.length === 0
+      ? []
+      : [
+          `  fetch, baseline warm / direct: ${spread(withBaseline.map((r) => (r.baseline === undefined ? Number.NaN : fetch(r.baseline.measured)) / fetch(r.direct)))}`,
+        ]),
+  );
   lines.push(
     `  agent CPU s/GiB, warm: ${spread(pulls((r) => r.warm).map((p) => cpu(p.measured, 'agent')))}`,
     ...(withBaseline.length === 0
