@@ -185,6 +185,9 @@ describe('a warm pull through the agent', () => {
   });
 });
 
+/** How long the protected registry's agent reuses an authorization decision, in ms. */
+const AUTHZ_TTL_MS = 1500;
+
 describe('a warm pull through the agent from an htpasswd-protected registry', () => {
   const auth = { username: 'puller', password: 'correct horse battery staple' };
   const user = `${auth.username}:${auth.password}`;
@@ -197,6 +200,8 @@ describe('a warm pull through the agent from an htpasswd-protected registry', ()
       seed: 'mirror-warm-auth',
       repository: 'private/warm',
       auth,
+      // Short, so that the warm pull comes after every cached decision has expired.
+      agentEnv: { SHOAL_AGENT_AUTHZ_TTL_MS: String(AUTHZ_TTL_MS) },
     });
     ({ image } = fixture);
     await pull(fixture.registry, fixture.agent, fixture.ref, user);
@@ -206,7 +211,10 @@ describe('a warm pull through the agent from an htpasswd-protected registry', ()
     await fixture.stop();
   });
 
-  it('checks the credential at the registry once per repository, not per blob', async () => {
+  it('checks the credential at the registry once per repository, not per blob, after the cached decisions expired', async () => {
+    await new Promise((resolve) => setTimeout(resolve, AUTHZ_TTL_MS + 500));
+    // The tag's resolution with the client's credential renews the grant and the manifest's
+    // digest; the manifest served from the cache renews its blobs.
     const warm = await pull(fixture.registry, fixture.agent, fixture.ref, user);
     const other = warm.registryRequests.filter(
       (r) => !(r.method === 'HEAD' && r.uri === '/v2/private/warm/manifests/latest'),
