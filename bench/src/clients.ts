@@ -213,6 +213,22 @@ async function prepareSkopeo(
 }
 
 /**
+ * Writes `containerd`'s hosts.toml for `target`'s registry: pulls go to the agent at `agentUrl`
+ * first, or only to the registry itself (plain HTTP) when `agentUrl` is undefined.
+ */
+export async function pointContainerd(
+  containerd: Containerd,
+  target: PullTarget,
+  agentUrl: string | undefined,
+): Promise<void> {
+  if (agentUrl === undefined) {
+    await writeDirectHosts(containerd.hostsDir, target.registryHost, target.registryUrl);
+  } else {
+    await writeMirrorHosts(containerd.hostsDir, target.registryHost, target.registryUrl, agentUrl);
+  }
+}
+
+/**
  * A fresh containerd sending pulls of the origin to the agent first (hosts.toml), or only to
  * the origin when `agentUrl` is undefined.
  */
@@ -223,16 +239,7 @@ async function prepareCtr(
 ): Promise<PreparedClient> {
   const containerd: Containerd = await startContainerd();
   try {
-    if (agentUrl === undefined) {
-      await writeDirectHosts(containerd.hostsDir, target.registryHost, target.registryUrl);
-    } else {
-      await writeMirrorHosts(
-        containerd.hostsDir,
-        target.registryHost,
-        target.registryUrl,
-        agentUrl,
-      );
-    }
+    await pointContainerd(containerd, target, agentUrl);
   } catch (error) {
     await containerd.stop();
     throw error;

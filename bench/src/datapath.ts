@@ -53,8 +53,6 @@ import {
   startTracker,
   table,
   waitFor,
-  writeDirectHosts,
-  writeMirrorHosts,
   type CollectedSpan,
   type Containerd,
   type GeneratedImage,
@@ -78,7 +76,7 @@ import {
   runBench,
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
-import { prepareClient, type PullTarget } from './clients.js';
+import { pointContainerd, prepareClient, type PullTarget } from './clients.js';
 import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
 import {
   median,
@@ -386,16 +384,7 @@ async function ctrPull(
 ): Promise<Measured> {
   const containerd: Containerd = await startContainerd();
   try {
-    if (mirrorUrl === undefined) {
-      await writeDirectHosts(containerd.hostsDir, target.registryHost, target.registryUrl);
-    } else {
-      await writeMirrorHosts(
-        containerd.hostsDir,
-        target.registryHost,
-        target.registryUrl,
-        mirrorUrl,
-      );
-    }
+    await pointContainerd(containerd, target, mirrorUrl);
     const ref = `${target.registryHost}/${target.repository}:${target.tag}`;
     let output = '';
     const measured = await measure(
