@@ -94,7 +94,7 @@ const RSS_CLIENTS = 4;
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--small-runs N]
                                      [--timeout-s S] [--only tls|cold|rss|small|warm|gib]
-                                     [--warm-runs N] [--rss MiB]
+                                     [--warm-runs N] [--fetch-only] [--rss MiB]
                                      [--cpu-prof-dir DIR] [--spans-file PATH] [--baseline DIR]
                                      [--seed-main FILE] [--agent-node-options OPTIONS]
 
@@ -105,6 +105,8 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
                       figures are their medians)
   --warm-runs N       warm pulls of the big image, each paired with a direct pull, the
                       order alternating (default 1; figures are their distribution)
+  --fetch-only        the big image's pulls are \`ctr content fetch\` (the blobs into
+                      containerd's content store, no unpack): only what a mirror can change
   --timeout-s S       longest a pull may take (default 600)
   --rss MiB           also stream one blob of this size with four clients through a fresh
                       agent, watching its memory (default: not run; 4096 with --only rss)
@@ -142,6 +144,8 @@ interface Options {
   readonly smallRuns: number;
   /** Warm pulls of the big image, each paired with a direct pull. */
   readonly warmRuns: number;
+  /** The big image's pulls are `ctr content fetch`: no unpack. */
+  readonly fetchOnly: boolean;
   readonly timeoutMs: number;
   readonly only: Only;
   /** Size of the blob of the memory run, in bytes; 0: no memory run. */
@@ -164,6 +168,7 @@ function parseOptions(argv: readonly string[]): Options {
     small: { type: 'string', default: '10' },
     'small-runs': { type: 'string', default: '1' },
     'warm-runs': { type: 'string', default: '1' },
+    'fetch-only': { type: 'boolean', default: false },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     rss: { type: 'string' },
@@ -208,6 +213,9 @@ function parseOptions(argv: readonly string[]): Options {
       `--baseline is about the small image and warm pulls, which --only ${only} leaves out`,
     );
   }
+  if (values['fetch-only'] === true && !withWarm(only) && only !== 'cold') {
+    problems.push(`--fetch-only is about the big image, which --only ${only} leaves out`);
+  }
   if (values['warm-runs'] !== '1' && !withWarm(only)) {
     problems.push(`--warm-runs is about warm pulls, which --only ${only} leaves out`);
   }
@@ -225,6 +233,7 @@ function parseOptions(argv: readonly string[]): Options {
     smallBytes,
     smallRuns,
     warmRuns,
+    fetchOnly: values['fetch-only'] === true,
     timeoutMs: timeoutS * 1000,
     only,
     rssBytes: Math.round(rssMiB * MiB),
@@ -381,6 +390,8 @@ async function ctrPull(
   timeoutMs: number,
   watched: Watched,
   seed?: ServiceProcess,
+  /** `ctr content fetch`: the blobs into containerd's content store, no unpack. */
+  fetchOnly = false,
 ): Promise<Measured> {
   const containerd: Containerd = await startContainerd();
   try {
@@ -390,11 +401,16 @@ async function ctrPull(
     const measured = await measure(
       watched,
       async () => {
-        output = await containerd.pull(ref, { timeoutMs });
+        output = fetchOnly
+          ? await containerd.ctr(
+              ['content', 'fetch', '--hosts-dir', containerd.hostsDir, ref],
+              timeoutMs,
+            )
+          : await containerd.pull(ref, { timeoutMs });
       },
       seed,
     );
-    const result: Measured = { ...measured, unpackSeconds: unpackSeconds(output) };
+    const result: Measured = { ...measured, unpackSeconds: fetchOnly ? 0 : unpackSeconds(output) };
     const stored = await containerd.contentDigests();
     const missing = target.blobs.filter((b) => !stored.has(b.digest));
     if (missing.length > 0) {
@@ -1064,6 +1080,7 @@ async function main(): Promise<number> {
           : await bigPulls(pulls, big.target, through({ seed, agent }), seed, {
               warmRuns: withWarm(only) ? options.warmRuns : 0,
               baseline,
+              fetchOnly: options.fetchOnly,
             });
       let small: SmallRun[] = [];
       if (receiver !== undefined) {
@@ -1159,7 +1176,12 @@ async function bigPulls(
   target: PullTarget,
   swarm: Through,
   seed: ServiceProcess,
-  warm: { readonly warmRuns: number; readonly baseline: Through | undefined },
+  warm: {
+    readonly warmRuns: number;
+    readonly baseline: Through | undefined;
+    /** Every pull is `ctr content fetch` (no unpack). */
+    readonly fetchOnly: boolean;
+  },
 ): Promise<BigResults> {
   const pull = async (
     what: string,
@@ -1168,7 +1190,14 @@ async function bigPulls(
     detail?: ServiceProcess,
   ) => {
     progress(`big image: ${what}`);
-    const measured = await ctrPull(target, mirrorUrl, pulls.timeoutMs, watched, detail);
+    const measured = await ctrPull(
+      target,
+      mirrorUrl,
+      pulls.timeoutMs,
+      watched,
+      detail,
+      warm.fetchOnly,
+    );
     pulls.signal.throwIfAborted();
     return measured;
   };
