@@ -32,10 +32,8 @@
  *
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
-import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 
 import {
   FAST_SWARM_ENV,
@@ -76,6 +74,7 @@ import {
   progress,
   readOptions,
   runBench,
+  settleDisk,
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
 import { pointContainerd, prepareClient, type PullTarget } from './clients.js';
@@ -1257,19 +1256,6 @@ async function bigPulls(
     });
   }
   return { direct: [direct, ...rounds.map((r) => r.direct)], cold, rounds };
-}
-
-/** Longest the page cache's write-back may take before a pull, in ms. */
-const SETTLE_MS = 120_000;
-
-/**
- * Writes every dirty page back (`sync`) before a pull, outside its clock: a pull writes its
- * image twice (containerd's content store and the snapshot) and a cold one also into the
- * agent's and the seed's caches, and without this the next pull pays for that write-back; the
- * first warm pull, right after the cold one, was slower for it in every run.
- */
-async function settleDisk(): Promise<void> {
-  await promisify(execFile)('sync', [], { timeout: SETTLE_MS });
 }
 
 /** A warm pull, with the requests it sent the registry (from the registry's own log). */

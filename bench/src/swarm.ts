@@ -36,6 +36,7 @@ import {
   progress,
   readOptions,
   runBench,
+  settleDisk,
 } from './cli.js';
 import { pushTarget, startAgents, startBase } from './cluster.js';
 import {
@@ -165,6 +166,8 @@ async function pullAtOnce(
       clients.push(client);
       teardown.add(`${options.client} client`, () => client.close());
     }
+    // Nothing the phase before wrote is still being written back when the clock starts.
+    await settleDisk();
     const before = (await originGets(registry)).length;
     const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
     const started = performance.now();
