@@ -1,6 +1,7 @@
 /** What every benchmark's command line shares: parsing, the common options, progress lines. */
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parseArgs, promisify, type ParseArgsConfig } from 'node:util';
 
 import { Teardown } from '@shoal/testkit';
 
@@ -62,6 +63,19 @@ export function exitOnProblems(problems: readonly string[], usage: string): void
     process.stderr.write(`${problems.join('\n')}\n\n${usage}`);
     process.exit(2);
   }
+}
+
+/** Longest the page cache's write-back may take before a measured pull, in ms. */
+const SETTLE_MS = 120_000;
+
+/**
+ * Writes every dirty page back (`sync`) before a measured pull, outside its clock: a pull
+ * writes its image (containerd's content store and snapshot, the agents' and the seed's caches),
+ * and without this the next pull pays for that write-back; the data-path bench's first warm
+ * pull, right after the cold one, was slower for it in every run.
+ */
+export async function settleDisk(): Promise<void> {
+  await promisify(execFile)('sync', [], { timeout: SETTLE_MS });
 }
 
 /** A progress line on standard error, apart from the results on standard output. */

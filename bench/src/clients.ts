@@ -1,6 +1,7 @@
 /**
  * The clients the benchmark pulls with, each through one agent: plain HTTP (the default: the
- * mirror's own API, digests checked while streaming), skopeo, or containerd's `ctr`.
+ * mirror's own API, digests checked while streaming), skopeo, or containerd's `ctr`; or, for a
+ * direct baseline, each straight from the registry.
  */
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
@@ -10,6 +11,7 @@ import {
   makeTempDir,
   skopeoCopy,
   startContainerd,
+  writeDirectHosts,
   writeMirrorHosts,
   type Containerd,
   type Descriptor,
@@ -40,18 +42,23 @@ export interface PreparedClient {
   close(): Promise<void>;
 }
 
-/** Sets up `kind` to pull `target` through the agent at `agentUrl`. */
+/**
+ * Sets up `kind` to pull `target` through the agent at `agentUrl`, or straight from the
+ * registry when `agentUrl` is undefined (the direct baseline).
+ */
 export async function prepareClient(
   kind: ClientKind,
-  agentUrl: string,
+  agentUrl: string | undefined,
   target: PullTarget,
   timeoutMs: number,
 ): Promise<PreparedClient> {
+  // The registry answers the mirror API's paths itself and ignores `ns=`.
+  const url = agentUrl ?? target.registryUrl;
   switch (kind) {
     case 'http':
-      return { pull: (signal) => httpPull(agentUrl, target, signal), close: async () => {} };
+      return { pull: (signal) => httpPull(url, target, signal), close: async () => {} };
     case 'skopeo':
-      return prepareSkopeo(agentUrl, target, timeoutMs);
+      return prepareSkopeo(url, target, timeoutMs);
     case 'ctr':
       return prepareCtr(agentUrl, target, timeoutMs);
   }
@@ -205,15 +212,34 @@ async function prepareSkopeo(
   };
 }
 
-/** A fresh containerd sending pulls of the origin to the agent first (hosts.toml). */
+/**
+ * Writes `containerd`'s hosts.toml for `target`'s registry: pulls go to the agent at `agentUrl`
+ * first, or only to the registry itself (plain HTTP) when `agentUrl` is undefined.
+ */
+export async function pointContainerd(
+  containerd: Containerd,
+  target: PullTarget,
+  agentUrl: string | undefined,
+): Promise<void> {
+  if (agentUrl === undefined) {
+    await writeDirectHosts(containerd.hostsDir, target.registryHost, target.registryUrl);
+  } else {
+    await writeMirrorHosts(containerd.hostsDir, target.registryHost, target.registryUrl, agentUrl);
+  }
+}
+
+/**
+ * A fresh containerd sending pulls of the origin to the agent first (hosts.toml), or only to
+ * the origin when `agentUrl` is undefined.
+ */
 async function prepareCtr(
-  agentUrl: string,
+  agentUrl: string | undefined,
   target: PullTarget,
   timeoutMs: number,
 ): Promise<PreparedClient> {
   const containerd: Containerd = await startContainerd();
   try {
-    await writeMirrorHosts(containerd.hostsDir, target.registryHost, target.registryUrl, agentUrl);
+    await pointContainerd(containerd, target, agentUrl);
   } catch (error) {
     await containerd.stop();
     throw error;

@@ -4,7 +4,8 @@
  * same pull straight from the registry, in one run.
  *
  *   node bench/dist/src/datapath.js [--layers 160,64,32] [--small 10] [--timeout-s 600]
- *                                   [--only tls|cold|rss|small] [--small-runs N] [--baseline DIR]
+ *                                   [--only tls|cold|rss|small|warm|gib] [--small-runs N]
+ *                                   [--warm-runs N] [--baseline DIR]
  *
  * One agent and one seed server (with nats-server and a tracker) serve `ctr images pull` of a
  * generated image; a fresh containerd per pull. In order: the image straight from the registry,
@@ -21,13 +22,17 @@
  * four clients also stream one blob of that size at once through a fresh agent, cold, while
  * its memory is watched (datapath-rss.ts); `--only rss` runs just that, 4 GiB by default.
  * `--only small` runs only the small images; with `--baseline DIR` each small run also pulls a
- * twin image cold through a second swarm running the build at DIR. CPU seconds come
+ * twin image cold through a second swarm running the build at DIR. `--warm-runs N` pulls the big
+ * image warm N times, each next to a direct pull (alternating which goes first; with
+ * `--baseline DIR`, the baseline swarm's agent warm too, in rotating order), and prints the
+ * distribution of warm / direct pair by pair; `--only warm` runs just the big image's direct,
+ * cold and warm pulls, and `--only gib` the same with a 1 GiB image. CPU seconds come
  * from /proc/PID/stat (utime + stime) and disk bytes from /proc/PID/io (write_bytes,
  * read_bytes), sampled just before and just after each pull.
  *
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import {
@@ -48,7 +53,6 @@ import {
   startTracker,
   table,
   waitFor,
-  writeMirrorHosts,
   type CollectedSpan,
   type Containerd,
   type GeneratedImage,
@@ -70,9 +74,10 @@ import {
   progress,
   readOptions,
   runBench,
+  settleDisk,
 } from './cli.js';
 import { pushTarget, startBase } from './cluster.js';
-import { prepareClient, type PullTarget } from './clients.js';
+import { pointContainerd, prepareClient, type PullTarget } from './clients.js';
 import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
 import {
   median,
@@ -89,14 +94,20 @@ const GiB = 1024 * MiB;
 const RSS_CLIENTS = 4;
 
 const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--small MiB] [--small-runs N]
-                                     [--timeout-s S] [--only tls|cold|rss|small] [--rss MiB]
+                                     [--timeout-s S] [--only tls|cold|rss|small|warm|gib]
+                                     [--warm-runs N] [--fetch-only] [--rss MiB]
                                      [--cpu-prof-dir DIR] [--spans-file PATH] [--baseline DIR]
                                      [--seed-main FILE] [--agent-node-options OPTIONS]
 
-  --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB)
+  --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB;
+                      640,256,128: 1 GiB with --only gib)
   --small MiB         size of the small single-layer image (default 10)
   --small-runs N      small images pulled, each a new one, direct then cold (default 1;
                       figures are their medians)
+  --warm-runs N       warm pulls of the big image, each paired with a direct pull, the
+                      order alternating (default 1; figures are their distribution)
+  --fetch-only        the big image's pulls are \`ctr content fetch\` (the blobs into
+                      containerd's content store, no unpack): only what a mirror can change
   --timeout-s S       longest a pull may take (default 600)
   --rss MiB           also stream one blob of this size with four clients through a fresh
                       agent, watching its memory (default: not run; 4096 with --only rss)
@@ -104,12 +115,15 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --only cold         only the big image, direct then through Shoal cold (the seed's figures)
   --only rss          only the memory run of --rss
   --only small        only the small image's pulls and its cold timeline
+  --only warm         only the big image: direct, cold, then the warm pulls (--warm-runs)
+  --only gib          as --only warm with a 1 GiB image (--layers 640,256,128 unless given)
   --cpu-prof-dir DIR  the seed server and the agents write V8 CPU profiles there when they stop
   --spans-file PATH   write every span the swarm exported to PATH (JSON lines)
-  --baseline DIR      with the small image: a second swarm (its own nats-server) runs the
-                      services built at DIR (a checkout built with tsc -b, e.g. by
+  --baseline DIR      a second swarm (its own nats-server) runs the services built at DIR
+                      (a checkout built with tsc -b, e.g. by
                       services/seedserver/tools/build-at.sh); each small run also pulls a
-                      new small image cold through it, alternating which goes first
+                      new small image cold through it, alternating which goes first; and its
+                      agent takes the big image cold and each warm round warm as well
   --seed-main FILE    run this seed server build (its dist/src/main.js) instead of this checkout's
   --agent-node-options OPTIONS
                       more NODE_OPTIONS for the agents, to try Node or V8 flags against
@@ -117,14 +131,22 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
 `;
 
 /** What `--only` keeps; `all` without it. */
-type Only = 'all' | 'tls' | 'cold' | 'rss' | 'small';
-const ONLY: readonly Only[] = ['tls', 'cold', 'rss', 'small'];
+type Only = 'all' | 'tls' | 'cold' | 'rss' | 'small' | 'warm' | 'gib';
+const ONLY: readonly Only[] = ['tls', 'cold', 'rss', 'small', 'warm', 'gib'];
+
+/** The big image's layers by default, in MiB: 256 MiB; 1 GiB with `--only gib`. */
+const BIG_LAYERS = '160,64,32';
+const GIB_LAYERS = '640,256,128';
 
 interface Options {
   readonly layerSizes: readonly number[];
   readonly smallBytes: number;
   /** Small images pulled, each a new one (direct, then cold through the agent). */
   readonly smallRuns: number;
+  /** Warm pulls of the big image, each paired with a direct pull. */
+  readonly warmRuns: number;
+  /** The big image's pulls are `ctr content fetch`: no unpack. */
+  readonly fetchOnly: boolean;
   readonly timeoutMs: number;
   readonly only: Only;
   /** Size of the blob of the memory run, in bytes; 0: no memory run. */
@@ -143,9 +165,11 @@ interface Options {
 
 function parseOptions(argv: readonly string[]): Options {
   const values = readOptions(argv, USAGE, {
-    layers: { type: 'string', default: '160,64,32' },
+    layers: { type: 'string' },
     small: { type: 'string', default: '10' },
     'small-runs': { type: 'string', default: '1' },
+    'warm-runs': { type: 'string', default: '1' },
+    'fetch-only': { type: 'boolean', default: false },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     rss: { type: 'string' },
@@ -156,7 +180,7 @@ function parseOptions(argv: readonly string[]): Options {
     baseline: { type: 'string' },
   });
   const problems: string[] = [];
-  const layerSizes = String(values.layers)
+  const layerSizes = String(values.layers ?? (values.only === 'gib' ? GIB_LAYERS : BIG_LAYERS))
     .split(',')
     .map((s) => Math.round(Number(s) * MiB));
   if (layerSizes.some((s) => !Number.isFinite(s) || s <= 0)) {
@@ -170,18 +194,31 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isInteger(smallRuns) || smallRuns < 1 || smallRuns > 50) {
     problems.push('--small-runs takes a whole number from 1 to 50');
   }
+  const warmRuns = Number(values['warm-runs']);
+  if (!Number.isInteger(warmRuns) || warmRuns < 1 || warmRuns > 50) {
+    problems.push('--warm-runs takes a whole number from 1 to 50');
+  }
   const timeoutS = Number(values['timeout-s']);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     problems.push('--timeout-s takes a positive number of seconds');
   }
   const only = ONLY.find((o) => o === values.only) ?? 'all';
   if (values.only !== undefined && only === 'all') {
-    problems.push('--only takes tls, cold, rss or small');
+    problems.push(`--only takes one of ${ONLY.join(', ')}`);
   }
-  for (const name of ['baseline', 'spans-file'] as const) {
-    if (values[name] !== undefined && !withSmall(only)) {
-      problems.push(`--${name} is about the small image, which --only ${only} leaves out`);
-    }
+  if (values['spans-file'] !== undefined && !withSmall(only)) {
+    problems.push(`--spans-file is about the small image, which --only ${only} leaves out`);
+  }
+  if (values.baseline !== undefined && !withSmall(only) && !withWarm(only)) {
+    problems.push(
+      `--baseline is about the small image and warm pulls, which --only ${only} leaves out`,
+    );
+  }
+  if (values['fetch-only'] === true && !withWarm(only) && only !== 'cold') {
+    problems.push(`--fetch-only is about the big image, which --only ${only} leaves out`);
+  }
+  if (values['warm-runs'] !== '1' && !withWarm(only)) {
+    problems.push(`--warm-runs is about warm pulls, which --only ${only} leaves out`);
   }
   const rssMiB = Number(values.rss ?? (values.only === 'rss' ? 4096 : 0));
   if (!Number.isFinite(rssMiB) || rssMiB < 0) {
@@ -196,6 +233,8 @@ function parseOptions(argv: readonly string[]): Options {
     layerSizes,
     smallBytes,
     smallRuns,
+    warmRuns,
+    fetchOnly: values['fetch-only'] === true,
     timeoutMs: timeoutS * 1000,
     only,
     rssBytes: Math.round(rssMiB * MiB),
@@ -221,6 +260,8 @@ interface Measured {
   readonly mainCpu: Readonly<Record<string, number>>;
   /** The seed server's own figures, when it was watched in detail. */
   readonly seed?: SeedDetail;
+  /** Of `seconds`, those `ctr` says it spent unpacking (NaN when unknown; pulls by ctr only). */
+  readonly unpackSeconds?: number;
 }
 
 /** V8's collections as prom-client's default metrics count them (`nodejs_gc_duration_seconds`). */
@@ -350,30 +391,27 @@ async function ctrPull(
   timeoutMs: number,
   watched: Watched,
   seed?: ServiceProcess,
+  /** `ctr content fetch`: the blobs into containerd's content store, no unpack. */
+  fetchOnly = false,
 ): Promise<Measured> {
   const containerd: Containerd = await startContainerd();
   try {
-    if (mirrorUrl === undefined) {
-      // Only the server line: plain HTTP to the registry itself.
-      const dir = join(containerd.hostsDir, target.registryHost);
-      await mkdir(dir, { recursive: true });
-      await writeFile(join(dir, 'hosts.toml'), `server = "${target.registryUrl}"\n`);
-    } else {
-      await writeMirrorHosts(
-        containerd.hostsDir,
-        target.registryHost,
-        target.registryUrl,
-        mirrorUrl,
-      );
-    }
+    await pointContainerd(containerd, target, mirrorUrl);
     const ref = `${target.registryHost}/${target.repository}:${target.tag}`;
-    const result = await measure(
+    let output = '';
+    const measured = await measure(
       watched,
       async () => {
-        await containerd.pull(ref, { timeoutMs });
+        output = fetchOnly
+          ? await containerd.ctr(
+              ['content', 'fetch', '--hosts-dir', containerd.hostsDir, ref],
+              timeoutMs,
+            )
+          : await containerd.pull(ref, { timeoutMs });
       },
       seed,
     );
+    const result: Measured = { ...measured, unpackSeconds: fetchOnly ? 0 : unpackSeconds(output) };
     const stored = await containerd.contentDigests();
     const missing = target.blobs.filter((b) => !stored.has(b.digest));
     if (missing.length > 0) {
@@ -383,6 +421,20 @@ async function ctrPull(
   } finally {
     await containerd.stop();
   }
+}
+
+/**
+ * How long `ctr images pull` spent unpacking, from its last line (`done: 1.310626655s`); what
+ * is left of the pull is resolving and fetching, the part a mirror can change. NaN when the
+ * output says nothing.
+ */
+function unpackSeconds(output: string): number {
+  const match = /done: ([0-9.]+)(ms|s)\s*$/.exec(output.trim());
+  if (match?.[1] === undefined) {
+    return Number.NaN;
+  }
+  const value = Number(match[1]);
+  return match[2] === 'ms' ? value / 1000 : value;
 }
 
 function blobBytes(target: PullTarget): number {
@@ -448,10 +500,30 @@ interface PeerPull {
 
 /** The big image's pulls through containerd (left out with `--only small`). */
 interface BigResults {
+  /** The first direct pull, then each round's. */
   readonly direct: readonly Measured[];
   readonly cold: Measured;
-  /** Left out with `--only cold`. */
-  readonly warm: Measured | undefined;
+  /** The warm rounds (none with `--only cold`). */
+  readonly rounds: readonly WarmRound[];
+}
+
+/** A warm pull and what it asked of the registry. */
+interface WarmPull {
+  readonly measured: Measured;
+  /** Requests the registry logged during the pull (the agent's, as containerd never goes around it). */
+  readonly registryRequests: number;
+  /** Of them, GETs of the image's blobs: a cache hit sends none. */
+  readonly registryBlobGets: number;
+}
+
+/** One warm round: a warm pull through the agent and a direct pull, one after the other. */
+interface WarmRound {
+  readonly warm: WarmPull;
+  readonly direct: Measured;
+  /** The order the round's pulls ran in, e.g. `direct, warm`. */
+  readonly order: string;
+  /** The baseline's agent warm, with `--baseline`. */
+  readonly baseline?: WarmPull;
 }
 
 /** The cold pull's phases, per blob of the image (layer, config), from the exported spans. */
@@ -532,13 +604,25 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
   const { big, small } = ctr;
   const rows: (string[] | null)[] = [];
   if (big !== undefined) {
-    const directS = big.direct.reduce((sum, m) => sum + m.seconds, 0) / big.direct.length;
+    // Over several rounds the median: one pull slowed by the other helpers' load skews a mean.
+    const directS =
+      big.rounds.length > 1
+        ? (medianRun(big.direct)?.seconds ?? Number.NaN)
+        : big.direct.reduce((sum, m) => sum + m.seconds, 0) / big.direct.length;
     rows.push(
-      ...big.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined)),
+      ...(big.rounds.length > 1
+        ? [
+            row('big, direct #1', big.direct[0] ?? big.cold, bigBytes, undefined),
+            row(
+              `big, direct (median of ${big.direct.length})`,
+              medianRun(big.direct) ?? big.cold,
+              bigBytes,
+              undefined,
+            ),
+          ]
+        : big.direct.map((m, i) => row(`big, direct #${i + 1}`, m, bigBytes, undefined))),
       row('big, through Shoal, cold', big.cold, bigBytes, directS),
-      ...(big.warm === undefined
-        ? []
-        : [row('big, through Shoal, warm (cache hit)', big.warm, bigBytes, directS)]),
+      ...warmRows(big.rounds, (label, m) => row(label, m, bigBytes, directS)),
     );
   }
   // With several small images, the rows are the runs of median time.
@@ -593,11 +677,93 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
       ],
       rows,
     ),
-    '(/ direct: over the mean of the direct pulls of the same image; W/B, R/B: disk bytes written, read per byte delivered)',
+    '(/ direct: over the mean of the direct pulls of the same image, their median with several warm rounds; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
+    ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
     ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
     ...smallLines,
   ];
+}
+
+/** The warm pulls' rows: the one warm pull, or the median ones through Shoal and the baseline. */
+function warmRows(
+  rounds: readonly WarmRound[],
+  row: (label: string, m: Measured) => string[],
+): string[][] {
+  const ours = medianRun(rounds.map((r) => r.warm.measured));
+  const theirs = medianRun(rounds.flatMap((r) => r.baseline?.measured ?? []));
+  const of = rounds.length > 1 ? `, median of ${rounds.length}` : '';
+  return [
+    ...(ours === undefined ? [] : [row(`big, through Shoal, warm (cache hit${of})`, ours)]),
+    ...(theirs === undefined ? [] : [row(`big, through the baseline, warm${of}`, theirs)]),
+  ];
+}
+
+/**
+ * The warm rounds pair by pair: each warm pull over the direct pull of its round, as a
+ * distribution, with the agent's and the registry's CPU and what the warm pulls asked of the
+ * registry.
+ */
+function warmReport(rounds: readonly WarmRound[], bytes: number): string[] {
+  if (rounds.length === 0) {
+    return [];
+  }
+  const spread = (values: readonly number[], digits = 2): string => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const at = (q: number): string =>
+      (sorted[Math.round(q * (sorted.length - 1))] ?? Number.NaN).toFixed(digits);
+    return sorted.length === 1 ? at(0) : `min ${at(0)}, median ${at(0.5)}, max ${at(1)}`;
+  };
+  const pulls = (pick: (r: WarmRound) => WarmPull | undefined): WarmPull[] =>
+    rounds.flatMap((r) => pick(r) ?? []);
+  const lines = [
+    `warm pulls, ${rounds.length} round(s), each next to a direct pull (order rotating):`,
+    `  warm / direct of the same round: ${spread(rounds.map((r) => r.warm.measured.seconds / r.direct.seconds))}`,
+  ];
+  const withBaseline = rounds.filter((r) => r.baseline !== undefined);
+  if (withBaseline.length > 0) {
+    lines.push(
+      `  baseline warm / direct: ${spread(withBaseline.map((r) => (r.baseline?.measured.seconds ?? Number.NaN) / r.direct.seconds))}`,
+      `  Shoal warm / baseline warm: ${spread(withBaseline.map((r) => r.warm.measured.seconds / (r.baseline?.measured.seconds ?? Number.NaN)))}`,
+    );
+  }
+  const cpu = (m: Measured, name: string): number => perGiB(m, name, bytes);
+  // ctr fetches, then unpacks: the fetch is what goes through the mirror, the unpack is the same.
+  const fetch = (m: Measured): number => m.seconds - (m.unpackSeconds ?? Number.NaN);
+  lines.push(
+    `  fetch (the pull less ctr's unpack), warm / direct of the same round: ${spread(rounds.map((r) => fetch(r.warm.measured) / fetch(r.direct)))}`,
+    `  fetch s, warm: ${spread(rounds.map((r) => fetch(r.warm.measured)))}; direct: ${spread(rounds.map((r) => fetch(r.direct)))}`,
+    `  unpack s, warm: ${spread(rounds.map((r) => r.warm.measured.unpackSeconds ?? Number.NaN))}; direct: ${spread(rounds.map((r) => r.direct.unpackSeconds ?? Number.NaN))}`,
+    ...(withBaseline.length === 0
+      ? []
+      : [
+          `  fetch, baseline warm / direct: ${spread(withBaseline.map((r) => (r.baseline === undefined ? Number.NaN : fetch(r.baseline.measured)) / fetch(r.direct)))}`,
+        ]),
+  );
+  lines.push(
+    `  agent CPU s/GiB, warm: ${spread(pulls((r) => r.warm).map((p) => cpu(p.measured, 'agent')))}`,
+    ...(withBaseline.length === 0
+      ? []
+      : [
+          `  baseline agent CPU s/GiB, warm: ${spread(pulls((r) => r.baseline).map((p) => cpu(p.measured, 'agent')))}`,
+        ]),
+    `  registry CPU s/GiB, direct: ${spread(rounds.map((r) => cpu(r.direct, 'registry')))}`,
+    `  registry requests per warm pull: ${spread(
+      pulls((r) => r.warm).map((p) => p.registryRequests),
+      0,
+    )} (blob GETs: ${spread(
+      pulls((r) => r.warm).map((p) => p.registryBlobGets),
+      0,
+    )})`,
+    `  each round, warm${withBaseline.length > 0 ? ' / baseline warm' : ''} / direct s (order): ${rounds
+      .map(
+        (r) =>
+          `${r.warm.measured.seconds.toFixed(2)}${r.baseline === undefined ? '' : `/${r.baseline.measured.seconds.toFixed(2)}`}/${r.direct.seconds.toFixed(2)} (${r.order})`,
+      )
+      .join('; ')}`,
+    '',
+  );
+  return lines;
 }
 
 /** The run of median time (the lower of the two middle ones for an even count). */
@@ -894,27 +1060,31 @@ async function main(): Promise<number> {
       progress('big image: the first agent takes it from the seed server');
       seedPull = await peerPull(seed, agent, big.target, timeoutMs, signal);
     } else {
+      // The baseline swarm: another build, on a nats-server of its own (its streams and
+      // consumers are its own business), exporting its spans to the same receiver.
+      let baseline: Through | undefined;
+      if (options.baseline !== undefined) {
+        const baseNats = await startNats();
+        teardown.add('baseline nats-server', () => baseNats.stop());
+        baseline = through(
+          await startSwarm(
+            baseNats.url,
+            registry,
+            teardown,
+            traced('agent-baseline', { buildRoot: options.baseline }),
+          ),
+        );
+      }
       const bigResults =
         big === undefined
           ? undefined
-          : await bigPulls(pulls, big.target, through({ seed, agent }), seed, only === 'cold');
+          : await bigPulls(pulls, big.target, through({ seed, agent }), seed, {
+              warmRuns: withWarm(only) ? options.warmRuns : 0,
+              baseline,
+              fetchOnly: options.fetchOnly,
+            });
       let small: SmallRun[] = [];
       if (receiver !== undefined) {
-        // The baseline swarm: another build, on a nats-server of its own (its streams and
-        // consumers are its own business), exporting its spans to the same receiver.
-        let baseline: Through | undefined;
-        if (options.baseline !== undefined) {
-          const baseNats = await startNats();
-          teardown.add('baseline nats-server', () => baseNats.stop());
-          baseline = through(
-            await startSwarm(
-              baseNats.url,
-              registry,
-              teardown,
-              traced('agent-baseline', { buildRoot: options.baseline }),
-            ),
-          );
-        }
         small = await smallPulls(pulls, options, receiver, through({ seed, agent }), baseline);
       }
       ctr = { big: bigResults, small };
@@ -931,7 +1101,7 @@ async function main(): Promise<number> {
 
     let peers: Results['peers'];
     let agentPeakRss: number;
-    if (big === undefined || only === 'cold') {
+    if (big === undefined || only === 'cold' || only === 'warm' || only === 'gib') {
       agentPeakRss = await agent.peakRssBytes();
     } else {
       ({ peers, agentPeakRss } = await agentToAgent(
@@ -973,6 +1143,11 @@ function withSmall(only: Only): boolean {
   return only === 'all' || only === 'small';
 }
 
+/** Whether a run with this `--only` pulls the big image warm. */
+function withWarm(only: Only): boolean {
+  return only === 'all' || only === 'warm' || only === 'gib';
+}
+
 /** What the pulls of one run share. */
 interface PullRun {
   readonly registry: Registry;
@@ -992,29 +1167,114 @@ interface Through {
 
 /**
  * The big image straight from the registry, then through the agent cold (the seed server
- * watched in detail); unless `coldOnly`, then warm and straight again.
+ * watched in detail), and through the baseline's agent cold when there is one; then
+ * `warm.warmRuns` rounds of a warm pull and a direct pull (and the baseline's warm pull),
+ * the order rotating from round to round so that none always meets the machine as another
+ * left it. With one round and no baseline: warm, then direct.
  */
 async function bigPulls(
   pulls: PullRun,
   target: PullTarget,
   swarm: Through,
   seed: ServiceProcess,
-  coldOnly: boolean,
+  warm: {
+    readonly warmRuns: number;
+    readonly baseline: Through | undefined;
+    /** Every pull is `ctr content fetch` (no unpack). */
+    readonly fetchOnly: boolean;
+  },
 ): Promise<BigResults> {
-  const pull = async (what: string, mirrorUrl: string | undefined, detail?: ServiceProcess) => {
+  const pull = async (
+    what: string,
+    mirrorUrl: string | undefined,
+    watched: Watched,
+    detail?: ServiceProcess,
+  ) => {
     progress(`big image: ${what}`);
-    const measured = await ctrPull(target, mirrorUrl, pulls.timeoutMs, swarm.watched, detail);
+    await settleDisk();
+    const measured = await ctrPull(
+      target,
+      mirrorUrl,
+      pulls.timeoutMs,
+      watched,
+      detail,
+      warm.fetchOnly,
+    );
     pulls.signal.throwIfAborted();
     return measured;
   };
-  const direct1 = await pull('direct', undefined);
-  const cold = await pull('through Shoal, cold', swarm.agentUrl, seed);
-  if (coldOnly) {
-    return { direct: [direct1], cold, warm: undefined };
+  const direct = await pull('direct', undefined, swarm.watched);
+  const cold = await pull('through Shoal, cold', swarm.agentUrl, swarm.watched, seed);
+  const { baseline } = warm;
+  if (baseline !== undefined) {
+    await pull('through the baseline, cold', baseline.agentUrl, baseline.watched);
   }
-  const warm = await pull('through Shoal, warm', swarm.agentUrl);
-  const direct2 = await pull('direct again', undefined);
-  return { direct: [direct1, direct2], cold, warm };
+  const rounds: WarmRound[] = [];
+  for (let i = 0; i < warm.warmRuns; i++) {
+    const of = `warm round ${i + 1} of ${warm.warmRuns}`;
+    const round: { warm?: WarmPull; baseline?: WarmPull; direct?: Measured } = {};
+    const steps: { readonly name: string; run(): Promise<void> }[] = [
+      {
+        name: 'warm',
+        run: async () => {
+          round.warm = await warmPull(pulls, target, () =>
+            pull(`${of}, through Shoal`, swarm.agentUrl, swarm.watched),
+          );
+        },
+      },
+      ...(baseline === undefined
+        ? []
+        : [
+            {
+              name: 'baseline',
+              run: async () => {
+                round.baseline = await warmPull(pulls, target, () =>
+                  pull(`${of}, through the baseline`, baseline.agentUrl, baseline.watched),
+                );
+              },
+            },
+          ]),
+      {
+        name: 'direct',
+        run: async () => {
+          round.direct = await pull(`${of}, direct`, undefined, swarm.watched);
+        },
+      },
+    ];
+    const order = steps.map((_, k) => steps[(k + i) % steps.length]);
+    for (const step of order) {
+      await step?.run();
+    }
+    if (round.warm === undefined || round.direct === undefined) {
+      throw new Error(`${of} did not complete`);
+    }
+    rounds.push({
+      warm: round.warm,
+      direct: round.direct,
+      order: order.map((step) => step?.name).join(', '),
+      ...(round.baseline === undefined ? {} : { baseline: round.baseline }),
+    });
+  }
+  return { direct: [direct, ...rounds.map((r) => r.direct)], cold, rounds };
+}
+
+/** A warm pull, with the requests it sent the registry (from the registry's own log). */
+async function warmPull(
+  pulls: PullRun,
+  target: PullTarget,
+  pull: () => Promise<Measured>,
+): Promise<WarmPull> {
+  const before = (await pulls.registry.requests()).length;
+  const measured = await pull();
+  const requests = (await pulls.registry.requests()).slice(before);
+  const blobs = new Set(target.blobs.map((b) => b.digest));
+  return {
+    measured,
+    registryRequests: requests.length,
+    registryBlobGets: requests.filter(
+      (r) => r.method === 'GET' && [...blobs].some((d) => r.uri.endsWith(`/blobs/${d}`)),
+    ).length,
+  };
 }
 
 /**

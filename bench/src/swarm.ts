@@ -2,8 +2,10 @@
 /**
  * The swarm benchmark: N agents pull one image at the same moment, first as a Shoal swarm
  * (tracker, seed server, agents exchanging pieces), then as N plain mirrors of the origin (the
- * baseline, same run, same image). Prints what came from where, how long each agent took and
- * how much memory it used, and the swarm's figures as ratios of the baseline's.
+ * baseline, same run, same image), then N clients straight from the registry with no agent at
+ * all (direct: with `--client ctr`, N fresh containerds). Prints what came from where, how
+ * long each agent took and how much memory it used, and the swarm's figures as ratios of the
+ * baseline's and of the direct pulls'.
  *
  *   node bench/dist/src/swarm.js [--agents 6] [--layers 256,16,1] [--seed-rate-mbps N]
  *                                [--client http|skopeo|ctr] [--timeout-s 600]
@@ -34,6 +36,7 @@ import {
   progress,
   readOptions,
   runBench,
+  settleDisk,
 } from './cli.js';
 import { pushTarget, startAgents, startBase } from './cluster.js';
 import {
@@ -137,27 +140,39 @@ interface PhaseFigures {
   readonly seed: { readonly ingested: number; readonly served: number } | undefined;
 }
 
-/** Every agent pulls the image at the same moment; returns each agent's figures. */
-async function pullAll(
-  agents: readonly AgentProcess[],
+/** How one client's pull ended: its time from the common start, and its error if it failed. */
+interface Outcome {
+  readonly seconds: number;
+  readonly error: string | undefined;
+}
+
+/**
+ * One client per entry of `mirrors` (an agent's URL, or undefined: straight from the registry)
+ * pulls the image at the same moment; returns each client's outcome and the registry's blob
+ * GETs during the pulls.
+ */
+async function pullAtOnce(
+  mirrors: readonly (string | undefined)[],
   target: PullTarget,
   registry: Registry,
   options: Options,
   interrupt: AbortSignal,
-): Promise<Omit<PhaseFigures, 'seed'>> {
+): Promise<{ outcomes: Outcome[] } & Omit<PhaseFigures, 'seed' | 'agents'>> {
   const teardown = newTeardown();
   try {
     const clients: PreparedClient[] = [];
-    for (const agent of agents) {
-      const client = await prepareClient(options.client, agent.url, target, options.timeoutMs);
+    for (const mirror of mirrors) {
+      const client = await prepareClient(options.client, mirror, target, options.timeoutMs);
       clients.push(client);
       teardown.add(`${options.client} client`, () => client.close());
     }
+    // Nothing the phase before wrote is still being written back when the clock starts.
+    await settleDisk();
     const before = (await originGets(registry)).length;
     const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
     const started = performance.now();
     const outcomes = await Promise.all(
-      clients.map(async (client) => {
+      clients.map(async (client): Promise<Outcome> => {
         let error: string | undefined;
         try {
           await client.pull(signal);
@@ -169,25 +184,8 @@ async function pullAll(
     );
     const sizes = new Map(target.blobs.map((b) => [b.digest, b.size]));
     const gets = (await originGets(registry)).slice(before);
-    const figures: AgentFigures[] = [];
-    for (const [index, agent] of agents.entries()) {
-      const metrics = await scrapeMetrics(agent.url);
-      const fetched = (source: string): number =>
-        metrics.get('shoal_agent_fetched_bytes_total', { source });
-      const outcome = outcomes[index] ?? { seconds: Number.NaN, error: 'no outcome' };
-      figures.push({
-        name: agent.peerId ?? `agent-${index}`,
-        origin: fetched('origin'),
-        seed: fetched('seed'),
-        peer: fetched('peer'),
-        uploaded: metrics.get('shoal_agent_uploaded_bytes_total'),
-        seconds: outcome.seconds,
-        peakRss: await agent.peakRssBytes(),
-        error: outcome.error,
-      });
-    }
     return {
-      agents: figures,
+      outcomes,
       blobGets: gets.length,
       originBytes: gets.reduce((sum, g) => sum + (sizes.get(g.digest) ?? 0), 0),
       originWritten: gets.reduce((sum, g) => sum + g.written, 0),
@@ -195,6 +193,75 @@ async function pullAll(
   } finally {
     await teardown.run();
   }
+}
+
+/** Every agent pulls the image at the same moment; returns each agent's figures. */
+async function pullAll(
+  agents: readonly AgentProcess[],
+  target: PullTarget,
+  registry: Registry,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<Omit<PhaseFigures, 'seed'>> {
+  const { outcomes, ...origin } = await pullAtOnce(
+    agents.map((a) => a.url),
+    target,
+    registry,
+    options,
+    interrupt,
+  );
+  const figures: AgentFigures[] = [];
+  for (const [index, agent] of agents.entries()) {
+    const metrics = await scrapeMetrics(agent.url);
+    const fetched = (source: string): number =>
+      metrics.get('shoal_agent_fetched_bytes_total', { source });
+    const outcome = outcomes[index] ?? { seconds: Number.NaN, error: 'no outcome' };
+    figures.push({
+      name: agent.peerId ?? `agent-${index}`,
+      origin: fetched('origin'),
+      seed: fetched('seed'),
+      peer: fetched('peer'),
+      uploaded: metrics.get('shoal_agent_uploaded_bytes_total'),
+      seconds: outcome.seconds,
+      peakRss: await agent.peakRssBytes(),
+      error: outcome.error,
+    });
+  }
+  return { agents: figures, ...origin };
+}
+
+/** The direct baseline: N clients straight from the registry, no agent on the way. */
+async function directPhase(
+  registry: Registry,
+  target: PullTarget,
+  options: Options,
+  interrupt: AbortSignal,
+): Promise<PhaseFigures> {
+  progress(`direct: ${options.agents} ${options.client} clients pull from the registry itself`);
+  const { outcomes, ...origin } = await pullAtOnce(
+    Array.from({ length: options.agents }, () => undefined),
+    target,
+    registry,
+    options,
+    interrupt,
+  );
+  const share = options.agents > 0 ? origin.originBytes / options.agents : 0;
+  return {
+    ...origin,
+    // Each client's bytes came from the origin; the registry's log does not say whose GET
+    // was whose, so each is charged an equal share.
+    agents: outcomes.map((o, i) => ({
+      name: `direct-${i}`,
+      origin: share,
+      seed: 0,
+      peer: 0,
+      uploaded: 0,
+      seconds: o.seconds,
+      peakRss: Number.NaN,
+      error: o.error,
+    })),
+    seed: undefined,
+  };
 }
 
 /** The swarm: a tracker, a seed server and N agents on the same NATS. */
@@ -273,6 +340,7 @@ function report(
   imageRef: string,
   swarm: PhaseFigures,
   baseline: PhaseFigures,
+  direct: PhaseFigures,
 ): string {
   const imageBytes = target.blobs.reduce((sum, b) => sum + b.size, 0);
   const rateText =
@@ -352,6 +420,12 @@ function report(
       ]),
     ),
     '',
+    `Direct: ${options.agents} ${options.client} clients straight from the registry, no agent`,
+    table(
+      ['client', 'time'],
+      direct.agents.map((a) => [a.name, a.error === undefined ? seconds(a.seconds) : 'FAILED']),
+    ),
+    '',
   );
 
   const meanTime = (p: PhaseFigures): number => mean(p.agents.map((a) => a.seconds));
@@ -359,29 +433,40 @@ function report(
   const meanRss = (p: PhaseFigures): number => mean(p.agents.map((a) => a.peakRss));
   const originRatio = (p: PhaseFigures): number => p.originBytes / imageBytes;
   const writtenRatio = (p: PhaseFigures): number => p.originWritten / imageBytes;
-  /** One row comparing a figure of both phases, with swarm ÷ baseline. */
+  /** One row comparing a figure of the phases, with swarm ÷ baseline and swarm ÷ direct. */
   const compare = (
     label: string,
     figure: (p: PhaseFigures) => number,
     format: (value: number) => string,
+    withDirect = true,
   ): string[] => [
     label,
     format(figure(swarm)),
     format(figure(baseline)),
+    withDirect ? format(figure(direct)) : '',
     ratio(figure(swarm) / figure(baseline)),
+    withDirect ? ratio(figure(swarm) / figure(direct)) : '',
   ];
   out.push(
     table(
-      ['', 'swarm', 'baseline', 'swarm / baseline'],
+      ['', 'swarm', 'baseline', 'direct', 'swarm / baseline', 'swarm / direct'],
       [
-        ['registry blob GETs', String(swarm.blobGets), String(baseline.blobGets), ''],
+        [
+          'registry blob GETs',
+          String(swarm.blobGets),
+          String(baseline.blobGets),
+          String(direct.blobGets),
+          '',
+          '',
+        ],
         compare('origin bytes / image size', originRatio, ratio),
         compare('registry bytes written / image size', writtenRatio, ratio),
-        compare('mean time per agent', meanTime, seconds),
-        compare('time until every agent is done', maxTime, seconds),
-        compare('mean agent peak RSS', meanRss, mib),
+        compare('mean time per node', meanTime, seconds),
+        compare('time until every node is done', maxTime, seconds),
+        compare('mean agent peak RSS', meanRss, mib, false),
       ],
     ),
+    '(baseline: the agents as plain mirrors of the origin; direct: the clients with no agent)',
     '',
     `bytes the agents fetched from peers: ${percent(
       sum((a) => a.peer),
@@ -393,7 +478,9 @@ function report(
       `seed server: read ${mib(swarm.seed.ingested)} from the origin, served ${mib(swarm.seed.served)} to agents`,
     );
   }
-  const failures = [...swarm.agents, ...baseline.agents].filter((a) => a.error !== undefined);
+  const failures = [...swarm.agents, ...baseline.agents, ...direct.agents].filter(
+    (a) => a.error !== undefined,
+  );
   for (const a of failures) {
     out.push(`FAILED ${a.name}: ${a.error ?? ''}`);
   }
@@ -420,8 +507,14 @@ async function main(): Promise<number> {
     const swarm = await swarmPhase(nats.url, registry, target, options, interrupt.signal);
     interrupt.signal.throwIfAborted();
     const baseline = await baselinePhase(registry, target, options, interrupt.signal);
-    process.stdout.write(report(options, target, imageRef, swarm, baseline));
-    return [...swarm.agents, ...baseline.agents].some((a) => a.error !== undefined) ? 1 : 0;
+    interrupt.signal.throwIfAborted();
+    const direct = await directPhase(registry, target, options, interrupt.signal);
+    process.stdout.write(report(options, target, imageRef, swarm, baseline, direct));
+    return [...swarm.agents, ...baseline.agents, ...direct.agents].some(
+      (a) => a.error !== undefined,
+    )
+      ? 1
+      : 0;
   } finally {
     await teardown.run();
     interrupt.release();

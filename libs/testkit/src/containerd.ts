@@ -55,6 +55,19 @@ export async function writeMirrorHosts(
   return path;
 }
 
+/** Writes `<hostsDir>/<registry>/hosts.toml` sending pulls of `registry` to itself only (plain HTTP). */
+export async function writeDirectHosts(
+  hostsDir: string,
+  registry: string,
+  registryUrl: string,
+): Promise<string> {
+  const dir = join(hostsDir, registry);
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, 'hosts.toml');
+  await writeFile(path, `server = "${registryUrl}"\n`);
+  return path;
+}
+
 /**
  * Starts containerd; with `netns`, it and every `ctr` run inside that network namespace
  * (`ctr images pull` fetches from the client side in containerd 1.6, so both must be there).

@@ -1,5 +1,10 @@
 /** @shoal/testkit: real servers for tests, on random ports in temporary directories. */
-export { startContainerd, writeMirrorHosts, type Containerd } from './containerd.js';
+export {
+  startContainerd,
+  writeDirectHosts,
+  writeMirrorHosts,
+  type Containerd,
+} from './containerd.js';
 export {
   generateImage,
   MEDIA_TYPES,

@@ -19,6 +19,8 @@ export interface MirrorSpec {
   readonly auth?: { readonly username: string; readonly password: string };
   /** Make the registry the agent's default, for clients that send no `ns=` (default true). */
   readonly asDefault?: boolean;
+  /** More environment for the agent (its settings). */
+  readonly agentEnv?: Record<string, string>;
 }
 
 export interface MirrorFixture {
@@ -52,6 +54,7 @@ export async function startMirror(spec: MirrorSpec): Promise<MirrorFixture> {
     const agent = await startAgent({
       registries: `${registry.host}=${registry.url}`,
       ...(spec.asDefault === false ? {} : { defaultRegistry: registry.host }),
+      ...(spec.agentEnv === undefined ? {} : { env: spec.agentEnv }),
     });
     teardown.add('agent', () => agent.stop());
     return { registry, image, ref, agent, stop: () => teardown.run() };

@@ -31,7 +31,7 @@ import {
 } from '@shoal/registry';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
-import { pumpBody } from './body.js';
+import { CACHE_PUMP, pumpBody, STREAM_PUMP } from './body.js';
 import { MirrorError, ociErrorBody } from './errors.js';
 import { passThroughCursor } from './pass-through.js';
 import type { PullTarget } from './path.js';
@@ -381,6 +381,7 @@ export class Mirror {
         served.inc(bytes);
         tally.add('origin', bytes);
       },
+      bodyLength(length, range),
     );
     if (this.#deps.ledger !== undefined) {
       reportBlob(this.#deps.ledger, logger, {
@@ -479,10 +480,17 @@ export class Mirror {
     const fromCache =
       from === 'cache' ? metrics.fetchedBytes.labels({ source: 'cache' }) : undefined;
     sendBlobHeaders(reply, digest, size, range);
-    await pumpBody(reply, reply.statusCode, cursor, (bytes) => {
-      served.inc(bytes);
-      fromCache?.inc(bytes);
-    });
+    await pumpBody(
+      reply,
+      reply.statusCode,
+      cursor,
+      (bytes) => {
+        served.inc(bytes);
+        fromCache?.inc(bytes);
+      },
+      bodyLength(size, range),
+      from === 'cache' ? CACHE_PUMP : STREAM_PUMP,
+    );
   }
 }
 
@@ -515,6 +523,11 @@ function sendManifest(
   reply.send(method === 'HEAD' ? undefined : bytes);
 }
 
+/** Bytes a blob answer's body has: the blob's, or the range's. */
+function bodyLength(size: number, range: ByteRange | undefined): number {
+  return range === undefined ? size : range.end - range.start + 1;
+}
+
 /** Sets the status and headers of a blob answer (200, or 206 for a range). */
 function sendBlobHeaders(
   reply: FastifyReply,
@@ -531,7 +544,7 @@ function sendBlobHeaders(
     return reply
       .code(206)
       .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
-      .header('content-length', range.end - range.start + 1);
+      .header('content-length', bodyLength(size, range));
   }
   return reply.code(200).header('content-length', size);
 }
