@@ -73,13 +73,49 @@ export interface GetOptions {
   readonly connectTimeoutMs?: number;
   /** The error for a timeout. */
   readonly timeoutError: (kind: 'idle' | 'connect') => Error;
+  /**
+   * Pause reading briefly after small reads of a slow body, so that the kernel gathers its
+   * bytes into fewer, larger reads (see `PACE_TARGET_BYTES`): less CPU per byte on slow links,
+   * at the price of up to `PACE_MAX_MS` more before the caller sees bytes. Default false.
+   */
+  readonly paceReads?: boolean;
 }
+
+/**
+ * How many looks the idle watchdog takes per idle timeout: a silence is noticed between
+ * `timeoutMs` and `timeoutMs × (1 + 1/IDLE_LOOKS)` after the last read.
+ */
+const IDLE_LOOKS = 4;
+
+/**
+ * Read pacing (`GetOptions.paceReads`). On a slow link the kernel hands a socket over a few
+ * KiB at a time, and each read is a loop wake-up, a callback into JavaScript and a microtask
+ * checkpoint: at 3 MB/s spread over eight piece requests that was about a thousand reads a
+ * second, most of what an agent spent while downloading, whatever the number of bytes. So
+ * after a small read the connection stops reading for about as long as the body's own rate
+ * takes to bring `PACE_TARGET_BYTES` more, which the kernel keeps meanwhile (well within the
+ * TCP receive buffer, so the sender is never held up), and the next read takes them at once.
+ * A fast body (large reads) is never paused, and no pause runs past the body's expected end.
+ */
+/** A read smaller than this may pause the connection, in bytes. */
+const PACE_SMALL_BYTES = 32 * 1024;
+/** Bytes to let gather in the kernel during a pause. */
+const PACE_TARGET_BYTES = 32 * 1024;
+/** Body bytes before the body's rate is trusted for pacing. */
+const PACE_AFTER_BYTES = 64 * 1024;
+/** Longest pause, in ms: a short delay at worst for the last bytes of a body. */
+const PACE_MAX_MS = 50;
+/** Shorter pauses are not worth their timer, in ms. */
+const PACE_MIN_MS = 2;
 
 /** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
 class Connection {
   readonly socket: Socket;
-  /** Reads go here while an exchange runs; false pauses the socket. */
-  receive: ((bytes: Buffer) => boolean) | undefined;
+  /**
+   * Reads go here while an exchange runs, as the connection's read buffer and the bytes read
+   * into it; false pauses the socket.
+   */
+  receive: ((buffer: Buffer, length: number) => boolean) | undefined;
   /** Set when the connection was used before: a failure before any answer may be a stale one. */
   reused = false;
   idleTimer: NodeJS.Timeout | undefined;
@@ -88,16 +124,18 @@ class Connection {
 
   constructor(url: URL, tls: RawTlsOptions | undefined) {
     const host = url.hostname.replace(/^\[|\]$/g, '');
+    // Every read lands in this buffer (net passes it back to the callback): no view is made
+    // per read here, only the body views the parser hands out.
+    const readBuffer = Buffer.allocUnsafe(RAW_READ_BYTES);
     const onread: OnReadOpts = {
-      buffer: Buffer.allocUnsafe(RAW_READ_BYTES),
-      callback: (bytes: number, buffer: Uint8Array): boolean => {
-        const view = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
+      buffer: readBuffer,
+      callback: (bytes: number): boolean => {
         if (this.receive === undefined) {
           // Nothing was asked: a server that talks out of turn loses the connection.
           this.socket.destroy();
           return false;
         }
-        return this.receive(view);
+        return this.receive(readBuffer, bytes);
       },
     };
     if (url.protocol === 'https:') {
@@ -224,10 +262,20 @@ export class RawHttpClient {
       let pending: Promise<void> | undefined;
       const parser = new ResponseParser();
       let connectTimer: NodeJS.Timeout | undefined;
+      let idleTimer: NodeJS.Timeout | undefined;
+      /** Socket reads during this exchange, for the idle watchdog. */
+      let reads = 0;
+      /** A read-pacing pause under way (reading resumes when it ends). */
+      let paced: NodeJS.Timeout | undefined;
+      let bodyBytes = 0;
+      /** When the first body bytes came (performance.now()), for the body's rate. */
+      let bodyStartedAt = 0;
       const cleanup = (): void => {
         clearTimeout(connectTimer);
-        socket.setTimeout(0);
-        socket.off('timeout', onIdle);
+        clearTimeout(idleTimer);
+        idleTimer = undefined;
+        clearTimeout(paced);
+        paced = undefined;
         socket.off('error', onError);
         socket.off('close', onClose);
         socket.off('end', onEnd);
@@ -295,16 +343,36 @@ export class RawHttpClient {
         );
         socket.once('connect', () => clearTimeout(connectTimer));
       }
-      socket.setTimeout(options.timeoutMs);
+      // The idle timeout, watched by a timer that looks a few times per timeout whether
+      // anything was read since it last looked, rather than by the socket's own timeout:
+      // Node moves that timer on every read, a timer-list insertion per socket chunk, which
+      // at a low rate (small chunks) was the largest part of the reading's cost.
+      let readsSeen = 0;
+      let quietLooks = 0;
+      const lookMs = Math.max(1, Math.ceil(options.timeoutMs / IDLE_LOOKS));
+      const look = (): void => {
+        if (reads !== readsSeen) {
+          readsSeen = reads;
+          quietLooks = 0;
+        } else if (++quietLooks >= IDLE_LOOKS) {
+          onIdle();
+          return;
+        }
+        idleTimer = setTimeout(look, lookMs);
+      };
+      idleTimer = setTimeout(look, lookMs);
       // A connection the sink paused, earlier, reads again.
       socket.resume();
-      socket.on('timeout', onIdle);
       socket.on('error', onError);
       socket.on('close', onClose);
       socket.on('end', onEnd);
 
       /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
       const deliver = (bytes: Buffer): void => {
+        if (bodyBytes === 0) {
+          bodyStartedAt = performance.now();
+        }
+        bodyBytes += bytes.length;
         const result = sink.onBody(bytes);
         if (result === undefined) {
           return;
@@ -313,7 +381,7 @@ export class RawHttpClient {
         const current: Promise<void> = Promise.all([previous, result]).then(() => {
           if (pending === current) {
             pending = undefined;
-            if (!settled) {
+            if (!settled && paced === undefined) {
               socket.resume();
             }
           }
@@ -323,17 +391,16 @@ export class RawHttpClient {
           fail(error instanceof Error ? error : new Error(String(error))),
         );
       };
-      connection.receive = (bytes) => {
+      const onHead = (status: number, length: number | undefined, headers: ResponseHeaders): void =>
+        sink.onHead(status, length, headers);
+      connection.receive = (buffer, length) => {
         if (settled) {
           return false;
         }
         answered = true;
+        reads += 1;
         try {
-          const outcome = parser.feed(
-            bytes,
-            (status, length, headers) => sink.onHead(status, length, headers),
-            deliver,
-          );
+          const outcome = parser.feed(buffer, length, onHead, deliver);
           if (outcome === 'done') {
             finish(parser.keepAlive);
             // Reading on while idle, so a server that closes the connection is noticed.
@@ -342,6 +409,18 @@ export class RawHttpClient {
         } catch (error) {
           fail(error instanceof Error ? error : new Error(String(error)));
           return false;
+        }
+        if (options.paceReads === true && length < PACE_SMALL_BYTES) {
+          const pauseMs = paceMs(bodyBytes, performance.now() - bodyStartedAt, parser.remaining);
+          if (pauseMs > 0) {
+            paced = setTimeout(() => {
+              paced = undefined;
+              if (!settled && pending === undefined) {
+                socket.resume();
+              }
+            }, pauseMs);
+            return false;
+          }
         }
         // Paused while the sink writes; resumed when it is done.
         return pending === undefined;
@@ -354,6 +433,24 @@ export class RawHttpClient {
       socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
     });
   }
+}
+
+/**
+ * How long to pause reading after a small read, in ms (0: not at all): long enough for
+ * `PACE_TARGET_BYTES` at the rate the body has come so far (`bytes` in `elapsedMs`), never
+ * past the body's expected end (`remaining` bytes; undefined when unknown) nor `PACE_MAX_MS`.
+ */
+export function paceMs(bytes: number, elapsedMs: number, remaining: number | undefined): number {
+  if (bytes < PACE_AFTER_BYTES || elapsedMs <= 0) {
+    return 0;
+  }
+  const bytesPerMs = bytes / elapsedMs;
+  const ms = Math.min(
+    PACE_MAX_MS,
+    PACE_TARGET_BYTES / bytesPerMs,
+    (remaining ?? Number.POSITIVE_INFINITY) / bytesPerMs,
+  );
+  return ms >= PACE_MIN_MS ? Math.floor(ms) : 0;
 }
 
 /** A connection failed before anything came back; `cause` is why. */
@@ -380,30 +477,39 @@ class ResponseParser {
   /** The connection may carry another request afterwards. */
   keepAlive = true;
 
-  /** Feeds bytes read; 'done' once the response is complete. */
+  /** Body bytes still to come, when the body's length is known. */
+  get remaining(): number | undefined {
+    return this.#state === 'body' && !this.untilClose ? this.#remaining : undefined;
+  }
+
+  /**
+   * Feeds the first `end` bytes of `bytes` (a connection's read buffer); 'done' once the
+   * response is complete. Body bytes go to `onBody` as views of `bytes`.
+   */
   feed(
     bytes: Buffer,
+    end: number,
     onHead: (status: number, length: number | undefined, headers: ResponseHeaders) => void,
     onBody: (bytes: Buffer) => void,
   ): 'more' | 'done' {
     let at = 0;
-    while (at < bytes.length) {
+    while (at < end) {
       switch (this.#state) {
         case 'head': {
           const before = this.#head.length;
-          this.#head += bytes.toString('latin1', at, Math.min(bytes.length, at + MAX_HEAD_BYTES));
-          const end = this.#head.indexOf('\r\n\r\n');
-          if (end < 0) {
+          this.#head += bytes.toString('latin1', at, Math.min(end, at + MAX_HEAD_BYTES));
+          const headEnd = this.#head.indexOf('\r\n\r\n');
+          if (headEnd < 0) {
             if (this.#head.length >= MAX_HEAD_BYTES) {
               throw new Error('response head too large');
             }
-            at = bytes.length;
+            at = end;
             break;
           }
-          at += end + 4 - before;
+          at += headEnd + 4 - before;
           if (this.#startBody(onHead)) {
             // Bytes after a complete response: no pipelining here, so the connection is spent.
-            this.keepAlive &&= at === bytes.length;
+            this.keepAlive &&= at === end;
             return 'done';
           }
           break;
@@ -411,18 +517,18 @@ class ResponseParser {
         case 'body':
         case 'data': {
           if (this.untilClose) {
-            onBody(bytes.subarray(at));
-            at = bytes.length;
+            onBody(bytes.subarray(at, end));
+            at = end;
             break;
           }
-          const take = Math.min(this.#remaining, bytes.length - at);
+          const take = Math.min(this.#remaining, end - at);
           onBody(bytes.subarray(at, at + take));
           at += take;
           this.#remaining -= take;
           if (this.#remaining === 0) {
             if (this.#state === 'body') {
               this.#state = 'done';
-              this.keepAlive &&= at === bytes.length;
+              this.keepAlive &&= at === end;
               return 'done';
             }
             this.#state = 'crlf';
@@ -433,10 +539,12 @@ class ResponseParser {
         case 'size':
         case 'crlf':
         case 'trailer': {
-          const newline = bytes.indexOf(0x0a, at);
-          const end = newline < 0 ? bytes.length : newline + 1;
-          this.#line += bytes.toString('latin1', at, end);
-          at = end;
+          // Searched within the bytes read only: the rest of the buffer is an older read's.
+          const found = bytes.subarray(at, end).indexOf(0x0a);
+          const newline = found < 0 ? -1 : at + found;
+          const lineEnd = newline < 0 ? end : newline + 1;
+          this.#line += bytes.toString('latin1', at, lineEnd);
+          at = lineEnd;
           if (this.#line.length > 1024) {
             throw new Error('chunk framing line too long');
           }
@@ -459,7 +567,7 @@ class ResponseParser {
             this.#state = size === 0 ? 'trailer' : 'data';
           } else if (line === '') {
             this.#state = 'done';
-            this.keepAlive &&= at === bytes.length;
+            this.keepAlive &&= at === end;
             return 'done';
           }
           break;
