@@ -73,12 +73,6 @@ export interface GetOptions {
   readonly connectTimeoutMs?: number;
   /** The error for a timeout. */
   readonly timeoutError: (kind: 'idle' | 'connect') => Error;
-  /**
-   * Pause reading briefly after small reads of a slow body, so that the kernel gathers its
-   * bytes into fewer, larger reads (see `PACE_TARGET_BYTES`): less CPU per byte on slow links,
-   * at the price of up to `PACE_MAX_MS` more before the caller sees bytes. Default false.
-   */
-  readonly paceReads?: boolean;
 }
 
 /**
@@ -86,27 +80,6 @@ export interface GetOptions {
  * `timeoutMs` and `timeoutMs × (1 + 1/IDLE_LOOKS)` after the last read.
  */
 const IDLE_LOOKS = 4;
-
-/**
- * Read pacing (`GetOptions.paceReads`). On a slow link the kernel hands a socket over a few
- * KiB at a time, and each read is a loop wake-up, a callback into JavaScript and a microtask
- * checkpoint: at 3 MB/s spread over eight piece requests that was about a thousand reads a
- * second, most of what an agent spent while downloading, whatever the number of bytes. So
- * after a small read the connection stops reading for about as long as the body's own rate
- * takes to bring `PACE_TARGET_BYTES` more, which the kernel keeps meanwhile (well within the
- * TCP receive buffer, so the sender is never held up), and the next read takes them at once.
- * A fast body (large reads) is never paused, and no pause runs past the body's expected end.
- */
-/** A read smaller than this may pause the connection, in bytes. */
-const PACE_SMALL_BYTES = 32 * 1024;
-/** Bytes to let gather in the kernel during a pause. */
-const PACE_TARGET_BYTES = 32 * 1024;
-/** Body bytes before the body's rate is trusted for pacing. */
-const PACE_AFTER_BYTES = 64 * 1024;
-/** Longest pause, in ms: a short delay at worst for the last bytes of a body. */
-const PACE_MAX_MS = 50;
-/** Shorter pauses are not worth their timer, in ms. */
-const PACE_MIN_MS = 2;
 
 /** One keep-alive connection; the onread callback goes to whichever exchange uses it. */
 class Connection {
@@ -265,17 +238,10 @@ export class RawHttpClient {
       let idleTimer: NodeJS.Timeout | undefined;
       /** Socket reads during this exchange, for the idle watchdog. */
       let reads = 0;
-      /** A read-pacing pause under way (reading resumes when it ends). */
-      let paced: NodeJS.Timeout | undefined;
-      let bodyBytes = 0;
-      /** When the first body bytes came (performance.now()), for the body's rate. */
-      let bodyStartedAt = 0;
       const cleanup = (): void => {
         clearTimeout(connectTimer);
         clearTimeout(idleTimer);
         idleTimer = undefined;
-        clearTimeout(paced);
-        paced = undefined;
         socket.off('error', onError);
         socket.off('close', onClose);
         socket.off('end', onEnd);
@@ -369,10 +335,6 @@ export class RawHttpClient {
 
       /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
       const deliver = (bytes: Buffer): void => {
-        if (bodyBytes === 0) {
-          bodyStartedAt = performance.now();
-        }
-        bodyBytes += bytes.length;
         const result = sink.onBody(bytes);
         if (result === undefined) {
           return;
@@ -381,7 +343,7 @@ export class RawHttpClient {
         const current: Promise<void> = Promise.all([previous, result]).then(() => {
           if (pending === current) {
             pending = undefined;
-            if (!settled && paced === undefined) {
+            if (!settled) {
               socket.resume();
             }
           }
@@ -410,18 +372,6 @@ export class RawHttpClient {
           fail(error instanceof Error ? error : new Error(String(error)));
           return false;
         }
-        if (options.paceReads === true && length < PACE_SMALL_BYTES) {
-          const pauseMs = paceMs(bodyBytes, performance.now() - bodyStartedAt, parser.remaining);
-          if (pauseMs > 0) {
-            paced = setTimeout(() => {
-              paced = undefined;
-              if (!settled && pending === undefined) {
-                socket.resume();
-              }
-            }, pauseMs);
-            return false;
-          }
-        }
         // Paused while the sink writes; resumed when it is done.
         return pending === undefined;
       };
@@ -433,24 +383,6 @@ export class RawHttpClient {
       socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
     });
   }
-}
-
-/**
- * How long to pause reading after a small read, in ms (0: not at all): long enough for
- * `PACE_TARGET_BYTES` at the rate the body has come so far (`bytes` in `elapsedMs`), never
- * past the body's expected end (`remaining` bytes; undefined when unknown) nor `PACE_MAX_MS`.
- */
-export function paceMs(bytes: number, elapsedMs: number, remaining: number | undefined): number {
-  if (bytes < PACE_AFTER_BYTES || elapsedMs <= 0) {
-    return 0;
-  }
-  const bytesPerMs = bytes / elapsedMs;
-  const ms = Math.min(
-    PACE_MAX_MS,
-    PACE_TARGET_BYTES / bytesPerMs,
-    (remaining ?? Number.POSITIVE_INFINITY) / bytesPerMs,
-  );
-  return ms >= PACE_MIN_MS ? Math.floor(ms) : 0;
 }
 
 /** A connection failed before anything came back; `cause` is why. */
@@ -476,11 +408,6 @@ class ResponseParser {
   untilClose = false;
   /** The connection may carry another request afterwards. */
   keepAlive = true;
-
-  /** Body bytes still to come, when the body's length is known. */
-  get remaining(): number | undefined {
-    return this.#state === 'body' && !this.untilClose ? this.#remaining : undefined;
-  }
 
   /**
    * Feeds the first `end` bytes of `bytes` (a connection's read buffer); 'done' once the

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { paceMs, RawHttpClient, type GetOptions } from '../src/raw-http.js';
+import { RawHttpClient, type GetOptions } from '../src/raw-http.js';
 
 const BODY = randomBytes(3 * 1024 * 1024 + 17);
 
@@ -162,44 +162,6 @@ describe('RawHttpClient', () => {
     assert.deepEqual(body, BODY.subarray(0, parts * 100));
   });
 
-  it('with paceReads, takes a slow body of small writes in far fewer reads', async () => {
-    // 160 writes of 2 KiB, 4 ms apart: about 500 KB/s, the kernel handing over each write.
-    const writes = 160;
-    const size = 2048;
-    handler = (_req, res) => {
-      res.setHeader('content-length', writes * size);
-      let sent = 0;
-      const timer = setInterval(() => {
-        res.write(BODY.subarray(sent * size, (sent + 1) * size));
-        sent += 1;
-        if (sent === writes) {
-          clearInterval(timer);
-          res.end();
-        }
-      }, 4);
-    };
-    let reads = 0;
-    const chunks: Buffer[] = [];
-    const started = performance.now();
-    await client.get(
-      new URL('/paced', base),
-      { ...options(), paceReads: true },
-      {
-        onHead: () => undefined,
-        onBody: (bytes) => {
-          reads += 1;
-          chunks.push(Buffer.from(bytes));
-        },
-      },
-    );
-    assert.deepEqual(Buffer.concat(chunks), BODY.subarray(0, writes * size));
-    // The first 64 KiB as they come (32 reads or fewer), then about 32 KiB per read.
-    assert.ok(reads < writes / 2, `${reads} reads for ${writes} writes`);
-    // Pausing never holds the body back for long: 640 ms of writes (timers run late on a
-    // busy machine, so the bound is loose).
-    assert.ok(performance.now() - started < 3000);
-  });
-
   it('times out a body that stops halfway, within a quarter past the idle timeout', async () => {
     handler = (_req, res) => {
       res.setHeader('content-length', 2000);
@@ -211,26 +173,5 @@ describe('RawHttpClient', () => {
     // Silent from about the start: noticed between 200 and 250 ms later (timers run late
     // on a busy machine, never early).
     assert.ok(elapsed >= 195, `timed out after ${elapsed} ms`);
-  });
-});
-
-describe('paceMs', () => {
-  it('does not pause before 64 KiB of body, whose rate it would not know yet', () => {
-    assert.equal(paceMs(32 * 1024, 1000, undefined), 0);
-  });
-
-  it('pauses for about 32 KiB at the body rate so far, at most 50 ms', () => {
-    // 1 MiB in 1 s: 32 KiB take 31 ms.
-    assert.equal(paceMs(1024 * 1024, 1000, undefined), 31);
-    // 100 KiB in 1 s: 320 ms, capped.
-    assert.equal(paceMs(100 * 1024, 1000, undefined), 50);
-  });
-
-  it('does not pause a fast body, nor past its expected end', () => {
-    // 100 MiB/s: 32 KiB take 0.3 ms, not worth a timer.
-    assert.equal(paceMs(100 * 1024 * 1024, 1000, undefined), 0);
-    // 1 MiB/s with 10 KiB left: 9 ms, not 31.
-    assert.equal(paceMs(1024 * 1024, 1000, 10 * 1024), 9);
-    assert.equal(paceMs(1024 * 1024, 1000, 0), 0);
   });
 });

@@ -136,8 +136,6 @@ export class PieceClient {
         headers,
         signal: slow.signal,
         timeoutMs: idleTimeoutMs,
-        // Slow links deliver a few KiB per read: gather them into fewer reads.
-        paceReads: true,
         timeoutError: () =>
           new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
       },
