@@ -8,20 +8,12 @@ import { createHook } from 'node:async_hooks';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import {
-  jetstream,
-  jetstreamManager,
-  type JetStreamClient,
-  type JetStreamManager,
-} from '@nats-io/jetstream';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { decodeMessage, digestOf, pieceHave, pieceHaveSubject, STREAMS } from '@shoal/proto';
 import { createLogger, createMetrics } from '@shoal/runtime';
-import { ensureStreams } from '@shoal/runtime/nats';
-import { startNats, type NatsServer } from '@shoal/testkit';
 
 import { createAgentMetrics } from '../src/metrics.js';
 import { SwarmClient } from '../src/swarm/client.js';
+import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
 
 const HAVE_INTERVAL_MS = 150;
 const SELF = { id: 'agent-haves', url: 'http://127.0.0.1:65002' };
@@ -52,25 +44,16 @@ async function timerCallbacks(during: () => Promise<void>): Promise<number> {
 }
 
 describe('SwarmClient haves', () => {
-  let nats: NatsServer;
-  let nc: NatsConnection;
-  let js: JetStreamClient;
-  let jsm: JetStreamManager;
+  let fixture: JetStreamFixture;
 
   before(async () => {
-    nats = await startNats();
-    nc = await connect({ servers: nats.url, timeout: 5_000 });
-    js = jetstream(nc, { timeout: 5_000 });
-    jsm = await jetstreamManager(nc, { timeout: 5_000 });
-    await ensureStreams(jsm, [STREAMS.swarm], 1);
+    fixture = await startJetStream([STREAMS.swarm]);
   });
 
-  after(async () => {
-    await nc.drain();
-    await nats.stop();
-  });
+  after(() => fixture.close());
 
   function newClient(): SwarmClient {
+    const { nc, js, jsm } = fixture;
     return new SwarmClient({
       nc,
       js,
@@ -86,7 +69,7 @@ describe('SwarmClient haves', () => {
   it('sends the last piece set queued for a blob once, within the have interval', async () => {
     const blob = digestOf(Buffer.from('haves batched')).toString();
     const heard: { pieces: unknown; at: number }[] = [];
-    const subscription = nc.subscribe(pieceHaveSubject(blob, SELF.id), {
+    const subscription = fixture.nc.subscribe(pieceHaveSubject(blob, SELF.id), {
       callback: (_error, msg) => {
         const decoded = decodeMessage(pieceHave, msg.data);
         assert.ok(decoded.ok);
