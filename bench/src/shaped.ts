@@ -110,7 +110,7 @@ function parseOptions(argv: readonly string[]): Options {
     'size-mib': { type: 'string', default: '64' },
     'slow-nodes': { type: 'string', default: '0' },
     'late-join': { type: 'string', default: '0' },
-    waves: { type: 'string', default: WAVES.join(',') },
+    waves: { type: 'string', default: 'direct,cache,shoal' },
     'shoal-env': { type: 'string', default: '' },
     'agent-build': { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
