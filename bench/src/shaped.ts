@@ -26,6 +26,7 @@ import {
 } from '@shoal/testkit';
 
 import {
+  cpuProfileEnv,
   exitOnProblems,
   interruptOnSignal,
   newTeardown,
@@ -45,7 +46,7 @@ import {
 
 const MiB = 1024 * 1024;
 const REPOSITORY = 'bench/shaped';
-const WAVES = ['direct', 'cache', 'shoal'] as const;
+const WAVES = ['direct', 'cache', 'shoal', 'baseline'] as const;
 type WaveName = (typeof WAVES)[number];
 
 const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it builds network namespaces)
@@ -63,6 +64,9 @@ const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it build
   --late-join S        the last node starts pulling S seconds after the others (default 0)
   --waves LIST         which waves, in order (default direct,cache,shoal)
   --shoal-env LIST     settings for the agents and the seed server, KEY=VALUE,KEY=VALUE
+  --agent-build DIR    the wave 'baseline' is the Shoal wave with the agents of the build at DIR
+                       (services/seedserver/tools/build-at.sh <commit> DIR .)
+  --cpu-prof-dir DIR   the agents write V8 CPU profiles (<pid>.cpuprofile) there when they stop
   --timeout-s S        longest a node's pull may take (default 600)
 
 The issue's configuration: --nodes 6 --size-mib 256 (about 15 minutes at 25 Mbit/s).
@@ -81,6 +85,8 @@ interface Options {
   readonly lateJoinS: number;
   readonly waves: readonly WaveName[];
   readonly shoalEnv: Readonly<Record<string, string>>;
+  readonly agentBuild: string | undefined;
+  readonly cpuProfDir: string | undefined;
   readonly timeoutMs: number;
 }
 
@@ -104,8 +110,10 @@ function parseOptions(argv: readonly string[]): Options {
     'size-mib': { type: 'string', default: '64' },
     'slow-nodes': { type: 'string', default: '0' },
     'late-join': { type: 'string', default: '0' },
-    waves: { type: 'string', default: WAVES.join(',') },
+    waves: { type: 'string', default: 'direct,cache,shoal' },
     'shoal-env': { type: 'string', default: '' },
+    'agent-build': { type: 'string' },
+    'cpu-prof-dir': { type: 'string' },
     'timeout-s': { type: 'string', default: '600' },
   });
   const problems: string[] = [];
@@ -155,6 +163,12 @@ function parseOptions(argv: readonly string[]): Options {
     check(at > 0 && /^SHOAL_[A-Z0-9_]+$/.test(pair.slice(0, at)), `--shoal-env: bad ${pair}`);
     shoalEnv[pair.slice(0, at)] = pair.slice(at + 1);
   }
+  const agentBuild = values['agent-build'];
+  check(
+    !waves.includes('baseline') || typeof agentBuild === 'string',
+    'the baseline wave needs --agent-build DIR',
+  );
+  const cpuProfDir = values['cpu-prof-dir'];
   const timeoutS = number('timeout-s');
   check(Number.isFinite(timeoutS) && timeoutS > 0, '--timeout-s takes seconds');
   exitOnProblems(problems, USAGE);
@@ -171,6 +185,8 @@ function parseOptions(argv: readonly string[]): Options {
     lateJoinS,
     waves: waves as WaveName[],
     shoalEnv,
+    agentBuild: typeof agentBuild === 'string' ? agentBuild : undefined,
+    cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     timeoutMs: timeoutS * 1000,
   };
 }
@@ -210,6 +226,7 @@ function idealSeconds(
         (n * imageBytes) / bytesPerSecond(options.cacheMbit),
       );
     case 'shoal':
+    case 'baseline':
       // A perfect swarm: every byte crosses the registry's link once and each node's once.
       return imageBytes / Math.min(node, registry, bytesPerSecond(options.controlMbit));
   }
@@ -326,6 +343,36 @@ function report(
       ),
     );
   }
+  // The agents' CPU per byte they fetched and per second they spent pulling: at a low rate a
+  // cost per unit of time (timers, small socket reads) shows as CPU per GiB far above the
+  // full-speed figure.
+  const agentCpu = new Map<WaveName, { perGiB: number; perSecond: number }>();
+  for (const [wave, result] of results) {
+    if (result.swarm === undefined) {
+      continue;
+    }
+    const { fetched, cpuSeconds } = result.swarm;
+    const bytes = fetched.origin + fetched.seed + fetched.peer;
+    const pullSeconds = result.pulls.reduce((total, p) => total + p.seconds, 0);
+    const figures = {
+      perGiB: cpuSeconds.agents / (bytes / 1024 ** 3),
+      perSecond: cpuSeconds.agents / pullSeconds,
+    };
+    agentCpu.set(wave, figures);
+    out.push(
+      `${wave}: agents ${cpuSeconds.agents.toFixed(1)} CPU s, ` +
+        `${figures.perGiB.toFixed(2)} CPU s per GiB fetched, ` +
+        `${figures.perSecond.toFixed(3)} of a core per agent while pulling`,
+    );
+  }
+  const now = agentCpu.get('shoal');
+  const before = agentCpu.get('baseline');
+  if (now !== undefined && before !== undefined) {
+    out.push(
+      `agent CPU, shoal ÷ baseline: per GiB ${ratio(now.perGiB / before.perGiB)}, ` +
+        `per second ${ratio(now.perSecond / before.perSecond)}`,
+    );
+  }
   for (const [wave, result] of results) {
     for (const pull of result.pulls.filter((p) => p.error !== undefined)) {
       out.push(`FAILED ${wave} ${pull.name}: ${pull.error ?? ''}`);
@@ -398,7 +445,10 @@ async function main(): Promise<number> {
           ? await directWave(context, registryHost)
           : wave === 'cache'
             ? await cacheWave(context, registryHost, cacheHost)
-            : await shoalWave(context, registryHost, controlHost, options.shoalEnv);
+            : await shoalWave(context, registryHost, controlHost, options.shoalEnv, {
+                buildRoot: wave === 'baseline' ? options.agentBuild : undefined,
+                env: cpuProfileEnv(options.cpuProfDir),
+              });
       const slowest = Math.max(...result.pulls.map((p) => p.seconds));
       progress(`${wave}: every node done in ${seconds(slowest)}`);
       results.set(wave, result);

@@ -28,6 +28,14 @@ import {
 
 import { newTeardown, progress } from '../cli.js';
 
+/** Which agents a Shoal wave runs, beyond the settings every Shoal process gets. */
+export interface ShoalAgentChoice {
+  /** The root of another checkout built with `tsc -b`, whose agent runs instead of this one's. */
+  readonly buildRoot?: string | undefined;
+  /** More environment for the agents only (a CPU-profile preload). */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
 /** A node of the lab and when it starts pulling. */
 export interface LabNode {
   readonly host: LabHost;
@@ -204,6 +212,7 @@ export async function shoalWave(
   registryHost: LabHost,
   controlHost: LabHost,
   env: Readonly<Record<string, string>>,
+  choice?: ShoalAgentChoice,
 ): Promise<WaveResult> {
   const teardown = newTeardown();
   const placed = { netns: controlHost.netns, host: controlHost.address };
@@ -229,7 +238,12 @@ export async function shoalWave(
           peerId: node.host.name,
           netns: node.host.netns,
           host: node.host.address,
-          env: { SHOAL_AGENT_HOSTS_DIR: containerds[index]?.hostsDir ?? '', ...env },
+          env: {
+            SHOAL_AGENT_HOSTS_DIR: containerds[index]?.hostsDir ?? '',
+            ...env,
+            ...choice?.env,
+          },
+          ...(choice?.buildRoot === undefined ? {} : { buildRoot: choice.buildRoot }),
         });
         teardown.add(`agent on ${node.host.name}`, () => agent.stop());
         return agent;

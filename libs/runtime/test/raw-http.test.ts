@@ -140,4 +140,38 @@ describe('RawHttpClient', () => {
     setTimeout(() => controller.abort(new Error('caller gave up')), 50);
     await assert.rejects(pending, /caller gave up/);
   });
+
+  it('lets a slow body that keeps moving run past the idle timeout', async () => {
+    // 12 small writes 40 ms apart: 480 ms in all, never 150 ms silent.
+    const parts = 12;
+    handler = (_req, res) => {
+      res.setHeader('content-length', parts * 100);
+      let sent = 0;
+      const timer = setInterval(() => {
+        res.write(BODY.subarray(sent * 100, (sent + 1) * 100));
+        sent += 1;
+        if (sent === parts) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 40);
+    };
+    const started = performance.now();
+    const { body } = await get('/slow', options(150));
+    assert.ok(performance.now() - started >= 400);
+    assert.deepEqual(body, BODY.subarray(0, parts * 100));
+  });
+
+  it('times out a body that stops halfway, within a quarter past the idle timeout', async () => {
+    handler = (_req, res) => {
+      res.setHeader('content-length', 2000);
+      res.write(BODY.subarray(0, 1000));
+    };
+    const started = performance.now();
+    await assert.rejects(get('/stalled', options(200)), /timeout: idle/);
+    const elapsed = performance.now() - started;
+    // Silent from about the start: noticed between 200 and 250 ms later (timers run late
+    // on a busy machine, never early).
+    assert.ok(elapsed >= 195, `timed out after ${elapsed} ms`);
+  });
 });

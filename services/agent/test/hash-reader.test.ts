@@ -6,12 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import {
-  jetstream,
-  jetstreamManager,
-  type JetStreamClient,
-  type JetStreamManager,
-} from '@nats-io/jetstream';
+import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   digestOf,
@@ -22,11 +17,11 @@ import {
   type PieceHashes,
 } from '@shoal/proto';
 import { createLogger, createMetrics } from '@shoal/runtime';
-import { ensureStreams } from '@shoal/runtime/nats';
-import { startNats, type NatsServer } from '@shoal/testkit';
+import type { NatsServer } from '@shoal/testkit';
 
 import { createAgentMetrics, type AgentMetrics } from '../src/metrics.js';
 import { DirectGetCheck, readPieceHashes } from '../src/swarm/hash-reader.js';
+import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
 
 const KiB = 1024;
 /** 1 MiB: four pieces of 256 KiB. */
@@ -52,18 +47,14 @@ describe('piece-hash reader', () => {
   let js: JetStreamClient;
   let jsm: JetStreamManager;
 
+  let fixture: JetStreamFixture;
+
   before(async () => {
-    nats = await startNats();
-    nc = await connect({ servers: nats.url, timeout: 5_000 });
-    js = jetstream(nc, { timeout: 5_000 });
-    jsm = await jetstreamManager(nc, { timeout: 5_000 });
-    await ensureStreams(jsm, [STREAMS.pieces], 1);
+    fixture = await startJetStream([STREAMS.pieces]);
+    ({ nats, nc, js, jsm } = fixture);
   });
 
-  after(async () => {
-    await nc.drain();
-    await nats.stop();
-  });
+  after(() => fixture.close());
 
   const publish = (b: PieceHashes): Promise<unknown> =>
     js.publish(pieceHashesSubject(b.blob), encodeMessage(pieceHashes, b));

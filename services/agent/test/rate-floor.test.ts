@@ -135,6 +135,23 @@ describe('PieceClient against a slow server', () => {
     }
   });
 
+  it('stops a request at once when the caller aborts, with the caller reason', async () => {
+    pace = { chunk: 512, gapMs: 50 };
+    const client = new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 });
+    try {
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(new Error('download cancelled')), 100);
+      const started = Date.now();
+      await assert.rejects(
+        client.fetch(base, BLOB, 0, PIECE.length, controller.signal),
+        /download cancelled/,
+      );
+      assert.ok(Date.now() - started < 700, `stopped after ${Date.now() - started} ms`);
+    } finally {
+      client.close();
+    }
+  });
+
   it('gives up on a piece that never goes quiet but stays below the floor', async () => {
     pace = { chunk: 256, gapMs: 100 };
     const client = new PieceClient({ idleTimeoutMs: 200, minRateBytes: 10_000 });

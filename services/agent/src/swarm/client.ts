@@ -53,7 +53,9 @@ export class SwarmClient {
   readonly #metrics: AgentMetrics;
   readonly #listeners = new Map<string, Set<(h: Handout) => void>>();
   readonly #pendingHaves = new Map<string, PendingHave>();
-  readonly #haveTimer: NodeJS.Timeout;
+  readonly #haveIntervalMs: number;
+  /** Armed while haves are queued, so an agent with nothing to announce runs no timer. */
+  #haveTimer: NodeJS.Timeout | undefined;
   #subscription: Subscription | undefined;
   #closed = false;
   #flushing: Promise<void> = Promise.resolve();
@@ -82,8 +84,7 @@ export class SwarmClient {
     this.#uploads = options.uploads;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
-    this.#haveTimer = setInterval(() => void this.flushHaves(), options.haveIntervalMs);
-    this.#haveTimer.unref();
+    this.#haveIntervalMs = options.haveIntervalMs;
   }
 
   /** Starts receiving hand-outs; a subscription that fails is reopened after a second. */
@@ -196,10 +197,21 @@ export class SwarmClient {
     }
   }
 
-  /** Queues the pieces now held of `blob`; sent with the next batch. */
+  /**
+   * Queues the pieces now held of `blob`; sent with the next batch, at most the have interval
+   * after the first have queued since the last batch went.
+   */
   announce(blob: string, pieces: PieceRanges, complete: boolean): void {
-    if (this.#uploads) {
-      this.#pendingHaves.set(blob, { pieces, complete });
+    if (!this.#uploads) {
+      return;
+    }
+    this.#pendingHaves.set(blob, { pieces, complete });
+    if (this.#haveTimer === undefined && !this.#closed) {
+      this.#haveTimer = setTimeout(() => {
+        this.#haveTimer = undefined;
+        void this.flushHaves();
+      }, this.#haveIntervalMs);
+      this.#haveTimer.unref();
     }
   }
 
@@ -263,7 +275,8 @@ export class SwarmClient {
   /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */
   async close(): Promise<void> {
     this.#closed = true;
-    clearInterval(this.#haveTimer);
+    clearTimeout(this.#haveTimer);
+    this.#haveTimer = undefined;
     await this.flushHaves();
     if (this.#uploads) {
       await this.#js

@@ -90,9 +90,9 @@ export const swarmConfig = z.object({
   /** Pieces fetched at once per blob (default 8). */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
   /**
-   * Longest a piece response may stay silent, in ms (default 15 000); also the grace before
-   * the rate floor applies. There is no fixed time per piece: on a slow link a piece takes
-   * what the link needs.
+   * Longest a piece response may stay silent, in ms (default 15 000; a silence is noticed
+   * within a quarter more); also the grace before the rate floor applies. There is no fixed
+   * time per piece: on a slow link a piece takes what the link needs.
    */
   SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS: envInt(15_000).refine((n) => n >= 1, 'must be at least 1'),
   /**

@@ -121,11 +121,20 @@ export class PieceClient {
           `piece ${index} from ${url.host} is below ${minRateBytes} bytes/s (${floor.received} of ${length} bytes)`,
         ),
     );
+    // The caller's abort reaches the request through the rate floor's controller: one
+    // listener, removed when the request ends, rather than `AbortSignal.any` per piece (a
+    // signal kept alive by weak references and a finalizer until the collector gets to it).
+    const onAbort = (): void => slow.abort(signal.reason);
+    if (signal.aborted) {
+      onAbort();
+    } else {
+      signal.addEventListener('abort', onAbort, { once: true });
+    }
     const exchange = this.#http.get(
       url,
       {
         headers,
-        signal: AbortSignal.any([signal, slow.signal]),
+        signal: slow.signal,
         timeoutMs: idleTimeoutMs,
         timeoutError: () =>
           new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
@@ -183,13 +192,18 @@ export class PieceClient {
         },
       },
     );
-    await exchange.finally(stopWatching).catch((error: unknown) => {
-      throw unreachable(error)
-        ? new PieceFetchError('PIECE_UNREACHABLE', 503, `${url.host} refuses connections`, {
-            cause: error,
-          })
-        : error;
-    });
+    await exchange
+      .finally(() => {
+        stopWatching();
+        signal.removeEventListener('abort', onAbort);
+      })
+      .catch((error: unknown) => {
+        throw unreachable(error)
+          ? new PieceFetchError('PIECE_UNREACHABLE', 503, `${url.host} refuses connections`, {
+              cause: error,
+            })
+          : error;
+      });
     if (received !== length) {
       throw new PieceFetchError(
         'PIECE_LENGTH',
