@@ -24,6 +24,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   agentPresence,
   handoutSubject,
+  haveDue,
   KV_BUCKETS,
   peerGone,
   peerGoneSubject,
@@ -35,6 +36,8 @@ import {
   preheatNodesConsumer,
   rangesInclude,
   STREAMS,
+  wantPacing,
+  WantPacer,
   type AgentPresence,
   type Handout,
   type PeerGone,
@@ -86,8 +89,12 @@ interface Download {
   /** The latest hand-out's peers for this blob. */
   peers: Handout['peers'];
   lastWant: number;
+  /** When wants go out with `--pacing paced`, as the agent paces them. */
+  readonly pacer: WantPacer;
   lastHave: number;
   haveDirty: boolean;
+  /** Pieces the last have announced. */
+  announced: number;
   readonly startedAt: number;
   doneAt: number | undefined;
   /** Pieces the download budget allows but not yet taken (fractional). */
@@ -344,19 +351,25 @@ class Worker {
           this.#fetch(agent, download, dt / active.length, now);
         }
         // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
-        if (
-          !isDone(download) &&
-          !download.fromOrigin &&
-          now - download.lastWant >= this.#config.wantIntervalMs
-        ) {
+        const due =
+          isDone(download) || download.fromOrigin ? 'no' : this.#wantDue(agent, download, now);
+        if (due !== 'no') {
           download.lastWant = now;
+          download.pacer.sent(now, due === 'starved');
           this.#want(agent, download, now);
         }
       }
       for (const download of agent.downloads) {
-        if (download.haveDirty && now - download.lastHave >= this.#config.haveIntervalMs) {
+        if (
+          download.haveDirty &&
+          now - download.lastHave >= this.#config.haveIntervalMs &&
+          (this.#config.pacing === 'fixed' ||
+            haveDue(download.announced, download.heldCount, download.blob.pieces))
+        ) {
           download.haveDirty = false;
           download.lastHave = now;
+          download.announced = download.heldCount;
+          download.pacer.progressed();
           this.#have(agent, download);
         }
       }
@@ -365,6 +378,42 @@ class Worker {
         this.#presence(agent, now);
       }
     }
+  }
+
+  /**
+   * Whether a download asks for peers now: every want interval with `--pacing fixed`; paced
+   * as the agent does otherwise (starved: no holder in the latest hand-out holds a missing
+   * piece, checked only when that decides it).
+   */
+  #wantDue(agent: Agent, download: Download, now: number): 'no' | 'yes' | 'starved' {
+    if (this.#config.pacing === 'fixed') {
+      return now - download.lastWant >= this.#config.wantIntervalMs ? 'yes' : 'no';
+    }
+    const { pacer } = download;
+    if (pacer.due(now, false)) {
+      return 'yes';
+    }
+    return pacer.due(now, true) && this.#starved(agent, download) ? 'starved' : 'no';
+  }
+
+  /** True when no peer of the latest hand-out holds a piece the download lacks. */
+  #starved(agent: Agent, download: Download): boolean {
+    for (const holder of download.peers) {
+      if (holder.peer.id === agent.peer.id) {
+        continue;
+      }
+      if (holder.complete) {
+        return false;
+      }
+      for (const [start, end] of holder.pieces) {
+        for (let index = start; index < end; index++) {
+          if (download.held[index] === 0) {
+            return false;
+          }
+        }
+      }
+    }
+    return true;
   }
 
   #join(agent: Agent, now: number): void {
@@ -385,7 +434,9 @@ class Worker {
         hashesKnown: false,
         peers: [],
         lastWant: 0,
+        pacer: new WantPacer(wantPacing(this.#config.wantIntervalMs)),
         lastHave: 0,
+        announced: 0,
         lastProgress: now,
         fromOrigin: false,
         haveDirty: false,
@@ -651,6 +702,11 @@ class Worker {
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
       download.peers = answer.peers;
+      download.pacer.handout(
+        answer.peers.some(
+          (p) => p.peer.id !== agent.peer.id && (p.complete || p.pieces.length > 0),
+        ),
+      );
     }
   }
 

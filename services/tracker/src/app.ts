@@ -26,7 +26,7 @@ import {
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { TrackerConfig } from './config.js';
-import { ensureWantsConsumer, WantsConsumer } from './consumers/piece-want.js';
+import { ensureWantsConsumer, WantsConsumer, type Waiter } from './consumers/piece-want.js';
 import { SwarmStreamConsumer } from './consumers/swarm-stream.js';
 import { LoadTracker } from './handout/load.js';
 import { HandoutTokens } from './handout/tokens.js';
@@ -44,10 +44,16 @@ export type { SwarmEntry, SwarmSnapshot } from './swarm/view.js';
 const PUBLISH_TIMEOUT_MS = 5_000;
 /**
  * Askers told of no holder that hear of the first one without asking again: at most this
- * many (blob, asker) pairs, each for this long (agents ask again every 500 ms by default).
+ * many (blob, asker) pairs, each for this long. Agents rely on the push and ask again only
+ * after up to 60 s (`@shoal/proto` `wantPacing`), so an entry outlives that.
  */
-const WAITING_ASKERS_MAX = 20_000;
-const WAITING_ASKER_TTL_MS = 5_000;
+const WAITING_ASKERS_MAX = 50_000;
+const WAITING_ASKER_TTL_MS = 120_000;
+/**
+ * Downloads in progress this replica answered, whose haves it answers with fresh peers: at
+ * most this many (blob, asker) pairs (the oldest go first; their next want brings them back).
+ */
+const FOLLOWED_ASKERS_MAX = 100_000;
 /** How long draining the NATS connection may take before it is closed outright, in ms. */
 const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -183,6 +189,7 @@ export async function buildApp(
       maySeed: seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS),
       // Wants are answered only once the replay is done; until then nobody waits.
       onHolder: (blob, peer) => wants?.holderAppeared(blob, peer),
+      onHave: (have) => wants?.haveApplied(have),
     });
     await swarm.start();
     await swarm.whenCaughtUp(stopping.signal);
@@ -208,6 +215,9 @@ export async function buildApp(
         logger,
         now,
         waiting: new WaitingAskers(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS),
+        ...(config.SHOAL_TRACKER_PUSH_ON_HAVE
+          ? { following: new WaitingAskers<Waiter>(FOLLOWED_ASKERS_MAX, WAITING_ASKER_TTL_MS) }
+          : {}),
       },
       config.SHOAL_TRACKER_WANT_QUEUE_MAX,
     );

@@ -21,11 +21,14 @@ import {
   type RequestOutcome,
 } from '@shoal/pieces';
 import {
+  haveDue,
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
   pieceSizeFor,
   toRanges,
+  wantPacing,
+  WantPacer,
   type Handout,
   type PeerInfo,
   type PieceHashes,
@@ -146,12 +149,17 @@ export class SwarmFetch {
   /** The latest hand-out token's request headers, presented with every piece request. */
   #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
+  /** When the next want goes out (`@shoal/proto` pacing). */
+  readonly #wants: WantPacer;
+  /** Pieces the latest have announced. */
+  #announced = 0;
 
   constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
     this.download = download;
     this.#target = target;
     this.#deps = deps;
     this.#blob = target.digest.toString();
+    this.#wants = new WantPacer(wantPacing(deps.settings.wantIntervalMs));
     this.#picker = new PiecePicker({
       settings: {
         concurrency: deps.settings.concurrency,
@@ -281,16 +289,18 @@ export class SwarmFetch {
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
         return 'stall';
       }
-      // Asked at a fixed interval for the whole download: the tracker's view of who holds
-      // what keeps changing, and one message a second per blob does not grow with the swarm.
-      // A few more at the start, while pieces exist but nobody known holds them.
+      // Paced (see `@shoal/proto` pacing): at once, then less and less often while a known
+      // holder has pieces to give, again soon when none has, and only as a fallback while the
+      // tracker owes a pushed hand-out (it named no holder), so the wants of one download do
+      // not grow with how long it lasts. A few more at the start, while pieces exist but
+      // nobody known holds them.
       const early = earlyWants < EARLY_WANTS && this.#picker.count > 0 && !this.#picker.anyHolder();
-      if (
-        now - lastWant >= settings.wantIntervalMs ||
-        (early && now - lastWant >= EARLY_WANT_GAP_MS)
-      ) {
-        if (now - lastWant < settings.wantIntervalMs) {
+      const starved = !this.#picker.holdsMissing();
+      if (this.#wants.due(now, starved) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
+        if (!this.#wants.due(now, starved)) {
           earlyWants += 1;
+        } else {
+          this.#wants.sent(now, starved);
         }
         lastWant = now;
         void client.want({
@@ -315,7 +325,7 @@ export class SwarmFetch {
       const wait =
         early && earlyWants < EARLY_WANTS
           ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
-          : TICK_MS;
+          : Math.max(1, Math.min(TICK_MS, this.#wants.nextDueMs(Date.now(), starved) - Date.now()));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, wait);
         this.#wake = () => {
@@ -517,7 +527,15 @@ export class SwarmFetch {
     this.#lastProgress = Date.now();
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
-    this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
+    // Announced as the held pieces double (at most log2(count) + 1 haves before the complete
+    // one `run` sends once the blob is verified): peers learn of this holder early, and the
+    // have stream does not grow with how long the download lasts.
+    const held = this.#picker.held.size;
+    if (held < this.#picker.count && haveDue(this.#announced, held, this.#picker.count)) {
+      this.#announced = held;
+      this.#wants.progressed();
+      this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
+    }
   }
 
   #onHashes(batch: PieceHashes): void {
@@ -553,6 +571,10 @@ export class SwarmFetch {
   }
 
   #onHandout(message: Handout): void {
+    const self = this.#deps.client.self.id;
+    this.#wants.handout(
+      message.peers.some((p) => p.peer.id !== self && (p.complete || p.pieces.length > 0)),
+    );
     if (message.token !== undefined) {
       this.#auth = pieceAuthHeaders(message.token, this.#deps.client.self.id);
     }
