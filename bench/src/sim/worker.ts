@@ -95,6 +95,12 @@ interface Download {
   haveDirty: boolean;
   /** Pieces the last have announced. */
   announced: number;
+  /**
+   * Pieces some peer of the latest hand-out holds (by its snapshot) that the download lacks,
+   * for `--pacing paced`'s check of whether any holder is known: counted at each hand-out, less each piece taken.
+   */
+  offered: Uint8Array;
+  offeredMissing: number;
   readonly startedAt: number;
   doneAt: number | undefined;
   /** Pieces the download budget allows but not yet taken (fractional). */
@@ -351,11 +357,10 @@ class Worker {
           this.#fetch(agent, download, dt / active.length, now);
         }
         // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
-        const due =
-          isDone(download) || download.fromOrigin ? 'no' : this.#wantDue(agent, download, now);
+        const due = isDone(download) || download.fromOrigin ? 'no' : this.#wantDue(download, now);
         if (due !== 'no') {
           download.lastWant = now;
-          download.pacer.sent(now, due === 'starved');
+          download.pacer.sent(now, due === 'no-holder');
           this.#want(agent, download, now);
         }
       }
@@ -369,7 +374,7 @@ class Worker {
           download.haveDirty = false;
           download.lastHave = now;
           download.announced = download.heldCount;
-          download.pacer.progressed();
+          download.pacer.announced(now);
           this.#have(agent, download);
         }
       }
@@ -382,38 +387,47 @@ class Worker {
 
   /**
    * Whether a download asks for peers now: every want interval with `--pacing fixed`; paced
-   * as the agent does otherwise (starved: no holder in the latest hand-out holds a missing
-   * piece, checked only when that decides it).
+   * as the agent does otherwise (see `#noHolder`).
    */
-  #wantDue(agent: Agent, download: Download, now: number): 'no' | 'yes' | 'starved' {
+  #wantDue(download: Download, now: number): 'no' | 'yes' | 'no-holder' {
     if (this.#config.pacing === 'fixed') {
       return now - download.lastWant >= this.#config.wantIntervalMs ? 'yes' : 'no';
     }
-    const { pacer } = download;
-    if (pacer.due(now, false)) {
-      return 'yes';
+    const noHolder = this.#noHolder(download);
+    if (!download.pacer.due(now, noHolder)) {
+      return 'no';
     }
-    return pacer.due(now, true) && this.#starved(agent, download) ? 'starved' : 'no';
+    return noHolder ? 'no-holder' : 'yes';
   }
 
   /** True when no peer of the latest hand-out holds a piece the download lacks. */
-  #starved(agent: Agent, download: Download): boolean {
+  #noHolder(download: Download): boolean {
+    return download.offeredMissing === 0;
+  }
+
+  /** Counts the pieces the hand-out's peers offer that the download lacks. */
+  #countOffered(agent: Agent, download: Download): void {
+    const { offered, held } = download;
+    offered.fill(0);
     for (const holder of download.peers) {
       if (holder.peer.id === agent.peer.id) {
         continue;
       }
       if (holder.complete) {
-        return false;
+        offered.fill(1);
+        break;
       }
       for (const [start, end] of holder.pieces) {
-        for (let index = start; index < end; index++) {
-          if (download.held[index] === 0) {
-            return false;
-          }
-        }
+        offered.fill(1, start, Math.min(end, offered.length));
       }
     }
-    return true;
+    let missing = 0;
+    for (let index = 0; index < offered.length; index++) {
+      if (offered[index] === 1 && held[index] === 0) {
+        missing += 1;
+      }
+    }
+    download.offeredMissing = missing;
   }
 
   #join(agent: Agent, now: number): void {
@@ -437,6 +451,8 @@ class Worker {
         pacer: new WantPacer(wantPacing(this.#config.wantIntervalMs)),
         lastHave: 0,
         announced: 0,
+        offered: new Uint8Array(blob.pieces),
+        offeredMissing: 0,
         lastProgress: now,
         fromOrigin: false,
         haveDirty: false,
@@ -519,6 +535,10 @@ class Worker {
       download.credit -= 1;
       download.haveDirty = true;
       download.lastProgress = now;
+      if (download.offered[index] === 1) {
+        download.offeredMissing -= 1;
+      }
+      download.pacer.gotPiece(now);
     }
     this.#completeIfWhole(download, now);
   }
@@ -702,6 +722,7 @@ class Worker {
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
       download.peers = answer.peers;
+      this.#countOffered(agent, download);
       download.pacer.handout(
         answer.peers.some(
           (p) => p.peer.id !== agent.peer.id && (p.complete || p.pieces.length > 0),

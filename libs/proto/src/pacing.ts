@@ -2,17 +2,23 @@
  * How often an agent publishes wants and haves for one download: part of the protocol's
  * contract, because the control plane's cost per agent follows from it. Both are paced so
  * that the messages of one download do not grow with how long it lasts (which grows with
- * the swarm while the seed server is the only holder): haves go out as the held pieces double,
- * wants back off while the known holders still have something to give, and an agent told
- * that nobody holds the blob yet waits for the tracker's pushed hand-out instead of asking
- * again. Pure: no clock, no I/O.
+ * the swarm while the seed server is the only holder): haves go out as the held pieces grow
+ * by steps (doubling, then every sixteenth of the blob), wants go out when the download is
+ * starved, and an agent told that nobody holds the blob yet waits for the tracker's pushed
+ * hand-out instead of asking again. Pure: no clock, no I/O.
  */
+
+/** Haves a download sends at most, past its first doublings, per blob. */
+const HAVE_STEPS = 16;
 
 /**
  * Whether a have is due for a download holding `held` of `total` pieces when the last one
- * announced `announced`: at 1, 2, 4, 8 … pieces (each time the count at least doubled) and
- * once complete, so at most log2(total) + 2 haves per download, however long it takes. An
- * announcement of nothing (`held` 0 after holding pieces) is always due.
+ * announced `announced`: at 1, 2, 4, 8 … pieces (each time the count doubled) until a step
+ * is a sixteenth of the blob, then every sixteenth, and once complete: at most
+ * log2(total / 16) + 18 haves per download, however long it takes. Finer than doubling alone
+ * because a piece the seed server rations to a few askers reaches the others only from
+ * them, once the tracker knows they hold it. An announcement of nothing (`held` 0 after
+ * holding pieces) is always due.
  */
 export function haveDue(announced: number, held: number, total: number): boolean {
   if (held === announced) {
@@ -21,15 +27,22 @@ export function haveDue(announced: number, held: number, total: number): boolean
   if (held === 0 || held >= total) {
     return true;
   }
-  return held >= 2 * announced;
+  const step = Math.max(1, Math.min(announced, Math.ceil(total / HAVE_STEPS)));
+  return held >= announced + step;
 }
 
 /** Settings of a `WantPacer`, in ms. */
 export interface WantPacing {
   /** The shortest gap between two wants (the agent's want interval). */
   readonly baseMs: number;
-  /** The longest gap while the known holders still hold missing pieces. */
+  /** The gap while the known holders still hold missing pieces, and the longest one. */
   readonly maxMs: number;
+  /**
+   * No piece for this long counts as starved even while known holders hold missing pieces:
+   * they may all refuse for now (a seed server that rations a piece to a few askers, busy
+   * peers), and the peers that got those pieces are news only the tracker has.
+   */
+  readonly idleMs: number;
   /**
    * The gap after a hand-out that named nobody holding a piece: the tracker pushes a new
    * hand-out once a holder appears, so this want only covers a push that was lost (a
@@ -43,37 +56,42 @@ const MAX_GAP_MS = 30_000;
 const MAX_WAITING_MS = 60_000;
 
 /**
- * The default pacing for an agent whose want interval is `baseMs`: gaps up to 16 times it
- * (at most 30 s), and 32 times it (at most 60 s; trackers keep a waiting asker longer) while
- * waiting for a push.
+ * The default pacing for an agent whose want interval is `baseMs`: 16 times it (at most
+ * 30 s) while holders are known, and 32 times it (at most 60 s; trackers keep a waiting asker
+ * longer) while waiting for a push.
  */
 export function wantPacing(baseMs: number): WantPacing {
   return {
     baseMs,
     maxMs: Math.max(baseMs, Math.min(16 * baseMs, MAX_GAP_MS)),
+    idleMs: 4 * baseMs,
     waitingMs: Math.max(baseMs, Math.min(32 * baseMs, MAX_WAITING_MS)),
   };
 }
 
 /**
- * When a download asks the tracker for peers. The first want goes at once. After it, the gap
- * doubles with every want, up to `maxMs`, for as long as some known holder holds a missing
- * piece (the answer would mostly repeat what the download knows, and the tracker pushes
- * fresh peers after each of the download's haves). A download that knows nobody holding a
- * missing piece (starved) asks after `baseMs`, and after twice as long each time it asks
- * again without having made progress in between (`progressed`). One whose latest hand-out
- * named no holder waits `waitingMs` for the pushed hand-out.
+ * When a download asks the tracker for peers: when it needs them, not on a clock, so that the
+ * wants of a download do not grow with how long it lasts. The first want goes at once. After
+ * it, the tracker that answered pushes fresh peers after each of the download's haves, so
+ * while some known holder holds a missing piece the download asks again only when a have of
+ * its own went unanswered for `maxMs` (that tracker stopped, or does not push). A download
+ * that knows nobody holding a missing piece (starved) asks after `baseMs`, and after twice as
+ * long each time it asks again without a new piece in between (`gotPiece`); so does one that got
+ * no piece for `idleMs`. One
+ * whose latest hand-out named no holder waits `waitingMs` for the pushed hand-out.
  */
 export class WantPacer {
   readonly #pacing: WantPacing;
   #lastMs: number | undefined;
-  #gapMs: number;
   #starvedGapMs: number;
   #waiting = false;
+  /** When the last piece came (or the first want went), in ms since the epoch. */
+  #lastPieceMs: number | undefined;
+  /** When the oldest have not followed by a hand-out went out, in ms since the epoch. */
+  #unansweredHaveMs: number | undefined;
 
   constructor(pacing: WantPacing) {
     this.#pacing = pacing;
-    this.#gapMs = pacing.baseMs;
     this.#starvedGapMs = pacing.baseMs;
   }
 
@@ -82,49 +100,71 @@ export class WantPacer {
     return this.#waiting;
   }
 
-  /** Whether a want is due at `nowMs`; `starved`: no known holder holds a missing piece. */
-  due(nowMs: number, starved: boolean): boolean {
-    if (this.#lastMs === undefined) {
-      return true;
-    }
-    const since = nowMs - this.#lastMs;
-    if (this.#waiting) {
-      return since >= this.#pacing.waitingMs;
-    }
-    return since >= this.#gap(starved);
+  /**
+   * Whether a want is due at `nowMs`; `noHolder`: no known holder holds a missing piece
+   * (starved, as is a download that got no piece for `idleMs`).
+   */
+  due(nowMs: number, noHolder: boolean): boolean {
+    return nowMs >= this.nextDueMs(nowMs, noHolder);
   }
 
-  /** When the next want is due at the latest, in ms since the epoch (now when none went yet). */
-  nextDueMs(nowMs: number, starved: boolean): number {
+  /** Whether the download is starved at `nowMs` (see `due`). */
+  starved(nowMs: number, noHolder: boolean): boolean {
+    return (
+      noHolder ||
+      (this.#lastPieceMs !== undefined && nowMs - this.#lastPieceMs >= this.#pacing.idleMs)
+    );
+  }
+
+  /**
+   * When the next want is due, in ms since the epoch: `nowMs` when one is due now, infinity
+   * when none is until something happens (a have, a hand-out, starving).
+   */
+  nextDueMs(nowMs: number, noHolder: boolean): number {
     if (this.#lastMs === undefined) {
       return nowMs;
     }
     if (this.#waiting) {
       return this.#lastMs + this.#pacing.waitingMs;
     }
-    return this.#lastMs + this.#gap(starved);
+    const unanswered =
+      this.#unansweredHaveMs === undefined
+        ? Number.POSITIVE_INFINITY
+        : Math.max(this.#lastMs, this.#unansweredHaveMs) + this.#pacing.maxMs;
+    if (noHolder) {
+      return Math.min(unanswered, this.#lastMs + this.#starvedGapMs);
+    }
+    // Idle: starved from `idleMs` after the last piece, and no sooner than its gap allows.
+    const idle = Math.max(
+      (this.#lastPieceMs ?? this.#lastMs) + this.#pacing.idleMs,
+      this.#lastMs + this.#starvedGapMs,
+    );
+    return Math.min(unanswered, idle);
   }
 
-  /** A want went out at `nowMs`; `starved` as for `due`. */
-  sent(nowMs: number, starved = false): void {
-    if (starved) {
+  /** A want went out at `nowMs`; `noHolder` as for `due`. */
+  sent(nowMs: number, noHolder = false): void {
+    if (this.starved(nowMs, noHolder)) {
       this.#starvedGapMs = Math.min(this.#pacing.maxMs, this.#starvedGapMs * 2);
     }
     this.#lastMs = nowMs;
-    this.#gapMs = Math.min(this.#pacing.maxMs, this.#gapMs * 2);
+    this.#lastPieceMs ??= nowMs;
   }
 
-  /** The download got new pieces (a have went out): starved, it may ask soon again. */
-  progressed(): void {
+  /** The download got a new piece at `nowMs`: starved, it may ask soon again. */
+  gotPiece(nowMs: number): void {
     this.#starvedGapMs = this.#pacing.baseMs;
+    this.#lastPieceMs = nowMs;
   }
 
-  #gap(starved: boolean): number {
-    return starved ? Math.min(this.#starvedGapMs, this.#gapMs) : this.#gapMs;
+  /** A have went out at `nowMs`: a hand-out is expected in answer to it. */
+  announced(nowMs: number): void {
+    this.#unansweredHaveMs ??= nowMs;
   }
 
   /** A hand-out came; `namedHolder`: some peer in it holds a piece (or all of them). */
   handout(namedHolder: boolean): void {
     this.#waiting = !namedHolder;
+    this.#unansweredHaveMs = undefined;
   }
 }

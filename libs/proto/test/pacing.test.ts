@@ -17,15 +17,19 @@ function havesOneByOne(total: number): number[] {
 }
 
 describe('have pacing', () => {
-  it('announces as the held pieces double, and once complete', () => {
-    assert.deepEqual(havesOneByOne(256), [1, 2, 4, 8, 16, 32, 64, 128, 256]);
-    assert.deepEqual(havesOneByOne(300), [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+  it('announces as the held pieces double, then every sixteenth, and once complete', () => {
+    assert.deepEqual(
+      havesOneByOne(256),
+      [1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256],
+    );
+    assert.deepEqual(havesOneByOne(8), [1, 2, 3, 4, 5, 6, 7, 8]);
     assert.deepEqual(havesOneByOne(1), [1]);
   });
 
-  it('sends at most log2(total) + 2 haves whatever the order pieces come in', () => {
+  it('sends at most log2(total / 16) + 18 haves however large the blob', () => {
     for (const total of [1, 7, 256, 1000, 4096]) {
-      assert.ok(havesOneByOne(total).length <= Math.ceil(Math.log2(total)) + 2, String(total));
+      const bound = Math.max(0, Math.ceil(Math.log2(total / 16))) + 18;
+      assert.ok(havesOneByOne(total).length <= bound, String(total));
     }
   });
 
@@ -33,48 +37,76 @@ describe('have pacing', () => {
     assert.equal(haveDue(40, 0, 256), true);
     assert.equal(haveDue(0, 0, 256), false);
     assert.equal(haveDue(256, 256, 256), false);
-    assert.equal(haveDue(128, 200, 256), false);
-    assert.equal(haveDue(128, 256, 256), true);
+    assert.equal(haveDue(128, 143, 256), false);
+    assert.equal(haveDue(128, 144, 256), true);
+    assert.equal(haveDue(250, 256, 256), true);
   });
 });
 
 describe('want pacing', () => {
   const pacing = wantPacing(500);
 
-  it('asks at once, then backs off while known holders still have something to give', () => {
+  it('asks at once, then only when a have of its own goes unanswered', () => {
     const pacer = new WantPacer(pacing);
     const sent: number[] = [];
+    // Pieces keep coming from known holders, and each have is answered by a push.
     for (let now = 0; now <= 60_000; now += 50) {
+      pacer.gotPiece(now);
+      if (now % 5000 === 0) {
+        pacer.announced(now);
+        pacer.handout(true);
+      }
       if (pacer.due(now, false)) {
         pacer.sent(now);
-        pacer.handout(true);
         sent.push(now);
       }
     }
-    // Gaps 1, 2, 4, 8 s, then 8 s: a minute costs 10 wants, not 120.
-    assert.deepEqual(sent.slice(0, 5), [0, 1000, 3000, 7000, 15_000]);
-    assert.equal(sent.length, 10);
+    assert.deepEqual(sent, [0]);
+    // A have nobody answered (the tracker that followed it stopped): a want 8 s later.
+    pacer.announced(61_000);
+    pacer.announced(62_000);
+    pacer.gotPiece(68_000);
+    assert.equal(pacer.due(68_999, false), false);
+    assert.equal(pacer.due(69_000, false), true);
+    pacer.sent(69_000);
+    // The want's own answer clears it.
+    pacer.handout(true);
+    pacer.gotPiece(70_000);
+    assert.equal(pacer.due(71_000, false), false);
   });
 
-  it('asks again after the base interval while starved, later each time without progress', () => {
+  it('counts a download that got no piece for a while as starved', () => {
     const pacer = new WantPacer(pacing);
     pacer.sent(0);
     pacer.handout(true);
-    pacer.sent(1000);
+    pacer.gotPiece(100);
+    assert.equal(pacer.starved(2099, false), false);
+    assert.equal(pacer.due(2099, false), false);
+    assert.equal(pacer.due(2100, false), true);
+    pacer.sent(2100, false);
+    // Still no piece: the next want waits twice as long.
+    assert.equal(pacer.due(3099, false), false);
+    assert.equal(pacer.due(3100, false), true);
+  });
+
+  it('asks again after the base interval when starved, later each time without progress', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0);
+    pacer.handout(true);
+    assert.equal(pacer.due(400, true), false);
+    assert.equal(pacer.due(500, true), true);
+    assert.equal(pacer.due(500, false), false);
+    assert.equal(pacer.nextDueMs(400, true), 500);
+    // Starved again and again with no new piece: 0.5 s, then 1 s, then 2 s.
+    pacer.sent(500, true);
     assert.equal(pacer.due(1400, true), false);
     assert.equal(pacer.due(1500, true), true);
-    assert.equal(pacer.due(1500, false), false);
-    assert.equal(pacer.nextDueMs(1400, true), 1500);
-    // Starved again and again with no new piece: 0.5 s, then 1 s, then 2 s.
     pacer.sent(1500, true);
-    assert.equal(pacer.due(2400, true), false);
-    assert.equal(pacer.due(2500, true), true);
-    pacer.sent(2500, true);
-    assert.equal(pacer.due(4400, true), false);
-    assert.equal(pacer.due(4500, true), true);
-    // New pieces came (a have went out): starved, it asks after the base interval again.
-    pacer.progressed();
-    assert.equal(pacer.due(3000, true), true);
+    assert.equal(pacer.due(3400, true), false);
+    assert.equal(pacer.due(3500, true), true);
+    // A new piece came: starved, it asks after the base interval again.
+    pacer.gotPiece(1900);
+    assert.equal(pacer.due(2000, true), true);
   });
 
   it('bounds the wants of a download that stays starved without progress', () => {
@@ -101,6 +133,7 @@ describe('want pacing', () => {
     // The push names a holder: the download is paced as usual again.
     pacer.handout(true);
     assert.equal(pacer.waiting, false);
-    assert.equal(pacer.due(1000, false), true);
+    assert.equal(pacer.due(1000, false), false);
+    assert.equal(pacer.due(1000, true), true);
   });
 });

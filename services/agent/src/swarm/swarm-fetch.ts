@@ -289,18 +289,19 @@ export class SwarmFetch {
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
         return 'stall';
       }
-      // Paced (see `@shoal/proto` pacing): at once, then less and less often while a known
-      // holder has pieces to give, again soon when none has, and only as a fallback while the
-      // tracker owes a pushed hand-out (it named no holder), so the wants of one download do
-      // not grow with how long it lasts. A few more at the start, while pieces exist but
-      // nobody known holds them.
+      // Paced (see `@shoal/proto` pacing): at once, then when starved, or when the tracker
+      // did not answer a have with fresh peers, or (long) when it named no holder and owes a
+      // push, so the wants of one download do not grow with how long it lasts. A few more at
+      // the start, while pieces exist but nobody known holds them.
       const early = earlyWants < EARLY_WANTS && this.#picker.count > 0 && !this.#picker.anyHolder();
-      const starved = !this.#picker.holdsMissing();
-      if (this.#wants.due(now, starved) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
-        if (!this.#wants.due(now, starved)) {
+      // Starved: no known source holds a missing piece, or no piece came for a while (the
+      // seed rations a piece to a few, and who got it is news only the tracker has).
+      const noHolder = !this.#picker.holdsMissing();
+      if (this.#wants.due(now, noHolder) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
+        if (!this.#wants.due(now, noHolder)) {
           earlyWants += 1;
         } else {
-          this.#wants.sent(now, starved);
+          this.#wants.sent(now, noHolder);
         }
         lastWant = now;
         void client.want({
@@ -325,7 +326,10 @@ export class SwarmFetch {
       const wait =
         early && earlyWants < EARLY_WANTS
           ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
-          : Math.max(1, Math.min(TICK_MS, this.#wants.nextDueMs(Date.now(), starved) - Date.now()));
+          : Math.max(
+              1,
+              Math.min(TICK_MS, this.#wants.nextDueMs(Date.now(), noHolder) - Date.now()),
+            );
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, wait);
         this.#wake = () => {
@@ -527,13 +531,14 @@ export class SwarmFetch {
     this.#lastProgress = Date.now();
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
-    // Announced as the held pieces double (at most log2(count) + 1 haves before the complete
-    // one `run` sends once the blob is verified): peers learn of this holder early, and the
-    // have stream does not grow with how long the download lasts.
+    // Announced as the held pieces double, then every sixteenth of the blob (`haveDue`; the
+    // complete one `run` sends once the blob is verified): peers learn of this holder early,
+    // and the have stream does not grow with how long the download lasts.
     const held = this.#picker.held.size;
+    this.#wants.gotPiece(Date.now());
     if (held < this.#picker.count && haveDue(this.#announced, held, this.#picker.count)) {
       this.#announced = held;
-      this.#wants.progressed();
+      this.#wants.announced(Date.now());
       this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
     }
   }

@@ -16,6 +16,7 @@ import {
   pieceWant,
   pieceWantSubject,
   legacyPieceWantSubject,
+  rangesSize,
   STREAMS,
   type Handout,
   type PieceHave,
@@ -264,9 +265,10 @@ function remember(
 }
 
 /**
- * `have` was applied: if this replica follows its peer's download of the blob, the peer gets
- * a fresh hand-out for the pieces it still lacks, chosen as for a want that carried this
- * have; a complete download is no longer followed. Never throws.
+ * `have` was applied: if this replica follows its peer's download of the blob and the peer's
+ * pieces at least doubled since its last hand-out, the peer gets a fresh hand-out for the
+ * pieces it still lacks, chosen as for a want that carried this have; a complete download is
+ * no longer followed. Never throws.
  */
 export function pushOnProgress(have: PieceHave, deps: WantDeps): void {
   const following = deps.following;
@@ -276,6 +278,12 @@ export function pushOnProgress(have: PieceHave, deps: WantDeps): void {
   const now = deps.now();
   const followed = following.takeOne(have.blob, have.peer.id, now);
   if (followed === undefined || have.complete) {
+    return;
+  }
+  // Pushed as the asker's pieces double since its last hand-out (agents announce in finer
+  // steps than that, for each other's sake): about log2(pieces) pushes per download.
+  if (rangesSize(have.pieces) < Math.max(1, 2 * rangesSize(followed.want.have))) {
+    following.add(have.blob, have.peer.id, followed, now);
     return;
   }
   const want: PieceWant = { ...followed.want, have: have.pieces };
