@@ -76,8 +76,9 @@ export function wantPacing(baseMs: number): WantPacing {
  * while some known holder holds a missing piece the download asks again only when a have of
  * its own went unanswered for `maxMs` (that tracker stopped, or does not push). A download
  * that knows nobody holding a missing piece (starved) asks after `baseMs`, and after twice as
- * long each time it asks again without a new piece in between (`gotPiece`); so does one that got
- * no piece for `idleMs`. One
+ * long each time it asks again without having announced progress in between (`announced`); so
+ * does one that got no piece for `idleMs`. A want not yet answered holds the next one back
+ * for `maxMs`, so a tracker that falls behind is not asked again and again. One
  * whose latest hand-out named no holder waits `waitingMs` for the pushed hand-out.
  */
 export class WantPacer {
@@ -87,6 +88,8 @@ export class WantPacer {
   #waiting = false;
   /** When the last piece came (or the first want went), in ms since the epoch. */
   #lastPieceMs: number | undefined;
+  /** True from a want until a hand-out comes. */
+  #asking = false;
   /** When the oldest have not followed by a hand-out went out, in ms since the epoch. */
   #unansweredHaveMs: number | undefined;
 
@@ -127,6 +130,10 @@ export class WantPacer {
     if (this.#waiting) {
       return this.#lastMs + this.#pacing.waitingMs;
     }
+    if (this.#asking) {
+      // One want at a time: a tracker that is slow to answer is not asked again and again.
+      return this.#lastMs + this.#pacing.maxMs;
+    }
     const unanswered =
       this.#unansweredHaveMs === undefined
         ? Number.POSITIVE_INFINITY
@@ -149,22 +156,27 @@ export class WantPacer {
     }
     this.#lastMs = nowMs;
     this.#lastPieceMs ??= nowMs;
+    this.#asking = true;
   }
 
-  /** The download got a new piece at `nowMs`: starved, it may ask soon again. */
+  /** The download got a new piece at `nowMs`. */
   gotPiece(nowMs: number): void {
-    this.#starvedGapMs = this.#pacing.baseMs;
     this.#lastPieceMs = nowMs;
   }
 
-  /** A have went out at `nowMs`: a hand-out is expected in answer to it. */
+  /**
+   * A have went out at `nowMs` (the download made progress worth announcing): starved, it
+   * may ask soon again, and a hand-out is expected in answer to the have.
+   */
   announced(nowMs: number): void {
+    this.#starvedGapMs = this.#pacing.baseMs;
     this.#unansweredHaveMs ??= nowMs;
   }
 
   /** A hand-out came; `namedHolder`: some peer in it holds a piece (or all of them). */
   handout(namedHolder: boolean): void {
     this.#waiting = !namedHolder;
+    this.#asking = false;
     this.#unansweredHaveMs = undefined;
   }
 }

@@ -75,6 +75,15 @@ describe('want pacing', () => {
     assert.equal(pacer.due(71_000, false), false);
   });
 
+  it('asks once at a time: an unanswered want holds the next back', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0, true);
+    assert.equal(pacer.due(7999, true), false);
+    assert.equal(pacer.due(8000, true), true);
+    pacer.handout(true);
+    assert.equal(pacer.due(1000, true), true);
+  });
+
   it('counts a download that got no piece for a while as starved', () => {
     const pacer = new WantPacer(pacing);
     pacer.sent(0);
@@ -84,6 +93,7 @@ describe('want pacing', () => {
     assert.equal(pacer.due(2099, false), false);
     assert.equal(pacer.due(2100, false), true);
     pacer.sent(2100, false);
+    pacer.handout(true);
     // Still no piece: the next want waits twice as long.
     assert.equal(pacer.due(3099, false), false);
     assert.equal(pacer.due(3100, false), true);
@@ -99,13 +109,15 @@ describe('want pacing', () => {
     assert.equal(pacer.nextDueMs(400, true), 500);
     // Starved again and again with no new piece: 0.5 s, then 1 s, then 2 s.
     pacer.sent(500, true);
+    pacer.handout(true);
     assert.equal(pacer.due(1400, true), false);
     assert.equal(pacer.due(1500, true), true);
     pacer.sent(1500, true);
+    pacer.handout(true);
     assert.equal(pacer.due(3400, true), false);
     assert.equal(pacer.due(3500, true), true);
-    // A new piece came: starved, it asks after the base interval again.
-    pacer.gotPiece(1900);
+    // A have went out: starved, it asks after the base interval again.
+    pacer.announced(1900);
     assert.equal(pacer.due(2000, true), true);
   });
 
