@@ -78,7 +78,8 @@ export function wantPacing(baseMs: number): WantPacing {
  * that knows nobody holding a missing piece (starved) asks after `baseMs`, and after twice as
  * long each time it asks again without having announced progress in between (`announced`); so
  * does one that got no piece for `idleMs`. A want not yet answered holds the next one back
- * for `maxMs`, so a tracker that falls behind is not asked again and again. One
+ * for `maxMs`, twice as long after each further unanswered one (at most `waitingMs`), so a
+ * tracker that falls behind is not asked again and again. One
  * whose latest hand-out named no holder waits `waitingMs` for the pushed hand-out.
  */
 export class WantPacer {
@@ -90,12 +91,15 @@ export class WantPacer {
   #lastPieceMs: number | undefined;
   /** True from a want until a hand-out comes. */
   #asking = false;
+  /** How long an unanswered want holds the next back: `maxMs`, doubling while unanswered. */
+  #askingGapMs: number;
   /** When the oldest have not followed by a hand-out went out, in ms since the epoch. */
   #unansweredHaveMs: number | undefined;
 
   constructor(pacing: WantPacing) {
     this.#pacing = pacing;
     this.#starvedGapMs = pacing.baseMs;
+    this.#askingGapMs = pacing.maxMs;
   }
 
   /** True while the latest hand-out named no holder (the tracker will push one). */
@@ -132,7 +136,7 @@ export class WantPacer {
     }
     if (this.#asking) {
       // One want at a time: a tracker that is slow to answer is not asked again and again.
-      return this.#lastMs + this.#pacing.maxMs;
+      return this.#lastMs + this.#askingGapMs;
     }
     const unanswered =
       this.#unansweredHaveMs === undefined
@@ -153,6 +157,9 @@ export class WantPacer {
   sent(nowMs: number, noHolder = false): void {
     if (this.starved(nowMs, noHolder)) {
       this.#starvedGapMs = Math.min(this.#pacing.maxMs, this.#starvedGapMs * 2);
+    }
+    if (this.#asking) {
+      this.#askingGapMs = Math.min(this.#pacing.waitingMs, this.#askingGapMs * 2);
     }
     this.#lastMs = nowMs;
     this.#lastPieceMs ??= nowMs;
@@ -177,6 +184,7 @@ export class WantPacer {
   handout(namedHolder: boolean): void {
     this.#waiting = !namedHolder;
     this.#asking = false;
+    this.#askingGapMs = this.#pacing.maxMs;
     this.#unansweredHaveMs = undefined;
   }
 }

@@ -80,8 +80,17 @@ describe('want pacing', () => {
     pacer.sent(0, true);
     assert.equal(pacer.due(7999, true), false);
     assert.equal(pacer.due(8000, true), true);
+    // Still unanswered: 16 s (the waiting gap, the longest) from then on.
+    pacer.sent(8000, true);
+    assert.equal(pacer.due(23_999, true), false);
+    assert.equal(pacer.due(24_000, true), true);
+    pacer.sent(24_000, true);
+    pacer.sent(56_000, true);
+    assert.equal(pacer.nextDueMs(56_000, true), 72_000);
+    // Answered: asked again once starved, after its starved gap (doubled by each want).
     pacer.handout(true);
-    assert.equal(pacer.due(1000, true), true);
+    assert.equal(pacer.due(63_999, true), false);
+    assert.equal(pacer.due(64_000, true), true);
   });
 
   it('counts a download that got no piece for a while as starved', () => {
