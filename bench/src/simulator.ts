@@ -45,6 +45,13 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
                          gets of the stored batches, no consumer, as the agent does; default)
                          or consumer (one JetStream consumer per download, as agents did
                          before direct gets)
+  --pacing KIND          when agents publish wants and haves: paced (wants back off while
+                         known holders have pieces to give and wait for the tracker's push
+                         after a hand-out naming no holder; haves as the held pieces double;
+                         as the agent does; default) or fixed (a want every want interval and
+                         a have every have interval for the whole download, as agents did)
+  --tracker-env LIST     extra tracker settings, KEY=VALUE,KEY=VALUE (e.g.
+                         SHOAL_TRACKER_PUSH_ON_HAVE=false)
   --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
   --phase-timeout-s S    longest one agent count may run (default 150)
   --deadline-s S         hard deadline of the whole run (default 600)
@@ -63,6 +70,20 @@ function intOption(
     problems.push(`--${name} takes a whole number from ${String(min)} to ${String(max)}`);
   }
   return value;
+}
+
+/** `KEY=VALUE,KEY=VALUE` as an environment; a malformed entry is a problem. */
+function parseEnvList(list: string, problems: string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const entry of list.split(',').filter((e) => e !== '')) {
+    const match = /^(SHOAL_TRACKER_[A-Z0-9_]+)=(.*)$/.exec(entry);
+    if (match?.[1] === undefined || match[2] === undefined) {
+      problems.push(`--tracker-env takes SHOAL_TRACKER_NAME=value entries, not ${entry}`);
+      continue;
+    }
+    env[match[1]] = match[2];
+  }
+  return env;
 }
 
 async function main(): Promise<void> {
@@ -85,6 +106,8 @@ async function main(): Promise<void> {
     churn: { type: 'string', default: '0.05' },
     'no-preheat': { type: 'boolean', default: false },
     hashes: { type: 'string', default: 'direct' },
+    pacing: { type: 'string', default: 'paced' },
+    'tracker-env': { type: 'string', default: '' },
     'cpu-prof-dir': { type: 'string' },
     'phase-timeout-s': { type: 'string', default: '150' },
     'deadline-s': { type: 'string', default: '600' },
@@ -118,10 +141,15 @@ async function main(): Promise<void> {
     churn,
     preheat: values['no-preheat'] !== true,
     hashReads: values.hashes === 'direct' ? ('direct' as const) : ('consumer' as const),
+    pacing: values.pacing === 'fixed' ? ('fixed' as const) : ('paced' as const),
+    trackerEnv: parseEnvList(String(values['tracker-env']), problems),
     cpuProfDir: typeof values['cpu-prof-dir'] === 'string' ? values['cpu-prof-dir'] : undefined,
   };
   if (values.hashes !== 'consumer' && values.hashes !== 'direct') {
     problems.push('--hashes takes consumer or direct');
+  }
+  if (values.pacing !== 'paced' && values.pacing !== 'fixed') {
+    problems.push('--pacing takes paced or fixed');
   }
   const phaseTimeoutMs = intOption(values, 'phase-timeout-s', 10, 3600, problems) * 1000;
   const deadlineMs = intOption(values, 'deadline-s', 10, 24 * 3600, problems) * 1000;
@@ -363,7 +391,10 @@ function report(
       `${String(base.workers)} worker processes x ${String(base.connections)} NATS connection(s)`,
     `agent: download ${String(base.downloadPiecesPerS)} pieces/s, upload ${String(base.uploadPiecesPerS)} pieces/s; ` +
       `seed ${String(base.seedPiecesPerS)} pieces/s; want every ${String(base.wantIntervalMs)} ms, ` +
-      `haves every ${String(base.haveIntervalMs)} ms; join over ${String(base.rampMs / 1000)} s; churn ${String(base.churn)}; ` +
+      `haves every ${String(base.haveIntervalMs)} ms, ${base.pacing}; ` +
+      `${Object.entries(base.trackerEnv)
+        .map(([k, v]) => `${k}=${v}; `)
+        .join('')}join over ${String(base.rampMs / 1000)} s; churn ${String(base.churn)}; ` +
       `preheat consumers ${base.preheat ? 'on' : 'off'}`,
     '',
     values,

@@ -41,6 +41,7 @@ import {
   sumTallies,
   type FromWorker,
   type HashReads,
+  type Pacing,
   type SimBlob,
   type Tally,
   type ToWorker,
@@ -78,6 +79,10 @@ export interface PhaseOptions {
   readonly preheat: boolean;
   /** How the virtual agents read piece hashes (see `WorkerConfig.hashReads`). */
   readonly hashReads: HashReads;
+  /** When the virtual agents publish wants and haves (see `WorkerConfig.pacing`). */
+  readonly pacing: Pacing;
+  /** Settings added to the trackers' environment. */
+  readonly trackerEnv: Readonly<Record<string, string>>;
   /** Where the trackers write V8 CPU profiles (`--cpu-prof`) when they exit; none when undefined. */
   readonly cpuProfDir: string | undefined;
   /** When this phase must be over, in ms since the epoch. */
@@ -246,6 +251,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const trackerEnv: Record<string, string> = {
     SHOAL_NATS_STREAM_REPLICAS: String(nats.replicas),
     SHOAL_LOG_LEVEL: 'info',
+    ...options.trackerEnv,
   };
   Object.assign(trackerEnv, cpuProfileEnv(options.cpuProfDir));
   const trackers: ServiceProcess[] = [];
@@ -299,6 +305,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       churn: options.churn,
       preheat: options.preheat,
       hashReads: options.hashReads,
+      pacing: options.pacing,
       presenceIntervalMs: 10_000,
     };
     worker.send({ type: 'start', config });

@@ -27,6 +27,12 @@ export interface SimBlob {
 /** What a worker process needs to run its share of the virtual agents. */
 /** How virtual agents read piece hashes (see `WorkerConfig.hashReads`). */
 export type HashReads = 'consumer' | 'direct';
+/**
+ * When virtual agents publish wants and haves: `paced` as the agent does (`@shoal/proto`'s
+ * `WantPacer` and `haveDue`), `fixed` as agents did before (every interval, for the whole
+ * download).
+ */
+export type Pacing = 'paced' | 'fixed';
 
 export interface WorkerConfig {
   /** Position of this worker among all of them (0-based). */
@@ -71,6 +77,8 @@ export interface WorkerConfig {
    * gets of the stored batches (`next_by_subj`), with no consumer.
    */
   readonly hashReads: HashReads;
+  /** When wants and haves go out (see `Pacing`). */
+  readonly pacing: Pacing;
   /** How often an agent refreshes its presence entry, in ms (the agent's default is 10 000). */
   readonly presenceIntervalMs: number;
 }

@@ -24,6 +24,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   agentPresence,
   handoutSubject,
+  haveDue,
   KV_BUCKETS,
   peerGone,
   peerGoneSubject,
@@ -35,6 +36,8 @@ import {
   preheatNodesConsumer,
   rangesInclude,
   STREAMS,
+  wantPacing,
+  WantPacer,
   type AgentPresence,
   type Handout,
   type PeerGone,
@@ -86,8 +89,18 @@ interface Download {
   /** The latest hand-out's peers for this blob. */
   peers: Handout['peers'];
   lastWant: number;
+  /** When wants go out with `--pacing paced`, as the agent paces them. */
+  readonly pacer: WantPacer;
   lastHave: number;
   haveDirty: boolean;
+  /** Pieces the last have announced. */
+  announced: number;
+  /**
+   * Pieces some peer of the latest hand-out holds (by its snapshot) that the download lacks,
+   * for `--pacing paced`'s check of whether any holder is known: counted at each hand-out, less each piece taken.
+   */
+  offered: Uint8Array;
+  offeredMissing: number;
   readonly startedAt: number;
   doneAt: number | undefined;
   /** Pieces the download budget allows but not yet taken (fractional). */
@@ -344,19 +357,24 @@ class Worker {
           this.#fetch(agent, download, dt / active.length, now);
         }
         // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
-        if (
-          !isDone(download) &&
-          !download.fromOrigin &&
-          now - download.lastWant >= this.#config.wantIntervalMs
-        ) {
+        const due = isDone(download) || download.fromOrigin ? 'no' : this.#wantDue(download, now);
+        if (due !== 'no') {
           download.lastWant = now;
+          download.pacer.sent(now, due === 'no-holder');
           this.#want(agent, download, now);
         }
       }
       for (const download of agent.downloads) {
-        if (download.haveDirty && now - download.lastHave >= this.#config.haveIntervalMs) {
+        if (
+          download.haveDirty &&
+          now - download.lastHave >= this.#config.haveIntervalMs &&
+          (this.#config.pacing === 'fixed' ||
+            haveDue(download.announced, download.heldCount, download.blob.pieces))
+        ) {
           download.haveDirty = false;
           download.lastHave = now;
+          download.announced = download.heldCount;
+          download.pacer.announced(now);
           this.#have(agent, download);
         }
       }
@@ -365,6 +383,51 @@ class Worker {
         this.#presence(agent, now);
       }
     }
+  }
+
+  /**
+   * Whether a download asks for peers now: every want interval with `--pacing fixed`; paced
+   * as the agent does otherwise (see `#noHolder`).
+   */
+  #wantDue(download: Download, now: number): 'no' | 'yes' | 'no-holder' {
+    if (this.#config.pacing === 'fixed') {
+      return now - download.lastWant >= this.#config.wantIntervalMs ? 'yes' : 'no';
+    }
+    const noHolder = this.#noHolder(download);
+    if (!download.pacer.due(now, noHolder)) {
+      return 'no';
+    }
+    return noHolder ? 'no-holder' : 'yes';
+  }
+
+  /** True when no peer of the latest hand-out holds a piece the download lacks. */
+  #noHolder(download: Download): boolean {
+    return download.offeredMissing === 0;
+  }
+
+  /** Counts the pieces the hand-out's peers offer that the download lacks. */
+  #countOffered(agent: Agent, download: Download): void {
+    const { offered, held } = download;
+    offered.fill(0);
+    for (const holder of download.peers) {
+      if (holder.peer.id === agent.peer.id) {
+        continue;
+      }
+      if (holder.complete) {
+        offered.fill(1);
+        break;
+      }
+      for (const [start, end] of holder.pieces) {
+        offered.fill(1, start, Math.min(end, offered.length));
+      }
+    }
+    let missing = 0;
+    for (let index = 0; index < offered.length; index++) {
+      if (offered[index] === 1 && held[index] === 0) {
+        missing += 1;
+      }
+    }
+    download.offeredMissing = missing;
   }
 
   #join(agent: Agent, now: number): void {
@@ -385,7 +448,11 @@ class Worker {
         hashesKnown: false,
         peers: [],
         lastWant: 0,
+        pacer: new WantPacer(wantPacing(this.#config.wantIntervalMs)),
         lastHave: 0,
+        announced: 0,
+        offered: new Uint8Array(blob.pieces),
+        offeredMissing: 0,
         lastProgress: now,
         fromOrigin: false,
         haveDirty: false,
@@ -468,6 +535,10 @@ class Worker {
       download.credit -= 1;
       download.haveDirty = true;
       download.lastProgress = now;
+      if (download.offered[index] === 1) {
+        download.offeredMissing -= 1;
+      }
+      download.pacer.gotPiece(now);
     }
     this.#completeIfWhole(download, now);
   }
@@ -651,6 +722,12 @@ class Worker {
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
       download.peers = answer.peers;
+      this.#countOffered(agent, download);
+      download.pacer.handout(
+        answer.peers.some(
+          (p) => p.peer.id !== agent.peer.id && (p.complete || p.pieces.length > 0),
+        ),
+      );
     }
   }
 

@@ -127,3 +127,4 @@ export {
   rangesSize,
   toRanges,
 } from './pieces.js';
+export { haveDue, wantPacing, WantPacer, type WantPacing } from './pacing.js';

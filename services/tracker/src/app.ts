@@ -44,10 +44,16 @@ export type { SwarmEntry, SwarmSnapshot } from './swarm/view.js';
 const PUBLISH_TIMEOUT_MS = 5_000;
 /**
  * Askers told of no holder that hear of the first one without asking again: at most this
- * many (blob, asker) pairs, each for this long (agents ask again every 500 ms by default).
+ * many (blob, asker) pairs, each for this long. Agents rely on the push and ask again only
+ * after up to 60 s (`@shoal/proto` `wantPacing`), so an entry outlives that.
  */
-const WAITING_ASKERS_MAX = 20_000;
-const WAITING_ASKER_TTL_MS = 5_000;
+const WAITING_ASKERS_MAX = 50_000;
+const WAITING_ASKER_TTL_MS = 120_000;
+/**
+ * Downloads in progress this replica answered, whose haves it answers with fresh peers: at
+ * most this many (blob, asker) pairs (the oldest go first; their next want brings them back).
+ */
+const FOLLOWED_ASKERS_MAX = 100_000;
 /** How long draining the NATS connection may take before it is closed outright, in ms. */
 const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -100,6 +106,10 @@ export async function buildApp(
   });
   const load = new LoadTracker(config.SHOAL_TRACKER_LOAD_WINDOW_MS);
   const waiting = new WaitingAskers<Waiter>(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS);
+  // Downloads this replica answered, pushed fresh peers as their pieces double.
+  const following = config.SHOAL_TRACKER_PUSH_ON_HAVE
+    ? new WaitingAskers<Waiter>(FOLLOWED_ASKERS_MAX, WAITING_ASKER_TTL_MS)
+    : undefined;
   const serviceMetrics = createMetrics('tracker');
   const metrics = createTrackerMetrics(serviceMetrics, view);
 
@@ -184,6 +194,7 @@ export async function buildApp(
       maySeed: seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS),
       // Wants are answered only once the replay is done; until then nobody waits.
       onHolder: (blob, peer) => wants?.holderAppeared(blob, peer),
+      onHave: (have) => wants?.haveApplied(have),
     });
     await swarm.start();
     await swarm.whenCaughtUp(stopping.signal);
@@ -209,6 +220,7 @@ export async function buildApp(
         logger,
         now,
         waiting,
+        ...(following === undefined ? {} : { following }),
       },
       config.SHOAL_TRACKER_WANT_QUEUE_MAX,
     );
@@ -222,6 +234,7 @@ export async function buildApp(
       load.prune(now());
       tokens?.prune(now());
       waiting.prune(now());
+      following?.prune(now());
       if (removed > 0) {
         logger.debug({ removed }, 'expired swarm entries removed');
       }

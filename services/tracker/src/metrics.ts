@@ -88,7 +88,8 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     }),
     handoutsPushed: new Counter({
       name: `${prefix}handouts_pushed_total`,
-      help: 'Hand-outs sent without a want, to askers told of no holder, when a holder appeared',
+      help: 'Hand-outs sent without a want: to askers told of no holder, when a holder appeared (reason holder), and to askers whose have showed progress (reason progress)',
+      labelNames: ['reason'] as const,
       registers,
     }),
     handoutPeers: new Histogram({

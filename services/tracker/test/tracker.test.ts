@@ -535,6 +535,48 @@ describe('tracker', () => {
     assert.equal((await pushed()) - before, 1);
   });
 
+  it("answers a followed asker's own haves with fresh peers until its download completes", async () => {
+    const pushed = async (): Promise<number> => {
+      let total = 0;
+      for (const app of running) {
+        total += await metric(app, 'shoal_tracker_handouts_pushed_total', { reason: 'progress' });
+      }
+      return total;
+    };
+    const before = await pushed();
+    const grow = blob('grow');
+    await announce(js, have(grow, 'first', { pieces: [[0, 4]] }));
+    for (const app of running) {
+      await waitForMembers(app, grow, 1);
+    }
+    await want(js, grow, 'grower');
+    assert.deepEqual(
+      (await inbox.nth('grower')).peers.map((p) => p.peer.id),
+      ['first'],
+    );
+    // Another holder comes: the grower hears of it with the answer to its own next have,
+    // not to a want, from the replica that answered it (one push, not one per replica).
+    await announce(js, have(grow, 'second', { pieces: [[4, 8]] }));
+    for (const app of running) {
+      await waitForMembers(app, grow, 2);
+    }
+    await announce(js, have(grow, 'grower', { pieces: [[0, 4]] }));
+    const pushedOut = await inbox.nth('grower', 2);
+    assert.deepEqual(
+      pushedOut.peers.map((p) => p.peer.id),
+      ['second'],
+      'only the holder of pieces it lacks',
+    );
+    assert.ok(pushedOut.token !== undefined, 'the pushed hand-out carries a token');
+    assert.equal((await pushed()) - before, 1);
+    // Complete: no longer followed, so no hand-out answers its last have.
+    await announce(js, have(grow, 'grower', { pieces: [[0, 8]], complete: true }));
+    await announce(js, have(grow, 'grower', { pieces: [[0, 8]], complete: true }));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(inbox.received.get('grower')?.length, 2);
+    assert.equal((await pushed()) - before, 1);
+  });
+
   it('answers or coalesces every want of a backlog, none twice', async () => {
     for (const app of [...running]) {
       await stopTracker(app);

@@ -48,4 +48,16 @@ describe('askers waiting for a first holder', () => {
     assert.equal(waiting.size, 0);
     assert.equal(waiting.prune(10_000), 0);
   });
+
+  it("hands back one asker's entry alone, once, and not after its time", () => {
+    const table = new WaitingAskers<string>(10, 100);
+    table.add('blob', 'a', 'a1', 0);
+    table.add('blob', 'b', 'b1', 0);
+    assert.equal(table.takeOne('blob', 'a', 50), 'a1');
+    assert.equal(table.takeOne('blob', 'a', 50), undefined);
+    assert.equal(table.takeOne('other', 'b', 50), undefined);
+    assert.equal(table.size, 1);
+    assert.equal(table.takeOne('blob', 'b', 101), undefined);
+    assert.equal(table.size, 0);
+  });
 });

@@ -102,9 +102,19 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_PIECE_MIN_RATE_BYTES: envInt(16 * 1024),
   /** Without progress from the swarm for this long, missing pieces come from the origin, in ms (default 10 000). */
   SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
-  /** How often a download asks the tracker for peers, in ms (default 500). */
+  /**
+   * Shortest gap between two wants of a download, in ms (default 500): a download asks when
+   * it is starved (no known holder of a missing piece, or no piece for 4 times this), then
+   * after 2, 4 … times this while it stays so; after 16 times this (at most 30 s) when the
+   * tracker left a have of it unanswered; after 32 times this (at most 60 s) while the
+   * tracker owes it a pushed hand-out (it named no holder).
+   */
   SHOAL_AGENT_WANT_INTERVAL_MS: envInt(500),
-  /** How often piece-have announcements are sent, batched, in ms (default 200). */
+  /**
+   * How often batched piece-have announcements are sent, in ms (default 200); a download
+   * announces as its held pieces double (1, 2, 4 …), then every sixteenth of the blob, and
+   * once complete.
+   */
   SHOAL_AGENT_HAVE_INTERVAL_MS: envInt(200),
   /**
    * The tracker's Ed25519 public keys (PEM, one or more: during a key rotation, the old and

@@ -21,11 +21,14 @@ import {
   type RequestOutcome,
 } from '@shoal/pieces';
 import {
+  haveDue,
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
   pieceSizeFor,
   toRanges,
+  wantPacing,
+  WantPacer,
   type Handout,
   type PeerInfo,
   type PieceHashes,
@@ -151,12 +154,17 @@ export class SwarmFetch {
   /** The latest hand-out token's request headers, presented with every piece request. */
   #auth: Record<string, string> | undefined;
   #wake: (() => void) | undefined;
+  /** When the next want goes out (`@shoal/proto` pacing). */
+  readonly #wants: WantPacer;
+  /** Pieces the latest have announced. */
+  #announced = 0;
 
   constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
     this.download = download;
     this.#target = target;
     this.#deps = deps;
     this.#blob = target.digest.toString();
+    this.#wants = new WantPacer(wantPacing(deps.settings.wantIntervalMs));
     this.#picker = new PiecePicker({
       settings: {
         concurrency: deps.settings.concurrency,
@@ -287,16 +295,19 @@ export class SwarmFetch {
       if (now - this.#lastProgress > settings.stallTimeoutMs) {
         return 'stall';
       }
-      // Asked at a fixed interval for the whole download: the tracker's view of who holds
-      // what keeps changing, and one message a second per blob does not grow with the swarm.
-      // A few more at the start, while pieces exist but nobody known holds them.
+      // Paced (see `@shoal/proto` pacing): at once, then when starved, or when the tracker
+      // did not answer a have with fresh peers, or (long) when it named no holder and owes a
+      // push, so the wants of one download do not grow with how long it lasts. A few more at
+      // the start, while pieces exist but nobody known holds them.
       const early = earlyWants < EARLY_WANTS && this.#picker.count > 0 && !this.#picker.anyHolder();
-      if (
-        now - lastWant >= settings.wantIntervalMs ||
-        (early && now - lastWant >= EARLY_WANT_GAP_MS)
-      ) {
-        if (now - lastWant < settings.wantIntervalMs) {
+      // Starved: no known source holds a missing piece, or no piece came for a while (the
+      // seed rations a piece to a few, and who got it is news only the tracker has).
+      const noHolder = !this.#picker.holdsMissing();
+      if (this.#wants.due(now, noHolder) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
+        if (!this.#wants.due(now, noHolder)) {
           earlyWants += 1;
+        } else {
+          this.#wants.sent(now, noHolder);
         }
         lastWant = now;
         void client.want({
@@ -321,7 +332,10 @@ export class SwarmFetch {
       const wait =
         early && earlyWants < EARLY_WANTS
           ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
-          : TICK_MS;
+          : Math.max(
+              1,
+              Math.min(TICK_MS, this.#wants.nextDueMs(Date.now(), noHolder) - Date.now()),
+            );
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, wait);
         this.#wake = () => {
@@ -523,7 +537,16 @@ export class SwarmFetch {
     this.#lastProgress = Date.now();
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
-    this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
+    // Announced as the held pieces double, then every sixteenth of the blob (`haveDue`; the
+    // complete one `run` sends once the blob is verified): peers learn of this holder early,
+    // and the have stream does not grow with how long the download lasts.
+    const held = this.#picker.held.size;
+    this.#wants.gotPiece(Date.now());
+    if (held < this.#picker.count && haveDue(this.#announced, held, this.#picker.count)) {
+      this.#announced = held;
+      this.#wants.announced(Date.now());
+      this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
+    }
   }
 
   #onHashes(batch: PieceHashes): void {
@@ -559,6 +582,10 @@ export class SwarmFetch {
   }
 
   #onHandout(message: Handout): void {
+    const self = this.#deps.client.self.id;
+    this.#wants.handout(
+      message.peers.some((p) => p.peer.id !== self && (p.complete || p.pieces.length > 0)),
+    );
     if (message.token !== undefined) {
       this.#auth = pieceAuthHeaders(message.token, this.#deps.client.self.id);
     }

@@ -42,6 +42,9 @@ export function handlePieceHave(event: SwarmEvent, deps: SwarmEventDeps): void {
   if (outcome === 'applied' && (have.complete || have.pieces.length > 0)) {
     deps.onHolder?.(have.blob, have.peer.id);
   }
+  if (outcome === 'applied') {
+    deps.onHave?.(have);
+  }
   logger.debug(
     { blob: have.blob, peer: have.peer.id, seq: event.seq, outcome, complete: have.complete },
     'piece-have',

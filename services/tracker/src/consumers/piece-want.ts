@@ -16,8 +16,10 @@ import {
   pieceWant,
   pieceWantSubject,
   legacyPieceWantSubject,
+  rangesSize,
   STREAMS,
   type Handout,
+  type PieceHave,
   type PieceWant,
 } from '@shoal/proto';
 import { SpanKind, withSpan, type Context, type Logger } from '@shoal/runtime';
@@ -86,6 +88,13 @@ export interface WantDeps {
    * is applied (`pushWaitingHandouts`). Undefined: they hear of it with their next want.
    */
   readonly waiting?: WaitingAskers<Waiter>;
+  /**
+   * Askers this replica answered with a holder, until their download completes: each of
+   * their haves (a batch of new pieces) is answered with a fresh hand-out for what they still
+   * lack (`pushOnProgress`), so a download in progress needs no want to refresh its peers.
+   * Undefined: they hear of new holders with their next want.
+   */
+  readonly following?: WaitingAskers<Waiter>;
 }
 
 /** An asker waiting for a blob's first holder: its latest want and the trace it came in. */
@@ -224,7 +233,8 @@ export function pushWaitingHandouts(blob: string, holder: string, deps: WantDeps
         const { chosen } = pickPeers(want, deps, now);
         span.setAttribute('shoal.peers', chosen.length);
         publishHandout(want, chosen, deps, now, traceHeaders());
-        deps.metrics.handoutsPushed.inc();
+        deps.metrics.handoutsPushed.inc({ reason: 'holder' });
+        remember(want, parent, chosen, deps, now);
       },
     ).catch((error: unknown) => {
       // Only a closing connection fails a publish; the asker's next want is answered anyway.
@@ -233,11 +243,73 @@ export function pushWaitingHandouts(blob: string, holder: string, deps: WantDeps
   }
 }
 
+/**
+ * Keeps an answered asker in the table that fits its hand-out: waiting for a first holder
+ * when it named none, followed until its download completes otherwise.
+ */
+function remember(
+  want: PieceWant,
+  parent: Context,
+  chosen: readonly SwarmMember[],
+  deps: WantDeps,
+  now: number,
+): void {
+  if (chosen.some(holdsPieces)) {
+    deps.waiting?.takeOne(want.blob, want.peer.id, now);
+    deps.following?.add(want.blob, want.peer.id, { want, parent }, now);
+  } else {
+    // Nobody holds a piece yet (the seed server is being asked): told again when one does.
+    deps.following?.takeOne(want.blob, want.peer.id, now);
+    deps.waiting?.add(want.blob, want.peer.id, { want, parent }, now);
+  }
+}
+
+/**
+ * `have` was applied: if this replica follows its peer's download of the blob and the peer's
+ * pieces at least doubled since its last hand-out, the peer gets a fresh hand-out for the
+ * pieces it still lacks, chosen as for a want that carried this have; a complete download is
+ * no longer followed. Never throws.
+ */
+export function pushOnProgress(have: PieceHave, deps: WantDeps): void {
+  const following = deps.following;
+  if (following === undefined) {
+    return;
+  }
+  const now = deps.now();
+  const followed = following.takeOne(have.blob, have.peer.id, now);
+  if (followed === undefined || have.complete) {
+    return;
+  }
+  // Pushed as the asker's pieces double since its last hand-out (agents announce in finer
+  // steps than that, for each other's sake): about log2(pieces) pushes per download.
+  if (rangesSize(have.pieces) < Math.max(1, 2 * rangesSize(followed.want.have))) {
+    following.add(have.blob, have.peer.id, followed, now);
+    return;
+  }
+  const want: PieceWant = { ...followed.want, have: have.pieces };
+  void withSpan(
+    'handout push',
+    { kind: SpanKind.PRODUCER, parent: followed.parent, attributes: { 'shoal.blob': have.blob } },
+    (span) => {
+      const { chosen } = pickPeers(want, deps, now);
+      span.setAttribute('shoal.peers', chosen.length);
+      publishHandout(want, chosen, deps, now, traceHeaders());
+      deps.metrics.handoutsPushed.inc({ reason: 'progress' });
+      remember(want, followed.parent, chosen, deps, now);
+    },
+  ).catch((error: unknown) => {
+    deps.logger.warn(
+      { err: error, blob: have.blob },
+      'hand-out for a followed asker not published',
+    );
+  });
+}
+
 async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
   const { metrics, logger } = deps;
-  const now = deps.now();
+  let now = deps.now();
   const sample = pickPeers(want, deps, now);
-  const { chosen } = sample;
+  let { chosen } = sample;
 
   // The seed request goes first: if it fails, the want is redelivered and the asker gets a
   // single hand-out later rather than two.
@@ -273,6 +345,14 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
     }
   }
 
+  if (!chosen.some(holdsPieces)) {
+    // Chosen again after the seed request's round trip: a holder whose have was applied
+    // meanwhile found this asker in no waiting list, and would otherwise be heard of only
+    // with its next want (the agent waits for the push, long).
+    now = deps.now();
+    chosen = pickPeers(want, deps, now).chosen;
+  }
+
   try {
     await withSpan(
       'handout publish',
@@ -289,15 +369,7 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
     msg.nak(NAK_DELAY_MS);
     return;
   }
-  if (!chosen.some(holdsPieces)) {
-    // Nobody holds a piece yet (the seed server is being asked): told again when one does.
-    deps.waiting?.add(
-      want.blob,
-      want.peer.id,
-      { want, parent: contextFromHeaders(msg.headers) },
-      now,
-    );
-  }
+  remember(want, contextFromHeaders(msg.headers), chosen, deps, now);
   const publishedAtMs = Number(msg.timestampNanos / 1_000_000n);
   metrics.handoutLatency.observe(Math.max(0, deps.now() - publishedAtMs) / 1000);
   logger.debug(
@@ -348,6 +420,11 @@ export class WantsConsumer {
   /** A holder of `blob` appeared: askers this replica told of none hear of it now. */
   holderAppeared(blob: string, holder: string): void {
     pushWaitingHandouts(blob, holder, this.#deps);
+  }
+
+  /** A have was applied: its peer, if this replica follows it, gets fresh peers now. */
+  haveApplied(have: PieceHave): void {
+    pushOnProgress(have, this.#deps);
   }
 
   /** Stops pulling, lets the want being answered finish, and gives the queued ones back. */

@@ -1,4 +1,5 @@
 /** What the SHOAL_SWARM handlers need from a stored message and from the app. */
+import type { PieceHave } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 
 import type { TrackerMetrics } from '../metrics.js';
@@ -24,6 +25,8 @@ export interface SwarmEventDeps {
   readonly maySeed?: (peer: string) => boolean;
   /** Called when an applied have says `peer` holds pieces of `blob` (after the replay only). */
   readonly onHolder?: (blob: string, peer: string) => void;
+  /** Called with every applied have (after the replay only), after `onHolder`. */
+  readonly onHave?: (have: PieceHave) => void;
 }
 
 /** Longest decode error quoted in a log line; a hostile message must not flood the logs. */

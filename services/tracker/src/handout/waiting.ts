@@ -89,6 +89,14 @@ export class WaitingAskers<T> {
     return items;
   }
 
+  /** Removes and returns `asker`'s live entry for `blob`, if it has one. */
+  takeOne(blob: string, asker: string, nowMs: number): T | undefined {
+    const key = `${blob} ${asker}`;
+    const entry = this.#entries.get(key);
+    this.#delete(key);
+    return entry !== undefined && entry.untilMs >= nowMs ? entry.item : undefined;
+  }
+
   #delete(key: string): void {
     const entry = this.#entries.get(key);
     if (entry === undefined) {

@@ -1,5 +1,5 @@
 /** Configuration of the want queue. */
-import { envInt } from '@shoal/runtime';
+import { envBool, envInt } from '@shoal/runtime';
 import { z } from 'zod';
 
 export const wantsConfig = z.object({
@@ -15,4 +15,11 @@ export const wantsConfig = z.object({
     (n) => n >= 1 && n <= 20_000,
     'must be from 1 to 20 000 (the want consumer’s acknowledgement limit)',
   ),
+  /**
+   * Answer the haves of a download this replica answered with a fresh hand-out for the
+   * pieces it still lacks, until the download completes (default true): a download in
+   * progress then learns of new holders without asking, and agents ask again only when they
+   * know nobody holding a piece they lack. Off: new holders come with answers to wants only.
+   */
+  SHOAL_TRACKER_PUSH_ON_HAVE: envBool(true),
 });

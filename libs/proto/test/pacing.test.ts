@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { haveDue, wantPacing, WantPacer } from '../src/index.js';
+
+/** The haves a download of `total` pieces sends when it gets them one at a time. */
+function havesOneByOne(total: number): number[] {
+  const sent: number[] = [];
+  let announced = 0;
+  for (let held = 1; held <= total; held++) {
+    if (haveDue(announced, held, total)) {
+      sent.push(held);
+      announced = held;
+    }
+  }
+  return sent;
+}
+
+describe('have pacing', () => {
+  it('announces as the held pieces double, then every sixteenth, and once complete', () => {
+    assert.deepEqual(
+      havesOneByOne(256),
+      [1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256],
+    );
+    assert.deepEqual(havesOneByOne(8), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.deepEqual(havesOneByOne(1), [1]);
+  });
+
+  it('sends at most log2(total / 16) + 18 haves however large the blob', () => {
+    for (const total of [1, 7, 256, 1000, 4096]) {
+      const bound = Math.max(0, Math.ceil(Math.log2(total / 16))) + 18;
+      assert.ok(havesOneByOne(total).length <= bound, String(total));
+    }
+  });
+
+  it('announces losing every piece, and nothing twice', () => {
+    assert.equal(haveDue(40, 0, 256), true);
+    assert.equal(haveDue(0, 0, 256), false);
+    assert.equal(haveDue(256, 256, 256), false);
+    assert.equal(haveDue(128, 143, 256), false);
+    assert.equal(haveDue(128, 144, 256), true);
+    assert.equal(haveDue(250, 256, 256), true);
+  });
+});
+
+describe('want pacing', () => {
+  const pacing = wantPacing(500);
+
+  it('asks at once, then only when a have of its own goes unanswered', () => {
+    const pacer = new WantPacer(pacing);
+    const sent: number[] = [];
+    // Pieces keep coming from known holders, and each have is answered by a push.
+    for (let now = 0; now <= 60_000; now += 50) {
+      pacer.gotPiece(now);
+      if (now % 5000 === 0) {
+        pacer.announced(now);
+        pacer.handout(true);
+      }
+      if (pacer.due(now, false)) {
+        pacer.sent(now);
+        sent.push(now);
+      }
+    }
+    assert.deepEqual(sent, [0]);
+    // A have nobody answered (the tracker that followed it stopped): a want 8 s later.
+    pacer.announced(61_000);
+    pacer.announced(62_000);
+    pacer.gotPiece(68_000);
+    assert.equal(pacer.due(68_999, false), false);
+    assert.equal(pacer.due(69_000, false), true);
+    pacer.sent(69_000);
+    // The want's own answer clears it.
+    pacer.handout(true);
+    pacer.gotPiece(70_000);
+    assert.equal(pacer.due(71_000, false), false);
+  });
+
+  it('asks once at a time: an unanswered want holds the next back', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0, true);
+    assert.equal(pacer.due(7999, true), false);
+    assert.equal(pacer.due(8000, true), true);
+    // Still unanswered: 16 s (the waiting gap, the longest) from then on.
+    pacer.sent(8000, true);
+    assert.equal(pacer.due(23_999, true), false);
+    assert.equal(pacer.due(24_000, true), true);
+    pacer.sent(24_000, true);
+    pacer.sent(56_000, true);
+    assert.equal(pacer.nextDueMs(56_000, true), 72_000);
+    // Answered: asked again once starved, after its starved gap (doubled by each want).
+    pacer.handout(true);
+    assert.equal(pacer.due(63_999, true), false);
+    assert.equal(pacer.due(64_000, true), true);
+  });
+
+  it('counts a download that got no piece for a while as starved', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0);
+    pacer.handout(true);
+    pacer.gotPiece(100);
+    assert.equal(pacer.starved(2099, false), false);
+    assert.equal(pacer.due(2099, false), false);
+    assert.equal(pacer.due(2100, false), true);
+    pacer.sent(2100, false);
+    pacer.handout(true);
+    // Still no piece: the next want waits twice as long.
+    assert.equal(pacer.due(3099, false), false);
+    assert.equal(pacer.due(3100, false), true);
+  });
+
+  it('asks again after the base interval when starved, later each time without progress', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0);
+    pacer.handout(true);
+    assert.equal(pacer.due(400, true), false);
+    assert.equal(pacer.due(500, true), true);
+    assert.equal(pacer.due(500, false), false);
+    assert.equal(pacer.nextDueMs(400, true), 500);
+    // Starved again and again with no new piece: 0.5 s, then 1 s, then 2 s.
+    pacer.sent(500, true);
+    pacer.handout(true);
+    assert.equal(pacer.due(1400, true), false);
+    assert.equal(pacer.due(1500, true), true);
+    pacer.sent(1500, true);
+    pacer.handout(true);
+    assert.equal(pacer.due(3400, true), false);
+    assert.equal(pacer.due(3500, true), true);
+    // A have went out: starved, it asks after the base interval again.
+    pacer.announced(1900);
+    assert.equal(pacer.due(2000, true), true);
+  });
+
+  it('bounds the wants of a download that stays starved without progress', () => {
+    const pacer = new WantPacer(pacing);
+    let wants = 0;
+    for (let now = 0; now <= 120_000; now += 50) {
+      if (pacer.due(now, true)) {
+        pacer.sent(now, true);
+        pacer.handout(true);
+        wants += 1;
+      }
+    }
+    // 0, 1, 3, 7, 15 s, then every 8 s: 18 in two minutes, not 240.
+    assert.equal(wants, 18);
+  });
+
+  it('waits for the pushed hand-out after one that named no holder', () => {
+    const pacer = new WantPacer(pacing);
+    pacer.sent(0);
+    pacer.handout(false);
+    assert.equal(pacer.waiting, true);
+    assert.equal(pacer.due(15_999, true), false);
+    assert.equal(pacer.due(16_000, true), true);
+    // The push names a holder: the download is paced as usual again.
+    pacer.handout(true);
+    assert.equal(pacer.waiting, false);
+    assert.equal(pacer.due(1000, false), false);
+    assert.equal(pacer.due(1000, true), true);
+  });
+});
