@@ -117,6 +117,7 @@ export function at(value: unknown, ...path: (string | number)[]): unknown {
 export interface Container {
   readonly name: string;
   readonly image: string;
+  readonly command?: string[];
   readonly args?: string[];
   readonly env?: {
     name: string;
@@ -144,8 +145,8 @@ export interface PodSpec {
   readonly volumes?: {
     name: string;
     hostPath?: { path: string };
-    secret?: { secretName: string };
-    configMap?: { name: string };
+    secret?: { secretName: string; items?: { key: string; path: string }[] };
+    configMap?: { name: string; items?: { key: string; path: string }[] };
     persistentVolumeClaim?: { claimName: string };
   }[];
   readonly nodeSelector?: Record<string, string>;
