@@ -7,7 +7,7 @@
  * drift from the code unnoticed.
  */
 import assert from 'node:assert/strict';
-import { cp, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -22,7 +22,14 @@ import {
 } from '@shoal/testkit';
 import { parse } from 'yaml';
 
-import { definedMetrics, podSpec, renderOverlay, REPO_ROOT } from '../src/deploy.js';
+import {
+  definedMetrics,
+  localPaths,
+  podSpec,
+  renderOverlay,
+  REPO_ROOT,
+  rewriteFiles,
+} from '../src/deploy.js';
 
 interface ComposeService {
   readonly image?: string;
@@ -34,6 +41,8 @@ interface ComposeService {
   readonly volumes?: string[];
   readonly healthcheck?: { readonly test?: string[] | string };
 }
+
+const COMPOSE_FILE = join(REPO_ROOT, 'deploy', 'compose', 'compose.yaml');
 
 /**
  * The programs of this machine that run a compose image's command as its container would
@@ -53,47 +62,31 @@ function healthcheckUrl(service: ComposeService): URL | undefined {
 
 /**
  * A service's mounts made under `scratch`: bind-mounted files and directories copied there and
- * named volumes as empty directories. Returns a function that maps the container's paths in a
- * text (arguments, environment, the copied configuration files) to those under `scratch`, and
- * listens on loopback where the text says every address.
+ * named volumes as empty directories. Returns how the container's paths read here (see
+ * `localPaths`), already applied to the copied files.
  */
 async function localMounts(
   service: ComposeService,
   scratch: string,
 ): Promise<(text: string) => string> {
-  const targets: string[] = [];
-  const copied: string[] = [];
-  for (const volume of service.volumes ?? []) {
+  const mounts = (service.volumes ?? []).map((volume) => {
     const [source = '', target = ''] = volume.split(':');
-    targets.push(target);
+    return { source, target };
+  });
+  const local = localPaths(
+    mounts.map((m) => m.target),
+    scratch,
+  );
+  for (const { source, target } of mounts) {
     if (source.startsWith('/')) {
       await cp(source, join(scratch, target), { recursive: true });
-      copied.push(join(scratch, target));
+      await rewriteFiles(join(scratch, target), local);
     } else {
       await mkdir(join(scratch, target), { recursive: true });
     }
   }
-  const escaped = targets.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
-  const paths = new RegExp(`(?<=^|[\\s:='"])(${escaped.join('|')})(?=/|$|[\\s'"])`, 'gm');
-  const local = (text: string): string =>
-    (targets.length === 0
-      ? text
-      : text.replace(paths, (target) => join(scratch, target))
-    ).replaceAll('0.0.0.0:', '127.0.0.1:');
-  for (const path of copied) {
-    const files = (await stat(path)).isDirectory()
-      ? (await readdir(path, { recursive: true })).map((f) => join(path, f))
-      : [path];
-    for (const file of files) {
-      if ((await stat(file)).isFile()) {
-        await writeFile(file, local(await readFile(file, 'utf8')));
-      }
-    }
-  }
   return local;
 }
-
-const COMPOSE_FILE = join(REPO_ROOT, 'deploy', 'compose', 'compose.yaml');
 
 describe('deploy/compose', () => {
   let services: Record<string, ComposeService>;

@@ -1,14 +1,16 @@
 /**
  * The probes the kustomize overlays render reach a port the workload really opens, in every
  * mode. Without a cluster: every Shoal workload of every overlay (each agent DaemonSet, the
- * tracker, the seed server and the watcher) is started with the command and environment it
- * renders and the files its Secret and ConfigMap volumes mount, and its rendered probes are
- * called; each must answer 200 on a port that very process listens on. Only what cannot exist
- * here is changed: node paths become temporary directories, listeners bind loopback instead of
- * every address, NATS is one local server with one replica per stream (or, for the agents, an
- * address where nothing answers, which an agent must survive), the object gateway is the test
- * kit's S3 server with the gateway's rendered key and bucket, Service names resolve to those
- * stand-ins, and telemetry export is off.
+ * tracker, the seed server and the watcher) and the NATS StatefulSet (its three servers, each
+ * on a loopback address of its own, from the rendered nats.conf) are started with the command
+ * and environment they render and the files their Secret and ConfigMap volumes mount, and
+ * their rendered probes are called; each must answer 200 on a port that very process listens
+ * on. Only what cannot exist here is changed: node paths become temporary directories,
+ * listeners bind loopback instead of every address, the Shoal services use one local
+ * nats-server with one replica per stream (or, for the agents, an address where nothing
+ * answers, which an agent must survive), the object gateway is the test kit's S3 server with
+ * the gateway's rendered key and bucket, Service and pod names resolve to those stand-ins and
+ * pods, and telemetry export is off.
  */
 import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -19,6 +21,7 @@ import {
   freePort,
   listeningPorts,
   makeTempDir,
+  requireBinary,
   startNats,
   startProcess,
   startS3,
@@ -29,7 +32,9 @@ import {
 
 import {
   at,
+  localPaths,
   podSpec,
+  rewriteFiles,
   renderOverlay,
   type PodSpec,
   REPO_ROOT,
@@ -74,6 +79,62 @@ function serviceOf(container: Container): string | undefined {
   return /^services\/([a-z]+)\/dist\/src\/main\.js$/.exec(script)?.[1];
 }
 
+/**
+ * Programs of this machine that run a container of another image as its entrypoint would:
+ * these workloads are started from their rendered arguments, environment and mounted files
+ * like Shoal's own (NATS: the rendered nats.conf, one server of the three).
+ */
+const LOCAL_PROGRAMS: readonly { readonly image: RegExp; readonly binary: string }[] = [
+  { image: /^(docker\.io\/(library\/)?)?nats:/, binary: 'nats-server' },
+];
+
+/** A pod this test runs: its name and its own loopback address. */
+interface Pod {
+  readonly name: string;
+  readonly ip: string;
+}
+
+/**
+ * The pods this test runs of a workload: every replica of another image's StatefulSet (NATS
+ * is ready only once its three servers have elected a JetStream leader), each on a loopback
+ * address of its own, with the ports it renders; one pod on 127.0.0.1 of anything else.
+ */
+function podsOf(workload: K8sObject, container: Container): Pod[] {
+  if (
+    workload.kind !== 'StatefulSet' ||
+    !LOCAL_PROGRAMS.some((p) => p.image.test(container.image))
+  ) {
+    return [{ name: 'probe-pod', ip: '127.0.0.1' }];
+  }
+  const replicas = Number(at(workload, 'spec', 'replicas') ?? 1);
+  return Array.from({ length: replicas }, (_, i) => ({
+    name: `${workload.metadata.name}-${String(i)}`,
+    ip: `127.0.0.${String(2 + i)}`,
+  }));
+}
+
+/**
+ * The pods' own DNS names (`<pod>.<serviceName>`, short or qualified) resolved to their
+ * addresses in a text.
+ */
+function resolvePods(text: string, workload: K8sObject, pods: readonly Pod[]): string {
+  const serviceName = at(workload, 'spec', 'serviceName');
+  if (typeof serviceName !== 'string') {
+    return text;
+  }
+  return pods.reduce(
+    (result, pod) =>
+      result.replace(
+        new RegExp(
+          `\\b${pod.name}\\.${serviceName}(?:\\.[a-z0-9-]+\\.svc(?:\\.cluster\\.local)?)?(?=:)`,
+          'g',
+        ),
+        pod.ip,
+      ),
+    text,
+  );
+}
+
 /** The ports the container's `*_LISTEN` settings open. */
 function listenPorts(env: Record<string, string>): Set<number> {
   const ports = new Set<number>();
@@ -99,7 +160,11 @@ function decodeSecret(secret: K8sObject, key: string): string | undefined {
  * The container's environment as the kubelet would give it: ConfigMaps and Secrets looked up
  * in the rendered objects, field references for one node, `$(VAR)` expanded in order.
  */
-function renderedEnv(container: Container, objects: readonly K8sObject[]): Record<string, string> {
+function renderedEnv(
+  container: Container,
+  objects: readonly K8sObject[],
+  pod: Pod = { name: 'probe-pod', ip: '127.0.0.1' },
+): Record<string, string> {
   const env: Record<string, string> = {};
   const lookup = (kind: string, name: string): K8sObject => {
     const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
@@ -120,9 +185,9 @@ function renderedEnv(container: Container, objects: readonly K8sObject[]): Recor
   }
   const fields: Record<string, string> = {
     'status.hostIP': '127.0.0.1',
-    'status.podIP': '127.0.0.1',
+    'status.podIP': pod.ip,
     'spec.nodeName': 'probe-node',
-    'metadata.name': 'probe-pod',
+    'metadata.name': pod.name,
     'metadata.namespace': 'shoal',
   };
   for (const variable of container.env ?? []) {
@@ -338,9 +403,9 @@ function localEnv(
   return local;
 }
 
-async function probeOk(port: number, path: string): Promise<boolean> {
+async function probeOk(host: string, port: number, path: string): Promise<boolean> {
   try {
-    const response = await fetch(`http://127.0.0.1:${String(port)}${path}`, {
+    const response = await fetch(`http://${host}:${String(port)}${path}`, {
       signal: AbortSignal.timeout(2_000),
     });
     await response.arrayBuffer();
@@ -396,7 +461,7 @@ describe('deploy/k8s probes', () => {
       assert.ok(checked > 0, `overlay ${overlay} has no Shoal probes`);
     });
 
-    it(`overlay ${overlay}: every Shoal workload answers its rendered probes`, async () => {
+    it(`overlay ${overlay}: every workload it can run here answers its rendered probes`, async () => {
       const objects = rendered.get(overlay) ?? [];
       const standIns: (() => Promise<void>)[] = [];
       const services = await startStandIns(objects, nats, standIns);
@@ -409,54 +474,85 @@ describe('deploy/k8s probes', () => {
       for (const workload of workloads(objects)) {
         for (const container of podSpec(workload).containers) {
           const service = serviceOf(container);
-          if (service === undefined) {
+          const program = LOCAL_PROGRAMS.find((p) => p.image.test(container.image));
+          if (service === undefined && program === undefined) {
             continue;
           }
-          const scratch = await makeTempDir(`probe-${workload.metadata.name}`);
-          await writeMounts(podSpec(workload), container, objects, scratch.path);
-          const env = localEnv(
-            renderedEnv(container, objects),
-            scratch.path,
-            service === 'agent' ? deadNatsUrl : nats.url,
-            services,
-          );
-          const proc: RunningProcess = startProcess(process.execPath, container.args ?? [], {
-            cwd: REPO_ROOT,
-            logPath: join(scratch.path, 'log'),
-            env: { PATH: process.env.PATH ?? '', ...env },
-          });
+          const pods = podsOf(workload, container);
+          const running: { pod: Pod; proc: RunningProcess; remove: () => Promise<void> }[] = [];
           try {
-            for (const { kind, probe } of probesOf(container)) {
-              const port = probePort(container, probe);
-              await waitFor(
-                `${workload.metadata.name} ${kind} ${probe.path} on ${String(port)}`,
-                () => probeOk(port, probe.path),
-                { process: proc, timeoutMs: 30_000, intervalMs: 250 },
+            for (const pod of pods) {
+              const scratch = await makeTempDir(`probe-${pod.name}`);
+              await writeMounts(podSpec(workload), container, objects, scratch.path);
+              const env = localEnv(
+                renderedEnv(container, objects, pod),
+                scratch.path,
+                service === 'agent' ? deadNatsUrl : nats.url,
+                services,
               );
+              let command = process.execPath;
+              let args = container.args ?? [];
+              if (program !== undefined) {
+                // Another image's own configuration names its mount paths and its pods: they
+                // point here now.
+                const mountPaths = (container.volumeMounts ?? []).map((m) => m.mountPath);
+                const paths = localPaths(mountPaths, scratch.path, pod.ip);
+                const local = (text: string): string => resolvePods(paths(text), workload, pods);
+                for (const path of mountPaths) {
+                  await mkdir(join(scratch.path, path), { recursive: true });
+                  await rewriteFiles(join(scratch.path, path), local);
+                }
+                command = requireBinary(program.binary);
+                args = args.map(local);
+              }
+              const proc = startProcess(command, args, {
+                cwd: REPO_ROOT,
+                logPath: join(scratch.path, 'log'),
+                env: { PATH: process.env.PATH ?? '', ...env },
+              });
+              running.push({ pod, proc, remove: () => scratch.remove() });
             }
-            // The answers came from this process, not from something else on the port.
-            assert.ok(proc.child.pid !== undefined);
-            const open = await listeningPorts(proc.child.pid);
-            for (const { kind, probe } of probesOf(container)) {
-              const port = probePort(container, probe);
-              assert.ok(
-                open.has(port),
-                `${workload.metadata.name} ${kind} targets port ${String(port)}, but the ` +
-                  `process listens on ${[...open].join(', ')}`,
-              );
+            for (const { pod, proc } of running) {
+              try {
+                for (const { kind, probe } of probesOf(container)) {
+                  const port = probePort(container, probe);
+                  await waitFor(
+                    `${pod.name} ${kind} ${probe.path} on ${pod.ip}:${String(port)}`,
+                    () => probeOk(pod.ip, port, probe.path),
+                    { process: proc, timeoutMs: 30_000, intervalMs: 250 },
+                  );
+                }
+                // The answers came from this process, not from something else on the port.
+                assert.ok(proc.child.pid !== undefined);
+                const open = await listeningPorts(proc.child.pid);
+                for (const { kind, probe } of probesOf(container)) {
+                  const port = probePort(container, probe);
+                  assert.ok(
+                    open.has(port),
+                    `${pod.name} ${kind} targets port ${String(port)}, but the ` +
+                      `process listens on ${[...open].join(', ')}`,
+                  );
+                }
+              } catch (error) {
+                const log = await readFile(proc.logPath, 'utf8').catch(() => '');
+                throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
+              }
             }
             started.push(workload.metadata.name);
-          } catch (error) {
-            const log = await readFile(proc.logPath, 'utf8').catch(() => '');
-            throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
           } finally {
-            await proc.stop();
-            await scratch.remove();
+            for (const { proc, remove } of running) {
+              await proc.stop();
+              await remove();
+            }
           }
         }
       }
       const expected = workloads(objects)
-        .filter((w) => podSpec(w).containers.some((c) => serviceOf(c) !== undefined))
+        .filter((w) =>
+          podSpec(w).containers.some(
+            (c) => serviceOf(c) !== undefined || LOCAL_PROGRAMS.some((p) => p.image.test(c.image)),
+          ),
+        )
         .map((w) => w.metadata.name);
       assert.deepEqual(started, expected);
       assert.ok(started.length > 0);
