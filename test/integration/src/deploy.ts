@@ -228,3 +228,14 @@ export async function rewriteFiles(path: string, map: (text: string) => string):
     }
   }
 }
+
+/** Whether a GET of `url` answers 200 within 2 s, as the kubelet's and compose's probes ask. */
+export async function answers200(url: string): Promise<boolean> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+    await response.arrayBuffer();
+    return response.status === 200;
+  } catch {
+    return false;
+  }
+}

@@ -23,6 +23,7 @@ import {
 import { parse } from 'yaml';
 
 import {
+  answers200,
   definedMetrics,
   localPaths,
   podSpec,
@@ -238,15 +239,11 @@ describe('deploy/compose', () => {
       );
       try {
         const port = Number(url.port === '' ? 80 : url.port);
-        await waitFor(
-          `${name} healthcheck ${url.href}`,
-          async () => {
-            const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-            await response.arrayBuffer();
-            return response.status === 200;
-          },
-          { process: proc, timeoutMs: 30_000, intervalMs: 250 },
-        );
+        await waitFor(`${name} healthcheck ${url.href}`, () => answers200(url.href), {
+          process: proc,
+          timeoutMs: 30_000,
+          intervalMs: 250,
+        });
         // The answer came from this process, not from something else on the port.
         assert.ok(proc.child.pid !== undefined);
         const open = await listeningPorts(proc.child.pid);

@@ -31,6 +31,7 @@ import {
 } from '@shoal/testkit';
 
 import {
+  answers200,
   at,
   localPaths,
   podSpec,
@@ -403,18 +404,6 @@ function localEnv(
   return local;
 }
 
-async function probeOk(host: string, port: number, path: string): Promise<boolean> {
-  try {
-    const response = await fetch(`http://${host}:${String(port)}${path}`, {
-      signal: AbortSignal.timeout(2_000),
-    });
-    await response.arrayBuffer();
-    return response.status === 200;
-  } catch {
-    return false;
-  }
-}
-
 describe('deploy/k8s probes', () => {
   const rendered = new Map<string, K8sObject[]>();
   let nats: NatsServer;
@@ -518,7 +507,7 @@ describe('deploy/k8s probes', () => {
                   const port = probePort(container, probe);
                   await waitFor(
                     `${pod.name} ${kind} ${probe.path} on ${pod.ip}:${String(port)}`,
-                    () => probeOk(pod.ip, port, probe.path),
+                    () => answers200(`http://${pod.ip}:${String(port)}${probe.path}`),
                     { process: proc, timeoutMs: 30_000, intervalMs: 250 },
                   );
                 }
