@@ -53,13 +53,14 @@ export {
   type RegistryRequest,
 } from './registry.js';
 export {
+  listeningPorts,
   procCostBetween,
   readProcCost,
   readThreadCpu,
   type ProcCost,
   type ThreadCpu,
 } from './proc.js';
-export { startS3, type S3Server } from './s3.js';
+export { startS3, type S3Options, type S3Server } from './s3.js';
 export { makeTestCa, type IssuedCert, type TestCa } from './tls.js';
 export { skopeoCopy, type CopyOptions } from './skopeo.js';
 export {

@@ -1,9 +1,10 @@
 /**
  * What a process has cost so far, as Linux reports it in /proc: CPU time, and the bytes and
  * calls of its reads and writes. Benchmarks take one before and one after what they measure
- * and subtract (`procCostBetween`).
+ * and subtract (`procCostBetween`). And the ports a process listens on, for tests that check a
+ * process opened what it was told to.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 
 /** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
 const TICKS_PER_SECOND = 100;
@@ -85,4 +86,35 @@ async function readStatTicks(path: string): Promise<number> {
   // Fields after the command name (which may hold spaces); utime and stime are fields 14, 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return Number(fields[11]) + Number(fields[12]);
+}
+
+/**
+ * The TCP ports process `pid` listens on (IPv4 and IPv6), from its socket descriptors matched
+ * against /proc/PID/net/tcp{,6}: what the process opened itself, not whatever answers there.
+ */
+export async function listeningPorts(pid: number): Promise<Set<number>> {
+  const proc = `/proc/${String(pid)}`;
+  const inodes = new Set<string>();
+  for (const fd of await readdir(`${proc}/fd`)) {
+    // A descriptor closed since the listing is simply left out.
+    const target = await readlink(`${proc}/fd/${fd}`).catch(() => '');
+    const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+    if (inode !== undefined) {
+      inodes.add(inode);
+    }
+  }
+  const ports = new Set<number>();
+  for (const table of ['tcp', 'tcp6']) {
+    const text = await readFile(`${proc}/net/${table}`, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+      const fields = line.trim().split(/\s+/);
+      const port = fields[1]?.split(':')[1];
+      // State 0A is LISTEN.
+      if (fields[3] === '0A' && port !== undefined && inodes.has(fields[9] ?? '')) {
+        ports.add(parseInt(port, 16));
+      }
+    }
+  }
+  return ports;
 }

@@ -54,6 +54,17 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
+export interface S3Options {
+  /**
+   * Access keys accepted besides the built-in one (e.g. the key a deployment gives its object
+   * gateway), for as long as the server runs. s3rver keeps its accounts for the whole process:
+   * another s3rver started meanwhile accepts them too.
+   */
+  readonly credentials?: readonly { accessKeyId: string; secretAccessKey: string }[];
+  /** Buckets made before the server is returned. */
+  readonly buckets?: readonly string[];
+}
+
 /** The part of Koa's context the kit's middleware uses. */
 interface KoaContext {
   readonly method: string;
@@ -98,10 +109,19 @@ const UPLOADS_DIR = '._S3rver_uploads';
 /** s3rver's upload ids are 32 hex characters; checking them keeps paths inside the store. */
 const UPLOAD_ID = /^[0-9a-f]{1,64}$/;
 
-export async function startS3(): Promise<S3Server> {
+/** The part of s3rver's account model the kit uses: one account, any number of key pairs. */
+interface S3rverAccount {
+  createKeyPair(accessKeyId: string, secretAccessKey: string): void;
+  revokeAccessKey(accessKeyId: string): void;
+}
+
+export async function startS3(options: S3Options = {}): Promise<S3Server> {
   const require = createRequire(import.meta.url);
   // s3rver is CommonJS without types; its constructor's shape is declared above.
   const S3rverClass = require('s3rver') as S3rverConstructor;
+  const account = (require('s3rver/lib/models/account') as { DUMMY_ACCOUNT: S3rverAccount })
+    .DUMMY_ACCOUNT;
+  const extraKeys = options.credentials ?? [];
   const dir = await makeTempDir('s3');
   const requests: S3Request[] = [];
   const server = new S3rverClass({
@@ -123,8 +143,11 @@ export async function startS3(): Promise<S3Server> {
     throw error;
   }
   const endpoint = `http://127.0.0.1:${port}`;
+  for (const key of extraKeys) {
+    account.createKeyPair(key.accessKeyId, key.secretAccessKey);
+  }
   let stopped: Promise<void> | undefined;
-  return {
+  const s3: S3Server = {
     endpoint,
     port,
     region: 'us-east-1',
@@ -150,11 +173,23 @@ export async function startS3(): Promise<S3Server> {
         // Keep-alive sockets of clients the test did not destroy would hold close() open.
         server.httpServer?.closeAllConnections();
         await closed;
+        for (const key of extraKeys) {
+          account.revokeAccessKey(key.accessKeyId);
+        }
         await dir.remove();
       })();
       return stopped;
     },
   };
+  try {
+    for (const bucket of options.buckets ?? []) {
+      await s3.createBucket(bucket);
+    }
+  } catch (error) {
+    await s3.stop();
+    throw error;
+  }
+  return s3;
 }
 
 /** Splits a path-style request path into bucket and key. */

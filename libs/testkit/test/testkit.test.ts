@@ -13,6 +13,7 @@ import { describe, it } from 'node:test';
 
 import {
   generateImage,
+  listeningPorts,
   makeTempDir,
   pushImage,
   startFaultProxy,
@@ -51,6 +52,28 @@ describe('startNats', () => {
     }
     assert.equal(existsSync(nats.storeDir), false);
     await assert.rejects(natsInfo(nats.port));
+  });
+});
+
+describe('listeningPorts', () => {
+  it('lists the ports a process listens on, and no longer one it closed', async () => {
+    const nats = await startNats();
+    try {
+      const pid = nats.process.child.pid;
+      assert.ok(pid !== undefined);
+      const open = await listeningPorts(pid);
+      assert.ok(open.has(nats.port), `client port ${String(nats.port)} in ${[...open].join(', ')}`);
+      // This process's own listener is not nats-server's.
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const own = (server.address() as { port: number }).port;
+      assert.ok(!(await listeningPorts(pid)).has(own));
+      assert.ok((await listeningPorts(process.pid)).has(own));
+      await new Promise((resolve) => server.close(resolve));
+      assert.ok(!(await listeningPorts(process.pid)).has(own));
+    } finally {
+      await nats.stop();
+    }
   });
 });
 

@@ -3,7 +3,7 @@
  * as plain objects, and the metric names the services define.
  */
 import { rmSync } from 'node:fs';
-import { cp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { cp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -117,6 +117,7 @@ export function at(value: unknown, ...path: (string | number)[]): unknown {
 export interface Container {
   readonly name: string;
   readonly image: string;
+  readonly command?: string[];
   readonly args?: string[];
   readonly env?: {
     name: string;
@@ -144,8 +145,8 @@ export interface PodSpec {
   readonly volumes?: {
     name: string;
     hostPath?: { path: string };
-    secret?: { secretName: string };
-    configMap?: { name: string };
+    secret?: { secretName: string; items?: { key: string; path: string }[] };
+    configMap?: { name: string; items?: { key: string; path: string }[] };
     persistentVolumeClaim?: { claimName: string };
   }[];
   readonly nodeSelector?: Record<string, string>;
@@ -193,4 +194,48 @@ export async function definedMetrics(): Promise<Set<string>> {
     }
   }
   return metrics;
+}
+
+/**
+ * How a container's own text (arguments, environment, mounted configuration files) reads when
+ * its mounts are directories under `scratch`: each absolute path under a mount path becomes
+ * the same path under `scratch`, and a listener on every address one on `host` (a loopback
+ * address, 127.0.0.1 by default).
+ */
+export function localPaths(
+  mountPaths: readonly string[],
+  scratch: string,
+  host = '127.0.0.1',
+): (text: string) => string {
+  if (mountPaths.length === 0) {
+    return (text) => text.replaceAll('0.0.0.0:', `${host}:`);
+  }
+  const escaped = mountPaths.map((m) => m.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  // A path starts a word (after a space, `:`, `=` or a quote) and ends at `/` or a word's end.
+  const paths = new RegExp(`(?<=^|[\\s:='"])(${escaped.join('|')})(?=/|$|[\\s'"])`, 'gm');
+  return (text) =>
+    text.replace(paths, (path) => join(scratch, path)).replaceAll('0.0.0.0:', `${host}:`);
+}
+
+/** Rewrites every file under `path` (a file or a directory) with `map`. */
+export async function rewriteFiles(path: string, map: (text: string) => string): Promise<void> {
+  const files = (await stat(path)).isDirectory()
+    ? (await readdir(path, { recursive: true })).map((f) => join(path, f))
+    : [path];
+  for (const file of files) {
+    if ((await stat(file)).isFile()) {
+      await writeFile(file, map(await readFile(file, 'utf8')));
+    }
+  }
+}
+
+/** Whether a GET of `url` answers 200 within 2 s, as the kubelet's and compose's probes ask. */
+export async function answers200(url: string): Promise<boolean> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+    await response.arrayBuffer();
+    return response.status === 200;
+  } catch {
+    return false;
+  }
 }

@@ -1,29 +1,41 @@
 /**
  * The probes the kustomize overlays render reach a port the workload really opens, in every
- * mode. Without a cluster: each agent DaemonSet (every mode, every overlay) and the tracker are
- * started with the command and environment they render, and their rendered probes are called.
- * Only what cannot exist here is changed: node paths become temporary directories, listeners
- * bind loopback instead of every address, NATS is one local server with one replica per stream
- * (or, for the agents, an address where nothing answers, which an agent must survive), and
- * telemetry export is off.
+ * mode. Without a cluster: every Shoal workload of every overlay (each agent DaemonSet, the
+ * tracker, the seed server and the watcher) and the NATS StatefulSet (its three servers, each
+ * on a loopback address of its own, from the rendered nats.conf) are started with the command
+ * and environment they render and the files their Secret and ConfigMap volumes mount, and
+ * their rendered probes are called; each must answer 200 on a port that very process listens
+ * on. Only what cannot exist here is changed: node paths become temporary directories,
+ * listeners bind loopback instead of every address, the Shoal services use one local
+ * nats-server with one replica per stream (or, for the agents, an address where nothing
+ * answers, which an agent must survive), the object gateway is the test kit's S3 server with
+ * the gateway's rendered key and bucket, Service and pod names resolve to those stand-ins and
+ * pods, and telemetry export is off.
  */
 import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
   freePort,
+  listeningPorts,
   makeTempDir,
+  requireBinary,
   startNats,
   startProcess,
+  startS3,
   waitFor,
   type NatsServer,
   type RunningProcess,
 } from '@shoal/testkit';
 
 import {
+  answers200,
+  at,
+  localPaths,
   podSpec,
+  rewriteFiles,
   renderOverlay,
   type PodSpec,
   REPO_ROOT,
@@ -68,6 +80,62 @@ function serviceOf(container: Container): string | undefined {
   return /^services\/([a-z]+)\/dist\/src\/main\.js$/.exec(script)?.[1];
 }
 
+/**
+ * Programs of this machine that run a container of another image as its entrypoint would:
+ * these workloads are started from their rendered arguments, environment and mounted files
+ * like Shoal's own (NATS: the rendered nats.conf, one server of the three).
+ */
+const LOCAL_PROGRAMS: readonly { readonly image: RegExp; readonly binary: string }[] = [
+  { image: /^(docker\.io\/(library\/)?)?nats:/, binary: 'nats-server' },
+];
+
+/** A pod this test runs: its name and its own loopback address. */
+interface Pod {
+  readonly name: string;
+  readonly ip: string;
+}
+
+/**
+ * The pods this test runs of a workload: every replica of another image's StatefulSet (NATS
+ * is ready only once its three servers have elected a JetStream leader), each on a loopback
+ * address of its own, with the ports it renders; one pod on 127.0.0.1 of anything else.
+ */
+function podsOf(workload: K8sObject, container: Container): Pod[] {
+  if (
+    workload.kind !== 'StatefulSet' ||
+    !LOCAL_PROGRAMS.some((p) => p.image.test(container.image))
+  ) {
+    return [{ name: 'probe-pod', ip: '127.0.0.1' }];
+  }
+  const replicas = Number(at(workload, 'spec', 'replicas') ?? 1);
+  return Array.from({ length: replicas }, (_, i) => ({
+    name: `${workload.metadata.name}-${String(i)}`,
+    ip: `127.0.0.${String(2 + i)}`,
+  }));
+}
+
+/**
+ * The pods' own DNS names (`<pod>.<serviceName>`, short or qualified) resolved to their
+ * addresses in a text.
+ */
+function resolvePods(text: string, workload: K8sObject, pods: readonly Pod[]): string {
+  const serviceName = at(workload, 'spec', 'serviceName');
+  if (typeof serviceName !== 'string') {
+    return text;
+  }
+  return pods.reduce(
+    (result, pod) =>
+      result.replace(
+        new RegExp(
+          `\\b${pod.name}\\.${serviceName}(?:\\.[a-z0-9-]+\\.svc(?:\\.cluster\\.local)?)?(?=:)`,
+          'g',
+        ),
+        pod.ip,
+      ),
+    text,
+  );
+}
+
 /** The ports the container's `*_LISTEN` settings open. */
 function listenPorts(env: Record<string, string>): Set<number> {
   const ports = new Set<number>();
@@ -93,7 +161,11 @@ function decodeSecret(secret: K8sObject, key: string): string | undefined {
  * The container's environment as the kubelet would give it: ConfigMaps and Secrets looked up
  * in the rendered objects, field references for one node, `$(VAR)` expanded in order.
  */
-function renderedEnv(container: Container, objects: readonly K8sObject[]): Record<string, string> {
+function renderedEnv(
+  container: Container,
+  objects: readonly K8sObject[],
+  pod: Pod = { name: 'probe-pod', ip: '127.0.0.1' },
+): Record<string, string> {
   const env: Record<string, string> = {};
   const lookup = (kind: string, name: string): K8sObject => {
     const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
@@ -104,12 +176,19 @@ function renderedEnv(container: Container, objects: readonly K8sObject[]): Recor
     if (source.configMapRef !== undefined) {
       Object.assign(env, lookup('ConfigMap', source.configMapRef.name).data);
     }
+    if (source.secretRef !== undefined) {
+      const secret = lookup('Secret', source.secretRef.name);
+      const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
+      for (const key of keys) {
+        env[key] = decodeSecret(secret, key) ?? '';
+      }
+    }
   }
   const fields: Record<string, string> = {
     'status.hostIP': '127.0.0.1',
-    'status.podIP': '127.0.0.1',
+    'status.podIP': pod.ip,
     'spec.nodeName': 'probe-node',
-    'metadata.name': 'probe-pod',
+    'metadata.name': pod.name,
     'metadata.namespace': 'shoal',
   };
   for (const variable of container.env ?? []) {
@@ -138,30 +217,160 @@ function renderedEnv(container: Container, objects: readonly K8sObject[]): Recor
 }
 
 /**
- * Writes the files of the container's Secret volumes under `scratch`, where `localEnv` points
- * the paths, as the kubelet would mount them. Placeholders are replaced as an operator
- * replaces them before deploying: hand-out keys by the test kit's key pair.
+ * Writes the files of the container's Secret and ConfigMap volumes under `scratch`, where
+ * `localEnv` points the paths, as the kubelet would mount them (only the listed `items` when a
+ * volume names some). The Secrets are the generated ones (scripts/gen-secrets.sh), hand-out
+ * keys included.
  */
-async function writeSecretMounts(
+async function writeMounts(
   spec: PodSpec,
   container: Container,
   objects: readonly K8sObject[],
   scratch: string,
 ): Promise<void> {
   for (const mount of container.volumeMounts ?? []) {
-    const secretName = spec.volumes?.find((v) => v.name === mount.name)?.secret?.secretName;
-    const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === secretName);
-    if (secret === undefined) {
+    const volume = spec.volumes?.find((v) => v.name === mount.name);
+    const source =
+      volume?.secret === undefined
+        ? volume?.configMap === undefined
+          ? undefined
+          : { kind: 'ConfigMap', name: volume.configMap.name, items: volume.configMap.items }
+        : { kind: 'Secret', name: volume.secret.secretName, items: volume.secret.items };
+    const object = objects.find((o) => o.kind === source?.kind && o.metadata.name === source.name);
+    if (source === undefined || object === undefined) {
       continue;
     }
-    const dir = join(scratch, mount.mountPath);
-    await mkdir(dir, { recursive: true });
-    const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
-    for (const key of keys) {
-      // The generated secrets themselves (scripts/gen-secrets.sh), hand-out keys included.
-      await writeFile(join(dir, key), decodeSecret(secret, key) ?? '');
+    const keys = Object.keys({
+      ...(object.stringData as object),
+      ...(object.data as object),
+    });
+    const files = source.items ?? keys.map((key) => ({ key, path: key }));
+    for (const { key, path } of files) {
+      assert.ok(
+        keys.includes(key),
+        `${container.name}: ${source.kind} ${source.name} has no ${key}`,
+      );
+      const file = join(scratch, mount.mountPath, path);
+      await mkdir(dirname(file), { recursive: true });
+      const value =
+        source.kind === 'Secret'
+          ? decodeSecret(object, key)
+          : (object.data as Record<string, string>)[key];
+      await writeFile(file, value ?? '');
     }
   }
+}
+
+/**
+ * A server of this machine standing in for a workload that is not Shoal's (the test cannot run
+ * its image): the local port behind each of the workload's named container ports it serves.
+ */
+interface StandIn {
+  readonly ports: Readonly<Record<string, number>>;
+  stop(): Promise<void>;
+}
+
+/**
+ * How a stand-in is started for a container of an image: NATS is the test's one nats-server;
+ * versitygw (the object gateway) is the test kit's S3 server, accepting the key the gateway
+ * renders and holding the buckets its init containers make (directories of its POSIX root).
+ */
+const STAND_INS: readonly {
+  readonly image: RegExp;
+  readonly start: (
+    spec: PodSpec,
+    container: Container,
+    objects: readonly K8sObject[],
+    nats: NatsServer,
+  ) => Promise<StandIn>;
+}[] = [
+  {
+    image: /^(docker\.io\/(library\/)?)?nats:/,
+    start: (_spec, _container, _objects, nats) =>
+      Promise.resolve({
+        ports: { client: nats.port, monitor: Number(new URL(nats.monitorUrl).port) },
+        // The test's own server, stopped by the test.
+        stop: () => Promise.resolve(),
+      }),
+  },
+  {
+    image: /\/versitygw:/,
+    start: async (spec, container, objects) => {
+      const env = renderedEnv(container, objects);
+      const accessKeyId = env.ROOT_ACCESS_KEY_ID;
+      const secretAccessKey = env.ROOT_SECRET_ACCESS_KEY;
+      assert.ok(accessKeyId !== undefined && secretAccessKey !== undefined, 'gateway key');
+      const root = container.args?.at(-1) ?? '';
+      const buckets = (spec.initContainers ?? []).flatMap((init) =>
+        [...(init.command ?? []).join(' ').matchAll(/mkdir -p ((?:\/[\w.-]+)+)/g)]
+          .map((match) => match[1] ?? '')
+          .filter((dir) => dirname(dir) === root)
+          .map((dir) => basename(dir)),
+      );
+      assert.ok(buckets.length > 0, `${container.name}: no bucket made under ${root}`);
+      const s3 = await startS3({ credentials: [{ accessKeyId, secretAccessKey }], buckets });
+      const name = container.ports?.[0]?.name;
+      assert.ok(name !== undefined, `${container.name}: no named port`);
+      return { ports: { [name]: s3.port }, stop: () => s3.stop() };
+    },
+  },
+];
+
+/**
+ * Starts a stand-in for every workload a rendered Service selects whose image has one, and
+ * returns the local address behind each `<service>:<port>` (the Service's short name, as the
+ * workloads name it in their settings).
+ */
+async function startStandIns(
+  objects: readonly K8sObject[],
+  nats: NatsServer,
+  cleanup: (() => Promise<void>)[],
+): Promise<Map<string, string>> {
+  const addresses = new Map<string, string>();
+  const started = new Map<string, StandIn>();
+  for (const service of objects.filter((o) => o.kind === 'Service')) {
+    const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
+    const workload = workloads(objects).find((w) => {
+      const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
+        string,
+        string
+      >;
+      return Object.entries(selector).every(([key, value]) => labels[key] === value);
+    });
+    if (workload === undefined) {
+      continue;
+    }
+    const spec = podSpec(workload);
+    for (const container of spec.containers) {
+      const standIn = STAND_INS.find((s) => s.image.test(container.image));
+      if (standIn === undefined) {
+        continue;
+      }
+      const key = `${workload.metadata.name}/${container.name}`;
+      let running = started.get(key);
+      if (running === undefined) {
+        const fresh = await standIn.start(spec, container, objects, nats);
+        started.set(key, fresh);
+        cleanup.push(() => fresh.stop());
+        running = fresh;
+      }
+      const ports = (at(service, 'spec', 'ports') ?? []) as {
+        port: number;
+        targetPort?: number | string;
+      }[];
+      for (const { port, targetPort } of ports) {
+        const name =
+          typeof targetPort === 'string'
+            ? targetPort
+            : container.ports?.find((p) => p.containerPort === (targetPort ?? port))?.name;
+        const local = name === undefined ? undefined : running.ports[name];
+        if (local !== undefined) {
+          addresses.set(`${service.metadata.name}:${String(port)}`, `127.0.0.1:${String(local)}`);
+        }
+      }
+    }
+  }
+  return addresses;
 }
 
 /** The rendered environment with only what cannot exist on this machine replaced. */
@@ -169,6 +378,7 @@ function localEnv(
   env: Record<string, string>,
   scratch: string,
   natsUrl: string,
+  services: ReadonlyMap<string, string>,
 ): Record<string, string> {
   const local: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {
@@ -177,7 +387,13 @@ function localEnv(
     }
     local[name] = value
       .replace(/^0\.0\.0\.0:/, '127.0.0.1:')
-      .replace(/^\/(etc|var|tmp|data)\//, (whole) => join(scratch, whole));
+      .replace(/^\/(etc|var|tmp|data)\//, (whole) => join(scratch, whole))
+      // A Service's name, short or qualified (`name.namespace.svc[.cluster.local]`), resolves
+      // to its stand-in.
+      .replace(
+        /(?<=^|\/\/|@)([a-z0-9-]+)(?:\.[a-z0-9-]+\.svc(?:\.cluster\.local)?)?:(\d+)/,
+        (whole, host: string, port: string) => services.get(`${host}:${port}`) ?? whole,
+      );
   }
   if (local.SHOAL_NATS_URL !== undefined) {
     local.SHOAL_NATS_URL = natsUrl;
@@ -186,18 +402,6 @@ function localEnv(
   }
   local.OTEL_SDK_DISABLED = 'true';
   return local;
-}
-
-async function probeOk(port: number, path: string): Promise<boolean> {
-  try {
-    const response = await fetch(`http://127.0.0.1:${String(port)}${path}`, {
-      signal: AbortSignal.timeout(2_000),
-    });
-    await response.arrayBuffer();
-    return response.status >= 200 && response.status < 400;
-  } catch {
-    return false;
-  }
 }
 
 describe('deploy/k8s probes', () => {
@@ -246,49 +450,97 @@ describe('deploy/k8s probes', () => {
       assert.ok(checked > 0, `overlay ${overlay} has no Shoal probes`);
     });
 
-    it(`overlay ${overlay}: each agent mode and the tracker answer their rendered probes`, async () => {
+    it(`overlay ${overlay}: every workload it can run here answers its rendered probes`, async () => {
       const objects = rendered.get(overlay) ?? [];
+      const standIns: (() => Promise<void>)[] = [];
+      const services = await startStandIns(objects, nats, standIns);
+      cleanup.push(async () => {
+        for (const stop of standIns) {
+          await stop();
+        }
+      });
       const started: string[] = [];
       for (const workload of workloads(objects)) {
         for (const container of podSpec(workload).containers) {
           const service = serviceOf(container);
-          if (service !== 'agent' && service !== 'tracker') {
+          const program = LOCAL_PROGRAMS.find((p) => p.image.test(container.image));
+          if (service === undefined && program === undefined) {
             continue;
           }
-          const scratch = await makeTempDir(`probe-${workload.metadata.name}`);
-          await writeSecretMounts(podSpec(workload), container, objects, scratch.path);
-          const env = localEnv(
-            renderedEnv(container, objects),
-            scratch.path,
-            service === 'agent' ? deadNatsUrl : nats.url,
-          );
-          const proc: RunningProcess = startProcess(process.execPath, container.args ?? [], {
-            cwd: REPO_ROOT,
-            logPath: join(scratch.path, 'log'),
-            env: { PATH: process.env.PATH ?? '', ...env },
-          });
+          const pods = podsOf(workload, container);
+          const running: { pod: Pod; proc: RunningProcess; remove: () => Promise<void> }[] = [];
           try {
-            for (const { kind, probe } of probesOf(container)) {
-              const port = probePort(container, probe);
-              await waitFor(
-                `${workload.metadata.name} ${kind} ${probe.path} on ${String(port)}`,
-                () => probeOk(port, probe.path),
-                { process: proc, timeoutMs: 30_000, intervalMs: 250 },
+            for (const pod of pods) {
+              const scratch = await makeTempDir(`probe-${pod.name}`);
+              await writeMounts(podSpec(workload), container, objects, scratch.path);
+              const env = localEnv(
+                renderedEnv(container, objects, pod),
+                scratch.path,
+                service === 'agent' ? deadNatsUrl : nats.url,
+                services,
               );
+              let command = process.execPath;
+              let args = container.args ?? [];
+              if (program !== undefined) {
+                // Another image's own configuration names its mount paths and its pods: they
+                // point here now.
+                const mountPaths = (container.volumeMounts ?? []).map((m) => m.mountPath);
+                const paths = localPaths(mountPaths, scratch.path, pod.ip);
+                const local = (text: string): string => resolvePods(paths(text), workload, pods);
+                for (const path of mountPaths) {
+                  await mkdir(join(scratch.path, path), { recursive: true });
+                  await rewriteFiles(join(scratch.path, path), local);
+                }
+                command = requireBinary(program.binary);
+                args = args.map(local);
+              }
+              const proc = startProcess(command, args, {
+                cwd: REPO_ROOT,
+                logPath: join(scratch.path, 'log'),
+                env: { PATH: process.env.PATH ?? '', ...env },
+              });
+              running.push({ pod, proc, remove: () => scratch.remove() });
+            }
+            for (const { pod, proc } of running) {
+              try {
+                for (const { kind, probe } of probesOf(container)) {
+                  const port = probePort(container, probe);
+                  await waitFor(
+                    `${pod.name} ${kind} ${probe.path} on ${pod.ip}:${String(port)}`,
+                    () => answers200(`http://${pod.ip}:${String(port)}${probe.path}`),
+                    { process: proc, timeoutMs: 30_000, intervalMs: 250 },
+                  );
+                }
+                // The answers came from this process, not from something else on the port.
+                assert.ok(proc.child.pid !== undefined);
+                const open = await listeningPorts(proc.child.pid);
+                for (const { kind, probe } of probesOf(container)) {
+                  const port = probePort(container, probe);
+                  assert.ok(
+                    open.has(port),
+                    `${pod.name} ${kind} targets port ${String(port)}, but the ` +
+                      `process listens on ${[...open].join(', ')}`,
+                  );
+                }
+              } catch (error) {
+                const log = await readFile(proc.logPath, 'utf8').catch(() => '');
+                throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
+              }
             }
             started.push(workload.metadata.name);
-          } catch (error) {
-            const log = await readFile(proc.logPath, 'utf8').catch(() => '');
-            throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
           } finally {
-            await proc.stop();
-            await scratch.remove();
+            for (const { proc, remove } of running) {
+              await proc.stop();
+              await remove();
+            }
           }
         }
       }
       const expected = workloads(objects)
         .filter((w) =>
-          podSpec(w).containers.some((c) => ['agent', 'tracker'].includes(serviceOf(c) ?? '')),
+          podSpec(w).containers.some(
+            (c) => serviceOf(c) !== undefined || LOCAL_PROGRAMS.some((p) => p.image.test(c.image)),
+          ),
         )
         .map((w) => w.metadata.name);
       assert.deepEqual(started, expected);

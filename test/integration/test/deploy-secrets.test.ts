@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
-import { cp, readdir, readFile, rm } from 'node:fs/promises';
+import { cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -53,8 +53,9 @@ describe('generated secrets', () => {
     const users = secretData(mixed, 'shoal-nats-users');
     assert.deepEqual(Object.keys(users).sort(), ['agent', 'seedserver', 'tracker', 'watcher']);
     for (const password of Object.values(users)) {
-      // Letters and digits only: they go into nats://user:password@host URLs.
-      assert.match(password, /^[0-9a-f]{48}$/);
+      // Letters and digits only: they go into nats://user:password@host URLs; a letter first,
+      // for nats-server (see the next test).
+      assert.match(password, /^n[0-9a-f]{48}$/);
     }
     assert.equal(new Set(Object.values(users)).size, 4);
     const key = createPrivateKey(secretData(mixed, 'shoal-handout-key')['handout.key'] ?? '');
@@ -80,6 +81,41 @@ describe('generated secrets', () => {
         .sort(),
       ['shoal-handout-public-keys', 'shoal-nats-users', 'shoal-registry-credentials'],
     );
+  });
+
+  it('gives NATS passwords nats-server reads as passwords, run after run', async () => {
+    // nats-server reads `$NATS_<USER>_PASSWORD` in auth.conf as a configuration value: before
+    // the passwords started with a letter, about one hex string in 13 (`1e24c8...`) was taken
+    // for a number and NATS refused to start. 20 runs hold 80 passwords: had that been left,
+    // all 80 would pass less than once in 500 runs of this test.
+    const nats = requireBinary('nats-server');
+    const dir = await makeTempDir('nats-passwords');
+    try {
+      await cp(
+        join(REPO_ROOT, 'deploy', 'k8s', 'base', 'nats', 'auth.conf'),
+        join(dir.path, 'auth.conf'),
+      );
+      const conf = join(dir.path, 'nats.conf');
+      await writeFile(conf, 'listen: 127.0.0.1:-1\ninclude ./auth.conf\n');
+      for (let i = 0; i < 20; i += 1) {
+        const envFile = join(dir.path, `${String(i)}.env`);
+        await run('bash', [join(REPO_ROOT, 'scripts', 'gen-secrets.sh'), 'compose', envFile]);
+        const passwords = Object.fromEntries(
+          (await readFile(envFile, 'utf8'))
+            .split('\n')
+            .filter((line) => line.startsWith('NATS_'))
+            .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+        );
+        assert.equal(Object.keys(passwords).length, 4);
+        await run(nats, ['-c', conf, '-t'], { env: { ...process.env, ...passwords } }).catch(
+          (error: unknown) => {
+            throw new Error(`${JSON.stringify(passwords)}: ${(error as Error).message}`);
+          },
+        );
+      }
+    } finally {
+      await dir.remove();
+    }
   });
 
   it('keeps what it generated when run again', async () => {
