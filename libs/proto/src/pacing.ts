@@ -3,19 +3,19 @@
  * contract, because the control plane's cost per agent follows from it. Both are paced so
  * that the messages of one download do not grow with how long it lasts (which grows with
  * the swarm while the seed server is the only holder): haves go out as the held pieces grow
- * by steps (doubling, then every sixteenth of the blob), wants go out when the download is
+ * by steps (doubling, then every sixty-fourth of the blob), wants go out when the download is
  * starved, and an agent told that nobody holds the blob yet waits for the tracker's pushed
  * hand-out instead of asking again. Pure: no clock, no I/O.
  */
 
 /** Haves a download sends at most, past its first doublings, per blob. */
-const HAVE_STEPS = 16;
+const HAVE_STEPS = 64;
 
 /**
  * Whether a have is due for a download holding `held` of `total` pieces when the last one
  * announced `announced`: at 1, 2, 4, 8 … pieces (each time the count doubled) until a step
- * is a sixteenth of the blob, then every sixteenth, and once complete: at most
- * log2(total / 16) + 18 haves per download, however long it takes. Finer than doubling alone
+ * is a sixty-fourth of the blob, then every sixty-fourth, and once complete: at most
+ * log2(total / 64) + 66 haves per download, however long it takes. Finer than doubling alone
  * because a piece the seed server rations to a few askers reaches the others only from
  * them, once the tracker knows they hold it. An announcement of nothing (`held` 0 after
  * holding pieces) is always due.

@@ -17,18 +17,20 @@ function havesOneByOne(total: number): number[] {
 }
 
 describe('have pacing', () => {
-  it('announces as the held pieces double, then every sixteenth, and once complete', () => {
-    assert.deepEqual(
-      havesOneByOne(256),
-      [1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256],
-    );
+  it('announces as the held pieces double, then every sixty-fourth, and once complete', () => {
+    assert.deepEqual(havesOneByOne(256), [
+      1,
+      2,
+      ...Array.from({ length: 64 }, (_, i) => 4 * (i + 1)),
+    ]);
+    assert.deepEqual(havesOneByOne(4096).slice(0, 9), [1, 2, 4, 8, 16, 32, 64, 128, 192]);
     assert.deepEqual(havesOneByOne(8), [1, 2, 3, 4, 5, 6, 7, 8]);
     assert.deepEqual(havesOneByOne(1), [1]);
   });
 
-  it('sends at most log2(total / 16) + 18 haves however large the blob', () => {
+  it('sends at most log2(total / 64) + 66 haves however large the blob', () => {
     for (const total of [1, 7, 256, 1000, 4096]) {
-      const bound = Math.max(0, Math.ceil(Math.log2(total / 16))) + 18;
+      const bound = Math.max(0, Math.ceil(Math.log2(total / 64))) + 66;
       assert.ok(havesOneByOne(total).length <= bound, String(total));
     }
   });
@@ -37,8 +39,8 @@ describe('have pacing', () => {
     assert.equal(haveDue(40, 0, 256), true);
     assert.equal(haveDue(0, 0, 256), false);
     assert.equal(haveDue(256, 256, 256), false);
-    assert.equal(haveDue(128, 143, 256), false);
-    assert.equal(haveDue(128, 144, 256), true);
+    assert.equal(haveDue(128, 131, 256), false);
+    assert.equal(haveDue(128, 132, 256), true);
     assert.equal(haveDue(250, 256, 256), true);
   });
 });

@@ -106,7 +106,7 @@ export async function buildApp(
   });
   const load = new LoadTracker(config.SHOAL_TRACKER_LOAD_WINDOW_MS);
   const waiting = new WaitingAskers<Waiter>(WAITING_ASKERS_MAX, WAITING_ASKER_TTL_MS);
-  // Downloads this replica answered, pushed fresh peers as their pieces double.
+  // Downloads this replica answered, pushed fresh peers as they announce progress.
   const following = config.SHOAL_TRACKER_PUSH_ON_HAVE
     ? new WaitingAskers<Waiter>(FOLLOWED_ASKERS_MAX, WAITING_ASKER_TTL_MS)
     : undefined;

@@ -569,6 +569,10 @@ describe('tracker', () => {
     );
     assert.ok(pushedOut.token !== undefined, 'the pushed hand-out carries a token');
     assert.equal((await pushed()) - before, 1);
+    // A have that shows no progress since that hand-out gets none.
+    await announce(js, have(grow, 'grower', { pieces: [[0, 4]] }));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(inbox.received.get('grower')?.length, 2);
     // Complete: no longer followed, so no hand-out answers its last have.
     await announce(js, have(grow, 'grower', { pieces: [[0, 8]], complete: true }));
     await announce(js, have(grow, 'grower', { pieces: [[0, 8]], complete: true }));

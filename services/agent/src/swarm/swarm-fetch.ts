@@ -537,7 +537,7 @@ export class SwarmFetch {
     this.#lastProgress = Date.now();
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
-    // Announced as the held pieces double, then every sixteenth of the blob (`haveDue`; the
+    // Announced as the held pieces double, then every sixty-fourth of the blob (`haveDue`; the
     // complete one `run` sends once the blob is verified): peers learn of this holder early,
     // and the have stream does not grow with how long the download lasts.
     const held = this.#picker.held.size;

@@ -266,7 +266,7 @@ function remember(
 
 /**
  * `have` was applied: if this replica follows its peer's download of the blob and the peer's
- * pieces at least doubled since its last hand-out, the peer gets a fresh hand-out for the
+ * pieces grew since its last hand-out, the peer gets a fresh hand-out for the
  * pieces it still lacks, chosen as for a want that carried this have; a complete download is
  * no longer followed. Never throws.
  */
@@ -280,9 +280,10 @@ export function pushOnProgress(have: PieceHave, deps: WantDeps): void {
   if (followed === undefined || have.complete) {
     return;
   }
-  // Pushed as the asker's pieces double since its last hand-out (agents announce in finer
-  // steps than that, for each other's sake): about log2(pieces) pushes per download.
-  if (rangesSize(have.pieces) < Math.max(1, 2 * rangesSize(followed.want.have))) {
+  // Pushed on each have that shows progress since the last hand-out: agents announce in
+  // bounded steps (`haveDue` in `@shoal/proto`), so pushes per download stay bounded too, and
+  // a download keeps learning of the peers that got the pieces the seed server rations.
+  if (rangesSize(have.pieces) <= rangesSize(followed.want.have)) {
     following.add(have.blob, have.peer.id, followed, now);
     return;
   }
