@@ -5,7 +5,6 @@
  * notice the stall on time and turn to the origin (here unreachable, so the download fails).
  */
 import assert from 'node:assert/strict';
-import { createHook } from 'node:async_hooks';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,36 +23,12 @@ import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
 import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
+import { timerCallbacks } from './timer-callbacks.js';
 
 const STALL_TIMEOUT_MS = 2_000;
 /** Longer than the test: one want goes out, at the start. */
 const WANT_INTERVAL_MS = 60_000;
 const SELF = { id: 'agent-timers', url: 'http://127.0.0.1:65002' };
-
-/** Timer callbacks run in this process while `during` runs. */
-async function timerCallbacks(during: () => Promise<void>): Promise<number> {
-  const timers = new Set<number>();
-  let fired = 0;
-  const hook = createHook({
-    init: (id, type) => {
-      if (type === 'Timeout') {
-        timers.add(id);
-      }
-    },
-    before: (id) => {
-      if (timers.has(id)) {
-        fired += 1;
-      }
-    },
-  });
-  hook.enable();
-  try {
-    await during();
-  } finally {
-    hook.disable();
-  }
-  return fired;
-}
 
 describe('SwarmFetch timers', () => {
   let fixture: JetStreamFixture;
