@@ -414,6 +414,49 @@ export class PiecePicker {
   }
 
   /**
+   * The earliest time (ms) at which `next` may start a request it would not start now with
+   * nothing else changing: a busy source's back-off or a seed's deferral ends, or a piece in
+   * flight grows late for the endgame. Undefined when no such time is known: only an event
+   * (a hand-out, a hash, a settled request) can change the answer. A caller sleeping until
+   * then instead of on a fixed tick misses nothing the tick would have caught.
+   */
+  nextDeadline(): number | undefined {
+    const settings = this.#settings;
+    const now = this.#now();
+    let next: number | undefined;
+    const consider = (at: number): void => {
+      if (at > now && (next === undefined || at < next)) {
+        next = at;
+      }
+    };
+    for (const source of this.#sources.values()) {
+      consider(source.busyUntil);
+    }
+    for (const [index, until] of this.#seedDeferred) {
+      if (until <= now) {
+        // Past: forgotten, so the map does not grow with the blob.
+        this.#seedDeferred.delete(index);
+      } else {
+        consider(until);
+      }
+    }
+    if (this.#count - this.#have.size <= settings.concurrency) {
+      const lateAfter = Math.max(
+        settings.endgameLateMinMs,
+        settings.endgameLateFactor * (this.#typicalMs ?? 0),
+      );
+      for (const requests of this.#inFlight.values()) {
+        let first = Infinity;
+        for (const request of requests) {
+          first = Math.min(first, request.startedMs);
+        }
+        consider(first + lateAfter);
+      }
+    }
+    return next;
+  }
+
+  /**
    * Ends a request from `next`: it no longer counts in flight, and its outcome is learnt from
    * (a piece that verified is not marked held here: `markHave` does, whatever its source).
    */

@@ -229,6 +229,8 @@ describe('PiecePicker', () => {
     }
     const [last] = p.next();
     assert.ok(last !== undefined);
+    // A caller sleeping until the next deadline wakes exactly when the copy is due.
+    assert.equal(p.nextDeadline(), clock.ms + 10_000);
     clock.ms += 9_000;
     assert.deepEqual(p.next(), [], '9 s is not late against 5 s pieces');
     clock.ms += 1_000;
@@ -282,6 +284,7 @@ describe('PiecePicker', () => {
     p.settle(request, 'busy');
     assert.deepEqual(p.next(), []);
     assert.equal(p.anyHolder(), false);
+    assert.equal(p.nextDeadline(), clock.ms + 1000, 'the backoff is the next deadline');
     clock.ms += 999;
     assert.deepEqual(p.next(), []);
     clock.ms += 1;
@@ -297,6 +300,7 @@ describe('PiecePicker', () => {
     // The seed itself is not backed off: only this piece is deferred.
     assert.equal(p.anyHolder(), true);
     assert.deepEqual(p.next(), []);
+    assert.equal(p.nextDeadline(), clock.ms + 750, 'the deferral is the next deadline');
     clock.ms += 749;
     assert.deepEqual(p.next(), []);
     clock.ms += 1;
@@ -305,6 +309,17 @@ describe('PiecePicker', () => {
     p.settle(again, 'busy');
     p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 1]] });
     assert.equal(p.next()[0]?.source, 'peer');
+  });
+
+  it('has no deadline while only an event can change what it starts', () => {
+    const { picker: p, clock } = picker(8, { concurrency: 2 });
+    assert.equal(p.nextDeadline(), undefined, 'no source yet: a hand-out will tell');
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    assert.equal(p.next().length, 2);
+    // Far from the tail: requests in flight have no endgame deadline; their end is an event.
+    assert.equal(p.nextDeadline(), undefined);
+    clock.ms += 60_000;
+    assert.equal(p.nextDeadline(), undefined);
   });
 
   it('has a seed part-way through the blob asked for every piece hashed since', () => {

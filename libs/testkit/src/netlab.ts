@@ -4,8 +4,8 @@
  * lives in a namespace of its own, every link shaped with tc's token bucket (tbf) on both
  * ends, so each host has its own upload and download rate.
  *
- * Only addresses of these namespaces are ever used (198.18.0.0/24, the block set aside for
- * network benchmarks), and the one route to them from the bench's own namespace goes through
+ * Only addresses of these namespaces are ever used (a /24 of 198.19.0.0/16, in the block set
+ * aside for network benchmarks), and the one route to them from the bench's own namespace goes through
  * an unshaped control link that exists only while the lab does. Every namespace is named
  * `shoalbench-<pid>-…`; `create` first removes those whose process is gone (a run killed
  * before it could tear down), and `close` (also run at exit) removes this run's.
@@ -20,8 +20,11 @@ const PREFIX = 'shoalbench-';
 const ROOT_LINK_PREFIX = 'sb';
 /** The bridge's end of the control link (a hyphen: no host is named so). */
 const BRIDGE_UPLINK = 'to-bench';
-/** The lab's /24: the first three octets. */
-const SUBNET = '198.18.0';
+/**
+ * The lab's /24: the first three octets, one per process (its pid's low byte), so that two
+ * runs at once on one machine (two benches) do not route into each other's namespaces.
+ */
+const SUBNET = `198.19.${process.pid % 256}`;
 /** The bench's own address on the control link. */
 const CONTROL_ADDRESS = `${SUBNET}.1`;
 /** Longest a packet may wait in a token bucket's queue, in ms (its buffer follows from it). */

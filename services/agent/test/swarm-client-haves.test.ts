@@ -4,7 +4,6 @@
  * while nothing is queued (an idle agent costs nothing per unit of time).
  */
 import assert from 'node:assert/strict';
-import { createHook } from 'node:async_hooks';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -14,34 +13,10 @@ import { createLogger, createMetrics } from '@shoal/runtime';
 import { createAgentMetrics } from '../src/metrics.js';
 import { SwarmClient } from '../src/swarm/client.js';
 import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
+import { timerCallbacks } from './timer-callbacks.js';
 
 const HAVE_INTERVAL_MS = 150;
 const SELF = { id: 'agent-haves', url: 'http://127.0.0.1:65002' };
-
-/** Timer callbacks run in this process while `during` runs. */
-async function timerCallbacks(during: () => Promise<void>): Promise<number> {
-  const timers = new Set<number>();
-  let fired = 0;
-  const hook = createHook({
-    init: (id, type) => {
-      if (type === 'Timeout') {
-        timers.add(id);
-      }
-    },
-    before: (id) => {
-      if (timers.has(id)) {
-        fired += 1;
-      }
-    },
-  });
-  hook.enable();
-  try {
-    await during();
-  } finally {
-    hook.disable();
-  }
-  return fired;
-}
 
 describe('SwarmClient haves', () => {
   let fixture: JetStreamFixture;

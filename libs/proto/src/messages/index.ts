@@ -48,7 +48,10 @@ export function decodeMessage<S extends z.ZodType>(
 ): Decoded<z.infer<S>> {
   let json: unknown;
   try {
-    json = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    // A view of the received bytes, not a copy of them (`Buffer.from(bytes)` copies).
+    json = JSON.parse(
+      Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'),
+    );
   } catch (error) {
     return { ok: false, error: `not JSON: ${(error as Error).message}` };
   }

@@ -164,6 +164,11 @@ export class SwarmClient {
     return true;
   }
 
+  /** When a peer's penalty ends (ms), or undefined when it has none now. */
+  penaltyEnds(peer: string): number | undefined {
+    return this.isPenalized(peer) ? this.#penalties.get(peer) : undefined;
+  }
+
   /**
    * Asks the tracker for peers. Failures are logged: the download goes on (or falls back).
    * The want carries the active trace context, so the tracker's answer joins the trace.

@@ -77,8 +77,6 @@ const UNREACHABLE_PENALTY_MS = 2000;
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms. */
 const SEED_DEFER_MS = 750;
-/** Longest wait between two scheduling rounds, in ms. */
-const TICK_MS = 250;
 /**
  * Wants sent ahead of the interval, at most, while the blob's piece hashes are known (someone
  * holds pieces) but no hand-out has named a holder yet: on a cold pull the seed server starts
@@ -329,22 +327,44 @@ export class SwarmFetch {
         // Nobody will bring the missing pieces: waiting out the stall timeout gains nothing.
         return 'seed-failed';
       }
-      const wait =
+      const wantAt =
         early && earlyWants < EARLY_WANTS
-          ? Math.max(1, Math.min(TICK_MS, lastWant + EARLY_WANT_GAP_MS - Date.now()))
-          : Math.max(
-              1,
-              Math.min(TICK_MS, this.#wants.nextDueMs(Date.now(), noHolder) - Date.now()),
-            );
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, wait);
-        this.#wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+          ? lastWant + EARLY_WANT_GAP_MS
+          : // Infinity when no want is due until something happens (an event wakes the loop).
+            this.#wants.nextDueMs(Date.now(), noHolder);
+      await this.#sleepUntil(Math.min(wantAt, this.#lastProgress + settings.stallTimeoutMs + 1));
     }
     return 'aborted';
+  }
+
+  /**
+   * Sleeps until `deadline` (ms), or earlier when the picker or a peer's penalty has a
+   * deadline of its own, or until an event wakes the loop (a hand-out, a hash batch, a seed's
+   * notice, a settled request). No fixed tick: on a slow link a download spends its time
+   * waiting on bytes, and a timer firing four times a second per blob was CPU for nothing.
+   */
+  async #sleepUntil(deadline: number): Promise<void> {
+    let at = deadline;
+    const picker = this.#picker.nextDeadline();
+    if (picker !== undefined) {
+      at = Math.min(at, picker);
+    }
+    for (const id of this.#peers.keys()) {
+      const ends = this.#deps.client.penaltyEnds(id);
+      if (ends !== undefined) {
+        // Its end is the first moment `isPenalized` says false (it compares with `<`).
+        at = Math.min(at, ends + 1);
+      }
+    }
+    // Past the largest delay setTimeout takes, it fires at once: look again then.
+    const wait = Math.min(Math.max(1, at - Date.now()), 2 ** 31 - 1);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, wait);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
   }
 
   /** Runs a request the picker started, and hands its outcome back to the picker. */
