@@ -248,9 +248,14 @@ export class PiecePicker {
 
   /**
    * True when a source that may still be asked (one busy for a moment counts) is known to
-   * hold a piece not held here.
+   * hold a piece not held here. A piece the seed server deferred (it handed that piece to
+   * others already) does not count for the seed until the deferral ends: the download needs
+   * the peers that got it, and only the tracker knows them.
    */
   holdsMissing(): boolean {
+    const now = this.#now();
+    const offered = (source: SourceState, index: number): boolean =>
+      !this.#have.has(index) && !(source.advert.seed && (this.#seedDeferred.get(index) ?? 0) > now);
     for (const source of this.#sources.values()) {
       if (
         source.banned ||
@@ -260,14 +265,16 @@ export class PiecePicker {
         continue;
       }
       if (source.advert.complete) {
-        if (this.#have.size < this.#count) {
-          return true;
+        for (let index = 0; index < this.#count; index++) {
+          if (offered(source, index)) {
+            return true;
+          }
         }
         continue;
       }
       for (const [start, end] of source.pieces) {
         for (let index = start; index < Math.min(end, this.#count); index++) {
-          if (!this.#have.has(index)) {
+          if (offered(source, index)) {
             return true;
           }
         }

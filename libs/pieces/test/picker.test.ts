@@ -349,6 +349,21 @@ describe('PiecePicker', () => {
     assert.equal(p.next().length, 1);
   });
 
+  it('does not count a piece the seed deferred as held until the deferral ends', () => {
+    const { picker: p, clock } = picker(2, { concurrency: 8 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    assert.ok(p.holdsMissing());
+    const started = p.next();
+    assert.deepEqual(indexes(started).sort(), [0, 1]);
+    for (const request of started) {
+      p.settle(request, 'busy');
+    }
+    // Every missing piece went to others: who got them is news only the tracker has.
+    assert.ok(!p.holdsMissing(), 'the seed deferred every missing piece');
+    clock.ms += SETTINGS.seedDeferMs;
+    assert.ok(p.holdsMissing(), 'the deferral is over');
+  });
+
   it('never asks a dropped seed again, and says when no source holds a missing piece', () => {
     const { picker: p } = picker(4, { concurrency: 8 });
     p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 4]] });
