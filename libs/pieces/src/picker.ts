@@ -248,14 +248,17 @@ export class PiecePicker {
 
   /**
    * True when a source that may still be asked (one busy for a moment counts) is known to
-   * hold a piece not held here. A piece the seed server deferred (it handed that piece to
-   * others already) does not count for the seed until the deferral ends: the download needs
-   * the peers that got it, and only the tracker knows them.
+   * hold a piece not held here. With `offeredOnly`, a piece the seed server deferred (it
+   * handed that piece to others already) does not count for the seed until the deferral
+   * ends: for that piece the download needs the peers that got it, and only the tracker
+   * knows them.
    */
-  holdsMissing(): boolean {
+  holdsMissing(offeredOnly = false): boolean {
     const now = this.#now();
+    const missing = this.#count - this.#have.size;
     const offered = (source: SourceState, index: number): boolean =>
-      !this.#have.has(index) && !(source.advert.seed && (this.#seedDeferred.get(index) ?? 0) > now);
+      !this.#have.has(index) &&
+      !(offeredOnly && source.advert.seed && (this.#seedDeferred.get(index) ?? 0) > now);
     for (const source of this.#sources.values()) {
       if (
         source.banned ||
@@ -265,9 +268,16 @@ export class PiecePicker {
         continue;
       }
       if (source.advert.complete) {
-        for (let index = 0; index < this.#count; index++) {
-          if (offered(source, index)) {
-            return true;
+        const deferred = offeredOnly && source.advert.seed ? this.#seedDeferred.size : 0;
+        // More pieces missing than deferred: one of them is offered, no need to look.
+        if (missing > deferred) {
+          return true;
+        }
+        if (missing > 0 && deferred > 0) {
+          for (let index = 0; index < this.#count; index++) {
+            if (offered(source, index)) {
+              return true;
+            }
           }
         }
         continue;

@@ -352,16 +352,30 @@ describe('PiecePicker', () => {
   it('does not count a piece the seed deferred as held until the deferral ends', () => {
     const { picker: p, clock } = picker(2, { concurrency: 8 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    assert.ok(p.holdsMissing());
+    assert.ok(p.holdsMissing(true));
     const started = p.next();
     assert.deepEqual(indexes(started).sort(), [0, 1]);
     for (const request of started) {
       p.settle(request, 'busy');
     }
     // Every missing piece went to others: who got them is news only the tracker has.
-    assert.ok(!p.holdsMissing(), 'the seed deferred every missing piece');
+    assert.ok(!p.holdsMissing(true), 'the seed deferred every missing piece');
+    assert.ok(p.holdsMissing(), 'the seed still holds them, deferred or not');
     clock.ms += SETTINGS.seedDeferMs;
-    assert.ok(p.holdsMissing(), 'the deferral is over');
+    assert.ok(p.holdsMissing(true), 'the deferral is over');
+  });
+
+  it('counts a piece the seed did not defer, however many deferred pieces came from peers', () => {
+    const { picker: p } = picker(3, { concurrency: 2 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const started = p.next();
+    assert.deepEqual(indexes(started).sort(), [0, 1]);
+    for (const request of started) {
+      p.settle(request, 'busy');
+    }
+    // Piece 0 came from a peer: two deferrals for two missing pieces, one of them never asked.
+    p.markHave(0);
+    assert.ok(p.holdsMissing(true), 'piece 2 is still offered by the seed');
   });
 
   it('never asks a dropped seed again, and says when no source holds a missing piece', () => {

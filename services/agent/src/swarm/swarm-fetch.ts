@@ -300,7 +300,7 @@ export class SwarmFetch {
       const early = earlyWants < EARLY_WANTS && this.#picker.count > 0 && !this.#picker.anyHolder();
       // Starved: no known source holds a missing piece, or no piece came for a while (the
       // seed rations a piece to a few, and who got it is news only the tracker has).
-      const noHolder = !this.#picker.holdsMissing();
+      const noHolder = !this.#picker.holdsMissing(true);
       if (this.#wants.due(now, noHolder) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
         if (!this.#wants.due(now, noHolder)) {
           earlyWants += 1;
