@@ -254,8 +254,17 @@ async function* firstByte(source: Readable): AsyncGenerator<Buffer> {
   }
 }
 
-/** AbortMultipartUpload and ListMultipartUploads, on s3rver's record of open uploads. */
+/**
+ * AbortMultipartUpload and ListMultipartUploads, on s3rver's record of open uploads.
+ *
+ * S3's abort is atomic. s3rver goes on writing a part whose client has gone (its `mkdirp`
+ * and `.md5` file land after the socket closed), so a removal racing it would fail with
+ * ENOTEMPTY or leave a recreated directory. The kit therefore waits for the parts of an
+ * upload still being written before it removes the upload, for at most `PART_WAIT_MS`: s3rver
+ * never settles a part whose request stream failed before its end.
+ */
 function missingOperations(root: string): KoaMiddleware {
+  const partsInFlight = new Map<string, Set<Promise<unknown>>>();
   return async (ctx, next) => {
     const { bucket, key } = splitPath(ctx.path);
     if (bucket === undefined) {
@@ -263,7 +272,21 @@ function missingOperations(root: string): KoaMiddleware {
       return;
     }
     const uploadId = ctx.query.uploadId;
-    if (ctx.method === 'DELETE' && key !== undefined && typeof uploadId === 'string') {
+    if (ctx.method === 'PUT' && typeof uploadId === 'string') {
+      const parts = partsInFlight.get(uploadId) ?? new Set();
+      partsInFlight.set(uploadId, parts);
+      const part = next();
+      parts.add(part);
+      try {
+        await part;
+      } finally {
+        parts.delete(part);
+        if (parts.size === 0) {
+          partsInFlight.delete(uploadId);
+        }
+      }
+    } else if (ctx.method === 'DELETE' && key !== undefined && typeof uploadId === 'string') {
+      await settledWithin(partsInFlight.get(uploadId) ?? [], PART_WAIT_MS);
       await abortUpload(ctx, join(root, bucket), key, uploadId);
     } else if (ctx.method === 'GET' && key === undefined && 'uploads' in ctx.query) {
       const prefix = typeof ctx.query.prefix === 'string' ? ctx.query.prefix : '';
@@ -272,6 +295,21 @@ function missingOperations(root: string): KoaMiddleware {
       await next();
     }
   };
+}
+
+/** How long an abort waits for the parts of its upload still being written. */
+const PART_WAIT_MS = 2000;
+
+async function settledWithin(promises: Iterable<Promise<unknown>>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const elapsed = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  try {
+    await Promise.race([Promise.allSettled(promises), elapsed]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function abortUpload(
@@ -292,7 +330,7 @@ async function abortUpload(
     s3Error(ctx, 404, 'NoSuchUpload', 'The specified upload does not exist');
     return;
   }
-  await rm(uploadDir, { recursive: true, force: true });
+  await rm(uploadDir, { recursive: true, force: true, maxRetries: 3 });
   ctx.status = 204;
 }
 
