@@ -14,6 +14,7 @@
  * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify.
  */
 
+import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 
 import {
@@ -166,6 +167,8 @@ interface PhaseFigures {
   readonly originWritten: number;
   /** The registry's CPU seconds during the pulls (from /proc). */
   readonly registryCpuSeconds: number;
+  /** The clients' CPU seconds during the pulls: containerds and `ctr`, or the HTTP client. */
+  readonly clientCpuSeconds: number;
   /** The seed server's figures (swarm only), its CPU seconds during the pulls from /proc. */
   readonly seed:
     { readonly ingested: number; readonly served: number; readonly cpuSeconds: number } | undefined;
@@ -175,6 +178,18 @@ interface PhaseFigures {
 interface Outcome {
   readonly seconds: number;
   readonly error: string | undefined;
+}
+
+/**
+ * CPU seconds of this process and of its children that have ended and been waited for
+ * (utime, stime, cutime and cstime of /proc/self/stat).
+ */
+async function ownAndChildrenCpu(): Promise<number> {
+  const stat = await readFile('/proc/self/stat', 'utf8');
+  // Fields after the command name (which may hold spaces), from the third: utime is the 14th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
+  return ticks / 100;
 }
 
 /** CPU seconds of each watched process (name -> pid) between `before` and now. */
@@ -208,7 +223,7 @@ async function pullAtOnce(
 ): Promise<
   { outcomes: Outcome[]; cpu: Map<string, number> } & Omit<
     PhaseFigures,
-    'seed' | 'agents' | 'registryCpuSeconds'
+    'seed' | 'agents' | 'registryCpuSeconds' | 'clientCpuSeconds'
   >
 > {
   const teardown = newTeardown();
@@ -224,6 +239,12 @@ async function pullAtOnce(
     const before = (await originGets(registry)).length;
     const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
     const watched = new Map(watching);
+    for (const [index, client] of clients.entries()) {
+      if (client.daemonPid !== undefined) {
+        watched.set(`client-${index}`, client.daemonPid);
+      }
+    }
+    const selfBefore = await ownAndChildrenCpu();
     const registryPid = registry.process.child.pid;
     if (registryPid !== undefined) {
       watched.set('registry', registryPid);
@@ -245,6 +266,15 @@ async function pullAtOnce(
       }),
     );
     const cpu = await cpuSince(watched, costs);
+    // The clients: their daemons (containerd), and this process with the children it waited
+    // for (the `ctr`/`skopeo` commands; the HTTP client runs here).
+    let clientCpu = (await ownAndChildrenCpu()) - selfBefore;
+    for (const [name, seconds] of cpu) {
+      if (name.startsWith('client-')) {
+        clientCpu += seconds;
+      }
+    }
+    cpu.set('clients', clientCpu);
     const sizes = new Map(target.blobs.map((b) => [b.digest, b.size]));
     const gets = (await originGets(registry)).slice(before);
     return {
@@ -301,7 +331,13 @@ async function pullAll(
       error: outcome.error,
     });
   }
-  return { agents: figures, ...origin, cpu, registryCpuSeconds: cpu.get('registry') ?? Number.NaN };
+  return {
+    agents: figures,
+    ...origin,
+    cpu,
+    registryCpuSeconds: cpu.get('registry') ?? Number.NaN,
+    clientCpuSeconds: cpu.get('clients') ?? Number.NaN,
+  };
 }
 
 /** The direct baseline: N clients straight from the registry, no agent on the way. */
@@ -336,6 +372,7 @@ async function directPhase(
       error: o.error,
     })),
     registryCpuSeconds: cpu.get('registry') ?? Number.NaN,
+    clientCpuSeconds: cpu.get('clients') ?? Number.NaN,
     seed: undefined,
   };
 }
@@ -545,6 +582,7 @@ function report(
   const delivered = imageBytes * options.agents;
   const agentCpuPerGiB = (p: PhaseFigures): number =>
     p.agents.reduce((total, a) => total + a.cpuSeconds, 0) / (delivered / GiB);
+  const clientCpuPerGiB = (p: PhaseFigures): number => p.clientCpuSeconds / (delivered / GiB);
   const registryCpuPerGiB = (p: PhaseFigures): number =>
     p.registryCpuSeconds / (p.originWritten / GiB);
   const writtenRatio = (p: PhaseFigures): number => p.originWritten / imageBytes;
@@ -581,6 +619,7 @@ function report(
         compare('mean agent peak RSS', meanRss, mib, false),
         compare("agents' CPU s / GiB delivered", agentCpuPerGiB, cpuText, false),
         compare('registry CPU s / GiB it wrote', registryCpuPerGiB, cpuText),
+        compare("clients' CPU s / GiB delivered", clientCpuPerGiB, cpuText),
       ],
     ),
     '(baseline: the agents as plain mirrors of the origin; direct: the clients with no agent)',
