@@ -38,6 +38,8 @@ export interface PullTarget {
 export interface PreparedClient {
   /** Pulls the whole image; throws when a pull fails or content does not verify. */
   pull(signal: AbortSignal): Promise<void>;
+  /** A daemon the client pulls through (its containerd), whose CPU counts as the client's. */
+  readonly daemonPid?: number | undefined;
   /** Releases what `prepare` set up (a containerd, an output directory). */
   close(): Promise<void>;
 }
@@ -245,6 +247,7 @@ async function prepareCtr(
     throw error;
   }
   return {
+    daemonPid: containerd.process.child.pid,
     pull: async (signal) => {
       signal.throwIfAborted();
       await containerd.pull(`${target.registryHost}/${target.repository}:${target.tag}`, {

@@ -9,14 +9,20 @@
  *
  *   node bench/dist/src/swarm.js [--agents 6] [--layers 256,16,1] [--seed-rate-mbps N]
  *                                [--client http|skopeo|ctr] [--timeout-s 600]
+ *                                [--build DIR] [--cpu-prof-dir DIR]
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails or does not verify.
  */
 
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+
 import {
   mib,
   percent,
+  procCostBetween,
   ratio,
+  readProcCost,
   scrapeMetrics,
   seconds,
   startAgent,
@@ -24,11 +30,13 @@ import {
   startTracker,
   table,
   type AgentProcess,
+  type ProcCost,
   type Registry,
 } from '@shoal/testkit';
 
 import {
   commonOptions,
+  cpuProfileEnv,
   exitOnProblems,
   interruptOnSignal,
   mean,
@@ -48,10 +56,17 @@ import {
 } from './clients.js';
 
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** CPU seconds with two decimals ('-' when not measured). */
+function cpuText(value: number): string {
+  return Number.isFinite(value) ? value.toFixed(2) : '-';
+}
 const REPOSITORY = 'bench/swarm';
 
 const USAGE = `usage: node bench/dist/src/swarm.js [--agents N] [--layers MiB,MiB,...] [--seed-rate-mbps N]
                                   [--client http|skopeo|ctr] [--timeout-s S]
+                                  [--build DIR] [--cpu-prof-dir DIR]
 
   --agents N           agents pulling at once (default 6)
   --layers LIST        layer sizes of the generated image, in MiB (default 256,16,1)
@@ -59,6 +74,10 @@ const USAGE = `usage: node bench/dist/src/swarm.js [--agents N] [--layers MiB,Mi
   --client KIND        http (default): the mirror API, digests checked while streaming;
                        skopeo: skopeo copy to an OCI layout; ctr: a fresh containerd per agent
   --timeout-s S        longest a pull may take (default 600)
+  --build DIR          run the agents, tracker and seed server of another checkout built
+                       with tsc -b (e.g. services/seedserver/tools/build-at.sh), for a
+                       before/after in alternating runs of this bench
+  --cpu-prof-dir DIR   the agents and the seed server write V8 CPU profiles there when they stop
 `;
 
 interface Options {
@@ -68,6 +87,9 @@ interface Options {
   readonly seedRateBytes: number;
   readonly client: ClientKind;
   readonly timeoutMs: number;
+  /** A checkout built with `tsc -b` whose services run instead of this one's. */
+  readonly build: string | undefined;
+  readonly cpuProfDir: string | undefined;
 }
 
 function isClient(value: string): value is ClientKind {
@@ -82,6 +104,8 @@ function parseOptions(argv: readonly string[]): Options {
     'seed-rate-mbps': { type: 'string', default: '0' },
     client: { type: 'string', default: 'http' },
     'timeout-s': { type: 'string', default: '600' },
+    build: { type: 'string' },
+    'cpu-prof-dir': { type: 'string' },
   });
   const problems: string[] = [];
   const common = commonOptions(values, problems);
@@ -98,6 +122,9 @@ function parseOptions(argv: readonly string[]): Options {
     ...common,
     seedRateBytes: Math.round((mbps * 1_000_000) / 8),
     client: isClient(client) ? client : 'http',
+    build: typeof values.build === 'string' ? resolve(values.build) : undefined,
+    cpuProfDir:
+      typeof values['cpu-prof-dir'] === 'string' ? resolve(values['cpu-prof-dir']) : undefined,
   };
 }
 
@@ -125,6 +152,8 @@ interface AgentFigures {
   /** From the common start to this agent's last verified byte, in seconds. */
   readonly seconds: number;
   readonly peakRss: number;
+  /** CPU seconds the agent spent during the pulls (from /proc), NaN for a direct client. */
+  readonly cpuSeconds: number;
   readonly error: string | undefined;
 }
 
@@ -136,8 +165,13 @@ interface PhaseFigures {
   readonly originBytes: number;
   /** Bytes the registry wrote for them, by its own log. */
   readonly originWritten: number;
-  /** The seed server's figures (swarm only). */
-  readonly seed: { readonly ingested: number; readonly served: number } | undefined;
+  /** The registry's CPU seconds during the pulls (from /proc). */
+  readonly registryCpuSeconds: number;
+  /** The clients' CPU seconds during the pulls: containerds and `ctr`, or the HTTP client. */
+  readonly clientCpuSeconds: number;
+  /** The seed server's figures (swarm only), its CPU seconds during the pulls from /proc. */
+  readonly seed:
+    { readonly ingested: number; readonly served: number; readonly cpuSeconds: number } | undefined;
 }
 
 /** How one client's pull ended: its time from the common start, and its error if it failed. */
@@ -147,9 +181,37 @@ interface Outcome {
 }
 
 /**
+ * CPU seconds of this process and of its children that have ended and been waited for
+ * (utime, stime, cutime and cstime of /proc/self/stat).
+ */
+async function ownAndChildrenCpu(): Promise<number> {
+  const stat = await readFile('/proc/self/stat', 'utf8');
+  // Fields after the command name (which may hold spaces), from the third: utime is the 14th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
+  return ticks / 100;
+}
+
+/** CPU seconds of each watched process (name -> pid) between `before` and now. */
+async function cpuSince(
+  watched: ReadonlyMap<string, number>,
+  before: ReadonlyMap<string, ProcCost>,
+): Promise<Map<string, number>> {
+  const spent = new Map<string, number>();
+  for (const [name, pid] of watched) {
+    const first = before.get(name);
+    if (first !== undefined) {
+      spent.set(name, procCostBetween(first, await readProcCost(pid)).cpuSeconds);
+    }
+  }
+  return spent;
+}
+
+/**
  * One client per entry of `mirrors` (an agent's URL, or undefined: straight from the registry)
- * pulls the image at the same moment; returns each client's outcome and the registry's blob
- * GETs during the pulls.
+ * pulls the image at the same moment; returns each client's outcome, the registry's blob GETs
+ * during the pulls, and the CPU seconds the `watched` processes (name -> pid; the registry is
+ * always watched, as `registry`) spent from the common start to the last client's end.
  */
 async function pullAtOnce(
   mirrors: readonly (string | undefined)[],
@@ -157,7 +219,13 @@ async function pullAtOnce(
   registry: Registry,
   options: Options,
   interrupt: AbortSignal,
-): Promise<{ outcomes: Outcome[] } & Omit<PhaseFigures, 'seed' | 'agents'>> {
+  watching: ReadonlyMap<string, number> = new Map(),
+): Promise<
+  { outcomes: Outcome[]; cpu: Map<string, number> } & Omit<
+    PhaseFigures,
+    'seed' | 'agents' | 'registryCpuSeconds' | 'clientCpuSeconds'
+  >
+> {
   const teardown = newTeardown();
   try {
     const clients: PreparedClient[] = [];
@@ -170,6 +238,21 @@ async function pullAtOnce(
     await settleDisk();
     const before = (await originGets(registry)).length;
     const signal = AbortSignal.any([interrupt, AbortSignal.timeout(options.timeoutMs)]);
+    const watched = new Map(watching);
+    for (const [index, client] of clients.entries()) {
+      if (client.daemonPid !== undefined) {
+        watched.set(`client-${index}`, client.daemonPid);
+      }
+    }
+    const selfBefore = await ownAndChildrenCpu();
+    const registryPid = registry.process.child.pid;
+    if (registryPid !== undefined) {
+      watched.set('registry', registryPid);
+    }
+    const costs = new Map<string, ProcCost>();
+    for (const [name, pid] of watched) {
+      costs.set(name, await readProcCost(pid));
+    }
     const started = performance.now();
     const outcomes = await Promise.all(
       clients.map(async (client): Promise<Outcome> => {
@@ -182,10 +265,21 @@ async function pullAtOnce(
         return { seconds: (performance.now() - started) / 1000, error };
       }),
     );
+    const cpu = await cpuSince(watched, costs);
+    // The clients: their daemons (containerd), and this process with the children it waited
+    // for (the `ctr`/`skopeo` commands; the HTTP client runs here).
+    let clientCpu = (await ownAndChildrenCpu()) - selfBefore;
+    for (const [name, seconds] of cpu) {
+      if (name.startsWith('client-')) {
+        clientCpu += seconds;
+      }
+    }
+    cpu.set('clients', clientCpu);
     const sizes = new Map(target.blobs.map((b) => [b.digest, b.size]));
     const gets = (await originGets(registry)).slice(before);
     return {
       outcomes,
+      cpu,
       blobGets: gets.length,
       originBytes: gets.reduce((sum, g) => sum + (sizes.get(g.digest) ?? 0), 0),
       originWritten: gets.reduce((sum, g) => sum + g.written, 0),
@@ -202,13 +296,22 @@ async function pullAll(
   registry: Registry,
   options: Options,
   interrupt: AbortSignal,
-): Promise<Omit<PhaseFigures, 'seed'>> {
-  const { outcomes, ...origin } = await pullAtOnce(
+  /** More processes to take the CPU of (name -> pid), e.g. the seed server. */
+  others: ReadonlyMap<string, number> = new Map(),
+): Promise<Omit<PhaseFigures, 'seed'> & { cpu: Map<string, number> }> {
+  const watched = new Map(others);
+  for (const [index, agent] of agents.entries()) {
+    if (agent.process.child.pid !== undefined) {
+      watched.set(`agent-${index}`, agent.process.child.pid);
+    }
+  }
+  const { outcomes, cpu, ...origin } = await pullAtOnce(
     agents.map((a) => a.url),
     target,
     registry,
     options,
     interrupt,
+    watched,
   );
   const figures: AgentFigures[] = [];
   for (const [index, agent] of agents.entries()) {
@@ -224,10 +327,17 @@ async function pullAll(
       uploaded: metrics.get('shoal_agent_uploaded_bytes_total'),
       seconds: outcome.seconds,
       peakRss: await agent.peakRssBytes(),
+      cpuSeconds: cpu.get(`agent-${index}`) ?? Number.NaN,
       error: outcome.error,
     });
   }
-  return { agents: figures, ...origin };
+  return {
+    agents: figures,
+    ...origin,
+    cpu,
+    registryCpuSeconds: cpu.get('registry') ?? Number.NaN,
+    clientCpuSeconds: cpu.get('clients') ?? Number.NaN,
+  };
 }
 
 /** The direct baseline: N clients straight from the registry, no agent on the way. */
@@ -238,7 +348,7 @@ async function directPhase(
   interrupt: AbortSignal,
 ): Promise<PhaseFigures> {
   progress(`direct: ${options.agents} ${options.client} clients pull from the registry itself`);
-  const { outcomes, ...origin } = await pullAtOnce(
+  const { outcomes, cpu, ...origin } = await pullAtOnce(
     Array.from({ length: options.agents }, () => undefined),
     target,
     registry,
@@ -258,10 +368,18 @@ async function directPhase(
       uploaded: 0,
       seconds: o.seconds,
       peakRss: Number.NaN,
+      cpuSeconds: Number.NaN,
       error: o.error,
     })),
+    registryCpuSeconds: cpu.get('registry') ?? Number.NaN,
+    clientCpuSeconds: cpu.get('clients') ?? Number.NaN,
     seed: undefined,
   };
+}
+
+/** The services of `--build`, when given. */
+function buildChoice(options: Options): { buildRoot?: string } {
+  return options.build === undefined ? {} : { buildRoot: options.build };
 }
 
 /** The swarm: a tracker, a seed server and N agents on the same NATS. */
@@ -275,29 +393,48 @@ async function swarmPhase(
   const teardown = newTeardown();
   try {
     const registries = `${registry.host}=${registry.url}`;
-    const tracker = await startTracker({ natsUrl });
+    const build = buildChoice(options);
+    const profileEnv = cpuProfileEnv(options.cpuProfDir);
+    const tracker = await startTracker({ natsUrl, ...build });
     teardown.add('tracker', () => tracker.stop());
     const seed = await startSeedServer({
       natsUrl,
       registries,
-      env: { SHOAL_SEED_UPLOAD_RATE_BYTES: String(options.seedRateBytes) },
+      env: { SHOAL_SEED_UPLOAD_RATE_BYTES: String(options.seedRateBytes), ...profileEnv },
+      ...build,
     });
     teardown.add('seed server', () => seed.stop());
     const agents = await startAgents(
       options.agents,
       (i) =>
-        startAgent({ registries, natsUrl, peerId: `agent-${i}`, defaultRegistry: registry.host }),
+        startAgent({
+          registries,
+          natsUrl,
+          peerId: `agent-${i}`,
+          defaultRegistry: registry.host,
+          env: profileEnv,
+          ...build,
+        }),
       teardown,
     );
     interrupt.throwIfAborted();
     progress(`swarm: ${agents.length} agents, a tracker and a seed server are up; pulling`);
-    const pulled = await pullAll(agents, target, registry, options, interrupt);
+    const seedPid = seed.process.child.pid;
+    const { cpu, ...pulled } = await pullAll(
+      agents,
+      target,
+      registry,
+      options,
+      interrupt,
+      new Map(seedPid === undefined ? [] : [['seed', seedPid]]),
+    );
     const seedMetrics = await scrapeMetrics(seed.url);
     return {
       ...pulled,
       seed: {
         ingested: seedMetrics.get('shoal_seedserver_ingested_bytes_total', { source: 'origin' }),
         served: seedMetrics.get('shoal_seedserver_served_bytes_total'),
+        cpuSeconds: cpu.get('seed') ?? Number.NaN,
       },
     };
   } finally {
@@ -317,7 +454,13 @@ async function baselinePhase(
     const registries = `${registry.host}=${registry.url}`;
     const agents = await startAgents(
       options.agents,
-      () => startAgent({ registries, defaultRegistry: registry.host }),
+      () =>
+        startAgent({
+          registries,
+          defaultRegistry: registry.host,
+          env: cpuProfileEnv(options.cpuProfDir),
+          ...buildChoice(options),
+        }),
       teardown,
     );
     interrupt.throwIfAborted();
@@ -364,6 +507,7 @@ function report(
     mib(a.uploaded),
     a.error === undefined ? seconds(a.seconds) : 'FAILED',
     mib(a.peakRss),
+    cpuText(a.cpuSeconds),
   ]);
   const sum = (pick: (a: AgentFigures) => number): number =>
     swarm.agents.reduce((total, a) => total + pick(a), 0);
@@ -371,7 +515,7 @@ function report(
   out.push(
     `Swarm: tracker + seed server + ${options.agents} agents, all pulling at once`,
     table(
-      ['agent', 'origin', 'seed', 'peer', 'uploaded', 'time', 'peak RSS'],
+      ['agent', 'origin', 'seed', 'peer', 'uploaded', 'time', 'peak RSS', 'CPU'],
       [
         ...swarmRows,
         null,
@@ -383,6 +527,7 @@ function report(
           mib(sum((a) => a.uploaded)),
           seconds(Math.max(...swarm.agents.map((a) => a.seconds))),
           mib(Math.max(...swarm.agents.map((a) => a.peakRss))),
+          cpuText(sum((a) => a.cpuSeconds)),
         ],
         [
           'share',
@@ -401,22 +546,24 @@ function report(
           '',
           '',
           '',
+          '',
         ],
       ],
     ),
-    `(total time: the slowest agent; total peak RSS: the largest)`,
+    `(total time: the slowest agent; total peak RSS: the largest; CPU: during the pulls, from /proc)`,
     '',
   );
 
   out.push(
     `Baseline: the same ${options.agents} agents without the swarm, each a mirror of the origin`,
     table(
-      ['agent', 'origin', 'time', 'peak RSS'],
+      ['agent', 'origin', 'time', 'peak RSS', 'CPU'],
       baseline.agents.map((a) => [
         a.name,
         mib(a.origin),
         a.error === undefined ? seconds(a.seconds) : 'FAILED',
         mib(a.peakRss),
+        cpuText(a.cpuSeconds),
       ]),
     ),
     '',
@@ -432,6 +579,12 @@ function report(
   const maxTime = (p: PhaseFigures): number => Math.max(...p.agents.map((a) => a.seconds));
   const meanRss = (p: PhaseFigures): number => mean(p.agents.map((a) => a.peakRss));
   const originRatio = (p: PhaseFigures): number => p.originBytes / imageBytes;
+  const delivered = imageBytes * options.agents;
+  const agentCpuPerGiB = (p: PhaseFigures): number =>
+    p.agents.reduce((total, a) => total + a.cpuSeconds, 0) / (delivered / GiB);
+  const clientCpuPerGiB = (p: PhaseFigures): number => p.clientCpuSeconds / (delivered / GiB);
+  const registryCpuPerGiB = (p: PhaseFigures): number =>
+    p.registryCpuSeconds / (p.originWritten / GiB);
   const writtenRatio = (p: PhaseFigures): number => p.originWritten / imageBytes;
   /** One row comparing a figure of the phases, with swarm ÷ baseline and swarm ÷ direct. */
   const compare = (
@@ -464,6 +617,9 @@ function report(
         compare('mean time per node', meanTime, seconds),
         compare('time until every node is done', maxTime, seconds),
         compare('mean agent peak RSS', meanRss, mib, false),
+        compare("agents' CPU s / GiB delivered", agentCpuPerGiB, cpuText, false),
+        compare('registry CPU s / GiB it wrote', registryCpuPerGiB, cpuText),
+        compare("clients' CPU s / GiB delivered", clientCpuPerGiB, cpuText),
       ],
     ),
     '(baseline: the agents as plain mirrors of the origin; direct: the clients with no agent)',
@@ -474,8 +630,12 @@ function report(
     )} ` + `(${mib(sum((a) => a.peer))} of ${mib(fetchedTotal)})`,
   );
   if (swarm.seed !== undefined) {
+    const { ingested, served, cpuSeconds } = swarm.seed;
     out.push(
-      `seed server: read ${mib(swarm.seed.ingested)} from the origin, served ${mib(swarm.seed.served)} to agents`,
+      `seed server: read ${mib(ingested)} from the origin, served ${mib(served)} to agents; ` +
+        `${cpuText(cpuSeconds)} CPU s, ${cpuText(cpuSeconds / ((ingested + served) / GiB))} per GiB ingested + served`,
+      `agents: ${cpuText(sum((a) => a.cpuSeconds) / (sum((a) => a.uploaded + a.origin + a.seed + a.peer) / GiB))} ` +
+        `CPU s per GiB received + uploaded (swarm)`,
     );
   }
   const failures = [...swarm.agents, ...baseline.agents, ...direct.agents].filter(

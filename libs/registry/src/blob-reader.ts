@@ -56,12 +56,20 @@ export interface BlobReaderOptions {
   readonly firstBlockBytes?: number;
 }
 
+/** Where a reader's Authorization headers come from (`RegistryAuth`, or a stand-in in tests). */
+export type BlobAuth = Pick<RegistryAuth, 'current' | 'answer'>;
+
 /** A registry's final answer to a blob GET. */
 export interface OpenedBlob {
   readonly status: number;
   readonly headers: ResponseHeaders;
   /** Content-Length of the answer, when sent. */
   readonly size: number | undefined;
+  /**
+   * The body of an answer other than 200 (an OCI error, a challenge), at most 64 KiB: a mirror
+   * hands it to its client as it came. Empty for a 200.
+   */
+  readonly answer: Buffer;
   /**
    * The body of a 200, in order, in blocks of up to `blockBytes`; each block is lent until the
    * next is asked for (or the iteration ends). Empty for any other status. Throws when the
@@ -74,29 +82,35 @@ export interface OpenedBlob {
 
 export class BlobReader {
   readonly #client = new RawHttpClient();
-  readonly #auth: RegistryAuth;
+  readonly #auth: BlobAuth;
   readonly #options: BlobReaderOptions;
   readonly #blockBytes: number;
   /** Blocks no body uses now, for the next. */
   readonly #idle: Buffer[] = [];
 
-  constructor(auth: RegistryAuth, options: BlobReaderOptions) {
+  constructor(auth: BlobAuth, options: BlobReaderOptions) {
     this.#auth = auth;
     this.#options = options;
     // A read spanning several fresh blocks would need more than the three a body may use.
     this.#blockBytes = Math.max(options.blockBytes ?? BLOB_BLOCK_BYTES, RAW_READ_BYTES);
   }
 
-  /** GETs a blob; resolves with the final answer once its head has arrived. */
+  /**
+   * GETs a blob; resolves with the final answer once its head has arrived. `forwarded`: a
+   * client's own Authorization (a mirror's request), sent as it is instead of the reader's
+   * credentials; a challenge is then the client's to answer, and comes back as the answer.
+   */
   async open(
     registry: UpstreamRegistry,
     repository: string,
     digest: Digest,
     signal: AbortSignal,
+    forwarded?: { readonly authorization: string | undefined },
   ): Promise<OpenedBlob> {
     let url = new URL(`/v2/${repository}/blobs/${digest.toString()}`, registry.url);
-    let authorization = this.#auth.current(registry, repository);
-    let challenged = false;
+    let authorization =
+      forwarded === undefined ? this.#auth.current(registry, repository) : forwarded.authorization;
+    let challenged = forwarded !== undefined;
     for (let hop = 0; ; hop += 1) {
       const answer = await this.#get(url, authorization, signal);
       const challenge = answer.headers['www-authenticate'];
@@ -160,8 +174,10 @@ export class BlobReader {
       },
     );
     return new Promise<OpenedBlob>((resolve, reject) => {
-      let head: Omit<OpenedBlob, 'blocks' | 'cancel'> | undefined;
-      let dropped = 0;
+      let head: Omit<OpenedBlob, 'blocks' | 'cancel' | 'answer'> | undefined;
+      /** The body of an answer other than 200, kept for the caller. */
+      const answer: Buffer[] = [];
+      let answerBytes = 0;
       const exchange = this.#client.get(
         url,
         {
@@ -190,17 +206,24 @@ export class BlobReader {
             clearTimeout(headersTimer);
             head = { status, size, headers };
             if (status === 200) {
-              resolve({ ...head, blocks: body, cancel: (reason) => body.cancel(reason) });
+              resolve({
+                ...head,
+                answer: Buffer.alloc(0),
+                blocks: body,
+                cancel: (reason) => body.cancel(reason),
+              });
             }
           },
           onBody: (bytes) => {
             if (head?.status === 200) {
               return body.write(bytes);
             }
-            dropped += bytes.length;
-            if (dropped > MAX_ANSWER_BYTES) {
+            answerBytes += bytes.length;
+            if (answerBytes > MAX_ANSWER_BYTES) {
               throw new Error(`${url.host} answered ${head?.status} with a body too large`);
             }
+            // A view valid only during this call.
+            answer.push(Buffer.from(bytes));
             return undefined;
           },
         },
@@ -210,7 +233,12 @@ export class BlobReader {
           clearTimeout(headersTimer);
           body.end();
           if (head !== undefined && head.status !== 200) {
-            resolve({ ...head, blocks: body, cancel: () => undefined });
+            resolve({
+              ...head,
+              answer: Buffer.concat(answer),
+              blocks: body,
+              cancel: () => undefined,
+            });
           }
         },
         (error: unknown) => {

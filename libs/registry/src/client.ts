@@ -44,7 +44,7 @@ export interface UpstreamResponse {
 }
 
 /** Default User-Agent; registries log it, which is how tests tell Shoal's requests apart. */
-const DEFAULT_USER_AGENT = 'shoal-agent/0.1';
+export const DEFAULT_USER_AGENT = 'shoal-agent/0.1';
 const MAX_REDIRECTIONS = 5;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 

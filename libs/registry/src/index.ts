@@ -1,5 +1,6 @@
 /** @shoal/registry: talking to OCI registries (the origin) over HTTP. */
 export {
+  DEFAULT_USER_AGENT,
   headerValue,
   readAnswer,
   readLimited,
@@ -27,6 +28,7 @@ export {
   BLOB_BLOCK_BYTES,
   BLOB_HOLD_MS,
   BlobReader,
+  type BlobAuth,
   type BlobReaderOptions,
   type OpenedBlob,
 } from './blob-reader.js';

@@ -168,6 +168,31 @@ describe('BlobReader', () => {
     assert.equal((await drain(opened)).bytes, 0);
   });
 
+  it('sends a forwarded Authorization as it is and hands a challenge back with its body', async () => {
+    const blobs = reader();
+    const digest = parseDigest(layer.digest);
+    // No credentials forwarded: the registry's 401, challenge and OCI error body, unanswered
+    // (the reader has credentials of its own, which a forwarded request never uses).
+    const refused = await blobs.open(upstream, repository, digest, AbortSignal.timeout(30_000), {
+      authorization: undefined,
+    });
+    assert.equal(refused.status, 401);
+    assert.match(refused.headers['www-authenticate'] ?? '', /^Bearer realm=/);
+    const body = JSON.parse(refused.answer.toString('utf8')) as { errors: { code: string }[] };
+    assert.equal(body.errors[0]?.code, 'UNAUTHORIZED');
+    assert.equal((await drain(refused)).bytes, 0);
+
+    // The client's own token: the blob.
+    const token = auth.current(upstream, repository);
+    assert.ok(token !== undefined, 'the token flow ran in the tests before');
+    const opened = await blobs.open(upstream, repository, digest, AbortSignal.timeout(30_000), {
+      authorization: token,
+    });
+    assert.equal(opened.status, 200);
+    assert.equal(opened.answer.length, 0);
+    assert.equal((await drain(opened)).digest, layer.digest);
+  });
+
   it('stops the transfer when cancelled: the next block throws why', async () => {
     const opened = await openLayer(reader({ blockBytes: 64 * 1024 }));
     const first = await opened.blocks.next();

@@ -101,14 +101,16 @@ export async function buildApp(
     config.SHOAL_AGENT_REGISTRIES,
     config.SHOAL_AGENT_DEFAULT_REGISTRY,
   );
-  const upstream = new UpstreamClient({
+  const upstreamTimeouts = {
     connectMs: config.SHOAL_AGENT_UPSTREAM_CONNECT_TIMEOUT_MS,
     headersMs: config.SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS,
     idleMs: config.SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS,
-  });
+  };
+  const upstream = new UpstreamClient(upstreamTimeouts);
 
-  // Downloads: one per blob, shared by every request for it, filled from the origin.
-  const requests = new RegistryRequests(upstream, metrics);
+  // Downloads: one per blob, shared by every request for it, filled from the origin (whole
+  // blobs through the block reader, see RegistryRequests).
+  const requests = new RegistryRequests(upstream, metrics, upstreamTimeouts);
   const downloads = new DownloadTable({
     onStarted: (download) => {
       metrics.downloadsInFlight.set(downloads.active);
@@ -372,6 +374,7 @@ export async function buildApp(
       await join?.close();
       peerTls?.stop();
       pieceTls?.stop();
+      requests.close();
       await upstream.close();
     },
   };

@@ -960,6 +960,45 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     assert.deepEqual(writes, [MiB, MiB, MiB, 1000]);
   });
 
+  it('copies lent chunks (copyInto) into pool buffers that come back once written', async () => {
+    const blob = randomBytes(5 * MiB + 1000);
+    const pool = new PieceBuffers(16 * MiB);
+    const download = new BlobDownload(digestOf(blob), await store.createTemp(), pool);
+    download.setSize(blob.length);
+    // One block lent again and again, as the origin's block reader does: overwritten with the
+    // next bytes as soon as the next chunk is asked for, and with garbage at the end.
+    const block = Buffer.alloc(MiB);
+    async function* lent(): AsyncGenerator<Buffer> {
+      for (let offset = 0; offset < blob.length; offset += MiB) {
+        // The next bytes arrive from the socket.
+        await sleep(0);
+        const length = blob.copy(block, 0, offset, offset + MiB);
+        yield block.subarray(0, length);
+      }
+      block.fill(0xee);
+    }
+    const blocks = new Set<ArrayBufferLike>();
+    const take = pool.take.bind(pool);
+    pool.take = (size: number): Buffer => {
+      const buffer = take(size);
+      blocks.add(buffer.buffer);
+      return buffer;
+    };
+    const reader = drain(openReader(download));
+    let counted = 0;
+    const state = await fillInOrder(download, lent(), store, (n) => (counted += n), pool);
+    assert.equal(state, 'verified');
+    assert.equal(counted, blob.length);
+    assert.deepEqual((await reader).bytes, blob);
+    // Six copies, in blocks the pool had back once they were written and dropped: fewer blocks
+    // than copies, and every one of them free in the pool at the end.
+    assert.ok(blocks.size < 6, `${blocks.size} blocks for 6 copies`);
+    assert.equal(
+      pool.bytes,
+      [...blocks].reduce((sum, b) => sum + b.byteLength, 0),
+    );
+  });
+
   it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
     const blob = randomBytes(2 * MiB);
     const pool = new PieceBuffers(8 * MiB);

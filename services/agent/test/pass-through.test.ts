@@ -7,7 +7,7 @@ import { digestOf } from '@shoal/proto';
 
 import { DiskHeadroom, isDiskFull } from '../src/cache/disk-headroom.js';
 import { ContentMismatchError } from '../src/cache/download.js';
-import { passThroughCursor } from '../src/mirror/pass-through.js';
+import { passThroughCursor, type LentBody } from '../src/mirror/pass-through.js';
 import type { ByteRange } from '../src/mirror/range.js';
 
 /** The blob cut into chunks of `chunk` bytes, as an origin body. */
@@ -63,6 +63,41 @@ describe('passThroughCursor', () => {
         const { bytes } = await drain((b) => cursor.read(b), 1000);
         assert.ok(bytes.equals(blob.subarray(range.start, range.end + 1)), JSON.stringify(range));
       }
+    }
+  });
+
+  it('gives the bytes of a range from lent blocks that are filled again', async () => {
+    // The block reader's way: one block, overwritten with the next bytes as soon as the next
+    // block is asked for; cancelled when the cursor closes.
+    const lent = (bytes: Buffer, size: number): { body: LentBody; cancelled: () => boolean } => {
+      const block = Buffer.alloc(size);
+      let cancelled = false;
+      async function* blocks(): AsyncGenerator<Buffer> {
+        for (let at = 0; at < bytes.length; at += size) {
+          await Promise.resolve();
+          yield block.subarray(0, bytes.copy(block, 0, at, at + size));
+        }
+        block.fill(0);
+      }
+      return {
+        body: {
+          blocks: blocks(),
+          cancel: () => {
+            cancelled = true;
+          },
+        },
+        cancelled: () => cancelled,
+      };
+    };
+    for (const range of [undefined, { start: 5, end: 70_000 }, { start: 65_530, end: 65_541 }]) {
+      const { body: blocks, cancelled } = lent(blob, 4096);
+      const cursor = passThroughCursor(blocks, digest, blob.length, range);
+      const { bytes, reads } = await drain((b) => cursor.read(b), 1000);
+      const expected = range === undefined ? blob : blob.subarray(range.start, range.end + 1);
+      assert.ok(bytes.equals(expected), JSON.stringify(range));
+      assert.equal(reads.at(-1), 1, 'the last byte comes by itself, after verification');
+      cursor.close();
+      assert.ok(cancelled());
     }
   });
 

@@ -125,9 +125,10 @@ export class BlobDownload {
    * Appends bytes in order (the origin path): hashed and made available at once, readers
    * taking them from memory; written in gathered writes of at least 1 MiB (the last one by
    * `finish`), so a socket chunk costs no write of its own. The download keeps a reference to
-   * `chunk` until it is written and dropped: the caller must not reuse it.
+   * `chunk` until it is written and dropped: the caller must not reuse it. `owned`: the chunk
+   * came from the download's pool and goes back to it once dropped.
    */
-  async append(chunk: Uint8Array): Promise<void> {
+  async append(chunk: Uint8Array, owned = false): Promise<void> {
     if (this.#size !== undefined && this.#available + chunk.length > this.#size) {
       throw new ContentMismatchError(
         'SIZE_MISMATCH',
@@ -143,7 +144,7 @@ export class BlobDownload {
       ? chunk
       : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     // Readable (from memory) and hashed before it is written: it is in order.
-    const appended = this.#written(() => this.#file.append(bytes, false));
+    const appended = this.#written(() => this.#file.append(bytes, owned));
     this.#available += bytes.length;
     this.#wake();
     await appended;
@@ -397,17 +398,27 @@ export function cursorStream(cursor: ByteCursor): Readable {
 
 /**
  * Fills a download from a body streamed in order (an origin response), then verifies and
- * commits it. Never throws: the outcome is the download's state.
+ * commits it. Never throws: the outcome is the download's state. `copyInto`: the body's chunks
+ * are only lent (valid until the next is asked for), so each is copied into a buffer of this
+ * pool (the download's own), which the download then owns and gives back once written and
+ * dropped: a GiB received allocates no fresh memory.
  */
 export async function fillInOrder(
   download: BlobDownload,
   body: AsyncIterable<Uint8Array>,
   store: FsContentStore,
   onBytes: (bytes: number) => void,
+  copyInto?: PieceBuffers,
 ): Promise<DownloadState> {
   try {
     for await (const chunk of body) {
-      await download.append(chunk);
+      if (copyInto === undefined) {
+        await download.append(chunk);
+      } else {
+        const copy = copyInto.take(chunk.length);
+        copy.set(chunk);
+        await download.append(copy, true);
+      }
       onBytes(chunk.length);
     }
   } catch (error) {

@@ -12,6 +12,7 @@
 import { digestOf, parseDigest, type Digest, type DigestAlgorithm } from '@shoal/proto';
 import { markSpan, untilAborted, type Logger } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
+import { Readable } from 'node:stream';
 
 import type { Authorizer } from '../authz/authorizer.js';
 import type { FsContentStore } from '../cache/content-store.js';
@@ -33,7 +34,7 @@ import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { BlobFetcher, BlobTarget } from '../upstream/origin-fetcher.js';
 import { CACHE_PUMP, pumpBody, STREAM_PUMP } from './body.js';
 import { MirrorError, ociErrorBody } from './errors.js';
-import { passThroughCursor } from './pass-through.js';
+import { passThroughCursor, type LentBody } from './pass-through.js';
 import type { PullTarget } from './path.js';
 import { parseRange, type ByteRange } from './range.js';
 
@@ -315,6 +316,52 @@ export class Mirror {
    * Sends a blob from the origin straight to the client, verified on the way but not cached:
    * the disk has no room for it.
    */
+  /**
+   * The origin's answer for a blob passed through: its body (lent blocks from the block reader
+   * where the agent has one, else a stream) and Content-Length, or the answer to hand back.
+   */
+  async #passThroughBody(
+    target: BlobTarget,
+    req: PullRequest,
+  ): Promise<
+    | { kind: 'body'; body: Readable | LentBody; length: string | undefined }
+    | { kind: 'answer'; answer: UpstreamAnswer }
+  > {
+    const { requests } = this.#deps;
+    if (requests.readsBlobs) {
+      const opened = await requests.openBlob({
+        registry: req.registry,
+        name: target.name,
+        digest: target.digest,
+        authorization: req.authorization,
+        signal: req.signal,
+      });
+      if (opened.status !== 200) {
+        return {
+          kind: 'answer',
+          answer: { status: opened.status, headers: opened.headers, body: opened.answer },
+        };
+      }
+      return { kind: 'body', body: opened, length: opened.headers['content-length'] };
+    }
+    const response = await requests.send({
+      registry: req.registry,
+      method: 'GET',
+      kind: 'blob',
+      path: `/v2/${target.name}/blobs/${target.digest.toString()}`,
+      headers: { authorization: req.authorization },
+      signal: req.signal,
+    });
+    if (response.status !== 200) {
+      return { kind: 'answer', answer: await readAnswer(response) };
+    }
+    return {
+      kind: 'body',
+      body: response.body,
+      length: headerValue(response.headers, 'content-length'),
+    };
+  }
+
   async #passThrough(
     target: BlobTarget,
     req: PullRequest,
@@ -328,21 +375,22 @@ export class Mirror {
       { digest: digest.toString(), reason },
       'cache disk is full: passing the blob through uncached',
     );
-    const response = await this.#deps.requests.send({
-      registry: req.registry,
-      method: 'GET',
-      kind: 'blob',
-      path: `/v2/${target.name}/blobs/${digest.toString()}`,
-      headers: { authorization: req.authorization },
-      signal: req.signal,
-    });
-    if (response.status !== 200) {
-      sendAnswer(reply, withErrorBody(await readAnswer(response), 'blob'));
+    const answered = await this.#passThroughBody(target, req);
+    if (answered.kind === 'answer') {
+      sendAnswer(reply, withErrorBody(answered.answer, 'blob'));
       return;
     }
-    const length = Number(headerValue(response.headers, 'content-length') ?? Number.NaN);
+    const { body, length: announced } = answered;
+    const length = Number(announced ?? Number.NaN);
+    const stop = (): void => {
+      if (body instanceof Readable) {
+        body.destroy();
+      } else {
+        body.cancel(new Error('the pass-through was refused'));
+      }
+    };
     if (!Number.isSafeInteger(length) || length < 0) {
-      response.body.destroy();
+      stop();
       throw new MirrorError(
         'UNAVAILABLE',
         502,
@@ -353,10 +401,10 @@ export class Mirror {
     try {
       range = parseRange(req.range, length);
     } catch (error) {
-      response.body.destroy();
+      stop();
       throw error;
     }
-    const cursor = passThroughCursor(response.body, digest, length, range);
+    const cursor = passThroughCursor(body, digest, length, range);
     const tally = new ByteTally();
     sendBlobHeaders(reply, digest, length, range);
     const origin = metrics.fetchedBytes.labels({ source: 'origin' });

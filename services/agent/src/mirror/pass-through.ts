@@ -8,7 +8,7 @@
  * A range is served from a whole-blob fetch: the bytes before it are hashed and dropped, the
  * bytes after it hashed, so that a range answer is verified like a whole one.
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 import { DigestHasher, type Digest } from '@shoal/proto';
 
@@ -16,17 +16,31 @@ import { ContentMismatchError, type ByteCursor } from '../cache/download.js';
 import type { ByteRange } from './range.js';
 
 /**
- * A cursor over `body` (the origin's 200 answer for `digest`, `size` bytes) that yields the
- * bytes of `range` (or all of them) and verifies the whole blob before yielding the last.
+ * An origin body in lent blocks (the block reader's `OpenedBlob`): each block is valid only
+ * until the next is asked for.
+ */
+export interface LentBody {
+  readonly blocks: AsyncIterator<Buffer>;
+  cancel(reason: Error): void;
+}
+
+/**
+ * A cursor over `body` (the origin's 200 answer for `digest`, `size` bytes: a stream, or lent
+ * blocks) that yields the bytes of `range` (or all of them) and verifies the whole blob before
+ * yielding the last. A chunk is used only until the next one is asked for, so lent blocks are
+ * safe.
  */
 export function passThroughCursor(
-  body: Readable,
+  body: Readable | LentBody,
   digest: Digest,
   size: number,
   range: ByteRange | undefined,
 ): ByteCursor {
   const hasher = new DigestHasher(digest.algorithm);
-  const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const chunks =
+    body instanceof Readable
+      ? (body[Symbol.asyncIterator]() as AsyncIterator<Buffer>)
+      : body.blocks;
   const end = range === undefined ? size : range.end + 1;
   /** Blob offset of the next byte to give the client. */
   let position = range?.start ?? 0;
@@ -105,7 +119,11 @@ export function passThroughCursor(
       // Everything but the response's last byte may go before the blob has verified.
       let length = Math.min(buffer.length, pending.length, end - 1 - position);
       if (length === 0) {
+        // The last byte is kept aside: verifying asks for the rest of the blob, and a lent
+        // block holding it may be filled again meanwhile.
+        const last = Buffer.from(pending.subarray(0, 1));
         await verify();
+        pending = last;
         length = 1;
       }
       pending.copy(buffer, 0, 0, length);
@@ -114,7 +132,11 @@ export function passThroughCursor(
       return length;
     },
     close: () => {
-      body.destroy();
+      if (body instanceof Readable) {
+        body.destroy();
+      } else {
+        body.cancel(new Error('the pass-through ended'));
+      }
     },
   };
 }

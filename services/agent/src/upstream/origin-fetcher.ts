@@ -40,8 +40,12 @@ export interface OriginFetcherDeps {
   readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
 }
 
-/** Free write blocks kept for the downloads' reuse, in bytes. */
-const POOLED_BLOCK_BYTES = 4 * 1024 * 1024;
+/**
+ * Free blocks kept for the downloads' reuse, in bytes: each download from the origin holds up
+ * to 2 MiB for its readers and the write being gathered, and the reader's 1 MiB blocks are
+ * copied into blocks of this pool; a few downloads at once (an image's layers) fit.
+ */
+const POOLED_BLOCK_BYTES = 16 * 1024 * 1024;
 
 export class OriginFetcher implements BlobFetcher {
   readonly #deps: OriginFetcherDeps;
@@ -52,6 +56,9 @@ export class OriginFetcher implements BlobFetcher {
   }
 
   async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
+    if (this.#deps.requests.readsBlobs) {
+      return this.#startBlocks(target, signal);
+    }
     const { store, downloads } = this.#deps;
     const response = await this.#deps.requests.send({
       registry: target.registry,
@@ -75,12 +82,61 @@ export class OriginFetcher implements BlobFetcher {
     if (length !== undefined) {
       download.setSize(Number(length));
     }
-    const tally = new ByteTally();
-    void fillInOrder(download, response.body, store, (bytes) => {
-      tally.add('origin', bytes);
-      this.#deps.onBytes(bytes);
-    }).then((state) => this.#deps.onSettled?.(target, tally, state));
+    this.#fill(target, download, response.body);
     return { kind: 'download', download };
+  }
+
+  /**
+   * The same with the block reader: the body arrives in reused blocks, each copied into a
+   * buffer of the pool that the download owns, so the bytes received allocate nothing.
+   */
+  async #startBlocks(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
+    const { store, downloads } = this.#deps;
+    const opened = await this.#deps.requests.openBlob({
+      registry: target.registry,
+      name: target.name,
+      digest: target.digest,
+      authorization: target.authorization,
+      signal,
+    });
+    if (opened.status !== 200) {
+      return {
+        kind: 'answer',
+        answer: { status: opened.status, headers: opened.headers, body: opened.answer },
+      };
+    }
+    const running = downloads.running(target.digest);
+    if (running !== undefined) {
+      // Another client's fetch got there first (after an answer that was not ours).
+      opened.cancel(new Error('another fetch of the blob is running'));
+      return { kind: 'download', download: running };
+    }
+    const download = new BlobDownload(target.digest, await store.createTemp(), this.#pool);
+    if (opened.size !== undefined) {
+      download.setSize(opened.size);
+    }
+    this.#fill(target, download, opened.blocks, this.#pool);
+    return { kind: 'download', download };
+  }
+
+  /** Fills `download` from `body` in the background, counting the bytes as the origin's. */
+  #fill(
+    target: BlobTarget,
+    download: BlobDownload,
+    body: AsyncIterable<Uint8Array>,
+    copyInto?: PieceBuffers,
+  ): void {
+    const tally = new ByteTally();
+    void fillInOrder(
+      download,
+      body,
+      this.#deps.store,
+      (bytes) => {
+        tally.add('origin', bytes);
+        this.#deps.onBytes(bytes);
+      },
+      copyInto,
+    ).then((state) => this.#deps.onSettled?.(target, tally, state));
   }
 }
 

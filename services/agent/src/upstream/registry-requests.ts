@@ -6,7 +6,16 @@ import { isAbortError, SpanKind, withSpan } from '@shoal/runtime';
 
 import type { AgentMetrics } from '../metrics.js';
 import { MirrorError } from '../mirror/errors.js';
-import type { UpstreamClient, UpstreamRegistry, UpstreamResponse } from '@shoal/registry';
+import {
+  BlobReader,
+  DEFAULT_USER_AGENT,
+  type OpenedBlob,
+  type UpstreamClient,
+  type UpstreamRegistry,
+  type UpstreamResponse,
+  type UpstreamTimeouts,
+} from '@shoal/registry';
+import type { Digest } from '@shoal/proto';
 
 export interface RegistryRequest {
   readonly registry: UpstreamRegistry;
@@ -21,13 +30,84 @@ export interface RegistryRequest {
   readonly redirects?: 'follow' | 'manual';
 }
 
+/** A whole-blob GET with the client's credentials (the mirror's own origin fetch). */
+export interface BlobRequest {
+  readonly registry: UpstreamRegistry;
+  /** The repository, as in `/v2/<name>/blobs/...`. */
+  readonly name: string;
+  readonly digest: Digest;
+  /** The client's Authorization header, forwarded as is. */
+  readonly authorization: string | undefined;
+  readonly signal: AbortSignal;
+}
+
+/**
+ * The agent answers no challenge itself: a whole-blob GET carries the client's Authorization,
+ * and a 401 goes back to the client.
+ */
+const CLIENT_CREDENTIALS_ONLY = {
+  current: (): undefined => undefined,
+  answer: (): Promise<undefined> => Promise.resolve(undefined),
+};
+
 export class RegistryRequests {
   readonly #upstream: UpstreamClient;
   readonly #metrics: AgentMetrics;
+  /**
+   * Whole blobs from the origin: read into a few reused blocks on the raw HTTP client, not
+   * through node:http (a fresh 64 KiB buffer per socket read and another per parsed chunk,
+   * which made V8 collect the whole heap every few tens of MiB; the seed server's origin
+   * reader, see `BlobReader`). Undefined: whole blobs go through `send` as well.
+   */
+  readonly #blobs: BlobReader | undefined;
 
-  constructor(upstream: UpstreamClient, metrics: AgentMetrics) {
+  /** `timeouts`: those of the upstream client, for the whole-blob reader (none: no reader). */
+  constructor(upstream: UpstreamClient, metrics: AgentMetrics, timeouts?: UpstreamTimeouts) {
     this.#upstream = upstream;
     this.#metrics = metrics;
+    this.#blobs =
+      timeouts === undefined
+        ? undefined
+        : new BlobReader(CLIENT_CREDENTIALS_ONLY, { timeouts, userAgent: DEFAULT_USER_AGENT });
+  }
+
+  /** Whether whole blobs are read with the block reader (`openBlob`). */
+  get readsBlobs(): boolean {
+    return this.#blobs !== undefined;
+  }
+
+  /**
+   * GETs a whole blob, redirects followed (the client's credentials never go to another
+   * origin), counted and traced as `send` does; resolves at the final answer's head. The body
+   * of a 200 comes in lent blocks (each valid until the next is asked for); any other answer
+   * comes with its body (`answer`), for the client.
+   */
+  openBlob(req: BlobRequest): Promise<OpenedBlob> {
+    const blobs = this.#blobs;
+    if (blobs === undefined) {
+      return Promise.reject(new Error('this agent reads whole blobs through send()'));
+    }
+    return withSpan(
+      'origin GET blob',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'oci.registry': req.registry.host, 'http.request.method': 'GET' },
+      },
+      async (span) => {
+        const opened = await this.#counted(req.registry, 'blob', () =>
+          blobs.open(req.registry, req.name, req.digest, req.signal, {
+            authorization: req.authorization,
+          }),
+        );
+        span.setAttribute('http.response.status_code', opened.status);
+        return opened;
+      },
+    );
+  }
+
+  /** Closes the whole-blob reader's idle connections. */
+  close(): void {
+    this.#blobs?.close();
   }
 
   /** Sends one request in a CLIENT span (ended at the response headers; no header values). */
@@ -50,18 +130,28 @@ export class RegistryRequests {
     );
   }
 
-  async #send(req: RegistryRequest): Promise<UpstreamResponse> {
-    const registry = req.registry.host;
-    const { kind } = req;
-    try {
-      const response = await this.#upstream.request({
+  #send(req: RegistryRequest): Promise<UpstreamResponse> {
+    return this.#counted(req.registry, req.kind, () =>
+      this.#upstream.request({
         registry: req.registry,
         method: req.method,
         path: req.path,
         headers: req.headers,
         signal: req.signal,
         ...(req.redirects === undefined ? {} : { redirects: req.redirects }),
-      });
+      }),
+    );
+  }
+
+  /** Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. */
+  async #counted<T extends { readonly status: number }>(
+    upstream: UpstreamRegistry,
+    kind: RegistryRequest['kind'],
+    request: () => Promise<T>,
+  ): Promise<T> {
+    const registry = upstream.host;
+    try {
+      const response = await request();
       this.#metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
       return response;
     } catch (error) {
