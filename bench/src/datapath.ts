@@ -680,6 +680,7 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     '(/ direct: over the mean of the direct pulls of the same image, their median with several warm rounds; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
     ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
+    ...(big === undefined ? [] : agentReport(big.cold, bigBytes)),
     ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
     ...smallLines,
   ];
@@ -822,6 +823,19 @@ function timelineReport(runs: readonly SmallRun[]): string[] {
       ],
       rows,
     ),
+  ];
+}
+
+/** The agent's CPU during the cold pull of the big image, its main thread and the others. */
+function agentReport(cold: Measured, bytes: number): string[] {
+  const main = cold.mainCpu['agent'];
+  if (main === undefined) {
+    return [];
+  }
+  const gib = bytes / GiB;
+  const all = perGiB(cold, 'agent', bytes);
+  return [
+    `agent, big cold pull: ${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}`,
   ];
 }
 
