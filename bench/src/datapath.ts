@@ -208,6 +208,10 @@ function parseOptions(argv: readonly string[]): Options {
   const warmAgentBytes = Math.round(Number(values['warm-agent']) * MiB);
   if (!Number.isFinite(warmAgentBytes) || warmAgentBytes < 0) {
     problems.push('--warm-agent takes a size in MiB');
+  } else if (warmAgentBytes > 0 && ['tls', 'rss', 'small'].includes(String(values.only))) {
+    problems.push(
+      `--warm-agent is about the big image's pulls, which --only ${String(values.only)} leaves out`,
+    );
   }
   const timeoutS = Number(values['timeout-s']);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
