@@ -26,5 +26,5 @@ export {
   type RequestOutcome,
   type SourceAdvert,
 } from './picker.js';
-export { COALESCE_BYTES, PieceFile, type LentBytes, type PieceFileOptions } from './piece-file.js';
+export { COALESCE_BYTES, PieceFile, type PieceFileOptions } from './piece-file.js';
 export { freeDiskBytes, isDiskFull } from './disk.js';

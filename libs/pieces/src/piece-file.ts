@@ -11,8 +11,7 @@
  * The caller moves a verified prefix forward (`advance`); the whole-blob digest is fed from
  * that prefix as it grows, from the extents still in memory, reading back from the file only
  * what was dropped (pieces that arrived far out of order). Held extents are readable
- * (`heldAt`, `read`), so readers following the prefix copy from memory too, or borrow them
- * without a copy (`lend`): a lent extent's buffer stays out of the pool until it is given back.
+ * (`heldAt`, `read`), so readers following the prefix copy from memory too.
  *
  * Memory: at most the hold budget of extents, past which written extents go (hashed ones
  * first, oldest first; then the newest), and unwritten runs are written first when nothing
@@ -39,17 +38,6 @@ interface Extent {
   /** Goes back to the buffer pool when dropped. */
   readonly owned: boolean;
   state: 'pending' | 'writing' | 'written';
-  /** Views of it lent out (`lend`) and not given back: its buffer stays out of the pool. */
-  lent: number;
-  /** Dropped while lent: its buffer goes back to the pool with the last view. */
-  dropped: boolean;
-}
-
-/** Bytes held by a piece file, lent without a copy; `release` once nothing reads them. */
-export interface LentBytes {
-  readonly bytes: Buffer;
-  /** Gives the view back (idempotent); the caller must not read `bytes` afterwards. */
-  release(): void;
 }
 
 export interface PieceFileOptions {
@@ -211,39 +199,6 @@ export class PieceFile {
 
   /** The extent in memory that holds the byte at `position`, if any. */
   heldAt(position: number): { start: number; bytes: Buffer } | undefined {
-    return this.#extentAt(position);
-  }
-
-  /**
-   * Lends up to `length` held bytes at `position` without copying them (a view of the
-   * extent's buffer), or undefined when that byte is not in memory. The buffer stays out of
-   * the pool until the view is released, even if the extent is dropped meanwhile: a socket
-   * write of the view may outlive the extent's time in memory.
-   */
-  lend(position: number, length: number): LentBytes | undefined {
-    const extent = this.#extentAt(position);
-    if (extent === undefined || length <= 0) {
-      return undefined;
-    }
-    const from = position - extent.start;
-    extent.lent += 1;
-    let released = false;
-    return {
-      bytes: extent.bytes.subarray(from, Math.min(extent.bytes.length, from + length)),
-      release: () => {
-        if (released) {
-          return;
-        }
-        released = true;
-        extent.lent -= 1;
-        if (extent.lent === 0 && extent.dropped) {
-          this.#release(extent.bytes, extent.owned);
-        }
-      },
-    };
-  }
-
-  #extentAt(position: number): Extent | undefined {
     for (const extent of this.#held.values()) {
       if (position >= extent.start && position < extent.end) {
         return extent;
@@ -308,7 +263,7 @@ export class PieceFile {
     for (const extent of this.#held.values()) {
       // A buffer being written stays with the write; the collector takes it afterwards.
       if (extent.state !== 'writing') {
-        this.#letGo(extent);
+        this.#release(extent.bytes, extent.owned);
       }
     }
     this.#held.clear();
@@ -350,8 +305,6 @@ export class PieceFile {
       bytes,
       owned,
       state: 'pending',
-      lent: 0,
-      dropped: false,
     };
     this.#held.set(offset, extent);
     this.#heldBytes += bytes.length;
@@ -476,16 +429,7 @@ export class PieceFile {
   #drop(extent: Extent): void {
     this.#held.delete(extent.start);
     this.#heldBytes -= extent.bytes.length;
-    this.#letGo(extent);
-  }
-
-  /** Returns a dropped extent's buffer to the pool, or once its last lent view is released. */
-  #letGo(extent: Extent): void {
-    if (extent.lent > 0) {
-      extent.dropped = true;
-    } else {
-      this.#release(extent.bytes, extent.owned);
-    }
+    this.#release(extent.bytes, extent.owned);
   }
 
   #release(bytes: Buffer, owned: boolean): void {

@@ -156,39 +156,6 @@ describe('PieceFile', () => {
     await file.close();
   });
 
-  it('lends held bytes without a copy, keeping a dropped buffer out of the pool until released', async () => {
-    const pieceBytes = 256 * KiB;
-    const blob = randomBytes(2 * MiB);
-    const pool = new PieceBuffers(4 * MiB);
-    const { file } = await watched('lend', MiB, pool);
-    const put = async (index: number): Promise<void> => {
-      const copy = pool.take(pieceBytes);
-      blob.copy(copy, 0, index * pieceBytes, (index + 1) * pieceBytes);
-      await file.put(index * pieceBytes, copy, true);
-    };
-    await put(0);
-    const lent = file.lend(100, MiB);
-    assert.ok(lent !== undefined);
-    // A view of the piece's own buffer, from the position to the extent's end.
-    assert.deepEqual(lent.bytes, blob.subarray(100, pieceBytes));
-    assert.equal(file.lend(pieceBytes, MiB), undefined, 'not held: nothing to lend');
-    file.advance(pieceBytes);
-    // Past the 1 MiB budget: the first piece (written and hashed) leaves memory.
-    for (let index = 1; index < 8; index++) {
-      await put(index);
-      file.advance((index + 1) * pieceBytes);
-    }
-    assert.equal(file.heldAt(0), undefined);
-    const inPool = pool.bytes;
-    assert.deepEqual(lent.bytes, blob.subarray(100, pieceBytes), 'intact while lent');
-    lent.release();
-    assert.equal(pool.bytes, inPool + pieceBytes, 'back in the pool once released');
-    lent.release();
-    assert.equal(pool.bytes, inPool + pieceBytes, 'released once');
-    assert.equal((await file.digest()).toString(), sha256(blob));
-    await file.close();
-  });
-
   it('fails the write, not the process, when the disk refuses it', async () => {
     const { file } = await watched('refused', 8 * MiB);
     const { handle } = file;

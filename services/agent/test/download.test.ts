@@ -960,46 +960,6 @@ describe('BlobDownload pieces in memory (writePiece)', () => {
     assert.deepEqual(writes, [MiB, MiB, MiB, 1000]);
   });
 
-  it('lends the bytes in memory to a cursor without a copy, the last byte only once verified', async () => {
-    const blob = randomBytes(2 * MiB);
-    const pool = new PieceBuffers(8 * MiB);
-    const download = new BlobDownload(digestOf(blob), await store.createTemp(), pool);
-    download.setSize(blob.length);
-    const cursor = download.openCursor(0);
-    assert.ok(cursor?.lend !== undefined);
-    await writePieces(download, blob, MiB, [0, 1], pool);
-    // Up to the last byte, held in memory: lent as views, not copies.
-    const first = await cursor.lend(MiB);
-    assert.ok(first !== undefined && first !== 0);
-    assert.deepEqual(first.bytes, blob.subarray(0, MiB));
-    const second = await cursor.lend(2 * MiB);
-    assert.ok(second !== undefined && second !== 0);
-    assert.deepEqual(second.bytes, blob.subarray(MiB, 2 * MiB - 1), 'the last byte waits');
-    let lastGiven = false;
-    const last = cursor.lend(MiB).then((lent) => {
-      lastGiven = true;
-      return lent;
-    });
-    await sleep(20);
-    assert.equal(lastGiven, false, 'the last byte is not given before the blob verified');
-    assert.equal(await download.finish(store), 'verified');
-    const tail = await last;
-    assert.ok(tail !== undefined && tail !== 0);
-    assert.deepEqual(tail.bytes, blob.subarray(-1));
-    assert.equal(await cursor.lend(MiB), 0);
-    // The lent buffers stay out of the pool until given back, after the download ended too.
-    assert.equal(pool.bytes, 0);
-    second.release();
-    assert.equal(pool.bytes, 0, 'the second piece is still lent (the tail)');
-    tail.release();
-    assert.equal(pool.bytes, MiB);
-    first.release();
-    first.release();
-    assert.equal(pool.bytes, 2 * MiB);
-    assert.deepEqual(Buffer.concat([first.bytes, second.bytes]), blob.subarray(0, 2 * MiB - 1));
-    cursor.close();
-  });
-
   it('hands out copies of pieces in memory, which stay intact when the buffer is reused', async () => {
     const blob = randomBytes(2 * MiB);
     const pool = new PieceBuffers(8 * MiB);

@@ -23,7 +23,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { unlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
-import { PieceFile, type LentBytes, type PieceBuffers } from '@shoal/pieces';
+import { PieceFile, type PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
 import { ShoalError } from '@shoal/runtime';
 
@@ -282,60 +282,42 @@ export class BlobDownload {
     this.#openReaders += 1;
     let position = start;
     let closed = false;
-    /** Waits until bytes past `position` may be given; how many (at most `max`), 0 at the end. */
-    const next = async (max: number): Promise<number> => {
-      for (;;) {
-        if (closed) {
-          throw new Error('cursor closed');
-        }
-        const verified = this.#state === 'verified' || this.#matched;
-        const stop = end ?? this.#size ?? Number.POSITIVE_INFINITY;
-        // Checked before a failure: every byte was verified and handed over already, even if
-        // the commit to the store failed afterwards.
-        if (verified && position >= Math.min(stop, this.#available)) {
-          return 0;
-        }
-        if (this.#state === 'failed') {
-          throw this.#error ?? new Error('download failed');
-        }
-        // Until verification, hold back the response's final byte: the byte before `stop`,
-        // or, while the end is not known, the last byte available.
-        const limit = verified
-          ? Math.min(stop, this.#available)
-          : Number.isFinite(stop)
-            ? Math.min(this.#available, stop - 1)
-            : this.#available - 1;
-        if (position >= limit) {
-          await this.#changed();
-          continue;
-        }
-        return Math.min(limit - position, max);
-      }
-    };
     return {
       read: async (buffer) => {
-        const length = await next(buffer.length);
-        if (length === 0) {
-          return 0;
+        for (;;) {
+          if (closed) {
+            throw new Error('cursor closed');
+          }
+          const verified = this.#state === 'verified' || this.#matched;
+          const stop = end ?? this.#size ?? Number.POSITIVE_INFINITY;
+          // Checked before a failure: every byte was verified and handed over already, even if
+          // the commit to the store failed afterwards.
+          if (verified && position >= Math.min(stop, this.#available)) {
+            return 0;
+          }
+          if (this.#state === 'failed') {
+            throw this.#error ?? new Error('download failed');
+          }
+          // Until verification, hold back the response's final byte: the byte before `stop`,
+          // or, while the end is not known, the last byte available.
+          const limit = verified
+            ? Math.min(stop, this.#available)
+            : Number.isFinite(stop)
+              ? Math.min(this.#available, stop - 1)
+              : this.#available - 1;
+          if (position >= limit) {
+            await this.#changed();
+            continue;
+          }
+          const length = Math.min(limit - position, buffer.length);
+          // The bytes in flight are copied from memory rather than read back from the file.
+          const bytesRead = await this.#file.read(buffer, 0, length, position);
+          if (bytesRead === 0) {
+            throw new Error(`short read at ${position} of ${this.digest.toString()}`);
+          }
+          position += bytesRead;
+          return bytesRead;
         }
-        // The bytes in flight are copied from memory rather than read back from the file.
-        const bytesRead = await this.#file.read(buffer, 0, length, position);
-        if (bytesRead === 0) {
-          throw new Error(`short read at ${position} of ${this.digest.toString()}`);
-        }
-        position += bytesRead;
-        return bytesRead;
-      },
-      lend: async (max) => {
-        const length = await next(max);
-        if (length === 0) {
-          return 0;
-        }
-        const lent = this.#file.lend(position, length);
-        if (lent !== undefined) {
-          position += lent.bytes.length;
-        }
-        return lent;
       },
       close: () => {
         if (!closed) {
@@ -390,12 +372,6 @@ export class BlobDownload {
 export interface ByteCursor {
   /** Reads up to `buffer.length` bytes into `buffer`; 0 at the end. Throws if the source failed. */
   read(buffer: Buffer): Promise<number>;
-  /**
-   * Optional: lends up to `max` of the next bytes where they are in memory, without a copy
-   * (release them once sent); undefined when they are not (`read` them), 0 at the end. Throws
-   * as `read` does.
-   */
-  lend?(max: number): Promise<LentBytes | 0 | undefined>;
   /** Releases the cursor. Idempotent. */
   close(): void;
 }

@@ -3,10 +3,6 @@
  * the socket has taken its bytes (the write callback), so a response holds at most its
  * buffers' bytes of memory however large the blob, and makes no garbage for the collector to
  * catch up with. Buffers are no larger than the body: a 1 KiB config costs 1 KiB.
- *
- * Bytes a download still holds in memory are written from there without a copy (the cursor
- * lends them, up to `LEND_BYTES` at a time, until the socket has taken them); the buffers are
- * for the bytes read back from a file.
  */
 import { markSpan } from '@shoal/runtime';
 import type { FastifyReply } from 'fastify';
@@ -41,12 +37,6 @@ export const STREAM_PUMP: PumpShape = { bufferBytes: 512 * 1024, buffers: 2 };
 export const CACHE_PUMP: PumpShape = { bufferBytes: 1024 * 1024, buffers: 2 };
 
 /**
- * Largest write of lent bytes: a whole 1 MiB piece as one write. Lent bytes cost no memory of
- * the response's own (the download holds them anyway), so this is not the buffers' size.
- */
-export const LEND_BYTES = 1024 * 1024;
-
-/**
  * Writes `status`, the headers set on `reply`, and the cursor's bytes, then ends the response.
  * If the cursor fails the response is destroyed (cut, never completed). Takes the response
  * over from fastify (`hijack`): the caller's response hooks do not run for it.
@@ -72,17 +62,14 @@ export async function pumpBody(
   const pool: Buffer[] = [];
   const bufferBytes = Math.max(1, Math.min(shape.bufferBytes, bodyBytes));
   const buffers = Math.min(shape.buffers, Math.max(1, Math.ceil(bodyBytes / bufferBytes)));
-  /** Writes the socket has not taken yet, of at most `buffers`. */
-  let writing = 0;
+  for (let i = 0; i < buffers; i++) {
+    pool.push(Buffer.allocUnsafe(bufferBytes));
+  }
   let wake: (() => void) | undefined;
-  const written = (): void => {
-    writing -= 1;
-    wake?.();
-    wake = undefined;
-  };
   const release = (buffer: Buffer): void => {
     pool.push(buffer);
-    written();
+    wake?.();
+    wake = undefined;
   };
   const onClose = (): void => {
     wake?.();
@@ -92,40 +79,22 @@ export async function pumpBody(
   let first = true;
   try {
     for (;;) {
-      while (writing >= buffers) {
+      let buffer = pool.pop();
+      while (buffer === undefined) {
         if (res.destroyed) {
           return;
         }
         await new Promise<void>((resolve) => {
           wake = resolve;
         });
+        buffer = pool.pop();
       }
       if (res.destroyed) {
         return;
       }
-      const lent = await cursor.lend?.(LEND_BYTES);
-      if (lent === 0) {
+      const bytes = await cursor.read(buffer);
+      if (bytes === 0) {
         break;
-      }
-      let bytes: number;
-      if (lent !== undefined) {
-        bytes = lent.bytes.length;
-        writing += 1;
-        res.write(lent.bytes, () => {
-          lent.release();
-          written();
-        });
-      } else {
-        // Made on first use (a body sent from lent bytes alone needs none); never more than
-        // `buffers`, as no more writes are under way at once.
-        const buffer = pool.pop() ?? Buffer.allocUnsafe(bufferBytes);
-        bytes = await cursor.read(buffer);
-        if (bytes === 0) {
-          pool.push(buffer);
-          break;
-        }
-        writing += 1;
-        res.write(buffer.subarray(0, bytes), () => release(buffer));
       }
       if (first) {
         // The moment the client's wait for bytes ends: a phase of the pull's timeline.
@@ -133,6 +102,8 @@ export async function pumpBody(
         first = false;
       }
       onBytes(bytes);
+      const chunk = buffer;
+      res.write(chunk.subarray(0, bytes), () => release(chunk));
     }
     res.end();
   } catch (error) {

@@ -399,14 +399,12 @@ export class Mirror {
     if (disk === undefined) {
       return cursor;
     }
-    const noted = (error: unknown): never => {
-      disk.noteFailure(error);
-      throw error;
-    };
     return {
-      read: (buffer) => cursor.read(buffer).catch(noted),
-      // Lent bytes too, when the cursor lends (a download's bytes in memory).
-      lend: async (max) => cursor.lend?.(max).catch(noted),
+      read: (buffer) =>
+        cursor.read(buffer).catch((error: unknown) => {
+          disk.noteFailure(error);
+          throw error;
+        }),
       close: () => cursor.close(),
     };
   }
