@@ -109,6 +109,10 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --fetch-only        the big image's pulls are \`ctr content fetch\` (the blobs into
                       containerd's content store, no unpack): only what a mirror can change
   --timeout-s S       longest a pull may take (default 600)
+  --warm-agent MiB    before the big image, pull another image of one layer this large
+                      through the agent cold, not measured: the big image's cold pull is
+                      then that of an agent whose code V8 has compiled (a node's agent that
+                      has served pulls before), not of a freshly started one
   --rss MiB           also stream one blob of this size with four clients through a fresh
                       agent, watching its memory (default: not run; 4096 with --only rss)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
@@ -147,6 +151,8 @@ interface Options {
   readonly warmRuns: number;
   /** The big image's pulls are `ctr content fetch`: no unpack. */
   readonly fetchOnly: boolean;
+  /** Size of the image pulled cold through the agent before the big one, in bytes; 0: none. */
+  readonly warmAgentBytes: number;
   readonly timeoutMs: number;
   readonly only: Only;
   /** Size of the blob of the memory run, in bytes; 0: no memory run. */
@@ -170,6 +176,7 @@ function parseOptions(argv: readonly string[]): Options {
     'small-runs': { type: 'string', default: '1' },
     'warm-runs': { type: 'string', default: '1' },
     'fetch-only': { type: 'boolean', default: false },
+    'warm-agent': { type: 'string', default: '0' },
     'timeout-s': { type: 'string', default: '600' },
     only: { type: 'string' },
     rss: { type: 'string' },
@@ -197,6 +204,14 @@ function parseOptions(argv: readonly string[]): Options {
   const warmRuns = Number(values['warm-runs']);
   if (!Number.isInteger(warmRuns) || warmRuns < 1 || warmRuns > 50) {
     problems.push('--warm-runs takes a whole number from 1 to 50');
+  }
+  const warmAgentBytes = Math.round(Number(values['warm-agent']) * MiB);
+  if (!Number.isFinite(warmAgentBytes) || warmAgentBytes < 0) {
+    problems.push('--warm-agent takes a size in MiB');
+  } else if (warmAgentBytes > 0 && ['tls', 'rss', 'small'].includes(String(values.only))) {
+    problems.push(
+      `--warm-agent is about the big image's pulls, which --only ${String(values.only)} leaves out`,
+    );
   }
   const timeoutS = Number(values['timeout-s']);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
@@ -233,6 +248,7 @@ function parseOptions(argv: readonly string[]): Options {
     layerSizes,
     smallBytes,
     smallRuns,
+    warmAgentBytes,
     warmRuns,
     fetchOnly: values['fetch-only'] === true,
     timeoutMs: timeoutS * 1000,
@@ -680,6 +696,7 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     '(/ direct: over the mean of the direct pulls of the same image, their median with several warm rounds; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
     ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
+    ...(big === undefined ? [] : agentReport(big.cold, bigBytes)),
     ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
     ...smallLines,
   ];
@@ -822,6 +839,19 @@ function timelineReport(runs: readonly SmallRun[]): string[] {
       ],
       rows,
     ),
+  ];
+}
+
+/** The agent's CPU during the cold pull of the big image, its main thread and the others. */
+function agentReport(cold: Measured, bytes: number): string[] {
+  const main = cold.mainCpu['agent'];
+  if (main === undefined) {
+    return [];
+  }
+  const gib = bytes / GiB;
+  const all = perGiB(cold, 'agent', bytes);
+  return [
+    `agent, big cold pull: ${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}`,
   ];
 }
 
@@ -1001,6 +1031,12 @@ async function main(): Promise<number> {
       options.rssBytes === 0
         ? undefined
         : await pushTarget(layout.path, registry, 'bench/huge', `huge-${run}`, [options.rssBytes]);
+    const warmup =
+      big === undefined || options.warmAgentBytes === 0
+        ? undefined
+        : await pushTarget(layout.path, registry, 'bench/warmup', `warmup-${run}`, [
+            options.warmAgentBytes,
+          ]);
     signal.throwIfAborted();
     // The swarm's processes export their spans here, for the small image's timeline.
     const receiver = withSmall(only) ? await startOtlpReceiver() : undefined;
@@ -1082,6 +1118,7 @@ async function main(): Promise<number> {
               warmRuns: withWarm(only) ? options.warmRuns : 0,
               baseline,
               fetchOnly: options.fetchOnly,
+              warmup: warmup?.target,
             });
       let small: SmallRun[] = [];
       if (receiver !== undefined) {
@@ -1182,6 +1219,8 @@ async function bigPulls(
     readonly baseline: Through | undefined;
     /** Every pull is `ctr content fetch` (no unpack). */
     readonly fetchOnly: boolean;
+    /** Pulled cold through the agent first, not measured (`--warm-agent`). */
+    readonly warmup: PullTarget | undefined;
   },
 ): Promise<BigResults> {
   const pull = async (
@@ -1203,6 +1242,11 @@ async function bigPulls(
     pulls.signal.throwIfAborted();
     return measured;
   };
+  if (warm.warmup !== undefined) {
+    progress('warm-up: another image through Shoal, cold (not measured)');
+    await ctrPull(warm.warmup, swarm.agentUrl, pulls.timeoutMs, {}, undefined, warm.fetchOnly);
+    pulls.signal.throwIfAborted();
+  }
   const direct = await pull('direct', undefined, swarm.watched);
   const cold = await pull('through Shoal, cold', swarm.agentUrl, swarm.watched, seed);
   const { baseline } = warm;

@@ -9,7 +9,9 @@
  * about as much. Here each connection reads into one buffer of its own (net's `onread`) and the
  * body is handed to the caller as views of it, to be copied at once where it is kept. These
  * are plain GETs answered with a body of a known length (or chunked), so the protocol needed is
- * small.
+ * small. A sink that knows where the body goes (a piece buffer) can offer that buffer
+ * (`bodyBuffer`): the socket then reads the body straight into it, with no copy and in reads as
+ * large as the buffer's free room, not the connection's read buffer.
  *
  * `https://` sources are reached over TLS (`tls.connect`, with the same per-connection read
  * buffer): the server's certificate must chain to the configured CA (the system's by default)
@@ -56,6 +58,18 @@ export interface ResponseSink {
    * reading until it settles; a rejected one ends the exchange with its error.
    */
   onBody(bytes: Buffer): Promise<void> | void;
+  /**
+   * Optional, with `onBodyRead`: where the next body bytes may be read from the socket
+   * directly (filled from its start; undefined: read into the connection's buffer and hand
+   * them to `onBody`). Asked after every read while a body of known length has bytes left, and
+   * never given more of them than are left, so nothing but this body lands there.
+   */
+  bodyBuffer?(): Buffer | undefined;
+  /**
+   * `count` bytes were read into the start of the buffer `bodyBuffer` last returned. A promise
+   * pauses reading until it settles, as for `onBody`.
+   */
+  onBodyRead?(count: number): Promise<void> | void;
 }
 
 export interface GetOptions {
@@ -89,6 +103,10 @@ class Connection {
    * into it; false pauses the socket.
    */
   receive: ((buffer: Buffer, length: number) => boolean) | undefined;
+  /** Where the exchange wants the next read to go instead of the read buffer, if anywhere. */
+  target: (() => Buffer | undefined) | undefined;
+  /** The connection's own read buffer: response heads, and bodies read without a target. */
+  readonly readBuffer = Buffer.allocUnsafe(RAW_READ_BYTES);
   /** Set when the connection was used before: a failure before any answer may be a stale one. */
   reused = false;
   idleTimer: NodeJS.Timeout | undefined;
@@ -97,18 +115,18 @@ class Connection {
 
   constructor(url: URL, tls: RawTlsOptions | undefined) {
     const host = url.hostname.replace(/^\[|\]$/g, '');
-    // Every read lands in this buffer (net passes it back to the callback): no view is made
-    // per read here, only the body views the parser hands out.
-    const readBuffer = Buffer.allocUnsafe(RAW_READ_BYTES);
+    // Every read lands in the read buffer, or in the buffer the exchange's sink offered for
+    // its body (net asks for the next read's buffer after each read, and passes it back to
+    // the callback): no view is made per read here, only the body views the parser hands out.
     const onread: OnReadOpts = {
-      buffer: readBuffer,
-      callback: (bytes: number): boolean => {
+      buffer: () => (this.receive === undefined ? undefined : this.target?.()) ?? this.readBuffer,
+      callback: (bytes: number, buffer: Uint8Array): boolean => {
         if (this.receive === undefined) {
           // Nothing was asked: a server that talks out of turn loses the connection.
           this.socket.destroy();
           return false;
         }
-        return this.receive(readBuffer, bytes);
+        return this.receive(buffer as Buffer, bytes);
       },
     };
     if (url.protocol === 'https:') {
@@ -247,6 +265,7 @@ export class RawHttpClient {
         socket.off('end', onEnd);
         options.signal.removeEventListener('abort', onAbort);
         connection.receive = undefined;
+        connection.target = undefined;
       };
       const fail = (error: Error): void => {
         if (settled) {
@@ -333,9 +352,8 @@ export class RawHttpClient {
       socket.on('close', onClose);
       socket.on('end', onEnd);
 
-      /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
-      const deliver = (bytes: Buffer): void => {
-        const result = sink.onBody(bytes);
+      /** Keeps reading paused while a promise from the sink is pending. */
+      const track = (result: Promise<void> | void): void => {
         if (result === undefined) {
           return;
         }
@@ -353,6 +371,20 @@ export class RawHttpClient {
           fail(error instanceof Error ? error : new Error(String(error))),
         );
       };
+      /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
+      const deliver = (bytes: Buffer): void => track(sink.onBody(bytes));
+      if (sink.bodyBuffer !== undefined && sink.onBodyRead !== undefined) {
+        // The next read goes into the sink's buffer while the body has bytes left: never more
+        // of them than are left, so the read stops at the body's end.
+        connection.target = () => {
+          const left = parser.bodyLeft;
+          if (left === 0) {
+            return undefined;
+          }
+          const target = sink.bodyBuffer?.();
+          return target === undefined || target.length <= left ? target : target.subarray(0, left);
+        };
+      }
       const onHead = (status: number, length: number | undefined, headers: ResponseHeaders): void =>
         sink.onHead(status, length, headers);
       connection.receive = (buffer, length) => {
@@ -362,7 +394,14 @@ export class RawHttpClient {
         answered = true;
         reads += 1;
         try {
-          const outcome = parser.feed(buffer, length, onHead, deliver);
+          let outcome: 'more' | 'done';
+          if (buffer === connection.readBuffer) {
+            outcome = parser.feed(buffer, length, onHead, deliver);
+          } else {
+            // Body bytes read into the sink's buffer (only offered inside a body).
+            outcome = parser.skipBody(length);
+            track(sink.onBodyRead?.(length));
+          }
           if (outcome === 'done') {
             finish(parser.keepAlive);
             // Reading on while idle, so a server that closes the connection is noticed.
@@ -408,6 +447,24 @@ class ResponseParser {
   untilClose = false;
   /** The connection may carry another request afterwards. */
   keepAlive = true;
+
+  /** Bytes left of a body of known length being read (0 otherwise: a head, chunks, until close). */
+  get bodyLeft(): number {
+    return this.#state === 'body' && !this.untilClose ? this.#remaining : 0;
+  }
+
+  /** Counts `count` bytes of the body (at most `bodyLeft`) read elsewhere; 'done' at its end. */
+  skipBody(count: number): 'more' | 'done' {
+    if (count > this.bodyLeft) {
+      throw new Error('read past the body');
+    }
+    this.#remaining -= count;
+    if (this.#remaining === 0) {
+      this.#state = 'done';
+      return 'done';
+    }
+    return 'more';
+  }
 
   /**
    * Feeds the first `end` bytes of `bytes` (a connection's read buffer); 'done' once the

@@ -100,6 +100,43 @@ describe('RawHttpClient', () => {
     assert.equal(connections, 1);
   });
 
+  it("reads a body straight into the sink's buffer, never past the body's end", async () => {
+    for (let i = 0; i < 3; i++) {
+      // Larger than the body: the reads must stop at its end, and the next response's head
+      // (same connection) must still be read as a head.
+      const target = Buffer.alloc(BODY.length + 64 * 1024, 0xee);
+      let filled = 0;
+      let copied = 0;
+      let direct = 0;
+      let directReads = 0;
+      await client.get(new URL(`/direct/${i}`, base), options(), {
+        onHead: () => undefined,
+        onBody: (bytes) => {
+          // Only what came in the same read as the head.
+          bytes.copy(target, filled);
+          filled += bytes.length;
+          copied += bytes.length;
+        },
+        bodyBuffer: () => target.subarray(filled),
+        onBodyRead: (count) => {
+          filled += count;
+          direct += count;
+          directReads += 1;
+          // A slow sink now and then: reading pauses and resumes into the same buffer.
+          return directReads % 7 === 0 ? sleep(1) : undefined;
+        },
+      });
+      assert.equal(copied + direct, BODY.length);
+      assert.ok(target.subarray(0, BODY.length).equals(BODY));
+      assert.ok(
+        target.subarray(BODY.length).every((b) => b === 0xee),
+        'nothing past the body',
+      );
+      assert.ok(direct > BODY.length / 2, `${direct} of ${BODY.length} bytes read in place`);
+    }
+    assert.equal(connections, 1);
+  });
+
   it('ends the exchange with the error onHead throws', async () => {
     handler = (_req, res) => {
       res.statusCode = 429;

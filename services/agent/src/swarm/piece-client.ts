@@ -75,8 +75,9 @@ export class PieceClient {
   }
 
   /**
-   * Fetches the piece in blocks of `blockBytes` (the last one shorter): the body is copied into
-   * the current block as it is read, with no promise per socket read, and `sink` gets each
+   * Fetches the piece in blocks of `blockBytes` (the last one shorter): the body is read into
+   * the current block (from the socket directly, past the bytes that came with the response's
+   * head), with no promise per socket read, and `sink` gets each
    * block once full, with its offset in the piece. While a sink's promise is pending reading
    * pauses, so memory stays at about one block. Fails unless exactly `length` bytes arrive;
    * settles only after the last sink has, so a caller that aborts and awaits the request knows
@@ -189,6 +190,16 @@ export class PieceClient {
             }
           }
           return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+        },
+        // The body is read from the socket straight into the current block (no copy, and
+        // reads as large as its free room): `onBody` above only sees what came in with the
+        // response's head.
+        bodyBuffer: () => (filled < block.length ? block.subarray(filled) : undefined),
+        onBodyRead: (count) => {
+          floor.record(count);
+          filled += count;
+          received += count;
+          return filled === block.length ? deliver() : undefined;
         },
       },
     );
