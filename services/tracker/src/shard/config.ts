@@ -21,7 +21,7 @@ export const shardConfig = z.object({
     .optional(),
   /**
    * How often a replica tells the others it is live, in ms (default 1 000). One not heard
-   * for 5 intervals counts as gone and its blobs move to the others; wants for them are
+   * for 10 intervals counts as gone and its blobs move to the others; wants for them are
    * answered meanwhile by the replica that pulled them once the owner does not answer.
    */
   SHOAL_TRACKER_HEARTBEAT_INTERVAL_MS: envInt(1_000).refine(

@@ -19,8 +19,12 @@ import type { Logger } from '@shoal/runtime';
 import type { TrackerMetrics } from '../metrics.js';
 import type { BlobShard } from './shard.js';
 
-/** Missed heartbeats after which a replica counts as gone. */
-export const HEARTBEATS_MISSED = 5;
+/**
+ * Missed heartbeats after which a replica counts as gone: generous, because a replica on a
+ * starved machine beats late, and a dead one is found sooner anyway (a forwarded want finds
+ * nobody listening; a stopped one does not answer and its wants are answered by others).
+ */
+export const HEARTBEATS_MISSED = 10;
 
 export interface MembershipDeps {
   readonly nc: NatsConnection;
