@@ -342,6 +342,7 @@ function report(
     ['tracker CPU, all replicas (s)', trackerCpu, (v) => fixed(v, 2)],
     ['nats-server CPU (s)', (r) => r.natsCpuS, (v) => fixed(v, 2)],
     ['simulator workers CPU (s)', (r) => r.workersCpuS, (v) => fixed(v, 2)],
+    ['  round every, mean (ms; 100 planned)', (r) => r.tickGapMs, (v) => fixed(v, 0)],
     [
       'swarm size per want answered (mean)',
       (r) =>

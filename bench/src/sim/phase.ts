@@ -144,6 +144,8 @@ export interface PhaseResult {
   readonly connz: Awaited<ReturnType<typeof connzTotals>>;
   /** All servers' totals over the run (/varz), trackers and JetStream's own traffic included. */
   readonly varz: ServerTotals;
+  /** The workers' mean gap between scheduling rounds while downloads ran, in ms (100 planned). */
+  readonly tickGapMs: number;
   /** The tracker replicas' connections as the servers counted them (/connz). */
   readonly trackerConnz: Awaited<ReturnType<typeof connzTotals>>;
   readonly trackers: TrackerFigures[];
@@ -512,6 +514,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     wantPublishFailures: sum((r) => r.wantPublishFailures),
     connz,
     trackerConnz,
+    tickGapMs: sum((r) => r.tickGapSumMs) / sum((r) => r.tickGaps),
     varz: {
       inMsgs: varzAfter.inMsgs - varzBefore.inMsgs,
       outMsgs: varzAfter.outMsgs - varzBefore.outMsgs,

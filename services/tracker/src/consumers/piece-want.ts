@@ -76,12 +76,11 @@ const NAK_DELAY_MS = 1_000;
 /** Wait before reopening the consumer after a failure, in ms. */
 const RETRY_DELAY_MS = 1_000;
 /**
- * How long a forwarded want waits for the owner's answer, in ms: well within the ack wait, so
- * the want is delivered again (or answered here) before JetStream gives it to another replica.
+ * How long a forwarded want waits for the owner's answer before this replica answers it
+ * itself, in ms: well within the ack wait, so JetStream does not give it to another replica
+ * meanwhile, and short enough that an owner that fell behind costs its askers little.
  */
-const FORWARD_TIMEOUT_MS = 4_000;
-/** From this delivery on, a want whose owner did not answer is answered here. */
-const SERVE_ANYWAY_DELIVERY = 2;
+const FORWARD_TIMEOUT_MS = 2_000;
 /** Header carrying a forwarded want's JetStream timestamp, in ms since the epoch. */
 const PUBLISHED_HEADER = 'Shoal-Want-Published-Ms';
 
@@ -589,8 +588,10 @@ export class WantsConsumer {
   /**
    * Forwards a pulled want to its blob's owner and settles it by the answer. An owner nobody
    * listens for is gone: it leaves the live set and the want is routed again. An owner that
-   * does not answer, or says it does not hold the blob, gets the want again on its next
-   * delivery; from the second delivery this replica answers it itself (unsure, it serves).
+   * does not answer in time (stopped, or behind) or says it does not hold the blob: this
+   * replica answers the want itself and serves the blob until the live set next changes
+   * (unsure, it serves), so an owner that falls behind shares its blob instead of losing
+   * its askers' time.
    */
   async #forward(received: ReceivedWant, shard: BlobShard): Promise<void> {
     const { nc, metrics, logger } = this.#deps;
@@ -636,12 +637,8 @@ export class WantsConsumer {
         return;
       }
     }
-    const delivery = received.msg?.info.deliveryCount ?? SERVE_ANYWAY_DELIVERY;
-    if (
-      (outcome !== 'no-responders' && delivery < SERVE_ANYWAY_DELIVERY) ||
-      this.#stopping.signal.aborted
-    ) {
-      received.nak(NAK_DELAY_MS);
+    if (this.#stopping.signal.aborted) {
+      received.nak();
       return;
     }
     shard.borrow(received.want.blob);
