@@ -19,7 +19,7 @@ import { mib, ratio, table } from '@shoal/testkit';
 
 import { exitOnProblems, interruptOnSignal, newTeardown, progress, readOptions } from './cli.js';
 import { runPhase, type PhaseOptions, type PhaseResult } from './sim/phase.js';
-import { totalOf } from './sim/stats.js';
+import { PUBLISHED_KINDS, RECEIVED_KINDS, totalOf } from './sim/stats.js';
 
 const USAGE = `usage: node bench/dist/src/simulator.js [options]
 
@@ -53,6 +53,9 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
   --tracker-env LIST     extra tracker settings, KEY=VALUE,KEY=VALUE (e.g.
                          SHOAL_TRACKER_PUSH_ON_HAVE=false)
   --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
+  --tracker-build DIR    run the tracker of another checkout built with tsc -b (e.g. made by
+                         services/seedserver/tools/build-at.sh <commit> DIR services/tracker),
+                         for a before and after on the same machine
   --phase-timeout-s S    longest one agent count may run (default 150)
   --deadline-s S         hard deadline of the whole run (default 600)
 `;
@@ -109,6 +112,7 @@ async function main(): Promise<void> {
     pacing: { type: 'string', default: 'paced' },
     'tracker-env': { type: 'string', default: '' },
     'cpu-prof-dir': { type: 'string' },
+    'tracker-build': { type: 'string' },
     'phase-timeout-s': { type: 'string', default: '150' },
     'deadline-s': { type: 'string', default: '600' },
   });
@@ -144,6 +148,8 @@ async function main(): Promise<void> {
     pacing: values.pacing === 'fixed' ? ('fixed' as const) : ('paced' as const),
     trackerEnv: parseEnvList(String(values['tracker-env']), problems),
     cpuProfDir: typeof values['cpu-prof-dir'] === 'string' ? values['cpu-prof-dir'] : undefined,
+    trackerBuildRoot:
+      typeof values['tracker-build'] === 'string' ? values['tracker-build'] : undefined,
   };
   if (values.hashes !== 'consumer' && values.hashes !== 'direct') {
     problems.push('--hashes takes consumer or direct');
@@ -270,10 +276,17 @@ function report(
       (v) => fixed(v, 1),
     ],
     ['msgs published / agent / blob', pub, (v) => fixed(v)],
-    ['  piece-want', (r) => perAgentBlob(r, r.published['piece-want']?.msgs ?? 0), (v) => fixed(v)],
-    ['  piece-have', (r) => perAgentBlob(r, r.published['piece-have']?.msgs ?? 0), (v) => fixed(v)],
+    ...PUBLISHED_KINDS.map((kind): Row => [
+      `  ${kind}`,
+      (r) => perAgentBlob(r, r.published[kind]?.msgs ?? 0),
+      (v) => fixed(v),
+    ]),
     ['msgs received / agent / blob', rec, (v) => fixed(v)],
-    ['  hand-outs', (r) => perAgentBlob(r, r.received.handout?.msgs ?? 0), (v) => fixed(v)],
+    ...RECEIVED_KINDS.map((kind): Row => [
+      `  ${kind === 'handout' ? 'hand-outs' : kind}`,
+      (r) => perAgentBlob(r, r.received[kind]?.msgs ?? 0),
+      (v) => fixed(v),
+    ]),
     [
       'payload bytes published / agent / blob',
       (r) => perAgentBlob(r, totalOf(r.published).bytes),
@@ -301,9 +314,35 @@ function report(
       (r) => perAgentBlob(r, r.varz.inMsgs + r.varz.outMsgs),
       (v) => fixed(v),
     ],
+    ['  agents in+out', (r) => perAgentBlob(r, r.connz.sent + r.connz.received), (v) => fixed(v)],
+    [
+      '  trackers in (hand-outs, acks, pulls)',
+      (r) => perAgentBlob(r, r.trackerConnz.sent),
+      (v) => fixed(v),
+    ],
+    [
+      '  trackers out (haves, wants delivered)',
+      (r) => perAgentBlob(r, r.trackerConnz.received),
+      (v) => fixed(v),
+    ],
+    [
+      '  the rest (JetStream, virtual seed)',
+      (r) =>
+        perAgentBlob(
+          r,
+          r.varz.inMsgs +
+            r.varz.outMsgs -
+            r.connz.sent -
+            r.connz.received -
+            r.trackerConnz.sent -
+            r.trackerConnz.received,
+        ),
+      (v) => fixed(v),
+    ],
     ['tracker CPU, all replicas (s)', trackerCpu, (v) => fixed(v, 2)],
     ['nats-server CPU (s)', (r) => r.natsCpuS, (v) => fixed(v, 2)],
     ['simulator workers CPU (s)', (r) => r.workersCpuS, (v) => fixed(v, 2)],
+    ['  round every, mean (ms; 100 planned)', (r) => r.tickGapMs, (v) => fixed(v, 0)],
     [
       'swarm size per want answered (mean)',
       (r) =>
@@ -369,7 +408,7 @@ function report(
         `${String(r.agents)}: ${r.trackers
           .map(
             (t, i) =>
-              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.coalesced, 0)} wants coalesced, ${fixed(t.haves, 0)} haves applied, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
+              `replica ${String(i)}${t.killed ? ' (killed)' : ''} ${fixed(t.handouts, 0)} hand-outs, ${fixed(t.coalesced, 0)} wants coalesced, ${fixed(t.wantsForwarded, 0)} forwarded (${fixed(t.forwardsUnanswered, 0)} unanswered), ${fixed(t.shardChanges, 0)} changes of the replica set, ${fixed(t.haves, 0)} haves applied, ${fixed(t.havesSkipped, 0)} skipped, ${fixed(t.cpuS, 2)} s CPU, ${t.killed ? '-' : mib(t.peakRssBytes)}`,
           )
           .join('; ')}`,
     )
@@ -388,6 +427,7 @@ function report(
     `Shoal control-plane simulator: ${String(base.blobs)} blobs x ${String(base.pieces)} pieces, ` +
       `${String(base.trackers)} tracker replicas${base.killTracker ? ' (one killed mid-run)' : ''}, ` +
       `${base.cluster3 ? 'three-node JetStream cluster (R3)' : 'one nats-server (R1)'}, ` +
+      (base.trackerBuildRoot === undefined ? '' : `trackers of ${base.trackerBuildRoot}, `) +
       `${String(base.workers)} worker processes x ${String(base.connections)} NATS connection(s)`,
     `agent: download ${String(base.downloadPiecesPerS)} pieces/s, upload ${String(base.uploadPiecesPerS)} pieces/s; ` +
       `seed ${String(base.seedPiecesPerS)} pieces/s; want every ${String(base.wantIntervalMs)} ms, ` +

@@ -85,6 +85,8 @@ export interface PhaseOptions {
   readonly trackerEnv: Readonly<Record<string, string>>;
   /** Where the trackers write V8 CPU profiles (`--cpu-prof`) when they exit; none when undefined. */
   readonly cpuProfDir: string | undefined;
+  /** Another checkout built with `tsc -b` whose tracker runs instead of this one's. */
+  readonly trackerBuildRoot?: string | undefined;
   /** When this phase must be over, in ms since the epoch. */
   readonly deadlineAt: number;
   readonly signal: AbortSignal;
@@ -107,6 +109,14 @@ export interface TrackerFigures {
    */
   readonly handoutLatencySumS: number;
   readonly handoutLatencyCount: number;
+  /** Haves of blobs another replica owns, kept undecoded (0 without blob sharding). */
+  readonly havesSkipped: number;
+  /** Wants pulled by this replica for another's blob and forwarded to it. */
+  readonly wantsForwarded: number;
+  /** Of them, those the owner did not answer (timed out, refused, nobody listening). */
+  readonly forwardsUnanswered: number;
+  /** Changes of the live replica set this replica saw. */
+  readonly shardChanges: number;
   readonly killed: boolean;
 }
 
@@ -134,6 +144,10 @@ export interface PhaseResult {
   readonly connz: Awaited<ReturnType<typeof connzTotals>>;
   /** All servers' totals over the run (/varz), trackers and JetStream's own traffic included. */
   readonly varz: ServerTotals;
+  /** The workers' mean gap between scheduling rounds while downloads ran, in ms (100 planned). */
+  readonly tickGapMs: number;
+  /** The tracker replicas' connections as the servers counted them (/connz). */
+  readonly trackerConnz: Awaited<ReturnType<typeof connzTotals>>;
   readonly trackers: TrackerFigures[];
   readonly jetStream: JetStreamState;
   readonly peakConsumers: number;
@@ -254,9 +268,11 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     ...options.trackerEnv,
   };
   Object.assign(trackerEnv, cpuProfileEnv(options.cpuProfDir));
+  const trackerBuild =
+    options.trackerBuildRoot === undefined ? {} : { buildRoot: options.trackerBuildRoot };
   const trackers: ServiceProcess[] = [];
   for (let r = 0; r < options.trackers; r++) {
-    const tracker = await startTracker({ natsUrl, env: trackerEnv });
+    const tracker = await startTracker({ natsUrl, env: trackerEnv, ...trackerBuild });
     teardown.add(`tracker ${tracker.url}`, () => tracker.stop());
     trackers.push(tracker);
   }
@@ -384,13 +400,20 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     outBytes: Number.NaN,
   };
   const varzAfter = await probe('/varz', () => varzTotals(nats.monitorUrls), noTotals);
-  const connz = await probe('/connz', () => connzTotals(nats.monitorUrls, connectionName), {
+  const noConnz = {
     connections: Number.NaN,
     sent: Number.NaN,
     sentBytes: Number.NaN,
     received: Number.NaN,
     receivedBytes: Number.NaN,
-  });
+  };
+  const connz = await probe('/connz', () => connzTotals(nats.monitorUrls, connectionName), noConnz);
+  // Before the restart below, whose replay would count as the run's.
+  const trackerConnz = await probe(
+    '/connz of the trackers',
+    () => connzTotals(nats.monitorUrls, 'shoal-tracker'),
+    noConnz,
+  );
   const jetStream = await probe('the JetStream state', () => jetStreamState(jsm), {
     bytes: Number.NaN,
     messages: Number.NaN,
@@ -411,6 +434,10 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
         coalesced: 0,
         handoutLatencySumS: 0,
         handoutLatencyCount: 0,
+        havesSkipped: Number.NaN,
+        wantsForwarded: Number.NaN,
+        forwardsUnanswered: Number.NaN,
+        shardChanges: Number.NaN,
         killed: true,
       });
       continue;
@@ -430,6 +457,13 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       handoutLatencyCount: metrics.get('shoal_tracker_handout_latency_seconds_count'),
       // 0 from a tracker without a want queue (the metric is absent).
       coalesced: metrics.get('shoal_tracker_wants_coalesced_total'),
+      // 0 from a tracker without blob sharding (the metrics are absent).
+      havesSkipped: metrics.get('shoal_tracker_haves_skipped_total'),
+      wantsForwarded: metrics.get('shoal_tracker_wants_forwarded_total'),
+      forwardsUnanswered:
+        metrics.get('shoal_tracker_wants_forwarded_total') -
+        metrics.get('shoal_tracker_wants_forwarded_total', { outcome: 'answered' }),
+      shardChanges: metrics.get('shoal_tracker_shard_changes_total'),
       killed: false,
     });
   }
@@ -438,7 +472,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
   const restarted = trackers.findIndex((_, r) => !killed.has(r));
   await trackers[restarted]?.stop();
   const restartAt = Date.now();
-  const fresh = await startTracker({ natsUrl, env: trackerEnv });
+  const fresh = await startTracker({ natsUrl, env: trackerEnv, ...trackerBuild });
   teardown.add(`tracker ${fresh.url}`, () => fresh.stop());
   const readyS = (Date.now() - restartAt) / 1000;
   const replay = await replayFromLog(fresh.process.logPath);
@@ -479,6 +513,8 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
     answeredTogether: sum((r) => r.answeredTogether),
     wantPublishFailures: sum((r) => r.wantPublishFailures),
     connz,
+    trackerConnz,
+    tickGapMs: sum((r) => r.tickGapSumMs) / sum((r) => r.tickGaps),
     varz: {
       inMsgs: varzAfter.inMsgs - varzBefore.inMsgs,
       outMsgs: varzAfter.outMsgs - varzBefore.outMsgs,

@@ -134,6 +134,9 @@ export interface WorkerReport {
   readonly originPieces: number;
   /** The worker's own CPU time over its life (user + system), in seconds. */
   readonly cpuS: number;
+  /** Gaps between its scheduling rounds (planned every 100 ms) while downloads ran: sum, count. */
+  readonly tickGapSumMs: number;
+  readonly tickGaps: number;
   /** Errors by kind, with a count (e.g. a consumer that could not be opened). */
   readonly errors: Record<string, number>;
 }

@@ -158,6 +158,9 @@ class Worker {
   #tick: NodeJS.Timeout | undefined;
   #progress: NodeJS.Timeout | undefined;
   #lastTick = 0;
+  /** Gaps between scheduling rounds while downloads ran: the sum (ms) and how many. */
+  #tickGapSumMs = 0;
+  #tickGaps = 0;
   /** Message kinds already checked against their schema once (see `#check`). */
   readonly #checked = new Set<string>();
 
@@ -282,6 +285,8 @@ class Worker {
       fallbacks: this.#fallbacks,
       originPieces: this.#originPieces,
       cpuS: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
+      tickGapSumMs: this.#tickGapSumMs,
+      tickGaps: this.#tickGaps,
       errors: this.#errors,
     };
     await Promise.all(this.#connections.map(({ nc }) => nc.close().catch(() => undefined)));
@@ -312,6 +317,12 @@ class Worker {
   #step(): void {
     const now = Date.now();
     const dt = Math.min(1, (now - this.#lastTick) / 1000);
+    // How late the rounds run (planned every TICK_MS): a have goes out at most once per
+    // round, so a starved worker merges more have steps than an agent on its own node would.
+    if (this.#completed < this.#agents.length * this.#config.blobs.length) {
+      this.#tickGapSumMs += now - this.#lastTick;
+      this.#tickGaps += 1;
+    }
     this.#lastTick = now;
     for (const agent of this.#agents) {
       if (!agent.joined) {

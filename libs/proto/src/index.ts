@@ -127,4 +127,12 @@ export {
   rangesSize,
   toRanges,
 } from './pieces.js';
+export {
+  forwardedWantSubject,
+  TRACKER_REPLICA_SUBJECTS,
+  trackerReplica,
+  trackerReplicaSubject,
+  type TrackerReplica,
+} from './messages/tracker-replica.js';
+export { wantForwarded, type WantForwarded } from './messages/want-forwarded.js';
 export { haveDue, wantPacing, WantPacer, type WantPacing } from './pacing.js';

@@ -42,6 +42,11 @@ const NAME = '{{name()}}';
 export interface RolePermissions {
   readonly pub: { readonly allow: readonly string[]; readonly deny?: readonly string[] };
   readonly sub: { readonly allow: readonly string[]; readonly deny?: readonly string[] };
+  /**
+   * Replies allowed to requests received: at most `max` per request within `ttlMs` (NATS
+   * response permissions; the reply subject need not be in `pub.allow`).
+   */
+  readonly resp?: { readonly max: number; readonly ttlMs: number };
 }
 
 /** The service roles that connect as one shared user each. */
@@ -106,6 +111,7 @@ export const SERVICE_PERMISSIONS: Readonly<Record<ServiceRole, RolePermissions>>
       allow: [
         handoutSubject('*'),
         'shoal.seed.v1.>',
+        'shoal.tracker.v1.>',
         '$JS.API.INFO',
         `$JS.API.STREAM.*.${swarm.name}`,
         `$JS.API.STREAM.*.${wants.name}`,
@@ -119,7 +125,10 @@ export const SERVICE_PERMISSIONS: Readonly<Record<ServiceRole, RolePermissions>>
       ],
       deny: ['shoal.pieces.v1.>'],
     },
-    sub: { allow: ['_INBOX.>'] },
+    // Tracker replicas hear each other's heartbeats and forward wants to a blob's owner,
+    // which replies to the forwarding replica's inbox.
+    sub: { allow: ['_INBOX.>', 'shoal.tracker.v1.>'] },
+    resp: { max: 1, ttlMs: 10_000 },
   },
   // The seed server owns the piece-hash and seed-request streams and its lock bucket, and
   // announces itself as a peer that holds whole blobs.
@@ -222,6 +231,8 @@ export function accountPublicKey(seeds: Pick<IdentitySeeds, 'account'>): string 
 const toJwtPermissions = (p: RolePermissions): Partial<Permissions> => ({
   pub: { allow: [...p.pub.allow], deny: [...(p.pub.deny ?? [])] },
   sub: { allow: [...p.sub.allow], deny: [...(p.sub.deny ?? [])] },
+  // nats-server reads the response window in nanoseconds.
+  ...(p.resp === undefined ? {} : { resp: { max: p.resp.max, ttl: p.resp.ttlMs * 1_000_000 } }),
 });
 
 /** No limit on connections, subscriptions, payload or JetStream use within the account. */

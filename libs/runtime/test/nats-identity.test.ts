@@ -35,9 +35,13 @@ function roleBlock(conf: string, name: string): RolePermissions {
   const publish = /publish: \{\s*allow: \[([^\]]*)\](?:\s*deny: \[([^\]]*)\])?/.exec(block);
   const subscribe = /subscribe: \{\s*allow: \[([^\]]*)\]/.exec(block);
   const deny = quoted(publish?.[2]);
+  const responses = /allow_responses: \{ max: (\d+), expires: "(\d+)s" \}/.exec(block);
   return {
     pub: { allow: quoted(publish?.[1]), ...(deny.length === 0 ? {} : { deny }) },
     sub: { allow: quoted(subscribe?.[1]) },
+    ...(responses === null
+      ? {}
+      : { resp: { max: Number(responses[1]), ttlMs: Number(responses[2]) * 1_000 } }),
   };
 }
 

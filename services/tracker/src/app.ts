@@ -3,6 +3,9 @@
  * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
 
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+
 import { STREAMS, type StreamSpec } from '@shoal/proto';
 import {
   ConfigError,
@@ -34,6 +37,10 @@ import { WaitingAskers } from './handout/waiting.js';
 import { registerTrackerRoutes } from './http/ops.js';
 import { createTrackerMetrics } from './metrics.js';
 import { SeedRequester } from './seed/requests.js';
+import { defaultReplicaId } from './shard/config.js';
+import { HEARTBEATS_MISSED, ReplicaMembership } from './shard/membership.js';
+import { ReplicaSet } from './shard/replicas.js';
+import { BlobShard } from './shard/shard.js';
 import { seedPeerMatcher } from './swarm/config.js';
 import { SwarmView, type SwarmSnapshot } from './swarm/view.js';
 
@@ -112,6 +119,23 @@ export async function buildApp(
     : undefined;
   const serviceMetrics = createMetrics('tracker');
   const metrics = createTrackerMetrics(serviceMetrics, view);
+  const maySeed = seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS);
+  // This replica's share of the blobs, when they are split between the live replicas.
+  const shard = config.SHOAL_TRACKER_SHARD_BY_BLOB
+    ? new BlobShard({
+        view,
+        replicas: new ReplicaSet(
+          config.SHOAL_TRACKER_REPLICA_ID ??
+            defaultReplicaId(hostname(), randomBytes(4).toString('hex')),
+          HEARTBEATS_MISSED * config.SHOAL_TRACKER_HEARTBEAT_INTERVAL_MS,
+        ),
+        metrics,
+        logger,
+        now,
+        maySeed,
+        maxEntries: config.SHOAL_TRACKER_MAX_ENTRIES,
+      })
+    : undefined;
 
   // Ops listener: health, readiness and metrics.
   const stopping = new AbortController();
@@ -154,6 +178,7 @@ export async function buildApp(
 
   let address = '';
   let wants: WantsConsumer | undefined;
+  let membership: ReplicaMembership | undefined;
   let sweep: NodeJS.Timeout | undefined;
   let usage: { stop(): void } | undefined;
   let starting: Promise<void> | undefined;
@@ -183,6 +208,19 @@ export async function buildApp(
     await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
     usage = watchStreamUsage(jsm, ownedStreams(), serviceMetrics, logger);
 
+    // Replicas: hear the others before the replay, so it applies only this replica's share.
+    if (shard !== undefined) {
+      membership = new ReplicaMembership({
+        nc: connection,
+        shard,
+        heartbeatMs: config.SHOAL_TRACKER_HEARTBEAT_INTERVAL_MS,
+        metrics,
+        logger,
+        now,
+      });
+      membership.listen();
+    }
+
     // Swarm view: replay SHOAL_SWARM from the start, then keep following it.
     swarm = new SwarmStreamConsumer({
       js,
@@ -191,7 +229,8 @@ export async function buildApp(
       metrics,
       logger,
       now,
-      maySeed: seedPeerMatcher(config.SHOAL_TRACKER_SEED_PEERS),
+      maySeed,
+      ...(shard === undefined ? {} : { shard }),
       // Wants are answered only once the replay is done; until then nobody waits.
       onHolder: (blob, peer) => wants?.holderAppeared(blob, peer),
       onHave: (have) => wants?.haveApplied(have),
@@ -221,10 +260,14 @@ export async function buildApp(
         now,
         waiting,
         ...(following === undefined ? {} : { following }),
+        ...(shard === undefined ? {} : { shard }),
+        ...(membership === undefined ? {} : { dropReplica: (id: string) => membership?.drop(id) }),
       },
       config.SHOAL_TRACKER_WANT_QUEUE_MAX,
     );
     wants.start();
+    // Only now, with the view whole and forwarded wants taken, do the others hand over.
+    membership?.announce();
 
     // Housekeeping: expired peers, idle load counters, tokens no longer handed out and
     // askers no longer waiting leave memory.
@@ -235,12 +278,22 @@ export async function buildApp(
       tokens?.prune(now());
       waiting.prune(now());
       following?.prune(now());
+      shard?.expire(now(), config.SHOAL_TRACKER_PEER_MAX_AGE_MS);
       if (removed > 0) {
         logger.debug({ removed }, 'expired swarm entries removed');
       }
     }, sweepMs);
     sweep.unref();
-    logger.info({ entries: view.entryCount, blobs: view.blobCount }, 'tracker ready');
+    logger.info(
+      {
+        entries: view.entryCount,
+        blobs: view.blobCount,
+        ...(shard === undefined
+          ? {}
+          : { replica: shard.replicas.self, replicas: shard.replicas.members }),
+      },
+      'tracker ready',
+    );
   };
 
   const close = async (): Promise<void> => {
@@ -250,6 +303,8 @@ export async function buildApp(
     await starting?.catch(() => undefined);
     clearInterval(sweep);
     usage?.stop();
+    // The others take this replica's blobs first, then its queued wants go back to them.
+    await membership?.leave();
     await wants?.stop();
     await swarm?.stop();
     if (nc !== undefined) {

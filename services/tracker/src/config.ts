@@ -4,6 +4,7 @@ import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
 
 import { handoutConfig, handoutConfigProblems } from './handout/config.js';
+import { shardConfig } from './shard/config.js';
 import { swarmConfig } from './swarm/config.js';
 import { wantsConfig } from './wants/config.js';
 
@@ -18,6 +19,7 @@ export const trackerFields = z.object({
   ...swarmConfig.shape,
   ...handoutConfig.shape,
   ...wantsConfig.shape,
+  ...shardConfig.shape,
 });
 
 export type TrackerConfig = z.infer<typeof trackerFields>;

@@ -114,6 +114,32 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Wants pulled by this replica and waiting for their answer (at most one per blob and asker)',
       registers,
     }),
+    shardReplicas: new Gauge({
+      name: `${prefix}shard_replicas`,
+      help: 'Live tracker replicas this one hears, itself included; blobs are split between them',
+      registers,
+    }),
+    shardChanges: new Counter({
+      name: `${prefix}shard_changes_total`,
+      help: 'Changes of the live replica set (a replica joined, left or stopped answering), each moving some blobs between replicas',
+      registers,
+    }),
+    havesSkipped: new Counter({
+      name: `${prefix}haves_skipped_total`,
+      help: 'Piece-have events of blobs another replica owns: kept undecoded, not applied',
+      registers,
+    }),
+    blobsAdopted: new Counter({
+      name: `${prefix}shard_blobs_adopted_total`,
+      help: 'Blobs taken over from another replica, their kept haves applied to the view',
+      registers,
+    }),
+    wantsForwarded: new Counter<'outcome'>({
+      name: `${prefix}wants_forwarded_total`,
+      help: 'Wants pulled for a blob another replica owns and forwarded to it, by outcome (answered, retry, not-owner, no-responders, failed: the last three are answered here or delivered again)',
+      labelNames: ['outcome'],
+      registers,
+    }),
     seedRequests: new Counter<'outcome'>({
       name: `${prefix}seed_requests_total`,
       help: 'Seed requests for wants nobody could finish, by outcome (published, duplicate, no-stream, failed)',

@@ -216,6 +216,35 @@ describe('tracker', () => {
     return app;
   }
 
+  /**
+   * Waits until the replica that owns `digest` (blobs are split between the replicas) holds
+   * `count` members of it, and no other replica holds any.
+   */
+  async function waitForOwnerMembers(digest: string, count: number): Promise<void> {
+    await waitFor(
+      `${count} members of ${digest} in its owner's view`,
+      () => {
+        const sizes = [...running].map((app) => app.view.swarm(digest).length);
+        return Promise.resolve(
+          sizes.filter((n) => n === count).length === 1 &&
+            sizes.every((n) => n === count || n === 0),
+        );
+      },
+      { timeoutMs: WAIT_MS, intervalMs: 10 },
+    );
+  }
+
+  /** Waits until every running replica hears all the others. */
+  async function waitForReplicas(): Promise<void> {
+    for (const app of running) {
+      await waitFor(
+        'the replicas hear each other',
+        async () => (await metric(app, 'shoal_tracker_shard_replicas')) === running.size,
+        { timeoutMs: WAIT_MS, intervalMs: 20 },
+      );
+    }
+  }
+
   async function stopTracker(app: TrackerApp): Promise<void> {
     running.delete(app);
     await app.close();
@@ -398,9 +427,11 @@ describe('tracker', () => {
   });
 
   it('answers each want exactly once with two replicas', async () => {
-    const second = await tracker();
+    await tracker();
     assert.equal(running.size, 2);
-    assert.equal(second.view.swarm(a).length, 5);
+    // The blobs are split: one replica holds blob a's swarm, the other none of it.
+    await waitForReplicas();
+    await waitForOwnerMembers(a, 5);
 
     const wants = 40;
     const before = inbox.total;
@@ -440,9 +471,7 @@ describe('tracker', () => {
     const fresh = blob('fresh');
     // A partial peer holds some of it: still nobody who can finish it.
     await announce(js, have(fresh, 'partial', { pieces: [[0, 2]] }));
-    for (const app of running) {
-      await waitForMembers(app, fresh, 1);
-    }
+    await waitForOwnerMembers(fresh, 1);
     const askers = Array.from({ length: 6 }, (_, i) => `eager-${i}`);
     await Promise.all(askers.map((asker) => want(js, fresh, asker)));
     for (const asker of askers) {
@@ -511,12 +540,19 @@ describe('tracker', () => {
       withdrawnBefore.set(app, await withdrawn(app));
     }
     await announce(js, have(cold, 'empty', { pieces: [] }));
+    // Applied by the blob's owner only.
+    await waitFor(
+      'the empty have applied',
+      async () => {
+        let grew = 0;
+        for (const app of running) {
+          grew += (await withdrawn(app)) - (withdrawnBefore.get(app) ?? 0);
+        }
+        return grew === 1;
+      },
+      { timeoutMs: WAIT_MS, intervalMs: 10 },
+    );
     for (const app of running) {
-      await waitFor(
-        'the empty have applied',
-        async () => (await withdrawn(app)) > (withdrawnBefore.get(app) ?? 0),
-        { timeoutMs: WAIT_MS, intervalMs: 10 },
-      );
       assert.equal(app.view.swarm(cold).length, 0);
     }
     // The seed's first pieces: the asker hears of them at once, from the replica it asked.
@@ -546,9 +582,7 @@ describe('tracker', () => {
     const before = await pushed();
     const grow = blob('grow');
     await announce(js, have(grow, 'first', { pieces: [[0, 4]] }));
-    for (const app of running) {
-      await waitForMembers(app, grow, 1);
-    }
+    await waitForOwnerMembers(grow, 1);
     await want(js, grow, 'grower');
     assert.deepEqual(
       (await inbox.nth('grower')).peers.map((p) => p.peer.id),
@@ -557,9 +591,7 @@ describe('tracker', () => {
     // Another holder comes: the grower hears of it with the answer to its own next have,
     // not to a want, from the replica that answered it (one push, not one per replica).
     await announce(js, have(grow, 'second', { pieces: [[4, 8]] }));
-    for (const app of running) {
-      await waitForMembers(app, grow, 2);
-    }
+    await waitForOwnerMembers(grow, 2);
     await announce(js, have(grow, 'grower', { pieces: [[0, 4]] }));
     const pushedOut = await inbox.nth('grower', 2);
     assert.deepEqual(

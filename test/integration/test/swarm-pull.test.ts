@@ -84,10 +84,14 @@ describe('six agents pull one image at once through the swarm', () => {
       );
       assert.ok(fromPeers > received / 2, `${fromPeers} of ${received} bytes came from peers`);
 
-      // Both trackers see every agent and the seed holding the big layer.
+      // The trackers split the blobs: the big layer's owner sees every agent and the seed
+      // holding it (the other replica sees none of it, or all of it if it served the blob
+      // while the owner was slow to answer).
       const big = image.layers[0]?.digest ?? '';
-      for (const tracker of cluster.trackers) {
-        const members = await trackerView(tracker, big);
+      const views = await Promise.all(cluster.trackers.map((tracker) => trackerView(tracker, big)));
+      const held = views.filter((members) => members.length > 0);
+      assert.ok(held.length >= 1, 'a tracker holds the big layer');
+      for (const members of held) {
         const complete = members
           .filter((m) => m.complete)
           .map((m) => m.peer)

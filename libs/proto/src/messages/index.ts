@@ -16,6 +16,8 @@ import { preheatProgress } from './preheat-progress.js';
 import { preheatReport } from './preheat-report.js';
 import { seedFailed } from './seed-failed.js';
 import { seedRequest } from './seed-request.js';
+import { trackerReplica } from './tracker-replica.js';
+import { wantForwarded } from './want-forwarded.js';
 
 export const messageSchemas = {
   'piece-hashes': pieceHashes,
@@ -30,6 +32,8 @@ export const messageSchemas = {
   'preheat-report': preheatReport,
   'preheat-nodes': preheatNodes,
   'agent-presence': agentPresence,
+  'tracker-replica': trackerReplica,
+  'want-forwarded': wantForwarded,
 } as const;
 
 export type MessageType = keyof typeof messageSchemas;

@@ -3,14 +3,28 @@
  * want is answered by one replica. The answer is a hand-out on the asker's core-NATS
  * subject and, when nobody can finish the blob, a seed request. Pulled wants wait in a
  * coalescing queue (one per blob and asker, the latest) until they are answered.
+ *
+ * With blobs split between replicas (`../shard`), a replica that pulls a want for another
+ * replica's blob forwards it to that replica (core-NATS request) and acknowledges it once
+ * that one answered; the want stays in JetStream until then, so a replica that dies loses
+ * none. A replica that cannot get an answer from the owner answers the want itself.
  */
 import { setImmediate } from 'node:timers/promises';
 
 import { type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/transport-node';
+import {
+  headers as natsHeaders,
+  NoRespondersError,
+  RequestError,
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
+  forwardedWantSubject,
   handout,
   handoutSubject,
   pieceWant,
@@ -18,6 +32,7 @@ import {
   legacyPieceWantSubject,
   rangesSize,
   STREAMS,
+  wantForwarded,
   type Handout,
   type PieceHave,
   type PieceWant,
@@ -30,6 +45,7 @@ import { choosePeers, sampleWindow, type SwarmMember } from '../handout/policy.j
 import type { WaitingAskers } from '../handout/waiting.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
+import type { BlobShard } from '../shard/shard.js';
 import type { SwarmView } from '../swarm/view.js';
 import { CoalescingQueue } from '../wants/queue.js';
 import {
@@ -59,6 +75,14 @@ const PULL_BATCH = 64;
 const NAK_DELAY_MS = 1_000;
 /** Wait before reopening the consumer after a failure, in ms. */
 const RETRY_DELAY_MS = 1_000;
+/**
+ * How long a forwarded want waits for the owner's answer before this replica answers it
+ * itself, in ms: well within the ack wait, so JetStream does not give it to another replica
+ * meanwhile, and short enough that an owner that fell behind costs its askers little.
+ */
+const FORWARD_TIMEOUT_MS = 2_000;
+/** Header carrying a forwarded want's JetStream timestamp, in ms since the epoch. */
+const PUBLISHED_HEADER = 'Shoal-Want-Published-Ms';
 
 /**
  * Creates the shared durable consumer, or updates it to this configuration. Two replicas
@@ -95,6 +119,13 @@ export interface WantDeps {
    * Undefined: they hear of new holders with their next want.
    */
   readonly following?: WaitingAskers<Waiter>;
+  /**
+   * This replica's share of the blobs: wants for others' blobs are forwarded to their owner.
+   * Undefined: this replica answers every want it pulls.
+   */
+  readonly shard?: BlobShard;
+  /** Takes a replica nobody answers for out of the live set (see `ReplicaMembership`). */
+  readonly dropReplica?: (id: string) => void;
 }
 
 /** An asker waiting for a blob's first holder: its latest want and the trace it came in. */
@@ -103,10 +134,56 @@ export interface Waiter {
   readonly parent: Context;
 }
 
-/** A want that passed its checks, waiting for its answer. */
-interface QueuedWant {
-  readonly msg: JsMsg;
+/**
+ * A want that passed its checks, pulled from the stream or forwarded by another replica, and
+ * how to settle it.
+ */
+export interface ReceivedWant {
   readonly want: PieceWant;
+  /** The want's NATS headers (trace context). */
+  readonly headers: MsgHdrs | undefined;
+  /** When JetStream stored the want, in ms since the epoch. */
+  readonly publishedAtMs: number;
+  /** The subject it came on, for the trace. */
+  readonly subject: string;
+  /** Answered, or replaced by a newer want of the same asker: done with. */
+  ack(): void;
+  /** Not answered now: to be delivered again after `delayMs`. */
+  nak(delayMs?: number): void;
+  /** Set for a want forwarded by another replica: this replica does not hold its blob. */
+  readonly notOwner?: () => void;
+  /** The pulled message, for a want pulled from the stream. */
+  readonly msg?: JsMsg;
+}
+
+/** A want pulled from SHOAL_WANTS. */
+function pulledWant(msg: JsMsg, want: PieceWant): ReceivedWant {
+  return {
+    want,
+    headers: msg.headers,
+    publishedAtMs: Number(msg.timestampNanos / 1_000_000n),
+    subject: msg.subject,
+    ack: () => msg.ack(),
+    nak: (delayMs) => msg.nak(delayMs),
+    msg,
+  };
+}
+
+/** A want another replica forwarded (see `forwardedWantSubject`); its reply settles it. */
+function forwardedWant(msg: Msg, want: PieceWant, nowMs: number): ReceivedWant {
+  const reply = (outcome: 'answered' | 'retry' | 'not-owner'): void => {
+    msg.respond(encodeMessage(wantForwarded, { type: 'want-forwarded', outcome }));
+  };
+  const published = Number(msg.headers?.get(PUBLISHED_HEADER));
+  return {
+    want,
+    headers: msg.headers,
+    publishedAtMs: Number.isFinite(published) && published > 0 ? published : nowMs,
+    subject: msg.subject,
+    ack: () => reply('answered'),
+    nak: () => reply('retry'),
+    notOwner: () => reply('not-owner'),
+  };
 }
 
 /**
@@ -116,15 +193,18 @@ interface QueuedWant {
  * It runs in a CONSUMER span whose parent is the want's trace context (the asking agent's
  * download), and the hand-out and seed request carry this span's context on.
  */
-export function handleWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
+export function handleWant(received: ReceivedWant, deps: WantDeps): Promise<void> {
   return withSpan(
     'piece-want process',
     {
       kind: SpanKind.CONSUMER,
-      parent: contextFromHeaders(msg.headers),
-      attributes: { 'messaging.destination.name': msg.subject, 'messaging.message.id': msg.seq },
+      parent: contextFromHeaders(received.headers),
+      attributes: {
+        'messaging.destination.name': received.subject,
+        ...(received.msg === undefined ? {} : { 'messaging.message.id': received.msg.seq }),
+      },
     },
-    () => answerWant(msg, want, deps),
+    () => answerWant(received, deps),
   );
 }
 
@@ -306,8 +386,9 @@ export function pushOnProgress(have: PieceHave, deps: WantDeps): void {
   });
 }
 
-async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<void> {
+async function answerWant(msg: ReceivedWant, deps: WantDeps): Promise<void> {
   const { metrics, logger } = deps;
+  const want = msg.want;
   let now = deps.now();
   const sample = pickPeers(want, deps, now);
   let { chosen } = sample;
@@ -371,8 +452,7 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
     return;
   }
   remember(want, contextFromHeaders(msg.headers), chosen, deps, now);
-  const publishedAtMs = Number(msg.timestampNanos / 1_000_000n);
-  metrics.handoutLatency.observe(Math.max(0, deps.now() - publishedAtMs) / 1000);
+  metrics.handoutLatency.observe(Math.max(0, deps.now() - msg.publishedAtMs) / 1000);
   logger.debug(
     {
       blob: want.blob,
@@ -389,10 +469,13 @@ async function answerWant(msg: JsMsg, want: PieceWant, deps: WantDeps): Promise<
 export class WantsConsumer {
   readonly #js: JetStreamClient;
   readonly #deps: WantDeps;
-  readonly #queue: CoalescingQueue<QueuedWant>;
+  readonly #queue: CoalescingQueue<ReceivedWant>;
   readonly #stopping = new AbortController();
   #loop: ConsumeLoop | undefined;
   #answering: Promise<void> | undefined;
+  #forwardedIn: Subscription | undefined;
+  /** Forwards waiting for their owner's answer, so `stop` can wait for them. */
+  readonly #forwarding = new Set<Promise<void>>();
 
   /** `queueMax`: most (blob, asker) wants this replica holds unanswered. */
   constructor(js: JetStreamClient, deps: WantDeps, queueMax: number) {
@@ -401,9 +484,22 @@ export class WantsConsumer {
     this.#queue = new CoalescingQueue(queueMax);
   }
 
-  /** Starts pulling wants from the shared durable consumer (which must exist). */
+  /**
+   * Starts pulling wants from the shared durable consumer (which must exist) and, with blobs
+   * split between replicas, taking the wants other replicas forward for this one's blobs.
+   */
   start(): void {
     this.#answering = this.#answer();
+    const shard = this.#deps.shard;
+    if (shard !== undefined) {
+      this.#forwardedIn = this.#deps.nc.subscribe(forwardedWantSubject(shard.replicas.self), {
+        callback: (error, msg) => {
+          if (error === null) {
+            void this.#takeForwarded(msg);
+          }
+        },
+      });
+    }
     this.#loop = superviseConsumption({
       name: WANTS_CONSUMER,
       logger: this.#deps.logger,
@@ -412,7 +508,7 @@ export class WantsConsumer {
         const consumer = await this.#js.consumers.get(STREAMS.wants.name, WANTS_CONSUMER);
         return consumer.consume({ max_messages: PULL_BATCH });
       },
-      handle: (msg) => this.#enqueue(msg),
+      handle: (msg) => this.#pulled(msg),
       // Wants pulled but not yet answered go back at once, for another replica to answer.
       release: (msg) => msg.nak(),
     });
@@ -428,28 +524,136 @@ export class WantsConsumer {
     pushOnProgress(have, this.#deps);
   }
 
-  /** Stops pulling, lets the want being answered finish, and gives the queued ones back. */
+  /**
+   * Stops pulling and taking forwarded wants, lets the want being answered and the forwards
+   * in flight finish, and gives the queued ones back.
+   */
   async stop(): Promise<void> {
     this.#stopping.abort();
+    this.#forwardedIn?.unsubscribe();
     await this.#loop?.stop();
     await this.#answering;
+    await Promise.all(this.#forwarding);
     for (const queued of this.#queue.takeAll()) {
-      queued.msg.nak();
+      queued.nak();
     }
   }
 
-  /** Checks a pulled want and queues it; waits while the queue is full of other askers. */
-  async #enqueue(msg: JsMsg): Promise<void> {
+  /** Checks a pulled want, then queues it or forwards it to its blob's owner. */
+  async #pulled(msg: JsMsg): Promise<void> {
     const want = checkWant(msg, this.#deps);
-    if (want === undefined) {
+    if (want !== undefined) {
+      await this.#route(pulledWant(msg, want));
+    }
+  }
+
+  /** A want another replica pulled for a blob it believes this replica owns. */
+  async #takeForwarded(msg: Msg): Promise<void> {
+    const decoded = decodeMessage(pieceWant, msg.data);
+    if (!decoded.ok) {
+      // Only replicas publish here; one that sends garbage is not worth a crash.
+      this.#deps.metrics.eventsRejected.inc({ type: 'piece-want', reason: 'invalid' });
+      msg.respond(encodeMessage(wantForwarded, { type: 'want-forwarded', outcome: 'retry' }));
       return;
     }
+    const received = forwardedWant(msg, decoded.value, this.#deps.now());
+    if (this.#stopping.signal.aborted) {
+      received.nak();
+      return;
+    }
+    await this.#route(received);
+  }
+
+  /**
+   * Queues a want this replica answers (its blob's, loaded first if it just moved here), or
+   * sends it on: to the owner for a pulled want, back as `not-owner` for a forwarded one.
+   */
+  async #route(received: ReceivedWant): Promise<void> {
+    const shard = this.#deps.shard;
+    const blob = received.want.blob;
+    if (shard === undefined || shard.applies(blob)) {
+      shard?.load(blob);
+      await this.#enqueue(received);
+      return;
+    }
+    if (received.notOwner !== undefined) {
+      received.notOwner();
+      return;
+    }
+    const forward = this.#forward(received, shard);
+    this.#forwarding.add(forward);
+    void forward.finally(() => this.#forwarding.delete(forward));
+  }
+
+  /**
+   * Forwards a pulled want to its blob's owner and settles it by the answer. An owner nobody
+   * listens for is gone: it leaves the live set and the want is routed again. An owner that
+   * does not answer in time (stopped, or behind) or says it does not hold the blob: this
+   * replica answers the want itself and serves the blob until the live set next changes
+   * (unsure, it serves), so an owner that falls behind shares its blob instead of losing
+   * its askers' time.
+   */
+  async #forward(received: ReceivedWant, shard: BlobShard): Promise<void> {
+    const { nc, metrics, logger } = this.#deps;
+    const owner = shard.replicas.owner(received.want.blob);
+    const headers = natsHeaders();
+    for (const [key, values] of received.headers ?? []) {
+      for (const value of values) {
+        headers.append(key, value);
+      }
+    }
+    headers.set(PUBLISHED_HEADER, String(received.publishedAtMs));
+    let outcome: 'answered' | 'retry' | 'not-owner' | 'no-responders' | 'failed';
+    try {
+      const reply = await nc.request(forwardedWantSubject(owner), received.msg?.data, {
+        timeout: FORWARD_TIMEOUT_MS,
+        headers,
+      });
+      const decoded = decodeMessage(wantForwarded, reply.data);
+      outcome = decoded.ok ? decoded.value.outcome : 'failed';
+    } catch (error) {
+      outcome =
+        error instanceof NoRespondersError ||
+        (error instanceof RequestError && error.isNoResponders())
+          ? 'no-responders'
+          : 'failed';
+      if (outcome === 'failed') {
+        logger.debug({ err: error, owner }, 'forwarded want not answered');
+      }
+    }
+    metrics.wantsForwarded.inc({ outcome });
+    if (outcome === 'answered') {
+      received.ack();
+      return;
+    }
+    if (outcome === 'retry') {
+      received.nak(NAK_DELAY_MS);
+      return;
+    }
+    if (outcome === 'no-responders') {
+      this.#deps.dropReplica?.(owner);
+      if (shard.replicas.owner(received.want.blob) !== owner) {
+        await this.#route(received);
+        return;
+      }
+    }
+    if (this.#stopping.signal.aborted) {
+      received.nak();
+      return;
+    }
+    shard.borrow(received.want.blob);
+    await this.#enqueue(received);
+  }
+
+  /** Queues a want; waits while the queue is full of other askers. */
+  async #enqueue(received: ReceivedWant): Promise<void> {
+    const want = received.want;
     const key = `${want.blob} ${want.peer.id}`;
     for (;;) {
-      const offer = this.#queue.offer(key, { msg, want });
+      const offer = this.#queue.offer(key, received);
       if (offer.outcome === 'replaced') {
         // The newer want is answered in the older one's turn; the older one is done.
-        offer.replaced.msg.ack();
+        offer.replaced.ack();
         this.#deps.metrics.wantsCoalesced.inc();
         return;
       }
@@ -459,7 +663,7 @@ export class WantsConsumer {
       }
       await this.#queue.whenSpace(this.#stopping.signal);
       if (this.#stopping.signal.aborted) {
-        msg.nak();
+        received.nak();
         return;
       }
     }
@@ -479,11 +683,17 @@ export class WantsConsumer {
         await this.#queue.whenItem(signal);
         continue;
       }
+      const shard = this.#deps.shard;
+      if (shard !== undefined && !shard.applies(queued.want.blob)) {
+        // Its blob moved to another replica while it waited.
+        void this.#route(queued);
+        continue;
+      }
       try {
-        await handleWant(queued.msg, queued.want, this.#deps);
+        await handleWant(queued, this.#deps);
       } catch (error) {
         this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'answering a want failed');
-        queued.msg.nak(NAK_DELAY_MS);
+        queued.nak(NAK_DELAY_MS);
       }
     }
   }

@@ -11,6 +11,8 @@ import {
 } from '@nats-io/jetstream';
 import { PEER_GONE_SUBJECTS, PIECE_HAVE_SUBJECTS, STREAMS } from '@shoal/proto';
 
+import type { BlobShard } from '../shard/shard.js';
+import { haveSubjectKey } from '../shard/shard.js';
 import { handlePeerGone } from './peer-gone.js';
 import { handlePieceHave } from './piece-have.js';
 import { superviseConsumption, type ConsumeLoop } from '@shoal/runtime/nats';
@@ -28,6 +30,11 @@ const RETRY_DELAY_MS = 1_000;
 export interface SwarmStreamDeps extends SwarmEventDeps {
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
+  /**
+   * This replica's share of the blobs: haves of other replicas' blobs are kept undecoded and
+   * not applied. Undefined: every have is applied.
+   */
+  readonly shard?: BlobShard;
 }
 
 export class SwarmStreamConsumer {
@@ -113,7 +120,12 @@ export class SwarmStreamConsumer {
       publishedAtMs: Number(msg.timestampNanos / 1_000_000n),
     };
     if (event.subject.startsWith(HAVE_PREFIX)) {
-      handlePieceHave(event, this.#deps);
+      // Judged from the subject, before decoding: another replica's blob costs no parse.
+      const shard = this.#deps.shard;
+      const key = shard === undefined ? undefined : haveSubjectKey(event.subject);
+      if (shard === undefined || key === undefined || shard.admit(event, key.blob, key.peer)) {
+        handlePieceHave(event, this.#deps);
+      }
     } else if (event.subject.startsWith(GONE_PREFIX)) {
       handlePeerGone(event, this.#deps);
     } else {

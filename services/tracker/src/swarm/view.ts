@@ -302,6 +302,23 @@ export class SwarmView {
     return { members: found.members, finisher: found.finisher, swarmSize };
   }
 
+  /** Blobs with at least one entry, live or not, in no particular order. */
+  blobKeys(): string[] {
+    return [...this.#blobs.keys()];
+  }
+
+  /**
+   * Forgets every entry of `blob` (another tracker replica owns it now); returns how many.
+   * Departures and seed withdrawals stay: they are per peer, or cheap.
+   */
+  dropBlob(blob: string): number {
+    const peers = [...(this.#blobs.get(blob)?.entries.keys() ?? [])];
+    for (const peerId of peers) {
+      this.#remove(blob, peerId);
+    }
+    return peers.length;
+  }
+
   /** Blobs with at least one live member at `nowMs`, sorted. */
   liveBlobs(nowMs: number): string[] {
     return [...this.#blobs.keys()].filter((blob) => this.members(blob, nowMs).length > 0).sort();

@@ -1,0 +1,130 @@
+/** The split of blobs between replicas (`ReplicaSet`) and the undecoded haves (`RawHaves`). */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { SwarmEvent } from '../src/consumers/swarm-event.js';
+import { RawHaves } from '../src/shard/raw-haves.js';
+import { rendezvousOwner, ReplicaSet } from '../src/shard/replicas.js';
+import { haveSubjectKey } from '../src/shard/shard.js';
+import { blob } from './fixtures.js';
+
+const digests = Array.from({ length: 3_000 }, (_, i) => blob(`split-${i}`));
+
+describe('ReplicaSet', () => {
+  it('owns everything alone, and splits the blobs evenly with the replicas it hears', () => {
+    const set = new ReplicaSet('r-a', 5_000);
+    assert.ok(digests.every((d) => set.owns(d)));
+    assert.equal(set.heard('r-b', 0), true);
+    assert.equal(set.heard('r-c', 0), true);
+    assert.equal(set.heard('r-b', 100), false, 'a known replica changes nothing');
+    assert.deepEqual(set.members, ['r-a', 'r-b', 'r-c']);
+    const counts = new Map<string, number>();
+    for (const d of digests) {
+      counts.set(set.owner(d), (counts.get(set.owner(d)) ?? 0) + 1);
+    }
+    for (const member of set.members) {
+      const share = (counts.get(member) ?? 0) / digests.length;
+      assert.ok(share > 0.28 && share < 0.39, `${member} owns ${share}`);
+    }
+  });
+
+  it('agrees with another replica that hears the same set', () => {
+    const a = new ReplicaSet('r-a', 5_000);
+    const b = new ReplicaSet('r-b', 5_000);
+    a.heard('r-b', 0);
+    b.heard('r-a', 0);
+    assert.ok(digests.every((d) => a.owner(d) === b.owner(d)));
+    assert.ok(
+      digests.every((d) => a.owns(d) !== b.owns(d)),
+      'each blob owned by exactly one',
+    );
+  });
+
+  it('moves only the blobs of a replica that went', () => {
+    const set = new ReplicaSet('r-a', 5_000);
+    set.heard('r-b', 0);
+    set.heard('r-c', 0);
+    const before = new Map(digests.map((d) => [d, set.owner(d)]));
+    const epoch = set.epoch;
+    assert.equal(set.sweep(4_000), false, 'heard within the dead-after time');
+    set.heard('r-b', 4_000);
+    assert.equal(set.sweep(6_000), true, 'r-c not heard for 6 s');
+    assert.ok(set.epoch > epoch);
+    assert.deepEqual(set.members, ['r-a', 'r-b']);
+    for (const d of digests) {
+      if (before.get(d) !== 'r-c') {
+        assert.equal(set.owner(d), before.get(d), 'a blob of a live replica stays');
+      }
+    }
+    assert.equal(set.drop('r-b'), true);
+    assert.equal(set.drop('r-b'), false);
+    assert.ok(
+      digests.every((d) => set.owns(d)),
+      'alone again: everything',
+    );
+  });
+
+  it('never drops itself', () => {
+    const set = new ReplicaSet('r-a', 1);
+    assert.equal(set.heard('r-a', 0), false);
+    assert.equal(set.drop('r-a'), false);
+    assert.equal(set.sweep(1_000_000), false);
+    assert.deepEqual(set.members, ['r-a']);
+    assert.equal(rendezvousOwner('sha256:00', []), undefined);
+  });
+});
+
+describe('RawHaves', () => {
+  const event = (seq: number, publishedAtMs = 0): SwarmEvent => ({
+    subject: `have ${seq}`,
+    data: new Uint8Array([seq]),
+    seq,
+    publishedAtMs,
+  });
+
+  it('keeps the latest have per (blob, peer), copied, in stream order per blob', () => {
+    const raw = new RawHaves(100);
+    const data = new Uint8Array([7]);
+    raw.keep('b1', 'p1', { ...event(3), data });
+    data[0] = 9;
+    raw.keep('b1', 'p1', event(2));
+    raw.keep('b1', 'p2', event(1));
+    raw.keep('b2', 'p1', event(4));
+    assert.deepEqual(
+      raw.haves('b1').map((e) => [e.seq, e.data[0]]),
+      [
+        [1, 1],
+        [3, 7],
+      ],
+      'the older have of p1 did not replace the newer; the bytes were copied',
+    );
+    assert.equal(raw.size, 3);
+    assert.ok(raw.has('b2'));
+    assert.deepEqual(raw.haves('none'), []);
+  });
+
+  it('drops the stalest past its bound, and expired haves', () => {
+    const raw = new RawHaves(2);
+    raw.keep('b1', 'p1', event(1, 0));
+    raw.keep('b1', 'p2', event(2, 500));
+    raw.keep('b2', 'p1', event(3, 1_000));
+    assert.equal(raw.size, 2);
+    assert.deepEqual(
+      raw.haves('b1').map((e) => e.seq),
+      [2],
+    );
+    assert.equal(raw.expire(1_200, 600), 1);
+    assert.equal(raw.has('b1'), false);
+    assert.ok(raw.has('b2'));
+  });
+});
+
+describe('haveSubjectKey', () => {
+  it('reads the blob and the peer from a have subject', () => {
+    assert.deepEqual(haveSubjectKey('shoal.swarm.v1.have.sha256.abc.node-1'), {
+      blob: 'sha256:abc',
+      peer: 'node-1',
+    });
+    assert.equal(haveSubjectKey('shoal.swarm.v1.have.sha256.abc'), undefined);
+  });
+});
