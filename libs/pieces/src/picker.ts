@@ -98,8 +98,20 @@ export interface PickerSettings {
   readonly maxFailures: number;
   /** How long a source whose upload slots are all taken (429) is left alone, in ms. */
   readonly busyBackoffMs: number;
-  /** How long a piece the seed rationed is asked of other sources only, in ms. */
+  /**
+   * How long a piece the seed rationed is asked of other sources only, in ms: the first time.
+   * Each further refusal of the same piece doubles it, up to `seedDeferMaxMs`.
+   */
   readonly seedDeferMs: number;
+  /**
+   * Longest deferral of a piece the seed keeps refusing, in ms (default: `seedDeferMs`, no
+   * growth). A refusal means another agent got the piece a moment ago; asked again every
+   * `seedDeferMs` until the seed's own window for it ends, the seed sends it again to an
+   * agent that has not heard of that holder yet (on a loaded swarm the seed sent 1.2× the
+   * image so). Backing off leaves the asker's seed requests for pieces nobody has, and the
+   * tracker time to name the holder.
+   */
+  readonly seedDeferMaxMs?: number;
 }
 
 /** What a hand-out says of a source. */
@@ -173,6 +185,8 @@ export class PiecePicker {
   #active = 0;
   /** Pieces the seed asked us to get from a peer, until when (ms). */
   readonly #seedDeferred = new Map<number, number>();
+  /** How often the seed refused each piece not yet held (its deferral grows with it). */
+  readonly #seedRefusals = new Map<number, number>();
   /** How long a piece request that succeeded typically took, in ms (a moving average). */
   #typicalMs: number | undefined;
 
@@ -301,6 +315,7 @@ export class PiecePicker {
   /** Records piece `index` as held (verified and written), from whichever source. */
   markHave(index: number): void {
     this.#have.add(index);
+    this.#seedRefusals.delete(index);
     while (this.#have.has(this.#prefix)) {
       this.#prefix += 1;
     }
@@ -502,7 +517,7 @@ export class PiecePicker {
       case 'busy':
         if (source.advert.seed) {
           // The seed has handed this piece out already: a peer will have it shortly.
-          this.#seedDeferred.set(request.index, now + this.#settings.seedDeferMs);
+          this.#seedDeferred.set(request.index, now + this.#seedDeferral(request.index));
         } else {
           // Every upload slot of that source is taken: asking again at once only spins.
           source.busyUntil = now + this.#settings.busyBackoffMs;
@@ -514,6 +529,17 @@ export class PiecePicker {
       case 'dropped':
         break;
     }
+  }
+
+  /** The deferral for one more refusal of piece `index` by the seed, in ms; counts it. */
+  #seedDeferral(index: number): number {
+    const { seedDeferMs, seedDeferMaxMs } = this.#settings;
+    const refusals = this.#seedRefusals.get(index) ?? 0;
+    this.#seedRefusals.set(index, refusals + 1);
+    return Math.min(
+      Math.max(seedDeferMs, seedDeferMaxMs ?? seedDeferMs),
+      seedDeferMs * 2 ** refusals,
+    );
   }
 
   #usable(source: SourceState, now: number): boolean {

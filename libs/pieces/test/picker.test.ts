@@ -365,6 +365,47 @@ describe('PiecePicker', () => {
     assert.ok(p.holdsMissing(true), 'the deferral is over');
   });
 
+  it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
+    const { picker: p, clock } = picker(2, { concurrency: 1, seedDeferMaxMs: 3000 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const refuse = (index: number): void => {
+      const [request] = p.next();
+      assert.equal(request?.index, index);
+      p.settle(request, 'busy');
+    };
+    // Piece 0 refused again and again: asked again only once its deferral ends, each twice
+    // as long as the one before, up to the longest.
+    const waits: number[] = [];
+    for (let round = 0; round < 5; round++) {
+      refuse(0);
+      // Meanwhile the seed is asked for the piece it has not refused.
+      assert.deepEqual(indexes(p.next()), [1]);
+      const deadline = p.nextDeadline();
+      assert.ok(deadline !== undefined);
+      waits.push(deadline - clock.ms);
+      clock.ms = deadline;
+      p.settle([...p.requestsFor(1)][0] as PickedRequest, 'dropped');
+    }
+    assert.deepEqual(waits, [750, 1500, 3000, 3000, 3000]);
+    // Held, from a peer: the count goes with it; a piece refused for the first time waits the
+    // first deferral.
+    p.markHave(0);
+    refuse(1);
+    assert.equal(p.nextDeadline(), clock.ms + 750);
+  });
+
+  it('keeps the deferral flat without a longest deferral', () => {
+    const { picker: p, clock } = picker(1, { concurrency: 1 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let round = 0; round < 3; round++) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'busy');
+      assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
+      clock.ms += SETTINGS.seedDeferMs;
+    }
+  });
+
   it('counts a piece the seed did not defer, however many deferred pieces came from peers', () => {
     const { picker: p } = picker(3, { concurrency: 2 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
