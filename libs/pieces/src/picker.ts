@@ -24,6 +24,11 @@ export interface PieceCandidate {
   readonly holders: number;
   /** This agent's own tie-break, e.g. a random number drawn per round. */
   readonly rank: number;
+  /**
+   * Asked for wherever it lies, as if in the window: a piece only a seed holds while peers
+   * serve (see `next`).
+   */
+  readonly anywhere?: boolean;
 }
 
 /**
@@ -41,10 +46,8 @@ export function windowEnd(
 
 /** Sorts `candidates` in place into the order to ask for them, and returns them. */
 export function orderPieces<T extends PieceCandidate>(candidates: T[], end: number): T[] {
-  return candidates.sort(
-    (a, b) =>
-      Number(a.index >= end) - Number(b.index >= end) || a.holders - b.holders || a.rank - b.rank,
-  );
+  const past = (c: T): number => Number(c.index >= end && c.anywhere !== true);
+  return candidates.sort((a, b) => past(a) - past(b) || a.holders - b.holders || a.rank - b.rank);
 }
 
 /**
@@ -382,6 +385,13 @@ export class PiecePicker {
     const usable = [...this.#sources.values()].filter((s) => this.#usable(s, now));
     const holders = (index: number): SourceState[] =>
       usable.filter((s) => s.advert.complete || rangesInclude(s.pieces, index));
+    // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
+    // the window past the prefix: agents that started together have their windows over the
+    // same few pieces, so their requests to the seed met on those pieces, the seed refused
+    // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
+    // agent's requests to the seed take pieces the others are not asking for; the window's
+    // pieces come from the peers that got them.
+    const othersServe = usable.some((s) => !s.advert.seed);
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -389,7 +399,13 @@ export class PiecePicker {
       }
       const held = holders(index);
       if (held.length > 0) {
-        candidates.push({ index, holders: held.length, sources: held, rank: this.#random() });
+        candidates.push({
+          index,
+          holders: held.length,
+          sources: held,
+          rank: this.#random(),
+          anywhere: othersServe && held.every((s) => s.advert.seed),
+        });
       }
     }
     orderPieces(
@@ -398,7 +414,6 @@ export class PiecePicker {
     );
     // While other sources can serve, the seed's upload is kept for pieces nobody else has
     // yet: a few requests per agent, the rest go to peers as the pieces spread.
-    const othersServe = usable.some((s) => !s.advert.seed);
     const sole = usable.length === 1;
     for (const candidate of candidates) {
       if (this.#active >= settings.concurrency) {

@@ -82,6 +82,19 @@ describe('piece order', () => {
       [1, 2, 0],
     );
   });
+
+  it('orders a piece asked for anywhere as if it were in the window', () => {
+    const candidates: PieceCandidate[] = [
+      { index: 3, holders: 2, rank: 0.1 },
+      { index: 40, holders: 1, rank: 0.2, anywhere: true },
+      { index: 5, holders: 1, rank: 0.9, anywhere: true },
+      { index: 30, holders: 1, rank: 0.3 },
+    ];
+    assert.deepEqual(
+      orderPieces(candidates, 18).map((c) => c.index),
+      [40, 5, 3, 30],
+    );
+  });
 });
 
 describe('endgame timing', () => {
@@ -363,6 +376,41 @@ describe('PiecePicker', () => {
     assert.ok(p.holdsMissing(), 'the seed still holds them, deferred or not');
     clock.ms += SETTINGS.seedDeferMs;
     assert.ok(p.holdsMissing(true), 'the deferral is over');
+  });
+
+  it('asks the seed for pieces only it holds across the blob while peers serve', () => {
+    // Ranks that favour the last pieces: past the window, as another agent's might.
+    let draws = 0;
+    const make = (): PiecePicker => {
+      const p = new PiecePicker({
+        settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
+        now: () => 0,
+        random: () => 1 - draws++ / 1000,
+      });
+      p.setLayout(20, MiB);
+      p.hashesKnown(0, 20);
+      p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+      return p;
+    };
+    const spread = make();
+    spread.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 2]] });
+    const started = spread.next();
+    // The seed's two requests go where this agent's ranks say, past the window [0, 4); the
+    // peer serves the window's pieces it holds.
+    assert.deepEqual(
+      started.filter((r) => r.seed).map((r) => r.index),
+      [19, 18],
+    );
+    assert.deepEqual(
+      started
+        .filter((r) => !r.seed)
+        .map((r) => r.index)
+        .sort(),
+      [0, 1],
+    );
+    // The seed alone (a cold pull): the window first, for the client reading in order.
+    const alone = make();
+    assert.deepEqual(indexes(alone.next()).sort(), [0, 1, 2, 3]);
   });
 
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
