@@ -11,6 +11,7 @@
  *
  * It reports figures; it never asserts a time. It exits 1 when a pull fails.
  */
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import {
@@ -43,6 +44,7 @@ import {
   type WaveContext,
   type WaveResult,
 } from './net/waves.js';
+import { machineBusy, nodeTimeline, seedTimeline } from './net/sampler.js';
 
 const MiB = 1024 * 1024;
 const REPOSITORY = 'bench/shaped';
@@ -66,8 +68,12 @@ const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it build
   --shoal-env LIST     settings for the agents and the seed server, KEY=VALUE,KEY=VALUE
   --agent-build DIR    the wave 'baseline' is the Shoal wave with the agents of the build at DIR
                        (services/seedserver/tools/build-at.sh <commit> DIR .)
+  --baseline-seed      the baseline wave runs DIR's seed server too (for a change of its own)
   --cpu-prof-dir DIR   the agents write V8 CPU profiles (<pid>.cpuprofile) there when they stop
   --timeout-s S        longest a node's pull may take (default 600)
+  --timeline FILE      write every Shoal wave's per-second counters (per node: bytes from the
+                       seed, peers and origin, uploaded, turned away, failed; the seed's bytes
+                       sent; the machine's busy CPU) to FILE as JSON
 
 The issue's configuration: --nodes 6 --size-mib 256 (about 15 minutes at 25 Mbit/s).
 `;
@@ -86,8 +92,10 @@ interface Options {
   readonly waves: readonly WaveName[];
   readonly shoalEnv: Readonly<Record<string, string>>;
   readonly agentBuild: string | undefined;
+  readonly baselineSeed: boolean;
   readonly cpuProfDir: string | undefined;
   readonly timeoutMs: number;
+  readonly timelineFile: string | undefined;
 }
 
 /** Layer sizes that halve from one layer to the next and add up to `totalBytes`. */
@@ -113,8 +121,10 @@ function parseOptions(argv: readonly string[]): Options {
     waves: { type: 'string', default: 'direct,cache,shoal' },
     'shoal-env': { type: 'string', default: '' },
     'agent-build': { type: 'string' },
+    'baseline-seed': { type: 'boolean', default: false },
     'cpu-prof-dir': { type: 'string' },
     'timeout-s': { type: 'string', default: '600' },
+    timeline: { type: 'string' },
   });
   const problems: string[] = [];
   const number = (name: string, fallback?: string): number =>
@@ -186,8 +196,10 @@ function parseOptions(argv: readonly string[]): Options {
     waves: waves as WaveName[],
     shoalEnv,
     agentBuild: typeof agentBuild === 'string' ? agentBuild : undefined,
+    baselineSeed: values['baseline-seed'] === true,
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     timeoutMs: timeoutS * 1000,
+    timelineFile: typeof values.timeline === 'string' ? values.timeline : undefined,
   };
 }
 
@@ -230,6 +242,120 @@ function idealSeconds(
       // A perfect swarm: every byte crosses the registry's link once and each node's once.
       return imageBytes / Math.min(node, registry, bytesPerSecond(options.controlMbit));
   }
+}
+
+/**
+ * One Shoal wave's details: what the swarm moved, and per node where its time went (from the
+ * counters read every second: `net/sampler.ts`).
+ */
+function swarmReport(
+  wave: WaveName,
+  result: WaveResult,
+  options: Options,
+  imageBytes: number,
+  slowNames: ReadonlySet<string>,
+): string[] {
+  const swarm = result.swarm;
+  if (swarm === undefined) {
+    return [];
+  }
+  const x = (bytes: number): string => ratio(bytes / imageBytes);
+  const seed = seedTimeline(swarm.samples);
+  const seedLink = bytesPerSecond(options.controlMbit);
+  const sending =
+    seed.firstSendS !== undefined && seed.lastSendS !== undefined
+      ? seed.lastSendS - seed.firstSendS
+      : 0;
+  const lines = [
+    `${wave}: agents fetched ${x(swarm.fetched.peer)}× the image from peers, ` +
+      `${x(swarm.fetched.seed)}× from the seed, ${x(swarm.fetched.origin)}× from the origin; ` +
+      `uploaded ${x(swarm.uploaded)}×`,
+    `seed server sent ${x(swarm.seedServed)}× the image; piece requests failed: ` +
+      `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}`,
+    `seed link: sending from ${seconds(seed.firstSendS ?? 0)} to ${seconds(seed.lastSendS ?? 0)}, ` +
+      `idle ${seconds(seed.idleS)} between, ${ratio(sending > 0 ? swarm.seedServed / sending / seedLink : 0)}× ` +
+      `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}`,
+    `seed piece requests: ${Object.entries(swarm.seedRequests)
+      .map(([result, count]) => `${result} ${count}`)
+      .join(', ')}; the control link carried ${x(swarm.controlLinkBytes)}× the image out ` +
+      `(pieces, NATS, the tracker; TCP/IP headers included)`,
+    `CPU seconds: agents ${swarm.cpuSeconds.agents.toFixed(1)}, seed server ` +
+      `${swarm.cpuSeconds.seed.toFixed(1)}, tracker ${swarm.cpuSeconds.tracker.toFixed(1)}, ` +
+      `nats-server ${swarm.cpuSeconds.nats.toFixed(1)}; the machine's cores ` +
+      `${(machineBusy(swarm.samples) * 100).toFixed(0)} % busy during the pulls (every process)`,
+  ];
+  const nodes = result.pulls.map((_, i) => nodeTimeline(swarm.samples, i, imageBytes));
+  const allBytes = nodes.map((n) => n.fullS ?? Number.NaN);
+  const fastBytes = allBytes.filter((_, i) => !slowNames.has(result.pulls[i]?.name ?? ''));
+  const swarmDone = Math.max(...fastBytes);
+  const ideal = idealSeconds(wave, options, imageBytes, options.nodeMbit);
+  lines.push(
+    `every ${slowNames.size > 0 ? 'full-speed ' : ''}agent held the whole image at ` +
+      `${seconds(swarmDone)}, ${ratio(swarmDone / ideal)}× the ideal (the swarm's own time; ` +
+      `the rest of a pull is containerd verifying and unpacking); median ` +
+      `${seconds(median(fastBytes))}, ${ratio(median(fastBytes) / ideal)}×`,
+  );
+  const rows = result.pulls.map((p, i) => {
+    const node = nodes[i] ?? nodeTimeline(swarm.samples, i, imageBytes);
+    const link = bytesPerSecond(slowNames.has(p.name) ? options.nodeMbit / 4 : options.nodeMbit);
+    const last = node.last;
+    return [
+      p.name + (slowNames.has(p.name) ? ' (slow)' : ''),
+      p.error === undefined ? seconds(p.seconds) : 'FAILED',
+      seconds(p.doneAtS),
+      node.firstS === undefined ? '' : seconds(node.firstS),
+      node.halfS === undefined ? '' : seconds(node.halfS),
+      node.fullS === undefined ? '' : seconds(node.fullS),
+      seconds(node.idleS),
+      ratio(node.rate / link),
+      last === undefined ? '' : x(last.seed),
+      last === undefined ? '' : x(last.peer),
+      last === undefined ? '' : x(last.uploaded),
+      last === undefined ? '' : String(last.deferred),
+      last === undefined ? '' : String(last.failed),
+    ];
+  });
+  lines.push(
+    table(
+      [
+        'node',
+        'time',
+        'done at',
+        '1st bytes',
+        'half',
+        'all bytes',
+        'idle',
+        'rate ÷ link',
+        'seed ×',
+        'peers ×',
+        'up ×',
+        'turned away',
+        'failed',
+      ],
+      rows,
+    ),
+    'per node, from counters read every second: 1st bytes, half, all bytes = when the agent had',
+    'fetched that much of the image (s since the start); idle = seconds in between with nothing',
+    'fetched; rate = image ÷ (all bytes − 1st bytes) over its link; seed/peers/up × = bytes from',
+    'the seed, from peers and uploaded, over the image; turned away = by the seed fan-out.',
+  );
+  return lines;
+}
+
+/** Every Shoal wave's samples, with the nodes' names, as JSON (`--timeline`). */
+async function writeTimeline(
+  file: string,
+  results: ReadonlyMap<WaveName, WaveResult>,
+): Promise<void> {
+  const waves = [...results]
+    .filter(([, r]) => r.swarm !== undefined)
+    .map(([wave, r]) => ({
+      wave,
+      nodes: r.pulls.map((p) => ({ name: p.name, seconds: p.seconds, doneAtS: p.doneAtS })),
+      samples: r.swarm?.samples ?? [],
+    }));
+  await writeFile(file, `${JSON.stringify({ waves }, null, 1)}\n`);
+  progress(`timeline written to ${file}`);
 }
 
 /** The report: one table of the waves, then Shoal's details. */
@@ -320,28 +446,10 @@ function report(
       );
     }
   }
-  const swarm = shoal?.swarm;
-  if (shoal !== undefined && swarm !== undefined) {
-    out.push(
-      '',
-      `Shoal: agents fetched ${ratio(swarm.fetched.peer / imageBytes)}× the image from peers, ` +
-        `${ratio(swarm.fetched.seed / imageBytes)}× from the seed, ` +
-        `${ratio(swarm.fetched.origin / imageBytes)}× from the origin; uploaded ` +
-        `${ratio(swarm.uploaded / imageBytes)}×`,
-      `seed server sent ${ratio(swarm.seedServed / imageBytes)}× the image; piece requests failed: ` +
-        `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}`,
-      `CPU seconds: agents ${swarm.cpuSeconds.agents.toFixed(1)}, seed server ` +
-        `${swarm.cpuSeconds.seed.toFixed(1)}, tracker ${swarm.cpuSeconds.tracker.toFixed(1)}, ` +
-        `nats-server ${swarm.cpuSeconds.nats.toFixed(1)}`,
-      table(
-        ['node', 'time', 'done at'],
-        shoal.pulls.map((p) => [
-          p.name + (slowNames.has(p.name) ? ' (slow)' : ''),
-          p.error === undefined ? seconds(p.seconds) : 'FAILED',
-          seconds(p.doneAtS),
-        ]),
-      ),
-    );
+  for (const [wave, result] of results) {
+    if (result.swarm !== undefined) {
+      out.push('', ...swarmReport(wave, result, options, imageBytes, slowNames));
+    }
   }
   // The agents' CPU per byte they fetched and per second they spent pulling: at a low rate a
   // cost per unit of time (timers, small socket reads) shows as CPU per GiB far above the
@@ -447,6 +555,7 @@ async function main(): Promise<number> {
             ? await cacheWave(context, registryHost, cacheHost)
             : await shoalWave(context, registryHost, controlHost, options.shoalEnv, {
                 buildRoot: wave === 'baseline' ? options.agentBuild : undefined,
+                seedToo: options.baselineSeed,
                 env: cpuProfileEnv(options.cpuProfDir),
               });
       const slowest = Math.max(...result.pulls.map((p) => p.seconds));
@@ -455,6 +564,9 @@ async function main(): Promise<number> {
     }
     interrupt.signal.throwIfAborted();
     process.stdout.write(report(options, image, results, slowNames, lab.netem));
+    if (options.timelineFile !== undefined) {
+      await writeTimeline(options.timelineFile, results);
+    }
     return [...results.values()].some((r) => r.pulls.some((p) => p.error !== undefined)) ? 1 : 0;
   } finally {
     await teardown.run();

@@ -27,11 +27,14 @@ import {
 } from '@shoal/testkit';
 
 import { newTeardown, progress } from '../cli.js';
+import { WaveSampler, type Sample } from './sampler.js';
 
 /** Which agents a Shoal wave runs, beyond the settings every Shoal process gets. */
 export interface ShoalAgentChoice {
   /** The root of another checkout built with `tsc -b`, whose agent runs instead of this one's. */
   readonly buildRoot?: string | undefined;
+  /** The seed server of `buildRoot` too (default: this checkout's seed server). */
+  readonly seedToo?: boolean;
   /** More environment for the agents only (a CPU-profile preload). */
   readonly env?: Readonly<Record<string, string>>;
 }
@@ -74,6 +77,12 @@ export interface SwarmFigures {
   /** Piece requests that failed (timeouts, errors), and those the seed turned away. */
   readonly piecesFailed: number;
   readonly piecesRationed: number;
+  /** The seed server's piece requests by result (served, rationed, aborted, busy, ...). */
+  readonly seedRequests: Readonly<Record<string, number>>;
+  /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
+  readonly controlLinkBytes: number;
+  /** The counters read every second during the pulls, per node in the wave's order. */
+  readonly samples: readonly Sample[];
 }
 
 export interface WaveResult {
@@ -227,6 +236,9 @@ export async function shoalWave(
       registries,
       env: { ...env },
       ...placed,
+      ...(choice?.buildRoot !== undefined && choice.seedToo === true
+        ? { buildRoot: choice.buildRoot }
+        : {}),
     });
     teardown.add('seed server', () => seed.stop());
     const containerds = await startContainerds(context.nodes, teardown);
@@ -267,7 +279,15 @@ export async function shoalWave(
     };
     const cpuBefore = await Promise.all(Object.values(roles).map(cpuOf));
     progress(`shoal: ${agents.length} agents, a tracker and a seed server are up; pulling`);
+    const sampler = new WaveSampler(
+      agents.map((a, i) => ({ name: context.nodes[i]?.host.name ?? String(i), url: a.url })),
+      seed.url,
+    );
+    await sampler.start();
+    const controlBefore = await controlHost.counters();
     const pulled = await pullEverywhere(context, containerds, registryHost);
+    const samples = await sampler.stop();
+    const controlAfter = await controlHost.counters();
     const cpuAfter = await Promise.all(Object.values(roles).map(cpuOf));
     const cpu = (i: number): number => (cpuAfter[i] ?? 0) - (cpuBefore[i] ?? 0);
 
@@ -285,6 +305,14 @@ export async function shoalWave(
         seedServed: seedMetrics.get('shoal_seedserver_served_bytes_total'),
         piecesFailed: sum('shoal_agent_pieces_total', { result: 'failed' }),
         piecesRationed: sum('shoal_agent_pieces_total', { result: 'deferred' }),
+        seedRequests: Object.fromEntries(
+          ['served', 'rationed', 'aborted', 'busy', 'missing'].map((result) => [
+            result,
+            seedMetrics.get('shoal_seedserver_piece_requests_total', { result }),
+          ]),
+        ),
+        controlLinkBytes: controlAfter.tx - controlBefore.tx,
+        samples,
       },
     };
   } finally {

@@ -24,6 +24,11 @@ export interface PieceCandidate {
   readonly holders: number;
   /** This agent's own tie-break, e.g. a random number drawn per round. */
   readonly rank: number;
+  /**
+   * Asked for wherever it lies, as if in the window: a piece only a seed holds while peers
+   * serve (see `next`).
+   */
+  readonly anywhere?: boolean;
 }
 
 /**
@@ -41,10 +46,8 @@ export function windowEnd(
 
 /** Sorts `candidates` in place into the order to ask for them, and returns them. */
 export function orderPieces<T extends PieceCandidate>(candidates: T[], end: number): T[] {
-  return candidates.sort(
-    (a, b) =>
-      Number(a.index >= end) - Number(b.index >= end) || a.holders - b.holders || a.rank - b.rank,
-  );
+  const past = (c: T): number => Number(c.index >= end && c.anywhere !== true);
+  return candidates.sort((a, b) => past(a) - past(b) || a.holders - b.holders || a.rank - b.rank);
 }
 
 /**
@@ -98,8 +101,20 @@ export interface PickerSettings {
   readonly maxFailures: number;
   /** How long a source whose upload slots are all taken (429) is left alone, in ms. */
   readonly busyBackoffMs: number;
-  /** How long a piece the seed rationed is asked of other sources only, in ms. */
+  /**
+   * How long a piece the seed rationed is asked of other sources only, in ms: the first time.
+   * Each further refusal of the same piece doubles it, up to `seedDeferMaxMs`.
+   */
   readonly seedDeferMs: number;
+  /**
+   * Longest deferral of a piece the seed keeps refusing, in ms (default: `seedDeferMs`, no
+   * growth). A refusal means another agent got the piece a moment ago; asked again every
+   * `seedDeferMs` until the seed's own window for it ends, the seed sends it again to an
+   * agent that has not heard of that holder yet (on a loaded swarm the seed sent 1.2× the
+   * image so). Backing off leaves the asker's seed requests for pieces nobody has, and the
+   * tracker time to name the holder.
+   */
+  readonly seedDeferMaxMs?: number;
 }
 
 /** What a hand-out says of a source. */
@@ -173,6 +188,8 @@ export class PiecePicker {
   #active = 0;
   /** Pieces the seed asked us to get from a peer, until when (ms). */
   readonly #seedDeferred = new Map<number, number>();
+  /** How often the seed refused each piece not yet held (its deferral grows with it). */
+  readonly #seedRefusals = new Map<number, number>();
   /** How long a piece request that succeeded typically took, in ms (a moving average). */
   #typicalMs: number | undefined;
 
@@ -301,6 +318,7 @@ export class PiecePicker {
   /** Records piece `index` as held (verified and written), from whichever source. */
   markHave(index: number): void {
     this.#have.add(index);
+    this.#seedRefusals.delete(index);
     while (this.#have.has(this.#prefix)) {
       this.#prefix += 1;
     }
@@ -367,6 +385,13 @@ export class PiecePicker {
     const usable = [...this.#sources.values()].filter((s) => this.#usable(s, now));
     const holders = (index: number): SourceState[] =>
       usable.filter((s) => s.advert.complete || rangesInclude(s.pieces, index));
+    // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
+    // the window past the prefix: agents that started together have their windows over the
+    // same few pieces, so their requests to the seed met on those pieces, the seed refused
+    // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
+    // agent's requests to the seed take pieces the others are not asking for; the window's
+    // pieces come from the peers that got them.
+    const othersServe = usable.some((s) => !s.advert.seed);
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -374,7 +399,13 @@ export class PiecePicker {
       }
       const held = holders(index);
       if (held.length > 0) {
-        candidates.push({ index, holders: held.length, sources: held, rank: this.#random() });
+        candidates.push({
+          index,
+          holders: held.length,
+          sources: held,
+          rank: this.#random(),
+          anywhere: othersServe && held.every((s) => s.advert.seed),
+        });
       }
     }
     orderPieces(
@@ -383,7 +414,6 @@ export class PiecePicker {
     );
     // While other sources can serve, the seed's upload is kept for pieces nobody else has
     // yet: a few requests per agent, the rest go to peers as the pieces spread.
-    const othersServe = usable.some((s) => !s.advert.seed);
     const sole = usable.length === 1;
     for (const candidate of candidates) {
       if (this.#active >= settings.concurrency) {
@@ -502,7 +532,7 @@ export class PiecePicker {
       case 'busy':
         if (source.advert.seed) {
           // The seed has handed this piece out already: a peer will have it shortly.
-          this.#seedDeferred.set(request.index, now + this.#settings.seedDeferMs);
+          this.#seedDeferred.set(request.index, now + this.#seedDeferral(request.index));
         } else {
           // Every upload slot of that source is taken: asking again at once only spins.
           source.busyUntil = now + this.#settings.busyBackoffMs;
@@ -514,6 +544,17 @@ export class PiecePicker {
       case 'dropped':
         break;
     }
+  }
+
+  /** The deferral for one more refusal of piece `index` by the seed, in ms; counts it. */
+  #seedDeferral(index: number): number {
+    const { seedDeferMs, seedDeferMaxMs } = this.#settings;
+    const refusals = this.#seedRefusals.get(index) ?? 0;
+    this.#seedRefusals.set(index, refusals + 1);
+    return Math.min(
+      Math.max(seedDeferMs, seedDeferMaxMs ?? seedDeferMs),
+      seedDeferMs * 2 ** refusals,
+    );
   }
 
   #usable(source: SourceState, now: number): boolean {

@@ -82,6 +82,19 @@ describe('piece order', () => {
       [1, 2, 0],
     );
   });
+
+  it('orders a piece asked for anywhere as if it were in the window', () => {
+    const candidates: PieceCandidate[] = [
+      { index: 3, holders: 2, rank: 0.1 },
+      { index: 40, holders: 1, rank: 0.2, anywhere: true },
+      { index: 5, holders: 1, rank: 0.9, anywhere: true },
+      { index: 30, holders: 1, rank: 0.3 },
+    ];
+    assert.deepEqual(
+      orderPieces(candidates, 18).map((c) => c.index),
+      [40, 5, 3, 30],
+    );
+  });
 });
 
 describe('endgame timing', () => {
@@ -363,6 +376,82 @@ describe('PiecePicker', () => {
     assert.ok(p.holdsMissing(), 'the seed still holds them, deferred or not');
     clock.ms += SETTINGS.seedDeferMs;
     assert.ok(p.holdsMissing(true), 'the deferral is over');
+  });
+
+  it('asks the seed for pieces only it holds across the blob while peers serve', () => {
+    // Ranks that favour the last pieces: past the window, as another agent's might.
+    let draws = 0;
+    const make = (): PiecePicker => {
+      const p = new PiecePicker({
+        settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
+        now: () => 0,
+        random: () => 1 - draws++ / 1000,
+      });
+      p.setLayout(20, MiB);
+      p.hashesKnown(0, 20);
+      p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+      return p;
+    };
+    const spread = make();
+    spread.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 2]] });
+    const started = spread.next();
+    // The seed's two requests go where this agent's ranks say, past the window [0, 4); the
+    // peer serves the window's pieces it holds.
+    assert.deepEqual(
+      started.filter((r) => r.seed).map((r) => r.index),
+      [19, 18],
+    );
+    assert.deepEqual(
+      started
+        .filter((r) => !r.seed)
+        .map((r) => r.index)
+        .sort(),
+      [0, 1],
+    );
+    // The seed alone (a cold pull): the window first, for the client reading in order.
+    const alone = make();
+    assert.deepEqual(indexes(alone.next()).sort(), [0, 1, 2, 3]);
+  });
+
+  it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
+    const { picker: p, clock } = picker(2, { concurrency: 1, seedDeferMaxMs: 3000 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const refuse = (index: number): void => {
+      const [request] = p.next();
+      assert.equal(request?.index, index);
+      p.settle(request, 'busy');
+    };
+    // Piece 0 refused again and again: asked again only once its deferral ends, each twice
+    // as long as the one before, up to the longest.
+    const waits: number[] = [];
+    for (let round = 0; round < 5; round++) {
+      refuse(0);
+      // Meanwhile the seed is asked for the piece it has not refused.
+      assert.deepEqual(indexes(p.next()), [1]);
+      const deadline = p.nextDeadline();
+      assert.ok(deadline !== undefined);
+      waits.push(deadline - clock.ms);
+      clock.ms = deadline;
+      p.settle([...p.requestsFor(1)][0] as PickedRequest, 'dropped');
+    }
+    assert.deepEqual(waits, [750, 1500, 3000, 3000, 3000]);
+    // Held, from a peer: the count goes with it; a piece refused for the first time waits the
+    // first deferral.
+    p.markHave(0);
+    refuse(1);
+    assert.equal(p.nextDeadline(), clock.ms + 750);
+  });
+
+  it('keeps the deferral flat without a longest deferral', () => {
+    const { picker: p, clock } = picker(1, { concurrency: 1 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let round = 0; round < 3; round++) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'busy');
+      assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
+      clock.ms += SETTINGS.seedDeferMs;
+    }
   });
 
   it('counts a piece the seed did not defer, however many deferred pieces came from peers', () => {

@@ -75,8 +75,14 @@ const BAD_PIECE_PENALTY_MS = 10 * 60_000;
 const UNREACHABLE_PENALTY_MS = 2000;
 /** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
 const PEER_BUSY_BACKOFF_MS = 1000;
-/** How long a piece the seed rationed is asked of peers only, in ms. */
+/** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
 const SEED_DEFER_MS = 750;
+/**
+ * ...doubling with each refusal of the same piece up to this: past the seed's fan-out window
+ * (`SHOAL_SEED_FANOUT_WINDOW_MS`, 5 s after a copy was sent), by when the tracker has
+ * usually named the agent that got it.
+ */
+const SEED_DEFER_MAX_MS = 8000;
 /**
  * Wants sent ahead of the interval, at most, while the blob's piece hashes are known (someone
  * holds pieces) but no hand-out has named a holder yet: on a cold pull the seed server starts
@@ -176,6 +182,7 @@ export class SwarmFetch {
         maxFailures: MAX_PEER_FAILURES,
         busyBackoffMs: PEER_BUSY_BACKOFF_MS,
         seedDeferMs: SEED_DEFER_MS,
+        seedDeferMaxMs: SEED_DEFER_MAX_MS,
       },
       now: Date.now,
       random: Math.random,
