@@ -111,6 +111,7 @@ describe('tracker replicas split the blobs', () => {
   it('gives each replica a disjoint share, and the survivor all of them', async () => {
     const env = {
       SHOAL_LOG_LEVEL: 'warn',
+      SHOAL_TRACKER_SHARD_BY_BLOB: 'true',
       SHOAL_TRACKER_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
     };
     replicas.push(await startTracker({ natsUrl: nats.url, env }));

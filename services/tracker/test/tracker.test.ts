@@ -66,6 +66,8 @@ async function startTracker(
     SHOAL_NATS_URL: natsUrl,
     SHOAL_TRACKER_LISTEN: '127.0.0.1:0',
     SHOAL_LOG_LEVEL: 'silent',
+    // These tests follow each blob to the replica that owns it.
+    SHOAL_TRACKER_SHARD_BY_BLOB: 'true',
     ...env,
   });
   const app = await buildApp(config);
