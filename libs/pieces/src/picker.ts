@@ -532,7 +532,10 @@ export class PiecePicker {
       case 'busy':
         if (source.advert.seed) {
           // The seed has handed this piece out already: a peer will have it shortly.
-          this.#seedDeferred.set(request.index, now + this.#seedDeferral(request.index));
+          this.#seedDeferred.set(
+            request.index,
+            now + this.#seedDeferral(request.index, this.#peerUsable(now)),
+          );
         } else {
           // Every upload slot of that source is taken: asking again at once only spins.
           source.busyUntil = now + this.#settings.busyBackoffMs;
@@ -546,15 +549,34 @@ export class PiecePicker {
     }
   }
 
-  /** The deferral for one more refusal of piece `index` by the seed, in ms; counts it. */
-  #seedDeferral(index: number): number {
+  /**
+   * The deferral for one more refusal of piece `index` by the seed, in ms; counts it. It grows
+   * only while a peer could serve the download: with the seed as its only source (everyone
+   * else evicted the blob, or no hand-out named a peer yet) a refusal may come from copies the
+   * seed sent to agents that no longer hold them, and a growing wait would outlast the stall
+   * timeout and send the download to the origin.
+   */
+  #seedDeferral(index: number, peerUsable: boolean): number {
     const { seedDeferMs, seedDeferMaxMs } = this.#settings;
+    if (!peerUsable) {
+      return seedDeferMs;
+    }
     const refusals = this.#seedRefusals.get(index) ?? 0;
     this.#seedRefusals.set(index, refusals + 1);
     return Math.min(
       Math.max(seedDeferMs, seedDeferMaxMs ?? seedDeferMs),
       seedDeferMs * 2 ** refusals,
     );
+  }
+
+  /** Whether a source other than the seed could serve now. */
+  #peerUsable(now: number): boolean {
+    for (const source of this.#sources.values()) {
+      if (!source.advert.seed && this.#usable(source, now)) {
+        return true;
+      }
+    }
+    return false;
   }
 
   #usable(source: SourceState, now: number): boolean {

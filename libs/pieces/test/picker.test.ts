@@ -416,6 +416,8 @@ describe('PiecePicker', () => {
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
     const { picker: p, clock } = picker(2, { concurrency: 1, seedDeferMaxMs: 3000 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    // A peer named by a hand-out, still without these pieces: the one the seed sent them to.
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
     const refuse = (index: number): void => {
       const [request] = p.next();
       assert.equal(request?.index, index);
@@ -440,6 +442,20 @@ describe('PiecePicker', () => {
     p.markHave(0);
     refuse(1);
     assert.equal(p.nextDeadline(), clock.ms + 750);
+  });
+
+  it('keeps the deferral flat while the seed is the only source', () => {
+    // Every other agent evicted the blob: the seed's refusals may count copies nobody holds
+    // any more, and a growing wait would outlast the stall timeout.
+    const { picker: p, clock } = picker(1, { concurrency: 1, seedDeferMaxMs: 8000 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let round = 0; round < 4; round++) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'busy');
+      assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
+      clock.ms += SETTINGS.seedDeferMs;
+    }
   });
 
   it('keeps the deferral flat without a longest deferral', () => {
