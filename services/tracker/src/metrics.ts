@@ -140,6 +140,17 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       labelNames: ['outcome'],
       registers,
     }),
+    forwardedWantsExpired: new Counter<'stage'>({
+      name: `${prefix}forwarded_wants_expired_total`,
+      help: 'Wants forwarded to this replica dropped unanswered because the forwarding replica had stopped waiting for the answer, by where their deadline passed (arrival, queue, seed-request)',
+      labelNames: ['stage'],
+      registers,
+    }),
+    blobsBorrowed: new Counter({
+      name: `${prefix}shard_blobs_borrowed_total`,
+      help: 'Wants answered for a blob another replica owns because that owner did not answer the forward in time or refused it',
+      registers,
+    }),
     seedRequests: new Counter<'outcome'>({
       name: `${prefix}seed_requests_total`,
       help: 'Seed requests for wants nobody could finish, by outcome (published, duplicate, no-stream, failed)',
