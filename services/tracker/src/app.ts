@@ -217,6 +217,8 @@ export async function buildApp(
         metrics,
         logger,
         now,
+        // Askers waiting on blobs that moved away follow them to their new owner.
+        onRebalance: () => wants?.handOver(),
       });
       membership.listen();
     }

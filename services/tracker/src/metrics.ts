@@ -151,6 +151,12 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Wants answered for a blob another replica owns because that owner did not answer the forward in time or refused it',
       registers,
     }),
+    askersHandedOver: new Counter<'outcome'>({
+      name: `${prefix}askers_handed_over_total`,
+      help: 'Waiting or followed askers of blobs that moved to another replica, their latest want forwarded to the new owner, by outcome (answered, retry, not-owner, no-responders, failed)',
+      labelNames: ['outcome'],
+      registers,
+    }),
     seedRequests: new Counter<'outcome'>({
       name: `${prefix}seed_requests_total`,
       help: 'Seed requests for wants nobody could finish, by outcome (published, duplicate, no-stream, failed)',

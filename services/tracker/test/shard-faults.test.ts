@@ -170,4 +170,50 @@ describe('tracker replicas split the blobs, under faults', () => {
     );
     await stopAll();
   });
+
+  it('pushes the first holder to an asker whose blob moved to a replica that joined', async () => {
+    const ra = await replica('move-a', 200);
+    const rb = await replica('move-b', 200);
+    await hearEachOther([ra, rb]);
+    // A blob the joining replica takes from whichever of the first two owned it.
+    const digest = Array.from({ length: 100 }, (_, i) => blob(`move-${i}`)).find(
+      (d) => rendezvousOwner(d, ['move-a', 'move-b', 'move-c']) === 'move-c',
+    );
+    assert.ok(digest !== undefined);
+    await publishWant(digest, 'move-asker');
+    await waitFor('the asker told of no holder', () => Promise.resolve(answers.has('move-asker')), {
+      timeoutMs: WAIT_MS,
+      intervalMs: 20,
+    });
+    assert.deepEqual(answers.get('move-asker')?.[0]?.peers, []);
+
+    const rc = await replica('move-c', 200);
+    await hearEachOther([ra, rb, rc]);
+    await js.publish(
+      pieceHaveSubject(digest, 'move-holder'),
+      encodeMessage(pieceHave, have(digest, 'move-holder', { complete: true })),
+    );
+    // No agent asks again here: only a push names the holder.
+    await waitFor(
+      'the asker pushed the holder',
+      () =>
+        Promise.resolve(
+          (answers.get('move-asker') ?? []).some((h) =>
+            h.peers.some((p) => p.peer.id === 'move-holder'),
+          ),
+        ),
+      { timeoutMs: 10_000, intervalMs: 20 },
+    );
+    assert.equal(
+      await rc.metric('shoal_tracker_handouts_pushed_total', { reason: 'holder' }),
+      1,
+      'the new owner pushed it',
+    );
+    assert.equal(
+      (await ra.metric('shoal_tracker_askers_handed_over_total', { outcome: 'answered' })) +
+        (await rb.metric('shoal_tracker_askers_handed_over_total', { outcome: 'answered' })),
+      1,
+    );
+    await stopAll();
+  });
 });

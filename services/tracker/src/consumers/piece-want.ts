@@ -587,6 +587,48 @@ export class WantsConsumer {
     pushWaitingHandouts(blob, holder, this.#deps);
   }
 
+  /**
+   * Blobs moved to other replicas (the live set changed, a borrow ended): their waiting and
+   * followed askers are handed to the new owner, which applies the blobs' haves now. Each
+   * asker's latest want is forwarded (no JetStream message is involved: the asker was
+   * answered already), so the owner answers it and then pushes as this replica would have.
+   */
+  handOver(): void {
+    const { shard, waiting, following, now } = this.#deps;
+    if (shard === undefined || this.#stopping.signal.aborted) {
+      return;
+    }
+    const nowMs = now();
+    for (const table of [waiting, following]) {
+      for (const blob of table?.blobs() ?? []) {
+        if (shard.applies(blob)) {
+          continue;
+        }
+        for (const asker of table?.take(blob, nowMs) ?? []) {
+          const handover = this.#handOverOne(asker, shard).catch((error: unknown) => {
+            this.#deps.logger.warn({ err: error, blob }, 'asker not handed over');
+          });
+          this.#forwarding.add(handover);
+          void handover.finally(() => this.#forwarding.delete(handover));
+        }
+      }
+    }
+  }
+
+  /** Forwards a waiting or followed asker's latest want to its blob's new owner. */
+  async #handOverOne({ want, parent }: Waiter, shard: BlobShard): Promise<void> {
+    const owner = shard.replicas.owner(want.blob);
+    const outcome = await withSpan(
+      'want hand-over',
+      { kind: SpanKind.PRODUCER, parent, attributes: { 'shoal.blob': want.blob } },
+      () => this.#send(owner, want, undefined, traceHeaders(), this.#deps.now()),
+    );
+    this.#deps.metrics.askersHandedOver.inc({ outcome });
+    if (outcome === 'no-responders') {
+      this.#deps.dropReplica?.(owner);
+    }
+  }
+
   /** A have was applied: its peer, if this replica follows it, gets fresh peers now. */
   haveApplied(have: PieceHave): void {
     pushOnProgress(have, this.#deps);

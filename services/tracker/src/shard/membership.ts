@@ -34,6 +34,8 @@ export interface MembershipDeps {
   readonly metrics: TrackerMetrics;
   readonly logger: Logger;
   readonly now: () => number;
+  /** Called after the blobs moved (`BlobShard.rebalance`): their askers go to the new owners. */
+  readonly onRebalance?: () => void;
 }
 
 export class ReplicaMembership {
@@ -109,6 +111,7 @@ export class ReplicaMembership {
     if (changed) {
       this.#deps.shard.rebalance();
       this.#deps.metrics.shardReplicas.set(this.#deps.shard.replicas.members.length);
+      this.#deps.onRebalance?.();
     }
   }
 }
