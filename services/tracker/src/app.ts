@@ -133,7 +133,7 @@ export async function buildApp(
         logger,
         now,
         maySeed,
-        maxEntries: config.SHOAL_TRACKER_MAX_ENTRIES,
+        maxKeptHaves: config.SHOAL_TRACKER_MAX_KEPT_HAVES,
       })
     : undefined;
 

@@ -129,6 +129,16 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Piece-have events of blobs another replica owns: kept undecoded, not applied',
       registers,
     }),
+    keptHaves: new Gauge({
+      name: `${prefix}kept_haves`,
+      help: 'Haves of blobs another replica owns, kept undecoded to take those blobs over at once (SHOAL_TRACKER_MAX_KEPT_HAVES at most)',
+      registers,
+    }),
+    keptHavesEvicted: new Counter({
+      name: `${prefix}kept_haves_evicted_total`,
+      help: 'Kept haves dropped because SHOAL_TRACKER_MAX_KEPT_HAVES were held (the stalest first)',
+      registers,
+    }),
     blobsAdopted: new Counter({
       name: `${prefix}shard_blobs_adopted_total`,
       help: 'Blobs taken over from another replica, their kept haves applied to the view',

@@ -22,8 +22,8 @@ export interface BlobShardDeps {
   readonly now: () => number;
   /** Whether a peer may announce itself as a seed (default: any). */
   readonly maySeed?: (peer: string) => boolean;
-  /** Most (blob, peer) haves kept undecoded, as the view's `maxEntries`. */
-  readonly maxEntries: number;
+  /** Most (blob, peer) haves kept undecoded (`SHOAL_TRACKER_MAX_KEPT_HAVES`). */
+  readonly maxKeptHaves: number;
 }
 
 /** The blob and peer a have's subject names (`shoal.swarm.v1.have.<alg>.<hex>.<peer>`). */
@@ -54,7 +54,7 @@ export class BlobShard {
   constructor(deps: BlobShardDeps) {
     this.#deps = deps;
     this.replicas = deps.replicas;
-    this.#raw = new RawHaves(deps.maxEntries);
+    this.#raw = new RawHaves(deps.maxKeptHaves);
   }
 
   /** Haves kept undecoded, of every blob. */
@@ -72,7 +72,11 @@ export class BlobShard {
    * caller is to apply it (this replica's blob, loaded first if it just moved here).
    */
   admit(event: SwarmEvent, blob: string, peer: string): boolean {
-    this.#raw.keep(blob, peer, event);
+    const evicted = this.#raw.keep(blob, peer, event);
+    this.#deps.metrics.keptHaves.set(this.#raw.size);
+    if (evicted > 0) {
+      this.#deps.metrics.keptHavesEvicted.inc(evicted);
+    }
     if (!this.applies(blob)) {
       this.#skipped.add(blob);
       this.#deps.metrics.havesSkipped.inc();
@@ -138,6 +142,7 @@ export class BlobShard {
   /** Forgets kept haves older than `maxAgeMs`, and skipped blobs with none left. */
   expire(nowMs: number, maxAgeMs: number): void {
     this.#raw.expire(nowMs, maxAgeMs);
+    this.#deps.metrics.keptHaves.set(this.#raw.size);
     for (const blob of [...this.#skipped]) {
       if (!this.#raw.has(blob)) {
         this.#skipped.delete(blob);
