@@ -2,13 +2,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { pieceHaveSubject } from '@shoal/proto';
+import { encodeMessage, pieceHave, pieceHaveSubject } from '@shoal/proto';
+import { createLogger, createMetrics } from '@shoal/runtime';
 
 import type { SwarmEvent } from '../src/consumers/swarm-event.js';
 import { RawHaves } from '../src/shard/raw-haves.js';
 import { rendezvousOwner, ReplicaSet } from '../src/shard/replicas.js';
-import { haveSubjectKey } from '../src/shard/shard.js';
-import { blob } from './fixtures.js';
+import { createTrackerMetrics } from '../src/metrics.js';
+import { BlobShard, haveSubjectKey } from '../src/shard/shard.js';
+import { SwarmView } from '../src/swarm/view.js';
+import { blob, have } from './fixtures.js';
 
 const digests = Array.from({ length: 3_000 }, (_, i) => blob(`split-${i}`));
 
@@ -129,6 +132,48 @@ describe('RawHaves', () => {
     assert.equal(raw.expire(1_200, 50), 2);
     assert.equal(raw.has(b1), false);
     assert.equal(raw.size, 0);
+  });
+});
+
+describe('BlobShard', () => {
+  it('gives a borrowed blob back to its owner 30 s after the last borrow', () => {
+    let clock = 1_000_000;
+    const view = new SwarmView({ maxAgeMs: 3_600_000, maxEntries: 1_000 });
+    const replicas = new ReplicaSet('r-a', 3_600_000);
+    replicas.heard('r-b', clock);
+    const shard = new BlobShard({
+      view,
+      replicas,
+      metrics: createTrackerMetrics(createMetrics('tracker'), view),
+      logger: createLogger({ service: 'tracker', level: 'silent' }),
+      now: () => clock,
+      maxKeptHaves: 100,
+    });
+    const digest = digests.find((d) => !replicas.owns(d));
+    assert.ok(digest !== undefined);
+    const event: SwarmEvent = {
+      subject: pieceHaveSubject(digest, 'holder'),
+      data: encodeMessage(pieceHave, have(digest, 'holder', { complete: true })),
+      seq: 1,
+      publishedAtMs: clock,
+    };
+    assert.equal(shard.admit(event, digest, 'holder'), false, "another replica's blob: kept");
+    assert.deepEqual(view.blobKeys().length, 0);
+
+    shard.borrow(digest);
+    assert.ok(shard.applies(digest));
+    assert.deepEqual([...view.blobKeys()], [digest], 'its kept haves applied');
+    clock += 20_000;
+    assert.equal(shard.releaseBorrowed(clock), 0);
+    shard.borrow(digest);
+    clock += 25_000;
+    assert.equal(shard.releaseBorrowed(clock), 0, 'borrowed again 25 s ago');
+    clock += 6_000;
+    assert.equal(shard.releaseBorrowed(clock), 1);
+    assert.equal(shard.applies(digest), false);
+    assert.deepEqual([...view.blobKeys()], [], 'left the view');
+    shard.borrow(digest);
+    assert.deepEqual([...view.blobKeys()], [digest], 'borrowed again: loaded again');
   });
 });
 

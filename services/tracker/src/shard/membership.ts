@@ -34,7 +34,10 @@ export interface MembershipDeps {
   readonly metrics: TrackerMetrics;
   readonly logger: Logger;
   readonly now: () => number;
-  /** Called after the blobs moved (`BlobShard.rebalance`): their askers go to the new owners. */
+  /**
+   * Called after blobs moved away (`BlobShard.rebalance`, `releaseBorrowed`): their askers
+   * go to the new owners.
+   */
   readonly onRebalance?: () => void;
 }
 
@@ -66,7 +69,14 @@ export class ReplicaMembership {
         this.#changed(leaving ? shard.replicas.drop(id) : shard.replicas.heard(id, now()));
       },
     });
-    this.#sweep = setInterval(() => this.#changed(shard.replicas.sweep(now())), heartbeatMs);
+    this.#sweep = setInterval(() => {
+      this.#changed(shard.replicas.sweep(now()));
+      // Borrowed blobs whose owner answers again (no want borrowed them for a while) go
+      // back, with their askers; checked every beat, it costs a look at a few blobs.
+      if (shard.releaseBorrowed(now()) > 0) {
+        this.#deps.onRebalance?.();
+      }
+    }, heartbeatMs);
     this.#sweep.unref();
   }
 
