@@ -19,6 +19,9 @@ import {
   pieceHaveSubject,
   pieceWant,
   pieceWantSubject,
+  forwardedWantSubject,
+  trackerReplicaSubject,
+  wantForwarded,
   type Handout,
 } from '@shoal/proto';
 import {
@@ -214,6 +217,28 @@ describe('tracker replicas split the blobs, under faults', () => {
         (await rb.metric('shoal_tracker_askers_handed_over_total', { outcome: 'answered' })),
       1,
     );
+
+    // Garbage from a replica: an invalid forward is refused (its forwarder answers it), an
+    // invalid heartbeat counted; neither changes the live set.
+    const refused = await nc.request(forwardedWantSubject('move-c'), new Uint8Array([1, 2, 3]), {
+      timeout: 5_000,
+    });
+    const reply = decodeMessage(wantForwarded, refused.data);
+    assert.ok(reply.ok);
+    assert.equal(reply.value.outcome, 'not-owner');
+    for (let i = 0; i < 3; i += 1) {
+      nc.publish(trackerReplicaSubject('bogus'), new Uint8Array([i]));
+    }
+    await waitFor(
+      'invalid heartbeats counted',
+      async () =>
+        (await rc.metric('shoal_tracker_events_rejected_total', {
+          type: 'tracker-replica',
+          reason: 'invalid',
+        })) === 3,
+      { timeoutMs: WAIT_MS, intervalMs: 50 },
+    );
+    assert.equal(await rc.metric('shoal_tracker_shard_replicas'), 3);
     await stopAll();
   });
 });

@@ -171,7 +171,8 @@ describe('tracker replicas split the blobs', () => {
       (await victim.metric('shoal_tracker_events_consumed_total', { type: 'piece-want' })) +
       (await survivor.metric('shoal_tracker_events_consumed_total', { type: 'piece-want' }));
     assert.equal(pulled, BLOBS, 'each want pulled once');
-    assert.ok(forwarded <= BLOBS);
+    // Both replicas pulled wants, so some came to the replica that does not own their blob.
+    assert.ok(forwarded > 0 && forwarded <= BLOBS, `forwarded ${forwarded}`);
     for (let i = 0; i < BLOBS; i += 1) {
       assert.equal(answers.get(`before-${i}`)?.length, 1, `before-${i} answered once`);
     }

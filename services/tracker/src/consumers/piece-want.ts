@@ -578,7 +578,14 @@ export class WantsConsumer {
       },
       handle: (msg) => this.#pulled(msg),
       // Wants pulled but not yet answered go back at once, for another replica to answer.
-      release: (msg) => msg.nak(),
+      release: (msg) => {
+        try {
+          msg.nak();
+        } catch (error) {
+          // A closed connection: JetStream redelivers after the ack wait anyway.
+          this.#deps.logger.debug({ err: error }, 'piece-want not given back');
+        }
+      },
     });
   }
 

@@ -16,6 +16,7 @@ import {
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 
+import { LogGate } from '../log-gate.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { BlobShard } from './shard.js';
 
@@ -46,6 +47,7 @@ export class ReplicaMembership {
   #subscription: Subscription | undefined;
   #sweep: NodeJS.Timeout | undefined;
   #beat: NodeJS.Timeout | undefined;
+  readonly #invalidLog = new LogGate(10_000);
 
   constructor(deps: MembershipDeps) {
     this.#deps = deps;
@@ -54,7 +56,7 @@ export class ReplicaMembership {
 
   /** Follows the other replicas' heartbeats (before the replay, so the split is known). */
   listen(): void {
-    const { nc, shard, heartbeatMs, logger, now } = this.#deps;
+    const { nc, shard, heartbeatMs, metrics, logger, now } = this.#deps;
     this.#subscription = nc.subscribe(TRACKER_REPLICA_SUBJECTS, {
       callback: (error, msg) => {
         if (error !== null) {
@@ -62,7 +64,16 @@ export class ReplicaMembership {
         }
         const decoded = decodeMessage(trackerReplica, msg.data);
         if (!decoded.ok || msg.subject !== trackerReplicaSubject(decoded.value.id)) {
-          logger.warn({ subject: msg.subject }, 'invalid tracker heartbeat skipped');
+          const reason = decoded.ok ? 'subject-mismatch' : 'invalid';
+          metrics.eventsRejected.inc({ type: 'tracker-replica', reason });
+          // A misconfigured sender beats every interval: one line per 10 s says it.
+          const held = this.#invalidLog.pass(now());
+          if (held !== undefined) {
+            logger.warn(
+              { subject: msg.subject, reason, ...(held > 0 ? { alikeHeld: held } : {}) },
+              'invalid tracker heartbeat skipped',
+            );
+          }
           return;
         }
         const { id, leaving } = decoded.value;
