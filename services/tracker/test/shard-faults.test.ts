@@ -13,11 +13,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
-  handout,
-  handoutSubject,
   pieceHave,
   pieceHaveSubject,
-  pieceWant,
   pieceWantSubject,
   forwardedWantSubject,
   trackerReplicaSubject,
@@ -33,7 +30,7 @@ import {
 } from '@shoal/testkit';
 
 import { rendezvousOwner } from '../src/shard/replicas.js';
-import { blob, have, peer } from './fixtures.js';
+import { blob, collectHandouts, firstWant, have } from './fixtures.js';
 
 const WAIT_MS = 20_000;
 
@@ -43,21 +40,13 @@ describe('tracker replicas split the blobs, under faults', () => {
   let js: JetStreamClient;
   const running: ServiceProcess[] = [];
   /** Hand-outs received, by asker. */
-  const answers = new Map<string, Handout[]>();
+  let answers = new Map<string, Handout[]>();
 
   before(async () => {
     nats = await startNats();
     nc = await connect({ servers: nats.url, timeout: 5_000 });
     js = jetstream(nc, { timeout: 5_000 });
-    nc.subscribe(handoutSubject('*'), {
-      callback: (error, msg) => {
-        const decoded = error === null ? decodeMessage(handout, msg.data) : undefined;
-        if (decoded?.ok === true) {
-          const asker = msg.subject.split('.').at(-1) ?? '';
-          answers.set(asker, [...(answers.get(asker) ?? []), decoded.value]);
-        }
-      },
-    });
+    answers = collectHandouts(nc);
   });
 
   after(async () => {
@@ -95,18 +84,7 @@ describe('tracker replicas split the blobs, under faults', () => {
   }
 
   function publishWant(digest: string, asker: string): Promise<unknown> {
-    return js.publish(
-      pieceWantSubject(digest, asker),
-      encodeMessage(pieceWant, {
-        type: 'piece-want',
-        blob: digest,
-        peer: peer(asker),
-        have: [],
-        registry: 'registry.test',
-        repository: 'library/app',
-        limit: 4,
-      }),
-    );
+    return js.publish(pieceWantSubject(digest, asker), firstWant(digest, asker));
   }
 
   async function stopAll(): Promise<void> {

@@ -177,16 +177,21 @@ export interface ReceivedWant {
   readonly msg?: JsMsg;
 }
 
+/**
+ * Sends a pulled want's `what` (ack, nak, progress): on a closed connection that throws, and
+ * JetStream delivers the want again after the ack wait anyway, so it is only logged.
+ */
+function settlePulled(msg: JsMsg, what: string, send: () => void, logger: Logger): void {
+  try {
+    send();
+  } catch (error) {
+    logger.debug({ err: error, seq: msg.seq }, `piece-want ${what} not sent`);
+  }
+}
+
 /** A want pulled from SHOAL_WANTS. */
 function pulledWant(msg: JsMsg, want: PieceWant, logger: Logger): ReceivedWant {
-  // On a closed connection acknowledging throws; the want is delivered again anyway.
-  const settle = (what: string, send: () => void): void => {
-    try {
-      send();
-    } catch (error) {
-      logger.debug({ err: error, seq: msg.seq }, `piece-want ${what} not sent`);
-    }
-  };
+  const settle = (what: string, send: () => void): void => settlePulled(msg, what, send, logger);
   return {
     want,
     headers: msg.headers,
@@ -578,14 +583,7 @@ export class WantsConsumer {
       },
       handle: (msg) => this.#pulled(msg),
       // Wants pulled but not yet answered go back at once, for another replica to answer.
-      release: (msg) => {
-        try {
-          msg.nak();
-        } catch (error) {
-          // A closed connection: JetStream redelivers after the ack wait anyway.
-          this.#deps.logger.debug({ err: error }, 'piece-want not given back');
-        }
-      },
+      release: (msg) => settlePulled(msg, 'nak', () => msg.nak(), this.#deps.logger),
     });
   }
 
@@ -877,10 +875,9 @@ export class WantsConsumer {
       if (shard !== undefined && !shard.applies(queued.want.blob)) {
         // Its blob moved to another replica while it waited: the forward gets the whole ack
         // wait again, not what the queue left of it.
-        try {
-          queued.msg?.working();
-        } catch (error) {
-          this.#deps.logger.debug({ err: error }, 'piece-want progress not sent');
+        const pulled = queued.msg;
+        if (pulled !== undefined) {
+          settlePulled(pulled, 'progress', () => pulled.working(), this.#deps.logger);
         }
         this.#route(queued).catch((error: unknown) => {
           this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'routing a want failed');
