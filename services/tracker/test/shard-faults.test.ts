@@ -87,6 +87,18 @@ describe('tracker replicas split the blobs, under faults', () => {
     return js.publish(pieceWantSubject(digest, asker), firstWant(digest, asker));
   }
 
+  /** Waits for a hand-out to `asker` naming `holder` (no agent asks again: only a push). */
+  async function holderPushed(asker: string, holder: string, what: string): Promise<void> {
+    await waitFor(
+      what,
+      () =>
+        Promise.resolve(
+          (answers.get(asker) ?? []).some((h) => h.peers.some((p) => p.peer.id === holder)),
+        ),
+      { timeoutMs: 10_000, intervalMs: 20 },
+    );
+  }
+
   async function stopAll(): Promise<void> {
     for (const r of running.splice(0)) {
       r.process.child.kill('SIGCONT');
@@ -175,16 +187,7 @@ describe('tracker replicas split the blobs, under faults', () => {
       encodeMessage(pieceHave, have(digest, 'move-holder', { complete: true })),
     );
     // No agent asks again here: only a push names the holder.
-    await waitFor(
-      'the asker pushed the holder',
-      () =>
-        Promise.resolve(
-          (answers.get('move-asker') ?? []).some((h) =>
-            h.peers.some((p) => p.peer.id === 'move-holder'),
-          ),
-        ),
-      { timeoutMs: 10_000, intervalMs: 20 },
-    );
+    await holderPushed('move-asker', 'move-holder', 'the asker pushed the holder');
     assert.equal(
       await rc.metric('shoal_tracker_handouts_pushed_total', { reason: 'holder' }),
       1,
@@ -217,6 +220,36 @@ describe('tracker replicas split the blobs, under faults', () => {
       { timeoutMs: WAIT_MS, intervalMs: 50 },
     );
     assert.equal(await rc.metric('shoal_tracker_shard_replicas'), 3);
+    await stopAll();
+  });
+
+  it('hands the askers of a replica that stops to the one taking its blobs', async () => {
+    const ra = await replica('stop-a', 200);
+    const rb = await replica('stop-b', 200);
+    await hearEachOther([ra, rb]);
+    const digest = Array.from({ length: 100 }, (_, i) => blob(`stop-${i}`)).find(
+      (d) => rendezvousOwner(d, ['stop-a', 'stop-b']) === 'stop-b',
+    );
+    assert.ok(digest !== undefined);
+    await publishWant(digest, 'stop-asker');
+    await waitFor('the asker told of no holder', () => Promise.resolve(answers.has('stop-asker')), {
+      timeoutMs: WAIT_MS,
+      intervalMs: 20,
+    });
+
+    running.splice(running.indexOf(rb), 1);
+    await rb.stop();
+    await hearEachOther([ra]);
+    await js.publish(
+      pieceHaveSubject(digest, 'stop-holder'),
+      encodeMessage(pieceHave, have(digest, 'stop-holder', { complete: true })),
+    );
+    await holderPushed(
+      'stop-asker',
+      'stop-holder',
+      'the asker pushed the holder by the replica that stayed',
+    );
+    assert.equal(await ra.metric('shoal_tracker_handouts_pushed_total', { reason: 'holder' }), 1);
     await stopAll();
   });
 });

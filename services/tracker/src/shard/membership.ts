@@ -109,6 +109,11 @@ export class ReplicaMembership {
     clearInterval(this.#sweep);
     if (this.#beat !== undefined) {
       this.#publish(true);
+      // Its blobs go to the others now, and with them its waiting and followed askers
+      // (forwarded after the leaving heartbeat, so the new owners know they own them).
+      this.#deps.shard.replicas.leave();
+      this.#deps.shard.rebalance();
+      this.#deps.onRebalance?.();
       await this.#deps.nc.flush().catch(() => undefined);
     }
     this.#subscription?.unsubscribe();
