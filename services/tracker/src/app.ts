@@ -133,7 +133,7 @@ export async function buildApp(
         logger,
         now,
         maySeed,
-        maxEntries: config.SHOAL_TRACKER_MAX_ENTRIES,
+        maxKeptHaves: config.SHOAL_TRACKER_MAX_KEPT_HAVES,
       })
     : undefined;
 
@@ -217,6 +217,8 @@ export async function buildApp(
         metrics,
         logger,
         now,
+        // Askers waiting on blobs that moved away follow them to their new owner.
+        onRebalance: () => wants?.handOver(),
       });
       membership.listen();
     }

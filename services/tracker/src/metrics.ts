@@ -129,6 +129,16 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Piece-have events of blobs another replica owns: kept undecoded, not applied',
       registers,
     }),
+    keptHaves: new Gauge({
+      name: `${prefix}kept_haves`,
+      help: 'Haves of blobs another replica owns, kept undecoded to take those blobs over at once (SHOAL_TRACKER_MAX_KEPT_HAVES at most)',
+      registers,
+    }),
+    keptHavesEvicted: new Counter({
+      name: `${prefix}kept_haves_evicted_total`,
+      help: 'Kept haves dropped because SHOAL_TRACKER_MAX_KEPT_HAVES were held (the stalest first)',
+      registers,
+    }),
     blobsAdopted: new Counter({
       name: `${prefix}shard_blobs_adopted_total`,
       help: 'Blobs taken over from another replica, their kept haves applied to the view',
@@ -137,6 +147,23 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
     wantsForwarded: new Counter<'outcome'>({
       name: `${prefix}wants_forwarded_total`,
       help: 'Wants pulled for a blob another replica owns and forwarded to it, by outcome (answered, retry, not-owner, no-responders, failed: the last three are answered here or delivered again)',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    forwardedWantsExpired: new Counter<'stage'>({
+      name: `${prefix}forwarded_wants_expired_total`,
+      help: 'Wants forwarded to this replica dropped unanswered because the forwarding replica had stopped waiting for the answer, by where their deadline passed (arrival, queue, seed-request)',
+      labelNames: ['stage'],
+      registers,
+    }),
+    blobsBorrowed: new Counter({
+      name: `${prefix}shard_blobs_borrowed_total`,
+      help: 'Wants answered for a blob another replica owns because that owner did not answer the forward in time or refused it',
+      registers,
+    }),
+    askersHandedOver: new Counter<'outcome'>({
+      name: `${prefix}askers_handed_over_total`,
+      help: 'Waiting or followed askers of blobs that moved to another replica, their latest want forwarded to the new owner, by outcome (answered, retry, not-owner, no-responders, failed)',
       labelNames: ['outcome'],
       registers,
     }),

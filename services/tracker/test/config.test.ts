@@ -17,6 +17,7 @@ describe('tracker configuration', () => {
     assert.equal(config.SHOAL_NATS_URL, 'nats://127.0.0.1:4222');
     assert.equal(config.SHOAL_NATS_STREAM_REPLICAS, 1);
     assert.equal(config.SHOAL_LOG_LEVEL, 'info');
+    assert.equal(config.SHOAL_TRACKER_MAX_KEPT_HAVES, 1_000_000);
   });
 
   it('reads every variable', () => {
@@ -30,7 +31,9 @@ describe('tracker configuration', () => {
       SHOAL_SHUTDOWN_TIMEOUT_MS: '5000',
       SHOAL_TRACKER_PIECE_AUTH: 'off',
       SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS: '60000',
+      SHOAL_TRACKER_MAX_KEPT_HAVES: '5000',
     });
+    assert.equal(config.SHOAL_TRACKER_MAX_KEPT_HAVES, 5_000);
     assert.equal(config.SHOAL_TRACKER_PIECE_AUTH, 'off');
     assert.equal(config.SHOAL_TRACKER_HANDOUT_TOKEN_TTL_MS, 60_000);
     assert.deepEqual(config.SHOAL_TRACKER_LISTEN, { host: '::', port: 9000 });

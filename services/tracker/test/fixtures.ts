@@ -1,5 +1,17 @@
 /** Builders shared by the tracker's tests. */
-import { digestOf, type PeerInfo, type PieceHave, type PieceRanges } from '@shoal/proto';
+import type { NatsConnection } from '@nats-io/transport-node';
+import {
+  decodeMessage,
+  digestOf,
+  encodeMessage,
+  handout,
+  handoutSubject,
+  pieceWant,
+  type Handout,
+  type PeerInfo,
+  type PieceHave,
+  type PieceRanges,
+} from '@shoal/proto';
 
 import type { SwarmMember } from '../src/handout/policy.js';
 
@@ -44,4 +56,32 @@ export function member(
     complete: options.complete ?? false,
     seed: options.seed ?? false,
   };
+}
+
+/** Collects every hand-out published on `nc` from now on, by asker (the subject's last token). */
+export function collectHandouts(nc: NatsConnection): Map<string, Handout[]> {
+  const answers = new Map<string, Handout[]>();
+  nc.subscribe(handoutSubject('*'), {
+    callback: (error, msg) => {
+      const decoded = error === null ? decodeMessage(handout, msg.data) : undefined;
+      if (decoded?.ok === true) {
+        const asker = msg.subject.split('.').at(-1) ?? '';
+        answers.set(asker, [...(answers.get(asker) ?? []), decoded.value]);
+      }
+    },
+  });
+  return answers;
+}
+
+/** An encoded piece-want of `asker`, holding nothing of `digest` yet, for 4 peers. */
+export function firstWant(digest: string, asker: string): Uint8Array {
+  return encodeMessage(pieceWant, {
+    type: 'piece-want',
+    blob: digest,
+    peer: peer(asker),
+    have: [],
+    registry: 'registry.test',
+    repository: 'library/app',
+    limit: 4,
+  });
 }

@@ -2,11 +2,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { encodeMessage, pieceHave, pieceHaveSubject } from '@shoal/proto';
+import { createLogger, createMetrics } from '@shoal/runtime';
+
 import type { SwarmEvent } from '../src/consumers/swarm-event.js';
 import { RawHaves } from '../src/shard/raw-haves.js';
 import { rendezvousOwner, ReplicaSet } from '../src/shard/replicas.js';
-import { haveSubjectKey } from '../src/shard/shard.js';
-import { blob } from './fixtures.js';
+import { createTrackerMetrics } from '../src/metrics.js';
+import { BlobShard, haveSubjectKey } from '../src/shard/shard.js';
+import { SwarmView } from '../src/swarm/view.js';
+import { blob, have } from './fixtures.js';
 
 const digests = Array.from({ length: 3_000 }, (_, i) => blob(`split-${i}`));
 
@@ -75,8 +80,9 @@ describe('ReplicaSet', () => {
 });
 
 describe('RawHaves', () => {
+  const [b1, b2] = [blob('raw-1'), blob('raw-2')];
   const event = (seq: number, publishedAtMs = 0): SwarmEvent => ({
-    subject: `have ${seq}`,
+    subject: 'as received',
     data: new Uint8Array([seq]),
     seq,
     publishedAtMs,
@@ -85,37 +91,89 @@ describe('RawHaves', () => {
   it('keeps the latest have per (blob, peer), copied, in stream order per blob', () => {
     const raw = new RawHaves(100);
     const data = new Uint8Array([7]);
-    raw.keep('b1', 'p1', { ...event(3), data });
+    assert.equal(raw.keep(b1, 'p1', { ...event(3), data }), 0);
     data[0] = 9;
-    raw.keep('b1', 'p1', event(2));
-    raw.keep('b1', 'p2', event(1));
-    raw.keep('b2', 'p1', event(4));
+    raw.keep(b1, 'p1', event(2));
+    raw.keep(b1, 'p2', event(1));
+    raw.keep(b2, 'p1', event(4));
     assert.deepEqual(
-      raw.haves('b1').map((e) => [e.seq, e.data[0]]),
+      raw.haves(b1).map((e) => [e.seq, e.data[0], e.subject]),
       [
-        [1, 1],
-        [3, 7],
+        [1, 1, pieceHaveSubject(b1, 'p2')],
+        [3, 7, pieceHaveSubject(b1, 'p1')],
       ],
-      'the older have of p1 did not replace the newer; the bytes were copied',
+      'the older have of p1 did not replace the newer; the bytes were copied; the subject rebuilt',
     );
     assert.equal(raw.size, 3);
-    assert.ok(raw.has('b2'));
-    assert.deepEqual(raw.haves('none'), []);
+    assert.ok(raw.has(b2));
+    assert.deepEqual(raw.haves(blob('none')), []);
+    raw.keep('not:a-digest', 'p1', event(5));
+    assert.deepEqual(raw.haves('not:a-digest'), [], 'a made-up blob has nothing to load');
   });
 
   it('drops the stalest past its bound, and expired haves', () => {
     const raw = new RawHaves(2);
-    raw.keep('b1', 'p1', event(1, 0));
-    raw.keep('b1', 'p2', event(2, 500));
-    raw.keep('b2', 'p1', event(3, 1_000));
+    assert.equal(raw.keep(b1, 'p1', event(1, 0)), 0);
+    assert.equal(raw.keep(b1, 'p2', event(2, 500)), 0);
+    assert.equal(raw.keep(b2, 'p1', event(3, 1_000)), 1, 'one dropped');
     assert.equal(raw.size, 2);
     assert.deepEqual(
-      raw.haves('b1').map((e) => e.seq),
+      raw.haves(b1).map((e) => e.seq),
       [2],
     );
-    assert.equal(raw.expire(1_200, 600), 1);
-    assert.equal(raw.has('b1'), false);
-    assert.ok(raw.has('b2'));
+    // An update moves its blob to the back: b2 is now the stalest.
+    raw.keep(b1, 'p2', event(4, 1_100));
+    raw.keep(b1, 'p3', event(5, 1_100));
+    assert.equal(raw.has(b2), false);
+    assert.deepEqual(
+      raw.haves(b1).map((e) => e.seq),
+      [4, 5],
+    );
+    assert.equal(raw.expire(1_200, 50), 2);
+    assert.equal(raw.has(b1), false);
+    assert.equal(raw.size, 0);
+  });
+});
+
+describe('BlobShard', () => {
+  it('gives a borrowed blob back to its owner 30 s after the last borrow', () => {
+    let clock = 1_000_000;
+    const view = new SwarmView({ maxAgeMs: 3_600_000, maxEntries: 1_000 });
+    const replicas = new ReplicaSet('r-a', 3_600_000);
+    replicas.heard('r-b', clock);
+    const shard = new BlobShard({
+      view,
+      replicas,
+      metrics: createTrackerMetrics(createMetrics('tracker'), view),
+      logger: createLogger({ service: 'tracker', level: 'silent' }),
+      now: () => clock,
+      maxKeptHaves: 100,
+    });
+    const digest = digests.find((d) => !replicas.owns(d));
+    assert.ok(digest !== undefined);
+    const event: SwarmEvent = {
+      subject: pieceHaveSubject(digest, 'holder'),
+      data: encodeMessage(pieceHave, have(digest, 'holder', { complete: true })),
+      seq: 1,
+      publishedAtMs: clock,
+    };
+    assert.equal(shard.admit(event, digest, 'holder'), false, "another replica's blob: kept");
+    assert.deepEqual(view.blobKeys().length, 0);
+
+    shard.borrow(digest);
+    assert.ok(shard.applies(digest));
+    assert.deepEqual([...view.blobKeys()], [digest], 'its kept haves applied');
+    clock += 20_000;
+    assert.equal(shard.releaseBorrowed(clock), 0);
+    shard.borrow(digest);
+    clock += 25_000;
+    assert.equal(shard.releaseBorrowed(clock), 0, 'borrowed again 25 s ago');
+    clock += 6_000;
+    assert.equal(shard.releaseBorrowed(clock), 1);
+    assert.equal(shard.applies(digest), false);
+    assert.deepEqual([...view.blobKeys()], [], 'left the view');
+    shard.borrow(digest);
+    assert.deepEqual([...view.blobKeys()], [digest], 'borrowed again: loaded again');
   });
 });
 

@@ -11,13 +11,9 @@ import { after, before, describe, it } from 'node:test';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
-  decodeMessage,
   encodeMessage,
-  handout,
-  handoutSubject,
   pieceHave,
   pieceHaveSubject,
-  pieceWant,
   pieceWantSubject,
   type Handout,
 } from '@shoal/proto';
@@ -29,7 +25,7 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 
-import { blob, have, peer } from './fixtures.js';
+import { blob, collectHandouts, firstWant, have } from './fixtures.js';
 
 const BLOBS = 16;
 const WAIT_MS = 15_000;
@@ -49,7 +45,7 @@ describe('tracker replicas split the blobs', () => {
   let js: JetStreamClient;
   const replicas: ServiceProcess[] = [];
   /** Hand-outs received, by asker. */
-  const answers = new Map<string, Handout[]>();
+  let answers = new Map<string, Handout[]>();
   const digests = Array.from({ length: BLOBS }, (_, i) => blob(`shard-${i}`));
   const holderOf = (i: number): string => `holder-${i}`;
 
@@ -57,15 +53,7 @@ describe('tracker replicas split the blobs', () => {
     nats = await startNats();
     nc = await connect({ servers: nats.url, timeout: 5_000 });
     js = jetstream(nc, { timeout: 5_000 });
-    nc.subscribe(handoutSubject('*'), {
-      callback: (error, msg) => {
-        const decoded = error === null ? decodeMessage(handout, msg.data) : undefined;
-        if (decoded?.ok === true) {
-          const asker = msg.subject.split('.').at(-1) ?? '';
-          answers.set(asker, [...(answers.get(asker) ?? []), decoded.value]);
-        }
-      },
-    });
+    answers = collectHandouts(nc);
   });
 
   after(async () => {
@@ -79,18 +67,7 @@ describe('tracker replicas split the blobs', () => {
   async function wantAll(round: string): Promise<void> {
     await Promise.all(
       digests.map((digest, i) =>
-        js.publish(
-          pieceWantSubject(digest, `${round}-${i}`),
-          encodeMessage(pieceWant, {
-            type: 'piece-want',
-            blob: digest,
-            peer: peer(`${round}-${i}`),
-            have: [],
-            registry: 'registry.test',
-            repository: 'library/app',
-            limit: 4,
-          }),
-        ),
+        js.publish(pieceWantSubject(digest, `${round}-${i}`), firstWant(digest, `${round}-${i}`)),
       ),
     );
     await waitFor(
@@ -171,7 +148,8 @@ describe('tracker replicas split the blobs', () => {
       (await victim.metric('shoal_tracker_events_consumed_total', { type: 'piece-want' })) +
       (await survivor.metric('shoal_tracker_events_consumed_total', { type: 'piece-want' }));
     assert.equal(pulled, BLOBS, 'each want pulled once');
-    assert.ok(forwarded <= BLOBS);
+    // Both replicas pulled wants, so some came to the replica that does not own their blob.
+    assert.ok(forwarded > 0 && forwarded <= BLOBS, `forwarded ${forwarded}`);
     for (let i = 0; i < BLOBS; i += 1) {
       assert.equal(answers.get(`before-${i}`)?.length, 1, `before-${i} answered once`);
     }

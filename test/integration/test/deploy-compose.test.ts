@@ -345,6 +345,18 @@ describe('Grafana dashboard', () => {
     assert.match(exprs, /shoal_agent_swarm_fallbacks_total/);
   });
 
+  it("sums the trackers' views when the blobs are split between them", () => {
+    const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr));
+    for (const gauge of ['peers', 'blobs', 'entries']) {
+      assert.ok(
+        exprs.includes(
+          `(sum(shoal_tracker_swarm_${gauge}) and on() (max(shoal_tracker_shard_replicas) > 0)) or max(shoal_tracker_swarm_${gauge})`,
+        ),
+        gauge,
+      );
+    }
+  });
+
   it('asks only for metrics the services define', async () => {
     const defined = await definedMetrics();
     assert.ok(defined.has('shoal_agent_fetched_bytes_total'), 'metric scan found nothing');

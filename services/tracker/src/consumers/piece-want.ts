@@ -36,6 +36,7 @@ import {
   type Handout,
   type PieceHave,
   type PieceWant,
+  type WantForwarded,
 } from '@shoal/proto';
 import { SpanKind, withSpan, type Context, type Logger } from '@shoal/runtime';
 
@@ -55,6 +56,7 @@ import {
   traceHeaders,
   type ConsumeLoop,
 } from '@shoal/runtime/nats';
+import { LogGate } from '../log-gate.js';
 import { MAX_LOGGED_ERROR } from './swarm-event.js';
 
 /** The durable consumer every tracker replica shares (`<service>-<purpose>`). */
@@ -81,8 +83,22 @@ const RETRY_DELAY_MS = 1_000;
  * meanwhile, and short enough that an owner that fell behind costs its askers little.
  */
 const FORWARD_TIMEOUT_MS = 2_000;
+/**
+ * How long before the forwarding replica stops waiting the owner stops answering, in ms: the
+ * owner's reply must reach the forwarder before its timeout, or both would answer the asker.
+ */
+const FORWARD_MARGIN_MS = 500;
 /** Header carrying a forwarded want's JetStream timestamp, in ms since the epoch. */
 const PUBLISHED_HEADER = 'Shoal-Want-Published-Ms';
+/**
+ * Header carrying the time after which the owner must not answer a forwarded want (the
+ * forwarder answers it itself then), in ms since the epoch. Absolute, so that an owner that
+ * was paused finds out when it resumes; the replicas' clocks are assumed within
+ * `FORWARD_MARGIN_MS` of each other (NTP keeps them much closer).
+ */
+const DEADLINE_HEADER = 'Shoal-Forward-Deadline-Ms';
+/** At most one warning per this many ms for each kind of repeated forwarding failure. */
+const WARN_INTERVAL_MS = 10_000;
 
 /**
  * Creates the shared durable consumer, or updates it to this configuration. Two replicas
@@ -152,38 +168,85 @@ export interface ReceivedWant {
   nak(delayMs?: number): void;
   /** Set for a want forwarded by another replica: this replica does not hold its blob. */
   readonly notOwner?: () => void;
+  /**
+   * For a want forwarded by another replica: past this time (ms since the epoch) the
+   * forwarder answers it itself, so this replica drops it without a word.
+   */
+  readonly deadlineMs?: number;
   /** The pulled message, for a want pulled from the stream. */
   readonly msg?: JsMsg;
 }
 
+/**
+ * Sends a pulled want's `what` (ack, nak, progress): on a closed connection that throws, and
+ * JetStream delivers the want again after the ack wait anyway, so it is only logged.
+ */
+function settlePulled(msg: JsMsg, what: string, send: () => void, logger: Logger): void {
+  try {
+    send();
+  } catch (error) {
+    logger.debug({ err: error, seq: msg.seq }, `piece-want ${what} not sent`);
+  }
+}
+
 /** A want pulled from SHOAL_WANTS. */
-function pulledWant(msg: JsMsg, want: PieceWant): ReceivedWant {
+function pulledWant(msg: JsMsg, want: PieceWant, logger: Logger): ReceivedWant {
+  const settle = (what: string, send: () => void): void => settlePulled(msg, what, send, logger);
   return {
     want,
     headers: msg.headers,
     publishedAtMs: Number(msg.timestampNanos / 1_000_000n),
     subject: msg.subject,
-    ack: () => msg.ack(),
-    nak: (delayMs) => msg.nak(delayMs),
+    ack: () => settle('ack', () => msg.ack()),
+    nak: (delayMs) => settle('nak', () => msg.nak(delayMs)),
     msg,
   };
 }
 
-/** A want another replica forwarded (see `forwardedWantSubject`); its reply settles it. */
-function forwardedWant(msg: Msg, want: PieceWant, nowMs: number): ReceivedWant {
-  const reply = (outcome: 'answered' | 'retry' | 'not-owner'): void => {
+/** A positive number of ms since the epoch from header `name`, or undefined. */
+function headerMs(headers: MsgHdrs | undefined, name: string): number | undefined {
+  const value = Number(headers?.get(name));
+  return Number.isFinite(value) && value > 0 ? value : undefined;
+}
+
+/** Replies `outcome` to a forwarded want; a closed connection leaves the forwarder to time out. */
+function replyForwarded(msg: Msg, outcome: WantForwarded['outcome'], logger: Logger): void {
+  try {
     msg.respond(encodeMessage(wantForwarded, { type: 'want-forwarded', outcome }));
-  };
-  const published = Number(msg.headers?.get(PUBLISHED_HEADER));
+  } catch (error) {
+    logger.debug({ err: error, outcome }, 'forwarded want reply not sent');
+  }
+}
+
+/** A want another replica forwarded (see `forwardedWantSubject`); its reply settles it. */
+function forwardedWant(msg: Msg, want: PieceWant, nowMs: number, logger: Logger): ReceivedWant {
+  const deadlineMs = headerMs(msg.headers, DEADLINE_HEADER);
   return {
     want,
     headers: msg.headers,
-    publishedAtMs: Number.isFinite(published) && published > 0 ? published : nowMs,
+    publishedAtMs: headerMs(msg.headers, PUBLISHED_HEADER) ?? nowMs,
     subject: msg.subject,
-    ack: () => reply('answered'),
-    nak: () => reply('retry'),
-    notOwner: () => reply('not-owner'),
+    ack: () => replyForwarded(msg, 'answered', logger),
+    nak: () => replyForwarded(msg, 'retry', logger),
+    notOwner: () => replyForwarded(msg, 'not-owner', logger),
+    ...(deadlineMs === undefined ? {} : { deadlineMs }),
   };
+}
+
+/**
+ * True when `received` was forwarded and its forwarder no longer waits for the answer: then
+ * it is dropped unanswered (the forwarder answers it), counted by `stage`.
+ */
+function forwardExpired(
+  received: ReceivedWant,
+  deps: Pick<WantDeps, 'metrics' | 'now'>,
+  stage: 'arrival' | 'queue' | 'seed-request',
+): boolean {
+  if (received.deadlineMs === undefined || deps.now() <= received.deadlineMs) {
+    return false;
+  }
+  deps.metrics.forwardedWantsExpired.inc({ stage });
+  return true;
 }
 
 /**
@@ -425,6 +488,11 @@ async function answerWant(msg: ReceivedWant, deps: WantDeps): Promise<void> {
       msg.nak(NAK_DELAY_MS);
       return;
     }
+    // The publish may have waited long: the replica that forwarded the want answers it
+    // itself past its deadline, and the asker must not get two hand-outs.
+    if (forwardExpired(msg, deps, 'seed-request')) {
+      return;
+    }
   }
 
   if (!chosen.some(holdsPieces)) {
@@ -476,6 +544,8 @@ export class WantsConsumer {
   #forwardedIn: Subscription | undefined;
   /** Forwards waiting for their owner's answer, so `stop` can wait for them. */
   readonly #forwarding = new Set<Promise<void>>();
+  /** One per kind of repeated warning. */
+  readonly #gates = new Map<string, LogGate>();
 
   /** `queueMax`: most (blob, asker) wants this replica holds unanswered. */
   constructor(js: JetStreamClient, deps: WantDeps, queueMax: number) {
@@ -495,7 +565,10 @@ export class WantsConsumer {
       this.#forwardedIn = this.#deps.nc.subscribe(forwardedWantSubject(shard.replicas.self), {
         callback: (error, msg) => {
           if (error === null) {
-            void this.#takeForwarded(msg);
+            this.#takeForwarded(msg).catch((failure: unknown) => {
+              this.#deps.logger.error({ err: failure }, 'taking a forwarded want failed');
+              replyForwarded(msg, 'not-owner', this.#deps.logger);
+            });
           }
         },
       });
@@ -510,13 +583,55 @@ export class WantsConsumer {
       },
       handle: (msg) => this.#pulled(msg),
       // Wants pulled but not yet answered go back at once, for another replica to answer.
-      release: (msg) => msg.nak(),
+      release: (msg) => settlePulled(msg, 'nak', () => msg.nak(), this.#deps.logger),
     });
   }
 
   /** A holder of `blob` appeared: askers this replica told of none hear of it now. */
   holderAppeared(blob: string, holder: string): void {
     pushWaitingHandouts(blob, holder, this.#deps);
+  }
+
+  /**
+   * Blobs moved to other replicas (the live set changed, a borrow ended): their waiting and
+   * followed askers are handed to the new owner, which applies the blobs' haves now. Each
+   * asker's latest want is forwarded (no JetStream message is involved: the asker was
+   * answered already), so the owner answers it and then pushes as this replica would have.
+   */
+  handOver(): void {
+    const { shard, waiting, following, now } = this.#deps;
+    if (shard === undefined || this.#stopping.signal.aborted) {
+      return;
+    }
+    const nowMs = now();
+    for (const table of [waiting, following]) {
+      for (const blob of table?.blobs() ?? []) {
+        if (shard.applies(blob)) {
+          continue;
+        }
+        for (const asker of table?.take(blob, nowMs) ?? []) {
+          const handover = this.#handOverOne(asker, shard).catch((error: unknown) => {
+            this.#deps.logger.warn({ err: error, blob }, 'asker not handed over');
+          });
+          this.#forwarding.add(handover);
+          void handover.finally(() => this.#forwarding.delete(handover));
+        }
+      }
+    }
+  }
+
+  /** Forwards a waiting or followed asker's latest want to its blob's new owner. */
+  async #handOverOne({ want, parent }: Waiter, shard: BlobShard): Promise<void> {
+    const owner = shard.replicas.owner(want.blob);
+    const outcome = await withSpan(
+      'want hand-over',
+      { kind: SpanKind.PRODUCER, parent, attributes: { 'shoal.blob': want.blob } },
+      () => this.#send(owner, want, undefined, traceHeaders(), this.#deps.now()),
+    );
+    this.#deps.metrics.askersHandedOver.inc({ outcome });
+    if (outcome === 'no-responders') {
+      this.#deps.dropReplica?.(owner);
+    }
   }
 
   /** A have was applied: its peer, if this replica follows it, gets fresh peers now. */
@@ -535,7 +650,7 @@ export class WantsConsumer {
     await this.#answering;
     await Promise.all(this.#forwarding);
     for (const queued of this.#queue.takeAll()) {
-      queued.nak();
+      refuse(queued);
     }
   }
 
@@ -543,22 +658,37 @@ export class WantsConsumer {
   async #pulled(msg: JsMsg): Promise<void> {
     const want = checkWant(msg, this.#deps);
     if (want !== undefined) {
-      await this.#route(pulledWant(msg, want));
+      await this.#route(pulledWant(msg, want, this.#deps.logger));
     }
   }
 
   /** A want another replica pulled for a blob it believes this replica owns. */
   async #takeForwarded(msg: Msg): Promise<void> {
+    const { metrics, logger, now } = this.#deps;
     const decoded = decodeMessage(pieceWant, msg.data);
     if (!decoded.ok) {
-      // Only replicas publish here; one that sends garbage is not worth a crash.
-      this.#deps.metrics.eventsRejected.inc({ type: 'piece-want', reason: 'invalid' });
-      msg.respond(encodeMessage(wantForwarded, { type: 'want-forwarded', outcome: 'retry' }));
+      // Only replicas publish here, and the forwarder checked the want it pulled: it answers
+      // that one itself. One that sends garbage is not worth a crash.
+      metrics.eventsRejected.inc({ type: 'piece-want', reason: 'invalid' });
+      this.#warn(
+        'invalid',
+        { error: decoded.error.slice(0, MAX_LOGGED_ERROR) },
+        'invalid forwarded piece-want refused',
+      );
+      replyForwarded(msg, 'not-owner', logger);
       return;
     }
-    const received = forwardedWant(msg, decoded.value, this.#deps.now());
+    const received = forwardedWant(msg, decoded.value, now(), logger);
+    if (forwardExpired(received, this.#deps, 'arrival')) {
+      this.#warn(
+        'expired',
+        { blob: received.want.blob },
+        'forwarded want came after its deadline; dropped (is this replica paused or overloaded?)',
+      );
+      return;
+    }
     if (this.#stopping.signal.aborted) {
-      received.nak();
+      refuse(received);
       return;
     }
     await this.#route(received);
@@ -580,47 +710,84 @@ export class WantsConsumer {
       received.notOwner();
       return;
     }
-    const forward = this.#forward(received, shard);
+    const forward = this.#forward(received, shard).catch((error: unknown) => {
+      this.#deps.logger.error({ err: error, blob }, 'forwarding a want failed');
+      received.nak(NAK_DELAY_MS);
+    });
     this.#forwarding.add(forward);
     void forward.finally(() => this.#forwarding.delete(forward));
+  }
+
+  /**
+   * Sends `want` (`data`: its bytes as pulled, if any) to `owner` and returns its answer: the
+   * owner answers the asker before `FORWARD_TIMEOUT_MS` or not at all (`DEADLINE_HEADER`).
+   * `headers`: the want's own.
+   */
+  async #send(
+    owner: string,
+    want: PieceWant,
+    data: Uint8Array | undefined,
+    headers: MsgHdrs | undefined,
+    publishedAtMs: number,
+  ): Promise<ForwardOutcome> {
+    const { nc, now } = this.#deps;
+    const forwardHeaders = natsHeaders();
+    for (const [key, values] of headers ?? []) {
+      for (const value of values) {
+        forwardHeaders.append(key, value);
+      }
+    }
+    forwardHeaders.set(PUBLISHED_HEADER, String(publishedAtMs));
+    forwardHeaders.set(DEADLINE_HEADER, String(now() + FORWARD_TIMEOUT_MS - FORWARD_MARGIN_MS));
+    try {
+      const reply = await nc.request(
+        forwardedWantSubject(owner),
+        data ?? encodeMessage(pieceWant, want),
+        {
+          timeout: FORWARD_TIMEOUT_MS,
+          headers: forwardHeaders,
+        },
+      );
+      const decoded = decodeMessage(wantForwarded, reply.data);
+      return decoded.ok ? decoded.value.outcome : 'failed';
+    } catch (error) {
+      if (
+        error instanceof NoRespondersError ||
+        (error instanceof RequestError && error.isNoResponders())
+      ) {
+        this.#warn(
+          'no-responders',
+          { owner },
+          'nobody listens for a tracker replica; it leaves the live set',
+        );
+        return 'no-responders';
+      }
+      this.#warn(
+        'failed',
+        { err: error, owner },
+        'forwarded want not answered in time; answered here',
+      );
+      return 'failed';
+    }
   }
 
   /**
    * Forwards a pulled want to its blob's owner and settles it by the answer. An owner nobody
    * listens for is gone: it leaves the live set and the want is routed again. An owner that
    * does not answer in time (stopped, or behind) or says it does not hold the blob: this
-   * replica answers the want itself and serves the blob until the live set next changes
-   * (unsure, it serves), so an owner that falls behind shares its blob instead of losing
-   * its askers' time.
+   * replica answers the want itself and serves the blob for a while (unsure, it serves), so
+   * an owner that falls behind shares its blob instead of losing its askers' time.
    */
   async #forward(received: ReceivedWant, shard: BlobShard): Promise<void> {
-    const { nc, metrics, logger } = this.#deps;
+    const { metrics } = this.#deps;
     const owner = shard.replicas.owner(received.want.blob);
-    const headers = natsHeaders();
-    for (const [key, values] of received.headers ?? []) {
-      for (const value of values) {
-        headers.append(key, value);
-      }
-    }
-    headers.set(PUBLISHED_HEADER, String(received.publishedAtMs));
-    let outcome: 'answered' | 'retry' | 'not-owner' | 'no-responders' | 'failed';
-    try {
-      const reply = await nc.request(forwardedWantSubject(owner), received.msg?.data, {
-        timeout: FORWARD_TIMEOUT_MS,
-        headers,
-      });
-      const decoded = decodeMessage(wantForwarded, reply.data);
-      outcome = decoded.ok ? decoded.value.outcome : 'failed';
-    } catch (error) {
-      outcome =
-        error instanceof NoRespondersError ||
-        (error instanceof RequestError && error.isNoResponders())
-          ? 'no-responders'
-          : 'failed';
-      if (outcome === 'failed') {
-        logger.debug({ err: error, owner }, 'forwarded want not answered');
-      }
-    }
+    const outcome = await this.#send(
+      owner,
+      received.want,
+      received.msg?.data,
+      received.headers,
+      received.publishedAtMs,
+    );
     metrics.wantsForwarded.inc({ outcome });
     if (outcome === 'answered') {
       received.ack();
@@ -641,11 +808,20 @@ export class WantsConsumer {
       received.nak();
       return;
     }
+    metrics.blobsBorrowed.inc();
+    this.#warn(
+      'borrowed',
+      { blob: received.want.blob, owner, outcome },
+      "answering a want for another replica's blob",
+    );
     shard.borrow(received.want.blob);
     await this.#enqueue(received);
   }
 
-  /** Queues a want; waits while the queue is full of other askers. */
+  /**
+   * Queues a want; a pulled one waits while the queue is full of other askers, a forwarded
+   * one is refused at once (its forwarder answers it rather than wait past its deadline).
+   */
   async #enqueue(received: ReceivedWant): Promise<void> {
     const want = received.want;
     const key = `${want.blob} ${want.peer.id}`;
@@ -661,9 +837,13 @@ export class WantsConsumer {
         this.#deps.metrics.wantQueue.set(this.#queue.size);
         return;
       }
+      if (received.notOwner !== undefined) {
+        received.notOwner();
+        return;
+      }
       await this.#queue.whenSpace(this.#stopping.signal);
       if (this.#stopping.signal.aborted) {
-        received.nak();
+        refuse(received);
         return;
       }
     }
@@ -683,10 +863,26 @@ export class WantsConsumer {
         await this.#queue.whenItem(signal);
         continue;
       }
+      if (forwardExpired(queued, this.#deps, 'queue')) {
+        this.#warn(
+          'expired',
+          { blob: queued.want.blob },
+          'forwarded want waited past its deadline; dropped (is this replica overloaded?)',
+        );
+        continue;
+      }
       const shard = this.#deps.shard;
       if (shard !== undefined && !shard.applies(queued.want.blob)) {
-        // Its blob moved to another replica while it waited.
-        void this.#route(queued);
+        // Its blob moved to another replica while it waited: the forward gets the whole ack
+        // wait again, not what the queue left of it.
+        const pulled = queued.msg;
+        if (pulled !== undefined) {
+          settlePulled(pulled, 'progress', () => pulled.working(), this.#deps.logger);
+        }
+        this.#route(queued).catch((error: unknown) => {
+          this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'routing a want failed');
+          queued.nak(NAK_DELAY_MS);
+        });
         continue;
       }
       try {
@@ -696,5 +892,30 @@ export class WantsConsumer {
         queued.nak(NAK_DELAY_MS);
       }
     }
+  }
+
+  /** A warning of kind `kind`, at most one per `WARN_INTERVAL_MS`, saying how many were held. */
+  #warn(kind: string, fields: Record<string, unknown>, message: string): void {
+    let gate = this.#gates.get(kind);
+    if (gate === undefined) {
+      gate = new LogGate(WARN_INTERVAL_MS);
+      this.#gates.set(kind, gate);
+    }
+    const held = gate.pass(this.#deps.now());
+    if (held !== undefined) {
+      this.#deps.logger.warn({ ...fields, ...(held > 0 ? { alikeHeld: held } : {}) }, message);
+    }
+  }
+}
+
+/** What a forwarded want's owner said, or why it said nothing. */
+type ForwardOutcome = WantForwarded['outcome'] | 'no-responders' | 'failed';
+
+/** Gives back a want this replica will not answer: `not-owner` to its forwarder, or a nak. */
+function refuse(received: ReceivedWant): void {
+  if (received.notOwner !== undefined) {
+    received.notOwner();
+  } else {
+    received.nak();
   }
 }

@@ -72,6 +72,11 @@ export class WaitingAskers<T> {
     return pruned;
   }
 
+  /** The blobs with entries (expired ones included until pruned). */
+  blobs(): string[] {
+    return [...this.#byBlob.keys()];
+  }
+
   /** Removes and returns the live entries for `blob`, oldest first. */
   take(blob: string, nowMs: number): T[] {
     const keys = this.#byBlob.get(blob);

@@ -29,6 +29,13 @@ export const shardConfig = z.object({
     (ms) => ms >= 100 && ms <= 60_000,
     'must be from 100 to 60 000',
   ),
+  /**
+   * With the split on, most (blob, peer) haves a replica keeps undecoded, to take blobs
+   * over at once when they move to it (default 1 000 000). Past it the stalest
+   * go first; a blob whose haves were dropped is taken over with fewer holders until they
+   * announce again. Sizing in the tracker's README ("Blobs split between replicas").
+   */
+  SHOAL_TRACKER_MAX_KEPT_HAVES: envInt(1_000_000).refine((n) => n > 0, 'must be positive'),
 });
 
 /** A replica id from the host name (shortened, made a subject token) and a random suffix. */

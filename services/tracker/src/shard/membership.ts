@@ -16,6 +16,7 @@ import {
 } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 
+import { LogGate } from '../log-gate.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { BlobShard } from './shard.js';
 
@@ -34,6 +35,11 @@ export interface MembershipDeps {
   readonly metrics: TrackerMetrics;
   readonly logger: Logger;
   readonly now: () => number;
+  /**
+   * Called after blobs moved away (`BlobShard.rebalance`, `releaseBorrowed`): their askers
+   * go to the new owners.
+   */
+  readonly onRebalance?: () => void;
 }
 
 export class ReplicaMembership {
@@ -41,6 +47,7 @@ export class ReplicaMembership {
   #subscription: Subscription | undefined;
   #sweep: NodeJS.Timeout | undefined;
   #beat: NodeJS.Timeout | undefined;
+  readonly #invalidLog = new LogGate(10_000);
 
   constructor(deps: MembershipDeps) {
     this.#deps = deps;
@@ -49,7 +56,7 @@ export class ReplicaMembership {
 
   /** Follows the other replicas' heartbeats (before the replay, so the split is known). */
   listen(): void {
-    const { nc, shard, heartbeatMs, logger, now } = this.#deps;
+    const { nc, shard, heartbeatMs, metrics, logger, now } = this.#deps;
     this.#subscription = nc.subscribe(TRACKER_REPLICA_SUBJECTS, {
       callback: (error, msg) => {
         if (error !== null) {
@@ -57,14 +64,30 @@ export class ReplicaMembership {
         }
         const decoded = decodeMessage(trackerReplica, msg.data);
         if (!decoded.ok || msg.subject !== trackerReplicaSubject(decoded.value.id)) {
-          logger.warn({ subject: msg.subject }, 'invalid tracker heartbeat skipped');
+          const reason = decoded.ok ? 'subject-mismatch' : 'invalid';
+          metrics.eventsRejected.inc({ type: 'tracker-replica', reason });
+          // A misconfigured sender beats every interval: one line per 10 s says it.
+          const held = this.#invalidLog.pass(now());
+          if (held !== undefined) {
+            logger.warn(
+              { subject: msg.subject, reason, ...(held > 0 ? { alikeHeld: held } : {}) },
+              'invalid tracker heartbeat skipped',
+            );
+          }
           return;
         }
         const { id, leaving } = decoded.value;
         this.#changed(leaving ? shard.replicas.drop(id) : shard.replicas.heard(id, now()));
       },
     });
-    this.#sweep = setInterval(() => this.#changed(shard.replicas.sweep(now())), heartbeatMs);
+    this.#sweep = setInterval(() => {
+      this.#changed(shard.replicas.sweep(now()));
+      // Borrowed blobs whose owner answers again (no want borrowed them for a while) go
+      // back, with their askers; checked every beat, it costs a look at a few blobs.
+      if (shard.releaseBorrowed(now()) > 0) {
+        this.#deps.onRebalance?.();
+      }
+    }, heartbeatMs);
     this.#sweep.unref();
   }
 
@@ -86,6 +109,11 @@ export class ReplicaMembership {
     clearInterval(this.#sweep);
     if (this.#beat !== undefined) {
       this.#publish(true);
+      // Its blobs go to the others now, and with them its waiting and followed askers
+      // (forwarded after the leaving heartbeat, so the new owners know they own them).
+      this.#deps.shard.replicas.leave();
+      this.#deps.shard.rebalance();
+      this.#deps.onRebalance?.();
       await this.#deps.nc.flush().catch(() => undefined);
     }
     this.#subscription?.unsubscribe();
@@ -109,6 +137,7 @@ export class ReplicaMembership {
     if (changed) {
       this.#deps.shard.rebalance();
       this.#deps.metrics.shardReplicas.set(this.#deps.shard.replicas.members.length);
+      this.#deps.onRebalance?.();
     }
   }
 }

@@ -50,6 +50,8 @@ export class ReplicaSet {
   readonly #lastHeard = new Map<string, number>();
   #members: string[];
   #epoch = 0;
+  /** Set by `leave`: this replica owns nothing while another is live. */
+  #leaving = false;
   readonly #owners = new Map<string, string>();
 
   /** `deadAfterMs`: a replica not heard for longer is no longer live. */
@@ -117,8 +119,18 @@ export class ReplicaSet {
     return this.owner(blob) === this.self;
   }
 
+  /**
+   * This replica is stopping: the blobs go to the others (if it hears any), as they will
+   * once they hear it leave, so that it can hand its askers over to the new owners.
+   */
+  leave(): void {
+    this.#leaving = true;
+    this.#changed();
+  }
+
   #changed(): true {
-    this.#members = [this.self, ...this.#lastHeard.keys()].sort();
+    const others = [...this.#lastHeard.keys()];
+    this.#members = (this.#leaving && others.length > 0 ? others : [this.self, ...others]).sort();
     this.#owners.clear();
     this.#epoch += 1;
     return true;

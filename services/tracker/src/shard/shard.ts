@@ -22,9 +22,17 @@ export interface BlobShardDeps {
   readonly now: () => number;
   /** Whether a peer may announce itself as a seed (default: any). */
   readonly maySeed?: (peer: string) => boolean;
-  /** Most (blob, peer) haves kept undecoded, as the view's `maxEntries`. */
-  readonly maxEntries: number;
+  /** Most (blob, peer) haves kept undecoded (`SHOAL_TRACKER_MAX_KEPT_HAVES`). */
+  readonly maxKeptHaves: number;
+  /** How long a borrowed blob is served after its last borrow, in ms (default 30 s). */
+  readonly borrowTtlMs?: number;
 }
+
+/**
+ * How long a blob is served after the last want its owner did not answer: the owner is
+ * asked again after that, and the blob's haves are applied once, by it.
+ */
+export const BORROW_TTL_MS = 30_000;
 
 /** The blob and peer a have's subject names (`shoal.swarm.v1.have.<alg>.<hex>.<peer>`). */
 export function haveSubjectKey(subject: string): { blob: string; peer: string } | undefined {
@@ -46,15 +54,16 @@ export class BlobShard {
   /** Blobs with haves kept undecoded that the view has not applied. */
   readonly #skipped = new Set<string>();
   /**
-   * Blobs this replica serves without owning them, because their owner could not be asked:
-   * applied until the live set next changes.
+   * Blobs this replica serves without owning them, because their owner could not be asked,
+   * and when they were last borrowed (ms since the epoch): applied until the live set next
+   * changes or `borrowTtlMs` after the last borrow.
    */
-  readonly #borrowed = new Set<string>();
+  readonly #borrowed = new Map<string, number>();
 
   constructor(deps: BlobShardDeps) {
     this.#deps = deps;
     this.replicas = deps.replicas;
-    this.#raw = new RawHaves(deps.maxEntries);
+    this.#raw = new RawHaves(deps.maxKeptHaves);
   }
 
   /** Haves kept undecoded, of every blob. */
@@ -72,7 +81,11 @@ export class BlobShard {
    * caller is to apply it (this replica's blob, loaded first if it just moved here).
    */
   admit(event: SwarmEvent, blob: string, peer: string): boolean {
-    this.#raw.keep(blob, peer, event);
+    const evicted = this.#raw.keep(blob, peer, event);
+    this.#deps.metrics.keptHaves.set(this.#raw.size);
+    if (evicted > 0) {
+      this.#deps.metrics.keptHavesEvicted.inc(evicted);
+    }
     if (!this.applies(blob)) {
       this.#skipped.add(blob);
       this.#deps.metrics.havesSkipped.inc();
@@ -106,11 +119,41 @@ export class BlobShard {
 
   /**
    * Serves `blob` although another replica owns it (its owner could not be asked): loaded
-   * now, and applied until the live set changes.
+   * now, and applied until the live set changes or `borrowTtlMs` pass without a borrow.
    */
   borrow(blob: string): void {
-    this.#borrowed.add(blob);
+    this.#borrowed.set(blob, this.#deps.now());
     this.load(blob);
+  }
+
+  /**
+   * Gives back the blobs borrowed last more than `borrowTtlMs` before `nowMs`: those this
+   * replica does not own leave the view (their haves stay kept), as in `rebalance`. Returns
+   * how many left; their askers are to be handed to the owner.
+   */
+  releaseBorrowed(nowMs: number): number {
+    const ttlMs = this.#deps.borrowTtlMs ?? BORROW_TTL_MS;
+    let released = 0;
+    for (const [blob, lastMs] of this.#borrowed) {
+      if (nowMs - lastMs <= ttlMs) {
+        continue;
+      }
+      this.#borrowed.delete(blob);
+      if (!this.replicas.owns(blob)) {
+        this.#giveAway(blob);
+        released += 1;
+      }
+    }
+    if (released > 0) {
+      this.#deps.logger.info({ blobs: released }, 'borrowed blobs given back to their owners');
+    }
+    return released;
+  }
+
+  /** `blob` is no longer applied here: it leaves the view, its haves stay kept. */
+  #giveAway(blob: string): void {
+    this.#deps.view.dropBlob(blob);
+    this.#skipped.add(blob);
   }
 
   /**
@@ -123,8 +166,7 @@ export class BlobShard {
     let moved = 0;
     for (const blob of view.blobKeys()) {
       if (!this.applies(blob)) {
-        view.dropBlob(blob);
-        this.#skipped.add(blob);
+        this.#giveAway(blob);
         moved += 1;
       }
     }
@@ -138,6 +180,7 @@ export class BlobShard {
   /** Forgets kept haves older than `maxAgeMs`, and skipped blobs with none left. */
   expire(nowMs: number, maxAgeMs: number): void {
     this.#raw.expire(nowMs, maxAgeMs);
+    this.#deps.metrics.keptHaves.set(this.#raw.size);
     for (const blob of [...this.#skipped]) {
       if (!this.#raw.has(blob)) {
         this.#skipped.delete(blob);
