@@ -444,30 +444,35 @@ describe('PiecePicker', () => {
     assert.equal(p.nextDeadline(), clock.ms + 750);
   });
 
+  /** The deferrals of `rounds` refusals by the seed of a one-piece blob's only piece, in ms. */
+  function refusedDeferrals(p: PiecePicker, clock: { ms: number }, rounds: number): number[] {
+    const waits: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'busy');
+      const deadline = p.nextDeadline();
+      assert.ok(deadline !== undefined);
+      waits.push(deadline - clock.ms);
+      clock.ms = deadline;
+    }
+    return waits;
+  }
+
   it('keeps the deferral flat while the seed is the only source', () => {
     // Every other agent evicted the blob: the seed's refusals may count copies nobody holds
     // any more, and a growing wait would outlast the stall timeout.
     const { picker: p, clock } = picker(1, { concurrency: 1, seedDeferMaxMs: 8000 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    for (let round = 0; round < 4; round++) {
-      const [request] = p.next();
-      assert.ok(request !== undefined);
-      p.settle(request, 'busy');
-      assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
-      clock.ms += SETTINGS.seedDeferMs;
-    }
+    assert.deepEqual(refusedDeferrals(p, clock, 4), Array(4).fill(SETTINGS.seedDeferMs));
   });
 
   it('keeps the deferral flat without a longest deferral', () => {
     const { picker: p, clock } = picker(1, { concurrency: 1 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    for (let round = 0; round < 3; round++) {
-      const [request] = p.next();
-      assert.ok(request !== undefined);
-      p.settle(request, 'busy');
-      assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
-      clock.ms += SETTINGS.seedDeferMs;
-    }
+    // A peer that could serve: the deferral would grow if a longest one were set.
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
+    assert.deepEqual(refusedDeferrals(p, clock, 3), Array(3).fill(SETTINGS.seedDeferMs));
   });
 
   it('counts a piece the seed did not defer, however many deferred pieces came from peers', () => {

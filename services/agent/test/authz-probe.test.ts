@@ -14,6 +14,7 @@ import { RegistryRequests } from '../src/upstream/registry-requests.js';
 
 const LAYER = digestOf(Buffer.from('probe layer'));
 const TOKEN = 'Bearer good';
+const TIMEOUTS = { connectMs: 2000, headersMs: 2000, idleMs: 2000 };
 
 /**
  * A registry front as the probe meets it: it redirects an authorized blob HEAD to storage that
@@ -41,7 +42,7 @@ describe('the registry probe', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
     registry = { host: `127.0.0.1:${port}`, url: new URL(`http://127.0.0.1:${port}`) };
-    client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    client = new UpstreamClient(TIMEOUTS);
   });
 
   after(async () => {
@@ -52,7 +53,7 @@ describe('the registry probe', () => {
   it('takes a redirect to storage as a yes without following it, and passes a challenge back', async () => {
     const metrics = createAgentMetrics(createMetrics('agent'));
     const authz = new Authorizer({
-      probe: registryProbe(new RegistryRequests(client, metrics)),
+      probe: registryProbe(new RegistryRequests(client, metrics, TIMEOUTS)),
       ttlMs: 60_000,
       denyTtlMs: 5_000,
       staleMs: 0,
@@ -92,7 +93,7 @@ describe('the registry probe', () => {
     const { port } = closed.address() as AddressInfo;
     await new Promise((resolve) => closed.close(resolve));
     const authz = new Authorizer({
-      probe: registryProbe(new RegistryRequests(client, metrics)),
+      probe: registryProbe(new RegistryRequests(client, metrics, TIMEOUTS)),
       ttlMs: 60_000,
       denyTtlMs: 5_000,
       staleMs: 0,

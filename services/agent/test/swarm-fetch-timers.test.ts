@@ -29,6 +29,8 @@ const STALL_TIMEOUT_MS = 2_000;
 /** Longer than the test: one want goes out, at the start. */
 const WANT_INTERVAL_MS = 60_000;
 const SELF = { id: 'agent-timers', url: 'http://127.0.0.1:65002' };
+/** The upstream client's timeouts, the whole-blob reader's too. */
+const TIMEOUTS = { connectMs: 1_000, headersMs: 1_000, idleMs: 1_000 };
 
 describe('SwarmFetch timers', () => {
   let fixture: JetStreamFixture;
@@ -78,10 +80,7 @@ describe('SwarmFetch timers', () => {
         pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
         store,
         pool,
-        requests: new RegistryRequests(
-          new UpstreamClient({ connectMs: 1_000, headersMs: 1_000, idleMs: 1_000 }),
-          metrics,
-        ),
+        requests: new RegistryRequests(new UpstreamClient(TIMEOUTS), metrics, TIMEOUTS),
         downloadLimit: new RateLimiter(0),
         metrics,
         logger,

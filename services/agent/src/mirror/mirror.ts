@@ -313,55 +313,36 @@ export class Mirror {
   }
 
   /**
-   * Sends a blob from the origin straight to the client, verified on the way but not cached:
-   * the disk has no room for it.
-   */
-  /**
-   * The origin's answer for a blob passed through: its body (lent blocks from the block reader
-   * where the agent has one, else a stream) and Content-Length, or the answer to hand back.
+   * The origin's answer for a blob passed through: its body, lent blocks from the block
+   * reader, and Content-Length; or the answer to hand back.
    */
   async #passThroughBody(
     target: BlobTarget,
     req: PullRequest,
   ): Promise<
-    | { kind: 'body'; body: Readable | LentBody; length: string | undefined }
+    | { kind: 'body'; body: LentBody; length: string | undefined }
     | { kind: 'answer'; answer: UpstreamAnswer }
   > {
-    const { requests } = this.#deps;
-    if (requests.readsBlobs) {
-      const opened = await requests.openBlob({
-        registry: req.registry,
-        name: target.name,
-        digest: target.digest,
-        authorization: req.authorization,
-        signal: req.signal,
-      });
-      if (opened.status !== 200) {
-        return {
-          kind: 'answer',
-          answer: { status: opened.status, headers: opened.headers, body: opened.answer },
-        };
-      }
-      return { kind: 'body', body: opened, length: opened.headers['content-length'] };
-    }
-    const response = await requests.send({
+    const opened = await this.#deps.requests.openBlob({
       registry: req.registry,
-      method: 'GET',
-      kind: 'blob',
-      path: `/v2/${target.name}/blobs/${target.digest.toString()}`,
-      headers: { authorization: req.authorization },
+      name: target.name,
+      digest: target.digest,
+      authorization: req.authorization,
       signal: req.signal,
     });
-    if (response.status !== 200) {
-      return { kind: 'answer', answer: await readAnswer(response) };
+    if (opened.status !== 200) {
+      return {
+        kind: 'answer',
+        answer: { status: opened.status, headers: opened.headers, body: opened.answer },
+      };
     }
-    return {
-      kind: 'body',
-      body: response.body,
-      length: headerValue(response.headers, 'content-length'),
-    };
+    return { kind: 'body', body: opened, length: opened.headers['content-length'] };
   }
 
+  /**
+   * Sends a blob from the origin straight to the client, verified on the way but not cached:
+   * the disk has no room for it.
+   */
   async #passThrough(
     target: BlobTarget,
     req: PullRequest,

@@ -11,7 +11,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
 import { ByteTally } from '../provenance/ledger.js';
-import { headerValue, readAnswer, type UpstreamRegistry } from '@shoal/registry';
+import type { UpstreamRegistry } from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
 /** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */
@@ -55,42 +55,11 @@ export class OriginFetcher implements BlobFetcher {
     this.#deps = deps;
   }
 
-  async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
-    if (this.#deps.requests.readsBlobs) {
-      return this.#startBlocks(target, signal);
-    }
-    const { store, downloads } = this.#deps;
-    const response = await this.#deps.requests.send({
-      registry: target.registry,
-      method: 'GET',
-      kind: 'blob',
-      path: blobPath(target),
-      headers: { authorization: target.authorization },
-      signal,
-    });
-    if (response.status !== 200) {
-      return { kind: 'answer', answer: await readAnswer(response) };
-    }
-    const running = downloads.running(target.digest);
-    if (running !== undefined) {
-      // Another client's fetch got there first (after an answer that was not ours).
-      response.body.destroy();
-      return { kind: 'download', download: running };
-    }
-    const download = new BlobDownload(target.digest, await store.createTemp(), this.#pool);
-    const length = headerValue(response.headers, 'content-length');
-    if (length !== undefined) {
-      download.setSize(Number(length));
-    }
-    this.#fill(target, download, response.body);
-    return { kind: 'download', download };
-  }
-
   /**
-   * The same with the block reader: the body arrives in reused blocks, each copied into a
-   * buffer of the pool that the download owns, so the bytes received allocate nothing.
+   * Starts the blob's GET with the block reader: the body arrives in reused blocks, each copied
+   * into a buffer of the pool that the download owns, so the bytes received allocate nothing.
    */
-  async #startBlocks(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
+  async start(target: BlobTarget, signal: AbortSignal): Promise<Flight> {
     const { store, downloads } = this.#deps;
     const opened = await this.#deps.requests.openBlob({
       registry: target.registry,
@@ -115,17 +84,12 @@ export class OriginFetcher implements BlobFetcher {
     if (opened.size !== undefined) {
       download.setSize(opened.size);
     }
-    this.#fill(target, download, opened.blocks, this.#pool);
+    this.#fill(target, download, opened.blocks);
     return { kind: 'download', download };
   }
 
   /** Fills `download` from `body` in the background, counting the bytes as the origin's. */
-  #fill(
-    target: BlobTarget,
-    download: BlobDownload,
-    body: AsyncIterable<Uint8Array>,
-    copyInto?: PieceBuffers,
-  ): void {
+  #fill(target: BlobTarget, download: BlobDownload, body: AsyncIterable<Uint8Array>): void {
     const tally = new ByteTally();
     void fillInOrder(
       download,
@@ -135,7 +99,7 @@ export class OriginFetcher implements BlobFetcher {
         tally.add('origin', bytes);
         this.#deps.onBytes(bytes);
       },
-      copyInto,
+      this.#pool,
     ).then((state) => this.#deps.onSettled?.(target, tally, state));
   }
 }

@@ -57,23 +57,18 @@ export class RegistryRequests {
    * Whole blobs from the origin: read into a few reused blocks on the raw HTTP client, not
    * through node:http (a fresh 64 KiB buffer per socket read and another per parsed chunk,
    * which made V8 collect the whole heap every few tens of MiB; the seed server's origin
-   * reader, see `BlobReader`). Undefined: whole blobs go through `send` as well.
+   * reader, see `BlobReader`).
    */
-  readonly #blobs: BlobReader | undefined;
+  readonly #blobs: BlobReader;
 
-  /** `timeouts`: those of the upstream client, for the whole-blob reader (none: no reader). */
-  constructor(upstream: UpstreamClient, metrics: AgentMetrics, timeouts?: UpstreamTimeouts) {
+  /** `timeouts`: those of the upstream client, for the whole-blob reader too. */
+  constructor(upstream: UpstreamClient, metrics: AgentMetrics, timeouts: UpstreamTimeouts) {
     this.#upstream = upstream;
     this.#metrics = metrics;
-    this.#blobs =
-      timeouts === undefined
-        ? undefined
-        : new BlobReader(CLIENT_CREDENTIALS_ONLY, { timeouts, userAgent: DEFAULT_USER_AGENT });
-  }
-
-  /** Whether whole blobs are read with the block reader (`openBlob`). */
-  get readsBlobs(): boolean {
-    return this.#blobs !== undefined;
+    this.#blobs = new BlobReader(CLIENT_CREDENTIALS_ONLY, {
+      timeouts,
+      userAgent: DEFAULT_USER_AGENT,
+    });
   }
 
   /**
@@ -83,10 +78,6 @@ export class RegistryRequests {
    * comes with its body (`answer`), for the client.
    */
   openBlob(req: BlobRequest): Promise<OpenedBlob> {
-    const blobs = this.#blobs;
-    if (blobs === undefined) {
-      return Promise.reject(new Error('this agent reads whole blobs through send()'));
-    }
     return withSpan(
       'origin GET blob',
       {
@@ -95,7 +86,7 @@ export class RegistryRequests {
       },
       async (span) => {
         const opened = await this.#counted(req.registry, 'blob', () =>
-          blobs.open(req.registry, req.name, req.digest, req.signal, {
+          this.#blobs.open(req.registry, req.name, req.digest, req.signal, {
             authorization: req.authorization,
           }),
         );
@@ -107,7 +98,7 @@ export class RegistryRequests {
 
   /** Closes the whole-blob reader's idle connections. */
   close(): void {
-    this.#blobs?.close();
+    this.#blobs.close();
   }
 
   /** Sends one request in a CLIENT span (ended at the response headers; no header values). */
