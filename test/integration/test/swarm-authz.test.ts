@@ -42,7 +42,8 @@ function mirrorUrl(agent: AgentProcess, registry: Registry, path: string): strin
 
 /**
  * Asserts that `agent` refuses the content at `path` to a client sending `authorization`
- * (none when undefined): the registry's own Basic challenge, an OCI error body, no content.
+ * (none when undefined), asked with GET, HEAD and a ranged GET: the registry's own Basic
+ * challenge, an OCI error body, no content.
  */
 async function assertRefused(
   agent: AgentProcess,
@@ -51,8 +52,16 @@ async function assertRefused(
   authorization: string | undefined,
   what: string,
 ): Promise<void> {
-  const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
-  for (const method of ['GET', 'HEAD'] as const) {
+  const asks: ['GET' | 'HEAD', Record<string, string>][] = [
+    ['GET', {}],
+    ['HEAD', {}],
+    ['GET', { range: 'bytes=0-1023' }],
+  ];
+  for (const [method, extra] of asks) {
+    const headers: Record<string, string> = {
+      ...extra,
+      ...(authorization === undefined ? {} : { authorization }),
+    };
     const response = await fetch(mirrorUrl(agent, registry, path), {
       method,
       headers,
@@ -60,6 +69,7 @@ async function assertRefused(
     });
     const body = Buffer.from(await response.arrayBuffer());
     assert.equal(response.status, 401, `${method} ${what}: 401`);
+    assert.equal(response.headers.get('content-range'), null, `${what}: no range of content`);
     assert.match(
       response.headers.get('www-authenticate') ?? '',
       /^Basic realm="shoal-test"/,
@@ -80,12 +90,14 @@ describe('authorization before bytes, with a private registry and a swarm', () =
   let cluster: Cluster;
   let slow: AgentProcess;
   let other: AgentProcess;
+  let layouts: string;
 
   before(async () => {
     registry = await startRegistry({ auth });
     teardown.add('registry', () => registry.stop());
     const dir = await makeTempDir('authz');
     teardown.add('dir', () => dir.remove());
+    layouts = dir.path;
     image = await generateImage(join(dir.path, 'image'), {
       layerSizes: [24 * MiB, 2 * MiB],
       seed: 'swarm-authz',
@@ -241,6 +253,8 @@ describe('authorization before bytes, with a private registry and a swarm', () =
   });
 
   it('refuses content cached on a peer', async () => {
+    await assertRefused(other, registry, `manifests/${image.tag}`, undefined, 'tag');
+    await assertRefused(other, registry, `manifests/${image.tag}`, wrongBasic, 'tag, wrong');
     for (const blob of image.blobs) {
       await assertRefused(
         other,
@@ -292,5 +306,58 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     for (const blob of image.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, 'the origin served it once');
     }
+  });
+
+  it("falls back to the origin with the client's credentials, and passes its 401 back", async () => {
+    // An image the swarm has never seen, and no seed server: every blob must come from the
+    // origin, with the credentials of the client that asked.
+    const late = await generateImage(join(layouts, 'late'), {
+      layerSizes: [2 * MiB],
+      seed: 'swarm-authz-late',
+      tag: 'late',
+    });
+    await pushImage(late, registry.host, repository, {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
+    await cluster.seed.stop();
+    const tag = await fetch(mirrorUrl(other, registry, `manifests/${late.tag}`), {
+      headers: { authorization: basic, accept: late.manifest.mediaType },
+    });
+    assert.equal(tag.status, 200, 'the manifest vouches for its blobs in the repository');
+    await tag.arrayBuffer();
+    const layer = late.layers[0];
+    assert.ok(layer !== undefined);
+    const before = await bytesBySource(other);
+    const fallbacks = await other.metric('shoal_agent_swarm_fallbacks_total');
+    const pulled = await streamDigest(mirrorUrl(other, registry, `blobs/${layer.digest}`), {
+      headers: { authorization: basic },
+    });
+    assert.equal(pulled.status, 200);
+    assert.equal(pulled.digest, layer.digest);
+    assert.ok((await other.metric('shoal_agent_swarm_fallbacks_total')) > fallbacks);
+    assert.equal((await bytesBySource(other)).origin - before.origin, layer.size);
+    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'the registry served it');
+
+    // The password changes while the agent still holds the registry's yes for the old one:
+    // the check passes from the cache, the origin refuses the fallback, and the client gets
+    // the registry's 401 with its challenge, as it would from the registry.
+    await registry.changePassword('rotated-password');
+    const hits = await other.metric('shoal_agent_authz_decisions_total', {
+      result: 'allow',
+      cache: 'hit',
+    });
+    const refused = await fetch(mirrorUrl(other, registry, `blobs/${late.config.digest}`), {
+      headers: { authorization: basic },
+      signal: AbortSignal.timeout(60_000),
+    });
+    const body = Buffer.from(await refused.arrayBuffer());
+    assert.equal(
+      await other.metric('shoal_agent_authz_decisions_total', { result: 'allow', cache: 'hit' }),
+      hits + 1,
+      'allowed from the cache',
+    );
+    assert.equal(refused.status, 401);
+    assert.match(refused.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
+    assert.equal(ociCode(body), 'UNAUTHORIZED');
   });
 });
