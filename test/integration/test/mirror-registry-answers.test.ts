@@ -264,6 +264,28 @@ describe('registry answers through the agent, for a private registry', () => {
     });
     assert.equal(renewed.status, 200);
     assert.equal(renewed.digest, cached.digest, 'the new password is served from the cache');
+
+    // A registry that answers 403 (as Harbor does for a user without access to the project)
+    // refuses the cached layer just as well.
+    proxy.set({ kind: 'status', statuses: [403] });
+    try {
+      const before = await agent.metric('shoal_agent_served_bytes_total');
+      for (const range of [undefined, 'bytes=0-9']) {
+        for (const method of ['GET', 'HEAD'] as const) {
+          const answer = await ask(`blobs/${cached.digest}`, method, {
+            authorization: basic('another-user-password'),
+            ...(range === undefined ? {} : { range }),
+          });
+          assert.equal(answer.status, 403, `${method} ${range ?? ''}`);
+          if (method === 'GET') {
+            assert.equal(ociCode(answer.body), 'DENIED');
+          }
+        }
+      }
+      assert.equal(await agent.metric('shoal_agent_served_bytes_total'), before, 'no bytes');
+    } finally {
+      proxy.set(undefined);
+    }
   });
 
   it('lets containerd pull with a node-wide Authorization header in hosts.toml', async () => {
