@@ -75,11 +75,34 @@ describe('registry answers through the agent, for a private registry', () => {
     };
   };
   /** The image's paths: a tag, its manifest by digest, a layer. */
-  const paths = (): [string, 'manifest' | 'blob'][] => [
-    [`manifests/${image.tag}`, 'manifest'],
-    [`manifests/${image.manifest.digest}`, 'manifest'],
-    [`blobs/${image.layers[0]?.digest ?? ''}`, 'blob'],
+  const paths = (): string[] => [
+    `manifests/${image.tag}`,
+    `manifests/${image.manifest.digest}`,
+    `blobs/${image.layers[0]?.digest ?? ''}`,
   ];
+  /**
+   * Asks each of `asked` with GET and HEAD, sending `headers`: every answer is `status`, a GET's
+   * with `code` in its OCI error body, and passes `check`.
+   */
+  const expectAnswers = async (
+    asked: readonly string[],
+    headers: Record<string, string>,
+    status: number,
+    code: string,
+    check: (answer: Answer, what: string) => void = () => undefined,
+  ): Promise<void> => {
+    for (const path of asked) {
+      for (const method of ['GET', 'HEAD'] as const) {
+        const answer = await ask(path, method, headers);
+        const what = `${method} ${path} ${headers.range ?? ''}`;
+        assert.equal(answer.status, status, what);
+        check(answer, what);
+        if (method === 'GET') {
+          assert.equal(ociCode(answer.body), code, what);
+        }
+      }
+    }
+  };
 
   before(async () => {
     registry = await startRegistry({ auth: { username, password: oldPassword } });
@@ -110,17 +133,11 @@ describe('registry answers through the agent, for a private registry', () => {
   it('passes a 429 with its Retry-After through, for tags, manifests and blobs', async () => {
     proxy.set({ kind: 'status', statuses: [429], retryAfterS: 7 });
     try {
-      for (const [path] of paths()) {
-        for (const method of ['GET', 'HEAD'] as const) {
-          const answer = await ask(path, method, { authorization: basic(oldPassword) });
-          assert.equal(answer.status, 429, `${method} ${path}`);
-          assert.equal(answer.headers.get('retry-after'), '7', `${method} ${path}`);
-          assert.equal(answer.headers.get('docker-content-digest'), null);
-          if (method === 'GET') {
-            assert.equal(ociCode(answer.body), 'TOOMANYREQUESTS', `${method} ${path}`);
-          }
-        }
-      }
+      const headers = { authorization: basic(oldPassword) };
+      await expectAnswers(paths(), headers, 429, 'TOOMANYREQUESTS', (answer, what) => {
+        assert.equal(answer.headers.get('retry-after'), '7', what);
+        assert.equal(answer.headers.get('docker-content-digest'), null, what);
+      });
     } finally {
       proxy.set(undefined);
     }
@@ -130,7 +147,7 @@ describe('registry answers through the agent, for a private registry', () => {
     // As Docker Hub counts pulls: HEADs (the check) pass, GETs are limited.
     proxy.set({ kind: 'status', statuses: [429], retryAfterS: 3, methods: ['GET'] });
     try {
-      for (const [path] of paths()) {
+      for (const path of paths()) {
         const answer = await ask(path, 'GET', { authorization: basic(oldPassword) });
         assert.equal(answer.status, 429, path);
         assert.equal(answer.headers.get('retry-after'), '3', path);
@@ -147,16 +164,10 @@ describe('registry answers through the agent, for a private registry', () => {
   it('passes a 403 through with the OCI error body', async () => {
     proxy.set({ kind: 'status', statuses: [403] });
     try {
-      for (const [path] of paths()) {
-        for (const method of ['GET', 'HEAD'] as const) {
-          const answer = await ask(path, method, { authorization: basic(oldPassword) });
-          assert.equal(answer.status, 403, `${method} ${path}`);
-          assert.equal(answer.headers.get('www-authenticate'), null);
-          if (method === 'GET') {
-            assert.equal(ociCode(answer.body), 'DENIED', `${method} ${path}`);
-          }
-        }
-      }
+      const headers = { authorization: basic(oldPassword) };
+      await expectAnswers(paths(), headers, 403, 'DENIED', (answer, what) => {
+        assert.equal(answer.headers.get('www-authenticate'), null, what);
+      });
     } finally {
       proxy.set(undefined);
     }
@@ -183,22 +194,14 @@ describe('registry answers through the agent, for a private registry', () => {
   });
 
   it('passes the 401 challenge through to clients without or with wrong credentials', async () => {
-    for (const authorization of [undefined, basic('not-the-password')]) {
-      for (const [path] of paths()) {
-        for (const method of ['GET', 'HEAD'] as const) {
-          const answer = await ask(
-            path,
-            method,
-            authorization === undefined ? {} : { authorization },
-          );
-          const what = `${method} ${path} ${authorization === undefined ? 'anonymous' : 'wrong'}`;
-          assert.equal(answer.status, 401, what);
-          assert.match(answer.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
-          if (method === 'GET') {
-            assert.equal(ociCode(answer.body), 'UNAUTHORIZED', what);
-          }
-        }
-      }
+    for (const headers of [{}, { authorization: basic('not-the-password') }]) {
+      await expectAnswers(paths(), headers, 401, 'UNAUTHORIZED', (answer, what) => {
+        assert.match(
+          answer.headers.get('www-authenticate') ?? '',
+          /^Basic realm="shoal-test"/,
+          what,
+        );
+      });
     }
     assert.equal(await agent.metric('shoal_agent_served_bytes_total'), 0);
   });
@@ -270,17 +273,9 @@ describe('registry answers through the agent, for a private registry', () => {
     proxy.set({ kind: 'status', statuses: [403] });
     try {
       const before = await agent.metric('shoal_agent_served_bytes_total');
-      for (const range of [undefined, 'bytes=0-9']) {
-        for (const method of ['GET', 'HEAD'] as const) {
-          const answer = await ask(`blobs/${cached.digest}`, method, {
-            authorization: basic('another-user-password'),
-            ...(range === undefined ? {} : { range }),
-          });
-          assert.equal(answer.status, 403, `${method} ${range ?? ''}`);
-          if (method === 'GET') {
-            assert.equal(ociCode(answer.body), 'DENIED');
-          }
-        }
+      const authorization = basic('another-user-password');
+      for (const headers of [{ authorization }, { authorization, range: 'bytes=0-9' }]) {
+        await expectAnswers([`blobs/${cached.digest}`], headers, 403, 'DENIED');
       }
       assert.equal(await agent.metric('shoal_agent_served_bytes_total'), before, 'no bytes');
     } finally {
