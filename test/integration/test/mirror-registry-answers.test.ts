@@ -206,6 +206,37 @@ describe('registry answers through the agent, for a private registry', () => {
     assert.equal(await agent.metric('shoal_agent_served_bytes_total'), 0);
   });
 
+  it("answers /v2/ with the registry's challenge, and for itself when there is none", async () => {
+    const ping = async (authorization?: string): Promise<Answer> => {
+      const response = await fetch(`${agent.url}/v2/?ns=${registry.host}`, {
+        headers: authorization === undefined ? {} : { authorization },
+        signal: AbortSignal.timeout(30_000),
+      });
+      return {
+        status: response.status,
+        headers: response.headers,
+        body: Buffer.from(await response.arrayBuffer()),
+      };
+    };
+    const challenged = await ping();
+    assert.equal(challenged.status, 401);
+    assert.match(challenged.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
+    assert.equal(ociCode(challenged.body), 'UNAUTHORIZED');
+    assert.equal((await ping(basic('not-the-password'))).status, 401);
+    assert.equal((await ping(basic(oldPassword))).status, 200);
+    // A registry that is down or failing does not take the mirror's check down with it.
+    for (const fault of [{ kind: 'down' } as const, { kind: 'status', statuses: [503] } as const]) {
+      proxy.set(fault);
+      try {
+        const answer = await ping();
+        assert.equal(answer.status, 200, fault.kind);
+        assert.deepEqual(JSON.parse(answer.body.toString()), {});
+      } finally {
+        proxy.set(undefined);
+      }
+    }
+  });
+
   it('stops serving a revoked credential once the TTL has passed', async () => {
     const [fresh, cached] = image.layers;
     assert.ok(fresh !== undefined && cached !== undefined);
