@@ -16,6 +16,7 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
+  startAgent,
   startContainerd,
   startRegistry,
   Teardown,
@@ -359,5 +360,54 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     assert.equal(refused.status, 401);
     assert.match(refused.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
     assert.equal(ociCode(body), 'UNAUTHORIZED');
+  });
+
+  it("finishes a late origin read with a newer client's credentials when the first one's were revoked", async () => {
+    // Without a seed server the swarm stalls; this agent waits long enough for a second
+    // client to join before it reads the blob from the origin.
+    const patient = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      defaultRegistry: registry.host,
+      natsUrl: cluster.nats.url,
+      peerId: 'authz-patient',
+      env: {
+        ...cluster.agentEnv,
+        ...(await cluster.nats.clientEnv('authz-patient')),
+        SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '10000',
+      },
+    });
+    teardown.add('patient agent', () => patient.stop());
+    const credential = (password: string): string =>
+      `Basic ${Buffer.from(`${auth.username}:${password}`).toString('base64')}`;
+    const later = await generateImage(join(layouts, 'later'), {
+      layerSizes: [2 * MiB],
+      seed: 'swarm-authz-later',
+      tag: 'later',
+    });
+    await pushImage(later, registry.host, repository, {
+      destCreds: `${auth.username}:rotated-password`,
+    });
+    const layer = later.layers[0];
+    assert.ok(layer !== undefined);
+    const url = mirrorUrl(patient, registry, `blobs/${layer.digest}`);
+    const first = streamDigest(url, { headers: { authorization: credential('rotated-password') } });
+    await waitFor(
+      'the download to wait on the swarm',
+      async () => (await patient.metric('shoal_agent_downloads_in_flight')) === 1,
+      { timeoutMs: 5_000, intervalMs: 50 },
+    );
+    // The first client's password is changed; a second client, with the new one, joins.
+    await registry.changePassword('third-password');
+    const second = streamDigest(url, { headers: { authorization: credential('third-password') } });
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(a.status, 200);
+    assert.equal(a.digest, layer.digest, 'the first client got the layer');
+    assert.equal(b.digest, layer.digest, 'the second client got the layer');
+    assert.equal(
+      await patient.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
+      1,
+      "the first client's password was refused at the origin",
+    );
+    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'then the second one served');
   });
 });

@@ -318,6 +318,9 @@ export class Mirror {
       return;
     }
     const { download } = flight;
+    // This client was just authorized for the blob: should the download have to go to the
+    // origin late, its credentials may serve where the first client's no longer do.
+    download.offerSource({ name, authorization: req.authorization });
     let size: number;
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
