@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { access, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -16,6 +16,7 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
+  skopeoCopy,
   startAgent,
   startContainerd,
   startRegistry,
@@ -92,6 +93,8 @@ describe('authorization before bytes, with a private registry and a swarm', () =
   let slow: AgentProcess;
   let other: AgentProcess;
   let layouts: string;
+  /** A node started late, with a long stall timeout. */
+  let patient: AgentProcess;
 
   before(async () => {
     registry = await startRegistry({ auth });
@@ -362,10 +365,10 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     assert.equal(ociCode(body), 'UNAUTHORIZED');
   });
 
-  it("finishes a late origin read with a newer client's credentials when the first one's were revoked", async () => {
-    // Without a seed server the swarm stalls; this agent waits long enough for a second
-    // client to join before it reads the blob from the origin.
-    const patient = await startAgent({
+  it('lets skopeo with credentials copy the image through a fresh node, from its peers', async () => {
+    // Without a seed server (stopped above) a stalled swarm waits 10 s before the origin,
+    // which the next test needs; here the peers hold everything.
+    patient = await startAgent({
       registries: `${registry.host}=${registry.url}`,
       defaultRegistry: registry.host,
       natsUrl: cluster.nats.url,
@@ -377,6 +380,30 @@ describe('authorization before bytes, with a private registry and a swarm', () =
       },
     });
     teardown.add('patient agent', () => patient.stop());
+    const ref = `docker://${new URL(patient.url).host}/${repository}:${image.tag}`;
+    await assert.rejects(
+      skopeoCopy(ref, `oci:${join(layouts, 'skopeo-anonymous')}:x`, { timeoutMs: 60_000 }),
+      /unauthorized|authentication required/i,
+    );
+    const out = join(layouts, 'skopeo');
+    await skopeoCopy(ref, `oci:${out}:x`, {
+      srcCreds: `${auth.username}:rotated-password`,
+      timeoutMs: 120_000,
+    });
+    for (const blob of image.blobs) {
+      const [algorithm = '', hex = ''] = blob.digest.split(':');
+      await access(join(out, 'blobs', algorithm, hex));
+    }
+    const sources = await bytesBySource(patient);
+    assert.equal(sources.origin, 0, 'nothing from the origin');
+    assert.equal(
+      sources.peer,
+      image.blobs.reduce((sum, b) => sum + b.size, 0),
+      'every blob byte from the peers',
+    );
+  });
+
+  it("finishes a late origin read with a newer client's credentials when the first one's were revoked", async () => {
     const credential = (password: string): string =>
       `Basic ${Buffer.from(`${auth.username}:${password}`).toString('base64')}`;
     const later = await generateImage(join(layouts, 'later'), {
