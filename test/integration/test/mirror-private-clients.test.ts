@@ -19,6 +19,7 @@ import {
   startAgent,
   startRegistry,
   startTokenServer,
+  serviceMain,
   Teardown,
   type AgentProcess,
   type GeneratedImage,
@@ -26,8 +27,11 @@ import {
   type TokenServer,
 } from '@shoal/testkit';
 
+import { runTool } from '../src/cli.js';
 import { MiB } from '../src/files.js';
 import { ociCode, streamDigest } from '../src/http.js';
+
+const WHY = serviceMain('agent').replace(/main\.js$/, 'why.js');
 
 const users = {
   admin: { password: 'admin-pw', pull: ['*'], push: ['*'] },
@@ -152,6 +156,40 @@ describe('private images through the agent with clients that log in at /v2/', ()
     );
     for (const blob of image.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, 'each blob fetched once');
+    }
+  });
+
+  it('lets shoal-why resolve the private image through the token realm', async () => {
+    const ref = `${registry.host}/team/a:${image.tag}`;
+    const realm = new URL(tokens.realm).origin;
+    const user = `alice:${users.alice.password}`;
+    const answered = await runTool(WHY, [
+      '--mirror',
+      agent.url,
+      '--user',
+      user,
+      '--trust-realm',
+      realm,
+      '--json',
+      ref,
+    ]);
+    assert.equal(answered.code, 0, answered.stderr);
+    const rows = JSON.parse(answered.stdout) as { digest: string; record?: { image: string } }[];
+    assert.deepEqual(rows.map((r) => r.digest).sort(), image.blobs.map((b) => b.digest).sort());
+    for (const row of rows) {
+      assert.ok(row.record !== undefined, `${row.digest} was pulled through this agent`);
+    }
+    const refusals: [args: string[], message: RegExp][] = [
+      [[ref], /wants credentials for team\/a: use --user$/],
+      [['--user', user, ref], /--trust-realm/],
+      [['--user', 'alice:wrong', '--trust-realm', realm, ref], /refused the credentials/],
+      [['--trust-realm', realm, ref], /--trust-realm needs --user/],
+    ];
+    for (const [args, message] of refusals) {
+      const refused = await runTool(WHY, ['--mirror', agent.url, ...args]);
+      assert.notEqual(refused.code, 0, args.join(' '));
+      assert.match(refused.stderr.trim(), message, args.join(' '));
+      assert.equal(refused.stderr.trim().split('\n').length, 1, 'one line');
     }
   });
 
