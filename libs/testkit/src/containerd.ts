@@ -32,16 +32,23 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
-/** Writes `<hostsDir>/<registry>/hosts.toml` sending pulls of `registry` to `mirrorUrl` first. */
+/**
+ * Writes `<hostsDir>/<registry>/hosts.toml` sending pulls of `registry` to `mirrorUrl` first;
+ * `headers` are sent with every request to the mirror (a node-wide `Authorization`, say).
+ */
 export async function writeMirrorHosts(
   hostsDir: string,
   registry: string,
   registryUrl: string,
   mirrorUrl: string,
+  headers: Readonly<Record<string, string>> = {},
 ): Promise<string> {
   const dir = join(hostsDir, registry);
   await mkdir(dir, { recursive: true });
   const path = join(dir, 'hosts.toml');
+  const headerLines = Object.entries(headers).map(
+    ([name, value]) => `    ${name} = ${JSON.stringify(value)}`,
+  );
   await writeFile(
     path,
     [
@@ -49,6 +56,7 @@ export async function writeMirrorHosts(
       '',
       `[host."${mirrorUrl}"]`,
       '  capabilities = ["pull", "resolve"]',
+      ...(headerLines.length === 0 ? [] : [`  [host."${mirrorUrl}".header]`, ...headerLines]),
       '',
     ].join('\n'),
   );

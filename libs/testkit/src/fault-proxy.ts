@@ -31,6 +31,11 @@ export type RegistryFault =
       readonly statuses: readonly number[];
       /** Seconds in the 429's `Retry-After` header (default 1). */
       readonly retryAfterS?: number;
+      /**
+       * Only requests with these methods meet the fault (a registry that rate-limits GETs but
+       * not HEADs, as Docker Hub counts pulls); others pass. Default: every method.
+       */
+      readonly methods?: readonly string[];
     }
   /**
    * Every new request waits `delayMs` before it is forwarded, and every response body (those
@@ -79,7 +84,13 @@ const SLICE_BYTES = 16 * 1024;
 
 /** The OCI error code a registry sends with `status`. */
 function errorCode(status: number): string {
-  return status === 429 ? 'TOOMANYREQUESTS' : status === 503 ? 'UNAVAILABLE' : 'UNKNOWN';
+  return status === 429
+    ? 'TOOMANYREQUESTS'
+    : status === 503
+      ? 'UNAVAILABLE'
+      : status === 403
+        ? 'DENIED'
+        : 'UNKNOWN';
 }
 
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
@@ -168,7 +179,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
 
   const server = createServer((req, res) => {
     const current = fault;
-    if (current?.kind === 'status') {
+    if (
+      current?.kind === 'status' &&
+      (current.methods === undefined || current.methods.includes(req.method ?? ''))
+    ) {
       // The request body is not wanted; drain it so the connection stays usable.
       req.resume();
       refuse(res, current.statuses, current.retryAfterS ?? 1);

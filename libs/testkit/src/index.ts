@@ -86,7 +86,12 @@ export { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 export { getText, type GetTextOptions } from './http-get.js';
 export { mib, percent, ratio, seconds, table } from './report.js';
 export { Teardown } from './teardown.js';
-export { startTokenServer, type TokenServer, type TokenUser } from './token-server.js';
+export {
+  startTokenServer,
+  type TokenServer,
+  type TokenServerOptions,
+  type TokenUser,
+} from './token-server.js';
 export {
   startFaultProxy,
   type FaultProxy,

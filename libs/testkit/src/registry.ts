@@ -67,6 +67,11 @@ export interface Registry {
   blobGets(digest?: string): Promise<RegistryRequest[]>;
   /** Overwrites a stored blob's bytes so the registry serves content that fails its digest. */
   corruptBlob(digest: string): Promise<void>;
+  /**
+   * Gives the htpasswd user a new password (the old one stops working, as an operator revoking
+   * a credential): the registry restarts on the same address and storage to read it.
+   */
+  changePassword(password: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -97,15 +102,14 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   if (options.proxyRemoteUrl !== undefined) {
     lines.push('proxy:', `  remoteurl: ${options.proxyRemoteUrl}`);
   }
+  const htpasswd = join(dir.path, 'htpasswd');
+  const writeHtpasswd = async (username: string, password: string): Promise<void> => {
+    const hash = bcrypt.hashSync(password, bcrypt.genSaltSync(4));
+    await writeFile(htpasswd, `${username}:${hash}\n`);
+  };
   if (options.auth !== undefined) {
-    const hash = bcrypt.hashSync(options.auth.password, bcrypt.genSaltSync(4));
-    await writeFile(join(dir.path, 'htpasswd'), `${options.auth.username}:${hash}\n`);
-    lines.push(
-      'auth:',
-      '  htpasswd:',
-      '    realm: shoal-test',
-      `    path: ${join(dir.path, 'htpasswd')}`,
-    );
+    await writeHtpasswd(options.auth.username, options.auth.password);
+    lines.push('auth:', '  htpasswd:', '    realm: shoal-test', `    path: ${htpasswd}`);
   }
   if (options.tokenAuth !== undefined) {
     const token = options.tokenAuth;
@@ -139,24 +143,28 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   const configPath = join(dir.path, 'config.yml');
   await writeFile(configPath, `${lines.join('\n')}\n`);
   const logPath = join(dir.path, 'registry.log');
-  const proc = startProcess(binary, ['serve', configPath], {
-    logPath,
-    ...(options.netns === undefined ? {} : { netns: options.netns }),
-  });
   const url = `http://${host}:${port}`;
-  try {
-    await waitFor(
-      'docker-registry to answer /v2/',
-      async () => {
-        const response = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
-        return response.status === 200 || response.status === 401;
-      },
-      { process: proc },
-    );
-  } catch (error) {
-    await proc.stop();
-    throw error;
-  }
+  const launch = async (): Promise<RunningProcess> => {
+    const started = startProcess(binary, ['serve', configPath], {
+      logPath,
+      ...(options.netns === undefined ? {} : { netns: options.netns }),
+    });
+    try {
+      await waitFor(
+        'docker-registry to answer /v2/',
+        async () => {
+          const response = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
+          return response.status === 200 || response.status === 401;
+        },
+        { process: started },
+      );
+    } catch (error) {
+      await started.stop();
+      throw error;
+    }
+    return started;
+  };
+  let proc = await launch();
 
   const requests = async (): Promise<RegistryRequest[]> => {
     // The registry logs a request just after answering it: wait for the log to settle.
@@ -202,7 +210,9 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     host: `${host}:${port}`,
     url,
     storageDir,
-    process: proc,
+    get process() {
+      return proc;
+    },
     requests,
     blobGets: async (digest) =>
       (await requests()).filter(
@@ -236,6 +246,14 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
       } finally {
         await handle.close();
       }
+    },
+    changePassword: async (password) => {
+      if (options.auth === undefined) {
+        throw new Error('changePassword needs a registry started with auth');
+      }
+      await proc.stop();
+      await writeHtpasswd(options.auth.username, password);
+      proc = await launch();
     },
     stop: async () => {
       await proc.stop();

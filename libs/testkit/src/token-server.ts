@@ -38,7 +38,19 @@ export interface TokenServer {
 const SERVICE = 'shoal-test-registry';
 const ISSUER = 'shoal-test-token-issuer';
 
-export async function startTokenServer(users: Record<string, TokenUser>): Promise<TokenServer> {
+export interface TokenServerOptions {
+  /** Repositories anyone may pull from without credentials (public ones); none by default. */
+  readonly anonymousPull?: readonly string[];
+  /** How long a token is valid, in seconds (default 300). */
+  readonly tokenTtlS?: number;
+}
+
+export async function startTokenServer(
+  users: Record<string, TokenUser>,
+  options: TokenServerOptions = {},
+): Promise<TokenServer> {
+  const anonymous: TokenUser = { password: '', pull: options.anonymousPull ?? [] };
+  const ttlS = options.tokenTtlS ?? 300;
   const dir = await makeTempDir('token');
   const keyPath = join(dir.path, 'key.pem');
   const certPath = join(dir.path, 'cert.pem');
@@ -55,7 +67,7 @@ export async function startTokenServer(users: Record<string, TokenUser>): Promis
   const requests: { user: string; scopes: string[] }[] = [];
 
   const issue = (user: string | undefined, scopes: readonly string[]): string => {
-    const allowed = user === undefined ? undefined : users[user];
+    const allowed = user === undefined ? anonymous : users[user];
     const access = scopes.flatMap((scope) => {
       const [type, name, actions] = scope.split(':');
       if (type !== 'repository' || name === undefined || actions === undefined) {
@@ -76,7 +88,7 @@ export async function startTokenServer(users: Record<string, TokenUser>): Promis
       iss: ISSUER,
       sub: user ?? '',
       aud: SERVICE,
-      exp: now + 300,
+      exp: now + ttlS,
       nbf: now - 10,
       iat: now,
       jti: randomUUID(),
@@ -115,7 +127,7 @@ export async function startTokenServer(users: Record<string, TokenUser>): Promis
       JSON.stringify({
         token,
         access_token: token,
-        expires_in: 300,
+        expires_in: ttlS,
         issued_at: new Date().toISOString(),
       }),
     );

@@ -200,6 +200,7 @@ export async function buildApp(
     metrics,
     logger,
     maxManifestBytes: config.SHOAL_AGENT_MAX_MANIFEST_BYTES,
+    pingTimeoutMs: config.SHOAL_AGENT_AUTHZ_TIMEOUT_MS,
     ledger,
     disk: new DiskHeadroom(config.SHOAL_AGENT_CACHE_DIR, {
       minFreeBytes: config.SHOAL_AGENT_CACHE_MIN_FREE_BYTES,

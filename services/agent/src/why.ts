@@ -4,11 +4,20 @@
  * the node's agent (as containerd would), then asks the agent, blob by blob, where the bytes
  * came from: peers (and which), the seed server, the origin registry or the cache.
  *
- *   shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--json]
+ *   shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--trust-realm URL,...] [--json]
  *
  * The mirror is `--mirror`, else `http://` + SHOAL_AGENT_LISTEN, else http://127.0.0.1:65001.
- * Every error is one line on stderr; the exit codes are in `usage` (and the README).
+ * With `--user`, a registry's token challenge (passed back by the mirror) is answered as the
+ * seed server answers it: the password goes only to an HTTPS realm on the registry's host name,
+ * or to one listed with `--trust-realm`. Every error is one line on stderr; the exit codes are
+ * in `usage` (and the README).
  */
+import {
+  RegistryAuth,
+  trustedRealmsList,
+  UpstreamClient,
+  type UpstreamRegistry,
+} from '@shoal/registry';
 import { CliError, parseCliArgs, runCli, unreachableReason, USAGE_EXIT } from '@shoal/runtime/cli';
 
 import type { BlobRecord } from './provenance/ledger.js';
@@ -16,7 +25,7 @@ import type { BlobRecord } from './provenance/ledger.js';
 const TOOL = 'shoal-why';
 /** Exit codes, as `--help` and the README list them. */
 const EXIT = { ok: 0, unresolved: 1, usage: USAGE_EXIT, unreachable: 3, internal: 70 } as const;
-const usage = `usage: shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--json]
+const usage = `usage: shoal-why REGISTRY/REPOSITORY[:TAG|@DIGEST] [--mirror URL] [--platform OS/ARCH] [--user USER:PASSWORD] [--trust-realm URL,...] [--json]
 exit codes:
   0  answered (blobs never pulled through this agent are listed as such)
   1  the image could not be resolved through the mirror (unknown, credentials wanted, no such platform)
@@ -76,19 +85,52 @@ function parseImage(text: string): { registry: string; repository: string; ref: 
   return { registry: match[1], repository: match[2], ref: match[4] ?? match[3] ?? 'latest' };
 }
 
+/**
+ * The credentials manifests are asked with: the user's, as Basic at first; once the registry
+ * challenged for a token, the token its realm gave for them.
+ */
+interface Session {
+  /** What answers the registry's challenges; undefined without `--user`. */
+  readonly auth: RegistryAuth | undefined;
+  readonly registry: UpstreamRegistry;
+  authorization: string | undefined;
+}
+
 async function manifest(
   mirror: string,
   image: { registry: string; repository: string },
   ref: string,
-  authorization: string | undefined,
+  session: Session,
 ): Promise<Manifest> {
   const url = `${mirror}/v2/${image.repository}/manifests/${ref}?ns=${encodeURIComponent(image.registry)}`;
-  const response = await ask(mirror, url, {
-    headers: { accept: ACCEPT, ...(authorization === undefined ? {} : { authorization }) },
-    signal: AbortSignal.timeout(TIMEOUT_MS),
-  });
+  const get = (): Promise<Response> =>
+    ask(mirror, url, {
+      headers: {
+        accept: ACCEPT,
+        ...(session.authorization === undefined ? {} : { authorization: session.authorization }),
+      },
+      signal: AbortSignal.timeout(TIMEOUT_MS),
+    });
+  let response = await get();
+  const challenge = response.headers.get('www-authenticate');
+  if (response.status === 401 && session.auth !== undefined && challenge !== null) {
+    await response.arrayBuffer();
+    const answer = await session.auth
+      .answer(session.registry, image.repository, challenge, AbortSignal.timeout(TIMEOUT_MS))
+      .catch((error: unknown) => {
+        throw resolveError(`the registry's token realm: ${unreachableReason(error)}`);
+      });
+    if (answer !== undefined && answer !== session.authorization) {
+      session.authorization = answer;
+      response = await get();
+    }
+  }
   if (response.status === 401) {
-    throw resolveError(`the registry wants credentials for ${image.repository}: use --user`);
+    throw resolveError(
+      session.auth === undefined
+        ? `the registry wants credentials for ${image.repository}: use --user`
+        : `the registry refused the credentials for ${image.repository} (a token realm not on its host needs --trust-realm)`,
+    );
   }
   if (response.status !== 200) {
     throw resolveError(
@@ -167,6 +209,7 @@ async function main(): Promise<number> {
       mirror: { type: 'string' },
       platform: { type: 'string' },
       user: { type: 'string' },
+      'trust-realm': { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -184,10 +227,62 @@ async function main(): Promise<number> {
   const mirror = (
     values.mirror ?? (listen === undefined ? 'http://127.0.0.1:65001' : `http://${listen}`)
   ).replace(/\/+$/, '');
-  const authorization =
-    values.user === undefined ? undefined : `Basic ${Buffer.from(values.user).toString('base64')}`;
+  const session = startSession(image.registry, values.user, values['trust-realm']);
+  try {
+    return await report(mirror, image, positionals[0], session, values);
+  } finally {
+    session.close();
+  }
+}
+
+/** The session for `--user` (USER:PASSWORD) and `--trust-realm`; `close` ends its connections. */
+function startSession(
+  host: string,
+  user: string | undefined,
+  trustRealm: string | undefined,
+): Session & { close(): void } {
+  // The mirror speaks to the registry; only a token realm is reached directly.
+  const registry: UpstreamRegistry = { host, url: new URL(`https://${host}`) };
+  if (user === undefined) {
+    if (trustRealm !== undefined) {
+      throw usageError('--trust-realm needs --user');
+    }
+    return { auth: undefined, registry, authorization: undefined, close: () => undefined };
+  }
+  const colon = user.indexOf(':');
+  if (colon <= 0) {
+    throw usageError('--user takes USER:PASSWORD');
+  }
+  const realms = trustedRealmsList.safeParse(trustRealm ?? '');
+  if (!realms.success) {
+    throw usageError(`--trust-realm: ${realms.error.issues.map((i) => i.message).join('; ')}`);
+  }
+  const client = new UpstreamClient(
+    { connectMs: 10_000, headersMs: TIMEOUT_MS, idleMs: TIMEOUT_MS },
+    'shoal-why/0.1',
+  );
+  const credentials = { username: user.slice(0, colon), password: user.slice(colon + 1) };
+  return {
+    auth: new RegistryAuth(new Map([[host, credentials]]), client, {
+      trustedRealms: realms.data,
+      maxTokens: 4,
+    }),
+    registry,
+    authorization: `Basic ${Buffer.from(user).toString('base64')}`,
+    close: () => void client.close(),
+  };
+}
+
+/** Resolves the image through the mirror and prints where each blob's bytes came from. */
+async function report(
+  mirror: string,
+  image: ReturnType<typeof parseImage>,
+  name: string,
+  session: Session,
+  values: { platform?: string | undefined; json?: boolean | undefined },
+): Promise<number> {
   const [os = 'linux', architecture = 'amd64'] = (values.platform ?? 'linux/amd64').split('/');
-  let top = await manifest(mirror, image, image.ref, authorization);
+  let top = await manifest(mirror, image, image.ref, session);
   if (top.manifests !== undefined) {
     const chosen = top.manifests.find(
       (m) => m.platform?.os === os && m.platform.architecture === architecture,
@@ -195,7 +290,7 @@ async function main(): Promise<number> {
     if (chosen === undefined) {
       throw resolveError(`the image index has no ${os}/${architecture} manifest`);
     }
-    top = await manifest(mirror, image, chosen.digest, authorization);
+    top = await manifest(mirror, image, chosen.digest, session);
   }
   const blobs: { role: string; descriptor: Descriptor }[] = [
     ...(top.config === undefined ? [] : [{ role: 'config', descriptor: top.config }]),
@@ -211,7 +306,7 @@ async function main(): Promise<number> {
     });
   }
   process.stdout.write(
-    values.json === true ? `${JSON.stringify(rows, null, 2)}\n` : table(positionals[0], rows),
+    values.json === true ? `${JSON.stringify(rows, null, 2)}\n` : table(name, rows),
   );
   return 0;
 }

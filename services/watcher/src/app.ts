@@ -90,6 +90,13 @@ export async function buildApp(
       registries: config.SHOAL_WATCHER_REGISTRIES,
       maxManifestBytes: config.SHOAL_WATCHER_MAX_MANIFEST_BYTES,
       timeoutMs: config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS,
+      onRefused: (registry, status) => {
+        metrics.registryRefusals.inc({ registry, status: String(status) });
+        logger.warn(
+          { registry, status },
+          'the registry refused the watcher: check SHOAL_WATCHER_DOCKER_CONFIG',
+        );
+      },
     },
   );
 

@@ -60,6 +60,12 @@ export function createWatcherMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['type'] as const,
       registers,
     }),
+    registryRefusals: new Counter({
+      name: `${prefix}registry_refusals_total`,
+      help: 'Manifest reads the registry refused (401, 403), by registry and status: the watcher lacks credentials (SHOAL_WATCHER_DOCKER_CONFIG)',
+      labelNames: ['registry', 'status'] as const,
+      registers,
+    }),
     scheduleLeader: new Gauge({
       name: `${prefix}schedule_leader`,
       help: '1 while this replica holds the schedule lock',

@@ -326,3 +326,85 @@ describe('image resolver', () => {
     );
   });
 });
+
+describe('the image resolver and a private registry', () => {
+  const teardown = new Teardown();
+  const auth = { username: 'watcher', password: 'watcher-pw' };
+  let registry: Registry;
+  let upstream: UpstreamClient;
+  let image: GeneratedImage;
+  let configured: UpstreamRegistry;
+  let dir: string;
+
+  /** A resolver with `credentials` (a docker config file) or none; its refusals counted. */
+  const resolverWith = async (
+    credentials: string | undefined,
+  ): Promise<{ resolver: ImageResolver; refusals: string[] }> => {
+    const refusals: string[] = [];
+    const resolver = new ImageResolver(
+      new RegistryReader(upstream, new RegistryAuth(await loadDockerConfig(credentials), upstream)),
+      {
+        registries: [configured],
+        maxManifestBytes: 4 * 1024 * 1024,
+        timeoutMs: 10_000,
+        onRefused: (host, status) => refusals.push(`${host} ${status}`),
+      },
+    );
+    return { resolver, refusals };
+  };
+
+  before(async () => {
+    registry = await startRegistry({ auth });
+    teardown.add('registry', () => registry.stop());
+    const temp = await makeTempDir('resolve-private');
+    teardown.add('dir', () => temp.remove());
+    dir = temp.path;
+    upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
+    teardown.add('upstream client', () => upstream.close());
+    configured = { host: registry.host, url: new URL(registry.url) };
+    image = await generateImage(join(dir, 'image'), {
+      layerSizes: [16 * 1024],
+      seed: 'resolve-private',
+      tag: 'v1',
+    });
+    await pushImage(image, registry.host, 'team/private', {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
+  });
+
+  after(() => teardown.run());
+
+  it('fails at once, naming the setting, when the registry refuses the watcher', async () => {
+    const { resolver, refusals } = await resolverWith(undefined);
+    const refused = (error: unknown): boolean =>
+      error instanceof ResolveError &&
+      error.code === 'UNAUTHORIZED' &&
+      error.status === 502 &&
+      error.message.includes('(401)') &&
+      error.message.includes(`credentials for ${registry.host} in SHOAL_WATCHER_DOCKER_CONFIG`);
+    const { reference } = resolver.parse(`${registry.host}/team/private:v1`);
+    await assert.rejects(resolver.currentDigest(configured, reference), refused, 'the tag');
+    await assert.rejects(
+      resolver.resolve(configured, 'team/private', parseDigest(image.manifest.digest), []),
+      refused,
+      'the manifest by digest',
+    );
+    assert.deepEqual(refusals, [`${registry.host} 401`, `${registry.host} 401`]);
+  });
+
+  it('reads the private image with the credentials of a docker config', async () => {
+    const configPath = join(dir, 'config.json');
+    const token = Buffer.from(`${auth.username}:${auth.password}`).toString('base64');
+    await writeFile(configPath, JSON.stringify({ auths: { [registry.host]: { auth: token } } }));
+    const { resolver, refusals } = await resolverWith(configPath);
+    const { reference } = resolver.parse(`${registry.host}/team/private:v1`);
+    const digest = await resolver.currentDigest(configured, reference);
+    assert.equal(digest.toString(), image.manifest.digest);
+    const resolved = await resolver.resolve(configured, 'team/private', digest, []);
+    assert.deepEqual(
+      resolved.blobs.map((b) => b.digest).sort(),
+      image.blobs.map((b) => b.digest).sort(),
+    );
+    assert.deepEqual(refusals, []);
+  });
+});

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { access, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -16,6 +16,8 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
+  skopeoCopy,
+  startAgent,
   startContainerd,
   startRegistry,
   Teardown,
@@ -42,7 +44,8 @@ function mirrorUrl(agent: AgentProcess, registry: Registry, path: string): strin
 
 /**
  * Asserts that `agent` refuses the content at `path` to a client sending `authorization`
- * (none when undefined): the registry's own Basic challenge, an OCI error body, no content.
+ * (none when undefined), asked with GET, HEAD and a ranged GET: the registry's own Basic
+ * challenge, an OCI error body, no content.
  */
 async function assertRefused(
   agent: AgentProcess,
@@ -51,8 +54,16 @@ async function assertRefused(
   authorization: string | undefined,
   what: string,
 ): Promise<void> {
-  const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
-  for (const method of ['GET', 'HEAD'] as const) {
+  const asks: ['GET' | 'HEAD', Record<string, string>][] = [
+    ['GET', {}],
+    ['HEAD', {}],
+    ['GET', { range: 'bytes=0-1023' }],
+  ];
+  for (const [method, extra] of asks) {
+    const headers: Record<string, string> = {
+      ...extra,
+      ...(authorization === undefined ? {} : { authorization }),
+    };
     const response = await fetch(mirrorUrl(agent, registry, path), {
       method,
       headers,
@@ -60,6 +71,7 @@ async function assertRefused(
     });
     const body = Buffer.from(await response.arrayBuffer());
     assert.equal(response.status, 401, `${method} ${what}: 401`);
+    assert.equal(response.headers.get('content-range'), null, `${what}: no range of content`);
     assert.match(
       response.headers.get('www-authenticate') ?? '',
       /^Basic realm="shoal-test"/,
@@ -80,12 +92,16 @@ describe('authorization before bytes, with a private registry and a swarm', () =
   let cluster: Cluster;
   let slow: AgentProcess;
   let other: AgentProcess;
+  let layouts: string;
+  /** A node started late, with a long stall timeout. */
+  let patient: AgentProcess;
 
   before(async () => {
     registry = await startRegistry({ auth });
     teardown.add('registry', () => registry.stop());
     const dir = await makeTempDir('authz');
     teardown.add('dir', () => dir.remove());
+    layouts = dir.path;
     image = await generateImage(join(dir.path, 'image'), {
       layerSizes: [24 * MiB, 2 * MiB],
       seed: 'swarm-authz',
@@ -241,6 +257,8 @@ describe('authorization before bytes, with a private registry and a swarm', () =
   });
 
   it('refuses content cached on a peer', async () => {
+    await assertRefused(other, registry, `manifests/${image.tag}`, undefined, 'tag');
+    await assertRefused(other, registry, `manifests/${image.tag}`, wrongBasic, 'tag, wrong');
     for (const blob of image.blobs) {
       await assertRefused(
         other,
@@ -292,5 +310,131 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     for (const blob of image.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, 'the origin served it once');
     }
+  });
+
+  it("falls back to the origin with the client's credentials, and passes its 401 back", async () => {
+    // An image the swarm has never seen, and no seed server: every blob must come from the
+    // origin, with the credentials of the client that asked.
+    const late = await generateImage(join(layouts, 'late'), {
+      layerSizes: [2 * MiB],
+      seed: 'swarm-authz-late',
+      tag: 'late',
+    });
+    await pushImage(late, registry.host, repository, {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
+    await cluster.seed.stop();
+    const tag = await fetch(mirrorUrl(other, registry, `manifests/${late.tag}`), {
+      headers: { authorization: basic, accept: late.manifest.mediaType },
+    });
+    assert.equal(tag.status, 200, 'the manifest vouches for its blobs in the repository');
+    await tag.arrayBuffer();
+    const layer = late.layers[0];
+    assert.ok(layer !== undefined);
+    const before = await bytesBySource(other);
+    const fallbacks = await other.metric('shoal_agent_swarm_fallbacks_total');
+    const pulled = await streamDigest(mirrorUrl(other, registry, `blobs/${layer.digest}`), {
+      headers: { authorization: basic },
+    });
+    assert.equal(pulled.status, 200);
+    assert.equal(pulled.digest, layer.digest);
+    assert.ok((await other.metric('shoal_agent_swarm_fallbacks_total')) > fallbacks);
+    assert.equal((await bytesBySource(other)).origin - before.origin, layer.size);
+    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'the registry served it');
+
+    // The password changes while the agent still holds the registry's yes for the old one:
+    // the check passes from the cache, the origin refuses the fallback, and the client gets
+    // the registry's 401 with its challenge, as it would from the registry.
+    await registry.changePassword('rotated-password');
+    const hits = await other.metric('shoal_agent_authz_decisions_total', {
+      result: 'allow',
+      cache: 'hit',
+    });
+    const refused = await fetch(mirrorUrl(other, registry, `blobs/${late.config.digest}`), {
+      headers: { authorization: basic },
+      signal: AbortSignal.timeout(60_000),
+    });
+    const body = Buffer.from(await refused.arrayBuffer());
+    assert.equal(
+      await other.metric('shoal_agent_authz_decisions_total', { result: 'allow', cache: 'hit' }),
+      hits + 1,
+      'allowed from the cache',
+    );
+    assert.equal(refused.status, 401);
+    assert.match(refused.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/);
+    assert.equal(ociCode(body), 'UNAUTHORIZED');
+  });
+
+  it('lets skopeo with credentials copy the image through a fresh node, from its peers', async () => {
+    // Without a seed server (stopped above) a stalled swarm waits 10 s before the origin,
+    // which the next test needs; here the peers hold everything.
+    patient = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      defaultRegistry: registry.host,
+      natsUrl: cluster.nats.url,
+      peerId: 'authz-patient',
+      env: {
+        ...cluster.agentEnv,
+        ...(await cluster.nats.clientEnv('authz-patient')),
+        SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '10000',
+      },
+    });
+    teardown.add('patient agent', () => patient.stop());
+    const ref = `docker://${new URL(patient.url).host}/${repository}:${image.tag}`;
+    await assert.rejects(
+      skopeoCopy(ref, `oci:${join(layouts, 'skopeo-anonymous')}:x`, { timeoutMs: 60_000 }),
+      /unauthorized|authentication required/i,
+    );
+    const out = join(layouts, 'skopeo');
+    await skopeoCopy(ref, `oci:${out}:x`, {
+      srcCreds: `${auth.username}:rotated-password`,
+      timeoutMs: 120_000,
+    });
+    for (const blob of image.blobs) {
+      const [algorithm = '', hex = ''] = blob.digest.split(':');
+      await access(join(out, 'blobs', algorithm, hex));
+    }
+    const sources = await bytesBySource(patient);
+    assert.equal(sources.origin, 0, 'nothing from the origin');
+    assert.equal(
+      sources.peer,
+      image.blobs.reduce((sum, b) => sum + b.size, 0),
+      'every blob byte from the peers',
+    );
+  });
+
+  it("finishes a late origin read with a newer client's credentials when the first one's were revoked", async () => {
+    const credential = (password: string): string =>
+      `Basic ${Buffer.from(`${auth.username}:${password}`).toString('base64')}`;
+    const later = await generateImage(join(layouts, 'later'), {
+      layerSizes: [2 * MiB],
+      seed: 'swarm-authz-later',
+      tag: 'later',
+    });
+    await pushImage(later, registry.host, repository, {
+      destCreds: `${auth.username}:rotated-password`,
+    });
+    const layer = later.layers[0];
+    assert.ok(layer !== undefined);
+    const url = mirrorUrl(patient, registry, `blobs/${layer.digest}`);
+    const first = streamDigest(url, { headers: { authorization: credential('rotated-password') } });
+    await waitFor(
+      'the download to wait on the swarm',
+      async () => (await patient.metric('shoal_agent_downloads_in_flight')) === 1,
+      { timeoutMs: 5_000, intervalMs: 50 },
+    );
+    // The first client's password is changed; a second client, with the new one, joins.
+    await registry.changePassword('third-password');
+    const second = streamDigest(url, { headers: { authorization: credential('third-password') } });
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(a.status, 200);
+    assert.equal(a.digest, layer.digest, 'the first client got the layer');
+    assert.equal(b.digest, layer.digest, 'the second client got the layer');
+    assert.equal(
+      await patient.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
+      1,
+      "the first client's password was refused at the origin",
+    );
+    assert.equal((await registry.blobGets(layer.digest)).length, 1, 'then the second one served');
   });
 });

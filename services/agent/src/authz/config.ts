@@ -20,7 +20,7 @@ export const authzConfig = z.object({
   SHOAL_AGENT_AUTHZ_STALE_MS: envInt(15 * 60_000),
   /** Most decisions held (and, apart, most repository-content facts), least recently used out. */
   SHOAL_AGENT_AUTHZ_CACHE_ENTRIES: envInt(20_000),
-  /** Time for the registry to answer the check, in ms. */
+  /** Time for the registry to answer the check (and the `/v2/` check relayed for a client), in ms. */
   SHOAL_AGENT_AUTHZ_TIMEOUT_MS: envInt(5_000),
   /**
    * When the registry cannot be asked (refused, timed out, 5xx, 429): `deny` (default) serves

@@ -51,6 +51,17 @@ export class ContentMismatchError extends ShoalError<'DIGEST_MISMATCH' | 'SIZE_M
   override readonly name = 'ContentMismatchError';
 }
 
+/** A repository holding a blob at its origin, and a client's credentials for it. */
+export interface OriginSource {
+  /** The repository, as in `/v2/<name>/blobs/...`. */
+  readonly name: string;
+  /** The client's Authorization header, as it came; undefined for an anonymous client. */
+  readonly authorization: string | undefined;
+}
+
+/** Sources a download keeps: a few clients' worth, enough to outlive one revoked credential. */
+const MAX_SOURCES = 4;
+
 export class BlobDownload {
   readonly digest: Digest;
   #size: number | undefined;
@@ -74,6 +85,9 @@ export class BlobDownload {
   readonly sized: Promise<number>;
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
+
+  /** Where later clients may read the blob at the origin, newest first (see `offerSource`). */
+  #sources: OriginSource[] = [];
 
   /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
   constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: PieceBuffers) {
@@ -111,6 +125,27 @@ export class BlobDownload {
   /** The error a failed download ended with. */
   get error(): Error | undefined {
     return this.#error;
+  }
+
+  /**
+   * Notes that a client the registry authorized for `source` reads this download. A fetch that
+   * must go to the origin late (a stalled swarm) tries these after the credentials it started
+   * with, which may have expired or been revoked since; kept in memory for the download's life
+   * only, the newest `MAX_SOURCES`.
+   */
+  offerSource(source: OriginSource): void {
+    if (this.#state !== 'running') {
+      return;
+    }
+    const others = this.#sources.filter(
+      (s) => s.name !== source.name || s.authorization !== source.authorization,
+    );
+    this.#sources = [source, ...others].slice(0, MAX_SOURCES);
+  }
+
+  /** The sources offered by clients, newest first. */
+  get sources(): readonly OriginSource[] {
+    return this.#sources;
   }
 
   /** Sets the blob size (from Content-Length or the seed's piece hashes); first one wins. */
@@ -208,6 +243,7 @@ export class BlobDownload {
       await this.#file.sync();
       await store.commit(this.#file.path, this.digest, this.#available);
       this.#state = 'verified';
+      this.#sources = [];
       this.#file.dropHeld();
       this.#wake();
       this.#settle(this.#state);
@@ -224,6 +260,7 @@ export class BlobDownload {
       return;
     }
     this.#state = 'failed';
+    this.#sources = [];
     this.#file.dropHeld();
     this.#error = error instanceof Error ? error : new Error(String(error));
     this.#rejectSize(this.#error);

@@ -181,7 +181,9 @@ export async function checkMirror(
   try {
     const response = await get(`${mirrorUrl}/v2/`);
     await response.arrayBuffer();
-    if (response.status !== 200) {
+    // A 401 with a challenge is the default registry's, passed back for clients to log in.
+    const challenged = response.status === 401 && response.headers.has('www-authenticate');
+    if (response.status !== 200 && !challenged) {
       return {
         results: [
           {

@@ -61,6 +61,11 @@ export interface MirrorDeps {
   readonly logger: Logger;
   /** Largest manifest accepted from an upstream, in bytes. */
   readonly maxManifestBytes: number;
+  /**
+   * Time for the upstream to answer the API version check that `/v2/` relays, in ms: past
+   * it the mirror answers for itself.
+   */
+  readonly pingTimeoutMs: number;
   /** Where blobs' bytes came from; cache hits are recorded here. */
   readonly ledger?: BlobLedger;
   /**
@@ -87,6 +92,44 @@ export class Mirror {
 
   constructor(deps: MirrorDeps) {
     this.#deps = deps;
+  }
+
+  /**
+   * Answers the API version check (`GET /v2/`) for `registry`. Clients that talk to the mirror
+   * as a registry (skopeo, docker, crane) learn from this answer whether and how to
+   * authenticate: they send credentials only after a `401` challenge here. So the registry's
+   * own check is made with the client's header and a `401` is passed back with its challenge;
+   * anything else (a yes, an error, no answer within `pingTimeoutMs`) is the mirror's own
+   * `200`, since the mirror serves public content whatever the registry's health.
+   */
+  async ping(
+    registry: UpstreamRegistry,
+    authorization: string | undefined,
+    signal: AbortSignal,
+    reply: FastifyReply,
+  ): Promise<void> {
+    let answer: UpstreamAnswer | undefined;
+    try {
+      const response = await this.#deps.requests.send({
+        registry,
+        method: 'GET',
+        kind: 'ping',
+        path: '/v2/',
+        headers: { authorization },
+        signal: AbortSignal.any([signal, AbortSignal.timeout(this.#deps.pingTimeoutMs)]),
+      });
+      answer = await readAnswer(response);
+    } catch (error) {
+      this.#deps.logger.info(
+        { registry: registry.host, err: error },
+        'the registry did not answer its API version check: the mirror answers for itself',
+      );
+    }
+    if (answer?.status === 401) {
+      sendAnswer(reply, withErrorBody(answer, 'blob'));
+      return;
+    }
+    reply.code(200).send({});
   }
 
   /**
@@ -275,6 +318,9 @@ export class Mirror {
       return;
     }
     const { download } = flight;
+    // This client was just authorized for the blob: should the download have to go to the
+    // origin late, its credentials may serve where the first client's no longer do.
+    download.offerSource({ name, authorization: req.authorization });
     let size: number;
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
@@ -611,7 +657,9 @@ function withErrorBody(answer: UpstreamAnswer, kind: 'blob' | 'manifest'): Upstr
           ? kind === 'blob'
             ? 'BLOB_UNKNOWN'
             : 'MANIFEST_UNKNOWN'
-          : 'UNAVAILABLE';
+          : answer.status === 429
+            ? 'TOOMANYREQUESTS'
+            : 'UNAVAILABLE';
   return {
     status: answer.status,
     headers: { ...answer.headers, 'content-type': 'application/json' },

@@ -1,4 +1,5 @@
 /** The mirror's HTTP routes: `/v2/` and the pull endpoints, and OCI error answers. */
+import type { UpstreamRegistry } from '@shoal/registry';
 import { runInContext, type Logger } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
@@ -24,10 +25,22 @@ const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' }
 export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps): void {
   const { mirror, registries, metrics, logger } = deps;
 
+  // The API version check. For a registry that requires credentials its challenge is passed
+  // back, or clients that check first (skopeo, docker, crane) would never send theirs.
   app.route({
     method: ['GET', 'HEAD'],
     url: '/v2/',
-    handler: async (_request, reply) => reply.headers(API_VERSION_HEADER).send({}),
+    handler: async (request, reply) => {
+      reply.headers(API_VERSION_HEADER);
+      const registry = registryOf(request.url);
+      if (registry === undefined) {
+        return reply.send({});
+      }
+      const controller = new AbortController();
+      reply.raw.once('close', () => controller.abort());
+      await mirror.ping(registry, request.headers.authorization, controller.signal, reply);
+      return reply;
+    },
   });
 
   app.route({
@@ -36,11 +49,7 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     handler: async (request, reply) => {
       const [rawPath = '', rawQuery = ''] = request.url.split('?', 2);
       const target = parsePullPath(rawPath);
-      const ns = new URLSearchParams(rawQuery).getAll('ns');
-      if (ns.length > 1) {
-        throw new MirrorError('DENIED', 400, 'ns= given more than once');
-      }
-      const registry = registries.resolve(ns[0]);
+      const registry = registries.resolve(singleNs(rawQuery));
       const controller = new AbortController();
       reply.raw.once('close', () => controller.abort());
       reply.headers(API_VERSION_HEADER);
@@ -116,6 +125,18 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     done();
   });
 
+  /**
+   * The registry a `/v2/` check is for (`ns=`, or the default), or undefined when it names
+   * none the mirror serves: then the mirror answers for itself, as it always did.
+   */
+  function registryOf(url: string): UpstreamRegistry | undefined {
+    try {
+      return registries.resolve(singleNs(url.split('?', 2)[1] ?? ''));
+    } catch {
+      return undefined;
+    }
+  }
+
   function sendError(
     reply: FastifyReply,
     request: FastifyRequest,
@@ -149,6 +170,15 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
       .header('content-type', 'application/json')
       .send(ociErrorBody(error.code, error.message, error.detail));
   }
+}
+
+/** The one `ns=` of a query string, or undefined; given twice is a client error. */
+function singleNs(query: string): string | undefined {
+  const ns = new URLSearchParams(query).getAll('ns');
+  if (ns.length > 1) {
+    throw new MirrorError('DENIED', 400, 'ns= given more than once');
+  }
+  return ns[0];
 }
 
 function joinHeader(value: string | string[] | undefined): string | undefined {

@@ -34,11 +34,16 @@ import {
   type PieceHashes,
   type SeedFailed,
 } from '@shoal/proto';
-import { headerValue, readAnswer, UpstreamAnswerError } from '@shoal/registry';
+import {
+  headerValue,
+  readAnswer,
+  UpstreamAnswerError,
+  type UpstreamResponse,
+} from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
-import { HELD_BYTES, type BlobDownload } from '../cache/download.js';
+import { HELD_BYTES, type BlobDownload, type OriginSource } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally } from '../provenance/ledger.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
@@ -641,20 +646,47 @@ export class SwarmFetch {
     await Promise.all(requests.map((request) => request.done));
   }
 
-  /** Reads what the swarm did not deliver from the origin, with the client's credentials. */
-  async #fromOrigin(signal: AbortSignal): Promise<void> {
-    const { requests, metrics } = this.#deps;
-    const size = this.download.size;
-    if (size === undefined || this.#picker.count === 0) {
-      // Nothing is known about the blob: read it whole, in order.
-      const response = await requests.send({
+  /**
+   * GETs the blob (or `range` of it) at the origin with the credentials of the client that
+   * started the download; if the registry refuses them (401, 403: expired or revoked since the
+   * client was authorized), with those of the clients reading it now, newest first.
+   */
+  async #originGet(range: string | undefined, signal: AbortSignal): Promise<UpstreamResponse> {
+    const first: OriginSource = {
+      name: this.#target.name,
+      authorization: this.#target.authorization,
+    };
+    const sources = [
+      first,
+      ...this.download.sources.filter(
+        (s) => s.name !== first.name || s.authorization !== first.authorization,
+      ),
+    ];
+    for (const [index, source] of sources.entries()) {
+      const response = await this.#deps.requests.send({
         registry: this.#target.registry,
         method: 'GET',
         kind: 'blob',
-        path: blobPath(this.#target),
-        headers: { authorization: this.#target.authorization },
+        path: blobPath({ name: source.name, digest: this.#target.digest }),
+        headers: { authorization: source.authorization, range },
         signal,
       });
+      const refused = response.status === 401 || response.status === 403;
+      if (!refused || index === sources.length - 1) {
+        return response;
+      }
+      response.body.destroy();
+    }
+    throw new Error('no origin source');
+  }
+
+  /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */
+  async #fromOrigin(signal: AbortSignal): Promise<void> {
+    const { metrics } = this.#deps;
+    const size = this.download.size;
+    if (size === undefined || this.#picker.count === 0) {
+      // Nothing is known about the blob: read it whole, in order.
+      const response = await this.#originGet(undefined, signal);
       if (response.status !== 200) {
         throw new UpstreamAnswerError(await readAnswer(response));
       }
@@ -672,14 +704,7 @@ export class SwarmFetch {
     for (const [first, last] of toRanges(this.#picker.missing())) {
       const start = first * this.#pieceSize;
       const end = Math.min(size, last * this.#pieceSize);
-      const response = await requests.send({
-        registry: this.#target.registry,
-        method: 'GET',
-        kind: 'blob',
-        path: blobPath(this.#target),
-        headers: { authorization: this.#target.authorization, range: `bytes=${start}-${end - 1}` },
-        signal,
-      });
+      const response = await this.#originGet(`bytes=${start}-${end - 1}`, signal);
       let skip = 0;
       if (response.status === 200) {
         // A registry (or a proxy before it) that ignores Range sends the whole blob: use the

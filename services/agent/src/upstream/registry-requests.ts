@@ -20,7 +20,8 @@ import type { Digest } from '@shoal/proto';
 export interface RegistryRequest {
   readonly registry: UpstreamRegistry;
   readonly method: 'GET' | 'HEAD';
-  readonly kind: 'manifest' | 'blob';
+  /** What is asked, for the metrics: `ping` is the API version check (`/v2/`). */
+  readonly kind: 'manifest' | 'blob' | 'ping';
   /** Path below the registry's base URL, starting with `/v2/`. */
   readonly path: string;
   /** Forwarded headers: `accept`, `authorization`, `range`. */

@@ -319,6 +319,14 @@ export class Seeder {
         return answer;
       },
     );
+    if (response.status === 401 || response.status === 403) {
+      // The operator's fix, in the failure every preheat report and log line carries.
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry refused the seed server (${response.status}) for ${request.repository}: give it credentials for ${registry.host} in SHOAL_SEED_DOCKER_CONFIG`,
+      );
+    }
     if (response.status !== 200) {
       throw new SeedError('ORIGIN_ANSWER', 502, `origin answered ${response.status}`);
     }

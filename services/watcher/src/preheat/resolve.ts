@@ -54,7 +54,12 @@ const manifestBody = z.looseObject({
 });
 
 export class ResolveError extends ShoalError<
-  'UNKNOWN_REGISTRY' | 'NOT_FOUND' | 'REGISTRY_ANSWER' | 'BAD_MANIFEST' | 'TOO_LARGE'
+  | 'UNKNOWN_REGISTRY'
+  | 'NOT_FOUND'
+  | 'REGISTRY_ANSWER'
+  | 'UNAUTHORIZED'
+  | 'BAD_MANIFEST'
+  | 'TOO_LARGE'
 > {
   override readonly name = 'ResolveError';
 }
@@ -73,6 +78,8 @@ export interface ResolverSettings {
   readonly registries: readonly UpstreamRegistry[];
   readonly maxManifestBytes: number;
   readonly timeoutMs: number;
+  /** Told each time a registry refuses the watcher (401, 403): its host and the status. */
+  readonly onRefused?: (registry: string, status: number) => void;
 }
 
 export class ImageResolver {
@@ -139,6 +146,7 @@ export class ImageResolver {
     if (response.status === 404) {
       throw new ResolveError('NOT_FOUND', 404, `${reference.repository}:${tag} does not exist`);
     }
+    this.#checkRefused(registry, reference.repository, response.status);
     if (response.status !== 200) {
       throw new ResolveError('REGISTRY_ANSWER', 502, `the registry answered ${response.status}`);
     }
@@ -205,6 +213,22 @@ export class ImageResolver {
     };
   }
 
+  /**
+   * Throws the operator's fix when the registry refused the watcher: a permanent failure (no
+   * retry brings credentials), counted.
+   */
+  #checkRefused(registry: UpstreamRegistry, repository: string, status: number): void {
+    if (status !== 401 && status !== 403) {
+      return;
+    }
+    this.#settings.onRefused?.(registry.host, status);
+    throw new ResolveError(
+      'UNAUTHORIZED',
+      502,
+      `the registry refused the watcher (${status}) for ${repository}: give it credentials for ${registry.host} in SHOAL_WATCHER_DOCKER_CONFIG`,
+    );
+  }
+
   async #readManifest(
     registry: UpstreamRegistry,
     repository: string,
@@ -225,6 +249,7 @@ export class ImageResolver {
     );
     if (response.status !== 200) {
       const answer = await readAnswer(response);
+      this.#checkRefused(registry, repository, answer.status);
       throw new ResolveError(
         answer.status === 404 ? 'NOT_FOUND' : 'REGISTRY_ANSWER',
         answer.status === 404 ? 404 : 502,
