@@ -119,6 +119,12 @@ export function createTrackerMetrics({ registry, prefix }: ServiceMetrics, view:
       help: 'Live tracker replicas this one hears, itself included; blobs are split between them',
       registers,
     }),
+    replicaClockOffset: new Gauge({
+      name: `${prefix}replica_clock_offset_seconds`,
+      help: "How far this replica's clock is ahead of another live replica's, from their heartbeats (forwarded wants' deadlines are read through it)",
+      labelNames: ['replica'],
+      registers,
+    }),
     shardChanges: new Counter({
       name: `${prefix}shard_changes_total`,
       help: 'Changes of the live replica set (a replica joined, left or stopped answering), each moving some blobs between replicas',

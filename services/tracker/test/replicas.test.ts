@@ -69,6 +69,29 @@ describe('ReplicaSet', () => {
     );
   });
 
+  it("reads another replica's times on its own clock, from the heartbeats' send times", () => {
+    const set = new ReplicaSet('r-a', 5_000);
+    assert.equal(set.clocks.toLocal('r-b', 1_000), 1_000, 'unknown: as it is');
+    // r-b's clock runs 3 s behind: sent at 7,000 on it, heard at 10,000 (+ transit) here.
+    set.heard('r-b', 10_004, 7_000);
+    set.heard('r-b', 11_300, 8_000); // a late one (a paused receiver): 300 ms in transit
+    set.heard('r-b', 12_001, 9_000);
+    assert.equal(set.clocks.offsetMs('r-b'), 3_001, 'the quickest heartbeat is the closest');
+    assert.equal(set.clocks.toLocal('r-b', 9_500), 12_501);
+    // 16 heartbeats later the old samples are gone: a stepped clock is followed.
+    for (let i = 0; i < 16; i += 1) {
+      set.heard('r-b', 20_000 + i * 1_000 + 2, 20_000 + i * 1_000 + 500);
+    }
+    assert.equal(set.clocks.offsetMs('r-b'), -498);
+    set.heard('r-c', 20_000);
+    assert.equal(set.clocks.offsetMs('r-c'), undefined, 'a heartbeat without a send time');
+    assert.equal(set.drop('r-b'), true);
+    assert.equal(set.clocks.offsetMs('r-b'), undefined, 'forgotten with the replica');
+    set.heard('r-d', 0, 100);
+    assert.equal(set.sweep(6_000), true);
+    assert.equal(set.clocks.offsetMs('r-d'), undefined, 'forgotten when it stopped beating');
+  });
+
   it('never drops itself', () => {
     const set = new ReplicaSet('r-a', 1);
     assert.equal(set.heard('r-a', 0), false);

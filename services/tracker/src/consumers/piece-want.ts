@@ -46,6 +46,7 @@ import { choosePeers, sampleWindow, type SwarmMember } from '../handout/policy.j
 import type { WaitingAskers } from '../handout/waiting.js';
 import type { TrackerMetrics } from '../metrics.js';
 import type { SeedRequester } from '../seed/requests.js';
+import type { ClockOffsets } from '../shard/clock-offsets.js';
 import type { BlobShard } from '../shard/shard.js';
 import type { SwarmView } from '../swarm/view.js';
 import { CoalescingQueue } from '../wants/queue.js';
@@ -92,11 +93,14 @@ const FORWARD_MARGIN_MS = 500;
 const PUBLISHED_HEADER = 'Shoal-Want-Published-Ms';
 /**
  * Header carrying the time after which the owner must not answer a forwarded want (the
- * forwarder answers it itself then), in ms since the epoch. Absolute, so that an owner that
- * was paused finds out when it resumes; the replicas' clocks are assumed within
- * `FORWARD_MARGIN_MS` of each other (NTP keeps them much closer).
+ * forwarder answers it itself then), in ms since the epoch on the forwarder's clock. Absolute,
+ * so that an owner that was paused finds out when it resumes; the owner reads it on its own
+ * clock through the offset it measured from the forwarder's heartbeats (`ClockOffsets`), so
+ * the replicas' clocks need not agree.
  */
 const DEADLINE_HEADER = 'Shoal-Forward-Deadline-Ms';
+/** Header naming the replica that forwarded a want: whose clock its deadline is on. */
+const FORWARDER_HEADER = 'Shoal-Forwarded-By';
 /** At most one warning per this many ms for each kind of repeated forwarding failure. */
 const WARN_INTERVAL_MS = 10_000;
 
@@ -218,9 +222,23 @@ function replyForwarded(msg: Msg, outcome: WantForwarded['outcome'], logger: Log
   }
 }
 
-/** A want another replica forwarded (see `forwardedWantSubject`); its reply settles it. */
-function forwardedWant(msg: Msg, want: PieceWant, nowMs: number, logger: Logger): ReceivedWant {
-  const deadlineMs = headerMs(msg.headers, DEADLINE_HEADER);
+/**
+ * A want another replica forwarded (see `forwardedWantSubject`); its reply settles it.
+ * `clocks`: how far the forwarders' clocks are from this one's, to read its deadline.
+ */
+function forwardedWant(
+  msg: Msg,
+  want: PieceWant,
+  nowMs: number,
+  clocks: ClockOffsets | undefined,
+  logger: Logger,
+): ReceivedWant {
+  const remoteDeadlineMs = headerMs(msg.headers, DEADLINE_HEADER);
+  const forwarder = msg.headers?.get(FORWARDER_HEADER) ?? '';
+  const deadlineMs =
+    remoteDeadlineMs === undefined || clocks === undefined || forwarder === ''
+      ? remoteDeadlineMs
+      : clocks.toLocal(forwarder, remoteDeadlineMs);
   return {
     want,
     headers: msg.headers,
@@ -678,7 +696,13 @@ export class WantsConsumer {
       replyForwarded(msg, 'not-owner', logger);
       return;
     }
-    const received = forwardedWant(msg, decoded.value, now(), logger);
+    const received = forwardedWant(
+      msg,
+      decoded.value,
+      now(),
+      this.#deps.shard?.replicas.clocks,
+      logger,
+    );
     if (forwardExpired(received, this.#deps, 'arrival')) {
       this.#warn(
         'expired',
@@ -739,6 +763,9 @@ export class WantsConsumer {
     }
     forwardHeaders.set(PUBLISHED_HEADER, String(publishedAtMs));
     forwardHeaders.set(DEADLINE_HEADER, String(now() + FORWARD_TIMEOUT_MS - FORWARD_MARGIN_MS));
+    if (this.#deps.shard !== undefined) {
+      forwardHeaders.set(FORWARDER_HEADER, this.#deps.shard.replicas.self);
+    }
     try {
       const reply = await nc.request(
         forwardedWantSubject(owner),

@@ -6,7 +6,11 @@
  * dies drops out after a few missed heartbeats (or at once, when a forwarded want finds
  * nobody listening on its subject).
  */
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import {
+  headers as natsHeaders,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
@@ -26,6 +30,17 @@ import type { BlobShard } from './shard.js';
  * nobody listening; a stopped one does not answer and its wants are answered by others).
  */
 export const HEARTBEATS_MISSED = 10;
+
+/**
+ * Header of a heartbeat: when it was sent, in ms since the epoch on its replica's clock. A
+ * header, not a field, so that replicas of an older version still read the heartbeat.
+ */
+const SENT_HEADER = 'Shoal-Sent-Ms';
+/**
+ * Clocks further apart than this are worth an operator's look (a forwarded want's deadline
+ * is translated, but hand-out latencies and logs of different replicas no longer line up).
+ */
+const CLOCK_WARN_MS = 500;
 
 export interface MembershipDeps {
   readonly nc: NatsConnection;
@@ -48,6 +63,9 @@ export class ReplicaMembership {
   #sweep: NodeJS.Timeout | undefined;
   #beat: NodeJS.Timeout | undefined;
   readonly #invalidLog = new LogGate(10_000);
+  readonly #clockLog = new LogGate(60_000);
+  /** Replicas in the clock offset gauge. */
+  readonly #shown = new Set<string>();
 
   constructor(deps: MembershipDeps) {
     this.#deps = deps;
@@ -77,11 +95,26 @@ export class ReplicaMembership {
           return;
         }
         const { id, leaving } = decoded.value;
-        this.#changed(leaving ? shard.replicas.drop(id) : shard.replicas.heard(id, now()));
+        if (leaving) {
+          this.#changed(shard.replicas.drop(id));
+          this.#unshow(id);
+          return;
+        }
+        const sentMs = Number(msg.headers?.get(SENT_HEADER));
+        const nowMs = now();
+        this.#changed(
+          shard.replicas.heard(
+            id,
+            nowMs,
+            Number.isFinite(sentMs) && sentMs > 0 ? sentMs : undefined,
+          ),
+        );
+        this.#clockHeard(id, nowMs);
       },
     });
     this.#sweep = setInterval(() => {
       this.#changed(shard.replicas.sweep(now()));
+      this.#clocksForgotten();
       // Borrowed blobs whose owner answers again (no want borrowed them for a while) go
       // back, with their askers; checked every beat, it costs a look at a few blobs.
       if (shard.releaseBorrowed(now()) > 0) {
@@ -101,6 +134,7 @@ export class ReplicaMembership {
   /** Takes `id` out of the live set until its next heartbeat (nobody answers for it). */
   drop(id: string): void {
     this.#changed(this.#deps.shard.replicas.drop(id));
+    this.#unshow(id);
   }
 
   /** Says this replica is leaving, so the others take its blobs now; stops following. */
@@ -120,17 +154,55 @@ export class ReplicaMembership {
   }
 
   #publish(leaving: boolean): void {
-    const { nc, shard, logger } = this.#deps;
+    const { nc, shard, logger, now } = this.#deps;
     const self = shard.replicas.self;
+    const headers = natsHeaders();
+    headers.set(SENT_HEADER, String(now()));
     try {
       nc.publish(
         trackerReplicaSubject(self),
         encodeMessage(trackerReplica, { type: 'tracker-replica', id: self, leaving }),
+        { headers },
       );
     } catch (error) {
       // Only a closing connection refuses a publish; the next beat tries again.
       logger.debug({ err: error }, 'tracker heartbeat not published');
     }
+  }
+
+  /** Shows how far `id`'s clock is from this one's, and says so when it is far. */
+  #clockHeard(id: string, nowMs: number): void {
+    const { shard, metrics, logger } = this.#deps;
+    const offsetMs = shard.replicas.clocks.offsetMs(id);
+    if (offsetMs === undefined) {
+      return;
+    }
+    metrics.replicaClockOffset.set({ replica: id }, offsetMs / 1000);
+    this.#shown.add(id);
+    if (Math.abs(offsetMs) > CLOCK_WARN_MS) {
+      const held = this.#clockLog.pass(nowMs);
+      if (held !== undefined) {
+        logger.warn(
+          { replica: id, offsetMs, ...(held > 0 ? { alikeHeld: held } : {}) },
+          "a tracker replica's clock is far from this one's; forwarded wants' deadlines are read on its clock (keep the clocks in sync)",
+        );
+      }
+    }
+  }
+
+  /** The gauge loses the replicas that left the live set. */
+  #clocksForgotten(): void {
+    const live = new Set(this.#deps.shard.replicas.members);
+    for (const id of this.#shown) {
+      if (!live.has(id)) {
+        this.#unshow(id);
+      }
+    }
+  }
+
+  #unshow(id: string): void {
+    this.#deps.metrics.replicaClockOffset.remove({ replica: id });
+    this.#shown.delete(id);
   }
 
   #changed(changed: boolean): void {

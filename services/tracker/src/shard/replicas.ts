@@ -7,6 +7,8 @@
  * serves). Pure: no NATS, the clock is passed in.
  */
 
+import { ClockOffsets } from './clock-offsets.js';
+
 /** Most blob owners remembered per membership (past it the cache starts again). */
 const OWNER_CACHE_MAX = 100_000;
 
@@ -53,6 +55,8 @@ export class ReplicaSet {
   /** Set by `leave`: this replica owns nothing while another is live. */
   #leaving = false;
   readonly #owners = new Map<string, string>();
+  /** How far the live replicas' clocks are from this one's (from their heartbeats). */
+  readonly clocks = new ClockOffsets();
 
   /** `deadAfterMs`: a replica not heard for longer is no longer live. */
   constructor(self: string, deadAfterMs: number) {
@@ -71,10 +75,16 @@ export class ReplicaSet {
     return this.#epoch;
   }
 
-  /** A heartbeat of `id` came at `nowMs`; true when that changed the live set. */
-  heard(id: string, nowMs: number): boolean {
+  /**
+   * A heartbeat of `id` came at `nowMs`, sent at `sentMs` on its clock if it said; true when
+   * that changed the live set.
+   */
+  heard(id: string, nowMs: number, sentMs?: number): boolean {
     if (id === this.self) {
       return false;
+    }
+    if (sentMs !== undefined) {
+      this.clocks.sample(id, sentMs, nowMs);
     }
     const known = this.#lastHeard.has(id);
     this.#lastHeard.set(id, nowMs);
@@ -86,6 +96,7 @@ export class ReplicaSet {
    * set until its next heartbeat. True when that changed the live set.
    */
   drop(id: string): boolean {
+    this.clocks.forget(id);
     return this.#lastHeard.delete(id) ? this.#changed() : false;
   }
 
@@ -95,6 +106,7 @@ export class ReplicaSet {
     for (const [id, lastMs] of this.#lastHeard) {
       if (nowMs - lastMs > this.#deadAfterMs) {
         this.#lastHeard.delete(id);
+        this.clocks.forget(id);
         changed = true;
       }
     }
