@@ -46,7 +46,8 @@ interface ComposeService {
   readonly build?: unknown;
   readonly command?: string[];
   readonly environment?: Record<string, string | null>;
-  readonly ports?: ({ published?: number | string; target?: number } | string)[];
+  /** Long syntax, or as `docker-compose config` 1.29 writes them: `[ip:]published:target[/proto]`. */
+  readonly ports?: ({ host_ip?: string; published?: number | string; target?: number } | string)[];
   /** As `docker-compose config` writes them: `source:target[:mode]`. */
   readonly volumes?: string[];
   readonly healthcheck?: { readonly test?: string[] | string };
@@ -96,6 +97,24 @@ async function localMounts(
     }
   }
   return local;
+}
+
+/** A service's published ports, from either syntax. */
+function publishedPorts(
+  service: ComposeService | undefined,
+): { hostIp: string | undefined; published: number; target: number }[] {
+  return (service?.ports ?? []).map((port) => {
+    if (typeof port !== 'string') {
+      return {
+        hostIp: port.host_ip,
+        published: Number(port.published),
+        target: Number(port.target),
+      };
+    }
+    const match = /^(?:(.+):)?(\d+):(\d+)(?:\/\w+)?$/.exec(port);
+    assert.ok(match !== null, `a port mapping this test cannot read: ${port}`);
+    return { hostIp: match[1], published: Number(match[2]), target: Number(match[3]) };
+  });
 }
 
 /** The streams (KV buckets included) a nats-server holds, from its monitoring port. */
@@ -374,11 +393,28 @@ describe('deploy/compose', () => {
       assert.ok(service !== undefined);
       assert.equal(service.environment?.SHOAL_AGENT_LISTEN, '0.0.0.0:65001');
       assert.match(service.environment.SHOAL_NATS_URL ?? '', /^nats:\/\/agent:[^@]+@nats:4222$/);
-      const port = service.ports?.find((p) => typeof p !== 'string' && p.target === 65001);
-      assert.ok(port !== undefined && typeof port !== 'string', `${name} publishes no mirror`);
-      return Number(port.published);
+      const port = publishedPorts(service).find((p) => p.target === 65001);
+      assert.ok(port !== undefined, `${name} publishes no mirror`);
+      return port.published;
     });
     assert.deepEqual(published, [65001, 65101]);
+  });
+
+  it('publishes every port on the loopback address only', () => {
+    // Grafana lets anyone in as an admin, the agents mirror docker.io for whoever asks, and
+    // NATS, the registry and the object gateway are the stack's own: none is for the network.
+    let checked = 0;
+    for (const [name, service] of Object.entries(services)) {
+      for (const port of publishedPorts(service)) {
+        assert.equal(
+          port.hostIp,
+          '127.0.0.1',
+          `${name} publishes ${port.published} to the network`,
+        );
+        checked += 1;
+      }
+    }
+    assert.ok(checked > 0, 'no published port');
   });
 
   it('sends traces to Tempo over OTLP/HTTP', () => {
