@@ -33,27 +33,16 @@ import { parse } from 'yaml';
 
 import {
   answers200,
+  COMPOSE_FILE,
   definedMetrics,
   localPaths,
   podSpec,
   renderOverlay,
+  renderCompose,
   REPO_ROOT,
   rewriteFiles,
+  type ComposeService,
 } from '../src/deploy.js';
-
-interface ComposeService {
-  readonly image?: string;
-  readonly build?: unknown;
-  readonly command?: string[];
-  readonly environment?: Record<string, string | null>;
-  /** Long syntax, or as `docker-compose config` 1.29 writes them: `[ip:]published:target[/proto]`. */
-  readonly ports?: ({ host_ip?: string; published?: number | string; target?: number } | string)[];
-  /** As `docker-compose config` writes them: `source:target[:mode]`. */
-  readonly volumes?: string[];
-  readonly healthcheck?: { readonly test?: string[] | string };
-}
-
-const COMPOSE_FILE = join(REPO_ROOT, 'deploy', 'compose', 'compose.yaml');
 
 /**
  * The programs of this machine that run a compose image's command as its container would
@@ -137,19 +126,9 @@ describe('deploy/compose', () => {
   before(async () => {
     // As an operator starts it: the .env made by scripts/gen-secrets.sh (here in a temporary
     // directory, so that a developer's own deploy/compose/.env plays no part).
-    const dir = await makeTempDir('compose-env');
-    removeEnvDir = () => dir.remove();
-    envFile = join(dir.path, '.env');
-    await run('bash', [join(REPO_ROOT, 'scripts', 'gen-secrets.sh'), 'compose', envFile]);
-    secrets = Object.fromEntries(
-      (await readFile(envFile, 'utf8'))
-        .split('\n')
-        .filter((line) => /^[A-Z0-9_]+=/.test(line))
-        .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
-    );
-    const compose = requireBinary('docker-compose');
-    const { stdout } = await run(compose, ['-f', COMPOSE_FILE, '--env-file', envFile, 'config']);
-    services = (parse(stdout) as { services: Record<string, ComposeService> }).services;
+    const compose = await renderCompose();
+    removeEnvDir = () => compose.remove();
+    ({ services, secrets, envFile } = compose);
   });
 
   after(() => removeEnvDir());

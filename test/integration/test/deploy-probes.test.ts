@@ -33,8 +33,10 @@ import {
 import {
   answers200,
   at,
+  decodeSecret,
   localPaths,
   podSpec,
+  renderedEnv,
   rewriteFiles,
   renderOverlay,
   type PodSpec,
@@ -146,74 +148,6 @@ function listenPorts(env: Record<string, string>): Set<number> {
     }
   }
   return ports;
-}
-
-function decodeSecret(secret: K8sObject, key: string): string | undefined {
-  const stringData = secret.stringData as Record<string, string> | undefined;
-  const data = secret.data as Record<string, string> | undefined;
-  if (stringData?.[key] !== undefined) {
-    return stringData[key];
-  }
-  return data?.[key] === undefined ? undefined : Buffer.from(data[key], 'base64').toString();
-}
-
-/**
- * The container's environment as the kubelet would give it: ConfigMaps and Secrets looked up
- * in the rendered objects, field references for one node, `$(VAR)` expanded in order.
- */
-function renderedEnv(
-  container: Container,
-  objects: readonly K8sObject[],
-  pod: Pod = { name: 'probe-pod', ip: '127.0.0.1' },
-): Record<string, string> {
-  const env: Record<string, string> = {};
-  const lookup = (kind: string, name: string): K8sObject => {
-    const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
-    assert.ok(found !== undefined, `${container.name}: no ${kind} ${name}`);
-    return found;
-  };
-  for (const source of container.envFrom ?? []) {
-    if (source.configMapRef !== undefined) {
-      Object.assign(env, lookup('ConfigMap', source.configMapRef.name).data);
-    }
-    if (source.secretRef !== undefined) {
-      const secret = lookup('Secret', source.secretRef.name);
-      const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
-      for (const key of keys) {
-        env[key] = decodeSecret(secret, key) ?? '';
-      }
-    }
-  }
-  const fields: Record<string, string> = {
-    'status.hostIP': '127.0.0.1',
-    'status.podIP': pod.ip,
-    'spec.nodeName': 'probe-node',
-    'metadata.name': pod.name,
-    'metadata.namespace': 'shoal',
-  };
-  for (const variable of container.env ?? []) {
-    const from = variable.valueFrom;
-    let value: string | undefined;
-    if (variable.value !== undefined) {
-      value = variable.value.replace(/\$\(([A-Z0-9_]+)\)/g, (whole, name: string) =>
-        env[name] === undefined ? whole : env[name],
-      );
-    } else if (from?.fieldRef !== undefined) {
-      value = fields[from.fieldRef.fieldPath];
-    } else if (from?.configMapKeyRef !== undefined) {
-      const data = lookup('ConfigMap', from.configMapKeyRef.name).data as Record<string, string>;
-      value = data[from.configMapKeyRef.key];
-    } else if (from?.secretKeyRef !== undefined) {
-      const secret = objects.find(
-        (o) => o.kind === 'Secret' && o.metadata.name === from.secretKeyRef?.name,
-      );
-      value = secret === undefined ? undefined : decodeSecret(secret, from.secretKeyRef.key);
-    }
-    if (value !== undefined) {
-      env[variable.name] = value;
-    }
-  }
-  return env;
 }
 
 /**
