@@ -51,6 +51,10 @@ export interface ComposeService {
   /** As `docker-compose config` writes them: `source:target[:mode]`. */
   readonly volumes?: string[];
   readonly healthcheck?: { readonly test?: string[] | string };
+  readonly entrypoint?: string[];
+  readonly restart?: string;
+  /** Short syntax (names) or long (name -> condition). */
+  readonly depends_on?: string[] | Record<string, { condition?: string }>;
 }
 
 /** The compose stack's file. */

@@ -4,7 +4,9 @@
  * refuses to start, saying how to make them); every healthcheck reaches a port its service's
  * process opens (each such service is started here with its command, environment and mounts);
  * the stack's NATS, started so, holds every stream and bucket the real services create as
- * their own users; the Grafana dashboard parses and asks only for metrics the services define, so it cannot
+ * their own users; every Shoal service of the stack starts from its command, environment and
+ * volumes (the one-shot hand-out keys first) and gets ready, and the README's pull goes
+ * through both agents with nothing fetched from the origin by an agent; the Grafana dashboard parses and asks only for metrics the services define, so it cannot
  * drift from the code unnoticed.
  */
 import assert from 'node:assert/strict';
@@ -19,9 +21,13 @@ import {
   requireBinary,
   run,
   serviceNodeFlags,
+  generateImage,
+  pushImage,
+  scrapeMetrics,
   startAgent,
   startProcess,
   startRegistry,
+  startS3,
   startSeedServer,
   startTracker,
   startWatcher,
@@ -30,6 +36,8 @@ import {
   type ServiceProcess,
 } from '@shoal/testkit';
 import { parse } from 'yaml';
+
+import { streamDigest } from '../src/http.js';
 
 import {
   answers200,
@@ -265,6 +273,13 @@ describe('deploy/compose', () => {
     };
   }
 
+  /** How deep a service is in the stack's `depends_on` graph (0: it depends on nothing). */
+  function dependencyDepth(name: string): number {
+    const dependsOn = services[name]?.depends_on;
+    const names = Array.isArray(dependsOn) ? dependsOn : Object.keys(dependsOn ?? {});
+    return names.length === 0 ? 0 : 1 + Math.max(...names.map(dependencyDepth));
+  }
+
   /** Runs `check` against a started process; a failure carries the end of its log. */
   async function withLog(proc: RunningProcess, check: () => Promise<void>): Promise<void> {
     try {
@@ -354,6 +369,165 @@ describe('deploy/compose', () => {
       }
       await registry.stop();
       await stop();
+    }
+  });
+
+  it("runs the stack's Shoal services as compose starts them, and a pull goes through both agents", async () => {
+    const cleanup: (() => Promise<void>)[] = [];
+    try {
+      const scratch = await makeTempDir('compose-stack');
+      cleanup.push(() => scratch.remove());
+      // Stand-ins for the images this machine cannot run: the stack's own nats-server (from
+      // its command and configuration), the test kit's S3 server with the gateway's key and
+      // the bucket its one-shot service makes, and a registry; no tracing.
+      const nats = await startLocally('nats');
+      cleanup.push(() => nats.stop());
+      await waitFor('NATS', () => answers200('http://127.0.0.1:8222/healthz'), {
+        process: nats.proc,
+        timeoutMs: 30_000,
+      });
+      const gateway = services['object-gateway']?.environment ?? {};
+      const bucket = /mkdir -p \/data\/([\w.-]+)/.exec(
+        (services['object-gateway-bucket']?.entrypoint ?? []).join(' '),
+      )?.[1];
+      assert.ok(bucket !== undefined, 'object-gateway-bucket makes no bucket');
+      const s3 = await startS3({
+        credentials: [
+          {
+            accessKeyId: gateway.ROOT_ACCESS_KEY_ID ?? '',
+            secretAccessKey: gateway.ROOT_SECRET_ACCESS_KEY ?? '',
+          },
+        ],
+        buckets: [bucket],
+      });
+      cleanup.push(() => s3.stop());
+      const registry = await startRegistry();
+      cleanup.push(() => registry.stop());
+      const layout = await makeTempDir('compose-image');
+      cleanup.push(() => layout.remove());
+      const image = await generateImage(layout.path, {
+        layerSizes: [3 * 1024 * 1024, 512 * 1024],
+        seed: 'compose-stack',
+      });
+      const repository = 'demo/compose';
+      await pushImage(image, registry.host, repository);
+
+      // The Shoal services (the image compose builds), each on a loopback address of its own:
+      // both agents listen on the same ports, as in their own containers.
+      const shoalImage = services.tracker?.image;
+      const shoal = Object.entries(services).filter(([, s]) => s.image === shoalImage);
+      const addresses = new Map(shoal.map(([name], i) => [name, `127.0.0.${String(20 + i)}`]));
+      const endpoints = new Map<string, string>([
+        ['nats:4222', '127.0.0.1:4222'],
+        ['object-gateway:7070', `127.0.0.1:${String(s3.port)}`],
+        ['registry:5000', registry.host],
+      ]);
+      const localFor = (name: string, service: ComposeService): ((text: string) => string) => {
+        // Named volumes are directories shared between the services that mount them.
+        const mounts = (service.volumes ?? []).map((volume) => {
+          const [source = '', target = ''] = volume.split(':');
+          return {
+            target,
+            dir: source.startsWith('/') ? source : join(scratch.path, 'volumes', source),
+          };
+        });
+        mounts.sort((a, b) => b.target.length - a.target.length);
+        return (text) => {
+          let local = text.replace(/\b([a-z][a-z0-9-]*):(\d+)\b/g, (whole, host: string, port) => {
+            const address = addresses.get(host);
+            return endpoints.get(whole) ?? (address === undefined ? whole : `${address}:${port}`);
+          });
+          local = local.replace(/^0\.0\.0\.0:/, `${addresses.get(name) ?? ''}:`);
+          for (const { target, dir } of mounts) {
+            if (local === target || local.startsWith(`${target}/`)) {
+              return dir + local.slice(target.length);
+            }
+          }
+          return local;
+        };
+      };
+      const started = new Map<string, string>();
+      // In the order compose starts them: one-shots first, then by their dependencies.
+      const order = shoal
+        .map(([name]) => name)
+        .sort((a, b) => dependencyDepth(a) - dependencyDepth(b));
+      for (const name of order) {
+        const service = services[name];
+        assert.ok(service !== undefined);
+        const local = localFor(name, service);
+        for (const volume of service.volumes ?? []) {
+          const source = volume.split(':')[0] ?? '';
+          if (!source.startsWith('/')) {
+            await mkdir(join(scratch.path, 'volumes', source), { recursive: true });
+          }
+        }
+        const env = Object.fromEntries(
+          Object.entries(service.environment ?? {})
+            .filter(([key]) => !key.startsWith('OTEL_EXPORTER_'))
+            .map(([key, value]) => [key, local(value ?? '')]),
+        );
+        // The image's working directory is the repository's layout.
+        const args = (service.command ?? [])
+          .map(local)
+          .map((arg) => (arg.startsWith('services/') ? join(REPO_ROOT, arg) : arg));
+        const options = {
+          logPath: join(scratch.path, `${name}.log`),
+          env: { PATH: process.env.PATH ?? '', OTEL_SDK_DISABLED: 'true', ...env },
+        };
+        if (service.restart === 'no') {
+          // A one-shot (the hand-out keys): it runs to completion before the others start.
+          await run(process.execPath, args, options);
+          continue;
+        }
+        const proc = startProcess(process.execPath, args, options);
+        cleanup.push(() => proc.stop());
+        await withLog(proc, async () => {
+          const listens = Object.entries(env).filter(([key]) => key.endsWith('_LISTEN'));
+          assert.ok(listens.length > 0, `${name} listens nowhere`);
+          for (const [, address] of listens) {
+            await waitFor(
+              `${name} /readyz on ${address}`,
+              () => answers200(`http://${address}/readyz`),
+              {
+                process: proc,
+                timeoutMs: 30_000,
+              },
+            );
+          }
+        });
+        started.set(name, env.SHOAL_AGENT_LISTEN ?? '');
+      }
+      assert.deepEqual([...started.keys()].sort(), [
+        'agent-1',
+        'agent-2',
+        'seedserver',
+        'tracker',
+        'watcher',
+      ]);
+
+      // The README's pull: the registry by its host name, through one agent and then the other
+      // (no ns=: the agents' default registry).
+      for (const agent of ['agent-1', 'agent-2']) {
+        const mirror = `http://${started.get(agent) ?? ''}`;
+        const manifest = await streamDigest(`${mirror}/v2/${repository}/manifests/latest`, {
+          headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+        });
+        assert.equal(manifest.digest, image.manifest.digest, `${agent}: the manifest`);
+        for (const blob of image.blobs) {
+          const outcome = await streamDigest(`${mirror}/v2/${repository}/blobs/${blob.digest}`);
+          assert.equal(outcome.digest, blob.digest, `${agent}: ${blob.digest}`);
+        }
+        const metrics = await scrapeMetrics(`http://${addresses.get(agent) ?? ''}:65002`);
+        assert.equal(
+          metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
+          0,
+          `${agent} fetched nothing from the origin itself: the seed server and the peer did`,
+        );
+      }
+    } finally {
+      for (const step of cleanup.reverse()) {
+        await step().catch(() => undefined);
+      }
     }
   });
 
