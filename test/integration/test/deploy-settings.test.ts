@@ -283,6 +283,14 @@ function claimBytes(statefulSet: K8sObject, claim: string): number {
  * server), counted here as 128 MiB.
  */
 const TRACKER_BASE_BYTES = 128 * MiB;
+
+/**
+ * What a nats-server holds in memory per subject of a stream, measured with nats-server 2.9.10
+ * (1,200,000 distinct subjects of 110 bytes in a file stream with one message per subject:
+ * 423 MiB resident, and 152 MiB for 400,000), and what it takes without streams.
+ */
+const NATS_SUBJECT_BYTES = 360;
+const NATS_BASE_BYTES = 128 * MiB;
 const TRACKER_ENTRY_BYTES = 500;
 const TRACKER_KEPT_HAVE_BYTES = 500;
 
@@ -418,6 +426,23 @@ describe('settings of the deploy files', () => {
       declared <= maxFileStore(compose),
       'compose: the declared limits exceed max_file_store',
     );
+  });
+
+  it('gives NATS the memory the subjects of its streams may take', () => {
+    // The swarm and want streams keep a subject per (blob, peer): up to their message bounds,
+    // which a flood of haves or wants reaches; every server holds a replica of each.
+    const subjects = [STREAMS.swarm, STREAMS.wants].reduce((sum, s) => sum + s.maxMsgs, 0);
+    const need = NATS_BASE_BYTES + subjects * NATS_SUBJECT_BYTES;
+    for (const overlay of ['mixed', 'seeder']) {
+      const nats = find(rendered.get(overlay) ?? [], 'StatefulSet', 'shoal-nats');
+      const server = podSpec(nats).containers.find((c) => c.name === 'nats');
+      const limit = server?.resources?.limits?.memory;
+      assert.ok(limit !== undefined, `${overlay}: NATS has no memory limit`);
+      assert.ok(
+        quantityBytes(limit) >= need,
+        `${overlay}: NATS's ${limit} for up to ${String(subjects)} subjects (${String(Math.ceil(need / MiB))} MiB)`,
+      );
+    }
   });
 
   it("keeps the seed server's cache within its volume", () => {
