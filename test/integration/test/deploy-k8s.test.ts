@@ -127,6 +127,38 @@ describe('deploy/k8s overlays', () => {
         }
       });
 
+      it('points every Service at pods it selects and a port they declare', () => {
+        const objects = overlay(name);
+        // The leecher overlay has none: its agents use the seeder cluster's.
+        const services = objects.filter((o) => o.kind === 'Service');
+        for (const service of services) {
+          const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
+          const selected = workloads(objects).filter((w) => {
+            const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
+              string,
+              string
+            >;
+            return Object.entries(selector).every(([key, value]) => labels[key] === value);
+          });
+          const where = `Service/${service.metadata.name}`;
+          assert.ok(Object.keys(selector).length > 0, `${where} selects every pod`);
+          assert.ok(selected.length > 0, `${where} selects no pod`);
+          const ports = selected.flatMap((w) =>
+            podSpec(w).containers.flatMap((c) => c.ports ?? []),
+          );
+          for (const { port, targetPort } of (at(service, 'spec', 'ports') ?? []) as {
+            port: number;
+            targetPort?: number | string;
+          }[]) {
+            const target = targetPort ?? port;
+            assert.ok(
+              ports.some((p) => (typeof target === 'string' ? p.name : p.containerPort) === target),
+              `${where}: port ${String(port)} targets ${String(target)}, which no selected pod declares`,
+            );
+          }
+        }
+      });
+
       it('defines every $(VAR) before a variable uses it', () => {
         for (const container of containersOf(overlay(name))) {
           const defined = new Set<string>();
