@@ -445,6 +445,25 @@ describe('settings of the deploy files', () => {
     }
   });
 
+  it("keeps what the seed server stores in the object gateway within the gateway's volume", () => {
+    for (const overlay of ['mixed', 'seeder']) {
+      const objects = rendered.get(overlay) ?? [];
+      const seed = find(objects, 'StatefulSet', 'shoal-seedserver');
+      const [container] = podSpec(seed).containers;
+      assert.ok(container !== undefined);
+      const config = configs.get('seedserver')?.load(renderedEnv(container, objects)) ?? {};
+      assert.equal(config.SHOAL_S3_ENDPOINT, 'http://shoal-object-gateway:7070', overlay);
+      const gateway = find(objects, 'StatefulSet', 'shoal-object-gateway');
+      const volume = claimBytes(gateway, 'data');
+      const maxBytes = Number(config.SHOAL_SEED_GATEWAY_MAX_BYTES);
+      // 0 would be no limit: the volume fills and the gateway refuses every new blob.
+      assert.ok(
+        maxBytes > 0 && maxBytes < volume,
+        `${overlay}: the retention keeps ${String(maxBytes)} B on a ${String(volume)} B volume`,
+      );
+    }
+  });
+
   it("keeps the seed server's cache within its volume", () => {
     for (const overlay of ['mixed', 'seeder']) {
       const objects = rendered.get(overlay) ?? [];
