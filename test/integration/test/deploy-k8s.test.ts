@@ -159,6 +159,35 @@ describe('deploy/k8s overlays', () => {
         }
       });
 
+      it('runs every container locked down, with memory requests and limits', () => {
+        for (const workload of workloads(overlay(name))) {
+          const spec = at(workload, 'spec', 'template', 'spec');
+          const where = `${workload.kind}/${workload.metadata.name}`;
+          assert.equal(at(spec, 'automountServiceAccountToken'), false, `${where}: API token`);
+          assert.equal(at(spec, 'securityContext', 'seccompProfile', 'type'), 'RuntimeDefault');
+          // The agents run as root (containerd's hosts files and their cache on the node's
+          // disk belong to root), with no capability; everything else as a user.
+          const agent = workload.kind === 'DaemonSet';
+          assert.equal(
+            at(spec, 'securityContext', 'runAsNonRoot'),
+            agent ? undefined : true,
+            where,
+          );
+          const pod = podSpec(workload);
+          for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
+            const context = at(c, 'securityContext');
+            const container = `${where} ${c.name}`;
+            assert.equal(at(context, 'allowPrivilegeEscalation'), false, container);
+            assert.equal(at(context, 'readOnlyRootFilesystem'), true, container);
+            assert.deepEqual(at(context, 'capabilities', 'drop'), ['ALL'], container);
+            assert.equal(at(context, 'privileged'), undefined, container);
+            assert.equal(at(context, 'capabilities', 'add'), undefined, container);
+            assert.ok(c.resources?.requests?.memory !== undefined, `${container}: memory request`);
+            assert.ok(c.resources.limits?.memory !== undefined, `${container}: memory limit`);
+          }
+        }
+      });
+
       it('defines every $(VAR) before a variable uses it', () => {
         for (const container of containersOf(overlay(name))) {
           const defined = new Set<string>();
