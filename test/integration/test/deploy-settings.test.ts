@@ -509,6 +509,36 @@ describe('settings of the deploy files', () => {
     assert.ok(checked > 0, 'no tracker rendered');
   });
 
+  it('gives NATS more time to stop than its lame-duck mode takes', () => {
+    // The pre-stop hook puts the server in lame-duck mode, which ignores the SIGTERM that
+    // follows: it stops once its clients moved (grace period, then the eviction's duration).
+    const seconds = (text: string | undefined): number => {
+      const match = /^(\d+)s$/.exec(text ?? '');
+      assert.ok(match !== null, `not a duration in seconds: ${String(text)}`);
+      return Number(match[1]);
+    };
+    for (const overlay of ['mixed', 'seeder']) {
+      const objects = rendered.get(overlay) ?? [];
+      const nats = find(objects, 'StatefulSet', 'shoal-nats');
+      const config = objects.find(
+        (o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('shoal-nats-config'),
+      );
+      const conf = (at(config, 'data', 'nats.conf') as string | undefined) ?? '';
+      const lameDuck =
+        seconds(/^lame_duck_duration:\s*(\S+)$/m.exec(conf)?.[1]) +
+        seconds(/^lame_duck_grace_period:\s*(\S+)$/m.exec(conf)?.[1]);
+      const grace = Number(at(nats, 'spec', 'template', 'spec', 'terminationGracePeriodSeconds'));
+      assert.ok(
+        grace > lameDuck,
+        `${overlay}: killed after ${String(grace)} s, lame duck ${String(lameDuck)} s`,
+      );
+      assert.match(
+        JSON.stringify(at(nats, 'spec', 'template', 'spec', 'containers', 0, 'lifecycle')),
+        /--signal","ldm=/,
+      );
+    }
+  });
+
   it('gives every Shoal pod more time to stop than its graceful shutdown may take', () => {
     let checked = 0;
     for (const [name, objects] of rendered) {
