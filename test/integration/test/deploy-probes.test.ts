@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -338,6 +339,33 @@ function localEnv(
   return local;
 }
 
+/** The INFO a nats-server sends a client that connects, before anything else. */
+async function serverInfo(
+  host: string,
+  port: number,
+): Promise<{ cluster?: string; connect_urls?: string[] }> {
+  const socket = connect({ host, port });
+  socket.setTimeout(5_000, () => socket.destroy(new Error(`${host}:${String(port)}: no INFO`)));
+  try {
+    let text = '';
+    for await (const chunk of socket) {
+      text += (chunk as Buffer).toString('utf8');
+      const end = text.indexOf('\r\n');
+      if (end >= 0) {
+        const line = text.slice(0, end);
+        assert.ok(line.startsWith('INFO '), line);
+        return JSON.parse(line.slice('INFO '.length)) as {
+          cluster?: string;
+          connect_urls?: string[];
+        };
+      }
+    }
+    throw new Error(`${host}:${String(port)} closed before its INFO`);
+  } finally {
+    socket.destroy();
+  }
+}
+
 describe('deploy/k8s probes', () => {
   const rendered = new Map<string, K8sObject[]>();
   let nats: NatsServer;
@@ -459,6 +487,18 @@ describe('deploy/k8s probes', () => {
               } catch (error) {
                 const log = await readFile(proc.logPath, 'utf8').catch(() => '');
                 throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
+              }
+            }
+            if (program?.binary === 'nats-server') {
+              // Clients (leecher agents through a LoadBalancer among them) know the servers by
+              // the Service they dial: a server must not hand out its peers' pod addresses,
+              // which clients outside the cluster cannot reach and would try on reconnect.
+              const client = container.ports?.find((p) => p.name === 'client')?.containerPort;
+              assert.ok(client !== undefined, `${container.name}: no client port`);
+              for (const { pod } of running) {
+                const info = await serverInfo(pod.ip, client);
+                assert.equal(info.cluster, 'shoal', `${pod.name} is not in the cluster`);
+                assert.deepEqual(info.connect_urls ?? [], [], `${pod.name} advertises its peers`);
               }
             }
             started.push(workload.metadata.name);
