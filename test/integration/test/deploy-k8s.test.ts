@@ -257,6 +257,35 @@ describe('deploy/k8s overlays', () => {
       assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
     });
 
+    it('spreads the replicas of every workload that has several over the nodes', () => {
+      const objects = overlay('mixed');
+      const spread = workloads(objects).filter((w) => Number(at(w, 'spec', 'replicas') ?? 1) > 1);
+      assert.deepEqual(spread.map((w) => w.metadata.name).sort(), [
+        'shoal-nats',
+        'shoal-seedserver',
+        'shoal-tracker',
+        'shoal-watcher',
+      ]);
+      for (const workload of spread) {
+        const constraints = (at(
+          workload,
+          'spec',
+          'template',
+          'spec',
+          'topologySpreadConstraints',
+        ) ?? []) as { topologyKey: string; whenUnsatisfiable: string; labelSelector: unknown }[];
+        const byHost = constraints.find((c) => c.topologyKey === 'kubernetes.io/hostname');
+        assert.ok(byHost !== undefined, `${workload.metadata.name} is not spread over nodes`);
+        assert.deepEqual(byHost.labelSelector, at(workload, 'spec', 'selector'));
+        // A JetStream quorum must not sit on one node: NATS waits for a node of its own.
+        assert.equal(
+          byHost.whenUnsatisfiable,
+          workload.metadata.name === 'shoal-nats' ? 'DoNotSchedule' : 'ScheduleAnyway',
+          workload.metadata.name,
+        );
+      }
+    });
+
     it('gives the tracker the hand-out key and every piece server the public keys', () => {
       const objects = overlay('mixed');
       const cases: [string, string, string, string][] = [
