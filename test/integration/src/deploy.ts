@@ -223,6 +223,18 @@ export function workloads(objects: readonly K8sObject[]): K8sObject[] {
   return objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet', 'Job'].includes(o.kind));
 }
 
+/** The workloads whose pods a Service's selector selects. */
+export function selectedBy(service: K8sObject, objects: readonly K8sObject[]): K8sObject[] {
+  const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
+  return workloads(objects).filter((w) => {
+    const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
+      string,
+      string
+    >;
+    return Object.entries(selector).every(([key, value]) => labels[key] === value);
+  });
+}
+
 /** A container's environment variable's literal value. */
 export function envValue(container: Container, name: string): string | undefined {
   return container.env?.find((e) => e.name === name)?.value;

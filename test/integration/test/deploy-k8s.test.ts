@@ -17,6 +17,7 @@ import {
   podSpec,
   renderOverlay,
   renderWithComponents,
+  selectedBy,
   workloads,
   type Container,
   type K8sObject,
@@ -132,15 +133,9 @@ describe('deploy/k8s overlays', () => {
         // The leecher overlay has none: its agents use the seeder cluster's.
         const services = objects.filter((o) => o.kind === 'Service');
         for (const service of services) {
-          const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
-          const selected = workloads(objects).filter((w) => {
-            const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
-              string,
-              string
-            >;
-            return Object.entries(selector).every(([key, value]) => labels[key] === value);
-          });
+          const selected = selectedBy(service, objects);
           const where = `Service/${service.metadata.name}`;
+          const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
           assert.ok(Object.keys(selector).length > 0, `${where} selects every pod`);
           assert.ok(selected.length > 0, `${where} selects no pod`);
           const ports = selected.flatMap((w) =>

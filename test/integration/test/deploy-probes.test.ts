@@ -42,6 +42,7 @@ import {
   renderOverlay,
   type PodSpec,
   REPO_ROOT,
+  selectedBy,
   workloads,
   type Container,
   type K8sObject,
@@ -264,14 +265,7 @@ async function startStandIns(
   const addresses = new Map<string, string>();
   const started = new Map<string, StandIn>();
   for (const service of objects.filter((o) => o.kind === 'Service')) {
-    const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
-    const workload = workloads(objects).find((w) => {
-      const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
-        string,
-        string
-      >;
-      return Object.entries(selector).every(([key, value]) => labels[key] === value);
-    });
+    const [workload] = selectedBy(service, objects);
     if (workload === undefined) {
       continue;
     }

@@ -445,13 +445,24 @@ describe('settings of the deploy files', () => {
     }
   });
 
+  /** An overlay's seed server: its StatefulSet, container and loaded configuration. */
+  function seedServer(overlay: string): {
+    objects: K8sObject[];
+    seed: K8sObject;
+    container: Container;
+    config: Record<string, unknown>;
+  } {
+    const objects = rendered.get(overlay) ?? [];
+    const seed = find(objects, 'StatefulSet', 'shoal-seedserver');
+    const [container] = podSpec(seed).containers;
+    assert.ok(container !== undefined);
+    const config = configs.get('seedserver')?.load(renderedEnv(container, objects)) ?? {};
+    return { objects, seed, container, config };
+  }
+
   it("keeps what the seed server stores in the object gateway within the gateway's volume", () => {
     for (const overlay of ['mixed', 'seeder']) {
-      const objects = rendered.get(overlay) ?? [];
-      const seed = find(objects, 'StatefulSet', 'shoal-seedserver');
-      const [container] = podSpec(seed).containers;
-      assert.ok(container !== undefined);
-      const config = configs.get('seedserver')?.load(renderedEnv(container, objects)) ?? {};
+      const { objects, config } = seedServer(overlay);
       assert.equal(config.SHOAL_S3_ENDPOINT, 'http://shoal-object-gateway:7070', overlay);
       const gateway = find(objects, 'StatefulSet', 'shoal-object-gateway');
       const volume = claimBytes(gateway, 'data');
@@ -466,13 +477,9 @@ describe('settings of the deploy files', () => {
 
   it("keeps the seed server's cache within its volume", () => {
     for (const overlay of ['mixed', 'seeder']) {
-      const objects = rendered.get(overlay) ?? [];
-      const seed = find(objects, 'StatefulSet', 'shoal-seedserver');
-      const [container] = podSpec(seed).containers;
-      assert.ok(container !== undefined);
-      const config = configs.get('seedserver')?.load(renderedEnv(container, objects));
-      const cacheBytes = Number(config?.SHOAL_SEED_CACHE_MAX_BYTES);
-      const cacheDir = String(config?.SHOAL_SEED_CACHE_DIR);
+      const { seed, container, config } = seedServer(overlay);
+      const cacheBytes = Number(config.SHOAL_SEED_CACHE_MAX_BYTES);
+      const cacheDir = String(config.SHOAL_SEED_CACHE_DIR);
       const mount = container.volumeMounts?.find((m) => m.mountPath === cacheDir);
       assert.ok(mount !== undefined, `${overlay}: nothing mounted at ${cacheDir}`);
       const volume = claimBytes(seed, mount.name);
