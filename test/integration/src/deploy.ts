@@ -8,7 +8,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { makeTempDir, requireBinary, run } from '@shoal/testkit';
-import { parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments } from 'yaml';
 
 /** The repository's root directory. */
 export const REPO_ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -38,6 +38,63 @@ export function generatedK8s(): Promise<string> {
     return k8s;
   })();
   return deployCopy;
+}
+
+/** A service as `docker-compose config` renders it: only the fields the tests read. */
+export interface ComposeService {
+  readonly image?: string;
+  readonly build?: unknown;
+  readonly command?: string[];
+  readonly environment?: Record<string, string | null>;
+  /** Long syntax, or as `docker-compose config` 1.29 writes them: `[ip:]published:target[/proto]`. */
+  readonly ports?: ({ host_ip?: string; published?: number | string; target?: number } | string)[];
+  /** As `docker-compose config` writes them: `source:target[:mode]`. */
+  readonly volumes?: string[];
+  readonly healthcheck?: { readonly test?: string[] | string };
+  readonly entrypoint?: string[];
+  readonly restart?: string;
+  /** Short syntax (names) or long (name -> condition). */
+  readonly depends_on?: string[] | Record<string, { condition?: string }>;
+}
+
+/** The compose stack's file. */
+export const COMPOSE_FILE = join(REPO_ROOT, 'deploy', 'compose', 'compose.yaml');
+
+/** The compose stack as an operator starts it. */
+export interface RenderedCompose {
+  /** Every service as `docker-compose config` renders it. */
+  readonly services: Record<string, ComposeService>;
+  /** The values `scripts/gen-secrets.sh compose` generated, by name. */
+  readonly secrets: Record<string, string>;
+  /** The generated `.env` file. */
+  readonly envFile: string;
+  /** Removes the generated file's directory. */
+  remove(): Promise<void>;
+}
+
+/**
+ * `docker-compose config` of the stack with the `.env` made by `scripts/gen-secrets.sh` (in a
+ * temporary directory, so that a developer's own deploy/compose/.env plays no part).
+ */
+export async function renderCompose(): Promise<RenderedCompose> {
+  const dir = await makeTempDir('compose-env');
+  try {
+    const envFile = join(dir.path, '.env');
+    await run('bash', [join(REPO_ROOT, 'scripts', 'gen-secrets.sh'), 'compose', envFile]);
+    const secrets = Object.fromEntries(
+      (await readFile(envFile, 'utf8'))
+        .split('\n')
+        .filter((line) => /^[A-Z0-9_]+=/.test(line))
+        .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+    );
+    const compose = requireBinary('docker-compose');
+    const { stdout } = await run(compose, ['-f', COMPOSE_FILE, '--env-file', envFile, 'config']);
+    const { services } = parse(stdout) as { services: Record<string, ComposeService> };
+    return { services, secrets, envFile, remove: () => dir.remove() };
+  } catch (error) {
+    await dir.remove();
+    throw error;
+  }
 }
 
 /** `kubectl kustomize` of an overlay (needs kubectl with kustomize v5, i.e. kubectl >= 1.27). */
@@ -166,9 +223,93 @@ export function workloads(objects: readonly K8sObject[]): K8sObject[] {
   return objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet', 'Job'].includes(o.kind));
 }
 
+/** The workloads whose pods a Service's selector selects. */
+export function selectedBy(service: K8sObject, objects: readonly K8sObject[]): K8sObject[] {
+  const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
+  return workloads(objects).filter((w) => {
+    const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
+      string,
+      string
+    >;
+    return Object.entries(selector).every(([key, value]) => labels[key] === value);
+  });
+}
+
 /** A container's environment variable's literal value. */
 export function envValue(container: Container, name: string): string | undefined {
   return container.env?.find((e) => e.name === name)?.value;
+}
+
+/** A Secret's value for `key`, from `stringData` or base64 `data`. */
+export function decodeSecret(secret: K8sObject, key: string): string | undefined {
+  const stringData = secret.stringData as Record<string, string> | undefined;
+  const data = secret.data as Record<string, string> | undefined;
+  if (stringData?.[key] !== undefined) {
+    return stringData[key];
+  }
+  return data?.[key] === undefined ? undefined : Buffer.from(data[key], 'base64').toString();
+}
+
+/**
+ * The container's environment as the kubelet would give it: ConfigMaps and Secrets looked up
+ * in the rendered objects, field references for one node (`pod` gives its name and address),
+ * `$(VAR)` expanded in order.
+ */
+export function renderedEnv(
+  container: Container,
+  objects: readonly K8sObject[],
+  pod: { readonly name: string; readonly ip: string } = { name: 'probe-pod', ip: '127.0.0.1' },
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  const lookup = (kind: string, name: string): K8sObject => {
+    const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
+    if (found === undefined) {
+      throw new Error(`${container.name}: no ${kind} ${name}`);
+    }
+    return found;
+  };
+  for (const source of container.envFrom ?? []) {
+    if (source.configMapRef !== undefined) {
+      Object.assign(env, lookup('ConfigMap', source.configMapRef.name).data);
+    }
+    if (source.secretRef !== undefined) {
+      const secret = lookup('Secret', source.secretRef.name);
+      const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
+      for (const key of keys) {
+        env[key] = decodeSecret(secret, key) ?? '';
+      }
+    }
+  }
+  const fields: Record<string, string> = {
+    'status.hostIP': '127.0.0.1',
+    'status.podIP': pod.ip,
+    'spec.nodeName': 'probe-node',
+    'metadata.name': pod.name,
+    'metadata.namespace': 'shoal',
+  };
+  for (const variable of container.env ?? []) {
+    const from = variable.valueFrom;
+    let value: string | undefined;
+    if (variable.value !== undefined) {
+      value = variable.value.replace(/\$\(([A-Z0-9_]+)\)/g, (whole, name: string) =>
+        env[name] === undefined ? whole : env[name],
+      );
+    } else if (from?.fieldRef !== undefined) {
+      value = fields[from.fieldRef.fieldPath];
+    } else if (from?.configMapKeyRef !== undefined) {
+      const data = lookup('ConfigMap', from.configMapKeyRef.name).data as Record<string, string>;
+      value = data[from.configMapKeyRef.key];
+    } else if (from?.secretKeyRef !== undefined) {
+      const secret = objects.find(
+        (o) => o.kind === 'Secret' && o.metadata.name === from.secretKeyRef?.name,
+      );
+      value = secret === undefined ? undefined : decodeSecret(secret, from.secretKeyRef.key);
+    }
+    if (value !== undefined) {
+      env[variable.name] = value;
+    }
+  }
+  return env;
 }
 
 /**

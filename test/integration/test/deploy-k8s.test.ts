@@ -17,6 +17,7 @@ import {
   podSpec,
   renderOverlay,
   renderWithComponents,
+  selectedBy,
   workloads,
   type Container,
   type K8sObject,
@@ -127,6 +128,61 @@ describe('deploy/k8s overlays', () => {
         }
       });
 
+      it('points every Service at pods it selects and a port they declare', () => {
+        const objects = overlay(name);
+        // The leecher overlay has none: its agents use the seeder cluster's.
+        const services = objects.filter((o) => o.kind === 'Service');
+        for (const service of services) {
+          const selected = selectedBy(service, objects);
+          const where = `Service/${service.metadata.name}`;
+          const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
+          assert.ok(Object.keys(selector).length > 0, `${where} selects every pod`);
+          assert.ok(selected.length > 0, `${where} selects no pod`);
+          const ports = selected.flatMap((w) =>
+            podSpec(w).containers.flatMap((c) => c.ports ?? []),
+          );
+          for (const { port, targetPort } of (at(service, 'spec', 'ports') ?? []) as {
+            port: number;
+            targetPort?: number | string;
+          }[]) {
+            const target = targetPort ?? port;
+            assert.ok(
+              ports.some((p) => (typeof target === 'string' ? p.name : p.containerPort) === target),
+              `${where}: port ${String(port)} targets ${String(target)}, which no selected pod declares`,
+            );
+          }
+        }
+      });
+
+      it('runs every container locked down, with memory requests and limits', () => {
+        for (const workload of workloads(overlay(name))) {
+          const spec = at(workload, 'spec', 'template', 'spec');
+          const where = `${workload.kind}/${workload.metadata.name}`;
+          assert.equal(at(spec, 'automountServiceAccountToken'), false, `${where}: API token`);
+          assert.equal(at(spec, 'securityContext', 'seccompProfile', 'type'), 'RuntimeDefault');
+          // The agents run as root (containerd's hosts files and their cache on the node's
+          // disk belong to root), with no capability; everything else as a user.
+          const agent = workload.kind === 'DaemonSet';
+          assert.equal(
+            at(spec, 'securityContext', 'runAsNonRoot'),
+            agent ? undefined : true,
+            where,
+          );
+          const pod = podSpec(workload);
+          for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
+            const context = at(c, 'securityContext');
+            const container = `${where} ${c.name}`;
+            assert.equal(at(context, 'allowPrivilegeEscalation'), false, container);
+            assert.equal(at(context, 'readOnlyRootFilesystem'), true, container);
+            assert.deepEqual(at(context, 'capabilities', 'drop'), ['ALL'], container);
+            assert.equal(at(context, 'privileged'), undefined, container);
+            assert.equal(at(context, 'capabilities', 'add'), undefined, container);
+            assert.ok(c.resources?.requests?.memory !== undefined, `${container}: memory request`);
+            assert.ok(c.resources.limits?.memory !== undefined, `${container}: memory limit`);
+          }
+        }
+      });
+
       it('defines every $(VAR) before a variable uses it', () => {
         for (const container of containersOf(overlay(name))) {
           const defined = new Set<string>();
@@ -194,6 +250,35 @@ describe('deploy/k8s overlays', () => {
         assert.match(auth, new RegExp(`user: ${user}, password: \\$NATS_${user.toUpperCase()}_`));
       }
       assert.equal(configData(objects, 'shoal-config').SHOAL_NATS_STREAM_REPLICAS, '3');
+    });
+
+    it('spreads the replicas of every workload that has several over the nodes', () => {
+      const objects = overlay('mixed');
+      const spread = workloads(objects).filter((w) => Number(at(w, 'spec', 'replicas') ?? 1) > 1);
+      assert.deepEqual(spread.map((w) => w.metadata.name).sort(), [
+        'shoal-nats',
+        'shoal-seedserver',
+        'shoal-tracker',
+        'shoal-watcher',
+      ]);
+      for (const workload of spread) {
+        const constraints = (at(
+          workload,
+          'spec',
+          'template',
+          'spec',
+          'topologySpreadConstraints',
+        ) ?? []) as { topologyKey: string; whenUnsatisfiable: string; labelSelector: unknown }[];
+        const byHost = constraints.find((c) => c.topologyKey === 'kubernetes.io/hostname');
+        assert.ok(byHost !== undefined, `${workload.metadata.name} is not spread over nodes`);
+        assert.deepEqual(byHost.labelSelector, at(workload, 'spec', 'selector'));
+        // A JetStream quorum must not sit on one node: NATS waits for a node of its own.
+        assert.equal(
+          byHost.whenUnsatisfiable,
+          workload.metadata.name === 'shoal-nats' ? 'DoNotSchedule' : 'ScheduleAnyway',
+          workload.metadata.name,
+        );
+      }
     });
 
     it('gives the tracker the hand-out key and every piece server the public keys', () => {

@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -33,12 +34,15 @@ import {
 import {
   answers200,
   at,
+  decodeSecret,
   localPaths,
   podSpec,
+  renderedEnv,
   rewriteFiles,
   renderOverlay,
   type PodSpec,
   REPO_ROOT,
+  selectedBy,
   workloads,
   type Container,
   type K8sObject,
@@ -146,74 +150,6 @@ function listenPorts(env: Record<string, string>): Set<number> {
     }
   }
   return ports;
-}
-
-function decodeSecret(secret: K8sObject, key: string): string | undefined {
-  const stringData = secret.stringData as Record<string, string> | undefined;
-  const data = secret.data as Record<string, string> | undefined;
-  if (stringData?.[key] !== undefined) {
-    return stringData[key];
-  }
-  return data?.[key] === undefined ? undefined : Buffer.from(data[key], 'base64').toString();
-}
-
-/**
- * The container's environment as the kubelet would give it: ConfigMaps and Secrets looked up
- * in the rendered objects, field references for one node, `$(VAR)` expanded in order.
- */
-function renderedEnv(
-  container: Container,
-  objects: readonly K8sObject[],
-  pod: Pod = { name: 'probe-pod', ip: '127.0.0.1' },
-): Record<string, string> {
-  const env: Record<string, string> = {};
-  const lookup = (kind: string, name: string): K8sObject => {
-    const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
-    assert.ok(found !== undefined, `${container.name}: no ${kind} ${name}`);
-    return found;
-  };
-  for (const source of container.envFrom ?? []) {
-    if (source.configMapRef !== undefined) {
-      Object.assign(env, lookup('ConfigMap', source.configMapRef.name).data);
-    }
-    if (source.secretRef !== undefined) {
-      const secret = lookup('Secret', source.secretRef.name);
-      const keys = Object.keys({ ...(secret.stringData as object), ...(secret.data as object) });
-      for (const key of keys) {
-        env[key] = decodeSecret(secret, key) ?? '';
-      }
-    }
-  }
-  const fields: Record<string, string> = {
-    'status.hostIP': '127.0.0.1',
-    'status.podIP': pod.ip,
-    'spec.nodeName': 'probe-node',
-    'metadata.name': pod.name,
-    'metadata.namespace': 'shoal',
-  };
-  for (const variable of container.env ?? []) {
-    const from = variable.valueFrom;
-    let value: string | undefined;
-    if (variable.value !== undefined) {
-      value = variable.value.replace(/\$\(([A-Z0-9_]+)\)/g, (whole, name: string) =>
-        env[name] === undefined ? whole : env[name],
-      );
-    } else if (from?.fieldRef !== undefined) {
-      value = fields[from.fieldRef.fieldPath];
-    } else if (from?.configMapKeyRef !== undefined) {
-      const data = lookup('ConfigMap', from.configMapKeyRef.name).data as Record<string, string>;
-      value = data[from.configMapKeyRef.key];
-    } else if (from?.secretKeyRef !== undefined) {
-      const secret = objects.find(
-        (o) => o.kind === 'Secret' && o.metadata.name === from.secretKeyRef?.name,
-      );
-      value = secret === undefined ? undefined : decodeSecret(secret, from.secretKeyRef.key);
-    }
-    if (value !== undefined) {
-      env[variable.name] = value;
-    }
-  }
-  return env;
 }
 
 /**
@@ -329,14 +265,7 @@ async function startStandIns(
   const addresses = new Map<string, string>();
   const started = new Map<string, StandIn>();
   for (const service of objects.filter((o) => o.kind === 'Service')) {
-    const selector = (at(service, 'spec', 'selector') ?? {}) as Record<string, string>;
-    const workload = workloads(objects).find((w) => {
-      const labels = (at(w, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<
-        string,
-        string
-      >;
-      return Object.entries(selector).every(([key, value]) => labels[key] === value);
-    });
+    const [workload] = selectedBy(service, objects);
     if (workload === undefined) {
       continue;
     }
@@ -402,6 +331,33 @@ function localEnv(
   }
   local.OTEL_SDK_DISABLED = 'true';
   return local;
+}
+
+/** The INFO a nats-server sends a client that connects, before anything else. */
+async function serverInfo(
+  host: string,
+  port: number,
+): Promise<{ cluster?: string; connect_urls?: string[] }> {
+  const socket = connect({ host, port });
+  socket.setTimeout(5_000, () => socket.destroy(new Error(`${host}:${String(port)}: no INFO`)));
+  try {
+    let text = '';
+    for await (const chunk of socket) {
+      text += (chunk as Buffer).toString('utf8');
+      const end = text.indexOf('\r\n');
+      if (end >= 0) {
+        const line = text.slice(0, end);
+        assert.ok(line.startsWith('INFO '), line);
+        return JSON.parse(line.slice('INFO '.length)) as {
+          cluster?: string;
+          connect_urls?: string[];
+        };
+      }
+    }
+    throw new Error(`${host}:${String(port)} closed before its INFO`);
+  } finally {
+    socket.destroy();
+  }
 }
 
 describe('deploy/k8s probes', () => {
@@ -525,6 +481,18 @@ describe('deploy/k8s probes', () => {
               } catch (error) {
                 const log = await readFile(proc.logPath, 'utf8').catch(() => '');
                 throw new Error(`${(error as Error).message}\n${log.slice(-4000)}`);
+              }
+            }
+            if (program?.binary === 'nats-server') {
+              // Clients (leecher agents through a LoadBalancer among them) know the servers by
+              // the Service they dial: a server must not hand out its peers' pod addresses,
+              // which clients outside the cluster cannot reach and would try on reconnect.
+              const client = container.ports?.find((p) => p.name === 'client')?.containerPort;
+              assert.ok(client !== undefined, `${container.name}: no client port`);
+              for (const { pod } of running) {
+                const info = await serverInfo(pod.ip, client);
+                assert.equal(info.cluster, 'shoal', `${pod.name} is not in the cluster`);
+                assert.deepEqual(info.connect_urls ?? [], [], `${pod.name} advertises its peers`);
               }
             }
             started.push(workload.metadata.name);
