@@ -24,12 +24,24 @@ export interface ServiceEntry<C extends ServiceConfigBase> {
 export async function runService<C extends ServiceConfigBase>(
   entry: ServiceEntry<C>,
 ): Promise<void> {
+  // Until the app runs (configuration, tracing, connecting to NATS), a signal ends the
+  // process at once: as a container's process 1, node would ignore it (the kernel gives
+  // process 1 no default action), and the pod would wait out its grace period.
+  const stopStarting = (signal: NodeJS.Signals): void => {
+    process.stderr.write(`${signal} while starting: exiting\n`);
+    process.exit(0);
+  };
+  process.on('SIGTERM', stopStarting);
+  process.on('SIGINT', stopStarting);
   try {
     const config = entry.loadConfig(process.env);
     // Tracing first, so every span is exported; flushed by runUntilSignal after the app closed.
     const telemetry = await startTelemetry(entry.service, process.env);
     const logger = createLogger({ service: entry.service, level: config.SHOAL_LOG_LEVEL });
     const app = await entry.buildApp(config, { logger });
+    // From here a signal closes the app (runUntilSignal's handlers).
+    process.off('SIGTERM', stopStarting);
+    process.off('SIGINT', stopStarting);
     await runUntilSignal(app, {
       logger,
       telemetry,
