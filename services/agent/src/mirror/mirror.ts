@@ -17,7 +17,13 @@ import { Readable } from 'node:stream';
 import type { Authorizer } from '../authz/authorizer.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DiskHeadroom, TightReason } from '../cache/disk-headroom.js';
-import { ContentMismatchError, type ByteCursor } from '../cache/download.js';
+import {
+  ContentMismatchError,
+  SourcesRefusedError,
+  type BlobDownload,
+  type ByteCursor,
+  type OriginSource,
+} from '../cache/download.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally, reportBlob, type BlobLedger } from '../provenance/ledger.js';
@@ -73,6 +79,13 @@ export interface MirrorDeps {
    * uncached. Undefined: always cache.
    */
   readonly disk?: DiskHeadroom;
+}
+
+/** A client's cursor over a download, with the blob's size and the range it asked for. */
+interface OpenedDownload {
+  readonly cursor: ByteCursor;
+  readonly size: number;
+  readonly range: ByteRange | undefined;
 }
 
 /** Upstream headers a client needs to see on an answer that is passed through. */
@@ -319,20 +332,76 @@ export class Mirror {
     }
     const { download } = flight;
     // This client was just authorized for the blob: should the download have to go to the
-    // origin late, its credentials may serve where the first client's no longer do.
-    download.offerSource({ name, authorization: req.authorization });
+    // origin late, its credentials may serve where the first client's no longer do. Only while
+    // it reads: it withdraws them when its cursor closes, or when it gets no cursor.
+    const source = { registry: req.registry, name, authorization: req.authorization };
+    const offered = download.offerSource(source);
+    let opened: OpenedDownload | undefined;
+    try {
+      opened = await this.#openDownload(target, download, source, req, reply);
+    } finally {
+      if (opened === undefined) {
+        offered.withdraw();
+      }
+    }
+    if (opened === undefined) {
+      return;
+    }
+    const { cursor: reading, size, range } = opened;
+    await this.#send(
+      reply,
+      digest,
+      size,
+      range,
+      this.#watchingDisk({
+        read: (buffer) => reading.read(buffer),
+        close: () => {
+          offered.withdraw();
+          reading.close();
+        },
+      }),
+      'download',
+    );
+  }
+
+  /**
+   * Waits for a download's size and opens this client's cursor over it; undefined once the
+   * client has been answered otherwise (the origin's refusal of its own credential, the
+   * cache, an uncached pass-through).
+   */
+  async #openDownload(
+    target: BlobTarget,
+    download: BlobDownload,
+    source: OriginSource,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<OpenedDownload | undefined> {
+    const { digest, name } = target;
     let size: number;
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
     } catch (error) {
+      if (error instanceof SourcesRefusedError) {
+        const answer = error.answerFor(source);
+        if (answer === undefined) {
+          // Its own credential was never tried: another repository's challenge is not its.
+          throw new MirrorError(
+            'UNAVAILABLE',
+            503,
+            `${digest.toString()} could not be fetched; retry`,
+          );
+        }
+        sendAnswer(reply, withErrorBody(answer, 'blob'));
+        return undefined;
+      }
       if (error instanceof UpstreamAnswerError) {
         sendAnswer(reply, error.answer);
-        return;
+        return undefined;
       }
       if (this.#deps.disk?.noteFailure(error) === true) {
         // The disk filled before this client got a byte: it gets the blob uncached.
         await this.#passThrough(target, req, reply, 'write-failed');
-        return;
+        return undefined;
       }
       throw new MirrorError('UNAVAILABLE', 502, `${digest.toString()} could not be fetched`, {
         cause: error,
@@ -347,7 +416,7 @@ export class Mirror {
     if (cursor === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
       if (await this.#fromCache(name, digest, req, reply)) {
-        return;
+        return undefined;
       }
       throw new MirrorError(
         'BLOB_UNKNOWN',
@@ -355,7 +424,7 @@ export class Mirror {
         `${digest.toString()} could not be fetched; retry`,
       );
     }
-    await this.#send(reply, digest, size, range, this.#watchingDisk(cursor), 'download');
+    return { cursor, size, range };
   }
 
   /**
