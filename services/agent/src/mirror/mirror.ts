@@ -100,8 +100,23 @@ const PASSED_HEADERS = [
   'ratelimit-remaining',
 ];
 
+/** What the mirror remembers of a registry's `/v2/` answers (see `Mirror.ping`). */
+interface PingMemory {
+  /** The registry's last challenge (a 401), and when it came (ms since the epoch). */
+  challenge?: { readonly answer: UpstreamAnswer; readonly at: number };
+  /** Until when (ms since the epoch) the registry is not asked: it did not answer. */
+  unreachableUntil?: number | undefined;
+}
+
+/** How long a registry's last `/v2/` challenge is answered for it while it cannot be asked. */
+const PING_CHALLENGE_TTL_MS = 10 * 60_000;
+/** How long a registry that did not answer its `/v2/` check is not asked again. */
+const PING_UNREACHABLE_MS = 15_000;
+
 export class Mirror {
   readonly #deps: MirrorDeps;
+  /** Per configured registry host (so bounded by the configuration). */
+  readonly #pings = new Map<string, PingMemory>();
 
   constructor(deps: MirrorDeps) {
     this.#deps = deps;
@@ -111,9 +126,12 @@ export class Mirror {
    * Answers the API version check (`GET /v2/`) for `registry`. Clients that talk to the mirror
    * as a registry (skopeo, docker, crane) learn from this answer whether and how to
    * authenticate: they send credentials only after a `401` challenge here. So the registry's
-   * own check is made with the client's header and a `401` is passed back with its challenge;
-   * anything else (a yes, an error, no answer within `pingTimeoutMs`) is the mirror's own
-   * `200`, since the mirror serves public content whatever the registry's health.
+   * own check is made with the client's header and a `401` is passed back with its challenge.
+   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), the
+   * challenge it gave last is answered (so clients still send their credentials and private
+   * pulls keep working from the cache and the swarm), else the mirror's own `200`: the mirror
+   * serves public content whatever the registry's health. A registry that did not answer is
+   * not asked again for `PING_UNREACHABLE_MS`, so clients' checks do not each wait it out.
    */
   async ping(
     registry: UpstreamRegistry,
@@ -121,7 +139,37 @@ export class Mirror {
     signal: AbortSignal,
     reply: FastifyReply,
   ): Promise<void> {
+    const known = this.#pings.get(registry.host) ?? {};
+    this.#pings.set(registry.host, known);
     let answer: UpstreamAnswer | undefined;
+    if ((known.unreachableUntil ?? 0) <= Date.now()) {
+      answer = await this.#askPing(registry, authorization, signal, known);
+    }
+    if (answer?.status === 401) {
+      known.challenge = { answer, at: Date.now() };
+      sendAnswer(reply, withErrorBody(answer, 'blob'));
+      return;
+    }
+    const remembered = known.challenge;
+    const failed = answer === undefined || answer.status >= 500;
+    if (failed && remembered !== undefined && Date.now() - remembered.at < PING_CHALLENGE_TTL_MS) {
+      sendAnswer(reply, withErrorBody(remembered.answer, 'blob'));
+      return;
+    }
+    reply.code(200).send({});
+  }
+
+  /**
+   * Asks the registry's `/v2/`; undefined when it did not answer in time, and then `known`
+   * marks it unreachable for a while. Logged at info once per outage (a flood of client
+   * checks while the registry is down would say the same thing each time), then at debug.
+   */
+  async #askPing(
+    registry: UpstreamRegistry,
+    authorization: string | undefined,
+    signal: AbortSignal,
+    known: PingMemory,
+  ): Promise<UpstreamAnswer | undefined> {
     try {
       const response = await this.#deps.requests.send({
         registry,
@@ -131,18 +179,22 @@ export class Mirror {
         headers: { authorization },
         signal: AbortSignal.any([signal, AbortSignal.timeout(this.#deps.pingTimeoutMs)]),
       });
-      answer = await readAnswer(response);
+      const answer = await readAnswer(response);
+      known.unreachableUntil = undefined;
+      return answer;
     } catch (error) {
-      this.#deps.logger.info(
+      if (signal.aborted) {
+        // The client went away: that says nothing about the registry.
+        return undefined;
+      }
+      const level = known.unreachableUntil === undefined ? 'info' : 'debug';
+      known.unreachableUntil = Date.now() + PING_UNREACHABLE_MS;
+      this.#deps.logger[level](
         { registry: registry.host, err: error },
         'the registry did not answer its API version check: the mirror answers for itself',
       );
+      return undefined;
     }
-    if (answer?.status === 401) {
-      sendAnswer(reply, withErrorBody(answer, 'blob'));
-      return;
-    }
-    reply.code(200).send({});
   }
 
   /**
