@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import {
   generateImage,
   makeTempDir,
+  serviceMain,
   pushImage,
   startAgent,
   startContainerd,
@@ -27,9 +28,11 @@ import {
   type Registry,
 } from '@shoal/testkit';
 
+import { runTool } from '../src/cli.js';
 import { MiB } from '../src/files.js';
 import { ociCode, streamDigest } from '../src/http.js';
 
+const WHY = serviceMain('agent').replace(/main\.js$/, 'why.js');
 const repository = 'private/app';
 const username = 'puller';
 const oldPassword = 'first-password';
@@ -201,6 +204,23 @@ describe('registry answers through the agent, for a private registry', () => {
         }
       }
     }
+  });
+
+  it('has shoal-why say a Basic registry refused the password, without --trust-realm', async () => {
+    const ref = `${registry.host}/${repository}:${image.tag}`;
+    const refused = await runTool(WHY, [
+      '--mirror',
+      agent.url,
+      '--user',
+      `${username}:not-the-password`,
+      ref,
+    ]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(
+      refused.stderr.trim(),
+      /refused the credentials for private\/app \(a wrong password, or no pull access\)$/,
+    );
+    assert.doesNotMatch(refused.stderr, /trust-realm/, 'no token realm is involved');
   });
 
   it('passes the 401 challenge through to clients without or with wrong credentials', async () => {
