@@ -7,6 +7,7 @@
  * Authorization header in hosts.toml pulls through the agent.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -281,6 +282,17 @@ describe('registry answers through the agent, for a private registry', () => {
       const again = performance.now() - started;
       assert.ok(again < PING_TIMEOUT_MS, `the next checks took ${again} ms`);
       assert.equal(proxy.counts().slowed, slowed, 'the registry was not asked again');
+      // One line at info for the outage, not one per client's check.
+      const log = await readFile(agent.process.logPath, 'utf8');
+      const lines = log
+        .split('\n')
+        .filter((l) => l.includes('did not answer its API version check'))
+        .map((l) => JSON.parse(l) as { level: string; registry: string })
+        .filter((l) => l.registry === registry.host);
+      assert.deepEqual(
+        lines.map((l) => l.level),
+        ['info'],
+      );
     } finally {
       proxy.set(undefined);
     }

@@ -51,15 +51,17 @@ describe('late origin reads of a download shared across registries', () => {
   const blobUrl = (registry: Registry, repository: string, digest: string): string =>
     `${agent.url}/v2/${repository}/blobs/${digest}?ns=${registry.host}`;
 
-  /** An image of one layer pushed to both registries (`one/app` and `two/app`). */
+  /** An image of one layer pushed to both registries (`one/app`; `two/app` and `two/other`). */
   const imageInBoth = async (seed: string, passwordOne: string): Promise<GeneratedImage> => {
     const image = await generateImage(join(dir, seed), { layerSizes: [MiB], seed });
     await pushImage(image, first.host, 'one/app', {
       destCreds: `${one.username}:${passwordOne}`,
     });
-    await pushImage(image, second.host, 'two/app', {
-      destCreds: `${two.username}:${two.password}`,
-    });
+    for (const repository of ['two/app', 'two/other']) {
+      await pushImage(image, second.host, repository, {
+        destCreds: `${two.username}:${two.password}`,
+      });
+    }
     return image;
   };
 
@@ -130,6 +132,21 @@ describe('late origin reads of a download shared across registries', () => {
     const b = streamDigest(blobUrl(second, 'two/app', layer.digest), {
       headers: { authorization: bob },
     });
+    // Then a reader through another repository joins and leaves before the swarm stalls: its
+    // credential must not be used once it has gone.
+    const leaving = new AbortController();
+    const c = fetch(blobUrl(second, 'two/other', layer.digest), {
+      headers: { authorization: bob },
+      signal: leaving.signal,
+    }).catch(() => undefined);
+    await waitFor(
+      'the leaving reader to be authorized',
+      async () => (await second.requests()).some((r) => r.uri.startsWith('/v2/two/other/blobs/')),
+      { timeoutMs: 3_000, intervalMs: 50 },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    leaving.abort();
+    await c;
     const [gotA, gotB] = await Promise.all([a, b]);
     assert.equal(gotA.status, 200, 'alice');
     assert.equal(gotA.digest, layer.digest, 'alice got the layer');
@@ -150,6 +167,13 @@ describe('late origin reads of a download shared across registries', () => {
     );
     assert.equal((await first.blobGets(layer.digest)).length, 0, 'the first refused alice');
     assert.equal((await second.blobGets(layer.digest)).length, 1, "the second served bob's read");
+    assert.deepEqual(
+      (await second.requests())
+        .filter((r) => r.method === 'GET' && r.uri.includes('/blobs/'))
+        .map((r) => r.uri.split('/blobs/')[0]),
+      ['/v2/two/app'],
+      'not with the source of the reader that left',
+    );
     assert.equal(
       await agent.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
       1,
