@@ -30,7 +30,7 @@ import {
   STREAMS,
 } from '@shoal/proto';
 import { UpstreamClient } from '@shoal/registry';
-import { createLogger, createMetrics, RateLimiter } from '@shoal/runtime';
+import { RateLimiter } from '@shoal/runtime';
 import {
   generateImage,
   makeTempDir,
@@ -44,12 +44,10 @@ import {
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
-import { createAgentMetrics } from '../src/metrics.js';
-import { SwarmClient } from '../src/swarm/client.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
-import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
+import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
 
 const SELF = { id: 'agent-origin-sources', url: 'http://127.0.0.1:65002' };
 const TIMEOUTS = { connectMs: 2_000, headersMs: 5_000, idleMs: 5_000 };
@@ -125,20 +123,8 @@ describe('SwarmFetch late origin reads', () => {
   after(() => teardown.run());
 
   it('tries a refused credential once, then starts each range with the one that worked', async () => {
-    const { nc, js, jsm } = fixture;
-    const logger = createLogger({ service: 'test', level: 'silent' });
-    const metrics = createAgentMetrics(createMetrics('agent'));
-    const client = new SwarmClient({
-      nc,
-      js,
-      jsm,
-      self: SELF,
-      uploads: false,
-      haveIntervalMs: 200,
-      logger,
-      metrics,
-    });
-    client.start();
+    const { js, nc } = fixture;
+    const { client, logger, metrics } = startSwarmClient(fixture, SELF, false);
     teardown.add('swarm client', () => client.close());
     const store = new FsContentStore(join(root, 'store'), 64 * 1024 * 1024);
     await store.init();

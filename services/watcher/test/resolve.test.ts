@@ -330,6 +330,37 @@ describe('image resolver', () => {
   });
 });
 
+/**
+ * For tests of a private registry: a temporary directory, an upstream client, the registry as
+ * configured, and a one-layer image tagged `v1` pushed to `repository` with `destCreds`; all
+ * torn down by `teardown`.
+ */
+async function pushedImage(
+  teardown: Teardown,
+  registry: Registry,
+  seed: string,
+  repository: string,
+  destCreds: string,
+): Promise<{
+  dir: string;
+  upstream: UpstreamClient;
+  configured: UpstreamRegistry;
+  image: GeneratedImage;
+}> {
+  const temp = await makeTempDir(seed);
+  teardown.add('dir', () => temp.remove());
+  const upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
+  teardown.add('upstream client', () => upstream.close());
+  const image = await generateImage(join(temp.path, 'image'), {
+    layerSizes: [16 * 1024],
+    seed,
+    tag: 'v1',
+  });
+  await pushImage(image, registry.host, repository, { destCreds });
+  const configured = { host: registry.host, url: new URL(registry.url) };
+  return { dir: temp.path, upstream, configured, image };
+}
+
 describe('the image resolver and a private registry', () => {
   const teardown = new Teardown();
   const auth = { username: 'watcher', password: 'watcher-pw' };
@@ -359,20 +390,13 @@ describe('the image resolver and a private registry', () => {
   before(async () => {
     registry = await startRegistry({ auth });
     teardown.add('registry', () => registry.stop());
-    const temp = await makeTempDir('resolve-private');
-    teardown.add('dir', () => temp.remove());
-    dir = temp.path;
-    upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
-    teardown.add('upstream client', () => upstream.close());
-    configured = { host: registry.host, url: new URL(registry.url) };
-    image = await generateImage(join(dir, 'image'), {
-      layerSizes: [16 * 1024],
-      seed: 'resolve-private',
-      tag: 'v1',
-    });
-    await pushImage(image, registry.host, 'team/private', {
-      destCreds: `${auth.username}:${auth.password}`,
-    });
+    ({ dir, upstream, configured, image } = await pushedImage(
+      teardown,
+      registry,
+      'resolve-private',
+      'team/private',
+      `${auth.username}:${auth.password}`,
+    ));
   });
 
   after(() => teardown.run());
@@ -459,18 +483,13 @@ describe('the image resolver and a registry whose token realm is elsewhere', () 
     // A realm over plain HTTP: not one the credentials go to unless the operator lists it.
     registry = await startRegistry({ tokenAuth: { ...tokens, realm: `${realm.url}/token` } });
     teardown.add('registry', () => registry.stop());
-    const temp = await makeTempDir('resolve-realm');
-    teardown.add('dir', () => temp.remove());
-    dir = temp.path;
-    upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
-    teardown.add('upstream client', () => upstream.close());
-    configured = { host: registry.host, url: new URL(registry.url) };
-    image = await generateImage(join(dir, 'image'), {
-      layerSizes: [16 * 1024],
-      seed: 'resolve-realm',
-      tag: 'v1',
-    });
-    await pushImage(image, registry.host, repository, { destCreds: `watcher:${password}` });
+    ({ dir, upstream, configured, image } = await pushedImage(
+      teardown,
+      registry,
+      'resolve-realm',
+      repository,
+      `watcher:${password}`,
+    ));
   });
 
   after(() => teardown.run());
