@@ -670,8 +670,16 @@ export class SwarmFetch {
       name: this.#target.name,
       authorization: this.#target.authorization,
     };
+    const offered = this.download.sources;
+    // The one that served last, unless its reader has left since (then it is not used again).
+    const served = this.#served;
+    const lead =
+      served !== undefined &&
+      (sameSource(served, own) || offered.some((s) => sameSource(s, served)))
+        ? served
+        : own;
     const sources: OriginSource[] = [];
-    for (const source of [this.#served ?? own, own, ...this.download.sources]) {
+    for (const source of [lead, own, ...offered]) {
       if (!sources.some((s) => sameSource(s, source))) {
         sources.push(source);
       }
