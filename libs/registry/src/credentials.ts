@@ -10,6 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 
+import { isAbortError, ShoalError } from '@shoal/runtime';
 import { z } from 'zod';
 
 import type { UpstreamClient } from './client.js';
@@ -133,6 +134,59 @@ export function mayReceiveBasic(
   );
 }
 
+/**
+ * A registry's token realm could not hand out a token: it answered 5xx or 429, or did not
+ * answer. Not a refusal of the credentials: worth retrying, as any registry failure.
+ */
+export class RealmError extends ShoalError<'REALM_FAILED'> {
+  override readonly name = 'RealmError';
+  /** The realm's origin (`scheme://host[:port]`). */
+  readonly realm: string;
+  /** The realm's status, undefined when it did not answer. */
+  readonly realmStatus: number | undefined;
+
+  constructor(realm: string, realmStatus: number | undefined, reason: string, cause?: unknown) {
+    super('REALM_FAILED', 502, `the registry's token realm ${realm} ${reason}`, { cause });
+    this.realm = realm;
+    this.realmStatus = realmStatus;
+  }
+}
+
+/**
+ * Why a registry refused a reader with its own credentials (a service's docker config), from
+ * the challenge the registry refused it with: no credentials configured for its host; a
+ * token realm they may not be sent to (so an anonymous token was asked for); or credentials
+ * sent and refused (a wrong or expired password, or no pull access to the repository).
+ */
+export type AuthRefusal =
+  | { readonly cause: 'no-credentials' }
+  | { readonly cause: 'realm-not-trusted'; readonly realm: string }
+  | { readonly cause: 'credentials-refused' };
+
+/** The settings a service reads its registry credentials and trusted realms from. */
+export interface CredentialSettings {
+  /** e.g. `SHOAL_WATCHER_DOCKER_CONFIG` */
+  readonly dockerConfig: string;
+  /** e.g. `SHOAL_WATCHER_TRUSTED_REALMS` */
+  readonly trustedRealms: string;
+}
+
+/** The operator's fix for `refusal` of `host`, naming the service's settings. */
+export function refusalAdvice(
+  host: string,
+  refusal: AuthRefusal,
+  settings: CredentialSettings,
+): string {
+  switch (refusal.cause) {
+    case 'no-credentials':
+      return `give it credentials for ${host} in ${settings.dockerConfig}`;
+    case 'realm-not-trusted':
+      return `its token realm ${refusal.realm} is not HTTPS on ${host}, so the credentials were not sent there: list it in ${settings.trustedRealms}`;
+    case 'credentials-refused':
+      return `the credentials for ${host} in ${settings.dockerConfig} were refused (a wrong or expired password, or no pull access to the repository)`;
+  }
+}
+
 export interface RegistryAuthOptions {
   /**
    * Realm origins (`scheme://host[:port]`) that may receive Basic credentials besides an
@@ -189,10 +243,33 @@ export class RegistryAuth {
   }
 
   /**
+   * Why the registry refused this reader, given the challenge of its refusal (undefined: a
+   * 403, or none sent). See `AuthRefusal`.
+   */
+  refusal(registry: UpstreamRegistry, challenge: string | undefined): AuthRefusal {
+    if (this.#credentials.get(registry.host) === undefined) {
+      return { cause: 'no-credentials' };
+    }
+    const { scheme, params } = parseChallenge(challenge ?? '');
+    if (scheme === 'bearer' && params.realm !== undefined) {
+      try {
+        const realm = new URL(params.realm);
+        if (!mayReceiveBasic(registry, realm, this.#trustedRealms)) {
+          return { cause: 'realm-not-trusted', realm: realm.origin };
+        }
+      } catch {
+        // Not a URL: no token could be asked for, with or without credentials.
+      }
+    }
+    return { cause: 'credentials-refused' };
+  }
+
+  /**
    * Answers a 401 challenge: for Bearer, fetches a pull token from the realm (with Basic
    * credentials when configured and the realm may have them, see `mayReceiveBasic`; an
    * anonymous token otherwise); for Basic, the configured credentials. Undefined when the
-   * challenge cannot be met.
+   * challenge cannot be met (`refusal` says why). Throws a `RealmError` when the realm
+   * answers 5xx or 429, or does not answer: a failure to retry, not a refusal.
    */
   async answer(
     registry: UpstreamRegistry,
@@ -223,18 +300,31 @@ export class RegistryAuth {
     const basic = mayReceiveBasic(registry, realm, this.#trustedRealms)
       ? this.#basic(registry)
       : undefined;
-    const response = await this.#client.request({
-      registry: { host: realm.host, url: new URL(realm.origin) },
-      method: 'GET',
-      path: `${realm.pathname}${realm.search}`,
-      headers: { authorization: basic },
-      signal,
-    });
     const chunks: Buffer[] = [];
-    for await (const chunk of response.body as AsyncIterable<Buffer>) {
-      chunks.push(chunk);
+    let status: number;
+    try {
+      const response = await this.#client.request({
+        registry: { host: realm.host, url: new URL(realm.origin) },
+        method: 'GET',
+        path: `${realm.pathname}${realm.search}`,
+        headers: { authorization: basic },
+        signal,
+      });
+      status = response.status;
+      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+        chunks.push(chunk);
+      }
+    } catch (error) {
+      if (signal.aborted || isAbortError(error)) {
+        throw error;
+      }
+      const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      throw new RealmError(realm.origin, undefined, `did not answer (${reason})`, error);
     }
-    if (response.status !== 200) {
+    if (status >= 500 || status === 429) {
+      throw new RealmError(realm.origin, status, `answered ${status}`);
+    }
+    if (status !== 200) {
       return undefined;
     }
     const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {

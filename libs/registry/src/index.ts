@@ -18,9 +18,13 @@ export {
   mayReceiveBasic,
   parseChallenge,
   parseDockerConfig,
+  RealmError,
+  refusalAdvice,
   RegistryAuth,
   trustedRealmsList,
+  type AuthRefusal,
   type BasicCredentials,
+  type CredentialSettings,
   type RegistryAuthOptions,
 } from './credentials.js';
 export { RegistryReader } from './reader.js';

@@ -7,7 +7,7 @@ import type { Digest } from '@shoal/proto';
 
 import type { UpstreamClient, UpstreamResponse } from './client.js';
 import { headerValue } from './client.js';
-import type { RegistryAuth } from './credentials.js';
+import type { AuthRefusal, RegistryAuth } from './credentials.js';
 import type { UpstreamRegistry } from './registries.js';
 
 export class RegistryReader {
@@ -48,7 +48,15 @@ export class RegistryReader {
     return this.get(registry, repository, path, { accept: accept.join(', ') }, signal, method);
   }
 
-  /** Sends a request for `repository`; answers a 401 challenge once. */
+  /** Why the registry refused this reader with `response` (see `RegistryAuth.refusal`). */
+  refusal(registry: UpstreamRegistry, response: Pick<UpstreamResponse, 'headers'>): AuthRefusal {
+    return this.#auth.refusal(registry, headerValue(response.headers, 'www-authenticate'));
+  }
+
+  /**
+   * Sends a request for `repository`; answers a 401 challenge once. Throws a `RealmError` when
+   * the registry's token realm fails (see `RegistryAuth.answer`).
+   */
   async get(
     registry: UpstreamRegistry,
     repository: string,

@@ -57,6 +57,14 @@ export interface FaultProxyCounts {
   readonly bytes: number;
 }
 
+/** A request as it reached the proxy, whether or not a fault answered it. */
+export interface ProxiedRequest {
+  readonly method: string;
+  readonly url: string;
+  /** The Authorization header it carried, if any: which credentials reached this registry. */
+  readonly authorization: string | undefined;
+}
+
 export interface FaultProxy {
   /** `http://<host>:<port>`: what clients use as the registry's URL. */
   readonly url: string;
@@ -65,6 +73,8 @@ export interface FaultProxy {
   /** Sets `fault` for `ms`, then heals; resolves once healed (early when `signal` aborts). */
   during(fault: RegistryFault, ms: number, signal?: AbortSignal): Promise<void>;
   counts(): FaultProxyCounts;
+  /** Every request received so far, oldest first (the last 10 000). */
+  received(): readonly ProxiedRequest[];
   stop(): Promise<void>;
 }
 
@@ -78,6 +88,9 @@ export interface FaultProxyOptions {
   /** Longest an upstream connection may stay silent, in ms (default 30 000). */
   readonly idleTimeoutMs?: number;
 }
+
+/** Requests `received` remembers, so a long test's proxy stays bounded. */
+const MAX_RECEIVED = 10_000;
 
 /** Slowed bodies are passed on in slices of at most this many bytes, so the rate stays smooth. */
 const SLICE_BYTES = 16 * 1024;
@@ -177,7 +190,16 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     pipeline(req, outgoing, () => undefined);
   };
 
+  const received: ProxiedRequest[] = [];
   const server = createServer((req, res) => {
+    received.push({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      authorization: req.headers.authorization,
+    });
+    if (received.length > MAX_RECEIVED) {
+      received.shift();
+    }
     const current = fault;
     if (
       current?.kind === 'status' &&
@@ -233,6 +255,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       }
     },
     counts: () => ({ ...counts }),
+    received: () => [...received],
     stop: async () => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();

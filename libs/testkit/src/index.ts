@@ -96,6 +96,7 @@ export {
   startFaultProxy,
   type FaultProxy,
   type FaultProxyCounts,
+  type ProxiedRequest,
   type FaultProxyOptions,
   type RegistryFault,
 } from './fault-proxy.js';

@@ -27,8 +27,11 @@ export interface RegistryOptions extends Placement {
    * as many clusters run one instead of a P2P distributor.
    */
   readonly proxyRemoteUrl?: string;
-  /** Require these credentials (htpasswd, Basic auth). */
-  readonly auth?: { readonly username: string; readonly password: string };
+  /**
+   * Require these credentials (htpasswd, Basic auth); `realm` names the challenge's realm
+   * (default `shoal-test`), so tests can tell two registries' challenges apart.
+   */
+  readonly auth?: { readonly username: string; readonly password: string; readonly realm?: string };
   /**
    * Require bearer tokens from a token server (`startTokenServer`) instead: per-repository
    * access, as Docker Hub, Harbor or GitLab grant it.
@@ -109,7 +112,12 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   };
   if (options.auth !== undefined) {
     await writeHtpasswd(options.auth.username, options.auth.password);
-    lines.push('auth:', '  htpasswd:', '    realm: shoal-test', `    path: ${htpasswd}`);
+    lines.push(
+      'auth:',
+      '  htpasswd:',
+      `    realm: ${options.auth.realm ?? 'shoal-test'}`,
+      `    path: ${htpasswd}`,
+    );
   }
   if (options.tokenAuth !== undefined) {
     const token = options.tokenAuth;

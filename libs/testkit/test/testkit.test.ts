@@ -211,6 +211,18 @@ describe('startFaultProxy', () => {
       assert.equal(counts.bytes, 3 * (image.layers[0]?.size ?? 0));
       // Only what the proxy forwarded reached the registry.
       assert.equal((await registry.blobGets(digest)).length, 3);
+      // It received all seven (refused ones too), with whatever credentials they carried.
+      const received = proxy.received();
+      assert.equal(received.length, 7);
+      assert.ok(received.every((r) => r.method === 'GET' && r.url.endsWith(digest)));
+      proxy.set({ kind: 'status', statuses: [401] });
+      await fetch(`${proxy.url}/v2/`, { headers: { authorization: 'Basic a2l0OnByb3h5' } });
+      proxy.set(undefined);
+      assert.deepEqual(proxy.received().at(-1), {
+        method: 'GET',
+        url: '/v2/',
+        authorization: 'Basic a2l0OnByb3h5',
+      });
     } finally {
       await proxy.stop();
       await registry.stop();

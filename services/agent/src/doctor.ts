@@ -73,7 +73,7 @@ async function diagnose(options: {
     ),
   );
   results.push(...(await checkHostsFiles(config, port)));
-  const mirror = await checkMirror(mirrorUrl);
+  const mirror = await checkMirror(mirrorUrl, config.SHOAL_AGENT_AUTHZ_TIMEOUT_MS);
   results.push(...mirror.results);
   if (options.image !== undefined) {
     results.push(await checkResolve(mirrorUrl, options.image, config.SHOAL_AGENT_REGISTRIES));

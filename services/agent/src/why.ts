@@ -13,6 +13,7 @@
  * in `usage` (and the README).
  */
 import {
+  RealmError,
   RegistryAuth,
   trustedRealmsList,
   UpstreamClient,
@@ -118,7 +119,11 @@ async function manifest(
     const answer = await session.auth
       .answer(session.registry, image.repository, challenge, AbortSignal.timeout(TIMEOUT_MS))
       .catch((error: unknown) => {
-        throw resolveError(`the registry's token realm: ${unreachableReason(error)}`);
+        throw resolveError(
+          error instanceof RealmError
+            ? error.message
+            : `the registry's token realm: ${unreachableReason(error)}`,
+        );
       });
     if (answer !== undefined && answer !== session.authorization) {
       session.authorization = answer;
@@ -126,11 +131,7 @@ async function manifest(
     }
   }
   if (response.status === 401) {
-    throw resolveError(
-      session.auth === undefined
-        ? `the registry wants credentials for ${image.repository}: use --user`
-        : `the registry refused the credentials for ${image.repository} (a token realm not on its host needs --trust-realm)`,
-    );
+    throw resolveError(refusedMessage(session, image.repository, response));
   }
   if (response.status !== 200) {
     throw resolveError(
@@ -271,6 +272,23 @@ function startSession(
     authorization: `Basic ${Buffer.from(user).toString('base64')}`,
     close: () => void client.close(),
   };
+}
+
+/**
+ * Why the registry refused: no `--user`; a token realm `--user` was not sent to (only then
+ * is `--trust-realm` the fix); or the credentials themselves (Basic, or a trusted realm).
+ */
+function refusedMessage(session: Session, repository: string, response: Response): string {
+  if (session.auth === undefined) {
+    return `the registry wants credentials for ${repository}: use --user`;
+  }
+  const refusal = session.auth.refusal(
+    session.registry,
+    response.headers.get('www-authenticate') ?? undefined,
+  );
+  return refusal.cause === 'realm-not-trusted'
+    ? `the registry's token realm ${refusal.realm} is not HTTPS on ${session.registry.host}, so --user was not sent there: name it with --trust-realm`
+    : `the registry refused the credentials for ${repository} (a wrong password, or no pull access)`;
 }
 
 /** Resolves the image through the mirror and prints where each blob's bytes came from. */

@@ -22,7 +22,9 @@ import {
   ContentMismatchError,
   fillInOrder,
   HELD_BYTES,
+  SourcesRefusedError,
   type DownloadState,
+  type OriginSource,
 } from '../src/cache/download.js';
 import type { UpstreamAnswer } from '@shoal/registry';
 
@@ -165,6 +167,68 @@ function corrupted(bytes: Buffer): Buffer {
 }
 
 describe('BlobDownload', () => {
+  describe('origin sources', () => {
+    const registry = (host: string): OriginSource['registry'] => ({
+      host,
+      url: new URL(`http://${host}`),
+    });
+    const source = (host: string, name: string, authorization?: string): OriginSource => ({
+      registry: registry(host),
+      name,
+      authorization,
+    });
+
+    it("keeps a reader's source only while it reads, newest first, each once", async () => {
+      const download = await newDownload(digestOf(Buffer.from('x')));
+      const a = download.offerSource(source('r1:5000', 'one/app', 'Basic a'));
+      const b = download.offerSource(source('r2:5000', 'two/app', 'Basic b'));
+      // A second reader with the same credential: the source stays until both have left.
+      const b2 = download.offerSource(source('r2:5000', 'two/app', 'Basic b'));
+      const described = (): string[] =>
+        download.sources.map((s) => `${s.registry.host}/${s.name} ${s.authorization ?? '-'}`);
+      assert.deepEqual(described(), ['r2:5000/two/app Basic b', 'r1:5000/one/app Basic a']);
+      b.withdraw();
+      assert.deepEqual(described(), ['r2:5000/two/app Basic b', 'r1:5000/one/app Basic a']);
+      b2.withdraw();
+      b2.withdraw();
+      assert.deepEqual(described(), ['r1:5000/one/app Basic a'], 'both readers of b left');
+      a.withdraw();
+      assert.deepEqual(described(), []);
+      // The same credential at another registry is another source.
+      download.offerSource(source('r1:5000', 'one/app', 'Basic a'));
+      download.offerSource(source('r2:5000', 'one/app', 'Basic a'));
+      assert.equal(download.sources.length, 2);
+      await download.fail(new Error('done'));
+      assert.deepEqual(download.sources, [], 'none kept past the download');
+      download.offerSource(source('r1:5000', 'one/app', 'Basic a'));
+      assert.deepEqual(download.sources, [], 'none offered to a settled download');
+    });
+
+    it('answers each reader with the refusal of its own credential', () => {
+      const answer = (realm: string): UpstreamAnswer => ({
+        status: 401,
+        headers: { 'www-authenticate': `Basic realm="${realm}"` },
+        body: Buffer.from('{}'),
+      });
+      const error = new SourcesRefusedError([
+        { source: source('r1:5000', 'one/app', 'Basic a'), answer: answer('one') },
+        { source: source('r2:5000', 'two/app', 'Basic b'), answer: answer('two') },
+      ]);
+      const realmOf = (s: OriginSource): string | undefined =>
+        String(error.answerFor(s)?.headers['www-authenticate'] ?? '') || undefined;
+      assert.equal(error.answer.headers['www-authenticate'], 'Basic realm="one"', 'its own first');
+      assert.equal(realmOf(source('r1:5000', 'one/app', 'Basic a')), 'Basic realm="one"');
+      assert.equal(realmOf(source('r2:5000', 'two/app', 'Basic b')), 'Basic realm="two"');
+      assert.equal(
+        realmOf(source('r2:5000', 'two/app', 'Basic c')),
+        'Basic realm="two"',
+        'a credential not tried: the answer for its registry and repository',
+      );
+      assert.equal(realmOf(source('r2:5000', 'three/app', 'Basic b')), undefined, 'none other');
+      assert.equal(realmOf(source('r3:5000', 'one/app', 'Basic a')), undefined, 'none other');
+    });
+  });
+
   describe('size', () => {
     it('is unknown until set, and the first size set wins', async () => {
       const download = await newDownload(digestOf(Buffer.from('x')));

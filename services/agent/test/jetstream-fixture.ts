@@ -9,9 +9,13 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { StreamSpec } from '@shoal/proto';
+import type { PeerInfo, StreamSpec } from '@shoal/proto';
+import { createLogger, createMetrics, type Logger } from '@shoal/runtime';
 import { ensureStreams } from '@shoal/runtime/nats';
 import { startNats, type NatsServer } from '@shoal/testkit';
+
+import { createAgentMetrics, type AgentMetrics } from '../src/metrics.js';
+import { SwarmClient } from '../src/swarm/client.js';
 
 export interface JetStreamFixture {
   readonly nats: NatsServer;
@@ -37,4 +41,29 @@ export async function startJetStream(streams: readonly StreamSpec[]): Promise<Je
       await nats.stop();
     },
   };
+}
+
+/**
+ * A started swarm client of the agent `self` on `fixture`, with a silent logger and metrics of
+ * its own; the caller closes it.
+ */
+export function startSwarmClient(
+  fixture: JetStreamFixture,
+  self: PeerInfo,
+  uploads: boolean,
+): { client: SwarmClient; logger: Logger; metrics: AgentMetrics } {
+  const logger = createLogger({ service: 'test', level: 'silent' });
+  const metrics = createAgentMetrics(createMetrics('agent'));
+  const client = new SwarmClient({
+    nc: fixture.nc,
+    js: fixture.js,
+    jsm: fixture.jsm,
+    self,
+    uploads,
+    haveIntervalMs: 200,
+    logger,
+    metrics,
+  });
+  client.start();
+  return { client, logger, metrics };
 }

@@ -13,16 +13,14 @@ import { after, before, describe, it } from 'node:test';
 import { PieceBuffers } from '@shoal/pieces';
 import { digestOf, STREAMS } from '@shoal/proto';
 import { UpstreamClient } from '@shoal/registry';
-import { createLogger, createMetrics, RateLimiter } from '@shoal/runtime';
+import { RateLimiter } from '@shoal/runtime';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
-import { createAgentMetrics } from '../src/metrics.js';
-import { SwarmClient } from '../src/swarm/client.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
-import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
+import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
 import { timerCallbacks } from './timer-callbacks.js';
 
 const STALL_TIMEOUT_MS = 2_000;
@@ -47,20 +45,7 @@ describe('SwarmFetch timers', () => {
   });
 
   it('sleeps until the stall timeout without a tick, then falls back on time', async () => {
-    const { nc, js, jsm } = fixture;
-    const logger = createLogger({ service: 'test', level: 'silent' });
-    const metrics = createAgentMetrics(createMetrics('agent'));
-    const client = new SwarmClient({
-      nc,
-      js,
-      jsm,
-      self: SELF,
-      uploads: true,
-      haveIntervalMs: 200,
-      logger,
-      metrics,
-    });
-    client.start();
+    const { client, logger, metrics } = startSwarmClient(fixture, SELF, true);
     const store = new FsContentStore(join(root, 'store'), 1024 * 1024);
     await store.init();
     const pool = new PieceBuffers(1024 * 1024);

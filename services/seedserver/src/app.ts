@@ -87,8 +87,13 @@ export async function buildApp(
   const upstream = new UpstreamClient(originTimeouts, userAgent);
   // Blob bodies are read with a client of their own into reused blocks (see BlobReader);
   // the registry's token requests go through the upstream client.
+  const originAuth = new RegistryAuth(
+    await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG),
+    upstream,
+    { trustedRealms: config.SHOAL_SEED_TRUSTED_REALMS },
+  );
   const origin = new BlobReader(
-    new RegistryAuth(await loadDockerConfig(config.SHOAL_SEED_DOCKER_CONFIG), upstream),
+    originAuth,
     // The first block as soon as it holds the smallest piece (256 KiB): see `firstBlockBytes`.
     { timeouts: originTimeouts, userAgent, firstBlockBytes: pieceSizeFor(0) },
   );
@@ -176,6 +181,7 @@ export async function buildApp(
         locks,
         store,
         origin,
+        originAuth,
         registries: new Map(config.SHOAL_SEED_REGISTRIES.map((r) => [r.host, r])),
         self: self(),
         cacheDir: config.SHOAL_SEED_CACHE_DIR,

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 
 import { blobStoreConfig, blobStoreConfigProblems } from '@shoal/blobstore';
 import { peerId } from '@shoal/proto';
-import { registriesList } from '@shoal/registry';
+import { registriesList, trustedRealmsList } from '@shoal/registry';
 import {
   announcedUrlProblems,
   envInt,
@@ -47,6 +47,12 @@ export const seedFields = z.object({
   SHOAL_SEED_REGISTRIES: registriesList,
   /** docker config JSON with registry credentials (a `dockerconfigjson` Secret); none: anonymous. */
   SHOAL_SEED_DOCKER_CONFIG: z.string().optional(),
+  /**
+   * Token realms (URLs, comma-separated) the credentials of SHOAL_SEED_DOCKER_CONFIG may be
+   * sent to besides an HTTPS realm on the registry's own host (GitLab, for one, puts its
+   * realm on another host); none by default.
+   */
+  SHOAL_SEED_TRUSTED_REALMS: trustedRealmsList,
   /** Local directory for blobs being seeded and recently seeded (default `/var/lib/shoal/seed`). */
   SHOAL_SEED_CACHE_DIR: z.string().min(1).default('/var/lib/shoal/seed'),
   /**

@@ -84,18 +84,17 @@ export async function buildApp(
   const resolver = new ImageResolver(
     new RegistryReader(
       upstream,
-      new RegistryAuth(await loadDockerConfig(config.SHOAL_WATCHER_DOCKER_CONFIG), upstream),
+      new RegistryAuth(await loadDockerConfig(config.SHOAL_WATCHER_DOCKER_CONFIG), upstream, {
+        trustedRealms: config.SHOAL_WATCHER_TRUSTED_REALMS,
+      }),
     ),
     {
       registries: config.SHOAL_WATCHER_REGISTRIES,
       maxManifestBytes: config.SHOAL_WATCHER_MAX_MANIFEST_BYTES,
       timeoutMs: config.SHOAL_WATCHER_UPSTREAM_TIMEOUT_MS,
-      onRefused: (registry, status) => {
+      onRefused: (registry, status, advice) => {
         metrics.registryRefusals.inc({ registry, status: String(status) });
-        logger.warn(
-          { registry, status },
-          'the registry refused the watcher: check SHOAL_WATCHER_DOCKER_CONFIG',
-        );
+        logger.warn({ registry, status }, `the registry refused the watcher: ${advice}`);
       },
     },
   );

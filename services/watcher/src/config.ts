@@ -2,7 +2,7 @@
 import { hostname } from 'node:os';
 
 import { peerId, preheatScope } from '@shoal/proto';
-import { registriesList } from '@shoal/registry';
+import { registriesList, trustedRealmsList } from '@shoal/registry';
 import { envInt, envListen, envLogLevel, httpLimitsConfig, loadConfig } from '@shoal/runtime';
 import { natsConfig } from '@shoal/runtime/nats';
 import { z } from 'zod';
@@ -28,6 +28,12 @@ export const watcherFields = z.object({
   SHOAL_WATCHER_REGISTRIES: registriesList,
   /** docker config JSON with registry credentials for reading manifests; none: anonymous. */
   SHOAL_WATCHER_DOCKER_CONFIG: z.string().optional(),
+  /**
+   * Token realms (URLs, comma-separated) the credentials of SHOAL_WATCHER_DOCKER_CONFIG may be
+   * sent to besides an HTTPS realm on the registry's own host (GitLab, for one, puts its
+   * realm on another host); none by default.
+   */
+  SHOAL_WATCHER_TRUSTED_REALMS: trustedRealmsList,
   /** Shared secret webhooks send as `Authorization: Bearer <token>`. */
   SHOAL_WATCHER_WEBHOOK_TOKEN: z.string().min(16, 'use at least 16 characters').optional(),
   /** Secret for `X-Shoal-Signature-256: sha256=<hex HMAC of the body>`, for senders that sign. */

@@ -62,7 +62,7 @@ export function createWatcherMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     registryRefusals: new Counter({
       name: `${prefix}registry_refusals_total`,
-      help: 'Manifest reads the registry refused (401, 403), by registry and status: the watcher lacks credentials (SHOAL_WATCHER_DOCKER_CONFIG)',
+      help: 'Manifest reads the registry refused (401, 403), by registry and status: credentials missing or refused (SHOAL_WATCHER_DOCKER_CONFIG), or a token realm not trusted (SHOAL_WATCHER_TRUSTED_REALMS)',
       labelNames: ['registry', 'status'] as const,
       registers,
     }),

@@ -21,9 +21,12 @@ import {
   makeTempDir,
   MEDIA_TYPES,
   pushImage,
+  startFaultProxy,
   startRegistry,
+  startTokenServer,
   Teardown,
   type Descriptor,
+  type FaultProxy,
   type GeneratedImage,
   type Registry,
 } from '@shoal/testkit';
@@ -327,6 +330,37 @@ describe('image resolver', () => {
   });
 });
 
+/**
+ * For tests of a private registry: a temporary directory, an upstream client, the registry as
+ * configured, and a one-layer image tagged `v1` pushed to `repository` with `destCreds`; all
+ * torn down by `teardown`.
+ */
+async function pushedImage(
+  teardown: Teardown,
+  registry: Registry,
+  seed: string,
+  repository: string,
+  destCreds: string,
+): Promise<{
+  dir: string;
+  upstream: UpstreamClient;
+  configured: UpstreamRegistry;
+  image: GeneratedImage;
+}> {
+  const temp = await makeTempDir(seed);
+  teardown.add('dir', () => temp.remove());
+  const upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
+  teardown.add('upstream client', () => upstream.close());
+  const image = await generateImage(join(temp.path, 'image'), {
+    layerSizes: [16 * 1024],
+    seed,
+    tag: 'v1',
+  });
+  await pushImage(image, registry.host, repository, { destCreds });
+  const configured = { host: registry.host, url: new URL(registry.url) };
+  return { dir: temp.path, upstream, configured, image };
+}
+
 describe('the image resolver and a private registry', () => {
   const teardown = new Teardown();
   const auth = { username: 'watcher', password: 'watcher-pw' };
@@ -356,20 +390,13 @@ describe('the image resolver and a private registry', () => {
   before(async () => {
     registry = await startRegistry({ auth });
     teardown.add('registry', () => registry.stop());
-    const temp = await makeTempDir('resolve-private');
-    teardown.add('dir', () => temp.remove());
-    dir = temp.path;
-    upstream = new UpstreamClient({ connectMs: 5_000, headersMs: 10_000, idleMs: 10_000 });
-    teardown.add('upstream client', () => upstream.close());
-    configured = { host: registry.host, url: new URL(registry.url) };
-    image = await generateImage(join(dir, 'image'), {
-      layerSizes: [16 * 1024],
-      seed: 'resolve-private',
-      tag: 'v1',
-    });
-    await pushImage(image, registry.host, 'team/private', {
-      destCreds: `${auth.username}:${auth.password}`,
-    });
+    ({ dir, upstream, configured, image } = await pushedImage(
+      teardown,
+      registry,
+      'resolve-private',
+      'team/private',
+      `${auth.username}:${auth.password}`,
+    ));
   });
 
   after(() => teardown.run());
@@ -406,5 +433,130 @@ describe('the image resolver and a private registry', () => {
       image.blobs.map((b) => b.digest).sort(),
     );
     assert.deepEqual(refusals, []);
+  });
+});
+
+describe('the image resolver and a registry whose token realm is elsewhere', () => {
+  const teardown = new Teardown();
+  const repository = 'team/tokened';
+  const password = 'watcher-token-pw';
+  let registry: Registry;
+  /** In front of the token realm: a realm that fails or is down on demand. */
+  let realm: FaultProxy;
+  let upstream: UpstreamClient;
+  let configured: UpstreamRegistry;
+  let image: GeneratedImage;
+  let dir: string;
+
+  /**
+   * A resolver with the watcher's credentials (`secret` as the password) and `trustedRealms`;
+   * the advice of each refusal it reports.
+   */
+  const resolverWith = async (
+    secret: string,
+    trustedRealms: readonly string[],
+  ): Promise<{ resolver: ImageResolver; advice: string[] }> => {
+    const configPath = join(dir, `config-${secret}.json`);
+    const auth = Buffer.from(`watcher:${secret}`).toString('base64');
+    await writeFile(configPath, JSON.stringify({ auths: { [registry.host]: { auth } } }));
+    const advice: string[] = [];
+    const credentials = await loadDockerConfig(configPath);
+    const resolver = new ImageResolver(
+      new RegistryReader(upstream, new RegistryAuth(credentials, upstream, { trustedRealms })),
+      {
+        registries: [configured],
+        maxManifestBytes: 4 * 1024 * 1024,
+        timeoutMs: 10_000,
+        onRefused: (_host, _status, text) => advice.push(text),
+      },
+    );
+    return { resolver, advice };
+  };
+
+  before(async () => {
+    const tokens = await startTokenServer({
+      watcher: { password, pull: [repository], push: [repository] },
+    });
+    teardown.add('token server', () => tokens.stop());
+    realm = await startFaultProxy({ upstream: new URL(tokens.realm).origin });
+    teardown.add('realm proxy', () => realm.stop());
+    // A realm over plain HTTP: not one the credentials go to unless the operator lists it.
+    registry = await startRegistry({ tokenAuth: { ...tokens, realm: `${realm.url}/token` } });
+    teardown.add('registry', () => registry.stop());
+    ({ dir, upstream, configured, image } = await pushedImage(
+      teardown,
+      registry,
+      'resolve-realm',
+      repository,
+      `watcher:${password}`,
+    ));
+  });
+
+  after(() => teardown.run());
+
+  const reference = (resolver: ImageResolver): Parameters<ImageResolver['currentDigest']>[1] =>
+    resolver.parse(`${registry.host}/${repository}:v1`).reference;
+
+  it('reads the image when the realm is listed as trusted', async () => {
+    const { resolver, advice } = await resolverWith(password, [realm.url]);
+    const digest = await resolver.currentDigest(configured, reference(resolver));
+    assert.equal(digest.toString(), image.manifest.digest);
+    assert.deepEqual(advice, []);
+  });
+
+  it('names SHOAL_WATCHER_TRUSTED_REALMS when the realm may not have the credentials', async () => {
+    const { resolver, advice } = await resolverWith(password, []);
+    await assert.rejects(
+      resolver.currentDigest(configured, reference(resolver)),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'UNAUTHORIZED' &&
+        error.message.includes(`token realm ${realm.url} is not HTTPS on ${registry.host}`) &&
+        error.message.includes('list it in SHOAL_WATCHER_TRUSTED_REALMS') &&
+        !error.message.includes('give it credentials'),
+    );
+    assert.equal(advice.length, 1);
+  });
+
+  it('says the credentials were refused when the realm refuses the password', async () => {
+    const { resolver } = await resolverWith('not-the-password', [realm.url]);
+    await assert.rejects(
+      resolver.currentDigest(configured, reference(resolver)),
+      (error: unknown) =>
+        error instanceof ResolveError &&
+        error.code === 'UNAUTHORIZED' &&
+        error.message.includes(
+          `the credentials for ${registry.host} in SHOAL_WATCHER_DOCKER_CONFIG were refused`,
+        ),
+    );
+  });
+
+  it('fails as the registry failing (retried) when the realm fails or is down', async () => {
+    for (const [fault, said] of [
+      [{ kind: 'status', statuses: [503] }, 'answered 503'],
+      [{ kind: 'status', statuses: [429] }, 'answered 429'],
+      [{ kind: 'down' }, 'did not answer'],
+    ] as const) {
+      realm.set(fault);
+      try {
+        const { resolver, advice } = await resolverWith(password, [realm.url]);
+        await assert.rejects(
+          resolver.currentDigest(configured, reference(resolver)),
+          (error: unknown) =>
+            error instanceof ResolveError &&
+            error.code === 'REGISTRY_ANSWER' &&
+            error.message.includes(`token realm ${realm.url} ${said}`),
+          said,
+        );
+        await assert.rejects(
+          resolver.resolve(configured, repository, parseDigest(image.manifest.digest), []),
+          (error: unknown) => error instanceof ResolveError && error.code === 'REGISTRY_ANSWER',
+          `${said}: the manifest by digest`,
+        );
+        assert.deepEqual(advice, [], `${said}: not counted as a refusal`);
+      } finally {
+        realm.set(undefined);
+      }
+    }
   });
 });

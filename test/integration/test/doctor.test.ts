@@ -16,6 +16,7 @@ import {
   pushImage,
   serviceMain,
   startAgent,
+  startFaultProxy,
   startNats,
   startRegistry,
   startSeedServer,
@@ -126,6 +127,7 @@ describe('shoal-doctor', () => {
       'containerd config_path',
       `hosts.toml ${registry.host}`,
       'mirror',
+      'mirror /v2/',
       `resolve ${imageRef}`,
       `nats ${new URL(nats.url).host}`,
       'swarm',
@@ -188,6 +190,50 @@ describe('shoal-doctor', () => {
     const config = row(JSON.parse(misconfigured.stdout) as Row[], 'agent configuration');
     assert.equal(config.status, 'fail');
     assert.match(config.detail, /SHOAL_AGENT_CACHE_MAX_BYTES/);
+  });
+
+  it('tells a registry that does not answer from an agent that is down', async () => {
+    // The default registry blackholed (every request held past the agent's /v2/ timeout): the
+    // agent is up and serves, only its relayed /v2/ check is slow.
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    try {
+      proxy.set({ kind: 'slow', delayMs: 120_000, rateBytes: 1024 * 1024 });
+      const port = await freePort();
+      const pingTimeoutMs = 4_000;
+      const slowEnv = {
+        ...env,
+        SHOAL_AGENT_LISTEN: `127.0.0.1:${String(port)}`,
+        SHOAL_AGENT_REGISTRIES: `${registry.host}=${proxy.url}`,
+        // `/v2/` without ns= is relayed to the default registry.
+        SHOAL_AGENT_DEFAULT_REGISTRY: registry.host,
+        SHOAL_AGENT_HOSTS_DIR: join(dir.path, 'certs-slow.d'),
+        SHOAL_AGENT_CACHE_DIR: join(dir.path, 'cache-slow'),
+        // Above the 3 s a probe of the doctor's own may take.
+        SHOAL_AGENT_AUTHZ_TIMEOUT_MS: String(pingTimeoutMs),
+      };
+      const slow = await startAgent({
+        registries: slowEnv.SHOAL_AGENT_REGISTRIES,
+        port,
+        cacheDir: slowEnv.SHOAL_AGENT_CACHE_DIR,
+        peerId: 'doctor-slow-registry',
+        env: slowEnv,
+      });
+      try {
+        const result = await doctor(slowEnv, ['--containerd-config', containerdConfig, '--json']);
+        const rows = JSON.parse(result.stdout) as Row[];
+        const mirror = row(rows, 'mirror');
+        assert.equal(mirror.status, 'ok', JSON.stringify(mirror));
+        const ping = row(rows, 'mirror /v2/');
+        assert.equal(ping.status, 'warn', JSON.stringify(ping));
+        assert.match(ping.detail, /answered 200 after \d+ ms/);
+        assert.match(ping.fix ?? '', /default registry is slow or unreachable/);
+        assert.ok(proxy.counts().slowed >= 1, 'the registry was asked');
+      } finally {
+        await slow.stop();
+      }
+    } finally {
+      await proxy.stop();
+    }
   });
 
   it('answers a bad flag with one line and exit 2', async () => {

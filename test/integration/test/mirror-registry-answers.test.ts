@@ -7,12 +7,14 @@
  * Authorization header in hosts.toml pulls through the agent.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
   generateImage,
   makeTempDir,
+  serviceMain,
   pushImage,
   startAgent,
   startContainerd,
@@ -27,9 +29,11 @@ import {
   type Registry,
 } from '@shoal/testkit';
 
+import { runTool } from '../src/cli.js';
 import { MiB } from '../src/files.js';
 import { ociCode, streamDigest } from '../src/http.js';
 
+const WHY = serviceMain('agent').replace(/main\.js$/, 'why.js');
 const repository = 'private/app';
 const username = 'puller';
 const oldPassword = 'first-password';
@@ -49,6 +53,11 @@ interface Answer {
   readonly headers: Headers;
   readonly body: Buffer;
 }
+
+/** The agent's SHOAL_AGENT_AUTHZ_TIMEOUT_MS here: also how long a `/v2/` check waits. */
+const PING_TIMEOUT_MS = 2_000;
+/** A configured registry nothing listens for. */
+const NOBODY = 'nobody.invalid:5000';
 
 describe('registry answers through the agent, for a private registry', () => {
   const teardown = new Teardown();
@@ -119,9 +128,14 @@ describe('registry answers through the agent, for a private registry', () => {
       destCreds: `${username}:${oldPassword}`,
     });
     // The agent knows the registry by its name and reaches it through the proxy.
+    // A second registry nothing listens for: its /v2/ check fails at once.
     agent = await startAgent({
-      registries: `${registry.host}=${proxy.url}`,
-      env: { SHOAL_AGENT_AUTHZ_TTL_MS: String(AUTHZ_TTL_MS) },
+      registries: `${registry.host}=${proxy.url},${NOBODY}=http://127.0.0.1:1`,
+      defaultRegistry: registry.host,
+      env: {
+        SHOAL_AGENT_AUTHZ_TTL_MS: String(AUTHZ_TTL_MS),
+        SHOAL_AGENT_AUTHZ_TIMEOUT_MS: String(PING_TIMEOUT_MS),
+      },
     });
     teardown.add('agent', () => agent.stop());
   });
@@ -193,6 +207,23 @@ describe('registry answers through the agent, for a private registry', () => {
     }
   });
 
+  it('has shoal-why say a Basic registry refused the password, without --trust-realm', async () => {
+    const ref = `${registry.host}/${repository}:${image.tag}`;
+    const refused = await runTool(WHY, [
+      '--mirror',
+      agent.url,
+      '--user',
+      `${username}:not-the-password`,
+      ref,
+    ]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(
+      refused.stderr.trim(),
+      /refused the credentials for private\/app \(a wrong password, or no pull access\)$/,
+    );
+    assert.doesNotMatch(refused.stderr, /trust-realm/, 'no token realm is involved');
+  });
+
   it('passes the 401 challenge through to clients without or with wrong credentials', async () => {
     for (const headers of [{}, { authorization: basic('not-the-password') }]) {
       await expectAnswers(paths(), headers, 401, 'UNAUTHORIZED', (answer, what) => {
@@ -224,17 +255,53 @@ describe('registry answers through the agent, for a private registry', () => {
     assert.equal(ociCode(challenged.body), 'UNAUTHORIZED');
     assert.equal((await ping(basic('not-the-password'))).status, 401);
     assert.equal((await ping(basic(oldPassword))).status, 200);
-    // A registry that is down or failing does not take the mirror's check down with it.
-    for (const fault of [{ kind: 'down' } as const, { kind: 'status', statuses: [503] } as const]) {
-      proxy.set(fault);
-      try {
-        const answer = await ping();
-        assert.equal(answer.status, 200, fault.kind);
-        assert.deepEqual(JSON.parse(answer.body.toString()), {});
-      } finally {
-        proxy.set(undefined);
-      }
+    // A registry that is failing or too slow does not take the mirror's check down with it,
+    // nor its challenge: clients are still told to send their credentials.
+    const assertChallenged = (answer: Answer, what: string): void => {
+      assert.equal(answer.status, 401, what);
+      assert.match(answer.headers.get('www-authenticate') ?? '', /^Basic realm="shoal-test"/, what);
+      assert.equal(ociCode(answer.body), 'UNAUTHORIZED', what);
+    };
+    proxy.set({ kind: 'status', statuses: [503] });
+    try {
+      assertChallenged(await ping(), 'a failing registry: its last challenge');
+    } finally {
+      proxy.set(undefined);
     }
+    proxy.set({ kind: 'slow', delayMs: PING_TIMEOUT_MS * 3, rateBytes: 1024 * 1024 });
+    try {
+      let started = performance.now();
+      assertChallenged(await ping(), 'a registry slower than the timeout: its last challenge');
+      const waited = performance.now() - started;
+      assert.ok(waited < PING_TIMEOUT_MS * 2, `answered after the timeout: ${waited} ms`);
+      // Unreachable is remembered: the next checks answer at once, without asking it.
+      const slowed = proxy.counts().slowed;
+      started = performance.now();
+      assertChallenged(await ping(), 'the next check');
+      assertChallenged(await ping(basic(oldPassword)), 'the next check, with credentials');
+      const again = performance.now() - started;
+      assert.ok(again < PING_TIMEOUT_MS, `the next checks took ${again} ms`);
+      assert.equal(proxy.counts().slowed, slowed, 'the registry was not asked again');
+      // One line at info for the outage, not one per client's check.
+      const log = await readFile(agent.process.logPath, 'utf8');
+      const lines = log
+        .split('\n')
+        .filter((l) => l.includes('did not answer its API version check'))
+        .map((l) => JSON.parse(l) as { level: string; registry: string })
+        .filter((l) => l.registry === registry.host);
+      assert.deepEqual(
+        lines.map((l) => l.level),
+        ['info'],
+      );
+    } finally {
+      proxy.set(undefined);
+    }
+    // A registry that never answered has no challenge to give: the mirror's own yes.
+    const nobody = await fetch(`${agent.url}/v2/?ns=${NOBODY}`, {
+      signal: AbortSignal.timeout(30_000),
+    });
+    assert.equal(nobody.status, 200);
+    assert.deepEqual(await nobody.json(), {});
   });
 
   it('stops serving a revoked credential once the TTL has passed', async () => {

@@ -25,6 +25,7 @@ import { Readable } from 'node:stream';
 
 import { PieceFile, type PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
+import { UpstreamAnswerError, type UpstreamAnswer, type UpstreamRegistry } from '@shoal/registry';
 import { ShoalError } from '@shoal/runtime';
 
 import type { FsContentStore } from './content-store.js';
@@ -51,16 +52,67 @@ export class ContentMismatchError extends ShoalError<'DIGEST_MISMATCH' | 'SIZE_M
   override readonly name = 'ContentMismatchError';
 }
 
-/** A repository holding a blob at its origin, and a client's credentials for it. */
+/**
+ * A registry and repository holding a blob, and a client's credentials for them. Downloads are
+ * shared by digest alone, so the clients reading one may have come through different
+ * registries: a credential is only ever sent to the registry it came with.
+ */
 export interface OriginSource {
+  readonly registry: UpstreamRegistry;
   /** The repository, as in `/v2/<name>/blobs/...`. */
   readonly name: string;
   /** The client's Authorization header, as it came; undefined for an anonymous client. */
   readonly authorization: string | undefined;
 }
 
+/** Whether two sources are the same registry, repository and credential. */
+export function sameSource(a: OriginSource, b: OriginSource): boolean {
+  return (
+    a.registry.host === b.registry.host && a.name === b.name && a.authorization === b.authorization
+  );
+}
+
 /** Sources a download keeps: a few clients' worth, enough to outlive one revoked credential. */
 const MAX_SOURCES = 4;
+
+/**
+ * The origin refused every source a late read tried. `answer` (the error's own) is the
+ * download's first source's; `answerFor` gives each reader the one its own credential got, so
+ * nobody sees a challenge naming another client's repository or registry.
+ */
+export class SourcesRefusedError extends UpstreamAnswerError {
+  readonly #refusals: readonly { source: OriginSource; answer: UpstreamAnswer }[];
+
+  /** `refusals`: each source tried and the registry's answer, the download's own first. */
+  constructor(refusals: readonly { source: OriginSource; answer: UpstreamAnswer }[]) {
+    const first = refusals[0];
+    if (first === undefined) {
+      throw new Error('SourcesRefusedError needs at least one refusal');
+    }
+    super(first.answer);
+    this.#refusals = refusals;
+  }
+
+  /**
+   * The answer for a reader of `source`: the one its own credential got; else, for the same
+   * registry and repository, the first one tried there; undefined when none was asked about
+   * it (its credential was never tried, and another repository's challenge is not its own).
+   */
+  answerFor(source: OriginSource): UpstreamAnswer | undefined {
+    const own = this.#refusals.find((r) => sameSource(r.source, source));
+    return (
+      own ??
+      this.#refusals.find(
+        (r) => r.source.registry.host === source.registry.host && r.source.name === source.name,
+      )
+    )?.answer;
+  }
+}
+
+/** A source offered to a download; `withdraw` takes it back (its reader left). Idempotent. */
+export interface OfferedSource {
+  withdraw(): void;
+}
 
 export class BlobDownload {
   readonly digest: Digest;
@@ -86,8 +138,11 @@ export class BlobDownload {
   #resolveSize: (size: number) => void = () => undefined;
   #rejectSize: (error: Error) => void = () => undefined;
 
-  /** Where later clients may read the blob at the origin, newest first (see `offerSource`). */
-  #sources: OriginSource[] = [];
+  /**
+   * Where the clients reading may read the blob at the origin, oldest first, one per reader
+   * (see `offerSource`): bounded by the readers, as each withdraws its own when it leaves.
+   */
+  #offers: { readonly source: OriginSource }[] = [];
 
   /** `pool` takes back the piece buffers given to `writePiece` once they are dropped. */
   constructor(digest: Digest, temp: { path: string; handle: FileHandle }, pool?: PieceBuffers) {
@@ -130,22 +185,34 @@ export class BlobDownload {
   /**
    * Notes that a client the registry authorized for `source` reads this download. A fetch that
    * must go to the origin late (a stalled swarm) tries these after the credentials it started
-   * with, which may have expired or been revoked since; kept in memory for the download's life
-   * only, the newest `MAX_SOURCES`.
+   * with, which may have expired or been revoked since; kept in memory only while the client
+   * reads (until it withdraws it), the newest `MAX_SOURCES`.
    */
-  offerSource(source: OriginSource): void {
-    if (this.#state !== 'running') {
-      return;
+  offerSource(source: OriginSource): OfferedSource {
+    const offer = { source };
+    if (this.#state === 'running') {
+      this.#offers.push(offer);
     }
-    const others = this.#sources.filter(
-      (s) => s.name !== source.name || s.authorization !== source.authorization,
-    );
-    this.#sources = [source, ...others].slice(0, MAX_SOURCES);
+    return {
+      withdraw: () => {
+        const at = this.#offers.indexOf(offer);
+        if (at !== -1) {
+          this.#offers.splice(at, 1);
+        }
+      },
+    };
   }
 
-  /** The sources offered by clients, newest first. */
+  /** The sources of the clients reading now, newest first, each once, `MAX_SOURCES` at most. */
   get sources(): readonly OriginSource[] {
-    return this.#sources;
+    const sources: OriginSource[] = [];
+    for (let i = this.#offers.length - 1; i >= 0 && sources.length < MAX_SOURCES; i -= 1) {
+      const offer = this.#offers[i];
+      if (offer !== undefined && !sources.some((s) => sameSource(s, offer.source))) {
+        sources.push(offer.source);
+      }
+    }
+    return sources;
   }
 
   /** Sets the blob size (from Content-Length or the seed's piece hashes); first one wins. */
@@ -243,7 +310,7 @@ export class BlobDownload {
       await this.#file.sync();
       await store.commit(this.#file.path, this.digest, this.#available);
       this.#state = 'verified';
-      this.#sources = [];
+      this.#offers = [];
       this.#file.dropHeld();
       this.#wake();
       this.#settle(this.#state);
@@ -260,7 +327,7 @@ export class BlobDownload {
       return;
     }
     this.#state = 'failed';
-    this.#sources = [];
+    this.#offers = [];
     this.#file.dropHeld();
     this.#error = error instanceof Error ? error : new Error(String(error));
     this.#rejectSize(this.#error);

@@ -17,7 +17,13 @@ import { Readable } from 'node:stream';
 import type { Authorizer } from '../authz/authorizer.js';
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DiskHeadroom, TightReason } from '../cache/disk-headroom.js';
-import { ContentMismatchError, type ByteCursor } from '../cache/download.js';
+import {
+  ContentMismatchError,
+  SourcesRefusedError,
+  type BlobDownload,
+  type ByteCursor,
+  type OriginSource,
+} from '../cache/download.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally, reportBlob, type BlobLedger } from '../provenance/ledger.js';
@@ -75,6 +81,13 @@ export interface MirrorDeps {
   readonly disk?: DiskHeadroom;
 }
 
+/** A client's cursor over a download, with the blob's size and the range it asked for. */
+interface OpenedDownload {
+  readonly cursor: ByteCursor;
+  readonly size: number;
+  readonly range: ByteRange | undefined;
+}
+
 /** Upstream headers a client needs to see on an answer that is passed through. */
 const PASSED_HEADERS = [
   'content-type',
@@ -87,8 +100,23 @@ const PASSED_HEADERS = [
   'ratelimit-remaining',
 ];
 
+/** What the mirror remembers of a registry's `/v2/` answers (see `Mirror.ping`). */
+interface PingMemory {
+  /** The registry's last challenge (a 401), and when it came (ms since the epoch). */
+  challenge?: { readonly answer: UpstreamAnswer; readonly at: number };
+  /** Until when (ms since the epoch) the registry is not asked: it did not answer. */
+  unreachableUntil?: number | undefined;
+}
+
+/** How long a registry's last `/v2/` challenge is answered for it while it cannot be asked. */
+const PING_CHALLENGE_TTL_MS = 10 * 60_000;
+/** How long a registry that did not answer its `/v2/` check is not asked again. */
+const PING_UNREACHABLE_MS = 15_000;
+
 export class Mirror {
   readonly #deps: MirrorDeps;
+  /** Per configured registry host (so bounded by the configuration). */
+  readonly #pings = new Map<string, PingMemory>();
 
   constructor(deps: MirrorDeps) {
     this.#deps = deps;
@@ -98,9 +126,12 @@ export class Mirror {
    * Answers the API version check (`GET /v2/`) for `registry`. Clients that talk to the mirror
    * as a registry (skopeo, docker, crane) learn from this answer whether and how to
    * authenticate: they send credentials only after a `401` challenge here. So the registry's
-   * own check is made with the client's header and a `401` is passed back with its challenge;
-   * anything else (a yes, an error, no answer within `pingTimeoutMs`) is the mirror's own
-   * `200`, since the mirror serves public content whatever the registry's health.
+   * own check is made with the client's header and a `401` is passed back with its challenge.
+   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), the
+   * challenge it gave last is answered (so clients still send their credentials and private
+   * pulls keep working from the cache and the swarm), else the mirror's own `200`: the mirror
+   * serves public content whatever the registry's health. A registry that did not answer is
+   * not asked again for `PING_UNREACHABLE_MS`, so clients' checks do not each wait it out.
    */
   async ping(
     registry: UpstreamRegistry,
@@ -108,7 +139,37 @@ export class Mirror {
     signal: AbortSignal,
     reply: FastifyReply,
   ): Promise<void> {
+    const known = this.#pings.get(registry.host) ?? {};
+    this.#pings.set(registry.host, known);
     let answer: UpstreamAnswer | undefined;
+    if ((known.unreachableUntil ?? 0) <= Date.now()) {
+      answer = await this.#askPing(registry, authorization, signal, known);
+    }
+    if (answer?.status === 401) {
+      known.challenge = { answer, at: Date.now() };
+      sendAnswer(reply, withErrorBody(answer, 'blob'));
+      return;
+    }
+    const remembered = known.challenge;
+    const failed = answer === undefined || answer.status >= 500;
+    if (failed && remembered !== undefined && Date.now() - remembered.at < PING_CHALLENGE_TTL_MS) {
+      sendAnswer(reply, withErrorBody(remembered.answer, 'blob'));
+      return;
+    }
+    reply.code(200).send({});
+  }
+
+  /**
+   * Asks the registry's `/v2/`; undefined when it did not answer in time, and then `known`
+   * marks it unreachable for a while. Logged at info once per outage (a flood of client
+   * checks while the registry is down would say the same thing each time), then at debug.
+   */
+  async #askPing(
+    registry: UpstreamRegistry,
+    authorization: string | undefined,
+    signal: AbortSignal,
+    known: PingMemory,
+  ): Promise<UpstreamAnswer | undefined> {
     try {
       const response = await this.#deps.requests.send({
         registry,
@@ -118,18 +179,22 @@ export class Mirror {
         headers: { authorization },
         signal: AbortSignal.any([signal, AbortSignal.timeout(this.#deps.pingTimeoutMs)]),
       });
-      answer = await readAnswer(response);
+      const answer = await readAnswer(response);
+      known.unreachableUntil = undefined;
+      return answer;
     } catch (error) {
-      this.#deps.logger.info(
+      if (signal.aborted) {
+        // The client went away: that says nothing about the registry.
+        return undefined;
+      }
+      const level = known.unreachableUntil === undefined ? 'info' : 'debug';
+      known.unreachableUntil = Date.now() + PING_UNREACHABLE_MS;
+      this.#deps.logger[level](
         { registry: registry.host, err: error },
         'the registry did not answer its API version check: the mirror answers for itself',
       );
+      return undefined;
     }
-    if (answer?.status === 401) {
-      sendAnswer(reply, withErrorBody(answer, 'blob'));
-      return;
-    }
-    reply.code(200).send({});
   }
 
   /**
@@ -319,20 +384,76 @@ export class Mirror {
     }
     const { download } = flight;
     // This client was just authorized for the blob: should the download have to go to the
-    // origin late, its credentials may serve where the first client's no longer do.
-    download.offerSource({ name, authorization: req.authorization });
+    // origin late, its credentials may serve where the first client's no longer do. Only while
+    // it reads: it withdraws them when its cursor closes, or when it gets no cursor.
+    const source = { registry: req.registry, name, authorization: req.authorization };
+    const offered = download.offerSource(source);
+    let opened: OpenedDownload | undefined;
+    try {
+      opened = await this.#openDownload(target, download, source, req, reply);
+    } finally {
+      if (opened === undefined) {
+        offered.withdraw();
+      }
+    }
+    if (opened === undefined) {
+      return;
+    }
+    const { cursor: reading, size, range } = opened;
+    await this.#send(
+      reply,
+      digest,
+      size,
+      range,
+      this.#watchingDisk({
+        read: (buffer) => reading.read(buffer),
+        close: () => {
+          offered.withdraw();
+          reading.close();
+        },
+      }),
+      'download',
+    );
+  }
+
+  /**
+   * Waits for a download's size and opens this client's cursor over it; undefined once the
+   * client has been answered otherwise (the origin's refusal of its own credential, the
+   * cache, an uncached pass-through).
+   */
+  async #openDownload(
+    target: BlobTarget,
+    download: BlobDownload,
+    source: OriginSource,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<OpenedDownload | undefined> {
+    const { digest, name } = target;
     let size: number;
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
     } catch (error) {
+      if (error instanceof SourcesRefusedError) {
+        const answer = error.answerFor(source);
+        if (answer === undefined) {
+          // Its own credential was never tried: another repository's challenge is not its.
+          throw new MirrorError(
+            'UNAVAILABLE',
+            503,
+            `${digest.toString()} could not be fetched; retry`,
+          );
+        }
+        sendAnswer(reply, withErrorBody(answer, 'blob'));
+        return undefined;
+      }
       if (error instanceof UpstreamAnswerError) {
         sendAnswer(reply, error.answer);
-        return;
+        return undefined;
       }
       if (this.#deps.disk?.noteFailure(error) === true) {
         // The disk filled before this client got a byte: it gets the blob uncached.
         await this.#passThrough(target, req, reply, 'write-failed');
-        return;
+        return undefined;
       }
       throw new MirrorError('UNAVAILABLE', 502, `${digest.toString()} could not be fetched`, {
         cause: error,
@@ -347,7 +468,7 @@ export class Mirror {
     if (cursor === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
       if (await this.#fromCache(name, digest, req, reply)) {
-        return;
+        return undefined;
       }
       throw new MirrorError(
         'BLOB_UNKNOWN',
@@ -355,7 +476,7 @@ export class Mirror {
         `${digest.toString()} could not be fetched; retry`,
       );
     }
-    await this.#send(reply, digest, size, range, this.#watchingDisk(cursor), 'download');
+    return { cursor, size, range };
   }
 
   /**

@@ -38,12 +38,19 @@ import {
   headerValue,
   readAnswer,
   UpstreamAnswerError,
+  type UpstreamAnswer,
   type UpstreamResponse,
 } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
-import { HELD_BYTES, type BlobDownload, type OriginSource } from '../cache/download.js';
+import {
+  HELD_BYTES,
+  sameSource,
+  SourcesRefusedError,
+  type BlobDownload,
+  type OriginSource,
+} from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally } from '../provenance/ledger.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
@@ -167,6 +174,8 @@ export class SwarmFetch {
   readonly #wants: WantPacer;
   /** Pieces the latest have announced. */
   #announced = 0;
+  /** The origin source that served the last read of a late origin fallback, tried first next. */
+  #served: OriginSource | undefined;
 
   constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
     this.download = download;
@@ -647,37 +656,56 @@ export class SwarmFetch {
   }
 
   /**
-   * GETs the blob (or `range` of it) at the origin with the credentials of the client that
-   * started the download; if the registry refuses them (401, 403: expired or revoked since the
-   * client was authorized), with those of the clients reading it now, newest first.
+   * GETs the blob (or `range` of it) at the origin. First with the source that served the
+   * last range (so a refused credential is not tried again for every missing range), else
+   * with the credentials of the client that started the download; if the registry refuses
+   * them (401, 403: expired or revoked since the client was authorized), with those of the
+   * clients reading it now, newest first. Each source is asked at its own registry: a
+   * credential never goes to another. When every source is refused, throws a
+   * `SourcesRefusedError` that gives each reader the answer its own credential got.
    */
   async #originGet(range: string | undefined, signal: AbortSignal): Promise<UpstreamResponse> {
-    const first: OriginSource = {
+    const own: OriginSource = {
+      registry: this.#target.registry,
       name: this.#target.name,
       authorization: this.#target.authorization,
     };
-    const sources = [
-      first,
-      ...this.download.sources.filter(
-        (s) => s.name !== first.name || s.authorization !== first.authorization,
-      ),
-    ];
-    for (const [index, source] of sources.entries()) {
+    const offered = this.download.sources;
+    // The one that served last, unless its reader has left since (then it is not used again).
+    const served = this.#served;
+    const lead =
+      served !== undefined &&
+      (sameSource(served, own) || offered.some((s) => sameSource(s, served)))
+        ? served
+        : own;
+    const sources: OriginSource[] = [];
+    for (const source of [lead, own, ...offered]) {
+      if (!sources.some((s) => sameSource(s, source))) {
+        sources.push(source);
+      }
+    }
+    const refusals: { source: OriginSource; answer: UpstreamAnswer }[] = [];
+    for (const source of sources) {
       const response = await this.#deps.requests.send({
-        registry: this.#target.registry,
+        registry: source.registry,
         method: 'GET',
         kind: 'blob',
         path: blobPath({ name: source.name, digest: this.#target.digest }),
         headers: { authorization: source.authorization, range },
         signal,
       });
-      const refused = response.status === 401 || response.status === 403;
-      if (!refused || index === sources.length - 1) {
+      if (response.status !== 401 && response.status !== 403) {
+        this.#served = source;
         return response;
       }
-      response.body.destroy();
+      refusals.push({ source, answer: await readAnswer(response) });
     }
-    throw new Error('no origin source');
+    // The download's own refusal first: it is the answer for whoever cannot be told their own.
+    const ownFirst = [
+      ...refusals.filter((r) => sameSource(r.source, own)),
+      ...refusals.filter((r) => !sameSource(r.source, own)),
+    ];
+    throw new SourcesRefusedError(ownFirst);
   }
 
   /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */

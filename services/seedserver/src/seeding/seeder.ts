@@ -39,7 +39,13 @@ import {
   type SeedFailureReason,
   type SeedRequest,
 } from '@shoal/proto';
-import type { BlobReader, UpstreamRegistry } from '@shoal/registry';
+import {
+  RealmError,
+  refusalAdvice,
+  type BlobReader,
+  type RegistryAuth,
+  type UpstreamRegistry,
+} from '@shoal/registry';
 import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { SeedMetrics } from '../metrics.js';
@@ -62,6 +68,12 @@ export class SeedError extends ShoalError<
   override readonly name = 'SeedError';
 }
 
+/** Where the seed server's registry credentials are set. */
+const SEED_CREDENTIALS = {
+  dockerConfig: 'SHOAL_SEED_DOCKER_CONFIG',
+  trustedRealms: 'SHOAL_SEED_TRUSTED_REALMS',
+} as const;
+
 export interface SeederDeps {
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
@@ -69,6 +81,8 @@ export interface SeederDeps {
   readonly store: BlobStore;
   /** Reads blobs from the origin registries, into blocks it reuses. */
   readonly origin: BlobReader;
+  /** The origin reader's credentials: why a registry refused them. */
+  readonly originAuth: Pick<RegistryAuth, 'refusal'>;
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
   readonly self: PeerInfo;
   readonly cacheDir: string;
@@ -314,17 +328,26 @@ export class Seeder {
         attributes: { 'oci.registry': registry.host, 'oci.repository': request.repository },
       },
       async (span) => {
-        const answer = await origin.open(registry, request.repository, digest, signal);
-        span.setAttribute('http.response.status_code', answer.status);
-        return answer;
+        try {
+          const answer = await origin.open(registry, request.repository, digest, signal);
+          span.setAttribute('http.response.status_code', answer.status);
+          return answer;
+        } catch (error) {
+          if (error instanceof RealmError) {
+            // The realm failing is the registry failing: no credential would help.
+            throw new SeedError('ORIGIN_ANSWER', 502, error.message, { cause: error });
+          }
+          throw error;
+        }
       },
     );
     if (response.status === 401 || response.status === 403) {
-      // The operator's fix, in the failure every preheat report and log line carries.
+      // The operator's fix, for the cause, in the failure every preheat report and log carries.
+      const refusal = this.#deps.originAuth.refusal(registry, response.headers['www-authenticate']);
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
-        `the registry refused the seed server (${response.status}) for ${request.repository}: give it credentials for ${registry.host} in SHOAL_SEED_DOCKER_CONFIG`,
+        `the registry refused the seed server (${response.status}) for ${request.repository}: ${refusalAdvice(registry.host, refusal, SEED_CREDENTIALS)}`,
       );
     }
     if (response.status !== 200) {

@@ -14,8 +14,11 @@ import {
   headerValue,
   readAnswer,
   readLimited,
+  RealmError,
+  refusalAdvice,
   type RegistryReader,
   type UpstreamRegistry,
+  type UpstreamResponse,
 } from '@shoal/registry';
 import { ShoalError } from '@shoal/runtime';
 import { z } from 'zod';
@@ -53,6 +56,12 @@ const manifestBody = z.looseObject({
   manifests: z.array(descriptor).optional(),
 });
 
+/** Where the watcher's registry credentials are set. */
+const WATCHER_CREDENTIALS = {
+  dockerConfig: 'SHOAL_WATCHER_DOCKER_CONFIG',
+  trustedRealms: 'SHOAL_WATCHER_TRUSTED_REALMS',
+} as const;
+
 export class ResolveError extends ShoalError<
   | 'UNKNOWN_REGISTRY'
   | 'NOT_FOUND'
@@ -78,8 +87,11 @@ export interface ResolverSettings {
   readonly registries: readonly UpstreamRegistry[];
   readonly maxManifestBytes: number;
   readonly timeoutMs: number;
-  /** Told each time a registry refuses the watcher (401, 403): its host and the status. */
-  readonly onRefused?: (registry: string, status: number) => void;
+  /**
+   * Told each time a registry refuses the watcher (401, 403): its host, the status, and the
+   * operator's fix for the cause.
+   */
+  readonly onRefused?: (registry: string, status: number, advice: string) => void;
 }
 
 export class ImageResolver {
@@ -130,7 +142,7 @@ export class ImageResolver {
       return reference.digest;
     }
     const tag = reference.tag ?? 'latest';
-    const response = await this.#reader.fetchManifest(
+    const response = await this.#fetchManifest(
       registry,
       reference.repository,
       tag,
@@ -146,7 +158,7 @@ export class ImageResolver {
     if (response.status === 404) {
       throw new ResolveError('NOT_FOUND', 404, `${reference.repository}:${tag} does not exist`);
     }
-    this.#checkRefused(registry, reference.repository, response.status);
+    this.#checkRefused(registry, reference.repository, response);
     if (response.status !== 200) {
       throw new ResolveError('REGISTRY_ANSWER', 502, `the registry answered ${response.status}`);
     }
@@ -214,19 +226,46 @@ export class ImageResolver {
   }
 
   /**
-   * Throws the operator's fix when the registry refused the watcher: a permanent failure (no
-   * retry brings credentials), counted.
+   * Throws the operator's fix for the cause when the registry refused the watcher: a permanent
+   * failure (no retry brings credentials), counted.
    */
-  #checkRefused(registry: UpstreamRegistry, repository: string, status: number): void {
+  #checkRefused(
+    registry: UpstreamRegistry,
+    repository: string,
+    response: Pick<UpstreamResponse, 'status' | 'headers'>,
+  ): void {
+    const { status } = response;
     if (status !== 401 && status !== 403) {
       return;
     }
-    this.#settings.onRefused?.(registry.host, status);
+    const advice = refusalAdvice(
+      registry.host,
+      this.#reader.refusal(registry, response),
+      WATCHER_CREDENTIALS,
+    );
+    this.#settings.onRefused?.(registry.host, status, advice);
     throw new ResolveError(
       'UNAUTHORIZED',
       502,
-      `the registry refused the watcher (${status}) for ${repository}: give it credentials for ${registry.host} in SHOAL_WATCHER_DOCKER_CONFIG`,
+      `the registry refused the watcher (${status}) for ${repository}: ${advice}`,
     );
+  }
+
+  /**
+   * Reads a manifest; a token realm that fails is the registry failing (retried as its 5xx
+   * is), not a refusal of the watcher's credentials.
+   */
+  async #fetchManifest(
+    ...args: Parameters<RegistryReader['fetchManifest']>
+  ): Promise<UpstreamResponse> {
+    try {
+      return await this.#reader.fetchManifest(...args);
+    } catch (error) {
+      if (error instanceof RealmError) {
+        throw new ResolveError('REGISTRY_ANSWER', 502, error.message, { cause: error });
+      }
+      throw error;
+    }
   }
 
   async #readManifest(
@@ -240,7 +279,7 @@ export class ImageResolver {
     mediaType: string | undefined;
     digest: Digest;
   }> {
-    const response = await this.#reader.fetchManifest(
+    const response = await this.#fetchManifest(
       registry,
       repository,
       reference,
@@ -249,7 +288,7 @@ export class ImageResolver {
     );
     if (response.status !== 200) {
       const answer = await readAnswer(response);
-      this.#checkRefused(registry, repository, answer.status);
+      this.#checkRefused(registry, repository, answer);
       throw new ResolveError(
         answer.status === 404 ? 'NOT_FOUND' : 'REGISTRY_ANSWER',
         answer.status === 404 ? 404 : 502,

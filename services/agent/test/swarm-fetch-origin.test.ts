@@ -1,0 +1,225 @@
+/**
+ * A swarm fetch's late origin read with sources that changed since the download started: a
+ * real nats-server (piece hashes, a hand-out), a real piece server holding every other piece,
+ * and a real registry behind a fault proxy that records which credentials reached it. The
+ * swarm stalls with pieces 1 and 3 missing, so the origin is read in two ranges; the credential
+ * the download started with has been revoked since, another reader's works. The refused one is
+ * tried once, not once per range, and the download verifies.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import fastify, { type FastifyInstance } from 'fastify';
+
+import { PIECE_ROUTE, PieceBuffers, pieceHandler, type PieceRoute } from '@shoal/pieces';
+import {
+  encodeMessage,
+  handout,
+  handoutSubject,
+  parseDigest,
+  pieceBounds,
+  pieceCount,
+  pieceHashes,
+  pieceHashesSubject,
+  pieceSizeFor,
+  STREAMS,
+} from '@shoal/proto';
+import { UpstreamClient } from '@shoal/registry';
+import { RateLimiter } from '@shoal/runtime';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startFaultProxy,
+  startRegistry,
+  Teardown,
+  type FaultProxy,
+  type Registry,
+} from '@shoal/testkit';
+
+import { FsContentStore } from '../src/cache/content-store.js';
+import { BlobDownload } from '../src/cache/download.js';
+import { PieceClient } from '../src/swarm/piece-client.js';
+import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
+import { RegistryRequests } from '../src/upstream/registry-requests.js';
+import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
+
+const SELF = { id: 'agent-origin-sources', url: 'http://127.0.0.1:65002' };
+const TIMEOUTS = { connectMs: 2_000, headersMs: 5_000, idleMs: 5_000 };
+const repository = 'team/app';
+const username = 'puller';
+
+function basic(password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+}
+
+describe('SwarmFetch late origin reads', () => {
+  const teardown = new Teardown();
+  let fixture: JetStreamFixture;
+  let registry: Registry;
+  let proxy: FaultProxy;
+  let peer: FastifyInstance;
+  let peerUrl: string;
+  let blob: Buffer;
+  let root: string;
+
+  before(async () => {
+    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+    teardown.add('nats', () => fixture.close());
+    const dir = await makeTempDir('fetch-origin');
+    teardown.add('dir', () => dir.remove());
+    root = await mkdtemp(join(tmpdir(), 'shoal-fetch-origin-'));
+    teardown.add('root', () => rm(root, { recursive: true, force: true }));
+    registry = await startRegistry({ auth: { username, password: 'first-password' } });
+    teardown.add('registry', () => registry.stop());
+    proxy = await startFaultProxy({ upstream: registry.url });
+    teardown.add('proxy', () => proxy.stop());
+    // Four pieces of 256 KiB and a few bytes more (the layer is a tarball of 1 MiB).
+    const image = await generateImage(join(dir.path, 'image'), {
+      layerSizes: [1024 * 1024],
+      seed: 'fetch-origin',
+    });
+    await pushImage(image, registry.host, repository, { destCreds: `${username}:first-password` });
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    blob = await readFile(join(image.layoutDir, 'blobs', 'sha256', parseDigest(layer.digest).hex));
+    // A peer holding the whole blob (it is advertised as holding pieces 0 and 2 only).
+    peer = fastify();
+    teardown.add('peer', () => peer.close());
+    const pieceSize = pieceSizeFor(blob.length);
+    peer.get<PieceRoute>(
+      PIECE_ROUTE,
+      pieceHandler({
+        source: () => ({
+          pieceLength: (index) => {
+            if (index >= pieceCount(blob.length, pieceSize)) {
+              return undefined;
+            }
+            const { start, end } = pieceBounds(index, blob.length, pieceSize);
+            return end - start;
+          },
+          readPiece: (index, buffer) => {
+            const { start, end } = pieceBounds(index, blob.length, pieceSize);
+            blob.copy(buffer, 0, start, end);
+            return Promise.resolve(buffer.subarray(0, end - start));
+          },
+          acquire: () => true,
+          release: () => undefined,
+        }),
+        buffers: new PieceBuffers(4 * 1024 * 1024),
+        uploadLimit: new RateLimiter(0),
+        uploads: { max: 8, timeoutMs: 10_000 },
+        onResult: () => undefined,
+      }),
+    );
+    peerUrl = await peer.listen({ host: '127.0.0.1', port: 0 });
+  });
+
+  after(() => teardown.run());
+
+  it('tries a refused credential once, then starts each range with the one that worked', async () => {
+    const { js, nc } = fixture;
+    const { client, logger, metrics } = startSwarmClient(fixture, SELF, false);
+    teardown.add('swarm client', () => client.close());
+    const store = new FsContentStore(join(root, 'store'), 64 * 1024 * 1024);
+    await store.init();
+    const pool = new PieceBuffers(4 * 1024 * 1024);
+    const digest = parseDigest(`sha256:${createHash('sha256').update(blob).digest('hex')}`);
+    const upstream = { host: registry.host, url: new URL(proxy.url) };
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    const upstreamClient = new UpstreamClient(TIMEOUTS);
+    teardown.add('upstream client', () => upstreamClient.close());
+    const fetch = new SwarmFetch(
+      download,
+      { registry: upstream, name: repository, digest, authorization: basic('first-password') },
+      {
+        client,
+        pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
+        store,
+        pool,
+        requests: new RegistryRequests(upstreamClient, metrics, TIMEOUTS),
+        downloadLimit: new RateLimiter(0),
+        metrics,
+        logger,
+        settings: { concurrency: 4, stallTimeoutMs: 1_500, wantIntervalMs: 60_000 },
+      },
+    );
+    // The credential the download started with is revoked; a later reader's is the new one.
+    await registry.changePassword('second-password');
+    download.offerSource({
+      registry: upstream,
+      name: repository,
+      authorization: basic('first-password'),
+    });
+    download.offerSource({
+      registry: upstream,
+      name: repository,
+      authorization: basic('second-password'),
+    });
+
+    // The seed server's piece hashes, and a hand-out naming a peer with pieces 0 and 2.
+    const pieceSize = pieceSizeFor(blob.length);
+    const count = pieceCount(blob.length, pieceSize);
+    const hashes = Array.from({ length: count }, (_, index) => {
+      const { start, end } = pieceBounds(index, blob.length, pieceSize);
+      return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
+    });
+    await js.publish(
+      pieceHashesSubject(digest.toString()),
+      encodeMessage(pieceHashes, {
+        type: 'piece-hashes',
+        blob: digest.toString(),
+        size: blob.length,
+        pieceSize,
+        first: 0,
+        hashes,
+      }),
+    );
+    const running = fetch.run(new AbortController().signal);
+    const advertise = (): void =>
+      nc.publish(
+        handoutSubject(SELF.id),
+        encodeMessage(handout, {
+          type: 'handout',
+          blob: digest.toString(),
+          peers: [
+            {
+              peer: { id: 'half-peer', url: peerUrl },
+              pieces: [
+                [0, 1],
+                [2, 3],
+              ],
+              complete: false,
+              seed: false,
+            },
+          ],
+        }),
+      );
+    advertise();
+    const again = setInterval(advertise, 200);
+    try {
+      await running;
+    } finally {
+      clearInterval(again);
+    }
+
+    assert.equal(download.state, 'verified', String(download.error));
+    const pieces = await metrics.pieces.get();
+    const ok = (source: string): number =>
+      pieces.values.find((v) => v.labels.source === source && v.labels.result === 'ok')?.value ?? 0;
+    assert.equal(ok('peer'), 2, 'pieces 0 and 2 from the peer');
+    assert.ok(count >= 4, `${count} pieces`);
+    assert.equal(ok('origin'), count - 2, 'the rest from the origin, in two ranges (1, 3...)');
+    const gets = proxy.received().filter((r) => r.method === 'GET' && r.url.includes(digest.hex));
+    assert.deepEqual(
+      gets.map((r) => r.authorization),
+      [basic('first-password'), basic('second-password'), basic('second-password')],
+      'the revoked credential once, then the one that worked for each range',
+    );
+  });
+});

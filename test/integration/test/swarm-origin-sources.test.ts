@@ -1,0 +1,236 @@
+/**
+ * A download is shared by digest alone, so two clients may read one download through two
+ * registries that hold the same blob. When the swarm stalls and the origin refuses the
+ * credential the download started with, the late origin read tries the other readers' — each
+ * at its own registry only (a credential for one registry must never reach another), and when
+ * every one is refused, each client gets its own registry's answer. Two real registries with
+ * different users and realms, a fault proxy in front of the first recording which
+ * credentials reached it; nats-server and a tracker, no seed server (so the swarm stalls).
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  FAST_SWARM_ENV,
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startAgent,
+  startFaultProxy,
+  startNats,
+  startRegistry,
+  startTracker,
+  Teardown,
+  waitFor,
+  type AgentProcess,
+  type FaultProxy,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import { ociCode, streamDigest } from '../src/http.js';
+
+const one = { username: 'alice', password: 'alice-pw', realm: 'registry-one' };
+const two = { username: 'bob', password: 'bob-pw', realm: 'registry-two' };
+
+function basic(username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+}
+
+describe('late origin reads of a download shared across registries', () => {
+  const teardown = new Teardown();
+  let first: Registry;
+  let second: Registry;
+  let proxy: FaultProxy;
+  let agent: AgentProcess;
+  let dir: string;
+
+  /** The mirror's URL for a blob of `repository` at `registry`. */
+  const blobUrl = (registry: Registry, repository: string, digest: string): string =>
+    `${agent.url}/v2/${repository}/blobs/${digest}?ns=${registry.host}`;
+
+  /** An image of one layer pushed to both registries (`one/app`; `two/app` and `two/other`). */
+  const imageInBoth = async (seed: string, passwordOne: string): Promise<GeneratedImage> => {
+    const image = await generateImage(join(dir, seed), { layerSizes: [MiB], seed });
+    await pushImage(image, first.host, 'one/app', {
+      destCreds: `${one.username}:${passwordOne}`,
+    });
+    for (const repository of ['two/app', 'two/other']) {
+      await pushImage(image, second.host, repository, {
+        destCreds: `${two.username}:${two.password}`,
+      });
+    }
+    return image;
+  };
+
+  /**
+   * Has the agent's authorizer say yes to `authorization` for the blob (a HEAD, whose yes is
+   * then cached for the authorization TTL): a later GET is allowed from the cache even after
+   * the credential has been revoked, as a credential expiring during a pull is.
+   */
+  const authorize = async (url: string, authorization: string): Promise<void> => {
+    const response = await fetch(url, {
+      method: 'HEAD',
+      headers: { authorization },
+      signal: AbortSignal.timeout(30_000),
+    });
+    assert.equal(response.status, 200, `HEAD ${url}`);
+  };
+
+  /** Resolves once the agent has a download in flight (waiting on the swarm). */
+  const downloading = (): Promise<void> =>
+    waitFor(
+      'the download to wait on the swarm',
+      async () => (await agent.metric('shoal_agent_downloads_in_flight')) === 1,
+      { timeoutMs: 3_000, intervalMs: 50 },
+    );
+
+  before(async () => {
+    const temp = await makeTempDir('origin-sources');
+    teardown.add('dir', () => temp.remove());
+    dir = temp.path;
+    first = await startRegistry({ auth: one });
+    teardown.add('first registry', () => first.stop());
+    second = await startRegistry({ auth: two });
+    teardown.add('second registry', () => second.stop());
+    proxy = await startFaultProxy({ upstream: first.url });
+    teardown.add('proxy', () => proxy.stop());
+    const nats = await startNats();
+    teardown.add('nats', () => nats.stop());
+    const tracker = await startTracker({
+      natsUrl: nats.url,
+      env: await nats.clientEnv('tracker'),
+    });
+    teardown.add('tracker', () => tracker.stop());
+    agent = await startAgent({
+      registries: `${first.host}=${proxy.url},${second.host}=${second.url}`,
+      defaultRegistry: first.host,
+      natsUrl: nats.url,
+      peerId: 'origin-sources',
+      env: { ...FAST_SWARM_ENV, ...(await nats.clientEnv('origin-sources')) },
+    });
+    teardown.add('agent', () => agent.stop());
+  });
+
+  after(() => teardown.run());
+
+  it("sends each reader's credential to its own registry only", async () => {
+    const image = await imageInBoth('origin-sources-one', one.password);
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const alice = basic(one.username, one.password);
+    const bob = basic(two.username, two.password);
+    const viaFirst = blobUrl(first, 'one/app', layer.digest);
+    await authorize(viaFirst, alice);
+    // Alice's password is revoked at the first registry; her yes is still cached.
+    await first.changePassword('alice-rotated');
+    const a = streamDigest(viaFirst, { headers: { authorization: alice } });
+    await downloading();
+    // Bob joins the same download (same digest) through the second registry.
+    const b = streamDigest(blobUrl(second, 'two/app', layer.digest), {
+      headers: { authorization: bob },
+    });
+    // Then a reader through another repository joins and leaves before the swarm stalls: its
+    // credential must not be used once it has gone.
+    const leaving = new AbortController();
+    const c = fetch(blobUrl(second, 'two/other', layer.digest), {
+      headers: { authorization: bob },
+      signal: leaving.signal,
+    }).catch(() => undefined);
+    await waitFor(
+      'the leaving reader to be authorized',
+      async () => (await second.requests()).some((r) => r.uri.startsWith('/v2/two/other/blobs/')),
+      { timeoutMs: 3_000, intervalMs: 50 },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    leaving.abort();
+    await c;
+    const [gotA, gotB] = await Promise.all([a, b]);
+    assert.equal(gotA.status, 200, 'alice');
+    assert.equal(gotA.digest, layer.digest, 'alice got the layer');
+    assert.equal(gotB.status, 200, 'bob');
+    assert.equal(gotB.digest, layer.digest, 'bob got the layer');
+
+    const atFirst = proxy.received();
+    assert.ok(
+      atFirst.some(
+        (r) => r.method === 'GET' && r.url.includes(layer.digest) && r.authorization === alice,
+      ),
+      "the download's own credential was tried at its registry",
+    );
+    assert.equal(
+      atFirst.filter((r) => r.authorization === bob).length,
+      0,
+      "bob's credential for the second registry never reached the first",
+    );
+    assert.equal((await first.blobGets(layer.digest)).length, 0, 'the first refused alice');
+    assert.equal((await second.blobGets(layer.digest)).length, 1, "the second served bob's read");
+    assert.deepEqual(
+      (await second.requests())
+        .filter((r) => r.method === 'GET' && r.uri.includes('/blobs/'))
+        .map((r) => r.uri.split('/blobs/')[0]),
+      ['/v2/two/app'],
+      'not with the source of the reader that left',
+    );
+    assert.equal(
+      await agent.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
+      1,
+      'one refusal, then the source that works',
+    );
+  });
+
+  it('gives each reader its own registry’s refusal when every credential is refused', async () => {
+    const image = await imageInBoth('origin-sources-two', 'alice-rotated');
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const alice = basic(one.username, 'alice-rotated');
+    const bob = basic(two.username, two.password);
+    const viaFirst = blobUrl(first, 'one/app', layer.digest);
+    const viaSecond = blobUrl(second, 'two/app', layer.digest);
+    await authorize(viaFirst, alice);
+    await authorize(viaSecond, bob);
+    // Both credentials are revoked while their yes is cached.
+    await first.changePassword('alice-third');
+    await second.changePassword('bob-rotated');
+    const refusedBefore = await agent.metric('shoal_agent_upstream_requests_total', {
+      kind: 'blob',
+      status: '401',
+    });
+    const a = fetch(viaFirst, {
+      headers: { authorization: alice },
+      signal: AbortSignal.timeout(60_000),
+    });
+    await downloading();
+    const b = fetch(viaSecond, {
+      headers: { authorization: bob },
+      signal: AbortSignal.timeout(60_000),
+    });
+    const [refusedA, refusedB] = await Promise.all([a, b]);
+    for (const [who, response, realm] of [
+      ['alice', refusedA, one.realm],
+      ['bob', refusedB, two.realm],
+    ] as const) {
+      const body = Buffer.from(await response.arrayBuffer());
+      assert.equal(response.status, 401, `${who}: 401`);
+      assert.equal(
+        response.headers.get('www-authenticate'),
+        `Basic realm="${realm}"`,
+        `${who}: the challenge of the registry ${who} came through`,
+      );
+      assert.equal(ociCode(body), 'UNAUTHORIZED', `${who}: an OCI error body`);
+    }
+    assert.equal(
+      (await agent.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' })) -
+        refusedBefore,
+      2,
+      'each credential tried once, at its own registry',
+    );
+    assert.equal(
+      proxy.received().filter((r) => r.authorization === bob).length,
+      0,
+      "bob's credential never reached the first registry",
+    );
+  });
+});
