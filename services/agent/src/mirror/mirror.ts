@@ -19,7 +19,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { DiskHeadroom, TightReason } from '../cache/disk-headroom.js';
 import {
   ContentMismatchError,
-  SourcesRefusedError,
+  SourcesFailedError,
   type BlobDownload,
   type ByteCursor,
   type OriginSource,
@@ -385,15 +385,23 @@ export class Mirror {
     const { download } = flight;
     // This client was just authorized for the blob: should the download have to go to the
     // origin late, its credentials may serve where the first client's no longer do. Only while
-    // it reads: it withdraws them when its cursor closes, or when it gets no cursor.
+    // it reads: it withdraws them the moment it goes away (its read may be waiting on a
+    // stalled swarm, which brings no progress to wake it), when its cursor closes, or when it
+    // gets no cursor.
     const source = { registry: req.registry, name, authorization: req.authorization };
     const offered = download.offerSource(source);
+    const onLeave = (): void => offered.withdraw();
+    req.signal.addEventListener('abort', onLeave, { once: true });
+    const withdraw = (): void => {
+      req.signal.removeEventListener('abort', onLeave);
+      offered.withdraw();
+    };
     let opened: OpenedDownload | undefined;
     try {
       opened = await this.#openDownload(target, download, source, req, reply);
     } finally {
       if (opened === undefined) {
-        offered.withdraw();
+        withdraw();
       }
     }
     if (opened === undefined) {
@@ -408,7 +416,7 @@ export class Mirror {
       this.#watchingDisk({
         read: (buffer) => reading.read(buffer),
         close: () => {
-          offered.withdraw();
+          withdraw();
           reading.close();
         },
       }),
@@ -433,17 +441,19 @@ export class Mirror {
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
     } catch (error) {
-      if (error instanceof SourcesRefusedError) {
+      if (error instanceof SourcesFailedError) {
+        // Each reader its own registry's answer; none when its registry did not answer its
+        // credential or was not asked: then it should retry (another registry's trouble,
+        // status or Retry-After is not its own).
         const answer = error.answerFor(source);
-        if (answer === undefined) {
-          // Its own credential was never tried: another repository's challenge is not its.
-          throw new MirrorError(
-            'UNAVAILABLE',
-            503,
-            `${digest.toString()} could not be fetched; retry`,
-          );
-        }
-        sendAnswer(reply, withErrorBody(answer, 'blob'));
+        sendAnswer(
+          reply,
+          answer === undefined
+            ? retryLater(
+                `${digest.toString()} could not be fetched from ${req.registry.host}; retry`,
+              )
+            : withErrorBody(answer, 'blob'),
+        );
         return undefined;
       }
       if (error instanceof UpstreamAnswerError) {
@@ -760,6 +770,19 @@ function sendAnswer(reply: FastifyReply, answer: UpstreamAnswer): void {
   }
   reply.header('content-length', answer.body.length);
   reply.send(answer.body);
+}
+
+/** Seconds a client is asked to wait (Retry-After) when the origin could not be read for it. */
+const RETRY_AFTER_S = 5;
+
+/** A 503 with Retry-After and the OCI error body: the client should try again shortly. */
+function retryLater(message: string): UpstreamAnswer {
+  const body = Buffer.from(ociErrorBody('UNAVAILABLE', message));
+  return {
+    status: 503,
+    headers: { 'content-type': 'application/json', 'retry-after': String(RETRY_AFTER_S) },
+    body,
+  };
 }
 
 /**
