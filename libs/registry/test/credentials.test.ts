@@ -8,6 +8,7 @@ import {
   parseChallenge,
   parseDockerConfig,
   RegistryAuth,
+  RegistryReader,
   trustedRealmsList,
   UpstreamClient,
   type UpstreamRegistry,
@@ -149,6 +150,66 @@ describe('Basic credentials and token realms', () => {
     } finally {
       await client.close();
       await new Promise((resolve) => realm.close(resolve));
+    }
+  });
+});
+
+describe('RegistryReader refusals', () => {
+  it('says why from the challenge it answered when the retry is refused without one', async () => {
+    // A registry that challenges for a token, then refuses the (anonymous) token with a bare
+    // 403, as registries do for a repository the token gives no pull access to; and its
+    // token realm, on plain http, where the reader's Basic credentials may not go.
+    const seen: { path: string; authorization: string | undefined }[] = [];
+    let realmUrl = '';
+    const server = createServer((req, res) => {
+      seen.push({ path: req.url ?? '', authorization: req.headers.authorization });
+      if (req.url?.startsWith('/token') === true) {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ token: 'anonymous', expires_in: 300 }));
+        return;
+      }
+      if (req.headers.authorization === 'Bearer anonymous') {
+        res.statusCode = 403;
+        res.end('{"errors":[{"code":"DENIED","message":"no pull access"}]}');
+        return;
+      }
+      res.statusCode = 401;
+      res.setHeader('www-authenticate', `Bearer realm="${realmUrl}",service="test"`);
+      res.end('{"errors":[{"code":"UNAUTHORIZED","message":"token wanted"}]}');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    realmUrl = `http://127.0.0.1:${port}/token`;
+    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    const local: UpstreamRegistry = {
+      host: `127.0.0.1:${port}`,
+      url: new URL(`http://127.0.0.1:${port}`),
+    };
+    const credentials = new Map([[local.host, { username: 'seeder', password: 'hunter2' }]]);
+    try {
+      const reader = new RegistryReader(client, new RegistryAuth(credentials, client));
+      const response = await reader.fetchManifest(
+        local,
+        'team/app',
+        'latest',
+        ['application/vnd.oci.image.manifest.v1+json'],
+        AbortSignal.timeout(5000),
+      );
+      response.body.resume();
+      assert.equal(response.status, 403);
+      assert.equal(response.headers['www-authenticate'], undefined, 'a bare 403');
+      assert.deepEqual(
+        seen.map((r) => r.authorization?.split(' ')[0]),
+        ['Basic', undefined, 'Bearer'],
+        'Basic to the registry, nothing to the untrusted realm, its anonymous token',
+      );
+      assert.deepEqual(reader.refusal(local, response), {
+        cause: 'realm-not-trusted',
+        realm: `http://127.0.0.1:${port}`,
+      });
+    } finally {
+      await client.close();
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 });
