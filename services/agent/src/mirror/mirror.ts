@@ -127,9 +127,10 @@ export class Mirror {
    * as a registry (skopeo, docker, crane) learn from this answer whether and how to
    * authenticate: they send credentials only after a `401` challenge here. So the registry's
    * own check is made with the client's header and a `401` is passed back with its challenge.
-   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), the
-   * challenge it gave last is answered (so clients still send their credentials and private
-   * pulls keep working from the cache and the swarm), else the mirror's own `200`: the mirror
+   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), a
+   * client that sent no credentials gets the challenge the registry gave last (so it still
+   * sends them and private pulls keep working from the cache and the swarm); one that sent
+   * some, or when there is no challenge to give, gets the mirror's own `200`: the mirror
    * serves public content whatever the registry's health. A registry that did not answer is
    * not asked again for `PING_UNREACHABLE_MS`, so clients' checks do not each wait it out.
    */
@@ -152,7 +153,16 @@ export class Mirror {
     }
     const remembered = known.challenge;
     const failed = answer === undefined || answer.status >= 500;
-    if (failed && remembered !== undefined && Date.now() - remembered.at < PING_CHALLENGE_TTL_MS) {
+    // Only a client that sent no credentials is challenged for the registry: one that sent
+    // some (docker login, a client checking again with its token) would be told they are
+    // wrong when nobody could check them. It gets the yes; every pull is still authorized on
+    // its own.
+    if (
+      failed &&
+      authorization === undefined &&
+      remembered !== undefined &&
+      Date.now() - remembered.at < PING_CHALLENGE_TTL_MS
+    ) {
       sendAnswer(reply, withErrorBody(remembered.answer, 'blob'));
       return;
     }
