@@ -9,6 +9,7 @@ import {
   parseDockerConfig,
   RegistryAuth,
   RegistryReader,
+  refusalAdvice,
   trustedRealmsList,
   UpstreamClient,
   type UpstreamRegistry,
@@ -93,6 +94,33 @@ describe('Basic credentials and token realms', () => {
       ['https://auth.example.com', 'http://127.0.0.1:5001'],
     );
     assert.equal(trustedRealmsList.safeParse('ftp://x,not a url').error?.issues.length, 2);
+    assert.deepEqual(
+      trustedRealmsList.parse('http://localhost:5001,http://[::1]:5001,http://127.0.0.2'),
+      ['http://localhost:5001', 'http://[::1]:5001', 'http://127.0.0.2'],
+      'plain http on loopback only',
+    );
+    assert.match(
+      trustedRealmsList.safeParse('http://10.0.0.5:5001').error?.issues[0]?.message ?? '',
+      /cleartext; use https/,
+    );
+    // The advice for a refusal names what can be done: a plain http realm off this machine
+    // cannot be listed.
+    const settings = { dockerConfig: 'DOCKER_CONFIG', trustedRealms: 'TRUSTED_REALMS' };
+    assert.match(
+      refusalAdvice(
+        'registry.example.com',
+        { cause: 'realm-not-trusted', realm: 'http://auth.example.com' },
+        settings,
+      ),
+      /plain http, .*serve it over HTTPS/,
+    );
+    for (const realm of ['https://auth.example.com', 'http://127.0.0.1:5001']) {
+      assert.match(
+        refusalAdvice('registry.example.com', { cause: 'realm-not-trusted', realm }, settings),
+        /list it in TRUSTED_REALMS/,
+        realm,
+      );
+    }
   });
 
   it('asks a realm that may not have them for an anonymous token (a real realm server)', async () => {
