@@ -132,6 +132,27 @@ describe('late origin reads of a download shared across registries', () => {
     );
   };
 
+  /**
+   * A reader of `digest` through the second registry's `two/other` that is authorized, joins
+   * the download, and goes away 300 ms later.
+   */
+  const joinAndLeave = async (digest: string, authorization: string): Promise<void> => {
+    const leaving = new AbortController();
+    const reader = fetch(blobUrl(second, 'two/other', digest), {
+      headers: { authorization },
+      signal: leaving.signal,
+    }).catch(() => undefined);
+    await waitFor(
+      'the leaving reader to be authorized',
+      async () =>
+        (await second.requests()).some((r) => r.uri.startsWith(`/v2/two/other/blobs/${digest}`)),
+      { timeoutMs: 3_000, intervalMs: 50 },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    leaving.abort();
+    await reader;
+  };
+
   /** The blob GETs `registry` received for `digest`, by repository. */
   const blobGetsAt = async (registry: Registry, digest: string): Promise<string[]> =>
     (await registry.requests())
@@ -190,19 +211,7 @@ describe('late origin reads of a download shared across registries', () => {
     });
     // Then a reader through another repository joins and leaves before the swarm stalls: its
     // credential must not be used once it has gone.
-    const leaving = new AbortController();
-    const c = fetch(blobUrl(second, 'two/other', layer.digest), {
-      headers: { authorization: bob },
-      signal: leaving.signal,
-    }).catch(() => undefined);
-    await waitFor(
-      'the leaving reader to be authorized',
-      async () => (await second.requests()).some((r) => r.uri.startsWith('/v2/two/other/blobs/')),
-      { timeoutMs: 3_000, intervalMs: 50 },
-    );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    leaving.abort();
-    await c;
+    await joinAndLeave(layer.digest, bob);
     const [gotA, gotB] = await Promise.all([a, b]);
     assert.equal(gotA.status, 200, 'alice');
     assert.equal(gotA.digest, layer.digest, 'alice got the layer');
@@ -309,22 +318,7 @@ describe('late origin reads of a download shared across registries', () => {
     // The newest reader (through another repository) is authorized and waits for bytes the
     // stalled swarm does not bring (the size is known: its answer is a 200 whose first bytes
     // have not come); then it goes away.
-    const leaving = new AbortController();
-    const b = fetch(blobUrl(second, 'two/other', layer.digest), {
-      headers: { authorization: bob },
-      signal: leaving.signal,
-    }).catch(() => undefined);
-    await waitFor(
-      'the leaving reader to be authorized',
-      async () =>
-        (await second.requests()).some(
-          (r) => r.method === 'HEAD' && r.uri.startsWith(`/v2/two/other/blobs/${layer.digest}`),
-        ),
-      { timeoutMs: 3_000, intervalMs: 50 },
-    );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    leaving.abort();
-    await b;
+    await joinAndLeave(layer.digest, bob);
     const [gotA, gotC] = await Promise.all([a, c]);
     assert.equal(gotA.status, 200, 'alice');
     assert.equal(gotA.digest, layer.digest, 'alice got the layer');
