@@ -66,6 +66,12 @@ export interface OpenedBlob {
   /** Content-Length of the answer, when sent. */
   readonly size: number | undefined;
   /**
+   * The 401 challenge the reader answered on the way to this answer, if it answered one: a
+   * refusal of the retry may carry none (a bare 403) and this still says why (a token realm
+   * the credentials may not go to, for one).
+   */
+  readonly challenge?: string;
+  /**
    * The body of an answer other than 200 (an OCI error, a challenge), at most 64 KiB: a mirror
    * hands it to its client as it came. Empty for a 200.
    */
@@ -111,6 +117,7 @@ export class BlobReader {
     let authorization =
       forwarded === undefined ? this.#auth.current(registry, repository) : forwarded.authorization;
     let challenged = forwarded !== undefined;
+    let answeredChallenge: string | undefined;
     for (let hop = 0; ; hop += 1) {
       const answer = await this.#get(url, authorization, signal);
       const challenge = answer.headers['www-authenticate'];
@@ -121,6 +128,7 @@ export class BlobReader {
           return answer;
         }
         authorization = answered;
+        answeredChallenge = challenge;
         continue;
       }
       const location = answer.headers.location;
@@ -133,7 +141,7 @@ export class BlobReader {
         url = next;
         continue;
       }
-      return answer;
+      return answeredChallenge === undefined ? answer : { ...answer, challenge: answeredChallenge };
     }
   }
 

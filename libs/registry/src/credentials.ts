@@ -9,6 +9,7 @@
  * realm origin the operator listed; any other realm is asked for an anonymous token.
  */
 import { readFile } from 'node:fs/promises';
+import { isIPv4 } from 'node:net';
 
 import { isAbortError, ShoalError } from '@shoal/runtime';
 import { z } from 'zod';
@@ -84,9 +85,17 @@ const WELL_KNOWN_REALMS: Record<string, readonly string[]> = {
   'docker.io': ['https://auth.docker.io'],
 };
 
+/** Whether `hostname` (as a URL gives it) names this machine: an http realm there is local. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || (isIPv4(host) && host.startsWith('127.'));
+}
+
 /**
  * Parses a comma-separated list of token realm origins that may receive Basic credentials
- * besides the defaults, e.g. `https://gitlab.example.com,http://127.0.0.1:5001`.
+ * besides the defaults, e.g. `https://gitlab.example.com,http://127.0.0.1:5001`. A plain
+ * http realm is refused unless it is on loopback: Basic credentials would cross the network
+ * in cleartext.
  */
 export const trustedRealmsList = z
   .string()
@@ -106,6 +115,13 @@ export const trustedRealmsList = z
       }
       if (url.protocol !== 'https:' && url.protocol !== 'http:') {
         ctx.addIssue({ code: 'custom', message: `${entry}: only http and https realms` });
+        continue;
+      }
+      if (url.protocol === 'http:' && !isLoopback(url.hostname)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `${entry}: a plain http realm would receive Basic credentials in cleartext; use https (http only on loopback)`,
+        });
         continue;
       }
       origins.push(url.origin);
@@ -181,7 +197,11 @@ export function refusalAdvice(
     case 'no-credentials':
       return `give it credentials for ${host} in ${settings.dockerConfig}`;
     case 'realm-not-trusted':
-      return `its token realm ${refusal.realm} is not HTTPS on ${host}, so the credentials were not sent there: list it in ${settings.trustedRealms}`;
+      // A plain http realm off this machine cannot be listed: the credentials would cross
+      // the network in cleartext.
+      return refusal.realm.startsWith('http:') && !isLoopback(new URL(refusal.realm).hostname)
+        ? `its token realm ${refusal.realm} is plain http, so the credentials were not sent there (they would cross the network in cleartext): serve it over HTTPS`
+        : `its token realm ${refusal.realm} is not HTTPS on ${host}, so the credentials were not sent there: list it in ${settings.trustedRealms}`;
     case 'credentials-refused':
       return `the credentials for ${host} in ${settings.dockerConfig} were refused (a wrong or expired password, or no pull access to the repository)`;
   }

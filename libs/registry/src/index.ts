@@ -27,7 +27,7 @@ export {
   type CredentialSettings,
   type RegistryAuthOptions,
 } from './credentials.js';
-export { RegistryReader } from './reader.js';
+export { RegistryReader, type ReaderResponse } from './reader.js';
 export {
   BLOB_BLOCK_BYTES,
   BLOB_HOLD_MS,

@@ -10,6 +10,16 @@ import { headerValue } from './client.js';
 import type { AuthRefusal, RegistryAuth } from './credentials.js';
 import type { UpstreamRegistry } from './registries.js';
 
+/** A registry's answer to a reader, with the challenge behind it. */
+export interface ReaderResponse extends UpstreamResponse {
+  /**
+   * The 401 challenge that decided this answer: the final answer's own, else the one the
+   * reader answered (a token realm's refusal comes back as a 403 without one, and it still
+   * says why: a realm the credentials may not go to, for one). Undefined when none was met.
+   */
+  readonly challenge: string | undefined;
+}
+
 export class RegistryReader {
   readonly #client: UpstreamClient;
   readonly #auth: RegistryAuth;
@@ -25,7 +35,7 @@ export class RegistryReader {
     repository: string,
     digest: Digest,
     signal: AbortSignal,
-  ): Promise<UpstreamResponse> {
+  ): Promise<ReaderResponse> {
     return this.get(
       registry,
       repository,
@@ -43,14 +53,17 @@ export class RegistryReader {
     accept: readonly string[],
     signal: AbortSignal,
     method: 'GET' | 'HEAD' = 'GET',
-  ): Promise<UpstreamResponse> {
+  ): Promise<ReaderResponse> {
     const path = `/v2/${repository}/manifests/${reference}`;
     return this.get(registry, repository, path, { accept: accept.join(', ') }, signal, method);
   }
 
-  /** Why the registry refused this reader with `response` (see `RegistryAuth.refusal`). */
-  refusal(registry: UpstreamRegistry, response: Pick<UpstreamResponse, 'headers'>): AuthRefusal {
-    return this.#auth.refusal(registry, headerValue(response.headers, 'www-authenticate'));
+  /**
+   * Why the registry refused this reader with `response` (see `RegistryAuth.refusal`), from
+   * the challenge it met, not only the final answer's headers.
+   */
+  refusal(registry: UpstreamRegistry, response: Pick<ReaderResponse, 'challenge'>): AuthRefusal {
+    return this.#auth.refusal(registry, response.challenge);
   }
 
   /**
@@ -64,22 +77,28 @@ export class RegistryReader {
     headers: Readonly<Record<string, string>>,
     signal: AbortSignal,
     method: 'GET' | 'HEAD' = 'GET',
-  ): Promise<UpstreamResponse> {
-    const send = (authorization: string | undefined): Promise<UpstreamResponse> =>
-      this.#client.request({
+  ): Promise<ReaderResponse> {
+    const send = async (authorization: string | undefined): Promise<ReaderResponse> => {
+      const response = await this.#client.request({
         registry,
         method,
         path,
         headers: { ...headers, authorization },
         signal,
       });
+      return { ...response, challenge: headerValue(response.headers, 'www-authenticate') };
+    };
     const first = await send(this.#auth.current(registry, repository));
-    const challenge = headerValue(first.headers, 'www-authenticate');
+    const { challenge } = first;
     if (first.status !== 401 || challenge === undefined) {
       return first;
     }
     first.body.resume();
     const authorization = await this.#auth.answer(registry, repository, challenge, signal);
-    return authorization === undefined ? first : send(authorization);
+    if (authorization === undefined) {
+      return first;
+    }
+    const second = await send(authorization);
+    return second.challenge === undefined ? { ...second, challenge } : second;
   }
 }

@@ -201,6 +201,39 @@ describe('BlobReader', () => {
     await assert.rejects(opened.blocks.next(), /enough/);
   });
 
+  it('keeps the challenge it answered when the retry is refused without one', async () => {
+    let realm = '';
+    const bare = await serve('bare-403', (request, response) => {
+      if (request.url?.startsWith('/token') === true) {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(JSON.stringify({ token: 'anonymous', expires_in: 300 }));
+        return;
+      }
+      if (request.headers.authorization === 'Bearer anonymous') {
+        response.writeHead(403, { 'content-length': 2 });
+        response.end('{}');
+        return;
+      }
+      response.writeHead(401, { 'www-authenticate': realm, 'content-length': 2 });
+      response.end('{}');
+    });
+    realm = `Bearer realm="${bare.url.origin}/token",service="test"`;
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('bare client', () => client.close());
+    const basic = new RegistryAuth(
+      new Map([[bare.host, { username: 'seeder', password: 'bare-pass' }]]),
+      client,
+    );
+    const opened = await openLayer(reader({}, basic), bare);
+    assert.equal(opened.status, 403);
+    assert.equal(opened.headers['www-authenticate'], undefined);
+    assert.equal(opened.challenge, realm, 'the challenge answered');
+    assert.deepEqual(basic.refusal(bare, opened.challenge), {
+      cause: 'realm-not-trusted',
+      realm: bare.url.origin,
+    });
+  });
+
   it('follows a redirect to storage on another origin without the credentials', async () => {
     const bytes = await readFile(layer.path);
     const seen: IncomingHttpHeaders[] = [];

@@ -8,6 +8,8 @@ import {
   parseChallenge,
   parseDockerConfig,
   RegistryAuth,
+  RegistryReader,
+  refusalAdvice,
   trustedRealmsList,
   UpstreamClient,
   type UpstreamRegistry,
@@ -92,6 +94,33 @@ describe('Basic credentials and token realms', () => {
       ['https://auth.example.com', 'http://127.0.0.1:5001'],
     );
     assert.equal(trustedRealmsList.safeParse('ftp://x,not a url').error?.issues.length, 2);
+    assert.deepEqual(
+      trustedRealmsList.parse('http://localhost:5001,http://[::1]:5001,http://127.0.0.2'),
+      ['http://localhost:5001', 'http://[::1]:5001', 'http://127.0.0.2'],
+      'plain http on loopback only',
+    );
+    assert.match(
+      trustedRealmsList.safeParse('http://10.0.0.5:5001').error?.issues[0]?.message ?? '',
+      /cleartext; use https/,
+    );
+    // The advice for a refusal names what can be done: a plain http realm off this machine
+    // cannot be listed.
+    const settings = { dockerConfig: 'DOCKER_CONFIG', trustedRealms: 'TRUSTED_REALMS' };
+    assert.match(
+      refusalAdvice(
+        'registry.example.com',
+        { cause: 'realm-not-trusted', realm: 'http://auth.example.com' },
+        settings,
+      ),
+      /plain http, .*serve it over HTTPS/,
+    );
+    for (const realm of ['https://auth.example.com', 'http://127.0.0.1:5001']) {
+      assert.match(
+        refusalAdvice('registry.example.com', { cause: 'realm-not-trusted', realm }, settings),
+        /list it in TRUSTED_REALMS/,
+        realm,
+      );
+    }
   });
 
   it('asks a realm that may not have them for an anonymous token (a real realm server)', async () => {
@@ -149,6 +178,66 @@ describe('Basic credentials and token realms', () => {
     } finally {
       await client.close();
       await new Promise((resolve) => realm.close(resolve));
+    }
+  });
+});
+
+describe('RegistryReader refusals', () => {
+  it('says why from the challenge it answered when the retry is refused without one', async () => {
+    // A registry that challenges for a token, then refuses the (anonymous) token with a bare
+    // 403, as registries do for a repository the token gives no pull access to; and its
+    // token realm, on plain http, where the reader's Basic credentials may not go.
+    const seen: { path: string; authorization: string | undefined }[] = [];
+    let realmUrl = '';
+    const server = createServer((req, res) => {
+      seen.push({ path: req.url ?? '', authorization: req.headers.authorization });
+      if (req.url?.startsWith('/token') === true) {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ token: 'anonymous', expires_in: 300 }));
+        return;
+      }
+      if (req.headers.authorization === 'Bearer anonymous') {
+        res.statusCode = 403;
+        res.end('{"errors":[{"code":"DENIED","message":"no pull access"}]}');
+        return;
+      }
+      res.statusCode = 401;
+      res.setHeader('www-authenticate', `Bearer realm="${realmUrl}",service="test"`);
+      res.end('{"errors":[{"code":"UNAUTHORIZED","message":"token wanted"}]}');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    realmUrl = `http://127.0.0.1:${port}/token`;
+    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    const local: UpstreamRegistry = {
+      host: `127.0.0.1:${port}`,
+      url: new URL(`http://127.0.0.1:${port}`),
+    };
+    const credentials = new Map([[local.host, { username: 'seeder', password: 'hunter2' }]]);
+    try {
+      const reader = new RegistryReader(client, new RegistryAuth(credentials, client));
+      const response = await reader.fetchManifest(
+        local,
+        'team/app',
+        'latest',
+        ['application/vnd.oci.image.manifest.v1+json'],
+        AbortSignal.timeout(5000),
+      );
+      response.body.resume();
+      assert.equal(response.status, 403);
+      assert.equal(response.headers['www-authenticate'], undefined, 'a bare 403');
+      assert.deepEqual(
+        seen.map((r) => r.authorization?.split(' ')[0]),
+        ['Basic', undefined, 'Bearer'],
+        'Basic to the registry, nothing to the untrusted realm, its anonymous token',
+      );
+      assert.deepEqual(reader.refusal(local, response), {
+        cause: 'realm-not-trusted',
+        realm: `http://127.0.0.1:${port}`,
+      });
+    } finally {
+      await client.close();
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 });

@@ -22,7 +22,7 @@ import {
   ContentMismatchError,
   fillInOrder,
   HELD_BYTES,
-  SourcesRefusedError,
+  SourcesFailedError,
   type DownloadState,
   type OriginSource,
 } from '../src/cache/download.js';
@@ -204,19 +204,22 @@ describe('BlobDownload', () => {
       assert.deepEqual(download.sources, [], 'none offered to a settled download');
     });
 
-    it('answers each reader with the refusal of its own credential', () => {
-      const answer = (realm: string): UpstreamAnswer => ({
-        status: 401,
+    it('answers each reader with the failure of its own source', () => {
+      const answer = (realm: string, status = 401): UpstreamAnswer => ({
+        status,
         headers: { 'www-authenticate': `Basic realm="${realm}"` },
         body: Buffer.from('{}'),
       });
-      const error = new SourcesRefusedError([
+      const error = new SourcesFailedError([
         { source: source('r1:5000', 'one/app', 'Basic a'), answer: answer('one') },
         { source: source('r2:5000', 'two/app', 'Basic b'), answer: answer('two') },
+        { source: source('r4:5000', 'four/app', 'Basic d'), answer: answer('four', 503) },
+        { source: source('r5:5000', 'five/app', 'Basic e'), answer: undefined },
+        { source: source('r5:5000', 'five/app', 'Basic f'), answer: answer('five', 429) },
       ]);
       const realmOf = (s: OriginSource): string | undefined =>
         String(error.answerFor(s)?.headers['www-authenticate'] ?? '') || undefined;
-      assert.equal(error.answer.headers['www-authenticate'], 'Basic realm="one"', 'its own first');
+      assert.equal(error.status, 502);
       assert.equal(realmOf(source('r1:5000', 'one/app', 'Basic a')), 'Basic realm="one"');
       assert.equal(realmOf(source('r2:5000', 'two/app', 'Basic b')), 'Basic realm="two"');
       assert.equal(
@@ -226,6 +229,25 @@ describe('BlobDownload', () => {
       );
       assert.equal(realmOf(source('r2:5000', 'three/app', 'Basic b')), undefined, 'none other');
       assert.equal(realmOf(source('r3:5000', 'one/app', 'Basic a')), undefined, 'none other');
+      assert.equal(error.answerFor(source('r4:5000', 'four/app', 'Basic d'))?.status, 503);
+      assert.equal(
+        error.answerFor(source('r5:5000', 'five/app', 'Basic e')),
+        undefined,
+        'its registry did not answer it: no other credential’s answer',
+      );
+      assert.equal(error.answerFor(source('r5:5000', 'five/app', 'Basic f'))?.status, 429);
+      assert.throws(() => new SourcesFailedError([]));
+    });
+    it('ends a read waiting for bytes when its cursor closes, with no progress to wake it', async () => {
+      // A stalled swarm brings no progress: a reader that leaves must not wait for some.
+      const download = await newDownload(digestOf(Buffer.from('stalled')), 7);
+      const cursor = download.openCursor(0);
+      assert.ok(cursor !== undefined);
+      const reading = cursor.read(Buffer.alloc(4));
+      await new Promise((resolve) => setImmediate(resolve));
+      cursor.close();
+      await assert.rejects(reading, /cursor closed/);
+      await download.fail(new Error('done'));
     });
   });
 

@@ -29,7 +29,7 @@ import {
   pieceSizeFor,
   STREAMS,
 } from '@shoal/proto';
-import { UpstreamClient } from '@shoal/registry';
+import { UpstreamClient, type UpstreamRegistry } from '@shoal/registry';
 import { RateLimiter } from '@shoal/runtime';
 import {
   generateImage,
@@ -38,11 +38,13 @@ import {
   startFaultProxy,
   startRegistry,
   Teardown,
+  waitFor,
   type FaultProxy,
   type Registry,
 } from '@shoal/testkit';
 
 import { FsContentStore } from '../src/cache/content-store.js';
+import type { AgentMetrics } from '../src/metrics.js';
 import { BlobDownload } from '../src/cache/download.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
@@ -52,6 +54,8 @@ import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetst
 const SELF = { id: 'agent-origin-sources', url: 'http://127.0.0.1:65002' };
 const TIMEOUTS = { connectMs: 2_000, headersMs: 5_000, idleMs: 5_000 };
 const repository = 'team/app';
+/** The same blob in another repository: another source with the same credential. */
+const otherRepository = 'team/other';
 const username = 'puller';
 
 function basic(password: string): string {
@@ -84,7 +88,9 @@ describe('SwarmFetch late origin reads', () => {
       layerSizes: [1024 * 1024],
       seed: 'fetch-origin',
     });
-    await pushImage(image, registry.host, repository, { destCreds: `${username}:first-password` });
+    for (const name of [repository, otherRepository]) {
+      await pushImage(image, registry.host, name, { destCreds: `${username}:first-password` });
+    }
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
     blob = await readFile(join(image.layoutDir, 'blobs', 'sha256', parseDigest(layer.digest).hex));
@@ -122,11 +128,19 @@ describe('SwarmFetch late origin reads', () => {
 
   after(() => teardown.run());
 
-  it('tries a refused credential once, then starts each range with the one that worked', async () => {
+  /**
+   * Runs a swarm fetch of the blob started with `password`, whose swarm stalls with pieces 1
+   * and 3 onwards missing (a peer advertises 0 and 2), so the origin is read in two ranges.
+   * `prepare` offers the readers' sources before it runs.
+   */
+  const stalledFetch = async (
+    password: string,
+    prepare: (download: BlobDownload, upstream: UpstreamRegistry) => Promise<void>,
+  ): Promise<{ download: BlobDownload; metrics: AgentMetrics; count: number }> => {
     const { js, nc } = fixture;
     const { client, logger, metrics } = startSwarmClient(fixture, SELF, false);
     teardown.add('swarm client', () => client.close());
-    const store = new FsContentStore(join(root, 'store'), 64 * 1024 * 1024);
+    const store = new FsContentStore(join(root, `store-${password}`), 64 * 1024 * 1024);
     await store.init();
     const pool = new PieceBuffers(4 * 1024 * 1024);
     const digest = parseDigest(`sha256:${createHash('sha256').update(blob).digest('hex')}`);
@@ -136,7 +150,7 @@ describe('SwarmFetch late origin reads', () => {
     teardown.add('upstream client', () => upstreamClient.close());
     const fetch = new SwarmFetch(
       download,
-      { registry: upstream, name: repository, digest, authorization: basic('first-password') },
+      { registry: upstream, name: repository, digest, authorization: basic(password) },
       {
         client,
         pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
@@ -149,18 +163,7 @@ describe('SwarmFetch late origin reads', () => {
         settings: { concurrency: 4, stallTimeoutMs: 1_500, wantIntervalMs: 60_000 },
       },
     );
-    // The credential the download started with is revoked; a later reader's is the new one.
-    await registry.changePassword('second-password');
-    download.offerSource({
-      registry: upstream,
-      name: repository,
-      authorization: basic('first-password'),
-    });
-    download.offerSource({
-      registry: upstream,
-      name: repository,
-      authorization: basic('second-password'),
-    });
+    await prepare(download, upstream);
 
     // The seed server's piece hashes, and a hand-out naming a peer with pieces 0 and 2.
     const pieceSize = pieceSizeFor(blob.length);
@@ -207,6 +210,38 @@ describe('SwarmFetch late origin reads', () => {
     } finally {
       clearInterval(again);
     }
+    return { download, metrics, count };
+  };
+
+  /** The blob GETs the registry received from `since` on: repository and credential. */
+  const blobGets = (since: number): { name: string; authorization: string | undefined }[] => {
+    const hex = createHash('sha256').update(blob).digest('hex');
+    return proxy
+      .received()
+      .slice(since)
+      .filter((r) => r.method === 'GET' && r.url.includes(hex))
+      .map((r) => ({ name: r.url.split('/blobs/')[0] ?? '', authorization: r.authorization }));
+  };
+
+  it('tries a refused credential once, then starts each range with the one that worked', async () => {
+    const since = proxy.received().length;
+    const { download, metrics, count } = await stalledFetch(
+      'first-password',
+      async (download, upstream) => {
+        // The credential the download started with is revoked; a later reader's is the new one.
+        await registry.changePassword('second-password');
+        download.offerSource({
+          registry: upstream,
+          name: repository,
+          authorization: basic('first-password'),
+        });
+        download.offerSource({
+          registry: upstream,
+          name: repository,
+          authorization: basic('second-password'),
+        });
+      },
+    );
 
     assert.equal(download.state, 'verified', String(download.error));
     const pieces = await metrics.pieces.get();
@@ -215,11 +250,55 @@ describe('SwarmFetch late origin reads', () => {
     assert.equal(ok('peer'), 2, 'pieces 0 and 2 from the peer');
     assert.ok(count >= 4, `${count} pieces`);
     assert.equal(ok('origin'), count - 2, 'the rest from the origin, in two ranges (1, 3...)');
-    const gets = proxy.received().filter((r) => r.method === 'GET' && r.url.includes(digest.hex));
     assert.deepEqual(
-      gets.map((r) => r.authorization),
+      blobGets(since).map((r) => r.authorization),
       [basic('first-password'), basic('second-password'), basic('second-password')],
       'the revoked credential once, then the one that worked for each range',
+    );
+  });
+
+  it('does not ask again for a credential refused once, when the reader that served leaves', async () => {
+    const since = proxy.received().length;
+    const owner = basic('second-password');
+    const newer = basic('third-password');
+    const { download, count } = await stalledFetch(
+      'second-password',
+      async (download, upstream) => {
+        // The owner's credential is revoked; two readers have the new one, through two
+        // repositories; the newest serves the first range, then leaves.
+        await registry.changePassword('third-password');
+        download.offerSource({ registry: upstream, name: otherRepository, authorization: newer });
+        const leaving = download.offerSource({
+          registry: upstream,
+          name: repository,
+          authorization: newer,
+        });
+        // Slow enough to see the first range's read start before it ends.
+        proxy.set({ kind: 'slow', delayMs: 0, rateBytes: 256 * 1024 });
+        void waitFor(
+          "the first range read with the newest reader's credential",
+          () =>
+            Promise.resolve(
+              blobGets(since).some((r) => r.authorization === newer && r.name.endsWith(repository)),
+            ),
+          { timeoutMs: 20_000, intervalMs: 10 },
+        ).then(
+          () => leaving.withdraw(),
+          () => undefined,
+        );
+      },
+    );
+    proxy.set(undefined);
+    assert.equal(download.state, 'verified', String(download.error));
+    assert.ok(count >= 4, `${count} pieces`);
+    assert.deepEqual(
+      blobGets(since),
+      [
+        { name: `/v2/${repository}`, authorization: owner },
+        { name: `/v2/${repository}`, authorization: newer },
+        { name: `/v2/${otherRepository}`, authorization: newer },
+      ],
+      "the owner's refused credential once, not again when the next range starts without a lead",
     );
   });
 });

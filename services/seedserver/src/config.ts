@@ -50,7 +50,8 @@ export const seedFields = z.object({
   /**
    * Token realms (URLs, comma-separated) the credentials of SHOAL_SEED_DOCKER_CONFIG may be
    * sent to besides an HTTPS realm on the registry's own host (GitLab, for one, puts its
-   * realm on another host); none by default.
+   * realm on another host); none by default. `https://` only, or `http://` on loopback:
+   * Basic credentials must not cross the network in cleartext.
    */
   SHOAL_SEED_TRUSTED_REALMS: trustedRealmsList,
   /** Local directory for blobs being seeded and recently seeded (default `/var/lib/shoal/seed`). */

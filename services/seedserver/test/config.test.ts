@@ -75,4 +75,21 @@ describe('seed server configuration', () => {
       /SHOAL_SEED_URL: https:\/\/ needs SHOAL_SEED_TLS_CERT_FILE/,
     );
   });
+
+  it('trusts https token realms, and plain http ones on loopback only', () => {
+    const config = loadSeedConfig({
+      ...required,
+      SHOAL_SEED_TRUSTED_REALMS: 'https://gitlab.example.com/jwt/auth,http://localhost:5001',
+    });
+    assert.deepEqual(config.SHOAL_SEED_TRUSTED_REALMS, [
+      'https://gitlab.example.com',
+      'http://localhost:5001',
+    ]);
+    assert.throws(
+      () => loadSeedConfig({ ...required, SHOAL_SEED_TRUSTED_REALMS: 'http://10.0.0.5:5001' }),
+      (error: unknown) =>
+        error instanceof ConfigError &&
+        /SHOAL_SEED_TRUSTED_REALMS: http:\/\/10\.0\.0\.5:5001: .*cleartext/.test(error.message),
+    );
+  });
 });

@@ -31,7 +31,8 @@ export const watcherFields = z.object({
   /**
    * Token realms (URLs, comma-separated) the credentials of SHOAL_WATCHER_DOCKER_CONFIG may be
    * sent to besides an HTTPS realm on the registry's own host (GitLab, for one, puts its
-   * realm on another host); none by default.
+   * realm on another host); none by default. `https://` only, or `http://` on loopback:
+   * Basic credentials must not cross the network in cleartext.
    */
   SHOAL_WATCHER_TRUSTED_REALMS: trustedRealmsList,
   /** Shared secret webhooks send as `Authorization: Bearer <token>`. */

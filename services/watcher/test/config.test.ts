@@ -145,4 +145,29 @@ describe('watcher configuration', () => {
     }
     assert.ok(problems.some((p) => p.includes('unauthenticated')));
   });
+
+  it('trusts https token realms, and plain http ones on loopback only', () => {
+    const env = { SHOAL_WATCHER_REGISTRIES: REGISTRIES, SHOAL_WATCHER_WEBHOOK_TOKEN: TOKEN };
+    const config = loadWatcherConfig({
+      ...env,
+      SHOAL_WATCHER_TRUSTED_REALMS: 'https://gitlab.example.com/jwt/auth,http://127.0.0.1:5001',
+    });
+    assert.deepEqual(config.SHOAL_WATCHER_TRUSTED_REALMS, [
+      'https://gitlab.example.com',
+      'http://127.0.0.1:5001',
+    ]);
+    const problems = problemsOf({
+      ...env,
+      SHOAL_WATCHER_TRUSTED_REALMS: 'http://auth.example.com/token',
+    });
+    assert.ok(
+      problems.some(
+        (p) =>
+          p.startsWith('SHOAL_WATCHER_TRUSTED_REALMS:') &&
+          p.includes('http://auth.example.com/token') &&
+          p.includes('cleartext'),
+      ),
+      JSON.stringify(problems),
+    );
+  });
 });

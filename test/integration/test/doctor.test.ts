@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -190,6 +192,30 @@ describe('shoal-doctor', () => {
     const config = row(JSON.parse(misconfigured.stdout) as Row[], 'agent configuration');
     assert.equal(config.status, 'fail');
     assert.match(config.detail, /SHOAL_AGENT_CACHE_MAX_BYTES/);
+  });
+
+  it('says why the agent is not ready, as its /readyz says', async () => {
+    // An agent caught shutting down is a moment a real one passes through too fast to catch:
+    // a stand-in answers /readyz as the agent's ops routes do then.
+    const standIn = createServer((req, res) => {
+      const notReady = req.url === '/readyz';
+      res.writeHead(notReady ? 503 : 200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(notReady ? { status: 'not ready', reason: 'shutting down' } : {}));
+    });
+    await new Promise<void>((resolve) => standIn.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = standIn.address() as AddressInfo;
+      const result = await doctor({ ...env, SHOAL_AGENT_LISTEN: `127.0.0.1:${String(port)}` }, [
+        '--containerd-config',
+        containerdConfig,
+        '--json',
+      ]);
+      const mirror = row(JSON.parse(result.stdout) as Row[], 'mirror');
+      assert.equal(mirror.status, 'warn', JSON.stringify(mirror));
+      assert.match(mirror.detail, /is not ready \(shutting down\)/);
+    } finally {
+      await new Promise((resolve) => standIn.close(resolve));
+    }
   });
 
   it('tells a registry that does not answer from an agent that is down', async () => {

@@ -8,9 +8,24 @@
  * credentials reached it; nats-server and a tracker, no seed server (so the swarm stalls).
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import {
+  encodeMessage,
+  parseDigest,
+  pieceBounds,
+  pieceCount,
+  pieceHashes,
+  pieceHashesSubject,
+  pieceSizeFor,
+  STREAMS,
+} from '@shoal/proto';
+import { ensureStreams } from '@shoal/runtime/nats';
 import {
   FAST_SWARM_ENV,
   generateImage,
@@ -46,20 +61,25 @@ describe('late origin reads of a download shared across registries', () => {
   let proxy: FaultProxy;
   let agent: AgentProcess;
   let dir: string;
+  let js: JetStreamClient;
 
   /** The mirror's URL for a blob of `repository` at `registry`. */
   const blobUrl = (registry: Registry, repository: string, digest: string): string =>
     `${agent.url}/v2/${repository}/blobs/${digest}?ns=${registry.host}`;
 
   /** An image of one layer pushed to both registries (`one/app`; `two/app` and `two/other`). */
-  const imageInBoth = async (seed: string, passwordOne: string): Promise<GeneratedImage> => {
+  const imageInBoth = async (
+    seed: string,
+    passwordOne: string,
+    passwordTwo = two.password,
+  ): Promise<GeneratedImage> => {
     const image = await generateImage(join(dir, seed), { layerSizes: [MiB], seed });
     await pushImage(image, first.host, 'one/app', {
       destCreds: `${one.username}:${passwordOne}`,
     });
     for (const repository of ['two/app', 'two/other']) {
       await pushImage(image, second.host, repository, {
-        destCreds: `${two.username}:${two.password}`,
+        destCreds: `${two.username}:${passwordTwo}`,
       });
     }
     return image;
@@ -87,6 +107,58 @@ describe('late origin reads of a download shared across registries', () => {
       { timeoutMs: 3_000, intervalMs: 50 },
     );
 
+  /**
+   * Publishes the layer's piece hashes as a seed server would (none runs here, so no piece
+   * ever comes): the download knows its size at once, and its readers get their 200 headers
+   * before the swarm stalls.
+   */
+  const publishHashes = async (image: GeneratedImage, digest: string): Promise<void> => {
+    const blob = await readFile(join(image.layoutDir, 'blobs', 'sha256', parseDigest(digest).hex));
+    const pieceSize = pieceSizeFor(blob.length);
+    const hashes = Array.from({ length: pieceCount(blob.length, pieceSize) }, (_, index) => {
+      const { start, end } = pieceBounds(index, blob.length, pieceSize);
+      return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
+    });
+    await js.publish(
+      pieceHashesSubject(digest),
+      encodeMessage(pieceHashes, {
+        type: 'piece-hashes',
+        blob: digest,
+        size: blob.length,
+        pieceSize,
+        first: 0,
+        hashes,
+      }),
+    );
+  };
+
+  /**
+   * A reader of `digest` through the second registry's `two/other` that is authorized, joins
+   * the download, and goes away 300 ms later.
+   */
+  const joinAndLeave = async (digest: string, authorization: string): Promise<void> => {
+    const leaving = new AbortController();
+    const reader = fetch(blobUrl(second, 'two/other', digest), {
+      headers: { authorization },
+      signal: leaving.signal,
+    }).catch(() => undefined);
+    await waitFor(
+      'the leaving reader to be authorized',
+      async () =>
+        (await second.requests()).some((r) => r.uri.startsWith(`/v2/two/other/blobs/${digest}`)),
+      { timeoutMs: 3_000, intervalMs: 50 },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    leaving.abort();
+    await reader;
+  };
+
+  /** The blob GETs `registry` received for `digest`, by repository. */
+  const blobGetsAt = async (registry: Registry, digest: string): Promise<string[]> =>
+    (await registry.requests())
+      .filter((r) => r.method === 'GET' && r.uri.includes(`/blobs/${digest}`))
+      .map((r) => r.uri.split('/blobs/')[0] ?? '');
+
   before(async () => {
     const temp = await makeTempDir('origin-sources');
     teardown.add('dir', () => temp.remove());
@@ -99,6 +171,11 @@ describe('late origin reads of a download shared across registries', () => {
     teardown.add('proxy', () => proxy.stop());
     const nats = await startNats();
     teardown.add('nats', () => nats.stop());
+    // The piece hashes' stream, which the seed server (not run here) would create.
+    const nc = await connect({ servers: nats.url, timeout: 5_000 });
+    teardown.add('nats connection', () => nc.drain());
+    await ensureStreams(await jetstreamManager(nc, { timeout: 5_000 }), [STREAMS.pieces], 1);
+    js = jetstream(nc, { timeout: 5_000 });
     const tracker = await startTracker({
       natsUrl: nats.url,
       env: await nats.clientEnv('tracker'),
@@ -134,19 +211,7 @@ describe('late origin reads of a download shared across registries', () => {
     });
     // Then a reader through another repository joins and leaves before the swarm stalls: its
     // credential must not be used once it has gone.
-    const leaving = new AbortController();
-    const c = fetch(blobUrl(second, 'two/other', layer.digest), {
-      headers: { authorization: bob },
-      signal: leaving.signal,
-    }).catch(() => undefined);
-    await waitFor(
-      'the leaving reader to be authorized',
-      async () => (await second.requests()).some((r) => r.uri.startsWith('/v2/two/other/blobs/')),
-      { timeoutMs: 3_000, intervalMs: 50 },
-    );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    leaving.abort();
-    await c;
+    await joinAndLeave(layer.digest, bob);
     const [gotA, gotB] = await Promise.all([a, b]);
     assert.equal(gotA.status, 200, 'alice');
     assert.equal(gotA.digest, layer.digest, 'alice got the layer');
@@ -232,5 +297,110 @@ describe('late origin reads of a download shared across registries', () => {
       0,
       "bob's credential never reached the first registry",
     );
+  });
+
+  it('withdraws a reader that leaves during the stall, while its read waits (size known)', async () => {
+    const image = await imageInBoth('origin-sources-three', 'alice-third', 'bob-rotated');
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    await publishHashes(image, layer.digest);
+    const alice = basic(one.username, 'alice-third');
+    const bob = basic(two.username, 'bob-rotated');
+    const viaFirst = blobUrl(first, 'one/app', layer.digest);
+    await authorize(viaFirst, alice);
+    // Alice's password is revoked while her yes is cached: the late read needs another source.
+    await first.changePassword('alice-fourth');
+    const a = streamDigest(viaFirst, { headers: { authorization: alice } });
+    await downloading();
+    const c = streamDigest(blobUrl(second, 'two/app', layer.digest), {
+      headers: { authorization: bob },
+    });
+    // The newest reader (through another repository) is authorized and waits for bytes the
+    // stalled swarm does not bring (the size is known: its answer is a 200 whose first bytes
+    // have not come); then it goes away.
+    await joinAndLeave(layer.digest, bob);
+    const [gotA, gotC] = await Promise.all([a, c]);
+    assert.equal(gotA.status, 200, 'alice');
+    assert.equal(gotA.digest, layer.digest, 'alice got the layer');
+    assert.equal(gotC.status, 200, 'the reader that stayed');
+    assert.equal(gotC.digest, layer.digest, 'the reader that stayed got the layer');
+    assert.deepEqual(
+      await blobGetsAt(second, layer.digest),
+      ['/v2/two/app'],
+      'read with the source of the reader that stayed, never with the one that left',
+    );
+    assert.equal((await first.blobGets(layer.digest)).length, 0, 'the first refused alice');
+  });
+
+  it("reads from another reader's registry when the download's own fails", async () => {
+    const image = await imageInBoth('origin-sources-four', 'alice-fourth', 'bob-rotated');
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const alice = basic(one.username, 'alice-fourth');
+    const bob = basic(two.username, 'bob-rotated');
+    const viaFirst = blobUrl(first, 'one/app', layer.digest);
+    // The first registry answers its GETs 503 (its authorization HEADs still pass).
+    proxy.set({ kind: 'status', statuses: [503], methods: ['GET'] });
+    try {
+      const since = proxy.received().length;
+      const a = streamDigest(viaFirst, { headers: { authorization: alice } });
+      await downloading();
+      const b = streamDigest(blobUrl(second, 'two/app', layer.digest), {
+        headers: { authorization: bob },
+      });
+      const [gotA, gotB] = await Promise.all([a, b]);
+      assert.equal(gotB.status, 200, 'bob');
+      assert.equal(gotB.digest, layer.digest, 'bob got the layer from his own registry');
+      assert.equal(gotA.status, 200, 'alice, whose download it is');
+      assert.equal(gotA.digest, layer.digest, 'alice got the layer too');
+      assert.ok(
+        proxy
+          .received()
+          .slice(since)
+          .some((r) => r.method === 'GET' && r.url.includes(layer.digest)),
+        'the first registry was asked first',
+      );
+      assert.deepEqual(await blobGetsAt(second, layer.digest), ['/v2/two/app']);
+
+      // Alone, a reader of the failing registry gets that registry's own answer.
+      const alone = await imageInBoth('origin-sources-five', 'alice-fourth', 'bob-rotated');
+      const aloneLayer = alone.layers[0];
+      assert.ok(aloneLayer !== undefined);
+      const refused = await fetch(blobUrl(first, 'one/app', aloneLayer.digest), {
+        headers: { authorization: alice },
+        signal: AbortSignal.timeout(60_000),
+      });
+      const body = await refused.text();
+      assert.equal(refused.status, 503, 'the registry’s 503');
+      assert.equal(ociCode(body), 'UNAVAILABLE');
+      assert.match(body, /fault proxy: answering 503/, 'its own body');
+      assert.equal(
+        (await second.blobGets(aloneLayer.digest)).length,
+        0,
+        'no other registry asked for it',
+      );
+    } finally {
+      proxy.set(undefined);
+    }
+
+    // A registry that does not answer at all: the reader is asked to retry.
+    const down = await imageInBoth('origin-sources-six', 'alice-fourth', 'bob-rotated');
+    const downLayer = down.layers[0];
+    assert.ok(downLayer !== undefined);
+    const viaDown = blobUrl(first, 'one/app', downLayer.digest);
+    await authorize(viaDown, alice);
+    proxy.set({ kind: 'down' });
+    try {
+      const retry = await fetch(viaDown, {
+        headers: { authorization: alice },
+        signal: AbortSignal.timeout(60_000),
+      });
+      const body = await retry.text();
+      assert.equal(retry.status, 503, 'no answer: retry');
+      assert.ok(Number(retry.headers.get('retry-after')) > 0, 'with Retry-After');
+      assert.equal(ociCode(body), 'UNAVAILABLE');
+    } finally {
+      proxy.set(undefined);
+    }
   });
 });

@@ -25,7 +25,7 @@ import { Readable } from 'node:stream';
 
 import { PieceFile, type PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
-import { UpstreamAnswerError, type UpstreamAnswer, type UpstreamRegistry } from '@shoal/registry';
+import type { UpstreamAnswer, UpstreamRegistry } from '@shoal/registry';
 import { ShoalError } from '@shoal/runtime';
 
 import type { FsContentStore } from './content-store.js';
@@ -76,35 +76,55 @@ export function sameSource(a: OriginSource, b: OriginSource): boolean {
 const MAX_SOURCES = 4;
 
 /**
- * The origin refused every source a late read tried. `answer` (the error's own) is the
- * download's first source's; `answerFor` gives each reader the one its own credential got, so
- * nobody sees a challenge naming another client's repository or registry.
+ * What one source of a late read came to: the registry's answer (a refusal, 404, 429, 5xx), or
+ * none when the registry did not answer (a network error, a timeout).
  */
-export class SourcesRefusedError extends UpstreamAnswerError {
-  readonly #refusals: readonly { source: OriginSource; answer: UpstreamAnswer }[];
+export interface SourceFailure {
+  readonly source: OriginSource;
+  readonly answer: UpstreamAnswer | undefined;
+}
 
-  /** `refusals`: each source tried and the registry's answer, the download's own first. */
-  constructor(refusals: readonly { source: OriginSource; answer: UpstreamAnswer }[]) {
-    const first = refusals[0];
-    if (first === undefined) {
-      throw new Error('SourcesRefusedError needs at least one refusal');
+/**
+ * Every source a late read tried failed. The sources may be different registries and
+ * repositories (downloads are shared by digest), so there is no one answer for all readers:
+ * `answerFor` gives each the one its own registry gave its own credential, so nobody sees a
+ * challenge, a status or a Retry-After of another client's registry or repository.
+ */
+export class SourcesFailedError extends ShoalError<'ORIGIN_FAILED'> {
+  override readonly name = 'SourcesFailedError';
+  readonly #failures: readonly SourceFailure[];
+
+  /** `failures`: each source tried and how it failed, the download's own first. */
+  constructor(failures: readonly SourceFailure[]) {
+    if (failures.length === 0) {
+      throw new Error('SourcesFailedError needs at least one failure');
     }
-    super(first.answer);
-    this.#refusals = refusals;
+    super(
+      'ORIGIN_FAILED',
+      502,
+      `every origin source failed: ${failures
+        .map((f) => `${f.source.registry.host}/${f.source.name} ${f.answer?.status ?? 'no answer'}`)
+        .join(', ')}`,
+    );
+    this.#failures = failures;
   }
 
   /**
    * The answer for a reader of `source`: the one its own credential got; else, for the same
-   * registry and repository, the first one tried there; undefined when none was asked about
-   * it (its credential was never tried, and another repository's challenge is not its own).
+   * registry and repository, the first answer given there; undefined when its registry did
+   * not answer its credential or was not asked about it (another repository's or registry's
+   * answer is not its own: it should retry).
    */
   answerFor(source: OriginSource): UpstreamAnswer | undefined {
-    const own = this.#refusals.find((r) => sameSource(r.source, source));
-    return (
-      own ??
-      this.#refusals.find(
-        (r) => r.source.registry.host === source.registry.host && r.source.name === source.name,
-      )
+    const own = this.#failures.find((f) => sameSource(f.source, source));
+    if (own !== undefined) {
+      return own.answer;
+    }
+    return this.#failures.find(
+      (f) =>
+        f.answer !== undefined &&
+        f.source.registry.host === source.registry.host &&
+        f.source.name === source.name,
     )?.answer;
   }
 }
@@ -428,6 +448,8 @@ export class BlobDownload {
         if (!closed) {
           closed = true;
           this.#openReaders -= 1;
+          // A read waiting for bytes (a stalled swarm) ends now, not at the next progress.
+          this.#wake();
           void this.#closeHandleIfIdle();
         }
       },

@@ -188,7 +188,7 @@ export async function checkMirror(
   pingTimeoutMs: number,
 ): Promise<{ results: CheckResult[]; swarm?: string }> {
   let ready: Response;
-  let body: { status?: string; swarm?: string } | undefined;
+  let body: { status?: string; reason?: string; swarm?: string } | undefined;
   try {
     ready = await get(`${mirrorUrl}/readyz`);
     body = (await ready.json().catch(() => undefined)) as typeof body;
@@ -222,7 +222,8 @@ export async function checkMirror(
       : {
           check: 'mirror',
           status: 'warn',
-          detail: `${mirrorUrl} answers but is not ready (${body.status})`,
+          // The reason /readyz gives (e.g. shutting down, NATS not connected) says what to wait for.
+          detail: `${mirrorUrl} answers but is not ready (${body.reason ?? body.status})`,
           fix: 'wait for the start to finish, or read the agent log',
         },
     await checkPing(mirrorUrl, pingTimeoutMs),

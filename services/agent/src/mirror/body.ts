@@ -74,6 +74,9 @@ export async function pumpBody(
   const onClose = (): void => {
     wake?.();
     wake = undefined;
+    // The client left: a read waiting for bytes that may be long in coming (a stalled swarm)
+    // ends now, and the cursor lets go of what it holds (its download, its reader's source).
+    cursor.close();
   };
   res.once('close', onClose);
   let first = true;

@@ -19,7 +19,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { DiskHeadroom, TightReason } from '../cache/disk-headroom.js';
 import {
   ContentMismatchError,
-  SourcesRefusedError,
+  SourcesFailedError,
   type BlobDownload,
   type ByteCursor,
   type OriginSource,
@@ -127,9 +127,10 @@ export class Mirror {
    * as a registry (skopeo, docker, crane) learn from this answer whether and how to
    * authenticate: they send credentials only after a `401` challenge here. So the registry's
    * own check is made with the client's header and a `401` is passed back with its challenge.
-   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), the
-   * challenge it gave last is answered (so clients still send their credentials and private
-   * pulls keep working from the cache and the swarm), else the mirror's own `200`: the mirror
+   * When the registry cannot answer (an error, a 5xx, nothing within `pingTimeoutMs`), a
+   * client that sent no credentials gets the challenge the registry gave last (so it still
+   * sends them and private pulls keep working from the cache and the swarm); one that sent
+   * some, or when there is no challenge to give, gets the mirror's own `200`: the mirror
    * serves public content whatever the registry's health. A registry that did not answer is
    * not asked again for `PING_UNREACHABLE_MS`, so clients' checks do not each wait it out.
    */
@@ -152,7 +153,16 @@ export class Mirror {
     }
     const remembered = known.challenge;
     const failed = answer === undefined || answer.status >= 500;
-    if (failed && remembered !== undefined && Date.now() - remembered.at < PING_CHALLENGE_TTL_MS) {
+    // Only a client that sent no credentials is challenged for the registry: one that sent
+    // some (docker login, a client checking again with its token) would be told they are
+    // wrong when nobody could check them. It gets the yes; every pull is still authorized on
+    // its own.
+    if (
+      failed &&
+      authorization === undefined &&
+      remembered !== undefined &&
+      Date.now() - remembered.at < PING_CHALLENGE_TTL_MS
+    ) {
       sendAnswer(reply, withErrorBody(remembered.answer, 'blob'));
       return;
     }
@@ -385,15 +395,23 @@ export class Mirror {
     const { download } = flight;
     // This client was just authorized for the blob: should the download have to go to the
     // origin late, its credentials may serve where the first client's no longer do. Only while
-    // it reads: it withdraws them when its cursor closes, or when it gets no cursor.
+    // it reads: it withdraws them the moment it goes away (its read may be waiting on a
+    // stalled swarm, which brings no progress to wake it), when its cursor closes, or when it
+    // gets no cursor.
     const source = { registry: req.registry, name, authorization: req.authorization };
     const offered = download.offerSource(source);
+    const onLeave = (): void => offered.withdraw();
+    req.signal.addEventListener('abort', onLeave, { once: true });
+    const withdraw = (): void => {
+      req.signal.removeEventListener('abort', onLeave);
+      offered.withdraw();
+    };
     let opened: OpenedDownload | undefined;
     try {
       opened = await this.#openDownload(target, download, source, req, reply);
     } finally {
       if (opened === undefined) {
-        offered.withdraw();
+        withdraw();
       }
     }
     if (opened === undefined) {
@@ -408,7 +426,7 @@ export class Mirror {
       this.#watchingDisk({
         read: (buffer) => reading.read(buffer),
         close: () => {
-          offered.withdraw();
+          withdraw();
           reading.close();
         },
       }),
@@ -433,17 +451,19 @@ export class Mirror {
     try {
       size = await untilAborted(download.sized, req.signal, () => new Error('client went away'));
     } catch (error) {
-      if (error instanceof SourcesRefusedError) {
+      if (error instanceof SourcesFailedError) {
+        // Each reader its own registry's answer; none when its registry did not answer its
+        // credential or was not asked: then it should retry (another registry's trouble,
+        // status or Retry-After is not its own).
         const answer = error.answerFor(source);
-        if (answer === undefined) {
-          // Its own credential was never tried: another repository's challenge is not its.
-          throw new MirrorError(
-            'UNAVAILABLE',
-            503,
-            `${digest.toString()} could not be fetched; retry`,
-          );
-        }
-        sendAnswer(reply, withErrorBody(answer, 'blob'));
+        sendAnswer(
+          reply,
+          answer === undefined
+            ? retryLater(
+                `${digest.toString()} could not be fetched from ${req.registry.host}; retry`,
+              )
+            : withErrorBody(answer, 'blob'),
+        );
         return undefined;
       }
       if (error instanceof UpstreamAnswerError) {
@@ -760,6 +780,19 @@ function sendAnswer(reply: FastifyReply, answer: UpstreamAnswer): void {
   }
   reply.header('content-length', answer.body.length);
   reply.send(answer.body);
+}
+
+/** Seconds a client is asked to wait (Retry-After) when the origin could not be read for it. */
+const RETRY_AFTER_S = 5;
+
+/** A 503 with Retry-After and the OCI error body: the client should try again shortly. */
+function retryLater(message: string): UpstreamAnswer {
+  const body = Buffer.from(ociErrorBody('UNAVAILABLE', message));
+  return {
+    status: 503,
+    headers: { 'content-type': 'application/json', 'retry-after': String(RETRY_AFTER_S) },
+    body,
+  };
 }
 
 /**

@@ -34,20 +34,15 @@ import {
   type PieceHashes,
   type SeedFailed,
 } from '@shoal/proto';
-import {
-  headerValue,
-  readAnswer,
-  UpstreamAnswerError,
-  type UpstreamAnswer,
-  type UpstreamResponse,
-} from '@shoal/registry';
+import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import {
   HELD_BYTES,
   sameSource,
-  SourcesRefusedError,
+  SourcesFailedError,
+  type SourceFailure,
   type BlobDownload,
   type OriginSource,
 } from '../cache/download.js';
@@ -176,6 +171,11 @@ export class SwarmFetch {
   #announced = 0;
   /** The origin source that served the last read of a late origin fallback, tried first next. */
   #served: OriginSource | undefined;
+  /**
+   * Sources the origin refused (401, 403) during this fetch, with its answer: not asked again
+   * for the next ranges, and each one's answer still given to its reader should all fail.
+   */
+  readonly #refused: SourceFailure[] = [];
 
   constructor(download: BlobDownload, target: BlobTarget, deps: SwarmFetchDeps) {
     this.download = download;
@@ -657,12 +657,14 @@ export class SwarmFetch {
 
   /**
    * GETs the blob (or `range` of it) at the origin. First with the source that served the
-   * last range (so a refused credential is not tried again for every missing range), else
-   * with the credentials of the client that started the download; if the registry refuses
-   * them (401, 403: expired or revoked since the client was authorized), with those of the
-   * clients reading it now, newest first. Each source is asked at its own registry: a
-   * credential never goes to another. When every source is refused, throws a
-   * `SourcesRefusedError` that gives each reader the answer its own credential got.
+   * last range (so a failing one is not tried first for every missing range), else with the
+   * credentials of the client that started the download, then with those of the clients
+   * reading it now, newest first. Each source is asked at its own registry: a credential never
+   * goes to another. A source that fails for any reason (refused, 404, 429, 5xx, no answer)
+   * does not end the read: its registry may be the only one in trouble, as the download is
+   * shared by digest across registries; the next is asked. One the registry refused (401, 403)
+   * is not asked again by this fetch. When every source failed, throws a `SourcesFailedError`
+   * carrying each one's outcome, so each reader gets its own registry's answer.
    */
   async #originGet(range: string | undefined, signal: AbortSignal): Promise<UpstreamResponse> {
     const own: OriginSource = {
@@ -684,28 +686,53 @@ export class SwarmFetch {
         sources.push(source);
       }
     }
-    const refusals: { source: OriginSource; answer: UpstreamAnswer }[] = [];
+    const failures: SourceFailure[] = [];
     for (const source of sources) {
-      const response = await this.#deps.requests.send({
-        registry: source.registry,
-        method: 'GET',
-        kind: 'blob',
-        path: blobPath({ name: source.name, digest: this.#target.digest }),
-        headers: { authorization: source.authorization, range },
-        signal,
-      });
-      if (response.status !== 401 && response.status !== 403) {
+      const refused = this.#refused.find((r) => sameSource(r.source, source));
+      if (refused !== undefined) {
+        // Refused by its registry before: asking again would only be refused again.
+        failures.push(refused);
+        continue;
+      }
+      let response: UpstreamResponse;
+      try {
+        response = await this.#deps.requests.send({
+          registry: source.registry,
+          method: 'GET',
+          kind: 'blob',
+          path: blobPath({ name: source.name, digest: this.#target.digest }),
+          headers: { authorization: source.authorization, range },
+          signal,
+        });
+      } catch (error) {
+        if (signal.aborted) {
+          throw error;
+        }
+        this.#deps.logger.info(
+          { blob: this.#blob, registry: source.registry.host, err: error },
+          'the origin did not answer a late read; trying the next source',
+        );
+        failures.push({ source, answer: undefined });
+        continue;
+      }
+      // A whole read wants the blob (200); a range, its part (206), or the whole blob from a
+      // registry that ignores Range (200).
+      if (response.status === 200 || (range !== undefined && response.status === 206)) {
         this.#served = source;
         return response;
       }
-      refusals.push({ source, answer: await readAnswer(response) });
+      const failure = { source, answer: await readAnswer(response) };
+      failures.push(failure);
+      if (response.status === 401 || response.status === 403) {
+        this.#refused.push(failure);
+      }
     }
-    // The download's own refusal first: it is the answer for whoever cannot be told their own.
+    // The download's own outcome first: it is the one for whoever cannot be told their own.
     const ownFirst = [
-      ...refusals.filter((r) => sameSource(r.source, own)),
-      ...refusals.filter((r) => !sameSource(r.source, own)),
+      ...failures.filter((f) => sameSource(f.source, own)),
+      ...failures.filter((f) => !sameSource(f.source, own)),
     ];
-    throw new SourcesRefusedError(ownFirst);
+    throw new SourcesFailedError(ownFirst);
   }
 
   /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */
@@ -715,9 +742,6 @@ export class SwarmFetch {
     if (size === undefined || this.#picker.count === 0) {
       // Nothing is known about the blob: read it whole, in order.
       const response = await this.#originGet(undefined, signal);
-      if (response.status !== 200) {
-        throw new UpstreamAnswerError(await readAnswer(response));
-      }
       const length = headerValue(response.headers, 'content-length');
       if (length !== undefined) {
         this.download.setSize(Number(length));
@@ -738,8 +762,6 @@ export class SwarmFetch {
         // A registry (or a proxy before it) that ignores Range sends the whole blob: use the
         // part we asked for.
         skip = start;
-      } else if (response.status !== 206) {
-        throw new UpstreamAnswerError(await readAnswer(response));
       } else if (
         headerValue(response.headers, 'content-range')?.startsWith(`bytes ${start}-${end - 1}/`) !==
         true

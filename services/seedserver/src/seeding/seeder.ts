@@ -343,7 +343,12 @@ export class Seeder {
     );
     if (response.status === 401 || response.status === 403) {
       // The operator's fix, for the cause, in the failure every preheat report and log carries.
-      const refusal = this.#deps.originAuth.refusal(registry, response.headers['www-authenticate']);
+      // The answer's own challenge, else the one answered: a bare 403 to the retry says
+      // nothing of why.
+      const refusal = this.#deps.originAuth.refusal(
+        registry,
+        response.headers['www-authenticate'] ?? response.challenge,
+      );
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,

@@ -16,9 +16,9 @@ import {
   readLimited,
   RealmError,
   refusalAdvice,
+  type ReaderResponse,
   type RegistryReader,
   type UpstreamRegistry,
-  type UpstreamResponse,
 } from '@shoal/registry';
 import { ShoalError } from '@shoal/runtime';
 import { z } from 'zod';
@@ -232,7 +232,7 @@ export class ImageResolver {
   #checkRefused(
     registry: UpstreamRegistry,
     repository: string,
-    response: Pick<UpstreamResponse, 'status' | 'headers'>,
+    response: Pick<ReaderResponse, 'status' | 'challenge'>,
   ): void {
     const { status } = response;
     if (status !== 401 && status !== 403) {
@@ -257,7 +257,7 @@ export class ImageResolver {
    */
   async #fetchManifest(
     ...args: Parameters<RegistryReader['fetchManifest']>
-  ): Promise<UpstreamResponse> {
+  ): Promise<ReaderResponse> {
     try {
       return await this.#reader.fetchManifest(...args);
     } catch (error) {
@@ -288,7 +288,10 @@ export class ImageResolver {
     );
     if (response.status !== 200) {
       const answer = await readAnswer(response);
-      this.#checkRefused(registry, repository, answer);
+      this.#checkRefused(registry, repository, {
+        status: answer.status,
+        challenge: response.challenge,
+      });
       throw new ResolveError(
         answer.status === 404 ? 'NOT_FOUND' : 'REGISTRY_ANSWER',
         answer.status === 404 ? 404 : 502,
