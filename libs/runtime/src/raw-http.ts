@@ -31,6 +31,13 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const IDLE_MS = 4000;
 /** Idle connections kept per host. */
 const MAX_IDLE_PER_HOST = 16;
+/**
+ * Longest body of an answer the sink refused at its head (a 404, a 429 and its JSON) that is
+ * read and dropped so that the connection carries the next request: a peer or seed server
+ * that turns requests away would otherwise cost a new connection (a TLS handshake with piece
+ * TLS) each time.
+ */
+const DRAIN_MAX_BYTES = 64 * 1024;
 
 /** How `https://` sources are reached. */
 export interface RawTlsOptions {
@@ -250,6 +257,8 @@ export class RawHttpClient {
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let answered = false;
+      /** What the sink threw at a head whose short body is being read to keep the connection. */
+      let refused: Error | undefined;
       let pending: Promise<void> | undefined;
       const parser = new ResponseParser();
       let connectTimer: NodeJS.Timeout | undefined;
@@ -277,7 +286,7 @@ export class RawHttpClient {
         // Settle after the sink's last write, so nothing more is written once the caller knows.
         void (pending ?? Promise.resolve())
           .catch(() => undefined)
-          .then(() => reject(answered ? error : new StaleConnectionError(error)));
+          .then(() => reject(refused ?? (answered ? error : new StaleConnectionError(error))));
       };
       const finish = (reusable: boolean): void => {
         if (settled) {
@@ -292,7 +301,11 @@ export class RawHttpClient {
             } else {
               socket.destroy();
             }
-            resolve();
+            if (refused === undefined) {
+              resolve();
+            } else {
+              reject(refused);
+            }
           },
           (error: unknown) => {
             socket.destroy();
@@ -372,21 +385,40 @@ export class RawHttpClient {
         );
       };
       /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
-      const deliver = (bytes: Buffer): void => track(sink.onBody(bytes));
+      const deliver = (bytes: Buffer): void => {
+        if (refused === undefined) {
+          track(sink.onBody(bytes));
+        }
+      };
       if (sink.bodyBuffer !== undefined && sink.onBodyRead !== undefined) {
         // The next read goes into the sink's buffer while the body has bytes left: never more
         // of them than are left, so the read stops at the body's end.
         connection.target = () => {
           const left = parser.bodyLeft;
-          if (left === 0) {
+          if (left === 0 || refused !== undefined) {
             return undefined;
           }
           const target = sink.bodyBuffer?.();
           return target === undefined || target.length <= left ? target : target.subarray(0, left);
         };
       }
-      const onHead = (status: number, length: number | undefined, headers: ResponseHeaders): void =>
-        sink.onHead(status, length, headers);
+      // A head the sink refuses with a short body of known length: the body is read and
+      // dropped, the connection kept, and the exchange rejects with the sink's error once the
+      // body is in. Any other refusal closes the connection at once.
+      const onHead = (
+        status: number,
+        length: number | undefined,
+        headers: ResponseHeaders,
+      ): void => {
+        try {
+          sink.onHead(status, length, headers);
+        } catch (error) {
+          if (length === undefined || length > DRAIN_MAX_BYTES) {
+            throw error;
+          }
+          refused = error instanceof Error ? error : new Error(String(error));
+        }
+      };
       connection.receive = (buffer, length) => {
         if (settled) {
           return false;

@@ -153,6 +153,67 @@ describe('RawHttpClient', () => {
     );
   });
 
+  it('keeps the connection after an answer onHead refuses, when its body is short', async () => {
+    // The peer or seed server turning a request away (429, 404) with a small JSON body, then
+    // serving: one connection carries both, and the refused body reaches no sink buffer.
+    let refuse = true;
+    handler = (_req, res) => {
+      const body = refuse ? Buffer.from('{"error":"get piece 3 from a peer"}') : BODY;
+      res.statusCode = refuse ? 429 : 200;
+      res.setHeader('content-length', body.length);
+      res.end(body);
+    };
+    const target = Buffer.alloc(BODY.length, 0xee);
+    let filled = 0;
+    const sink = {
+      onHead: (status: number) => {
+        if (status !== 200) {
+          throw new Error(`status ${status}`);
+        }
+      },
+      onBody: (bytes: Buffer) => {
+        bytes.copy(target, filled);
+        filled += bytes.length;
+      },
+      bodyBuffer: () => target.subarray(filled),
+      onBodyRead: (count: number) => {
+        filled += count;
+      },
+    };
+    for (let i = 0; i < 3; i++) {
+      refuse = true;
+      await assert.rejects(client.get(new URL(`/piece/${i}`, base), options(), sink), /status 429/);
+      assert.equal(filled, 0, 'the refused body went nowhere');
+      refuse = false;
+      await client.get(new URL(`/piece/${i}`, base), options(), sink);
+      assert.ok(target.equals(BODY));
+      target.fill(0xee);
+      filled = 0;
+    }
+    assert.equal(connections, 1, 'six answers on one connection');
+  });
+
+  it('closes the connection after a refused answer with a long body', async () => {
+    handler = (_req, res) => {
+      const body = Buffer.alloc(65 * 1024, 0x61);
+      res.statusCode = 404;
+      res.setHeader('content-length', body.length);
+      res.end(body);
+    };
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(
+        client.get(new URL(`/gone/${i}`, base), options(), {
+          onHead: (status) => {
+            throw new Error(`status ${status}`);
+          },
+          onBody: () => assert.fail('no body for a refused answer'),
+        }),
+        /status 404/,
+      );
+    }
+    assert.equal(connections, 2, 'not worth reading: a new connection each time');
+  });
+
   it('replaces a connection the server closed while it was idle', async () => {
     assert.ok((await get('/a')).body.equals(BODY));
     server.closeIdleConnections();
