@@ -135,8 +135,11 @@ export class BlobReader {
       if (REDIRECTS.has(answer.status) && location !== undefined && hop < MAX_REDIRECTIONS) {
         const next = new URL(location, url);
         if (next.origin !== url.origin) {
-          // Credentials are for the registry, never for the storage it redirects to.
+          // Credentials are for the registry, never for the storage it redirects to; and a
+          // refusal from that storage (an expired signed URL) is not the registry's answer to
+          // the challenge.
           authorization = undefined;
+          answeredChallenge = undefined;
         }
         url = next;
         continue;

@@ -263,6 +263,37 @@ describe('BlobReader', () => {
     assert.equal(seen[1]?.authorization, undefined);
   });
 
+  it("does not take storage's refusal after a redirect for the registry's answer", async () => {
+    // An expired signed URL: the storage's 403 says nothing of the registry's challenge.
+    const storage = await serve('signed-storage', (_request, response) => {
+      response.writeHead(403, { 'content-length': 2 });
+      response.end('{}');
+    });
+    const elsewhere = storage.url.href.replace('127.0.0.1', 'localhost');
+    let realm = '';
+    const front = await serve('signed-front', (request, response) => {
+      if (request.url?.startsWith('/token') === true) {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(JSON.stringify({ token: 'anonymous', expires_in: 300 }));
+        return;
+      }
+      if (request.headers.authorization === 'Bearer anonymous') {
+        response.writeHead(307, { location: `${elsewhere}data`, 'content-length': 0 });
+        response.end();
+        return;
+      }
+      response.writeHead(401, { 'www-authenticate': realm, 'content-length': 2 });
+      response.end('{}');
+    });
+    realm = `Bearer realm="${front.url.origin}/token",service="test"`;
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('signed client', () => client.close());
+    const anonymous = new RegistryAuth(new Map(), client);
+    const opened = await openLayer(reader({}, anonymous), front);
+    assert.equal(opened.status, 403);
+    assert.equal(opened.challenge, undefined, "the storage's answer, not the challenge's");
+  });
+
   it('hands over the first block once it holds firstBlockBytes, and whole blocks after it', async () => {
     const first = 256 * 1024;
     // No partial block for a slow moment of this machine: only the first goes early.

@@ -286,7 +286,16 @@ export class RawHttpClient {
         // Settle after the sink's last write, so nothing more is written once the caller knows.
         void (pending ?? Promise.resolve())
           .catch(() => undefined)
-          .then(() => reject(refused ?? (answered ? error : new StaleConnectionError(error))));
+          .then(() =>
+            // An abort or a timeout while a refused body drained is what ended the exchange.
+            reject(
+              refused !== undefined && !options.signal.aborted
+                ? refused
+                : answered
+                  ? error
+                  : new StaleConnectionError(error),
+            ),
+          );
       };
       const finish = (reusable: boolean): void => {
         if (settled) {
@@ -402,9 +411,11 @@ export class RawHttpClient {
           return target === undefined || target.length <= left ? target : target.subarray(0, left);
         };
       }
-      // A head the sink refuses with a short body of known length: the body is read and
-      // dropped, the connection kept, and the exchange rejects with the sink's error once the
-      // body is in. Any other refusal closes the connection at once.
+      // A head the sink refuses with a short body of known length, on a connection that
+      // stays open: the body is read and dropped, the connection kept, and the exchange
+      // rejects with the sink's error once the body is in. Any other refusal (no length, a
+      // long body, `connection: close`, an answer that has no body whatever its length says)
+      // closes the connection at once.
       const onHead = (
         status: number,
         length: number | undefined,
@@ -413,7 +424,14 @@ export class RawHttpClient {
         try {
           sink.onHead(status, length, headers);
         } catch (error) {
-          if (length === undefined || length > DRAIN_MAX_BYTES) {
+          if (
+            length === undefined ||
+            length > DRAIN_MAX_BYTES ||
+            !parser.keepAlive ||
+            status < 200 ||
+            status === 204 ||
+            status === 304
+          ) {
             throw error;
           }
           refused = error instanceof Error ? error : new Error(String(error));

@@ -193,6 +193,60 @@ describe('RawHttpClient', () => {
     assert.equal(connections, 1, 'six answers on one connection');
   });
 
+  it('drains a refused body that comes after its head, and stops on an abort meanwhile', async () => {
+    // The head first, the body 100 ms later: still one connection for the next answer.
+    handler = (req, res) => {
+      if (req.url?.startsWith('/ok') === true) {
+        res.setHeader('content-length', BODY.length);
+        res.end(BODY);
+        return;
+      }
+      res.statusCode = 429;
+      res.setHeader('content-length', 16);
+      res.flushHeaders();
+      setTimeout(() => res.end('{"error":"busy"}'), 100);
+    };
+    const refuse = {
+      onHead: (status: number) => {
+        if (status !== 200) {
+          throw new Error(`status ${status}`);
+        }
+      },
+      onBody: () => undefined,
+    };
+    await assert.rejects(client.get(new URL('/late', base), options(), refuse), /status 429/);
+    assert.equal((await get('/ok')).body.length, BODY.length);
+    assert.equal(connections, 1);
+    // Aborted while the refused body is on its way: the abort is what ended it.
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error('stalled: aborted')), 30);
+    await assert.rejects(
+      client.get(new URL('/late', base), options(5000, controller.signal), refuse),
+      /stalled: aborted/,
+    );
+  });
+
+  it('does not wait for the body of a refused answer on a connection that closes', async () => {
+    handler = (_req, res) => {
+      res.statusCode = 404;
+      res.setHeader('content-length', 16);
+      res.setHeader('connection', 'close');
+      res.flushHeaders();
+      setTimeout(() => res.end('{"error":"gone"}'), 1_000);
+    };
+    const started = Date.now();
+    await assert.rejects(
+      client.get(new URL('/gone', base), options(), {
+        onHead: (status) => {
+          throw new Error(`status ${status}`);
+        },
+        onBody: () => undefined,
+      }),
+      /status 404/,
+    );
+    assert.ok(Date.now() - started < 900, 'rejected before the body came');
+  });
+
   it('closes the connection after a refused answer with a long body', async () => {
     handler = (_req, res) => {
       const body = Buffer.alloc(65 * 1024, 0x61);

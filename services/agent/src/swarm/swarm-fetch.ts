@@ -721,7 +721,16 @@ export class SwarmFetch {
         this.#served = source;
         return response;
       }
-      const failure = { source, answer: await readAnswer(response) };
+      let answer: SourceFailure['answer'];
+      try {
+        answer = await readAnswer(response);
+      } catch (error) {
+        // Its answer broke off: a failure like any other, the next source is tried.
+        if (signal.aborted) {
+          throw error;
+        }
+      }
+      const failure = { source, answer };
       failures.push(failure);
       if (response.status === 401 || response.status === 403) {
         this.#refused.push(failure);
