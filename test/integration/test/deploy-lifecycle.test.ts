@@ -14,6 +14,7 @@ import { before, describe, it } from 'node:test';
 import {
   at,
   podSpec,
+  renderCompose,
   renderOverlay,
   renderWithComponents,
   workloads,
@@ -51,6 +52,14 @@ function shoalContainers(objects: readonly K8sObject[]): { workload: K8sObject; 
       .filter((c) => c.image.includes('/shoal:'))
       .map((c) => ({ workload, c }));
   });
+}
+
+/** A compose duration (`45s`, `1m30s`, `500ms`) in ms. */
+function composeDurationMs(text: string): number {
+  const units: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 0.001 };
+  const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us)/g)];
+  assert.ok(parts.length > 0, `not a duration: ${text}`);
+  return parts.reduce((sum, [, n, unit]) => sum + Number(n) * (units[unit ?? ''] ?? NaN), 0);
 }
 
 /** Labels of a workload's pods. */
@@ -247,4 +256,28 @@ describe('deploy/k8s over a deployment life', () => {
       }
     }),
   );
+
+  it('compose: gives every Shoal service more time to stop than its graceful shutdown', async () => {
+    const compose = await renderCompose();
+    try {
+      let checked = 0;
+      for (const [name, service] of Object.entries(compose.services)) {
+        if (!(service.image ?? '').startsWith('shoal:') || name === 'handout-keys') {
+          continue;
+        }
+        const shutdownMs = Number(service.environment?.SHOAL_SHUTDOWN_TIMEOUT_MS ?? 30_000);
+        // docker stops a container with SIGKILL 10 s after SIGTERM unless told otherwise.
+        const grace = at(service, 'stop_grace_period');
+        const graceMs = typeof grace === 'string' ? composeDurationMs(grace) : 10_000;
+        assert.ok(
+          graceMs > shutdownMs,
+          `compose ${name}: killed after ${String(graceMs)} ms, before its ${String(shutdownMs)} ms shutdown`,
+        );
+        checked += 1;
+      }
+      assert.ok(checked >= 5, `only ${String(checked)} Shoal services`);
+    } finally {
+      await compose.remove();
+    }
+  });
 });
