@@ -135,6 +135,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['direction'] as const,
       registers,
     }),
+    limitsFileRejected: new Counter({
+      name: `${prefix}limits_file_rejected_total`,
+      help: 'Versions of the limits file (SHOAL_AGENT_LIMITS_FILE) not applied, by reason (unreadable, invalid); the limits in force stay',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     swarmFallbacks: new Counter({
       name: `${prefix}swarm_fallbacks_total`,
       help: 'Downloads that read the rest from the origin, by reason (stall: no progress for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing)',

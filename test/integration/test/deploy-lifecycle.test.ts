@@ -9,11 +9,14 @@
  * node) is agent-rollout.test.ts.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 
 import {
   at,
   podSpec,
+  REPO_ROOT,
   renderCompose,
   renderOverlay,
   renderWithComponents,
@@ -60,6 +63,29 @@ function composeDurationMs(text: string): number {
   const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us)/g)];
   assert.ok(parts.length > 0, `not a duration: ${text}`);
   return parts.reduce((sum, [, n, unit]) => sum + Number(n) * (units[unit ?? ''] ?? NaN), 0);
+}
+
+/** The ConfigMaps and Secrets a workload's pods read, by the name they use. */
+function configSources(workload: K8sObject): Set<string> {
+  const spec = podSpec(workload);
+  const found = new Set<string>();
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    for (const from of c.envFrom ?? []) {
+      for (const name of [from.configMapRef?.name, from.secretRef?.name]) {
+        if (name !== undefined) found.add(name);
+      }
+    }
+    for (const variable of c.env ?? []) {
+      const ref = variable.valueFrom?.secretKeyRef ?? variable.valueFrom?.configMapKeyRef;
+      if (ref !== undefined) found.add(ref.name);
+    }
+  }
+  for (const volume of spec.volumes ?? []) {
+    for (const name of [volume.configMap?.name, volume.secret?.secretName]) {
+      if (name !== undefined) found.add(name);
+    }
+  }
+  return found;
 }
 
 /** Labels of a workload's pods. */
@@ -279,5 +305,42 @@ describe('deploy/k8s over a deployment life', () => {
     } finally {
       await compose.remove();
     }
+  });
+
+  it("matches deploy/k8s/README.md's table of what a change to each ConfigMap and Secret takes", async () => {
+    const readme = await readFile(join(REPO_ROOT, 'deploy', 'k8s', 'README.md'), 'utf8');
+    const section = /^## Changing the configuration\n([\s\S]*?)^## /m.exec(readme)?.[1] ?? '';
+    const rows = new Map(
+      [...section.matchAll(/^\| `([a-z0-9-]+)` *\|[^|]*\| *([^|]*?) *\|$/gm)].map((m) => [
+        m[1] ?? '',
+        m[2] ?? '',
+      ]),
+    );
+    assert.ok(rows.size >= 5, `no table in "Changing the configuration": ${section.slice(0, 200)}`);
+    const objects = rendered.get('mixed') ?? [];
+    const used = new Set(workloads(objects).flatMap((w) => [...configSources(w)]));
+    const listed = new Set<string>();
+    for (const name of used) {
+      const base = [...rows.keys()].find(
+        (row) => name === row || new RegExp(`^${row}-[a-z0-9]{10}$`).test(name),
+      );
+      assert.ok(base !== undefined, `${name} is read by a workload but not in the table`);
+      listed.add(base);
+      const after = rows.get(base) ?? '';
+      const hashed = name !== base;
+      assert.equal(
+        after.startsWith('rolls by itself'),
+        hashed,
+        `${base}: the table says "${after}", but its rendered name is ${name}`,
+      );
+      if (!hashed) {
+        assert.match(after, /^(restart|nothing)/, `${base}: "${after}"`);
+      }
+    }
+    assert.deepEqual(
+      [...rows.keys()].filter((row) => !listed.has(row)),
+      [],
+      'listed in the table, read by no workload of the mixed overlay',
+    );
   });
 });
