@@ -13,7 +13,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -34,28 +34,12 @@ import {
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import { exists, trafficDuring } from '../src/registry-traffic.js';
 
 const MARKER = '# Written by the Shoal agent ';
 /** The old agent's shutdown timeout, short so the test is quick; it drains for two thirds. */
 const SHUTDOWN_MS = 4500;
 const DRAIN_MS = 3000;
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-/** What the registry served while `action` ran. */
-async function trafficDuring<T>(
-  registry: Registry,
-  action: () => Promise<T>,
-): Promise<{ result: T; traffic: RegistryRequest[] }> {
-  const mark = (await registry.requests()).length;
-  const result = await action();
-  return { result, traffic: (await registry.requests()).slice(mark) };
-}
 
 const byContainerd = (r: RegistryRequest): boolean => !r.userAgent.startsWith('shoal-agent/');
 
@@ -112,7 +96,8 @@ describe('agent rolling update under load', () => {
 
       // The origin at 6 MiB/s: the 48 MiB layer takes eight seconds, far past the drain time.
       proxy.set({ kind: 'slow', delayMs: 0, rateBytes: 6 * MiB });
-      const { result: pulled, traffic: pullTraffic } = await trafficDuring(registry, async () => {
+      let pulled = { code: null as number | null, stoppedMs: 0 };
+      const pullTraffic = await trafficDuring(registry, async () => {
         const pull = containerd.pull(ref, { timeoutMs: 120_000 });
         await waitFor(
           'the small layer cached and the big one in flight',
@@ -128,7 +113,8 @@ describe('agent rolling update under load', () => {
         const stoppedMs = Date.now() - sigterm;
         // containerd's next attempt goes past the mirror (gone) to the registry, at full speed.
         proxy.set(undefined);
-        return { code, stoppedMs, output: await pull };
+        pulled = { code, stoppedMs };
+        await pull;
       });
 
       // The old agent: its file went first, the blob ran for the drain time and was cut, and
@@ -166,7 +152,7 @@ describe('agent rolling update under load', () => {
       // The gap between the pods: containerd goes to the registry, nothing refuses it.
       await containerd.ctr(['images', 'rm', '--sync', ref]);
       assert.equal((await containerd.contentDigests()).size, 0);
-      const { traffic: gapTraffic } = await trafficDuring(registry, () => containerd.pull(ref));
+      const gapTraffic = await trafficDuring(registry, () => containerd.pull(ref));
       assert.ok(
         gapTraffic.length > 0 && gapTraffic.every(byContainerd),
         'straight to the registry',
@@ -187,7 +173,7 @@ describe('agent rolling update under load', () => {
       assert.ok(!cachedBlobs.includes(big.digest.slice(7)), 'nothing of the cut layer was cached');
       assert.ok((await readFile(hostsFile, 'utf8')).startsWith(MARKER), 'hosts.toml written again');
 
-      const { traffic: nextTraffic } = await trafficDuring(registry, () => containerd.pull(ref));
+      const nextTraffic = await trafficDuring(registry, () => containerd.pull(ref));
       for (const blob of image.blobs) {
         assert.ok((await containerd.contentDigests()).has(blob.digest), blob.digest);
       }

@@ -18,32 +18,11 @@ import {
   podSpec,
   REPO_ROOT,
   renderCompose,
-  renderOverlay,
-  renderWithComponents,
+  renderAll,
   workloads,
   type Container,
   type K8sObject,
 } from '../src/deploy.js';
-
-/** Every overlay, alone and with every component it takes. */
-const RENDERINGS: readonly { readonly overlay: string; readonly components: readonly string[] }[] =
-  [
-    { overlay: 'mixed', components: [] },
-    { overlay: 'leecher', components: [] },
-    { overlay: 'seeder', components: [] },
-    {
-      overlay: 'mixed',
-      components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity', 'tracker-split'],
-    },
-    { overlay: 'seeder', components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity'] },
-    {
-      overlay: 'leecher',
-      components: ['nats-tls-clients', 'pieces-tls-agents', 'nats-identity-agents'],
-    },
-  ];
-
-const label = (r: (typeof RENDERINGS)[number]): string =>
-  r.components.length === 0 ? r.overlay : `${r.overlay} + ${r.components.join(', ')}`;
 
 const nameOf = (w: K8sObject): string => `${w.kind}/${w.metadata.name}`;
 
@@ -94,17 +73,10 @@ function podLabels(workload: K8sObject): Record<string, string> {
 }
 
 describe('deploy/k8s over a deployment life', () => {
-  const rendered = new Map<string, K8sObject[]>();
+  let rendered = new Map<string, K8sObject[]>();
 
   before(async () => {
-    for (const rendering of RENDERINGS) {
-      rendered.set(
-        label(rendering),
-        rendering.components.length === 0
-          ? await renderOverlay(rendering.overlay)
-          : await renderWithComponents(rendering.overlay, rendering.components),
-      );
-    }
+    rendered = await renderAll();
   });
 
   const each = (check: (objects: K8sObject[], name: string) => void) => () => {
