@@ -45,7 +45,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     verificationFailures: new Counter({
       name: `${prefix}verification_failures_total`,
-      help: 'Content that did not match its digest or size, by kind (manifest, blob; cached-manifest: one read back from the cache, dropped)',
+      help: 'Content that did not match its digest or size, by kind (manifest, blob; cached-manifest, cached-blob: content read back from the cache that no longer matched, dropped and fetched again)',
       labelNames: ['kind'] as const,
       registers,
     }),
