@@ -166,6 +166,13 @@ export async function buildApp(
         tally,
         outcome: state === 'verified' ? 'verified' : 'failed',
       }),
+    onResume: (target, at, cause) => {
+      metrics.originResumes.inc();
+      logger.warn(
+        { digest: target.digest.toString(), at, err: cause },
+        "the origin's blob transfer broke off: asked again from where it stopped",
+      );
+    },
   });
 
   // Swarm: with NATS configured, misses join the blob's swarm; otherwise (and until NATS

@@ -135,6 +135,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['direction'] as const,
       registers,
     }),
+    originResumes: new Counter({
+      name: `${prefix}origin_resumes_total`,
+      help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
+      registers,
+    }),
     swarmFallbacks: new Counter({
       name: `${prefix}swarm_fallbacks_total`,
       help: 'Downloads that read the rest from the origin, by reason (stall: no progress for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing)',
