@@ -369,8 +369,14 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.#wake();
   }
 
-  /** The transfer failed: the caller's next block throws `error`. */
+  /**
+   * The transfer failed: the caller gets what had arrived (a transfer resumed from the byte it
+   * stopped at then asks for less again), then its next block throws `error`.
+   */
   fail(error: Error): void {
+    if (this.#error === undefined && !this.#done) {
+      this.#handOver();
+    }
     this.#error ??= error;
     this.#wake();
   }

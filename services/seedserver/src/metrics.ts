@@ -18,6 +18,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Blobs being seeded now',
       registers,
     }),
+    originResumes: new Counter({
+      name: `${prefix}origin_resumes_total`,
+      help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
+      registers,
+    }),
     ingestedBytes: new Counter({
       name: `${prefix}ingested_bytes_total`,
       help: 'Blob bytes read in, by source (origin, store)',

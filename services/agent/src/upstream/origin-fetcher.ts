@@ -11,7 +11,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
 import { ByteTally } from '../provenance/ledger.js';
-import type { OpenedBlob, UpstreamRegistry } from '@shoal/registry';
+import { resumingBody, type OpenedBlob, type UpstreamRegistry } from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
 /** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */
@@ -41,16 +41,6 @@ export interface OriginFetcherDeps {
   /** The origin's transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
 }
-
-/**
- * Times in a row one origin fetch asks again from where a broken transfer stopped without
- * having received a block since: a registry or a load balancer dropping long transfers costs
- * a range request each time, not the blob from zero, and a transfer that keeps making progress
- * is resumed however often it breaks (each request brings at least a block, so the origin
- * sends the blob at most about twice); past this the download fails and its clients'
- * responses are cut.
- */
-export const ORIGIN_RESUMES = 5;
 
 /**
  * Free blocks kept for the downloads' reuse, in bytes: each download from the origin holds up
@@ -100,62 +90,21 @@ export class OriginFetcher implements BlobFetcher {
     return { kind: 'download', download };
   }
 
-  /**
-   * The blob's body from `opened`, and when the transfer breaks off (a reset, the idle
-   * timeout) before the announced size, from a range request at the byte it stopped at (the
-   * whole blob again when no block had come), up to
-   * `ORIGIN_RESUMES` times in a row without progress. A range the origin does not answer with
-   * 206 from that byte ends the body with the transfer's own error. What the bytes are is
-   * checked by the download.
-   */
-  async *#resuming(
-    target: BlobTarget,
-    opened: OpenedBlob,
-    signal: AbortSignal,
-  ): AsyncGenerator<Buffer> {
-    let current = opened;
-    let received = 0;
-    let resumedAt = 0;
-    for (let stalls = 0; ;) {
-      try {
-        for await (const block of current.blocks) {
-          received += block.length;
-          yield block;
-        }
-        return;
-      } catch (error) {
-        const cause = error instanceof Error ? error : new Error(String(error));
-        stalls = received > resumedAt ? 1 : stalls + 1;
-        resumedAt = received;
-        if (
-          signal.aborted ||
-          stalls > ORIGIN_RESUMES ||
-          opened.size === undefined ||
-          received >= opened.size
-        ) {
-          throw cause;
-        }
-        this.#deps.onResume?.(target, received, cause);
-        const next = await this.#deps.requests.openBlob({
+  /** `opened`'s body, resumed from where it stopped when the transfer breaks off. */
+  #resuming(target: BlobTarget, opened: OpenedBlob, signal: AbortSignal): AsyncGenerator<Buffer> {
+    return resumingBody(opened, {
+      signal,
+      reopen: (from) =>
+        this.#deps.requests.openBlob({
           registry: target.registry,
           name: target.name,
           digest: target.digest,
           authorization: target.authorization,
           signal,
-          from: received,
-        });
-        // Nothing received yet: the whole blob again (200), else the rest from that byte.
-        const resumed =
-          received === 0
-            ? next.status === 200
-            : next.status === 206 && rangeStart(next.headers['content-range']) === received;
-        if (!resumed) {
-          next.cancel(cause);
-          throw cause;
-        }
-        current = next;
-      }
-    }
+          from,
+        }),
+      onResume: (at, cause) => this.#deps.onResume?.(target, at, cause),
+    }).blocks;
   }
 
   /** Fills `download` from `body` in the background, counting the bytes as the origin's. */
@@ -172,13 +121,6 @@ export class OriginFetcher implements BlobFetcher {
       this.#pool,
     ).then((state) => this.#deps.onSettled?.(target, tally, state));
   }
-}
-
-/** The first byte a `Content-Range: bytes <first>-<last>/<size>` names, or undefined. */
-function rangeStart(header: string | string[] | undefined): number | undefined {
-  const match =
-    typeof header === 'string' ? /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(header.trim()) : null;
-  return match?.[1] === undefined ? undefined : Number(match[1]);
 }
 
 /** `/v2/<name>/blobs/<digest>` */

@@ -45,6 +45,7 @@ import {
   type BlobReader,
   type RegistryAuth,
   type UpstreamRegistry,
+  resumingBody,
 } from '@shoal/registry';
 import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
@@ -362,10 +363,23 @@ export class Seeder {
       response.cancel(new Error('no Content-Length'));
       throw new SeedError('NO_SIZE', 502, 'origin sent no Content-Length');
     }
+    // A transfer that breaks off goes on from where it stopped, rather than failing the seed
+    // and sending every agent waiting on it to the origin.
+    const body = resumingBody(response, {
+      signal,
+      reopen: (from) => origin.open(registry, request.repository, digest, signal, undefined, from),
+      onResume: (at, cause) => {
+        this.#deps.metrics.originResumes.inc();
+        this.#deps.logger.warn(
+          { blob: request.blob, at, err: cause },
+          "the origin's blob transfer broke off: asked again from where it stopped",
+        );
+      },
+    });
     return {
-      chunks: response.blocks,
+      chunks: body.blocks,
       lent: true,
-      cancel: () => response.cancel(new Error('seeding stopped')),
+      cancel: () => body.cancel(new Error('seeding stopped')),
       size: response.size,
       source: 'origin',
     };
