@@ -11,13 +11,6 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 
 import {
-  generateImage,
-  makeTempDir,
-  pushImage,
-  startAgent,
-  startFaultProxy,
-  startRegistry,
-  Teardown,
   waitFor,
   type AgentProcess,
   type FaultProxy,
@@ -27,6 +20,7 @@ import {
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
+import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
 
 const repository = 'shoal/aborts';
 
@@ -56,30 +50,23 @@ async function openDescriptors(agent: AgentProcess): Promise<number> {
 }
 
 describe('clients that abort mid-blob', () => {
-  const teardown = new Teardown();
+  let fixture: ProxiedMirrorFixture;
   let registry: Registry;
   let proxy: FaultProxy;
   let agent: AgentProcess;
   let image: GeneratedImage;
 
   before(async () => {
-    registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const layout = await makeTempDir('aborts-image');
-    teardown.add('image', () => layout.remove());
-    image = await generateImage(layout.path, { layerSizes: [8 * MiB], seed: 'client-aborts' });
-    await pushImage(image, registry.host, repository);
-    proxy = await startFaultProxy({ upstream: registry.url });
-    teardown.add('proxy', () => proxy.stop());
-    agent = await startAgent({
-      registries: `${registry.host}=${proxy.url}`,
-      defaultRegistry: registry.host,
+    fixture = await startProxiedMirror({
+      layerSizes: [8 * MiB],
+      seed: 'client-aborts',
+      repository,
     });
-    teardown.add('agent', () => agent.stop());
+    ({ registry, proxy, agent, image } = fixture);
   });
 
   after(async () => {
-    await teardown.run();
+    await fixture.stop();
   });
 
   const blobUrl = (digest: string): string =>

@@ -7,53 +7,32 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import {
-  generateImage,
-  makeTempDir,
-  pushImage,
-  startAgent,
-  startFaultProxy,
-  startRegistry,
-  Teardown,
-  type AgentProcess,
-  type FaultProxy,
-  type GeneratedImage,
-  type Registry,
-} from '@shoal/testkit';
+import type { AgentProcess, FaultProxy, GeneratedImage, Registry } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
+import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
 
 const repository = 'shoal/damage';
 
 describe('the origin damaging a blob on the way', () => {
-  const teardown = new Teardown();
+  let fixture: ProxiedMirrorFixture;
   let registry: Registry;
   let proxy: FaultProxy;
   let agent: AgentProcess;
   let image: GeneratedImage;
 
   before(async () => {
-    registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const layout = await makeTempDir('damage-image');
-    teardown.add('image', () => layout.remove());
-    image = await generateImage(layout.path, {
+    fixture = await startProxiedMirror({
       layerSizes: [6 * MiB + 99, 4 * MiB + 1, MiB + 5],
       seed: 'mirror-origin-damage',
+      repository,
     });
-    await pushImage(image, registry.host, repository);
-    proxy = await startFaultProxy({ upstream: registry.url });
-    teardown.add('proxy', () => proxy.stop());
-    agent = await startAgent({
-      registries: `${registry.host}=${proxy.url}`,
-      defaultRegistry: registry.host,
-    });
-    teardown.add('agent', () => agent.stop());
+    ({ registry, proxy, agent, image } = fixture);
   });
 
   after(async () => {
-    await teardown.run();
+    await fixture.stop();
   });
 
   const blobUrl = (digest: string): string =>
