@@ -82,6 +82,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['type'] as const,
       registers,
     }),
+    gatewayFailures: new Counter({
+      name: `${prefix}gateway_failures_total`,
+      help: 'Object gateway requests of a seed that failed (down, 5xx): the blob read from the origin instead, or its copy there left for a later request',
+      registers,
+    }),
     gatewayDeleted: new Counter({
       name: `${prefix}gateway_deleted_blobs_total`,
       help: 'Blobs deleted from the object gateway by its retention (SHOAL_SEED_GATEWAY_MAX_AGE_MS, SHOAL_SEED_GATEWAY_MAX_BYTES)',
