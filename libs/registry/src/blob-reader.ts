@@ -105,6 +105,9 @@ export class BlobReader {
    * GETs a blob; resolves with the final answer once its head has arrived. `forwarded`: a
    * client's own Authorization (a mirror's request), sent as it is instead of the reader's
    * credentials; a challenge is then the client's to answer, and comes back as the answer.
+   * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
+   * broke off); its body comes in blocks when the answer is 206, and any other answer (a 200
+   * of the whole blob included) comes with its small body, as a refusal does.
    */
   async open(
     registry: UpstreamRegistry,
@@ -112,6 +115,7 @@ export class BlobReader {
     digest: Digest,
     signal: AbortSignal,
     forwarded?: { readonly authorization: string | undefined },
+    from = 0,
   ): Promise<OpenedBlob> {
     let url = new URL(`/v2/${repository}/blobs/${digest.toString()}`, registry.url);
     let authorization =
@@ -119,7 +123,7 @@ export class BlobReader {
     let challenged = forwarded !== undefined;
     let answeredChallenge: string | undefined;
     for (let hop = 0; ; hop += 1) {
-      const answer = await this.#get(url, authorization, signal);
+      const answer = await this.#get(url, authorization, signal, from);
       const challenge = answer.headers['www-authenticate'];
       if (answer.status === 401 && challenge !== undefined && !challenged) {
         challenged = true;
@@ -155,10 +159,16 @@ export class BlobReader {
   }
 
   /**
-   * One GET. A 200 resolves at its head, its body streaming into the blocks; any other answer
-   * resolves once its (small) body has been read and dropped.
+   * One GET. A 200 (a 206 when `from` is past 0) resolves at its head, its body streaming into
+   * the blocks; any other answer resolves once its (small) body has been read and dropped.
    */
-  #get(url: URL, authorization: string | undefined, signal: AbortSignal): Promise<OpenedBlob> {
+  #get(
+    url: URL,
+    authorization: string | undefined,
+    signal: AbortSignal,
+    from: number,
+  ): Promise<OpenedBlob> {
+    const bodyStatus = from > 0 ? 206 : 200;
     const { timeouts, userAgent } = this.#options;
     const stop = new AbortController();
     const headersTimer = setTimeout(() => {
@@ -195,6 +205,7 @@ export class BlobReader {
           headers: {
             'user-agent': userAgent,
             ...(authorization === undefined ? {} : { authorization }),
+            ...(from > 0 ? { range: `bytes=${from}-` } : {}),
           },
           signal: AbortSignal.any([signal, stop.signal]),
           timeoutMs: timeouts.idleMs,
@@ -216,7 +227,7 @@ export class BlobReader {
           onHead: (status, size, headers) => {
             clearTimeout(headersTimer);
             head = { status, size, headers };
-            if (status === 200) {
+            if (status === bodyStatus) {
               resolve({
                 ...head,
                 answer: Buffer.alloc(0),
@@ -226,7 +237,7 @@ export class BlobReader {
             }
           },
           onBody: (bytes) => {
-            if (head?.status === 200) {
+            if (head?.status === bodyStatus) {
               return body.write(bytes);
             }
             answerBytes += bytes.length;
@@ -243,7 +254,7 @@ export class BlobReader {
         () => {
           clearTimeout(headersTimer);
           body.end();
-          if (head !== undefined && head.status !== 200) {
+          if (head !== undefined && head.status !== bodyStatus) {
             resolve({
               ...head,
               answer: Buffer.concat(answer),
@@ -358,8 +369,14 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.#wake();
   }
 
-  /** The transfer failed: the caller's next block throws `error`. */
+  /**
+   * The transfer failed: the caller gets what had arrived (a transfer resumed from the byte it
+   * stopped at then asks for less again), then its next block throws `error`.
+   */
   fail(error: Error): void {
+    if (this.#error === undefined && !this.#done) {
+      this.#handOver();
+    }
     this.#error ??= error;
     this.#wake();
   }

@@ -36,3 +36,4 @@ export {
   type BlobReaderOptions,
   type OpenedBlob,
 } from './blob-reader.js';
+export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';

@@ -30,6 +30,12 @@ export interface SuperviseOptions {
 export interface ConsumeLoop {
   /** Stops pulling, lets the message being handled finish, and resolves when the loop ends. */
   stop(): Promise<void>;
+  /**
+   * Closes the consumer's iterator so the loop opens it again (after `retryDelayMs`): for a
+   * consumer or stream made anew under it (a NATS server back with an empty store), which
+   * the iterator it holds would never deliver from.
+   */
+  reopen(): Promise<void>;
 }
 
 export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
@@ -97,6 +103,9 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
       await current?.close();
       await running;
       await Promise.allSettled(inFlight);
+    },
+    reopen: async () => {
+      await current?.close();
     },
   };
 }

@@ -251,12 +251,16 @@ export function streamConfig(
   };
 }
 
-/** Creates the streams, or updates them to the declared configuration. */
+/**
+ * Creates the streams, or updates them to the declared configuration; resolves with the names
+ * of those it had to create.
+ */
 export async function ensureStreams(
   jsm: JetStreamManager,
   specs: readonly StreamSpec[],
   replicas: number,
-): Promise<void> {
+): Promise<string[]> {
+  const created: string[] = [];
   for (const spec of specs) {
     const config = streamConfig(spec, replicas);
     try {
@@ -271,8 +275,10 @@ export async function ensureStreams(
         throw error;
       }
       await jsm.streams.add(config);
+      created.push(spec.name);
     }
   }
+  return created;
 }
 
 /** The settings of a durable consumer that `ensureConsumer` keeps up to date. */
@@ -295,14 +301,15 @@ export interface DurableSettings {
 
 /**
  * Creates a durable pull consumer with explicit acks, or brings an existing one to these
- * settings. Replicas starting together may both create it: an identical create succeeds.
+ * settings; true when it had to create it. Replicas starting together may both create it: an
+ * identical create succeeds.
  */
 export async function ensureConsumer(
   jsm: JetStreamManager,
   stream: string,
   durable: string,
   settings: DurableSettings,
-): Promise<void> {
+): Promise<boolean> {
   const updatable = {
     ack_wait: nanos(settings.ackWaitMs),
     max_deliver: settings.maxDeliver,
@@ -314,6 +321,7 @@ export async function ensureConsumer(
   try {
     await jsm.consumers.info(stream, durable);
     await jsm.consumers.update(stream, durable, updatable);
+    return false;
   } catch (error) {
     if (!isNotFound(error)) {
       throw error;
@@ -331,6 +339,7 @@ export async function ensureConsumer(
       ...(settings.replicas === undefined ? {} : { num_replicas: settings.replicas }),
       ...updatable,
     });
+    return true;
   }
 }
 
@@ -364,6 +373,50 @@ export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: numb
     maxValueSize: spec.maxValueSize,
     description: spec.description,
   });
+}
+
+/** Wait between attempts to declare again after a reconnect, in ms. */
+const REDECLARE_RETRY_MS = 1000;
+
+/**
+ * Runs `declare` (a service's idempotent declarations: `ensureStreams`, `ensureConsumer`,
+ * `ensureKv`) again after every reconnect, until it succeeds or the connection drops again.
+ * A NATS server that comes back with its JetStream store lost (a replaced pod, a lost volume)
+ * has none of the streams, consumers and buckets the service made at start-up: without this
+ * every publish, consumer and bucket of the service fails until it is restarted. On a server
+ * that kept its store it changes nothing (each declaration finds what it declares).
+ */
+export function redeclareOnReconnect(
+  nc: NatsConnection,
+  logger: Logger,
+  declare: () => Promise<void>,
+): void {
+  let generation = 0;
+  const run = async (mine: number): Promise<void> => {
+    for (let attempt = 1; mine === generation && !nc.isClosed(); attempt += 1) {
+      try {
+        await declare();
+        logger.info({ attempt }, 'streams, consumers and buckets declared again after a reconnect');
+        return;
+      } catch (error) {
+        logger.warn(
+          { err: error, attempt },
+          'could not declare streams, consumers and buckets after a reconnect; trying again',
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, REDECLARE_RETRY_MS));
+    }
+  };
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === 'disconnect') {
+        generation += 1;
+      } else if (status.type === 'reconnect') {
+        generation += 1;
+        void run(generation);
+      }
+    }
+  })();
 }
 
 /** How often stream usage is read for the metrics, in ms. */

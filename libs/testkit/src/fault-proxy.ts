@@ -1,7 +1,7 @@
 /**
  * An HTTP proxy in front of a real registry that misbehaves on demand, for faults a real
- * registry cannot be told to show: answering 429 or 5xx, answering slowly, or down (every
- * connection reset). Without a fault
+ * registry cannot be told to show: answering 429 or 5xx, answering slowly, down (every
+ * connection reset), or damaging blob bodies (cut mid-stream, a byte flipped). Without a fault
  * it passes every request and response through unchanged, streaming both ways with
  * back-pressure; the registry behind it is the real one, so what the clients get once the
  * fault heals is what the registry serves.
@@ -43,7 +43,14 @@ export type RegistryFault =
    */
   | { readonly kind: 'slow'; readonly delayMs: number; readonly rateBytes: number }
   /** Every new request has its connection reset, as a registry that is down or restarting. */
-  | { readonly kind: 'down' };
+  | { readonly kind: 'down' }
+  /**
+   * Every new blob GET answered 200 or 206 has its body damaged at `atByte` (counted from the
+   * body's start): `cut` closes the connection there, short of the announced length, as a
+   * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
+   * passes the rest, as a proxy or storage handing out wrong bytes under the right digest.
+   */
+  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number };
 
 /** What the proxy has done so far. */
 export interface FaultProxyCounts {
@@ -55,6 +62,8 @@ export interface FaultProxyCounts {
   readonly slowed: number;
   /** Response body bytes passed back to clients. */
   readonly bytes: number;
+  /** Blob bodies a damage fault cut or flipped. */
+  readonly damaged: number;
 }
 
 /** A request as it reached the proxy, whether or not a fault answered it. */
@@ -114,7 +123,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let statusTurn = 0;
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
   let linkFreeAt = 0;
-  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0 };
+  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0 };
 
   /** Waits for the slow link to carry `bytes`; at once when no slow fault is set. */
   const linkDelay = (bytes: number): number => {
@@ -160,7 +169,49 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     res.end(body);
   };
 
-  const forward = (req: IncomingMessage, res: ServerResponse): void => {
+  /**
+   * Damages a blob body at `atByte` of it: cuts the response there (`cut`), or flips that
+   * byte's bits (`flip`).
+   */
+  const damage = (res: ServerResponse, how: 'cut' | 'flip', atByte: number): Transform => {
+    let seen = 0;
+    let cut = false;
+    counts.damaged += 1;
+    return new Transform({
+      transform(chunk: Buffer, _encoding, done: TransformCallback): void {
+        if (cut) {
+          // Nothing passes the cut while the connection goes down.
+          done();
+          return;
+        }
+        const start = seen;
+        seen += chunk.length;
+        if (atByte < start || atByte >= seen) {
+          done(null, chunk);
+          return;
+        }
+        if (how === 'flip') {
+          const copy = Buffer.from(chunk);
+          copy[atByte - start] = (copy[atByte - start] ?? 0) ^ 0xff;
+          done(null, copy);
+          return;
+        }
+        cut = true;
+        this.push(chunk.subarray(0, atByte - start));
+        // Let the bytes before the cut leave, then drop the connection mid-body.
+        setImmediate(() => res.destroy());
+        done();
+      },
+      flush(done: TransformCallback): void {
+        // A cut body never ends: the response stays short of its length until it is dropped.
+        if (!cut) {
+          done();
+        }
+      },
+    });
+  };
+
+  const forward = (req: IncomingMessage, res: ServerResponse, current?: RegistryFault): void => {
     counts.forwarded += 1;
     const headers: OutgoingHttpHeaders = { ...req.headers, host: upstream.host };
     const abort = new AbortController();
@@ -174,7 +225,23 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       new URL(req.url ?? '/', upstream),
       { method: req.method, headers, agent, signal: abort.signal, timeout: idleTimeoutMs },
       (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        const status = answer.statusCode ?? 502;
+        res.writeHead(status, answer.headers);
+        if (
+          current?.kind === 'damage' &&
+          req.method === 'GET' &&
+          (status === 200 || status === 206) &&
+          (req.url ?? '').includes('/blobs/')
+        ) {
+          pipeline(
+            answer,
+            damage(res, current.how, current.atByte),
+            throttle(),
+            res,
+            () => undefined,
+          );
+          return;
+        }
         pipeline(answer, throttle(), res, () => undefined);
       },
     );
@@ -222,7 +289,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       res.once('close', () => clearTimeout(timer));
       return;
     }
-    forward(req, res);
+    forward(req, res, current);
   });
   server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   await once(server, 'listening');

@@ -31,9 +31,11 @@ export interface NatsServer {
   clientEnv(name: string): Promise<Record<string, string>>;
   /**
    * Kills the server at once (SIGKILL, as a crash would), waits `downMs`, and starts it again
-   * on the same port with the same configuration and JetStream store.
+   * on the same port with the same configuration and JetStream store; with `loseStore`, with
+   * an empty store instead (a server replaced, its volume lost: every stream, consumer and KV
+   * bucket gone).
    */
-  crashAndRestart(downMs: number): Promise<void>;
+  crashAndRestart(downMs: number, options?: { readonly loseStore?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -164,8 +166,11 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
         SHOAL_NATS_TLS_KEY_FILE: cert.keyFile,
       };
     },
-    crashAndRestart: async (downMs) => {
+    crashAndRestart: async (downMs, restart = {}) => {
       await proc.kill();
+      if (restart.loseStore === true) {
+        await rm(storeDir, { recursive: true, force: true });
+      }
       await new Promise((resolve) => setTimeout(resolve, downMs));
       // The same port again (the first start may have picked a random one).
       const config = await readFile(configPath, 'utf8');

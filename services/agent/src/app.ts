@@ -93,12 +93,15 @@ export async function buildApp(
         metrics.cacheEvictions.inc();
         onEvicted(digest);
       },
-      onCorrupt: (digest) => {
-        metrics.verificationFailures.inc({ kind: 'cached-manifest' });
+      onCorrupt: (digest, kind, reason) => {
+        metrics.verificationFailures.inc({ kind: `cached-${kind}` });
+        metrics.cacheBytes.set(store.totalBytes);
         logger.warn(
-          { digest: digest.toString() },
-          'a cached manifest no longer matches its digest: dropped, read from the registry again',
+          { digest: digest.toString(), kind, reason },
+          `a cached ${kind} no longer matches its digest: dropped, fetched again when asked for`,
         );
+        // Peers must stop asking for pieces this agent no longer holds.
+        onEvicted(digest);
       },
     },
   );
@@ -173,6 +176,13 @@ export async function buildApp(
         tally,
         outcome: state === 'verified' ? 'verified' : 'failed',
       }),
+    onResume: (target, at, cause) => {
+      metrics.originResumes.inc();
+      logger.warn(
+        { digest: target.digest.toString(), at, err: cause },
+        "the origin's blob transfer broke off: asked again from where it stopped",
+      );
+    },
   });
 
   // Swarm: with NATS configured, misses join the blob's swarm; otherwise (and until NATS

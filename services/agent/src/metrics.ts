@@ -45,7 +45,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     verificationFailures: new Counter({
       name: `${prefix}verification_failures_total`,
-      help: 'Content that did not match its digest or size, by kind (manifest, blob; cached-manifest: one read back from the cache, dropped)',
+      help: 'Content that did not match its digest or size, by kind (manifest, blob; cached-manifest, cached-blob: content read back from the cache that no longer matched, dropped and fetched again)',
       labelNames: ['kind'] as const,
       registers,
     }),
@@ -139,6 +139,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       name: `${prefix}limits_file_rejected_total`,
       help: 'Versions of the limits file (SHOAL_AGENT_LIMITS_FILE) not applied, by reason (unreadable, invalid); the limits in force stay',
       labelNames: ['reason'] as const,
+      registers,
+    }),
+    originResumes: new Counter({
+      name: `${prefix}origin_resumes_total`,
+      help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
       registers,
     }),
     swarmFallbacks: new Counter({

@@ -224,6 +224,82 @@ describe('FsContentStore', () => {
     });
   });
 
+  describe('damaged content', () => {
+    /** A store that records what it found damaged, as `kind digest: reason`. */
+    async function watchedStore(): Promise<{ store: FsContentStore; corrupt: string[] }> {
+      const corrupt: string[] = [];
+      const store = new FsContentStore(root, 10_000_000, {
+        onCorrupt: (digest, kind, reason) =>
+          corrupt.push(`${kind} ${digest.toString()}: ${reason}`),
+      });
+      await store.init();
+      return { store, corrupt };
+    }
+
+    it('drops a blob whose bytes changed on disk, for open and for readPiece, once', async () => {
+      const { store, corrupt } = await watchedStore();
+      const content = randomBytes(3 * 1024 * 1024 + 5);
+      const digest = await commitBytes(store, content);
+      const changed = Buffer.from(content);
+      changed[1234] = (changed[1234] ?? 0) ^ 1;
+      await writeFile(blobPath(digest), changed);
+
+      // Concurrent opens share one check and report the damage once.
+      const [opened, piece] = await Promise.all([store.open(digest), store.readPiece(digest, 0)]);
+      assert.equal(opened, undefined);
+      assert.equal(piece, undefined);
+      assert.equal(corrupt.length, 1);
+      assert.match(corrupt[0] ?? '', /^blob sha256:[0-9a-f]{64}: its bytes have digest sha256:/);
+      assert.equal(store.has(digest), false);
+      assert.equal(store.totalBytes, 0);
+      assert.equal(await exists(blobPath(digest)), false, 'the damaged file is removed');
+      // Fetched again and committed, it is served.
+      await commitBytes(store, content);
+      assert.deepEqual(await readOpened(store, digest), content);
+    });
+
+    it('drops a truncated blob without hashing it', async () => {
+      const { store, corrupt } = await watchedStore();
+      const digest = await commitBytes(store, randomBytes(1000));
+      await writeFile(blobPath(digest), randomBytes(10));
+      assert.equal(await store.open(digest), undefined);
+      assert.deepEqual(corrupt, [`blob ${digest.toString()}: its file holds 10 bytes, not 1000`]);
+    });
+
+    it('keeps a blob whose file was touched but still holds its bytes', async () => {
+      const { store, corrupt } = await watchedStore();
+      const content = randomBytes(2000);
+      const digest = await commitBytes(store, content);
+      const later = new Date(Date.now() + 60_000);
+      await utimes(blobPath(digest), later, later);
+      assert.deepEqual(await readOpened(store, digest), content);
+      assert.deepEqual(await readOpened(store, digest), content);
+      assert.deepEqual(corrupt, []);
+    });
+
+    it('checks content found at start-up before it serves it', async () => {
+      const first = new FsContentStore(root, 10_000_000);
+      await first.init();
+      const good = randomBytes(4000);
+      const goodDigest = await commitBytes(first, good);
+      const bad = randomBytes(4000);
+      const badDigest = await commitBytes(first, bad);
+      // Damaged while no agent ran, with the file's times put back as they were.
+      const { atime, mtime } = await stat(blobPath(badDigest));
+      const changed = Buffer.from(bad);
+      changed[0] = (changed[0] ?? 0) ^ 0x80;
+      await writeFile(blobPath(badDigest), changed);
+      await utimes(blobPath(badDigest), atime, mtime);
+
+      const { store, corrupt } = await watchedStore();
+      assert.equal(store.totalBytes, 8000);
+      assert.deepEqual(await readOpened(store, goodDigest), good);
+      assert.equal(await store.readPiece(badDigest, 0), undefined);
+      assert.equal(corrupt.length, 1);
+      assert.equal(store.totalBytes, 4000);
+    });
+  });
+
   describe('putSmall and getSmall', () => {
     it('stores small content with its media type', async () => {
       const store = new FsContentStore(root, 10_000);
@@ -255,7 +331,7 @@ describe('FsContentStore', () => {
     it('drops a cached manifest changed on disk instead of serving it', async () => {
       const corrupt: string[] = [];
       const store = new FsContentStore(root, 10_000, {
-        onCorrupt: (digest) => corrupt.push(digest.toString()),
+        onCorrupt: (digest, kind) => corrupt.push(`${kind} ${digest.toString()}`),
       });
       await store.init();
       const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST_TYPE }));
@@ -268,7 +344,7 @@ describe('FsContentStore', () => {
       await writeFile(path, changed);
 
       assert.equal(await store.getSmall(digest, 4 * 1024 * 1024), undefined);
-      assert.deepEqual(corrupt, [digest.toString()]);
+      assert.deepEqual(corrupt, [`manifest ${digest.toString()}`]);
       assert.equal(store.has(digest), false);
       assert.equal(store.totalBytes, 0);
       await assert.rejects(stat(path), { code: 'ENOENT' });

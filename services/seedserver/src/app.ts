@@ -25,7 +25,9 @@ import {
   ensureKv,
   ensureStreams,
   jetStreamFor,
+  redeclareOnReconnect,
   watchStreamUsage,
+  type ConsumeLoop,
 } from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -157,8 +159,17 @@ export async function buildApp(
     notReadyReason: () =>
       closing ? 'shutting down' : nc.isClosed() ? 'NATS connection closed' : undefined,
   });
-  let consumer: { stop(): Promise<void> } | undefined;
+  let consumer: Pick<ConsumeLoop, 'stop' | 'reopen'> | undefined;
   let retention: GatewayRetention | undefined;
+  // The declarations again after each reconnect: a server back with an empty store has none
+  // of them. A request consumer made anew is taken up by the loop at once.
+  redeclareOnReconnect(nc, logger, async () => {
+    await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
+    await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
+    if (await ensureSeedConsumer(jsm, config.SHOAL_SEED_REQUEST_ACK_WAIT_MS)) {
+      await consumer?.reopen();
+    }
+  });
 
   return {
     url: () => address,

@@ -18,6 +18,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Blobs being seeded now',
       registers,
     }),
+    originResumes: new Counter({
+      name: `${prefix}origin_resumes_total`,
+      help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
+      registers,
+    }),
     ingestedBytes: new Counter({
       name: `${prefix}ingested_bytes_total`,
       help: 'Blob bytes read in, by source (origin, store)',
@@ -75,6 +80,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       name: `${prefix}events_consumed_total`,
       help: 'Valid events consumed, by type (seed-request)',
       labelNames: ['type'] as const,
+      registers,
+    }),
+    gatewayFailures: new Counter({
+      name: `${prefix}gateway_failures_total`,
+      help: 'Object gateway requests of a seed that failed (down, 5xx): the blob read from the origin instead, or its copy there left for a later request',
       registers,
     }),
     gatewayDeleted: new Counter({

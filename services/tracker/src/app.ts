@@ -23,6 +23,7 @@ import {
   drainWithin,
   ensureStreams,
   jetStreamFor,
+  redeclareOnReconnect,
   watchStreamUsage,
   type NatsConnection,
 } from '@shoal/runtime/nats';
@@ -249,6 +250,20 @@ export async function buildApp(
     if (stopped()) {
       return;
     }
+    // The same again after each reconnect: a server back with an empty store has none of them.
+    // The swarm consumer is opened again (from the stream's first message when the stream
+    // was made anew); the wants consumer when it was made anew.
+    redeclareOnReconnect(connection, logger, async () => {
+      const created = await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
+      if (created.includes(STREAMS.swarm.name)) {
+        await swarm?.restartFromStart();
+      } else {
+        await swarm?.reopen();
+      }
+      if (await ensureWantsConsumer(jsm)) {
+        await wants?.reopen();
+      }
+    });
     wants = new WantsConsumer(
       js,
       {

@@ -27,6 +27,7 @@ import {
   ensureKv,
   ensureStreams,
   jetStreamFor,
+  redeclareOnReconnect,
   watchStreamUsage,
   openKv,
   type NatsConnection,
@@ -218,6 +219,14 @@ export async function buildApp(
     url: () => address,
     start: async () => {
       await runner.start();
+      // The declarations again after each reconnect: a server back with an empty store has
+      // none of them.
+      redeclareOnReconnect(nc, logger, async () => {
+        await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
+        await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS);
+        await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
+        await runner.redeclare();
+      });
       scheduler?.start();
       address = await listenOn(server, config.SHOAL_WATCHER_LISTEN);
       logger.info(

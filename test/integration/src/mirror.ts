@@ -4,9 +4,11 @@ import {
   makeTempDir,
   pushImage,
   startAgent,
+  startFaultProxy,
   startRegistry,
   Teardown,
   type AgentProcess,
+  type FaultProxy,
   type GeneratedImage,
   type Registry,
 } from '@shoal/testkit';
@@ -33,7 +35,30 @@ export interface MirrorFixture {
   stop(): Promise<void>;
 }
 
-export async function startMirror(spec: MirrorSpec): Promise<MirrorFixture> {
+/** The mirror's setup with the test kit's fault proxy between the agent and the registry. */
+export interface ProxiedMirrorFixture extends MirrorFixture {
+  /** What the agent reaches the registry through: set a fault on it. */
+  readonly proxy: FaultProxy;
+}
+
+export function startMirror(spec: MirrorSpec): Promise<MirrorFixture> {
+  return start(spec, false);
+}
+
+/** `startMirror`, the agent reaching the registry through a fault proxy. */
+export async function startProxiedMirror(spec: MirrorSpec): Promise<ProxiedMirrorFixture> {
+  const fixture = await start(spec, true);
+  if (fixture.proxy === undefined) {
+    await fixture.stop();
+    throw new Error('the proxy did not start');
+  }
+  return { ...fixture, proxy: fixture.proxy };
+}
+
+async function start(
+  spec: MirrorSpec,
+  proxied: boolean,
+): Promise<MirrorFixture & { readonly proxy: FaultProxy | undefined }> {
   const teardown = new Teardown();
   try {
     const registry = await startRegistry(spec.auth === undefined ? {} : { auth: spec.auth });
@@ -51,13 +76,17 @@ export async function startMirror(spec: MirrorSpec): Promise<MirrorFixture> {
       spec.auth === undefined ? {} : { destCreds: `${spec.auth.username}:${spec.auth.password}` },
     );
     await layout.remove();
+    const proxy = proxied ? await startFaultProxy({ upstream: registry.url }) : undefined;
+    if (proxy !== undefined) {
+      teardown.add('proxy', () => proxy.stop());
+    }
     const agent = await startAgent({
-      registries: `${registry.host}=${registry.url}`,
+      registries: `${registry.host}=${proxy?.url ?? registry.url}`,
       ...(spec.asDefault === false ? {} : { defaultRegistry: registry.host }),
       ...(spec.agentEnv === undefined ? {} : { env: spec.agentEnv }),
     });
     teardown.add('agent', () => agent.stop());
-    return { registry, image, ref, agent, stop: () => teardown.run() };
+    return { registry, image, ref, agent, proxy, stop: () => teardown.run() };
   } catch (error) {
     await teardown.run();
     throw error;

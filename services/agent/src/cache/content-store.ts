@@ -10,6 +10,12 @@
  * size quota the least recently used unpinned entries are evicted; an entry being served is
  * pinned and never evicted. Downloads in progress count against the quota from the moment
  * their size is known (`reserve`).
+ *
+ * The disk is not trusted to keep what was committed: each open compares the file (one
+ * `fstat`: size, inode, modification and change times) with the file as it was when its
+ * digest was last checked, and hashes it again when anything differs or it was never checked
+ * by this process (content found at start-up). Content that no longer matches is dropped
+ * (`onCorrupt`) and read as a miss, so it is fetched again instead of served.
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -27,6 +33,7 @@ import {
 import { join } from 'node:path';
 
 import {
+  DigestHasher,
   digestOf,
   parseDigest,
   pieceBounds,
@@ -35,18 +42,36 @@ import {
   type Digest,
 } from '@shoal/proto';
 
+/** What `fstat` says of a file, enough to tell that it changed since its digest was checked. */
+interface Fingerprint {
+  readonly size: number;
+  readonly ino: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
+}
+
 interface Entry {
   size: number;
   /** Logical time of the last use; larger is more recent. */
   lastUsed: number;
   pins: number;
+  /** The file as it was when its digest last matched; undefined until checked by this process. */
+  checked?: Fingerprint;
+  /** A check in progress, shared by concurrent opens of the same file. */
+  checking?: { readonly fingerprint: Fingerprint; readonly problem: Promise<string | undefined> };
 }
+
+/** Bytes read at a time when a cached file is hashed again. */
+const CHECK_READ_BYTES = 1024 * 1024;
 
 export interface ContentStoreEvents {
   /** Called each time an entry is evicted, with its digest and the bytes freed. */
   onEvict?(digest: Digest, size: number): void;
-  /** Called when a cached manifest no longer matches its digest (it was dropped). */
-  onCorrupt?(digest: Digest): void;
+  /**
+   * Called when cached content no longer matches its digest or size (it was dropped): a
+   * manifest read back, or a blob opened; `reason` says what differed.
+   */
+  onCorrupt?(digest: Digest, kind: 'manifest' | 'blob', reason: string): void;
 }
 
 /** A verified file opened for reading; `release` unpins it. */
@@ -154,7 +179,10 @@ export class FsContentStore {
     return this.#entries.get(digest.toString())?.size;
   }
 
-  /** Opens cached content, pinned until released; undefined when it is not cached. */
+  /**
+   * Opens cached content, pinned until released; undefined when it is not cached, or no longer
+   * matches its digest (then it is dropped: see the class comment).
+   */
   async open(digest: Digest): Promise<OpenedContent | undefined> {
     const key = digest.toString();
     const entry = this.#entries.get(key);
@@ -174,6 +202,19 @@ export class FsContentStore {
         return undefined;
       }
       throw error;
+    }
+    let sound: boolean;
+    try {
+      sound = await this.#check(digest, entry, handle);
+    } catch (error) {
+      entry.pins -= 1;
+      await handle.close();
+      throw error;
+    }
+    if (!sound) {
+      entry.pins -= 1;
+      await handle.close();
+      return undefined;
     }
     let released = false;
     return {
@@ -228,7 +269,9 @@ export class FsContentStore {
   async commit(tempPath: string, digest: Digest, size: number): Promise<void> {
     await rename(tempPath, this.#pathOf(digest));
     this.release(digest);
-    this.#add(digest.toString(), size);
+    // The rename changed the file's change time: the fingerprint is taken after it.
+    const checked = fingerprintOf(await stat(this.#pathOf(digest)));
+    this.#add(digest.toString(), size).checked = checked;
     await this.#evictOverQuota();
   }
 
@@ -282,10 +325,7 @@ export class FsContentStore {
     try {
       const bytes = await readFile(this.#pathOf(digest));
       if (digestOf(bytes, digest.algorithm).toString() !== key) {
-        this.#remove(key);
-        await unlink(this.#pathOf(digest)).catch(() => undefined);
-        await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
-        this.#events.onCorrupt?.(digest);
+        await this.#drop(key, entry, digest, 'manifest', 'its bytes have another digest');
         return undefined;
       }
       entry.lastUsed = this.#tick();
@@ -298,19 +338,82 @@ export class FsContentStore {
     }
   }
 
+  /**
+   * Whether the file open as `handle` still holds `entry`'s content: unchanged since its digest
+   * last matched (one `fstat`), or hashed again now. Content that fails is dropped.
+   */
+  async #check(digest: Digest, entry: Entry, handle: FileHandle): Promise<boolean> {
+    const now = fingerprintOf(await handle.stat());
+    if (entry.checked !== undefined && sameFile(entry.checked, now)) {
+      return true;
+    }
+    let problem: string | undefined;
+    if (now.size !== entry.size) {
+      problem = `its file holds ${now.size} bytes, not ${entry.size}`;
+    } else {
+      let running = entry.checking;
+      if (running === undefined || !sameFile(running.fingerprint, now)) {
+        running = { fingerprint: now, problem: hashProblem(handle, digest, entry.size) };
+        entry.checking = running;
+      }
+      try {
+        problem = await running.problem;
+      } finally {
+        if (entry.checking === running) {
+          delete entry.checking;
+        }
+      }
+      if (problem === undefined) {
+        // Written to while it was hashed: what was read proves nothing about what is there now.
+        if (!sameFile(fingerprintOf(await handle.stat()), now)) {
+          problem = 'its file changed while it was checked';
+        } else {
+          entry.checked = now;
+        }
+      }
+    }
+    if (problem === undefined) {
+      return true;
+    }
+    await this.#drop(digest.toString(), entry, digest, 'blob', problem);
+    return false;
+  }
+
+  /**
+   * Drops content found damaged, once: the index entry, the file and its media type. A later
+   * commit of the same digest made a new entry, which is left alone.
+   */
+  async #drop(
+    key: string,
+    entry: Entry,
+    digest: Digest,
+    kind: 'manifest' | 'blob',
+    reason: string,
+  ): Promise<void> {
+    if (this.#entries.get(key) !== entry) {
+      return;
+    }
+    this.#remove(key);
+    await unlink(this.#pathOf(digest)).catch(() => undefined);
+    await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+    this.#events.onCorrupt?.(digest, kind, reason);
+  }
+
   #pathOf(digest: Digest): string {
     return join(this.#root, 'blobs', digest.algorithm, digest.hex);
   }
 
-  #add(key: string, size: number): void {
+  #add(key: string, size: number): Entry {
     const existing = this.#entries.get(key);
     if (existing === undefined) {
       this.#totalBytes += size;
-      this.#entries.set(key, { size, lastUsed: this.#tick(), pins: 0 });
-      return;
+      const entry: Entry = { size, lastUsed: this.#tick(), pins: 0 };
+      this.#entries.set(key, entry);
+      return entry;
     }
     // Same digest, same bytes: keep the entry (and its pins, which open readers will release).
     existing.lastUsed = this.#tick();
+    return existing;
   }
 
   /** A logical clock for recency: unlike wall time it never ties. */
@@ -348,4 +451,49 @@ export class FsContentStore {
       this.#events.onEvict?.(digest, entry.size);
     }
   }
+}
+
+function fingerprintOf(info: {
+  size: number;
+  ino: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}): Fingerprint {
+  return { size: info.size, ino: info.ino, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
+}
+
+function sameFile(a: Fingerprint, b: Fingerprint): boolean {
+  return a.size === b.size && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
+}
+
+/**
+ * Hashes the `size` bytes of the file open as `handle` (one buffer of `CHECK_READ_BYTES`,
+ * never the whole file in memory); what is wrong with them, or undefined when they are
+ * `digest`'s.
+ */
+async function hashProblem(
+  handle: FileHandle,
+  digest: Digest,
+  size: number,
+): Promise<string | undefined> {
+  const hasher = new DigestHasher(digest.algorithm);
+  const buffer = Buffer.allocUnsafe(Math.min(CHECK_READ_BYTES, Math.max(size, 1)));
+  let position = 0;
+  while (position < size) {
+    const { bytesRead } = await handle.read(
+      buffer,
+      0,
+      Math.min(buffer.length, size - position),
+      position,
+    );
+    if (bytesRead === 0) {
+      return `its file ends at ${position} of ${size} bytes`;
+    }
+    hasher.update(buffer.subarray(0, bytesRead));
+    position += bytesRead;
+  }
+  const actual = hasher.digest();
+  return actual.toString() === digest.toString()
+    ? undefined
+    : `its bytes have digest ${actual.toString()}`;
 }

@@ -249,6 +249,11 @@ export class NodePreheat {
     );
   }
 
+  /** Opens the consumer again (declaring it on the way): it may have been lost with the server's store. */
+  async reopen(): Promise<void> {
+    await this.#loop?.reopen();
+  }
+
   async stop(): Promise<void> {
     this.#stopping.abort();
     await this.#loop?.stop();

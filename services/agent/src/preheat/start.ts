@@ -1,7 +1,7 @@
 /** Starts the agent's part in preheat: its presence entry and its node-task consumer. */
 import { KV_BUCKETS } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
-import { ensureKv } from '@shoal/runtime/nats';
+import { ensureKv, redeclareOnReconnect } from '@shoal/runtime/nats';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable } from '../cache/download-table.js';
@@ -57,6 +57,12 @@ export async function startNodePreheat(
   // Tasks first, then presence: a watcher that sees this agent finds its consumer ready.
   nodes.start();
   await presence.start(config.SHOAL_AGENT_PRESENCE_INTERVAL_MS);
+  // Both again after each reconnect: a server back with an empty store has neither the
+  // presence bucket nor this node's task consumer.
+  redeclareOnReconnect(swarm.nc, logger, async () => {
+    await ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
+    await nodes.reopen();
+  });
   return {
     stop: async () => {
       await presence.stop();

@@ -9,6 +9,7 @@
 import { hostname } from 'node:os';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
 import type { PieceBuffers } from '@shoal/pieces';
 import type { PeerInfo } from '@shoal/proto';
 import { ConfigError, type Logger } from '@shoal/runtime';
@@ -25,6 +26,7 @@ import { SwarmService } from './service.js';
 export interface StartedSwarm {
   readonly service: SwarmService;
   /** The swarm's NATS connection, for the agent's other consumers (preheat). */
+  readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   close(): Promise<void>;
@@ -79,6 +81,7 @@ export async function startSwarm(
   const service = new SwarmService({ nc, js, jsm, self, config, ...deps });
   return {
     service,
+    nc,
     js,
     jsm,
     close: async () => {

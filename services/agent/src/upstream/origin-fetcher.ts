@@ -11,7 +11,7 @@ import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
 import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
 import { ByteTally } from '../provenance/ledger.js';
-import type { UpstreamRegistry } from '@shoal/registry';
+import { resumingBody, type OpenedBlob, type UpstreamRegistry } from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
 /** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */
@@ -38,6 +38,8 @@ export interface OriginFetcherDeps {
   readonly onBytes: (bytes: number) => void;
   /** A fetch ended: its blob, where it was asked for, and what came in. */
   readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
+  /** The origin's transfer broke off at byte `at` and is asked again from there. */
+  readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
 }
 
 /**
@@ -84,8 +86,25 @@ export class OriginFetcher implements BlobFetcher {
     if (opened.size !== undefined) {
       download.setSize(opened.size);
     }
-    this.#fill(target, download, opened.blocks);
+    this.#fill(target, download, this.#resuming(target, opened, signal));
     return { kind: 'download', download };
+  }
+
+  /** `opened`'s body, resumed from where it stopped when the transfer breaks off. */
+  #resuming(target: BlobTarget, opened: OpenedBlob, signal: AbortSignal): AsyncGenerator<Buffer> {
+    return resumingBody(opened, {
+      signal,
+      reopen: (from) =>
+        this.#deps.requests.openBlob({
+          registry: target.registry,
+          name: target.name,
+          digest: target.digest,
+          authorization: target.authorization,
+          signal,
+          from,
+        }),
+      onResume: (at, cause) => this.#deps.onResume?.(target, at, cause),
+    }).blocks;
   }
 
   /** Fills `download` from `body` in the background, counting the bytes as the origin's. */

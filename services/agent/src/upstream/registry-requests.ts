@@ -40,6 +40,8 @@ export interface BlobRequest {
   /** The client's Authorization header, forwarded as is. */
   readonly authorization: string | undefined;
   readonly signal: AbortSignal;
+  /** The blob from this byte on, to resume a transfer that broke off (default 0: whole). */
+  readonly from?: number;
 }
 
 /**
@@ -87,9 +89,14 @@ export class RegistryRequests {
       },
       async (span) => {
         const opened = await this.#counted(req.registry, 'blob', () =>
-          this.#blobs.open(req.registry, req.name, req.digest, req.signal, {
-            authorization: req.authorization,
-          }),
+          this.#blobs.open(
+            req.registry,
+            req.name,
+            req.digest,
+            req.signal,
+            { authorization: req.authorization },
+            req.from,
+          ),
         );
         span.setAttribute('http.response.status_code', opened.status);
         return opened;

@@ -16,7 +16,12 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
-import { contextFromHeaders, ensureConsumer, superviseConsumption } from '@shoal/runtime/nats';
+import {
+  contextFromHeaders,
+  ensureConsumer,
+  superviseConsumption,
+  type ConsumeLoop,
+} from '@shoal/runtime/nats';
 
 import type { SeedMetrics } from '../metrics.js';
 import type { SeedOutcome, Seeder } from '../seeding/seeder.js';
@@ -37,8 +42,11 @@ const BUSY_RETRY_MS = 1_000;
 /** How long a preheat report may wait for JetStream's acknowledgement, in ms. */
 const REPORT_TIMEOUT_MS = 5_000;
 
-/** Creates the shared consumer, or brings it to `ackWaitMs` (SHOAL_SEED_REQUEST_ACK_WAIT_MS). */
-export function ensureSeedConsumer(jsm: JetStreamManager, ackWaitMs: number): Promise<void> {
+/**
+ * Creates the shared consumer, or brings it to `ackWaitMs` (SHOAL_SEED_REQUEST_ACK_WAIT_MS);
+ * true when it had to create it.
+ */
+export function ensureSeedConsumer(jsm: JetStreamManager, ackWaitMs: number): Promise<boolean> {
   return ensureConsumer(jsm, STREAMS.seed.name, SEED_CONSUMER, {
     ackWaitMs,
     maxDeliver: MAX_DELIVER,
@@ -60,8 +68,11 @@ export interface SeedConsumerDeps {
   readonly logger: Logger;
 }
 
-/** Consumes seed requests until `stop`; resolves when in-flight seeds have ended. */
-export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<void> } {
+/**
+ * Consumes seed requests until `stop` (which resolves when in-flight seeds have ended);
+ * `reopen` takes up a consumer made anew.
+ */
+export function consumeSeedRequests(deps: SeedConsumerDeps): Pick<ConsumeLoop, 'stop' | 'reopen'> {
   const { js, seeder, logger, metrics } = deps;
   const stopping = new AbortController();
   // A function, not the property, so checks after an await are not narrowed away.
@@ -187,5 +198,6 @@ export function consumeSeedRequests(deps: SeedConsumerDeps): { stop(): Promise<v
       stopping.abort();
       await loop.stop();
     },
+    reopen: () => loop.reopen(),
   };
 }

@@ -47,6 +47,7 @@ import {
   type BlobReader,
   type RegistryAuth,
   type UpstreamRegistry,
+  resumingBody,
 } from '@shoal/registry';
 import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
@@ -216,12 +217,20 @@ export class Seeder {
     if (held?.complete === true) {
       try {
         await this.#ensureHashesPublished(held);
-        await this.#ensureStored(held, signal);
       } catch (error) {
         this.#failures.set(request.blob, errorText(error));
-        logger.warn({ blob: request.blob, err: error }, 'could not announce or store a held blob');
+        logger.warn({ blob: request.blob, err: error }, 'could not announce a held blob');
         return 'failed';
       }
+      // The blob is served from here whatever the gateway does: its copy there waits for the
+      // next request once the gateway is back.
+      await this.#ensureStored(held, signal).catch((error: unknown) => {
+        metrics.gatewayFailures.inc();
+        logger.warn(
+          { blob: request.blob, err: error },
+          'could not store a held blob in the object gateway',
+        );
+      });
       return 'held';
     }
     const lockKey = `${digest.algorithm}.${digest.hex}`;
@@ -316,12 +325,20 @@ export class Seeder {
     }
   }
 
-  /** The blob's bytes: from the object gateway when it holds them, else from the origin. */
-  async #open(request: SeedRequest, digest: Digest, signal: AbortSignal): Promise<BlobBytes> {
-    const { store, origin, registries } = this.#deps;
-    const stored = await store.stat(request.blob, signal);
-    if (stored !== undefined) {
-      const body = await store.read(request.blob, undefined, signal);
+  /**
+   * The blob's bytes from the object gateway, or undefined when it does not hold them or
+   * cannot be asked. A gateway that fails (down, answering 5xx) is no reason to fail the seed
+   * and send every agent waiting on it to the registry: the origin has the blob, and the
+   * gateway gets its copy from the next request once it is back.
+   */
+  async #openStored(blob: string, signal: AbortSignal): Promise<BlobBytes | undefined> {
+    const { store, metrics, logger } = this.#deps;
+    try {
+      const stored = await store.stat(blob, signal);
+      if (stored === undefined) {
+        return undefined;
+      }
+      const body = await store.read(blob, undefined, signal);
       return {
         chunks: body,
         lent: false,
@@ -329,6 +346,25 @@ export class Seeder {
         size: stored.size,
         source: 'store',
       };
+    } catch (error) {
+      if (signal.aborted) {
+        throw error;
+      }
+      metrics.gatewayFailures.inc();
+      logger.warn(
+        { blob, err: error },
+        'the object gateway failed: reading the blob from the origin instead',
+      );
+      return undefined;
+    }
+  }
+
+  /** The blob's bytes: from the object gateway when it holds them, else from the origin. */
+  async #open(request: SeedRequest, digest: Digest, signal: AbortSignal): Promise<BlobBytes> {
+    const { origin, registries } = this.#deps;
+    const fromStore = await this.#openStored(request.blob, signal);
+    if (fromStore !== undefined) {
+      return fromStore;
     }
     const registry = registries.get(request.registry);
     if (registry === undefined) {
@@ -380,10 +416,23 @@ export class Seeder {
       response.cancel(new Error('no Content-Length'));
       throw new SeedError('NO_SIZE', 502, 'origin sent no Content-Length');
     }
+    // A transfer that breaks off goes on from where it stopped, rather than failing the seed
+    // and sending every agent waiting on it to the origin.
+    const body = resumingBody(response, {
+      signal,
+      reopen: (from) => origin.open(registry, request.repository, digest, signal, undefined, from),
+      onResume: (at, cause) => {
+        this.#deps.metrics.originResumes.inc();
+        this.#deps.logger.warn(
+          { blob: request.blob, at, err: cause },
+          "the origin's blob transfer broke off: asked again from where it stopped",
+        );
+      },
+    });
     return {
-      chunks: response.blocks,
+      chunks: body.blocks,
       lent: true,
-      cancel: () => response.cancel(new Error('seeding stopped')),
+      cancel: () => body.cancel(new Error('seeding stopped')),
       size: response.size,
       source: 'origin',
     };

@@ -105,10 +105,11 @@ const FORWARDER_HEADER = 'Shoal-Forwarded-By';
 const WARN_INTERVAL_MS = 10_000;
 
 /**
- * Creates the shared durable consumer, or updates it to this configuration. Two replicas
- * starting together may both create it: an identical create succeeds.
+ * Creates the shared durable consumer, or updates it to this configuration; true when it had
+ * to create it. Two replicas starting together may both create it: an identical create
+ * succeeds.
  */
-export function ensureWantsConsumer(jsm: JetStreamManager): Promise<void> {
+export function ensureWantsConsumer(jsm: JetStreamManager): Promise<boolean> {
   return ensureConsumer(jsm, STREAMS.wants.name, WANTS_CONSUMER, {
     ackWaitMs: ACK_WAIT_MS,
     maxDeliver: MAX_DELIVER,
@@ -661,6 +662,11 @@ export class WantsConsumer {
    * Stops pulling and taking forwarded wants, lets the want being answered and the forwards
    * in flight finish, and gives the queued ones back.
    */
+  /** Takes up the shared consumer made anew (a NATS server back with an empty store). */
+  async reopen(): Promise<void> {
+    await this.#loop?.reopen();
+  }
+
   async stop(): Promise<void> {
     this.#stopping.abort();
     this.#forwardedIn?.unsubscribe();

@@ -106,6 +106,27 @@ export class SwarmStreamConsumer {
     });
   }
 
+  /**
+   * Opens the consumer again, after the last message applied. For a reconnect: the server
+   * that went away took this ordered consumer with it, and the iterator would notice only
+   * after missing its heartbeats, the view going stale meanwhile.
+   */
+  async reopen(): Promise<void> {
+    await this.#loop?.reopen();
+  }
+
+  /**
+   * Follows the stream from its first message again: it was made anew (a NATS server back
+   * with an empty store), and its sequence started over, so resuming after the last message
+   * applied would skip every new one up to that number. The view keeps what it has; the
+   * agents' periodic announcements and new haves bring it up to date.
+   */
+  async restartFromStart(): Promise<void> {
+    // Closed first: the loop waits before it opens again, from the sequence reset here.
+    await this.#loop?.reopen();
+    this.#lastSeq = 0;
+  }
+
   /** Stops following the stream; the view keeps what it has. */
   async stop(): Promise<void> {
     clearInterval(this.#poll);

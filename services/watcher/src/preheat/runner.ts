@@ -86,13 +86,8 @@ export class PreheatRunner {
   }
 
   async start(): Promise<void> {
-    const { js, jsm, logger, concurrency, ackWaitMs } = this.#deps;
-    await ensureConsumer(jsm, STREAMS.preheat.name, PREHEAT_CONSUMER, {
-      ackWaitMs,
-      maxDeliver: -1,
-      // Each replica bounds its own jobs (below); this only bounds the whole group.
-      maxAckPending: 1_000,
-    });
+    const { js, logger, concurrency } = this.#deps;
+    await this.#ensureConsumer();
     this.#loop = superviseConsumption({
       name: PREHEAT_CONSUMER,
       logger,
@@ -107,9 +102,28 @@ export class PreheatRunner {
     });
   }
 
+  /**
+   * Declares the shared consumer again and, when it had to be made anew (a NATS server back
+   * with an empty store), takes it up.
+   */
+  async redeclare(): Promise<void> {
+    if (await this.#ensureConsumer()) {
+      await this.#loop?.reopen();
+    }
+  }
+
   async stop(): Promise<void> {
     this.#stopping.abort();
     await this.#loop?.stop();
+  }
+
+  #ensureConsumer(): Promise<boolean> {
+    return ensureConsumer(this.#deps.jsm, STREAMS.preheat.name, PREHEAT_CONSUMER, {
+      ackWaitMs: this.#deps.ackWaitMs,
+      maxDeliver: -1,
+      // Each replica bounds its own jobs (below); this only bounds the whole group.
+      maxAckPending: 1_000,
+    });
   }
 
   /** One job in a CONSUMER span, in the trace of the webhook or API call that queued it. */

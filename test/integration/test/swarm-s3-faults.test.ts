@@ -1,0 +1,101 @@
+/**
+ * The object gateway (a real S3 endpoint behind the test kit's fault proxy) answering 503
+ * while the seed server seeds: the seed server reads the origin instead (once per blob) and
+ * serves the swarm, and the failure is counted. Before,
+ * every seed failed at the gateway and every agent read every blob from the registry.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startFaultProxy,
+  startRegistry,
+  startS3,
+  Teardown,
+  type FaultProxy,
+  type GeneratedImage,
+  type Registry,
+  type S3Server,
+} from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import { bytesBySource, pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
+
+const repository = 'shoal/s3-faults';
+
+describe('the object gateway failing while the seed server seeds', () => {
+  const teardown = new Teardown();
+  let s3: S3Server;
+  let gateway: FaultProxy;
+  let registry: Registry;
+  let image: GeneratedImage;
+  let cluster: Cluster;
+
+  before(async () => {
+    s3 = await startS3();
+    teardown.add('s3', () => s3.stop());
+    await s3.createBucket('shoal-blobs');
+    gateway = await startFaultProxy({ upstream: s3.endpoint });
+    teardown.add('gateway proxy', () => gateway.stop());
+    registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('s3-faults');
+    teardown.add('image', () => layout.remove());
+    image = await generateImage(layout.path, { layerSizes: [8 * MiB, MiB], seed: 's3-faults' });
+    await pushImage(image, registry.host, repository);
+    cluster = await startCluster({
+      layerSizes: [],
+      seed: 's3-faults',
+      repository,
+      trackers: 1,
+      agents: [{ peerId: 'agent-a' }, { peerId: 'agent-b' }],
+      registry: { registry, image },
+      seedEnv: {
+        SHOAL_STORE_KIND: 's3',
+        SHOAL_S3_ENDPOINT: gateway.url,
+        SHOAL_S3_REGION: s3.region,
+        SHOAL_S3_BUCKET: 'shoal-blobs',
+        SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
+        SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+        SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
+      },
+    });
+    teardown.add('cluster', () => cluster.stop());
+  });
+
+  after(async () => {
+    await teardown.run();
+  });
+
+  it('completes every pull from the swarm while the gateway answers 503', async () => {
+    gateway.set({ kind: 'status', statuses: [503] });
+    const [a, b] = cluster.agents;
+    assert.ok(a !== undefined && b !== undefined);
+    const pulls = await Promise.all([
+      pullBlobs(a, cluster, repository),
+      pullBlobs(b, cluster, repository),
+    ]);
+    gateway.set(undefined);
+    for (const outcomes of pulls) {
+      assert.deepEqual(
+        outcomes.map((o) => ({ digest: o.digest, error: o.error?.message })),
+        image.blobs.map((blob) => ({ digest: blob.digest, error: undefined })),
+      );
+    }
+    for (const agent of [a, b]) {
+      const sources = await bytesBySource(agent);
+      assert.equal(sources.origin, 0, `${agent.peerId ?? ''}: nothing from the origin`);
+    }
+    for (const blob of image.blobs) {
+      assert.equal(
+        (await registry.blobGets(blob.digest)).length,
+        1,
+        `${blob.digest}: read from the registry once, by the seed server`,
+      );
+    }
+    assert.ok((await cluster.seed.metric('shoal_seedserver_gateway_failures_total')) >= 1);
+  });
+});
