@@ -2,7 +2,7 @@
 # Builds Shoal's container image (deploy/Dockerfile) with buildah, Debian's package, as root.
 #
 #   bash scripts/build-image.sh                      # builds localhost/shoal:<version>
-#   NODE_IMAGE=node:22.14.0-bookworm-slim bash scripts/build-image.sh
+#   NODE_IMAGE=node:22.23.3-bookworm-slim bash scripts/build-image.sh
 #
 # Where Docker Hub is reachable, pass NODE_IMAGE and the official Node image is the base.
 # Without it (a machine that reaches only Debian's and npm's mirrors), the script first makes

@@ -5,6 +5,7 @@
 import { Server as TlsServer } from 'node:tls';
 
 import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
 export interface OpsRouteDeps {
@@ -42,4 +43,47 @@ export async function listenOn(
   const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
   const scheme = app.server instanceof TlsServer ? 'https' : 'http';
   return `${scheme}://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
+}
+
+export interface DrainOptions {
+  /** How long requests in flight may still finish, in ms. */
+  readonly drainMs: number;
+  /** Ends the work behind the requests still in flight at the deadline (aborts their sources). */
+  readonly cut: () => Promise<void>;
+  readonly logger: Logger;
+  /** What is still in flight, for the log line at the deadline. */
+  readonly inFlight?: () => Record<string, number>;
+}
+
+/**
+ * Closes `apps` (they stop accepting at once and answer 503 on connections kept alive) and
+ * lets requests in flight finish for `drainMs`; past it, `cut` ends their work and every
+ * connection left is destroyed, so that a response cut short is seen by its client as broken
+ * (a body shorter than its Content-Length), never as complete. Resolves once every app is
+ * closed: the caller's shutdown goes on in time, rather than its whole budget going to one
+ * long response.
+ */
+export async function drainOrCut(
+  apps: readonly FastifyInstance[],
+  options: DrainOptions,
+): Promise<void> {
+  const closed = Promise.all(apps.map((app) => app.close()));
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'deadline'>((resolve) => {
+    timer = setTimeout(() => resolve('deadline'), options.drainMs);
+  });
+  const first = await Promise.race([closed.then(() => 'drained' as const), deadline]);
+  clearTimeout(timer);
+  if (first === 'drained') {
+    return;
+  }
+  options.logger.warn(
+    { drainMs: options.drainMs, ...options.inFlight?.() },
+    'requests still in flight at the drain deadline: cut (clients resume elsewhere)',
+  );
+  await options.cut();
+  for (const app of apps) {
+    app.server.closeAllConnections();
+  }
+  await closed;
 }

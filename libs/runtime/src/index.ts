@@ -52,7 +52,13 @@ export { runService, type ServiceConfigBase, type ServiceEntry } from './main.js
 export { createLogger, type Logger, type LoggerSettings } from './logger.js';
 export { createMetrics, type ServiceMetrics } from './metrics.js';
 export { RateLimiter } from './rate-limit.js';
-export { listenOn, registerOpsRoutes, type OpsRouteDeps } from './http-ops.js';
+export {
+  drainOrCut,
+  listenOn,
+  registerOpsRoutes,
+  type DrainOptions,
+  type OpsRouteDeps,
+} from './http-ops.js';
 export { startTelemetry, tracingEnabled, type Telemetry } from './telemetry.js';
 export {
   contextFromHttp,

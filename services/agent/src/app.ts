@@ -8,6 +8,7 @@ import { UpstreamClient } from '@shoal/registry';
 import {
   createLogger,
   createMetrics,
+  drainOrCut,
   listenOn,
   registerOpsRoutes,
   type Logger,
@@ -53,6 +54,15 @@ const POOLED_PIECE_BYTES = 48 * 1024 * 1024;
 const IDLE_POOLED_PIECE_BYTES = 0;
 /** How often an idle pool lets go of its free buffers, in ms. */
 const POOL_TRIM_MS = 10_000;
+
+/**
+ * How long responses in flight may finish after SIGTERM, in ms: two thirds of the shutdown
+ * timeout, leaving the last third for leaving the swarm and closing the rest. Waiting for a
+ * long blob instead would spend the whole timeout and exit 1 without having left the swarm.
+ */
+function drainMs(shutdownTimeoutMs: number): number {
+  return Math.floor((shutdownTimeoutMs * 2) / 3);
+}
 
 export interface AgentOverrides {
   readonly logger?: Logger;
@@ -377,8 +387,13 @@ export async function buildApp(
       clearInterval(poolTrim);
       // containerd stops asking the mirror before it goes away.
       await hostsFiles?.remove();
-      await server.close();
-      await peerServer?.close();
+      await drainOrCut([server, ...(peerServer === undefined ? [] : [peerServer])], {
+        drainMs: drainMs(config.SHOAL_SHUTDOWN_TIMEOUT_MS),
+        // Aborting the downloads ends the responses they feed as failed, never as complete.
+        cut: () => downloads.close(),
+        logger,
+        inFlight: () => ({ downloads: downloads.active }),
+      });
       await preheat?.stop();
       await downloads.close();
       authz?.close();

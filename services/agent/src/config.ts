@@ -15,7 +15,12 @@ export const agentFields = z.object({
   /** Where the mirror listens; containerd's hosts.toml points here. */
   SHOAL_AGENT_LISTEN: envListen('127.0.0.1:65001'),
   SHOAL_LOG_LEVEL: envLogLevel,
-  /** How long a graceful shutdown may take, in ms. */
+  /**
+   * How long a graceful shutdown may take, in ms. Its first two thirds let responses in
+   * flight (blobs to containerd, pieces to peers) finish; past that they are cut (containerd
+   * resumes the blob from the registry with a range request), and the rest is for leaving
+   * the swarm, so that a busy agent still exits 0 in time.
+   */
   SHOAL_SHUTDOWN_TIMEOUT_MS: envInt(30_000),
   ...httpLimitsConfig.shape,
   ...upstreamConfig.shape,

@@ -135,6 +135,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['direction'] as const,
       registers,
     }),
+    limitsFileRejected: new Counter({
+      name: `${prefix}limits_file_rejected_total`,
+      help: 'Versions of the limits file (SHOAL_AGENT_LIMITS_FILE) not applied, by reason (unreadable, invalid); the limits in force stay',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     originResumes: new Counter({
       name: `${prefix}origin_resumes_total`,
       help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',

@@ -34,9 +34,15 @@ describe('watchLimits', () => {
     const path = join(dir, 'limits.json');
     const upload = new RecordingLimiter(0);
     const download = new RecordingLimiter(0);
+    const rejected: string[] = [];
     const watch = watchLimits(
       path,
-      { upload, download, defaults: { upload: 7, download: 9 } },
+      {
+        upload,
+        download,
+        defaults: { upload: 7, download: 9 },
+        onRejected: (reason) => rejected.push(reason),
+      },
       logger,
       60_000,
     );
@@ -56,12 +62,20 @@ describe('watchLimits', () => {
       await utimes(path, new Date(), new Date(Date.now() + 5000));
       await watch.check();
       assert.deepEqual(upload.rates, [1000], 'an invalid file is ignored');
+      assert.deepEqual(rejected, ['invalid'], 'and counted');
+
+      await writeFile(path, '{"uploadRateBytes": 1, "uploadRate": 5}');
+      await utimes(path, new Date(), new Date(Date.now() + 7000));
+      await watch.check();
+      assert.deepEqual(upload.rates, [1000], 'a misspelt field is not applied either');
+      assert.deepEqual(rejected, ['invalid', 'invalid']);
 
       await writeFile(path, JSON.stringify({ uploadRateBytes: 0, downloadRateBytes: 2048 }));
       await utimes(path, new Date(), new Date(Date.now() + 10_000));
       await watch.check();
       assert.deepEqual(upload.rates, [1000, 0]);
       assert.deepEqual(download.rates, [9, 2048]);
+      assert.deepEqual(rejected, ['invalid', 'invalid'], 'a good file is not counted');
     } finally {
       watch.stop();
     }

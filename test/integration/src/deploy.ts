@@ -380,3 +380,44 @@ export async function answers200(url: string): Promise<boolean> {
     return false;
   }
 }
+
+/** An overlay with the components an operator may add to it. */
+export interface Rendering {
+  readonly overlay: string;
+  readonly components: readonly string[];
+}
+
+/** The overlays, alone and with every component an operator may add to them. */
+export const RENDERINGS: readonly Rendering[] = [
+  { overlay: 'mixed', components: [] },
+  { overlay: 'leecher', components: [] },
+  { overlay: 'seeder', components: [] },
+  { overlay: 'mixed', components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity'] },
+  { overlay: 'seeder', components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity'] },
+  {
+    overlay: 'leecher',
+    components: ['nats-tls-clients', 'pieces-tls-agents', 'nats-identity-agents'],
+  },
+  { overlay: 'mixed', components: ['tracker-split'] },
+];
+
+/** `mixed`, or `mixed + monitoring, nats-tls`: a rendering's name in messages. */
+export function renderingLabel(r: Rendering): string {
+  return r.components.length === 0 ? r.overlay : `${r.overlay} + ${r.components.join(', ')}`;
+}
+
+/** Every rendering's objects, by its label. */
+export async function renderAll(
+  renderings: readonly Rendering[] = RENDERINGS,
+): Promise<Map<string, K8sObject[]>> {
+  const rendered = new Map<string, K8sObject[]>();
+  for (const rendering of renderings) {
+    rendered.set(
+      renderingLabel(rendering),
+      rendering.components.length === 0
+        ? await renderOverlay(rendering.overlay)
+        : await renderWithComponents(rendering.overlay, rendering.components),
+    );
+  }
+  return rendered;
+}

@@ -106,6 +106,32 @@ describe('deploy/Dockerfile', () => {
     assert.match(dockerfile, /^ENTRYPOINT \["node"\]$/m);
   });
 
+  it('names one Node base everywhere: the Dockerfile, the scripts and the docs', async () => {
+    const [base = ''] = argList(await readFile(DOCKERFILE, 'utf8'), 'NODE_IMAGE');
+    const seen = new Map<string, string>();
+    for (const dir of ['deploy', 'docs', 'scripts']) {
+      for (const file of await readdir(join(REPO_ROOT, dir), { recursive: true })) {
+        if (/\.(ya?ml|md|sh|json)$|Dockerfile$/.test(file)) {
+          const text = await readFile(join(REPO_ROOT, dir, file), 'utf8');
+          for (const match of text.matchAll(/\bnode:\d+[\w.-]*/g)) {
+            seen.set(`${dir}/${file}: ${match[0]}`, match[0]);
+          }
+        }
+      }
+    }
+    for (const match of (await readFile(join(REPO_ROOT, 'README.md'), 'utf8')).matchAll(
+      /\bnode:\d+[\w.-]*/g,
+    )) {
+      seen.set(`README.md: ${match[0]}`, match[0]);
+    }
+    assert.ok(seen.size >= 3, [...seen.keys()].join(', '));
+    assert.deepEqual(
+      [...seen].filter(([, image]) => image !== base).map(([where]) => where),
+      [],
+      `another Node base than ${base}`,
+    );
+  });
+
   it('ships every script the manifests, the compose file and the docs run', async () => {
     const dockerfile = await readFile(DOCKERFILE, 'utf8');
     const shipped = new Set(argList(dockerfile, 'WORKSPACES'));

@@ -28,8 +28,9 @@ import {
   podSpec,
   renderCompose,
   renderedEnv,
-  renderOverlay,
-  renderWithComponents,
+  renderAll,
+  renderingLabel,
+  RENDERINGS,
   REPO_ROOT,
   workloads,
   type ComposeService,
@@ -189,27 +190,6 @@ function composeProblems(
   return problems;
 }
 
-/** The overlays, alone and with every component an operator may add to them. */
-const RENDERINGS: readonly { readonly overlay: string; readonly components: readonly string[] }[] =
-  [
-    { overlay: 'mixed', components: [] },
-    { overlay: 'leecher', components: [] },
-    { overlay: 'seeder', components: [] },
-    {
-      overlay: 'mixed',
-      components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity'],
-    },
-    {
-      overlay: 'seeder',
-      components: ['monitoring', 'nats-tls', 'pieces-tls', 'nats-identity'],
-    },
-    {
-      overlay: 'leecher',
-      components: ['nats-tls-clients', 'pieces-tls-agents', 'nats-identity-agents'],
-    },
-    { overlay: 'mixed', components: ['tracker-split'] },
-  ];
-
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
@@ -294,8 +274,7 @@ const NATS_BASE_BYTES = 128 * MiB;
 const TRACKER_ENTRY_BYTES = 500;
 const TRACKER_KEPT_HAVE_BYTES = 500;
 
-const label = (r: (typeof RENDERINGS)[number]): string =>
-  r.components.length === 0 ? r.overlay : `${r.overlay} + ${r.components.join(', ')}`;
+const label = renderingLabel;
 
 describe('settings of the deploy files', () => {
   const configs = new Map<ServiceName, ServiceConfig>();
@@ -306,13 +285,8 @@ describe('settings of the deploy files', () => {
     for (const name of Object.keys(SERVICES) as ServiceName[]) {
       configs.set(name, await loadServiceConfig(name));
     }
-    for (const rendering of RENDERINGS) {
-      rendered.set(
-        label(rendering),
-        rendering.components.length === 0
-          ? await renderOverlay(rendering.overlay)
-          : await renderWithComponents(rendering.overlay, rendering.components),
-      );
+    for (const [name, objects] of await renderAll()) {
+      rendered.set(name, objects);
     }
     compose = await renderCompose();
   });

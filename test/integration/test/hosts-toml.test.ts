@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 
@@ -23,19 +23,12 @@ import {
   type Containerd,
   type GeneratedImage,
   type Registry,
-  type RegistryRequest,
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import { exists, trafficDuring } from '../src/registry-traffic.js';
 
 const MARKER = '# Written by the Shoal agent ';
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /** Stops `agent` the way the kubelet does, and checks it exits cleanly. */
 async function terminate(agent: AgentProcess): Promise<void> {
@@ -58,16 +51,6 @@ async function contentRequests(agent: AgentProcess): Promise<number> {
     (await agent.metric('shoal_agent_mirror_requests_total', { kind: 'manifest' })) +
     (await agent.metric('shoal_agent_mirror_requests_total', { kind: 'blob' }))
   );
-}
-
-/** What the registry served while `action` ran. */
-async function trafficDuring(
-  registry: Registry,
-  action: () => Promise<unknown>,
-): Promise<RegistryRequest[]> {
-  const mark = (await registry.requests()).length;
-  await action();
-  return (await registry.requests()).slice(mark);
 }
 
 describe('the agent writes containerd hosts.toml files', () => {

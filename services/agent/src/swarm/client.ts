@@ -211,6 +211,11 @@ export class SwarmClient {
       return;
     }
     this.#pendingHaves.set(blob, { pieces, complete });
+    this.#scheduleHaves();
+  }
+
+  /** Sends the queued haves the have interval from now, unless a batch is already due. */
+  #scheduleHaves(): void {
     if (this.#haveTimer === undefined && !this.#closed) {
       this.#haveTimer = setTimeout(() => {
         this.#haveTimer = undefined;
@@ -244,7 +249,16 @@ export class SwarmClient {
         );
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
       } catch (error) {
-        this.#logger.warn({ err: error, blob }, 'could not publish a have');
+        // A have lost to a NATS outage (a server restarting) would leave the tracker without
+        // these pieces until the next re-announcement, minutes away, and peers would stall on
+        // them and read them from the origin: it goes with the next batch, unless a newer
+        // have of the blob (which says as much or more) was queued meanwhile.
+        const requeued = !this.#pendingHaves.has(blob) && !this.#closed;
+        if (requeued) {
+          this.#pendingHaves.set(blob, have);
+          this.#scheduleHaves();
+        }
+        this.#logger.warn({ err: error, blob, requeued }, 'could not publish a have');
       }
     }
   }

@@ -27,7 +27,11 @@ export const swarmConfig = z.object({
   /** Credentials file for the agent's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  /** The agent's peer id (default: the host name, i.e. the node name in a DaemonSet). */
+  /**
+   * The agent's peer id (default: the host name, lower-cased, other characters than
+   * `[a-z0-9_-]` as `-`). In the DaemonSet (node network) that is the node's host name, which
+   * may differ from its Kubernetes node name.
+   */
   SHOAL_AGENT_PEER_ID: peerId.default(defaultId),
   /** Where pieces are served to peers, with /healthz, /readyz and /metrics (default `0.0.0.0:65002`). */
   SHOAL_AGENT_PEER_LISTEN: envListen('0.0.0.0:65002'),

@@ -24,6 +24,11 @@ export interface LimitTargets {
   readonly download: RateLimiter;
   /** The limits from the environment, used for fields the file leaves out. */
   readonly defaults: { readonly upload: number; readonly download: number };
+  /**
+   * Hears of a version of the file that was not applied (the limits in force stay): it could
+   * not be read, or it is not valid.
+   */
+  readonly onRejected?: (reason: 'unreadable' | 'invalid') => void;
 }
 
 /** The agent's upload and download budgets, shared by every transfer. */
@@ -73,6 +78,7 @@ export function watchLimits(
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
         logger.warn({ err: error, path }, 'cannot read the limits file');
+        targets.onRejected?.('unreadable');
       }
       return;
     }
@@ -81,6 +87,7 @@ export function watchLimits(
       parsed = limitsFile.parse(JSON.parse(text));
     } catch (error) {
       logger.warn({ path, error: String(error).slice(0, 512) }, 'limits file ignored: not valid');
+      targets.onRejected?.('invalid');
       return;
     }
     const upload = parsed.uploadRateBytes ?? targets.defaults.upload;

@@ -95,6 +95,7 @@ export class SwarmService implements BlobFetcher {
             upload: config.SHOAL_AGENT_UPLOAD_RATE_BYTES,
             download: config.SHOAL_AGENT_DOWNLOAD_RATE_BYTES,
           },
+          onRejected: (reason) => this.#deps.metrics.limitsFileRejected.inc({ reason }),
         },
         this.#deps.logger,
       );

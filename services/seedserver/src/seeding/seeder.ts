@@ -31,6 +31,8 @@ import {
   decodeMessage,
   encodeMessage,
   parseDigest,
+  peerGone,
+  peerGoneSubject,
   pieceHashesSubject,
   seedFailed,
   STREAMS,
@@ -115,9 +117,25 @@ export class Seeder {
     this.#cache = new SeedCache(deps.cacheMaxBytes);
   }
 
-  /** Creates the cache folders and re-announces the complete blobs found there. */
+  /**
+   * Withdraws what an earlier seed server with this id claimed, creates the cache folders and
+   * re-announces the complete blobs found there.
+   */
   async init(): Promise<void> {
-    const { cacheDir, logger } = this.#deps;
+    const { cacheDir, logger, js, self } = this.#deps;
+    // A seed server that comes back under the same id (a StatefulSet pod restarted, or moved to
+    // another node with a new cache) must not be handed out for blobs it no longer holds:
+    // agents would ask it for pieces it cannot serve and, stalled, read from the origin.
+    // Leaving every swarm first, then announcing the cache, keeps the tracker's view (and its
+    // replay of the stream) to what this server holds.
+    await js
+      .publish(
+        peerGoneSubject(self.id),
+        encodeMessage(peerGone, { type: 'peer-gone', peer: self.id }),
+      )
+      .catch((error: unknown) => {
+        logger.warn({ err: error }, 'could not withdraw what an earlier run of this seed id held');
+      });
     await rm(join(cacheDir, 'tmp'), { recursive: true, force: true });
     await mkdir(join(cacheDir, 'tmp'), { recursive: true });
     await mkdir(join(cacheDir, 'blobs'), { recursive: true });
