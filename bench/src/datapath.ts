@@ -519,6 +519,8 @@ interface BigResults {
   /** The first direct pull, then each round's. */
   readonly direct: readonly Measured[];
   readonly cold: Measured;
+  /** The `--warm-agent` image's pull, the agent's first, and its blobs' bytes (none without it). */
+  readonly first?: { readonly pull: Measured; readonly bytes: number };
   /** The warm rounds (none with `--only cold`). */
   readonly rounds: readonly WarmRound[];
 }
@@ -696,6 +698,7 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     '(/ direct: over the mean of the direct pulls of the same image, their median with several warm rounds; W/B, R/B: disk bytes written, read per byte delivered)',
     '',
     ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
+    ...(big?.first === undefined ? [] : firstPullReport(big.first.pull, big.first.bytes)),
     ...(big === undefined ? [] : agentReport(big.cold, bigBytes)),
     ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
     ...smallLines,
@@ -844,15 +847,39 @@ function timelineReport(runs: readonly SmallRun[]): string[] {
 
 /** The agent's CPU during the cold pull of the big image, its main thread and the others. */
 function agentReport(cold: Measured, bytes: number): string[] {
-  const main = cold.mainCpu['agent'];
+  const line = agentCpuLine(cold, bytes);
+  return line === undefined ? [] : [`agent, big cold pull: ${line}`];
+}
+
+/**
+ * The agent's and the seed server's first pull (`--warm-agent`), cold for both, against which
+ * the big image's row is their second: what a fresh process pays once.
+ */
+function firstPullReport(first: Measured, bytes: number): string[] {
+  const line = agentCpuLine(first, bytes);
+  return line === undefined
+    ? []
+    : [
+        `agent, first pull (--warm-agent ${mib(bytes)}, cold): ${line}`,
+        `seed server, first pull (--warm-agent ${mib(bytes)}, cold): ${perGiB(first, 'seed', bytes).toFixed(2)} CPU s/GiB, ${faultsLine(first, 'seed', bytes)}`,
+      ];
+}
+
+/** CPU s/GiB of the agent in a pull, its main thread and the others, and its page faults. */
+function agentCpuLine(pull: Measured, bytes: number): string | undefined {
+  const main = pull.mainCpu['agent'];
   if (main === undefined) {
-    return [];
+    return undefined;
   }
   const gib = bytes / GiB;
-  const all = perGiB(cold, 'agent', bytes);
-  return [
-    `agent, big cold pull: ${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}`,
-  ];
+  const all = perGiB(pull, 'agent', bytes);
+  return `${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}; ${faultsLine(pull, 'agent', bytes)}`;
+}
+
+/** A process's minor page faults in a pull, in all and per MiB delivered. */
+function faultsLine(pull: Measured, name: string, bytes: number): string {
+  const faults = pull.costs[name]?.minorFaults ?? 0;
+  return `${faults} page faults (${(faults / (bytes / MiB)).toFixed(0)} per MiB)`;
 }
 
 /** Where the seed server's CPU went during the cold pull of the big image. */
@@ -867,7 +894,7 @@ function seedReport(cold: Measured, bytes: number): string[] {
     (kind) => `${gc[kind].count} ${kind} (${seconds(gc[kind].seconds)})`,
   );
   return [
-    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}`,
+    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}`,
     `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
     `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
       Object.entries(detail.pieceRequests)
@@ -1242,9 +1269,21 @@ async function bigPulls(
     pulls.signal.throwIfAborted();
     return measured;
   };
+  let first: { pull: Measured; bytes: number } | undefined;
   if (warm.warmup !== undefined) {
-    progress('warm-up: another image through Shoal, cold (not measured)');
-    await ctrPull(warm.warmup, swarm.agentUrl, pulls.timeoutMs, {}, undefined, warm.fetchOnly);
+    progress('warm-up: another image through Shoal, cold (reported apart, not in the table)');
+    await settleDisk();
+    first = {
+      pull: await ctrPull(
+        warm.warmup,
+        swarm.agentUrl,
+        pulls.timeoutMs,
+        swarm.watched,
+        seed,
+        warm.fetchOnly,
+      ),
+      bytes: warm.warmup.blobs.reduce((sum, blob) => sum + blob.size, 0),
+    };
     pulls.signal.throwIfAborted();
   }
   const direct = await pull('direct', undefined, swarm.watched);
@@ -1299,7 +1338,12 @@ async function bigPulls(
       ...(round.baseline === undefined ? {} : { baseline: round.baseline }),
     });
   }
-  return { direct: [direct, ...rounds.map((r) => r.direct)], cold, rounds };
+  return {
+    direct: [direct, ...rounds.map((r) => r.direct)],
+    cold,
+    rounds,
+    ...(first === undefined ? {} : { first }),
+  };
 }
 
 /** A warm pull, with the requests it sent the registry (from the registry's own log). */

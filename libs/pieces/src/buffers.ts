@@ -9,6 +9,13 @@
  * Buffers are cut from blocks whose sizes are powers of two (at least 64 KiB), as piece sizes
  * are, so the odd last piece of a blob reuses a block too. Only blocks this pool allocated come
  * back to it: a view of anybody else's memory (a socket's read buffer) is never handed out.
+ *
+ * A full pool makes room for a block given back by dropping free blocks of a size nobody has
+ * taken for `STALE_TAKES` takes: after a blob of 4 MiB pieces, a blob of 1 MiB pieces would
+ * otherwise find the pool full of 4 MiB blocks and allocate (map, fault in, and make V8
+ * collect) every one of its own until the pool went idle: 13,000–14,500 page faults in a cold
+ * 256 MiB pull after one of another piece size (bench/README.md). Sizes in use at once (the
+ * layers of one image pulled together) all stay.
  */
 export class PieceBuffers {
   readonly #free = new Map<number, ArrayBuffer[]>();
@@ -18,6 +25,9 @@ export class PieceBuffers {
   #bytes = 0;
   /** A buffer was taken since the last `trimIdle`. */
   #used = false;
+  /** Takes so far, and the count at the last take of each block size. */
+  #takes = 0;
+  readonly #lastTake = new Map<number, number>();
 
   /** Keeps at most `maxBytes` of free blocks between uses; more are left to the collector. */
   constructor(maxBytes: number) {
@@ -33,6 +43,8 @@ export class PieceBuffers {
   take(size: number): Buffer {
     this.#used = true;
     const block = blockSize(size);
+    this.#takes += 1;
+    this.#lastTake.set(block, this.#takes);
     const free = this.#free.get(block)?.pop();
     if (free !== undefined) {
       this.#bytes -= block;
@@ -56,6 +68,9 @@ export class PieceBuffers {
     }
     const size = block.byteLength;
     if (this.#bytes + size > this.#maxBytes) {
+      this.#dropStale(this.#bytes + size - this.#maxBytes);
+    }
+    if (this.#bytes + size > this.#maxBytes) {
       return;
     }
     let list = this.#free.get(size);
@@ -67,6 +82,23 @@ export class PieceBuffers {
     this.#own.delete(block);
     list.push(block);
     this.#bytes += size;
+  }
+
+  /** Drops free blocks of sizes not taken for `STALE_TAKES` takes, until `bytes` are gone. */
+  #dropStale(bytes: number): void {
+    let dropped = 0;
+    for (const [size, list] of this.#free) {
+      if (this.#takes - (this.#lastTake.get(size) ?? 0) < STALE_TAKES) {
+        continue;
+      }
+      while (dropped < bytes && list.pop() !== undefined) {
+        this.#bytes -= size;
+        dropped += size;
+      }
+      if (dropped >= bytes) {
+        return;
+      }
+    }
   }
 
   /**
@@ -86,6 +118,14 @@ export class PieceBuffers {
     }
   }
 }
+
+/**
+ * Takes of other sizes after which a block size counts as no longer in use. Downloads running
+ * together take their sizes in turn (4 MiB pieces beside 256 KiB ones, at the same byte rate,
+ * once in 16 takes); a size left behind costs at most this many fresh blocks before its free
+ * blocks make room.
+ */
+const STALE_TAKES = 32;
 
 /** The smallest power of two that holds `length`, at least 64 KiB. */
 function blockSize(length: number): number {

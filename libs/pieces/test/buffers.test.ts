@@ -65,4 +65,45 @@ describe('PieceBuffers', () => {
     pool.give(fresh);
     assert.equal(pool.bytes, 1024 * KiB);
   });
+
+  it('makes room for the size in use by dropping free blocks of a size no longer taken', () => {
+    const MiB = 1024 * KiB;
+    const pool = new PieceBuffers(8 * MiB);
+    // A blob of 4 MiB pieces fills the pool.
+    const big = [pool.take(4 * MiB), pool.take(4 * MiB)];
+    for (const buffer of big) {
+      pool.give(buffer);
+    }
+    assert.equal(pool.bytes, 8 * MiB);
+    // Then 1 MiB pieces, for longer than a download holds: the 4 MiB blocks go as they come back.
+    const blocks = new Set<ArrayBufferLike>();
+    for (let i = 0; i < 300; i++) {
+      const piece = pool.take(MiB);
+      blocks.add(piece.buffer);
+      pool.give(piece);
+    }
+    // Fresh blocks only until the 4 MiB size went stale; then one of its blocks made room for a
+    // 1 MiB one, used again from then on (before: a fresh block for each of the 300).
+    assert.ok(blocks.size <= 40, `${blocks.size} blocks allocated for 300 takes`);
+    assert.equal(pool.bytes, 5 * MiB, 'one 4 MiB block dropped for the 1 MiB one');
+  });
+
+  it('keeps sizes in use at once, the pool full or not', () => {
+    const pool = new PieceBuffers(1024 * KiB);
+    const small = [pool.take(256 * KiB), pool.take(256 * KiB)];
+    const large = pool.take(512 * KiB);
+    for (const buffer of [...small, large]) {
+      pool.give(buffer);
+    }
+    // Full: 2 x 256 KiB + 512 KiB. A recently taken size is not dropped for another.
+    const extra = pool.take(512 * KiB);
+    pool.give(pool.take(512 * KiB));
+    pool.give(extra);
+    assert.equal(pool.bytes, 1024 * KiB);
+    assert.deepEqual(
+      [pool.take(256 * KiB).length, pool.take(256 * KiB).length],
+      [256 * KiB, 256 * KiB],
+    );
+    assert.equal(pool.bytes, 512 * KiB, 'both 256 KiB blocks were still there');
+  });
 });

@@ -22,21 +22,24 @@ export interface ProcCost {
   readonly syscr: number;
   /** write(2)-like calls (`syscw`). */
   readonly syscw: number;
+  /** Page faults served without storage (`minflt`): mostly first touches of new memory. */
+  readonly minorFaults: number;
 }
 
 /** The cost of process `pid` so far. */
 export async function readProcCost(pid: number): Promise<ProcCost> {
-  const ticks = await readStatTicks(`/proc/${String(pid)}/stat`);
+  const stat = await readStatFields(`/proc/${String(pid)}/stat`);
   const io = await readFile(`/proc/${String(pid)}/io`, 'utf8');
   const field = (name: string): number =>
     Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1] ?? 0);
   return {
-    cpuSeconds: ticks / TICKS_PER_SECOND,
+    cpuSeconds: (Number(stat[11]) + Number(stat[12])) / TICKS_PER_SECOND,
     readBytes: field('read_bytes'),
     writeBytes: field('write_bytes'),
     wchar: field('wchar'),
     syscr: field('syscr'),
     syscw: field('syscw'),
+    minorFaults: Number(stat[7]),
   };
 }
 
@@ -49,6 +52,7 @@ export function procCostBetween(before: ProcCost, after: ProcCost): ProcCost {
     wchar: after.wchar - before.wchar,
     syscr: after.syscr - before.syscr,
     syscw: after.syscw - before.syscw,
+    minorFaults: after.minorFaults - before.minorFaults,
   };
 }
 
@@ -82,10 +86,17 @@ export async function readThreadCpu(pid: number): Promise<ThreadCpu> {
 
 /** utime + stime, in clock ticks, of a /proc stat file (a process's or a thread's). */
 async function readStatTicks(path: string): Promise<number> {
-  const stat = await readFile(path, 'utf8');
-  // Fields after the command name (which may hold spaces); utime and stime are fields 14, 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = await readStatFields(path);
   return Number(fields[11]) + Number(fields[12]);
+}
+
+/**
+ * The fields of a /proc stat file after the command name (which may hold spaces): index 0 is
+ * field 3 (state), so minflt (field 10) is at 7, utime and stime (14, 15) at 11 and 12.
+ */
+async function readStatFields(path: string): Promise<string[]> {
+  const stat = await readFile(path, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
 /**
