@@ -8,27 +8,13 @@
  * bytes keep moving, so the fetch waits for them, and the registry serves none of the blob.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import fastify, { type FastifyInstance } from 'fastify';
-
-import { PIECE_ROUTE, PieceBuffers, pieceHandler, type PieceRoute } from '@shoal/pieces';
-import {
-  encodeMessage,
-  handout,
-  handoutSubject,
-  parseDigest,
-  pieceBounds,
-  pieceCount,
-  pieceHashes,
-  pieceHashesSubject,
-  pieceSizeFor,
-  STREAMS,
-} from '@shoal/proto';
+import { PieceBuffers } from '@shoal/pieces';
+import { encodeMessage, handout, handoutSubject, parseDigest, STREAMS } from '@shoal/proto';
 import { UpstreamClient } from '@shoal/registry';
 import { RateLimiter } from '@shoal/runtime';
 import {
@@ -46,6 +32,7 @@ import { BlobDownload } from '../src/cache/download.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
+import { blobDigest, publishHashes, servePieces } from './blob-pieces.js';
 import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
 
 const SELF = { id: 'agent-slow-link', url: 'http://127.0.0.1:65002' };
@@ -85,36 +72,10 @@ describe('SwarmFetch on a slow link', () => {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
     blob = await readFile(join(image.layoutDir, 'blobs', 'sha256', parseDigest(layer.digest).hex));
-    const pieceSize = pieceSizeFor(blob.length);
-    const peer: FastifyInstance = fastify();
-    teardown.add('peer', () => peer.close());
-    peer.get<PieceRoute>(
-      PIECE_ROUTE,
-      pieceHandler({
-        source: () => ({
-          pieceLength: (index) => {
-            if (index >= pieceCount(blob.length, pieceSize)) {
-              return undefined;
-            }
-            const { start, end } = pieceBounds(index, blob.length, pieceSize);
-            return end - start;
-          },
-          readPiece: (index, buffer) => {
-            const { start, end } = pieceBounds(index, blob.length, pieceSize);
-            blob.copy(buffer, 0, start, end);
-            return Promise.resolve(buffer.subarray(0, end - start));
-          },
-          acquire: () => true,
-          release: () => undefined,
-        }),
-        buffers: new PieceBuffers(4 * 1024 * 1024),
-        uploadLimit: new RateLimiter(0),
-        uploads: { max: 8, timeoutMs: 60_000 },
-        onResult: () => undefined,
-      }),
-    );
+    const peer = await servePieces(blob);
+    teardown.add('peer', () => peer.server.close());
     // The peer is reached through its slow link only.
-    link = await startFaultProxy({ upstream: await peer.listen({ host: '127.0.0.1', port: 0 }) });
+    link = await startFaultProxy({ upstream: peer.url });
     teardown.add('link', () => link.stop());
     link.set({ kind: 'slow', delayMs: 0, rateBytes: LINK_BYTES });
   });
@@ -128,7 +89,7 @@ describe('SwarmFetch on a slow link', () => {
     const store = new FsContentStore(join(root, 'store'), 64 * 1024 * 1024);
     await store.init();
     const pool = new PieceBuffers(4 * 1024 * 1024);
-    const digest = parseDigest(`sha256:${createHash('sha256').update(blob).digest('hex')}`);
+    const digest = parseDigest(blobDigest(blob));
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     const upstreamClient = new UpstreamClient(TIMEOUTS);
     teardown.add('upstream client', () => upstreamClient.close());
@@ -153,22 +114,7 @@ describe('SwarmFetch on a slow link', () => {
         settings: { concurrency: 4, stallTimeoutMs: STALL_TIMEOUT_MS, wantIntervalMs: 60_000 },
       },
     );
-    const pieceSize = pieceSizeFor(blob.length);
-    const count = pieceCount(blob.length, pieceSize);
-    await js.publish(
-      pieceHashesSubject(digest.toString()),
-      encodeMessage(pieceHashes, {
-        type: 'piece-hashes',
-        blob: digest.toString(),
-        size: blob.length,
-        pieceSize,
-        first: 0,
-        hashes: Array.from({ length: count }, (_, index) => {
-          const { start, end } = pieceBounds(index, blob.length, pieceSize);
-          return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
-        }),
-      }),
-    );
+    const count = await publishHashes(js, blob);
     const started = Date.now();
     const running = fetch.run(new AbortController().signal);
     nc.publish(
