@@ -61,6 +61,8 @@ const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it build
   --delay-ms D         one-way delay on every link end (needs netem in the kernel; default 0)
   --loss-pct P         packet loss on every link end, in percent (needs netem; default 0)
   --layers L           layers of the generated image (default 3; sizes halve layer by layer)
+  --layer-mib LIST     the layers' sizes in MiB instead, comma-separated (e.g. 60,2,35,8):
+                       an image of many layers as real ones are; --layers and --size-mib unused
   --size-mib S         the image's size, all layers together, in MiB (default 64)
   --slow-nodes K       K nodes at a quarter of --node-mbit (default 0)
   --late-join S        the last node starts pulling S seconds after the others (default 0)
@@ -115,6 +117,7 @@ function parseOptions(argv: readonly string[]): Options {
     'delay-ms': { type: 'string', default: '0' },
     'loss-pct': { type: 'string', default: '0' },
     layers: { type: 'string', default: '3' },
+    'layer-mib': { type: 'string' },
     'size-mib': { type: 'string', default: '64' },
     'slow-nodes': { type: 'string', default: '0' },
     'late-join': { type: 'string', default: '0' },
@@ -151,6 +154,14 @@ function parseOptions(argv: readonly string[]): Options {
   const sizeMib = number('size-mib');
   check(Number.isInteger(layers) && layers >= 1 && layers <= 16, '--layers takes 1 to 16');
   check(Number.isFinite(sizeMib) && sizeMib > 0, '--size-mib takes a size in MiB');
+  const layerMib = String(values['layer-mib'] ?? '')
+    .split(',')
+    .filter((m) => m !== '')
+    .map(Number);
+  check(
+    layerMib.length <= 16 && layerMib.every((m) => Number.isFinite(m) && m > 0),
+    '--layer-mib takes up to 16 sizes in MiB, comma-separated',
+  );
   const slowNodes = number('slow-nodes');
   check(
     Number.isInteger(slowNodes) && slowNodes >= 0 && slowNodes < nodes,
@@ -190,7 +201,10 @@ function parseOptions(argv: readonly string[]): Options {
     controlMbit,
     delayMs,
     lossPct,
-    layerSizes: halvingLayers(layers, sizeMib * MiB),
+    layerSizes:
+      layerMib.length > 0
+        ? layerMib.map((m) => Math.max(4096, Math.round(m * MiB)))
+        : halvingLayers(layers, sizeMib * MiB),
     slowNodes,
     lateJoinS,
     waves: waves as WaveName[],
@@ -271,7 +285,9 @@ function swarmReport(
       `${x(swarm.fetched.seed)}× from the seed, ${x(swarm.fetched.origin)}× from the origin; ` +
       `uploaded ${x(swarm.uploaded)}×`,
     `seed server sent ${x(swarm.seedServed)}× the image; piece requests failed: ` +
-      `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}`,
+      `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}; ` +
+      `downloads that fell back to the origin: ${swarm.fallbacks.stall} stalled, ` +
+      `${swarm.fallbacks['seed-failed']} after the seed gave up`,
     `seed link: sending from ${seconds(seed.firstSendS ?? 0)} to ${seconds(seed.lastSendS ?? 0)}, ` +
       `idle ${seconds(seed.idleS)} between, ${ratio(sending > 0 ? swarm.seedServed / sending / seedLink : 0)}× ` +
       `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}`,

@@ -77,6 +77,11 @@ export interface SwarmFigures {
   /** Piece requests that failed (timeouts, errors), and those the seed turned away. */
   readonly piecesFailed: number;
   readonly piecesRationed: number;
+  /**
+   * Downloads that read the rest from the origin, by reason (`stall`: nothing from the swarm
+   * for the stall timeout; `seed-failed`: the seed gave the blob up).
+   */
+  readonly fallbacks: Readonly<Record<'stall' | 'seed-failed', number>>;
   /** The seed server's piece requests by result (served, rationed, aborted, busy, ...). */
   readonly seedRequests: Readonly<Record<string, number>>;
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
@@ -305,6 +310,10 @@ export async function shoalWave(
         seedServed: seedMetrics.get('shoal_seedserver_served_bytes_total'),
         piecesFailed: sum('shoal_agent_pieces_total', { result: 'failed' }),
         piecesRationed: sum('shoal_agent_pieces_total', { result: 'deferred' }),
+        fallbacks: {
+          stall: sum('shoal_agent_swarm_fallbacks_total', { reason: 'stall' }),
+          'seed-failed': sum('shoal_agent_swarm_fallbacks_total', { reason: 'seed-failed' }),
+        },
         seedRequests: Object.fromEntries(
           ['served', 'rationed', 'aborted', 'busy', 'missing'].map((result) => [
             result,

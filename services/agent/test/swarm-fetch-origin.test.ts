@@ -14,21 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import fastify, { type FastifyInstance } from 'fastify';
-
-import { PIECE_ROUTE, PieceBuffers, pieceHandler, type PieceRoute } from '@shoal/pieces';
-import {
-  encodeMessage,
-  handout,
-  handoutSubject,
-  parseDigest,
-  pieceBounds,
-  pieceCount,
-  pieceHashes,
-  pieceHashesSubject,
-  pieceSizeFor,
-  STREAMS,
-} from '@shoal/proto';
+import { PieceBuffers } from '@shoal/pieces';
+import { encodeMessage, handout, handoutSubject, parseDigest, STREAMS } from '@shoal/proto';
 import { UpstreamClient, type UpstreamRegistry } from '@shoal/registry';
 import { RateLimiter } from '@shoal/runtime';
 import {
@@ -49,6 +36,7 @@ import { BlobDownload } from '../src/cache/download.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
+import { blobDigest, publishHashes, servePieces } from './blob-pieces.js';
 import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
 
 const SELF = { id: 'agent-origin-sources', url: 'http://127.0.0.1:65002' };
@@ -67,7 +55,6 @@ describe('SwarmFetch late origin reads', () => {
   let fixture: JetStreamFixture;
   let registry: Registry;
   let proxy: FaultProxy;
-  let peer: FastifyInstance;
   let peerUrl: string;
   let blob: Buffer;
   let root: string;
@@ -95,35 +82,9 @@ describe('SwarmFetch late origin reads', () => {
     assert.ok(layer !== undefined);
     blob = await readFile(join(image.layoutDir, 'blobs', 'sha256', parseDigest(layer.digest).hex));
     // A peer holding the whole blob (it is advertised as holding pieces 0 and 2 only).
-    peer = fastify();
-    teardown.add('peer', () => peer.close());
-    const pieceSize = pieceSizeFor(blob.length);
-    peer.get<PieceRoute>(
-      PIECE_ROUTE,
-      pieceHandler({
-        source: () => ({
-          pieceLength: (index) => {
-            if (index >= pieceCount(blob.length, pieceSize)) {
-              return undefined;
-            }
-            const { start, end } = pieceBounds(index, blob.length, pieceSize);
-            return end - start;
-          },
-          readPiece: (index, buffer) => {
-            const { start, end } = pieceBounds(index, blob.length, pieceSize);
-            blob.copy(buffer, 0, start, end);
-            return Promise.resolve(buffer.subarray(0, end - start));
-          },
-          acquire: () => true,
-          release: () => undefined,
-        }),
-        buffers: new PieceBuffers(4 * 1024 * 1024),
-        uploadLimit: new RateLimiter(0),
-        uploads: { max: 8, timeoutMs: 10_000 },
-        onResult: () => undefined,
-      }),
-    );
-    peerUrl = await peer.listen({ host: '127.0.0.1', port: 0 });
+    const peer = await servePieces(blob);
+    teardown.add('peer', () => peer.server.close());
+    peerUrl = peer.url;
   });
 
   after(() => teardown.run());
@@ -143,7 +104,7 @@ describe('SwarmFetch late origin reads', () => {
     const store = new FsContentStore(join(root, `store-${password}`), 64 * 1024 * 1024);
     await store.init();
     const pool = new PieceBuffers(4 * 1024 * 1024);
-    const digest = parseDigest(`sha256:${createHash('sha256').update(blob).digest('hex')}`);
+    const digest = parseDigest(blobDigest(blob));
     const upstream = { host: registry.host, url: new URL(proxy.url) };
     const download = new BlobDownload(digest, await store.createTemp(), pool);
     const upstreamClient = new UpstreamClient(TIMEOUTS);
@@ -166,23 +127,7 @@ describe('SwarmFetch late origin reads', () => {
     await prepare(download, upstream);
 
     // The seed server's piece hashes, and a hand-out naming a peer with pieces 0 and 2.
-    const pieceSize = pieceSizeFor(blob.length);
-    const count = pieceCount(blob.length, pieceSize);
-    const hashes = Array.from({ length: count }, (_, index) => {
-      const { start, end } = pieceBounds(index, blob.length, pieceSize);
-      return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
-    });
-    await js.publish(
-      pieceHashesSubject(digest.toString()),
-      encodeMessage(pieceHashes, {
-        type: 'piece-hashes',
-        blob: digest.toString(),
-        size: blob.length,
-        pieceSize,
-        first: 0,
-        hashes,
-      }),
-    );
+    const count = await publishHashes(js, blob);
     const running = fetch.run(new AbortController().signal);
     const advertise = (): void =>
       nc.publish(

@@ -117,8 +117,13 @@ export const seedFields = z.object({
   SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: z.string().min(1).optional(),
   /** `on` (default): pieces only for requests with a valid hand-out token; `off`: for anyone. */
   SHOAL_SEED_PIECE_AUTH: envPieceAuth,
-  /** Blobs seeded at once by this replica (default 4). */
-  SHOAL_SEED_CONCURRENCY: envInt(4),
+  /**
+   * Blobs seeded at once by this replica (default 16). A client pulls every layer of an image
+   * at once (`ctr` and nerdctl do), and a blob waiting in the queue has no piece hash: past
+   * the agents' stall timeout they read it from the origin, every agent. With 4, a 12-layer
+   * image sent 48 downloads of six nodes to the registry (3.4× the image).
+   */
+  SHOAL_SEED_CONCURRENCY: envInt(16),
   /**
    * How long a seed request a replica took may go without word from it before JetStream hands
    * it to another replica (or to this one, restarted), in ms (default 4 000). A replica at work

@@ -104,7 +104,11 @@ export const swarmConfig = z.object({
    * below it the request is given up and the piece asked elsewhere. 0: no floor.
    */
   SHOAL_AGENT_PIECE_MIN_RATE_BYTES: envInt(16 * 1024),
-  /** Without progress from the swarm for this long, missing pieces come from the origin, in ms (default 10 000). */
+  /**
+   * Without progress from the swarm for this long, missing pieces come from the origin, in ms
+   * (default 10 000). Progress is any piece byte received, not only a whole piece: on a slow
+   * link a piece may take longer than this and still be moving.
+   */
   SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
   /**
    * Shortest gap between two wants of a download, in ms (default 500): a download asks when

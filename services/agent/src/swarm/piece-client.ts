@@ -46,7 +46,7 @@ export class PieceClient {
   /**
    * The piece's bytes (exactly `length` of them), or an error. Holds one piece in memory, in a
    * buffer from `alloc`. `auth`: the hand-out token headers (`pieceAuthHeaders`) the serving
-   * side requires.
+   * side requires; `onBytes`: told of the body's bytes as they arrive (see `stream`).
    */
   async fetch(
     baseUrl: string,
@@ -56,6 +56,7 @@ export class PieceClient {
     signal: AbortSignal,
     alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
     auth?: Readonly<Record<string, string>>,
+    onBytes?: (count: number) => void,
   ): Promise<Buffer> {
     let piece: Buffer = EMPTY;
     await this.stream(
@@ -70,6 +71,7 @@ export class PieceClient {
       },
       alloc,
       auth,
+      onBytes,
     );
     return piece;
   }
@@ -82,6 +84,8 @@ export class PieceClient {
    * pauses, so memory stays at about one block. Fails unless exactly `length` bytes arrive;
    * settles only after the last sink has, so a caller that aborts and awaits the request knows
    * nothing more will be written. Blocks come from `alloc`; `auth` headers go with the request.
+   * `onBytes` is told how many body bytes each socket read brought (before the piece is whole
+   * or verified): a caller waiting on a slow link sees the bytes move, not only whole pieces.
    */
   async stream(
     baseUrl: string,
@@ -93,6 +97,7 @@ export class PieceClient {
     sink: (block: Buffer, offset: number) => Promise<void> | void,
     alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
     auth?: Readonly<Record<string, string>>,
+    onBytes?: (count: number) => void,
   ): Promise<void> {
     const url = new URL(piecePath(blob, index), baseUrl);
     // The active span's context goes along, so the peer's span joins this trace.
@@ -167,6 +172,7 @@ export class PieceClient {
         },
         onBody: (bytes) => {
           floor.record(bytes.length);
+          onBytes?.(bytes.length);
           if (received + bytes.length > length) {
             throw new PieceFetchError(
               'PIECE_LENGTH',
@@ -197,6 +203,7 @@ export class PieceClient {
         bodyBuffer: () => (filled < block.length ? block.subarray(filled) : undefined),
         onBodyRead: (count) => {
           floor.record(count);
+          onBytes?.(count);
           filled += count;
           received += count;
           return filled === block.length ? deliver() : undefined;

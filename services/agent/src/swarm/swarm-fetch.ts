@@ -8,9 +8,10 @@
  * sends a bad piece is dropped for this blob and the piece is fetched elsewhere. Verified
  * pieces are announced (batched) and extend the prefix that clients read.
  *
- * If the swarm makes no progress for the stall timeout (no peers, seed server down), the
- * missing pieces come from the origin with ranged reads and the client's credentials. The
- * download then checks the whole blob against its digest as every download does.
+ * If the swarm makes no progress for the stall timeout (no peers, seed server down: no piece
+ * byte received, `stall-watch.ts`), the missing pieces come from the origin with ranged reads
+ * and the client's credentials. The download then checks the whole blob against its digest as
+ * every download does.
  */
 import { createHash } from 'node:crypto';
 
@@ -52,6 +53,7 @@ import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
+import { StallWatch } from './stall-watch.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -159,7 +161,10 @@ export class SwarmFetch {
   readonly #peers = new Map<string, PeerInfo>();
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
-  #lastProgress = Date.now();
+  /** When the swarm has stalled: nothing received for the stall timeout. */
+  readonly #stall: StallWatch;
+  /** Tells the stall watch of piece bytes as they arrive; one function for every request. */
+  readonly #onBytes = (bytes: number): void => this.#stall.received(bytes);
   /** The seed server that gave the blob up (its `seed-failed` notice), if one did. */
   #seedFailed: string | undefined;
   /** The latest hand-out token's request headers, presented with every piece request. */
@@ -183,6 +188,7 @@ export class SwarmFetch {
     this.#deps = deps;
     this.#blob = target.digest.toString();
     this.#wants = new WantPacer(wantPacing(deps.settings.wantIntervalMs));
+    this.#stall = new StallWatch(deps.settings.stallTimeoutMs);
     this.#picker = new PiecePicker({
       settings: {
         concurrency: deps.settings.concurrency,
@@ -298,10 +304,10 @@ export class SwarmFetch {
    * the blob up and no peer holds a missing piece.
    */
   async #fromSwarm(signal: AbortSignal): Promise<'complete' | 'stall' | 'seed-failed' | 'aborted'> {
-    const { client, settings } = this.#deps;
+    const { client } = this.#deps;
     let lastWant = 0;
     let earlyWants = 0;
-    this.#lastProgress = Date.now();
+    this.#stall.progress();
     while (!signal.aborted) {
       if (this.#picker.done) {
         return 'complete';
@@ -311,7 +317,7 @@ export class SwarmFetch {
         throw this.download.error ?? new Error('the download failed');
       }
       const now = Date.now();
-      if (now - this.#lastProgress > settings.stallTimeoutMs) {
+      if (this.#stall.stalled()) {
         return 'stall';
       }
       // Paced (see `@shoal/proto` pacing): at once, then when starved, or when the tracker
@@ -353,7 +359,7 @@ export class SwarmFetch {
           ? lastWant + EARLY_WANT_GAP_MS
           : // Infinity when no want is due until something happens (an event wakes the loop).
             this.#wants.nextDueMs(Date.now(), noHolder);
-      await this.#sleepUntil(Math.min(wantAt, this.#lastProgress + settings.stallTimeoutMs + 1));
+      await this.#sleepUntil(Math.min(wantAt, this.#stall.deadlineMs));
     }
     return 'aborted';
   }
@@ -447,7 +453,7 @@ export class SwarmFetch {
       // Time spent waiting for the download budget is the operator's choice, not a stalled
       // swarm: it does not count toward the stall timeout. (Only the wait itself: a request
       // that then fails must not look like progress.)
-      this.#lastProgress += Date.now() - waitStarted;
+      this.#stall.exclude(Date.now() - waitStarted);
       if (signal.aborted) {
         return 'dropped';
       }
@@ -472,6 +478,7 @@ export class SwarmFetch {
               signal,
               (size) => this.#deps.pool.take(size),
               this.#auth,
+              this.#onBytes,
             );
             hasher.update(copy);
             return copy;
@@ -491,6 +498,7 @@ export class SwarmFetch {
             },
             (size) => this.#deps.pool.take(size),
             this.#auth,
+            this.#onBytes,
           );
           return undefined;
         },
@@ -575,7 +583,7 @@ export class SwarmFetch {
   /** Records a verified piece on disk and moves the readable prefix over it. */
   #markHave(index: number): void {
     this.#picker.markHave(index);
-    this.#lastProgress = Date.now();
+    this.#stall.progress();
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
     // Announced as the held pieces double, then every sixty-fourth of the blob (`haveDue`; the
@@ -604,7 +612,7 @@ export class SwarmFetch {
     });
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
-    this.#lastProgress = Date.now();
+    this.#stall.progress();
     this.#wake?.();
   }
 

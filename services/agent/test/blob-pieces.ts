@@ -1,0 +1,83 @@
+/**
+ * A blob served as pieces for the swarm fetch tests: a real piece server (the agent's own
+ * `pieceHandler`) holding every piece of a blob in memory, and the seed server's piece hashes
+ * for it, published on a real JetStream.
+ */
+import { createHash } from 'node:crypto';
+
+import type { JetStreamClient } from '@nats-io/jetstream';
+import fastify, { type FastifyInstance } from 'fastify';
+
+import { PIECE_ROUTE, PieceBuffers, pieceHandler, type PieceRoute } from '@shoal/pieces';
+import {
+  encodeMessage,
+  pieceBounds,
+  pieceCount,
+  pieceHashes,
+  pieceHashesSubject,
+  pieceSizeFor,
+} from '@shoal/proto';
+import { RateLimiter } from '@shoal/runtime';
+
+/** The blob's digest, `sha256:<hex>`. */
+export function blobDigest(blob: Buffer): string {
+  return `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+}
+
+/**
+ * A piece server on 127.0.0.1 holding every piece of `blob` (it answers whatever a hand-out
+ * says it holds), with no upload limit and eight slots. Close it when done.
+ */
+export async function servePieces(blob: Buffer): Promise<{ url: string; server: FastifyInstance }> {
+  const pieceSize = pieceSizeFor(blob.length);
+  const server = fastify();
+  server.get<PieceRoute>(
+    PIECE_ROUTE,
+    pieceHandler({
+      source: () => ({
+        pieceLength: (index) => {
+          if (index >= pieceCount(blob.length, pieceSize)) {
+            return undefined;
+          }
+          const { start, end } = pieceBounds(index, blob.length, pieceSize);
+          return end - start;
+        },
+        readPiece: (index, buffer) => {
+          const { start, end } = pieceBounds(index, blob.length, pieceSize);
+          blob.copy(buffer, 0, start, end);
+          return Promise.resolve(buffer.subarray(0, end - start));
+        },
+        acquire: () => true,
+        release: () => undefined,
+      }),
+      buffers: new PieceBuffers(4 * 1024 * 1024),
+      uploadLimit: new RateLimiter(0),
+      uploads: { max: 8, timeoutMs: 60_000 },
+      onResult: () => undefined,
+    }),
+  );
+  const url = await server.listen({ host: '127.0.0.1', port: 0 });
+  return { url, server };
+}
+
+/** Publishes every piece hash of `blob`, as the seed server does; returns the piece count. */
+export async function publishHashes(js: JetStreamClient, blob: Buffer): Promise<number> {
+  const pieceSize = pieceSizeFor(blob.length);
+  const count = pieceCount(blob.length, pieceSize);
+  const digest = blobDigest(blob);
+  await js.publish(
+    pieceHashesSubject(digest),
+    encodeMessage(pieceHashes, {
+      type: 'piece-hashes',
+      blob: digest,
+      size: blob.length,
+      pieceSize,
+      first: 0,
+      hashes: Array.from({ length: count }, (_, index) => {
+        const { start, end } = pieceBounds(index, blob.length, pieceSize);
+        return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
+      }),
+    }),
+  );
+  return count;
+}
