@@ -348,6 +348,19 @@ export function isNotFound(error: unknown): boolean {
   return error instanceof Error && /not found/i.test(error.message);
 }
 
+/**
+ * True for the answers a JetStream resource that is gone gives: "not found" from the API, and
+ * "no responders" (503) from a publish to a subject no stream holds any more (a KV put into a
+ * bucket lost with the server's store), which nats.js reports as "jetstream is not enabled".
+ */
+export function isMissingResource(error: unknown): boolean {
+  return (
+    isNotFound(error) ||
+    (error instanceof Error &&
+      /no responders|jetstream is not enabled|\b503\b/i.test(`${error.name} ${error.message}`))
+  );
+}
+
 /** Opens a KV bucket another service owns; undefined while it does not exist. */
 export async function openKv(js: JetStreamClient, spec: KvSpec): Promise<KV | undefined> {
   try {
@@ -498,5 +511,10 @@ export async function drainWithin(
   }
 }
 
-export { superviseConsumption, type ConsumeLoop, type SuperviseOptions } from './consume.js';
+export {
+  retryDelay,
+  superviseConsumption,
+  type ConsumeLoop,
+  type SuperviseOptions,
+} from './consume.js';
 export { contextFromHeaders, traceHeaders } from './nats-trace.js';
