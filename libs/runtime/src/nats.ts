@@ -264,12 +264,16 @@ export async function ensureStreams(
   for (const spec of specs) {
     const config = streamConfig(spec, replicas);
     try {
-      await jsm.streams.info(spec.name);
+      const current = await jsm.streams.info(spec.name);
       // JetStream does not change max_consumers (nor the storage) of an existing stream.
       const updatable: Partial<StreamConfig> = { ...config };
       delete updatable.max_consumers;
       delete updatable.storage;
-      await jsm.streams.update(spec.name, updatable);
+      // Only a stream that differs is updated: after every reconnect this is a read, not a
+      // write per service replica while the cluster recovers.
+      if (differs(current.config, updatable)) {
+        await jsm.streams.update(spec.name, updatable);
+      }
     } catch (error) {
       if (!isNotFound(error)) {
         throw error;
@@ -319,8 +323,10 @@ export async function ensureConsumer(
       : { inactive_threshold: nanos(settings.inactiveMs) }),
   } satisfies Partial<ConsumerConfig>;
   try {
-    await jsm.consumers.info(stream, durable);
-    await jsm.consumers.update(stream, durable, updatable);
+    const current = await jsm.consumers.info(stream, durable);
+    if (differs(current.config, updatable)) {
+      await jsm.consumers.update(stream, durable, updatable);
+    }
     return false;
   } catch (error) {
     if (!isNotFound(error)) {
@@ -341,6 +347,14 @@ export async function ensureConsumer(
     });
     return true;
   }
+}
+
+/** True when `current` lacks one of `wanted`'s settings or holds another value for it. */
+function differs(current: object, wanted: object): boolean {
+  const held = current as Record<string, unknown>;
+  return Object.entries(wanted).some(
+    ([key, value]) => JSON.stringify(held[key]) !== JSON.stringify(value),
+  );
 }
 
 /** True for the "not found" answers of JetStream's API (stream, consumer, key). */

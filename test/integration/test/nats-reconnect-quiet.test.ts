@@ -1,10 +1,11 @@
 /**
  * Agents stay quiet through a plain NATS restart: they declare nothing again (no consumer or
  * stream created or updated), because at thousands of nodes that is a storm of JetStream API
- * calls exactly while a cluster recovers. What a restart with the store lost took from them
+ * calls exactly while a cluster recovers; the services (tracker, seed server, watcher) probe
+ * what they own and write nothing that is as declared. What a restart with the store lost took from them
  * (the presence bucket, each node's task consumer) they still declare again, after a spread
  * wait. Counted from the server's own API audit advisories, kept in a stream. Real
- * nats-server, watcher and agents.
+ * nats-server, tracker, seed server, watcher and agents.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -16,6 +17,8 @@ import {
   startAgent,
   startNats,
   startRegistry,
+  startSeedServer,
+  startTracker,
   startWatcher,
   Teardown,
   waitFor,
@@ -114,6 +117,10 @@ describe('agents through NATS restarts', () => {
     const registry = await startRegistry();
     teardown.add('registry', () => registry.stop());
     const registries = `${registry.host}=${registry.url}`;
+    const tracker = await startTracker({ natsUrl: nats.url });
+    teardown.add('tracker', () => tracker.stop());
+    const seed = await startSeedServer({ natsUrl: nats.url, registries });
+    teardown.add('seed server', () => seed.stop());
     // The watcher owns the node-task stream the agents' consumers live on.
     const watcher = await startWatcher({ natsUrl: nats.url, registries });
     teardown.add('watcher', () => watcher.stop());
@@ -136,7 +143,7 @@ describe('agents through NATS restarts', () => {
     await teardown.run();
   });
 
-  it('a plain restart (store kept): the agents create and update nothing', async () => {
+  it('a plain restart (store kept): agents and services create and update nothing', async () => {
     const from = await auditLastSeq(nats.url);
     await nats.crashAndRestart(1000);
     // Long enough for several presence beats and the widest recovery wait.
@@ -152,6 +159,20 @@ describe('agents through NATS restarts', () => {
       );
     }
     assert.deepEqual(agentWrites(subjects), [], 'no consumer or bucket created or updated');
+    // The services probe what they own after each reconnect, and write nothing that is
+    // already as declared. The tracker's ordered consumer of the swarm stream (ephemeral, in
+    // memory) went with the server and is made again: not counted.
+    const ordered = `$JS.API.CONSUMER.CREATE.${STREAMS.swarm.name}.`;
+    assert.deepEqual(
+      subjects.filter(
+        (s) =>
+          /\.(CREATE|UPDATE)\./.test(s) &&
+          !s.endsWith(`.${AUDIT_STREAM}`) &&
+          !s.startsWith(ordered),
+      ),
+      [],
+      'no stream or consumer of any service created or updated',
+    );
     assert.ok(await agentsDeclared(nats.url));
   });
 
