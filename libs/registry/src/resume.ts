@@ -4,6 +4,8 @@
  * starting it over from zero: the agent's origin fetch and the seed server's ingest read the
  * blob through this.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import type { OpenedBlob } from './blob-reader.js';
 
 /**
@@ -114,7 +116,13 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           options.onResume?.(received, cause);
           if (failedReopen) {
             const ceiling = Math.min(MAX_REOPEN_BACKOFF_MS, REOPEN_BACKOFF_MS * 2 ** (stalls - 1));
-            await pause(Math.floor(random() * ceiling), waitSignal);
+            // Over at once when the body is cancelled or the fetch stopped (checked next).
+            await sleep(Math.floor(random() * ceiling), undefined, { signal: waitSignal }).catch(
+              () => undefined,
+            );
+            if (stopped() !== undefined || aborted()) {
+              throw stopped() ?? cause;
+            }
           }
           let next: OpenedBlob;
           try {
@@ -157,23 +165,6 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
       current.cancel(reason);
     },
   };
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted || ms <= 0) {
-      resolve();
-      return;
-    }
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /** The first byte a `Content-Range: bytes <first>-<last>/<size>` names, or undefined. */
