@@ -106,8 +106,9 @@ export class BlobReader {
    * client's own Authorization (a mirror's request), sent as it is instead of the reader's
    * credentials; a challenge is then the client's to answer, and comes back as the answer.
    * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
-   * broke off); its body comes in blocks when the answer is 206, and any other answer (a 200
-   * of the whole blob included) comes with its small body, as a refusal does.
+   * broke off); its body comes in blocks when the answer is 206, or 200 (a registry that
+   * ignores Range sends the whole blob: the caller skips what it has), and any other answer
+   * comes with its small body, as a refusal does.
    */
   async open(
     registry: UpstreamRegistry,
@@ -159,8 +160,8 @@ export class BlobReader {
   }
 
   /**
-   * One GET. A 200 (a 206 when `from` is past 0) resolves at its head, its body streaming into
-   * the blocks; any other answer resolves once its (small) body has been read and dropped.
+   * One GET. A 200 (or a 206 when `from` is past 0) resolves at its head, its body streaming
+   * into the blocks; any other answer resolves once its (small) body has been read and dropped.
    */
   #get(
     url: URL,
@@ -168,7 +169,8 @@ export class BlobReader {
     signal: AbortSignal,
     from: number,
   ): Promise<OpenedBlob> {
-    const bodyStatus = from > 0 ? 206 : 200;
+    const isBody = (status: number | undefined): boolean =>
+      status === 200 || (from > 0 && status === 206);
     const { timeouts, userAgent } = this.#options;
     const stop = new AbortController();
     const headersTimer = setTimeout(() => {
@@ -227,7 +229,7 @@ export class BlobReader {
           onHead: (status, size, headers) => {
             clearTimeout(headersTimer);
             head = { status, size, headers };
-            if (status === bodyStatus) {
+            if (isBody(status)) {
               resolve({
                 ...head,
                 answer: Buffer.alloc(0),
@@ -237,7 +239,7 @@ export class BlobReader {
             }
           },
           onBody: (bytes) => {
-            if (head?.status === bodyStatus) {
+            if (isBody(head?.status)) {
               return body.write(bytes);
             }
             answerBytes += bytes.length;
@@ -254,7 +256,7 @@ export class BlobReader {
         () => {
           clearTimeout(headersTimer);
           body.end();
-          if (head !== undefined && head.status !== bodyStatus) {
+          if (head !== undefined && !isBody(head.status)) {
             resolve({
               ...head,
               answer: Buffer.concat(answer),

@@ -4,6 +4,8 @@
  * starting it over from zero: the agent's origin fetch and the seed server's ingest read the
  * blob through this.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import type { OpenedBlob } from './blob-reader.js';
 
 /**
@@ -21,6 +23,11 @@ export const ORIGIN_RESUMES = 5;
  */
 export const RESUME_PROGRESS_BYTES = 1024 * 1024;
 
+/** First wait before asking again after a resume request failed, in ms; it doubles each time. */
+const REOPEN_BACKOFF_MS = 250;
+/** The longest wait before asking again after a failed resume request, in ms. */
+const MAX_REOPEN_BACKOFF_MS = 8000;
+
 export interface ResumeOptions {
   /** The blob from byte `from` on (`BlobReader.open` with `from`), with the same credentials. */
   readonly reopen: (from: number) => Promise<OpenedBlob>;
@@ -28,6 +35,8 @@ export interface ResumeOptions {
   readonly signal: AbortSignal;
   /** The transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (at: number, cause: Error) => void;
+  /** A number in [0, 1) for the jitter of the waits after failed resume requests (default Math.random). */
+  readonly random?: () => number;
 }
 
 /** A blob's body that resumes itself: its blocks, and a way to stop whichever transfer runs. */
@@ -41,15 +50,37 @@ export interface ResumingBody {
  * The blocks of `opened` (a 200 with its size), and when the transfer breaks off before the
  * size, those of a range request from the byte it stopped at (the whole blob again when no
  * byte had come), up to `ORIGIN_RESUMES` times in a row without `RESUME_PROGRESS_BYTES` of
- * progress. An answer other
- * than the expected 206 from that byte (or 200) ends the body with the transfer's own error.
- * Blocks are lent as `opened`'s are; what the bytes are is for the caller to check.
+ * progress. A 206 from that byte goes on from it; a 200 of the whole blob (a registry that
+ * ignores Range) goes on after skipping the bytes already received. A resume request that
+ * fails (a reset, a timeout, a 5xx, a 206 from another byte) counts as a break without
+ * progress and is asked again after a growing, jittered wait (250 ms doubling to 8 s), within
+ * the same budget; past it the body ends with the last error. Blocks are lent as `opened`'s
+ * are; what the bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
   let current = opened;
   let cancelled: Error | undefined;
   // Read through a call: `cancel` sets it while a reopen is awaited, which narrowing misses.
   const stopped = (): Error | undefined => cancelled;
+  const aborted = (): boolean => options.signal.aborted;
+  const random = options.random ?? Math.random;
+  // Ends a wait between resume requests at once when the body is cancelled.
+  const cancelling = new AbortController();
+  const waitSignal = AbortSignal.any([options.signal, cancelling.signal]);
+  /** Bytes still to skip at the head of `current` (a 200 answering a resume). */
+  let skip = 0;
+
+  /** Bytes of `next` (the answer to a resume from `from`) to skip; undefined: not usable. */
+  const usable = (next: OpenedBlob, from: number): number | undefined => {
+    if (next.status === 206 && from > 0) {
+      return rangeStart(next.headers['content-range']) === from ? 0 : undefined;
+    }
+    if (next.status === 200 && (next.size === undefined || next.size === opened.size)) {
+      return from;
+    }
+    return undefined;
+  };
+
   async function* blocks(): AsyncGenerator<Buffer> {
     let received = 0;
     let resumedAt = 0;
@@ -57,35 +88,72 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     for (;;) {
       try {
         for await (const block of current.blocks) {
-          received += block.length;
-          yield block;
+          if (skip >= block.length) {
+            skip -= block.length;
+            continue;
+          }
+          const rest = skip === 0 ? block : block.subarray(skip);
+          skip = 0;
+          received += rest.length;
+          yield rest;
         }
         return;
       } catch (error) {
-        const cause = error instanceof Error ? error : new Error(String(error));
-        stalls = received - resumedAt >= RESUME_PROGRESS_BYTES ? 1 : stalls + 1;
-        resumedAt = received;
-        if (
-          stopped() !== undefined ||
-          options.signal.aborted ||
-          stalls > ORIGIN_RESUMES ||
-          opened.size === undefined ||
-          received >= opened.size
-        ) {
-          throw cause;
+        let cause = error instanceof Error ? error : new Error(String(error));
+        let failedReopen = false;
+        for (;;) {
+          stalls = received - resumedAt >= RESUME_PROGRESS_BYTES ? 1 : stalls + 1;
+          resumedAt = received;
+          if (
+            stopped() !== undefined ||
+            options.signal.aborted ||
+            stalls > ORIGIN_RESUMES ||
+            opened.size === undefined ||
+            received >= opened.size
+          ) {
+            throw stopped() ?? cause;
+          }
+          options.onResume?.(received, cause);
+          if (failedReopen) {
+            const ceiling = Math.min(MAX_REOPEN_BACKOFF_MS, REOPEN_BACKOFF_MS * 2 ** (stalls - 1));
+            // Over at once when the body is cancelled or the fetch stopped (checked next).
+            await sleep(Math.floor(random() * ceiling), undefined, { signal: waitSignal }).catch(
+              () => undefined,
+            );
+            if (stopped() !== undefined || aborted()) {
+              throw stopped() ?? cause;
+            }
+          }
+          let next: OpenedBlob;
+          try {
+            next = await options.reopen(received);
+          } catch (reopenError) {
+            if (stopped() !== undefined || aborted()) {
+              throw stopped() ?? reopenError;
+            }
+            cause = reopenError instanceof Error ? reopenError : new Error(String(reopenError));
+            failedReopen = true;
+            continue;
+          }
+          const skipped = usable(next, received);
+          const reason = stopped();
+          if (reason !== undefined) {
+            next.cancel(reason);
+            throw reason;
+          }
+          if (skipped === undefined) {
+            cause = new Error(
+              `resuming at byte ${String(received)}: the origin answered ${String(next.status)}`,
+              { cause },
+            );
+            next.cancel(cause);
+            failedReopen = true;
+            continue;
+          }
+          current = next;
+          skip = skipped;
+          break;
         }
-        options.onResume?.(received, cause);
-        const next = await options.reopen(received);
-        const resumed =
-          received === 0
-            ? next.status === 200
-            : next.status === 206 && rangeStart(next.headers['content-range']) === received;
-        const reason = stopped();
-        if (!resumed || reason !== undefined) {
-          next.cancel(reason ?? cause);
-          throw reason ?? cause;
-        }
-        current = next;
       }
     }
   }
@@ -93,6 +161,7 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     blocks: blocks(),
     cancel: (reason) => {
       cancelled = reason;
+      cancelling.abort(reason);
       current.cancel(reason);
     },
   };

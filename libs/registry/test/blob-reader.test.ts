@@ -27,7 +27,9 @@ import {
 
 import {
   BlobReader,
+  ORIGIN_RESUMES,
   RegistryAuth,
+  resumingBody,
   UpstreamClient,
   type BlobReaderOptions,
   type OpenedBlob,
@@ -180,7 +182,7 @@ describe('BlobReader', () => {
     assert.equal(read.digest, rest);
   });
 
-  it('gives a whole-blob 200 to a request from a byte on as an answer, not as the rest', async () => {
+  it('streams a whole-blob 200 to a request from a byte on as a body (the caller skips)', async () => {
     const ignoresRanges = await serve('no-ranges', (_request, response) => {
       response.writeHead(200, { 'content-length': 10 });
       response.end('0123456789');
@@ -196,8 +198,8 @@ describe('BlobReader', () => {
       4,
     );
     assert.equal(opened.status, 200);
-    assert.equal(opened.answer.toString(), '0123456789');
-    assert.equal((await drain(opened)).bytes, 0);
+    assert.equal(opened.answer.length, 0);
+    assert.equal((await drain(opened)).bytes, 10);
   });
 
   it('gives the answer of a blob the registry does not have, with no blocks', async () => {
@@ -404,6 +406,100 @@ describe('BlobReader', () => {
       hash.digest('hex'),
       createHash('sha256').update(bytes.subarray(0, sent)).digest('hex'),
     );
+  });
+
+  /**
+   * A stand-in origin whose n-th request gets `script[n]` (the last one after that): `cut`
+   * sends a 200 and closes after 2 MiB + 1234 bytes, `whole` a 200 of every byte whatever
+   * the Range, `range` a proper 206, `unavailable` a 503, `reset` closes with no answer.
+   */
+  const scripted = async (
+    host: string,
+    bytes: Buffer,
+    script: readonly ('cut' | 'whole' | 'range' | 'unavailable' | 'reset')[],
+  ): Promise<{ origin: UpstreamRegistry; ranges: (string | undefined)[] }> => {
+    const ranges: (string | undefined)[] = [];
+    const origin = await serve(host, (request, response) => {
+      const step = script[Math.min(ranges.length, script.length - 1)];
+      ranges.push(request.headers.range);
+      const from = Number(/^bytes=(\d+)-$/.exec(request.headers.range ?? '')?.[1] ?? 0);
+      if (step === 'cut') {
+        response.writeHead(200, { 'content-length': bytes.length });
+        response.write(bytes.subarray(0, 2 * MiB + 1234), () => response.destroy());
+      } else if (step === 'whole') {
+        response.writeHead(200, { 'content-length': bytes.length });
+        response.end(bytes);
+      } else if (step === 'range') {
+        response.writeHead(206, {
+          'content-length': bytes.length - from,
+          'content-range': `bytes ${String(from)}-${String(bytes.length - 1)}/${String(bytes.length)}`,
+        });
+        response.end(bytes.subarray(from));
+      } else if (step === 'unavailable') {
+        response.writeHead(503, { 'content-type': 'text/plain' });
+        response.end('busy');
+      } else {
+        request.socket.destroy();
+      }
+    });
+    return { origin, ranges };
+  };
+
+  /** The blob through `resumingBody` from `origin`: its digest, and the bytes resumed at. */
+  const readResuming = async (
+    origin: UpstreamRegistry,
+  ): Promise<{ digest: string; resumedAt: number[] }> => {
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add(`${origin.host} client`, () => client.close());
+    const blobs = reader({}, new RegistryAuth(new Map(), client));
+    const signal = AbortSignal.timeout(30_000);
+    const digest = parseDigest(layer.digest);
+    const resumedAt: number[] = [];
+    const body = resumingBody(await blobs.open(origin, repository, digest, signal), {
+      signal,
+      reopen: (from) => blobs.open(origin, repository, digest, signal, undefined, from),
+      onResume: (at) => resumedAt.push(at),
+      random: () => 0,
+    });
+    const hash = createHash('sha256');
+    for await (const block of body.blocks) {
+      hash.update(block);
+    }
+    return { digest: `sha256:${hash.digest('hex')}`, resumedAt };
+  };
+
+  it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {
+    const bytes = await readFile(layer.path);
+    const { origin, ranges } = await scripted('ignores-range', bytes, ['cut', 'whole']);
+    const read = await readResuming(origin);
+    assert.equal(read.digest, layer.digest);
+    assert.deepEqual(read.resumedAt, [2 * MiB + 1234]);
+    assert.deepEqual(ranges, [undefined, `bytes=${String(2 * MiB + 1234)}-`]);
+  });
+
+  it('asks again after a resume request answered 503 or reset, within the same budget', async () => {
+    const bytes = await readFile(layer.path);
+    const { origin, ranges } = await scripted('flaky-resume', bytes, [
+      'cut',
+      'unavailable',
+      'reset',
+      'range',
+    ]);
+    const read = await readResuming(origin);
+    assert.equal(read.digest, layer.digest);
+    const at = 2 * MiB + 1234;
+    assert.deepEqual(ranges, [undefined, ...Array<string>(3).fill(`bytes=${String(at)}-`)]);
+    // The reset may be asked again by the client itself (a reused connection): two or three.
+    assert.ok(read.resumedAt.length >= 2, `resumed ${String(read.resumedAt.length)} times`);
+    assert.ok(read.resumedAt.every((byte) => byte === at));
+
+    const { origin: down, ranges: asked } = await scripted('down-after-cut', bytes, [
+      'cut',
+      'unavailable',
+    ]);
+    await assert.rejects(readResuming(down), /answered 503/);
+    // The first break brought progress; then five requests in a row without any.
+    assert.equal(asked.length, 1 + ORIGIN_RESUMES);
   });
 
   it('gives up on a registry that never answers, after the headers timeout', async () => {

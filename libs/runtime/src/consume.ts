@@ -23,6 +23,18 @@ export interface SuperviseOptions {
   readonly release?: (msg: JsMsg) => void;
   /** Wait before reopening after a failure, in ms. */
   readonly retryDelayMs: number;
+  /**
+   * When given, the waits are spread and grow: the wait after the n-th failure in a row is
+   * drawn at random from [0, min(maxDelayMs, retryDelayMs × 2^(n-1))] ("full jitter"), and an
+   * open that succeeds starts the count again. For consumers many processes hold (one per
+   * node): after a NATS outage they do not all come back in the same second.
+   */
+  readonly backoff?: {
+    /** The longest wait, in ms. */
+    readonly maxDelayMs: number;
+    /** A number in [0, 1) (default Math.random); tests pass their own. */
+    readonly random?: () => number;
+  };
   /** Messages handled at once (default 1: one at a time, in order). */
   readonly concurrency?: number;
 }
@@ -36,6 +48,22 @@ export interface ConsumeLoop {
    * the iterator it holds would never deliver from.
    */
   reopen(): Promise<void>;
+}
+
+/** The wait before reopening after `failures` failures in a row (see `backoff`), in ms. */
+export function retryDelay(
+  options: Pick<SuperviseOptions, 'retryDelayMs' | 'backoff'>,
+  failures: number,
+): number {
+  const { backoff } = options;
+  if (backoff === undefined) {
+    return options.retryDelayMs;
+  }
+  const ceiling = Math.min(
+    backoff.maxDelayMs,
+    options.retryDelayMs * 2 ** Math.max(0, Math.min(failures - 1, 30)),
+  );
+  return Math.floor((backoff.random ?? Math.random)() * ceiling);
 }
 
 export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
@@ -54,11 +82,14 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
     }
   };
 
+  let failures = 0;
   const loop = async (): Promise<void> => {
     while (!stopped()) {
+      failures += 1;
       try {
         const messages = await options.open();
         current = messages;
+        failures = 0;
         if (stopped()) {
           await messages.close();
           break;
@@ -92,7 +123,7 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
         }
         logger.warn({ err: error, consumer: name }, 'consumer failed; reopening');
       }
-      await delay(options.retryDelayMs, stopping.signal);
+      await delay(retryDelay(options, Math.max(1, failures)), stopping.signal);
     }
   };
   const running = loop();

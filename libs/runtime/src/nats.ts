@@ -264,12 +264,16 @@ export async function ensureStreams(
   for (const spec of specs) {
     const config = streamConfig(spec, replicas);
     try {
-      await jsm.streams.info(spec.name);
+      const current = await jsm.streams.info(spec.name);
       // JetStream does not change max_consumers (nor the storage) of an existing stream.
       const updatable: Partial<StreamConfig> = { ...config };
       delete updatable.max_consumers;
       delete updatable.storage;
-      await jsm.streams.update(spec.name, updatable);
+      // Only a stream that differs is updated: after every reconnect this is a read, not a
+      // write per service replica while the cluster recovers.
+      if (differs(current.config, updatable)) {
+        await jsm.streams.update(spec.name, updatable);
+      }
     } catch (error) {
       if (!isNotFound(error)) {
         throw error;
@@ -319,8 +323,10 @@ export async function ensureConsumer(
       : { inactive_threshold: nanos(settings.inactiveMs) }),
   } satisfies Partial<ConsumerConfig>;
   try {
-    await jsm.consumers.info(stream, durable);
-    await jsm.consumers.update(stream, durable, updatable);
+    const current = await jsm.consumers.info(stream, durable);
+    if (differs(current.config, updatable)) {
+      await jsm.consumers.update(stream, durable, updatable);
+    }
     return false;
   } catch (error) {
     if (!isNotFound(error)) {
@@ -343,9 +349,30 @@ export async function ensureConsumer(
   }
 }
 
+/** True when `current` lacks one of `wanted`'s settings or holds another value for it. */
+function differs(current: object, wanted: object): boolean {
+  const held = current as Record<string, unknown>;
+  return Object.entries(wanted).some(
+    ([key, value]) => JSON.stringify(held[key]) !== JSON.stringify(value),
+  );
+}
+
 /** True for the "not found" answers of JetStream's API (stream, consumer, key). */
 export function isNotFound(error: unknown): boolean {
   return error instanceof Error && /not found/i.test(error.message);
+}
+
+/**
+ * True for the answers a JetStream resource that is gone gives: "not found" from the API, and
+ * "no responders" (503) from a publish to a subject no stream holds any more (a KV put into a
+ * bucket lost with the server's store), which nats.js reports as "jetstream is not enabled".
+ */
+export function isMissingResource(error: unknown): boolean {
+  return (
+    isNotFound(error) ||
+    (error instanceof Error &&
+      /no responders|jetstream is not enabled|\b503\b/i.test(`${error.name} ${error.message}`))
+  );
 }
 
 /** Opens a KV bucket another service owns; undefined while it does not exist. */
@@ -498,5 +525,10 @@ export async function drainWithin(
   }
 }
 
-export { superviseConsumption, type ConsumeLoop, type SuperviseOptions } from './consume.js';
+export {
+  retryDelay,
+  superviseConsumption,
+  type ConsumeLoop,
+  type SuperviseOptions,
+} from './consume.js';
 export { contextFromHeaders, traceHeaders } from './nats-trace.js';

@@ -5,6 +5,7 @@ import {
   mkdtemp,
   readdir,
   readFile,
+  rename,
   rm,
   stat,
   unlink,
@@ -297,6 +298,54 @@ describe('FsContentStore', () => {
       assert.equal(await store.readPiece(badDigest, 0), undefined);
       assert.equal(corrupt.length, 1);
       assert.equal(store.totalBytes, 4000);
+      // The good file is the one its kept fingerprint names: only the changed one was hashed.
+      assert.equal(store.hashChecks, 1);
+    });
+
+    it('serves content found at start-up at once when its kept fingerprint matches, and hashes the rest', async () => {
+      const first = new FsContentStore(root, 100_000_000);
+      await first.init();
+      const kept = randomBytes(3 * 1024 * 1024 + 5);
+      const keptDigest = await commitBytes(first, kept);
+      const bare = randomBytes(5000);
+      const bareDigest = await commitBytes(first, bare);
+      // A cache from before fingerprints were kept, or a crash between commit and the write.
+      await rm(`${blobPath(bareDigest)}.checked`);
+
+      const { store, corrupt } = await watchedStore();
+      const piece = await store.readPiece(keptDigest, 0);
+      assert.ok(piece !== undefined && piece.length > 0);
+      assert.deepEqual(piece, kept.subarray(0, piece.length));
+      assert.equal(store.hashChecks, 0, 'no hash before the first piece');
+      assert.deepEqual(await readOpened(store, bareDigest), bare);
+      assert.equal(store.hashChecks, 1, 'the file with no fingerprint is hashed');
+      assert.deepEqual(corrupt, []);
+
+      // Checked now, its fingerprint is kept: the next start trusts it too.
+      const third = new FsContentStore(root, 100_000_000);
+      await third.init();
+      assert.deepEqual(await readOpened(third, bareDigest), bare);
+      assert.equal(third.hashChecks, 0);
+    });
+
+    it('catches a file replaced while the agent was down, its fingerprint file copied along', async () => {
+      const first = new FsContentStore(root, 10_000_000);
+      await first.init();
+      const content = randomBytes(4000);
+      const digest = await commitBytes(first, content);
+      // Same size and times, other bytes, the old fingerprint left in place: the inode or
+      // change time differs, which no utimes can put back.
+      const { atime, mtime } = await stat(blobPath(digest));
+      const other = randomBytes(4000);
+      await writeFile(`${blobPath(digest)}.new`, other);
+      await rename(`${blobPath(digest)}.new`, blobPath(digest));
+      await utimes(blobPath(digest), atime, mtime);
+
+      const { store, corrupt } = await watchedStore();
+      assert.equal(await store.readPiece(digest, 0), undefined);
+      assert.equal(store.hashChecks, 1);
+      assert.equal(corrupt.length, 1);
+      assert.equal(await exists(`${blobPath(digest)}.checked`), false, 'its fingerprint goes too');
     });
   });
 

@@ -251,15 +251,12 @@ export async function buildApp(
       return;
     }
     // The same again after each reconnect: a server back with an empty store has none of them.
-    // The swarm consumer is opened again (from the stream's first message when the stream
-    // was made anew); the wants consumer when it was made anew.
+    // The swarm consumer is opened again (from the first message when the stream was made
+    // anew, by this replica or another: it checks for itself); the wants consumer when it
+    // was made anew.
     redeclareOnReconnect(connection, logger, async () => {
-      const created = await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
-      if (created.includes(STREAMS.swarm.name)) {
-        await swarm?.restartFromStart();
-      } else {
-        await swarm?.reopen();
-      }
+      await ensureStreams(jsm, ownedStreams(), config.SHOAL_NATS_STREAM_REPLICAS);
+      await swarm?.reopen();
       if (await ensureWantsConsumer(jsm)) {
         await wants?.reopen();
       }

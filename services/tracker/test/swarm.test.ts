@@ -51,6 +51,31 @@ describe('swarm view', () => {
     assert.equal(view.entryCount, 1);
   });
 
+  it('after a rebase (stream made anew, sequence from 1) applies the new stream in order', () => {
+    const view = newView();
+    view.applyHave(have(a, 'p1', { complete: true }), 5000, T0, T0);
+    view.applyHave(have(b, 'p1', { complete: true }), 5001, T0, T0);
+    view.applyHave(have(a, 'p2', { complete: true }), 5002, T0, T0);
+    view.applyGone('p3', 5003, T0);
+    view.applyHave(have(a, 'seed-1', { seed: true, pieces: [], complete: false }), 5004, T0, T0);
+    // Without the rebase each of these is ignored: superseded, or hidden by the departure.
+    const without = newView();
+    without.applyHave(have(a, 'p1', { complete: true }), 5000, T0, T0);
+    assert.equal(without.applyHave(have(a, 'p1', { pieces: [] }), 3, T0, T0), 'superseded');
+
+    view.rebase();
+    assert.equal(view.lastSeq, 0);
+    assert.equal(view.seedWithdrawal(a), undefined);
+    assert.deepEqual(members(view, a), ['p1', 'p2'], 'entries kept');
+    // p1 evicts blob a (a withdrawal at seq 1 of the new stream), p2 leaves, p3 comes back.
+    assert.equal(view.applyHave(have(a, 'p1', { pieces: [] }), 1, T0, T0), 'withdrawn');
+    assert.equal(view.applyGone('p2', 2, T0), 1);
+    assert.equal(view.applyHave(have(b, 'p3', { complete: true }), 3, T0, T0), 'applied');
+    assert.deepEqual(members(view, a), []);
+    assert.deepEqual(members(view, b), ['p1', 'p3']);
+    assert.equal(view.entryCount, 2);
+  });
+
   it('ignores a have older than the one it holds', () => {
     const view = newView();
     view.applyHave(have(a, 'p1', { pieces: [[0, 20]] }), 5, T0, T0);

@@ -1,6 +1,7 @@
 /**
  * NATS replaced by a server with an empty JetStream store (its volume lost) while the cluster
- * runs: the services declare their streams, consumers and buckets again after the reconnect,
+ * runs: the services declare their streams, consumers and buckets again after the reconnect
+ * (the agents theirs when they find them gone),
  * the tracker follows the new swarm stream from its first message, and the swarm works again
  * without a restart: a new image's blobs reach the agents from the seed server and each other,
  * the registry serving each blob once. Real nats-server, tracker, seed server, agents.
@@ -24,6 +25,10 @@ import { MiB } from '../src/files.js';
 import { bytesBySource, pullBlobs, startCluster, trackerView, type Cluster } from '../src/swarm.js';
 
 const repository = 'shoal/store-lost';
+const AGENT_ENV = {
+  SHOAL_AGENT_PRESENCE_INTERVAL_MS: '1000',
+  SHOAL_AGENT_NATS_RECOVERY_SPREAD_MS: '2000',
+};
 
 describe('NATS back with its JetStream store lost', () => {
   let cluster: Cluster;
@@ -35,7 +40,11 @@ describe('NATS back with its JetStream store lost', () => {
       seed: 'swarm-nats-store-lost',
       repository,
       trackers: 1,
-      agents: [{ peerId: 'agent-a' }, { peerId: 'agent-b' }],
+      // Agents declare their presence bucket again at the beat after a put found it gone.
+      agents: [
+        { peerId: 'agent-a', env: AGENT_ENV },
+        { peerId: 'agent-b', env: AGENT_ENV },
+      ],
     });
     const layout = await makeTempDir('store-lost-second');
     try {

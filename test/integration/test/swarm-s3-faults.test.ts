@@ -1,10 +1,12 @@
 /**
  * The object gateway (a real S3 endpoint behind the test kit's fault proxy) answering 503
  * while the seed server seeds: the seed server reads the origin instead (once per blob) and
- * serves the swarm, and the failure is counted. Before,
+ * serves the swarm, and the failure is counted; a gateway copy that fails after the blob
+ * verified leaves it seeded, not failed. Before,
  * every seed failed at the gateway and every agent read every blob from the registry.
  */
 import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -22,6 +24,7 @@ import {
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import { streamDigest } from '../src/http.js';
 import { bytesBySource, pullBlobs, startCluster, type Cluster } from '../src/swarm.js';
 
 const repository = 'shoal/s3-faults';
@@ -32,6 +35,7 @@ describe('the object gateway failing while the seed server seeds', () => {
   let gateway: FaultProxy;
   let registry: Registry;
   let image: GeneratedImage;
+  let second: GeneratedImage;
   let cluster: Cluster;
 
   before(async () => {
@@ -46,6 +50,14 @@ describe('the object gateway failing while the seed server seeds', () => {
     teardown.add('image', () => layout.remove());
     image = await generateImage(layout.path, { layerSizes: [8 * MiB, MiB], seed: 's3-faults' });
     await pushImage(image, registry.host, repository);
+    second = await generateImage(`${layout.path}-second`, {
+      layerSizes: [2 * MiB, MiB],
+      seed: 's3-faults-second',
+    });
+    teardown.add('second image', () =>
+      rm(`${layout.path}-second`, { recursive: true, force: true }),
+    );
+    await pushImage(second, registry.host, `${repository}-second`);
     cluster = await startCluster({
       layerSizes: [],
       seed: 's3-faults',
@@ -97,5 +109,47 @@ describe('the object gateway failing while the seed server seeds', () => {
       );
     }
     assert.ok((await cluster.seed.metric('shoal_seedserver_gateway_failures_total')) >= 1);
+    // The copy the gateway refused does not fail a blob verified and served: each one seeded.
+    assert.equal(
+      await cluster.seed.metric('shoal_seedserver_seeds_total', { outcome: 'failed' }),
+      0,
+      'no seed failed',
+    );
+    assert.equal(
+      await cluster.seed.metric('shoal_seedserver_seeds_total', {
+        source: 'origin',
+        outcome: 'seeded',
+      }),
+      image.blobs.length,
+    );
+  });
+
+  it('leaves a failing gateway alone for a while: later seeds ask the origin at once', async () => {
+    gateway.set({ kind: 'status', statuses: [503] });
+    const [a] = cluster.agents;
+    assert.ok(a !== undefined);
+    const pull = async (digest: string): Promise<void> => {
+      const outcome = await streamDigest(
+        `${a.url}/v2/${repository}-second/blobs/${digest}?ns=${registry.host}`,
+      );
+      assert.equal(outcome.error, undefined);
+      assert.equal(outcome.digest, digest);
+    };
+    const [first, ...rest] = second.blobs;
+    assert.ok(first !== undefined);
+    try {
+      // One seed meets the failing gateway (or it failed moments ago, in the test before).
+      await pull(first.digest);
+      const asked = gateway.counts().refused;
+      for (const blob of rest) {
+        await pull(blob.digest);
+      }
+      assert.equal(gateway.counts().refused, asked, 'no gateway request from the later seeds');
+    } finally {
+      gateway.set(undefined);
+    }
+    for (const blob of second.blobs) {
+      assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest}: once`);
+    }
   });
 });

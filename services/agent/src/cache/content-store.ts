@@ -3,6 +3,7 @@
  *
  *   <root>/blobs/<algorithm>/<hex>        verified content (blobs and manifests)
  *   <root>/blobs/<algorithm>/<hex>.type   a manifest's media type
+ *   <root>/blobs/<algorithm>/<hex>.checked the file as it was when its digest last matched
  *   <root>/tmp/                           downloads in progress, cleared at start
  *
  * Content enters only through `commit`, after its digest has been verified, by a rename on
@@ -13,9 +14,14 @@
  *
  * The disk is not trusted to keep what was committed: each open compares the file (one
  * `fstat`: size, inode, modification and change times) with the file as it was when its
- * digest was last checked, and hashes it again when anything differs or it was never checked
- * by this process (content found at start-up). Content that no longer matches is dropped
- * (`onCorrupt`) and read as a miss, so it is fetched again instead of served.
+ * digest was last checked, and hashes it again when anything differs. That fingerprint is
+ * kept beside the file (`.checked`, written at commit and after each check, by a rename), so
+ * content found at start-up is trusted without a full hash when its file is the one that
+ * last verified: its change time moves with any write, truncation or replacement, and no
+ * `utimes` can set it back, so a file changed while the agent was down is still hashed (and
+ * a file with no or another fingerprint, as before). At most `MAX_CONCURRENT_CHECKS` hashes
+ * run at once. Content that no longer matches is dropped (`onCorrupt`) and read as a miss, so
+ * it is fetched again instead of served.
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -63,6 +69,13 @@ interface Entry {
 
 /** Bytes read at a time when a cached file is hashed again. */
 const CHECK_READ_BYTES = 1024 * 1024;
+/**
+ * Cached files hashed again at once: after a restart peers may ask for many blobs at the
+ * same moment, and each full hash reads the whole file.
+ */
+const MAX_CONCURRENT_CHECKS = 2;
+/** Suffix of the file beside a blob that holds its last verified fingerprint. */
+const CHECKED_SUFFIX = '.checked';
 
 export interface ContentStoreEvents {
   /** Called each time an entry is evicted, with its digest and the bytes freed. */
@@ -91,6 +104,9 @@ export class FsContentStore {
   #totalBytes = 0;
   #reservedBytes = 0;
   #clock = 0;
+  #hashChecks = 0;
+  #checksRunning = 0;
+  readonly #checkWaiters: (() => void)[] = [];
 
   constructor(root: string, maxBytes: number, events: ContentStoreEvents = {}) {
     this.#root = root;
@@ -101,6 +117,11 @@ export class FsContentStore {
   /** Bytes of verified content held. */
   get totalBytes(): number {
     return this.#totalBytes;
+  }
+
+  /** Full hashes of cached files run by this process (a file changed, or not known verified). */
+  get hashChecks(): number {
+    return this.#hashChecks;
   }
 
   /** Bytes that downloads in progress will add (see `reserve`). */
@@ -135,12 +156,26 @@ export class FsContentStore {
   async init(): Promise<void> {
     await rm(join(this.#root, 'tmp'), { recursive: true, force: true });
     await mkdir(join(this.#root, 'tmp'), { recursive: true });
-    const found: { key: string; size: number; mtimeMs: number }[] = [];
+    const found: {
+      key: string;
+      size: number;
+      mtimeMs: number;
+      checked: Fingerprint | undefined;
+    }[] = [];
     for (const algorithm of ['sha256', 'sha512']) {
       const dir = join(this.#root, 'blobs', algorithm);
       await mkdir(dir, { recursive: true });
-      for (const name of await readdir(dir)) {
+      const names = await readdir(dir);
+      const present = new Set(names);
+      for (const name of names) {
         if (name.endsWith('.type')) {
+          continue;
+        }
+        if (name.endsWith(CHECKED_SUFFIX)) {
+          // A fingerprint whose file is gone (removed while the agent was down) is dropped.
+          if (!present.has(name.slice(0, -CHECKED_SUFFIX.length))) {
+            await rm(join(dir, name), { force: true });
+          }
           continue;
         }
         let digest: Digest;
@@ -152,12 +187,23 @@ export class FsContentStore {
           continue;
         }
         const info = await stat(join(dir, name));
-        found.push({ key: digest.toString(), size: info.size, mtimeMs: info.mtimeMs });
+        found.push({
+          key: digest.toString(),
+          size: info.size,
+          mtimeMs: info.mtimeMs,
+          checked: present.has(`${name}${CHECKED_SUFFIX}`)
+            ? await readFingerprint(join(dir, `${name}${CHECKED_SUFFIX}`))
+            : undefined,
+        });
       }
     }
     // Oldest first, so recency survives a restart as well as file times allow.
-    for (const { key, size } of found.sort((a, b) => a.mtimeMs - b.mtimeMs)) {
-      this.#add(key, size);
+    for (const { key, size, checked } of found.sort((a, b) => a.mtimeMs - b.mtimeMs)) {
+      const entry = this.#add(key, size);
+      if (checked !== undefined) {
+        // Trusted only while the file is this one: `#check` compares it at every open.
+        entry.checked = checked;
+      }
     }
     await this.#evictOverQuota();
   }
@@ -272,6 +318,7 @@ export class FsContentStore {
     // The rename changed the file's change time: the fingerprint is taken after it.
     const checked = fingerprintOf(await stat(this.#pathOf(digest)));
     this.#add(digest.toString(), size).checked = checked;
+    await this.#keepFingerprint(digest, checked);
     await this.#evictOverQuota();
   }
 
@@ -353,7 +400,10 @@ export class FsContentStore {
     } else {
       let running = entry.checking;
       if (running === undefined || !sameFile(running.fingerprint, now)) {
-        running = { fingerprint: now, problem: hashProblem(handle, digest, entry.size) };
+        running = {
+          fingerprint: now,
+          problem: this.#bounded(() => hashProblem(handle, digest, entry.size)),
+        };
         entry.checking = running;
       }
       try {
@@ -369,6 +419,7 @@ export class FsContentStore {
           problem = 'its file changed while it was checked';
         } else {
           entry.checked = now;
+          await this.#keepFingerprint(digest, now);
         }
       }
     }
@@ -396,7 +447,37 @@ export class FsContentStore {
     this.#remove(key);
     await unlink(this.#pathOf(digest)).catch(() => undefined);
     await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+    await unlink(`${this.#pathOf(digest)}${CHECKED_SUFFIX}`).catch(() => undefined);
     this.#events.onCorrupt?.(digest, kind, reason);
+  }
+
+  /** Runs a hash when fewer than `MAX_CONCURRENT_CHECKS` run, else after one ends. */
+  async #bounded<T>(run: () => Promise<T>): Promise<T> {
+    while (this.#checksRunning >= MAX_CONCURRENT_CHECKS) {
+      await new Promise<void>((resolve) => this.#checkWaiters.push(resolve));
+    }
+    this.#checksRunning += 1;
+    this.#hashChecks += 1;
+    try {
+      return await run();
+    } finally {
+      this.#checksRunning -= 1;
+      this.#checkWaiters.shift()?.();
+    }
+  }
+
+  /**
+   * Writes `fingerprint` beside the file (through a temp file and a rename: a crash leaves the
+   * old one or the new one). A failure only costs a hash at the next start: logged nowhere.
+   */
+  async #keepFingerprint(digest: Digest, fingerprint: Fingerprint): Promise<void> {
+    const temp = join(this.#root, 'tmp', `${randomUUID()}${CHECKED_SUFFIX}`);
+    try {
+      await writeFile(temp, JSON.stringify(fingerprint));
+      await rename(temp, `${this.#pathOf(digest)}${CHECKED_SUFFIX}`);
+    } catch {
+      await rm(temp, { force: true });
+    }
   }
 
   #pathOf(digest: Digest): string {
@@ -448,6 +529,7 @@ export class FsContentStore {
       const digest = parseDigest(key);
       await unlink(this.#pathOf(digest)).catch(() => undefined);
       await unlink(`${this.#pathOf(digest)}.type`).catch(() => undefined);
+      await unlink(`${this.#pathOf(digest)}${CHECKED_SUFFIX}`).catch(() => undefined);
       this.#events.onEvict?.(digest, entry.size);
     }
   }
@@ -460,6 +542,26 @@ function fingerprintOf(info: {
   ctimeMs: number;
 }): Fingerprint {
   return { size: info.size, ino: info.ino, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs };
+}
+
+/** The fingerprint kept in the file at `path`; undefined when it is missing or unreadable. */
+async function readFingerprint(path: string): Promise<Fingerprint | undefined> {
+  try {
+    const value: unknown = JSON.parse(await readFile(path, 'utf8'));
+    if (typeof value !== 'object' || value === null) {
+      return undefined;
+    }
+    const fields = value as Record<string, unknown>;
+    const { size, ino, mtimeMs, ctimeMs } = fields;
+    return typeof size === 'number' &&
+      typeof ino === 'number' &&
+      typeof mtimeMs === 'number' &&
+      typeof ctimeMs === 'number'
+      ? { size, ino, mtimeMs, ctimeMs }
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function sameFile(a: Fingerprint, b: Fingerprint): boolean {

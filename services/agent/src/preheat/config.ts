@@ -36,6 +36,12 @@ export const preheatConfig = z.object({
   SHOAL_AGENT_PREHEAT_RATE_BYTES: envInt(0),
   /** How often the agent refreshes its presence entry for the watcher, in ms (default 10 000). */
   SHOAL_AGENT_PRESENCE_INTERVAL_MS: envInt(10_000),
+  /**
+   * After NATS comes back without this node's task consumer (its store lost), the agent
+   * declares it again after a random wait below this, in ms (default 30 000), doubling while
+   * that fails: thousands of agents do not hit the recovering cluster in the same second.
+   */
+  SHOAL_AGENT_NATS_RECOVERY_SPREAD_MS: envInt(30_000),
   /** Replicas of the KV bucket the agent owns (`shoal_agents`); 3 in a JetStream cluster. */
   SHOAL_NATS_STREAM_REPLICAS: envInt(1),
 });

@@ -42,6 +42,8 @@ const HEARTBEAT_MS = 20_000;
 /** Consumers of agents gone this long are removed by the server. */
 const INACTIVE_MS = 24 * 60 * 60 * 1000;
 const RETRY_DELAY_MS = 5_000;
+/** The longest wait between attempts to open the consumer again, in ms. */
+const MAX_RECOVERY_DELAY_MS = 5 * 60_000;
 const REPORT_TIMEOUT_MS = 5_000;
 const START_MARGIN_MS = 10 * 60_000;
 
@@ -58,6 +60,11 @@ export interface NodePreheatDeps {
   readonly concurrency: number;
   /** Bytes/s for preheat pulls; 0: no limit beyond the agent's own. */
   readonly rateBytes: number;
+  /**
+   * The longest first wait before the consumer is opened again after it failed (lost with the
+   * server's store), in ms; each wait is random below it and it doubles while opens fail.
+   */
+  readonly recoverySpreadMs: number;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
 }
@@ -92,7 +99,10 @@ export class NodePreheat {
     this.#loop = superviseConsumption({
       name: 'preheat-nodes',
       logger,
-      retryDelayMs: RETRY_DELAY_MS,
+      // Spread and growing: every node holds one of these consumers, and a NATS server back
+      // with its store lost has none of them; they must not all be declared in one second.
+      retryDelayMs: this.#deps.recoverySpreadMs,
+      backoff: { maxDelayMs: MAX_RECOVERY_DELAY_MS },
       // The stream is the watcher's; until a watcher has created it, this keeps retrying.
       open: async () => {
         await this.#streamExists();
@@ -106,7 +116,9 @@ export class NodePreheat {
           replicas: 1,
         });
         const consumer = await js.consumers.get(STREAMS.preheatNodes.name, this.consumerName);
-        return consumer.consume({ max_messages: 1 });
+        // A consumer or stream gone (the server lost its store) ends the iterator, so the loop
+        // declares it again above; a plain reconnect costs only the library's consumer info.
+        return consumer.consume({ max_messages: 1, abort_on_missing_resource: true });
       },
       // Each task in a CONSUMER span, in the trace of the preheat (from the webhook on).
       handle: (msg) =>
@@ -247,11 +259,6 @@ export class NodePreheat {
       }),
       { timeout: REPORT_TIMEOUT_MS },
     );
-  }
-
-  /** Opens the consumer again (declaring it on the way): it may have been lost with the server's store. */
-  async reopen(): Promise<void> {
-    await this.#loop?.reopen();
   }
 
   async stop(): Promise<void> {

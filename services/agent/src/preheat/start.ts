@@ -1,7 +1,7 @@
 /** Starts the agent's part in preheat: its presence entry and its node-task consumer. */
 import { KV_BUCKETS } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
-import { ensureKv, redeclareOnReconnect } from '@shoal/runtime/nats';
+import { ensureKv } from '@shoal/runtime/nats';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable } from '../cache/download-table.js';
@@ -29,6 +29,8 @@ export async function startNodePreheat(
 ): Promise<StartedPreheat> {
   const { swarm, logger } = deps;
   const peer = config.SHOAL_AGENT_PEER_ID;
+  const declareBucket = (): Promise<unknown> =>
+    ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
   const presence = new PresenceBeacon(
     await ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS),
     {
@@ -39,6 +41,7 @@ export async function startNodePreheat(
       ...(config.SHOAL_AGENT_ZONE === undefined ? {} : { zone: config.SHOAL_AGENT_ZONE }),
     },
     logger,
+    declareBucket,
   );
   const nodes = new NodePreheat({
     js: swarm.js,
@@ -51,18 +54,16 @@ export async function startNodePreheat(
     registries: deps.registries,
     concurrency: config.SHOAL_AGENT_PREHEAT_CONCURRENCY,
     rateBytes: config.SHOAL_AGENT_PREHEAT_RATE_BYTES,
+    recoverySpreadMs: config.SHOAL_AGENT_NATS_RECOVERY_SPREAD_MS,
     metrics: deps.metrics,
     logger,
   });
   // Tasks first, then presence: a watcher that sees this agent finds its consumer ready.
   nodes.start();
+  // Nothing is declared again on a reconnect (thousands of agents would flood a recovering
+  // cluster with API calls): the presence bucket when a put finds it gone, the task consumer
+  // when its iterator finds it gone, each after a spread wait.
   await presence.start(config.SHOAL_AGENT_PRESENCE_INTERVAL_MS);
-  // Both again after each reconnect: a server back with an empty store has neither the
-  // presence bucket nor this node's task consumer.
-  redeclareOnReconnect(swarm.nc, logger, async () => {
-    await ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
-    await nodes.reopen();
-  });
   return {
     stop: async () => {
       await presence.stop();

@@ -60,6 +60,13 @@ import { SeedCache } from './seed-cache.js';
 
 /** How often the lock is refreshed and the request kept alive, in ms. */
 const HEARTBEAT_INTERVAL_MS = 10_000;
+/**
+ * After the object gateway failed, it is not asked again for this long, in ms: a gateway that
+ * hangs would otherwise cost every seed its request timeout before the origin is read, and a
+ * failing one a request per seed.
+ */
+const GATEWAY_BREAK_MS = 30_000;
+
 /** Name of the piece manifest kept beside a blob in the object gateway. */
 export const PIECES_META = 'pieces';
 
@@ -109,6 +116,10 @@ export class Seeder {
   /** Bytes of ingests that passed the disk check and are not in the cache yet. */
   #reserved = 0;
   readonly #running = new Map<string, Promise<SeedOutcome>>();
+  /** Until when (ms since the epoch) the object gateway is not asked: see `GATEWAY_BREAK_MS`. */
+  #gatewayBrokenUntil = 0;
+  /** Held blobs whose copy in the gateway is being written in the background. */
+  readonly #storing = new Set<string>();
   /** Why the last failed run of a blob failed, for preheat reports. */
   readonly #failures = new FailureNotes();
 
@@ -222,15 +233,9 @@ export class Seeder {
         logger.warn({ blob: request.blob, err: error }, 'could not announce a held blob');
         return 'failed';
       }
-      // The blob is served from here whatever the gateway does: its copy there waits for the
-      // next request once the gateway is back.
-      await this.#ensureStored(held, signal).catch((error: unknown) => {
-        metrics.gatewayFailures.inc();
-        logger.warn(
-          { blob: request.blob, err: error },
-          'could not store a held blob in the object gateway',
-        );
-      });
+      // The blob is served from here whatever the gateway does, at once: its copy there is
+      // made in the background, or by a later request once the gateway is back.
+      this.#storeInBackground(held, signal);
       return 'held';
     }
     const lockKey = `${digest.algorithm}.${digest.hex}`;
@@ -332,7 +337,11 @@ export class Seeder {
    * gateway gets its copy from the next request once it is back.
    */
   async #openStored(blob: string, signal: AbortSignal): Promise<BlobBytes | undefined> {
-    const { store, metrics, logger } = this.#deps;
+    const { store, logger } = this.#deps;
+    if (this.#gatewayBroken()) {
+      logger.debug({ blob }, 'the object gateway failed lately: reading the blob from the origin');
+      return undefined;
+    }
     try {
       const stored = await store.stat(blob, signal);
       if (stored === undefined) {
@@ -350,9 +359,9 @@ export class Seeder {
       if (signal.aborted) {
         throw error;
       }
-      metrics.gatewayFailures.inc();
-      logger.warn(
-        { blob, err: error },
+      this.#gatewayFailed(
+        blob,
+        error,
         'the object gateway failed: reading the blob from the origin instead',
       );
       return undefined;
@@ -420,7 +429,31 @@ export class Seeder {
     // and sending every agent waiting on it to the origin.
     const body = resumingBody(response, {
       signal,
-      reopen: (from) => origin.open(registry, request.repository, digest, signal, undefined, from),
+      // Each resume request in a CLIENT span of its own, as the first GET.
+      reopen: (from) =>
+        withSpan(
+          'origin GET blob',
+          {
+            kind: SpanKind.CLIENT,
+            attributes: {
+              'oci.registry': registry.host,
+              'oci.repository': request.repository,
+              'shoal.resume_from': from,
+            },
+          },
+          async (span) => {
+            const answer = await origin.open(
+              registry,
+              request.repository,
+              digest,
+              signal,
+              undefined,
+              from,
+            );
+            span.setAttribute('http.response.status_code', answer.status);
+            return answer;
+          },
+        ),
       onResume: (at, cause) => {
         this.#deps.metrics.originResumes.inc();
         this.#deps.logger.warn(
@@ -475,8 +508,9 @@ export class Seeder {
     this.#reportCache();
     const announcer = new Announcer(js, this.#deps.jsm, self, blob);
     const cutter = new PieceCutter(blob, digest.algorithm);
+    // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
-      source === 'origin' && store.linkVerified === undefined
+      source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
         ? new GatewayTee(store, key, size, signal)
         : undefined;
     const ingested = metrics.ingestedBytes.labels({ source });
@@ -703,9 +737,57 @@ export class Seeder {
         'could not consolidate the piece hashes; they stay in their batches',
       );
     });
-    if (ingested.source === 'origin') {
-      await this.#store(ingested.blob, signal, ingested.tee);
+    if (ingested.source === 'origin' && ingested.tee === undefined && this.#gatewayBroken()) {
+      // The gateway failed lately: its copy is made by a later request for the blob.
+      ingested.blob.stored = false;
+    } else if (ingested.source === 'origin') {
+      try {
+        await this.#store(ingested.blob, signal, ingested.tee);
+      } catch (error) {
+        if (signal.aborted) {
+          throw error;
+        }
+        // Verified and committed: the blob is seeded and served; its gateway copy is made by a
+        // later request once the gateway is back.
+        this.#gatewayFailed(
+          ingested.blob.digest.toString(),
+          error,
+          'could not store a seeded blob in the object gateway',
+        );
+      }
     }
+  }
+
+  /** True while the gateway is not to be asked (it failed less than `GATEWAY_BREAK_MS` ago). */
+  #gatewayBroken(): boolean {
+    return Date.now() < this.#gatewayBrokenUntil;
+  }
+
+  /** Counts and logs a gateway failure, and leaves the gateway alone for `GATEWAY_BREAK_MS`. */
+  #gatewayFailed(blob: string, error: unknown, message: string): void {
+    this.#deps.metrics.gatewayFailures.inc();
+    this.#deps.logger.warn({ blob, err: error }, message);
+    this.#gatewayBrokenUntil = Date.now() + GATEWAY_BREAK_MS;
+  }
+
+  /**
+   * Makes sure a held blob has its gateway copy, without holding up its answer: one write at a
+   * time per blob, none while the gateway is left alone after a failure (the next request
+   * after that tries again).
+   */
+  #storeInBackground(blob: SeedBlob, signal: AbortSignal): void {
+    const key = blob.digest.toString();
+    if (this.#storing.has(key) || this.#gatewayBroken()) {
+      return;
+    }
+    this.#storing.add(key);
+    void this.#ensureStored(blob, signal)
+      .catch((error: unknown) => {
+        if (!signal.aborted) {
+          this.#gatewayFailed(key, error, 'could not store a held blob in the object gateway');
+        }
+      })
+      .finally(() => this.#storing.delete(key));
   }
 
   /**

@@ -658,15 +658,15 @@ export class WantsConsumer {
     pushOnProgress(have, this.#deps);
   }
 
-  /**
-   * Stops pulling and taking forwarded wants, lets the want being answered and the forwards
-   * in flight finish, and gives the queued ones back.
-   */
   /** Takes up the shared consumer made anew (a NATS server back with an empty store). */
   async reopen(): Promise<void> {
     await this.#loop?.reopen();
   }
 
+  /**
+   * Stops pulling and taking forwarded wants, lets the want being answered and the forwards
+   * in flight finish, and gives the queued ones back.
+   */
   async stop(): Promise<void> {
     this.#stopping.abort();
     this.#forwardedIn?.unsubscribe();

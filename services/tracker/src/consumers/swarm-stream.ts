@@ -46,6 +46,8 @@ export class SwarmStreamConsumer {
   #lastSeq = 0;
   /** The stream's last sequence when the replay began: reaching it completes the replay. */
   #replayTo = 0;
+  /** When the stream followed was created (its stream info's `created`). */
+  #streamCreated: string | undefined;
   readonly #caughtUpWaiters: (() => void)[] = [];
 
   constructor(deps: SwarmStreamDeps) {
@@ -60,7 +62,9 @@ export class SwarmStreamConsumer {
   /** Starts following the stream; `whenCaughtUp` says when the replay is done. */
   async start(): Promise<void> {
     const { jsm, js, logger } = this.#deps;
-    const state = (await jsm.streams.info(STREAMS.swarm.name)).state;
+    const info = await jsm.streams.info(STREAMS.swarm.name);
+    const state = info.state;
+    this.#streamCreated = info.created;
     logger.info(
       { stream: STREAMS.swarm.name, messages: state.messages, lastSeq: state.last_seq },
       'replaying the swarm stream',
@@ -76,8 +80,10 @@ export class SwarmStreamConsumer {
       logger,
       retryDelayMs: RETRY_DELAY_MS,
       // Reopened after a failure, the consumer resumes after the last applied message, so a
-      // reconnect does not replay the stream again.
+      // reconnect does not replay the stream again; from the first one when the stream was
+      // made anew.
       open: async () => {
+        await this.#followRecreated();
         const next = this.#lastSeq + 1;
         const consumer = await js.consumers.get(
           STREAMS.swarm.name,
@@ -107,24 +113,41 @@ export class SwarmStreamConsumer {
   }
 
   /**
-   * Opens the consumer again, after the last message applied. For a reconnect: the server
-   * that went away took this ordered consumer with it, and the iterator would notice only
-   * after missing its heartbeats, the view going stale meanwhile.
+   * Opens the consumer again, after the last message applied, or from the first message of
+   * a stream made anew (see `#followRecreated`). For a reconnect: the server that went away
+   * took this ordered consumer with it, and the iterator would notice only after missing its
+   * heartbeats, the view going stale meanwhile.
    */
   async reopen(): Promise<void> {
     await this.#loop?.reopen();
   }
 
   /**
-   * Follows the stream from its first message again: it was made anew (a NATS server back
-   * with an empty store), and its sequence started over, so resuming after the last message
-   * applied would skip every new one up to that number. The view keeps what it has; the
-   * agents' periodic announcements and new haves bring it up to date.
+   * Before each open: when the stream was made anew (a NATS server back with an empty store;
+   * its creation time changed, or its last sequence is below the last one applied), its
+   * sequence started over, so resuming after the last message applied would skip every new
+   * one up to that number, and the view, ordered by the old sequence, would ignore the new
+   * stream's withdrawals and departures. Then the view is rebased and the consumer starts
+   * at the first message. Every replica sees it for itself, whichever made the stream; the
+   * sequence is reset here, in the loop, so no open can use the old one.
    */
-  async restartFromStart(): Promise<void> {
-    // Closed first: the loop waits before it opens again, from the sequence reset here.
-    await this.#loop?.reopen();
+  async #followRecreated(): Promise<void> {
+    const { jsm, view, shard, logger } = this.#deps;
+    const info = await jsm.streams.info(STREAMS.swarm.name);
+    const recreated =
+      (this.#streamCreated !== undefined && info.created !== this.#streamCreated) ||
+      info.state.last_seq < this.#lastSeq;
+    this.#streamCreated = info.created;
+    if (!recreated) {
+      return;
+    }
+    logger.warn(
+      { stream: STREAMS.swarm.name, lastApplied: this.#lastSeq, lastSeq: info.state.last_seq },
+      'the swarm stream was made anew; following it from its first message',
+    );
     this.#lastSeq = 0;
+    view.rebase();
+    shard?.rebase();
   }
 
   /** Stops following the stream; the view keeps what it has. */

@@ -87,6 +87,18 @@ export class RawHaves {
     return events.sort((a, b) => a.seq - b.seq);
   }
 
+  /**
+   * Forgets the stream sequences of the haves held (each becomes 0, before any of a new
+   * stream): the stream was made anew and its sequence started over (see `SwarmView.rebase`).
+   */
+  rebase(): void {
+    for (const peers of this.#byBlob.values()) {
+      for (const [peer, kept] of peers) {
+        peers.set(peer, { ...kept, seq: 0 });
+      }
+    }
+  }
+
   /** True when a have of `blob` is held. */
   has(blob: string): boolean {
     return this.#byBlob.has(blob);

@@ -71,6 +71,11 @@ export class BlobShard {
     return this.#raw.size;
   }
 
+  /** The stream was made anew: the kept haves' sequences start over (see `RawHaves.rebase`). */
+  rebase(): void {
+    this.#raw.rebase();
+  }
+
   /** Whether this replica applies the haves and answers the wants of `blob` now. */
   applies(blob: string): boolean {
     return this.replicas.owns(blob) || this.#borrowed.has(blob);

@@ -353,6 +353,33 @@ export class SwarmView {
     return removed;
   }
 
+  /**
+   * Makes the view ready for a stream made anew (a NATS server back with its store lost),
+   * whose sequence starts over at 1: every entry's sequence becomes 0, so any event of the
+   * new stream comes after it, and departures and seed withdrawals, which were ordered by the
+   * old sequence, are forgotten. Without it, a withdrawal or a departure of a known peer on
+   * the new stream would be ignored (its sequence lower than the entry's) until the entry
+   * expired. The entries themselves stay: the agents announce again what they hold.
+   */
+  rebase(): void {
+    const order = [...this.#byUpdate];
+    this.#byUpdate.clear();
+    for (const [entry, blob] of order) {
+      const swarm = this.#blobs.get(blob);
+      const known = this.#peers.get(entry.peer.id);
+      if (swarm === undefined || known === undefined) {
+        continue;
+      }
+      const rebased: SwarmEntry = { ...entry, peer: known.info, seq: 0 };
+      swarm.entries.set(entry.peer.id, rebased);
+      swarm.holders.set(rebased);
+      this.#byUpdate.set(rebased, blob);
+    }
+    this.#departures.clear();
+    this.#withdrawals.clear();
+    this.#lastSeq = 0;
+  }
+
   /** A read-only snapshot API over this view, evaluated at `now()` on every call. */
   snapshot(now: () => number): SwarmSnapshot {
     return {
