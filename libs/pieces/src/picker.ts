@@ -165,11 +165,6 @@ interface SourceState {
   banned: boolean;
   /** Left alone until then (ms), after a 429. */
   busyUntil: number;
-  /**
-   * It sent a piece that verified, and no request to it failed since: what it is said to hold
-   * it serves (a hand-out may name a peer that has since evicted the blob).
-   */
-  proven: boolean;
 }
 
 export class PiecePicker {
@@ -242,7 +237,6 @@ export class PiecePicker {
         failures: 0,
         banned: this.#dropped.has(advert.id),
         busyUntil: 0,
-        proven: false,
       };
       this.#sources.set(advert.id, source);
       // A hand-out may be older than the hashes heard since.
@@ -425,19 +419,9 @@ export class PiecePicker {
       if (this.#active >= settings.concurrency) {
         return started;
       }
-      // A piece a proven peer holds is not asked of the seed, even while that peer's requests
-      // are all taken: it is asked of the peer when one of them ends. The seed's link is the
-      // one every byte must cross once; asked for a piece it sent a while ago, the seed sends
-      // it again (its rationing counts a copy only for a few seconds after it was sent), and
-      // on slow links, where every peer's requests are taken most of the time, those second
-      // copies made it send 1.15–1.2× the image. Only a proven peer: one a stale hand-out
-      // names after it evicted the blob would keep the piece from the seed until the stall
-      // timeout sent the download to the origin. Endgame copies may still go to the seed.
-      const peersOnly =
-        (this.#seedDeferred.get(candidate.index) ?? 0) > now ||
-        candidate.sources.some((s) => !s.advert.seed && s.proven);
+      const deferred = (this.#seedDeferred.get(candidate.index) ?? 0) > now;
       const source = this.#pick(
-        peersOnly ? candidate.sources.filter((s) => !s.advert.seed) : candidate.sources,
+        deferred ? candidate.sources.filter((s) => !s.advert.seed) : candidate.sources,
         new Set(),
         othersServe,
         sole,
@@ -541,11 +525,9 @@ export class PiecePicker {
     switch (outcome) {
       case 'ok':
         this.#typicalMs = nextTypicalMs(this.#typicalMs, now - request.startedMs);
-        source.proven = true;
         break;
       case 'bad':
         source.banned = true;
-        source.proven = false;
         break;
       case 'busy':
         if (source.advert.seed) {
@@ -561,7 +543,6 @@ export class PiecePicker {
         break;
       case 'failed':
         source.failures += 1;
-        source.proven = false;
         break;
       case 'dropped':
         break;

@@ -9,7 +9,6 @@ import {
   windowEnd,
   type PickedRequest,
   type PickerSettings,
-  type RequestOutcome,
   type PieceCandidate,
 } from '../src/picker.js';
 
@@ -179,65 +178,6 @@ describe('PiecePicker', () => {
     );
   });
 
-  it("does not ask the seed for a piece a proven peer holds, even with the peer's requests all taken", () => {
-    const { picker: p } = picker(8, { concurrency: 8 });
-    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 6]] });
-    const first = p.next();
-    // Four to the peer (its cap), two to the seed, for pieces the peer does not hold.
-    assert.deepEqual(indexes(first.filter((r) => r.source === 'peer')).sort(), [0, 1, 2, 3]);
-    assert.deepEqual(indexes(first.filter((r) => r.source === 'seed')).sort(), [6, 7]);
-    const settle = (request: PickedRequest | undefined, outcome: RequestOutcome): void => {
-      assert.ok(request !== undefined);
-      if (outcome === 'ok') {
-        p.markHave(request.index);
-      }
-      p.settle(request, outcome);
-    };
-    // The peer sends piece 0: it is proven, and piece 4 goes to it.
-    settle(
-      first.find((r) => r.index === 0),
-      'ok',
-    );
-    assert.deepEqual(
-      p.next().map((r) => [r.index, r.source]),
-      [[4, 'peer']],
-    );
-    // The seed's requests end; piece 5 waits for the peer rather than go to the seed.
-    settle(
-      first.find((r) => r.index === 6),
-      'ok',
-    );
-    settle(
-      first.find((r) => r.index === 7),
-      'ok',
-    );
-    assert.deepEqual(p.next(), []);
-    // A request to the peer fails: no longer proven, so the seed is asked for piece 5.
-    settle(
-      first.find((r) => r.index === 1),
-      'failed',
-    );
-    assert.deepEqual(
-      p.next().map((r) => [r.index, r.source]),
-      [
-        [1, 'peer'],
-        [5, 'seed'],
-      ].sort((a, b) => Number(a[0]) - Number(b[0])),
-    );
-  });
-
-  it('asks the seed for a piece a peer holds while that peer has not yet sent one', () => {
-    const { picker: p } = picker(8, { concurrency: 8 });
-    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    // A hand-out may name a peer that has evicted the blob since: until it serves, the seed
-    // is asked too.
-    p.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
-    const started = p.next();
-    assert.equal(started.filter((r) => r.source === 'peer').length, 4);
-    assert.equal(started.filter((r) => r.source === 'seed').length, 2);
-  });
-
   it('asks the only source there is for more small pieces at once, and goes back to a few per source when another appears', () => {
     // 1 MiB pieces, 6 MiB to a sole source.
     const { picker: p } = picker(16, { concurrency: 8, soleSourceBytes: 6 * MiB });
@@ -249,12 +189,10 @@ describe('PiecePicker', () => {
       p.markHave(request.index);
       p.settle(request, 'ok');
     }
-    // A peer joins with pieces 0-11: the seed is kept to perSeed again (for pieces only it
-    // holds), the peer takes perSource.
-    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 12]] });
+    // A peer joins: the seed is kept to perSeed again, the peer takes perSource.
+    p.advertise({ id: 'peer', seed: false, complete: true, pieces: [] });
     const shared = p.next();
     assert.equal(shared.filter((r) => r.source === 'seed').length, 2);
-    assert.ok(shared.filter((r) => r.source === 'seed').every((r) => r.index >= 12));
     assert.equal(shared.filter((r) => r.source === 'peer').length, 4);
     // Pieces larger than that share: never fewer than perSource.
     const { picker: large } = picker(16, { concurrency: 8, soleSourceBytes: 2 * MiB });
