@@ -56,4 +56,32 @@ describe('StallWatch', () => {
     clock.ms += 1_001;
     assert.equal(stall.stalled(), true);
   });
+
+  it('with a rate floor, a trickle of bytes does not hold the stall off', () => {
+    const clock = { ms: 1_000_000 };
+    // Floor 16 KiB/s: a byte buys 1/16384 s of waiting.
+    const stall = new StallWatch(10_000, () => clock.ms, 16 * 1024);
+    // A peer sending one byte every 300 ms, handed out again after each give-up.
+    let t = 0;
+    while (!stall.stalled() && t < 60_000) {
+      clock.ms += 300;
+      t += 300;
+      stall.received(1);
+    }
+    assert.equal(stall.stalled(), true, 'stalled despite the trickle');
+    assert.ok(t > 10_000 && t <= 10_500, `stalled ${t} ms in, about the timeout`);
+  });
+
+  it('with a rate floor, a slow link above it never stalls and silence still does', () => {
+    const clock = { ms: 1_000_000 };
+    const stall = new StallWatch(10_000, () => clock.ms, 16 * 1024);
+    // 32 KiB/s, twice the floor, for two minutes: no piece whole for 32 s at a time.
+    for (let t = 0; t < 120_000; t += 250) {
+      clock.ms += 250;
+      stall.received(8 * 1024);
+      assert.equal(stall.stalled(), false, `at ${t + 250} ms`);
+    }
+    clock.ms += 10_001;
+    assert.equal(stall.stalled(), true, 'a timeout of silence after the last byte');
+  });
 });

@@ -121,7 +121,10 @@ export const seedFields = z.object({
    * Blobs seeded at once by this replica (default 16). A client pulls every layer of an image
    * at once (`ctr` and nerdctl do), and a blob waiting in the queue has no piece hash: past
    * the agents' stall timeout they read it from the origin, every agent. With 4, a 12-layer
-   * image sent 48 downloads of six nodes to the registry (3.4× the image).
+   * image sent 48 downloads of six nodes to the registry (3.4× the image). Each blob seeded
+   * is one origin GET at a time and holds its piece in memory, plus, with the S3 gateway, up
+   * to 5 parts of `SHOAL_S3_PART_SIZE_BYTES` for its copy: size the memory limit for it (16
+   * blobs with 8 MiB parts: about 640 MiB of part buffers at worst), or lower this.
    */
   SHOAL_SEED_CONCURRENCY: envInt(16),
   /**

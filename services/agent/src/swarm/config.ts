@@ -106,8 +106,10 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_PIECE_MIN_RATE_BYTES: envInt(16 * 1024),
   /**
    * Without progress from the swarm for this long, missing pieces come from the origin, in ms
-   * (default 10 000). Progress is any piece byte received, not only a whole piece: on a slow
-   * link a piece may take longer than this and still be moving.
+   * (default 10 000). Progress is piece bytes received, not only a whole piece: on a slow
+   * link a piece may take longer than this and still be moving. Bytes count at most at
+   * SHOAL_AGENT_PIECE_MIN_RATE_BYTES (each byte holds the stall off 1/floor s), so a peer that
+   * trickles cannot hold a download off the origin.
    */
   SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: envInt(10_000),
   /**

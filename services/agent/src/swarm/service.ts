@@ -134,6 +134,7 @@ export class SwarmService implements BlobFetcher {
       settings: {
         concurrency: Math.max(1, config.SHOAL_AGENT_PIECE_CONCURRENCY),
         stallTimeoutMs: config.SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS,
+        minRateBytes: config.SHOAL_AGENT_PIECE_MIN_RATE_BYTES,
         wantIntervalMs: config.SHOAL_AGENT_WANT_INTERVAL_MS,
       },
     });

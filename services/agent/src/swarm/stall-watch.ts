@@ -4,18 +4,27 @@
  * heard, not only a whole piece: on a slow link a download's requests share the link, each
  * 1 MiB piece can take longer than the timeout, and they complete together with long gaps
  * between. Counted by whole pieces, those gaps sent healthy downloads to the origin (a node at
- * 6.25 Mbit/s in a 25 Mbit/s swarm read 0.23× the image from the registry). A request that
- * moves too slowly is the rate floor's to give up (`rate-floor.ts`); with no request moving,
- * the bytes stop and the stall is seen. Time comes from `now` (ms), so tests drive it.
+ * 6.25 Mbit/s in a 25 Mbit/s swarm read 0.23× the image from the registry). Bytes count only
+ * at the pieces' rate floor: each byte buys at most `1 / minBytesPerSecond` s of waiting, so a
+ * peer that trickles (one byte every few seconds, handed out again after each give-up) cannot
+ * hold a download off the origin for ever, while a slow link well above the floor never
+ * stalls. Time comes from `now` (ms), so tests drive it.
  */
 export class StallWatch {
   readonly #timeoutMs: number;
   readonly #now: () => number;
+  /** Milliseconds of waiting one byte buys (0: any byte counts as moving now). */
+  readonly #msPerByte: number;
   #lastMs: number;
 
-  constructor(timeoutMs: number, now: () => number = Date.now) {
+  /**
+   * `minBytesPerSecond`: the rate below which bytes do not keep the download from stalling
+   * (the pieces' rate floor); 0 counts any byte as moving now.
+   */
+  constructor(timeoutMs: number, now: () => number = Date.now, minBytesPerSecond = 0) {
     this.#timeoutMs = timeoutMs;
     this.#now = now;
+    this.#msPerByte = minBytesPerSecond > 0 ? 1000 / minBytesPerSecond : 0;
     this.#lastMs = now();
   }
 
@@ -26,9 +35,12 @@ export class StallWatch {
 
   /** Piece bytes arrived (before their piece is whole or verified); called per socket read. */
   received(bytes: number): void {
-    if (bytes > 0) {
-      this.#lastMs = this.#now();
+    if (bytes <= 0) {
+      return;
     }
+    const now = this.#now();
+    this.#lastMs =
+      this.#msPerByte === 0 ? now : Math.min(now, this.#lastMs + bytes * this.#msPerByte);
   }
 
   /**

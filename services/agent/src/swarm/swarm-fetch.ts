@@ -117,6 +117,11 @@ export interface SwarmFetchSettings {
   readonly concurrency: number;
   readonly stallTimeoutMs: number;
   readonly wantIntervalMs: number;
+  /**
+   * Piece bytes per second below which arriving bytes do not hold off the stall (the pieces'
+   * rate floor); absent or 0: any byte does.
+   */
+  readonly minRateBytes?: number;
 }
 
 export interface SwarmFetchDeps {
@@ -188,7 +193,11 @@ export class SwarmFetch {
     this.#deps = deps;
     this.#blob = target.digest.toString();
     this.#wants = new WantPacer(wantPacing(deps.settings.wantIntervalMs));
-    this.#stall = new StallWatch(deps.settings.stallTimeoutMs);
+    this.#stall = new StallWatch(
+      deps.settings.stallTimeoutMs,
+      Date.now,
+      deps.settings.minRateBytes ?? 0,
+    );
     this.#picker = new PiecePicker({
       settings: {
         concurrency: deps.settings.concurrency,
