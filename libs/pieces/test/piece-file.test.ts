@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 
 import { PieceBuffers } from '../src/buffers.js';
 import { isDiskFull } from '../src/disk.js';
-import { COALESCE_BYTES, PieceFile } from '../src/piece-file.js';
+import { COALESCE_BYTES, PieceFile, WRITE_MAX_BYTES } from '../src/piece-file.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -124,6 +124,30 @@ describe('PieceFile', () => {
     assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
     assert.equal(file.heldAt(0), undefined, 'written bytes are not kept');
     assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.close();
+  });
+
+  it('writes at most 1 MiB per system call, whole pieces, gathered runs and writes-through alike', async () => {
+    // One call of 2 MiB or more would fill the page cache with 2 MiB folios (see WRITE_MAX_BYTES).
+    const blob = randomBytes(4 * MiB + 3 * 768 * KiB + MiB + 100 * KiB);
+    const { file, writes } = await watched('cut', 16 * MiB);
+    await file.put(0, blob.subarray(0, 4 * MiB), false);
+    assert.deepEqual(writes, [MiB, MiB, MiB, MiB], 'a 4 MiB piece in four calls');
+    // Three 768 KiB pieces out of order: the second one completes a 1.5 MiB run with the third,
+    // cut inside the third; the first is written alone by the flush.
+    const at = (i: number): number => 4 * MiB + i * 768 * KiB;
+    await file.put(at(2), blob.subarray(at(2), at(3)), false);
+    await file.put(at(1), blob.subarray(at(1), at(2)), false);
+    await file.put(at(0), blob.subarray(at(0), at(1)), false);
+    await file.flush();
+    assert.deepEqual(writes.slice(4), [MiB, 512 * KiB, 768 * KiB]);
+    await file.writeThrough(at(3), blob.subarray(at(3)));
+    assert.deepEqual(writes.slice(7), [MiB, 100 * KiB]);
+    assert.equal(WRITE_MAX_BYTES, MiB);
+    file.advance(blob.length);
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.commit(join(dir, 'cut.done'));
+    assert.deepEqual(await readFile(join(dir, 'cut.done')), blob);
     await file.close();
   });
 
