@@ -37,6 +37,8 @@ const MAX_CHUNKS_PER_WRITE = 256;
  * piece against 0.1 ms per MiB written 1 MiB at a time (bench/README.md, issue 9).
  */
 export const WRITE_MAX_BYTES = 1024 * 1024;
+/** The smallest write cut into `WRITE_MAX_BYTES` calls: smaller ones get smaller folios already. */
+const CUT_FROM_BYTES = 2 * 1024 * 1024;
 /** Bytes read back per step when hashing a prefix whose bytes were dropped from memory. */
 const HASH_CHUNK_BYTES = 1024 * 1024;
 
@@ -507,8 +509,8 @@ export class PieceFile {
 }
 
 /**
- * Writes `buffers` back to back at `position`, at most `WRITE_MAX_BYTES` per system call, going
- * on after short writes.
+ * Writes `buffers` back to back at `position`, going on after short writes: in one call if they
+ * hold less than `CUT_FROM_BYTES`, otherwise `WRITE_MAX_BYTES` per call.
  */
 async function writeFully(
   handle: FileHandle,
@@ -518,10 +520,12 @@ async function writeFully(
   let rest = buffers.filter((b) => b.length > 0);
   let at = position;
   while (rest.length > 0) {
-    const { bytesWritten } = await handle.writev(upTo(rest, WRITE_MAX_BYTES), at);
+    const left = rest.reduce((sum, b) => sum + b.length, 0);
+    const call = left < CUT_FROM_BYTES ? rest : upTo(rest, WRITE_MAX_BYTES);
+    const { bytesWritten } = await handle.writev(call, at);
     at += bytesWritten;
-    // Go on from the first byte not written (a short write is rare on a regular file; a
-    // write is cut at `WRITE_MAX_BYTES`).
+    // Go on from the first byte not written (a short write is rare on a regular file; a long
+    // one is cut at `WRITE_MAX_BYTES`).
     let skip = bytesWritten;
     while (rest.length > 0 && skip >= (rest[0]?.length ?? 0)) {
       skip -= rest[0]?.length ?? 0;

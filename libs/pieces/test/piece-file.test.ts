@@ -127,22 +127,23 @@ describe('PieceFile', () => {
     await file.close();
   });
 
-  it('writes at most 1 MiB per system call, whole pieces, gathered runs and writes-through alike', async () => {
+  it('cuts writes of 2 MiB or more into 1 MiB calls, whole pieces, gathered runs and writes-through alike', async () => {
     // One call of 2 MiB or more would fill the page cache with 2 MiB folios (see WRITE_MAX_BYTES).
-    const blob = randomBytes(4 * MiB + 3 * 768 * KiB + MiB + 100 * KiB);
+    const blob = randomBytes(4 * MiB + 3 * 768 * KiB + 4 * MiB);
     const { file, writes } = await watched('cut', 16 * MiB);
     await file.put(0, blob.subarray(0, 4 * MiB), false);
     assert.deepEqual(writes, [MiB, MiB, MiB, MiB], 'a 4 MiB piece in four calls');
-    // Three 768 KiB pieces out of order: the second one completes a 1.5 MiB run with the third,
-    // cut inside the third; the first is written alone by the flush.
+    // Three 768 KiB pieces out of order: the middle one joins them into a 2.25 MiB run, cut
+    // after 1 MiB, its last 1.25 MiB in one call.
     const at = (i: number): number => 4 * MiB + i * 768 * KiB;
-    await file.put(at(2), blob.subarray(at(2), at(3)), false);
-    await file.put(at(1), blob.subarray(at(1), at(2)), false);
-    await file.put(at(0), blob.subarray(at(0), at(1)), false);
-    await file.flush();
-    assert.deepEqual(writes.slice(4), [MiB, 512 * KiB, 768 * KiB]);
-    await file.writeThrough(at(3), blob.subarray(at(3)));
-    assert.deepEqual(writes.slice(7), [MiB, 100 * KiB]);
+    for (const i of [0, 2, 1]) {
+      await file.put(at(i), blob.subarray(at(i), at(i + 1)), false);
+    }
+    assert.deepEqual(writes.slice(4), [MiB, MiB + 256 * KiB]);
+    // Written through: 1.5 MiB in one call, 2.5 MiB in 1 MiB then 1.5 MiB.
+    await file.writeThrough(at(3), blob.subarray(at(3), at(3) + 1536 * KiB));
+    await file.writeThrough(at(3) + 1536 * KiB, blob.subarray(at(3) + 1536 * KiB));
+    assert.deepEqual(writes.slice(6), [1536 * KiB, MiB, 1536 * KiB]);
     assert.equal(WRITE_MAX_BYTES, MiB);
     file.advance(blob.length);
     assert.equal((await file.digest()).toString(), sha256(blob));
