@@ -28,6 +28,17 @@ import type { PieceBuffers } from './buffers.js';
 export const COALESCE_BYTES = 1024 * 1024;
 /** Extents gathered into one write at most (well under IOV_MAX, 1024 on Linux). */
 const MAX_CHUNKS_PER_WRITE = 256;
+/**
+ * The most bytes one write system call takes. Linux (6.x, ext4 and others with large folios)
+ * sizes the page-cache folios of a buffered write by the bytes the call writes: 2 MiB or more
+ * get 2 MiB folios, which come from the free blocks the kernel has handed back to the host of
+ * a virtual machine (free page reporting), and every first touch of those pages costs a
+ * fault on the host. Writing a 4 MiB piece in one call cost the agent's thread pool 8 ms per
+ * piece against 0.1 ms per MiB written 1 MiB at a time (bench/README.md, issue 9).
+ */
+export const WRITE_MAX_BYTES = 1024 * 1024;
+/** The smallest write cut into `WRITE_MAX_BYTES` calls: smaller ones get smaller folios already. */
+const CUT_FROM_BYTES = 2 * 1024 * 1024;
 /** Bytes read back per step when hashing a prefix whose bytes were dropped from memory. */
 const HASH_CHUNK_BYTES = 1024 * 1024;
 
@@ -497,7 +508,10 @@ export class PieceFile {
   }
 }
 
-/** Writes `buffers` back to back at `position`, going on after short writes. */
+/**
+ * Writes `buffers` back to back at `position`, going on after short writes: in one call if they
+ * hold less than `CUT_FROM_BYTES`, otherwise `WRITE_MAX_BYTES` per call.
+ */
 async function writeFully(
   handle: FileHandle,
   buffers: readonly Uint8Array[],
@@ -506,9 +520,12 @@ async function writeFully(
   let rest = buffers.filter((b) => b.length > 0);
   let at = position;
   while (rest.length > 0) {
-    const { bytesWritten } = await handle.writev(rest, at);
+    const left = rest.reduce((sum, b) => sum + b.length, 0);
+    const call = left < CUT_FROM_BYTES ? rest : upTo(rest, WRITE_MAX_BYTES);
+    const { bytesWritten } = await handle.writev(call, at);
     at += bytesWritten;
-    // A short write (rare on a regular file): go on from the first byte not written.
+    // Go on from the first byte not written (a short write is rare on a regular file; a long
+    // one is cut at `WRITE_MAX_BYTES`).
     let skip = bytesWritten;
     while (rest.length > 0 && skip >= (rest[0]?.length ?? 0)) {
       skip -= rest[0]?.length ?? 0;
@@ -518,4 +535,18 @@ async function writeFully(
       rest = [rest[0].subarray(skip), ...rest.slice(1)];
     }
   }
+}
+
+/** The first `maxBytes` of `buffers` (all of them if they hold less), without copying. */
+function upTo(buffers: readonly Uint8Array[], maxBytes: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let left = maxBytes;
+  for (const buffer of buffers) {
+    if (left <= 0) {
+      break;
+    }
+    out.push(buffer.length <= left ? buffer : buffer.subarray(0, left));
+    left -= buffer.length;
+  }
+  return out;
 }

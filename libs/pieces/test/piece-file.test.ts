@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 
 import { PieceBuffers } from '../src/buffers.js';
 import { isDiskFull } from '../src/disk.js';
-import { COALESCE_BYTES, PieceFile } from '../src/piece-file.js';
+import { COALESCE_BYTES, PieceFile, WRITE_MAX_BYTES } from '../src/piece-file.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -124,6 +124,31 @@ describe('PieceFile', () => {
     assert.deepEqual(writes, [COALESCE_BYTES, COALESCE_BYTES, COALESCE_BYTES, 1000]);
     assert.equal(file.heldAt(0), undefined, 'written bytes are not kept');
     assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.close();
+  });
+
+  it('cuts writes of 2 MiB or more into 1 MiB calls, whole pieces, gathered runs and writes-through alike', async () => {
+    // One call of 2 MiB or more would fill the page cache with 2 MiB folios (see WRITE_MAX_BYTES).
+    const blob = randomBytes(4 * MiB + 3 * 768 * KiB + 4 * MiB);
+    const { file, writes } = await watched('cut', 16 * MiB);
+    await file.put(0, blob.subarray(0, 4 * MiB), false);
+    assert.deepEqual(writes, [MiB, MiB, MiB, MiB], 'a 4 MiB piece in four calls');
+    // Three 768 KiB pieces out of order: the middle one joins them into a 2.25 MiB run, cut
+    // after 1 MiB, its last 1.25 MiB in one call.
+    const at = (i: number): number => 4 * MiB + i * 768 * KiB;
+    for (const i of [0, 2, 1]) {
+      await file.put(at(i), blob.subarray(at(i), at(i + 1)), false);
+    }
+    assert.deepEqual(writes.slice(4), [MiB, MiB + 256 * KiB]);
+    // Written through: 1.5 MiB in one call, 2.5 MiB in 1 MiB then 1.5 MiB.
+    await file.writeThrough(at(3), blob.subarray(at(3), at(3) + 1536 * KiB));
+    await file.writeThrough(at(3) + 1536 * KiB, blob.subarray(at(3) + 1536 * KiB));
+    assert.deepEqual(writes.slice(6), [1536 * KiB, MiB, 1536 * KiB]);
+    assert.equal(WRITE_MAX_BYTES, MiB);
+    file.advance(blob.length);
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    await file.commit(join(dir, 'cut.done'));
+    assert.deepEqual(await readFile(join(dir, 'cut.done')), blob);
     await file.close();
   });
 
