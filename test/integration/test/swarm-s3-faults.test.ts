@@ -13,6 +13,7 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
+  waitFor,
   startFaultProxy,
   startRegistry,
   startS3,
@@ -151,5 +152,23 @@ describe('the object gateway failing while the seed server seeds', () => {
     for (const blob of second.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest}: once`);
     }
+  });
+
+  it('copies the blobs seeded while it was left alone into the gateway once it is back, unasked', async () => {
+    // The test before healed the gateway; nobody asks for these blobs again.
+    const copied = (hex: string): boolean =>
+      s3
+        .requests()
+        .some(
+          (r) =>
+            (r.method === 'PUT' || r.method === 'POST') &&
+            r.key?.endsWith(hex) === true &&
+            !r.query.includes('partNumber'),
+        );
+    await waitFor(
+      'every blob seeded during the break copied into the gateway',
+      () => Promise.resolve(second.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
+      { timeoutMs: 60_000, intervalMs: 500 },
+    );
   });
 });

@@ -118,6 +118,15 @@ export class Seeder {
   readonly #running = new Map<string, Promise<SeedOutcome>>();
   /** Until when (ms since the epoch) the object gateway is not asked: see `GATEWAY_BREAK_MS`. */
   #gatewayBrokenUntil = 0;
+  /**
+   * Held blobs owed their gateway copy because the gateway was left alone when they came in:
+   * copied one at a time once the break is over (`#copyOwed`), whether or not anyone asks for
+   * them again (nobody may: the agents get them from each other).
+   */
+  readonly #owed = new Map<string, SeedBlob>();
+  #owedTimer: NodeJS.Timeout | undefined;
+  /** Aborted by `close`: ends the copies owed to the gateway. */
+  readonly #closing = new AbortController();
   /** Held blobs whose copy in the gateway is being written in the background. */
   readonly #storing = new Set<string>();
   /** Why the last failed run of a blob failed, for preheat reports. */
@@ -738,8 +747,9 @@ export class Seeder {
       );
     });
     if (ingested.source === 'origin' && ingested.tee === undefined && this.#gatewayBroken()) {
-      // The gateway failed lately: its copy is made by a later request for the blob.
+      // The gateway failed lately: its copy is made once the break is over.
       ingested.blob.stored = false;
+      this.#owe(ingested.blob);
     } else if (ingested.source === 'origin') {
       try {
         await this.#store(ingested.blob, signal, ingested.tee);
@@ -747,13 +757,14 @@ export class Seeder {
         if (signal.aborted) {
           throw error;
         }
-        // Verified and committed: the blob is seeded and served; its gateway copy is made by a
-        // later request once the gateway is back.
+        // Verified and committed: the blob is seeded and served; its gateway copy is made once
+        // the break is over.
         this.#gatewayFailed(
           ingested.blob.digest.toString(),
           error,
           'could not store a seeded blob in the object gateway',
         );
+        this.#owe(ingested.blob);
       }
     }
   }
@@ -770,6 +781,57 @@ export class Seeder {
     this.#gatewayBrokenUntil = Date.now() + GATEWAY_BREAK_MS;
   }
 
+  /** `blob` is owed its gateway copy: made by `#copyOwed` once the break is over. */
+  #owe(blob: SeedBlob): void {
+    if (this.#closing.signal.aborted) {
+      return;
+    }
+    this.#owed.set(blob.digest.toString(), blob);
+    if (this.#owedTimer === undefined) {
+      const waitMs = Math.max(0, this.#gatewayBrokenUntil - Date.now()) + 1;
+      this.#owedTimer = setTimeout(() => {
+        this.#owedTimer = undefined;
+        void this.#copyOwed();
+      }, waitMs);
+      this.#owedTimer.unref();
+    }
+  }
+
+  /**
+   * Copies the owed blobs still held into the gateway, one at a time; stops at the next
+   * failure (the blobs left wait for the next break to end).
+   */
+  async #copyOwed(): Promise<void> {
+    const signal = this.#closing.signal;
+    for (const [key, blob] of this.#owed) {
+      if (signal.aborted) {
+        return;
+      }
+      if (this.#gatewayBroken()) {
+        // Broken again: the rest wait for this break to end.
+        this.#owe(blob);
+        return;
+      }
+      this.#owed.delete(key);
+      if (this.#cache.peek(key) !== blob || this.#storing.has(key)) {
+        continue;
+      }
+      this.#storing.add(key);
+      try {
+        await this.#ensureStored(blob, signal);
+      } catch (error) {
+        // Not `signal`: checked above, the linter would take it for still false.
+        if (!this.#closing.signal.aborted) {
+          this.#gatewayFailed(key, error, 'could not store a held blob in the object gateway');
+          this.#owe(blob);
+        }
+        return;
+      } finally {
+        this.#storing.delete(key);
+      }
+    }
+  }
+
   /**
    * Makes sure a held blob has its gateway copy, without holding up its answer: one write at a
    * time per blob, none while the gateway is left alone after a failure (the next request
@@ -777,7 +839,13 @@ export class Seeder {
    */
   #storeInBackground(blob: SeedBlob, signal: AbortSignal): void {
     const key = blob.digest.toString();
-    if (this.#storing.has(key) || this.#gatewayBroken()) {
+    if (this.#storing.has(key)) {
+      return;
+    }
+    if (this.#gatewayBroken()) {
+      if (blob.stored !== true) {
+        this.#owe(blob);
+      }
       return;
     }
     this.#storing.add(key);
@@ -930,6 +998,9 @@ export class Seeder {
   }
 
   async close(): Promise<void> {
+    this.#closing.abort();
+    clearTimeout(this.#owedTimer);
+    this.#owed.clear();
     await Promise.allSettled(this.#running.values());
     await this.#evicting;
     for (const blob of this.#cache.oldestFirst()) {
