@@ -65,8 +65,11 @@ export async function startNodePreheat(
   });
   return {
     stop: async () => {
+      // Tasks stop at once (their downloads no longer awaited, the task handed back), not
+      // after the presence entry's delete, which waits its timeout when NATS is away.
+      const tasks = nodes.stop();
       await presence.stop();
-      await nodes.stop();
+      await tasks;
     },
   };
 }
