@@ -77,7 +77,11 @@ describe('SwarmClient haves', () => {
   });
 
   /** The real JetStream client, but the first publish to `subject` rejects (NATS away). */
-  function failingOnce(subject: string, meanwhile: () => void = () => undefined): JetStreamClient {
+  function failingOnce(
+    subject: string,
+    meanwhile: () => void = () => undefined,
+    error: Error = new Error('timeout'),
+  ): JetStreamClient {
     const { js } = fixture;
     let failed = false;
     const stub = Object.create(js) as JetStreamClient;
@@ -85,7 +89,7 @@ describe('SwarmClient haves', () => {
       if (subj === subject && !failed) {
         failed = true;
         meanwhile();
-        return Promise.reject(new Error('timeout'));
+        return Promise.reject(error);
       }
       return js.publish(subj, data, options);
     };
@@ -135,6 +139,25 @@ describe('SwarmClient haves', () => {
       client.announce(blob, [[0, 1]], false);
       await sleep(HAVE_INTERVAL_MS * 6);
       assert.deepEqual(heard.heard, [[[0, 3]]]);
+    } finally {
+      await client.close();
+      heard.stop();
+    }
+  });
+
+  it('drops a have NATS refused for good (a permissions violation)', async () => {
+    const blob = digestOf(Buffer.from('have refused')).toString();
+    const heard = listen(blob);
+    const refused = Object.assign(new Error('permissions violation'), {
+      name: 'PermissionViolationError',
+    });
+    const client = newClient(
+      failingOnce(pieceHaveSubject(blob, SELF.id), () => undefined, refused),
+    );
+    try {
+      client.announce(blob, [[0, 1]], false);
+      await sleep(HAVE_INTERVAL_MS * 6);
+      assert.deepEqual(heard.heard, []);
     } finally {
       await client.close();
       heard.stop();

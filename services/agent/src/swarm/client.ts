@@ -37,6 +37,21 @@ import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
  */
 const CLOSE_PUBLISH_TIMEOUT_MS = 1_000;
 
+/**
+ * Publish failures that sending again cannot mend (this peer may not publish the subject, or
+ * the subject is malformed): the have is dropped rather than retried with every batch. A
+ * missing stream (no responders) is not one: a NATS server restarting answers so for a while.
+ */
+const PERMANENT_PUBLISH_ERRORS = new Set([
+  'PermissionViolationError',
+  'InvalidSubjectError',
+  'InvalidArgumentError',
+]);
+
+function isPermanent(error: unknown): boolean {
+  return error instanceof Error && PERMANENT_PUBLISH_ERRORS.has(error.name);
+}
+
 export interface WantRequest {
   readonly blob: string;
   readonly registry: string;
@@ -271,7 +286,7 @@ export class SwarmClient {
         // these pieces until the next re-announcement, minutes away, and peers would stall on
         // them and read them from the origin: it goes with the next batch, unless a newer
         // have of the blob (which says as much or more) was queued meanwhile.
-        const requeued = !this.#pendingHaves.has(blob) && !this.#closed;
+        const requeued = !this.#pendingHaves.has(blob) && !this.#closed && !isPermanent(error);
         if (requeued) {
           this.#pendingHaves.set(blob, have);
           this.#scheduleHaves();
