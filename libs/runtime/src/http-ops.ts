@@ -48,6 +48,11 @@ export async function listenOn(
 export interface DrainOptions {
   /** How long requests in flight may still finish, in ms. */
   readonly drainMs: number;
+  /**
+   * How long `cut` and the listeners' close may take after the drain deadline before the
+   * caller's shutdown goes on without them, in ms (default: a quarter of `drainMs`).
+   */
+  readonly cutMs?: number;
   /** Ends the work behind the requests still in flight at the deadline (aborts their sources). */
   readonly cut: () => Promise<void>;
   readonly logger: Logger;
@@ -57,33 +62,54 @@ export interface DrainOptions {
 
 /**
  * Closes `apps` (they stop accepting at once and answer 503 on connections kept alive) and
- * lets requests in flight finish for `drainMs`; past it, `cut` ends their work and every
- * connection left is destroyed, so that a response cut short is seen by its client as broken
- * (a body shorter than its Content-Length), never as complete. Resolves once every app is
- * closed: the caller's shutdown goes on in time, rather than its whole budget going to one
- * long response.
+ * lets requests in flight finish for `drainMs`; past it, every connection left is destroyed,
+ * so that a response cut short is seen by its client as broken (a body shorter than its
+ * Content-Length), never as complete, and `cut` ends their work. Resolves once every app is
+ * closed, or `cutMs` after the drain deadline, and never rejects (a failed close is logged):
+ * the caller's shutdown (leaving the swarm) goes on in time, rather than its whole budget
+ * going to one long response, a cut that hangs or a close that fails.
  */
 export async function drainOrCut(
   apps: readonly FastifyInstance[],
   options: DrainOptions,
 ): Promise<void> {
-  const closed = Promise.all(apps.map((app) => app.close()));
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<'deadline'>((resolve) => {
-    timer = setTimeout(() => resolve('deadline'), options.drainMs);
+  const { logger } = options;
+  const closed = Promise.allSettled(apps.map((app) => app.close())).then((results) => {
+    for (const result of results) {
+      if (result.status === 'rejected') {
+        logger.warn({ err: result.reason }, 'a listener failed to close; shutdown goes on');
+      }
+    }
   });
-  const first = await Promise.race([closed.then(() => 'drained' as const), deadline]);
-  clearTimeout(timer);
-  if (first === 'drained') {
+  if (await settlesWithin(closed, options.drainMs)) {
     return;
   }
-  options.logger.warn(
+  logger.warn(
     { drainMs: options.drainMs, ...options.inFlight?.() },
     'requests still in flight at the drain deadline: cut (clients resume elsewhere)',
   );
-  await options.cut();
+  // Connections first: whatever the cut does, no client is left waiting on this process.
   for (const app of apps) {
     app.server.closeAllConnections();
   }
-  await closed;
+  const cut = options.cut().catch((error: unknown) => {
+    logger.warn({ err: error }, 'cutting the work in flight failed');
+  });
+  const cutMs = options.cutMs ?? Math.floor(options.drainMs / 4);
+  if (!(await settlesWithin(Promise.all([cut, closed]), cutMs))) {
+    logger.warn({ cutMs }, 'the cut did not finish in time; shutdown goes on');
+  }
+}
+
+/** Whether `promise` settles within `ms` (it is left to settle on its own otherwise). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

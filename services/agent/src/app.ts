@@ -385,6 +385,10 @@ export async function buildApp(
       // Readiness fails first, then the listener drains, then downloads and upstreams stop.
       closing = true;
       clearInterval(poolTrim);
+      // Preheat stops before the drain: no preheat download starts while clients finish, and
+      // a task under way is handed back (nak) for the next agent instead of having its blobs
+      // reported failed when the cut aborts their downloads. Its consumer closes meanwhile.
+      const preheatStopped = preheat?.stop();
       // containerd stops asking the mirror before it goes away.
       await hostsFiles?.remove();
       await drainOrCut([server, ...(peerServer === undefined ? [] : [peerServer])], {
@@ -394,7 +398,7 @@ export async function buildApp(
         logger,
         inFlight: () => ({ downloads: downloads.active }),
       });
-      await preheat?.stop();
+      await preheatStopped;
       await downloads.close();
       authz?.close();
       await join?.close();

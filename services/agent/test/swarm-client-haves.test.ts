@@ -10,6 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { decodeMessage, digestOf, pieceHave, pieceHaveSubject, STREAMS } from '@shoal/proto';
 import { createLogger, createMetrics } from '@shoal/runtime';
 
+import type { JetStreamClient } from '@nats-io/jetstream';
+
 import { createAgentMetrics } from '../src/metrics.js';
 import { SwarmClient } from '../src/swarm/client.js';
 import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
@@ -27,8 +29,8 @@ describe('SwarmClient haves', () => {
 
   after(() => fixture.close());
 
-  function newClient(): SwarmClient {
-    const { nc, js, jsm } = fixture;
+  function newClient(js: JetStreamClient = fixture.js): SwarmClient {
+    const { nc, jsm } = fixture;
     return new SwarmClient({
       nc,
       js,
@@ -71,6 +73,94 @@ describe('SwarmClient haves', () => {
     } finally {
       await client.close();
       subscription.unsubscribe();
+    }
+  });
+
+  /** The real JetStream client, but the first publish to `subject` rejects (NATS away). */
+  function failingOnce(
+    subject: string,
+    meanwhile: () => void = () => undefined,
+    error: Error = new Error('timeout'),
+  ): JetStreamClient {
+    const { js } = fixture;
+    let failed = false;
+    const stub = Object.create(js) as JetStreamClient;
+    stub.publish = (subj, data, options) => {
+      if (subj === subject && !failed) {
+        failed = true;
+        meanwhile();
+        return Promise.reject(error);
+      }
+      return js.publish(subj, data, options);
+    };
+    return stub;
+  }
+
+  /** Collects the piece sets heard on `blob`'s have subject. */
+  function listen(blob: string): { heard: unknown[]; stop: () => void } {
+    const heard: unknown[] = [];
+    const subscription = fixture.nc.subscribe(pieceHaveSubject(blob, SELF.id), {
+      callback: (_error, msg) => {
+        const decoded = decodeMessage(pieceHave, msg.data);
+        assert.ok(decoded.ok);
+        heard.push(decoded.value.pieces);
+      },
+    });
+    return { heard, stop: () => subscription.unsubscribe() };
+  }
+
+  it('sends a have NATS did not take with the next batch, once', async () => {
+    const blob = digestOf(Buffer.from('have requeued')).toString();
+    const other = digestOf(Buffer.from('have in the same batch')).toString();
+    const heard = listen(blob);
+    const heardOther = listen(other);
+    const client = newClient(failingOnce(pieceHaveSubject(blob, SELF.id)));
+    try {
+      client.announce(blob, [[0, 1]], false);
+      client.announce(other, [[0, 2]], false);
+      await sleep(HAVE_INTERVAL_MS * 6);
+      assert.deepEqual(heard.heard, [[[0, 1]]]);
+      assert.deepEqual(heardOther.heard, [[[0, 2]]], 'the rest of the batch went at once');
+    } finally {
+      await client.close();
+      heard.stop();
+      heardOther.stop();
+    }
+  });
+
+  it('sends the newer have instead of one NATS did not take', async () => {
+    const blob = digestOf(Buffer.from('have superseded')).toString();
+    const heard = listen(blob);
+    // A newer have of the blob is queued while the failed publish was waiting.
+    const client: SwarmClient = newClient(
+      failingOnce(pieceHaveSubject(blob, SELF.id), () => client.announce(blob, [[0, 3]], false)),
+    );
+    try {
+      client.announce(blob, [[0, 1]], false);
+      await sleep(HAVE_INTERVAL_MS * 6);
+      assert.deepEqual(heard.heard, [[[0, 3]]]);
+    } finally {
+      await client.close();
+      heard.stop();
+    }
+  });
+
+  it('drops a have NATS refused for good (a permissions violation)', async () => {
+    const blob = digestOf(Buffer.from('have refused')).toString();
+    const heard = listen(blob);
+    const refused = Object.assign(new Error('permissions violation'), {
+      name: 'PermissionViolationError',
+    });
+    const client = newClient(
+      failingOnce(pieceHaveSubject(blob, SELF.id), () => undefined, refused),
+    );
+    try {
+      client.announce(blob, [[0, 1]], false);
+      await sleep(HAVE_INTERVAL_MS * 6);
+      assert.deepEqual(heard.heard, []);
+    } finally {
+      await client.close();
+      heard.stop();
     }
   });
 

@@ -158,6 +158,25 @@ describe('swarm view', () => {
     assert.equal(view.withdrawalCount, 1);
   });
 
+  it('counts a seed leaving (peer-gone) as its withdrawal of every blob it held', () => {
+    const view = newView();
+    view.applyHave(have(a, 'seed', { complete: true, seed: true }), 1, T0, T0);
+    view.applyHave(have(b, 'seed', { complete: true, seed: true }), 2, T0, T0);
+    view.applyHave(have(a, 'p1'), 3, T0, T0);
+    // An agent leaving withdraws nothing a seed request is named after.
+    assert.equal(view.applyGone('p1', 4, T0), 1);
+    assert.equal(view.seedWithdrawal(a), undefined);
+    // The seed server back under its id with an empty cache leaves every swarm first: the
+    // next seed request for a or b must not repeat the id of the one that brought them in.
+    assert.equal(view.applyGone('seed', 5, T0 + 10), 2);
+    assert.equal(view.seedWithdrawal(a), 5);
+    assert.equal(view.seedWithdrawal(b), 5);
+    assert.deepEqual(members(view, a, T0 + 10), []);
+    // Leaving again with nothing held changes nothing.
+    assert.equal(view.applyGone('seed', 6, T0 + 20), 0);
+    assert.equal(view.seedWithdrawal(a), 5);
+  });
+
   it('stays flat over rollouts whose blobs every peer evicts', () => {
     const view = newView();
     let seq = 0;

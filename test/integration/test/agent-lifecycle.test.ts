@@ -15,6 +15,7 @@ import {
   makeTempDir,
   pushImage,
   startAgent,
+  startNats,
   startRegistry,
   type GeneratedImage,
   type Registry,
@@ -95,6 +96,35 @@ describe('agent process lifecycle', () => {
       assert.equal((await registry.blobGets(layer.digest)).length, gets, 'served from the cache');
     } finally {
       await second.stop();
+    }
+  });
+
+  it('exits 0 within its shutdown timeout on SIGTERM during a NATS outage', async () => {
+    const nats = await startNats();
+    const shutdownTimeoutMs = 10_000;
+    const agent = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      natsUrl: nats.url,
+      env: { SHOAL_SHUTDOWN_TIMEOUT_MS: String(shutdownTimeoutMs) },
+    });
+    try {
+      await nats.stop();
+      // Every blob cached during the outage leaves a have that could not be published.
+      for (const blob of image.blobs) {
+        const got = await streamDigest(
+          `${agent.url}/v2/shoal/life/blobs/${blob.digest}?ns=${registry.host}`,
+        );
+        assert.equal(got.digest, blob.digest);
+      }
+      const started = performance.now();
+      agent.process.child.kill('SIGTERM');
+      const [code] = (await once(agent.process.child, 'exit')) as [number | null];
+      const tookMs = performance.now() - started;
+      assert.equal(code, 0, `see ${agent.process.logPath}`);
+      assert.ok(tookMs < shutdownTimeoutMs, `took ${tookMs} ms`);
+    } finally {
+      await agent.stop();
+      await nats.stop();
     }
   });
 

@@ -66,8 +66,11 @@ export async function startNodePreheat(
   await presence.start(config.SHOAL_AGENT_PRESENCE_INTERVAL_MS);
   return {
     stop: async () => {
+      // Tasks stop at once (their downloads no longer awaited, the task handed back), not
+      // after the presence entry's delete, which waits its timeout when NATS is away.
+      const tasks = nodes.stop();
       await presence.stop();
-      await nodes.stop();
+      await tasks;
     },
   };
 }

@@ -30,6 +30,28 @@ import { traceHeaders } from '@shoal/runtime/nats';
 import type { AgentMetrics } from '../metrics.js';
 import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
 
+/**
+ * How long a publish may wait once the client is closing, in ms: a NATS outage at SIGTERM
+ * costs the shutdown one such wait for the haves and one for peer-gone, not 5 s per queued
+ * have (every blob cached since the outage), which ran past the deadline and exited 1.
+ */
+const CLOSE_PUBLISH_TIMEOUT_MS = 1_000;
+
+/**
+ * Publish failures that sending again cannot mend (this peer may not publish the subject, or
+ * the subject is malformed): the have is dropped rather than retried with every batch. A
+ * missing stream (no responders) is not one: a NATS server restarting answers so for a while.
+ */
+const PERMANENT_PUBLISH_ERRORS = new Set([
+  'PermissionViolationError',
+  'InvalidSubjectError',
+  'InvalidArgumentError',
+]);
+
+function isPermanent(error: unknown): boolean {
+  return error instanceof Error && PERMANENT_PUBLISH_ERRORS.has(error.name);
+}
+
 export interface WantRequest {
   readonly blob: string;
   readonly registry: string;
@@ -58,6 +80,8 @@ export class SwarmClient {
   #haveTimer: NodeJS.Timeout | undefined;
   #subscription: Subscription | undefined;
   #closed = false;
+  /** The last have publish failed (NATS away): logged once per outage, not tried at close. */
+  #publishFailing = false;
   #flushing: Promise<void> = Promise.resolve();
   /** Download spans that have their first want recorded. */
   readonly #wantMarked = new WeakSet<Span>();
@@ -235,6 +259,11 @@ export class SwarmClient {
     const batch = [...this.#pendingHaves];
     this.#pendingHaves.clear();
     for (const [blob, have] of batch) {
+      if (this.#closed && this.#publishFailing) {
+        // Every other have would wait its timeout too, past the shutdown's deadline: the
+        // tracker learns of them from this peer's next start, or forgets them with peer-gone.
+        break;
+      }
       try {
         await this.#js.publish(
           pieceHaveSubject(blob, this.self.id),
@@ -246,19 +275,28 @@ export class SwarmClient {
             complete: have.complete,
             seed: false,
           }),
+          this.#closed ? { timeout: CLOSE_PUBLISH_TIMEOUT_MS } : {},
         );
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
+        this.#publishFailing = false;
       } catch (error) {
+        const first = !this.#publishFailing;
+        this.#publishFailing = true;
         // A have lost to a NATS outage (a server restarting) would leave the tracker without
         // these pieces until the next re-announcement, minutes away, and peers would stall on
         // them and read them from the origin: it goes with the next batch, unless a newer
         // have of the blob (which says as much or more) was queued meanwhile.
-        const requeued = !this.#pendingHaves.has(blob) && !this.#closed;
+        const requeued = !this.#pendingHaves.has(blob) && !this.#closed && !isPermanent(error);
         if (requeued) {
           this.#pendingHaves.set(blob, have);
           this.#scheduleHaves();
         }
-        this.#logger.warn({ err: error, blob, requeued }, 'could not publish a have');
+        // Once per outage: every have fails the same way until NATS is back.
+        if (first) {
+          this.#logger.warn({ err: error, blob, requeued }, 'could not publish a have');
+        } else {
+          this.#logger.debug({ err: error, blob, requeued }, 'could not publish a have');
+        }
       }
     }
   }
@@ -296,12 +334,24 @@ export class SwarmClient {
     this.#closed = true;
     clearTimeout(this.#haveTimer);
     this.#haveTimer = undefined;
-    await this.flushHaves();
+    if (this.#publishFailing) {
+      // NATS is away: the haves left would each wait their timeout, past the shutdown's
+      // deadline (and a flush in progress stops at its next have). Only peer-gone is tried.
+      this.#logger.warn(
+        { haves: this.#pendingHaves.size },
+        'NATS unreachable at close: haves not sent',
+      );
+      this.#pendingHaves.clear();
+    } else {
+      await this.flushHaves();
+    }
     if (this.#uploads) {
+      // Best effort, bounded: NATS away at close must not cost the shutdown its deadline.
       await this.#js
         .publish(
           peerGoneSubject(this.self.id),
           encodeMessage(peerGone, { type: 'peer-gone', peer: this.self.id }),
+          { timeout: CLOSE_PUBLISH_TIMEOUT_MS },
         )
         .catch(() => undefined);
     }

@@ -23,6 +23,9 @@ import type { TransferLimits } from './limits.js';
 import type { RawTlsOptions } from '@shoal/runtime/raw-http';
 import { SwarmService } from './service.js';
 
+/** How long the NATS connection may drain at close, in ms. */
+const DRAIN_TIMEOUT_MS = 2_000;
+
 export interface StartedSwarm {
   readonly service: SwarmService;
   /** The swarm's NATS connection, for the agent's other consumers (preheat). */
@@ -86,7 +89,15 @@ export async function startSwarm(
     jsm,
     close: async () => {
       await service.close();
-      await nc.drain().catch(() => undefined);
+      // Bounded as the publishes are: draining a connection to a server that is away would
+      // wait for a reconnect that may not come before the shutdown's deadline.
+      await Promise.race([
+        nc.drain().catch(() => undefined),
+        new Promise<void>((resolve) => setTimeout(resolve, DRAIN_TIMEOUT_MS).unref()),
+      ]);
+      if (!nc.isClosed()) {
+        await nc.close().catch(() => undefined);
+      }
     },
   };
 }

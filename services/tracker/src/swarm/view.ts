@@ -174,15 +174,7 @@ export class SwarmView {
         this.#remove(have.blob, peerId);
       }
       if (have.seed) {
-        this.#withdrawals.delete(have.blob);
-        this.#withdrawals.set(have.blob, { seq, publishedAtMs });
-        for (const [oldest] of this.#withdrawals) {
-          if (this.#withdrawals.size <= this.#maxEntries) {
-            break;
-          }
-          this.#withdrawals.delete(oldest);
-          this.#evicted += 1;
-        }
+        this.#recordWithdrawal(have.blob, seq, publishedAtMs);
       }
       return 'withdrawn';
     }
@@ -244,9 +236,28 @@ export class SwarmView {
       if (entry !== undefined && entry.seq < seq) {
         this.#remove(blob, peerId);
         removed += 1;
+        // A seed server that leaves (it does at every start, its cache possibly gone) no
+        // longer holds what it seeded: the next seed request for the blob must be a new one,
+        // not a duplicate of the request that brought it in, which JetStream would drop.
+        if (entry.seed) {
+          this.#recordWithdrawal(blob, seq, publishedAtMs);
+        }
       }
     }
     return removed;
+  }
+
+  /** Remembers a seed's withdrawal of `blob` at `seq`, within the cap (the oldest goes). */
+  #recordWithdrawal(blob: string, seq: number, publishedAtMs: number): void {
+    this.#withdrawals.delete(blob);
+    this.#withdrawals.set(blob, { seq, publishedAtMs });
+    for (const [oldest] of this.#withdrawals) {
+      if (this.#withdrawals.size <= this.#maxEntries) {
+        break;
+      }
+      this.#withdrawals.delete(oldest);
+      this.#evicted += 1;
+    }
   }
 
   /**
