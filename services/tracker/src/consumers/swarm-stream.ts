@@ -91,7 +91,12 @@ export class SwarmStreamConsumer {
             ? { deliver_policy: DeliverPolicy.All }
             : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next },
         );
-        return consumer.consume();
+        // Without `abort_on_missing_resource` nats.js re-creates a lost ordered consumer by
+        // itself, after the last sequence it delivered: on a stream deleted and declared
+        // again while this connection stayed up (another replica, or a server elsewhere in
+        // a cluster, made it anew), that is past the new stream's end, and nothing here
+        // would know to rebase. Ended instead, the loop reopens through `#followRecreated`.
+        return consumer.consume({ abort_on_missing_resource: true });
       },
       handle: (msg) => this.#handle(msg),
     });
