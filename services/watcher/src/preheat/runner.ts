@@ -8,6 +8,8 @@
  * it once and stores it in the object gateway, or finds it there); for scope `nodes`, then
  * hand the blobs to every live agent the selector matches and wait for each to report them.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import {
   decodeMessage,
@@ -44,6 +46,8 @@ import { ResolveError, type ImageResolver, type ResolvedImage } from './resolve.
 export const PREHEAT_CONSUMER = 'watcher-preheat';
 const PUBLISH_TIMEOUT_MS = 5_000;
 const RETRY_DELAY_MS = 2_000;
+/** Wait before a job's report consumer that ended is opened again, in ms. */
+const REPORTS_REOPEN_MS = 1_000;
 /** Retries of a job failing on transient errors wait up to this long, in ms. */
 const MAX_BACKOFF_MS = 5 * 60_000;
 /** Deliveries of a job before a transient failure fails it. */
@@ -450,6 +454,11 @@ export class PreheatRunner {
   /**
    * Reads this run's reports (those published since its command was queued) from the start of
    * the stream, so a resumed run counts what was reported before; stops when `finished`.
+   * When the stream or the consumer goes (the stream deleted and declared again, or a NATS
+   * server back with an empty store), the consumer ends (`abort_on_missing_resource`: nats.js
+   * would otherwise re-create it after the last sequence delivered, past the end of a stream
+   * made anew, and the reports published into it would never be seen) and is opened again
+   * from the first message; `onReport` takes a report read twice as a no-op.
    */
   async #followReports(
     run: Run,
@@ -457,15 +466,40 @@ export class PreheatRunner {
     finished: () => boolean,
     onReport: (report: PreheatReport) => void,
   ): Promise<void> {
+    const { metrics, logger } = this.#deps;
+    while (!finished()) {
+      try {
+        await this.#readReports(run, signal, finished, onReport);
+      } catch (error) {
+        if (signal.aborted) {
+          throw error;
+        }
+        logger.warn(
+          { err: error, job: run.command.id },
+          'preheat report consumer ended; reading the reports again from the start',
+        );
+      }
+      signal.throwIfAborted();
+      if (!finished()) {
+        metrics.reportReaderReopens.inc();
+        await sleep(REPORTS_REOPEN_MS, undefined, { signal });
+      }
+    }
+  }
+
+  /** One consumer of the run's reports, until `finished`, the signal, or the consumer ends. */
+  async #readReports(
+    run: Run,
+    signal: AbortSignal,
+    finished: () => boolean,
+    onReport: (report: PreheatReport) => void,
+  ): Promise<void> {
     const { js, metrics, logger } = this.#deps;
     const job = run.command.id;
-    if (finished()) {
-      return;
-    }
     const consumer = await js.consumers.get(STREAMS.preheatEvents.name, {
       filter_subjects: preheatReportSubjects(job),
     });
-    const messages = await consumer.consume();
+    const messages = await consumer.consume({ abort_on_missing_resource: true });
     const close = (): void => void messages.close();
     signal.addEventListener('abort', close, { once: true });
     try {
@@ -496,7 +530,6 @@ export class PreheatRunner {
       signal.removeEventListener('abort', close);
       await messages.close();
     }
-    signal.throwIfAborted();
   }
 }
 
