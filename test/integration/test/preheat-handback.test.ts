@@ -28,52 +28,31 @@ import {
   makeTempDir,
   pushImage,
   startAgent,
-  startNats,
-  startRegistry,
-  startSeedServer,
-  startTracker,
-  startWatcher,
   Teardown,
   waitFor,
-  WATCHER_TOKEN,
   type AgentProcess,
-  type NatsServer,
-  type Registry,
-  type ServiceProcess,
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
+import {
+  preheatFinished,
+  preheatStatus,
+  queuePreheat,
+  startPreheatStack,
+  type PreheatStack,
+} from '../src/preheat.js';
 import { bytesBySource, FAST_SWARM_ENV, pullBlobs } from '../src/swarm.js';
-
-interface Job {
-  readonly state: string;
-  readonly nodesTotal?: number;
-  readonly nodesDone?: number;
-  readonly failures: unknown[];
-}
 
 const repository = 'team/handback';
 
 describe('a node preheat handed back at SIGTERM', () => {
   const teardown = new Teardown();
-  let nats: NatsServer;
-  let registry: Registry;
-  let watcher: ServiceProcess;
+  let stack: PreheatStack;
   let workDir: string;
 
   before(async () => {
-    nats = await startNats();
-    teardown.add('nats', () => nats.stop());
-    registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const registries = `${registry.host}=${registry.url}`;
-    const tracker = await startTracker({ natsUrl: nats.url });
-    teardown.add('tracker', () => tracker.stop());
-    const seed = await startSeedServer({ natsUrl: nats.url, registries });
-    teardown.add('seed', () => seed.stop());
-    watcher = await startWatcher({ natsUrl: nats.url, registries });
-    teardown.add('watcher', () => watcher.stop());
+    stack = await startPreheatStack(teardown);
     const dir = await makeTempDir('preheat-handback');
     workDir = dir.path;
     teardown.add('work dir', () => dir.remove());
@@ -84,9 +63,9 @@ describe('a node preheat handed back at SIGTERM', () => {
   /** The agent of node `node-1`, on its cache directory, its preheat pulls at 1 MiB/s. */
   const startNode = async (): Promise<AgentProcess> => {
     const agent = await startAgent({
-      registries: `${registry.host}=${registry.url}`,
-      defaultRegistry: registry.host,
-      natsUrl: nats.url,
+      registries: stack.registries,
+      defaultRegistry: stack.registry.host,
+      natsUrl: stack.nats.url,
       peerId: 'node-1',
       cacheDir: join(workDir, 'cache'),
       env: {
@@ -102,7 +81,7 @@ describe('a node preheat handed back at SIGTERM', () => {
 
   /** Every report of `job` in the stream, the seed's and the agents'. */
   const reportsOf = async (job: string): Promise<PreheatReport[]> => {
-    const nc = await connect({ servers: nats.url });
+    const nc = await connect({ servers: stack.nats.url });
     try {
       const { js } = await jetStreamFor(nc);
       const consumer = await js.consumers.get(STREAMS.preheatEvents.name, {
@@ -129,22 +108,9 @@ describe('a node preheat handed back at SIGTERM', () => {
       layerSizes: [6 * MiB, 6 * MiB],
       seed: 'preheat-handback',
     });
+    const { registry, watcher } = stack;
     const ref = await pushImage(pushed, registry.host, repository);
-    const response = await fetch(`${watcher.url}/preheat`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ image: ref, scope: 'nodes' }),
-      signal: AbortSignal.timeout(10_000),
-    });
-    assert.equal(response.status, 202, await response.clone().text());
-    const { id } = (await response.json()) as { id: string };
-    const status = async (): Promise<Job> => {
-      const answer = await fetch(`${watcher.url}/preheat/${id}`, {
-        headers: { authorization: `Bearer ${WATCHER_TOKEN}` },
-        signal: AbortSignal.timeout(5_000),
-      });
-      return (await answer.json()) as Job;
-    };
+    const id = await queuePreheat(watcher.url, ref, 'nodes');
 
     // The layers are coming in, at 1 MiB/s: the task is in the agent's hands. A client asks
     // for one of them meanwhile and shares its download; SIGTERM cuts its answer short.
@@ -190,20 +156,12 @@ describe('a node preheat handed back at SIGTERM', () => {
       /node preheat interrupted; will resume/,
     );
     await first.stop();
-    assert.equal((await status()).state, 'running');
+    assert.equal((await preheatStatus(watcher.url, id)).state, 'running');
 
     // The node's agent back: the task it handed back is its again.
     const second = await startNode();
-    let job: Job | undefined;
-    await waitFor(
-      'the job done',
-      async () => {
-        job = await status();
-        return job.state === 'done' || job.state === 'failed';
-      },
-      { timeoutMs: 60_000, intervalMs: 250 },
-    );
-    assert.equal(job?.state, 'done', JSON.stringify(job));
+    const job = await preheatFinished(watcher.url, id);
+    assert.equal(job.state, 'done', JSON.stringify(job));
     assert.equal(job.nodesDone, 1);
     assert.deepEqual(job.failures, []);
     const reports = await reportsOf(id);

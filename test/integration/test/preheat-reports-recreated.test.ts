@@ -18,54 +18,33 @@ import {
   makeTempDir,
   pushImage,
   startAgent,
-  startNats,
-  startRegistry,
-  startSeedServer,
-  startTracker,
-  startWatcher,
   Teardown,
   waitFor,
-  WATCHER_TOKEN,
   type AgentProcess,
-  type NatsServer,
-  type Registry,
-  type ServiceProcess,
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
+import {
+  preheatFinished,
+  preheatStatus,
+  queuePreheat,
+  startPreheatStack,
+  type PreheatStack,
+} from '../src/preheat.js';
 import { FAST_SWARM_ENV } from '../src/swarm.js';
-
-interface Job {
-  readonly state: string;
-  readonly nodesTotal?: number;
-  readonly nodesDone?: number;
-  readonly failures: unknown[];
-}
 
 describe('preheat reports on a stream made anew', () => {
   const teardown = new Teardown();
-  let nats: NatsServer;
-  let registry: Registry;
-  let watcher: ServiceProcess;
+  let stack: PreheatStack;
   let agent: AgentProcess;
   let layouts: string;
 
   before(async () => {
-    nats = await startNats();
-    teardown.add('nats', () => nats.stop());
-    registry = await startRegistry();
-    teardown.add('registry', () => registry.stop());
-    const registries = `${registry.host}=${registry.url}`;
-    const tracker = await startTracker({ natsUrl: nats.url });
-    teardown.add('tracker', () => tracker.stop());
-    const seed = await startSeedServer({ natsUrl: nats.url, registries });
-    teardown.add('seed', () => seed.stop());
-    watcher = await startWatcher({ natsUrl: nats.url, registries });
-    teardown.add('watcher', () => watcher.stop());
+    stack = await startPreheatStack(teardown);
     agent = await startAgent({
-      registries,
-      defaultRegistry: registry.host,
-      natsUrl: nats.url,
+      registries: stack.registries,
+      defaultRegistry: stack.registry.host,
+      natsUrl: stack.nats.url,
       peerId: 'agent-slow',
       // Its preheat pulls take seconds: the stream is made anew before it reports.
       env: { ...FAST_SWARM_ENV, SHOAL_AGENT_PREHEAT_RATE_BYTES: String(MiB) },
@@ -83,27 +62,18 @@ describe('preheat reports on a stream made anew', () => {
       layerSizes: [3 * MiB, 3 * MiB],
       seed: 'preheat-reports-recreated',
     });
+    const { nats, registry, watcher } = stack;
     const ref = await pushImage(pushed, registry.host, 'team/recreated');
-    const response = await fetch(`${watcher.url}/preheat`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${WATCHER_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ image: ref, scope: 'nodes' }),
-      signal: AbortSignal.timeout(10_000),
-    });
-    assert.equal(response.status, 202, await response.clone().text());
-    const { id } = (await response.json()) as { id: string };
-    const status = async (): Promise<Job> => {
-      const answer = await fetch(`${watcher.url}/preheat/${id}`, {
-        headers: { authorization: `Bearer ${WATCHER_TOKEN}` },
-        signal: AbortSignal.timeout(5_000),
-      });
-      return (await answer.json()) as Job;
-    };
+    const id = await queuePreheat(watcher.url, ref, 'nodes');
     // The seed's part done, the job now waits for the agent's reports.
-    await waitFor('the job handed to the agent', async () => (await status()).nodesTotal === 1, {
-      timeoutMs: 30_000,
-      intervalMs: 100,
-    });
+    await waitFor(
+      'the job handed to the agent',
+      async () => (await preheatStatus(watcher.url, id)).nodesTotal === 1,
+      {
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      },
+    );
     await new Promise((resolve) => setTimeout(resolve, 500));
     const nc = await connect({ servers: nats.url });
     try {
@@ -123,16 +93,8 @@ describe('preheat reports on a stream made anew', () => {
       'the agent had not reported every blob yet',
     );
 
-    let job: Job | undefined;
-    await waitFor(
-      'the job done',
-      async () => {
-        job = await status();
-        return job.state === 'done' || job.state === 'failed';
-      },
-      { timeoutMs: 60_000, intervalMs: 250 },
-    );
-    assert.equal(job?.state, 'done', JSON.stringify(job));
+    const job = await preheatFinished(watcher.url, id);
+    assert.equal(job.state, 'done', JSON.stringify(job));
     assert.equal(job.nodesDone, 1);
     assert.deepEqual(job.failures, []);
     assert.ok(
