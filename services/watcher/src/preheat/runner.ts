@@ -467,6 +467,7 @@ export class PreheatRunner {
     onReport: (report: PreheatReport) => void,
   ): Promise<void> {
     const { metrics, logger } = this.#deps;
+    let failures = 0;
     while (!finished()) {
       try {
         await this.#readReports(run, signal, finished, onReport);
@@ -474,8 +475,10 @@ export class PreheatRunner {
         if (signal.aborted) {
           throw error;
         }
-        logger.warn(
-          { err: error, job: run.command.id },
+        // Warned once per run of the job: with NATS away every attempt fails alike, each second.
+        failures += 1;
+        logger[failures === 1 ? 'warn' : 'debug'](
+          { err: error, job: run.command.id, failures },
           'preheat report consumer ended; reading the reports again from the start',
         );
       }
