@@ -48,6 +48,12 @@ const PUBLISH_TIMEOUT_MS = 5_000;
 const RETRY_DELAY_MS = 2_000;
 /** Wait before a job's report consumer that ended is opened again, in ms. */
 const REPORTS_REOPEN_MS = 1_000;
+/**
+ * How often a job reading its reports checks that the stream did not start over under its
+ * consumer, in ms: a NATS cluster brings an R1 stream whose server lost its volume back
+ * empty, same name and creation time, the consumer with it past its end, and nothing ends.
+ */
+const REPORTS_STREAM_CHECK_MS = 5_000;
 /** Retries of a job failing on transient errors wait up to this long, in ms. */
 const MAX_BACKOFF_MS = 5 * 60_000;
 /** Deliveries of a job before a transient failure fails it. */
@@ -497,7 +503,7 @@ export class PreheatRunner {
     finished: () => boolean,
     onReport: (report: PreheatReport) => void,
   ): Promise<void> {
-    const { js, metrics, logger } = this.#deps;
+    const { js, jsm, metrics, logger } = this.#deps;
     const job = run.command.id;
     const consumer = await js.consumers.get(STREAMS.preheatEvents.name, {
       filter_subjects: preheatReportSubjects(job),
@@ -505,11 +511,31 @@ export class PreheatRunner {
     const messages = await consumer.consume({ abort_on_missing_resource: true });
     const close = (): void => void messages.close();
     signal.addEventListener('abort', close, { once: true });
+    /** Stream sequence of the last report read. */
+    let lastSeq = 0;
+    const check = setInterval(() => {
+      // Read before asking: reports read while the answer comes are past its last sequence.
+      const read = lastSeq;
+      jsm.streams.info(STREAMS.preheatEvents.name).then(
+        (info) => {
+          if (info.state.last_seq < read) {
+            logger.warn(
+              { job, lastRead: read, lastSeq: info.state.last_seq },
+              'the preheat report stream started over under its consumer; reading it again',
+            );
+            close();
+          }
+        },
+        // Gone, or NATS away: the consumer ends by itself, or the next check tells.
+        () => undefined,
+      );
+    }, REPORTS_STREAM_CHECK_MS);
     try {
       if (signal.aborted) {
         return;
       }
       for await (const msg of messages) {
+        lastSeq = msg.seq;
         if (msg.timestampNanos < run.queuedAtNanos) {
           continue;
         }
@@ -530,6 +556,7 @@ export class PreheatRunner {
         }
       }
     } finally {
+      clearInterval(check);
       signal.removeEventListener('abort', close);
       await messages.close();
     }
