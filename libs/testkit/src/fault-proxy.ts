@@ -36,6 +36,11 @@ export type RegistryFault =
        * not HEADs, as Docker Hub counts pulls); others pass. Default: every method.
        */
       readonly methods?: readonly string[];
+      /**
+       * Only the first `times` requests meeting the fault are answered with a status; later
+       * ones pass as if healed (a single 503 SlowDown). Default: every request.
+       */
+      readonly times?: number;
     }
   /**
    * Every new request waits `delayMs` before it is forwarded, and every response body (those
@@ -270,7 +275,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const current = fault;
     if (
       current?.kind === 'status' &&
-      (current.methods === undefined || current.methods.includes(req.method ?? ''))
+      (current.methods === undefined || current.methods.includes(req.method ?? '')) &&
+      (current.times === undefined || statusTurn < current.times)
     ) {
       // The request body is not wanted; drain it so the connection stays usable.
       req.resume();

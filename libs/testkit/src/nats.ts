@@ -58,6 +58,11 @@ export interface NatsOptions extends Placement {
    * stays inside the temporary directory.
    */
   readonly configDir?: string;
+  /**
+   * JetStream's file storage limit, in bytes (default: the server's, most of the disk). In a
+   * cluster, streams are placed only where their byte limits fit what is left of it.
+   */
+  readonly jetStreamMaxFileBytes?: number;
   /** Environment of the server (the configuration may read `$VARIABLES`). */
   readonly env?: Readonly<Record<string, string>>;
   /**
@@ -86,7 +91,11 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
     [
       `listen: ${host}:${String(options.port ?? -1)}`,
       `http: ${host}:-1`,
-      `jetstream { store_dir: ${JSON.stringify(storeDir)} }`,
+      `jetstream { store_dir: ${JSON.stringify(storeDir)}${
+        options.jetStreamMaxFileBytes === undefined
+          ? ''
+          : `, max_file_store: ${String(options.jetStreamMaxFileBytes)}`
+      } }`,
       serverCert === undefined || tls === undefined
         ? ''
         : [

@@ -100,6 +100,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['path'] as const,
       registers,
     }),
+    streamsMadeAnew: new Counter({
+      name: `${prefix}streams_made_anew_total`,
+      help: 'Streams found made anew under a reader (deleted and declared again, or a NATS server back with an empty store: their sequence started over), which then read them from their first message, by reader',
+      labelNames: ['reader'] as const,
+      registers,
+    }),
     eventsRejected: new Counter({
       name: `${prefix}events_rejected_total`,
       help: 'Control-plane events dropped as invalid, by type',

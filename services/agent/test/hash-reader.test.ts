@@ -6,7 +6,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import {
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+  type PubAck,
+} from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   digestOf,
@@ -17,6 +23,7 @@ import {
   type PieceHashes,
 } from '@shoal/proto';
 import { createLogger, createMetrics } from '@shoal/runtime';
+import { ensureStreams } from '@shoal/runtime/nats';
 import type { NatsServer } from '@shoal/testkit';
 
 import { createAgentMetrics, type AgentMetrics } from '../src/metrics.js';
@@ -56,7 +63,7 @@ describe('piece-hash reader', () => {
 
   after(() => fixture.close());
 
-  const publish = (b: PieceHashes): Promise<unknown> =>
+  const publish = (b: PieceHashes): Promise<PubAck> =>
     js.publish(pieceHashesSubject(b.blob), encodeMessage(pieceHashes, b));
 
   /** Reads `blob`'s hashes; resolves with what was delivered and the reader's counters. */
@@ -154,6 +161,64 @@ describe('piece-hash reader', () => {
     assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
     assert.equal(await count(metrics, 'stored'), 2, 'both batches read from the stream');
     assert.equal(await count(metrics, 'consumer'), 0);
+  });
+
+  it('reads a stream made anew from its first message (NATS back with its store lost)', async () => {
+    const blob = blobNamed('store-lost');
+    // Other blobs' batches first: this blob's first batch is read at a sequence the new
+    // stream has not reached when the rest is published into it.
+    for (let i = 0; i < 5; i++) {
+      await publish(batch(blobNamed(`filler ${String(i)}`), 0, 4));
+    }
+    await publish(batch(blob, 0, 1));
+    const { hashes, metrics } = await read(blob, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The reader's connection is down for its reconnect wait (2 s): the seed declares the
+      // stream again and publishes the rest into it meanwhile, at its sequence 1.
+      await nats.crashAndRestart(100, { loseStore: true });
+      const seed = await connect({ servers: nats.url, timeout: 5_000 });
+      try {
+        await ensureStreams(await jetstreamManager(seed, { timeout: 5_000 }), [STREAMS.pieces], 1);
+        const seedJs = jetstream(seed, { timeout: 5_000 });
+        const ack = await seedJs.publish(
+          pieceHashesSubject(blob),
+          encodeMessage(pieceHashes, batch(blob, 1, 3)),
+        );
+        assert.equal(ack.seq, 1);
+      } finally {
+        await seed.close();
+      }
+    });
+    assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+    assert.equal(await count(metrics, 'stored'), 2, 'both batches read from the streams');
+    const anew = (await metrics.streamsMadeAnew.get()).values.find(
+      (v) => v.labels.reader === 'piece-hashes',
+    );
+    assert.equal(anew?.value, 1);
+  });
+
+  it('reads a stream made anew from its first message with its consumer too', async () => {
+    const blob = blobNamed('recreated-consumer');
+    const config = (await jsm.streams.info(STREAMS.pieces.name)).config;
+    await jsm.streams.update(STREAMS.pieces.name, { allow_direct: false });
+    try {
+      for (let i = 0; i < 5; i++) {
+        await publish(batch(blobNamed(`consumer filler ${String(i)}`), 0, 4));
+      }
+      await publish(batch(blob, 0, 1));
+      const { hashes, metrics } = await read(blob, async () => {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        // Deleted and declared again while the reader's connection stays up.
+        await jsm.streams.delete(STREAMS.pieces.name);
+        await jsm.streams.add({ ...config, allow_direct: false });
+        const ack = await publish(batch(blob, 1, 3));
+        assert.equal(ack.seq, 1);
+      });
+      assert.deepEqual(hashes, [0, 1, 2, 3].map(hashOf));
+      assert.equal(await count(metrics, 'consumer'), 2);
+    } finally {
+      await jsm.streams.update(STREAMS.pieces.name, { allow_direct: true });
+    }
   });
 
   it('reads with a consumer of its own where the stream refuses direct gets', async () => {

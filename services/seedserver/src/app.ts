@@ -198,6 +198,10 @@ export async function buildApp(
         cacheDir: config.SHOAL_SEED_CACHE_DIR,
         cacheMaxBytes: config.SHOAL_SEED_CACHE_MAX_BYTES,
         cacheMinFreeBytes: config.SHOAL_SEED_CACHE_MIN_FREE_BYTES,
+        gatewayBreaker: {
+          failures: config.SHOAL_SEED_GATEWAY_BREAKER_FAILURES,
+          breakMs: config.SHOAL_SEED_GATEWAY_BREAK_MS,
+        },
         metrics,
         logger,
       });

@@ -77,6 +77,17 @@ export const seedFields = z.object({
   SHOAL_SEED_GATEWAY_MAX_AGE_MS: envInt(30 * 24 * 3600 * 1000),
   /** Object gateway retention: past this many bytes the oldest blobs go (default 0: no limit). */
   SHOAL_SEED_GATEWAY_MAX_BYTES: envInt(0),
+  /**
+   * Object gateway breaker: after this many gateway requests in a row failed (down, 5xx, S3
+   * SlowDown), the gateway is left alone for SHOAL_SEED_GATEWAY_BREAK_MS (default 3; any
+   * request that succeeds starts the count again). Fewer failures only retry later.
+   */
+  SHOAL_SEED_GATEWAY_BREAKER_FAILURES: envInt(3).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * How long an open gateway breaker leaves the gateway alone, in ms (default 30 000): seeds
+   * read the origin meanwhile, and the gateway copies they owe are made after it.
+   */
+  SHOAL_SEED_GATEWAY_BREAK_MS: envInt(30_000).refine((n) => n >= 1000, 'must be at least 1000'),
   /** Time between retention sweeps of the object gateway, in ms (default 1 h). */
   SHOAL_SEED_GATEWAY_SWEEP_INTERVAL_MS: envInt(3_600_000).refine(
     (n) => n >= 1000,

@@ -87,6 +87,16 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Object gateway requests of a seed that failed (down, 5xx): the blob read from the origin instead, or its copy there left for a later request',
       registers,
     }),
+    gatewayBreakerTrips: new Counter({
+      name: `${prefix}gateway_breaker_trips_total`,
+      help: 'Times the object gateway breaker opened: SHOAL_SEED_GATEWAY_BREAKER_FAILURES gateway requests failed in a row, and the gateway was left alone for SHOAL_SEED_GATEWAY_BREAK_MS',
+      registers,
+    }),
+    gatewayBreakerOpen: new Gauge({
+      name: `${prefix}gateway_breaker_open`,
+      help: '1 while the object gateway breaker is open (the gateway left alone, seeds read the origin), else 0',
+      registers,
+    }),
     gatewayDeleted: new Counter({
       name: `${prefix}gateway_deleted_blobs_total`,
       help: 'Blobs deleted from the object gateway by its retention (SHOAL_SEED_GATEWAY_MAX_AGE_MS, SHOAL_SEED_GATEWAY_MAX_BYTES)',

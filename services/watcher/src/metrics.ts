@@ -54,6 +54,11 @@ export function createWatcherMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['role', 'ok'] as const,
       registers,
     }),
+    reportReaderReopens: new Counter({
+      name: `${prefix}preheat_report_reader_reopens_total`,
+      help: 'Times a preheat job read its reports again from the start of the stream because its consumer ended (the stream or the consumer gone: deleted and declared again, or NATS back with an empty store)',
+      registers,
+    }),
     eventsRejected: new Counter({
       name: `${prefix}events_rejected_total`,
       help: 'Invalid messages terminated, by type',

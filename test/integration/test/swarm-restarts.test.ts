@@ -4,6 +4,9 @@
  * claim), the tracker scaled from one replica to two and back to one (the first one gone),
  * and the seed server moved to another node (its cache gone, the object gateway kept). After
  * each, a new agent pulls the image from the swarm and the registry serves no blob again.
+ * Across the NATS restart a node's pull ends while the server is down: the haves it could
+ * not publish then reach the tracker once the server is back (with them dropped, as before,
+ * the tracker never hears the node hold the image whole).
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -105,7 +108,29 @@ describe('NATS, tracker and seed server restarts under a running swarm', () => {
   it('NATS restarted on its store keeps the streams, and every service re-attaches', async () => {
     const kept = await streams(cluster.nats.monitorUrl);
     assert.ok(kept.size >= 3, `streams: ${[...kept.keys()].join(', ')}`);
-    await cluster.nats.crashAndRestart(1000);
+    // A node pulling at 4 MiB/s as NATS goes away: its pull ends while the server is down,
+    // so its last haves cannot be published then.
+    const midway = await startAgent({
+      registries: `${cluster.registry.host}=${cluster.registry.url}`,
+      defaultRegistry: cluster.registry.host,
+      natsUrl: cluster.nats.url,
+      peerId: 'node-midway',
+      env: { ...cluster.agentEnv, SHOAL_AGENT_DOWNLOAD_RATE_BYTES: String(4 * MiB) },
+    });
+    cluster.agents.push(midway);
+    const pulled = pullBlobs(midway, cluster, repository);
+    await waitFor(
+      'node-midway pulling',
+      async () => {
+        const bytes = await bytesBySource(midway);
+        return bytes.peer + bytes.seed + bytes.origin >= 2 * MiB;
+      },
+      { intervalMs: 50 },
+    );
+    await cluster.nats.crashAndRestart(8000);
+    for (const outcome of await pulled) {
+      assert.equal(outcome.error, undefined);
+    }
     const after = await streams(cluster.nats.monitorUrl);
     for (const [name, messages] of kept) {
       // Work-queue streams may have had messages taken meanwhile; none may be gone wholesale.
@@ -114,15 +139,21 @@ describe('NATS, tracker and seed server restarts under a running swarm', () => {
         assert.ok((after.get(name) ?? 0) >= messages, `${name}: ${String(messages)} messages kept`);
       }
     }
-    // The tracker and the agent reconnected on their own, and the tracker knows node-1 holds
-    // every blob whole: a have node-1 published as the server went down (its pull had just
-    // ended) is sent again, not lost until the next re-announcement minutes later.
+    // The tracker and the agents reconnected on their own, and the tracker knows node-1 and
+    // node-midway hold every blob whole: the haves node-midway could not publish while the
+    // server was down (its pull ended then) are sent again once it is back, not lost until
+    // the next re-announcement minutes later.
     const [tracker] = cluster.trackers;
     assert.ok(tracker !== undefined);
-    for (const blob of cluster.image.blobs) {
-      await waitFor(`node-1 complete in the tracker's view of ${blob.digest}`, async () =>
-        (await trackerView(tracker, blob.digest)).some((m) => m.peer === 'node-1' && m.complete),
-      );
+    for (const peer of ['node-1', 'node-midway']) {
+      for (const blob of cluster.image.blobs) {
+        await waitFor(
+          `${peer} complete in the tracker's view of ${blob.digest}`,
+          async () =>
+            (await trackerView(tracker, blob.digest)).some((m) => m.peer === peer && m.complete),
+          { timeoutMs: 20_000 },
+        );
+      }
     }
     await newNodePulls('node-2');
   });

@@ -4,6 +4,9 @@
  * serves the swarm, and the failure is counted; a gateway copy that fails after the blob
  * verified leaves it seeded, not failed. Before,
  * every seed failed at the gateway and every agent read every blob from the registry.
+ * Repeated failures open the gateway breaker (later seeds leave the gateway alone); one failed
+ * request (a 503 SlowDown that outlasted the S3 client's own retries) does not: before, one
+ * failure left the gateway alone for 30 s.
  */
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
@@ -37,6 +40,7 @@ describe('the object gateway failing while the seed server seeds', () => {
   let registry: Registry;
   let image: GeneratedImage;
   let second: GeneratedImage;
+  let third: GeneratedImage;
   let cluster: Cluster;
 
   before(async () => {
@@ -59,6 +63,12 @@ describe('the object gateway failing while the seed server seeds', () => {
       rm(`${layout.path}-second`, { recursive: true, force: true }),
     );
     await pushImage(second, registry.host, `${repository}-second`);
+    third = await generateImage(`${layout.path}-third`, {
+      layerSizes: [2 * MiB, MiB],
+      seed: 's3-faults-third',
+    });
+    teardown.add('third image', () => rm(`${layout.path}-third`, { recursive: true, force: true }));
+    await pushImage(third, registry.host, `${repository}-third`);
     cluster = await startCluster({
       layerSizes: [],
       seed: 's3-faults',
@@ -82,6 +92,26 @@ describe('the object gateway failing while the seed server seeds', () => {
   after(async () => {
     await teardown.run();
   });
+
+  /** One blob of `repo` pulled through agent-a, its digest checked. */
+  const pull = async (repo: string, digest: string): Promise<void> => {
+    const [a] = cluster.agents;
+    assert.ok(a !== undefined);
+    const outcome = await streamDigest(`${a.url}/v2/${repo}/blobs/${digest}?ns=${registry.host}`);
+    assert.equal(outcome.error, undefined);
+    assert.equal(outcome.digest, digest);
+  };
+
+  /** Whether the blob with this hex digest was written to the S3 endpoint (not a part). */
+  const copied = (hex: string): boolean =>
+    s3
+      .requests()
+      .some(
+        (r) =>
+          (r.method === 'PUT' || r.method === 'POST') &&
+          r.key?.endsWith(hex) === true &&
+          !r.query.includes('partNumber'),
+      );
 
   it('completes every pull from the swarm while the gateway answers 503', async () => {
     gateway.set({ kind: 'status', statuses: [503] });
@@ -127,23 +157,17 @@ describe('the object gateway failing while the seed server seeds', () => {
 
   it('leaves a failing gateway alone for a while: later seeds ask the origin at once', async () => {
     gateway.set({ kind: 'status', statuses: [503] });
-    const [a] = cluster.agents;
-    assert.ok(a !== undefined);
-    const pull = async (digest: string): Promise<void> => {
-      const outcome = await streamDigest(
-        `${a.url}/v2/${repository}-second/blobs/${digest}?ns=${registry.host}`,
-      );
-      assert.equal(outcome.error, undefined);
-      assert.equal(outcome.digest, digest);
-    };
     const [first, ...rest] = second.blobs;
     assert.ok(first !== undefined);
     try {
       // One seed meets the failing gateway (or it failed moments ago, in the test before).
-      await pull(first.digest);
+      await pull(`${repository}-second`, first.digest);
+      // By now the failures in a row have opened the breaker.
+      assert.equal(await cluster.seed.metric('shoal_seedserver_gateway_breaker_open'), 1);
+      assert.ok((await cluster.seed.metric('shoal_seedserver_gateway_breaker_trips_total')) >= 1);
       const asked = gateway.counts().refused;
       for (const blob of rest) {
-        await pull(blob.digest);
+        await pull(`${repository}-second`, blob.digest);
       }
       assert.equal(gateway.counts().refused, asked, 'no gateway request from the later seeds');
     } finally {
@@ -156,19 +180,56 @@ describe('the object gateway failing while the seed server seeds', () => {
 
   it('copies the blobs seeded while it was left alone into the gateway once it is back, unasked', async () => {
     // The test before healed the gateway; nobody asks for these blobs again.
-    const copied = (hex: string): boolean =>
-      s3
-        .requests()
-        .some(
-          (r) =>
-            (r.method === 'PUT' || r.method === 'POST') &&
-            r.key?.endsWith(hex) === true &&
-            !r.query.includes('partNumber'),
-        );
     await waitFor(
       'every blob seeded during the break copied into the gateway',
       () => Promise.resolve(second.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
       { timeoutMs: 60_000, intervalMs: 500 },
     );
+  });
+
+  it('does not open the breaker on one failed request: the next seeds ask the gateway, copies go at once', async () => {
+    await waitFor(
+      'the breaker closed (the test before waited out its break)',
+      async () => (await cluster.seed.metric('shoal_seedserver_gateway_breaker_open')) === 0,
+      { timeoutMs: 40_000, intervalMs: 500 },
+    );
+    const trips = await cluster.seed.metric('shoal_seedserver_gateway_breaker_trips_total');
+    const failures = await cluster.seed.metric('shoal_seedserver_gateway_failures_total');
+    const [first, ...rest] = third.blobs;
+    assert.ok(first !== undefined);
+    const refused = gateway.counts().refused;
+    // One failed gateway request: the first seed's stat meets a 503 (SlowDown) at each of the
+    // S3 client's three attempts.
+    gateway.set({ kind: 'status', statuses: [503], times: 3 });
+    try {
+      await pull(`${repository}-third`, first.digest);
+      assert.equal(gateway.counts().refused - refused, 3, 'the first seed met the 503s');
+      const forwarded = gateway.counts().forwarded;
+      for (const blob of rest) {
+        await pull(`${repository}-third`, blob.digest);
+      }
+      assert.ok(gateway.counts().forwarded > forwarded, 'the later seeds asked the gateway');
+    } finally {
+      gateway.set(undefined);
+    }
+    assert.equal(
+      (await cluster.seed.metric('shoal_seedserver_gateway_failures_total')) - failures,
+      1,
+    );
+    assert.equal(
+      await cluster.seed.metric('shoal_seedserver_gateway_breaker_trips_total'),
+      trips,
+      'the breaker did not open',
+    );
+    assert.equal(await cluster.seed.metric('shoal_seedserver_gateway_breaker_open'), 0);
+    // Every blob is in the gateway well within what a break would have cost (30 s).
+    await waitFor(
+      'every blob copied into the gateway',
+      () => Promise.resolve(third.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
+      { timeoutMs: 15_000, intervalMs: 250 },
+    );
+    for (const blob of third.blobs) {
+      assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest}: once`);
+    }
   });
 });

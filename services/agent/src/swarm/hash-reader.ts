@@ -67,28 +67,43 @@ export interface HashReaderDeps {
  */
 export class DirectGetCheck {
   readonly #jsm: JetStreamManager;
-  #answer: { allowed: Promise<boolean>; atMs: number } | undefined;
+  #answer: { stream: Promise<PiecesStream>; atMs: number } | undefined;
 
   constructor(jsm: JetStreamManager) {
     this.#jsm = jsm;
   }
 
   allowed(): Promise<boolean> {
+    return this.stream().then((stream) => stream.directGets);
+  }
+
+  /** What the check last learnt of the stream (at most a minute old). */
+  stream(): Promise<PiecesStream> {
     const now = performance.now();
     if (this.#answer === undefined || now - this.#answer.atMs > DIRECT_CHECK_TTL_MS) {
-      const allowed = this.#jsm.streams.info(STREAMS.pieces.name).then(
-        // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
-        (info) => (info.config.allow_direct as boolean | undefined) === true,
-        () => {
+      const stream = this.#jsm.streams.info(STREAMS.pieces.name).then(
+        (info): PiecesStream => ({
+          // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
+          directGets: (info.config.allow_direct as boolean | undefined) === true,
+          created: info.created,
+        }),
+        (): PiecesStream => {
           // Unknown (NATS trouble): ask again next time rather than keep a guess.
           this.#answer = undefined;
-          return false;
+          return { directGets: false, created: undefined };
         },
       );
-      this.#answer = { allowed, atMs: now };
+      this.#answer = { stream, atMs: now };
     }
-    return this.#answer.allowed;
+    return this.#answer.stream;
   }
+}
+
+/** SHOAL_PIECES as `DirectGetCheck` saw it. */
+export interface PiecesStream {
+  readonly directGets: boolean;
+  /** When the stream was created (its info's `created`); undefined when it could not be read. */
+  readonly created: string | undefined;
 }
 
 /** Direct gets cannot work here (the stream does not allow them, or NATS permissions). */
@@ -138,6 +153,12 @@ class HashReader {
   #count: number | undefined;
   /** Last stream sequence read by a direct get. */
   #seq = 0;
+  /**
+   * When the stream read from was created, to tell it from one made anew (a NATS server back
+   * with an empty store, or the stream deleted and declared again), whose sequence starts
+   * over below `#seq`.
+   */
+  #streamCreated: string | undefined;
   /** When a new hash last arrived, or the stored ones were last read (performance.now()). */
   #progressAt = performance.now();
   /** How long without a new hash before the stored batches are read again, in ms. */
@@ -190,9 +211,11 @@ class HashReader {
       // Subscribed first (before the caller's first want goes out), asked second: the
       // subscription does not depend on the stream's setting, and the batches it hears
       // meanwhile count either way.
-      if (!(await this.#deps.directGets.allowed())) {
+      const stream = await this.#deps.directGets.stream();
+      if (!stream.directGets) {
         throw new DirectUnavailable(`${STREAMS.pieces.name} does not allow direct gets`);
       }
+      this.#streamCreated = stream.created;
       await this.#readStored();
       while (!this.#isDone()) {
         if (failure !== undefined) {
@@ -202,6 +225,11 @@ class HashReader {
         if (idle >= this.#recheckMs) {
           const known = this.#known.size;
           await this.#readStored();
+          if (this.#known.size === known && (await this.#streamMadeAnew())) {
+            // Read again from its first message; batches already known are no-ops.
+            this.#seq = 0;
+            await this.#readStored();
+          }
           if (this.#known.size === known) {
             this.#recheckMs = Math.min(RECHECK_MAX_MS, this.#recheckMs * 2);
           }
@@ -216,16 +244,64 @@ class HashReader {
     }
   }
 
-  /** What agents did before direct gets: a consumer of the blob's hash subject from the start. */
-  async consumer(): Promise<void> {
-    if (this.#isDone()) {
-      return;
+  /**
+   * Whether the stream now is not the one read from (see `#streamCreated`): asked only when a
+   * re-read found nothing new, so a download the seed feeds costs no extra request.
+   */
+  async #streamMadeAnew(): Promise<boolean> {
+    if (this.#seq === 0) {
+      return false;
     }
+    let info;
+    try {
+      info = await untilAborted(this.#deps.jsm.streams.info(STREAMS.pieces.name), this.#signal);
+    } catch (error) {
+      // Unknown (NATS trouble, the stream not declared again yet): asked at the next re-read.
+      this.#deps.logger.debug({ blob: this.#blob, err: error }, 'piece-hash stream check failed');
+      return false;
+    }
+    const anew =
+      (this.#streamCreated !== undefined && info.created !== this.#streamCreated) ||
+      info.state.last_seq < this.#seq;
+    this.#streamCreated = info.created;
+    if (anew) {
+      this.#deps.metrics.streamsMadeAnew.inc({ reader: 'piece-hashes' });
+      this.#deps.logger.warn(
+        { blob: this.#blob, lastRead: this.#seq, lastSeq: info.state.last_seq },
+        'the piece-hash stream was made anew; reading it from its first message',
+      );
+    }
+    return anew;
+  }
+
+  /**
+   * What agents did before direct gets: a consumer of the blob's hash subject from the start.
+   * It ends when the stream or the consumer goes (`abort_on_missing_resource`: nats.js would
+   * otherwise re-create it after the last sequence delivered, past the end of a stream made
+   * anew) and is opened again from the first message; batches already known are no-ops.
+   */
+  async consumer(): Promise<void> {
+    while (!this.#isDone()) {
+      try {
+        await this.#consumeOnce();
+      } catch (error) {
+        if (this.#signal.aborted) {
+          return;
+        }
+        this.#deps.logger.debug({ blob: this.#blob, err: error }, 'piece-hash consumer ended');
+      }
+      if (!this.#isDone()) {
+        await this.#sleep(RECHECK_MS);
+      }
+    }
+  }
+
+  async #consumeOnce(): Promise<void> {
     const consumer = await this.#deps.js.consumers.get(STREAMS.pieces.name, {
       filter_subjects: this.#subject,
       deliver_policy: DeliverPolicy.All,
     });
-    const messages = await consumer.consume();
+    const messages = await consumer.consume({ abort_on_missing_resource: true });
     const stop = (): void => void messages.close();
     this.#signal.addEventListener('abort', stop, { once: true });
     if (this.#signal.aborted) {

@@ -61,11 +61,10 @@ import { SeedCache } from './seed-cache.js';
 /** How often the lock is refreshed and the request kept alive, in ms. */
 const HEARTBEAT_INTERVAL_MS = 10_000;
 /**
- * After the object gateway failed, it is not asked again for this long, in ms: a gateway that
- * hangs would otherwise cost every seed its request timeout before the origin is read, and a
- * failing one a request per seed.
+ * Wait before a gateway copy that failed is tried again while the breaker is closed, in ms:
+ * a gateway that answered one 503 (an S3 SlowDown) is given a moment, not hammered.
  */
-const GATEWAY_BREAK_MS = 30_000;
+const GATEWAY_RETRY_MS = 2_000;
 
 /** Name of the piece manifest kept beside a blob in the object gateway. */
 export const PIECES_META = 'pieces';
@@ -103,6 +102,14 @@ export interface SeederDeps {
    * much to spare, once idle blobs are evicted (0: only what the blob itself needs).
    */
   readonly cacheMinFreeBytes: number;
+  /**
+   * The object gateway breaker: after `failures` gateway requests in a row failed, the gateway
+   * is not asked for `breakMs` (a gateway that hangs would otherwise cost every seed its
+   * request timeout before the origin is read, and a failing one a request per seed). One
+   * failure alone (an S3 SlowDown, a restart) does not open it: any success starts the count
+   * again.
+   */
+  readonly gatewayBreaker: { readonly failures: number; readonly breakMs: number };
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -116,8 +123,10 @@ export class Seeder {
   /** Bytes of ingests that passed the disk check and are not in the cache yet. */
   #reserved = 0;
   readonly #running = new Map<string, Promise<SeedOutcome>>();
-  /** Until when (ms since the epoch) the object gateway is not asked: see `GATEWAY_BREAK_MS`. */
+  /** Until when (ms since the epoch) the object gateway is not asked: see `gatewayBreaker`. */
   #gatewayBrokenUntil = 0;
+  /** Gateway requests that failed since the last one that succeeded or the breaker opened. */
+  #gatewayFailuresInRow = 0;
   /**
    * Held blobs owed their gateway copy because the gateway was left alone when they came in:
    * copied one at a time once the break is over (`#copyOwed`), whether or not anyone asks for
@@ -353,6 +362,7 @@ export class Seeder {
     }
     try {
       const stored = await store.stat(blob, signal);
+      this.#gatewayAnswered();
       if (stored === undefined) {
         return undefined;
       }
@@ -757,8 +767,8 @@ export class Seeder {
         if (signal.aborted) {
           throw error;
         }
-        // Verified and committed: the blob is seeded and served; its gateway copy is made once
-        // the break is over.
+        // Verified and committed: the blob is seeded and served; its gateway copy is made a
+        // moment later, or once the break is over if this failure opened the breaker.
         this.#gatewayFailed(
           ingested.blob.digest.toString(),
           error,
@@ -769,16 +779,41 @@ export class Seeder {
     }
   }
 
-  /** True while the gateway is not to be asked (it failed less than `GATEWAY_BREAK_MS` ago). */
+  /** True while the breaker is open: the gateway is not to be asked (see `gatewayBreaker`). */
   #gatewayBroken(): boolean {
-    return Date.now() < this.#gatewayBrokenUntil;
+    const broken = Date.now() < this.#gatewayBrokenUntil;
+    if (!broken && this.#gatewayBrokenUntil !== 0) {
+      this.#gatewayBrokenUntil = 0;
+      this.#deps.metrics.gatewayBreakerOpen.set(0);
+      this.#deps.logger.info('object gateway breaker closed: the gateway is asked again');
+    }
+    return broken;
   }
 
-  /** Counts and logs a gateway failure, and leaves the gateway alone for `GATEWAY_BREAK_MS`. */
+  /** A gateway request succeeded: the failures in a row start again from none. */
+  #gatewayAnswered(): void {
+    this.#gatewayFailuresInRow = 0;
+  }
+
+  /**
+   * Counts and logs a gateway failure; the `gatewayBreaker.failures`-th in a row opens the
+   * breaker for `gatewayBreaker.breakMs`.
+   */
   #gatewayFailed(blob: string, error: unknown, message: string): void {
-    this.#deps.metrics.gatewayFailures.inc();
-    this.#deps.logger.warn({ blob, err: error }, message);
-    this.#gatewayBrokenUntil = Date.now() + GATEWAY_BREAK_MS;
+    const { metrics, logger, gatewayBreaker } = this.#deps;
+    metrics.gatewayFailures.inc();
+    this.#gatewayFailuresInRow += 1;
+    logger.warn({ blob, err: error, failuresInRow: this.#gatewayFailuresInRow }, message);
+    if (this.#gatewayFailuresInRow >= gatewayBreaker.failures && !this.#gatewayBroken()) {
+      this.#gatewayFailuresInRow = 0;
+      this.#gatewayBrokenUntil = Date.now() + gatewayBreaker.breakMs;
+      metrics.gatewayBreakerTrips.inc();
+      metrics.gatewayBreakerOpen.set(1);
+      logger.warn(
+        { failures: gatewayBreaker.failures, breakMs: gatewayBreaker.breakMs },
+        'object gateway breaker open: seeds read the origin and leave the gateway alone for a while',
+      );
+    }
   }
 
   /** `blob` is owed its gateway copy: made by `#copyOwed` once the break is over. */
@@ -788,7 +823,10 @@ export class Seeder {
     }
     this.#owed.set(blob.digest.toString(), blob);
     if (this.#owedTimer === undefined) {
-      const waitMs = Math.max(0, this.#gatewayBrokenUntil - Date.now()) + 1;
+      // After the break when the breaker is open, else a moment after the failure.
+      const waitMs = this.#gatewayBroken()
+        ? this.#gatewayBrokenUntil - Date.now() + 1
+        : GATEWAY_RETRY_MS;
       this.#owedTimer = setTimeout(() => {
         this.#owedTimer = undefined;
         void this.#copyOwed();
@@ -799,7 +837,8 @@ export class Seeder {
 
   /**
    * Copies the owed blobs still held into the gateway, one at a time; stops at the next
-   * failure (the blobs left wait for the next break to end).
+   * failure (the blobs left wait `GATEWAY_RETRY_MS`, or for the break to end if the breaker
+   * opened).
    */
   async #copyOwed(): Promise<void> {
     const signal = this.#closing.signal;
@@ -863,7 +902,9 @@ export class Seeder {
    * whose upload failed is completed by the next request for it.
    */
   async #ensureStored(blob: SeedBlob, signal: AbortSignal): Promise<void> {
-    if ((await this.#deps.store.stat(blob.digest.toString(), signal)) === undefined) {
+    const stored = await this.#deps.store.stat(blob.digest.toString(), signal);
+    this.#gatewayAnswered();
+    if (stored === undefined) {
       blob.stored = false;
       await this.#store(blob, signal);
     } else {
@@ -898,6 +939,7 @@ export class Seeder {
       },
     );
     blob.stored = true;
+    this.#gatewayAnswered();
     metrics.storedBytes.inc(size);
   }
 

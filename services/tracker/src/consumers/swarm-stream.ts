@@ -26,6 +26,14 @@ const GONE_PREFIX = PEER_GONE_SUBJECTS.slice(0, -1);
 const CATCH_UP_POLL_MS = 1_000;
 /** Wait before reopening the consumer after a failure, in ms. */
 const RETRY_DELAY_MS = 1_000;
+/**
+ * How often the stream is checked for having been made anew under a consumer that goes on,
+ * in ms: in a NATS cluster, an R1 stream whose server came back with its volume lost is
+ * re-created there by the cluster, same name and creation time, sequence from 0, and the
+ * consumer comes back with it, positioned past the new stream's end. Nothing ends, so only
+ * the stream's last sequence, fallen below the last one applied, tells.
+ */
+const STREAM_CHECK_MS = 5_000;
 
 export interface SwarmStreamDeps extends SwarmEventDeps {
   readonly js: JetStreamClient;
@@ -41,6 +49,7 @@ export class SwarmStreamConsumer {
   readonly #deps: SwarmStreamDeps;
   #loop: ConsumeLoop | undefined;
   #poll: NodeJS.Timeout | undefined;
+  #streamCheck: NodeJS.Timeout | undefined;
   #caughtUp = false;
   /** Stream sequence of the last message handled, valid or not. */
   #lastSeq = 0;
@@ -91,10 +100,37 @@ export class SwarmStreamConsumer {
             ? { deliver_policy: DeliverPolicy.All }
             : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next },
         );
-        return consumer.consume();
+        // Without `abort_on_missing_resource` nats.js re-creates a lost ordered consumer by
+        // itself, after the last sequence it delivered: on a stream deleted and declared
+        // again while this connection stayed up (another replica, or a server elsewhere in
+        // a cluster, made it anew), that is past the new stream's end, and nothing here
+        // would know to rebase. Ended instead, the loop reopens through `#followRecreated`.
+        return consumer.consume({ abort_on_missing_resource: true });
       },
       handle: (msg) => this.#handle(msg),
     });
+    this.#streamCheck = setInterval(() => void this.#checkStream(), STREAM_CHECK_MS);
+    this.#streamCheck.unref();
+  }
+
+  /** Reopens the consumer when the stream was made anew under it (see `STREAM_CHECK_MS`). */
+  async #checkStream(): Promise<void> {
+    const { jsm, logger } = this.#deps;
+    // Read before asking: messages applied while the answer comes are past its last sequence.
+    const applied = this.#lastSeq;
+    try {
+      const info = await jsm.streams.info(STREAMS.swarm.name);
+      if (info.state.last_seq < applied || info.created !== this.#streamCreated) {
+        logger.warn(
+          { lastApplied: applied, lastSeq: info.state.last_seq },
+          'the swarm stream changed under its consumer; opening it again',
+        );
+        await this.#loop?.reopen();
+      }
+    } catch (error) {
+      // Gone, or NATS away: the consumer's own end or the reconnect reopens it.
+      logger.debug({ err: error }, 'swarm stream check failed');
+    }
   }
 
   /** Resolves once caught up (see `caughtUp`), or at once when `signal` aborts. */
@@ -153,6 +189,7 @@ export class SwarmStreamConsumer {
   /** Stops following the stream; the view keeps what it has. */
   async stop(): Promise<void> {
     clearInterval(this.#poll);
+    clearInterval(this.#streamCheck);
     await this.#loop?.stop();
   }
 

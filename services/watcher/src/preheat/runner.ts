@@ -8,6 +8,8 @@
  * it once and stores it in the object gateway, or finds it there); for scope `nodes`, then
  * hand the blobs to every live agent the selector matches and wait for each to report them.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import {
   decodeMessage,
@@ -44,6 +46,14 @@ import { ResolveError, type ImageResolver, type ResolvedImage } from './resolve.
 export const PREHEAT_CONSUMER = 'watcher-preheat';
 const PUBLISH_TIMEOUT_MS = 5_000;
 const RETRY_DELAY_MS = 2_000;
+/** Wait before a job's report consumer that ended is opened again, in ms. */
+const REPORTS_REOPEN_MS = 1_000;
+/**
+ * How often a job reading its reports checks that the stream did not start over under its
+ * consumer, in ms: a NATS cluster brings an R1 stream whose server lost its volume back
+ * empty, same name and creation time, the consumer with it past its end, and nothing ends.
+ */
+const REPORTS_STREAM_CHECK_MS = 5_000;
 /** Retries of a job failing on transient errors wait up to this long, in ms. */
 const MAX_BACKOFF_MS = 5 * 60_000;
 /** Deliveries of a job before a transient failure fails it. */
@@ -450,6 +460,11 @@ export class PreheatRunner {
   /**
    * Reads this run's reports (those published since its command was queued) from the start of
    * the stream, so a resumed run counts what was reported before; stops when `finished`.
+   * When the stream or the consumer goes (the stream deleted and declared again, or a NATS
+   * server back with an empty store), the consumer ends (`abort_on_missing_resource`: nats.js
+   * would otherwise re-create it after the last sequence delivered, past the end of a stream
+   * made anew, and the reports published into it would never be seen) and is opened again
+   * from the first message; `onReport` takes a report read twice as a no-op.
    */
   async #followReports(
     run: Run,
@@ -457,22 +472,70 @@ export class PreheatRunner {
     finished: () => boolean,
     onReport: (report: PreheatReport) => void,
   ): Promise<void> {
-    const { js, metrics, logger } = this.#deps;
-    const job = run.command.id;
-    if (finished()) {
-      return;
+    const { metrics, logger } = this.#deps;
+    let failures = 0;
+    while (!finished()) {
+      try {
+        await this.#readReports(run, signal, finished, onReport);
+      } catch (error) {
+        if (signal.aborted) {
+          throw error;
+        }
+        // Warned once per run of the job: with NATS away every attempt fails alike, each second.
+        failures += 1;
+        logger[failures === 1 ? 'warn' : 'debug'](
+          { err: error, job: run.command.id, failures },
+          'preheat report consumer ended; reading the reports again from the start',
+        );
+      }
+      signal.throwIfAborted();
+      if (!finished()) {
+        metrics.reportReaderReopens.inc();
+        await sleep(REPORTS_REOPEN_MS, undefined, { signal });
+      }
     }
+  }
+
+  /** One consumer of the run's reports, until `finished`, the signal, or the consumer ends. */
+  async #readReports(
+    run: Run,
+    signal: AbortSignal,
+    finished: () => boolean,
+    onReport: (report: PreheatReport) => void,
+  ): Promise<void> {
+    const { js, jsm, metrics, logger } = this.#deps;
+    const job = run.command.id;
     const consumer = await js.consumers.get(STREAMS.preheatEvents.name, {
       filter_subjects: preheatReportSubjects(job),
     });
-    const messages = await consumer.consume();
+    const messages = await consumer.consume({ abort_on_missing_resource: true });
     const close = (): void => void messages.close();
     signal.addEventListener('abort', close, { once: true });
+    /** Stream sequence of the last report read. */
+    let lastSeq = 0;
+    const check = setInterval(() => {
+      // Read before asking: reports read while the answer comes are past its last sequence.
+      const read = lastSeq;
+      jsm.streams.info(STREAMS.preheatEvents.name).then(
+        (info) => {
+          if (info.state.last_seq < read) {
+            logger.warn(
+              { job, lastRead: read, lastSeq: info.state.last_seq },
+              'the preheat report stream started over under its consumer; reading it again',
+            );
+            close();
+          }
+        },
+        // Gone, or NATS away: the consumer ends by itself, or the next check tells.
+        () => undefined,
+      );
+    }, REPORTS_STREAM_CHECK_MS);
     try {
       if (signal.aborted) {
         return;
       }
       for await (const msg of messages) {
+        lastSeq = msg.seq;
         if (msg.timestampNanos < run.queuedAtNanos) {
           continue;
         }
@@ -493,10 +556,10 @@ export class PreheatRunner {
         }
       }
     } finally {
+      clearInterval(check);
       signal.removeEventListener('abort', close);
       await messages.close();
     }
-    signal.throwIfAborted();
   }
 }
 
