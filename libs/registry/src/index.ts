@@ -6,6 +6,7 @@ export {
   readLimited,
   UpstreamAnswerError,
   UpstreamClient,
+  StorageRefusedError,
   UpstreamTimeoutError,
   type UpstreamAnswer,
   type UpstreamRequest,

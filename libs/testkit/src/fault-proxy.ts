@@ -6,6 +6,7 @@
  * back-pressure; the registry behind it is the real one, so what the clients get once the
  * fault heals is what the registry serves.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import {
   Agent,
@@ -50,7 +51,24 @@ export type RegistryFault =
    * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
    * passes the rest, as a proxy or storage handing out wrong bytes under the right digest.
    */
-  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number };
+  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number }
+  /**
+   * Every new blob GET the registry would answer 200 (or 206) is answered `status` (307 by default) to
+   * the proxy's storage front instead, a listener on another port (another origin), with a
+   * signed query (`X-Amz-Signature`, `X-Amz-Expires`) as Docker Hub, ECR, GCR and ghcr send
+   * their clients to S3 or a CDN. The storage front serves the blob (Range too) from the
+   * registry for a valid signature; like S3 it answers 400 to a request that also carries an
+   * Authorization header, and 403 `AccessDenied` to a signature it does not know or that has
+   * expired. The first `expired` signed URLs handed out are already expired when used; the
+   * first `cutAtByte` answer's body (if set) is cut at that byte of it, as a CDN dropping a
+   * transfer.
+   */
+  | {
+      readonly kind: 'redirect';
+      readonly status?: 302 | 307;
+      readonly expired?: number;
+      readonly cutAtByte?: number;
+    };
 
 /** What the proxy has done so far. */
 export interface FaultProxyCounts {
@@ -64,6 +82,8 @@ export interface FaultProxyCounts {
   readonly bytes: number;
   /** Blob bodies a damage fault cut or flipped. */
   readonly damaged: number;
+  /** Blob GETs a redirect fault sent to the storage front. */
+  readonly redirected: number;
 }
 
 /** A request as it reached the proxy, whether or not a fault answered it. */
@@ -74,9 +94,21 @@ export interface ProxiedRequest {
   readonly authorization: string | undefined;
 }
 
+/** A request that reached the storage front of a redirect fault. */
+export interface StorageRequest extends ProxiedRequest {
+  /** Its Range header, if any. */
+  readonly range: string | undefined;
+  /** How the storage front answered it. */
+  readonly status: number;
+}
+
 export interface FaultProxy {
   /** `http://<host>:<port>`: what clients use as the registry's URL. */
   readonly url: string;
+  /** The storage front's base URL (another port: another origin than `url`). */
+  readonly storageUrl: string;
+  /** Every request the storage front received so far, oldest first (the last 10 000). */
+  storageReceived(): readonly StorageRequest[];
   /** Sets the fault new requests meet (and, when slow, bytes in flight); undefined heals. */
   set(fault: RegistryFault | undefined): void;
   /** Sets `fault` for `ms`, then heals; resolves once healed (early when `signal` aborts). */
@@ -123,7 +155,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let statusTurn = 0;
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
   let linkFreeAt = 0;
-  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0 };
+  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0, redirected: 0 };
 
   /** Waits for the slow link to carry `bytes`; at once when no slow fault is set. */
   const linkDelay = (bytes: number): number => {
@@ -226,6 +258,20 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       { method: req.method, headers, agent, signal: abort.signal, timeout: idleTimeoutMs },
       (answer) => {
         const status = answer.statusCode ?? 502;
+        if (
+          current?.kind === 'redirect' &&
+          req.method === 'GET' &&
+          (status === 200 || status === 206) &&
+          (req.url ?? '').includes('/blobs/')
+        ) {
+          // The registry has authorized the request: send the client to the storage instead.
+          answer.destroy();
+          counts.redirected += 1;
+          const location = signedUrl(req, current.expired ?? 0);
+          res.writeHead(current.status ?? 307, { location, 'content-length': 0 });
+          res.end();
+          return;
+        }
         res.writeHead(status, answer.headers);
         if (
           current?.kind === 'damage' &&
@@ -256,6 +302,96 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     });
     pipeline(req, outgoing, () => undefined);
   };
+
+  /** Signatures handed out by a redirect fault: the path and credentials each stands for. */
+  const signatures = new Map<
+    string,
+    { readonly path: string; readonly authorization: string | undefined; expired: boolean }
+  >();
+  let signedCount = 0;
+  /** Whether the storage front has cut an answer (`cutAtByte`) since the fault was set. */
+  let storageCut = false;
+  let storageUrl = '';
+  const signedUrl = (req: IncomingMessage, expiredFirst: number): string => {
+    signedCount += 1;
+    const signature = randomBytes(16).toString('hex');
+    signatures.set(signature, {
+      path: req.url ?? '/',
+      authorization: req.headers.authorization,
+      expired: signedCount <= expiredFirst,
+    });
+    const url = new URL(`/storage/${signature.slice(0, 8)}/data`, storageUrl);
+    url.searchParams.set('X-Amz-Algorithm', 'AWS4-HMAC-SHA256');
+    url.searchParams.set('X-Amz-Expires', '1200');
+    url.searchParams.set('X-Amz-Signature', signature);
+    return url.toString();
+  };
+  const storageReceived: StorageRequest[] = [];
+  const storageAnswer = (res: ServerResponse, status: number, code: string): void => {
+    const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code></Error>`;
+    res.writeHead(status, { 'content-type': 'application/xml', 'content-length': body.length });
+    res.end(body);
+  };
+  const storage = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://storage');
+    const signed = signatures.get(url.searchParams.get('X-Amz-Signature') ?? '');
+    const status =
+      req.headers.authorization !== undefined
+        ? 400
+        : signed === undefined || signed.expired || req.method !== 'GET'
+          ? 403
+          : 200;
+    storageReceived.push({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      authorization: req.headers.authorization,
+      range: req.headers.range,
+      status,
+    });
+    if (storageReceived.length > MAX_RECEIVED) {
+      storageReceived.shift();
+    }
+    req.resume();
+    if (status === 400) {
+      // S3: "Only one auth mechanism allowed".
+      storageAnswer(res, 400, 'InvalidArgument');
+      return;
+    }
+    if (signed === undefined || status === 403) {
+      storageAnswer(res, 403, signed?.expired === true ? 'AccessDenied' : 'SignatureDoesNotMatch');
+      return;
+    }
+    const headers: OutgoingHttpHeaders = {
+      host: upstream.host,
+      ...(signed.authorization === undefined ? {} : { authorization: signed.authorization }),
+      ...(req.headers.range === undefined ? {} : { range: req.headers.range }),
+    };
+    const outgoing = httpRequest(
+      new URL(signed.path, upstream),
+      { method: 'GET', headers, agent, timeout: idleTimeoutMs },
+      (answer) => {
+        const kept: OutgoingHttpHeaders = {};
+        for (const name of ['content-length', 'content-range', 'content-type', 'accept-ranges']) {
+          if (answer.headers[name] !== undefined) {
+            kept[name] = answer.headers[name];
+          }
+        }
+        const status = answer.statusCode ?? 502;
+        res.writeHead(status, kept);
+        const cutAt = fault?.kind === 'redirect' ? fault.cutAtByte : undefined;
+        if (cutAt !== undefined && !storageCut && (status === 200 || status === 206)) {
+          storageCut = true;
+          pipeline(answer, damage(res, 'cut', cutAt), res, () => undefined);
+          return;
+        }
+        pipeline(answer, throttle(), res, () => undefined);
+      },
+    );
+    outgoing.on('timeout', () => outgoing.destroy(new Error('registry idle timeout')));
+    outgoing.on('error', () => res.destroy());
+    res.once('close', () => outgoing.destroy());
+    outgoing.end();
+  });
 
   const received: ProxiedRequest[] = [];
   const server = createServer((req, res) => {
@@ -294,14 +430,21 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
+  storage.listen(0, options.host ?? '127.0.0.1');
+  await once(storage, 'listening');
+  storageUrl = `http://${urlHost(options.host ?? '127.0.0.1')}:${(storage.address() as AddressInfo).port}`;
 
   const set = (next: RegistryFault | undefined): void => {
     fault = next;
     statusTurn = 0;
+    signedCount = 0;
+    storageCut = false;
     linkFreeAt = 0;
   };
   return {
     url: `http://${urlHost(options.host ?? '127.0.0.1')}:${port}`,
+    storageUrl,
+    storageReceived: () => [...storageReceived],
     set,
     during: async (next, ms, signal) => {
       set(next);
@@ -324,8 +467,12 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     counts: () => ({ ...counts }),
     received: () => [...received],
     stop: async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = Promise.all([
+        new Promise<void>((resolve) => server.close(() => resolve())),
+        new Promise<void>((resolve) => storage.close(() => resolve())),
+      ]);
       server.closeAllConnections();
+      storage.closeAllConnections();
       agent.destroy();
       await closed;
     },
