@@ -38,3 +38,10 @@ export {
   type OpenedBlob,
 } from './blob-reader.js';
 export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';
+export {
+  heldAnswerBody,
+  MAX_HOLD_MS,
+  RateLimitHolds,
+  retryAfterMs,
+  type HeldLimit,
+} from './rate-limit-hold.js';
