@@ -18,7 +18,7 @@ import { RAW_READ_BYTES, RawHttpClient, type ResponseHeaders } from '@shoal/runt
 
 import { StorageRefusedError, UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
 import type { RegistryAuth } from './credentials.js';
-import type { UpstreamRegistry } from './registries.js';
+import { registryUrl, type UpstreamRegistry } from './registries.js';
 
 /** Default size of the blocks a body is copied into, in bytes. */
 export const BLOB_BLOCK_BYTES = 1024 * 1024;
@@ -118,7 +118,7 @@ export class BlobReader {
     forwarded?: { readonly authorization: string | undefined },
     from = 0,
   ): Promise<OpenedBlob> {
-    const start = new URL(`/v2/${repository}/blobs/${digest.toString()}`, registry.url);
+    const start = registryUrl(registry, `/v2/${repository}/blobs/${digest.toString()}`);
     let url = start;
     let authorization =
       forwarded === undefined ? this.#auth.current(registry, repository) : forwarded.authorization;

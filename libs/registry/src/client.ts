@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream';
 
 import { ShoalError } from '@shoal/runtime';
 
-import type { UpstreamRegistry } from './registries.js';
+import { registryUrl, type UpstreamRegistry } from './registries.js';
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -85,7 +85,7 @@ export class UpstreamClient {
   }
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
-    const start = new URL(req.path, req.registry.url);
+    const start = registryUrl(req.registry, req.path);
     let url = start;
     const asked: Record<string, string> = { 'user-agent': this.#userAgent };
     for (const [name, value] of Object.entries(req.headers)) {

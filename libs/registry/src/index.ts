@@ -13,7 +13,7 @@ export {
   type UpstreamResponse,
   type UpstreamTimeouts,
 } from './client.js';
-export { registriesList, type UpstreamRegistry } from './registries.js';
+export { registriesList, registryUrl, type UpstreamRegistry } from './registries.js';
 export {
   loadDockerConfig,
   mayReceiveBasic,

@@ -128,6 +128,12 @@ export interface FaultProxyOptions {
   readonly port?: number;
   /** Longest an upstream connection may stay silent, in ms (default 30 000). */
   readonly idleTimeoutMs?: number;
+  /**
+   * Serves the registry under this path (e.g. `/api/docker/remote`), as registries behind a
+   * repository manager are: a request outside it is answered 404, the prefix is taken off
+   * before forwarding.
+   */
+  readonly pathPrefix?: string;
 }
 
 /** Requests `received` remembers, so a long test's proxy stays bounded. */
@@ -395,6 +401,16 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
 
   const received: ProxiedRequest[] = [];
   const server = createServer((req, res) => {
+    const prefix = options.pathPrefix;
+    if (prefix !== undefined) {
+      if (!(req.url ?? '').startsWith(`${prefix}/`)) {
+        req.resume();
+        res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 10 });
+        res.end('not found\n');
+        return;
+      }
+      req.url = (req.url ?? '').slice(prefix.length);
+    }
     received.push({
       method: req.method ?? '',
       url: req.url ?? '',

@@ -100,7 +100,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     '    uploadpurging:',
     '      enabled: false',
     'http:',
-    `  addr: ${host}:${port}`,
+    `  addr: "${host}:${port}"`,
   ];
   if (options.proxyRemoteUrl !== undefined) {
     lines.push('proxy:', `  remoteurl: ${options.proxyRemoteUrl}`);
