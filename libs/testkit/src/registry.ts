@@ -43,6 +43,11 @@ export interface RegistryOptions extends Placement {
     /** PEM file of the certificate the tokens are signed with. */
     readonly rootCertBundle: string;
   };
+  /**
+   * Accept manifests with foreign (non-distributable) layers that name their `urls`, as
+   * registries holding Windows images do; distribution refuses them by default.
+   */
+  readonly foreignLayerUrls?: boolean;
   /** Send push and pull notifications to this URL. */
   readonly notify?: { readonly url: string; readonly headers?: Record<string, string> };
 }
@@ -104,6 +109,15 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
   ];
   if (options.proxyRemoteUrl !== undefined) {
     lines.push('proxy:', `  remoteurl: ${options.proxyRemoteUrl}`);
+  }
+  if (options.foreignLayerUrls === true) {
+    lines.push(
+      'validation:',
+      '  manifests:',
+      '    urls:',
+      '      allow:',
+      "        - '^https?://'",
+    );
   }
   const htpasswd = join(dir.path, 'htpasswd');
   const writeHtpasswd = async (username: string, password: string): Promise<void> => {

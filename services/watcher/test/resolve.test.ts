@@ -136,7 +136,7 @@ describe('image resolver', () => {
   let index: Descriptor;
 
   before(async () => {
-    registry = await startRegistry();
+    registry = await startRegistry({ foreignLayerUrls: true });
     teardown.add('registry', () => registry.stop());
     const dir = await makeTempDir('resolve-images');
     teardown.add('images', () => dir.remove());
@@ -217,6 +217,39 @@ describe('image resolver', () => {
     assert.equal(image.digest, digest);
     assert.deepEqual(image.manifests, [single.manifest.digest]);
     assert.deepEqual(image.blobs, blobsOf(single));
+  });
+
+  it('leaves out non-distributable layers (foreign, with urls): the registry does not hold them', async () => {
+    // As Windows base images push them: the layer is fetched from its `urls`, never from the
+    // registry, so a preheat that asked the seed server for it would fail.
+    const repository = 'team/foreign';
+    const dockerManifest = 'application/vnd.docker.distribution.manifest.v2+json';
+    const local = await putBlob(
+      registry,
+      repository,
+      'application/vnd.docker.image.rootfs.diff.tar.gzip',
+      randomBytes(2048),
+    );
+    const config = await putBlob(
+      registry,
+      repository,
+      'application/vnd.docker.container.image.v1+json',
+      Buffer.from(JSON.stringify({ os: 'windows', architecture: 'amd64' })),
+    );
+    const foreign = {
+      mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+      digest: sha256(randomBytes(64)),
+      size: 1234567,
+      urls: ['https://foreign.example.com/layers/base.tar.gz'],
+    };
+    const manifest = await putManifest(registry, repository, dockerManifest, {
+      schemaVersion: 2,
+      mediaType: dockerManifest,
+      config,
+      layers: [foreign, local],
+    });
+    const image = await resolver.resolve(configured, repository, parseDigest(manifest.digest), []);
+    assert.deepEqual(image.blobs, blobsOf({ blobs: [config, local] }));
   });
 
   it('takes the digest of a reference by digest as it is, without asking the registry', async () => {

@@ -62,6 +62,15 @@ const WATCHER_CREDENTIALS = {
   trustedRealms: 'SHOAL_WATCHER_TRUSTED_REALMS',
 } as const;
 
+/**
+ * A layer clients fetch from its own `urls`, never from the registry (Windows base layers:
+ * Docker's foreign layers, OCI's non-distributable ones): the registry does not hold it, so a
+ * seed of it could only fail. `urls` on another layer are only other places to find it.
+ */
+function nonDistributable(layer: z.infer<typeof descriptor>): boolean {
+  return /\.foreign\.|\.nondistributable\./.test(layer.mediaType ?? '');
+}
+
 export class ResolveError extends ShoalError<
   | 'UNKNOWN_REGISTRY'
   | 'NOT_FOUND'
@@ -202,7 +211,7 @@ export class ImageResolver {
       manifests.push(target.toString());
       for (const blob of [
         ...(body.config === undefined ? [] : [body.config]),
-        ...(body.layers ?? []),
+        ...(body.layers ?? []).filter((layer) => !nonDistributable(layer)),
       ]) {
         parseDigest(blob.digest);
         blobs.set(blob.digest, blob.size);
