@@ -24,8 +24,11 @@ import type { Digest } from '@shoal/proto';
 export interface RegistryRequest {
   readonly registry: UpstreamRegistry;
   readonly method: 'GET' | 'HEAD';
-  /** What is asked, for the metrics: `ping` is the API version check (`/v2/`). */
-  readonly kind: 'manifest' | 'blob' | 'ping';
+  /**
+   * What is asked, for the metrics: `ping` is the API version check (`/v2/`), `referrers` the
+   * referrers API.
+   */
+  readonly kind: 'manifest' | 'blob' | 'ping' | 'referrers';
   /** Path below the registry's base URL, starting with `/v2/`. */
   readonly path: string;
   /** Forwarded headers: `accept`, `authorization`, `range`. */
