@@ -63,6 +63,11 @@ export type RegistryFault =
    * first `cutAtByte` answer's body (if set) is cut at that byte of it, as a CDN dropping a
    * transfer.
    */
+  /**
+   * Every new manifest answer loses these response headers (lowercase names), as registries
+   * that send no `Docker-Content-Digest`, or a HEAD without `Content-Length`, answer.
+   */
+  | { readonly kind: 'drop-headers'; readonly names: readonly string[] }
   | {
       readonly kind: 'redirect';
       readonly status?: 302 | 307;
@@ -278,7 +283,14 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           res.end();
           return;
         }
-        res.writeHead(status, answer.headers);
+        const dropped =
+          current?.kind === 'drop-headers' && (req.url ?? '').includes('/manifests/')
+            ? new Set(current.names)
+            : undefined;
+        const headers = Object.fromEntries(
+          Object.entries(answer.headers).filter(([name]) => dropped?.has(name) !== true),
+        );
+        res.writeHead(status, headers);
         if (
           current?.kind === 'damage' &&
           req.method === 'GET' &&
