@@ -105,6 +105,8 @@ export interface StorageRequest extends ProxiedRequest {
   readonly range: string | undefined;
   /** How the storage front answered it. */
   readonly status: number;
+  /** The registry path its signature stands for (`/v2/<name>/blobs/<digest>`), if known. */
+  readonly signedFor: string | undefined;
 }
 
 export interface FaultProxy {
@@ -365,6 +367,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       authorization: req.headers.authorization,
       range: req.headers.range,
       status,
+      signedFor: signed?.path,
     });
     if (storageReceived.length > MAX_RECEIVED) {
       storageReceived.shift();

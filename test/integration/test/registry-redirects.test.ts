@@ -10,11 +10,22 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { startContainerd, Teardown, writeMirrorHosts, type StorageRequest } from '@shoal/testkit';
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startContainerd,
+  startFaultProxy,
+  startRegistry,
+  Teardown,
+  writeMirrorHosts,
+  type StorageRequest,
+} from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
 import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
+import { pullBlobs, startCluster } from '../src/swarm.js';
 
 const auth = { username: 'puller', password: 'redirect-password' };
 const authorization = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
@@ -108,5 +119,50 @@ describe('blob GETs redirected to signed storage URLs', () => {
       assert.equal(request.status, 200, request.url);
       assert.match(request.url, /X-Amz-Signature=[0-9a-f]{32}/);
     }
+  });
+});
+
+describe('a swarm behind a registry that redirects to signed storage', () => {
+  const teardown = new Teardown();
+  after(() => teardown.run());
+
+  it('reads each blob from the storage once for the cluster, the first URL expired', async () => {
+    const registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('redirect-swarm');
+    teardown.add('image', () => layout.remove());
+    const image = await generateImage(layout.path, {
+      layerSizes: [24 * MiB, 4 * MiB],
+      seed: 'redirect-swarm',
+    });
+    await pushImage(image, registry.host, 'cdn/swarm');
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    teardown.add('proxy', () => proxy.stop());
+    proxy.set({ kind: 'redirect', expired: 1 });
+    const cluster = await startCluster({
+      layerSizes: [],
+      seed: 'redirect-swarm',
+      repository: 'cdn/swarm',
+      trackers: 1,
+      agents: [1, 2, 3].map((n) => ({ peerId: `cdn-${n}` })),
+      registry: { registry, image },
+      upstreamUrl: proxy.url,
+    });
+    teardown.add('cluster', () => cluster.stop());
+    const pulls = await Promise.all(
+      cluster.agents.map((agent) => pullBlobs(agent, cluster, 'cdn/swarm')),
+    );
+    for (const outcomes of pulls) {
+      assert.deepEqual(
+        outcomes.map((o) => [o.status, o.digest, o.error]),
+        image.blobs.map((blob) => [200, blob.digest, undefined]),
+      );
+    }
+    const served = proxy.storageReceived().filter((r) => r.status === 200);
+    for (const blob of image.blobs) {
+      const reads = served.filter((r) => r.signedFor?.endsWith(blob.digest) === true);
+      assert.equal(reads.length, 1, `${blob.digest} read from the storage once`);
+    }
+    assert.ok(proxy.storageReceived().every((r) => r.authorization === undefined));
   });
 });
