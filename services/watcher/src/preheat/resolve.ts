@@ -50,6 +50,7 @@ const descriptor = z.looseObject({
     .optional(),
 });
 const manifestBody = z.looseObject({
+  schemaVersion: z.number().optional(),
   mediaType: z.string().optional(),
   config: descriptor.optional(),
   layers: z.array(descriptor).optional(),
@@ -334,6 +335,18 @@ export class ImageResolver {
       throw new ResolveError('BAD_MANIFEST', 502, `${reference}: not an image manifest or index`);
     }
     const mediaType = parsed.data.mediaType ?? headerValue(response.headers, 'content-type');
+    if (
+      parsed.data.schemaVersion === 1 ||
+      (mediaType ?? '').startsWith('application/vnd.docker.distribution.manifest.v1')
+    ) {
+      // Read as an image manifest it has neither config nor layers: the preheat would succeed
+      // having warmed nothing. containerd no longer pulls these either.
+      throw new ResolveError(
+        'BAD_MANIFEST',
+        502,
+        `${repository}@${reference}: a Docker schema 1 manifest, which Shoal does not preheat: push the image again with a current client`,
+      );
+    }
     return { body: parsed.data, mediaType, digest };
   }
 
