@@ -8,10 +8,14 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 
-import { startContainerd, Teardown, writeMirrorHosts } from '@shoal/testkit';
+import { Teardown } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
-import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
+import {
+  pullOnlyThroughMirror,
+  startProxiedMirror,
+  type ProxiedMirrorFixture,
+} from '../src/mirror.js';
 
 const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
@@ -55,19 +59,11 @@ describe('manifest answers without Docker-Content-Digest or Content-Length', () 
   });
 
   it('lets containerd pull through the agent', async () => {
-    const containerd = await startContainerd();
-    teardown.add('containerd', () => containerd.stop());
-    await writeMirrorHosts(
-      containerd.hostsDir,
-      mirror.registry.host,
-      'http://127.0.0.1:1',
-      mirror.agent.url,
-    );
-    await containerd.pull(mirror.ref, { timeoutMs: 120_000 });
-    const content = await containerd.contentDigests();
-    for (const blob of mirror.image.blobs) {
-      assert.ok(content.has(blob.digest), blob.digest);
-    }
-    assert.ok(content.has(mirror.image.manifest.digest));
+    await pullOnlyThroughMirror(teardown, {
+      registryHost: mirror.registry.host,
+      mirrorUrl: mirror.agent.url,
+      ref: mirror.ref,
+      digests: [mirror.image.manifest.digest, ...mirror.image.blobs.map((blob) => blob.digest)],
+    });
   });
 });

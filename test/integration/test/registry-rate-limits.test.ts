@@ -10,11 +10,15 @@ import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { startContainerd, Teardown, writeMirrorHosts } from '@shoal/testkit';
+import { Teardown } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { ociCode } from '../src/http.js';
-import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
+import {
+  pullOnlyThroughMirror,
+  startProxiedMirror,
+  type ProxiedMirrorFixture,
+} from '../src/mirror.js';
 
 const RETRY_AFTER_S = 4;
 const MANIFEST_ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
@@ -113,19 +117,12 @@ describe('a registry rate limit (429 with Retry-After)', () => {
 
   it('lets containerd pull once the Retry-After has passed', async () => {
     mirror.proxy.set(undefined);
-    const containerd = await startContainerd();
-    teardown.add('containerd', () => containerd.stop());
-    await writeMirrorHosts(
-      containerd.hostsDir,
-      mirror.registry.host,
-      'http://127.0.0.1:1',
-      mirror.agent.url,
-    );
     await sleep(RETRY_AFTER_S * 1000);
-    await containerd.pull(mirror.ref, { timeoutMs: 120_000 });
-    const content = await containerd.contentDigests();
-    for (const blob of mirror.image.blobs) {
-      assert.ok(content.has(blob.digest), blob.digest);
-    }
+    await pullOnlyThroughMirror(teardown, {
+      registryHost: mirror.registry.host,
+      mirrorUrl: mirror.agent.url,
+      ref: mirror.ref,
+      digests: mirror.image.blobs.map((blob) => blob.digest),
+    });
   });
 });

@@ -14,17 +14,19 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
-  startContainerd,
   startFaultProxy,
   startRegistry,
   Teardown,
-  writeMirrorHosts,
   type StorageRequest,
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
-import { startProxiedMirror, type ProxiedMirrorFixture } from '../src/mirror.js';
+import {
+  pullOnlyThroughMirror,
+  startProxiedMirror,
+  type ProxiedMirrorFixture,
+} from '../src/mirror.js';
 import { pullBlobs, startCluster } from '../src/swarm.js';
 
 const auth = { username: 'puller', password: 'redirect-password' };
@@ -93,23 +95,13 @@ describe('blob GETs redirected to signed storage URLs', () => {
   it('lets containerd pull through the agent, no credential and the signature intact at the storage', async () => {
     mirror.proxy.set({ kind: 'redirect' });
     const before = mirror.proxy.storageReceived().length;
-    const containerd = await startContainerd();
-    teardown.add('containerd', () => containerd.stop());
-    // The registry itself is unreachable for containerd: only the mirror can serve the pull.
-    await writeMirrorHosts(
-      containerd.hostsDir,
-      mirror.registry.host,
-      'http://127.0.0.1:1',
-      mirror.agent.url,
-      {
-        Authorization: authorization,
-      },
-    );
-    await containerd.pull(mirror.ref, { timeoutMs: 120_000 });
-    const content = await containerd.contentDigests();
-    for (const blob of mirror.image.blobs) {
-      assert.ok(content.has(blob.digest), `containerd holds ${blob.digest}`);
-    }
+    await pullOnlyThroughMirror(teardown, {
+      registryHost: mirror.registry.host,
+      mirrorUrl: mirror.agent.url,
+      ref: mirror.ref,
+      digests: mirror.image.blobs.map((blob) => blob.digest),
+      headers: { Authorization: authorization },
+    });
     // The layers the cases above fetched are in the agent's cache; the others went to storage.
     const fetched = new Set(mirror.image.layers.slice(0, 2).map((layer) => layer.digest));
     const storage = storageSince(before);
