@@ -382,6 +382,35 @@ describe('BlobReader', () => {
     assert.ok(storageAsked.every((asked) => asked.authorization === undefined));
   });
 
+  it('resumes past 4 GiB with the exact offset', async () => {
+    // A 5 GiB blob broken off near its end: the offset is past 32 bits.
+    const from = 5 * 1024 * MiB;
+    let asked: string | undefined;
+    const big = await serve('big-blob', (request, response) => {
+      asked = request.headers.range;
+      response.writeHead(206, {
+        'content-range': `bytes ${from}-${from + 2}/${from + 3}`,
+        'content-length': 3,
+      });
+      response.end('xyz');
+    });
+    const opened = await reader({}).open(
+      big,
+      repository,
+      parseDigest(layer.digest),
+      AbortSignal.timeout(10_000),
+      { authorization: undefined },
+      from,
+    );
+    assert.equal(asked, 'bytes=5368709120-');
+    assert.equal(opened.status, 206);
+    const body: Buffer[] = [];
+    for await (const block of opened.blocks) {
+      body.push(Buffer.from(block));
+    }
+    assert.equal(Buffer.concat(body).toString(), 'xyz');
+  });
+
   it('hands over the first block once it holds firstBlockBytes, and whole blocks after it', async () => {
     const first = 256 * 1024;
     // No partial block for a slow moment of this machine: only the first goes early.
