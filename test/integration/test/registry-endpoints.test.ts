@@ -1,11 +1,11 @@
 /**
  * Where registries live besides `https://host/v2/`: under a path prefix (a repository manager
  * such as Artifactory serves a registry at `/api/docker/<repo>/v2/`), on an IPv6 literal
- * (`[::1]:port`), and several of them behind one agent told apart by `?ns=`. containerd pulls
- * each through the agent, with the registry's own address unreachable so that only the mirror
- * can serve.
+ * (`[::1]:port`), and several of them behind one agent told apart by `?ns=`. The agent writes
+ * containerd's hosts.toml for each, and containerd pulls each through it.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -18,7 +18,6 @@ import {
   startFaultProxy,
   startRegistry,
   Teardown,
-  writeMirrorHosts,
   type AgentProcess,
   type Containerd,
   type FaultProxy,
@@ -29,8 +28,6 @@ import {
 import { MiB } from '../src/files.js';
 
 const PREFIX = '/api/docker/remote';
-/** Nothing listens here: containerd's fallback to the registry itself fails. */
-const NOWHERE = 'http://127.0.0.1:1';
 
 interface Pushed {
   readonly registry: Registry;
@@ -78,22 +75,42 @@ describe('registries under a path prefix, on IPv6, and several behind one agent'
     prefixProxy = await startFaultProxy({ upstream: prefixed.registry.url, pathPrefix: PREFIX });
     teardown.add('prefix proxy', () => prefixProxy.stop());
     ipv6 = await push('ipv6', '::1');
+    containerd = await startContainerd();
+    teardown.add('containerd', () => containerd.stop());
+    // The agent writes containerd's hosts.toml for both registries itself.
     agent = await startAgent({
       registries: [
         `${prefixed.registry.host}=${prefixProxy.url}${PREFIX}`,
         `${ipv6.registry.host}=${ipv6.registry.url}`,
       ].join(','),
+      env: { SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir },
     });
     teardown.add('agent', () => agent.stop());
-    containerd = await startContainerd();
-    teardown.add('containerd', () => containerd.stop());
   });
+
+  /**
+   * The pull's blobs went through the agent: the hosts.toml the agent writes names the
+   * registry as containerd's fallback, which would hide a mirror that failed.
+   */
+  const assertThroughAgent = async (pushed: Pushed): Promise<void> => {
+    const fetched = await agent.metric('shoal_agent_upstream_requests_total', {
+      registry: pushed.registry.host,
+      kind: 'blob',
+      status: '200',
+    });
+    assert.equal(fetched, pushed.image.blobs.length, `${pushed.ref}: blobs from the agent`);
+  };
   after(() => teardown.run());
 
-  it('pulls from a registry served under a path prefix', async () => {
-    await writeMirrorHosts(containerd.hostsDir, prefixed.registry.host, NOWHERE, agent.url);
+  it('writes hosts.toml for both and pulls from the registry served under a path prefix', async () => {
+    const hosts = await readFile(
+      join(containerd.hostsDir, prefixed.registry.host, 'hosts.toml'),
+      'utf8',
+    );
+    assert.match(hosts, new RegExp(`server = "${prefixProxy.url}${PREFIX}"`));
     await containerd.pull(prefixed.ref, { timeoutMs: 120_000 });
     await assertPulled(prefixed);
+    await assertThroughAgent(prefixed);
     const asked = prefixProxy.received();
     assert.ok(asked.length > 0);
     assert.ok(
@@ -104,15 +121,13 @@ describe('registries under a path prefix, on IPv6, and several behind one agent'
 
   it('pulls from a registry on an IPv6 literal, the second registry of the same agent', async () => {
     assert.match(ipv6.registry.host, /^\[::1\]:\d+$/);
-    await writeMirrorHosts(containerd.hostsDir, ipv6.registry.host, NOWHERE, agent.url);
+    const hosts = await readFile(
+      join(containerd.hostsDir, ipv6.registry.host, 'hosts.toml'),
+      'utf8',
+    );
+    assert.match(hosts, new RegExp(`server = "http://\\[::1\\]:\\d+"`));
     await containerd.pull(ipv6.ref, { timeoutMs: 120_000 });
     await assertPulled(ipv6);
-    assert.ok(
-      (await agent.metric('shoal_agent_upstream_requests_total', {
-        registry: ipv6.registry.host,
-        kind: 'blob',
-      })) >= ipv6.image.blobs.length,
-      'the blobs came through the agent from the IPv6 registry',
-    );
+    await assertThroughAgent(ipv6);
   });
 });
