@@ -185,10 +185,10 @@ export class RegistryRequests {
     kind: RegistryRequest['kind'],
     authorization: string | undefined,
     method: string,
-    headers: object,
+    headers: AnswerHeaders,
   ): void {
-    const value = (headers as Record<string, string | string[] | undefined>)['retry-after'];
-    const retryAfter = Array.isArray(value) ? value[0] : value;
+    const value = headers['retry-after'];
+    const retryAfter = typeof value === 'string' ? value : value?.[0];
     const ms = this.#holds.note(upstream.host, method, authorization, 429, retryAfter);
     if (ms === undefined) {
       return;
@@ -237,7 +237,7 @@ export class RegistryRequests {
    * Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. A
    * 429 with Retry-After starts a hold for this registry, credential and method.
    */
-  async #counted<T extends { readonly status: number; readonly headers: object }>(
+  async #counted<T extends { readonly status: number; readonly headers: AnswerHeaders }>(
     upstream: UpstreamRegistry,
     kind: RegistryRequest['kind'],
     authorization: string | undefined,
@@ -265,6 +265,9 @@ export class RegistryRequests {
     }
   }
 }
+
+/** A registry answer's headers, from node:http (`UpstreamResponse`) or the block reader. */
+type AnswerHeaders = Readonly<Record<string, string | readonly string[] | undefined>>;
 
 /** The body of an answer other than 200: no blocks. */
 async function* noBlocks(): AsyncGenerator<Buffer> {}
