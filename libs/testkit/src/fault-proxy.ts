@@ -326,7 +326,13 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   /** Signatures handed out by a redirect fault: the path and credentials each stands for. */
   const signatures = new Map<
     string,
-    { readonly path: string; readonly authorization: string | undefined; expired: boolean }
+    {
+      readonly path: string;
+      readonly authorization: string | undefined;
+      readonly expired: boolean;
+      /** The signed path and query, byte for byte: S3 refuses a URL re-encoded on the way. */
+      readonly target: string;
+    }
   >();
   let signedCount = 0;
   /** Whether the storage front has cut an answer (`cutAtByte`) since the fault was set. */
@@ -335,16 +341,23 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const signedUrl = (req: IncomingMessage, expiredFirst: number): string => {
     signedCount += 1;
     const signature = randomBytes(16).toString('hex');
+    // As S3 writes them: percent-encoded slashes, pluses and equals signs in the credential
+    // and the session token, which a client must send back exactly as given.
+    const target =
+      `/storage/${signature.slice(0, 8)}/data` +
+      `?X-Amz-Algorithm=AWS4-HMAC-SHA256` +
+      `&X-Amz-Credential=ASIAEXAMPLE%2F20261130%2Fus-east-1%2Fs3%2Faws4_request` +
+      `&X-Amz-Date=20261130T210000Z&X-Amz-Expires=1200` +
+      `&X-Amz-Security-Token=IQoJb3JpZ2luX2Vj%2B%2Fa%3D%3D` +
+      `&response-content-disposition=attachment%3B%20filename%3D%22blob%22` +
+      `&X-Amz-SignedHeaders=host&X-Amz-Signature=${signature}`;
     signatures.set(signature, {
       path: req.url ?? '/',
       authorization: req.headers.authorization,
       expired: signedCount <= expiredFirst,
+      target,
     });
-    const url = new URL(`/storage/${signature.slice(0, 8)}/data`, storageUrl);
-    url.searchParams.set('X-Amz-Algorithm', 'AWS4-HMAC-SHA256');
-    url.searchParams.set('X-Amz-Expires', '1200');
-    url.searchParams.set('X-Amz-Signature', signature);
-    return url.toString();
+    return new URL(target, storageUrl).toString();
   };
   const storageReceived: StorageRequest[] = [];
   const storageAnswer = (res: ServerResponse, status: number, code: string): void => {
@@ -358,7 +371,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const status =
       req.headers.authorization !== undefined
         ? 400
-        : signed === undefined || signed.expired || req.method !== 'GET'
+        : signed === undefined ||
+            signed.expired ||
+            req.method !== 'GET' ||
+            req.url !== signed.target
           ? 403
           : 200;
     storageReceived.push({
