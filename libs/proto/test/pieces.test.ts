@@ -43,6 +43,21 @@ describe('piece layout', () => {
     assert.equal(next, size);
     assert.equal(pieceCount(0, pieceSizeFor(0)), 1);
   });
+
+  it('lays out blobs beyond 4 GiB exactly (sizes past 32 bits)', () => {
+    const size = 5 * 1024 * MiB + 12_345;
+    const pieceSize = pieceSizeFor(size);
+    const count = pieceCount(size, pieceSize);
+    assert.equal(count, Math.ceil(size / pieceSize));
+    assert.deepEqual(pieceBounds(count - 1, size, pieceSize), {
+      start: (count - 1) * pieceSize,
+      end: size,
+    });
+    // The piece holding byte 2^32 starts where plain arithmetic says, not wrapped to 0.
+    const at = Math.floor(2 ** 32 / pieceSize);
+    assert.equal(pieceBounds(at, size, pieceSize).start, at * pieceSize);
+    assert.ok(pieceBounds(at, size, pieceSize).start > 0xffff_ffff - pieceSize);
+  });
 });
 
 describe('piece ranges', () => {

@@ -16,9 +16,9 @@
 import type { Digest } from '@shoal/proto';
 import { RAW_READ_BYTES, RawHttpClient, type ResponseHeaders } from '@shoal/runtime/raw-http';
 
-import { UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
+import { StorageRefusedError, UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
 import type { RegistryAuth } from './credentials.js';
-import type { UpstreamRegistry } from './registries.js';
+import { registryUrl, type UpstreamRegistry } from './registries.js';
 
 /** Default size of the blocks a body is copied into, in bytes. */
 export const BLOB_BLOCK_BYTES = 1024 * 1024;
@@ -118,13 +118,30 @@ export class BlobReader {
     forwarded?: { readonly authorization: string | undefined },
     from = 0,
   ): Promise<OpenedBlob> {
-    let url = new URL(`/v2/${repository}/blobs/${digest.toString()}`, registry.url);
+    const start = registryUrl(registry, `/v2/${repository}/blobs/${digest.toString()}`);
+    let url = start;
     let authorization =
       forwarded === undefined ? this.#auth.current(registry, repository) : forwarded.authorization;
     let challenged = forwarded !== undefined;
     let answeredChallenge: string | undefined;
+    /** What the registry was last asked with: a refused storage URL is asked for again so. */
+    let registryAsked = { authorization, answeredChallenge };
+    let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
       const answer = await this.#get(url, authorization, signal, from);
+      const isBody = answer.status === 200 || (from > 0 && answer.status === 206);
+      if (!isBody && url.origin !== start.origin) {
+        // The registry authorized the read and sent it to its storage, which refused it (a
+        // signed URL past its expiry, a CDN edge failing): that is not the registry's answer
+        // to the client. A fresh URL from the registry, once; then the read has failed.
+        if (storageRetried) {
+          throw new StorageRefusedError(url, answer.status);
+        }
+        storageRetried = true;
+        url = start;
+        ({ authorization, answeredChallenge } = registryAsked);
+        continue;
+      }
       const challenge = answer.headers['www-authenticate'];
       if (answer.status === 401 && challenge !== undefined && !challenged) {
         challenged = true;
@@ -139,6 +156,9 @@ export class BlobReader {
       const location = answer.headers.location;
       if (REDIRECTS.has(answer.status) && location !== undefined && hop < MAX_REDIRECTIONS) {
         const next = new URL(location, url);
+        if (url.origin === start.origin) {
+          registryAsked = { authorization, answeredChallenge };
+        }
         if (next.origin !== url.origin) {
           // Credentials are for the registry, never for the storage it redirects to; and a
           // refusal from that storage (an expired signed URL) is not the registry's answer to

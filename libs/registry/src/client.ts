@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream';
 
 import { ShoalError } from '@shoal/runtime';
 
-import type { UpstreamRegistry } from './registries.js';
+import { registryUrl, type UpstreamRegistry } from './registries.js';
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -55,6 +55,23 @@ export class UpstreamTimeoutError extends ShoalError<
   override readonly name = 'TimeoutError';
 }
 
+/**
+ * The storage a registry redirected a request to (S3, a CDN) refused it, and refused the fresh
+ * URL the registry handed out next: the registry's storage is failing, which is not the
+ * registry's answer to the client's credentials.
+ */
+export class StorageRefusedError extends ShoalError<'STORAGE_REFUSED'> {
+  override readonly name = 'StorageRefusedError';
+
+  constructor(url: URL, status: number) {
+    super(
+      'STORAGE_REFUSED',
+      502,
+      `the registry's storage ${url.host} answered ${status} to a fresh redirect`,
+    );
+  }
+}
+
 export class UpstreamClient {
   readonly #timeouts: UpstreamTimeouts;
   readonly #http = new HttpAgent({ keepAlive: true, maxSockets: 64 });
@@ -68,16 +85,33 @@ export class UpstreamClient {
   }
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
-    let url = new URL(req.path, req.registry.url);
-    const headers: Record<string, string> = { 'user-agent': this.#userAgent };
+    const start = registryUrl(req.registry, req.path);
+    let url = start;
+    const asked: Record<string, string> = { 'user-agent': this.#userAgent };
     for (const [name, value] of Object.entries(req.headers)) {
       if (value !== undefined) {
-        headers[name] = value;
+        asked[name] = value;
       }
     }
+    let headers = { ...asked };
     let method = req.method;
+    let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
       const response = await this.#send(method, url, headers, req.signal);
+      const status = response.statusCode ?? 0;
+      if (status >= 400 && url.origin !== start.origin) {
+        // The registry sent the request to its storage, which refused it (an expired signed
+        // URL, a CDN edge failing): not the registry's answer. A fresh URL from it, once.
+        response.resume();
+        if (storageRetried) {
+          throw new StorageRefusedError(url, status);
+        }
+        storageRetried = true;
+        url = start;
+        headers = { ...asked };
+        method = req.method;
+        continue;
+      }
       const location = response.headers.location;
       if (
         req.redirects !== 'manual' &&

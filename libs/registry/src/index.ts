@@ -6,13 +6,14 @@ export {
   readLimited,
   UpstreamAnswerError,
   UpstreamClient,
+  StorageRefusedError,
   UpstreamTimeoutError,
   type UpstreamAnswer,
   type UpstreamRequest,
   type UpstreamResponse,
   type UpstreamTimeouts,
 } from './client.js';
-export { registriesList, type UpstreamRegistry } from './registries.js';
+export { registriesList, registryUrl, type UpstreamRegistry } from './registries.js';
 export {
   loadDockerConfig,
   mayReceiveBasic,
@@ -37,3 +38,10 @@ export {
   type OpenedBlob,
 } from './blob-reader.js';
 export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';
+export {
+  heldAnswerBody,
+  MAX_HOLD_MS,
+  RateLimitHolds,
+  retryAfterMs,
+  type HeldLimit,
+} from './rate-limit-hold.js';

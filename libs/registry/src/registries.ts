@@ -6,8 +6,24 @@ import { z } from 'zod';
 export interface UpstreamRegistry {
   /** Host as clients name it, e.g. `docker.io` or `127.0.0.1:5000`. */
   readonly host: string;
-  /** Base URL the agent sends requests to, e.g. `https://registry-1.docker.io`. */
+  /**
+   * Base URL the agent sends requests to, e.g. `https://registry-1.docker.io`; a path in it is
+   * a prefix the API lives under (`https://artifacts.example.com/api/docker/remote` serves
+   * `/api/docker/remote/v2/...`), see `registryUrl`.
+   */
   readonly url: URL;
+}
+
+/**
+ * The URL of an API path (`/v2/...`, with a query or not) at a registry: below the path of its
+ * base URL, not in place of it, so a registry served under a prefix keeps it.
+ */
+export function registryUrl(registry: UpstreamRegistry, path: string): URL {
+  const asked = new URL(path, 'http://path.invalid');
+  const url = new URL(registry.url);
+  url.pathname = `${url.pathname.replace(/\/+$/, '')}${asked.pathname}`;
+  url.search = asked.search;
+  return url;
 }
 
 /** docker.io is served from a different host than its name, as every client knows. */

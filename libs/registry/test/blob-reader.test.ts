@@ -29,6 +29,7 @@ import {
   BlobReader,
   ORIGIN_RESUMES,
   RegistryAuth,
+  readAnswer,
   resumingBody,
   UpstreamClient,
   type BlobReaderOptions,
@@ -305,8 +306,12 @@ describe('BlobReader', () => {
   });
 
   it("does not take storage's refusal after a redirect for the registry's answer", async () => {
-    // An expired signed URL: the storage's 403 says nothing of the registry's challenge.
+    // An expired signed URL: the storage's 403 says nothing of the registry's challenge, nor
+    // of the client's right to read; the registry is asked for a fresh URL once, and a storage
+    // that refuses that one too is the registry failing.
+    let storageAsked = 0;
     const storage = await serve('signed-storage', (_request, response) => {
+      storageAsked += 1;
       response.writeHead(403, { 'content-length': 2 });
       response.end('{}');
     });
@@ -330,9 +335,80 @@ describe('BlobReader', () => {
     const client = new UpstreamClient(timeouts, 'shoal-test');
     teardown.add('signed client', () => client.close());
     const anonymous = new RegistryAuth(new Map(), client);
-    const opened = await openLayer(reader({}, anonymous), front);
-    assert.equal(opened.status, 403);
-    assert.equal(opened.challenge, undefined, "the storage's answer, not the challenge's");
+    await assert.rejects(openLayer(reader({}, anonymous), front), (error: Error) => {
+      assert.equal(error.name, 'StorageRefusedError');
+      assert.match(error.message, /storage localhost:\d+ answered 403/);
+      return true;
+    });
+    assert.equal(storageAsked, 2, 'the expired URL, then the fresh one');
+  });
+
+  it('asks the registry again when its storage refuses a signed URL (ranged reads too)', async () => {
+    // The first signed URL has expired by the time it is used; the second is good.
+    const storageAsked: { readonly authorization: string | undefined; readonly url: string }[] = [];
+    const storage = await serve('expiring-storage', (request, response) => {
+      storageAsked.push({ authorization: request.headers.authorization, url: request.url ?? '' });
+      if (request.url?.endsWith('sig=1') === true) {
+        response.writeHead(403, { 'content-length': 2 });
+        response.end('{}');
+        return;
+      }
+      response.writeHead(206, { 'content-range': 'bytes 2-4/10', 'content-length': 3 });
+      response.end('abc');
+    });
+    let signed = 0;
+    const front = await serve('expiring-front', (_request, response) => {
+      signed += 1;
+      const location = `${storage.url.href.replace('127.0.0.1', 'localhost')}blob?sig=${signed}`;
+      response.writeHead(307, { location, 'content-length': 0 });
+      response.end();
+    });
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('expiring client', () => client.close());
+    const response = await client.request({
+      registry: front,
+      method: 'GET',
+      path: `/v2/${repository}/blobs/${layer.digest}`,
+      headers: { authorization: 'Bearer secret', range: 'bytes=2-4' },
+      signal: AbortSignal.timeout(10_000),
+    });
+    assert.equal(response.status, 206);
+    assert.equal((await readAnswer(response)).body.toString(), 'abc');
+    assert.equal(signed, 2, 'a fresh URL from the registry');
+    assert.deepEqual(
+      storageAsked.map((asked) => asked.url),
+      ['/blob?sig=1', '/blob?sig=2'],
+    );
+    assert.ok(storageAsked.every((asked) => asked.authorization === undefined));
+  });
+
+  it('resumes past 4 GiB with the exact offset', async () => {
+    // A 5 GiB blob broken off near its end: the offset is past 32 bits.
+    const from = 5 * 1024 * MiB;
+    let asked: string | undefined;
+    const big = await serve('big-blob', (request, response) => {
+      asked = request.headers.range;
+      response.writeHead(206, {
+        'content-range': `bytes ${from}-${from + 2}/${from + 3}`,
+        'content-length': 3,
+      });
+      response.end('xyz');
+    });
+    const opened = await reader({}).open(
+      big,
+      repository,
+      parseDigest(layer.digest),
+      AbortSignal.timeout(10_000),
+      { authorization: undefined },
+      from,
+    );
+    assert.equal(asked, 'bytes=5368709120-');
+    assert.equal(opened.status, 206);
+    const body: Buffer[] = [];
+    for await (const block of opened.blocks) {
+      body.push(Buffer.from(block));
+    }
+    assert.equal(Buffer.concat(body).toString(), 'xyz');
   });
 
   it('hands over the first block once it holds firstBlockBytes, and whole blocks after it', async () => {

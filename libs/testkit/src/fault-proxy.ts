@@ -6,6 +6,7 @@
  * back-pressure; the registry behind it is the real one, so what the clients get once the
  * fault heals is what the registry serves.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import {
   Agent,
@@ -55,7 +56,29 @@ export type RegistryFault =
    * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
    * passes the rest, as a proxy or storage handing out wrong bytes under the right digest.
    */
-  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number };
+  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number }
+  /**
+   * Every new blob GET the registry would answer 200 (or 206) is answered `status` (307 by default) to
+   * the proxy's storage front instead, a listener on another port (another origin), with a
+   * signed query (`X-Amz-Signature`, `X-Amz-Expires`) as Docker Hub, ECR, GCR and ghcr send
+   * their clients to S3 or a CDN. The storage front serves the blob (Range too) from the
+   * registry for a valid signature; like S3 it answers 400 to a request that also carries an
+   * Authorization header, and 403 `AccessDenied` to a signature it does not know or that has
+   * expired. The first `expired` signed URLs handed out are already expired when used; the
+   * first `cutAtByte` answer's body (if set) is cut at that byte of it, as a CDN dropping a
+   * transfer.
+   */
+  /**
+   * Every new manifest answer loses these response headers (lowercase names), as registries
+   * that send no `Docker-Content-Digest`, or a HEAD without `Content-Length`, answer.
+   */
+  | { readonly kind: 'drop-headers'; readonly names: readonly string[] }
+  | {
+      readonly kind: 'redirect';
+      readonly status?: 302 | 307;
+      readonly expired?: number;
+      readonly cutAtByte?: number;
+    };
 
 /** What the proxy has done so far. */
 export interface FaultProxyCounts {
@@ -69,6 +92,8 @@ export interface FaultProxyCounts {
   readonly bytes: number;
   /** Blob bodies a damage fault cut or flipped. */
   readonly damaged: number;
+  /** Blob GETs a redirect fault sent to the storage front. */
+  readonly redirected: number;
 }
 
 /** A request as it reached the proxy, whether or not a fault answered it. */
@@ -79,9 +104,23 @@ export interface ProxiedRequest {
   readonly authorization: string | undefined;
 }
 
+/** A request that reached the storage front of a redirect fault. */
+export interface StorageRequest extends ProxiedRequest {
+  /** Its Range header, if any. */
+  readonly range: string | undefined;
+  /** How the storage front answered it. */
+  readonly status: number;
+  /** The registry path its signature stands for (`/v2/<name>/blobs/<digest>`), if known. */
+  readonly signedFor: string | undefined;
+}
+
 export interface FaultProxy {
   /** `http://<host>:<port>`: what clients use as the registry's URL. */
   readonly url: string;
+  /** The storage front's base URL (another port: another origin than `url`). */
+  readonly storageUrl: string;
+  /** Every request the storage front received so far, oldest first (the last 10 000). */
+  storageReceived(): readonly StorageRequest[];
   /** Sets the fault new requests meet (and, when slow, bytes in flight); undefined heals. */
   set(fault: RegistryFault | undefined): void;
   /** Sets `fault` for `ms`, then heals; resolves once healed (early when `signal` aborts). */
@@ -101,6 +140,12 @@ export interface FaultProxyOptions {
   readonly port?: number;
   /** Longest an upstream connection may stay silent, in ms (default 30 000). */
   readonly idleTimeoutMs?: number;
+  /**
+   * Serves the registry under this path (e.g. `/api/docker/remote`), as registries behind a
+   * repository manager are: a request outside it is answered 404, the prefix is taken off
+   * before forwarding.
+   */
+  readonly pathPrefix?: string;
 }
 
 /** Requests `received` remembers, so a long test's proxy stays bounded. */
@@ -128,7 +173,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let statusTurn = 0;
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
   let linkFreeAt = 0;
-  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0 };
+  const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0, redirected: 0 };
 
   /** Waits for the slow link to carry `bytes`; at once when no slow fault is set. */
   const linkDelay = (bytes: number): number => {
@@ -231,7 +276,28 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       { method: req.method, headers, agent, signal: abort.signal, timeout: idleTimeoutMs },
       (answer) => {
         const status = answer.statusCode ?? 502;
-        res.writeHead(status, answer.headers);
+        if (
+          current?.kind === 'redirect' &&
+          req.method === 'GET' &&
+          (status === 200 || status === 206) &&
+          (req.url ?? '').includes('/blobs/')
+        ) {
+          // The registry has authorized the request: send the client to the storage instead.
+          answer.destroy();
+          counts.redirected += 1;
+          const location = signedUrl(req, current.expired ?? 0);
+          res.writeHead(current.status ?? 307, { location, 'content-length': 0 });
+          res.end();
+          return;
+        }
+        const dropped =
+          current?.kind === 'drop-headers' && (req.url ?? '').includes('/manifests/')
+            ? new Set(current.names)
+            : undefined;
+        const headers = Object.fromEntries(
+          Object.entries(answer.headers).filter(([name]) => dropped?.has(name) !== true),
+        );
+        res.writeHead(status, headers);
         if (
           current?.kind === 'damage' &&
           req.method === 'GET' &&
@@ -262,8 +328,125 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     pipeline(req, outgoing, () => undefined);
   };
 
+  /** Signatures handed out by a redirect fault: the path and credentials each stands for. */
+  const signatures = new Map<
+    string,
+    {
+      readonly path: string;
+      readonly authorization: string | undefined;
+      readonly expired: boolean;
+      /** The signed path and query, byte for byte: S3 refuses a URL re-encoded on the way. */
+      readonly target: string;
+    }
+  >();
+  let signedCount = 0;
+  /** Whether the storage front has cut an answer (`cutAtByte`) since the fault was set. */
+  let storageCut = false;
+  let storageUrl = '';
+  const signedUrl = (req: IncomingMessage, expiredFirst: number): string => {
+    signedCount += 1;
+    const signature = randomBytes(16).toString('hex');
+    // As S3 writes them: percent-encoded slashes, pluses and equals signs in the credential
+    // and the session token, which a client must send back exactly as given.
+    const target =
+      `/storage/${signature.slice(0, 8)}/data` +
+      `?X-Amz-Algorithm=AWS4-HMAC-SHA256` +
+      `&X-Amz-Credential=ASIAEXAMPLE%2F20261130%2Fus-east-1%2Fs3%2Faws4_request` +
+      `&X-Amz-Date=20261130T210000Z&X-Amz-Expires=1200` +
+      `&X-Amz-Security-Token=IQoJb3JpZ2luX2Vj%2B%2Fa%3D%3D` +
+      `&response-content-disposition=attachment%3B%20filename%3D%22blob%22` +
+      `&X-Amz-SignedHeaders=host&X-Amz-Signature=${signature}`;
+    signatures.set(signature, {
+      path: req.url ?? '/',
+      authorization: req.headers.authorization,
+      expired: signedCount <= expiredFirst,
+      target,
+    });
+    return new URL(target, storageUrl).toString();
+  };
+  const storageReceived: StorageRequest[] = [];
+  const storageAnswer = (res: ServerResponse, status: number, code: string): void => {
+    const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code></Error>`;
+    res.writeHead(status, { 'content-type': 'application/xml', 'content-length': body.length });
+    res.end(body);
+  };
+  const storage = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://storage');
+    const signed = signatures.get(url.searchParams.get('X-Amz-Signature') ?? '');
+    const status =
+      req.headers.authorization !== undefined
+        ? 400
+        : signed === undefined ||
+            signed.expired ||
+            req.method !== 'GET' ||
+            req.url !== signed.target
+          ? 403
+          : 200;
+    storageReceived.push({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      authorization: req.headers.authorization,
+      range: req.headers.range,
+      status,
+      signedFor: signed?.path,
+    });
+    if (storageReceived.length > MAX_RECEIVED) {
+      storageReceived.shift();
+    }
+    req.resume();
+    if (status === 400) {
+      // S3: "Only one auth mechanism allowed".
+      storageAnswer(res, 400, 'InvalidArgument');
+      return;
+    }
+    if (signed === undefined || status === 403) {
+      storageAnswer(res, 403, signed?.expired === true ? 'AccessDenied' : 'SignatureDoesNotMatch');
+      return;
+    }
+    const headers: OutgoingHttpHeaders = {
+      host: upstream.host,
+      ...(signed.authorization === undefined ? {} : { authorization: signed.authorization }),
+      ...(req.headers.range === undefined ? {} : { range: req.headers.range }),
+    };
+    const outgoing = httpRequest(
+      new URL(signed.path, upstream),
+      { method: 'GET', headers, agent, timeout: idleTimeoutMs },
+      (answer) => {
+        const kept: OutgoingHttpHeaders = {};
+        for (const name of ['content-length', 'content-range', 'content-type', 'accept-ranges']) {
+          if (answer.headers[name] !== undefined) {
+            kept[name] = answer.headers[name];
+          }
+        }
+        const status = answer.statusCode ?? 502;
+        res.writeHead(status, kept);
+        const cutAt = fault?.kind === 'redirect' ? fault.cutAtByte : undefined;
+        if (cutAt !== undefined && !storageCut && (status === 200 || status === 206)) {
+          storageCut = true;
+          pipeline(answer, damage(res, 'cut', cutAt), res, () => undefined);
+          return;
+        }
+        pipeline(answer, throttle(), res, () => undefined);
+      },
+    );
+    outgoing.on('timeout', () => outgoing.destroy(new Error('registry idle timeout')));
+    outgoing.on('error', () => res.destroy());
+    res.once('close', () => outgoing.destroy());
+    outgoing.end();
+  });
+
   const received: ProxiedRequest[] = [];
   const server = createServer((req, res) => {
+    const prefix = options.pathPrefix;
+    if (prefix !== undefined) {
+      if (!(req.url ?? '').startsWith(`${prefix}/`)) {
+        req.resume();
+        res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 10 });
+        res.end('not found\n');
+        return;
+      }
+      req.url = (req.url ?? '').slice(prefix.length);
+    }
     received.push({
       method: req.method ?? '',
       url: req.url ?? '',
@@ -300,14 +483,21 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
+  storage.listen(0, options.host ?? '127.0.0.1');
+  await once(storage, 'listening');
+  storageUrl = `http://${urlHost(options.host ?? '127.0.0.1')}:${(storage.address() as AddressInfo).port}`;
 
   const set = (next: RegistryFault | undefined): void => {
     fault = next;
     statusTurn = 0;
+    signedCount = 0;
+    storageCut = false;
     linkFreeAt = 0;
   };
   return {
     url: `http://${urlHost(options.host ?? '127.0.0.1')}:${port}`,
+    storageUrl,
+    storageReceived: () => [...storageReceived],
     set,
     during: async (next, ms, signal) => {
       set(next);
@@ -330,8 +520,12 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     counts: () => ({ ...counts }),
     received: () => [...received],
     stop: async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = Promise.all([
+        new Promise<void>((resolve) => server.close(() => resolve())),
+        new Promise<void>((resolve) => storage.close(() => resolve())),
+      ]);
       server.closeAllConnections();
+      storage.closeAllConnections();
       agent.destroy();
       await closed;
     },

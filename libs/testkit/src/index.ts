@@ -97,6 +97,7 @@ export {
   type FaultProxy,
   type FaultProxyCounts,
   type ProxiedRequest,
+  type StorageRequest,
   type FaultProxyOptions,
   type RegistryFault,
 } from './fault-proxy.js';

@@ -43,6 +43,11 @@ export interface RegistryOptions extends Placement {
     /** PEM file of the certificate the tokens are signed with. */
     readonly rootCertBundle: string;
   };
+  /**
+   * Accept manifests with foreign (non-distributable) layers that name their `urls`, as
+   * registries holding Windows images do; distribution refuses them by default.
+   */
+  readonly foreignLayerUrls?: boolean;
   /** Send push and pull notifications to this URL. */
   readonly notify?: { readonly url: string; readonly headers?: Record<string, string> };
 }
@@ -100,10 +105,19 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     '    uploadpurging:',
     '      enabled: false',
     'http:',
-    `  addr: ${host}:${port}`,
+    `  addr: "${host}:${port}"`,
   ];
   if (options.proxyRemoteUrl !== undefined) {
     lines.push('proxy:', `  remoteurl: ${options.proxyRemoteUrl}`);
+  }
+  if (options.foreignLayerUrls === true) {
+    lines.push(
+      'validation:',
+      '  manifests:',
+      '    urls:',
+      '      allow:',
+      "        - '^https?://'",
+    );
   }
   const htpasswd = join(dir.path, 'htpasswd');
   const writeHtpasswd = async (username: string, password: string): Promise<void> => {

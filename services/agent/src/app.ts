@@ -123,7 +123,7 @@ export async function buildApp(
 
   // Downloads: one per blob, shared by every request for it, filled from the origin (whole
   // blobs through the block reader, see RegistryRequests).
-  const requests = new RegistryRequests(upstream, metrics, upstreamTimeouts);
+  const requests = new RegistryRequests(upstream, metrics, upstreamTimeouts, logger);
   const downloads = new DownloadTable({
     onStarted: (download) => {
       metrics.downloadsInFlight.set(downloads.active);

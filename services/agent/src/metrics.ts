@@ -37,6 +37,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['result', 'cache'] as const,
       registers,
     }),
+    rateLimitHolds: new Counter({
+      name: `${prefix}upstream_rate_limited_total`,
+      help: 'Registry rate limits (429) met, by registry and outcome (answered: the registry answered 429 with a Retry-After and a hold started; held: a request answered 429 by the agent during that hold, without asking the registry)',
+      labelNames: ['registry', 'outcome'] as const,
+      registers,
+    }),
     upstreamRequests: new Counter({
       name: `${prefix}upstream_requests_total`,
       help: 'Requests sent to upstream registries, by registry, kind and status (or error)',

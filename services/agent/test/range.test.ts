@@ -110,3 +110,22 @@ describe('parseRange', () => {
     }
   });
 });
+
+describe('parseRange past 4 GiB', () => {
+  // Sizes and offsets beyond 32 bits: a 5 GiB layer (model weights, CUDA images) and a range
+  // containerd asks for when it resumes near its end.
+  const size = 5 * 2 ** 30 + 12_345;
+
+  it('keeps offsets beyond 2^32 exact', () => {
+    assert.deepEqual(parseRange('bytes=4294967296-', size), { start: 2 ** 32, end: size - 1 });
+    assert.deepEqual(parseRange(`bytes=${size - 1}-${size + 10}`, size), {
+      start: size - 1,
+      end: size - 1,
+    });
+    assert.deepEqual(parseRange('bytes=-4294967297', size), {
+      start: size - 2 ** 32 - 1,
+      end: size - 1,
+    });
+    assertUnsatisfiable(`bytes=${size}-`, size);
+  });
+});

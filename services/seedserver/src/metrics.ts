@@ -18,6 +18,12 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Blobs being seeded now',
       registers,
     }),
+    originRateLimited: new Counter({
+      name: `${prefix}origin_rate_limited_total`,
+      help: 'Registry rate limits (429) met by origin reads, by registry and outcome (answered: a 429 with Retry-After started a hold; held: a seed failed at once during that hold, without asking the registry)',
+      labelNames: ['registry', 'outcome'] as const,
+      registers,
+    }),
     originResumes: new Counter({
       name: `${prefix}origin_resumes_total`,
       help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',

@@ -33,6 +33,7 @@ import {
   makeTempDir,
   pushImage,
   scrapeMetrics,
+  startFaultProxy,
   startNats,
   startRegistry,
   startS3,
@@ -271,6 +272,53 @@ describe('seed server', () => {
       assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
     } finally {
       await seed.stop();
+    }
+  });
+
+  it('seeds through a registry that redirects to signed storage URLs, asking again for an expired one', async () => {
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    const seed = await startSeed({ SHOAL_SEED_REGISTRIES: `${registry.host}=${proxy.url}` });
+    try {
+      proxy.set({ kind: 'redirect', expired: 1 });
+      await seed.request(layer(1));
+      await seed.seeds('seeded', 1, 'origin');
+      assert.deepEqual(
+        await fetchAllPieces(seed.url, layer(1)),
+        (await seed.storedHashes(layer(1))).hashes,
+      );
+      const storage = proxy.storageReceived();
+      assert.deepEqual(
+        storage.map((r) => r.status),
+        [403, 200],
+        'the expired URL refused, a fresh one from the registry served',
+      );
+      assert.ok(storage.every((r) => r.authorization === undefined));
+    } finally {
+      await seed.stop();
+      await proxy.stop();
+    }
+  });
+
+  it("honours a registry's 429 Retry-After: seeds fail at once until it has passed", async () => {
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    const seed = await startSeed({ SHOAL_SEED_REGISTRIES: `${registry.host}=${proxy.url}` });
+    try {
+      proxy.set({ kind: 'status', statuses: [429], retryAfterS: 60, methods: ['GET'] });
+      await seed.request(layer(1));
+      await seed.seeds('failed', 1);
+      await seed.request(layer(2));
+      await seed.seeds('failed', 2);
+      const gets = proxy.received().filter((r) => r.method === 'GET');
+      assert.equal(gets.length, 1, 'the registry was asked once');
+      const rateLimited = (outcome: string): Promise<number> =>
+        seed.metric('shoal_seedserver_origin_rate_limited_total', { outcome });
+      assert.equal(await rateLimited('answered'), 1);
+      assert.equal(await rateLimited('held'), 1);
+      const notice: Record<string, unknown> = await seed.storedHashes(layer(2));
+      assert.equal(notice.type, 'seed-failed');
+    } finally {
+      await seed.stop();
+      await proxy.stop();
     }
   });
 

@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -136,7 +138,7 @@ describe('image resolver', () => {
   let index: Descriptor;
 
   before(async () => {
-    registry = await startRegistry();
+    registry = await startRegistry({ foreignLayerUrls: true });
     teardown.add('registry', () => registry.stop());
     const dir = await makeTempDir('resolve-images');
     teardown.add('images', () => dir.remove());
@@ -217,6 +219,78 @@ describe('image resolver', () => {
     assert.equal(image.digest, digest);
     assert.deepEqual(image.manifests, [single.manifest.digest]);
     assert.deepEqual(image.blobs, blobsOf(single));
+  });
+
+  it('leaves out non-distributable layers (foreign, with urls): the registry does not hold them', async () => {
+    // As Windows base images push them: the layer is fetched from its `urls`, never from the
+    // registry, so a preheat that asked the seed server for it would fail.
+    const repository = 'team/foreign';
+    const dockerManifest = 'application/vnd.docker.distribution.manifest.v2+json';
+    const local = await putBlob(
+      registry,
+      repository,
+      'application/vnd.docker.image.rootfs.diff.tar.gzip',
+      randomBytes(2048),
+    );
+    const config = await putBlob(
+      registry,
+      repository,
+      'application/vnd.docker.container.image.v1+json',
+      Buffer.from(JSON.stringify({ os: 'windows', architecture: 'amd64' })),
+    );
+    const foreign = {
+      mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+      digest: sha256(randomBytes(64)),
+      size: 1234567,
+      urls: ['https://foreign.example.com/layers/base.tar.gz'],
+    };
+    const manifest = await putManifest(registry, repository, dockerManifest, {
+      schemaVersion: 2,
+      mediaType: dockerManifest,
+      config,
+      layers: [foreign, local],
+    });
+    const image = await resolver.resolve(configured, repository, parseDigest(manifest.digest), []);
+    assert.deepEqual(image.blobs, blobsOf({ blobs: [config, local] }));
+  });
+
+  it('refuses a Docker schema 1 manifest (BAD_MANIFEST) instead of warming nothing', async () => {
+    // Distribution no longer accepts schema 1 pushes: a scripted registry serves one, as an
+    // old registry still holding such an image does.
+    const schema1 = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 1,
+        name: 'team/old',
+        tag: 'v1',
+        architecture: 'amd64',
+        fsLayers: [{ blobSum: sha256(Buffer.from('layer')) }],
+        history: [{ v1Compatibility: '{}' }],
+      }),
+    );
+    const old = createServer((_request, response) => {
+      response.writeHead(200, {
+        'content-type': 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+        'content-length': schema1.length,
+        'docker-content-digest': sha256(schema1),
+      });
+      response.end(schema1);
+    });
+    await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
+    teardown.add('schema 1 registry', () => new Promise((resolve) => old.close(() => resolve())));
+    const host = `127.0.0.1:${(old.address() as AddressInfo).port}`;
+    const oldRegistry = { host, url: new URL(`http://${host}`) };
+    const oldResolver = new ImageResolver(
+      new RegistryReader(upstream, new RegistryAuth(await loadDockerConfig(undefined), upstream)),
+      { registries: [oldRegistry], maxManifestBytes: 4 * 1024 * 1024, timeoutMs: 10_000 },
+    );
+    await assert.rejects(
+      oldResolver.resolve(oldRegistry, 'team/old', parseDigest(sha256(schema1)), []),
+      (error: Error & { code?: string }) => {
+        assert.equal(error.code, 'BAD_MANIFEST');
+        assert.match(error.message, /Docker schema 1/);
+        return true;
+      },
+    );
   });
 
   it('takes the digest of a reference by digest as it is, without asking the registry', async () => {

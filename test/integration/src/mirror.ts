@@ -1,13 +1,18 @@
 /** A registry holding a generated image and an agent mirroring it: the mirror tests' setup. */
+import assert from 'node:assert/strict';
+
 import {
   generateImage,
   makeTempDir,
   pushImage,
   startAgent,
+  startContainerd,
   startFaultProxy,
   startRegistry,
   Teardown,
+  writeMirrorHosts,
   type AgentProcess,
+  type Containerd,
   type FaultProxy,
   type GeneratedImage,
   type Registry,
@@ -91,4 +96,36 @@ async function start(
     await teardown.run();
     throw error;
   }
+}
+
+/**
+ * Pulls `ref` with a fresh containerd whose hosts.toml names `mirrorUrl` for `registryHost`
+ * and a server nothing listens on, so only the mirror can serve it; checks that containerd
+ * holds every one of `digests`. `headers` go to the mirror with each request.
+ */
+export async function pullOnlyThroughMirror(
+  teardown: Teardown,
+  pull: {
+    readonly registryHost: string;
+    readonly mirrorUrl: string;
+    readonly ref: string;
+    readonly digests: readonly string[];
+    readonly headers?: Readonly<Record<string, string>>;
+  },
+): Promise<Containerd> {
+  const containerd = await startContainerd();
+  teardown.add('containerd', () => containerd.stop());
+  await writeMirrorHosts(
+    containerd.hostsDir,
+    pull.registryHost,
+    'http://127.0.0.1:1',
+    pull.mirrorUrl,
+    pull.headers,
+  );
+  await containerd.pull(pull.ref, { timeoutMs: 120_000 });
+  const content = await containerd.contentDigests();
+  for (const digest of pull.digests) {
+    assert.ok(content.has(digest), `containerd holds ${digest} of ${pull.ref}`);
+  }
+  return containerd;
 }

@@ -42,6 +42,11 @@ export interface ClusterSpec {
   readonly env?: Record<string, string>;
   /** Reuse a registry (and its image) instead of starting one. */
   readonly registry?: { registry: Registry; image: GeneratedImage };
+  /**
+   * The URL the seed server and the agents reach the registry by (a fault proxy in front of
+   * it, say); the registry's own by default.
+   */
+  readonly upstreamUrl?: string;
   /** NATS over TLS from a CA of the test's own; every service gets a client certificate. */
   readonly natsTls?: { readonly verifyClients: boolean };
   /** Pieces over TLS (peer ports and the seed server) from the same CA; mutual with `verifyClients`. */
@@ -115,7 +120,7 @@ export async function startCluster(spec: ClusterSpec): Promise<Cluster> {
         await tracker.stop();
       }
     });
-    const registries = `${registry.host}=${registry.url}`;
+    const registries = `${registry.host}=${spec.upstreamUrl ?? registry.url}`;
     const cluster: Cluster = {
       nats,
       ca,

@@ -98,6 +98,8 @@ const PASSED_HEADERS = [
   'docker-ratelimit-source',
   'ratelimit-limit',
   'ratelimit-remaining',
+  // The referrers API: which of the client's filters the registry applied.
+  'oci-filters-applied',
 ];
 
 /** What the mirror remembers of a registry's `/v2/` answers (see `Mirror.ping`). */
@@ -167,6 +169,45 @@ export class Mirror {
       return;
     }
     reply.code(200).send({});
+  }
+
+  /**
+   * The referrers API (`/v2/<name>/referrers/<digest>`, OCI distribution 1.1: the signatures,
+   * SBOMs and attestations attached to a manifest), passed through with the client's own
+   * credentials and its `artifactType` filter: like a tag, the list changes as artifacts are
+   * pushed, so it is asked of the registry every time and never cached. A registry without the
+   * API answers 404, and clients then fall back to the tag scheme (`sha256-<hex>` tags).
+   */
+  async referrers(
+    registry: UpstreamRegistry,
+    name: string,
+    digest: Digest,
+    artifactType: string | undefined,
+    req: Pick<PullRequest, 'method' | 'accept' | 'authorization' | 'signal'>,
+    reply: FastifyReply,
+  ): Promise<void> {
+    const query =
+      artifactType === undefined ? '' : `?${new URLSearchParams({ artifactType }).toString()}`;
+    const response = await this.#deps.requests.send({
+      registry,
+      method: req.method,
+      kind: 'referrers',
+      path: `/v2/${name}/referrers/${digest.toString()}${query}`,
+      headers: { accept: req.accept, authorization: req.authorization },
+      signal: req.signal,
+    });
+    if (response.status !== 200 || req.method === 'HEAD') {
+      sendAnswer(reply, await readAnswer(response));
+      return;
+    }
+    const bytes = await readLimited(response.body, this.#deps.maxManifestBytes, () => {
+      return new MirrorError(
+        'MANIFEST_INVALID',
+        502,
+        `the upstream referrers list is larger than ${this.#deps.maxManifestBytes} bytes`,
+      );
+    });
+    sendAnswer(reply, { status: response.status, headers: response.headers, body: bytes });
   }
 
   /**

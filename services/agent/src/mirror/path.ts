@@ -35,3 +35,18 @@ export function parsePullPath(rawPath: string): PullTarget {
   }
   return { kind: 'blob', name, digest: parseDigest(ref) };
 }
+
+/** The referrers API's `/v2/<name>/referrers/<digest>`, or undefined for any other path. */
+export function parseReferrersPath(
+  rawPath: string,
+): { readonly kind: 'referrers'; readonly name: string; readonly digest: Digest } | undefined {
+  if (rawPath.length > MAX_PATH_LENGTH) {
+    return undefined;
+  }
+  const match = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(rawPath);
+  if (match === null) {
+    return undefined;
+  }
+  const [, rawName = '', ref = ''] = match;
+  return { kind: 'referrers', name: parseRepositoryName(rawName), digest: parseDigest(ref) };
+}

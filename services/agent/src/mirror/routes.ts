@@ -8,7 +8,7 @@ import type { BlobLedger } from '../provenance/ledger.js';
 import type { RegistryTable } from '../upstream/registries.js';
 import { MirrorError, ociErrorBody, toMirrorError } from './errors.js';
 import type { Mirror } from './mirror.js';
-import { parsePullPath } from './path.js';
+import { parsePullPath, parseReferrersPath } from './path.js';
 import { traceMirrorRequest } from './tracing.js';
 
 export interface MirrorRouteDeps {
@@ -48,11 +48,27 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     url: '/v2/*',
     handler: async (request, reply) => {
       const [rawPath = '', rawQuery = ''] = request.url.split('?', 2);
-      const target = parsePullPath(rawPath);
+      const target = parseReferrersPath(rawPath) ?? parsePullPath(rawPath);
       const registry = registries.resolve(singleNs(rawQuery));
       const controller = new AbortController();
       reply.raw.once('close', () => controller.abort());
       reply.headers(API_VERSION_HEADER);
+      if (target.kind === 'referrers') {
+        await mirror.referrers(
+          registry,
+          target.name,
+          target.digest,
+          new URLSearchParams(rawQuery).get('artifactType') ?? undefined,
+          {
+            method: request.method === 'HEAD' ? 'HEAD' : 'GET',
+            accept: joinHeader(request.headers.accept),
+            authorization: request.headers.authorization,
+            signal: controller.signal,
+          },
+          reply,
+        );
+        return reply;
+      }
       // Everything the request sets off (its download, wants, piece fetches) joins its trace.
       const traced = traceMirrorRequest(request, reply, target, registry.host);
       await runInContext(traced, () =>

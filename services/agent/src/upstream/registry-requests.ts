@@ -2,13 +2,17 @@
  * Every request the agent sends to a registry goes through here: counted by registry, kind
  * and status, and a failure to get an answer becomes the mirror's 502 UNAVAILABLE.
  */
-import { isAbortError, SpanKind, withSpan } from '@shoal/runtime';
+import { Readable } from 'node:stream';
+
+import { isAbortError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
 import type { AgentMetrics } from '../metrics.js';
 import { MirrorError } from '../mirror/errors.js';
 import {
   BlobReader,
   DEFAULT_USER_AGENT,
+  heldAnswerBody,
+  RateLimitHolds,
   type OpenedBlob,
   type UpstreamClient,
   type UpstreamRegistry,
@@ -20,8 +24,11 @@ import type { Digest } from '@shoal/proto';
 export interface RegistryRequest {
   readonly registry: UpstreamRegistry;
   readonly method: 'GET' | 'HEAD';
-  /** What is asked, for the metrics: `ping` is the API version check (`/v2/`). */
-  readonly kind: 'manifest' | 'blob' | 'ping';
+  /**
+   * What is asked, for the metrics: `ping` is the API version check (`/v2/`), `referrers` the
+   * referrers API.
+   */
+  readonly kind: 'manifest' | 'blob' | 'ping' | 'referrers';
   /** Path below the registry's base URL, starting with `/v2/`. */
   readonly path: string;
   /** Forwarded headers: `accept`, `authorization`, `range`. */
@@ -64,10 +71,20 @@ export class RegistryRequests {
    */
   readonly #blobs: BlobReader;
 
+  /** Registries' 429s with Retry-After, honoured per registry, credential and method. */
+  readonly #holds = new RateLimitHolds();
+  readonly #logger: Logger | undefined;
+
   /** `timeouts`: those of the upstream client, for the whole-blob reader too. */
-  constructor(upstream: UpstreamClient, metrics: AgentMetrics, timeouts: UpstreamTimeouts) {
+  constructor(
+    upstream: UpstreamClient,
+    metrics: AgentMetrics,
+    timeouts: UpstreamTimeouts,
+    logger?: Logger,
+  ) {
     this.#upstream = upstream;
     this.#metrics = metrics;
+    this.#logger = logger;
     this.#blobs = new BlobReader(CLIENT_CREDENTIALS_ONLY, {
       timeouts,
       userAgent: DEFAULT_USER_AGENT,
@@ -88,7 +105,19 @@ export class RegistryRequests {
         attributes: { 'oci.registry': req.registry.host, 'http.request.method': 'GET' },
       },
       async (span) => {
-        const opened = await this.#counted(req.registry, 'blob', () =>
+        const held = this.#held(req.registry, 'GET', req.authorization);
+        if (held !== undefined) {
+          span.setAttribute('http.response.status_code', 429);
+          return {
+            status: 429,
+            headers: held.headers,
+            size: held.body.length,
+            answer: held.body,
+            blocks: noBlocks(),
+            cancel: () => undefined,
+          };
+        }
+        const opened = await this.#counted(req.registry, 'blob', req.authorization, 'GET', () =>
           this.#blobs.open(
             req.registry,
             req.name,
@@ -130,7 +159,15 @@ export class RegistryRequests {
   }
 
   #send(req: RegistryRequest): Promise<UpstreamResponse> {
-    return this.#counted(req.registry, req.kind, () =>
+    const held = this.#held(req.registry, req.method, req.headers.authorization);
+    if (held !== undefined) {
+      return Promise.resolve({
+        status: 429,
+        headers: held.headers,
+        body: Readable.from(req.method === 'HEAD' ? [] : [held.body]),
+      });
+    }
+    return this.#counted(req.registry, req.kind, req.headers.authorization, req.method, () =>
       this.#upstream.request({
         registry: req.registry,
         method: req.method,
@@ -142,16 +179,78 @@ export class RegistryRequests {
     );
   }
 
-  /** Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. */
-  async #counted<T extends { readonly status: number }>(
+  /** A 429 came: holds further requests for its Retry-After, logged once per hold. */
+  #noteLimit(
     upstream: UpstreamRegistry,
     kind: RegistryRequest['kind'],
+    authorization: string | undefined,
+    method: string,
+    headers: AnswerHeaders,
+  ): void {
+    const value = headers['retry-after'];
+    const retryAfter = typeof value === 'string' ? value : value?.[0];
+    const ms = this.#holds.note(upstream.host, method, authorization, 429, retryAfter);
+    if (ms === undefined) {
+      return;
+    }
+    this.#metrics.rateLimitHolds.inc({ registry: upstream.host, outcome: 'answered' });
+    this.#logger?.warn(
+      {
+        registry: upstream.host,
+        kind,
+        method,
+        retry_after_ms: ms,
+        credential:
+          authorization === undefined ? 'none' : authorization.split(' ')[0]?.toLowerCase(),
+      },
+      'the registry rate-limited a request (429); its Retry-After is honoured: the same requests with this credential are answered 429 until then',
+    );
+  }
+
+  /**
+   * The answer for a request that would meet a rate limit the registry asked to wait out (a
+   * 429 with Retry-After, for this credential and method): the registry is not asked again
+   * before then.
+   */
+  #held(
+    upstream: UpstreamRegistry,
+    method: string,
+    authorization: string | undefined,
+  ): { headers: Record<string, string>; body: Buffer } | undefined {
+    const held = this.#holds.held(upstream.host, method, authorization);
+    if (held === undefined) {
+      return undefined;
+    }
+    this.#metrics.rateLimitHolds.inc({ registry: upstream.host, outcome: 'held' });
+    const body = heldAnswerBody(upstream.host, held.retryAfterS);
+    return {
+      headers: {
+        'content-type': 'application/json',
+        'content-length': String(body.length),
+        'retry-after': String(held.retryAfterS),
+      },
+      body,
+    };
+  }
+
+  /**
+   * Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. A
+   * 429 with Retry-After starts a hold for this registry, credential and method.
+   */
+  async #counted<T extends { readonly status: number; readonly headers: AnswerHeaders }>(
+    upstream: UpstreamRegistry,
+    kind: RegistryRequest['kind'],
+    authorization: string | undefined,
+    method: string,
     request: () => Promise<T>,
   ): Promise<T> {
     const registry = upstream.host;
     try {
       const response = await request();
       this.#metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
+      if (response.status === 429) {
+        this.#noteLimit(upstream, kind, authorization, method, response.headers);
+      }
       return response;
     } catch (error) {
       this.#metrics.upstreamRequests.inc({
@@ -166,3 +265,9 @@ export class RegistryRequests {
     }
   }
 }
+
+/** A registry answer's headers, from node:http (`UpstreamResponse`) or the block reader. */
+type AnswerHeaders = Readonly<Record<string, string | readonly string[] | undefined>>;
+
+/** The body of an answer other than 200: no blocks. */
+async function* noBlocks(): AsyncGenerator<Buffer> {}

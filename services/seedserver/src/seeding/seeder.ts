@@ -42,6 +42,7 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import {
+  RateLimitHolds,
   RealmError,
   refusalAdvice,
   type BlobReader,
@@ -140,6 +141,11 @@ export class Seeder {
   readonly #storing = new Set<string>();
   /** Why the last failed run of a blob failed, for preheat reports. */
   readonly #failures = new FailureNotes();
+  /**
+   * Registries' 429s with Retry-After (the seed server's own credentials: one allowance per
+   * registry), honoured until they pass.
+   */
+  readonly #rateLimits = new RateLimitHolds();
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;
@@ -402,6 +408,17 @@ export class Seeder {
         `registry ${request.registry} is not configured`,
       );
     }
+    const held = this.#rateLimits.held(registry.host, 'GET', undefined);
+    if (held !== undefined) {
+      // The registry asked to wait (429 with Retry-After): asking before then only spends more
+      // of the seed server's allowance.
+      this.#deps.metrics.originRateLimited.inc({ registry: registry.host, outcome: 'held' });
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry rate-limited the seed server (429): not asking it again for ${held.retryAfterS} s (its Retry-After)`,
+      );
+    }
     // Ends at the response headers; the body is read by the seed fetch span around it.
     const response = await withSpan(
       'origin GET blob',
@@ -435,6 +452,18 @@ export class Seeder {
         'ORIGIN_ANSWER',
         502,
         `the registry refused the seed server (${response.status}) for ${request.repository}: ${refusalAdvice(registry.host, refusal, SEED_CREDENTIALS)}`,
+      );
+    }
+    if (response.status === 429) {
+      const retryAfter = response.headers['retry-after'];
+      const ms = this.#rateLimits.note(registry.host, 'GET', undefined, 429, retryAfter);
+      if (ms !== undefined) {
+        this.#deps.metrics.originRateLimited.inc({ registry: registry.host, outcome: 'answered' });
+      }
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After)`}`,
       );
     }
     if (response.status !== 200) {

@@ -50,6 +50,7 @@ const descriptor = z.looseObject({
     .optional(),
 });
 const manifestBody = z.looseObject({
+  schemaVersion: z.number().optional(),
   mediaType: z.string().optional(),
   config: descriptor.optional(),
   layers: z.array(descriptor).optional(),
@@ -61,6 +62,15 @@ const WATCHER_CREDENTIALS = {
   dockerConfig: 'SHOAL_WATCHER_DOCKER_CONFIG',
   trustedRealms: 'SHOAL_WATCHER_TRUSTED_REALMS',
 } as const;
+
+/**
+ * A layer clients fetch from its own `urls`, never from the registry (Windows base layers:
+ * Docker's foreign layers, OCI's non-distributable ones): the registry does not hold it, so a
+ * seed of it could only fail. `urls` on another layer are only other places to find it.
+ */
+function nonDistributable(layer: z.infer<typeof descriptor>): boolean {
+  return /\.foreign\.|\.nondistributable\./.test(layer.mediaType ?? '');
+}
 
 export class ResolveError extends ShoalError<
   | 'UNKNOWN_REGISTRY'
@@ -202,7 +212,7 @@ export class ImageResolver {
       manifests.push(target.toString());
       for (const blob of [
         ...(body.config === undefined ? [] : [body.config]),
-        ...(body.layers ?? []),
+        ...(body.layers ?? []).filter((layer) => !nonDistributable(layer)),
       ]) {
         parseDigest(blob.digest);
         blobs.set(blob.digest, blob.size);
@@ -325,6 +335,18 @@ export class ImageResolver {
       throw new ResolveError('BAD_MANIFEST', 502, `${reference}: not an image manifest or index`);
     }
     const mediaType = parsed.data.mediaType ?? headerValue(response.headers, 'content-type');
+    if (
+      parsed.data.schemaVersion === 1 ||
+      (mediaType ?? '').startsWith('application/vnd.docker.distribution.manifest.v1')
+    ) {
+      // Read as an image manifest it has neither config nor layers: the preheat would succeed
+      // having warmed nothing. containerd no longer pulls these either.
+      throw new ResolveError(
+        'BAD_MANIFEST',
+        502,
+        `${repository}@${reference}: a Docker schema 1 manifest, which Shoal does not preheat: push the image again with a current client`,
+      );
+    }
     return { body: parsed.data, mediaType, digest };
   }
 

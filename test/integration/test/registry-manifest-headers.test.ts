@@ -1,0 +1,69 @@
+/**
+ * Registries that leave headers out of their manifest answers: no `Docker-Content-Digest`
+ * (older Quay, some proxies) and a HEAD without `Content-Length`. The fault proxy drops them in
+ * front of the real registry. The agent answers a GET by tag with the digest it computed from
+ * the bytes, passes the HEAD on as the registry gave it, and containerd pulls.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+
+import { Teardown } from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import {
+  pullOnlyThroughMirror,
+  startProxiedMirror,
+  type ProxiedMirrorFixture,
+} from '../src/mirror.js';
+
+const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+
+describe('manifest answers without Docker-Content-Digest or Content-Length', () => {
+  const teardown = new Teardown();
+  let mirror: ProxiedMirrorFixture;
+
+  before(async () => {
+    mirror = await startProxiedMirror({
+      layerSizes: [1 * MiB],
+      seed: 'registry-manifest-headers',
+      repository: 'bare/app',
+    });
+    teardown.add('mirror', () => mirror.stop());
+    mirror.proxy.set({ kind: 'drop-headers', names: ['docker-content-digest', 'content-length'] });
+  });
+  after(() => teardown.run());
+
+  const ask = (method: 'GET' | 'HEAD'): Promise<Response> =>
+    fetch(`${mirror.agent.url}/v2/bare/app/manifests/latest?ns=${mirror.registry.host}`, {
+      method,
+      headers: { accept: MANIFEST },
+      signal: AbortSignal.timeout(30_000),
+    });
+
+  it('answers a GET by tag with the digest of the bytes it got', async () => {
+    const answer = await ask('GET');
+    assert.equal(answer.status, 200);
+    const bytes = Buffer.from(await answer.arrayBuffer());
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    assert.equal(digest, mirror.image.manifest.digest);
+    assert.equal(answer.headers.get('docker-content-digest'), digest);
+    assert.equal(answer.headers.get('content-length'), String(bytes.length));
+  });
+
+  it('passes a HEAD by tag on as the registry gave it', async () => {
+    const answer = await ask('HEAD');
+    assert.equal(answer.status, 200);
+    assert.equal(answer.headers.get('docker-content-digest'), null);
+    assert.equal(answer.headers.get('content-type'), MANIFEST);
+  });
+
+  it('lets containerd pull through the agent', async () => {
+    await pullOnlyThroughMirror(teardown, {
+      registryHost: mirror.registry.host,
+      mirrorUrl: mirror.agent.url,
+      ref: mirror.ref,
+      digests: [mirror.image.manifest.digest, ...mirror.image.blobs.map((blob) => blob.digest)],
+    });
+  });
+});
