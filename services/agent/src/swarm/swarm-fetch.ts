@@ -184,6 +184,12 @@ export class SwarmFetch {
   #wake: (() => void) | undefined;
   /** When the next want goes out (`@shoal/proto` pacing). */
   readonly #wants: WantPacer;
+  /**
+   * The first piece hashes came while no hand-out had named a holder: someone (the seed server
+   * on a cold pull) holds pieces now, so the next want goes out at once rather than after the
+   * early wants' gap, which was most of the wait between the hashes and the first piece GET.
+   */
+  #wantNow = false;
   /** Pieces the latest have announced. */
   #announced = 0;
   /** The origin source that served the last read of a late origin fallback, tried first next. */
@@ -344,7 +350,11 @@ export class SwarmFetch {
       // Starved: no known source holds a missing piece, or no piece came for a while (the
       // seed rations a piece to a few, and who got it is news only the tracker has).
       const noHolder = !this.#picker.holdsMissing(true);
-      if (this.#wants.due(now, noHolder) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
+      if (
+        this.#wants.due(now, noHolder) ||
+        (early && (this.#wantNow || now - lastWant >= EARLY_WANT_GAP_MS))
+      ) {
+        this.#wantNow = false;
         if (!this.#wants.due(now, noHolder)) {
           earlyWants += 1;
         } else {
@@ -618,6 +628,7 @@ export class SwarmFetch {
 
   #onHashes(batch: PieceHashes): void {
     if (this.#picker.count === 0) {
+      this.#wantNow = !this.#picker.anyHolder();
       this.#pieceSize = batch.pieceSize;
       this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);
