@@ -15,7 +15,7 @@
  * again; a piece the seed rationed is asked of peers only for a moment.
  *
  * How many requests go to one source at once follows what it does, not a fixed number: the
- * configured caps are where a source starts. A source that keeps delivering faster as its
+ * configured caps are where a peer starts (a seed keeps them). A peer that keeps delivering faster as its
  * window grows gets one more request per round (a round: one window's worth of pieces), and
  * stops growing once a larger window no longer brings more pieces per second (its link, or
  * its CPU, is full). A source whose upload slots are taken (429) while it serves requests of
@@ -769,12 +769,20 @@ export class PiecePicker {
     let best: SourceState | undefined;
     const max = settings.maxPerSource ?? settings.concurrency;
     for (const source of holders) {
+      const base =
+        source.advert.seed && othersServe
+          ? settings.perSeed
+          : sole
+            ? this.#soleCap()
+            : settings.perSource;
+      // A seed keeps its configured cap: it serves every agent of the cluster from one upload
+      // budget, and one agent's rounds getting faster there would be slots taken from others
+      // (its 429s defer pieces rather than hold a window).
       const cap = source.probing
         ? 1
-        : source.advert.seed && othersServe
-          ? // The seed's share while peers serve is policy, not a measure of the seed.
-            settings.perSeed
-          : windowCap(source.window, sole ? this.#soleCap() : settings.perSource, max);
+        : source.advert.seed
+          ? base
+          : windowCap(source.window, base, max);
       if (source.inFlight >= cap || exclude.has(source.advert.id)) {
         continue;
       }
