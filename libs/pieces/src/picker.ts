@@ -15,9 +15,9 @@
  * again; a piece the seed rationed is asked of peers only for a moment.
  *
  * How many requests go to one source at once follows what it does, not a fixed number: the
- * configured caps are where a peer starts (a seed keeps them). A peer that keeps delivering faster as its
- * window grows gets one more request per round (a round: one window's worth of pieces), and
- * stops growing once a larger window no longer brings more pieces per second (its link, or
+ * configured caps are where a peer starts (a seed keeps them). A peer that keeps delivering
+ * faster as its window grows gets one more request per round (a round: one window's worth of
+ * pieces), and stops growing once a larger window no longer brings more pieces per second (its link, or
  * its CPU, is full). A source whose upload slots are taken (429) while it serves requests of
  * ours is held to what it served then and grows back by one per round; only a 429 with none
  * of ours in flight leaves it alone for a moment. A source that refused connections is sent
@@ -171,7 +171,8 @@ export interface PickedRequest {
 /**
  * How a request ended: `ok` (the piece verified and is held), `bad` (it did not match its
  * hash), `busy` (the source's slots were taken, or the seed rationed the piece), `failed`
- * (any other error), `dropped` (aborted or no longer needed: nothing learnt).
+ * (any other error), `unreachable` (the source refused the connection), `dropped` (aborted or
+ * no longer needed: nothing learnt).
  */
 export type RequestOutcome = 'ok' | 'bad' | 'busy' | 'failed' | 'unreachable' | 'dropped';
 
