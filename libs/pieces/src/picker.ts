@@ -12,8 +12,16 @@
  * goes to pieces nobody else has; the only source there is, more small pieces); at the tail, a
  * piece whose request is late is asked of a second source (endgame). A source that sent a bad
  * piece is never asked again; one that failed too often is skipped until a hand-out names it
- * again; one whose upload slots were all taken (429) is left alone for a moment, and a piece
- * the seed rationed is asked of peers only for a moment.
+ * again; a piece the seed rationed is asked of peers only for a moment.
+ *
+ * How many requests go to one source at once follows what it does, not a fixed number: the
+ * configured caps are where a peer starts (a seed keeps them). A peer that keeps delivering
+ * faster as its window grows gets one more request per round (a round: one window's worth of
+ * pieces), and stops growing once a larger window no longer brings more pieces per second (its link, or
+ * its CPU, is full). A source whose upload slots are taken (429) while it serves requests of
+ * ours is held to what it served then and grows back by one per round; only a 429 with none
+ * of ours in flight leaves it alone for a moment. A source that refused connections is sent
+ * one request at a time until one succeeds.
  */
 import { rangesInclude, type PieceRanges } from '@shoal/proto';
 
@@ -67,6 +75,17 @@ export function endgameLate(
   return nowMs - startedMs >= Math.max(minMs, factor * (typicalMs ?? 0));
 }
 
+/**
+ * How long a source that answered 429 with none of our requests in flight is left alone, in
+ * ms, after `streak` such answers in a row: the typical piece time (a tenth of `maxMs` before
+ * any piece came), doubling per answer, never past `maxMs`. On a slow link the typical piece
+ * time is past `maxMs` already, so the wait is `maxMs` as it always was.
+ */
+export function busyBackoff(maxMs: number, typicalMs: number | undefined, streak: number): number {
+  const first = Math.max(1, typicalMs ?? maxMs / 10);
+  return Math.min(maxMs, first * 2 ** streak);
+}
+
 /** The typical piece time after one more sample: a moving average weighing the new one 1/8. */
 export function nextTypicalMs(typicalMs: number | undefined, sampleMs: number): number {
   return typicalMs === undefined ? sampleMs : typicalMs + (sampleMs - typicalMs) / 8;
@@ -99,8 +118,18 @@ export interface PickerSettings {
   readonly endgameLateMinMs: number;
   /** Failed requests after which a source is skipped until a hand-out names it again. */
   readonly maxFailures: number;
-  /** How long a source whose upload slots are all taken (429) is left alone, in ms. */
+  /**
+   * Longest a source whose upload slots are all taken (429) is left alone, in ms, when none of
+   * this download's requests were in flight to it (with some in flight, it is asked again as
+   * they end). The first wait is the typical piece time (a slot frees when a piece is sent;
+   * a tenth of this before any piece came), doubling with each 429 in a row up to this.
+   */
   readonly busyBackoffMs: number;
+  /**
+   * Most requests in flight to one source once its measured progress grew its window (see
+   * the module's comment); default: `concurrency`. The caps above are where windows start.
+   */
+  readonly maxPerSource?: number;
   /**
    * How long a piece the seed rationed is asked of other sources only, in ms: the first time.
    * Each further refusal of the same piece doubles it, up to `seedDeferMaxMs`.
@@ -142,9 +171,123 @@ export interface PickedRequest {
 /**
  * How a request ended: `ok` (the piece verified and is held), `bad` (it did not match its
  * hash), `busy` (the source's slots were taken, or the seed rationed the piece), `failed`
- * (any other error), `dropped` (aborted or no longer needed: nothing learnt).
+ * (any other error), `unreachable` (the source refused the connection), `dropped` (aborted or
+ * no longer needed: nothing learnt).
  */
-export type RequestOutcome = 'ok' | 'bad' | 'busy' | 'failed' | 'dropped';
+export type RequestOutcome = 'ok' | 'bad' | 'busy' | 'failed' | 'unreachable' | 'dropped';
+
+/**
+ * A window grows only when the round at that window delivered pieces this much faster than
+ * the best round before it: a link already full (a 25 Mbit/s one) gains nothing from one more
+ * request in flight, and its rounds' rates stay within noise of each other.
+ */
+export const WINDOW_GROWTH_GAIN = 1.1;
+
+/**
+ * Measured progress of one source: the requests it may have in flight, learnt round by round.
+ * Pure state, advanced by `windowAfterOk` and `windowAfterBusy`.
+ */
+export interface SourceWindow {
+  /** Requests added to the source's configured cap because they made it faster. */
+  grown: number;
+  /** Held to this many in flight after a 429 (undefined: no such limit). */
+  limit: number | undefined;
+  /**
+   * The current round: when it started (ms), the pieces it delivered, and whether the source
+   * had its whole window in flight during it (else the round measured how many pieces there
+   * were to ask for, not the source).
+   */
+  roundStartMs: number;
+  roundPieces: number;
+  roundFull: boolean;
+  /** The best rate of a finished round, in pieces per ms (undefined before the first). */
+  bestRate: number | undefined;
+}
+
+export function newWindow(nowMs: number): SourceWindow {
+  return {
+    grown: 0,
+    limit: undefined,
+    roundStartMs: nowMs,
+    roundPieces: 0,
+    roundFull: false,
+    bestRate: undefined,
+  };
+}
+
+/** Requests a source may have in flight: its configured cap plus what it earned, within limits. */
+export function windowCap(window: SourceWindow, base: number, max: number): number {
+  const cap = Math.min(Math.max(base, max), base + window.grown);
+  return window.limit === undefined ? cap : Math.max(1, Math.min(cap, window.limit));
+}
+
+/** Records a request started at `nowMs` with `inFlight` now in flight to the source. */
+export function windowStarted(
+  window: SourceWindow,
+  nowMs: number,
+  inFlight: number,
+  base: number,
+  max: number,
+): void {
+  if (inFlight === 1 && window.roundPieces === 0) {
+    // A round measures the source from its first request, not from idle time before it.
+    window.roundStartMs = nowMs;
+  }
+  if (inFlight >= windowCap(window, base, max)) {
+    window.roundFull = true;
+  }
+}
+
+/**
+ * Advances `window` after a piece from the source verified at `nowMs`. At the end of a round
+ * (as many pieces as the window): one more request if the round was full and faster than the
+ * best before it by `WINDOW_GROWTH_GAIN`; a 429's limit is raised by one, and forgotten once
+ * it reaches the cap.
+ */
+export function windowAfterOk(
+  window: SourceWindow,
+  nowMs: number,
+  base: number,
+  max: number,
+): void {
+  const cap = windowCap(window, base, max);
+  window.roundPieces += 1;
+  if (window.roundPieces < cap) {
+    return;
+  }
+  const rate = window.roundPieces / Math.max(1, nowMs - window.roundStartMs);
+  if (
+    window.roundFull &&
+    window.limit === undefined &&
+    base + window.grown < max &&
+    (window.bestRate === undefined || rate > window.bestRate * WINDOW_GROWTH_GAIN)
+  ) {
+    window.grown += 1;
+  }
+  window.bestRate = Math.max(window.bestRate ?? 0, rate);
+  if (window.limit !== undefined) {
+    window.limit += 1;
+    if (window.limit >= Math.min(Math.max(base, max), base + window.grown)) {
+      window.limit = undefined;
+    }
+  }
+  window.roundStartMs = nowMs;
+  window.roundPieces = 0;
+  window.roundFull = false;
+}
+
+/**
+ * After a 429 from a source with `inFlight` other requests of ours still in flight: it serves
+ * those, so it is held to them (and asked again as each ends) rather than left alone; with
+ * none in flight, false: the caller backs off in time.
+ */
+export function windowAfterBusy(window: SourceWindow, inFlight: number): boolean {
+  if (inFlight === 0) {
+    return false;
+  }
+  window.limit = Math.min(window.limit ?? inFlight, inFlight);
+  return true;
+}
 
 export interface PickerOptions {
   readonly settings: PickerSettings;
@@ -165,6 +308,12 @@ interface SourceState {
   banned: boolean;
   /** Left alone until then (ms), after a 429. */
   busyUntil: number;
+  /** 429s in a row with none of ours in flight (see `busyBackoffMs`). */
+  busyStreak: number;
+  /** Requests in flight as learnt from its progress and its 429s. */
+  window: SourceWindow;
+  /** It refused connections: one request at a time until one succeeds. */
+  probing: boolean;
 }
 
 export class PiecePicker {
@@ -237,6 +386,9 @@ export class PiecePicker {
         failures: 0,
         banned: this.#dropped.has(advert.id),
         busyUntil: 0,
+        busyStreak: 0,
+        window: newWindow(this.#now()),
+        probing: false,
       };
       this.#sources.set(advert.id, source);
       // A hand-out may be older than the hashes heard since.
@@ -520,11 +672,16 @@ export class PiecePicker {
     if (source === undefined) {
       return;
     }
+    const base = this.#baseCap(source);
+    const max = this.#settings.maxPerSource ?? this.#settings.concurrency;
     source.inFlight -= 1;
     const now = this.#now();
     switch (outcome) {
       case 'ok':
         this.#typicalMs = nextTypicalMs(this.#typicalMs, now - request.startedMs);
+        source.probing = false;
+        source.busyStreak = 0;
+        windowAfterOk(source.window, now, base, max);
         break;
       case 'bad':
         source.banned = true;
@@ -536,13 +693,24 @@ export class PiecePicker {
             request.index,
             now + this.#seedDeferral(request.index, this.#peerUsable(now)),
           );
-        } else {
-          // Every upload slot of that source is taken: asking again at once only spins.
-          source.busyUntil = now + this.#settings.busyBackoffMs;
+        } else if (!windowAfterBusy(source.window, source.inFlight)) {
+          // Every upload slot of that source is taken by others (other askers, or this agent's
+          // other downloads): asking again at once only spins, but a slot frees as soon as a
+          // piece is sent, so the wait starts there. (With requests of ours in flight it was
+          // only told how many it serves us.)
+          source.busyUntil =
+            now + busyBackoff(this.#settings.busyBackoffMs, this.#typicalMs, source.busyStreak);
+          source.busyStreak += 1;
         }
         break;
       case 'failed':
         source.failures += 1;
+        break;
+      case 'unreachable':
+        // Requests started together with this one met the same closed port; from now on one
+        // at a time, so a source that is gone costs one refused connection per look.
+        source.failures += 1;
+        source.probing = true;
         break;
       case 'dropped':
         break;
@@ -600,13 +768,22 @@ export class PiecePicker {
   ): SourceState | undefined {
     const settings = this.#settings;
     let best: SourceState | undefined;
+    const max = settings.maxPerSource ?? settings.concurrency;
     for (const source of holders) {
-      const cap =
+      const base =
         source.advert.seed && othersServe
           ? settings.perSeed
           : sole
             ? this.#soleCap()
             : settings.perSource;
+      // A seed keeps its configured cap: it serves every agent of the cluster from one upload
+      // budget, and one agent's rounds getting faster there would be slots taken from others
+      // (its 429s defer pieces rather than hold a window).
+      const cap = source.probing
+        ? 1
+        : source.advert.seed
+          ? base
+          : windowCap(source.window, base, max);
       if (source.inFlight >= cap || exclude.has(source.advert.id)) {
         continue;
       }
@@ -619,6 +796,18 @@ export class PiecePicker {
       }
     }
     return best;
+  }
+
+  /** The configured cap a source's window starts from, as `#pick` sees it now. */
+  #baseCap(source: SourceState): number {
+    const now = this.#now();
+    const usable = [...this.#sources.values()].filter((s) => this.#usable(s, now));
+    if (usable.length === 1 && usable[0] === source) {
+      return this.#soleCap();
+    }
+    return source.advert.seed && usable.some((s) => !s.advert.seed)
+      ? this.#settings.perSeed
+      : this.#settings.perSource;
   }
 
   /** Requests in flight to a sole source: see `soleSourceBytes`. */
@@ -646,6 +835,13 @@ export class PiecePicker {
     requests.add(request);
     source.inFlight += 1;
     this.#active += 1;
+    windowStarted(
+      source.window,
+      now,
+      source.inFlight,
+      this.#baseCap(source),
+      this.#settings.maxPerSource ?? this.#settings.concurrency,
+    );
     return request;
   }
 

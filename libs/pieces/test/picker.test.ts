@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+  busyBackoff,
   endgameLate,
   nextTypicalMs,
   orderPieces,
   PiecePicker,
+  windowCap,
   windowEnd,
   type PickedRequest,
   type PickerSettings,
@@ -289,21 +291,80 @@ describe('PiecePicker', () => {
     assert.equal(p.next().length, 1);
   });
 
-  it('leaves a busy source alone until its backoff has passed on the clock', () => {
+  it('leaves a busy source with none of ours in flight alone, longer with each 429 in a row', () => {
     const { picker: p, clock } = picker(1, { concurrency: 1 });
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
-    const [request] = p.next();
-    assert.ok(request !== undefined);
-    p.settle(request, 'busy');
-    assert.deepEqual(p.next(), []);
-    assert.equal(p.anyHolder(), false);
-    assert.equal(p.nextDeadline(), clock.ms + 1000, 'the backoff is the next deadline');
-    clock.ms += 999;
-    assert.deepEqual(p.next(), []);
-    clock.ms += 1;
+    // Before any piece came: a tenth of the longest wait first, then doubling, up to it.
+    for (const wait of [100, 200, 400, 800, 1000, 1000]) {
+      const [request] = p.next();
+      assert.ok(request !== undefined);
+      p.settle(request, 'busy');
+      assert.deepEqual(p.next(), []);
+      assert.equal(p.anyHolder(), false);
+      assert.equal(p.nextDeadline(), clock.ms + wait, 'the backoff is the next deadline');
+      clock.ms += wait - 1;
+      assert.deepEqual(p.next(), []);
+      clock.ms += 1;
+    }
     assert.deepEqual(indexes(p.next()), [0]);
   });
 
+  it('waits about one piece time for a busy source once pieces have come', () => {
+    const { picker: p, clock } = picker(4, { concurrency: 1 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const [first] = p.next();
+    assert.ok(first !== undefined);
+    clock.ms += 30;
+    p.markHave(first.index);
+    p.settle(first, 'ok');
+    const [second] = p.next();
+    assert.ok(second !== undefined);
+    p.settle(second, 'busy');
+    assert.equal(p.nextDeadline(), clock.ms + 30, 'a slot frees when a piece is sent');
+    assert.equal(busyBackoff(1000, 30, 0), 30);
+    assert.equal(busyBackoff(1000, 30, 3), 240);
+    // A slow link's pieces take longer than the longest wait: the wait is what it was.
+    assert.equal(busyBackoff(1000, 5000, 0), 1000);
+  });
+
+  it('holds a source that answers 429 to what it serves us, with no pause, and asks again as they end', () => {
+    const { picker: p, clock } = picker(16, { concurrency: 8, perSource: 4 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const started = p.next();
+    assert.equal(started.length, 4);
+    const [refused, ...served] = started;
+    assert.ok(refused !== undefined);
+    p.settle(refused, 'busy');
+    // Three of ours in flight there: the 429 said three is what it gives us now.
+    assert.equal(p.anyHolder(), true, 'not backed off');
+    assert.deepEqual(p.next(), []);
+    const [one] = served;
+    assert.ok(one !== undefined);
+    clock.ms += 10;
+    p.markHave(one.index);
+    p.settle(one, 'ok');
+    const again = p.next();
+    assert.equal(again.length, 1, 'one ended: one more, at once');
+    assert.equal(again[0]?.source, 'a');
+  });
+
+  it('asks one request at a time of a source that refused connections, until one succeeds', () => {
+    const { picker: p, clock } = picker(16, { concurrency: 8, perSource: 4 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const started = p.next();
+    assert.equal(started.length, 4);
+    for (const request of started) {
+      p.settle(request, 'unreachable');
+    }
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const [probe, ...more] = p.next();
+    assert.ok(probe !== undefined);
+    assert.deepEqual(more, [], 'a probe alone');
+    clock.ms += 10;
+    p.markHave(probe.index);
+    p.settle(probe, 'ok');
+    assert.equal(p.next().length, 4, 'answered: its window again');
+  });
   it('asks peers only, for a while, for a piece the seed rationed', () => {
     const { picker: p, clock } = picker(1, { concurrency: 1 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
@@ -509,5 +570,74 @@ describe('PiecePicker', () => {
     p.advertise({ id: 'seed-2', seed: true, complete: true, pieces: [] });
     assert.ok(!p.holdsMissing());
     assert.deepEqual(p.next(), []);
+  });
+});
+
+/**
+ * Runs a picker over one complete source whose piece requests end when `due` says, on the
+ * fake clock, until every piece is held; returns the most requests that were in flight at once.
+ */
+function runAgainst(
+  count: number,
+  settings: Partial<PickerSettings>,
+  due: (startMs: number, link: { freeMs: number }) => number,
+): { peak: number } {
+  const { picker: p, clock } = picker(count, settings);
+  p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+  const link = { freeMs: clock.ms };
+  const inFlight: { request: PickedRequest; dueMs: number }[] = [];
+  let peak = 0;
+  while (!p.done) {
+    for (const request of p.next()) {
+      inFlight.push({ request, dueMs: due(clock.ms, link) });
+    }
+    peak = Math.max(peak, inFlight.length);
+    inFlight.sort((a, b) => a.dueMs - b.dueMs);
+    const next = inFlight.shift();
+    assert.ok(next !== undefined, 'something is in flight until the end');
+    clock.ms = Math.max(clock.ms, next.dueMs);
+    p.markHave(next.request.index);
+    p.settle(next.request, 'ok');
+  }
+  return { peak };
+}
+
+describe('requests in flight per source', () => {
+  it('grow with measured progress where each request waits on latency, not on the link', () => {
+    // Loopback: every piece takes 10 ms however many are in flight, so each request more is
+    // more pieces per second.
+    const { peak } = runAgainst(
+      400,
+      { concurrency: 8, perSource: 2, heldBytes: 8 * MiB },
+      (now) => now + 10,
+    );
+    assert.equal(peak, 8, 'grew from 2 to the concurrency');
+  });
+
+  it('stop growing where the link is full: a 25 Mbit/s link keeps about its configured cap', () => {
+    // A link that sends one 1 MiB piece at a time, 335 ms each: more in flight only queues.
+    const { peak } = runAgainst(
+      200,
+      { concurrency: 8, perSource: 2, heldBytes: 8 * MiB },
+      (now, link) => {
+        link.freeMs = Math.max(now, link.freeMs) + 335;
+        return link.freeMs;
+      },
+    );
+    assert.ok(peak <= 3, `at most one request past the cap to learn that (peak ${peak})`);
+  });
+
+  it('never pass the most per source, and keep a 429 limit until rounds raise it back', () => {
+    const window = {
+      grown: 10,
+      limit: undefined,
+      roundStartMs: 0,
+      roundPieces: 0,
+      roundFull: false,
+      bestRate: undefined,
+    };
+    assert.equal(windowCap(window, 4, 8), 8);
+    assert.equal(windowCap({ ...window, limit: 3 }, 4, 8), 3);
+    assert.equal(windowCap({ ...window, limit: 0 }, 4, 8), 1, 'never below one');
   });
 });

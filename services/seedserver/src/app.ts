@@ -5,7 +5,15 @@
 import { hostname } from 'node:os';
 
 import { createBlobStore } from '@shoal/blobstore';
-import { KV_BUCKETS, pieceSizeFor, STREAMS, type PeerInfo } from '@shoal/proto';
+import {
+  encodeMessage,
+  KV_BUCKETS,
+  peerGone,
+  peerGoneSubject,
+  pieceSizeFor,
+  STREAMS,
+  type PeerInfo,
+} from '@shoal/proto';
 import { BlobReader, loadDockerConfig, RegistryAuth, UpstreamClient } from '@shoal/registry';
 import {
   ConfigError,
@@ -40,6 +48,9 @@ import { GatewayRetention } from './seeding/retention.js';
 import { Seeder } from './seeding/seeder.js';
 
 export { loadSeedConfig, type SeedConfig } from './config.js';
+
+/** How long the peer-gone published at close may wait for NATS, in ms. */
+const LEAVE_TIMEOUT_MS = 1_000;
 
 export interface SeedOverrides {
   readonly logger?: Logger;
@@ -246,6 +257,17 @@ export async function buildApp(
       await consumer?.stop();
       await retention?.close();
       await seeder?.close();
+      // Leaves every swarm, as an agent does at its close (and as this server does at its
+      // start): the tracker stops naming a server that no longer answers, where each hand-out
+      // naming it cost the agents refused piece requests until they gave it up. Best effort,
+      // bounded, so that NATS away at SIGTERM does not cost the shutdown its deadline.
+      await js
+        .publish(
+          peerGoneSubject(config.SHOAL_SEED_ID),
+          encodeMessage(peerGone, { type: 'peer-gone', peer: config.SHOAL_SEED_ID }),
+          { timeout: LEAVE_TIMEOUT_MS },
+        )
+        .catch(() => undefined);
       usage.stop();
       await nc.drain().catch(() => undefined);
       await server.close();

@@ -87,6 +87,8 @@ export class SwarmClient {
   readonly #wantMarked = new WeakSet<Span>();
   /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
   readonly #penalties = new Map<string, number>();
+  /** Connections refused in a row per peer (see `refused`); dropped when it answers. */
+  readonly #refusals = new Map<string, number>();
 
   constructor(options: {
     nc: NatsConnection;
@@ -173,6 +175,27 @@ export class SwarmClient {
   /** Keeps a peer that sent a bad piece out of every download for `ms`. */
   penalize(peer: string, ms: number): void {
     this.#penalties.set(peer, Date.now() + ms);
+  }
+
+  /**
+   * A peer refused a connection (it stopped; the tracker may name it for a while yet): it is
+   * left alone for `baseMs`, doubling with each refusal in a row up to `maxMs`, so a source
+   * that stays gone costs a refused connection every few seconds rather than every `baseMs`
+   * from every download. Refusals while it is penalised already (requests started together)
+   * count once. `answered` forgets them.
+   */
+  refused(peer: string, baseMs: number, maxMs: number): void {
+    if (this.isPenalized(peer)) {
+      return;
+    }
+    const refusals = this.#refusals.get(peer) ?? 0;
+    this.#refusals.set(peer, refusals + 1);
+    this.penalize(peer, Math.min(maxMs, baseMs * 2 ** refusals));
+  }
+
+  /** A peer answered a piece request: its refused connections are forgotten. */
+  answered(peer: string): void {
+    this.#refusals.delete(peer);
   }
 
   /** True while a peer is penalised. */

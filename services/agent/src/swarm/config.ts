@@ -91,7 +91,10 @@ export const swarmConfig = z.object({
    * gives its slot back.
    */
   SHOAL_AGENT_UPLOAD_TIMEOUT_MS: envInt(60_000).refine((n) => n >= 1, 'must be at least 1'),
-  /** Pieces fetched at once per blob (default 8). */
+  /**
+   * Pieces fetched at once per blob (default 8), and the most to one peer: a peer starts at 4
+   * and gets more only while they make it faster.
+   */
   SHOAL_AGENT_PIECE_CONCURRENCY: envInt(8),
   /**
    * Longest a piece response may stay silent, in ms (default 15 000; a silence is noticed

@@ -82,6 +82,13 @@ const BAD_PIECE_PENALTY_MS = 10 * 60_000;
  * piece received while the seed server was down.
  */
 const UNREACHABLE_PENALTY_MS = 2000;
+/**
+ * Longest such penalty, in ms, reached by doubling while the source keeps refusing: a seed
+ * server stopped for good is tried every few seconds, not every two (from each download, the
+ * refusals were most of the failed piece requests between two healthy agents); one that
+ * restarts is asked again within this.
+ */
+const UNREACHABLE_PENALTY_MAX_MS = 8000;
 /** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
@@ -177,6 +184,12 @@ export class SwarmFetch {
   #wake: (() => void) | undefined;
   /** When the next want goes out (`@shoal/proto` pacing). */
   readonly #wants: WantPacer;
+  /**
+   * The first piece hashes came while no hand-out had named a holder: someone (the seed server
+   * on a cold pull) holds pieces now, so the next want goes out at once rather than after the
+   * early wants' gap, which was most of the wait between the hashes and the first piece GET.
+   */
+  #wantNow = false;
   /** Pieces the latest have announced. */
   #announced = 0;
   /** The origin source that served the last read of a late origin fallback, tried first next. */
@@ -337,7 +350,11 @@ export class SwarmFetch {
       // Starved: no known source holds a missing piece, or no piece came for a while (the
       // seed rations a piece to a few, and who got it is news only the tracker has).
       const noHolder = !this.#picker.holdsMissing(true);
-      if (this.#wants.due(now, noHolder) || (early && now - lastWant >= EARLY_WANT_GAP_MS)) {
+      if (
+        this.#wants.due(now, noHolder) ||
+        (early && (this.#wantNow || now - lastWant >= EARLY_WANT_GAP_MS))
+      ) {
+        this.#wantNow = false;
         if (!this.#wants.due(now, noHolder)) {
           earlyWants += 1;
         } else {
@@ -548,6 +565,7 @@ export class SwarmFetch {
         }
       }
       this.#markHave(index);
+      this.#deps.client.answered(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, end - start);
       this.tally.add(source, end - start, peer.id);
@@ -566,17 +584,18 @@ export class SwarmFetch {
         return 'busy';
       }
       if (!signal.aborted && this.download.state === 'running') {
-        if (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE') {
+        const unreachable = error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE';
+        if (unreachable) {
           // A source that refuses connections (a stopped seed server the tracker still names)
-          // is left alone by every download for a moment, not retried at once.
-          this.#deps.client.penalize(peer.id, UNREACHABLE_PENALTY_MS);
+          // is left alone by every download for a while, not retried at once.
+          this.#deps.client.refused(peer.id, UNREACHABLE_PENALTY_MS, UNREACHABLE_PENALTY_MAX_MS);
         }
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(
           { err: error, blob: this.#blob, piece: index, peer: peer.id },
           'piece request failed',
         );
-        return 'failed';
+        return unreachable ? 'unreachable' : 'failed';
       }
       return 'dropped';
     }
@@ -609,6 +628,7 @@ export class SwarmFetch {
 
   #onHashes(batch: PieceHashes): void {
     if (this.#picker.count === 0) {
+      this.#wantNow = !this.#picker.anyHolder();
       this.#pieceSize = batch.pieceSize;
       this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);
