@@ -29,7 +29,12 @@ import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
-import { DirectGetCheck, readPieceHashes, readVerifiedRecord } from './hash-reader.js';
+import {
+  DirectGetCheck,
+  readPieceHashes,
+  readVerifiedRecord,
+  type HashReaderDeps,
+} from './hash-reader.js';
 
 /**
  * How long a publish may wait once the client is closing, in ms: a NATS outage at SIGTERM
@@ -307,16 +312,19 @@ export class SwarmClient {
    * `readVerifiedRecord`), or undefined.
    */
   verifiedRecord(blob: string, signal: AbortSignal): Promise<PiecesVerified | undefined> {
-    return readVerifiedRecord(
-      {
-        jsm: this.#jsm,
-        directGets: this.#directGets,
-        metrics: this.#metrics,
-        logger: this.#logger,
-      },
-      blob,
-      signal,
-    );
+    return readVerifiedRecord(this.#hashReaderDeps(), blob, signal);
+  }
+
+  /** What reading a blob's hash subject takes. */
+  #hashReaderDeps(): HashReaderDeps {
+    return {
+      nc: this.#nc,
+      js: this.#js,
+      jsm: this.#jsm,
+      directGets: this.#directGets,
+      metrics: this.#metrics,
+      logger: this.#logger,
+    };
   }
 
   /**
@@ -333,21 +341,7 @@ export class SwarmClient {
     onSeedFailed?: (notice: SeedFailed) => void,
     onVerified?: (record: PiecesVerified) => void,
   ): Promise<void> {
-    return readPieceHashes(
-      {
-        nc: this.#nc,
-        js: this.#js,
-        jsm: this.#jsm,
-        directGets: this.#directGets,
-        metrics: this.#metrics,
-        logger: this.#logger,
-      },
-      blob,
-      signal,
-      onBatch,
-      onSeedFailed,
-      onVerified,
-    );
+    return readPieceHashes(this.#hashReaderDeps(), blob, signal, onBatch, onSeedFailed, onVerified);
   }
 
   /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */
