@@ -64,11 +64,6 @@ export {
   type PieceHashes,
 } from './messages/piece-hashes.js';
 export {
-  pieceListDigest,
-  piecesVerified,
-  type PiecesVerified,
-} from './messages/pieces-verified.js';
-export {
   SEED_FAILURE_REASONS,
   seedFailed,
   type SeedFailed,

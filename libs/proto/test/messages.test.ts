@@ -13,8 +13,6 @@ import {
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
-  pieceListDigest,
-  piecesVerified,
   pieceSizeFor,
   pieceWantSubject,
   preheatProgress,
@@ -216,27 +214,5 @@ describe('names and digests from NATS', () => {
       Buffer.from(JSON.stringify({ ...good, reason: { kind: 'preheat', job: 'a.>' } })),
     );
     assert.equal(result.ok, false);
-  });
-});
-
-describe('pieces-verified', () => {
-  it('binds the piece hashes by the sha256 of their hex, concatenated in order', () => {
-    const list = ['a'.repeat(64), 'b'.repeat(64)];
-    // sha256 of 64 "a" then 64 "b", computed independently (Python's hashlib).
-    assert.equal(
-      pieceListDigest(list),
-      'fa0dafbf43f1f551e536353e9d1a942a8e86e41a0b58dfeaf264ef217f6b862a',
-    );
-    assert.notEqual(pieceListDigest([...list].reverse()), pieceListDigest(list));
-    assert.notEqual(pieceListDigest(list.slice(0, 1)), pieceListDigest(list));
-  });
-
-  it('refuses a piece size the blob size does not call for', () => {
-    const good = JSON.parse(
-      readFileSync(join(fixturesDir, 'pieces-verified.json'), 'utf8'),
-    ) as Record<string, unknown>;
-    const bad = { ...good, pieceSize: 1024 };
-    assert.equal(decodeMessage(piecesVerified, Buffer.from(JSON.stringify(bad))).ok, false);
-    assert.equal(decodeMessage(piecesVerified, Buffer.from(JSON.stringify(good))).ok, true);
   });
 });

@@ -82,9 +82,6 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       '$JS.API.INFO',
       `$JS.API.STREAM.INFO.${pieces.name}`,
       `$JS.API.DIRECT.GET.${pieces.name}`,
-      // The last message of a blob's hash subject (the seed's verified record, read at the
-      // end of a download): a direct get by subject names it after the stream.
-      `$JS.API.DIRECT.GET.${pieces.name}.${PIECE_HASHES_SUBJECTS}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}.>`,
       `$JS.API.CONSUMER.INFO.${pieces.name}.>`,

@@ -21,7 +21,6 @@ import {
   encodeMessage,
   pieceCount,
   pieceHashesSubject,
-  pieceListDigest,
   piecePath,
   pieceSizeFor,
   seedRequest,
@@ -63,8 +62,6 @@ interface SeedUnderTest {
   metric(name: string, labels?: Record<string, string>): Promise<number>;
   /** Piece-hash messages the SHOAL_PIECES stream holds for `blob`. */
   hashMessages(blob: Descriptor): Promise<number>;
-  /** The last message on the blob's hash subject, decoded. */
-  lastHashMessage(blob: Descriptor): Promise<Record<string, unknown>>;
   /** The first piece-hash message stored for `blob` and its sequence, read as agents do. */
   storedHashes(blob: Descriptor): Promise<{ seq: number; first: number; hashes: string[] }>;
   stop(): Promise<void>;
@@ -139,13 +136,6 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
           subjects_filter: pieceHashesSubject(blob.digest),
         });
         return Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
-      },
-      lastHashMessage: async (blob) => {
-        const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
-          last_by_subj: pieceHashesSubject(blob.digest),
-        });
-        assert.ok(stored !== null, `nothing stored for ${blob.digest}`);
-        return stored.json<Record<string, unknown>>();
       },
       storedHashes: async (blob) => {
         const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
@@ -267,13 +257,8 @@ describe('seed server', () => {
       assert.equal(stored.size, big.size);
       assert.equal(await seed.metric('shoal_seedserver_stored_bytes_total'), big.size);
       // Announced in batches as it streamed in, its hashes are kept as one message (96
-      // pieces): a node that comes later reads them with one direct get. After them, last on
-      // the subject, the record that they are those of bytes that matched the digest.
-      assert.equal(
-        await seed.hashMessages(big),
-        2,
-        'a seeded blob keeps its hashes, consolidated, and its record',
-      );
+      // pieces): a node that comes later reads them with one direct get.
+      assert.equal(await seed.hashMessages(big), 1, 'a seeded blob keeps its hashes, consolidated');
       const kept = await seed.storedHashes(big);
       assert.ok(kept.seq > 1, 'published in batches first (its first piece alone)');
       // Every piece serves the verified bytes, and the manifest in the gateway matches.
@@ -283,13 +268,6 @@ describe('seed server', () => {
       ) as { hashes: string[] };
       assert.deepEqual(manifest.hashes, hashes);
       assert.deepEqual(kept.hashes, hashes);
-      assert.deepEqual(await seed.lastHashMessage(big), {
-        type: 'pieces-verified',
-        blob: big.digest,
-        size: big.size,
-        pieceSize: pieceSizeFor(big.size),
-        hashes: pieceListDigest(hashes),
-      });
       assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
       assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
     } finally {

@@ -298,26 +298,8 @@ export class BlobDownload {
     this.#wake();
   }
 
-  /**
-   * The whole-blob hash waits for `finish` (which may not need it): the swarm path, whose
-   * pieces the seed server's verified record may vouch for.
-   */
-  deferDigest(): void {
-    this.#file.deferHash();
-  }
-
-  /** Ends `deferDigest`: the blob will be hashed (its bytes come from the origin now). */
-  resumeDigest(): void {
-    this.#file.resumeHash();
-  }
-
-  /**
-   * Checks the whole blob and commits it to `store`. Never throws. `vouched`: resolves true
-   * when every byte is vouched for by a check as strong as the digest (the seed server's
-   * verified record binding the piece hashes every piece verified against, `swarm-fetch.ts`);
-   * otherwise, or without it, the blob is hashed and compared with its digest.
-   */
-  async finish(store: FsContentStore, vouched?: () => Promise<boolean>): Promise<DownloadState> {
+  /** Checks the whole blob against its digest and commits it to `store`. Never throws. */
+  async finish(store: FsContentStore): Promise<DownloadState> {
     if (this.#state !== 'running') {
       return this.#state;
     }
@@ -333,16 +315,13 @@ export class BlobDownload {
           `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      const byRecord = (await vouched?.()) === true;
-      if (!byRecord) {
-        const actual = await this.#file.digest();
-        if (actual.toString() !== this.digest.toString()) {
-          throw new ContentMismatchError(
-            'DIGEST_MISMATCH',
-            502,
-            `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
-          );
-        }
+      const actual = await this.#file.digest();
+      if (actual.toString() !== this.digest.toString()) {
+        throw new ContentMismatchError(
+          'DIGEST_MISMATCH',
+          502,
+          `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
+        );
       }
       // Readers may complete their responses now: every byte is verified. Making the cache's
       // copy durable (fsync, rename) is the cache's business and need not delay them.

@@ -21,7 +21,6 @@ import {
   type Handout,
   type PeerInfo,
   type PieceHashes,
-  type PiecesVerified,
   type PieceRanges,
   type SeedFailed,
 } from '@shoal/proto';
@@ -29,12 +28,7 @@ import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
-import {
-  DirectGetCheck,
-  readPieceHashes,
-  readVerifiedRecord,
-  type HashReaderDeps,
-} from './hash-reader.js';
+import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
 
 /**
  * How long a publish may wait once the client is closing, in ms: a NATS outage at SIGTERM
@@ -331,40 +325,31 @@ export class SwarmClient {
   }
 
   /**
-   * The seed's `pieces-verified` record for `blob`, read from the stream (see
-   * `readVerifiedRecord`), or undefined.
-   */
-  verifiedRecord(blob: string, signal: AbortSignal): Promise<PiecesVerified | undefined> {
-    return readVerifiedRecord(this.#hashReaderDeps(), blob, signal);
-  }
-
-  /** What reading a blob's hash subject takes. */
-  #hashReaderDeps(): HashReaderDeps {
-    return {
-      nc: this.#nc,
-      js: this.#js,
-      jsm: this.#jsm,
-      directGets: this.#directGets,
-      metrics: this.#metrics,
-      logger: this.#logger,
-    };
-  }
-
-  /**
    * Delivers a blob's piece hashes to `onBatch` until every piece's hash has come or
    * `signal` aborts: the stored batches by direct get, new ones live while the seed still
    * hashes (cut-through), no consumer per download (see `hash-reader.ts`). A seed server that
-   * gives the blob up says so on the same subject: `onSeedFailed`; its record that the blob
-   * verified, after the hashes: `onVerified`.
+   * gives the blob up says so on the same subject: `onSeedFailed`.
    */
   followHashes(
     blob: string,
     signal: AbortSignal,
     onBatch: (batch: PieceHashes) => void,
     onSeedFailed?: (notice: SeedFailed) => void,
-    onVerified?: (record: PiecesVerified) => void,
   ): Promise<void> {
-    return readPieceHashes(this.#hashReaderDeps(), blob, signal, onBatch, onSeedFailed, onVerified);
+    return readPieceHashes(
+      {
+        nc: this.#nc,
+        js: this.#js,
+        jsm: this.#jsm,
+        directGets: this.#directGets,
+        metrics: this.#metrics,
+        logger: this.#logger,
+      },
+      blob,
+      signal,
+      onBatch,
+      onSeedFailed,
+    );
   }
 
   /** Flushes haves, tells the swarm this peer is leaving, and stops receiving. */

@@ -25,11 +25,9 @@ import {
   pieceCount,
   pieceHashes,
   pieceHashesSubject,
-  piecesVerified,
   seedFailed,
   STREAMS,
   type PieceHashes,
-  type PiecesVerified,
   type SeedFailed,
 } from '@shoal/proto';
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
@@ -117,11 +115,8 @@ class DirectUnavailable extends Error {
  * Calls `onBatch` with each valid batch of `blob`'s piece hashes until every piece's hash has
  * been delivered or `signal` aborts. A batch may come twice (stored and live); `onBatch` must
  * take a repeat as a no-op. A seed server's `seed-failed` notice on the subject goes to
- * `onSeedFailed` (the reading goes on: a later run publishes hashes again). The seed's
- * `pieces-verified` record, which follows the hashes once the blob verified, goes to
- * `onVerified` if it comes before the reading ends (the reading does not wait for it: the
- * download asks for it at its end, `SwarmClient.verifiedRecord`). Resolves when done; rejects
- * when neither path can read the hashes.
+ * `onSeedFailed` (the reading goes on: a later run publishes hashes again). Resolves when
+ * done; rejects when neither path can read the hashes.
  */
 export async function readPieceHashes(
   deps: HashReaderDeps,
@@ -129,9 +124,8 @@ export async function readPieceHashes(
   signal: AbortSignal,
   onBatch: (batch: PieceHashes) => void,
   onSeedFailed: (notice: SeedFailed) => void = () => undefined,
-  onVerified: (record: PiecesVerified) => void = () => undefined,
 ): Promise<void> {
-  const reader = new HashReader(deps, blob, signal, onBatch, onSeedFailed, onVerified);
+  const reader = new HashReader(deps, blob, signal, onBatch, onSeedFailed);
   try {
     await reader.direct();
   } catch (error) {
@@ -146,49 +140,6 @@ export async function readPieceHashes(
   }
 }
 
-/**
- * Longest the end of a download waits for the seed's record, in ms: a direct get takes about
- * 1 ms here, and a download that gets no answer in time (NATS away) hashes the blob itself.
- */
-const RECORD_TIMEOUT_MS = 500;
-
-/**
- * The seed's `pieces-verified` record for `blob`: the last message on its hash subject, which
- * it is once the seed has verified the blob (published after the hashes, and again after
- * consolidated ones). Undefined when the last message is anything else (the seed has not
- * verified the blob, or is of before the record), when direct gets are unavailable, or when
- * the answer does not come in time: the caller then hashes the blob itself.
- */
-export async function readVerifiedRecord(
-  deps: Pick<HashReaderDeps, 'jsm' | 'directGets' | 'metrics' | 'logger'>,
-  blob: string,
-  signal: AbortSignal,
-): Promise<PiecesVerified | undefined> {
-  try {
-    if (!(await deps.directGets.allowed())) {
-      return undefined;
-    }
-    const stored = await untilAborted(
-      deps.jsm.direct.getMessage(STREAMS.pieces.name, {
-        last_by_subj: pieceHashesSubject(blob),
-      }),
-      AbortSignal.any([signal, AbortSignal.timeout(RECORD_TIMEOUT_MS)]),
-    );
-    if (stored === null) {
-      return undefined;
-    }
-    const record = decodeMessage(piecesVerified, stored.data);
-    if (!record.ok || record.value.blob !== blob) {
-      return undefined;
-    }
-    deps.metrics.eventsReceived.inc({ type: 'pieces-verified' });
-    return record.value;
-  } catch (error) {
-    deps.logger.debug({ blob, err: error }, "the seed's verified record could not be read");
-    return undefined;
-  }
-}
-
 class HashReader {
   readonly #deps: HashReaderDeps;
   readonly #blob: string;
@@ -196,7 +147,6 @@ class HashReader {
   readonly #signal: AbortSignal;
   readonly #onBatch: (batch: PieceHashes) => void;
   readonly #onSeedFailed: (notice: SeedFailed) => void;
-  readonly #onVerified: (record: PiecesVerified) => void;
   /** Pieces whose hash was delivered. */
   readonly #known = new Set<number>();
   /** Pieces of the blob, once a batch said its size. */
@@ -223,7 +173,6 @@ class HashReader {
     signal: AbortSignal,
     onBatch: (batch: PieceHashes) => void,
     onSeedFailed: (notice: SeedFailed) => void,
-    onVerified: (record: PiecesVerified) => void,
   ) {
     this.#deps = deps;
     this.#blob = blob;
@@ -231,7 +180,6 @@ class HashReader {
     this.#signal = signal;
     this.#onBatch = onBatch;
     this.#onSeedFailed = onSeedFailed;
-    this.#onVerified = onVerified;
   }
 
   #isDone(): boolean {
@@ -417,13 +365,6 @@ class HashReader {
           'shoal.path': path,
         });
         this.#onSeedFailed(failed.value);
-        return;
-      }
-      const record = decodeMessage(piecesVerified, data);
-      if (record.ok && record.value.blob === this.#blob) {
-        metrics.eventsReceived.inc({ type: 'pieces-verified' });
-        this.#span?.addEvent('pieces verified', { 'shoal.path': path });
-        this.#onVerified(record.value);
         return;
       }
     }

@@ -26,7 +26,6 @@ import {
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
-  pieceListDigest,
   pieceSizeFor,
   toRanges,
   wantPacing,
@@ -34,7 +33,6 @@ import {
   type Handout,
   type PeerInfo,
   type PieceHashes,
-  type PiecesVerified,
   type SeedFailed,
 } from '@shoal/proto';
 import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
@@ -167,14 +165,6 @@ export class SwarmFetch {
   readonly #blob: string;
   #pieceSize = 0;
   readonly #hashes: (string | undefined)[] = [];
-  /**
-   * The hash each piece fetched from a peer or seed verified against, by index: what the
-   * seed's `pieces-verified` record must bind for the download to skip its whole-blob hash.
-   * A piece from anywhere else (the origin) has none, and the download hashes the blob.
-   */
-  readonly #verifiedWith: (string | undefined)[] = [];
-  /** The seed's `pieces-verified` record, if heard with the hashes. */
-  #record: PiecesVerified | undefined;
   /** Which piece to ask of which peer: the pieces held, the peers' holdings and slots. */
   readonly #picker: PiecePicker;
   /** Pieces an endgame copy is writing now. */
@@ -287,15 +277,10 @@ export class SwarmFetch {
         stop.signal,
         (batch) => this.#onHashes(batch),
         (notice) => this.#onSeedFailed(notice),
-        (record) => {
-          this.#record = record;
-        },
       )
       .catch((error: unknown) =>
         logger.warn({ err: error, blob: this.#blob }, 'piece hashes unavailable'),
       );
-    // The whole-blob hash waits for the end: the seed's record may make it unnecessary.
-    this.download.deferDigest();
     try {
       const end = await this.#fromSwarm(stop.signal);
       if (end !== 'complete' && !signal.aborted) {
@@ -307,15 +292,12 @@ export class SwarmFetch {
             : 'the seed server gave the blob up and no peer holds the rest; reading it from the origin',
         );
         await this.#abortAll();
-        // Origin bytes: the download checks the digest itself, hashed as the prefix grows
-        // (from memory) rather than read back at the end.
-        this.download.resumeDigest();
         await this.#fromOrigin(signal);
       }
       if (signal.aborted) {
         throw new Error('shutting down');
       }
-      const state = await this.download.finish(this.#deps.store, () => this.#vouched(signal));
+      const state = await this.download.finish(this.#deps.store);
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -551,8 +533,7 @@ export class SwarmFetch {
         this.#giveBack(bytes);
         return 'dropped';
       }
-      const expected = this.#hashes[index];
-      if (expected === undefined || hasher.digest('hex') !== expected) {
+      if (hasher.digest('hex') !== this.#hashes[index]) {
         this.#giveBack(bytes);
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
@@ -583,7 +564,6 @@ export class SwarmFetch {
           this.#committing.delete(index);
         }
       }
-      this.#verifiedWith[index] = expected;
       this.#markHave(index);
       this.#deps.client.answered(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
@@ -619,40 +599,6 @@ export class SwarmFetch {
       }
       return 'dropped';
     }
-  }
-
-  /**
-   * True when the seed server vouches for every piece: each one came from a peer or seed and
-   * verified against a hash, and the seed's `pieces-verified` record (heard with the hashes,
-   * else read now) binds exactly that list of hashes, for this size and layout. Only the seed
-   * server may publish on the hash subject, and it publishes the record only once the blob it
-   * read from the origin matched its digest: bytes that match hashes of bytes that matched the
-   * digest are those bytes (sha256 collisions aside, as for the digest itself).
-   */
-  async #vouched(signal: AbortSignal): Promise<boolean> {
-    const count = this.#picker.count;
-    const size = this.download.size;
-    const used: string[] = [];
-    for (let index = 0; index < count; index++) {
-      const hash = this.#verifiedWith[index];
-      if (hash === undefined) {
-        break;
-      }
-      used.push(hash);
-    }
-    if (count === 0 || size === undefined || used.length < count) {
-      this.#deps.metrics.blobChecks.inc({ by: 'digest' });
-      return false;
-    }
-    this.#record ??= await this.#deps.client.verifiedRecord(this.#blob, signal);
-    const record = this.#record;
-    const vouched =
-      record !== undefined &&
-      record.size === size &&
-      record.pieceSize === this.#pieceSize &&
-      record.hashes === pieceListDigest(used);
-    this.#deps.metrics.blobChecks.inc({ by: vouched ? 'seed-record' : 'digest' });
-    return vouched;
   }
 
   /** Returns a piece buffer nobody will use to the pool. */

@@ -17,18 +17,11 @@
  * Once the blob has verified, its incremental hash batches are replaced by one message per
  * `HASHES_PER_MESSAGE` pieces (the older ones purged), so an agent that reads a complete
  * blob's hashes later (a direct get per message) needs one request for most blobs.
- *
- * Once the blob has verified, a `pieces-verified` record follows its hashes (and follows the
- * consolidated ones again): the seed's word that this exact list of piece hashes is that of
- * bytes that matched the digest, which spares an agent whose pieces all verified against the
- * same list its own hash of the whole blob.
  */
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import {
   encodeMessage,
   pieceHashes,
-  pieceListDigest,
-  piecesVerified,
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
@@ -56,10 +49,6 @@ export class Announcer {
   /** Hash messages this run published (consolidation is needed when more than the minimum). */
   #messages = 0;
   #chain: Promise<void> = Promise.resolve();
-  /** The blob's bytes matched its digest in this run (see `verified`). */
-  #vouched = false;
-  /** This run published the blob's `pieces-verified` record. */
-  #recorded = false;
   /** The hash publication queued behind the one in flight, if any (see `progress`). */
   #queued: Promise<void> | undefined;
   /** Piece-haves sent while pacing, and when the last one started (performance.now()). */
@@ -122,14 +111,6 @@ export class Announcer {
     }
   }
 
-  /**
-   * The whole blob matched its digest: the next `flush` publishes, after the last hashes, the
-   * record that vouches for them.
-   */
-  verified(): void {
-    this.#vouched = true;
-  }
-
   /** Stops the paced haves (the blob is in, or failed); `flush` still works. */
   stopPacing(): void {
     clearTimeout(this.#timer);
@@ -145,7 +126,6 @@ export class Announcer {
   republish(): Promise<void> {
     this.#published = 0;
     this.#lastHave = -1;
-    this.#recorded = false;
     return this.flush();
   }
 
@@ -171,10 +151,6 @@ export class Announcer {
         `${blob.digest.hex}-all-${first}-${hashes.length}`,
       );
       firstSeq ??= ack;
-    }
-    // The purge below takes the record published with the last batches: published again.
-    if (firstSeq !== undefined && this.#vouches()) {
-      await this.#publishRecord();
     }
     if (firstSeq !== undefined) {
       await this.#jsm.streams.purge(STREAMS.pieces.name, {
@@ -234,37 +210,9 @@ export class Announcer {
         ),
       );
     }
-    // After the hashes it vouches for, in the same round trip: an agent compares it with the
-    // list its pieces verified against only once it holds every piece.
-    const record = !this.#recorded && ready === blob.count && this.#vouches();
-    if (record) {
-      publishes.push(this.#publishRecord());
-    }
     await Promise.all(publishes);
     this.#published = Math.max(this.#published, ready);
     this.#lastHave = sendHave ? haveKey : this.#lastHave;
-    this.#recorded ||= record;
-  }
-
-  /** The blob verified, in this run or (complete on disk) in the one that committed it. */
-  #vouches(): boolean {
-    return this.#vouched || this.#blob.complete;
-  }
-
-  /** Publishes the blob's `pieces-verified` record (no message id: a repeat is harmless). */
-  async #publishRecord(): Promise<void> {
-    const blob = this.#blob;
-    await this.#js.publish(
-      pieceHashesSubject(blob.digest.toString()),
-      encodeMessage(piecesVerified, {
-        type: 'pieces-verified',
-        blob: blob.digest.toString(),
-        size: blob.size,
-        pieceSize: blob.pieceSize,
-        hashes: pieceListDigest(blob.hashes),
-      }),
-    );
-    markSpan('pieces verified published');
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */

@@ -615,7 +615,6 @@ export class Seeder {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
       announcer.stopPacing();
-      announcer.verified();
       // Verified: the last pieces are announced before the commit's fsync, which agents need
       // not wait for (they read the pieces from this file, and verify them themselves).
       void announcer.flush().catch(() => undefined);
