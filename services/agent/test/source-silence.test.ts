@@ -83,6 +83,27 @@ describe('SourceSilence', () => {
     handle.close();
   });
 
+  it('holds the clock when this process was blocked (the bytes wait unread)', async () => {
+    const { silence, clock } = setup();
+    let given: number | undefined;
+    const handle = silence.open('http://a', (ms) => {
+      given = ms;
+    });
+    handle.read();
+    clock.ms += 5 * MIN_MS;
+    // Blocked past a whole look: the look comes late, and says nothing of the source.
+    const until = performance.now() + 3 * LOOK_MS;
+    while (performance.now() < until) {
+      // A busy loop, as a long collection or a synchronous task would block.
+    }
+    await sleep(LOOK_MS);
+    assert.equal(given, undefined, 'a late look is our stall, not the source');
+    clock.ms += MIN_MS + 100;
+    await sleep(LOOK_MS);
+    assert.equal(given, MIN_MS + 100, 'on time again, the silence counts from the late look');
+    handle.close();
+  });
+
   it('judges nothing with a floor of 0', async () => {
     const silence = new SourceSilence({ minMs: 0, maxMs: 15_000, factor: 10 });
     assert.equal(silence.limitMs('http://a'), Number.POSITIVE_INFINITY);

@@ -162,6 +162,13 @@ export class SourceSilence {
       return;
     }
     const lookMs = Math.max(1, Math.ceil(minMs / LOOKS_PER_FLOOR));
+    // When this look is due on the process's own clock (not `now`, which tests move).
+    let dueMs = performance.now() + lookMs;
+    const arm = (): void => {
+      dueMs = performance.now() + lookMs;
+      state.timer = setTimeout(look, lookMs);
+      state.timer.unref();
+    };
     const look = (): void => {
       state.timer = undefined;
       if (state.requests.size === 0) {
@@ -169,7 +176,10 @@ export class SourceSilence {
       }
       const now = this.#now();
       const requests = [...state.requests];
-      if (!requests.some((r) => r.answering) || requests.some((r) => r.busy > 0)) {
+      // A look a whole look late: this process was blocked (a long collection, a busy loop),
+      // and the bytes that came meanwhile wait unread in the socket, behind this timer.
+      const late = performance.now() - dueMs > lookMs;
+      if (late || !requests.some((r) => r.answering) || requests.some((r) => r.busy > 0)) {
         // Nothing is being answered (heads may be held back on purpose), or we are the ones
         // not reading: no silence of the source's.
         state.lastMs = now;
@@ -183,10 +193,8 @@ export class SourceSilence {
         }
         return;
       }
-      state.timer = setTimeout(look, lookMs);
-      state.timer.unref();
+      arm();
     };
-    state.timer = setTimeout(look, lookMs);
-    state.timer.unref();
+    arm();
   }
 }
