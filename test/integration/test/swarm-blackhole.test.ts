@@ -14,11 +14,12 @@
  *   the rest from the origin once the stall timeout passes.
  * - The registry vanishes while the seed server reads a blob from it: the pull fails in bounded
  *   time (the agent's own origin read has its timeouts), and works once the registry is back.
- * - NATS (and the tracker) vanish: pulls go on from the origin, and the haves made meanwhile
- *   reach the tracker once NATS is back.
+ * - NATS (and the tracker) vanish: pulls go on from the origin, the agents notice by their
+ *   unanswered pings and connect anew once NATS is back, and the swarm serves again.
  * Needs root (network namespaces and iptables), as the machines that run this suite have.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -49,6 +50,8 @@ import { MiB } from '../src/files.js';
 const shape = { mbit: 40, delayMs: 0, lossPct: 0 };
 /** The agents' stall timeout (FAST_SWARM_ENV). */
 const STALL_TIMEOUT_MS = Number(FAST_SWARM_ENV.SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS);
+/** The agents' NATS pings, in ms (10 s by default): a silent server is noticed in 4-6 s. */
+const NATS_PING_INTERVAL_MS = 2_000;
 /** The agents' piece idle timeout (the default): what a vanished source cost before. */
 const IDLE_TIMEOUT_MS = 15_000;
 
@@ -210,7 +213,11 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
         peerId: host.name,
         netns: host.netns,
         host: host.address,
-        env: { ...FAST_SWARM_ENV, SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir },
+        env: {
+          ...FAST_SWARM_ENV,
+          SHOAL_NATS_PING_INTERVAL_MS: String(NATS_PING_INTERVAL_MS),
+          SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir,
+        },
       });
       teardown.add(`agent ${host.name}`, () => agent.stop());
       nodes.push({ host, containerd, agent });
@@ -359,7 +366,7 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     }
   });
 
-  it('serves pulls from the origin while NATS is gone, and its haves reach the tracker once it is back', async () => {
+  it('serves pulls from the origin while NATS is gone, notices it by pings, and the swarm again once it is back', async () => {
     const [puller, , , next] = nodes;
     assert.ok(puller !== undefined && next !== undefined);
     const originBefore = await fetched(puller, 'origin');
@@ -369,22 +376,51 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
         type: 'piece-have',
       });
     let pullMs: number;
+    const logsBefore = await Promise.all(
+      [puller, next].map(
+        async (node) => (await readFile(node.agent.process.logPath, 'utf8')).length,
+      ),
+    );
+    const heardBefore = await havesHeard();
+    const goneAt = Date.now();
     await controlHost.blackhole(true);
     try {
       pullMs = await timedPull(puller, ref('nats'));
+      // Gone for at least five pings: long enough for the agent to notice.
+      await sleep(goneAt + 5 * NATS_PING_INTERVAL_MS - Date.now());
     } finally {
       await controlHost.blackhole(false);
     }
+    const backAt = Date.now();
+    // The agent noticed the silent server by its unanswered pings and dropped the connection
+    // (before: pings every 2 min, nothing noticed), and made a new one once NATS was back.
+    const log = async (node: Node, index: number): Promise<string> =>
+      (await readFile(node.agent.process.logPath, 'utf8')).slice(logsBefore[index]);
+    for (const [index, node] of [puller, next].entries()) {
+      assert.match(
+        await log(node, index),
+        /"nats":"disconnect"/,
+        'the agent noticed NATS was gone',
+      );
+    }
+    for (const [index, node] of [puller, next].entries()) {
+      await waitFor(
+        'the agents back on NATS',
+        async () => /nats reconnected/.test(await log(node, index)),
+        {
+          timeoutMs: 30_000,
+        },
+      );
+    }
+    const reconnectedMs = Date.now() - backAt;
     const fromOrigin = (await fetched(puller, 'origin')) - originBefore;
     process.stderr.write(
       `pull with NATS gone: ${pullMs} ms, ${fromOrigin} bytes from the origin\n`,
     );
     assert.ok(fromOrigin >= bytesOf('nats') - MiB, 'the blobs came from the origin');
-    // Back: the haves the puller could not send meanwhile reach the tracker once its
-    // connection moves again (TCP resends on its own backed-off schedule: seconds after an
-    // outage of seconds, up to two minutes after a long one).
-    const backAt = Date.now();
-    const heardBefore = await havesHeard();
+    // Back: the haves the puller could not send meanwhile reach the tracker over its new
+    // connection (before, the old one moved again only when TCP resent, on its own backed-off
+    // schedule: seconds after an outage of seconds, up to two minutes after a long one).
     await waitFor(
       'the haves made while NATS was gone',
       async () => (await havesHeard()) > heardBefore,
@@ -393,11 +429,13 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
       },
     );
     const resumedMs = Date.now() - backAt;
-    // The next node's own connection may still wait on such a resend: its pull completes
-    // either way, from the swarm or the origin.
+    // The next node, on its new connection too, is served by the swarm (the puller, or the
+    // seed server): none of it from the origin.
+    const nextOriginBefore = await fetched(next, 'origin');
     const nextMs = await timedPull(next, ref('nats'));
     process.stderr.write(
-      `NATS back: haves resumed after ${resumedMs} ms; the next pull ${nextMs} ms, ${await fetched(next, 'peer')} bytes from peers\n`,
+      `NATS back: the agent reconnected after ${reconnectedMs} ms, haves resumed after ${resumedMs} ms; the next pull ${nextMs} ms, ${await fetched(next, 'peer')} bytes from peers\n`,
     );
+    assert.equal(await fetched(next, 'origin'), nextOriginBefore, 'none of it from the origin');
   });
 });

@@ -11,6 +11,7 @@ import {
   envInt,
   envListen,
   envPieceAuth,
+  natsLivenessConfig,
   natsTlsConfig,
 } from '@shoal/runtime';
 import { z } from 'zod';
@@ -27,6 +28,7 @@ export const swarmConfig = z.object({
   /** Credentials file for the agent's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
+  ...natsLivenessConfig.shape,
   /**
    * The agent's peer id (default: the host name, lower-cased, other characters than
    * `[a-z0-9_-]` as `-`). In the DaemonSet (node network) that is the node's host name, which
