@@ -7,6 +7,7 @@ export {
   envListen,
   envLogLevel,
   loadConfig,
+  natsLivenessConfig,
   natsTlsConfig,
   placeholderProblems,
   refusePlaceholderSecret,
