@@ -16,7 +16,12 @@
 import type { Digest } from '@shoal/proto';
 import { RAW_READ_BYTES, RawHttpClient, type ResponseHeaders } from '@shoal/runtime/raw-http';
 
-import { StorageRefusedError, UpstreamTimeoutError, type UpstreamTimeouts } from './client.js';
+import {
+  isStorageRefusal,
+  StorageRefusedError,
+  UpstreamTimeoutError,
+  type UpstreamTimeouts,
+} from './client.js';
 import type { RegistryAuth } from './credentials.js';
 import { registryUrl, type UpstreamRegistry } from './registries.js';
 
@@ -129,8 +134,7 @@ export class BlobReader {
     let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
       const answer = await this.#get(url, authorization, signal, from);
-      const isBody = answer.status === 200 || (from > 0 && answer.status === 206);
-      if (!isBody && url.origin !== start.origin) {
+      if (isStorageRefusal(start, url, answer.status)) {
         // The registry authorized the read and sent it to its storage, which refused it (a
         // signed URL past its expiry, a CDN edge failing): that is not the registry's answer
         // to the client. A fresh URL from the registry, once; then the read has failed.

@@ -72,6 +72,16 @@ export class StorageRefusedError extends ShoalError<'STORAGE_REFUSED'> {
   }
 }
 
+/**
+ * Whether an answer is the registry's storage refusing a read it was redirected to: a final
+ * 4xx or 5xx from an origin other than the registry's (`start`). A redirect from that storage
+ * (S3's global endpoint to a regional one, a CDN chain) is not a refusal: it is followed as
+ * the registry's own redirect is.
+ */
+export function isStorageRefusal(start: URL, url: URL, status: number): boolean {
+  return status >= 400 && url.origin !== start.origin;
+}
+
 export class UpstreamClient {
   readonly #timeouts: UpstreamTimeouts;
   readonly #http = new HttpAgent({ keepAlive: true, maxSockets: 64 });
@@ -99,7 +109,7 @@ export class UpstreamClient {
     for (let hop = 0; ; hop += 1) {
       const response = await this.#send(method, url, headers, req.signal);
       const status = response.statusCode ?? 0;
-      if (status >= 400 && url.origin !== start.origin) {
+      if (isStorageRefusal(start, url, status)) {
         // The registry sent the request to its storage, which refused it (an expired signed
         // URL, a CDN edge failing): not the registry's answer. A fresh URL from it, once.
         response.resume();

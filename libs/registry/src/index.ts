@@ -39,9 +39,13 @@ export {
 } from './blob-reader.js';
 export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';
 export {
-  heldAnswerBody,
+  heldAnswer,
   MAX_HOLD_MS,
   RateLimitHolds,
   retryAfterMs,
   type HeldLimit,
+  type LimitedRequest,
+  type LimitHeaders,
+  type RateLimitHoldsOptions,
+  type RegistryRequestKind,
 } from './rate-limit-hold.js';

@@ -305,6 +305,60 @@ describe('BlobReader', () => {
     assert.equal(seen[1]?.authorization, undefined);
   });
 
+  it('follows storage that redirects again (a regional endpoint, a CDN chain), credentials left behind', async () => {
+    // registry →307→ storage A →307→ storage B, which serves: three origins (B is another port).
+    const bytes = await readFile(layer.path);
+    const seen: { readonly host: string; readonly authorization: string | undefined }[] = [];
+    const storageB = await serve('storage-b', (request, response) => {
+      seen.push({ host: 'b', authorization: request.headers.authorization });
+      response.writeHead(200, { 'content-length': bytes.length });
+      response.end(bytes);
+    });
+    const storageA = await serve('storage-a', (request, response) => {
+      seen.push({ host: 'a', authorization: request.headers.authorization });
+      response.writeHead(307, { location: `${storageB.url.href}regional`, 'content-length': 0 });
+      response.end();
+    });
+    const elsewhere = storageA.url.href.replace('127.0.0.1', 'localhost');
+    const front = await serve('chain-front', (request, response) => {
+      seen.push({ host: 'registry', authorization: request.headers.authorization });
+      response.writeHead(307, { location: `${elsewhere}global`, 'content-length': 0 });
+      response.end();
+    });
+    const client = new UpstreamClient(timeouts, 'shoal-test');
+    teardown.add('chain client', () => client.close());
+    const basic = new RegistryAuth(
+      new Map([['chain-front', { username: 'seeder', password: 'front-pass' }]]),
+      client,
+    );
+    const opened = await openLayer(reader({}, basic), front);
+    assert.equal(opened.status, 200);
+    assert.equal((await drain(opened)).digest, layer.digest);
+    const response = await client.request({
+      registry: front,
+      method: 'GET',
+      path: `/v2/${repository}/blobs/${layer.digest}`,
+      headers: { authorization: 'Bearer secret' },
+      signal: AbortSignal.timeout(10_000),
+    });
+    assert.equal(response.status, 200);
+    const hash = createHash('sha256');
+    for await (const chunk of response.body) {
+      hash.update(chunk as Buffer);
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+    assert.deepEqual(
+      seen.map((asked) => asked.host),
+      ['registry', 'a', 'b', 'registry', 'a', 'b'],
+    );
+    assert.match(seen[0]?.authorization ?? '', /^Basic /);
+    assert.equal(seen[3]?.authorization, 'Bearer secret');
+    assert.deepEqual(
+      seen.filter((asked) => asked.host !== 'registry').map((asked) => asked.authorization),
+      [undefined, undefined, undefined, undefined],
+    );
+  });
+
   it("does not take storage's refusal after a redirect for the registry's answer", async () => {
     // An expired signed URL: the storage's 403 says nothing of the registry's challenge, nor
     // of the client's right to read; the registry is asked for a fresh URL once, and a storage

@@ -2,7 +2,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { MAX_HOLD_MS, RateLimitHolds, retryAfterMs } from '../src/index.js';
+import {
+  MAX_HOLD_MS,
+  RateLimitHolds,
+  retryAfterMs,
+  type LimitedRequest,
+  type RegistryRequestKind,
+} from '../src/index.js';
 
 describe('retryAfterMs', () => {
   it('reads delay-seconds and HTTP dates, capped, and nothing else', () => {
@@ -19,23 +25,68 @@ describe('retryAfterMs', () => {
 });
 
 describe('RateLimitHolds', () => {
-  it('holds the same registry, method and credential until the Retry-After has passed', () => {
+  const request = (
+    kind: RegistryRequestKind,
+    method = 'GET',
+    authorization: string | null = 'Bearer a',
+    registry = 'docker.io',
+  ): LimitedRequest => ({ registry, kind, method, authorization: authorization ?? undefined });
+
+  it('holds the same registry, kind, method and credential until the Retry-After has passed', () => {
     let now = 1_000_000;
-    const holds = new RateLimitHolds(() => now);
-    assert.equal(holds.note('docker.io', 'GET', 'Bearer a', 200, '5'), undefined);
-    assert.equal(holds.note('docker.io', 'GET', 'Bearer a', 429, undefined), undefined);
-    assert.equal(holds.held('docker.io', 'GET', 'Bearer a'), undefined);
-    assert.equal(holds.note('docker.io', 'GET', 'Bearer a', 429, '5'), 5000);
-    assert.deepEqual(holds.held('docker.io', 'GET', 'Bearer a'), { retryAfterS: 5 });
-    assert.equal(holds.held('docker.io', 'HEAD', 'Bearer a'), undefined, 'HEADs are free');
-    assert.equal(holds.held('docker.io', 'GET', 'Bearer b'), undefined, 'another account');
-    assert.equal(holds.held('docker.io', 'GET', undefined), undefined, 'anonymous');
-    assert.equal(holds.held('ghcr.io', 'GET', 'Bearer a'), undefined, 'another registry');
+    const counted: string[] = [];
+    const holds = new RateLimitHolds({
+      now: () => now,
+      count: (registry, outcome) => counted.push(`${registry} ${outcome}`),
+    });
+    const manifest = request('manifest');
+    assert.equal(holds.note(manifest, 200, '5'), undefined);
+    assert.equal(holds.note(manifest, 429, undefined), undefined);
+    assert.equal(holds.held(manifest), undefined);
+    assert.equal(holds.noteAnswer(manifest, 429, { 'retry-after': ['5', '9'] }), 5000);
+    assert.deepEqual(holds.held(manifest), { retryAfterS: 5 });
+    assert.equal(holds.held(request('manifest', 'HEAD')), undefined, 'HEADs are free');
+    assert.equal(holds.held(request('manifest', 'GET', 'Bearer b')), undefined, 'another account');
+    assert.equal(holds.held(request('manifest', 'GET', null)), undefined, 'anonymous');
+    assert.equal(
+      holds.held(request('manifest', 'GET', 'Bearer a', 'ghcr.io')),
+      undefined,
+      'another registry',
+    );
     now += 3_500;
-    assert.deepEqual(holds.held('docker.io', 'GET', 'Bearer a'), { retryAfterS: 2 });
+    assert.deepEqual(holds.held(manifest), { retryAfterS: 2 });
     now += 1_499;
-    assert.deepEqual(holds.held('docker.io', 'GET', 'Bearer a'), { retryAfterS: 1 });
+    assert.deepEqual(holds.held(manifest), { retryAfterS: 1 });
     now += 1;
-    assert.equal(holds.held('docker.io', 'GET', 'Bearer a'), undefined);
+    assert.equal(holds.held(manifest), undefined);
+    assert.deepEqual(counted, [
+      'docker.io answered',
+      'docker.io held',
+      'docker.io held',
+      'docker.io held',
+    ]);
+  });
+
+  it("holds only the kind that met the limit: a manifest's 429 leaves blobs and referrers alone", () => {
+    const holds = new RateLimitHolds({ now: () => 1_000_000 });
+    assert.equal(holds.note(request('manifest'), 429, '60'), 60_000);
+    assert.equal(holds.held(request('blob')), undefined, 'Docker Hub counts manifest GETs only');
+    assert.equal(holds.held(request('referrers')), undefined);
+    assert.deepEqual(holds.held(request('manifest')), { retryAfterS: 60 });
+    assert.equal(holds.note(request('blob'), 429, '30'), 30_000);
+    assert.deepEqual(holds.held(request('blob')), { retryAfterS: 30 });
+    assert.equal(
+      holds.held({ ...request('blob'), started: true }),
+      undefined,
+      'a transfer already started is never held',
+    );
+  });
+
+  it('never holds the /v2/ ping, and its 429 starts no hold', () => {
+    const holds = new RateLimitHolds({ now: () => 1_000_000 });
+    assert.equal(holds.note(request('ping', 'GET', null), 429, '60'), undefined);
+    assert.equal(holds.held(request('ping', 'GET', null)), undefined);
+    assert.equal(holds.note(request('manifest', 'GET', null), 429, '60'), 60_000);
+    assert.equal(holds.held(request('ping', 'GET', null)), undefined);
   });
 });

@@ -38,6 +38,11 @@ export type RegistryFault =
        */
       readonly methods?: readonly string[];
       /**
+       * Only requests whose path (below any `pathPrefix`) matches meet the fault (Docker Hub
+       * rate-limits manifest GETs only: `/\/manifests\//`). Default: every path.
+       */
+      readonly paths?: RegExp;
+      /**
        * Only the first `times` requests meeting the fault are answered with a status; later
        * ones pass as if healed (a single 503 SlowDown). Default: every request.
        */
@@ -459,6 +464,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     if (
       current?.kind === 'status' &&
       (current.methods === undefined || current.methods.includes(req.method ?? '')) &&
+      (current.paths === undefined || current.paths.test(req.url ?? '')) &&
       (current.times === undefined || statusTurn < current.times)
     ) {
       // The request body is not wanted; drain it so the connection stays usable.

@@ -1,10 +1,12 @@
 /**
- * A registry's pull limit (Docker Hub answers manifest GETs 429 with Retry-After, HEADs stay
- * free): the fault proxy answers GETs 429 in front of a real registry. The agent passes the
- * first 429 on with its Retry-After and then honours it: until then the same requests with the
- * same credential are answered 429 by the agent with the time left, without reaching the
- * registry; HEADs and other credentials still go through; after it, containerd pulls.
+ * A registry's pull limit (Docker Hub answers manifest GETs 429 with Retry-After, HEADs and
+ * blobs stay free): the fault proxy answers manifest GETs 429 in front of a real registry. The
+ * agent passes the first 429 on with its Retry-After and then honours it: until then manifest
+ * GETs with the same credential are answered 429 by the agent with the time left, without
+ * reaching the registry; HEADs, other credentials, blob GETs and the `/v2/` ping still go
+ * through; after it, containerd pulls.
  */
+import { createHash } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
@@ -59,12 +61,13 @@ describe('a registry rate limit (429 with Retry-After)', () => {
   /** Requests that reached the registry (the proxy in front of it) so far. */
   const reachedRegistry = (): number => mirror.proxy.received().length;
 
-  it('honours Retry-After: the same requests are answered by the agent until it has passed', async () => {
+  it('honours Retry-After: the same kind of request is answered by the agent until it has passed', async () => {
     mirror.proxy.set({
       kind: 'status',
       statuses: [429],
       retryAfterS: RETRY_AFTER_S,
       methods: ['GET'],
+      paths: /\/manifests\//,
     });
     const first = await ask('manifests/latest');
     assert.equal(first.status, 429);
@@ -72,44 +75,75 @@ describe('a registry rate limit (429 with Retry-After)', () => {
     assert.equal(ociCode(first.body), 'TOOMANYREQUESTS');
     const asked = reachedRegistry();
 
-    // The same credential (none), GETs of a manifest and of a blob: answered by the agent.
-    const layer = mirror.image.layers[0]?.digest ?? '';
-    for (const path of [
-      'manifests/latest',
-      `manifests/${mirror.image.manifest.digest}`,
-      `blobs/${layer}`,
-    ]) {
+    // The same credential (none), GETs of manifests by tag and by digest: answered by the agent.
+    for (const path of ['manifests/latest', `manifests/${mirror.image.manifest.digest}`]) {
       const again = await ask(path);
       assert.equal(again.status, 429, path);
       const left = Number(again.retryAfter);
       assert.ok(left >= 1 && left <= RETRY_AFTER_S, `Retry-After ${String(again.retryAfter)}`);
       assert.equal(ociCode(again.body), 'TOOMANYREQUESTS');
     }
-    // Content by digest is authorized with a HEAD first (free at Docker Hub): only those came.
+    // Content by digest is authorized with a HEAD first (free at Docker Hub): only that came.
     assert.deepEqual(
       mirror.proxy
         .received()
         .slice(asked)
         .map((r) => r.method),
-      ['HEAD', 'HEAD'],
-      'no GET reached the registry during the hold',
+      ['HEAD'],
+      'no manifest GET reached the registry during the hold',
     );
-    const heldAt = reachedRegistry();
     assert.equal(
       await mirror.agent.metric('shoal_agent_upstream_rate_limited_total', { outcome: 'held' }),
-      3,
+      2,
     );
     assert.equal(
       await mirror.agent.metric('shoal_agent_upstream_rate_limited_total', { outcome: 'answered' }),
       1,
     );
 
+    // A blob is another kind (Docker Hub counts manifest GETs only): the registry serves it.
+    const layer = mirror.image.layers[0];
+    assert.ok(layer !== undefined);
+    const heldAt = reachedRegistry();
+    const blob = await ask(`blobs/${layer.digest}`);
+    assert.equal(blob.status, 200);
+    assert.equal(`sha256:${createHash('sha256').update(blob.body).digest('hex')}`, layer.digest);
+    assert.ok(
+      mirror.proxy
+        .received()
+        .slice(heldAt)
+        .some((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`)),
+      'the blob GET reached the registry',
+    );
+
+    // The API check is never held: a held /v2/ would answer without the registry's challenge.
+    const pingAt = reachedRegistry();
+    const ping = await fetch(`${mirror.agent.url}/v2/?ns=${mirror.registry.host}`, {
+      signal: AbortSignal.timeout(30_000),
+    });
+    await ping.arrayBuffer();
+    assert.equal(ping.status, 200);
+    assert.deepEqual(
+      mirror.proxy
+        .received()
+        .slice(pingAt)
+        .map((r) => `${r.method} ${r.url.split('?')[0] ?? ''}`),
+      ['GET /v2/'],
+      'the ping reached the registry',
+    );
+
     // HEADs are not counted by the limit, and another credential has its own allowance.
+    const otherAt = reachedRegistry();
     const head = await ask('manifests/latest', 'HEAD');
     assert.equal(head.status, 200);
     const other = await ask('manifests/latest', 'GET', { authorization: 'Bearer another-account' });
     assert.equal(other.status, 429);
-    assert.equal(reachedRegistry(), heldAt + 2, 'the HEAD and the other credential reached it');
+    assert.equal(reachedRegistry(), otherAt + 2, 'the HEAD and the other credential reached it');
+    assert.equal(
+      await mirror.agent.metric('shoal_agent_upstream_rate_limited_total', { outcome: 'held' }),
+      2,
+      'nothing but the manifest GETs was held',
+    );
     const log = await readFile(mirror.agent.process.logPath, 'utf8');
     assert.match(log, /rate-limited a request \(429\)/);
     assert.doesNotMatch(log, /another-account/, 'no credential in the log');

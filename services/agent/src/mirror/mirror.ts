@@ -31,6 +31,7 @@ import {
   headerValue,
   readAnswer,
   readLimited,
+  registryUrl,
   UpstreamAnswerError,
   type UpstreamAnswer,
   type UpstreamRegistry,
@@ -174,28 +175,34 @@ export class Mirror {
   /**
    * The referrers API (`/v2/<name>/referrers/<digest>`, OCI distribution 1.1: the signatures,
    * SBOMs and attestations attached to a manifest), passed through with the client's own
-   * credentials and its `artifactType` filter: like a tag, the list changes as artifacts are
-   * pushed, so it is asked of the registry every time and never cached. A registry without the
-   * API answers 404, and clients then fall back to the tag scheme (`sha256-<hex>` tags).
+   * credentials and its query (the `artifactType` filter, a next page's parameters): like a
+   * tag, the list changes as artifacts are pushed, so it is asked of the registry every time
+   * and never cached. A registry without the API answers 404, and clients then fall back to the
+   * tag scheme (`sha256-<hex>` tags). A long list comes in pages, the next one named in `Link`:
+   * it is passed on pointing at the mirror (see `mirrorLink`).
    */
   async referrers(
     registry: UpstreamRegistry,
     name: string,
     digest: Digest,
-    artifactType: string | undefined,
+    query: URLSearchParams,
     req: Pick<PullRequest, 'method' | 'accept' | 'authorization' | 'signal'>,
     reply: FastifyReply,
   ): Promise<void> {
-    const query =
-      artifactType === undefined ? '' : `?${new URLSearchParams({ artifactType }).toString()}`;
+    const search = query.size === 0 ? '' : `?${query.toString()}`;
+    const path = `/v2/${name}/referrers/${digest.toString()}${search}`;
     const response = await this.#deps.requests.send({
       registry,
       method: req.method,
       kind: 'referrers',
-      path: `/v2/${name}/referrers/${digest.toString()}${query}`,
+      path,
       headers: { accept: req.accept, authorization: req.authorization },
       signal: req.signal,
     });
+    const link = mirrorLink(headerValue(response.headers, 'link'), registry, path);
+    if (link !== undefined) {
+      reply.header('link', link);
+    }
     if (response.status !== 200 || req.method === 'HEAD') {
       sendAnswer(reply, await readAnswer(response));
       return;
@@ -821,6 +828,44 @@ function sendAnswer(reply: FastifyReply, answer: UpstreamAnswer): void {
   }
   reply.header('content-length', answer.body.length);
   reply.send(answer.body);
+}
+
+/**
+ * A registry's `Link` header (the referrers API's next page, `<url>; rel="next"`) rewritten to
+ * the mirror: the same path and query below `/v2/`, with `ns=` naming the registry, so that a
+ * client following it comes back through the mirror and its credentials stay with it. A link
+ * that does not lead to the registry's own `/v2/` API (another host) cannot be followed through
+ * the mirror and is left out. `path`: the request's path below the registry's base URL, which
+ * relative links are resolved against. Undefined when no link is left.
+ */
+export function mirrorLink(
+  value: string | undefined,
+  registry: UpstreamRegistry,
+  path: string,
+): string | undefined {
+  if (value === undefined) {
+    return undefined;
+  }
+  const base = registryUrl(registry, path);
+  const apiRoot = registryUrl(registry, '/v2/').pathname;
+  const links: string[] = [];
+  // Links are comma-separated; a URL in angle brackets holds no unescaped '>'.
+  for (const match of value.matchAll(/<([^>]*)>([^,]*)/g)) {
+    const [, target = '', params = ''] = match;
+    let url: URL;
+    try {
+      url = new URL(target, base);
+    } catch {
+      continue;
+    }
+    if (url.origin !== base.origin || !url.pathname.startsWith(apiRoot)) {
+      continue;
+    }
+    url.searchParams.delete('ns');
+    url.searchParams.append('ns', registry.host);
+    links.push(`</v2/${url.pathname.slice(apiRoot.length)}${url.search}>${params}`);
+  }
+  return links.length === 0 ? undefined : links.join(', ');
 }
 
 /** Seconds a client is asked to wait (Retry-After) when the origin could not be read for it. */

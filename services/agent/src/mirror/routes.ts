@@ -58,7 +58,7 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
           registry,
           target.name,
           target.digest,
-          new URLSearchParams(rawQuery).get('artifactType') ?? undefined,
+          referrersQuery(rawQuery),
           {
             method: request.method === 'HEAD' ? 'HEAD' : 'GET',
             accept: joinHeader(request.headers.accept),
@@ -195,6 +195,17 @@ function singleNs(query: string): string | undefined {
     throw new MirrorError('DENIED', 400, 'ns= given more than once');
   }
   return ns[0];
+}
+
+/**
+ * The query a referrers request is passed to the registry with: the client's, without the
+ * mirror's own `ns=` (the `artifactType` filter, and a next page's parameters, which only the
+ * registry understands).
+ */
+function referrersQuery(query: string): URLSearchParams {
+  const params = new URLSearchParams(query);
+  params.delete('ns');
+  return params;
 }
 
 function joinHeader(value: string | string[] | undefined): string | undefined {

@@ -758,6 +758,9 @@ export class SwarmFetch {
           path: blobPath({ name: source.name, digest: this.#target.digest }),
           headers: { authorization: source.authorization, range },
           signal,
+          // The client is already receiving this blob: a rate limit met by other requests
+          // must not fail its pull; the registry answers for itself.
+          started: true,
         });
       } catch (error) {
         if (signal.aborted) {

@@ -11,9 +11,12 @@ import { MirrorError } from '../mirror/errors.js';
 import {
   BlobReader,
   DEFAULT_USER_AGENT,
-  heldAnswerBody,
+  heldAnswer,
   RateLimitHolds,
+  type LimitedRequest,
+  type LimitHeaders,
   type OpenedBlob,
+  type RegistryRequestKind,
   type UpstreamClient,
   type UpstreamRegistry,
   type UpstreamResponse,
@@ -28,7 +31,7 @@ export interface RegistryRequest {
    * What is asked, for the metrics: `ping` is the API version check (`/v2/`), `referrers` the
    * referrers API.
    */
-  readonly kind: 'manifest' | 'blob' | 'ping' | 'referrers';
+  readonly kind: RegistryRequestKind;
   /** Path below the registry's base URL, starting with `/v2/`. */
   readonly path: string;
   /** Forwarded headers: `accept`, `authorization`, `range`. */
@@ -36,6 +39,11 @@ export interface RegistryRequest {
   readonly signal: AbortSignal;
   /** Whether redirects are followed (default) or returned. */
   readonly redirects?: 'follow' | 'manual';
+  /**
+   * The request carries on a transfer already started (the swarm's late range read of a blob
+   * being served): never held by a rate limit, the registry answers it. Default false.
+   */
+  readonly started?: boolean;
 }
 
 /** A whole-blob GET with the client's credentials (the mirror's own origin fetch). */
@@ -71,8 +79,8 @@ export class RegistryRequests {
    */
   readonly #blobs: BlobReader;
 
-  /** Registries' 429s with Retry-After, honoured per registry, credential and method. */
-  readonly #holds = new RateLimitHolds();
+  /** Registries' 429s with Retry-After, honoured per registry, kind, method and credential. */
+  readonly #holds: RateLimitHolds;
   readonly #logger: Logger | undefined;
 
   /** `timeouts`: those of the upstream client, for the whole-blob reader too. */
@@ -85,6 +93,9 @@ export class RegistryRequests {
     this.#upstream = upstream;
     this.#metrics = metrics;
     this.#logger = logger;
+    this.#holds = new RateLimitHolds({
+      count: (registry, outcome) => metrics.rateLimitHolds.inc({ registry, outcome }),
+    });
     this.#blobs = new BlobReader(CLIENT_CREDENTIALS_ONLY, {
       timeouts,
       userAgent: DEFAULT_USER_AGENT,
@@ -105,7 +116,15 @@ export class RegistryRequests {
         attributes: { 'oci.registry': req.registry.host, 'http.request.method': 'GET' },
       },
       async (span) => {
-        const held = this.#held(req.registry, 'GET', req.authorization);
+        const limited: LimitedRequest = {
+          registry: req.registry.host,
+          kind: 'blob',
+          method: 'GET',
+          authorization: req.authorization,
+          // A resume carries on a transfer the client is already receiving.
+          started: (req.from ?? 0) > 0,
+        };
+        const held = this.#held(limited);
         if (held !== undefined) {
           span.setAttribute('http.response.status_code', 429);
           return {
@@ -117,7 +136,7 @@ export class RegistryRequests {
             cancel: () => undefined,
           };
         }
-        const opened = await this.#counted(req.registry, 'blob', req.authorization, 'GET', () =>
+        const opened = await this.#counted(req.registry, limited, () =>
           this.#blobs.open(
             req.registry,
             req.name,
@@ -159,7 +178,14 @@ export class RegistryRequests {
   }
 
   #send(req: RegistryRequest): Promise<UpstreamResponse> {
-    const held = this.#held(req.registry, req.method, req.headers.authorization);
+    const limited: LimitedRequest = {
+      registry: req.registry.host,
+      kind: req.kind,
+      method: req.method,
+      authorization: req.headers.authorization,
+      started: req.started ?? false,
+    };
+    const held = this.#held(limited);
     if (held !== undefined) {
       return Promise.resolve({
         status: 429,
@@ -167,7 +193,7 @@ export class RegistryRequests {
         body: Readable.from(req.method === 'HEAD' ? [] : [held.body]),
       });
     }
-    return this.#counted(req.registry, req.kind, req.headers.authorization, req.method, () =>
+    return this.#counted(req.registry, limited, () =>
       this.#upstream.request({
         registry: req.registry,
         method: req.method,
@@ -179,77 +205,52 @@ export class RegistryRequests {
     );
   }
 
-  /** A 429 came: holds further requests for its Retry-After, logged once per hold. */
-  #noteLimit(
-    upstream: UpstreamRegistry,
-    kind: RegistryRequest['kind'],
-    authorization: string | undefined,
-    method: string,
-    headers: AnswerHeaders,
-  ): void {
-    const value = headers['retry-after'];
-    const retryAfter = typeof value === 'string' ? value : value?.[0];
-    const ms = this.#holds.note(upstream.host, method, authorization, 429, retryAfter);
+  /** A 429 came: holds further requests of its kind for its Retry-After, logged once per hold. */
+  #noteLimit(request: LimitedRequest, headers: LimitHeaders): void {
+    const ms = this.#holds.noteAnswer(request, 429, headers);
     if (ms === undefined) {
       return;
     }
-    this.#metrics.rateLimitHolds.inc({ registry: upstream.host, outcome: 'answered' });
+    const { registry, kind, method, authorization } = request;
     this.#logger?.warn(
       {
-        registry: upstream.host,
+        registry,
         kind,
         method,
         retry_after_ms: ms,
         credential:
           authorization === undefined ? 'none' : authorization.split(' ')[0]?.toLowerCase(),
       },
-      'the registry rate-limited a request (429); its Retry-After is honoured: the same requests with this credential are answered 429 until then',
+      'the registry rate-limited a request (429); its Retry-After is honoured: requests of the same kind with this credential are answered 429 until then',
     );
   }
 
   /**
    * The answer for a request that would meet a rate limit the registry asked to wait out (a
-   * 429 with Retry-After, for this credential and method): the registry is not asked again
-   * before then.
+   * 429 with Retry-After, for this kind, method and credential): the registry is not asked
+   * again before then.
    */
-  #held(
-    upstream: UpstreamRegistry,
-    method: string,
-    authorization: string | undefined,
-  ): { headers: Record<string, string>; body: Buffer } | undefined {
-    const held = this.#holds.held(upstream.host, method, authorization);
-    if (held === undefined) {
-      return undefined;
-    }
-    this.#metrics.rateLimitHolds.inc({ registry: upstream.host, outcome: 'held' });
-    const body = heldAnswerBody(upstream.host, held.retryAfterS);
-    return {
-      headers: {
-        'content-type': 'application/json',
-        'content-length': String(body.length),
-        'retry-after': String(held.retryAfterS),
-      },
-      body,
-    };
+  #held(request: LimitedRequest): { headers: Record<string, string>; body: Buffer } | undefined {
+    const held = this.#holds.held(request);
+    return held === undefined ? undefined : heldAnswer(request.registry, held);
   }
 
   /**
    * Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. A
-   * 429 with Retry-After starts a hold for this registry, credential and method.
+   * 429 with Retry-After starts a hold for this registry, kind, method and credential.
    */
-  async #counted<T extends { readonly status: number; readonly headers: AnswerHeaders }>(
+  async #counted<T extends { readonly status: number; readonly headers: LimitHeaders }>(
     upstream: UpstreamRegistry,
-    kind: RegistryRequest['kind'],
-    authorization: string | undefined,
-    method: string,
+    limited: LimitedRequest,
     request: () => Promise<T>,
   ): Promise<T> {
     const registry = upstream.host;
+    const { kind } = limited;
     try {
       const response = await request();
       this.#metrics.upstreamRequests.inc({ registry, kind, status: String(response.status) });
       if (response.status === 429) {
-        this.#noteLimit(upstream, kind, authorization, method, response.headers);
+        this.#noteLimit(limited, response.headers);
       }
       return response;
     } catch (error) {
@@ -265,9 +266,6 @@ export class RegistryRequests {
     }
   }
 }
-
-/** A registry answer's headers, from node:http (`UpstreamResponse`) or the block reader. */
-type AnswerHeaders = Readonly<Record<string, string | readonly string[] | undefined>>;
 
 /** The body of an answer other than 200: no blocks. */
 async function* noBlocks(): AsyncGenerator<Buffer> {}

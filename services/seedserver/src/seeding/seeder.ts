@@ -145,10 +145,13 @@ export class Seeder {
    * Registries' 429s with Retry-After (the seed server's own credentials: one allowance per
    * registry), honoured until they pass.
    */
-  readonly #rateLimits = new RateLimitHolds();
+  readonly #rateLimits: RateLimitHolds;
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;
+    this.#rateLimits = new RateLimitHolds({
+      count: (registry, outcome) => deps.metrics.originRateLimited.inc({ registry, outcome }),
+    });
     this.#cache = new SeedCache(deps.cacheMaxBytes);
   }
 
@@ -408,11 +411,17 @@ export class Seeder {
         `registry ${request.registry} is not configured`,
       );
     }
-    const held = this.#rateLimits.held(registry.host, 'GET', undefined);
+    // The seed server reads with its own credentials, the same for every blob.
+    const limited = {
+      registry: registry.host,
+      kind: 'blob',
+      method: 'GET',
+      authorization: undefined,
+    } as const;
+    const held = this.#rateLimits.held(limited);
     if (held !== undefined) {
       // The registry asked to wait (429 with Retry-After): asking before then only spends more
       // of the seed server's allowance.
-      this.#deps.metrics.originRateLimited.inc({ registry: registry.host, outcome: 'held' });
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
@@ -455,11 +464,7 @@ export class Seeder {
       );
     }
     if (response.status === 429) {
-      const retryAfter = response.headers['retry-after'];
-      const ms = this.#rateLimits.note(registry.host, 'GET', undefined, 429, retryAfter);
-      if (ms !== undefined) {
-        this.#deps.metrics.originRateLimited.inc({ registry: registry.host, outcome: 'answered' });
-      }
+      const ms = this.#rateLimits.noteAnswer(limited, 429, response.headers);
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
