@@ -375,19 +375,13 @@ export function isMissingResource(error: unknown): boolean {
   );
 }
 
-/** Opens a KV bucket another service owns; undefined while it does not exist. */
-export async function openKv(js: JetStreamClient, spec: KvSpec): Promise<KV | undefined> {
-  try {
-    const kv = new Kvm(js);
-    const bucket = await kv.open(spec.bucket);
-    await bucket.status();
-    return bucket;
-  } catch (error) {
-    if (isNotFound(error)) {
-      return undefined;
-    }
-    throw error;
-  }
+/**
+ * Binds to a KV bucket another service declares, without any JetStream API call (so without
+ * the right to create or even inspect its stream): a put or get fails with a missing resource
+ * (`isMissingResource`) while the bucket does not exist, and works once it does.
+ */
+export async function bindKv(js: JetStreamClient, spec: KvSpec): Promise<KV> {
+  return new Kvm(js).open(spec.bucket);
 }
 
 /** Creates (or opens) a KV bucket with its declared TTL. */
