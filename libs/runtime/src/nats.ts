@@ -48,7 +48,11 @@ export const natsConfig = z.object({
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  /** Replicas of each stream Shoal creates; 3 in a production JetStream cluster. */
+  /**
+   * Replicas of each stream and KV bucket the service declares (the watcher's include the
+   * agents' presence bucket `shoal_agents`; agents declare none); 3 in a production
+   * JetStream cluster.
+   */
   SHOAL_NATS_STREAM_REPLICAS: z
     .string()
     .regex(/^[135]$/, 'must be 1, 3 or 5')
