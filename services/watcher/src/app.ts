@@ -115,7 +115,11 @@ export async function buildApp(
   const leaderKv = await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
   // The agents' presence bucket is declared here, by a trusted service: agents only bind to
   // it (whoever creates a stream picks its subjects and republish rules).
-  const agentsKv = await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
+  // With the logger it also replaces a bucket someone else made with a republish rule (or
+  // sources, a mirror, other subjects): agents of older releases could create it.
+  const declareAgentsKv = (): Promise<KV> =>
+    ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+  let agentsKv = await declareAgentsKv();
   const agents = (): Promise<AgentPresence[]> => liveAgents(agentsKv);
 
   // Preheat: requests turn into jobs; the runner works through the queue.
@@ -223,7 +227,7 @@ export async function buildApp(
         await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
-        await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
+        agentsKv = await declareAgentsKv();
         await runner.redeclare();
       });
       scheduler?.start();

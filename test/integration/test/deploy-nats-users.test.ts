@@ -128,7 +128,8 @@ describe('NATS users of deploy/k8s', () => {
         name: stream,
         subjects: [`$KV.${KV_BUCKETS.agents.bucket}.>`],
         republish: {
-          src: `$KV.${KV_BUCKETS.agents.bucket}.>`,
+          // A single key: nats-server refuses a republish of `>` onto one literal subject.
+          src: `$KV.${KV_BUCKETS.agents.bucket}.users-x`,
           dest: `shoal.pieces.v1.hashes.sha256.${'b'.repeat(64)}`,
         },
       };
@@ -213,16 +214,39 @@ describe('NATS users of deploy/k8s', () => {
         const log = await readFile(join(agent.dir, 'agent.log'), 'utf8');
         assert.equal(log.match(/presence bucket shoal_agents missing/g)?.length, 1);
       }
+      // A bucket an agent of an older release could have made, with a republish rule turning
+      // presence puts into piece hashes (made here with the watcher's rights): the watcher
+      // replaces it, and no put of the agents reaches that subject.
+      const forgedSubject = `shoal.pieces.v1.hashes.sha256.${'d'.repeat(64)}`;
+      const planted = await connectAs('watcher');
+      await (
+        await jetstreamManager(planted.nc)
+      ).streams.add({
+        name: `KV_${KV_BUCKETS.agents.bucket}`,
+        subjects: [`$KV.${KV_BUCKETS.agents.bucket}.>`],
+        allow_rollup_hdrs: true,
+        republish: { src: `$KV.${KV_BUCKETS.agents.bucket}.users-1`, dest: forgedSubject },
+      });
+      await planted.nc.close();
+
       const watcher = await startWatcher({ natsUrl: urlFor('watcher'), registries });
       stops.push(watcher);
+      // Listening from when the watcher runs (puts into the planted bucket before then were
+      // republished: that is the attack).
+      const listener = await connectAs('agent');
+      const forgedHashes = listener.nc.subscribe(forgedSubject);
+      await listener.nc.flush();
       const reader = await connectAs('watcher');
       try {
         const bucket = await new Kvm(reader.nc).open(KV_BUCKETS.agents.bucket);
+        // The keys the stream holds, by one stream info (no consumer to set up and wait for).
+        const readerJsm = await jetstreamManager(reader.nc, { timeout: 2000 });
         const present = async (): Promise<string[]> => {
-          const keys: string[] = [];
-          for await (const key of await bucket.keys()) {
-            keys.push(key);
-          }
+          const info = await readerJsm.streams.info(`KV_${KV_BUCKETS.agents.bucket}`, {
+            subjects_filter: '>',
+          });
+          const prefix = `$KV.${KV_BUCKETS.agents.bucket}.`;
+          const keys = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
           return keys.sort();
         };
         await waitFor(
@@ -232,8 +256,13 @@ describe('NATS users of deploy/k8s', () => {
         );
         const status = await bucket.status();
         assert.equal(status.ttl, KV_BUCKETS.agents.ttlMs);
+        assert.equal(status.streamInfo.config.republish, undefined);
+        assert.equal(forgedHashes.getReceived(), 0);
+        const log = await readFile(join(watcher.dir, 'watcher.log'), 'utf8');
+        assert.match(log, /KV bucket found with settings Shoal never declares/);
       } finally {
         await reader.nc.close();
+        await listener.nc.close();
       }
 
       // Preheat onto every agent, the watcher and the agents as their own users.
