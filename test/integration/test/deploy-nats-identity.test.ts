@@ -48,6 +48,7 @@ import {
 
 import { find, REPO_ROOT, renderWithComponents, type K8sObject } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
+import { serverErrors } from '../src/nats-errors.js';
 import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
@@ -85,15 +86,7 @@ describe('per-node NATS identity of deploy/k8s', () => {
       inboxPrefix: `_INBOX.${peer}`,
     });
     cleanup.push(() => nc.close());
-    const errors: string[] = [];
-    void (async () => {
-      for await (const status of nc.status()) {
-        if (status.type === 'error') {
-          errors.push(String(status.error));
-        }
-      }
-    })();
-    return { nc, errors };
+    return { nc, errors: serverErrors(nc) };
   };
 
   /** Waits for the server's permissions violation naming `subject`. */

@@ -33,6 +33,7 @@ import {
 
 import { find, renderOverlay } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
+import { serverErrors } from '../src/nats-errors.js';
 import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
@@ -104,15 +105,7 @@ describe('NATS users of deploy/k8s', () => {
     user: keyof typeof PASSWORDS,
   ): Promise<{ nc: NatsConnection; errors: string[] }> => {
     const nc = await connect({ servers: [`nats://${hostPort}`], user, pass: PASSWORDS[user] });
-    const errors: string[] = [];
-    void (async () => {
-      for await (const status of nc.status()) {
-        if (status.type === 'error') {
-          errors.push(String(status.error));
-        }
-      }
-    })();
-    return { nc, errors };
+    return { nc, errors: serverErrors(nc) };
   };
 
   // First, while no service has declared anything: the presence bucket does not exist yet.
@@ -288,14 +281,7 @@ describe('NATS users of deploy/k8s', () => {
       pass: PASSWORDS.agent,
     });
     try {
-      const errors: string[] = [];
-      void (async () => {
-        for await (const status of nc.status()) {
-          if (status.type === 'error') {
-            errors.push(String(status.error));
-          }
-        }
-      })();
+      const errors = serverErrors(nc);
       nc.publish('shoal.pieces.v1.hashes.sha256.' + 'a'.repeat(64), 'forged');
       await nc.flush();
       await waitFor('a permissions violation', () => Promise.resolve(errors.length > 0), {
