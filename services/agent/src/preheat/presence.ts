@@ -52,11 +52,6 @@ export class PresenceBeacon {
     next();
   }
 
-  /** True while the last put found the bucket missing. */
-  get missing(): boolean {
-    return this.#missing > 0;
-  }
-
   async #beat(): Promise<void> {
     try {
       await this.#kv.put(
