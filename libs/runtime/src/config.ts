@@ -108,25 +108,6 @@ export const natsTlsConfig = z.object({
 });
 export type NatsTlsConfig = z.infer<typeof natsTlsConfig>;
 
-/** Default of SHOAL_NATS_PING_INTERVAL_MS, in ms. */
-export const DEFAULT_NATS_PING_INTERVAL_MS = 10_000;
-
-/** How a NATS connection notices that its server went silent. */
-export const natsLivenessConfig = z.object({
-  /**
-   * How often the client pings its NATS server, in ms (default 10 000). After two pings go
-   * unanswered (20-30 s by default) the connection is dropped and another server is dialled:
-   * a server that vanished (powered off, partitioned, firewalled: packets dropped, no reset)
-   * is noticed, rather than after the client library's default of 2 min per ping, and once the
-   * network is back the connection is made anew rather than waiting on TCP's backed-off
-   * resends.
-   */
-  SHOAL_NATS_PING_INTERVAL_MS: envInt(DEFAULT_NATS_PING_INTERVAL_MS).refine(
-    (n) => n >= 1000,
-    'must be at least 1000',
-  ),
-});
-
 /**
  * The problem, if any, with a listener's announced URL: clients speak what its scheme says, so
  * it must be `https://` exactly when the listener has a certificate (`cert`, the variable of

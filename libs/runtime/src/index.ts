@@ -7,7 +7,6 @@ export {
   envListen,
   envLogLevel,
   loadConfig,
-  natsLivenessConfig,
   natsTlsConfig,
   placeholderProblems,
   refusePlaceholderSecret,

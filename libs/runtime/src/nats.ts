@@ -27,8 +27,6 @@ import { z } from 'zod';
 
 import {
   ConfigError,
-  DEFAULT_NATS_PING_INTERVAL_MS,
-  natsLivenessConfig,
   natsTlsConfig,
   refusePlaceholderSecret,
   type NatsTlsConfig,
@@ -50,7 +48,6 @@ export const natsConfig = z.object({
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  ...natsLivenessConfig.shape,
   /**
    * Replicas of each stream and KV bucket the service declares (the watcher's include the
    * agents' presence bucket `shoal_agents`; agents declare none); 3 in a production
@@ -66,9 +63,6 @@ export type NatsConfig = z.infer<typeof natsConfig>;
 
 const nanos = (ms: number): number => ms * 1_000_000;
 
-/** Pings unanswered after which the connection counts as dead (the client library's default). */
-const MAX_PINGS_OUT = 2;
-
 /**
  * Connects with reconnects forever; connection state changes are logged.
  *
@@ -78,9 +72,7 @@ const MAX_PINGS_OUT = 2;
  * with a configuration error rather than speak as that node.
  */
 export async function connectNats(
-  // The ping interval may be left out (tests, tools): its default then.
-  config: Omit<NatsConfig, 'SHOAL_NATS_PING_INTERVAL_MS'> &
-    Partial<Pick<NatsConfig, 'SHOAL_NATS_PING_INTERVAL_MS'>>,
+  config: NatsConfig,
   name: string,
   logger: Logger,
   identity?: string,
@@ -114,9 +106,6 @@ export async function connectNats(
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
-    // A silent server is noticed by unanswered pings (there is no reset to tell).
-    pingInterval: config.SHOAL_NATS_PING_INTERVAL_MS ?? DEFAULT_NATS_PING_INTERVAL_MS,
-    maxPingOut: MAX_PINGS_OUT,
     timeout: 5000,
     // Without it the client captures a stack (an Error) for every request and every
     // JetStream publish awaiting its ack, to decorate a timeout that rarely comes: CPU per

@@ -11,7 +11,6 @@ import {
   envInt,
   envListen,
   envPieceAuth,
-  natsLivenessConfig,
   natsTlsConfig,
 } from '@shoal/runtime';
 import { z } from 'zod';
@@ -28,7 +27,6 @@ export const swarmConfig = z.object({
   /** Credentials file for the agent's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  ...natsLivenessConfig.shape,
   /**
    * The agent's peer id (default: the host name, lower-cased, other characters than
    * `[a-z0-9_-]` as `-`). In the DaemonSet (node network) that is the node's host name, which
@@ -104,21 +102,6 @@ export const swarmConfig = z.object({
    * time per piece: on a slow link a piece takes what the link needs.
    */
   SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS: envInt(15_000).refine((n) => n >= 1, 'must be at least 1'),
-  /**
-   * Longest a new connection to a peer or seed server may take to connect, in ms (default
-   * 3 000): a host that vanished (powered off, cut off by a partition or a firewall; packets
-   * dropped, no refusal) answers no SYN, and is then left alone for a while by every download.
-   */
-  SHOAL_AGENT_PIECE_CONNECT_TIMEOUT_MS: envInt(3_000).refine((n) => n >= 1, 'must be at least 1'),
-  /**
-   * Shortest silence of a peer or seed server that is answering piece requests, in ms
-   * (default 3 000): once no byte came on any of its connections for this long, or for 10
-   * times its own recent gap between reads when that is longer (a slow, shared link), every
-   * request to it is given up and the pieces asked elsewhere, and it is left alone for a
-   * while by every download. Requests still waiting for their answer's head (a source's
-   * upload budget may hold it back) are left to SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS. 0: off.
-   */
-  SHOAL_AGENT_PIECE_SILENCE_MIN_MS: envInt(3_000),
   /**
    * Slowest average rate of a piece response after the grace, in bytes/s (default 16 384);
    * below it the request is given up and the piece asked elsewhere. 0: no floor.

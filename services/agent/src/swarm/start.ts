@@ -54,7 +54,6 @@ export async function startSwarm(
     {
       SHOAL_NATS_URL: config.SHOAL_NATS_URL,
       SHOAL_NATS_STREAM_REPLICAS: 1,
-      SHOAL_NATS_PING_INTERVAL_MS: config.SHOAL_NATS_PING_INTERVAL_MS,
       ...definedOnly({
         SHOAL_NATS_CREDS_FILE: config.SHOAL_NATS_CREDS_FILE,
         SHOAL_NATS_TLS_CA_FILE: config.SHOAL_NATS_TLS_CA_FILE,

@@ -89,14 +89,6 @@ const UNREACHABLE_PENALTY_MS = 2000;
  * restarts is asked again within this.
  */
 const UNREACHABLE_PENALTY_MAX_MS = 8000;
-/**
- * How long a peer or seed that went silent (it vanished: packets dropped, no refusal; or it
- * accepted no connection in time) is left alone by every download, in ms. Longer than for a
- * refusal: the tracker hands such a host out until its haves age out, and each try costs the
- * requests sent to it a connect timeout or a silence; a host that comes back is asked again
- * after this.
- */
-const SILENT_PENALTY_MS = 10_000;
 /** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
@@ -597,16 +589,6 @@ export class SwarmFetch {
           // A source that refuses connections (a stopped seed server the tracker still names)
           // is left alone by every download for a while, not retried at once.
           this.#deps.client.refused(peer.id, UNREACHABLE_PENALTY_MS, UNREACHABLE_PENALTY_MAX_MS);
-        } else if (error instanceof PieceFetchError && error.code === 'PIECE_SILENT') {
-          // Every request to it fails at once: the first one counts and tells.
-          if (!this.#deps.client.isPenalized(peer.id)) {
-            metrics.silentSources.inc({ source });
-            logger.info(
-              { err: error, blob: this.#blob, peer: peer.id },
-              'piece source went silent; leaving it alone for a while and asking others',
-            );
-          }
-          this.#deps.client.penalize(peer.id, SILENT_PENALTY_MS);
         }
         metrics.pieces.inc({ source, result: 'failed' });
         logger.debug(
