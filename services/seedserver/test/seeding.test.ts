@@ -44,6 +44,7 @@ import {
   type GeneratedImage,
   type NatsServer,
   type Registry,
+  type S3Server,
 } from '@shoal/testkit';
 
 import { buildApp, loadSeedConfig, type SeedApp } from '../src/app.js';
@@ -225,6 +226,30 @@ function storeFile(storeDir: string, blob: Descriptor): string {
   return join(storeDir, 'blobs', ...blob.digest.split(':'));
 }
 
+/** A client of the test's S3 endpoint, to look into the bucket. */
+function clientOf(s3: S3Server): S3Client {
+  return createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    forcePathStyle: true,
+  });
+}
+
+/** The seed server's settings for an S3 gateway at `endpoint` (the server or a proxy of it). */
+function s3Env(s3: S3Server, endpoint: string, bucket: string): Record<string, string> {
+  return {
+    SHOAL_STORE_KIND: 's3',
+    SHOAL_S3_ENDPOINT: endpoint,
+    SHOAL_S3_REGION: s3.region,
+    SHOAL_S3_BUCKET: bucket,
+    SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
+    SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
+  };
+}
+
 /** A seed server whose object gateway is a real S3 endpoint behind a fault proxy. */
 interface SeedOnS3 {
   readonly seed: SeedUnderTest;
@@ -240,23 +265,8 @@ async function startSeedOnS3(env: Record<string, string> = {}): Promise<SeedOnS3
   const bucket = 'seed-gateway';
   await s3.createBucket(bucket);
   const gateway = await startFaultProxy({ upstream: s3.endpoint });
-  const client = createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-    forcePathStyle: true,
-  });
-  const seed = await startSeed({
-    SHOAL_STORE_KIND: 's3',
-    SHOAL_S3_ENDPOINT: gateway.url,
-    SHOAL_S3_REGION: s3.region,
-    SHOAL_S3_BUCKET: bucket,
-    SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
-    SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
-    SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
-    ...env,
-  });
+  const client = clientOf(s3);
+  const seed = await startSeed({ ...s3Env(s3, gateway.url, bucket), ...env });
   return {
     seed,
     gateway,
@@ -507,22 +517,8 @@ describe('seed server', () => {
     let client: S3Client | undefined;
     try {
       await s3.createBucket(bucket);
-      client = createS3Client({
-        endpoint: s3.endpoint,
-        region: s3.region,
-        accessKeyId: s3.accessKeyId,
-        secretAccessKey: s3.secretAccessKey,
-        forcePathStyle: true,
-      });
-      const seed = await startSeed({
-        SHOAL_STORE_KIND: 's3',
-        SHOAL_S3_ENDPOINT: s3.endpoint,
-        SHOAL_S3_REGION: s3.region,
-        SHOAL_S3_BUCKET: bucket,
-        SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
-        SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
-        SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
-      });
+      client = clientOf(s3);
+      const seed = await startSeed(s3Env(s3, s3.endpoint, bucket));
       try {
         // 6 MiB: a multipart upload whose first part is sent before the digest is known.
         await seed.request(layer(3));
