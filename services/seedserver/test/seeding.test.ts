@@ -388,9 +388,25 @@ describe('seed server', () => {
     const { seed, gateway, stored, stop } = await startSeedOnS3({
       SHOAL_SEED_GATEWAY_BREAK_MS: '4000',
     });
+    let teardownWatch = (): void => undefined;
     try {
       // Out of quota, say: every HEAD answered, every upload refused with a 503.
       gateway.set({ kind: 'status', statuses: [503], methods: ['PUT', 'POST'] });
+      // When each failed write began: its refusals (the S3 client's tries) come close together.
+      const writeFailures: number[] = [];
+      let refused = 0;
+      let refusedAt = -Infinity;
+      const watch = setInterval(() => {
+        const now = performance.now();
+        if (gateway.counts().refused > refused) {
+          if (now - refusedAt > 1_000) {
+            writeFailures.push(now);
+          }
+          refused = gateway.counts().refused;
+          refusedAt = now;
+        }
+      }, 25);
+      teardownWatch = () => clearInterval(watch);
       await seed.request(layer(1));
       await seed.seeds('seeded', 1, 'origin');
       const trips = (): Promise<number> =>
@@ -400,6 +416,15 @@ describe('seed server', () => {
         timeoutMs: 25_000,
         intervalMs: 50,
       });
+      teardownWatch();
+      // The owed copy backs off: 2 s after the first failure, 4 s after the second (before,
+      // every 2 s for ever).
+      const [first, second, third] = writeFailures;
+      assert.ok(first !== undefined && second !== undefined && third !== undefined);
+      assert.ok(
+        third - second > (second - first) * 1.4,
+        `waits ${String(Math.round(second - first))} ms, then ${String(Math.round(third - second))} ms`,
+      );
       const refusedAtFirst = gateway.counts().refused;
       const firstFailures = await seed.metric('shoal_seedserver_gateway_failures_total');
       await waitFor('the breaker reopened after its break', async () => (await trips()) >= 2, {
@@ -426,6 +451,7 @@ describe('seed server', () => {
         { timeoutMs: 5_000, intervalMs: 50 },
       );
     } finally {
+      teardownWatch();
       await stop();
     }
   });
