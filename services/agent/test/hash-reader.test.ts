@@ -235,4 +235,70 @@ describe('piece-hash reader', () => {
       await jsm.streams.update(STREAMS.pieces.name, { allow_direct: true });
     }
   });
+
+  it('asks the stream whether it was made anew once per interval per agent, however many readers idle', async () => {
+    // Every JetStream API request the server handles, from its audit advisories.
+    const infos: number[] = [];
+    const audit = nc.subscribe('$JS.EVENT.ADVISORY.API', {
+      callback: (error, msg) => {
+        if (error === null) {
+          const advisory = msg.json<{ subject?: string }>();
+          if (advisory.subject === `$JS.API.STREAM.INFO.${STREAMS.pieces.name}`) {
+            infos.push(performance.now());
+          }
+        }
+      },
+    });
+    const readers = 20;
+    const blobs = Array.from({ length: readers }, (_, i) => blobNamed(`idle ${String(i)}`));
+    for (const blob of blobs) {
+      // The first of four hashes: every reader then waits for a seed that does not hash on.
+      await publish(batch(blob, 0, 1));
+    }
+    const deps = {
+      nc,
+      js,
+      jsm,
+      // One per agent, shared by its readers, as the swarm client has it.
+      directGets: new DirectGetCheck(jsm),
+      metrics: createAgentMetrics(createMetrics('agent')),
+      logger: createLogger({ service: 'test', level: 'silent' }),
+    };
+    const delivered = blobs.map(() => new Set<number>());
+    const startedAt = performance.now();
+    const done = blobs.map((blob, i) =>
+      readPieceHashes(deps, blob, AbortSignal.timeout(30_000), (b) =>
+        b.hashes.forEach((_, k) => delivered[i]?.add(b.first + k)),
+      ),
+    );
+    try {
+      // Re-reads at about 1, 3 and 7 s: each found nothing new and checked the stream.
+      await new Promise((resolve) => setTimeout(resolve, 7_500));
+      await nc.flush();
+      const idleMs = performance.now() - startedAt;
+      // Before: one STREAM.INFO per reader per empty re-read, 60 here.
+      const allowed = Math.ceil(idleMs / 2_000) + 2;
+      // The advisories do arrive: the first check (direct gets allowed?) and the later ones.
+      assert.ok(infos.length >= 2, `${String(infos.length)} STREAM.INFO heard`);
+      assert.ok(
+        infos.length <= allowed,
+        `${String(infos.length)} STREAM.INFO for ${String(readers)} idle readers in ${String(Math.round(idleMs))} ms (at most ${String(allowed)})`,
+      );
+      assert.equal(
+        (await deps.metrics.streamsMadeAnew.get()).values.length,
+        0,
+        'no stream taken for made anew',
+      );
+      for (const blob of blobs) {
+        await publish(batch(blob, 1, 3));
+      }
+      await Promise.all(done);
+      assert.deepEqual(
+        delivered.map((d) => d.size),
+        blobs.map(() => 4),
+      );
+    } finally {
+      audit.unsubscribe();
+    }
+  });
 });

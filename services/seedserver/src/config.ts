@@ -78,9 +78,11 @@ export const seedFields = z.object({
   /** Object gateway retention: past this many bytes the oldest blobs go (default 0: no limit). */
   SHOAL_SEED_GATEWAY_MAX_BYTES: envInt(0),
   /**
-   * Object gateway breaker: after this many gateway requests in a row failed (down, 5xx, S3
-   * SlowDown), the gateway is left alone for SHOAL_SEED_GATEWAY_BREAK_MS (default 3; any
-   * request that succeeds starts the count again). Fewer failures only retry later.
+   * Object gateway breaker: after this many gateway reads, or this many writes, in a row failed
+   * (down, 5xx, S3 SlowDown), the gateway is left alone for SHOAL_SEED_GATEWAY_BREAK_MS
+   * (default 3; a success starts the count of its own kind again). A 403, a 507 or a full,
+   * read-only or forbidden filesystem opens it at once; after a break the first failure
+   * reopens it. Fewer failures only retry later (2 s, doubling per blob up to the break time).
    */
   SHOAL_SEED_GATEWAY_BREAKER_FAILURES: envInt(3).refine((n) => n >= 1, 'must be at least 1'),
   /**

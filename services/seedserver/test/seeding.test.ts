@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
+  DeleteObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   type S3Client,
@@ -39,9 +40,11 @@ import {
   startS3,
   waitFor,
   type Descriptor,
+  type FaultProxy,
   type GeneratedImage,
   type NatsServer,
   type Registry,
+  type S3Server,
 } from '@shoal/testkit';
 
 import { buildApp, loadSeedConfig, type SeedApp } from '../src/app.js';
@@ -223,6 +226,65 @@ function storeFile(storeDir: string, blob: Descriptor): string {
   return join(storeDir, 'blobs', ...blob.digest.split(':'));
 }
 
+/** A client of the test's S3 endpoint, to look into the bucket. */
+function clientOf(s3: S3Server): S3Client {
+  return createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    forcePathStyle: true,
+  });
+}
+
+/** The seed server's settings for an S3 gateway at `endpoint` (the server or a proxy of it). */
+function s3Env(s3: S3Server, endpoint: string, bucket: string): Record<string, string> {
+  return {
+    SHOAL_STORE_KIND: 's3',
+    SHOAL_S3_ENDPOINT: endpoint,
+    SHOAL_S3_REGION: s3.region,
+    SHOAL_S3_BUCKET: bucket,
+    SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
+    SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
+  };
+}
+
+/** A seed server whose object gateway is a real S3 endpoint behind a fault proxy. */
+interface SeedOnS3 {
+  readonly seed: SeedUnderTest;
+  readonly gateway: FaultProxy;
+  readonly client: S3Client;
+  /** Whether the bucket holds the blob (not its piece manifest). */
+  readonly stored: (blob: Descriptor) => Promise<boolean>;
+  readonly stop: () => Promise<void>;
+}
+
+async function startSeedOnS3(env: Record<string, string> = {}): Promise<SeedOnS3> {
+  const s3 = await startS3();
+  const bucket = 'seed-gateway';
+  await s3.createBucket(bucket);
+  const gateway = await startFaultProxy({ upstream: s3.endpoint });
+  const client = clientOf(s3);
+  const seed = await startSeed({ ...s3Env(s3, gateway.url, bucket), ...env });
+  return {
+    seed,
+    gateway,
+    client,
+    stored: async (blob) => {
+      const listed = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+      const key = `blobs/${blob.digest.replace(':', '/')}`;
+      return (listed.Contents ?? []).some((o) => o.Key === key);
+    },
+    stop: async () => {
+      await seed.stop();
+      client.destroy();
+      await gateway.stop();
+      await s3.stop();
+    },
+  };
+}
+
 describe('seed server', () => {
   before(async () => {
     registry = await startRegistry();
@@ -322,6 +384,128 @@ describe('seed server', () => {
     }
   });
 
+  it('opens the gateway breaker on refused writes though reads succeed, and reopens it at the first failure after a break', async () => {
+    const { seed, gateway, stored, stop } = await startSeedOnS3({
+      SHOAL_SEED_GATEWAY_BREAK_MS: '4000',
+    });
+    let teardownWatch = (): void => undefined;
+    try {
+      // Out of quota, say: every HEAD answered, every upload refused with a 503.
+      gateway.set({ kind: 'status', statuses: [503], methods: ['PUT', 'POST'] });
+      // When each failed write began: its refusals (the S3 client's tries) come close together.
+      const writeFailures: number[] = [];
+      let refused = 0;
+      let refusedAt = -Infinity;
+      const watch = setInterval(() => {
+        const now = performance.now();
+        if (gateway.counts().refused > refused) {
+          if (now - refusedAt > 1_000) {
+            writeFailures.push(now);
+          }
+          refused = gateway.counts().refused;
+          refusedAt = now;
+        }
+      }, 25);
+      teardownWatch = () => clearInterval(watch);
+      await seed.request(layer(1));
+      await seed.seeds('seeded', 1, 'origin');
+      const trips = (): Promise<number> =>
+        seed.metric('shoal_seedserver_gateway_breaker_trips_total');
+      // Before: each owed copy's successful HEAD started the count again; it never opened.
+      await waitFor('the breaker opened', async () => (await trips()) >= 1, {
+        timeoutMs: 25_000,
+        intervalMs: 50,
+      });
+      teardownWatch();
+      // The owed copy backs off: 2 s after the first failure, 4 s after the second (before,
+      // every 2 s for ever).
+      const [first, second, third] = writeFailures;
+      assert.ok(first !== undefined && second !== undefined && third !== undefined);
+      assert.ok(
+        third - second > (second - first) * 1.4,
+        `waits ${String(Math.round(second - first))} ms, then ${String(Math.round(third - second))} ms`,
+      );
+      const refusedAtFirst = gateway.counts().refused;
+      const firstFailures = await seed.metric('shoal_seedserver_gateway_failures_total');
+      await waitFor('the breaker reopened after its break', async () => (await trips()) >= 2, {
+        timeoutMs: 25_000,
+        intervalMs: 50,
+      });
+      // Half-open: one failed write (the S3 client's attempts at it) reopened it, not three.
+      assert.equal(
+        (await seed.metric('shoal_seedserver_gateway_failures_total')) - firstFailures,
+        1,
+        'one failure after the break reopened the breaker',
+      );
+      const perRequest = gateway.counts().refused - refusedAtFirst;
+      assert.ok(perRequest >= 1 && perRequest <= 3, `${perRequest} refused writes`);
+      gateway.set(undefined);
+      // The owed copy is made after this break (4 s), whether or not anyone asks.
+      await waitFor('the owed copy made', () => stored(layer(1)), {
+        timeoutMs: 15_000,
+        intervalMs: 250,
+      });
+      await waitFor(
+        'the breaker closed by a write that succeeded',
+        async () => (await seed.metric('shoal_seedserver_gateway_breaker_open')) === 0,
+        { timeoutMs: 5_000, intervalMs: 50 },
+      );
+    } finally {
+      teardownWatch();
+      await stop();
+    }
+  });
+
+  it('opens the gateway breaker at the first write refused for lack of space (507)', async () => {
+    const { seed, gateway, stop } = await startSeedOnS3();
+    try {
+      gateway.set({ kind: 'status', statuses: [507], methods: ['PUT', 'POST'] });
+      await seed.request(layer(2));
+      await seed.seeds('seeded', 1, 'origin');
+      await waitFor(
+        'the breaker opened',
+        async () => (await seed.metric('shoal_seedserver_gateway_breaker_open')) === 1,
+        { timeoutMs: 10_000, intervalMs: 50 },
+      );
+      assert.equal(await seed.metric('shoal_seedserver_gateway_failures_total'), 1);
+      assert.equal(await seed.metric('shoal_seedserver_gateway_breaker_trips_total'), 1);
+    } finally {
+      await stop();
+    }
+  });
+
+  it("owes and retries a held blob's gateway copy that failed in the background", async () => {
+    const { seed, gateway, client, stored, stop } = await startSeedOnS3();
+    try {
+      await seed.request(layer(2));
+      await seed.seeds('seeded', 1, 'origin');
+      assert.ok(await stored(layer(2)));
+      // The gateway lost it (a lifecycle rule, an operator): the next request for the held
+      // blob copies it again, and that upload meets one failure (the client's three tries).
+      await client.send(
+        new DeleteObjectCommand({
+          Bucket: 'seed-gateway',
+          Key: `blobs/${layer(2).digest.replace(':', '/')}`,
+        }),
+      );
+      gateway.set({ kind: 'status', statuses: [503], methods: ['PUT', 'POST'], times: 3 });
+      await seed.request(layer(2));
+      // The held blob is answered at once; its copy's upload meets the 503s.
+      await waitFor('the upload refused', () => Promise.resolve(gateway.counts().refused >= 3), {
+        timeoutMs: WAIT_MS,
+        intervalMs: 50,
+      });
+      assert.equal(await stored(layer(2)), false);
+      // Before: the failed copy was dropped until someone asked for the blob again.
+      await waitFor('the copy made again, unasked', () => stored(layer(2)), {
+        timeoutMs: 8_000,
+        intervalMs: 250,
+      });
+    } finally {
+      await stop();
+    }
+  });
+
   it('keeps nothing of a blob that fails its digest, in the cache or the gateway', async () => {
     const seed = await startSeed();
     try {
@@ -359,22 +543,8 @@ describe('seed server', () => {
     let client: S3Client | undefined;
     try {
       await s3.createBucket(bucket);
-      client = createS3Client({
-        endpoint: s3.endpoint,
-        region: s3.region,
-        accessKeyId: s3.accessKeyId,
-        secretAccessKey: s3.secretAccessKey,
-        forcePathStyle: true,
-      });
-      const seed = await startSeed({
-        SHOAL_STORE_KIND: 's3',
-        SHOAL_S3_ENDPOINT: s3.endpoint,
-        SHOAL_S3_REGION: s3.region,
-        SHOAL_S3_BUCKET: bucket,
-        SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
-        SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
-        SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
-      });
+      client = clientOf(s3);
+      const seed = await startSeed(s3Env(s3, s3.endpoint, bucket));
       try {
         // 6 MiB: a multipart upload whose first part is sent before the digest is known.
         await seed.request(layer(3));

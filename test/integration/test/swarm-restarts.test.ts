@@ -127,7 +127,17 @@ describe('NATS, tracker and seed server restarts under a running swarm', () => {
       },
       { intervalMs: 50 },
     );
+    // Raced against the restart: the pull must end while the server is down, else the haves
+    // below were published as usual and nothing is shown to be sent again.
+    let pullEnded: 'down' | 'after' | undefined;
+    void pulled.then(
+      () => (pullEnded ??= 'down'),
+      () => (pullEnded ??= 'down'),
+    );
+    assert.equal(pullEnded, undefined, 'node-midway still pulling as NATS goes away');
     await cluster.nats.crashAndRestart(8000);
+    pullEnded ??= 'after';
+    assert.equal(pullEnded, 'down', "node-midway's pull ended while NATS was down");
     for (const outcome of await pulled) {
       assert.equal(outcome.error, undefined);
     }

@@ -13,7 +13,12 @@
  * permissions of an older deployment) it falls back to what agents did before: a consumer of
  * its own on the blob's hash subject.
  */
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import {
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StreamInfo,
+} from '@nats-io/jetstream';
 import {
   RequestError,
   TimeoutError,
@@ -47,6 +52,12 @@ const RECHECK_MAX_MS = 30_000;
 const RETRY_MS = 250;
 /** How long the stream's answer to "direct gets allowed?" is trusted, in ms. */
 const DIRECT_CHECK_TTL_MS = 60_000;
+/**
+ * How long one STREAM.INFO of SHOAL_PIECES answers every idle reader's "was the stream made
+ * anew?" on this agent, in ms: thousands of agents with a few idle downloads each then cost
+ * the JetStream API one request per agent per interval, not one per download per re-read.
+ */
+const STREAM_STATE_TTL_MS = 2_000;
 
 export type HashPath = 'stored' | 'live' | 'consumer';
 
@@ -68,6 +79,8 @@ export interface HashReaderDeps {
 export class DirectGetCheck {
   readonly #jsm: JetStreamManager;
   #answer: { stream: Promise<PiecesStream>; atMs: number } | undefined;
+  #state:
+    { info: Promise<PiecesState | undefined>; askedAtMs: number; pending: boolean } | undefined;
 
   constructor(jsm: JetStreamManager) {
     this.#jsm = jsm;
@@ -81,22 +94,61 @@ export class DirectGetCheck {
   stream(): Promise<PiecesStream> {
     const now = performance.now();
     if (this.#answer === undefined || now - this.#answer.atMs > DIRECT_CHECK_TTL_MS) {
-      const stream = this.#jsm.streams.info(STREAMS.pieces.name).then(
-        (info): PiecesStream => ({
-          // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
-          directGets: (info.config.allow_direct as boolean | undefined) === true,
-          created: info.created,
-        }),
-        (): PiecesStream => {
-          // Unknown (NATS trouble): ask again next time rather than keep a guess.
-          this.#answer = undefined;
-          return { directGets: false, created: undefined };
-        },
-      );
+      const stream = this.#jsm.streams.info(STREAMS.pieces.name).then(piecesStream, () => {
+        // Unknown (NATS trouble): ask again next time rather than keep a guess.
+        this.#answer = undefined;
+        return { directGets: false, created: undefined };
+      });
       this.#answer = { stream, atMs: now };
     }
     return this.#answer.stream;
   }
+
+  /**
+   * The stream's creation time and last sequence, shared by every reader of this agent: asked
+   * at most once per `STREAM_STATE_TTL_MS` and once at a time, unless a reader needs an answer
+   * asked after `notBeforeMs` (performance.now()). Undefined when it could not be read.
+   */
+  state(notBeforeMs = -Infinity): Promise<PiecesState | undefined> {
+    const now = performance.now();
+    const current = this.#state;
+    if (
+      current !== undefined &&
+      current.askedAtMs >= notBeforeMs &&
+      (current.pending || now - current.askedAtMs <= STREAM_STATE_TTL_MS)
+    ) {
+      return current.info;
+    }
+    const entry = {
+      askedAtMs: now,
+      pending: true,
+      info: this.#jsm.streams.info(STREAMS.pieces.name).then(
+        (info): PiecesState => {
+          entry.pending = false;
+          // Readers starting from now compare with this stream, not one up to a minute old.
+          this.#answer = { stream: Promise.resolve(piecesStream(info)), atMs: now };
+          return { created: info.created, lastSeq: info.state.last_seq, askedAtMs: now };
+        },
+        (): undefined => {
+          entry.pending = false;
+          if (this.#state === entry) {
+            this.#state = undefined;
+          }
+          return undefined;
+        },
+      ),
+    };
+    this.#state = entry;
+    return entry.info;
+  }
+}
+
+function piecesStream(info: StreamInfo): PiecesStream {
+  return {
+    // Absent (undefined, whatever the type says) from servers before 2.9: not allowed.
+    directGets: (info.config.allow_direct as boolean | undefined) === true,
+    created: info.created,
+  };
 }
 
 /** SHOAL_PIECES as `DirectGetCheck` saw it. */
@@ -104,6 +156,14 @@ export interface PiecesStream {
   readonly directGets: boolean;
   /** When the stream was created (its info's `created`); undefined when it could not be read. */
   readonly created: string | undefined;
+}
+
+/** SHOAL_PIECES's identity and extent, as `DirectGetCheck.state` saw it. */
+export interface PiecesState {
+  readonly created: string;
+  readonly lastSeq: number;
+  /** When the STREAM.INFO was sent (performance.now()). */
+  readonly askedAtMs: number;
 }
 
 /** Direct gets cannot work here (the stream does not allow them, or NATS permissions). */
@@ -153,6 +213,8 @@ class HashReader {
   #count: number | undefined;
   /** Last stream sequence read by a direct get. */
   #seq = 0;
+  /** When `#seq` was read (performance.now()): a stream state asked before may not know it. */
+  #seqReadAtMs = 0;
   /**
    * When the stream read from was created, to tell it from one made anew (a NATS server back
    * with an empty store, or the stream deleted and declared again), whose sequence starts
@@ -246,32 +308,49 @@ class HashReader {
 
   /**
    * Whether the stream now is not the one read from (see `#streamCreated`): asked only when a
-   * re-read found nothing new, so a download the seed feeds costs no extra request.
+   * re-read found nothing new, so a download the seed feeds costs no extra request, and
+   * answered by the agent's shared `DirectGetCheck.state`.
    */
   async #streamMadeAnew(): Promise<boolean> {
     if (this.#seq === 0) {
       return false;
     }
-    let info;
-    try {
-      info = await untilAborted(this.#deps.jsm.streams.info(STREAMS.pieces.name), this.#signal);
-    } catch (error) {
+    let state = await this.#streamState();
+    if (state !== undefined && this.#differs(state) && state.askedAtMs < this.#seqReadAtMs) {
+      // Asked before this reader's last read: a message newer than its last sequence is no
+      // sign of a new stream. One asked since settles it.
+      state = await this.#streamState(this.#seqReadAtMs);
+    }
+    if (state === undefined) {
       // Unknown (NATS trouble, the stream not declared again yet): asked at the next re-read.
-      this.#deps.logger.debug({ blob: this.#blob, err: error }, 'piece-hash stream check failed');
       return false;
     }
-    const anew =
-      (this.#streamCreated !== undefined && info.created !== this.#streamCreated) ||
-      info.state.last_seq < this.#seq;
-    this.#streamCreated = info.created;
+    const anew = this.#differs(state);
+    this.#streamCreated = state.created;
     if (anew) {
       this.#deps.metrics.streamsMadeAnew.inc({ reader: 'piece-hashes' });
       this.#deps.logger.warn(
-        { blob: this.#blob, lastRead: this.#seq, lastSeq: info.state.last_seq },
+        { blob: this.#blob, lastRead: this.#seq, lastSeq: state.lastSeq },
         'the piece-hash stream was made anew; reading it from its first message',
       );
     }
     return anew;
+  }
+
+  #differs(state: PiecesState): boolean {
+    return (
+      (this.#streamCreated !== undefined && state.created !== this.#streamCreated) ||
+      state.lastSeq < this.#seq
+    );
+  }
+
+  async #streamState(notBeforeMs?: number): Promise<PiecesState | undefined> {
+    try {
+      return await untilAborted(this.#deps.directGets.state(notBeforeMs), this.#signal);
+    } catch (error) {
+      this.#deps.logger.debug({ blob: this.#blob, err: error }, 'piece-hash stream check ended');
+      return undefined;
+    }
   }
 
   /**
@@ -348,6 +427,7 @@ class HashReader {
         return;
       }
       this.#seq = stored.seq;
+      this.#seqReadAtMs = performance.now();
       this.#deliver(stored.data, 'stored');
     }
   }

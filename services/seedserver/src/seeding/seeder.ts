@@ -67,6 +67,46 @@ const HEARTBEAT_INTERVAL_MS = 10_000;
  */
 const GATEWAY_RETRY_MS = 2_000;
 
+/** A gateway request reads (stat, read) or writes (upload, piece manifest). */
+type GatewayUse = 'read' | 'write';
+
+/** A held blob owed its gateway copy: due at `dueAt`, after a wait of `retryMs`. */
+interface OwedCopy {
+  readonly blob: SeedBlob;
+  readonly retryMs: number;
+  readonly dueAt: number;
+}
+
+/**
+ * HTTP statuses of a gateway that will go on refusing until someone acts (403: no permission
+ * such as s3:PutObject; 507: MinIO out of space), and errno codes of a filesystem gateway
+ * likewise (out of space, over quota, not writable): asking again in 2 s changes nothing.
+ */
+const REFUSAL_STATUSES = new Set([403, 507]);
+const REFUSAL_CODES = new Set(['ENOSPC', 'EDQUOT', 'EACCES', 'EPERM', 'EROFS']);
+
+/** The permanent refusal in `error` or its causes (an S3 status, an errno code), if any. */
+function gatewayRefusal(error: unknown): string | undefined {
+  let current: unknown = error;
+  for (let depth = 0; depth < 8 && typeof current === 'object' && current !== null; depth += 1) {
+    if ('code' in current && typeof current.code === 'string' && REFUSAL_CODES.has(current.code)) {
+      return current.code;
+    }
+    if (
+      '$metadata' in current &&
+      typeof current.$metadata === 'object' &&
+      current.$metadata !== null &&
+      'httpStatusCode' in current.$metadata &&
+      typeof current.$metadata.httpStatusCode === 'number' &&
+      REFUSAL_STATUSES.has(current.$metadata.httpStatusCode)
+    ) {
+      return `HTTP ${current.$metadata.httpStatusCode}`;
+    }
+    current = 'cause' in current ? current.cause : undefined;
+  }
+  return undefined;
+}
+
 /** Name of the piece manifest kept beside a blob in the object gateway. */
 export const PIECES_META = 'pieces';
 
@@ -126,15 +166,25 @@ export class Seeder {
   readonly #running = new Map<string, Promise<SeedOutcome>>();
   /** Until when (ms since the epoch) the object gateway is not asked: see `gatewayBreaker`. */
   #gatewayBrokenUntil = 0;
-  /** Gateway requests that failed since the last one that succeeded or the breaker opened. */
-  #gatewayFailuresInRow = 0;
+  /**
+   * Gateway requests of each kind that failed since the last of that kind that succeeded or
+   * the breaker opened: a read that succeeds says nothing of writes (a gateway out of space).
+   */
+  readonly #gatewayFailuresInRow: Record<GatewayUse, number> = { read: 0, write: 0 };
+  /**
+   * The kind of failure that opened the breaker, until it closes: once the break is over the
+   * breaker is half-open, and a success of that kind closes it, any failure reopens it.
+   */
+  #gatewayOpenedBy: GatewayUse | undefined;
   /**
    * Held blobs owed their gateway copy because the gateway was left alone when they came in:
    * copied one at a time once the break is over (`#copyOwed`), whether or not anyone asks for
    * them again (nobody may: the agents get them from each other).
    */
-  readonly #owed = new Map<string, SeedBlob>();
+  readonly #owed = new Map<string, OwedCopy>();
   #owedTimer: NodeJS.Timeout | undefined;
+  /** `#copyOwed` is running: one at a time, it sets the next timer when done. */
+  #copyingOwed = false;
   /** Aborted by `close`: ends the copies owed to the gateway. */
   readonly #closing = new AbortController();
   /** Held blobs whose copy in the gateway is being written in the background. */
@@ -371,7 +421,7 @@ export class Seeder {
     }
     try {
       const stored = await store.stat(blob, signal);
-      this.#gatewayAnswered();
+      this.#gatewayAnswered('read');
       if (stored === undefined) {
         return undefined;
       }
@@ -388,6 +438,7 @@ export class Seeder {
         throw error;
       }
       this.#gatewayFailed(
+        'read',
         blob,
         error,
         'the object gateway failed: reading the blob from the origin instead',
@@ -804,6 +855,7 @@ export class Seeder {
         // Verified and committed: the blob is seeded and served; its gateway copy is made a
         // moment later, or once the break is over if this failure opened the breaker.
         this.#gatewayFailed(
+          'write',
           ingested.blob.digest.toString(),
           error,
           'could not store a seeded blob in the object gateway',
@@ -817,98 +869,157 @@ export class Seeder {
   #gatewayBroken(): boolean {
     const broken = Date.now() < this.#gatewayBrokenUntil;
     if (!broken && this.#gatewayBrokenUntil !== 0) {
+      // Half-open: the next request is asked; its failure reopens, its success closes.
       this.#gatewayBrokenUntil = 0;
       this.#deps.metrics.gatewayBreakerOpen.set(0);
-      this.#deps.logger.info('object gateway breaker closed: the gateway is asked again');
+      this.#deps.logger.info(
+        'object gateway breaker half-open: the gateway is asked again, one failure reopens it',
+      );
     }
     return broken;
   }
 
-  /** A gateway request succeeded: the failures in a row start again from none. */
-  #gatewayAnswered(): void {
-    this.#gatewayFailuresInRow = 0;
-  }
-
   /**
-   * Counts and logs a gateway failure; the `gatewayBreaker.failures`-th in a row opens the
-   * breaker for `gatewayBreaker.breakMs`.
+   * A gateway request of this kind succeeded: the failures in a row of its kind start again
+   * from none (a gateway that answers reads but refuses writes still opens the breaker), and a
+   * half-open breaker opened by this kind of failure closes.
    */
-  #gatewayFailed(blob: string, error: unknown, message: string): void {
-    const { metrics, logger, gatewayBreaker } = this.#deps;
-    metrics.gatewayFailures.inc();
-    this.#gatewayFailuresInRow += 1;
-    logger.warn({ blob, err: error, failuresInRow: this.#gatewayFailuresInRow }, message);
-    if (this.#gatewayFailuresInRow >= gatewayBreaker.failures && !this.#gatewayBroken()) {
-      this.#gatewayFailuresInRow = 0;
-      this.#gatewayBrokenUntil = Date.now() + gatewayBreaker.breakMs;
-      metrics.gatewayBreakerTrips.inc();
-      metrics.gatewayBreakerOpen.set(1);
-      logger.warn(
-        { failures: gatewayBreaker.failures, breakMs: gatewayBreaker.breakMs },
-        'object gateway breaker open: seeds read the origin and leave the gateway alone for a while',
-      );
+  #gatewayAnswered(use: GatewayUse): void {
+    if (this.#gatewayBroken()) {
+      // A request sent before the breaker opened: it says nothing about the break's end.
+      return;
+    }
+    this.#gatewayFailuresInRow[use] = 0;
+    if (this.#gatewayOpenedBy === use) {
+      this.#gatewayOpenedBy = undefined;
+      this.#gatewayFailuresInRow.read = 0;
+      this.#gatewayFailuresInRow.write = 0;
+      this.#deps.logger.info('object gateway breaker closed: the gateway answered again');
     }
   }
 
-  /** `blob` is owed its gateway copy: made by `#copyOwed` once the break is over. */
-  #owe(blob: SeedBlob): void {
+  /**
+   * Counts and logs a gateway failure. The breaker opens for `gatewayBreaker.breakMs` at the
+   * `gatewayBreaker.failures`-th failure of one kind in a row, at the first failure once
+   * half-open, and at once on an answer that will not change by itself (`gatewayRefusal`).
+   * Failures while it is open (requests sent before) are counted but open nothing more.
+   */
+  #gatewayFailed(use: GatewayUse, blob: string, error: unknown, message: string): void {
+    const { metrics, logger, gatewayBreaker } = this.#deps;
+    metrics.gatewayFailures.inc();
+    if (this.#gatewayBroken()) {
+      logger.warn({ blob, err: error, use }, message);
+      return;
+    }
+    this.#gatewayFailuresInRow[use] += 1;
+    const failuresInRow = this.#gatewayFailuresInRow[use];
+    const refusal = gatewayRefusal(error);
+    logger.warn({ blob, err: error, use, failuresInRow, refusal }, message);
+    const halfOpen = this.#gatewayOpenedBy !== undefined;
+    if (refusal === undefined && !halfOpen && failuresInRow < gatewayBreaker.failures) {
+      return;
+    }
+    this.#gatewayFailuresInRow.read = 0;
+    this.#gatewayFailuresInRow.write = 0;
+    this.#gatewayOpenedBy = use;
+    this.#gatewayBrokenUntil = Date.now() + gatewayBreaker.breakMs;
+    metrics.gatewayBreakerTrips.inc();
+    metrics.gatewayBreakerOpen.set(1);
+    logger.warn(
+      {
+        use,
+        failuresInRow,
+        refusal,
+        reopened: halfOpen,
+        breakMs: gatewayBreaker.breakMs,
+      },
+      'object gateway breaker open: seeds read the origin and leave the gateway alone for a while',
+    );
+  }
+
+  /**
+   * `blob` is owed its gateway copy, made by `#copyOwed`: `GATEWAY_RETRY_MS` after its first
+   * failure, the wait doubling at each further failure of its copy up to the break time, and
+   * never before the break is over.
+   */
+  #owe(blob: SeedBlob, lastRetryMs?: number): void {
     if (this.#closing.signal.aborted) {
       return;
     }
-    this.#owed.set(blob.digest.toString(), blob);
-    if (this.#owedTimer === undefined) {
-      // After the break when the breaker is open, else a moment after the failure.
-      const waitMs = this.#gatewayBroken()
-        ? this.#gatewayBrokenUntil - Date.now() + 1
-        : GATEWAY_RETRY_MS;
-      this.#owedTimer = setTimeout(() => {
+    const key = blob.digest.toString();
+    const retryMs = Math.max(
+      lastRetryMs === undefined
+        ? GATEWAY_RETRY_MS
+        : Math.min(lastRetryMs * 2, this.#deps.gatewayBreaker.breakMs),
+      this.#owed.get(key)?.retryMs ?? 0,
+    );
+    const dueAt = Math.max(Date.now() + retryMs, this.#gatewayBrokenUntil + 1);
+    this.#owed.set(key, { blob, retryMs, dueAt });
+    this.#scheduleOwed();
+  }
+
+  /** The timer of `#copyOwed`, set for the earliest owed copy due (after the break, if any). */
+  #scheduleOwed(): void {
+    clearTimeout(this.#owedTimer);
+    this.#owedTimer = undefined;
+    if (this.#owed.size === 0 || this.#copyingOwed || this.#closing.signal.aborted) {
+      return;
+    }
+    let dueAt = Infinity;
+    for (const owed of this.#owed.values()) {
+      dueAt = Math.min(dueAt, owed.dueAt);
+    }
+    const waitMs = Math.max(dueAt, this.#gatewayBrokenUntil + 1) - Date.now();
+    this.#owedTimer = setTimeout(
+      () => {
         this.#owedTimer = undefined;
         void this.#copyOwed();
-      }, waitMs);
-      this.#owedTimer.unref();
-    }
+      },
+      Math.max(waitMs, 0),
+    );
+    this.#owedTimer.unref();
   }
 
   /**
-   * Copies the owed blobs still held into the gateway, one at a time; stops at the next
-   * failure (the blobs left wait `GATEWAY_RETRY_MS`, or for the break to end if the breaker
-   * opened).
+   * Copies the owed blobs that are due and still held into the gateway, one at a time; a copy
+   * that fails is owed again with a longer wait, and none goes while the breaker is open.
    */
   async #copyOwed(): Promise<void> {
     const signal = this.#closing.signal;
-    for (const [key, blob] of this.#owed) {
-      if (signal.aborted) {
-        return;
-      }
-      if (this.#gatewayBroken()) {
-        // Broken again: the rest wait for this break to end.
-        this.#owe(blob);
-        return;
-      }
-      this.#owed.delete(key);
-      if (this.#cache.peek(key) !== blob || this.#storing.has(key)) {
-        continue;
-      }
-      this.#storing.add(key);
-      try {
-        await this.#ensureStored(blob, signal);
-      } catch (error) {
-        // Not `signal`: checked above, the linter would take it for still false.
-        if (!this.#closing.signal.aborted) {
-          this.#gatewayFailed(key, error, 'could not store a held blob in the object gateway');
-          this.#owe(blob);
+    this.#copyingOwed = true;
+    try {
+      for (const [key, owed] of [...this.#owed]) {
+        if (signal.aborted || this.#gatewayBroken()) {
+          // Broken (again): the rest wait for this break to end.
+          return;
         }
-        return;
-      } finally {
-        this.#storing.delete(key);
+        if (owed.dueAt > Date.now()) {
+          continue;
+        }
+        this.#owed.delete(key);
+        if (this.#cache.peek(key) !== owed.blob || this.#storing.has(key)) {
+          continue;
+        }
+        this.#storing.add(key);
+        try {
+          await this.#ensureStored(owed.blob, signal);
+        } catch {
+          // Counted and logged by `#ensureStored`.
+          this.#owe(owed.blob, owed.retryMs);
+        } finally {
+          this.#storing.delete(key);
+        }
       }
+    } finally {
+      this.#copyingOwed = false;
+      this.#scheduleOwed();
     }
   }
 
   /**
    * Makes sure a held blob has its gateway copy, without holding up its answer: one write at a
-   * time per blob, none while the gateway is left alone after a failure (the next request
-   * after that tries again).
+   * time per blob, none while the gateway is left alone after a failure; a copy that fails is
+   * owed (made a moment later, or once the break is over).
    */
   #storeInBackground(blob: SeedBlob, signal: AbortSignal): void {
     const key = blob.digest.toString();
@@ -923,26 +1034,36 @@ export class Seeder {
     }
     this.#storing.add(key);
     void this.#ensureStored(blob, signal)
-      .catch((error: unknown) => {
-        if (!signal.aborted) {
-          this.#gatewayFailed(key, error, 'could not store a held blob in the object gateway');
-        }
+      .catch(() => {
+        // Counted and logged by `#ensureStored`; the request's end does not cancel the debt.
+        this.#owe(blob);
       })
       .finally(() => this.#storing.delete(key));
   }
 
   /**
    * Stores a held blob in the object gateway if it is not there: a blob committed locally
-   * whose upload failed is completed by the next request for it.
+   * whose upload failed is completed by the next request for it. A failure is counted (as a
+   * read or a write) and logged here, then thrown.
    */
   async #ensureStored(blob: SeedBlob, signal: AbortSignal): Promise<void> {
-    const stored = await this.#deps.store.stat(blob.digest.toString(), signal);
-    this.#gatewayAnswered();
-    if (stored === undefined) {
-      blob.stored = false;
-      await this.#store(blob, signal);
-    } else {
-      blob.stored = true;
+    const key = blob.digest.toString();
+    let use: GatewayUse = 'read';
+    try {
+      const stored = await this.#deps.store.stat(key, signal);
+      this.#gatewayAnswered('read');
+      if (stored === undefined) {
+        blob.stored = false;
+        use = 'write';
+        await this.#store(blob, signal);
+      } else {
+        blob.stored = true;
+      }
+    } catch (error) {
+      if (!signal.aborted) {
+        this.#gatewayFailed(use, key, error, 'could not store a held blob in the object gateway');
+      }
+      throw error;
     }
   }
 
@@ -973,7 +1094,7 @@ export class Seeder {
       },
     );
     blob.stored = true;
-    this.#gatewayAnswered();
+    this.#gatewayAnswered('write');
     metrics.storedBytes.inc(size);
   }
 
