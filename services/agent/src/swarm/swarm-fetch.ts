@@ -89,7 +89,11 @@ const UNREACHABLE_PENALTY_MS = 2000;
  * restarts is asked again within this.
  */
 const UNREACHABLE_PENALTY_MAX_MS = 8000;
-/** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
+/**
+ * Longest a peer whose upload slots are all taken (a 429 with none of our requests in flight)
+ * is left alone, in ms: the wait starts at the typical piece time and doubles per such 429 in
+ * a row up to this (`busyBackoff`); with requests of ours in flight there is no wait.
+ */
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
 const SEED_DEFER_MS = 750;
