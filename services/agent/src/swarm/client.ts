@@ -28,7 +28,7 @@ import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
-import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
+import { DirectGetCheck, readPieceHashes, type HashPath } from './hash-reader.js';
 import { SourcePenalties } from './penalties.js';
 
 /**
@@ -316,12 +316,13 @@ export class SwarmClient {
    * Delivers a blob's piece hashes to `onBatch` until every piece's hash has come or
    * `signal` aborts: the stored batches by direct get, new ones live while the seed still
    * hashes (cut-through), no consumer per download (see `hash-reader.ts`). A seed server that
-   * gives the blob up says so on the same subject: `onSeedFailed`.
+   * gives the blob up says so on the same subject: `onSeedFailed`. `path` says how a batch
+   * came: `live` while the seed server publishes it, `stored` (or `consumer`) read back.
    */
   followHashes(
     blob: string,
     signal: AbortSignal,
-    onBatch: (batch: PieceHashes) => void,
+    onBatch: (batch: PieceHashes, path: HashPath) => void,
     onSeedFailed?: (notice: SeedFailed) => void,
   ): Promise<void> {
     return readPieceHashes(

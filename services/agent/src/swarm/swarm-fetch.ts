@@ -52,6 +52,7 @@ import { ByteTally } from '../provenance/ledger.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
+import type { HashPath } from './hash-reader.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
 import { StallWatch } from './stall-watch.js';
 import type { RateLimiter } from '@shoal/runtime';
@@ -279,7 +280,7 @@ export class SwarmFetch {
       .followHashes(
         this.#blob,
         stop.signal,
-        (batch) => this.#onHashes(batch),
+        (batch, path) => this.#onHashes(batch, path),
         (notice) => this.#onSeedFailed(notice),
       )
       .catch((error: unknown) =>
@@ -630,9 +631,12 @@ export class SwarmFetch {
     }
   }
 
-  #onHashes(batch: PieceHashes): void {
+  #onHashes(batch: PieceHashes, path: HashPath): void {
     if (this.#picker.count === 0) {
-      this.#wantNow = !this.#picker.anyHolder();
+      // Heard live: the seed server is ingesting the blob for this cold pull, and a want now
+      // learns of it as a holder. Stored hashes (a warm pull) come before the first hand-out,
+      // which names holders anyway: a want then only adds one.
+      this.#wantNow = path === 'live' && !this.#picker.anyHolder();
       this.#pieceSize = batch.pieceSize;
       this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);
