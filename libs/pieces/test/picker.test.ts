@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { seededRandom } from '@shoal/testkit';
+
 import {
   busyBackoff,
   endgameLate,
@@ -612,18 +614,6 @@ function runAgainst(
   return { peak, startedOver };
 }
 
-/** A seeded generator of numbers in [0, 1) (mulberry32), so a jittery run is repeatable. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** `ms` give or take `share` of it, drawn from `random`. */
 function jitter(ms: number, share: number, random: () => number): number {
   return ms * (1 + share * (2 * random() - 1));
@@ -673,7 +663,7 @@ describe('requests in flight per source', () => {
     // A link that sends one 1 MiB piece at a time, 335 ms each (±20 % per piece): more in
     // flight only queues. Each seed is one run; the jitter must not pass for a gain.
     for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
-      const random = seeded(seed);
+      const random = seededRandom(seed);
       const { peak, startedOver } = runAgainst(
         200,
         { concurrency: 8, perSource: 2, heldBytes: 8 * MiB },
@@ -692,7 +682,7 @@ describe('requests in flight per source', () => {
 
   it('grow on a latency-bound link despite jitter', () => {
     for (const seed of [1, 2, 3, 4]) {
-      const random = seeded(seed);
+      const random = seededRandom(seed);
       const { peak } = runAgainst(
         400,
         { concurrency: 8, perSource: 2, heldBytes: 8 * MiB },
