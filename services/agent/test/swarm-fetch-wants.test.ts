@@ -25,18 +25,17 @@ import {
   pieceWantSubject,
   STREAMS,
 } from '@shoal/proto';
-import { UpstreamClient } from '@shoal/registry';
-import { RateLimiter } from '@shoal/runtime';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
-import { PieceClient } from '../src/swarm/piece-client.js';
-import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
-import { RegistryRequests } from '../src/upstream/registry-requests.js';
-import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
+import {
+  startJetStream,
+  startSwarmClient,
+  swarmFetchNoOrigin,
+  type JetStreamFixture,
+} from './jetstream-fixture.js';
 
 const SELF = { id: 'agent-wants', url: 'http://127.0.0.1:65005' };
-const TIMEOUTS = { connectMs: 1_000, headersMs: 1_000, idleMs: 1_000 };
 // The piece size a blob under 64 MiB has (`pieceSizeFor`).
 const PIECE_BYTES = 256 * 1024;
 /**
@@ -120,26 +119,11 @@ describe('SwarmFetch wants on a warm pull', () => {
     await store.init();
     const pool = new PieceBuffers(PIECE_BYTES);
     const download = new BlobDownload(digest, await store.createTemp(), pool);
-    const fetch = new SwarmFetch(
+    const fetch = swarmFetchNoOrigin(
       download,
-      {
-        // Nothing listens on port 1: a fallback to the origin would fail the download.
-        registry: { host: '127.0.0.1:1', url: new URL('http://127.0.0.1:1') },
-        name: 'library/warm',
-        digest,
-        authorization: undefined,
-      },
-      {
-        client,
-        pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
-        store,
-        pool,
-        requests: new RegistryRequests(new UpstreamClient(TIMEOUTS), metrics, TIMEOUTS),
-        downloadLimit: new RateLimiter(0),
-        metrics,
-        logger,
-        settings: { concurrency: 4, stallTimeoutMs: 10_000, wantIntervalMs: 60_000 },
-      },
+      'library/warm',
+      { client, store, pool, metrics, logger },
+      { concurrency: 4, stallTimeoutMs: 10_000, wantIntervalMs: 60_000 },
     );
     try {
       await fetch.run(new AbortController().signal);
