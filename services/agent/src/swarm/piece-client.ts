@@ -17,8 +17,8 @@ export class PieceFetchError extends ShoalError<
  * request went wrong: a refusal, no route, or a name that no longer resolves (in Kubernetes a
  * stopped pod's DNS name goes with it: ENOTFOUND, or EAI_AGAIN while the resolver cannot say).
  * All are definite at once, so they share the refused source's short, doubling penalty. A
- * connection that is not accepted in time (a host that vanished, or a stale address that
- * drops the SYN) is a silence instead (`PIECE_SILENT`): it cost the connect timeout.
+ * connection never accepted (a host that vanished, or a stale address that drops the SYN) is
+ * not definite: it ends at the idle timeout, as a request that failed.
  */
 const UNREACHABLE_CODES = new Set([
   'ECONNREFUSED',
