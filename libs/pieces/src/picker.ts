@@ -177,23 +177,11 @@ export interface PickedRequest {
 export type RequestOutcome = 'ok' | 'bad' | 'busy' | 'failed' | 'unreachable' | 'dropped';
 
 /**
- * One more request in flight is kept only when it paid at least half of what it would on a
- * link bound by latency alone (where w + 1 requests bring (w + 1) / w times the pieces): the
- * rate measured at w + 1 must beat the rate at w by `1 + WINDOW_GROWTH_SHARE / w`. A link
- * already full (a 25 Mbit/s one) gains nothing from it, and per-piece jitter there (±20 %)
- * moves an average of several rounds far less than that bar (25 % at w = 2).
+ * A window grows only when the round at that window delivered pieces this much faster than
+ * the best round before it: a link already full (a 25 Mbit/s one) gains nothing from one more
+ * request in flight, and its rounds' rates stay within noise of each other.
  */
-export const WINDOW_GROWTH_SHARE = 0.5;
-/** Fewest full rounds, and pieces, a window's rate is measured over before it is compared. */
-export const WINDOW_MEASURE_ROUNDS = 2;
-export const WINDOW_MEASURE_PIECES = 8;
-/**
- * Full rounds a window waits before trying one more request again, after one that did not
- * pay: this many the first time, doubling with each such try up to `WINDOW_RETRY_MAX_ROUNDS`
- * (conditions change, but a full link should see few tries, each costing one request queued).
- */
-export const WINDOW_RETRY_ROUNDS = 8;
-export const WINDOW_RETRY_MAX_ROUNDS = 64;
+export const WINDOW_GROWTH_GAIN = 1.1;
 
 /**
  * Measured progress of one source: the requests it may have in flight, learnt round by round.
@@ -212,19 +200,8 @@ export interface SourceWindow {
   roundStartMs: number;
   roundPieces: number;
   roundFull: boolean;
-  /** Full rounds at the current window since it last changed: their count, pieces and ms. */
-  measuredRounds: number;
-  measuredPieces: number;
-  measuredMs: number;
-  /**
-   * While one more request is on trial: the rate measured at the window before it, in pieces
-   * per ms (undefined: no trial).
-   */
-  trialBaseline: number | undefined;
-  /** Full rounds left before the next trial may start. */
-  holdRounds: number;
-  /** The wait after the next trial that does not pay, in full rounds. */
-  retryRounds: number;
+  /** The best rate of a finished round, in pieces per ms (undefined before the first). */
+  bestRate: number | undefined;
 }
 
 export function newWindow(nowMs: number): SourceWindow {
@@ -234,12 +211,7 @@ export function newWindow(nowMs: number): SourceWindow {
     roundStartMs: nowMs,
     roundPieces: 0,
     roundFull: false,
-    measuredRounds: 0,
-    measuredPieces: 0,
-    measuredMs: 0,
-    trialBaseline: undefined,
-    holdRounds: 0,
-    retryRounds: WINDOW_RETRY_ROUNDS,
+    bestRate: undefined,
   };
 }
 
@@ -268,10 +240,9 @@ export function windowStarted(
 
 /**
  * Advances `window` after a piece from the source verified at `nowMs`. At the end of a round
- * (as many pieces as the window) that was full, its rate joins the window's measurement; once
- * that covers enough rounds, one more request is tried (a trial), and after as many rounds at
- * the larger window, kept if it paid (`WINDOW_GROWTH_SHARE`) or taken back. A 429's limit is
- * raised by one per round, and forgotten once it reaches the cap.
+ * (as many pieces as the window): one more request if the round was full and faster than the
+ * best before it by `WINDOW_GROWTH_GAIN`; a 429's limit is raised by one, and forgotten once
+ * it reaches the cap.
  */
 export function windowAfterOk(
   window: SourceWindow,
@@ -284,12 +255,16 @@ export function windowAfterOk(
   if (window.roundPieces < cap) {
     return;
   }
-  if (window.roundFull && window.limit === undefined) {
-    window.measuredRounds += 1;
-    window.measuredPieces += window.roundPieces;
-    window.measuredMs += Math.max(1, nowMs - window.roundStartMs);
-    measured(window, base, max);
+  const rate = window.roundPieces / Math.max(1, nowMs - window.roundStartMs);
+  if (
+    window.roundFull &&
+    window.limit === undefined &&
+    base + window.grown < max &&
+    (window.bestRate === undefined || rate > window.bestRate * WINDOW_GROWTH_GAIN)
+  ) {
+    window.grown += 1;
   }
+  window.bestRate = Math.max(window.bestRate ?? 0, rate);
   if (window.limit !== undefined) {
     window.limit += 1;
     if (window.limit >= Math.min(Math.max(base, max), base + window.grown)) {
@@ -299,38 +274,6 @@ export function windowAfterOk(
   window.roundStartMs = nowMs;
   window.roundPieces = 0;
   window.roundFull = false;
-}
-
-/** Decides on the window once its current size is measured well enough to compare. */
-function measured(window: SourceWindow, base: number, max: number): void {
-  window.holdRounds = Math.max(0, window.holdRounds - 1);
-  if (
-    window.measuredRounds < WINDOW_MEASURE_ROUNDS ||
-    window.measuredPieces < WINDOW_MEASURE_PIECES
-  ) {
-    return;
-  }
-  const rate = window.measuredPieces / window.measuredMs;
-  const size = base + window.grown;
-  window.measuredRounds = 0;
-  window.measuredPieces = 0;
-  window.measuredMs = 0;
-  if (window.trialBaseline !== undefined) {
-    const paid = rate > window.trialBaseline * (1 + WINDOW_GROWTH_SHARE / (size - 1));
-    window.trialBaseline = undefined;
-    if (!paid) {
-      // Queued behind the others on a full link: back to the window that was as fast.
-      window.grown -= 1;
-      window.holdRounds = window.retryRounds;
-      window.retryRounds = Math.min(WINDOW_RETRY_MAX_ROUNDS, window.retryRounds * 2);
-      return;
-    }
-    window.retryRounds = WINDOW_RETRY_ROUNDS;
-  }
-  if (window.holdRounds === 0 && size < max) {
-    window.trialBaseline = rate;
-    window.grown += 1;
-  }
 }
 
 /**
