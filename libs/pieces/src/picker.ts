@@ -770,12 +770,7 @@ export class PiecePicker {
     let best: SourceState | undefined;
     const max = settings.maxPerSource ?? settings.concurrency;
     for (const source of holders) {
-      const base =
-        source.advert.seed && othersServe
-          ? settings.perSeed
-          : sole
-            ? this.#soleCap()
-            : settings.perSource;
+      const base = this.#capFrom(source, othersServe, sole);
       // A seed keeps its configured cap: it serves every agent of the cluster from one upload
       // budget, and one agent's rounds getting faster there would be slots taken from others
       // (its 429s defer pieces rather than hold a window).
@@ -802,12 +797,22 @@ export class PiecePicker {
   #baseCap(source: SourceState): number {
     const now = this.#now();
     const usable = [...this.#sources.values()].filter((s) => this.#usable(s, now));
-    if (usable.length === 1 && usable[0] === source) {
-      return this.#soleCap();
+    return this.#capFrom(
+      source,
+      usable.some((s) => !s.advert.seed),
+      usable.length === 1 && usable[0] === source,
+    );
+  }
+
+  /**
+   * The one rule for a source's configured cap (`#pick` and the window's rounds must agree):
+   * `othersServe`, a peer is usable; `sole`, the source is the only usable one.
+   */
+  #capFrom(source: SourceState, othersServe: boolean, sole: boolean): number {
+    if (source.advert.seed && othersServe) {
+      return this.#settings.perSeed;
     }
-    return source.advert.seed && usable.some((s) => !s.advert.seed)
-      ? this.#settings.perSeed
-      : this.#settings.perSource;
+    return sole ? this.#soleCap() : this.#settings.perSource;
   }
 
   /** Requests in flight to a sole source: see `soleSourceBytes`. */

@@ -102,3 +102,4 @@ export {
   type RegistryFault,
 } from './fault-proxy.js';
 export { NetLab, type LabHost, type LinkShape } from './netlab.js';
+export { seededRandom } from './random.js';

@@ -12,10 +12,18 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { PeerInfo, StreamSpec } from '@shoal/proto';
 import { createLogger, createMetrics, type Logger } from '@shoal/runtime';
 import { ensureStreams } from '@shoal/runtime/nats';
+import type { PieceBuffers } from '@shoal/pieces';
+import { UpstreamClient } from '@shoal/registry';
+import { RateLimiter } from '@shoal/runtime';
 import { startNats, type NatsServer } from '@shoal/testkit';
 
 import { createAgentMetrics, type AgentMetrics } from '../src/metrics.js';
+import type { FsContentStore } from '../src/cache/content-store.js';
+import type { BlobDownload } from '../src/cache/download.js';
 import { SwarmClient } from '../src/swarm/client.js';
+import { PieceClient } from '../src/swarm/piece-client.js';
+import { SwarmFetch, type SwarmFetchSettings } from '../src/swarm/swarm-fetch.js';
+import { RegistryRequests } from '../src/upstream/registry-requests.js';
 
 export interface JetStreamFixture {
   readonly nats: NatsServer;
@@ -66,4 +74,45 @@ export function startSwarmClient(
   });
   client.start();
   return { client, logger, metrics };
+}
+
+/** The upstream client's timeouts in `swarmFetchNoOrigin`, the whole-blob reader's too. */
+const NO_ORIGIN_TIMEOUTS = { connectMs: 1_000, headersMs: 1_000, idleMs: 1_000 };
+
+/**
+ * A swarm fetch of `download` whose origin is unreachable (nothing listens on port 1, so a
+ * fallback fails the download at once): what it gets, it got from the swarm.
+ */
+export function swarmFetchNoOrigin(
+  download: BlobDownload,
+  name: string,
+  deps: {
+    client: SwarmClient;
+    store: FsContentStore;
+    pool: PieceBuffers;
+    metrics: AgentMetrics;
+    logger: Logger;
+  },
+  settings: SwarmFetchSettings,
+): SwarmFetch {
+  return new SwarmFetch(
+    download,
+    {
+      registry: { host: '127.0.0.1:1', url: new URL('http://127.0.0.1:1') },
+      name,
+      digest: download.digest,
+      authorization: undefined,
+    },
+    {
+      ...deps,
+      pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
+      requests: new RegistryRequests(
+        new UpstreamClient(NO_ORIGIN_TIMEOUTS),
+        deps.metrics,
+        NO_ORIGIN_TIMEOUTS,
+      ),
+      downloadLimit: new RateLimiter(0),
+      settings,
+    },
+  );
 }

@@ -199,4 +199,29 @@ describe('PieceClient against a source that is gone', () => {
       client.close();
     }
   });
+
+  it('says the source is unreachable when its name no longer resolves', async () => {
+    // A Kubernetes pod's DNS name goes when the pod stops; `.invalid` never resolves. The
+    // idle timeout is long enough for a slow resolver to answer first.
+    const client = new PieceClient({ idleTimeoutMs: 15_000, minRateBytes: 0 });
+    try {
+      await assert.rejects(
+        client.fetch(
+          'http://shoal-seed-gone.invalid:7001',
+          `sha256:${'b'.repeat(64)}`,
+          0,
+          1024,
+          AbortSignal.timeout(20_000),
+        ),
+        (error: unknown) =>
+          error instanceof PieceFetchError &&
+          error.code === 'PIECE_UNREACHABLE' &&
+          /does not resolve/.test(error.message) &&
+          error.cause instanceof Error &&
+          ['ENOTFOUND', 'EAI_AGAIN'].includes((error.cause as NodeJS.ErrnoException).code ?? ''),
+      );
+    } finally {
+      client.close();
+    }
+  });
 });

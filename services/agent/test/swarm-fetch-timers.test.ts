@@ -12,23 +12,21 @@ import { after, before, describe, it } from 'node:test';
 
 import { PieceBuffers } from '@shoal/pieces';
 import { digestOf, STREAMS } from '@shoal/proto';
-import { UpstreamClient } from '@shoal/registry';
-import { RateLimiter } from '@shoal/runtime';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
-import { PieceClient } from '../src/swarm/piece-client.js';
-import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
-import { RegistryRequests } from '../src/upstream/registry-requests.js';
-import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
+import {
+  startJetStream,
+  startSwarmClient,
+  swarmFetchNoOrigin,
+  type JetStreamFixture,
+} from './jetstream-fixture.js';
 import { timerCallbacks } from './timer-callbacks.js';
 
 const STALL_TIMEOUT_MS = 2_000;
 /** Longer than the test: one want goes out, at the start. */
 const WANT_INTERVAL_MS = 60_000;
 const SELF = { id: 'agent-timers', url: 'http://127.0.0.1:65002' };
-/** The upstream client's timeouts, the whole-blob reader's too. */
-const TIMEOUTS = { connectMs: 1_000, headersMs: 1_000, idleMs: 1_000 };
 
 describe('SwarmFetch timers', () => {
   let fixture: JetStreamFixture;
@@ -51,29 +49,14 @@ describe('SwarmFetch timers', () => {
     const pool = new PieceBuffers(1024 * 1024);
     const digest = digestOf(Buffer.from('a blob nobody holds'));
     const download = new BlobDownload(digest, await store.createTemp(), pool);
-    const fetch = new SwarmFetch(
+    const fetch = swarmFetchNoOrigin(
       download,
+      'library/idle',
+      { client, store, pool, metrics, logger },
       {
-        // Nothing listens on port 1: the origin fallback fails at once.
-        registry: { host: '127.0.0.1:1', url: new URL('http://127.0.0.1:1') },
-        name: 'library/idle',
-        digest,
-        authorization: undefined,
-      },
-      {
-        client,
-        pieces: new PieceClient({ idleTimeoutMs: 5_000, minRateBytes: 0 }),
-        store,
-        pool,
-        requests: new RegistryRequests(new UpstreamClient(TIMEOUTS), metrics, TIMEOUTS),
-        downloadLimit: new RateLimiter(0),
-        metrics,
-        logger,
-        settings: {
-          concurrency: 4,
-          stallTimeoutMs: STALL_TIMEOUT_MS,
-          wantIntervalMs: WANT_INTERVAL_MS,
-        },
+        concurrency: 4,
+        stallTimeoutMs: STALL_TIMEOUT_MS,
+        wantIntervalMs: WANT_INTERVAL_MS,
       },
     );
     let tookMs = 0;

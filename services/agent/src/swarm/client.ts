@@ -28,7 +28,8 @@ import { activeSpan, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
-import { DirectGetCheck, readPieceHashes } from './hash-reader.js';
+import { DirectGetCheck, readPieceHashes, type HashPath } from './hash-reader.js';
+import { SourcePenalties } from './penalties.js';
 
 /**
  * How long a publish may wait once the client is closing, in ms: a NATS outage at SIGTERM
@@ -85,10 +86,8 @@ export class SwarmClient {
   #flushing: Promise<void> = Promise.resolve();
   /** Download spans that have their first want recorded. */
   readonly #wantMarked = new WeakSet<Span>();
-  /** Peers that sent a bad piece, until when (ms since the epoch): skipped for every blob. */
-  readonly #penalties = new Map<string, number>();
-  /** Connections refused in a row per peer (see `refused`); dropped when it answers. */
-  readonly #refusals = new Map<string, number>();
+  /** Peers every download leaves alone for now (a bad piece, a silence, refusals). */
+  readonly #penalties: SourcePenalties;
 
   constructor(options: {
     nc: NatsConnection;
@@ -101,7 +100,10 @@ export class SwarmClient {
     haveIntervalMs: number;
     logger: Logger;
     metrics: AgentMetrics;
+    /** The penalties' clock, in ms (default `Date.now`; tests pass a fake one). */
+    now?: () => number;
   }) {
+    this.#penalties = new SourcePenalties(options.now);
     this.self = options.self;
     this.#nc = options.nc;
     this.#js = options.js;
@@ -127,6 +129,11 @@ export class SwarmClient {
             continue;
           }
           this.#metrics.eventsReceived.inc({ type: 'handout' });
+          // A source named again after refusing may be back (a restarted seed server is named
+          // as soon as it announces): its doubled penalty is cut back (`handedOut`).
+          for (const entry of decoded.value.peers) {
+            this.#penalties.handedOut(entry.peer.id);
+          }
           for (const listener of this.#listeners.get(decoded.value.blob) ?? []) {
             listener(decoded.value);
           }
@@ -172,48 +179,29 @@ export class SwarmClient {
     };
   }
 
-  /** Keeps a peer that sent a bad piece out of every download for `ms`. */
+  /** Keeps a peer that sent a bad piece, or went silent, out of every download for `ms`. */
   penalize(peer: string, ms: number): void {
-    this.#penalties.set(peer, Date.now() + ms);
+    this.#penalties.penalize(peer, ms);
   }
 
-  /**
-   * A peer refused a connection (it stopped; the tracker may name it for a while yet): it is
-   * left alone for `baseMs`, doubling with each refusal in a row up to `maxMs`, so a source
-   * that stays gone costs a refused connection every few seconds rather than every `baseMs`
-   * from every download. Refusals while it is penalised already (requests started together)
-   * count once. `answered` forgets them.
-   */
+  /** A peer refused a connection: see `SourcePenalties.refused`. */
   refused(peer: string, baseMs: number, maxMs: number): void {
-    if (this.isPenalized(peer)) {
-      return;
-    }
-    const refusals = this.#refusals.get(peer) ?? 0;
-    this.#refusals.set(peer, refusals + 1);
-    this.penalize(peer, Math.min(maxMs, baseMs * 2 ** refusals));
+    this.#penalties.refused(peer, baseMs, maxMs);
   }
 
   /** A peer answered a piece request: its refused connections are forgotten. */
   answered(peer: string): void {
-    this.#refusals.delete(peer);
+    this.#penalties.answered(peer);
   }
 
   /** True while a peer is penalised. */
   isPenalized(peer: string): boolean {
-    const until = this.#penalties.get(peer);
-    if (until === undefined) {
-      return false;
-    }
-    if (until < Date.now()) {
-      this.#penalties.delete(peer);
-      return false;
-    }
-    return true;
+    return this.#penalties.isPenalized(peer);
   }
 
   /** When a peer's penalty ends (ms), or undefined when it has none now. */
   penaltyEnds(peer: string): number | undefined {
-    return this.isPenalized(peer) ? this.#penalties.get(peer) : undefined;
+    return this.#penalties.penaltyEnds(peer);
   }
 
   /**
@@ -328,12 +316,13 @@ export class SwarmClient {
    * Delivers a blob's piece hashes to `onBatch` until every piece's hash has come or
    * `signal` aborts: the stored batches by direct get, new ones live while the seed still
    * hashes (cut-through), no consumer per download (see `hash-reader.ts`). A seed server that
-   * gives the blob up says so on the same subject: `onSeedFailed`.
+   * gives the blob up says so on the same subject: `onSeedFailed`. `path` says how a batch
+   * came: `live` while the seed server publishes it, `stored` (or `consumer`) read back.
    */
   followHashes(
     blob: string,
     signal: AbortSignal,
-    onBatch: (batch: PieceHashes) => void,
+    onBatch: (batch: PieceHashes, path: HashPath) => void,
     onSeedFailed?: (notice: SeedFailed) => void,
   ): Promise<void> {
     return readPieceHashes(

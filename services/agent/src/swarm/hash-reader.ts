@@ -182,7 +182,7 @@ export async function readPieceHashes(
   deps: HashReaderDeps,
   blob: string,
   signal: AbortSignal,
-  onBatch: (batch: PieceHashes) => void,
+  onBatch: (batch: PieceHashes, path: HashPath) => void,
   onSeedFailed: (notice: SeedFailed) => void = () => undefined,
 ): Promise<void> {
   const reader = new HashReader(deps, blob, signal, onBatch, onSeedFailed);
@@ -205,7 +205,7 @@ class HashReader {
   readonly #blob: string;
   readonly #subject: string;
   readonly #signal: AbortSignal;
-  readonly #onBatch: (batch: PieceHashes) => void;
+  readonly #onBatch: (batch: PieceHashes, path: HashPath) => void;
   readonly #onSeedFailed: (notice: SeedFailed) => void;
   /** Pieces whose hash was delivered. */
   readonly #known = new Set<number>();
@@ -233,7 +233,7 @@ class HashReader {
     deps: HashReaderDeps,
     blob: string,
     signal: AbortSignal,
-    onBatch: (batch: PieceHashes) => void,
+    onBatch: (batch: PieceHashes, path: HashPath) => void,
     onSeedFailed: (notice: SeedFailed) => void,
   ) {
     this.#deps = deps;
@@ -479,7 +479,7 @@ class HashReader {
       'shoal.count': batch.hashes.length,
       'shoal.path': path,
     });
-    this.#onBatch(batch);
+    this.#onBatch(batch, path);
     if (this.#isDone()) {
       this.#wake?.();
     }

@@ -12,15 +12,27 @@ export class PieceFetchError extends ShoalError<
 }
 
 /**
- * Connection errors that say nothing listens at the source's address (a peer or seed server
- * that stopped, though the tracker may name it for a while yet), rather than that one request
- * went wrong.
+ * Connection errors that say nothing answers at the source's address or name (a peer or seed
+ * server that stopped, though the tracker may name it for a while yet), rather than that one
+ * request went wrong: a refusal, no route, or a name that no longer resolves (in Kubernetes a
+ * stopped pod's DNS name goes with it: ENOTFOUND, or EAI_AGAIN while the resolver cannot say).
+ * All are definite at once, so they share the refused source's short, doubling penalty. A
+ * connection never accepted (a host that vanished, or a stale address that drops the SYN) is
+ * not definite: it ends at the idle timeout, as a request that failed.
  */
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH']);
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+const NAME_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN']);
 
-function unreachable(error: unknown): boolean {
+/** The error's code when it is one of `codes`. */
+function codeIn(error: unknown, codes: ReadonlySet<string>): string | undefined {
   const code: unknown = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
-  return typeof code === 'string' && UNREACHABLE_CODES.has(code);
+  return typeof code === 'string' && codes.has(code) ? code : undefined;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -216,11 +228,14 @@ export class PieceClient {
         signal.removeEventListener('abort', onAbort);
       })
       .catch((error: unknown) => {
-        throw unreachable(error)
-          ? new PieceFetchError('PIECE_UNREACHABLE', 503, `${url.host} refuses connections`, {
-              cause: error,
-            })
-          : error;
+        const code = codeIn(error, UNREACHABLE_CODES);
+        if (code === undefined) {
+          throw error;
+        }
+        const what = NAME_CODES.has(code) ? 'does not resolve' : 'refuses connections';
+        throw new PieceFetchError('PIECE_UNREACHABLE', 503, `${url.host} ${what} (${code})`, {
+          cause: error,
+        });
       });
     if (received !== length) {
       throw new PieceFetchError(

@@ -52,6 +52,7 @@ import { ByteTally } from '../provenance/ledger.js';
 import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
+import type { HashPath } from './hash-reader.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
 import { StallWatch } from './stall-watch.js';
 import type { RateLimiter } from '@shoal/runtime';
@@ -89,7 +90,11 @@ const UNREACHABLE_PENALTY_MS = 2000;
  * restarts is asked again within this.
  */
 const UNREACHABLE_PENALTY_MAX_MS = 8000;
-/** How long a peer whose upload slots are all taken (429) is left alone, in ms. */
+/**
+ * Longest a peer whose upload slots are all taken (a 429 with none of our requests in flight)
+ * is left alone, in ms: the wait starts at the typical piece time and doubles per such 429 in
+ * a row up to this (`busyBackoff`); with requests of ours in flight there is no wait.
+ */
 const PEER_BUSY_BACKOFF_MS = 1000;
 /** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
 const SEED_DEFER_MS = 750;
@@ -275,7 +280,7 @@ export class SwarmFetch {
       .followHashes(
         this.#blob,
         stop.signal,
-        (batch) => this.#onHashes(batch),
+        (batch, path) => this.#onHashes(batch, path),
         (notice) => this.#onSeedFailed(notice),
       )
       .catch((error: unknown) =>
@@ -626,9 +631,12 @@ export class SwarmFetch {
     }
   }
 
-  #onHashes(batch: PieceHashes): void {
+  #onHashes(batch: PieceHashes, path: HashPath): void {
     if (this.#picker.count === 0) {
-      this.#wantNow = !this.#picker.anyHolder();
+      // Heard live: the seed server is ingesting the blob for this cold pull, and a want now
+      // learns of it as a holder. Stored hashes (a warm pull) come before the first hand-out,
+      // which names holders anyway: a want then only adds one.
+      this.#wantNow = path === 'live' && !this.#picker.anyHolder();
       this.#pieceSize = batch.pieceSize;
       this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);

@@ -1,0 +1,128 @@
+/**
+ * Which piece sources every download of the agent leaves alone for now, and why: a bad piece
+ * or a silence (a fixed time), or refused connections (doubling while they go on, cut back
+ * once the tracker names the source again). Pure: the clock is injected, so the rules are
+ * tested on a fake one.
+ */
+
+/** A source's refused connections in a row, and the penalty the last one set. */
+interface Refusals {
+  count: number;
+  /** When the last refusal was (ms). */
+  atMs: number;
+  /** Its penalty's end (ms), and the shortest and longest such penalty. */
+  untilMs: number;
+  baseMs: number;
+  maxMs: number;
+}
+
+export class SourcePenalties {
+  readonly #now: () => number;
+  /** Until when each penalised source is left alone (ms). */
+  readonly #until = new Map<string, number>();
+  readonly #refusals = new Map<string, Refusals>();
+
+  constructor(now: () => number = Date.now) {
+    this.#now = now;
+  }
+
+  /** Keeps a source out of every download for `ms` (a bad piece, a silence). */
+  penalize(peer: string, ms: number): void {
+    const now = this.#now();
+    this.#prune(now);
+    this.#until.set(peer, now + ms);
+  }
+
+  /**
+   * A source refused a connection (it stopped; the tracker may name it for a while yet): it
+   * is left alone for `baseMs`, doubling with each refusal in a row up to `maxMs`, so a
+   * source that stays gone costs a refused connection every few seconds rather than every
+   * `baseMs`. Refusals while it is penalised already (requests started together, or a
+   * silence's penalty) count once, and change nothing.
+   */
+  refused(peer: string, baseMs: number, maxMs: number): void {
+    const now = this.#now();
+    if (this.#penalized(peer, now) !== undefined) {
+      return;
+    }
+    this.#prune(now);
+    const count = this.#refusals.get(peer)?.count ?? 0;
+    const untilMs = now + Math.min(maxMs, baseMs * 2 ** count);
+    this.#until.set(peer, untilMs);
+    this.#refusals.set(peer, { count: count + 1, atMs: now, untilMs, baseMs, maxMs });
+  }
+
+  /** A source answered a piece request: its refused connections are forgotten. */
+  answered(peer: string): void {
+    this.#refusals.delete(peer);
+  }
+
+  /**
+   * A hand-out named the source after it refused: it may be back (a seed server that
+   * restarted is named as soon as it announces), so its refusals in a row are forgotten and its
+   * penalty is cut back to `baseMs` after the last refusal: asked again soon, not after the
+   * doubled penalty (up to 8 s more of a download stalling toward the origin). A source still
+   * gone costs one refused connection per hand-out and `baseMs` at most.
+   */
+  handedOut(peer: string): void {
+    const refusals = this.#refusals.get(peer);
+    if (refusals === undefined) {
+      return;
+    }
+    this.#refusals.delete(peer);
+    if (this.#until.get(peer) !== refusals.untilMs) {
+      return; // A penalty set since for another reason (a bad piece) stays.
+    }
+    const untilMs = Math.min(refusals.untilMs, refusals.atMs + refusals.baseMs);
+    if (untilMs <= this.#now()) {
+      this.#until.delete(peer);
+    } else {
+      this.#until.set(peer, untilMs);
+    }
+  }
+
+  /** True while a source is penalised. */
+  isPenalized(peer: string): boolean {
+    return this.#penalized(peer, this.#now()) !== undefined;
+  }
+
+  /** When a source's penalty ends (ms), or undefined when it has none now. */
+  penaltyEnds(peer: string): number | undefined {
+    return this.#penalized(peer, this.#now());
+  }
+
+  /** Sources with a penalty or refusals remembered (bounded by the pruning; for tests). */
+  get tracked(): number {
+    return new Set([...this.#until.keys(), ...this.#refusals.keys()]).size;
+  }
+
+  #penalized(peer: string, now: number): number | undefined {
+    const until = this.#until.get(peer);
+    if (until === undefined) {
+      return undefined;
+    }
+    if (until < now) {
+      this.#until.delete(peer);
+      return undefined;
+    }
+    return until;
+  }
+
+  /**
+   * Forgets penalties that ended, and refusals older than their source's longest penalty past
+   * its end (the count decays: a source refused once an hour starts from `baseMs` each
+   * time), so sources seen once do not stay in the maps for the agent's lifetime.
+   */
+  #prune(now: number): void {
+    for (const [peer, until] of this.#until) {
+      if (until < now) {
+        this.#until.delete(peer);
+      }
+    }
+    for (const [peer, refusals] of this.#refusals) {
+      if (now > refusals.untilMs + refusals.maxMs) {
+        this.#refusals.delete(peer);
+      }
+    }
+  }
+}
