@@ -24,7 +24,7 @@ import {
   type PieceRanges,
   type SeedFailed,
 } from '@shoal/proto';
-import { activeSpan, type Logger, type Span } from '@shoal/runtime';
+import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
 import { traceHeaders } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
@@ -51,6 +51,14 @@ const PERMANENT_PUBLISH_ERRORS = new Set([
 
 function isPermanent(error: unknown): boolean {
   return error instanceof Error && PERMANENT_PUBLISH_ERRORS.has(error.name);
+}
+
+/** A publish still unacknowledged when the connection was made anew. */
+class ReconnectedError extends Error {
+  constructor() {
+    super('NATS reconnected before the publish was acknowledged');
+    this.name = 'ReconnectedError';
+  }
 }
 
 export interface WantRequest {
@@ -84,6 +92,14 @@ export class SwarmClient {
   /** The last have publish failed (NATS away): logged once per outage, not tried at close. */
   #publishFailing = false;
   #flushing: Promise<void> = Promise.resolve();
+  /**
+   * Aborted (and replaced) when the connection is made anew: a have published on the old
+   * one, to a server that vanished silently, never gets its acknowledgement, and waiting out
+   * its timeout held every later have back for seconds after NATS was back.
+   */
+  #connection = new AbortController();
+  /** Wants NATS did not take, by blob: sent again once it is back (see `want`). */
+  readonly #lostWants = new Map<string, WantRequest>();
   /** Download spans that have their first want recorded. */
   readonly #wantMarked = new WeakSet<Span>();
   /** Peers every download leaves alone for now (a bad piece, a silence, refusals). */
@@ -117,6 +133,15 @@ export class SwarmClient {
 
   /** Starts receiving hand-outs; a subscription that fails is reopened after a second. */
   start(): void {
+    void (async () => {
+      for await (const status of this.#nc.status()) {
+        if (status.type === 'reconnect') {
+          this.#connection.abort();
+          this.#connection = new AbortController();
+          this.#resendLostWants();
+        }
+      }
+    })();
     const subscription = this.#nc.subscribe(handoutSubject(this.self.id));
     this.#subscription = subscription;
     void (async () => {
@@ -210,8 +235,9 @@ export class SwarmClient {
    */
   async want(request: WantRequest): Promise<void> {
     const headers = traceHeaders();
+    const connection = this.#connection.signal;
     try {
-      await this.#js.publish(
+      const published = this.#js.publish(
         pieceWantSubject(request.blob, this.self.id),
         encodeMessage(pieceWant, {
           type: 'piece-want',
@@ -224,6 +250,8 @@ export class SwarmClient {
         }),
         headers === undefined ? undefined : { headers },
       );
+      await untilAborted(published, connection, () => new ReconnectedError());
+      this.#lostWants.delete(request.blob);
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
       // The first want of a download is a phase of its timeline; the rest would only fill
       // its span with events.
@@ -234,6 +262,27 @@ export class SwarmClient {
       }
     } catch (error) {
       this.#logger.warn({ err: error, blob: request.blob }, 'could not publish a want');
+      if (this.#closed || isPermanent(error)) {
+        return;
+      }
+      // Kept for the next connection: a blob read from the origin while NATS was away has
+      // no piece hashes (only a seed server publishes them, and only when a want asks for
+      // one), and once its haves are in, the tracker counts this node as able to finish it
+      // and asks no seed: every later pull of it would stall and read the origin too.
+      this.#lostWants.set(request.blob, request);
+      if (error instanceof ReconnectedError) {
+        // The connection it went out on is gone; the new one is up.
+        this.#resendLostWants();
+      }
+    }
+  }
+
+  /** Publishes again the wants NATS did not take (see `want`), the latest of each blob. */
+  #resendLostWants(): void {
+    const lost = [...this.#lostWants.values()];
+    this.#lostWants.clear();
+    for (const request of lost) {
+      void this.want(request);
     }
   }
 
@@ -276,7 +325,7 @@ export class SwarmClient {
         break;
       }
       try {
-        await this.#js.publish(
+        const published = this.#js.publish(
           pieceHaveSubject(blob, this.self.id),
           encodeMessage(pieceHave, {
             type: 'piece-have',
@@ -287,6 +336,13 @@ export class SwarmClient {
             seed: false,
           }),
           this.#closed ? { timeout: CLOSE_PUBLISH_TIMEOUT_MS } : {},
+        );
+        // Sent again over the new connection at once (a have says the whole piece set, so a
+        // copy that did arrive changes nothing).
+        await untilAborted(
+          published,
+          this.#connection.signal,
+          () => new ReconnectedError(),
         );
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
         this.#publishFailing = false;
