@@ -132,7 +132,7 @@ export async function buildApp(
       metrics.agentsBucketFailures.inc();
       logger.warn(
         { err: error, retryMs: AGENTS_BUCKET_RETRY_MS },
-        'could not declare the agents presence bucket shoal_agents (check the watcher\'s NATS permissions); preheats of scope nodes see no agents until it is declared',
+        "could not declare the agents presence bucket shoal_agents (check the watcher's NATS permissions); preheats of scope nodes see no agents until it is declared",
       );
       if (!closing) {
         agentsRetry = setTimeout(() => void declareAgentsKv(), AGENTS_BUCKET_RETRY_MS);
