@@ -339,11 +339,7 @@ export class SwarmClient {
         );
         // Sent again over the new connection at once (a have says the whole piece set, so a
         // copy that did arrive changes nothing).
-        await untilAborted(
-          published,
-          this.#connection.signal,
-          () => new ReconnectedError(),
-        );
+        await untilAborted(published, this.#connection.signal, () => new ReconnectedError());
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
         this.#publishFailing = false;
       } catch (error) {
