@@ -102,7 +102,7 @@ export class SwarmClient {
   readonly #lostWants = new Map<string, WantRequest>();
   /** Download spans that have their first want recorded. */
   readonly #wantMarked = new WeakSet<Span>();
-  /** Peers every download leaves alone for now (a bad piece, a silence, refusals). */
+  /** Peers every download leaves alone for now (a bad piece, refused connections). */
   readonly #penalties: SourcePenalties;
 
   constructor(options: {
@@ -204,7 +204,7 @@ export class SwarmClient {
     };
   }
 
-  /** Keeps a peer that sent a bad piece, or went silent, out of every download for `ms`. */
+  /** Keeps a peer that sent a bad piece out of every download for `ms`. */
   penalize(peer: string, ms: number): void {
     this.#penalties.penalize(peer, ms);
   }

@@ -1,6 +1,6 @@
 /**
  * Which piece sources every download of the agent leaves alone for now, and why: a bad piece
- * or a silence (a fixed time), or refused connections (doubling while they go on, cut back
+ * (a fixed time), or refused connections (doubling while they go on, cut back
  * once the tracker names the source again). Pure: the clock is injected, so the rules are
  * tested on a fake one.
  */
@@ -26,7 +26,7 @@ export class SourcePenalties {
     this.#now = now;
   }
 
-  /** Keeps a source out of every download for `ms` (a bad piece, a silence). */
+  /** Keeps a source out of every download for `ms` (a bad piece). */
   penalize(peer: string, ms: number): void {
     const now = this.#now();
     this.#prune(now);
@@ -37,8 +37,8 @@ export class SourcePenalties {
    * A source refused a connection (it stopped; the tracker may name it for a while yet): it
    * is left alone for `baseMs`, doubling with each refusal in a row up to `maxMs`, so a
    * source that stays gone costs a refused connection every few seconds rather than every
-   * `baseMs`. Refusals while it is penalised already (requests started together, or a
-   * silence's penalty) count once, and change nothing.
+   * `baseMs`. Refusals while it is penalised already (requests started together, or a bad
+   * piece's penalty) count once, and change nothing.
    */
   refused(peer: string, baseMs: number, maxMs: number): void {
     const now = this.#now();
