@@ -149,10 +149,16 @@ describe('BlobReader', () => {
     assert.ok(read.blocks >= 21, `${read.blocks} blocks`);
     assert.ok(read.memory.size <= 3, `${read.memory.size} distinct blocks`);
 
-    // A second blob reuses the blocks the first gave back: no new memory.
+    // A second blob reuses the blocks the first gave back. It may need one the first did not
+    // (the socket ran further ahead of the reader under load), but the two together stay
+    // within the same three pieces of memory.
     const again = await drain(await openLayer(blobs));
     assert.equal(again.digest, layer.digest);
-    assert.ok([...again.memory].every((block) => read.memory.has(block)));
+    const reused = [...again.memory].filter((block) => read.memory.has(block));
+    // Blocks come from the pool before any is made: as many as it holds are used again.
+    assert.equal(reused.length, Math.min(read.memory.size, again.memory.size), 'blocks reused');
+    const all = new Set([...read.memory, ...again.memory]);
+    assert.ok(all.size <= 3, `${all.size} distinct blocks over both blobs`);
   });
 
   it('pauses the transfer while the caller is slow, in no more than three blocks', async () => {
