@@ -48,7 +48,11 @@ export const natsConfig = z.object({
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  /** Replicas of each stream Shoal creates; 3 in a production JetStream cluster. */
+  /**
+   * Replicas of each stream and KV bucket the service declares (the watcher's include the
+   * agents' presence bucket `shoal_agents`; agents declare none); 3 in a production
+   * JetStream cluster.
+   */
   SHOAL_NATS_STREAM_REPLICAS: z
     .string()
     .regex(/^[135]$/, 'must be 1, 3 or 5')
@@ -375,31 +379,79 @@ export function isMissingResource(error: unknown): boolean {
   );
 }
 
-/** Opens a KV bucket another service owns; undefined while it does not exist. */
-export async function openKv(js: JetStreamClient, spec: KvSpec): Promise<KV | undefined> {
-  try {
-    const kv = new Kvm(js);
-    const bucket = await kv.open(spec.bucket);
-    await bucket.status();
-    return bucket;
-  } catch (error) {
-    if (isNotFound(error)) {
-      return undefined;
-    }
-    throw error;
-  }
+/**
+ * Binds to a KV bucket another service declares, without any JetStream API call (so without
+ * the right to create or even inspect its stream): a put or get fails with a missing resource
+ * (`isMissingResource`) while the bucket does not exist, and works once it does.
+ */
+export async function bindKv(js: JetStreamClient, spec: KvSpec): Promise<KV> {
+  return new Kvm(js).open(spec.bucket);
 }
 
-/** Creates (or opens) a KV bucket with its declared TTL. */
-export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: number): Promise<KV> {
-  return new Kvm(js).create(spec.bucket, {
-    ttl: spec.ttlMs,
-    replicas,
-    history: 1,
-    max_bytes: spec.maxBytes,
-    maxValueSize: spec.maxValueSize,
-    description: spec.description,
-  });
+/**
+ * The settings of a bucket's stream that no KV bucket Shoal declares has and that copy or
+ * move its entries elsewhere: a republish rule, a mirror, sources, a subject transform, or
+ * subjects beyond `$KV.<bucket>.>`. Empty for a bucket as declared.
+ */
+export function foreignKvSettings(config: Partial<StreamConfig>, bucket: string): string[] {
+  const found: string[] = [];
+  if (config.republish !== undefined) {
+    found.push('republish');
+  }
+  if (config.mirror !== undefined) {
+    found.push('mirror');
+  }
+  if ((config.sources ?? []).length > 0) {
+    found.push('sources');
+  }
+  if (config.subject_transform !== undefined) {
+    found.push('subject_transform');
+  }
+  const subjects = config.subjects ?? [];
+  if (subjects.length !== 1 || subjects[0] !== `$KV.${bucket}.>`) {
+    found.push('subjects');
+  }
+  return found;
+}
+
+/**
+ * Creates (or opens) a KV bucket with its declared TTL. An existing bucket keeps its settings,
+ * except one whose stream carries `foreignKvSettings` (made by someone else, e.g. an agent of
+ * a release that still could create the presence stream, with a republish rule that would put
+ * its entries onto piece-hash subjects): that stream is deleted and declared again, and the
+ * replacement logged. Only for buckets of short-lived entries that their writers refresh.
+ */
+export async function ensureKv(
+  js: JetStreamClient,
+  spec: KvSpec,
+  replicas: number,
+  logger?: Logger,
+): Promise<KV> {
+  const create = (): Promise<KV> =>
+    new Kvm(js).create(spec.bucket, {
+      ttl: spec.ttlMs,
+      replicas,
+      history: 1,
+      max_bytes: spec.maxBytes,
+      maxValueSize: spec.maxValueSize,
+      description: spec.description,
+    });
+  const kv = await create();
+  if (logger === undefined) {
+    return kv;
+  }
+  const { streamInfo } = await kv.status();
+  const found = foreignKvSettings(streamInfo.config, spec.bucket);
+  if (found.length === 0) {
+    return kv;
+  }
+  logger.warn(
+    { bucket: spec.bucket, settings: found },
+    'KV bucket found with settings Shoal never declares (entries copied elsewhere); deleting and declaring it again',
+  );
+  const jsm = await js.jetstreamManager();
+  await jsm.streams.delete(streamInfo.config.name);
+  return create();
 }
 
 /** Wait between attempts to declare again after a reconnect, in ms. */

@@ -29,7 +29,6 @@ import {
   jetStreamFor,
   redeclareOnReconnect,
   watchStreamUsage,
-  openKv,
   type NatsConnection,
 } from '@shoal/runtime/nats';
 import type { KV } from '@nats-io/kv';
@@ -100,7 +99,7 @@ export async function buildApp(
     },
   );
 
-  // NATS: the preheat streams and buckets the watcher owns; the agents' bucket is theirs.
+  // NATS: the preheat streams and buckets the watcher owns, the agents' presence bucket too.
   const nc: NatsConnection = await connectNats(
     config,
     `shoal-watcher-${config.SHOAL_WATCHER_ID}`,
@@ -114,11 +113,14 @@ export async function buildApp(
     await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS),
   );
   const leaderKv = await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
-  let agentsKv: KV | undefined;
-  const agents = async (): Promise<AgentPresence[]> => {
-    agentsKv ??= await openKv(js, KV_BUCKETS.agents);
-    return agentsKv === undefined ? [] : liveAgents(agentsKv);
-  };
+  // The agents' presence bucket is declared here, by a trusted service: agents only bind to
+  // it (whoever creates a stream picks its subjects and republish rules).
+  // With the logger it also replaces a bucket someone else made with a republish rule (or
+  // sources, a mirror, other subjects): agents of older releases could create it.
+  const declareAgentsKv = (): Promise<KV> =>
+    ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+  let agentsKv = await declareAgentsKv();
+  const agents = (): Promise<AgentPresence[]> => liveAgents(agentsKv);
 
   // Preheat: requests turn into jobs; the runner works through the queue.
   const requests = new PreheatRequests(js, jobs, metrics, logger);
@@ -225,6 +227,7 @@ export async function buildApp(
         await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
+        agentsKv = await declareAgentsKv();
         await runner.redeclare();
       });
       scheduler?.start();
