@@ -169,6 +169,11 @@ export interface KvSpec {
   readonly maxValueSize: number;
   readonly owner: StreamSpec['owner'];
   readonly description: string;
+  /**
+   * False for a bucket many writers share: a `Nats-Rollup: all` header on one writer's put
+   * would purge every other writer's entry, so the server must refuse it.
+   */
+  readonly allowRollup?: false;
 }
 
 export const KV_BUCKETS = {
@@ -206,6 +211,8 @@ export const KV_BUCKETS = {
     // and republish rules, so an agent allowed to create it could have its puts republished
     // onto subjects it may not publish to (piece hashes, other peers' events).
     owner: 'watcher',
+    // Every agent writes here: one agent's rollup put would purge all other agents' entries.
+    allowRollup: false,
     description:
       'live agents and their labels, refreshed by each agent; declared and read by the watcher',
   },

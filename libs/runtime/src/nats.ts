@@ -414,12 +414,17 @@ export function foreignKvSettings(config: Partial<StreamConfig>, bucket: string)
   return found;
 }
 
+/** Times `ensureKv` declares a bucket again after finding it replaced meanwhile. */
+const KV_REPLACED_RETRIES = 2;
+
 /**
  * Creates (or opens) a KV bucket with its declared TTL. An existing bucket keeps its settings,
  * except one whose stream carries `foreignKvSettings` (made by someone else, e.g. an agent of
  * a release that still could create the presence stream, with a republish rule that would put
  * its entries onto piece-hash subjects): that stream is deleted and declared again, and the
  * replacement logged. Only for buckets of short-lived entries that their writers refresh.
+ * A bucket declared with `allowRollup: false` that allows rollups (nats.js creates every
+ * bucket with them, and older releases kept that) is updated to refuse them.
  */
 export async function ensureKv(
   js: JetStreamClient,
@@ -436,22 +441,58 @@ export async function ensureKv(
       maxValueSize: spec.maxValueSize,
       description: spec.description,
     });
-  const kv = await create();
-  if (logger === undefined) {
-    return kv;
+  if (logger === undefined && spec.allowRollup !== false) {
+    return create();
   }
+  // Two watcher replicas may replace the same tampered bucket at once: the one whose status,
+  // delete or update finds the stream gone lets the other's replacement stand, declares the
+  // bucket again (a no-op if it exists) and checks that one.
+  for (let attempt = 0; attempt < KV_REPLACED_RETRIES; attempt += 1) {
+    try {
+      const kv = await checkKv(js, spec, await create(), logger);
+      if (kv !== undefined) {
+        return kv;
+      }
+    } catch (error) {
+      if (!isNotFound(error)) {
+        throw error;
+      }
+      logger?.info({ bucket: spec.bucket }, 'KV bucket replaced meanwhile; declaring it again');
+    }
+  }
+  const kv = await checkKv(js, spec, await create(), logger);
+  if (kv === undefined) {
+    throw new Error(`KV bucket ${spec.bucket} keeps being declared with foreign settings`);
+  }
+  return kv;
+}
+
+/**
+ * `ensureKv`'s checks of a bucket just declared or opened: the bucket to use, or undefined
+ * once a tampered one is deleted (to be declared again).
+ */
+async function checkKv(
+  js: JetStreamClient,
+  spec: KvSpec,
+  kv: KV,
+  logger: Logger | undefined,
+): Promise<KV | undefined> {
   const { streamInfo } = await kv.status();
-  const found = foreignKvSettings(streamInfo.config, spec.bucket);
-  if (found.length === 0) {
-    return kv;
-  }
-  logger.warn(
-    { bucket: spec.bucket, settings: found },
-    'KV bucket found with settings Shoal never declares (entries copied elsewhere); deleting and declaring it again',
-  );
   const jsm = await js.jetstreamManager();
-  await jsm.streams.delete(streamInfo.config.name);
-  return create();
+  const found = logger === undefined ? [] : foreignKvSettings(streamInfo.config, spec.bucket);
+  if (found.length > 0) {
+    logger?.warn(
+      { bucket: spec.bucket, settings: found },
+      'KV bucket found with settings Shoal never declares (entries copied elsewhere); deleting and declaring it again',
+    );
+    await jsm.streams.delete(streamInfo.config.name);
+    return undefined;
+  }
+  if (spec.allowRollup === false && streamInfo.config.allow_rollup_hdrs) {
+    await jsm.streams.update(streamInfo.config.name, { allow_rollup_hdrs: false });
+    logger?.info({ bucket: spec.bucket }, 'KV bucket allowed rollups; updated to refuse them');
+  }
+  return kv;
 }
 
 /** Wait between attempts to declare again after a reconnect, in ms. */

@@ -50,6 +50,8 @@ export type { JobStatus } from './preheat/jobs.js';
 
 /** How long draining the NATS connection may take before it is closed outright, in ms. */
 const DRAIN_TIMEOUT_MS = 10_000;
+/** Wait before declaring the agents' presence bucket again after a failure, in ms. */
+const AGENTS_BUCKET_RETRY_MS = 5000;
 /** How often the schedule lock is refreshed, in ms: a third of its TTL. */
 const LOCK_REFRESH_MS = KV_BUCKETS.watcherLeader.ttlMs / 3;
 
@@ -117,10 +119,29 @@ export async function buildApp(
   // it (whoever creates a stream picks its subjects and republish rules).
   // With the logger it also replaces a bucket someone else made with a republish rule (or
   // sources, a mirror, other subjects): agents of older releases could create it.
-  const declareAgentsKv = (): Promise<KV> =>
-    ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
-  let agentsKv = await declareAgentsKv();
-  const agents = (): Promise<AgentPresence[]> => liveAgents(agentsKv);
+  // Declared last and off the start path: a watcher without the rights to it (NATS users of an
+  // older release) or a failed stream lookup still runs its preheats, seeing no agents
+  // (`nodes` jobs wait for their grace) until a background retry declares the bucket.
+  let agentsKv: KV | undefined;
+  let agentsRetry: NodeJS.Timeout | undefined;
+  const declareAgentsKv = async (): Promise<void> => {
+    clearTimeout(agentsRetry);
+    try {
+      agentsKv = await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+    } catch (error) {
+      metrics.agentsBucketFailures.inc();
+      logger.warn(
+        { err: error, retryMs: AGENTS_BUCKET_RETRY_MS },
+        "could not declare the agents presence bucket shoal_agents (check the watcher's NATS permissions); preheats of scope nodes see no agents until it is declared",
+      );
+      if (!closing) {
+        agentsRetry = setTimeout(() => void declareAgentsKv(), AGENTS_BUCKET_RETRY_MS);
+        agentsRetry.unref();
+      }
+    }
+  };
+  const agents = async (): Promise<AgentPresence[]> =>
+    agentsKv === undefined ? [] : liveAgents(agentsKv);
 
   // Preheat: requests turn into jobs; the runner works through the queue.
   const requests = new PreheatRequests(js, jobs, metrics, logger);
@@ -221,14 +242,16 @@ export async function buildApp(
     url: () => address,
     start: async () => {
       await runner.start();
+      // Never throws: a failure is logged, counted and retried in the background.
+      await declareAgentsKv();
       // The declarations again after each reconnect: a server back with an empty store has
       // none of them.
       redeclareOnReconnect(nc, logger, async () => {
         await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
-        agentsKv = await declareAgentsKv();
         await runner.redeclare();
+        await declareAgentsKv();
       });
       scheduler?.start();
       address = await listenOn(server, config.SHOAL_WATCHER_LISTEN);
@@ -248,6 +271,7 @@ export async function buildApp(
       // Readiness fails, the listener stops taking requests, the schedule and the runner stop
       // (jobs in flight go back to the queue), then NATS drains.
       closing = true;
+      clearTimeout(agentsRetry);
       await server.close();
       await scheduler?.stop();
       await runner.stop();

@@ -10,9 +10,9 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { KV_BUCKETS } from '@shoal/proto';
 import {
   generateImage,
@@ -202,7 +202,8 @@ describe('NATS users of deploy/k8s', () => {
       }
 
       // The agents started before any presence bucket existed (they may not create it): each
-      // said so once and kept working. The watcher declares it, and they join it.
+      // said so once and kept working, trying again at the presence interval (not a growing
+      // backoff that would outlast the entry's TTL). The watcher declares it, and they join it.
       for (const agent of agents) {
         const log = await readFile(join(agent.dir, 'agent.log'), 'utf8');
         assert.equal(log.match(/presence bucket shoal_agents missing/g)?.length, 1);
@@ -245,11 +246,31 @@ describe('NATS users of deploy/k8s', () => {
         await waitFor(
           'both agents in the bucket the watcher declared',
           async () => (await present()).join() === 'users-1,users-2',
-          { timeoutMs: 20_000 },
+          // Both retry every 150-300 ms; the bound leaves room for a loaded machine.
+          { timeoutMs: 10_000 },
         );
         const status = await bucket.status();
         assert.equal(status.ttl, KV_BUCKETS.agents.ttlMs);
         assert.equal(status.streamInfo.config.republish, undefined);
+        assert.equal(status.streamInfo.config.allow_rollup_hdrs, false);
+        // A put with a rollup header would purge every other agent's entry: the bucket the
+        // watcher declared refuses it, and both agents' entries stay.
+        const rogue = await connectAs('agent');
+        try {
+          const rollup = headers();
+          rollup.set('Nats-Rollup', 'all');
+          await assert.rejects(
+            jetstream(rogue.nc, { timeout: 2000 }).publish(
+              `$KV.${KV_BUCKETS.agents.bucket}.users-1`,
+              new Uint8Array([1]),
+              { headers: rollup },
+            ),
+            /rollup not permitted/i,
+          );
+        } finally {
+          await rogue.nc.close();
+        }
+        assert.equal((await present()).join(), 'users-1,users-2');
         assert.equal(forgedHashes.getReceived(), 0);
         const log = await readFile(join(watcher.dir, 'watcher.log'), 'utf8');
         assert.match(log, /KV bucket found with settings Shoal never declares/);

@@ -14,9 +14,6 @@ import { agentPresence, encodeMessage, type AgentPresence } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 import { isMissingResource } from '@shoal/runtime/nats';
 
-/** How long the waits between puts grow while the bucket is missing, at most. */
-const MISSING_BACKOFF_FACTOR = 8;
-
 export class PresenceBeacon {
   readonly #kv: KV;
   readonly #entry: Omit<AgentPresence, 'at'>;
@@ -33,18 +30,18 @@ export class PresenceBeacon {
   }
 
   /**
-   * Writes the entry now and then every `intervalMs`. While the bucket is missing the wait
-   * doubles, up to 8 intervals, with jitter (thousands of agents do not all ask a recovering
-   * cluster in the same second); a missing put costs no JetStream API call (no responders).
+   * Writes the entry now and then every `intervalMs`. While the bucket is missing the agent
+   * tries again at the same interval, with jitter (half to one interval, so thousands of agents
+   * do not all put in the same second): a put into a missing bucket costs no JetStream API call
+   * (no responders), and a longer wait would outlast the entry's TTL and the watcher's grace
+   * for agents, dropping the node out of preheats of scope `nodes` after the bucket came back.
    */
   async start(intervalMs: number): Promise<void> {
     const next = (): void => {
       if (this.#stopped) {
         return;
       }
-      const factor = Math.min(2 ** this.#missing, MISSING_BACKOFF_FACTOR);
-      const waitMs =
-        this.#missing === 0 ? intervalMs : intervalMs * (factor / 2) * (1 + Math.random());
+      const waitMs = this.#missing === 0 ? intervalMs : intervalMs * (0.5 + Math.random() / 2);
       this.#timer = setTimeout(() => void this.#beat().then(next), waitMs);
       this.#timer.unref();
     };
@@ -71,7 +68,7 @@ export class PresenceBeacon {
       if (this.#missing === 0) {
         this.#logger.warn(
           { err: error },
-          'presence bucket shoal_agents missing (the watcher declares it): preheats of scope nodes do not see this node until it exists; retrying with backoff',
+          'presence bucket shoal_agents missing (the watcher declares it): preheats of scope nodes do not see this node until it exists; retrying at the presence interval',
         );
       }
       this.#missing += 1;
