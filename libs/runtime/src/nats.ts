@@ -389,28 +389,34 @@ export async function bindKv(js: JetStreamClient, spec: KvSpec): Promise<KV> {
 }
 
 /**
- * The settings of a bucket's stream that no KV bucket Shoal declares has and that copy or
- * move its entries elsewhere: a republish rule, a mirror, sources, a subject transform, or
- * subjects beyond `$KV.<bucket>.>`. Empty for a bucket as declared.
+ * The settings of a bucket's stream that differ from what Shoal declares for it. Some copy or
+ * move its entries elsewhere (a republish rule, a mirror, sources, a subject transform,
+ * subjects beyond `$KV.<bucket>.>`); the others let whoever made it stop the bucket's writers
+ * or keep dead entries (sealed, no acknowledgements, another entry TTL, value size, byte limit
+ * or history, deletes or purges denied). Empty for a bucket as declared. Replicas are left out:
+ * an operator may change them.
  */
-export function foreignKvSettings(config: Partial<StreamConfig>, bucket: string): string[] {
+export function foreignKvSettings(config: Partial<StreamConfig>, spec: KvSpec): string[] {
   const found: string[] = [];
-  if (config.republish !== undefined) {
-    found.push('republish');
-  }
-  if (config.mirror !== undefined) {
-    found.push('mirror');
-  }
-  if ((config.sources ?? []).length > 0) {
-    found.push('sources');
-  }
-  if (config.subject_transform !== undefined) {
-    found.push('subject_transform');
-  }
+  const flag = (name: string, differs: boolean): void => {
+    if (differs) {
+      found.push(name);
+    }
+  };
+  flag('republish', config.republish !== undefined);
+  flag('mirror', config.mirror !== undefined);
+  flag('sources', (config.sources ?? []).length > 0);
+  flag('subject_transform', config.subject_transform !== undefined);
   const subjects = config.subjects ?? [];
-  if (subjects.length !== 1 || subjects[0] !== `$KV.${bucket}.>`) {
-    found.push('subjects');
-  }
+  flag('subjects', subjects.length !== 1 || subjects[0] !== `$KV.${spec.bucket}.>`);
+  flag('sealed', config.sealed === true);
+  flag('no_ack', config.no_ack === true);
+  flag('deny_delete', config.deny_delete === true);
+  flag('deny_purge', config.deny_purge === true);
+  flag('max_age', (config.max_age ?? 0) !== nanos(spec.ttlMs));
+  flag('max_msg_size', config.max_msg_size !== spec.maxValueSize);
+  flag('max_bytes', config.max_bytes !== spec.maxBytes);
+  flag('max_msgs_per_subject', config.max_msgs_per_subject !== 1);
   return found;
 }
 
@@ -479,7 +485,7 @@ async function checkKv(
 ): Promise<KV | undefined> {
   const { streamInfo } = await kv.status();
   const jsm = await js.jetstreamManager();
-  const found = logger === undefined ? [] : foreignKvSettings(streamInfo.config, spec.bucket);
+  const found = logger === undefined ? [] : foreignKvSettings(streamInfo.config, spec);
   if (found.length > 0) {
     logger?.warn(
       { bucket: spec.bucket, settings: found },

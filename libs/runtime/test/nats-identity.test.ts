@@ -94,6 +94,45 @@ describe('NATS identity permissions', () => {
     }
   });
 
+  it('grant an agent only the stream operations on its allowlist, under either scheme', async () => {
+    // Fail closed: a grant added later that reaches any other stream operation (delete,
+    // purge, message delete, a wildcard over them) must be looked at here first.
+    const allowlist = new Set([
+      `$JS.API.STREAM.INFO.${STREAMS.pieces.name}`,
+      `$JS.API.STREAM.INFO.${STREAMS.preheatNodes.name}`,
+    ]);
+    const agent = roleBlock(await readFile(AUTH_CONF, 'utf8'), 'AGENT');
+    const names = [
+      ...Object.values(STREAMS).map((spec) => spec.name),
+      ...Object.values(KV_BUCKETS).map((spec) => `KV_${spec.bucket}`),
+      'ANY_OTHER',
+    ];
+    const ops = ['CREATE', 'UPDATE', 'DELETE', 'PURGE', 'MSG.DELETE', 'SNAPSHOT', 'RESTORE'];
+    for (const [scheme, allow] of [
+      ['auth.conf', agent.pub.allow],
+      ['template', AGENT_PERMISSION_TEMPLATE.pub.allow],
+    ] as const) {
+      const streamGrants = allow.filter(
+        (a) => a.startsWith('$JS.API.STREAM.') || covers(a, '$JS.API.STREAM.DELETE.ANY_OTHER'),
+      );
+      assert.deepEqual(
+        streamGrants.filter((a) => !allowlist.has(a)),
+        [],
+        `${scheme}: stream grants beyond the allowlist`,
+      );
+      for (const name of names) {
+        for (const op of ops) {
+          const subject = `$JS.API.STREAM.${op}.${name}`;
+          assert.deepEqual(
+            allow.filter((a) => covers(a, subject)),
+            [],
+            `${scheme} lets an agent publish ${subject}`,
+          );
+        }
+      }
+    }
+  });
+
   it('give an agent no subject the shared agent user lacks', async () => {
     const agent = roleBlock(await readFile(AUTH_CONF, 'utf8'), 'AGENT');
     const asNode = (s: string): string => s.replaceAll('{{name()}}', 'node-a');

@@ -2,13 +2,7 @@
  * The watcher's composition root: every dependency built in order, every consumer and server
  * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
-import {
-  KV_BUCKETS,
-  STREAMS,
-  agentPresence,
-  decodeMessage,
-  type AgentPresence,
-} from '@shoal/proto';
+import { KV_BUCKETS, STREAMS } from '@shoal/proto';
 import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
 import {
   createLogger,
@@ -31,7 +25,6 @@ import {
   watchStreamUsage,
   type NatsConnection,
 } from '@shoal/runtime/nats';
-import type { KV } from '@nats-io/kv';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { WatcherConfig } from './config.js';
@@ -39,6 +32,7 @@ import { registerApiRoutes } from './http/api.js';
 import { registerWebhookRoutes } from './http/webhooks.js';
 import { createWatcherMetrics } from './metrics.js';
 import { JobStore } from './preheat/jobs.js';
+import { AgentPresenceView } from './preheat/presence.js';
 import { PreheatRequests } from './preheat/requests.js';
 import { ImageResolver } from './preheat/resolve.js';
 import { PreheatRunner } from './preheat/runner.js';
@@ -122,12 +116,14 @@ export async function buildApp(
   // Declared last and off the start path: a watcher without the rights to it (NATS users of an
   // older release) or a failed stream lookup still runs its preheats, seeing no agents
   // (`nodes` jobs wait for their grace) until a background retry declares the bucket.
-  let agentsKv: KV | undefined;
+  const agents = new AgentPresenceView(config.SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS);
   let agentsRetry: NodeJS.Timeout | undefined;
   const declareAgentsKv = async (): Promise<void> => {
     clearTimeout(agentsRetry);
     try {
-      agentsKv = await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+      const kv = await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+      // Its age tells whether agents that found it missing have put their entries since.
+      agents.bind(kv, Date.parse((await kv.status()).streamInfo.created));
     } catch (error) {
       metrics.agentsBucketFailures.inc();
       logger.warn(
@@ -140,8 +136,6 @@ export async function buildApp(
       }
     }
   };
-  const agents = async (): Promise<AgentPresence[]> =>
-    agentsKv === undefined ? [] : liveAgents(agentsKv);
 
   // Preheat: requests turn into jobs; the runner works through the queue.
   const requests = new PreheatRequests(js, jobs, metrics, logger);
@@ -281,20 +275,4 @@ export async function buildApp(
       await upstream.close();
     },
   };
-}
-
-/** The agents' presence entries, skipping any that do not parse. */
-async function liveAgents(kv: KV): Promise<AgentPresence[]> {
-  const found: AgentPresence[] = [];
-  for await (const key of await kv.keys()) {
-    const entry = await kv.get(key);
-    if (entry?.operation !== 'PUT') {
-      continue;
-    }
-    const decoded = decodeMessage(agentPresence, entry.value);
-    if (decoded.ok) {
-      found.push(decoded.value);
-    }
-  }
-  return found;
 }

@@ -182,7 +182,13 @@ describe('per-node NATS identity of deploy/k8s', () => {
       agents.push(agent);
       services.push(agent);
     }
-    services.push(await startWatcher({ natsUrl, registries, env: credsEnv('watcher.creds') }));
+    services.push(
+      await startWatcher({
+        natsUrl,
+        registries,
+        env: { SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS: '300', ...credsEnv('watcher.creds') },
+      }),
+    );
   });
 
   after(async () => {

@@ -212,6 +212,12 @@ describe('NATS users of deploy/k8s', () => {
       // presence puts into piece hashes (made here with the watcher's rights): the watcher
       // replaces it, and no put of the agents reaches that subject.
       const forgedSubject = `shoal.pieces.v1.hashes.sha256.${'d'.repeat(64)}`;
+      // Listening before the bucket is planted: the republish rule must be seen to work
+      // against the planted bucket (so that the count after the watcher's replacement means
+      // something), then to stop once the watcher has replaced it.
+      const listener = await connectAs('agent');
+      const forgedHashes = listener.nc.subscribe(forgedSubject);
+      await listener.nc.flush();
       const planted = await connectAs('watcher');
       await (
         await jetstreamManager(planted.nc)
@@ -222,14 +228,23 @@ describe('NATS users of deploy/k8s', () => {
         republish: { src: `$KV.${KV_BUCKETS.agents.bucket}.users-1`, dest: forgedSubject },
       });
       await planted.nc.close();
+      await waitFor(
+        "users-1's presence put republished as piece hashes by the planted bucket",
+        () => Promise.resolve(forgedHashes.getReceived() > 0),
+        { timeoutMs: 10_000 },
+      ).catch(async (error: unknown) => {
+        await listener.nc.close();
+        throw error;
+      });
 
-      const watcher = await startWatcher({ natsUrl: urlFor('watcher'), registries });
+      const watcher = await startWatcher({
+        natsUrl: urlFor('watcher'),
+        registries,
+        env: {
+          SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS: PRESENCE_ENV.SHOAL_AGENT_PRESENCE_INTERVAL_MS,
+        },
+      });
       stops.push(watcher);
-      // Listening from when the watcher runs (puts into the planted bucket before then were
-      // republished: that is the attack).
-      const listener = await connectAs('agent');
-      const forgedHashes = listener.nc.subscribe(forgedSubject);
-      await listener.nc.flush();
       const reader = await connectAs('watcher');
       try {
         const bucket = await new Kvm(reader.nc).open(KV_BUCKETS.agents.bucket);
@@ -271,7 +286,14 @@ describe('NATS users of deploy/k8s', () => {
           await rogue.nc.close();
         }
         assert.equal((await present()).join(), 'users-1,users-2');
-        assert.equal(forgedHashes.getReceived(), 0);
+        // Both agents have put into the new bucket (above); every forged message of the planted
+        // one has been delivered (a round trip after them). Three more presence intervals of
+        // puts: none is republished any more.
+        await listener.nc.flush();
+        const forgedBefore = forgedHashes.getReceived();
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        await listener.nc.flush();
+        assert.equal(forgedHashes.getReceived(), forgedBefore, 'no put republished after');
         const log = await readFile(join(watcher.dir, 'watcher.log'), 'utf8');
         assert.match(log, /KV bucket found with settings Shoal never declares/);
       } finally {
