@@ -37,7 +37,8 @@ export interface StreamSpec {
    * sequence or subject without a consumer. Changed on an existing stream at start-up.
    */
   readonly allowDirect?: boolean;
-  readonly owner: 'agent' | 'tracker' | 'seedserver' | 'watcher';
+  /** The trusted service that declares it; never an agent (agents only bind). */
+  readonly owner: 'tracker' | 'seedserver' | 'watcher';
   readonly description: string;
 }
 
@@ -168,6 +169,11 @@ export interface KvSpec {
   readonly maxValueSize: number;
   readonly owner: StreamSpec['owner'];
   readonly description: string;
+  /**
+   * False for a bucket many writers share: a `Nats-Rollup: all` header on one writer's put
+   * would purge every other writer's entry, so the server must refuse it.
+   */
+  readonly allowRollup?: false;
 }
 
 export const KV_BUCKETS = {
@@ -201,7 +207,13 @@ export const KV_BUCKETS = {
     // One small entry per live agent.
     maxBytes: 64 * MiB,
     maxValueSize: 4 * KiB,
-    owner: 'agent',
-    description: 'live agents and their labels, refreshed by each agent; read by the watcher',
+    // Declared by the watcher, never by agents: whoever creates a stream chooses its subjects
+    // and republish rules, so an agent allowed to create it could have its puts republished
+    // onto subjects it may not publish to (piece hashes, other peers' events).
+    owner: 'watcher',
+    // Every agent writes here: one agent's rollup put would purge all other agents' entries.
+    allowRollup: false,
+    description:
+      'live agents and their labels, refreshed by each agent; declared and read by the watcher',
   },
 } as const satisfies Record<string, KvSpec>;

@@ -70,7 +70,10 @@ const consumerOps = (stream: string): string[] => [
  * role and peer) and what is one node's own (hand-outs, inbox, preheat consumer, presence key)
  * are open to that peer only. Piece hashes are read, never written: stored ones with direct
  * gets on SHOAL_PIECES, new ones on their subject while the seed hashes (the consumer
- * operations are for agents of before direct gets).
+ * operations are for agents of before direct gets). No stream is created or updated by an
+ * agent, its presence bucket included (the watcher declares it): a stream's creator picks its
+ * subjects, republish rules, sources and transforms, so an agent allowed to create one could
+ * have its own KV puts republished as piece hashes or as another peer's events.
  */
 export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
   pub: {
@@ -94,8 +97,7 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       // With a filter subject the name is followed by it (nats-server 2.10 and later).
       `$JS.API.CONSUMER.CREATE.${preheatNodes.name}.${preheatNodesConsumer(NAME)}.>`,
       `$JS.ACK.${preheatNodes.name}.${preheatNodesConsumer(NAME)}.>`,
-      `$JS.API.STREAM.INFO.${agentsKv}`,
-      `$JS.API.STREAM.CREATE.${agentsKv}`,
+      // Its presence key only; never a stream create or update (see below).
       `$KV.${KV_BUCKETS.agents.bucket}.${NAME}`,
     ],
   },
@@ -158,7 +160,7 @@ export const SERVICE_PERMISSIONS: Readonly<Record<ServiceRole, RolePermissions>>
     sub: { allow: ['_INBOX.>'] },
   },
   // The watcher owns the preheat streams and its buckets, asks the seed server for preheated
-  // blobs, and reads the agents' presence bucket.
+  // blobs, and declares and reads the agents' presence bucket.
   watcher: {
     pub: {
       allow: [
@@ -168,7 +170,7 @@ export const SERVICE_PERMISSIONS: Readonly<Record<ServiceRole, RolePermissions>>
         `$JS.API.STREAM.*.${preheat.name}`,
         `$JS.API.STREAM.*.${preheatEvents.name}`,
         `$JS.API.STREAM.*.${preheatNodes.name}`,
-        `$JS.API.STREAM.INFO.${agentsKv}`,
+        `$JS.API.STREAM.*.${agentsKv}`,
         ...consumerOps(agentsKv),
         `$JS.API.STREAM.*.${leaderKv}`,
         `$JS.API.STREAM.*.${jobsKv}`,

@@ -48,7 +48,11 @@ export const natsConfig = z.object({
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
-  /** Replicas of each stream Shoal creates; 3 in a production JetStream cluster. */
+  /**
+   * Replicas of each stream and KV bucket the service declares (the watcher's include the
+   * agents' presence bucket `shoal_agents`; agents declare none); 3 in a production
+   * JetStream cluster.
+   */
   SHOAL_NATS_STREAM_REPLICAS: z
     .string()
     .regex(/^[135]$/, 'must be 1, 3 or 5')
@@ -375,31 +379,126 @@ export function isMissingResource(error: unknown): boolean {
   );
 }
 
-/** Opens a KV bucket another service owns; undefined while it does not exist. */
-export async function openKv(js: JetStreamClient, spec: KvSpec): Promise<KV | undefined> {
-  try {
-    const kv = new Kvm(js);
-    const bucket = await kv.open(spec.bucket);
-    await bucket.status();
-    return bucket;
-  } catch (error) {
-    if (isNotFound(error)) {
-      return undefined;
-    }
-    throw error;
-  }
+/**
+ * Binds to a KV bucket another service declares, without any JetStream API call (so without
+ * the right to create or even inspect its stream): a put or get fails with a missing resource
+ * (`isMissingResource`) while the bucket does not exist, and works once it does.
+ */
+export async function bindKv(js: JetStreamClient, spec: KvSpec): Promise<KV> {
+  return new Kvm(js).open(spec.bucket);
 }
 
-/** Creates (or opens) a KV bucket with its declared TTL. */
-export async function ensureKv(js: JetStreamClient, spec: KvSpec, replicas: number): Promise<KV> {
-  return new Kvm(js).create(spec.bucket, {
-    ttl: spec.ttlMs,
-    replicas,
-    history: 1,
-    max_bytes: spec.maxBytes,
-    maxValueSize: spec.maxValueSize,
-    description: spec.description,
-  });
+/**
+ * The settings of a bucket's stream that differ from what Shoal declares for it. Some copy or
+ * move its entries elsewhere (a republish rule, a mirror, sources, a subject transform,
+ * subjects beyond `$KV.<bucket>.>`); the others let whoever made it stop the bucket's writers
+ * or keep dead entries (sealed, no acknowledgements, another entry TTL, value size, byte limit
+ * or history, deletes or purges denied). Empty for a bucket as declared. Replicas are left out:
+ * an operator may change them.
+ */
+export function foreignKvSettings(config: Partial<StreamConfig>, spec: KvSpec): string[] {
+  const found: string[] = [];
+  const flag = (name: string, differs: boolean): void => {
+    if (differs) {
+      found.push(name);
+    }
+  };
+  flag('republish', config.republish !== undefined);
+  flag('mirror', config.mirror !== undefined);
+  flag('sources', (config.sources ?? []).length > 0);
+  flag('subject_transform', config.subject_transform !== undefined);
+  const subjects = config.subjects ?? [];
+  flag('subjects', subjects.length !== 1 || subjects[0] !== `$KV.${spec.bucket}.>`);
+  flag('sealed', config.sealed === true);
+  flag('no_ack', config.no_ack === true);
+  flag('deny_delete', config.deny_delete === true);
+  flag('deny_purge', config.deny_purge === true);
+  flag('max_age', (config.max_age ?? 0) !== nanos(spec.ttlMs));
+  flag('max_msg_size', config.max_msg_size !== spec.maxValueSize);
+  flag('max_bytes', config.max_bytes !== spec.maxBytes);
+  flag('max_msgs_per_subject', config.max_msgs_per_subject !== 1);
+  return found;
+}
+
+/** Times `ensureKv` declares a bucket again after finding it replaced meanwhile. */
+const KV_REPLACED_RETRIES = 2;
+
+/**
+ * Creates (or opens) a KV bucket with its declared TTL. An existing bucket keeps its settings,
+ * except one whose stream carries `foreignKvSettings` (made by someone else, e.g. an agent of
+ * a release that still could create the presence stream, with a republish rule that would put
+ * its entries onto piece-hash subjects): that stream is deleted and declared again, and the
+ * replacement logged. Only for buckets of short-lived entries that their writers refresh.
+ * A bucket declared with `allowRollup: false` that allows rollups (nats.js creates every
+ * bucket with them, and older releases kept that) is updated to refuse them.
+ */
+export async function ensureKv(
+  js: JetStreamClient,
+  spec: KvSpec,
+  replicas: number,
+  logger?: Logger,
+): Promise<KV> {
+  const create = (): Promise<KV> =>
+    new Kvm(js).create(spec.bucket, {
+      ttl: spec.ttlMs,
+      replicas,
+      history: 1,
+      max_bytes: spec.maxBytes,
+      maxValueSize: spec.maxValueSize,
+      description: spec.description,
+    });
+  if (logger === undefined && spec.allowRollup !== false) {
+    return create();
+  }
+  // Two watcher replicas may replace the same tampered bucket at once: the one whose status,
+  // delete or update finds the stream gone lets the other's replacement stand, declares the
+  // bucket again (a no-op if it exists) and checks that one.
+  for (let attempt = 0; attempt < KV_REPLACED_RETRIES; attempt += 1) {
+    try {
+      const kv = await checkKv(js, spec, await create(), logger);
+      if (kv !== undefined) {
+        return kv;
+      }
+    } catch (error) {
+      if (!isNotFound(error)) {
+        throw error;
+      }
+      logger?.info({ bucket: spec.bucket }, 'KV bucket replaced meanwhile; declaring it again');
+    }
+  }
+  const kv = await checkKv(js, spec, await create(), logger);
+  if (kv === undefined) {
+    throw new Error(`KV bucket ${spec.bucket} keeps being declared with foreign settings`);
+  }
+  return kv;
+}
+
+/**
+ * `ensureKv`'s checks of a bucket just declared or opened: the bucket to use, or undefined
+ * once a tampered one is deleted (to be declared again).
+ */
+async function checkKv(
+  js: JetStreamClient,
+  spec: KvSpec,
+  kv: KV,
+  logger: Logger | undefined,
+): Promise<KV | undefined> {
+  const { streamInfo } = await kv.status();
+  const jsm = await js.jetstreamManager();
+  const found = logger === undefined ? [] : foreignKvSettings(streamInfo.config, spec);
+  if (found.length > 0) {
+    logger?.warn(
+      { bucket: spec.bucket, settings: found },
+      'KV bucket found with settings Shoal never declares (entries copied elsewhere); deleting and declaring it again',
+    );
+    await jsm.streams.delete(streamInfo.config.name);
+    return undefined;
+  }
+  if (spec.allowRollup === false && streamInfo.config.allow_rollup_hdrs) {
+    await jsm.streams.update(streamInfo.config.name, { allow_rollup_hdrs: false });
+    logger?.info({ bucket: spec.bucket }, 'KV bucket allowed rollups; updated to refuse them');
+  }
+  return kv;
 }
 
 /** Wait between attempts to declare again after a reconnect, in ms. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { KV_BUCKETS, STREAMS } from '@shoal/proto';
 import { pino } from 'pino';
 
 import { ConfigError } from '../src/config.js';
@@ -66,6 +67,69 @@ describe('NATS identity permissions', () => {
     const conf = await readFile(AUTH_CONF, 'utf8');
     for (const role of SERVICE_ROLES) {
       assert.deepEqual(SERVICE_PERMISSIONS[role], roleBlock(conf, role.toUpperCase()), role);
+    }
+  });
+
+  it('let an agent create or update no stream, under either scheme', async () => {
+    // Whoever creates a stream picks its subjects, republish rules, sources and transforms:
+    // an agent allowed to would have its own KV puts land on any subject (piece hashes).
+    const agent = roleBlock(await readFile(AUTH_CONF, 'utf8'), 'AGENT');
+    const names = [
+      ...Object.values(STREAMS).map((spec) => spec.name),
+      ...Object.values(KV_BUCKETS).map((spec) => `KV_${spec.bucket}`),
+      'ANY_OTHER',
+    ];
+    const template = AGENT_PERMISSION_TEMPLATE.pub.allow;
+    for (const name of names) {
+      for (const op of ['CREATE', 'UPDATE']) {
+        const subject = `$JS.API.STREAM.${op}.${name}`;
+        for (const [scheme, allow] of [
+          ['auth.conf', agent.pub.allow],
+          ['template', template],
+        ] as const) {
+          const granted = allow.filter((a) => covers(a, subject));
+          assert.deepEqual(granted, [], `${scheme} lets an agent publish ${subject}`);
+        }
+      }
+    }
+  });
+
+  it('grant an agent only the stream operations on its allowlist, under either scheme', async () => {
+    // Fail closed: a grant added later that reaches any other stream operation (delete,
+    // purge, message delete, a wildcard over them) must be looked at here first.
+    const allowlist = new Set([
+      `$JS.API.STREAM.INFO.${STREAMS.pieces.name}`,
+      `$JS.API.STREAM.INFO.${STREAMS.preheatNodes.name}`,
+    ]);
+    const agent = roleBlock(await readFile(AUTH_CONF, 'utf8'), 'AGENT');
+    const names = [
+      ...Object.values(STREAMS).map((spec) => spec.name),
+      ...Object.values(KV_BUCKETS).map((spec) => `KV_${spec.bucket}`),
+      'ANY_OTHER',
+    ];
+    const ops = ['CREATE', 'UPDATE', 'DELETE', 'PURGE', 'MSG.DELETE', 'SNAPSHOT', 'RESTORE'];
+    for (const [scheme, allow] of [
+      ['auth.conf', agent.pub.allow],
+      ['template', AGENT_PERMISSION_TEMPLATE.pub.allow],
+    ] as const) {
+      const streamGrants = allow.filter(
+        (a) => a.startsWith('$JS.API.STREAM.') || covers(a, '$JS.API.STREAM.DELETE.ANY_OTHER'),
+      );
+      assert.deepEqual(
+        streamGrants.filter((a) => !allowlist.has(a)),
+        [],
+        `${scheme}: stream grants beyond the allowlist`,
+      );
+      for (const name of names) {
+        for (const op of ops) {
+          const subject = `$JS.API.STREAM.${op}.${name}`;
+          assert.deepEqual(
+            allow.filter((a) => covers(a, subject)),
+            [],
+            `${scheme} lets an agent publish ${subject}`,
+          );
+        }
+      }
     }
   });
 

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { ConfigError } from '../src/config.js';
-import { natsTlsOptions, parseNatsServers } from '../src/nats.js';
+import { KV_BUCKETS } from '@shoal/proto';
+
+import { foreignKvSettings, natsTlsOptions, parseNatsServers } from '../src/nats.js';
 
 describe('parseNatsServers', () => {
   it('passes URLs without credentials through', () => {
@@ -63,5 +65,61 @@ describe('natsTlsOptions', () => {
       () => natsTlsOptions({ SHOAL_NATS_TLS_KEY_FILE: '/c.key' }, ['nats://a:4222']),
       ConfigError,
     );
+  });
+});
+
+describe('foreignKvSettings', () => {
+  const spec = KV_BUCKETS.agents;
+  /** The stream nats.js declares for the bucket, as the server reports it back. */
+  const declared = {
+    name: `KV_${spec.bucket}`,
+    subjects: [`$KV.${spec.bucket}.>`],
+    max_age: spec.ttlMs * 1_000_000,
+    max_msg_size: spec.maxValueSize,
+    max_bytes: spec.maxBytes,
+    max_msgs_per_subject: 1,
+    num_replicas: 3,
+    sealed: false,
+    no_ack: false,
+    deny_delete: false,
+    deny_purge: false,
+  };
+
+  it('finds nothing in the bucket as declared, whatever its replicas', () => {
+    assert.deepEqual(foreignKvSettings(declared, spec), []);
+    assert.deepEqual(foreignKvSettings({ ...declared, num_replicas: 1 }, spec), []);
+  });
+
+  it('names every setting that copies entries elsewhere or stops the writers', () => {
+    const tampered = {
+      ...declared,
+      subjects: [`$KV.${spec.bucket}.>`, 'shoal.pieces.v1.hashes.>'],
+      republish: { src: '>', dest: 'shoal.pieces.v1.hashes.x' },
+      sources: [{ name: 'other' }],
+      sealed: true,
+      no_ack: true,
+      deny_delete: true,
+      deny_purge: true,
+      max_age: 0,
+      max_msg_size: 1,
+      max_bytes: 1024,
+      max_msgs_per_subject: 64,
+    };
+    assert.deepEqual(foreignKvSettings(tampered, spec), [
+      'republish',
+      'sources',
+      'subjects',
+      'sealed',
+      'no_ack',
+      'deny_delete',
+      'deny_purge',
+      'max_age',
+      'max_msg_size',
+      'max_bytes',
+      'max_msgs_per_subject',
+    ]);
+    assert.deepEqual(foreignKvSettings({ ...declared, mirror: { name: 'KV_other' } }, spec), [
+      'mirror',
+    ]);
   });
 });

@@ -191,6 +191,9 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       SHOAL_AGENT_PEER_LISTEN: `${host}:${peerPort}`,
       SHOAL_AGENT_PEER_URL: `http://${host}:${peerPort}`,
       SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
+      // Test watchers wait one presence interval after declaring the presence bucket anew:
+      // both sides use the test kit's shorter one (`TEST_PRESENCE_INTERVAL_MS`).
+      SHOAL_AGENT_PRESENCE_INTERVAL_MS: String(TEST_PRESENCE_INTERVAL_MS),
     });
     if (options.pieceTls !== undefined) {
       const { ca, verifyClients } = options.pieceTls;
@@ -312,6 +315,13 @@ export interface WatcherOptions {
   readonly env?: Record<string, string>;
 }
 
+/**
+ * Test agents refresh their presence entry this often, and test watchers know it
+ * (`SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS`): production's 10 s would hold every `nodes`
+ * preheat right after a watcher declared the presence bucket for 12 s.
+ */
+export const TEST_PRESENCE_INTERVAL_MS = 1000;
+
 /** The bearer token test watchers accept unless told otherwise. */
 export const WATCHER_TOKEN = 'shoal-test-token-0123456789';
 
@@ -325,6 +335,7 @@ export async function startWatcher(options: WatcherOptions): Promise<ServiceProc
     SHOAL_WATCHER_ID: options.id ?? `watcher-${port}`,
     SHOAL_WATCHER_REGISTRIES: options.registries,
     SHOAL_WATCHER_WEBHOOK_TOKEN: options.token ?? WATCHER_TOKEN,
+    SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS: String(TEST_PRESENCE_INTERVAL_MS),
     ...options.env,
   });
 }

@@ -2,13 +2,7 @@
  * The watcher's composition root: every dependency built in order, every consumer and server
  * paired with its shutdown. Tests call `buildApp` to run the real wiring in-process.
  */
-import {
-  KV_BUCKETS,
-  STREAMS,
-  agentPresence,
-  decodeMessage,
-  type AgentPresence,
-} from '@shoal/proto';
+import { KV_BUCKETS, STREAMS } from '@shoal/proto';
 import { loadDockerConfig, RegistryAuth, RegistryReader, UpstreamClient } from '@shoal/registry';
 import {
   createLogger,
@@ -29,10 +23,8 @@ import {
   jetStreamFor,
   redeclareOnReconnect,
   watchStreamUsage,
-  openKv,
   type NatsConnection,
 } from '@shoal/runtime/nats';
-import type { KV } from '@nats-io/kv';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
 import type { WatcherConfig } from './config.js';
@@ -40,6 +32,7 @@ import { registerApiRoutes } from './http/api.js';
 import { registerWebhookRoutes } from './http/webhooks.js';
 import { createWatcherMetrics } from './metrics.js';
 import { JobStore } from './preheat/jobs.js';
+import { AgentPresenceView } from './preheat/presence.js';
 import { PreheatRequests } from './preheat/requests.js';
 import { ImageResolver } from './preheat/resolve.js';
 import { PreheatRunner } from './preheat/runner.js';
@@ -51,6 +44,8 @@ export type { JobStatus } from './preheat/jobs.js';
 
 /** How long draining the NATS connection may take before it is closed outright, in ms. */
 const DRAIN_TIMEOUT_MS = 10_000;
+/** Wait before declaring the agents' presence bucket again after a failure, in ms. */
+const AGENTS_BUCKET_RETRY_MS = 5000;
 /** How often the schedule lock is refreshed, in ms: a third of its TTL. */
 const LOCK_REFRESH_MS = KV_BUCKETS.watcherLeader.ttlMs / 3;
 
@@ -100,7 +95,7 @@ export async function buildApp(
     },
   );
 
-  // NATS: the preheat streams and buckets the watcher owns; the agents' bucket is theirs.
+  // NATS: the preheat streams and buckets the watcher owns, the agents' presence bucket too.
   const nc: NatsConnection = await connectNats(
     config,
     `shoal-watcher-${config.SHOAL_WATCHER_ID}`,
@@ -114,10 +109,32 @@ export async function buildApp(
     await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS),
   );
   const leaderKv = await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
-  let agentsKv: KV | undefined;
-  const agents = async (): Promise<AgentPresence[]> => {
-    agentsKv ??= await openKv(js, KV_BUCKETS.agents);
-    return agentsKv === undefined ? [] : liveAgents(agentsKv);
+  // The agents' presence bucket is declared here, by a trusted service: agents only bind to
+  // it (whoever creates a stream picks its subjects and republish rules).
+  // With the logger it also replaces a bucket someone else made with a republish rule (or
+  // sources, a mirror, other subjects): agents of older releases could create it.
+  // Declared last and off the start path: a watcher without the rights to it (NATS users of an
+  // older release) or a failed stream lookup still runs its preheats, seeing no agents
+  // (`nodes` jobs wait for their grace) until a background retry declares the bucket.
+  const agents = new AgentPresenceView(config.SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS);
+  let agentsRetry: NodeJS.Timeout | undefined;
+  const declareAgentsKv = async (): Promise<void> => {
+    clearTimeout(agentsRetry);
+    try {
+      const kv = await ensureKv(js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS, logger);
+      // Its age tells whether agents that found it missing have put their entries since.
+      agents.bind(kv, Date.parse((await kv.status()).streamInfo.created));
+    } catch (error) {
+      metrics.agentsBucketFailures.inc();
+      logger.warn(
+        { err: error, retryMs: AGENTS_BUCKET_RETRY_MS },
+        "could not declare the agents presence bucket shoal_agents (check the watcher's NATS permissions); preheats of scope nodes see no agents until it is declared",
+      );
+      if (!closing) {
+        agentsRetry = setTimeout(() => void declareAgentsKv(), AGENTS_BUCKET_RETRY_MS);
+        agentsRetry.unref();
+      }
+    }
   };
 
   // Preheat: requests turn into jobs; the runner works through the queue.
@@ -219,6 +236,8 @@ export async function buildApp(
     url: () => address,
     start: async () => {
       await runner.start();
+      // Never throws: a failure is logged, counted and retried in the background.
+      await declareAgentsKv();
       // The declarations again after each reconnect: a server back with an empty store has
       // none of them.
       redeclareOnReconnect(nc, logger, async () => {
@@ -226,6 +245,7 @@ export async function buildApp(
         await ensureKv(js, KV_BUCKETS.preheatJobs, config.SHOAL_NATS_STREAM_REPLICAS);
         await ensureKv(js, KV_BUCKETS.watcherLeader, config.SHOAL_NATS_STREAM_REPLICAS);
         await runner.redeclare();
+        await declareAgentsKv();
       });
       scheduler?.start();
       address = await listenOn(server, config.SHOAL_WATCHER_LISTEN);
@@ -245,6 +265,7 @@ export async function buildApp(
       // Readiness fails, the listener stops taking requests, the schedule and the runner stop
       // (jobs in flight go back to the queue), then NATS drains.
       closing = true;
+      clearTimeout(agentsRetry);
       await server.close();
       await scheduler?.stop();
       await runner.stop();
@@ -254,20 +275,4 @@ export async function buildApp(
       await upstream.close();
     },
   };
-}
-
-/** The agents' presence entries, skipping any that do not parse. */
-async function liveAgents(kv: KV): Promise<AgentPresence[]> {
-  const found: AgentPresence[] = [];
-  for await (const key of await kv.keys()) {
-    const entry = await kv.get(key);
-    if (entry?.operation !== 'PUT') {
-      continue;
-    }
-    const decoded = decodeMessage(agentPresence, entry.value);
-    if (decoded.ok) {
-      found.push(decoded.value);
-    }
-  }
-  return found;
 }

@@ -61,6 +61,13 @@ export const watcherFields = z.object({
    * with an in-progress acknowledgement every third of it.
    */
   SHOAL_WATCHER_PREHEAT_ACK_WAIT_MS: envInt(10_000),
+  /**
+   * The agents' `SHOAL_AGENT_PRESENCE_INTERVAL_MS`, in ms (default 10 000). After the watcher
+   * declares the presence bucket anew (a fresh install, a lost NATS store), preheats of scope
+   * `nodes` wait this long (plus 2 s) so that agents that found it missing have put their
+   * entries, rather than leaving those nodes out.
+   */
+  SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS: envInt(10_000),
   /** Largest manifest read from a registry, in bytes (default 4 MiB). */
   SHOAL_WATCHER_MAX_MANIFEST_BYTES: envInt(4 * 1024 * 1024),
   /** From request to response headers at a registry, in ms (default 30 000). */

@@ -82,5 +82,10 @@ export function createWatcherMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['result'] as const,
       registers,
     }),
+    agentsBucketFailures: new Counter({
+      name: `${prefix}agents_bucket_failures_total`,
+      help: 'Failed declarations of the agents presence bucket (retried in the background)',
+      registers,
+    }),
   };
 }

@@ -14,10 +14,12 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import {
   encodeMessage,
   handoutSubject,
+  KV_BUCKETS,
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
@@ -46,6 +48,7 @@ import {
 
 import { find, REPO_ROOT, renderWithComponents, type K8sObject } from '../src/deploy.js';
 import { MiB } from '../src/files.js';
+import { serverErrors } from '../src/nats-errors.js';
 import { preheatAndWait } from '../src/preheat.js';
 import { FAST_SWARM_ENV, bytesBySource, pullBlobs } from '../src/swarm.js';
 
@@ -83,15 +86,7 @@ describe('per-node NATS identity of deploy/k8s', () => {
       inboxPrefix: `_INBOX.${peer}`,
     });
     cleanup.push(() => nc.close());
-    const errors: string[] = [];
-    void (async () => {
-      for await (const status of nc.status()) {
-        if (status.type === 'error') {
-          errors.push(String(status.error));
-        }
-      }
-    })();
-    return { nc, errors };
+    return { nc, errors: serverErrors(nc) };
   };
 
   /** Waits for the server's permissions violation naming `subject`. */
@@ -176,12 +171,24 @@ describe('per-node NATS identity of deploy/k8s', () => {
         defaultRegistry: registry.host,
         natsUrl,
         peerId,
-        env: { ...FAST_SWARM_ENV, ...credsEnv(`${peerId}.creds`) },
+        // Presence every 300 ms: started before the watcher declares their bucket, they join
+        // it within seconds of it.
+        env: {
+          ...FAST_SWARM_ENV,
+          SHOAL_AGENT_PRESENCE_INTERVAL_MS: '300',
+          ...credsEnv(`${peerId}.creds`),
+        },
       });
       agents.push(agent);
       services.push(agent);
     }
-    services.push(await startWatcher({ natsUrl, registries, env: credsEnv('watcher.creds') }));
+    services.push(
+      await startWatcher({
+        natsUrl,
+        registries,
+        env: { SHOAL_WATCHER_AGENT_PRESENCE_INTERVAL_MS: '300', ...credsEnv('watcher.creds') },
+      }),
+    );
   });
 
   after(async () => {
@@ -309,6 +316,35 @@ describe('per-node NATS identity of deploy/k8s', () => {
     await conn.nc.flush();
     await violation(conn, otherDirect);
     assert.ok(!conn.errors.some((e) => e.includes(pieceHashesSubject(blob))));
+  });
+
+  it('refuses an agent any stream create or update, its presence bucket included', async () => {
+    const conn = await connectAs('ident-1');
+    const stream = `KV_${KV_BUCKETS.agents.bucket}`;
+    // A republish rule would turn the agent's presence puts into piece hashes.
+    const forged = {
+      name: stream,
+      subjects: [`$KV.${KV_BUCKETS.agents.bucket}.>`],
+      republish: {
+        // A single key: nats-server refuses a republish of `>` onto one literal subject.
+        src: `$KV.${KV_BUCKETS.agents.bucket}.ident-1`,
+        dest: pieceHashesSubject(BLOB),
+      },
+    };
+    for (const subject of [
+      `$JS.API.STREAM.CREATE.${stream}`,
+      `$JS.API.STREAM.UPDATE.${stream}`,
+      '$JS.API.STREAM.CREATE.FORGED',
+    ]) {
+      conn.nc.publish(subject, JSON.stringify(forged), { reply: '_INBOX.ident-1.create' });
+      await conn.nc.flush();
+      await violation(conn, subject);
+    }
+    // Its own presence entry it still writes, into the bucket the watcher declared.
+    const kv = await new Kvm(conn.nc).open(KV_BUCKETS.agents.bucket);
+    await kv.put('ident-1', JSON.stringify({ probe: true }));
+    // Nobody else's.
+    await assert.rejects(kv.put('ident-2', '{}'));
   });
 
   it("refuses another node's preheat consumer", async () => {

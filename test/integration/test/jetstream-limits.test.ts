@@ -49,7 +49,7 @@ describe('JetStream limits', () => {
       discard: DiscardPolicy.Old,
       max_msgs_per_subject: 1,
     });
-    // The agent is there for its presence bucket, which is the agents' own.
+    // The agent is there to write into its presence bucket, which the watcher declares.
     services.push(...(await startOneOfEach(nats.url, registry)));
   });
 

@@ -138,6 +138,10 @@ describe('streams lost with one server of a NATS cluster', () => {
     teardown.add('tracker', () => tracker.stop());
     const seed = await startSeedServer({ natsUrl: n0.url, registries });
     teardown.add('seed', () => seed.stop());
+    // The watcher before the agents: it declares their presence bucket, which they join at
+    // once rather than after their backoff.
+    watcher = await startWatcher({ natsUrl: n0.url, registries });
+    teardown.add('watcher', () => watcher.stop());
     for (const peerId of ['agent-a', 'agent-b']) {
       const agent = await startAgent({
         registries,
@@ -149,8 +153,6 @@ describe('streams lost with one server of a NATS cluster', () => {
       teardown.add(peerId, () => agent.stop());
       agents.push(agent);
     }
-    watcher = await startWatcher({ natsUrl: n0.url, registries });
-    teardown.add('watcher', () => watcher.stop());
     // Its preheat pulls take seconds: it reports after the loss.
     const slow = await startAgent({
       registries,

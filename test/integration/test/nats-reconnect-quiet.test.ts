@@ -3,8 +3,8 @@
  * stream created or updated), because at thousands of nodes that is a storm of JetStream API
  * calls exactly while a cluster recovers; the services (tracker, seed server, watcher) probe
  * what they own and write nothing that is as declared. What a restart with the store lost took from them
- * (the presence bucket, each node's task consumer) they still declare again, after a spread
- * wait. Counted from the server's own API audit advisories, kept in a stream. Real
+ * (each node's task consumer) they still declare again, after a spread wait; their presence
+ * bucket the watcher declares again (agents may not create streams). Counted from the server's own API audit advisories, kept in a stream. Real
  * nats-server, tracker, seed server, watcher and agents.
  */
 import assert from 'node:assert/strict';
@@ -87,7 +87,10 @@ async function agentsDeclared(url: string): Promise<boolean> {
   }
 }
 
-/** The writes an agent could make: its task consumer or the presence bucket created/updated. */
+/**
+ * The writes an agent could make: its task consumer created or updated. (The presence bucket's
+ * create or update is the watcher's, and agents have no right to it: counted if seen at all.)
+ */
 function agentWrites(subjects: readonly string[]): string[] {
   const consumers = new Set(peers.map((p) => preheatNodesConsumer(p)));
   return subjects.filter((subject) => {
@@ -176,7 +179,7 @@ describe('agents through NATS restarts', () => {
     assert.ok(await agentsDeclared(nats.url));
   });
 
-  it('a restart with the store lost: the agents declare their consumers and bucket again', async () => {
+  it('a restart with the store lost: the agents declare their consumers again, the watcher their bucket', async () => {
     await nats.crashAndRestart(1000, { loseStore: true });
     await waitFor('the agents declared again', () => agentsDeclared(nats.url), {
       timeoutMs: 30_000,

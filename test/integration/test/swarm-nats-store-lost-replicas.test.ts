@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { connect } from '@nats-io/transport-node';
 import { KV_BUCKETS, STREAMS } from '@shoal/proto';
-import { isNotFound, jetStreamFor } from '@shoal/runtime/nats';
+import { ensureKv, isNotFound, jetStreamFor } from '@shoal/runtime/nats';
 import { waitFor } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
@@ -81,10 +81,12 @@ describe('NATS back with its store lost, two tracker replicas', () => {
     await cluster.nats.crashAndRestart(1000, { loseStore: true });
     const nc = await connect({ servers: cluster.nats.url });
     try {
-      const { jsm } = await jetStreamFor(nc);
+      const { js, jsm } = await jetStreamFor(nc);
       // The swarm stream made anew, and both agents back on NATS: each has refreshed its
-      // presence entry in the bucket it declared again (else agent-b's peer-gone could be
-      // lost to its reconnect, not to the trackers).
+      // presence entry (else agent-b's peer-gone could be lost to its reconnect, not to the
+      // trackers). The bucket is declared here, as the watcher (not in this cluster) would:
+      // agents only write into it.
+      await ensureKv(js, KV_BUCKETS.agents, 1);
       await waitFor(
         'the swarm stream made anew and the agents back',
         async () => {

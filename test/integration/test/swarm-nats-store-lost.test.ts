@@ -40,7 +40,6 @@ describe('NATS back with its JetStream store lost', () => {
       seed: 'swarm-nats-store-lost',
       repository,
       trackers: 1,
-      // Agents declare their presence bucket again at the beat after a put found it gone.
       agents: [
         { peerId: 'agent-a', env: AGENT_ENV },
         { peerId: 'agent-b', env: AGENT_ENV },
@@ -70,7 +69,8 @@ describe('NATS back with its JetStream store lost', () => {
     }
     await cluster.nats.crashAndRestart(1000, { loseStore: process.env.KEEP_STORE === undefined });
 
-    // Every stream and bucket the tracker, the seed server and the agents own is declared again.
+    // Every stream and bucket the tracker and the seed server own is declared again (agents own
+    // none: their presence bucket is the watcher's, not in this cluster).
     const nc = await connect({ servers: cluster.nats.url });
     try {
       const { jsm } = await jetStreamFor(nc);
@@ -80,7 +80,6 @@ describe('NATS back with its JetStream store lost', () => {
         STREAMS.pieces.name,
         STREAMS.seed.name,
         `KV_${KV_BUCKETS.seedLocks.bucket}`,
-        `KV_${KV_BUCKETS.agents.bucket}`,
       ];
       await waitFor(
         'the streams and buckets declared again',

@@ -42,8 +42,6 @@ export const preheatConfig = z.object({
    * that fails: thousands of agents do not hit the recovering cluster in the same second.
    */
   SHOAL_AGENT_NATS_RECOVERY_SPREAD_MS: envInt(30_000),
-  /** Replicas of the KV bucket the agent owns (`shoal_agents`); 3 in a JetStream cluster. */
-  SHOAL_NATS_STREAM_REPLICAS: envInt(1),
 });
 
 export type PreheatConfig = z.infer<typeof preheatConfig>;

@@ -1,7 +1,7 @@
 /** Starts the agent's part in preheat: its presence entry and its node-task consumer. */
 import { KV_BUCKETS } from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
-import { ensureKv } from '@shoal/runtime/nats';
+import { bindKv } from '@shoal/runtime/nats';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable } from '../cache/download-table.js';
@@ -29,10 +29,9 @@ export async function startNodePreheat(
 ): Promise<StartedPreheat> {
   const { swarm, logger } = deps;
   const peer = config.SHOAL_AGENT_PEER_ID;
-  const declareBucket = (): Promise<unknown> =>
-    ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS);
+  // Bound, never declared: the watcher declares the bucket (agents may not create streams).
   const presence = new PresenceBeacon(
-    await ensureKv(swarm.js, KV_BUCKETS.agents, config.SHOAL_NATS_STREAM_REPLICAS),
+    await bindKv(swarm.js, KV_BUCKETS.agents),
     {
       type: 'agent-presence',
       peer,
@@ -41,7 +40,6 @@ export async function startNodePreheat(
       ...(config.SHOAL_AGENT_ZONE === undefined ? {} : { zone: config.SHOAL_AGENT_ZONE }),
     },
     logger,
-    declareBucket,
   );
   const nodes = new NodePreheat({
     js: swarm.js,
@@ -61,8 +59,8 @@ export async function startNodePreheat(
   // Tasks first, then presence: a watcher that sees this agent finds its consumer ready.
   nodes.start();
   // Nothing is declared again on a reconnect (thousands of agents would flood a recovering
-  // cluster with API calls): the presence bucket when a put finds it gone, the task consumer
-  // when its iterator finds it gone, each after a spread wait.
+  // cluster with API calls): the task consumer when its iterator finds it gone, after a spread
+  // wait; the presence bucket never (the watcher declares it; puts back off while it is gone).
   await presence.start(config.SHOAL_AGENT_PRESENCE_INTERVAL_MS);
   return {
     stop: async () => {

@@ -26,7 +26,6 @@ import {
   selectorMatches,
   STREAMS,
   OciParseError,
-  type AgentPresence,
   type PreheatCommand,
   type PreheatReport,
 } from '@shoal/proto';
@@ -40,6 +39,7 @@ import {
 
 import type { WatcherMetrics } from '../metrics.js';
 import { publishProgress, type JobStatus, type JobStore } from './jobs.js';
+import type { AgentsView } from './presence.js';
 import { optionalHeaders } from './requests.js';
 import { ResolveError, type ImageResolver, type ResolvedImage } from './resolve.js';
 
@@ -72,8 +72,8 @@ export interface RunnerDeps {
   readonly jsm: JetStreamManager;
   readonly jobs: JobStore;
   readonly resolver: ImageResolver;
-  /** The agents alive now. */
-  readonly agents: () => Promise<AgentPresence[]>;
+  /** The agents alive now, and when the presence bucket lists them all. */
+  readonly agents: AgentsView;
   readonly concurrency: number;
   readonly timeoutMs: number;
   readonly ackWaitMs: number;
@@ -359,8 +359,11 @@ export class PreheatRunner {
   ): Promise<void> {
     const { js, agents } = this.#deps;
     const { command } = run;
+    // A presence bucket declared a moment ago does not list the agents that found it missing
+    // yet; nor does one not declared at all (a transient failure: the job is tried again).
+    await agents.settled(signal, AGENT_GRACE_MS);
     const expected = new Set(
-      (await agents())
+      (await agents.live())
         .filter((agent) => selectorMatches(command.selector, agent.labels))
         .map((agent) => agent.peer),
     );
@@ -403,7 +406,8 @@ export class PreheatRunner {
     const missingSince = new Map<string, number>();
     const stopWaiting = new AbortController();
     const checkAgents = setInterval(() => {
-      void agents()
+      void agents
+        .live()
         .then((live) => {
           const alive = new Set(live.map((a) => a.peer));
           const now = Date.now();
