@@ -13,7 +13,12 @@ export {
   type UpstreamResponse,
   type UpstreamTimeouts,
 } from './client.js';
-export { registriesList, registryUrl, type UpstreamRegistry } from './registries.js';
+export {
+  canonicalRegistryHost,
+  registriesList,
+  registryUrl,
+  type UpstreamRegistry,
+} from './registries.js';
 export {
   loadDockerConfig,
   mayReceiveBasic,

@@ -1,11 +1,17 @@
 /**
- * A registry's 429 with `Retry-After`, honoured: until the time it names, requests that would
+ * A registry's 429 honoured: until the time its `Retry-After` names, requests that would
  * meet the same limit are answered at once instead of being sent (Docker Hub's pull limits
  * count every manifest GET, and asking again before the reset only spends the allowance of
  * those who share it). A limit is held per registry, per credential (Docker Hub counts an
  * account's pulls, or an anonymous client's by address), per kind of request (Docker Hub counts
  * manifest GETs only: a manifest's 429 must not stop the blobs of a pull under way) and per
  * method (its HEADs are free, so a GET's 429 does not stop them).
+ *
+ * A 429 without a readable `Retry-After` (Docker Hub's pull limit often sends none, ECR and
+ * GCR throttle without one) holds for a backoff instead: 1 s, doubled by each 429 that comes
+ * again within one hold's length after the last hold ended (the limit is still on), up to
+ * 60 s; one that comes later starts from 1 s again. Without it every client request would go
+ * to the registry, spending the allowance of everyone who shares it.
  *
  * Some requests are never held: the `/v2/` ping (a held ping answered without its challenge
  * would leave clients that send credentials only when challenged never sending them) and a
@@ -18,6 +24,10 @@ import { createHash } from 'node:crypto';
 export const MAX_HOLD_MS = 60 * 60 * 1000;
 /** Holds kept at most; the oldest go first (one per registry, kind, method and credential). */
 const MAX_HOLDS = 10_000;
+/** The first hold after a 429 without `Retry-After`, in ms. */
+export const FIRST_BACKOFF_MS = 1000;
+/** The longest hold after 429s without `Retry-After`, in ms. */
+export const MAX_BACKOFF_MS = 60_000;
 
 /**
  * Milliseconds a `Retry-After` value asks to wait (delay-seconds or an HTTP date), at most
@@ -79,6 +89,8 @@ export interface RateLimitHoldsOptions {
 export class RateLimitHolds {
   /** key -> when the hold ends (Date.now() ms), oldest first. */
   readonly #until = new Map<string, number>();
+  /** key -> the last backoff (after a 429 without `Retry-After`): its length and end. */
+  readonly #backoffs = new Map<string, { readonly ms: number; readonly endsAt: number }>();
   readonly #now: () => number;
   readonly #count: ((registry: string, outcome: 'answered' | 'held') => void) | undefined;
 
@@ -94,8 +106,9 @@ export class RateLimitHolds {
   }
 
   /**
-   * Notes a registry's answer: a 429 with a readable `Retry-After` starts (or moves) a hold;
-   * returns the hold's length in ms when one started, for the caller's log line.
+   * Notes a registry's answer: a 429 starts (or moves) a hold, for its `Retry-After` or, when
+   * it has none readable, for the backoff; returns the hold's length in ms when one started,
+   * for the caller's log line (`Retry-After: 0` starts none).
    */
   note(
     request: LimitedRequest,
@@ -106,20 +119,23 @@ export class RateLimitHolds {
       // A ping is never held, so its 429 starts nothing.
       return undefined;
     }
-    const ms = retryAfterMs(retryAfter, this.#now());
-    if (ms === undefined || ms === 0) {
+    const key = holdKey(request);
+    const ms = retryAfterMs(retryAfter, this.#now()) ?? this.#backoff(key);
+    if (ms === 0) {
       return undefined;
     }
-    const key = holdKey(request);
-    this.#until.delete(key);
-    this.#until.set(key, this.#now() + ms);
-    for (const [oldest] of this.#until) {
-      if (this.#until.size <= MAX_HOLDS) {
-        break;
-      }
-      this.#until.delete(oldest);
-    }
+    remember(this.#until, key, this.#now() + ms);
     this.#count?.(request.registry, 'answered');
+    return ms;
+  }
+
+  /** The hold after a 429 without `Retry-After`: doubled while the limit keeps answering. */
+  #backoff(key: string): number {
+    const now = this.#now();
+    const last = this.#backoffs.get(key);
+    const stillOn = last !== undefined && now - last.endsAt <= last.ms;
+    const ms = stillOn ? Math.min(last.ms * 2, MAX_BACKOFF_MS) : FIRST_BACKOFF_MS;
+    remember(this.#backoffs, key, { ms, endsAt: now + ms });
     return ms;
   }
 
@@ -140,6 +156,18 @@ export class RateLimitHolds {
     }
     this.#count?.(request.registry, 'held');
     return { retryAfterS: Math.max(1, Math.ceil(left / 1000)) };
+  }
+}
+
+/** Sets `key` as the newest entry of `map`, dropping the oldest beyond `MAX_HOLDS`. */
+function remember<T>(map: Map<string, T>, key: string, value: T): void {
+  map.delete(key);
+  map.set(key, value);
+  for (const [oldest] of map) {
+    if (map.size <= MAX_HOLDS) {
+      break;
+    }
+    map.delete(oldest);
   }
 }
 
@@ -175,7 +203,7 @@ function heldAnswerBody(registry: string, retryAfterS: number): Buffer {
       errors: [
         {
           code: 'TOOMANYREQUESTS',
-          message: `${registry} rate-limited this credential; not asking it again for ${retryAfterS} s (its Retry-After)`,
+          message: `${registry} rate-limited this credential; not asking it again for ${retryAfterS} s (its Retry-After, or a backoff when it sent none)`,
         },
       ],
     }),

@@ -32,9 +32,26 @@ const WELL_KNOWN_ENDPOINTS: Record<string, string> = {
 };
 
 /**
+ * Other names of Docker Hub. Image references, containerd's `ns=` and its hosts.toml directory
+ * all say `docker.io`; an operator who lists the API host (`registry-1.docker.io`) or the old
+ * index (`index.docker.io`) means the same registry. Taken as one, the agent would write
+ * hosts.toml for a directory containerd never reads and every Docker Hub pull would bypass it.
+ */
+const REGISTRY_ALIASES: Record<string, string> = {
+  'registry-1.docker.io': 'docker.io',
+  'index.docker.io': 'docker.io',
+};
+
+/** The name clients use for the registry `host` (Docker Hub's other names become docker.io). */
+export function canonicalRegistryHost(host: string): string {
+  return REGISTRY_ALIASES[host.toLowerCase()] ?? host;
+}
+
+/**
  * Parses `SHOAL_AGENT_REGISTRIES`: a comma-separated list of `host` or `host=url`, e.g.
  * `docker.io,ghcr.io,127.0.0.1:5000=http://127.0.0.1:5000`. A bare host is fetched over
- * HTTPS from itself (docker.io from registry-1.docker.io).
+ * HTTPS from itself (docker.io from registry-1.docker.io). Docker Hub's other names
+ * (`registry-1.docker.io`, `index.docker.io`) are read as `docker.io`.
  */
 export const registriesList = z
   .string({ error: 'required: a comma-separated list of registries to mirror' })
@@ -45,7 +62,7 @@ export const registriesList = z
       .map((e) => e.trim())
       .filter((e) => e !== '')) {
       const eq = entry.indexOf('=');
-      const host = eq === -1 ? entry : entry.slice(0, eq);
+      const host = canonicalRegistryHost(eq === -1 ? entry : entry.slice(0, eq));
       const endpoint =
         eq === -1 ? (WELL_KNOWN_ENDPOINTS[host] ?? `https://${host}`) : entry.slice(eq + 1);
       try {

@@ -41,7 +41,7 @@ describe('RateLimitHolds', () => {
     });
     const manifest = request('manifest');
     assert.equal(holds.note(manifest, 200, '5'), undefined);
-    assert.equal(holds.note(manifest, 429, undefined), undefined);
+    assert.equal(holds.note(manifest, 429, '0'), undefined, 'Retry-After: 0 holds nothing');
     assert.equal(holds.held(manifest), undefined);
     assert.equal(holds.noteAnswer(manifest, 429, { 'retry-after': ['5', '9'] }), 5000);
     assert.deepEqual(holds.held(manifest), { retryAfterS: 5 });
@@ -80,6 +80,33 @@ describe('RateLimitHolds', () => {
       undefined,
       'a transfer already started is never held',
     );
+  });
+
+  it('backs off without Retry-After: 1 s, doubled while the limit stays on, up to 60 s', () => {
+    let now = 1_000_000;
+    const holds = new RateLimitHolds({ now: () => now });
+    const manifest = request('manifest');
+    const expected = [1, 2, 4, 8, 16, 32, 60, 60];
+    for (const seconds of expected) {
+      // Asked again the moment the previous hold ended, and refused again.
+      assert.equal(holds.noteAnswer(manifest, 429, {}), seconds * 1000);
+      assert.deepEqual(holds.held(manifest), { retryAfterS: seconds });
+      assert.equal(holds.held(request('blob')), undefined, 'other kinds are not held');
+      now += seconds * 1000;
+      assert.equal(holds.held(manifest), undefined, `free again after ${seconds} s`);
+    }
+    // An unreadable Retry-After is no Retry-After; a 429 long after the last hold (the limit
+    // was lifted meanwhile) starts from 1 s again.
+    now += 10 * 60_000;
+    assert.equal(holds.note(manifest, 429, 'soon'), 1000);
+    now += 1000;
+    assert.equal(holds.note(manifest, 429, undefined), 2000, 'refused again at once: doubled');
+    now += 2000 + 2001;
+    assert.equal(holds.note(manifest, 429, undefined), 1000, 'later than one hold after: reset');
+    // A Retry-After, when one comes, is what counts.
+    assert.equal(holds.note(manifest, 429, '7'), 7000);
+    // Each credential backs off on its own.
+    assert.equal(holds.note(request('manifest', 'GET', 'Bearer b'), 429, undefined), 1000);
   });
 
   it('never holds the /v2/ ping, and its 429 starts no hold', () => {

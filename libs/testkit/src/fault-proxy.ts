@@ -30,8 +30,11 @@ export type RegistryFault =
   | {
       readonly kind: 'status';
       readonly statuses: readonly number[];
-      /** Seconds in the 429's `Retry-After` header (default 1). */
-      readonly retryAfterS?: number;
+      /**
+       * Seconds in the 429's `Retry-After` header (default 1); null sends none (Docker Hub's
+       * pull limit, ECR's and GCR's throttling answer without one).
+       */
+      readonly retryAfterS?: number | null;
       /**
        * Only requests with these methods meet the fault (a registry that rate-limits GETs but
        * not HEADs, as Docker Hub counts pulls); others pass. Default: every method.
@@ -210,7 +213,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       },
     });
 
-  const refuse = (res: ServerResponse, statuses: readonly number[], retryAfterS: number): void => {
+  const refuse = (
+    res: ServerResponse,
+    statuses: readonly number[],
+    retryAfterS: number | null,
+  ): void => {
     const status = statuses[statusTurn++ % statuses.length] ?? 503;
     counts.refused += 1;
     const body = JSON.stringify({
@@ -219,7 +226,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     res.writeHead(status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
-      ...(status === 429 ? { 'retry-after': String(retryAfterS) } : {}),
+      ...(status === 429 && retryAfterS !== null ? { 'retry-after': String(retryAfterS) } : {}),
     });
     res.end(body);
   };
@@ -469,7 +476,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     ) {
       // The request body is not wanted; drain it so the connection stays usable.
       req.resume();
-      refuse(res, current.statuses, current.retryAfterS ?? 1);
+      refuse(res, current.statuses, current.retryAfterS === undefined ? 1 : current.retryAfterS);
       return;
     }
     if (current?.kind === 'down') {

@@ -7,7 +7,7 @@ import { cacheConfig } from './cache/config.js';
 import { hostsConfig } from './hosts/config.js';
 import { preheatConfig } from './preheat/config.js';
 import { swarmConfig, swarmConfigProblems } from './swarm/config.js';
-import { registriesList } from '@shoal/registry';
+import { canonicalRegistryHost, registriesList } from '@shoal/registry';
 
 import { upstreamConfig } from './upstream/config.js';
 
@@ -43,7 +43,7 @@ export function loadAgentConfig(env: Record<string, string | undefined>): AgentC
   if (
     fallback !== undefined &&
     registries.success &&
-    !registries.data.some((r) => r.host === fallback)
+    !registries.data.some((r) => r.host === canonicalRegistryHost(fallback))
   ) {
     problems.push(
       `SHOAL_AGENT_DEFAULT_REGISTRY: "${fallback}" is not one of SHOAL_AGENT_REGISTRIES`,

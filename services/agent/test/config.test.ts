@@ -44,6 +44,25 @@ describe('registriesList', () => {
     assert.deepEqual(hostsAndUrls('docker.io'), ['docker.io=https://registry-1.docker.io/']);
   });
 
+  it("reads Docker Hub's other names as docker.io, the name containerd asks for", () => {
+    assert.deepEqual(hostsAndUrls('registry-1.docker.io'), [
+      'docker.io=https://registry-1.docker.io/',
+    ]);
+    assert.deepEqual(hostsAndUrls('INDEX.docker.io=https://hub-mirror.example.com'), [
+      'docker.io=https://hub-mirror.example.com/',
+    ]);
+    assertMentions(registryProblems('docker.io,registry-1.docker.io'), 'docker.io is listed twice');
+    // The default registry may be named either way.
+    const config = loadAgentConfig({
+      SHOAL_AGENT_REGISTRIES: 'registry-1.docker.io',
+      SHOAL_AGENT_DEFAULT_REGISTRY: 'index.docker.io',
+    });
+    assert.deepEqual(
+      config.SHOAL_AGENT_REGISTRIES.map((r) => r.host),
+      ['docker.io'],
+    );
+  });
+
   it('fetches a bare host over HTTPS from itself, port included', () => {
     assert.deepEqual(hostsAndUrls('ghcr.io,registry.example.com:5443'), [
       'ghcr.io=https://ghcr.io/',

@@ -122,6 +122,15 @@ describe('HostsFiles.write', () => {
     assert.ok(isAgentHostsFile(await readFile(join(dir, 'ghcr.io', 'hosts.toml'), 'utf8')));
   });
 
+  it('writes the directory containerd reads, docker.io, for Docker Hub by any of its names', async () => {
+    await hostsFiles('registry-1.docker.io').write(MIRROR);
+    assert.deepEqual(await readdir(dir), ['docker.io']);
+    assert.equal(
+      await readFile(join(dir, 'docker.io', 'hosts.toml'), 'utf8'),
+      hostsToml('https://registry-1.docker.io'),
+    );
+  });
+
   it('maps docker.io to registry-1.docker.io and uses the URL given after =', async () => {
     await hostsFiles(
       'docker.io,quay.io=https://quay-mirror.example.com/base/,127.0.0.1:5000=http://127.0.0.1:5000',

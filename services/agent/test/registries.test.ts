@@ -32,6 +32,14 @@ describe('RegistryTable', () => {
     assert.equal(table.resolve('ghcr.io').url.href, 'https://ghcr.io/');
   });
 
+  it("resolves Docker Hub's other names to docker.io, as ns and as the default", () => {
+    const table = new RegistryTable([DOCKER, LOCAL], 'registry-1.docker.io');
+    assert.equal(table.resolve('registry-1.docker.io'), DOCKER);
+    assert.equal(table.resolve('index.docker.io'), DOCKER);
+    assert.equal(table.resolve(undefined), DOCKER);
+    assert.equal(table.get('index.docker.io'), DOCKER);
+  });
+
   it('lists the registries in configuration order', () => {
     const table = new RegistryTable([GHCR, DOCKER, LOCAL], 'docker.io');
     assert.deepEqual(
@@ -49,7 +57,6 @@ describe('RegistryTable', () => {
   it('refuses a host that is not mirrored, default or not', () => {
     const table = new RegistryTable([DOCKER], 'docker.io');
     assertDenied(table, 'quay.io');
-    assertDenied(table, 'registry-1.docker.io');
     assertDenied(table, 'DOCKER.IO');
     assertDenied(table, '');
   });

@@ -1,10 +1,11 @@
 /**
- * A registry's pull limit (Docker Hub answers manifest GETs 429 with Retry-After, HEADs and
+ * A registry's pull limit (Docker Hub answers manifest GETs 429, with or without Retry-After; HEADs and
  * blobs stay free): the fault proxy answers manifest GETs 429 in front of a real registry. The
  * agent passes the first 429 on with its Retry-After and then honours it: until then manifest
  * GETs with the same credential are answered 429 by the agent with the time left, without
  * reaching the registry; HEADs, other credentials, blob GETs and the `/v2/` ping still go
- * through; after it, containerd pulls.
+ * through; after it, containerd pulls. A 429 without Retry-After is held for a backoff (1 s,
+ * doubling while the limit stays on) rather than every request being sent on.
  */
 import { createHash } from 'node:crypto';
 import assert from 'node:assert/strict';
@@ -25,7 +26,7 @@ import {
 const RETRY_AFTER_S = 4;
 const MANIFEST_ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
 
-describe('a registry rate limit (429 with Retry-After)', () => {
+describe('a registry rate limit (429, with or without Retry-After)', () => {
   const teardown = new Teardown();
   let mirror: ProxiedMirrorFixture;
 
@@ -147,6 +148,68 @@ describe('a registry rate limit (429 with Retry-After)', () => {
     const log = await readFile(mirror.agent.process.logPath, 'utf8');
     assert.match(log, /rate-limited a request \(429\)/);
     assert.doesNotMatch(log, /another-account/, 'no credential in the log');
+  });
+
+  it('backs off a 429 without Retry-After instead of sending every request on', async () => {
+    // Docker Hub's pull limit often answers without Retry-After; ECR and GCR throttle so too.
+    mirror.proxy.set({
+      kind: 'status',
+      statuses: [429],
+      retryAfterS: null,
+      methods: ['GET'],
+      paths: /\/manifests\//,
+    });
+    // Its own credential: the hold of the case before (anonymous) plays no part.
+    const account = { authorization: 'Bearer no-retry-after-account' };
+    const heldBefore = await mirror.agent.metric('shoal_agent_upstream_rate_limited_total', {
+      outcome: 'held',
+    });
+    const asked = reachedRegistry();
+    const started = Date.now();
+    const first = await ask('manifests/latest', 'GET', account);
+    assert.equal(first.status, 429);
+    assert.equal(first.retryAfter, null, "the registry's own answer, passed on");
+    // Twenty more over about 3 s, as clients retrying would send them.
+    const statuses: number[] = [];
+    const retryAfters: string[] = [];
+    for (let i = 0; i < 20; i += 1) {
+      await sleep(150);
+      const again = await ask('manifests/latest', 'GET', account);
+      statuses.push(again.status);
+      if (again.retryAfter !== null) {
+        retryAfters.push(again.retryAfter);
+      }
+      assert.equal(ociCode(again.body), 'TOOMANYREQUESTS');
+    }
+    assert.ok(
+      statuses.every((s) => s === 429),
+      statuses.join(),
+    );
+    const elapsedMs = Date.now() - started;
+    const reached = reachedRegistry() - asked;
+    // Holds of 1, 2, 4, 8 ... s: one GET reaches the registry when each ends (about 3 of the
+    // 21 in the 3 s they take; a slower machine's run lasts longer and lets a few more through).
+    let mostReached = 1;
+    for (let endsAtMs = 1000, holdMs = 1000; endsAtMs <= elapsedMs;) {
+      mostReached += 1;
+      holdMs = Math.min(holdMs * 2, 60_000);
+      endsAtMs += holdMs;
+    }
+    assert.ok(
+      reached >= 2 && reached <= mostReached,
+      `${reached} of 21 reached the registry in ${elapsedMs} ms (at most ${mostReached})`,
+    );
+    const held =
+      (await mirror.agent.metric('shoal_agent_upstream_rate_limited_total', { outcome: 'held' })) -
+      heldBefore;
+    assert.equal(held, 21 - reached, 'every other one was answered by the agent');
+    // The held answers tell the client how long: whole seconds, within the step it met.
+    assert.equal(retryAfters.length, held);
+    for (const value of retryAfters) {
+      assert.ok(Number(value) >= 1 && Number(value) <= 60, value);
+    }
+    assert.ok(retryAfters.includes('1'), 'the first step, 1 s');
+    mirror.proxy.set(undefined);
   });
 
   it('lets containerd pull once the Retry-After has passed', async () => {

@@ -1,6 +1,6 @@
 /** Which upstream a mirror request is for: only configured registries are ever contacted. */
 import { MirrorError } from '../mirror/errors.js';
-import type { UpstreamRegistry } from '@shoal/registry';
+import { canonicalRegistryHost, type UpstreamRegistry } from '@shoal/registry';
 
 export class RegistryTable {
   readonly #byHost: ReadonlyMap<string, UpstreamRegistry>;
@@ -8,7 +8,7 @@ export class RegistryTable {
 
   constructor(registries: readonly UpstreamRegistry[], defaultHost: string | undefined) {
     this.#byHost = new Map(registries.map((r) => [r.host, r]));
-    this.#defaultHost = defaultHost;
+    this.#defaultHost = defaultHost === undefined ? undefined : canonicalRegistryHost(defaultHost);
   }
 
   /** The registries, in configuration order. */
@@ -18,7 +18,7 @@ export class RegistryTable {
 
   /** The mirrored registry called `host`, if there is one. */
   get(host: string): UpstreamRegistry | undefined {
-    return this.#byHost.get(host);
+    return this.#byHost.get(canonicalRegistryHost(host));
   }
 
   /**
@@ -30,7 +30,7 @@ export class RegistryTable {
     if (host === undefined) {
       throw new MirrorError('DENIED', 403, 'no ns= given and no default registry is configured');
     }
-    const registry = this.#byHost.get(host);
+    const registry = this.#byHost.get(canonicalRegistryHost(host));
     if (registry === undefined) {
       throw new MirrorError('DENIED', 403, `registry "${host.slice(0, 255)}" is not mirrored here`);
     }

@@ -79,7 +79,7 @@ export class RegistryRequests {
    */
   readonly #blobs: BlobReader;
 
-  /** Registries' 429s with Retry-After, honoured per registry, kind, method and credential. */
+  /** Registries' 429s (their Retry-After, or a backoff), honoured per registry, kind, method and credential. */
   readonly #holds: RateLimitHolds;
   readonly #logger: Logger | undefined;
 
@@ -205,7 +205,10 @@ export class RegistryRequests {
     );
   }
 
-  /** A 429 came: holds further requests of its kind for its Retry-After, logged once per hold. */
+  /**
+   * A 429 came: holds further requests of its kind for its Retry-After (or the backoff when it
+   * sent none), logged once per hold.
+   */
   #noteLimit(request: LimitedRequest, headers: LimitHeaders): void {
     const ms = this.#holds.noteAnswer(request, 429, headers);
     if (ms === undefined) {
@@ -221,13 +224,13 @@ export class RegistryRequests {
         credential:
           authorization === undefined ? 'none' : authorization.split(' ')[0]?.toLowerCase(),
       },
-      'the registry rate-limited a request (429); its Retry-After is honoured: requests of the same kind with this credential are answered 429 until then',
+      'the registry rate-limited a request (429); its Retry-After (or, without one, a backoff of 1 s doubling to 60 s) is honoured: requests of the same kind with this credential are answered 429 until then',
     );
   }
 
   /**
    * The answer for a request that would meet a rate limit the registry asked to wait out (a
-   * 429 with Retry-After, for this kind, method and credential): the registry is not asked
+   * 429, for this kind, method and credential): the registry is not asked
    * again before then.
    */
   #held(request: LimitedRequest): { headers: Record<string, string>; body: Buffer } | undefined {
@@ -237,7 +240,7 @@ export class RegistryRequests {
 
   /**
    * Runs one request, counted by its answer's status; no answer becomes a 502 UNAVAILABLE. A
-   * 429 with Retry-After starts a hold for this registry, kind, method and credential.
+   * 429 starts a hold for this registry, kind, method and credential.
    */
   async #counted<T extends { readonly status: number; readonly headers: LimitHeaders }>(
     upstream: UpstreamRegistry,

@@ -471,12 +471,12 @@ export class Seeder {
     } as const;
     const held = this.#rateLimits.held(limited);
     if (held !== undefined) {
-      // The registry asked to wait (429 with Retry-After): asking before then only spends more
+      // The registry asked to wait (a 429: its Retry-After, or a backoff): asking before then only spends more
       // of the seed server's allowance.
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
-        `the registry rate-limited the seed server (429): not asking it again for ${held.retryAfterS} s (its Retry-After)`,
+        `the registry rate-limited the seed server (429): not asking it again for ${held.retryAfterS} s (its Retry-After, or a backoff when it sent none)`,
       );
     }
     // Ends at the response headers; the body is read by the seed fetch span around it.
@@ -519,7 +519,7 @@ export class Seeder {
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
-        `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After)`}`,
+        `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After, or a backoff when it sent none)`}`,
       );
     }
     if (response.status !== 200) {
