@@ -223,6 +223,11 @@ export interface RegistryAuthOptions {
 
 /** Pull tokens remembered by default. */
 const DEFAULT_MAX_TOKENS = 4096;
+/**
+ * Largest token response read, in bytes. A registry's JWT is a few KiB (Docker Hub's are
+ * about 1.5); a larger answer is not a token response (an HTML page of a proxy in between).
+ */
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 
 interface CachedToken {
   readonly header: string;
@@ -322,6 +327,7 @@ export class RegistryAuth {
       : undefined;
     const chunks: Buffer[] = [];
     let status: number;
+    let tooLarge = false;
     try {
       const response = await this.#client.request({
         registry: { host: realm.host, url: new URL(realm.origin) },
@@ -331,7 +337,13 @@ export class RegistryAuth {
         signal,
       });
       status = response.status;
+      let read = 0;
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
+        read += chunk.length;
+        if (read > MAX_TOKEN_RESPONSE_BYTES) {
+          tooLarge = true;
+          break;
+        }
         chunks.push(chunk);
       }
     } catch (error) {
@@ -347,18 +359,20 @@ export class RegistryAuth {
     if (status !== 200) {
       return undefined;
     }
-    const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
-      token?: string;
-      access_token?: string;
-      expires_in?: number;
-    };
-    const token = body.token ?? body.access_token;
-    if (token === undefined) {
-      return undefined;
+    if (tooLarge) {
+      throw new RealmError(
+        realm.origin,
+        status,
+        `answered more than ${MAX_TOKEN_RESPONSE_BYTES} bytes: not a token response`,
+      );
     }
-    const header = `Bearer ${token}`;
+    const body = tokenResponse(Buffer.concat(chunks));
+    if (body === undefined) {
+      throw new RealmError(realm.origin, status, 'answered 200 without a token (not token JSON)');
+    }
+    const header = `Bearer ${body.token}`;
     // Renew a little before the registry's deadline (default 60 s per the token spec).
-    const lifetimeMs = Math.max(10, (body.expires_in ?? 60) - 10) * 1000;
+    const lifetimeMs = Math.max(10, (body.expiresInS ?? 60) - 10) * 1000;
     this.#remember(`${registry.host}/${repository}`, {
       header,
       expiresAt: Date.now() + lifetimeMs,
@@ -393,4 +407,34 @@ export class RegistryAuth {
       ? undefined
       : `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
   }
+}
+
+/**
+ * The token of a realm's 200 answer (`token`, or OAuth2's `access_token`) and its lifetime in
+ * seconds if it says one; undefined when the body is not such JSON. The token must be a
+ * header-safe string: it goes into an Authorization header as it is.
+ */
+function tokenResponse(raw: Buffer): { token: string; expiresInS?: number } | undefined {
+  let body: unknown;
+  try {
+    body = JSON.parse(raw.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof body !== 'object' || body === null) {
+    return undefined;
+  }
+  const {
+    token,
+    access_token: accessToken,
+    expires_in: expiresIn,
+  } = body as Record<string, unknown>;
+  const found = typeof token === 'string' && token !== '' ? token : accessToken;
+  if (typeof found !== 'string' || !/^[\x21-\x7e]+$/.test(found)) {
+    return undefined;
+  }
+  const seconds = typeof expiresIn === 'number' ? expiresIn : Number(expiresIn);
+  return Number.isFinite(seconds) && seconds > 0
+    ? { token: found, expiresInS: seconds }
+    : { token: found };
 }

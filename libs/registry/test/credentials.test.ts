@@ -7,6 +7,7 @@ import {
   mayReceiveBasic,
   parseChallenge,
   parseDockerConfig,
+  RealmError,
   RegistryAuth,
   RegistryReader,
   refusalAdvice,
@@ -175,6 +176,65 @@ describe('Basic credentials and token realms', () => {
         `Basic ${Buffer.from('seeder:hunter2').toString('base64')}`,
         'forgotten: the configured credentials again, until the next challenge',
       );
+    } finally {
+      await client.close();
+      await new Promise((resolve) => realm.close(resolve));
+    }
+  });
+});
+
+describe('RegistryAuth token responses', () => {
+  it('takes a token only from a bounded JSON answer, and says what was wrong otherwise', async () => {
+    let answer: { type: string; body: string } = { type: 'application/json', body: '{}' };
+    const realm = createServer((_req, res) => {
+      res.setHeader('content-type', answer.type);
+      res.end(answer.body);
+    });
+    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+    const port = (realm.address() as AddressInfo).port;
+    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    const local: UpstreamRegistry = {
+      host: '127.0.0.1:5000',
+      url: new URL('http://127.0.0.1:5000'),
+    };
+    const auth = new RegistryAuth(new Map(), client);
+    const challenge = `Bearer realm="http://127.0.0.1:${port}/token",service="test"`;
+    const ask = (): Promise<string | undefined> =>
+      auth.answer(local, 'team/app', challenge, AbortSignal.timeout(5000));
+    try {
+      // OAuth2's field name, and a lifetime given as a string, as some realms send it.
+      answer = {
+        type: 'application/json',
+        body: JSON.stringify({ access_token: 'oauth-token', expires_in: '300' }),
+      };
+      assert.equal(await ask(), 'Bearer oauth-token');
+
+      const bad: [string, { type: string; body: string }][] = [
+        ['an HTML page of a proxy', { type: 'text/html', body: '<html>sign in</html>' }],
+        ['JSON without a token', { type: 'application/json', body: '{"details":"none"}' }],
+        ['a JSON string', { type: 'application/json', body: '"token"' }],
+        [
+          'a token that would split the header',
+          { type: 'application/json', body: JSON.stringify({ token: 'a\r\nX-Injected: 1' }) },
+        ],
+        [
+          'an answer larger than any token',
+          { type: 'application/json', body: JSON.stringify({ token: 'x'.repeat(200 * 1024) }) },
+        ],
+      ];
+      for (const [what, body] of bad) {
+        answer = body;
+        await assert.rejects(
+          ask(),
+          (error: unknown) => {
+            assert.ok(error instanceof RealmError, what);
+            assert.equal(error.realmStatus, 200, what);
+            assert.match(error.message, /not (a )?token/, what);
+            return true;
+          },
+          what,
+        );
+      }
     } finally {
       await client.close();
       await new Promise((resolve) => realm.close(resolve));
