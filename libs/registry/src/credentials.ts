@@ -390,8 +390,11 @@ export class RegistryAuth {
       throw new RealmError(realm.origin, status, 'answered 200 without a token (not token JSON)');
     }
     const header = `Bearer ${body.token}`;
-    // Renew a little before the registry's deadline (default 60 s per the token spec).
-    const lifetimeMs = Math.max(10, (body.expiresInS ?? 60) - 10) * 1000;
+    // Renew a little before the registry's deadline (default 60 s per the token spec); a
+    // token shorter-lived than the spec allows (under 20 s) is kept for half its life, not
+    // past it: each read would otherwise carry a dead token and cost a 401 first.
+    const expiresInS = body.expiresInS ?? 60;
+    const lifetimeMs = (expiresInS > 20 ? expiresInS - 10 : expiresInS / 2) * 1000;
     this.#remember(`${registry.host}/${repository}`, {
       header,
       expiresAt: Date.now() + lifetimeMs,

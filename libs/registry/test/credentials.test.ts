@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 
 import {
@@ -278,6 +279,13 @@ describe('RegistryAuth token requests', () => {
         ['repository:team/app:pull', 'repository:team/base:pull'],
         ['repository:team/app:pull'],
       ]);
+
+      // A token shorter-lived than the spec allows is kept for half its life, not 10 s.
+      body = gzipSync(JSON.stringify({ token: 'brief', expires_in: 1 }));
+      assert.equal(await ask(''), 'Bearer brief');
+      assert.equal(auth.current(local, 'team/app'), 'Bearer brief');
+      await sleep(600);
+      assert.equal(auth.current(local, 'team/app'), undefined, 'expired: asked for again');
 
       // A small gzip body that would decode to a megabyte is not a token response.
       body = gzipSync(Buffer.alloc(1024 * 1024, 0x20));
