@@ -107,7 +107,13 @@ describe('manifest answers without Docker-Content-Digest or Content-Length', () 
     }
   });
 
-  it('lets containerd pull through the agent', async () => {
+  it('lets containerd pull through the agent, Content-Type left out too', async () => {
+    // The HEAD by tag then says neither digest nor type: containerd asks a GET, which the
+    // agent labels by what the manifest is.
+    mirror.proxy.set({
+      kind: 'drop-headers',
+      names: ['docker-content-digest', 'content-length', 'content-type'],
+    });
     await pullOnlyThroughMirror(teardown, {
       registryHost: mirror.registry.host,
       mirrorUrl: mirror.agent.url,
