@@ -10,11 +10,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 
 import { isAbortError, ShoalError } from '@shoal/runtime';
 import { z } from 'zod';
 
-import type { UpstreamClient } from './client.js';
+import { headerValue, type UpstreamClient } from './client.js';
 import type { UpstreamRegistry } from './registries.js';
 
 export interface BasicCredentials {
@@ -321,13 +322,22 @@ export class RegistryAuth {
     if (params.service !== undefined) {
       realm.searchParams.set('service', params.service);
     }
-    realm.searchParams.set('scope', params.scope ?? `repository:${repository}:pull`);
+    // A challenge names several scopes separated by spaces (the distribution registry's, when
+    // one request needs more than one repository); the token spec asks for one `scope`
+    // parameter each, and a realm that reads only one would grant only the first.
+    realm.searchParams.delete('scope');
+    for (const scope of (params.scope ?? `repository:${repository}:pull`).split(' ')) {
+      if (scope !== '') {
+        realm.searchParams.append('scope', scope);
+      }
+    }
     const basic = mayReceiveBasic(registry, realm, this.#trustedRealms)
       ? this.#basic(registry)
       : undefined;
     const chunks: Buffer[] = [];
     let status: number;
     let tooLarge = false;
+    let encoding: string | undefined;
     try {
       const response = await this.#client.request({
         registry: { host: realm.host, url: new URL(realm.origin) },
@@ -337,6 +347,7 @@ export class RegistryAuth {
         signal,
       });
       status = response.status;
+      encoding = headerValue(response.headers, 'content-encoding');
       let read = 0;
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         read += chunk.length;
@@ -366,13 +377,24 @@ export class RegistryAuth {
         `answered more than ${MAX_TOKEN_RESPONSE_BYTES} bytes: not a token response`,
       );
     }
-    const body = tokenResponse(Buffer.concat(chunks));
+    const raw = decoded(Buffer.concat(chunks), encoding);
+    if (raw === undefined) {
+      throw new RealmError(
+        realm.origin,
+        status,
+        `answered a ${encoding ?? 'gzip'} body that does not decode to at most ${MAX_TOKEN_RESPONSE_BYTES} bytes`,
+      );
+    }
+    const body = tokenResponse(raw);
     if (body === undefined) {
       throw new RealmError(realm.origin, status, 'answered 200 without a token (not token JSON)');
     }
     const header = `Bearer ${body.token}`;
-    // Renew a little before the registry's deadline (default 60 s per the token spec).
-    const lifetimeMs = Math.max(10, (body.expiresInS ?? 60) - 10) * 1000;
+    // Renew a little before the registry's deadline (default 60 s per the token spec); a
+    // token shorter-lived than the spec allows (under 20 s) is kept for half its life, not
+    // past it: each read would otherwise carry a dead token and cost a 401 first.
+    const expiresInS = body.expiresInS ?? 60;
+    const lifetimeMs = (expiresInS > 20 ? expiresInS - 10 : expiresInS / 2) * 1000;
     this.#remember(`${registry.host}/${repository}`, {
       header,
       expiresAt: Date.now() + lifetimeMs,
@@ -407,6 +429,30 @@ export class RegistryAuth {
       ? undefined
       : `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
   }
+}
+
+/**
+ * A realm's answer decoded: some realms behind a compressing proxy or CDN gzip it although it
+ * was not asked for (or, stripped of its Content-Encoding, still start with gzip's magic
+ * bytes). Undefined when it does not decode within `MAX_TOKEN_RESPONSE_BYTES`.
+ */
+function decoded(raw: Buffer, encoding: string | undefined): Buffer | undefined {
+  const coding = encoding?.trim().toLowerCase();
+  const options = { maxOutputLength: MAX_TOKEN_RESPONSE_BYTES };
+  try {
+    if (coding === 'gzip' || coding === 'x-gzip' || (raw[0] === 0x1f && raw[1] === 0x8b)) {
+      return gunzipSync(raw, options);
+    }
+    if (coding === 'deflate') {
+      return inflateSync(raw, options);
+    }
+    if (coding === 'br') {
+      return brotliDecompressSync(raw, options);
+    }
+  } catch {
+    return undefined;
+  }
+  return raw;
 }
 
 /**

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { gzipSync } from 'node:zlib';
 
 import {
   mayReceiveBasic,
@@ -235,6 +237,63 @@ describe('RegistryAuth token responses', () => {
           what,
         );
       }
+    } finally {
+      await client.close();
+      await new Promise((resolve) => realm.close(resolve));
+    }
+  });
+});
+
+describe('RegistryAuth token requests', () => {
+  it('asks for each scope of a challenge apart, and reads a gzip answer only within bounds', async () => {
+    const scopes: string[][] = [];
+    let body: Buffer = gzipSync(JSON.stringify({ token: 'zipped', expires_in: 300 }));
+    const realm = createServer((req, res) => {
+      scopes.push(new URL(req.url ?? '/', 'http://realm').searchParams.getAll('scope'));
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+    const port = (realm.address() as AddressInfo).port;
+    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+    const local: UpstreamRegistry = {
+      host: '127.0.0.1:5000',
+      url: new URL('http://127.0.0.1:5000'),
+    };
+    const auth = new RegistryAuth(new Map(), client);
+    const ask = (scope: string): Promise<string | undefined> =>
+      auth.answer(
+        local,
+        'team/app',
+        `Bearer realm="http://127.0.0.1:${port}/token",service="test"${scope}`,
+        AbortSignal.timeout(5000),
+      );
+    try {
+      // The distribution registry joins the scopes one request needs with a space.
+      assert.equal(
+        await ask(',scope="repository:team/app:pull repository:team/base:pull"'),
+        'Bearer zipped',
+      );
+      assert.equal(await ask(''), 'Bearer zipped');
+      assert.deepEqual(scopes, [
+        ['repository:team/app:pull', 'repository:team/base:pull'],
+        ['repository:team/app:pull'],
+      ]);
+
+      // A token shorter-lived than the spec allows is kept for half its life, not 10 s.
+      body = gzipSync(JSON.stringify({ token: 'brief', expires_in: 1 }));
+      assert.equal(await ask(''), 'Bearer brief');
+      assert.equal(auth.current(local, 'team/app'), 'Bearer brief');
+      await sleep(600);
+      assert.equal(auth.current(local, 'team/app'), undefined, 'expired: asked for again');
+
+      // A small gzip body that would decode to a megabyte is not a token response.
+      body = gzipSync(Buffer.alloc(1024 * 1024, 0x20));
+      await assert.rejects(ask(''), (error: unknown) => {
+        assert.ok(error instanceof RealmError);
+        assert.match(error.message, /does not decode to at most 65536 bytes/);
+        return true;
+      });
     } finally {
       await client.close();
       await new Promise((resolve) => realm.close(resolve));

@@ -81,6 +81,13 @@ export type RegistryFault =
    * that send no `Docker-Content-Digest`, or a HEAD without `Content-Length`, answer.
    */
   | { readonly kind: 'drop-headers'; readonly names: readonly string[] }
+  /**
+   * Bearer tokens the proxy has seen so far (`every`: all Authorization headers, those to come
+   * too) are taken off the requests that carry them before they are forwarded, so the real
+   * registry answers its own 401 challenge, as it does to a token that expired or was revoked
+   * mid-pull. A registry checks a token's expiry with a minute's leeway, too long to wait for.
+   */
+  | { readonly kind: 'expire-tokens'; readonly every?: boolean }
   | {
       readonly kind: 'redirect';
       readonly status?: 302 | 307;
@@ -179,6 +186,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const agent = new Agent({ keepAlive: true });
   let fault: RegistryFault | undefined;
   let statusTurn = 0;
+  /** The Authorization headers an `expire-tokens` fault expired when it was set. */
+  let expired = new Set<string>();
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
   let linkFreeAt = 0;
   const counts = { forwarded: 0, refused: 0, slowed: 0, bytes: 0, damaged: 0, redirected: 0 };
@@ -276,6 +285,13 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const forward = (req: IncomingMessage, res: ServerResponse, current?: RegistryFault): void => {
     counts.forwarded += 1;
     const headers: OutgoingHttpHeaders = { ...req.headers, host: upstream.host };
+    if (
+      current?.kind === 'expire-tokens' &&
+      req.headers.authorization !== undefined &&
+      (current.every === true || expired.has(req.headers.authorization))
+    ) {
+      delete headers.authorization;
+    }
     const abort = new AbortController();
     // A client that goes away ends the upstream request too.
     res.once('close', () => {
@@ -503,6 +519,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const set = (next: RegistryFault | undefined): void => {
     fault = next;
     statusTurn = 0;
+    expired = new Set(
+      next?.kind === 'expire-tokens'
+        ? received.flatMap((r) => (r.authorization?.startsWith('Bearer ') ? [r.authorization] : []))
+        : [],
+    );
     signedCount = 0;
     storageCut = false;
     linkFreeAt = 0;

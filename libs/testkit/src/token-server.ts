@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 
 import { makeTempDir } from './process.js';
 import { writeSelfSigned } from './tls.js';
@@ -43,6 +44,11 @@ export interface TokenServerOptions {
   readonly anonymousPull?: readonly string[];
   /** How long a token is valid, in seconds (default 300). */
   readonly tokenTtlS?: number;
+  /**
+   * Token answers are gzip'd with `Content-Encoding: gzip` whether or not the client asked for
+   * it, as some realms behind a compressing proxy or CDN answer (default false).
+   */
+  readonly gzip?: boolean;
 }
 
 export async function startTokenServer(
@@ -122,8 +128,7 @@ export async function startTokenServer(
     const scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' '));
     requests.push({ user: user ?? 'anonymous', scopes });
     const token = issue(user, scopes);
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(
+    const body = Buffer.from(
       JSON.stringify({
         token,
         access_token: token,
@@ -131,6 +136,13 @@ export async function startTokenServer(
         issued_at: new Date().toISOString(),
       }),
     );
+    if (options.gzip === true) {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      res.end(gzipSync(body));
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(body);
   };
 
   const server = createServer(handle);

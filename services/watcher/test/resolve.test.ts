@@ -313,6 +313,31 @@ describe('image resolver', () => {
     assert.ok(image.blobs.every((b) => !attestationBlobs.has(b.digest)));
   });
 
+  it('resolves a tag and fans an index out when the registry sends neither Docker-Content-Digest nor Content-Type', async () => {
+    // Older Quay, some proxies and repository managers: the HEAD by tag says no digest (the
+    // manifest is read and hashed) and the index is known by its `manifests`, not its type.
+    const proxy = await startFaultProxy({ upstream: registry.url });
+    try {
+      proxy.set({ kind: 'drop-headers', names: ['docker-content-digest', 'content-type'] });
+      const bare: UpstreamRegistry = { host: registry.host, url: new URL(proxy.url) };
+      const { reference } = resolver.parse(`${registry.host}/team/multi:v2`);
+      const digest = await resolver.currentDigest(bare, reference);
+      assert.equal(digest.toString(), index.digest);
+      assert.deepEqual(
+        proxy
+          .received()
+          .filter((r) => r.url.endsWith('/manifests/v2'))
+          .map((r) => r.method),
+        ['HEAD', 'GET'],
+      );
+      const image = await resolver.resolve(bare, 'team/multi', digest, []);
+      assert.deepEqual(image.manifests, [amd64.manifest.digest, arm64.manifest.digest]);
+      assert.deepEqual(image.blobs, blobsOf(amd64, arm64));
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('fans an index out to the wanted platforms only', async () => {
     const digest = parseDigest(index.digest);
     const arm = await resolver.resolve(configured, 'team/multi', digest, ['linux/arm64']);

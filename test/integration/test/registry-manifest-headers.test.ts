@@ -1,6 +1,6 @@
 /**
  * Registries that leave headers out of their manifest answers: no `Docker-Content-Digest`
- * (older Quay, some proxies) and a HEAD without `Content-Length`. The fault proxy drops them in
+ * (older Quay, some proxies), a HEAD without `Content-Length`, no `Content-Type`. The fault proxy drops them in
  * front of the real registry. The agent answers a GET by tag with the digest it computed from
  * the bytes, passes the HEAD on as the registry gave it, and containerd pulls.
  */
@@ -18,6 +18,7 @@ import {
 } from '../src/mirror.js';
 
 const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const INDEX = 'application/vnd.oci.image.index.v1+json';
 
 describe('manifest answers without Docker-Content-Digest or Content-Length', () => {
   const teardown = new Teardown();
@@ -58,7 +59,61 @@ describe('manifest answers without Docker-Content-Digest or Content-Length', () 
     assert.equal(answer.headers.get('content-type'), MANIFEST);
   });
 
-  it('lets containerd pull through the agent', async () => {
+  it('labels a manifest sent without a Content-Type by what it is: an index stays an index', async () => {
+    // A multi-platform index over the pushed manifest, put straight into the real registry.
+    const index = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: INDEX,
+        manifests: [
+          {
+            mediaType: MANIFEST,
+            digest: mirror.image.manifest.digest,
+            size: mirror.image.manifest.size,
+            platform: { os: 'linux', architecture: 'amd64' },
+          },
+        ],
+      }),
+    );
+    const indexDigest = `sha256:${createHash('sha256').update(index).digest('hex')}`;
+    const put = await fetch(`${mirror.registry.url}/v2/bare/app/manifests/multi`, {
+      method: 'PUT',
+      headers: { 'content-type': INDEX },
+      body: index,
+      signal: AbortSignal.timeout(30_000),
+    });
+    assert.equal(put.status, 201);
+    mirror.proxy.set({ kind: 'drop-headers', names: ['content-type'] });
+    try {
+      for (const reference of ['multi', indexDigest]) {
+        const answer = await fetch(
+          `${mirror.agent.url}/v2/bare/app/manifests/${reference}?ns=${mirror.registry.host}`,
+          {
+            headers: { accept: `${INDEX}, ${MANIFEST}` },
+            signal: AbortSignal.timeout(30_000),
+          },
+        );
+        assert.equal(answer.status, 200, reference);
+        // Before: labelled an image manifest, which containerd would read as one.
+        assert.equal(answer.headers.get('content-type'), INDEX, reference);
+        assert.equal(answer.headers.get('docker-content-digest'), indexDigest, reference);
+        assert.deepEqual(Buffer.from(await answer.arrayBuffer()), index, reference);
+      }
+    } finally {
+      mirror.proxy.set({
+        kind: 'drop-headers',
+        names: ['docker-content-digest', 'content-length'],
+      });
+    }
+  });
+
+  it('lets containerd pull through the agent, Content-Type left out too', async () => {
+    // The HEAD by tag then says neither digest nor type: containerd asks a GET, which the
+    // agent labels by what the manifest is.
+    mirror.proxy.set({
+      kind: 'drop-headers',
+      names: ['docker-content-digest', 'content-length', 'content-type'],
+    });
     await pullOnlyThroughMirror(teardown, {
       registryHost: mirror.registry.host,
       mirrorUrl: mirror.agent.url,

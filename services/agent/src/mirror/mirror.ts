@@ -322,7 +322,8 @@ export class Mirror {
       metrics.cacheHits.inc({ kind: 'manifest', result: cached === undefined ? 'miss' : 'hit' });
       if (cached !== undefined) {
         this.#deps.authz?.learnManifest(req.registry, target.name, cached.bytes);
-        sendManifest(reply, req.method, cached.bytes, cached.mediaType, reference.digest);
+        const mediaType = manifestMediaType(cached.mediaType, cached.bytes);
+        sendManifest(reply, req.method, cached.bytes, mediaType, reference.digest);
         return;
       }
     }
@@ -376,7 +377,7 @@ export class Mirror {
         `the upstream sent a manifest that does not match ${expected.toString()}`,
       );
     }
-    const mediaType = headerValue(response.headers, 'content-type');
+    const mediaType = manifestMediaType(headerValue(response.headers, 'content-type'), bytes);
     try {
       await store.putSmall(actual, bytes, mediaType);
     } catch (error) {
@@ -771,16 +772,47 @@ function announcedDigest(headers: UpstreamResponse['headers']): Digest | undefin
   }
 }
 
+/** Content types that say a body is JSON (or bytes) but not which manifest it is. */
+const GENERIC_TYPES = new Set(['application/json', 'text/plain', 'application/octet-stream']);
+
+/**
+ * The media type to answer a manifest with: the registry's Content-Type, unless it sent none
+ * or a generic one (some repository managers and static-file registries do), then the one the
+ * manifest names itself, else an index if it lists manifests, else an image manifest. A
+ * manifest list labelled as an image manifest would make containerd read it as one and find
+ * no layers.
+ */
+export function manifestMediaType(header: string | undefined, bytes: Buffer): string {
+  const given = header?.split(';')[0]?.trim().toLowerCase();
+  if (given !== undefined && given !== '' && !GENERIC_TYPES.has(given)) {
+    return header ?? given;
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return header ?? 'application/vnd.oci.image.manifest.v1+json';
+  }
+  const { mediaType, manifests } =
+    typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
+  if (typeof mediaType === 'string' && /^[\x21-\x7e]+$/.test(mediaType)) {
+    return mediaType;
+  }
+  return Array.isArray(manifests)
+    ? 'application/vnd.oci.image.index.v1+json'
+    : 'application/vnd.oci.image.manifest.v1+json';
+}
+
 function sendManifest(
   reply: FastifyReply,
   method: 'GET' | 'HEAD',
   bytes: Buffer,
-  mediaType: string | undefined,
+  mediaType: string,
   digest: Digest,
 ): void {
   reply
     .code(200)
-    .header('content-type', mediaType ?? 'application/vnd.oci.image.manifest.v1+json')
+    .header('content-type', mediaType)
     .header('docker-content-digest', digest.toString())
     .header('etag', `"${digest.toString()}"`)
     .header('content-length', bytes.length);
