@@ -22,6 +22,8 @@ declare -A packages=(
   [containerd]=containerd
   [ctr]=containerd
   [ip]=iproute2
+  # Blackholed hosts in the fault tests: packets dropped in a namespace, no RST, no FIN.
+  [iptables]=iptables
   [openssl]=openssl
   [promtool]=prometheus
   [docker-compose]=docker-compose

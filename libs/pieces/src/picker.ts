@@ -314,6 +314,11 @@ interface SourceState {
   window: SourceWindow;
   /** It refused connections: one request at a time until one succeeds. */
   probing: boolean;
+  /**
+   * When probing began (ms): requests started before then failed with the first one and
+   * count with it as one failure; each probe after counts on its own.
+   */
+  probingSinceMs: number;
 }
 
 export class PiecePicker {
@@ -389,6 +394,7 @@ export class PiecePicker {
         busyStreak: 0,
         window: newWindow(this.#now()),
         probing: false,
+        probingSinceMs: 0,
       };
       this.#sources.set(advert.id, source);
       // A hand-out may be older than the hashes heard since.
@@ -543,7 +549,7 @@ export class PiecePicker {
     // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
     // agent's requests to the seed take pieces the others are not asking for; the window's
     // pieces come from the peers that got them.
-    const othersServe = usable.some((s) => !s.advert.seed);
+    const othersServe = usable.some((s) => !s.advert.seed && !s.probing);
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -707,10 +713,16 @@ export class PiecePicker {
         source.failures += 1;
         break;
       case 'unreachable':
-        // Requests started together with this one met the same closed port; from now on one
+        // Requests started together with this one met the same closed port (or the same
+        // silence, given up at once): they count as one failure, and from now on one request
         // at a time, so a source that is gone costs one refused connection per look.
-        source.failures += 1;
-        source.probing = true;
+        if (!source.probing || request.startedMs >= source.probingSinceMs) {
+          source.failures += 1;
+        }
+        if (!source.probing) {
+          source.probing = true;
+          source.probingSinceMs = now;
+        }
         break;
       case 'dropped':
         break;
@@ -740,7 +752,9 @@ export class PiecePicker {
   /** Whether a source other than the seed could serve now. */
   #peerUsable(now: number): boolean {
     for (const source of this.#sources.values()) {
-      if (!source.advert.seed && this.#usable(source, now)) {
+      // A peer being probed (its last requests went unanswered: it may have vanished) is no
+      // sign that one will have the piece shortly.
+      if (!source.advert.seed && !source.probing && this.#usable(source, now)) {
         return true;
       }
     }

@@ -365,6 +365,29 @@ describe('PiecePicker', () => {
     p.settle(probe, 'ok');
     assert.equal(p.next().length, 4, 'answered: its window again');
   });
+  it('counts the requests that failed together as one failure, and each probe after as one', () => {
+    const { picker: p, clock } = picker(16, { concurrency: 8, perSource: 4 });
+    p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
+    const started = p.next();
+    assert.equal(started.length, 4);
+    clock.ms += 10;
+    // Given up at once (a silence, or one closed port): one failure, not four, so the source
+    // is still probed without a new hand-out (three failures skip it for the blob).
+    for (const request of started) {
+      p.settle(request, 'unreachable');
+    }
+    for (let probes = 1; probes <= 2; probes += 1) {
+      clock.ms += 10;
+      const [probe, ...more] = p.next();
+      assert.equal(probe?.source, 'a', `probe ${probes}`);
+      assert.deepEqual(more, []);
+      clock.ms += 10;
+      p.settle(probe, 'unreachable');
+    }
+    clock.ms += 10;
+    assert.deepEqual(p.next(), [], 'the third failure (the second probe) skips it');
+  });
+
   it('asks peers only, for a while, for a piece the seed rationed', () => {
     const { picker: p, clock } = picker(1, { concurrency: 1 });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });

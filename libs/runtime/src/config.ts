@@ -108,6 +108,43 @@ export const natsTlsConfig = z.object({
 });
 export type NatsTlsConfig = z.infer<typeof natsTlsConfig>;
 
+/** Default of SHOAL_NATS_PING_INTERVAL_MS, in ms. */
+export const DEFAULT_NATS_PING_INTERVAL_MS = 10_000;
+/** Default of SHOAL_NATS_RECONNECT_JITTER_MS, in ms. */
+export const DEFAULT_NATS_RECONNECT_JITTER_MS = 1000;
+
+/**
+ * How a NATS connection notices that its server went silent, and spreads its reconnects.
+ * `pingMs` and `jitterMs` are the defaults: a fleet of agents pings less often and spreads
+ * its reconnects wider than the few trusted services.
+ */
+// eslint-disable-next-line @typescript-eslint/explicit-function-return-type -- zod's own types
+export function natsLivenessFields(pingMs: number, jitterMs: number) {
+  return {
+    /**
+     * How often the client pings its NATS server, in ms (default 10 000; agents 20 000),
+     * each connection at a random interval up to half as long again, so that a fleet's pings
+     * do not come in step. After two pings go unanswered the connection is dropped and another
+     * server is dialled: a server that vanished (powered off, partitioned, firewalled: packets
+     * dropped, no reset) is noticed, rather than after the client library's default of 2 min
+     * per ping, and once the network is back the connection is made anew rather than waiting
+     * on TCP's backed-off resends.
+     */
+    SHOAL_NATS_PING_INTERVAL_MS: envInt(pingMs).refine((n) => n >= 1000, 'must be at least 1000'),
+    /**
+     * Up to how much later than the half second between attempts each reconnect is made, at
+     * random, in ms (default 1000; agents 3000): thousands of agents that lost their server at
+     * once come back spread over seconds, not in one burst.
+     */
+    SHOAL_NATS_RECONNECT_JITTER_MS: envInt(jitterMs),
+  };
+}
+
+/** The services' NATS liveness settings (agents: `natsLivenessFields` with their defaults). */
+export const natsLivenessConfig = z.object(
+  natsLivenessFields(DEFAULT_NATS_PING_INTERVAL_MS, DEFAULT_NATS_RECONNECT_JITTER_MS),
+);
+
 /**
  * The problem, if any, with a listener's announced URL: clients speak what its scheme says, so
  * it must be `https://` exactly when the listener has a certificate (`cert`, the variable of

@@ -7,6 +7,8 @@ export {
   envListen,
   envLogLevel,
   loadConfig,
+  natsLivenessConfig,
+  natsLivenessFields,
   natsTlsConfig,
   placeholderProblems,
   refusePlaceholderSecret,

@@ -27,6 +27,9 @@ import { z } from 'zod';
 
 import {
   ConfigError,
+  DEFAULT_NATS_PING_INTERVAL_MS,
+  DEFAULT_NATS_RECONNECT_JITTER_MS,
+  natsLivenessConfig,
   natsTlsConfig,
   refusePlaceholderSecret,
   type NatsTlsConfig,
@@ -48,6 +51,7 @@ export const natsConfig = z.object({
   /** Optional credentials file (JWT + nkey seed) for this service's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
+  ...natsLivenessConfig.shape,
   /**
    * Replicas of each stream and KV bucket the service declares (the watcher's include the
    * agents' presence bucket `shoal_agents`; agents declare none); 3 in a production
@@ -63,6 +67,9 @@ export type NatsConfig = z.infer<typeof natsConfig>;
 
 const nanos = (ms: number): number => ms * 1_000_000;
 
+/** Pings unanswered after which the connection counts as dead (the client library's default). */
+const MAX_PINGS_OUT = 2;
+
 /**
  * Connects with reconnects forever; connection state changes are logged.
  *
@@ -72,12 +79,16 @@ const nanos = (ms: number): number => ms * 1_000_000;
  * with a configuration error rather than speak as that node.
  */
 export async function connectNats(
-  config: NatsConfig,
+  // The liveness settings may be left out (tests, tools): their defaults then.
+  config: Omit<NatsConfig, 'SHOAL_NATS_PING_INTERVAL_MS' | 'SHOAL_NATS_RECONNECT_JITTER_MS'> &
+    Partial<Pick<NatsConfig, 'SHOAL_NATS_PING_INTERVAL_MS' | 'SHOAL_NATS_RECONNECT_JITTER_MS'>>,
   name: string,
   logger: Logger,
   identity?: string,
 ): Promise<NatsConnection> {
   const { servers, user, pass } = parseNatsServers(config.SHOAL_NATS_URL);
+  const pingMs = config.SHOAL_NATS_PING_INTERVAL_MS ?? DEFAULT_NATS_PING_INTERVAL_MS;
+  const jitterMs = config.SHOAL_NATS_RECONNECT_JITTER_MS ?? DEFAULT_NATS_RECONNECT_JITTER_MS;
   const tls = natsTlsOptions(config, servers);
   const creds =
     config.SHOAL_NATS_CREDS_FILE === undefined
@@ -106,6 +117,13 @@ export async function connectNats(
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
+    // Spread: a server restart must not bring back a fleet of agents in one burst.
+    reconnectJitter: jitterMs,
+    reconnectJitterTLS: jitterMs,
+    // A silent server is noticed by unanswered pings (there is no reset to tell); each
+    // connection's interval drawn up to half as long again, so a fleet's pings are not in step.
+    pingInterval: Math.round(pingMs * (1 + Math.random() / 2)),
+    maxPingOut: MAX_PINGS_OUT,
     timeout: 5000,
     // Without it the client captures a stack (an Error) for every request and every
     // JetStream publish awaiting its ack, to decorate a timeout that rarely comes: CPU per

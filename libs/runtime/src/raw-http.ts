@@ -206,6 +206,19 @@ export class RawHttpClient {
     this.#idle.clear();
   }
 
+  /**
+   * Closes the idle connections to `url`'s server: one that vanished (packets dropped, no RST)
+   * would take a request on such a connection and never answer it.
+   */
+  dropIdle(url: URL): void {
+    const key = `${url.protocol}//${url.host}`;
+    for (const connection of this.#idle.get(key) ?? []) {
+      clearTimeout(connection.idleTimer);
+      connection.socket.destroy();
+    }
+    this.#idle.delete(key);
+  }
+
   #take(key: string, url: URL, fresh = false): Connection {
     const list = this.#idle.get(key);
     const idle = fresh ? undefined : list?.pop();

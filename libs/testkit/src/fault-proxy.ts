@@ -59,6 +59,12 @@ export type RegistryFault =
   /** Every new request has its connection reset, as a registry that is down or restarting. */
   | { readonly kind: 'down' }
   /**
+   * Nothing moves: bodies in flight stop and new requests wait unanswered, as with a host that
+   * vanished (packets dropped, connections left open). Healed, everything goes on where it
+   * stopped, as after a short outage.
+   */
+  | { readonly kind: 'silent' }
+  /**
    * Every new blob GET answered 200 or 206 has its body damaged at `atByte` (counted from the
    * body's start): `cut` closes the connection there, short of the announced length, as a
    * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
@@ -166,6 +172,8 @@ export interface FaultProxyOptions {
 /** Requests `received` remembers, so a long test's proxy stays bounded. */
 const MAX_RECEIVED = 10_000;
 
+/** How often held bytes and requests look whether a silent fault was healed, in ms. */
+const SILENT_POLL_MS = 20;
 /** Slowed bodies are passed on in slices of at most this many bytes, so the rate stays smooth. */
 const SLICE_BYTES = 16 * 1024;
 
@@ -203,12 +211,20 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     return linkFreeAt - now;
   };
 
+  /** Resolves once no silent fault is set (at once when none is). */
+  const whileSilent = async (): Promise<void> => {
+    while (fault?.kind === 'silent') {
+      await new Promise((resolve) => setTimeout(resolve, SILENT_POLL_MS));
+    }
+  };
+
   /** Passes a body on, slice by slice at the slow link's pace while a slow fault is set. */
   const throttle = (): Transform =>
     new Transform({
       transform(chunk: Buffer, _encoding, done: TransformCallback): void {
         const push = async (): Promise<void> => {
           for (let at = 0; at < chunk.length; at += SLICE_BYTES) {
+            await whileSilent();
             const slice = chunk.subarray(at, at + SLICE_BYTES);
             const wait = linkDelay(slice.length);
             if (wait > 0) {
@@ -498,6 +514,19 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     if (current?.kind === 'down') {
       counts.refused += 1;
       req.socket.destroy();
+      return;
+    }
+    if (current?.kind === 'silent') {
+      let gone = false;
+      res.once('close', () => {
+        gone = true;
+      });
+      void whileSilent().then(() => {
+        // A client gone meanwhile is never forwarded.
+        if (!gone) {
+          forward(req, res, fault);
+        }
+      });
       return;
     }
     if (current?.kind === 'slow') {

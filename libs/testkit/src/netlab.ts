@@ -54,6 +54,13 @@ export interface LabHost {
   readonly shape: LinkShape;
   /** Bytes this host has sent and received on its link so far. */
   counters(): Promise<{ tx: number; rx: number }>;
+  /**
+   * Makes the host vanish from the lab (`on`), as one powered off, cut off by a partition or a
+   * firewall change does: every packet on its link is dropped both ways (iptables in its own
+   * namespace), so its peers get no RST, no FIN, no ICMP; its own loopback still works.
+   * `off` brings it back; its connections resume where TCP left them. Idempotent.
+   */
+  blackhole(on: boolean): Promise<void>;
 }
 
 function isAlive(pid: number): boolean {
@@ -67,6 +74,20 @@ function isAlive(pid: number): boolean {
 
 async function ip(args: readonly string[]): Promise<string> {
   return (await run(requireBinary('ip'), args, { timeoutMs: 15_000 })).stdout;
+}
+
+/** The rules that drop everything on a host's link (`eth0`) in its namespace. */
+const BLACKHOLE_RULES = [
+  ['INPUT', '-i', 'eth0', '-j', 'DROP'],
+  ['OUTPUT', '-o', 'eth0', '-j', 'DROP'],
+] as const;
+
+async function blackhole(netns: string, on: boolean): Promise<void> {
+  const iptables = requireBinary('iptables');
+  for (const rule of BLACKHOLE_RULES) {
+    const args = ['netns', 'exec', netns, iptables, on ? '-I' : '-D', ...rule];
+    await run(requireBinary('ip'), args, { timeoutMs: 15_000 });
+  }
 }
 
 async function tc(args: readonly string[]): Promise<void> {
@@ -168,6 +189,7 @@ export class NetLab {
     // Upload: the host's side; download: the bridge's side towards the host.
     await this.#shape(netns, 'eth0', shape);
     await this.#shape(this.#bridgeNs, name, shape);
+    let vanished = false;
     const host: LabHost = {
       name,
       netns,
@@ -178,6 +200,13 @@ export class NetLab {
           await ip([...inside, '-s', '-j', 'link', 'show', 'dev', 'eth0']),
         ) as { stats64?: { tx?: { bytes?: number }; rx?: { bytes?: number } } }[];
         return { tx: link?.stats64?.tx?.bytes ?? 0, rx: link?.stats64?.rx?.bytes ?? 0 };
+      },
+      blackhole: async (on) => {
+        // Idempotent: a test's `finally` may bring back a host that never vanished.
+        if (on !== vanished) {
+          await blackhole(netns, on);
+          vanished = on;
+        }
       },
     };
     this.#hosts.push(host);

@@ -21,6 +21,7 @@ const PACKAGES: Record<string, string> = {
   ctr: 'containerd',
   skopeo: 'skopeo',
   ip: 'iproute2',
+  iptables: 'iptables',
 };
 
 /** Throws a clear error when a binary the kit needs is not installed. */

@@ -124,6 +124,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['source', 'result'] as const,
       registers,
     }),
+    silentSources: new Counter({
+      name: `${prefix}piece_sources_silent_total`,
+      help: 'Times a piece source (peer, seed) went silent while answering or accepted no connection in time (vanished: packets dropped, no refusal) and was left alone for a while, by source',
+      labelNames: ['source'] as const,
+      registers,
+    }),
     pieceAuthRefused: new Counter({
       name: `${prefix}piece_auth_refused_total`,
       help: 'Piece requests from peers refused for their hand-out token or client certificate, by reason (missing, malformed, bad-signature, expired, wrong-blob, wrong-peer; client-certificate with mutual TLS)',

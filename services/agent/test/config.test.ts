@@ -123,6 +123,23 @@ describe('registriesList', () => {
 });
 
 describe('loadAgentConfig', () => {
+  it('pings NATS less often and spreads reconnects wider than the services do', () => {
+    const config = loadAgentConfig({ SHOAL_AGENT_REGISTRIES: 'docker.io' });
+    assert.equal(config.SHOAL_NATS_PING_INTERVAL_MS, 20_000);
+    assert.equal(config.SHOAL_NATS_RECONNECT_JITTER_MS, 3000);
+    const tuned = loadAgentConfig({
+      SHOAL_AGENT_REGISTRIES: 'docker.io',
+      SHOAL_NATS_PING_INTERVAL_MS: '5000',
+      SHOAL_NATS_RECONNECT_JITTER_MS: '0',
+    });
+    assert.equal(tuned.SHOAL_NATS_PING_INTERVAL_MS, 5000);
+    assert.equal(tuned.SHOAL_NATS_RECONNECT_JITTER_MS, 0);
+    assertMentions(
+      configProblems({ SHOAL_AGENT_REGISTRIES: 'docker.io', SHOAL_NATS_PING_INTERVAL_MS: '10' }),
+      'SHOAL_NATS_PING_INTERVAL_MS',
+    );
+  });
+
   it('applies the defaults', () => {
     const config = loadAgentConfig({ SHOAL_AGENT_REGISTRIES: 'docker.io' });
     assert.deepEqual(config.SHOAL_AGENT_LISTEN, { host: '127.0.0.1', port: 65001 });

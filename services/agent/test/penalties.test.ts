@@ -74,7 +74,17 @@ describe('SourcePenalties', () => {
     assert.ok(!book.isPenalized('seed'));
   });
 
-  it('keeps a penalty a hand-out cannot excuse: a bad piece or a silence', () => {
+  it('never cuts a longer penalty short with a shorter one', () => {
+    const { book, clock } = penalties();
+    book.penalize('peer', 60_000);
+    book.penalize('peer', 5_000);
+    assert.equal(book.penaltyEnds('peer'), clock.ms + 60_000, 'the bad piece keeps its minute');
+    clock.ms += 58_000;
+    book.penalize('peer', 5_000);
+    assert.equal(book.penaltyEnds('peer'), clock.ms + 5_000, 'a later end moves it on');
+  });
+
+  it('keeps a penalty a hand-out cannot excuse: a bad piece', () => {
     const { book, clock } = penalties();
     book.penalize('peer', 10_000);
     book.handedOut('peer');

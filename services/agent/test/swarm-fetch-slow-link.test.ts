@@ -103,8 +103,14 @@ describe('SwarmFetch on a slow link', () => {
       },
       {
         client,
-        // The agent's defaults: silent for 15 s, or below 16 KiB/s after that, is given up.
-        pieces: new PieceClient({ idleTimeoutMs: 15_000, minRateBytes: 16 * 1024 }),
+        // The agent's defaults: silent for 15 s, or below 16 KiB/s after that, is given up; a
+        // source silent for 3 s while answering (or 10 of its gaps between reads) is too.
+        pieces: new PieceClient({
+          idleTimeoutMs: 15_000,
+          minRateBytes: 16 * 1024,
+          connectTimeoutMs: 3_000,
+          silenceMinMs: 3_000,
+        }),
         store,
         pool,
         requests: new RegistryRequests(upstreamClient, metrics, TIMEOUTS),

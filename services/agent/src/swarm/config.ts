@@ -11,6 +11,7 @@ import {
   envInt,
   envListen,
   envPieceAuth,
+  natsLivenessFields,
   natsTlsConfig,
 } from '@shoal/runtime';
 import { z } from 'zod';
@@ -21,12 +22,19 @@ const defaultId =
     .replace(/[^a-z0-9_-]/g, '-')
     .slice(0, 64) || 'agent';
 
+/** Agents' NATS ping interval (SHOAL_NATS_PING_INTERVAL_MS), in ms: a fleet pings less often. */
+const AGENT_NATS_PING_INTERVAL_MS = 20_000;
+/** Agents' reconnect jitter (SHOAL_NATS_RECONNECT_JITTER_MS), in ms. */
+const AGENT_NATS_RECONNECT_JITTER_MS = 3000;
+
 export const swarmConfig = z.object({
   /** NATS server URLs, comma-separated; unset: no swarm, every miss goes to the origin. */
   SHOAL_NATS_URL: z.string().min(1).optional(),
   /** Credentials file for the agent's NATS user. */
   SHOAL_NATS_CREDS_FILE: z.string().optional(),
   ...natsTlsConfig.shape,
+  // A fleet: pings less often than the services' 10 s, reconnects spread over 3 s.
+  ...natsLivenessFields(AGENT_NATS_PING_INTERVAL_MS, AGENT_NATS_RECONNECT_JITTER_MS),
   /**
    * The agent's peer id (default: the host name, lower-cased, other characters than
    * `[a-z0-9_-]` as `-`). In the DaemonSet (node network) that is the node's host name, which
@@ -102,6 +110,21 @@ export const swarmConfig = z.object({
    * time per piece: on a slow link a piece takes what the link needs.
    */
   SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS: envInt(15_000).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Longest a new connection to a peer or seed server may take to connect, in ms (default
+   * 3 000): a host that vanished (powered off, cut off by a partition or a firewall; packets
+   * dropped, no refusal) answers no SYN, and is then left alone for a while by every download.
+   */
+  SHOAL_AGENT_PIECE_CONNECT_TIMEOUT_MS: envInt(3_000).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Shortest silence of a peer or seed server that is answering piece requests, in ms
+   * (default 3 000): once no byte came on any of its connections for this long, or for 10
+   * times its own recent gap between reads when that is longer (a slow, shared link), every
+   * request to it is given up and the pieces asked elsewhere, and it is left alone for a
+   * while by every download. Requests still waiting for their answer's head (a source's
+   * upload budget may hold it back) are left to SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS. 0: off.
+   */
+  SHOAL_AGENT_PIECE_SILENCE_MIN_MS: envInt(3_000),
   /**
    * Slowest average rate of a piece response after the grace, in bytes/s (default 16 384);
    * below it the request is given up and the piece asked elsewhere. 0: no floor.

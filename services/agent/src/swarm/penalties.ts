@@ -26,11 +26,14 @@ export class SourcePenalties {
     this.#now = now;
   }
 
-  /** Keeps a source out of every download for `ms` (a bad piece). */
+  /**
+   * Keeps a source out of every download for `ms` (a bad piece), or longer if a penalty it
+   * has already ends later: a shorter one never cuts a longer one short.
+   */
   penalize(peer: string, ms: number): void {
     const now = this.#now();
     this.#prune(now);
-    this.#until.set(peer, now + ms);
+    this.#until.set(peer, Math.max(now + ms, this.#until.get(peer) ?? 0));
   }
 
   /**

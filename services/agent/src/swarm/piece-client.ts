@@ -4,9 +4,15 @@ import { injectHttp, ShoalError } from '@shoal/runtime';
 
 import { RawHttpClient, type RawTlsOptions } from '@shoal/runtime/raw-http';
 import { RateFloor, watchRateFloor } from './rate-floor.js';
+import { SourceSilence } from './source-silence.js';
 
 export class PieceFetchError extends ShoalError<
-  'PIECE_STATUS' | 'PIECE_LENGTH' | 'PIECE_TIMEOUT' | 'PIECE_RATIONED' | 'PIECE_UNREACHABLE'
+  | 'PIECE_STATUS'
+  | 'PIECE_LENGTH'
+  | 'PIECE_TIMEOUT'
+  | 'PIECE_RATIONED'
+  | 'PIECE_UNREACHABLE'
+  | 'PIECE_SILENT'
 > {
   override readonly name = 'PieceFetchError';
 }
@@ -37,22 +43,47 @@ function codeIn(error: unknown, codes: ReadonlySet<string>): string | undefined 
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * How many of a source's recent gaps between reads it must stay silent to be given up (above
+ * the floor, `silenceMinMs`): on a slow link shared by many answers the gaps are long, and the
+ * limit grows with them.
+ */
+const SILENCE_GAP_FACTOR = 10;
+
 /** When a piece request is given up while it runs. */
 export interface PieceTimeouts {
   /** Longest the connection may stay silent, in ms; also the grace before the rate floor. */
   readonly idleTimeoutMs: number;
   /** Slowest average rate accepted after the grace, in bytes/s; 0: none. */
   readonly minRateBytes: number;
+  /**
+   * Longest a new connection may take to connect, in ms (a vanished host answers no SYN);
+   * absent: only the idle timeout bounds it.
+   */
+  readonly connectTimeoutMs?: number;
+  /**
+   * Shortest silence of a source that is answering (no byte on any of its connections) after
+   * which every request to it is given up, in ms; the limit follows the source's own pace
+   * above it (`source-silence.ts`). Absent or 0: only the idle timeout.
+   */
+  readonly silenceMinMs?: number;
 }
 
 export class PieceClient {
   readonly #http: RawHttpClient;
   readonly #timeouts: PieceTimeouts;
+  /** Which sources went silent, judged per source across its requests. */
+  readonly #silence: SourceSilence;
 
   /** `tls`: how `https://` peers and seed servers are reached (default: the system's CAs). */
   constructor(timeouts: PieceTimeouts, tls?: RawTlsOptions) {
     this.#timeouts = timeouts;
     this.#http = new RawHttpClient(tls);
+    this.#silence = new SourceSilence({
+      minMs: timeouts.silenceMinMs ?? 0,
+      maxMs: timeouts.idleTimeoutMs,
+      factor: SILENCE_GAP_FACTOR,
+    });
   }
 
   /**
@@ -118,17 +149,34 @@ export class PieceClient {
     let received = 0;
     let block: Buffer = EMPTY;
     let filled = 0;
+    const slow = new AbortController();
+    // A source that goes silent while answering gives up this request with every other to it.
+    const silence = this.#silence.open(url.origin, (silentMs) => {
+      // Its idle connections are as dead as the busy ones: none is reused.
+      this.#http.dropIdle(url);
+      slow.abort(
+        new PieceFetchError(
+          'PIECE_SILENT',
+          504,
+          `${url.host} sent nothing for ${silentMs} ms while answering (piece ${index})`,
+        ),
+      );
+    });
     const deliver = (): Promise<void> | void => {
       const result = sink(block, received - filled);
       filled = 0;
       block = received < length ? alloc(Math.min(blockBytes, length - received)) : EMPTY;
-      return result;
+      if (result === undefined) {
+        return undefined;
+      }
+      // Reading pauses while the sink works: a quiet that is ours, not the source's.
+      silence.busy(true);
+      return result.finally(() => silence.busy(false));
     };
     // No fixed time per piece: a request that keeps moving above the floor may take as long
     // as the link needs; one that falls below it is given up, so the piece goes elsewhere.
-    const { idleTimeoutMs, minRateBytes } = this.#timeouts;
+    const { idleTimeoutMs, minRateBytes, connectTimeoutMs } = this.#timeouts;
     const floor = new RateFloor({ graceMs: idleTimeoutMs, minBytesPerSecond: minRateBytes });
-    const slow = new AbortController();
     const stopWatching = watchRateFloor(
       floor,
       slow,
@@ -154,11 +202,23 @@ export class PieceClient {
         headers,
         signal: slow.signal,
         timeoutMs: idleTimeoutMs,
-        timeoutError: () =>
-          new PieceFetchError('PIECE_TIMEOUT', 504, `piece ${index} from ${url.host} went quiet`),
+        ...(connectTimeoutMs === undefined ? {} : { connectTimeoutMs }),
+        timeoutError: (kind) =>
+          kind === 'connect'
+            ? new PieceFetchError(
+                'PIECE_SILENT',
+                504,
+                `${url.host} did not accept a connection within ${connectTimeoutMs ?? idleTimeoutMs} ms`,
+              )
+            : new PieceFetchError(
+                'PIECE_TIMEOUT',
+                504,
+                `piece ${index} from ${url.host} went quiet`,
+              ),
       },
       {
         onHead: (status, announced) => {
+          silence.read();
           if (status === 429) {
             throw new PieceFetchError(
               'PIECE_RATIONED',
@@ -183,6 +243,7 @@ export class PieceClient {
           block = length === 0 ? EMPTY : alloc(Math.min(blockBytes, length));
         },
         onBody: (bytes) => {
+          silence.read();
           floor.record(bytes.length);
           onBytes?.(bytes.length);
           if (received + bytes.length > length) {
@@ -214,6 +275,7 @@ export class PieceClient {
         // response's head.
         bodyBuffer: () => (filled < block.length ? block.subarray(filled) : undefined),
         onBodyRead: (count) => {
+          silence.read();
           floor.record(count);
           onBytes?.(count);
           filled += count;
@@ -224,6 +286,7 @@ export class PieceClient {
     );
     await exchange
       .finally(() => {
+        silence.close();
         stopWatching();
         signal.removeEventListener('abort', onAbort);
       })

@@ -72,6 +72,8 @@ export class SwarmService implements BlobFetcher {
       {
         idleTimeoutMs: config.SHOAL_AGENT_PIECE_IDLE_TIMEOUT_MS,
         minRateBytes: config.SHOAL_AGENT_PIECE_MIN_RATE_BYTES,
+        connectTimeoutMs: config.SHOAL_AGENT_PIECE_CONNECT_TIMEOUT_MS,
+        silenceMinMs: config.SHOAL_AGENT_PIECE_SILENCE_MIN_MS,
       },
       deps.pieceTls,
     );

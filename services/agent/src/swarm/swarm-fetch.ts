@@ -589,10 +589,23 @@ export class SwarmFetch {
         return 'busy';
       }
       if (!signal.aborted && this.download.state === 'running') {
-        const unreachable = error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE';
+        const silent = error instanceof PieceFetchError && error.code === 'PIECE_SILENT';
+        const unreachable =
+          silent || (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE');
+        if (silent && !this.#deps.client.isPenalized(peer.id)) {
+          // Every request to it fails at once: the first one counts and tells.
+          metrics.silentSources.inc({ source });
+          logger.info(
+            { err: error, blob: this.#blob, peer: peer.id },
+            'piece source went silent; leaving it alone for a while and asking others',
+          );
+        }
         if (unreachable) {
           // A source that refuses connections (a stopped seed server the tracker still names)
-          // is left alone by every download for a while, not retried at once.
+          // or went silent (it vanished: packets dropped) is left alone by every download for
+          // a while, doubling while it stays so, and probed one request at a time after: a
+          // short stall of a blob's only source costs seconds, and the stall rule, not this
+          // penalty, decides when to go to the origin.
           this.#deps.client.refused(peer.id, UNREACHABLE_PENALTY_MS, UNREACHABLE_PENALTY_MAX_MS);
         }
         metrics.pieces.inc({ source, result: 'failed' });
