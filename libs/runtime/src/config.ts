@@ -118,7 +118,6 @@ export const DEFAULT_NATS_RECONNECT_JITTER_MS = 1000;
  * `pingMs` and `jitterMs` are the defaults: a fleet of agents pings less often and spreads
  * its reconnects wider than the few trusted services.
  */
-// eslint-disable-next-line @typescript-eslint/explicit-function-return-type -- zod's own types
 export function natsLivenessFields(pingMs: number, jitterMs: number) {
   return {
     /**
