@@ -449,8 +449,13 @@ function decoded(raw: Buffer, encoding: string | undefined): Buffer | undefined 
     if (coding === 'br') {
       return brotliDecompressSync(raw, options);
     }
-  } catch {
-    return undefined;
+  } catch (error) {
+    // Larger than allowed once decoded: refused. Anything else that does not decode (a proxy
+    // that decompressed the body and left the header) is read as it came.
+    return error instanceof RangeError ||
+      (error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE'
+      ? undefined
+      : raw;
   }
   return raw;
 }

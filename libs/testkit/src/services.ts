@@ -129,7 +129,14 @@ async function startService(
   ];
   const proc = startProcess(process.execPath, argv, {
     logPath: join(dir.path, `${service}.log`),
-    env: { PATH: process.env.PATH ?? '', SHOAL_LOG_LEVEL: 'info', ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      SHOAL_LOG_LEVEL: 'info',
+      // A test cluster of a few processes, restarting NATS on purpose: back at once, not
+      // spread over the seconds a fleet of thousands needs (the default, 1 s; agents 3 s).
+      SHOAL_NATS_RECONNECT_JITTER_MS: String(TEST_RECONNECT_JITTER_MS),
+      ...env,
+    },
     ...(placement.netns === undefined ? {} : { netns: placement.netns }),
   });
   const url = `${ca === undefined ? 'http' : 'https'}://${urlHost(placement.host ?? '127.0.0.1')}:${port}`;
@@ -314,6 +321,9 @@ export interface WatcherOptions {
   readonly token?: string;
   readonly env?: Record<string, string>;
 }
+
+/** Test services' and agents' NATS reconnect jitter, in ms (the client library's default). */
+export const TEST_RECONNECT_JITTER_MS = 100;
 
 /**
  * Test agents refresh their presence entry this often, and test watchers know it

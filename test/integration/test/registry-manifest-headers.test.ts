@@ -107,6 +107,25 @@ describe('manifest answers without Docker-Content-Digest or Content-Length', () 
     }
   });
 
+  it('lets containerd pull through the agent when only the Content-Type is left out', async () => {
+    // The usual case of such a registry: digest and length sent, no type. containerd would
+    // build its descriptor from the HEAD with an empty type and fail; the agent passes such a
+    // HEAD on without digest and length, so containerd asks a GET, labelled by the agent.
+    mirror.proxy.set({ kind: 'drop-headers', names: ['content-type'] });
+    const head = await ask('HEAD');
+    assert.equal(head.status, 200);
+    assert.equal(head.headers.get('docker-content-digest'), null);
+    const byDigest = `${mirror.ref.split(':').slice(0, -1).join(':')}@${mirror.image.manifest.digest}`;
+    for (const ref of [mirror.ref, byDigest]) {
+      await pullOnlyThroughMirror(teardown, {
+        registryHost: mirror.registry.host,
+        mirrorUrl: mirror.agent.url,
+        ref,
+        digests: [mirror.image.manifest.digest, ...mirror.image.blobs.map((blob) => blob.digest)],
+      });
+    }
+  });
+
   it('lets containerd pull through the agent, Content-Type left out too', async () => {
     // The HEAD by tag then says neither digest nor type: containerd asks a GET, which the
     // agent labels by what the manifest is.

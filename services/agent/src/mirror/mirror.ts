@@ -346,7 +346,8 @@ export class Mirror {
       );
     }
     if (response.status !== 200 || req.method === 'HEAD') {
-      sendAnswer(reply, await readAnswer(response));
+      const answer = await readAnswer(response);
+      sendAnswer(reply, response.status === 200 ? headWithoutVagueType(answer) : answer);
       return;
     }
     const expected =
@@ -775,6 +776,28 @@ function announcedDigest(headers: UpstreamResponse['headers']): Digest | undefin
 /** Content types that say a body is JSON (or bytes) but not which manifest it is. */
 const GENERIC_TYPES = new Set(['application/json', 'text/plain', 'application/octet-stream']);
 
+/** Whether a manifest answer's Content-Type names what the manifest is. */
+function namesManifestType(header: string | undefined): boolean {
+  const given = header?.split(';')[0]?.trim().toLowerCase();
+  return given !== undefined && given !== '' && !GENERIC_TYPES.has(given);
+}
+
+/**
+ * A manifest HEAD's answer as passed on: when the registry gave no Content-Type (or a generic
+ * one), without its digest and length too. containerd builds its descriptor from a HEAD that
+ * has a digest and a length, and would take an empty (or schema 1) type from it and fail the
+ * pull; without them it asks a GET, which the agent labels by what the manifest is.
+ */
+function headWithoutVagueType(answer: UpstreamAnswer): UpstreamAnswer {
+  if (namesManifestType(headerValue(answer.headers, 'content-type'))) {
+    return answer;
+  }
+  const headers = { ...answer.headers };
+  delete headers['docker-content-digest'];
+  delete headers['content-length'];
+  return { ...answer, headers };
+}
+
 /**
  * The media type to answer a manifest with: the registry's Content-Type, unless it sent none
  * or a generic one (some repository managers and static-file registries do), then the one the
@@ -783,9 +806,8 @@ const GENERIC_TYPES = new Set(['application/json', 'text/plain', 'application/oc
  * no layers.
  */
 export function manifestMediaType(header: string | undefined, bytes: Buffer): string {
-  const given = header?.split(';')[0]?.trim().toLowerCase();
-  if (given !== undefined && given !== '' && !GENERIC_TYPES.has(given)) {
-    return header ?? given;
+  if (header !== undefined && namesManifestType(header)) {
+    return header;
   }
   let body: unknown;
   try {
