@@ -750,6 +750,11 @@ export class PiecePicker {
   }
 
   /** Whether a source other than the seed could serve now. */
+  /** Whether `source` failed unreachable or silent and is asked one request at a time. */
+  isProbing(source: string): boolean {
+    return this.#sources.get(source)?.probing === true;
+  }
+
   #peerUsable(now: number): boolean {
     for (const source of this.#sources.values()) {
       // A peer being probed (its last requests went unanswered: it may have vanished) is no

@@ -23,8 +23,8 @@ export class PieceFetchError extends ShoalError<
  * request went wrong: a refusal, no route, or a name that no longer resolves (in Kubernetes a
  * stopped pod's DNS name goes with it: ENOTFOUND, or EAI_AGAIN while the resolver cannot say).
  * All are definite at once, so they share the refused source's short, doubling penalty. A
- * connection never accepted (a host that vanished, or a stale address that drops the SYN) is
- * not definite: it ends at the idle timeout, as a request that failed.
+ * connection never accepted (a host that vanished, or a stale address that drops the SYN) ends
+ * at the connect timeout as a silence (`PIECE_SILENT`), which takes the same path.
  */
 const UNREACHABLE_CODES = new Set([
   'ECONNREFUSED',

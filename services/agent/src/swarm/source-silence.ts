@@ -9,13 +9,14 @@
  * its recent gap between reads (never less than `minMs`, never more than `maxMs`), every
  * request to it is given up at once, and the caller leaves it alone for a while.
  *
- * Silence counts while we are reading. A source may hold an answer's head back for a while on
- * purpose (a seed server or a peer with an upload budget answers once the budget allows), so
- * while every request to it waits for its head the longer `headLimitMs` (half the idle
- * timeout) applies: a source that vanished between two pieces, its kept-alive connections all
- * waiting, is still left well before the idle timeout. A request whose sink is busy (a disk
- * write, our own back-pressure) holds the clock, as the quiet is ours. Once the source is
- * given up, every request to it is, those still waiting for their head too. Time comes from `now` (ms),
+ * Silence counts only while the source is answering one of our requests (its head came) and
+ * we are reading. A source may hold an answer's head back for long on purpose (a piece server
+ * takes its upload budget for the whole piece before the head, and queues for it), so requests
+ * that wait for their head alone are left to the idle timeout: a source that vanished between
+ * two pieces, its kept-alive connections all waiting, costs that (a new connection to it, the
+ * connect timeout). A request whose sink is busy (a disk write, our own back-pressure) holds
+ * the clock, as the quiet is ours. Once the source is given up, every request to it is, those
+ * still waiting for their head too. Time comes from `now` (ms),
  * and looking is one timer per source with requests, a few times per floor, never per byte.
  */
 
@@ -83,16 +84,6 @@ export class SourceSilence {
     }
     const gap = this.#sources.get(source)?.gapMs ?? 0;
     return Math.min(maxMs, Math.max(minMs, factor * gap));
-  }
-
-  /**
-   * The silence after which a source none of whose requests has had a byte yet (all wait for
-   * their head) is given up, in ms: half the idle timeout, at least the floor (Infinity:
-   * never). Longer than `limitMs`: a source may hold heads back on purpose for a while.
-   */
-  headLimitMs(): number {
-    const { minMs, maxMs } = this.#settings;
-    return minMs <= 0 ? Number.POSITIVE_INFINITY : Math.max(minMs, maxMs / 2);
   }
 
   /**
@@ -190,15 +181,14 @@ export class SourceSilence {
       // A look a whole look late: this process was blocked (a long collection, a busy loop),
       // and the bytes that came meanwhile wait unread in the socket, behind this timer.
       const late = performance.now() - dueMs > lookMs;
-      if (late || requests.some((r) => r.busy > 0)) {
-        // We are the ones not reading: no silence of the source's.
+      if (late || !requests.some((r) => r.answering) || requests.some((r) => r.busy > 0)) {
+        // Nothing is being answered (heads may be held back on purpose: a piece server takes
+        // its upload budget for the whole piece before the head, and may queue for it for
+        // tens of seconds), or we are the ones not reading: no silence of the source's.
         state.lastMs = now;
       }
-      // Heads may be held back on purpose (an upload budget), so requests that all wait for
-      // their head are given the longer limit; a vanished source is still left within it.
-      const answering = requests.some((r) => r.answering);
       const silent = now - state.lastMs;
-      if (silent > (answering ? this.limitMs(source) : this.headLimitMs())) {
+      if (silent > this.limitMs(source)) {
         state.requests.clear();
         // The next request starts a fresh clock; the pace learnt before stays.
         for (const request of requests) {

@@ -593,9 +593,12 @@ export class SwarmFetch {
         const unreachable =
           silent || (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE');
         if (silent && !this.#deps.client.isPenalized(peer.id)) {
-          // Every request to it fails at once: the first one counts and tells.
+          // Every request to it fails at once: the first one counts and tells (at info the
+          // first time, at debug for each probe after, which may go on for as long as the
+          // tracker names a vanished peer).
           metrics.silentSources.inc({ source });
-          logger.info(
+          const probe = this.#picker.isProbing(peer.id);
+          logger[probe ? 'debug' : 'info'](
             { err: error, blob: this.#blob, peer: peer.id },
             'piece source went silent; leaving it alone for a while and asking others',
           );
