@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
+import { createServer, type RequestListener } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -185,22 +185,39 @@ describe('Basic credentials and token realms', () => {
   });
 });
 
+/**
+ * A token realm on loopback answering with `handler`, and a RegistryAuth (no credentials) for a
+ * registry whose challenge names it; `close` stops both.
+ */
+async function startRealm(handler: RequestListener): Promise<{
+  readonly auth: RegistryAuth;
+  readonly local: UpstreamRegistry;
+  readonly challenge: string;
+  close(): Promise<void>;
+}> {
+  const realm = createServer(handler);
+  await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+  const port = (realm.address() as AddressInfo).port;
+  const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
+  return {
+    auth: new RegistryAuth(new Map(), client),
+    local: { host: '127.0.0.1:5000', url: new URL('http://127.0.0.1:5000') },
+    challenge: `Bearer realm="http://127.0.0.1:${port}/token",service="test"`,
+    close: async () => {
+      await client.close();
+      await new Promise((resolve) => realm.close(resolve));
+    },
+  };
+}
+
 describe('RegistryAuth token responses', () => {
   it('takes a token only from a bounded JSON answer, and says what was wrong otherwise', async () => {
     let answer: { type: string; body: string } = { type: 'application/json', body: '{}' };
-    const realm = createServer((_req, res) => {
+    const realm = await startRealm((_req, res) => {
       res.setHeader('content-type', answer.type);
       res.end(answer.body);
     });
-    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
-    const port = (realm.address() as AddressInfo).port;
-    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
-    const local: UpstreamRegistry = {
-      host: '127.0.0.1:5000',
-      url: new URL('http://127.0.0.1:5000'),
-    };
-    const auth = new RegistryAuth(new Map(), client);
-    const challenge = `Bearer realm="http://127.0.0.1:${port}/token",service="test"`;
+    const { auth, local, challenge } = realm;
     const ask = (): Promise<string | undefined> =>
       auth.answer(local, 'team/app', challenge, AbortSignal.timeout(5000));
     try {
@@ -238,8 +255,7 @@ describe('RegistryAuth token responses', () => {
         );
       }
     } finally {
-      await client.close();
-      await new Promise((resolve) => realm.close(resolve));
+      await realm.close();
     }
   });
 });
@@ -248,26 +264,14 @@ describe('RegistryAuth token requests', () => {
   it('asks for each scope of a challenge apart, and reads a gzip answer only within bounds', async () => {
     const scopes: string[][] = [];
     let body: Buffer = gzipSync(JSON.stringify({ token: 'zipped', expires_in: 300 }));
-    const realm = createServer((req, res) => {
+    const realm = await startRealm((req, res) => {
       scopes.push(new URL(req.url ?? '/', 'http://realm').searchParams.getAll('scope'));
       res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
       res.end(body);
     });
-    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
-    const port = (realm.address() as AddressInfo).port;
-    const client = new UpstreamClient({ connectMs: 2000, headersMs: 2000, idleMs: 2000 });
-    const local: UpstreamRegistry = {
-      host: '127.0.0.1:5000',
-      url: new URL('http://127.0.0.1:5000'),
-    };
-    const auth = new RegistryAuth(new Map(), client);
+    const { auth, local } = realm;
     const ask = (scope: string): Promise<string | undefined> =>
-      auth.answer(
-        local,
-        'team/app',
-        `Bearer realm="http://127.0.0.1:${port}/token",service="test"${scope}`,
-        AbortSignal.timeout(5000),
-      );
+      auth.answer(local, 'team/app', `${realm.challenge}${scope}`, AbortSignal.timeout(5000));
     try {
       // The distribution registry joins the scopes one request needs with a space.
       assert.equal(
@@ -296,8 +300,7 @@ describe('RegistryAuth token requests', () => {
         return true;
       });
     } finally {
-      await client.close();
-      await new Promise((resolve) => realm.close(resolve));
+      await realm.close();
     }
   });
 });
