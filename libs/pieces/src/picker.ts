@@ -549,7 +549,7 @@ export class PiecePicker {
     // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
     // agent's requests to the seed take pieces the others are not asking for; the window's
     // pieces come from the peers that got them.
-    const othersServe = usable.some((s) => !s.advert.seed && !s.probing);
+    const othersServe = this.#peerUsable(now);
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -749,12 +749,12 @@ export class PiecePicker {
     );
   }
 
-  /** Whether a source other than the seed could serve now. */
   /** Whether `source` failed unreachable or silent and is asked one request at a time. */
   isProbing(source: string): boolean {
     return this.#sources.get(source)?.probing === true;
   }
 
+  /** Whether a source other than the seed could serve now. */
   #peerUsable(now: number): boolean {
     for (const source of this.#sources.values()) {
       // A peer being probed (its last requests went unanswered: it may have vanished) is no
