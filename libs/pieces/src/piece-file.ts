@@ -86,6 +86,8 @@ export class PieceFile {
   #hashBusy = false;
   #hashing: Promise<void> = Promise.resolve();
   #hashError: Error | undefined;
+  /** The whole-blob hash is fed only when `digest` is asked for (see `deferHash`). */
+  #deferred = false;
   #closed = false;
 
   constructor(handle: FileHandle, path: string, options: PieceFileOptions) {
@@ -120,6 +122,28 @@ export class PieceFile {
   /** Changes the hold budget, in bytes (an in-order stream needs far less than pieces). */
   holdBudget(bytes: number): void {
     this.#heldBudget = bytes;
+  }
+
+  /**
+   * Stops feeding the whole-blob hash as the prefix advances: `digest` then hashes the prefix
+   * when asked, from the extents still held and reading the rest back from the file. For a
+   * caller that may not need the digest at all (an agent whose pieces the seed server's
+   * verified record vouches for); one that does pays a read-back instead of nothing. Call it
+   * before the prefix moves, or the bytes hashed so far are simply kept.
+   */
+  deferHash(): void {
+    this.#deferred = true;
+  }
+
+  /**
+   * Ends `deferHash`: the prefix so far is hashed now (from memory, else read back in the
+   * background), and the hash follows the prefix again as it advances.
+   */
+  resumeHash(): void {
+    if (this.#deferred) {
+      this.#deferred = false;
+      this.#feedHash();
+    }
   }
 
   /**
@@ -185,6 +209,13 @@ export class PieceFile {
       return;
     }
     this.#verified = verified;
+    if (!this.#deferred) {
+      this.#feedHash();
+    }
+  }
+
+  /** Feeds the hash what the prefix holds beyond it: from memory, else in the background. */
+  #feedHash(): void {
     if (!this.#hashBusy) {
       this.#hashHeld();
       if (this.#hashed < this.#verified && !this.#closed) {
@@ -196,6 +227,8 @@ export class PieceFile {
 
   /** The digest of the verified prefix, once every byte of it has been fed to the hash. */
   async digest(): Promise<Digest> {
+    // Asked for after all: hashed from here on as if it never was deferred.
+    this.resumeHash();
     while (this.#hashBusy) {
       await this.#hashing;
     }
@@ -410,7 +443,12 @@ export class PieceFile {
       if (this.#heldBytes <= this.#heldBudget) {
         return;
       }
-      if (extent.state === 'written' && extent.end <= this.#hashed) {
+      // With the hash deferred, the bytes readers have passed (the verified prefix) go first,
+      // as the hashed ones do otherwise: the hash may never need them.
+      if (
+        extent.state === 'written' &&
+        extent.end <= (this.#deferred ? this.#verified : this.#hashed)
+      ) {
         this.#drop(extent);
       }
     }

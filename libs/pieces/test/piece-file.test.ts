@@ -181,6 +181,36 @@ describe('PieceFile', () => {
     await file.close();
   });
 
+  it('with the hash deferred, hashes nothing until asked, then reads back what it dropped', async () => {
+    const pieceBytes = 256 * KiB;
+    const blob = randomBytes(6 * MiB + 100);
+    const pool = new PieceBuffers(4 * MiB);
+    const { file } = await watched('deferred', MiB, pool);
+    let readBack = 0;
+    const read = file.handle.read.bind(file.handle);
+    file.handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
+      readBack += length;
+      return read(buffer, offset, length, position);
+    }) as typeof file.handle.read;
+    file.deferHash();
+    const count = Math.ceil(blob.length / pieceBytes);
+    for (let index = 0; index < count; index++) {
+      const start = index * pieceBytes;
+      const piece = blob.subarray(start, Math.min(blob.length, start + pieceBytes));
+      const copy = pool.take(piece.length);
+      piece.copy(copy);
+      await file.put(start, copy, true);
+      file.advance(start + piece.length);
+    }
+    await file.flush();
+    assert.equal(readBack, 0, 'nothing read back while the hash is deferred');
+    // The prefix readers passed went first: the budget holds.
+    assert.equal(file.heldAt(0), undefined);
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    assert.ok(readBack >= blob.length - MiB, 'asked for, the digest reads back what was dropped');
+    await file.close();
+  });
+
   it('fails the write, not the process, when the disk refuses it', async () => {
     const { file } = await watched('refused', 8 * MiB);
     const { handle } = file;

@@ -64,6 +64,17 @@ export {
   type PieceHashes,
 } from './messages/piece-hashes.js';
 export {
+  PIECES_VERIFIED_SUBJECTS,
+  pieceListDigest,
+  piecesVerified,
+  piecesVerifiedSubject,
+  recordSignedText,
+  signPiecesVerified,
+  verifyPiecesVerified,
+  type PiecesVerified,
+  type PiecesVerifiedClaims,
+} from './messages/pieces-verified.js';
+export {
   SEED_FAILURE_REASONS,
   seedFailed,
   type SeedFailed,

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -13,12 +14,18 @@ import {
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
+  pieceListDigest,
+  piecesVerified,
+  piecesVerifiedSubject,
   pieceSizeFor,
   pieceWantSubject,
   preheatProgress,
   seedRequestSubject,
+  signPiecesVerified,
   STREAMS,
+  verifyPiecesVerified,
   type MessageType,
+  type PiecesVerified,
 } from '../src/index.js';
 
 const fixturesDir = join(import.meta.dirname, '..', '..', 'fixtures', 'v1');
@@ -214,5 +221,69 @@ describe('names and digests from NATS', () => {
       Buffer.from(JSON.stringify({ ...good, reason: { kind: 'preheat', job: 'a.>' } })),
     );
     assert.equal(result.ok, false);
+  });
+});
+
+describe('pieces-verified', () => {
+  it('binds the piece hashes by the sha256 of their hex, concatenated in order', () => {
+    const list = ['a'.repeat(64), 'b'.repeat(64)];
+    // sha256 of 64 "a" then 64 "b", computed independently (Python's hashlib).
+    assert.equal(
+      pieceListDigest(list),
+      'fa0dafbf43f1f551e536353e9d1a942a8e86e41a0b58dfeaf264ef217f6b862a',
+    );
+    assert.notEqual(pieceListDigest([...list].reverse()), pieceListDigest(list));
+    assert.notEqual(pieceListDigest(list.slice(0, 1)), pieceListDigest(list));
+  });
+
+  it('refuses a piece size the blob size does not call for', () => {
+    const good = JSON.parse(
+      readFileSync(join(fixturesDir, 'pieces-verified.json'), 'utf8'),
+    ) as Record<string, unknown>;
+    const bad = { ...good, pieceSize: 1024 };
+    assert.equal(decodeMessage(piecesVerified, Buffer.from(JSON.stringify(bad))).ok, false);
+    assert.equal(decodeMessage(piecesVerified, Buffer.from(JSON.stringify(good))).ok, true);
+  });
+
+  it("accepts a record only with a signature by one of the seed's keys, over every field", () => {
+    // The fixture's key: Ed25519 from the 32-byte seed 0x07 repeated (its public half here).
+    const fixtureKey = createPublicKey(
+      '-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=\n-----END PUBLIC KEY-----\n',
+    );
+    const fixture = decodeMessage(
+      piecesVerified,
+      readFileSync(join(fixturesDir, 'pieces-verified.json')),
+    );
+    assert.ok(fixture.ok);
+    assert.equal(verifyPiecesVerified(fixture.value, [fixtureKey]), true);
+
+    const seed = generateKeyPairSync('ed25519');
+    const other = generateKeyPairSync('ed25519');
+    const record = signPiecesVerified(seed.privateKey, {
+      type: 'pieces-verified',
+      blob: fixture.value.blob,
+      size: 3 * 1024 * 1024,
+      pieceSize: pieceSizeFor(3 * 1024 * 1024),
+      hashes: pieceListDigest(['c'.repeat(64)]),
+    });
+    assert.equal(decodeMessage(piecesVerified, Buffer.from(JSON.stringify(record))).ok, true);
+    assert.equal(verifyPiecesVerified(record, [seed.publicKey]), true);
+    // Rotation: any of the keys given.
+    assert.equal(verifyPiecesVerified(record, [other.publicKey, seed.publicKey]), true);
+    assert.equal(verifyPiecesVerified(record, [other.publicKey]), false, 'another key');
+    assert.equal(verifyPiecesVerified(record, []), false, 'no key: nothing is trusted');
+    const altered: PiecesVerified[] = [
+      { ...record, blob: `sha256:${'0'.repeat(64)}` },
+      { ...record, size: record.size + 1 },
+      { ...record, hashes: pieceListDigest(['d'.repeat(64)]) },
+      { ...record, sig: record.sig.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')) },
+    ];
+    for (const forged of altered) {
+      assert.equal(verifyPiecesVerified(forged, [seed.publicKey]), false, JSON.stringify(forged));
+    }
+    assert.equal(
+      piecesVerifiedSubject(record.blob),
+      `shoal.pieces.v1.verified.sha256.${record.blob.slice('sha256:'.length)}`,
+    );
   });
 });

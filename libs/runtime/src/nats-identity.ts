@@ -30,6 +30,7 @@ import {
   peerGoneSubject,
   peerId,
   PIECE_HASHES_SUBJECTS,
+  PIECES_VERIFIED_SUBJECTS,
   preheatNodesConsumer,
   preheatReportSubject,
   STREAMS,
@@ -85,6 +86,9 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       '$JS.API.INFO',
       `$JS.API.STREAM.INFO.${pieces.name}`,
       `$JS.API.DIRECT.GET.${pieces.name}`,
+      // A blob's signed pieces-verified record, the last message on its subject: a direct get
+      // by subject names the subject after the stream.
+      `$JS.API.DIRECT.GET.${pieces.name}.${PIECES_VERIFIED_SUBJECTS}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}`,
       `$JS.API.CONSUMER.CREATE.${pieces.name}.>`,
       `$JS.API.CONSUMER.INFO.${pieces.name}.>`,
@@ -101,7 +105,14 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       `$KV.${KV_BUCKETS.agents.bucket}.${NAME}`,
     ],
   },
-  sub: { allow: [`_INBOX.${NAME}.>`, handoutSubject(NAME), PIECE_HASHES_SUBJECTS] },
+  sub: {
+    allow: [
+      `_INBOX.${NAME}.>`,
+      handoutSubject(NAME),
+      PIECE_HASHES_SUBJECTS,
+      PIECES_VERIFIED_SUBJECTS,
+    ],
+  },
 };
 
 /** Each service role's permissions, the same as deploy/k8s/base/nats/auth.conf gives them. */

@@ -35,8 +35,14 @@ export const envPieceAuth = z.enum(['on', 'off']).default('on');
 
 const PEM_BLOCK = /-----BEGIN ([A-Z ]+)-----[\s\S]+?-----END \1-----/g;
 
-/** Reads the tracker's Ed25519 private key (PKCS#8 PEM) from `path`. */
-export async function readHandoutPrivateKey(path: string): Promise<KeyObject> {
+/**
+ * Reads an Ed25519 private key (PKCS#8 PEM) from `path`: the tracker's hand-out key, or (`what`
+ * = 'record') the seed server's record key.
+ */
+export async function readHandoutPrivateKey(
+  path: string,
+  what: 'hand-out' | 'record' = 'hand-out',
+): Promise<KeyObject> {
   const text = await readKeyFile(path);
   let key: KeyObject;
   try {
@@ -46,14 +52,20 @@ export async function readHandoutPrivateKey(path: string): Promise<KeyObject> {
   }
   if (key.asymmetricKeyType !== 'ed25519') {
     throw new ConfigError([
-      `${path}: the hand-out key must be Ed25519, not ${key.asymmetricKeyType}`,
+      `${path}: the ${what} key must be Ed25519, not ${key.asymmetricKeyType}`,
     ]);
   }
   return key;
 }
 
-/** Reads one or more Ed25519 public keys (PEM blocks, e.g. the current and the next) from `path`. */
-export async function readHandoutPublicKeys(path: string): Promise<KeyObject[]> {
+/**
+ * Reads one or more Ed25519 public keys (PEM blocks, e.g. the current and the next) from
+ * `path`: the tracker's hand-out keys, or (`what` = 'record') the seed server's record keys.
+ */
+export async function readHandoutPublicKeys(
+  path: string,
+  what: 'hand-out' | 'record' = 'hand-out',
+): Promise<KeyObject[]> {
   const text = await readKeyFile(path);
   const keys: KeyObject[] = [];
   for (const [block] of text.matchAll(PEM_BLOCK)) {
@@ -67,7 +79,7 @@ export async function readHandoutPublicKeys(path: string): Promise<KeyObject[]> 
     }
     if (key.asymmetricKeyType !== 'ed25519') {
       throw new ConfigError([
-        `${path}: hand-out keys must be Ed25519, not ${key.asymmetricKeyType}`,
+        `${path}: ${what} keys must be Ed25519, not ${key.asymmetricKeyType}`,
       ]);
     }
     keys.push(key);

@@ -168,11 +168,13 @@ describe('NATS identity permissions', () => {
       assert.ok(subject.endsWith('.{{name()}}'), subject);
     }
     // It reads only its own inbox and hand-outs, and the piece hashes every node verifies
-    // against (the same for all, published by the seed server alone).
+    // against and the seed's signed records of them (the same for all, published by the seed
+    // server alone).
     assert.deepEqual(AGENT_PERMISSION_TEMPLATE.sub.allow, [
       '_INBOX.{{name()}}.>',
       'shoal.handout.v1.{{name()}}',
       'shoal.pieces.v1.hashes.>',
+      'shoal.pieces.v1.verified.>',
     ]);
   });
 });

@@ -65,3 +65,35 @@ export function signTestToken(
 ): string {
   return signHandoutToken(keys.privateKey, claims);
 }
+
+let recordKeys: HandoutKeys | undefined;
+
+/**
+ * The seed record key pair test clusters of this process share (a key of its own, as in
+ * production: the seed server's, not the tracker's). Every test seed server signs its
+ * `pieces-verified` records with it and every test agent trusts it.
+ */
+export function testRecordKeys(): HandoutKeys {
+  recordKeys ??= generateHandoutKeys();
+  return recordKeys;
+}
+
+/** Writes the record private key into `dir` (`seed-record.key`); returns its path. */
+export async function writeRecordPrivateKey(
+  dir: string,
+  keys: HandoutKeys = testRecordKeys(),
+): Promise<string> {
+  const path = join(dir, 'seed-record.key');
+  await writeFile(path, keys.privatePem, { mode: 0o600 });
+  return path;
+}
+
+/** Writes the record public key into `dir` (`seed-record.pub`); returns its path. */
+export async function writeRecordPublicKeys(
+  dir: string,
+  keys: HandoutKeys = testRecordKeys(),
+): Promise<string> {
+  const path = join(dir, 'seed-record.pub');
+  await writeFile(path, keys.publicPem);
+  return path;
+}

@@ -17,8 +17,11 @@ export {
   generateHandoutKeys,
   signTestToken,
   testHandoutKeys,
+  testRecordKeys,
   writeHandoutPrivateKey,
   writeHandoutPublicKeys,
+  writeRecordPrivateKey,
+  writeRecordPublicKeys,
   type HandoutKeys,
 } from './handout-keys.js';
 export { startNats, type NatsOptions, type NatsServer } from './nats.js';

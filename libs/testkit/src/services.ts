@@ -6,7 +6,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { writeHandoutPrivateKey, writeHandoutPublicKeys } from './handout-keys.js';
+import {
+  writeHandoutPrivateKey,
+  writeHandoutPublicKeys,
+  writeRecordPrivateKey,
+  writeRecordPublicKeys,
+} from './handout-keys.js';
 import { getText } from './http-get.js';
 import { scrapeMetrics } from './metrics.js';
 import {
@@ -198,6 +203,8 @@ export async function startAgent(options: AgentOptions): Promise<AgentProcess> {
       SHOAL_AGENT_PEER_LISTEN: `${host}:${peerPort}`,
       SHOAL_AGENT_PEER_URL: `http://${host}:${peerPort}`,
       SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
+      // Test seed servers sign pieces-verified records: agents trust them, as in production.
+      SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE: await writeRecordPublicKeys(dir.path),
       // Test watchers wait one presence interval after declaring the presence bucket anew:
       // both sides use the test kit's shorter one (`TEST_PRESENCE_INTERVAL_MS`).
       SHOAL_AGENT_PRESENCE_INTERVAL_MS: String(TEST_PRESENCE_INTERVAL_MS),
@@ -295,6 +302,7 @@ export async function startSeedServer(options: SeedServerOptions): Promise<Servi
     SHOAL_SEED_CACHE_DIR: join(dir.path, 'cache'),
     SHOAL_STORE_DIR: join(dir.path, 'store'),
     SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE: await writeHandoutPublicKeys(dir.path),
+    SHOAL_SEED_RECORD_KEY_FILE: await writeRecordPrivateKey(dir.path),
     ...tlsEnv,
     ...options.storeEnv,
     ...options.env,

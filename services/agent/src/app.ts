@@ -15,6 +15,7 @@ import {
   type Service,
   httpServerOptions,
   limitConnections,
+  readHandoutPublicKeys,
 } from '@shoal/runtime';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -263,6 +264,11 @@ export async function buildApp(
   // trust for https:// peers and seed servers.
   const peerTls = natsUrl === undefined ? undefined : await peerHttps(config, logger);
   const pieceTls = natsUrl === undefined ? undefined : await pieceClientTls(config, logger);
+  // The seed servers' record keys, read at start: a bad file stops the agent now.
+  const recordKeys =
+    natsUrl === undefined || config.SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE === undefined
+      ? undefined
+      : await readHandoutPublicKeys(config.SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE, 'record');
   const peerServer =
     natsUrl === undefined
       ? undefined
@@ -335,6 +341,7 @@ export async function buildApp(
                 pool: piecePool,
                 ledger,
                 ...(pieceTls === undefined ? {} : { pieceTls }),
+                ...(recordKeys === undefined ? {} : { recordKeys }),
               },
             ),
           {

@@ -112,6 +112,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['reader'] as const,
       registers,
     }),
+    blobChecks: new Counter({
+      name: `${prefix}swarm_blob_checks_total`,
+      help: "Swarm downloads checked at their end, by how: seed-record (every piece verified against the hashes the seed server's pieces-verified record binds: no whole-blob hash), digest (the agent hashed the blob itself)",
+      labelNames: ['by'] as const,
+      registers,
+    }),
     eventsRejected: new Counter({
       name: `${prefix}events_rejected_total`,
       help: 'Control-plane events dropped as invalid, by type',

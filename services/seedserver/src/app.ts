@@ -22,6 +22,7 @@ import {
   createMetrics,
   PieceTokenVerifier,
   RateLimiter,
+  readHandoutPrivateKey,
   readHandoutPublicKeys,
   type Logger,
   type Service,
@@ -85,6 +86,11 @@ export async function buildApp(
   } else {
     verifier = new PieceTokenVerifier(await readHandoutPublicKeys(keysFile));
   }
+  // The record key, read before anything connects too: a bad file stops the start.
+  const recordKey =
+    config.SHOAL_SEED_RECORD_KEY_FILE === undefined
+      ? undefined
+      : await readHandoutPrivateKey(config.SHOAL_SEED_RECORD_KEY_FILE, 'record');
 
   // Object gateway: where seeded blobs are kept for the whole cluster.
   const store = createBlobStore(config);
@@ -206,6 +212,7 @@ export async function buildApp(
         originAuth,
         registries: new Map(config.SHOAL_SEED_REGISTRIES.map((r) => [r.host, r])),
         self: self(),
+        recordKey,
         cacheDir: config.SHOAL_SEED_CACHE_DIR,
         cacheMaxBytes: config.SHOAL_SEED_CACHE_MAX_BYTES,
         cacheMinFreeBytes: config.SHOAL_SEED_CACHE_MIN_FREE_BYTES,

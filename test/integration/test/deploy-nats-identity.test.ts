@@ -21,6 +21,7 @@ import {
   handoutSubject,
   KV_BUCKETS,
   pieceHashesSubject,
+  piecesVerifiedSubject,
   pieceHave,
   pieceHaveSubject,
   pieceWantSubject,
@@ -305,17 +306,28 @@ describe('per-node NATS identity of deploy/k8s', () => {
       next_by_subj: pieceHashesSubject(blob),
     });
     assert.equal(stored?.json<{ blob: string }>().blob, blob);
+    // The seed's signed record of a blob, the last message on its own subject: a direct get by
+    // subject, which NATS checks against the subject appended to the stream's.
+    const last = await jsm.direct.getMessage(STREAMS.pieces.name, {
+      last_by_subj: piecesVerifiedSubject(blob),
+    });
+    assert.equal(last?.json<{ type: string }>().type, 'pieces-verified');
     conn.nc.subscribe(pieceHashesSubject(blob));
+    conn.nc.subscribe(piecesVerifiedSubject(blob));
     await conn.nc.flush();
     // Writes and other streams: refused.
     conn.nc.publish(pieceHashesSubject(BLOB), '{}');
     await conn.nc.flush();
     await violation(conn, pieceHashesSubject(BLOB));
+    conn.nc.publish(piecesVerifiedSubject(BLOB), '{}');
+    await conn.nc.flush();
+    await violation(conn, piecesVerifiedSubject(BLOB));
     const otherDirect = `$JS.API.DIRECT.GET.${STREAMS.swarm.name}`;
     conn.nc.publish(otherDirect, JSON.stringify({ seq: 1 }), { reply: '_INBOX.ident-1.peek' });
     await conn.nc.flush();
     await violation(conn, otherDirect);
     assert.ok(!conn.errors.some((e) => e.includes(pieceHashesSubject(blob))));
+    assert.ok(!conn.errors.some((e) => e.includes(piecesVerifiedSubject(blob))));
   });
 
   it('refuses an agent any stream create or update, its presence bucket included', async () => {

@@ -186,7 +186,7 @@ describe('NATS users of deploy/k8s', () => {
         agents.push(agent);
         stops.push(agent);
       }
-      for (const agent of agents) {
+      for (const [n, agent] of agents.entries()) {
         const outcomes = await pullBlobs(agent, { image, registry }, repository);
         outcomes.forEach((outcome, i) => {
           assert.equal(outcome.error, undefined);
@@ -199,6 +199,15 @@ describe('NATS users of deploy/k8s', () => {
           await agent.metric('shoal_agent_piece_hash_reads_total', { path: 'consumer' }),
           0,
         );
+        // And the seed's signed record read under them (a direct get by subject, or heard on
+        // its subject): once the seed has verified the blobs (after the first, cold pull, which
+        // may finish a small blob before the record comes), no blob is hashed twice.
+        const byRecord = await agent.metric('shoal_agent_swarm_blob_checks_total', {
+          by: 'seed-record',
+        });
+        if (n > 0) {
+          assert.equal(byRecord, image.blobs.length);
+        }
       }
 
       // The agents started before any presence bucket existed (they may not create it): each

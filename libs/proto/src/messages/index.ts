@@ -10,6 +10,7 @@ import { peerGone } from './peer-gone.js';
 import { pieceHashes } from './piece-hashes.js';
 import { pieceHave } from './piece-have.js';
 import { pieceWant } from './piece-want.js';
+import { piecesVerified } from './pieces-verified.js';
 import { preheatCommand } from './preheat-command.js';
 import { preheatNodes } from './preheat-nodes.js';
 import { preheatProgress } from './preheat-progress.js';
@@ -27,6 +28,7 @@ export const messageSchemas = {
   handout,
   'seed-request': seedRequest,
   'seed-failed': seedFailed,
+  'pieces-verified': piecesVerified,
   preheat: preheatCommand,
   'preheat-progress': preheatProgress,
   'preheat-report': preheatReport,

@@ -298,8 +298,23 @@ export class BlobDownload {
     this.#wake();
   }
 
-  /** Checks the whole blob against its digest and commits it to `store`. Never throws. */
-  async finish(store: FsContentStore): Promise<DownloadState> {
+  /**
+   * Stops hashing the blob as its prefix grows: the seed server's signed record vouches for
+   * the piece hashes every piece is checked against (`swarm-fetch.ts`), so `finish` will not
+   * need the digest. Should `finish` need it after all, it hashes what is left then (reading
+   * back what is no longer in memory): slower, never wrong.
+   */
+  skipDigest(): void {
+    this.#file.deferHash();
+  }
+
+  /**
+   * Checks the whole blob and commits it to `store`. Never throws. `vouched`: true when every
+   * byte is vouched for by a check as strong as the digest (each piece verified against the
+   * hashes the seed server's signed record binds, `swarm-fetch.ts`); otherwise, or without
+   * it, the blob is hashed and compared with its digest.
+   */
+  async finish(store: FsContentStore, vouched?: () => boolean): Promise<DownloadState> {
     if (this.#state !== 'running') {
       return this.#state;
     }
@@ -315,13 +330,16 @@ export class BlobDownload {
           `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      const actual = await this.#file.digest();
-      if (actual.toString() !== this.digest.toString()) {
-        throw new ContentMismatchError(
-          'DIGEST_MISMATCH',
-          502,
-          `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
-        );
+      const byRecord = vouched?.() === true;
+      if (!byRecord) {
+        const actual = await this.#file.digest();
+        if (actual.toString() !== this.digest.toString()) {
+          throw new ContentMismatchError(
+            'DIGEST_MISMATCH',
+            502,
+            `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
+          );
+        }
       }
       // Readers may complete their responses now: every byte is verified. Making the cache's
       // copy durable (fsync, rename) is the cache's business and need not delay them.

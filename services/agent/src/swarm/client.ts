@@ -5,6 +5,8 @@
  * batched per blob and carry the full piece set, so the agent's message rate depends on what
  * it downloads, never on how many peers are in the swarm.
  */
+import type { KeyObject } from 'node:crypto';
+
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
@@ -22,6 +24,7 @@ import {
   type PeerInfo,
   type PieceHashes,
   type PieceRanges,
+  type PiecesVerified,
   type SeedFailed,
 } from '@shoal/proto';
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
@@ -30,6 +33,7 @@ import { traceHeaders } from '@shoal/runtime/nats';
 import type { AgentMetrics } from '../metrics.js';
 import { DirectGetCheck, readPieceHashes, type HashPath } from './hash-reader.js';
 import { SourcePenalties } from './penalties.js';
+import { followSeedRecord } from './seed-record.js';
 
 /**
  * How long a publish may wait once the client is closing, in ms: a NATS outage at SIGTERM
@@ -104,6 +108,8 @@ export class SwarmClient {
   readonly #wantMarked = new WeakSet<Span>();
   /** Peers every download leaves alone for now (a bad piece, refused connections). */
   readonly #penalties: SourcePenalties;
+  /** The seed servers' record public keys; empty: no record is trusted (nor read). */
+  readonly #recordKeys: readonly KeyObject[];
 
   constructor(options: {
     nc: NatsConnection;
@@ -118,8 +124,11 @@ export class SwarmClient {
     metrics: AgentMetrics;
     /** The penalties' clock, in ms (default `Date.now`; tests pass a fake one). */
     now?: () => number;
+    /** The seed servers' record public keys (`SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE`). */
+    recordKeys?: readonly KeyObject[];
   }) {
     this.#penalties = new SourcePenalties(options.now);
+    this.#recordKeys = options.recordKeys ?? [];
     this.self = options.self;
     this.#nc = options.nc;
     this.#js = options.js;
@@ -390,6 +399,34 @@ export class SwarmClient {
       signal,
       onBatch,
       onSeedFailed,
+    );
+  }
+
+  /**
+   * Follows `blob`'s signed `pieces-verified` record until `signal` aborts: `onRecord` gets it
+   * once, when one of the seed servers' record keys signed it. Undefined (nothing followed)
+   * when this agent holds no record key.
+   */
+  followRecord(
+    blob: string,
+    signal: AbortSignal,
+    onRecord: (record: PiecesVerified) => void,
+  ): Promise<void> | undefined {
+    if (this.#recordKeys.length === 0) {
+      return undefined;
+    }
+    return followSeedRecord(
+      {
+        nc: this.#nc,
+        jsm: this.#jsm,
+        directGets: this.#directGets,
+        keys: this.#recordKeys,
+        metrics: this.#metrics,
+        logger: this.#logger,
+      },
+      blob,
+      signal,
+      onRecord,
     );
   }
 

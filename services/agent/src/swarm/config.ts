@@ -160,6 +160,14 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE: z.string().min(1).optional(),
   /** `on` (default): pieces only for requests with a valid hand-out token; `off`: for anyone. */
   SHOAL_AGENT_PIECE_AUTH: envPieceAuth,
+  /**
+   * The seed servers' Ed25519 record public keys (PEM, one or more: during a rotation, the old
+   * and the new). With them, a swarm download whose every piece verified against the piece
+   * hashes a signed `pieces-verified` record binds skips its own whole-blob hash (about a sixth
+   * of the agent's CPU per byte); a record no key signed is ignored. Unset (default): every
+   * blob is hashed here.
+   */
+  SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE: z.string().min(1).optional(),
   /** Fault injection for tests: serve corrupted pieces. Never set it in production. */
   SHOAL_AGENT_FAULT_CORRUPT_PIECES: envBool(false),
 });

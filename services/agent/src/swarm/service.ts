@@ -2,6 +2,8 @@
  * The agent's swarm: the blob fetcher that joins a blob's swarm instead of going to the
  * origin, the piece server peers fetch from, and the announcements of what the cache holds.
  */
+import type { KeyObject } from 'node:crypto';
+
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { PieceBuffers } from '@shoal/pieces';
@@ -43,6 +45,8 @@ export interface SwarmServiceDeps {
   readonly ledger: BlobLedger;
   /** How the piece client reaches https:// peers and seed servers (default: the system's CAs). */
   readonly pieceTls?: RawTlsOptions;
+  /** The seed servers' record public keys (none: every blob is hashed here). */
+  readonly recordKeys?: readonly KeyObject[];
 }
 
 export class SwarmService implements BlobFetcher {
@@ -67,6 +71,7 @@ export class SwarmService implements BlobFetcher {
       haveIntervalMs: config.SHOAL_AGENT_HAVE_INTERVAL_MS,
       logger: deps.logger,
       metrics,
+      ...(deps.recordKeys === undefined ? {} : { recordKeys: deps.recordKeys }),
     });
     this.#pieces = new PieceClient(
       {

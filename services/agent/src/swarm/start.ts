@@ -6,6 +6,7 @@
  * background (NATS may start after the agents, or be down for a while) and hands the swarm
  * over once it is there. Until then the agent is a plain verifying mirror of the origin.
  */
+import type { KeyObject } from 'node:crypto';
 import { hostname } from 'node:os';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
@@ -47,6 +48,8 @@ export async function startSwarm(
     ledger: BlobLedger;
     /** How the piece client reaches https:// sources (default: the system's CAs). */
     pieceTls?: RawTlsOptions;
+    /** The seed servers' record public keys (none: every blob is hashed here). */
+    recordKeys?: readonly KeyObject[];
   },
 ): Promise<StartedSwarm> {
   const { connectNats, jetStreamFor } = await import('@shoal/runtime/nats');

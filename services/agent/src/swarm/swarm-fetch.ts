@@ -26,6 +26,7 @@ import {
   pieceAuthHeaders,
   pieceBounds,
   pieceCount,
+  pieceListDigest,
   pieceSizeFor,
   toRanges,
   wantPacing,
@@ -33,6 +34,7 @@ import {
   type Handout,
   type PeerInfo,
   type PieceHashes,
+  type PiecesVerified,
   type SeedFailed,
 } from '@shoal/proto';
 import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
@@ -170,6 +172,22 @@ export class SwarmFetch {
   readonly #blob: string;
   #pieceSize = 0;
   readonly #hashes: (string | undefined)[] = [];
+  /**
+   * The hash each held piece verified against, by index (from a peer, the seed or the
+   * origin): what the seed's signed record must bind for the download to skip its whole-blob
+   * hash. A piece that verified against nothing (origin bytes before any hash was known) has
+   * none, and the download hashes the blob.
+   */
+  readonly #verifiedWith: (string | undefined)[] = [];
+  /** Bytes entered the download without a piece check (a whole read from the origin). */
+  #unchecked = false;
+  /** The seed's signed `pieces-verified` record, once heard. */
+  #record: PiecesVerified | undefined;
+  /**
+   * The record binds the complete list of hashes this fetch verifies against: the list is
+   * frozen and the download no longer hashes the blob (`#trustRecord`).
+   */
+  #trusted = false;
   /** Which piece to ask of which peer: the pieces held, the peers' holdings and slots. */
   readonly #picker: PiecePicker;
   /** Pieces an endgame copy is writing now. */
@@ -286,6 +304,11 @@ export class SwarmFetch {
       .catch((error: unknown) =>
         logger.warn({ err: error, blob: this.#blob }, 'piece hashes unavailable'),
       );
+    // The seed's signed record, if this agent holds its key: with it the whole-blob hash stops.
+    const record = client.followRecord(this.#blob, stop.signal, (heard) => {
+      this.#record = heard;
+      this.#trustRecord();
+    });
     try {
       const end = await this.#fromSwarm(stop.signal);
       if (end !== 'complete' && !signal.aborted) {
@@ -302,7 +325,7 @@ export class SwarmFetch {
       if (signal.aborted) {
         throw new Error('shutting down');
       }
-      const state = await this.download.finish(this.#deps.store);
+      const state = await this.download.finish(this.#deps.store, () => this.#vouched());
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -323,6 +346,7 @@ export class SwarmFetch {
       signal.removeEventListener('abort', onAbort);
       offHandouts();
       await hashes;
+      await record;
     }
   }
 
@@ -538,7 +562,8 @@ export class SwarmFetch {
         this.#giveBack(bytes);
         return 'dropped';
       }
-      if (hasher.digest('hex') !== this.#hashes[index]) {
+      const expected = this.#hashes[index];
+      if (expected === undefined || hasher.digest('hex') !== expected) {
         this.#giveBack(bytes);
         metrics.pieces.inc({ source, result: 'bad' });
         metrics.verificationFailures.inc({ kind: 'piece' });
@@ -569,6 +594,7 @@ export class SwarmFetch {
           this.#committing.delete(index);
         }
       }
+      this.#verifiedWith[index] = expected;
       this.#markHave(index);
       this.#deps.client.answered(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
@@ -622,6 +648,62 @@ export class SwarmFetch {
     }
   }
 
+  /**
+   * Trusts the seed's signed record once it binds the complete list of piece hashes this
+   * fetch knows, for this size and layout, and every piece held so far verified against that
+   * list: the list is frozen (later batches cannot change what pieces verify against) and the
+   * download stops hashing the blob. The seed server signs the record only once the blob it
+   * read from the origin matched its digest: bytes that match the hashes of bytes that
+   * matched the digest are those bytes (sha256 collisions aside, as for the digest itself).
+   * The signature, checked with the seed's public key, is what makes the record the seed's.
+   */
+  #trustRecord(): void {
+    const record = this.#record;
+    const count = this.#picker.count;
+    const size = this.download.size;
+    if (this.#trusted || this.#unchecked || record === undefined || count === 0) {
+      return;
+    }
+    if (size === undefined || record.size !== size || record.pieceSize !== this.#pieceSize) {
+      return;
+    }
+    const hashes = this.#hashes.slice(0, count);
+    if (hashes.length < count || hashes.includes(undefined)) {
+      // Not every hash is known yet: looked at again with each batch.
+      return;
+    }
+    if (pieceListDigest(hashes) !== record.hashes) {
+      return;
+    }
+    for (const index of this.#picker.held) {
+      if (this.#verifiedWith[index] !== hashes[index]) {
+        return;
+      }
+    }
+    this.#trusted = true;
+    this.download.skipDigest();
+    this.#deps.logger.debug(
+      { blob: this.#blob },
+      "the seed's signed record vouches for the pieces",
+    );
+  }
+
+  /**
+   * True when the seed server vouches for every piece: the record was trusted, and each piece
+   * verified against the hash the record binds (which the frozen list guarantees; checked
+   * again, it costs a comparison per piece). Otherwise the download hashes the blob.
+   */
+  #vouched(): boolean {
+    const count = this.#picker.count;
+    let vouched = this.#trusted && !this.#unchecked && count > 0;
+    for (let index = 0; vouched && index < count; index++) {
+      const hash = this.#hashes[index];
+      vouched = hash !== undefined && this.#verifiedWith[index] === hash;
+    }
+    this.#deps.metrics.blobChecks.inc({ by: vouched ? 'seed-record' : 'digest' });
+    return vouched;
+  }
+
   /** Returns a piece buffer nobody will use to the pool. */
   #giveBack(bytes: Buffer | undefined): void {
     if (bytes !== undefined) {
@@ -657,12 +739,18 @@ export class SwarmFetch {
       this.#picker.setLayout(pieceCount(batch.size, batch.pieceSize), batch.pieceSize);
       this.download.setSize(batch.size);
     }
-    if (batch.pieceSize !== this.#pieceSize || batch.size !== this.download.size) {
+    if (
+      batch.pieceSize !== this.#pieceSize ||
+      batch.size !== this.download.size ||
+      // The list the seed's record binds is frozen: nothing may change what pieces verify against.
+      this.#trusted
+    ) {
       return;
     }
     batch.hashes.forEach((hash, i) => {
       this.#hashes[batch.first + i] = hash;
     });
+    this.#trustRecord();
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
     this.#stall.progress();
@@ -819,6 +907,8 @@ export class SwarmFetch {
       if (length !== undefined) {
         this.download.setSize(Number(length));
       }
+      // No piece check: the download hashes the blob, whatever a record says.
+      this.#unchecked = true;
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         await this.download.append(chunk);
         metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);
@@ -886,6 +976,7 @@ export class SwarmFetch {
           }
           if (!this.#picker.has(index)) {
             await this.download.writePiece(bounds.start, piece);
+            this.#verifiedWith[index] = expected;
             this.#markHave(index);
             this.#deps.metrics.pieces.inc({ source: 'origin', result: 'ok' });
             this.#deps.metrics.fetchedBytes.inc({ source: 'origin' }, piece.length);

@@ -17,14 +17,26 @@
  * Once the blob has verified, its incremental hash batches are replaced by one message per
  * `HASHES_PER_MESSAGE` pieces (the older ones purged), so an agent that reads a complete
  * blob's hashes later (a direct get per message) needs one request for most blobs.
+ *
+ * Once the blob has verified, and when a record key is configured, a signed `pieces-verified`
+ * record goes to the blob's record subject after the last hashes: the seed's word that this
+ * exact list of piece hashes is that of bytes that matched the digest, which spares an agent
+ * holding the seed's public key, whose pieces all verified against the same list, its own hash
+ * of the whole blob. One record per blob is kept (older ones purged).
  */
+import type { KeyObject } from 'node:crypto';
+
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import {
   encodeMessage,
   pieceHashes,
+  pieceListDigest,
+  piecesVerified,
+  piecesVerifiedSubject,
   pieceHashesSubject,
   pieceHave,
   pieceHaveSubject,
+  signPiecesVerified,
   STREAMS,
   type PeerInfo,
 } from '@shoal/proto';
@@ -44,11 +56,17 @@ export class Announcer {
   readonly #jsm: JetStreamManager;
   readonly #self: PeerInfo;
   readonly #blob: SeedBlob;
+  /** The seed server's Ed25519 record key; without it no record is published. */
+  readonly #recordKey: KeyObject | undefined;
   #published = 0;
   #lastHave = -1;
   /** Hash messages this run published (consolidation is needed when more than the minimum). */
   #messages = 0;
   #chain: Promise<void> = Promise.resolve();
+  /** The blob's bytes matched its digest in this run (see `verified`). */
+  #vouched = false;
+  /** This run published the blob's `pieces-verified` record. */
+  #recorded = false;
   /** The hash publication queued behind the one in flight, if any (see `progress`). */
   #queued: Promise<void> | undefined;
   /** Piece-haves sent while pacing, and when the last one started (performance.now()). */
@@ -56,11 +74,18 @@ export class Announcer {
   #pacedAt = 0;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(js: JetStreamClient, jsm: JetStreamManager, self: PeerInfo, blob: SeedBlob) {
+  constructor(
+    js: JetStreamClient,
+    jsm: JetStreamManager,
+    self: PeerInfo,
+    blob: SeedBlob,
+    recordKey?: KeyObject,
+  ) {
     this.#js = js;
     this.#jsm = jsm;
     this.#self = self;
     this.#blob = blob;
+    this.#recordKey = recordKey;
   }
 
   /** Publishes what changed since the last call; calls are serialised. */
@@ -111,6 +136,14 @@ export class Announcer {
     }
   }
 
+  /**
+   * The whole blob matched its digest: the next `flush` publishes, after the last hashes, the
+   * record that vouches for them.
+   */
+  verified(): void {
+    this.#vouched = true;
+  }
+
   /** Stops the paced haves (the blob is in, or failed); `flush` still works. */
   stopPacing(): void {
     clearTimeout(this.#timer);
@@ -126,6 +159,7 @@ export class Announcer {
   republish(): Promise<void> {
     this.#published = 0;
     this.#lastHave = -1;
+    this.#recorded = false;
     return this.flush();
   }
 
@@ -210,9 +244,51 @@ export class Announcer {
         ),
       );
     }
+    // After the hashes it vouches for, in the same round trip: an agent compares it with the
+    // list of hashes it knows once it knows every one.
+    const record =
+      this.#recordKey !== undefined && !this.#recorded && ready === blob.count && this.#vouches();
+    if (record) {
+      publishes.push(this.#publishRecord());
+    }
     await Promise.all(publishes);
     this.#published = Math.max(this.#published, ready);
     this.#lastHave = sendHave ? haveKey : this.#lastHave;
+    this.#recorded ||= record;
+  }
+
+  /** The blob verified, in this run or (complete on disk) in the one that committed it. */
+  #vouches(): boolean {
+    return this.#vouched || this.#blob.complete;
+  }
+
+  /**
+   * Publishes the blob's signed `pieces-verified` record on its subject, then purges the older
+   * ones there: each seed request for a held blob publishes it again, and one is all a reader
+   * needs. The message id makes a repeat within the stream's duplicate window a no-op.
+   */
+  async #publishRecord(): Promise<void> {
+    const blob = this.#blob;
+    const key = this.#recordKey;
+    if (key === undefined) {
+      return;
+    }
+    const digest = blob.digest.toString();
+    const record = signPiecesVerified(key, {
+      type: 'pieces-verified',
+      blob: digest,
+      size: blob.size,
+      pieceSize: blob.pieceSize,
+      hashes: pieceListDigest(blob.hashes),
+    });
+    const subject = piecesVerifiedSubject(digest);
+    const ack = await this.#js.publish(subject, encodeMessage(piecesVerified, record), {
+      msgID: `${blob.digest.hex}-verified-${record.hashes.slice(0, 16)}`,
+    });
+    markSpan('pieces verified published');
+    if (!ack.duplicate) {
+      await this.#jsm.streams.purge(STREAMS.pieces.name, { filter: subject, keep: 1 });
+    }
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */

@@ -19,6 +19,7 @@
  * so on the blob's hash subject (`seed-failed`), so that agents read from the origin (or
  * their peers) now rather than after their stall timeout.
  */
+import type { KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -135,6 +136,8 @@ export interface SeederDeps {
   readonly originAuth: Pick<RegistryAuth, 'refusal'>;
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
   readonly self: PeerInfo;
+  /** Signs each verified blob's `pieces-verified` record; none published without it. */
+  readonly recordKey?: KeyObject | undefined;
   readonly cacheDir: string;
   /** The local cache's quota in bytes; past it least recently used blobs are evicted. */
   readonly cacheMaxBytes: number;
@@ -610,7 +613,7 @@ export class Seeder {
     blob.stored = source === 'store' ? true : undefined;
     this.#cache.add(blob);
     this.#reportCache();
-    const announcer = new Announcer(js, this.#deps.jsm, self, blob);
+    const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
     // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
@@ -671,6 +674,7 @@ export class Seeder {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
       announcer.stopPacing();
+      announcer.verified();
       // Verified: the last pieces are announced before the commit's fsync, which agents need
       // not wait for (they read the pieces from this file, and verify them themselves).
       void announcer.flush().catch(() => undefined);
@@ -1156,7 +1160,7 @@ export class Seeder {
     this.#reportCache();
     metrics.evictedBytes.inc(blob.size);
     logger.info({ blob: key, size: blob.size }, 'evicted from the local cache');
-    await new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob)
+    await new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob, this.#deps.recordKey)
       .withdraw()
       .catch((error: unknown) => {
         logger.warn({ blob: key, err: error }, 'could not withdraw an evicted blob');
@@ -1180,7 +1184,13 @@ export class Seeder {
 
   /** Re-publishes a held blob's hashes if the hashes stream no longer has them. */
   async #ensureHashesPublished(blob: SeedBlob): Promise<void> {
-    const announcer = new Announcer(this.#deps.js, this.#deps.jsm, this.#deps.self, blob);
+    const announcer = new Announcer(
+      this.#deps.js,
+      this.#deps.jsm,
+      this.#deps.self,
+      blob,
+      this.#deps.recordKey,
+    );
     try {
       await this.#deps.jsm.streams.getMessage(STREAMS.pieces.name, {
         last_by_subj: pieceHashesSubject(blob.digest.toString()),
