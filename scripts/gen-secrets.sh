@@ -8,9 +8,10 @@
 #
 # k8s writes, for the secrets component of the mixed and seeder overlays: nats-users.env (a
 # password per NATS user), handout.key and handout.pub (the tracker's Ed25519 pair),
+# seed-record.key and seed-record.pub (the seed server's Ed25519 pair for its signed records),
 # seedserver-s3.env (the object gateway's key) and watcher-webhook.env (the webhook token); and
-# for the leecher overlay, leecher/nats-users.env (the agent password only) and
-# leecher/handout.pub. A file that exists is kept: running it again changes nothing, and
+# for the leecher overlay, leecher/nats-users.env (the agent password only),
+# leecher/handout.pub and leecher/seed-record.pub. A file that exists is kept: running it again changes nothing, and
 # rotating a secret is deleting its file and running it again. Needs openssl.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +45,18 @@ write_new() {
   fi
 }
 
+# Makes the Ed25519 key $1.key unless it exists, and its public half $1.pub from it.
+ed25519_pair() {
+  if [ ! -e "$1.key" ]; then
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$1.key")
+    rm -f "$1.pub"
+    echo "generated $1.key"
+  else
+    echo "kept      $1.key"
+  fi
+  openssl pkey -in "$1.key" -pubout | write_new "$1.pub"
+}
+
 k8s() {
   local dir=$1
   [ -f "$dir/kustomization.yaml" ] || {
@@ -53,14 +66,8 @@ k8s() {
   printf 'agent=%s\ntracker=%s\nseedserver=%s\nwatcher=%s\n' \
     "$(nats_password)" "$(nats_password)" "$(nats_password)" "$(nats_password)" |
     write_new "$dir/nats-users.env"
-  if [ ! -e "$dir/handout.key" ]; then
-    (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/handout.key")
-    rm -f "$dir/handout.pub"
-    echo "generated $dir/handout.key"
-  else
-    echo "kept      $dir/handout.key"
-  fi
-  openssl pkey -in "$dir/handout.key" -pubout | write_new "$dir/handout.pub"
+  ed25519_pair "$dir/handout"
+  ed25519_pair "$dir/seed-record"
   printf 'SHOAL_S3_ACCESS_KEY_ID=shoal-seedserver\nSHOAL_S3_SECRET_ACCESS_KEY=%s\n' "$(random)" |
     write_new "$dir/seedserver-s3.env"
   printf 'token=%s\n' "$(random)" | write_new "$dir/watcher-webhook.env"
@@ -68,6 +75,7 @@ k8s() {
   if [ -d "$dir/leecher" ]; then
     grep '^agent=' "$dir/nats-users.env" | write_new "$dir/leecher/nats-users.env"
     write_new "$dir/leecher/handout.pub" <"$dir/handout.pub"
+    write_new "$dir/leecher/seed-record.pub" <"$dir/seed-record.pub"
   fi
 }
 

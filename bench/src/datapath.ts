@@ -512,6 +512,11 @@ interface PeerPull {
   readonly fromOrigin: number;
   /** Piece requests of the receiving agent that failed (not a 429), e.g. to a source that is gone. */
   readonly failedRequests: number;
+  /**
+   * Blobs the receiving agent checked by the seed's signed record (no whole-blob hash), and
+   * by hashing them itself.
+   */
+  readonly checks: { readonly record: number; readonly digest: number };
 }
 
 /** The big image's pulls through containerd (left out with `--only small`). */
@@ -930,6 +935,7 @@ function peerReport(
     f.serving.toFixed(2),
     String(pull.failedRequests),
     mib(pull.fromOrigin),
+    `${pull.checks.record} / ${pull.checks.digest}`,
   ];
   return [
     seedPull === undefined
@@ -946,6 +952,7 @@ function peerReport(
         'serving side CPU s/GiB',
         'failed requests',
         'from origin',
+        'blobs by record / hashed',
       ],
       [
         ...(seedPull === undefined
@@ -962,6 +969,7 @@ function peerReport(
           ratio(tls.receiving / plain.receiving),
           ratio(tls.receivingMain / plain.receivingMain),
           ratio(tls.serving / plain.serving),
+          '',
           '',
           '',
         ],
@@ -1016,6 +1024,10 @@ async function peerPull(
     fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
     fromSeed: metrics.get('shoal_agent_fetched_bytes_total', { source: 'seed' }),
     failedRequests: metrics.get('shoal_agent_pieces_total', { result: 'failed' }),
+    checks: {
+      record: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'seed-record' }),
+      digest: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'digest' }),
+    },
     fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
   };
 }

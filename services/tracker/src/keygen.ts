@@ -1,23 +1,31 @@
 #!/usr/bin/env node
 /**
- * `shoal-handout-keygen PRIVATE_DIR [PUBLIC_DIR]`: makes the tracker's hand-out signing key.
+ * `shoal-handout-keygen [--name NAME] PRIVATE_DIR [PUBLIC_DIR]`: makes an Ed25519 signing key:
+ * the tracker's hand-out key (NAME `handout`, the default) or the seed server's record key
+ * (`--name seed-record`).
  *
- * Writes `PRIVATE_DIR/handout.key` (Ed25519, PKCS#8 PEM, mode 0600) unless it exists, and
- * `PUBLIC_DIR/handout.pub` (its public key, SPKI PEM; PUBLIC_DIR defaults to PRIVATE_DIR)
- * from it, so running it again changes nothing. `openssl genpkey -algorithm ed25519` and
+ * Writes `PRIVATE_DIR/NAME.key` (Ed25519, PKCS#8 PEM, mode 0600) unless it exists, and
+ * `PUBLIC_DIR/NAME.pub` (its public key, SPKI PEM; PUBLIC_DIR defaults to PRIVATE_DIR) from
+ * it, so running it again changes nothing. `openssl genpkey -algorithm ed25519` and
  * `openssl pkey -pubout` make the same files. Exit status: 0 done, 2 a usage or file error.
  */
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-const [privateDir, publicDir] = process.argv.slice(2);
-if (privateDir === undefined || process.argv.length > 4) {
-  process.stderr.write('usage: shoal-handout-keygen PRIVATE_DIR [PUBLIC_DIR]\n');
+const args = process.argv.slice(2);
+let name = 'handout';
+if (args[0] === '--name') {
+  name = args[1] ?? '';
+  args.splice(0, 2);
+}
+const [privateDir, publicDir] = args;
+if (privateDir === undefined || args.length > 2 || !/^[a-z][a-z0-9-]*$/.test(name)) {
+  process.stderr.write('usage: shoal-handout-keygen [--name NAME] PRIVATE_DIR [PUBLIC_DIR]\n');
   process.exit(2);
 }
-const keyPath = join(privateDir, 'handout.key');
-const pubPath = join(publicDir ?? privateDir, 'handout.pub');
+const keyPath = join(privateDir, `${name}.key`);
+const pubPath = join(publicDir ?? privateDir, `${name}.pub`);
 try {
   let privatePem = await readFile(keyPath, 'utf8').catch(() => undefined);
   if (privatePem === undefined) {

@@ -281,10 +281,17 @@ describe('deploy/k8s overlays', () => {
       }
     });
 
-    it('gives the tracker the hand-out key and every piece server the public keys', () => {
+    it('gives the tracker the hand-out key, the seed its record key, and every piece server the public keys', () => {
       const objects = overlay('mixed');
       const cases: [string, string, string, string][] = [
         ['Deployment', 'shoal-tracker', 'SHOAL_TRACKER_HANDOUT_KEY_FILE', 'shoal-handout-key'],
+        ['StatefulSet', 'shoal-seedserver', 'SHOAL_SEED_RECORD_KEY_FILE', 'shoal-seed-record-key'],
+        ...AGENT_DAEMONSETS.map((name): [string, string, string, string] => [
+          'DaemonSet',
+          name,
+          'SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE',
+          'shoal-handout-public-keys',
+        ]),
         [
           'StatefulSet',
           'shoal-seedserver',
@@ -312,12 +319,12 @@ describe('deploy/k8s overlays', () => {
         );
         assert.equal(mount.readOnly, true);
       }
-      // Only the tracker holds the private key.
+      // Only the tracker holds the hand-out private key, only the seed server the record's.
       for (const workload of workloads(objects)) {
-        const uses = (podSpec(workload).volumes ?? []).some(
-          (v) => v.secret?.secretName === 'shoal-handout-key',
-        );
-        assert.equal(uses, workload.metadata.name === 'shoal-tracker', workload.metadata.name);
+        const secrets = (podSpec(workload).volumes ?? []).map((v) => v.secret?.secretName);
+        const name = workload.metadata.name;
+        assert.equal(secrets.includes('shoal-handout-key'), name === 'shoal-tracker', name);
+        assert.equal(secrets.includes('shoal-seed-record-key'), name === 'shoal-seedserver', name);
       }
     });
 

@@ -260,7 +260,11 @@ describe('deploy/k8s over a deployment life', () => {
     try {
       let checked = 0;
       for (const [name, service] of Object.entries(compose.services)) {
-        if (!(service.image ?? '').startsWith('shoal:') || name === 'handout-keys') {
+        if (
+          !(service.image ?? '').startsWith('shoal:') ||
+          name === 'handout-keys' ||
+          name === 'record-keys'
+        ) {
           continue;
         }
         const shutdownMs = Number(service.environment?.SHOAL_SHUTDOWN_TIMEOUT_MS ?? 30_000);

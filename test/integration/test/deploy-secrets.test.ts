@@ -66,6 +66,18 @@ describe('generated secrets', () => {
       pub,
       'handout.pub is the public half of handout.key',
     );
+    // The seed server's record pair: a key of its own, not the tracker's.
+    const record = createPrivateKey(
+      secretData(mixed, 'shoal-seed-record-key')['seed-record.key'] ?? '',
+    );
+    assert.equal(record.asymmetricKeyType, 'ed25519');
+    const recordPub = secretData(mixed, 'shoal-handout-public-keys')['seed-record.pub'] ?? '';
+    assert.equal(
+      createPublicKey(record).export({ type: 'spki', format: 'pem' }).toString(),
+      recordPub,
+      'seed-record.pub is the public half of seed-record.key',
+    );
+    assert.notEqual(recordPub, pub);
     const s3 = secretData(mixed, 'shoal-seedserver-s3');
     assert.match(s3.SHOAL_S3_SECRET_ACCESS_KEY ?? '', /^[0-9a-f]{48}$/);
     assert.match(secretData(mixed, 'shoal-watcher-webhook').token ?? '', /^[0-9a-f]{48}$/);
@@ -74,6 +86,7 @@ describe('generated secrets', () => {
     const leecher = await renderOverlay('leecher');
     assert.deepEqual(secretData(leecher, 'shoal-nats-users'), { agent: users.agent });
     assert.equal(secretData(leecher, 'shoal-handout-public-keys')['handout.pub'], pub);
+    assert.equal(secretData(leecher, 'shoal-handout-public-keys')['seed-record.pub'], recordPub);
     assert.deepEqual(
       leecher
         .filter((o) => o.kind === 'Secret')
@@ -122,9 +135,14 @@ describe('generated secrets', () => {
     const dir = join(await generatedK8s(), 'secrets');
     const read = async (): Promise<string[]> =>
       Promise.all(
-        ['nats-users.env', 'handout.key', 'handout.pub', 'seedserver-s3.env'].map((f) =>
-          readFile(join(dir, f), 'utf8'),
-        ),
+        [
+          'nats-users.env',
+          'handout.key',
+          'handout.pub',
+          'seed-record.key',
+          'seed-record.pub',
+          'seedserver-s3.env',
+        ].map((f) => readFile(join(dir, f), 'utf8')),
       );
     const before = await read();
     const { stdout } = await run('bash', [
