@@ -506,7 +506,8 @@ export class PieceFile {
     // One buffer for all the reading back of this round (one round runs at a time).
     let scratch: Buffer | undefined;
     try {
-      while (this.#hashed < this.#verified && !this.#closed) {
+      // Deferred meanwhile: stop reading back (`digest` resumes it if it is needed after all).
+      while (this.#hashed < this.#verified && !this.#closed && !this.#deferred) {
         this.#hashHeld();
         if (this.#hashed >= this.#verified) {
           break;

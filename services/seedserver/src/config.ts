@@ -131,7 +131,7 @@ export const seedFields = z.object({
   /** `on` (default): pieces only for requests with a valid hand-out token; `off`: for anyone. */
   SHOAL_SEED_PIECE_AUTH: envPieceAuth,
   /**
-   * The seed server's Ed25519 record key (PKCS#8 PEM; `shoal-handout-keygen --name record`
+   * The seed server's Ed25519 record key (PKCS#8 PEM; `shoal-handout-keygen --name seed-record`
    * makes one). With it, every blob that matched its digest gets a signed `pieces-verified`
    * record, and agents holding its public key (`SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE`) skip
    * their own whole-blob hash when every piece verified against the hashes it binds: about a

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -19,14 +19,20 @@ import { createS3Client } from '@shoal/blobstore';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
+  decodeMessage,
   encodeMessage,
   pieceCount,
   pieceHashesSubject,
+  pieceListDigest,
   piecePath,
+  piecesVerified,
+  piecesVerifiedSubject,
   pieceSizeFor,
   seedRequest,
   seedRequestSubject,
   STREAMS,
+  verifyPiecesVerified,
+  type PiecesVerified,
 } from '@shoal/proto';
 import { ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
 import {
@@ -38,7 +44,9 @@ import {
   startNats,
   startRegistry,
   startS3,
+  testRecordKeys,
   waitFor,
+  writeRecordPrivateKey,
   type Descriptor,
   type FaultProxy,
   type GeneratedImage,
@@ -67,6 +75,8 @@ interface SeedUnderTest {
   hashMessages(blob: Descriptor): Promise<number>;
   /** The first piece-hash message stored for `blob` and its sequence, read as agents do. */
   storedHashes(blob: Descriptor): Promise<{ seq: number; first: number; hashes: string[] }>;
+  /** The `pieces-verified` record stored for `blob`, if any. */
+  record(blob: Descriptor): Promise<PiecesVerified | undefined>;
   stop(): Promise<void>;
 }
 
@@ -147,6 +157,17 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
         });
         assert.ok(stored !== null, `no stored hashes for ${blob.digest}`);
         return { seq: stored.seq, ...stored.json<{ first: number; hashes: string[] }>() };
+      },
+      record: async (blob) => {
+        const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
+          last_by_subj: piecesVerifiedSubject(blob.digest),
+        });
+        if (stored === null) {
+          return undefined;
+        }
+        const decoded = decodeMessage(piecesVerified, stored.data);
+        assert.ok(decoded.ok, 'a valid record');
+        return decoded.value;
       },
       stop: async () => {
         await started.close();
@@ -746,6 +767,63 @@ describe('seed server', () => {
       }
     } finally {
       await dir.remove();
+    }
+  });
+
+  it('signs a record only for bytes that matched the digest, and republishes it from its manifest, never from a changed one', async () => {
+    const a = layer(1);
+    const dir = await makeTempDir('seed-test-record');
+    const keys = await makeTempDir('seed-test-record-key');
+    try {
+      const keyEnv = { SHOAL_SEED_RECORD_KEY_FILE: await writeRecordPrivateKey(keys.path) };
+      const publicKey = testRecordKeys().publicKey;
+      const first = await startSeed(keyEnv, dir.path);
+      let hashes: string[];
+      try {
+        await first.request(a);
+        await first.seeds('seeded', 1);
+        hashes = (await first.storedHashes(a)).hashes;
+        await waitFor('the record', async () => (await first.record(a)) !== undefined);
+        const record = await first.record(a);
+        assert.ok(record !== undefined);
+        assert.equal(record.hashes, pieceListDigest(hashes));
+        assert.equal(verifyPiecesVerified(record, [publicKey]), true);
+      } finally {
+        await first.stop();
+      }
+      // Restarted (a new NATS here, as after losing its store): the record made at the commit
+      // is published again as it was, with the hashes.
+      const second = await startSeed(keyEnv, dir.path);
+      let kept: PiecesVerified | undefined;
+      try {
+        await waitFor('the record again', async () => (await second.record(a)) !== undefined);
+        kept = await second.record(a);
+        // With the hashes it vouches for (a store lost: the stream no longer has them).
+        assert.deepEqual((await second.storedHashes(a)).hashes, hashes);
+        assert.equal(kept?.hashes, pieceListDigest(hashes));
+      } finally {
+        await second.stop();
+      }
+      // A manifest changed on disk since (one hash altered): its hashes still go out (agents
+      // check pieces, and the whole blob, against them), but no record vouches for them, and
+      // none is signed anew from the file.
+      const manifestPath = `${cacheFile(join(dir.path, 'cache'), a)}.pieces.json`;
+      const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as { hashes: string[] };
+      manifest.hashes[0] = '0'.repeat(64);
+      await writeFile(manifestPath, JSON.stringify(manifest));
+      const third = await startSeed(keyEnv, dir.path);
+      try {
+        await waitFor('the hashes', async () => (await third.hashMessages(a)) > 0, {
+          timeoutMs: WAIT_MS,
+        });
+        assert.equal((await third.storedHashes(a)).hashes[0], '0'.repeat(64));
+        assert.equal(await third.record(a), undefined);
+      } finally {
+        await third.stop();
+      }
+    } finally {
+      await dir.remove();
+      await keys.remove();
     }
   });
 });

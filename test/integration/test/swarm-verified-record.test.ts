@@ -9,8 +9,9 @@
  * published; an agent pulling blobs the seed holds is vouched for by the record for every
  * blob, with the right bytes; a record signed by another key (even binding the right list),
  * or signed by the seed's key but binding another list, leaves the agent hashing that blob
- * itself; an agent that trusts another key hashes every blob. The bytes are right every time,
- * and come from the swarm, not the origin.
+ * itself; an agent that trusts another key hashes every blob; an agent that trusted the
+ * record still refuses a lying peer's pieces, and vouches for the origin's instead. The bytes
+ * are right every time.
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
@@ -44,6 +45,8 @@ describe("the seed server's signed record", () => {
   let nc: NatsConnection;
   let keyDir: string;
   const repository = 'shoal/verified-record';
+  /** The seed's records as it stored them, by blob (before the test forges others). */
+  const real = new Map<string, PiecesVerified>();
 
   before(async () => {
     cluster = await startCluster({
@@ -166,16 +169,21 @@ describe("the seed server's signed record", () => {
     const { image } = cluster;
     const [big, small] = image.layers;
     assert.ok(big !== undefined && small !== undefined);
-    const real = await storedRecord(big.digest);
-    const realSmall = await storedRecord(small.digest);
-    assert.ok(real !== undefined && realSmall !== undefined);
+    for (const blob of image.blobs) {
+      const record = await storedRecord(blob.digest);
+      assert.ok(record !== undefined);
+      real.set(blob.digest, record);
+    }
+    const bigRecord = real.get(big.digest);
+    const realSmall = real.get(small.digest);
+    assert.ok(bigRecord !== undefined && realSmall !== undefined);
     const js = jetstream(nc);
     // NATS lets this test publish anything: what the agent trusts is the signature.
     // The big layer: the right list, signed by a key nobody trusts.
     const intruder = generateKeyPairSync('ed25519');
     await js.publish(
       piecesVerifiedSubject(big.digest),
-      encodeMessage(piecesVerified, signPiecesVerified(intruder.privateKey, real)),
+      encodeMessage(piecesVerified, signPiecesVerified(intruder.privateKey, bigRecord)),
     );
     // The small layer: signed by the seed's key, but for a list nobody used.
     await js.publish(
@@ -204,5 +212,38 @@ describe("the seed server's signed record", () => {
     const fourth = await startNode('node-4', { SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE: file });
     await pullAll(fourth);
     assert.deepEqual(await checks(fourth), { record: 0, digest: cluster.image.blobs.length });
+  });
+
+  it('still refuses every bad piece once the record is trusted: a lying peer, then the origin', async () => {
+    const { image } = cluster;
+    const js = jetstream(nc);
+    // The seed's own records back on top of the forged ones (they are its signed bytes).
+    for (const blob of image.blobs) {
+      const record = real.get(blob.digest);
+      assert.ok(record !== undefined);
+      await js.publish(piecesVerifiedSubject(blob.digest), encodeMessage(piecesVerified, record));
+    }
+    // A peer that serves corrupt pieces takes the image honestly first...
+    const liar = await startNode('liar', { SHOAL_AGENT_FAULT_CORRUPT_PIECES: 'true' });
+    await pullAll(liar);
+    // ...then every honest holder and the seed server go: the liar is the only source left.
+    for (const agent of cluster.agents.filter((a) => a !== liar)) {
+      await agent.stop();
+    }
+    await cluster.seed.stop();
+    const last = await startNode('node-6');
+    const outcomes = await pullBlobs(last, cluster, repository);
+    for (const [i, outcome] of outcomes.entries()) {
+      assert.equal(outcome.error, undefined);
+      assert.equal(outcome.digest, image.blobs[i]?.digest, 'the right bytes, whatever was sent');
+    }
+    assert.ok(
+      (await last.metric('shoal_agent_pieces_total', { source: 'peer', result: 'bad' })) >= 1,
+      "the liar's pieces were checked against the frozen list, and refused",
+    );
+    // Each blob was trusted by its record from its first hashes: the pieces that came from the
+    // origin instead were checked against the same list, and vouched for by it.
+    assert.deepEqual(await checks(last), { record: image.blobs.length, digest: 0 });
+    assert.equal(await last.metric('shoal_agent_verification_failures_total', { kind: 'blob' }), 0);
   });
 });

@@ -29,6 +29,12 @@ import type { DirectGetCheck } from './hash-reader.js';
 /** How long the direct get of a stored record may take, in ms. */
 const RECORD_GET_TIMEOUT_MS = 2_000;
 
+/**
+ * Whether this process has warned of a record no key signed: once at warn (a key missing from
+ * the agent's file, a rotation done out of order), then at debug; the counter counts each.
+ */
+let warnedUnsigned = false;
+
 export interface SeedRecordDeps {
   readonly nc: NatsConnection;
   readonly jsm: JetStreamManager;
@@ -68,10 +74,11 @@ export async function followSeedRecord(
     }
     if (!verifyPiecesVerified(decoded.value, deps.keys)) {
       deps.metrics.eventsRejected.inc({ type: 'pieces-verified' });
-      deps.logger.warn(
+      deps.logger[warnedUnsigned ? 'debug' : 'warn'](
         { blob, path },
-        'a pieces-verified record no seed record key signed; ignored (the blob is hashed here)',
+        'a pieces-verified record no key in SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE signed; ignored (such blobs are hashed here; later ones are logged at debug)',
       );
+      warnedUnsigned = true;
       return false;
     }
     deps.metrics.eventsReceived.inc({ type: 'pieces-verified' });
@@ -90,7 +97,7 @@ export async function followSeedRecord(
     });
     const onAbort = (): void => subscription?.unsubscribe();
     stop.addEventListener('abort', onAbort, { once: true });
-    if (await deps.directGets.allowed()) {
+    if (await untilAborted(deps.directGets.allowed(), stop).catch(() => false)) {
       const stored = await untilAborted(
         deps.jsm.direct.getMessage(STREAMS.pieces.name, {
           last_by_subj: piecesVerifiedSubject(blob),

@@ -63,8 +63,6 @@ export class Announcer {
   /** Hash messages this run published (consolidation is needed when more than the minimum). */
   #messages = 0;
   #chain: Promise<void> = Promise.resolve();
-  /** The blob's bytes matched its digest in this run (see `verified`). */
-  #vouched = false;
   /** This run published the blob's `pieces-verified` record. */
   #recorded = false;
   /** The hash publication queued behind the one in flight, if any (see `progress`). */
@@ -137,11 +135,24 @@ export class Announcer {
   }
 
   /**
-   * The whole blob matched its digest: the next `flush` publishes, after the last hashes, the
-   * record that vouches for them.
+   * The whole blob matched its digest in this run: with a record key, its `pieces-verified`
+   * record is signed now (kept with the blob, and in its local manifest at the commit), and
+   * the next `flush` publishes it after the last hashes. Only here is a record signed: a blob
+   * found on disk at start republishes the record it was committed with, or none.
    */
   verified(): void {
-    this.#vouched = true;
+    const blob = this.#blob;
+    const key = this.#recordKey;
+    if (key === undefined || blob.hashes.length !== blob.count) {
+      return;
+    }
+    blob.record = signPiecesVerified(key, {
+      type: 'pieces-verified',
+      blob: blob.digest.toString(),
+      size: blob.size,
+      pieceSize: blob.pieceSize,
+      hashes: pieceListDigest(blob.hashes),
+    });
   }
 
   /** Stops the paced haves (the blob is in, or failed); `flush` still works. */
@@ -246,8 +257,7 @@ export class Announcer {
     }
     // After the hashes it vouches for, in the same round trip: an agent compares it with the
     // list of hashes it knows once it knows every one.
-    const record =
-      this.#recordKey !== undefined && !this.#recorded && ready === blob.count && this.#vouches();
+    const record = blob.record !== undefined && !this.#recorded && ready === blob.count;
     if (record) {
       publishes.push(this.#publishRecord());
     }
@@ -257,38 +267,24 @@ export class Announcer {
     this.#recorded ||= record;
   }
 
-  /** The blob verified, in this run or (complete on disk) in the one that committed it. */
-  #vouches(): boolean {
-    return this.#vouched || this.#blob.complete;
-  }
-
   /**
    * Publishes the blob's signed `pieces-verified` record on its subject, then purges the older
-   * ones there: each seed request for a held blob publishes it again, and one is all a reader
-   * needs. The message id makes a repeat within the stream's duplicate window a no-op.
+   * ones there: a restart or a seed request for a held blob publishes it again, and one is all
+   * a reader needs. The message id (the record's own signature) makes a repeat within the
+   * stream's duplicate window a no-op; the purge runs either way, so one that failed before is
+   * made up.
    */
   async #publishRecord(): Promise<void> {
-    const blob = this.#blob;
-    const key = this.#recordKey;
-    if (key === undefined) {
+    const record = this.#blob.record;
+    if (record === undefined) {
       return;
     }
-    const digest = blob.digest.toString();
-    const record = signPiecesVerified(key, {
-      type: 'pieces-verified',
-      blob: digest,
-      size: blob.size,
-      pieceSize: blob.pieceSize,
-      hashes: pieceListDigest(blob.hashes),
-    });
-    const subject = piecesVerifiedSubject(digest);
-    const ack = await this.#js.publish(subject, encodeMessage(piecesVerified, record), {
-      msgID: `${blob.digest.hex}-verified-${record.hashes.slice(0, 16)}`,
+    const subject = piecesVerifiedSubject(record.blob);
+    await this.#js.publish(subject, encodeMessage(piecesVerified, record), {
+      msgID: `${this.#blob.digest.hex}-verified-${record.sig.slice(0, 32)}`,
     });
     markSpan('pieces verified published');
-    if (!ack.duplicate) {
-      await this.#jsm.streams.purge(STREAMS.pieces.name, { filter: subject, keep: 1 });
-    }
+    await this.#jsm.streams.purge(STREAMS.pieces.name, { filter: subject, keep: 1 });
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */

@@ -16,7 +16,15 @@
 import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 import { PieceFile } from '@shoal/pieces';
-import { pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
+import {
+  pieceBounds,
+  pieceCount,
+  pieceListDigest,
+  piecesVerified,
+  pieceSizeFor,
+  type Digest,
+  type PiecesVerified,
+} from '@shoal/proto';
 
 /**
  * Bytes of an ingest kept in memory once written: none (agents are served from the file). The
@@ -33,6 +41,11 @@ export interface PieceManifest {
   readonly pieceSize: number;
   /** Lowercase hex sha256 of every piece, in order. */
   readonly hashes: readonly string[];
+  /**
+   * The signed `pieces-verified` record made when the blob matched its digest (the local
+   * manifest only): published again as it is after a restart, never signed anew from a file.
+   */
+  readonly record?: unknown;
 }
 
 export class SeedBlob {
@@ -41,6 +54,11 @@ export class SeedBlob {
   readonly pieceSize: number;
   readonly count: number;
   readonly hashes: string[] = [];
+  /**
+   * The seed's signed `pieces-verified` record of the blob: made when its bytes matched the
+   * digest in this process (`Announcer.verified`), or kept in the local manifest since.
+   */
+  record: PiecesVerified | undefined;
   /**
    * Whether the object gateway holds the blob: true once stored (or read from it), false when
    * found missing, undefined until known (a blob found on disk at start).
@@ -89,6 +107,17 @@ export class SeedBlob {
       throw new Error(`piece manifest of ${digest.toString()} does not match its size`);
     }
     blob.hashes.push(...manifest.hashes);
+    // The record made when the blob verified, if it still binds exactly these hashes: a file
+    // changed since is not vouched for (the seed signs nothing it read back from disk).
+    const record = piecesVerified.safeParse(manifest.record);
+    if (
+      record.success &&
+      record.data.blob === digest.toString() &&
+      record.data.size === blob.size &&
+      record.data.hashes === pieceListDigest(blob.hashes)
+    ) {
+      blob.record = record.data;
+    }
     blob.#complete = true;
     return blob;
   }
@@ -139,10 +168,11 @@ export class SeedBlob {
     this.#parkIfIdle();
   }
 
-  /** Moves the verified file to `finalPath` and writes its manifest beside it. */
+  /** Moves the verified file to `finalPath` and writes its manifest (and record) beside it. */
   async commit(finalPath: string): Promise<void> {
+    const local: PieceManifest = { ...this.manifest, record: this.record };
     await this.writer.commit(finalPath, () =>
-      writeFile(`${finalPath}.pieces.json`, JSON.stringify(this.manifest)),
+      writeFile(`${finalPath}.pieces.json`, JSON.stringify(local)),
     );
     this.#writer = undefined;
     this.#path = finalPath;

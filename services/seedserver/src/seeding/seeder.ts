@@ -1191,12 +1191,14 @@ export class Seeder {
       blob,
       this.#deps.recordKey,
     );
-    try {
-      await this.#deps.jsm.streams.getMessage(STREAMS.pieces.name, {
+    // The stream no longer has them (its age limit, a store lost): the client answers null
+    // (older ones threw): publish them again, then the have.
+    const last = await this.#deps.jsm.streams
+      .getMessage(STREAMS.pieces.name, {
         last_by_subj: pieceHashesSubject(blob.digest.toString()),
-      });
-    } catch {
-      // The stream no longer has them (its age limit): publish them again, then the have.
+      })
+      .catch(() => null);
+    if (last === null) {
       await announcer.republish();
       return;
     }
