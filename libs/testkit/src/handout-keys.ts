@@ -30,32 +30,64 @@ export function generateHandoutKeys(): HandoutKeys {
   };
 }
 
-let clusterKeys: HandoutKeys | undefined;
-
-/** The key pair test clusters of this process share. */
-export function testHandoutKeys(): HandoutKeys {
-  clusterKeys ??= generateHandoutKeys();
-  return clusterKeys;
+/** A key pair made on first use and kept for the rest of the process. */
+function oncePerProcess(): () => HandoutKeys {
+  let keys: HandoutKeys | undefined;
+  return () => (keys ??= generateHandoutKeys());
 }
 
-/** Writes the private key into `dir`; returns its path. */
-export async function writeHandoutPrivateKey(
+/** The hand-out key pair test clusters of this process share. */
+export const testHandoutKeys = oncePerProcess();
+
+/**
+ * The seed record key pair test clusters of this process share (a key of its own, as in
+ * production: the seed server's, not the tracker's). Every test seed server signs its
+ * `pieces-verified` records with it and every test agent trusts it.
+ */
+export const testRecordKeys = oncePerProcess();
+
+/** Writes `text` to `dir/file` (private: mode 0600); returns its path. */
+async function writeKeyFile(
   dir: string,
-  keys: HandoutKeys = testHandoutKeys(),
+  file: string,
+  text: string,
+  mode: 'private' | 'public',
 ): Promise<string> {
-  const path = join(dir, 'handout.key');
-  await writeFile(path, keys.privatePem, { mode: 0o600 });
+  const path = join(dir, file);
+  await writeFile(path, text, mode === 'private' ? { mode: 0o600 } : {});
   return path;
 }
 
-/** Writes the public key into `dir`; returns its path. */
-export async function writeHandoutPublicKeys(
+/** Writes the hand-out private key into `dir` (`handout.key`); returns its path. */
+export function writeHandoutPrivateKey(
   dir: string,
   keys: HandoutKeys = testHandoutKeys(),
 ): Promise<string> {
-  const path = join(dir, 'handout.pub');
-  await writeFile(path, keys.publicPem);
-  return path;
+  return writeKeyFile(dir, 'handout.key', keys.privatePem, 'private');
+}
+
+/** Writes the hand-out public key into `dir` (`handout.pub`); returns its path. */
+export function writeHandoutPublicKeys(
+  dir: string,
+  keys: HandoutKeys = testHandoutKeys(),
+): Promise<string> {
+  return writeKeyFile(dir, 'handout.pub', keys.publicPem, 'public');
+}
+
+/** Writes the record private key into `dir` (`seed-record.key`); returns its path. */
+export function writeRecordPrivateKey(
+  dir: string,
+  keys: HandoutKeys = testRecordKeys(),
+): Promise<string> {
+  return writeKeyFile(dir, 'seed-record.key', keys.privatePem, 'private');
+}
+
+/** Writes the record public key into `dir` (`seed-record.pub`); returns its path. */
+export function writeRecordPublicKeys(
+  dir: string,
+  keys: HandoutKeys = testRecordKeys(),
+): Promise<string> {
+  return writeKeyFile(dir, 'seed-record.pub', keys.publicPem, 'public');
 }
 
 /** A token signed with the test clusters' key (or `keys`), for tests that call peers directly. */
@@ -64,36 +96,4 @@ export function signTestToken(
   keys: HandoutKeys = testHandoutKeys(),
 ): string {
   return signHandoutToken(keys.privateKey, claims);
-}
-
-let recordKeys: HandoutKeys | undefined;
-
-/**
- * The seed record key pair test clusters of this process share (a key of its own, as in
- * production: the seed server's, not the tracker's). Every test seed server signs its
- * `pieces-verified` records with it and every test agent trusts it.
- */
-export function testRecordKeys(): HandoutKeys {
-  recordKeys ??= generateHandoutKeys();
-  return recordKeys;
-}
-
-/** Writes the record private key into `dir` (`seed-record.key`); returns its path. */
-export async function writeRecordPrivateKey(
-  dir: string,
-  keys: HandoutKeys = testRecordKeys(),
-): Promise<string> {
-  const path = join(dir, 'seed-record.key');
-  await writeFile(path, keys.privatePem, { mode: 0o600 });
-  return path;
-}
-
-/** Writes the record public key into `dir` (`seed-record.pub`); returns its path. */
-export async function writeRecordPublicKeys(
-  dir: string,
-  keys: HandoutKeys = testRecordKeys(),
-): Promise<string> {
-  const path = join(dir, 'seed-record.pub');
-  await writeFile(path, keys.publicPem);
-  return path;
 }
