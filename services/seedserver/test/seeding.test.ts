@@ -16,18 +16,20 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createS3Client } from '@shoal/blobstore';
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
   pieceCount,
+  pieceHashes,
   pieceHashesSubject,
   pieceListDigest,
   piecePath,
   piecesVerified,
   piecesVerifiedSubject,
   pieceSizeFor,
+  seedFailed,
   seedRequest,
   seedRequestSubject,
   STREAMS,
@@ -36,6 +38,7 @@ import {
 } from '@shoal/proto';
 import { ensureStreams, jetStreamFor } from '@shoal/runtime/nats';
 import {
+  generateHandoutKeys,
   generateImage,
   makeTempDir,
   pushImage,
@@ -63,6 +66,9 @@ const WAIT_MS = 30_000;
 
 interface SeedUnderTest {
   readonly app: SeedApp;
+  /** The test's own JetStream handles on the seed's NATS. */
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
   readonly url: string;
   readonly cacheDir: string;
   readonly storeDir: string;
@@ -129,6 +135,8 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
     const connection = nc;
     return {
       app: started,
+      js,
+      jsm,
       url,
       cacheDir,
       storeDir,
@@ -804,6 +812,26 @@ describe('seed server', () => {
       } finally {
         await second.stop();
       }
+      // Restarted without the key, or with another one (rotated): the record the file keeps
+      // is not published (no key vouches for it now), the hashes are.
+      const otherKey = await makeTempDir('seed-test-record-other');
+      try {
+        const other = generateHandoutKeys();
+        for (const env of [
+          {},
+          { SHOAL_SEED_RECORD_KEY_FILE: await writeRecordPrivateKey(otherKey.path, other) },
+        ]) {
+          const restarted = await startSeed(env, dir.path);
+          try {
+            assert.deepEqual((await restarted.storedHashes(a)).hashes, hashes);
+            assert.equal(await restarted.record(a), undefined);
+          } finally {
+            await restarted.stop();
+          }
+        }
+      } finally {
+        await otherKey.remove();
+      }
       // A manifest changed on disk since (one hash altered): its hashes still go out (agents
       // check pieces, and the whole blob, against them), but no record vouches for them, and
       // none is signed anew from the file.
@@ -824,6 +852,43 @@ describe('seed server', () => {
     } finally {
       await dir.remove();
       await keys.remove();
+    }
+  });
+
+  it("publishes a held blob's hashes again when another replica's failed run left its notice in their place", async () => {
+    const a = layer(1);
+    const seed = await startSeed();
+    try {
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      const { hashes } = await seed.storedHashes(a);
+      // Another replica seeded the blob again and failed: its run removed every hash of the
+      // subject and left a seed-failed notice, which agents take for the blob's end.
+      await seed.jsm.streams.purge(STREAMS.pieces.name, { filter: pieceHashesSubject(a.digest) });
+      await seed.js.publish(
+        pieceHashesSubject(a.digest),
+        encodeMessage(seedFailed, {
+          type: 'seed-failed',
+          blob: a.digest,
+          seed: 'seed-other',
+          reason: 'disk-full',
+        }),
+      );
+      // A request for the blob this replica holds: its hashes are back, the notice gone.
+      await seed.request(a);
+      await waitFor(
+        'the hashes again',
+        async () => {
+          const last = await seed.jsm.direct.getMessage(STREAMS.pieces.name, {
+            last_by_subj: pieceHashesSubject(a.digest),
+          });
+          return last !== null && decodeMessage(pieceHashes, last.data).ok;
+        },
+        { timeoutMs: WAIT_MS },
+      );
+      assert.deepEqual((await seed.storedHashes(a)).hashes, hashes);
+    } finally {
+      await seed.stop();
     }
   });
 });

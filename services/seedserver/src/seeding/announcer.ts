@@ -257,7 +257,11 @@ export class Announcer {
     }
     // After the hashes it vouches for, in the same round trip: an agent compares it with the
     // list of hashes it knows once it knows every one.
-    const record = blob.record !== undefined && !this.#recorded && ready === blob.count;
+    const record =
+      this.#recordKey !== undefined &&
+      blob.record !== undefined &&
+      !this.#recorded &&
+      ready === blob.count;
     if (record) {
       publishes.push(this.#publishRecord());
     }
@@ -271,8 +275,8 @@ export class Announcer {
    * Publishes the blob's signed `pieces-verified` record on its subject, then purges the older
    * ones there: a restart or a seed request for a held blob publishes it again, and one is all
    * a reader needs. The message id (the record's own signature) makes a repeat within the
-   * stream's duplicate window a no-op; the purge runs either way, so one that failed before is
-   * made up.
+   * stream's duplicate window a no-op, and then no purge is needed either (a purge that failed
+   * leaves an older record behind the newest: readers take the last).
    */
   async #publishRecord(): Promise<void> {
     const record = this.#blob.record;
@@ -280,11 +284,13 @@ export class Announcer {
       return;
     }
     const subject = piecesVerifiedSubject(record.blob);
-    await this.#js.publish(subject, encodeMessage(piecesVerified, record), {
+    const ack = await this.#js.publish(subject, encodeMessage(piecesVerified, record), {
       msgID: `${this.#blob.digest.hex}-verified-${record.sig.slice(0, 32)}`,
     });
     markSpan('pieces verified published');
-    await this.#jsm.streams.purge(STREAMS.pieces.name, { filter: subject, keep: 1 });
+    if (!ack.duplicate) {
+      await this.#jsm.streams.purge(STREAMS.pieces.name, { filter: subject, keep: 1 });
+    }
   }
 
   /** Publishes one batch of hashes; returns its stream sequence. */

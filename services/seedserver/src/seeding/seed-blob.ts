@@ -13,6 +13,7 @@
  * are fetching from being closed and opened again between two of their requests: right after
  * a cold ingest every piece request of the tail paid an open and a close.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 import { PieceFile } from '@shoal/pieces';
@@ -22,6 +23,7 @@ import {
   pieceListDigest,
   piecesVerified,
   pieceSizeFor,
+  verifyPiecesVerified,
   type Digest,
   type PiecesVerified,
 } from '@shoal/proto';
@@ -98,8 +100,16 @@ export class SeedBlob {
     return blob;
   }
 
-  /** A complete blob found on disk with its piece manifest. */
-  static async load(digest: Digest, path: string, manifest: PieceManifest): Promise<SeedBlob> {
+  /**
+   * A complete blob found on disk with its piece manifest. `recordKey`: the seed's record key
+   * now; the manifest's record is kept only if that key signed it (none without a key).
+   */
+  static async load(
+    digest: Digest,
+    path: string,
+    manifest: PieceManifest,
+    recordKey?: KeyObject,
+  ): Promise<SeedBlob> {
     // Opened once to make sure the file is there and readable; closed until it is asked for.
     await (await open(path, 'r')).close();
     const blob = new SeedBlob(digest, manifest.size, path, undefined);
@@ -107,11 +117,15 @@ export class SeedBlob {
       throw new Error(`piece manifest of ${digest.toString()} does not match its size`);
     }
     blob.hashes.push(...manifest.hashes);
-    // The record made when the blob verified, if it still binds exactly these hashes: a file
-    // changed since is not vouched for (the seed signs nothing it read back from disk).
+    // The record made when the blob verified, if it still binds exactly these hashes and the
+    // key in use now signed it: a file changed since is not vouched for (the seed signs
+    // nothing it read back from disk), and a record of a key since removed or rotated out is
+    // not published (agents hash those blobs until the seed seeds them again).
     const record = piecesVerified.safeParse(manifest.record);
     if (
+      recordKey !== undefined &&
       record.success &&
+      verifyPiecesVerified(record.data, [createPublicKey(recordKey)]) &&
       record.data.blob === digest.toString() &&
       record.data.size === blob.size &&
       record.data.hashes === pieceListDigest(blob.hashes)

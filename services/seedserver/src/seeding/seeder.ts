@@ -34,6 +34,7 @@ import {
   parseDigest,
   peerGone,
   peerGoneSubject,
+  pieceHashes,
   pieceHashesSubject,
   seedFailed,
   STREAMS,
@@ -248,7 +249,7 @@ export class Seeder {
       try {
         const digest = parseDigest(name.replace('-', ':'));
         const manifest = JSON.parse(await readFile(`${path}.pieces.json`, 'utf8')) as PieceManifest;
-        blob = await SeedBlob.load(digest, path, manifest);
+        blob = await SeedBlob.load(digest, path, manifest, this.#deps.recordKey);
       } catch (error) {
         logger.warn({ file: name, err: error }, 'dropping an unreadable cached blob');
         await rm(path, { force: true });
@@ -1191,14 +1192,18 @@ export class Seeder {
       blob,
       this.#deps.recordKey,
     );
-    // The stream no longer has them (its age limit, a store lost): the client answers null
-    // (older ones threw): publish them again, then the have.
+    // The stream no longer has them (its age limit, a store lost: the client answers null,
+    // older ones threw), or another replica's failed run removed them and left its
+    // `seed-failed` notice, which agents would take for the blob's end: publish them again
+    // (the notice removed first), then the have.
+    const key = blob.digest.toString();
     const last = await this.#deps.jsm.streams
-      .getMessage(STREAMS.pieces.name, {
-        last_by_subj: pieceHashesSubject(blob.digest.toString()),
-      })
+      .getMessage(STREAMS.pieces.name, { last_by_subj: pieceHashesSubject(key) })
       .catch(() => null);
-    if (last === null) {
+    if (last === null || !decodeMessage(pieceHashes, last.data).ok) {
+      if (last !== null) {
+        await this.#forgetHashes(key);
+      }
       await announcer.republish();
       return;
     }
