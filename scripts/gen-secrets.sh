@@ -11,8 +11,9 @@
 # seed-record.key and seed-record.pub (the seed server's Ed25519 pair for its signed records),
 # seedserver-s3.env (the object gateway's key) and watcher-webhook.env (the webhook token); and
 # for the leecher overlay, leecher/nats-users.env (the agent password only),
-# leecher/handout.pub and leecher/seed-record.pub. A file that exists is kept: running it again changes nothing, and
-# rotating a secret is deleting its file and running it again. Needs openssl.
+# leecher/handout.pub and leecher/seed-record.pub. A file that exists is kept: running it
+# again changes nothing, and rotating a secret is deleting its file and running it again.
+# Needs openssl.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

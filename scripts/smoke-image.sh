@@ -97,12 +97,16 @@ nats_url="nats://127.0.0.1:$nats_port"
 # The tracker's hand-out key, made by the image's own key generator as the service user.
 mkdir -p "$tmp/keys"
 chown 65532:65532 "$tmp/keys"
-podman run --rm --network none "${limits[@]}" -v "$tmp/keys:/var/lib/shoal/keys/private" "$IMAGE" \
-  services/tracker/dist/src/keygen.js /var/lib/shoal/keys/private >/dev/null
-if [ ! -s "$tmp/keys/handout.key" ] || [ ! -s "$tmp/keys/handout.pub" ]; then
-  die "keygen wrote no key"
-fi
-log "hand-out key made with services/tracker/dist/src/keygen.js"
+# The seed server's record key likewise (keygen --name seed-record).
+for name in handout seed-record; do
+  podman run --rm --network none "${limits[@]}" -v "$tmp/keys:/var/lib/shoal/keys/private" \
+    "$IMAGE" services/tracker/dist/src/keygen.js --name "$name" /var/lib/shoal/keys/private \
+    >/dev/null
+  if [ ! -s "$tmp/keys/$name.key" ] || [ ! -s "$tmp/keys/$name.pub" ]; then
+    die "keygen wrote no $name key"
+  fi
+done
+log "hand-out and record keys made with services/tracker/dist/src/keygen.js"
 webhook_token=$(node -p 'require("node:crypto").randomBytes(24).toString("hex")')
 
 # run NAME SCRIPT ENV...: starts one service from the image, on the host's loopback.
@@ -124,7 +128,8 @@ run tracker services/tracker/dist/src/main.js \
 run seedserver services/seedserver/dist/src/main.js \
   SHOAL_SEED_LISTEN="127.0.0.1:$seed_port" SHOAL_SEED_URL="http://127.0.0.1:$seed_port" \
   SHOAL_SEED_ID=seed-smoke SHOAL_SEED_REGISTRIES="$registry" \
-  SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE=/etc/shoal/handout/handout.pub
+  SHOAL_SEED_HANDOUT_PUBLIC_KEYS_FILE=/etc/shoal/handout/handout.pub \
+  SHOAL_SEED_RECORD_KEY_FILE=/etc/shoal/handout/seed-record.key
 run watcher services/watcher/dist/src/main.js \
   SHOAL_WATCHER_LISTEN="127.0.0.1:$watcher_port" SHOAL_WATCHER_REGISTRIES="$registry" \
   SHOAL_WATCHER_WEBHOOK_TOKEN="$webhook_token"
@@ -132,7 +137,8 @@ run agent services/agent/dist/src/main.js \
   SHOAL_AGENT_LISTEN="127.0.0.1:$agent_port" SHOAL_AGENT_PEER_LISTEN="127.0.0.1:$peer_port" \
   SHOAL_AGENT_PEER_URL="http://127.0.0.1:$peer_port" SHOAL_AGENT_PEER_ID=agent-smoke \
   SHOAL_AGENT_REGISTRIES="$registry" \
-  SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE=/etc/shoal/handout/handout.pub
+  SHOAL_AGENT_HANDOUT_PUBLIC_KEYS_FILE=/etc/shoal/handout/handout.pub \
+  SHOAL_AGENT_SEED_RECORD_PUBLIC_KEYS_FILE=/etc/shoal/handout/seed-record.pub
 
 # Every service answers /healthz, becomes ready, and serves its metrics.
 failed=0
