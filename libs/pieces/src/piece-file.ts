@@ -128,18 +128,18 @@ export class PieceFile {
    * Stops feeding the whole-blob hash as the prefix advances: `digest` then hashes the prefix
    * when asked, from the extents still held and reading the rest back from the file. For a
    * caller that may not need the digest at all (an agent whose pieces the seed server's
-   * verified record vouches for); one that does pays a read-back instead of nothing. Call it
-   * before the prefix moves, or the bytes hashed so far are simply kept.
+   * signed record vouches for); one that does pays a read-back instead of nothing. The bytes
+   * hashed before the call are kept.
    */
   deferHash(): void {
     this.#deferred = true;
   }
 
   /**
-   * Ends `deferHash`: the prefix so far is hashed now (from memory, else read back in the
-   * background), and the hash follows the prefix again as it advances.
+   * Ends `deferHash` (for `digest`): the prefix so far is hashed now (from memory, else read
+   * back in the background), and the hash follows the prefix again as it advances.
    */
-  resumeHash(): void {
+  #resumeHash(): void {
     if (this.#deferred) {
       this.#deferred = false;
       this.#feedHash();
@@ -228,7 +228,7 @@ export class PieceFile {
   /** The digest of the verified prefix, once every byte of it has been fed to the hash. */
   async digest(): Promise<Digest> {
     // Asked for after all: hashed from here on as if it never was deferred.
-    this.resumeHash();
+    this.#resumeHash();
     while (this.#hashBusy) {
       await this.#hashing;
     }

@@ -51,10 +51,10 @@ export const piecesVerifiedSubject = (blob: string): string =>
 export const PIECES_VERIFIED_SUBJECTS = 'shoal.pieces.v1.verified.>';
 
 /** The `hashes` field of a `pieces-verified` record for this list of piece hashes. */
-export function pieceListDigest(hashes: readonly (string | undefined)[]): string {
+export function pieceListDigest(hashes: readonly string[]): string {
   const hash = createHash('sha256');
   for (const piece of hashes) {
-    hash.update(piece ?? '', 'latin1');
+    hash.update(piece, 'latin1');
   }
   return hash.digest('hex');
 }

@@ -667,8 +667,8 @@ export class SwarmFetch {
     if (size === undefined || record.size !== size || record.pieceSize !== this.#pieceSize) {
       return;
     }
-    const hashes = this.#hashes.slice(0, count);
-    if (hashes.length < count || hashes.includes(undefined)) {
+    const hashes = this.#hashes.slice(0, count).filter((hash) => hash !== undefined);
+    if (hashes.length < count) {
       // Not every hash is known yet: looked at again with each batch.
       return;
     }
