@@ -516,7 +516,21 @@ interface PeerPull {
    * Blobs the receiving agent checked by the seed's signed record (no whole-blob hash), and
    * by hashing them itself.
    */
-  readonly checks: { readonly record: number; readonly digest: number };
+  readonly checks: BlobChecks;
+}
+
+/** Blobs an agent checked by the seed's signed record (no whole-blob hash), and by hashing. */
+interface BlobChecks {
+  readonly record: number;
+  readonly digest: number;
+}
+
+/** An agent's blob checks so far, from its metrics. */
+function blobChecks(metrics: Awaited<ReturnType<typeof scrapeMetrics>>): BlobChecks {
+  return {
+    record: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'seed-record' }),
+    digest: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'digest' }),
+  };
 }
 
 /** The big image's pulls through containerd (left out with `--only small`). */
@@ -524,6 +538,8 @@ interface BigResults {
   /** The first direct pull, then each round's. */
   readonly direct: readonly Measured[];
   readonly cold: Measured;
+  /** The agent's blobs checked by the seed's record and by hashing, after the cold pull. */
+  readonly coldChecks: BlobChecks;
   /** The `--warm-agent` image's pull, the agent's first, and its blobs' bytes (none without it). */
   readonly first?: { readonly pull: Measured; readonly bytes: number };
   /** The warm rounds (none with `--only cold`). */
@@ -704,7 +720,7 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     '',
     ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
     ...(big?.first === undefined ? [] : firstPullReport(big.first.pull, big.first.bytes)),
-    ...(big === undefined ? [] : agentReport(big.cold, bigBytes)),
+    ...(big === undefined ? [] : agentReport(big.cold, big.coldChecks, bigBytes)),
     ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
     ...smallLines,
   ];
@@ -851,9 +867,14 @@ function timelineReport(runs: readonly SmallRun[]): string[] {
 }
 
 /** The agent's CPU during the cold pull of the big image, its main thread and the others. */
-function agentReport(cold: Measured, bytes: number): string[] {
+function agentReport(cold: Measured, checks: BlobChecks, bytes: number): string[] {
   const line = agentCpuLine(cold, bytes);
-  return line === undefined ? [] : [`agent, big cold pull: ${line}`];
+  return line === undefined
+    ? []
+    : [
+        `agent, big cold pull: ${line}`,
+        `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}`,
+      ];
 }
 
 /**
@@ -1024,10 +1045,7 @@ async function peerPull(
     fromPeers: metrics.get('shoal_agent_fetched_bytes_total', { source: 'peer' }),
     fromSeed: metrics.get('shoal_agent_fetched_bytes_total', { source: 'seed' }),
     failedRequests: metrics.get('shoal_agent_pieces_total', { result: 'failed' }),
-    checks: {
-      record: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'seed-record' }),
-      digest: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'digest' }),
-    },
+    checks: blobChecks(metrics),
     fromOrigin: metrics.get('shoal_agent_fetched_bytes_total', { source: 'origin' }),
   };
 }
@@ -1300,6 +1318,7 @@ async function bigPulls(
   }
   const direct = await pull('direct', undefined, swarm.watched);
   const cold = await pull('through Shoal, cold', swarm.agentUrl, swarm.watched, seed);
+  const coldChecks = blobChecks(await scrapeMetrics(swarm.agentUrl));
   const { baseline } = warm;
   if (baseline !== undefined) {
     await pull('through the baseline, cold', baseline.agentUrl, baseline.watched);
@@ -1353,6 +1372,7 @@ async function bigPulls(
   return {
     direct: [direct, ...rounds.map((r) => r.direct)],
     cold,
+    coldChecks,
     rounds,
     ...(first === undefined ? {} : { first }),
   };

@@ -88,6 +88,8 @@ export class PieceFile {
   #hashError: Error | undefined;
   /** The whole-blob hash is fed only when `digest` is asked for (see `deferHash`). */
   #deferred = false;
+  /** Bytes the whole-blob hash stays behind the prefix (see `lagHash`). */
+  #hashLag = 0;
   #closed = false;
 
   constructor(handle: FileHandle, path: string, options: PieceFileOptions) {
@@ -136,12 +138,32 @@ export class PieceFile {
   }
 
   /**
-   * Ends `deferHash` (for `digest`): the prefix so far is hashed now (from memory, else read
-   * back in the background), and the hash follows the prefix again as it advances.
+   * Keeps the whole-blob hash `bytes` behind the verified prefix (0: at it, the default): for
+   * a caller that expects to be spared the digest soon (`deferHash`) but must not pay more
+   * than `bytes` of read-back should it need the digest after all. The bytes it stays behind
+   * are read back from the file when hashed, not kept in memory.
+   */
+  lagHash(bytes: number): void {
+    this.#hashLag = Math.max(0, bytes);
+    if (!this.#deferred) {
+      this.#feedHash();
+    }
+  }
+
+  /** How far along the prefix the hash goes now: `lagHash` bytes short of it. */
+  #hashLimit(): number {
+    return this.#verified - this.#hashLag;
+  }
+
+  /**
+   * Ends `deferHash` and `lagHash` (for `digest`): the prefix so far is hashed now (from
+   * memory, else read back in the background), and the hash follows the prefix again as it
+   * advances.
    */
   #resumeHash(): void {
-    if (this.#deferred) {
+    if (this.#deferred || this.#hashLag > 0) {
       this.#deferred = false;
+      this.#hashLag = 0;
       this.#feedHash();
     }
   }
@@ -218,7 +240,7 @@ export class PieceFile {
   #feedHash(): void {
     if (!this.#hashBusy) {
       this.#hashHeld();
-      if (this.#hashed < this.#verified && !this.#closed) {
+      if (this.#hashed < this.#hashLimit() && !this.#closed) {
         this.#hashBusy = true;
         this.#hashing = this.#hashFromFile();
       }
@@ -443,11 +465,11 @@ export class PieceFile {
       if (this.#heldBytes <= this.#heldBudget) {
         return;
       }
-      // With the hash deferred, the bytes readers have passed (the verified prefix) go first,
-      // as the hashed ones do otherwise: the hash may never need them.
+      // With the hash deferred or behind, the bytes readers have passed (the verified prefix)
+      // go first, as the hashed ones do otherwise: the hash may never need them.
       if (
         extent.state === 'written' &&
-        extent.end <= (this.#deferred ? this.#verified : this.#hashed)
+        extent.end <= (this.#deferred || this.#hashLag > 0 ? this.#verified : this.#hashed)
       ) {
         this.#drop(extent);
       }
@@ -489,13 +511,14 @@ export class PieceFile {
 
   /** Feeds the hash from the extents in memory, as far along the prefix as they reach. */
   #hashHeld(): void {
-    while (this.#hashed < this.#verified) {
+    const limit = this.#hashLimit();
+    while (this.#hashed < limit) {
       const held = this.heldAt(this.#hashed);
       if (held === undefined) {
         return;
       }
       const from = this.#hashed - held.start;
-      const to = Math.min(held.bytes.length, this.#verified - held.start);
+      const to = Math.min(held.bytes.length, limit - held.start);
       this.#hasher.update(held.bytes.subarray(from, to));
       this.#hashed += to - from;
     }
@@ -507,14 +530,14 @@ export class PieceFile {
     let scratch: Buffer | undefined;
     try {
       // Deferred meanwhile: stop reading back (`digest` resumes it if it is needed after all).
-      while (this.#hashed < this.#verified && !this.#closed && !this.#deferred) {
+      while (this.#hashed < this.#hashLimit() && !this.#closed && !this.#deferred) {
         this.#hashHeld();
-        if (this.#hashed >= this.#verified) {
+        if (this.#hashed >= this.#hashLimit()) {
           break;
         }
         const length = this.#untilHeld(
           this.#hashed,
-          Math.min(this.#verified - this.#hashed, HASH_CHUNK_BYTES),
+          Math.min(this.#hashLimit() - this.#hashed, HASH_CHUNK_BYTES),
         );
         scratch ??= this.#buffers?.take(HASH_CHUNK_BYTES) ?? Buffer.allocUnsafe(HASH_CHUNK_BYTES);
         const { bytesRead } = await this.handle.read(scratch, 0, length, this.#hashed);

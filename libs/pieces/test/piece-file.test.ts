@@ -211,6 +211,43 @@ describe('PieceFile', () => {
     await file.close();
   });
 
+  it('with the hash held behind the prefix, hashes all but that much, and the rest when asked', async () => {
+    const pieceBytes = 256 * KiB;
+    const lag = 2 * MiB;
+    const blob = randomBytes(6 * MiB + 100);
+    const pool = new PieceBuffers(4 * MiB);
+    const { file } = await watched('lagging', MiB, pool);
+    let readBack = 0;
+    const read = file.handle.read.bind(file.handle);
+    file.handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
+      readBack += length;
+      return read(buffer, offset, length, position);
+    }) as typeof file.handle.read;
+    file.lagHash(lag);
+    const count = Math.ceil(blob.length / pieceBytes);
+    for (let index = 0; index < count; index++) {
+      const start = index * pieceBytes;
+      const piece = blob.subarray(start, Math.min(blob.length, start + pieceBytes));
+      const copy = pool.take(piece.length);
+      piece.copy(copy);
+      await file.put(start, copy, true);
+      file.advance(start + piece.length);
+    }
+    await file.flush();
+    // The hash goes on in the background up to `lag` short of the prefix, and no further.
+    const deadline = Date.now() + 5000;
+    while (readBack < blob.length - lag - MiB && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.ok(readBack >= blob.length - lag - MiB, `hashed as it went: ${readBack}`);
+    assert.ok(readBack <= blob.length - lag, `stayed ${lag} behind: ${readBack}`);
+    // Asked for, the digest reads back the rest, and only the rest.
+    const before = readBack;
+    assert.equal((await file.digest()).toString(), sha256(blob));
+    assert.ok(readBack - before <= lag + MiB, `read back ${readBack - before} at the end`);
+    await file.close();
+  });
+
   it('fails the write, not the process, when the disk refuses it', async () => {
     const { file } = await watched('refused', 8 * MiB);
     const { handle } = file;

@@ -689,6 +689,51 @@ describe('BlobDownload', () => {
   });
 
   describe('from the swarm (writeAt, advance, finish)', () => {
+    /** A swarm download holding all of `blob`, its prefix over every byte, not yet finished. */
+    const filled = async (blob: Buffer, digest: Digest = digestOf(blob)): Promise<BlobDownload> => {
+      const download = await newDownload(digest, blob.length);
+      download.lagDigest(blob.length);
+      for (let index = 0; index * PIECE_BYTES < blob.length; index++) {
+        await download.writeAt(index * PIECE_BYTES, piece(blob, index));
+      }
+      download.advance(blob.length);
+      return download;
+    };
+
+    it('takes a record that comes before the hash is done', async () => {
+      // 16 MiB, none of it hashed yet (the hash kept the whole blob behind): reading it back
+      // takes far longer than the record, which comes on the next turn of the loop.
+      const blob = randomBytes(16 * 1024 * 1024);
+      const digest = digestOf(blob);
+      const download = await filled(blob, digest);
+      let vouched = false;
+      const vouching = new Promise<void>((resolve) =>
+        setImmediate(() => {
+          vouched = true;
+          resolve();
+        }),
+      );
+      const reader = drain(openReader(download));
+      assert.equal(await download.finish(store, () => vouched, vouching), 'verified');
+      assert.equal(download.checkedBy, 'record');
+      assert.deepEqual((await reader).bytes, blob);
+      assert.ok(store.has(digest));
+    });
+
+    it('hashes the blob when the record never comes, and refuses bytes that do not match', async () => {
+      const blob = randomBytes(BLOB_BYTES);
+      const never = new Promise<void>(() => undefined);
+      const good = await filled(blob);
+      assert.equal(await good.finish(store, () => false, never), 'verified');
+      assert.equal(good.checkedBy, 'digest');
+
+      // Wrong bytes under the digest: a vouching that settles without vouching changes nothing.
+      const wrong = await filled(randomBytes(BLOB_BYTES), digestOf(blob.subarray(1)));
+      assert.equal(await wrong.finish(store, () => false, Promise.resolve()), 'failed');
+      assertMismatch(wrong.error, 'DIGEST_MISMATCH');
+      assert.equal(wrong.checkedBy, undefined);
+    });
+
     it('serves pieces written out of order only as far as the contiguous prefix', async () => {
       const blob = randomBytes(BLOB_BYTES);
       const digest = digestOf(blob);

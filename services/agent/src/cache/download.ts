@@ -140,6 +140,8 @@ export class BlobDownload {
   #state: DownloadState = 'running';
   /** The whole blob matched its digest (the commit to the store may still be running). */
   #matched = false;
+  /** What checked the whole blob in `finish`: the seed's record, or the digest. */
+  #checkedBy: 'record' | 'digest' | undefined;
   #error: Error | undefined;
   /** Bytes of the contiguous prefix readers may have. */
   #available = 0;
@@ -309,12 +311,27 @@ export class BlobDownload {
   }
 
   /**
+   * Keeps the blob's hash `bytes` behind its prefix while a record that would spare it is
+   * expected (`swarm-fetch.ts`): what the record then vouches for was never hashed, and
+   * should `finish` need the digest after all it reads back at most `bytes`. 0 ends it.
+   */
+  lagDigest(bytes: number): void {
+    this.#file.lagHash(bytes);
+  }
+
+  /**
    * Checks the whole blob and commits it to `store`. Never throws. `vouched`: true when every
    * byte is vouched for by a check as strong as the digest (each piece verified against the
    * hashes the seed server's signed record binds, `swarm-fetch.ts`); otherwise, or without
-   * it, the blob is hashed and compared with its digest.
+   * it, the blob is hashed and compared with its digest. `vouching`: settles when `vouched`
+   * may have become true (the record came): the hash then races it, and whichever ends first
+   * checks the blob.
    */
-  async finish(store: FsContentStore, vouched?: () => boolean): Promise<DownloadState> {
+  async finish(
+    store: FsContentStore,
+    vouched?: () => boolean,
+    vouching?: Promise<unknown>,
+  ): Promise<DownloadState> {
     if (this.#state !== 'running') {
       return this.#state;
     }
@@ -330,17 +347,7 @@ export class BlobDownload {
           `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      const byRecord = vouched?.() === true;
-      if (!byRecord) {
-        const actual = await this.#file.digest();
-        if (actual.toString() !== this.digest.toString()) {
-          throw new ContentMismatchError(
-            'DIGEST_MISMATCH',
-            502,
-            `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
-          );
-        }
-      }
+      this.#checkedBy = await this.#check(vouched, vouching);
       // Readers may complete their responses now: every byte is verified. Making the cache's
       // copy durable (fsync, rename) is the cache's business and need not delay them.
       this.#matched = true;
@@ -357,6 +364,46 @@ export class BlobDownload {
       await this.fail(error);
     }
     return this.#state;
+  }
+
+  /** What checked the whole blob once `finish` got that far: the seed's record or the digest. */
+  get checkedBy(): 'record' | 'digest' | undefined {
+    return this.#checkedBy;
+  }
+
+  /**
+   * Checks the whole blob: vouched for already, or hashed and compared with the digest; when
+   * `vouching` settles first and `vouched` then holds, the hash under way is stopped.
+   */
+  async #check(
+    vouched: (() => boolean) | undefined,
+    vouching: Promise<unknown> | undefined,
+  ): Promise<'record' | 'digest'> {
+    if (vouched?.() === true) {
+      return 'record';
+    }
+    const hashed = this.#file.digest();
+    if (vouched !== undefined && vouching !== undefined) {
+      const first = await Promise.race([
+        hashed.then(() => 'hashed'),
+        vouching.then(() => 'vouching'),
+      ]);
+      if (first === 'vouching' && vouched()) {
+        // The hash stops at its next block; nothing may read the file while it goes on.
+        this.#file.deferHash();
+        await hashed.catch(() => undefined);
+        return 'record';
+      }
+    }
+    const actual = await hashed;
+    if (actual.toString() !== this.digest.toString()) {
+      throw new ContentMismatchError(
+        'DIGEST_MISMATCH',
+        502,
+        `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
+      );
+    }
+    return 'digest';
   }
 
   /** Ends the download as failed: readers throw, the temp file goes. Idempotent. */

@@ -68,6 +68,13 @@ const PER_SEED_REQUESTS = 2;
  * 256 KiB pieces (blobs up to 64 MiB), four of the larger ones as to any source.
  */
 const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
+/**
+ * How far the whole-blob hash stays behind the prefix while the seed's signed record is
+ * followed, in bytes. On a cold pull the record comes when the seed's own read of the blob
+ * ends, with the agent's prefix at about half the blob: what lies under it then was never
+ * hashed. Should no record come, `finish` reads back at most this much (racing the record).
+ */
+const RECORD_HASH_LAG_BYTES = 64 * 1024 * 1024;
 /** Copies of one piece requested at once in the endgame. */
 const ENDGAME_COPIES = 2;
 /** A piece is late for the endgame past this many times the download's typical piece time. */
@@ -188,6 +195,11 @@ export class SwarmFetch {
    * frozen and the download no longer hashes the blob (`#trustRecord`).
    */
   #trusted = false;
+  #onTrusted: () => void = () => undefined;
+  /** Settles once `#trusted` is set: `finish` races it against the hash. */
+  readonly #trustedNow = new Promise<void>((resolve) => {
+    this.#onTrusted = resolve;
+  });
   /** Which piece to ask of which peer: the pieces held, the peers' holdings and slots. */
   readonly #picker: PiecePicker;
   /** Pieces an endgame copy is writing now. */
@@ -309,6 +321,11 @@ export class SwarmFetch {
       this.#record = heard;
       this.#trustRecord();
     });
+    if (record !== undefined) {
+      // Followed: the hash keeps its distance, so what the record comes to vouch for (on a
+      // cold pull, when the seed's own read ends) was never hashed.
+      this.download.lagDigest(RECORD_HASH_LAG_BYTES);
+    }
     try {
       const end = await this.#fromSwarm(stop.signal);
       if (end !== 'complete' && !signal.aborted) {
@@ -325,7 +342,15 @@ export class SwarmFetch {
       if (signal.aborted) {
         throw new Error('shutting down');
       }
-      const state = await this.download.finish(this.#deps.store, () => this.#vouched());
+      const state = await this.download.finish(
+        this.#deps.store,
+        () => this.#vouched(),
+        record === undefined ? undefined : this.#trustedNow,
+      );
+      const checkedBy = this.download.checkedBy;
+      if (checkedBy !== undefined) {
+        metrics.blobChecks.inc({ by: checkedBy === 'record' ? 'seed-record' : 'digest' });
+      }
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -682,6 +707,7 @@ export class SwarmFetch {
     }
     this.#trusted = true;
     this.download.skipDigest();
+    this.#onTrusted();
     this.#deps.logger.debug(
       { blob: this.#blob },
       "the seed's signed record vouches for the pieces",
@@ -700,7 +726,6 @@ export class SwarmFetch {
       const hash = this.#hashes[index];
       vouched = hash !== undefined && this.#verifiedWith[index] === hash;
     }
-    this.#deps.metrics.blobChecks.inc({ by: vouched ? 'seed-record' : 'digest' });
     return vouched;
   }
 
@@ -909,6 +934,7 @@ export class SwarmFetch {
       }
       // No piece check: the download hashes the blob, whatever a record says.
       this.#unchecked = true;
+      this.download.lagDigest(0);
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         await this.download.append(chunk);
         metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);
