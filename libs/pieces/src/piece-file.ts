@@ -116,6 +116,11 @@ export class PieceFile {
     return this.#verified;
   }
 
+  /** Bytes of extents held in memory, written or not. */
+  get held(): number {
+    return this.#heldBytes;
+  }
+
   /** Bytes held and not yet on disk. */
   get unwritten(): number {
     return this.#unwritten;
@@ -138,10 +143,12 @@ export class PieceFile {
   }
 
   /**
-   * Keeps the whole-blob hash `bytes` behind the verified prefix (0: at it, the default): for
-   * a caller that expects to be spared the digest soon (`deferHash`) but must not pay more
-   * than `bytes` of read-back should it need the digest after all. The bytes it stays behind
-   * are read back from the file when hashed, not kept in memory.
+   * Keeps the whole-blob hash `bytes` behind the verified prefix (0: at it, the default). For
+   * a caller that expects to stop the hash soon (`deferHash`, once the seed's record vouches
+   * for the blob): what the prefix covers by then was never hashed, and should the digest be
+   * needed after all, `digest` has at most `bytes` left to hash, so the last byte waits for
+   * no more than that. The bytes it stays behind are read back from the file when hashed,
+   * not kept in memory.
    */
   lagHash(bytes: number): void {
     this.#hashLag = Math.max(0, bytes);
@@ -344,6 +351,8 @@ export class PieceFile {
       this.#closed = true;
       this.dropHeld();
       await Promise.all([...this.#writes].map((w) => w.catch(() => undefined)));
+      // A read-back for the hash stops at its next block (closed); none may outlive the handle.
+      await this.#hashing;
       await this.handle.close();
     }
   }
@@ -466,7 +475,8 @@ export class PieceFile {
         return;
       }
       // With the hash deferred or behind, the bytes readers have passed (the verified prefix)
-      // go first, as the hashed ones do otherwise: the hash may never need them.
+      // go first, as the hashed ones do otherwise: the hash may never need them, and when it
+      // does it reads them back from the file.
       if (
         extent.state === 'written' &&
         extent.end <= (this.#deferred || this.#hashLag > 0 ? this.#verified : this.#hashed)

@@ -232,6 +232,7 @@ describe('PieceFile', () => {
       piece.copy(copy);
       await file.put(start, copy, true);
       file.advance(start + piece.length);
+      assert.ok(file.held <= MiB, `within the hold budget: ${file.held}`);
     }
     await file.flush();
     // The hash goes on in the background up to `lag` short of the prefix, and no further.

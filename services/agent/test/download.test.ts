@@ -24,6 +24,7 @@ import {
   HELD_BYTES,
   SourcesFailedError,
   type DownloadState,
+  type RecordVouch,
   type OriginSource,
 } from '../src/cache/download.js';
 import type { UpstreamAnswer } from '@shoal/registry';
@@ -689,49 +690,106 @@ describe('BlobDownload', () => {
   });
 
   describe('from the swarm (writeAt, advance, finish)', () => {
-    /** A swarm download holding all of `blob`, its prefix over every byte, not yet finished. */
-    const filled = async (blob: Buffer, digest: Digest = digestOf(blob)): Promise<BlobDownload> => {
-      const download = await newDownload(digest, blob.length);
+    /**
+     * A swarm download holding all of `blob`, its prefix over every byte, its hash kept behind
+     * the whole of it, not yet finished; `readBack` counts the bytes read from its file.
+     */
+    const filled = async (
+      blob: Buffer,
+      digest: Digest = digestOf(blob),
+    ): Promise<{ download: BlobDownload; readBack: () => number }> => {
+      const temp = await store.createTemp();
+      let readBack = 0;
+      const read = temp.handle.read.bind(temp.handle);
+      temp.handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
+        readBack += length;
+        return read(buffer, offset, length, position);
+      }) as typeof temp.handle.read;
+      const download = new BlobDownload(digest, temp);
+      download.setSize(blob.length);
       download.lagDigest(blob.length);
       for (let index = 0; index * PIECE_BYTES < blob.length; index++) {
         await download.writeAt(index * PIECE_BYTES, piece(blob, index));
       }
       download.advance(blob.length);
-      return download;
+      return { download, readBack: () => readBack };
     };
 
-    it('takes a record that comes before the hash is done', async () => {
-      // 16 MiB, none of it hashed yet (the hash kept the whole blob behind): reading it back
-      // takes far longer than the record, which comes on the next turn of the loop.
-      const blob = randomBytes(16 * 1024 * 1024);
-      const digest = digestOf(blob);
-      const download = await filled(blob, digest);
+    /** A vouch whose record comes with `comes` on the next turn of the loop. */
+    const recordNextTurn = (
+      comes: () => boolean,
+    ): { vouch: RecordVouch; checks: ('record' | 'digest')[] } => {
       let vouched = false;
+      const checks: ('record' | 'digest')[] = [];
       const vouching = new Promise<void>((resolve) =>
         setImmediate(() => {
-          vouched = true;
+          vouched = comes();
           resolve();
         }),
       );
-      const reader = drain(openReader(download));
-      assert.equal(await download.finish(store, () => vouched, vouching), 'verified');
-      assert.equal(download.checkedBy, 'record');
-      assert.deepEqual((await reader).bytes, blob);
-      assert.ok(store.has(digest));
+      return {
+        vouch: { vouched: () => vouched, vouching, checked: (by) => checks.push(by) },
+        checks,
+      };
+    };
+
+    // 16 MiB, none of it hashed yet (the hash kept behind the whole blob): reading it back
+    // takes far longer than a record that comes on the next turn of the loop.
+    const BIG = 16 * 1024 * 1024;
+
+    it('takes a record that comes before the hash is done, and stops hashing', async () => {
+      const blob = randomBytes(BIG);
+      const digest = digestOf(blob);
+      const { download, readBack } = await filled(blob, digest);
+      // As the swarm fetch does: the record defers the hash, then says it is trusted.
+      const { vouch, checks } = recordNextTurn(() => {
+        download.skipDigest();
+        return true;
+      });
+      assert.equal(await download.finish(store, vouch), 'verified');
+      assert.deepEqual(checks, ['record']);
+      assert.ok(readBack() < blob.length / 2, `the hash stopped early: ${readBack()} read back`);
+      const opened = await store.open(digest);
+      assert.ok(opened !== undefined);
+      const committed = Buffer.alloc(blob.length);
+      await opened.handle.read(committed, 0, blob.length, 0);
+      await opened.release();
+      assert.deepEqual(committed, blob);
+    });
+
+    it('hashes on when the record deferred the hash yet does not vouch after all', async () => {
+      const blob = randomBytes(BIG);
+      const { download } = await filled(blob);
+      const { vouch, checks } = recordNextTurn(() => {
+        download.skipDigest();
+        return false;
+      });
+      assert.equal(await download.finish(store, vouch), 'verified', String(download.error));
+      assert.deepEqual(checks, ['digest']);
     });
 
     it('hashes the blob when the record never comes, and refuses bytes that do not match', async () => {
       const blob = randomBytes(BLOB_BYTES);
       const never = new Promise<void>(() => undefined);
-      const good = await filled(blob);
-      assert.equal(await good.finish(store, () => false, never), 'verified');
-      assert.equal(good.checkedBy, 'digest');
+      const checks: string[] = [];
+      const checked = (by: string): void => {
+        checks.push(by);
+      };
+      const good = (await filled(blob)).download;
+      assert.equal(
+        await good.finish(store, { vouched: () => false, vouching: never, checked }),
+        'verified',
+      );
 
       // Wrong bytes under the digest: a vouching that settles without vouching changes nothing.
-      const wrong = await filled(randomBytes(BLOB_BYTES), digestOf(blob.subarray(1)));
-      assert.equal(await wrong.finish(store, () => false, Promise.resolve()), 'failed');
+      const wrong = (await filled(randomBytes(BLOB_BYTES), digestOf(blob.subarray(1)))).download;
+      const settled = Promise.resolve();
+      assert.equal(
+        await wrong.finish(store, { vouched: () => false, vouching: settled, checked }),
+        'failed',
+      );
       assertMismatch(wrong.error, 'DIGEST_MISMATCH');
-      assert.equal(wrong.checkedBy, undefined);
+      assert.deepEqual(checks, ['digest', 'digest']);
     });
 
     it('serves pieces written out of order only as far as the contiguous prefix', async () => {

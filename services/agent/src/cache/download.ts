@@ -134,14 +134,25 @@ export interface OfferedSource {
   withdraw(): void;
 }
 
+/** How the seed server's signed record may spare a download its whole-blob hash. */
+export interface RecordVouch {
+  /**
+   * True when every byte is vouched for by a check as strong as the digest: each piece
+   * verified against the hashes the seed's signed record binds.
+   */
+  vouched(): boolean;
+  /** Settles when `vouched` may have become true (the record came): the hash then races it. */
+  readonly vouching?: Promise<unknown>;
+  /** How the blob was checked, told before any reader gets its last byte. */
+  checked(by: 'record' | 'digest'): void;
+}
+
 export class BlobDownload {
   readonly digest: Digest;
   #size: number | undefined;
   #state: DownloadState = 'running';
   /** The whole blob matched its digest (the commit to the store may still be running). */
   #matched = false;
-  /** What checked the whole blob in `finish`: the seed's record, or the digest. */
-  #checkedBy: 'record' | 'digest' | undefined;
   #error: Error | undefined;
   /** Bytes of the contiguous prefix readers may have. */
   #available = 0;
@@ -320,18 +331,11 @@ export class BlobDownload {
   }
 
   /**
-   * Checks the whole blob and commits it to `store`. Never throws. `vouched`: true when every
-   * byte is vouched for by a check as strong as the digest (each piece verified against the
-   * hashes the seed server's signed record binds, `swarm-fetch.ts`); otherwise, or without
-   * it, the blob is hashed and compared with its digest. `vouching`: settles when `vouched`
-   * may have become true (the record came): the hash then races it, and whichever ends first
-   * checks the blob.
+   * Checks the whole blob and commits it to `store`. Never throws. Vouched for by `vouch`
+   * (the seed server's signed record, `swarm-fetch.ts`), the blob is not hashed; otherwise,
+   * or without it, it is hashed and compared with its digest.
    */
-  async finish(
-    store: FsContentStore,
-    vouched?: () => boolean,
-    vouching?: Promise<unknown>,
-  ): Promise<DownloadState> {
+  async finish(store: FsContentStore, vouch?: RecordVouch): Promise<DownloadState> {
     if (this.#state !== 'running') {
       return this.#state;
     }
@@ -347,7 +351,15 @@ export class BlobDownload {
           `${this.digest.toString()}: expected ${this.#size ?? '?'} bytes, received ${this.#available}`,
         );
       }
-      this.#checkedBy = await this.#check(vouched, vouching);
+      const checked = await this.#check(vouch);
+      vouch?.checked(checked === 'record' ? 'record' : 'digest');
+      if (checked !== 'record' && checked.toString() !== this.digest.toString()) {
+        throw new ContentMismatchError(
+          'DIGEST_MISMATCH',
+          502,
+          `content received for ${this.digest.toString()} hashes to ${checked.toString()}`,
+        );
+      }
       // Readers may complete their responses now: every byte is verified. Making the cache's
       // copy durable (fsync, rename) is the cache's business and need not delay them.
       this.#matched = true;
@@ -366,44 +378,35 @@ export class BlobDownload {
     return this.#state;
   }
 
-  /** What checked the whole blob once `finish` got that far: the seed's record or the digest. */
-  get checkedBy(): 'record' | 'digest' | undefined {
-    return this.#checkedBy;
-  }
-
   /**
-   * Checks the whole blob: vouched for already, or hashed and compared with the digest; when
-   * `vouching` settles first and `vouched` then holds, the hash under way is stopped.
+   * Checks the whole blob: vouched for already ('record'), or hashed (its digest, for the
+   * caller to compare). When `vouch.vouching` settles before the hash is done and `vouched`
+   * then holds, the hash is stopped and the blob is vouched for.
    */
-  async #check(
-    vouched: (() => boolean) | undefined,
-    vouching: Promise<unknown> | undefined,
-  ): Promise<'record' | 'digest'> {
-    if (vouched?.() === true) {
+  async #check(vouch: RecordVouch | undefined): Promise<'record' | Digest> {
+    if (vouch?.vouched() === true) {
       return 'record';
     }
-    const hashed = this.#file.digest();
-    if (vouched !== undefined && vouching !== undefined) {
+    let hashed = this.#file.digest();
+    if (vouch?.vouching !== undefined) {
+      // The record comes with a deferral of the hash (`skipDigest`): the stopped hash rejects
+      // in a later I/O callback, after this race has seen `vouching` settle.
       const first = await Promise.race([
         hashed.then(() => 'hashed'),
-        vouching.then(() => 'vouching'),
+        vouch.vouching.then(() => 'vouching'),
       ]);
-      if (first === 'vouching' && vouched()) {
-        // The hash stops at its next block; nothing may read the file while it goes on.
-        this.#file.deferHash();
-        await hashed.catch(() => undefined);
-        return 'record';
+      if (first === 'vouching') {
+        if (vouch.vouched()) {
+          this.#file.deferHash();
+          // The hash stops at its next block; the file is committed once it has.
+          await hashed.catch(() => undefined);
+          return 'record';
+        }
+        // Deferred, yet not vouched for after all: hashed on from where it stopped.
+        hashed = hashed.catch(() => this.#file.digest());
       }
     }
-    const actual = await hashed;
-    if (actual.toString() !== this.digest.toString()) {
-      throw new ContentMismatchError(
-        'DIGEST_MISMATCH',
-        502,
-        `content received for ${this.digest.toString()} hashes to ${actual.toString()}`,
-      );
-    }
-    return 'digest';
+    return hashed;
   }
 
   /** Ends the download as failed: readers throw, the temp file goes. Idempotent. */

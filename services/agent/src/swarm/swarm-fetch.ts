@@ -195,9 +195,10 @@ export class SwarmFetch {
    * frozen and the download no longer hashes the blob (`#trustRecord`).
    */
   #trusted = false;
+  /** Settles `#whenTrusted`. */
   #onTrusted: () => void = () => undefined;
-  /** Settles once `#trusted` is set: `finish` races it against the hash. */
-  readonly #trustedNow = new Promise<void>((resolve) => {
+  /** Settles once `#trusted` is set: `finish` races it against the blob's hash. */
+  readonly #whenTrusted = new Promise<void>((resolve) => {
     this.#onTrusted = resolve;
   });
   /** Which piece to ask of which peer: the pieces held, the peers' holdings and slots. */
@@ -342,15 +343,11 @@ export class SwarmFetch {
       if (signal.aborted) {
         throw new Error('shutting down');
       }
-      const state = await this.download.finish(
-        this.#deps.store,
-        () => this.#vouched(),
-        record === undefined ? undefined : this.#trustedNow,
-      );
-      const checkedBy = this.download.checkedBy;
-      if (checkedBy !== undefined) {
-        metrics.blobChecks.inc({ by: checkedBy === 'record' ? 'seed-record' : 'digest' });
-      }
+      const state = await this.download.finish(this.#deps.store, {
+        vouched: () => this.#vouched(),
+        ...(record === undefined ? {} : { vouching: this.#whenTrusted }),
+        checked: (by) => metrics.blobChecks.inc({ by: by === 'record' ? 'seed-record' : 'digest' }),
+      });
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -689,21 +686,24 @@ export class SwarmFetch {
     if (this.#trusted || this.#unchecked || record === undefined || count === 0) {
       return;
     }
-    if (size === undefined || record.size !== size || record.pieceSize !== this.#pieceSize) {
+    if (size === undefined) {
       return;
     }
     const hashes = this.#hashes.slice(0, count).filter((hash) => hash !== undefined);
-    if (hashes.length < count) {
+    if (record.size === size && record.pieceSize === this.#pieceSize && hashes.length < count) {
       // Not every hash is known yet: looked at again with each batch.
       return;
     }
-    if (pieceListDigest(hashes) !== record.hashes) {
+    if (
+      record.size !== size ||
+      record.pieceSize !== this.#pieceSize ||
+      pieceListDigest(hashes) !== record.hashes ||
+      [...this.#picker.held].some((index) => this.#verifiedWith[index] !== hashes[index])
+    ) {
+      // This record cannot vouch for what this download holds: its hash catches up rather
+      // than waiting (a later record may still be trusted).
+      this.download.lagDigest(0);
       return;
-    }
-    for (const index of this.#picker.held) {
-      if (this.#verifiedWith[index] !== hashes[index]) {
-        return;
-      }
     }
     this.#trusted = true;
     this.download.skipDigest();
@@ -789,6 +789,8 @@ export class SwarmFetch {
     }
     this.#seedFailed = notice.seed;
     this.#picker.drop(notice.seed);
+    // No record will come for this run: the hash catches up rather than waiting for one.
+    this.download.lagDigest(0);
     this.#deps.logger.info(
       { blob: this.#blob, seed: notice.seed, reason: notice.reason },
       'the seed server gave the blob up',
