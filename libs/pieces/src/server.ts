@@ -71,9 +71,9 @@ export interface PieceServerOptions {
   readonly peerOf?: (request: PieceRequest) => string;
   /**
    * Fan-out rationing (the seed's), asked once a slot is free: a ticket to send this copy, or
-   * undefined to send the asker to a peer (429).
+   * undefined to send the asker to a peer (429). `source` is the blob the piece is read from.
    */
-  readonly ration?: (digest: string, index: number) => PieceTicket | undefined;
+  readonly ration?: (source: PieceSource, index: number) => PieceTicket | undefined;
   /** Test fault: flip the first byte of every piece served. */
   readonly corrupt?: boolean;
   /** Every request's outcome; `bytes` is the piece length for `served`. */
@@ -122,7 +122,7 @@ export function pieceHandler(
       onResult(refused, 0);
       return reply.code(429).header('retry-after', '1').send({ error: refused });
     }
-    const ticket = options.ration?.(digest, piece);
+    const ticket = options.ration?.(source, piece);
     if (options.ration !== undefined && ticket === undefined) {
       onResult('rationed', 0);
       return reply

@@ -108,7 +108,8 @@ export const seedFields = z.object({
    * Copies of a piece sent at once (default 1; 0: no limit). A copy counts while it is being
    * sent and for the fanout window after; past the limit agents are told to get the piece
    * from a peer that already has it (429), so the seed's upload goes to pieces the swarm does
-   * not have yet, as BitTorrent's super-seeding does.
+   * not have yet, as BitTorrent's super-seeding does. Copies are counted per local copy of a
+   * blob: one evicted and seeded again (nobody held it) sends each piece at once.
    */
   SHOAL_SEED_PIECE_FANOUT: envInt(1),
   /**

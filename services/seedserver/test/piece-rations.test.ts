@@ -3,7 +3,8 @@ import { describe, it } from 'node:test';
 
 import { PieceRations } from '../src/http/piece-rations.js';
 
-const BLOB = `sha256:${'b'.repeat(64)}`;
+/** The local copy of a blob the pieces are read from (only its identity counts). */
+const BLOB = { digest: `sha256:${'b'.repeat(64)}` };
 
 /** A clock the test moves by hand. */
 function manualClock(): { now: () => number; advance(ms: number): void } {
@@ -85,13 +86,24 @@ describe('PieceRations', () => {
     assert.ok(rations.take(BLOB, 1));
   });
 
+  it('counts the copies of one local copy of a blob: the blob seeded again starts with none', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    rations.take(BLOB, 0)?.end(true);
+    assert.equal(rations.take(BLOB, 0), undefined, 'within the window, a copy went out');
+    // Evicted and seeded again (nobody held it, so nobody the copy went to has it now).
+    const again = { digest: BLOB.digest };
+    assert.ok(rations.take(again, 0), 'the new copy of the blob sends the piece at once');
+    assert.equal(rations.take(again, 0), undefined, 'and rations it from then on');
+  });
+
   it('forgets the pieces of blobs nobody asks for any more', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);
     // A rollout a second, each a new blob of 8 pieces sent whole once: the entries of the old
     // ones must not pile up.
     for (let rollout = 0; rollout < 600; rollout += 1) {
-      const blob = `sha256:${rollout.toString(16).padStart(64, '0')}`;
+      const blob = { digest: `sha256:${rollout.toString(16).padStart(64, '0')}` };
       for (let piece = 0; piece < 8; piece += 1) {
         rations.take(blob, piece)?.end(true);
       }

@@ -101,6 +101,9 @@ describe('a blob evicted everywhere, pulled again', () => {
       (await cluster.seed.metric('shoal_seedserver_seeds_total', { source: 'store' })) >= 1,
       'the seed server read the layer from the object gateway',
     );
-    assert.ok(took < 4_000, `pulled again in ${took} ms`);
+    // At once: the seed's fan-out counts copies per local copy of the blob, so the copies its
+    // evicted one sent (to agents that evicted them too) hold nothing back. They did: every
+    // piece turned away for the 5 s fan-out window, about 4 s in all, or a stall past 4 s.
+    assert.ok(took < 2_000, `pulled again in ${took} ms`);
   });
 });

@@ -37,14 +37,18 @@ export interface RationTicket {
 const NO_TICKET: RationTicket = { end: () => undefined };
 
 /**
- * Copies of each piece counted now. Entries go once nothing about them counts any more: at the
- * end of the last copy being sent when none was sent whole, else at a sweep once the window
- * of the copies sent has passed (a piece nobody asks for again would otherwise stay forever).
+ * Copies of each piece counted now, per local copy of a blob (`take`'s `blob`: the object
+ * the pieces are read from, so a blob evicted and seeded again is a new one, its earlier
+ * copies not counted). Entries go once nothing about them counts any more: at the end of the
+ * last copy being sent when none was sent whole, else at a sweep once the window of the copies
+ * sent has passed (a piece nobody asks for again would otherwise stay forever).
  */
 export class PieceRations {
   readonly #settings: RationSettings;
   readonly #now: () => number;
-  readonly #pieces = new Map<string, PieceState>();
+  /** By local copy of a blob, then by piece index. */
+  readonly #blobs = new Map<object, Map<number, PieceState>>();
+  #entries = 0;
   /** When the last sweep ran, in ms. */
   #sweptAt: number;
 
@@ -55,7 +59,7 @@ export class PieceRations {
   }
 
   /** A ticket when another copy of the piece may go out now; undefined: send the agent to a peer. */
-  take(digest: string, piece: number): RationTicket | undefined {
+  take(blob: object, piece: number): RationTicket | undefined {
     const { copies } = this.#settings;
     if (copies === 0) {
       return NO_TICKET;
@@ -63,14 +67,19 @@ export class PieceRations {
     const now = this.#now();
     // At most one sweep per window (or when a burst left very many entries): the work is
     // spread over the takes, and the entries kept are those of the last two windows or so.
-    if (now - this.#sweptAt >= this.#settings.windowMs || this.#pieces.size > 100_000) {
+    if (now - this.#sweptAt >= this.#settings.windowMs || this.#entries > 100_000) {
       this.#sweep(now);
     }
-    const key = `${digest}/${piece}`;
-    let state = this.#pieces.get(key);
+    let pieces = this.#blobs.get(blob);
+    if (pieces === undefined) {
+      pieces = new Map();
+      this.#blobs.set(blob, pieces);
+    }
+    let state = pieces.get(piece);
     if (state === undefined) {
       state = { sending: [], sent: [] };
-      this.#pieces.set(key, state);
+      pieces.set(piece, state);
+      this.#entries += 1;
     }
     if (this.#counted(state, now) >= copies) {
       return undefined;
@@ -93,7 +102,7 @@ export class PieceRations {
           entry.sent.push(this.#now());
         }
         if (entry.sending.length === 0 && entry.sent.length === 0) {
-          this.#pieces.delete(key);
+          this.#forget(blob, piece, entry);
         }
       },
     };
@@ -101,7 +110,7 @@ export class PieceRations {
 
   /** Pieces with an entry (for tests: memory follows the pieces served recently). */
   get size(): number {
-    return this.#pieces.size;
+    return this.#entries;
   }
 
   /** Copies that count now; drops sent copies whose window has passed. */
@@ -115,9 +124,22 @@ export class PieceRations {
 
   #sweep(now: number): void {
     this.#sweptAt = now;
-    for (const [key, state] of this.#pieces) {
-      if (this.#counted(state, now) === 0 && state.sending.length === 0) {
-        this.#pieces.delete(key);
+    for (const [blob, pieces] of this.#blobs) {
+      for (const [piece, state] of pieces) {
+        if (this.#counted(state, now) === 0 && state.sending.length === 0) {
+          this.#forget(blob, piece, state);
+        }
+      }
+    }
+  }
+
+  /** Drops a piece's entry (`state`, not one made since), and the blob's once it has none. */
+  #forget(blob: object, piece: number, state: PieceState): void {
+    const pieces = this.#blobs.get(blob);
+    if (pieces?.get(piece) === state && pieces.delete(piece)) {
+      this.#entries -= 1;
+      if (pieces.size === 0) {
+        this.#blobs.delete(blob);
       }
     }
   }

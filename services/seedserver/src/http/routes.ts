@@ -53,7 +53,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     buffers: new PieceBuffers(IDLE_PIECE_BUFFER_BYTES),
     uploadLimit: deps.uploadLimit,
     uploads: deps.uploads,
-    ration: (digest, index) => rations.take(digest, index),
+    // Counted per local copy of the blob: one evicted and seeded again starts with none (it
+    // is seeded again because nobody the earlier copies went to holds it any more).
+    ration: (blob, index) => rations.take(blob, index),
     onResult: (result, bytes) => {
       metrics.pieceRequests.inc({ result });
       if (result === 'served') {
