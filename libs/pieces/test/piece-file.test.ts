@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -41,6 +41,17 @@ async function watched(
     return writev(buffers, position);
   };
   return { file, writes };
+}
+
+/** Counts the bytes read through `handle` from now on: `() => bytes so far`. */
+function countReads(handle: FileHandle): () => number {
+  let bytes = 0;
+  const read = handle.read.bind(handle);
+  handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
+    bytes += length;
+    return read(buffer, offset, length, position);
+  }) as typeof handle.read;
+  return () => bytes;
 }
 
 function sha256(bytes: Buffer): string {
@@ -186,12 +197,7 @@ describe('PieceFile', () => {
     const blob = randomBytes(6 * MiB + 100);
     const pool = new PieceBuffers(4 * MiB);
     const { file } = await watched('deferred', MiB, pool);
-    let readBack = 0;
-    const read = file.handle.read.bind(file.handle);
-    file.handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
-      readBack += length;
-      return read(buffer, offset, length, position);
-    }) as typeof file.handle.read;
+    const readBack = countReads(file.handle);
     file.deferHash();
     const count = Math.ceil(blob.length / pieceBytes);
     for (let index = 0; index < count; index++) {
@@ -203,11 +209,11 @@ describe('PieceFile', () => {
       file.advance(start + piece.length);
     }
     await file.flush();
-    assert.equal(readBack, 0, 'nothing read back while the hash is deferred');
+    assert.equal(readBack(), 0, 'nothing read back while the hash is deferred');
     // The prefix readers passed went first: the budget holds.
     assert.equal(file.heldAt(0), undefined);
     assert.equal((await file.digest()).toString(), sha256(blob));
-    assert.ok(readBack >= blob.length - MiB, 'asked for, the digest reads back what was dropped');
+    assert.ok(readBack() >= blob.length - MiB, 'asked for, the digest reads back what was dropped');
     await file.close();
   });
 
@@ -217,12 +223,7 @@ describe('PieceFile', () => {
     const blob = randomBytes(6 * MiB + 100);
     const pool = new PieceBuffers(4 * MiB);
     const { file } = await watched('lagging', MiB, pool);
-    let readBack = 0;
-    const read = file.handle.read.bind(file.handle);
-    file.handle.read = ((buffer: Buffer, offset: number, length: number, position: number) => {
-      readBack += length;
-      return read(buffer, offset, length, position);
-    }) as typeof file.handle.read;
+    const readBack = countReads(file.handle);
     file.lagHash(lag);
     const count = Math.ceil(blob.length / pieceBytes);
     for (let index = 0; index < count; index++) {
@@ -237,15 +238,15 @@ describe('PieceFile', () => {
     await file.flush();
     // The hash goes on in the background up to `lag` short of the prefix, and no further.
     const deadline = Date.now() + 5000;
-    while (readBack < blob.length - lag - MiB && Date.now() < deadline) {
+    while (readBack() < blob.length - lag - MiB && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
-    assert.ok(readBack >= blob.length - lag - MiB, `hashed as it went: ${readBack}`);
-    assert.ok(readBack <= blob.length - lag, `stayed ${lag} behind: ${readBack}`);
+    assert.ok(readBack() >= blob.length - lag - MiB, `hashed as it went: ${readBack()}`);
+    assert.ok(readBack() <= blob.length - lag, `stayed ${lag} behind: ${readBack()}`);
     // Asked for, the digest reads back the rest, and only the rest.
-    const before = readBack;
+    const before = readBack();
     assert.equal((await file.digest()).toString(), sha256(blob));
-    assert.ok(readBack - before <= lag + MiB, `read back ${readBack - before} at the end`);
+    assert.ok(readBack() - before <= lag + MiB, `read back ${readBack() - before} at the end`);
     await file.close();
   });
 
