@@ -54,6 +54,27 @@ function countReads(handle: FileHandle): () => number {
   return () => bytes;
 }
 
+/**
+ * Puts `blob` into `file` in order, a pooled copy of each piece, moving the verified prefix
+ * over it; `each` runs after every piece.
+ */
+async function putInOrder(
+  file: PieceFile,
+  blob: Buffer,
+  pool: PieceBuffers,
+  pieceBytes: number,
+  each: () => void = () => undefined,
+): Promise<void> {
+  for (let start = 0; start < blob.length; start += pieceBytes) {
+    const piece = blob.subarray(start, Math.min(blob.length, start + pieceBytes));
+    const copy = pool.take(piece.length);
+    piece.copy(copy);
+    await file.put(start, copy, true);
+    file.advance(start + piece.length);
+    each();
+  }
+}
+
 function sha256(bytes: Buffer): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
@@ -199,15 +220,7 @@ describe('PieceFile', () => {
     const { file } = await watched('deferred', MiB, pool);
     const readBack = countReads(file.handle);
     file.deferHash();
-    const count = Math.ceil(blob.length / pieceBytes);
-    for (let index = 0; index < count; index++) {
-      const start = index * pieceBytes;
-      const piece = blob.subarray(start, Math.min(blob.length, start + pieceBytes));
-      const copy = pool.take(piece.length);
-      piece.copy(copy);
-      await file.put(start, copy, true);
-      file.advance(start + piece.length);
-    }
+    await putInOrder(file, blob, pool, pieceBytes);
     await file.flush();
     assert.equal(readBack(), 0, 'nothing read back while the hash is deferred');
     // The prefix readers passed went first: the budget holds.
@@ -225,16 +238,9 @@ describe('PieceFile', () => {
     const { file } = await watched('lagging', MiB, pool);
     const readBack = countReads(file.handle);
     file.lagHash(lag);
-    const count = Math.ceil(blob.length / pieceBytes);
-    for (let index = 0; index < count; index++) {
-      const start = index * pieceBytes;
-      const piece = blob.subarray(start, Math.min(blob.length, start + pieceBytes));
-      const copy = pool.take(piece.length);
-      piece.copy(copy);
-      await file.put(start, copy, true);
-      file.advance(start + piece.length);
-      assert.ok(file.held <= MiB, `within the hold budget: ${file.held}`);
-    }
+    await putInOrder(file, blob, pool, pieceBytes, () =>
+      assert.ok(file.held <= MiB, `within the hold budget: ${file.held}`),
+    );
     await file.flush();
     // The hash goes on in the background up to `lag` short of the prefix, and no further.
     const deadline = Date.now() + 5000;
