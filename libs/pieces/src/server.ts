@@ -51,7 +51,10 @@ export interface PieceTicket {
 }
 
 export interface PieceServerOptions {
-  /** The blob a digest (`algorithm:hex`) names, when held in any form. */
+  /**
+   * The blob a digest (`algorithm:hex`) names, when held in any form: the same object for as
+   * long as one copy of it is held (the seed's `ration` counts copies per object).
+   */
   readonly source: (digest: string) => PieceSource | undefined;
   /** Where the buffers of the pieces read come from; each goes back once nothing reads it. */
   readonly buffers: PieceBuffers;
@@ -71,7 +74,8 @@ export interface PieceServerOptions {
   readonly peerOf?: (request: PieceRequest) => string;
   /**
    * Fan-out rationing (the seed's), asked once a slot is free: a ticket to send this copy, or
-   * undefined to send the asker to a peer (429). `source` is the blob the piece is read from.
+   * undefined to send the asker to a peer (429). `source` is the blob the piece is read from,
+   * as `source` returned it.
    */
   readonly ration?: (source: PieceSource, index: number) => PieceTicket | undefined;
   /** Test fault: flip the first byte of every piece served. */

@@ -109,7 +109,8 @@ export const seedFields = z.object({
    * sent and for the fanout window after; past the limit agents are told to get the piece
    * from a peer that already has it (429), so the seed's upload goes to pieces the swarm does
    * not have yet, as BitTorrent's super-seeding does. Copies are counted per local copy of a
-   * blob: one evicted and seeded again (nobody held it) sends each piece at once.
+   * blob: for one evicted and seeded again (nobody holds it whole), its first copy of each
+   * piece is not held back by the copies sent before.
    */
   SHOAL_SEED_PIECE_FANOUT: envInt(1),
   /**

@@ -91,7 +91,7 @@ describe('PieceRations', () => {
     const rations = new PieceRations(settings, clock.now);
     rations.take(BLOB, 0)?.end(true);
     assert.equal(rations.take(BLOB, 0), undefined, 'within the window, a copy went out');
-    // Evicted and seeded again (nobody held it, so nobody the copy went to has it now).
+    // Evicted and seeded again (nobody holds it whole: the copy sent before helps nobody now).
     const again = { digest: BLOB.digest };
     assert.ok(rations.take(again, 0), 'the new copy of the blob sends the piece at once');
     assert.equal(rations.take(again, 0), undefined, 'and rations it from then on');

@@ -53,8 +53,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     buffers: new PieceBuffers(IDLE_PIECE_BUFFER_BYTES),
     uploadLimit: deps.uploadLimit,
     uploads: deps.uploads,
-    // Counted per local copy of the blob: one evicted and seeded again starts with none (it
-    // is seeded again because nobody the earlier copies went to holds it any more).
+    // Counted per local copy of the blob: one evicted and seeded again starts with none (the
+    // tracker asks for it again when nobody holds it whole, so the earlier copies' counts
+    // would only hold its pieces back). At most one copy more per piece each time.
     ration: (blob, index) => rations.take(blob, index),
     onResult: (result, bytes) => {
       metrics.pieceRequests.inc({ result });
