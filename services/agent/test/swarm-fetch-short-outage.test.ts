@@ -23,8 +23,14 @@ import {
 const STALL_TIMEOUT_MS = 8_000;
 /** The link's rate before and after the outage, shared by every answer in flight. */
 const LINK_BYTES = 512 * 1024;
-/** How long the only source says nothing: well within the stall timeout. */
-const OUTAGE_MS = 3_000;
+/**
+ * How long the only source says nothing: well within the stall timeout, and shorter than the
+ * first probe's wait (given up after at least `SILENCE_MIN_MS` of silence, then left alone
+ * for the 2 s penalty), so the probe finds it back. At 3 s the probe could land just before
+ * the link came back: given up again, its penalty doubled, and the next probe came after the
+ * stall timeout (a CI run under load fell back to the origin that way).
+ */
+const OUTAGE_MS = 2_000;
 /** A source silent this long while answering is given up (the floor). */
 const SILENCE_MIN_MS = 1_000;
 
