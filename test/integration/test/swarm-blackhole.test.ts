@@ -54,6 +54,13 @@ const STALL_TIMEOUT_MS = Number(FAST_SWARM_ENV.SHOAL_AGENT_SWARM_STALL_TIMEOUT_M
 const NATS_PING_INTERVAL_MS = 2_000;
 /** The agents' piece idle timeout (the default): what a vanished source cost before. */
 const IDLE_TIMEOUT_MS = 15_000;
+/**
+ * The agents' own origin reads: connect and headers timeouts (10 s and 30 s by default), lower
+ * here so that the pull that fails while the registry is gone fails sooner (it is bounded by
+ * these either way; containerd's own try of the registry adds its dial timeout).
+ */
+const UPSTREAM_CONNECT_TIMEOUT_MS = 4_000;
+const UPSTREAM_HEADERS_TIMEOUT_MS = 8_000;
 
 interface Node {
   readonly host: LabHost;
@@ -97,6 +104,18 @@ async function untilPeerGivenUp(
 async function silenced(node: Node, source: string): Promise<number> {
   const metrics = await scrapeMetrics(node.agent.url);
   return metrics.get('shoal_agent_piece_sources_silent_total', { source });
+}
+
+/**
+ * True when the last word of the log at `path` past `offset` on its NATS connection is that
+ * it is back (a process cut off from NATS drops the connection and makes a new one).
+ */
+async function backOnNats(path: string, offset: number): Promise<boolean> {
+  const log = (await readFile(path, 'utf8')).slice(offset);
+  return (
+    [...log.matchAll(/nats connection problem|nats reconnected/g)].at(-1)?.[0] ===
+    'nats reconnected'
+  );
 }
 
 /**
@@ -220,6 +239,8 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
         env: {
           ...FAST_SWARM_ENV,
           SHOAL_NATS_PING_INTERVAL_MS: String(NATS_PING_INTERVAL_MS),
+          SHOAL_AGENT_UPSTREAM_CONNECT_TIMEOUT_MS: String(UPSTREAM_CONNECT_TIMEOUT_MS),
+          SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS: String(UPSTREAM_HEADERS_TIMEOUT_MS),
           SHOAL_AGENT_HOSTS_DIR: containerd.hostsDir,
         },
       });
@@ -246,6 +267,8 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
       holder !== undefined && baseline !== undefined && puller !== undefined && later !== undefined,
     );
     await holder.containerd.pull(ref('warm'), { timeoutMs: 180_000 });
+    const holderLog = holder.agent.process.logPath;
+    const holderLogFrom = (await readFile(holderLog, 'utf8')).length;
     // The same pull without the fault: from the holder and the seed server.
     const healthyMs = await timedPull(baseline, ref('warm'));
     for (const source of ['peer', 'seed']) {
@@ -309,6 +332,12 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     } finally {
       await holder.host.blackhole(false);
     }
+    // Cut off, the holder lost NATS too: the next test's pull on it must not start while it
+    // is still reconnecting (with NATS down a while and no peer known, a download reads the
+    // origin at once).
+    await waitFor('the holder back on NATS', () => backOnNats(holderLog, holderLogFrom), {
+      timeoutMs: 30_000,
+    });
   });
 
   it('fails a pull in bounded time while the registry is gone mid-read, and pulls once it is back', async () => {
@@ -335,9 +364,10 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     } finally {
       await registryHost.blackhole(false);
     }
-    // The stall timeout, then the agent's own origin read gives up at its headers timeout (30 s,
-    // on a connection kept from the manifest) or its connect timeout (10 s); containerd asks
-    // again once and tries the registry itself, and fails the pull: in bounded time.
+    // Each time containerd asks, the stall timeout, then the agent's own origin read gives up
+    // at its headers timeout (on a connection kept from the manifest) or its connect timeout;
+    // containerd asks four times, then tries the registry itself (its own dial timeout), and
+    // fails the pull: in bounded time.
     assert.ok(failedAfterMs < 120_000, `failed ${failedAfterMs} ms after the registry went`);
     const retryMs = await timedPull(puller, ref('origin'));
     process.stderr.write(`the same pull with the registry back: ${retryMs} ms\n`);
@@ -411,13 +441,10 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
         `${logPaths[index]}: NATS noticed gone`,
       );
     }
-    for (const index of logPaths.keys()) {
+    for (const [index, path] of logPaths.entries()) {
       await waitFor(
         'the agents and the seed server back on NATS',
-        async () =>
-          [...(await log(index)).matchAll(/nats connection problem|nats reconnected/g)].at(
-            -1,
-          )?.[0] === 'nats reconnected',
+        () => backOnNats(path, logsBefore[index] ?? 0),
         { timeoutMs: 30_000 },
       );
     }

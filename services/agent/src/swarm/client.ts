@@ -96,6 +96,12 @@ export class SwarmClient {
   /** The last have publish failed (NATS away): logged once per outage, not tried at close. */
   #publishFailing = false;
   #flushing: Promise<void> = Promise.resolve();
+  /** Since when (ms) the connection to NATS has been down; undefined while it is up. */
+  #natsDownSince: number | undefined;
+  /** Told when the connection to NATS goes down (a download with no source stops waiting). */
+  readonly #natsDownListeners = new Set<() => void>();
+  /** The connection's status is watched (once: `start` runs again when hand-outs fail). */
+  #watchingStatus = false;
   /**
    * Aborted (and replaced) when the connection is made anew: a have published on the old
    * one, to a server that vanished silently, never gets its acknowledgement, and waiting out
@@ -142,15 +148,24 @@ export class SwarmClient {
 
   /** Starts receiving hand-outs; a subscription that fails is reopened after a second. */
   start(): void {
-    void (async () => {
-      for await (const status of this.#nc.status()) {
-        if (status.type === 'reconnect') {
-          this.#connection.abort();
-          this.#connection = new AbortController();
-          this.#resendLostWants();
+    if (!this.#watchingStatus) {
+      this.#watchingStatus = true;
+      void (async () => {
+        for await (const status of this.#nc.status()) {
+          if (status.type === 'reconnect') {
+            this.#natsDownSince = undefined;
+            this.#connection.abort();
+            this.#connection = new AbortController();
+            this.#resendLostWants();
+          } else if (status.type === 'disconnect' || status.type === 'close') {
+            this.#natsDownSince ??= Date.now();
+            for (const listener of this.#natsDownListeners) {
+              listener();
+            }
+          }
         }
-      }
-    })();
+      })();
+    }
     const subscription = this.#nc.subscribe(handoutSubject(this.self.id));
     this.#subscription = subscription;
     void (async () => {
@@ -185,6 +200,20 @@ export class SwarmClient {
         }
       }
     })();
+  }
+
+  /**
+   * Since when (ms) NATS has been unreachable: the connection dropped (closed by the server,
+   * or given up after unanswered pings) and is not back yet. Undefined while it is up.
+   */
+  get natsDownSince(): number | undefined {
+    return this.#natsDownSince;
+  }
+
+  /** Calls `listener` each time the connection to NATS goes down, until the returned function is called. */
+  onNatsDown(listener: () => void): () => void {
+    this.#natsDownListeners.add(listener);
+    return () => this.#natsDownListeners.delete(listener);
   }
 
   /** Calls `listener` with every hand-out for `blob` until the returned function is called. */

@@ -120,6 +120,21 @@ const SEED_DEFER_MAX_MS = 8000;
  * it was most of the latency Shoal added to a small image.
  */
 const EARLY_WANTS = 5;
+/** What the log says when a download reads the rest of its blob from the origin. */
+const FALLBACK_MESSAGES = {
+  stall: 'swarm stalled; reading the rest from the origin',
+  'seed-failed':
+    'the seed server gave the blob up and no peer holds the rest; reading it from the origin',
+  'nats-down': 'NATS is unreachable and no peer is known; reading the blob from the origin',
+} as const;
+/**
+ * How long a download that knows no source waits for NATS once the connection is down, in ms
+ * (at most the stall timeout): past it the blob comes from the origin. With NATS gone no
+ * hand-out or piece hash can come, and waiting out the whole stall timeout added it to every
+ * blob pulled during an outage (10 s each by default); the grace lets a server restarting or
+ * a client reconnecting to another server of the cluster keep the pull in the swarm.
+ */
+const NATS_DOWN_GRACE_MS = 2000;
 /** Shortest gap between two wants, in ms. */
 const EARLY_WANT_GAP_MS = 50;
 /**
@@ -307,6 +322,7 @@ export class SwarmFetch {
     const onAbort = (): void => stop.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     const offHandouts = client.onHandout(this.#blob, (h) => this.#onHandout(h));
+    const offNatsDown = client.onNatsDown(() => this.#wake?.());
     const hashes = client
       .followHashes(
         this.#blob,
@@ -329,13 +345,11 @@ export class SwarmFetch {
     }
     try {
       const end = await this.#fromSwarm(stop.signal);
-      if (end !== 'complete' && !signal.aborted) {
+      if (end !== 'complete' && end !== 'aborted' && !signal.aborted) {
         metrics.swarmFallbacks.inc({ reason: end });
         logger.info(
           { blob: this.#blob, held: this.#picker.held.size, of: this.#picker.count },
-          end === 'stall'
-            ? 'swarm stalled; reading the rest from the origin'
-            : 'the seed server gave the blob up and no peer holds the rest; reading it from the origin',
+          FALLBACK_MESSAGES[end],
         );
         await this.#abortAll();
         await this.#fromOrigin(signal);
@@ -367,6 +381,7 @@ export class SwarmFetch {
       stop.abort();
       signal.removeEventListener('abort', onAbort);
       offHandouts();
+      offNatsDown();
       await hashes;
       await record;
     }
@@ -376,7 +391,9 @@ export class SwarmFetch {
    * Fetches pieces from peers until all are held, the swarm stalls, or the seed server gave
    * the blob up and no peer holds a missing piece.
    */
-  async #fromSwarm(signal: AbortSignal): Promise<'complete' | 'stall' | 'seed-failed' | 'aborted'> {
+  async #fromSwarm(
+    signal: AbortSignal,
+  ): Promise<'complete' | 'stall' | 'seed-failed' | 'nats-down' | 'aborted'> {
     const { client } = this.#deps;
     let lastWant = 0;
     let earlyWants = 0;
@@ -392,6 +409,9 @@ export class SwarmFetch {
       const now = Date.now();
       if (this.#stall.stalled()) {
         return 'stall';
+      }
+      if (now >= this.#natsDownDeadline()) {
+        return 'nats-down';
       }
       // Paced (see `@shoal/proto` pacing): at once, then when starved, or when the tracker
       // did not answer a have with fresh peers, or (long) when it named no holder and owes a
@@ -436,9 +456,21 @@ export class SwarmFetch {
           ? lastWant + EARLY_WANT_GAP_MS
           : // Infinity when no want is due until something happens (an event wakes the loop).
             this.#wants.nextDueMs(Date.now(), noHolder);
-      await this.#sleepUntil(Math.min(wantAt, this.#stall.deadlineMs));
+      await this.#sleepUntil(Math.min(wantAt, this.#stall.deadlineMs, this.#natsDownDeadline()));
     }
     return 'aborted';
+  }
+
+  /**
+   * When a download that knows no source stops waiting for NATS to come back (ms), or
+   * Infinity: NATS is up, or a source is known (peers serve over HTTP, NATS or not).
+   */
+  #natsDownDeadline(): number {
+    const since = this.#deps.client.natsDownSince;
+    if (since === undefined || this.#picker.sources > 0) {
+      return Infinity;
+    }
+    return since + Math.min(NATS_DOWN_GRACE_MS, this.#deps.settings.stallTimeoutMs);
   }
 
   /**
