@@ -172,7 +172,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     swarmFallbacks: new Counter({
       name: `${prefix}swarm_fallbacks_total`,
-      help: 'Downloads that read the rest from the origin, by reason (stall: no piece bytes, counted at the rate floor, for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing; nats-down: NATS unreachable for 2 s, or the stall timeout if shorter, and no peer known)',
+      help: 'Downloads that read the rest from the origin, by reason (stall: no piece bytes, counted at the rate floor, for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing; nats-down: the connection to NATS down for the stall timeout and no known source able to go on)',
       labelNames: ['reason'] as const,
       registers,
     }),

@@ -26,6 +26,7 @@ import {
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
 import type { AgentMetrics } from '../src/metrics.js';
+import type { SwarmClient } from '../src/swarm/client.js';
 import { PieceClient } from '../src/swarm/piece-client.js';
 import { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
@@ -88,6 +89,8 @@ export interface LinkedFetch {
   readonly count: number;
   /** The fetch, run to its end. */
   readonly running: Promise<void>;
+  /** The fetch's swarm client. */
+  readonly client: SwarmClient;
 }
 
 /**
@@ -157,7 +160,7 @@ export async function fetchFromLinkedPeer(
       ],
     }),
   );
-  return { download, metrics, count, running };
+  return { download, metrics, count, running, client };
 }
 
 /** Asserts the fetch ended verified with no fallback and no blob read at the origin. */

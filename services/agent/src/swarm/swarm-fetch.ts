@@ -125,16 +125,9 @@ const FALLBACK_MESSAGES = {
   stall: 'swarm stalled; reading the rest from the origin',
   'seed-failed':
     'the seed server gave the blob up and no peer holds the rest; reading it from the origin',
-  'nats-down': 'NATS is unreachable and no peer is known; reading the blob from the origin',
+  'nats-down':
+    'NATS has been unreachable for the stall timeout and no source can go on; reading the rest from the origin',
 } as const;
-/**
- * How long a download that knows no source waits for NATS once the connection is down, in ms
- * (at most the stall timeout): past it the blob comes from the origin. With NATS gone no
- * hand-out or piece hash can come, and waiting out the whole stall timeout added it to every
- * blob pulled during an outage (10 s each by default); the grace lets a server restarting or
- * a client reconnecting to another server of the cluster keep the pull in the swarm.
- */
-const NATS_DOWN_GRACE_MS = 2000;
 /** Shortest gap between two wants, in ms. */
 const EARLY_WANT_GAP_MS = 50;
 /**
@@ -410,9 +403,6 @@ export class SwarmFetch {
       if (this.#stall.stalled()) {
         return 'stall';
       }
-      if (now >= this.#natsDownDeadline()) {
-        return 'nats-down';
-      }
       // Paced (see `@shoal/proto` pacing): at once, then when starved, or when the tracker
       // did not answer a have with fresh peers, or (long) when it named no holder and owes a
       // push, so the wants of one download do not grow with how long it lasts. A few more at
@@ -439,6 +429,10 @@ export class SwarmFetch {
           have: toRanges(this.#picker.held),
         });
       }
+      // After the want: one NATS did not take is kept and sent once it is back (see `want`).
+      if (now >= this.#natsDownDeadline()) {
+        return 'nats-down';
+      }
       // Rarest first, endgame at the tail: whatever the picker starts now.
       for (const picked of this.#picker.next()) {
         this.#request(picked, signal);
@@ -462,15 +456,21 @@ export class SwarmFetch {
   }
 
   /**
-   * When a download that knows no source stops waiting for NATS to come back (ms), or
-   * Infinity: NATS is up, or a source is known (peers serve over HTTP, NATS or not).
+   * When a download that cannot go on without NATS stops waiting for it (ms): once the
+   * connection has been down for the stall timeout. With NATS gone no hand-out or piece hash
+   * can come, and each download started during an outage waited out a stall timeout of its
+   * own before the origin (10 s per blob by default); now only those started within the
+   * first stall timeout of an outage wait, and no longer than they did before, so a server
+   * restarting or a client moving to another server of the cluster keeps pulls in the swarm.
+   * Infinity while NATS is up, or while the download can go on without it: requests in
+   * flight, or a source it may still ask holds a missing piece (peers serve over HTTP).
    */
   #natsDownDeadline(): number {
     const since = this.#deps.client.natsDownSince;
-    if (since === undefined || this.#picker.sources > 0) {
+    if (since === undefined || this.#inFlight.size > 0 || this.#picker.holdsMissing()) {
       return Infinity;
     }
-    return since + Math.min(NATS_DOWN_GRACE_MS, this.#deps.settings.stallTimeoutMs);
+    return since + this.#deps.settings.stallTimeoutMs;
   }
 
   /**
