@@ -123,6 +123,7 @@ export {
   PROTOCOL_VERSION,
   decodeMessage,
   encodeMessage,
+  encodeUnchecked,
   messageSchemas,
   type Decoded,
   type Message,

@@ -8,6 +8,7 @@ import {
   decodeMessage,
   digestOf,
   encodeMessage,
+  encodeUnchecked,
   MAX_BLOB_BYTES,
   messageSchemas,
   pieceHashes,
@@ -56,6 +57,8 @@ describe('v1 golden fixtures', () => {
       assert.equal(decoded.value.type, type);
       const reencoded = Buffer.from(encodeMessage(schema, decoded.value)).toString('utf8');
       assert.equal(reencoded, bytes.toString('utf8').trim());
+      // A valid message encodes to the same bytes unchecked (the tracker's hand-outs).
+      assert.equal(Buffer.from(encodeUnchecked(schema, decoded.value)).toString('utf8'), reencoded);
     });
   }
 });

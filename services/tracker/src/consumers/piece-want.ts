@@ -24,6 +24,7 @@ import {
 import {
   decodeMessage,
   encodeMessage,
+  encodeUnchecked,
   forwardedWantSubject,
   handout,
   handoutSubject,
@@ -361,7 +362,8 @@ function publishHandout(
   };
   deps.nc.publish(
     handoutSubject(want.peer.id),
-    encodeMessage(handout, answer),
+    // Made of validated parts (the decoded want and haves): see `encodeUnchecked`.
+    encodeUnchecked(handout, answer),
     headers === undefined ? undefined : { headers },
   );
   for (const member of chosen) {
