@@ -26,16 +26,34 @@ export const httpLimitsConfig = z.object({
 });
 export type HttpLimitsConfig = z.infer<typeof httpLimitsConfig>;
 
-/** The fastify options that carry the limits (spread into `Fastify({...})`). */
+/**
+ * How often the server looks for requests past their headers or request timeout, in ms: a
+ * quarter of the shorter one (2.5 s by default), between 250 ms and Node's own 30 s. At Node's
+ * default a client trickling its headers held its connection up to 40 s, not 10.
+ */
+export function timeoutCheckMs(limits: HttpLimitsConfig): number {
+  const shorter = Math.min(
+    limits.SHOAL_HTTP_HEADERS_TIMEOUT_MS,
+    limits.SHOAL_HTTP_REQUEST_TIMEOUT_MS,
+  );
+  return Math.min(30_000, Math.max(250, Math.floor(shorter / 4)));
+}
+
+/**
+ * The fastify options that carry the limits (spread into `Fastify({...})`); `http` also
+ * reaches a `serverFactory`, which must pass it to the server it makes.
+ */
 export function httpServerOptions(limits: HttpLimitsConfig): {
   connectionTimeout: number;
   keepAliveTimeout: number;
   requestTimeout: number;
+  http: { connectionsCheckingInterval: number };
 } {
   return {
     connectionTimeout: limits.SHOAL_HTTP_IDLE_TIMEOUT_MS,
     keepAliveTimeout: limits.SHOAL_HTTP_KEEPALIVE_TIMEOUT_MS,
     requestTimeout: limits.SHOAL_HTTP_REQUEST_TIMEOUT_MS,
+    http: { connectionsCheckingInterval: timeoutCheckMs(limits) },
   };
 }
 

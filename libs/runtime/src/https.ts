@@ -9,7 +9,7 @@
 import { constants } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
-import type { RequestListener } from 'node:http';
+import type { RequestListener, ServerOptions } from 'node:http';
 import { TLSSocket } from 'node:tls';
 
 import type { Logger } from 'pino';
@@ -96,8 +96,15 @@ export async function watchTlsFiles<K extends string>(
 }
 
 export interface HttpsFactory {
-  /** For fastify's `serverFactory`: an HTTPS server with the current certificate. */
-  readonly serverFactory: (handler: RequestListener) => Server;
+  /**
+   * For fastify's `serverFactory`: an HTTPS server with the current certificate, and the
+   * server options fastify was given under `http` (`httpServerOptions`: how often request
+   * timeouts are checked).
+   */
+  readonly serverFactory: (
+    handler: RequestListener,
+    options?: { readonly http?: ServerOptions | null },
+  ) => Server;
   /** Whether the listener checks client certificates (mutual TLS). */
   readonly verifiesClients: boolean;
   /** Stops watching the files. */
@@ -147,9 +154,10 @@ export async function httpsFactory(
     reloadCheckMs,
   );
   return {
-    serverFactory: (handler) => {
+    serverFactory: (handler, options) => {
       const server = createServer(
         {
+          ...(options?.http ?? {}),
           ...context(watch.current),
           // Asked for, checked against the CA, but not required at the handshake: the routes
           // that need a member's certificate refuse the others (`clientVerified`).

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import { z } from 'zod';
 
 import { ConfigError, envBool, envInt, envListen, envLogLevel, loadConfig } from '../src/config.js';
+import { httpLimitsConfig, timeoutCheckMs } from '../src/http-limits.js';
 
 const schema = z.object({
   SIZE_BYTES: envInt(1024),
@@ -227,5 +228,33 @@ describe('envListen', () => {
         text,
       );
     }
+  });
+});
+
+describe('the HTTP limits', () => {
+  const limits = (env: Record<string, string>) => loadConfig(httpLimitsConfig, env);
+
+  it('check request timeouts every quarter of the shorter one, between 250 ms and 30 s', () => {
+    assert.equal(timeoutCheckMs(limits({})), 2_500);
+    assert.equal(timeoutCheckMs(limits({ SHOAL_HTTP_HEADERS_TIMEOUT_MS: '1000' })), 250);
+    assert.equal(timeoutCheckMs(limits({ SHOAL_HTTP_HEADERS_TIMEOUT_MS: '400' })), 250);
+    assert.equal(
+      timeoutCheckMs(
+        limits({
+          SHOAL_HTTP_HEADERS_TIMEOUT_MS: '90000',
+          SHOAL_HTTP_REQUEST_TIMEOUT_MS: '40000',
+        }),
+      ),
+      10_000,
+    );
+    assert.equal(
+      timeoutCheckMs(
+        limits({
+          SHOAL_HTTP_HEADERS_TIMEOUT_MS: '600000',
+          SHOAL_HTTP_REQUEST_TIMEOUT_MS: '600000',
+        }),
+      ),
+      30_000,
+    );
   });
 });
