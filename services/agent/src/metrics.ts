@@ -181,6 +181,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Whether the agent has joined the swarm (1) or serves as a plain mirror while NATS is out of reach (0)',
       registers,
     }),
+    natsConnected: new Gauge({
+      name: `${prefix}nats_connected`,
+      help: 'Whether the joined agent is connected to NATS now (1), or its connection is down and being made anew (0); a burst of origin reads with reason nats-down in swarm_fallbacks_total follows a long 0',
+      registers,
+    }),
     swarmJoinFailures: new Counter({
       name: `${prefix}swarm_join_failures_total`,
       help: 'Attempts to join the swarm (connect to NATS and JetStream) that failed',

@@ -129,6 +129,7 @@ describe('agent process lifecycle', () => {
       agent.metric('shoal_agent_swarm_fallbacks_total', { reason });
     assert.ok((await fallbacks('nats-down')) >= image.blobs.length - 1);
     assert.equal((await fallbacks('nats-down')) + (await fallbacks('stall')), image.blobs.length);
+    assert.equal(await agent.metric('shoal_agent_nats_connected'), 0, 'NATS shown down');
   }
 
   it('serves blobs from the origin during a NATS outage, and exits 0 within its shutdown timeout on SIGTERM during it', async () => {
@@ -201,6 +202,7 @@ describe('agent process lifecycle', () => {
         },
         { timeoutMs: 30_000 },
       );
+      assert.equal(await agent.metric('shoal_agent_nats_connected'), 1, 'NATS shown back');
     } finally {
       await agent.stop();
       await nc.close();

@@ -150,15 +150,18 @@ export class SwarmClient {
   start(): void {
     if (!this.#watchingStatus) {
       this.#watchingStatus = true;
+      this.#metrics.natsConnected.set(this.#nc.isClosed() ? 0 : 1);
       void (async () => {
         for await (const status of this.#nc.status()) {
           if (status.type === 'reconnect') {
             this.#natsDownSince = undefined;
+            this.#metrics.natsConnected.set(1);
             this.#connection.abort();
             this.#connection = new AbortController();
             this.#resendLostWants();
           } else if (status.type === 'disconnect' || status.type === 'close') {
             this.#natsDownSince ??= Date.now();
+            this.#metrics.natsConnected.set(0);
             for (const listener of this.#natsDownListeners) {
               listener();
             }
