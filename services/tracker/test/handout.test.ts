@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { PieceRanges } from '@shoal/proto';
+import { pieceRanges, type PieceRanges } from '@shoal/proto';
 
 import { LoadTracker } from '../src/handout/load.js';
-import { countMissing, countPieces } from '../src/handout/pieces.js';
+import { countMissing, countPieces, holdsMissing, missingRanges } from '../src/handout/pieces.js';
 import { choosePeers, type SwarmMember } from '../src/handout/policy.js';
 import { member, peer } from './fixtures.js';
 
@@ -39,7 +39,7 @@ describe('piece ranges', () => {
     );
   });
 
-  it('counts as a set difference would, for random piece sets', () => {
+  it('computes the set difference, its size and whether it is empty, for random piece sets', () => {
     // Sorted, disjoint ranges over 0-300, as the schemas allow them; a fixed generator, so a
     // failure is found again.
     let seed = 7;
@@ -60,12 +60,32 @@ describe('piece ranges', () => {
       new Set(
         set.flatMap(([start, end]) => Array.from({ length: end - start }, (_, k) => start + k)),
       );
+    // Sets moved past the bitmaps' reach (16,384 pieces), both or one of them: the ranges are
+    // merged instead, with the same answers.
+    const far = 20_000;
+    const moved = (set: [number, number][]): [number, number][] =>
+      set.map(([start, end]) => [start + far, end + far]);
     for (let round = 0; round < 200; round += 1) {
       const held = ranges();
       const have = ranges();
       const haveSet = expand(have);
-      const exact = [...expand(held)].filter((piece) => !haveSet.has(piece)).length;
-      assert.equal(countMissing(held, have), exact);
+      const exact = [...expand(held)].filter((piece) => !haveSet.has(piece));
+      const cases: [[number, number][], [number, number][], number][] = [
+        [held, have, 0],
+        [moved(held), moved(have), far],
+        [held, [...have, [far, far + 1]], 0],
+        [[...held, [far, far + 1]], have, 0],
+      ];
+      for (const [h, a, shift] of cases) {
+        const extra = h.length > held.length ? [far] : [];
+        const expected = [...exact.map((piece) => piece + shift), ...extra];
+        assert.equal(countMissing(h, a), expected.length);
+        const difference = missingRanges(h, a);
+        assert.deepEqual([...expand(difference)], expected);
+        // A valid piece set, as a hand-out carries it (sorted, disjoint, non-adjacent).
+        assert.equal(pieceRanges.safeParse(difference).success, true);
+        assert.equal(holdsMissing(h, a), expected.length > 0);
+      }
     }
   });
 
@@ -159,6 +179,45 @@ describe('hand-out policy', () => {
       member('partial', { pieces: [[0, 10]] }),
     ];
     assert.deepEqual(ids(members, { have: [[0, 10]] }), ['complete', 'seed-starting']);
+  });
+
+  it('names of a partial peer only the pieces the asker lacks; complete peers and seeds whole', () => {
+    const chosen = choosePeers(
+      [
+        member('partial', {
+          pieces: [
+            [0, 10],
+            [20, 30],
+          ],
+        }),
+        member('complete', { complete: true, pieces: [[0, 40]] }),
+        member('seed', { seed: true, pieces: [[0, 25]] }),
+        // The difference would take three ranges where the peer's own set takes one.
+        member('split', { pieces: [[0, 40]] }),
+      ],
+      {
+        peer: peer('me'),
+        have: [
+          [6, 22],
+          [30, 32],
+        ],
+        limit: 8,
+      },
+      noLoad,
+    );
+    const offered = new Map(chosen.map((m) => [m.peer.id, m.pieces]));
+    assert.deepEqual(offered.get('partial'), [
+      [0, 6],
+      [22, 30],
+    ]);
+    assert.deepEqual(offered.get('complete'), [[0, 40]]);
+    assert.deepEqual(offered.get('seed'), [[0, 25]]);
+    assert.deepEqual(offered.get('split'), [[0, 40]]);
+    // Ranked by what each can give: the partial peer 14 pieces, the split one 22.
+    assert.deepEqual(
+      chosen.map((m) => m.peer.id),
+      ['complete', 'split', 'partial', 'seed'],
+    );
   });
 
   it('prefers the asker’s zone', () => {

@@ -11,7 +11,10 @@ export const handout = z.strictObject({
     .array(
       z.strictObject({
         peer: peerInfo,
-        /** Pieces the tracker last saw this peer holding. */
+        /**
+         * Pieces the tracker last saw this peer holding: for a peer still downloading, only
+         * those the asker lacked when it asked (what it can fetch there).
+         */
         pieces: pieceRanges,
         complete: z.boolean(),
         seed: z.boolean(),

@@ -6,7 +6,7 @@
  * Pure: no clock, no I/O; the caller says which members still count.
  */
 import type { HandoutAsk, SwarmMember } from './policy.js';
-import { countMissing } from './pieces.js';
+import { holdsMissing } from './pieces.js';
 
 /** Members visited per ring for each candidate wanted, at most; bounds the work of a want. */
 const SCAN_FACTOR = 4;
@@ -179,7 +179,7 @@ export class BlobHolders<M extends SwarmMember> {
       });
       let partial = 0;
       rings.partial.visit(budget, (member) => {
-        if (consider(member) && countMissing(member.pieces, ask.have) > 0) {
+        if (consider(member) && holdsMissing(member.pieces, ask.have)) {
           members.push(member);
           partial += 1;
         }

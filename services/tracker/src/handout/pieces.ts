@@ -1,9 +1,22 @@
 /**
  * Arithmetic on piece sets written as sorted, disjoint, half-open ranges (`PieceRanges`, as
- * the message schemas enforce). Everything is a linear merge: no set is ever expanded into
- * piece indexes, so a 100 000-piece blob costs as little as a 10-piece one.
+ * the message schemas enforce). A want's hand-out compares the asker's set with dozens of
+ * members' sets, which in a swarm are fragmented (pieces arrive in rarest-first order): those
+ * comparisons run on bitmaps, made once per set and kept while the set lives (a member's set
+ * is replaced, not changed, by its next have). Sets reaching past `BITMAP_MAX_PIECES` (or the
+ * ranges asked for) use a linear merge of the ranges, which never expands a set.
  */
 import type { PieceRanges } from '@shoal/proto';
+
+/**
+ * Largest piece index + 1 a set may reach to get a bitmap: 16,384 pieces (16 GiB in 1 MiB
+ * pieces) take 2 KiB, so even a swarm of 10,000 such members holds 20 MiB of them; an
+ * announced set reaching further (a huge blob, or a peer announcing nonsense) is merged.
+ */
+const BITMAP_MAX_PIECES = 16_384;
+
+/** Bitmaps of the sets compared so far, by the set's own array (sets are never mutated). */
+const bitmaps = new WeakMap<PieceRanges, Uint32Array>();
 
 /** Number of pieces in a set. */
 export function countPieces(ranges: PieceRanges): number {
@@ -16,7 +29,98 @@ export function countPieces(ranges: PieceRanges): number {
 
 /** Number of pieces in `held` that are not in `have` (the size of `held \ have`). */
 export function countMissing(held: PieceRanges, have: PieceRanges): number {
+  const bits = bitmapOf(held);
+  const other = bits === undefined ? undefined : bitmapOf(have);
+  if (bits !== undefined && other !== undefined) {
+    let missing = 0;
+    for (let i = 0; i < bits.length; i += 1) {
+      missing += popcount((bits[i] ?? 0) & ~(other[i] ?? 0));
+    }
+    return missing;
+  }
   let missing = 0;
+  forEachMissing(held, have, (start, end) => {
+    missing += end - start;
+    return true;
+  });
+  return missing;
+}
+
+/** True when `held` has a piece that `have` lacks. */
+export function holdsMissing(held: PieceRanges, have: PieceRanges): boolean {
+  const bits = bitmapOf(held);
+  const other = bits === undefined ? undefined : bitmapOf(have);
+  if (bits !== undefined && other !== undefined) {
+    for (let i = 0; i < bits.length; i += 1) {
+      if (((bits[i] ?? 0) & ~(other[i] ?? 0)) !== 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+  let found = false;
+  forEachMissing(held, have, () => {
+    found = true;
+    return false;
+  });
+  return found;
+}
+
+/** `held \ have` as ranges: the pieces a holder can give an asker that lacks them. */
+export function missingRanges(held: PieceRanges, have: PieceRanges): Array<[number, number]> {
+  const ranges: Array<[number, number]> = [];
+  forEachMissing(held, have, (start, end) => {
+    ranges.push([start, end]);
+    return true;
+  });
+  return ranges;
+}
+
+/**
+ * The set as a bitmap (bit `i % 32` of word `i >> 5` for piece `i`), made on first use and
+ * kept with the set; undefined for a set reaching past `BITMAP_MAX_PIECES`.
+ */
+function bitmapOf(ranges: PieceRanges): Uint32Array | undefined {
+  const kept = bitmaps.get(ranges);
+  if (kept !== undefined) {
+    return kept;
+  }
+  const end = ranges.at(-1)?.[1] ?? 0;
+  if (end > BITMAP_MAX_PIECES) {
+    return undefined;
+  }
+  const bits = new Uint32Array(Math.ceil(end / 32));
+  for (const [from, to] of ranges) {
+    for (let piece = from; piece < to;) {
+      const word = piece >> 5;
+      const offset = piece & 31;
+      const span = Math.min(32 - offset, to - piece);
+      // `span` low bits set, moved to `offset` (a whole word when span is 32).
+      const mask = span === 32 ? 0xffffffff : ((1 << span) - 1) << offset;
+      bits[word] = (bits[word] ?? 0) | mask;
+      piece += span;
+    }
+  }
+  bitmaps.set(ranges, bits);
+  return bits;
+}
+
+/** Number of bits set in a 32-bit word. */
+function popcount(word: number): number {
+  let v = word - ((word >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
+}
+
+/**
+ * Calls `visit` with each range of `held \ have` in order (merged ranges of `held` stay
+ * apart), until it returns false: one linear merge of the two sorted lists.
+ */
+function forEachMissing(
+  held: PieceRanges,
+  have: PieceRanges,
+  visit: (start: number, end: number) => boolean,
+): void {
   // Index of the first `have` range that may still overlap the current `held` range. Both
   // lists are sorted, so it only moves forward.
   let first = 0;
@@ -28,14 +132,15 @@ export function countMissing(held: PieceRanges, have: PieceRanges): number {
     for (let k = first; cursor < end; k += 1) {
       const range = have[k];
       if (range === undefined || range[0] >= end) {
-        missing += end - cursor;
+        if (!visit(cursor, end)) {
+          return;
+        }
         break;
       }
-      if (range[0] > cursor) {
-        missing += range[0] - cursor;
+      if (range[0] > cursor && !visit(cursor, range[0])) {
+        return;
       }
       cursor = Math.max(cursor, range[1]);
     }
   }
-  return missing;
 }

@@ -6,7 +6,7 @@
  */
 import type { PeerInfo, PieceRanges } from '@shoal/proto';
 
-import { countMissing } from './pieces.js';
+import { countMissing, missingRanges } from './pieces.js';
 
 /** One member of a blob's swarm, as a hand-out lists it. */
 export interface SwarmMember {
@@ -62,6 +62,10 @@ interface Ranked {
  * - Coverage: when no chosen member can finish the blob (complete, or a seed) but an
  *   unchosen one can, the best of those takes the last place, so the asker always learns of
  *   someone who will hold every piece.
+ * - A partial member is returned with the pieces the asker lacks (`held \ have`, computed
+ *   anyway to rank it): the rest is of no use to the asker, and the hand-out is smaller to
+ *   encode, send and decode. Its set stays whole when the difference would take more ranges.
+ *   Complete members and seeds are returned as they are.
  */
 export function choosePeers(
   members: readonly SwarmMember[],
@@ -96,7 +100,19 @@ export function choosePeers(
       chosen.splice(limit - 1, 1, finisher);
     }
   }
-  return chosen.map((r) => r.member);
+  return chosen.map(({ member }) => offered(member, ask.have));
+}
+
+/**
+ * The member as a hand-out names it: a partial member with only the pieces the asker lacks,
+ * unless that takes more ranges than its own set (the schema's bound holds).
+ */
+function offered(member: SwarmMember, have: PieceRanges): SwarmMember {
+  if (member.complete || member.seed) {
+    return member;
+  }
+  const pieces = missingRanges(member.pieces, have);
+  return pieces.length > member.pieces.length ? member : { ...member, pieces };
 }
 
 function compareRanked(a: Ranked, b: Ranked): number {
