@@ -82,6 +82,11 @@ const MiB = 1024 * 1024;
 const REPOSITORY = 'bench/faults';
 /** A supervisor (kubelet, systemd) restarts a killed process after about this long, in ms. */
 const RESTART_AFTER_MS = 1000;
+/**
+ * How long `nats-outage` keeps nats-server down: three times the agents' stall timeout (10 s),
+ * so downloads meet the outage's own fallback rather than a reconnect.
+ */
+const NATS_OUTAGE_MS = 30_000;
 /** Pause before a client asks again for a blob that failed, in ms. */
 const RETRY_PAUSE_MS = 500;
 /** How often a preheat job's status is read, in ms. */
@@ -98,6 +103,7 @@ const FAULTS = [
   'kill-seed-server-early-ack30s',
   'kill-tracker',
   'kill-nats',
+  'nats-outage',
   'kill-nats-cluster-node',
   'kill-watcher-mid-preheat',
   'kill-watcher-mid-preheat-ack30s',
@@ -125,6 +131,7 @@ const DESCRIPTIONS: Record<Fault, string> = {
     'the same, the seed requests on a 30 s ack wait (SHOAL_SEED_REQUEST_ACK_WAIT_MS, before the fix)',
   'kill-tracker': 'SIGKILL one of the two trackers, restart it',
   'kill-nats': 'SIGKILL nats-server, restart it (same port, same JetStream store)',
+  'nats-outage': "SIGKILL nats-server, restart it 30 s later (past the agents' 10 s stall timeout)",
   'kill-nats-cluster-node':
     'three-node JetStream cluster, R3 streams: SIGKILL the node leading most pull-path streams, restart it',
   'kill-watcher-mid-preheat':
@@ -374,8 +381,11 @@ interface FaultNats {
   /** Settings every service gets besides the URL (stream replicas). */
   readonly env: Readonly<Record<string, string>>;
   logPaths(): readonly string[];
-  /** Kills a server (on a cluster, the node leading most pull-path streams) and restarts it. */
-  crashAndRestart(): Promise<string>;
+  /**
+   * Kills a server (on a cluster, the node leading most pull-path streams) and restarts it
+   * `downMs` later (default: `2 * RESTART_AFTER_MS`).
+   */
+  crashAndRestart(downMs?: number): Promise<string>;
 }
 
 /** A cluster for one fault: NATS, two trackers, a seed server, the agents, maybe a watcher. */
@@ -409,9 +419,9 @@ async function startFaultNats(fault: Fault, host: string, teardown: Teardown): P
       url: cluster.urls.join(','),
       env: { SHOAL_NATS_STREAM_REPLICAS: '3' },
       logPaths: () => cluster.logPaths,
-      crashAndRestart: async () => {
+      crashAndRestart: async (downMs = 2 * RESTART_AFTER_MS) => {
         const index = await cluster.leaderOf(PULL_STREAMS);
-        await cluster.crashAndRestart(index, 2 * RESTART_AFTER_MS);
+        await cluster.crashAndRestart(index, downMs);
         return `nats-${index + 1}/3`;
       },
     };
@@ -422,8 +432,8 @@ async function startFaultNats(fault: Fault, host: string, teardown: Teardown): P
     url: nats.url,
     env: {},
     logPaths: () => [nats.process.logPath],
-    crashAndRestart: async () => {
-      await nats.crashAndRestart(2 * RESTART_AFTER_MS);
+    crashAndRestart: async (downMs = 2 * RESTART_AFTER_MS) => {
+      await nats.crashAndRestart(downMs);
       return 'nats-server';
     },
   };
@@ -665,6 +675,8 @@ async function strike(
     case 'kill-nats':
     case 'kill-nats-cluster-node':
       return { hit: await cluster.nats.crashAndRestart(), undo: none };
+    case 'nats-outage':
+      return { hit: await cluster.nats.crashAndRestart(NATS_OUTAGE_MS), undo: none };
     case 'kill-watcher-mid-preheat':
     case 'kill-watcher-mid-preheat-ack30s': {
       if (cluster.watcher === undefined) {

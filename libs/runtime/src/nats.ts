@@ -563,6 +563,34 @@ export function redeclareOnReconnect(
   })();
 }
 
+/** Whether a connection is up, as its status events tell (see `followNatsLink`). */
+export interface NatsLink {
+  readonly up: boolean;
+}
+
+/**
+ * Follows the connection's state: down from a disconnect (or its close) until a reconnect.
+ * `onChange` is told of each change.
+ */
+export function followNatsLink(nc: NatsConnection, onChange?: (up: boolean) => void): NatsLink {
+  const link = { up: !nc.isClosed() };
+  void (async () => {
+    for await (const status of nc.status()) {
+      const up =
+        status.type === 'reconnect'
+          ? true
+          : status.type === 'disconnect' || status.type === 'close'
+            ? false
+            : link.up;
+      if (up !== link.up) {
+        link.up = up;
+        onChange?.(up);
+      }
+    }
+  })();
+  return link;
+}
+
 /** How often stream usage is read for the metrics, in ms. */
 const STREAM_USAGE_INTERVAL_MS = 30_000;
 

@@ -33,6 +33,7 @@ import {
   connectNats,
   ensureKv,
   ensureStreams,
+  followNatsLink,
   jetStreamFor,
   redeclareOnReconnect,
   watchStreamUsage,
@@ -119,6 +120,13 @@ export async function buildApp(
 
   // NATS: the streams and the lock bucket the seed server owns.
   const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
+  const natsLink = followNatsLink(nc, (up) => {
+    metrics.natsConnected.set(up ? 1 : 0);
+    if (!up) {
+      logger.warn('NATS down: every piece is served (no rationing) until it is back');
+    }
+  });
+  metrics.natsConnected.set(natsLink.up ? 1 : 0);
   const { js, jsm } = await jetStreamFor(nc);
   const ownedStreams = [STREAMS.pieces, STREAMS.seed];
   await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
@@ -163,6 +171,7 @@ export async function buildApp(
       max: config.SHOAL_SEED_MAX_UPLOADS,
       timeoutMs: config.SHOAL_SEED_UPLOAD_TIMEOUT_MS,
     },
+    swarmHeard: () => natsLink.up,
     fanout: {
       copies: config.SHOAL_SEED_PIECE_FANOUT,
       windowMs: config.SHOAL_SEED_FANOUT_WINDOW_MS,

@@ -56,6 +56,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Piece requests being answered now (capped by SHOAL_SEED_MAX_UPLOADS)',
       registers,
     }),
+    natsConnected: new Gauge({
+      name: `${prefix}nats_connected`,
+      help: 'Whether the seed server is connected to NATS now (1), or its connection is down and being made anew (0); while 0 it serves every piece asked for, without rationing',
+      registers,
+    }),
     cacheBytes: new Gauge({
       name: `${prefix}cache_bytes`,
       help: 'Bytes of the blobs in the local cache, those being seeded at their full size',

@@ -36,6 +36,24 @@ describe('PieceRations', () => {
     assert.ok(rations.take(BLOB, 0), 'after the window, a copy for whoever still lacks it');
   });
 
+  it('hands a ticket out whatever the count when it may not refuse, and counts that copy too', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    const first = rations.take(BLOB, 0);
+    assert.ok(first);
+    assert.equal(rations.take(BLOB, 0), undefined);
+    const forced = rations.take(BLOB, 0, false);
+    assert.ok(forced, 'a copy while refusing is not allowed');
+    first.end(true);
+    clock.advance(1_000);
+    forced.end(true);
+    // The first copy's window is over; the forced one's is not.
+    clock.advance(1_000);
+    assert.equal(rations.take(BLOB, 0), undefined, 'the forced copy counts');
+    clock.advance(1_000);
+    assert.ok(rations.take(BLOB, 0));
+  });
+
   it('lets another copy go when the first was cut off', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

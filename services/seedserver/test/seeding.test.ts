@@ -66,6 +66,8 @@ const WAIT_MS = 30_000;
 
 interface SeedUnderTest {
   readonly app: SeedApp;
+  /** The seed's nats-server. */
+  readonly nats: NatsServer;
   /** The test's own JetStream handles on the seed's NATS. */
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
@@ -135,6 +137,7 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
     const connection = nc;
     return {
       app: started,
+      nats,
       js,
       jsm,
       url,
@@ -657,6 +660,54 @@ describe('seed server', () => {
       );
       await fetchAllPieces(seed.url, layer(1));
     } finally {
+      await seed.stop();
+    }
+  });
+
+  it('serves every piece while NATS is down (nobody can hear who got one), and rations again once it is back', async () => {
+    // One copy per piece, counted for a minute: the whole test runs inside the window.
+    const seed = await startSeed({ SHOAL_SEED_FANOUT_WINDOW_MS: '60000' });
+    let back: Promise<void> | undefined;
+    try {
+      const blob = layer(2);
+      await seed.request(blob);
+      await seed.seeds('seeded', 1);
+      const askPiece = async (): Promise<number> => {
+        const response = await fetch(`${seed.url}${piecePath(blob.digest, 0)}`, {
+          signal: AbortSignal.timeout(WAIT_MS),
+        });
+        await response.arrayBuffer();
+        return response.status;
+      };
+      const connected = (): Promise<number> => seed.metric('shoal_seedserver_nats_connected');
+      assert.equal(await connected(), 1);
+      assert.equal(await askPiece(), 200);
+      assert.equal(await askPiece(), 429, 'rationed: the first copy counts for the window');
+
+      back = seed.nats.crashAndRestart(4_000);
+      await waitFor('the seed server to see NATS down', async () => (await connected()) === 0, {
+        timeoutMs: WAIT_MS,
+        intervalMs: 50,
+      });
+      assert.equal(await askPiece(), 200, 'served while NATS is down');
+      assert.equal(await askPiece(), 200, 'and again');
+      await back;
+      await waitFor('the seed server back on NATS', async () => (await connected()) === 1, {
+        timeoutMs: WAIT_MS,
+        intervalMs: 50,
+      });
+      assert.equal(await askPiece(), 429, 'rationed again, the copies sent meanwhile counted');
+      assert.equal(
+        await seed.metric('shoal_seedserver_piece_requests_total', { result: 'served' }),
+        3,
+      );
+      assert.equal(
+        await seed.metric('shoal_seedserver_piece_requests_total', { result: 'rationed' }),
+        2,
+      );
+    } finally {
+      // NATS back first, so that stopping does not race its restart.
+      await back;
       await seed.stop();
     }
   });

@@ -22,10 +22,12 @@ import {
   connectNats,
   drainWithin,
   ensureStreams,
+  followNatsLink,
   jetStreamFor,
   redeclareOnReconnect,
   watchStreamUsage,
   type NatsConnection,
+  type NatsLink,
 } from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -143,7 +145,7 @@ export async function buildApp(
   // A function, not the property, so checks after an await are not narrowed away.
   const stopped = (): boolean => stopping.signal.aborted;
   let nc: NatsConnection | undefined;
-  let natsConnected = false;
+  let natsLink: NatsLink | undefined;
   let swarm: SwarmStreamConsumer | undefined;
   const notReadyReason = (): string | undefined => {
     if (stopped()) {
@@ -152,7 +154,7 @@ export async function buildApp(
     if (nc === undefined) {
       return 'connecting to NATS';
     }
-    if (!natsConnected || nc.isClosed()) {
+    if (natsLink?.up !== true || nc.isClosed()) {
       return 'NATS disconnected';
     }
     if (swarm?.caughtUp !== true) {
@@ -193,16 +195,7 @@ export async function buildApp(
     // NATS: one connection; readiness follows its state.
     const connection = await connectNats(config, 'shoal-tracker', logger);
     nc = connection;
-    natsConnected = true;
-    void (async () => {
-      for await (const status of connection.status()) {
-        if (status.type === 'disconnect') {
-          natsConnected = false;
-        } else if (status.type === 'reconnect') {
-          natsConnected = true;
-        }
-      }
-    })();
+    natsLink = followNatsLink(connection);
     const { js, jsm } = await jetStreamFor(connection);
 
     // Streams the tracker owns, created or brought to their declared configuration.

@@ -58,8 +58,12 @@ export class PieceRations {
     this.#sweptAt = now();
   }
 
-  /** A ticket when another copy of the piece may go out now; undefined: send the agent to a peer. */
-  take(blob: object, piece: number): RationTicket | undefined {
+  /**
+   * A ticket when another copy of the piece may go out now; undefined: send the agent to a
+   * peer. `mayRefuse` false: a ticket whatever the count (the copy still counts), for when
+   * the agents cannot hear who got the piece (see `RouteDeps.swarmHeard`).
+   */
+  take(blob: object, piece: number, mayRefuse = true): RationTicket | undefined {
     const { copies } = this.#settings;
     if (copies === 0) {
       return NO_TICKET;
@@ -81,7 +85,7 @@ export class PieceRations {
       pieces.set(piece, state);
       this.#entries += 1;
     }
-    if (this.#counted(state, now) >= copies) {
+    if (mayRefuse && this.#counted(state, now) >= copies) {
       return undefined;
     }
     const started = now;

@@ -24,6 +24,13 @@ export interface RouteDeps extends OpsRouteDeps {
   readonly metrics: SeedMetrics;
   /** Copies of one piece counted at once before agents are sent to peers (`PieceRations`). */
   readonly fanout: RationSettings;
+  /**
+   * True while the seed's NATS connection is up. Rationing sends an agent to the peers that
+   * got a piece, which it learns of from the tracker through NATS; while NATS is down no have
+   * or hand-out gets through, so a refused agent would only ask again (for up to the window),
+   * and every piece is served instead (the copies still count).
+   */
+  readonly swarmHeard: () => boolean;
   /** The seed's upload budget, shared by every piece it serves. */
   readonly uploadLimit: RateLimiter;
   /** Checks hand-out tokens; undefined when piece authentication is off. */
@@ -56,7 +63,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // Counted per local copy of the blob: one evicted and seeded again starts with none (the
     // tracker asks for it again when nobody holds it whole, so the earlier copies' counts
     // would only hold its pieces back). At most one copy more per piece each time.
-    ration: (blob, index) => rations.take(blob, index),
+    ration: (blob, index) => rations.take(blob, index, deps.swarmHeard()),
     onResult: (result, bytes) => {
       metrics.pieceRequests.inc({ result });
       if (result === 'served') {
