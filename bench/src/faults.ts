@@ -343,7 +343,8 @@ async function cacheConsistent(cacheDir: string): Promise<{ ok: boolean; detail:
   for (const algorithm of ['sha256']) {
     const dir = join(cacheDir, 'blobs', algorithm);
     for (const hex of await readdir(dir).catch(() => [] as string[])) {
-      if (hex.endsWith('.type')) {
+      // A blob is named by its hex digest; its sidecars (`.type`, `.checked`) are not blobs.
+      if (!/^[0-9a-f]{64}$/.test(hex)) {
         continue;
       }
       blobs += 1;
