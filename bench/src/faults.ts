@@ -343,8 +343,9 @@ async function cacheConsistent(cacheDir: string): Promise<{ ok: boolean; detail:
   for (const algorithm of ['sha256']) {
     const dir = join(cacheDir, 'blobs', algorithm);
     for (const hex of await readdir(dir).catch(() => [] as string[])) {
-      // A blob is named by its hex digest; its sidecars (`.type`, `.checked`) are not blobs.
-      if (!/^[0-9a-f]{64}$/.test(hex)) {
+      // A blob's sidecars (its media type, its fingerprint) are not blobs; any other name
+      // is hashed, and fails unless it is a blob named by its digest.
+      if (hex.endsWith('.type') || hex.endsWith('.checked')) {
         continue;
       }
       blobs += 1;

@@ -584,10 +584,15 @@ export function followNatsLink(nc: NatsConnection, onChange?: (up: boolean) => v
             : link.up;
       if (up !== link.up) {
         link.up = up;
-        onChange?.(up);
+        // A listener that throws must not stop the following.
+        try {
+          onChange?.(up);
+        } catch {
+          // Nothing to do: the state is kept whatever the listener did.
+        }
       }
     }
-  })();
+  })().catch(() => undefined);
   return link;
 }
 

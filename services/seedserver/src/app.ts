@@ -122,7 +122,8 @@ export async function buildApp(
   const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
   const natsLink = followNatsLink(nc, (up) => {
     metrics.natsConnected.set(up ? 1 : 0);
-    if (!up) {
+    // Not at the close (a drained connection is closed on purpose).
+    if (!up && !nc.isClosed()) {
       logger.warn('NATS down: every piece is served (no rationing) until it is back');
     }
   });
