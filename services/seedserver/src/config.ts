@@ -110,7 +110,9 @@ export const seedFields = z.object({
    * from a peer that already has it (429), so the seed's upload goes to pieces the swarm does
    * not have yet, as BitTorrent's super-seeding does. Copies are counted per local copy of a
    * blob: for one evicted and seeded again (nobody holds it whole), its first copy of each
-   * piece is not held back by the copies sent before.
+   * piece is not held back by the copies sent before. While the seed server's NATS connection
+   * is down nothing is refused (agents cannot learn who got a piece); the copies sent
+   * meanwhile still count.
    */
   SHOAL_SEED_PIECE_FANOUT: envInt(1),
   /**
