@@ -566,6 +566,8 @@ export function redeclareOnReconnect(
 /** Whether a connection is up, as its status events tell (see `followNatsLink`). */
 export interface NatsLink {
   readonly up: boolean;
+  /** Since when (ms, `Date.now`) the connection has been down; undefined while it is up. */
+  readonly downSince: number | undefined;
 }
 
 /**
@@ -573,7 +575,11 @@ export interface NatsLink {
  * `onChange` is told of each change.
  */
 export function followNatsLink(nc: NatsConnection, onChange?: (up: boolean) => void): NatsLink {
-  const link = { up: !nc.isClosed() };
+  const closed = nc.isClosed();
+  const link: { up: boolean; downSince: number | undefined } = {
+    up: !closed,
+    downSince: closed ? Date.now() : undefined,
+  };
   void (async () => {
     for await (const status of nc.status()) {
       const up =
@@ -584,6 +590,7 @@ export function followNatsLink(nc: NatsConnection, onChange?: (up: boolean) => v
             : link.up;
       if (up !== link.up) {
         link.up = up;
+        link.downSince = up ? undefined : Date.now();
         // A listener that throws must not stop the following.
         try {
           onChange?.(up);

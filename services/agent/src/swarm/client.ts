@@ -28,7 +28,7 @@ import {
   type SeedFailed,
 } from '@shoal/proto';
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
-import { traceHeaders } from '@shoal/runtime/nats';
+import { followNatsLink, traceHeaders, type NatsLink } from '@shoal/runtime/nats';
 
 import type { AgentMetrics } from '../metrics.js';
 import { DirectGetCheck, readPieceHashes, type HashPath } from './hash-reader.js';
@@ -96,12 +96,10 @@ export class SwarmClient {
   /** The last have publish failed (NATS away): logged once per outage, not tried at close. */
   #publishFailing = false;
   #flushing: Promise<void> = Promise.resolve();
-  /** Since when (ms) the connection to NATS has been down; undefined while it is up. */
-  #natsDownSince: number | undefined;
+  /** The connection's state; followed from the first `start` (which runs again when hand-outs fail). */
+  #natsLink: NatsLink | undefined;
   /** Told when the connection to NATS goes down (a download with no source stops waiting). */
   readonly #natsDownListeners = new Set<() => void>();
-  /** The connection's status is watched (once: `start` runs again when hand-outs fail). */
-  #watchingStatus = false;
   /**
    * Aborted (and replaced) when the connection is made anew: a have published on the old
    * one, to a server that vanished silently, never gets its acknowledgement, and waiting out
@@ -148,26 +146,20 @@ export class SwarmClient {
 
   /** Starts receiving hand-outs; a subscription that fails is reopened after a second. */
   start(): void {
-    if (!this.#watchingStatus) {
-      this.#watchingStatus = true;
-      this.#metrics.natsConnected.set(this.#nc.isClosed() ? 0 : 1);
-      void (async () => {
-        for await (const status of this.#nc.status()) {
-          if (status.type === 'reconnect') {
-            this.#natsDownSince = undefined;
-            this.#metrics.natsConnected.set(1);
-            this.#connection.abort();
-            this.#connection = new AbortController();
-            this.#resendLostWants();
-          } else if (status.type === 'disconnect' || status.type === 'close') {
-            this.#natsDownSince ??= Date.now();
-            this.#metrics.natsConnected.set(0);
-            for (const listener of this.#natsDownListeners) {
-              listener();
-            }
+    if (this.#natsLink === undefined) {
+      this.#natsLink = followNatsLink(this.#nc, (up) => {
+        this.#metrics.natsConnected.set(up ? 1 : 0);
+        if (up) {
+          this.#connection.abort();
+          this.#connection = new AbortController();
+          this.#resendLostWants();
+        } else {
+          for (const listener of this.#natsDownListeners) {
+            listener();
           }
         }
-      })();
+      });
+      this.#metrics.natsConnected.set(this.#natsLink.up ? 1 : 0);
     }
     const subscription = this.#nc.subscribe(handoutSubject(this.self.id));
     this.#subscription = subscription;
@@ -210,7 +202,7 @@ export class SwarmClient {
    * or given up after unanswered pings) and is not back yet. Undefined while it is up.
    */
   get natsDownSince(): number | undefined {
-    return this.#natsDownSince;
+    return this.#natsLink?.downSince;
   }
 
   /** Calls `listener` each time the connection to NATS goes down, until the returned function is called. */
