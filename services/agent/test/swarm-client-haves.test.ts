@@ -254,12 +254,12 @@ describe('SwarmClient haves', () => {
     try {
       // Six have intervals with nothing to announce: no timer of the client's fires (one that
       // ran on an interval would have fired six times).
-      const fired = await timerCallbacks(async () => {
+      const { fired, sites } = await timerCallbacks(async () => {
         client = newClient();
         await sleep(HAVE_INTERVAL_MS * 6);
       });
       // The sleep itself is the one timer callback.
-      assert.equal(fired, 1);
+      assert.equal(fired, 1, `timers set at: ${sites.join('; ')}`);
     } finally {
       await client?.close();
     }

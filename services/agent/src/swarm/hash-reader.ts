@@ -38,6 +38,7 @@ import {
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
 
 import type { AgentMetrics } from '../metrics.js';
+import { timerDelay } from './timer-delay.js';
 
 /**
  * Without a new hash for this long while some are missing, the stored batches are read again
@@ -488,7 +489,7 @@ class HashReader {
   /** Waits `ms`, or less when a batch completes the hashes, a subscription fails or the signal aborts. */
   #sleep(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms);
+      const timer = setTimeout(done, timerDelay(ms));
       this.#wake = done;
       function done(): void {
         clearTimeout(timer);

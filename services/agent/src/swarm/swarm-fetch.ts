@@ -57,6 +57,7 @@ import type { SwarmClient } from './client.js';
 import type { HashPath } from './hash-reader.js';
 import { PieceFetchError, type PieceClient } from './piece-client.js';
 import { StallWatch } from './stall-watch.js';
+import { timerDelay } from './timer-delay.js';
 import type { RateLimiter } from '@shoal/runtime';
 
 /** Requests in flight to one peer for one blob. */
@@ -492,8 +493,7 @@ export class SwarmFetch {
         at = Math.min(at, ends + 1);
       }
     }
-    // Past the largest delay setTimeout takes, it fires at once: look again then.
-    const wait = Math.min(Math.max(1, at - Date.now()), 2 ** 31 - 1);
+    const wait = timerDelay(at - Date.now());
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, wait);
       this.#wake = () => {
