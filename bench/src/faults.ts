@@ -98,6 +98,7 @@ const FAULTS = [
   'none',
   'kill-uploading-agent',
   'kill-downloading-agent',
+  'lose-uploading-agent',
   'kill-seed-server',
   'kill-seed-server-early',
   'kill-seed-server-early-ack30s',
@@ -124,6 +125,8 @@ const DESCRIPTIONS: Record<Fault, string> = {
   none: 'no fault (baseline)',
   'kill-uploading-agent': 'SIGKILL the agent that uploaded most, restart it',
   'kill-downloading-agent': 'SIGKILL the agent that fetched least, restart it',
+  'lose-uploading-agent':
+    'SIGKILL the agent that uploaded most, never back (a node lost; time: the other agents)',
   'kill-seed-server': 'SIGKILL the seed server, restart it (same cache, same gateway)',
   'kill-seed-server-early':
     'SIGKILL the seed server as soon as it takes the seed request (before any piece hash), restart it',
@@ -250,6 +253,8 @@ function parseOptions(argv: readonly string[]): Options {
 
 /** What one client's pull came to. */
 interface PullOutcome {
+  /** Whose pull (agent-N). */
+  readonly agent: string;
   readonly ok: boolean;
   readonly seconds: number;
   /** Completed responses whose bytes did not match their digest. */
@@ -288,6 +293,7 @@ async function pullBlob(
 
 /** Pulls the image through `agentUrl`: the manifest, then every blob at once, each retried. */
 async function pullImage(
+  agent: string,
   agentUrl: string,
   target: PullTarget,
   started: number,
@@ -299,9 +305,16 @@ async function pullImage(
     await Promise.all(
       target.blobs.map((blob) => pullBlob(agentUrl, target, blob, deadline, tally)),
     );
-    return { ok: true, seconds: (performance.now() - started) / 1000, ...tally, error: undefined };
+    return {
+      agent,
+      ok: true,
+      seconds: (performance.now() - started) / 1000,
+      ...tally,
+      error: undefined,
+    };
   } catch (error) {
     return {
+      agent,
       ok: false,
       seconds: Number.NaN,
       ...tally,
@@ -374,6 +387,8 @@ interface AgentSlot {
   readonly start: () => Promise<AgentProcess>;
   readonly cacheDir: string;
   restarted: boolean;
+  /** Aborted when the agent is killed for good: its client stops pulling, and is not counted. */
+  readonly lost: AbortController;
 }
 
 /** The cluster's NATS: one server, or a three-node JetStream cluster with R3 streams. */
@@ -570,7 +585,13 @@ async function startFaultCluster(
           },
         });
     }
-    const slot: AgentSlot = { agent: await start(), start, cacheDir, restarted: false };
+    const slot: AgentSlot = {
+      agent: await start(),
+      start,
+      cacheDir,
+      restarted: false,
+      lost: new AbortController(),
+    };
     cluster.agents.push(slot);
     teardown.add(`agent ${i}`, () => slot.agent.stop());
   }
@@ -657,6 +678,12 @@ async function strike(
     case 'kill-downloading-agent': {
       const slot = await pickAgent(cluster, 'shoal_agent_fetched_bytes_total', {}, 'least');
       return { hit: await killAndRestartAgent(slot), undo: none };
+    }
+    case 'lose-uploading-agent': {
+      const slot = await pickAgent(cluster, 'shoal_agent_uploaded_bytes_total', {}, 'most');
+      slot.lost.abort();
+      await slot.agent.process.kill();
+      return { hit: slot.agent.peerId ?? 'agent', undo: none };
     }
     case 'kill-seed-server':
     case 'kill-seed-server-early':
@@ -798,9 +825,18 @@ async function pullWithFault(
   const window =
     registry === undefined ? undefined : cluster.proxy.during(registry, options.windowMs, deadline);
   const started = performance.now();
-  // Clients go through each slot's current agent: a restarted agent has the same URL.
+  // Clients go through each slot's current agent: a restarted agent has the same URL. A lost
+  // agent's client stops with it.
   const pulls = Promise.all(
-    cluster.agents.map((slot) => pullImage(slot.agent.url, target, started, deadline)),
+    cluster.agents.map((slot, i) =>
+      pullImage(
+        `agent-${i}`,
+        slot.agent.url,
+        target,
+        started,
+        AbortSignal.any([deadline, slot.lost.signal]),
+      ),
+    ),
   );
   let struck: { hit: string; undo: () => void } = { hit: '', undo: () => undefined };
   let at = 0;
@@ -808,7 +844,8 @@ async function pullWithFault(
     at = (performance.now() - started) / 1000;
     struck = await strike(fault, cluster, target);
   }
-  const outcomes = await pulls;
+  // A lost agent's pull is not counted: the row is about the others.
+  const outcomes = (await pulls).filter((_, i) => cluster.agents[i]?.lost.signal.aborted !== true);
   struck.undo();
   await window;
   return { hit: registry === undefined ? struck.hit : 'registry', at, outcomes };
@@ -1065,9 +1102,9 @@ function report(options: Options, figures: readonly FaultFigures[]): string {
     `faults survived (every pull ok, 0 corrupt responses): ${survived} of ${figures.length}`,
   ];
   for (const f of figures) {
-    for (const [i, o] of f.outcomes.entries()) {
+    for (const o of f.outcomes) {
       if (!o.ok) {
-        lines.push(`FAILED ${f.fault}, agent-${i}: ${o.error ?? ''}`);
+        lines.push(`FAILED ${f.fault}, ${o.agent}: ${o.error ?? ''}`);
       }
     }
   }
