@@ -4,8 +4,10 @@
  */
 export { PieceBuffers } from './buffers.js';
 export {
+  askingPeerId,
   pieceHandler,
   PIECE_ROUTE,
+  type PieceAsk,
   type PieceRequest,
   type PieceResult,
   type PieceRoute,

@@ -9,7 +9,13 @@
  * byte has its connection closed, which frees the slot. Who may ask at all is decided before
  * this handler runs (the piece authentication preHandler of `@shoal/runtime`).
  */
-import { parseDigest } from '@shoal/proto';
+import {
+  parseDigest,
+  peerId,
+  PIECE_PEER_HEADER,
+  PIECE_UNREACHABLE_HEADER,
+  unreachablePeers,
+} from '@shoal/proto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
 import type { PieceBuffers } from './buffers.js';
@@ -21,6 +27,32 @@ export interface PieceRoute {
   Params: { algorithm: string; hex: string; index: string };
 }
 export type PieceRequest = FastifyRequest<PieceRoute>;
+
+/**
+ * The id the asking agent sends (`PIECE_PEER_HEADER`, checked against its hand-out token when
+ * piece authentication is on), or undefined when it sent none.
+ */
+export function askingPeerId(request: PieceRequest): string | undefined {
+  const header = request.headers[PIECE_PEER_HEADER];
+  return typeof header === 'string' && peerId.safeParse(header).success ? header : undefined;
+}
+
+/** Who asks for a piece, as the request says (for the seed's rationing). */
+export interface PieceAsk {
+  /** The asking agent's id (`askingPeerId`), when it sent one. */
+  readonly asker: string | undefined;
+  /** The peers it could not reach (`PIECE_UNREACHABLE_HEADER`). */
+  readonly unreachable: readonly string[];
+}
+
+/** Who asks, and whom it could not reach. */
+function askOf(request: PieceRequest): PieceAsk {
+  const unreachable = request.headers[PIECE_UNREACHABLE_HEADER];
+  return {
+    asker: askingPeerId(request),
+    unreachable: unreachablePeers(typeof unreachable === 'string' ? unreachable : undefined),
+  };
+}
 
 /** What a server holds of one blob. */
 export interface PieceSource {
@@ -75,9 +107,9 @@ export interface PieceServerOptions {
   /**
    * Fan-out rationing (the seed's), asked once a slot is free: a ticket to send this copy, or
    * undefined to send the asker to a peer (429). `source` is the blob the piece is read from,
-   * as `source` returned it.
+   * as `source` returned it; `ask` says who asks and whom it could not reach.
    */
-  readonly ration?: (source: PieceSource, index: number) => PieceTicket | undefined;
+  readonly ration?: (source: PieceSource, index: number, ask: PieceAsk) => PieceTicket | undefined;
   /** Test fault: flip the first byte of every piece served. */
   readonly corrupt?: boolean;
   /** Every request's outcome; `bytes` is the piece length for `served`. */
@@ -126,7 +158,7 @@ export function pieceHandler(
       onResult(refused, 0);
       return reply.code(429).header('retry-after', '1').send({ error: refused });
     }
-    const ticket = options.ration?.(source, piece);
+    const ticket = options.ration?.(source, piece, askOf(request));
     if (options.ration !== undefined && ticket === undefined) {
       onResult('rationed', 0);
       return reply

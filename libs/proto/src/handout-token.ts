@@ -22,6 +22,15 @@ import { digestText, peerId } from './messages/common.js';
 export const PIECE_AUTH_SCHEME = 'Shoal-Piece';
 /** The header in which a piece request names its requester (lowercase, as node reports it). */
 export const PIECE_PEER_HEADER = 'shoal-peer';
+/**
+ * The header in which a piece request to the seed server names the peers the requester could
+ * not reach lately (refused connections or went silent; comma-separated ids): the copies of
+ * the piece the seed sent them do not count against the requester in its fan-out rationing,
+ * since it cannot get the piece from them (see `unreachablePeers`).
+ */
+export const PIECE_UNREACHABLE_HEADER = 'shoal-unreachable';
+/** Most peers one `PIECE_UNREACHABLE_HEADER` names; more are left out. */
+export const MAX_UNREACHABLE_PEERS = 16;
 /** Longest token accepted, in characters; real ones are about 250. */
 export const MAX_HANDOUT_TOKEN_LENGTH = 1024;
 
@@ -110,4 +119,23 @@ export function checkHandoutClaims(
 /** The headers a piece request carries its token in. */
 export function pieceAuthHeaders(token: string, peer: string): Record<string, string> {
   return { authorization: `${PIECE_AUTH_SCHEME} ${token}`, [PIECE_PEER_HEADER]: peer };
+}
+
+/** The `PIECE_UNREACHABLE_HEADER` value naming `peers` (at most `MAX_UNREACHABLE_PEERS`). */
+export function unreachableHeader(peers: readonly string[]): string {
+  return peers.slice(0, MAX_UNREACHABLE_PEERS).join(',');
+}
+
+/**
+ * The peer ids a `PIECE_UNREACHABLE_HEADER` value names: at most `MAX_UNREACHABLE_PEERS`,
+ * only well-formed ids (anything else in the list is skipped).
+ */
+export function unreachablePeers(value: string | undefined): string[] {
+  if (value === undefined || value === '') {
+    return [];
+  }
+  return value
+    .split(',', MAX_UNREACHABLE_PEERS)
+    .map((id) => id.trim())
+    .filter((id) => peerId.safeParse(id).success);
 }

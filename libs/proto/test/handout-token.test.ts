@@ -6,8 +6,11 @@ import {
   checkHandoutClaims,
   decodeMessage,
   handout,
+  MAX_UNREACHABLE_PEERS,
   pieceAuthHeaders,
   signHandoutToken,
+  unreachableHeader,
+  unreachablePeers,
   verifyHandoutToken,
 } from '../src/index.js';
 
@@ -95,5 +98,22 @@ describe('hand-out tokens', () => {
       Buffer.from(JSON.stringify({ type: 'handout', blob, peers: [], token: 'not a token' })),
     );
     assert.equal(bad.ok, false);
+  });
+});
+
+describe('the unreachable peers header', () => {
+  it('names well-formed peer ids only, at most MAX_UNREACHABLE_PEERS of them', () => {
+    assert.deepEqual(unreachablePeers(undefined), []);
+    assert.deepEqual(unreachablePeers(''), []);
+    assert.deepEqual(unreachablePeers('agent-1, agent-2,,bad id,x/y,agent-3'), [
+      'agent-1',
+      'agent-2',
+      'agent-3',
+    ]);
+    const many = Array.from({ length: 40 }, (_, i) => `agent-${i}`);
+    const header = unreachableHeader(many);
+    assert.deepEqual(unreachablePeers(header), many.slice(0, MAX_UNREACHABLE_PEERS));
+    assert.deepEqual(unreachablePeers(many.join(',')), many.slice(0, MAX_UNREACHABLE_PEERS));
+    assert.deepEqual(unreachablePeers(`${'a'.repeat(65)},agent-1`), ['agent-1']);
   });
 });

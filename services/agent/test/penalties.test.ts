@@ -35,6 +35,29 @@ describe('SourcePenalties', () => {
     assert.deepEqual(refuseInARow(book, clock, 5), [2000, 4000, 8000, 8000, 8000]);
   });
 
+  it('names the sources that refused lately until they answer, whatever the tracker says', () => {
+    const { book, clock } = penalties();
+    book.refused('agent-a', BASE_MS, MAX_MS);
+    clock.ms += 10;
+    book.refused('agent-b', BASE_MS, MAX_MS);
+    book.penalize('agent-c', 5_000);
+    assert.deepEqual(
+      book.unreachable(),
+      ['agent-b', 'agent-a'],
+      'the latest first; a bad piece is not',
+    );
+    // The tracker still names agent-a: its penalty is cut back, but it is still unreachable.
+    book.handedOut('agent-a');
+    assert.deepEqual(book.unreachable(), ['agent-b', 'agent-a']);
+    clock.ms += 10;
+    book.refused('agent-a', BASE_MS, MAX_MS);
+    assert.deepEqual(book.unreachable(), ['agent-a', 'agent-b'], 'refused again: the latest');
+    book.answered('agent-b');
+    assert.deepEqual(book.unreachable(), ['agent-a'], 'agent-b answered');
+    clock.ms += 15_001;
+    assert.deepEqual(book.unreachable(), [], '15 s without a refusal: forgotten');
+  });
+
   it('counts refusals while penalised once (requests started together)', () => {
     const { book, clock } = penalties();
     book.refused('seed', BASE_MS, MAX_MS);
@@ -100,7 +123,7 @@ describe('SourcePenalties', () => {
     assert.equal(book.penaltyEnds('other'), clock.ms + 60_000);
   });
 
-  it('lets the count decay, and keeps no source once its penalty and count are over', () => {
+  it('lets the count decay, and keeps no source once its penalty, count and refusal are over', () => {
     const { book, clock } = penalties();
     refuseInARow(book, clock, 3);
     // Not refused again for longer than the longest penalty: the next refusal is a first one.
@@ -112,7 +135,8 @@ describe('SourcePenalties', () => {
       book.penalize(`bad-${i}`, 30_000);
     }
     assert.ok(book.tracked >= 2000);
-    clock.ms += 30_000 + MAX_MS + 1;
+    // Past the penalties, the counts and the time the refused ones are named unreachable.
+    clock.ms += 60_000 + 1;
     book.penalize('last', 1);
     assert.equal(book.tracked, 1, 'only the newest penalty is left');
   });

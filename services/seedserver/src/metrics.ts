@@ -51,6 +51,12 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['result'] as const,
       registers,
     }),
+    rationExempt: new Counter({
+      name: `${prefix}ration_exemptions_total`,
+      help: 'Pieces sent although the fan-out rationing had counted its copies of them, because those copies went where the asker cannot get the piece from, by reason: asked-again (to the asker itself: it was restarted, or its request failed on its side), unreachable (to agents the asker could not reach)',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     uploadsInFlight: new Gauge({
       name: `${prefix}uploads_in_flight`,
       help: 'Piece requests being answered now (capped by SHOAL_SEED_MAX_UPLOADS)',

@@ -42,7 +42,7 @@ describe('PieceRations', () => {
     const first = rations.take(BLOB, 0);
     assert.ok(first);
     assert.equal(rations.take(BLOB, 0), undefined);
-    const forced = rations.take(BLOB, 0, false);
+    const forced = rations.take(BLOB, 0, { mayRefuse: false });
     assert.ok(forced, 'a copy while refusing is not allowed');
     first.end(true);
     clock.advance(1_000);
@@ -52,6 +52,48 @@ describe('PieceRations', () => {
     assert.equal(rations.take(BLOB, 0), undefined, 'the forced copy counts');
     clock.advance(1_000);
     assert.ok(rations.take(BLOB, 0));
+  });
+
+  it('sends the piece again to the agent it went to, and counts both copies for the others', () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const rations = new PieceRations(settings, clock.now, (reason) => exempt.push(reason));
+    rations.take(BLOB, 0, { asker: 'agent-a' })?.end(true);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b' }), undefined, 'rationed to others');
+    // agent-a restarted without it: its copy helps nobody, least of all itself.
+    const again = rations.take(BLOB, 0, { asker: 'agent-a' });
+    assert.ok(again, 'the agent that lost its copy gets the piece again');
+    assert.deepEqual(exempt, ['asked-again']);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b' }), undefined, 'both copies count');
+    assert.equal(rations.take(BLOB, 0), undefined, 'an asker that does not say who it is');
+    again.end(true);
+    clock.advance(2_000);
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-b' }), 'after the window of both');
+    assert.deepEqual(exempt, ['asked-again']);
+  });
+
+  it('does not refuse an asker for the copies of agents it could not reach, and only it', () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const two = new PieceRations({ ...settings, copies: 2 }, clock.now, (r) => exempt.push(r));
+    two.take(BLOB, 0, { asker: 'agent-a' })?.end(true);
+    two.take(BLOB, 0, { asker: 'agent-b' })?.end(true);
+    assert.equal(two.take(BLOB, 0, { asker: 'agent-c' }), undefined);
+    // Naming a peer with no copy, or itself (it has none), frees nothing.
+    assert.equal(
+      two.take(BLOB, 0, { asker: 'agent-c', unreachable: ['agent-d', 'agent-c'] }),
+      undefined,
+    );
+    assert.deepEqual(exempt, []);
+    // agent-a was killed: agent-c could not reach it; agent-b's copy alone is under the count.
+    assert.ok(two.take(BLOB, 0, { asker: 'agent-c', unreachable: ['agent-a'] }));
+    assert.deepEqual(exempt, ['unreachable']);
+    // The others still count every copy; one that names agent-a too counts b's and c's.
+    assert.equal(two.take(BLOB, 0, { asker: 'agent-d' }), undefined);
+    assert.equal(two.take(BLOB, 0, { asker: 'agent-d', unreachable: ['agent-a'] }), undefined);
+    // Naming both holders: nobody it can reach holds the piece.
+    assert.ok(two.take(BLOB, 0, { asker: 'agent-d', unreachable: ['agent-a', 'agent-c'] }));
+    assert.deepEqual(exempt, ['unreachable', 'unreachable']);
   });
 
   it('lets another copy go when the first was cut off', () => {

@@ -24,6 +24,8 @@ import {
   pieceCount,
   pieceHashes,
   pieceHashesSubject,
+  PIECE_PEER_HEADER,
+  PIECE_UNREACHABLE_HEADER,
   pieceListDigest,
   piecePath,
   piecesVerified,
@@ -708,6 +710,43 @@ describe('seed server', () => {
     } finally {
       // NATS back first, so that stopping does not race its restart.
       await back;
+      await seed.stop();
+    }
+  });
+
+  it('sends a rationed piece to the agent it went to, and to one that could not reach it', async () => {
+    // One copy per piece, counted for a minute: the whole test runs inside the window.
+    const seed = await startSeed({ SHOAL_SEED_FANOUT_WINDOW_MS: '60000' });
+    try {
+      const blob = layer(2);
+      await seed.request(blob);
+      await seed.seeds('seeded', 1);
+      const ask = async (peer: string, unreachable?: string): Promise<number> => {
+        const response = await fetch(`${seed.url}${piecePath(blob.digest, 0)}`, {
+          headers: {
+            [PIECE_PEER_HEADER]: peer,
+            ...(unreachable === undefined ? {} : { [PIECE_UNREACHABLE_HEADER]: unreachable }),
+          },
+          signal: AbortSignal.timeout(WAIT_MS),
+        });
+        await response.arrayBuffer();
+        return response.status;
+      };
+      const exemptions = (reason: string): Promise<number> =>
+        seed.metric('shoal_seedserver_ration_exemptions_total', { reason });
+
+      assert.equal(await ask('agent-a'), 200);
+      assert.equal(await ask('agent-b'), 429, 'rationed: agent-a got the piece');
+      // agent-a restarted and lost it: asked again, it gets it at once.
+      assert.equal(await ask('agent-a'), 200, 'the agent that lost its copy gets it again');
+      assert.equal(await ask('agent-b'), 429, 'its copies count for the others');
+      // agent-a was killed for good: agent-b could not reach it.
+      assert.equal(await ask('agent-b', 'agent-x,not an id!,agent-a'), 200);
+      assert.equal(await ask('agent-c', 'agent-x'), 429, "agent-b's copy counts");
+      assert.equal(await ask('agent-c', 'agent-a'), 429, 'agent-b can pass it on');
+      assert.equal(await exemptions('asked-again'), 1);
+      assert.equal(await exemptions('unreachable'), 1);
+    } finally {
       await seed.stop();
     }
   });

@@ -252,6 +252,11 @@ export class SwarmClient {
     this.#penalties.answered(peer);
   }
 
+  /** Peers that refused connections lately and have not answered since (see `SourcePenalties`). */
+  unreachablePeers(): string[] {
+    return this.#penalties.unreachable();
+  }
+
   /** True while a peer is penalised. */
   isPenalized(peer: string): boolean {
     return this.#penalties.isPenalized(peer);

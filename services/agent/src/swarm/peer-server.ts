@@ -3,6 +3,7 @@
  * the cache. Uploads go through the upload rate limit. A leecher does not run it.
  */
 import {
+  askingPeerId,
   pieceHandler,
   PIECE_ROUTE,
   type PieceBuffers,
@@ -10,14 +11,7 @@ import {
   type PieceRoute,
   type PieceSource,
 } from '@shoal/pieces';
-import {
-  parseDigest,
-  PIECE_PEER_HEADER,
-  pieceBounds,
-  pieceCount,
-  pieceSizeFor,
-  type Digest,
-} from '@shoal/proto';
+import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
 import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 
@@ -91,10 +85,8 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
 
 /** Who asks: the peer id it sends (token-checked when authentication is on), else its address. */
 function requestingPeer(request: PieceRequest): string {
-  const header = request.headers[PIECE_PEER_HEADER];
-  return typeof header === 'string' && header !== ''
-    ? `id:${header.slice(0, 64)}`
-    : `ip:${request.ip}`;
+  const id = askingPeerId(request);
+  return id !== undefined ? `id:${id}` : `ip:${request.ip}`;
 }
 
 /**

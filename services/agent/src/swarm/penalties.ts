@@ -16,11 +16,25 @@ interface Refusals {
   maxMs: number;
 }
 
+/**
+ * How long a source that refused connections (or went silent) is named as unreachable
+ * (`unreachable`) after its last refusal, in ms, unless it answers meanwhile: a few of the seed's
+ * rationing windows. A source still gone that the tracker keeps naming is refused again at each
+ * probe, which renews it.
+ */
+const UNREACHABLE_MEMORY_MS = 15_000;
+
 export class SourcePenalties {
   readonly #now: () => number;
   /** Until when each penalised source is left alone (ms). */
   readonly #until = new Map<string, number>();
   readonly #refusals = new Map<string, Refusals>();
+  /**
+   * Sources whose last connection was refused (or went silent) and that have not answered
+   * since, with when that was (ms), oldest first. Kept apart from the refusals, which a
+   * hand-out naming the source clears: the tracker naming it is no sign it is back.
+   */
+  readonly #unreachable = new Map<string, number>();
 
   constructor(now: () => number = Date.now) {
     this.#now = now;
@@ -45,6 +59,8 @@ export class SourcePenalties {
    */
   refused(peer: string, baseMs: number, maxMs: number): void {
     const now = this.#now();
+    this.#unreachable.delete(peer);
+    this.#unreachable.set(peer, now);
     if (this.#penalized(peer, now) !== undefined) {
       return;
     }
@@ -58,6 +74,24 @@ export class SourcePenalties {
   /** A source answered a piece request: its refused connections are forgotten. */
   answered(peer: string): void {
     this.#refusals.delete(peer);
+    this.#unreachable.delete(peer);
+  }
+
+  /**
+   * The sources that refused connections (or went silent) lately and have not answered since,
+   * the latest first: whoever got a piece from them cannot pass it on to this agent.
+   */
+  unreachable(): string[] {
+    const now = this.#now();
+    const peers: string[] = [];
+    for (const [peer, atMs] of this.#unreachable) {
+      if (now - atMs > UNREACHABLE_MEMORY_MS) {
+        this.#unreachable.delete(peer);
+      } else {
+        peers.push(peer);
+      }
+    }
+    return peers.reverse();
   }
 
   /**
@@ -96,7 +130,8 @@ export class SourcePenalties {
 
   /** Sources with a penalty or refusals remembered (bounded by the pruning; for tests). */
   get tracked(): number {
-    return new Set([...this.#until.keys(), ...this.#refusals.keys()]).size;
+    return new Set([...this.#until.keys(), ...this.#refusals.keys(), ...this.#unreachable.keys()])
+      .size;
   }
 
   #penalized(peer: string, now: number): number | undefined {
@@ -125,6 +160,11 @@ export class SourcePenalties {
     for (const [peer, refusals] of this.#refusals) {
       if (now > refusals.untilMs + refusals.maxMs) {
         this.#refusals.delete(peer);
+      }
+    }
+    for (const [peer, atMs] of this.#unreachable) {
+      if (now - atMs > UNREACHABLE_MEMORY_MS) {
+        this.#unreachable.delete(peer);
       }
     }
   }

@@ -24,11 +24,14 @@ import {
 import {
   haveDue,
   pieceAuthHeaders,
+  PIECE_PEER_HEADER,
+  PIECE_UNREACHABLE_HEADER,
   pieceBounds,
   pieceCount,
   pieceListDigest,
   pieceSizeFor,
   toRanges,
+  unreachableHeader,
   wantPacing,
   WantPacer,
   type Handout,
@@ -224,8 +227,11 @@ export class SwarmFetch {
   readonly #onBytes = (bytes: number): void => this.#stall.received(bytes);
   /** The seed server that gave the blob up (its `seed-failed` notice), if one did. */
   #seedFailed: string | undefined;
-  /** The latest hand-out token's request headers, presented with every piece request. */
-  #auth: Record<string, string> | undefined;
+  /**
+   * Headers every piece request carries: this agent's id, and the latest hand-out token once
+   * one came (the seed's rationing tells askers apart by the id, token-checked or not).
+   */
+  #auth: Record<string, string>;
   #wake: (() => void) | undefined;
   /** When the next want goes out (`@shoal/proto` pacing). */
   readonly #wants: WantPacer;
@@ -250,6 +256,7 @@ export class SwarmFetch {
     this.#target = target;
     this.#deps = deps;
     this.#blob = target.digest.toString();
+    this.#auth = { [PIECE_PEER_HEADER]: deps.client.self.id };
     this.#wants = new WantPacer(wantPacing(deps.settings.wantIntervalMs));
     this.#stall = new StallWatch(
       deps.settings.stallTimeoutMs,
@@ -566,6 +573,7 @@ export class SwarmFetch {
       if (signal.aborted) {
         return 'dropped';
       }
+      const headers = this.#requestHeaders(picked.seed);
       const bytes = await withSpan(
         'piece GET',
         {
@@ -586,7 +594,7 @@ export class SwarmFetch {
               end - start,
               signal,
               (size) => this.#deps.pool.take(size),
-              this.#auth,
+              headers,
               this.#onBytes,
             );
             hasher.update(copy);
@@ -606,7 +614,7 @@ export class SwarmFetch {
               this.#deps.pool.give(block);
             },
             (size) => this.#deps.pool.take(size),
-            this.#auth,
+            headers,
             this.#onBytes,
           );
           return undefined;
@@ -828,6 +836,17 @@ export class SwarmFetch {
       'the seed server gave the blob up',
     );
     this.#wake?.();
+  }
+
+  /**
+   * The headers of a piece request: who asks, its token, and to the seed server the peers
+   * this agent could not reach lately (the seed's rationing stops counting the copies they got).
+   */
+  #requestHeaders(toSeed: boolean): Record<string, string> {
+    const unreachable = toSeed ? this.#deps.client.unreachablePeers() : [];
+    return unreachable.length === 0
+      ? this.#auth
+      : { ...this.#auth, [PIECE_UNREACHABLE_HEADER]: unreachableHeader(unreachable) };
   }
 
   #onHandout(message: Handout): void {

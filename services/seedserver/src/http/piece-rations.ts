@@ -10,6 +10,13 @@
  *
  * A copy still being sent after `holdMs` stops counting: the agent getting it is slow, and the
  * others should not wait for it.
+ *
+ * An asker is not refused for copies it cannot get the piece from: those that went to itself
+ * (it asks again: it was restarted, or its request failed on its side) and those that went to
+ * agents it names as unreachable (it could not connect to them, or they went silent). The
+ * copies still count for everyone else, so one agent's view never changes what the others
+ * are told, and the copy it gets counts too. Without this, the pieces last sent to an agent
+ * killed mid-pull were refused to everyone, its own restart included, for the whole window.
  */
 
 export interface RationSettings {
@@ -21,12 +28,38 @@ export interface RationSettings {
   readonly holdMs: number;
 }
 
-interface PieceState {
-  /** Start times of the copies being sent, in ms. */
-  readonly sending: number[];
-  /** End times of the copies sent whole recently, in ms. */
-  readonly sent: number[];
+/** One copy of a piece: when (its start while being sent, its end once sent whole) and to whom. */
+interface Copy {
+  readonly at: number;
+  /** Who asked for it (the agent's id); '' when the request did not say. */
+  readonly asker: string;
 }
+
+interface PieceState {
+  /** The copies being sent, oldest first. */
+  readonly sending: Copy[];
+  /** The copies sent whole recently, oldest first. */
+  readonly sent: Copy[];
+}
+
+/** How a copy is asked for (see `PieceRations.take`). */
+export interface RationRequest {
+  /**
+   * False: a ticket whatever the count (the copy still counts), for when the agents cannot
+   * hear who got the piece (see `RouteDeps.swarmHeard`). Default true.
+   */
+  readonly mayRefuse?: boolean;
+  /** Who asks (the agent's id): its own copies of the piece do not count against it. */
+  readonly asker?: string | undefined;
+  /** Agents the asker could not reach: the copies they got do not count against it. */
+  readonly unreachable?: readonly string[];
+}
+
+/**
+ * Why a copy went although the piece's count was full (see `PieceRations`): the copies
+ * counted went to the asker itself, or to agents it could not reach.
+ */
+export type ExemptReason = 'asked-again' | 'unreachable';
 
 /** One copy handed out: call `end` once, when its response has closed. */
 export interface RationTicket {
@@ -35,6 +68,9 @@ export interface RationTicket {
 }
 
 const NO_TICKET: RationTicket = { end: () => undefined };
+
+/** No agent: every copy counts. */
+const NOBODY: ReadonlySet<string> = new Set();
 
 /**
  * Copies of each piece counted now, per local copy of a blob (`take`'s `blob`: the object
@@ -51,19 +87,24 @@ export class PieceRations {
   #entries = 0;
   /** When the last sweep ran, in ms. */
   #sweptAt: number;
+  readonly #onExempt: (reason: ExemptReason) => void;
 
-  constructor(settings: RationSettings, now: () => number = Date.now) {
+  /** `onExempt`: told of each copy that went although the count was full, and why. */
+  constructor(
+    settings: RationSettings,
+    now: () => number = Date.now,
+    onExempt: (reason: ExemptReason) => void = () => undefined,
+  ) {
     this.#settings = settings;
     this.#now = now;
     this.#sweptAt = now();
+    this.#onExempt = onExempt;
   }
 
-  /**
-   * A ticket when another copy of the piece may go out now; undefined: send the agent to a
-   * peer. `mayRefuse` false: a ticket whatever the count (the copy still counts), for when
-   * the agents cannot hear who got the piece (see `RouteDeps.swarmHeard`).
-   */
-  take(blob: object, piece: number, mayRefuse = true): RationTicket | undefined {
+  /** A ticket when another copy of the piece may go out now; undefined: send the agent to a peer. */
+  take(blob: object, piece: number, request: RationRequest = {}): RationTicket | undefined {
+    const mayRefuse = request.mayRefuse ?? true;
+    const asker = request.asker ?? '';
     const { copies } = this.#settings;
     if (copies === 0) {
       return NO_TICKET;
@@ -86,10 +127,22 @@ export class PieceRations {
       this.#entries += 1;
     }
     if (mayRefuse && this.#counted(state, now) >= copies) {
-      return undefined;
+      // Full: unless the copies counted are ones this asker cannot get the piece from.
+      const own = asker === '' ? NOBODY : new Set([asker]);
+      const unreachable = new Set(request.unreachable ?? []);
+      if (this.#counted(state, now, own) < copies) {
+        this.#onExempt('asked-again');
+      } else if (
+        unreachable.size > 0 &&
+        this.#counted(state, now, new Set([...own, ...unreachable])) < copies
+      ) {
+        this.#onExempt('unreachable');
+      } else {
+        return undefined;
+      }
     }
-    const started = now;
-    state.sending.push(started);
+    const copy: Copy = { at: now, asker };
+    state.sending.push(copy);
     const entry = state;
     let ended = false;
     return {
@@ -98,12 +151,12 @@ export class PieceRations {
           return;
         }
         ended = true;
-        const at = entry.sending.indexOf(started);
+        const at = entry.sending.indexOf(copy);
         if (at >= 0) {
           entry.sending.splice(at, 1);
         }
         if (complete) {
-          entry.sent.push(this.#now());
+          entry.sent.push({ at: this.#now(), asker });
         }
         if (entry.sending.length === 0 && entry.sent.length === 0) {
           this.#forget(blob, piece, entry);
@@ -117,13 +170,27 @@ export class PieceRations {
     return this.#entries;
   }
 
-  /** Copies that count now; drops sent copies whose window has passed. */
-  #counted(state: PieceState, now: number): number {
+  /**
+   * Copies that count now, those that went to `except` left out; drops sent copies whose
+   * window has passed.
+   */
+  #counted(state: PieceState, now: number, except: ReadonlySet<string> = NOBODY): number {
     const { windowMs, holdMs } = this.#settings;
-    while (state.sent.length > 0 && now - (state.sent[0] ?? now) >= windowMs) {
+    while (state.sent.length > 0 && now - (state.sent[0]?.at ?? now) >= windowMs) {
       state.sent.shift();
     }
-    return state.sending.filter((started) => now - started < holdMs).length + state.sent.length;
+    let counted = 0;
+    for (const copy of state.sending) {
+      if (now - copy.at < holdMs && !except.has(copy.asker)) {
+        counted += 1;
+      }
+    }
+    for (const copy of state.sent) {
+      if (!except.has(copy.asker)) {
+        counted += 1;
+      }
+    }
+    return counted;
   }
 
   #sweep(now: number): void {

@@ -47,7 +47,9 @@ export interface RouteDeps extends OpsRouteDeps {
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { metrics } = deps;
-  const rations = new PieceRations(deps.fanout);
+  const rations = new PieceRations(deps.fanout, Date.now, (reason) =>
+    metrics.rationExempt.inc({ reason }),
+  );
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({
     verifier: deps.verifier,
@@ -63,7 +65,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // Counted per local copy of the blob: one evicted and seeded again starts with none (the
     // tracker asks for it again when nobody holds it whole, so the earlier copies' counts
     // would only hold its pieces back). At most one copy more per piece each time.
-    ration: (blob, index) => rations.take(blob, index, deps.swarmHeard()),
+    // An asker is not refused for copies it cannot get the piece from: its own (asked again:
+    // restarted, or its request failed on its side) and those of agents it could not reach.
+    ration: (blob, index, ask) =>
+      rations.take(blob, index, { mayRefuse: deps.swarmHeard(), ...ask }),
     onResult: (result, bytes) => {
       metrics.pieceRequests.inc({ result });
       if (result === 'served') {
