@@ -609,7 +609,16 @@ export class PiecePicker {
           continue;
         }
         const busy = new Set([...requests].map((r) => r.source));
-        const source = this.#pick(holders(index), busy, othersServe, sole);
+        // A seed that rationed the piece is left alone for its deferral here too: asked again
+        // at once, it refuses at once, and the endgame spun on it (hundreds of requests a
+        // second while a slow peer sent the piece).
+        const deferred = (this.#seedDeferred.get(index) ?? 0) > now;
+        const source = this.#pick(
+          deferred ? holders(index).filter((s) => !s.advert.seed) : holders(index),
+          busy,
+          othersServe,
+          sole,
+        );
         if (source !== undefined) {
           started.push(this.#start(index, source, false, now));
         }
@@ -747,6 +756,45 @@ export class PiecePicker {
       Math.max(seedDeferMs, seedDeferMaxMs ?? seedDeferMs),
       seedDeferMs * 2 ** refusals,
     );
+  }
+
+  /**
+   * The peers (not seeds) said to hold piece `index` that are late for this download: a
+   * request to them has been in flight longer than the endgame's lateness (see `endgameLate`:
+   * a multiple of the typical piece time, measured over every source). A seed that rationed
+   * the piece to such a peer is told so (the agent's `shoal-not-from`): on a slow peer's link
+   * the piece would come seconds later than from the seed.
+   */
+  lateHolders(index: number): string[] {
+    const settings = this.#settings;
+    const now = this.#now();
+    const oldest = new Map<string, number>();
+    for (const requests of this.#inFlight.values()) {
+      for (const request of requests) {
+        const at = oldest.get(request.source);
+        if (!request.seed && (at === undefined || request.startedMs < at)) {
+          oldest.set(request.source, request.startedMs);
+        }
+      }
+    }
+    const late: string[] = [];
+    for (const [id, startedMs] of oldest) {
+      const source = this.#sources.get(id);
+      if (
+        source !== undefined &&
+        (source.advert.complete || rangesInclude(source.pieces, index)) &&
+        endgameLate(
+          startedMs,
+          now,
+          this.#typicalMs,
+          settings.endgameLateFactor,
+          settings.endgameLateMinMs,
+        )
+      ) {
+        late.push(id);
+      }
+    }
+    return late;
   }
 
   /** Whether `source` failed unreachable or silent and is asked one request at a time. */

@@ -13,8 +13,8 @@ import {
   parseDigest,
   peerId,
   PIECE_PEER_HEADER,
-  PIECE_UNREACHABLE_HEADER,
-  unreachablePeers,
+  PIECE_NOT_FROM_HEADER,
+  notFromPeers,
 } from '@shoal/proto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
@@ -41,16 +41,16 @@ export function askingPeerId(request: PieceRequest): string | undefined {
 export interface PieceAsk {
   /** The asking agent's id (`askingPeerId`), when it sent one. */
   readonly asker: string | undefined;
-  /** The peers it could not reach (`PIECE_UNREACHABLE_HEADER`). */
-  readonly unreachable: readonly string[];
+  /** The peers it cannot get the piece from (`PIECE_NOT_FROM_HEADER`). */
+  readonly notFrom: readonly string[];
 }
 
-/** Who asks, and whom it could not reach. */
+/** Who asks, and whom it cannot get the piece from. */
 function askOf(request: PieceRequest): PieceAsk {
-  const unreachable = request.headers[PIECE_UNREACHABLE_HEADER];
+  const notFrom = request.headers[PIECE_NOT_FROM_HEADER];
   return {
     asker: askingPeerId(request),
-    unreachable: unreachablePeers(typeof unreachable === 'string' ? unreachable : undefined),
+    notFrom: notFromPeers(typeof notFrom === 'string' ? notFrom : undefined),
   };
 }
 
@@ -107,7 +107,7 @@ export interface PieceServerOptions {
   /**
    * Fan-out rationing (the seed's), asked once a slot is free: a ticket to send this copy, or
    * undefined to send the asker to a peer (429). `source` is the blob the piece is read from,
-   * as `source` returned it; `ask` says who asks and whom it could not reach.
+   * as `source` returned it; `ask` says who asks and whom it cannot get the piece from.
    */
   readonly ration?: (source: PieceSource, index: number, ask: PieceAsk) => PieceTicket | undefined;
   /** Test fault: flip the first byte of every piece served. */

@@ -230,6 +230,55 @@ describe('PiecePicker', () => {
     assert.deepEqual(p.next(), []);
   });
 
+  it('leaves a seed that rationed a late piece alone for the deferral in the endgame too', () => {
+    const { picker: p, clock } = picker(2);
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    const first = p.next();
+    assert.deepEqual(indexes(first).sort(), [0, 1]);
+    const done = first.find((r) => r.index === 1);
+    assert.ok(done !== undefined);
+    p.markHave(1);
+    p.settle(done, 'ok');
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    clock.ms += 1_000;
+    const [copy, ...more] = p.next();
+    assert.deepEqual(more, []);
+    assert.ok(copy !== undefined && copy.seed && copy.index === 0, 'an endgame copy from the seed');
+    p.settle(copy, 'busy');
+    // Refused: not asked again at once (it was, in a loop, before).
+    for (let i = 0; i < 5; i += 1) {
+      assert.deepEqual(p.next(), []);
+      clock.ms += 100;
+    }
+    assert.equal(p.nextDeadline(), clock.ms - 500 + 750, 'the deferral end is a deadline');
+    clock.ms += 250;
+    const again = p.next();
+    assert.equal(again.length, 1);
+    assert.ok(again[0]?.seed === true && again[0].index === 0, 'asked again after the deferral');
+  });
+
+  it('names the holders of a piece whose requests are late, for the seed', () => {
+    const { picker: p, clock } = picker(8, { perSource: 1, concurrency: 2 });
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    p.advertise({ id: 'fast', seed: false, complete: false, pieces: [[0, 4]] });
+    const started = p.next();
+    assert.deepEqual(started.map((r) => r.source).sort(), ['fast', 'slow']);
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    assert.deepEqual(p.lateHolders(6), [], 'nothing late yet');
+    clock.ms += 1_000;
+    // 'slow' holds every piece and its request is late; 'fast' is late too but lacks piece 6.
+    assert.deepEqual(p.lateHolders(6), ['slow']);
+    assert.deepEqual(p.lateHolders(2).sort(), ['fast', 'slow']);
+    const fast = started.find((r) => r.source === 'fast');
+    assert.ok(fast !== undefined);
+    p.markHave(fast.index);
+    p.settle(fast, 'ok');
+    // Pieces take a second now: late is two of them (and nothing of ours is in flight to fast).
+    assert.deepEqual(p.lateHolders(2), []);
+    clock.ms += 1_000;
+    assert.deepEqual(p.lateHolders(2), ['slow']);
+  });
+
   it('waits for the typical piece time before an endgame copy on a slow link', () => {
     const { picker: p, clock } = picker(3, { concurrency: 2 });
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });

@@ -23,14 +23,15 @@ export const PIECE_AUTH_SCHEME = 'Shoal-Piece';
 /** The header in which a piece request names its requester (lowercase, as node reports it). */
 export const PIECE_PEER_HEADER = 'shoal-peer';
 /**
- * The header in which a piece request to the seed server names the peers the requester could
- * not reach lately (refused connections or went silent; comma-separated ids): the copies of
- * the piece the seed sent them do not count against the requester in its fan-out rationing,
- * since it cannot get the piece from them (see `unreachablePeers`).
+ * The header in which a piece request to the seed server names the peers its asker cannot get
+ * the piece from (comma-separated ids): those it could not connect to or that went silent
+ * lately, and, for an endgame copy, those its late request for the piece went to. The copies
+ * the seed sent them do not count against the asker in its fan-out rationing (see
+ * `notFromPeers`).
  */
-export const PIECE_UNREACHABLE_HEADER = 'shoal-unreachable';
-/** Most peers one `PIECE_UNREACHABLE_HEADER` names; more are left out. */
-export const MAX_UNREACHABLE_PEERS = 16;
+export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
+/** Most peers one `PIECE_NOT_FROM_HEADER` names; more are left out. */
+export const MAX_NOT_FROM_PEERS = 16;
 /** Longest token accepted, in characters; real ones are about 250. */
 export const MAX_HANDOUT_TOKEN_LENGTH = 1024;
 
@@ -121,21 +122,21 @@ export function pieceAuthHeaders(token: string, peer: string): Record<string, st
   return { authorization: `${PIECE_AUTH_SCHEME} ${token}`, [PIECE_PEER_HEADER]: peer };
 }
 
-/** The `PIECE_UNREACHABLE_HEADER` value naming `peers` (at most `MAX_UNREACHABLE_PEERS`). */
-export function unreachableHeader(peers: readonly string[]): string {
-  return peers.slice(0, MAX_UNREACHABLE_PEERS).join(',');
+/** The `PIECE_NOT_FROM_HEADER` value naming `peers` (at most `MAX_NOT_FROM_PEERS`). */
+export function notFromHeader(peers: readonly string[]): string {
+  return peers.slice(0, MAX_NOT_FROM_PEERS).join(',');
 }
 
 /**
- * The peer ids a `PIECE_UNREACHABLE_HEADER` value names: at most `MAX_UNREACHABLE_PEERS`,
+ * The peer ids a `PIECE_NOT_FROM_HEADER` value names: at most `MAX_NOT_FROM_PEERS`,
  * only well-formed ids (anything else in the list is skipped).
  */
-export function unreachablePeers(value: string | undefined): string[] {
+export function notFromPeers(value: string | undefined): string[] {
   if (value === undefined || value === '') {
     return [];
   }
   return value
-    .split(',', MAX_UNREACHABLE_PEERS)
+    .split(',', MAX_NOT_FROM_PEERS)
     .map((id) => id.trim())
     .filter((id) => peerId.safeParse(id).success);
 }

@@ -6,11 +6,11 @@ import {
   checkHandoutClaims,
   decodeMessage,
   handout,
-  MAX_UNREACHABLE_PEERS,
+  MAX_NOT_FROM_PEERS,
   pieceAuthHeaders,
   signHandoutToken,
-  unreachableHeader,
-  unreachablePeers,
+  notFromHeader,
+  notFromPeers,
   verifyHandoutToken,
 } from '../src/index.js';
 
@@ -101,19 +101,19 @@ describe('hand-out tokens', () => {
   });
 });
 
-describe('the unreachable peers header', () => {
-  it('names well-formed peer ids only, at most MAX_UNREACHABLE_PEERS of them', () => {
-    assert.deepEqual(unreachablePeers(undefined), []);
-    assert.deepEqual(unreachablePeers(''), []);
-    assert.deepEqual(unreachablePeers('agent-1, agent-2,,bad id,x/y,agent-3'), [
+describe('the not-from header', () => {
+  it('names well-formed peer ids only, at most MAX_NOT_FROM_PEERS of them', () => {
+    assert.deepEqual(notFromPeers(undefined), []);
+    assert.deepEqual(notFromPeers(''), []);
+    assert.deepEqual(notFromPeers('agent-1, agent-2,,bad id,x/y,agent-3'), [
       'agent-1',
       'agent-2',
       'agent-3',
     ]);
     const many = Array.from({ length: 40 }, (_, i) => `agent-${i}`);
-    const header = unreachableHeader(many);
-    assert.deepEqual(unreachablePeers(header), many.slice(0, MAX_UNREACHABLE_PEERS));
-    assert.deepEqual(unreachablePeers(many.join(',')), many.slice(0, MAX_UNREACHABLE_PEERS));
-    assert.deepEqual(unreachablePeers(`${'a'.repeat(65)},agent-1`), ['agent-1']);
+    const header = notFromHeader(many);
+    assert.deepEqual(notFromPeers(header), many.slice(0, MAX_NOT_FROM_PEERS));
+    assert.deepEqual(notFromPeers(many.join(',')), many.slice(0, MAX_NOT_FROM_PEERS));
+    assert.deepEqual(notFromPeers(`${'a'.repeat(65)},agent-1`), ['agent-1']);
   });
 });

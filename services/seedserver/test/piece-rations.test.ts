@@ -81,19 +81,19 @@ describe('PieceRations', () => {
     assert.equal(two.take(BLOB, 0, { asker: 'agent-c' }), undefined);
     // Naming a peer with no copy, or itself (it has none), frees nothing.
     assert.equal(
-      two.take(BLOB, 0, { asker: 'agent-c', unreachable: ['agent-d', 'agent-c'] }),
+      two.take(BLOB, 0, { asker: 'agent-c', notFrom: ['agent-d', 'agent-c'] }),
       undefined,
     );
     assert.deepEqual(exempt, []);
     // agent-a was killed: agent-c could not reach it; agent-b's copy alone is under the count.
-    assert.ok(two.take(BLOB, 0, { asker: 'agent-c', unreachable: ['agent-a'] }));
-    assert.deepEqual(exempt, ['unreachable']);
+    assert.ok(two.take(BLOB, 0, { asker: 'agent-c', notFrom: ['agent-a'] }));
+    assert.deepEqual(exempt, ['not-from']);
     // The others still count every copy; one that names agent-a too counts b's and c's.
     assert.equal(two.take(BLOB, 0, { asker: 'agent-d' }), undefined);
-    assert.equal(two.take(BLOB, 0, { asker: 'agent-d', unreachable: ['agent-a'] }), undefined);
+    assert.equal(two.take(BLOB, 0, { asker: 'agent-d', notFrom: ['agent-a'] }), undefined);
     // Naming both holders: nobody it can reach holds the piece.
-    assert.ok(two.take(BLOB, 0, { asker: 'agent-d', unreachable: ['agent-a', 'agent-c'] }));
-    assert.deepEqual(exempt, ['unreachable', 'unreachable']);
+    assert.ok(two.take(BLOB, 0, { asker: 'agent-d', notFrom: ['agent-a', 'agent-c'] }));
+    assert.deepEqual(exempt, ['not-from', 'not-from']);
   });
 
   it('lets another copy go when the first was cut off', () => {

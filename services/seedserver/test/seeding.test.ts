@@ -25,7 +25,7 @@ import {
   pieceHashes,
   pieceHashesSubject,
   PIECE_PEER_HEADER,
-  PIECE_UNREACHABLE_HEADER,
+  PIECE_NOT_FROM_HEADER,
   pieceListDigest,
   piecePath,
   piecesVerified,
@@ -721,11 +721,11 @@ describe('seed server', () => {
       const blob = layer(2);
       await seed.request(blob);
       await seed.seeds('seeded', 1);
-      const ask = async (peer: string, unreachable?: string): Promise<number> => {
+      const ask = async (peer: string, notFrom?: string): Promise<number> => {
         const response = await fetch(`${seed.url}${piecePath(blob.digest, 0)}`, {
           headers: {
             [PIECE_PEER_HEADER]: peer,
-            ...(unreachable === undefined ? {} : { [PIECE_UNREACHABLE_HEADER]: unreachable }),
+            ...(notFrom === undefined ? {} : { [PIECE_NOT_FROM_HEADER]: notFrom }),
           },
           signal: AbortSignal.timeout(WAIT_MS),
         });
@@ -745,7 +745,7 @@ describe('seed server', () => {
       assert.equal(await ask('agent-c', 'agent-x'), 429, "agent-b's copy counts");
       assert.equal(await ask('agent-c', 'agent-a'), 429, 'agent-b can pass it on');
       assert.equal(await exemptions('asked-again'), 1);
-      assert.equal(await exemptions('unreachable'), 1);
+      assert.equal(await exemptions('not-from'), 1);
     } finally {
       await seed.stop();
     }

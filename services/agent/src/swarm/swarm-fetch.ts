@@ -25,13 +25,13 @@ import {
   haveDue,
   pieceAuthHeaders,
   PIECE_PEER_HEADER,
-  PIECE_UNREACHABLE_HEADER,
+  PIECE_NOT_FROM_HEADER,
   pieceBounds,
   pieceCount,
   pieceListDigest,
   pieceSizeFor,
   toRanges,
-  unreachableHeader,
+  notFromHeader,
   wantPacing,
   WantPacer,
   type Handout,
@@ -573,7 +573,7 @@ export class SwarmFetch {
       if (signal.aborted) {
         return 'dropped';
       }
-      const headers = this.#requestHeaders(picked.seed);
+      const headers = this.#requestHeaders(picked);
       const bytes = await withSpan(
         'piece GET',
         {
@@ -839,14 +839,24 @@ export class SwarmFetch {
   }
 
   /**
-   * The headers of a piece request: who asks, its token, and to the seed server the peers
-   * this agent could not reach lately (the seed's rationing stops counting the copies they got).
+   * The headers of a piece request: who asks, its token, and to the seed server the peers this
+   * agent cannot get the piece from, so the seed's rationing does not hold against it the
+   * copies they got: those holding it that are late for this download (a slow peer that got
+   * the seed's only copy), and those it could not reach lately.
    */
-  #requestHeaders(toSeed: boolean): Record<string, string> {
-    const unreachable = toSeed ? this.#deps.client.unreachablePeers() : [];
-    return unreachable.length === 0
+  #requestHeaders(picked: PickedRequest): Record<string, string> {
+    if (!picked.seed) {
+      return this.#auth;
+    }
+    const notFrom = this.#picker.lateHolders(picked.index);
+    for (const peer of this.#deps.client.unreachablePeers()) {
+      if (!notFrom.includes(peer)) {
+        notFrom.push(peer);
+      }
+    }
+    return notFrom.length === 0
       ? this.#auth
-      : { ...this.#auth, [PIECE_UNREACHABLE_HEADER]: unreachableHeader(unreachable) };
+      : { ...this.#auth, [PIECE_NOT_FROM_HEADER]: notFromHeader(notFrom) };
   }
 
   #onHandout(message: Handout): void {

@@ -13,7 +13,8 @@
  *
  * An asker is not refused for copies it cannot get the piece from: those that went to itself
  * (it asks again: it was restarted, or its request failed on its side) and those that went to
- * agents it names as unreachable (it could not connect to them, or they went silent). The
+ * agents it names as ones it cannot get the piece from (it could not connect to them, they
+ * went silent, or its request to them for this piece is late). The
  * copies still count for everyone else, so one agent's view never changes what the others
  * are told, and the copy it gets counts too. Without this, the pieces last sent to an agent
  * killed mid-pull were refused to everyone, its own restart included, for the whole window.
@@ -51,15 +52,15 @@ export interface RationRequest {
   readonly mayRefuse?: boolean;
   /** Who asks (the agent's id): its own copies of the piece do not count against it. */
   readonly asker?: string | undefined;
-  /** Agents the asker could not reach: the copies they got do not count against it. */
-  readonly unreachable?: readonly string[];
+  /** Agents the asker cannot get the piece from: the copies they got do not count against it. */
+  readonly notFrom?: readonly string[];
 }
 
 /**
  * Why a copy went although the piece's count was full (see `PieceRations`): the copies
  * counted went to the asker itself, or to agents it could not reach.
  */
-export type ExemptReason = 'asked-again' | 'unreachable';
+export type ExemptReason = 'asked-again' | 'not-from';
 
 /** One copy handed out: call `end` once, when its response has closed. */
 export interface RationTicket {
@@ -129,14 +130,14 @@ export class PieceRations {
     if (mayRefuse && this.#counted(state, now) >= copies) {
       // Full: unless the copies counted are ones this asker cannot get the piece from.
       const own = asker === '' ? NOBODY : new Set([asker]);
-      const unreachable = new Set(request.unreachable ?? []);
+      const notFrom = new Set(request.notFrom ?? []);
       if (this.#counted(state, now, own) < copies) {
         this.#onExempt('asked-again');
       } else if (
-        unreachable.size > 0 &&
-        this.#counted(state, now, new Set([...own, ...unreachable])) < copies
+        notFrom.size > 0 &&
+        this.#counted(state, now, new Set([...own, ...notFrom])) < copies
       ) {
-        this.#onExempt('unreachable');
+        this.#onExempt('not-from');
       } else {
         return undefined;
       }
