@@ -25,9 +25,9 @@ export const PIECE_PEER_HEADER = 'shoal-peer';
 /**
  * The header in which a piece request to the seed server names the peers its asker cannot get
  * the piece from (comma-separated ids): those it could not connect to or that went silent
- * lately, and, for an endgame copy, those its late request for the piece went to. The copies
- * the seed sent them do not count against the asker in its fan-out rationing (see
- * `notFromPeers`).
+ * lately, and holders of the piece with a request of its download in flight for longer than
+ * the endgame's lateness (slow to serve it). The copies the seed sent them do not count against
+ * the asker in its fan-out rationing (see `notFromPeers`).
  */
 export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
 /** Most peers one `PIECE_NOT_FROM_HEADER` names; more are left out. */

@@ -58,7 +58,7 @@ export interface RationRequest {
 
 /**
  * Why a copy went although the piece's count was full (see `PieceRations`): the copies
- * counted went to the asker itself, or to agents it could not reach.
+ * counted went to the asker itself, or to agents it cannot get the piece from.
  */
 export type ExemptReason = 'asked-again' | 'not-from';
 
