@@ -82,16 +82,8 @@ export class SourcePenalties {
    * the latest first: whoever got a piece from them cannot pass it on to this agent.
    */
   unreachable(): string[] {
-    const now = this.#now();
-    const peers: string[] = [];
-    for (const [peer, atMs] of this.#unreachable) {
-      if (now - atMs > UNREACHABLE_MEMORY_MS) {
-        this.#unreachable.delete(peer);
-      } else {
-        peers.push(peer);
-      }
-    }
-    return peers.reverse();
+    this.#forgetUnreachable(this.#now());
+    return [...this.#unreachable.keys()].reverse();
   }
 
   /**
@@ -162,6 +154,11 @@ export class SourcePenalties {
         this.#refusals.delete(peer);
       }
     }
+    this.#forgetUnreachable(now);
+  }
+
+  /** Forgets the sources last refused longer ago than `UNREACHABLE_MEMORY_MS`. */
+  #forgetUnreachable(now: number): void {
     for (const [peer, atMs] of this.#unreachable) {
       if (now - atMs > UNREACHABLE_MEMORY_MS) {
         this.#unreachable.delete(peer);
