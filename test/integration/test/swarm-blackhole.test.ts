@@ -59,8 +59,8 @@ const IDLE_TIMEOUT_MS = 15_000;
  * here so that the pull that fails while the registry is gone fails sooner (it is bounded by
  * these either way; containerd's own try of the registry adds its dial timeout).
  */
-const UPSTREAM_CONNECT_TIMEOUT_MS = 4_000;
-const UPSTREAM_HEADERS_TIMEOUT_MS = 8_000;
+const UPSTREAM_CONNECT_TIMEOUT_MS = 3_000;
+const UPSTREAM_HEADERS_TIMEOUT_MS = 3_000;
 
 interface Node {
   readonly host: LabHost;
