@@ -4,6 +4,7 @@
  * for it, published on a real JetStream.
  */
 import { createHash } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
 
 import type { JetStreamClient } from '@nats-io/jetstream';
 import fastify, { type FastifyInstance } from 'fastify';
@@ -26,11 +27,21 @@ export function blobDigest(blob: Buffer): string {
 
 /**
  * A piece server on 127.0.0.1 holding every piece of `blob` (it answers whatever a hand-out
- * says it holds), with no upload limit and eight slots. Close it when done.
+ * says it holds), with no upload limit and eight slots; `onRequest` sees each request's path
+ * and headers first. Close it when done.
  */
-export async function servePieces(blob: Buffer): Promise<{ url: string; server: FastifyInstance }> {
+export async function servePieces(
+  blob: Buffer,
+  onRequest?: (url: string, headers: IncomingHttpHeaders) => void,
+): Promise<{ url: string; server: FastifyInstance }> {
   const pieceSize = pieceSizeFor(blob.length);
   const server = fastify();
+  if (onRequest !== undefined) {
+    server.addHook('onRequest', (request, _reply, done) => {
+      onRequest(request.url, request.headers);
+      done();
+    });
+  }
   server.get<PieceRoute>(
     PIECE_ROUTE,
     pieceHandler({
