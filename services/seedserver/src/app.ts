@@ -31,6 +31,7 @@ import {
 } from '@shoal/runtime';
 import {
   connectNats,
+  drainWithin,
   ensureKv,
   ensureStreams,
   followNatsLink,
@@ -38,6 +39,7 @@ import {
   redeclareOnReconnect,
   watchStreamUsage,
   type ConsumeLoop,
+  type NatsConnection,
 } from '@shoal/runtime/nats';
 import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 
@@ -53,6 +55,21 @@ export { loadSeedConfig, type SeedConfig } from './config.js';
 
 /** How long the peer-gone published at close may wait for NATS, in ms. */
 const LEAVE_TIMEOUT_MS = 1_000;
+/** How long draining the NATS connection at close may take, in ms. */
+const DRAIN_TIMEOUT_MS = 5_000;
+
+/**
+ * `setUp`'s result; when it fails, `nc` is closed first: a start that failed half-way must
+ * not leave a connection reconnecting behind it.
+ */
+async function closedOnFailure<T>(nc: NatsConnection, setUp: () => Promise<T>): Promise<T> {
+  try {
+    return await setUp();
+  } catch (error) {
+    await nc.close().catch(() => undefined);
+    throw error;
+  }
+}
 
 export interface SeedOverrides {
   readonly logger?: Logger;
@@ -118,24 +135,8 @@ export async function buildApp(
     { timeouts: originTimeouts, userAgent, firstBlockBytes: pieceSizeFor(0) },
   );
 
-  // NATS: the streams and the lock bucket the seed server owns.
-  const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
-  const natsLink = followNatsLink(nc, (up) => {
-    metrics.natsConnected.set(up ? 1 : 0);
-    // Not at the close (a drained connection is closed on purpose).
-    if (!up && !nc.isClosed()) {
-      logger.warn('NATS down: every piece is served (no rationing) until it is back');
-    }
-  });
-  metrics.natsConnected.set(natsLink.up ? 1 : 0);
-  const { js, jsm } = await jetStreamFor(nc);
-  const ownedStreams = [STREAMS.pieces, STREAMS.seed];
-  await ensureStreams(jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
-  const usage = watchStreamUsage(jsm, ownedStreams, serviceMetrics, logger);
-  const locks = await ensureKv(js, KV_BUCKETS.seedLocks, config.SHOAL_NATS_STREAM_REPLICAS);
-  await ensureSeedConsumer(jsm, config.SHOAL_SEED_REQUEST_ACK_WAIT_MS);
-
   // HTTP: pieces for agents, and ops; HTTPS with a certificate (mutual TLS with a client CA).
+  // Its files are read before NATS is connected, as the keys are: a bad one stops the start.
   const https = await httpsFactory(
     {
       certFile: config.SHOAL_SEED_TLS_CERT_FILE,
@@ -149,6 +150,30 @@ export async function buildApp(
     },
     logger,
   );
+
+  // NATS: the streams and the lock bucket the seed server owns.
+  const nc = await connectNats(config, `shoal-seedserver-${config.SHOAL_SEED_ID}`, logger);
+  const natsLink = followNatsLink(nc, (up) => {
+    metrics.natsConnected.set(up ? 1 : 0);
+    // Not at the close (a drained connection is closed on purpose).
+    if (!up && !nc.isClosed()) {
+      logger.warn('NATS down: every piece is served (no rationing) until it is back');
+    }
+  });
+  metrics.natsConnected.set(natsLink.up ? 1 : 0);
+  const ownedStreams = [STREAMS.pieces, STREAMS.seed];
+  const { js, jsm, locks } = await closedOnFailure(nc, async () => {
+    const handles = await jetStreamFor(nc);
+    await ensureStreams(handles.jsm, ownedStreams, config.SHOAL_NATS_STREAM_REPLICAS);
+    const bucket = await ensureKv(
+      handles.js,
+      KV_BUCKETS.seedLocks,
+      config.SHOAL_NATS_STREAM_REPLICAS,
+    );
+    await ensureSeedConsumer(handles.jsm, config.SHOAL_SEED_REQUEST_ACK_WAIT_MS);
+    return { ...handles, locks: bucket };
+  });
+  const usage = watchStreamUsage(jsm, ownedStreams, serviceMetrics, logger);
   const fastifyLogger: FastifyBaseLogger = logger;
   const server = Fastify({
     ...httpServerOptions(config),
@@ -286,7 +311,9 @@ export async function buildApp(
         )
         .catch(() => undefined);
       usage.stop();
-      await nc.drain().catch(() => undefined);
+      // Bounded, and closed whatever happens: a drain that fails (NATS away at that moment)
+      // leaves the connection reconnecting for ever otherwise.
+      await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
       await server.close();
       https?.stop();
       origin.close();

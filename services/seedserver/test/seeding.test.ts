@@ -182,12 +182,13 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
         assert.ok(decoded.ok, 'a valid record');
         return decoded.value;
       },
-      stop: async () => {
-        await started.close();
-        await connection.close();
-        await nats.stop();
-        await dir.remove();
-      },
+      stop: () =>
+        stopAll([
+          ['seed server', () => started.close()],
+          ['NATS connection', () => connection.close()],
+          ['nats-server', () => nats.stop()],
+          ['directory', () => dir.remove()],
+        ]),
     };
   } catch (error) {
     await app?.close().catch(() => undefined);
@@ -195,6 +196,22 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
     await nats.stop();
     await dir.remove();
     throw error;
+  }
+}
+
+/**
+ * Runs every step in order, each whether the ones before failed or not (so that nothing a
+ * test started outlives it), then throws the failures, if any.
+ */
+async function stopAll(steps: readonly (readonly [string, () => Promise<void>])[]): Promise<void> {
+  const failures: Error[] = [];
+  for (const [what, step] of steps) {
+    await step().catch((error: unknown) => {
+      failures.push(new Error(`stopping ${what}`, { cause: error }));
+    });
+  }
+  if (failures.length > 0) {
+    throw new AggregateError(failures, failures.map((f) => f.message).join('; '));
   }
 }
 
@@ -310,12 +327,19 @@ async function startSeedOnS3(env: Record<string, string> = {}): Promise<SeedOnS3
       const key = `blobs/${blob.digest.replace(':', '/')}`;
       return (listed.Contents ?? []).some((o) => o.Key === key);
     },
-    stop: async () => {
-      await seed.stop();
-      client.destroy();
-      await gateway.stop();
-      await s3.stop();
-    },
+    stop: () =>
+      stopAll([
+        ['seed', () => seed.stop()],
+        [
+          'S3 client',
+          () => {
+            client.destroy();
+            return Promise.resolve();
+          },
+        ],
+        ['gateway proxy', () => gateway.stop()],
+        ['S3 server', () => s3.stop()],
+      ]),
   };
 }
 
@@ -390,8 +414,10 @@ describe('seed server', () => {
       );
       assert.ok(storage.every((r) => r.authorization === undefined));
     } finally {
-      await seed.stop();
-      await proxy.stop();
+      await stopAll([
+        ['seed', () => seed.stop()],
+        ['registry proxy', () => proxy.stop()],
+      ]);
     }
   });
 
@@ -413,8 +439,10 @@ describe('seed server', () => {
       const notice: Record<string, unknown> = await seed.storedHashes(layer(2));
       assert.equal(notice.type, 'seed-failed');
     } finally {
-      await seed.stop();
-      await proxy.stop();
+      await stopAll([
+        ['seed', () => seed.stop()],
+        ['registry proxy', () => proxy.stop()],
+      ]);
     }
   });
 
@@ -708,8 +736,9 @@ describe('seed server', () => {
         2,
       );
     } finally {
-      // NATS back first, so that stopping does not race its restart.
-      await back;
+      // NATS back first, so that stopping does not race its restart (a restart that failed
+      // has failed the test already, above: the seed server is stopped all the same).
+      await back?.catch(() => undefined);
       await seed.stop();
     }
   });
