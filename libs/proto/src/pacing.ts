@@ -95,6 +95,8 @@ export class WantPacer {
   #askingGapMs: number;
   /** When the oldest have not followed by a hand-out went out, in ms since the epoch. */
   #unansweredHaveMs: number | undefined;
+  /** When the seed server first rationed a piece since the last want, in ms since the epoch. */
+  #rationedMs: number | undefined;
 
   constructor(pacing: WantPacing) {
     this.#pacing = pacing;
@@ -143,7 +145,11 @@ export class WantPacer {
         ? Number.POSITIVE_INFINITY
         : Math.max(this.#lastMs, this.#unansweredHaveMs) + this.#pacing.maxMs;
     if (noHolder) {
-      return Math.min(unanswered, this.#lastMs + this.#starvedGapMs);
+      const rationed =
+        this.#rationedMs === undefined
+          ? Number.POSITIVE_INFINITY
+          : Math.max(this.#lastMs, this.#rationedMs) + this.#pacing.baseMs;
+      return Math.min(unanswered, this.#lastMs + this.#starvedGapMs, rationed);
     }
     // Idle: starved from `idleMs` after the last piece, and no sooner than its gap allows.
     const idle = Math.max(
@@ -164,6 +170,19 @@ export class WantPacer {
     this.#lastMs = nowMs;
     this.#lastPieceMs ??= nowMs;
     this.#asking = true;
+    this.#rationedMs = undefined;
+  }
+
+  /**
+   * The seed server refused a piece at `nowMs` because it has just sent it to another agent
+   * (its fan-out rationing), which the tracker names once that agent announces it: starved,
+   * the download asks `baseMs` after the first such refusal since its last want, however far
+   * its gap has doubled. Without this, a download whose every piece the seed sent to others
+   * (all of a one-piece blob: an image config) waited out a gap doubled by its first wants,
+   * a second with the defaults, although the piece was on a peer within milliseconds.
+   */
+  rationed(nowMs: number): void {
+    this.#rationedMs ??= nowMs;
   }
 
   /** The download got a new piece at `nowMs`. */

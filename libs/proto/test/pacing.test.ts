@@ -132,6 +132,33 @@ describe('want pacing', () => {
     assert.equal(pacer.due(2000, true), true);
   });
 
+  it('asks the base interval after the seed first rationed a piece, however far its gap doubled', () => {
+    const pacer = new WantPacer(pacing);
+    // The first want, starved (nobody held the blob yet): the next starved one waits 1 s.
+    pacer.sent(0, true);
+    pacer.handout(true);
+    assert.equal(pacer.nextDueMs(100, true), 1000);
+    // The seed sent the only piece to another agent: ask who, 0.5 s after it said so.
+    pacer.rationed(250);
+    pacer.rationed(400);
+    assert.equal(pacer.nextDueMs(300, true), 750, 'from the first refusal since the want');
+    assert.equal(pacer.due(749, true), false);
+    assert.equal(pacer.due(750, true), true);
+    // With known holders of missing pieces, a refusal tells nothing new.
+    assert.equal(pacer.due(750, false), false);
+    pacer.sent(750, true);
+    pacer.handout(true);
+    // Spent by that want: the doubled gap again.
+    assert.equal(pacer.nextDueMs(800, true), 750 + 2000);
+    // A refusal right after a want: never sooner than the base interval after the want.
+    pacer.rationed(760);
+    assert.equal(pacer.nextDueMs(800, true), 1260);
+    // An unanswered want still holds the next back.
+    pacer.sent(1260, true);
+    pacer.rationed(1300);
+    assert.ok(pacer.nextDueMs(1300, true) > 1800);
+  });
+
   it('bounds the wants of a download that stays starved without progress', () => {
     const pacer = new WantPacer(pacing);
     let wants = 0;

@@ -532,6 +532,10 @@ export class SwarmFetch {
       })
       .finally(() => {
         this.#picker.settle(picked, outcome);
+        if (outcome === 'busy' && picked.seed) {
+          // The seed sent the piece to another agent: ask the tracker who, soon.
+          this.#wants.rationed(Date.now());
+        }
         signal.removeEventListener('abort', onAbort);
         const set = this.#inFlight.get(index);
         set?.delete(entry);
