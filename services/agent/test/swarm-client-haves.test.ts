@@ -17,6 +17,7 @@ import {
   STREAMS,
 } from '@shoal/proto';
 import { createLogger, createMetrics } from '@shoal/runtime';
+import { ensureStreams } from '@shoal/runtime/nats';
 
 import type { JetStreamClient } from '@nats-io/jetstream';
 
@@ -262,6 +263,57 @@ describe('SwarmClient haves', () => {
       assert.equal(fired, 1, `timers set at: ${sites.join('; ')}`);
     } finally {
       await client?.close();
+    }
+  });
+});
+
+describe('SwarmClient wants NATS refused on a connection that stays up', () => {
+  let fixture: JetStreamFixture;
+
+  before(async () => {
+    // No wants stream yet: a want gets "no responders", as it does for the seconds a
+    // JetStream cluster takes to elect the stream's new leader after a server went.
+    fixture = await startJetStream([STREAMS.swarm]);
+  });
+
+  after(() => fixture.close());
+
+  it('sends the want again within a second of the stream answering, with no reconnect', async () => {
+    const { nc, js, jsm } = fixture;
+    const client = new SwarmClient({
+      nc,
+      js,
+      jsm,
+      self: SELF,
+      uploads: true,
+      haveIntervalMs: HAVE_INTERVAL_MS,
+      logger: createLogger({ service: 'test', level: 'silent' }),
+      metrics: createAgentMetrics(createMetrics('agent')),
+    });
+    client.start();
+    const blob = digestOf(Buffer.from('want refused while connected')).toString();
+    const subject = pieceWantSubject(blob, SELF.id);
+    /** The wants the stream holds for the blob. */
+    const stored = async (): Promise<number> => {
+      const info = await jsm.streams.info(STREAMS.wants.name, { subjects_filter: subject });
+      return Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
+    };
+    try {
+      await client.want({ blob, registry: 'r.test', repository: 'team/app', have: [] });
+      // The stream is back (its leader elected): the client was told nothing of it.
+      await ensureStreams(jsm, [STREAMS.wants], 1);
+      const back = performance.now();
+      const deadline = back + 5_000;
+      while ((await stored()) === 0) {
+        assert.ok(performance.now() < deadline, 'the want never reached the stream');
+        await sleep(20);
+      }
+      // Its first retry comes half a second after the refusal (the next a second later).
+      assert.ok(performance.now() - back < 1_500, `${performance.now() - back} ms`);
+      await sleep(1_500);
+      assert.equal(await stored(), 1, 'sent again once');
+    } finally {
+      await client.close();
     }
   });
 });

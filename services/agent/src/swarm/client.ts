@@ -57,6 +57,13 @@ function isPermanent(error: unknown): boolean {
   return error instanceof Error && PERMANENT_PUBLISH_ERRORS.has(error.name);
 }
 
+/**
+ * The first wait before wants NATS refused on a connection that stays up are sent again, in
+ * ms; it doubles while they keep failing, up to `WANT_RETRY_MAX_MS`.
+ */
+const WANT_RETRY_MS = 500;
+const WANT_RETRY_MAX_MS = 4_000;
+
 /** A publish still unacknowledged when the connection was made anew. */
 class ReconnectedError extends Error {
   constructor() {
@@ -108,6 +115,9 @@ export class SwarmClient {
   #connection = new AbortController();
   /** Wants NATS did not take, by blob: sent again once it is back (see `want`). */
   readonly #lostWants = new Map<string, WantRequest>();
+  /** Sends the lost wants again while the connection stays up (see `#retryLostWants`). */
+  #wantRetryTimer: NodeJS.Timeout | undefined;
+  #wantRetryMs = WANT_RETRY_MS;
   /** Download spans that have their first want recorded. */
   readonly #wantMarked = new WeakSet<Span>();
   /** Peers every download leaves alone for now (a bad piece, refused connections). */
@@ -290,6 +300,7 @@ export class SwarmClient {
       );
       await untilAborted(published, connection, () => new ReconnectedError());
       this.#lostWants.delete(request.blob);
+      this.#wantRetryMs = WANT_RETRY_MS;
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
       // The first want of a download is a phase of its timeline; the rest would only fill
       // its span with events.
@@ -299,7 +310,12 @@ export class SwarmClient {
         span.addEvent('piece-want stored');
       }
     } catch (error) {
-      this.#logger.warn({ err: error, blob: request.blob }, 'could not publish a want');
+      // Once per run of failures (a retry that fails again says so at debug).
+      const retrying = this.#wantRetryMs > WANT_RETRY_MS;
+      this.#logger[retrying ? 'debug' : 'warn'](
+        { err: error, blob: request.blob },
+        'could not publish a want',
+      );
       if (this.#closed || isPermanent(error)) {
         return;
       }
@@ -311,8 +327,33 @@ export class SwarmClient {
       if (error instanceof ReconnectedError) {
         // The connection it went out on is gone; the new one is up.
         this.#resendLostWants();
+      } else {
+        this.#retryLostWants();
       }
     }
+  }
+
+  /**
+   * Sends the lost wants again after a short wait, doubling while they keep failing. NATS
+   * refused them on a connection that may stay up (a JetStream cluster electing the stream's
+   * new leader after a server went answers "no responders" for seconds): no reconnect would
+   * resend them, and the download, which counts its want as asked, waited its unanswered-want
+   * gap (8 s and more) before asking again.
+   */
+  #retryLostWants(): void {
+    if (this.#wantRetryTimer !== undefined || this.#closed) {
+      return;
+    }
+    const waitMs = this.#wantRetryMs;
+    this.#wantRetryMs = Math.min(WANT_RETRY_MAX_MS, waitMs * 2);
+    this.#wantRetryTimer = setTimeout(() => {
+      this.#wantRetryTimer = undefined;
+      // While NATS is down, its reconnection resends them.
+      if (this.#natsLink?.up !== false) {
+        this.#resendLostWants();
+      }
+    }, waitMs);
+    this.#wantRetryTimer.unref();
   }
 
   /** Publishes again the wants NATS did not take (see `want`), the latest of each blob. */
@@ -464,6 +505,8 @@ export class SwarmClient {
     this.#closed = true;
     clearTimeout(this.#haveTimer);
     this.#haveTimer = undefined;
+    clearTimeout(this.#wantRetryTimer);
+    this.#wantRetryTimer = undefined;
     if (this.#publishFailing) {
       // NATS is away: the haves left would each wait their timeout, past the shutdown's
       // deadline (and a flush in progress stops at its next have). Only peer-gone is tried.
