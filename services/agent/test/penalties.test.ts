@@ -35,6 +35,26 @@ describe('SourcePenalties', () => {
     assert.deepEqual(refuseInARow(book, clock, 5), [2000, 4000, 8000, 8000, 8000]);
   });
 
+  it("names the sources that sent a bad piece, the latest first, until the penalty's end", () => {
+    const { book, clock } = penalties();
+    book.penalize('agent-a', 5_000);
+    clock.ms += 10;
+    book.penalize('agent-b', 5_000);
+    book.refused('agent-c', BASE_MS, MAX_MS);
+    assert.deepEqual(book.corrupting(), ['agent-b', 'agent-a'], 'a refusal is not');
+    // Answering a request changes nothing: a source that corrupts may answer well.
+    book.answered('agent-a');
+    clock.ms += 4_985;
+    assert.deepEqual(book.corrupting(), ['agent-b', 'agent-a']);
+    clock.ms += 10;
+    assert.deepEqual(book.corrupting(), ['agent-b'], "agent-a's penalty ended");
+    clock.ms += 10;
+    assert.deepEqual(book.corrupting(), []);
+    // Pruned with the rest at the next penalty or refusal: only the refusals stay.
+    book.refused('agent-d', BASE_MS, MAX_MS);
+    assert.equal(book.tracked, 2);
+  });
+
   it('names the sources that refused lately until they answer, whatever the tracker says', () => {
     const { book, clock } = penalties();
     book.refused('agent-a', BASE_MS, MAX_MS);

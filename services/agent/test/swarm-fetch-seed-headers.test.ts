@@ -3,8 +3,9 @@
  * asking agent (`shoal-peer`), and requests to the seed server also name the peers this agent
  * could not get pieces from (`shoal-not-from`), so that the seed's rationing does not count
  * against it the copies those peers got. A real nats-server (piece hashes, a hand-out), real
- * piece servers (the agent's own handler) recording the headers they receive, and a peer
- * handed out at an address where nothing listens (a node gone for good).
+ * piece servers (the agent's own handler) recording the headers they receive, a peer
+ * handed out at an address where nothing listens (a node gone for good), and one that sends
+ * corrupted pieces.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -91,7 +92,7 @@ describe('piece request headers of a swarm fetch', () => {
 
   after(() => teardown.run());
 
-  it('names the agent to every server, and to the seed server the peer it could not reach', async () => {
+  it('names the agent to every server, and to the seed server the peers it cannot get pieces from', async () => {
     const blob = Buffer.alloc(BLOB_BYTES);
     for (let i = 0; i < blob.length; i += 4096) {
       blob.writeUInt32BE(i, i);
@@ -102,6 +103,14 @@ describe('piece request headers of a swarm fetch', () => {
     teardown.add('seed', () => seed.server.close());
     const peer = await servePieces(blob, peerSeen.record);
     teardown.add('peer', () => peer.server.close());
+    // A peer that corrupts every piece it sends (it serves other bytes than the hashes say).
+    const corrupted = Buffer.from(blob);
+    for (let i = 0; i < corrupted.length; i += 4096) {
+      corrupted[i] = (corrupted[i] ?? 0) ^ 0xff;
+    }
+    const badSeen = recorder();
+    const bad = await servePieces(corrupted, badSeen.record);
+    teardown.add('bad peer', () => bad.server.close());
     const gonePort = await closedPort();
 
     const { client, logger, metrics } = startSwarmClient(fixture, SELF, false);
@@ -134,6 +143,12 @@ describe('piece request headers of a swarm fetch', () => {
             seed: false,
           },
           {
+            peer: { id: 'agent-bad', url: bad.url },
+            pieces: [[0, count]],
+            complete: true,
+            seed: false,
+          },
+          {
             peer: { id: 'agent-live', url: peer.url },
             pieces: [[0, count / 2]],
             complete: false,
@@ -152,7 +167,8 @@ describe('piece request headers of a swarm fetch', () => {
     assert.equal(download.state, 'verified', String(download.error));
 
     // Every request, to a peer or the seed, says who asks.
-    const all = [...seedSeen.seen, ...peerSeen.seen];
+    const all = [...seedSeen.seen, ...peerSeen.seen, ...badSeen.seen];
+    assert.ok(badSeen.seen.length >= 1, 'the corrupting peer was asked');
     assert.ok(all.length >= count, `${all.length} requests for ${count} pieces`);
     assert.deepEqual(
       all.filter((r) => r.peer !== SELF.id),
@@ -161,21 +177,24 @@ describe('piece request headers of a swarm fetch', () => {
     );
     // Only the seed server is told of peers this agent cannot get pieces from.
     assert.deepEqual(
-      peerSeen.seen.filter((r) => r.notFrom !== undefined),
+      [...peerSeen.seen, ...badSeen.seen].filter((r) => r.notFrom !== undefined),
       [],
       'a peer is not told',
     );
-    // The second half is held by the gone peer and the seed only: once the gone peer refused
-    // a connection, the seed's requests name it.
-    const named = seedSeen.seen.filter((r) => r.notFrom?.split(',').includes('agent-gone'));
-    assert.ok(
-      named.length >= 1,
-      `a seed request names the gone peer: ${JSON.stringify(seedSeen.seen)}`,
-    );
+    // The second half is held by the gone peer, the corrupting one and the seed only: once
+    // the gone peer refused a connection and the other sent a bad piece, the seed's requests
+    // name them.
+    const naming = (id: string): SeenRequest[] =>
+      seedSeen.seen.filter((r) => r.notFrom?.split(',').includes(id));
+    const seen = JSON.stringify(seedSeen.seen);
+    assert.ok(naming('agent-gone').length >= 1, `a seed request names the gone peer: ${seen}`);
+    assert.ok(naming('agent-bad').length >= 1, `one names the corrupting peer: ${seen}`);
     assert.deepEqual(
-      seedSeen.seen.filter((r) => r.notFrom !== undefined && r.notFrom !== 'agent-gone'),
+      seedSeen.seen.filter((r) =>
+        r.notFrom?.split(',').some((id) => id !== 'agent-gone' && id !== 'agent-bad'),
+      ),
       [],
-      'and names no peer that answered',
+      'and names no peer that answered well',
     );
   });
 });

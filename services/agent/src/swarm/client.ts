@@ -262,9 +262,19 @@ export class SwarmClient {
     this.#penalties.answered(peer);
   }
 
-  /** Peers that refused connections lately and have not answered since (see `SourcePenalties`). */
-  unreachablePeers(): string[] {
-    return this.#penalties.unreachable();
+  /**
+   * Peers this agent cannot get pieces from (see `SourcePenalties`): those that refused
+   * connections lately and have not answered since, the latest first, then those that sent
+   * a bad piece, under its penalty.
+   */
+  notFromPeers(): string[] {
+    const peers = this.#penalties.unreachable();
+    for (const peer of this.#penalties.corrupting()) {
+      if (!peers.includes(peer)) {
+        peers.push(peer);
+      }
+    }
+    return peers;
   }
 
   /** True while a peer is penalised. */

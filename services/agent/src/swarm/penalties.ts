@@ -35,6 +35,8 @@ export class SourcePenalties {
    * hand-out naming the source clears: the tracker naming it is no sign it is back.
    */
   readonly #unreachable = new Map<string, number>();
+  /** Sources under a bad piece's penalty, with when it ends (ms), oldest first. */
+  readonly #corrupting = new Map<string, number>();
 
   constructor(now: () => number = Date.now) {
     this.#now = now;
@@ -47,7 +49,10 @@ export class SourcePenalties {
   penalize(peer: string, ms: number): void {
     const now = this.#now();
     this.#prune(now);
-    this.#until.set(peer, Math.max(now + ms, this.#until.get(peer) ?? 0));
+    const untilMs = Math.max(now + ms, this.#until.get(peer) ?? 0);
+    this.#until.set(peer, untilMs);
+    this.#corrupting.delete(peer);
+    this.#corrupting.set(peer, untilMs);
   }
 
   /**
@@ -87,6 +92,15 @@ export class SourcePenalties {
   }
 
   /**
+   * The sources under a bad piece's penalty, the latest first: whoever got a piece from them
+   * got it corrupted, as this agent would.
+   */
+  corrupting(): string[] {
+    this.#forgetCorrupting(this.#now());
+    return [...this.#corrupting.keys()].reverse();
+  }
+
+  /**
    * A hand-out named the source after it refused: it may be back (a seed server that
    * restarted is named as soon as it announces), so its refusals in a row are forgotten and its
    * penalty is cut back to `baseMs` after the last refusal: asked again soon, not after the
@@ -122,8 +136,12 @@ export class SourcePenalties {
 
   /** Sources with a penalty or refusals remembered (bounded by the pruning; for tests). */
   get tracked(): number {
-    return new Set([...this.#until.keys(), ...this.#refusals.keys(), ...this.#unreachable.keys()])
-      .size;
+    return new Set([
+      ...this.#until.keys(),
+      ...this.#refusals.keys(),
+      ...this.#unreachable.keys(),
+      ...this.#corrupting.keys(),
+    ]).size;
   }
 
   #penalized(peer: string, now: number): number | undefined {
@@ -155,6 +173,16 @@ export class SourcePenalties {
       }
     }
     this.#forgetUnreachable(now);
+    this.#forgetCorrupting(now);
+  }
+
+  /** Forgets the sources whose bad piece's penalty has ended. */
+  #forgetCorrupting(now: number): void {
+    for (const [peer, untilMs] of this.#corrupting) {
+      if (untilMs < now) {
+        this.#corrupting.delete(peer);
+      }
+    }
   }
 
   /** Forgets the sources last refused longer ago than `UNREACHABLE_MEMORY_MS`. */

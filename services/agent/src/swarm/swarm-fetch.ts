@@ -845,15 +845,15 @@ export class SwarmFetch {
   /**
    * The headers of a piece request: who asks, its token, and to the seed server the peers this
    * agent cannot get the piece from, so the seed's rationing does not hold against it the
-   * copies they got: those it could not reach lately (first: a header names 16 at most), and
-   * those holding it that are late for this download (a slow peer that got the seed's only
-   * copy).
+   * copies they got: those it could not reach lately (first: a header names 16 at most), those
+   * that sent it a bad piece (a corrupting peer got the seed's only copy), and those holding it
+   * that are late for this download (a slow peer that got the seed's only copy).
    */
   #requestHeaders(picked: PickedRequest): Record<string, string> {
     if (!picked.seed) {
       return this.#auth;
     }
-    const notFrom = this.#deps.client.unreachablePeers();
+    const notFrom = this.#deps.client.notFromPeers();
     for (const peer of this.#picker.lateHolders(picked.index)) {
       if (!notFrom.includes(peer)) {
         notFrom.push(peer);
