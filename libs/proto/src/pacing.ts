@@ -97,6 +97,8 @@ export class WantPacer {
   #unansweredHaveMs: number | undefined;
   /** When the seed server first rationed a piece since the last want, in ms since the epoch. */
   #rationedMs: number | undefined;
+  /** True once a want went out for a refusal, until the download announces progress. */
+  #rationedSpent = false;
 
   constructor(pacing: WantPacing) {
     this.#pacing = pacing;
@@ -170,7 +172,10 @@ export class WantPacer {
     this.#lastMs = nowMs;
     this.#lastPieceMs ??= nowMs;
     this.#asking = true;
-    this.#rationedMs = undefined;
+    if (this.#rationedMs !== undefined) {
+      this.#rationedSpent = true;
+      this.#rationedMs = undefined;
+    }
   }
 
   /**
@@ -179,15 +184,21 @@ export class WantPacer {
    * the download asks `baseMs` after the first such refusal since its last want, however far
    * its gap has doubled. Without this, a download whose every piece the seed sent to others
    * (all of a one-piece blob: an image config) waited out a gap doubled by its first wants,
-   * a second with the defaults, although the piece was on a peer within milliseconds.
+   * a second with the defaults, although the piece was on a peer within milliseconds. Once
+   * per step of progress (until the next `announced`), so that a seed turning everyone away
+   * for long (every upload slot taken answers the same) adds no more wants than the haves
+   * do; a piece that came meanwhile makes the refusal old news.
    */
   rationed(nowMs: number): void {
-    this.#rationedMs ??= nowMs;
+    if (!this.#rationedSpent) {
+      this.#rationedMs ??= nowMs;
+    }
   }
 
   /** The download got a new piece at `nowMs`. */
   gotPiece(nowMs: number): void {
     this.#lastPieceMs = nowMs;
+    this.#rationedMs = undefined;
   }
 
   /**
@@ -197,6 +208,7 @@ export class WantPacer {
   announced(nowMs: number): void {
     this.#starvedGapMs = this.#pacing.baseMs;
     this.#unansweredHaveMs ??= nowMs;
+    this.#rationedSpent = false;
   }
 
   /** A hand-out came; `namedHolder`: some peer in it holds a piece (or all of them). */

@@ -148,15 +148,64 @@ describe('want pacing', () => {
     assert.equal(pacer.due(750, false), false);
     pacer.sent(750, true);
     pacer.handout(true);
-    // Spent by that want: the doubled gap again.
+    // Spent by that want: the doubled gap again, and refusals bring nothing forward until
+    // the download announces progress.
     assert.equal(pacer.nextDueMs(800, true), 750 + 2000);
-    // A refusal right after a want: never sooner than the base interval after the want.
     pacer.rationed(760);
-    assert.equal(pacer.nextDueMs(800, true), 1260);
-    // An unanswered want still holds the next back.
-    pacer.sent(1260, true);
+    assert.equal(pacer.nextDueMs(800, true), 750 + 2000);
+    // Progress announced: one refusal may bring a want forward again, never sooner than the
+    // base interval after the last want.
+    pacer.announced(770);
+    pacer.rationed(780);
+    assert.equal(pacer.nextDueMs(800, true), 1250);
+    // A piece that came meanwhile makes the refusal old news.
+    pacer.gotPiece(900);
+    assert.equal(pacer.nextDueMs(1000, true), 1250, 'the announced progress: the base gap');
+    pacer.sent(1250, true);
+    pacer.handout(true);
+    // Not spent (the piece made it moot): a new refusal still may.
     pacer.rationed(1300);
-    assert.ok(pacer.nextDueMs(1300, true) > 1800);
+    assert.equal(pacer.nextDueMs(1300, true), 1800);
+    pacer.sent(1800, true);
+    pacer.handout(true);
+    pacer.rationed(1850);
+    assert.equal(pacer.nextDueMs(1900, true), 1800 + 2000, 'spent: its own gap');
+  });
+
+  it('adds no more wants than the haves when the seed refuses every request for long', () => {
+    const pacer = new WantPacer(pacing);
+    let wants = 0;
+    let haves = 0;
+    for (let now = 0; now <= 120_000; now += 50) {
+      // Turned away by a seed whose every upload slot stays taken, on every loop turn; a
+      // piece from a peer now and then, announced every 10 s.
+      pacer.rationed(now);
+      if (now % 10_000 === 0) {
+        pacer.gotPiece(now);
+        pacer.announced(now);
+        haves += 1;
+      }
+      if (pacer.due(now, true)) {
+        pacer.sent(now, true);
+        pacer.handout(true);
+        wants += 1;
+      }
+    }
+    // Without the refusals' want: 0, 0.5, 1.5, 3.5, 7.5 s after each have, then every 8 s.
+    const withoutRefusals = new WantPacer(pacing);
+    let baseline = 0;
+    for (let now = 0; now <= 120_000; now += 50) {
+      if (now % 10_000 === 0) {
+        withoutRefusals.gotPiece(now);
+        withoutRefusals.announced(now);
+      }
+      if (withoutRefusals.due(now, true)) {
+        withoutRefusals.sent(now, true);
+        withoutRefusals.handout(true);
+        baseline += 1;
+      }
+    }
+    assert.ok(wants <= baseline + haves, `${wants} wants, ${baseline} without, ${haves} haves`);
   });
 
   it('bounds the wants of a download that stays starved without progress', () => {

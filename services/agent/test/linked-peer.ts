@@ -55,7 +55,7 @@ export async function startLinkedPeer(
   name: string,
   layerBytes: number,
 ): Promise<LinkedPeer> {
-  const fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+  const fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces, STREAMS.wants]);
   teardown.add('nats', () => fixture.close());
   const dir = await makeTempDir(name);
   teardown.add('dir', () => dir.remove());

@@ -84,7 +84,7 @@ describe('piece request headers of a swarm fetch', () => {
   let root: string;
 
   before(async () => {
-    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces, STREAMS.wants]);
     teardown.add('nats', () => fixture.close());
     root = await mkdtemp(join(tmpdir(), 'shoal-seed-headers-'));
     teardown.add('root', () => rm(root, { recursive: true, force: true }));

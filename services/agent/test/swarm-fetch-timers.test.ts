@@ -33,7 +33,8 @@ describe('SwarmFetch timers', () => {
   let root: string;
 
   before(async () => {
-    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+    // With the wants stream: a want NATS refused would be sent again on a timer of its own.
+    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces, STREAMS.wants]);
     root = await mkdtemp(join(tmpdir(), 'shoal-fetch-timers-'));
   });
 

@@ -113,8 +113,17 @@ export class SwarmClient {
    * its timeout held every later have back for seconds after NATS was back.
    */
   #connection = new AbortController();
-  /** Wants NATS did not take, by blob: sent again once it is back (see `want`). */
-  readonly #lostWants = new Map<string, WantRequest>();
+  /**
+   * Wants NATS did not take, by blob, with the order they were made in: sent again once it is
+   * back (see `want`). Only the latest of a blob is kept: a resent older want that fails or
+   * succeeds after a newer one failed neither replaces nor drops it.
+   */
+  readonly #lostWants = new Map<
+    string,
+    { readonly request: WantRequest; readonly order: number; sending: boolean }
+  >();
+  /** The order of the next want made (see `#lostWants`). */
+  #wantOrder = 0;
   /** Sends the lost wants again while the connection stays up (see `#retryLostWants`). */
   #wantRetryTimer: NodeJS.Timeout | undefined;
   #wantRetryMs = WANT_RETRY_MS;
@@ -292,6 +301,11 @@ export class SwarmClient {
    * The want carries the active trace context, so the tracker's answer joins the trace.
    */
   async want(request: WantRequest): Promise<void> {
+    await this.#publishWant(request, this.#wantOrder++);
+  }
+
+  /** Publishes a want made `order`-th (see `#lostWants`); see `want`. */
+  async #publishWant(request: WantRequest, order: number): Promise<void> {
     const headers = traceHeaders();
     const connection = this.#connection.signal;
     try {
@@ -309,7 +323,9 @@ export class SwarmClient {
         headers === undefined ? undefined : { headers },
       );
       await untilAborted(published, connection, () => new ReconnectedError());
-      this.#lostWants.delete(request.blob);
+      if ((this.#lostWants.get(request.blob)?.order ?? Infinity) <= order) {
+        this.#lostWants.delete(request.blob);
+      }
       this.#wantRetryMs = WANT_RETRY_MS;
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
       // The first want of a download is a phase of its timeline; the rest would only fill
@@ -333,7 +349,9 @@ export class SwarmClient {
       // no piece hashes (only a seed server publishes them, and only when a want asks for
       // one), and once its haves are in, the tracker counts this node as able to finish it
       // and asks no seed: every later pull of it would stall and read the origin too.
-      this.#lostWants.set(request.blob, request);
+      if ((this.#lostWants.get(request.blob)?.order ?? -1) <= order) {
+        this.#lostWants.set(request.blob, { request, order, sending: false });
+      }
       if (error instanceof ReconnectedError) {
         // The connection it went out on is gone; the new one is up.
         this.#resendLostWants();
@@ -368,10 +386,12 @@ export class SwarmClient {
 
   /** Publishes again the wants NATS did not take (see `want`), the latest of each blob. */
   #resendLostWants(): void {
-    const lost = [...this.#lostWants.values()];
-    this.#lostWants.clear();
-    for (const request of lost) {
-      void this.want(request);
+    for (const lost of this.#lostWants.values()) {
+      // Kept until a copy of it is taken (or a newer want replaces it); one copy at a time.
+      if (!lost.sending) {
+        lost.sending = true;
+        void this.#publishWant(lost.request, lost.order);
+      }
     }
   }
 
