@@ -187,7 +187,9 @@ export class WantPacer {
    * a second with the defaults, although the piece was on a peer within milliseconds. Once
    * per step of progress (until the next `announced`), so that a seed turning everyone away
    * for long (every upload slot taken answers the same) adds no more wants than the haves
-   * do; a piece that came meanwhile makes the refusal old news.
+   * do. (A piece that came meanwhile does not make it moot: it tells nothing of who got the
+   * refused one, and a download that took one piece from the seed and was refused the others
+   * waited out its doubled gap again.)
    */
   rationed(nowMs: number): void {
     if (!this.#rationedSpent) {
@@ -198,7 +200,6 @@ export class WantPacer {
   /** The download got a new piece at `nowMs`. */
   gotPiece(nowMs: number): void {
     this.#lastPieceMs = nowMs;
-    this.#rationedMs = undefined;
   }
 
   /**
