@@ -23,7 +23,7 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 
 import { createAgentMetrics } from '../src/metrics.js';
 import { SwarmClient } from '../src/swarm/client.js';
-import { startJetStream, type JetStreamFixture } from './jetstream-fixture.js';
+import { startJetStream, startSwarmClient, type JetStreamFixture } from './jetstream-fixture.js';
 import { timerCallbacks } from './timer-callbacks.js';
 
 const HAVE_INTERVAL_MS = 150;
@@ -279,18 +279,8 @@ describe('SwarmClient wants NATS refused on a connection that stays up', () => {
   after(() => fixture.close());
 
   it('sends the want again within a second of the stream answering, with no reconnect', async () => {
-    const { nc, js, jsm } = fixture;
-    const client = new SwarmClient({
-      nc,
-      js,
-      jsm,
-      self: SELF,
-      uploads: true,
-      haveIntervalMs: HAVE_INTERVAL_MS,
-      logger: createLogger({ service: 'test', level: 'silent' }),
-      metrics: createAgentMetrics(createMetrics('agent')),
-    });
-    client.start();
+    const { jsm } = fixture;
+    const { client } = startSwarmClient(fixture, SELF, true);
     const blob = digestOf(Buffer.from('want refused while connected')).toString();
     const subject = pieceWantSubject(blob, SELF.id);
     /** The wants the stream holds for the blob. */
