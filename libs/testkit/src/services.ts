@@ -2,7 +2,7 @@
  * Runs Shoal's built services (`services/<name>/dist/src/main.js`, from `tsc -b`) as their own
  * processes, as a cluster would, for integration tests, benchmarks and the local demo.
  */
-import { readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -174,9 +174,23 @@ async function startService(
       (await scrapeMetrics(url, undefined, ca)).get(name, labels),
     stop: async () => {
       await proc.stop();
+      await keepLog(proc.logPath, `${service}-${String(port)}.log`);
       await dir.remove();
     },
   };
+}
+
+/**
+ * With `SHOAL_TEST_LOG_DIR` set, a stopped service's log is copied there as `name` before its
+ * directory goes, to read after a failed or flaky run.
+ */
+async function keepLog(logPath: string, name: string): Promise<void> {
+  const keepDir = process.env.SHOAL_TEST_LOG_DIR;
+  if (keepDir === undefined || keepDir === '') {
+    return;
+  }
+  await mkdir(keepDir, { recursive: true });
+  await copyFile(logPath, join(keepDir, name)).catch(() => undefined);
 }
 
 /** Starts an agent: a mirror of `registries`, and a swarm member when `natsUrl` is given. */

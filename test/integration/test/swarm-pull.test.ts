@@ -24,7 +24,14 @@ describe('six agents pull one image at once through the swarm', () => {
       seed: 'swarm-pull',
       repository,
       trackers: 2,
-      agents: [1, 2, 3, 4, 5, 6].map((n) => ({ peerId: `node-${n}` })),
+      // The product's stall timeout (10 s), not the tests' 4 s: this test counts registry
+      // reads, and on a 2-core machine running six agents, a seed server and six skopeo at
+      // once a piece of the small layer can wait seconds (a 1 MiB layer took up to 5.6 s
+      // here, the seed's refusals arriving after 1.7 s), which is no stall.
+      agents: [1, 2, 3, 4, 5, 6].map((n) => ({
+        peerId: `node-${n}`,
+        env: { SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: '10000' },
+      })),
     });
   });
 
