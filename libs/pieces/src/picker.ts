@@ -628,6 +628,16 @@ export class PiecePicker {
   }
 
   /**
+   * Forgets the pieces the seed refused, and how often: the seed may be asked for them at once.
+   * For when this agent cannot learn who got them (the swarm does not hear it; the seed then
+   * does not refuse it), where each deferral would only be a wait for news that cannot come.
+   */
+  endSeedDeferrals(): void {
+    this.#seedDeferred.clear();
+    this.#seedRefusals.clear();
+  }
+
+  /**
    * The earliest time (ms) at which `next` may start a request it would not start now with
    * nothing else changing: a busy source's back-off or a seed's deferral ends, or a piece in
    * flight grows late for the endgame. Undefined when no such time is known: only an event

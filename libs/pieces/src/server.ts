@@ -14,6 +14,7 @@ import {
   peerId,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
+  PIECE_UNHEARD_HEADER,
   notFromPeers,
 } from '@shoal/proto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -43,14 +44,17 @@ export interface PieceAsk {
   readonly asker: string | undefined;
   /** The peers it cannot get the piece from (`PIECE_NOT_FROM_HEADER`). */
   readonly notFrom: readonly string[];
+  /** Its haves and wants do not reach the swarm now (`PIECE_UNHEARD_HEADER`). */
+  readonly unheard: boolean;
 }
 
-/** Who asks, and whom it cannot get the piece from. */
+/** Who asks, whom it cannot get the piece from, and whether the swarm hears it. */
 function askOf(request: PieceRequest): PieceAsk {
   const notFrom = request.headers[PIECE_NOT_FROM_HEADER];
   return {
     asker: askingPeerId(request),
     notFrom: notFromPeers(typeof notFrom === 'string' ? notFrom : undefined),
+    unheard: request.headers[PIECE_UNHEARD_HEADER] === '1',
   };
 }
 

@@ -592,6 +592,27 @@ describe('PiecePicker', () => {
     return waits;
   }
 
+  it('asks the seed again at once for what it refused once the deferrals end, the count with them', () => {
+    const { picker: p, clock } = picker(1, { concurrency: 1, seedDeferMaxMs: 8000 });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
+    // The piece refused four times: deferred 6 s now.
+    assert.deepEqual(refusedDeferrals(p, clock, 3), [750, 1500, 3000]);
+    const [refused] = p.next();
+    assert.ok(refused !== undefined);
+    p.settle(refused, 'busy');
+    assert.equal(p.nextDeadline(), clock.ms + 6000);
+    assert.deepEqual(p.next(), [], 'deferred');
+    // The swarm no longer hears this agent: nobody can say who got it.
+    p.endSeedDeferrals();
+    assert.equal(p.nextDeadline(), undefined);
+    const [again] = p.next();
+    assert.equal(again?.source, 'seed', 'asked of the seed again with no wait');
+    // Refused again after all (a seed that did not know): the first deferral, not the fifth.
+    p.settle(again, 'busy');
+    assert.equal(p.nextDeadline(), clock.ms + SETTINGS.seedDeferMs);
+  });
+
   it('keeps the deferral flat while the seed is the only source', () => {
     // Every other agent evicted the blob: the seed's refusals may count copies nobody holds
     // any more, and a growing wait would outlast the stall timeout.

@@ -30,6 +30,14 @@ export const PIECE_PEER_HEADER = 'shoal-peer';
  * the asker in its fan-out rationing (see `notFromPeers`).
  */
 export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
+/**
+ * The header (value `1`) in which a piece request to the seed server says that the asker's own
+ * haves or wants are not reaching the swarm's streams now: NATS is down for it, or JetStream
+ * refuses them on a connection that stays up (a cluster electing a stream's new leader after
+ * a server went). Told to get a piece from the agent that got it, it could not learn which
+ * one: the seed's rationing does not refuse it (the copy still counts for the others).
+ */
+export const PIECE_UNHEARD_HEADER = 'shoal-unheard';
 /** Most peers one `PIECE_NOT_FROM_HEADER` names; more are left out. */
 export const MAX_NOT_FROM_PEERS = 16;
 /** Longest token accepted, in characters; real ones are about 250. */

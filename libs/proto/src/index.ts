@@ -46,6 +46,7 @@ export {
   MAX_NOT_FROM_PEERS,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
+  PIECE_UNHEARD_HEADER,
   pieceAuthHeaders,
   signHandoutToken,
   notFromHeader,

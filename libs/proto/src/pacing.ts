@@ -91,6 +91,8 @@ export class WantPacer {
   #lastPieceMs: number | undefined;
   /** True from a want until a hand-out comes. */
   #asking = false;
+  /** When the first want not yet answered by a hand-out went out, in ms since the epoch. */
+  #askingSinceMs: number | undefined;
   /** How long an unanswered want holds the next back: `maxMs`, doubling while unanswered. */
   #askingGapMs: number;
   /** When the oldest have not followed by a hand-out went out, in ms since the epoch. */
@@ -109,6 +111,15 @@ export class WantPacer {
   /** True while the latest hand-out named no holder (the tracker will push one). */
   get waiting(): boolean {
     return this.#waiting;
+  }
+
+  /**
+   * When the first want that no hand-out has answered yet went out (ms since the epoch), or
+   * undefined when every want was answered: a tracker answers each want (a healthy one within
+   * milliseconds), so one unanswered for several seconds says no tracker reads the wants now.
+   */
+  get unansweredSinceMs(): number | undefined {
+    return this.#askingSinceMs;
   }
 
   /**
@@ -172,6 +183,7 @@ export class WantPacer {
     this.#lastMs = nowMs;
     this.#lastPieceMs ??= nowMs;
     this.#asking = true;
+    this.#askingSinceMs ??= nowMs;
     if (this.#rationedMs !== undefined) {
       this.#rationedSpent = true;
       this.#rationedMs = undefined;
@@ -216,6 +228,7 @@ export class WantPacer {
   handout(namedHolder: boolean): void {
     this.#waiting = !namedHolder;
     this.#asking = false;
+    this.#askingSinceMs = undefined;
     this.#askingGapMs = this.#pacing.maxMs;
     this.#unansweredHaveMs = undefined;
   }

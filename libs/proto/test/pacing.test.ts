@@ -95,6 +95,22 @@ describe('want pacing', () => {
     assert.equal(pacer.due(64_000, true), true);
   });
 
+  it('says since when a want has gone unanswered: the first of a run, until a hand-out', () => {
+    const pacer = new WantPacer(pacing);
+    assert.equal(pacer.unansweredSinceMs, undefined);
+    pacer.sent(1000, true);
+    assert.equal(pacer.unansweredSinceMs, 1000);
+    // Asked again, still unanswered: the run started with the first.
+    pacer.sent(9000, true);
+    assert.equal(pacer.unansweredSinceMs, 1000);
+    pacer.handout(false);
+    assert.equal(pacer.unansweredSinceMs, undefined);
+    // A hand-out pushed with nobody asking changes nothing; the next want starts a new run.
+    pacer.handout(true);
+    pacer.sent(30_000, true);
+    assert.equal(pacer.unansweredSinceMs, 30_000);
+  });
+
   it('counts a download that got no piece for a while as starved', () => {
     const pacer = new WantPacer(pacing);
     pacer.sent(0);

@@ -9,7 +9,13 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import fastify, { type FastifyInstance } from 'fastify';
 
-import { PIECE_ROUTE, PieceBuffers, pieceHandler, type PieceRoute } from '@shoal/pieces';
+import {
+  PIECE_ROUTE,
+  PieceBuffers,
+  pieceHandler,
+  type PieceServerOptions,
+  type PieceRoute,
+} from '@shoal/pieces';
 import {
   encodeMessage,
   pieceBounds,
@@ -28,11 +34,13 @@ export function blobDigest(blob: Buffer): string {
 /**
  * A piece server on 127.0.0.1 holding every piece of `blob` (it answers whatever a hand-out
  * says it holds), with no upload limit and eight slots; `onRequest` sees each request's path
- * and headers first. Close it when done.
+ * and headers first; `ration`, a seed's fan-out rationing (undefined: the piece is refused as
+ * rationed). Close it when done.
  */
 export async function servePieces(
   blob: Buffer,
   onRequest?: (url: string, headers: IncomingHttpHeaders) => void,
+  ration?: PieceServerOptions['ration'],
 ): Promise<{ url: string; server: FastifyInstance }> {
   const pieceSize = pieceSizeFor(blob.length);
   const server = fastify();
@@ -65,6 +73,7 @@ export async function servePieces(
       uploadLimit: new RateLimiter(0),
       uploads: { max: 8, timeoutMs: 60_000 },
       onResult: () => undefined,
+      ...(ration === undefined ? {} : { ration }),
     }),
   );
   const url = await server.listen({ host: '127.0.0.1', port: 0 });

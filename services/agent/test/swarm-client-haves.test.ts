@@ -124,12 +124,17 @@ describe('SwarmClient haves', () => {
     const heard = listen(blob);
     const heardOther = listen(other);
     const client = newClient(failingOnce(pieceHaveSubject(blob, SELF.id)));
+    let toldUnheard = 0;
+    client.onUnheard(() => (toldUnheard += 1));
     try {
       client.announce(blob, [[0, 1]], false);
       client.announce(other, [[0, 2]], false);
       await sleep(HAVE_INTERVAL_MS * 6);
       assert.deepEqual(heard.heard, [[[0, 1]]]);
       assert.deepEqual(heardOther.heard, [[[0, 2]]], 'the rest of the batch went at once');
+      // Unheard from the failure until the next have went through.
+      assert.equal(toldUnheard, 1);
+      assert.equal(client.unheard, false);
     } finally {
       await client.close();
       heard.stop();
@@ -240,10 +245,15 @@ describe('SwarmClient haves', () => {
     const client = newClient(
       failingOnce(pieceHaveSubject(blob, SELF.id), () => undefined, refused),
     );
+    let toldUnheard = 0;
+    client.onUnheard(() => (toldUnheard += 1));
     try {
       client.announce(blob, [[0, 1]], false);
       await sleep(HAVE_INTERVAL_MS * 6);
       assert.deepEqual(heard.heard, []);
+      // Refused for this have only: the swarm still hears the others.
+      assert.equal(toldUnheard, 0);
+      assert.equal(client.unheard, false);
     } finally {
       await client.close();
       heard.stop();
@@ -288,8 +298,14 @@ describe('SwarmClient wants NATS refused on a connection that stays up', () => {
       const info = await jsm.streams.info(STREAMS.wants.name, { subjects_filter: subject });
       return Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
     };
+    let toldUnheard = 0;
+    const off = client.onUnheard(() => (toldUnheard += 1));
     try {
+      assert.equal(client.unheard, false);
       await client.want({ blob, registry: 'r.test', repository: 'team/app', have: [] });
+      // Refused: the swarm does not hear this agent (the seed is told with each request).
+      assert.equal(client.unheard, true);
+      assert.equal(toldUnheard, 1);
       // The stream is back (its leader elected): the client was told nothing of it.
       await ensureStreams(jsm, [STREAMS.wants], 1);
       const back = performance.now();
@@ -303,7 +319,10 @@ describe('SwarmClient wants NATS refused on a connection that stays up', () => {
       assert.ok(performance.now() - back < 4_500, `${performance.now() - back} ms`);
       await sleep(1_500);
       assert.equal(await stored(), 1, 'sent again once');
+      assert.equal(client.unheard, false, 'heard again once the want was taken');
+      assert.equal(toldUnheard, 1, 'told once, for the run of failures');
     } finally {
+      off();
       await client.close();
     }
   });

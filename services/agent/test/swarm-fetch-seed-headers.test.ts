@@ -5,7 +5,9 @@
  * against it the copies those peers got. A real nats-server (piece hashes, a hand-out), real
  * piece servers (the agent's own handler) recording the headers they receive, a peer
  * handed out at an address where nothing listens (a node gone for good), and one that sends
- * corrupted pieces.
+ * corrupted pieces. A fetch whose want no tracker answers tells the seed server so
+ * (`shoal-unheard`), and a seed that rations every piece to others serves it; one whose
+ * wants are answered never does.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -23,12 +25,16 @@ import {
   parseDigest,
   PIECE_NOT_FROM_HEADER,
   PIECE_PEER_HEADER,
+  PIECE_UNHEARD_HEADER,
+  pieceWantSubject,
   STREAMS,
 } from '@shoal/proto';
 import { Teardown } from '@shoal/testkit';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
+import type { SwarmClient } from '../src/swarm/client.js';
+import type { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { blobDigest, publishHashes, servePieces } from './blob-pieces.js';
 import {
   startJetStream,
@@ -45,6 +51,9 @@ interface SeenRequest {
   readonly index: number;
   readonly peer: string | undefined;
   readonly notFrom: string | undefined;
+  readonly unheard: string | undefined;
+  /** When it came, in ms since the recorder was made. */
+  readonly atMs: number;
 }
 
 /** A port on 127.0.0.1 nothing listens on (taken, then freed). */
@@ -62,6 +71,7 @@ function recorder(): {
   record: (url: string, headers: Record<string, string | string[] | undefined>) => void;
 } {
   const seen: SeenRequest[] = [];
+  const start = performance.now();
   return {
     seen,
     record: (url, headers) => {
@@ -73,6 +83,8 @@ function recorder(): {
         index: Number(url.split('/').at(-1)),
         peer: header(PIECE_PEER_HEADER),
         notFrom: header(PIECE_NOT_FROM_HEADER),
+        unheard: header(PIECE_UNHEARD_HEADER),
+        atMs: performance.now() - start,
       });
     },
   };
@@ -196,5 +208,182 @@ describe('piece request headers of a swarm fetch', () => {
       [],
       'and names no peer that answered well',
     );
+    // Its NATS publishes went through and it was done before its want could count as unanswered.
+    assert.deepEqual(
+      all.filter((r) => r.unheard !== undefined),
+      [],
+      'nobody is told the swarm does not hear it',
+    );
+  });
+
+  /** A blob of eight 256 KiB pieces, distinct per `salt`. */
+  function makeBlob(salt: number): Buffer {
+    const blob = Buffer.alloc(BLOB_BYTES);
+    for (let i = 0; i < blob.length; i += 4096) {
+      blob.writeUInt32BE((i ^ salt) >>> 0, i);
+    }
+    return blob;
+  }
+
+  /**
+   * A seed server that has sent every piece to other agents: its fan-out rationing refuses
+   * the agents the swarm hears and, with `servesUnheard`, serves one that says the swarm
+   * does not hear it (a seed with every upload slot taken refuses it too).
+   */
+  async function rationingSeed(
+    blob: Buffer,
+    servesUnheard: boolean,
+  ): Promise<{ url: string; seen: SeenRequest[] }> {
+    const seen = recorder();
+    const seed = await servePieces(blob, seen.record, (_source, _index, ask) =>
+      servesUnheard && ask.unheard ? { end: () => undefined } : undefined,
+    );
+    teardown.add('rationing seed', () => seed.server.close());
+    return { url: seed.url, seen: seen.seen };
+  }
+
+  /** A swarm fetch of `blob` by a client of its own, with no origin to fall back on. */
+  async function startFetch(
+    blob: Buffer,
+    name: string,
+    stallTimeoutMs: number,
+  ): Promise<{ download: BlobDownload; fetch: SwarmFetch; client: SwarmClient; count: number }> {
+    const { client, logger, metrics } = startSwarmClient(fixture, SELF, false);
+    teardown.add(`swarm client of ${name}`, () => client.close());
+    const store = new FsContentStore(join(root, name), 16 * 1024 * 1024);
+    await store.init();
+    const pool = new PieceBuffers(1024 * 1024);
+    const download = new BlobDownload(
+      parseDigest(blobDigest(blob)),
+      await store.createTemp(),
+      pool,
+    );
+    const fetch = swarmFetchNoOrigin(
+      download,
+      `team/${name}`,
+      { client, store, pool, metrics, logger },
+      { concurrency: 4, stallTimeoutMs, wantIntervalMs: 300 },
+    );
+    const count = await publishHashes(fixture.js, blob);
+    return { download, fetch, client, count };
+  }
+
+  /**
+   * A hand-out naming the seed (it holds every piece), a peer that holds none yet (the one
+   * the seed sent them to, as far as this agent can tell) and, when given, `holder`, which
+   * holds every piece.
+   */
+  function handoutOf(blob: Buffer, count: number, seedUrl: string, holder?: string): Uint8Array {
+    return encodeMessage(handout, {
+      type: 'handout',
+      blob: blobDigest(blob),
+      peers: [
+        {
+          peer: { id: 'agent-other', url: holder ?? 'http://127.0.0.1:9' },
+          pieces: holder === undefined ? [] : [[0, count]],
+          complete: holder !== undefined,
+          seed: false,
+        },
+        { peer: { id: 'seed-a', url: seedUrl }, pieces: [[0, count]], complete: true, seed: true },
+      ],
+    });
+  }
+
+  it('tells the seed server once its want has gone unanswered for four seconds, and gets what the seed refused', async (t) => {
+    const blob = makeBlob(0x5a5a);
+    const seed = await rationingSeed(blob, true);
+    // No tracker reads the wants stream: the wants are stored, and only the first is
+    // answered, by the tracker's last hand-out before it stopped reading them.
+    const { download, fetch, client, count } = await startFetch(blob, 'unanswered', 20_000);
+    const started = performance.now();
+    const running = fetch.run(new AbortController().signal);
+    fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url));
+    await running;
+    const tookMs = performance.now() - started;
+    assert.equal(download.state, 'verified', String(download.error));
+    assert.equal(client.unheard, false, "the client's own publishes went through");
+
+    const seen = JSON.stringify(seed.seen);
+    const refused = seed.seen.filter((r) => r.unheard === undefined);
+    const told = seed.seen.filter((r) => r.unheard === '1');
+    assert.ok(refused.length >= 1, `asked before its want counted as unanswered: ${seen}`);
+    assert.equal(refused.length + told.length, seed.seen.length, seen);
+    // Every piece came from the seed, each asked for with the header.
+    assert.deepEqual(
+      [...new Set(told.map((r) => r.index))].sort((a, b) => a - b),
+      [...Array(count).keys()],
+      seen,
+    );
+    // Not told before four seconds, and never left out once told.
+    const firstTold = Math.min(...told.map((r) => r.atMs));
+    assert.ok(firstTold >= 3_900, `told after ${firstTold} ms`);
+    assert.ok(
+      refused.every((r) => r.atMs < firstTold),
+      `no request without it after the first with it: ${seen}`,
+    );
+    // Done from the seed in seconds, far from the stall timeout (the origin is not asked).
+    t.diagnostic(
+      `first told the seed after ${firstTold.toFixed(0)} ms; done in ${tookMs.toFixed(0)} ms`,
+    );
+    assert.ok(tookMs < 10_000, `${tookMs} ms`);
+  });
+
+  it('never tells the seed while a tracker answers its wants, however long the seed refuses', async () => {
+    const blob = makeBlob(0x1234);
+    const seed = await rationingSeed(blob, true);
+    const holder = await servePieces(blob);
+    teardown.add('holder', () => holder.server.close());
+    const { download, fetch, count } = await startFetch(blob, 'answered', 20_000);
+    // A tracker that answers every want at once; the agent the seed sent the pieces to
+    // announces them only after five seconds, and the tracker pushes a hand-out naming it.
+    const started = performance.now();
+    const push = setTimeout(() => {
+      fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url, holder.url));
+    }, 5_000);
+    let wants = 0;
+    const tracker = fixture.nc.subscribe(pieceWantSubject(blobDigest(blob), SELF.id), {
+      callback: () => {
+        wants += 1;
+        const announced = performance.now() - started >= 5_000;
+        fixture.nc.publish(
+          handoutSubject(SELF.id),
+          handoutOf(blob, count, seed.url, announced ? holder.url : undefined),
+        );
+      },
+    });
+    try {
+      await fetch.run(new AbortController().signal);
+    } finally {
+      clearTimeout(push);
+      tracker.unsubscribe();
+    }
+    assert.equal(download.state, 'verified', String(download.error));
+    assert.ok(performance.now() - started >= 5_000);
+    assert.ok(wants >= 3, `${wants} wants answered`);
+    const seen = JSON.stringify(seed.seen);
+    assert.ok(seed.seen.length >= 2, `the seed was asked: ${seen}`);
+    assert.deepEqual(
+      seed.seen.filter((r) => r.unheard !== undefined),
+      [],
+      'every want answered: the seed is never told',
+    );
+  });
+
+  it('backs off a seed that refuses it although told (every slot taken), not asking in a loop', async (t) => {
+    const blob = makeBlob(0x7777);
+    const seed = await rationingSeed(blob, false);
+    const { download, fetch, count } = await startFetch(blob, 'refused', 7_000);
+    const running = fetch.run(new AbortController().signal);
+    fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url));
+    await running;
+    // Nothing to be had: the swarm stalls (and with no origin here, the download fails).
+    assert.equal(download.state, 'failed');
+    const told = seed.seen.filter((r) => r.unheard === '1');
+    const seen = JSON.stringify(seed.seen);
+    assert.ok(told.length >= count, `told the seed for each piece: ${seen}`);
+    // Each refusal defers its piece (750 ms, doubling): a few dozen requests in three seconds,
+    // where asking again on each refusal would have been thousands.
+    t.diagnostic(`${told.length} requests told the seed`);
+    assert.ok(told.length <= 80, `${told.length} requests told`);
   });
 });

@@ -96,6 +96,26 @@ describe('PieceRations', () => {
     assert.deepEqual(exempt, ['not-from', 'not-from']);
   });
 
+  it('does not refuse an asker the swarm does not hear, and still counts its copy', () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const rations = new PieceRations(settings, clock.now, (r) => exempt.push(r));
+    rations.take(BLOB, 0, { asker: 'agent-a' })?.end(true);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b', unheard: false }), undefined);
+    assert.deepEqual(exempt, []);
+    // agent-b's wants and haves do not reach the swarm: it could not learn agent-a has it.
+    const copy = rations.take(BLOB, 0, { asker: 'agent-b', unheard: true });
+    assert.ok(copy);
+    assert.deepEqual(exempt, ['unheard']);
+    copy.end(true);
+    // Both copies count for an asker the swarm hears.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c' }), undefined);
+    clock.advance(2_000);
+    // Under the count: a ticket like any other, no exemption.
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-c', unheard: true }));
+    assert.deepEqual(exempt, ['unheard']);
+  });
+
   it('lets another copy go when the first was cut off', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

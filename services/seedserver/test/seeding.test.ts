@@ -26,6 +26,7 @@ import {
   pieceHashesSubject,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
+  PIECE_UNHEARD_HEADER,
   pieceListDigest,
   piecePath,
   piecesVerified,
@@ -752,11 +753,12 @@ describe('seed server', () => {
       const blob = layer(2);
       await seed.request(blob);
       await seed.seeds('seeded', 1);
-      const ask = async (peer: string, notFrom?: string): Promise<number> => {
+      const ask = async (peer: string, notFrom?: string, unheard?: string): Promise<number> => {
         const response = await fetch(`${seed.url}${piecePath(blob.digest, 0)}`, {
           headers: {
             [PIECE_PEER_HEADER]: peer,
             ...(notFrom === undefined ? {} : { [PIECE_NOT_FROM_HEADER]: notFrom }),
+            ...(unheard === undefined ? {} : { [PIECE_UNHEARD_HEADER]: unheard }),
           },
           signal: AbortSignal.timeout(WAIT_MS),
         });
@@ -775,8 +777,13 @@ describe('seed server', () => {
       assert.equal(await ask('agent-b', 'agent-x,not an id!,agent-a'), 200);
       assert.equal(await ask('agent-c', 'agent-x'), 429, "agent-b's copy counts");
       assert.equal(await ask('agent-c', 'agent-a'), 429, 'agent-b can pass it on');
+      // agent-c's wants go unanswered (no tracker reads them): it cannot learn who has it.
+      assert.equal(await ask('agent-c', undefined, 'yes'), 429, 'only the value 1 says so');
+      assert.equal(await ask('agent-c', undefined, '1'), 200, 'the swarm does not hear it');
+      assert.equal(await ask('agent-d'), 429, "agent-c's copy counts too");
       assert.equal(await exemptions('asked-again'), 1);
       assert.equal(await exemptions('not-from'), 1);
+      assert.equal(await exemptions('unheard'), 1);
     } finally {
       await seed.stop();
     }

@@ -102,6 +102,12 @@ export class SwarmClient {
   #closed = false;
   /** The last have publish failed (NATS away): logged once per outage, not tried at close. */
   #publishFailing = false;
+  /** A want NATS did not take waits to be sent again (see `unheard`). */
+  #wantsFailing = false;
+  /** The last have publish failed for a reason sending again can mend (see `unheard`). */
+  #havesFailing = false;
+  /** Told when this agent becomes unheard (see `unheard`). */
+  readonly #unheardListeners = new Set<() => void>();
   #flushing: Promise<void> = Promise.resolve();
   /** The connection's state; followed from the first `start` (which runs again when hand-outs fail). */
   #natsLink: NatsLink | undefined;
@@ -176,6 +182,7 @@ export class SwarmClient {
           for (const listener of this.#natsDownListeners) {
             listener();
           }
+          this.#tellUnheard();
         }
       });
       this.#metrics.natsConnected.set(this.#natsLink.up ? 1 : 0);
@@ -222,6 +229,44 @@ export class SwarmClient {
    */
   get natsDownSince(): number | undefined {
     return this.#natsLink?.downSince;
+  }
+
+  /**
+   * True while this agent's haves or wants do not reach the swarm's streams: NATS is down for
+   * it, or the last publish of either failed (a JetStream cluster electing a stream's new
+   * leader after a server went refuses them for seconds on a connection that stays up). Both
+   * are sent again until NATS takes them, which ends it. Told to the seed server with each
+   * piece request (`PIECE_UNHEARD_HEADER`): sent to the agent that got a piece, this one
+   * could not learn which.
+   */
+  get unheard(): boolean {
+    return this.#natsLink?.up === false || this.#wantsFailing || this.#havesFailing;
+  }
+
+  /** Calls `listener` each time this agent becomes unheard (see `unheard`), until the returned function is called. */
+  onUnheard(listener: () => void): () => void {
+    this.#unheardListeners.add(listener);
+    return () => this.#unheardListeners.delete(listener);
+  }
+
+  /** Records whether the last want or have publish failed; tells the listeners when it makes this agent unheard. */
+  #publishFailed(kind: 'want' | 'have', failed: boolean): void {
+    const before = this.unheard;
+    if (kind === 'want') {
+      this.#wantsFailing = failed;
+    } else {
+      this.#havesFailing = failed;
+    }
+    // Failed: unheard now, whatever it was.
+    if (failed && !before) {
+      this.#tellUnheard();
+    }
+  }
+
+  #tellUnheard(): void {
+    for (const listener of this.#unheardListeners) {
+      listener();
+    }
   }
 
   /** Calls `listener` each time the connection to NATS goes down, until the returned function is called. */
@@ -327,6 +372,8 @@ export class SwarmClient {
         this.#lostWants.delete(request.blob);
       }
       this.#wantRetryMs = WANT_RETRY_MS;
+      // Heard again once no lost want waits any more (the others go again soon).
+      this.#publishFailed('want', this.#lostWants.size > 0);
       this.#metrics.eventsPublished.inc({ type: 'piece-want' });
       // The first want of a download is a phase of its timeline; the rest would only fill
       // its span with events.
@@ -345,6 +392,7 @@ export class SwarmClient {
       if (this.#closed || isPermanent(error)) {
         return;
       }
+      this.#publishFailed('want', true);
       // Kept for the next connection: a blob read from the origin while NATS was away has
       // no piece hashes (only a seed server publishes them, and only when a want asks for
       // one), and once its haves are in, the tracker counts this node as able to finish it
@@ -451,9 +499,15 @@ export class SwarmClient {
         await untilAborted(published, this.#connection.signal, () => new ReconnectedError());
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
         this.#publishFailing = false;
+        this.#publishFailed('have', false);
       } catch (error) {
         const first = !this.#publishFailing;
         this.#publishFailing = true;
+        // A have refused for good (a permissions violation) is dropped, and says nothing of
+        // whether the swarm hears the others.
+        if (!isPermanent(error)) {
+          this.#publishFailed('have', true);
+        }
         // A have lost to a NATS outage (a server restarting) would leave the tracker without
         // these pieces until the next re-announcement, minutes away, and peers would stall on
         // them and read them from the origin: it goes with the next batch, unless a newer

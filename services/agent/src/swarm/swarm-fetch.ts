@@ -26,6 +26,7 @@ import {
   pieceAuthHeaders,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
+  PIECE_UNHEARD_HEADER,
   pieceBounds,
   pieceCount,
   pieceListDigest,
@@ -109,6 +110,16 @@ const UNREACHABLE_PENALTY_MAX_MS = 8000;
  * a row up to this (`busyBackoff`); with requests of ours in flight there is no wait.
  */
 const PEER_BUSY_BACKOFF_MS = 1000;
+/**
+ * A want no hand-out has answered for this long (ms) says no tracker reads the wants now (a
+ * JetStream cluster that lost a server can keep the trackers' consumers away for several
+ * seconds while the agents' publishes are stored): the download is unheard (see `#unheard`)
+ * until a hand-out comes. A healthy tracker answers within milliseconds; a loaded or
+ * degraded one takes longer (a want forwarded to a replica slow to answer is answered by
+ * the forwarder after 2 s, one whose seed request failed is delivered again after 1 s), so
+ * this stays well above those: an unheard download is not rationed by the seed.
+ */
+const UNANSWERED_WANT_MS = 4000;
 /** How long a piece the seed rationed is asked of peers only, in ms: the first time... */
 const SEED_DEFER_MS = 750;
 /**
@@ -179,6 +190,8 @@ interface InFlight {
    * `WHOLE_PIECE_BYTES`), or receives the piece whole and writes it once verified.
    */
   readonly streaming: boolean;
+  /** The request told the seed this download is unheard (`PIECE_UNHEARD_HEADER`). */
+  toldUnheard: boolean;
   done: Promise<void>;
 }
 
@@ -243,6 +256,8 @@ export class SwarmFetch {
   #wantNow = false;
   /** Pieces the latest have announced. */
   #announced = 0;
+  /** Whether the download was unheard at its loop's last look (see `#unheard`). */
+  #wasUnheard = false;
   /** The origin source that served the last read of a late origin fallback, tried first next. */
   #served: OriginSource | undefined;
   /**
@@ -324,6 +339,9 @@ export class SwarmFetch {
     signal.addEventListener('abort', onAbort, { once: true });
     const offHandouts = client.onHandout(this.#blob, (h) => this.#onHandout(h));
     const offNatsDown = client.onNatsDown(() => this.#wake?.());
+    // The seed no longer refuses this agent (see `#requestHeaders`): the loop asks it again
+    // at once for what it refused.
+    const offUnheard = client.onUnheard(() => this.#wake?.());
     const hashes = client
       .followHashes(
         this.#blob,
@@ -383,6 +401,7 @@ export class SwarmFetch {
       signal.removeEventListener('abort', onAbort);
       offHandouts();
       offNatsDown();
+      offUnheard();
       await hashes;
       await record;
     }
@@ -441,6 +460,13 @@ export class SwarmFetch {
       if (now >= this.#natsDownDeadline()) {
         return 'nats-down';
       }
+      const unheard = this.#unheard(now);
+      if (unheard && !this.#wasUnheard) {
+        // The seed no longer refuses this download (see `#requestHeaders`): what it refused
+        // is asked of it again at once rather than after waiting for news that cannot come.
+        this.#picker.endSeedDeferrals();
+      }
+      this.#wasUnheard = unheard;
       // Rarest first, endgame at the tail: whatever the picker starts now.
       for (const picked of this.#picker.next()) {
         this.#request(picked, signal);
@@ -458,9 +484,25 @@ export class SwarmFetch {
           ? lastWant + EARLY_WANT_GAP_MS
           : // Infinity when no want is due until something happens (an event wakes the loop).
             this.#wants.nextDueMs(Date.now(), noHolder);
-      await this.#sleepUntil(Math.min(wantAt, this.#stall.deadlineMs, this.#natsDownDeadline()));
+      const unansweredSince = this.#wants.unansweredSinceMs;
+      const unheardAt =
+        unheard || unansweredSince === undefined ? Infinity : unansweredSince + UNANSWERED_WANT_MS;
+      await this.#sleepUntil(
+        Math.min(wantAt, this.#stall.deadlineMs, this.#natsDownDeadline(), unheardAt),
+      );
     }
     return 'aborted';
+  }
+
+  /**
+   * True while nobody can tell this download who got the pieces the seed sent elsewhere: this
+   * agent's haves or wants do not reach the swarm (`SwarmClient.unheard`), or its want has gone
+   * unanswered for `UNANSWERED_WANT_MS` (no tracker reads the wants). The seed is told so with
+   * each request and does not refuse it (`PIECE_UNHEARD_HEADER`).
+   */
+  #unheard(now: number): boolean {
+    const since = this.#wants.unansweredSinceMs;
+    return this.#deps.client.unheard || (since !== undefined && now - since >= UNANSWERED_WANT_MS);
   }
 
   /**
@@ -516,7 +558,13 @@ export class SwarmFetch {
     const { index } = picked;
     const { start, end } = pieceBounds(index, this.download.size ?? 0, this.#pieceSize);
     const streaming = picked.first && end - start > WHOLE_PIECE_BYTES;
-    const entry: InFlight = { controller, picked, streaming, done: Promise.resolve() };
+    const entry: InFlight = {
+      controller,
+      picked,
+      streaming,
+      toldUnheard: false,
+      done: Promise.resolve(),
+    };
     const onAbort = (): void => controller.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     let requests = this.#inFlight.get(index);
@@ -533,8 +581,18 @@ export class SwarmFetch {
       .finally(() => {
         this.#picker.settle(picked, outcome);
         if (outcome === 'busy' && picked.seed) {
-          // The seed sent the piece to another agent: ask the tracker who, soon.
-          this.#wants.rationed(Date.now());
+          if (entry.toldUnheard) {
+            // Not rationed (the seed does not ration an unheard asker): every upload slot
+            // taken, or a seed that does not know the header. The piece's deferral stands,
+            // as a back-off.
+          } else if (this.#unheard(Date.now())) {
+            // Rationed before the seed was told this download is unheard: nobody can say who
+            // got it, so it is asked again at once, this time with the header.
+            this.#picker.endSeedDeferrals();
+          } else {
+            // The seed sent the piece to another agent: ask the tracker who, soon.
+            this.#wants.rationed(Date.now());
+          }
         }
         signal.removeEventListener('abort', onAbort);
         const set = this.#inFlight.get(index);
@@ -578,6 +636,7 @@ export class SwarmFetch {
         return 'dropped';
       }
       const headers = this.#requestHeaders(picked);
+      entry.toldUnheard = headers[PIECE_UNHEARD_HEADER] !== undefined;
       const bytes = await withSpan(
         'piece GET',
         {
@@ -847,7 +906,8 @@ export class SwarmFetch {
    * agent cannot get the piece from, so the seed's rationing does not hold against it the
    * copies they got: those it could not reach lately (first: a header names 16 at most), those
    * that sent it a bad piece (a corrupting peer got the seed's only copy), and those holding it
-   * that are late for this download (a slow peer that got the seed's only copy).
+   * that are late for this download (a slow peer that got the seed's only copy); and whether
+   * the swarm hears this download now (see `#unheard`).
    */
   #requestHeaders(picked: PickedRequest): Record<string, string> {
     if (!picked.seed) {
@@ -859,9 +919,15 @@ export class SwarmFetch {
         notFrom.push(peer);
       }
     }
-    return notFrom.length === 0
-      ? this.#auth
-      : { ...this.#auth, [PIECE_NOT_FROM_HEADER]: notFromHeader(notFrom) };
+    const unheard = this.#unheard(Date.now());
+    if (notFrom.length === 0 && !unheard) {
+      return this.#auth;
+    }
+    return {
+      ...this.#auth,
+      ...(notFrom.length === 0 ? {} : { [PIECE_NOT_FROM_HEADER]: notFromHeader(notFrom) }),
+      ...(unheard ? { [PIECE_UNHEARD_HEADER]: '1' } : {}),
+    };
   }
 
   #onHandout(message: Handout): void {

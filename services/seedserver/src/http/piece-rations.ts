@@ -14,7 +14,8 @@
  * An asker is not refused for copies it cannot get the piece from: those that went to itself
  * (it asks again: it was restarted, or its request failed on its side) and those that went to
  * agents it names as ones it cannot get the piece from (it could not connect to them, they
- * went silent, or its request to them for this piece is late). The
+ * went silent, or its request to them for this piece is late). Nor is an asker that says the
+ * swarm does not hear it now (`unheard`): it could not learn who got the piece. The
  * copies still count for everyone else, so one agent's view never changes what the others
  * are told, and the copy it gets counts too. Without this, the pieces last sent to an agent
  * killed mid-pull were refused to everyone, its own restart included, for the whole window.
@@ -54,13 +55,20 @@ export interface RationRequest {
   readonly asker?: string | undefined;
   /** Agents the asker cannot get the piece from: the copies they got do not count against it. */
   readonly notFrom?: readonly string[];
+  /**
+   * The asker's own haves and wants do not reach the swarm now (NATS down for it, or
+   * JetStream refusing them): sent to another agent, it could not learn which. A ticket
+   * whatever the count (the copy still counts for the others).
+   */
+  readonly unheard?: boolean;
 }
 
 /**
  * Why a copy went although the piece's count was full (see `PieceRations`): the copies
- * counted went to the asker itself, or to agents it cannot get the piece from.
+ * counted went to the asker itself, or to agents it cannot get the piece from, or the asker
+ * cannot hear from the swarm who got them (`RationRequest.unheard`).
  */
-export type ExemptReason = 'asked-again' | 'not-from';
+export type ExemptReason = 'asked-again' | 'not-from' | 'unheard';
 
 /** One copy handed out: call `end` once, when its response has closed. */
 export interface RationTicket {
@@ -138,6 +146,8 @@ export class PieceRations {
         this.#counted(state, now, new Set([...own, ...notFrom])) < copies
       ) {
         this.#onExempt('not-from');
+      } else if (request.unheard === true) {
+        this.#onExempt('unheard');
       } else {
         return undefined;
       }

@@ -67,7 +67,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // would only hold its pieces back). At most one copy more per piece each time.
     // An asker is not refused for copies it cannot get the piece from: its own (asked again:
     // restarted, or its request failed on its side) and those of agents it names as ones it
-    // cannot get the piece from (unreachable, or late for its download).
+    // cannot get the piece from (unreachable, or late for its download); nor one that says
+    // the swarm does not hear it now (it could not learn who got the piece).
     ration: (blob, index, ask) =>
       rations.take(blob, index, { mayRefuse: deps.swarmHeard(), ...ask }),
     onResult: (result, bytes) => {
