@@ -136,7 +136,8 @@ async function startService(
     logPath: join(dir.path, `${service}.log`),
     env: {
       PATH: process.env.PATH ?? '',
-      SHOAL_LOG_LEVEL: 'info',
+      // `SHOAL_TEST_LOG_LEVEL=debug` to see more of a failing or flaky run.
+      SHOAL_LOG_LEVEL: process.env.SHOAL_TEST_LOG_LEVEL ?? 'info',
       // A test cluster of a few processes, restarting NATS on purpose: back at once, not
       // spread over the seconds a fleet of thousands needs (the default, 1 s; agents 3 s).
       SHOAL_NATS_RECONNECT_JITTER_MS: String(TEST_RECONNECT_JITTER_MS),

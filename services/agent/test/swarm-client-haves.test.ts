@@ -236,6 +236,40 @@ describe('SwarmClient haves', () => {
     }
   }
 
+  it('counts as unheard while a have waits for its acknowledgement past a second and a half', async () => {
+    const blob = digestOf(Buffer.from('have held unacknowledged')).toString();
+    const heard = listen(blob);
+    // The stream's leader went with its server: the publish is neither taken nor refused.
+    let release: () => void = () => undefined;
+    const { js } = fixture;
+    const stub = Object.create(js) as JetStreamClient;
+    stub.publish = (subj, data, options) =>
+      subj === pieceHaveSubject(blob, SELF.id)
+        ? new Promise<void>((resolve) => {
+            release = resolve;
+          }).then(() => js.publish(subj, data, options))
+        : js.publish(subj, data, options);
+    const client = newClient(stub);
+    try {
+      client.announce(blob, [[0, 1]], false);
+      await sleep(HAVE_INTERVAL_MS + 200);
+      const lateAt = client.lateAckAtMs;
+      assert.ok(lateAt !== undefined, 'the have is waiting');
+      assert.equal(client.unheard, false, 'not late yet');
+      await sleep(lateAt - Date.now() + 50);
+      assert.equal(client.unheard, true, 'late');
+      release();
+      await sleep(200);
+      assert.deepEqual(heard.heard, [[[0, 1]]]);
+      assert.equal(client.lateAckAtMs, undefined);
+      assert.equal(client.unheard, false);
+    } finally {
+      release();
+      await client.close();
+      heard.stop();
+    }
+  });
+
   it('drops a have NATS refused for good (a permissions violation)', async () => {
     const blob = digestOf(Buffer.from('have refused')).toString();
     const heard = listen(blob);

@@ -64,6 +64,14 @@ function isPermanent(error: unknown): boolean {
 const WANT_RETRY_MS = 500;
 const WANT_RETRY_MAX_MS = 4_000;
 
+/**
+ * A have or want publish not acknowledged for this long (ms) makes the agent unheard (see
+ * `SwarmClient.unheard`) until it settles. An ack normally takes milliseconds; a stream whose
+ * leader went with its server holds a publish sent to it for the whole request timeout (5 s),
+ * and every have queued after it waits too, with nothing failed yet to tell.
+ */
+const LATE_ACK_MS = 1500;
+
 /** A publish still unacknowledged when the connection was made anew. */
 class ReconnectedError extends Error {
   constructor() {
@@ -108,6 +116,8 @@ export class SwarmClient {
   #havesFailing = false;
   /** Told when this agent becomes unheard (see `unheard`). */
   readonly #unheardListeners = new Set<() => void>();
+  /** The have and want publishes awaiting their acknowledgement, by when each went (ms). */
+  readonly #unacked = new Set<{ readonly sinceMs: number }>();
   #flushing: Promise<void> = Promise.resolve();
   /** The connection's state; followed from the first `start` (which runs again when hand-outs fail). */
   #natsLink: NatsLink | undefined;
@@ -233,14 +243,46 @@ export class SwarmClient {
 
   /**
    * True while this agent's haves or wants do not reach the swarm's streams: NATS is down for
-   * it, or the last publish of either failed (a JetStream cluster electing a stream's new
-   * leader after a server went refuses them for seconds on a connection that stays up). Both
-   * are sent again until NATS takes them, which ends it. Told to the seed server with each
+   * it, the last publish of either failed (a JetStream cluster electing a stream's new
+   * leader after a server went refuses them for seconds on a connection that stays up), or
+   * one has waited for its acknowledgement longer than `LATE_ACK_MS`. Both are sent again
+   * until NATS takes them, which ends it. Told to the seed server with each
    * piece request (`PIECE_UNHEARD_HEADER`): sent to the agent that got a piece, this one
    * could not learn which.
    */
   get unheard(): boolean {
-    return this.#natsLink?.up === false || this.#wantsFailing || this.#havesFailing;
+    const late = this.lateAckAtMs;
+    return (
+      this.#natsLink?.up === false ||
+      this.#wantsFailing ||
+      this.#havesFailing ||
+      (late !== undefined && Date.now() >= late)
+    );
+  }
+
+  /**
+   * When (ms since the epoch) the oldest have or want publish still awaiting its
+   * acknowledgement makes this agent unheard (`LATE_ACK_MS` after it went), or undefined when
+   * none is pending. A time, not an event: `onUnheard` does not tell it, callers that wait
+   * look again then.
+   */
+  get lateAckAtMs(): number | undefined {
+    let oldest: number | undefined;
+    for (const { sinceMs } of this.#unacked) {
+      oldest = oldest === undefined ? sinceMs : Math.min(oldest, sinceMs);
+    }
+    return oldest === undefined ? undefined : oldest + LATE_ACK_MS;
+  }
+
+  /** Waits for a have or want publish's acknowledgement, counted while pending (see `lateAckAtMs`). */
+  async #acked(published: Promise<unknown>, connection: AbortSignal): Promise<void> {
+    const entry = { sinceMs: Date.now() };
+    this.#unacked.add(entry);
+    try {
+      await untilAborted(published, connection, () => new ReconnectedError());
+    } finally {
+      this.#unacked.delete(entry);
+    }
   }
 
   /** Calls `listener` each time this agent becomes unheard (see `unheard`), until the returned function is called. */
@@ -367,7 +409,7 @@ export class SwarmClient {
         }),
         headers === undefined ? undefined : { headers },
       );
-      await untilAborted(published, connection, () => new ReconnectedError());
+      await this.#acked(published, connection);
       if ((this.#lostWants.get(request.blob)?.order ?? Infinity) <= order) {
         this.#lostWants.delete(request.blob);
       }
@@ -496,7 +538,7 @@ export class SwarmClient {
         );
         // Sent again over the new connection at once (a have says the whole piece set, so a
         // copy that did arrive changes nothing).
-        await untilAborted(published, this.#connection.signal, () => new ReconnectedError());
+        await this.#acked(published, this.#connection.signal);
         this.#metrics.eventsPublished.inc({ type: 'piece-have' });
         this.#publishFailing = false;
         this.#publishFailed('have', false);

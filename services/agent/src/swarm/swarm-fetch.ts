@@ -485,8 +485,12 @@ export class SwarmFetch {
           : // Infinity when no want is due until something happens (an event wakes the loop).
             this.#wants.nextDueMs(Date.now(), noHolder);
       const unansweredSince = this.#wants.unansweredSinceMs;
-      const unheardAt =
-        unheard || unansweredSince === undefined ? Infinity : unansweredSince + UNANSWERED_WANT_MS;
+      const unheardAt = unheard
+        ? Infinity
+        : Math.min(
+            unansweredSince === undefined ? Infinity : unansweredSince + UNANSWERED_WANT_MS,
+            client.lateAckAtMs ?? Infinity,
+          );
       await this.#sleepUntil(
         Math.min(wantAt, this.#stall.deadlineMs, this.#natsDownDeadline(), unheardAt),
       );
@@ -496,8 +500,9 @@ export class SwarmFetch {
 
   /**
    * True while nobody can tell this download who got the pieces the seed sent elsewhere: this
-   * agent's haves or wants do not reach the swarm (`SwarmClient.unheard`), or its want has gone
-   * unanswered for `UNANSWERED_WANT_MS` (no tracker reads the wants). The seed is told so with
+   * agent's haves or wants do not reach the swarm (`SwarmClient.unheard`: refused, or late
+   * for their acknowledgement), or its want has gone unanswered for `UNANSWERED_WANT_MS` (no
+   * tracker reads the wants). The seed is told so with
    * each request and does not refuse it (`PIECE_UNHEARD_HEADER`).
    */
   #unheard(now: number): boolean {
