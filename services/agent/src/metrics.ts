@@ -176,6 +176,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['reason'] as const,
       registers,
     }),
+    swarmUnheard: new Counter({
+      name: `${prefix}swarm_unheard_total`,
+      help: 'Times a download became unheard, so that its piece requests tell the seed server, whose fan-out rationing then does not refuse it (shoal-unheard), by reason (publish: a have or want of this agent refused, NATS down for it, or one waiting for its acknowledgement past 1.5 s; unanswered-want: its want unanswered for 4 s)',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     swarmJoined: new Gauge({
       name: `${prefix}swarm_joined`,
       help: 'Whether the agent has joined the swarm (1) or serves as a plain mirror while NATS is out of reach (0)',

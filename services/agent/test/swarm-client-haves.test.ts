@@ -241,23 +241,32 @@ describe('SwarmClient haves', () => {
     const heard = listen(blob);
     // The stream's leader went with its server: the publish is neither taken nor refused.
     let release: () => void = () => undefined;
+    let sentAt = 0;
     const { js } = fixture;
     const stub = Object.create(js) as JetStreamClient;
-    stub.publish = (subj, data, options) =>
-      subj === pieceHaveSubject(blob, SELF.id)
-        ? new Promise<void>((resolve) => {
-            release = resolve;
-          }).then(() => js.publish(subj, data, options))
-        : js.publish(subj, data, options);
+    stub.publish = (subj, data, options) => {
+      if (subj !== pieceHaveSubject(blob, SELF.id)) {
+        return js.publish(subj, data, options);
+      }
+      sentAt = Date.now();
+      return new Promise<void>((resolve) => {
+        release = resolve;
+      }).then(() => js.publish(subj, data, options));
+    };
     const client = newClient(stub);
+    let toldUnheard = 0;
+    client.onUnheard(() => (toldUnheard += 1));
     try {
       client.announce(blob, [[0, 1]], false);
       await sleep(HAVE_INTERVAL_MS + 200);
       const lateAt = client.lateAckAtMs;
       assert.ok(lateAt !== undefined, 'the have is waiting');
+      assert.ok(Math.abs(lateAt - sentAt - 1500) <= 20, `late ${lateAt - sentAt} ms after it went`);
       assert.equal(client.unheard, false, 'not late yet');
+      assert.equal(toldUnheard, 0);
       await sleep(lateAt - Date.now() + 50);
       assert.equal(client.unheard, true, 'late');
+      assert.equal(toldUnheard, 1, 'told when it became late');
       release();
       await sleep(200);
       assert.deepEqual(heard.heard, [[[0, 1]]]);

@@ -263,8 +263,7 @@ export class SwarmClient {
   /**
    * When (ms since the epoch) the oldest have or want publish still awaiting its
    * acknowledgement makes this agent unheard (`LATE_ACK_MS` after it went), or undefined when
-   * none is pending. A time, not an event: `onUnheard` does not tell it, callers that wait
-   * look again then.
+   * none is pending. `onUnheard` tells it then.
    */
   get lateAckAtMs(): number | undefined {
     let oldest: number | undefined;
@@ -278,9 +277,13 @@ export class SwarmClient {
   async #acked(published: Promise<unknown>, connection: AbortSignal): Promise<void> {
     const entry = { sinceMs: Date.now() };
     this.#unacked.add(entry);
+    // Late: the downloads are told then (one waiting would not look again before its next event).
+    const late = setTimeout(() => this.#tellUnheard(), LATE_ACK_MS);
+    late.unref();
     try {
       await untilAborted(published, connection, () => new ReconnectedError());
     } finally {
+      clearTimeout(late);
       this.#unacked.delete(entry);
     }
   }

@@ -462,6 +462,9 @@ export class SwarmFetch {
       }
       const unheard = this.#unheard(now);
       if (unheard && !this.#wasUnheard) {
+        this.#deps.metrics.swarmUnheard.inc({
+          reason: this.#deps.client.unheard ? 'publish' : 'unanswered-want',
+        });
         // The seed no longer refuses this download (see `#requestHeaders`): what it refused
         // is asked of it again at once rather than after waiting for news that cannot come.
         this.#picker.endSeedDeferrals();
@@ -485,12 +488,9 @@ export class SwarmFetch {
           : // Infinity when no want is due until something happens (an event wakes the loop).
             this.#wants.nextDueMs(Date.now(), noHolder);
       const unansweredSince = this.#wants.unansweredSinceMs;
-      const unheardAt = unheard
-        ? Infinity
-        : Math.min(
-            unansweredSince === undefined ? Infinity : unansweredSince + UNANSWERED_WANT_MS,
-            client.lateAckAtMs ?? Infinity,
-          );
+      // A late publish acknowledgement wakes the loop itself (`onUnheard`).
+      const unheardAt =
+        unheard || unansweredSince === undefined ? Infinity : unansweredSince + UNANSWERED_WANT_MS;
       await this.#sleepUntil(
         Math.min(wantAt, this.#stall.deadlineMs, this.#natsDownDeadline(), unheardAt),
       );
