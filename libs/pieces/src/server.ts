@@ -44,7 +44,7 @@ export interface PieceAsk {
   readonly asker: string | undefined;
   /** The peers it cannot get the piece from (`PIECE_NOT_FROM_HEADER`). */
   readonly notFrom: readonly string[];
-  /** Its haves and wants do not reach the swarm now (`PIECE_UNHEARD_HEADER`). */
+  /** The swarm does not hear it now (`PIECE_UNHEARD_HEADER`). */
   readonly unheard: boolean;
 }
 

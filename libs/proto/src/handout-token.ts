@@ -31,11 +31,12 @@ export const PIECE_PEER_HEADER = 'shoal-peer';
  */
 export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
 /**
- * The header (value `1`) in which a piece request to the seed server says that the asker's own
- * haves or wants are not reaching the swarm's streams now: NATS is down for it, or JetStream
- * refuses them on a connection that stays up (a cluster electing a stream's new leader after
- * a server went). Told to get a piece from the agent that got it, it could not learn which
- * one: the seed's rationing does not refuse it (the copy still counts for the others).
+ * The header (value `1`) in which a piece request to the seed server says that the swarm does
+ * not hear the asker now: its haves or wants do not reach the swarm's streams (NATS down for
+ * it, JetStream refusing them or leaving them unacknowledged past 1.5 s, as a cluster electing
+ * a stream's new leader after a server went does), or its want has gone 4 s without a
+ * hand-out. Told to get a piece from the agent that got it, it could not learn which one: the
+ * seed's rationing does not refuse it (the copy still counts for the others).
  */
 export const PIECE_UNHEARD_HEADER = 'shoal-unheard';
 /** Most peers one `PIECE_NOT_FROM_HEADER` names; more are left out. */

@@ -56,9 +56,8 @@ export interface RationRequest {
   /** Agents the asker cannot get the piece from: the copies they got do not count against it. */
   readonly notFrom?: readonly string[];
   /**
-   * The asker's own haves and wants do not reach the swarm now (NATS down for it, or
-   * JetStream refusing them): sent to another agent, it could not learn which. A ticket
-   * whatever the count (the copy still counts for the others).
+   * The swarm does not hear the asker now (`PIECE_UNHEARD_HEADER`): sent to another agent, it
+   * could not learn which. A ticket whatever the count (the copy still counts for the others).
    */
   readonly unheard?: boolean;
 }
