@@ -33,7 +33,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     authzDecisions: new Counter({
       name: `${prefix}authz_decisions_total`,
-      help: 'Authorization checks of content by digest, by result (allow, deny, unavailable) and cache (hit: decided from cached registry answers; miss: the registry was asked)',
+      help: 'Authorization checks of content by digest, by result (allow, deny, unavailable; upstream: the registry redirected the check, so the content is read from the registry, not from what the node holds) and cache (hit: decided from cached registry answers; miss: the registry was asked)',
       labelNames: ['result', 'cache'] as const,
       registers,
     }),

@@ -50,7 +50,7 @@ describe('the registry probe', () => {
     await new Promise((resolve) => server.close(resolve));
   });
 
-  it('takes a redirect to storage as a yes without following it, and passes a challenge back', async () => {
+  it('takes a redirect as a yes for the repository but not for the content, without following it, and passes a challenge back', async () => {
     const metrics = createAgentMetrics(createMetrics('agent'));
     const authz = new Authorizer({
       probe: registryProbe(new RegistryRequests(client, metrics, TIMEOUTS)),
@@ -68,13 +68,40 @@ describe('the registry probe', () => {
       digest: LAYER,
       authorization: TOKEN,
     };
-    assert.deepEqual(await authz.check(subject), { kind: 'allow' });
+    // Some registries redirect every request, whatever they hold: the content is to be read
+    // from the registry, through the redirect, not from what the node holds.
+    const first = await authz.check(subject);
+    assert.equal(first.kind, 'upstream');
+    assert.equal(first.answer.status, 307);
     assert.deepEqual(
       seen.map((r) => `${r.method} ${r.url}`),
       [`HEAD /v2/team/app/blobs/${LAYER.toString()}`],
       'one HEAD, the redirect not followed',
     );
     assert.equal(seen[0]?.headers.authorization, TOKEN, "the client's own header");
+    // Nothing learned about the content: the next check asks again.
+    assert.equal((await authz.check(subject)).kind, 'upstream');
+    assert.equal(seen.length, 2, 'asked again');
+    // Once a manifest of the repository the client was served names the layer, it is held.
+    authz.learnAllowed(registry, 'team/app', TOKEN, undefined);
+    authz.learnManifest(
+      registry,
+      'team/app',
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: {
+            mediaType: 'application/vnd.oci.image.config.v1+json',
+            digest: LAYER.toString(),
+            size: 11,
+          },
+          layers: [],
+        }),
+      ),
+    );
+    assert.deepEqual(await authz.check(subject), { kind: 'allow' });
+    assert.equal(seen.length, 2, 'from the caches');
 
     const refused = await authz.check({ ...subject, authorization: undefined });
     assert.equal(refused.kind, 'deny');

@@ -13,6 +13,12 @@
  * When either is missing the registry is asked: a HEAD of the requested path with the client's
  * Authorization, which proves both. A repository anonymous clients may read is open to any
  * credential. The fingerprint is a SHA-256 of the header; the header itself is kept nowhere.
+ *
+ * A redirect proves only the first: some registries redirect every request, whatever the
+ * repository holds (registry.k8s.io sends each one on to a backend that checks). Taken as a
+ * yes, it let any client name under such a registry a private layer the node held from
+ * another one and be served it. The content is then read from the registry itself, through
+ * the redirect (`upstream`), never from what the node holds.
  */
 import { createHash } from 'node:crypto';
 
@@ -36,6 +42,12 @@ export type AuthzDecision =
   | { readonly kind: 'allow' }
   /** The registry refused this client: its own answer (a 401 challenge, 403, 404) goes back. */
   | { readonly kind: 'deny'; readonly answer: UpstreamAnswer }
+  /**
+   * The registry answered with a redirect: this client may read the repository, but nothing
+   * says the repository holds the digest. Serve it from the registry, through the redirect,
+   * and not from the node's cache, a download, peers or the seed server.
+   */
+  | { readonly kind: 'upstream'; readonly answer: UpstreamAnswer }
   /**
    * The registry could not be asked and nothing cached allows the client: fail closed, with
    * the registry's answer when it gave one (a 5xx, a 429).
@@ -206,8 +218,7 @@ export class Authorizer {
       return this.#unreachable(subject, describe(error), undefined);
     }
     const { status } = answer;
-    // A redirect (to the registry's storage) is given only to an authorized client.
-    if ((status >= 200 && status < 300) || REDIRECTS.has(status)) {
+    if (status >= 200 && status < 300) {
       this.#grants.set(
         grantKey(registry, repository, fingerprint),
         { allowed: true },
@@ -219,6 +230,16 @@ export class Authorizer {
         this.#options.ttlMs,
       );
       return { kind: 'allow' };
+    }
+    if (REDIRECTS.has(status)) {
+      // A registry redirects (to its storage, to a backend) only a client it lets in; whether
+      // the content is there is for wherever the redirect leads to say.
+      this.#grants.set(
+        grantKey(registry, repository, fingerprint),
+        { allowed: true },
+        this.#options.ttlMs,
+      );
+      return { kind: 'upstream', answer };
     }
     if (status === 401 || status === 403) {
       this.#grants.set(

@@ -53,7 +53,9 @@ export function startAuthorizer(config: AuthzConfig, deps: AuthzDeps): Authorize
         },
         decision.kind === 'deny'
           ? 'content refused: the registry does not authorize this client'
-          : 'content refused: authorization could not be checked at the registry',
+          : decision.kind === 'upstream'
+            ? 'content read from the registry: it answered with a redirect, which does not prove the repository holds the digest'
+            : 'content refused: authorization could not be checked at the registry',
       );
     },
   });

@@ -261,20 +261,29 @@ export class Mirror {
    */
   async pull(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<void> {
     // Authorization before bytes: whatever holds the content, the registry decides who gets it.
-    if (!(await this.#authorized(target, req, reply))) {
+    const verdict = await this.#authorized(target, req, reply);
+    if (verdict === 'refused') {
       return;
     }
-    return target.kind === 'manifest'
-      ? this.#manifest(target, req, reply)
+    if (target.kind === 'manifest') {
+      return this.#manifest(target, req, reply, verdict === 'upstream');
+    }
+    return verdict === 'upstream'
+      ? this.#blobUpstream(target.name, target.digest, req, reply)
       : this.#blob(target.name, target.digest, req, reply);
   }
 
   /**
    * Checks content by digest with the authorizer; on a refusal answers the client (the
-   * registry's own 401 challenge, 403 or 404) and returns false. A tag needs no check: it is
-   * resolved at the registry with the client's credentials.
+   * registry's own 401 challenge, 403 or 404) and returns `refused`. `upstream`: the content
+   * may go to this client only as the registry serves it (see `AuthzDecision`). A tag needs no
+   * check: it is resolved at the registry with the client's credentials.
    */
-  async #authorized(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<boolean> {
+  async #authorized(
+    target: PullTarget,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<'allowed' | 'upstream' | 'refused'> {
     const { authz } = this.#deps;
     const digest =
       target.kind === 'blob'
@@ -283,7 +292,7 @@ export class Mirror {
           ? target.reference.digest
           : undefined;
     if (authz === undefined || digest === undefined) {
-      return true;
+      return 'allowed';
     }
     const decision = await authz.check({
       registry: req.registry,
@@ -293,15 +302,18 @@ export class Mirror {
       authorization: req.authorization,
     });
     if (decision.kind === 'allow') {
-      return true;
+      return 'allowed';
+    }
+    if (decision.kind === 'upstream') {
+      return 'upstream';
     }
     if (decision.kind === 'deny') {
       sendAnswer(reply, withErrorBody(decision.answer, target.kind));
-      return false;
+      return 'refused';
     }
     if (decision.answer !== undefined) {
       sendAnswer(reply, withErrorBody(decision.answer, target.kind));
-      return false;
+      return 'refused';
     }
     throw new MirrorError(
       'UNAVAILABLE',
@@ -310,14 +322,16 @@ export class Mirror {
     );
   }
 
+  /** `fromRegistry`: the cache is not looked at (an `upstream` authorization). */
   async #manifest(
     target: Extract<PullTarget, { kind: 'manifest' }>,
     req: PullRequest,
     reply: FastifyReply,
+    fromRegistry: boolean,
   ): Promise<void> {
     const { store, metrics } = this.#deps;
     const { reference } = target;
-    if (reference.kind === 'digest') {
+    if (reference.kind === 'digest' && !fromRegistry) {
       const cached = await store.getSmall(reference.digest, this.#deps.maxManifestBytes);
       metrics.cacheHits.inc({ kind: 'manifest', result: cached === undefined ? 'miss' : 'hit' });
       if (cached !== undefined) {
@@ -392,6 +406,11 @@ export class Mirror {
         'cache disk is full: the manifest is served uncached',
       );
     }
+    if (reference.kind === 'digest') {
+      // The registry just served this client these bytes under that digest (through any
+      // redirect): the repository holds them.
+      this.#deps.authz?.learnAllowed(req.registry, target.name, req.authorization, actual);
+    }
     this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
@@ -403,17 +422,8 @@ export class Mirror {
     if (cached) {
       return;
     }
-    const path = `/v2/${name}/blobs/${digest.toString()}`;
     if (req.method === 'HEAD') {
-      const response = await this.#deps.requests.send({
-        registry: req.registry,
-        method: 'HEAD',
-        kind: 'blob',
-        path,
-        headers: { authorization: req.authorization },
-        signal: req.signal,
-      });
-      sendAnswer(reply, await readAnswer(response));
+      await this.#headAtRegistry(name, digest, req, reply);
       return;
     }
     const target: BlobTarget = {
@@ -577,6 +587,46 @@ export class Mirror {
   }
 
   /**
+   * A blob whose authorization came from a registry's redirect (see `AuthzDecision`): served
+   * as the registry serves it, through the redirect, verified on the way and not cached;
+   * never from the cache, a download, peers or the seed server. A HEAD is the registry's.
+   */
+  async #blobUpstream(
+    name: string,
+    digest: Digest,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<void> {
+    if (req.method === 'HEAD') {
+      await this.#headAtRegistry(name, digest, req, reply);
+      return;
+    }
+    await this.#fromOrigin(
+      { registry: req.registry, name, digest, authorization: req.authorization },
+      req,
+      reply,
+    );
+  }
+
+  /** Answers a blob HEAD with the registry's own answer to it. */
+  async #headAtRegistry(
+    name: string,
+    digest: Digest,
+    req: PullRequest,
+    reply: FastifyReply,
+  ): Promise<void> {
+    const response = await this.#deps.requests.send({
+      registry: req.registry,
+      method: 'HEAD',
+      kind: 'blob',
+      path: `/v2/${name}/blobs/${digest.toString()}`,
+      headers: { authorization: req.authorization },
+      signal: req.signal,
+    });
+    sendAnswer(reply, await readAnswer(response));
+  }
+
+  /**
    * Sends a blob from the origin straight to the client, verified on the way but not cached:
    * the disk has no room for it.
    */
@@ -587,12 +637,18 @@ export class Mirror {
     reason: TightReason,
   ): Promise<void> {
     const { metrics, logger } = this.#deps;
-    const digest = target.digest;
     metrics.passThroughs.inc({ reason });
     logger.warn(
-      { digest: digest.toString(), reason },
+      { digest: target.digest.toString(), reason },
       'cache disk is full: passing the blob through uncached',
     );
+    await this.#fromOrigin(target, req, reply);
+  }
+
+  /** Sends a blob from the origin straight to the client, verified on the way, not cached. */
+  async #fromOrigin(target: BlobTarget, req: PullRequest, reply: FastifyReply): Promise<void> {
+    const { metrics, logger } = this.#deps;
+    const digest = target.digest;
     const answered = await this.#passThroughBody(target, req);
     if (answered.kind === 'answer') {
       sendAnswer(reply, withErrorBody(answered.answer, 'blob'));

@@ -1,0 +1,217 @@
+/**
+ * A registry that redirects every request (as registry.k8s.io does: each one goes on to a
+ * backend registry, which is where the content is checked) must not open the node's cache.
+ *
+ * The agent mirrors a private registry (htpasswd) and such a redirecting front, whose backend
+ * is a real public registry holding other images. A client authorized at the private registry
+ * pulls a private image; a client with no credentials then names its digests under the
+ * redirecting front. The front redirects that request as it redirects every request; the
+ * redirect lets the client in but does not say the repository holds the digest, so the agent
+ * reads the content through the redirect, where the backend answers 404: no byte of the
+ * private image. Content the backend does hold is served through the redirect, by digest as
+ * by tag.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startAgent,
+  startRegistry,
+  Teardown,
+  type AgentProcess,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
+
+import { ociCode } from '../src/http.js';
+
+const auth = { username: 'puller', password: 'private-behind-htpasswd' };
+const basic = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
+const PRIVATE_REPO = 'private/app';
+/** The repository as clients name it at the front, and as the backend holds it. */
+const FRONT_REPO = 'pause';
+const BACKEND_REPO = `images/${FRONT_REPO}`;
+
+interface Fetched {
+  readonly status: number;
+  readonly body: Buffer;
+  readonly digest: string;
+}
+
+async function get(
+  url: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<Fetched> {
+  const response = await fetch(url, { method, headers, signal: AbortSignal.timeout(30_000) });
+  const body = Buffer.from(await response.arrayBuffer());
+  return {
+    status: response.status,
+    body,
+    digest: `sha256:${createHash('sha256').update(body).digest('hex')}`,
+  };
+}
+
+describe('a registry that redirects every request', () => {
+  const teardown = new Teardown();
+  let privateRegistry: Registry;
+  let backend: Registry;
+  let front: Server;
+  let frontHost: string;
+  let privateImage: GeneratedImage;
+  let publicImage: GeneratedImage;
+  let agent: AgentProcess;
+  const frontAsked: string[] = [];
+
+  before(async () => {
+    privateRegistry = await startRegistry({ auth });
+    teardown.add('private registry', () => privateRegistry.stop());
+    backend = await startRegistry();
+    teardown.add('backend registry', () => backend.stop());
+    const dir = await makeTempDir('authz-redirect');
+    teardown.add('dir', () => dir.remove());
+    privateImage = await generateImage(join(dir.path, 'private'), {
+      layerSizes: [300 * 1024],
+      seed: 'authz-redirect-private',
+    });
+    await pushImage(privateImage, privateRegistry.host, PRIVATE_REPO, {
+      destCreds: `${auth.username}:${auth.password}`,
+    });
+    publicImage = await generateImage(join(dir.path, 'public'), {
+      layerSizes: [200 * 1024],
+      seed: 'authz-redirect-public',
+    });
+    await pushImage(publicImage, backend.host, BACKEND_REPO);
+
+    // The front answers its API check and redirects everything else to the backend, unchecked.
+    front = createServer((req, res) => {
+      const url = req.url ?? '/';
+      frontAsked.push(`${req.method ?? ''} ${url}`);
+      if (url === '/v2/' || url === '/v2') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+        return;
+      }
+      const rest = url.replace(/^\/v2\//, '');
+      res.writeHead(307, { location: `${backend.url}/v2/images/${rest}`, 'content-length': 0 });
+      res.end();
+    });
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    frontHost = `127.0.0.1:${String((front.address() as AddressInfo).port)}`;
+    teardown.add('front', () => new Promise<void>((resolve) => front.close(() => resolve())));
+
+    agent = await startAgent({
+      registries: `${privateRegistry.host}=${privateRegistry.url},${frontHost}=http://${frontHost}`,
+      defaultRegistry: privateRegistry.host,
+    });
+    teardown.add('agent', () => agent.stop());
+  });
+
+  after(async () => {
+    await teardown.run();
+  });
+
+  const atPrivate = (path: string): string =>
+    `${agent.url}/v2/${PRIVATE_REPO}/${path}?ns=${privateRegistry.host}`;
+  const atFront = (path: string): string => `${agent.url}/v2/${FRONT_REPO}/${path}?ns=${frontHost}`;
+
+  it('does not serve a private layer or manifest the node holds to a client naming it under the front', async () => {
+    const layer = privateImage.layers[0];
+    assert.ok(layer !== undefined);
+    const manifest = privateImage.manifest;
+    // The authorized client's pull puts both in the node's cache.
+    const pulled = await get(atPrivate(`manifests/${privateImage.tag}`), {
+      authorization: basic,
+      accept: manifest.mediaType,
+    });
+    assert.equal(pulled.status, 200);
+    assert.equal(pulled.digest, manifest.digest);
+    const layerPulled = await get(atPrivate(`blobs/${layer.digest}`), { authorization: basic });
+    assert.equal(layerPulled.status, 200);
+    assert.equal(layerPulled.digest, layer.digest);
+    // The private registry itself still refuses an anonymous client.
+    assert.equal((await get(atPrivate(`blobs/${layer.digest}`))).status, 401);
+
+    const upstreamBefore = await agent.metric('shoal_agent_authz_decisions_total', {
+      result: 'upstream',
+    });
+    frontAsked.length = 0;
+    // The read fails where the redirect led: a 404 there reads as the registry's storage
+    // refusing a URL it signed, asked once more, then 502 with an OCI error body.
+    for (const [method, headers] of [
+      ['GET', {}],
+      ['GET', { range: 'bytes=0-1023' }],
+      ['HEAD', {}],
+    ] as const) {
+      const asked = await get(atFront(`blobs/${layer.digest}`), headers, method);
+      assert.equal(asked.status, 502, `${method} ${JSON.stringify(headers)}`);
+      assert.equal(asked.body.length > 0, method === 'GET', `${method}: an error body or none`);
+      if (method === 'GET') {
+        assert.equal(ociCode(asked.body), 'UNAVAILABLE', `${method}: an OCI error body`);
+      }
+      assert.ok(asked.body.length < 1024, `${method}: ${asked.body.length} bytes, not content`);
+      assert.ok(
+        !asked.body.includes(layerPulled.body.subarray(0, 64)),
+        `${method}: no byte of the private layer`,
+      );
+    }
+    const manifestAsked = await get(atFront(`manifests/${manifest.digest}`), {
+      accept: manifest.mediaType,
+    });
+    assert.equal(manifestAsked.status, 502, 'the manifest read failed where the redirect led');
+    assert.equal(ociCode(manifestAsked.body), 'UNAVAILABLE');
+    assert.notEqual(manifestAsked.digest, manifest.digest);
+    assert.ok(
+      !manifestAsked.body.includes(pulled.body.subarray(0, 32)),
+      'not the private manifest',
+    );
+    // Every one of them was taken to the front (and on to the backend), none served from the node.
+    assert.ok(
+      frontAsked.filter((line) => line.startsWith('GET ')).length >= 3,
+      `the front was read for the content: ${frontAsked.join(', ')}`,
+    );
+    const upstreamAfter = await agent.metric('shoal_agent_authz_decisions_total', {
+      result: 'upstream',
+    });
+    assert.ok(
+      upstreamAfter - upstreamBefore >= 4,
+      `decisions counted as upstream: ${upstreamAfter - upstreamBefore}`,
+    );
+  });
+
+  it('serves what the backend holds through the redirect, by digest and by tag', async () => {
+    const manifest = publicImage.manifest;
+    const byDigest = await get(atFront(`manifests/${manifest.digest}`), {
+      accept: manifest.mediaType,
+    });
+    assert.equal(byDigest.status, 200);
+    assert.equal(byDigest.digest, manifest.digest);
+    for (const blob of publicImage.blobs) {
+      const fetched = await get(atFront(`blobs/${blob.digest}`));
+      assert.equal(fetched.status, 200, blob.digest);
+      assert.equal(fetched.digest, blob.digest);
+      assert.equal(fetched.body.length, blob.size);
+    }
+    // The manifest served vouches for the blobs it names: asked again, a layer comes from the
+    // node's cache, the front not asked for it.
+    const layer = publicImage.layers[0];
+    assert.ok(layer !== undefined);
+    frontAsked.length = 0;
+    const again = await get(atFront(`blobs/${layer.digest}`));
+    assert.equal(again.status, 200);
+    assert.equal(again.digest, layer.digest);
+    assert.deepEqual(frontAsked, [], 'the cached layer served without asking the front');
+
+    const byTag = await get(atFront(`manifests/${publicImage.tag}`), {
+      accept: manifest.mediaType,
+    });
+    assert.equal(byTag.status, 200);
+    assert.equal(byTag.digest, manifest.digest);
+  });
+});
