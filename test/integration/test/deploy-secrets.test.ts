@@ -154,6 +154,61 @@ describe('generated secrets', () => {
     assert.deepEqual(await read(), before);
   });
 
+  it('rotates a key by its file deleted, the leecher copies included', async () => {
+    const dir = join(await generatedK8s(), 'secrets');
+    const before = await readFile(join(dir, 'leecher', 'handout.pub'), 'utf8');
+    assert.equal(before, await readFile(join(dir, 'handout.pub'), 'utf8'));
+    await rm(join(dir, 'handout.key'));
+    await run('bash', [join(REPO_ROOT, 'scripts', 'gen-secrets.sh'), 'k8s', dir]);
+    const rotated = await readFile(join(dir, 'handout.pub'), 'utf8');
+    assert.notEqual(rotated, before, 'a new pair');
+    assert.equal(
+      await readFile(join(dir, 'leecher', 'handout.pub'), 'utf8'),
+      rotated,
+      "the leecher's copy follows",
+    );
+    assert.equal(
+      createPublicKey(createPrivateKey(await readFile(join(dir, 'handout.key')))).export({
+        type: 'spki',
+        format: 'pem',
+      }),
+      rotated,
+    );
+  });
+
+  it('makes anew a compose value whose line was deleted, and keeps the others', async () => {
+    const dir = await makeTempDir('compose-rotate');
+    try {
+      const envFile = join(dir.path, '.env');
+      const script = join(REPO_ROOT, 'scripts', 'gen-secrets.sh');
+      await run('bash', [script, 'compose', envFile]);
+      const values = async (): Promise<Map<string, string>> =>
+        new Map(
+          (await readFile(envFile, 'utf8'))
+            .split('\n')
+            .filter((line) => /^[A-Z0-9_]+=/.test(line))
+            .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+        );
+      const first = await values();
+      assert.equal(first.size, 6);
+      const text = await readFile(envFile, 'utf8');
+      await writeFile(envFile, text.replace(/^WATCHER_WEBHOOK_TOKEN=.*\n/m, ''));
+      await run('bash', [script, 'compose', envFile]);
+      const second = await values();
+      assert.equal(second.size, 6);
+      for (const [name, value] of first) {
+        if (name === 'WATCHER_WEBHOOK_TOKEN') {
+          assert.match(second.get(name) ?? '', /^[0-9a-f]{48}$/);
+          assert.notEqual(second.get(name), value, 'a new token');
+        } else {
+          assert.equal(second.get(name), value, `${name} kept`);
+        }
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+
   it('stops an overlay rendered before the secrets are generated, naming the missing file', async () => {
     const dir = await makeTempDir('k8s-no-secrets');
     try {
