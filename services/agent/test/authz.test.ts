@@ -333,4 +333,16 @@ describe('referencedDigests', () => {
     assert.deepEqual(referencedDigests(Buffer.from('null')), []);
     assert.deepEqual(referencedDigests(Buffer.from('{"layers":"x","config":[1]}')), []);
   });
+
+  it('leaves out foreign layers: a registry takes a manifest naming them without holding them', () => {
+    const foreign = digestOf(Buffer.from('a layer the registry does not hold'));
+    const manifest = {
+      config: { digest: LAYER.toString() },
+      layers: [
+        { digest: foreign.toString(), urls: ['https://example.test/layer.tar.gz'] },
+        { digest: LAYER.toString(), urls: [] },
+      ],
+    };
+    assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(manifest))), [LAYER.toString()]);
+  });
 });

@@ -6,11 +6,15 @@ const MAX_REFERENCES = 4096;
 
 interface Descriptor {
   readonly digest?: unknown;
+  readonly urls?: unknown;
 }
 
 /**
  * The config, layer and child-manifest digests of an OCI/Docker manifest or index, valid ones
- * only; an empty list for anything that is not such JSON.
+ * only; an empty list for anything that is not such JSON. A descriptor with `urls` (a foreign,
+ * non-distributable layer) is left out: a registry takes such a manifest without holding that
+ * content, so naming it proves nothing, and anyone able to push a manifest could otherwise
+ * name another repository's private layer and have a node serve it from its cache.
  */
 export function referencedDigests(bytes: Buffer): string[] {
   let parsed: unknown;
@@ -34,8 +38,8 @@ export function referencedDigests(bytes: Buffer): string[] {
     if (typeof descriptor !== 'object' || descriptor === null) {
       continue;
     }
-    const { digest } = descriptor as Descriptor;
-    if (typeof digest !== 'string') {
+    const { digest, urls } = descriptor as Descriptor;
+    if (typeof digest !== 'string' || (Array.isArray(urls) && urls.length > 0)) {
       continue;
     }
     try {
