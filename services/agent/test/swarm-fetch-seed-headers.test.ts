@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { PieceBuffers } from '@shoal/pieces';
+import fastify from 'fastify';
 import {
   encodeMessage,
   handout,
@@ -367,6 +368,71 @@ describe('piece request headers of a swarm fetch', () => {
       [],
       'every want answered: the seed is never told',
     );
+  });
+
+  it('names to the seed a peer that no longer holds what it was handed out for (404), and gets the pieces the seed sent it', async (t) => {
+    const blob = makeBlob(0x4040);
+    // The seed sent every piece to agent-lost, whose download then failed (a full disk): its
+    // rationing refuses anyone who does not say agent-lost cannot serve them.
+    const seedSeen = recorder();
+    const seed = await servePieces(blob, seedSeen.record, (_source, _index, ask) =>
+      ask.notFrom.includes('agent-lost') ? { end: () => undefined } : undefined,
+    );
+    teardown.add('seed of the lost peer', () => seed.server.close());
+    // agent-lost answers 404 for every piece: it holds nothing any more.
+    const lostSeen = recorder();
+    const lost = fastify();
+    lost.addHook('onRequest', (request, _reply, done) => {
+      lostSeen.record(request.url, request.headers);
+      done();
+    });
+    lost.get('/*', async (_request, reply) => reply.code(404).send({ errors: [] }));
+    const lostUrl = await lost.listen({ host: '127.0.0.1', port: 0 });
+    teardown.add('lost peer', () => lost.close());
+    const { download, fetch, count } = await startFetch(blob, 'lost-holder', 20_000);
+    // A tracker that answers every want, naming agent-lost as holding every piece (its have
+    // was applied before its download failed) and the seed.
+    const lostHandout = encodeMessage(handout, {
+      type: 'handout',
+      blob: blobDigest(blob),
+      peers: [
+        {
+          peer: { id: 'agent-lost', url: lostUrl },
+          pieces: [[0, count]],
+          complete: true,
+          seed: false,
+        },
+        { peer: { id: 'seed-a', url: seed.url }, pieces: [[0, count]], complete: true, seed: true },
+      ],
+    });
+    const tracker = fixture.nc.subscribe(pieceWantSubject(blobDigest(blob), SELF.id), {
+      callback: () => fixture.nc.publish(handoutSubject(SELF.id), lostHandout),
+    });
+    const started = performance.now();
+    try {
+      await fetch.run(new AbortController().signal);
+    } finally {
+      tracker.unsubscribe();
+    }
+    const tookMs = performance.now() - started;
+    assert.equal(download.state, 'verified', String(download.error));
+    const seen = JSON.stringify(seedSeen.seen);
+    assert.ok(lostSeen.seen.length >= 1, 'the lost peer was asked');
+    const naming = seedSeen.seen.filter((r) => r.notFrom?.split(',').includes('agent-lost'));
+    // Every piece came from the seed with the header, none of it the unheard exemption.
+    assert.deepEqual(
+      [...new Set(naming.map((r) => r.index))].sort((a, b) => a - b),
+      [...Array(count).keys()],
+      seen,
+    );
+    assert.deepEqual(
+      seedSeen.seen.filter((r) => r.unheard !== undefined),
+      [],
+      'its wants were answered: the seed is not told it is unheard',
+    );
+    t.diagnostic(`done in ${tookMs.toFixed(0)} ms, ${seedSeen.seen.length} seed requests`);
+    // Well before a want could count as unanswered (4 s), let alone the stall timeout.
+    assert.ok(tookMs < 3_500, `${tookMs} ms`);
   });
 
   it('backs off a seed that refuses it although told (every slot taken), not asking in a loop', async (t) => {

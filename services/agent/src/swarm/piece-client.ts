@@ -8,6 +8,8 @@ import { SourceSilence } from './source-silence.js';
 
 export class PieceFetchError extends ShoalError<
   | 'PIECE_STATUS'
+  /** The source answered 404: it does not hold the piece (any more). */
+  | 'PIECE_MISSING'
   | 'PIECE_LENGTH'
   | 'PIECE_TIMEOUT'
   | 'PIECE_RATIONED'
@@ -224,6 +226,13 @@ export class PieceClient {
               'PIECE_RATIONED',
               429,
               `${url.host} asks to get piece ${index} from a peer`,
+            );
+          }
+          if (status === 404) {
+            throw new PieceFetchError(
+              'PIECE_MISSING',
+              502,
+              `piece ${index} from ${url.host}: 404, it does not hold it`,
             );
           }
           if (status !== 200) {

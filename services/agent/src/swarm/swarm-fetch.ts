@@ -241,6 +241,12 @@ export class SwarmFetch {
   /** The seed server that gave the blob up (its `seed-failed` notice), if one did. */
   #seedFailed: string | undefined;
   /**
+   * Peers that answered 404 for a piece of this blob a hand-out said they held (their download
+   * failed, a full disk; they evicted it), until one serves a piece again: named to the seed
+   * server as ones this agent cannot get pieces from, since the copies it sent them are gone.
+   */
+  readonly #lostHolders = new Set<string>();
+  /**
    * Headers every piece request carries: this agent's id, and the latest hand-out token once
    * one came (the seed's rationing tells askers apart by the id, token-checked or not).
    */
@@ -727,6 +733,7 @@ export class SwarmFetch {
       this.#verifiedWith[index] = expected;
       this.#markHave(index);
       this.#deps.client.answered(peer.id);
+      this.#lostHolders.delete(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
       metrics.fetchedBytes.inc({ source }, end - start);
       this.tally.add(source, end - start, peer.id);
@@ -745,6 +752,9 @@ export class SwarmFetch {
         return 'busy';
       }
       if (!signal.aborted && this.download.state === 'running') {
+        if (error instanceof PieceFetchError && error.code === 'PIECE_MISSING' && !picked.seed) {
+          this.#lostHolders.add(peer.id);
+        }
         const silent = error instanceof PieceFetchError && error.code === 'PIECE_SILENT';
         const unreachable =
           silent || (error instanceof PieceFetchError && error.code === 'PIECE_UNREACHABLE');
@@ -910,16 +920,17 @@ export class SwarmFetch {
    * The headers of a piece request: who asks, its token, and to the seed server the peers this
    * agent cannot get the piece from, so the seed's rationing does not hold against it the
    * copies they got: those it could not reach lately (first: a header names 16 at most), those
-   * that sent it a bad piece (a corrupting peer got the seed's only copy), and those holding it
-   * that are late for this download (a slow peer that got the seed's only copy); and whether
-   * the swarm hears this download now (see `#unheard`).
+   * that sent it a bad piece (a corrupting peer got the seed's only copy), those holding it
+   * that are late for this download (a slow peer that got the seed's only copy), and those
+   * that no longer hold what they were handed out for (`#lostHolders`); and whether the swarm
+   * hears this download now (see `#unheard`).
    */
   #requestHeaders(picked: PickedRequest): Record<string, string> {
     if (!picked.seed) {
       return this.#auth;
     }
     const notFrom = this.#deps.client.notFromPeers();
-    for (const peer of this.#picker.lateHolders(picked.index)) {
+    for (const peer of [...this.#picker.lateHolders(picked.index), ...this.#lostHolders]) {
       if (!notFrom.includes(peer)) {
         notFrom.push(peer);
       }
