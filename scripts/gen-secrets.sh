@@ -12,9 +12,11 @@
 # seedserver-s3.env (the object gateway's key) and watcher-webhook.env (the webhook token); and
 # for the leecher overlay, leecher/nats-users.env (the agent password only),
 # leecher/handout.pub and leecher/seed-record.pub. A file that exists is kept: running it
-# again changes nothing, and rotating a secret is deleting its file and running it again (the
-# leecher's copies follow the seeder's files on every run). compose writes the variables the
-# file lacks, so deleting one line and running it again makes that value anew.
+# again changes nothing, and rotating a secret is deleting its file and running it again. The
+# leecher's copies are kept too (they may be all a leecher's machine has): rotating a key or
+# the agent password a leecher holds is deleting its leecher copy as well; the script says
+# when a copy differs from the seeder's file. compose writes the variables the file lacks, so
+# deleting one line and running it again makes that value anew.
 # Needs openssl.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -48,17 +50,19 @@ write_new() {
   fi
 }
 
-# Makes $1 a copy of stdin (mode 600), unless it holds that already; says which.
-write_copy() {
-  local tmp
-  tmp=$(umask 077 && mktemp "$1.XXXXXX")
-  cat >"$tmp"
-  if [ -e "$1" ] && cmp -s "$tmp" "$1"; then
-    rm -f "$tmp"
+# Writes stdin to the leecher's copy $1 unless it exists (mode 600), and says when an
+# existing copy is not what the seeder's files hold now (a rotated key or password).
+write_leecher_copy() {
+  local content
+  content=$(cat)
+  if [ -e "$1" ]; then
     echo "kept      $1"
+    if [ "$(cat "$1")" != "$content" ]; then
+      echo "note      $1 is not the seeder's current value: if that was rotated, delete $1 and run this again"
+    fi
   else
-    mv "$tmp" "$1"
-    echo "copied    $1"
+    (umask 077 && printf '%s\n' "$content" >"$1")
+    echo "generated $1"
   fi
 }
 
@@ -67,6 +71,10 @@ add_missing() {
   if grep -q "^$2=" "$1"; then
     echo "kept      $1: $2"
   else
+    # A file edited by hand may not end with a newline: the value goes on a line of its own.
+    if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; then
+      echo >>"$1"
+    fi
     printf '%s=%s\n' "$2" "$3" >>"$1"
     echo "generated $1: $2"
   fi
@@ -98,12 +106,16 @@ k8s() {
   printf 'SHOAL_S3_ACCESS_KEY_ID=shoal-seedserver\nSHOAL_S3_SECRET_ACCESS_KEY=%s\n' "$(random)" |
     write_new "$dir/seedserver-s3.env"
   printf 'token=%s\n' "$(random)" | write_new "$dir/watcher-webhook.env"
-  # A leecher cluster gets the seeder's agent password and public keys, nothing more: copied
-  # on every run, so that a rotated key or password reaches the leecher's files too.
+  # A leecher cluster gets the seeder's agent password and public keys, nothing more.
   if [ -d "$dir/leecher" ]; then
-    grep '^agent=' "$dir/nats-users.env" | write_copy "$dir/leecher/nats-users.env"
-    write_copy "$dir/leecher/handout.pub" <"$dir/handout.pub"
-    write_copy "$dir/leecher/seed-record.pub" <"$dir/seed-record.pub"
+    local agent
+    agent=$(grep '^agent=' "$dir/nats-users.env") || {
+      echo "gen-secrets: $dir/nats-users.env has no agent= line" >&2
+      exit 1
+    }
+    printf '%s\n' "$agent" | write_leecher_copy "$dir/leecher/nats-users.env"
+    write_leecher_copy "$dir/leecher/handout.pub" <"$dir/handout.pub"
+    write_leecher_copy "$dir/leecher/seed-record.pub" <"$dir/seed-record.pub"
   fi
 }
 

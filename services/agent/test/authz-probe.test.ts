@@ -13,12 +13,15 @@ import { createAgentMetrics } from '../src/metrics.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
 
 const LAYER = digestOf(Buffer.from('probe layer'));
+const OTHER = digestOf(Buffer.from('a layer the registry does not hold'));
 const TOKEN = 'Bearer good';
 const TIMEOUTS = { connectMs: 2000, headersMs: 2000, idleMs: 2000 };
 
 /**
- * A registry front as the probe meets it: it redirects an authorized blob HEAD to storage that
- * refuses HEAD (a URL signed for GET only), and challenges anyone else.
+ * A registry front as the probe meets it: it redirects an authorized HEAD or GET to storage
+ * that refuses HEAD (a URL signed for GET only) and serves a ranged GET; a digest it does not
+ * hold it redirects all the same, to storage that has nothing (as registries that redirect
+ * every request do); anyone else is challenged.
  */
 describe('the registry probe', () => {
   let server: Server;
@@ -29,15 +32,25 @@ describe('the registry probe', () => {
   before(async () => {
     server = createServer((req, res) => {
       seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers });
+      if (req.url === '/storage/signed-for-get') {
+        if (req.method !== 'GET') {
+          res.writeHead(403).end();
+          return;
+        }
+        res.writeHead(206, { 'content-range': 'bytes 0-0/11', 'content-length': 1 }).end('p');
+        return;
+      }
       if (req.url?.startsWith('/storage/') === true) {
-        res.writeHead(403).end();
+        res.writeHead(404).end();
         return;
       }
       if (req.headers.authorization !== TOKEN) {
         res.writeHead(401, { 'www-authenticate': 'Bearer realm="https://auth.test/token"' }).end();
         return;
       }
-      res.writeHead(307, { location: '/storage/signed-for-get' }).end();
+      const held = req.url === `/v2/team/app/blobs/${LAYER.toString()}`;
+      res.writeHead(307, { location: held ? '/storage/signed-for-get' : '/storage/nothing' });
+      res.end();
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
@@ -50,9 +63,9 @@ describe('the registry probe', () => {
     await new Promise((resolve) => server.close(resolve));
   });
 
-  it('takes a redirect as a yes for the repository but not for the content, without following it, and passes a challenge back', async () => {
+  function authorizer(): Authorizer {
     const metrics = createAgentMetrics(createMetrics('agent'));
-    const authz = new Authorizer({
+    return new Authorizer({
       probe: registryProbe(new RegistryRequests(client, metrics, TIMEOUTS)),
       ttlMs: 60_000,
       denyTtlMs: 5_000,
@@ -61,6 +74,11 @@ describe('the registry probe', () => {
       timeoutMs: 2_000,
       unreachable: 'deny',
     });
+  }
+
+  it('follows a redirect and reads one byte where it leads: a yes when the content is there', async () => {
+    const authz = authorizer();
+    seen.length = 0;
     const subject = {
       registry,
       repository: 'team/app',
@@ -68,40 +86,18 @@ describe('the registry probe', () => {
       digest: LAYER,
       authorization: TOKEN,
     };
-    // Some registries redirect every request, whatever they hold: the content is to be read
-    // from the registry, through the redirect, not from what the node holds.
-    const first = await authz.check(subject);
-    assert.equal(first.kind, 'upstream');
-    assert.equal(first.answer.status, 307);
+    assert.deepEqual(await authz.check(subject), { kind: 'allow' });
+    const path = `/v2/team/app/blobs/${LAYER.toString()}`;
     assert.deepEqual(
-      seen.map((r) => `${r.method} ${r.url}`),
-      [`HEAD /v2/team/app/blobs/${LAYER.toString()}`],
-      'one HEAD, the redirect not followed',
+      seen.map((r) => `${r.method} ${r.url} ${r.headers.range ?? ''}`.trim()),
+      [`HEAD ${path}`, `GET ${path} bytes=0-0`, 'GET /storage/signed-for-get bytes=0-0'],
+      'the HEAD, then one byte read through the redirect',
     );
     assert.equal(seen[0]?.headers.authorization, TOKEN, "the client's own header");
-    // Nothing learned about the content: the next check asks again.
-    assert.equal((await authz.check(subject)).kind, 'upstream');
-    assert.equal(seen.length, 2, 'asked again');
-    // Once a manifest of the repository the client was served names the layer, it is held.
-    authz.learnAllowed(registry, 'team/app', TOKEN, undefined);
-    authz.learnManifest(
-      registry,
-      'team/app',
-      Buffer.from(
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          config: {
-            mediaType: 'application/vnd.oci.image.config.v1+json',
-            digest: LAYER.toString(),
-            size: 11,
-          },
-          layers: [],
-        }),
-      ),
-    );
+    assert.equal(seen[1]?.headers.authorization, TOKEN, "the client's own header");
+    // Remembered: the next check is decided from the caches.
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
-    assert.equal(seen.length, 2, 'from the caches');
+    assert.equal(seen.length, 3, 'nothing asked again');
 
     const refused = await authz.check({ ...subject, authorization: undefined });
     assert.equal(refused.kind, 'deny');
@@ -110,6 +106,40 @@ describe('the registry probe', () => {
       refused.answer.headers['www-authenticate'],
       'Bearer realm="https://auth.test/token"',
     );
+    authz.close();
+  });
+
+  it('takes a redirect to nothing as neither a yes for the content nor for the repository', async () => {
+    const authz = authorizer();
+    seen.length = 0;
+    const subject = {
+      registry,
+      repository: 'team/app',
+      kind: 'blob' as const,
+      digest: OTHER,
+      authorization: TOKEN,
+    };
+    // Some registries redirect every request, whatever they hold: the content is then to be
+    // read from the registry, through the redirect, not from what the node holds.
+    const first = await authz.check(subject);
+    assert.equal(first.kind, 'upstream');
+    assert.equal(first.answer.status, 307);
+    assert.equal(seen[0]?.method, 'HEAD');
+    assert.ok(
+      seen.some((r) => r.url === '/storage/nothing'),
+      `looked for where it leads: ${seen.map((r) => r.url).join(', ')}`,
+    );
+    // Nothing learned: asked again, and a layer the repository holds (a manifest of it says
+    // so) is still not served on the strength of that redirect.
+    const asked = seen.length;
+    assert.equal((await authz.check(subject)).kind, 'upstream');
+    assert.ok(seen.length > asked, 'asked again');
+    authz.learnManifest(
+      registry,
+      'team/app',
+      Buffer.from(JSON.stringify({ config: { digest: OTHER.toString() }, layers: [] })),
+    );
+    assert.equal((await authz.check(subject)).kind, 'upstream', 'no grant from a redirect');
     authz.close();
   });
 

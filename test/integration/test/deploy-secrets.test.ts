@@ -154,26 +154,35 @@ describe('generated secrets', () => {
     assert.deepEqual(await read(), before);
   });
 
-  it('rotates a key by its file deleted, the leecher copies included', async () => {
+  it('rotates a key by its file deleted, the leecher copy by its own, and says when they differ', async () => {
     const dir = join(await generatedK8s(), 'secrets');
-    const before = await readFile(join(dir, 'leecher', 'handout.pub'), 'utf8');
+    const script = join(REPO_ROOT, 'scripts', 'gen-secrets.sh');
+    const leecherPub = join(dir, 'leecher', 'handout.pub');
+    const before = await readFile(leecherPub, 'utf8');
     assert.equal(before, await readFile(join(dir, 'handout.pub'), 'utf8'));
     await rm(join(dir, 'handout.key'));
-    await run('bash', [join(REPO_ROOT, 'scripts', 'gen-secrets.sh'), 'k8s', dir]);
-    const rotated = await readFile(join(dir, 'handout.pub'), 'utf8');
-    assert.notEqual(rotated, before, 'a new pair');
-    assert.equal(
-      await readFile(join(dir, 'leecher', 'handout.pub'), 'utf8'),
-      rotated,
-      "the leecher's copy follows",
-    );
+    const rotated = await run('bash', [script, 'k8s', dir]);
+    const pub = await readFile(join(dir, 'handout.pub'), 'utf8');
+    assert.notEqual(pub, before, 'a new pair');
     assert.equal(
       createPublicKey(createPrivateKey(await readFile(join(dir, 'handout.key')))).export({
         type: 'spki',
         format: 'pem',
       }),
-      rotated,
+      pub,
     );
+    // A leecher's copy is kept (on a leecher's machine it is all there is), and the script
+    // says it is not the seeder's key any more.
+    assert.equal(await readFile(leecherPub, 'utf8'), before);
+    assert.match(
+      rotated.stdout,
+      /note +\S*leecher\/handout\.pub is not the seeder's current value/,
+    );
+    // Deleted too, it follows.
+    await rm(leecherPub);
+    const copied = await run('bash', [script, 'k8s', dir]);
+    assert.equal(await readFile(leecherPub, 'utf8'), pub);
+    assert.doesNotMatch(copied.stdout, /note/);
   });
 
   it('makes anew a compose value whose line was deleted, and keeps the others', async () => {

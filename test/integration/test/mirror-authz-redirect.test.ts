@@ -6,10 +6,10 @@
  * is a real public registry holding other images. A client authorized at the private registry
  * pulls a private image; a client with no credentials then names its digests under the
  * redirecting front. The front redirects that request as it redirects every request; the
- * redirect lets the client in but does not say the repository holds the digest, so the agent
- * reads the content through the redirect, where the backend answers 404: no byte of the
- * private image. Content the backend does hold is served through the redirect, by digest as
- * by tag.
+ * redirect proves nothing, and where it leads the backend answers 404, so the agent reads the
+ * content through the redirect and the read fails there: no byte of the private image.
+ * Content the backend does hold is found there (one byte read through the redirect), then
+ * fetched and cached as from any registry, by digest as by tag.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -185,7 +185,27 @@ describe('a registry that redirects every request', () => {
     );
   });
 
-  it('serves what the backend holds through the redirect, by digest and by tag', async () => {
+  it('serves what the backend holds, found through the redirect, from the node after', async () => {
+    // A layer asked for by digest before any manifest names it: the check reads one byte of
+    // it where the redirect leads, finds it, and the layer is fetched and cached as any other.
+    const first = publicImage.layers[0];
+    assert.ok(first !== undefined);
+    const upstreamBefore = await agent.metric('shoal_agent_authz_decisions_total', {
+      result: 'upstream',
+    });
+    const direct = await get(atFront(`blobs/${first.digest}`));
+    assert.equal(direct.status, 200);
+    assert.equal(direct.digest, first.digest);
+    assert.equal(
+      await agent.metric('shoal_agent_authz_decisions_total', { result: 'upstream' }),
+      upstreamBefore,
+      'found where the redirect leads: an allow, not upstream',
+    );
+    frontAsked.length = 0;
+    const cached = await get(atFront(`blobs/${first.digest}`));
+    assert.equal(cached.digest, first.digest);
+    assert.deepEqual(frontAsked, [], 'then served from the node without asking the front');
+
     const manifest = publicImage.manifest;
     const byDigest = await get(atFront(`manifests/${manifest.digest}`), {
       accept: manifest.mediaType,
@@ -198,15 +218,13 @@ describe('a registry that redirects every request', () => {
       assert.equal(fetched.digest, blob.digest);
       assert.equal(fetched.body.length, blob.size);
     }
-    // The manifest served vouches for the blobs it names: asked again, a layer comes from the
-    // node's cache, the front not asked for it.
-    const layer = publicImage.layers[0];
-    assert.ok(layer !== undefined);
+    // The manifest served vouches for the blobs it names: asked again, the config comes from
+    // the node's cache, the front not asked for it.
     frontAsked.length = 0;
-    const again = await get(atFront(`blobs/${layer.digest}`));
+    const again = await get(atFront(`blobs/${publicImage.config.digest}`));
     assert.equal(again.status, 200);
-    assert.equal(again.digest, layer.digest);
-    assert.deepEqual(frontAsked, [], 'the cached layer served without asking the front');
+    assert.equal(again.digest, publicImage.config.digest);
+    assert.deepEqual(frontAsked, [], 'the cached config served without asking the front');
 
     const byTag = await get(atFront(`manifests/${publicImage.tag}`), {
       accept: manifest.mediaType,

@@ -14,11 +14,12 @@
  * Authorization, which proves both. A repository anonymous clients may read is open to any
  * credential. The fingerprint is a SHA-256 of the header; the header itself is kept nowhere.
  *
- * A redirect proves only the first: some registries redirect every request, whatever the
- * repository holds (registry.k8s.io sends each one on to a backend that checks). Taken as a
- * yes, it let any client name under such a registry a private layer the node held from
- * another one and be served it. The content is then read from the registry itself, through
- * the redirect (`upstream`), never from what the node holds.
+ * A redirect proves neither: some registries redirect every request, whatever the credential
+ * and whatever the repository holds (registry.k8s.io sends each one on to a backend that
+ * checks). Taken as a yes, it let any client name under such a registry a private layer the
+ * node held from another one and be served it. The probe follows a redirect and reads one
+ * byte where it leads (see `registryProbe`); when that fails, the content is read from the
+ * registry itself, through the redirect (`upstream`), never from what the node holds.
  */
 import { createHash } from 'node:crypto';
 
@@ -43,9 +44,10 @@ export type AuthzDecision =
   /** The registry refused this client: its own answer (a 401 challenge, 403, 404) goes back. */
   | { readonly kind: 'deny'; readonly answer: UpstreamAnswer }
   /**
-   * The registry answered with a redirect: this client may read the repository, but nothing
-   * says the repository holds the digest. Serve it from the registry, through the redirect,
-   * and not from the node's cache, a download, peers or the seed server.
+   * The registry answered with a redirect, and the content could not be read where it leads:
+   * nothing says this client may have it, nor that the repository holds it. Serve it as the
+   * registry serves it, through the redirect, and not from the node's cache, a download,
+   * peers or the seed server.
    */
   | { readonly kind: 'upstream'; readonly answer: UpstreamAnswer }
   /**
@@ -232,13 +234,9 @@ export class Authorizer {
       return { kind: 'allow' };
     }
     if (REDIRECTS.has(status)) {
-      // A registry redirects (to its storage, to a backend) only a client it lets in; whether
-      // the content is there is for wherever the redirect leads to say.
-      this.#grants.set(
-        grantKey(registry, repository, fingerprint),
-        { allowed: true },
-        this.#options.ttlMs,
-      );
+      // The probe could not read the content where the redirect leads (it follows it). A
+      // redirect proves nothing else either: some registries send every request on, whatever
+      // the credential, so nothing is remembered.
       return { kind: 'upstream', answer };
     }
     if (status === 401 || status === 403) {

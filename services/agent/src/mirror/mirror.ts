@@ -406,11 +406,6 @@ export class Mirror {
         'cache disk is full: the manifest is served uncached',
       );
     }
-    if (reference.kind === 'digest') {
-      // The registry just served this client these bytes under that digest (through any
-      // redirect): the repository holds them.
-      this.#deps.authz?.learnAllowed(req.registry, target.name, req.authorization, actual);
-    }
     this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
