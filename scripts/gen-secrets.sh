@@ -50,14 +50,16 @@ write_new() {
   fi
 }
 
-# Writes stdin to the leecher's copy $1 unless it exists (mode 600), and says when an
-# existing copy is not what the seeder's files hold now (a rotated key or password).
+# Writes stdin to the leecher's copy $1 unless it exists (mode 600); on the seeder's machine
+# ($2 = 1: its files were there before this run) says when an existing copy is not what the
+# seeder's files hold now (a rotated key or password). On a leecher's machine the copies are
+# all there is, and the seeder's files were just made up here: nothing to say.
 write_leecher_copy() {
   local content
   content=$(cat)
   if [ -e "$1" ]; then
     echo "kept      $1"
-    if [ "$(cat "$1")" != "$content" ]; then
+    if [ "$2" = 1 ] && [ "$(cat "$1")" != "$content" ]; then
       echo "note      $1 is not the seeder's current value: if that was rotated, delete $1 and run this again"
     fi
   else
@@ -98,6 +100,12 @@ k8s() {
     echo "gen-secrets: $dir is not the secrets component (no kustomization.yaml)" >&2
     exit 1
   }
+  local seeder=0 file
+  for file in nats-users.env handout.key seed-record.key seedserver-s3.env watcher-webhook.env; do
+    if [ -e "$dir/$file" ]; then
+      seeder=1
+    fi
+  done
   printf 'agent=%s\ntracker=%s\nseedserver=%s\nwatcher=%s\n' \
     "$(nats_password)" "$(nats_password)" "$(nats_password)" "$(nats_password)" |
     write_new "$dir/nats-users.env"
@@ -113,9 +121,9 @@ k8s() {
       echo "gen-secrets: $dir/nats-users.env has no agent= line" >&2
       exit 1
     }
-    printf '%s\n' "$agent" | write_leecher_copy "$dir/leecher/nats-users.env"
-    write_leecher_copy "$dir/leecher/handout.pub" <"$dir/handout.pub"
-    write_leecher_copy "$dir/leecher/seed-record.pub" <"$dir/seed-record.pub"
+    printf '%s\n' "$agent" | write_leecher_copy "$dir/leecher/nats-users.env" "$seeder"
+    write_leecher_copy "$dir/leecher/handout.pub" "$seeder" <"$dir/handout.pub"
+    write_leecher_copy "$dir/leecher/seed-record.pub" "$seeder" <"$dir/seed-record.pub"
   fi
 }
 

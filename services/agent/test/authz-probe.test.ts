@@ -40,8 +40,30 @@ describe('the registry probe', () => {
         res.writeHead(206, { 'content-range': 'bytes 0-0/11', 'content-length': 1 }).end('p');
         return;
       }
+      if (req.url === '/storage/whole') {
+        // Storage that ignores the range: the whole content, 200.
+        res.writeHead(200, { 'content-length': 11 }).end('probe layer');
+        return;
+      }
+      if (req.url === '/login') {
+        res.writeHead(200, { 'content-type': 'text/html' }).end('<html>sign in</html>');
+        return;
+      }
       if (req.url?.startsWith('/storage/') === true) {
         res.writeHead(404).end();
+        return;
+      }
+      if (req.url?.startsWith('/v2/sso/') === true) {
+        // A login proxy: anyone it does not know goes to its sign-in page.
+        res.writeHead(302, { location: '/login' }).end();
+        return;
+      }
+      if (req.url?.startsWith('/v2/public/') === true) {
+        res.writeHead(307, { location: '/storage/signed-for-get' }).end();
+        return;
+      }
+      if (req.url?.startsWith('/v2/norange/') === true) {
+        res.writeHead(307, { location: '/storage/whole' }).end();
         return;
       }
       if (req.headers.authorization !== TOKEN) {
@@ -140,6 +162,38 @@ describe('the registry probe', () => {
       Buffer.from(JSON.stringify({ config: { digest: OTHER.toString() }, layers: [] })),
     );
     assert.equal((await authz.check(subject)).kind, 'upstream', 'no grant from a redirect');
+    authz.close();
+  });
+
+  it('takes neither a login page nor a 200 that ignored the range for the content', async () => {
+    const authz = authorizer();
+    for (const repository of ['sso/app', 'norange/app']) {
+      const decision = await authz.check({
+        registry,
+        repository,
+        kind: 'blob',
+        digest: LAYER,
+        authorization: TOKEN,
+      });
+      assert.equal(decision.kind, 'upstream', repository);
+    }
+    authz.close();
+  });
+
+  it('takes content found where a redirect led, for an anonymous client too', async () => {
+    const authz = authorizer();
+    seen.length = 0;
+    const subject = {
+      registry,
+      repository: 'public/app',
+      kind: 'blob' as const,
+      digest: LAYER,
+      authorization: undefined,
+    };
+    assert.deepEqual(await authz.check(subject), { kind: 'allow' });
+    const asked = seen.length;
+    assert.deepEqual(await authz.check(subject), { kind: 'allow' });
+    assert.equal(seen.length, asked, 'from the caches');
     authz.close();
   });
 

@@ -185,6 +185,34 @@ describe('generated secrets', () => {
     assert.doesNotMatch(copied.stdout, /note/);
   });
 
+  it("keeps the leecher's copies on a leecher's own machine, where no seeder file is", async () => {
+    const generated = join(await generatedK8s(), 'secrets');
+    const dir = await makeTempDir('leecher-machine');
+    try {
+      const secrets = join(dir.path, 'secrets');
+      await cp(join(REPO_ROOT, 'deploy', 'k8s', 'secrets'), secrets, { recursive: true });
+      const copies = ['nats-users.env', 'handout.pub', 'seed-record.pub'];
+      for (const file of copies) {
+        await cp(join(generated, 'leecher', file), join(secrets, 'leecher', file));
+      }
+      const { stdout } = await run('bash', [
+        join(REPO_ROOT, 'scripts', 'gen-secrets.sh'),
+        'k8s',
+        secrets,
+      ]);
+      for (const file of copies) {
+        assert.equal(
+          await readFile(join(secrets, 'leecher', file), 'utf8'),
+          await readFile(join(generated, 'leecher', file), 'utf8'),
+          `leecher/${file} kept`,
+        );
+      }
+      assert.doesNotMatch(stdout, /note/, 'nothing to delete');
+    } finally {
+      await dir.remove();
+    }
+  });
+
   it('makes anew a compose value whose line was deleted, and keeps the others', async () => {
     const dir = await makeTempDir('compose-rotate');
     try {

@@ -1,10 +1,18 @@
 /** The authorization check at the registry: a HEAD of the requested path, as the client. */
-import { readAnswer, type UpstreamAnswer } from '@shoal/registry';
+import { digestOf } from '@shoal/proto';
+import {
+  readAnswer,
+  StorageRefusedError,
+  type UpstreamAnswer,
+  type UpstreamResponse,
+} from '@shoal/registry';
 
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { AuthzProbe, AuthzSubject } from './authorizer.js';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+/** Largest manifest read to check a redirect leads to it, in bytes. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 /**
  * A probe that HEADs `/v2/<repository>/{blobs,manifests}/<digest>` at the registry with the
@@ -13,11 +21,14 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
  *
  * A redirect says less: registries send authorized requests to their storage that way after
  * checking the content is there, but some redirect every request whatever they hold
- * (registry.k8s.io, to a backend that checks). So the content is then looked for where the
- * redirect leads: one byte of it, a GET with `Range: bytes=0-0` (storage URLs are often signed
- * for GET only), redirects followed as for a pull, the credentials never carried to another
- * origin. Its 2xx is the answer; when it cannot be read there, the redirect itself is (the
- * authorizer then has the content read from the registry, never from what the node holds).
+ * (registry.k8s.io, to a backend that checks), and a login proxy redirects anyone to a page
+ * that answers 200. So the content is then looked for where the redirect leads, redirects
+ * followed as for a pull, the credentials never carried to another origin: for a blob its
+ * first byte (a GET with `Range: bytes=0-0`, as storage URLs are often signed for GET only),
+ * which must come as a 206 of `bytes 0-0/<size>`; for a manifest the manifest itself, which
+ * must match its digest. That answer is the probe's; when the content is not found there, the
+ * redirect itself is (the authorizer then has the content read from the
+ * registry, never from what the node holds). A 429 there is the probe's answer too.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
@@ -38,44 +49,84 @@ export function registryProbe(requests: RegistryRequests): AuthzProbe {
     if (!REDIRECTS.has(answer.status)) {
       return answer;
     }
-    return (await readOneByte(requests, subject, path, signal)) ?? answer;
+    return (await lookWhereItLeads(requests, subject, path, signal)) ?? answer;
   };
 }
 
 /**
- * The first byte of the content, read through the registry's redirects: a 2xx answer (its
- * body dropped unread), or undefined when the content could not be read there.
+ * The content looked for through the registry's redirects: a 2xx (or 429) answer, or
+ * undefined when it is not there. Throws when that cannot be told (no answer in time).
  */
-async function readOneByte(
+async function lookWhereItLeads(
   requests: RegistryRequests,
   subject: AuthzSubject,
   path: string,
   signal: AbortSignal,
 ): Promise<UpstreamAnswer | undefined> {
+  const blob = subject.kind === 'blob';
+  let response: UpstreamResponse;
   try {
-    const response = await requests.send({
+    response = await requests.send({
       registry: subject.registry,
       method: 'GET',
       kind: subject.kind,
       path,
       headers: {
         authorization: subject.authorization,
-        range: 'bytes=0-0',
-        ...(subject.kind === 'manifest' ? { accept: MANIFEST_TYPES } : {}),
+        ...(blob ? { range: 'bytes=0-0' } : { accept: MANIFEST_TYPES }),
       },
       signal,
+      // A look, not a pull: a hold from an earlier 429 does not answer it (its own 429 does).
+      started: true,
     });
-    if (response.status === 200 || response.status === 206) {
-      // A 200 that ignored the range would be the whole content: not read.
-      response.body.destroy();
-      return { status: response.status, headers: response.headers, body: Buffer.alloc(0) };
+  } catch (error) {
+    if (
+      error instanceof StorageRefusedError ||
+      (error instanceof Error && error.cause instanceof StorageRefusedError)
+    ) {
+      // Where the redirect leads has nothing for this path (or will not say to whom asks).
+      return undefined;
     }
+    throw error;
+  }
+  if (response.status === 429) {
+    return readAnswer(response);
+  }
+  const found = blob
+    ? response.status === 206 &&
+      /^bytes 0-0\/\d+$/.test(String(response.headers['content-range'] ?? ''))
+    : response.status === 200;
+  if (!found) {
+    // A 200 to a ranged GET may be the whole content (or a login page): not read.
     response.body.destroy();
     return undefined;
-  } catch {
-    // The storage refused, the backend did not answer: the redirect is all there is.
+  }
+  if (blob) {
+    return readAnswer(response);
+  }
+  const manifest = await readUpTo(response, MAX_MANIFEST_BYTES);
+  if (
+    manifest === undefined ||
+    digestOf(manifest, subject.digest.algorithm).toString() !== subject.digest.toString()
+  ) {
     return undefined;
   }
+  return { status: 200, headers: response.headers, body: Buffer.alloc(0) };
+}
+
+/** The whole body, or undefined past `limit` bytes (the rest left unread). */
+async function readUpTo(response: UpstreamResponse, limit: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of response.body as AsyncIterable<Buffer>) {
+    length += chunk.length;
+    if (length > limit) {
+      response.body.destroy();
+      return undefined;
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
 }
 
 function probePath(subject: AuthzSubject): string {
