@@ -3,11 +3,11 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
-import { digestOf } from '@shoal/proto';
+import { digestOf, type Digest } from '@shoal/proto';
 import { UpstreamClient, type UpstreamRegistry } from '@shoal/registry';
 import { createMetrics } from '@shoal/runtime';
 
-import { Authorizer } from '../src/authz/authorizer.js';
+import { Authorizer, type AuthzSubject } from '../src/authz/authorizer.js';
 import { registryProbe } from '../src/authz/registry-probe.js';
 import { createAgentMetrics } from '../src/metrics.js';
 import { RegistryRequests } from '../src/upstream/registry-requests.js';
@@ -98,16 +98,19 @@ describe('the registry probe', () => {
     });
   }
 
+  /** A blob of `repository` asked for by a client sending `authorization`. */
+  function blobSubject(
+    repository: string,
+    digest: Digest,
+    authorization: string | undefined,
+  ): AuthzSubject {
+    return { registry, repository, kind: 'blob', digest, authorization };
+  }
+
   it('follows a redirect and reads one byte where it leads: a yes when the content is there', async () => {
     const authz = authorizer();
     seen.length = 0;
-    const subject = {
-      registry,
-      repository: 'team/app',
-      kind: 'blob' as const,
-      digest: LAYER,
-      authorization: TOKEN,
-    };
+    const subject = blobSubject('team/app', LAYER, TOKEN);
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
     const path = `/v2/team/app/blobs/${LAYER.toString()}`;
     assert.deepEqual(
@@ -134,13 +137,7 @@ describe('the registry probe', () => {
   it('takes a redirect to nothing as neither a yes for the content nor for the repository', async () => {
     const authz = authorizer();
     seen.length = 0;
-    const subject = {
-      registry,
-      repository: 'team/app',
-      kind: 'blob' as const,
-      digest: OTHER,
-      authorization: TOKEN,
-    };
+    const subject = blobSubject('team/app', OTHER, TOKEN);
     // Some registries redirect every request, whatever they hold: the content is then to be
     // read from the registry, through the redirect, not from what the node holds.
     const first = await authz.check(subject);
@@ -168,13 +165,7 @@ describe('the registry probe', () => {
   it('takes neither a login page nor a 200 that ignored the range for the content', async () => {
     const authz = authorizer();
     for (const repository of ['sso/app', 'norange/app']) {
-      const decision = await authz.check({
-        registry,
-        repository,
-        kind: 'blob',
-        digest: LAYER,
-        authorization: TOKEN,
-      });
+      const decision = await authz.check(blobSubject(repository, LAYER, TOKEN));
       assert.equal(decision.kind, 'upstream', repository);
     }
     authz.close();
@@ -183,13 +174,7 @@ describe('the registry probe', () => {
   it('takes content found where a redirect led, for an anonymous client too', async () => {
     const authz = authorizer();
     seen.length = 0;
-    const subject = {
-      registry,
-      repository: 'public/app',
-      kind: 'blob' as const,
-      digest: LAYER,
-      authorization: undefined,
-    };
+    const subject = blobSubject('public/app', LAYER, undefined);
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
     const asked = seen.length;
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
