@@ -14,9 +14,8 @@
 # leecher/handout.pub and leecher/seed-record.pub. A file that exists is kept: running it
 # again changes nothing, and rotating a secret is deleting its file and running it again. The
 # leecher's copies are kept too (they may be all a leecher's machine has): rotating a key or
-# the agent password a leecher holds is deleting its leecher copy as well; the script says
-# when a copy differs from the seeder's file. compose writes the variables the file lacks, so
-# deleting one line and running it again makes that value anew.
+# the agent password a leecher holds is deleting its leecher copy as well. compose writes the
+# variables the file lacks, so deleting one line and running it again makes that value anew.
 # Needs openssl.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,24 +45,6 @@ write_new() {
     echo "kept      $1"
   else
     (umask 077 && cat >"$1")
-    echo "generated $1"
-  fi
-}
-
-# Writes stdin to the leecher's copy $1 unless it exists (mode 600); on the seeder's machine
-# ($2 = 1: its files were there before this run) says when an existing copy is not what the
-# seeder's files hold now (a rotated key or password). On a leecher's machine the copies are
-# all there is, and the seeder's files were just made up here: nothing to say.
-write_leecher_copy() {
-  local content
-  content=$(cat)
-  if [ -e "$1" ]; then
-    echo "kept      $1"
-    if [ "$2" = 1 ] && [ "$(cat "$1")" != "$content" ]; then
-      echo "note      $1 is not the seeder's current value: if that was rotated, delete $1 and run this again"
-    fi
-  else
-    (umask 077 && printf '%s\n' "$content" >"$1")
     echo "generated $1"
   fi
 }
@@ -100,12 +81,6 @@ k8s() {
     echo "gen-secrets: $dir is not the secrets component (no kustomization.yaml)" >&2
     exit 1
   }
-  local seeder=0 file
-  for file in nats-users.env handout.key seed-record.key seedserver-s3.env watcher-webhook.env; do
-    if [ -e "$dir/$file" ]; then
-      seeder=1
-    fi
-  done
   printf 'agent=%s\ntracker=%s\nseedserver=%s\nwatcher=%s\n' \
     "$(nats_password)" "$(nats_password)" "$(nats_password)" "$(nats_password)" |
     write_new "$dir/nats-users.env"
@@ -121,9 +96,9 @@ k8s() {
       echo "gen-secrets: $dir/nats-users.env has no agent= line" >&2
       exit 1
     }
-    printf '%s\n' "$agent" | write_leecher_copy "$dir/leecher/nats-users.env" "$seeder"
-    write_leecher_copy "$dir/leecher/handout.pub" "$seeder" <"$dir/handout.pub"
-    write_leecher_copy "$dir/leecher/seed-record.pub" "$seeder" <"$dir/seed-record.pub"
+    printf '%s\n' "$agent" | write_new "$dir/leecher/nats-users.env"
+    write_new "$dir/leecher/handout.pub" <"$dir/handout.pub"
+    write_new "$dir/leecher/seed-record.pub" <"$dir/seed-record.pub"
   fi
 }
 

@@ -28,7 +28,11 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
  * which must come as a 206 of `bytes 0-0/<size>`; for a manifest the manifest itself, which
  * must match its digest. That answer is the probe's; when the content is not found there, the
  * redirect itself is (the authorizer then has the content read from the
- * registry, never from what the node holds). A 429 there is the probe's answer too.
+ * registry, never from what the node holds). A 429 from the registry itself is the probe's
+ * answer too (the authorizer takes it as the registry not answering); one from another origin
+ * counts as the content not found there. A file server's sign-in page that honours ranges
+ * passes the look for a blob: a registry behind such a login proxy is not one to mirror
+ * (README, "What a credential proves").
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
