@@ -46,6 +46,13 @@ describe('the registry probe', () => {
         return;
       }
       if (req.url === '/login') {
+        // A file server's sign-in page: it honours ranges.
+        if (req.headers.range === 'bytes=0-0') {
+          res
+            .writeHead(206, { 'content-type': 'text/html', 'content-range': 'bytes 0-0/20' })
+            .end('<');
+          return;
+        }
         res.writeHead(200, { 'content-type': 'text/html' }).end('<html>sign in</html>');
         return;
       }
@@ -168,6 +175,19 @@ describe('the registry probe', () => {
       const decision = await authz.check(blobSubject(repository, LAYER, TOKEN));
       assert.equal(decision.kind, 'upstream', repository);
     }
+    authz.close();
+  });
+
+  it('takes a first byte of another size than the blob the node holds for something else', async () => {
+    const authz = authorizer();
+    // The storage's first byte is of an 11-byte object.
+    assert.equal(
+      (await authz.check({ ...blobSubject('team/app', LAYER, TOKEN), size: 12 })).kind,
+      'upstream',
+    );
+    assert.deepEqual(await authz.check({ ...blobSubject('team/app', LAYER, TOKEN), size: 11 }), {
+      kind: 'allow',
+    });
     authz.close();
   });
 

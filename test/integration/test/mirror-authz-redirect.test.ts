@@ -59,12 +59,35 @@ async function get(
   };
 }
 
+/**
+ * A GET that may be cut: its status, the body bytes that came, and whether it completed (a
+ * response whose content fails its digest is cut, never completed).
+ */
+async function getMaybeCut(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; body: Buffer; completed: boolean }> {
+  const response = await fetch(url, { headers, signal: AbortSignal.timeout(30_000) });
+  const chunks: Buffer[] = [];
+  let completed = true;
+  try {
+    for await (const chunk of response.body ?? []) {
+      chunks.push(Buffer.from(chunk as Uint8Array));
+    }
+  } catch {
+    completed = false;
+  }
+  return { status: response.status, body: Buffer.concat(chunks), completed };
+}
+
 describe('a registry that redirects every request', () => {
   const teardown = new Teardown();
   let privateRegistry: Registry;
   let backend: Registry;
   let front: Server;
   let frontHost: string;
+  let sso: Server;
+  let ssoHost: string;
   let privateImage: GeneratedImage;
   let publicImage: GeneratedImage;
   let agent: AgentProcess;
@@ -106,8 +129,37 @@ describe('a registry that redirects every request', () => {
     frontHost = `127.0.0.1:${String((front.address() as AddressInfo).port)}`;
     teardown.add('front', () => new Promise<void>((resolve) => front.close(() => resolve())));
 
+    // A login proxy: every request without its session goes to a sign-in page, served by a
+    // file server that honours ranges.
+    sso = createServer((req, res) => {
+      const url = req.url ?? '/';
+      if (url === '/v2/' || url === '/v2') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+        return;
+      }
+      if (url === '/login') {
+        const page = Buffer.from('<html><body>sign in</body></html>');
+        if (req.headers.range === 'bytes=0-0') {
+          res.writeHead(206, {
+            'content-type': 'text/html',
+            'content-range': `bytes 0-0/${String(page.length)}`,
+            'content-length': 1,
+          });
+          res.end(page.subarray(0, 1));
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'text/html', 'content-length': page.length });
+        res.end(page);
+        return;
+      }
+      res.writeHead(302, { location: '/login', 'content-length': 0 }).end();
+    });
+    await new Promise<void>((resolve) => sso.listen(0, '127.0.0.1', resolve));
+    ssoHost = `127.0.0.1:${String((sso.address() as AddressInfo).port)}`;
+    teardown.add('sso', () => new Promise<void>((resolve) => sso.close(() => resolve())));
+
     agent = await startAgent({
-      registries: `${privateRegistry.host}=${privateRegistry.url},${frontHost}=http://${frontHost}`,
+      registries: `${privateRegistry.host}=${privateRegistry.url},${frontHost}=http://${frontHost},${ssoHost}=http://${ssoHost}`,
       defaultRegistry: privateRegistry.host,
     });
     teardown.add('agent', () => agent.stop());
@@ -183,6 +235,27 @@ describe('a registry that redirects every request', () => {
       upstreamAfter - upstreamBefore >= 4,
       `decisions counted as upstream: ${upstreamAfter - upstreamBefore}`,
     );
+  });
+
+  it("does not take a login proxy's sign-in page for a private layer the node holds", async () => {
+    const layer = privateImage.layers[0];
+    assert.ok(layer !== undefined);
+    // Held since the first test's authorized pull.
+    const held = await get(atPrivate(`blobs/${layer.digest}`), { authorization: basic });
+    assert.equal(held.digest, layer.digest);
+    // The check finds a web page where the proxy's redirect leads, not the layer: the agent
+    // reads the content through the redirect, gets the sign-in page, and cuts the response
+    // when it fails the digest. Never a completed answer, never a byte of the layer.
+    for (const headers of [{}, { range: 'bytes=0-1023' }]) {
+      const asked = await getMaybeCut(
+        `${agent.url}/v2/corp/app/blobs/${layer.digest}?ns=${ssoHost}`,
+        headers,
+      );
+      const what = `${JSON.stringify(headers)}: ${asked.status}, ${asked.body.length} bytes`;
+      assert.ok(!asked.completed || ![200, 206].includes(asked.status), what);
+      assert.ok(asked.body.length < 1024, what);
+      assert.ok(!asked.body.includes(held.body.subarray(0, 16)), `${what}: no byte of the layer`);
+    }
   });
 
   it('serves what the backend holds, found through the redirect, from the node after', async () => {

@@ -37,6 +37,8 @@ export interface AuthzSubject {
   readonly digest: Digest;
   /** The client's Authorization header as it came, or undefined (anonymous). */
   readonly authorization: string | undefined;
+  /** The blob's size in bytes when the node knows it (held, or a download in flight has it). */
+  readonly size?: number;
 }
 
 export type AuthzDecision =

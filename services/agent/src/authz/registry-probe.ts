@@ -30,9 +30,9 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
  * redirect itself is (the authorizer then has the content read from the
  * registry, never from what the node holds). A 429 from the registry itself is the probe's
  * answer too (the authorizer takes it as the registry not answering); one from another origin
- * counts as the content not found there. A file server's sign-in page that honours ranges
- * passes the look for a blob: a registry behind such a login proxy is not one to mirror
- * (README, "What a credential proves").
+ * counts as the content not found there. A blob's 206 must give the blob's size when the node
+ * knows it and must not be a web page: a sign-in page served by a file server that honours
+ * ranges would pass otherwise.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
@@ -96,10 +96,7 @@ async function lookWhereItLeads(
   if (response.status === 429) {
     return readAnswer(response);
   }
-  const found = blob
-    ? response.status === 206 &&
-      /^bytes 0-0\/\d+$/.test(String(response.headers['content-range'] ?? ''))
-    : response.status === 200;
+  const found = blob ? isFirstByte(response, subject.size) : response.status === 200;
   if (!found) {
     // A 200 to a ranged GET may be the whole content (or a login page): not read.
     response.body.destroy();
@@ -116,6 +113,22 @@ async function lookWhereItLeads(
     return undefined;
   }
   return { status: 200, headers: response.headers, body: Buffer.alloc(0) };
+}
+
+/**
+ * Whether a ranged GET's answer is the first byte of the blob: a 206 of `bytes 0-0/<size>`,
+ * of the blob's own size when the node knows it, and not a web page (a sign-in page served by
+ * a file server that honours ranges answers a 206 too).
+ */
+function isFirstByte(response: UpstreamResponse, size: number | undefined): boolean {
+  const range = /^bytes 0-0\/(\d+)$/.exec(String(response.headers['content-range'] ?? ''));
+  const type = String(response.headers['content-type'] ?? '').toLowerCase();
+  return (
+    response.status === 206 &&
+    range !== null &&
+    (size === undefined || Number(range[1]) === size) &&
+    !type.startsWith('text/html')
+  );
 }
 
 /** The whole body, or undefined past `limit` bytes (the rest left unread). */

@@ -294,12 +294,17 @@ export class Mirror {
     if (authz === undefined || digest === undefined) {
       return 'allowed';
     }
+    const size =
+      target.kind === 'blob'
+        ? (this.#deps.store.sizeOf(digest) ?? this.#deps.downloads.running(digest)?.size)
+        : undefined;
     const decision = await authz.check({
       registry: req.registry,
       repository: target.name,
       kind: target.kind,
       digest,
       authorization: req.authorization,
+      ...(size === undefined ? {} : { size }),
     });
     if (decision.kind === 'allow') {
       return 'allowed';
