@@ -56,6 +56,16 @@ describe('the registry probe', () => {
         res.writeHead(200, { 'content-type': 'text/html' }).end('<html>sign in</html>');
         return;
       }
+      if (req.url === '/login-plain') {
+        // A sign-in page that is not HTML, from a file server that honours ranges.
+        if (req.headers.range === 'bytes=0-0') {
+          res.writeHead(206, { 'content-type': 'text/plain', 'content-range': 'bytes 0-0/7' });
+          res.end('s');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('sign in');
+        return;
+      }
       if (req.url?.startsWith('/storage/') === true) {
         res.writeHead(404).end();
         return;
@@ -63,6 +73,10 @@ describe('the registry probe', () => {
       if (req.url?.startsWith('/v2/sso/') === true) {
         // A login proxy: anyone it does not know goes to its sign-in page.
         res.writeHead(302, { location: '/login' }).end();
+        return;
+      }
+      if (req.url?.startsWith('/v2/sso-plain/') === true) {
+        res.writeHead(302, { location: '/login-plain' }).end();
         return;
       }
       if (req.url?.startsWith('/v2/public/') === true) {
@@ -117,7 +131,7 @@ describe('the registry probe', () => {
   it('follows a redirect and reads one byte where it leads: a yes when the content is there', async () => {
     const authz = authorizer();
     seen.length = 0;
-    const subject = blobSubject('team/app', LAYER, TOKEN);
+    const subject = { ...blobSubject('team/app', LAYER, TOKEN), size: 11 };
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
     const path = `/v2/team/app/blobs/${LAYER.toString()}`;
     assert.deepEqual(
@@ -194,11 +208,47 @@ describe('the registry probe', () => {
   it('takes content found where a redirect led, for an anonymous client too', async () => {
     const authz = authorizer();
     seen.length = 0;
-    const subject = blobSubject('public/app', LAYER, undefined);
+    const subject = { ...blobSubject('public/app', LAYER, undefined), size: 11 };
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
     const asked = seen.length;
     assert.deepEqual(await authz.check(subject), { kind: 'allow' });
     assert.equal(seen.length, asked, 'from the caches');
+    authz.close();
+  });
+
+  it('gives the size it found with a yes when the node knows none, and remembers nothing', async () => {
+    const authz = authorizer();
+    seen.length = 0;
+    const subject = blobSubject('team/app', LAYER, TOKEN);
+    // The mirror serves the content only if it is of that size.
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
+    assert.equal(seen.length, 6, 'asked each time: a size it could not check proves nothing yet');
+    authz.close();
+  });
+
+  it("does not open a repository to anyone on a sign-in page's first byte", async () => {
+    const authz = authorizer();
+    // An anonymous client names a digest the node knows nothing of (any digest will do): the
+    // proxy's sign-in page, plain text, honours the range.
+    const lure = await authz.check(blobSubject('sso-plain/app', OTHER, undefined));
+    assert.deepEqual(lure, { kind: 'allow', size: 7 }, "only with the page's own size");
+    // A layer of that repository the node knows from a manifest an authorized client pulled:
+    // not served to the anonymous client on the strength of the lure.
+    authz.learnManifest(
+      registry,
+      'sso-plain/app',
+      Buffer.from(JSON.stringify({ config: { digest: LAYER.toString() }, layers: [] })),
+    );
+    seen.length = 0;
+    const layer = await authz.check(blobSubject('sso-plain/app', LAYER, undefined));
+    assert.deepEqual(layer, { kind: 'allow', size: 7 }, 'asked again, and the size again');
+    assert.ok(seen.length > 0, 'the registry was asked');
+    assert.equal(
+      (await authz.check({ ...blobSubject('sso-plain/app', LAYER, undefined), size: 11 })).kind,
+      'upstream',
+      'and when the node knows the layer is of 11 bytes, the page is not it',
+    );
     authz.close();
   });
 

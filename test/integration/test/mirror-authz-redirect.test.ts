@@ -274,6 +274,19 @@ describe('a registry that redirects every request', () => {
       upstreamBefore,
       'found where the redirect leads: an allow, not upstream',
     );
+    // The first byte's size could not be checked then (the node held nothing of it): nothing
+    // was remembered. Asked again, the node holds the layer and checks the size against it.
+    frontAsked.length = 0;
+    const checked = await get(atFront(`blobs/${first.digest}`));
+    assert.equal(checked.digest, first.digest);
+    assert.deepEqual(
+      frontAsked,
+      [
+        `HEAD /v2/${FRONT_REPO}/blobs/${first.digest}`,
+        `GET /v2/${FRONT_REPO}/blobs/${first.digest}`,
+      ],
+      'its first byte looked for again, of the size the node holds',
+    );
     frontAsked.length = 0;
     const cached = await get(atFront(`blobs/${first.digest}`));
     assert.equal(cached.digest, first.digest);

@@ -9,6 +9,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { access, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -277,6 +279,59 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     );
     assert.deepEqual(await bytesBySource(other), { origin: 0, seed: 0, peer: 0 });
     assert.equal(await other.metric('shoal_agent_served_bytes_total'), 0, 'not one byte served');
+  });
+
+  it("does not take a login proxy's plain-text sign-in page for a layer its peers hold", async () => {
+    // A registry behind a login proxy: whoever it does not know goes to a sign-in page, plain
+    // text, served by a file server that honours ranges. Its first byte passes for a blob's;
+    // its size is the page's. A fresh node holds nothing, so it cannot check that size before
+    // it fetches: the swarm has the private layers, and it must not hand them on that page.
+    const page = Buffer.from('Sign in to continue.');
+    const sso: Server = createServer((req, res) => {
+      const url = req.url ?? '/';
+      if (url === '/v2/' || url === '/v2') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      } else if (url === '/login' && req.headers.range === 'bytes=0-0') {
+        res.writeHead(206, {
+          'content-type': 'text/plain',
+          'content-range': `bytes 0-0/${String(page.length)}`,
+          'content-length': 1,
+        });
+        res.end(page.subarray(0, 1));
+      } else if (url === '/login') {
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': page.length });
+        res.end(page);
+      } else {
+        res.writeHead(302, { location: '/login', 'content-length': 0 }).end();
+      }
+    });
+    await new Promise<void>((resolve) => sso.listen(0, '127.0.0.1', resolve));
+    teardown.add('sso', () => new Promise<void>((resolve) => sso.close(() => resolve())));
+    const ssoHost = `127.0.0.1:${String((sso.address() as AddressInfo).port)}`;
+    const lured = await startAgent({
+      registries: `${registry.host}=${registry.url},${ssoHost}=http://${ssoHost}`,
+      defaultRegistry: registry.host,
+      natsUrl: cluster.nats.url,
+      peerId: 'authz-lured',
+      env: { ...cluster.agentEnv, ...(await cluster.nats.clientEnv('authz-lured')) },
+    });
+    try {
+      for (const layer of image.layers) {
+        const asked = await streamDigest(
+          `${lured.url}/v2/corp/app/blobs/${layer.digest}?ns=${ssoHost}`,
+        );
+        const what = `${layer.digest}: ${asked.status}, ${asked.bytes} bytes`;
+        assert.notEqual(asked.digest, layer.digest, `${what}: not the layer`);
+        assert.ok(asked.bytes <= page.length, `${what}: at most the page`);
+      }
+      assert.equal(
+        await lured.metric('shoal_agent_authz_decisions_total', { result: 'size-mismatch' }),
+        image.layers.length,
+        "each layer found of another size than the page's first byte said",
+      );
+    } finally {
+      await lured.stop();
+    }
   });
 
   it('lets containerd with the right credentials pull through the swarm', async () => {

@@ -42,7 +42,16 @@ export interface AuthzSubject {
 }
 
 export type AuthzDecision =
-  | { readonly kind: 'allow' }
+  | {
+      readonly kind: 'allow';
+      /**
+       * Set when the yes rests on a first byte found where a registry's redirect led, of this
+       * blob size, and the node could not check that size then (it neither held the blob nor
+       * had a download of it): serve only content of this size, else serve it as the registry
+       * does (a sign-in page that honours ranges answers a first byte too, of its own size).
+       */
+      readonly size?: number;
+    }
   /** The registry refused this client: its own answer (a 401 challenge, 403, 404) goes back. */
   | { readonly kind: 'deny'; readonly answer: UpstreamAnswer }
   /**
@@ -62,8 +71,14 @@ export type AuthzDecision =
       readonly answer: UpstreamAnswer | undefined;
     };
 
+/**
+ * The registry's answer to a probe. `unprovenSize`: a 2xx that rests on a blob's first byte
+ * found where a redirect led, of this size, which the subject's own size could not check.
+ */
+export type ProbeAnswer = UpstreamAnswer & { readonly unprovenSize?: number };
+
 /** Asks the registry about `subject`; throws when it cannot be reached. */
-export type AuthzProbe = (subject: AuthzSubject, signal: AbortSignal) => Promise<UpstreamAnswer>;
+export type AuthzProbe = (subject: AuthzSubject, signal: AbortSignal) => Promise<ProbeAnswer>;
 
 export type UnreachablePolicy = 'deny' | 'allow-cached' | 'allow';
 
@@ -116,7 +131,7 @@ export class Authorizer {
   readonly #options: AuthorizerOptions;
   readonly #grants: TtlCache<Grant>;
   readonly #content: TtlCache<true>;
-  readonly #probes = new Map<string, Promise<UpstreamAnswer>>();
+  readonly #probes = new Map<string, Promise<ProbeAnswer>>();
   readonly #closing = new AbortController();
 
   constructor(options: AuthorizerOptions) {
@@ -215,13 +230,18 @@ export class Authorizer {
       probe = this.#options.probe(subject, signal).finally(() => this.#probes.delete(key));
       this.#probes.set(key, probe);
     }
-    let answer: UpstreamAnswer;
+    let answer: ProbeAnswer;
     try {
       answer = await probe;
     } catch (error) {
       return this.#unreachable(subject, describe(error), undefined);
     }
     const { status } = answer;
+    if (status >= 200 && status < 300 && answer.unprovenSize !== undefined) {
+      // Only as good as the size it showed, which the mirror checks against what it serves:
+      // nothing remembered (a sign-in page would otherwise open the repository to anyone).
+      return { kind: 'allow', size: answer.unprovenSize };
+    }
     if (status >= 200 && status < 300) {
       this.#grants.set(
         grantKey(registry, repository, fingerprint),

@@ -1,14 +1,9 @@
 /** The authorization check at the registry: a HEAD of the requested path, as the client. */
 import { digestOf } from '@shoal/proto';
-import {
-  readAnswer,
-  StorageRefusedError,
-  type UpstreamAnswer,
-  type UpstreamResponse,
-} from '@shoal/registry';
+import { readAnswer, StorageRefusedError, type UpstreamResponse } from '@shoal/registry';
 
 import type { RegistryRequests } from '../upstream/registry-requests.js';
-import type { AuthzProbe, AuthzSubject } from './authorizer.js';
+import type { AuthzProbe, AuthzSubject, ProbeAnswer } from './authorizer.js';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Largest manifest read to check a redirect leads to it, in bytes. */
@@ -30,9 +25,10 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
  * redirect itself is (the authorizer then has the content read from the
  * registry, never from what the node holds). A 429 from the registry itself is the probe's
  * answer too (the authorizer takes it as the registry not answering); one from another origin
- * counts as the content not found there. A blob's 206 must give the blob's size when the node
- * knows it and must not be a web page: a sign-in page served by a file server that honours
- * ranges would pass otherwise.
+ * counts as the content not found there. A blob's 206 must not be a web page and must give
+ * the blob's size when the node knows it; when it does not, the answer carries the size it
+ * gave (`unprovenSize`) for the mirror to check against the blob it would serve: a sign-in
+ * page served by a file server that honours ranges would pass otherwise.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
@@ -66,7 +62,7 @@ async function lookWhereItLeads(
   subject: AuthzSubject,
   path: string,
   signal: AbortSignal,
-): Promise<UpstreamAnswer | undefined> {
+): Promise<ProbeAnswer | undefined> {
   const blob = subject.kind === 'blob';
   let response: UpstreamResponse;
   try {
@@ -96,14 +92,19 @@ async function lookWhereItLeads(
   if (response.status === 429) {
     return readAnswer(response);
   }
-  const found = blob ? isFirstByte(response, subject.size) : response.status === 200;
-  if (!found) {
-    // A 200 to a ranged GET may be the whole content (or a login page): not read.
+  if (blob) {
+    const shown = firstByteSize(response, subject.size);
+    if (shown === undefined) {
+      // A 200 to a ranged GET may be the whole content (or a login page): not read.
+      response.body.destroy();
+      return undefined;
+    }
+    const answer = await readAnswer(response);
+    return subject.size === undefined ? { ...answer, unprovenSize: shown } : answer;
+  }
+  if (response.status !== 200) {
     response.body.destroy();
     return undefined;
-  }
-  if (blob) {
-    return readAnswer(response);
   }
   const manifest = await readUpTo(response, MAX_MANIFEST_BYTES);
   if (
@@ -116,19 +117,19 @@ async function lookWhereItLeads(
 }
 
 /**
- * Whether a ranged GET's answer is the first byte of the blob: a 206 of `bytes 0-0/<size>`,
- * of the blob's own size when the node knows it, and not a web page (a sign-in page served by
- * a file server that honours ranges answers a 206 too).
+ * The size of the object whose first byte a ranged GET's answer is, or undefined when it is
+ * not the first byte of the blob: it must be a 206 of `bytes 0-0/<size>`, of the blob's own
+ * size when the node knows it, and not a web page (a sign-in page served by a file server
+ * that honours ranges answers a 206 too).
  */
-function isFirstByte(response: UpstreamResponse, size: number | undefined): boolean {
+function firstByteSize(response: UpstreamResponse, size: number | undefined): number | undefined {
   const range = /^bytes 0-0\/(\d+)$/.exec(String(response.headers['content-range'] ?? ''));
   const type = String(response.headers['content-type'] ?? '').toLowerCase();
-  return (
-    response.status === 206 &&
-    range !== null &&
-    (size === undefined || Number(range[1]) === size) &&
-    !type.startsWith('text/html')
-  );
+  if (response.status !== 206 || range === null || type.startsWith('text/html')) {
+    return undefined;
+  }
+  const total = Number(range[1]);
+  return Number.isSafeInteger(total) && (size === undefined || total === size) ? total : undefined;
 }
 
 /** The whole body, or undefined past `limit` bytes (the rest left unread). */

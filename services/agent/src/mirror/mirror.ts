@@ -83,6 +83,15 @@ export interface MirrorDeps {
 }
 
 /** A client's cursor over a download, with the blob's size and the range it asked for. */
+/**
+ * The authorizer's verdict as the mirror acts on it. `size`: content may be served only when
+ * the blob is of this size (see `AuthzDecision`).
+ */
+type Verdict =
+  | { readonly kind: 'allowed'; readonly size?: number }
+  | { readonly kind: 'upstream' }
+  | { readonly kind: 'refused' };
+
 interface OpenedDownload {
   readonly cursor: ByteCursor;
   readonly size: number;
@@ -262,15 +271,15 @@ export class Mirror {
   async pull(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<void> {
     // Authorization before bytes: whatever holds the content, the registry decides who gets it.
     const verdict = await this.#authorized(target, req, reply);
-    if (verdict === 'refused') {
+    if (verdict.kind === 'refused') {
       return;
     }
     if (target.kind === 'manifest') {
-      return this.#manifest(target, req, reply, verdict === 'upstream');
+      return this.#manifest(target, req, reply, verdict.kind === 'upstream');
     }
-    return verdict === 'upstream'
+    return verdict.kind === 'upstream'
       ? this.#blobUpstream(target.name, target.digest, req, reply)
-      : this.#blob(target.name, target.digest, req, reply);
+      : this.#blob(target.name, target.digest, req, reply, verdict.size);
   }
 
   /**
@@ -279,11 +288,7 @@ export class Mirror {
    * may go to this client only as the registry serves it (see `AuthzDecision`). A tag needs no
    * check: it is resolved at the registry with the client's credentials.
    */
-  async #authorized(
-    target: PullTarget,
-    req: PullRequest,
-    reply: FastifyReply,
-  ): Promise<'allowed' | 'upstream' | 'refused'> {
+  async #authorized(target: PullTarget, req: PullRequest, reply: FastifyReply): Promise<Verdict> {
     const { authz } = this.#deps;
     const digest =
       target.kind === 'blob'
@@ -292,7 +297,7 @@ export class Mirror {
           ? target.reference.digest
           : undefined;
     if (authz === undefined || digest === undefined) {
-      return 'allowed';
+      return { kind: 'allowed' };
     }
     const size =
       target.kind === 'blob'
@@ -307,18 +312,20 @@ export class Mirror {
       ...(size === undefined ? {} : { size }),
     });
     if (decision.kind === 'allow') {
-      return 'allowed';
+      return decision.size === undefined
+        ? { kind: 'allowed' }
+        : { kind: 'allowed', size: decision.size };
     }
     if (decision.kind === 'upstream') {
-      return 'upstream';
+      return { kind: 'upstream' };
     }
     if (decision.kind === 'deny') {
       sendAnswer(reply, withErrorBody(decision.answer, target.kind));
-      return 'refused';
+      return { kind: 'refused' };
     }
     if (decision.answer !== undefined) {
       sendAnswer(reply, withErrorBody(decision.answer, target.kind));
-      return 'refused';
+      return { kind: 'refused' };
     }
     throw new MirrorError(
       'UNAVAILABLE',
@@ -415,9 +422,16 @@ export class Mirror {
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
 
-  async #blob(name: string, digest: Digest, req: PullRequest, reply: FastifyReply): Promise<void> {
+  /** `shownSize`: served from the node only when of this size (see `Verdict`). */
+  async #blob(
+    name: string,
+    digest: Digest,
+    req: PullRequest,
+    reply: FastifyReply,
+    shownSize: number | undefined,
+  ): Promise<void> {
     const { downloads, metrics } = this.#deps;
-    const cached = await this.#fromCache(name, digest, req, reply);
+    const cached = await this.#fromCache(name, digest, req, reply, shownSize);
     metrics.cacheHits.inc({ kind: 'blob', result: cached ? 'hit' : 'miss' });
     if (cached) {
       return;
@@ -468,7 +482,7 @@ export class Mirror {
     };
     let opened: OpenedDownload | undefined;
     try {
-      opened = await this.#openDownload(target, download, source, req, reply);
+      opened = await this.#openDownload(target, download, source, req, reply, shownSize);
     } finally {
       if (opened === undefined) {
         withdraw();
@@ -497,7 +511,8 @@ export class Mirror {
   /**
    * Waits for a download's size and opens this client's cursor over it; undefined once the
    * client has been answered otherwise (the origin's refusal of its own credential, the
-   * cache, an uncached pass-through).
+   * cache, an uncached pass-through, the registry's own answer when the blob is not of
+   * `shownSize`).
    */
   async #openDownload(
     target: BlobTarget,
@@ -505,6 +520,7 @@ export class Mirror {
     source: OriginSource,
     req: PullRequest,
     reply: FastifyReply,
+    shownSize: number | undefined,
   ): Promise<OpenedDownload | undefined> {
     const { digest, name } = target;
     let size: number;
@@ -540,6 +556,10 @@ export class Mirror {
       });
     }
     markSpan('blob size known');
+    if (shownSize !== undefined && size !== shownSize) {
+      await this.#notOfShownSize(name, digest, req, reply, size, shownSize);
+      return undefined;
+    }
     const range = parseRange(req.range, size);
     const cursor = download.openCursor(
       range?.start ?? 0,
@@ -547,7 +567,7 @@ export class Mirror {
     );
     if (cursor === undefined) {
       // It finished between our look at the cache and now: it is in the cache.
-      if (await this.#fromCache(name, digest, req, reply)) {
+      if (await this.#fromCache(name, digest, req, reply, shownSize)) {
         return undefined;
       }
       throw new MirrorError(
@@ -606,6 +626,27 @@ export class Mirror {
       req,
       reply,
     );
+  }
+
+  /**
+   * The blob the node would serve is not of the size the registry showed where its redirect
+   * led (see `Verdict`): what the registry showed was something else, so the client gets the
+   * blob only as the registry serves it.
+   */
+  async #notOfShownSize(
+    name: string,
+    digest: Digest,
+    req: PullRequest,
+    reply: FastifyReply,
+    size: number,
+    shownSize: number,
+  ): Promise<void> {
+    this.#deps.metrics.authzDecisions.inc({ result: 'size-mismatch', cache: 'miss' });
+    this.#deps.logger.info(
+      { registry: req.registry.host, repository: name, digest: digest.toString(), size, shownSize },
+      "content read from the registry: where its redirect led was an object of another size than the blob's",
+    );
+    await this.#blobUpstream(name, digest, req, reply);
   }
 
   /** Answers a blob HEAD with the registry's own answer to it. */
@@ -737,10 +778,16 @@ export class Mirror {
     digest: Digest,
     req: PullRequest,
     reply: FastifyReply,
+    shownSize: number | undefined,
   ): Promise<boolean> {
     const opened = await this.#deps.store.open(digest);
     if (opened === undefined) {
       return false;
+    }
+    if (shownSize !== undefined && opened.size !== shownSize) {
+      await opened.release();
+      await this.#notOfShownSize(name, digest, req, reply, opened.size, shownSize);
+      return true;
     }
     let range: ByteRange | undefined;
     try {
