@@ -41,6 +41,8 @@ export interface UpstreamResponse {
   readonly status: number;
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   readonly body: Readable;
+  /** True when the answer came from another URL than the one asked (a redirect followed). */
+  readonly redirected?: boolean;
 }
 
 /** Default User-Agent; registries log it, which is how tests tell Shoal's requests apart. */
@@ -141,7 +143,12 @@ export class UpstreamClient {
         url = next;
         continue;
       }
-      return { status: response.statusCode ?? 0, headers: response.headers, body: response };
+      return {
+        status: response.statusCode ?? 0,
+        headers: response.headers,
+        body: response,
+        redirected: url.href !== start.href,
+      };
     }
   }
 

@@ -274,23 +274,20 @@ describe('a registry that redirects every request', () => {
       upstreamBefore,
       'found where the redirect leads: an allow, not upstream',
     );
-    // The first byte's size could not be checked then (the node held nothing of it): nothing
-    // was remembered. Asked again, the node holds the layer and checks the size against it.
+    // A yes found through a redirect holds for the request it answered: asked again, the
+    // front is asked again (the node holds the layer now, and its size is checked); the layer
+    // comes from the node.
+    const whole = async (): Promise<number> =>
+      (await backend.blobGets(first.digest)).filter((r) => r.written === first.size).length;
+    const fetched = await whole();
     frontAsked.length = 0;
-    const checked = await get(atFront(`blobs/${first.digest}`));
-    assert.equal(checked.digest, first.digest);
-    assert.deepEqual(
-      frontAsked,
-      [
-        `HEAD /v2/${FRONT_REPO}/blobs/${first.digest}`,
-        `GET /v2/${FRONT_REPO}/blobs/${first.digest}`,
-      ],
-      'its first byte looked for again, of the size the node holds',
+    const askedAgain = await get(atFront(`blobs/${first.digest}`));
+    assert.equal(askedAgain.digest, first.digest);
+    assert.ok(
+      frontAsked.includes(`HEAD /v2/${FRONT_REPO}/blobs/${first.digest}`),
+      `asked again: ${frontAsked.join(', ')}`,
     );
-    frontAsked.length = 0;
-    const cached = await get(atFront(`blobs/${first.digest}`));
-    assert.equal(cached.digest, first.digest);
-    assert.deepEqual(frontAsked, [], 'then served from the node without asking the front');
+    assert.equal(await whole(), fetched, 'the layer served from the node, not read again');
 
     const manifest = publicImage.manifest;
     const byDigest = await get(atFront(`manifests/${manifest.digest}`), {

@@ -281,12 +281,14 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     assert.equal(await other.metric('shoal_agent_served_bytes_total'), 0, 'not one byte served');
   });
 
-  it("does not take a login proxy's plain-text sign-in page for a layer its peers hold", async () => {
-    // A registry behind a login proxy: whoever it does not know goes to a sign-in page, plain
-    // text, served by a file server that honours ranges. Its first byte passes for a blob's;
-    // its size is the page's. A fresh node holds nothing, so it cannot check that size before
-    // it fetches: the swarm has the private layers, and it must not hand them on that page.
+  it('does not take something else behind a redirect for a layer its peers hold', async () => {
+    // A registry whose redirects for these layers lead to another object, plain text, served
+    // by a file server that honours ranges (and to nothing for other digests, so it does not
+    // look like a page shown for anything): its first byte passes for a blob's, its size is
+    // its own. A fresh node holds nothing, so it cannot check that size before it fetches:
+    // the swarm has the private layers, and it must not hand them on that object.
     const page = Buffer.from('Sign in to continue.');
+    const layerPaths = new Set(image.layers.map((l) => `/v2/corp/app/blobs/${l.digest}`));
     const sso: Server = createServer((req, res) => {
       const url = req.url ?? '/';
       if (url === '/v2/' || url === '/v2') {
@@ -301,8 +303,10 @@ describe('authorization before bytes, with a private registry and a swarm', () =
       } else if (url === '/login') {
         res.writeHead(200, { 'content-type': 'text/plain', 'content-length': page.length });
         res.end(page);
-      } else {
+      } else if (layerPaths.has(url)) {
         res.writeHead(302, { location: '/login', 'content-length': 0 }).end();
+      } else {
+        res.writeHead(404, { 'content-length': 0 }).end();
       }
     });
     await new Promise<void>((resolve) => sso.listen(0, '127.0.0.1', resolve));
@@ -327,7 +331,7 @@ describe('authorization before bytes, with a private registry and a swarm', () =
       assert.equal(
         await lured.metric('shoal_agent_authz_decisions_total', { result: 'size-mismatch' }),
         image.layers.length,
-        "each layer found of another size than the page's first byte said",
+        "each layer found of another size than the object's first byte said",
       );
     } finally {
       await lured.stop();

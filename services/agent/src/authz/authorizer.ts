@@ -45,10 +45,9 @@ export type AuthzDecision =
   | {
       readonly kind: 'allow';
       /**
-       * Set when the yes rests on a first byte found where a registry's redirect led, of this
-       * blob size, and the node could not check that size then (it neither held the blob nor
-       * had a download of it): serve only content of this size, else serve it as the registry
-       * does (a sign-in page that honours ranges answers a first byte too, of its own size).
+       * Set when the yes rests on a first byte found where a registry's redirect led, of an
+       * object of this size: serve only a blob of this size, else serve it as the registry
+       * does (a page that passed for the blob has its own size).
        */
       readonly size?: number;
     }
@@ -72,10 +71,11 @@ export type AuthzDecision =
     };
 
 /**
- * The registry's answer to a probe. `unprovenSize`: a 2xx that rests on a blob's first byte
- * found where a redirect led, of this size, which the subject's own size could not check.
+ * The registry's answer to a probe. `shownSize`: a 2xx that rests on a blob's first byte found
+ * where a redirect led, of an object of this size: a yes for this request only, for a blob of
+ * this size.
  */
-export type ProbeAnswer = UpstreamAnswer & { readonly unprovenSize?: number };
+export type ProbeAnswer = UpstreamAnswer & { readonly shownSize?: number };
 
 /** Asks the registry about `subject`; throws when it cannot be reached. */
 export type AuthzProbe = (subject: AuthzSubject, signal: AbortSignal) => Promise<ProbeAnswer>;
@@ -237,10 +237,11 @@ export class Authorizer {
       return this.#unreachable(subject, describe(error), undefined);
     }
     const { status } = answer;
-    if (status >= 200 && status < 300 && answer.unprovenSize !== undefined) {
-      // Only as good as the size it showed, which the mirror checks against what it serves:
-      // nothing remembered (a sign-in page would otherwise open the repository to anyone).
-      return { kind: 'allow', size: answer.unprovenSize };
+    if (status >= 200 && status < 300 && answer.shownSize !== undefined) {
+      // Only as good as what it showed where a redirect led, which the mirror checks against
+      // the blob it serves: nothing remembered, lest a page that passed for a blob open the
+      // repository to anyone.
+      return { kind: 'allow', size: answer.shownSize };
     }
     if (status >= 200 && status < 300) {
       this.#grants.set(

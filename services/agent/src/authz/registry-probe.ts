@@ -1,9 +1,16 @@
 /** The authorization check at the registry: a HEAD of the requested path, as the client. */
-import { digestOf } from '@shoal/proto';
-import { readAnswer, StorageRefusedError, type UpstreamResponse } from '@shoal/registry';
+import { randomBytes } from 'node:crypto';
+
+import { digestOf, parseDigest } from '@shoal/proto';
+import {
+  readAnswer,
+  StorageRefusedError,
+  type UpstreamAnswer,
+  type UpstreamResponse,
+} from '@shoal/registry';
 
 import type { RegistryRequests } from '../upstream/registry-requests.js';
-import type { AuthzProbe, AuthzSubject, ProbeAnswer } from './authorizer.js';
+import type { AuthzProbe, AuthzSubject } from './authorizer.js';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Largest manifest read to check a redirect leads to it, in bytes. */
@@ -16,53 +23,97 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
  *
  * A redirect says less: registries send authorized requests to their storage that way after
  * checking the content is there, but some redirect every request whatever they hold
- * (registry.k8s.io, to a backend that checks), and a login proxy redirects anyone to a page
- * that answers 200. So the content is then looked for where the redirect leads, redirects
- * followed as for a pull, the credentials never carried to another origin: for a blob its
- * first byte (a GET with `Range: bytes=0-0`, as storage URLs are often signed for GET only),
- * which must come as a 206 of `bytes 0-0/<size>`; for a manifest the manifest itself, which
- * must match its digest. That answer is the probe's; when the content is not found there, the
- * redirect itself is (the authorizer then has the content read from the
- * registry, never from what the node holds). A 429 from the registry itself is the probe's
- * answer too (the authorizer takes it as the registry not answering); one from another origin
- * counts as the content not found there. A blob's 206 must not be a web page and must give
- * the blob's size when the node knows it; when it does not, the answer carries the size it
- * gave (`unprovenSize`) for the mirror to check against the blob it would serve: a sign-in
- * page served by a file server that honours ranges would pass otherwise.
+ * (registry.k8s.io, to a backend that checks), and a login proxy redirects anyone to a page that
+ * answers 200. So the content is then looked for where the redirect leads, redirects followed
+ * as for a pull, the credentials never carried to another origin:
+ * - a manifest must be there and match its digest;
+ * - a blob's first byte must be there (a GET with `Range: bytes=0-0`, as storage URLs are
+ *   often signed for GET only): a 206 of `bytes 0-0/<size>`, not a web page, of the blob's
+ *   size when the node knows it; and the same look for a digest nothing holds must find
+ *   nothing, or where the redirects lead answers whatever is asked (a sign-in page served by a
+ *   file server that honours ranges). Even then the yes is the size shown (`shownSize`): it
+ *   holds for the request, for a blob of that size, and is not remembered.
+ * That answer is the probe's; when the content is not found there, the redirect itself is
+ * (the authorizer then has the content read from the registry, never from what the node
+ * holds). A 429 from the registry itself is the probe's answer too (the authorizer takes it
+ * as the registry not answering); one from another origin counts as the content not found.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
-    const path = probePath(subject);
-    const response = await requests.send({
-      registry: subject.registry,
-      method: 'HEAD',
-      kind: subject.kind,
-      path,
-      headers: {
+    const first = await probeOnce(requests, subject, signal);
+    if (first.shownSize === undefined) {
+      return first.answer;
+    }
+    // Found through a redirect: the control, a digest nothing holds, in the same repository,
+    // looked for whatever its size.
+    const control = await probeOnce(
+      requests,
+      {
+        registry: subject.registry,
+        repository: subject.repository,
+        kind: subject.kind,
+        digest: parseDigest(`sha256:${randomBytes(32).toString('hex')}`),
         authorization: subject.authorization,
-        ...(subject.kind === 'manifest' ? { accept: MANIFEST_TYPES } : {}),
       },
       signal,
-      redirects: 'manual',
-    });
-    const answer = await readAnswer(response);
-    if (!REDIRECTS.has(answer.status)) {
-      return answer;
+    );
+    if (control.answer.status === 429) {
+      return control.answer;
     }
-    return (await lookWhereItLeads(requests, subject, path, signal)) ?? answer;
+    if (control.answer.status >= 200 && control.answer.status < 300) {
+      // It answers for anything: what it showed says nothing of this blob.
+      return first.redirect ?? first.answer;
+    }
+    return { ...first.answer, shownSize: first.shownSize };
   };
 }
 
 /**
- * The content looked for through the registry's redirects: a 2xx (or 429) answer, or
- * undefined when it is not there. Throws when that cannot be told (no answer in time).
+ * The registry's answer to one HEAD, the content looked for where a redirect leads; and for a
+ * blob found there, the size shown and the redirect that led there.
+ */
+async function probeOnce(
+  requests: RegistryRequests,
+  subject: AuthzSubject,
+  signal: AbortSignal,
+): Promise<{ answer: UpstreamAnswer; shownSize?: number; redirect?: UpstreamAnswer }> {
+  const path = probePath(subject);
+  const response = await requests.send({
+    registry: subject.registry,
+    method: 'HEAD',
+    kind: subject.kind,
+    path,
+    headers: {
+      authorization: subject.authorization,
+      ...(subject.kind === 'manifest' ? { accept: MANIFEST_TYPES } : {}),
+    },
+    signal,
+    redirects: 'manual',
+  });
+  const redirect = await readAnswer(response);
+  if (!REDIRECTS.has(redirect.status)) {
+    return { answer: redirect };
+  }
+  const found = await lookWhereItLeads(requests, subject, path, signal);
+  if (found === undefined) {
+    return { answer: redirect };
+  }
+  return found.shownSize === undefined
+    ? { answer: found.answer }
+    : { answer: found.answer, shownSize: found.shownSize, redirect };
+}
+
+/**
+ * The content looked for through the registry's redirects: a 2xx (or 429) answer, with the
+ * size shown for a blob's first byte; or undefined when it is not there. Throws when that
+ * cannot be told (no answer in time).
  */
 async function lookWhereItLeads(
   requests: RegistryRequests,
   subject: AuthzSubject,
   path: string,
   signal: AbortSignal,
-): Promise<ProbeAnswer | undefined> {
+): Promise<{ answer: UpstreamAnswer; shownSize?: number } | undefined> {
   const blob = subject.kind === 'blob';
   let response: UpstreamResponse;
   try {
@@ -90,7 +141,7 @@ async function lookWhereItLeads(
     throw error;
   }
   if (response.status === 429) {
-    return readAnswer(response);
+    return { answer: await readAnswer(response) };
   }
   if (blob) {
     const shown = firstByteSize(response, subject.size);
@@ -99,8 +150,7 @@ async function lookWhereItLeads(
       response.body.destroy();
       return undefined;
     }
-    const answer = await readAnswer(response);
-    return subject.size === undefined ? { ...answer, unprovenSize: shown } : answer;
+    return { answer: await readAnswer(response), shownSize: shown };
   }
   if (response.status !== 200) {
     response.body.destroy();
@@ -113,7 +163,7 @@ async function lookWhereItLeads(
   ) {
     return undefined;
   }
-  return { status: 200, headers: response.headers, body: Buffer.alloc(0) };
+  return { answer: { status: 200, headers: response.headers, body: Buffer.alloc(0) } };
 }
 
 /**

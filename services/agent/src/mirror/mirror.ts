@@ -82,7 +82,6 @@ export interface MirrorDeps {
   readonly disk?: DiskHeadroom;
 }
 
-/** A client's cursor over a download, with the blob's size and the range it asked for. */
 /**
  * The authorizer's verdict as the mirror acts on it. `size`: content may be served only when
  * the blob is of this size (see `AuthzDecision`).
@@ -92,6 +91,7 @@ type Verdict =
   | { readonly kind: 'upstream' }
   | { readonly kind: 'refused' };
 
+/** A client's cursor over a download, with the blob's size and the range it asked for. */
 interface OpenedDownload {
   readonly cursor: ByteCursor;
   readonly size: number;
@@ -362,7 +362,10 @@ export class Mirror {
       headers: { accept: req.accept, authorization: req.authorization },
       signal: req.signal,
     });
-    if (response.status === 200 && reference.kind === 'tag') {
+    // The registry's own answer, not one from where it redirected the request: a login proxy
+    // sends anyone to a sign-in page that answers 200.
+    const ownAnswer = response.redirected !== true;
+    if (response.status === 200 && reference.kind === 'tag' && ownAnswer) {
       // The registry just served this client the repository's manifest: remember it.
       this.#deps.authz?.learnAllowed(
         req.registry,
@@ -418,7 +421,14 @@ export class Mirror {
         'cache disk is full: the manifest is served uncached',
       );
     }
-    this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
+    if (ownAnswer || expected !== undefined) {
+      // A redirected answer vouches for nothing unless it matched a digest: the one asked
+      // for, or the one the answer announced.
+      if (!ownAnswer && reference.kind === 'tag') {
+        this.#deps.authz?.learnAllowed(req.registry, target.name, req.authorization, expected);
+      }
+      this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
+    }
     sendManifest(reply, 'GET', bytes, mediaType, actual);
   }
 
