@@ -14,6 +14,8 @@ import { RegistryRequests } from '../src/upstream/registry-requests.js';
 
 const LAYER = digestOf(Buffer.from('probe layer'));
 const OTHER = digestOf(Buffer.from('a layer the registry does not hold'));
+const MANIFEST_BYTES = Buffer.from(JSON.stringify({ schemaVersion: 2, layers: [] }));
+const MANIFEST = digestOf(MANIFEST_BYTES);
 const TOKEN = 'Bearer good';
 const TIMEOUTS = { connectMs: 2000, headersMs: 2000, idleMs: 2000 };
 
@@ -75,6 +77,38 @@ describe('the registry probe', () => {
         res.writeHead(302, { location: '/login' }).end();
         return;
       }
+      if (req.url?.startsWith('/v2/registry/') === true) {
+        // A registry answering in place, naming the digest, for what it holds.
+        const held = [LAYER, MANIFEST].map((d) => d.toString()).find((d) => req.url?.endsWith(d));
+        if (held === undefined) {
+          res.writeHead(404).end();
+          return;
+        }
+        const manifest = held === MANIFEST.toString();
+        res.writeHead(200, {
+          'docker-content-digest': held,
+          'content-length': manifest ? MANIFEST_BYTES.length : 11,
+        });
+        res.end(req.method === 'GET' && manifest ? MANIFEST_BYTES : undefined);
+        return;
+      }
+      if (req.url?.startsWith('/v2/nodigest/') === true) {
+        // A registry answering in place without naming the digest, for what it holds.
+        const manifest = req.url.endsWith(MANIFEST.toString());
+        if (!manifest && !req.url.endsWith(LAYER.toString())) {
+          res.writeHead(404).end();
+          return;
+        }
+        res.writeHead(200, { 'content-length': manifest ? MANIFEST_BYTES.length : 11 });
+        res.end(req.method === 'GET' && manifest ? MANIFEST_BYTES : undefined);
+        return;
+      }
+      if (req.url?.startsWith('/v2/inplace/') === true) {
+        // A login proxy answering anyone in place with its sign-in page, plain text.
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 7 });
+        res.end(req.method === 'GET' ? 'sign in' : undefined);
+        return;
+      }
       if (req.url?.startsWith('/v2/sso-plain/') === true) {
         res.writeHead(302, { location: '/login-plain' }).end();
         return;
@@ -134,7 +168,7 @@ describe('the registry probe', () => {
     const authz = authorizer();
     seen.length = 0;
     const subject = { ...blobSubject('team/app', LAYER, TOKEN), size: 11 };
-    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', once: { size: 11 } });
     const path = `/v2/team/app/blobs/${LAYER.toString()}`;
     const asked = seen.map((r) => `${r.method} ${r.url} ${r.headers.range ?? ''}`.trim());
     assert.deepEqual(
@@ -151,7 +185,7 @@ describe('the registry probe', () => {
     assert.ok(asked.includes('GET /storage/nothing bytes=0-0'), asked.join(', '));
     // Not remembered: a yes through a redirect holds for the request it answered.
     const before = seen.length;
-    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', once: { size: 11 } });
     assert.ok(seen.length > before, 'asked again');
 
     const refused = await authz.check({ ...subject, authorization: undefined });
@@ -210,7 +244,7 @@ describe('the registry probe', () => {
     );
     assert.deepEqual(await authz.check({ ...blobSubject('team/app', LAYER, TOKEN), size: 11 }), {
       kind: 'allow',
-      size: 11,
+      once: { size: 11 },
     });
     authz.close();
   });
@@ -219,8 +253,8 @@ describe('the registry probe', () => {
     const authz = authorizer();
     // The mirror serves the content only if it is of that size.
     const subject = blobSubject('public/app', LAYER, undefined);
-    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
-    assert.deepEqual(await authz.check(subject), { kind: 'allow', size: 11 });
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', once: { size: 11 } });
+    assert.deepEqual(await authz.check(subject), { kind: 'allow', once: { size: 11 } });
     authz.close();
   });
 
@@ -245,6 +279,54 @@ describe('the registry probe', () => {
       'upstream',
     );
     assert.ok(seen.length > 0, 'the registry was asked');
+    authz.close();
+  });
+
+  it("remembers a yes in place that names the digest: the registry's word", async () => {
+    const authz = authorizer();
+    for (const [kind, digest] of [
+      ['blob', LAYER],
+      ['manifest', MANIFEST],
+    ] as const) {
+      const subject = { ...blobSubject('registry/app', digest, undefined), kind };
+      assert.deepEqual(await authz.check(subject), { kind: 'allow' }, kind);
+      seen.length = 0;
+      assert.deepEqual(await authz.check(subject), { kind: 'allow' }, kind);
+      assert.equal(seen.length, 0, `${kind}: from the caches`);
+    }
+    authz.close();
+  });
+
+  it('takes a yes in place that does not name the digest for this request only', async () => {
+    const authz = authorizer();
+    // A blob: as good as its length, once the same look for a digest nothing holds found
+    // nothing.
+    const blob = blobSubject('nodigest/app', LAYER, undefined);
+    assert.deepEqual(await authz.check(blob), { kind: 'allow', once: { size: 11 } });
+    assert.equal((await authz.check({ ...blob, size: 12 })).kind, 'upstream', 'another size');
+    // A manifest: read, and it matches its digest; from the registry itself, so remembered.
+    seen.length = 0;
+    const manifest = { ...blob, kind: 'manifest' as const, digest: MANIFEST };
+    assert.deepEqual(await authz.check(manifest), { kind: 'allow' });
+    assert.deepEqual(
+      seen.map((r) => r.method),
+      ['HEAD', 'GET'],
+      'the manifest read once',
+    );
+    authz.close();
+  });
+
+  it('takes a sign-in page answering in place for no content', async () => {
+    const authz = authorizer();
+    for (const subject of [
+      blobSubject('inplace/app', LAYER, undefined),
+      { ...blobSubject('inplace/app', LAYER, undefined), size: 7 },
+      { ...blobSubject('inplace/app', MANIFEST, undefined), kind: 'manifest' as const },
+    ]) {
+      const decision = await authz.check(subject);
+      assert.equal(decision.kind, 'upstream', JSON.stringify({ ...subject, registry: '' }));
+      assert.equal(decision.answer.status, 200, 'the page');
+    }
     authz.close();
   });
 

@@ -45,19 +45,20 @@ export type AuthzDecision =
   | {
       readonly kind: 'allow';
       /**
-       * Set when the yes rests on a first byte found where a registry's redirect led, of an
-       * object of this size: serve only a blob of this size, else serve it as the registry
-       * does (a page that passed for the blob has its own size).
+       * Set when the yes rests on content shown where the registry's answer led, not on the
+       * registry's word: it holds for this request only (the manifest served vouches for
+       * nothing), and with `size` for a blob of that size only, else the blob is served as the
+       * registry serves it (a page that passed for the blob has its own size).
        */
-      readonly size?: number;
+      readonly once?: { readonly size?: number };
     }
   /** The registry refused this client: its own answer (a 401 challenge, 403, 404) goes back. */
   | { readonly kind: 'deny'; readonly answer: UpstreamAnswer }
   /**
-   * The registry answered with a redirect, and the content could not be read where it leads:
-   * nothing says this client may have it, nor that the repository holds it. Serve it as the
-   * registry serves it, through the redirect, and not from the node's cache, a download,
-   * peers or the seed server.
+   * The registry answered with a redirect, and the content could not be read where it leads,
+   * or what answered answers whatever is asked (a sign-in page): nothing says this client may
+   * have it, nor that the repository holds it. Serve it as the registry serves it, and not
+   * from the node's cache, a download, peers or the seed server.
    */
   | { readonly kind: 'upstream'; readonly answer: UpstreamAnswer }
   /**
@@ -71,11 +72,16 @@ export type AuthzDecision =
     };
 
 /**
- * The registry's answer to a probe. `shownSize`: a 2xx that rests on a blob's first byte found
- * where a redirect led, of an object of this size: a yes for this request only, for a blob of
- * this size.
+ * The registry's answer to a probe, with how far a 2xx proves the content is there (see
+ * `registryProbe`): `once`, content shown where the registry's answer led, or in place without
+ * the registry naming it: a yes for this request only, for a blob of `size` when set;
+ * `anything`, what answered answers whatever is asked (a sign-in page): read the content from
+ * the registry.
  */
-export type ProbeAnswer = UpstreamAnswer & { readonly shownSize?: number };
+export type ProbeAnswer = UpstreamAnswer & {
+  readonly once?: { readonly size?: number };
+  readonly anything?: true;
+};
 
 /** Asks the registry about `subject`; throws when it cannot be reached. */
 export type AuthzProbe = (subject: AuthzSubject, signal: AbortSignal) => Promise<ProbeAnswer>;
@@ -237,11 +243,14 @@ export class Authorizer {
       return this.#unreachable(subject, describe(error), undefined);
     }
     const { status } = answer;
-    if (status >= 200 && status < 300 && answer.shownSize !== undefined) {
-      // Only as good as what it showed where a redirect led, which the mirror checks against
-      // the blob it serves: nothing remembered, lest a page that passed for a blob open the
-      // repository to anyone.
-      return { kind: 'allow', size: answer.shownSize };
+    if (answer.anything === true) {
+      return { kind: 'upstream', answer };
+    }
+    if (status >= 200 && status < 300 && answer.once !== undefined) {
+      // Only as good as what it showed, which the mirror checks against the blob it serves:
+      // nothing remembered, lest a page that passed for the content, or another registry
+      // where the redirect led, open the repository to anyone.
+      return { kind: 'allow', once: answer.once };
     }
     if (status >= 200 && status < 300) {
       this.#grants.set(

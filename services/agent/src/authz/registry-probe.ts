@@ -1,7 +1,7 @@
 /** The authorization check at the registry: a HEAD of the requested path, as the client. */
 import { randomBytes } from 'node:crypto';
 
-import { digestOf, parseDigest } from '@shoal/proto';
+import { digestOf, parseDigest, type Digest } from '@shoal/proto';
 import {
   readAnswer,
   StorageRefusedError,
@@ -10,7 +10,7 @@ import {
 } from '@shoal/registry';
 
 import type { RegistryRequests } from '../upstream/registry-requests.js';
-import type { AuthzProbe, AuthzSubject } from './authorizer.js';
+import type { AuthzProbe, AuthzSubject, ProbeAnswer } from './authorizer.js';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Largest manifest read to check a redirect leads to it, in bytes. */
@@ -18,34 +18,37 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 /**
  * A probe that HEADs `/v2/<repository>/{blobs,manifests}/<digest>` at the registry with the
- * client's own Authorization header: a 2xx means the registry would serve this client this
- * content. A HEAD moves no content and is not counted against pull rate limits.
+ * client's own Authorization header. A HEAD moves no content and is not counted against pull
+ * rate limits.
  *
- * A redirect says less: registries send authorized requests to their storage that way after
- * checking the content is there, but some redirect every request whatever they hold
- * (registry.k8s.io, to a backend that checks), and a login proxy redirects anyone to a page that
- * answers 200. So the content is then looked for where the redirect leads, redirects followed
- * as for a pull, the credentials never carried to another origin:
- * - a manifest must be there and match its digest;
- * - a blob's first byte must be there (a GET with `Range: bytes=0-0`, as storage URLs are
- *   often signed for GET only): a 206 of `bytes 0-0/<size>`, not a web page, of the blob's
- *   size when the node knows it; and the same look for a digest nothing holds must find
- *   nothing, or where the redirects lead answers whatever is asked (a sign-in page served by a
- *   file server that honours ranges). Even then the yes is the size shown (`shownSize`): it
- *   holds for the request, for a blob of that size, and is not remembered.
- * That answer is the probe's; when the content is not found there, the redirect itself is
- * (the authorizer then has the content read from the registry, never from what the node
- * holds). A 429 from the registry itself is the probe's answer too (the authorizer takes it
- * as the registry not answering); one from another origin counts as the content not found.
+ * A 2xx that names the digest asked for (`Docker-Content-Digest`, which registries send) is the
+ * registry's word that it would serve this client this content. Anything less proves less: a
+ * login proxy answers anyone with its sign-in page, in place (200) or by a redirect to it, and
+ * some registries redirect every request whatever they hold (registry.k8s.io, to a backend
+ * that checks). So:
+ * - a redirect is followed, as for a pull (the credentials never carried to another origin),
+ *   and the content looked for where it leads;
+ * - a manifest, where the redirect leads or in place, must be there and match its digest;
+ * - a blob's first byte must be there (a GET with `Range: bytes=0-0`, as storage URLs are often
+ *   signed for GET only): a 206 of `bytes 0-0/<size>`, not a web page, of the blob's size when
+ *   the node knows it; in place, a 2xx that is not a web page, of that size if it says one;
+ *   and the same look for a digest nothing holds must find nothing, or what answers, answers
+ *   whatever is asked (`anything`: the authorizer has the content read from the registry).
+ * Such a yes holds for the request it answered (`once`), for a blob of the size shown, and is
+ * not remembered: the registry did not say it. Content not found is the redirect's or the
+ * registry's own answer (a redirect: the authorizer has the content read from the registry,
+ * never from what the node holds). A 429 from the registry itself is the probe's answer too
+ * (the authorizer takes it as the registry not answering); one from another origin counts as
+ * the content not found.
  */
 export function registryProbe(requests: RegistryRequests): AuthzProbe {
   return async (subject, signal) => {
     const first = await probeOnce(requests, subject, signal);
-    if (first.shownSize === undefined) {
-      return first.answer;
+    if (first.once?.size === undefined) {
+      return first;
     }
-    // Found through a redirect: the control, a digest nothing holds, in the same repository,
-    // looked for whatever its size.
+    // A blob shown, but not named by the registry: the control, a digest nothing holds, in
+    // the same repository, looked for whatever its size.
     const control = await probeOnce(
       requests,
       {
@@ -57,26 +60,29 @@ export function registryProbe(requests: RegistryRequests): AuthzProbe {
       },
       signal,
     );
-    if (control.answer.status === 429) {
-      return control.answer;
+    if (control.status === 429) {
+      return control;
     }
-    if (control.answer.status >= 200 && control.answer.status < 300) {
+    if (control.status >= 200 && control.status < 300) {
       // It answers for anything: what it showed says nothing of this blob.
-      return first.redirect ?? first.answer;
+      return { ...(first.redirect ?? first), anything: true };
     }
-    return { ...first.answer, shownSize: first.shownSize };
+    return first;
   };
 }
 
-/**
- * The registry's answer to one HEAD, the content looked for where a redirect leads; and for a
- * blob found there, the size shown and the redirect that led there.
- */
+/** One look at the registry: its answer, and how far it proves the content is there. */
+type Look = ProbeAnswer & {
+  /** The redirect that led to content shown (`once`). */
+  readonly redirect?: UpstreamAnswer;
+};
+
+/** The registry's answer to one HEAD, the content looked for as its answer says (see above). */
 async function probeOnce(
   requests: RegistryRequests,
   subject: AuthzSubject,
   signal: AbortSignal,
-): Promise<{ answer: UpstreamAnswer; shownSize?: number; redirect?: UpstreamAnswer }> {
+): Promise<Look> {
   const path = probePath(subject);
   const response = await requests.send({
     registry: subject.registry,
@@ -90,30 +96,61 @@ async function probeOnce(
     signal,
     redirects: 'manual',
   });
-  const redirect = await readAnswer(response);
-  if (!REDIRECTS.has(redirect.status)) {
-    return { answer: redirect };
+  const answer = await readAnswer(response);
+  const ok = answer.status >= 200 && answer.status < 300;
+  if (ok && namesDigest(answer, subject.digest)) {
+    return answer;
   }
-  const found = await lookWhereItLeads(requests, subject, path, signal);
+  if (!ok && !REDIRECTS.has(answer.status)) {
+    return answer;
+  }
+  if (ok && subject.kind === 'blob') {
+    // A yes in place that does not name the blob: as good as the size it shows.
+    const size = shownLength(answer, subject.size);
+    return size === undefined ? { ...answer, anything: true } : { ...answer, once: { size } };
+  }
+  const found = await lookFor(requests, subject, path, signal);
   if (found === undefined) {
-    return { answer: redirect };
+    // Not there: a redirect stays the answer (the content is read from the registry); a yes
+    // in place that was not the manifest is a page answering for anything.
+    return ok ? { ...answer, anything: true } : answer;
   }
-  return found.shownSize === undefined
-    ? { answer: found.answer }
-    : { answer: found.answer, shownSize: found.shownSize, redirect };
+  return REDIRECTS.has(answer.status) && found.once !== undefined
+    ? { ...found, redirect: answer }
+    : found;
+}
+
+/** Whether a 2xx answer names `digest` in its `Docker-Content-Digest`. */
+function namesDigest(answer: UpstreamAnswer, digest: Digest): boolean {
+  const named = answer.headers['docker-content-digest'];
+  return typeof named === 'string' && named.trim() === digest.toString();
 }
 
 /**
- * The content looked for through the registry's redirects: a 2xx (or 429) answer, with the
- * size shown for a blob's first byte; or undefined when it is not there. Throws when that
- * cannot be told (no answer in time).
+ * The blob size a 2xx HEAD in place shows: its Content-Length, when it is not a web page and
+ * is of the blob's size when the node knows it; else undefined.
  */
-async function lookWhereItLeads(
+function shownLength(answer: UpstreamAnswer, size: number | undefined): number | undefined {
+  const type = String(answer.headers['content-type'] ?? '').toLowerCase();
+  const length = Number(answer.headers['content-length'] ?? Number.NaN);
+  if (type.startsWith('text/html') || !Number.isSafeInteger(length) || length < 0) {
+    return undefined;
+  }
+  return size === undefined || length === size ? length : undefined;
+}
+
+/**
+ * The content looked for by a GET as the client, redirects followed: a 429 answer; a manifest
+ * that matches its digest (a yes; `once` when it came from elsewhere than the registry); a
+ * blob's first byte (`once`, with the size shown); or undefined when it is not there. Throws
+ * when that cannot be told (no answer in time).
+ */
+async function lookFor(
   requests: RegistryRequests,
   subject: AuthzSubject,
   path: string,
   signal: AbortSignal,
-): Promise<{ answer: UpstreamAnswer; shownSize?: number } | undefined> {
+): Promise<ProbeAnswer | undefined> {
   const blob = subject.kind === 'blob';
   let response: UpstreamResponse;
   try {
@@ -141,7 +178,7 @@ async function lookWhereItLeads(
     throw error;
   }
   if (response.status === 429) {
-    return { answer: await readAnswer(response) };
+    return readAnswer(response);
   }
   if (blob) {
     const shown = firstByteSize(response, subject.size);
@@ -150,7 +187,7 @@ async function lookWhereItLeads(
       response.body.destroy();
       return undefined;
     }
-    return { answer: await readAnswer(response), shownSize: shown };
+    return { ...(await readAnswer(response)), once: { size: shown } };
   }
   if (response.status !== 200) {
     response.body.destroy();
@@ -163,7 +200,9 @@ async function lookWhereItLeads(
   ) {
     return undefined;
   }
-  return { answer: { status: 200, headers: response.headers, body: Buffer.alloc(0) } };
+  const answer = { status: 200, headers: response.headers, body: Buffer.alloc(0) };
+  // From where the registry sent it, the manifest is that place's, not the registry's word.
+  return response.redirected === true ? { ...answer, once: {} } : answer;
 }
 
 /**

@@ -83,11 +83,12 @@ export interface MirrorDeps {
 }
 
 /**
- * The authorizer's verdict as the mirror acts on it. `size`: content may be served only when
- * the blob is of this size (see `AuthzDecision`).
+ * The authorizer's verdict as the mirror acts on it. `once`: a yes for this request only, the
+ * content served vouching for nothing, and with `size` for a blob of that size only (see
+ * `AuthzDecision`).
  */
 type Verdict =
-  | { readonly kind: 'allowed'; readonly size?: number }
+  | { readonly kind: 'allowed'; readonly once?: { readonly size?: number } }
   | { readonly kind: 'upstream' }
   | { readonly kind: 'refused' };
 
@@ -275,11 +276,11 @@ export class Mirror {
       return;
     }
     if (target.kind === 'manifest') {
-      return this.#manifest(target, req, reply, verdict.kind === 'upstream');
+      return this.#manifest(target, req, reply, verdict);
     }
     return verdict.kind === 'upstream'
       ? this.#blobUpstream(target.name, target.digest, req, reply)
-      : this.#blob(target.name, target.digest, req, reply, verdict.size);
+      : this.#blob(target.name, target.digest, req, reply, verdict.once?.size);
   }
 
   /**
@@ -312,9 +313,9 @@ export class Mirror {
       ...(size === undefined ? {} : { size }),
     });
     if (decision.kind === 'allow') {
-      return decision.size === undefined
+      return decision.once === undefined
         ? { kind: 'allowed' }
-        : { kind: 'allowed', size: decision.size };
+        : { kind: 'allowed', once: decision.once };
     }
     if (decision.kind === 'upstream') {
       return { kind: 'upstream' };
@@ -334,20 +335,28 @@ export class Mirror {
     );
   }
 
-  /** `fromRegistry`: the cache is not looked at (an `upstream` authorization). */
+  /**
+   * A manifest by tag, or by digest as `verdict` allows: an `upstream` one is read from the
+   * registry, not the cache. What it names is learned as the repository's only when the
+   * registry itself vouched for it: a digest allowed on the registry's word, or a tag the
+   * registry answered itself, naming the digest of what it sent.
+   */
   async #manifest(
     target: Extract<PullTarget, { kind: 'manifest' }>,
     req: PullRequest,
     reply: FastifyReply,
-    fromRegistry: boolean,
+    verdict: Exclude<Verdict, { kind: 'refused' }>,
   ): Promise<void> {
     const { store, metrics } = this.#deps;
     const { reference } = target;
-    if (reference.kind === 'digest' && !fromRegistry) {
+    const vouched = verdict.kind === 'allowed' && verdict.once === undefined;
+    if (reference.kind === 'digest' && verdict.kind !== 'upstream') {
       const cached = await store.getSmall(reference.digest, this.#deps.maxManifestBytes);
       metrics.cacheHits.inc({ kind: 'manifest', result: cached === undefined ? 'miss' : 'hit' });
       if (cached !== undefined) {
-        this.#deps.authz?.learnManifest(req.registry, target.name, cached.bytes);
+        if (vouched) {
+          this.#deps.authz?.learnManifest(req.registry, target.name, cached.bytes);
+        }
         const mediaType = manifestMediaType(cached.mediaType, cached.bytes);
         sendManifest(reply, req.method, cached.bytes, mediaType, reference.digest);
         return;
@@ -362,11 +371,16 @@ export class Mirror {
       headers: { accept: req.accept, authorization: req.authorization },
       signal: req.signal,
     });
-    // The registry's own answer, not one from where it redirected the request: a login proxy
-    // sends anyone to a sign-in page that answers 200.
-    const ownAnswer = response.redirected !== true;
-    if (response.status === 200 && reference.kind === 'tag' && ownAnswer) {
-      // The registry just served this client the repository's manifest: remember it.
+    // A tag's answer vouches when it is the registry's own (not from where it redirected the
+    // request) and names the manifest's digest, as registries do: a login proxy answers anyone
+    // 200 with its sign-in page, in place or where it redirects to.
+    const tagVouched =
+      reference.kind === 'tag' &&
+      response.status === 200 &&
+      response.redirected !== true &&
+      announcedDigest(response.headers) !== undefined;
+    if (tagVouched && req.method === 'HEAD') {
+      // The registry just told this client the repository's manifest: remember it.
       this.#deps.authz?.learnAllowed(
         req.registry,
         target.name,
@@ -421,12 +435,11 @@ export class Mirror {
         'cache disk is full: the manifest is served uncached',
       );
     }
-    if (ownAnswer || expected !== undefined) {
-      // A redirected answer vouches for nothing unless it matched a digest: the one asked
-      // for, or the one the answer announced.
-      if (!ownAnswer && reference.kind === 'tag') {
-        this.#deps.authz?.learnAllowed(req.registry, target.name, req.authorization, expected);
-      }
+    if (tagVouched) {
+      // The registry just served this client the repository's manifest, the one it named.
+      this.#deps.authz?.learnAllowed(req.registry, target.name, req.authorization, expected);
+    }
+    if (tagVouched || (reference.kind === 'digest' && vouched)) {
       this.#deps.authz?.learnManifest(req.registry, target.name, bytes);
     }
     sendManifest(reply, 'GET', bytes, mediaType, actual);
