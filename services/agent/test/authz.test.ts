@@ -334,6 +334,58 @@ describe('referencedDigests', () => {
     assert.deepEqual(referencedDigests(Buffer.from('{"layers":"x","config":[1]}')), []);
   });
 
+  it('takes only what a registry checks it holds: no other fields, no mix of kinds', () => {
+    const other = digestOf(Buffer.from('a private layer of another repository')).toString();
+    const layer = LAYER.toString();
+    const cases: [string, unknown, string[]][] = [
+      [
+        'blobs in an image manifest',
+        { config: { digest: layer }, blobs: [{ digest: other }] },
+        [layer],
+      ],
+      [
+        'a subject',
+        {
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          layers: [{ digest: layer }],
+          subject: { digest: other },
+        },
+        [layer],
+      ],
+      [
+        'layers in an index',
+        {
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          manifests: [{ digest: layer }],
+          layers: [{ digest: other }],
+        },
+        [layer],
+      ],
+      [
+        'manifests in an image manifest',
+        {
+          mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+          layers: [{ digest: layer }],
+          manifests: [{ digest: other }],
+        },
+        [layer],
+      ],
+      [
+        'both kinds without a media type',
+        { layers: [{ digest: layer }], manifests: [{ digest: other }] },
+        [],
+      ],
+      [
+        'another media type',
+        { mediaType: 'application/vnd.example+json', layers: [{ digest: other }] },
+        [],
+      ],
+    ];
+    for (const [what, document, expected] of cases) {
+      assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(document))), expected, what);
+    }
+  });
+
   it('leaves out foreign layers: a registry takes a manifest naming them without holding them', () => {
     const foreign = digestOf(Buffer.from('a layer the registry does not hold'));
     const manifest = {

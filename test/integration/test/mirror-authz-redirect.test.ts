@@ -159,7 +159,12 @@ describe('a registry that redirects every request', () => {
     teardown.add('sso', () => new Promise<void>((resolve) => sso.close(() => resolve())));
 
     agent = await startAgent({
-      registries: `${privateRegistry.host}=${privateRegistry.url},${frontHost}=http://${frontHost},${ssoHost}=http://${ssoHost}`,
+      registries: [
+        `${privateRegistry.host}=${privateRegistry.url}`,
+        `${frontHost}=http://${frontHost}`,
+        `${ssoHost}=http://${ssoHost}`,
+        `${backend.host}=${backend.url}`,
+      ].join(','),
       defaultRegistry: privateRegistry.host,
     });
     teardown.add('agent', () => agent.stop());
@@ -256,6 +261,37 @@ describe('a registry that redirects every request', () => {
       assert.ok(asked.body.length < 1024, what);
       assert.ok(!asked.body.includes(held.body.subarray(0, 16)), `${what}: no byte of the layer`);
     }
+  });
+
+  it('does not take a digest a pushed manifest names outside its config and layers for content', async () => {
+    // Anyone may push to the backend. A manifest of the public image with a `blobs` list naming
+    // the private layer the node holds: the registry takes it without holding that layer.
+    const layer = privateImage.layers[0];
+    assert.ok(layer !== undefined);
+    const original = await fetch(`${backend.url}/v2/${BACKEND_REPO}/manifests/${publicImage.tag}`, {
+      headers: { accept: publicImage.manifest.mediaType },
+      signal: AbortSignal.timeout(10_000),
+    });
+    const document = (await original.json()) as Record<string, unknown>;
+    const lure = Buffer.from(
+      JSON.stringify({ ...document, blobs: [{ digest: layer.digest, size: layer.size }] }),
+    );
+    const pushed = await fetch(`${backend.url}/v2/${BACKEND_REPO}/manifests/lure`, {
+      method: 'PUT',
+      body: lure,
+      headers: { 'content-type': publicImage.manifest.mediaType },
+      signal: AbortSignal.timeout(10_000),
+    });
+    assert.equal(pushed.status, 201, 'the registry took it');
+    const atBackend = (path: string): string =>
+      `${agent.url}/v2/${BACKEND_REPO}/${path}?ns=${backend.host}`;
+    const tag = await get(atBackend('manifests/lure'), { accept: publicImage.manifest.mediaType });
+    assert.equal(tag.status, 200);
+    assert.ok(tag.body.equals(lure), 'the pushed manifest, served to an anonymous client');
+    const named = await get(atBackend(`blobs/${layer.digest}`));
+    assert.equal(named.status, 404, 'the backend does not hold it: its own answer');
+    assert.notEqual(named.digest, layer.digest);
+    assert.ok(named.body.length < 1024, `${named.body.length} bytes, not the layer`);
   });
 
   it('serves what the backend holds, found through the redirect, from the node after', async () => {

@@ -9,12 +9,25 @@ interface Descriptor {
   readonly urls?: unknown;
 }
 
+const INDEX_TYPES = new Set([
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+]);
+const IMAGE_TYPES = new Set([
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+]);
+
 /**
- * The config, layer and child-manifest digests of an OCI/Docker manifest or index, valid ones
- * only; an empty list for anything that is not such JSON. A descriptor with `urls` (a foreign,
+ * The digests a registry made sure it holds before it took this manifest or index: an image
+ * manifest's config and layers, an index's child manifests; valid ones only, and an empty list
+ * for anything else. Only those: a registry takes other fields unchecked (an image manifest
+ * with a `blobs` list, or an artifact's `subject`), so anyone able to push a manifest anywhere
+ * could otherwise name another repository's private layer in one and have a node serve it from
+ * its cache. The document's kind is its `mediaType`, or when it has none what it holds (both a
+ * manifest's and an index's fields: neither). A descriptor with `urls` (a foreign,
  * non-distributable layer) is left out: a registry takes such a manifest without holding that
- * content, so naming it proves nothing, and anyone able to push a manifest could otherwise
- * name another repository's private layer and have a node serve it from its cache.
+ * content.
  */
 export function referencedDigests(bytes: Buffer): string[] {
   let parsed: unknown;
@@ -26,12 +39,27 @@ export function referencedDigests(bytes: Buffer): string[] {
   if (typeof parsed !== 'object' || parsed === null) {
     return [];
   }
-  const { config, layers, manifests, blobs } = parsed as Record<string, unknown>;
-  const descriptors: unknown[] = [config];
-  for (const list of [layers, manifests, blobs]) {
-    if (Array.isArray(list)) {
-      descriptors.push(...(list as unknown[]).slice(0, MAX_REFERENCES));
+  const { mediaType, config, layers, manifests } = parsed as Record<string, unknown>;
+  const kind =
+    typeof mediaType === 'string'
+      ? INDEX_TYPES.has(mediaType)
+        ? 'index'
+        : IMAGE_TYPES.has(mediaType)
+          ? 'image'
+          : undefined
+      : manifests !== undefined
+        ? config === undefined && layers === undefined
+          ? 'index'
+          : undefined
+        : 'image';
+  const descriptors: unknown[] = [];
+  if (kind === 'image') {
+    descriptors.push(config);
+    if (Array.isArray(layers)) {
+      descriptors.push(...(layers as unknown[]).slice(0, MAX_REFERENCES));
     }
+  } else if (kind === 'index' && Array.isArray(manifests)) {
+    descriptors.push(...(manifests as unknown[]).slice(0, MAX_REFERENCES));
   }
   const digests = new Set<string>();
   for (const descriptor of descriptors) {
