@@ -224,7 +224,13 @@ export class Authorizer {
   async #ask(subject: AuthzSubject): Promise<AuthzDecision> {
     const { registry, repository, digest } = subject;
     const fingerprint = credentialFingerprint(subject.authorization);
-    const key = `${grantKey(registry, repository, fingerprint)}\n${digest.toString()}`;
+    // Its kind and the size the node knows too: the probe's answer depends on both.
+    const key = [
+      grantKey(registry, repository, fingerprint),
+      digest.toString(),
+      subject.kind,
+      subject.size ?? '',
+    ].join('\n');
     let probe = this.#probes.get(key);
     if (probe === undefined) {
       // Shared by every client asking the same: bounded by the timeout and shutdown, not by
