@@ -141,8 +141,17 @@ async function manifest(
   return (await response.json()) as Manifest;
 }
 
-async function record(mirror: string, digest: string): Promise<BlobRecord | undefined> {
+/**
+ * The agent's record of how `digest` arrived; undefined when it has none, or will not tell
+ * this client (it answers only a client the registry would serve the blob).
+ */
+async function record(
+  mirror: string,
+  digest: string,
+  authorization: string | undefined,
+): Promise<BlobRecord | undefined> {
   const response = await ask(mirror, `${mirror}/shoal/v1/blobs/${digest}`, {
+    headers: authorization === undefined ? {} : { authorization },
     signal: AbortSignal.timeout(TIMEOUT_MS),
   });
   if (response.status === 404) {
@@ -320,7 +329,7 @@ async function report(
       role,
       digest: descriptor.digest,
       size: descriptor.size,
-      record: await record(mirror, descriptor.digest),
+      record: await record(mirror, descriptor.digest, session.authorization),
     });
   }
   process.stdout.write(

@@ -386,6 +386,27 @@ describe('referencedDigests', () => {
     }
   });
 
+  it('takes nothing from a manifest a registry in Go would read otherwise (keys of another case)', () => {
+    const other = digestOf(Buffer.from('a private layer of another repository')).toString();
+    const layer = LAYER.toString();
+    const image = { mediaType: 'application/vnd.oci.image.manifest.v1+json' };
+    const documents: [string, unknown][] = [
+      ['Layers', { ...image, layers: [{ digest: other }], Layers: [{ digest: layer }] }],
+      ['Digest', { ...image, layers: [{ digest: other, Digest: layer }] }],
+      ['layerſ', { ...image, layers: [{ digest: other }], layerſ: [{ digest: layer }] }],
+      ['MediaType', { ...image, MediaType: 'application/vnd.oci.image.index.v1+json', layers: [] }],
+    ];
+    for (const [what, document] of documents) {
+      assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(document))), [], what);
+    }
+    // Other keys of any case are no matter.
+    const annotated = {
+      ...image,
+      layers: [{ digest: layer, Annotations: { 'org.example.Layers': 'x' } }],
+    };
+    assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(annotated))), [layer]);
+  });
+
   it('leaves out foreign layers: a registry takes a manifest naming them without holding them', () => {
     const foreign = digestOf(Buffer.from('a layer the registry does not hold'));
     const manifest = {

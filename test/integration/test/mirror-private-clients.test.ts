@@ -179,6 +179,26 @@ describe('private images through the agent with clients that log in at /v2/', ()
     for (const row of rows) {
       assert.ok(row.record !== undefined, `${row.digest} was pulled through this agent`);
     }
+    // The agent's record of a private blob goes only to a client the registry would serve it:
+    // to anyone else on the node it says nothing, not even that the blob is here.
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const ledger = `${agent.url}/shoal/v1/blobs/${layer.digest}`;
+    for (const authorization of [undefined, bearer('alice', 'team/b'), 'Bearer not-a-token']) {
+      const told = await fetch(ledger, {
+        headers: authorization === undefined ? {} : { authorization },
+        signal: AbortSignal.timeout(10_000),
+      });
+      const body = await told.text();
+      assert.equal(told.status, 404, `${authorization ?? 'anonymous'}: ${body}`);
+      assert.ok(!body.includes('team/a'), 'nor the repository');
+    }
+    const toAlice = await fetch(ledger, {
+      headers: { authorization: bearer('alice', 'team/a') },
+      signal: AbortSignal.timeout(10_000),
+    });
+    assert.equal(toAlice.status, 200);
+    assert.equal(((await toAlice.json()) as { digest: string }).digest, layer.digest);
     const refusals: [args: string[], message: RegExp][] = [
       [[ref], /wants credentials for team\/a: use --user$/],
       [

@@ -9,6 +9,53 @@ interface Descriptor {
   readonly urls?: unknown;
 }
 
+/** The fields read here, by their case-folded spelling. */
+const FIELDS = new Map(
+  ['mediaType', 'config', 'layers', 'manifests', 'digest', 'urls'].map((f) => [fold(f), f]),
+);
+/** Deepest nesting and most keys looked at; past either, the document is not taken. */
+const MAX_DEPTH = 16;
+const MAX_KEYS = 100_000;
+
+/** A key as Go's JSON decoder matches it to a field: case-insensitive, with its two odd folds. */
+function fold(key: string): string {
+  return key
+    .toLowerCase()
+    .replace(/\u017f/g, 's')
+    .replace(/\u212a/g, 'k');
+}
+
+/**
+ * Whether a registry reads the document as this code does. Registries written in Go decode
+ * JSON keys case-insensitively (`Layers` and `layers` fill the same field, the last one
+ * winning), where `JSON.parse` keeps them apart: a manifest with both could show the registry
+ * the layers it holds and this code a private layer's digest. A document with a key that is one
+ * of the fields read here but for its spelling is not taken at all.
+ */
+function readsAlike(document: object): boolean {
+  let keys = 0;
+  const walk = (value: unknown, depth: number): boolean => {
+    if (typeof value !== 'object' || value === null) {
+      return true;
+    }
+    if (depth > MAX_DEPTH) {
+      return false;
+    }
+    if (Array.isArray(value)) {
+      return value.every((item) => walk(item, depth + 1));
+    }
+    for (const [key, item] of Object.entries(value)) {
+      keys += 1;
+      const field = FIELDS.get(fold(key));
+      if (keys > MAX_KEYS || (field !== undefined && field !== key) || !walk(item, depth + 1)) {
+        return false;
+      }
+    }
+    return true;
+  };
+  return walk(document, 0);
+}
+
 const INDEX_TYPES = new Set([
   'application/vnd.oci.image.index.v1+json',
   'application/vnd.docker.distribution.manifest.list.v2+json',
@@ -36,7 +83,7 @@ export function referencedDigests(bytes: Buffer): string[] {
   } catch {
     return [];
   }
-  if (typeof parsed !== 'object' || parsed === null) {
+  if (typeof parsed !== 'object' || parsed === null || !readsAlike(parsed)) {
     return [];
   }
   const { mediaType, config, layers, manifests } = parsed as Record<string, unknown>;

@@ -284,6 +284,36 @@ export class Mirror {
   }
 
   /**
+   * Whether a client sending `authorization` may be told of `digest` as pulled under
+   * `repository` of `registry`: the registry would serve it the blob. Without an authorizer,
+   * anyone may.
+   */
+  async mayDescribe(
+    registry: UpstreamRegistry,
+    repository: string,
+    digest: Digest,
+    authorization: string | undefined,
+  ): Promise<boolean> {
+    const { authz } = this.#deps;
+    if (authz === undefined) {
+      return true;
+    }
+    const size = this.#deps.store.sizeOf(digest);
+    const decision = await authz.check({
+      registry,
+      repository,
+      kind: 'blob',
+      digest,
+      authorization,
+      ...(size === undefined ? {} : { size }),
+    });
+    return (
+      decision.kind === 'allow' &&
+      (decision.once?.size === undefined || decision.once.size === size)
+    );
+  }
+
+  /**
    * Checks content by digest with the authorizer; on a refusal answers the client (the
    * registry's own 401 challenge, 403 or 404) and returns `refused`. `upstream`: the content
    * may go to this client only as the registry serves it (see `AuthzDecision`). A tag needs no

@@ -1,4 +1,5 @@
 /** The mirror's HTTP routes: `/v2/` and the pull endpoints, and OCI error answers. */
+import { parseDigest, type Digest } from '@shoal/proto';
 import type { UpstreamRegistry } from '@shoal/registry';
 import { runInContext, type Logger } from '@shoal/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -89,14 +90,33 @@ export function registerMirrorRoutes(app: FastifyInstance, deps: MirrorRouteDeps
     },
   });
 
-  // How a blob's bytes arrived on this node, for `shoal-why`. The mirror listens on loopback
-  // only: this tells nothing to anyone off the node.
+  // How a blob's bytes arrived on this node, for `shoal-why`: only to a client the registry
+  // would serve the blob (its Authorization is checked as for a pull), or another user on the
+  // node would learn that a private blob is here, its repository and its size.
   app.get<{ Params: { digest: string } }>('/shoal/v1/blobs/:digest', async (request, reply) => {
+    const unknown = (): FastifyReply =>
+      reply.code(404).send({ error: 'not pulled through this agent since it started' });
     const record = deps.ledger.get(request.params.digest);
     if (record === undefined) {
-      return reply.code(404).send({ error: 'not pulled through this agent since it started' });
+      return unknown();
     }
-    return reply.send(record);
+    const slash = record.image.indexOf('/');
+    const registry = slash < 0 ? undefined : registries.get(record.image.slice(0, slash));
+    let digest: Digest;
+    try {
+      digest = parseDigest(record.digest);
+    } catch {
+      return unknown();
+    }
+    const allowed =
+      registry !== undefined &&
+      (await mirror.mayDescribe(
+        registry,
+        record.image.slice(slash + 1),
+        digest,
+        request.headers.authorization,
+      ));
+    return allowed ? reply.send(record) : unknown();
   });
 
   app.route({
