@@ -399,6 +399,25 @@ describe('referencedDigests', () => {
     for (const [what, document] of documents) {
       assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(document))), [], what);
     }
+    // A key twice (Go's decoder fills the second into the first: its `urls` stay, and a
+    // registry does not check a layer with `urls`), or a schema 1 manifest.
+    const twice =
+      '{"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{"digest":"' +
+      other +
+      '","urls":["https://example.test/"]}],"layers":[{"digest":"' +
+      other +
+      '"}]}';
+    assert.deepEqual(referencedDigests(Buffer.from(twice)), [], 'layers twice');
+    const nested = `{"config":{"digest":"${layer}","digest":"${other}"}}`;
+    assert.deepEqual(referencedDigests(Buffer.from(nested)), [], 'digest twice');
+    const schema1 = { ...image, schemaVersion: 1, fsLayers: [], layers: [{ digest: other }] };
+    assert.deepEqual(referencedDigests(Buffer.from(JSON.stringify(schema1))), [], 'schema 1');
+    // Keys alike in different objects are no matter, nor strings that look like keys.
+    const apart = JSON.stringify({
+      config: { digest: layer },
+      layers: [{ digest: layer, annotations: { a: '\\","digest":"x' } }],
+    });
+    assert.deepEqual(referencedDigests(Buffer.from(apart)), [layer], 'apart');
     // Other keys of any case are no matter.
     const annotated = {
       ...image,

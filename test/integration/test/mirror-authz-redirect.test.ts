@@ -275,23 +275,38 @@ describe('a registry that redirects every request', () => {
     const document = (await original.json()) as Record<string, unknown>;
     // Another: the layers named twice, `layers` and `Layers`. The registry (in Go) reads keys
     // case-insensitively, the last one winning: it checks the real layers and takes it.
-    const lures: [string, unknown][] = [
-      ['blobs', { ...document, blobs: [{ digest: layer.digest, size: layer.size }] }],
+    // And another: `layers` twice, the first naming the private layer with `urls` (a layer the
+    // registry does not check), the second without: the registry's decoder keeps the `urls`.
+    const privateDescriptor = {
+      mediaType: 'application/octet-stream',
+      digest: layer.digest,
+      size: layer.size,
+    };
+    const rest = Object.fromEntries(Object.entries(document).filter(([key]) => key !== 'layers'));
+    const twice = `${JSON.stringify(rest).slice(0, -1)},"layers":${JSON.stringify([
+      { ...privateDescriptor, urls: ['https://example.test/layer'] },
+    ])},"layers":${JSON.stringify([{ digest: layer.digest, size: layer.size }])}}`;
+    const lures: [string, string][] = [
+      [
+        'blobs',
+        JSON.stringify({ ...document, blobs: [{ digest: layer.digest, size: layer.size }] }),
+      ],
+      ['twice', twice],
       [
         'Layers',
-        {
+        JSON.stringify({
           ...document,
           layers: [
             { mediaType: 'application/octet-stream', digest: layer.digest, size: layer.size },
           ],
           Layers: document.layers,
-        },
+        }),
       ],
     ];
     const atBackend = (path: string): string =>
       `${agent.url}/v2/${BACKEND_REPO}/${path}?ns=${backend.host}`;
     for (const [tag, manifest] of lures) {
-      const lure = Buffer.from(JSON.stringify(manifest));
+      const lure = Buffer.from(manifest);
       const pushed = await fetch(`${backend.url}/v2/${BACKEND_REPO}/manifests/${tag}`, {
         method: 'PUT',
         body: lure,

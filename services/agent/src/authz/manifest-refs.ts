@@ -56,6 +56,56 @@ function readsAlike(document: object): boolean {
   return walk(document, 0);
 }
 
+/**
+ * Whether an object of the JSON `text` (valid JSON) has a key twice, spelled alike or in
+ * another case. `JSON.parse` keeps the last one; Go's decoder decodes the second into what the
+ * first filled (a first `layers` entry's `urls` stays, and a registry does not check a layer
+ * with `urls`), so the two would read different layers.
+ */
+function repeatsAKey(text: string): boolean {
+  /** Per open object the keys seen (folded); undefined for an array. */
+  const open: (Set<string> | undefined)[] = [];
+  let keyNext = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (c === '"') {
+      let end = i + 1;
+      while (end < text.length && text[end] !== '"') {
+        end += text[end] === '\\' ? 2 : 1;
+      }
+      const keys = open[open.length - 1];
+      if (keyNext && keys !== undefined) {
+        const key = fold(JSON.parse(text.slice(i, end + 1)) as string);
+        if (keys.has(key)) {
+          return true;
+        }
+        keys.add(key);
+        keyNext = false;
+      }
+      i = end;
+    } else if (c === '{') {
+      open.push(new Set());
+      keyNext = true;
+    } else if (c === '[') {
+      open.push(undefined);
+    } else if (c === '}' || c === ']') {
+      open.pop();
+    } else if (c === ',') {
+      keyNext = open[open.length - 1] !== undefined;
+    }
+  }
+  return false;
+}
+
+/**
+ * A schema 1 manifest (signed, `fsLayers`): a registry that takes them checks its `fsLayers`
+ * only, whatever else the document holds.
+ */
+function isSchema1(document: object): boolean {
+  const { schemaVersion, fsLayers, signatures } = document as Record<string, unknown>;
+  return schemaVersion === 1 || fsLayers !== undefined || signatures !== undefined;
+}
+
 const INDEX_TYPES = new Set([
   'application/vnd.oci.image.index.v1+json',
   'application/vnd.docker.distribution.manifest.list.v2+json',
@@ -83,7 +133,13 @@ export function referencedDigests(bytes: Buffer): string[] {
   } catch {
     return [];
   }
-  if (typeof parsed !== 'object' || parsed === null || !readsAlike(parsed)) {
+  if (
+    typeof parsed !== 'object' ||
+    parsed === null ||
+    !readsAlike(parsed) ||
+    repeatsAKey(bytes.toString('utf8')) ||
+    isSchema1(parsed)
+  ) {
     return [];
   }
   const { mediaType, config, layers, manifests } = parsed as Record<string, unknown>;
