@@ -31,6 +31,7 @@ import {
 } from '@shoal/testkit';
 
 import { streamDigest } from '../src/http.js';
+import { answerSignIn } from '../src/sign-in.js';
 
 const auth = { username: 'puller', password: 'behind-the-login-proxy' };
 const basic = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
@@ -104,19 +105,10 @@ for (const mode of MODES)
 
       proxy = createServer((req, res) => {
         const url = req.url ?? '/';
-        if (url === '/v2/' || url === '/v2') {
-          res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-        } else if (url === '/login' && req.headers.range === 'bytes=0-0') {
-          res.writeHead(206, {
-            'content-type': 'text/plain',
-            'content-range': `bytes 0-0/${String(PAGE.length)}`,
-            'content-length': 1,
-          });
-          res.end(PAGE.subarray(0, 1));
-        } else if (url === '/login') {
-          res.writeHead(200, { 'content-type': 'text/plain', 'content-length': PAGE.length });
-          res.end(PAGE);
-        } else if (req.headers.authorization === basic) {
+        if (answerSignIn(req, res, PAGE, 'text/plain')) {
+          return;
+        }
+        if (req.headers.authorization === basic) {
           // A session it knows: on to the registry.
           const headers: Record<string, string> = { authorization: basic };
           for (const name of ['accept', 'range'] as const) {

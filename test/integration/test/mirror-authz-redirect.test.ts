@@ -31,6 +31,7 @@ import {
 } from '@shoal/testkit';
 
 import { ociCode } from '../src/http.js';
+import { answerSignIn } from '../src/sign-in.js';
 
 const auth = { username: 'puller', password: 'private-behind-htpasswd' };
 const basic = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
@@ -132,24 +133,7 @@ describe('a registry that redirects every request', () => {
     // A login proxy: every request without its session goes to a sign-in page, served by a
     // file server that honours ranges.
     sso = createServer((req, res) => {
-      const url = req.url ?? '/';
-      if (url === '/v2/' || url === '/v2') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-        return;
-      }
-      if (url === '/login') {
-        const page = Buffer.from('<html><body>sign in</body></html>');
-        if (req.headers.range === 'bytes=0-0') {
-          res.writeHead(206, {
-            'content-type': 'text/html',
-            'content-range': `bytes 0-0/${String(page.length)}`,
-            'content-length': 1,
-          });
-          res.end(page.subarray(0, 1));
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'text/html', 'content-length': page.length });
-        res.end(page);
+      if (answerSignIn(req, res, Buffer.from('<html><body>sign in</body></html>'), 'text/html')) {
         return;
       }
       res.writeHead(302, { location: '/login', 'content-length': 0 }).end();

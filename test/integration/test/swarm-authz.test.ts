@@ -32,6 +32,7 @@ import {
 
 import { MiB } from '../src/files.js';
 import { ociCode, streamDigest } from '../src/http.js';
+import { answerSignIn } from '../src/sign-in.js';
 import { bytesBySource, startCluster, type Cluster } from '../src/swarm.js';
 
 const repository = 'private/app';
@@ -291,19 +292,10 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     const layerPaths = new Set(image.layers.map((l) => `/v2/corp/app/blobs/${l.digest}`));
     const sso: Server = createServer((req, res) => {
       const url = req.url ?? '/';
-      if (url === '/v2/' || url === '/v2') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      } else if (url === '/login' && req.headers.range === 'bytes=0-0') {
-        res.writeHead(206, {
-          'content-type': 'text/plain',
-          'content-range': `bytes 0-0/${String(page.length)}`,
-          'content-length': 1,
-        });
-        res.end(page.subarray(0, 1));
-      } else if (url === '/login') {
-        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': page.length });
-        res.end(page);
-      } else if (layerPaths.has(url)) {
+      if (answerSignIn(req, res, page, 'text/plain')) {
+        return;
+      }
+      if (layerPaths.has(url)) {
         res.writeHead(302, { location: '/login', 'content-length': 0 }).end();
       } else {
         res.writeHead(404, { 'content-length': 0 }).end();
