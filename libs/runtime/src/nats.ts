@@ -655,6 +655,33 @@ export async function jetStreamFor(
   return { js: jetstream(nc), jsm: await jetstreamManager(nc) };
 }
 
+/**
+ * Waits for one step of a shutdown, at most `timeoutMs`: past it, logs that `what` did not
+ * finish and returns, so that one stuck step (a request that never ends, a handle never
+ * released) does not cost the shutdown its deadline. A step that fails is logged the same way.
+ */
+export async function settleWithin(
+  what: string,
+  step: Promise<unknown>,
+  timeoutMs: number,
+  logger: Logger,
+): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    const result = await Promise.race([step.then(() => 'done' as const), timedOut]);
+    if (result === 'timeout') {
+      logger.warn({ step: what, timeoutMs }, 'a shutdown step did not finish in time; going on');
+    }
+  } catch (error) {
+    logger.warn({ step: what, err: error }, 'a shutdown step failed; going on');
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Drains the connection, closing it outright if draining takes longer than `timeoutMs`. */
 export async function drainWithin(
   nc: NatsConnection,

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 
 import { drainOrCut, listenOn } from '../src/http-ops.js';
+import { createLogger, type Logger } from '../src/logger.js';
+import { settleWithin } from '../src/nats.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -87,5 +90,44 @@ describe('drainOrCut', () => {
       logger,
     });
     assert.equal(cutCalled, false);
+  });
+});
+
+describe('settleWithin', () => {
+  /** A logger whose lines are kept, parsed. */
+  function keptLogger(): { logger: Logger; lines: Record<string, unknown>[] } {
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    return { logger: createLogger({ service: 'test', level: 'info', destination }), lines };
+  }
+
+  it('goes on past a step that never ends, and says which', async () => {
+    const { logger, lines } = keptLogger();
+    const started = Date.now();
+    await settleWithin('stuck step', new Promise(() => undefined), 50, logger);
+    const waited = Date.now() - started;
+    assert.ok(waited >= 45 && waited < 2_000, `${waited} ms`);
+    assert.equal(lines.length, 1);
+    const [line] = lines;
+    assert.ok(line !== undefined);
+    assert.equal(line.step, 'stuck step');
+    assert.equal(line.level, 'warn');
+  });
+
+  it('returns as soon as the step ends, and logs a failed one without throwing', async () => {
+    const { logger, lines } = keptLogger();
+    const started = Date.now();
+    await settleWithin('quick', Promise.resolve(), 10_000, logger);
+    await settleWithin('failing', Promise.reject(new Error('boom')), 10_000, logger);
+    assert.ok(Date.now() - started < 1_000);
+    assert.deepEqual(
+      lines.map((line) => line.step),
+      ['failing'],
+    );
   });
 });

@@ -33,6 +33,7 @@ import {
   connectNats,
   drainWithin,
   ensureKv,
+  settleWithin,
   ensureStreams,
   followNatsLink,
   jetStreamFor,
@@ -57,6 +58,8 @@ export { loadSeedConfig, type SeedConfig } from './config.js';
 const LEAVE_TIMEOUT_MS = 1_000;
 /** How long draining the NATS connection at close may take, in ms. */
 const DRAIN_TIMEOUT_MS = 5_000;
+/** Longest one other step of the shutdown is waited for, in ms. */
+const STEP_TIMEOUT_MS = 10_000;
 
 /**
  * `setUp`'s result; when it fails, `nc` is closed first: a start that failed half-way must
@@ -296,9 +299,25 @@ export async function buildApp(
       }
       // Readiness fails, consumers stop, in-flight seeds end, then NATS drains and HTTP closes.
       closing = true;
-      await consumer?.stop();
-      await retention?.close();
-      await seeder?.close();
+      // Each step bounded: a stuck one is logged and passed, so SIGTERM ends in its time.
+      await settleWithin(
+        'seed requests consumer',
+        consumer?.stop() ?? Promise.resolve(),
+        STEP_TIMEOUT_MS,
+        logger,
+      );
+      await settleWithin(
+        'retention',
+        retention?.close() ?? Promise.resolve(),
+        STEP_TIMEOUT_MS,
+        logger,
+      );
+      await settleWithin(
+        'seeds in flight',
+        seeder?.close() ?? Promise.resolve(),
+        STEP_TIMEOUT_MS,
+        logger,
+      );
       // Leaves every swarm, as an agent does at its close (and as this server does at its
       // start): the tracker stops naming a server that no longer answers, where each hand-out
       // naming it cost the agents refused piece requests until they gave it up. Best effort,
@@ -314,11 +333,11 @@ export async function buildApp(
       // Bounded, and closed whatever happens: a drain that fails (NATS away at that moment)
       // leaves the connection reconnecting for ever otherwise.
       await drainWithin(nc, DRAIN_TIMEOUT_MS, logger);
-      await server.close();
+      await settleWithin('HTTP server', server.close(), STEP_TIMEOUT_MS, logger);
       https?.stop();
       origin.close();
-      await upstream.close();
-      await store.close();
+      await settleWithin('registry client', upstream.close(), STEP_TIMEOUT_MS, logger);
+      await settleWithin('object gateway', store.close(), STEP_TIMEOUT_MS, logger);
     },
   };
 }
