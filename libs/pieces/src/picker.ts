@@ -144,6 +144,11 @@ export interface PickerSettings {
    * tracker time to name the holder.
    */
   readonly seedDeferMaxMs?: number;
+  /**
+   * A starved download asks a seed for a piece whatever its deferral, saying so (see
+   * `PiecePicker.next`). Default true; false leaves the deferrals alone (their tests).
+   */
+  readonly askWhenStarved?: boolean;
 }
 
 /** What a hand-out says of a source. */
@@ -166,6 +171,12 @@ export interface PickedRequest {
   readonly first: boolean;
   /** When it started, by the picker's clock (ms). */
   readonly startedMs: number;
+  /**
+   * Set on a request to a seed made because the download starved (see `PiecePicker.next`):
+   * the download's lateness then, in ms. The seed's rationing does not hold against it the
+   * copies it handed out longer ago than that: they did not reach it in a piece's late time.
+   */
+  readonly starvedLateMs?: number;
 }
 
 /**
@@ -346,6 +357,12 @@ export class PiecePicker {
   readonly #seedRefusals = new Map<number, number>();
   /** How long a piece request that succeeded typically took, in ms (a moving average). */
   #typicalMs: number | undefined;
+  /** When a piece last came by a request not made for starving (ms; the layout's time at first). */
+  #progressMs = 0;
+  /** No request for starving before then (ms): the last one was refused or failed. */
+  #starvedRetryMs = 0;
+  /** A request for starving is in flight. */
+  #starving = false;
 
   constructor(options: PickerOptions) {
     this.#settings = options.settings;
@@ -359,6 +376,7 @@ export class PiecePicker {
     if (this.#count === 0) {
       this.#count = count;
       this.#pieceSize = pieceSize;
+      this.#progressMs = this.#now();
     }
   }
 
@@ -624,7 +642,99 @@ export class PiecePicker {
         }
       }
     }
+    const starved = this.#starvedRequest(now, usable);
+    if (starved !== undefined) {
+      started.push(starved);
+    }
     return started;
+  }
+
+  /**
+   * The lateness of a request, and the quiet that makes a download starved, in ms: a multiple
+   * of the typical piece time, never under the minimum (see `endgameLate`).
+   */
+  #lateAfterMs(): number {
+    const { endgameLateMinMs, endgameLateFactor } = this.#settings;
+    return Math.max(endgameLateMinMs, endgameLateFactor * (this.#typicalMs ?? 0));
+  }
+
+  /**
+   * When the download starves (ms): no piece came for the lateness (`#lateAfterMs`) and every
+   * request in flight is late or, with none in flight, no piece came for the least lateness
+   * (`endgameLateMinMs`: where a slow peer's pieces made the typical piece time seconds,
+   * there is nothing to wait for but news). Undefined before any piece came (the lateness is
+   * not known yet, and on a shared link a start's wait is no sign of a slow holder), while a
+   * request for starving is in flight, when nothing is missing, or when no seed is known.
+   *
+   * The seed refused what the download lacks because it handed the pieces to agents that
+   * have not passed them on: a slow node still receiving them on its own link or sending
+   * them out of it, whose copies count for seconds while this download waits with nothing to
+   * do (the seed's deferral doubling between refusals).
+   */
+  #starvesAt(): number | undefined {
+    if (
+      !(this.#settings.askWhenStarved ?? true) ||
+      this.#typicalMs === undefined ||
+      this.#starving ||
+      this.#count === 0 ||
+      this.#have.size === this.#count ||
+      ![...this.#sources.values()].some((s) => s.advert.seed && !s.banned)
+    ) {
+      return undefined;
+    }
+    let latest: number | undefined;
+    for (const requests of this.#inFlight.values()) {
+      for (const request of requests) {
+        latest = Math.max(latest ?? request.startedMs, request.startedMs);
+      }
+    }
+    // With nothing in flight there is nothing to wait for but news: the least lateness.
+    const quiet =
+      latest === undefined
+        ? this.#progressMs + this.#settings.endgameLateMinMs
+        : Math.max(this.#progressMs, latest) + this.#lateAfterMs();
+    return Math.max(quiet, this.#starvedRetryMs);
+  }
+
+  /**
+   * A starved download (`#starvesAt`) asks a seed for one missing piece it holds, whatever the
+   * piece's deferral, saying its lateness (`starvedLateMs`): the seed does not hold against it
+   * the copies it handed out longer ago than that (they went to an agent that has not passed
+   * them on in a piece's late time), and still refuses it for copies handed out since (the
+   * piece went to an agent a moment ago: the asker gets it there). One such request at a
+   * time; it stays starved (and asks again) until a piece comes otherwise. The piece: the
+   * first missing one with no request in flight, else the first with a late one.
+   */
+  #starvedRequest(now: number, usable: readonly SourceState[]): PickedRequest | undefined {
+    const at = this.#starvesAt();
+    if (at === undefined || at > now || this.#active >= this.#settings.concurrency * 2) {
+      return undefined;
+    }
+    const seeds = usable.filter((s) => s.advert.seed);
+    let chosen: { index: number; seed: SourceState } | undefined;
+    for (let index = 0; index < this.#count; index++) {
+      if (this.#have.has(index) || !this.#hashed.has(index)) {
+        continue;
+      }
+      const requests = this.#inFlight.get(index);
+      const asked = new Set([...(requests ?? [])].map((r) => r.source));
+      const seed = seeds.find(
+        (s) => !asked.has(s.advert.id) && (s.advert.complete || rangesInclude(s.pieces, index)),
+      );
+      if (seed === undefined) {
+        continue;
+      }
+      if (requests === undefined) {
+        chosen = { index, seed };
+        break;
+      }
+      chosen ??= { index, seed };
+    }
+    if (chosen === undefined) {
+      return undefined;
+    }
+    this.#starving = true;
+    return this.#start(chosen.index, chosen.seed, false, now, this.#lateAfterMs());
   }
 
   /**
@@ -664,11 +774,12 @@ export class PiecePicker {
         consider(until);
       }
     }
+    const starves = this.#starvesAt();
+    if (starves !== undefined) {
+      consider(starves);
+    }
     if (this.#count - this.#have.size <= settings.concurrency) {
-      const lateAfter = Math.max(
-        settings.endgameLateMinMs,
-        settings.endgameLateFactor * (this.#typicalMs ?? 0),
-      );
+      const lateAfter = this.#lateAfterMs();
       for (const requests of this.#inFlight.values()) {
         let first = Infinity;
         for (const request of requests) {
@@ -693,6 +804,17 @@ export class PiecePicker {
       this.#inFlight.delete(request.index);
     }
     this.#active -= 1;
+    const now = this.#now();
+    if (request.starvedLateMs !== undefined) {
+      this.#starving = false;
+      if (outcome !== 'ok') {
+        // Refused (the copies it would count went out lately) or failed: asked again only
+        // after another quiet spell, not at every look.
+        this.#starvedRetryMs = now + this.#settings.endgameLateMinMs;
+      }
+    } else if (outcome === 'ok') {
+      this.#progressMs = now;
+    }
     const source = this.#sources.get(request.source);
     if (source === undefined) {
       return;
@@ -700,7 +822,6 @@ export class PiecePicker {
     const base = this.#baseCap(source);
     const max = this.#settings.maxPerSource ?? this.#settings.concurrency;
     source.inFlight -= 1;
-    const now = this.#now();
     switch (outcome) {
       case 'ok':
         this.#typicalMs = nextTypicalMs(this.#typicalMs, now - request.startedMs);
@@ -901,13 +1022,20 @@ export class PiecePicker {
     return Math.max(perSource, Math.floor(soleSourceBytes / this.#pieceSize));
   }
 
-  #start(index: number, source: SourceState, first: boolean, now: number): PickedRequest {
+  #start(
+    index: number,
+    source: SourceState,
+    first: boolean,
+    now: number,
+    starvedLateMs?: number,
+  ): PickedRequest {
     const request: PickedRequest = {
       index,
       source: source.advert.id,
       seed: source.advert.seed,
       first,
       startedMs: now,
+      ...(starvedLateMs === undefined ? {} : { starvedLateMs }),
     };
     let requests = this.#inFlight.get(index);
     if (requests === undefined) {

@@ -15,6 +15,8 @@ import {
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
   PIECE_UNHEARD_HEADER,
+  PIECE_STARVED_HEADER,
+  starvedLateMs,
   notFromPeers,
 } from '@shoal/proto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -46,15 +48,19 @@ export interface PieceAsk {
   readonly notFrom: readonly string[];
   /** The swarm does not hear it now (`PIECE_UNHEARD_HEADER`). */
   readonly unheard: boolean;
+  /** Its download's lateness, when the download starved (`PIECE_STARVED_HEADER`). */
+  readonly starvedLateMs: number | undefined;
 }
 
 /** Who asks, whom it cannot get the piece from, and whether the swarm hears it. */
 function askOf(request: PieceRequest): PieceAsk {
   const notFrom = request.headers[PIECE_NOT_FROM_HEADER];
+  const starved = request.headers[PIECE_STARVED_HEADER];
   return {
     asker: askingPeerId(request),
     notFrom: notFromPeers(typeof notFrom === 'string' ? notFrom : undefined),
     unheard: request.headers[PIECE_UNHEARD_HEADER] === '1',
+    starvedLateMs: starvedLateMs(typeof starved === 'string' ? starved : undefined),
   };
 }
 

@@ -231,7 +231,7 @@ describe('PiecePicker', () => {
   });
 
   it('leaves a seed that rationed a late piece alone for the deferral in the endgame too', () => {
-    const { picker: p, clock } = picker(2);
+    const { picker: p, clock } = picker(2, { askWhenStarved: false });
     p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
     const first = p.next();
     assert.deepEqual(indexes(first).sort(), [0, 1]);
@@ -547,7 +547,11 @@ describe('PiecePicker', () => {
   });
 
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
-    const { picker: p, clock } = picker(2, { concurrency: 1, seedDeferMaxMs: 3000 });
+    const { picker: p, clock } = picker(2, {
+      concurrency: 1,
+      seedDeferMaxMs: 3000,
+      askWhenStarved: false,
+    });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
     // A peer named by a hand-out, still without these pieces: the one the seed sent them to.
     p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
@@ -593,7 +597,11 @@ describe('PiecePicker', () => {
   }
 
   it('asks the seed again at once for what it refused once the deferrals end, the count with them', () => {
-    const { picker: p, clock } = picker(1, { concurrency: 1, seedDeferMaxMs: 8000 });
+    const { picker: p, clock } = picker(1, {
+      concurrency: 1,
+      seedDeferMaxMs: 8000,
+      askWhenStarved: false,
+    });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
     p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
     // The piece refused four times: deferred 6 s now.
@@ -616,13 +624,17 @@ describe('PiecePicker', () => {
   it('keeps the deferral flat while the seed is the only source', () => {
     // Every other agent evicted the blob: the seed's refusals may count copies nobody holds
     // any more, and a growing wait would outlast the stall timeout.
-    const { picker: p, clock } = picker(1, { concurrency: 1, seedDeferMaxMs: 8000 });
+    const { picker: p, clock } = picker(1, {
+      concurrency: 1,
+      seedDeferMaxMs: 8000,
+      askWhenStarved: false,
+    });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
     assert.deepEqual(refusedDeferrals(p, clock, 4), Array(4).fill(SETTINGS.seedDeferMs));
   });
 
   it('keeps the deferral flat without a longest deferral', () => {
-    const { picker: p, clock } = picker(1, { concurrency: 1 });
+    const { picker: p, clock } = picker(1, { concurrency: 1, askWhenStarved: false });
     p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
     // A peer that could serve: the deferral would grow if a longest one were set.
     p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
@@ -732,5 +744,166 @@ describe('requests in flight per source', () => {
     assert.equal(windowCap(window, 4, 8), 8);
     assert.equal(windowCap({ ...window, limit: 3 }, 4, 8), 3);
     assert.equal(windowCap({ ...window, limit: 0 }, 4, 8), 1, 'never below one');
+  });
+});
+
+describe('a starved download', () => {
+  /**
+   * Five pieces. Piece 1 came at once from a slow peer holding them all (so the download's
+   * lateness is known: the least, 1 s), which has pieces 0 and 2 in flight since; the seed has
+   * refused 3 and 4 twice (deferred 1.5 s now: it handed them to others). Nothing has come for
+   * 1 s: the download starves now. (No endgame copies: one copy of a piece at a time, so what
+   * is seen is the starving alone.)
+   */
+  function starving(): { p: PiecePicker; clock: { ms: number }; slow: PickedRequest[] } {
+    const { picker: p, clock } = picker(5, {
+      concurrency: 4,
+      perSource: 2,
+      seedDeferMaxMs: 8000,
+      endgameCopies: 1,
+    });
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    const first = p.next();
+    assert.deepEqual(indexes(first).sort(), [0, 1]);
+    const quick = first.find((r) => r.index === 1);
+    assert.ok(quick !== undefined);
+    p.markHave(1);
+    p.settle(quick, 'ok');
+    const more = p.next();
+    assert.deepEqual(indexes(more), [2]);
+    const slow = [...first.filter((r) => r.index === 0), ...more];
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let round = 0; round < 2; round++) {
+      const seed = p.next();
+      assert.deepEqual(indexes(seed).sort(), [3, 4]);
+      assert.ok(seed.every((r) => r.seed && r.starvedLateMs === undefined));
+      for (const request of seed) {
+        p.settle(request, 'busy');
+      }
+      if (round === 0) {
+        clock.ms += 750;
+      }
+    }
+    assert.equal(p.nextDeadline(), clock.ms + 250, 'the download starves at 1 s');
+    clock.ms += 250;
+    return { p, clock, slow };
+  }
+
+  it('asks the seed for one piece, whatever its deferral, once nothing came for the lateness', () => {
+    const { p, clock } = starving();
+    clock.ms -= 1;
+    assert.deepEqual(p.next(), [], 'not yet: the deferrals hold');
+    clock.ms += 1;
+    const [starved, ...more] = p.next();
+    assert.deepEqual(more, [], 'one request for starving at a time');
+    assert.ok(starved !== undefined && starved.seed);
+    assert.equal(starved.starvedLateMs, 1000, 'it says its lateness');
+    assert.equal(starved.index, 3, 'the first piece with no request in flight');
+    clock.ms += 100;
+    assert.deepEqual(p.next(), [], 'no other while it is in flight');
+    // It came: still starved (nothing came otherwise), so the next piece is asked at once.
+    p.markHave(3);
+    p.settle(starved, 'ok');
+    const [next] = p.next();
+    assert.ok(next !== undefined && next.seed);
+    assert.equal(next.index, 4);
+    assert.equal(next.starvedLateMs, 1000);
+  });
+
+  it('asks again only after the least lateness when the seed refused anyway', () => {
+    const { p, clock } = starving();
+    const [starved] = p.next();
+    assert.ok(starved?.starvedLateMs !== undefined);
+    p.settle(starved, 'busy');
+    // No spinning on a seed that refuses (it counts a copy handed out since the wait began).
+    assert.equal(p.nextDeadline(), clock.ms + 1000);
+    clock.ms += 999;
+    assert.ok(p.next().every((r) => r.starvedLateMs === undefined));
+    clock.ms += 1;
+    const again = p.next().filter((r) => r.starvedLateMs !== undefined);
+    assert.equal(again.length, 1, 'asked again a second after the refusal');
+    assert.equal(again[0]?.starvedLateMs, 1000);
+  });
+
+  it('is not starved while a request in flight is not late, and again once a piece came', () => {
+    const { p, clock, slow } = starving();
+    // A piece came from the slow peer just before: the lateness runs from there.
+    clock.ms -= 1;
+    const [first] = slow;
+    assert.ok(first !== undefined);
+    p.markHave(first.index);
+    p.settle(first, 'ok');
+    clock.ms += 1;
+    // The slow peer is asked for more; nothing for the seed (its deferrals hold).
+    const fresh = p.next();
+    assert.ok(fresh.length >= 1);
+    assert.ok(fresh.every((r) => !r.seed && r.starvedLateMs === undefined));
+    // Late is still the least (the typical piece time is 125 ms now), from the fresh request's
+    // start.
+    const starvesAt = clock.ms + 1000;
+    while (clock.ms < starvesAt) {
+      for (const request of p.next()) {
+        assert.equal(request.starvedLateMs, undefined, 'the fresh request is not late yet');
+        p.settle(request, 'busy');
+      }
+      const deadline = p.nextDeadline();
+      assert.ok(deadline !== undefined && deadline <= starvesAt);
+      clock.ms = deadline;
+    }
+    const starved = p.next().filter((r) => r.starvedLateMs !== undefined);
+    assert.equal(starved.length, 1);
+    assert.equal(starved[0]?.starvedLateMs, 1000);
+  });
+
+  it('with nothing in flight, starves after the least lateness, however slow pieces were', () => {
+    const { picker: p, clock } = picker(2, { concurrency: 1, endgameCopies: 1 });
+    p.advertise({ id: 'slow', seed: false, complete: false, pieces: [[0, 1]] });
+    const [slow] = p.next();
+    assert.ok(slow !== undefined);
+    // The slow peer's piece took 5 s: late is 10 s now.
+    clock.ms += 5_000;
+    p.markHave(0);
+    p.settle(slow, 'ok');
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const [refused] = p.next();
+    assert.ok(refused !== undefined && refused.seed && refused.starvedLateMs === undefined);
+    p.settle(refused, 'busy');
+    // Nothing in flight, nothing to wait for but a hand-out: starved a second after the piece.
+    assert.equal(p.nextDeadline(), clock.ms + 750, 'the deferral ends first');
+    clock.ms += 750;
+    const [again] = p.next();
+    assert.ok(again !== undefined && again.starvedLateMs === undefined);
+    p.settle(again, 'busy');
+    assert.equal(p.nextDeadline(), clock.ms + 250);
+    clock.ms += 250;
+    const [starved] = p.next();
+    assert.ok(starved !== undefined && starved.seed);
+    assert.equal(starved.starvedLateMs, 10_000, 'it says its lateness, the copies it may have');
+  });
+
+  it('is never starved before a piece came, without a seed, nor when told not to ask', () => {
+    const { picker: p, clock } = picker(2, { concurrency: 1 });
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    assert.equal(p.next().length, 1);
+    clock.ms += 5000;
+    assert.deepEqual(p.next(), []);
+    assert.equal(p.nextDeadline(), undefined);
+    const { picker: q, clock: qClock } = picker(2, { concurrency: 1, askWhenStarved: false });
+    q.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    const [refused] = q.next();
+    assert.ok(refused !== undefined);
+    q.settle(refused, 'busy');
+    qClock.ms += 5000;
+    assert.ok(q.next().every((r) => r.starvedLateMs === undefined));
+    // A cold start: the seed refuses every piece (it handed them to others), nothing came yet.
+    const { picker: r, clock: rClock } = picker(2, { concurrency: 1 });
+    r.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let round = 0; round < 4; round++) {
+      for (const request of r.next()) {
+        assert.equal(request.starvedLateMs, undefined);
+        r.settle(request, 'busy');
+      }
+      rClock.ms += 1500;
+    }
   });
 });

@@ -39,6 +39,22 @@ export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
  * seed's rationing does not refuse it (the copy still counts for the others).
  */
 export const PIECE_UNHEARD_HEADER = 'shoal-unheard';
+/**
+ * The header in which a piece request to the seed server says that the asker's download has
+ * starved: no piece came to it for its lateness (the value, in ms: a multiple of its typical
+ * piece time) and every request it has in flight is late. The seed's rationing does not hold
+ * against it the copies it handed out longer ago than that: they went to agents that did not
+ * pass them on in that time (a slow node, receiving them or sending them on).
+ */
+export const PIECE_STARVED_HEADER = 'shoal-starved';
+
+/** The lateness (ms) a `PIECE_STARVED_HEADER` value says, or undefined when it says none. */
+export function starvedLateMs(value: string | undefined): number | undefined {
+  if (value === undefined || !/^[0-9]{1,9}$/.test(value)) {
+    return undefined;
+  }
+  return Number(value);
+}
 /** Most peers one `PIECE_NOT_FROM_HEADER` names; more are left out. */
 export const MAX_NOT_FROM_PEERS = 16;
 /** Longest token accepted, in characters; real ones are about 250. */

@@ -47,6 +47,8 @@ export {
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
   PIECE_UNHEARD_HEADER,
+  PIECE_STARVED_HEADER,
+  starvedLateMs,
   pieceAuthHeaders,
   signHandoutToken,
   notFromHeader,

@@ -9,6 +9,7 @@ import {
   MAX_NOT_FROM_PEERS,
   pieceAuthHeaders,
   signHandoutToken,
+  starvedLateMs,
   notFromHeader,
   notFromPeers,
   verifyHandoutToken,
@@ -115,5 +116,15 @@ describe('the not-from header', () => {
     assert.deepEqual(notFromPeers(header), many.slice(0, MAX_NOT_FROM_PEERS));
     assert.deepEqual(notFromPeers(many.join(',')), many.slice(0, MAX_NOT_FROM_PEERS));
     assert.deepEqual(notFromPeers(`${'a'.repeat(65)},agent-1`), ['agent-1']);
+  });
+});
+
+describe('the starved header', () => {
+  it('says a whole number of ms, or nothing', () => {
+    assert.equal(starvedLateMs('1500'), 1500);
+    assert.equal(starvedLateMs('0'), 0);
+    for (const bad of [undefined, '', '-1', '1.5', '1e3', ' 12', '12ms', '1234567890']) {
+      assert.equal(starvedLateMs(bad), undefined, String(bad));
+    }
   });
 });

@@ -7,7 +7,8 @@
  * handed out at an address where nothing listens (a node gone for good), and one that sends
  * corrupted pieces. A fetch whose want no tracker answers tells the seed server so
  * (`shoal-unheard`), and a seed that rations every piece to others serves it; one whose
- * wants are answered never does.
+ * wants are answered never does. A fetch that starves (nothing came for a while, the seed
+ * refusing what it lacks) says so to the seed (`shoal-starved`), one piece at a time.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -26,6 +27,7 @@ import {
   parseDigest,
   PIECE_NOT_FROM_HEADER,
   PIECE_PEER_HEADER,
+  PIECE_STARVED_HEADER,
   PIECE_UNHEARD_HEADER,
   pieceWantSubject,
   STREAMS,
@@ -53,6 +55,7 @@ interface SeenRequest {
   readonly peer: string | undefined;
   readonly notFrom: string | undefined;
   readonly unheard: string | undefined;
+  readonly starved: string | undefined;
   /** When it came, in ms since the recorder was made. */
   readonly atMs: number;
 }
@@ -85,6 +88,7 @@ function recorder(): {
         peer: header(PIECE_PEER_HEADER),
         notFrom: header(PIECE_NOT_FROM_HEADER),
         unheard: header(PIECE_UNHEARD_HEADER),
+        starved: header(PIECE_STARVED_HEADER),
         atMs: performance.now() - start,
       });
     },
@@ -430,6 +434,65 @@ describe('piece request headers of a swarm fetch', () => {
       [],
       'its wants were answered: the seed is not told it is unheard',
     );
+    t.diagnostic(`done in ${tookMs.toFixed(0)} ms, ${seedSeen.seen.length} seed requests`);
+    // Well before a want could count as unanswered (4 s), let alone the stall timeout.
+    assert.ok(tookMs < 3_500, `${tookMs} ms`);
+  });
+
+  it('tells the seed server once nothing came for a second, and gets from it, one piece at a time, what it had handed to a node that does not pass it on', async (t) => {
+    const blob = makeBlob(0x5151);
+    // The seed sent every piece but the first to agent-other, a slow node still receiving
+    // them: it refuses an asker unless it says it starved with a lateness shorter than those
+    // copies have been out (here: since before the fetch began, so any lateness will do).
+    const seedSeen = recorder();
+    let inFlight = 0;
+    let most = 0;
+    const seed = await servePieces(blob, seedSeen.record, (_source, index, ask) => {
+      if (ask.starvedLateMs === undefined) {
+        return index === 0 ? { end: () => undefined } : undefined;
+      }
+      inFlight += 1;
+      most = Math.max(most, inFlight);
+      return { end: () => (inFlight -= 1) };
+    });
+    teardown.add('seed of the slow node', () => seed.server.close());
+    const { download, fetch, client, count } = await startFetch(blob, 'starved', 20_000);
+    // A tracker that answers every want: the seed, and agent-other holding nothing yet.
+    const tracker = fixture.nc.subscribe(pieceWantSubject(blobDigest(blob), SELF.id), {
+      callback: () => fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url)),
+    });
+    const started = performance.now();
+    try {
+      fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url));
+      await fetch.run(new AbortController().signal);
+    } finally {
+      tracker.unsubscribe();
+    }
+    const tookMs = performance.now() - started;
+    assert.equal(download.state, 'verified', String(download.error));
+    assert.equal(client.unheard, false);
+    const seen = JSON.stringify(seedSeen.seen);
+    const told = seedSeen.seen.filter((r) => r.starved !== undefined);
+    // The first piece came at once; every other came from the seed with the header, none by
+    // the unheard exemption.
+    assert.deepEqual(
+      [...new Set(told.map((r) => r.index))].sort((a, b) => a - b),
+      [...Array(count).keys()].slice(1),
+      seen,
+    );
+    assert.deepEqual(
+      seedSeen.seen.filter((r) => r.unheard !== undefined),
+      [],
+      seen,
+    );
+    // Told only a second after the first piece (nothing in flight: the least lateness), and
+    // saying its lateness (the least too: pieces here take milliseconds).
+    const first = told.reduce((a, b) => (a.atMs <= b.atMs ? a : b));
+    const piece0 = seedSeen.seen.find((r) => r.index === 0 && r.starved === undefined);
+    assert.ok(piece0 !== undefined, seen);
+    assert.ok(first.atMs - piece0.atMs >= 990, seen);
+    assert.equal(first.starved, '1000', seen);
+    assert.equal(most, 1, 'one such request at a time');
     t.diagnostic(`done in ${tookMs.toFixed(0)} ms, ${seedSeen.seen.length} seed requests`);
     // Well before a want could count as unanswered (4 s), let alone the stall timeout.
     assert.ok(tookMs < 3_500, `${tookMs} ms`);

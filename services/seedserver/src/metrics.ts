@@ -53,7 +53,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     rationExempt: new Counter({
       name: `${prefix}ration_exemptions_total`,
-      help: 'Pieces sent although the fan-out rationing had counted its copies of them, because those copies went where the asker cannot get the piece from, by reason: asked-again (to the asker itself: it was restarted, or its request failed on its side), not-from (to agents the asker cannot get it from: it could not connect to them, they went silent, or its request to them for the piece is late), unheard (the asker said the swarm does not hear it now: its haves or wants refused or unacknowledged, NATS down for it, or its want unanswered, so it could not learn who got the piece)',
+      help: 'Pieces sent although the fan-out rationing had counted its copies of them, because those copies went where the asker cannot get the piece from, by reason: asked-again (to the asker itself: it was restarted, or its request failed on its side), not-from (to agents the asker cannot get it from: it could not connect to them, they went silent, or its request to them for the piece is late), unheard (the asker said the swarm does not hear it now: its haves or wants refused or unacknowledged, NATS down for it, or its want unanswered, so it could not learn who got the piece), starved (the download of the asker had no piece for a while with every request late, and the copies went out before that)',
       labelNames: ['reason'] as const,
       registers,
     }),

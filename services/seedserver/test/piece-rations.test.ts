@@ -116,6 +116,38 @@ describe('PieceRations', () => {
     assert.deepEqual(exempt, ['unheard']);
   });
 
+  it('does not refuse a starved asker the copies handed out longer ago than its lateness, and only those', () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const rations = new PieceRations(
+      { copies: 1, windowMs: 5_000, holdMs: 20_000 },
+      clock.now,
+      (r) => exempt.push(r),
+    );
+    // The slow agent gets piece 0; its copy takes 3 s on its link, then counts for the window.
+    const slow = rations.take(BLOB, 0, { asker: 'slow' });
+    assert.ok(slow);
+    clock.advance(1_500);
+    // agent-b starved, its lateness 1 s: the copy went out 1.5 s ago and did not reach it.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b' }), undefined, 'not starved: refused');
+    const starved = rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 1_000 });
+    assert.ok(starved, 'the copy from 1.5 s ago does not count');
+    assert.deepEqual(exempt, ['starved']);
+    starved.end(true);
+    // agent-b's copy was handed out just now: it counts for another starved asker, who
+    // should get the piece from agent-b.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c', starvedLateMs: 1_000 }), undefined);
+    clock.advance(1_500);
+    slow.end(true);
+    // Sent whole to the slow agent only now, but handed out 3 s ago: it does not count for an
+    // asker whose lateness is 2 s; agent-b's, handed out 1.5 s ago, does.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c', starvedLateMs: 2_000 }), undefined);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c', starvedLateMs: 1_501 }), undefined);
+    // A lateness of just under 1.5 s: agent-b did not pass its copy on in time either.
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-c', starvedLateMs: 1_499 }));
+    assert.deepEqual(exempt, ['starved', 'starved']);
+  });
+
   it('lets another copy go when the first was cut off', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

@@ -27,6 +27,7 @@ import {
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
   PIECE_UNHEARD_HEADER,
+  PIECE_STARVED_HEADER,
   pieceBounds,
   pieceCount,
   pieceListDigest,
@@ -731,7 +732,7 @@ export class SwarmFetch {
         }
       }
       this.#verifiedWith[index] = expected;
-      this.#markHave(index);
+      this.#markHave(index, picked.starvedLateMs !== undefined);
       this.#deps.client.answered(peer.id);
       this.#lostHolders.delete(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
@@ -854,8 +855,12 @@ export class SwarmFetch {
     }
   }
 
-  /** Records a verified piece on disk and moves the readable prefix over it. */
-  #markHave(index: number): void {
+  /**
+   * Records a verified piece on disk and moves the readable prefix over it. `wanted`: it came
+   * from the seed for a starved download, so the other agents the seed refused it to are
+   * likely waiting on it too: announced at once rather than at the next step.
+   */
+  #markHave(index: number, wanted = false): void {
     this.#picker.markHave(index);
     this.#stall.progress();
     const size = this.download.size ?? 0;
@@ -865,7 +870,10 @@ export class SwarmFetch {
     // and the have stream does not grow with how long the download lasts.
     const held = this.#picker.held.size;
     this.#wants.gotPiece(Date.now());
-    if (held < this.#picker.count && haveDue(this.#announced, held, this.#picker.count)) {
+    if (
+      held < this.#picker.count &&
+      (wanted || haveDue(this.#announced, held, this.#picker.count))
+    ) {
       this.#announced = held;
       this.#wants.announced(Date.now());
       this.#deps.client.announce(this.#blob, toRanges(this.#picker.held), false);
@@ -936,13 +944,17 @@ export class SwarmFetch {
       }
     }
     const unheard = this.#unheard(Date.now());
-    if (notFrom.length === 0 && !unheard) {
+    const { starvedLateMs } = picked;
+    if (notFrom.length === 0 && !unheard && starvedLateMs === undefined) {
       return this.#auth;
     }
     return {
       ...this.#auth,
       ...(notFrom.length === 0 ? {} : { [PIECE_NOT_FROM_HEADER]: notFromHeader(notFrom) }),
       ...(unheard ? { [PIECE_UNHEARD_HEADER]: '1' } : {}),
+      ...(starvedLateMs === undefined
+        ? {}
+        : { [PIECE_STARVED_HEADER]: String(Math.round(starvedLateMs)) }),
     };
   }
 

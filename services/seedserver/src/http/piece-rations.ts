@@ -19,6 +19,12 @@
  * copies still count for everyone else, so one agent's view never changes what the others
  * are told, and the copy it gets counts too. Without this, the pieces last sent to an agent
  * killed mid-pull were refused to everyone, its own restart included, for the whole window.
+ *
+ * Nor is an asker whose download starved (no piece came to it for its lateness, every request
+ * it has in flight late) refused for copies handed out longer ago than that lateness
+ * (`starvedLateMs`): whoever got them has not passed them on in that time, a slow node still
+ * receiving them on its own link or sending them out of it. Copies handed out since still
+ * count: the piece went to an agent a moment ago, and the asker is sent to it as before.
  */
 
 export interface RationSettings {
@@ -35,6 +41,8 @@ interface Copy {
   readonly at: number;
   /** Who asked for it (the agent's id); '' when the request did not say. */
   readonly asker: string;
+  /** When it was handed out (ms): its start, also once it was sent whole. */
+  readonly handedAt: number;
 }
 
 interface PieceState {
@@ -60,6 +68,12 @@ export interface RationRequest {
    * could not learn which. A ticket whatever the count (the copy still counts for the others).
    */
   readonly unheard?: boolean;
+  /**
+   * The asker's download starved (`PIECE_STARVED_HEADER`), and this is its lateness in ms:
+   * copies handed out longer ago than that do not count against it (they went to agents that
+   * did not pass them on in that time).
+   */
+  readonly starvedLateMs?: number | undefined;
 }
 
 /**
@@ -67,7 +81,7 @@ export interface RationRequest {
  * counted went to the asker itself, or to agents it cannot get the piece from, or the asker
  * cannot hear from the swarm who got them (`RationRequest.unheard`).
  */
-export type ExemptReason = 'asked-again' | 'not-from' | 'unheard';
+export type ExemptReason = 'asked-again' | 'not-from' | 'unheard' | 'starved';
 
 /** One copy handed out: call `end` once, when its response has closed. */
 export interface RationTicket {
@@ -147,11 +161,17 @@ export class PieceRations {
         this.#onExempt('not-from');
       } else if (request.unheard === true) {
         this.#onExempt('unheard');
+      } else if (
+        request.starvedLateMs !== undefined &&
+        this.#counted(state, now, new Set([...own, ...notFrom]), now - request.starvedLateMs) <
+          copies
+      ) {
+        this.#onExempt('starved');
       } else {
         return undefined;
       }
     }
-    const copy: Copy = { at: now, asker };
+    const copy: Copy = { at: now, asker, handedAt: now };
     state.sending.push(copy);
     const entry = state;
     let ended = false;
@@ -166,7 +186,7 @@ export class PieceRations {
           entry.sending.splice(at, 1);
         }
         if (complete) {
-          entry.sent.push({ at: this.#now(), asker });
+          entry.sent.push({ at: this.#now(), asker, handedAt: copy.at });
         }
         if (entry.sending.length === 0 && entry.sent.length === 0) {
           this.#forget(blob, piece, entry);
@@ -181,22 +201,27 @@ export class PieceRations {
   }
 
   /**
-   * Copies that count now, those that went to `except` left out; drops sent copies whose
-   * window has passed.
+   * Copies that count now, those that went to `except` left out, and with `since` those
+   * handed out before then (ms); drops sent copies whose window has passed.
    */
-  #counted(state: PieceState, now: number, except: ReadonlySet<string> = NOBODY): number {
+  #counted(
+    state: PieceState,
+    now: number,
+    except: ReadonlySet<string> = NOBODY,
+    since = -Infinity,
+  ): number {
     const { windowMs, holdMs } = this.#settings;
     while (state.sent.length > 0 && now - (state.sent[0]?.at ?? now) >= windowMs) {
       state.sent.shift();
     }
     let counted = 0;
     for (const copy of state.sending) {
-      if (now - copy.at < holdMs && !except.has(copy.asker)) {
+      if (now - copy.at < holdMs && copy.handedAt >= since && !except.has(copy.asker)) {
         counted += 1;
       }
     }
     for (const copy of state.sent) {
-      if (!except.has(copy.asker)) {
+      if (copy.handedAt >= since && !except.has(copy.asker)) {
         counted += 1;
       }
     }
