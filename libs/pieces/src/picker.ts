@@ -548,17 +548,23 @@ export class PiecePicker {
 
   /**
    * The requests to start now, up to the concurrency: rarest first, the window past the
-   * prefix before the rest, endgame copies of late pieces at the tail. Each counts as in
-   * flight until `settle`.
+   * prefix before the rest, endgame copies of late pieces at the tail, and a request to a seed
+   * for a starved download (`#starvedRequest`). Each counts as in flight until `settle`.
    */
   next(): PickedRequest[] {
     const settings = this.#settings;
     const started: PickedRequest[] = [];
-    if (this.#count === 0 || this.#active >= settings.concurrency) {
+    if (this.#count === 0) {
       return started;
     }
     const now = this.#now();
     const usable = [...this.#sources.values()].filter((s) => this.#usable(s, now));
+    if (this.#active >= settings.concurrency) {
+      // Every slot taken, by late requests to slow holders perhaps: a starved download still
+      // asks the seed (up to twice the concurrency, as the endgame does).
+      const starved = this.#starvedRequest(now, usable);
+      return starved === undefined ? started : [starved];
+    }
     const holders = (index: number): SourceState[] =>
       usable.filter((s) => s.advert.complete || rangesInclude(s.pieces, index));
     // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
@@ -749,8 +755,8 @@ export class PiecePicker {
 
   /**
    * The earliest time (ms) at which `next` may start a request it would not start now with
-   * nothing else changing: a busy source's back-off or a seed's deferral ends, or a piece in
-   * flight grows late for the endgame. Undefined when no such time is known: only an event
+   * nothing else changing: a busy source's back-off or a seed's deferral ends, a piece in
+   * flight grows late for the endgame, or the download starves (`#starvesAt`). Undefined when no such time is known: only an event
    * (a hand-out, a hash, a settled request) can change the answer. A caller sleeping until
    * then instead of on a fixed tick misses nothing the tick would have caught.
    */

@@ -881,6 +881,25 @@ describe('a starved download', () => {
     assert.equal(starved.starvedLateMs, 10_000, 'it says its lateness, the copies it may have');
   });
 
+  it('starves with every slot taken by late requests, and asks the seed beyond them', () => {
+    const { picker: p, clock } = picker(6, { concurrency: 2, perSource: 2, endgameCopies: 1 });
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    const [quick, other] = p.next();
+    assert.ok(quick !== undefined && other !== undefined);
+    p.markHave(quick.index);
+    p.settle(quick, 'ok');
+    // Both slots go to the slow peer, and nothing comes from it.
+    assert.equal(p.next().length, 1);
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    assert.deepEqual(p.next(), [], 'every slot taken');
+    clock.ms += 999;
+    assert.deepEqual(p.next(), []);
+    clock.ms += 1;
+    const [starved, ...more] = p.next();
+    assert.deepEqual(more, []);
+    assert.ok(starved !== undefined && starved.seed && starved.starvedLateMs === 1000);
+  });
+
   it('is never starved before a piece came, without a seed, nor when told not to ask', () => {
     const { picker: p, clock } = picker(2, { concurrency: 1 });
     p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });

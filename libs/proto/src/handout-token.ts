@@ -41,12 +41,18 @@ export const PIECE_NOT_FROM_HEADER = 'shoal-not-from';
 export const PIECE_UNHEARD_HEADER = 'shoal-unheard';
 /**
  * The header in which a piece request to the seed server says that the asker's download has
- * starved: no piece came to it for its lateness (the value, in ms: a multiple of its typical
- * piece time) and every request it has in flight is late. The seed's rationing does not hold
- * against it the copies it handed out longer ago than that: they went to agents that did not
- * pass them on in that time (a slow node, receiving them or sending them on).
+ * starved: no piece came to it for its lateness with every request it has in flight late, or
+ * for a second with none in flight. The value is that lateness in ms (twice its typical piece
+ * time, at least a second). The seed's rationing does not hold against it the copies it
+ * handed out longer ago than that (never less than `MIN_STARVED_LATE_MS`): they went to agents
+ * that did not pass them on in that time (a slow node, receiving them or sending them on).
  */
 export const PIECE_STARVED_HEADER = 'shoal-starved';
+/**
+ * The least lateness the seed takes from `PIECE_STARVED_HEADER`, in ms: an agent's own least.
+ * A smaller value would all but end the rationing for whoever sends it.
+ */
+export const MIN_STARVED_LATE_MS = 1000;
 
 /** The lateness (ms) a `PIECE_STARVED_HEADER` value says, or undefined when it says none. */
 export function starvedLateMs(value: string | undefined): number | undefined {

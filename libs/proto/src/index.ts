@@ -48,6 +48,7 @@ export {
   PIECE_NOT_FROM_HEADER,
   PIECE_UNHEARD_HEADER,
   PIECE_STARVED_HEADER,
+  MIN_STARVED_LATE_MS,
   starvedLateMs,
   pieceAuthHeaders,
   signHandoutToken,

@@ -148,6 +148,17 @@ describe('PieceRations', () => {
     assert.deepEqual(exempt, ['starved', 'starved']);
   });
 
+  it('takes a starved lateness under a second as a second', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    rations.take(BLOB, 0, { asker: 'agent-a' })?.end(true);
+    clock.advance(1_000);
+    // `shoal-starved: 0` would have the seed count nothing but copies of this very moment.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 0 }), undefined);
+    clock.advance(1);
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 0 }));
+  });
+
   it('lets another copy go when the first was cut off', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

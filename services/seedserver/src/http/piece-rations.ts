@@ -20,12 +20,14 @@
  * are told, and the copy it gets counts too. Without this, the pieces last sent to an agent
  * killed mid-pull were refused to everyone, its own restart included, for the whole window.
  *
- * Nor is an asker whose download starved (no piece came to it for its lateness, every request
- * it has in flight late) refused for copies handed out longer ago than that lateness
- * (`starvedLateMs`): whoever got them has not passed them on in that time, a slow node still
- * receiving them on its own link or sending them out of it. Copies handed out since still
- * count: the piece went to an agent a moment ago, and the asker is sent to it as before.
+ * Nor is an asker whose download starved (no piece came to it for its lateness with every
+ * request it has in flight late, or for a second with none in flight) refused for copies
+ * handed out longer ago than that lateness (`starvedLateMs`, taken as a second at least):
+ * whoever got them has not passed them on in that time, a slow node still receiving them on
+ * its own link or sending them out of it. Copies handed out since still count: the piece went
+ * to an agent a moment ago, and the asker is sent to it as before.
  */
+import { MIN_STARVED_LATE_MS } from '@shoal/proto';
 
 export interface RationSettings {
   /** Copies of a piece counted at once (0: no rationing). */
@@ -163,8 +165,12 @@ export class PieceRations {
         this.#onExempt('unheard');
       } else if (
         request.starvedLateMs !== undefined &&
-        this.#counted(state, now, new Set([...own, ...notFrom]), now - request.starvedLateMs) <
-          copies
+        this.#counted(
+          state,
+          now,
+          new Set([...own, ...notFrom]),
+          now - Math.max(request.starvedLateMs, MIN_STARVED_LATE_MS),
+        ) < copies
       ) {
         this.#onExempt('starved');
       } else {
