@@ -304,7 +304,10 @@ export interface PickerOptions {
   readonly settings: PickerSettings;
   /** The clock, in ms. */
   readonly now: () => number;
-  /** A number in [0, 1) for the tie-break between equally rare pieces. */
+  /**
+   * A number in [0, 1): the tie-break between equally rare pieces, and the draw of a starved
+   * download's piece.
+   */
   readonly random: () => number;
   /** Sources kept out from elsewhere (penalised for a bad piece in another download). */
   readonly excluded?: (id: string) => boolean;
@@ -708,8 +711,11 @@ export class PiecePicker {
    * the copies it handed out longer ago than that (they went to an agent that has not passed
    * them on in a piece's late time), and still refuses it for copies handed out since (the
    * piece went to an agent a moment ago: the asker gets it there). One such request at a
-   * time; it stays starved (and asks again) until a piece comes otherwise. The piece: the
-   * first missing one with no request in flight, else the first with a late one.
+   * time; it stays starved (and asks again) until a piece comes otherwise. The piece: one of
+   * the missing ones with no request in flight, drawn at random (`random`), else the first
+   * with a late one. Drawn, not the first: agents starved together (the others of a slow
+   * node that got the seed's copies) asked for the same lowest piece, the seed served one of
+   * them and refused the rest for the copy it had just handed out, and those waited a second.
    */
   #starvedRequest(now: number, usable: readonly SourceState[]): PickedRequest | undefined {
     const at = this.#starvesAt();
@@ -717,7 +723,8 @@ export class PiecePicker {
       return undefined;
     }
     const seeds = usable.filter((s) => s.advert.seed);
-    let chosen: { index: number; seed: SourceState } | undefined;
+    const fresh: { index: number; seed: SourceState }[] = [];
+    let late: { index: number; seed: SourceState } | undefined;
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index)) {
         continue;
@@ -731,11 +738,15 @@ export class PiecePicker {
         continue;
       }
       if (requests === undefined) {
-        chosen = { index, seed };
-        break;
+        fresh.push({ index, seed });
+      } else {
+        late ??= { index, seed };
       }
-      chosen ??= { index, seed };
     }
+    const chosen =
+      fresh.length > 0
+        ? fresh[Math.min(fresh.length - 1, Math.floor(this.#random() * fresh.length))]
+        : late;
     if (chosen === undefined) {
       return undefined;
     }

@@ -33,6 +33,7 @@ const SETTINGS: PickerSettings = {
 function picker(
   count: number,
   settings: Partial<PickerSettings> = {},
+  random?: () => number,
 ): { picker: PiecePicker; clock: { ms: number } } {
   const clock = { ms: 1_000_000 };
   // Ties broken in a fixed order, so the tests see one order.
@@ -40,7 +41,7 @@ function picker(
   const picker = new PiecePicker({
     settings: { ...SETTINGS, ...settings },
     now: () => clock.ms,
-    random: () => (draws++ % 97) / 97,
+    random: random ?? (() => (draws++ % 97) / 97),
   });
   picker.setLayout(count, MiB);
   picker.hashesKnown(0, count);
@@ -755,13 +756,16 @@ describe('a starved download', () => {
    * 1 s: the download starves now. (No endgame copies: one copy of a piece at a time, so what
    * is seen is the starving alone.)
    */
-  function starving(): { p: PiecePicker; clock: { ms: number }; slow: PickedRequest[] } {
-    const { picker: p, clock } = picker(5, {
-      concurrency: 4,
-      perSource: 2,
-      seedDeferMaxMs: 8000,
-      endgameCopies: 1,
-    });
+  function starving(random?: () => number): {
+    p: PiecePicker;
+    clock: { ms: number };
+    slow: PickedRequest[];
+  } {
+    const { picker: p, clock } = picker(
+      5,
+      { concurrency: 4, perSource: 2, seedDeferMaxMs: 8000, endgameCopies: 1 },
+      random,
+    );
     p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
     const first = p.next();
     assert.deepEqual(indexes(first).sort(), [0, 1]);
@@ -798,16 +802,41 @@ describe('a starved download', () => {
     assert.deepEqual(more, [], 'one request for starving at a time');
     assert.ok(starved !== undefined && starved.seed);
     assert.equal(starved.starvedLateMs, 1000, 'it says its lateness');
-    assert.equal(starved.index, 3, 'the first piece with no request in flight');
+    assert.ok([3, 4].includes(starved.index), 'a piece with no request in flight');
     clock.ms += 100;
     assert.deepEqual(p.next(), [], 'no other while it is in flight');
     // It came: still starved (nothing came otherwise), so the next piece is asked at once.
-    p.markHave(3);
+    p.markHave(starved.index);
     p.settle(starved, 'ok');
     const [next] = p.next();
     assert.ok(next !== undefined && next.seed);
-    assert.equal(next.index, 4);
+    assert.equal(next.index, starved.index === 3 ? 4 : 3);
     assert.equal(next.starvedLateMs, 1000);
+  });
+
+  it('draws its piece among those with no request in flight, so downloads starved together differ', () => {
+    // Three downloads starved alike (the others of a slow node that got the seed's copies),
+    // each with its own draws: the lowest piece for all of them collided at the seed.
+    const asked = [0, 0.5, 0.99].map((draw) => {
+      const { p } = starving(() => draw);
+      const [starved, ...more] = p.next();
+      assert.deepEqual(more, []);
+      assert.ok(starved?.starvedLateMs !== undefined && starved.seed);
+      return starved.index;
+    });
+    assert.deepEqual(asked, [3, 4, 4], 'pieces 0 and 2 are in flight to the slow peer');
+  });
+
+  it('asks for a piece whose request is late when every missing piece has one', () => {
+    const { p, clock } = starving();
+    // Pieces 3 and 4 come from elsewhere: only 0 and 2 are missing, both late at the slow peer.
+    p.markHave(3);
+    p.markHave(4);
+    clock.ms += 1000;
+    const [starved, ...more] = p.next().filter((r) => r.starvedLateMs !== undefined);
+    assert.deepEqual(more, []);
+    assert.ok(starved !== undefined && starved.seed);
+    assert.equal(starved.index, 0, 'the first late one');
   });
 
   it('asks again only after the least lateness when the seed refused anyway', () => {
