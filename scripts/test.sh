@@ -7,10 +7,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 # Lint (type-checked, about 2 minutes) and the format check side by side: each leaves a core
-# half idle, and CI has 30 minutes in all. Each one's output is shown once both have ended.
+# half idle, and CI has 30 minutes in all. The output of one that fails is shown once it has
+# ended; stopped meanwhile, the script stops both.
 echo "[test] lint and format"
 checks="$(mktemp -d)"
-trap 'rm -rf "$checks"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$checks"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 npx --no-install eslint --max-warnings=0 . >"$checks/lint" 2>&1 &
 lint=$!
 npx --no-install prettier --check . >"$checks/format" 2>&1 &

@@ -22,10 +22,17 @@ import {
   startSeedServer,
   startTracker,
   table,
-  Teardown,
+  type Teardown,
 } from '@shoal/testkit';
 
-import { exitOnProblems, progress, readOptions, runBench } from './cli.js';
+import {
+  exitOnProblems,
+  interruptOnSignal,
+  newTeardown,
+  progress,
+  readOptions,
+  runBench,
+} from './cli.js';
 
 const USAGE = `usage: node bench/dist/src/idle.js [--seconds S] [--settle-s S] [--baseline DIR]
 
@@ -97,9 +104,9 @@ async function main(): Promise<number> {
   }
   exitOnProblems(problems, USAGE);
 
-  const teardown = new Teardown((what, error) =>
-    progress(`teardown of ${what} failed: ${error.message}`),
-  );
+  // Interrupted (SIGINT, SIGTERM) during a wait, the run still stops every process it started.
+  const interrupt = interruptOnSignal();
+  const teardown = newTeardown();
   try {
     progress('starting the stack');
     const stacks: { name: string; pids: Record<Role, number> }[] = [
@@ -110,10 +117,10 @@ async function main(): Promise<number> {
       stacks.push({ name: 'baseline', pids: await startStack(teardown, baseline) });
     }
     progress(`settling for ${String(settleS)} s, then measuring for ${String(windowS)} s`);
-    await sleep(settleS * 1000);
+    await sleep(settleS * 1000, undefined, { signal: interrupt.signal });
     const before = await Promise.all(stacks.map((stack) => cpuOf(stack.pids)));
     const startedAt = performance.now();
-    await sleep(windowS * 1000);
+    await sleep(windowS * 1000, undefined, { signal: interrupt.signal });
     const after = await Promise.all(stacks.map((stack) => cpuOf(stack.pids)));
     const elapsedS = (performance.now() - startedAt) / 1000;
 
@@ -142,6 +149,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await teardown.run();
+    interrupt.release();
   }
 }
 

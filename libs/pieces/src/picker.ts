@@ -712,10 +712,12 @@ export class PiecePicker {
    * them on in a piece's late time), and still refuses it for copies handed out since (the
    * piece went to an agent a moment ago: the asker gets it there). One such request at a
    * time; it stays starved (and asks again) until a piece comes otherwise. The piece: one of
-   * the missing ones with no request in flight, drawn at random (`random`), else the first
-   * with a late one. Drawn, not the first: agents starved together (the others of a slow
-   * node that got the seed's copies) asked for the same lowest piece, the seed served one of
-   * them and refused the rest for the copy it had just handed out, and those waited a second.
+   * the missing ones with no request in flight, drawn at random (`random`) among those in the
+   * window past the prefix if any is (one from past it is held, or written and read back,
+   * until the prefix reaches it), else the first with a late one. Drawn, not the first:
+   * agents starved together (the others of a slow node that got the seed's copies) asked for
+   * the same lowest piece, the seed served one of them and refused the rest for the copy it
+   * had just handed out, and those waited a second.
    */
   #starvedRequest(now: number, usable: readonly SourceState[]): PickedRequest | undefined {
     const at = this.#starvesAt();
@@ -743,9 +745,17 @@ export class PiecePicker {
         late ??= { index, seed };
       }
     }
+    const end = windowEnd(
+      this.#prefix,
+      this.#pieceSize,
+      this.#settings.heldBytes,
+      this.#settings.concurrency,
+    );
+    const near = fresh.filter((candidate) => candidate.index < end);
+    const drawFrom = near.length > 0 ? near : fresh;
     const chosen =
-      fresh.length > 0
-        ? fresh[Math.min(fresh.length - 1, Math.floor(this.#random() * fresh.length))]
+      drawFrom.length > 0
+        ? drawFrom[Math.min(drawFrom.length - 1, Math.floor(this.#random() * drawFrom.length))]
         : late;
     if (chosen === undefined) {
       return undefined;

@@ -802,7 +802,7 @@ describe('a starved download', () => {
     assert.deepEqual(more, [], 'one request for starving at a time');
     assert.ok(starved !== undefined && starved.seed);
     assert.equal(starved.starvedLateMs, 1000, 'it says its lateness');
-    assert.ok([3, 4].includes(starved.index), 'a piece with no request in flight');
+    assert.equal(starved.index, 3, 'drawn among the pieces with no request in flight');
     clock.ms += 100;
     assert.deepEqual(p.next(), [], 'no other while it is in flight');
     // It came: still starved (nothing came otherwise), so the next piece is asked at once.
@@ -810,7 +810,7 @@ describe('a starved download', () => {
     p.settle(starved, 'ok');
     const [next] = p.next();
     assert.ok(next !== undefined && next.seed);
-    assert.equal(next.index, starved.index === 3 ? 4 : 3);
+    assert.equal(next.index, 4);
     assert.equal(next.starvedLateMs, 1000);
   });
 
@@ -825,6 +825,34 @@ describe('a starved download', () => {
       return starved.index;
     });
     assert.deepEqual(asked, [3, 4, 4], 'pieces 0 and 2 are in flight to the slow peer');
+  });
+
+  it('draws within the window past the prefix while a piece there lacks a request', () => {
+    // 40 pieces, the window 8 past the prefix (the concurrency; 8 MiB held): piece 0 came,
+    // the seed refused every other one (deferred 5 s), and nothing came for a second.
+    const { picker: p, clock } = picker(
+      40,
+      { concurrency: 8, heldBytes: 8 * MiB, seedDeferMs: 5000, seedDeferMaxMs: 8000 },
+      () => 0.99,
+    );
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    for (let asked = p.next(); asked.length > 0; asked = p.next()) {
+      for (const request of asked) {
+        if (request.index === 0) {
+          p.markHave(0);
+          p.settle(request, 'ok');
+        } else {
+          p.settle(request, 'busy');
+        }
+      }
+    }
+    assert.equal(p.prefix, 1, 'piece 0 came, the others were refused');
+    clock.ms += 1000;
+    const [starved, ...more] = p.next();
+    assert.deepEqual(more, []);
+    assert.ok(starved?.starvedLateMs !== undefined);
+    // Drawn last among pieces 1-8, not among 1-39.
+    assert.equal(starved.index, 8);
   });
 
   it('asks for a piece whose request is late when every missing piece has one', () => {

@@ -13,8 +13,8 @@ export interface ServiceMetrics {
 /**
  * How often the event-loop lag is sampled, in ms (`nodejs_eventloop_lag_*`). prom-client's
  * default, 10 ms, wakes the loop 100 times a second in every process, busy or idle: about
- * 12 ms of CPU a second (1.2% of a core) on this project's bench machine, most of what an
- * idle agent costs. Ten samples a second still show a loop that stalls.
+ * 8-10 ms of CPU a second (1% of a core) on this project's bench machine, two thirds of what
+ * an idle agent cost (bench/README.md). Ten samples a second still show a loop that stalls.
  */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
