@@ -33,6 +33,7 @@
  * It reports figures; it never asserts one. It exits 1 when a pull fails.
  */
 import { writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import {
@@ -79,6 +80,12 @@ import {
 import { pushTarget, startBase } from './cluster.js';
 import { pointContainerd, prepareClient, type PullTarget } from './clients.js';
 import { measureRss, rssReport, type RssRun } from './datapath-rss.js';
+import {
+  floorPerGiB,
+  machineFloorReport,
+  measureMachineFloor,
+  type MachineFloor,
+} from './machine-floor.js';
 import {
   median,
   mirrorRoot,
@@ -583,6 +590,8 @@ interface SmallRun {
 /** The pulls through containerd (left out with `--only tls` and `--only rss`). */
 interface CtrResults {
   readonly big: BigResults | undefined;
+  /** What the machine charged per byte, measured just before the big image's pulls. */
+  readonly floor: MachineFloor | undefined;
   /** Empty with `--only cold`. */
   readonly small: readonly SmallRun[];
 }
@@ -720,8 +729,9 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
     '',
     ...(big === undefined ? [] : warmReport(big.rounds, bigBytes)),
     ...(big?.first === undefined ? [] : firstPullReport(big.first.pull, big.first.bytes)),
-    ...(big === undefined ? [] : agentReport(big.cold, big.coldChecks, bigBytes)),
-    ...(big === undefined ? [] : seedReport(big.cold, bigBytes)),
+    ...(ctr.floor === undefined ? [] : [...machineFloorReport(ctr.floor), '']),
+    ...(big === undefined ? [] : agentReport(big.cold, big.coldChecks, bigBytes, ctr.floor)),
+    ...(big === undefined ? [] : seedReport(big.cold, bigBytes, ctr.floor)),
     ...smallLines,
   ];
 }
@@ -867,12 +877,17 @@ function timelineReport(runs: readonly SmallRun[]): string[] {
 }
 
 /** The agent's CPU during the cold pull of the big image, its main thread and the others. */
-function agentReport(cold: Measured, checks: BlobChecks, bytes: number): string[] {
+function agentReport(
+  cold: Measured,
+  checks: BlobChecks,
+  bytes: number,
+  floor: MachineFloor | undefined,
+): string[] {
   const line = agentCpuLine(cold, bytes);
   return line === undefined
     ? []
     : [
-        `agent, big cold pull: ${line}`,
+        `agent, big cold pull: ${line}${overFloor(perGiB(cold, 'agent', bytes), floor)}`,
         `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}`,
       ];
 }
@@ -908,8 +923,13 @@ function faultsLine(pull: Measured, name: string, bytes: number): string {
   return `${faults} page faults (${(faults / (bytes / MiB)).toFixed(0)} per MiB)`;
 }
 
+/** A process's CPU s/GiB as a multiple of the machine's floor, for the end of its line. */
+function overFloor(cpuPerGiB: number, floor: MachineFloor | undefined): string {
+  return floor === undefined ? '' : `; ${ratio(cpuPerGiB / floorPerGiB(floor))}× the machine floor`;
+}
+
 /** Where the seed server's CPU went during the cold pull of the big image. */
-function seedReport(cold: Measured, bytes: number): string[] {
+function seedReport(cold: Measured, bytes: number, floor: MachineFloor | undefined): string[] {
   const detail = cold.seed;
   if (detail === undefined) {
     return [];
@@ -920,7 +940,7 @@ function seedReport(cold: Measured, bytes: number): string[] {
     (kind) => `${gc[kind].count} ${kind} (${seconds(gc[kind].seconds)})`,
   );
   return [
-    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}`,
+    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}${overFloor(perGiB(cold, 'seed', bytes), floor)}`,
     `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
     `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
       Object.entries(detail.pieceRequests)
@@ -1168,6 +1188,11 @@ async function main(): Promise<number> {
           ),
         );
       }
+      // What the machine charges per byte today, just before the pulls it is read against.
+      const floor =
+        big === undefined
+          ? undefined
+          : await measureMachineFloor(tmpdir(), blobBytes(big.target), signal);
       const bigResults =
         big === undefined
           ? undefined
@@ -1181,7 +1206,7 @@ async function main(): Promise<number> {
       if (receiver !== undefined) {
         small = await smallPulls(pulls, options, receiver, through({ seed, agent }), baseline);
       }
-      ctr = { big: bigResults, small };
+      ctr = { big: bigResults, floor, small };
     }
     // Before the agent-to-agent pulls, which stop the seed server.
     let rss: RssRun | undefined;
