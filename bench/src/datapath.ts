@@ -887,7 +887,7 @@ function agentReport(
   return line === undefined
     ? []
     : [
-        `agent, big cold pull: ${line}${overFloor(perGiB(cold, 'agent', bytes), floor)}`,
+        `agent, big cold pull: ${line}${overFloor(cold, 'agent', bytes, floor)}`,
         `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}`,
       ];
 }
@@ -923,9 +923,21 @@ function faultsLine(pull: Measured, name: string, bytes: number): string {
   return `${faults} page faults (${(faults / (bytes / MiB)).toFixed(0)} per MiB)`;
 }
 
-/** A process's CPU s/GiB as a multiple of the machine's floor, for the end of its line. */
-function overFloor(cpuPerGiB: number, floor: MachineFloor | undefined): string {
-  return floor === undefined ? '' : `; ${ratio(cpuPerGiB / floorPerGiB(floor))}× the machine floor`;
+/**
+ * A process's CPU s/GiB in a pull as a multiple of the machine's floor, and what its page
+ * faults cost at the machine's price of one, for the end of its line.
+ */
+function overFloor(
+  pull: Measured,
+  name: string,
+  bytes: number,
+  floor: MachineFloor | undefined,
+): string {
+  if (floor === undefined) {
+    return '';
+  }
+  const faultSeconds = ((pull.costs[name]?.minorFaults ?? 0) * floor.faultMicros) / 1e6;
+  return `; ${ratio(perGiB(pull, name, bytes) / floorPerGiB(floor))}× the machine floor; its page faults about ${(faultSeconds / (bytes / GiB)).toFixed(2)} CPU s/GiB`;
 }
 
 /** Where the seed server's CPU went during the cold pull of the big image. */
@@ -940,7 +952,7 @@ function seedReport(cold: Measured, bytes: number, floor: MachineFloor | undefin
     (kind) => `${gc[kind].count} ${kind} (${seconds(gc[kind].seconds)})`,
   );
   return [
-    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}${overFloor(perGiB(cold, 'seed', bytes), floor)}`,
+    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}${overFloor(cold, 'seed', bytes, floor)}`,
     `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
     `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
       Object.entries(detail.pieceRequests)

@@ -15,6 +15,9 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** How long the loopback transfer may take before the measurement gives up. */
 const TRANSFER_TIMEOUT_MS = 60_000;
+/** Memory newly mapped and touched a page at a time, to time a page fault. */
+const FAULT_PROBE_BYTES = 64 * MiB;
+const PAGE_BYTES = 4096;
 
 export interface MachineFloor {
   /** Bytes each measurement moved. */
@@ -27,6 +30,8 @@ export interface MachineFloor {
   readonly rewrite: number;
   /** A loopback TCP transfer, both ends (one process sends, the same process receives). */
   readonly loopback: number;
+  /** CPU microseconds per page of fresh memory touched for the first time (a page fault). */
+  readonly faultMicros: number;
 }
 
 /** CPU seconds (user + system) of this process while `work` runs. */
@@ -77,12 +82,19 @@ export async function measureMachineFloor(
   }
 
   const loopback = await cpuSeconds(() => transfer(block, blocks, signal));
+  const fresh = Buffer.allocUnsafeSlow(FAULT_PROBE_BYTES);
+  const faults = await cpuSeconds(() => {
+    for (let at = 0; at < fresh.length; at += PAGE_BYTES) {
+      fresh[at] = 1;
+    }
+  });
   return {
     bytes: moved,
     sha256: perGiB(sha256),
     newFileWrite: perGiB(newFileWrite),
     rewrite: perGiB(rewrite),
     loopback: perGiB(loopback),
+    faultMicros: (faults * 1e6) / (FAULT_PROBE_BYTES / PAGE_BYTES),
   };
 }
 
@@ -151,7 +163,7 @@ export function machineFloorReport(floor: MachineFloor): string[] {
   return [
     `machine floor, measured in this run (${Math.round(floor.bytes / MiB)} MiB each, this bench's process): sha256 ${floor.sha256.toFixed(2)} CPU s/GiB; ` +
       `writing a new file ${floor.newFileWrite.toFixed(2)} (the same pages again ${floor.rewrite.toFixed(2)}); ` +
-      `a loopback TCP transfer, both ends, ${floor.loopback.toFixed(2)}`,
+      `a loopback TCP transfer, both ends, ${floor.loopback.toFixed(2)}; a page of fresh memory touched, ${floor.faultMicros.toFixed(1)} CPU us`,
     `  hashing twice, writing a new file once and a loopback transfer: ${floorPerGiB(floor).toFixed(2)} CPU s/GiB, the least an agent or a seed server can spend per byte here`,
   ];
 }
