@@ -8,7 +8,9 @@
  *                                   [--warm-runs N] [--baseline DIR]
  *
  * One agent and one seed server (with nats-server and a tracker) serve `ctr images pull` of a
- * generated image; a fresh containerd per pull. In order: the image straight from the registry,
+ * generated image; a fresh containerd per pull. In order: what the machine charges per byte
+ * (sha256, a new file's write, a loopback transfer, a page fault: `machine-floor.ts`, with the
+ * big image only), the image straight from the registry,
  * through the agent cold (swarm path: seed server, then agent), through the agent warm (cache
  * hit), straight again; a small image straight and through the agent cold (`--small-runs N`: N
  * new ones, rows of median time), with the cold pull's phase-by-phase timeline from the spans
@@ -883,11 +885,13 @@ function agentReport(
   bytes: number,
   floor: MachineFloor | undefined,
 ): string[] {
-  const line = agentCpuLine(cold, bytes);
+  const line = agentCpuLine(cold, bytes, floor);
+  // The agent hashes each byte once when the seed's record vouched for every blob.
+  const hashes = checks.digest === 0 ? 1 : 2;
   return line === undefined
     ? []
     : [
-        `agent, big cold pull: ${line}${overFloor(cold, 'agent', bytes, floor)}`,
+        `agent, big cold pull: ${line}${overFloor(cold, 'agent', bytes, floor, hashes)}`,
         `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}`,
       ];
 }
@@ -897,47 +901,60 @@ function agentReport(
  * the big image's row is their second: what a fresh process pays once.
  */
 function firstPullReport(first: Measured, bytes: number): string[] {
-  const line = agentCpuLine(first, bytes);
+  const line = agentCpuLine(first, bytes, undefined);
   return line === undefined
     ? []
     : [
         `agent, first pull (--warm-agent ${mib(bytes)}, cold): ${line}`,
-        `seed server, first pull (--warm-agent ${mib(bytes)}, cold): ${perGiB(first, 'seed', bytes).toFixed(2)} CPU s/GiB, ${faultsLine(first, 'seed', bytes)}`,
+        `seed server, first pull (--warm-agent ${mib(bytes)}, cold): ${perGiB(first, 'seed', bytes).toFixed(2)} CPU s/GiB, ${faultsLine(first, 'seed', bytes, undefined)}`,
       ];
 }
 
 /** CPU s/GiB of the agent in a pull, its main thread and the others, and its page faults. */
-function agentCpuLine(pull: Measured, bytes: number): string | undefined {
+function agentCpuLine(
+  pull: Measured,
+  bytes: number,
+  floor: MachineFloor | undefined,
+): string | undefined {
   const main = pull.mainCpu['agent'];
   if (main === undefined) {
     return undefined;
   }
   const gib = bytes / GiB;
   const all = perGiB(pull, 'agent', bytes);
-  return `${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}; ${faultsLine(pull, 'agent', bytes)}`;
-}
-
-/** A process's minor page faults in a pull, in all and per MiB delivered. */
-function faultsLine(pull: Measured, name: string, bytes: number): string {
-  const faults = pull.costs[name]?.minorFaults ?? 0;
-  return `${faults} page faults (${(faults / (bytes / MiB)).toFixed(0)} per MiB)`;
+  return `${all.toFixed(2)} CPU s/GiB; main thread ${(main / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(all - main / gib).toFixed(2)}; ${faultsLine(pull, 'agent', bytes, floor)}`;
 }
 
 /**
- * A process's CPU s/GiB in a pull as a multiple of the machine's floor, and what its page
- * faults cost at the machine's price of one, for the end of its line.
+ * A process's minor page faults in a pull, in all and per MiB delivered, and with the
+ * machine's floor what they cost at its price of one.
  */
-function overFloor(
+function faultsLine(
   pull: Measured,
   name: string,
   bytes: number,
   floor: MachineFloor | undefined,
 ): string {
-  if (floor === undefined) {
-    return '';
+  const faults = pull.costs[name]?.minorFaults ?? 0;
+  const perMiB = (faults / (bytes / MiB)).toFixed(0);
+  if (floor === undefined || Number.isNaN(floor.faultMicros)) {
+    return `${faults} page faults (${perMiB} per MiB)`;
   }
-  const faultSeconds = ((pull.costs[name]?.minorFaults ?? 0) * floor.faultMicros) / 1e6;
-  return `; ${ratio(perGiB(pull, name, bytes) / floorPerGiB(floor))}× the machine floor; its page faults about ${(faultSeconds / (bytes / GiB)).toFixed(2)} CPU s/GiB`;
+  const perGiBSeconds = (faults * floor.faultMicros) / 1e6 / (bytes / GiB);
+  return `${faults} page faults (${perMiB} per MiB, about ${perGiBSeconds.toFixed(2)} CPU s/GiB at ${floor.faultMicros.toFixed(1)} us each)`;
+}
+
+/** A process's CPU s/GiB in a pull as a multiple of its floor (`hashes`: per byte). */
+function overFloor(
+  pull: Measured,
+  name: string,
+  bytes: number,
+  floor: MachineFloor | undefined,
+  hashes: number,
+): string {
+  return floor === undefined
+    ? ''
+    : `; ${ratio(perGiB(pull, name, bytes) / floorPerGiB(floor, hashes))}× its floor (${hashes === 1 ? 'hashing once' : 'hashing twice'})`;
 }
 
 /** Where the seed server's CPU went during the cold pull of the big image. */
@@ -952,7 +969,7 @@ function seedReport(cold: Measured, bytes: number, floor: MachineFloor | undefin
     (kind) => `${gc[kind].count} ${kind} (${seconds(gc[kind].seconds)})`,
   );
   return [
-    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes)}${overFloor(cold, 'seed', bytes, floor)}`,
+    `seed server, big cold pull: ${perGiB(cold, 'seed', bytes).toFixed(2)} CPU s/GiB; main thread ${(threads.mainSeconds / gib).toFixed(2)}, other threads (V8's GC workers, libuv's pool) ${(threads.otherSeconds / gib).toFixed(2)}; ${faultsLine(cold, 'seed', bytes, floor)}${overFloor(cold, 'seed', bytes, floor, 2)}`,
     `  V8 collections: ${kinds.length === 0 ? 'none' : kinds.join(', ')} (pauses of the main thread)`,
     `  read ${mib(detail.ingestedBytes)} from the origin, served ${mib(detail.servedBytes)} of pieces; piece requests: ${
       Object.entries(detail.pieceRequests)
@@ -1202,9 +1219,7 @@ async function main(): Promise<number> {
       }
       // What the machine charges per byte today, just before the pulls it is read against.
       const floor =
-        big === undefined
-          ? undefined
-          : await measureMachineFloor(tmpdir(), blobBytes(big.target), signal);
+        big === undefined ? undefined : await machineFloor(blobBytes(big.target), signal);
       const bigResults =
         big === undefined
           ? undefined
@@ -1303,6 +1318,23 @@ interface Through {
  * the order rotating from round to round so that none always meets the machine as another
  * left it. With one round and no baseline: warm, then direct.
  */
+/**
+ * The machine's floor (`machine-floor.ts`), or undefined when it could not be measured: it is
+ * context for the figures, so its failure is reported and the pulls go on.
+ */
+async function machineFloor(bytes: number, signal: AbortSignal): Promise<MachineFloor | undefined> {
+  progress('machine floor: sha256, a new file, a loopback transfer, page faults');
+  try {
+    return await measureMachineFloor(tmpdir(), bytes, signal);
+  } catch (error) {
+    signal.throwIfAborted();
+    progress(
+      `machine floor not measured: ${error instanceof Error ? error.message : String(error)}`,
+    );
+    return undefined;
+  }
+}
+
 async function bigPulls(
   pulls: PullRun,
   target: PullTarget,

@@ -1,36 +1,42 @@
 /**
- * What this machine charges, in CPU seconds per GiB, for the work every design of an agent or
- * a seed server must do for each byte it passes on: hash it twice (its piece and the whole
- * blob), write it once into a new file (the page cache), and take it in and send it on over
- * loopback TCP. Measured in the benchmark's own process, in the same run as the pulls, so
- * their CPU can be read against what the machine itself costs that day (see bench/README.md,
- * "What the machine charges per byte").
+ * What this machine charges for the work every design of an agent or a seed server must do
+ * for each byte it passes on: hash it (the seed server twice, its piece and the whole blob;
+ * the agent once when the seed's record vouches for the blob, else twice), write it once into
+ * a new file (the page cache), and take it in and send it on over loopback TCP; and what a
+ * page fault costs, which a process pays for every page of memory new to it. Measured in the
+ * benchmark's own process, in the same run as the pulls, so their CPU can be read against
+ * what the machine itself costs that day (bench/README.md, "What the machine charges per
+ * byte").
  */
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { once } from 'node:events';
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-/** How long the loopback transfer may take before the measurement gives up. */
+/** The most bytes each measurement moves: enough for a steady figure, bounded in time. */
+const MAX_FLOOR_BYTES = 256 * MiB;
+/** How long the loopback transfer may take before the measurement gives up, in ms. */
 const TRANSFER_TIMEOUT_MS = 60_000;
-/** Memory newly mapped and touched a page at a time, to time a page fault. */
+/** Memory newly allocated and touched a page at a time, to price a page fault. */
 const FAULT_PROBE_BYTES = 64 * MiB;
-const PAGE_BYTES = 4096;
+/** A step small enough to touch every page, whatever the page size. */
+const TOUCH_STEP_BYTES = 4096;
 
 export interface MachineFloor {
-  /** Bytes each measurement moved. */
+  /** Bytes each per-byte measurement moved. */
   readonly bytes: number;
-  /** sha256 of 1 MiB blocks. */
+  /** sha256 of 1 MiB blocks, in CPU seconds per GiB. */
   readonly sha256: number;
-  /** 1 MiB writes into a new file: the kernel's copy into fresh page-cache pages. */
+  /** 1 MiB writes into a new file (fresh page-cache pages), in CPU seconds per GiB. */
   readonly newFileWrite: number;
-  /** The same writes again over the same file's pages, already in the cache. */
+  /** The same writes again over the same file's pages, already cached, in CPU s per GiB. */
   readonly rewrite: number;
-  /** A loopback TCP transfer, both ends (one process sends, the same process receives). */
+  /** A loopback TCP transfer, both ends in this process, in CPU seconds per GiB. */
   readonly loopback: number;
-  /** CPU microseconds per page of fresh memory touched for the first time (a page fault). */
+  /** CPU microseconds per page fault, memory new to this process touched for the first time. */
   readonly faultMicros: number;
 }
 
@@ -42,17 +48,24 @@ async function cpuSeconds(work: () => void | Promise<void>): Promise<number> {
   return (used.user + used.system) / 1e6;
 }
 
-/** Measures the floor with `bytes` of data, writing its file in `dir`. */
+/**
+ * Measures the floor with up to `bytes` of data (`MAX_FLOOR_BYTES` at most), writing its file
+ * in `dir`. The page faults are priced first, before the file written and removed here gives
+ * the kernel pages it freed a moment ago.
+ */
 export async function measureMachineFloor(
   dir: string,
   bytes: number,
   signal: AbortSignal,
 ): Promise<MachineFloor> {
+  signal.throwIfAborted();
+  const faultMicros = await priceFaults();
+
   const block = Buffer.alloc(MiB);
   for (let i = 0; i < block.length; i += 4) {
     block.writeUInt32LE((i * 2_654_435_761) >>> 0, i);
   }
-  const blocks = Math.max(1, Math.floor(bytes / MiB));
+  const blocks = Math.max(1, Math.floor(Math.min(bytes, MAX_FLOOR_BYTES) / MiB));
   const moved = blocks * MiB;
   const perGiB = (cpu: number): number => cpu / (moved / GiB);
 
@@ -64,38 +77,56 @@ export async function measureMachineFloor(
     hash.digest();
   });
 
+  signal.throwIfAborted();
   const path = join(dir, `shoal-bench-floor-${process.pid}-${Date.now()}`);
-  const fd = openSync(path, 'w');
-  const writeAll = (): void => {
-    for (let i = 0; i < blocks; i += 1) {
-      writeSync(fd, block, 0, block.length, i * MiB);
-    }
-  };
   let newFileWrite: number;
   let rewrite: number;
   try {
-    newFileWrite = await cpuSeconds(writeAll);
-    rewrite = await cpuSeconds(writeAll);
+    const fd = openSync(path, 'w');
+    try {
+      const writeAll = (): void => {
+        for (let i = 0; i < blocks; i += 1) {
+          writeSync(fd, block, 0, block.length, i * MiB);
+        }
+      };
+      newFileWrite = await cpuSeconds(writeAll);
+      rewrite = await cpuSeconds(writeAll);
+    } finally {
+      closeSync(fd);
+    }
   } finally {
-    closeSync(fd);
-    unlinkSync(path);
+    rmSync(path, { force: true });
   }
 
   const loopback = await cpuSeconds(() => transfer(block, blocks, signal));
-  const fresh = Buffer.allocUnsafeSlow(FAULT_PROBE_BYTES);
-  const faults = await cpuSeconds(() => {
-    for (let at = 0; at < fresh.length; at += PAGE_BYTES) {
-      fresh[at] = 1;
-    }
-  });
   return {
     bytes: moved,
     sha256: perGiB(sha256),
     newFileWrite: perGiB(newFileWrite),
     rewrite: perGiB(rewrite),
     loopback: perGiB(loopback),
-    faultMicros: (faults * 1e6) / (FAULT_PROBE_BYTES / PAGE_BYTES),
+    faultMicros,
   };
+}
+
+/** CPU microseconds per minor page fault while fresh memory is touched for the first time. */
+async function priceFaults(): Promise<number> {
+  const faultsBefore = process.resourceUsage().minorPageFault;
+  let fresh: Buffer | undefined;
+  const cpu = await cpuSeconds(() => {
+    fresh = Buffer.allocUnsafeSlow(FAULT_PROBE_BYTES);
+    for (let at = 0; at < fresh.length; at += TOUCH_STEP_BYTES) {
+      fresh[at] = 1;
+    }
+  });
+  const faults = process.resourceUsage().minorPageFault - faultsBefore;
+  fresh = undefined;
+  return faults > 0 ? (cpu * 1e6) / faults : Number.NaN;
+}
+
+/** A loopback transfer that did not end as it should. */
+class TransferError extends Error {
+  override readonly name = 'TransferError';
 }
 
 /**
@@ -107,68 +138,91 @@ export async function measureMachineFloor(
 async function transfer(block: Buffer, blocks: number, signal: AbortSignal): Promise<void> {
   const expected = block.length * blocks;
   const sockets = new Set<Socket>();
-  let done!: () => void;
-  let failed!: (error: unknown) => void;
-  const finished = new Promise<void>((resolvePromise, rejectPromise) => {
-    done = resolvePromise;
-    failed = rejectPromise;
-  });
+  const stop = AbortSignal.any([signal, AbortSignal.timeout(TRANSFER_TIMEOUT_MS)]);
   const server = createServer((socket) => {
     sockets.add(socket);
-    socket.on('error', failed);
+    socket.on('error', () => socket.destroy());
     void (async () => {
-      for (let i = 0; i < blocks && !socket.destroyed; i += 1) {
-        if (!socket.write(block)) {
-          await new Promise<void>((resolveDrain) => socket.once('drain', resolveDrain));
+      try {
+        for (let i = 0; i < blocks; i += 1) {
+          if (!socket.write(block)) {
+            await once(socket, 'drain', { signal: stop });
+          }
         }
+        socket.end();
+      } catch {
+        // Stopped (the abort destroys the socket below) or the socket failed: the client's
+        // side reports the transfer as cut short.
+        socket.destroy();
       }
-      socket.end();
     })();
   });
-  const stop = AbortSignal.any([signal, AbortSignal.timeout(TRANSFER_TIMEOUT_MS)]);
-  const onAbort = (): void => failed(stop.reason);
-  stop.addEventListener('abort', onAbort, { once: true });
   try {
-    await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening', { signal: stop });
     const { port } = server.address() as AddressInfo;
-    let received = 0;
-    const client = connect({
-      port,
-      host: '127.0.0.1',
-      onread: {
-        buffer: Buffer.allocUnsafe(block.length),
-        callback: (size) => {
-          received += size;
-          if (received >= expected) {
-            done();
-          }
-          return true;
+    await new Promise<void>((resolve, reject) => {
+      let received = 0;
+      const fail = (error: Error): void => reject(error);
+      const onAbort = (): void =>
+        fail(
+          new TransferError(
+            `the loopback transfer stopped after ${received} of ${expected} bytes`,
+            {
+              cause: stop.reason,
+            },
+          ),
+        );
+      stop.addEventListener('abort', onAbort, { once: true });
+      const client = connect({
+        port,
+        host: '127.0.0.1',
+        onread: {
+          buffer: Buffer.allocUnsafe(block.length),
+          callback: (size) => {
+            received += size;
+            if (received >= expected) {
+              stop.removeEventListener('abort', onAbort);
+              resolve();
+            }
+            return true;
+          },
         },
-      },
+      });
+      sockets.add(client);
+      client.on('error', fail);
+      client.once('close', () => {
+        stop.removeEventListener('abort', onAbort);
+        fail(
+          new TransferError(
+            `the loopback connection closed after ${received} of ${expected} bytes`,
+          ),
+        );
+      });
     });
-    sockets.add(client);
-    client.on('error', failed);
-    await finished;
   } finally {
-    stop.removeEventListener('abort', onAbort);
     for (const socket of sockets) {
       socket.destroy();
     }
-    await new Promise<void>((resolveClose) => server.close(() => resolveClose()));
+    server.close();
   }
 }
 
-/** The floor's lines for the report: each item, and their sum for one agent or seed server. */
+/**
+ * The floor's CPU seconds per GiB for one process that hashes each byte `hashes` times,
+ * writes it once into a new file, and takes it in and sends it on over loopback.
+ */
+export function floorPerGiB(floor: MachineFloor, hashes: number): number {
+  return hashes * floor.sha256 + floor.newFileWrite + floor.loopback;
+}
+
+/** The floor's lines for the report: each item, and the sums for an agent and a seed server. */
 export function machineFloorReport(floor: MachineFloor): string[] {
   return [
     `machine floor, measured in this run (${Math.round(floor.bytes / MiB)} MiB each, this bench's process): sha256 ${floor.sha256.toFixed(2)} CPU s/GiB; ` +
       `writing a new file ${floor.newFileWrite.toFixed(2)} (the same pages again ${floor.rewrite.toFixed(2)}); ` +
-      `a loopback TCP transfer, both ends, ${floor.loopback.toFixed(2)}; a page of fresh memory touched, ${floor.faultMicros.toFixed(1)} CPU us`,
-    `  hashing twice, writing a new file once and a loopback transfer: ${floorPerGiB(floor).toFixed(2)} CPU s/GiB, the least an agent or a seed server can spend per byte here`,
+      `a loopback TCP transfer, both ends, ${floor.loopback.toFixed(2)}; a page fault on new memory ${floor.faultMicros.toFixed(1)} CPU us`,
+    `  a lower bound per byte: hashing once, a new file's write and a loopback transfer ${floorPerGiB(floor, 1).toFixed(2)} CPU s/GiB ` +
+      `(the agent, when the seed's record vouches for its blobs); hashing twice ${floorPerGiB(floor, 2).toFixed(2)} (the seed server)`,
   ];
-}
-
-/** The floor's sum for one process that hashes twice, writes once and receives and sends once. */
-export function floorPerGiB(floor: MachineFloor): number {
-  return 2 * floor.sha256 + floor.newFileWrite + floor.loopback;
 }
