@@ -1312,13 +1312,6 @@ interface Through {
 }
 
 /**
- * The big image straight from the registry, then through the agent cold (the seed server
- * watched in detail), and through the baseline's agent cold when there is one; then
- * `warm.warmRuns` rounds of a warm pull and a direct pull (and the baseline's warm pull),
- * the order rotating from round to round so that none always meets the machine as another
- * left it. With one round and no baseline: warm, then direct.
- */
-/**
  * The machine's floor (`machine-floor.ts`), or undefined when it could not be measured: it is
  * context for the figures, so its failure is reported and the pulls go on.
  */
@@ -1335,6 +1328,13 @@ async function machineFloor(bytes: number, signal: AbortSignal): Promise<Machine
   }
 }
 
+/**
+ * The big image straight from the registry, then through the agent cold (the seed server
+ * watched in detail), and through the baseline's agent cold when there is one; then
+ * `warm.warmRuns` rounds of a warm pull and a direct pull (and the baseline's warm pull),
+ * the order rotating from round to round so that none always meets the machine as another
+ * left it. With one round and no baseline: warm, then direct.
+ */
 async function bigPulls(
   pulls: PullRun,
   target: PullTarget,

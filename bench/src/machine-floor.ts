@@ -112,15 +112,13 @@ export async function measureMachineFloor(
 /** CPU microseconds per minor page fault while fresh memory is touched for the first time. */
 async function priceFaults(): Promise<number> {
   const faultsBefore = process.resourceUsage().minorPageFault;
-  let fresh: Buffer | undefined;
   const cpu = await cpuSeconds(() => {
-    fresh = Buffer.allocUnsafeSlow(FAULT_PROBE_BYTES);
+    const fresh = Buffer.allocUnsafeSlow(FAULT_PROBE_BYTES);
     for (let at = 0; at < fresh.length; at += TOUCH_STEP_BYTES) {
       fresh[at] = 1;
     }
   });
   const faults = process.resourceUsage().minorPageFault - faultsBefore;
-  fresh = undefined;
   return faults > 0 ? (cpu * 1e6) / faults : Number.NaN;
 }
 
@@ -163,9 +161,8 @@ async function transfer(block: Buffer, blocks: number, signal: AbortSignal): Pro
     const { port } = server.address() as AddressInfo;
     await new Promise<void>((resolve, reject) => {
       let received = 0;
-      const fail = (error: Error): void => reject(error);
       const onAbort = (): void =>
-        fail(
+        reject(
           new TransferError(
             `the loopback transfer stopped after ${received} of ${expected} bytes`,
             {
@@ -190,10 +187,10 @@ async function transfer(block: Buffer, blocks: number, signal: AbortSignal): Pro
         },
       });
       sockets.add(client);
-      client.on('error', fail);
+      client.on('error', reject);
       client.once('close', () => {
         stop.removeEventListener('abort', onAbort);
-        fail(
+        reject(
           new TransferError(
             `the loopback connection closed after ${received} of ${expected} bytes`,
           ),
