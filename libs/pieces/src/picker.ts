@@ -335,6 +335,11 @@ interface SourceState {
   probingSinceMs: number;
 }
 
+/** Whether a source holds piece `index`, as far as known. */
+function holdsPiece(source: SourceState, index: number): boolean {
+  return source.advert.complete || rangesInclude(source.pieces, index);
+}
+
 export class PiecePicker {
   readonly #settings: PickerSettings;
   readonly #now: () => number;
@@ -568,8 +573,7 @@ export class PiecePicker {
       const starved = this.#starvedRequest(now, usable);
       return starved === undefined ? started : [starved];
     }
-    const holders = (index: number): SourceState[] =>
-      usable.filter((s) => s.advert.complete || rangesInclude(s.pieces, index));
+    const holders = (index: number): SourceState[] => usable.filter((s) => holdsPiece(s, index));
     // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
     // the window past the prefix: agents that started together have their windows over the
     // same few pieces, so their requests to the seed met on those pieces, the seed refused
@@ -733,9 +737,7 @@ export class PiecePicker {
       }
       const requests = this.#inFlight.get(index);
       const asked = new Set([...(requests ?? [])].map((r) => r.source));
-      const seed = seeds.find(
-        (s) => !asked.has(s.advert.id) && (s.advert.complete || rangesInclude(s.pieces, index)),
-      );
+      const seed = seeds.find((s) => !asked.has(s.advert.id) && holdsPiece(s, index));
       if (seed === undefined) {
         continue;
       }
@@ -772,6 +774,32 @@ export class PiecePicker {
   endSeedDeferrals(): void {
     this.#seedDeferred.clear();
     this.#seedRefusals.clear();
+  }
+
+  /**
+   * The seed said, refusing a piece, that it would refuse these too now (it handed each to
+   * other agents: `PIECE_RATIONED_HEADER`), as the refused request asked: naming `named` as
+   * agents it cannot get pieces from. Each not held here and not deferred already is left to
+   * peers for the seed's first deferral (`seedDeferMs`), as after a first refusal, but with no
+   * refusal counted, so the requests to the seed go to pieces it sends instead of being turned
+   * away one by one; a piece deferred already keeps its deferral. Left out: a piece a late
+   * peer holds that the request did not name (asked for itself, the request would name that
+   * peer, and the seed may send it: see `lateHolders`).
+   */
+  seedRationed(indexes: Iterable<number>, named: ReadonlySet<string> = new Set()): void {
+    const now = this.#now();
+    const unnamed = this.#latePeers(now).filter((source) => !named.has(source.advert.id));
+    for (const index of indexes) {
+      if (
+        index >= this.#count ||
+        this.#have.has(index) ||
+        (this.#seedDeferred.get(index) ?? 0) > now ||
+        unnamed.some((source) => holdsPiece(source, index))
+      ) {
+        continue;
+      }
+      this.#seedDeferred.set(index, now + this.#settings.seedDeferMs);
+    }
   }
 
   /**
@@ -924,8 +952,14 @@ export class PiecePicker {
    * the piece would come seconds later than from the seed.
    */
   lateHolders(index: number): string[] {
+    return this.#latePeers(this.#now())
+      .filter((source) => holdsPiece(source, index))
+      .map((source) => source.advert.id);
+  }
+
+  /** The peers (not seeds) with a request of this download in flight that is late. */
+  #latePeers(now: number): SourceState[] {
     const settings = this.#settings;
-    const now = this.#now();
     const oldest = new Map<string, number>();
     for (const requests of this.#inFlight.values()) {
       for (const request of requests) {
@@ -935,12 +969,11 @@ export class PiecePicker {
         }
       }
     }
-    const late: string[] = [];
+    const late: SourceState[] = [];
     for (const [id, startedMs] of oldest) {
       const source = this.#sources.get(id);
       if (
         source !== undefined &&
-        (source.advert.complete || rangesInclude(source.pieces, index)) &&
         endgameLate(
           startedMs,
           now,
@@ -949,7 +982,7 @@ export class PiecePicker {
           settings.endgameLateMinMs,
         )
       ) {
-        late.push(id);
+        late.push(source);
       }
     }
     return late;

@@ -120,12 +120,33 @@ export interface PieceServerOptions {
    * as `source` returned it; `ask` says who asks and whom it cannot get the piece from.
    */
   readonly ration?: (source: PieceSource, index: number, ask: PieceAsk) => PieceTicket | undefined;
+  /**
+   * Headers for a request the ration refused, given what `ration` was given (what else it
+   * would refuse this asker now, for one).
+   */
+  readonly rationedHeaders?: (
+    source: PieceSource,
+    ask: PieceAsk,
+  ) => Readonly<Record<string, string>>;
   /** Test fault: flip the first byte of every piece served. */
   readonly corrupt?: boolean;
   /** Every request's outcome; `bytes` is the piece length for `served`. */
   readonly onResult: (result: PieceResult, bytes: number) => void;
   /** Answers in flight, after every change. */
   readonly onInFlight?: (uploads: number) => void;
+}
+
+/** The refusal's headers from the hook: a hint, so a hook that fails leaves them out. */
+function rationedHeaders(
+  options: PieceServerOptions,
+  source: PieceSource,
+  ask: PieceAsk,
+): Readonly<Record<string, string>> {
+  try {
+    return options.rationedHeaders?.(source, ask) ?? {};
+  } catch {
+    return {};
+  }
 }
 
 /** The handler for `PIECE_ROUTE`, with its upload slots. */
@@ -168,12 +189,13 @@ export function pieceHandler(
       onResult(refused, 0);
       return reply.code(429).header('retry-after', '1').send({ error: refused });
     }
-    const ticket = options.ration?.(source, piece, askOf(request));
+    const ask = askOf(request);
+    const ticket = options.ration?.(source, piece, ask);
     if (options.ration !== undefined && ticket === undefined) {
       onResult('rationed', 0);
       return reply
         .code(429)
-        .header('retry-after', '1')
+        .headers({ ...rationedHeaders(options, source, ask), 'retry-after': '1' })
         .send({ error: 'get this piece from a peer' });
     }
     // In use until the response is gone: the blob is never evicted while being served.

@@ -280,6 +280,30 @@ describe('PiecePicker', () => {
     assert.deepEqual(p.lateHolders(2), ['slow']);
   });
 
+  it('takes from a refusal no piece a late peer holds that the refused request did not name', () => {
+    const { picker: p, clock } = picker(8, { perSource: 1, concurrency: 2, askWhenStarved: false });
+    p.advertise({ id: 'slow', seed: false, complete: true, pieces: [] });
+    p.advertise({ id: 'fast', seed: false, complete: false, pieces: [[0, 4]] });
+    assert.equal(p.next().length, 2);
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    clock.ms += 1_000;
+    // Both late; the refused request named 'slow' only (it lacked a piece 'fast' holds).
+    const named = new Set(['slow']);
+    assert.equal(p.nextDeadline(), undefined);
+    p.seedRationed([2, 3], named);
+    assert.equal(
+      p.nextDeadline(),
+      undefined,
+      "pieces 'fast' holds: asked for, the seed may send them",
+    );
+    p.seedRationed([6], named);
+    assert.equal(p.nextDeadline(), clock.ms + 750, "a piece 'fast' lacks is deferred");
+    clock.ms += 750;
+    assert.equal(p.nextDeadline(), undefined);
+    p.seedRationed([2], new Set(['slow', 'fast']));
+    assert.equal(p.nextDeadline(), clock.ms + 750, 'named both: deferred');
+  });
+
   it('waits for the typical piece time before an endgame copy on a slow link', () => {
     const { picker: p, clock } = picker(3, { concurrency: 2 });
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });
@@ -580,6 +604,51 @@ describe('PiecePicker', () => {
     p.markHave(0);
     refuse(1);
     assert.equal(p.nextDeadline(), clock.ms + 750);
+  });
+
+  it('leaves to peers for the first deferral the pieces a refusal says the seed refuses too, counting no refusal', () => {
+    const { picker: p, clock } = picker(4, {
+      concurrency: 1,
+      seedDeferMaxMs: 8000,
+      askWhenStarved: false,
+    });
+    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    p.advertise({ id: 'peer', seed: false, complete: false, pieces: [] });
+    p.markHave(0);
+    // Held, unknown (past the blob) or not: only what is missing here is deferred.
+    p.seedRationed([0, 1, 2, 9]);
+    const [first] = p.next();
+    assert.ok(first !== undefined);
+    assert.deepEqual([first.index, first.source], [3, 'seed'], 'the piece the seed serves');
+    p.settle(first, 'ok');
+    p.markHave(3);
+    assert.deepEqual(p.next(), [], 'pieces 1 and 2 wait for peers');
+    assert.equal(p.nextDeadline(), clock.ms + 750, 'for the first deferral');
+    clock.ms += 750;
+    const [asked] = p.next();
+    assert.ok(asked !== undefined);
+    assert.equal(asked.source, 'seed', 'asked of the seed once it passed');
+    // Refused now: a first refusal (750 ms), the header having counted none.
+    p.settle(asked, 'busy');
+    const [other] = p.next();
+    assert.ok(other !== undefined);
+    assert.notEqual(other.index, asked.index);
+    p.settle(other, 'dropped');
+    assert.equal(p.nextDeadline(), clock.ms + 750);
+    // Named again: a piece deferred keeps its deferral, one whose deferral ran out is deferred
+    // again.
+    clock.ms += 500;
+    p.seedRationed([asked.index, other.index]);
+    assert.deepEqual(p.next(), []);
+    assert.equal(p.nextDeadline(), clock.ms + 250, "the refused piece's deferral, unchanged");
+    clock.ms += 250;
+    const [again] = p.next();
+    assert.ok(again !== undefined);
+    assert.equal(again.index, asked.index);
+    p.settle(again, 'busy');
+    assert.equal(p.nextDeadline(), clock.ms + 500, "the other's deferral ends first");
+    clock.ms += 500;
+    assert.deepEqual(indexes(p.next()), [other.index]);
   });
 
   /** The deferrals of `rounds` refusals by the seed of a one-piece blob's only piece, in ms. */

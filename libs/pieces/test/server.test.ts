@@ -46,6 +46,7 @@ function memorySource(): PieceSource & { reads: number; users: number } {
 interface Answer {
   status: number;
   retryAfter: string | undefined;
+  headers: Record<string, string | string[] | undefined>;
   body: Buffer;
 }
 
@@ -60,6 +61,7 @@ function get(base: string, path: string, headers: Record<string, string> = {}): 
         resolve({
           status: response.statusCode ?? 0,
           retryAfter: response.headers['retry-after'],
+          headers: response.headers,
           body: Buffer.concat(chunks),
         }),
       );
@@ -203,11 +205,17 @@ describe('pieceHandler', () => {
         tickets -= 1;
         return { end: (complete) => ended.push(complete) };
       },
+      // Headers of a refusal, from the blob refused (its first piece's length, to tell).
+      rationedHeaders: (blob) => ({ 'x-refused': String(blob.pieceLength(0)) }),
     });
-    assert.equal((await get(base, `/pieces/sha256/${hex}/0`)).status, 200);
+    const served = await get(base, `/pieces/sha256/${hex}/0`);
+    assert.equal(served.status, 200);
+    assert.equal(served.headers['x-refused'], undefined, 'only a refusal says what else is');
     const refused = await get(base, `/pieces/sha256/${hex}/0`);
     assert.equal(refused.status, 429);
     assert.equal(errorOf(refused), 'get this piece from a peer');
+    assert.equal(refused.retryAfter, '1');
+    assert.equal(refused.headers['x-refused'], `${source.pieceLength(0)}`, "the hook's headers");
     assert.deepEqual(results, ['served', 'rationed']);
     assert.deepEqual(ended, [true]);
   });

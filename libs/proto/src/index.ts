@@ -48,6 +48,7 @@ export {
   PIECE_NOT_FROM_HEADER,
   PIECE_UNHEARD_HEADER,
   PIECE_STARVED_HEADER,
+  PIECE_RATIONED_HEADER,
   MIN_STARVED_LATE_MS,
   starvedLateMs,
   pieceAuthHeaders,
@@ -138,7 +139,10 @@ export {
   type MessageType,
 } from './messages/index.js';
 export {
+  decodePieceBitmap,
+  encodePieceBitmap,
   MAX_BLOB_BYTES,
+  MAX_PIECE_BITMAP_BYTES,
   pieceBounds,
   pieceCount,
   piecePath,

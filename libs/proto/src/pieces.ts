@@ -75,6 +75,56 @@ export function rangesSize(ranges: PieceRanges): number {
   return ranges.reduce((sum, [start, end]) => sum + (end - start), 0);
 }
 
+/** Longest piece bitmap `encodePieceBitmap` writes, in bytes: 16,384 pieces (the header's size). */
+export const MAX_PIECE_BITMAP_BYTES = 2048;
+
+/**
+ * A set of piece indexes as a bitmap in base64url (piece i is bit `i % 8`, least significant
+ * first, of byte `i / 8`; trailing empty bytes left out), for an HTTP header. Indexes past
+ * `MAX_PIECE_BITMAP_BYTES` × 8 are left out (a set the reader takes as a hint may be partial).
+ */
+export function encodePieceBitmap(indexes: Iterable<number>): string {
+  const limit = MAX_PIECE_BITMAP_BYTES * 8;
+  const kept: number[] = [];
+  let highest = -1;
+  for (const index of indexes) {
+    if (Number.isInteger(index) && index >= 0 && index < limit) {
+      kept.push(index);
+      highest = Math.max(highest, index);
+    }
+  }
+  const bitmap = Buffer.alloc(highest < 0 ? 0 : (highest >> 3) + 1);
+  for (const index of kept) {
+    bitmap[index >> 3] = (bitmap[index >> 3] ?? 0) | (1 << (index & 7));
+  }
+  return bitmap.toString('base64url');
+}
+
+/**
+ * The piece indexes of a bitmap `encodePieceBitmap` wrote, ascending; none for a missing,
+ * malformed or oversized value (a hint read from the network: never an error).
+ */
+export function decodePieceBitmap(value: string | undefined): number[] {
+  if (
+    value === undefined ||
+    value.length > Math.ceil((MAX_PIECE_BITMAP_BYTES * 4) / 3) ||
+    !/^[A-Za-z0-9_-]*$/.test(value)
+  ) {
+    return [];
+  }
+  const bitmap = Buffer.from(value, 'base64url');
+  const indexes: number[] = [];
+  for (let byte = 0; byte < bitmap.length; byte += 1) {
+    const bits = bitmap[byte] ?? 0;
+    for (let bit = 0; bits !== 0 && bit < 8; bit += 1) {
+      if ((bits & (1 << bit)) !== 0) {
+        indexes.push(byte * 8 + bit);
+      }
+    }
+  }
+  return indexes;
+}
+
 /**
  * HTTP path of one piece on a peer's or the seed server's piece server:
  * `/pieces/<algorithm>/<hex>/<index>`. The answer is the piece's bytes, or 404.

@@ -2,6 +2,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+  decodePieceBitmap,
+  encodePieceBitmap,
+  MAX_PIECE_BITMAP_BYTES,
   pieceBounds,
   pieceCount,
   pieceRanges,
@@ -73,5 +76,28 @@ describe('piece ranges', () => {
     assert.ok(rangesInclude(ranges, 9));
     assert.ok(!rangesInclude(ranges, 4));
     assert.deepEqual(toRanges([]), []);
+  });
+});
+
+describe('piece bitmaps', () => {
+  it('round-trips a set of pieces, in order, whatever order it was given in', () => {
+    const pieces = [255, 0, 7, 8, 9, 130, 1000];
+    const value = encodePieceBitmap(pieces);
+    assert.match(value, /^[A-Za-z0-9_-]+$/, 'header-safe');
+    // 1000 is bit 0 of byte 125: 126 bytes, 168 base64url characters.
+    assert.equal(value.length, 168);
+    assert.deepEqual(decodePieceBitmap(value), [0, 7, 8, 9, 130, 255, 1000]);
+    assert.equal(encodePieceBitmap([]), '');
+    assert.deepEqual(decodePieceBitmap(''), []);
+  });
+
+  it('leaves out what passes its size limit, and reads nothing from a missing, malformed or oversized value', () => {
+    const last = MAX_PIECE_BITMAP_BYTES * 8 - 1;
+    const full = encodePieceBitmap([3, last, last + 1, -1, 2.5]);
+    assert.deepEqual(decodePieceBitmap(full), [3, last], 'the pieces within the limit');
+    assert.equal(full.length, Math.ceil((MAX_PIECE_BITMAP_BYTES * 4) / 3));
+    assert.deepEqual(decodePieceBitmap(undefined), []);
+    assert.deepEqual(decodePieceBitmap('not base64!'), []);
+    assert.deepEqual(decodePieceBitmap(`${full}A`), [], 'longer than any bitmap written');
   });
 });

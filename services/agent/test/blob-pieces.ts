@@ -35,12 +35,13 @@ export function blobDigest(blob: Buffer): string {
  * A piece server on 127.0.0.1 holding every piece of `blob` (it answers whatever a hand-out
  * says it holds), with no upload limit and eight slots; `onRequest` sees each request's path
  * and headers first; `ration`, a seed's fan-out rationing (undefined: the piece is refused as
- * rationed). Close it when done.
+ * rationed), and `rationedHeaders` the headers of its refusals. Close it when done.
  */
 export async function servePieces(
   blob: Buffer,
   onRequest?: (url: string, headers: IncomingHttpHeaders) => void,
   ration?: PieceServerOptions['ration'],
+  rationedHeaders?: PieceServerOptions['rationedHeaders'],
 ): Promise<{ url: string; server: FastifyInstance }> {
   const pieceSize = pieceSizeFor(blob.length);
   const server = fastify();
@@ -74,6 +75,7 @@ export async function servePieces(
       uploads: { max: 8, timeoutMs: 60_000 },
       onResult: () => undefined,
       ...(ration === undefined ? {} : { ration }),
+      ...(rationedHeaders === undefined ? {} : { rationedHeaders }),
     }),
   );
   const url = await server.listen({ host: '127.0.0.1', port: 0 });

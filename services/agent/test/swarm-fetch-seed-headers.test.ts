@@ -25,8 +25,10 @@ import {
   handout,
   handoutSubject,
   parseDigest,
+  encodePieceBitmap,
   PIECE_NOT_FROM_HEADER,
   PIECE_PEER_HEADER,
+  PIECE_RATIONED_HEADER,
   PIECE_STARVED_HEADER,
   PIECE_UNHEARD_HEADER,
   pieceWantSubject,
@@ -333,27 +335,34 @@ describe('piece request headers of a swarm fetch', () => {
     assert.ok(tookMs < 10_000, `${tookMs} ms`);
   });
 
-  it('never tells the seed while a tracker answers its wants, however long the seed refuses', async () => {
-    const blob = makeBlob(0x1234);
-    const seed = await rationingSeed(blob, true);
-    const holder = await servePieces(blob);
-    teardown.add('holder', () => holder.server.close());
-    const { download, fetch, count } = await startFetch(blob, 'answered', 20_000);
-    // A tracker that answers every want at once; the agent the seed sent the pieces to
-    // announces them only after five seconds, and the tracker pushes a hand-out naming it.
+  /**
+   * Runs `fetch` against a tracker that answers every want at once with a hand-out naming the
+   * seed and the agent the seed sent the pieces to (`holderUrl`), which holds them from
+   * `announceMs` after the start (it announces them then, and the tracker pushes a hand-out
+   * naming it). Resolves with the wants answered and the fetch's time in ms.
+   */
+  async function runWithHolderAnnounced(
+    fetch: SwarmFetch,
+    blob: Buffer,
+    count: number,
+    seedUrl: string,
+    holderUrl: string,
+    announceMs: number,
+  ): Promise<{ wants: number; tookMs: number }> {
     const started = performance.now();
-    const push = setTimeout(() => {
-      fixture.nc.publish(handoutSubject(SELF.id), handoutOf(blob, count, seed.url, holder.url));
-    }, 5_000);
+    const named = (): Uint8Array =>
+      handoutOf(
+        blob,
+        count,
+        seedUrl,
+        performance.now() - started >= announceMs ? holderUrl : undefined,
+      );
+    const push = setTimeout(() => fixture.nc.publish(handoutSubject(SELF.id), named()), announceMs);
     let wants = 0;
     const tracker = fixture.nc.subscribe(pieceWantSubject(blobDigest(blob), SELF.id), {
       callback: () => {
         wants += 1;
-        const announced = performance.now() - started >= 5_000;
-        fixture.nc.publish(
-          handoutSubject(SELF.id),
-          handoutOf(blob, count, seed.url, announced ? holder.url : undefined),
-        );
+        fixture.nc.publish(handoutSubject(SELF.id), named());
       },
     });
     try {
@@ -362,8 +371,26 @@ describe('piece request headers of a swarm fetch', () => {
       clearTimeout(push);
       tracker.unsubscribe();
     }
+    return { wants, tookMs: performance.now() - started };
+  }
+
+  it('never tells the seed while a tracker answers its wants, however long the seed refuses', async () => {
+    const blob = makeBlob(0x1234);
+    const seed = await rationingSeed(blob, true);
+    const holder = await servePieces(blob);
+    teardown.add('holder', () => holder.server.close());
+    const { download, fetch, count } = await startFetch(blob, 'answered', 20_000);
+    // The agent the seed sent the pieces to announces them only after five seconds.
+    const { wants, tookMs } = await runWithHolderAnnounced(
+      fetch,
+      blob,
+      count,
+      seed.url,
+      holder.url,
+      5_000,
+    );
     assert.equal(download.state, 'verified', String(download.error));
-    assert.ok(performance.now() - started >= 5_000);
+    assert.ok(tookMs >= 5_000);
     assert.ok(wants >= 3, `${wants} wants answered`);
     const seen = JSON.stringify(seed.seen);
     assert.ok(seed.seen.length >= 2, `the seed was asked: ${seen}`);
@@ -372,6 +399,38 @@ describe('piece request headers of a swarm fetch', () => {
       [],
       'every want answered: the seed is never told',
     );
+  });
+
+  it('leaves to its peers every piece a refusal says the seed refuses, not asking for them one by one', async () => {
+    const blob = makeBlob(0x6b6b);
+    // The seed sent pieces 0 to 5 to another agent and says so with each refusal; it serves
+    // pieces 6 and 7.
+    const rationed = [0, 1, 2, 3, 4, 5];
+    const seen = recorder();
+    const seed = await servePieces(
+      blob,
+      seen.record,
+      (_source, index) => (rationed.includes(index) ? undefined : { end: () => undefined }),
+      () => ({ [PIECE_RATIONED_HEADER]: encodePieceBitmap(rationed) }),
+    );
+    teardown.add('hinting seed', () => seed.server.close());
+    const holder = await servePieces(blob);
+    teardown.add('holder', () => holder.server.close());
+    const { download, fetch, count } = await startFetch(blob, 'hinted', 20_000);
+    // The agent the seed sent pieces 0 to 5 to announces them after a second and a half.
+    await runWithHolderAnnounced(fetch, blob, count, seed.url, holder.url, 1_500);
+    assert.equal(download.state, 'verified', String(download.error));
+    const log = JSON.stringify(seen.seen);
+    const refused = seen.seen.filter((r) => rationed.includes(r.index));
+    assert.ok(refused.length >= 1, `the seed refused a piece: ${log}`);
+    // Until the first deferral (750 ms) after the first refusal, the seed is asked for no
+    // rationed piece but those asked before that refusal came back: at most the two requests
+    // a download has in flight to a seed while a peer may serve, and one a starved download
+    // makes whatever the deferrals. Without the header it is asked for each of the six in
+    // turn, a refusal each.
+    const first = Math.min(...refused.map((r) => r.atMs));
+    const early = refused.filter((r) => r.atMs < first + 600);
+    assert.ok(early.length <= 3, `${early.length} refusals in the first 600 ms: ${log}`);
   });
 
   it('names to the seed a peer that no longer holds what it was handed out for (404), and gets the pieces the seed sent it', async (t) => {

@@ -234,4 +234,47 @@ describe('PieceRations', () => {
       assert.ok(rations.size <= 3 * 8, `${rations.size} entries after ${rollout + 1} rollouts`);
     }
   });
+
+  it('names the pieces it would refuse the asker now, and none past their window', () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const rations = new PieceRations(settings, clock.now, (reason) => exempt.push(reason));
+    assert.deepEqual(rations.refusedNow(BLOB), [], 'nothing handed out');
+    const sending = rations.take(BLOB, 5, { asker: 'agent-a' });
+    const sent = rations.take(BLOB, 2, { asker: 'agent-b' });
+    const cut = rations.take(BLOB, 9, { asker: 'agent-c' });
+    assert.ok(sending && sent && cut);
+    sent.end(true);
+    // A copy cut off does not count: piece 9 may go again at once.
+    cut.end(false);
+    assert.deepEqual(rations.refusedNow(BLOB), [2, 5]);
+    assert.deepEqual(rations.refusedNow({ digest: 'another blob' }), []);
+    // Each one named is refused to an asker with no exemption, and the others are not.
+    assert.equal(rations.take(BLOB, 2, { asker: 'agent-d' }), undefined);
+    assert.equal(rations.take(BLOB, 5, { asker: 'agent-d' }), undefined);
+    // As the asker asks: not what it would be sent anyway (its own copy, the copy of an agent
+    // it cannot get the piece from), nothing when it may not be refused or is not heard.
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-b' }), [5]);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d', notFrom: ['agent-a'] }), [2]);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d', unheard: true }), []);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d', mayRefuse: false }), []);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d' }), [2, 5]);
+    // A starved asker: copies handed out longer ago than its lateness do not count against it.
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d', starvedLateMs: 1_000 }), [2, 5]);
+    clock.advance(1_500);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d', starvedLateMs: 1_000 }), []);
+    assert.deepEqual(rations.refusedNow(BLOB, { asker: 'agent-d' }), [2, 5]);
+    assert.deepEqual(exempt, [], 'only a copy sent is counted as exempt');
+    clock.advance(settings.windowMs - 1_500);
+    assert.deepEqual(rations.refusedNow(BLOB), [5], 'piece 2 past its window');
+    sending.end(true);
+    clock.advance(settings.windowMs);
+    assert.deepEqual(rations.refusedNow(BLOB), []);
+    assert.equal(rations.size, 0, 'entries whose window passed are forgotten');
+    assert.deepEqual(
+      new PieceRations({ ...settings, copies: 0 }, clock.now).refusedNow(BLOB),
+      [],
+      'no rationing',
+    );
+  });
 });

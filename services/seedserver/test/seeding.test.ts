@@ -20,12 +20,14 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
+  decodePieceBitmap,
   encodeMessage,
   pieceCount,
   pieceHashes,
   pieceHashesSubject,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
+  PIECE_RATIONED_HEADER,
   PIECE_UNHEARD_HEADER,
   pieceListDigest,
   piecePath,
@@ -753,6 +755,8 @@ describe('seed server', () => {
       const blob = layer(2);
       await seed.request(blob);
       await seed.seeds('seeded', 1);
+      /** The pieces the last refusal named as refused too (`shoal-rationed`). */
+      let named: number[] = [];
       const ask = async (peer: string, notFrom?: string, unheard?: string): Promise<number> => {
         const response = await fetch(`${seed.url}${piecePath(blob.digest, 0)}`, {
           headers: {
@@ -763,13 +767,16 @@ describe('seed server', () => {
           signal: AbortSignal.timeout(WAIT_MS),
         });
         await response.arrayBuffer();
+        named = decodePieceBitmap(response.headers.get(PIECE_RATIONED_HEADER) ?? undefined);
         return response.status;
       };
       const exemptions = (reason: string): Promise<number> =>
         seed.metric('shoal_seedserver_ration_exemptions_total', { reason });
 
       assert.equal(await ask('agent-a'), 200);
+      assert.deepEqual(named, [], 'a piece served names nothing');
       assert.equal(await ask('agent-b'), 429, 'rationed: agent-a got the piece');
+      assert.deepEqual(named, [0], 'the refusal names what it refuses the asker: piece 0');
       // agent-a restarted and lost it: asked again, it gets it at once.
       assert.equal(await ask('agent-a'), 200, 'the agent that lost its copy gets it again');
       assert.equal(await ask('agent-b'), 429, 'its copies count for the others');

@@ -1,5 +1,5 @@
 /** Fetches one piece from a peer or the seed server over HTTP, with a timeout and a signal. */
-import { piecePath } from '@shoal/proto';
+import { decodePieceBitmap, PIECE_RATIONED_HEADER, piecePath } from '@shoal/proto';
 import { injectHttp, ShoalError } from '@shoal/runtime';
 
 import { RawHttpClient, type RawTlsOptions } from '@shoal/runtime/raw-http';
@@ -17,6 +17,11 @@ export class PieceFetchError extends ShoalError<
   | 'PIECE_SILENT'
 > {
   override readonly name = 'PieceFetchError';
+  /**
+   * With `PIECE_RATIONED` from a seed server: the other pieces of the blob it refuses now
+   * (`PIECE_RATIONED_HEADER`), empty when it did not say.
+   */
+  rationed: readonly number[] = [];
 }
 
 /**
@@ -219,14 +224,16 @@ export class PieceClient {
               ),
       },
       {
-        onHead: (status, announced) => {
+        onHead: (status, announced, answer) => {
           silence.read();
           if (status === 429) {
-            throw new PieceFetchError(
+            const error = new PieceFetchError(
               'PIECE_RATIONED',
               429,
               `${url.host} asks to get piece ${index} from a peer`,
             );
+            error.rationed = decodePieceBitmap(answer[PIECE_RATIONED_HEADER]);
+            throw error;
           }
           if (status === 404) {
             throw new PieceFetchError(

@@ -34,6 +34,7 @@ import {
   pieceSizeFor,
   toRanges,
   notFromHeader,
+  notFromPeers,
   wantPacing,
   WantPacer,
   type Handout,
@@ -65,6 +66,8 @@ import { StallWatch } from './stall-watch.js';
 import { timerDelay } from './timer-delay.js';
 import type { RateLimiter } from '@shoal/runtime';
 
+/** No agent named. */
+const NOBODY: ReadonlySet<string> = new Set();
 /** Requests in flight to one peer for one blob. */
 const PER_PEER_REQUESTS = 4;
 /** Requests in flight to a seed while other peers can serve: the seed's upload is for pieces nobody else has. */
@@ -193,6 +196,8 @@ interface InFlight {
   readonly streaming: boolean;
   /** The request told the seed this download is unheard (`PIECE_UNHEARD_HEADER`). */
   toldUnheard: boolean;
+  /** The agents the request named to the seed as ones it cannot get pieces from. */
+  toldNotFrom: ReadonlySet<string>;
   done: Promise<void>;
 }
 
@@ -575,6 +580,7 @@ export class SwarmFetch {
       picked,
       streaming,
       toldUnheard: false,
+      toldNotFrom: NOBODY,
       done: Promise.resolve(),
     };
     const onAbort = (): void => controller.abort();
@@ -649,6 +655,8 @@ export class SwarmFetch {
       }
       const headers = this.#requestHeaders(picked);
       entry.toldUnheard = headers[PIECE_UNHEARD_HEADER] !== undefined;
+      const notFrom = headers[PIECE_NOT_FROM_HEADER];
+      entry.toldNotFrom = notFrom === undefined ? NOBODY : new Set(notFromPeers(notFrom));
       const bytes = await withSpan(
         'piece GET',
         {
@@ -748,7 +756,12 @@ export class SwarmFetch {
     } catch (error) {
       if (error instanceof PieceFetchError && error.code === 'PIECE_RATIONED') {
         // A seed that handed the piece out already, or a peer with every upload slot taken:
-        // the picker asks elsewhere for a moment.
+        // the picker asks elsewhere for a moment. The seed names the other pieces it would
+        // refuse now, as this request asked: those wait for peers too (not when it was told
+        // this download is unheard: it does not ration it, and the refusal is a full seed's).
+        if (picked.seed && !entry.toldUnheard && error.rationed.length > 0) {
+          this.#picker.seedRationed(error.rationed, entry.toldNotFrom);
+        }
         metrics.pieces.inc({ source, result: 'deferred' });
         return 'busy';
       }

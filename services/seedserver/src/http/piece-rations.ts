@@ -96,6 +96,35 @@ const NO_TICKET: RationTicket = { end: () => undefined };
 /** No agent: every copy counts. */
 const NOBODY: ReadonlySet<string> = new Set();
 
+/** A request's exemptions, worked out once per request. */
+interface Ask {
+  /** The asker itself. */
+  readonly own: ReadonlySet<string>;
+  /** How many agents it names as ones it cannot get the piece from. */
+  readonly notFrom: number;
+  /** The asker and those agents. */
+  readonly ownAndNotFrom: ReadonlySet<string>;
+  readonly unheard: boolean;
+  /** For a starved asker: copies handed out before then (ms) do not count against it. */
+  readonly starvedSince: number | undefined;
+}
+
+function askOf(request: RationRequest, now: number): Ask {
+  const asker = request.asker ?? '';
+  const own = asker === '' ? NOBODY : new Set([asker]);
+  const notFrom = new Set(request.notFrom ?? []);
+  return {
+    own,
+    notFrom: notFrom.size,
+    ownAndNotFrom: notFrom.size === 0 ? own : new Set([...own, ...notFrom]),
+    unheard: request.unheard === true,
+    starvedSince:
+      request.starvedLateMs === undefined
+        ? undefined
+        : now - Math.max(request.starvedLateMs, MIN_STARVED_LATE_MS),
+  };
+}
+
 /**
  * Copies of each piece counted now, per local copy of a blob (`take`'s `blob`: the object
  * the pieces are read from, so a blob evicted and seeded again is a new one, its earlier
@@ -150,31 +179,14 @@ export class PieceRations {
       pieces.set(piece, state);
       this.#entries += 1;
     }
+    // The request's exemptions are worked out only when the count is full.
     if (mayRefuse && this.#counted(state, now) >= copies) {
-      // Full: unless the copies counted are ones this asker cannot get the piece from.
-      const own = asker === '' ? NOBODY : new Set([asker]);
-      const notFrom = new Set(request.notFrom ?? []);
-      if (this.#counted(state, now, own) < copies) {
-        this.#onExempt('asked-again');
-      } else if (
-        notFrom.size > 0 &&
-        this.#counted(state, now, new Set([...own, ...notFrom])) < copies
-      ) {
-        this.#onExempt('not-from');
-      } else if (request.unheard === true) {
-        this.#onExempt('unheard');
-      } else if (
-        request.starvedLateMs !== undefined &&
-        this.#counted(
-          state,
-          now,
-          new Set([...own, ...notFrom]),
-          now - Math.max(request.starvedLateMs, MIN_STARVED_LATE_MS),
-        ) < copies
-      ) {
-        this.#onExempt('starved');
-      } else {
+      const verdict = this.#verdict(state, now, askOf(request, now));
+      if (verdict === 'refuse') {
         return undefined;
+      }
+      if (verdict !== 'free') {
+        this.#onExempt(verdict);
       }
     }
     const copy: Copy = { at: now, asker, handedAt: now };
@@ -199,6 +211,58 @@ export class PieceRations {
         }
       },
     };
+  }
+
+  /**
+   * The pieces of `blob` (as `take` names it) that `take` would refuse this asker now, as it
+   * asks (`request`: its exemptions hold), ascending. Told with a refusal
+   * (`PIECE_RATIONED_HEADER`), so that the asker leaves them all to its peers for a moment.
+   */
+  refusedNow(blob: object, request: RationRequest = {}): number[] {
+    const pieces = this.#blobs.get(blob);
+    if (this.#settings.copies === 0 || pieces === undefined || request.mayRefuse === false) {
+      return [];
+    }
+    const now = this.#now();
+    const ask = askOf(request, now);
+    const refused: number[] = [];
+    for (const [piece, state] of pieces) {
+      if (this.#verdict(state, now, ask) === 'refuse') {
+        refused.push(piece);
+      } else if (state.sending.length === 0 && state.sent.length === 0) {
+        // Its copies' window passed while looking: nothing about it counts any more.
+        this.#forget(blob, piece, state);
+      }
+    }
+    return refused.sort((a, b) => a - b);
+  }
+
+  /**
+   * Whether another copy of a piece (`state`) may go to this asker now: `free` (the count is
+   * not full), the reason it may although the count is full (the copies counted are ones it
+   * cannot get the piece from, or it cannot hear who got them), or `refuse`.
+   */
+  #verdict(state: PieceState, now: number, ask: Ask): 'free' | ExemptReason | 'refuse' {
+    const { copies } = this.#settings;
+    if (this.#counted(state, now) < copies) {
+      return 'free';
+    }
+    if (this.#counted(state, now, ask.own) < copies) {
+      return 'asked-again';
+    }
+    if (ask.notFrom > 0 && this.#counted(state, now, ask.ownAndNotFrom) < copies) {
+      return 'not-from';
+    }
+    if (ask.unheard) {
+      return 'unheard';
+    }
+    if (
+      ask.starvedSince !== undefined &&
+      this.#counted(state, now, ask.ownAndNotFrom, ask.starvedSince) < copies
+    ) {
+      return 'starved';
+    }
+    return 'refuse';
   }
 
   /** Pieces with an entry (for tests: memory follows the pieces served recently). */

@@ -1,5 +1,6 @@
 /** The seed server's HTTP side: pieces for agents, and the ops endpoints. */
 import { pieceHandler, PIECE_ROUTE, PieceBuffers, type PieceRoute } from '@shoal/pieces';
+import { encodePieceBitmap, PIECE_RATIONED_HEADER } from '@shoal/proto';
 import {
   pieceAuthPreHandler,
   registerOpsRoutes,
@@ -71,6 +72,12 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // the swarm does not hear it now (it could not learn who got the piece).
     ration: (blob, index, ask) =>
       rations.take(blob, index, { mayRefuse: deps.swarmHeard(), ...ask }),
+    // With a refusal, every piece of the blob this asker would be refused now: it leaves
+    // them to its peers too, rather than learn of them one refusal at a time.
+    rationedHeaders: (blob, ask) => {
+      const refused = rations.refusedNow(blob, { mayRefuse: deps.swarmHeard(), ...ask });
+      return refused.length === 0 ? {} : { [PIECE_RATIONED_HEADER]: encodePieceBitmap(refused) };
+    },
     onResult: (result, bytes) => {
       metrics.pieceRequests.inc({ result });
       if (result === 'served') {
