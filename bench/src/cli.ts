@@ -1,5 +1,6 @@
 /** What every benchmark's command line shares: parsing, the common options, progress lines. */
 import { execFile } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify, type ParseArgsConfig } from 'node:util';
 
@@ -95,6 +96,9 @@ export function mean(values: readonly number[]): number {
 /** Aborts on SIGINT/SIGTERM, so a run stops and tears down; `release` stops listening. */
 export function interruptOnSignal(): { signal: AbortSignal; release(): void } {
   const interrupt = new AbortController();
+  // Every node's pull, sampler and teardown step listens at once: twelve nodes passed Node's
+  // default warning mark of ten (a warning, not a leak).
+  setMaxListeners(64, interrupt.signal);
   const onSignal = (): void => {
     progress('interrupted: stopping everything');
     interrupt.abort(new Error('interrupted'));
