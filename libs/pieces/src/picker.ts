@@ -503,6 +503,7 @@ export class PiecePicker {
   markHave(index: number): void {
     this.#have.add(index);
     this.#seedRefusals.delete(index);
+    this.#seedDeferred.delete(index);
     while (this.#have.has(this.#prefix)) {
       this.#prefix += 1;
     }

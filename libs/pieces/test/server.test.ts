@@ -192,6 +192,22 @@ describe('pieceHandler', () => {
     assert.deepEqual(results, ['served']);
   });
 
+  it('refuses a rationed piece all the same when the refusal headers hook fails', async () => {
+    const source = memorySource();
+    const { base, results } = await serve({
+      source: () => source,
+      ration: () => undefined,
+      rationedHeaders: () => {
+        throw new Error('hook broken');
+      },
+    });
+    const refused = await get(base, `/pieces/sha256/${hex}/0`);
+    assert.equal(refused.status, 429);
+    assert.equal(refused.retryAfter, '1');
+    assert.equal(errorOf(refused), 'get this piece from a peer');
+    assert.deepEqual(results, ['rationed']);
+  });
+
   it('sends the asker elsewhere when the ration hook says so, and ends each ticket', async () => {
     const source = memorySource();
     const ended: boolean[] = [];

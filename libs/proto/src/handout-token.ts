@@ -52,10 +52,10 @@ export const PIECE_STARVED_HEADER = 'shoal-starved';
  * The header of the seed server's refusal of a piece it rationed (429): every piece of the
  * blob it would refuse that asker now, as it asked (its exemptions taken into account: each
  * piece handed to another agent, being sent or within its fan-out window), as
- * `encodePieceBitmap` writes it. The asker defers those as it does the piece refused, except
- * where it would ask with exemptions the refused request did not carry, instead of asking for
- * them one by one only to be turned away: a round trip each on its link, while its requests
- * to the seed are few.
+ * `encodePieceBitmap` writes it. The asker leaves those to its peers for the seed's first
+ * deferral, counting no refusal, except where it would ask with exemptions the refused request
+ * did not carry, instead of asking for them one by one only to be turned away: a round trip
+ * each on its link, while its requests to the seed are few.
  */
 export const PIECE_RATIONED_HEADER = 'shoal-rationed';
 /**

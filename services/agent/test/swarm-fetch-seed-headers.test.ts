@@ -350,14 +350,14 @@ describe('piece request headers of a swarm fetch', () => {
     announceMs: number,
   ): Promise<{ wants: number; tookMs: number }> {
     const started = performance.now();
+    // Set by the timer that pushes the hand-out, so that the push names the holder.
+    let announced = false;
     const named = (): Uint8Array =>
-      handoutOf(
-        blob,
-        count,
-        seedUrl,
-        performance.now() - started >= announceMs ? holderUrl : undefined,
-      );
-    const push = setTimeout(() => fixture.nc.publish(handoutSubject(SELF.id), named()), announceMs);
+      handoutOf(blob, count, seedUrl, announced ? holderUrl : undefined);
+    const push = setTimeout(() => {
+      announced = true;
+      fixture.nc.publish(handoutSubject(SELF.id), named());
+    }, announceMs);
     let wants = 0;
     const tracker = fixture.nc.subscribe(pieceWantSubject(blobDigest(blob), SELF.id), {
       callback: () => {
