@@ -18,7 +18,12 @@ import { STREAMS } from '@shoal/proto';
 import { mib, ratio, table } from '@shoal/testkit';
 
 import { exitOnProblems, interruptOnSignal, newTeardown, progress, readOptions } from './cli.js';
-import { runPhase, type PhaseOptions, type PhaseResult } from './sim/phase.js';
+import {
+  runPhase,
+  trackerLatencyBoundS,
+  type PhaseOptions,
+  type PhaseResult,
+} from './sim/phase.js';
 import { PUBLISHED_KINDS, RECEIVED_KINDS, totalOf } from './sim/stats.js';
 
 const USAGE = `usage: node bench/dist/src/simulator.js [options]
@@ -268,6 +273,11 @@ function report(
         (1000 * r.trackers.reduce((s, t) => s + finite(t.handoutLatencySumS), 0)) /
         r.trackers.reduce((s, t) => s + finite(t.handoutLatencyCount), 0),
       (v) => fixed(v, 0),
+    ],
+    [
+      '  in the trackers, p99 within (ms)',
+      (r) => 1000 * trackerLatencyBoundS(r.trackers, 0.99),
+      (v) => (v === Number.POSITIVE_INFINITY ? '> 10000' : fixed(v, 0)),
     ],
     ['wants per agent per blob', (r) => perAgentBlob(r, r.wants), (v) => fixed(v)],
     [

@@ -54,6 +54,34 @@ const PIECE_SIZE = 4 * 1024 * 1024;
 const REGISTRY = 'registry.sim.local';
 const REPOSITORY = 'sim/image';
 const SEED_ID = 'sim-seed';
+
+/**
+ * The upper bounds of the tracker's hand-out latency histogram
+ * (`shoal_tracker_handout_latency_seconds`), in s. A bound missing from a tracker reads as no
+ * want answered within it, so a quantile read from these errs high, never low.
+ */
+export const HANDOUT_LATENCY_BOUNDS_S = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+] as const;
+
+/**
+ * The smallest bound of `HANDOUT_LATENCY_BOUNDS_S` within which a `q` share of the wants the
+ * trackers answered were answered, from their buckets summed (Infinity past the last bound,
+ * NaN when none was answered).
+ */
+export function trackerLatencyBoundS(trackers: readonly TrackerFigures[], q: number): number {
+  const total = trackers.reduce((sum, t) => sum + (t.killed ? 0 : t.handoutLatencyCount), 0);
+  if (!(total > 0)) {
+    return Number.NaN;
+  }
+  for (const [i, bound] of HANDOUT_LATENCY_BOUNDS_S.entries()) {
+    const within = trackers.reduce((sum, t) => sum + (t.handoutLatencyBuckets[i] ?? 0), 0);
+    if (within >= q * total) {
+      return bound;
+    }
+  }
+  return Number.POSITIVE_INFINITY;
+}
 /** How often JetStream's consumers are counted during the run, in ms. */
 const SAMPLE_MS = 2_000;
 /** Time kept back from a phase's deadline for the tracker restart and teardown, in ms. */
@@ -109,6 +137,11 @@ export interface TrackerFigures {
    */
   readonly handoutLatencySumS: number;
   readonly handoutLatencyCount: number;
+  /**
+   * The same histogram's buckets: wants answered within each bound of
+   * `HANDOUT_LATENCY_BOUNDS_S` (cumulative, as Prometheus counts them).
+   */
+  readonly handoutLatencyBuckets: readonly number[];
   /** Haves of blobs another replica owns, kept undecoded (0 without blob sharding). */
   readonly havesSkipped: number;
   /** Wants pulled by this replica for another's blob and forwarded to it. */
@@ -434,6 +467,7 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
         coalesced: 0,
         handoutLatencySumS: 0,
         handoutLatencyCount: 0,
+        handoutLatencyBuckets: [],
         havesSkipped: Number.NaN,
         wantsForwarded: Number.NaN,
         forwardsUnanswered: Number.NaN,
@@ -455,6 +489,9 @@ export async function runPhase(options: PhaseOptions, teardown: Teardown): Promi
       swarmSizeCount: metrics.get('shoal_tracker_swarm_size_peers_count'),
       handoutLatencySumS: metrics.get('shoal_tracker_handout_latency_seconds_sum'),
       handoutLatencyCount: metrics.get('shoal_tracker_handout_latency_seconds_count'),
+      handoutLatencyBuckets: HANDOUT_LATENCY_BOUNDS_S.map((le) =>
+        metrics.get('shoal_tracker_handout_latency_seconds_bucket', { le: String(le) }),
+      ),
       // 0 from a tracker without a want queue (the metric is absent).
       coalesced: metrics.get('shoal_tracker_wants_coalesced_total'),
       // 0 from a tracker without blob sharding (the metrics are absent).

@@ -3,10 +3,13 @@
  * restarted, the consumer was deleted, the stream was recreated) it is reopened after a
  * delay, until `stop` is called. Handlers run one message at a time, in order, unless a
  * concurrency is given: then up to that many run at once (for work queues, where order does
- * not matter and each message is long work).
+ * not matter and each message is long work). A backlog is handled in slices of the event loop
+ * (`EventLoopSlice`): the process's other work runs between them.
  */
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
+
+import { EventLoopSlice } from './event-loop-slice.js';
 
 export interface SuperviseOptions {
   /** Names the consumer in logs. */
@@ -37,6 +40,8 @@ export interface SuperviseOptions {
   };
   /** Messages handled at once (default 1: one at a time, in order). */
   readonly concurrency?: number;
+  /** Handling time after which the loop yields to the event loop, in ms (default 5). */
+  readonly sliceMs?: number;
 }
 
 export interface ConsumeLoop {
@@ -74,6 +79,7 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
   let current: ConsumerMessages | undefined;
   const concurrency = Math.max(1, options.concurrency ?? 1);
   const inFlight = new Set<Promise<void>>();
+  const slice = new EventLoopSlice(options.sliceMs);
   const handleOne = async (msg: JsMsg): Promise<void> => {
     try {
       await options.handle(msg);
@@ -99,8 +105,10 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
             options.release?.(msg);
             continue;
           }
+          const startedAt = slice.start();
           if (concurrency === 1) {
             await handleOne(msg);
+            await slice.after(startedAt);
             continue;
           }
           while (inFlight.size >= concurrency) {
@@ -113,6 +121,7 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
           const run = handleOne(msg);
           inFlight.add(run);
           void run.finally(() => inFlight.delete(run));
+          await slice.after(startedAt);
         }
         if (!stopped()) {
           logger.warn({ consumer: name }, 'consumer ended; reopening');

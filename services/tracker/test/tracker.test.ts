@@ -136,13 +136,10 @@ async function announce(js: JetStreamClient, message: PieceHave): Promise<void> 
   );
 }
 
-async function want(
-  js: JetStreamClient,
-  digest: string,
-  asker: string,
-  options: { have?: PieceRanges; zone?: string; limit?: number } = {},
-): Promise<void> {
-  const message: PieceWant = {
+type WantOptions = { have?: PieceRanges; zone?: string; limit?: number };
+
+function wantOf(digest: string, asker: string, options: WantOptions = {}): PieceWant {
+  return {
     type: 'piece-want',
     blob: digest,
     peer: peer(asker, options.zone),
@@ -151,7 +148,18 @@ async function want(
     repository: 'library/app',
     limit: options.limit ?? 8,
   };
-  await js.publish(pieceWantSubject(digest, asker), encodeMessage(pieceWant, message));
+}
+
+async function want(
+  js: JetStreamClient,
+  digest: string,
+  asker: string,
+  options: WantOptions = {},
+): Promise<void> {
+  await js.publish(
+    pieceWantSubject(digest, asker),
+    encodeMessage(pieceWant, wantOf(digest, asker, options)),
+  );
 }
 
 /** What a snapshot or hand-out says about a member, in the shape of a piece-have. */
@@ -644,6 +652,58 @@ describe('tracker', () => {
     assert.equal(answered + coalesced, wants, `${answered} answered, ${coalesced} coalesced`);
     assert.equal(await metric(app, 'shoal_tracker_handouts_total'), answered);
     assert.equal(await metric(app, 'shoal_tracker_want_queue_wants'), 0);
+  });
+
+  it('answers wants while a burst of haves is being applied, not after the burst', async () => {
+    const [app] = running;
+    assert.ok(app !== undefined);
+    const burst = blob('burst');
+    const haves = 8_000;
+    const askers = 200;
+    let answered = 0;
+    let appliedWhenAllAnswered: number | undefined;
+    // Read as the hand-outs arrive: this process runs the tracker too, so the callback runs
+    // only between the tracker's own turns of the event loop.
+    const sub = nc.subscribe(handoutSubject('*'), {
+      callback: (_error, msg) => {
+        if (!msg.subject.split('.').at(-1)?.startsWith('quick-')) {
+          return;
+        }
+        answered += 1;
+        if (answered === askers) {
+          appliedWhenAllAnswered = app.view.swarm(burst).length;
+        }
+      },
+    });
+    try {
+      // Published without waiting for each acknowledgement, so that they reach the tracker
+      // as backlogs: the haves first, then the wants.
+      for (let i = 0; i < haves; i += 1) {
+        nc.publish(
+          pieceHaveSubject(burst, `p${i}`),
+          encodeMessage(pieceHave, have(burst, `p${i}`)),
+        );
+      }
+      for (let i = 0; i < askers; i += 1) {
+        nc.publish(
+          pieceWantSubject(a, `quick-${i}`),
+          encodeMessage(pieceWant, wantOf(a, `quick-${i}`)),
+        );
+      }
+      await nc.flush();
+      await waitFor('every want answered', () => Promise.resolve(answered === askers), {
+        timeoutMs: WAIT_MS,
+        intervalMs: 10,
+      });
+      await waitForMembers(app, burst, haves);
+    } finally {
+      sub.unsubscribe();
+    }
+    assert.ok(appliedWhenAllAnswered !== undefined);
+    assert.ok(
+      appliedWhenAllAnswered < haves / 2,
+      `the last of ${askers} wants was answered after ${appliedWhenAllAnswered} of the ${haves} haves`,
+    );
   });
 
   it('reports not ready once closing', async () => {

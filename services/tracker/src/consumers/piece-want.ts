@@ -39,7 +39,7 @@ import {
   type PieceWant,
   type WantForwarded,
 } from '@shoal/proto';
-import { SpanKind, withSpan, type Context, type Logger } from '@shoal/runtime';
+import { EventLoopSlice, SpanKind, withSpan, type Context, type Logger } from '@shoal/runtime';
 
 import type { LoadTracker } from '../handout/load.js';
 import type { HandoutTokens } from '../handout/tokens.js';
@@ -884,48 +884,61 @@ export class WantsConsumer {
     }
   }
 
-  /** Answers queued wants one at a time, oldest first, until stopped. */
+  /**
+   * Answers queued wants one at a time, oldest first, until stopped, for a slice of the event
+   * loop at a time (`EventLoopSlice`). Between slices, wants received meanwhile are queued
+   * (and coalesce with an asker's older one, so a replica that falls behind answers its
+   * backlog once per asker) and haves are applied. A slice answers as many as fit, not one
+   * per turn of the event loop: one per turn fell behind while haves came in bursts.
+   */
   async #answer(): Promise<void> {
     const signal = this.#stopping.signal;
+    const slice = new EventLoopSlice();
     while (!signal.aborted) {
-      // Wants already received are queued before the next one is answered (this waits for
-      // the event loop's next turn, after pending I/O and the pulling loop's own steps), so a
-      // replica that falls behind coalesces its backlog instead of answering it in order.
-      await setImmediate();
       const queued = this.#queue.take();
       this.#deps.metrics.wantQueue.set(this.#queue.size);
       if (queued === undefined) {
         await this.#queue.whenItem(signal);
+        // The wants that came with this one are queued (and coalesce) before any is
+        // answered: the rest of a pulled batch, or a backlog after a restart.
+        await setImmediate();
         continue;
       }
-      if (forwardExpired(queued, this.#deps, 'queue')) {
-        this.#warn(
-          'expired',
-          { blob: queued.want.blob },
-          'forwarded want waited past its deadline; dropped (is this replica overloaded?)',
-        );
-        continue;
+      const startedAt = slice.start();
+      await this.#answerOne(queued);
+      await slice.after(startedAt);
+    }
+  }
+
+  /** Answers, routes or drops one queued want. Never throws. */
+  async #answerOne(queued: ReceivedWant): Promise<void> {
+    if (forwardExpired(queued, this.#deps, 'queue')) {
+      this.#warn(
+        'expired',
+        { blob: queued.want.blob },
+        'forwarded want waited past its deadline; dropped (is this replica overloaded?)',
+      );
+      return;
+    }
+    const shard = this.#deps.shard;
+    if (shard !== undefined && !shard.applies(queued.want.blob)) {
+      // Its blob moved to another replica while it waited: the forward gets the whole ack
+      // wait again, not what the queue left of it.
+      const pulled = queued.msg;
+      if (pulled !== undefined) {
+        settlePulled(pulled, 'progress', () => pulled.working(), this.#deps.logger);
       }
-      const shard = this.#deps.shard;
-      if (shard !== undefined && !shard.applies(queued.want.blob)) {
-        // Its blob moved to another replica while it waited: the forward gets the whole ack
-        // wait again, not what the queue left of it.
-        const pulled = queued.msg;
-        if (pulled !== undefined) {
-          settlePulled(pulled, 'progress', () => pulled.working(), this.#deps.logger);
-        }
-        this.#route(queued).catch((error: unknown) => {
-          this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'routing a want failed');
-          queued.nak(NAK_DELAY_MS);
-        });
-        continue;
-      }
-      try {
-        await handleWant(queued, this.#deps);
-      } catch (error) {
-        this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'answering a want failed');
+      this.#route(queued).catch((error: unknown) => {
+        this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'routing a want failed');
         queued.nak(NAK_DELAY_MS);
-      }
+      });
+      return;
+    }
+    try {
+      await handleWant(queued, this.#deps);
+    } catch (error) {
+      this.#deps.logger.error({ err: error, blob: queued.want.blob }, 'answering a want failed');
+      queued.nak(NAK_DELAY_MS);
     }
   }
 
