@@ -277,7 +277,8 @@ function report(
     [
       '  in the trackers, p99 within (ms)',
       (r) => 1000 * trackerLatencyBoundS(r.trackers, 0.99),
-      (v) => (v === Number.POSITIVE_INFINITY ? '> 10000' : fixed(v, 0)),
+      // The bounds run 1, 2.5, 5, 10, 25 … ms.
+      (v) => (v === Number.POSITIVE_INFINITY ? '> 10000' : fixed(v, v < 10 ? 1 : 0)),
     ],
     ['wants per agent per blob', (r) => perAgentBlob(r, r.wants), (v) => fixed(v)],
     [

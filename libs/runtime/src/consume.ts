@@ -4,7 +4,8 @@
  * delay, until `stop` is called. Handlers run one message at a time, in order, unless a
  * concurrency is given: then up to that many run at once (for work queues, where order does
  * not matter and each message is long work). A backlog is handled in slices of the event loop
- * (`EventLoopSlice`): the process's other work runs between them.
+ * (`EventLoopSlice`): the process's other work runs between them. With a concurrency, a slice
+ * counts what the handlers run before their first `await`, not what they do after it.
  */
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
@@ -40,7 +41,7 @@ export interface SuperviseOptions {
   };
   /** Messages handled at once (default 1: one at a time, in order). */
   readonly concurrency?: number;
-  /** Handling time after which the loop yields to the event loop, in ms (default 5). */
+  /** Time spent handling after which the loop yields to the event loop, in ms (default 5). */
   readonly sliceMs?: number;
 }
 
@@ -105,8 +106,8 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
             options.release?.(msg);
             continue;
           }
-          const startedAt = slice.start();
           if (concurrency === 1) {
+            const startedAt = slice.start();
             await handleOne(msg);
             await slice.after(startedAt);
             continue;
@@ -118,6 +119,8 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
             options.release?.(msg);
             continue;
           }
+          // Only the handler's first synchronous stretch runs in this loop, and is counted.
+          const startedAt = slice.start();
           const run = handleOne(msg);
           inFlight.add(run);
           void run.finally(() => inFlight.delete(run));

@@ -12,10 +12,12 @@ import { setImmediate } from 'node:timers/promises';
 export const EVENT_LOOP_SLICE_MS = 5;
 
 /**
- * Counts the time a loop spends working; once it adds up to a slice, `after` yields (one
- * `setImmediate`: pending I/O, timers and other loops run) and counting starts again. Only
- * the time between a step's start and its `after` counts, so a loop that waits for its next
- * item between steps does not yield for the wait.
+ * Adds up the time a loop's steps take (the clock between a step's `start` and its `after`,
+ * awaits inside the step included); once it reaches a slice, `after` yields (one
+ * `setImmediate`: pending I/O, timers and other loops run) and the count starts again. The
+ * time between steps is not counted, so a loop that waits for its next item does not yield
+ * for the wait; the count is kept across such waits, so the first step after one may yield
+ * early, which costs one `setImmediate`.
  */
 export class EventLoopSlice {
   readonly #sliceMs: number;

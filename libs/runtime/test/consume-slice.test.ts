@@ -25,22 +25,23 @@ function busy(ms: number): void {
 }
 
 describe('superviseConsumption over a backlog', () => {
-  let nats: NatsServer;
-  let nc: NatsConnection;
+  let nats: NatsServer | undefined;
+  let nc: NatsConnection | undefined;
   let js: JetStreamClient;
 
   before(async () => {
     nats = await startNats();
-    nc = await connect({ servers: nats.url, timeout: 5_000 });
-    js = jetstream(nc, { timeout: 5_000 });
-    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+    const conn = await connect({ servers: nats.url, timeout: 5_000 });
+    nc = conn;
+    js = jetstream(conn, { timeout: 5_000 });
+    const jsm = await jetstreamManager(conn, { timeout: 5_000 });
     for (const name of ['ONE', 'MANY']) {
       await jsm.streams.add({ name, subjects: [`${name.toLowerCase()}.>`] });
       for (let i = 0; i < BACKLOG; i += 1) {
-        nc.publish(`${name.toLowerCase()}.m`, new TextEncoder().encode(String(i)));
+        conn.publish(`${name.toLowerCase()}.m`, new TextEncoder().encode(String(i)));
       }
     }
-    await nc.flush();
+    await conn.flush();
     for (const name of ['ONE', 'MANY']) {
       await waitFor(`${BACKLOG} messages in ${name}`, async () => {
         return (await jsm.streams.info(name)).state.messages === BACKLOG;
@@ -49,8 +50,11 @@ describe('superviseConsumption over a backlog', () => {
   });
 
   after(async () => {
-    await nc.drain();
-    await nats.stop();
+    try {
+      await nc?.drain();
+    } finally {
+      await nats?.stop();
+    }
   });
 
   for (const [stream, concurrency] of [

@@ -660,18 +660,19 @@ describe('tracker', () => {
     const burst = blob('burst');
     const haves = 8_000;
     const askers = 200;
-    let answered = 0;
+    const answered = new Set<string>();
     let appliedWhenAllAnswered: number | undefined;
     // Read as the hand-outs arrive: this process runs the tracker too, so the callback runs
     // only between the tracker's own turns of the event loop.
     const sub = nc.subscribe(handoutSubject('*'), {
       callback: (_error, msg) => {
-        if (!msg.subject.split('.').at(-1)?.startsWith('quick-')) {
+        const asker = msg.subject.split('.').at(-1) ?? '';
+        if (!asker.startsWith('quick-')) {
           return;
         }
-        answered += 1;
-        if (answered === askers) {
-          appliedWhenAllAnswered = app.view.swarm(burst).length;
+        answered.add(asker);
+        if (answered.size === askers) {
+          appliedWhenAllAnswered ??= app.view.swarm(burst).length;
         }
       },
     });
@@ -691,7 +692,7 @@ describe('tracker', () => {
         );
       }
       await nc.flush();
-      await waitFor('every want answered', () => Promise.resolve(answered === askers), {
+      await waitFor('every want answered', () => Promise.resolve(answered.size === askers), {
         timeoutMs: WAIT_MS,
         intervalMs: 10,
       });
@@ -700,8 +701,11 @@ describe('tracker', () => {
       sub.unsubscribe();
     }
     assert.ok(appliedWhenAllAnswered !== undefined);
+    // One want per turn of the event loop answered the last of them after the whole burst;
+    // slices answer them all within the first part of it (about a fifth here). The margin is
+    // for a slow nats-server, which lets the tracker apply more haves before the wants come.
     assert.ok(
-      appliedWhenAllAnswered < haves / 2,
+      appliedWhenAllAnswered < (3 * haves) / 4,
       `the last of ${askers} wants was answered after ${appliedWhenAllAnswered} of the ${haves} haves`,
     );
   });
