@@ -34,7 +34,6 @@ import {
   pieceWant,
   pieceWantSubject,
   preheatNodesConsumer,
-  rangesInclude,
   STREAMS,
   wantPacing,
   WantPacer,
@@ -139,6 +138,8 @@ class Worker {
   readonly #connections: Connection[] = [];
   readonly #agents: Agent[] = [];
   readonly #budgets = new Map<string, Budget>();
+  /** Hand-out entries' pieces as bytes (see `#piecesOf`), kept while the entry is. */
+  readonly #holderPieces = new WeakMap<Handout['peers'][number], Uint8Array>();
   readonly #published = tallies(PUBLISHED_KINDS);
   readonly #received = tallies(RECEIVED_KINDS);
   readonly #latencies: number[] = [];
@@ -512,30 +513,39 @@ class Worker {
       this.#completeIfWhole(download, now);
       return;
     }
-    const holders = download.peers.filter((p) => p.peer.id !== agent.peer.id);
-    if (holders.length === 0) {
-      return;
+    // Only holders with upload budget left this round can give a piece; one that spends its
+    // last leaves the list, and with none left the round's search ends (it found nothing
+    // else before, at the cost of scanning every piece for every download).
+    const holders = download.peers.filter(
+      (p) => p.peer.id !== agent.peer.id && this.#budgetOf(p, now).tokens >= 1,
+    );
+    // Pieces those holders hold: the only ones worth trying.
+    const holdable = new Uint8Array(pieces);
+    for (const holder of holders) {
+      const held = this.#piecesOf(holder, pieces);
+      for (let index = 0; index < pieces; index++) {
+        if (held[index] === 1) {
+          holdable[index] = 1;
+        }
+      }
     }
     let attempts = 0;
     let scan = -1;
-    while (download.credit >= 1 && download.heldCount < pieces) {
+    while (download.credit >= 1 && download.heldCount < pieces && holders.length > 0) {
       // Random pieces, as rarest-first with random ties spreads them; a scan when few are left.
       let index: number;
       if (attempts < 32) {
         attempts += 1;
         index = Math.floor(Math.random() * pieces);
-        if (download.held[index] === 1) {
-          continue;
-        }
       } else {
         scan += 1;
         if (scan >= pieces) {
           return;
         }
         index = scan;
-        if (download.held[index] === 1) {
-          continue;
-        }
+      }
+      if (download.held[index] === 1 || holdable[index] === 0) {
+        continue;
       }
       const holder = this.#holderFor(holders, index, now);
       if (holder === undefined) {
@@ -565,34 +575,67 @@ class Worker {
     }
   }
 
-  /** A holder of piece `index` with upload budget left, whose budget it then spends. */
+  /**
+   * A holder of piece `index` among `holders` (each with upload budget left), whose budget it
+   * then spends; a holder left without budget is taken out of `holders`.
+   */
   #holderFor(holders: Handout['peers'], index: number, now: number): string | undefined {
     const offset = Math.floor(Math.random() * holders.length);
     for (let k = 0; k < holders.length; k++) {
-      const holder = holders[(offset + k) % holders.length];
+      const at = (offset + k) % holders.length;
+      const holder = holders[at];
       if (holder === undefined) {
         continue;
       }
-      if (!holder.complete && !holder.seed && !rangesInclude(holder.pieces, index)) {
+      if (this.#piecesOf(holder, index + 1)[index] !== 1) {
         continue;
       }
-      const id = holder.peer.id;
-      const rate =
-        (holder.seed ? this.#config.seedPiecesPerS : this.#config.uploadPiecesPerS) /
-        this.#config.workers;
-      let budget = this.#budgets.get(id);
-      if (budget === undefined) {
-        budget = { tokens: rate * BURST_S, at: now };
-        this.#budgets.set(id, budget);
+      const budget = this.#budgetOf(holder, now);
+      budget.tokens -= 1;
+      if (budget.tokens < 1) {
+        holders.splice(at, 1);
       }
-      budget.tokens = Math.min(rate * BURST_S, budget.tokens + (rate * (now - budget.at)) / 1000);
-      budget.at = now;
-      if (budget.tokens >= 1) {
-        budget.tokens -= 1;
-        return id;
-      }
+      return holder.peer.id;
     }
     return undefined;
+  }
+
+  /**
+   * The pieces a hand-out says `holder` holds, as one byte per piece (1: held) for a blob of
+   * at least `pieces` pieces; made once per hand-out entry.
+   */
+  #piecesOf(holder: Handout['peers'][number], pieces: number): Uint8Array {
+    let bytes = this.#holderPieces.get(holder);
+    if (bytes === undefined || bytes.length < pieces) {
+      const complete = holder.complete || holder.seed;
+      const end = complete ? pieces : Math.max(pieces, holder.pieces.at(-1)?.[1] ?? 0);
+      bytes = new Uint8Array(end);
+      if (complete) {
+        bytes.fill(1);
+      } else {
+        for (const [from, to] of holder.pieces) {
+          bytes.fill(1, from, to);
+        }
+      }
+      this.#holderPieces.set(holder, bytes);
+    }
+    return bytes;
+  }
+
+  /** A holder's upload budget, refilled up to `now` (this worker's share of its rate). */
+  #budgetOf(holder: Handout['peers'][number], now: number): Budget {
+    const id = holder.peer.id;
+    const rate =
+      (holder.seed ? this.#config.seedPiecesPerS : this.#config.uploadPiecesPerS) /
+      this.#config.workers;
+    let budget = this.#budgets.get(id);
+    if (budget === undefined) {
+      budget = { tokens: rate * BURST_S, at: now };
+      this.#budgets.set(id, budget);
+    }
+    budget.tokens = Math.min(rate * BURST_S, budget.tokens + (rate * (now - budget.at)) / 1000);
+    budget.at = now;
+    return budget;
   }
 
   #want(agent: Agent, download: Download, now: number): void {
