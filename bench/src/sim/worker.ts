@@ -547,7 +547,7 @@ class Worker {
       if (download.held[index] === 1 || holdable[index] === 0) {
         continue;
       }
-      const holder = this.#holderFor(holders, index, now);
+      const holder = this.#holderFor(holders, index, pieces, now);
       if (holder === undefined) {
         continue;
       }
@@ -579,7 +579,12 @@ class Worker {
    * A holder of piece `index` among `holders` (each with upload budget left), whose budget it
    * then spends; a holder left without budget is taken out of `holders`.
    */
-  #holderFor(holders: Handout['peers'], index: number, now: number): string | undefined {
+  #holderFor(
+    holders: Handout['peers'],
+    index: number,
+    pieces: number,
+    now: number,
+  ): string | undefined {
     const offset = Math.floor(Math.random() * holders.length);
     for (let k = 0; k < holders.length; k++) {
       const at = (offset + k) % holders.length;
@@ -587,7 +592,7 @@ class Worker {
       if (holder === undefined) {
         continue;
       }
-      if (this.#piecesOf(holder, index + 1)[index] !== 1) {
+      if (this.#piecesOf(holder, pieces)[index] !== 1) {
         continue;
       }
       const budget = this.#budgetOf(holder, now);
@@ -601,12 +606,12 @@ class Worker {
   }
 
   /**
-   * The pieces a hand-out says `holder` holds, as one byte per piece (1: held) for a blob of
-   * at least `pieces` pieces; made once per hand-out entry.
+   * The pieces a hand-out says `holder` holds, as one byte per piece (1: held) of a blob of
+   * `pieces` pieces; made once per hand-out entry.
    */
   #piecesOf(holder: Handout['peers'][number], pieces: number): Uint8Array {
     let bytes = this.#holderPieces.get(holder);
-    if (bytes === undefined || bytes.length < pieces) {
+    if (bytes === undefined) {
       const complete = holder.complete || holder.seed;
       const end = complete ? pieces : Math.max(pieces, holder.pieces.at(-1)?.[1] ?? 0);
       bytes = new Uint8Array(end);

@@ -41,8 +41,6 @@ export interface SuperviseOptions {
   };
   /** Messages handled at once (default 1: one at a time, in order). */
   readonly concurrency?: number;
-  /** Time spent handling after which the loop yields to the event loop, in ms (default 5). */
-  readonly sliceMs?: number;
 }
 
 export interface ConsumeLoop {
@@ -80,7 +78,7 @@ export function superviseConsumption(options: SuperviseOptions): ConsumeLoop {
   let current: ConsumerMessages | undefined;
   const concurrency = Math.max(1, options.concurrency ?? 1);
   const inFlight = new Set<Promise<void>>();
-  const slice = new EventLoopSlice(options.sliceMs);
+  const slice = new EventLoopSlice();
   const handleOne = async (msg: JsMsg): Promise<void> => {
     try {
       await options.handle(msg);

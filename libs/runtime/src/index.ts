@@ -27,7 +27,7 @@ export {
   type PieceRefusal,
 } from './piece-auth.js';
 export { isAbortError, ShoalError } from './errors.js';
-export { EVENT_LOOP_SLICE_MS, EventLoopSlice } from './event-loop-slice.js';
+export { EventLoopSlice } from './event-loop-slice.js';
 export {
   httpLimitsConfig,
   httpServerOptions,
