@@ -150,6 +150,41 @@ describe('piece ranges', () => {
     );
   });
 
+  it('names runs that fill whole bitmap words and cross their edges as single ranges', () => {
+    // Bitmaps hold 32 pieces a word: runs ending at, starting at and spanning word edges.
+    assert.deepEqual(
+      missingRanges(
+        [[0, 256]],
+        [
+          [31, 33],
+          [64, 96],
+          [160, 161],
+        ],
+      ),
+      [
+        [0, 31],
+        [33, 64],
+        [96, 160],
+        [161, 256],
+      ],
+    );
+    assert.deepEqual(missingRanges([[5, 200]], []), [[5, 200]]);
+    assert.deepEqual(missingRanges([[0, 256]], [[0, 256]]), []);
+    assert.deepEqual(
+      missingRanges(
+        [
+          [0, 32],
+          [33, 64],
+        ],
+        [[31, 34]],
+      ),
+      [
+        [0, 31],
+        [34, 64],
+      ],
+    );
+  });
+
   it('stays linear on large sets', () => {
     const even: PieceRanges = Array.from({ length: 4096 }, (_, i) => [i * 2, i * 2 + 1]);
     const odd: PieceRanges = Array.from({ length: 4096 }, (_, i) => [i * 2 + 1, i * 2 + 2]);
@@ -337,6 +372,16 @@ describe('load tracker', () => {
     assert.equal(load.load('a', 9_999), 2);
     assert.equal(load.load('a', 12_000), 1);
     assert.equal(load.load('a', 17_000), 0);
+  });
+
+  it('counts a hand-out from a clock that stepped back with the latest, and still expires it', () => {
+    const load = new LoadTracker(10_000);
+    load.record('a', 5_000);
+    load.record('a', 2_000);
+    assert.equal(load.load('a', 5_000), 2);
+    // Counted in the 5,000 bucket: kept until that bucket leaves the window.
+    assert.equal(load.load('a', 14_999), 2);
+    assert.equal(load.load('a', 15_000), 0);
   });
 
   it('prunes idle peers', () => {

@@ -6,7 +6,7 @@
  * Pure: no clock, no I/O; the caller says which members still count.
  */
 import type { HandoutAsk, SwarmMember } from './policy.js';
-import { holdsMissing } from './pieces.js';
+import { holdsMissingFrom } from './pieces.js';
 
 /** Members visited per ring for each candidate wanted, at most; bounds the work of a want. */
 const SCAN_FACTOR = 4;
@@ -40,6 +40,12 @@ class Ring<M> {
     this.#ids.push(id);
   }
 
+  /** The member held under `id`, if any. */
+  get(id: string): M | undefined {
+    const at = this.#index.get(id);
+    return at === undefined ? undefined : this.#items[at];
+  }
+
   delete(id: string): void {
     const at = this.#index.get(id);
     if (at === undefined) {
@@ -66,7 +72,7 @@ class Ring<M> {
     const count = Math.min(max, this.#items.length);
     for (let k = 0; k < count; k += 1) {
       const member = this.#items[this.#cursor];
-      this.#cursor = (this.#cursor + 1) % this.#items.length;
+      this.#cursor = this.#cursor + 1 === this.#items.length ? 0 : this.#cursor + 1;
       if (member !== undefined && !visit(member)) {
         return;
       }
@@ -157,8 +163,13 @@ export class BlobHolders<M extends SwarmMember> {
     const members: M[] = [];
     const dead: M[] = [];
     const askerId = ask.peer.id;
+    // The asker's own entry (none when it holds nothing yet), passed over by identity:
+    // members are visited by the hundred per want, and comparing ids reads two more objects
+    // each time.
+    const asker = this.#member(askerId);
+    const lacks = holdsMissingFrom(ask.have);
     const consider = (member: M): boolean => {
-      if (member.peer.id === askerId) {
+      if (member === asker) {
         return false;
       }
       if (!counts(member)) {
@@ -179,7 +190,7 @@ export class BlobHolders<M extends SwarmMember> {
       });
       let partial = 0;
       rings.partial.visit(budget, (member) => {
-        if (consider(member) && holdsMissing(member.pieces, ask.have)) {
+        if (consider(member) && lacks(member.pieces)) {
           members.push(member);
           partial += 1;
         }
@@ -251,6 +262,12 @@ export class BlobHolders<M extends SwarmMember> {
         yield entry[1];
       }
     }
+  }
+
+  /** The member held under `id`, if any. */
+  #member(id: string): M | undefined {
+    const placed = this.#placed.get(id);
+    return placed === undefined ? undefined : this.#ringOf(placed.zone, placed.kind)?.get(id);
   }
 
   #ringOf(zone: string, kind: Kind): Ring<M> | undefined {

@@ -31,7 +31,8 @@ export class LoadTracker {
     const index = Math.floor(nowMs / this.#bucketMs);
     const buckets = this.#live(peer, index) ?? [];
     const last = buckets.at(-1);
-    if (last?.index === index) {
+    // A clock that stepped back counts in the latest bucket, so buckets stay in time order.
+    if (last !== undefined && last.index >= index) {
       last.count += 1;
     } else {
       buckets.push({ index, count: 1 });
@@ -68,15 +69,20 @@ export class LoadTracker {
     if (buckets === undefined) {
       return undefined;
     }
+    // Buckets are in time order: the expired ones are a prefix, usually empty (no copy then,
+    // since a want looks up the load of every holder it ranks).
     const oldest = index - BUCKETS_PER_WINDOW + 1;
-    const kept = buckets.filter((b) => b.index >= oldest);
-    if (kept.length === 0) {
+    let expired = 0;
+    while (expired < buckets.length && (buckets[expired]?.index ?? oldest) < oldest) {
+      expired += 1;
+    }
+    if (expired === buckets.length) {
       this.#peers.delete(peer);
       return undefined;
     }
-    if (kept.length !== buckets.length) {
-      this.#peers.set(peer, kept);
+    if (expired > 0) {
+      buckets.splice(0, expired);
     }
-    return kept;
+    return buckets;
   }
 }
