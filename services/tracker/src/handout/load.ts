@@ -30,12 +30,18 @@ export class LoadTracker {
   record(peer: string, nowMs: number): void {
     const index = Math.floor(nowMs / this.#bucketMs);
     const buckets = this.#live(peer, index) ?? [];
-    const last = buckets.at(-1);
-    // A clock that stepped back counts in the latest bucket, so buckets stay in time order.
-    if (last !== undefined && last.index >= index) {
-      last.count += 1;
+    // Kept in time order, so that the expired ones are always a prefix: a hand-out from a
+    // clock that stepped back goes into its own bucket, not the latest (which may lie ahead
+    // of the clock for a while, and would keep every count put into it until then).
+    let at = buckets.length;
+    while (at > 0 && (buckets[at - 1]?.index ?? index) > index) {
+      at -= 1;
+    }
+    const bucket = buckets[at - 1];
+    if (bucket?.index === index) {
+      bucket.count += 1;
     } else {
-      buckets.push({ index, count: 1 });
+      buckets.splice(at, 0, { index, count: 1 });
     }
     this.#peers.set(peer, buckets);
   }
