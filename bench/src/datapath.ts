@@ -107,6 +107,7 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
                                      [--warm-runs N] [--fetch-only] [--rss MiB]
                                      [--cpu-prof-dir DIR] [--spans-file PATH] [--baseline DIR]
                                      [--seed-main FILE] [--agent-node-options OPTIONS]
+                                     [--traces auto|on|off]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB;
                       640,256,128: 1 GiB with --only gib)
@@ -141,7 +142,23 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --agent-node-options OPTIONS
                       more NODE_OPTIONS for the agents, to try Node or V8 flags against
                       those the agent is started with
+  --traces WHEN       whether the swarm exports OpenTelemetry spans (to a receiver run
+                      here), as a node whose OTEL_EXPORTER_OTLP_ENDPOINT is set does: auto
+                      (default) when the small image runs, for its timeline; on for every
+                      run (e.g. --only cold --traces on, against --traces off, to see what
+                      tracing costs a pull); off for none (no small-image timeline).
+                      OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG in the bench's
+                      environment are passed on to the traced swarm
 `;
+
+/** When the swarm exports spans (`--traces`). */
+type Traces = 'auto' | 'on' | 'off';
+const TRACES: readonly Traces[] = ['auto', 'on', 'off'];
+/**
+ * The OpenTelemetry sampler settings handed from the bench's environment to a traced swarm,
+ * to measure what a sampled deployment pays (every span is recorded without them).
+ */
+const SAMPLER_ENV = ['OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG'] as const;
 
 /** What `--only` keeps; `all` without it. */
 type Only = 'all' | 'tls' | 'cold' | 'rss' | 'small' | 'warm' | 'gib';
@@ -176,6 +193,8 @@ interface Options {
   readonly spansFile: string | undefined;
   /** A checkout built with `tsc -b` whose services the baseline swarm runs. */
   readonly baseline: string | undefined;
+  /** Whether the swarm exports spans to a receiver run here. */
+  readonly traced: boolean;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -194,6 +213,7 @@ function parseOptions(argv: readonly string[]): Options {
     'agent-node-options': { type: 'string', default: '' },
     'spans-file': { type: 'string' },
     baseline: { type: 'string' },
+    traces: { type: 'string', default: 'auto' },
   });
   const problems: string[] = [];
   const layerSizes = String(values.layers ?? (values.only === 'gib' ? GIB_LAYERS : BIG_LAYERS))
@@ -230,8 +250,15 @@ function parseOptions(argv: readonly string[]): Options {
   if (values.only !== undefined && only === 'all') {
     problems.push(`--only takes one of ${ONLY.join(', ')}`);
   }
+  const traces = TRACES.find((t) => t === values.traces);
+  if (traces === undefined) {
+    problems.push(`--traces takes one of ${TRACES.join(', ')}`);
+  }
+  const traced = traces === 'on' || (traces === 'auto' && withSmall(only));
   if (values['spans-file'] !== undefined && !withSmall(only)) {
     problems.push(`--spans-file is about the small image, which --only ${only} leaves out`);
+  } else if (values['spans-file'] !== undefined && !traced) {
+    problems.push('--spans-file needs the spans that --traces off leaves out');
   }
   if (values.baseline !== undefined && !withSmall(only) && !withWarm(only)) {
     problems.push(
@@ -268,6 +295,7 @@ function parseOptions(argv: readonly string[]): Options {
     agentNodeOptions: String(values['agent-node-options']),
     spansFile: typeof spansFile === 'string' ? spansFile : undefined,
     baseline: typeof baseline === 'string' ? resolve(baseline) : undefined,
+    traced,
   };
 }
 
@@ -613,6 +641,8 @@ interface Results {
   readonly agentPeakRss: number;
   /** The memory run, with `--rss`. */
   readonly rss: RssRun | undefined;
+  /** Spans the swarm exported over the run; undefined when it was not traced. */
+  readonly spans: number | undefined;
 }
 
 function perGiB(m: Measured, name: string, bytes: number): number {
@@ -708,7 +738,10 @@ function ctrReport(results: Results, ctr: CtrResults): string[] {
         `  each run, cold${baselineCold === undefined ? '' : ' / baseline cold'} / direct: ${small.map(each).join(' ')} s`,
       );
     }
-    smallLines.push('', ...timelineReport(small), '');
+    // Without spans (`--traces off`) there is no timeline to show.
+    if (small.some((r) => r.timelines.size > 0)) {
+      smallLines.push('', ...timelineReport(small), '');
+    }
   }
   return [
     ...(small.length === 0 ? [] : [`small image: ${mib(smallBytes)} of blobs`]),
@@ -1053,6 +1086,13 @@ function report(options: Options, results: Results): string {
     options.only === 'tls'
       ? 'Shoal data-path benchmark: pieces between agents, plain HTTP and TLS'
       : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
+    results.spans === undefined
+      ? "the swarm's processes do not export OpenTelemetry spans (--traces off)"
+      : `the swarm's processes export OpenTelemetry spans (--traces on${SAMPLER_ENV.filter(
+          (k) => process.env[k] !== undefined,
+        )
+          .map((k) => `, ${k}=${process.env[k] ?? ''}`)
+          .join('')}): ${results.spans} received`,
     ...(results.bigBytes === 0
       ? []
       : [
@@ -1145,7 +1185,20 @@ async function main(): Promise<number> {
           ]);
     signal.throwIfAborted();
     // The swarm's processes export their spans here, for the small image's timeline.
-    const receiver = withSmall(only) ? await startOtlpReceiver() : undefined;
+    const receiver = options.traced ? await startOtlpReceiver() : undefined;
+    // The sampler of the bench's own environment, if any, is theirs too (see SAMPLER_ENV).
+    const traceEnv =
+      receiver === undefined
+        ? {}
+        : {
+            ...receiver.env,
+            ...Object.fromEntries(
+              SAMPLER_ENV.flatMap((k) => {
+                const value = process.env[k];
+                return value === undefined ? [] : [[k, value]];
+              }),
+            ),
+          };
     if (receiver !== undefined) {
       teardown.add('OTLP receiver', () => receiver.stop());
     }
@@ -1154,8 +1207,8 @@ async function main(): Promise<number> {
     // The agents started later do not export spans: their pulls are not on the timeline.
     const agentEnv = nodeOptions === '' ? profileEnv : { ...profileEnv, NODE_OPTIONS: nodeOptions };
     const traced = (peerId: string, build: Partial<SwarmSetup>): SwarmSetup => ({
-      env: { ...profileEnv, ...receiver?.env },
-      agentEnv: { ...agentEnv, ...receiver?.env },
+      env: { ...profileEnv, ...traceEnv },
+      agentEnv: { ...agentEnv, ...traceEnv },
       peerId,
       ...build,
     });
@@ -1230,7 +1283,7 @@ async function main(): Promise<number> {
               warmup: warmup?.target,
             });
       let small: SmallRun[] = [];
-      if (receiver !== undefined) {
+      if (withSmall(only)) {
         small = await smallPulls(pulls, options, receiver, through({ seed, agent }), baseline);
       }
       ctr = { big: bigResults, floor, small };
@@ -1264,6 +1317,7 @@ async function main(): Promise<number> {
       seedPull,
       agentPeakRss,
       rss,
+      spans: receiver?.spans().length,
     };
     process.stdout.write(report(options, results));
     if (receiver !== undefined && options.spansFile !== undefined) {
@@ -1474,7 +1528,7 @@ async function warmPull(
 async function smallPulls(
   pulls: PullRun,
   options: Pick<Options, 'smallBytes' | 'smallRuns'>,
-  receiver: OtlpReceiver,
+  receiver: OtlpReceiver | undefined,
   swarm: Through,
   baseline: Through | undefined,
 ): Promise<SmallRun[]> {
@@ -1489,7 +1543,10 @@ async function smallPulls(
     through: Through,
   ): Promise<{ cold: Measured; timelines: Timelines }> => {
     const cold = await ctrPull(image.target, through.agentUrl, timeoutMs, through.watched);
-    return { cold, timelines: await timelines(receiver, image.image) };
+    return {
+      cold,
+      timelines: receiver === undefined ? new Map() : await timelines(receiver, image.image),
+    };
   };
   const runs: SmallRun[] = [];
   for (let i = 0; i < options.smallRuns; i++) {
