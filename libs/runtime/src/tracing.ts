@@ -75,6 +75,38 @@ export function withSpan<T>(
   );
 }
 
+/**
+ * Runs `fn` outside any span, so that nothing of the trace goes along with the requests it
+ * makes (a server asked then starts no span for it); a span is recorded for it only when it
+ * throws, from its start to the throw, as a child of the active context. For work too frequent
+ * to trace every time (the pieces of a download): a trace keeps its first few and its
+ * failures without a span, and an export, for each of the others.
+ */
+export async function withSpanOnFailure<T>(
+  name: string,
+  options: SpanOptions,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const parent = options.parent ?? context.active();
+  const startTime = Date.now();
+  try {
+    return await context.with(trace.deleteSpan(parent), fn);
+  } catch (error) {
+    const span = tracer().startSpan(
+      name,
+      {
+        kind: options.kind ?? SpanKind.INTERNAL,
+        startTime,
+        ...(options.attributes === undefined ? {} : { attributes: options.attributes }),
+      },
+      parent,
+    );
+    failSpan(span, error);
+    span.end();
+    throw error;
+  }
+}
+
 /** Marks `span` failed with `error`'s message (a string only: no objects that may hold secrets). */
 export function failSpan(span: Span, error: unknown): void {
   const message = error instanceof Error ? error.message : String(error);
@@ -179,4 +211,15 @@ export function withServerSpan<T>(
       return result;
     },
   );
+}
+
+/**
+ * As `withServerSpan`, for a request whose caller decides what is traced: a SERVER span only
+ * when the request carries a trace context. A piece request without one is one its caller
+ * chose not to trace (see `withSpanOnFailure`), or one from a caller that does not trace at
+ * all: a root trace of its own for each would be noise.
+ */
+export function withCallerServerSpan<T>(...args: Parameters<typeof withServerSpan<T>>): Promise<T> {
+  const [, request, , , fn] = args;
+  return request.headers.traceparent === undefined ? fn() : withServerSpan(...args);
 }

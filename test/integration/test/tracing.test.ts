@@ -26,6 +26,8 @@ import {
   type OtlpReceiver,
 } from '@shoal/testkit';
 
+import { pieceSizeFor } from '@shoal/proto';
+
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
 import { startCluster, type Cluster } from '../src/swarm.js';
@@ -185,5 +187,26 @@ describe('one pull through the swarm is one trace across agent, tracker, peer an
     }
     assert.ok(served.some((s) => s.service === 'seedserver'));
     assert.ok(served.some((s) => s.service === 'agent' && instance(s) === 'node-b'));
+
+    // Only the first two requests to each source have a span of their own (and a SERVER span
+    // below it); after them a request gets one only when it fails. The layer has many more
+    // pieces than that.
+    const gets = named('agent', 'piece GET').filter((s) => parentOf(s) === download);
+    const bySource = new Map<unknown, number>();
+    for (const get of gets.filter((s) => !s.error)) {
+      const source = get.attributes['shoal.peer'];
+      bySource.set(source, (bySource.get(source) ?? 0) + 1);
+    }
+    assert.ok(bySource.size >= 2, 'the seed server and node-b');
+    for (const [source, count] of bySource) {
+      assert.ok(count <= 2, `${String(source)}: ${count} piece requests traced without failing`);
+    }
+    const pieces = Math.ceil(big.size / pieceSizeFor(big.size));
+    assert.ok(pieces > 2 * bySource.size + gets.filter((s) => s.error).length);
+    // A request not traced sends no trace context, and its server starts no trace for it.
+    assert.deepEqual(
+      receiver.spans().filter((s) => s.name === 'piece serve' && s.parentSpanId === undefined),
+      [],
+    );
   });
 });

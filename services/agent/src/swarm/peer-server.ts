@@ -12,7 +12,7 @@ import {
   type PieceSource,
 } from '@shoal/pieces';
 import { parseDigest, pieceBounds, pieceCount, pieceSizeFor, type Digest } from '@shoal/proto';
-import { pieceAuthPreHandler, withServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
+import { pieceAuthPreHandler, withCallerServerSpan, type PieceTokenVerifier } from '@shoal/runtime';
 import type { FastifyInstance } from 'fastify';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -72,8 +72,9 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
     logger: deps.logger,
   });
   app.get<PieceRoute>(PIECE_ROUTE, { preHandler }, (request, reply) =>
-    // A SERVER span in the trace of the agent asking (from its `traceparent`).
-    withServerSpan(
+    // A SERVER span in the trace of the agent asking (from its `traceparent`), for the
+    // requests it traces (the first few to each source of a download, see `SwarmFetch`).
+    withCallerServerSpan(
       'piece serve',
       request,
       reply,

@@ -44,7 +44,7 @@ import {
   type SeedFailed,
 } from '@shoal/proto';
 import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
-import { SpanKind, withSpan, type Logger } from '@shoal/runtime';
+import { SpanKind, withSpan, withSpanOnFailure, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import {
@@ -84,6 +84,12 @@ const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
  * hashed. Should no record come, `finish` reads back at most this much (racing the record).
  */
 const RECORD_HASH_LAG_BYTES = 64 * 1024 * 1024;
+/**
+ * Piece requests to one source that get a span of their own, per download: enough for a
+ * trace to show when each source started and how fast it answered; after them a request is
+ * traced only when it fails (`withSpanOnFailure`).
+ */
+const TRACED_REQUESTS_PER_SOURCE = 2;
 /** Copies of one piece requested at once in the endgame. */
 const ENDGAME_COPIES = 2;
 /** A piece is late for the endgame past this many times the download's typical piece time. */
@@ -240,6 +246,8 @@ export class SwarmFetch {
   readonly #peers = new Map<string, PeerInfo>();
   /** Requests in flight per piece: the peer each went to, and whether it writes as it reads. */
   readonly #inFlight = new Map<number, Set<InFlight>>();
+  /** Requests traced so far, by source (see `TRACED_REQUESTS_PER_SOURCE`). */
+  readonly #tracedRequests = new Map<string, number>();
   /** When the swarm has stalled: nothing received for the stall timeout. */
   readonly #stall: StallWatch;
   /** Tells the stall watch of piece bytes as they arrive; one function for every request. */
@@ -657,17 +665,25 @@ export class SwarmFetch {
       entry.toldUnheard = headers[PIECE_UNHEARD_HEADER] !== undefined;
       const notFrom = headers[PIECE_NOT_FROM_HEADER];
       entry.toldNotFrom = notFrom === undefined ? NOBODY : new Set(notFromPeers(notFrom));
-      const bytes = await withSpan(
-        'piece GET',
-        {
-          kind: SpanKind.CLIENT,
-          attributes: {
-            'shoal.piece': index,
-            'shoal.peer': peer.id,
-            'shoal.source': source,
-            'server.address': new URL(peer.url).host,
-          },
+      const spanOptions = {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          'shoal.piece': index,
+          'shoal.peer': peer.id,
+          'shoal.source': source,
+          'server.address': new URL(peer.url).host,
         },
+      };
+      // The first few requests to each source get a span of their own (and the source's
+      // SERVER span below it); the others only when they fail: a span and an export per
+      // piece cost a tenth of the CPU of a traced pull (bench/README, "What tracing costs").
+      const traced = (this.#tracedRequests.get(peer.id) ?? 0) < TRACED_REQUESTS_PER_SOURCE;
+      if (traced) {
+        this.#tracedRequests.set(peer.id, (this.#tracedRequests.get(peer.id) ?? 0) + 1);
+      }
+      const bytes = await (traced ? withSpan : withSpanOnFailure)(
+        'piece GET',
+        spanOptions,
         async () => {
           if (!entry.streaming) {
             const copy = await pieces.fetch(

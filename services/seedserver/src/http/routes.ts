@@ -4,7 +4,7 @@ import { encodePieceBitmap, PIECE_RATIONED_HEADER } from '@shoal/proto';
 import {
   pieceAuthPreHandler,
   registerOpsRoutes,
-  withServerSpan,
+  withCallerServerSpan,
   type Logger,
   type OpsRouteDeps,
   type PieceTokenVerifier,
@@ -87,8 +87,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     onInFlight: (uploads) => metrics.uploadsInFlight.set(uploads),
   });
   app.get<PieceRoute>(PIECE_ROUTE, { preHandler }, (request, reply) =>
-    // A SERVER span in the trace of the agent asking (from its `traceparent`).
-    withServerSpan(
+    // A SERVER span in the trace of the agent asking (from its `traceparent`), for the
+    // requests it traces (the first few to each source of a download, see `SwarmFetch`).
+    withCallerServerSpan(
       'piece serve',
       request,
       reply,
