@@ -77,14 +77,15 @@ export function withSpan<T>(
 
 /**
  * Runs `fn` outside any span, so that nothing of the trace goes along with the requests it
- * makes (a server asked then starts no span for it); a span is recorded for it only when it
- * throws, from its start to the throw, as a child of the active context. For work too frequent
- * to trace every time (the pieces of a download): a trace keeps its first few and its
- * failures without a span, and an export, for each of the others.
+ * makes (a server asked then starts no span for it). A span is recorded for it only when it
+ * throws an error that `failed` calls a failure (every error by default), from its start to
+ * the throw, as a child of the active context. For work too frequent to trace every time (the
+ * pieces of a download): a trace keeps the first few and the failures, and the others cost
+ * neither a span nor an export.
  */
 export async function withSpanOnFailure<T>(
   name: string,
-  options: SpanOptions,
+  options: SpanOptions & { readonly failed?: (error: unknown) => boolean },
   fn: () => Promise<T>,
 ): Promise<T> {
   const parent = options.parent ?? context.active();
@@ -92,6 +93,9 @@ export async function withSpanOnFailure<T>(
   try {
     return await context.with(trace.deleteSpan(parent), fn);
   } catch (error) {
+    if (options.failed !== undefined && !options.failed(error)) {
+      throw error;
+    }
     const span = tracer().startSpan(
       name,
       {
@@ -221,5 +225,7 @@ export function withServerSpan<T>(
  */
 export function withCallerServerSpan<T>(...args: Parameters<typeof withServerSpan<T>>): Promise<T> {
   const [, request, , , fn] = args;
-  return request.headers.traceparent === undefined ? fn() : withServerSpan(...args);
+  // A context that does not parse (empty, malformed, repeated) is no caller's trace either.
+  const caller = trace.getSpanContext(contextFromHttp(request.headers));
+  return caller !== undefined && isSpanContextValid(caller) ? withServerSpan(...args) : fn();
 }

@@ -85,9 +85,9 @@ const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
  */
 const RECORD_HASH_LAG_BYTES = 64 * 1024 * 1024;
 /**
- * Piece requests to one source that get a span of their own, per download: enough for a
- * trace to show when each source started and how fast it answered; after them a request is
- * traced only when it fails (`withSpanOnFailure`).
+ * Piece requests to one source that get a span of their own, per download, whatever their
+ * outcome: enough for a trace to show when each source was first asked and how it answered;
+ * after them a request is traced only when it fails (`withSpanOnFailure`).
  */
 const TRACED_REQUESTS_PER_SOURCE = 2;
 /** Copies of one piece requested at once in the endgame. */
@@ -674,16 +674,24 @@ export class SwarmFetch {
           'server.address': new URL(peer.url).host,
         },
       };
-      // The first few requests to each source get a span of their own (and the source's
-      // SERVER span below it); the others only when they fail: a span and an export per
-      // piece cost a tenth of the CPU of a traced pull (bench/README, "What tracing costs").
+      // The first few requests to each source get a span of their own, whatever their
+      // outcome (and the source's SERVER span below it); the others only when they fail. A
+      // span per piece at both ends made traces of hundreds of spans, and a trace store's
+      // load grow with every piece of every node's pulls.
       const traced = (this.#tracedRequests.get(peer.id) ?? 0) < TRACED_REQUESTS_PER_SOURCE;
       if (traced) {
         this.#tracedRequests.set(peer.id, (this.#tracedRequests.get(peer.id) ?? 0) + 1);
       }
       const bytes = await (traced ? withSpan : withSpanOnFailure)(
         'piece GET',
-        spanOptions,
+        {
+          ...spanOptions,
+          // Refused for now (rationed, every slot taken) or called off (the endgame's other
+          // copy landed, the download ended): how a swarm runs, not a failure worth a span.
+          failed: (error: unknown) =>
+            !signal.aborted &&
+            !(error instanceof PieceFetchError && error.code === 'PIECE_RATIONED'),
+        },
         async () => {
           if (!entry.streaming) {
             const copy = await pieces.fetch(
