@@ -160,6 +160,16 @@ const TRACES: readonly Traces[] = ['auto', 'on', 'off'];
  */
 const SAMPLER_ENV = ['OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG'] as const;
 
+/** The `SAMPLER_ENV` settings the bench's environment has. */
+function samplerEnv(): Record<string, string> {
+  return Object.fromEntries(
+    SAMPLER_ENV.flatMap((k) => {
+      const value = process.env[k];
+      return value === undefined ? [] : [[k, value]];
+    }),
+  );
+}
+
 /** What `--only` keeps; `all` without it. */
 type Only = 'all' | 'tls' | 'cold' | 'rss' | 'small' | 'warm' | 'gib';
 const ONLY: readonly Only[] = ['tls', 'cold', 'rss', 'small', 'warm', 'gib'];
@@ -1088,10 +1098,8 @@ function report(options: Options, results: Results): string {
       : 'Shoal data-path benchmark: ctr images pull, one agent + seed server vs the registry',
     results.spans === undefined
       ? "the swarm's processes do not export OpenTelemetry spans (--traces off)"
-      : `the swarm's processes export OpenTelemetry spans (--traces on${SAMPLER_ENV.filter(
-          (k) => process.env[k] !== undefined,
-        )
-          .map((k) => `, ${k}=${process.env[k] ?? ''}`)
+      : `the swarm's processes export OpenTelemetry spans (--traces on${Object.entries(samplerEnv())
+          .map(([k, v]) => `, ${k}=${v}`)
           .join('')}): ${results.spans} received`,
     ...(results.bigBytes === 0
       ? []
@@ -1187,18 +1195,7 @@ async function main(): Promise<number> {
     // The swarm's processes export their spans here, for the small image's timeline.
     const receiver = options.traced ? await startOtlpReceiver() : undefined;
     // The sampler of the bench's own environment, if any, is theirs too (see SAMPLER_ENV).
-    const traceEnv =
-      receiver === undefined
-        ? {}
-        : {
-            ...receiver.env,
-            ...Object.fromEntries(
-              SAMPLER_ENV.flatMap((k) => {
-                const value = process.env[k];
-                return value === undefined ? [] : [[k, value]];
-              }),
-            ),
-          };
+    const traceEnv = receiver === undefined ? {} : { ...receiver.env, ...samplerEnv() };
     if (receiver !== undefined) {
       teardown.add('OTLP receiver', () => receiver.stop());
     }

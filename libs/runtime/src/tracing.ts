@@ -55,24 +55,16 @@ export function withSpan<T>(
   fn: (span: Span) => Promise<T> | T,
 ): Promise<T> {
   const parent = options.parent ?? context.active();
-  return tracer().startActiveSpan(
-    name,
-    {
-      kind: options.kind ?? SpanKind.INTERNAL,
-      ...(options.attributes === undefined ? {} : { attributes: options.attributes }),
-    },
-    parent,
-    async (span) => {
-      try {
-        return await fn(span);
-      } catch (error) {
-        failSpan(span, error);
-        throw error;
-      } finally {
-        span.end();
-      }
-    },
-  );
+  return tracer().startActiveSpan(name, startOptions(options), parent, async (span) => {
+    try {
+      return await fn(span);
+    } catch (error) {
+      failSpan(span, error);
+      throw error;
+    } finally {
+      span.end();
+    }
+  });
 }
 
 /**
@@ -96,19 +88,19 @@ export async function withSpanOnFailure<T>(
     if (options.failed !== undefined && !options.failed(error)) {
       throw error;
     }
-    const span = tracer().startSpan(
-      name,
-      {
-        kind: options.kind ?? SpanKind.INTERNAL,
-        startTime,
-        ...(options.attributes === undefined ? {} : { attributes: options.attributes }),
-      },
-      parent,
-    );
+    const span = tracer().startSpan(name, { ...startOptions(options), startTime }, parent);
     failSpan(span, error);
     span.end();
     throw error;
   }
+}
+
+/** The kind and attributes a span starts with (INTERNAL unless said). */
+function startOptions(options: SpanOptions): { kind: SpanKind; attributes?: Attributes } {
+  return {
+    kind: options.kind ?? SpanKind.INTERNAL,
+    ...(options.attributes === undefined ? {} : { attributes: options.attributes }),
+  };
 }
 
 /** Marks `span` failed with `error`'s message (a string only: no objects that may hold secrets). */
@@ -130,14 +122,7 @@ export function startSpan(
   options: SpanOptions,
 ): { readonly span: Span; readonly context: Context } {
   const parent = options.parent ?? context.active();
-  const span = tracer().startSpan(
-    name,
-    {
-      kind: options.kind ?? SpanKind.INTERNAL,
-      ...(options.attributes === undefined ? {} : { attributes: options.attributes }),
-    },
-    parent,
-  );
+  const span = tracer().startSpan(name, startOptions(options), parent);
   return { span, context: trace.setSpan(parent, span) };
 }
 

@@ -13,7 +13,9 @@ import {
   startTelemetry,
   traceFields,
   tracingEnabled,
+  withCallerServerSpan,
   withSpan,
+  withSpanOnFailure,
   type Telemetry,
 } from '../src/index.js';
 import { contextFromHeaders, traceHeaders } from '../src/nats.js';
@@ -151,5 +153,88 @@ describe('startTelemetry with an OTLP receiver', () => {
     assert.equal(consumer?.span.kind, 'consumer');
     assert.equal(consumer.children[0]?.span.name, 'client');
     assert.equal(consumer.children[0].children[0]?.span.name, 'server');
+  });
+
+  it('records work traced only on failure when it fails, and sends no trace context along', async () => {
+    let traceId = '';
+    const sent: Record<string, string>[] = [];
+    let startedAtNs = 0n;
+    await withSpan('download', {}, async (download) => {
+      traceId = download.spanContext().traceId;
+      const request = async (): Promise<void> => {
+        const http: Record<string, string> = {};
+        injectHttp(http);
+        sent.push(http);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      };
+      await withSpanOnFailure('ok', { kind: SpanKind.CLIENT }, request);
+      const routine = new Error('rationed');
+      await withSpanOnFailure('refused', { failed: (error) => error !== routine }, async () => {
+        await request();
+        throw routine;
+      }).catch((error: unknown) => assert.equal(error, routine));
+      startedAtNs = BigInt(Date.now()) * 1_000_000n;
+      const boom = new Error('boom');
+      await withSpanOnFailure(
+        'failed',
+        { kind: SpanKind.CLIENT, attributes: { piece: 7 } },
+        async () => {
+          await request();
+          throw boom;
+        },
+      ).catch((error: unknown) => assert.equal(error, boom));
+    });
+    assert.deepEqual(sent, [{}, {}, {}], 'no traceparent on requests not traced');
+    await receiver.waitFor(
+      'the download and its failure',
+      (spans) => spans.filter((s) => s.traceId === traceId).length === 2,
+    );
+    // Give a wrongly recorded span of the others time to arrive too.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const [root, ...rest] = traceTree(receiver.trace(traceId));
+    assert.equal(rest.length, 0);
+    assert.equal(root?.span.name, 'download');
+    assert.deepEqual(
+      root.children.map((c) => c.span.name),
+      ['failed'],
+    );
+    const failed = root.children[0]?.span;
+    assert.equal(failed?.error, true);
+    assert.equal(failed.kind, 'client');
+    assert.equal(failed.attributes.piece, 7);
+    // From the work's start, not from the throw (20 ms later).
+    assert.ok(failed.endNs - failed.startNs >= 15_000_000n, 'the span covers the work');
+    assert.ok(failed.startNs <= startedAtNs + 5_000_000n);
+  });
+
+  it('starts a server span only for a request that carries a valid trace context', async () => {
+    let traceId = '';
+    const http: Record<string, string> = {};
+    await withSpan('caller', { kind: SpanKind.CLIENT }, (caller) => {
+      traceId = caller.spanContext().traceId;
+      injectHttp(http);
+    });
+    const reply = { statusCode: 200 };
+    const ran: string[] = [];
+    for (const [label, headers] of [
+      ['traced', http],
+      ['none', {}],
+      ['malformed', { traceparent: '00-nonsense' }],
+    ] as const) {
+      await withCallerServerSpan(`serve ${label}`, { headers }, reply, {}, () => {
+        ran.push(label);
+        return Promise.resolve();
+      });
+    }
+    assert.deepEqual(ran, ['traced', 'none', 'malformed'], 'the handler runs every time');
+    await receiver.waitFor('the traced serve', (spans) =>
+      spans.some((s) => s.name === 'serve traced'),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const served = receiver.spans().filter((s) => s.name.startsWith('serve '));
+    assert.deepEqual(
+      served.map((s) => [s.name, s.traceId, s.kind]),
+      [['serve traced', traceId, 'server']],
+    );
   });
 });

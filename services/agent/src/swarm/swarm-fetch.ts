@@ -665,27 +665,25 @@ export class SwarmFetch {
       entry.toldUnheard = headers[PIECE_UNHEARD_HEADER] !== undefined;
       const notFrom = headers[PIECE_NOT_FROM_HEADER];
       entry.toldNotFrom = notFrom === undefined ? NOBODY : new Set(notFromPeers(notFrom));
-      const spanOptions = {
-        kind: SpanKind.CLIENT,
-        attributes: {
-          'shoal.piece': index,
-          'shoal.peer': peer.id,
-          'shoal.source': source,
-          'server.address': new URL(peer.url).host,
-        },
-      };
       // The first few requests to each source get a span of their own, whatever their
       // outcome (and the source's SERVER span below it); the others only when they fail. A
       // span per piece at both ends made traces of hundreds of spans, and a trace store's
       // load grow with every piece of every node's pulls.
-      const traced = (this.#tracedRequests.get(peer.id) ?? 0) < TRACED_REQUESTS_PER_SOURCE;
+      const tracedSoFar = this.#tracedRequests.get(peer.id) ?? 0;
+      const traced = tracedSoFar < TRACED_REQUESTS_PER_SOURCE;
       if (traced) {
-        this.#tracedRequests.set(peer.id, (this.#tracedRequests.get(peer.id) ?? 0) + 1);
+        this.#tracedRequests.set(peer.id, tracedSoFar + 1);
       }
       const bytes = await (traced ? withSpan : withSpanOnFailure)(
         'piece GET',
         {
-          ...spanOptions,
+          kind: SpanKind.CLIENT,
+          attributes: {
+            'shoal.piece': index,
+            'shoal.peer': peer.id,
+            'shoal.source': source,
+            'server.address': new URL(peer.url).host,
+          },
           // Refused for now (rationed, every slot taken) or called off (the endgame's other
           // copy landed, the download ended): how a swarm runs, not a failure worth a span.
           failed: (error: unknown) =>
