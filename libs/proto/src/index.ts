@@ -67,6 +67,7 @@ export {
   type PeerGone,
 } from './messages/peer-gone.js';
 export {
+  isPieceHash,
   PIECE_HASHES_SUBJECTS,
   pieceHashes,
   pieceHashesSubject,

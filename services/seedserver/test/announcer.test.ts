@@ -12,8 +12,11 @@ import { after, before, describe, it } from 'node:test';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
+  decodeMessage,
   parseDigest,
+  pieceHashes,
   pieceHashesSubject,
+  pieceHave,
   pieceHaveSubject,
   STREAMS,
   type PeerInfo,
@@ -60,7 +63,11 @@ async function hashedPieces(jsm: JetStreamManager, blob: SeedBlob): Promise<numb
       return indexes;
     }
     seq = message.seq;
-    const batch = message.json<{ first: number; hashes: string[] }>();
+    // Decoded against the schema, as agents decode them: the announcer does not validate
+    // what it encodes (see `Announcer`).
+    const decoded = decodeMessage(pieceHashes, message.data);
+    assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
+    const batch = decoded.value;
     batch.hashes.forEach((hash, i) => {
       assert.equal(hash, pieceHash(batch.first + i));
       indexes.push(batch.first + i);
@@ -122,6 +129,17 @@ describe('Announcer', () => {
         pieceHaveSubject(blob.digest.toString(), SELF.id),
       );
       assert.ok(haves >= 1 && haves <= 12, `${haves} haves for 12 announcements`);
+      // The latest have decodes against the schema, as the trackers decode it, and names the
+      // seed's prefix.
+      const last = await jsm.streams.getMessage(STREAMS.swarm.name, {
+        last_by_subj: pieceHaveSubject(blob.digest.toString(), SELF.id),
+      });
+      assert.ok(last !== null);
+      const have = decodeMessage(pieceHave, last.data);
+      assert.ok(have.ok, have.ok ? '' : have.error);
+      assert.equal(have.value.seed, true);
+      assert.equal(have.value.peer.id, SELF.id);
+      assert.ok(have.value.pieces.length === 1 && have.value.pieces[0]?.[0] === 0);
     }));
 
   it('gathers the pieces that land during a publication into the next one', () =>

@@ -984,6 +984,22 @@ describe('seed server', () => {
       } finally {
         await third.stop();
       }
+      // A manifest holding something that is no piece hash: the blob is dropped at start (its
+      // file and manifest removed, nothing announced: the announcer publishes hashes without
+      // validating them again), and a request seeds it afresh with its real hashes.
+      manifest.hashes[1] = 'not a piece hash';
+      await writeFile(manifestPath, JSON.stringify(manifest));
+      const fourth = await startSeed(keyEnv, dir.path);
+      try {
+        await assert.rejects(stat(manifestPath), { code: 'ENOENT' });
+        await assert.rejects(stat(cacheFile(join(dir.path, 'cache'), a)), { code: 'ENOENT' });
+        assert.equal(await fourth.hashMessages(a), 0);
+        await fourth.request(a);
+        await fourth.seeds('seeded', 1);
+        assert.deepEqual((await fourth.storedHashes(a)).hashes, hashes);
+      } finally {
+        await fourth.stop();
+      }
     } finally {
       await dir.remove();
       await keys.remove();

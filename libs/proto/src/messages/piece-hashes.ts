@@ -8,6 +8,14 @@ import { z } from 'zod';
 import { MAX_BLOB_BYTES, pieceSizeFor } from '../pieces.js';
 import { digestSubjectTokens, digestText } from './common.js';
 
+/** A piece's hash as every message carries it: lowercase hex sha256. */
+export const PIECE_HASH_PATTERN = /^[a-f0-9]{64}$/;
+
+/** Whether `value` is a piece hash in the form messages carry (`PIECE_HASH_PATTERN`). */
+export function isPieceHash(value: unknown): value is string {
+  return typeof value === 'string' && PIECE_HASH_PATTERN.test(value);
+}
+
 export const pieceHashes = z
   .strictObject({
     type: z.literal('piece-hashes'),
@@ -19,10 +27,7 @@ export const pieceHashes = z
     /** Index of the first piece whose hash this batch carries. */
     first: z.int().nonnegative(),
     /** Lowercase hex sha256 of each piece, for pieces `first`, `first + 1`, ... */
-    hashes: z
-      .array(z.string().regex(/^[a-f0-9]{64}$/))
-      .min(1)
-      .max(1024),
+    hashes: z.array(z.string().regex(PIECE_HASH_PATTERN)).min(1).max(1024),
   })
   // The layout follows from the size alone, so no batch can impose another one on agents.
   .refine((m) => m.pieceSize === pieceSizeFor(m.size), {

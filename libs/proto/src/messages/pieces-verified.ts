@@ -21,6 +21,7 @@ import { z } from 'zod';
 
 import { MAX_BLOB_BYTES, pieceSizeFor } from '../pieces.js';
 import { digestSubjectTokens, digestText } from './common.js';
+import { PIECE_HASH_PATTERN } from './piece-hashes.js';
 
 export const piecesVerified = z
   .strictObject({
@@ -31,7 +32,7 @@ export const piecesVerified = z
     /** Piece size in bytes, as the piece hashes say it. */
     pieceSize: z.int().positive(),
     /** Lowercase hex sha256 of the piece hashes' hex, concatenated in piece order. */
-    hashes: z.string().regex(/^[a-f0-9]{64}$/),
+    hashes: z.string().regex(PIECE_HASH_PATTERN),
     /** Ed25519 signature of `recordSignedText`, base64url without padding (64 bytes). */
     sig: z.string().regex(/^[A-Za-z0-9_-]{86}$/),
   })

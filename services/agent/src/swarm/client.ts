@@ -12,6 +12,7 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   decodeMessage,
   encodeMessage,
+  encodeUnchecked,
   handout,
   handoutSubject,
   peerGone,
@@ -529,7 +530,9 @@ export class SwarmClient {
       try {
         const published = this.#js.publish(
           pieceHaveSubject(blob, this.self.id),
-          encodeMessage(pieceHave, {
+          // Not validated again (see `encodeUnchecked`): the digest the mirror parsed, this
+          // agent's validated configuration, and a piece set its own bitmaps made.
+          encodeUnchecked(pieceHave, {
             type: 'piece-have',
             blob,
             peer: this.self,

@@ -18,6 +18,7 @@ import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 import { PieceFile } from '@shoal/pieces';
 import {
+  isPieceHash,
   pieceBounds,
   pieceCount,
   pieceListDigest,
@@ -115,6 +116,11 @@ export class SeedBlob {
     const blob = new SeedBlob(digest, manifest.size, path, undefined);
     if (blob.pieceSize !== manifest.pieceSize || manifest.hashes.length !== blob.count) {
       throw new Error(`piece manifest of ${digest.toString()} does not match its size`);
+    }
+    // Checked here, on the way in: the announcer publishes these without validating its
+    // messages again (see `Announcer`).
+    if (!manifest.hashes.every(isPieceHash)) {
+      throw new Error(`piece manifest of ${digest.toString()} holds a malformed piece hash`);
     }
     blob.hashes.push(...manifest.hashes);
     // The record made when the blob verified, if it still binds exactly these hashes and the
