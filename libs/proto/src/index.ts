@@ -29,6 +29,7 @@ export {
   digestText,
   jobId,
   labelSelector,
+  MAX_PIECE_RANGES,
   peerId,
   peerInfo,
   pieceRanges,

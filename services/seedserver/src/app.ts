@@ -10,6 +10,7 @@ import {
   KV_BUCKETS,
   peerGone,
   peerGoneSubject,
+  peerInfo,
   pieceSizeFor,
   STREAMS,
   type PeerInfo,
@@ -239,7 +240,15 @@ export async function buildApp(
       const host = ['0.0.0.0', '::'].includes(config.SHOAL_SEED_LISTEN.host)
         ? hostname()
         : config.SHOAL_SEED_LISTEN.host;
-      address = `${https === undefined ? 'http' : 'https'}://${host}:${port}`;
+      address = `${https === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+      // The seed's announcements carry this without being validated again (see `Announcer`):
+      // an address no peer could use stops the start here, with the reason.
+      const announced = peerInfo.safeParse(self());
+      if (!announced.success) {
+        throw new ConfigError([
+          `SHOAL_SEED_URL: unset, and the address made from SHOAL_SEED_LISTEN and the host name (${self().url}) is not a usable URL`,
+        ]);
+      }
       // Seeding: the seeder announces as soon as it knows its own address.
       seeder = new Seeder({
         js,

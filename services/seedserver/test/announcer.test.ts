@@ -138,8 +138,12 @@ describe('Announcer', () => {
       const have = decodeMessage(pieceHave, last.data);
       assert.ok(have.ok, have.ok ? '' : have.error);
       assert.equal(have.value.seed, true);
+      assert.equal(have.value.complete, false);
       assert.equal(have.value.peer.id, SELF.id);
-      assert.ok(have.value.pieces.length === 1 && have.value.pieces[0]?.[0] === 0);
+      // The seed's prefix: from piece 0 to at most the 12 on disk.
+      const [prefix] = have.value.pieces;
+      assert.equal(have.value.pieces.length, 1);
+      assert.ok(prefix !== undefined && prefix[0] === 0 && prefix[1] >= 1 && prefix[1] <= 12);
     }));
 
   it('gathers the pieces that land during a publication into the next one', () =>

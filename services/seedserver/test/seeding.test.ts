@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -22,9 +22,12 @@ import {
   decodeMessage,
   decodePieceBitmap,
   encodeMessage,
+  MAX_BLOB_BYTES,
   pieceCount,
   pieceHashes,
   pieceHashesSubject,
+  pieceHave,
+  pieceHaveSubject,
   PIECE_PEER_HEADER,
   PIECE_NOT_FROM_HEADER,
   PIECE_RATIONED_HEADER,
@@ -172,7 +175,13 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
           next_by_subj: pieceHashesSubject(blob.digest),
         });
         assert.ok(stored !== null, `no stored hashes for ${blob.digest}`);
-        return { seq: stored.seq, ...stored.json<{ first: number; hashes: string[] }>() };
+        const batch = stored.json<{ type: string; first: number; hashes: string[] }>();
+        if (batch.type === 'piece-hashes') {
+          // As agents decode them: the announcer does not validate what it publishes.
+          const decoded = decodeMessage(pieceHashes, stored.data);
+          assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
+        }
+        return { seq: stored.seq, ...batch };
       },
       record: async (blob) => {
         const stored = await jsm.direct.getMessage(STREAMS.pieces.name, {
@@ -393,6 +402,51 @@ describe('seed server', () => {
       assert.deepEqual(kept.hashes, hashes);
       assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
       assert.deepEqual(await entries(join(seed.storeDir, 'tmp')), []);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('refuses a blob larger than Shoal moves before reading a byte of it', async () => {
+    const seed = await startSeed();
+    try {
+      const big = layer(1);
+      // The object gateway holds a file of one byte past 1 TiB (sparse: nothing is written).
+      const path = storeFile(seed.storeDir, big);
+      await mkdir(dirname(path), { recursive: true });
+      const file = await open(path, 'w');
+      try {
+        await file.truncate(MAX_BLOB_BYTES + 1);
+      } finally {
+        await file.close();
+      }
+      await seed.request(big);
+      await seed.seeds('failed', 1);
+      // Nothing announced but the notice that tells waiting agents, nothing cached.
+      const notice: Record<string, unknown> = await seed.storedHashes(big);
+      assert.equal(notice.type, 'seed-failed');
+      assert.equal(notice.reason, 'origin');
+      assert.deepEqual(await entries(join(seed.cacheDir, 'tmp')), []);
+      assert.equal(await seed.metric('shoal_seedserver_ingested_bytes_total'), 0);
+    } finally {
+      await seed.stop();
+    }
+  });
+
+  it('announces an IPv6 listen address in brackets when SHOAL_SEED_URL is unset', async () => {
+    const seed = await startSeed({ SHOAL_SEED_LISTEN: '[::1]:0' });
+    try {
+      const a = layer(1);
+      await seed.request(a);
+      await seed.seeds('seeded', 1);
+      const last = await seed.jsm.streams.getMessage(STREAMS.swarm.name, {
+        last_by_subj: pieceHaveSubject(a.digest, 'seed-test'),
+      });
+      assert.ok(last !== null, 'the seed announced the blob');
+      const have = decodeMessage(pieceHave, last.data);
+      assert.ok(have.ok, have.ok ? '' : have.error);
+      assert.match(have.value.peer.url, /^http:\/\/\[::1\]:\d+$/);
+      assert.equal(have.value.complete, true);
     } finally {
       await seed.stop();
     }
@@ -984,21 +1038,32 @@ describe('seed server', () => {
       } finally {
         await third.stop();
       }
-      // A manifest holding something that is no piece hash: the blob is dropped at start (its
-      // file and manifest removed, nothing announced: the announcer publishes hashes without
-      // validating them again), and a request seeds it afresh with its real hashes.
-      manifest.hashes[1] = 'not a piece hash';
-      await writeFile(manifestPath, JSON.stringify(manifest));
-      const fourth = await startSeed(keyEnv, dir.path);
-      try {
-        await assert.rejects(stat(manifestPath), { code: 'ENOENT' });
-        await assert.rejects(stat(cacheFile(join(dir.path, 'cache'), a)), { code: 'ENOENT' });
-        assert.equal(await fourth.hashMessages(a), 0);
-        await fourth.request(a);
-        await fourth.seeds('seeded', 1);
-        assert.deepEqual((await fourth.storedHashes(a)).hashes, hashes);
-      } finally {
-        await fourth.stop();
+      // A manifest holding something that is no piece hash, or a size that is not its file's:
+      // the blob is dropped at start (its file and manifest removed, no hashes announced: the
+      // announcer publishes them without validating them again), and a request seeds it
+      // afresh with its real hashes.
+      const corruptions: [string, (m: { size: number; hashes: string[] }) => void][] = [
+        ['a malformed hash', (m) => (m.hashes[1] = 'not a piece hash')],
+        ['a size not its file', (m) => (m.size += 1)],
+      ];
+      for (const [what, corrupt] of corruptions) {
+        const good = JSON.parse(await readFile(manifestPath, 'utf8')) as {
+          size: number;
+          hashes: string[];
+        };
+        corrupt(good);
+        await writeFile(manifestPath, JSON.stringify(good));
+        const restarted = await startSeed(keyEnv, dir.path);
+        try {
+          await assert.rejects(stat(manifestPath), { code: 'ENOENT' }, what);
+          await assert.rejects(stat(cacheFile(join(dir.path, 'cache'), a)), { code: 'ENOENT' });
+          assert.equal(await restarted.hashMessages(a), 0, what);
+          await restarted.request(a);
+          await restarted.seeds('seeded', 1);
+          assert.deepEqual((await restarted.storedHashes(a)).hashes, hashes, what);
+        } finally {
+          await restarted.stop();
+        }
       }
     } finally {
       await dir.remove();

@@ -65,9 +65,12 @@ export type PeerInfo = z.infer<typeof peerInfo>;
  * A set of piece indexes as sorted, disjoint, half-open ranges `[start, end)`. A swarm's
  * piece sets are nearly always a few runs, so this stays small where a bitfield would not.
  */
+/** The most ranges a piece set may have in a message. */
+export const MAX_PIECE_RANGES = 4096;
+
 export const pieceRanges = z
   .array(z.tuple([z.int().nonnegative(), z.int().positive()]))
-  .max(4096)
+  .max(MAX_PIECE_RANGES)
   .refine(
     (ranges) =>
       ranges.every(

@@ -75,13 +75,13 @@ export function encodeMessage<S extends z.ZodType>(schema: S, message: z.input<S
 
 /**
  * Encodes a message without validating it, for a hot path whose message is made only of
- * values this process made or validated on the way in: the tracker's hand-outs (peers and piece
- * sets from decoded haves, the limit of a decoded want), the seed server's piece hashes and
- * haves (digests it computed, or a manifest checked at load), an agent's haves (its own piece
- * set). There validation cost 2 to 5 times the encoding (a hand-out naming 16 peers with 32
- * ranges each: about 180 µs against 35 µs) on every message. Every receiver validates what it decodes, so a bug here makes a message
- * that is refused, never one that is trusted; the tests decode what these paths send against
- * the schema.
+ * values this process made or validated on the way in: the tracker's hand-outs (peers and
+ * piece sets from decoded haves, the limit of a decoded want), the seed server's piece hashes
+ * and haves (digests it computed, or a manifest checked at load), an agent's haves (its own
+ * piece set). There validation cost 2 to 5 times the encoding (a hand-out naming 16 peers
+ * with 32 ranges each: about 180 µs against 35 µs) on every message. Every receiver
+ * validates what it decodes, so a bug here makes a message that is refused, never one that
+ * is trusted; the tests decode what these paths send against the schema.
  */
 export function encodeUnchecked<S extends z.ZodType>(
   // For the type of `message` only.

@@ -13,6 +13,7 @@ import {
   decodeMessage,
   encodeMessage,
   encodeUnchecked,
+  MAX_PIECE_RANGES,
   handout,
   handoutSubject,
   peerGone,
@@ -528,18 +529,23 @@ export class SwarmClient {
         break;
       }
       try {
+        const message = {
+          type: 'piece-have' as const,
+          blob,
+          peer: this.self,
+          pieces: have.pieces,
+          complete: have.complete,
+          seed: false,
+        };
         const published = this.#js.publish(
           pieceHaveSubject(blob, this.self.id),
           // Not validated again (see `encodeUnchecked`): the digest the mirror parsed, this
-          // agent's validated configuration, and a piece set its own bitmaps made.
-          encodeUnchecked(pieceHave, {
-            type: 'piece-have',
-            blob,
-            peer: this.self,
-            pieces: have.pieces,
-            complete: have.complete,
-            seed: false,
-          }),
+          // agent's validated configuration, and a piece set made from its own bitmap. A set
+          // of more runs than a message may carry (a blob of over 8,192 pieces held in
+          // scattered runs) is refused here, as before, not stored for every tracker to refuse.
+          have.pieces.length > MAX_PIECE_RANGES
+            ? encodeMessage(pieceHave, message)
+            : encodeUnchecked(pieceHave, message),
           this.#closed ? { timeout: CLOSE_PUBLISH_TIMEOUT_MS } : {},
         );
         // Sent again over the new connection at once (a have says the whole piece set, so a

@@ -19,6 +19,7 @@ import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { PieceFile } from '@shoal/pieces';
 import {
   isPieceHash,
+  MAX_BLOB_BYTES,
   pieceBounds,
   pieceCount,
   pieceListDigest,
@@ -111,15 +112,31 @@ export class SeedBlob {
     manifest: PieceManifest,
     recordKey?: KeyObject,
   ): Promise<SeedBlob> {
-    // Opened once to make sure the file is there and readable; closed until it is asked for.
-    await (await open(path, 'r')).close();
-    const blob = new SeedBlob(digest, manifest.size, path, undefined);
-    if (blob.pieceSize !== manifest.pieceSize || manifest.hashes.length !== blob.count) {
+    // Opened once to make sure the file is there and readable, and as long as the manifest
+    // says; closed until it is asked for.
+    const file = await open(path, 'r');
+    let fileSize: number;
+    try {
+      fileSize = (await file.stat()).size;
+    } finally {
+      await file.close();
+    }
+    // Checked here, on the way in: the manifest was parsed from disk unchecked, and the
+    // announcer publishes its size and hashes without validating its messages again (see
+    // `Announcer`).
+    const { size, hashes } = manifest;
+    if (!Number.isSafeInteger(size) || size !== fileSize || size > MAX_BLOB_BYTES) {
+      throw new Error(`piece manifest of ${digest.toString()} does not match its file's size`);
+    }
+    const blob = new SeedBlob(digest, size, path, undefined);
+    if (
+      blob.pieceSize !== manifest.pieceSize ||
+      !Array.isArray(hashes) ||
+      hashes.length !== blob.count
+    ) {
       throw new Error(`piece manifest of ${digest.toString()} does not match its size`);
     }
-    // Checked here, on the way in: the announcer publishes these without validating its
-    // messages again (see `Announcer`).
-    if (!manifest.hashes.every(isPieceHash)) {
+    if (!hashes.every(isPieceHash)) {
       throw new Error(`piece manifest of ${digest.toString()} holds a malformed piece hash`);
     }
     blob.hashes.push(...manifest.hashes);

@@ -31,6 +31,7 @@ import { freeDiskBytes, isDiskFull } from '@shoal/pieces';
 import {
   decodeMessage,
   encodeMessage,
+  MAX_BLOB_BYTES,
   parseDigest,
   peerGone,
   peerGoneSubject,
@@ -115,7 +116,13 @@ export const PIECES_META = 'pieces';
 export type SeedOutcome = 'seeded' | 'held' | 'busy' | 'failed';
 
 export class SeedError extends ShoalError<
-  'ORIGIN_ANSWER' | 'NO_SIZE' | 'DIGEST_MISMATCH' | 'SIZE_MISMATCH' | 'UNKNOWN_REGISTRY' | 'NO_ROOM'
+  | 'ORIGIN_ANSWER'
+  | 'NO_SIZE'
+  | 'TOO_LARGE'
+  | 'DIGEST_MISMATCH'
+  | 'SIZE_MISMATCH'
+  | 'UNKNOWN_REGISTRY'
+  | 'NO_ROOM'
 > {
   override readonly name = 'SeedError';
 }
@@ -594,6 +601,11 @@ export class Seeder {
     const { cacheDir, js, self, metrics, store } = this.#deps;
     const { chunks, lent, size, source } = bytes;
     const key = digest.toString();
+    if (size > MAX_BLOB_BYTES) {
+      // Past the largest blob Shoal moves: its piece hashes would be refused by every agent.
+      bytes.cancel();
+      throw new SeedError('TOO_LARGE', 502, `${key}: ${size} bytes, more than Shoal moves`);
+    }
     await this.#makeRoom(size);
     try {
       await this.#makeDiskRoom(size);
