@@ -29,7 +29,8 @@ export const seedFields = z.object({
   SHOAL_SEED_LISTEN: envListen('0.0.0.0:65010'),
   /**
    * The URL agents fetch pieces from (default `http://<hostname>:<port>`, `https://` with
-   * SHOAL_SEED_TLS_CERT_FILE).
+   * SHOAL_SEED_TLS_CERT_FILE; the listen address instead of the host name when it is not
+   * 0.0.0.0 or ::, in brackets for IPv6). A default that is no valid URL stops the start.
    */
   SHOAL_SEED_URL: z.url({ protocol: /^https?$/ }).optional(),
   /** PEM certificate chain: pieces and ops are served over HTTPS (with SHOAL_SEED_TLS_KEY_FILE). */
