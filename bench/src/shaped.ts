@@ -295,6 +295,9 @@ function swarmReport(
       .map(([result, count]) => `${result} ${count}`)
       .join(', ')}; the control link carried ${x(swarm.controlLinkBytes)}× the image out ` +
       `(pieces, NATS, the tracker; TCP/IP headers included)`,
+    `seed pieces sent past its fan-out count, by exemption: ${Object.entries(swarm.seedExemptions)
+      .map(([reason, count]) => `${reason} ${count}`)
+      .join(', ')}`,
     `CPU seconds: agents ${swarm.cpuSeconds.agents.toFixed(1)}, seed server ` +
       `${swarm.cpuSeconds.seed.toFixed(1)}, tracker ${swarm.cpuSeconds.tracker.toFixed(1)}, ` +
       `nats-server ${swarm.cpuSeconds.nats.toFixed(1)}; the machine's cores ` +

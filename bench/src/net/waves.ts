@@ -84,11 +84,19 @@ export interface SwarmFigures {
   readonly fallbacks: Readonly<Record<'stall' | 'seed-failed', number>>;
   /** The seed server's piece requests by result (served, rationed, aborted, busy, ...). */
   readonly seedRequests: Readonly<Record<string, number>>;
+  /**
+   * Pieces the seed sent although its fan-out had counted enough copies of them, by the
+   * exemption that let them through (`shoal_seedserver_ration_exemptions_total`).
+   */
+  readonly seedExemptions: Readonly<Record<string, number>>;
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
   readonly controlLinkBytes: number;
   /** The counters read every second during the pulls, per node in the wave's order. */
   readonly samples: readonly Sample[];
 }
+
+/** The seed's ration exemptions (its `ExemptReason`), as its metric labels them. */
+const RATION_EXEMPTIONS = ['asked-again', 'not-from', 'unheard', 'starved'] as const;
 
 export interface WaveResult {
   readonly pulls: readonly NodePull[];
@@ -318,6 +326,12 @@ export async function shoalWave(
           ['served', 'rationed', 'aborted', 'busy', 'missing'].map((result) => [
             result,
             seedMetrics.get('shoal_seedserver_piece_requests_total', { result }),
+          ]),
+        ),
+        seedExemptions: Object.fromEntries(
+          RATION_EXEMPTIONS.map((reason) => [
+            reason,
+            seedMetrics.get('shoal_seedserver_ration_exemptions_total', { reason }),
           ]),
         ),
         controlLinkBytes: controlAfter.tx - controlBefore.tx,
