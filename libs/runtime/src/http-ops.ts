@@ -42,7 +42,12 @@ export async function listenOn(
   const bound = app.server.address();
   const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
   const scheme = app.server instanceof TlsServer ? 'https' : 'http';
-  return `${scheme}://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
+  return `${scheme}://${urlHost(listen.host)}:${port}`;
+}
+
+/** The host part of a URL for address `host` (IPv6 in brackets). */
+export function urlHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 export interface DrainOptions {

@@ -59,6 +59,7 @@ export {
   drainOrCut,
   listenOn,
   registerOpsRoutes,
+  urlHost,
   type DrainOptions,
   type OpsRouteDeps,
 } from './http-ops.js';

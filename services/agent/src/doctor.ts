@@ -10,7 +10,7 @@
  *
  * Every error is one line on stderr; the exit codes are in `usage` (and the README).
  */
-import { ConfigError } from '@shoal/runtime';
+import { ConfigError, urlHost } from '@shoal/runtime';
 import { parseCliArgs, runCli, USAGE_EXIT } from '@shoal/runtime/cli';
 
 import { loadAgentConfig } from './config.js';
@@ -65,7 +65,7 @@ async function diagnose(options: {
   ];
   const { host, port } = config.SHOAL_AGENT_LISTEN;
   const mirrorHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-  const mirrorUrl = `http://${mirrorHost.includes(':') ? `[${mirrorHost}]` : mirrorHost}:${String(port)}`;
+  const mirrorUrl = `http://${urlHost(mirrorHost)}:${String(port)}`;
   results.push(
     await checkContainerdConfig(
       config,

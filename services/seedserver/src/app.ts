@@ -29,6 +29,7 @@ import {
   type Service,
   httpServerOptions,
   limitConnections,
+  urlHost,
 } from '@shoal/runtime';
 import {
   connectNats,
@@ -240,11 +241,10 @@ export async function buildApp(
       const host = ['0.0.0.0', '::'].includes(config.SHOAL_SEED_LISTEN.host)
         ? hostname()
         : config.SHOAL_SEED_LISTEN.host;
-      address = `${https === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+      address = `${https === undefined ? 'http' : 'https'}://${urlHost(host)}:${port}`;
       // The seed's announcements carry this without being validated again (see `Announcer`):
       // an address no peer could use stops the start here, with the reason.
-      const announced = peerInfo.safeParse(self());
-      if (!announced.success) {
+      if (!peerInfo.safeParse(self()).success) {
         throw new ConfigError([
           `SHOAL_SEED_URL: unset, and the address made from SHOAL_SEED_LISTEN and the host name (${self().url}) is not a usable URL`,
         ]);

@@ -2,7 +2,7 @@
  * Configuration of the containerd hosts.toml files the agent writes. Off unless a directory
  * is given: on a node, whoever manages containerd's configuration may prefer to write them.
  */
-import { envBool, type ListenAddress } from '@shoal/runtime';
+import { envBool, urlHost, type ListenAddress } from '@shoal/runtime';
 import { z } from 'zod';
 
 export const hostsConfig = z.object({
@@ -52,5 +52,5 @@ export function hostsMirrorUrl(
     return new URL(configured).origin;
   }
   const host = ANY_ADDRESS.has(listen.host) ? '127.0.0.1' : listen.host;
-  return `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+  return `http://${urlHost(host)}:${boundPort}`;
 }
