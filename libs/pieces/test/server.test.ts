@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { request as httpGet } from 'node:http';
+import { connect } from 'node:net';
 import { after, describe, it } from 'node:test';
 
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -9,6 +10,7 @@ import { PieceBuffers } from '../src/buffers.js';
 import {
   pieceHandler,
   PIECE_ROUTE,
+  SendTurns,
   type PieceResult,
   type PieceRoute,
   type PieceServerOptions,
@@ -98,6 +100,29 @@ async function serve(
   servers.push(app);
   const base = await app.listen({ host: '127.0.0.1', port: 0 });
   return { base, results };
+}
+
+/**
+ * An upload budget whose first take waits until `open` is called; the others go at once.
+ * `takes` counts them.
+ */
+function firstBudgetHeld(): { take(): Promise<void>; open(): void; readonly takes: number } {
+  let release: () => void = () => undefined;
+  let takes = 0;
+  return {
+    take: () => {
+      takes += 1;
+      return takes === 1
+        ? new Promise<void>((resolve) => {
+            release = resolve;
+          })
+        : Promise.resolve();
+    },
+    open: () => release(),
+    get takes() {
+      return takes;
+    },
+  };
 }
 
 describe('pieceHandler', () => {
@@ -234,5 +259,240 @@ describe('pieceHandler', () => {
     assert.equal(refused.headers['x-refused'], `${source.pieceLength(0)}`, "the hook's headers");
     assert.deepEqual(results, ['served', 'rationed']);
     assert.deepEqual(ended, [true]);
+  });
+
+  it('tells of a copy cut off mid-answer, and ends its ticket as not sent whole', async () => {
+    // More than the sockets on both ends buffer, so that the answer is still being written
+    // when the asker leaves after its first bytes.
+    const big = 64 * 1024 * 1024;
+    const source: PieceSource = {
+      pieceLength: (index) => (index === 0 ? big : undefined),
+      readPiece: (_index, buffer) => Promise.resolve(buffer.fill(7)),
+      acquire: () => true,
+      release: () => undefined,
+    };
+    const ended: boolean[] = [];
+    let cut = 0;
+    const closed = new Promise<void>((resolve) => {
+      void serve({
+        source: () => source,
+        buffers: new PieceBuffers(0),
+        ration: () => ({
+          end: (complete) => {
+            ended.push(complete);
+            resolve();
+          },
+        }),
+        onCut: () => {
+          cut += 1;
+        },
+      }).then(({ base }) => {
+        // An asker that reads nothing: the answer fills the sockets' buffers and waits; then
+        // the asker leaves.
+        const { hostname, port } = new URL(base);
+        const socket = connect({ host: hostname, port: Number(port) }, () => {
+          socket.pause();
+          socket.write(`GET /pieces/sha256/${hex}/0 HTTP/1.1\r\nhost: ${hostname}\r\n\r\n`);
+          setTimeout(() => socket.destroy(), 300);
+        });
+        socket.once('error', () => undefined);
+      });
+    });
+    await closed;
+    assert.deepEqual(ended, [false]);
+    assert.equal(cut, 1);
+    // A copy written out whole is not told of.
+    const { base } = await serve({
+      source: () => memorySource(),
+      onCut: () => {
+        cut += 1;
+      },
+    });
+    assert.equal((await get(base, `/pieces/sha256/${hex}/0`)).status, 200);
+    assert.equal(cut, 1);
+  });
+
+  it('sends a few answers at once and lines the others up', async () => {
+    const source = memorySource();
+    // Budget taken by the answers sending, in order; each waits until the test lets it go.
+    const order: number[] = [];
+    const gates: (() => void)[] = [];
+    const { base, results } = await serve({
+      source: () => source,
+      uploadLimit: {
+        take: () =>
+          new Promise<void>((resolve) => {
+            order.push(order.length);
+            gates.push(resolve);
+          }),
+      },
+      uploads: { max: 8, sending: 2, timeoutMs: 10_000 },
+    });
+    const waitFor = async (count: number): Promise<void> => {
+      while (order.length < count) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    };
+    const answers = [0, 1, 2, 3].map((index) => get(base, `/pieces/sha256/${hex}/${index}`));
+    await waitFor(2);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(order.length, 2, 'two answers at once; the others wait their turn');
+    assert.equal(source.reads, 0);
+    gates[0]?.();
+    await waitFor(3);
+    gates[1]?.();
+    gates[2]?.();
+    await waitFor(4);
+    gates[3]?.();
+    const got = await Promise.all(answers);
+    for (const [index, answer] of got.entries()) {
+      assert.equal(answer.status, 200);
+      assert.deepEqual(answer.body, blob.subarray(index * PIECE, (index + 1) * PIECE));
+    }
+    assert.deepEqual(results, ['served', 'served', 'served', 'served']);
+    assert.equal(source.users, 0);
+  });
+
+  it('lets an asker that left while waiting its turn go, and the turn pass on', async () => {
+    const source = memorySource();
+    const budget = firstBudgetHeld();
+    const { base, results } = await serve({
+      source: () => source,
+      uploadLimit: budget,
+      uploads: { max: 8, sending: 1, timeoutMs: 10_000 },
+    });
+    const first = get(base, `/pieces/sha256/${hex}/0`);
+    while (budget.takes < 1) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    // The second asker waits its turn, then leaves.
+    const leaving = httpGet(new URL(`/pieces/sha256/${hex}/1`, base));
+    leaving.once('error', () => undefined);
+    leaving.end();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    leaving.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    budget.open();
+    assert.equal((await first).status, 200);
+    const third = await get(base, `/pieces/sha256/${hex}/2`);
+    assert.equal(third.status, 200);
+    assert.deepEqual(third.body, blob.subarray(2 * PIECE, 3 * PIECE));
+    assert.deepEqual([...results].sort(), ['aborted', 'served', 'served']);
+    assert.equal(budget.takes, 2, 'no budget taken for the asker that left');
+    assert.equal(source.reads, 2);
+    assert.equal(source.users, 0);
+  });
+
+  it('frees every turn and slot when a pipelined connection dies with answers queued', async () => {
+    // Pieces larger than the sockets buffer, so that the answers are still queued when the
+    // asker leaves; the last one asked for is small, to be read whole after.
+    const big = 16 * 1024 * 1024;
+    let users = 0;
+    const source: PieceSource = {
+      pieceLength: (index) => (index < 3 ? big : index === 3 ? 1024 : undefined),
+      readPiece: (_index, buffer) => Promise.resolve(buffer.fill(7)),
+      acquire: () => {
+        users += 1;
+        return true;
+      },
+      release: () => {
+        users -= 1;
+      },
+    };
+    const inFlight: [number, number][] = [];
+    const { base, results } = await serve({
+      source: () => source,
+      buffers: new PieceBuffers(0),
+      uploads: { max: 8, sending: 1, timeoutMs: 10_000 },
+      onInFlight: (uploads, waiting) => inFlight.push([uploads, waiting]),
+    });
+    const { hostname, port } = new URL(base);
+    // Three requests at once on one connection that reads nothing, then leaves.
+    await new Promise<void>((resolve) => {
+      const socket = connect({ host: hostname, port: Number(port) }, () => {
+        socket.pause();
+        const ask = (index: number): string =>
+          `GET /pieces/sha256/${hex}/${index} HTTP/1.1\r\nhost: ${hostname}\r\n\r\n`;
+        socket.write(ask(0) + ask(1) + ask(2));
+        setTimeout(() => {
+          socket.destroy();
+          resolve();
+        }, 200);
+      });
+      socket.once('error', () => undefined);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(inFlight.at(-1), [0, 0], 'no answer, no turn left counted');
+    assert.equal(users, 0);
+    const next = await get(base, `/pieces/sha256/${hex}/3`);
+    assert.equal(next.status, 200);
+    assert.deepEqual(next.body, Buffer.alloc(1024, 7));
+    assert.equal(results.at(-1), 'served');
+  });
+
+  it('answers 429 busy past the longest wait for a turn, and tells the ticket when bytes start', async () => {
+    const source = memorySource();
+    const budget = firstBudgetHeld();
+    const started: number[] = [];
+    const ended: boolean[] = [];
+    const { base, results } = await serve({
+      source: () => source,
+      uploadLimit: budget,
+      uploads: { max: 8, sending: 1, turnMs: 300, timeoutMs: 10_000 },
+      ration: (_source, index) => ({
+        started: () => started.push(index),
+        end: (complete) => ended.push(complete),
+      }),
+    });
+    const first = get(base, `/pieces/sha256/${hex}/0`);
+    while (budget.takes < 1) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.deepEqual(started, [], 'not before its budget and read');
+    const waited = await get(base, `/pieces/sha256/${hex}/1`);
+    assert.equal(waited.status, 429);
+    assert.equal(waited.retryAfter, '1');
+    assert.equal(errorOf(waited), 'busy');
+    budget.open();
+    assert.equal((await first).status, 200);
+    assert.deepEqual(started, [0]);
+    assert.deepEqual(results, ['busy', 'served']);
+    assert.deepEqual(ended.sort(), [false, true], 'the one turned away ends as not sent');
+    assert.equal(source.users, 0);
+  });
+});
+
+describe('SendTurns', () => {
+  it('gives turns in order, and a request that leaves the line takes none', async () => {
+    const turns = new SendTurns(1);
+    const first = turns.take();
+    const second = turns.take();
+    const third = turns.take();
+    const got: string[] = [];
+    void second.ready.then(() => got.push('second'));
+    void third.ready.then(() => got.push('third'));
+    await first.ready;
+    assert.equal(turns.waiting, 2);
+    // The second leaves before its turn: its `ready` settles, and the turn is the third's.
+    second.release();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(got, ['second']);
+    assert.equal(turns.waiting, 1);
+    first.release();
+    first.release();
+    await third.ready;
+    assert.deepEqual(got, ['second', 'third']);
+    // Released twice, the first's turn was passed on once: one turn, held by the third.
+    const fourth = turns.take();
+    let fourthReady = false;
+    void fourth.ready.then(() => {
+      fourthReady = true;
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(fourthReady, false);
+    third.release();
+    await fourth.ready;
+    fourth.release();
+    assert.equal(turns.waiting, 0);
   });
 });

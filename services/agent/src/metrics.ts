@@ -153,6 +153,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Piece bytes served to peers',
       registers,
     }),
+    uploadsCut: new Counter({
+      name: `${prefix}uploads_cut_total`,
+      help: 'Pieces counted in uploaded_bytes_total cut off before the peer had all of them (it gave the request up, or the connection broke or timed out); each still counted in full there',
+      registers,
+    }),
     rateLimitWaits: new Counter({
       name: `${prefix}rate_limit_waits_total`,
       help: 'Times a transfer waited for the rate limit, by direction (upload, download, preheat)',

@@ -185,6 +185,9 @@ export async function buildApp(
     ...(https === undefined ? {} : { serverFactory: https.serverFactory }),
     loggerInstance: fastifyLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    // No HEAD for the GET routes: a HEAD for a piece would take one of its rationed copies
+    // and count it as sent, holding the piece back from everyone for the window.
+    exposeHeadRoutes: false,
     forceCloseConnections: 'idle',
   });
   limitConnections(server, config);
@@ -201,6 +204,7 @@ export async function buildApp(
     uploads: {
       max: config.SHOAL_SEED_MAX_UPLOADS,
       timeoutMs: config.SHOAL_SEED_UPLOAD_TIMEOUT_MS,
+      sending: config.SHOAL_SEED_SENDS,
     },
     swarmHeard: () => natsLink.up,
     fanout: {

@@ -97,11 +97,22 @@ export const seedFields = z.object({
     'must be at least 1000',
   ),
   /**
-   * Piece requests answered at once (default 32); past it agents get 429 and try a peer.
-   * Each holds one piece in memory (up to 16 MiB) until it is sent.
+   * Piece requests taken at once (default 32), those waiting their turn to be sent
+   * included; past it agents get 429 and try a peer.
    */
   SHOAL_SEED_MAX_UPLOADS: envInt(32).refine((n) => n >= 1, 'must be at least 1'),
-  /** Longest piece response, from its turn to the last byte, in ms (default 60 000). */
+  /**
+   * Piece answers sent at once (default 4), each holding its piece in memory (up to 16 MiB)
+   * until it is sent; the other requests, up to SHOAL_SEED_MAX_UPLOADS, wait their turn in
+   * order, holding no memory, for 10 s at most (then 429). Each piece then arrives soon and
+   * its agent passes it on, rather than every piece arriving late at once. An answer still
+   * going after 10 s gives its turn up (a slow receiver does not hold the line).
+   */
+  SHOAL_SEED_SENDS: envInt(4).refine((n) => n >= 1, 'must be at least 1'),
+  /**
+   * Longest piece response, from its request (its wait for a turn included) to the last
+   * byte, in ms (default 60 000).
+   */
   SHOAL_SEED_UPLOAD_TIMEOUT_MS: envInt(60_000).refine((n) => n >= 1, 'must be at least 1'),
   /** Upload limit for pieces served to agents, in bytes/s; 0: none (default). */
   SHOAL_SEED_UPLOAD_RATE_BYTES: envInt(0),
@@ -117,11 +128,12 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_PIECE_FANOUT: envInt(1),
   /**
-   * How long a copy sent whole keeps counting, in ms (default 5 000): time for the agent
-   * that got it to announce it and for the others to be handed it. With 12 agents on a busy
-   * host that took more than 2 s, and the seed sent 1.2–1.3× the image instead of 1.0×.
+   * How long a copy sent whole keeps counting, in ms (default 10 000): time for the agent
+   * that got it to announce it and pass it on, while the others ask it too. With 12 agents on
+   * 25 Mbit/s links one agent took 5–10 s to pass a piece on, and with 5 s the seed sent
+   * the image's pieces again (1.12× the image, against 1.04× with 10 s).
    */
-  SHOAL_SEED_FANOUT_WINDOW_MS: envInt(5_000),
+  SHOAL_SEED_FANOUT_WINDOW_MS: envInt(10_000),
   /**
    * How long a copy still being sent counts at most, in ms (default 20 000): past it the
    * agent getting it is too slow for the others to wait on.

@@ -45,6 +45,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Piece bytes served to agents',
       registers,
     }),
+    piecesCut: new Counter({
+      name: `${prefix}pieces_cut_total`,
+      help: 'Pieces counted in served_bytes_total cut off before the agent had all of them (it gave the request up, or the connection broke or timed out); each still counted in full there',
+      registers,
+    }),
     pieceRequests: new Counter({
       name: `${prefix}piece_requests_total`,
       help: 'Piece requests, by result (served, rationed, busy, missing, invalid, aborted)',
@@ -59,7 +64,12 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     uploadsInFlight: new Gauge({
       name: `${prefix}uploads_in_flight`,
-      help: 'Piece requests being answered now (capped by SHOAL_SEED_MAX_UPLOADS)',
+      help: 'Piece requests being answered now (capped by SHOAL_SEED_MAX_UPLOADS), those waiting their turn to send included',
+      registers,
+    }),
+    uploadsWaiting: new Gauge({
+      name: `${prefix}uploads_waiting`,
+      help: 'Piece requests waiting their turn to send (SHOAL_SEED_SENDS are sent at once)',
       registers,
     }),
     natsConnected: new Gauge({

@@ -166,6 +166,60 @@ describe('PieceRations', () => {
     assert.ok(rations.take(BLOB, 3));
   });
 
+  it("counts a copy waiting its turn in full: its hold and a starved asker's exemption run from its start", () => {
+    const clock = manualClock();
+    const exempt: string[] = [];
+    const rations = new PieceRations(settings, clock.now, (reason) => exempt.push(reason));
+    const waiting = rations.take(BLOB, 0, { asker: 'agent-a', waits: true });
+    assert.ok(waiting);
+    // In line for longer than the hold and than a starved asker's lateness: it still counts,
+    // as its agent has not got a byte of it.
+    clock.advance(25_000);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b' }), undefined, 'past the hold');
+    assert.equal(
+      rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 1_000 }),
+      undefined,
+      'a starved asker, the copy handed out 25 s ago but not started',
+    );
+    assert.deepEqual(exempt, []);
+    waiting.started();
+    waiting.started();
+    // Going out for 1.5 s: a starved asker with a lateness of 1 s is not refused for it.
+    clock.advance(1_500);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b' }), undefined);
+    const starved = rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 1_000 });
+    assert.ok(starved);
+    assert.deepEqual(exempt, ['starved']);
+    starved.end(false);
+    // The hold runs from the start too: 20 s after it, the slow copy stops counting.
+    clock.advance(18_499);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c' }), undefined);
+    clock.advance(1);
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-c' }), 'past the hold from its start');
+  });
+
+  it('times a waiting copy sent whole by its start for a starved asker, and its window by its end', () => {
+    const clock = manualClock();
+    const rations = new PieceRations(settings, clock.now);
+    const waiting = rations.take(BLOB, 0, { asker: 'agent-a', waits: true });
+    assert.ok(waiting);
+    clock.advance(10_000);
+    waiting.started();
+    clock.advance(500);
+    waiting.end(true);
+    // Started 0.5 s ago: a starved asker with a lateness of 1 s is refused for it.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 1_000 }), undefined);
+    clock.advance(501);
+    const late = rations.take(BLOB, 0, { asker: 'agent-b', starvedLateMs: 1_000 });
+    assert.ok(late, 'started over 1 s ago, not passed on: the starved asker gets a copy');
+    late.end(false);
+    // The window counts from the end: 2 s after it, anyone may have another copy.
+    clock.advance(1_498);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c' }), undefined);
+    clock.advance(1);
+    assert.ok(rations.take(BLOB, 0, { asker: 'agent-c' }));
+  });
+
   it('stops waiting on a copy held longer than the hold', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

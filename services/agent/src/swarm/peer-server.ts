@@ -63,6 +63,7 @@ export function registerPeerRoutes(app: FastifyInstance, deps: PeerRouteDeps): v
         deps.metrics.uploadedBytes.inc(bytes);
       }
     },
+    onCut: () => deps.metrics.uploadsCut.inc(),
   });
   // Members only: no byte, not even whether a piece is held, before the token checks out.
   const preHandler = pieceAuthPreHandler({

@@ -3,6 +3,10 @@
  * and the rest are sent to get it from those agents, so the seed's upload goes to pieces the
  * swarm does not have yet.
  *
+ * A copy may wait its turn before it is sent (the seed sends a few answers at once): it counts
+ * from its request on, and the times below (its hold, a starved asker's lateness) run from
+ * when it starts going out, as its agent cannot pass on before that what it has not got.
+ *
  * A copy counts while it is being sent and for a window after it was sent whole: the time for
  * the agent that got it to announce it and for the others to hear. Counting from the start of
  * the copy instead (as a fixed window did) let a second copy go out while the first was still
@@ -38,13 +42,18 @@ export interface RationSettings {
   readonly holdMs: number;
 }
 
-/** One copy of a piece: when (its start while being sent, its end once sent whole) and to whom. */
+/**
+ * One copy of a piece: when (its start while being sent, its end once sent whole) and to whom.
+ * A copy waiting its turn to be sent (`RationRequest.waits`) has not started: its times are
+ * `Infinity` until `RationTicket.started`, so it counts in full meanwhile (no hold, no
+ * starved asker's exemption: its agent cannot have passed on what it has not got).
+ */
 interface Copy {
-  readonly at: number;
+  at: number;
   /** Who asked for it (the agent's id); '' when the request did not say. */
   readonly asker: string;
-  /** When it was handed out (ms): its start, also once it was sent whole. */
-  readonly handedAt: number;
+  /** When it started being sent (ms), also once it was sent whole. */
+  handedAt: number;
 }
 
 interface PieceState {
@@ -76,6 +85,11 @@ export interface RationRequest {
    * did not pass them on in that time).
    */
   readonly starvedLateMs?: number | undefined;
+  /**
+   * The copy waits its turn to be sent (the piece server sends a few at once): it starts at
+   * `RationTicket.started`, not now. Default false.
+   */
+  readonly waits?: boolean;
 }
 
 /**
@@ -87,11 +101,13 @@ export type ExemptReason = 'asked-again' | 'not-from' | 'unheard' | 'starved';
 
 /** One copy handed out: call `end` once, when its response has closed. */
 export interface RationTicket {
+  /** Its bytes start going out (for a copy that waited its turn, `RationRequest.waits`). */
+  started(): void;
   /** `complete`: the copy was sent whole (it counts for the window); false: it was cut off. */
   end(complete: boolean): void;
 }
 
-const NO_TICKET: RationTicket = { end: () => undefined };
+const NO_TICKET: RationTicket = { started: () => undefined, end: () => undefined };
 
 /** No agent: every copy counts. */
 const NOBODY: ReadonlySet<string> = new Set();
@@ -189,11 +205,17 @@ export class PieceRations {
         this.#onExempt(verdict);
       }
     }
-    const copy: Copy = { at: now, asker, handedAt: now };
+    const start = request.waits === true ? Number.POSITIVE_INFINITY : now;
+    const copy: Copy = { at: start, asker, handedAt: start };
     state.sending.push(copy);
     const entry = state;
     let ended = false;
     return {
+      started: () => {
+        if (copy.at === Number.POSITIVE_INFINITY) {
+          copy.at = copy.handedAt = this.#now();
+        }
+      },
       end: (complete) => {
         if (ended) {
           return;
@@ -204,7 +226,8 @@ export class PieceRations {
           entry.sending.splice(at, 1);
         }
         if (complete) {
-          entry.sent.push({ at: this.#now(), asker, handedAt: copy.at });
+          const end = this.#now();
+          entry.sent.push({ at: end, asker, handedAt: Math.min(copy.handedAt, end) });
         }
         if (entry.sending.length === 0 && entry.sent.length === 0) {
           this.#forget(blob, piece, entry);

@@ -40,10 +40,15 @@ export interface RouteDeps extends OpsRouteDeps {
   readonly requireClientCert: boolean;
   readonly logger: Logger;
   /**
-   * Pieces answered at once (`max`; past it 429), and the longest answer in ms, from its
-   * turn to its last byte (`timeoutMs`; past it the connection is closed).
+   * Pieces taken at once (`max`; past it 429), and the longest answer in ms, from its
+   * request to its last byte (`timeoutMs`; past it the connection is closed).
    */
-  readonly uploads: { readonly max: number; readonly timeoutMs: number };
+  readonly uploads: {
+    readonly max: number;
+    readonly timeoutMs: number;
+    /** Answers sent at once; the others, up to `max`, wait their turn. */
+    readonly sending: number;
+  };
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
@@ -70,8 +75,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // restarted, or its request failed on its side) and those of agents it names as ones it
     // cannot get the piece from (unreachable, or late for its download); nor one that says
     // the swarm does not hear it now (it could not learn who got the piece).
+    // A copy counts from its request on, and its hold and a starved asker's exemption from
+    // when it starts going out (it may wait its turn first).
     ration: (blob, index, ask) =>
-      rations.take(blob, index, { mayRefuse: deps.swarmHeard(), ...ask }),
+      rations.take(blob, index, { mayRefuse: deps.swarmHeard(), ...ask, waits: true }),
     // With a refusal, every piece of the blob this asker would be refused now: it leaves
     // them to its peers too, rather than learn of them one refusal at a time.
     rationedHeaders: (blob, ask) => {
@@ -84,7 +91,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
         metrics.servedBytes.inc(bytes);
       }
     },
-    onInFlight: (uploads) => metrics.uploadsInFlight.set(uploads),
+    onCut: () => metrics.piecesCut.inc(),
+    onInFlight: (uploads, waiting) => {
+      metrics.uploadsInFlight.set(uploads);
+      metrics.uploadsWaiting.set(waiting);
+    },
   });
   app.get<PieceRoute>(PIECE_ROUTE, { preHandler }, (request, reply) =>
     // A SERVER span in the trace of the agent asking (from its `traceparent`), for the
