@@ -293,7 +293,9 @@ function swarmReport(
       `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}`,
     `seed piece requests: ${Object.entries(swarm.seedRequests)
       .map(([result, count]) => `${result} ${count}`)
-      .join(', ')}; the control link carried ${x(swarm.controlLinkBytes)}× the image out ` +
+      .join(
+        ', ',
+      )} (cut off before the agent had it whole: ${swarm.seedCut}); the control link carried ${x(swarm.controlLinkBytes)}× the image out ` +
       `(pieces, NATS, the tracker; TCP/IP headers included)`,
     `seed pieces sent past its fan-out count, by exemption: ${Object.entries(swarm.seedExemptions)
       .map(([reason, count]) => `${reason} ${count}`)

@@ -89,6 +89,8 @@ export interface SwarmFigures {
    * exemption that let them through (`shoal_seedserver_ration_exemptions_total`).
    */
   readonly seedExemptions: Readonly<Record<string, number>>;
+  /** Pieces the seed served that were cut off before the agent had them whole. */
+  readonly seedCut: number;
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
   readonly controlLinkBytes: number;
   /** The counters read every second during the pulls, per node in the wave's order. */
@@ -334,6 +336,7 @@ export async function shoalWave(
             seedMetrics.get('shoal_seedserver_ration_exemptions_total', { reason }),
           ]),
         ),
+        seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
         controlLinkBytes: controlAfter.tx - controlBefore.tx,
         samples,
       },
