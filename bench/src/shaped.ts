@@ -290,7 +290,8 @@ function swarmReport(
       `${swarm.fallbacks['seed-failed']} after the seed gave up`,
     `seed link: sending from ${seconds(seed.firstSendS ?? 0)} to ${seconds(seed.lastSendS ?? 0)}, ` +
       `idle ${seconds(seed.idleS)} between, ${ratio(sending > 0 ? swarm.seedServed / sending / seedLink : 0)}× ` +
-      `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}`,
+      `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}; ` +
+      `the seed had taken in half its bytes at ${seconds(seed.ingestHalfS ?? 0)}, all at ${seconds(seed.ingestDoneS ?? 0)}`,
     `seed piece requests: ${Object.entries(swarm.seedRequests)
       .map(([result, count]) => `${result} ${count}`)
       .join(

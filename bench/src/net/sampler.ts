@@ -35,6 +35,8 @@ export interface Sample {
   readonly agents: readonly (AgentCounters | undefined)[];
   /** Bytes the seed server has sent; undefined when its read failed. */
   readonly seedServed: number | undefined;
+  /** Bytes the seed server has taken in (from the origin or its store); undefined likewise. */
+  readonly seedIngested?: number | undefined;
   /** The machine's CPU time (all cores) busy since the previous sample, in s, and elapsed. */
   readonly busyS: number;
   readonly totalS: number;
@@ -117,10 +119,13 @@ export class WaveSampler {
 
   async #sample(): Promise<void> {
     const atMs = performance.now() - this.#started;
-    const [agents, seedServed, jiffies] = await Promise.all([
+    const [agents, seed, jiffies] = await Promise.all([
       Promise.all(this.#agents.map((a) => readAgent(a.url))),
       scrapeMetrics(this.#seedUrl, SCRAPE_TIMEOUT_MS).then(
-        (m) => m.get('shoal_seedserver_served_bytes_total'),
+        (m) => ({
+          served: m.get('shoal_seedserver_served_bytes_total'),
+          ingested: m.get('shoal_seedserver_ingested_bytes_total'),
+        }),
         () => undefined,
       ),
       cpuJiffies(),
@@ -129,7 +134,14 @@ export class WaveSampler {
     const busyS = (jiffies.busy - this.#jiffies.busy) / 100;
     const totalS = (jiffies.total - this.#jiffies.total) / 100;
     this.#jiffies = jiffies;
-    this.#samples.push({ atMs, agents, seedServed, busyS, totalS });
+    this.#samples.push({
+      atMs,
+      agents,
+      seedServed: seed?.served,
+      seedIngested: seed?.ingested,
+      busyS,
+      totalS,
+    });
   }
 }
 
@@ -190,12 +202,24 @@ export function nodeTimeline(
   return { firstS, halfS, fullS, idleS, rate: span > 0 ? imageBytes / span : 0, last };
 }
 
-/** What the samples say of the seed server's link: seconds it sent nothing, and when it ended. */
+/**
+ * What the samples say of the seed server's link: seconds it sent nothing, and when it ended;
+ * and when it had taken in half and all of what it took in during the wave (a seed that
+ * takes the image in at its link's rate cannot send a piece before it has it).
+ */
 export function seedTimeline(samples: readonly Sample[]): {
   readonly idleS: number;
   readonly firstSendS: number | undefined;
   readonly lastSendS: number | undefined;
+  readonly ingestHalfS: number | undefined;
+  readonly ingestDoneS: number | undefined;
 } {
+  const ingested = samples.filter((s) => s.seedIngested !== undefined);
+  const total = ingested.at(-1)?.seedIngested ?? 0;
+  const reached = (bytes: number): number | undefined => {
+    const at = ingested.find((s) => total > 0 && (s.seedIngested ?? 0) >= bytes);
+    return at === undefined ? undefined : at.atMs / 1000;
+  };
   let idleS = 0;
   let firstSendS: number | undefined;
   let lastSendS: number | undefined;
@@ -220,7 +244,13 @@ export function seedTimeline(samples: readonly Sample[]): {
   if (lastSendS !== undefined && previous !== undefined) {
     idleS -= Math.max(0, previous.atMs / 1000 - lastSendS);
   }
-  return { idleS: Math.max(0, idleS), firstSendS, lastSendS };
+  return {
+    idleS: Math.max(0, idleS),
+    firstSendS,
+    lastSendS,
+    ingestHalfS: reached(total / 2),
+    ingestDoneS: reached(total),
+  };
 }
 
 /** The machine's busy share of its cores over the samples, 0 to 1. */

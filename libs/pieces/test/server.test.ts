@@ -460,6 +460,52 @@ describe('pieceHandler', () => {
     assert.deepEqual(ended.sort(), [false, true], 'the one turned away ends as not sent');
     assert.equal(source.users, 0);
   });
+  it('gives the next turn to the waiting answer whose piece the most others want', async () => {
+    const source = memorySource();
+    const budget = firstBudgetHeld();
+    const started: number[] = [];
+    /** Others turned away for each piece, as the ration would count them. */
+    const demand = new Map<number, number>();
+    let waiting = 0;
+    const { base, results } = await serve({
+      source: () => source,
+      uploadLimit: budget,
+      uploads: { max: 8, sending: 1, timeoutMs: 10_000 },
+      ration: (_source, index) => ({
+        started: () => started.push(index),
+        demand: () => demand.get(index) ?? 0,
+        end: () => undefined,
+      }),
+      onInFlight: (_uploads, inLine) => {
+        waiting = inLine;
+      },
+    });
+    const waitForLine = async (count: number): Promise<void> => {
+      while (waiting < count) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    };
+    // Piece 0 holds the one turn; 1, 2 and 3 line up in that order.
+    const answers = [get(base, `/pieces/sha256/${hex}/0`)];
+    while (budget.takes < 1) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    for (const index of [1, 2, 3]) {
+      answers.push(get(base, `/pieces/sha256/${hex}/${index}`));
+      await waitForLine(index);
+    }
+    // Asked when the turn frees, not when lining up: the last in line is wanted by two others.
+    demand.set(3, 2);
+    budget.open();
+    const got = await Promise.all(answers);
+    for (const [index, answer] of got.entries()) {
+      assert.equal(answer.status, 200);
+      assert.deepEqual(answer.body, blob.subarray(index * PIECE, (index + 1) * PIECE));
+    }
+    assert.deepEqual(started, [0, 3, 1, 2], 'the wanted piece first, then first come');
+    assert.deepEqual(results, ['served', 'served', 'served', 'served']);
+    assert.equal(source.users, 0);
+  });
 });
 
 describe('SendTurns', () => {
@@ -494,5 +540,37 @@ describe('SendTurns', () => {
     await fourth.ready;
     fourth.release();
     assert.equal(turns.waiting, 0);
+  });
+
+  it('gives a freed turn to the most wanted piece, asking each waiter its demand then', async () => {
+    const turns = new SendTurns(1);
+    const holder = turns.take();
+    const demands = [0, 0, 0];
+    const waiters = demands.map((_, i) => turns.take(() => demands[i] ?? 0));
+    const got: number[] = [];
+    waiters.forEach((waiter, i) => void waiter.ready.then(() => got.push(i)));
+    const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+    await holder.ready;
+    // Wanted after lining up: the demand is read when a turn frees.
+    demands[1] = 3;
+    demands[2] = 3;
+    holder.release();
+    await settle();
+    assert.deepEqual(got, [1], 'the most wanted, the earlier of two equals');
+    waiters[1]?.release();
+    await settle();
+    assert.deepEqual(got, [1, 2]);
+    waiters[2]?.release();
+    await settle();
+    assert.deepEqual(got, [1, 2, 0], 'the unwanted one last, not never');
+    waiters[0]?.release();
+    assert.equal(turns.waiting, 0);
+    // All released: the one turn is free again.
+    let again = false;
+    void turns.take().ready.then(() => {
+      again = true;
+    });
+    await settle();
+    assert.equal(again, true);
   });
 });

@@ -103,8 +103,9 @@ export const seedFields = z.object({
   SHOAL_SEED_MAX_UPLOADS: envInt(32).refine((n) => n >= 1, 'must be at least 1'),
   /**
    * Piece answers sent at once (default 4), each holding its piece in memory (up to 16 MiB)
-   * until it is sent; the other requests, up to SHOAL_SEED_MAX_UPLOADS, wait their turn in
-   * order, holding no memory, for 10 s at most (then 429). Each piece then arrives soon and
+   * until it is sent; the other requests, up to SHOAL_SEED_MAX_UPLOADS, wait their turn
+   * (the piece the most agents were turned away for first, then first come), holding no
+   * memory, for 10 s at most (then 429). Each piece then arrives soon and
    * its agent passes it on, rather than every piece arriving late at once. An answer still
    * going after 10 s gives its turn up (a slow receiver does not hold the line).
    */

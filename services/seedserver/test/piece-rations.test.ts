@@ -220,6 +220,33 @@ describe('PieceRations', () => {
     assert.ok(rations.take(BLOB, 0, { asker: 'agent-c' }));
   });
 
+  it("counts a waiting copy's demand: the askers of its piece turned away since it was handed out", () => {
+    const clock = manualClock();
+    const rations = new PieceRations({ ...settings, copies: 2 }, clock.now);
+    const first = rations.take(BLOB, 0, { asker: 'agent-a', waits: true });
+    assert.ok(first);
+    const second = rations.take(BLOB, 0, { asker: 'agent-b', waits: true });
+    assert.ok(second);
+    // The count is full: each later asker of piece 0 is turned away and counts for both.
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-c' }), undefined);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-d' }), undefined);
+    // Another piece's askers, and an asker exempt (it asks again), are not demand for it.
+    const other = rations.take(BLOB, 1, { asker: 'agent-c', waits: true });
+    assert.ok(other);
+    const again = rations.take(BLOB, 0, { asker: 'agent-a', waits: true });
+    assert.ok(again, 'its own copy does not count against it');
+    assert.equal(first.demand(), 2);
+    assert.equal(second.demand(), 2);
+    assert.equal(other.demand(), 0);
+    // A copy handed out later counts only the refusals since.
+    assert.equal(again.demand(), 0);
+    assert.equal(rations.take(BLOB, 0, { asker: 'agent-e' }), undefined);
+    assert.deepEqual([first.demand(), again.demand()], [3, 1]);
+    for (const ticket of [first, second, other, again]) {
+      ticket.end(false);
+    }
+  });
+
   it('stops waiting on a copy held longer than the hold', () => {
     const clock = manualClock();
     const rations = new PieceRations(settings, clock.now);

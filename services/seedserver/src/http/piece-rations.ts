@@ -61,6 +61,8 @@ interface PieceState {
   readonly sending: Copy[];
   /** The copies sent whole recently, oldest first. */
   readonly sent: Copy[];
+  /** Askers turned away for this piece since its entry was made. */
+  refused: number;
 }
 
 /** How a copy is asked for (see `PieceRations.take`). */
@@ -103,11 +105,20 @@ export type ExemptReason = 'asked-again' | 'not-from' | 'unheard' | 'starved';
 export interface RationTicket {
   /** Its bytes start going out (for a copy that waited its turn, `RationRequest.waits`). */
   started(): void;
+  /**
+   * Askers of its piece turned away since it was handed out: while it waits its turn, they
+   * wait for it too (the piece server sends the most wanted first).
+   */
+  demand(): number;
   /** `complete`: the copy was sent whole (it counts for the window); false: it was cut off. */
   end(complete: boolean): void;
 }
 
-const NO_TICKET: RationTicket = { started: () => undefined, end: () => undefined };
+const NO_TICKET: RationTicket = {
+  started: () => undefined,
+  demand: () => 0,
+  end: () => undefined,
+};
 
 /** No agent: every copy counts. */
 const NOBODY: ReadonlySet<string> = new Set();
@@ -191,7 +202,7 @@ export class PieceRations {
     }
     let state = pieces.get(piece);
     if (state === undefined) {
-      state = { sending: [], sent: [] };
+      state = { sending: [], sent: [], refused: 0 };
       pieces.set(piece, state);
       this.#entries += 1;
     }
@@ -199,6 +210,7 @@ export class PieceRations {
     if (mayRefuse && this.#counted(state, now) >= copies) {
       const verdict = this.#verdict(state, now, askOf(request, now));
       if (verdict === 'refuse') {
+        state.refused += 1;
         return undefined;
       }
       if (verdict !== 'free') {
@@ -209,6 +221,7 @@ export class PieceRations {
     const copy: Copy = { at: start, asker, handedAt: start };
     state.sending.push(copy);
     const entry = state;
+    const refusedBefore = state.refused;
     let ended = false;
     return {
       started: () => {
@@ -216,6 +229,7 @@ export class PieceRations {
           copy.at = copy.handedAt = this.#now();
         }
       },
+      demand: () => entry.refused - refusedBefore,
       end: (complete) => {
         if (ended) {
           return;
