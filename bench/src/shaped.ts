@@ -287,7 +287,9 @@ function swarmReport(
     `seed server sent ${x(swarm.seedServed)}× the image; piece requests failed: ` +
       `${swarm.piecesFailed}, turned away by the seed's fan-out: ${swarm.piecesRationed}; ` +
       `downloads that fell back to the origin: ${swarm.fallbacks.stall} stalled, ` +
-      `${swarm.fallbacks['seed-failed']} after the seed gave up`,
+      `${swarm.fallbacks['seed-failed']} after the seed gave up; agents answered 429 for want of ` +
+      `an upload slot: ${swarm.peerRefusals.busy} (every slot taken), ` +
+      `${swarm.peerRefusals['peer-busy']} (the asker's own slots taken)`,
     `seed link: sending from ${seconds(seed.firstSendS ?? 0)} to ${seconds(seed.lastSendS ?? 0)}, ` +
       `idle ${seconds(seed.idleS)} between, ${ratio(sending > 0 ? swarm.seedServed / sending / seedLink : 0)}× ` +
       `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}; ` +

@@ -78,6 +78,11 @@ export interface SwarmFigures {
   readonly piecesFailed: number;
   readonly piecesRationed: number;
   /**
+   * Piece requests the agents answered 429 for want of an upload slot, by reason (`busy`:
+   * every slot taken; `peer-busy`: the asker's own slots taken).
+   */
+  readonly peerRefusals: Readonly<Record<'busy' | 'peer-busy', number>>;
+  /**
    * Downloads that read the rest from the origin, by reason (`stall`: nothing from the swarm
    * for the stall timeout; `seed-failed`: the seed gave the blob up).
    */
@@ -320,6 +325,10 @@ export async function shoalWave(
         seedServed: seedMetrics.get('shoal_seedserver_served_bytes_total'),
         piecesFailed: sum('shoal_agent_pieces_total', { result: 'failed' }),
         piecesRationed: sum('shoal_agent_pieces_total', { result: 'deferred' }),
+        peerRefusals: {
+          busy: sum('shoal_agent_uploads_refused_total', { reason: 'busy' }),
+          'peer-busy': sum('shoal_agent_uploads_refused_total', { reason: 'peer-busy' }),
+        },
         fallbacks: {
           stall: sum('shoal_agent_swarm_fallbacks_total', { reason: 'stall' }),
           'seed-failed': sum('shoal_agent_swarm_fallbacks_total', { reason: 'seed-failed' }),
