@@ -15,11 +15,11 @@ describe('seed server configuration', () => {
     assert.equal(config.SHOAL_SEED_MAX_UPLOADS, 32);
     assert.equal(config.SHOAL_SEED_UPLOAD_TIMEOUT_MS, 60_000);
     // One copy of a piece at a time, counted while sent (20 s at most) and 10 s after;
-    // four answers sent at once.
+    // eight answers sent at once.
     assert.equal(config.SHOAL_SEED_PIECE_FANOUT, 1);
     assert.equal(config.SHOAL_SEED_FANOUT_HOLD_MS, 20_000);
     assert.equal(config.SHOAL_SEED_FANOUT_WINDOW_MS, 10_000);
-    assert.equal(config.SHOAL_SEED_SENDS, 4);
+    assert.equal(config.SHOAL_SEED_SENDS, 8);
   });
 
   it('reads the cache quota and the upload settings', () => {
