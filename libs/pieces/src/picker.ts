@@ -994,20 +994,6 @@ export class PiecePicker {
     return this.#sources.get(source)?.probing === true;
   }
 
-  /**
-   * Whether other agents share this download's swarm: a source that is not a seed and not
-   * banned. A piece from the seed is then news to them (the seed hands each piece to a few
-   * agents and sends the others to them), worth announcing at once.
-   */
-  othersInSwarm(): boolean {
-    for (const source of this.#sources.values()) {
-      if (!source.advert.seed && !source.banned) {
-        return true;
-      }
-    }
-    return false;
-  }
-
   /** Whether a source other than the seed could serve now. */
   #peerUsable(now: number): boolean {
     for (const source of this.#sources.values()) {

@@ -351,21 +351,6 @@ describe('PiecePicker', () => {
     );
   });
 
-  it('tells whether other agents share the swarm: a peer not banned, seeds aside', () => {
-    const { picker: p } = picker(2);
-    assert.equal(p.othersInSwarm(), false, 'nobody named yet');
-    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
-    assert.equal(p.othersInSwarm(), false, 'the seed alone');
-    // A peer that holds nothing yet pulls the blob too.
-    p.advertise({ id: 'bad', seed: false, complete: false, pieces: [] });
-    assert.equal(p.othersInSwarm(), true);
-    p.advertise({ id: 'bad', seed: false, complete: true, pieces: [] });
-    const sent = p.next().find((r) => r.source === 'bad');
-    assert.ok(sent !== undefined);
-    p.settle(sent, 'bad');
-    assert.equal(p.othersInSwarm(), false, 'a peer that sent a bad piece is out');
-  });
-
   it('skips a source after repeated failures until a hand-out names it again', () => {
     const { picker: p } = picker(1, { concurrency: 1 });
     p.advertise({ id: 'a', seed: false, complete: true, pieces: [] });

@@ -762,15 +762,7 @@ export class SwarmFetch {
         }
       }
       this.#verifiedWith[index] = expected;
-      // From the seed while other agents pull the blob: the seed sends them to us for this
-      // piece, and they can come only once the tracker has our have; at the next step (up
-      // to a sixty-fourth of the blob later) that lag added up to a fifth of the image
-      // between the seed's sending and the agents' holding. One have per piece the seed
-      // sends, whatever the cluster's size.
-      this.#markHave(
-        index,
-        picked.starvedLateMs !== undefined || (picked.seed && this.#picker.othersInSwarm()),
-      );
+      this.#markHave(index, picked.starvedLateMs !== undefined);
       this.#deps.client.answered(peer.id);
       this.#lostHolders.delete(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
@@ -900,9 +892,8 @@ export class SwarmFetch {
 
   /**
    * Records a verified piece on disk and moves the readable prefix over it. `wanted`: it came
-   * from the seed while other agents pull the blob (or for a starved download), so the agents
-   * the seed refused it to are likely waiting on it: announced at once rather than at the
-   * next step.
+   * from the seed for a starved download, so the other agents the seed refused it to are
+   * likely waiting on it too: announced at once rather than at the next step.
    */
   #markHave(index: number, wanted = false): void {
     this.#picker.markHave(index);
