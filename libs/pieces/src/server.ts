@@ -91,7 +91,7 @@ export interface PieceTicket {
   /** Its bytes start going out (after its turn, the budget and the read). */
   started?(): void;
   /**
-   * How many askers of its piece were turned away since it was handed out (while it waits
+   * How many requests for its piece were refused since it was handed out (while it waits
    * its turn, the piece's demand: see `SendTurns`).
    */
   demand?(): number;
@@ -119,8 +119,9 @@ export interface PieceServerOptions {
     readonly perPeer?: number;
     readonly timeoutMs: number;
     /**
-     * Answers sent at once, when fewer than `max`: the others wait their turn, the most
-     * wanted piece first, holding no piece in memory meanwhile (see `SendTurns`).
+     * Answers sent at once, when fewer than `max`: the others wait their turn, the piece with
+     * the most refusals first (one that waited half of `turnMs` goes first), holding no piece
+     * in memory meanwhile (see `SendTurns`).
      */
     readonly sending?: number;
     /**
@@ -187,8 +188,20 @@ interface SendTurn {
 interface Waiter {
   /** Gives it its turn (or lets it go, when it left the line). */
   readonly wake: () => void;
-  /** How many others want its piece now (see `SendTurns.take`). */
+  /** How many refusals its piece drew while it waited (see `SendTurns.take`). */
   readonly demand: () => number;
+  /** When it joined the line (ms, the line's clock). */
+  readonly since: number;
+}
+
+/** A waiter's demand, 0 when it cannot say (a hook that throws must not stop the line). */
+function demandOf(waiter: Waiter): number {
+  try {
+    const demand = waiter.demand();
+    return Number.isFinite(demand) ? demand : 0;
+  } catch {
+    return 0;
+  }
 }
 
 /**
@@ -199,24 +212,37 @@ interface Waiter {
  * agents got the piece again. Four at once, 1.7 s at the median, 3.3 s for nine in ten.
  *
  * The line is not first come first served alone: the next turn goes to the waiting answer
- * whose piece the most others want (`demand`; the seed counts the agents it turned away for
- * that piece meanwhile), the earliest of those first. While a copy waits, every other asker of
- * its piece is sent to its peers, who can only get it once the copy has gone out: with a
- * first-come line of 28, the last pieces of a layer waited up to 10 s for one agent while
- * eleven others, refused them, sat idle until their downloads read as stalled and went to the
- * registry.
+ * whose piece drew the most refusals (`demand`; the seed counts the requests it turned away
+ * for that piece meanwhile), the earliest of those first. While a copy waits, every other
+ * asker of its piece is sent to its peers, who can only get it once the copy has gone out:
+ * with a first-come line of 28, the last pieces of a layer waited up to 10 s for one agent
+ * while eleven others, refused them, sat idle until their downloads read as stalled and went
+ * to the registry. A waiter nobody competes with is not passed over for ever: once the oldest
+ * in line has waited `agedMs`, it goes first.
  */
 export class SendTurns {
   #free: number;
   readonly #line: Waiter[] = [];
+  readonly #agedMs: number;
+  readonly #now: () => number;
 
-  constructor(count: number) {
+  /**
+   * `count` turns; `agedMs`: a wait after which the oldest waiter goes first whatever the
+   * others' demand (default: never); `now`: the line's clock in ms.
+   */
+  constructor(
+    count: number,
+    agedMs = Number.POSITIVE_INFINITY,
+    now: () => number = () => performance.now(),
+  ) {
     this.#free = count;
+    this.#agedMs = agedMs;
+    this.#now = now;
   }
 
   /**
    * A place in line, or a turn at once when one is free. `demand`, asked when a turn frees:
-   * how many others want this answer's piece now (default none).
+   * how many refusals this answer's piece drew while it waited (default none).
    */
   take(demand: () => number = () => 0): SendTurn {
     let granted = this.#free > 0;
@@ -234,6 +260,7 @@ export class SendTurns {
               resolve();
             },
             demand,
+            since: this.#now(),
           };
           this.#line.push(waiter);
         });
@@ -267,16 +294,19 @@ export class SendTurns {
       this.#free += 1;
       return;
     }
-    // The most wanted piece first; among equals, the one that came first.
+    // The line is in arrival order: the oldest first once it has waited long enough, else
+    // the most wanted piece, the earliest of equals.
     let best = 0;
-    let bestDemand = -1;
-    this.#line.forEach((waiter, at) => {
-      const demand = waiter.demand();
-      if (demand > bestDemand) {
-        best = at;
-        bestDemand = demand;
-      }
-    });
+    if (this.#now() - (this.#line[0]?.since ?? 0) < this.#agedMs) {
+      let bestDemand = -1;
+      this.#line.forEach((waiter, at) => {
+        const demand = demandOf(waiter);
+        if (demand > bestDemand) {
+          best = at;
+          bestDemand = demand;
+        }
+      });
+    }
     const [next] = this.#line.splice(best, 1);
     next?.wake();
   }
@@ -303,11 +333,12 @@ export function pieceHandler(
   options: PieceServerOptions,
 ): (request: PieceRequest, reply: FastifyReply) => Promise<FastifyReply> {
   const { buffers, uploads: limits, onResult } = options;
+  const turnMs = limits.turnMs ?? DEFAULT_TURN_MS;
+  // Half the longest wait: a request nobody competes with still gets its turn in time.
   const turns =
     limits.sending !== undefined && limits.sending < limits.max
-      ? new SendTurns(limits.sending)
+      ? new SendTurns(limits.sending, turnMs / 2)
       : undefined;
-  const turnMs = limits.turnMs ?? DEFAULT_TURN_MS;
   let uploads = 0;
   /** Answers in flight by asker; an asker is dropped from the map when it has none. */
   const byPeer = new Map<string, number>();

@@ -573,4 +573,42 @@ describe('SendTurns', () => {
     await settle();
     assert.equal(again, true);
   });
+
+  it('gives the oldest waiter its turn once it has waited long enough, whatever the demand', async () => {
+    const clock = { ms: 0 };
+    const turns = new SendTurns(1, 5_000, () => clock.ms);
+    const holder = turns.take();
+    const got: string[] = [];
+    const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+    const lone = turns.take();
+    void lone.ready.then(() => got.push('lone'));
+    clock.ms = 1_000;
+    const wanted = turns.take(() => 4);
+    void wanted.ready.then(() => got.push('wanted'));
+    const throws = turns.take(() => {
+      throw new Error('a broken hook');
+    });
+    void throws.ready.then(() => got.push('throws'));
+    // The lone one has waited 4.999 s: the wanted piece goes first.
+    clock.ms = 4_999;
+    holder.release();
+    await settle();
+    assert.deepEqual(got, ['wanted']);
+    // Now 5 s: the lone one, though another waiter's piece is wanted more.
+    const more = turns.take(() => 9);
+    void more.ready.then(() => got.push('more'));
+    clock.ms = 5_000;
+    wanted.release();
+    await settle();
+    assert.deepEqual(got, ['wanted', 'lone']);
+    lone.release();
+    await settle();
+    // A hook that throws counts as no demand; the line goes on.
+    assert.deepEqual(got, ['wanted', 'lone', 'more']);
+    more.release();
+    await settle();
+    assert.deepEqual(got, ['wanted', 'lone', 'more', 'throws']);
+    throws.release();
+    assert.equal(turns.waiting, 0);
+  });
 });

@@ -104,8 +104,8 @@ export const seedFields = z.object({
   /**
    * Piece answers sent at once (default 8), each holding its piece in memory (up to 16 MiB)
    * until it is sent; the other requests, up to SHOAL_SEED_MAX_UPLOADS, wait their turn
-   * (the piece the most agents were turned away for first, then first come), holding no
-   * memory, for 10 s at most (then 429). Each piece then arrives soon and
+   * (the piece with the most refusals while it waited first, then first come; one that has
+   * waited 5 s goes first), holding no memory, for 10 s at most (then 429). Each piece then arrives soon and
    * its agent passes it on, rather than every piece arriving late at once. An answer still
    * going after 10 s gives its turn up (a slow receiver does not hold the line). Eight, not
    * four: the agents' links are busy with their peers too, so four answers left a fifth of the

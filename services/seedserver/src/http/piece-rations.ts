@@ -106,8 +106,9 @@ export interface RationTicket {
   /** Its bytes start going out (for a copy that waited its turn, `RationRequest.waits`). */
   started(): void;
   /**
-   * Askers of its piece turned away since it was handed out: while it waits its turn, they
-   * wait for it too (the piece server sends the most wanted first).
+   * Requests for its piece refused since it was handed out (one agent asking again counts
+   * again): while it waits its turn, they wait for it too (the piece server sends the piece
+   * with the most refusals first).
    */
   demand(): number;
   /** `complete`: the copy was sent whole (it counts for the window); false: it was cut off. */
