@@ -96,6 +96,7 @@ export {
   type TokenUser,
 } from './token-server.js';
 export {
+  rangeBytes,
   startFaultProxy,
   type FaultProxy,
   type FaultProxyCounts,
