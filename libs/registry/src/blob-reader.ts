@@ -113,9 +113,7 @@ export class BlobReader {
    * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
    * broke off); its body comes in blocks when the answer is 206, or 200 (a registry that
    * ignores Range sends the whole blob: the caller skips what it has), and any other answer
-   * comes with its small body, as a refusal does. `to`: the last byte wanted as well
-   * (`Range: bytes=<from>-<to>`, a stripe of a blob read over several connections); a 206 then
-   * carries that range, and a registry that ignores Range sends a 200 of the whole blob.
+   * comes with its small body, as a refusal does.
    */
   async open(
     registry: UpstreamRegistry,
@@ -124,7 +122,6 @@ export class BlobReader {
     signal: AbortSignal,
     forwarded?: { readonly authorization: string | undefined },
     from = 0,
-    to?: number,
   ): Promise<OpenedBlob> {
     const start = registryUrl(registry, `/v2/${repository}/blobs/${digest.toString()}`);
     let url = start;
@@ -136,7 +133,7 @@ export class BlobReader {
     let registryAsked = { authorization, answeredChallenge };
     let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
-      const answer = await this.#get(url, authorization, signal, from, to);
+      const answer = await this.#get(url, authorization, signal, from);
       if (isStorageRefusal(start, url, answer.status)) {
         // The registry authorized the read and sent it to its storage, which refused it (a
         // signed URL past its expiry, a CDN edge failing): that is not the registry's answer
@@ -187,7 +184,7 @@ export class BlobReader {
   }
 
   /**
-   * One GET. A 200 (or a 206 when a range was asked) resolves at its head, its body streaming
+   * One GET. A 200 (or a 206 when `from` is past 0) resolves at its head, its body streaming
    * into the blocks; any other answer resolves once its (small) body has been read and dropped.
    */
   #get(
@@ -195,11 +192,9 @@ export class BlobReader {
     authorization: string | undefined,
     signal: AbortSignal,
     from: number,
-    to: number | undefined,
   ): Promise<OpenedBlob> {
-    const ranged = from > 0 || to !== undefined;
     const isBody = (status: number | undefined): boolean =>
-      status === 200 || (ranged && status === 206);
+      status === 200 || (from > 0 && status === 206);
     const { timeouts, userAgent } = this.#options;
     const stop = new AbortController();
     const headersTimer = setTimeout(() => {
@@ -236,7 +231,7 @@ export class BlobReader {
           headers: {
             'user-agent': userAgent,
             ...(authorization === undefined ? {} : { authorization }),
-            ...(ranged ? { range: `bytes=${from}-${to === undefined ? '' : String(to)}` } : {}),
+            ...(from > 0 ? { range: `bytes=${from}-` } : {}),
           },
           signal: AbortSignal.any([signal, stop.signal]),
           timeoutMs: timeouts.idleMs,

@@ -42,21 +42,7 @@ export {
   type BlobReaderOptions,
   type OpenedBlob,
 } from './blob-reader.js';
-export {
-  contentRange,
-  ORIGIN_RESUMES,
-  resumingBody,
-  type ContentRange,
-  type ResumeOptions,
-  type ResumingBody,
-} from './resume.js';
-export {
-  STRIPE_BYTES,
-  StripeBuffers,
-  stripedBody,
-  stripedSize,
-  type StripeOptions,
-} from './striped.js';
+export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';
 export {
   heldAnswer,
   MAX_HOLD_MS,

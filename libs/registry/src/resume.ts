@@ -37,13 +37,6 @@ export interface ResumeOptions {
   readonly onResume?: (at: number, cause: Error) => void;
   /** A number in [0, 1) for the jitter of the waits after failed resume requests (default Math.random). */
   readonly random?: () => number;
-  /**
-   * Set when `opened` answered a range: the byte of the blob it starts at (a stripe, see
-   * `stripedBody`). `reopen` and `onResume` are still given bytes of the body, counted from
-   * its start; a resume's 206 must start at `offset` plus that, and a 200 (the whole blob)
-   * stands in only for a body that is the whole blob. Unset: a body asked for without Range.
-   */
-  readonly offset?: number;
 }
 
 /** A blob's body that resumes itself: its blocks, and a way to stop whichever transfer runs. */
@@ -78,17 +71,11 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   let skip = 0;
 
   /** Bytes of `next` (the answer to a resume from `from`) to skip; undefined: not usable. */
-  const offset = options.offset ?? 0;
   const usable = (next: OpenedBlob, from: number): number | undefined => {
-    // A 206 answers a range: a resume from a byte past 0, or any of a stripe's (`offset` set).
-    if (next.status === 206 && (from > 0 || options.offset !== undefined)) {
-      return contentRange(next.headers['content-range'])?.first === offset + from ? 0 : undefined;
+    if (next.status === 206 && from > 0) {
+      return rangeStart(next.headers['content-range']) === from ? 0 : undefined;
     }
-    if (
-      next.status === 200 &&
-      offset === 0 &&
-      (next.size === undefined || next.size === opened.size)
-    ) {
+    if (next.status === 200 && (next.size === undefined || next.size === opened.size)) {
       return from;
     }
     return undefined;
@@ -128,8 +115,11 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           }
           options.onResume?.(received, cause);
           if (failedReopen) {
+            const ceiling = Math.min(MAX_REOPEN_BACKOFF_MS, REOPEN_BACKOFF_MS * 2 ** (stalls - 1));
             // Over at once when the body is cancelled or the fetch stopped (checked next).
-            await waitBeforeAsking(stalls, random, waitSignal);
+            await sleep(Math.floor(random() * ceiling), undefined, { signal: waitSignal }).catch(
+              () => undefined,
+            );
             if (stopped() !== undefined || aborted()) {
               throw stopped() ?? cause;
             }
@@ -177,38 +167,9 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   };
 }
 
-/**
- * Waits before asking the origin again after `failures` failed requests in a row: a jittered
- * time up to 250 ms doubling each time, at most 8 s. Over at once (without throwing) when
- * `signal` aborts.
- */
-export async function waitBeforeAsking(
-  failures: number,
-  random: () => number,
-  signal: AbortSignal,
-): Promise<void> {
-  const ceiling = Math.min(MAX_REOPEN_BACKOFF_MS, REOPEN_BACKOFF_MS * 2 ** (failures - 1));
-  await sleep(Math.floor(random() * ceiling), undefined, { signal }).catch(() => undefined);
-}
-
-/** A `Content-Range: bytes <first>-<last>/<size>` header's numbers (size undefined for `*`). */
-export interface ContentRange {
-  readonly first: number;
-  readonly last: number;
-  readonly size: number | undefined;
-}
-
-/** Reads a `Content-Range` header of a 206; undefined when it is missing or not bytes. */
-export function contentRange(header: string | string[] | undefined): ContentRange | undefined {
+/** The first byte a `Content-Range: bytes <first>-<last>/<size>` names, or undefined. */
+function rangeStart(header: string | string[] | undefined): number | undefined {
   const match =
-    typeof header === 'string' ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header.trim()) : null;
-  if (match === null) {
-    return undefined;
-  }
-  const [, first = '', last = '', size = ''] = match;
-  return {
-    first: Number(first),
-    last: Number(last),
-    size: size === '*' ? undefined : Number(size),
-  };
+    typeof header === 'string' ? /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(header.trim()) : null;
+  return match?.[1] === undefined ? undefined : Number(match[1]);
 }

@@ -88,11 +88,6 @@ export type RegistryFault =
    */
   | { readonly kind: 'drop-headers'; readonly names: readonly string[] }
   /**
-   * Range headers are taken off the requests before they are forwarded, so every blob GET is
-   * answered whole (200), as by a registry, or a proxy in front of one, that ignores Range.
-   */
-  | { readonly kind: 'ignore-range' }
-  /**
    * Bearer tokens the proxy has seen so far (`every`: all Authorization headers, those to come
    * too) are taken off the requests that carry them before they are forwarded, so the real
    * registry answers its own 401 challenge, as it does to a token that expired or was revoked
@@ -138,21 +133,6 @@ export interface StorageRequest extends ProxiedRequest {
   readonly status: number;
   /** The registry path its signature stands for (`/v2/<name>/blobs/<digest>`), if known. */
   readonly signedFor: string | undefined;
-}
-
-/**
- * Bytes of a blob of `size` bytes a request with this Range header asks for: the whole blob
- * without one, else the range (`bytes=<first>-[<last>]`). Summed over a blob's requests, its
- * size when it was read once, in one GET or in stripes.
- */
-export function rangeBytes(range: string | undefined, size: number): number {
-  const match = /^bytes=(\d+)-(\d*)$/.exec(range ?? '');
-  if (match === null) {
-    return size;
-  }
-  const first = Number(match[1]);
-  const last = match[2] === undefined || match[2] === '' ? size - 1 : Number(match[2]);
-  return Math.max(0, Math.min(last, size - 1) - first + 1);
 }
 
 export interface FaultProxy {
@@ -327,9 +307,6 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       (current.every === true || expired.has(req.headers.authorization))
     ) {
       delete headers.authorization;
-    }
-    if (current?.kind === 'ignore-range') {
-      delete headers.range;
     }
     const abort = new AbortController();
     // A client that goes away ends the upstream request too.

@@ -96,7 +96,6 @@ export {
   type TokenUser,
 } from './token-server.js';
 export {
-  rangeBytes,
   startFaultProxy,
   type FaultProxy,
   type FaultProxyCounts,

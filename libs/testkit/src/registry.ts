@@ -73,11 +73,6 @@ export interface Registry {
   requests(): Promise<RegistryRequest[]>;
   /** Successful `GET .../blobs/<digest>` requests, optionally for one digest. */
   blobGets(digest?: string): Promise<RegistryRequest[]>;
-  /**
-   * Bytes of blob bodies the registry sent (`GET .../blobs/<digest>`, optionally one digest):
-   * a blob read once is its size, whether in one GET or in ranges over several.
-   */
-  blobBytesSent(digest?: string): Promise<number>;
   /** Overwrites a stored blob's bytes so the registry serves content that fails its digest. */
   corruptBlob(digest: string): Promise<void>;
   /**
@@ -233,16 +228,6 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
     return served;
   };
 
-  const blobGets = async (digest?: string): Promise<RegistryRequest[]> =>
-    (await requests()).filter(
-      (r) =>
-        r.method === 'GET' &&
-        r.status >= 200 &&
-        r.status < 300 &&
-        /\/blobs\/sha(256|512):/.test(r.uri) &&
-        (digest === undefined || r.uri.endsWith(`/blobs/${digest}`)),
-    );
-
   return {
     host: `${host}:${port}`,
     url,
@@ -251,9 +236,15 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Regi
       return proc;
     },
     requests,
-    blobGets,
-    blobBytesSent: async (digest) =>
-      (await blobGets(digest)).reduce((sum, request) => sum + request.written, 0),
+    blobGets: async (digest) =>
+      (await requests()).filter(
+        (r) =>
+          r.method === 'GET' &&
+          r.status >= 200 &&
+          r.status < 300 &&
+          /\/blobs\/sha(256|512):/.test(r.uri) &&
+          (digest === undefined || r.uri.endsWith(`/blobs/${digest}`)),
+      ),
     corruptBlob: async (digest) => {
       const [algorithm = '', hex = ''] = digest.split(':');
       const path = join(

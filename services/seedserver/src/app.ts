@@ -260,9 +260,6 @@ export async function buildApp(
         locks,
         store,
         origin,
-        originStreams: config.SHOAL_SEED_ORIGIN_STREAMS,
-        // The others open once the first piece is in: a cold pull waits on it.
-        originWideAfterBytes: pieceSizeFor(0),
         originAuth,
         registries: new Map(config.SHOAL_SEED_REGISTRIES.map((r) => [r.host, r])),
         self: self(),

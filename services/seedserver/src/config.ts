@@ -164,11 +164,9 @@ export const seedFields = z.object({
    * at once (`ctr` and nerdctl do), and a blob waiting in the queue has no piece hash: past
    * the agents' stall timeout they read it from the origin, every agent. With 4, a 12-layer
    * image sent 48 downloads of six nodes to the registry (3.4× the image). Each blob seeded
-   * is read over up to SHOAL_SEED_ORIGIN_STREAMS connections, holding as many stripes of
-   * 4 MiB, and holds its piece in memory, plus, with the S3 gateway, up
+   * is one origin GET at a time and holds its piece in memory, plus, with the S3 gateway, up
    * to 5 parts of `SHOAL_S3_PART_SIZE_BYTES` for its copy: size the memory limit for it (16
-   * blobs with 8 MiB parts and 4 streams: about 640 MiB of part buffers and 450 MiB of
-   * stripes and blocks at worst), or lower this.
+   * blobs with 8 MiB parts: about 640 MiB of part buffers at worst), or lower this.
    */
   SHOAL_SEED_CONCURRENCY: envInt(16),
   /**
@@ -177,18 +175,6 @@ export const seedFields = z.object({
    * says so four times within it, so a long seed is not taken twice.
    */
   SHOAL_SEED_REQUEST_ACK_WAIT_MS: envInt(4_000).refine((n) => n >= 1_000, 'must be at least 1000'),
-  /**
-   * Connections a blob larger than 4 MiB is read from the origin over at once (default 4), in
-   * stripes of 4 MiB (`Range` requests), handed on in order. One TCP flow often does not fill
-   * the link to a registry (0.82 of a shaped 25 Mbit/s link here, less across a long round
-   * trip), and every agent waits on what the seed server has read. A stripe waits in memory
-   * until the ones before it are in: each blob seeded holds up to this many stripes and up to
-   * 3 MiB of blocks per connection (28 MiB at 4). The first request asks for the first stripe
-   * only; a registry that ignores Range answers with the whole blob, read over that one
-   * connection. A stripe refused (401, 403, 404, 429) fails the seed as the first answer would.
-   * 1: one GET per blob.
-   */
-  SHOAL_SEED_ORIGIN_STREAMS: envInt(4).refine((n) => n >= 1 && n <= 16, 'must be 1 to 16'),
   /** Connecting to the origin, in ms (default 10 000). */
   SHOAL_SEED_ORIGIN_CONNECT_TIMEOUT_MS: envInt(10_000),
   /** From request to response headers at the origin, in ms (default 30 000). */

@@ -29,11 +29,6 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
       registers,
     }),
-    originStripes: new Counter({
-      name: `${prefix}origin_stripes_total`,
-      help: 'Range requests for the stripes of blobs read from the origin over several connections at once (SHOAL_SEED_ORIGIN_STREAMS), after the first of each blob, those asked again included',
-      registers,
-    }),
     ingestedBytes: new Counter({
       name: `${prefix}ingested_bytes_total`,
       help: 'Blob bytes read in, by source (origin, store)',

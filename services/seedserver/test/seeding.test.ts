@@ -478,60 +478,6 @@ describe('seed server', () => {
     }
   });
 
-  it('reads a large blob over several connections in 4 MiB stripes, and whole from a registry that ignores Range', async () => {
-    const big = layer(0);
-    const proxy = await startFaultProxy({ upstream: registry.url });
-    try {
-      const seed = await startSeed({ SHOAL_SEED_REGISTRIES: `${registry.host}=${proxy.url}` });
-      try {
-        const before = (await registry.blobGets(big.digest)).length;
-        const sentBefore = await registry.blobBytesSent(big.digest);
-        await seed.request(big);
-        await seed.seeds('seeded', 1, 'origin');
-        // Past 24 MiB: seven stripes of 4 MiB, the first asked alone, the others over up to
-        // four connections at once; every byte sent once, and the pieces verified against the
-        // blob's digest.
-        const stripes = Math.ceil(big.size / (4 * MiB));
-        assert.equal(stripes, 7);
-        const gets = (await registry.blobGets(big.digest)).slice(before);
-        assert.equal(gets.length, stripes);
-        assert.ok(gets.every((get) => get.status === 206));
-        assert.equal((await registry.blobBytesSent(big.digest)) - sentBefore, big.size);
-        assert.equal(await seed.metric('shoal_seedserver_origin_stripes_total'), stripes - 1);
-        assert.equal(await seed.metric('shoal_seedserver_origin_resumes_total'), 0);
-        assert.deepEqual(
-          await fetchAllPieces(seed.url, big),
-          (await seed.storedHashes(big)).hashes,
-        );
-      } finally {
-        await seed.stop();
-      }
-      // A registry that answers the first stripe's range with the whole blob: read in that
-      // one GET, as without stripes (a seed server of its own: the first one holds the blob).
-      const whole = await startSeed({ SHOAL_SEED_REGISTRIES: `${registry.host}=${proxy.url}` });
-      try {
-        proxy.set({ kind: 'ignore-range' });
-        const before = (await registry.blobGets(big.digest)).length;
-        await whole.request(big);
-        await whole.seeds('seeded', 1, 'origin');
-        const gets = (await registry.blobGets(big.digest)).slice(before);
-        assert.deepEqual(
-          gets.map((get) => [get.status, get.written]),
-          [[200, big.size]],
-        );
-        assert.equal(await whole.metric('shoal_seedserver_origin_stripes_total'), 0);
-        assert.deepEqual(
-          await fetchAllPieces(whole.url, big),
-          (await whole.storedHashes(big)).hashes,
-        );
-      } finally {
-        await whole.stop();
-      }
-    } finally {
-      await proxy.stop();
-    }
-  });
-
   it("honours a registry's 429 Retry-After: seeds fail at once until it has passed", async () => {
     const proxy = await startFaultProxy({ upstream: registry.url });
     const seed = await startSeed({ SHOAL_SEED_REGISTRIES: `${registry.host}=${proxy.url}` });

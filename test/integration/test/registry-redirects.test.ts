@@ -14,7 +14,6 @@ import {
   generateImage,
   makeTempDir,
   pushImage,
-  rangeBytes,
   startFaultProxy,
   startRegistry,
   Teardown,
@@ -153,13 +152,8 @@ describe('a swarm behind a registry that redirects to signed storage', () => {
     }
     const served = proxy.storageReceived().filter((r) => r.status === 200);
     for (const blob of image.blobs) {
-      // In one GET or in stripes (the seed server reads a large blob over several connections).
       const reads = served.filter((r) => r.signedFor?.endsWith(blob.digest) === true);
-      assert.equal(
-        reads.reduce((sum, read) => sum + rangeBytes(read.range, blob.size), 0),
-        blob.size,
-        `${blob.digest} read from the storage once`,
-      );
+      assert.equal(reads.length, 1, `${blob.digest} read from the storage once`);
     }
     assert.ok(proxy.storageReceived().every((r) => r.authorization === undefined));
   });

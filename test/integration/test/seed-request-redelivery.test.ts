@@ -178,10 +178,6 @@ describe('seed requests after a seed server dies, and slow seeds', () => {
     for (const seed of replicas) {
       assert.equal(await seed.metric('shoal_seedserver_seeds_total', { outcome: 'busy' }), 0);
     }
-    assert.equal(
-      await registry.blobBytesSent(blob.digest),
-      blob.size,
-      'the origin served it once (in stripes)',
-    );
+    assert.equal((await registry.blobGets(blob.digest)).length, 1, 'the origin served it once');
   });
 });

@@ -75,13 +75,9 @@ describe('seeding from a registry that requires credentials', () => {
         });
       }
       for (const blob of image.blobs) {
-        // Read once, by the seed server: in one GET, or in stripes for a blob past 4 MiB.
         const gets = await registry.blobGets(blob.digest);
-        assert.equal(await registry.blobBytesSent(blob.digest), blob.size);
-        assert.ok(gets.length >= 1);
-        for (const get of gets) {
-          assert.match(get.userAgent, /^shoal-seedserver\//);
-        }
+        assert.equal(gets.length, 1);
+        assert.match(gets[0]?.userAgent ?? '', /^shoal-seedserver\//);
       }
       for (const agent of cluster.agents) {
         assert.equal(

@@ -359,11 +359,7 @@ describe('authorization before bytes, with a private registry and a swarm', () =
     );
     assert.equal(await other.metric('shoal_agent_verification_failures_total'), 0);
     for (const blob of image.blobs) {
-      assert.equal(
-        await registry.blobBytesSent(blob.digest),
-        blob.size,
-        'the origin served it once (the seed server, in stripes past 4 MiB)',
-      );
+      assert.equal((await registry.blobGets(blob.digest)).length, 1, 'the origin served it once');
     }
   });
 

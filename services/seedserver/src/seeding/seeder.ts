@@ -52,12 +52,6 @@ import {
   type RegistryAuth,
   type UpstreamRegistry,
   resumingBody,
-  STRIPE_BYTES,
-  StripeBuffers,
-  stripedBody,
-  stripedSize,
-  type LimitedRequest,
-  type OpenedBlob,
 } from '@shoal/registry';
 import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 
@@ -68,8 +62,6 @@ import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 import { SeedCache } from './seed-cache.js';
 
-/** Stripe buffers kept between blobs read from the origin (4 MiB each). */
-const IDLE_STRIPE_BUFFERS = 8;
 /** How often the lock is refreshed and the request kept alive, in ms. */
 const HEARTBEAT_INTERVAL_MS = 10_000;
 /**
@@ -148,13 +140,6 @@ export interface SeederDeps {
   readonly store: BlobStore;
   /** Reads blobs from the origin registries, into blocks it reuses. */
   readonly origin: BlobReader;
-  /**
-   * Connections a blob larger than a stripe (`STRIPE_BYTES`) is read over at once, in ranges
-   * (see `stripedBody`); 1: one GET of the whole blob.
-   */
-  readonly originStreams: number;
-  /** Bytes of a striped blob read over one connection before the others open (its first piece). */
-  readonly originWideAfterBytes?: number;
   /** The origin reader's credentials: why a registry refused them. */
   readonly originAuth: Pick<RegistryAuth, 'refusal'>;
   readonly registries: ReadonlyMap<string, UpstreamRegistry>;
@@ -222,8 +207,6 @@ export class Seeder {
    * registry), honoured until they pass.
    */
   readonly #rateLimits: RateLimitHolds;
-  /** Buffers of blobs read in stripes from the origin, kept between blobs. */
-  readonly #stripeBuffers = new StripeBuffers(STRIPE_BYTES, IDLE_STRIPE_BUFFERS);
 
   constructor(deps: SeederDeps) {
     this.#deps = deps;
@@ -497,101 +480,58 @@ export class Seeder {
       method: 'GET',
       authorization: undefined,
     } as const;
-    this.#throwIfHeld(limited);
-    // One origin GET in a CLIENT span of its own (the first, a stripe, a resume); it ends at
-    // the response headers, the body is read by the seed fetch span around it. `range`: the
-    // blob's bytes from `first` on, to `last` when given.
-    const originGet = (
-      range?: { first: number; last?: number },
-      stripeSignal: AbortSignal = signal,
-    ): Promise<OpenedBlob> =>
-      withSpan(
-        'origin GET blob',
-        {
-          kind: SpanKind.CLIENT,
-          attributes: {
-            'oci.registry': registry.host,
-            'oci.repository': request.repository,
-            ...(range === undefined ? {} : { 'shoal.range_from': range.first }),
-          },
-        },
-        async (span) => {
-          try {
-            const answer = await origin.open(
-              registry,
-              request.repository,
-              digest,
-              stripeSignal,
-              undefined,
-              range?.first,
-              range?.last,
-            );
-            span.setAttribute('http.response.status_code', answer.status);
-            return answer;
-          } catch (error) {
-            if (error instanceof RealmError) {
-              // The realm failing is the registry failing: no credential would help.
-              throw new SeedError('ORIGIN_ANSWER', 502, error.message, { cause: error });
-            }
-            throw error;
-          }
-        },
+    const held = this.#rateLimits.held(limited);
+    if (held !== undefined) {
+      // The registry asked to wait (a 429: its Retry-After, or a backoff): asking before then only spends more
+      // of the seed server's allowance.
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry rate-limited the seed server (429): not asking it again for ${held.retryAfterS} s (its Retry-After, or a backoff when it sent none)`,
       );
-    const { originStreams } = this.#deps;
-    // Over several connections, the first stripe is asked for alone: its answer says whether
-    // the registry serves ranges (206) and how large the blob is. A registry that ignores
-    // Range sends the whole blob (200), read over this one connection as without stripes.
-    let response = await originGet(
-      originStreams > 1 ? { first: 0, last: STRIPE_BYTES - 1 } : undefined,
-    );
-    if (
-      originStreams > 1 &&
-      (response.status === 416 || (response.status === 206 && stripedSize(response) === undefined))
-    ) {
-      // An empty blob (no byte 0 to range over), or a 206 without the blob's size: read whole.
-      response.cancel(new Error('range answer not usable'));
-      response = await originGet();
     }
-    const refused = this.#refusal(registry, request.repository, limited, response);
-    if (refused !== undefined) {
-      throw refused;
-    }
-    const striped = stripedSize(response);
-    if (striped !== undefined) {
-      const body = stripedBody(response, {
-        size: striped,
-        stripeBytes: STRIPE_BYTES,
-        streams: originStreams,
-        wideAfterBytes: this.#deps.originWideAfterBytes ?? 0,
-        // A stripe refused (credentials, a rate limit, the blob gone) fails the seed as the
-        // first answer would; other failures are asked again.
-        fetch: async (first, last, stripeSignal) => {
-          this.#throwIfHeld(limited);
-          this.#deps.metrics.originStripes.inc();
-          const answer = await originGet({ first, last }, stripeSignal);
-          const stripeRefused =
-            this.#refusal(registry, request.repository, limited, answer) ??
-            (answer.status === 404 || answer.status === 410
-              ? new SeedError('ORIGIN_ANSWER', 502, `origin answered ${answer.status}`)
-              : undefined);
-          if (stripeRefused !== undefined) {
-            answer.cancel(stripeRefused);
-            throw stripeRefused;
-          }
+    // Ends at the response headers; the body is read by the seed fetch span around it.
+    const response = await withSpan(
+      'origin GET blob',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'oci.registry': registry.host, 'oci.repository': request.repository },
+      },
+      async (span) => {
+        try {
+          const answer = await origin.open(registry, request.repository, digest, signal);
+          span.setAttribute('http.response.status_code', answer.status);
           return answer;
-        },
-        final: (error) => error instanceof SeedError,
-        buffers: this.#stripeBuffers,
-        signal,
-        onResume: (at, cause) => this.#noteOriginResume(request.blob, at, cause),
-      });
-      return {
-        chunks: body.blocks,
-        lent: true,
-        cancel: () => body.cancel(new Error('seeding stopped')),
-        size: striped,
-        source: 'origin',
-      };
+        } catch (error) {
+          if (error instanceof RealmError) {
+            // The realm failing is the registry failing: no credential would help.
+            throw new SeedError('ORIGIN_ANSWER', 502, error.message, { cause: error });
+          }
+          throw error;
+        }
+      },
+    );
+    if (response.status === 401 || response.status === 403) {
+      // The operator's fix, for the cause, in the failure every preheat report and log carries.
+      // The answer's own challenge, else the one answered: a bare 403 to the retry says
+      // nothing of why.
+      const refusal = this.#deps.originAuth.refusal(
+        registry,
+        response.headers['www-authenticate'] ?? response.challenge,
+      );
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry refused the seed server (${response.status}) for ${request.repository}: ${refusalAdvice(registry.host, refusal, SEED_CREDENTIALS)}`,
+      );
+    }
+    if (response.status === 429) {
+      const ms = this.#rateLimits.noteAnswer(limited, 429, response.headers);
+      throw new SeedError(
+        'ORIGIN_ANSWER',
+        502,
+        `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After, or a backoff when it sent none)`}`,
+      );
     }
     if (response.status !== 200) {
       throw new SeedError('ORIGIN_ANSWER', 502, `origin answered ${response.status}`);
@@ -604,8 +544,38 @@ export class Seeder {
     // and sending every agent waiting on it to the origin.
     const body = resumingBody(response, {
       signal,
-      reopen: (from) => originGet({ first: from }),
-      onResume: (at, cause) => this.#noteOriginResume(request.blob, at, cause),
+      // Each resume request in a CLIENT span of its own, as the first GET.
+      reopen: (from) =>
+        withSpan(
+          'origin GET blob',
+          {
+            kind: SpanKind.CLIENT,
+            attributes: {
+              'oci.registry': registry.host,
+              'oci.repository': request.repository,
+              'shoal.resume_from': from,
+            },
+          },
+          async (span) => {
+            const answer = await origin.open(
+              registry,
+              request.repository,
+              digest,
+              signal,
+              undefined,
+              from,
+            );
+            span.setAttribute('http.response.status_code', answer.status);
+            return answer;
+          },
+        ),
+      onResume: (at, cause) => {
+        this.#deps.metrics.originResumes.inc();
+        this.#deps.logger.warn(
+          { blob: request.blob, at, err: cause },
+          "the origin's blob transfer broke off: asked again from where it stopped",
+        );
+      },
     });
     return {
       chunks: body.blocks,
@@ -614,65 +584,6 @@ export class Seeder {
       size: response.size,
       source: 'origin',
     };
-  }
-
-  /**
-   * Throws while the registry has asked the seed server to wait (a 429: its Retry-After, or a
-   * backoff): asking before then only spends more of the seed server's allowance.
-   */
-  #throwIfHeld(limited: LimitedRequest): void {
-    const held = this.#rateLimits.held(limited);
-    if (held !== undefined) {
-      throw new SeedError(
-        'ORIGIN_ANSWER',
-        502,
-        `the registry rate-limited the seed server (429): not asking it again for ${held.retryAfterS} s (its Retry-After, or a backoff when it sent none)`,
-      );
-    }
-  }
-
-  /**
-   * The registry's refusal of the seed server in `answer` as the seed's failure, or undefined:
-   * a 401 or 403 with the operator's fix for its cause, a 429 held for its Retry-After.
-   */
-  #refusal(
-    registry: UpstreamRegistry,
-    repository: string,
-    limited: LimitedRequest,
-    answer: OpenedBlob,
-  ): SeedError | undefined {
-    if (answer.status === 401 || answer.status === 403) {
-      // The operator's fix, for the cause, in the failure every preheat report and log carries.
-      // The answer's own challenge, else the one answered: a bare 403 to the retry says
-      // nothing of why.
-      const refusal = this.#deps.originAuth.refusal(
-        registry,
-        answer.headers['www-authenticate'] ?? answer.challenge,
-      );
-      return new SeedError(
-        'ORIGIN_ANSWER',
-        502,
-        `the registry refused the seed server (${answer.status}) for ${repository}: ${refusalAdvice(registry.host, refusal, SEED_CREDENTIALS)}`,
-      );
-    }
-    if (answer.status === 429) {
-      const ms = this.#rateLimits.noteAnswer(limited, 429, answer.headers);
-      return new SeedError(
-        'ORIGIN_ANSWER',
-        502,
-        `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After, or a backoff when it sent none)`}`,
-      );
-    }
-    return undefined;
-  }
-
-  /** An origin transfer broke off at byte `at` (or a stripe's request failed) and is asked again. */
-  #noteOriginResume(blob: string, at: number, cause: Error): void {
-    this.#deps.metrics.originResumes.inc();
-    this.#deps.logger.warn(
-      { blob, at, err: cause },
-      "the origin's blob transfer broke off: asked again from where it stopped",
-    );
   }
 
   /**
