@@ -274,6 +274,7 @@ function swarmReport(
     return [];
   }
   const x = (bytes: number): string => ratio(bytes / imageBytes);
+  const megabytes = (perSecond: number): string => (perSecond / 1e6).toFixed(2);
   const seed = seedTimeline(swarm.samples);
   const seedLink = bytesPerSecond(options.controlMbit);
   const sending =
@@ -294,6 +295,9 @@ function swarmReport(
       `idle ${seconds(seed.idleS)} between, ${ratio(sending > 0 ? swarm.seedServed / sending / seedLink : 0)}× ` +
       `its link while sending; the image at the seed's link takes ${seconds(imageBytes / seedLink)}; ` +
       `the seed had taken in half its bytes at ${seconds(seed.ingestHalfS ?? 0)}, all at ${seconds(seed.ingestDoneS ?? 0)}`,
+    `seed intake: ${megabytes(seed.intake.mean)} MB/s on average, ` +
+      `${ratio(seed.intake.mean / Math.min(seedLink, bytesPerSecond(options.registryMbit)))}× the slower of its link and the registry's ` +
+      `(between samples: median ${megabytes(seed.intake.median)}, tenth percentile ${megabytes(seed.intake.p10)} MB/s)`,
     `seed piece requests: ${Object.entries(swarm.seedRequests)
       .map(([result, count]) => `${result} ${count}`)
       .join(

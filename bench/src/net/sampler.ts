@@ -213,6 +213,11 @@ export function seedTimeline(samples: readonly Sample[]): {
   readonly lastSendS: number | undefined;
   readonly ingestHalfS: number | undefined;
   readonly ingestDoneS: number | undefined;
+  /**
+   * The seed's intake from its first ingested byte to its last, in bytes per second: on
+   * average, and the median and tenth percentile of the rates between samples (how steady).
+   */
+  readonly intake: { readonly mean: number; readonly median: number; readonly p10: number };
 } {
   const ingested = samples.filter((s) => s.seedIngested !== undefined);
   const total = ingested.at(-1)?.seedIngested ?? 0;
@@ -250,6 +255,44 @@ export function seedTimeline(samples: readonly Sample[]): {
     lastSendS,
     ingestHalfS: reached(total / 2),
     ingestDoneS: reached(total),
+    intake: intakeRates(ingested, total),
+  };
+}
+
+/** See `seedTimeline`'s `intake`: the rates between samples while the seed took bytes in. */
+function intakeRates(
+  ingested: readonly Sample[],
+  total: number,
+): { readonly mean: number; readonly median: number; readonly p10: number } {
+  const rates: number[] = [];
+  let first: Sample | undefined;
+  let last: Sample | undefined;
+  for (let i = 1; i < ingested.length; i += 1) {
+    const before = ingested[i - 1];
+    const after = ingested[i];
+    if (before === undefined || after === undefined || (before.seedIngested ?? 0) >= total) {
+      continue;
+    }
+    if ((after.seedIngested ?? 0) === 0) {
+      continue;
+    }
+    first ??= before;
+    last = after;
+    const seconds = (after.atMs - before.atMs) / 1000;
+    if (seconds > 0) {
+      rates.push(((after.seedIngested ?? 0) - (before.seedIngested ?? 0)) / seconds);
+    }
+  }
+  if (first === undefined || last === undefined || last.atMs <= first.atMs) {
+    return { mean: 0, median: 0, p10: 0 };
+  }
+  const sorted = rates.sort((a, b) => a - b);
+  const at = (q: number): number => sorted[Math.floor(q * (sorted.length - 1))] ?? 0;
+  return {
+    mean:
+      ((last.seedIngested ?? 0) - (first.seedIngested ?? 0)) / ((last.atMs - first.atMs) / 1000),
+    median: at(0.5),
+    p10: at(0.1),
   };
 }
 
