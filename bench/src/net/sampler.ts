@@ -12,6 +12,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 
 import { scrapeMetrics } from '@shoal/testkit';
 
+import { quantile } from '../sim/stats.js';
+
 /** How often the counters are read, in ms. */
 export const SAMPLE_INTERVAL_MS = 1000;
 /** A metrics read's longest wait, in ms: a loaded agent may answer slowly, never a sample lost. */
@@ -286,13 +288,11 @@ function intakeRates(
   if (first === undefined || last === undefined || last.atMs <= first.atMs) {
     return { mean: 0, median: 0, p10: 0 };
   }
-  const sorted = rates.sort((a, b) => a - b);
-  const at = (q: number): number => sorted[Math.floor(q * (sorted.length - 1))] ?? 0;
   return {
     mean:
       ((last.seedIngested ?? 0) - (first.seedIngested ?? 0)) / ((last.atMs - first.atMs) / 1000),
-    median: at(0.5),
-    p10: at(0.1),
+    median: quantile(rates, 0.5),
+    p10: quantile(rates, 0.1),
   };
 }
 
