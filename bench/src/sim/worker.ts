@@ -92,6 +92,11 @@ interface Download {
   readonly pacer: WantPacer;
   lastHave: number;
   haveDirty: boolean;
+  /**
+   * A piece came from a seed since the last have: the next have is due whatever the step,
+   * as the agent announces pieces from a seed with its next batch.
+   */
+  seedPiece: boolean;
   /** Pieces the last have announced. */
   announced: number;
   /**
@@ -381,9 +386,11 @@ class Worker {
           download.haveDirty &&
           now - download.lastHave >= this.#config.haveIntervalMs &&
           (this.#config.pacing === 'fixed' ||
+            download.seedPiece ||
             haveDue(download.announced, download.heldCount, download.blob.pieces))
         ) {
           download.haveDirty = false;
+          download.seedPiece = false;
           download.lastHave = now;
           download.announced = download.heldCount;
           download.pacer.announced(now);
@@ -468,6 +475,7 @@ class Worker {
         lastProgress: now,
         fromOrigin: false,
         haveDirty: false,
+        seedPiece: false,
         startedAt: now,
         doneAt: undefined,
         credit: 0,
@@ -551,6 +559,7 @@ class Worker {
       if (holder === undefined) {
         continue;
       }
+      download.seedPiece ||= holder.seed;
       download.held[index] = 1;
       download.heldCount += 1;
       download.credit -= 1;
@@ -584,7 +593,7 @@ class Worker {
     index: number,
     pieces: number,
     now: number,
-  ): string | undefined {
+  ): Handout['peers'][number] | undefined {
     const offset = Math.floor(Math.random() * holders.length);
     for (let k = 0; k < holders.length; k++) {
       const at = (offset + k) % holders.length;
@@ -600,7 +609,7 @@ class Worker {
       if (budget.tokens < 1) {
         holders.splice(at, 1);
       }
-      return holder.peer.id;
+      return holder;
     }
     return undefined;
   }

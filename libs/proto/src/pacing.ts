@@ -3,7 +3,9 @@
  * contract, because the control plane's cost per agent follows from it. Both are paced so
  * that the messages of one download do not grow with how long it lasts (which grows with
  * the swarm while the seed server is the only holder): haves go out as the held pieces grow
- * by steps (doubling, then every sixty-fourth of the blob), wants go out when the download is
+ * by steps (doubling, then every sixty-fourth of the blob), and with the next batch for a
+ * piece got from a seed server (which sends each piece about once: about one have per piece
+ * of the blob across the whole swarm, not per agent); wants go out when the download is
  * starved, and an agent told that nobody holds the blob yet waits for the tracker's pushed
  * hand-out instead of asking again. Pure: no clock, no I/O.
  */
@@ -15,10 +17,11 @@ const HAVE_STEPS = 64;
  * Whether a have is due for a download holding `held` of `total` pieces when the last one
  * announced `announced`: at 1, 2, 4, 8 … pieces (each time the count doubled) until a step
  * is a sixty-fourth of the blob, then every sixty-fourth, and once complete: at most
- * log2(total / 64) + 66 haves per download, however long it takes. Finer than doubling alone
- * because a piece the seed server rations to a few askers reaches the others only from
- * them, once the tracker knows they hold it. An announcement of nothing (`held` 0 after
- * holding pieces) is always due.
+ * log2(total / 64) + 66 haves per download, however long it takes, plus one for each piece
+ * the download got from a seed server (the agent announces those regardless of this step).
+ * Finer than doubling alone because a piece the seed server rations to a few askers reaches
+ * the others only from them, once the tracker knows they hold it. An announcement of nothing
+ * (`held` 0 after holding pieces) is always due.
  */
 export function haveDue(announced: number, held: number, total: number): boolean {
   if (held === announced) {

@@ -53,12 +53,13 @@ export async function startJetStream(streams: readonly StreamSpec[]): Promise<Je
 
 /**
  * A started swarm client of the agent `self` on `fixture`, with a silent logger and metrics of
- * its own; the caller closes it.
+ * its own, sending its haves every `haveIntervalMs`; the caller closes it.
  */
 export function startSwarmClient(
   fixture: JetStreamFixture,
   self: PeerInfo,
   uploads: boolean,
+  haveIntervalMs = 200,
 ): { client: SwarmClient; logger: Logger; metrics: AgentMetrics } {
   const logger = createLogger({ service: 'test', level: 'silent' });
   const metrics = createAgentMetrics(createMetrics('agent'));
@@ -68,7 +69,7 @@ export function startSwarmClient(
     jsm: fixture.jsm,
     self,
     uploads,
-    haveIntervalMs: 200,
+    haveIntervalMs,
     logger,
     metrics,
   });

@@ -148,8 +148,8 @@ export const swarmConfig = z.object({
   SHOAL_AGENT_WANT_INTERVAL_MS: envInt(500),
   /**
    * How often batched piece-have announcements are sent, in ms (default 200); a download
-   * announces as its held pieces double (1, 2, 4 …), then every sixty-fourth of the blob, and
-   * once complete.
+   * announces as its held pieces double (1, 2, 4 …), then every sixty-fourth of the blob, with
+   * each piece got from a seed server, and once complete.
    */
   SHOAL_AGENT_HAVE_INTERVAL_MS: envInt(200),
   /**

@@ -762,7 +762,7 @@ export class SwarmFetch {
         }
       }
       this.#verifiedWith[index] = expected;
-      this.#markHave(index, picked.starvedLateMs !== undefined);
+      this.#markHave(index, picked.seed);
       this.#deps.client.answered(peer.id);
       this.#lostHolders.delete(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
@@ -892,8 +892,10 @@ export class SwarmFetch {
 
   /**
    * Records a verified piece on disk and moves the readable prefix over it. `wanted`: it came
-   * from the seed for a starved download, so the other agents the seed refused it to are
-   * likely waiting on it too: announced at once rather than at the next step.
+   * from a seed, which rations its pieces: the other agents it refuses the piece to can get it
+   * only from a holder the tracker names, so it is announced with the next batch rather than
+   * at the next step (`haveDue`). A seed sends each piece about once, so these haves add about
+   * one per piece of the blob across the swarm, not per agent.
    */
   #markHave(index: number, wanted = false): void {
     this.#picker.markHave(index);
