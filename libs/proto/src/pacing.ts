@@ -4,8 +4,9 @@
  * that the messages of one download do not grow with how long it lasts (which grows with
  * the swarm while the seed server is the only holder): haves go out as the held pieces grow
  * by steps (doubling, then every sixty-fourth of the blob), and with the next batch for a
- * piece got from a seed server (which sends each piece about once: about one have per piece
- * of the blob across the whole swarm, not per agent); wants go out when the download is
+ * piece got from a seed server (which, rationing its pieces, sends each about once: about one
+ * have per piece of the blob across the whole swarm, not per agent; with rationing off, up to
+ * one per piece per agent, still at most one per have interval); wants go out when the download is
  * starved, and an agent told that nobody holds the blob yet waits for the tracker's pushed
  * hand-out instead of asking again. Pure: no clock, no I/O.
  */

@@ -894,8 +894,9 @@ export class SwarmFetch {
    * Records a verified piece on disk and moves the readable prefix over it. `wanted`: it came
    * from a seed, which rations its pieces: the other agents it refuses the piece to can get it
    * only from a holder the tracker names, so it is announced with the next batch rather than
-   * at the next step (`haveDue`). A seed sends each piece about once, so these haves add about
-   * one per piece of the blob across the swarm, not per agent.
+   * at the next step (`haveDue`). A rationing seed sends each piece about once, so these haves
+   * add about one per piece of the blob across the swarm, not per agent (with rationing off,
+   * up to one per piece per agent, batched by the have interval).
    */
   #markHave(index: number, wanted = false): void {
     this.#picker.markHave(index);
