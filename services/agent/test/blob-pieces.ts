@@ -34,21 +34,20 @@ export function blobDigest(blob: Buffer): string {
 /**
  * A piece server on 127.0.0.1 holding every piece of `blob` (it answers whatever a hand-out
  * says it holds), with no upload limit and eight slots; `onRequest` sees each request's path
- * and headers first; `ration`, a seed's fan-out rationing (undefined: the piece is refused as
+ * and headers first (the answer waits for the promise it returns, if any); `ration`, a seed's fan-out rationing (undefined: the piece is refused as
  * rationed), and `rationedHeaders` the headers of its refusals. Close it when done.
  */
 export async function servePieces(
   blob: Buffer,
-  onRequest?: (url: string, headers: IncomingHttpHeaders) => void,
+  onRequest?: (url: string, headers: IncomingHttpHeaders) => Promise<void> | void,
   ration?: PieceServerOptions['ration'],
   rationedHeaders?: PieceServerOptions['rationedHeaders'],
 ): Promise<{ url: string; server: FastifyInstance }> {
   const pieceSize = pieceSizeFor(blob.length);
   const server = fastify();
   if (onRequest !== undefined) {
-    server.addHook('onRequest', (request, _reply, done) => {
-      onRequest(request.url, request.headers);
-      done();
+    server.addHook('onRequest', async (request) => {
+      await onRequest(request.url, request.headers);
     });
   }
   server.get<PieceRoute>(

@@ -8,10 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 
 import { PieceBuffers } from '@shoal/pieces';
@@ -23,7 +22,6 @@ import {
   handoutSubject,
   pieceHave,
   pieceHaveSubject,
-  piecePath,
   pieceWantSubject,
   rangesSize,
   STREAMS,
@@ -31,7 +29,7 @@ import {
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
-import { publishHashes } from './blob-pieces.js';
+import { publishHashes, servePieces } from './blob-pieces.js';
 import {
   startJetStream,
   startSwarmClient,
@@ -72,20 +70,8 @@ describe('SwarmFetch haves', () => {
     const digest = digestOf(content);
     const blob = digest.toString();
     const self = { id: `agent-haves-${name}`, url: 'http://127.0.0.1:65005' };
-    const holder = createServer((req, res) => {
-      const index = Number(req.url?.split('/').pop());
-      if (req.url !== piecePath(blob, index) || index >= PIECES) {
-        res.writeHead(404).end();
-        return;
-      }
-      setTimeout(() => {
-        res
-          .writeHead(200, { 'content-length': PIECE_BYTES })
-          .end(content.subarray(index * PIECE_BYTES, (index + 1) * PIECE_BYTES));
-      }, PIECE_DELAY_MS);
-    });
-    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-    const holderUrl = `http://127.0.0.1:${(holder.address() as AddressInfo).port}`;
+    // The holder: the agent's own piece handler, answering each piece after a pause.
+    const holder = await servePieces(content, () => delay(PIECE_DELAY_MS));
     assert.equal(await publishHashes(fixture.js, content), PIECES);
     const { nc } = fixture;
     // The tracker, played here: every want is answered with the holder.
@@ -96,17 +82,15 @@ describe('SwarmFetch haves', () => {
           encodeMessage(handout, {
             type: 'handout',
             blob,
-            peers: [{ peer: { id: 'holder', url: holderUrl }, pieces: [], complete: true, seed }],
+            peers: [{ peer: { id: 'holder', url: holder.url }, pieces: [], complete: true, seed }],
           }),
         );
       },
     });
-    const held: number[] = [];
+    const heard: Uint8Array[] = [];
     const haves = nc.subscribe(pieceHaveSubject(blob, self.id), {
       callback: (_error, msg) => {
-        const decoded = decodeMessage(pieceHave, msg.data);
-        assert.ok(decoded.ok);
-        held.push(rangesSize(decoded.value.pieces));
+        heard.push(msg.data);
       },
     });
     await nc.flush();
@@ -126,12 +110,16 @@ describe('SwarmFetch haves', () => {
       assert.equal(download.state, 'verified', 'the blob came from the holder');
       await client.flushHaves();
       await nc.flush();
-      return held;
+      return heard.map((data) => {
+        const decoded = decodeMessage(pieceHave, data);
+        assert.ok(decoded.ok, 'every have is a valid piece-have');
+        return rangesSize(decoded.value.pieces);
+      });
     } finally {
       tracker.unsubscribe();
       haves.unsubscribe();
       await client.close();
-      await new Promise((resolve) => holder.close(resolve));
+      await holder.server.close();
     }
   }
 

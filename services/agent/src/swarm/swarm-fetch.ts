@@ -891,14 +891,14 @@ export class SwarmFetch {
   }
 
   /**
-   * Records a verified piece on disk and moves the readable prefix over it. `wanted`: it came
-   * from a seed, which rations its pieces: the other agents it refuses the piece to can get it
+   * Records a verified piece on disk and moves the readable prefix over it. `fromSeed`: it
+   * came from a seed, which rations its pieces: the other agents it refuses the piece to can get it
    * only from a holder the tracker names, so it is announced with the next batch rather than
    * at the next step (`haveDue`). A rationing seed sends each piece about once, so these haves
    * add about one per piece of the blob across the swarm, not per agent (with rationing off,
    * up to one per piece per agent, batched by the have interval).
    */
-  #markHave(index: number, wanted = false): void {
+  #markHave(index: number, fromSeed = false): void {
     this.#picker.markHave(index);
     this.#stall.progress();
     const size = this.download.size ?? 0;
@@ -910,7 +910,7 @@ export class SwarmFetch {
     this.#wants.gotPiece(Date.now());
     if (
       held < this.#picker.count &&
-      (wanted || haveDue(this.#announced, held, this.#picker.count))
+      (fromSeed || haveDue(this.#announced, held, this.#picker.count))
     ) {
       this.#announced = held;
       this.#wants.announced(Date.now());
