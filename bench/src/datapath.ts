@@ -566,10 +566,14 @@ interface PeerPull {
   readonly checks: BlobChecks;
 }
 
-/** Blobs an agent checked by the seed's signed record (no whole-blob hash), and by hashing. */
+/**
+ * Blobs an agent checked by the seed's signed record (no whole-blob hash), and by hashing;
+ * and the bytes its downloads fed to whole-blob hashes (read back from disk or not).
+ */
 interface BlobChecks {
   readonly record: number;
   readonly digest: number;
+  readonly hashedBytes: number;
 }
 
 /** An agent's blob checks so far, from its metrics. */
@@ -577,6 +581,16 @@ function blobChecks(metrics: Awaited<ReturnType<typeof scrapeMetrics>>): BlobChe
   return {
     record: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'seed-record' }),
     digest: metrics.get('shoal_agent_swarm_blob_checks_total', { by: 'digest' }),
+    hashedBytes: metrics.get('shoal_agent_swarm_blob_hashed_bytes_total'),
+  };
+}
+
+/** The checks of `after` made since `before`. */
+function checksSince(before: BlobChecks, after: BlobChecks): BlobChecks {
+  return {
+    record: after.record - before.record,
+    digest: after.digest - before.digest,
+    hashedBytes: after.hashedBytes - before.hashedBytes,
   };
 }
 
@@ -935,7 +949,8 @@ function agentReport(
     ? []
     : [
         `agent, big cold pull: ${line}${overFloor(cold, 'agent', bytes, floor, hashes)}`,
-        `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}`,
+        `  blobs checked by the seed's record / hashed whole: ${checks.record} / ${checks.digest}; ` +
+          `bytes fed to whole-blob hashes: ${mib(checks.hashedBytes)} (${(checks.hashedBytes / bytes).toFixed(2)} of the image)`,
       ];
 }
 
@@ -1437,8 +1452,9 @@ async function bigPulls(
     pulls.signal.throwIfAborted();
   }
   const direct = await pull('direct', undefined, swarm.watched);
+  const beforeCold = blobChecks(await scrapeMetrics(swarm.agentUrl));
   const cold = await pull('through Shoal, cold', swarm.agentUrl, swarm.watched, seed);
-  const coldChecks = blobChecks(await scrapeMetrics(swarm.agentUrl));
+  const coldChecks = checksSince(beforeCold, blobChecks(await scrapeMetrics(swarm.agentUrl)));
   const { baseline } = warm;
   if (baseline !== undefined) {
     await pull('through the baseline, cold', baseline.agentUrl, baseline.watched);

@@ -116,6 +116,11 @@ export class PieceFile {
     return this.#verified;
   }
 
+  /** Bytes fed to the whole-blob hash so far (from memory or read back from the file). */
+  get hashed(): number {
+    return this.#hashed;
+  }
+
   /** Bytes of extents held in memory, written or not. */
   get held(): number {
     return this.#heldBytes;

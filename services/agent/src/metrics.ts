@@ -118,6 +118,11 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['by'] as const,
       registers,
     }),
+    blobHashedBytes: new Counter({
+      name: `${prefix}swarm_blob_hashed_bytes_total`,
+      help: "Bytes of swarm downloads fed to their whole-blob hash, from memory or read back from disk: none for a blob the seed server's signed record vouched for",
+      registers,
+    }),
     eventsRejected: new Counter({
       name: `${prefix}events_rejected_total`,
       help: 'Control-plane events dropped as invalid, by type',

@@ -81,8 +81,16 @@ export async function servePieces(
   return { url, server };
 }
 
-/** Publishes every piece hash of `blob`, as the seed server does; returns the piece count. */
-export async function publishHashes(js: JetStreamClient, blob: Buffer): Promise<number> {
+/**
+ * Publishes the piece hashes of `blob` from piece `first` up to `end` (every one by default),
+ * as the seed server does; returns the blob's piece count.
+ */
+export async function publishHashes(
+  js: JetStreamClient,
+  blob: Buffer,
+  first = 0,
+  end?: number,
+): Promise<number> {
   const pieceSize = pieceSizeFor(blob.length);
   const count = pieceCount(blob.length, pieceSize);
   const digest = blobDigest(blob);
@@ -93,12 +101,18 @@ export async function publishHashes(js: JetStreamClient, blob: Buffer): Promise<
       blob: digest,
       size: blob.length,
       pieceSize,
-      first: 0,
-      hashes: Array.from({ length: count }, (_, index) => {
-        const { start, end } = pieceBounds(index, blob.length, pieceSize);
-        return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
-      }),
+      first,
+      hashes: pieceHashList(blob).slice(first, end ?? count),
     }),
   );
   return count;
+}
+
+/** The piece hashes of `blob`, in piece order, as the seed server computes them. */
+export function pieceHashList(blob: Buffer): string[] {
+  const pieceSize = pieceSizeFor(blob.length);
+  return Array.from({ length: pieceCount(blob.length, pieceSize) }, (_, index) => {
+    const { start, end } = pieceBounds(index, blob.length, pieceSize);
+    return createHash('sha256').update(blob.subarray(start, end)).digest('hex');
+  });
 }

@@ -2,6 +2,8 @@
  * A real nats-server with JetStream for the agent's unit tests: the server, a connection, the
  * JetStream clients, and the streams a test names; `close` drains and stops it all.
  */
+import type { KeyObject } from 'node:crypto';
+
 import {
   jetstream,
   jetstreamManager,
@@ -60,6 +62,8 @@ export function startSwarmClient(
   self: PeerInfo,
   uploads: boolean,
   haveIntervalMs = 200,
+  /** The seed record public keys the agent trusts (none: it follows no record). */
+  recordKeys: readonly KeyObject[] = [],
 ): { client: SwarmClient; logger: Logger; metrics: AgentMetrics } {
   const logger = createLogger({ service: 'test', level: 'silent' });
   const metrics = createAgentMetrics(createMetrics('agent'));
@@ -70,6 +74,7 @@ export function startSwarmClient(
     self,
     uploads,
     haveIntervalMs,
+    recordKeys,
     logger,
     metrics,
   });

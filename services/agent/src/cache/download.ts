@@ -321,10 +321,16 @@ export class BlobDownload {
     this.#file.deferHash();
   }
 
+  /** Bytes fed to the blob's hash so far: none for one the seed's record vouched for. */
+  get hashedBytes(): number {
+    return this.#file.hashed;
+  }
+
   /**
    * Keeps the blob's hash `bytes` behind its prefix while a record that would spare it is
    * expected (`swarm-fetch.ts`): what the record then vouches for was never hashed, and
-   * should `finish` need the digest after all it reads back at most `bytes`. 0 ends it.
+   * should `finish` need the digest after all it reads back at most `bytes`. 0 ends it;
+   * `Infinity` stops the hash until a smaller lag is set (or `finish` needs the digest).
    */
   lagDigest(bytes: number): void {
     this.#file.lagHash(bytes);

@@ -79,9 +79,9 @@ const PER_SEED_REQUESTS = 2;
 const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
 /**
  * How far the whole-blob hash stays behind the prefix while the seed's signed record is
- * followed, in bytes. On a cold pull the record comes when the seed's own read of the blob
- * ends, with the agent's prefix at about half the blob: what lies under it then was never
- * hashed. Should no record come, `finish` reads back at most this much (racing the record).
+ * followed and the seed's list of piece hashes is whole, in bytes: should no record come,
+ * `finish` reads back at most this much (racing the record). Before the list is whole the
+ * hash waits altogether (see `#holdHashForList`).
  */
 const RECORD_HASH_LAG_BYTES = 64 * 1024 * 1024;
 /**
@@ -176,6 +176,8 @@ export interface SwarmFetchSettings {
    * rate floor); absent or 0: any byte does.
    */
   readonly minRateBytes?: number;
+  /** `RECORD_HASH_LAG_BYTES` unless given (tests use less). */
+  readonly recordHashLagBytes?: number;
 }
 
 export interface SwarmFetchDeps {
@@ -232,6 +234,11 @@ export class SwarmFetch {
    * frozen and the download no longer hashes the blob (`#trustRecord`).
    */
   #trusted = false;
+  /**
+   * The whole-blob hash waits for the seed's list of piece hashes to be whole: set while the
+   * record is followed and the list is not, cleared once it is (or the record cannot come).
+   */
+  #hashWaitsForList = false;
   /** Settles `#whenTrusted`. */
   #onTrusted: () => void = () => undefined;
   /** Settles once `#trusted` is set: `finish` races it against the blob's hash. */
@@ -378,13 +385,14 @@ export class SwarmFetch {
       this.#trustRecord();
     });
     if (record !== undefined) {
-      // Followed: the hash keeps its distance, so what the record comes to vouch for (on a
-      // cold pull, when the seed's own read ends) was never hashed.
-      this.download.lagDigest(RECORD_HASH_LAG_BYTES);
+      this.#holdHashForList();
     }
     try {
       const end = await this.#fromSwarm(stop.signal);
       if (end !== 'complete' && end !== 'aborted' && !signal.aborted) {
+        // The rest comes from the origin: the seed's list may never be whole, nor its record
+        // come. The hash catches up meanwhile rather than all of it waiting for `finish`.
+        this.#releaseHash(0);
         metrics.swarmFallbacks.inc({ reason: end });
         logger.info(
           { blob: this.#blob, held: this.#picker.held.size, of: this.#picker.count },
@@ -401,6 +409,7 @@ export class SwarmFetch {
         ...(record === undefined ? {} : { vouching: this.#whenTrusted }),
         checked: (by) => metrics.blobChecks.inc({ by: by === 'record' ? 'seed-record' : 'digest' }),
       });
+      metrics.blobHashedBytes.inc(this.download.hashedBytes);
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -856,7 +865,7 @@ export class SwarmFetch {
     ) {
       // This record cannot vouch for what this download holds: its hash catches up rather
       // than waiting (a later record may still be trusted).
-      this.download.lagDigest(0);
+      this.#releaseHash(0);
       return;
     }
     this.#trusted = true;
@@ -918,6 +927,51 @@ export class SwarmFetch {
     }
   }
 
+  /**
+   * Holds the whole-blob hash back while the seed's record is awaited and its list of piece
+   * hashes is not whole. The seed signs the record once its own read of the blob matched the
+   * digest, and publishes it right after the last hashes; until then this download can hold
+   * only pieces the seed has hashed, so on a cold pull its prefix runs right behind the seed
+   * and, with a hash merely lagging, most of a large blob was read back and hashed for
+   * nothing just before the record came (a 160 MiB layer: 96 MiB). Should the record not
+   * come after all, `finish` hashes what is left, racing it.
+   */
+  #holdHashForList(): void {
+    this.#hashWaitsForList = true;
+    this.download.lagDigest(Number.POSITIVE_INFINITY);
+  }
+
+  /** Ends `#holdHashForList`: the hash follows the prefix, `lagBytes` behind it. */
+  #releaseHash(lagBytes: number): void {
+    this.#hashWaitsForList = false;
+    this.download.lagDigest(lagBytes);
+  }
+
+  /**
+   * The list just became whole and no record was heard yet: it is published right after the
+   * last hashes, or not at all (a seed without a record key). Hashed from here on, keeping
+   * the distance.
+   */
+  #releaseHashOnceListWhole(): void {
+    if (this.#hashWaitsForList && !this.#trusted && this.#hashListWhole()) {
+      this.#releaseHash(this.#deps.settings.recordHashLagBytes ?? RECORD_HASH_LAG_BYTES);
+    }
+  }
+
+  /** Every piece's hash is known. */
+  #hashListWhole(): boolean {
+    const count = this.#picker.count;
+    if (count === 0) {
+      return false;
+    }
+    for (let index = 0; index < count; index += 1) {
+      if (this.#hashes[index] === undefined) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   #onHashes(batch: PieceHashes, path: HashPath): void {
     if (this.#picker.count === 0) {
       // Heard live: the seed server is ingesting the blob for this cold pull, and a want now
@@ -940,6 +994,7 @@ export class SwarmFetch {
       this.#hashes[batch.first + i] = hash;
     });
     this.#trustRecord();
+    this.#releaseHashOnceListWhole();
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
     this.#stall.progress();
@@ -954,7 +1009,7 @@ export class SwarmFetch {
     this.#seedFailed = notice.seed;
     this.#picker.drop(notice.seed);
     // No record will come for this run: the hash catches up rather than waiting for one.
-    this.download.lagDigest(0);
+    this.#releaseHash(0);
     this.#deps.logger.info(
       { blob: this.#blob, seed: notice.seed, reason: notice.reason },
       'the seed server gave the blob up',
@@ -1134,7 +1189,7 @@ export class SwarmFetch {
       }
       // No piece check: the download hashes the blob, whatever a record says.
       this.#unchecked = true;
-      this.download.lagDigest(0);
+      this.#releaseHash(0);
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         await this.download.append(chunk);
         metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);

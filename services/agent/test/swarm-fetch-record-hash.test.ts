@@ -1,0 +1,190 @@
+/**
+ * When a download hashes its blob whole while it follows the seed server's signed record,
+ * against a real nats-server and a real piece server (issue 9: on a cold pull an agent read
+ * back and hashed most of a large layer just before the record came, which then made that
+ * hash useless: 96 MiB of a 160 MiB layer).
+ *
+ * The seed publishes its piece hashes as it reads the blob from the origin, and its record
+ * right after the last ones: while the list is not whole, the download hashes nothing, however
+ * far its prefix runs. Once the list is whole the record comes, and vouches for the blob: not
+ * a byte hashed. From a seed that signs no record, the hash catches up once the list is whole,
+ * each byte fed to it once, and the blob is checked by its digest.
+ */
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+
+import { PieceBuffers } from '@shoal/pieces';
+import {
+  digestOf,
+  encodeMessage,
+  handout,
+  handoutSubject,
+  pieceListDigest,
+  pieceWantSubject,
+  piecesVerified,
+  piecesVerifiedSubject,
+  signPiecesVerified,
+  STREAMS,
+} from '@shoal/proto';
+
+import { FsContentStore } from '../src/cache/content-store.js';
+import { BlobDownload } from '../src/cache/download.js';
+import type { AgentMetrics } from '../src/metrics.js';
+import { pieceHashList, publishHashes, servePieces } from './blob-pieces.js';
+import {
+  startJetStream,
+  startSwarmClient,
+  swarmFetchNoOrigin,
+  type JetStreamFixture,
+} from './jetstream-fixture.js';
+
+// The piece size a blob under 64 MiB has (`pieceSizeFor`).
+const PIECE_BYTES = 256 * 1024;
+const PIECES = 32;
+/** Pieces whose hashes the seed has published while it still reads the blob. */
+const READ_SO_FAR = 24;
+/** The hash's distance behind the prefix once the list is whole (the agent's: 64 MiB). */
+const LAG_BYTES = 1024 * 1024;
+
+describe('SwarmFetch whole-blob hash while the seed record is followed', () => {
+  let fixture: JetStreamFixture;
+  let root: string;
+  const keys = generateKeyPairSync('ed25519');
+
+  before(async () => {
+    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+    root = await mkdtemp(join(tmpdir(), 'shoal-fetch-record-'));
+  });
+
+  after(async () => {
+    await fixture.close();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  /**
+   * A cold pull behind a seed server still reading the blob: the seed's first `READ_SO_FAR`
+   * hashes are out, the download takes those pieces, then the seed ends its read (its record,
+   * when `signs`, then the last hashes). Returns the bytes hashed while the list was partial,
+   * and the download's end.
+   */
+  async function coldPull(
+    name: string,
+    signs: boolean,
+  ): Promise<{ hashedEarly: number; hashed: number; checks: { record: number; digest: number } }> {
+    const content = Buffer.alloc(PIECES * PIECE_BYTES, signs ? 7 : 9);
+    content.write(name);
+    const digest = digestOf(content);
+    const blob = digest.toString();
+    const self = { id: `agent-record-${name}`, url: 'http://127.0.0.1:65005' };
+    const holder = await servePieces(content);
+    assert.equal(await publishHashes(fixture.js, content, 0, READ_SO_FAR), PIECES);
+    const { nc } = fixture;
+    // The tracker, played here: every want is answered with the seed.
+    const tracker = nc.subscribe(pieceWantSubject(blob, self.id), {
+      callback: () => {
+        nc.publish(
+          handoutSubject(self.id),
+          encodeMessage(handout, {
+            type: 'handout',
+            blob,
+            peers: [
+              { peer: { id: 'seed', url: holder.url }, pieces: [], complete: true, seed: true },
+            ],
+          }),
+        );
+      },
+    });
+    await nc.flush();
+    const { client, logger, metrics } = startSwarmClient(fixture, self, false, 200, [
+      keys.publicKey,
+    ]);
+    const store = new FsContentStore(join(root, name), 64 * 1024 * 1024);
+    await store.init();
+    const pool = new PieceBuffers(PIECE_BYTES);
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    const fetch = swarmFetchNoOrigin(
+      download,
+      `library/${name}`,
+      { client, store, pool, metrics, logger },
+      {
+        concurrency: 4,
+        stallTimeoutMs: 10_000,
+        wantIntervalMs: 100,
+        recordHashLagBytes: LAG_BYTES,
+      },
+    );
+    const run = fetch.run(new AbortController().signal);
+    try {
+      // Every piece the seed has hashed so far, held: the prefix is well past the lag.
+      const deadline = Date.now() + 10_000;
+      while (download.available < READ_SO_FAR * PIECE_BYTES && Date.now() < deadline) {
+        await delay(10);
+      }
+      assert.equal(download.available, READ_SO_FAR * PIECE_BYTES, 'the pieces hashed so far');
+      // Time for a read-back to run, had one started.
+      await delay(200);
+      const hashedEarly = download.hashedBytes;
+      if (signs) {
+        const record = signPiecesVerified(keys.privateKey, {
+          type: 'pieces-verified',
+          blob,
+          size: content.length,
+          pieceSize: PIECE_BYTES,
+          hashes: pieceListDigest(pieceHashList(content)),
+        });
+        await fixture.js.publish(
+          piecesVerifiedSubject(blob),
+          encodeMessage(piecesVerified, record),
+        );
+      }
+      await publishHashes(fixture.js, content, READ_SO_FAR);
+      await run;
+      assert.equal(download.state, 'verified');
+      const stored = await store.open(digest);
+      assert.ok(stored !== undefined, 'the blob is in the store');
+      try {
+        assert.deepEqual(await stored.handle.readFile(), content, 'the blob, byte for byte');
+      } finally {
+        await stored.release();
+      }
+      return {
+        hashedEarly,
+        hashed: download.hashedBytes,
+        checks: {
+          record: await checksBy(metrics, 'seed-record'),
+          digest: await checksBy(metrics, 'digest'),
+        },
+      };
+    } finally {
+      await run.catch(() => undefined);
+      tracker.unsubscribe();
+      await client.close();
+      await holder.server.close();
+    }
+  }
+
+  it('hashes nothing while the list is partial, and nothing once the record vouches', async () => {
+    const pulled = await coldPull('signed', true);
+    assert.equal(pulled.hashedEarly, 0, 'no byte hashed while the seed was still reading');
+    assert.equal(pulled.hashed, 0, 'no byte hashed at all');
+    assert.deepEqual(pulled.checks, { record: 1, digest: 0 });
+  });
+
+  it('from a seed that signs no record, hashes each byte once after the list is whole', async () => {
+    const pulled = await coldPull('unsigned', false);
+    assert.equal(pulled.hashedEarly, 0, 'no byte hashed while the seed was still reading');
+    assert.equal(pulled.hashed, PIECES * PIECE_BYTES, 'every byte, once');
+    assert.deepEqual(pulled.checks, { record: 0, digest: 1 });
+  });
+});
+
+/** The agent's blob checks by `by` (`seed-record`, `digest`), from its metrics. */
+async function checksBy(metrics: AgentMetrics, by: string): Promise<number> {
+  const { values } = await metrics.blobChecks.get();
+  return values.find((v) => v.labels.by === by)?.value ?? 0;
+}
