@@ -151,6 +151,8 @@ export class SwarmClient {
   readonly #penalties: SourcePenalties;
   /** The seed servers' record public keys; empty: no record is trusted (nor read). */
   readonly #recordKeys: readonly KeyObject[];
+  /** A download trusted a seed's record since this agent started (`recordTrusted`). */
+  #recordsCome = false;
 
   constructor(options: {
     nc: NatsConnection;
@@ -608,6 +610,19 @@ export class SwarmClient {
       onBatch,
       onSeedFailed,
     );
+  }
+
+  /**
+   * True once a download of this agent trusted a seed's signed record: the seed servers sign
+   * their records, so a download can expect one for its blob (see `SwarmFetch`'s hash hold).
+   */
+  get recordsCome(): boolean {
+    return this.#recordsCome;
+  }
+
+  /** A download trusted a seed's signed record (see `recordsCome`). */
+  recordTrusted(): void {
+    this.#recordsCome = true;
   }
 
   /**

@@ -79,9 +79,9 @@ const PER_SEED_REQUESTS = 2;
 const SOLE_SOURCE_BYTES = 2 * 1024 * 1024;
 /**
  * How far the whole-blob hash stays behind the prefix while the seed's signed record is
- * followed and the seed's list of piece hashes is whole, in bytes: should no record come,
- * `finish` reads back at most this much (racing the record). Before the list is whole the
- * hash waits altogether (see `#holdHashForList`).
+ * followed, in bytes: should no record come, `finish` reads back at most this much (racing
+ * the record). Once the agent has trusted a record, the hash waits altogether while the seed's
+ * list of piece hashes is not whole (see `#holdHashForList`).
  */
 const RECORD_HASH_LAG_BYTES = 64 * 1024 * 1024;
 /**
@@ -235,10 +235,12 @@ export class SwarmFetch {
    */
   #trusted = false;
   /**
-   * The whole-blob hash waits for the seed's list of piece hashes to be whole: set while the
-   * record is followed and the list is not, cleared once it is (or the record cannot come).
+   * How the whole-blob hash follows the prefix while the seed's record may spare it (see
+   * `#holdHashForList`): `none`, no record is followed (at the prefix); `lagging`, a set
+   * distance behind; `held`, not at all until the seed's list of piece hashes is whole;
+   * `released`, a record is no longer waited on this way (behind by `lagDigest`'s last word).
    */
-  #hashWaitsForList = false;
+  #hashFollows: 'none' | 'lagging' | 'held' | 'released' = 'none';
   /** Settles `#whenTrusted`. */
   #onTrusted: () => void = () => undefined;
   /** Settles once `#trusted` is set: `finish` races it against the blob's hash. */
@@ -385,6 +387,11 @@ export class SwarmFetch {
       this.#trustRecord();
     });
     if (record !== undefined) {
+      // No record trusted yet since this agent started: perhaps the seed servers sign none
+      // (no record key, an older version). The hash keeps its distance, so that `finish` has
+      // at most that much left to hash should none come, until one is (`#onHashes`).
+      this.#hashFollows = 'lagging';
+      this.download.lagDigest(this.#recordHashLag());
       this.#holdHashForList();
     }
     try {
@@ -869,6 +876,7 @@ export class SwarmFetch {
       return;
     }
     this.#trusted = true;
+    this.#deps.client.recordTrusted();
     this.download.skipDigest();
     this.#onTrusted();
     this.#deps.logger.debug(
@@ -933,17 +941,26 @@ export class SwarmFetch {
    * digest, and publishes it right after the last hashes; until then this download can hold
    * only pieces the seed has hashed, so on a cold pull its prefix runs right behind the seed
    * and, with a hash merely lagging, most of a large blob was read back and hashed for
-   * nothing just before the record came (a 160 MiB layer: 96 MiB). Should the record not
-   * come after all, `finish` hashes what is left, racing it.
+   * nothing just before the record came (a 160 MiB layer: 96 MiB). Only once this agent has
+   * trusted a record (the seeds sign them): should the record not come after all, the hash
+   * catches up once the list is whole, and `finish` may wait on that read-back.
    */
   #holdHashForList(): void {
-    this.#hashWaitsForList = true;
-    this.download.lagDigest(Number.POSITIVE_INFINITY);
+    if (
+      this.#hashFollows === 'lagging' &&
+      this.#deps.client.recordsCome &&
+      !this.#hashListWhole()
+    ) {
+      this.#hashFollows = 'held';
+      this.download.lagDigest(Number.POSITIVE_INFINITY);
+    }
   }
 
-  /** Ends `#holdHashForList`: the hash follows the prefix, `lagBytes` behind it. */
+  /** Ends the wait for a record: the hash follows the prefix, `lagBytes` behind it. */
   #releaseHash(lagBytes: number): void {
-    this.#hashWaitsForList = false;
+    if (this.#hashFollows !== 'none') {
+      this.#hashFollows = 'released';
+    }
     this.download.lagDigest(lagBytes);
   }
 
@@ -953,9 +970,13 @@ export class SwarmFetch {
    * the distance.
    */
   #releaseHashOnceListWhole(): void {
-    if (this.#hashWaitsForList && !this.#trusted && this.#hashListWhole()) {
-      this.#releaseHash(this.#deps.settings.recordHashLagBytes ?? RECORD_HASH_LAG_BYTES);
+    if (this.#hashFollows === 'held' && !this.#trusted && this.#hashListWhole()) {
+      this.#releaseHash(this.#recordHashLag());
     }
+  }
+
+  #recordHashLag(): number {
+    return this.#deps.settings.recordHashLagBytes ?? RECORD_HASH_LAG_BYTES;
   }
 
   /** Every piece's hash is known. */
@@ -994,6 +1015,8 @@ export class SwarmFetch {
       this.#hashes[batch.first + i] = hash;
     });
     this.#trustRecord();
+    // Another download may have trusted a record since this one began lagging.
+    this.#holdHashForList();
     this.#releaseHashOnceListWhole();
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
