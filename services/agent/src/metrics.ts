@@ -120,7 +120,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     blobHashedBytes: new Counter({
       name: `${prefix}swarm_blob_hashed_bytes_total`,
-      help: "Bytes of swarm downloads fed to their whole-blob hash, from memory or read back from disk: none for a blob the seed server's signed record vouched for",
+      help: "Bytes of swarm downloads fed to their whole-blob hash, from memory or read back from disk: little or none for a blob the seed server's signed record vouched for",
       registers,
     }),
     eventsRejected: new Counter({

@@ -371,6 +371,21 @@ export class SwarmFetch {
     // The seed no longer refuses this agent (see `#requestHeaders`): the loop asks it again
     // at once for what it refused.
     const offUnheard = client.onUnheard(() => this.#wake?.());
+    // The seed's signed record, if this agent holds its key: with it the whole-blob hash stops.
+    const record = client.followRecord(this.#blob, stop.signal, (heard) => {
+      this.#record = heard;
+      this.#trustRecord();
+    });
+    if (record !== undefined) {
+      // Until this agent has trusted a record since it started, the hash keeps its distance:
+      // perhaps the seed servers sign none (no record key, an older version), and `finish`
+      // then has at most that much left to hash. After that it is held while the seed's list
+      // is not whole (`#holdHashForList`, here or with a later batch).
+      this.#hashFollows = 'lagging';
+      this.download.lagDigest(this.#recordHashLag());
+      this.#holdHashForList();
+    }
+    // After the record's hold is set: a batch can only change it from there.
     const hashes = client
       .followHashes(
         this.#blob,
@@ -381,19 +396,6 @@ export class SwarmFetch {
       .catch((error: unknown) =>
         logger.warn({ err: error, blob: this.#blob }, 'piece hashes unavailable'),
       );
-    // The seed's signed record, if this agent holds its key: with it the whole-blob hash stops.
-    const record = client.followRecord(this.#blob, stop.signal, (heard) => {
-      this.#record = heard;
-      this.#trustRecord();
-    });
-    if (record !== undefined) {
-      // No record trusted yet since this agent started: perhaps the seed servers sign none
-      // (no record key, an older version). The hash keeps its distance, so that `finish` has
-      // at most that much left to hash should none come, until one is (`#onHashes`).
-      this.#hashFollows = 'lagging';
-      this.download.lagDigest(this.#recordHashLag());
-      this.#holdHashForList();
-    }
     try {
       const end = await this.#fromSwarm(stop.signal);
       if (end !== 'complete' && end !== 'aborted' && !signal.aborted) {
@@ -416,7 +418,6 @@ export class SwarmFetch {
         ...(record === undefined ? {} : { vouching: this.#whenTrusted }),
         checked: (by) => metrics.blobChecks.inc({ by: by === 'record' ? 'seed-record' : 'digest' }),
       });
-      metrics.blobHashedBytes.inc(this.download.hashedBytes);
       // Evicted at once by a small quota? Then the swarm must not hear it is held.
       if (state === 'verified' && this.#deps.store.has(this.#target.digest)) {
         // Read from the origin before any piece hash came (the seed server was down), the
@@ -433,6 +434,8 @@ export class SwarmFetch {
       }
     } finally {
       await this.#abortAll();
+      // Whatever the end: the bytes hashed are spent.
+      metrics.blobHashedBytes.inc(this.download.hashedBytes);
       stop.abort();
       signal.removeEventListener('abort', onAbort);
       offHandouts();
