@@ -218,6 +218,8 @@ export class SwarmFetch {
   readonly #blob: string;
   #pieceSize = 0;
   readonly #hashes: (string | undefined)[] = [];
+  /** How many of the blob's pieces have a known hash (`#hashes` within the piece count). */
+  #knownHashCount = 0;
   /**
    * The hash each held piece verified against, by index (from a peer, the seed or the
    * origin): what the seed's signed record must bind for the download to skip its whole-blob
@@ -862,11 +864,15 @@ export class SwarmFetch {
     if (size === undefined) {
       return;
     }
-    const hashes = this.#hashes.slice(0, count).filter((hash) => hash !== undefined);
-    if (record.size === size && record.pieceSize === this.#pieceSize && hashes.length < count) {
+    if (
+      record.size === size &&
+      record.pieceSize === this.#pieceSize &&
+      this.#knownHashCount < count
+    ) {
       // Not every hash is known yet: looked at again with each batch.
       return;
     }
+    const hashes = this.#hashes.slice(0, count).filter((hash) => hash !== undefined);
     if (
       record.size !== size ||
       record.pieceSize !== this.#pieceSize ||
@@ -985,15 +991,7 @@ export class SwarmFetch {
   /** Every piece's hash is known. */
   #hashListWhole(): boolean {
     const count = this.#picker.count;
-    if (count === 0) {
-      return false;
-    }
-    for (let index = 0; index < count; index += 1) {
-      if (this.#hashes[index] === undefined) {
-        return false;
-      }
-    }
-    return true;
+    return count > 0 && this.#knownHashCount === count;
   }
 
   #onHashes(batch: PieceHashes, path: HashPath): void {
@@ -1014,8 +1012,13 @@ export class SwarmFetch {
     ) {
       return;
     }
+    const count = this.#picker.count;
     batch.hashes.forEach((hash, i) => {
-      this.#hashes[batch.first + i] = hash;
+      const index = batch.first + i;
+      if (index < count && this.#hashes[index] === undefined) {
+        this.#knownHashCount += 1;
+      }
+      this.#hashes[index] = hash;
     });
     this.#trustRecord();
     // Another download may have trusted a record since this one began lagging.
