@@ -56,7 +56,8 @@ const USAGE = `usage: node bench/dist/src/simulator.js [options]
                          as the agent does; default) or fixed (a want every want interval and
                          a have every have interval for the whole download, as agents did)
   --tracker-env LIST     extra tracker settings, KEY=VALUE,KEY=VALUE (e.g.
-                         SHOAL_TRACKER_PUSH_ON_HAVE=false)
+                         SHOAL_TRACKER_PUSH_ON_HAVE=false); NODE_OPTIONS too (e.g.
+                         NODE_OPTIONS=--max-old-space-size=256), unless --cpu-prof-dir is given
   --cpu-prof-dir DIR     trackers write V8 CPU profiles there when they stop (default: none)
   --tracker-build DIR    run the tracker of another checkout built with tsc -b (e.g. made by
                          services/seedserver/tools/build-at.sh <commit> DIR services/tracker),
@@ -84,9 +85,11 @@ function intOption(
 function parseEnvList(list: string, problems: string[]): Record<string, string> {
   const env: Record<string, string> = {};
   for (const entry of list.split(',').filter((e) => e !== '')) {
-    const match = /^(SHOAL_TRACKER_[A-Z0-9_]+)=(.*)$/.exec(entry);
+    const match = /^(SHOAL_TRACKER_[A-Z0-9_]+|NODE_OPTIONS)=(.*)$/.exec(entry);
     if (match?.[1] === undefined || match[2] === undefined) {
-      problems.push(`--tracker-env takes SHOAL_TRACKER_NAME=value entries, not ${entry}`);
+      problems.push(
+        `--tracker-env takes SHOAL_TRACKER_NAME=value and NODE_OPTIONS=value entries, not ${entry}`,
+      );
       continue;
     }
     env[match[1]] = match[2];
