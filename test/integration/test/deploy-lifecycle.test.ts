@@ -86,8 +86,9 @@ describe('deploy/k8s over a deployment life', () => {
   };
 
   it('sets no variable in a Shoal container that nothing reads', () => {
-    // Shoal reads SHOAL_* (checked against the schemas by deploy-settings.test.ts) and the
-    // OpenTelemetry SDK OTEL_*; anything else exists only to be referenced as $(NAME), in at
+    // Shoal reads SHOAL_* (checked against the schemas by deploy-settings.test.ts), the
+    // OpenTelemetry SDK OTEL_* and Node NODE_OPTIONS (the tracker's heap cap, checked by
+    // deploy-k8s.test.ts); anything else exists only to be referenced as $(NAME), in at
     // least one rendering (an overlay may replace the value that used it, as seeder's
     // SHOAL_SEED_URL does).
     const unread = new Map<string, string[]>();
@@ -96,7 +97,7 @@ describe('deploy/k8s over a deployment life', () => {
       for (const { workload, c } of shoalContainers(objects)) {
         const texts = JSON.stringify([c.env?.map((e) => e.value ?? ''), c.args, c.command]);
         for (const variable of c.env ?? []) {
-          if (/^(SHOAL|OTEL)_/.test(variable.name)) {
+          if (/^(SHOAL|OTEL)_/.test(variable.name) || variable.name === 'NODE_OPTIONS') {
             continue;
           }
           const key = `${nameOf(workload)} ${variable.name}`;
