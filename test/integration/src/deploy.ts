@@ -421,3 +421,22 @@ export async function renderAll(
   }
   return rendered;
 }
+
+/** Bytes of a Kubernetes quantity: `10Gi`, `512Mi`, `1G`, `1500M`, a plain number. */
+export function quantityBytes(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(text);
+  if (match === null) {
+    throw new Error(`not a quantity: ${text}`);
+  }
+  const units: Record<string, number> = {
+    Ki: 2 ** 10,
+    Mi: 2 ** 20,
+    Gi: 2 ** 30,
+    Ti: 2 ** 40,
+    k: 1e3,
+    M: 1e6,
+    G: 1e9,
+    T: 1e12,
+  };
+  return Number(match[1]) * (match[2] === undefined ? 1 : (units[match[2]] ?? NaN));
+}

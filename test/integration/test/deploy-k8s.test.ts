@@ -15,6 +15,7 @@ import {
   find,
   names,
   podSpec,
+  quantityBytes,
   renderOverlay,
   renderWithComponents,
   selectedBy,
@@ -404,11 +405,6 @@ describe('deploy/k8s overlays', () => {
     });
 
     it("caps the tracker's V8 heap at three quarters of its memory limit, split or not", async () => {
-      const mebibytes = (quantity: string): number => {
-        const match = /^(\d+)(Mi|Gi)$/.exec(quantity);
-        assert.ok(match !== null, `memory limit ${quantity}`);
-        return Number(match[1]) * (match[2] === 'Gi' ? 1024 : 1);
-      };
       const split = await renderWithComponents('mixed', ['tracker-split']);
       for (const [where, objects] of [
         ['mixed', overlay('mixed')],
@@ -417,7 +413,7 @@ describe('deploy/k8s overlays', () => {
       ] as const) {
         const tracker = podSpec(find(objects, 'Deployment', 'shoal-tracker')).containers[0];
         assert.ok(tracker !== undefined, where);
-        const limit = mebibytes(tracker.resources?.limits?.memory ?? '');
+        const limit = quantityBytes(tracker.resources?.limits?.memory ?? '') / 2 ** 20;
         const cap = /--max-old-space-size=(\d+)/.exec(envValue(tracker, 'NODE_OPTIONS') ?? '');
         assert.ok(cap !== null, `${where}: no heap cap in NODE_OPTIONS`);
         assert.equal(Number(cap[1]), (limit * 3) / 4, `${where}: cap against a ${limit} MiB limit`);

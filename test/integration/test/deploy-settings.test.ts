@@ -26,6 +26,7 @@ import {
   decodeSecret,
   find,
   podSpec,
+  quantityBytes,
   renderCompose,
   renderedEnv,
   renderAll,
@@ -193,23 +194,6 @@ function composeProblems(
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
-
-/** Bytes of a Kubernetes quantity: `10Gi`, `512Mi`, `1G`, `1500M`, a plain number. */
-function quantityBytes(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(text);
-  assert.ok(match !== null, `not a quantity: ${text}`);
-  const units: Record<string, number> = {
-    Ki: KiB,
-    Mi: MiB,
-    Gi: GiB,
-    Ti: 1024 * GiB,
-    k: 1e3,
-    M: 1e6,
-    G: 1e9,
-    T: 1e12,
-  };
-  return Number(match[1]) * (match[2] === undefined ? 1 : (units[match[2]] ?? NaN));
-}
 
 /**
  * Bytes of a nats-server configuration size, as nats-server reads it: `GB`, `MB`, `KB` (and
