@@ -87,6 +87,8 @@ interface Download {
   hashesKnown: boolean;
   /** The latest hand-out's peers for this blob. */
   peers: Handout['peers'];
+  /** The same peers but the agent itself, made once per hand-out for `#fetch`'s rounds. */
+  offers: Offer[];
   lastWant: number;
   /** When wants go out with `--pacing paced`, as the agent paces them. */
   readonly pacer: WantPacer;
@@ -136,6 +138,64 @@ interface Agent {
 interface Budget {
   tokens: number;
   at: number;
+  /** Pieces per second it refills at: this worker's share of the holder's upload rate. */
+  readonly rate: number;
+}
+
+/** Refills `budget` up to `now`, to at most `BURST_S` of its rate. */
+function refill(budget: Budget, now: number): Budget {
+  budget.tokens = Math.min(
+    budget.rate * BURST_S,
+    budget.tokens + (budget.rate * (now - budget.at)) / 1000,
+  );
+  budget.at = now;
+  return budget;
+}
+
+/** A holder of the latest hand-out other than the agent itself: its pieces and its budget. */
+interface Offer {
+  readonly holder: Handout['peers'][number];
+  readonly held: Uint8Array;
+  readonly budget: Budget;
+}
+
+/**
+ * A holder of piece `index` among `holders` (each with upload budget left), from a random
+ * one on, whose budget it then spends; a holder left without budget is taken out of `holders`.
+ */
+function holderFor(holders: Offer[], index: number): Offer['holder'] | undefined {
+  const offset = Math.floor(Math.random() * holders.length);
+  for (let k = 0; k < holders.length; k++) {
+    const at = (offset + k) % holders.length;
+    const offer = holders[at];
+    if (offer === undefined || offer.held[index] !== 1) {
+      continue;
+    }
+    offer.budget.tokens -= 1;
+    if (offer.budget.tokens < 1) {
+      holders.splice(at, 1);
+    }
+    return offer.holder;
+  }
+  return undefined;
+}
+
+/**
+ * The pieces a hand-out says `holder` holds, as one byte per piece (1: held) of a blob of
+ * `pieces` pieces (a seed: every one).
+ */
+function piecesOf(holder: Handout['peers'][number], pieces: number): Uint8Array {
+  const complete = holder.complete || holder.seed;
+  const end = complete ? pieces : Math.max(pieces, holder.pieces.at(-1)?.[1] ?? 0);
+  const bytes = new Uint8Array(end);
+  if (complete) {
+    bytes.fill(1);
+  } else {
+    for (const [from, to] of holder.pieces) {
+      bytes.fill(1, from, to);
+    }
+  }
+  return bytes;
 }
 
 class Worker {
@@ -143,8 +203,10 @@ class Worker {
   readonly #connections: Connection[] = [];
   readonly #agents: Agent[] = [];
   readonly #budgets = new Map<string, Budget>();
-  /** Hand-out entries' pieces as bytes (see `#piecesOf`), kept while the entry is. */
-  readonly #holderPieces = new WeakMap<Handout['peers'][number], Uint8Array>();
+  /** `#fetch`'s pieces worth trying in a scan (see `#markHoldable`). */
+  #holdable = new Uint8Array(0);
+  /** `#fetch`'s holders with budget left in the round, the same array each round. */
+  readonly #roundHolders: Offer[] = [];
   readonly #published = tallies(PUBLISHED_KINDS);
   readonly #received = tallies(RECEIVED_KINDS);
   readonly #latencies: number[] = [];
@@ -185,6 +247,9 @@ class Worker {
         maxReconnectAttempts: -1,
         reconnectTimeWait: 500,
         timeout: 5000,
+        // As the agent's connection (`libs/runtime/src/nats.ts`): no stack captured per
+        // request and per JetStream publish, which cost these workers a seventh of their CPU.
+        noAsyncTraces: true,
       });
       const js = jetstream(nc);
       const jsm = await jetstreamManager(nc);
@@ -371,7 +436,7 @@ class Worker {
           continue;
         }
         if (download.hashesKnown || download.fromOrigin) {
-          this.#fetch(agent, download, dt / active.length, now);
+          this.#fetch(download, dt / active.length, now);
         }
         // `#fetch` may just have completed it; reading from the origin, it asks for no peers.
         const due = isDone(download) || download.fromOrigin ? 'no' : this.#wantDue(download, now);
@@ -466,6 +531,7 @@ class Worker {
         heldCount: 0,
         hashesKnown: false,
         peers: [],
+        offers: [],
         lastWant: 0,
         pacer: new WantPacer(wantPacing(this.#config.wantIntervalMs)),
         lastHave: 0,
@@ -504,7 +570,7 @@ class Worker {
   }
 
   /** Takes as many missing pieces as the budgets allow from the hand-out's holders. */
-  #fetch(agent: Agent, download: Download, dtShare: number, now: number): void {
+  #fetch(download: Download, dtShare: number, now: number): void {
     const rate = this.#config.downloadPiecesPerS;
     download.credit = Math.min(download.credit + rate * dtShare, rate * BURST_S + 1);
     const pieces = download.blob.pieces;
@@ -524,19 +590,17 @@ class Worker {
     // Only holders with upload budget left this round can give a piece; one that spends its
     // last leaves the list, and with none left the round's search ends (it found nothing
     // else before, at the cost of scanning every piece for every download).
-    const holders = download.peers.filter(
-      (p) => p.peer.id !== agent.peer.id && this.#budgetOf(p, now).tokens >= 1,
-    );
-    // Pieces those holders hold: the only ones worth trying.
-    const holdable = new Uint8Array(pieces);
-    for (const holder of holders) {
-      const held = this.#piecesOf(holder, pieces);
-      for (let index = 0; index < pieces; index++) {
-        if (held[index] === 1) {
-          holdable[index] = 1;
-        }
+    const holders = this.#roundHolders;
+    holders.length = 0;
+    for (const offer of download.offers) {
+      if (refill(offer.budget, now).tokens >= 1) {
+        holders.push(offer);
       }
     }
+    // For the scan: the pieces those holders hold, the only ones worth asking them for. Marked
+    // when the scan starts, in a buffer of the worker's own (one per download per round kept
+    // the collector busy); a random draw asks the holders directly.
+    let holdable: Uint8Array | undefined;
     let attempts = 0;
     let scan = -1;
     while (download.credit >= 1 && download.heldCount < pieces && holders.length > 0) {
@@ -551,11 +615,12 @@ class Worker {
           return;
         }
         index = scan;
+        holdable ??= this.#markHoldable(holders, pieces);
       }
-      if (download.held[index] === 1 || holdable[index] === 0) {
+      if (download.held[index] === 1 || (holdable !== undefined && holdable[index] === 0)) {
         continue;
       }
-      const holder = this.#holderFor(holders, index, pieces, now);
+      const holder = holderFor(holders, index);
       if (holder === undefined) {
         continue;
       }
@@ -584,56 +649,18 @@ class Worker {
     }
   }
 
-  /**
-   * A holder of piece `index` among `holders` (each with upload budget left), whose budget it
-   * then spends; a holder left without budget is taken out of `holders`.
-   */
-  #holderFor(
-    holders: Handout['peers'],
-    index: number,
-    pieces: number,
-    now: number,
-  ): Handout['peers'][number] | undefined {
-    const offset = Math.floor(Math.random() * holders.length);
-    for (let k = 0; k < holders.length; k++) {
-      const at = (offset + k) % holders.length;
-      const holder = holders[at];
-      if (holder === undefined) {
-        continue;
-      }
-      if (this.#piecesOf(holder, pieces)[index] !== 1) {
-        continue;
-      }
-      const budget = this.#budgetOf(holder, now);
-      budget.tokens -= 1;
-      if (budget.tokens < 1) {
-        holders.splice(at, 1);
-      }
-      return holder;
+  /** The pieces `holders` hold, one byte each (1: held), in the worker's buffer (see `#fetch`). */
+  #markHoldable(holders: readonly Offer[], pieces: number): Uint8Array {
+    if (this.#holdable.length < pieces) {
+      this.#holdable = new Uint8Array(pieces);
     }
-    return undefined;
-  }
-
-  /**
-   * The pieces a hand-out says `holder` holds, as one byte per piece (1: held) of a blob of
-   * `pieces` pieces; made once per hand-out entry.
-   */
-  #piecesOf(holder: Handout['peers'][number], pieces: number): Uint8Array {
-    let bytes = this.#holderPieces.get(holder);
-    if (bytes === undefined) {
-      const complete = holder.complete || holder.seed;
-      const end = complete ? pieces : Math.max(pieces, holder.pieces.at(-1)?.[1] ?? 0);
-      bytes = new Uint8Array(end);
-      if (complete) {
-        bytes.fill(1);
-      } else {
-        for (const [from, to] of holder.pieces) {
-          bytes.fill(1, from, to);
-        }
+    const holdable = this.#holdable.fill(0, 0, pieces);
+    for (const { held } of holders) {
+      for (let index = 0; index < pieces; index++) {
+        holdable[index] = (holdable[index] ?? 0) | (held[index] ?? 0);
       }
-      this.#holderPieces.set(holder, bytes);
     }
-    return bytes;
+    return holdable;
   }
 
   /** A holder's upload budget, refilled up to `now` (this worker's share of its rate). */
@@ -644,12 +671,10 @@ class Worker {
       this.#config.workers;
     let budget = this.#budgets.get(id);
     if (budget === undefined) {
-      budget = { tokens: rate * BURST_S, at: now };
+      budget = { tokens: rate * BURST_S, at: now, rate };
       this.#budgets.set(id, budget);
     }
-    budget.tokens = Math.min(rate * BURST_S, budget.tokens + (rate * (now - budget.at)) / 1000);
-    budget.at = now;
-    return budget;
+    return refill(budget, now);
   }
 
   #want(agent: Agent, download: Download, now: number): void {
@@ -790,6 +815,14 @@ class Worker {
     const download = agent.downloads.find((d) => d.blob.digest === answer.blob);
     if (download !== undefined && download.doneAt === undefined) {
       download.peers = answer.peers;
+      const now = Date.now();
+      download.offers = answer.peers
+        .filter((holder) => holder.peer.id !== agent.peer.id)
+        .map((holder) => ({
+          holder,
+          held: piecesOf(holder, download.blob.pieces),
+          budget: this.#budgetOf(holder, now),
+        }));
       this.#countOffered(agent, download);
       download.pacer.handout(
         answer.peers.some(
