@@ -4,7 +4,16 @@ import { describe, it } from 'node:test';
 import { pieceRanges, type PieceRanges } from '@shoal/proto';
 
 import { LoadTracker } from '../src/handout/load.js';
-import { countMissing, countPieces, holdsMissing, missingRanges } from '../src/handout/pieces.js';
+import {
+  countMissing,
+  countMissingFrom,
+  countPieces,
+  holdsMissing,
+  holdsMissingFrom,
+  missingRanges,
+  missingRangesFrom,
+  pieceBitmap,
+} from '../src/handout/pieces.js';
 import { choosePeers, type SwarmMember } from '../src/handout/policy.js';
 import { member, peer } from './fixtures.js';
 
@@ -85,6 +94,14 @@ describe('piece ranges', () => {
         // A valid piece set, as a hand-out carries it (sorted, disjoint, non-adjacent).
         assert.equal(pieceRanges.safeParse(difference).success, true);
         assert.equal(holdsMissing(h, a), expected.length > 0);
+        // The same with the held set's bitmap passed in, as the swarm view keeps it (a copy
+        // of the set, so no bitmap made above for `h` is found instead).
+        const copy = h.map(([start, end]): [number, number] => [start, end]);
+        const bits = pieceBitmap(copy);
+        assert.equal(bits === undefined, shift > 0 || extra.length > 0);
+        assert.equal(countMissingFrom(a)(copy, bits), expected.length);
+        assert.deepEqual(missingRangesFrom(a)(copy, bits), difference);
+        assert.equal(holdsMissingFrom(a)(copy, bits), expected.length > 0);
       }
     }
   });
@@ -183,6 +200,17 @@ describe('piece ranges', () => {
         [34, 64],
       ],
     );
+  });
+
+  it('compares by the bitmap its caller keeps, not one made again', () => {
+    // A bitmap out of step with its set (never so in the tracker) shows which one was read.
+    const kept = Uint32Array.of(0b111);
+    assert.equal(countMissingFrom([])([[0, 1]], kept), 3);
+    assert.deepEqual(missingRangesFrom([[1, 2]])([[0, 1]], kept), [
+      [0, 1],
+      [2, 3],
+    ]);
+    assert.equal(holdsMissingFrom([[0, 1]])([[0, 1]], kept), true);
   });
 
   it('stays linear on large sets', () => {

@@ -48,7 +48,28 @@ describe('swarm view', () => {
     assert.deepEqual(entry.pieces, [[20, 30]]);
     assert.equal(entry.complete, true);
     assert.equal(entry.seq, 2);
+    // A complete member is never compared piece by piece: no bitmap is made for it.
+    assert.equal(entry.bits, undefined);
     assert.equal(view.entryCount, 1);
+  });
+
+  it('keeps a partial member’s pieces as a bitmap too, made from the have it applied', () => {
+    const view = newView();
+    view.applyHave(
+      have(a, 'p1', {
+        pieces: [
+          [0, 10],
+          [40, 45],
+        ],
+      }),
+      1,
+      T0,
+      T0,
+    );
+    // Pieces 0-9 in the first word, 40-44 at bits 8-12 of the second.
+    assert.deepEqual(view.members(a, T0)[0]?.bits, Uint32Array.of(0x3ff, 0x1f00));
+    view.applyHave(have(a, 'p1', { pieces: [[0, 64]] }), 2, T0, T0);
+    assert.deepEqual(view.members(a, T0)[0]?.bits, Uint32Array.of(0xffffffff, 0xffffffff));
   });
 
   it('after a rebase (stream made anew, sequence from 1) applies the new stream in order', () => {

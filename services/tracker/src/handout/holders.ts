@@ -190,7 +190,7 @@ export class BlobHolders<M extends SwarmMember> {
       });
       let partial = 0;
       rings.partial.visit(budget, (member) => {
-        if (consider(member) && lacks(member.pieces)) {
+        if (consider(member) && lacks(member.pieces, member.bits)) {
           members.push(member);
           partial += 1;
         }

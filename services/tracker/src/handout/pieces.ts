@@ -3,8 +3,11 @@
  * the message schemas enforce). A want's hand-out compares the asker's set with dozens of
  * members' sets, which in a swarm are fragmented (pieces arrive in rarest-first order): those
  * comparisons run on bitmaps, made once per set and kept while the set lives (a member's set
- * is replaced, not changed, by its next have). Sets reaching past `BITMAP_MAX_PIECES` (or the
- * ranges asked for) use a linear merge of the ranges, which never expands a set.
+ * is replaced, not changed, by its next have). The swarm view makes each member's bitmap when
+ * it applies the have (`pieceBitmap`) and passes it along, so the hundreds of members a want
+ * visits are not looked up in a table one by one; any other set gets its bitmap on first use,
+ * kept while the set lives. Sets reaching past `BITMAP_MAX_PIECES` (or the ranges asked for)
+ * use a linear merge of the ranges, which never expands a set.
  */
 import type { PieceRanges } from '@shoal/proto';
 
@@ -27,23 +30,58 @@ export function countPieces(ranges: PieceRanges): number {
   return count;
 }
 
+/**
+ * A set's bitmap as a caller holds it next to the set (see `pieceBitmap`): undefined when it
+ * has none, and the set's own bitmap is then looked up or made.
+ */
+export type KnownBitmap = Uint32Array | undefined;
+
+/** A comparison of many sets with one set (`have`); see `against`. */
+type Against<T> = (held: PieceRanges, heldBits?: KnownBitmap) => T;
+
+/**
+ * A comparison of many sets with one `have`: `onBits` on the two bitmaps where both have one
+ * (`have`'s looked up once, not once per set: a want's sample tests a hundred members or
+ * more against the asker's set; each set's own where the caller keeps it, `heldBits`), and
+ * `onRanges` on the ranges where either reaches past the bitmaps.
+ */
+function against<T>(
+  have: PieceRanges,
+  onBits: (bits: Uint32Array, other: Uint32Array) => T,
+  onRanges: (held: PieceRanges) => T,
+): Against<T> {
+  const other = bitmapOf(have);
+  return (held, heldBits) => {
+    const bits = other === undefined ? undefined : (heldBits ?? bitmapOf(held));
+    return bits !== undefined && other !== undefined ? onBits(bits, other) : onRanges(held);
+  };
+}
+
 /** Number of pieces in `held` that are not in `have` (the size of `held \ have`). */
 export function countMissing(held: PieceRanges, have: PieceRanges): number {
-  const bits = bitmapOf(held);
-  const other = bits === undefined ? undefined : bitmapOf(have);
-  if (bits !== undefined && other !== undefined) {
-    let missing = 0;
-    for (let i = 0; i < bits.length; i += 1) {
-      missing += popcount((bits[i] ?? 0) & ~(other[i] ?? 0));
-    }
-    return missing;
-  }
-  let missing = 0;
-  forEachMissing(held, have, (start, end) => {
-    missing += end - start;
-    return true;
-  });
-  return missing;
+  return countMissingFrom(have)(held);
+}
+
+/** `countMissing` for one `have` and many sets (see `against`). */
+export function countMissingFrom(have: PieceRanges): Against<number> {
+  return against(
+    have,
+    (bits, other) => {
+      let missing = 0;
+      for (let i = 0; i < bits.length; i += 1) {
+        missing += popcount((bits[i] ?? 0) & ~(other[i] ?? 0));
+      }
+      return missing;
+    },
+    (held) => {
+      let missing = 0;
+      forEachMissing(held, have, (start, end) => {
+        missing += end - start;
+        return true;
+      });
+      return missing;
+    },
+  );
 }
 
 /** True when `held` has a piece that `have` lacks. */
@@ -51,44 +89,44 @@ export function holdsMissing(held: PieceRanges, have: PieceRanges): boolean {
   return holdsMissingFrom(have)(held);
 }
 
-/**
- * `holdsMissing` for one `have` and many sets: `have`'s bitmap is looked up once, not once
- * per set (a want's sample tests a hundred members or more against the asker's set).
- */
-export function holdsMissingFrom(have: PieceRanges): (held: PieceRanges) => boolean {
-  const other = bitmapOf(have);
-  return (held) => {
-    const bits = other === undefined ? undefined : bitmapOf(held);
-    if (bits !== undefined && other !== undefined) {
+/** `holdsMissing` for one `have` and many sets (see `against`). */
+export function holdsMissingFrom(have: PieceRanges): Against<boolean> {
+  return against(
+    have,
+    (bits, other) => {
       for (let i = 0; i < bits.length; i += 1) {
         if (((bits[i] ?? 0) & ~(other[i] ?? 0)) !== 0) {
           return true;
         }
       }
       return false;
-    }
-    let found = false;
-    forEachMissing(held, have, () => {
-      found = true;
-      return false;
-    });
-    return found;
-  };
+    },
+    (held) => {
+      let found = false;
+      forEachMissing(held, have, () => {
+        found = true;
+        return false;
+      });
+      return found;
+    },
+  );
 }
 
 /** `held \ have` as ranges: the pieces a holder can give an asker that lacks them. */
 export function missingRanges(held: PieceRanges, have: PieceRanges): Array<[number, number]> {
-  const bits = bitmapOf(held);
-  const other = bits === undefined ? undefined : bitmapOf(have);
-  if (bits !== undefined && other !== undefined) {
-    return differenceRanges(bits, other);
-  }
-  const ranges: Array<[number, number]> = [];
-  forEachMissing(held, have, (start, end) => {
-    ranges.push([start, end]);
-    return true;
+  return missingRangesFrom(have)(held);
+}
+
+/** `missingRanges` for one `have` and many sets (see `against`). */
+export function missingRangesFrom(have: PieceRanges): Against<Array<[number, number]>> {
+  return against(have, differenceRanges, (held) => {
+    const ranges: Array<[number, number]> = [];
+    forEachMissing(held, have, (start, end) => {
+      ranges.push([start, end]);
+      return true;
+    });
+    return ranges;
   });
-  return ranges;
 }
 
 /**
@@ -100,6 +138,19 @@ function bitmapOf(ranges: PieceRanges): Uint32Array | undefined {
   if (kept !== undefined) {
     return kept;
   }
+  const bits = pieceBitmap(ranges);
+  if (bits !== undefined) {
+    bitmaps.set(ranges, bits);
+  }
+  return bits;
+}
+
+/**
+ * The set as a bitmap (see `bitmapOf`), made now and not kept here: for a caller that keeps
+ * it next to the set and passes it back (`heldBits`). Undefined for a set reaching past
+ * `BITMAP_MAX_PIECES`.
+ */
+export function pieceBitmap(ranges: PieceRanges): Uint32Array | undefined {
   const end = ranges.at(-1)?.[1] ?? 0;
   if (end > BITMAP_MAX_PIECES) {
     return undefined;
@@ -116,7 +167,6 @@ function bitmapOf(ranges: PieceRanges): Uint32Array | undefined {
       piece += span;
     }
   }
-  bitmaps.set(ranges, bits);
   return bits;
 }
 

@@ -6,7 +6,7 @@
  */
 import type { PeerInfo, PieceRanges } from '@shoal/proto';
 
-import { countMissing, missingRanges } from './pieces.js';
+import { countMissingFrom, missingRangesFrom, type KnownBitmap } from './pieces.js';
 
 /** One member of a blob's swarm, as a hand-out lists it. */
 export interface SwarmMember {
@@ -17,6 +17,11 @@ export interface SwarmMember {
   readonly complete: boolean;
   /** True for the seed server. */
   readonly seed: boolean;
+  /**
+   * `pieces` as a bitmap, made once by whoever keeps the member (the swarm view, per have
+   * applied; see `pieceBitmap`); absent, it is looked up or made when a want compares sets.
+   */
+  readonly bits?: KnownBitmap;
 }
 
 /** What the asker told the tracker in its piece-want. */
@@ -73,13 +78,12 @@ export function choosePeers(
   loadOf: LoadOf,
 ): SwarmMember[] {
   const ranked: Ranked[] = [];
+  const missing = countMissingFrom(ask.have);
   for (const member of members) {
     if (member.peer.id === ask.peer.id) {
       continue;
     }
-    const useful = member.complete
-      ? Number.POSITIVE_INFINITY
-      : countMissing(member.pieces, ask.have);
+    const useful = member.complete ? Number.POSITIVE_INFINITY : missing(member.pieces, member.bits);
     if (useful === 0 && !member.seed) {
       continue;
     }
@@ -100,19 +104,27 @@ export function choosePeers(
       chosen.splice(limit - 1, 1, finisher);
     }
   }
-  return chosen.map(({ member }) => offered(member, ask.have));
+  const lacked = missingRangesFrom(ask.have);
+  return chosen.map(({ member }) => offered(member, lacked));
 }
 
 /**
- * The member as a hand-out names it: a partial member with only the pieces the asker lacks,
- * unless that takes more ranges than its own set (the schema's bound holds).
+ * The member as a hand-out names it: a partial member with only the pieces the asker lacks
+ * (`lacked`), unless that takes more ranges than its own set (the schema's bound holds).
  */
-function offered(member: SwarmMember, have: PieceRanges): SwarmMember {
+function offered(
+  member: SwarmMember,
+  lacked: (held: PieceRanges, heldBits?: KnownBitmap) => PieceRanges,
+): SwarmMember {
   if (member.complete || member.seed) {
     return member;
   }
-  const pieces = missingRanges(member.pieces, have);
-  return pieces.length > member.pieces.length ? member : { ...member, pieces };
+  const pieces = lacked(member.pieces, member.bits);
+  if (pieces.length > member.pieces.length) {
+    return member;
+  }
+  // Named afresh, without `bits`: that bitmap is of the member's whole set, not of these.
+  return { peer: member.peer, pieces, complete: member.complete, seed: member.seed };
 }
 
 function compareRanked(a: Ranked, b: Ranked): number {

@@ -7,6 +7,7 @@
 import type { PeerInfo, PieceHave } from '@shoal/proto';
 
 import { BlobHolders } from '../handout/holders.js';
+import { pieceBitmap } from '../handout/pieces.js';
 import type { HandoutAsk, SwarmMember } from '../handout/policy.js';
 
 /** A member of a blob's swarm, with where its latest have sits in the stream. */
@@ -195,6 +196,8 @@ export class SwarmView {
       // One object per peer, shared by its entries, rather than one per have received.
       peer: known.info,
       pieces: have.pieces,
+      // Made once here, not looked up for each of the wants that compare it with their set.
+      bits: have.complete ? undefined : pieceBitmap(have.pieces),
       complete: have.complete,
       seed: have.seed,
       seq,
