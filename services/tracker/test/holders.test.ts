@@ -56,6 +56,19 @@ describe('holder index', () => {
     assert.deepEqual(sample.dead, []);
   });
 
+  it('compares a member by the bitmap kept with it (the swarm view makes it per have)', () => {
+    // Out of step with its set on purpose: piece 1 only in the bitmap shows which was read.
+    const kept: SwarmMember = { ...member('k', { pieces: [[0, 1]] }), bits: Uint32Array.of(0b11) };
+    const asker = ask('me', { have: [[0, 1]] });
+    const sample = holdersOf([kept]).sample(asker, 16, always);
+    assert.deepEqual(idsOf(sample.members), ['k']);
+    const chosen = choosePeers(sample.members, { ...asker, limit: 4 }, () => 0);
+    assert.deepEqual(
+      chosen.map((m) => [m.peer.id, m.pieces, m.bits]),
+      [['k', [[1, 2]], undefined]],
+    );
+  });
+
   it('leaves out members that no longer count, and reports them', () => {
     const holders = holdersOf([
       member('live'),
