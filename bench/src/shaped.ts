@@ -303,7 +303,8 @@ function swarmReport(
       .join(
         ', ',
       )} (cut off before the agent had it whole: ${swarm.seedCut}); the control link carried ${x(swarm.controlLinkBytes)}× the image out ` +
-      `(pieces, NATS, the tracker; TCP/IP headers included)`,
+      `(pieces, NATS, the tracker; TCP/IP headers included) and ${x(swarm.controlLinkInBytes)}× in, ` +
+      `${x(swarm.controlLinkInBytes - result.registryLinkBytes)}× besides what the registry sent (the nodes' NATS messages and acknowledgements)`,
     `seed pieces sent past its fan-out count, by exemption: ${Object.entries(swarm.seedExemptions)
       .map(([reason, count]) => `${reason} ${count}`)
       .join(', ')}`,

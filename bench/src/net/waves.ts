@@ -98,6 +98,11 @@ export interface SwarmFigures {
   readonly seedCut: number;
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
   readonly controlLinkBytes: number;
+  /**
+   * Bytes into it: the registry's answers to the seed, and what the nodes send NATS and the
+   * seed (their messages, the acknowledgements of what they receive).
+   */
+  readonly controlLinkInBytes: number;
   /** The counters read every second during the pulls, per node in the wave's order. */
   readonly samples: readonly Sample[];
 }
@@ -347,6 +352,7 @@ export async function shoalWave(
         ),
         seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
         controlLinkBytes: controlAfter.tx - controlBefore.tx,
+        controlLinkInBytes: controlAfter.rx - controlBefore.rx,
         samples,
       },
     };

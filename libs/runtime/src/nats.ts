@@ -35,6 +35,7 @@ import {
   type NatsTlsConfig,
 } from './config.js';
 import type { ServiceMetrics } from './metrics.js';
+import { coalesceWrites } from './nats-writes.js';
 
 export { natsTlsConfig, type NatsTlsConfig } from './config.js';
 
@@ -133,6 +134,11 @@ export async function connectNats(
     ...(creds === undefined ? {} : { authenticator: creds.authenticator }),
     ...(inboxPrefix === undefined ? {} : { inboxPrefix }),
   });
+  if (!coalesceWrites(nc)) {
+    logger.warn(
+      'the NATS client is not the one coalesceWrites knows: it writes once per message handled',
+    );
+  }
   void (async () => {
     for await (const status of nc.status()) {
       if (status.type === 'disconnect' || status.type === 'error') {
@@ -716,3 +722,4 @@ export {
   type SuperviseOptions,
 } from './consume.js';
 export { contextFromHeaders, traceHeaders } from './nats-trace.js';
+export { coalesceWrites } from './nats-writes.js';
