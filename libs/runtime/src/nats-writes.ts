@@ -7,9 +7,10 @@
  * `await` in between (a JetStream consume loop: the handler publishes a hand-out and acks)
  * reaches a checkpoint after every message, so every message cost a `write` system call of
  * its own, and nats-server a read: 8–11 % of a busy tracker's CPU at 5,000 simulated agents
- * (bench/README.md, "One NATS write per turn"). Here the buffer is written by a `setImmediate`
- * instead, once the turn's I/O callbacks (every message of the socket reads this turn brought)
- * have run: the same bytes, in the same order, a turn later at most.
+ * (bench/README.md, "One NATS write per turn of the event loop"). Here the buffer is written
+ * by a `setImmediate` instead, once the turn's I/O callbacks (every message of the socket
+ * reads this turn brought) have run: the same bytes, in the same order, a turn later at most
+ * (a consume loop yields a turn every 5 ms of handling, `EventLoopSlice`).
  *
  * Everything else keeps the library's own path: a buffer past the library's pending limit is
  * written at once, `flush()` and the heartbeat write theirs at once, and a reconnect writes
