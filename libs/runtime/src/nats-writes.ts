@@ -9,19 +9,22 @@
  * its own, and nats-server a read: 8–11 % of a busy tracker's CPU at 5,000 simulated agents
  * (bench/README.md, "One NATS write per turn of the event loop"). Here the buffer is written
  * by a `setImmediate` instead, once the turn's I/O callbacks (every message of the socket
- * reads this turn brought) have run: the same bytes, in the same order, a turn later at most
- * (a consume loop yields a turn every 5 ms of handling, `EventLoopSlice`).
+ * reads this turn brought) and the microtasks they started have run: the same bytes, in the
+ * same order, at the end of the turn. A loop that goes on in microtasks alone holds its writes
+ * until it yields a turn (a consume loop yields one every 5 ms of handling, `EventLoopSlice`)
+ * or its buffer passes the library's pending limit.
  *
- * Everything else keeps the library's own path: a buffer past the library's pending limit is
- * written at once, `flush()` and the heartbeat write theirs at once, and a reconnect writes
- * what waited. The change is made on one connection's protocol handler, not on the library's
- * classes, and only when that handler has the members it relies on; otherwise nothing changes
- * (`coalesceWrites` returns false, and the test that checks it fails on the library upgrade
- * that moved them).
+ * Everything else keeps the library's own path: a buffer past the pending limit is written at
+ * once, `flush()` and the heartbeat write theirs at once, and a reconnect writes what waited.
+ * `close()` writes what is buffered first, as the library's microtask did before the socket
+ * went (`drain()` flushes anyway). The change is made on one connection's protocol handler,
+ * not on the library's classes, and only when that handler has the members it relies on;
+ * otherwise nothing changes (`coalesceWrites` returns false, and the test that checks it fails
+ * on the library upgrade that moved them).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 
-/** The members of the library's protocol handler that `sendCommand` uses. */
+/** The members of the library's protocol handler that `coalesceWrites` uses. */
 interface ProtocolHandler {
   readonly outbound: {
     /** Buffers queued. */
@@ -33,6 +36,7 @@ interface ProtocolHandler {
   readonly pendingLimit: number;
   flushPending(): void;
   sendCommand(cmd: string | Uint8Array, ...payloads: Uint8Array[]): void;
+  close(err?: Error): Promise<void>;
 }
 
 const encoder = new TextEncoder();
@@ -48,6 +52,7 @@ function protocolOf(nc: NatsConnection): ProtocolHandler | undefined {
   const shaped =
     typeof candidate.sendCommand === 'function' &&
     typeof candidate.flushPending === 'function' &&
+    typeof candidate.close === 'function' &&
     typeof candidate.pendingLimit === 'number' &&
     typeof outbound === 'object' &&
     typeof outbound.length === 'function' &&
@@ -75,6 +80,13 @@ export function coalesceWrites(nc: NatsConnection): boolean {
     } else if (protocol.outbound.size() >= protocol.pendingLimit) {
       protocol.flushPending();
     }
+  };
+  // The library closes the socket without writing what is buffered: this turn's commands
+  // would wait for an immediate that comes after the socket is gone.
+  const close = protocol.close.bind(protocol);
+  protocol.close = (err) => {
+    protocol.flushPending();
+    return close(err);
   };
   return true;
 }
