@@ -83,11 +83,17 @@ describe('coalesceWrites', () => {
       pino({ level: 'silent' }),
     );
 
-  it("writes a turn's messages once, where the library alone writes once per message", async () => {
-    const sub = receiver?.subscribe('turn.>');
-    assert.ok(sub !== undefined && receiver !== undefined && nats !== undefined);
+  /** Subscribes the receiver to `subjects`; `got` fills as messages arrive (see `collect`). */
+  const listen = async (subjects: string): Promise<{ sub: Subscription; got: string[] }> => {
+    assert.ok(receiver !== undefined);
+    const sub = receiver.subscribe(subjects);
     await receiver.flush();
-    const got = collect(sub);
+    return { sub, got: collect(sub) };
+  };
+
+  it("writes a turn's messages once, where the library alone writes once per message", async () => {
+    assert.ok(nats !== undefined);
+    const { sub, got } = await listen('turn.>');
 
     // The library as it comes: a write at every microtask checkpoint.
     const plain = await connect({ servers: nats.url, timeout: 5_000 });
@@ -115,10 +121,7 @@ describe('coalesceWrites', () => {
   });
 
   it('writes at once past the pending limit, and flush and drain deliver what was published', async () => {
-    const sub = receiver?.subscribe('limit.>');
-    assert.ok(sub !== undefined && receiver !== undefined);
-    await receiver.flush();
-    const got = collect(sub);
+    const { sub, got } = await listen('limit.>');
     const nc = await open();
     const writes = countWrites(nc);
     const limit = (nc as unknown as { protocol: { pendingLimit: number } }).protocol.pendingLimit;
@@ -147,10 +150,7 @@ describe('coalesceWrites', () => {
   });
 
   it('writes what the turn published before a close without drain', async () => {
-    const sub = receiver?.subscribe('closing.>');
-    assert.ok(sub !== undefined && receiver !== undefined);
-    await receiver.flush();
-    const got = collect(sub);
+    const { sub, got } = await listen('closing.>');
     const nc = await open();
     await publishOneByOne(nc, 'closing.last', 5);
     await nc.close();
