@@ -161,8 +161,12 @@ describe('coalesceWrites', () => {
 
   it('leaves a connection alone whose client it does not know', () => {
     assert.equal(coalesceWrites({} as NatsConnection), false);
-    const halfKnown = { protocol: { sendCommand: () => undefined, flushPending: () => undefined } };
+    const sendCommand = (): void => undefined;
+    const close = (): Promise<void> => Promise.resolve();
+    const halfKnown = { protocol: { sendCommand, close, flushPending: () => undefined } };
     assert.equal(coalesceWrites(halfKnown as unknown as NatsConnection), false);
-    assert.equal(typeof halfKnown.protocol.sendCommand, 'function');
+    // Its own methods, untouched.
+    assert.equal(halfKnown.protocol.sendCommand, sendCommand);
+    assert.equal(halfKnown.protocol.close, close);
   });
 });
