@@ -12,6 +12,7 @@ import {
   holdsMissingFrom,
   missingRanges,
   missingRangesFrom,
+  missingRangesWithin,
   pieceBitmap,
 } from '../src/handout/pieces.js';
 import { choosePeers, type SwarmMember } from '../src/handout/policy.js';
@@ -101,6 +102,14 @@ describe('piece ranges', () => {
         assert.equal(bits === undefined, shift > 0 || extra.length > 0);
         assert.equal(countMissingFrom(a)(copy, bits), expected.length);
         assert.deepEqual(missingRangesFrom(a)(copy, bits), difference);
+        // Bounded by the ranges it takes, counted before they are made.
+        const within = missingRangesWithin(a);
+        assert.deepEqual(within(copy, bits, difference.length), difference);
+        assert.deepEqual(within(h, undefined, difference.length + 1), difference);
+        if (difference.length > 0) {
+          assert.equal(within(copy, bits, difference.length - 1), undefined);
+          assert.equal(within(h, undefined, 0), undefined);
+        }
         assert.equal(holdsMissingFrom(a)(copy, bits), expected.length > 0);
       }
     }

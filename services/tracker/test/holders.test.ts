@@ -10,6 +10,7 @@ import type { PieceRanges } from '@shoal/proto';
 
 import { BlobHolders } from '../src/handout/holders.js';
 import { LoadTracker } from '../src/handout/load.js';
+import { holdsMissing } from '../src/handout/pieces.js';
 import { choosePeers, sampleWindow, type SwarmMember } from '../src/handout/policy.js';
 import { SwarmView } from '../src/swarm/view.js';
 import { blob, have, member, peer } from './fixtures.js';
@@ -161,6 +162,65 @@ describe('holder index', () => {
     const chosen = choosePeers(sample.members, { ...ask('me', { zone: 'a' }), limit: 4 }, () => 0);
     assert.equal(chosen.length, 4);
     assert.equal(chosen.at(-1)?.peer.id, 'far-complete');
+  });
+
+  it('tests partial members by the bitmaps it keeps side by side, through updates and removals', () => {
+    // Seeded, so a failure is the same on every run.
+    let state = 7;
+    const next = (): number => {
+      state = (state * 48_271) % 2_147_483_647;
+      return state / 2_147_483_647;
+    };
+    /** Up to 8 random runs of pieces below `reach`, sorted and disjoint. */
+    const randomSet = (reach: number): PieceRanges => {
+      const bounds = [...new Set(Array.from({ length: 16 }, () => Math.floor(next() * reach)))];
+      bounds.sort((x, y) => x - y);
+      const set: Array<[number, number]> = [];
+      for (let i = 0; i + 1 < bounds.length; i += 2) {
+        set.push([bounds[i] ?? 0, bounds[i + 1] ?? 0]);
+      }
+      return set;
+    };
+    // Blobs of 64 to 20,000 pieces: the bitmaps kept side by side widen as longer sets come;
+    // sets past 2,048 pieces are compared by their own bitmaps, past 16,384 by their ranges.
+    const reaches = [64, 256, 1_000, 5_000, 20_000];
+    const holders = new BlobHolders<SwarmMember>();
+    const held = new Map<string, SwarmMember>();
+    const check = (when: string): void => {
+      for (const have of [[], ...reaches.map(randomSet)]) {
+        // A window past the swarm's size: every member is visited once.
+        const sample = holders.sample(ask('asker', { have }), 1_000, always);
+        const expected = [...held.values()].filter((m) => holdsMissing(m.pieces, have));
+        assert.deepEqual(idsOf(sample.members), idsOf(expected), when);
+      }
+    };
+    for (let op = 1; op <= 3_000; op += 1) {
+      const id = `m${String(Math.floor(next() * 300))}`;
+      if (next() < 0.2) {
+        holders.delete(id);
+        held.delete(id);
+      } else {
+        const reach = reaches[Math.floor(next() * reaches.length)] ?? 64;
+        const m = member(id, { pieces: randomSet(reach) });
+        holders.set(m);
+        held.set(id, m);
+      }
+      if (op % 250 === 0) {
+        check(`after ${String(op)} updates`);
+      }
+    }
+    // Most members leave (the ring gives back room), then some come back.
+    for (const id of [...held.keys()].slice(5)) {
+      holders.delete(id);
+      held.delete(id);
+    }
+    check('after most left');
+    for (let i = 0; i < 40; i += 1) {
+      const m = member(`back${String(i)}`, { pieces: randomSet(reaches[i % 3] ?? 64) });
+      holders.set(m);
+      held.set(m.peer.id, m);
+    }
+    check('after some came back');
   });
 
   it('says nobody can finish the blob when only the asker could', () => {

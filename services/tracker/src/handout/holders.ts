@@ -6,7 +6,7 @@
  * Pure: no clock, no I/O; the caller says which members still count.
  */
 import type { HandoutAsk, SwarmMember } from './policy.js';
-import { holdsMissingFrom } from './pieces.js';
+import { bitmapOf, holdsMissingFrom } from './pieces.js';
 
 /** Members visited per ring for each candidate wanted, at most; bounds the work of a want. */
 const SCAN_FACTOR = 4;
@@ -15,14 +15,121 @@ const SCAN_FACTOR = 4;
 type Kind = 'seed' | 'complete' | 'partial';
 
 /**
- * A rotating list: O(1) add, replace and remove (a removed member's place is taken by the
- * last one), and a cursor that every visit moves forward.
+ * Widest bitmap kept side by side, in 32-bit words: 2,048 pieces, a blob of 32 GiB in 16 MiB
+ * pieces. A wider set is compared as before (its own bitmap or its ranges), so one member
+ * announcing a set that reaches far cannot make every slot of its ring that wide.
  */
-class Ring<M> {
+const COLUMN_MAX_WORDS = 64;
+
+/**
+ * The piece bitmaps of a ring's members side by side, one slot per place in the ring: a want's
+ * sample tests a hundred members or more, most of them (late in a download) holding nothing
+ * the asker lacks, and reading each member's own bitmap costs a few cache misses per member
+ * in a large heap (the member, its bitmap, the bitmap's words). Here a test reads one run of
+ * words. A slot without a bitmap here (none, or wider than `COLUMN_MAX_WORDS`) says so, and
+ * the caller compares the member itself.
+ */
+class BitColumns {
+  /** Slot `s`'s bitmap is `#words[s * #stride, (s + 1) * #stride)`, zero-padded. */
+  #words = new Uint32Array(0);
+  #stride = 0;
+  /** 1 where the slot's bitmap is held. */
+  #known = new Uint8Array(0);
+
+  /** Holds `bits` for `slot` (none: the slot's member is compared by its ranges). */
+  put(slot: number, bits: Uint32Array | undefined): void {
+    const kept = bits !== undefined && bits.length <= COLUMN_MAX_WORDS ? bits : undefined;
+    this.#fit(slot + 1, kept?.length ?? 0);
+    const base = slot * this.#stride;
+    this.#words.fill(0, base, base + this.#stride);
+    if (kept === undefined) {
+      this.#known[slot] = 0;
+      return;
+    }
+    this.#words.set(kept, base);
+    this.#known[slot] = 1;
+  }
+
+  /** Gives back room when the ring holds `slots` members, a quarter of it or less. */
+  shrink(slots: number): void {
+    const capacity = this.#known.length;
+    if (capacity <= 16 || slots > capacity / 4) {
+      return;
+    }
+    const nextCapacity = Math.max(16, capacity / 2);
+    this.#words = this.#words.slice(0, nextCapacity * this.#stride);
+    this.#known = this.#known.slice(0, nextCapacity);
+  }
+
+  /** Slot `to` takes what slot `from` holds (the ring moved its last member there). */
+  move(from: number, to: number): void {
+    const stride = this.#stride;
+    this.#words.copyWithin(to * stride, from * stride, (from + 1) * stride);
+    this.#known[to] = this.#known[from] ?? 0;
+  }
+
+  /**
+   * Whether the slot's member holds a piece missing from `have` (a bitmap): undefined when
+   * the slot holds no bitmap.
+   */
+  holdsMissing(slot: number, have: Uint32Array): boolean | undefined {
+    if (this.#known[slot] !== 1) {
+      return undefined;
+    }
+    const words = this.#words;
+    const base = slot * this.#stride;
+    const shared = Math.min(this.#stride, have.length);
+    for (let w = 0; w < shared; w += 1) {
+      if (((words[base + w] ?? 0) & ~(have[w] ?? 0)) !== 0) {
+        return true;
+      }
+    }
+    // Past the end of `have`'s bitmap the asker holds nothing.
+    for (let w = shared; w < this.#stride; w += 1) {
+      if ((words[base + w] ?? 0) !== 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Makes room for `slots` slots of at least `words` words each. */
+  #fit(slots: number, words: number): void {
+    const capacity = this.#known.length;
+    if (slots <= capacity && words <= this.#stride) {
+      return;
+    }
+    const nextCapacity = slots <= capacity ? capacity : Math.max(16, capacity * 2, slots);
+    const nextStride = Math.max(this.#stride, words);
+    const next = new Uint32Array(nextCapacity * nextStride);
+    for (let slot = 0; slot < capacity; slot += 1) {
+      const from = slot * this.#stride;
+      next.set(this.#words.subarray(from, from + this.#stride), slot * nextStride);
+    }
+    const known = new Uint8Array(nextCapacity);
+    known.set(this.#known);
+    this.#words = next;
+    this.#stride = nextStride;
+    this.#known = known;
+  }
+}
+
+/**
+ * A rotating list: O(1) add, replace and remove (a removed member's place is taken by the
+ * last one), and a cursor that every visit moves forward. A ring of partial members also keeps
+ * their bitmaps side by side (`bits`).
+ */
+class Ring<M extends SwarmMember> {
   readonly #items: M[] = [];
   readonly #ids: string[] = [];
   readonly #index = new Map<string, number>();
   #cursor = 0;
+  /** The members' bitmaps by slot, for a ring of partial members. */
+  readonly bits: BitColumns | undefined;
+
+  constructor(withBits = false) {
+    this.bits = withBits ? new BitColumns() : undefined;
+  }
 
   get size(): number {
     return this.#items.length;
@@ -30,14 +137,17 @@ class Ring<M> {
 
   /** Adds `member` under `id`, or replaces the member held under it in place. */
   set(id: string, member: M): void {
-    const at = this.#index.get(id);
+    let at = this.#index.get(id);
     if (at !== undefined) {
       this.#items[at] = member;
-      return;
+    } else {
+      at = this.#items.length;
+      this.#index.set(id, at);
+      this.#items.push(member);
+      this.#ids.push(id);
     }
-    this.#index.set(id, this.#items.length);
-    this.#items.push(member);
-    this.#ids.push(id);
+    // The bitmap kept with the member (the swarm view makes one per have), else its set's own.
+    this.bits?.put(at, member.bits ?? bitmapOf(member.pieces));
   }
 
   /** The member held under `id`, if any. */
@@ -58,7 +168,9 @@ class Ring<M> {
       this.#items[at] = lastItem;
       this.#ids[at] = lastId;
       this.#index.set(lastId, at);
+      this.bits?.move(this.#items.length, at);
     }
+    this.bits?.shrink(this.#items.length);
     if (this.#cursor >= this.#items.length) {
       this.#cursor = 0;
     }
@@ -66,21 +178,23 @@ class Ring<M> {
 
   /**
    * Calls `visit` on members from the cursor on, at most `max` of them and never one twice,
-   * until it returns false; the cursor moves past every member visited.
+   * until it returns false; the cursor moves past every member visited. `visit` gets the
+   * member's slot too (see `bits`).
    */
-  visit(max: number, visit: (member: M) => boolean): void {
+  visit(max: number, visit: (member: M, slot: number) => boolean): void {
     const count = Math.min(max, this.#items.length);
     for (let k = 0; k < count; k += 1) {
-      const member = this.#items[this.#cursor];
-      this.#cursor = this.#cursor + 1 === this.#items.length ? 0 : this.#cursor + 1;
-      if (member !== undefined && !visit(member)) {
+      const slot = this.#cursor;
+      const member = this.#items[slot];
+      this.#cursor = slot + 1 === this.#items.length ? 0 : slot + 1;
+      if (member !== undefined && !visit(member, slot)) {
         return;
       }
     }
   }
 }
 
-interface ZoneRings<M> {
+interface ZoneRings<M extends SwarmMember> {
   readonly complete: Ring<M>;
   readonly partial: Ring<M>;
 }
@@ -129,7 +243,7 @@ export class BlobHolders<M extends SwarmMember> {
     this.#placed.set(id, { zone, kind });
     let ring = this.#ringOf(zone, kind);
     if (ring === undefined) {
-      const rings: ZoneRings<M> = { complete: new Ring(), partial: new Ring() };
+      const rings: ZoneRings<M> = { complete: new Ring(), partial: new Ring(true) };
       this.#zones.set(zone, rings);
       ring = rings[kind === 'complete' ? 'complete' : 'partial'];
     }
@@ -168,6 +282,7 @@ export class BlobHolders<M extends SwarmMember> {
     // each time.
     const asker = this.#member(askerId);
     const lacks = holdsMissingFrom(ask.have);
+    const haveBits = bitmapOf(ask.have);
     const consider = (member: M): boolean => {
       if (member === asker) {
         return false;
@@ -189,8 +304,15 @@ export class BlobHolders<M extends SwarmMember> {
         return complete < window;
       });
       let partial = 0;
-      rings.partial.visit(budget, (member) => {
-        if (consider(member) && lacks(member.pieces, member.bits)) {
+      const bits = rings.partial.bits;
+      rings.partial.visit(budget, (member, slot) => {
+        // The side-by-side bitmap first: most members visited late in a download hold
+        // nothing the asker lacks, and are passed over without reading them.
+        const useful = haveBits === undefined ? undefined : bits?.holdsMissing(slot, haveBits);
+        if (useful === false) {
+          return true;
+        }
+        if (consider(member) && (useful ?? lacks(member.pieces, member.bits))) {
           members.push(member);
           partial += 1;
         }

@@ -119,21 +119,47 @@ export function missingRanges(held: PieceRanges, have: PieceRanges): Array<[numb
 
 /** `missingRanges` for one `have` and many sets (see `against`). */
 export function missingRangesFrom(have: PieceRanges): Against<Array<[number, number]>> {
-  return against(have, differenceRanges, (held) => {
-    const ranges: Array<[number, number]> = [];
+  const within = missingRangesWithin(have);
+  return (held, heldBits) => within(held, heldBits, Number.POSITIVE_INFINITY) ?? [];
+}
+
+/**
+ * `missingRangesFrom`, or undefined when `held \ have` takes more than `maxRanges` ranges:
+ * counted before any range is made, so a hand-out that names a holder's whole set instead
+ * (the difference would be longer) allocates nothing for it.
+ */
+export function missingRangesWithin(
+  have: PieceRanges,
+): (
+  held: PieceRanges,
+  heldBits: KnownBitmap,
+  maxRanges: number,
+) => Array<[number, number]> | undefined {
+  const other = bitmapOf(have);
+  return (held, heldBits, maxRanges) => {
+    const bits = other === undefined ? undefined : (heldBits ?? bitmapOf(held));
+    if (bits !== undefined && other !== undefined) {
+      return countDifferenceRuns(bits, other) > maxRanges
+        ? undefined
+        : differenceRanges(bits, other);
+    }
+    const found = { ranges: [] as Array<[number, number]>, over: false };
     forEachMissing(held, have, (start, end) => {
-      ranges.push([start, end]);
-      return true;
+      found.over = found.ranges.length >= maxRanges;
+      if (!found.over) {
+        found.ranges.push([start, end]);
+      }
+      return !found.over;
     });
-    return ranges;
-  });
+    return found.over ? undefined : found.ranges;
+  };
 }
 
 /**
  * The set as a bitmap (bit `i % 32` of word `i >> 5` for piece `i`), made on first use and
  * kept with the set; undefined for a set reaching past `BITMAP_MAX_PIECES`.
  */
-function bitmapOf(ranges: PieceRanges): Uint32Array | undefined {
+export function bitmapOf(ranges: PieceRanges): Uint32Array | undefined {
   const kept = bitmaps.get(ranges);
   if (kept !== undefined) {
     return kept;
@@ -200,6 +226,23 @@ function differenceRanges(bits: Uint32Array, other: Uint32Array): Array<[number,
     }
   }
   return ranges;
+}
+
+/**
+ * Number of runs of set bits in `bits` and not in `other`: the ranges `differenceRanges` would
+ * make (a run crossing a word boundary counts once), without making them.
+ */
+function countDifferenceRuns(bits: Uint32Array, other: Uint32Array): number {
+  let runs = 0;
+  // The top bit of the previous word's difference: a run going on into this word.
+  let carry = 0;
+  for (let i = 0; i < bits.length; i += 1) {
+    const word = (bits[i] ?? 0) & ~(other[i] ?? 0);
+    // A run starts at a set bit whose lower neighbour is clear.
+    runs += popcount(word & ~((word << 1) | carry));
+    carry = word >>> 31;
+  }
+  return runs;
 }
 
 /** Number of zero bits below the lowest set bit of a 32-bit word; 32 for 0. */

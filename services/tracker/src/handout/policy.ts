@@ -6,7 +6,7 @@
  */
 import type { PeerInfo, PieceRanges } from '@shoal/proto';
 
-import { countMissingFrom, missingRangesFrom, type KnownBitmap } from './pieces.js';
+import { countMissingFrom, missingRangesWithin, type KnownBitmap } from './pieces.js';
 
 /** One member of a blob's swarm, as a hand-out lists it. */
 export interface SwarmMember {
@@ -104,7 +104,7 @@ export function choosePeers(
       chosen.splice(limit - 1, 1, finisher);
     }
   }
-  const lacked = missingRangesFrom(ask.have);
+  const lacked = missingRangesWithin(ask.have);
   return chosen.map(({ member }) => offered(member, lacked));
 }
 
@@ -114,13 +114,13 @@ export function choosePeers(
  */
 function offered(
   member: SwarmMember,
-  lacked: (held: PieceRanges, heldBits?: KnownBitmap) => PieceRanges,
+  lacked: (held: PieceRanges, heldBits: KnownBitmap, maxRanges: number) => PieceRanges | undefined,
 ): SwarmMember {
   if (member.complete || member.seed) {
     return member;
   }
-  const pieces = lacked(member.pieces, member.bits);
-  if (pieces.length > member.pieces.length) {
+  const pieces = lacked(member.pieces, member.bits, member.pieces.length);
+  if (pieces === undefined) {
     return member;
   }
   // Named afresh, without `bits`: that bitmap is of the member's whole set, not of these.
