@@ -7,11 +7,19 @@
  * the blob, how evenly hand-outs fall on the holders). Reproducible: the swarm comes from a
  * seeded generator.
  *
+ * `--askers` says how far along the askers are, `--baseline DIR` runs another build's policy on
+ * the same swarms in the same run (A/B of a change to the policy or the holder rings).
+ *
  *   node bench/dist/src/sim/handout-cost.js [--swarms 100,1000,10000] [--wants 2000] [--limit 16]
+ *     [--askers random|early|late] [--baseline DIR] [--rounds N]
  */
-import { LoadTracker } from '@shoal/tracker/handout/load';
-import { choosePeers, sampleWindow, type SwarmMember } from '@shoal/tracker/handout/policy';
-import { SwarmView } from '@shoal/tracker/swarm/view';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+import * as loadModule from '@shoal/tracker/handout/load';
+import * as policyModule from '@shoal/tracker/handout/policy';
+import type { SwarmMember } from '@shoal/tracker/handout/policy';
+import * as viewModule from '@shoal/tracker/swarm/view';
 import type { PieceRanges } from '@shoal/proto';
 import { table } from '@shoal/testkit';
 
@@ -23,7 +31,50 @@ const USAGE = `usage: node bench/dist/src/sim/handout-cost.js [options]
   --swarms LIST   swarm sizes (default 100,300,1000,3000,10000)
   --wants N       wants answered per swarm and way (default 2000)
   --limit N       peers asked for per want (default 16, the agent's)
+  --askers WHO    random (default): each asker holds a random share of the blob, as the
+                  members do; early: askers hold a tenth of it; late: the blob's last
+                  eighth is rare (each piece held by 3 % of the members) and askers hold
+                  all the rest and most of it, so most members visited can give them nothing
+  --baseline DIR  also run the policy of the tracker built in DIR (a checkout built with
+                  tsc -b, e.g. by services/seedserver/tools/build-at.sh) on the same swarms
+                  and askers, and print both with their ratio
+  --rounds N      with --baseline, measures of each build per swarm, alternating; the
+                  medians are printed (default 5)
 `;
+
+/** How far along the askers are (`--askers`). */
+type Askers = 'random' | 'early' | 'late';
+const ASKERS: readonly Askers[] = ['random', 'early', 'late'];
+
+/** The tracker modules a measure runs: this build's, or a baseline's (`--baseline`). */
+interface Policy {
+  readonly LoadTracker: typeof loadModule.LoadTracker;
+  readonly choosePeers: typeof policyModule.choosePeers;
+  readonly sampleWindow: typeof policyModule.sampleWindow;
+  readonly SwarmView: typeof viewModule.SwarmView;
+}
+
+const THIS_BUILD: Policy = {
+  LoadTracker: loadModule.LoadTracker,
+  choosePeers: policyModule.choosePeers,
+  sampleWindow: policyModule.sampleWindow,
+  SwarmView: viewModule.SwarmView,
+};
+
+/** The policy of the tracker built in `dir` (its `services/tracker/dist`). */
+async function baselinePolicy(dir: string): Promise<Policy> {
+  const module = async <T>(file: string): Promise<T> =>
+    (await import(pathToFileURL(path.resolve(dir, 'services/tracker/dist/src', file)).href)) as T;
+  const load = await module<typeof loadModule>('handout/load.js');
+  const policy = await module<typeof policyModule>('handout/policy.js');
+  const view = await module<typeof viewModule>('swarm/view.js');
+  return {
+    LoadTracker: load.LoadTracker,
+    choosePeers: policy.choosePeers,
+    sampleWindow: policy.sampleWindow,
+    SwarmView: view.SwarmView,
+  };
+}
 
 const PIECES = 256;
 const ZONES = ['zone-a', 'zone-b', 'zone-c'];
@@ -34,6 +85,39 @@ const BLOB = `sha256:${'ab'.repeat(32)}`;
 /** Random pieces, each held with probability `share`, as the sorted ranges messages carry. */
 function randomRanges(next: () => number, share: number): PieceRanges {
   return heldRanges(Uint8Array.from({ length: PIECES }, () => (next() < share ? 1 : 0)));
+}
+
+/** First piece of the blob's rare tail with `--askers late`: its last eighth. */
+const RARE_FROM = PIECES - PIECES / 8;
+/** Share of the members holding each piece of the rare tail with `--askers late`. */
+const RARE_SHARE = 0.03;
+
+/** A member's pieces: a random share of the blob, of its rare tail only a few with `late`. */
+function memberRanges(next: () => number, share: number, askers: Askers): PieceRanges {
+  if (askers !== 'late') {
+    return randomRanges(next, share);
+  }
+  return heldRanges(
+    Uint8Array.from({ length: PIECES }, (_, piece) =>
+      next() < (piece >= RARE_FROM ? RARE_SHARE : share) ? 1 : 0,
+    ),
+  );
+}
+
+/** What an asker holds: its own set (`random`), a tenth, or all but some of the rare tail. */
+function askerRanges(next: () => number, own: PieceRanges, askers: Askers): PieceRanges {
+  switch (askers) {
+    case 'random':
+      return own;
+    case 'early':
+      return randomRanges(next, 0.1);
+    case 'late':
+      return heldRanges(
+        Uint8Array.from({ length: PIECES }, (_, piece) =>
+          piece < RARE_FROM || next() < 0.8 ? 1 : 0,
+        ),
+      );
+  }
 }
 
 interface Figures {
@@ -65,8 +149,20 @@ function usefulFor(member: SwarmMember, have: PieceRanges): number {
   return missing;
 }
 
+/** How one measure runs: which policy, on what swarm, for which askers. */
+interface Measure {
+  readonly policy: Policy;
+  readonly size: number;
+  readonly wants: number;
+  readonly limit: number;
+  /** Rank the whole swarm (what the tracker did before it sampled) instead of a sample. */
+  readonly whole: boolean;
+  readonly askers: Askers;
+}
+
 /** Answers `wants` wants on a fresh swarm of `size`, ranking all of it or a sample. */
-function measure(size: number, wants: number, limit: number, whole: boolean): Figures {
+function measure({ policy, size, wants, limit, whole, askers }: Measure): Figures {
+  const { LoadTracker, SwarmView, choosePeers, sampleWindow } = policy;
   // Seeded, so that every run builds the same swarms.
   const next = seededRandom(size);
   const now = 1_764_000_000_000;
@@ -88,7 +184,7 @@ function measure(size: number, wants: number, limit: number, whole: boolean): Fi
   const haves: PieceRanges[] = [];
   for (let i = 0; i < size; i++) {
     const complete = next() < COMPLETE_SHARE;
-    const pieces: PieceRanges = complete ? [[0, PIECES]] : randomRanges(next, next());
+    const pieces: PieceRanges = complete ? [[0, PIECES]] : memberRanges(next, next(), askers);
     haves.push(pieces);
     view.applyHave(
       {
@@ -104,6 +200,8 @@ function measure(size: number, wants: number, limit: number, whole: boolean): Fi
       now,
     );
   }
+  // What each asker holds, made before the clock starts.
+  const asked = haves.map((own) => askerRanges(next, own, askers));
   const load = new LoadTracker(10_000);
   const loadOf = (peer: string): number => load.load(peer, now);
   const chosenPerWant: { chosen: SwarmMember[]; have: PieceRanges; zone: string }[] = [];
@@ -112,7 +210,7 @@ function measure(size: number, wants: number, limit: number, whole: boolean): Fi
     const asker = w % size;
     const ask = {
       peer: { id: `p${String(asker)}`, url: 'http://peer.sim:65002', zone: ZONES[asker % 3] ?? '' },
-      have: haves[asker] ?? [],
+      have: asked[asker] ?? [],
       limit,
     };
     let chosen: SwarmMember[];
@@ -154,17 +252,31 @@ function measure(size: number, wants: number, limit: number, whole: boolean): Fi
   };
 }
 
-function main(): void {
+/** The middle value of `values` (the mean of the two middle ones for an even count). */
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? (sorted[mid] ?? 0)
+    : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
+}
+
+async function main(): Promise<void> {
   const values = readOptions(process.argv.slice(2), USAGE, {
     swarms: { type: 'string', default: '100,300,1000,3000,10000' },
     wants: { type: 'string', default: '2000' },
     limit: { type: 'string', default: '16' },
+    askers: { type: 'string', default: 'random' },
+    baseline: { type: 'string' },
+    rounds: { type: 'string', default: '5' },
   });
   const swarms = String(values.swarms)
     .split(',')
     .map((s) => Number(s));
   const wants = Number(values.wants);
   const limit = Number(values.limit);
+  const askers = String(values.askers) as Askers;
+  const rounds = Number(values.rounds);
   const problems: string[] = [];
   if (swarms.some((n) => !Number.isInteger(n) || n < 1 || n > 100_000)) {
     problems.push('--swarms takes sizes from 1 to 100000');
@@ -175,13 +287,20 @@ function main(): void {
   if (!Number.isInteger(limit) || limit < 1 || limit > 64) {
     problems.push('--limit takes a whole number from 1 to 64');
   }
+  if (!ASKERS.includes(askers)) {
+    problems.push(`--askers takes one of ${ASKERS.join(', ')}`);
+  }
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 100) {
+    problems.push('--rounds takes a whole number from 1 to 100');
+  }
   exitOnProblems(problems, USAGE);
 
   const pct = (share: number): string => `${(100 * share).toFixed(0)} %`;
   const rows: string[][] = [];
   for (const size of swarms) {
-    const whole = measure(size, wants, limit, true);
-    const sample = measure(size, wants, limit, false);
+    const run = { size, wants, limit, askers };
+    const whole = measure({ ...run, policy: THIS_BUILD, whole: true });
+    const sample = measure({ ...run, policy: THIS_BUILD, whole: false });
     const both = (pick: (f: Figures) => string): string => `${pick(whole)} / ${pick(sample)}`;
     rows.push([
       String(size),
@@ -196,7 +315,7 @@ function main(): void {
     ]);
   }
   process.stdout.write(
-    `Hand-out policy per want, whole swarm ranked / sample ranked: ${String(wants)} wants of limit ${String(limit)} per swarm, ${String(PIECES)} pieces, 3 zones, ${pct(COMPLETE_SHARE)} complete\n` +
+    `Hand-out policy per want, whole swarm ranked / sample ranked: ${String(wants)} wants of limit ${String(limit)} per swarm, ${String(PIECES)} pieces, 3 zones, ${pct(COMPLETE_SHARE)} complete, askers ${askers}\n` +
       `${table(
         [
           'swarm',
@@ -212,6 +331,55 @@ function main(): void {
         rows,
       )}\n`,
   );
+  if (values.baseline === undefined) {
+    return;
+  }
+  const baseline = await baselinePolicy(String(values.baseline));
+  const abRows: string[][] = [];
+  for (const size of swarms) {
+    const run = { size, wants, limit, askers, whole: false };
+    const ours: number[] = [];
+    const theirs: number[] = [];
+    let last: { ours: Figures; theirs: Figures } | undefined;
+    // Alternating, the baseline first in the first round: the machine’s drift falls on both.
+    for (let round = 0; round < rounds; round += 1) {
+      const pair = [THIS_BUILD, baseline];
+      const [first, second] = round % 2 === 0 ? pair.reverse() : pair;
+      const a = measure({ ...run, policy: first ?? THIS_BUILD });
+      const b = measure({ ...run, policy: second ?? THIS_BUILD });
+      const [mine, base] = first === THIS_BUILD ? [a, b] : [b, a];
+      ours.push(mine.cpuUsPerWant);
+      theirs.push(base.cpuUsPerWant);
+      last = { ours: mine, theirs: base };
+    }
+    const ratio = median(ours) / median(theirs);
+    abRows.push([
+      String(size),
+      median(theirs).toFixed(1),
+      median(ours).toFixed(1),
+      ratio.toFixed(2),
+      last === undefined
+        ? '-'
+        : `${last.theirs.usefulPerPeer.toFixed(1)} / ${last.ours.usefulPerPeer.toFixed(1)}`,
+      last === undefined
+        ? '-'
+        : `${pct(last.theirs.handedOutShare)} / ${pct(last.ours.handedOutShare)}`,
+    ]);
+  }
+  process.stdout.write(
+    `\nSample ranked, the baseline (${String(values.baseline)}) against this build, medians of ${String(rounds)} rounds each, alternating\n` +
+      `${table(
+        [
+          'swarm',
+          'baseline CPU µs/want',
+          'this build CPU µs/want',
+          'this / baseline',
+          'useful pieces per peer',
+          'holders handed out',
+        ],
+        abRows,
+      )}\n`,
+  );
 }
 
-main();
+await main();
