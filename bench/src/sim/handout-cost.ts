@@ -341,16 +341,20 @@ async function main(): Promise<void> {
     const ours: number[] = [];
     const theirs: number[] = [];
     let last: { ours: Figures; theirs: Figures } | undefined;
+    // One unmeasured run each first: this build's code is warm from the table above, the
+    // baseline's not yet.
+    measure({ ...run, policy: baseline });
+    measure({ ...run, policy: THIS_BUILD });
     // Alternating, the baseline first in the first round: the machine’s drift falls on both.
     for (let round = 0; round < rounds; round += 1) {
-      const pair = [THIS_BUILD, baseline];
-      const [first, second] = round % 2 === 0 ? pair.reverse() : pair;
-      const a = measure({ ...run, policy: first ?? THIS_BUILD });
-      const b = measure({ ...run, policy: second ?? THIS_BUILD });
-      const [mine, base] = first === THIS_BUILD ? [a, b] : [b, a];
+      const baselineFirst = round % 2 === 0;
+      const measureOf = (policy: Policy): Figures => measure({ ...run, policy });
+      const base = baselineFirst ? measureOf(baseline) : undefined;
+      const mine = measureOf(THIS_BUILD);
+      const theirsNow = base ?? measureOf(baseline);
       ours.push(mine.cpuUsPerWant);
-      theirs.push(base.cpuUsPerWant);
-      last = { ours: mine, theirs: base };
+      theirs.push(theirsNow.cpuUsPerWant);
+      last = { ours: mine, theirs: theirsNow };
     }
     const ratio = median(ours) / median(theirs);
     abRows.push([

@@ -164,6 +164,22 @@ describe('holder index', () => {
     assert.equal(chosen.at(-1)?.peer.id, 'far-complete');
   });
 
+  it('passes over a partial member with nothing to give without reading it', () => {
+    const holders = holdersOf(partials(100));
+    let asked = 0;
+    const counting = (): boolean => {
+      asked += 1;
+      return true;
+    };
+    // Every member holds [0, 10), as the asker does: none is asked whether it still counts.
+    assert.deepEqual(holders.sample(ask('me', { have: [[0, 10]] }), 16, counting).members, []);
+    assert.equal(asked, 0);
+    // To an asker lacking those pieces they can give: each one taken is read.
+    const sample = holders.sample(ask('me'), 16, counting);
+    assert.equal(sample.members.length, 16);
+    assert.equal(asked, 16);
+  });
+
   it('tests partial members by the bitmaps it keeps side by side, through updates and removals', () => {
     // Seeded, so a failure is the same on every run.
     let state = 7;

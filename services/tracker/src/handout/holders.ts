@@ -6,7 +6,7 @@
  * Pure: no clock, no I/O; the caller says which members still count.
  */
 import type { HandoutAsk, SwarmMember } from './policy.js';
-import { bitmapOf, holdsMissingFrom } from './pieces.js';
+import { bitmapOf, holdsMissingFrom, wordsHoldMissing } from './pieces.js';
 
 /** Members visited per ring for each candidate wanted, at most; bounds the work of a want. */
 const SCAN_FACTOR = 4;
@@ -20,6 +20,15 @@ type Kind = 'seed' | 'complete' | 'partial';
  * announcing a set that reaches far cannot make every slot of its ring that wide.
  */
 const COLUMN_MAX_WORDS = 64;
+
+/**
+ * Members a ring of partial members holds before it keeps their bitmaps side by side, and
+ * below which it lets them go (half as many, so a ring at the edge does not make and drop
+ * them in turn): a smaller ring is visited whole anyway, and most blobs have a handful of
+ * holders in a zone, for which the arrays would cost more memory than they save time.
+ */
+const COLUMNS_FROM = 16;
+const COLUMNS_UNTIL = COLUMNS_FROM / 2;
 
 /**
  * The piece bitmaps of a ring's members side by side, one slot per place in the ring: a want's
@@ -53,12 +62,14 @@ class BitColumns {
   /** Gives back room when the ring holds `slots` members, a quarter of it or less. */
   shrink(slots: number): void {
     const capacity = this.#known.length;
-    if (capacity <= 16 || slots > capacity / 4) {
+    if (slots > capacity / 4) {
       return;
     }
-    const nextCapacity = Math.max(16, capacity / 2);
-    this.#words = this.#words.slice(0, nextCapacity * this.#stride);
-    this.#known = this.#known.slice(0, nextCapacity);
+    const nextCapacity = Math.max(COLUMNS_FROM, Math.ceil(capacity / 2));
+    if (nextCapacity < capacity) {
+      this.#words = this.#words.slice(0, nextCapacity * this.#stride);
+      this.#known = this.#known.slice(0, nextCapacity);
+    }
   }
 
   /** Slot `to` takes what slot `from` holds (the ring moved its last member there). */
@@ -76,21 +87,7 @@ class BitColumns {
     if (this.#known[slot] !== 1) {
       return undefined;
     }
-    const words = this.#words;
-    const base = slot * this.#stride;
-    const shared = Math.min(this.#stride, have.length);
-    for (let w = 0; w < shared; w += 1) {
-      if (((words[base + w] ?? 0) & ~(have[w] ?? 0)) !== 0) {
-        return true;
-      }
-    }
-    // Past the end of `have`'s bitmap the asker holds nothing.
-    for (let w = shared; w < this.#stride; w += 1) {
-      if ((words[base + w] ?? 0) !== 0) {
-        return true;
-      }
-    }
-    return false;
+    return wordsHoldMissing(this.#words, slot * this.#stride, this.#stride, have);
   }
 
   /** Makes room for `slots` slots of at least `words` words each. */
@@ -99,7 +96,7 @@ class BitColumns {
     if (slots <= capacity && words <= this.#stride) {
       return;
     }
-    const nextCapacity = slots <= capacity ? capacity : Math.max(16, capacity * 2, slots);
+    const nextCapacity = slots <= capacity ? capacity : Math.max(COLUMNS_FROM, capacity * 2, slots);
     const nextStride = Math.max(this.#stride, words);
     const next = new Uint32Array(nextCapacity * nextStride);
     for (let slot = 0; slot < capacity; slot += 1) {
@@ -117,18 +114,24 @@ class BitColumns {
 /**
  * A rotating list: O(1) add, replace and remove (a removed member's place is taken by the
  * last one), and a cursor that every visit moves forward. A ring of partial members also keeps
- * their bitmaps side by side (`bits`).
+ * their bitmaps side by side (`bits`) while it holds `COLUMNS_FROM` of them or more.
  */
 class Ring<M extends SwarmMember> {
   readonly #items: M[] = [];
   readonly #ids: string[] = [];
   readonly #index = new Map<string, number>();
   #cursor = 0;
-  /** The members' bitmaps by slot, for a ring of partial members. */
-  readonly bits: BitColumns | undefined;
+  readonly #partial: boolean;
+  #bits: BitColumns | undefined;
 
-  constructor(withBits = false) {
-    this.bits = withBits ? new BitColumns() : undefined;
+  /** `partial`: a ring of partial members, which keeps their bitmaps side by side. */
+  constructor(partial = false) {
+    this.#partial = partial;
+  }
+
+  /** The members' bitmaps by slot, when the ring keeps them (see `COLUMNS_FROM`). */
+  get bits(): BitColumns | undefined {
+    return this.#bits;
   }
 
   get size(): number {
@@ -146,8 +149,15 @@ class Ring<M extends SwarmMember> {
       this.#items.push(member);
       this.#ids.push(id);
     }
-    // The bitmap kept with the member (the swarm view makes one per have), else its set's own.
-    this.bits?.put(at, member.bits ?? bitmapOf(member.pieces));
+    if (this.#bits !== undefined) {
+      this.#bits.put(at, bitmapFor(member));
+    } else if (this.#partial && this.#items.length >= COLUMNS_FROM) {
+      const bits = new BitColumns();
+      this.#items.forEach((held, slot) => {
+        bits.put(slot, bitmapFor(held));
+      });
+      this.#bits = bits;
+    }
   }
 
   /** The member held under `id`, if any. */
@@ -168,9 +178,13 @@ class Ring<M extends SwarmMember> {
       this.#items[at] = lastItem;
       this.#ids[at] = lastId;
       this.#index.set(lastId, at);
-      this.bits?.move(this.#items.length, at);
+      this.#bits?.move(this.#items.length, at);
     }
-    this.bits?.shrink(this.#items.length);
+    if (this.#items.length < COLUMNS_UNTIL) {
+      this.#bits = undefined;
+    } else {
+      this.#bits?.shrink(this.#items.length);
+    }
     if (this.#cursor >= this.#items.length) {
       this.#cursor = 0;
     }
@@ -194,6 +208,11 @@ class Ring<M extends SwarmMember> {
   }
 }
 
+/** The bitmap kept with a member (the swarm view makes one per have), else its set's own. */
+function bitmapFor(member: SwarmMember): Uint32Array | undefined {
+  return member.bits ?? bitmapOf(member.pieces);
+}
+
 interface ZoneRings<M extends SwarmMember> {
   readonly complete: Ring<M>;
   readonly partial: Ring<M>;
@@ -209,7 +228,10 @@ export interface Sample<M> {
   readonly members: M[];
   /** True when `members` includes someone who can finish the blob (complete, or a seed). */
   readonly finisher: boolean;
-  /** Members found not to count any more (expired), for the caller to remove. */
+  /**
+   * Members found not to count any more (expired), for the caller to remove: those read on the
+   * way, not the partial members passed over unread for holding nothing the asker lacks.
+   */
   readonly dead: M[];
 }
 

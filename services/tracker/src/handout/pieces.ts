@@ -37,7 +37,11 @@ export function countPieces(ranges: PieceRanges): number {
 export type KnownBitmap = Uint32Array | undefined;
 
 /** A comparison of many sets with one set (`have`); see `against`. */
-type Against<T> = (held: PieceRanges, heldBits?: KnownBitmap) => T;
+type Against<T, A extends unknown[] = []> = (
+  held: PieceRanges,
+  heldBits?: KnownBitmap,
+  ...rest: A
+) => T;
 
 /**
  * A comparison of many sets with one `have`: `onBits` on the two bitmaps where both have one
@@ -45,15 +49,17 @@ type Against<T> = (held: PieceRanges, heldBits?: KnownBitmap) => T;
  * more against the asker's set; each set's own where the caller keeps it, `heldBits`), and
  * `onRanges` on the ranges where either reaches past the bitmaps.
  */
-function against<T>(
+function against<T, A extends unknown[] = []>(
   have: PieceRanges,
-  onBits: (bits: Uint32Array, other: Uint32Array) => T,
-  onRanges: (held: PieceRanges) => T,
-): Against<T> {
+  onBits: (bits: Uint32Array, other: Uint32Array, ...rest: A) => T,
+  onRanges: (held: PieceRanges, ...rest: A) => T,
+): Against<T, A> {
   const other = bitmapOf(have);
-  return (held, heldBits) => {
+  return (held, heldBits, ...rest) => {
     const bits = other === undefined ? undefined : (heldBits ?? bitmapOf(held));
-    return bits !== undefined && other !== undefined ? onBits(bits, other) : onRanges(held);
+    return bits !== undefined && other !== undefined
+      ? onBits(bits, other, ...rest)
+      : onRanges(held, ...rest);
   };
 }
 
@@ -93,14 +99,7 @@ export function holdsMissing(held: PieceRanges, have: PieceRanges): boolean {
 export function holdsMissingFrom(have: PieceRanges): Against<boolean> {
   return against(
     have,
-    (bits, other) => {
-      for (let i = 0; i < bits.length; i += 1) {
-        if (((bits[i] ?? 0) & ~(other[i] ?? 0)) !== 0) {
-          return true;
-        }
-      }
-      return false;
-    },
+    (bits, other) => wordsHoldMissing(bits, 0, bits.length, other),
     (held) => {
       let found = false;
       forEachMissing(held, have, () => {
@@ -117,42 +116,64 @@ export function missingRanges(held: PieceRanges, have: PieceRanges): Array<[numb
   return missingRangesFrom(have)(held);
 }
 
+/**
+ * Whether the bitmap in `words[base, base + length)` has a bit that `have` (a bitmap, shorter
+ * or longer) lacks: a set held, tested against an asker's. Past the end of `have` the asker
+ * holds nothing.
+ */
+export function wordsHoldMissing(
+  words: Uint32Array,
+  base: number,
+  length: number,
+  have: Uint32Array,
+): boolean {
+  for (let w = 0; w < length; w += 1) {
+    if (((words[base + w] ?? 0) & ~(have[w] ?? 0)) !== 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 /** `missingRanges` for one `have` and many sets (see `against`). */
 export function missingRangesFrom(have: PieceRanges): Against<Array<[number, number]>> {
-  const within = missingRangesWithin(have);
-  return (held, heldBits) => within(held, heldBits, Number.POSITIVE_INFINITY) ?? [];
+  return against(have, differenceRanges, (held) => mergeMissing(held, have) ?? []);
 }
 
 /**
  * `missingRangesFrom`, or undefined when `held \ have` takes more than `maxRanges` ranges:
- * counted before any range is made, so a hand-out that names a holder's whole set instead
- * (the difference would be longer) allocates nothing for it.
+ * on bitmaps counted before any range is made, so a hand-out that names a holder's whole set
+ * instead (the difference would be longer) allocates nothing for it.
  */
 export function missingRangesWithin(
   have: PieceRanges,
-): (
+): Against<Array<[number, number]> | undefined, [maxRanges: number]> {
+  return against(
+    have,
+    (bits, other, maxRanges: number) =>
+      countDifferenceRuns(bits, other) > maxRanges ? undefined : differenceRanges(bits, other),
+    (held, maxRanges: number) => mergeMissing(held, have, maxRanges),
+  );
+}
+
+/**
+ * `held \ have` as ranges by a linear merge (`forEachMissing`), or undefined when it takes
+ * more than `maxRanges` ranges.
+ */
+function mergeMissing(
   held: PieceRanges,
-  heldBits: KnownBitmap,
-  maxRanges: number,
-) => Array<[number, number]> | undefined {
-  const other = bitmapOf(have);
-  return (held, heldBits, maxRanges) => {
-    const bits = other === undefined ? undefined : (heldBits ?? bitmapOf(held));
-    if (bits !== undefined && other !== undefined) {
-      return countDifferenceRuns(bits, other) > maxRanges
-        ? undefined
-        : differenceRanges(bits, other);
+  have: PieceRanges,
+  maxRanges = Number.POSITIVE_INFINITY,
+): Array<[number, number]> | undefined {
+  const found = { ranges: [] as Array<[number, number]>, over: false };
+  forEachMissing(held, have, (start, end) => {
+    found.over = found.ranges.length >= maxRanges;
+    if (!found.over) {
+      found.ranges.push([start, end]);
     }
-    const found = { ranges: [] as Array<[number, number]>, over: false };
-    forEachMissing(held, have, (start, end) => {
-      found.over = found.ranges.length >= maxRanges;
-      if (!found.over) {
-        found.ranges.push([start, end]);
-      }
-      return !found.over;
-    });
-    return found.over ? undefined : found.ranges;
-  };
+    return !found.over;
+  });
+  return found.over ? undefined : found.ranges;
 }
 
 /**

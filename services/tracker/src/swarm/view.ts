@@ -292,7 +292,8 @@ export class SwarmView {
   /**
    * The members worth ranking for one asker, in O(window): about `window` live members that
    * can help it, taken in turn from the blob's holders (see `BlobHolders.sample`), not the
-   * whole swarm. Expired members met on the way are removed.
+   * whole swarm. Expired members it reads on the way are removed; one passed over unread (a
+   * partial member with nothing the asker lacks) is left to `expire`.
    */
   sample(
     blob: string,
