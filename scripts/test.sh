@@ -32,6 +32,9 @@ echo "[test] ${#files[@]} test files"
 # One file at a time: integration tests start real servers and move gigabytes. A file that has
 # not ended after 6 minutes (the slowest takes about 3.5) fails with its name instead of
 # holding the run until CI's own limit. A file ends when its tests have: a handle something
-# left open (a timer, a socket) must not hold it until that limit.
-node --enable-source-maps --test --test-concurrency=1 --test-timeout=360000 --test-force-exit \
+# left open (a timer, a socket) must not hold it until that limit. Ended that way, a file's
+# last results could be lost on their way to the runner, and with them its last tests, with
+# no failure: flush-test-reports makes every process's stdout blocking first.
+node --enable-source-maps --import "$PWD/libs/testkit/dist/src/flush-test-reports.js" \
+  --test --test-concurrency=1 --test-timeout=360000 --test-force-exit \
   --test-reporter=spec "${files[@]}"
