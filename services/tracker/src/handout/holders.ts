@@ -45,7 +45,10 @@ class BitColumns {
   /** 1 where the slot's bitmap is held. */
   #known = new Uint8Array(0);
 
-  /** Holds `bits` for `slot` (none: the slot's member is compared by its ranges). */
+  /**
+   * Holds `bits` for `slot`; with none, or one wider than `COLUMN_MAX_WORDS`, the slot says so
+   * and the caller compares the member itself.
+   */
   put(slot: number, bits: Uint32Array | undefined): void {
     const kept = bits !== undefined && bits.length <= COLUMN_MAX_WORDS ? bits : undefined;
     this.#fit(slot + 1, kept?.length ?? 0);
