@@ -45,6 +45,7 @@ import {
   type WaveResult,
 } from './net/waves.js';
 import { machineBusy, nodeTimeline, seedTimeline } from './net/sampler.js';
+import { boundWithin, type HistogramFigures } from './histogram.js';
 
 const MiB = 1024 * 1024;
 const REPOSITORY = 'bench/shaped';
@@ -308,6 +309,12 @@ function swarmReport(
     `seed pieces sent past its fan-out count, by exemption: ${Object.entries(swarm.seedExemptions)
       .map(([reason, count]) => `${reason} ${count}`)
       .join(', ')}`,
+    `agents' pieces, request to verified: ${(['peer', 'seed'] as const)
+      .map(
+        (source) =>
+          `from ${source === 'peer' ? 'peers' : 'the seed'} ${pieceTimes(swarm.pieceSeconds[source])}`,
+      )
+      .join('; ')}`,
     `CPU seconds: agents ${swarm.cpuSeconds.agents.toFixed(1)}, seed server ` +
       `${swarm.cpuSeconds.seed.toFixed(1)}, tracker ${swarm.cpuSeconds.tracker.toFixed(1)}, ` +
       `nats-server ${swarm.cpuSeconds.nats.toFixed(1)}; the machine's cores ` +
@@ -604,3 +611,21 @@ async function main(): Promise<number> {
 }
 
 await runBench(main);
+
+/**
+ * A source's piece times for the report: the bounds within which half and nine in ten of them
+ * fell (the histogram's buckets: an upper bound, not the exact quantile), and their mean.
+ */
+function pieceTimes(histogram: HistogramFigures): string {
+  if (!(histogram.count > 0)) {
+    return 'none';
+  }
+  const bound = (q: number): string => {
+    const s = boundWithin(histogram, q);
+    return Number.isFinite(s) ? `≤ ${s} s` : `> ${histogram.bounds.at(-1) ?? 0} s`;
+  };
+  return (
+    `half ${bound(0.5)}, nine in ten ${bound(0.9)}, mean ` +
+    `${(histogram.sum / histogram.count).toFixed(2)} s (${histogram.count} pieces)`
+  );
+}

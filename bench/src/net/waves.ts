@@ -27,6 +27,7 @@ import {
 } from '@shoal/testkit';
 
 import { newTeardown, progress } from '../cli.js';
+import { readHistogram, type HistogramFigures } from '../histogram.js';
 import { WaveSampler, type Sample } from './sampler.js';
 
 /** Which agents a Shoal wave runs, beyond the settings every Shoal process gets. */
@@ -103,9 +104,24 @@ export interface SwarmFigures {
    * seed (their messages, the acknowledgements of what they receive).
    */
   readonly controlLinkInBytes: number;
+  /**
+   * How long the agents' pieces took from request to verified, by source
+   * (`shoal_agent_piece_fetch_seconds`, summed over the agents).
+   */
+  readonly pieceSeconds: Readonly<Record<'seed' | 'peer', HistogramFigures>>;
   /** The counters read every second during the pulls, per node in the wave's order. */
   readonly samples: readonly Sample[];
 }
+
+/**
+ * The upper bounds of the agent's `shoal_agent_piece_fetch_seconds`, in s, as it builds them
+ * (a bound an agent does not report reads as nothing within it: quantiles err high).
+ */
+export const PIECE_SECONDS_BOUNDS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+] as const;
+
+const PIECE_SECONDS = 'shoal_agent_piece_fetch_seconds';
 
 /** The seed's ration exemptions (its `ExemptReason`), as its metric labels them. */
 const RATION_EXEMPTIONS = ['asked-again', 'not-from', 'unheard', 'starved'] as const;
@@ -353,6 +369,10 @@ export async function shoalWave(
         seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
         controlLinkBytes: controlAfter.tx - controlBefore.tx,
         controlLinkInBytes: controlAfter.rx - controlBefore.rx,
+        pieceSeconds: {
+          seed: readHistogram(scraped, PIECE_SECONDS, { source: 'seed' }, PIECE_SECONDS_BOUNDS),
+          peer: readHistogram(scraped, PIECE_SECONDS, { source: 'peer' }, PIECE_SECONDS_BOUNDS),
+        },
         samples,
       },
     };

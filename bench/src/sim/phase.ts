@@ -24,6 +24,7 @@ import { ensureKv, ensureStreams } from '@shoal/runtime/nats';
 import { scrapeMetrics, startTracker, type ServiceProcess, type Teardown } from '@shoal/testkit';
 
 import { cpuProfileEnv, progress } from '../cli.js';
+import { boundWithin } from '../histogram.js';
 import { startNatsCluster3, startSingleNats, type SimNats } from './nats-cluster.js';
 import {
   connzTotals,
@@ -70,17 +71,18 @@ export const HANDOUT_LATENCY_BOUNDS_S = [
  * NaN when none was answered).
  */
 export function trackerLatencyBoundS(trackers: readonly TrackerFigures[], q: number): number {
-  const total = trackers.reduce((sum, t) => sum + (t.killed ? 0 : t.handoutLatencyCount), 0);
-  if (!(total > 0)) {
-    return Number.NaN;
-  }
-  for (const [i, bound] of HANDOUT_LATENCY_BOUNDS_S.entries()) {
-    const within = trackers.reduce((sum, t) => sum + (t.handoutLatencyBuckets[i] ?? 0), 0);
-    if (within >= q * total) {
-      return bound;
-    }
-  }
-  return Number.POSITIVE_INFINITY;
+  const live = trackers.filter((t) => !t.killed);
+  return boundWithin(
+    {
+      bounds: HANDOUT_LATENCY_BOUNDS_S,
+      cumulative: HANDOUT_LATENCY_BOUNDS_S.map((_, i) =>
+        live.reduce((sum, t) => sum + (t.handoutLatencyBuckets[i] ?? 0), 0),
+      ),
+      count: live.reduce((sum, t) => sum + t.handoutLatencyCount, 0),
+      sum: live.reduce((sum, t) => sum + t.handoutLatencySumS, 0),
+    },
+    q,
+  );
 }
 /** How often JetStream's consumers are counted during the run, in ms. */
 const SAMPLE_MS = 2_000;

@@ -4,6 +4,14 @@ import { Counter, Gauge, Histogram } from 'prom-client';
 
 export type AgentMetrics = ReturnType<typeof createAgentMetrics>;
 
+/**
+ * Upper bounds of `piece_fetch_seconds`, in s: from a small piece on loopback (milliseconds)
+ * to a large one queued behind others on a slow link (tens of seconds).
+ */
+export const PIECE_SECONDS_BUCKETS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+] as const;
+
 export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
   const registers = [registry];
   return {
@@ -133,6 +141,13 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       name: `${prefix}pieces_total`,
       help: 'Pieces fetched, by source (peer, seed, origin) and result (ok, bad, failed, deferred)',
       labelNames: ['source', 'result'] as const,
+      registers,
+    }),
+    pieceSeconds: new Histogram({
+      name: `${prefix}piece_fetch_seconds`,
+      help: 'Time from sending a piece request to the piece verified, for each piece kept, by source (peer, seed); a wait for the download rate budget before the request is not counted',
+      labelNames: ['source'] as const,
+      buckets: [...PIECE_SECONDS_BUCKETS],
       registers,
     }),
     silentSources: new Counter({

@@ -631,6 +631,11 @@ describe('Grafana dashboard', () => {
     assert.match(exprs, /histogram_quantile\(0\.99, .*shoal_agent_download_duration_seconds/);
     assert.match(exprs, /shoal_agent_verification_failures_total/);
     assert.match(exprs, /shoal_agent_swarm_fallbacks_total/);
+    // How long a piece takes to reach the next node, by source.
+    assert.match(
+      exprs,
+      /histogram_quantile\(0\.9, sum by \(le, source\) \(rate\(shoal_agent_piece_fetch_seconds_bucket/,
+    );
   });
 
   it("sums the trackers' views when the blobs are split between them", () => {

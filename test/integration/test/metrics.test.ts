@@ -20,6 +20,28 @@ async function sources(url: string): Promise<Record<'origin' | 'seed' | 'peer' |
   return { origin: read('origin'), seed: read('seed'), peer: read('peer'), cache: read('cache') };
 }
 
+/**
+ * Every piece an agent kept from a peer or the seed has its fetch time observed once, under
+ * the same source: the histogram's count is the pieces counted `ok`, a piece's time is
+ * positive, and no time is observed for a source that sent nothing.
+ */
+async function assertPieceTimes(
+  url: string,
+  got: Record<'origin' | 'seed' | 'peer', number>,
+): Promise<void> {
+  const metrics = await scrapeMetrics(url);
+  for (const source of ['seed', 'peer'] as const) {
+    const kept = metrics.get('shoal_agent_pieces_total', { source, result: 'ok' });
+    const count = metrics.get('shoal_agent_piece_fetch_seconds_count', { source });
+    const seconds = metrics.get('shoal_agent_piece_fetch_seconds_sum', { source });
+    const all = metrics.get('shoal_agent_piece_fetch_seconds_bucket', { source, le: '+Inf' });
+    assert.equal(count, kept, `${url}: a time for each piece kept from the ${source}`);
+    assert.equal(all, count, `${url}: the ${source}'s last bucket holds every piece`);
+    assert.equal(kept > 0, got[source] > 0, `${url}: pieces from the ${source} iff its bytes`);
+    assert.ok(count === 0 ? seconds === 0 : seconds > 0, `${url}: ${source} pieces took time`);
+  }
+}
+
 describe('metrics after a swarm pull', () => {
   const repository = 'shoal/metrics';
   let cluster: Cluster;
@@ -55,6 +77,7 @@ describe('metrics after a swarm pull', () => {
       );
       assert.equal(got.origin + got.seed + got.peer, blobBytes, `${agent.peerId ?? ''} received`);
       assert.equal(got.cache, 0, 'nothing was cached before');
+      await assertPieceTimes(agent.url, got);
       // A client has its last byte once the blob verifies; the cache's durable copy (fsync,
       // rename) follows, so the cache size reaches the blobs a moment later.
       await waitFor(
@@ -84,6 +107,7 @@ describe('metrics after a swarm pull', () => {
         [
           'fetched_bytes_total',
           'pieces_total',
+          'piece_fetch_seconds',
           'verification_failures_total',
           'swarm_peers',
           'events_received_total',

@@ -682,6 +682,7 @@ export class SwarmFetch {
       if (signal.aborted) {
         return 'dropped';
       }
+      const requestedMs = performance.now();
       const headers = this.#requestHeaders(picked);
       entry.toldUnheard = headers[PIECE_UNHEARD_HEADER] !== undefined;
       const notFrom = headers[PIECE_NOT_FROM_HEADER];
@@ -787,6 +788,7 @@ export class SwarmFetch {
       this.#deps.client.answered(peer.id);
       this.#lostHolders.delete(peer.id);
       metrics.pieces.inc({ source, result: 'ok' });
+      metrics.pieceSeconds.observe({ source }, (performance.now() - requestedMs) / 1000);
       metrics.fetchedBytes.inc({ source }, end - start);
       this.tally.add(source, end - start, peer.id);
       // The endgame's other copies of this piece are no longer needed.
