@@ -107,7 +107,7 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
                                      [--warm-runs N] [--fetch-only] [--rss MiB]
                                      [--cpu-prof-dir DIR] [--spans-file PATH] [--baseline DIR]
                                      [--seed-main FILE] [--agent-node-options OPTIONS]
-                                     [--traces auto|on|off]
+                                     [--seed-node-options OPTIONS] [--traces auto|on|off]
 
   --layers LIST       layer sizes of the big image, in MiB (default 160,64,32: 256 MiB;
                       640,256,128: 1 GiB with --only gib)
@@ -142,6 +142,9 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --agent-node-options OPTIONS
                       more NODE_OPTIONS for the agents, to try Node or V8 flags against
                       those the agent is started with
+  --seed-node-options OPTIONS
+                      the same for the seed server (e.g. --seed-node-options=--perf-basic-prof
+                      for \`perf record\` of its JavaScript)
   --traces WHEN       whether the swarm exports OpenTelemetry spans (to a receiver run
                       here), as a node whose OTEL_EXPORTER_OTLP_ENDPOINT is set does: auto
                       (default) when the small image runs, for its timeline; on for every
@@ -199,6 +202,8 @@ interface Options {
   readonly seedMain: string | undefined;
   /** More NODE_OPTIONS for the agents ('' for none). */
   readonly agentNodeOptions: string;
+  /** More NODE_OPTIONS for the seed server ('' for none). */
+  readonly seedNodeOptions: string;
   /** Where every span received is written at the end, one JSON object a line. */
   readonly spansFile: string | undefined;
   /** A checkout built with `tsc -b` whose services the baseline swarm runs. */
@@ -221,6 +226,7 @@ function parseOptions(argv: readonly string[]): Options {
     'cpu-prof-dir': { type: 'string' },
     'seed-main': { type: 'string' },
     'agent-node-options': { type: 'string', default: '' },
+    'seed-node-options': { type: 'string', default: '' },
     'spans-file': { type: 'string' },
     baseline: { type: 'string' },
     traces: { type: 'string', default: 'auto' },
@@ -303,6 +309,7 @@ function parseOptions(argv: readonly string[]): Options {
     cpuProfDir: typeof cpuProfDir === 'string' ? cpuProfDir : undefined,
     seedMain: typeof seedMain === 'string' ? resolve(seedMain) : undefined,
     agentNodeOptions: String(values['agent-node-options']),
+    seedNodeOptions: String(values['seed-node-options']),
     spansFile: typeof spansFile === 'string' ? spansFile : undefined,
     baseline: typeof baseline === 'string' ? resolve(baseline) : undefined,
     traced,
@@ -514,14 +521,14 @@ async function startSwarm(
   teardown: Teardown,
   setup: SwarmSetup,
 ): Promise<Swarm> {
-  const { env, agentEnv, peerId, buildRoot, seedMain } = setup;
+  const { env, agentEnv, seedEnv, peerId, buildRoot, seedMain } = setup;
   const build = buildRoot === undefined ? {} : { buildRoot };
   const tracker = await startTracker({ natsUrl, env, ...build });
   teardown.add(`tracker of ${peerId}`, () => tracker.stop());
   const seed = await startSeedServer({
     natsUrl,
     registries: `${registry.host}=${registry.url}`,
-    env,
+    env: seedEnv,
     ...build,
     ...(seedMain === undefined ? {} : { main: seedMain }),
   });
@@ -533,12 +540,20 @@ async function startSwarm(
   return { seed: { ...seed, stop: stopSeed }, agent: { ...agent, stop: stopAgent } };
 }
 
+/** `env` with `more` added to its NODE_OPTIONS (unchanged when `more` is empty). */
+function withNodeOptions(env: Record<string, string>, more: string): Record<string, string> {
+  const nodeOptions = [env.NODE_OPTIONS ?? '', more].join(' ').trim();
+  return nodeOptions === '' ? env : { ...env, NODE_OPTIONS: nodeOptions };
+}
+
 /** What a swarm's processes get, and which build they run. */
 interface SwarmSetup {
   /** For all three: CPU profiles, trace export. */
   readonly env: Record<string, string>;
   /** For the agent: `env` with the agent's NODE_OPTIONS. */
   readonly agentEnv: Record<string, string>;
+  /** For the seed server: `env` with the seed server's NODE_OPTIONS. */
+  readonly seedEnv: Record<string, string>;
   readonly peerId: string;
   /** Another checkout built with `tsc -b` whose three services run (the baseline). */
   readonly buildRoot?: string | undefined;
@@ -1215,12 +1230,12 @@ async function main(): Promise<number> {
       teardown.add('OTLP receiver', () => receiver.stop());
     }
     const profileEnv = cpuProfileEnv(options.cpuProfDir);
-    const nodeOptions = [profileEnv.NODE_OPTIONS ?? '', options.agentNodeOptions].join(' ').trim();
     // The agents started later do not export spans: their pulls are not on the timeline.
-    const agentEnv = nodeOptions === '' ? profileEnv : { ...profileEnv, NODE_OPTIONS: nodeOptions };
+    const agentEnv = withNodeOptions(profileEnv, options.agentNodeOptions);
     const traced = (peerId: string, build: Partial<SwarmSetup>): SwarmSetup => ({
       env: { ...profileEnv, ...traceEnv },
       agentEnv: { ...agentEnv, ...traceEnv },
+      seedEnv: { ...withNodeOptions(profileEnv, options.seedNodeOptions), ...traceEnv },
       peerId,
       ...build,
     });
