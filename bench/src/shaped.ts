@@ -525,6 +525,24 @@ function report(
   return `${out.join('\n')}\n`;
 }
 
+/**
+ * A source's piece times for the report: the bounds within which half and nine in ten of them
+ * fell (the histogram's buckets: an upper bound, not the exact quantile), and their mean.
+ */
+function pieceTimes(histogram: HistogramFigures): string {
+  if (!(histogram.count > 0)) {
+    return 'none';
+  }
+  const bound = (q: number): string => {
+    const s = boundWithin(histogram, q);
+    return Number.isFinite(s) ? `≤ ${s} s` : `> ${histogram.bounds.at(-1) ?? 0} s`;
+  };
+  return (
+    `half ${bound(0.5)}, nine in ten ${bound(0.9)}, mean ` +
+    `${(histogram.sum / histogram.count).toFixed(2)} s (${histogram.count} pieces)`
+  );
+}
+
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   if (process.getuid?.() !== 0) {
@@ -611,21 +629,3 @@ async function main(): Promise<number> {
 }
 
 await runBench(main);
-
-/**
- * A source's piece times for the report: the bounds within which half and nine in ten of them
- * fell (the histogram's buckets: an upper bound, not the exact quantile), and their mean.
- */
-function pieceTimes(histogram: HistogramFigures): string {
-  if (!(histogram.count > 0)) {
-    return 'none';
-  }
-  const bound = (q: number): string => {
-    const s = boundWithin(histogram, q);
-    return Number.isFinite(s) ? `≤ ${s} s` : `> ${histogram.bounds.at(-1) ?? 0} s`;
-  };
-  return (
-    `half ${bound(0.5)}, nine in ten ${bound(0.9)}, mean ` +
-    `${(histogram.sum / histogram.count).toFixed(2)} s (${histogram.count} pieces)`
-  );
-}

@@ -115,9 +115,10 @@ export interface SwarmFigures {
 
 /**
  * The upper bounds of the agent's `shoal_agent_piece_fetch_seconds`, in s, as it builds them
- * (a bound an agent does not report reads as nothing within it: quantiles err high).
+ * (`PIECE_SECONDS_BUCKETS` in services/agent/src/metrics.ts; a bound an agent does not report
+ * reads as nothing within it, so quantiles err high).
  */
-export const PIECE_SECONDS_BOUNDS = [
+const PIECE_SECONDS_BOUNDS = [
   0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 ] as const;
 

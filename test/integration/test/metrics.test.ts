@@ -23,23 +23,25 @@ async function sources(url: string): Promise<Record<'origin' | 'seed' | 'peer' |
 /**
  * Every piece an agent kept from a peer or the seed has its fetch time observed once, under
  * the same source: the histogram's count is the pieces counted `ok`, a piece's time is
- * positive, and no time is observed for a source that sent nothing.
+ * positive, and no time is observed for a source that sent nothing. Returns the times
+ * observed.
  */
 async function assertPieceTimes(
   url: string,
   got: Record<'origin' | 'seed' | 'peer', number>,
-): Promise<void> {
+): Promise<number> {
   const metrics = await scrapeMetrics(url);
+  let observed = 0;
   for (const source of ['seed', 'peer'] as const) {
     const kept = metrics.get('shoal_agent_pieces_total', { source, result: 'ok' });
     const count = metrics.get('shoal_agent_piece_fetch_seconds_count', { source });
     const seconds = metrics.get('shoal_agent_piece_fetch_seconds_sum', { source });
-    const all = metrics.get('shoal_agent_piece_fetch_seconds_bucket', { source, le: '+Inf' });
     assert.equal(count, kept, `${url}: a time for each piece kept from the ${source}`);
-    assert.equal(all, count, `${url}: the ${source}'s last bucket holds every piece`);
     assert.equal(kept > 0, got[source] > 0, `${url}: pieces from the ${source} iff its bytes`);
     assert.ok(count === 0 ? seconds === 0 : seconds > 0, `${url}: ${source} pieces took time`);
+    observed += count;
   }
+  return observed;
 }
 
 describe('metrics after a swarm pull', () => {
@@ -70,6 +72,7 @@ describe('metrics after a swarm pull', () => {
       assert.equal(outcome.status, 200);
       assert.equal(outcome.error, undefined);
     }
+    let piecesTimed = 0;
     for (const agent of agents) {
       const got = await sources(agent.url);
       t.diagnostic(
@@ -77,7 +80,7 @@ describe('metrics after a swarm pull', () => {
       );
       assert.equal(got.origin + got.seed + got.peer, blobBytes, `${agent.peerId ?? ''} received`);
       assert.equal(got.cache, 0, 'nothing was cached before');
-      await assertPieceTimes(agent.url, got);
+      piecesTimed += await assertPieceTimes(agent.url, got);
       // A client has its last byte once the blob verifies; the cache's durable copy (fsync,
       // rename) follows, so the cache size reaches the blobs a moment later.
       await waitFor(
@@ -87,6 +90,8 @@ describe('metrics after a swarm pull', () => {
       );
       assert.equal(await agent.metric('shoal_agent_cache_size_bytes'), blobBytes);
     }
+    // The swarm carried at least part of the pull, so some pieces were timed.
+    assert.ok(piecesTimed > 0, 'the agents kept pieces from the seed or peers, each timed');
 
     // The same blobs again from one agent: all from its cache, nothing received.
     const [first] = agents;
