@@ -341,14 +341,14 @@ async function main(): Promise<void> {
     const ours: number[] = [];
     const theirs: number[] = [];
     let last: { ours: Figures; theirs: Figures } | undefined;
+    const measureOf = (policy: Policy): Figures => measure({ ...run, policy });
     // One unmeasured run each first: this build's code is warm from the table above, the
     // baseline's not yet.
-    measure({ ...run, policy: baseline });
-    measure({ ...run, policy: THIS_BUILD });
+    measureOf(baseline);
+    measureOf(THIS_BUILD);
     // Alternating, the baseline first in the first round: the machine’s drift falls on both.
     for (let round = 0; round < rounds; round += 1) {
       const baselineFirst = round % 2 === 0;
-      const measureOf = (policy: Policy): Figures => measure({ ...run, policy });
       const base = baselineFirst ? measureOf(baseline) : undefined;
       const mine = measureOf(THIS_BUILD);
       const theirsNow = base ?? measureOf(baseline);
