@@ -28,6 +28,8 @@ export interface AgentCounters {
   /** Piece requests the seed turned away (its fan-out rationing), and failed ones. */
   readonly deferred: number;
   readonly failed: number;
+  /** Blob bytes the agent has sent its containerd (`shoal_agent_served_bytes_total`). */
+  readonly toClient: number;
 }
 
 /** Every counter at one moment, since the wave's start. */
@@ -71,6 +73,7 @@ async function readAgent(url: string): Promise<AgentCounters | undefined> {
       uploaded: m.get('shoal_agent_uploaded_bytes_total'),
       deferred: m.get('shoal_agent_pieces_total', { result: 'deferred' }),
       failed: m.get('shoal_agent_pieces_total', { result: 'failed' }),
+      toClient: m.get('shoal_agent_served_bytes_total'),
     };
   } catch {
     return undefined;
@@ -154,6 +157,13 @@ export interface NodeTimeline {
   /** Half the image fetched, and all of it, in s. */
   readonly halfS: number | undefined;
   readonly fullS: number | undefined;
+  /**
+   * When the agent had sent containerd half the image, and all of it, in s: it sends a blob's
+   * bytes only as far as its verified prefix reaches, so this trails `halfS` and `fullS` by
+   * what the pieces' order holds back.
+   */
+  readonly clientHalfS: number | undefined;
+  readonly clientFullS: number | undefined;
   /** Seconds between the first bytes and the whole image with nothing fetched in a sample. */
   readonly idleS: number;
   /** Fetch rate from the first bytes to the whole image, in bytes/s. */
@@ -170,6 +180,8 @@ export function nodeTimeline(
   let firstS: number | undefined;
   let halfS: number | undefined;
   let fullS: number | undefined;
+  let clientHalfS: number | undefined;
+  let clientFullS: number | undefined;
   let idleS = 0;
   let previous: { atMs: number; bytes: number } | undefined;
   let last: AgentCounters | undefined;
@@ -198,10 +210,26 @@ export function nodeTimeline(
     if (fullS === undefined && bytes >= imageBytes) {
       fullS = atS;
     }
+    const toClient = counters.toClient;
+    if (clientHalfS === undefined && toClient >= imageBytes / 2) {
+      clientHalfS = atS;
+    }
+    if (clientFullS === undefined && toClient >= imageBytes) {
+      clientFullS = atS;
+    }
     previous = { atMs: sample.atMs, bytes };
   }
   const span = firstS !== undefined && fullS !== undefined ? fullS - firstS : 0;
-  return { firstS, halfS, fullS, idleS, rate: span > 0 ? imageBytes / span : 0, last };
+  return {
+    firstS,
+    halfS,
+    fullS,
+    clientHalfS,
+    clientFullS,
+    idleS,
+    rate: span > 0 ? imageBytes / span : 0,
+    last,
+  };
 }
 
 /**

@@ -7,7 +7,11 @@
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { jetstream } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { encodeMessage, seedRequest, seedRequestSubject, type SeedRequest } from '@shoal/proto';
 import {
+  mib,
   readProcCost,
   scrapeMetrics,
   startAgent,
@@ -23,6 +27,7 @@ import {
   type LabHost,
   type Registry,
   type RunningProcess,
+  type ServiceProcess,
   type Teardown,
 } from '@shoal/testkit';
 
@@ -38,6 +43,17 @@ export interface ShoalAgentChoice {
   readonly seedToo?: boolean;
   /** More environment for the agents only (a CPU-profile preload). */
   readonly env?: Readonly<Record<string, string>>;
+  /**
+   * The blobs the seed server takes in from the registry before the nodes pull (a preheated
+   * seed: the nodes' pulls then measure the swarm alone, not the seed's intake).
+   */
+  readonly warmSeed?: WarmSeed;
+}
+
+/** What a preheated seed server holds before the pulls: the image's blobs (`shoalWave`). */
+export interface WarmSeed {
+  readonly repository: string;
+  readonly blobs: readonly { readonly digest: string; readonly size: number }[];
 }
 
 /** A node of the lab and when it starts pulling. */
@@ -253,6 +269,50 @@ async function cpuOf(processes: readonly RunningProcess[]): Promise<number> {
   return total;
 }
 
+/** Longest a preheated seed may take to hold the image, in ms (a 25 Mbit/s link: 86 s per 256 MiB). */
+const WARM_SEED_TIMEOUT_MS = 600_000;
+
+/**
+ * Has the seed server take `warm`'s blobs in from the registry, as a preheat does (one
+ * seed-request each, on the seed server's JetStream subject), and waits until it has taken in
+ * every byte of them (`shoal_seedserver_ingested_bytes_total`).
+ */
+async function warmSeed(
+  natsUrl: string,
+  seed: ServiceProcess,
+  context: WaveContext,
+  warm: WarmSeed,
+): Promise<void> {
+  const nc = await connect({ servers: natsUrl, name: 'shoal-bench-warm-seed' });
+  try {
+    const js = jetstream(nc, { timeout: 10_000 });
+    for (const blob of warm.blobs) {
+      const request: SeedRequest = {
+        type: 'seed-request',
+        blob: blob.digest,
+        registry: context.registry.host,
+        repository: warm.repository,
+        reason: { kind: 'want' },
+      };
+      await js.publish(seedRequestSubject(blob.digest), encodeMessage(seedRequest, request), {
+        msgID: blob.digest,
+      });
+    }
+  } finally {
+    await nc.close();
+  }
+  const bytes = warm.blobs.reduce((sum, blob) => sum + blob.size, 0);
+  progress(`shoal: the seed server is taking the image in (${mib(bytes)}) before the pulls`);
+  await waitFor(
+    'the seed server to hold the image',
+    // Interrupted: no longer waited for (the wave throws before its pulls).
+    async () =>
+      context.signal.aborted ||
+      (await scrapeMetrics(seed.url)).get('shoal_seedserver_ingested_bytes_total') >= bytes,
+    { timeoutMs: WARM_SEED_TIMEOUT_MS, intervalMs: 500, process: seed.process },
+  );
+}
+
 /**
  * (c) Every node pulls through its Shoal agent: NATS, a tracker and the seed server in the
  * control namespace, an agent per node on the node's own address, writing containerd's
@@ -283,6 +343,10 @@ export async function shoalWave(
         : {}),
     });
     teardown.add('seed server', () => seed.stop());
+    if (choice?.warmSeed !== undefined) {
+      await warmSeed(nats.url, seed, context, choice.warmSeed);
+      context.signal.throwIfAborted();
+    }
     const containerds = await startContainerds(context.nodes, teardown);
     const agents: AgentProcess[] = await Promise.all(
       context.nodes.map(async (node, index) => {
