@@ -303,6 +303,7 @@ async function warmSeed(
   }
   const bytes = warm.blobs.reduce((sum, blob) => sum + blob.size, 0);
   progress(`shoal: the seed server is taking the image in (${mib(bytes)}) before the pulls`);
+  const started = performance.now();
   await waitFor(
     'the seed server to hold the image',
     // Interrupted: no longer waited for (the wave throws before its pulls).
@@ -310,6 +311,10 @@ async function warmSeed(
       context.signal.aborted ||
       (await scrapeMetrics(seed.url)).get('shoal_seedserver_ingested_bytes_total') >= bytes,
     { timeoutMs: WARM_SEED_TIMEOUT_MS, intervalMs: 500, process: seed.process },
+  );
+  const seconds = (performance.now() - started) / 1000;
+  progress(
+    `shoal: the seed server held the image after ${seconds.toFixed(1)} s (${(bytes / 1e6 / seconds).toFixed(2)} MB/s)`,
   );
 }
 
