@@ -578,10 +578,19 @@ export class PiecePicker {
     // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
     // the window past the prefix: agents that started together have their windows over the
     // same few pieces, so their requests to the seed met on those pieces, the seed refused
-    // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
+    // all but one, and (hearing late who got them) sent some twice. Spread a little, each
     // agent's requests to the seed take pieces the others are not asking for; the window's
-    // pieces come from the peers that got them.
+    // pieces come from the peers that got them. Spread a little, not over the whole blob: in
+    // the blob's order give or take `seedSpread` pieces, so that the pieces the seed sends
+    // first are the blob's first and every agent's verified prefix (all its client can read)
+    // grows as the pull goes. Drawn over the whole blob, the pieces of a seed holding all of
+    // it (a preheated one) came in random order, and containerd got half the image only when
+    // the agents had nine tenths of it.
     const othersServe = this.#peerUsable(now);
+    const seedSpread = Math.max(
+      settings.concurrency,
+      2 * settings.perSeed * usable.filter((s) => !s.advert.seed).length,
+    );
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -589,12 +598,14 @@ export class PiecePicker {
       }
       const held = holders(index);
       if (held.length > 0) {
+        const anywhere = othersServe && held.every((s) => s.advert.seed);
         candidates.push({
           index,
           holders: held.length,
           sources: held,
-          rank: this.#random(),
-          anywhere: othersServe && held.every((s) => s.advert.seed),
+          // In pieces: the blob's order with a jitter for the seed's, any order for the rest.
+          rank: anywhere ? index + this.#random() * seedSpread : this.#random() * this.#count,
+          anywhere,
         });
       }
     }
