@@ -605,6 +605,30 @@ describe('PiecePicker', () => {
     );
   });
 
+  it('draws over the pieces a seed still taking the blob in holds, while peers serve', () => {
+    // The same draws as above, from a seed that holds only what it has taken in so far (a
+    // cold pull): its pieces are asked for where this agent's draws say, the last first.
+    let drawn = 0;
+    const p = new PiecePicker({
+      settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
+      now: () => 0,
+      random: () => 1 - drawn++ / 1000,
+    });
+    p.setLayout(200, MiB);
+    p.hashesKnown(0, 120);
+    p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 120]] });
+    for (const id of ['a', 'b', 'c', 'd', 'e']) {
+      p.advertise({ id, seed: false, complete: false, pieces: [] });
+    }
+    assert.deepEqual(
+      p
+        .next()
+        .filter((r) => r.seed)
+        .map((r) => r.index),
+      [119, 118],
+    );
+  });
+
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
     const { picker: p, clock } = picker(2, {
       concurrency: 1,
