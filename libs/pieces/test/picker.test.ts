@@ -581,9 +581,11 @@ describe('PiecePicker', () => {
     assert.deepEqual(indexes(alone.next()).sort(), [0, 1, 2, 3]);
   });
 
-  it('keeps the seed requests of agents that draw alike near the front of the blob', () => {
-    // Draws that favour the last pieces (drawn over the whole blob, these asked for 199 and
-    // 198): still the first pieces the seed alone holds.
+  /**
+   * The pieces a seed holding `held` (all 200 when undefined) is asked for first, by a picker
+   * whose draws favour the last pieces, with five peers that hold nothing yet.
+   */
+  const firstSeedRequests = (held?: number): number[] => {
     let drawn = 0;
     const p = new PiecePicker({
       settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
@@ -591,42 +593,32 @@ describe('PiecePicker', () => {
       random: () => 1 - drawn++ / 1000,
     });
     p.setLayout(200, MiB);
-    p.hashesKnown(0, 200);
-    p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
+    p.hashesKnown(0, held ?? 200);
+    p.advertise({
+      id: 'seed',
+      seed: true,
+      complete: held === undefined,
+      pieces: held === undefined ? [] : [[0, held]],
+    });
     for (const id of ['a', 'b', 'c', 'd', 'e']) {
       p.advertise({ id, seed: false, complete: false, pieces: [] });
     }
-    assert.deepEqual(
-      p
-        .next()
-        .filter((r) => r.seed)
-        .map((r) => r.index),
-      [0, 1],
-    );
+    return p
+      .next()
+      .filter((r) => r.seed)
+      .map((r) => r.index);
+  };
+
+  it('keeps the seed requests of agents that draw alike near the front of the blob', () => {
+    // Drawn over the whole blob, these asked for 199 and 198: still the first pieces of a seed
+    // that holds the whole blob.
+    assert.deepEqual(firstSeedRequests(), [0, 1]);
   });
 
   it('draws over the pieces a seed still taking the blob in holds, while peers serve', () => {
-    // The same draws as above, from a seed that holds only what it has taken in so far (a
-    // cold pull): its pieces are asked for where this agent's draws say, the last first.
-    let drawn = 0;
-    const p = new PiecePicker({
-      settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
-      now: () => 0,
-      random: () => 1 - drawn++ / 1000,
-    });
-    p.setLayout(200, MiB);
-    p.hashesKnown(0, 120);
-    p.advertise({ id: 'seed', seed: true, complete: false, pieces: [[0, 120]] });
-    for (const id of ['a', 'b', 'c', 'd', 'e']) {
-      p.advertise({ id, seed: false, complete: false, pieces: [] });
-    }
-    assert.deepEqual(
-      p
-        .next()
-        .filter((r) => r.seed)
-        .map((r) => r.index),
-      [119, 118],
-    );
+    // A seed that holds only what it has taken in so far (a cold pull): its pieces are asked
+    // for where this agent's draws say, the last first.
+    assert.deepEqual(firstSeedRequests(120), [119, 118]);
   });
 
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
