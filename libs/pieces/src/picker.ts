@@ -30,10 +30,7 @@ export interface PieceCandidate {
   readonly index: number;
   /** Sources known to hold it. */
   readonly holders: number;
-  /**
-   * The order among equally rare pieces, lowest first: this agent's own, e.g. a random number
-   * drawn per round, or a piece's place in the blob give or take one.
-   */
+  /** This agent's own tie-break, e.g. a random number drawn per round. */
   readonly rank: number;
   /**
    * Asked for wherever it lies, as if in the window: a piece only a seed holds while peers
@@ -581,21 +578,10 @@ export class PiecePicker {
     // While peers serve, a piece only a seed holds is asked for wherever it lies, not first in
     // the window past the prefix: agents that started together have their windows over the
     // same few pieces, so their requests to the seed met on those pieces, the seed refused
-    // all but one, and (hearing late who got them) sent some twice. Spread out, each agent's
-    // requests to the seed take pieces the others are not asking for; the window's pieces
-    // come from the peers that got them. How far: a seed still taking the blob in holds few
-    // such pieces, its newest, and they are drawn at random among them (in the blob's order,
-    // twelve agents on two cores met on the same ones, their relays were late, and the seed
-    // sent 1.23x the image). A seed that holds the whole blob (a preheated one) is asked in
-    // the blob's order give or take `seedSpread` pieces, so that every agent's verified
-    // prefix, all its client can read, grows as the pull goes: drawn over the whole blob, its
-    // pieces came in random order, and containerd got half the image only when the agents
-    // had nine tenths of it.
+    // all but one, and (hearing late who got them) sent some twice. Spread over the blob, each
+    // agent's requests to the seed take pieces the others are not asking for; the window's
+    // pieces come from the peers that got them.
     const othersServe = this.#peerUsable(now);
-    const seedSpread = Math.max(
-      settings.concurrency,
-      2 * settings.perSeed * usable.filter((s) => !s.advert.seed).length,
-    );
     const candidates: (PieceCandidate & { sources: SourceState[] })[] = [];
     for (let index = 0; index < this.#count; index++) {
       if (this.#have.has(index) || !this.#hashed.has(index) || this.#inFlight.has(index)) {
@@ -603,15 +589,12 @@ export class PiecePicker {
       }
       const held = holders(index);
       if (held.length > 0) {
-        const anywhere = othersServe && held.every((s) => s.advert.seed);
-        const inOrder = anywhere && held.every((s) => s.advert.complete);
         candidates.push({
           index,
           holders: held.length,
           sources: held,
-          // In pieces: a whole seed's in the blob's order with a jitter, the rest in any order.
-          rank: inOrder ? index + this.#random() * seedSpread : this.#random() * this.#count,
-          anywhere,
+          rank: this.#random(),
+          anywhere: othersServe && held.every((s) => s.advert.seed),
         });
       }
     }

@@ -536,38 +536,28 @@ describe('PiecePicker', () => {
     assert.ok(p.holdsMissing(true), 'the deferral is over');
   });
 
-  it('asks the seed for pieces only it holds in the blob order, give or take a spread, while peers serve', () => {
-    // Draws per candidate, in index order (every piece is one): 0.9 but for these. Drawn
-    // over the whole blob, piece 30's would have sent the first request there.
-    const draws = new Map([
-      [2, 0.99],
-      [3, 0.99],
-      [4, 0.1],
-      [5, 0.2],
-      [30, 0],
-    ]);
+  it('asks the seed for pieces only it holds across the blob while peers serve', () => {
+    // Ranks that favour the last pieces: past the window, as another agent's might.
+    let draws = 0;
     const make = (): PiecePicker => {
-      let drawn = 0;
       const p = new PiecePicker({
         settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
         now: () => 0,
-        random: () => draws.get(drawn++) ?? 0.9,
+        random: () => 1 - draws++ / 1000,
       });
-      p.setLayout(40, MiB);
-      p.hashesKnown(0, 40);
+      p.setLayout(20, MiB);
+      p.hashesKnown(0, 20);
       p.advertise({ id: 'seed', seed: true, complete: true, pieces: [] });
       return p;
     };
     const spread = make();
     spread.advertise({ id: 'peer', seed: false, complete: false, pieces: [[0, 2]] });
     const started = spread.next();
-    // The seed's two requests go to its first pieces as this agent's draws order them within
-    // the spread (one peer: 2 requests to the seed x 2 = 4 pieces): 4 and 5 before 2 and 3,
-    // whose draws put them past 5, and not 30, far past the others' jitter. The peer serves
-    // the window's pieces it holds.
+    // The seed's two requests go where this agent's ranks say, past the window [0, 4); the
+    // peer serves the window's pieces it holds.
     assert.deepEqual(
       started.filter((r) => r.seed).map((r) => r.index),
-      [4, 5],
+      [19, 18],
     );
     assert.deepEqual(
       started
@@ -579,46 +569,6 @@ describe('PiecePicker', () => {
     // The seed alone (a cold pull): the window first, for the client reading in order.
     const alone = make();
     assert.deepEqual(indexes(alone.next()).sort(), [0, 1, 2, 3]);
-  });
-
-  /**
-   * The pieces a seed holding `held` (all 200 when undefined) is asked for first, by a picker
-   * whose draws favour the last pieces, with five peers that hold nothing yet.
-   */
-  const firstSeedRequests = (held?: number): number[] => {
-    let drawn = 0;
-    const p = new PiecePicker({
-      settings: { ...SETTINGS, concurrency: 4, heldBytes: 4 * MiB },
-      now: () => 0,
-      random: () => 1 - drawn++ / 1000,
-    });
-    p.setLayout(200, MiB);
-    p.hashesKnown(0, held ?? 200);
-    p.advertise({
-      id: 'seed',
-      seed: true,
-      complete: held === undefined,
-      pieces: held === undefined ? [] : [[0, held]],
-    });
-    for (const id of ['a', 'b', 'c', 'd', 'e']) {
-      p.advertise({ id, seed: false, complete: false, pieces: [] });
-    }
-    return p
-      .next()
-      .filter((r) => r.seed)
-      .map((r) => r.index);
-  };
-
-  it('keeps the seed requests of agents that draw alike near the front of the blob', () => {
-    // Drawn over the whole blob, these asked for 199 and 198: still the first pieces of a seed
-    // that holds the whole blob.
-    assert.deepEqual(firstSeedRequests(), [0, 1]);
-  });
-
-  it('draws over the pieces a seed still taking the blob in holds, while peers serve', () => {
-    // A seed that holds only what it has taken in so far (a cold pull): its pieces are asked
-    // for where this agent's draws say, the last first.
-    assert.deepEqual(firstSeedRequests(120), [119, 118]);
   });
 
   it('backs off a piece the seed keeps refusing, doubling up to the longest deferral', () => {
