@@ -92,6 +92,12 @@ export {
   type SeedFailureReason,
 } from './messages/seed-failed.js';
 export {
+  SEED_INTAKE_SUBJECTS,
+  seedIntake,
+  seedIntakeSubject,
+  type SeedIntake,
+} from './messages/seed-intake.js';
+export {
   PIECE_HAVE_SUBJECTS,
   pieceHave,
   pieceHaveSubject,

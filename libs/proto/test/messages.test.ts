@@ -21,6 +21,8 @@ import {
   pieceSizeFor,
   pieceWantSubject,
   preheatProgress,
+  seedIntake,
+  seedIntakeSubject,
   seedRequestSubject,
   signPiecesVerified,
   STREAMS,
@@ -37,6 +39,21 @@ function isMessageType(name: string): name is MessageType {
 }
 
 const MiB = 1024 * 1024;
+
+/** Whether a NATS subject pattern (`*` one token, `>` the rest) matches `subject`. */
+function subjectMatches(pattern: string, subject: string): boolean {
+  const want = pattern.split('.');
+  const have = subject.split('.');
+  for (let i = 0; i < want.length; i += 1) {
+    if (want[i] === '>') {
+      return have.length > i;
+    }
+    if (i >= have.length || (want[i] !== '*' && want[i] !== have[i])) {
+      return false;
+    }
+  }
+  return want.length === have.length;
+}
 
 describe('v1 golden fixtures', () => {
   it('has one fixture per message type', () => {
@@ -288,5 +305,37 @@ describe('pieces-verified', () => {
       piecesVerifiedSubject(record.blob),
       `shoal.pieces.v1.verified.sha256.${record.blob.slice('sha256:'.length)}`,
     );
+  });
+});
+
+describe('seed-intake', () => {
+  it('refuses more bytes received than the blob has, and lives outside the stored streams', () => {
+    const good = JSON.parse(readFileSync(join(fixturesDir, 'seed-intake.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    const size = good.size as number;
+    for (const [received, ok] of [
+      [0, true],
+      [size, true],
+      [size + 1, false],
+      [-1, false],
+      [1.5, false],
+    ] as const) {
+      const message = Buffer.from(JSON.stringify({ ...good, received }));
+      assert.equal(decodeMessage(seedIntake, message).ok, ok, `received ${received}`);
+    }
+    const blob = good.blob as string;
+    const subject = seedIntakeSubject(blob);
+    assert.equal(subject, `shoal.intake.v1.sha256.${blob.slice('sha256:'.length)}`);
+    // A notice is news only while it is new: no stream may store it.
+    for (const stream of Object.values(STREAMS)) {
+      for (const pattern of stream.subjects) {
+        assert.ok(
+          !subjectMatches(pattern, subject),
+          `${stream.name} (${pattern}) stores ${subject}`,
+        );
+      }
+    }
   });
 });

@@ -33,6 +33,7 @@ import {
   PIECES_VERIFIED_SUBJECTS,
   preheatNodesConsumer,
   preheatReportSubject,
+  SEED_INTAKE_SUBJECTS,
   STREAMS,
 } from '@shoal/proto';
 
@@ -111,6 +112,7 @@ export const AGENT_PERMISSION_TEMPLATE: RolePermissions = {
       handoutSubject(NAME),
       PIECE_HASHES_SUBJECTS,
       PIECES_VERIFIED_SUBJECTS,
+      SEED_INTAKE_SUBJECTS,
     ],
   },
 };
@@ -149,6 +151,7 @@ export const SERVICE_PERMISSIONS: Readonly<Record<ServiceRole, RolePermissions>>
     pub: {
       allow: [
         'shoal.pieces.v1.>',
+        SEED_INTAKE_SUBJECTS,
         'shoal.swarm.v1.have.>',
         'shoal.swarm.v1.gone.>',
         preheatReportSubject('*', 'seed', '*'),

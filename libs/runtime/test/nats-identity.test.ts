@@ -168,13 +168,14 @@ describe('NATS identity permissions', () => {
       assert.ok(subject.endsWith('.{{name()}}'), subject);
     }
     // It reads only its own inbox and hand-outs, and the piece hashes every node verifies
-    // against and the seed's signed records of them (the same for all, published by the seed
-    // server alone).
+    // against, the seed's signed records of them and its intake notices (the same for all,
+    // published by the seed server alone).
     assert.deepEqual(AGENT_PERMISSION_TEMPLATE.sub.allow, [
       '_INBOX.{{name()}}.>',
       'shoal.handout.v1.{{name()}}',
       'shoal.pieces.v1.hashes.>',
       'shoal.pieces.v1.verified.>',
+      'shoal.intake.v1.>',
     ]);
   });
 });

@@ -255,6 +255,8 @@ export async function buildApp(
       }
       // Seeding: the seeder announces as soon as it knows its own address.
       seeder = new Seeder({
+        nc,
+        intakeNoticeMs: config.SHOAL_SEED_INTAKE_NOTICE_MS,
         js,
         jsm,
         locks,

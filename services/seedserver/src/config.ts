@@ -144,6 +144,14 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_FANOUT_HOLD_MS: envInt(20_000),
   /**
+   * How often a blob coming in is looked at, in ms (default 2 000): when bytes came and no piece
+   * landed since the last look, the agents following it get an intake notice (core NATS,
+   * `shoal.intake.v1.<blob>`) and count those bytes as the swarm moving, so a slow origin does
+   * not send them to it after their stall timeout. Keep it well under the agents'
+   * `SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS` (10 000).
+   */
+  SHOAL_SEED_INTAKE_NOTICE_MS: envInt(2_000).refine((n) => n >= 50, 'must be at least 50'),
+  /**
    * The tracker's Ed25519 public keys (PEM, one or more: during a key rotation, the old and
    * the new), which sign the hand-out tokens agents must present for pieces. Required unless
    * `SHOAL_SEED_PIECE_AUTH=off`.

@@ -24,6 +24,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       labelNames: ['registry', 'outcome'] as const,
       registers,
     }),
+    intakeNotices: new Counter({
+      name: `${prefix}intake_notices_total`,
+      help: 'Intake notices sent: bytes kept coming in for a blob while no piece of it landed since the last look (SHOAL_SEED_INTAKE_NOTICE_MS; a slow origin), told to the agents following it so that they stay in the swarm',
+      registers,
+    }),
     originResumes: new Counter({
       name: `${prefix}origin_resumes_total`,
       help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',

@@ -16,6 +16,7 @@ import { preheatNodes } from './preheat-nodes.js';
 import { preheatProgress } from './preheat-progress.js';
 import { preheatReport } from './preheat-report.js';
 import { seedFailed } from './seed-failed.js';
+import { seedIntake } from './seed-intake.js';
 import { seedRequest } from './seed-request.js';
 import { trackerReplica } from './tracker-replica.js';
 import { wantForwarded } from './want-forwarded.js';
@@ -28,6 +29,7 @@ export const messageSchemas = {
   handout,
   'seed-request': seedRequest,
   'seed-failed': seedFailed,
+  'seed-intake': seedIntake,
   'pieces-verified': piecesVerified,
   preheat: preheatCommand,
   'preheat-progress': preheatProgress,

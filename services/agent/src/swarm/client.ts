@@ -22,12 +22,15 @@ import {
   pieceHaveSubject,
   pieceWant,
   pieceWantSubject,
+  seedIntake,
+  seedIntakeSubject,
   type Handout,
   type PeerInfo,
   type PieceHashes,
   type PieceRanges,
   type PiecesVerified,
   type SeedFailed,
+  type SeedIntake,
 } from '@shoal/proto';
 import { activeSpan, untilAborted, type Logger, type Span } from '@shoal/runtime';
 import { followNatsLink, traceHeaders, type NatsLink } from '@shoal/runtime/nats';
@@ -322,6 +325,36 @@ export class SwarmClient {
   onNatsDown(listener: () => void): () => void {
     this.#natsDownListeners.add(listener);
     return () => this.#natsDownListeners.delete(listener);
+  }
+
+  /**
+   * Calls `onNotice` with each `seed-intake` notice about `blob` (the seed server still taking
+   * it in while none of its pieces lands) until the returned function is called: one core
+   * subscription per download. An invalid notice is counted, logged and dropped.
+   */
+  onSeedIntake(blob: string, onNotice: (notice: SeedIntake) => void): () => void {
+    let subscription: Subscription | undefined;
+    try {
+      subscription = this.#nc.subscribe(seedIntakeSubject(blob), {
+        callback: (error, message) => {
+          if (error !== null) {
+            return;
+          }
+          const decoded = decodeMessage(seedIntake, message.data);
+          if (!decoded.ok || decoded.value.blob !== blob) {
+            this.#metrics.eventsRejected.inc({ type: 'seed-intake' });
+            this.#logger.warn({ blob }, 'an invalid seed-intake notice; ignored');
+            return;
+          }
+          this.#metrics.eventsReceived.inc({ type: 'seed-intake' });
+          onNotice(decoded.value);
+        },
+      });
+    } catch (error) {
+      // The connection is closed: no notice comes, and the download waits as without them.
+      this.#logger.debug({ blob, err: error }, 'seed-intake notices not followed');
+    }
+    return () => subscription?.unsubscribe();
   }
 
   /** Calls `listener` with every hand-out for `blob` until the returned function is called. */

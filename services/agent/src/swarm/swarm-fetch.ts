@@ -42,6 +42,7 @@ import {
   type PieceHashes,
   type PiecesVerified,
   type SeedFailed,
+  type SeedIntake,
 } from '@shoal/proto';
 import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
 import { SpanKind, withSpan, withSpanOnFailure, type Logger } from '@shoal/runtime';
@@ -221,6 +222,11 @@ export class SwarmFetch {
   /** How many of the blob's pieces have a known hash (`#hashes` within the piece count). */
   #knownHashCount = 0;
   /**
+   * The most bytes of the blob, from its start, the seed server is known to have taken in:
+   * up to the last piece it hashed, or what its last intake notice said (`#onSeedIntake`).
+   */
+  #seedBytes = 0;
+  /**
    * The hash each held piece verified against, by index (from a peer, the seed or the
    * origin): what the seed's signed record must bind for the download to skip its whole-blob
    * hash. A piece that verified against nothing (origin bytes before any hash was known) has
@@ -369,6 +375,7 @@ export class SwarmFetch {
     const onAbort = (): void => stop.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     const offHandouts = client.onHandout(this.#blob, (h) => this.#onHandout(h));
+    const offIntake = client.onSeedIntake(this.#blob, (notice) => this.#onSeedIntake(notice));
     const offNatsDown = client.onNatsDown(() => this.#wake?.());
     // The seed no longer refuses this agent (see `#requestHeaders`): the loop asks it again
     // at once for what it refused.
@@ -441,6 +448,7 @@ export class SwarmFetch {
       stop.abort();
       signal.removeEventListener('abort', onAbort);
       offHandouts();
+      offIntake();
       offNatsDown();
       offUnheard();
       await hashes;
@@ -1028,8 +1036,32 @@ export class SwarmFetch {
     this.#releaseHashOnceListWhole();
     // A seed part-way through the blob holds every piece hashed so far: the picker asks it.
     this.#picker.hashesKnown(batch.first, batch.hashes.length);
+    const hashedTo = pieceBounds(
+      batch.first + batch.hashes.length - 1,
+      batch.size,
+      batch.pieceSize,
+    ).end;
+    this.#seedBytes = Math.max(this.#seedBytes, hashedTo);
     this.#stall.progress();
     this.#wake?.();
+  }
+
+  /**
+   * The seed server is still taking the blob in, though none of its pieces landed lately:
+   * what it received since this download last heard of it counts as bytes moving, at the
+   * pieces' rate floor (`StallWatch.received`), as a peer's bytes do. A download that holds
+   * every piece the seed hashed would otherwise read the rest from the origin after its stall
+   * timeout, through the link the seed is reading by, when the origin sends a piece more
+   * slowly than that (a slow registry, large pieces, many layers at once).
+   */
+  #onSeedIntake(notice: SeedIntake): void {
+    if (notice.size !== (this.download.size ?? notice.size) || notice.received <= this.#seedBytes) {
+      return;
+    }
+    const grew = notice.received - this.#seedBytes;
+    this.#seedBytes = notice.received;
+    // The loop's sleep ends at the stall deadline at the earliest; it finds it moved on then.
+    this.#stall.received(grew);
   }
 
   /** The seed server gave the blob up: it is asked for nothing more, and the loop looks again. */

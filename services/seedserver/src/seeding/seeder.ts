@@ -26,6 +26,7 @@ import { join } from 'node:path';
 
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
 import type { BlobStore } from '@shoal/blobstore';
 import { freeDiskBytes, isDiskFull } from '@shoal/pieces';
 import {
@@ -58,6 +59,7 @@ import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/ru
 import type { SeedMetrics } from '../metrics.js';
 import { Announcer } from './announcer.js';
 import { FailureNotes } from './failures.js';
+import { IntakeNotices } from './intake-notices.js';
 import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 import { SeedCache } from './seed-cache.js';
@@ -134,6 +136,10 @@ const SEED_CREDENTIALS = {
 } as const;
 
 export interface SeederDeps {
+  /** Core NATS, for the intake notices (`IntakeNotices`: not stored). */
+  readonly nc: Pick<NatsConnection, 'publish'>;
+  /** How often a blob coming in is looked at for an intake notice, in ms. */
+  readonly intakeNoticeMs: number;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   readonly locks: KV;
@@ -628,6 +634,17 @@ export class Seeder {
     this.#reportCache();
     const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
+    const notices = new IntakeNotices(
+      {
+        nc: this.#deps.nc,
+        seed: self.id,
+        notices: metrics.intakeNotices,
+        logger: this.#deps.logger,
+        intervalMs: this.#deps.intakeNoticeMs,
+      },
+      blob,
+      () => cutter.received,
+    );
     // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
@@ -686,6 +703,7 @@ export class Seeder {
       if (actual !== key) {
         throw new SeedError('DIGEST_MISMATCH', 502, `${key}: the bytes do not match the digest`);
       }
+      notices.stop();
       announcer.stopPacing();
       announcer.verified();
       // Verified: the last pieces are announced before the commit's fsync, which agents need
@@ -700,6 +718,7 @@ export class Seeder {
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
+      notices.stop();
       announcer.stopPacing();
       bytes.cancel();
       tee?.abort(error instanceof Error ? error : new Error(String(error)));

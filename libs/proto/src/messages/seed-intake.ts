@@ -1,0 +1,39 @@
+/**
+ * `seed-intake`: the seed server is still taking a blob in, though no piece of it has landed
+ * lately. An agent that holds every piece the seed has hashed hears nothing else while the
+ * origin sends the next piece slowly (a registry across a slow link, a large piece, many
+ * layers at once), and would take that silence for a stalled swarm and read the rest from the
+ * origin: on the very link the seed is reading through, so the seed slowed and more agents
+ * gave up (every node reading the image from the registry). The notice tells them how many of
+ * the blob's bytes the seed holds now; bytes that keep coming keep their downloads in the
+ * swarm, at the pieces' rate floor, as bytes from a peer do.
+ *
+ * Core NATS on a subject outside every stream (nothing is stored: a notice matters only while
+ * it is new), sent only while bytes come in and no piece has landed for a while, so an intake
+ * whose pieces land often sends none.
+ */
+import { z } from 'zod';
+
+import { MAX_BLOB_BYTES } from '../pieces.js';
+import { digestSubjectTokens, digestText, peerId } from './common.js';
+
+export const seedIntake = z
+  .strictObject({
+    type: z.literal('seed-intake'),
+    blob: digestText,
+    /** The seed server taking the blob in (its peer id). */
+    seed: peerId,
+    /** Blob size in bytes. */
+    size: z.int().nonnegative().max(MAX_BLOB_BYTES),
+    /** Bytes of the blob the seed has received so far, in order from its start. */
+    received: z.int().nonnegative(),
+  })
+  .refine((m) => m.received <= m.size, { message: 'more bytes received than the blob has' });
+export type SeedIntake = z.infer<typeof seedIntake>;
+
+/** Subject of a blob's intake notices (outside `shoal.pieces.v1.>`: not stored). */
+export const seedIntakeSubject = (blob: string): string =>
+  `shoal.intake.v1.${digestSubjectTokens(blob)}`;
+
+/** Every blob's intake subject: what agents may read and only the seed server may publish. */
+export const SEED_INTAKE_SUBJECTS = 'shoal.intake.v1.>';

@@ -1,0 +1,146 @@
+/**
+ * An origin slower than the agents' stall timeout per piece (a registry across a slow link):
+ * the seed server takes each 256 KiB piece in over about two seconds, and an agent that holds
+ * every piece the seed has hashed hears of nothing for that long. Without the seed's intake
+ * notices the agent took the silence for a stalled swarm and read the rest from the origin,
+ * through the same slow link, beside the seed (in a cluster, every node at once, and the seed
+ * slowed by them). With them, the bytes coming in count as the swarm moving: the agent gets
+ * every piece from the seed and the origin sends the blob once. Real nats-server (with the
+ * agents' and the seed server's NATS permissions), tracker, seed server, agent and registry,
+ * behind a proxy sharing 128 KiB/s among its answers.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it, type TestContext } from 'node:test';
+
+import {
+  generateImage,
+  makeTempDir,
+  pushImage,
+  startFaultProxy,
+  startRegistry,
+  Teardown,
+  type FaultProxy,
+  type GeneratedImage,
+  type Registry,
+} from '@shoal/testkit';
+
+import { MiB } from '../src/files.js';
+import { bytesBySource, pullBlobs, startCluster } from '../src/swarm.js';
+
+const repository = 'shoal/slow-origin';
+/** The agent's stall timeout: half of what one piece takes to come in. */
+const STALL_TIMEOUT_MS = 1_000;
+/** The slow link's rate, shared by every answer in flight. */
+const LINK_BYTES = MiB / 8;
+
+interface PullFigures {
+  /** Bytes the agent read from the origin, and from the seed. */
+  readonly origin: number;
+  readonly seed: number;
+  /** Downloads the agent sent to the origin because the swarm stalled. */
+  readonly stalls: number;
+  /** Intake notices the seed sent, and the agent heard. */
+  readonly sent: number;
+  readonly heard: number;
+  /** Body bytes the slow origin sent during the pull. */
+  readonly originSent: number;
+}
+
+describe('an origin slower per piece than the stall timeout', () => {
+  const teardown = new Teardown();
+  let registry: Registry;
+  let image: GeneratedImage;
+  let proxy: FaultProxy;
+
+  before(async () => {
+    registry = await startRegistry();
+    teardown.add('registry', () => registry.stop());
+    const layout = await makeTempDir('slow-origin');
+    teardown.add('image', () => layout.remove());
+    // Four pieces of 256 KiB (the last of one byte): about six seconds over the link.
+    image = await generateImage(layout.path, {
+      layerSizes: [(3 * MiB) / 4 + 1],
+      seed: 'swarm-slow-origin',
+    });
+    await pushImage(image, registry.host, repository);
+    proxy = await startFaultProxy({ upstream: registry.url });
+    teardown.add('proxy', () => proxy.stop());
+  });
+
+  after(() => teardown.run());
+
+  /** One pull through one agent of a cluster of its own, the seed looking every `noticeMs`. */
+  async function pull(t: TestContext, noticeMs: number): Promise<PullFigures> {
+    const cluster = await startCluster({
+      layerSizes: [],
+      seed: 'swarm-slow-origin',
+      repository,
+      trackers: 1,
+      agents: [
+        {
+          peerId: `agent-notices-${String(noticeMs)}`,
+          env: { SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS: String(STALL_TIMEOUT_MS) },
+        },
+      ],
+      seedEnv: { SHOAL_SEED_INTAKE_NOTICE_MS: String(noticeMs) },
+      registry: { registry, image },
+      upstreamUrl: proxy.url,
+    });
+    try {
+      const [agent] = cluster.agents;
+      assert.ok(agent !== undefined);
+      const before = proxy.counts().bytes;
+      proxy.set({ kind: 'slow', delayMs: 0, rateBytes: LINK_BYTES });
+      const started = Date.now();
+      const outcomes = await pullBlobs(agent, cluster, repository).finally(() =>
+        proxy.set(undefined),
+      );
+      t.diagnostic(`pulled in ${String(Date.now() - started)} ms`);
+      assert.deepEqual(
+        outcomes.map((o) => ({ digest: o.digest, error: o.error?.message })),
+        image.blobs.map((blob) => ({ digest: blob.digest, error: undefined })),
+      );
+      const sources = await bytesBySource(agent);
+      return {
+        origin: sources.origin,
+        seed: sources.seed,
+        stalls: await agent.metric('shoal_agent_swarm_fallbacks_total', { reason: 'stall' }),
+        sent: await cluster.seed.metric('shoal_seedserver_intake_notices_total'),
+        heard: await agent.metric('shoal_agent_events_received_total', { type: 'seed-intake' }),
+        originSent: proxy.counts().bytes - before,
+      };
+    } finally {
+      await cluster.stop();
+    }
+  }
+
+  it('keeps the agent in the swarm while the seed tells it the bytes keep coming', async (t) => {
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const figures = await pull(t, 250);
+    t.diagnostic(JSON.stringify(figures));
+    assert.equal(figures.stalls, 0, 'no download stalled');
+    assert.equal(figures.origin, 0, 'nothing from the origin');
+    assert.ok(figures.seed >= layer.size, `the layer came from the seed (${String(figures.seed)})`);
+    assert.ok(
+      figures.sent >= 2,
+      `the seed sent notices between its pieces (${String(figures.sent)})`,
+    );
+    assert.ok(figures.heard >= 2, `the agent heard them (${String(figures.heard)})`);
+    const total = image.blobs.reduce((sum, blob) => sum + blob.size, 0);
+    assert.ok(
+      figures.originSent < 1.2 * total,
+      `the origin sent ${String(figures.originSent)} bytes for ${String(total)} bytes of blobs`,
+    );
+  });
+
+  it('without notices, the same pull stalled and read from the origin beside the seed', async (t) => {
+    // The seed looks only after the pull is over: no notice while the blob comes in.
+    const figures = await pull(t, 600_000);
+    t.diagnostic(JSON.stringify(figures));
+    assert.equal(figures.sent, 0);
+    assert.equal(figures.heard, 0);
+    assert.ok(figures.stalls >= 1, 'the layer stalled between two pieces');
+    assert.ok(figures.origin > 0, 'and its rest came from the origin');
+  });
+});
