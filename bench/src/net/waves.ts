@@ -113,6 +113,12 @@ export interface SwarmFigures {
   readonly seedExemptions: Readonly<Record<string, number>>;
   /** Pieces the seed served that were cut off before the agent had them whole. */
   readonly seedCut: number;
+  /**
+   * Intake notices the seed sent (bytes came in, no piece landed since its last look), and
+   * those the agents heard (`shoal_seedserver_intake_notices_total`, the agents' seed-intake
+   * events).
+   */
+  readonly intakeNotices: { readonly sent: number; readonly heard: number };
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
   readonly controlLinkBytes: number;
   /**
@@ -437,6 +443,10 @@ export async function shoalWave(
           ]),
         ),
         seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
+        intakeNotices: {
+          sent: seedMetrics.get('shoal_seedserver_intake_notices_total'),
+          heard: sum('shoal_agent_events_received_total', { type: 'seed-intake' }),
+        },
         controlLinkBytes: controlAfter.tx - controlBefore.tx,
         controlLinkInBytes: controlAfter.rx - controlBefore.rx,
         pieceSeconds: {
