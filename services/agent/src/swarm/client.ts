@@ -329,8 +329,9 @@ export class SwarmClient {
 
   /**
    * Calls `onNotice` with each `seed-intake` notice about `blob` (the seed server still taking
-   * it in while none of its pieces lands) until the returned function is called: one core
-   * subscription per download. An invalid notice is counted, logged and dropped.
+   * it in while none of its pieces lands) until the returned function is called (once or
+   * more): one core subscription per download. An invalid notice is counted, logged and
+   * dropped.
    */
   onSeedIntake(blob: string, onNotice: (notice: SeedIntake) => void): () => void {
     let subscription: Subscription | undefined;
@@ -354,7 +355,11 @@ export class SwarmClient {
       // The connection is closed: no notice comes, and the download waits as without them.
       this.#logger.debug({ blob, err: error }, 'seed-intake notices not followed');
     }
-    return () => subscription?.unsubscribe();
+    return () => {
+      // Called once the download is done with the swarm, and again at its end.
+      subscription?.unsubscribe();
+      subscription = undefined;
+    };
   }
 
   /** Calls `listener` with every hand-out for `blob` until the returned function is called. */

@@ -407,6 +407,8 @@ export class SwarmFetch {
       );
     try {
       const end = await this.#fromSwarm(stop.signal);
+      // Done with the swarm: what the seed takes in no longer matters to this download.
+      offIntake();
       if (end !== 'complete' && end !== 'aborted' && !signal.aborted) {
         // The rest comes from the origin: the seed's list may never be whole, nor its record
         // come. The hash catches up meanwhile rather than all of it waiting for `finish`.
@@ -1052,7 +1054,11 @@ export class SwarmFetch {
    * pieces' rate floor (`StallWatch.received`), as a peer's bytes do. A download that holds
    * every piece the seed hashed would otherwise read the rest from the origin after its stall
    * timeout, through the link the seed is reading by, when the origin sends a piece more
-   * slowly than that (a slow registry, large pieces, many layers at once).
+   * slowly than that (a slow registry, large pieces, many layers at once). Only then: one
+   * still missing a piece the seed has (it cannot reach the seed, or the piece is slow to come
+   * from a peer) waits on that piece's bytes, and on the stall timeout as before; and nothing
+   * counts once the seed gave the blob up (a late notice: core NATS and the hash stream are
+   * not ordered).
    */
   #onSeedIntake(notice: SeedIntake): void {
     if (notice.size !== (this.download.size ?? notice.size) || notice.received <= this.#seedBytes) {
@@ -1060,6 +1066,9 @@ export class SwarmFetch {
     }
     const grew = notice.received - this.#seedBytes;
     this.#seedBytes = notice.received;
+    if (this.#seedFailed !== undefined || this.#picker.held.size < this.#knownHashCount) {
+      return;
+    }
     // The loop's sleep ends at the stall deadline at the earliest; it finds it moved on then.
     this.#stall.received(grew);
   }

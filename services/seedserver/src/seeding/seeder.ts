@@ -634,17 +634,7 @@ export class Seeder {
     this.#reportCache();
     const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
-    const notices = new IntakeNotices(
-      {
-        nc: this.#deps.nc,
-        seed: self.id,
-        notices: metrics.intakeNotices,
-        logger: this.#deps.logger,
-        intervalMs: this.#deps.intakeNoticeMs,
-      },
-      blob,
-      () => cutter.received,
-    );
+    let notices: IntakeNotices | undefined;
     // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
@@ -671,6 +661,17 @@ export class Seeder {
     };
     try {
       await cleared;
+      notices = new IntakeNotices(
+        {
+          nc: this.#deps.nc,
+          seed: self.id,
+          notices: metrics.intakeNotices,
+          logger: this.#deps.logger,
+          intervalMs: this.#deps.intakeNoticeMs,
+        },
+        blob,
+        () => cutter.received,
+      );
       for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
@@ -718,7 +719,7 @@ export class Seeder {
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
-      notices.stop();
+      notices?.stop();
       announcer.stopPacing();
       bytes.cancel();
       tee?.abort(error instanceof Error ? error : new Error(String(error)));

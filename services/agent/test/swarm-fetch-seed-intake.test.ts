@@ -1,0 +1,209 @@
+/**
+ * A download and the seed server's intake notices, against a real nats-server and a real piece
+ * server: once it holds every piece the seed has hashed, the bytes the seed says it keeps
+ * taking in hold its stall timeout off (a slow origin must not send it to the origin beside
+ * the seed); a download still missing a piece the seed has (it cannot reach the seed) is not
+ * held by them, and stalls as before. The origin is unreachable: a download sent there fails.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+
+import { PieceBuffers } from '@shoal/pieces';
+import {
+  digestOf,
+  encodeMessage,
+  handout,
+  handoutSubject,
+  pieceWantSubject,
+  seedIntake,
+  seedIntakeSubject,
+  STREAMS,
+} from '@shoal/proto';
+
+import { FsContentStore } from '../src/cache/content-store.js';
+import { BlobDownload } from '../src/cache/download.js';
+import type { SwarmFetch } from '../src/swarm/swarm-fetch.js';
+import { publishHashes, servePieces } from './blob-pieces.js';
+import {
+  startJetStream,
+  startSwarmClient,
+  swarmFetchNoOrigin,
+  type JetStreamFixture,
+} from './jetstream-fixture.js';
+
+// The piece size a blob under 64 MiB has (`pieceSizeFor`).
+const PIECE_BYTES = 256 * 1024;
+const PIECES = 8;
+/** Pieces the seed has hashed when its origin slows down. */
+const HASHED = 4;
+const STALL_TIMEOUT_MS = 600;
+/** How often the seed tells of its intake here, and how much came in meanwhile. */
+const NOTICE_MS = 150;
+const NOTICE_BYTES = 16 * 1024;
+
+describe('SwarmFetch and the seed\u2019s intake notices', () => {
+  let fixture: JetStreamFixture;
+  let root: string;
+  const self = { id: 'agent-intake', url: 'http://127.0.0.1:65005' };
+  let agent: ReturnType<typeof startSwarmClient>;
+
+  before(async () => {
+    fixture = await startJetStream([STREAMS.swarm, STREAMS.pieces]);
+    root = await mkdtemp(join(tmpdir(), 'shoal-fetch-intake-'));
+    agent = startSwarmClient(fixture, self, false);
+  });
+
+  after(async () => {
+    await agent.client.close();
+    await fixture.close();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const stalls = async (): Promise<number> =>
+    (await agent.metrics.swarmFallbacks.get()).values.find((v) => v.labels.reason === 'stall')
+      ?.value ?? 0;
+
+  /**
+   * A cold pull whose seed (at `seedUrl`, or a piece server of the blob) has hashed `HASHED`
+   * pieces and then takes bytes in without landing a piece: notices every `NOTICE_MS` for
+   * `noticesMs`, meanwhile `during` runs. Returns the content, the download, its run and a
+   * function that ends the pull's fixtures.
+   */
+  async function slowIntake(
+    name: string,
+    seedUrl: string | undefined,
+    noticesMs: number,
+    during: (download: BlobDownload) => Promise<void>,
+  ): Promise<{
+    content: Buffer;
+    download: BlobDownload;
+    run: Promise<void>;
+    end(): Promise<void>;
+  }> {
+    const content = Buffer.alloc(PIECES * PIECE_BYTES, 3);
+    content.write(name);
+    const digest = digestOf(content);
+    const blob = digest.toString();
+    const holder = seedUrl === undefined ? await servePieces(content) : undefined;
+    const { nc } = fixture;
+    // The tracker, played here: every want is answered with the seed.
+    const tracker = nc.subscribe(pieceWantSubject(blob, self.id), {
+      callback: () => {
+        nc.publish(
+          handoutSubject(self.id),
+          encodeMessage(handout, {
+            type: 'handout',
+            blob,
+            peers: [
+              {
+                peer: { id: 'seed', url: seedUrl ?? holder?.url ?? '' },
+                pieces: [],
+                // As the seed's hand-outs say: it asks the seed for each piece once hashed.
+                complete: true,
+                seed: true,
+              },
+            ],
+          }),
+        );
+      },
+    });
+    await nc.flush();
+    const { client, logger, metrics } = agent;
+    const store = new FsContentStore(join(root, name), 64 * 1024 * 1024);
+    await store.init();
+    const pool = new PieceBuffers(PIECE_BYTES);
+    const download = new BlobDownload(digest, await store.createTemp(), pool);
+    const fetch: SwarmFetch = swarmFetchNoOrigin(
+      download,
+      `library/${name}`,
+      { client, store, pool, metrics, logger },
+      { concurrency: 4, stallTimeoutMs: STALL_TIMEOUT_MS, wantIntervalMs: 100 },
+    );
+    const run = fetch.run(new AbortController().signal);
+    await publishHashes(fixture.js, content, 0, HASHED);
+    // The seed's origin slows down: bytes keep coming, no piece lands.
+    const notices = (async () => {
+      let received = HASHED * PIECE_BYTES;
+      const until = Date.now() + noticesMs;
+      while (Date.now() < until && download.state === 'running') {
+        await delay(NOTICE_MS);
+        received += NOTICE_BYTES;
+        nc.publish(
+          seedIntakeSubject(blob),
+          encodeMessage(seedIntake, {
+            type: 'seed-intake',
+            blob,
+            seed: 'seed',
+            size: content.length,
+            received,
+          }),
+        );
+      }
+    })();
+    await during(download);
+    await notices;
+    return {
+      content,
+      download,
+      run,
+      end: async () => {
+        await run.catch(() => undefined);
+        tracker.unsubscribe();
+        await holder?.server.close();
+      },
+    };
+  }
+
+  it('waits on a slow seed past its stall timeout while the seed tells of bytes coming in', async () => {
+    const stalledBefore = await stalls();
+    const pull = await slowIntake(
+      'slow-seed',
+      undefined,
+      6 * STALL_TIMEOUT_MS,
+      async (download) => {
+        const deadline = Date.now() + 10_000;
+        while (download.available < HASHED * PIECE_BYTES && Date.now() < deadline) {
+          await delay(10);
+        }
+        assert.equal(download.available, HASHED * PIECE_BYTES, 'every piece the seed hashed');
+      },
+    );
+    try {
+      // Six stall timeouts with every hashed piece held and nothing else to fetch.
+      assert.equal(pull.download.state, 'running', 'still in the swarm');
+      assert.equal(await stalls(), stalledBefore, 'no stall');
+      // The seed's next pieces land.
+      await publishHashes(fixture.js, pull.content, HASHED);
+      await pull.run;
+      assert.equal(pull.download.state, 'verified');
+      assert.equal(await stalls(), stalledBefore);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it('is not held by them while it misses a piece the seed has (it cannot reach the seed)', async () => {
+    const stalledBefore = await stalls();
+    const started = Date.now();
+    // Nothing listens on port 1: the seed is handed out but unreachable.
+    const pull = await slowIntake(
+      'unreachable-seed',
+      'http://127.0.0.1:1',
+      10 * STALL_TIMEOUT_MS,
+      () => Promise.resolve(),
+    );
+    try {
+      await pull.run;
+      const took = Date.now() - started;
+      assert.equal(pull.download.state, 'failed', 'sent to the (unreachable) origin');
+      assert.equal(await stalls(), stalledBefore + 1, 'by a stall');
+      assert.ok(took < 10 * STALL_TIMEOUT_MS, `stalled in ${String(took)} ms, notices or not`);
+    } finally {
+      await pull.end();
+    }
+  });
+});
