@@ -227,6 +227,13 @@ export class SwarmFetch {
    */
   #seedBytes = 0;
   /**
+   * Since when (ms) this download has missed a piece the seed hashed, while it does: the
+   * pieces the seed rations reach the others from a peer a little later, and only a download
+   * behind the seed for longer than its stall timeout is stuck on something else than the
+   * seed's intake (`#onSeedIntake`).
+   */
+  #behindSince: number | undefined;
+  /**
    * The hash each held piece verified against, by index (from a peer, the seed or the
    * origin): what the seed's signed record must bind for the download to skip its whole-blob
    * hash. A piece that verified against nothing (origin bytes before any hash was known) has
@@ -939,6 +946,9 @@ export class SwarmFetch {
   #markHave(index: number, fromSeed = false): void {
     this.#picker.markHave(index);
     this.#stall.progress();
+    if (this.#caughtUp()) {
+      this.#behindSince = undefined;
+    }
     const size = this.download.size ?? 0;
     this.download.advance(Math.min(size, this.#picker.prefix * this.#pieceSize));
     // Announced as the held pieces double, then every sixty-fourth of the blob (`haveDue`; the
@@ -1025,6 +1035,7 @@ export class SwarmFetch {
       return;
     }
     const count = this.#picker.count;
+    const caughtUp = this.#caughtUp();
     batch.hashes.forEach((hash, i) => {
       const index = batch.first + i;
       if (index < count && this.#hashes[index] === undefined) {
@@ -1032,6 +1043,9 @@ export class SwarmFetch {
       }
       this.#hashes[index] = hash;
     });
+    if (caughtUp && !this.#caughtUp()) {
+      this.#behindSince = Date.now();
+    }
     this.#trustRecord();
     // Another download may have trusted a record since this one began lagging.
     this.#holdHashForList();
@@ -1054,11 +1068,11 @@ export class SwarmFetch {
    * pieces' rate floor (`StallWatch.received`), as a peer's bytes do. A download that holds
    * every piece the seed hashed would otherwise read the rest from the origin after its stall
    * timeout, through the link the seed is reading by, when the origin sends a piece more
-   * slowly than that (a slow registry, large pieces, many layers at once). Only then: one
-   * still missing a piece the seed has (it cannot reach the seed, or the piece is slow to come
-   * from a peer) waits on that piece's bytes, and on the stall timeout as before; and nothing
-   * counts once the seed gave the blob up (a late notice: core NATS and the hash stream are
-   * not ordered).
+   * slowly than that (a slow registry, large pieces, many layers at once). Not for one that
+   * has missed a piece the seed has for longer than its stall timeout (it cannot reach the
+   * seed, or the peers do not pass the piece on): that one waits on that piece's bytes, and
+   * on the stall timeout as before, whatever the seed takes in; nor once the seed gave the
+   * blob up (a late notice: core NATS and the hash stream are not ordered).
    */
   #onSeedIntake(notice: SeedIntake): void {
     if (notice.size !== (this.download.size ?? notice.size) || notice.received <= this.#seedBytes) {
@@ -1066,11 +1080,17 @@ export class SwarmFetch {
     }
     const grew = notice.received - this.#seedBytes;
     this.#seedBytes = notice.received;
-    if (this.#seedFailed !== undefined || this.#picker.held.size < this.#knownHashCount) {
+    const behindMs = this.#behindSince === undefined ? 0 : Date.now() - this.#behindSince;
+    if (this.#seedFailed !== undefined || behindMs > this.#deps.settings.stallTimeoutMs) {
       return;
     }
     // The loop's sleep ends at the stall deadline at the earliest; it finds it moved on then.
     this.#stall.received(grew);
+  }
+
+  /** True when this download holds every piece whose hash it knows. */
+  #caughtUp(): boolean {
+    return this.#picker.held.size >= this.#knownHashCount;
   }
 
   /** The seed server gave the blob up: it is asked for nothing more, and the loop looks again. */
