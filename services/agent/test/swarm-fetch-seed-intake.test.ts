@@ -40,7 +40,7 @@ const PIECE_BYTES = 256 * 1024;
 const PIECES = 8;
 /** Pieces the seed has hashed when its origin slows down. */
 const HASHED = 4;
-const STALL_TIMEOUT_MS = 600;
+const STALL_TIMEOUT_MS = 1_000;
 /** How often the seed tells of its intake here, and how much came in meanwhile. */
 const NOTICE_MS = 150;
 const NOTICE_BYTES = 16 * 1024;
