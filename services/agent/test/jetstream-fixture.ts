@@ -10,8 +10,15 @@ import {
   type JetStreamClient,
   type JetStreamManager,
 } from '@nats-io/jetstream';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { PeerInfo, StreamSpec } from '@shoal/proto';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import {
+  encodeMessage,
+  handout,
+  handoutSubject,
+  pieceWantSubject,
+  type PeerInfo,
+  type StreamSpec,
+} from '@shoal/proto';
 import { createLogger, createMetrics, type Logger } from '@shoal/runtime';
 import { ensureStreams } from '@shoal/runtime/nats';
 import type { PieceBuffers } from '@shoal/pieces';
@@ -121,4 +128,36 @@ export function swarmFetchNoOrigin(
       settings,
     },
   );
+}
+
+/**
+ * The tracker, played: every want of agent `self` for `blob` is answered with a hand-out that
+ * names `holder` alone, holding the whole blob (a seed server when `seed`). Unsubscribe when
+ * done.
+ */
+export function answerWantsWith(
+  nc: NatsConnection,
+  blob: string,
+  self: string,
+  holder: { readonly id: string; readonly url: string; readonly seed: boolean },
+): Subscription {
+  return nc.subscribe(pieceWantSubject(blob, self), {
+    callback: () => {
+      nc.publish(
+        handoutSubject(self),
+        encodeMessage(handout, {
+          type: 'handout',
+          blob,
+          peers: [
+            {
+              peer: { id: holder.id, url: holder.url },
+              pieces: [],
+              complete: true,
+              seed: holder.seed,
+            },
+          ],
+        }),
+      );
+    },
+  });
 }

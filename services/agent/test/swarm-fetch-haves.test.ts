@@ -17,12 +17,8 @@ import { PieceBuffers } from '@shoal/pieces';
 import {
   decodeMessage,
   digestOf,
-  encodeMessage,
-  handout,
-  handoutSubject,
   pieceHave,
   pieceHaveSubject,
-  pieceWantSubject,
   rangesSize,
   STREAMS,
 } from '@shoal/proto';
@@ -31,6 +27,7 @@ import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
 import { publishHashes, servePieces } from './blob-pieces.js';
 import {
+  answerWantsWith,
   startJetStream,
   startSwarmClient,
   swarmFetchNoOrigin,
@@ -74,19 +71,7 @@ describe('SwarmFetch haves', () => {
     const holder = await servePieces(content, () => delay(PIECE_DELAY_MS));
     assert.equal(await publishHashes(fixture.js, content), PIECES);
     const { nc } = fixture;
-    // The tracker, played here: every want is answered with the holder.
-    const tracker = nc.subscribe(pieceWantSubject(blob, self.id), {
-      callback: () => {
-        nc.publish(
-          handoutSubject(self.id),
-          encodeMessage(handout, {
-            type: 'handout',
-            blob,
-            peers: [{ peer: { id: 'holder', url: holder.url }, pieces: [], complete: true, seed }],
-          }),
-        );
-      },
-    });
+    const tracker = answerWantsWith(nc, blob, self.id, { id: 'holder', url: holder.url, seed });
     const heard: Uint8Array[] = [];
     const haves = nc.subscribe(pieceHaveSubject(blob, self.id), {
       callback: (_error, msg) => {

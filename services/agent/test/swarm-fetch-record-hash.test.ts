@@ -24,10 +24,7 @@ import { PieceBuffers } from '@shoal/pieces';
 import {
   digestOf,
   encodeMessage,
-  handout,
-  handoutSubject,
   pieceListDigest,
-  pieceWantSubject,
   piecesVerified,
   piecesVerifiedSubject,
   signPiecesVerified,
@@ -39,6 +36,7 @@ import { BlobDownload } from '../src/cache/download.js';
 import type { AgentMetrics } from '../src/metrics.js';
 import { pieceHashList, publishHashes, servePieces } from './blob-pieces.js';
 import {
+  answerWantsWith,
   startJetStream,
   startSwarmClient,
   swarmFetchNoOrigin,
@@ -92,21 +90,7 @@ describe('SwarmFetch whole-blob hash while the seed record is followed', () => {
     const blob = digest.toString();
     const holder = await servePieces(content);
     const { nc } = fixture;
-    // The tracker, played here: every want is answered with the seed.
-    const tracker = nc.subscribe(pieceWantSubject(blob, self.id), {
-      callback: () => {
-        nc.publish(
-          handoutSubject(self.id),
-          encodeMessage(handout, {
-            type: 'handout',
-            blob,
-            peers: [
-              { peer: { id: 'seed', url: holder.url }, pieces: [], complete: true, seed: true },
-            ],
-          }),
-        );
-      },
-    });
+    const tracker = answerWantsWith(nc, blob, self.id, { id: 'seed', url: holder.url, seed: true });
     await nc.flush();
     const { client, logger, metrics } = agent;
     const before = {

@@ -13,22 +13,14 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 
 import { PieceBuffers } from '@shoal/pieces';
-import {
-  digestOf,
-  encodeMessage,
-  handout,
-  handoutSubject,
-  pieceWantSubject,
-  seedIntake,
-  seedIntakeSubject,
-  STREAMS,
-} from '@shoal/proto';
+import { digestOf, encodeMessage, seedIntake, seedIntakeSubject, STREAMS } from '@shoal/proto';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
 import type { SwarmFetch } from '../src/swarm/swarm-fetch.js';
 import { publishHashes, servePieces } from './blob-pieces.js';
 import {
+  answerWantsWith,
   startJetStream,
   startSwarmClient,
   swarmFetchNoOrigin,
@@ -90,26 +82,11 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
     const blob = digest.toString();
     const holder = seedUrl === undefined ? await servePieces(content) : undefined;
     const { nc } = fixture;
-    // The tracker, played here: every want is answered with the seed.
-    const tracker = nc.subscribe(pieceWantSubject(blob, self.id), {
-      callback: () => {
-        nc.publish(
-          handoutSubject(self.id),
-          encodeMessage(handout, {
-            type: 'handout',
-            blob,
-            peers: [
-              {
-                peer: { id: 'seed', url: seedUrl ?? holder?.url ?? '' },
-                pieces: [],
-                // As the seed's hand-outs say: it asks the seed for each piece once hashed.
-                complete: true,
-                seed: true,
-              },
-            ],
-          }),
-        );
-      },
+    // The seed, named as holding the whole blob: it is asked for each piece once hashed.
+    const tracker = answerWantsWith(nc, blob, self.id, {
+      id: 'seed',
+      url: seedUrl ?? holder?.url ?? '',
+      seed: true,
     });
     await nc.flush();
     const { client, logger, metrics } = agent;
