@@ -309,7 +309,8 @@ function swarmReport(
     `seed intake: ${megabytes(seed.intake.mean)} MB/s on average, ` +
       `${ratio(seed.intake.mean / Math.min(seedLink, bytesPerSecond(options.registryMbit)))}× the slower of its link and the registry's ` +
       `(between samples: median ${megabytes(seed.intake.median)}, tenth percentile ${megabytes(seed.intake.p10)} MB/s); ` +
-      `intake notices (bytes in, no piece landed since the seed's last look): ${swarm.intakeNotices.sent} sent, heard ${swarm.intakeNotices.heard} times by the agents`,
+      `intake notices (bytes in, no piece landed since the seed's last look): ${swarm.intakeNotices.sent} sent, ` +
+      `${swarm.intakeNotices.waiting} more while waiting for a blob's first byte, heard ${swarm.intakeNotices.heard} times by the agents`,
     `seed piece requests: ${Object.entries(swarm.seedRequests)
       .map(([result, count]) => `${result} ${count}`)
       .join(

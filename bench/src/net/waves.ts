@@ -114,11 +114,15 @@ export interface SwarmFigures {
   /** Pieces the seed served that were cut off before the agent had them whole. */
   readonly seedCut: number;
   /**
-   * Intake notices the seed sent (bytes came in, no piece landed since its last look), and
-   * those the agents heard (`shoal_seedserver_intake_notices_total`, the agents' seed-intake
-   * events).
+   * Intake notices the seed sent (bytes came in, no piece landed since its last look), those
+   * it sent while waiting for a blob's first byte, and those the agents heard
+   * (`shoal_seedserver_intake_notices_total{while}`, the agents' seed-intake events).
    */
-  readonly intakeNotices: { readonly sent: number; readonly heard: number };
+  readonly intakeNotices: {
+    readonly sent: number;
+    readonly waiting: number;
+    readonly heard: number;
+  };
   /** Bytes out of the control namespace's link (the seed's pieces, NATS, the tracker). */
   readonly controlLinkBytes: number;
   /**
@@ -444,7 +448,8 @@ export async function shoalWave(
         ),
         seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
         intakeNotices: {
-          sent: seedMetrics.get('shoal_seedserver_intake_notices_total'),
+          sent: seedMetrics.get('shoal_seedserver_intake_notices_total', { while: 'receiving' }),
+          waiting: seedMetrics.get('shoal_seedserver_intake_notices_total', { while: 'waiting' }),
           heard: sum('shoal_agent_events_received_total', { type: 'seed-intake' }),
         },
         controlLinkBytes: controlAfter.tx - controlBefore.tx,

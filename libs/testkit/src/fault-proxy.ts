@@ -55,7 +55,16 @@ export type RegistryFault =
    * Every new request waits `delayMs` before it is forwarded, and every response body (those
    * in flight included) shares `rateBytes` bytes per second, as over a congested link.
    */
-  | { readonly kind: 'slow'; readonly delayMs: number; readonly rateBytes: number }
+  | {
+      readonly kind: 'slow';
+      readonly delayMs: number;
+      readonly rateBytes: number;
+      /**
+       * Only requests with these methods wait (a registry quick to answer a HEAD that fetches
+       * a blob from its own storage before it answers the GET). Default: every method.
+       */
+      readonly methods?: readonly string[];
+    }
   /** Every new request has its connection reset, as a registry that is down or restarting. */
   | { readonly kind: 'down' }
   /**
@@ -529,7 +538,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       });
       return;
     }
-    if (current?.kind === 'slow') {
+    if (
+      current?.kind === 'slow' &&
+      (current.methods === undefined || current.methods.includes(req.method ?? ''))
+    ) {
       counts.slowed += 1;
       const timer = setTimeout(() => forward(req, res), current.delayMs);
       // A client gone before the delay is over is never forwarded.

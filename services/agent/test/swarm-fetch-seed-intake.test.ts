@@ -2,8 +2,10 @@
  * A download and the seed server's intake notices, against a real nats-server and a real piece
  * server: once it holds every piece the seed has hashed, the bytes the seed says it keeps
  * taking in hold its stall timeout off (a slow origin must not send it to the origin beside
- * the seed); a download still missing a piece the seed has (it cannot reach the seed) is not
- * held by them, and stalls as before. The origin is unreachable: a download sent there fails.
+ * the seed), and so does the seed's wait on an origin slow to answer, before any piece; a
+ * download still missing a piece the seed has (it cannot reach the seed) is not held by them,
+ * and stalls as before, nor is one whose seed has waited longer than its timeouts allow. The
+ * origin is unreachable: a download sent there fails.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -18,6 +20,8 @@ import { digestOf, encodeMessage, seedIntake, seedIntakeSubject, STREAMS } from 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
 import type { SwarmFetch } from '../src/swarm/swarm-fetch.js';
+// What a wait told of counts while it is shorter than this (the seed's timeouts end it first).
+const SEED_WAIT_CREDIT_MAX_MS = 60_000;
 import { publishHashes, servePieces } from './blob-pieces.js';
 import {
   answerWantsWith,
@@ -62,14 +66,16 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
   /**
    * A cold pull whose seed (at `seedUrl`, or a piece server of the blob) has hashed `HASHED`
    * pieces and then takes bytes in without landing a piece: notices every `NOTICE_MS` for
-   * `noticesMs`, meanwhile `during` runs. Returns the content, the download, its run and a
-   * function that ends the pull's fixtures.
+   * `noticesMs`, meanwhile `during` runs. With `waitedMs` the seed has hashed nothing and its
+   * notices tell instead of its wait on its source, starting at `waitedMs`. Returns the
+   * content, the download, its run and a function that ends the pull's fixtures.
    */
   async function slowIntake(
     name: string,
     seedUrl: string | undefined,
     noticesMs: number,
     during: (download: BlobDownload) => Promise<void>,
+    waitedMs?: number,
   ): Promise<{
     content: Buffer;
     download: BlobDownload;
@@ -101,23 +107,24 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       { concurrency: 4, stallTimeoutMs: STALL_TIMEOUT_MS, wantIntervalMs: 100 },
     );
     const run = fetch.run(new AbortController().signal);
-    await publishHashes(fixture.js, content, 0, HASHED);
-    // The seed's origin slows down: bytes keep coming, no piece lands.
+    if (waitedMs === undefined) {
+      await publishHashes(fixture.js, content, 0, HASHED);
+    }
+    // The seed's origin slows down: bytes keep coming, no piece lands; or it has not answered.
     const notices = (async () => {
       let received = HASHED * PIECE_BYTES;
-      const until = Date.now() + noticesMs;
+      const started = Date.now();
+      const until = started + noticesMs;
       while (Date.now() < until && download.state === 'running') {
         await delay(NOTICE_MS);
         received += NOTICE_BYTES;
+        const state =
+          waitedMs === undefined
+            ? { size: content.length, received }
+            : { received: 0, waitingMs: waitedMs + Date.now() - started };
         nc.publish(
           seedIntakeSubject(blob),
-          encodeMessage(seedIntake, {
-            type: 'seed-intake',
-            blob,
-            seed: 'seed',
-            size: content.length,
-            received,
-          }),
+          encodeMessage(seedIntake, { type: 'seed-intake', blob, seed: 'seed', ...state }),
         );
       }
     })();
@@ -158,6 +165,52 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       await pull.run;
       assert.equal(pull.download.state, 'verified');
       assert.equal(await stalls(), stalledBefore);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it('waits past its stall timeout while the seed waits on an origin slow to answer', async () => {
+    const stalledBefore = await stalls();
+    const pull = await slowIntake(
+      'slow-answer',
+      undefined,
+      4 * STALL_TIMEOUT_MS,
+      async (download) => {
+        await delay(4 * STALL_TIMEOUT_MS);
+        assert.equal(download.available, 0, 'nothing hashed, nothing held');
+      },
+      0,
+    );
+    try {
+      assert.equal(pull.download.state, 'running', 'still in the swarm');
+      assert.equal(await stalls(), stalledBefore, 'no stall');
+      // The origin answers: the seed's pieces land.
+      await publishHashes(fixture.js, pull.content, 0);
+      await pull.run;
+      assert.equal(pull.download.state, 'verified');
+      assert.equal(await stalls(), stalledBefore);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it('is not held by a wait longer than the seed\u2019s timeouts allow', async () => {
+    const stalledBefore = await stalls();
+    const started = Date.now();
+    const pull = await slowIntake(
+      'endless-wait',
+      undefined,
+      10 * STALL_TIMEOUT_MS,
+      () => Promise.resolve(),
+      SEED_WAIT_CREDIT_MAX_MS + 1,
+    );
+    try {
+      await pull.run;
+      const took = Date.now() - started;
+      assert.equal(pull.download.state, 'failed', 'sent to the (unreachable) origin');
+      assert.equal(await stalls(), stalledBefore + 1, 'by a stall');
+      assert.ok(took < 10 * STALL_TIMEOUT_MS, `stalled in ${String(took)} ms, notices or not`);
     } finally {
       await pull.end();
     }

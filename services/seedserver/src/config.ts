@@ -144,10 +144,11 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_FANOUT_HOLD_MS: envInt(20_000),
   /**
-   * How often a blob coming in is looked at, in ms (default 2 000): when bytes came and no piece
-   * landed since the last look, the agents following it get an intake notice (core NATS,
-   * `shoal.intake.v1.<blob>`) and count those bytes as the swarm moving, so a slow origin does
-   * not send them to it after their stall timeout. Keep it well under the agents'
+   * How often a blob coming in is looked at, in ms (default 2 000): before its first byte, or
+   * when bytes came and no piece landed since the last look, the agents following it get an
+   * intake notice (core NATS, `shoal.intake.v1.<blob>`) and count the seed's wait, or those
+   * bytes, as the swarm moving, so an origin slow to answer or to send does not send them to it
+   * after their stall timeout. Keep it well under the agents'
    * `SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS` (10 000).
    */
   SHOAL_SEED_INTAKE_NOTICE_MS: envInt(2_000).refine((n) => n >= 50, 'must be at least 50'),

@@ -26,7 +26,8 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     intakeNotices: new Counter({
       name: `${prefix}intake_notices_total`,
-      help: 'Intake notices sent: bytes kept coming in for a blob while no piece of it landed since the last look (SHOAL_SEED_INTAKE_NOTICE_MS; a slow origin), told to the agents following it so that they stay in the swarm',
+      help: 'Intake notices sent to the agents following a blob so that they stay in the swarm, every SHOAL_SEED_INTAKE_NOTICE_MS, by what the seed was doing (while: waiting, no byte of the blob yet, its source slow to answer; receiving, bytes kept coming while no piece landed since the last look, a slow origin)',
+      labelNames: ['while'] as const,
       registers,
     }),
     originResumes: new Counter({

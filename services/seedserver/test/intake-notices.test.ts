@@ -1,7 +1,8 @@
 /**
- * The seed's intake notices, on a real nats-server: a notice goes out at a look only when
- * bytes came since the last one and no piece landed meanwhile (the hashes told agents then),
- * and none once the intake ended.
+ * The seed's intake notices, on a real nats-server: before the blob's first byte every look
+ * tells how long the seed has waited on its source; after it, a notice goes out at a look only
+ * when bytes came since the last one and no piece landed meanwhile (the hashes told agents
+ * then), and none once the intake ended.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -46,7 +47,7 @@ describe('IntakeNotices', () => {
     await dir.remove();
   });
 
-  it('tells of bytes that came while no piece landed, and of nothing else', async () => {
+  it('tells of the wait for the first byte, then of bytes that came while no piece landed, and of nothing else', async () => {
     const digest = parseDigest(`sha256:${createHash('sha256').update('intake').digest('hex')}`);
     const blob = await SeedBlob.create(digest, 10 * MiB, join(dir.path, 'intake'));
     const heard: SeedIntake[] = [];
@@ -58,8 +59,14 @@ describe('IntakeNotices', () => {
         heard.push(decoded.value);
       },
     });
-    const counter = new Counter({ name: 'notices', help: 'notices', registers: [new Registry()] });
+    const counter = new Counter({
+      name: 'notices',
+      help: 'notices',
+      labelNames: ['while'] as const,
+      registers: [new Registry()],
+    });
     let received = 0;
+    let now = 1_000_000;
     const notices = new IntakeNotices(
       {
         nc,
@@ -67,25 +74,52 @@ describe('IntakeNotices', () => {
         notices: counter,
         logger: createLogger({ service: 'test', level: 'silent' }),
         intervalMs: LOOK_MS,
+        now: () => now,
       },
-      blob,
-      () => received,
+      digest.toString(),
     );
-    const until = async (count: number): Promise<void> => {
+    const sent = async (doing: string): Promise<number | undefined> =>
+      (await counter.get()).values.find((v) => v.labels.while === doing)?.value;
+    /** The notices of bytes received, and of the wait before them. */
+    const ofBytes = (): SeedIntake[] => heard.filter((n) => n.waitingMs === undefined);
+    const ofWait = (): SeedIntake[] => heard.filter((n) => n.waitingMs !== undefined);
+    const until = async (done: () => boolean): Promise<void> => {
       const deadline = Date.now() + 5_000;
-      while (heard.length < count && Date.now() < deadline) {
+      while (!done() && Date.now() < deadline) {
         await sleep(5);
       }
-      assert.equal(heard.length, count);
+      assert.ok(done(), JSON.stringify(heard));
     };
     try {
-      // Nothing came yet: nothing to tell.
-      await sleep(LOOKS_MS);
-      assert.equal(heard.length, 0);
-
-      received = 100_000;
-      await until(1);
+      // The source has not answered: each look tells how long the seed has waited, no size.
+      now += 3_000;
+      await until(() => heard.length >= 2);
       assert.deepEqual(heard[0], {
+        type: 'seed-intake',
+        blob: digest.toString(),
+        seed: 'seed-a',
+        received: 0,
+        waitingMs: 3_000,
+      });
+      // It answered (headers, no body yet): the size comes with the wait.
+      now += 1_000;
+      notices.follow(blob, () => received);
+      await until(() => heard.at(-1)?.size !== undefined);
+      assert.deepEqual(heard.at(-1), {
+        type: 'seed-intake',
+        blob: digest.toString(),
+        seed: 'seed-a',
+        size: 10 * MiB,
+        received: 0,
+        waitingMs: 4_000,
+      });
+      assert.equal(ofBytes().length, 0);
+
+      // The first bytes: no more waits, one notice of them.
+      received = 100_000;
+      await until(() => ofBytes().length >= 1);
+      const waits = ofWait().length;
+      assert.deepEqual(ofBytes()[0], {
         type: 'seed-intake',
         blob: digest.toString(),
         seed: 'seed-a',
@@ -94,23 +128,25 @@ describe('IntakeNotices', () => {
       });
       // No more bytes: no more notices.
       await sleep(LOOKS_MS);
-      assert.equal(heard.length, 1);
+      assert.equal(ofBytes().length, 1);
+      assert.equal(ofWait().length, waits, 'no wait told of after the first byte');
 
       // Bytes, and a piece landed with them: its hash is the news.
       received = 300_000;
       blob.piecesDone([createHash('sha256').update('piece 0').digest('hex')]);
       await sleep(LOOKS_MS);
-      assert.equal(heard.length, 1);
+      assert.equal(ofBytes().length, 1);
 
       received = 400_000;
-      await until(2);
-      assert.equal(heard[1]?.received, 400_000);
-      assert.equal((await counter.get()).values[0]?.value, 2);
+      await until(() => ofBytes().length >= 2);
+      assert.equal(ofBytes()[1]?.received, 400_000);
+      assert.equal(await sent('receiving'), 2);
+      assert.equal(await sent('waiting'), waits);
 
       notices.stop();
       received = 500_000;
       await sleep(LOOKS_MS);
-      assert.equal(heard.length, 2, 'the intake ended: no notice');
+      assert.equal(ofBytes().length, 2, 'the intake ended: no notice');
     } finally {
       notices.stop();
       subscription.unsubscribe();

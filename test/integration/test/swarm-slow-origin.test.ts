@@ -1,19 +1,27 @@
 /**
- * An origin slower than the agents' stall timeout per piece (a registry across a slow link):
+ * An origin slower than the agents' stall timeout, per piece or to answer at all.
+ *
+ * Per piece (a registry across a slow link):
  * the seed server takes each 256 KiB piece in over about four seconds, and an agent that holds
  * every piece the seed has hashed hears of nothing for that long. Without the seed's intake
  * notices the agent took the silence for a stalled swarm and read the rest from the origin,
  * through the same slow link, beside the seed (in a cluster, every node at once, and the seed
  * slowed by them). With them, the bytes coming in count as the swarm moving: the agent gets
- * every piece from the seed and the origin sends the blob once. Real nats-server (with the
- * agents' and the seed server's NATS permissions), tracker, seed server, agent and registry,
- * behind a proxy sharing 64 KiB/s among its answers.
+ * every piece from the seed and the origin sends the blob once.
+ *
+ * To answer (a registry that fetches a blob from its own storage before it answers): every GET
+ * waits three stall timeouts before the registry sees it. The
+ * seed's notices tell of its wait, and the agent waits with it rather than ask the origin too.
+ *
+ * Real nats-server (with the agents' and the seed server's NATS permissions), tracker, seed
+ * server, agent and registry, behind a fault proxy.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
 import {
   generateImage,
+  type RegistryFault,
   makeTempDir,
   pushImage,
   startFaultProxy,
@@ -46,7 +54,7 @@ interface PullFigures {
   readonly originSent: number;
 }
 
-describe('an origin slower per piece than the stall timeout', () => {
+describe('an origin slower than the stall timeout', () => {
   const teardown = new Teardown();
   let registry: Registry;
   let image: GeneratedImage;
@@ -69,8 +77,18 @@ describe('an origin slower per piece than the stall timeout', () => {
 
   after(() => teardown.run());
 
-  /** One pull through one agent of a cluster of its own, the seed looking every `noticeMs`. */
-  async function pull(t: TestContext, noticeMs: number): Promise<PullFigures> {
+  /** The slow link: 64 KiB/s shared by every answer in flight. */
+  const slowLink: RegistryFault = { kind: 'slow', delayMs: 0, rateBytes: LINK_BYTES };
+
+  /**
+   * One pull through one agent of a cluster of its own, the seed looking every `noticeMs`,
+   * the origin behind `fault`.
+   */
+  async function pull(
+    t: TestContext,
+    noticeMs: number,
+    fault: RegistryFault,
+  ): Promise<PullFigures> {
     const cluster = await startCluster({
       layerSizes: [],
       seed: 'swarm-slow-origin',
@@ -90,7 +108,7 @@ describe('an origin slower per piece than the stall timeout', () => {
       const [agent] = cluster.agents;
       assert.ok(agent !== undefined);
       const before = proxy.counts().bytes;
-      proxy.set({ kind: 'slow', delayMs: 0, rateBytes: LINK_BYTES });
+      proxy.set(fault);
       const started = Date.now();
       const outcomes = await pullBlobs(agent, cluster, repository).finally(() =>
         proxy.set(undefined),
@@ -114,10 +132,10 @@ describe('an origin slower per piece than the stall timeout', () => {
     }
   }
 
-  it('keeps the agent in the swarm while the seed tells it the bytes keep coming', async (t) => {
+  it('per piece: keeps the agent in the swarm while the seed tells it the bytes keep coming', async (t) => {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
-    const figures = await pull(t, 250);
+    const figures = await pull(t, 250, slowLink);
     t.diagnostic(JSON.stringify(figures));
     assert.equal(figures.stalls, 0, 'no download stalled');
     assert.equal(figures.origin, 0, 'nothing from the origin');
@@ -134,11 +152,11 @@ describe('an origin slower per piece than the stall timeout', () => {
     );
   });
 
-  it('without notices, the same pull stalled and read the layer from the origin beside the seed', async (t) => {
+  it('per piece, without notices: the same pull stalled and read the layer from the origin beside the seed', async (t) => {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
     // The seed looks only after the pull is over: no notice while the blob comes in.
-    const figures = await pull(t, 600_000);
+    const figures = await pull(t, 600_000, slowLink);
     t.diagnostic(JSON.stringify(figures));
     assert.equal(figures.sent, 0);
     assert.equal(figures.heard, 0);
@@ -148,6 +166,48 @@ describe('an origin slower per piece than the stall timeout', () => {
     assert.ok(
       figures.originSent > 1.5 * total,
       `the origin sent the layer twice: ${String(figures.originSent)} bytes for ${String(total)} bytes of blobs`,
+    );
+  });
+  /**
+   * Every GET waits three stall timeouts before the registry sees it, then goes at full speed;
+   * a HEAD (the agent checking a client's access) is answered at once.
+   */
+  const slowAnswer: RegistryFault = {
+    kind: 'slow',
+    delayMs: 3 * STALL_TIMEOUT_MS,
+    rateBytes: 64 * MiB,
+    methods: ['GET'],
+  };
+
+  it('to answer: keeps the agent in the swarm while the seed tells it how long it has waited', async (t) => {
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const figures = await pull(t, 250, slowAnswer);
+    t.diagnostic(JSON.stringify(figures));
+    assert.equal(figures.stalls, 0, 'no download stalled');
+    assert.equal(figures.origin, 0, 'nothing from the origin');
+    assert.ok(figures.seed >= layer.size, `the layer came from the seed (${String(figures.seed)})`);
+    assert.ok(figures.sent >= 2, `the seed told of its wait (${String(figures.sent)})`);
+    assert.ok(figures.heard >= 2, `the agent heard it (${String(figures.heard)})`);
+    const total = image.blobs.reduce((sum, blob) => sum + blob.size, 0);
+    assert.ok(
+      figures.originSent < 1.2 * total,
+      `the origin sent ${String(figures.originSent)} bytes for ${String(total)} bytes of blobs`,
+    );
+  });
+
+  it('to answer, without notices: the same pull stalled and asked the origin beside the seed', async (t) => {
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    const figures = await pull(t, 600_000, slowAnswer);
+    t.diagnostic(JSON.stringify(figures));
+    assert.equal(figures.sent, 0);
+    assert.ok(figures.stalls >= 1, 'a download stalled before the origin answered the seed');
+    assert.ok(figures.origin >= layer.size, 'and the layer came from the origin');
+    const total = image.blobs.reduce((sum, blob) => sum + blob.size, 0);
+    assert.ok(
+      figures.originSent > 1.5 * total,
+      `the origin sent the blobs twice: ${String(figures.originSent)} bytes for ${String(total)} bytes of blobs`,
     );
   });
 });

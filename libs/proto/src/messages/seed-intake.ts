@@ -8,9 +8,13 @@
  * the blob's bytes the seed holds now; bytes that keep coming keep their downloads in the
  * swarm, at the pieces' rate floor, as bytes from a peer do.
  *
+ * Before the blob's first byte the notice says instead how long the seed has waited on its
+ * source (`waitingMs`): an origin slow to answer would otherwise send every agent to it after
+ * their stall timeout. The seed's own connect and header timeouts bound that wait.
+ *
  * Core NATS on a subject outside every stream (nothing is stored: a notice matters only while
- * it is new), sent only while bytes come in and no piece has landed for a while, so an intake
- * whose pieces land often sends none.
+ * it is new), sent only while the seed waits, or while bytes come in and no piece has landed
+ * for a while, so an intake whose pieces land often sends none.
  */
 import { z } from 'zod';
 
@@ -23,12 +27,22 @@ export const seedIntake = z
     blob: digestText,
     /** The seed server taking the blob in (its peer id). */
     seed: peerId,
-    /** Blob size in bytes. */
-    size: z.int().nonnegative().max(MAX_BLOB_BYTES),
+    /** Blob size in bytes; absent while the seed's source has not answered. */
+    size: z.int().nonnegative().max(MAX_BLOB_BYTES).optional(),
     /** Bytes of the blob the seed has received so far, in order from its start. */
     received: z.int().nonnegative(),
+    /**
+     * Present while no byte of the blob has come: how long the seed has waited on its source
+     * (the origin, or the object gateway) so far, in ms.
+     */
+    waitingMs: z.int().nonnegative().optional(),
   })
-  .refine((m) => m.received <= m.size, { message: 'more bytes received than the blob has' });
+  .refine((m) => m.size === undefined || m.received <= m.size, {
+    message: 'more bytes received than the blob has',
+  })
+  .refine((m) => (m.waitingMs === undefined ? m.size !== undefined : m.received === 0), {
+    message: 'a notice tells of bytes with the blob size, or of a wait with none received',
+  });
 export type SeedIntake = z.infer<typeof seedIntake>;
 
 /** Subject of a blob's intake notices (outside `shoal.pieces.v1.>`: not stored). */

@@ -157,6 +157,14 @@ const FALLBACK_MESSAGES = {
 /** Shortest gap between two wants, in ms. */
 const EARLY_WANT_GAP_MS = 50;
 /**
+ * Longest wait of the seed server on its source (no byte of the blob yet) that keeps a
+ * download in the swarm, in ms (`#onSeedIntake`): past the seed's own connect and header
+ * timeouts (10 s and 30 s by default), so a seed whose origin does not answer gives the blob
+ * up and says so first. A seed set to wait longer has its agents reading from the origin
+ * after their stall timeout past this.
+ */
+const SEED_WAIT_CREDIT_MAX_MS = 60_000;
+/**
  * Largest piece received whole into memory, verified, and written with one write. Memory:
  * up to twice the concurrency of these per download (endgame copies).
  */
@@ -1068,24 +1076,39 @@ export class SwarmFetch {
    * pieces' rate floor (`StallWatch.received`), as a peer's bytes do. A download that holds
    * every piece the seed hashed would otherwise read the rest from the origin after its stall
    * timeout, through the link the seed is reading by, when the origin sends a piece more
-   * slowly than that (a slow registry, large pieces, many layers at once). Not for one that
-   * has missed a piece the seed has for longer than its stall timeout (it cannot reach the
-   * seed, or the peers do not pass the piece on): that one waits on that piece's bytes, and
-   * on the stall timeout as before, whatever the seed takes in; nor once the seed gave the
-   * blob up (a late notice: core NATS and the hash stream are not ordered).
+   * slowly than that (a slow registry, large pieces, many layers at once). Before the blob's
+   * first byte the seed says how long it has waited on its source instead: that counts as
+   * the swarm moving while the wait is shorter than `SEED_WAIT_CREDIT_MAX_MS` (the seed's own
+   * timeouts end it first), so an origin slow to answer is asked by the seed alone.
+   *
+   * Neither counts for a download that has missed a piece the seed has for longer than its
+   * stall timeout (it cannot reach the seed, or the peers do not pass the piece on): that one
+   * waits on that piece's bytes, and on the stall timeout as before, whatever the seed takes
+   * in; nor once the seed gave the blob up (a late notice: core NATS and the hash stream are
+   * not ordered).
    */
   #onSeedIntake(notice: SeedIntake): void {
-    if (notice.size !== (this.download.size ?? notice.size) || notice.received <= this.#seedBytes) {
+    const size = this.download.size;
+    if (notice.size !== undefined && size !== undefined && notice.size !== size) {
+      return;
+    }
+    const behindMs = this.#behindSince === undefined ? 0 : Date.now() - this.#behindSince;
+    const heeded = this.#seedFailed === undefined && behindMs <= this.#deps.settings.stallTimeoutMs;
+    if (notice.waitingMs !== undefined) {
+      if (heeded && notice.waitingMs <= SEED_WAIT_CREDIT_MAX_MS) {
+        this.#stall.progress();
+      }
+      return;
+    }
+    if (notice.received <= this.#seedBytes) {
       return;
     }
     const grew = notice.received - this.#seedBytes;
     this.#seedBytes = notice.received;
-    const behindMs = this.#behindSince === undefined ? 0 : Date.now() - this.#behindSince;
-    if (this.#seedFailed !== undefined || behindMs > this.#deps.settings.stallTimeoutMs) {
-      return;
+    if (heeded) {
+      // The loop's sleep ends at the stall deadline at the earliest; it finds it moved on then.
+      this.#stall.received(grew);
     }
-    // The loop's sleep ends at the stall deadline at the earliest; it finds it moved on then.
-    this.#stall.received(grew);
   }
 
   /** True when this download holds every piece whose hash it knows. */

@@ -1,10 +1,19 @@
 /**
- * While a blob streams in, tells the agents following it that bytes keep coming when no
- * piece has landed for a while (`seed-intake` in `@shoal/proto`): an agent holding every piece
- * the seed has hashed hears nothing else, and a silence as long as its stall timeout sends it
- * to the origin, onto the link the seed is reading through. Every `intervalMs` it looks: if no
- * piece landed since the last look and the received count grew, one notice goes out (core
- * NATS, not stored). An intake whose pieces land more often than that sends none.
+ * While a blob comes in, tells the agents following it that the seed server is still at it
+ * when nothing else would (`seed-intake` in `@shoal/proto`): an agent holding every piece the
+ * seed has hashed hears nothing else, and a silence as long as its stall timeout sends it to
+ * the origin, onto the link the seed is reading through. Every `intervalMs` it looks:
+ *
+ * - before the blob's first byte (the origin or the object gateway has not answered, or has
+ *   sent headers and no body yet), a notice says how long the seed has waited: an origin
+ *   slow to answer (a registry fetching the blob from its own storage first, a slow token
+ *   service) would otherwise send every agent to it after their stall timeout, beside the seed;
+ * - after it, a notice goes out when bytes came since the last look and no piece landed
+ *   meanwhile (the piece hashes told the agents then). An intake whose pieces land more often
+ *   than that sends none.
+ *
+ * Core NATS, not stored. The seed's own connect and header timeouts bound the wait the
+ * notices tell of: a source that never answers fails the seed, which says so (`seed-failed`).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { encodeUnchecked, seedIntake, seedIntakeSubject } from '@shoal/proto';
@@ -17,33 +26,52 @@ export interface IntakeNoticeDeps {
   readonly nc: Pick<NatsConnection, 'publish'>;
   /** This seed server's peer id. */
   readonly seed: string;
-  readonly notices: Counter;
+  /** Notices sent, by what the seed was doing (`while`: waiting, receiving). */
+  readonly notices: Counter<'while'>;
   readonly logger: Logger;
   /**
    * How often the intake is looked at, in ms (`SHOAL_SEED_INTAKE_NOTICE_MS`): well inside the
    * agents' stall timeout, so one lost notice does not cost a download its place.
    */
   readonly intervalMs: number;
+  /** The clock, in ms (tests drive it). */
+  readonly now?: () => number;
+}
+
+/** The blob being taken in, once its source answered. */
+interface Intake {
+  readonly blob: SeedBlob;
+  /** The blob's bytes taken in so far. */
+  readonly received: () => number;
 }
 
 export class IntakeNotices {
   readonly #deps: IntakeNoticeDeps;
-  readonly #blob: SeedBlob;
-  readonly #received: () => number;
+  readonly #digest: string;
+  readonly #now: () => number;
+  /** When the seed asked its source for the blob (ms). */
+  readonly #askedAt: number;
   readonly #timer: NodeJS.Timeout;
-  #lastReady: number;
-  #lastReceived: number;
+  #intake: Intake | undefined;
+  #lastReady = 0;
+  #lastReceived = 0;
 
-  /** Starts looking at once; `received`: the blob's bytes taken in so far. */
-  constructor(deps: IntakeNoticeDeps, blob: SeedBlob, received: () => number) {
+  /** Starts looking at once, the seed waiting on its source for the blob `digest`. */
+  constructor(deps: IntakeNoticeDeps, digest: string) {
     this.#deps = deps;
-    this.#blob = blob;
-    this.#received = received;
-    this.#lastReady = blob.ready;
-    this.#lastReceived = received();
+    this.#digest = digest;
+    this.#now = deps.now ?? Date.now;
+    this.#askedAt = this.#now();
     this.#timer = setInterval(() => this.#look(), deps.intervalMs);
     // A seed run ends with its own work; these looks never keep the process up.
     this.#timer.unref();
+  }
+
+  /** The source answered: from here on, `blob` takes in `received()` bytes. */
+  follow(blob: SeedBlob, received: () => number): void {
+    this.#intake = { blob, received };
+    this.#lastReady = blob.ready;
+    this.#lastReceived = received();
   }
 
   /** The intake ended (verified or failed): no more notices. */
@@ -52,33 +80,48 @@ export class IntakeNotices {
   }
 
   #look(): void {
-    const blob = this.#blob;
-    const ready = blob.ready;
-    const received = this.#received();
+    const intake = this.#intake;
+    const received = intake?.received() ?? 0;
+    if (received === 0) {
+      // No byte yet: the agents hear how long the seed has waited on its source.
+      this.#publish('waiting', {
+        ...(intake === undefined ? {} : { size: intake.blob.size }),
+        received: 0,
+        waitingMs: Math.max(0, Math.round(this.#now() - this.#askedAt)),
+      });
+      return;
+    }
+    const ready = intake?.blob.ready ?? 0;
     const grew = received > this.#lastReceived;
     const landed = ready !== this.#lastReady;
     this.#lastReady = ready;
     this.#lastReceived = received;
-    if (!grew || landed) {
+    if (intake === undefined || !grew || landed) {
       // Nothing came (agents are right to wait toward their stall timeout), or pieces landed
       // and their hashes told the agents already.
       return;
     }
-    const digest = blob.digest.toString();
+    this.#publish('receiving', { size: intake.blob.size, received });
+  }
+
+  #publish(
+    doing: 'waiting' | 'receiving',
+    state: { readonly size?: number; readonly received: number; readonly waitingMs?: number },
+  ): void {
+    const digest = this.#digest;
     try {
       this.#deps.nc.publish(
         seedIntakeSubject(digest),
         // Made of this process's own values: the blob's digest and size, checked before the
-        // ingest, and its own count of bytes received (at most the size).
+        // ingest, its own count of bytes received (at most the size) and its own clock.
         encodeUnchecked(seedIntake, {
           type: 'seed-intake',
           blob: digest,
           seed: this.#deps.seed,
-          size: blob.size,
-          received,
+          ...state,
         }),
       );
-      this.#deps.notices.inc();
+      this.#deps.notices.inc({ while: doing });
     } catch (error) {
       // NATS closed or away: the next look tries again; agents meanwhile see a silence.
       this.#deps.logger.debug({ blob: digest, err: error }, 'intake notice not sent');

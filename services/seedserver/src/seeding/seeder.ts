@@ -354,6 +354,17 @@ export class Seeder {
     // while the origin answers (it was a NATS round trip before the first piece); it never
     // rejects.
     const cleared = this.#clearFailure(request.blob);
+    // The agents following the blob hear that this seed is at it, from its first ask on.
+    const notices = new IntakeNotices(
+      {
+        nc: this.#deps.nc,
+        seed: self.id,
+        notices: metrics.intakeNotices,
+        logger,
+        intervalMs: this.#deps.intakeNoticeMs,
+      },
+      request.blob,
+    );
     try {
       // One span for reading the blob in (origin or object gateway), cut into pieces and verified.
       const opened = await withSpan(
@@ -362,7 +373,7 @@ export class Seeder {
         async (span) => {
           const bytes = await this.#open(request, digest, signal);
           span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
-          const ingested = await this.#ingest(digest, bytes, cleared, signal);
+          const ingested = await this.#ingest(digest, bytes, cleared, notices, signal);
           return { ...ingested, source: bytes.source };
         },
       );
@@ -373,6 +384,8 @@ export class Seeder {
       this.#failures.delete(request.blob);
       return 'seeded';
     } catch (error) {
+      // No notice after the failure's: the agents stop waiting on this seed.
+      notices.stop();
       const reason = failureReason(error);
       metrics.seeds.inc({ source, outcome: 'failed', reason });
       this.#failures.set(request.blob, errorText(error));
@@ -389,6 +402,7 @@ export class Seeder {
       }
       return 'failed';
     } finally {
+      notices.stop();
       clearInterval(timer);
       metrics.inFlight.dec();
       await locks.delete(lockKey).catch(() => undefined);
@@ -602,6 +616,7 @@ export class Seeder {
     digest: Digest,
     bytes: BlobBytes,
     cleared: Promise<void>,
+    notices: IntakeNotices,
     signal: AbortSignal,
   ): Promise<{ blob: SeedBlob; announcer: Announcer; tee: GatewayTee | undefined }> {
     const { cacheDir, js, self, metrics, store } = this.#deps;
@@ -634,7 +649,6 @@ export class Seeder {
     this.#reportCache();
     const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
-    let notices: IntakeNotices | undefined;
     // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
@@ -660,18 +674,8 @@ export class Seeder {
       return redo();
     };
     try {
+      notices.follow(blob, () => cutter.received);
       await cleared;
-      notices = new IntakeNotices(
-        {
-          nc: this.#deps.nc,
-          seed: self.id,
-          notices: metrics.intakeNotices,
-          logger: this.#deps.logger,
-          intervalMs: this.#deps.intakeNoticeMs,
-        },
-        blob,
-        () => cutter.received,
-      );
       for await (const chunk of chunks) {
         if (cutter.received + chunk.length > size) {
           throw new SeedError('SIZE_MISMATCH', 502, `${key}: more than ${size} bytes`);
@@ -719,7 +723,7 @@ export class Seeder {
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
-      notices?.stop();
+      notices.stop();
       announcer.stopPacing();
       bytes.cancel();
       tee?.abort(error instanceof Error ? error : new Error(String(error)));
