@@ -5,9 +5,10 @@
  * GiB read was two GiB of fresh 64 KiB buffers (one per socket read, one per parsed body chunk),
  * and V8 answered that external memory with a full collection every 20 to 40 MiB: about 40 % of
  * the seed server's CPU per byte went to V8's collector threads. Here the socket is read into
- * one buffer per connection (`RawHttpClient`) and the body is copied into a few blocks of
- * `blockBytes` that go round: a block handed to the caller is lent until it asks for the next
- * one, so the caller must be done with it (hashed, written) by then.
+ * one buffer per connection (`RawHttpClient`) and the body goes into a few blocks of
+ * `blockBytes` that go round (read into them from the socket where the body's length is known,
+ * else copied): a block handed to the caller is lent until it asks for the next one, so the
+ * caller must be done with it (hashed, written) by then.
  *
  * The registry's token flow (a 401 challenge answered once) and redirects to its storage are
  * followed as `RegistryReader` follows them; the Authorization header never goes to another
@@ -262,6 +263,9 @@ export class BlobReader {
               });
             }
           },
+          // The body of a 200 is read into its blocks directly, with no copy.
+          bodyBuffer: () => (isBody(head?.status) ? body.room() : undefined),
+          onBodyRead: (count) => body.filled(count),
           onBody: (bytes) => {
             if (isBody(head?.status)) {
               return body.write(bytes);
@@ -324,9 +328,16 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   /** Every block this body took, to give back at the end. */
   readonly #owned: Buffer[] = [];
   readonly #free: Buffer[] = [];
+  /**
+   * The block being filled: the socket may be reading into its room (a read's buffer is
+   * chosen before the read), so it stays the one filled until full, even after its first
+   * bytes were handed over (`#handed`).
+   */
   #current: Buffer | undefined;
   #filled = 0;
-  /** When the current block got its first byte (performance.now()). */
+  /** Bytes of the current block handed over already (a view each, in order). */
+  #handed = 0;
+  /** When the current block's bytes not yet handed over began to come (performance.now()). */
   #startedAt = 0;
   /** Filled parts handed over in order, with the block each belongs to. */
   readonly #ready: { block: Buffer; view: Buffer }[] = [];
@@ -361,26 +372,75 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   write(bytes: Buffer): Promise<void> | undefined {
     let at = 0;
     while (at < bytes.length) {
-      let block = this.#current;
-      if (block === undefined) {
-        // There is one to take without going past BLOCKS_PER_BODY: the transfer pauses below
-        // until there is, and a read (at most RAW_READ_BYTES) never needs two fresh blocks.
-        block = this.#takeBlock();
-        this.#current = block;
-        this.#filled = 0;
-        this.#startedAt = performance.now();
-      }
+      // There is one to take without going past BLOCKS_PER_BODY: the transfer pauses below
+      // until there is, and a read (at most RAW_READ_BYTES) never needs two fresh blocks.
+      const block = this.#current ?? this.#startBlock();
       const copied = bytes.copy(block, this.#filled, at);
-      this.#filled += copied;
       at += copied;
-      if (this.#filled === block.length || (!this.#started && this.#filled >= this.#firstBytes)) {
-        this.#handOver();
-      }
+      this.#grew(block, copied);
     }
+    return this.#paced();
+  }
+
+  /**
+   * Where the next socket read may land: the free room of the block being filled, or
+   * undefined when every block is taken (the transfer pauses then) or the body is over.
+   */
+  room(): Buffer | undefined {
+    if (this.#done || this.#ended || this.#error !== undefined) {
+      return undefined;
+    }
+    if (
+      this.#current === undefined &&
+      this.#free.length === 0 &&
+      this.#owned.length >= BLOCKS_PER_BODY
+    ) {
+      return undefined;
+    }
+    const block = this.#current ?? this.#startBlock();
+    return block.subarray(this.#filled);
+  }
+
+  /** `count` bytes were read into the room `room()` gave last; then as after `write`. */
+  filled(count: number): Promise<void> | undefined {
+    const block = this.#current;
+    if (block !== undefined) {
+      this.#grew(block, count);
+    }
+    return this.#paced();
+  }
+
+  /** Takes a block to fill. */
+  #startBlock(): Buffer {
+    const block = this.#takeBlock();
+    this.#current = block;
+    this.#filled = 0;
+    this.#handed = 0;
+    this.#startedAt = performance.now();
+    return block;
+  }
+
+  /** `count` more bytes are in `block`: a full block (or the first bytes) goes to the caller. */
+  #grew(block: Buffer, count: number): void {
+    if (this.#filled === this.#handed) {
+      this.#startedAt = performance.now();
+    }
+    this.#filled += count;
+    if (this.#filled === block.length || (!this.#started && this.#filled >= this.#firstBytes)) {
+      this.#handOver();
+    }
+  }
+
+  /** After bytes came: a waiting caller gets them in time; a promise while no block is free. */
+  #paced(): Promise<void> | undefined {
     if (this.#waiter !== undefined) {
       this.#holdOrHandOver();
     }
-    if (this.#free.length > 0 || this.#owned.length < BLOCKS_PER_BODY) {
+    if (
+      this.#current !== undefined ||
+      this.#free.length > 0 ||
+      this.#owned.length < BLOCKS_PER_BODY
+    ) {
       return undefined;
     }
     return new Promise<void>((resolve) => {
@@ -456,7 +516,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
    * for a while).
    */
   #holdOrHandOver(): void {
-    if (this.#filled === 0 || this.#holdTimer !== undefined) {
+    if (this.#filled === this.#handed || this.#holdTimer !== undefined) {
       return;
     }
     const waited = performance.now() - this.#startedAt;
@@ -472,18 +532,25 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     }, this.#holdMs - waited);
   }
 
-  /** Hands the filled part of the current block to the caller. */
+  /**
+   * Hands the current block's bytes not handed over yet to the caller; a full block is done
+   * with, a partly filled one goes on filling (the socket may be reading into its room).
+   */
   #handOver(): void {
     clearTimeout(this.#holdTimer);
     this.#holdTimer = undefined;
     const block = this.#current;
-    if (block === undefined || this.#filled === 0) {
+    if (block === undefined || this.#filled === this.#handed) {
       return;
     }
-    this.#ready.push({ block, view: block.subarray(0, this.#filled) });
+    this.#ready.push({ block, view: block.subarray(this.#handed, this.#filled) });
     this.#started = true;
-    this.#current = undefined;
-    this.#filled = 0;
+    this.#handed = this.#filled;
+    if (this.#filled === block.length) {
+      this.#current = undefined;
+      this.#filled = 0;
+      this.#handed = 0;
+    }
     this.#wake();
   }
 
@@ -503,13 +570,19 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.next().then(waiter, failed);
   }
 
-  /** The block the caller held is free again: the transfer may go on. */
+  /**
+   * The caller is done with the view it held: its block is free again unless it is still being
+   * filled or another view of it waits to be handed over. Then the transfer may go on.
+   */
   #giveBack(): void {
     const lent = this.#lent;
     if (lent === undefined) {
       return;
     }
     this.#lent = undefined;
+    if (lent === this.#current || this.#ready.some((ready) => ready.block === lent)) {
+      return;
+    }
     this.#free.push(lent);
     const space = this.#space;
     this.#space = undefined;

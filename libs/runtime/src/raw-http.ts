@@ -25,6 +25,12 @@ export const RAW_READ_BYTES = 256 * 1024;
 /** Longest response head accepted, in bytes. */
 const MAX_HEAD_BYTES = 16 * 1024;
 /**
+ * Bytes read at a time while a head is awaited: the body bytes that come in the same read as
+ * the head are copied (not read into the sink's own buffer, `bodyBuffer`), so that read is
+ * kept short.
+ */
+const HEAD_READ_BYTES = 4 * 1024;
+/**
  * How long an idle connection is kept, in ms: below the 5 s keep-alive timeout of Node's HTTP
  * servers, so a connection is rarely reused just as the server closes it.
  */
@@ -114,6 +120,8 @@ class Connection {
   target: (() => Buffer | undefined) | undefined;
   /** The connection's own read buffer: response heads, and bodies read without a target. */
   readonly readBuffer = Buffer.allocUnsafe(RAW_READ_BYTES);
+  /** Its start, where heads are read (`HEAD_READ_BYTES`). */
+  readonly headBuffer = this.readBuffer.subarray(0, HEAD_READ_BYTES);
   /** Set when the connection was used before: a failure before any answer may be a stale one. */
   reused = false;
   idleTimer: NodeJS.Timeout | undefined;
@@ -122,11 +130,14 @@ class Connection {
 
   constructor(url: URL, tls: RawTlsOptions | undefined) {
     const host = url.hostname.replace(/^\[|\]$/g, '');
-    // Every read lands in the read buffer, or in the buffer the exchange's sink offered for
-    // its body (net asks for the next read's buffer after each read, and passes it back to
-    // the callback): no view is made per read here, only the body views the parser hands out.
+    // Every read lands in the read buffer (a head in its start, `headBuffer`), or in the buffer
+    // the exchange's sink offered for its body (net asks for the next read's buffer after each
+    // read, and passes it back to the callback): no view is made per read here, only the body
+    // views the parser hands out.
     const onread: OnReadOpts = {
-      buffer: () => (this.receive === undefined ? undefined : this.target?.()) ?? this.readBuffer,
+      // Between exchanges the next read starts a head (the buffer is chosen before the read).
+      buffer: () =>
+        this.receive === undefined ? this.headBuffer : (this.target?.() ?? this.readBuffer),
       callback: (bytes: number, buffer: Uint8Array): boolean => {
         if (this.receive === undefined) {
           // Nothing was asked: a server that talks out of turn loses the connection.
@@ -412,18 +423,22 @@ export class RawHttpClient {
           track(sink.onBody(bytes));
         }
       };
-      if (sink.bodyBuffer !== undefined && sink.onBodyRead !== undefined) {
-        // The next read goes into the sink's buffer while the body has bytes left: never more
-        // of them than are left, so the read stops at the body's end.
-        connection.target = () => {
-          const left = parser.bodyLeft;
-          if (left === 0 || refused !== undefined) {
-            return undefined;
-          }
-          const target = sink.bodyBuffer?.();
-          return target === undefined || target.length <= left ? target : target.subarray(0, left);
-        };
-      }
+      const direct = sink.bodyBuffer !== undefined && sink.onBodyRead !== undefined;
+      // The head is read in short reads, so that few of the body's bytes come with it (those
+      // are copied). Then the next read goes into the sink's buffer, if it offers one, while the
+      // body has bytes left: never more of them than are left, so the read stops at the body's
+      // end.
+      connection.target = () => {
+        if (parser.inHead) {
+          return connection.headBuffer;
+        }
+        const left = parser.bodyLeft;
+        if (!direct || left === 0 || refused !== undefined) {
+          return undefined;
+        }
+        const target = sink.bodyBuffer?.();
+        return target === undefined || target.length <= left ? target : target.subarray(0, left);
+      };
       // A head the sink refuses with a short body of known length, on a connection that
       // stays open: the body is read and dropped, the connection kept, and the exchange
       // rejects with the sink's error once the body is in. Any other refusal (no length, a
@@ -458,7 +473,7 @@ export class RawHttpClient {
         reads += 1;
         try {
           let outcome: 'more' | 'done';
-          if (buffer === connection.readBuffer) {
+          if (buffer === connection.readBuffer || buffer === connection.headBuffer) {
             outcome = parser.feed(buffer, length, onHead, deliver);
           } else {
             // Body bytes read into the sink's buffer (only offered inside a body).
@@ -510,6 +525,11 @@ class ResponseParser {
   untilClose = false;
   /** The connection may carry another request afterwards. */
   keepAlive = true;
+
+  /** True until the whole head has been read. */
+  get inHead(): boolean {
+    return this.#state === 'head';
+  }
 
   /** Bytes left of a body of known length being read (0 otherwise: a head, chunks, until close). */
   get bodyLeft(): number {
