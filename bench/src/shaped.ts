@@ -21,6 +21,7 @@ import {
   pushImage,
   ratio,
   seconds,
+  startFaultProxy,
   startRegistry,
   table,
   type GeneratedImage,
@@ -57,6 +58,10 @@ const USAGE = `usage: npm run shaped -w bench -- [options]    (as root: it build
   --nodes N            nodes pulling at once, each with containerd and an agent (default 4)
   --node-mbit R        each node's link, megabits/s each way (default 25)
   --registry-mbit R    the registry's link (default: --node-mbit)
+  --registry-answer-ms MS
+                       the registry answers every GET MS after it was asked, as one that fetches
+                       blobs from its own storage or upstream first (a proxy on the bench's own
+                       address, in front of it, for every wave; HEADs at once; default 0: none)
   --cache-mbit R       the pull-through cache's link (default: --registry-mbit)
   --control-mbit R     the link of NATS, the tracker and the seed server (default: --node-mbit)
   --delay-ms D         one-way delay on every link end (needs netem in the kernel; default 0)
@@ -88,6 +93,7 @@ interface Options {
   readonly nodes: number;
   readonly nodeMbit: number;
   readonly registryMbit: number;
+  readonly registryAnswerMs: number;
   readonly cacheMbit: number;
   readonly controlMbit: number;
   readonly delayMs: number;
@@ -117,6 +123,7 @@ function parseOptions(argv: readonly string[]): Options {
     nodes: { type: 'string', default: '4' },
     'node-mbit': { type: 'string', default: '25' },
     'registry-mbit': { type: 'string' },
+    'registry-answer-ms': { type: 'string', default: '0' },
     'cache-mbit': { type: 'string' },
     'control-mbit': { type: 'string' },
     'delay-ms': { type: 'string', default: '0' },
@@ -152,6 +159,11 @@ function parseOptions(argv: readonly string[]): Options {
   for (const [name, value] of Object.entries({ nodeMbit, registryMbit, cacheMbit, controlMbit })) {
     check(Number.isFinite(value) && value > 0 && value <= 10_000, `${name}: a rate in Mbit/s`);
   }
+  const registryAnswerMs = number('registry-answer-ms');
+  check(
+    Number.isInteger(registryAnswerMs) && registryAnswerMs >= 0,
+    '--registry-answer-ms takes a delay in ms',
+  );
   const delayMs = number('delay-ms');
   const lossPct = number('loss-pct');
   check(Number.isFinite(delayMs) && delayMs >= 0, '--delay-ms takes a delay in ms');
@@ -203,6 +215,7 @@ function parseOptions(argv: readonly string[]): Options {
     nodes,
     nodeMbit,
     registryMbit,
+    registryAnswerMs,
     cacheMbit,
     controlMbit,
     delayMs,
@@ -424,7 +437,11 @@ function report(
   out.push(
     `Shaped-network benchmark: ${options.nodes} nodes at ${options.nodeMbit} Mbit/s` +
       (options.slowNodes > 0 ? ` (${options.slowNodes} at ${options.nodeMbit / 4} Mbit/s)` : '') +
-      `, registry ${options.registryMbit} Mbit/s, cache ${options.cacheMbit} Mbit/s, ` +
+      `, registry ${options.registryMbit} Mbit/s` +
+      (options.registryAnswerMs > 0
+        ? ` (answering every GET after ${options.registryAnswerMs} ms)`
+        : '') +
+      `, cache ${options.cacheMbit} Mbit/s, ` +
       `control (NATS, tracker, seed) ${options.controlMbit} Mbit/s`,
     `links: tbf on both ends of every link` +
       (options.delayMs > 0 || options.lossPct > 0
@@ -612,12 +629,28 @@ async function main(): Promise<number> {
       layerSizes: options.layerSizes,
       seed: `shaped-${Date.now()}`,
     });
-    const ref = await pushImage(image, registry.host, REPOSITORY);
+    const pushed = await pushImage(image, registry.host, REPOSITORY);
     interrupt.signal.throwIfAborted();
+    // A registry slow to answer: every wave reaches it through a proxy that holds each GET.
+    let origin = registry;
+    let ref = pushed;
+    if (options.registryAnswerMs > 0) {
+      const proxy = await startFaultProxy({ upstream: registry.url, host: lab.controlAddress });
+      teardown.add('registry answer delay', () => proxy.stop());
+      proxy.set({
+        kind: 'slow',
+        delayMs: options.registryAnswerMs,
+        rateBytes: Infinity,
+        methods: ['GET'],
+      });
+      const host = new URL(proxy.url).host;
+      origin = { ...registry, host, url: proxy.url };
+      ref = `${host}${pushed.slice(registry.host.length)}`;
+    }
 
     const context: WaveContext = {
       nodes,
-      registry,
+      registry: origin,
       ref,
       timeoutMs: options.timeoutMs,
       signal: interrupt.signal,

@@ -53,7 +53,8 @@ export type RegistryFault =
     }
   /**
    * Every new request waits `delayMs` before it is forwarded, and every response body (those
-   * in flight included) shares `rateBytes` bytes per second, as over a congested link.
+   * in flight included) shares `rateBytes` bytes per second (Infinity: no limit), as over a
+   * congested link.
    */
   | {
       readonly kind: 'slow';
@@ -211,7 +212,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
 
   /** Waits for the slow link to carry `bytes`; at once when no slow fault is set. */
   const linkDelay = (bytes: number): number => {
-    if (fault?.kind !== 'slow') {
+    if (fault?.kind !== 'slow' || fault.rateBytes === Infinity) {
       return 0;
     }
     const now = performance.now();

@@ -175,7 +175,7 @@ describe('an origin slower than the stall timeout', () => {
   const slowAnswer: RegistryFault = {
     kind: 'slow',
     delayMs: 3 * STALL_TIMEOUT_MS,
-    rateBytes: 64 * MiB,
+    rateBytes: Infinity,
     methods: ['GET'],
   };
 
