@@ -329,11 +329,13 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   readonly #owned: Buffer[] = [];
   readonly #free: Buffer[] = [];
   /**
-   * The block being filled: the socket may be reading into its room (a read's buffer is
-   * chosen before the read), so it stays the one filled until full, even after its first
-   * bytes were handed over (`#handed`).
+   * The block being filled. When the socket reads into its room (`room()`: a read's buffer is
+   * chosen before the read), it stays the one filled until full, even after its first bytes
+   * were handed over (`#handed`).
    */
   #current: Buffer | undefined;
+  /** Whether the body is read into the blocks' room (`room()`), not copied (`write`). */
+  #direct = false;
   #filled = 0;
   /** Bytes of the current block handed over already (a view each, in order). */
   #handed = 0;
@@ -346,8 +348,9 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
   /** The caller waiting in `next()`. */
   #waiter: ((result: IteratorResult<Buffer>) => void) | undefined;
   #waiterFailed: ((error: Error) => void) | undefined;
-  /** The transfer waiting for a free block. */
+  /** The transfer waiting for a free block, and its pause (one, however many writes asked). */
   #space: (() => void) | undefined;
+  #paused: Promise<void> | undefined;
   /** Hands a partly filled block over when the caller has waited the hold time. */
   #holdTimer: NodeJS.Timeout | undefined;
   #ended = false;
@@ -397,6 +400,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     ) {
       return undefined;
     }
+    this.#direct = true;
     const block = this.#current ?? this.#startBlock();
     return block.subarray(this.#filled);
   }
@@ -431,21 +435,26 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     }
   }
 
-  /** After bytes came: a waiting caller gets them in time; a promise while no block is free. */
+  /**
+   * After bytes came: a waiting caller gets them in time; a promise while the next read could
+   * need a block and none is free. A read into the room never goes past the block being filled;
+   * a copied one (a body of unknown length) may need a fresh block whatever that one holds.
+   */
   #paced(): Promise<void> | undefined {
     if (this.#waiter !== undefined) {
       this.#holdOrHandOver();
     }
     if (
-      this.#current !== undefined ||
+      (this.#direct && this.#current !== undefined) ||
       this.#free.length > 0 ||
       this.#owned.length < BLOCKS_PER_BODY
     ) {
       return undefined;
     }
-    return new Promise<void>((resolve) => {
+    this.#paused ??= new Promise<void>((resolve) => {
       this.#space = resolve;
     });
+    return this.#paused;
   }
 
   /** The transfer ended: what is left is handed over, then the iteration ends. */
@@ -546,7 +555,8 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.#ready.push({ block, view: block.subarray(this.#handed, this.#filled) });
     this.#started = true;
     this.#handed = this.#filled;
-    if (this.#filled === block.length) {
+    // A part-filled block read into directly may be the next read's target: it fills on.
+    if (this.#filled === block.length || !this.#direct) {
       this.#current = undefined;
       this.#filled = 0;
       this.#handed = 0;
@@ -586,6 +596,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.#free.push(lent);
     const space = this.#space;
     this.#space = undefined;
+    this.#paused = undefined;
     space?.();
   }
 
@@ -599,6 +610,7 @@ class LentBlocks implements AsyncIterableIterator<Buffer> {
     this.#holdTimer = undefined;
     const space = this.#space;
     this.#space = undefined;
+    this.#paused = undefined;
     space?.();
     for (const block of this.#owned) {
       // A block the caller may still be reading (or writing out) is left to the collector.

@@ -563,6 +563,33 @@ describe('BlobReader', () => {
     assert.ok(views > 8, `${views} hand-overs`);
   });
 
+  it('keeps a chunked body to three blocks while the caller is slow', async () => {
+    // No Content-Length: the body is copied into the blocks (never read into them), and a slow
+    // caller pauses the transfer rather than have it take a block per read.
+    const bytes = await readFile(layer.path);
+    const chunked = await serve('chunked', (_request, response) => {
+      response.writeHead(200);
+      for (let at = 0; at < bytes.length; at += 50_000) {
+        response.write(bytes.subarray(at, Math.min(bytes.length, at + 50_000)));
+      }
+      response.end();
+    });
+    const opened = await openLayer(reader(), chunked);
+    const hash = createHash('sha256');
+    const blocks = new Set<ArrayBufferLike>();
+    let views = 0;
+    for await (const block of opened.blocks) {
+      hash.update(block);
+      blocks.add(block.buffer);
+      views += 1;
+      if (views === 1) {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+    }
+    assert.equal(`sha256:${hash.digest('hex')}`, layer.digest);
+    assert.ok(blocks.size <= 3, `${blocks.size} blocks for ${views} views`);
+  });
+
   it('fails the blocks when the origin closes the connection before the end, after every byte it sent', async () => {
     const bytes = await readFile(layer.path);
     // Not a whole number of blocks: the part-filled last block is handed over too.
