@@ -448,7 +448,10 @@ export async function shoalWave(
         ),
         seedCut: seedMetrics.get('shoal_seedserver_pieces_cut_total'),
         intakeNotices: {
-          sent: seedMetrics.get('shoal_seedserver_intake_notices_total', { while: 'receiving' }),
+          // All less those of a wait: a seed of before the label counts notices of bytes only.
+          sent:
+            seedMetrics.get('shoal_seedserver_intake_notices_total') -
+            seedMetrics.get('shoal_seedserver_intake_notices_total', { while: 'waiting' }),
           waiting: seedMetrics.get('shoal_seedserver_intake_notices_total', { while: 'waiting' }),
           heard: sum('shoal_agent_events_received_total', { type: 'seed-intake' }),
         },

@@ -93,6 +93,7 @@ export {
 } from './messages/seed-failed.js';
 export {
   SEED_INTAKE_SUBJECTS,
+  SEED_WAIT_NOTICE_MAX_MS,
   seedIntake,
   seedIntakeSubject,
   type SeedIntake,

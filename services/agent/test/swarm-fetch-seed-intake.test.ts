@@ -15,13 +15,18 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 
 import { PieceBuffers } from '@shoal/pieces';
-import { digestOf, encodeMessage, seedIntake, seedIntakeSubject, STREAMS } from '@shoal/proto';
+import {
+  digestOf,
+  encodeMessage,
+  SEED_WAIT_NOTICE_MAX_MS,
+  seedIntake,
+  seedIntakeSubject,
+  STREAMS,
+} from '@shoal/proto';
 
 import { FsContentStore } from '../src/cache/content-store.js';
 import { BlobDownload } from '../src/cache/download.js';
 import type { SwarmFetch } from '../src/swarm/swarm-fetch.js';
-// What a wait told of counts while it is shorter than this (the seed's timeouts end it first).
-const SEED_WAIT_CREDIT_MAX_MS = 60_000;
 import { publishHashes, servePieces } from './blob-pieces.js';
 import {
   answerWantsWith,
@@ -195,7 +200,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
     }
   });
 
-  it('is not held by a wait longer than the seed\u2019s timeouts allow', async () => {
+  it('is not held by a wait longer than agents count (SEED_WAIT_NOTICE_MAX_MS)', async () => {
     const stalledBefore = await stalls();
     const started = Date.now();
     const pull = await slowIntake(
@@ -203,7 +208,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       undefined,
       10 * STALL_TIMEOUT_MS,
       () => Promise.resolve(),
-      SEED_WAIT_CREDIT_MAX_MS + 1,
+      SEED_WAIT_NOTICE_MAX_MS + 1,
     );
     try {
       await pull.run;

@@ -14,6 +14,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   decodeMessage,
   parseDigest,
+  SEED_WAIT_NOTICE_MAX_MS,
   seedIntake,
   seedIntakeSubject,
   type SeedIntake,
@@ -151,6 +152,54 @@ describe('IntakeNotices', () => {
       notices.stop();
       subscription.unsubscribe();
       await blob.discard();
+    }
+  });
+
+  it('tells of a wait up to the longest one agents count, and no longer', async () => {
+    const digest = parseDigest(`sha256:${createHash('sha256').update('long wait').digest('hex')}`);
+    const heard: SeedIntake[] = [];
+    const subscription = nc.subscribe(seedIntakeSubject(digest.toString()), {
+      callback: (error, message) => {
+        assert.equal(error, null);
+        const decoded = decodeMessage(seedIntake, message.data);
+        assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
+        heard.push(decoded.value);
+      },
+    });
+    const counter = new Counter({
+      name: 'notices',
+      help: 'notices',
+      labelNames: ['while'] as const,
+      registers: [new Registry()],
+    });
+    let now = 0;
+    const notices = new IntakeNotices(
+      {
+        nc,
+        seed: 'seed-a',
+        notices: counter,
+        logger: createLogger({ service: 'test', level: 'silent' }),
+        intervalMs: LOOK_MS,
+        now: () => now,
+      },
+      digest.toString(),
+    );
+    try {
+      now = SEED_WAIT_NOTICE_MAX_MS;
+      const deadline = Date.now() + 5_000;
+      while (heard.length === 0 && Date.now() < deadline) {
+        await sleep(5);
+      }
+      assert.equal(heard[0]?.waitingMs, SEED_WAIT_NOTICE_MAX_MS);
+      now = SEED_WAIT_NOTICE_MAX_MS + 1;
+      await sleep(LOOKS_MS);
+      const told = heard.length;
+      await sleep(LOOKS_MS);
+      assert.equal(heard.length, told, 'no notice of a longer wait');
+      assert.ok(heard.every((n) => (n.waitingMs ?? 0) <= SEED_WAIT_NOTICE_MAX_MS));
+    } finally {
+      notices.stop();
+      subscription.unsubscribe();
     }
   });
 });

@@ -45,6 +45,14 @@ export const seedIntake = z
   });
 export type SeedIntake = z.infer<typeof seedIntake>;
 
+/**
+ * The longest wait on its source a seed server tells of, in ms: past it the seed sends no more
+ * notices of that wait (it has usually given the blob up by then: its connect and header
+ * timeouts are 10 s and 30 s per request by default), and agents count none that tell of more.
+ * Their downloads then go to the origin after their stall timeout.
+ */
+export const SEED_WAIT_NOTICE_MAX_MS = 60_000;
+
 /** Subject of a blob's intake notices (outside `shoal.pieces.v1.>`: not stored). */
 export const seedIntakeSubject = (blob: string): string =>
   `shoal.intake.v1.${digestSubjectTokens(blob)}`;

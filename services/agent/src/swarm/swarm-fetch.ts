@@ -32,6 +32,7 @@ import {
   pieceCount,
   pieceListDigest,
   pieceSizeFor,
+  SEED_WAIT_NOTICE_MAX_MS,
   toRanges,
   notFromHeader,
   notFromPeers,
@@ -157,14 +158,6 @@ const FALLBACK_MESSAGES = {
 /** Shortest gap between two wants, in ms. */
 const EARLY_WANT_GAP_MS = 50;
 /**
- * Longest wait of the seed server on its source (no byte of the blob yet) that keeps a
- * download in the swarm, in ms (`#onSeedIntake`): past the seed's own connect and header
- * timeouts (10 s and 30 s by default), so a seed whose origin does not answer gives the blob
- * up and says so first. A seed set to wait longer has its agents reading from the origin
- * after their stall timeout past this.
- */
-const SEED_WAIT_CREDIT_MAX_MS = 60_000;
-/**
  * Largest piece received whole into memory, verified, and written with one write. Memory:
  * up to twice the concurrency of these per download (endgame copies).
  */
@@ -241,6 +234,8 @@ export class SwarmFetch {
    * seed's intake (`#onSeedIntake`).
    */
   #behindSince: number | undefined;
+  /** When this download first heard the seed tell of its wait for the blob's first byte. */
+  #waitHeardAt: number | undefined;
   /**
    * The hash each held piece verified against, by index (from a peer, the seed or the
    * origin): what the seed's signed record must bind for the download to skip its whole-blob
@@ -1078,8 +1073,10 @@ export class SwarmFetch {
    * timeout, through the link the seed is reading by, when the origin sends a piece more
    * slowly than that (a slow registry, large pieces, many layers at once). Before the blob's
    * first byte the seed says how long it has waited on its source instead: that counts as
-   * the swarm moving while the wait is shorter than `SEED_WAIT_CREDIT_MAX_MS` (the seed's own
-   * timeouts end it first), so an origin slow to answer is asked by the seed alone.
+   * the swarm moving while the wait is no longer than `SEED_WAIT_NOTICE_MAX_MS`, by the seed's
+   * count and since this download first heard of it (a seed run started again counts from 0),
+   * so an origin slow to answer is asked by the seed alone; the seed's own timeouts usually
+   * end the wait before.
    *
    * Neither counts for a download that has missed a piece the seed has for longer than its
    * stall timeout (it cannot reach the seed, or the peers do not pass the piece on): that one
@@ -1095,7 +1092,10 @@ export class SwarmFetch {
     const behindMs = this.#behindSince === undefined ? 0 : Date.now() - this.#behindSince;
     const heeded = this.#seedFailed === undefined && behindMs <= this.#deps.settings.stallTimeoutMs;
     if (notice.waitingMs !== undefined) {
-      if (heeded && notice.waitingMs <= SEED_WAIT_CREDIT_MAX_MS) {
+      const now = performance.now();
+      this.#waitHeardAt ??= now;
+      const waitedMs = Math.max(notice.waitingMs, now - this.#waitHeardAt);
+      if (heeded && waitedMs <= SEED_WAIT_NOTICE_MAX_MS) {
         this.#stall.progress();
       }
       return;

@@ -12,11 +12,18 @@
  *   meanwhile (the piece hashes told the agents then). An intake whose pieces land more often
  *   than that sends none.
  *
- * Core NATS, not stored. The seed's own connect and header timeouts bound the wait the
- * notices tell of: a source that never answers fails the seed, which says so (`seed-failed`).
+ * Core NATS, not stored. A wait is told of up to `SEED_WAIT_NOTICE_MAX_MS`: the seed's own
+ * connect and header timeouts usually fail it before (and it says so, `seed-failed`), but a
+ * token round trip, a redirect or a body that does not start can take longer, and its agents
+ * then go to the origin after their stall timeout, as before there were notices.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { encodeUnchecked, seedIntake, seedIntakeSubject } from '@shoal/proto';
+import {
+  encodeUnchecked,
+  SEED_WAIT_NOTICE_MAX_MS,
+  seedIntake,
+  seedIntakeSubject,
+} from '@shoal/proto';
 import type { Logger } from '@shoal/runtime';
 import type { Counter } from 'prom-client';
 
@@ -34,7 +41,7 @@ export interface IntakeNoticeDeps {
    * agents' stall timeout, so one lost notice does not cost a download its place.
    */
   readonly intervalMs: number;
-  /** The clock, in ms (tests drive it). */
+  /** A monotonic clock, in ms (default `performance.now`; tests drive it). */
   readonly now?: () => number;
 }
 
@@ -60,7 +67,7 @@ export class IntakeNotices {
   constructor(deps: IntakeNoticeDeps, digest: string) {
     this.#deps = deps;
     this.#digest = digest;
-    this.#now = deps.now ?? Date.now;
+    this.#now = deps.now ?? (() => performance.now());
     this.#askedAt = this.#now();
     this.#timer = setInterval(() => this.#look(), deps.intervalMs);
     // A seed run ends with its own work; these looks never keep the process up.
@@ -83,12 +90,16 @@ export class IntakeNotices {
     const intake = this.#intake;
     const received = intake?.received() ?? 0;
     if (received === 0) {
-      // No byte yet: the agents hear how long the seed has waited on its source.
-      this.#publish('waiting', {
-        ...(intake === undefined ? {} : { size: intake.blob.size }),
-        received: 0,
-        waitingMs: Math.max(0, Math.round(this.#now() - this.#askedAt)),
-      });
+      // No byte yet: the agents hear how long the seed has waited on its source, up to the
+      // longest wait they count.
+      const waitingMs = Math.max(0, Math.round(this.#now() - this.#askedAt));
+      if (waitingMs <= SEED_WAIT_NOTICE_MAX_MS) {
+        this.#publish('waiting', {
+          ...(intake === undefined ? {} : { size: intake.blob.size }),
+          received: 0,
+          waitingMs,
+        });
+      }
       return;
     }
     const ready = intake?.blob.ready ?? 0;
