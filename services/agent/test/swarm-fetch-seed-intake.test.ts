@@ -69,6 +69,36 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       ?.value ?? 0;
 
   /**
+   * The pull is still in the swarm with no stall; once the seed's pieces from `from` on land,
+   * it verifies, still with none.
+   */
+  async function heldUntilPieces(
+    pull: { content: Buffer; download: BlobDownload; run: Promise<void> },
+    stalledBefore: number,
+    from: number,
+  ): Promise<void> {
+    assert.equal(pull.download.state, 'running', 'still in the swarm');
+    assert.equal(await stalls(), stalledBefore, 'no stall');
+    await publishHashes(fixture.js, pull.content, from);
+    await pull.run;
+    assert.equal(pull.download.state, 'verified');
+    assert.equal(await stalls(), stalledBefore);
+  }
+
+  /** The pull stalled to the (unreachable) origin well before the notices ended. */
+  async function stalledAnyway(
+    pull: { download: BlobDownload; run: Promise<void> },
+    stalledBefore: number,
+    started: number,
+  ): Promise<void> {
+    await pull.run;
+    const took = Date.now() - started;
+    assert.equal(pull.download.state, 'failed', 'sent to the (unreachable) origin');
+    assert.equal(await stalls(), stalledBefore + 1, 'by a stall');
+    assert.ok(took < 10 * STALL_TIMEOUT_MS, `stalled in ${String(took)} ms, notices or not`);
+  }
+
+  /**
    * A cold pull whose seed (at `seedUrl`, or a piece server of the blob) has hashed `HASHED`
    * pieces and then takes bytes in without landing a piece: notices every `NOTICE_MS` for
    * `noticesMs`, meanwhile `during` runs. With `waitedMs` the seed has hashed nothing and its
@@ -162,14 +192,9 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       },
     );
     try {
-      // Six stall timeouts with every hashed piece held and nothing else to fetch.
-      assert.equal(pull.download.state, 'running', 'still in the swarm');
-      assert.equal(await stalls(), stalledBefore, 'no stall');
-      // The seed's next pieces land.
-      await publishHashes(fixture.js, pull.content, HASHED);
-      await pull.run;
-      assert.equal(pull.download.state, 'verified');
-      assert.equal(await stalls(), stalledBefore);
+      // Six stall timeouts with every hashed piece held and nothing else to fetch; then the
+      // seed's next pieces land.
+      await heldUntilPieces(pull, stalledBefore, HASHED);
     } finally {
       await pull.end();
     }
@@ -188,13 +213,8 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       0,
     );
     try {
-      assert.equal(pull.download.state, 'running', 'still in the swarm');
-      assert.equal(await stalls(), stalledBefore, 'no stall');
-      // The origin answers: the seed's pieces land.
-      await publishHashes(fixture.js, pull.content, 0);
-      await pull.run;
-      assert.equal(pull.download.state, 'verified');
-      assert.equal(await stalls(), stalledBefore);
+      // Then the origin answers: the seed's pieces land.
+      await heldUntilPieces(pull, stalledBefore, 0);
     } finally {
       await pull.end();
     }
@@ -211,11 +231,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       SEED_WAIT_NOTICE_MAX_MS + 1,
     );
     try {
-      await pull.run;
-      const took = Date.now() - started;
-      assert.equal(pull.download.state, 'failed', 'sent to the (unreachable) origin');
-      assert.equal(await stalls(), stalledBefore + 1, 'by a stall');
-      assert.ok(took < 10 * STALL_TIMEOUT_MS, `stalled in ${String(took)} ms, notices or not`);
+      await stalledAnyway(pull, stalledBefore, started);
     } finally {
       await pull.end();
     }
@@ -232,11 +248,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       () => Promise.resolve(),
     );
     try {
-      await pull.run;
-      const took = Date.now() - started;
-      assert.equal(pull.download.state, 'failed', 'sent to the (unreachable) origin');
-      assert.equal(await stalls(), stalledBefore + 1, 'by a stall');
-      assert.ok(took < 10 * STALL_TIMEOUT_MS, `stalled in ${String(took)} ms, notices or not`);
+      await stalledAnyway(pull, stalledBefore, started);
     } finally {
       await pull.end();
     }

@@ -48,11 +48,21 @@ describe('IntakeNotices', () => {
     await dir.remove();
   });
 
-  it('tells of the wait for the first byte, then of bytes that came while no piece landed, and of nothing else', async () => {
-    const digest = parseDigest(`sha256:${createHash('sha256').update('intake').digest('hex')}`);
-    const blob = await SeedBlob.create(digest, 10 * MiB, join(dir.path, 'intake'));
+  /**
+   * Notices for `digest`, looked at every `LOOK_MS` on the clock `now`, and what a subscriber
+   * to the blob's intake subject heard of them. `stop` ends both.
+   */
+  function follow(
+    digest: string,
+    now: () => number,
+  ): {
+    heard: SeedIntake[];
+    counter: Counter<'while'>;
+    notices: IntakeNotices;
+    stop: () => void;
+  } {
     const heard: SeedIntake[] = [];
-    const subscription = nc.subscribe(seedIntakeSubject(digest.toString()), {
+    const subscription = nc.subscribe(seedIntakeSubject(digest), {
       callback: (error, message) => {
         assert.equal(error, null);
         const decoded = decodeMessage(seedIntake, message.data);
@@ -66,8 +76,6 @@ describe('IntakeNotices', () => {
       labelNames: ['while'] as const,
       registers: [new Registry()],
     });
-    let received = 0;
-    let now = 1_000_000;
     const notices = new IntakeNotices(
       {
         nc,
@@ -75,10 +83,27 @@ describe('IntakeNotices', () => {
         notices: counter,
         logger: createLogger({ service: 'test', level: 'silent' }),
         intervalMs: LOOK_MS,
-        now: () => now,
+        now,
       },
-      digest.toString(),
+      digest,
     );
+    return {
+      heard,
+      counter,
+      notices,
+      stop: () => {
+        notices.stop();
+        subscription.unsubscribe();
+      },
+    };
+  }
+
+  it('tells of the wait for the first byte, then of bytes that came while no piece landed, and of nothing else', async () => {
+    const digest = parseDigest(`sha256:${createHash('sha256').update('intake').digest('hex')}`);
+    const blob = await SeedBlob.create(digest, 10 * MiB, join(dir.path, 'intake'));
+    let received = 0;
+    let now = 1_000_000;
+    const { heard, counter, notices, stop } = follow(digest.toString(), () => now);
     const sent = async (doing: string): Promise<number | undefined> =>
       (await counter.get()).values.find((v) => v.labels.while === doing)?.value;
     /** The notices of bytes received, and of the wait before them. */
@@ -149,41 +174,15 @@ describe('IntakeNotices', () => {
       await sleep(LOOKS_MS);
       assert.equal(ofBytes().length, 2, 'the intake ended: no notice');
     } finally {
-      notices.stop();
-      subscription.unsubscribe();
+      stop();
       await blob.discard();
     }
   });
 
   it('tells of a wait up to the longest one agents count, and no longer', async () => {
     const digest = parseDigest(`sha256:${createHash('sha256').update('long wait').digest('hex')}`);
-    const heard: SeedIntake[] = [];
-    const subscription = nc.subscribe(seedIntakeSubject(digest.toString()), {
-      callback: (error, message) => {
-        assert.equal(error, null);
-        const decoded = decodeMessage(seedIntake, message.data);
-        assert.ok(decoded.ok, decoded.ok ? '' : decoded.error);
-        heard.push(decoded.value);
-      },
-    });
-    const counter = new Counter({
-      name: 'notices',
-      help: 'notices',
-      labelNames: ['while'] as const,
-      registers: [new Registry()],
-    });
     let now = 0;
-    const notices = new IntakeNotices(
-      {
-        nc,
-        seed: 'seed-a',
-        notices: counter,
-        logger: createLogger({ service: 'test', level: 'silent' }),
-        intervalMs: LOOK_MS,
-        now: () => now,
-      },
-      digest.toString(),
-    );
+    const { heard, stop } = follow(digest.toString(), () => now);
     try {
       now = SEED_WAIT_NOTICE_MAX_MS;
       const deadline = Date.now() + 5_000;
@@ -198,8 +197,7 @@ describe('IntakeNotices', () => {
       assert.equal(heard.length, told, 'no notice of a longer wait');
       assert.ok(heard.every((n) => (n.waitingMs ?? 0) <= SEED_WAIT_NOTICE_MAX_MS));
     } finally {
-      notices.stop();
-      subscription.unsubscribe();
+      stop();
     }
   });
 });
