@@ -10,7 +10,8 @@
  *
  * Before the blob's first byte the notice says instead how long the seed has waited on its
  * source (`waitingMs`): an origin slow to answer would otherwise send every agent to it after
- * their stall timeout. The seed's own connect and header timeouts bound that wait.
+ * their stall timeout. A wait is told of up to `SEED_WAIT_NOTICE_MAX_MS` (the seed's connect
+ * and header timeouts usually end it before).
  *
  * Core NATS on a subject outside every stream (nothing is stored: a notice matters only while
  * it is new), sent only while the seed waits, or while bytes come in and no piece has landed
