@@ -119,10 +119,11 @@ const USAGE = `usage: node bench/dist/src/datapath.js [--layers MiB,MiB,...] [--
   --fetch-only        the big image's pulls are \`ctr content fetch\` (the blobs into
                       containerd's content store, no unpack): only what a mirror can change
   --timeout-s S       longest a pull may take (default 600)
-  --warm-agent MiB    before the big image, pull another image of one layer this large
-                      through the agent cold, not measured: the big image's cold pull is
-                      then that of an agent whose code V8 has compiled (a node's agent that
-                      has served pulls before), not of a freshly started one
+  --warm-agent MiB[,MiB...]
+                      before the big image, pull another image of one layer this large (or
+                      of these layers) through the agent cold, not measured: the big image's
+                      cold pull is then that of an agent whose code V8 has compiled (a
+                      node's agent that has served pulls before), not of a freshly started one
   --rss MiB           also stream one blob of this size with four clients through a fresh
                       agent, watching its memory (default: not run; 4096 with --only rss)
   --only tls          only the agent-to-agent pulls, plain HTTP against TLS
@@ -191,7 +192,8 @@ interface Options {
   /** The big image's pulls are `ctr content fetch`: no unpack. */
   readonly fetchOnly: boolean;
   /** Size of the image pulled cold through the agent before the big one, in bytes; 0: none. */
-  readonly warmAgentBytes: number;
+  /** Layer sizes of the `--warm-agent` image, in bytes (none without it). */
+  readonly warmAgentLayers: readonly number[];
   readonly timeoutMs: number;
   readonly only: Only;
   /** Size of the blob of the memory run, in bytes; 0: no memory run. */
@@ -250,9 +252,12 @@ function parseOptions(argv: readonly string[]): Options {
   if (!Number.isInteger(warmRuns) || warmRuns < 1 || warmRuns > 50) {
     problems.push('--warm-runs takes a whole number from 1 to 50');
   }
-  const warmAgentBytes = Math.round(Number(values['warm-agent']) * MiB);
-  if (!Number.isFinite(warmAgentBytes) || warmAgentBytes < 0) {
-    problems.push('--warm-agent takes a size in MiB');
+  const warmAgentLayers = String(values['warm-agent'])
+    .split(',')
+    .map((mib) => Math.round(Number(mib) * MiB));
+  const warmAgentBytes = warmAgentLayers.reduce((sum, bytes) => sum + bytes, 0);
+  if (warmAgentLayers.some((bytes) => !Number.isFinite(bytes) || bytes < 0)) {
+    problems.push('--warm-agent takes a size in MiB, or layer sizes in MiB separated by commas');
   } else if (warmAgentBytes > 0 && ['tls', 'rss', 'small'].includes(String(values.only))) {
     problems.push(
       `--warm-agent is about the big image's pulls, which --only ${String(values.only)} leaves out`,
@@ -300,7 +305,7 @@ function parseOptions(argv: readonly string[]): Options {
     layerSizes,
     smallBytes,
     smallRuns,
-    warmAgentBytes,
+    warmAgentLayers: warmAgentBytes === 0 ? [] : warmAgentLayers,
     warmRuns,
     fetchOnly: values['fetch-only'] === true,
     timeoutMs: timeoutS * 1000,
@@ -1216,11 +1221,15 @@ async function main(): Promise<number> {
         ? undefined
         : await pushTarget(layout.path, registry, 'bench/huge', `huge-${run}`, [options.rssBytes]);
     const warmup =
-      big === undefined || options.warmAgentBytes === 0
+      big === undefined || options.warmAgentLayers.length === 0
         ? undefined
-        : await pushTarget(layout.path, registry, 'bench/warmup', `warmup-${run}`, [
-            options.warmAgentBytes,
-          ]);
+        : await pushTarget(
+            layout.path,
+            registry,
+            'bench/warmup',
+            `warmup-${run}`,
+            options.warmAgentLayers,
+          );
     signal.throwIfAborted();
     // The swarm's processes export their spans here, for the small image's timeline.
     const receiver = options.traced ? await startOtlpReceiver() : undefined;
