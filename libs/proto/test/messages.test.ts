@@ -309,7 +309,7 @@ describe('pieces-verified', () => {
 });
 
 describe('seed-intake', () => {
-  it('refuses more bytes received than the blob has, or bytes with a wait, and lives outside the stored streams', () => {
+  it('refuses more bytes received than the blob has, or bytes without the size, and lives outside the stored streams', () => {
     const good = JSON.parse(readFileSync(join(fixturesDir, 'seed-intake.json'), 'utf8')) as Record<
       string,
       unknown
@@ -325,12 +325,15 @@ describe('seed-intake', () => {
       const message = Buffer.from(JSON.stringify({ ...good, received }));
       assert.equal(decodeMessage(seedIntake, message).ok, ok, `received ${received}`);
     }
-    // Before the first byte: how long the seed has waited, the size once its source answered.
+    // Before the first byte: how long the seed has waited, the size once its source answered;
+    // after it, how long it has waited on the rest of a transfer that broke off, with the size.
     const unsized = Object.fromEntries(Object.entries(good).filter(([key]) => key !== 'size'));
     for (const [fields, ok] of [
       [{ ...unsized, received: 0, waitingMs: 4_000 }, true],
       [{ ...good, received: 0, waitingMs: 4_000 }, true],
-      [{ ...good, received: 1, waitingMs: 4_000 }, false],
+      [{ ...good, received: 1, waitingMs: 4_000 }, true],
+      [{ ...good, received: size + 1, waitingMs: 4_000 }, false],
+      [{ ...unsized, received: 1, waitingMs: 4_000 }, false],
       [{ ...unsized, received: 0, waitingMs: -1 }, false],
       [{ ...unsized, received: 0 }, false],
     ] as const) {

@@ -37,6 +37,12 @@ export interface ResumeOptions {
   readonly onResume?: (at: number, cause: Error) => void;
   /** A number in [0, 1) for the jitter of the waits after failed resume requests (default Math.random). */
   readonly random?: () => number;
+  /**
+   * `opened` answers a request from byte `byte` of a blob of `size` bytes (`BlobReader.open`'s
+   * `from`: the rest of a blob another source broke off): a 206 from that byte goes on from
+   * it, a 200 of the whole blob after skipping that many bytes. Default: from byte 0.
+   */
+  readonly from?: { readonly byte: number; readonly size: number };
 }
 
 /** A blob's body that resumes itself: its blocks, and a way to stop whichever transfer runs. */
@@ -58,6 +64,9 @@ export interface ResumingBody {
  * are; what the bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
+  const start = options.from?.byte ?? 0;
+  /** The whole blob's size (a 200's Content-Length when read from its start). */
+  const size = options.from?.size ?? opened.size;
   let current = opened;
   let cancelled: Error | undefined;
   // Read through a call: `cancel` sets it while a reopen is awaited, which narrowing misses.
@@ -75,15 +84,26 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     if (next.status === 206 && from > 0) {
       return rangeStart(next.headers['content-range']) === from ? 0 : undefined;
     }
-    if (next.status === 200 && (next.size === undefined || next.size === opened.size)) {
+    if (next.status === 200 && (next.size === undefined || next.size === size)) {
       return from;
     }
     return undefined;
   };
+  if (start > 0) {
+    const first = usable(opened, start);
+    if (first === undefined) {
+      const error = new Error(
+        `reading from byte ${String(start)}: the origin answered ${String(opened.status)}`,
+      );
+      opened.cancel(error);
+      throw error;
+    }
+    skip = first;
+  }
 
   async function* blocks(): AsyncGenerator<Buffer> {
-    let received = 0;
-    let resumedAt = 0;
+    let received = start;
+    let resumedAt = start;
     let stalls = 0;
     for (;;) {
       try {
@@ -108,8 +128,8 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
             stopped() !== undefined ||
             options.signal.aborted ||
             stalls > ORIGIN_RESUMES ||
-            opened.size === undefined ||
-            received >= opened.size
+            size === undefined ||
+            received >= size
           ) {
             throw stopped() ?? cause;
           }

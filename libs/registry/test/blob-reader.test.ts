@@ -652,9 +652,14 @@ describe('BlobReader', () => {
     return { origin, ranges };
   };
 
-  /** The blob through `resumingBody` from `origin`: its digest, and the bytes resumed at. */
+  /**
+   * The blob through `resumingBody` from `origin` (from byte `start` on, when given: the bytes
+   * before it are hashed from the file, as another source gave them): its digest, and the
+   * bytes resumed at.
+   */
   const readResuming = async (
     origin: UpstreamRegistry,
+    start = 0,
   ): Promise<{ digest: string; resumedAt: number[] }> => {
     const client = new UpstreamClient(timeouts, 'shoal-test');
     teardown.add(`${origin.host} client`, () => client.close());
@@ -662,18 +667,53 @@ describe('BlobReader', () => {
     const signal = AbortSignal.timeout(30_000);
     const digest = parseDigest(layer.digest);
     const resumedAt: number[] = [];
-    const body = resumingBody(await blobs.open(origin, repository, digest, signal), {
+    const opened = await blobs.open(origin, repository, digest, signal, undefined, start);
+    const body = resumingBody(opened, {
       signal,
       reopen: (from) => blobs.open(origin, repository, digest, signal, undefined, from),
       onResume: (at) => resumedAt.push(at),
       random: () => 0,
+      ...(start === 0 ? {} : { from: { byte: start, size: layer.size } }),
     });
     const hash = createHash('sha256');
+    if (start > 0) {
+      hash.update((await readFile(layer.path)).subarray(0, start));
+    }
     for await (const block of body.blocks) {
       hash.update(block);
     }
     return { digest: `sha256:${hash.digest('hex')}`, resumedAt };
   };
+
+  it("reads a blob from a byte on (the rest of another source's read), a 206 or a whole 200, resuming as from the start", async () => {
+    const bytes = await readFile(layer.path);
+    const start = MiB + 77;
+    const cases = [
+      { script: ['range'], resumedAt: [] },
+      { script: ['whole'], resumedAt: [] },
+      // A whole 200 cut at 2 MiB + 1234: resumed from there, past the byte it started at.
+      { script: ['cut', 'range'], resumedAt: [2 * MiB + 1234] },
+    ] as const;
+    for (const { script, resumedAt } of cases) {
+      const { origin, ranges } = await scripted(`from-byte-${script.join('-')}`, bytes, script);
+      const read = await readResuming(origin, start);
+      assert.equal(read.digest, layer.digest, script.join(', '));
+      assert.equal(ranges[0], `bytes=${String(start)}-`);
+      assert.deepEqual(read.resumedAt, resumedAt, script.join(', '));
+    }
+    // A 206 from another byte is refused, not read as the rest.
+    const wrong = await serve('from-wrong-byte', (_request, response) => {
+      response.writeHead(206, {
+        'content-length': bytes.length - 5,
+        'content-range': `bytes 5-${String(bytes.length - 1)}/${String(bytes.length)}`,
+      });
+      response.end(bytes.subarray(5));
+    });
+    await assert.rejects(
+      readResuming(wrong, start),
+      /reading from byte \d+: the origin answered 206/,
+    );
+  });
 
   it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {
     const bytes = await readFile(layer.path);

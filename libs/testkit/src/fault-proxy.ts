@@ -79,8 +79,16 @@ export type RegistryFault =
    * body's start): `cut` closes the connection there, short of the announced length, as a
    * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
    * passes the rest, as a proxy or storage handing out wrong bytes under the right digest.
+   * With `resumeDelayMs`, a GET with a Range header (a resume) is instead held that long, then
+   * forwarded undamaged: a registry slow to answer the rest (one fetching it again from its
+   * own storage, or from upstream).
    */
-  | { readonly kind: 'damage'; readonly how: 'cut' | 'flip'; readonly atByte: number }
+  | {
+      readonly kind: 'damage';
+      readonly how: 'cut' | 'flip';
+      readonly atByte: number;
+      readonly resumeDelayMs?: number;
+    }
   /**
    * Every new blob GET the registry would answer 200 (or 206) is answered `status` (307 by default) to
    * the proxy's storage front instead, a listener on another port (another origin), with a
@@ -539,12 +547,16 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       });
       return;
     }
-    if (
+    const delayMs =
       current?.kind === 'slow' &&
       (current.methods === undefined || current.methods.includes(req.method ?? ''))
-    ) {
+        ? current.delayMs
+        : current?.kind === 'damage' && req.method === 'GET' && req.headers.range !== undefined
+          ? current.resumeDelayMs
+          : undefined;
+    if (delayMs !== undefined) {
       counts.slowed += 1;
-      const timer = setTimeout(() => forward(req, res), current.delayMs);
+      const timer = setTimeout(() => forward(req, res), delayMs);
       // A client gone before the delay is over is never forwarded.
       res.once('close', () => clearTimeout(timer));
       return;

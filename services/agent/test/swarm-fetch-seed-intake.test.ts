@@ -2,7 +2,8 @@
  * A download and the seed server's intake notices, against a real nats-server and a real piece
  * server: once it holds every piece the seed has hashed, the bytes the seed says it keeps
  * taking in hold its stall timeout off (a slow origin must not send it to the origin beside
- * the seed), and so does the seed's wait on an origin slow to answer, before any piece; a
+ * the seed), and so does the seed's wait on an origin slow to answer, before any piece or for
+ * the rest of a transfer that broke off; a
  * download still missing a piece the seed has (it cannot reach the seed) is not held by them,
  * and stalls as before, nor is one whose seed has waited longer than its timeouts allow. The
  * origin is unreachable: a download sent there fails.
@@ -45,6 +46,8 @@ const STALL_TIMEOUT_MS = 1_000;
 /** How often the seed tells of its intake here, and how much came in meanwhile. */
 const NOTICE_MS = 150;
 const NOTICE_BYTES = 16 * 1024;
+/** Where the seed's transfer broke off, past the pieces it hashed. */
+const BROKE_AT = HASHED * PIECE_BYTES + 1234;
 
 describe('SwarmFetch and the seed\u2019s intake notices', () => {
   let fixture: JetStreamFixture;
@@ -101,16 +104,19 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
   /**
    * A cold pull whose seed (at `seedUrl`, or a piece server of the blob) has hashed `HASHED`
    * pieces and then takes bytes in without landing a piece: notices every `NOTICE_MS` for
-   * `noticesMs`, meanwhile `during` runs. With `waitedMs` the seed has hashed nothing and its
-   * notices tell instead of its wait on its source, starting at `waitedMs`. Returns the
-   * content, the download, its run and a function that ends the pull's fixtures.
+   * `noticesMs`, meanwhile `during` runs. With `waited` the notices tell instead of the
+   * seed's wait on its source (`waited(ms since the notices began)`), for the blob's first
+   * byte (nothing hashed) unless `resumed`: the rest of a transfer that broke off after the
+   * `HASHED` pieces. Returns the content, the download, its run and a function that ends the
+   * pull's fixtures.
    */
   async function slowIntake(
     name: string,
     seedUrl: string | undefined,
     noticesMs: number,
     during: (download: BlobDownload) => Promise<void>,
-    waitedMs?: number,
+    waited?: (elapsedMs: number) => { readonly received: number; readonly waitingMs: number },
+    resumed = false,
   ): Promise<{
     content: Buffer;
     download: BlobDownload;
@@ -142,7 +148,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       { concurrency: 4, stallTimeoutMs: STALL_TIMEOUT_MS, wantIntervalMs: 100 },
     );
     const run = fetch.run(new AbortController().signal);
-    if (waitedMs === undefined) {
+    if (waited === undefined || resumed) {
       await publishHashes(fixture.js, content, 0, HASHED);
     }
     // The seed's origin slows down: bytes keep coming, no piece lands; or it has not answered.
@@ -153,10 +159,11 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       while (Date.now() < until && download.state === 'running') {
         await delay(NOTICE_MS);
         received += NOTICE_BYTES;
+        const wait = waited?.(Date.now() - started);
         const state =
-          waitedMs === undefined
+          wait === undefined
             ? { size: content.length, received }
-            : { received: 0, waitingMs: waitedMs + Date.now() - started };
+            : { ...(wait.received > 0 ? { size: content.length } : {}), ...wait };
         nc.publish(
           seedIntakeSubject(blob),
           encodeMessage(seedIntake, { type: 'seed-intake', blob, seed: 'seed', ...state }),
@@ -210,11 +217,79 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
         await delay(4 * STALL_TIMEOUT_MS);
         assert.equal(download.available, 0, 'nothing hashed, nothing held');
       },
-      0,
+      (elapsedMs) => ({ received: 0, waitingMs: elapsedMs }),
     );
     try {
       // Then the origin answers: the seed's pieces land.
       await heldUntilPieces(pull, stalledBefore, 0);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it('waits past its stall timeout while the seed asks its origin again for the rest of a transfer that broke off', async () => {
+    const stalledBefore = await stalls();
+    const pull = await slowIntake(
+      'slow-resume',
+      undefined,
+      4 * STALL_TIMEOUT_MS,
+      async (download) => {
+        await delay(4 * STALL_TIMEOUT_MS);
+        assert.equal(download.available, HASHED * PIECE_BYTES, 'every piece the seed hashed');
+      },
+      (elapsedMs) => ({ received: BROKE_AT, waitingMs: elapsedMs }),
+      true,
+    );
+    try {
+      // Then the origin answers the resume request: the seed's next pieces land.
+      await heldUntilPieces(pull, stalledBefore, HASHED);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it('is not held by a wait for the rest longer than agents count (SEED_WAIT_NOTICE_MAX_MS)', async () => {
+    const stalledBefore = await stalls();
+    const started = Date.now();
+    const pull = await slowIntake(
+      'endless-resume',
+      undefined,
+      10 * STALL_TIMEOUT_MS,
+      () => Promise.resolve(),
+      (elapsedMs) => ({ received: BROKE_AT, waitingMs: SEED_WAIT_NOTICE_MAX_MS + 1 + elapsedMs }),
+      true,
+    );
+    try {
+      await stalledAnyway(pull, stalledBefore, started);
+    } finally {
+      await pull.end();
+    }
+  });
+
+  it("counts the seed's waits together: a wait for the rest after a long one for the first byte holds it for what is left of SEED_WAIT_NOTICE_MAX_MS", async () => {
+    const stalledBefore = await stalls();
+    const started = Date.now();
+    // 55 s waited for the first byte, then (the transfer broke off after the hashed pieces)
+    // a new wait from 0: together past the 60 s agents count 5 s into it.
+    const firstMs = 55_000;
+    const pull = await slowIntake(
+      'waits-together',
+      undefined,
+      10 * STALL_TIMEOUT_MS,
+      () => Promise.resolve(),
+      (elapsedMs) =>
+        elapsedMs < 2 * NOTICE_MS
+          ? { received: 0, waitingMs: firstMs }
+          : { received: BROKE_AT, waitingMs: elapsedMs },
+      true,
+    );
+    try {
+      await stalledAnyway(pull, stalledBefore, started);
+      const took = Date.now() - started;
+      assert.ok(
+        took >= 4 * STALL_TIMEOUT_MS,
+        `held while the waits were short enough (${String(took)} ms)`,
+      );
     } finally {
       await pull.end();
     }
@@ -228,7 +303,7 @@ describe('SwarmFetch and the seed\u2019s intake notices', () => {
       undefined,
       10 * STALL_TIMEOUT_MS,
       () => Promise.resolve(),
-      SEED_WAIT_NOTICE_MAX_MS + 1,
+      (elapsedMs) => ({ received: 0, waitingMs: SEED_WAIT_NOTICE_MAX_MS + 1 + elapsedMs }),
     );
     try {
       await stalledAnyway(pull, stalledBefore, started);

@@ -26,7 +26,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     intakeNotices: new Counter({
       name: `${prefix}intake_notices_total`,
-      help: 'Intake notices sent to the agents following a blob so that they stay in the swarm, every SHOAL_SEED_INTAKE_NOTICE_MS, by what the seed was doing (while: waiting, no byte of the blob yet, its source slow to answer; receiving, bytes kept coming while no piece landed since the last look, a slow origin)',
+      help: 'Intake notices sent to the agents following a blob so that they stay in the swarm, every SHOAL_SEED_INTAKE_NOTICE_MS, by what the seed was doing (while: waiting, no byte of the blob yet, its source slow to answer, or no byte since a transfer broke off and was asked again; receiving, bytes kept coming while no piece landed since the last look, a slow origin)',
       labelNames: ['while'] as const,
       registers,
     }),
@@ -118,6 +118,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     gatewayFailures: new Counter({
       name: `${prefix}gateway_failures_total`,
       help: 'Object gateway requests of a seed that failed (down, 5xx): the blob read from the origin instead, or its copy there left for a later request',
+      registers,
+    }),
+    gatewayReadsContinued: new Counter({
+      name: `${prefix}gateway_reads_continued_total`,
+      help: "Object gateway reads of a blob that broke off (or ended short) before the blob's end: the rest is asked of the origin from the byte the gateway stopped at (an answer that ended short also has the gateway's copy written again)",
       registers,
     }),
     gatewayBreakerTrips: new Counter({

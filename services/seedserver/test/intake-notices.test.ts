@@ -2,7 +2,8 @@
  * The seed's intake notices, on a real nats-server: before the blob's first byte every look
  * tells how long the seed has waited on its source; after it, a notice goes out at a look only
  * when bytes came since the last one and no piece landed meanwhile (the hashes told agents
- * then), and none once the intake ended.
+ * then), or while the seed asks again for the rest of a transfer that broke off, and none once
+ * the intake ended.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -30,6 +31,15 @@ const MiB = 1024 * 1024;
 const LOOK_MS = 40;
 /** Long enough for several looks. */
 const LOOKS_MS = 6 * LOOK_MS;
+
+/** Waits (up to 5 s) until `done()` holds of the notices `heard` so far. */
+async function heardUntil(heard: readonly SeedIntake[], done: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!done() && Date.now() < deadline) {
+    await sleep(5);
+  }
+  assert.ok(done(), JSON.stringify(heard));
+}
 
 describe('IntakeNotices', () => {
   let nats: NatsServer;
@@ -109,13 +119,7 @@ describe('IntakeNotices', () => {
     /** The notices of bytes received, and of the wait before them. */
     const ofBytes = (): SeedIntake[] => heard.filter((n) => n.waitingMs === undefined);
     const ofWait = (): SeedIntake[] => heard.filter((n) => n.waitingMs !== undefined);
-    const until = async (done: () => boolean): Promise<void> => {
-      const deadline = Date.now() + 5_000;
-      while (!done() && Date.now() < deadline) {
-        await sleep(5);
-      }
-      assert.ok(done(), JSON.stringify(heard));
-    };
+    const until = (done: () => boolean): Promise<void> => heardUntil(heard, done);
     try {
       // The source has not answered: each look tells how long the seed has waited, no size.
       now += 3_000;
@@ -173,6 +177,56 @@ describe('IntakeNotices', () => {
       received = 500_000;
       await sleep(LOOKS_MS);
       assert.equal(ofBytes().length, 2, 'the intake ended: no notice');
+    } finally {
+      stop();
+      await blob.discard();
+    }
+  });
+
+  it('tells of the wait for the rest of a transfer that broke off, until a byte past the break comes', async () => {
+    const digest = parseDigest(`sha256:${createHash('sha256').update('resume').digest('hex')}`);
+    const blob = await SeedBlob.create(digest, 10 * MiB, join(dir.path, 'resume'));
+    let received = 0;
+    let now = 0;
+    const { heard, counter, notices, stop } = follow(digest.toString(), () => now);
+    const ofBytes = (): SeedIntake[] => heard.filter((n) => n.waitingMs === undefined);
+    const ofResume = (): SeedIntake[] =>
+      heard.filter((n) => n.waitingMs !== undefined && n.received > 0);
+    const until = (done: () => boolean): Promise<void> => heardUntil(heard, done);
+    try {
+      notices.follow(blob, () => received);
+      received = 300_000;
+      await until(() => ofBytes().length >= 1);
+      // The transfer breaks off there and the seed asks its source again: no byte comes.
+      notices.resuming(300_000);
+      now += 2_000;
+      await until(() => ofResume().length >= 1);
+      assert.deepEqual(ofResume()[0], {
+        type: 'seed-intake',
+        blob: digest.toString(),
+        seed: 'seed-a',
+        size: 10 * MiB,
+        received: 300_000,
+        waitingMs: 2_000,
+      });
+      // A resume request failed and the seed asks again, from the same byte: one wait.
+      now += 3_000;
+      notices.resuming(300_000);
+      await until(() => ofResume().at(-1)?.waitingMs === 5_000);
+      // Past the longest wait agents count: no notice of it.
+      now += SEED_WAIT_NOTICE_MAX_MS;
+      await sleep(LOOKS_MS);
+      const told = ofResume().length;
+      await sleep(LOOKS_MS);
+      assert.equal(ofResume().length, told, 'no notice of a longer wait');
+      // Bytes past the break: the transfer goes on, and so do the notices of bytes.
+      received = 400_000;
+      await until(() => ofBytes().at(-1)?.received === 400_000);
+      await sleep(LOOKS_MS);
+      assert.equal(ofResume().length, told, 'no wait told of once bytes came again');
+      assert.ok(heard.every((n) => (n.waitingMs ?? 0) <= SEED_WAIT_NOTICE_MAX_MS));
+      const waited = (await counter.get()).values.find((v) => v.labels.while === 'waiting');
+      assert.equal(waited?.value, told);
     } finally {
       stop();
       await blob.discard();

@@ -320,6 +320,8 @@ interface SeedOnS3 {
   readonly client: S3Client;
   /** Whether the bucket holds the blob (not its piece manifest). */
   readonly stored: (blob: Descriptor) => Promise<boolean>;
+  /** The seed's gateway settings: another seed server on the same gateway takes them. */
+  readonly gatewayEnv: Record<string, string>;
   readonly stop: () => Promise<void>;
 }
 
@@ -329,11 +331,13 @@ async function startSeedOnS3(env: Record<string, string> = {}): Promise<SeedOnS3
   await s3.createBucket(bucket);
   const gateway = await startFaultProxy({ upstream: s3.endpoint });
   const client = clientOf(s3);
-  const seed = await startSeed({ ...s3Env(s3, gateway.url, bucket), ...env });
+  const gatewayEnv = s3Env(s3, gateway.url, bucket);
+  const seed = await startSeed({ ...gatewayEnv, ...env });
   return {
     seed,
     gateway,
     client,
+    gatewayEnv,
     stored: async (blob) => {
       const listed = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
       const key = `blobs/${blob.digest.replace(':', '/')}`;
@@ -690,6 +694,46 @@ describe('seed server', () => {
     } finally {
       client?.destroy();
       await s3.stop();
+    }
+  });
+
+  it("reads the rest of a blob from the origin when the object gateway's read of it breaks off", async () => {
+    const blob = layer(1);
+    const first = await startSeedOnS3();
+    let second: SeedUnderTest | undefined;
+    try {
+      await first.seed.request(blob);
+      await first.seed.seeds('seeded', 1, 'origin');
+      await waitFor('the gateway copy', () => first.stored(blob), {
+        timeoutMs: WAIT_MS,
+        intervalMs: 100,
+      });
+      // A seed server started afresh on the same gateway (a new pod: its cache empty) reads
+      // the blob from the gateway, whose answer is cut off part-way.
+      second = await startSeed(first.gatewayEnv);
+      const cutAt = MiB + 12_345;
+      first.gateway.set({ kind: 'damage', how: 'cut', atByte: cutAt });
+      const originReads = (await registry.blobGets(blob.digest)).length;
+      await second.request(blob);
+      await second.seeds('seeded', 1, 'store');
+      first.gateway.set(undefined);
+      // Every piece, checked against the blob's digest.
+      await fetchAllPieces(second.url, blob);
+      const reads = (await registry.blobGets(blob.digest)).slice(originReads);
+      // Once, the rest only: from where the gateway stopped (at most at the cut: bytes the
+      // proxy held when it cut are lost with the connection).
+      assert.equal(reads.length, 1, 'one origin read');
+      const [sent = 0] = reads.map((r) => r.written);
+      assert.ok(
+        sent >= blob.size - cutAt && sent < blob.size,
+        `the origin sent ${String(sent)} bytes of ${String(blob.size)}, cut at ${String(cutAt)}`,
+      );
+      assert.equal(await second.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
+      assert.equal(await second.metric('shoal_seedserver_seeds_total', { outcome: 'failed' }), 0);
+      assert.equal(await second.metric('shoal_seedserver_gateway_failures_total'), 1);
+    } finally {
+      await second?.stop();
+      await first.stop();
     }
   });
 

@@ -6,7 +6,9 @@
  * every seed failed at the gateway and every agent read every blob from the registry.
  * Repeated failures open the gateway breaker (later seeds leave the gateway alone); one failed
  * request (a 503 SlowDown that outlasted the S3 client's own retries) does not: before, one
- * failure left the gateway alone for 30 s.
+ * failure left the gateway alone for 30 s. A read from the gateway that breaks off part-way is
+ * carried on from the origin, from the byte it stopped at: before, that seed failed and every
+ * agent read the blob from the registry.
  */
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
@@ -18,8 +20,10 @@ import {
   pushImage,
   waitFor,
   startFaultProxy,
+  startAgent,
   startRegistry,
   startS3,
+  startSeedServer,
   Teardown,
   type FaultProxy,
   type GeneratedImage,
@@ -41,7 +45,10 @@ describe('the object gateway failing while the seed server seeds', () => {
   let image: GeneratedImage;
   let second: GeneratedImage;
   let third: GeneratedImage;
+  let fourth: GeneratedImage;
   let cluster: Cluster;
+  /** The seed server's settings for the gateway (a replacement takes them too). */
+  let gatewayEnv: Record<string, string>;
 
   before(async () => {
     s3 = await startS3();
@@ -69,6 +76,23 @@ describe('the object gateway failing while the seed server seeds', () => {
     });
     teardown.add('third image', () => rm(`${layout.path}-third`, { recursive: true, force: true }));
     await pushImage(third, registry.host, `${repository}-third`);
+    fourth = await generateImage(`${layout.path}-fourth`, {
+      layerSizes: [4 * MiB, MiB / 4],
+      seed: 's3-faults-fourth',
+    });
+    teardown.add('fourth image', () =>
+      rm(`${layout.path}-fourth`, { recursive: true, force: true }),
+    );
+    await pushImage(fourth, registry.host, `${repository}-fourth`);
+    gatewayEnv = {
+      SHOAL_STORE_KIND: 's3',
+      SHOAL_S3_ENDPOINT: gateway.url,
+      SHOAL_S3_REGION: s3.region,
+      SHOAL_S3_BUCKET: 'shoal-blobs',
+      SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
+      SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
+    };
     cluster = await startCluster({
       layerSizes: [],
       seed: 's3-faults',
@@ -76,15 +100,7 @@ describe('the object gateway failing while the seed server seeds', () => {
       trackers: 1,
       agents: [{ peerId: 'agent-a' }, { peerId: 'agent-b' }],
       registry: { registry, image },
-      seedEnv: {
-        SHOAL_STORE_KIND: 's3',
-        SHOAL_S3_ENDPOINT: gateway.url,
-        SHOAL_S3_REGION: s3.region,
-        SHOAL_S3_BUCKET: 'shoal-blobs',
-        SHOAL_S3_ACCESS_KEY_ID: s3.accessKeyId,
-        SHOAL_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
-        SHOAL_S3_PART_SIZE_BYTES: String(5 * MiB),
-      },
+      seedEnv: gatewayEnv,
     });
     teardown.add('cluster', () => cluster.stop());
   });
@@ -231,5 +247,86 @@ describe('the object gateway failing while the seed server seeds', () => {
     for (const blob of third.blobs) {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest}: once`);
     }
+  });
+  it("keeps the swarm off the registry when the gateway's read of a blob breaks off: the seed reads the rest from the origin", async () => {
+    // The image in the gateway only: seeded through a node that then leaves, and a seed
+    // server moved to another node (its cache gone, the gateway kept).
+    const passing = await startAgent({
+      registries: `${registry.host}=${registry.url}`,
+      defaultRegistry: registry.host,
+      natsUrl: cluster.nats.url,
+      peerId: 'agent-passing',
+      env: { ...cluster.agentEnv, ...(await cluster.nats.clientEnv('agent-passing')) },
+    });
+    try {
+      const outcomes = await pullBlobs(
+        passing,
+        { image: fourth, registry },
+        `${repository}-fourth`,
+      );
+      assert.deepEqual(
+        outcomes.map((o) => o.error?.message),
+        fourth.blobs.map(() => undefined),
+      );
+      await waitFor(
+        'every blob copied into the gateway',
+        () => Promise.resolve(fourth.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
+        { timeoutMs: 30_000, intervalMs: 250 },
+      );
+    } finally {
+      await passing.stop();
+    }
+    const old = cluster.seed;
+    await old.stop();
+    cluster.seed = await startSeedServer({
+      natsUrl: cluster.nats.url,
+      registries: `${registry.host}=${registry.url}`,
+      port: old.port,
+      env: { ...gatewayEnv, ...(await cluster.nats.clientEnv('seedserver')) },
+    });
+    const [a, b] = cluster.agents;
+    assert.ok(a !== undefined && b !== undefined);
+    const [big] = fourth.layers;
+    assert.ok(big !== undefined);
+    const before = (await registry.blobGets(big.digest)).length;
+    const cutAt = MiB + 7;
+    // Every blob the gateway sends is cut off past its first MiB: the 4 MiB layer.
+    gateway.set({ kind: 'damage', how: 'cut', atByte: cutAt });
+    try {
+      const pulls = await Promise.all([
+        pullBlobs(a, { image: fourth, registry }, `${repository}-fourth`),
+        pullBlobs(b, { image: fourth, registry }, `${repository}-fourth`),
+      ]);
+      for (const outcomes of pulls) {
+        assert.deepEqual(
+          outcomes.map((o) => ({ digest: o.digest, error: o.error?.message })),
+          fourth.blobs.map((blob) => ({ digest: blob.digest, error: undefined })),
+        );
+      }
+    } finally {
+      gateway.set(undefined);
+    }
+    for (const agent of [a, b]) {
+      const sources = await bytesBySource(agent);
+      assert.equal(sources.origin, 0, `${agent.peerId ?? ''}: nothing from the origin`);
+    }
+    // Once, the rest only: from where the gateway stopped (at most at the cut).
+    const reads = (await registry.blobGets(big.digest)).slice(before);
+    assert.equal(reads.length, 1, 'one registry read of the layer, by the seed server');
+    const [sent = 0] = reads.map((r) => r.written);
+    assert.ok(
+      sent >= big.size - cutAt && sent < big.size,
+      `the registry sent ${String(sent)} bytes of ${String(big.size)}, cut at ${String(cutAt)}`,
+    );
+    assert.deepEqual(
+      fourth.blobs.filter((blob) => blob.size > cutAt).map((blob) => blob.digest),
+      [big.digest],
+      'the gateway cut the large layer only',
+    );
+    assert.equal(await cluster.seed.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
+    assert.equal(
+      await cluster.seed.metric('shoal_seedserver_seeds_total', { outcome: 'failed' }),
+      0,
+    );
   });
 });

@@ -10,8 +10,9 @@
  * every piece from the seed and the origin sends the blob once.
  *
  * To answer (a registry that fetches a blob from its own storage before it answers): every GET
- * waits three stall timeouts before the registry sees it. The
- * seed's notices tell of its wait, and the agent waits with it rather than ask the origin too.
+ * waits three stall timeouts before the registry sees it; or every transfer breaks off after
+ * its first piece, and the request for the rest waits that long. The seed's notices tell of
+ * its wait, and the agent waits with it rather than ask the origin too.
  *
  * Real nats-server (with the agents' and the seed server's NATS permissions), tracker, seed
  * server, agent and registry, behind a fault proxy.
@@ -204,5 +205,37 @@ describe('an origin slower than the stall timeout', () => {
     const figures = await pull(t, 600_000, slowAnswer);
     t.diagnostic(JSON.stringify(figures));
     originTwice(figures);
+  });
+
+  /**
+   * Every blob transfer breaks off after its first 300 000 bytes (past the first piece), and
+   * the request for the rest waits three stall timeouts before the registry sees it.
+   */
+  const brokenOff: RegistryFault = {
+    kind: 'damage',
+    how: 'cut',
+    atByte: 300_000,
+    resumeDelayMs: 3 * STALL_TIMEOUT_MS,
+  };
+
+  it('to answer the rest of a transfer that broke off: keeps the agent in the swarm while the seed tells it how long it has waited', async (t) => {
+    const figures = await pull(t, 250, brokenOff);
+    t.diagnostic(JSON.stringify(figures));
+    swarmOnly(figures, figures.waited);
+  });
+
+  it('to answer the rest, without notices: the same pull stalled and read the rest from the origin beside the seed', async (t) => {
+    const figures = await pull(t, 600_000, brokenOff);
+    t.diagnostic(JSON.stringify(figures));
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    assert.equal(figures.sent + figures.waited, 0);
+    assert.equal(figures.heard, 0);
+    assert.ok(figures.stalls >= 1, 'a download stalled after the first piece');
+    assert.ok(figures.origin > 0, 'and read the rest from the origin');
+    assert.ok(
+      figures.originSent > 1.4 * total(),
+      `the origin sent the rest twice: ${String(figures.originSent)} bytes for ${String(total())} bytes of blobs`,
+    );
   });
 });

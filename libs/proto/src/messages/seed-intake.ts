@@ -10,8 +10,9 @@
  *
  * Before the blob's first byte the notice says instead how long the seed has waited on its
  * source (`waitingMs`): an origin slow to answer would otherwise send every agent to it after
- * their stall timeout. A wait is told of up to `SEED_WAIT_NOTICE_MAX_MS` (the seed's connect
- * and header timeouts usually end it before).
+ * their stall timeout. So it does while the seed asks its source again for the rest of a
+ * transfer that broke off (`waitingMs` with the bytes it holds). A wait is told of up to
+ * `SEED_WAIT_NOTICE_MAX_MS` (the seed's connect and header timeouts usually end it before).
  *
  * Core NATS on a subject outside every stream (nothing is stored: a notice matters only while
  * it is new), sent only while the seed waits, or while bytes come in and no piece has landed
@@ -33,16 +34,17 @@ export const seedIntake = z
     /** Bytes of the blob the seed has received so far, in order from its start. */
     received: z.int().nonnegative(),
     /**
-     * Present while no byte of the blob has come: how long the seed has waited on its source
-     * (the origin, or the object gateway) so far, in ms.
+     * Present while the seed waits on its source (the origin, or the object gateway): for the
+     * blob's first byte, or (`received` past 0) for the rest of a transfer that broke off, in
+     * ms so far.
      */
     waitingMs: z.int().nonnegative().optional(),
   })
   .refine((m) => m.size === undefined || m.received <= m.size, {
     message: 'more bytes received than the blob has',
   })
-  .refine((m) => (m.waitingMs === undefined ? m.size !== undefined : m.received === 0), {
-    message: 'a notice tells of bytes with the blob size, or of a wait with none received',
+  .refine((m) => m.size !== undefined || (m.waitingMs !== undefined && m.received === 0), {
+    message: 'only a wait for the first byte may come without the blob size',
   });
 export type SeedIntake = z.infer<typeof seedIntake>;
 

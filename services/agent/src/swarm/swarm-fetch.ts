@@ -234,8 +234,14 @@ export class SwarmFetch {
    * seed's intake (`#onSeedIntake`).
    */
   #behindSince: number | undefined;
-  /** When this download first heard the seed tell of its wait for the blob's first byte. */
-  #waitHeardAt: number | undefined;
+  /**
+   * The wait the seed tells of (for the blob's first byte, or for the rest of a transfer that
+   * broke off at `received`): when this download first heard of it, and how long it has
+   * lasted so far (the seed's count, or the time since then, whichever is longer).
+   */
+  #wait: { readonly received: number; readonly heardAt: number; waitedMs: number } | undefined;
+  /** How long the seed's earlier waits lasted, in ms: a download counts them all together. */
+  #waitedBefore = 0;
   /**
    * The hash each held piece verified against, by index (from a peer, the seed or the
    * origin): what the seed's signed record must bind for the download to skip its whole-blob
@@ -1072,11 +1078,13 @@ export class SwarmFetch {
    * every piece the seed hashed would otherwise read the rest from the origin after its stall
    * timeout, through the link the seed is reading by, when the origin sends a piece more
    * slowly than that (a slow registry, large pieces, many layers at once). Before the blob's
-   * first byte the seed says how long it has waited on its source instead: that counts as
-   * the swarm moving while the wait is no longer than `SEED_WAIT_NOTICE_MAX_MS`, by the seed's
-   * count and since this download first heard of it (a seed run started again counts from 0),
-   * so an origin slow to answer is asked by the seed alone; the seed's own timeouts usually
-   * end the wait before.
+   * first byte the seed says how long it has waited on its source instead, and so it does
+   * while it asks again for the rest of a transfer that broke off: that counts as the swarm
+   * moving while the seed's waits, all together, are no longer than `SEED_WAIT_NOTICE_MAX_MS`
+   * (each by the seed's count and since this download first heard of it: a seed run started
+   * again counts from 0), so an origin slow to answer is asked by the seed alone; the seed's
+   * own timeouts usually end a wait before. A wait at more bytes than the last one is a new
+   * one (the seed got bytes in between); one at the same bytes or fewer goes on the last.
    *
    * Neither counts for a download that has missed a piece the seed has for longer than its
    * stall timeout (it cannot reach the seed, or the peers do not pass the piece on): that one
@@ -1093,9 +1101,17 @@ export class SwarmFetch {
     const heeded = this.#seedFailed === undefined && behindMs <= this.#deps.settings.stallTimeoutMs;
     if (notice.waitingMs !== undefined) {
       const now = performance.now();
-      this.#waitHeardAt ??= now;
-      const waitedMs = Math.max(notice.waitingMs, now - this.#waitHeardAt);
-      if (heeded && waitedMs <= SEED_WAIT_NOTICE_MAX_MS) {
+      let wait = this.#wait;
+      if (wait === undefined || notice.received > wait.received) {
+        // Bytes came since the last wait (then the transfer broke off): a wait of its own,
+        // counted with the ones before, so that an origin that keeps breaking off and
+        // answering late cannot hold the download for ever.
+        this.#waitedBefore += wait?.waitedMs ?? 0;
+        wait = { received: notice.received, heardAt: now, waitedMs: 0 };
+        this.#wait = wait;
+      }
+      wait.waitedMs = Math.max(wait.waitedMs, notice.waitingMs, now - wait.heardAt);
+      if (heeded && this.#waitedBefore + wait.waitedMs <= SEED_WAIT_NOTICE_MAX_MS) {
         this.#stall.progress();
       }
       return;

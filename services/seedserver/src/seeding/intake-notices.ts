@@ -10,7 +10,10 @@
  *   service) would otherwise send every agent to it after their stall timeout, beside the seed;
  * - after it, a notice goes out when bytes came since the last look and no piece landed
  *   meanwhile (the piece hashes told the agents then). An intake whose pieces land more often
- *   than that sends none.
+ *   than that sends none;
+ * - while the seed asks its source again for the rest of a transfer that broke off (`resuming`:
+ *   the origin's transfer cut, the object gateway's read given up for the origin), and no byte
+ *   has come since, a notice says how long it has waited on that, with the bytes it holds.
  *
  * Core NATS, not stored. A wait is told of up to `SEED_WAIT_NOTICE_MAX_MS`: the seed's own
  * connect and header timeouts usually fail it before (and it says so, `seed-failed`), but a
@@ -62,6 +65,8 @@ export class IntakeNotices {
   #intake: Intake | undefined;
   #lastReady = 0;
   #lastReceived = 0;
+  /** The byte a broken transfer is asked again from, and since when (ms), until one comes. */
+  #resume: { readonly at: number; readonly since: number } | undefined;
 
   /** Starts looking at once, the seed waiting on its source for the blob `digest`. */
   constructor(deps: IntakeNoticeDeps, digest: string) {
@@ -81,6 +86,17 @@ export class IntakeNotices {
     this.#lastReceived = received();
   }
 
+  /**
+   * The transfer broke off at byte `at` and the seed asks its source again from there: until
+   * a byte past it comes, the looks tell of that wait. Asked again from the same byte (a
+   * resume request that failed), the wait goes on from its start.
+   */
+  resuming(at: number): void {
+    if (this.#resume?.at !== at) {
+      this.#resume = { at, since: this.#now() };
+    }
+  }
+
   /** The intake ended (verified or failed): no more notices. */
   stop(): void {
     clearInterval(this.#timer);
@@ -92,27 +108,39 @@ export class IntakeNotices {
     if (received === 0) {
       // No byte yet: the agents hear how long the seed has waited on its source, up to the
       // longest wait they count.
-      const waitingMs = Math.max(0, Math.round(this.#now() - this.#askedAt));
-      if (waitingMs <= SEED_WAIT_NOTICE_MAX_MS) {
-        this.#publish('waiting', {
-          ...(intake === undefined ? {} : { size: intake.blob.size }),
-          received: 0,
-          waitingMs,
-        });
-      }
+      this.#tellWait(this.#askedAt, received);
       return;
+    }
+    if (this.#resume !== undefined && received > this.#resume.at) {
+      // Bytes past the break: the transfer goes on.
+      this.#resume = undefined;
     }
     const ready = intake?.blob.ready ?? 0;
     const grew = received > this.#lastReceived;
     const landed = ready !== this.#lastReady;
     this.#lastReady = ready;
     this.#lastReceived = received;
+    if (this.#resume !== undefined && !grew) {
+      // Asking the source again for the rest: the agents hear how long, as before the first
+      // byte.
+      this.#tellWait(this.#resume.since, received);
+      return;
+    }
     if (intake === undefined || !grew || landed) {
       // Nothing came (agents are right to wait toward their stall timeout), or pieces landed
       // and their hashes told the agents already.
       return;
     }
     this.#publish('receiving', { size: intake.blob.size, received });
+  }
+
+  /** A notice of the wait since `since` (ms), with `received` bytes held, up to the cap. */
+  #tellWait(since: number, received: number): void {
+    const waitingMs = Math.max(0, Math.round(this.#now() - since));
+    if (waitingMs <= SEED_WAIT_NOTICE_MAX_MS) {
+      const size = this.#intake?.blob.size;
+      this.#publish('waiting', { ...(size === undefined ? {} : { size }), received, waitingMs });
+    }
   }
 
   #publish(

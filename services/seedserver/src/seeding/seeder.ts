@@ -50,6 +50,7 @@ import {
   RealmError,
   refusalAdvice,
   type BlobReader,
+  type OpenedBlob,
   type RegistryAuth,
   type UpstreamRegistry,
   resumingBody,
@@ -371,7 +372,7 @@ export class Seeder {
         'seed fetch',
         { attributes: { 'oci.digest': request.blob, 'oci.registry': request.registry } },
         async (span) => {
-          const bytes = await this.#open(request, digest, signal);
+          const bytes = await this.#open(request, digest, signal, (at) => notices.resuming(at));
           span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
           const ingested = await this.#ingest(digest, bytes, cleared, notices, signal);
           return { ...ingested, source: bytes.source };
@@ -452,10 +453,12 @@ export class Seeder {
     }
     try {
       const stored = await store.stat(blob, signal);
-      this.#gatewayAnswered('read');
       if (stored === undefined) {
+        this.#gatewayAnswered('read');
         return undefined;
       }
+      // A read the gateway answers counts as answered once its body has come whole
+      // (`#storedThenOrigin`): one that answers its stat and cuts every body fails each read.
       const body = await store.read(blob, undefined, signal);
       return {
         chunks: body,
@@ -478,13 +481,115 @@ export class Seeder {
     }
   }
 
-  /** The blob's bytes: from the object gateway when it holds them, else from the origin. */
-  async #open(request: SeedRequest, digest: Digest, signal: AbortSignal): Promise<BlobBytes> {
-    const { origin, registries } = this.#deps;
-    const fromStore = await this.#openStored(request.blob, signal);
-    if (fromStore !== undefined) {
-      return fromStore;
+  /**
+   * The blob's bytes: from the object gateway when it holds them (the rest from the origin
+   * should that read break off), else from the origin. `onBreak`: a transfer broke off at
+   * that byte, and the rest is asked for.
+   */
+  async #open(
+    request: SeedRequest,
+    digest: Digest,
+    signal: AbortSignal,
+    onBreak: (at: number) => void,
+  ): Promise<BlobBytes> {
+    const stored = await this.#openStored(request.blob, signal);
+    if (stored === undefined) {
+      return this.#openOrigin(request, digest, signal, onBreak);
     }
+    const state: ContinuedRead = { rest: undefined, cancelled: false, continued: undefined };
+    return {
+      chunks: this.#storedThenOrigin(stored, state, { request, digest, signal, onBreak }),
+      lent: false,
+      continued: () => state.continued,
+      cancel: () => {
+        state.cancelled = true;
+        stored.cancel();
+        state.rest?.cancel();
+      },
+      size: stored.size,
+      source: 'store',
+    };
+  }
+
+  /**
+   * The object gateway's bytes of a blob, and when that read breaks off before the blob's end
+   * (a connection reset, the gateway restarting; or an answer that ends short), the rest from
+   * the origin, from the byte the gateway stopped at. Before, the seed failed there and every
+   * agent waiting on it read the whole blob from the registry. The gateway's failure counts
+   * toward its breaker, as a failed read at the start does.
+   */
+  async *#storedThenOrigin(
+    stored: BlobBytes,
+    state: ContinuedRead,
+    seed: {
+      readonly request: SeedRequest;
+      readonly digest: Digest;
+      readonly signal: AbortSignal;
+      readonly onBreak: (at: number) => void;
+    },
+  ): AsyncGenerator<Buffer> {
+    const { request, digest, signal, onBreak } = seed;
+    // Read through a call: `cancel` sets it while the origin is awaited, which narrowing misses.
+    const cancelled = (): boolean => state.cancelled;
+    let received = 0;
+    let failure: unknown;
+    try {
+      for await (const chunk of stored.chunks) {
+        received += chunk.length;
+        yield chunk;
+      }
+    } catch (error) {
+      failure = error;
+    }
+    if (received >= stored.size || cancelled() || signal.aborted) {
+      // Every byte came (the digest decides), or the seed stopped reading.
+      if (failure !== undefined && received < stored.size) {
+        throw failure instanceof Error ? failure : new Error(errorText(failure));
+      }
+      if (failure === undefined && received >= stored.size) {
+        this.#gatewayAnswered('read');
+      }
+      return;
+    }
+    this.#gatewayFailed(
+      'read',
+      request.blob,
+      failure ??
+        new Error(`the answer ended at byte ${String(received)} of ${String(stored.size)}`),
+      "the object gateway's read of a blob broke off: the rest from the origin",
+    );
+    this.#deps.metrics.gatewayReadsContinued.inc();
+    // An answer that ended short without an error leaves the gateway's copy in doubt.
+    state.continued = { short: failure === undefined };
+    onBreak(received);
+    const rest = await this.#openOrigin(request, digest, signal, onBreak, {
+      byte: received,
+      size: stored.size,
+    });
+    state.rest = rest;
+    if (cancelled()) {
+      rest.cancel();
+      throw new Error('seeding stopped');
+    }
+    for await (const chunk of rest.chunks) {
+      // The origin's blocks are lent; the ingest takes this blob's chunks as its own.
+      yield Buffer.from(chunk);
+    }
+  }
+
+  /**
+   * The blob from the origin, resumed where its transfer breaks off (`onBreak` told the byte);
+   * `from`: only from that byte of its `size` bytes on (the rest of a read the object gateway
+   * broke off).
+   */
+  async #openOrigin(
+    request: SeedRequest,
+    digest: Digest,
+    signal: AbortSignal,
+    onBreak: (at: number) => void,
+    from?: { readonly byte: number; readonly size: number },
+  ): Promise<BlobBytes> {
+    const { origin, registries } = this.#deps;
     const registry = registries.get(request.registry);
     if (registry === undefined) {
       throw new SeedError(
@@ -511,26 +616,39 @@ export class Seeder {
       );
     }
     // Ends at the response headers; the body is read by the seed fetch span around it.
-    const response = await withSpan(
-      'origin GET blob',
-      {
-        kind: SpanKind.CLIENT,
-        attributes: { 'oci.registry': registry.host, 'oci.repository': request.repository },
-      },
-      async (span) => {
-        try {
-          const answer = await origin.open(registry, request.repository, digest, signal);
-          span.setAttribute('http.response.status_code', answer.status);
-          return answer;
-        } catch (error) {
-          if (error instanceof RealmError) {
-            // The realm failing is the registry failing: no credential would help.
-            throw new SeedError('ORIGIN_ANSWER', 502, error.message, { cause: error });
+    const get = (byte: number | undefined): Promise<OpenedBlob> =>
+      withSpan(
+        'origin GET blob',
+        {
+          kind: SpanKind.CLIENT,
+          attributes: {
+            'oci.registry': registry.host,
+            'oci.repository': request.repository,
+            ...(byte === undefined ? {} : { 'shoal.resume_from': byte }),
+          },
+        },
+        async (span) => {
+          try {
+            const answer = await origin.open(
+              registry,
+              request.repository,
+              digest,
+              signal,
+              undefined,
+              byte,
+            );
+            span.setAttribute('http.response.status_code', answer.status);
+            return answer;
+          } catch (error) {
+            if (error instanceof RealmError) {
+              // The realm failing is the registry failing: no credential would help.
+              throw new SeedError('ORIGIN_ANSWER', 502, error.message, { cause: error });
+            }
+            throw error;
           }
-          throw error;
-        }
-      },
-    );
+        },
+      );
+    const response = await get(from?.byte);
     if (response.status === 401 || response.status === 403) {
       // The operator's fix, for the cause, in the failure every preheat report and log carries.
       // The answer's own challenge, else the one answered: a bare 403 to the retry says
@@ -553,7 +671,7 @@ export class Seeder {
         `the registry rate-limited the seed server (429)${ms === undefined ? '' : `: not asking it again for ${Math.ceil(ms / 1000)} s (its Retry-After, or a backoff when it sent none)`}`,
       );
     }
-    if (response.status !== 200) {
+    if (response.status !== 200 && (from === undefined || response.status !== 206)) {
       throw new SeedError('ORIGIN_ANSWER', 502, `origin answered ${response.status}`);
     }
     if (response.size === undefined) {
@@ -564,33 +682,12 @@ export class Seeder {
     // and sending every agent waiting on it to the origin.
     const body = resumingBody(response, {
       signal,
+      ...(from === undefined ? {} : { from }),
       // Each resume request in a CLIENT span of its own, as the first GET.
-      reopen: (from) =>
-        withSpan(
-          'origin GET blob',
-          {
-            kind: SpanKind.CLIENT,
-            attributes: {
-              'oci.registry': registry.host,
-              'oci.repository': request.repository,
-              'shoal.resume_from': from,
-            },
-          },
-          async (span) => {
-            const answer = await origin.open(
-              registry,
-              request.repository,
-              digest,
-              signal,
-              undefined,
-              from,
-            );
-            span.setAttribute('http.response.status_code', answer.status);
-            return answer;
-          },
-        ),
+      reopen: get,
       onResume: (at, cause) => {
         this.#deps.metrics.originResumes.inc();
+        onBreak(at);
         this.#deps.logger.warn(
           { blob: request.blob, at, err: cause },
           "the origin's blob transfer broke off: asked again from where it stopped",
@@ -601,7 +698,7 @@ export class Seeder {
       chunks: body.blocks,
       lent: true,
       cancel: () => body.cancel(new Error('seeding stopped')),
-      size: response.size,
+      size: from?.size ?? response.size,
       source: 'origin',
     };
   }
@@ -654,7 +751,11 @@ export class Seeder {
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
         ? new GatewayTee(store, key, size, signal)
         : undefined;
-    const ingested = metrics.ingestedBytes.labels({ source });
+    // A gateway read carried on from the origin counts its rest as the origin's.
+    const ingested = {
+      store: metrics.ingestedBytes.labels({ source: 'store' }),
+      origin: metrics.ingestedBytes.labels({ source: 'origin' }),
+    };
     /**
      * A write that failed for want of disk room: once per ingest, room is made (idle blobs
      * evicted) and `redo` writes again what failed; a second failure ends the seed.
@@ -690,7 +791,7 @@ export class Seeder {
           // The block is the reader's again at the next turn: on disk before then.
           await cutter.flush().catch((error: unknown) => onDiskFull(error, () => cutter.flush()));
         }
-        ingested.inc(chunk.length);
+        ingested[bytes.continued?.() === undefined ? source : 'origin'].inc(chunk.length);
         if (blob.ready !== ready) {
           // Pieces on disk: their hashes go out at once (cut-through: agents fetch them while
           // the rest streams in). A failed publication is redone by the next one.
@@ -720,6 +821,12 @@ export class Seeder {
       await blob
         .commit(finalPath)
         .catch((error: unknown) => onDiskFull(error, () => blob.commit(finalPath)));
+      if (bytes.continued?.()?.short === true) {
+        // The gateway's copy ended short of its size: written again from this verified one
+        // (and not evicted until it is).
+        blob.stored = false;
+        this.#owe(blob);
+      }
       return { blob, announcer, tee };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
@@ -1271,6 +1378,21 @@ interface BlobBytes {
   cancel(): void;
   readonly size: number;
   readonly source: 'store' | 'origin';
+  /**
+   * A read from the object gateway that broke off and goes on from the origin: from when it
+   * did (the chunks from then on are the origin's), and whether the gateway's answer ended
+   * short without an error (its copy taken to be damaged, and written again).
+   */
+  readonly continued?: () => { readonly short: boolean } | undefined;
+}
+
+/** The origin's read that carries on a gateway's broken one, once it started. */
+interface ContinuedRead {
+  rest: BlobBytes | undefined;
+  /** The seed stopped reading the blob. */
+  cancelled: boolean;
+  /** Set when the gateway's read broke off: the bytes from here on are the origin's. */
+  continued: { readonly short: boolean } | undefined;
 }
 
 /** Why a seed run failed, for the metric and the agents' notice. */
