@@ -89,11 +89,13 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     }
     return undefined;
   };
-  if (start > 0) {
+  if (options.from !== undefined) {
+    // The answer must be the blob of that size (from byte 0 too: the rest of a read another
+    // source broke off before its first byte).
     const first = usable(opened, start);
     if (first === undefined) {
       const error = new Error(
-        `reading from byte ${String(start)}: the origin answered ${String(opened.status)}`,
+        `reading from byte ${String(start)}: the origin answered ${String(opened.status)}${opened.size === undefined ? '' : ` of ${String(opened.size)} bytes`}`,
       );
       opened.cancel(error);
       throw error;

@@ -660,6 +660,7 @@ describe('BlobReader', () => {
   const readResuming = async (
     origin: UpstreamRegistry,
     start = 0,
+    fromGiven = start > 0,
   ): Promise<{ digest: string; resumedAt: number[] }> => {
     const client = new UpstreamClient(timeouts, 'shoal-test');
     teardown.add(`${origin.host} client`, () => client.close());
@@ -673,7 +674,7 @@ describe('BlobReader', () => {
       reopen: (from) => blobs.open(origin, repository, digest, signal, undefined, from),
       onResume: (at) => resumedAt.push(at),
       random: () => 0,
-      ...(start === 0 ? {} : { from: { byte: start, size: layer.size } }),
+      ...(fromGiven ? { from: { byte: start, size: layer.size } } : {}),
     });
     const hash = createHash('sha256');
     if (start > 0) {
@@ -712,6 +713,15 @@ describe('BlobReader', () => {
     await assert.rejects(
       readResuming(wrong, start),
       /reading from byte \d+: the origin answered 206/,
+    );
+    // From byte 0 too: a 200 of another length is not the blob.
+    const short = await serve('from-zero-other-length', (_request, response) => {
+      response.writeHead(200, { 'content-length': 1000 });
+      response.end(bytes.subarray(0, 1000));
+    });
+    await assert.rejects(
+      readResuming(short, 0, true),
+      /reading from byte 0: the origin answered 200 of 1000 bytes/,
     );
   });
 

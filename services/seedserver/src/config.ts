@@ -144,9 +144,9 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_FANOUT_HOLD_MS: envInt(20_000),
   /**
-   * How often a blob coming in is looked at, in ms (default 2 000): before its first byte, or
-   * when bytes came and no piece landed since the last look, the agents following it get an
-   * intake notice (core NATS, `shoal.intake.v1.<blob>`) and count the seed's wait, or those
+   * How often a blob coming in is looked at, in ms (default 2 000): before its first byte, when
+   * bytes came and no piece landed since the last look, or while the seed asks again for the
+   * rest of a transfer that broke off, the agents following it get an intake notice (core NATS, `shoal.intake.v1.<blob>`) and count the seed's wait, or those
    * bytes, as the swarm moving, so an origin slow to answer or to send does not send them to it
    * after their stall timeout. Keep it well under the agents'
    * `SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS` (10 000).
