@@ -157,17 +157,24 @@ describe('an origin slower than the stall timeout', () => {
     );
   }
 
-  /** No notice; a download stalled and read the layer from the origin, beside the seed. */
-  function originTwice(figures: PullFigures): void {
+  /**
+   * No notice; a download stalled and read from the origin, beside the seed: the whole layer
+   * (the origin sending the blobs twice), or with `rest`, what the seed had not hashed yet
+   * (the origin sending that part twice).
+   */
+  function originTwice(figures: PullFigures, rest = false): void {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
     assert.equal(figures.sent + figures.waited, 0);
     assert.equal(figures.heard, 0);
-    assert.ok(figures.stalls >= 1, 'a download stalled before the seed had its first piece');
-    assert.ok(figures.origin >= layer.size, 'and the layer came from the origin');
+    assert.ok(figures.stalls >= 1, 'a download stalled');
     assert.ok(
-      figures.originSent > 1.5 * total(),
-      `the origin sent the blobs twice: ${String(figures.originSent)} bytes for ${String(total())} bytes of blobs`,
+      rest ? figures.origin > 0 : figures.origin >= layer.size,
+      `and read ${rest ? 'the rest' : 'the layer'} from the origin (${String(figures.origin)})`,
+    );
+    assert.ok(
+      figures.originSent > (rest ? 1.4 : 1.5) * total(),
+      `the origin sent ${String(figures.originSent)} bytes for ${String(total())} bytes of blobs`,
     );
   }
 
@@ -227,15 +234,6 @@ describe('an origin slower than the stall timeout', () => {
   it('to answer the rest, without notices: the same pull stalled and read the rest from the origin beside the seed', async (t) => {
     const figures = await pull(t, 600_000, brokenOff);
     t.diagnostic(JSON.stringify(figures));
-    const layer = image.layers[0];
-    assert.ok(layer !== undefined);
-    assert.equal(figures.sent + figures.waited, 0);
-    assert.equal(figures.heard, 0);
-    assert.ok(figures.stalls >= 1, 'a download stalled after the first piece');
-    assert.ok(figures.origin > 0, 'and read the rest from the origin');
-    assert.ok(
-      figures.originSent > 1.4 * total(),
-      `the origin sent the rest twice: ${String(figures.originSent)} bytes for ${String(total())} bytes of blobs`,
-    );
+    originTwice(figures, true);
   });
 });
