@@ -73,19 +73,29 @@ export type RegistryFault =
    * vanished (packets dropped, connections left open). Healed, everything goes on where it
    * stopped, as after a short outage.
    */
-  | { readonly kind: 'silent' }
+  | {
+      readonly kind: 'silent';
+      /**
+       * Only requests with these methods (new ones, and their bodies in flight) meet the
+       * silence: an S3 gateway that answers reads and leaves its writes hanging (`['PUT',
+       * 'POST']`). Default: every method.
+       */
+      readonly methods?: readonly string[];
+    }
   /**
    * Every new blob GET answered 200 or 206 has its body damaged at `atByte` (counted from the
    * body's start): `cut` closes the connection there, short of the announced length, as a
    * registry or load balancer dropping a transfer; `flip` flips the bits of that byte and
-   * passes the rest, as a proxy or storage handing out wrong bytes under the right digest.
+   * passes the rest, as a proxy or storage handing out wrong bytes under the right digest;
+   * `stall` sends the bytes before it and then nothing more, the connection left open, as a
+   * server frozen mid-transfer (until the client gives up).
    * With `resumeDelayMs`, a GET with a Range header (a resume) is instead held that long, then
    * forwarded undamaged: a registry slow to answer the rest (one fetching it again from its
    * own storage, or from upstream).
    */
   | {
       readonly kind: 'damage';
-      readonly how: 'cut' | 'flip';
+      readonly how: 'cut' | 'flip' | 'stall';
       readonly atByte: number;
       readonly resumeDelayMs?: number;
     }
@@ -229,20 +239,28 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     return linkFreeAt - now;
   };
 
-  /** Resolves once no silent fault is set (at once when none is). */
-  const whileSilent = async (): Promise<void> => {
-    while (fault?.kind === 'silent') {
+  /** Whether a silent fault is set that a request with this method meets. */
+  const silences = (method: string | undefined): boolean =>
+    fault?.kind === 'silent' &&
+    (fault.methods === undefined || fault.methods.includes(method ?? ''));
+
+  /** Resolves once no silent fault this method meets is set (at once when none is). */
+  const whileSilent = async (method: string | undefined): Promise<void> => {
+    while (silences(method)) {
       await new Promise((resolve) => setTimeout(resolve, SILENT_POLL_MS));
     }
   };
 
-  /** Passes a body on, slice by slice at the slow link's pace while a slow fault is set. */
-  const throttle = (): Transform =>
+  /**
+   * Passes a body (of a request with this method) on, slice by slice at the slow link's pace
+   * while a slow fault is set.
+   */
+  const throttle = (method: string | undefined): Transform =>
     new Transform({
       transform(chunk: Buffer, _encoding, done: TransformCallback): void {
         const push = async (): Promise<void> => {
           for (let at = 0; at < chunk.length; at += SLICE_BYTES) {
-            await whileSilent();
+            await whileSilent(method);
             const slice = chunk.subarray(at, at + SLICE_BYTES);
             const wait = linkDelay(slice.length);
             if (wait > 0) {
@@ -275,10 +293,14 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   };
 
   /**
-   * Damages a blob body at `atByte` of it: cuts the response there (`cut`), or flips that
-   * byte's bits (`flip`).
+   * Damages a blob body at `atByte` of it: cuts the response there (`cut`), flips that byte's
+   * bits (`flip`), or sends nothing from there on and keeps the connection open (`stall`).
    */
-  const damage = (res: ServerResponse, how: 'cut' | 'flip', atByte: number): Transform => {
+  const damage = (
+    res: ServerResponse,
+    how: 'cut' | 'flip' | 'stall',
+    atByte: number,
+  ): Transform => {
     let seen = 0;
     let cut = false;
     counts.damaged += 1;
@@ -303,12 +325,15 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
         }
         cut = true;
         this.push(chunk.subarray(0, atByte - start));
-        // Let the bytes before the cut leave, then drop the connection mid-body.
-        setImmediate(() => res.destroy());
+        if (how === 'cut') {
+          // Let the bytes before the cut leave, then drop the connection mid-body.
+          setImmediate(() => res.destroy());
+        }
         done();
       },
       flush(done: TransformCallback): void {
-        // A cut body never ends: the response stays short of its length until it is dropped.
+        // A cut or stalled body never ends: the response stays short of its length until it
+        // is dropped.
         if (!cut) {
           done();
         }
@@ -369,13 +394,13 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           pipeline(
             answer,
             damage(res, current.how, current.atByte),
-            throttle(),
+            throttle(req.method),
             res,
             () => undefined,
           );
           return;
         }
-        pipeline(answer, throttle(), res, () => undefined);
+        pipeline(answer, throttle(req.method), res, () => undefined);
       },
     );
     outgoing.on('timeout', () => outgoing.destroy(new Error('registry idle timeout')));
@@ -488,7 +513,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           pipeline(answer, damage(res, 'cut', cutAt), res, () => undefined);
           return;
         }
-        pipeline(answer, throttle(), res, () => undefined);
+        pipeline(answer, throttle(req.method), res, () => undefined);
       },
     );
     outgoing.on('timeout', () => outgoing.destroy(new Error('registry idle timeout')));
@@ -534,12 +559,12 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       req.socket.destroy();
       return;
     }
-    if (current?.kind === 'silent') {
+    if (silences(req.method)) {
       let gone = false;
       res.once('close', () => {
         gone = true;
       });
-      void whileSilent().then(() => {
+      void whileSilent(req.method).then(() => {
         // A client gone meanwhile is never forwarded.
         if (!gone) {
           forward(req, res, fault);

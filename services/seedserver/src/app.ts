@@ -273,6 +273,7 @@ export async function buildApp(
           failures: config.SHOAL_SEED_GATEWAY_BREAKER_FAILURES,
           breakMs: config.SHOAL_SEED_GATEWAY_BREAK_MS,
         },
+        gatewayIdleMs: config.SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS,
         metrics,
         logger,
       });

@@ -91,6 +91,17 @@ export const seedFields = z.object({
    * read the origin meanwhile, and the gateway copies they owe are made after it.
    */
   SHOAL_SEED_GATEWAY_BREAK_MS: envInt(30_000).refine((n) => n >= 1000, 'must be at least 1000'),
+  /**
+   * Longest wait on the object gateway, in ms (default 5 000): for its answer to a read, and
+   * for the next bytes of a body. Past it the seed server gives the read up (a gateway
+   * failure, toward its breaker) and reads the rest of the blob from the origin, from the byte
+   * the gateway stopped at. Keep it below the agents' stall timeout
+   * (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): a body that goes quiet tells the agents
+   * nothing until it is given up, and an agent that hears nothing from the seed for that long
+   * reads the blob from the registry itself. Before, only the S3 client's idle timeout (30 s)
+   * ended such a wait.
+   */
+  SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: envInt(5_000).refine((n) => n >= 100, 'must be at least 100'),
   /** Time between retention sweeps of the object gateway, in ms (default 1 h). */
   SHOAL_SEED_GATEWAY_SWEEP_INTERVAL_MS: envInt(3_600_000).refine(
     (n) => n >= 1000,

@@ -122,7 +122,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     gatewayReadsContinued: new Counter({
       name: `${prefix}gateway_reads_continued_total`,
-      help: "Object gateway reads of a blob that broke off (or ended short) before the blob's end: the rest is asked of the origin from the byte the gateway stopped at (an answer that ended short also has the gateway's copy written again)",
+      help: "Object gateway reads of a blob that broke off (or ended short, or sent nothing for SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS) before the blob's end: the rest is asked of the origin from the byte the gateway stopped at (an answer that ended short also has the gateway's copy written again)",
       registers,
     }),
     gatewayBreakerTrips: new Counter({

@@ -1,16 +1,21 @@
 /**
  * The pieces of one pass on a real file: gathered writes of at least 1 MiB, pieces ready only
- * once on disk, hashes and digest computed once; and the cache's least-recently-used order.
+ * once on disk, hashes and digest computed once; the cache's least-recently-used order; and
+ * the streamed copy to the object gateway, given up when the gateway takes no bytes.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+
+import type { BlobStore } from '@shoal/blobstore';
 
 import { parseDigest, pieceBounds } from '@shoal/proto';
 import { makeTempDir, waitFor } from '@shoal/testkit';
 
-import { COALESCE_BYTES, PieceCutter } from '../src/seeding/ingest.js';
+import { COALESCE_BYTES, GatewayTee, PieceCutter } from '../src/seeding/ingest.js';
 import { IDLE_CLOSE_MS, SeedBlob } from '../src/seeding/seed-blob.js';
 import { SeedCache } from '../src/seeding/seed-cache.js';
 
@@ -194,5 +199,75 @@ describe('SeedCache', () => {
     } finally {
       await dir.remove();
     }
+  });
+});
+
+describe('GatewayTee', () => {
+  /** A gateway whose `write` takes bytes only while `taking` says so, and never ends. */
+  const gateway = (taking: () => boolean): { store: BlobStore; took: () => number } => {
+    let took = 0;
+    const store = {
+      write: async (_digest: string, body: Readable): Promise<void> => {
+        for await (const chunk of body) {
+          took += (chunk as Buffer).length;
+          while (!taking()) {
+            await sleep(10);
+          }
+        }
+        // The upload's completion never comes, as from a gateway gone quiet.
+        await new Promise(() => undefined);
+      },
+    } as unknown as BlobStore;
+    return { store, took: () => took };
+  };
+
+  it('gives up a gateway that takes no bytes for its wait: the seed goes on, done rejects at once', async () => {
+    const waitMs = 200;
+    let taking = true;
+    const { store, took } = gateway(() => taking);
+    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, waitMs);
+    await tee.push(Buffer.alloc(MiB));
+    taking = false;
+    const startedAt = performance.now();
+    // The pipe fills (1 MiB), the gateway takes nothing more: one push waits, then gives up.
+    for (let i = 0; i < 6; i += 1) {
+      await tee.push(Buffer.alloc(MiB));
+    }
+    const waited = performance.now() - startedAt;
+    assert.ok(waited >= waitMs, `the pushes waited ${String(waited)} ms`);
+    assert.ok(waited < 20 * waitMs, `the pushes waited ${String(waited)} ms`);
+    const tookThen = took();
+    // Given up: later pushes are dropped at once, and done rejects with the reason.
+    await tee.push(Buffer.alloc(MiB));
+    await assert.rejects(tee.done(), /took no bytes for 200 ms/);
+    taking = true;
+    await sleep(50);
+    assert.ok(took() <= tookThen + MiB, 'nothing more handed to the gateway');
+  });
+
+  it('waits on a gateway that is behind but taking bytes', async () => {
+    let taking = false;
+    const { store, took } = gateway(() => taking);
+    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, 500);
+    // Taking again after a pause shorter than the wait.
+    setTimeout(() => {
+      taking = true;
+    }, 150);
+    for (let i = 0; i < 4; i += 1) {
+      await tee.push(Buffer.alloc(MiB));
+    }
+    tee.end();
+    await waitFor('every byte handed on', () => Promise.resolve(took() === 4 * MiB), {
+      timeoutMs: 5_000,
+      intervalMs: 20,
+    });
+    const settled = await Promise.race([
+      tee.done().then(
+        () => 'stored',
+        () => 'failed',
+      ),
+      sleep(100).then(() => 'pending'),
+    ]);
+    assert.equal(settled, 'pending', 'not given up: its completion is still awaited');
   });
 });

@@ -63,6 +63,8 @@ import {
   type GeneratedImage,
   type NatsServer,
   type Registry,
+  type RegistryFault,
+  type RegistryRequest,
   type S3Server,
 } from '@shoal/testkit';
 
@@ -697,8 +699,20 @@ describe('seed server', () => {
     }
   });
 
-  it("reads the rest of a blob from the origin when the object gateway's read of it breaks off", async () => {
-    const blob = layer(1);
+  /**
+   * A blob the object gateway holds, read by a seed server started afresh on the same gateway
+   * (a new pod: its cache empty, `env` its settings) while the gateway meets `fault`. Returns
+   * the origin's reads of the blob for that seed, and how long it took until seeded (ms).
+   */
+  const seedFromGateway = async (
+    blob: Descriptor,
+    fault: RegistryFault,
+    env: Record<string, string>,
+    check: (
+      second: SeedUnderTest,
+      outcome: { reads: RegistryRequest[]; tookMs: number },
+    ) => Promise<void>,
+  ): Promise<void> => {
     const first = await startSeedOnS3();
     let second: SeedUnderTest | undefined;
     try {
@@ -708,32 +722,107 @@ describe('seed server', () => {
         timeoutMs: WAIT_MS,
         intervalMs: 100,
       });
-      // A seed server started afresh on the same gateway (a new pod: its cache empty) reads
-      // the blob from the gateway, whose answer is cut off part-way.
-      second = await startSeed(first.gatewayEnv);
-      const cutAt = MiB + 12_345;
-      first.gateway.set({ kind: 'damage', how: 'cut', atByte: cutAt });
+      second = await startSeed({ ...first.gatewayEnv, ...env });
+      first.gateway.set(fault);
       const originReads = (await registry.blobGets(blob.digest)).length;
+      const startedAt = performance.now();
       await second.request(blob);
-      await second.seeds('seeded', 1, 'store');
+      await second.seeds('seeded', 1, fault.kind === 'silent' ? 'origin' : 'store');
+      const tookMs = performance.now() - startedAt;
       first.gateway.set(undefined);
       // Every piece, checked against the blob's digest.
       await fetchAllPieces(second.url, blob);
       const reads = (await registry.blobGets(blob.digest)).slice(originReads);
-      // Once, the rest only: from where the gateway stopped (at most at the cut: bytes the
-      // proxy held when it cut are lost with the connection).
       assert.equal(reads.length, 1, 'one origin read');
-      const [sent = 0] = reads.map((r) => r.written);
-      assert.ok(
-        sent >= blob.size - cutAt && sent < blob.size,
-        `the origin sent ${String(sent)} bytes of ${String(blob.size)}, cut at ${String(cutAt)}`,
-      );
-      assert.equal(await second.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
       assert.equal(await second.metric('shoal_seedserver_seeds_total', { outcome: 'failed' }), 0);
-      assert.equal(await second.metric('shoal_seedserver_gateway_failures_total'), 1);
+      await check(second, { reads, tookMs });
     } finally {
       await second?.stop();
       await first.stop();
+    }
+  };
+
+  it("reads the rest of a blob from the origin when the object gateway's read of it breaks off", async () => {
+    const blob = layer(1);
+    const cutAt = MiB + 12_345;
+    await seedFromGateway(
+      blob,
+      { kind: 'damage', how: 'cut', atByte: cutAt },
+      {},
+      async (second, { reads }) => {
+        // Once, the rest only: from where the gateway stopped (at most at the cut: bytes the
+        // proxy held when it cut are lost with the connection).
+        const [sent = 0] = reads.map((r) => r.written);
+        assert.ok(
+          sent >= blob.size - cutAt && sent < blob.size,
+          `the origin sent ${String(sent)} bytes of ${String(blob.size)}, cut at ${String(cutAt)}`,
+        );
+        assert.equal(await second.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
+      },
+    );
+  });
+
+  it("gives up an object gateway's read that goes quiet part-way, and reads the rest from the origin", async () => {
+    const blob = layer(1);
+    const stallAt = MiB + 4_321;
+    // The S3 client's own idle timeout is 30 s: the watch gives the read up well before.
+    const env = { SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '1000' };
+    await seedFromGateway(
+      blob,
+      { kind: 'damage', how: 'stall', atByte: stallAt },
+      env,
+      async (second, { reads, tookMs }) => {
+        const [sent = 0] = reads.map((r) => r.written);
+        assert.ok(
+          sent >= blob.size - stallAt && sent < blob.size,
+          `the origin sent ${String(sent)} bytes of ${String(blob.size)}, the gateway quiet from ${String(stallAt)}`,
+        );
+        assert.equal(await second.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
+        assert.ok(tookMs < 15_000, `seeded in ${String(Math.round(tookMs))} ms`);
+      },
+    );
+  });
+
+  it('reads a blob from the origin when the object gateway does not answer the read', async () => {
+    const blob = layer(2);
+    const env = { SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '1000' };
+    const fault = { kind: 'silent', methods: ['GET', 'HEAD'] } as const;
+    await seedFromGateway(blob, fault, env, async (second, { reads, tookMs }) => {
+      // The whole blob, once; nothing carried on.
+      assert.equal(reads[0]?.written, blob.size);
+      assert.equal(await second.metric('shoal_seedserver_gateway_reads_continued_total'), 0);
+      assert.equal(await second.metric('shoal_seedserver_gateway_failures_total'), 1);
+      assert.ok(tookMs < 15_000, `seeded in ${String(Math.round(tookMs))} ms`);
+    });
+  });
+
+  it('seeds from the origin without waiting on an object gateway that takes nothing, and copies the blob there once it is back', async () => {
+    // Larger than a part: streamed to the gateway as it comes in.
+    const blob = layer(0);
+    const { seed, gateway, stored, stop } = await startSeedOnS3({
+      SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '1000',
+    });
+    try {
+      // Reads answered (the blob is not there); every upload left hanging.
+      gateway.set({ kind: 'silent', methods: ['PUT', 'POST'] });
+      const startedAt = performance.now();
+      await seed.request(blob);
+      await seed.seeds('seeded', 1, 'origin');
+      const tookMs = performance.now() - startedAt;
+      // The S3 client's own idle timeout is 30 s: the seed gave the gateway up well before.
+      assert.ok(tookMs < 15_000, `seeded in ${String(Math.round(tookMs))} ms`);
+      await fetchAllPieces(seed.url, blob);
+      assert.equal(await seed.metric('shoal_seedserver_gateway_failures_total'), 1);
+      assert.equal(await stored(blob), false, 'nothing in the gateway while it takes nothing');
+      gateway.set(undefined);
+      // The copy owed is made from the local file once the gateway takes bytes again.
+      await waitFor('the gateway copy', () => stored(blob), {
+        timeoutMs: WAIT_MS,
+        intervalMs: 250,
+      });
+      assert.equal((await registry.blobGets(blob.digest)).length >= 1, true);
+    } finally {
+      await stop();
     }
   });
 

@@ -8,7 +8,8 @@
  * request (a 503 SlowDown that outlasted the S3 client's own retries) does not: before, one
  * failure left the gateway alone for 30 s. A read from the gateway that breaks off part-way is
  * carried on from the origin, from the byte it stopped at: before, that seed failed and every
- * agent read the blob from the registry.
+ * agent read the blob from the registry. So is one that goes quiet part-way, given up by the
+ * seed well before the S3 client's own idle timeout (30 s) would have.
  */
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
@@ -46,6 +47,7 @@ describe('the object gateway failing while the seed server seeds', () => {
   let second: GeneratedImage;
   let third: GeneratedImage;
   let fourth: GeneratedImage;
+  let fifth: GeneratedImage;
   let cluster: Cluster;
   /** The seed server's settings for the gateway (a replacement takes them too). */
   let gatewayEnv: Record<string, string>;
@@ -84,6 +86,12 @@ describe('the object gateway failing while the seed server seeds', () => {
       rm(`${layout.path}-fourth`, { recursive: true, force: true }),
     );
     await pushImage(fourth, registry.host, `${repository}-fourth`);
+    fifth = await generateImage(`${layout.path}-fifth`, {
+      layerSizes: [4 * MiB, MiB / 4],
+      seed: 's3-faults-fifth',
+    });
+    teardown.add('fifth image', () => rm(`${layout.path}-fifth`, { recursive: true, force: true }));
+    await pushImage(fifth, registry.host, `${repository}-fifth`);
     gatewayEnv = {
       SHOAL_STORE_KIND: 's3',
       SHOAL_S3_ENDPOINT: gateway.url,
@@ -248,9 +256,20 @@ describe('the object gateway failing while the seed server seeds', () => {
       assert.equal((await registry.blobGets(blob.digest)).length, 1, `${blob.digest}: once`);
     }
   });
-  it("keeps the swarm off the registry when the gateway's read of a blob breaks off: the seed reads the rest from the origin", async () => {
-    // The image in the gateway only: seeded through a node that then leaves, and a seed
-    // server moved to another node (its cache gone, the gateway kept).
+  /**
+   * Both agents pull `img` while the object gateway holds it and meets `fault` when it is read:
+   * the image is put in the gateway only first (seeded through a node that then leaves), and
+   * the seed server is moved to another node (its cache gone, the gateway kept; `seedEnv` its
+   * own settings). Every blob gets to both agents, nothing from the registry; the registry
+   * sends the large layer once, to the seed server, only from where the gateway stopped (at
+   * most `fault.atByte`).
+   */
+  const pullWhileGatewayReadFails = async (
+    img: GeneratedImage,
+    repo: string,
+    fault: { readonly kind: 'damage'; readonly how: 'cut' | 'stall'; readonly atByte: number },
+    seedEnv: Record<string, string> = {},
+  ): Promise<void> => {
     const passing = await startAgent({
       registries: `${registry.host}=${registry.url}`,
       defaultRegistry: registry.host,
@@ -259,18 +278,14 @@ describe('the object gateway failing while the seed server seeds', () => {
       env: { ...cluster.agentEnv, ...(await cluster.nats.clientEnv('agent-passing')) },
     });
     try {
-      const outcomes = await pullBlobs(
-        passing,
-        { image: fourth, registry },
-        `${repository}-fourth`,
-      );
+      const outcomes = await pullBlobs(passing, { image: img, registry }, repo);
       assert.deepEqual(
         outcomes.map((o) => o.error?.message),
-        fourth.blobs.map(() => undefined),
+        img.blobs.map(() => undefined),
       );
       await waitFor(
         'every blob copied into the gateway',
-        () => Promise.resolve(fourth.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
+        () => Promise.resolve(img.blobs.every((b) => copied(b.digest.split(':')[1] ?? ''))),
         { timeoutMs: 30_000, intervalMs: 250 },
       );
     } finally {
@@ -282,51 +297,74 @@ describe('the object gateway failing while the seed server seeds', () => {
       natsUrl: cluster.nats.url,
       registries: `${registry.host}=${registry.url}`,
       port: old.port,
-      env: { ...gatewayEnv, ...(await cluster.nats.clientEnv('seedserver')) },
+      env: { ...gatewayEnv, ...seedEnv, ...(await cluster.nats.clientEnv('seedserver')) },
     });
     const [a, b] = cluster.agents;
     assert.ok(a !== undefined && b !== undefined);
-    const [big] = fourth.layers;
+    const [big] = img.layers;
     assert.ok(big !== undefined);
     const before = (await registry.blobGets(big.digest)).length;
-    const cutAt = MiB + 7;
-    // Every blob the gateway sends is cut off past its first MiB: the 4 MiB layer.
-    gateway.set({ kind: 'damage', how: 'cut', atByte: cutAt });
+    const originBefore = await Promise.all([a, b].map(async (agent) => bytesBySource(agent)));
+    gateway.set(fault);
     try {
       const pulls = await Promise.all([
-        pullBlobs(a, { image: fourth, registry }, `${repository}-fourth`),
-        pullBlobs(b, { image: fourth, registry }, `${repository}-fourth`),
+        pullBlobs(a, { image: img, registry }, repo),
+        pullBlobs(b, { image: img, registry }, repo),
       ]);
       for (const outcomes of pulls) {
         assert.deepEqual(
           outcomes.map((o) => ({ digest: o.digest, error: o.error?.message })),
-          fourth.blobs.map((blob) => ({ digest: blob.digest, error: undefined })),
+          img.blobs.map((blob) => ({ digest: blob.digest, error: undefined })),
         );
       }
     } finally {
       gateway.set(undefined);
     }
-    for (const agent of [a, b]) {
+    for (const [i, agent] of [a, b].entries()) {
       const sources = await bytesBySource(agent);
-      assert.equal(sources.origin, 0, `${agent.peerId ?? ''}: nothing from the origin`);
+      assert.equal(
+        sources.origin,
+        originBefore[i]?.origin,
+        `${agent.peerId ?? ''}: nothing from the origin`,
+      );
     }
-    // Once, the rest only: from where the gateway stopped (at most at the cut).
     const reads = (await registry.blobGets(big.digest)).slice(before);
     assert.equal(reads.length, 1, 'one registry read of the layer, by the seed server');
     const [sent = 0] = reads.map((r) => r.written);
     assert.ok(
-      sent >= big.size - cutAt && sent < big.size,
-      `the registry sent ${String(sent)} bytes of ${String(big.size)}, cut at ${String(cutAt)}`,
+      sent >= big.size - fault.atByte && sent < big.size,
+      `the registry sent ${String(sent)} bytes of ${String(big.size)}, the gateway's read ${fault.how} at ${String(fault.atByte)}`,
     );
     assert.deepEqual(
-      fourth.blobs.filter((blob) => blob.size > cutAt).map((blob) => blob.digest),
+      img.blobs.filter((blob) => blob.size > fault.atByte).map((blob) => blob.digest),
       [big.digest],
-      'the gateway cut the large layer only',
+      'the gateway broke off the large layer only',
     );
     assert.equal(await cluster.seed.metric('shoal_seedserver_gateway_reads_continued_total'), 1);
     assert.equal(
       await cluster.seed.metric('shoal_seedserver_seeds_total', { outcome: 'failed' }),
       0,
+    );
+  };
+
+  it("keeps the swarm off the registry when the gateway's read of a blob breaks off: the seed reads the rest from the origin", async () => {
+    // Every blob the gateway sends is cut off past its first MiB: the 4 MiB layer.
+    await pullWhileGatewayReadFails(fourth, `${repository}-fourth`, {
+      kind: 'damage',
+      how: 'cut',
+      atByte: MiB + 7,
+    });
+  });
+
+  it("keeps the swarm off the registry when the gateway's read of a blob goes quiet: the seed gives it up and reads the rest from the origin", async () => {
+    // Every blob the gateway sends stops past its first MiB, the connection left open: the
+    // S3 client would wait 30 s on it, and the agents (their stall timeout 4 s here) would
+    // read the blob from the registry themselves. The seed gives the read up at 1.5 s.
+    await pullWhileGatewayReadFails(
+      fifth,
+      `${repository}-fifth`,
+      { kind: 'damage', how: 'stall', atByte: MiB + 11 },
+      { SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '1500' },
     );
   });
 });

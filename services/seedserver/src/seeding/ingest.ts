@@ -143,28 +143,63 @@ export class PieceCutter {
  * back-pressure: `push` waits while the gateway is behind. The gateway verifies the bytes
  * again and stores nothing unless they match; `abort` makes sure of that whatever they are.
  * A gateway failure does not stop the seed: later pushes are dropped and `done` rejects.
+ *
+ * A gateway that takes nothing for `waitMs` (a frozen MinIO pod, a connection left open with
+ * nothing on it) is given up the same way: its upload is aborted and the seed goes on alone,
+ * the copy made later from the local file. Before, the seed waited on it until the S3
+ * client's idle timeout (30 s), and every agent, hearing nothing, went to the registry.
  */
 export class GatewayTee {
   readonly #body: PassThrough;
   readonly #done: Promise<void>;
+  readonly #waitMs: number;
   #failed = false;
+  /** Rejects once the gateway is given up (it took nothing for `waitMs`). */
+  readonly #givenUp: Promise<never>;
+  #giveUp: (error: Error) => void = () => undefined;
 
-  constructor(store: BlobStore, digest: string, size: number, signal: AbortSignal) {
+  constructor(store: BlobStore, digest: string, size: number, signal: AbortSignal, waitMs: number) {
     // 1 MiB in the pipe; the store gathers its parts and holds those in flight besides.
     this.#body = new PassThrough({ highWaterMark: 1024 * 1024 });
+    this.#waitMs = waitMs;
     this.#done = store.write(digest, this.#body, size, signal);
     this.#done.catch(() => {
       this.#failed = true;
     });
+    this.#givenUp = new Promise<never>((_resolve, reject) => {
+      this.#giveUp = reject;
+    });
+    this.#givenUp.catch(() => undefined);
   }
 
-  /** Hands a chunk on; waits while the gateway is behind, never past its failure. */
+  /** Hands a chunk on; waits while the gateway is behind, never past its failure or `waitMs`. */
   async push(chunk: Buffer): Promise<void> {
     if (this.#failed || this.#body.destroyed) {
       return;
     }
-    if (!this.#body.write(chunk)) {
-      await Promise.race([once(this.#body, 'drain'), this.#done]).catch(() => undefined);
+    if (this.#body.write(chunk)) {
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const quiet = new Promise<'quiet'>((resolve) => {
+      timer = setTimeout(() => resolve('quiet'), this.#waitMs);
+    });
+    try {
+      const outcome = await Promise.race([
+        once(this.#body, 'drain').then(() => 'drained' as const),
+        this.#done.then(() => 'done' as const),
+        quiet,
+      ]).catch(() => 'failed' as const);
+      if (outcome === 'quiet') {
+        const error = new Error(
+          `the object gateway took no bytes for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS)`,
+        );
+        this.#failed = true;
+        this.#body.destroy(error);
+        this.#giveUp(error);
+      }
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -180,8 +215,11 @@ export class GatewayTee {
     this.#body.destroy(error);
   }
 
-  /** Settles when the gateway has stored the blob (or failed to). */
+  /**
+   * Settles when the gateway has stored the blob, or failed to; at once when it was given up
+   * (aborting its upload, which may take as long again, goes on meanwhile).
+   */
   done(): Promise<void> {
-    return this.#done;
+    return Promise.race([this.#done, this.#givenUp]);
   }
 }

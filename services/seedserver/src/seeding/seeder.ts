@@ -60,6 +60,7 @@ import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/ru
 import type { SeedMetrics } from '../metrics.js';
 import { Announcer } from './announcer.js';
 import { FailureNotes } from './failures.js';
+import { GatewayWatch } from './gateway-watch.js';
 import { IntakeNotices } from './intake-notices.js';
 import { GatewayTee, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
@@ -169,6 +170,11 @@ export interface SeederDeps {
    * again.
    */
   readonly gatewayBreaker: { readonly failures: number; readonly breakMs: number };
+  /**
+   * Longest wait on the object gateway, in ms: for an answer, or for the next bytes of a body
+   * (`GatewayWatch`). Past it the read counts as failed, and the origin is read instead.
+   */
+  readonly gatewayIdleMs: number;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -451,30 +457,41 @@ export class Seeder {
       logger.debug({ blob }, 'the object gateway failed lately: reading the blob from the origin');
       return undefined;
     }
+    // A gateway that keeps the seed waiting, for its answers or inside the body, is given up.
+    const watch = new GatewayWatch(this.#deps.gatewayIdleMs);
+    const watched = watch.signal(signal);
     try {
-      const stored = await store.stat(blob, signal);
+      watch.waiting();
+      const stored = await store.stat(blob, watched);
       if (stored === undefined) {
+        watch.stop();
         this.#gatewayAnswered('read');
         return undefined;
       }
       // A read the gateway answers counts as answered once its body has come whole
       // (`#storedThenOrigin`): one that answers its stat and cuts every body fails each read.
-      const body = await store.read(blob, undefined, signal);
+      watch.waiting();
+      const body = await store.read(blob, undefined, watched);
+      watch.answered();
       return {
-        chunks: body,
+        chunks: watch.read(body),
         lent: false,
-        cancel: () => body.destroy(),
+        cancel: () => {
+          watch.stop();
+          body.destroy();
+        },
         size: stored.size,
         source: 'store',
       };
     } catch (error) {
+      watch.stop();
       if (signal.aborted) {
         throw error;
       }
       this.#gatewayFailed(
         'read',
         blob,
-        error,
+        watch.quiet ?? error,
         'the object gateway failed: reading the blob from the origin instead',
       );
       return undefined;
@@ -749,7 +766,7 @@ export class Seeder {
     // No copy streamed to a gateway that failed lately: a later request makes it.
     const tee =
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
-        ? new GatewayTee(store, key, size, signal)
+        ? new GatewayTee(store, key, size, signal, this.#deps.gatewayIdleMs)
         : undefined;
     // A gateway read carried on from the origin counts its rest as the origin's.
     const ingested = {
