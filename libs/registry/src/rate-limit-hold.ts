@@ -139,8 +139,23 @@ export class RateLimitHolds {
     return ms;
   }
 
-  /** The hold a request would meet now, if any. */
+  /** The hold a request would meet now, if any: the request is held (and counted so). */
   held(request: LimitedRequest): HeldLimit | undefined {
+    const left = this.#left(request);
+    if (left === undefined) {
+      return undefined;
+    }
+    this.#count?.(request.registry, 'held');
+    return { retryAfterS: Math.max(1, Math.ceil(left / 1000)) };
+  }
+
+  /** Whether a request would meet a hold now; a look, not a request held (not counted). */
+  holds(request: LimitedRequest): boolean {
+    return this.#left(request) !== undefined;
+  }
+
+  /** The ms left of the hold a request would meet now, if any. */
+  #left(request: LimitedRequest): number | undefined {
     if (request.kind === 'ping' || request.started === true) {
       return undefined;
     }
@@ -154,8 +169,7 @@ export class RateLimitHolds {
       this.#until.delete(key);
       return undefined;
     }
-    this.#count?.(request.registry, 'held');
-    return { retryAfterS: Math.max(1, Math.ceil(left / 1000)) };
+    return left;
   }
 }
 

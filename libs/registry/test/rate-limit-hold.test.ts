@@ -45,6 +45,9 @@ describe('RateLimitHolds', () => {
     assert.equal(holds.held(manifest), undefined);
     assert.equal(holds.noteAnswer(manifest, 429, { 'retry-after': ['5', '9'] }), 5000);
     assert.deepEqual(holds.held(manifest), { retryAfterS: 5 });
+    // A look at the hold is not a request held: not counted.
+    assert.equal(holds.holds(manifest), true);
+    assert.equal(holds.holds(request('manifest', 'HEAD')), false);
     assert.equal(holds.held(request('manifest', 'HEAD')), undefined, 'HEADs are free');
     assert.equal(holds.held(request('manifest', 'GET', 'Bearer b')), undefined, 'another account');
     assert.equal(holds.held(request('manifest', 'GET', null)), undefined, 'anonymous');
@@ -59,6 +62,7 @@ describe('RateLimitHolds', () => {
     assert.deepEqual(holds.held(manifest), { retryAfterS: 1 });
     now += 1;
     assert.equal(holds.held(manifest), undefined);
+    assert.equal(holds.holds(manifest), false);
     assert.deepEqual(counted, [
       'docker.io answered',
       'docker.io held',

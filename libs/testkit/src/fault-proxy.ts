@@ -76,9 +76,10 @@ export type RegistryFault =
   | {
       readonly kind: 'silent';
       /**
-       * Only requests with these methods (new ones, and their bodies in flight) meet the
-       * silence: an S3 gateway that answers reads and leaves its writes hanging (`['PUT',
-       * 'POST']`). Default: every method.
+       * Only requests with these methods (new ones, and the response bodies of those in
+       * flight; a request body already being sent goes on) meet the silence: an S3 gateway
+       * that answers reads and leaves its uploads hanging (`['PUT', 'POST']`). Default: every
+       * method.
        */
       readonly methods?: readonly string[];
     }

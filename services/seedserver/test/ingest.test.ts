@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 
 import type { BlobStore } from '@shoal/blobstore';
 
@@ -203,6 +203,15 @@ describe('SeedCache', () => {
 });
 
 describe('GatewayTee', () => {
+  // The tee's timers do not keep a process up (a seed server has its servers for that).
+  let keepUp: NodeJS.Timeout | undefined;
+  before(() => {
+    keepUp = setInterval(() => undefined, 1000);
+  });
+  after(() => {
+    clearInterval(keepUp);
+  });
+
   /** A gateway whose `write` takes bytes only while `taking` says so, and never ends. */
   const gateway = (taking: () => boolean): { store: BlobStore; took: () => number } => {
     let took = 0;
@@ -210,7 +219,7 @@ describe('GatewayTee', () => {
       write: async (_digest: string, body: Readable): Promise<void> => {
         for await (const chunk of body) {
           took += (chunk as Buffer).length;
-          while (!taking()) {
+          while (!taking() && !body.destroyed) {
             await sleep(10);
           }
         }
@@ -221,7 +230,7 @@ describe('GatewayTee', () => {
     return { store, took: () => took };
   };
 
-  it('gives up a gateway that takes no bytes for its wait: the seed goes on, done rejects at once', async () => {
+  it('leaves behind a gateway that holds the seed up for its wait: the seed goes on, done rejects at once', async () => {
     const waitMs = 200;
     let taking = true;
     const { store, took } = gateway(() => taking);
@@ -236,13 +245,34 @@ describe('GatewayTee', () => {
     const waited = performance.now() - startedAt;
     assert.ok(waited >= waitMs, `the pushes waited ${String(waited)} ms`);
     assert.ok(waited < 20 * waitMs, `the pushes waited ${String(waited)} ms`);
+    assert.equal(tee.leftBehind, true);
     const tookThen = took();
-    // Given up: later pushes are dropped at once, and done rejects with the reason.
+    // Left behind: later pushes are dropped at once, and done rejects with the reason though
+    // the store's write never settles.
     await tee.push(Buffer.alloc(MiB));
-    await assert.rejects(tee.done(), /took no bytes for 200 ms/);
+    await assert.rejects(tee.done(), /held the seed up for 200 ms/);
     taking = true;
     await sleep(50);
     assert.ok(took() <= tookThen + MiB, 'nothing more handed to the gateway');
+  });
+
+  it("settles done within its wait once aborted, though the store's abort does not come", async () => {
+    const waitMs = 200;
+    // A gateway whose write never settles, as one gone quiet (its upload's abort with it).
+    const store = {
+      write: (_digest: string, body: Readable): Promise<void> => {
+        body.on('error', () => undefined);
+        return new Promise<void>(() => undefined);
+      },
+    } as unknown as BlobStore;
+    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, waitMs);
+    await tee.push(Buffer.alloc(1024));
+    const startedAt = performance.now();
+    tee.abort(new Error('the digest did not match'));
+    await assert.rejects(tee.done(), /the digest did not match/);
+    const waited = performance.now() - startedAt;
+    assert.ok(waited >= waitMs * 0.9 && waited < 20 * waitMs, `done after ${String(waited)} ms`);
+    assert.equal(tee.leftBehind, false, 'an abort is not the gateway held up');
   });
 
   it('waits on a gateway that is behind but taking bytes', async () => {

@@ -199,7 +199,8 @@ describe('IntakeNotices', () => {
       await until(() => ofBytes().length >= 1);
       // The transfer breaks off there and the seed asks its source again: no byte comes.
       notices.resuming(300_000);
-      now += 2_000;
+      // The agents hear of it at once, not at the next look: the seed may have been silent
+      // for its source's idle timeout already.
       await until(() => ofResume().length >= 1);
       assert.deepEqual(ofResume()[0], {
         type: 'seed-intake',
@@ -207,8 +208,10 @@ describe('IntakeNotices', () => {
         seed: 'seed-a',
         size: 10 * MiB,
         received: 300_000,
-        waitingMs: 2_000,
+        waitingMs: 0,
       });
+      now += 2_000;
+      await until(() => ofResume().at(-1)?.waitingMs === 2_000);
       // A resume request failed and the seed asks again, from the same byte: one wait.
       now += 3_000;
       notices.resuming(300_000);

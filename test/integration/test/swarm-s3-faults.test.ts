@@ -359,12 +359,13 @@ describe('the object gateway failing while the seed server seeds', () => {
   it("keeps the swarm off the registry when the gateway's read of a blob goes quiet: the seed gives it up and reads the rest from the origin", async () => {
     // Every blob the gateway sends stops past its first MiB, the connection left open: the
     // S3 client would wait 30 s on it, and the agents (their stall timeout 4 s here) would
-    // read the blob from the registry themselves. The seed gives the read up at 1.5 s.
+    // read the blob from the registry themselves. The seed gives the read up at 2 s and tells
+    // them at once that it waits on the origin for the rest.
     await pullWhileGatewayReadFails(
       fifth,
       `${repository}-fifth`,
       { kind: 'damage', how: 'stall', atByte: MiB + 11 },
-      { SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '1500' },
+      { SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: '2000' },
     );
   });
 });

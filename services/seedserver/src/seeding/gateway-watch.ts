@@ -22,8 +22,13 @@ export class GatewayWatch {
   #timer: NodeJS.Timeout | undefined;
   #body: Readable | undefined;
   #quiet: Error | undefined;
+  /** Takes the caller's abort over to this watch's signal, until `stop`. */
+  #unlink: () => void = () => undefined;
 
-  /** `now`: a monotonic clock in ms (default `performance.now`; tests drive it). */
+  /**
+   * `idleMs`: the longest wait (Infinity: none, the watch only passes the caller's signal on);
+   * `now`: a monotonic clock in ms (default `performance.now`; tests drive it).
+   */
   constructor(idleMs: number, now: () => number = () => performance.now()) {
     this.#idleMs = idleMs;
     this.#now = now;
@@ -34,15 +39,27 @@ export class GatewayWatch {
     return this.#quiet;
   }
 
-  /** `signal`, which also fires when the gateway keeps the seed waiting too long. */
+  /**
+   * A signal that fires with `signal` (until `stop`), and when the gateway keeps the seed
+   * waiting too long. Linked by hand, not with `AbortSignal.any`: the caller's signal lives as
+   * long as the process, and every read would leave it a listener.
+   */
   signal(signal: AbortSignal): AbortSignal {
-    return AbortSignal.any([signal, this.#controller.signal]);
+    const controller = this.#controller;
+    if (signal.aborted) {
+      controller.abort(signal.reason);
+    } else {
+      const onAbort = (): void => controller.abort(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#unlink = () => signal.removeEventListener('abort', onAbort);
+    }
+    return controller.signal;
   }
 
   /** The seed asks the gateway and waits: it must answer within `idleMs`. */
   waiting(): void {
     this.#since = this.#now();
-    if (this.#timer === undefined && this.#quiet === undefined) {
+    if (this.#timer === undefined && this.#quiet === undefined && Number.isFinite(this.#idleMs)) {
       this.#arm(this.#idleMs);
     }
   }
@@ -80,11 +97,12 @@ export class GatewayWatch {
     }
   }
 
-  /** No more waits to watch. */
+  /** No more waits to watch; the caller's signal is let go. */
   stop(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#since = undefined;
+    this.#unlink();
   }
 
   #arm(ms: number): void {
@@ -104,10 +122,15 @@ export class GatewayWatch {
       this.#arm(this.#idleMs - waited);
       return;
     }
-    this.#quiet = new Error(
+    this.#quiet = new GatewayQuietError(
       `the object gateway sent nothing for ${String(Math.round(waited))} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS)`,
     );
     this.#controller.abort(this.#quiet);
     this.#body?.destroy(this.#quiet);
   }
+}
+
+/** The object gateway kept the seed waiting past `SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS`. */
+export class GatewayQuietError extends Error {
+  override readonly name = 'GatewayQuietError';
 }

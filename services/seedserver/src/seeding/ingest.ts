@@ -144,17 +144,20 @@ export class PieceCutter {
  * again and stores nothing unless they match; `abort` makes sure of that whatever they are.
  * A gateway failure does not stop the seed: later pushes are dropped and `done` rejects.
  *
- * A gateway that takes nothing for `waitMs` (a frozen MinIO pod, a connection left open with
- * nothing on it) is given up the same way: its upload is aborted and the seed goes on alone,
- * the copy made later from the local file. Before, the seed waited on it until the S3
- * client's idle timeout (30 s), and every agent, hearing nothing, went to the registry.
+ * A gateway that holds the seed up for `waitMs` in one wait (gone quiet: a frozen MinIO pod, a
+ * connection left open with nothing on it; or far slower than the origin) is left behind the
+ * same way, `leftBehind` set: its upload is aborted, the seed goes on at the origin's pace, and
+ * the copy is made afterwards from the local file. Before, the seed waited on it, until the S3
+ * client's idle timeout (30 s) for a quiet one, and every agent, hearing nothing, went to the
+ * registry.
  */
 export class GatewayTee {
   readonly #body: PassThrough;
   readonly #done: Promise<void>;
   readonly #waitMs: number;
   #failed = false;
-  /** Rejects once the gateway is given up (it took nothing for `waitMs`). */
+  #leftBehind = false;
+  /** Rejects once the upload is given up (left behind, or aborted): `done` need not wait. */
   readonly #givenUp: Promise<never>;
   #giveUp: (error: Error) => void = () => undefined;
 
@@ -172,6 +175,11 @@ export class GatewayTee {
     this.#givenUp.catch(() => undefined);
   }
 
+  /** The gateway held the seed up for `waitMs` and was left behind (not a failure of it). */
+  get leftBehind(): boolean {
+    return this.#leftBehind;
+  }
+
   /** Hands a chunk on; waits while the gateway is behind, never past its failure or `waitMs`. */
   async push(chunk: Buffer): Promise<void> {
     if (this.#failed || this.#body.destroyed) {
@@ -181,22 +189,22 @@ export class GatewayTee {
       return;
     }
     let timer: NodeJS.Timeout | undefined;
-    const quiet = new Promise<'quiet'>((resolve) => {
-      timer = setTimeout(() => resolve('quiet'), this.#waitMs);
+    const held = new Promise<'held'>((resolve) => {
+      timer = setTimeout(() => resolve('held'), this.#waitMs);
     });
     try {
       const outcome = await Promise.race([
         once(this.#body, 'drain').then(() => 'drained' as const),
         this.#done.then(() => 'done' as const),
-        quiet,
+        held,
       ]).catch(() => 'failed' as const);
-      if (outcome === 'quiet') {
-        const error = new Error(
-          `the object gateway took no bytes for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS)`,
+      if (outcome === 'held') {
+        this.#leftBehind = true;
+        this.#stop(
+          new Error(
+            `the object gateway held the seed up for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS): left behind`,
+          ),
         );
-        this.#failed = true;
-        this.#body.destroy(error);
-        this.#giveUp(error);
       }
     } finally {
       clearTimeout(timer);
@@ -210,16 +218,31 @@ export class GatewayTee {
     }
   }
 
-  /** The seed failed: the gateway must store nothing. */
+  /**
+   * The seed failed: the gateway must store nothing. `done` settles once the store has aborted
+   * the upload, or `waitMs` later at the latest (a quiet gateway would hold that abort up until
+   * the S3 client's idle timeout, and the seed's failure notice with it).
+   */
   abort(error: Error): void {
+    this.#failed = true;
     this.#body.destroy(error);
+    const timer = setTimeout(() => this.#giveUp(error), this.#waitMs);
+    timer.unref();
+    this.#done.catch(() => undefined).finally(() => clearTimeout(timer));
   }
 
   /**
-   * Settles when the gateway has stored the blob, or failed to; at once when it was given up
-   * (aborting its upload, which may take as long again, goes on meanwhile).
+   * Settles when the gateway has stored the blob, or failed to; at once when it was left
+   * behind (the store's abort of its upload goes on meanwhile).
    */
   done(): Promise<void> {
     return Promise.race([this.#done, this.#givenUp]);
+  }
+
+  /** Ends the upload with `error` at once: no more bytes go, the store aborts it. */
+  #stop(error: Error): void {
+    this.#failed = true;
+    this.#body.destroy(error);
+    this.#giveUp(error);
   }
 }

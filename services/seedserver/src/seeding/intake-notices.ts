@@ -87,13 +87,19 @@ export class IntakeNotices {
   }
 
   /**
-   * The transfer broke off at byte `at` and the seed asks its source again from there: until
-   * a byte past it comes, the looks tell of that wait. Asked again from the same byte (a
-   * resume request that failed), the wait goes on from its start.
+   * The transfer broke off at byte `at` and the seed asks its source again from there: the
+   * agents hear of it at once (the seed may have been silent up to its source's idle timeout
+   * already, most of their stall timeout), and until a byte past it comes, the looks tell of
+   * that wait. Asked again from the same byte (a resume request that failed), the wait goes on
+   * from its start.
    */
   resuming(at: number): void {
-    if (this.#resume?.at !== at) {
-      this.#resume = { at, since: this.#now() };
+    if (this.#resume?.at === at) {
+      return;
+    }
+    this.#resume = { at, since: this.#now() };
+    if (this.#intake !== undefined) {
+      this.#tellWait(this.#resume.since, this.#intake.received());
     }
   }
 

@@ -47,6 +47,7 @@ import {
 } from '@shoal/proto';
 import {
   RateLimitHolds,
+  type LimitedRequest,
   RealmError,
   refusalAdvice,
   type BlobReader,
@@ -451,14 +452,19 @@ export class Seeder {
    * and send every agent waiting on it to the registry: the origin has the blob, and the
    * gateway gets its copy from the next request once it is back.
    */
-  async #openStored(blob: string, signal: AbortSignal): Promise<BlobBytes | undefined> {
+  async #openStored(request: SeedRequest, signal: AbortSignal): Promise<BlobBytes | undefined> {
     const { store, logger } = this.#deps;
+    const { blob } = request;
     if (this.#gatewayBroken()) {
       logger.debug({ blob }, 'the object gateway failed lately: reading the blob from the origin');
       return undefined;
     }
-    // A gateway that keeps the seed waiting, for its answers or inside the body, is given up.
-    const watch = new GatewayWatch(this.#deps.gatewayIdleMs);
+    // A gateway that keeps the seed waiting, for its answers or inside the body, is given up
+    // for the origin; unless the origin cannot be asked now either (it rate-limited the seed
+    // server), when a slow gateway is still the better source.
+    const watch = new GatewayWatch(
+      this.#rateLimits.holds(this.#originLimited(request)) ? Infinity : this.#deps.gatewayIdleMs,
+    );
     const watched = watch.signal(signal);
     try {
       watch.waiting();
@@ -473,6 +479,12 @@ export class Seeder {
       watch.waiting();
       const body = await store.read(blob, undefined, watched);
       watch.answered();
+      const late = watch.quiet;
+      if (late !== undefined) {
+        // Answered after the watch gave up (a store that does not heed the signal): a failure.
+        body.destroy();
+        throw late;
+      }
       return {
         chunks: watch.read(body),
         lent: false,
@@ -509,7 +521,7 @@ export class Seeder {
     signal: AbortSignal,
     onBreak: (at: number) => void,
   ): Promise<BlobBytes> {
-    const stored = await this.#openStored(request.blob, signal);
+    const stored = await this.#openStored(request, signal);
     if (stored === undefined) {
       return this.#openOrigin(request, digest, signal, onBreak);
     }
@@ -594,6 +606,13 @@ export class Seeder {
     }
   }
 
+  /** The seed server's blob reads from `request`'s registry, as its rate limits count them. */
+  #originLimited(request: SeedRequest): LimitedRequest {
+    const host = this.#deps.registries.get(request.registry)?.host ?? request.registry;
+    // The seed server reads with its own credentials, the same for every blob.
+    return { registry: host, kind: 'blob', method: 'GET', authorization: undefined };
+  }
+
   /**
    * The blob from the origin, resumed where its transfer breaks off (`onBreak` told the byte);
    * `from`: only from that byte of its `size` bytes on (the rest of a read the object gateway
@@ -615,14 +634,7 @@ export class Seeder {
         `registry ${request.registry} is not configured`,
       );
     }
-    // The seed server reads with its own credentials, the same for every blob.
-    const limited = {
-      registry: registry.host,
-      kind: 'blob',
-      method: 'GET',
-      authorization: undefined,
-    } as const;
-    const held = this.#rateLimits.held(limited);
+    const held = this.#rateLimits.held(this.#originLimited(request));
     if (held !== undefined) {
       // The registry asked to wait (a 429: its Retry-After, or a backoff): asking before then only spends more
       // of the seed server's allowance.
@@ -681,7 +693,7 @@ export class Seeder {
       );
     }
     if (response.status === 429) {
-      const ms = this.#rateLimits.noteAnswer(limited, 429, response.headers);
+      const ms = this.#rateLimits.noteAnswer(this.#originLimited(request), 429, response.headers);
       throw new SeedError(
         'ORIGIN_ANSWER',
         502,
@@ -1016,6 +1028,18 @@ export class Seeder {
       } catch (error) {
         if (signal.aborted) {
           throw error;
+        }
+        if (ingested.tee?.leftBehind === true) {
+          ingested.blob.stored = false;
+          // The gateway held the seed up: not a failure of it (it may only be slower than the
+          // origin); its copy is made from the local file a moment later.
+          this.#deps.metrics.gatewayUploadsLeftBehind.inc();
+          this.#deps.logger.info(
+            { blob: ingested.blob.digest.toString(), err: error },
+            'the object gateway held the seed up: its copy is made from the local file',
+          );
+          this.#owe(ingested.blob);
+          return;
         }
         // Verified and committed: the blob is seeded and served; its gateway copy is made a
         // moment later, or once the break is over if this failure opened the breaker.
