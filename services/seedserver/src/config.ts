@@ -92,17 +92,17 @@ export const seedFields = z.object({
    */
   SHOAL_SEED_GATEWAY_BREAK_MS: envInt(30_000).refine((n) => n >= 1000, 'must be at least 1000'),
   /**
-   * Longest wait on the object gateway, in ms (default 5 000). A read whose answer or next
-   * bytes do not come within it is given up (a gateway failure, toward its breaker) and the
-   * rest of the blob is read from the origin, from the byte the gateway stopped at (not while
-   * the origin holds the seed server off after a 429). An upload streamed to the gateway during
-   * a seed that holds the seed up this long in one wait (a gateway gone quiet, or far slower
-   * than the origin) is left behind: aborted, the seed going on alone, the copy made
-   * afterwards from the local file (not counted as a failure). Keep it below the agents' stall
-   * timeout (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): until then the agents hear nothing of
-   * the blob from the seed, and an agent that hears nothing for its stall timeout reads the
-   * blob from the registry itself. Before, only the S3 client's idle timeout (30 s) ended
-   * these waits.
+   * Longest wait on the object gateway during a seed's intake, in ms (default 5 000). A read
+   * whose answer or next bytes do not come within it is given up (a gateway failure, toward
+   * its breaker) and the rest of the blob is read from the origin, from the byte the gateway
+   * stopped at (not while the registry holds the seed server off after a 429: the gateway is
+   * then the only source). An upload streamed to the gateway during a seed that takes no bytes
+   * this long while the seed waits on it is left behind (a gateway failure too): aborted, the
+   * seed going on alone, the copy made afterwards from the local file. Keep it below the
+   * agents' stall timeout (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): meanwhile the agents
+   * hear nothing of the blob from the seed, and an agent that hears nothing for its stall
+   * timeout reads the blob from the registry itself. The gateway's other requests (copies in
+   * the background, retention sweeps) keep the S3 client's own timeouts (30 s idle).
    */
   SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: envInt(5_000).refine((n) => n >= 100, 'must be at least 100'),
   /** Time between retention sweeps of the object gateway, in ms (default 1 h). */

@@ -127,7 +127,7 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     gatewayUploadsLeftBehind: new Counter({
       name: `${prefix}gateway_uploads_left_behind_total`,
-      help: 'Uploads to the object gateway streamed during a seed that held the seed up for SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS (a gateway gone quiet, or far slower than the origin): aborted, the seed going on alone, and the copy made afterwards from the local file',
+      help: 'Uploads to the object gateway streamed during a seed that took no bytes for SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS while the seed waited on them (a gateway gone quiet): aborted (one gateway failure each), the seed going on alone, and the copy made afterwards from the local file',
       registers,
     }),
     gatewayBreakerTrips: new Counter({

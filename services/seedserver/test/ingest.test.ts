@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -230,7 +231,7 @@ describe('GatewayTee', () => {
     return { store, took: () => took };
   };
 
-  it('leaves behind a gateway that holds the seed up for its wait: the seed goes on, done rejects at once', async () => {
+  it('leaves behind a gateway that takes no bytes for its wait: the seed goes on, done rejects at once', async () => {
     const waitMs = 200;
     let taking = true;
     const { store, took } = gateway(() => taking);
@@ -250,10 +251,49 @@ describe('GatewayTee', () => {
     // Left behind: later pushes are dropped at once, and done rejects with the reason though
     // the store's write never settles.
     await tee.push(Buffer.alloc(MiB));
-    await assert.rejects(tee.done(), /held the seed up for 200 ms/);
+    await assert.rejects(tee.done(), /took no bytes for 200 ms/);
     taking = true;
     await sleep(50);
     assert.ok(took() <= tookThen + MiB, 'nothing more handed to the gateway');
+  });
+
+  it('keeps waiting on a gateway slower than the seed while it takes bytes', async () => {
+    const waitMs = 200;
+    let took = 0;
+    const store = {
+      write: async (_digest: string, body: Readable): Promise<void> => {
+        // 64 KiB every 50 ms: the pipe takes far longer than the wait to drain.
+        for (;;) {
+          const chunk = body.read(64 * KiB) as Buffer | null;
+          if (chunk !== null) {
+            took += chunk.length;
+            await sleep(50);
+          } else if (body.readableEnded) {
+            return;
+          } else {
+            await Promise.race([once(body, 'readable'), once(body, 'end')]);
+          }
+        }
+      },
+    } as unknown as BlobStore;
+    const chunks = 40;
+    const tee = new GatewayTee(
+      store,
+      'sha256:ab',
+      chunks * 64 * KiB,
+      new AbortController().signal,
+      waitMs,
+    );
+    const startedAt = performance.now();
+    for (let i = 0; i < chunks; i += 1) {
+      await tee.push(Buffer.alloc(64 * KiB));
+    }
+    tee.end();
+    await tee.done();
+    const tookMs = performance.now() - startedAt;
+    assert.equal(tee.leftBehind, false);
+    assert.equal(took, chunks * 64 * KiB);
+    assert.ok(tookMs > 4 * waitMs, `the seed kept the gateway's pace: ${String(tookMs)} ms`);
   });
 
   it("settles done within its wait once aborted, though the store's abort does not come", async () => {
@@ -272,7 +312,7 @@ describe('GatewayTee', () => {
     await assert.rejects(tee.done(), /the digest did not match/);
     const waited = performance.now() - startedAt;
     assert.ok(waited >= waitMs * 0.9 && waited < 20 * waitMs, `done after ${String(waited)} ms`);
-    assert.equal(tee.leftBehind, false, 'an abort is not the gateway held up');
+    assert.equal(tee.leftBehind, false, 'an abort is not the gateway left behind');
   });
 
   it('waits on a gateway that is behind but taking bytes', async () => {

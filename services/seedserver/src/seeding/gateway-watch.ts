@@ -24,6 +24,7 @@ export class GatewayWatch {
   #quiet: Error | undefined;
   /** Takes the caller's abort over to this watch's signal, until `stop`. */
   #unlink: () => void = () => undefined;
+  #linked = false;
 
   /**
    * `idleMs`: the longest wait (Infinity: none, the watch only passes the caller's signal on);
@@ -45,6 +46,10 @@ export class GatewayWatch {
    * long as the process, and every read would leave it a listener.
    */
   signal(signal: AbortSignal): AbortSignal {
+    if (this.#linked) {
+      throw new Error('a gateway watch follows one signal');
+    }
+    this.#linked = true;
     const controller = this.#controller;
     if (signal.aborted) {
       controller.abort(signal.reason);
@@ -54,6 +59,17 @@ export class GatewayWatch {
       this.#unlink = () => signal.removeEventListener('abort', onAbort);
     }
     return controller.signal;
+  }
+
+  /**
+   * Throws why the read was given up, once it was (destroying `body`, an answer that came
+   * after: a store that does not heed the signal).
+   */
+  throwIfQuiet(body?: Readable): void {
+    if (this.#quiet !== undefined) {
+      body?.destroy();
+      throw this.#quiet;
+    }
   }
 
   /** The seed asks the gateway and waits: it must answer within `idleMs`. */

@@ -144,17 +144,20 @@ export class PieceCutter {
  * again and stores nothing unless they match; `abort` makes sure of that whatever they are.
  * A gateway failure does not stop the seed: later pushes are dropped and `done` rejects.
  *
- * A gateway that holds the seed up for `waitMs` in one wait (gone quiet: a frozen MinIO pod, a
- * connection left open with nothing on it; or far slower than the origin) is left behind the
- * same way, `leftBehind` set: its upload is aborted, the seed goes on at the origin's pace, and
- * the copy is made afterwards from the local file. Before, the seed waited on it, until the S3
- * client's idle timeout (30 s) for a quiet one, and every agent, hearing nothing, went to the
- * registry.
+ * A gateway that takes no bytes for `waitMs` while the seed waits on it (gone quiet: a frozen
+ * MinIO pod, a connection left open with nothing on it) is left behind the same way,
+ * `leftBehind` set: its upload is aborted at once (the parts in flight with it), the seed goes
+ * on alone, and the copy is made afterwards from the local file. Before, the seed waited on
+ * it until the S3 client's idle timeout (30 s), and every agent, hearing nothing, went to the
+ * registry. A gateway that is only slower than the origin keeps taking bytes, and the seed
+ * keeps its pace.
  */
 export class GatewayTee {
   readonly #body: PassThrough;
   readonly #done: Promise<void>;
   readonly #waitMs: number;
+  /** Ends the upload's requests in flight when it is given up. */
+  readonly #upload = new AbortController();
   #failed = false;
   #leftBehind = false;
   /** Rejects once the upload is given up (left behind, or aborted): `done` need not wait. */
@@ -165,22 +168,35 @@ export class GatewayTee {
     // 1 MiB in the pipe; the store gathers its parts and holds those in flight besides.
     this.#body = new PassThrough({ highWaterMark: 1024 * 1024 });
     this.#waitMs = waitMs;
-    this.#done = store.write(digest, this.#body, size, signal);
-    this.#done.catch(() => {
-      this.#failed = true;
-    });
+    // The seed's signal, linked by hand for as long as the upload runs (it outlives it).
+    const upload = this.#upload;
+    const onAbort = (): void => upload.abort(signal.reason);
+    if (signal.aborted) {
+      onAbort();
+    } else {
+      signal.addEventListener('abort', onAbort, { once: true });
+    }
+    this.#done = store.write(digest, this.#body, size, upload.signal);
+    this.#done
+      .catch(() => {
+        this.#failed = true;
+      })
+      .finally(() => signal.removeEventListener('abort', onAbort));
     this.#givenUp = new Promise<never>((_resolve, reject) => {
       this.#giveUp = reject;
     });
     this.#givenUp.catch(() => undefined);
   }
 
-  /** The gateway held the seed up for `waitMs` and was left behind (not a failure of it). */
+  /** The gateway took no bytes for `waitMs` while the seed waited on it, and was left behind. */
   get leftBehind(): boolean {
     return this.#leftBehind;
   }
 
-  /** Hands a chunk on; waits while the gateway is behind, never past its failure or `waitMs`. */
+  /**
+   * Hands a chunk on; waits while the gateway is behind, as long as it takes bytes: never past
+   * its failure, or `waitMs` without a byte taken.
+   */
   async push(chunk: Buffer): Promise<void> {
     if (this.#failed || this.#body.destroyed) {
       return;
@@ -188,26 +204,33 @@ export class GatewayTee {
     if (this.#body.write(chunk)) {
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const held = new Promise<'held'>((resolve) => {
-      timer = setTimeout(() => resolve('held'), this.#waitMs);
-    });
-    try {
-      const outcome = await Promise.race([
-        once(this.#body, 'drain').then(() => 'drained' as const),
-        this.#done.then(() => 'done' as const),
-        held,
-      ]).catch(() => 'failed' as const);
-      if (outcome === 'held') {
+    const drained = once(this.#body, 'drain').then(() => 'drained' as const);
+    const done = this.#done.then(() => 'done' as const);
+    for (;;) {
+      const pending = this.#pending();
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<'waited'>((resolve) => {
+        timer = setTimeout(() => resolve('waited'), this.#waitMs);
+      });
+      let outcome: 'drained' | 'done' | 'waited' | 'failed';
+      try {
+        outcome = await Promise.race([drained, done, waited]).catch(() => 'failed' as const);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (outcome !== 'waited') {
+        return;
+      }
+      if (this.#pending() >= pending) {
+        // Not a byte taken in all that time.
         this.#leftBehind = true;
         this.#stop(
           new Error(
-            `the object gateway held the seed up for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS): left behind`,
+            `the object gateway took no bytes for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS): left behind`,
           ),
         );
+        return;
       }
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -226,6 +249,7 @@ export class GatewayTee {
   abort(error: Error): void {
     this.#failed = true;
     this.#body.destroy(error);
+    this.#upload.abort(error);
     const timer = setTimeout(() => this.#giveUp(error), this.#waitMs);
     timer.unref();
     this.#done.catch(() => undefined).finally(() => clearTimeout(timer));
@@ -243,6 +267,12 @@ export class GatewayTee {
   #stop(error: Error): void {
     this.#failed = true;
     this.#body.destroy(error);
+    this.#upload.abort(error);
     this.#giveUp(error);
+  }
+
+  /** Bytes handed on that the gateway has not taken yet. */
+  #pending(): number {
+    return this.#body.writableLength + this.#body.readableLength;
   }
 }

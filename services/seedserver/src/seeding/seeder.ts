@@ -469,6 +469,8 @@ export class Seeder {
     try {
       watch.waiting();
       const stored = await store.stat(blob, watched);
+      // An answer after the watch gave up (a store that does not heed the signal): a failure.
+      watch.throwIfQuiet();
       if (stored === undefined) {
         watch.stop();
         this.#gatewayAnswered('read');
@@ -479,12 +481,7 @@ export class Seeder {
       watch.waiting();
       const body = await store.read(blob, undefined, watched);
       watch.answered();
-      const late = watch.quiet;
-      if (late !== undefined) {
-        // Answered after the watch gave up (a store that does not heed the signal): a failure.
-        body.destroy();
-        throw late;
-      }
+      watch.throwIfQuiet(body);
       return {
         chunks: watch.read(body),
         lent: false,
@@ -766,6 +763,10 @@ export class Seeder {
     try {
       const temp = join(cacheDir, 'tmp', `${digest.algorithm}-${digest.hex}`);
       blob = await SeedBlob.create(digest, size, temp);
+    } catch (error) {
+      // Not a byte read: the answer is left unread.
+      bytes.cancel();
+      throw error;
     } finally {
       // In the cache from here on, where its bytes still to come count as pending.
       this.#reserved -= size;
@@ -1030,16 +1031,10 @@ export class Seeder {
           throw error;
         }
         if (ingested.tee?.leftBehind === true) {
+          // The gateway took nothing for a while: the seed went on without it, and the copy is
+          // made from the local file.
           ingested.blob.stored = false;
-          // The gateway held the seed up: not a failure of it (it may only be slower than the
-          // origin); its copy is made from the local file a moment later.
           this.#deps.metrics.gatewayUploadsLeftBehind.inc();
-          this.#deps.logger.info(
-            { blob: ingested.blob.digest.toString(), err: error },
-            'the object gateway held the seed up: its copy is made from the local file',
-          );
-          this.#owe(ingested.blob);
-          return;
         }
         // Verified and committed: the blob is seeded and served; its gateway copy is made a
         // moment later, or once the break is over if this failure opened the breaker.
