@@ -235,7 +235,9 @@ export class BlobReader {
             ...(from > 0 ? { range: `bytes=${from}-` } : {}),
           },
           signal: AbortSignal.any([signal, stop.signal]),
-          timeoutMs: timeouts.idleMs,
+          // Before the head the headers timeout bounds the wait; `idleMs` is the body's.
+          timeoutMs: Math.max(timeouts.idleMs, timeouts.headersMs),
+          bodyTimeoutMs: timeouts.idleMs,
           connectTimeoutMs: timeouts.connectMs,
           timeoutError: (kind) =>
             kind === 'connect'

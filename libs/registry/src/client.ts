@@ -12,7 +12,7 @@ import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 
-import { ShoalError } from '@shoal/runtime';
+import { ShoalError, unreachableCode } from '@shoal/runtime';
 
 import { registryUrl, type UpstreamRegistry } from './registries.js';
 
@@ -55,6 +55,24 @@ export class UpstreamTimeoutError extends ShoalError<
   'CONNECT_TIMEOUT' | 'HEADERS_TIMEOUT' | 'IDLE_TIMEOUT'
 > {
   override readonly name = 'TimeoutError';
+}
+
+/**
+ * Whether a request failed because nothing answers at the registry's address or name (refused,
+ * no route, a name that does not resolve, or no connection within the connect timeout), as
+ * opposed to an answer that went wrong: through the error and its causes.
+ */
+export function isUnreachable(error: unknown): boolean {
+  for (let at: unknown = error, depth = 0; at instanceof Error && depth < 8; depth += 1) {
+    if (
+      unreachableCode(at) !== undefined ||
+      (at instanceof UpstreamTimeoutError && at.code === 'CONNECT_TIMEOUT')
+    ) {
+      return true;
+    }
+    at = at.cause;
+  }
+  return false;
 }
 
 /**

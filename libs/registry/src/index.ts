@@ -2,6 +2,7 @@
 export {
   DEFAULT_USER_AGENT,
   headerValue,
+  isUnreachable,
   readAnswer,
   readLimited,
   UpstreamAnswerError,

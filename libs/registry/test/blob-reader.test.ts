@@ -27,6 +27,7 @@ import {
 
 import {
   BlobReader,
+  isUnreachable,
   ORIGIN_RESUMES,
   RegistryAuth,
   readAnswer,
@@ -767,5 +768,49 @@ describe('BlobReader', () => {
       /no response from .* in 300 ms/,
     );
     assert.ok(performance.now() - started < 5000);
+  });
+
+  it('waits out a head slower than the idle timeout, and gives a body that stops part-way up at it', async () => {
+    const bytes = Buffer.alloc(4096, 7);
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    let stall = false;
+    const origin = await serve('late-head', (_req, res) => {
+      // The head 400 ms late: more than the idle timeout, within the headers timeout.
+      setTimeout(() => {
+        res.writeHead(200, { 'content-length': bytes.length });
+        if (stall) {
+          res.write(bytes.subarray(0, 1000));
+        } else {
+          res.end(bytes);
+        }
+      }, 400);
+    });
+    const blobs = reader({ timeouts: { ...timeouts, headersMs: 3000, idleMs: 150 } });
+    const read = (): Promise<OpenedBlob> =>
+      blobs.open(origin, repository, parseDigest(digest), AbortSignal.timeout(10_000));
+    assert.equal((await drain(await read())).digest, digest);
+    stall = true;
+    const opened = await read();
+    await assert.rejects(drain(opened), /went quiet for 150 ms/);
+  });
+
+  it('tells a registry nothing answers at from one that does not answer', async () => {
+    const closed = createServer();
+    const url = await listen(closed);
+    await new Promise((resolve) => closed.close(resolve));
+    const refused = await openLayer(reader(), { host: 'gone', url: new URL(url) }).then(
+      () => assert.fail('opened a blob at a closed port'),
+      (error: unknown) => error,
+    );
+    assert.equal(isUnreachable(refused), true, String(refused));
+    const silent = await serve('silent-too', () => undefined);
+    const late = await openLayer(
+      reader({ timeouts: { ...timeouts, headersMs: 200 } }),
+      silent,
+    ).then(
+      () => assert.fail('a silent registry answered'),
+      (error: unknown) => error,
+    );
+    assert.equal(isUnreachable(late), false, String(late));
   });
 });

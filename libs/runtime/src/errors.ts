@@ -32,3 +32,22 @@ export function isAbortError(error: unknown): boolean {
       error.name === 'RequestAbortedError')
   );
 }
+
+/**
+ * Connection errors that say nothing answers at an address or name, rather than that one
+ * request went wrong: a refusal, no route, or a name that no longer resolves (in Kubernetes a
+ * stopped pod's DNS name goes with it: ENOTFOUND, or EAI_AGAIN while the resolver cannot say).
+ */
+export const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+
+/** The error's code when it is one of `UNREACHABLE_CODES`. */
+export function unreachableCode(error: unknown): string | undefined {
+  const code: unknown = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
+  return typeof code === 'string' && UNREACHABLE_CODES.has(code) ? code : undefined;
+}

@@ -26,7 +26,7 @@ export {
   type PieceAuthResult,
   type PieceRefusal,
 } from './piece-auth.js';
-export { isAbortError, ShoalError } from './errors.js';
+export { isAbortError, ShoalError, UNREACHABLE_CODES, unreachableCode } from './errors.js';
 export { EventLoopSlice } from './event-loop-slice.js';
 export {
   httpLimitsConfig,

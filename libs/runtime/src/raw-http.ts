@@ -94,6 +94,12 @@ export interface GetOptions {
    */
   readonly timeoutMs: number;
   /**
+   * Longest the connection may stay silent once the response head has come, in ms (default
+   * `timeoutMs`): a body that stops part-way, its connection left open, is given up sooner
+   * than a server slow to start its answer.
+   */
+  readonly bodyTimeoutMs?: number;
+  /**
    * Longest a new connection may take to connect, in ms; without it only `timeoutMs` bounds
    * the connect.
    */
@@ -103,8 +109,9 @@ export interface GetOptions {
 }
 
 /**
- * How many looks the idle watchdog takes per idle timeout: a silence is noticed between
- * `timeoutMs` and `timeoutMs × (1 + 1/IDLE_LOOKS)` after the last read.
+ * How many looks the idle watchdog takes per idle timeout (the shorter of `timeoutMs` and
+ * `bodyTimeoutMs`): a silence is noticed between the timeout and `× (1 + 1/IDLE_LOOKS)` of it
+ * after the last read.
  */
 const IDLE_LOOKS = 4;
 
@@ -287,6 +294,8 @@ export class RawHttpClient {
       const parser = new ResponseParser();
       let connectTimer: NodeJS.Timeout | undefined;
       let idleTimer: NodeJS.Timeout | undefined;
+      /** The response head has come: from here on silences are the body's. */
+      let headSeen = false;
       /** Socket reads during this exchange, for the idle watchdog. */
       let reads = 0;
       const cleanup = (): void => {
@@ -378,16 +387,25 @@ export class RawHttpClient {
       // anything was read since it last looked, rather than by the socket's own timeout:
       // Node moves that timer on every read, a timer-list insertion per socket chunk, which
       // at a low rate (small chunks) was the largest part of the reading's cost.
+      // Time the sink holds reading paused (a promise of its pending) is not the server's
+      // silence.
       let readsSeen = 0;
-      let quietLooks = 0;
-      const lookMs = Math.max(1, Math.ceil(options.timeoutMs / IDLE_LOOKS));
+      let quietMs = 0;
+      const bodyTimeoutMs = options.bodyTimeoutMs ?? options.timeoutMs;
+      const lookMs = Math.max(
+        1,
+        Math.ceil(Math.min(options.timeoutMs, bodyTimeoutMs) / IDLE_LOOKS),
+      );
       const look = (): void => {
-        if (reads !== readsSeen) {
+        if (reads !== readsSeen || pending !== undefined) {
           readsSeen = reads;
-          quietLooks = 0;
-        } else if (++quietLooks >= IDLE_LOOKS) {
-          onIdle();
-          return;
+          quietMs = 0;
+        } else {
+          quietMs += lookMs;
+          if (quietMs >= (headSeen ? bodyTimeoutMs : options.timeoutMs)) {
+            onIdle();
+            return;
+          }
         }
         idleTimer = setTimeout(look, lookMs);
       };
@@ -449,6 +467,7 @@ export class RawHttpClient {
         length: number | undefined,
         headers: ResponseHeaders,
       ): void => {
+        headSeen = true;
         try {
           sink.onHead(status, length, headers);
         } catch (error) {

@@ -326,4 +326,47 @@ describe('RawHttpClient', () => {
     // on a busy machine, never early).
     assert.ok(elapsed >= 195, `timed out after ${elapsed} ms`);
   });
+
+  it('gives a body that stops part-way its own, shorter timeout, and a slow head the longer one', async () => {
+    const withBody = (bodyTimeoutMs: number): GetOptions => ({ ...options(1500), bodyTimeoutMs });
+    // A head 400 ms late (past the body's 200 ms, within the 1,500 ms before it), then the body.
+    handler = (_req, res) => {
+      setTimeout(() => {
+        res.setHeader('content-length', 1000);
+        res.end(BODY.subarray(0, 1000));
+      }, 400);
+    };
+    const { body } = await get('/late-head', withBody(200));
+    assert.deepEqual(body, BODY.subarray(0, 1000));
+    // A body that stops part-way: given up at its own timeout, not the longer one.
+    handler = (_req, res) => {
+      res.setHeader('content-length', 2000);
+      res.write(BODY.subarray(0, 1000));
+    };
+    const started = performance.now();
+    await assert.rejects(get('/stalled', withBody(200)), /timeout: idle/);
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= 195 && elapsed < 1400, `timed out after ${elapsed} ms`);
+  });
+
+  it('does not count the time the sink holds reading paused as the server silent', async () => {
+    // Two parts, the second 50 ms after the first: read while the sink holds the first.
+    handler = (_req, res) => {
+      res.setHeader('content-length', 4000);
+      res.write(BODY.subarray(0, 1000));
+      setTimeout(() => res.end(BODY.subarray(1000, 4000)), 50);
+    };
+    const chunks: Buffer[] = [];
+    const started = performance.now();
+    await client.get(new URL('/paused', base), options(150), {
+      onHead: () => undefined,
+      onBody: (bytes) => {
+        chunks.push(Buffer.from(bytes));
+        // The sink's write takes twice the idle timeout: the server sent everything long ago.
+        return chunks.length === 1 ? sleep(400) : undefined;
+      },
+    });
+    assert.ok(performance.now() - started >= 390);
+    assert.deepEqual(Buffer.concat(chunks), BODY.subarray(0, 4000));
+  });
 });

@@ -126,7 +126,12 @@ export async function buildApp(
     idleMs: config.SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS,
   };
   const userAgent = 'shoal-seedserver/0.1';
-  const upstream = new UpstreamClient(originTimeouts, userAgent);
+  // The upstream client's idle timeout covers the wait for a head too (token requests): the
+  // headers timeout's length, not the body's.
+  const upstream = new UpstreamClient(
+    { ...originTimeouts, idleMs: Math.max(originTimeouts.idleMs, originTimeouts.headersMs) },
+    userAgent,
+  );
   // Blob bodies are read with a client of their own into reused blocks (see BlobReader);
   // the registry's token requests go through the upstream client.
   const originAuth = new RegistryAuth(

@@ -236,6 +236,40 @@ describe('IntakeNotices', () => {
     }
   });
 
+  it('tells no more of a resume wait once a request for the rest could not reach the source', async () => {
+    const digest = parseDigest(`sha256:${createHash('sha256').update('gone').digest('hex')}`);
+    const blob = await SeedBlob.create(digest, 10 * MiB, join(dir.path, 'gone'));
+    let received = 0;
+    let now = 0;
+    const { heard, notices, stop } = follow(digest.toString(), () => now);
+    const ofResume = (): SeedIntake[] =>
+      heard.filter((n) => n.waitingMs !== undefined && n.received > 0);
+    const until = (done: () => boolean): Promise<void> => heardUntil(heard, done);
+    try {
+      notices.follow(blob, () => received);
+      received = 500_000;
+      // The transfer went quiet and is asked for again: told at once, and at the looks.
+      notices.resuming(500_000);
+      now += 1_000;
+      await until(() => ofResume().at(-1)?.waitingMs === 1_000);
+      // That request could not connect (the registry vanished): no more notices of the wait,
+      // the agents find the registry gone at their stall timeout.
+      notices.resuming(500_000, true);
+      await sleep(LOOKS_MS);
+      const told = ofResume().length;
+      now += 1_000;
+      await sleep(LOOKS_MS);
+      assert.equal(ofResume().length, told, 'no notice of the wait after an unreachable source');
+      // A later break that reaches the source is told of again.
+      received = 700_000;
+      notices.resuming(700_000);
+      await until(() => ofResume().some((n) => n.received === 700_000));
+    } finally {
+      stop();
+      await blob.discard();
+    }
+  });
+
   it('tells of a wait up to the longest one agents count, and no longer', async () => {
     const digest = parseDigest(`sha256:${createHash('sha256').update('long wait').digest('hex')}`);
     let now = 0;

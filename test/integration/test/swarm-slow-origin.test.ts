@@ -158,15 +158,19 @@ describe('an origin slower than the stall timeout', () => {
   }
 
   /**
-   * No notice; a download stalled and read from the origin, beside the seed: the whole layer
-   * (the origin sending the blobs twice), or with `rest`, what the seed had not hashed yet
-   * (the origin sending that part twice).
+   * No notice from the looks; a download stalled and read from the origin, beside the seed:
+   * the whole layer (the origin sending the blobs twice), or with `rest`, what the seed had
+   * not hashed yet (the origin sending that part twice). With `rest` the seed tells of the
+   * break once, at once, whatever its looks: one notice that leaves a wait of three stall
+   * timeouts untold.
    */
   function originTwice(figures: PullFigures, rest = false): void {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
-    assert.equal(figures.sent + figures.waited, 0);
-    assert.equal(figures.heard, 0);
+    const atBreak = rest ? 1 : 0;
+    assert.equal(figures.sent, 0);
+    assert.equal(figures.waited, atBreak);
+    assert.ok(figures.heard <= atBreak, `the agent heard ${String(figures.heard)}`);
     assert.ok(figures.stalls >= 1, 'a download stalled');
     assert.ok(
       rest ? figures.origin > 0 : figures.origin >= layer.size,

@@ -1,6 +1,6 @@
 /** Fetches one piece from a peer or the seed server over HTTP, with a timeout and a signal. */
 import { decodePieceBitmap, PIECE_RATIONED_HEADER, piecePath } from '@shoal/proto';
-import { injectHttp, ShoalError } from '@shoal/runtime';
+import { injectHttp, ShoalError, unreachableCode } from '@shoal/runtime';
 
 import { RawHttpClient, type RawTlsOptions } from '@shoal/runtime/raw-http';
 import { RateFloor, watchRateFloor } from './rate-floor.js';
@@ -25,28 +25,13 @@ export class PieceFetchError extends ShoalError<
 }
 
 /**
- * Connection errors that say nothing answers at the source's address or name (a peer or seed
- * server that stopped, though the tracker may name it for a while yet), rather than that one
- * request went wrong: a refusal, no route, or a name that no longer resolves (in Kubernetes a
- * stopped pod's DNS name goes with it: ENOTFOUND, or EAI_AGAIN while the resolver cannot say).
- * All are definite at once, so they share the refused source's short, doubling penalty. A
+ * A connection error that says nothing answers at the source's address or name
+ * (`unreachableCode`: a peer or seed server that stopped, though the tracker may name it for a
+ * while yet) is definite at once, so it shares the refused source's short, doubling penalty. A
  * connection never accepted (a host that vanished, or a stale address that drops the SYN) ends
  * at the connect timeout as a silence (`PIECE_SILENT`), which takes the same path.
  */
-const UNREACHABLE_CODES = new Set([
-  'ECONNREFUSED',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-]);
 const NAME_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN']);
-
-/** The error's code when it is one of `codes`. */
-function codeIn(error: unknown, codes: ReadonlySet<string>): string | undefined {
-  const code: unknown = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
-  return typeof code === 'string' && codes.has(code) ? code : undefined;
-}
 
 const EMPTY = Buffer.alloc(0);
 
@@ -307,7 +292,7 @@ export class PieceClient {
         signal.removeEventListener('abort', onAbort);
       })
       .catch((error: unknown) => {
-        const code = codeIn(error, UNREACHABLE_CODES);
+        const code = unreachableCode(error);
         if (code === undefined) {
           throw error;
         }

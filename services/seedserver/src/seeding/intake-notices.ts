@@ -65,8 +65,11 @@ export class IntakeNotices {
   #intake: Intake | undefined;
   #lastReady = 0;
   #lastReceived = 0;
-  /** The byte a broken transfer is asked again from, and since when (ms), until one comes. */
-  #resume: { readonly at: number; readonly since: number } | undefined;
+  /**
+   * The byte a broken transfer is asked again from, and since when (ms), until one comes;
+   * `unreachable` once a request for it could not reach the source.
+   */
+  #resume: { readonly at: number; readonly since: number; unreachable: boolean } | undefined;
 
   /** Starts looking at once, the seed waiting on its source for the blob `digest`. */
   constructor(deps: IntakeNoticeDeps, digest: string) {
@@ -91,14 +94,18 @@ export class IntakeNotices {
    * agents hear of it at once (the seed may have been silent up to its source's idle timeout
    * already, most of their stall timeout), and until a byte past it comes, the looks tell of
    * that wait. Asked again from the same byte (a resume request that failed), the wait goes on
-   * from its start.
+   * from its start; `unreachable`: that request could not reach the source (refused, no route,
+   * no connection in time), and the agents hear no more of the wait: a registry that vanished
+   * is theirs to find out about at their stall timeout, as before there were notices, rather
+   * than after every resume request the seed makes.
    */
-  resuming(at: number): void {
+  resuming(at: number, unreachable = false): void {
     if (this.#resume?.at === at) {
+      this.#resume.unreachable ||= unreachable;
       return;
     }
-    this.#resume = { at, since: this.#now() };
-    if (this.#intake !== undefined) {
+    this.#resume = { at, since: this.#now(), unreachable };
+    if (this.#intake !== undefined && !unreachable) {
       this.#tellWait(this.#resume.since, this.#intake.received());
     }
   }
@@ -128,8 +135,10 @@ export class IntakeNotices {
     this.#lastReceived = received;
     if (this.#resume !== undefined && !grew) {
       // Asking the source again for the rest: the agents hear how long, as before the first
-      // byte.
-      this.#tellWait(this.#resume.since, received);
+      // byte (unless the source could not be reached).
+      if (!this.#resume.unreachable) {
+        this.#tellWait(this.#resume.since, received);
+      }
       return;
     }
     if (intake === undefined || !grew || landed) {

@@ -46,6 +46,7 @@ import {
   type SeedRequest,
 } from '@shoal/proto';
 import {
+  isUnreachable,
   RateLimitHolds,
   type LimitedRequest,
   RealmError,
@@ -172,8 +173,10 @@ export interface SeederDeps {
    */
   readonly gatewayBreaker: { readonly failures: number; readonly breakMs: number };
   /**
-   * Longest wait on the object gateway, in ms: for an answer, or for the next bytes of a body
-   * (`GatewayWatch`). Past it the read counts as failed, and the origin is read instead.
+   * Longest wait on the object gateway during a seed, in ms: for an answer, or for the next
+   * bytes of a body (`GatewayWatch`: past it the read counts as failed, and the origin is read
+   * instead), or for a streamed upload to take bytes (`GatewayTee`: past it the upload is left
+   * behind, and the copy made afterwards from the local file).
    */
   readonly gatewayIdleMs: number;
   readonly metrics: SeedMetrics;
@@ -379,7 +382,9 @@ export class Seeder {
         'seed fetch',
         { attributes: { 'oci.digest': request.blob, 'oci.registry': request.registry } },
         async (span) => {
-          const bytes = await this.#open(request, digest, signal, (at) => notices.resuming(at));
+          const bytes = await this.#open(request, digest, signal, (at, cause) =>
+            notices.resuming(at, cause !== undefined && isUnreachable(cause)),
+          );
           span.setAttributes({ 'shoal.source': bytes.source, 'shoal.size': bytes.size });
           const ingested = await this.#ingest(digest, bytes, cleared, notices, signal);
           return { ...ingested, source: bytes.source };
@@ -516,7 +521,7 @@ export class Seeder {
     request: SeedRequest,
     digest: Digest,
     signal: AbortSignal,
-    onBreak: (at: number) => void,
+    onBreak: (at: number, cause?: Error) => void,
   ): Promise<BlobBytes> {
     const stored = await this.#openStored(request, signal);
     if (stored === undefined) {
@@ -551,7 +556,7 @@ export class Seeder {
       readonly request: SeedRequest;
       readonly digest: Digest;
       readonly signal: AbortSignal;
-      readonly onBreak: (at: number) => void;
+      readonly onBreak: (at: number, cause?: Error) => void;
     },
   ): AsyncGenerator<Buffer> {
     const { request, digest, signal, onBreak } = seed;
@@ -619,7 +624,7 @@ export class Seeder {
     request: SeedRequest,
     digest: Digest,
     signal: AbortSignal,
-    onBreak: (at: number) => void,
+    onBreak: (at: number, cause?: Error) => void,
     from?: { readonly byte: number; readonly size: number },
   ): Promise<BlobBytes> {
     const { origin, registries } = this.#deps;
@@ -713,7 +718,7 @@ export class Seeder {
       reopen: get,
       onResume: (at, cause) => {
         this.#deps.metrics.originResumes.inc();
-        onBreak(at);
+        onBreak(at, cause);
         this.#deps.logger.warn(
           { blob: request.blob, at, err: cause },
           "the origin's blob transfer broke off: asked again from where it stopped",
