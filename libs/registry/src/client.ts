@@ -60,19 +60,14 @@ export class UpstreamTimeoutError extends ShoalError<
 /**
  * Whether a request failed because nothing answers at the registry's address or name (refused,
  * no route, a name that does not resolve, or no connection within the connect timeout), as
- * opposed to an answer that went wrong: through the error and its causes.
+ * opposed to an answer that went wrong. The error itself only: a wrapper's causes may be an
+ * earlier request's.
  */
 export function isUnreachable(error: unknown): boolean {
-  for (let at: unknown = error, depth = 0; at instanceof Error && depth < 8; depth += 1) {
-    if (
-      unreachableCode(at) !== undefined ||
-      (at instanceof UpstreamTimeoutError && at.code === 'CONNECT_TIMEOUT')
-    ) {
-      return true;
-    }
-    at = at.cause;
-  }
-  return false;
+  return (
+    unreachableCode(error) !== undefined ||
+    (error instanceof UpstreamTimeoutError && error.code === 'CONNECT_TIMEOUT')
+  );
 }
 
 /**

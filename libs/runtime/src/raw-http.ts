@@ -94,9 +94,9 @@ export interface GetOptions {
    */
   readonly timeoutMs: number;
   /**
-   * Longest the connection may stay silent once the response head has come, in ms (default
-   * `timeoutMs`): a body that stops part-way, its connection left open, is given up sooner
-   * than a server slow to start its answer.
+   * Longest the connection may stay silent once the body's first bytes have come, in ms
+   * (default `timeoutMs`): a body that stops part-way, its connection left open, is given up
+   * sooner than a server slow to start its answer (a head, then a wait on its own upstream).
    */
   readonly bodyTimeoutMs?: number;
   /**
@@ -294,8 +294,8 @@ export class RawHttpClient {
       const parser = new ResponseParser();
       let connectTimer: NodeJS.Timeout | undefined;
       let idleTimer: NodeJS.Timeout | undefined;
-      /** The response head has come: from here on silences are the body's. */
-      let headSeen = false;
+      /** The body's first bytes have come: from here on silences are the body's. */
+      let bodySeen = false;
       /** Socket reads during this exchange, for the idle watchdog. */
       let reads = 0;
       const cleanup = (): void => {
@@ -402,7 +402,7 @@ export class RawHttpClient {
           quietMs = 0;
         } else {
           quietMs += lookMs;
-          if (quietMs >= (headSeen ? bodyTimeoutMs : options.timeoutMs)) {
+          if (quietMs >= (bodySeen ? bodyTimeoutMs : options.timeoutMs)) {
             onIdle();
             return;
           }
@@ -437,6 +437,7 @@ export class RawHttpClient {
       };
       /** Hands body bytes over; a promise from the sink pauses the socket until it settles. */
       const deliver = (bytes: Buffer): void => {
+        bodySeen ||= bytes.length > 0;
         if (refused === undefined) {
           track(sink.onBody(bytes));
         }
@@ -467,7 +468,6 @@ export class RawHttpClient {
         length: number | undefined,
         headers: ResponseHeaders,
       ): void => {
-        headSeen = true;
         try {
           sink.onHead(status, length, headers);
         } catch (error) {
@@ -496,6 +496,7 @@ export class RawHttpClient {
             outcome = parser.feed(buffer, length, onHead, deliver);
           } else {
             // Body bytes read into the sink's buffer (only offered inside a body).
+            bodySeen ||= length > 0;
             outcome = parser.skipBody(length);
             track(sink.onBodyRead?.(length));
           }

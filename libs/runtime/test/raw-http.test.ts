@@ -338,6 +338,15 @@ describe('RawHttpClient', () => {
     };
     const { body } = await get('/late-head', withBody(200));
     assert.deepEqual(body, BODY.subarray(0, 1000));
+    // A head at once, then its body 400 ms late (a proxy waiting on its own upstream): still
+    // the longer wait, until the body's first bytes.
+    handler = (_req, res) => {
+      res.writeHead(200, { 'content-length': 1000 });
+      res.flushHeaders();
+      setTimeout(() => res.end(BODY.subarray(0, 1000)), 400);
+    };
+    const late = await get('/late-body', withBody(200));
+    assert.deepEqual(late.body, BODY.subarray(0, 1000));
     // A body that stops part-way: given up at its own timeout, not the longer one.
     handler = (_req, res) => {
       res.setHeader('content-length', 2000);

@@ -203,13 +203,14 @@ export const seedFields = z.object({
   /** From request to response headers at the origin, in ms (default 30 000). */
   SHOAL_SEED_ORIGIN_HEADERS_TIMEOUT_MS: envInt(30_000),
   /**
-   * Longest pause inside an origin body, in ms (default 5 000; before its response head the
-   * headers timeout applies). A transfer that stops part-way, its connection left open (a
-   * stuck load balancer or CDN node), is then asked again from where it stopped, on a new
+   * Longest pause inside an origin body, in ms (default 5 000; until the body's first bytes
+   * the headers timeout applies). A transfer that stops part-way, its connection left open (a
+   * stuck load balancer or CDN node), is then asked again from where it stopped, on another
    * connection, and the agents are told at once that the seed waits on it. Keep it below the
    * agents' stall timeout (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): an agent that hears
    * nothing from the seed for that long reads the blob from the registry itself, and a cluster
-   * of them all do. Before, it was 60 000.
+   * of them all do. For a registry whose bodies pause longer (a proxy streaming from a slow
+   * upstream, a very lossy link) raise both. Before, it was 60 000.
    */
   SHOAL_SEED_ORIGIN_IDLE_TIMEOUT_MS: envInt(5_000).refine((n) => n >= 100, 'must be at least 100'),
   SHOAL_LOG_LEVEL: envLogLevel,

@@ -94,14 +94,14 @@ export class IntakeNotices {
    * agents hear of it at once (the seed may have been silent up to its source's idle timeout
    * already, most of their stall timeout), and until a byte past it comes, the looks tell of
    * that wait. Asked again from the same byte (a resume request that failed), the wait goes on
-   * from its start; `unreachable`: that request could not reach the source (refused, no route,
-   * no connection in time), and the agents hear no more of the wait: a registry that vanished
-   * is theirs to find out about at their stall timeout, as before there were notices, rather
-   * than after every resume request the seed makes.
+   * from its start; `unreachable`: the last request for it could not reach the source
+   * (refused, no route, no connection in time), and until one does, the agents hear no more
+   * of the wait: a registry that vanished is theirs to find out about at their stall timeout,
+   * as before there were notices, rather than after every resume request the seed makes.
    */
   resuming(at: number, unreachable = false): void {
     if (this.#resume?.at === at) {
-      this.#resume.unreachable ||= unreachable;
+      this.#resume.unreachable = unreachable;
       return;
     }
     this.#resume = { at, since: this.#now(), unreachable };
@@ -120,8 +120,10 @@ export class IntakeNotices {
     const received = intake?.received() ?? 0;
     if (received === 0) {
       // No byte yet: the agents hear how long the seed has waited on its source, up to the
-      // longest wait they count.
-      this.#tellWait(this.#askedAt, received);
+      // longest wait they count (unless a request for it could not reach the source).
+      if (this.#resume?.unreachable !== true) {
+        this.#tellWait(this.#askedAt, received);
+      }
       return;
     }
     if (this.#resume !== undefined && received > this.#resume.at) {
