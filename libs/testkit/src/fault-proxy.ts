@@ -152,12 +152,12 @@ export interface ProxiedRequest {
   readonly url: string;
   /** The Authorization header it carried, if any: which credentials reached this registry. */
   readonly authorization: string | undefined;
+  /** Its Range header, if any. */
+  readonly range: string | undefined;
 }
 
 /** A request that reached the storage front of a redirect fault. */
 export interface StorageRequest extends ProxiedRequest {
-  /** Its Range header, if any. */
-  readonly range: string | undefined;
   /** How the storage front answered it. */
   readonly status: number;
   /** The registry path its signature stands for (`/v2/<name>/blobs/<digest>`), if known. */
@@ -539,6 +539,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       method: req.method ?? '',
       url: req.url ?? '',
       authorization: req.headers.authorization,
+      range: req.headers.range,
     });
     if (received.length > MAX_RECEIVED) {
       received.shift();

@@ -120,7 +120,13 @@ export async function buildApp(
     headersMs: config.SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS,
     idleMs: config.SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS,
   };
-  const upstream = new UpstreamClient(upstreamTimeouts);
+  // The upstream client's idle timeout covers the wait for a head too (manifests, tokens,
+  // HEADs, which a pull-through registry may fetch before it answers): the headers timeout's
+  // length, not a blob body's.
+  const upstream = new UpstreamClient({
+    ...upstreamTimeouts,
+    idleMs: Math.max(upstreamTimeouts.idleMs, upstreamTimeouts.headersMs),
+  });
 
   // Downloads: one per blob, shared by every request for it, filled from the origin (whole
   // blobs through the block reader, see RegistryRequests).

@@ -147,7 +147,7 @@ describe('loadAgentConfig', () => {
     assert.equal(config.SHOAL_AGENT_CACHE_MAX_BYTES, 50 * 1024 ** 3);
     assert.equal(config.SHOAL_AGENT_UPSTREAM_CONNECT_TIMEOUT_MS, 10_000);
     assert.equal(config.SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS, 30_000);
-    assert.equal(config.SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS, 60_000);
+    assert.equal(config.SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS, 10_000);
     assert.equal(config.SHOAL_AGENT_MAX_MANIFEST_BYTES, 4 * 1024 * 1024);
     assert.equal(config.SHOAL_SHUTDOWN_TIMEOUT_MS, 30_000);
     assert.equal(config.SHOAL_LOG_LEVEL, 'info');

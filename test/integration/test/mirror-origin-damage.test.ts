@@ -1,6 +1,7 @@
 /**
  * The origin damaging a blob on the way (a proxy in front of the real registry): a body cut
- * mid-stream, or a byte flipped under the right digest. No unverified byte completes a
+ * mid-stream, stopped with its connection left open, or a byte flipped under the right
+ * digest. No unverified byte completes a
  * response, nothing damaged is cached, the failure is counted and logged, and the blob is
  * served whole once the origin sends it whole again; containerd pulls through the agent.
  */
@@ -24,7 +25,7 @@ describe('the origin damaging a blob on the way', () => {
 
   before(async () => {
     fixture = await startProxiedMirror({
-      layerSizes: [6 * MiB + 99, 4 * MiB + 1, MiB + 5],
+      layerSizes: [6 * MiB + 99, 4 * MiB + 1, MiB + 5, MiB + MiB / 2 + 7],
       seed: 'mirror-origin-damage',
       repository,
     });
@@ -85,6 +86,37 @@ describe('the origin damaging a blob on the way', () => {
       `origin bytes sent / blob bytes: ${(bytes / layer.size).toFixed(2)} in ${gets} GETs`,
     );
     assert.ok(bytes < 1.5 * layer.size, `${bytes} bytes sent for a ${layer.size}-byte blob`);
+  });
+
+  it('asks again, from where it stopped, a blob whose transfer stops with its connection open', async (t) => {
+    const layer = image.layers[3];
+    assert.ok(layer !== undefined);
+    const mark = proxy.received().length;
+    const sent = proxy.counts().bytes;
+    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
+    // The origin's answer sends 1 MiB and then nothing, its connection left open (a stuck load
+    // balancer or CDN node); the rest, asked for with a range, is shorter than that and comes.
+    // The agent's idle timeout is at its default (10 s; it was 60 s).
+    proxy.set({ kind: 'damage', how: 'stall', atByte: MiB + 3 });
+    const started = Date.now();
+    const outcome = await streamDigest(blobUrl(layer.digest));
+    const tookMs = Date.now() - started;
+    proxy.set(undefined);
+    assert.equal(outcome.error, undefined, 'the response completes');
+    assert.equal(outcome.digest, layer.digest);
+    const gets = proxy
+      .received()
+      .slice(mark)
+      .filter((r) => r.method === 'GET');
+    assert.equal(gets.length, 2, 'the GET and one resume');
+    assert.equal(gets[1]?.range, `bytes=${MiB + 3}-`, 'the resume starts where it stopped');
+    assert.equal(await agent.metric('shoal_agent_origin_resumes_total'), resumes + 1);
+    const bytes = proxy.counts().bytes - sent;
+    t.diagnostic(`stalled transfer served in ${tookMs} ms; origin sent ${bytes} bytes`);
+    assert.ok(bytes < 1.1 * layer.size, `${bytes} bytes sent for a ${layer.size}-byte blob`);
+    // The idle timeout, then the rest: well short of the old 60 s wait.
+    assert.ok(tookMs >= 9_000, `answered after ${tookMs} ms: the stall was waited out`);
+    assert.ok(tookMs < 30_000, `answered after ${tookMs} ms`);
   });
 
   it('cuts the response when the origin keeps breaking off, then serves it once healed', async () => {

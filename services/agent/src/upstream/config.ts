@@ -12,8 +12,19 @@ export const upstreamConfig = z.object({
   SHOAL_AGENT_UPSTREAM_CONNECT_TIMEOUT_MS: envInt(10_000),
   /** Time from request to response headers, in ms. */
   SHOAL_AGENT_UPSTREAM_HEADERS_TIMEOUT_MS: envInt(30_000),
-  /** Longest pause between two body chunks before the transfer is abandoned, in ms. */
-  SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS: envInt(60_000),
+  /**
+   * Longest pause inside a blob body from the registry, in ms (default 10 000; until the
+   * body's first bytes the headers timeout applies, and time the agent itself holds the
+   * transfer paused does not count). A transfer that stops part-way with its connection left
+   * open (a stuck load balancer or CDN node) is then asked again from where it stopped, on
+   * another connection, as one that broke off is; a body sent straight to a client uncached is
+   * cut instead, for the client to ask again. As long as the swarm's stall timeout
+   * (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS): a stuck source costs the same wait wherever the bytes
+   * come from. For a registry whose bodies pause longer (a proxy streaming from a slow
+   * upstream, a very lossy link) raise it. Manifest, token and HEAD requests keep the headers
+   * timeout's length as theirs. Before, it was 60 000.
+   */
+  SHOAL_AGENT_UPSTREAM_IDLE_TIMEOUT_MS: envInt(10_000),
   /** Largest manifest accepted from an upstream, in bytes (the distribution default: 4 MiB). */
   SHOAL_AGENT_MAX_MANIFEST_BYTES: envInt(4 * 1024 * 1024),
 });
