@@ -448,6 +448,10 @@ export class S3BlobStore implements ManagedBlobStore {
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const key = this.#blobKey(d);
+    signal?.throwIfAborted();
+    // Not cut short by the caller's abort (under its deadline only): an upload the gateway
+    // created as the request was cut would be left open, its id never known. One created after
+    // the caller aborted is aborted at once instead.
     const created = await this.#send(
       `start upload of ${d.toString()}`,
       (s) =>
@@ -459,11 +463,15 @@ export class S3BlobStore implements ManagedBlobStore {
           }),
           { abortSignal: s },
         ),
-      signal,
+      undefined,
     );
     const uploadId = created.UploadId;
     if (uploadId === undefined) {
       throw new BlobStoreError('STORAGE_FAILED', `start upload of ${d.toString()}: no UploadId`);
+    }
+    if (signal?.aborted === true) {
+      await this.#abortUpload(key, uploadId).catch(() => undefined);
+      throw signal.reason;
     }
     // Ends the parts in flight as soon as the write fails, whatever the reason.
     const stop = new AbortController();
