@@ -61,6 +61,11 @@ export type RegistryFault =
       readonly delayMs: number;
       readonly rateBytes: number;
       /**
+       * Request bodies share the link too (those sent from now on), as uploads to an object
+       * gateway over a slow link. Default: only response bodies.
+       */
+      readonly uploads?: boolean;
+      /**
        * Only requests with these methods wait (a registry quick to answer a HEAD that fetches
        * a blob from its own storage before it answers the GET). Default: every method.
        */
@@ -275,6 +280,25 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       },
     });
 
+  /** Passes a request body on at the slow link's pace while a slow fault with `uploads` is set. */
+  const throttleUpload = (): Transform =>
+    new Transform({
+      transform(chunk: Buffer, _encoding, done: TransformCallback): void {
+        const push = async (): Promise<void> => {
+          for (let at = 0; at < chunk.length; at += SLICE_BYTES) {
+            const slice = chunk.subarray(at, at + SLICE_BYTES);
+            const wait =
+              fault?.kind === 'slow' && fault.uploads === true ? linkDelay(slice.length) : 0;
+            if (wait > 0) {
+              await new Promise((resolve) => setTimeout(resolve, wait));
+            }
+            this.push(slice);
+          }
+        };
+        push().then(() => done(), done);
+      },
+    });
+
   const refuse = (
     res: ServerResponse,
     statuses: readonly number[],
@@ -413,7 +437,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
         res.destroy();
       }
     });
-    pipeline(req, outgoing, () => undefined);
+    pipeline(req, throttleUpload(), outgoing, () => undefined);
   };
 
   /** Signatures handed out by a redirect fault: the path and credentials each stands for. */

@@ -96,13 +96,13 @@ export const seedFields = z.object({
    * whose answer or next bytes do not come within it is given up (a gateway failure, toward
    * its breaker) and the rest of the blob is read from the origin, from the byte the gateway
    * stopped at (not while the registry holds the seed server off after a 429: the gateway is
-   * then the only source). An upload streamed to the gateway during a seed that takes no bytes
-   * this long while the seed waits on it is left behind (a gateway failure too): aborted, the
-   * seed going on alone, the copy made afterwards from the local file. Keep it below the
-   * agents' stall timeout (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): meanwhile the agents
-   * hear nothing of the blob from the seed, and an agent that hears nothing for its stall
-   * timeout reads the blob from the registry itself. The gateway's other requests (copies in
-   * the background, retention sweeps) keep the S3 client's own timeouts (30 s idle).
+   * then the only source). Keep it below the agents' stall timeout
+   * (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS, 10 000): meanwhile the agents hear nothing of the
+   * blob from the seed, and an agent that hears nothing for its stall timeout reads the blob
+   * from the registry itself. Uploads are never waited on: a seed from the origin streams its
+   * copy to the gateway from the local file as the pieces land, at the gateway's pace, and
+   * finishes it in the background; they keep the S3 client's own timeouts (30 s idle), as do
+   * the retention sweeps. Only a failed seed's upload is waited on this long, for its abort.
    */
   SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS: envInt(5_000).refine((n) => n >= 100, 'must be at least 100'),
   /** Time between retention sweeps of the object gateway, in ms (default 1 h). */

@@ -125,11 +125,6 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: "Object gateway reads of a blob that broke off (or ended short, or sent nothing for SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS) before the blob's end: the rest is asked of the origin from the byte the gateway stopped at (an answer that ended short also has the gateway's copy written again)",
       registers,
     }),
-    gatewayUploadsLeftBehind: new Counter({
-      name: `${prefix}gateway_uploads_left_behind_total`,
-      help: 'Uploads to the object gateway streamed during a seed that took no bytes for SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS while the seed waited on them (a gateway gone quiet): aborted (one gateway failure each), the seed going on alone, and the copy made afterwards from the local file',
-      registers,
-    }),
     gatewayBreakerTrips: new Counter({
       name: `${prefix}gateway_breaker_trips_total`,
       help: 'Times the object gateway breaker opened: SHOAL_SEED_GATEWAY_BREAKER_FAILURES gateway requests failed in a row, and the gateway was left alone for SHOAL_SEED_GATEWAY_BREAK_MS',

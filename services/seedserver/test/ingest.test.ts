@@ -1,22 +1,21 @@
 /**
  * The pieces of one pass on a real file: gathered writes of at least 1 MiB, pieces ready only
  * once on disk, hashes and digest computed once; the cache's least-recently-used order; and
- * the streamed copy to the object gateway, given up when the gateway takes no bytes.
+ * the copy streamed to the object gateway from the file, at the gateway's pace.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
 import type { BlobStore } from '@shoal/blobstore';
 
 import { parseDigest, pieceBounds } from '@shoal/proto';
 import { makeTempDir, waitFor } from '@shoal/testkit';
 
-import { COALESCE_BYTES, GatewayTee, PieceCutter } from '../src/seeding/ingest.js';
+import { COALESCE_BYTES, GatewayUpload, PieceCutter } from '../src/seeding/ingest.js';
 import { IDLE_CLOSE_MS, SeedBlob } from '../src/seeding/seed-blob.js';
 import { SeedCache } from '../src/seeding/seed-cache.js';
 
@@ -203,141 +202,118 @@ describe('SeedCache', () => {
   });
 });
 
-describe('GatewayTee', () => {
-  // The tee's timers do not keep a process up (a seed server has its servers for that).
-  let keepUp: NodeJS.Timeout | undefined;
-  before(() => {
-    keepUp = setInterval(() => undefined, 1000);
-  });
-  after(() => {
-    clearInterval(keepUp);
-  });
-
-  /** A gateway whose `write` takes bytes only while `taking` says so, and never ends. */
-  const gateway = (taking: () => boolean): { store: BlobStore; took: () => number } => {
-    let took = 0;
-    const store = {
-      write: async (_digest: string, body: Readable): Promise<void> => {
-        for await (const chunk of body) {
-          took += (chunk as Buffer).length;
-          while (!taking() && !body.destroyed) {
-            await sleep(10);
-          }
-        }
-        // The upload's completion never comes, as from a gateway gone quiet.
-        await new Promise(() => undefined);
-      },
-    } as unknown as BlobStore;
-    return { store, took: () => took };
+describe('GatewayUpload', () => {
+  /** A blob of `bytes` being written, and the cutter that writes it. */
+  const ingestOf = async (
+    dir: string,
+    bytes: Buffer,
+  ): Promise<{ blob: SeedBlob; cutter: PieceCutter; digest: string }> => {
+    const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+    const blob = await SeedBlob.create(digest, bytes.length, join(dir, 'blob'));
+    return { blob, cutter: new PieceCutter(blob, digest.algorithm), digest: digest.toString() };
   };
 
-  it('leaves behind a gateway that takes no bytes for its wait: the seed goes on, done rejects at once', async () => {
-    const waitMs = 200;
-    let taking = true;
-    const { store, took } = gateway(() => taking);
-    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, waitMs);
-    await tee.push(Buffer.alloc(MiB));
-    taking = false;
-    const startedAt = performance.now();
-    // The pipe fills (1 MiB), the gateway takes nothing more: one push waits, then gives up.
-    for (let i = 0; i < 6; i += 1) {
-      await tee.push(Buffer.alloc(MiB));
-    }
-    const waited = performance.now() - startedAt;
-    assert.ok(waited >= waitMs, `the pushes waited ${String(waited)} ms`);
-    assert.ok(waited < 20 * waitMs, `the pushes waited ${String(waited)} ms`);
-    assert.equal(tee.leftBehind, true);
-    const tookThen = took();
-    // Left behind: later pushes are dropped at once, and done rejects with the reason though
-    // the store's write never settles.
-    await tee.push(Buffer.alloc(MiB));
-    await assert.rejects(tee.done(), /took no bytes for 200 ms/);
-    taking = true;
-    await sleep(50);
-    assert.ok(took() <= tookThen + MiB, 'nothing more handed to the gateway');
-  });
-
-  it('keeps waiting on a gateway slower than the seed while it takes bytes', async () => {
-    const waitMs = 200;
-    let took = 0;
+  /** A gateway that takes 256 KiB every `stepMs` and keeps what it took. */
+  const slowGateway = (
+    stepMs: number,
+  ): { store: BlobStore; took: () => Buffer; written: () => string | undefined } => {
+    const chunks: Buffer[] = [];
+    let written: string | undefined;
     const store = {
-      write: async (_digest: string, body: Readable): Promise<void> => {
-        // 64 KiB every 50 ms: the pipe takes far longer than the wait to drain.
-        for (;;) {
-          const chunk = body.read(64 * KiB) as Buffer | null;
-          if (chunk !== null) {
-            took += chunk.length;
-            await sleep(50);
-          } else if (body.readableEnded) {
-            return;
-          } else {
-            await Promise.race([once(body, 'readable'), once(body, 'end')]);
-          }
+      write: async (digest: string, body: Readable, size: number): Promise<void> => {
+        let taken = 0;
+        for await (const chunk of body) {
+          const bytes = chunk as Buffer;
+          // Kept as a copy: the body owes the gateway nothing once it asks for the next.
+          chunks.push(Buffer.from(bytes));
+          taken += bytes.length;
+          await sleep((stepMs * bytes.length) / (256 * KiB));
         }
+        assert.equal(taken, size);
+        written = digest;
       },
     } as unknown as BlobStore;
-    const chunks = 40;
-    const tee = new GatewayTee(
-      store,
-      'sha256:ab',
-      chunks * 64 * KiB,
-      new AbortController().signal,
-      waitMs,
-    );
-    const startedAt = performance.now();
-    for (let i = 0; i < chunks; i += 1) {
-      await tee.push(Buffer.alloc(64 * KiB));
+    return { store, took: () => Buffer.concat(chunks), written: () => written };
+  };
+
+  it('streams the blob to the gateway from its file as the pieces land, never holding up the ingest', async () => {
+    const dir = await makeTempDir('seed-upload');
+    try {
+      const bytes = randomBytes(4 * MiB + 777);
+      const { blob, cutter, digest } = await ingestOf(dir.path, bytes);
+      // 20 ms per 256 KiB: 13 MB/s, far slower than this ingest.
+      const gateway = slowGateway(20);
+      const upload = new GatewayUpload(gateway.store, blob, new AbortController().signal);
+      assert.equal(blob.users, 1, 'the blob is in use while its upload runs');
+      const startedAt = performance.now();
+      for (let offset = 0; offset < bytes.length; offset += 64 * KiB) {
+        await cutter.push(bytes.subarray(offset, offset + 64 * KiB));
+      }
+      assert.equal(await cutter.finish(), digest);
+      const ingestMs = performance.now() - startedAt;
+      await upload.done();
+      const uploadMs = performance.now() - startedAt;
+      assert.ok(gateway.took().equals(bytes), 'the gateway got every byte, in order');
+      assert.equal(gateway.written(), digest);
+      // 17 pieces of 256 KiB at 20 ms each: the upload took its time, the ingest did not wait.
+      assert.ok(uploadMs >= 300, `the upload took ${String(Math.round(uploadMs))} ms`);
+      assert.ok(
+        ingestMs < uploadMs / 2,
+        `the ingest took ${String(Math.round(ingestMs))} ms of the upload's ${String(Math.round(uploadMs))}`,
+      );
+      assert.equal(blob.users, 0, 'released once the upload ended');
+      await blob.close();
+    } finally {
+      await dir.remove();
     }
-    tee.end();
-    await tee.done();
-    const tookMs = performance.now() - startedAt;
-    assert.equal(tee.leftBehind, false);
-    assert.equal(took, chunks * 64 * KiB);
-    assert.ok(tookMs > 4 * waitMs, `the seed kept the gateway's pace: ${String(tookMs)} ms`);
   });
 
-  it("settles done within its wait once aborted, though the store's abort does not come", async () => {
-    const waitMs = 200;
-    // A gateway whose write never settles, as one gone quiet (its upload's abort with it).
-    const store = {
-      write: (_digest: string, body: Readable): Promise<void> => {
-        body.on('error', () => undefined);
-        return new Promise<void>(() => undefined);
-      },
-    } as unknown as BlobStore;
-    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, waitMs);
-    await tee.push(Buffer.alloc(1024));
-    const startedAt = performance.now();
-    tee.abort(new Error('the digest did not match'));
-    await assert.rejects(tee.done(), /the digest did not match/);
-    const waited = performance.now() - startedAt;
-    assert.ok(waited >= waitMs * 0.9 && waited < 20 * waitMs, `done after ${String(waited)} ms`);
-    assert.equal(tee.leftBehind, false, 'an abort is not the gateway left behind');
+  it('ends the upload when the seed fails, and when the blob is dropped: the gateway stores nothing', async () => {
+    const dir = await makeTempDir('seed-upload');
+    try {
+      const bytes = randomBytes(2 * MiB);
+      for (const end of ['abort', 'drop'] as const) {
+        const { blob, cutter } = await ingestOf(dir.path, bytes);
+        const gateway = slowGateway(1);
+        const upload = new GatewayUpload(gateway.store, blob, new AbortController().signal);
+        await cutter.push(bytes.subarray(0, MiB));
+        await cutter.flush();
+        await waitFor(
+          'the first pieces at the gateway',
+          () => Promise.resolve(gateway.took().length > 0),
+          { timeoutMs: 5_000, intervalMs: 10 },
+        );
+        if (end === 'abort') {
+          await upload.abort(new Error('the digest did not match'), 5_000);
+          await assert.rejects(upload.done(), /the digest did not match/);
+          await blob.discard();
+        } else {
+          await blob.discard();
+          await assert.rejects(upload.done(), /was dropped/);
+        }
+        assert.equal(gateway.written(), undefined, `${end}: nothing stored`);
+        assert.ok(gateway.took().length <= MiB, `${end}: nothing past what had landed`);
+      }
+    } finally {
+      await dir.remove();
+    }
   });
 
-  it('waits on a gateway that is behind but taking bytes', async () => {
-    let taking = false;
-    const { store, took } = gateway(() => taking);
-    const tee = new GatewayTee(store, 'sha256:ab', 8 * MiB, new AbortController().signal, 500);
-    // Taking again after a pause shorter than the wait.
-    setTimeout(() => {
-      taking = true;
-    }, 150);
-    for (let i = 0; i < 4; i += 1) {
-      await tee.push(Buffer.alloc(MiB));
+  it("ends the upload with the seed's signal", async () => {
+    const dir = await makeTempDir('seed-upload');
+    try {
+      const bytes = randomBytes(MiB);
+      const { blob } = await ingestOf(dir.path, bytes);
+      const gateway = slowGateway(1);
+      const stopping = new AbortController();
+      const upload = new GatewayUpload(gateway.store, blob, stopping.signal);
+      // Nothing has landed: the upload waits for the first piece, until the seed stops.
+      stopping.abort(new Error('shutting down'));
+      await assert.rejects(upload.done(), /shutting down/);
+      assert.equal(gateway.written(), undefined);
+      await blob.discard();
+    } finally {
+      await dir.remove();
     }
-    tee.end();
-    await waitFor('every byte handed on', () => Promise.resolve(took() === 4 * MiB), {
-      timeoutMs: 5_000,
-      intervalMs: 20,
-    });
-    const settled = await Promise.race([
-      tee.done().then(
-        () => 'stored',
-        () => 'failed',
-      ),
-      sleep(100).then(() => 'pending'),
-    ]);
-    assert.equal(settled, 'pending', 'not given up: its completion is still awaited');
   });
 });

@@ -1,12 +1,11 @@
 /**
  * The one pass of a seed: bytes from the origin (or the object gateway) are hashed once for
  * their piece and once for the whole blob, gathered into large writes to the local piece
- * file (a `PieceFile`), and, when the object gateway cannot take the local file itself,
- * streamed on to it as they arrive. Nothing reads the bytes back.
+ * file (a `PieceFile`); when the object gateway cannot take the local file itself, the
+ * pieces are read back from it and streamed on to the gateway as they land, at its pace.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { once } from 'node:events';
-import { PassThrough } from 'node:stream';
+import { Readable } from 'node:stream';
 
 import type { BlobStore } from '@shoal/blobstore';
 import { COALESCE_BYTES } from '@shoal/pieces';
@@ -139,36 +138,24 @@ export class PieceCutter {
 }
 
 /**
- * Streams a blob's bytes to the object gateway's `write` as they arrive, with its
- * back-pressure: `push` waits while the gateway is behind. The gateway verifies the bytes
- * again and stores nothing unless they match; `abort` makes sure of that whatever they are.
- * A gateway failure does not stop the seed: later pushes are dropped and `done` rejects.
+ * The object gateway's copy of a blob being seeded from the origin, streamed from the seed's
+ * own file as its pieces land there (`SeedBlob.untilReady`, then one read of each piece, mostly
+ * from the page cache). The upload trails the ingest at the gateway's own pace and never holds
+ * it back: a gateway slower than the origin (a remote bucket, a busy MinIO) or gone quiet costs
+ * the agents nothing, and the seed reads the origin at the origin's pace. Before, the ingest
+ * handed each chunk to the gateway and waited for it to take it: the seed went at the
+ * gateway's pace, and one that took nothing was left behind after a wait.
  *
- * A gateway that takes no bytes for `waitMs` while the seed waits on it (gone quiet: a frozen
- * MinIO pod, a connection left open with nothing on it) is left behind the same way,
- * `leftBehind` set: its upload is aborted at once (the parts in flight with it), the seed goes
- * on alone, and the copy is made afterwards from the local file. Before, the seed waited on
- * it until the S3 client's idle timeout (30 s), and every agent, hearing nothing, went to the
- * registry. A gateway that is only slower than the origin keeps taking bytes, and the seed
- * keeps its pace.
+ * The store verifies the bytes again and stores nothing unless they match; `abort` ends the
+ * upload when the seed fails. The blob is marked in use until the upload ends (not evicted,
+ * its file kept open).
  */
-export class GatewayTee {
-  readonly #body: PassThrough;
+export class GatewayUpload {
   readonly #done: Promise<void>;
-  readonly #waitMs: number;
-  /** Ends the upload's requests in flight when it is given up. */
+  /** Ends the upload: the seed's signal (linked by hand), or the seed's failure. */
   readonly #upload = new AbortController();
-  #failed = false;
-  #leftBehind = false;
-  /** Rejects once the upload is given up (left behind, or aborted): `done` need not wait. */
-  readonly #givenUp: Promise<never>;
-  #giveUp: (error: Error) => void = () => undefined;
 
-  constructor(store: BlobStore, digest: string, size: number, signal: AbortSignal, waitMs: number) {
-    // 1 MiB in the pipe; the store gathers its parts and holds those in flight besides.
-    this.#body = new PassThrough({ highWaterMark: 1024 * 1024 });
-    this.#waitMs = waitMs;
-    // The seed's signal, linked by hand for as long as the upload runs (it outlives it).
+  constructor(store: BlobStore, blob: SeedBlob, signal: AbortSignal) {
     const upload = this.#upload;
     const onAbort = (): void => upload.abort(signal.reason);
     if (signal.aborted) {
@@ -176,103 +163,52 @@ export class GatewayTee {
     } else {
       signal.addEventListener('abort', onAbort, { once: true });
     }
-    this.#done = store.write(digest, this.#body, size, upload.signal);
-    this.#done
-      .catch(() => {
-        this.#failed = true;
-      })
-      .finally(() => signal.removeEventListener('abort', onAbort));
-    this.#givenUp = new Promise<never>((_resolve, reject) => {
-      this.#giveUp = reject;
+    const used = blob.acquire();
+    const body = Readable.from(pieceBytes(blob, upload.signal), { highWaterMark: 1 });
+    this.#done = store.write(blob.digest.toString(), body, blob.size, upload.signal).finally(() => {
+      signal.removeEventListener('abort', onAbort);
+      if (used) {
+        blob.release();
+      }
     });
-    this.#givenUp.catch(() => undefined);
-  }
-
-  /** The gateway took no bytes for `waitMs` while the seed waited on it, and was left behind. */
-  get leftBehind(): boolean {
-    return this.#leftBehind;
+    // Its failure is for whoever waits on `done` (none when the seed failed first).
+    this.#done.catch(() => undefined);
   }
 
   /**
-   * Hands a chunk on; waits while the gateway is behind, as long as it takes bytes: never past
-   * its failure, or `waitMs` without a byte taken.
+   * The seed failed: the upload ends, and the gateway stores nothing. Resolves once the store
+   * has ended its upload (S3: aborted the multipart upload), or `waitMs` later at the latest:
+   * a gateway gone quiet would hold the seed's failure notice up until the S3 client's own
+   * timeout.
    */
-  async push(chunk: Buffer): Promise<void> {
-    if (this.#failed || this.#body.destroyed) {
-      return;
-    }
-    if (this.#body.write(chunk)) {
-      return;
-    }
-    const drained = once(this.#body, 'drain').then(() => 'drained' as const);
-    const done = this.#done.then(() => 'done' as const);
-    for (;;) {
-      const pending = this.#pending();
-      let timer: NodeJS.Timeout | undefined;
-      const waited = new Promise<'waited'>((resolve) => {
-        timer = setTimeout(() => resolve('waited'), this.#waitMs);
-      });
-      let outcome: 'drained' | 'done' | 'waited' | 'failed';
-      try {
-        outcome = await Promise.race([drained, done, waited]).catch(() => 'failed' as const);
-      } finally {
-        clearTimeout(timer);
-      }
-      if (outcome !== 'waited') {
-        return;
-      }
-      if (this.#pending() >= pending) {
-        // Not a byte taken in all that time.
-        this.#leftBehind = true;
-        this.#stop(
-          new Error(
-            `the object gateway took no bytes for ${String(this.#waitMs)} ms (SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS): left behind`,
-          ),
-        );
-        return;
-      }
-    }
-  }
-
-  /** Every byte has been handed on and verified by the seed: let the gateway finish. */
-  end(): void {
-    if (!this.#body.destroyed) {
-      this.#body.end();
-    }
-  }
-
-  /**
-   * The seed failed: the gateway must store nothing. `done` settles once the store has aborted
-   * the upload, or `waitMs` later at the latest (a quiet gateway would hold that abort up until
-   * the S3 client's idle timeout, and the seed's failure notice with it).
-   */
-  abort(error: Error): void {
-    this.#failed = true;
-    this.#body.destroy(error);
+  async abort(error: Error, waitMs: number): Promise<void> {
     this.#upload.abort(error);
-    const timer = setTimeout(() => this.#giveUp(error), this.#waitMs);
-    timer.unref();
-    this.#done.catch(() => undefined).finally(() => clearTimeout(timer));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.#done.catch(() => undefined),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, waitMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
-  /**
-   * Settles when the gateway has stored the blob, or failed to; at once when it was left
-   * behind (the store's abort of its upload goes on meanwhile).
-   */
+  /** Settles when the gateway has stored the blob, or failed to. */
   done(): Promise<void> {
-    return Promise.race([this.#done, this.#givenUp]);
+    return this.#done;
   }
+}
 
-  /** Ends the upload with `error` at once: no more bytes go, the store aborts it. */
-  #stop(error: Error): void {
-    this.#failed = true;
-    this.#body.destroy(error);
-    this.#upload.abort(error);
-    this.#giveUp(error);
-  }
-
-  /** Bytes handed on that the gateway has not taken yet. */
-  #pending(): number {
-    return this.#body.writableLength + this.#body.readableLength;
+/** The blob's pieces in order, each read from its file once it is there. */
+async function* pieceBytes(blob: SeedBlob, signal: AbortSignal): AsyncGenerator<Buffer> {
+  for (let index = 0; index < blob.count; index += 1) {
+    await blob.untilReady(index + 1, signal);
+    const piece = await blob.readPiece(index);
+    if (piece === undefined) {
+      throw new Error(
+        `${blob.digest.toString()}: piece ${String(index)} is gone (the blob was dropped)`,
+      );
+    }
+    yield piece;
   }
 }

@@ -52,6 +52,12 @@ export interface PieceManifest {
   readonly record?: unknown;
 }
 
+/** One wait for pieces to be on disk: settled (with an error when it ends otherwise) once. */
+interface ReadyWaiter {
+  readonly count: number;
+  settle(error?: Error): void;
+}
+
 export class SeedBlob {
   readonly digest: Digest;
   readonly size: number;
@@ -81,6 +87,8 @@ export class SeedBlob {
   #reads = 0;
   /** Closes the file of an idle complete blob once `IDLE_CLOSE_MS` have passed. */
   #idleTimer: NodeJS.Timeout | undefined;
+  /** Those waiting for pieces to be on disk (`untilReady`). */
+  readonly #readyWaiters = new Set<ReadyWaiter>();
 
   private constructor(digest: Digest, size: number, path: string, handle: FileHandle | undefined) {
     this.digest = digest;
@@ -183,6 +191,44 @@ export class SeedBlob {
   /** Records the next pieces' hashes; the pieces are on disk. */
   piecesDone(hashes: readonly string[]): void {
     this.hashes.push(...hashes);
+    for (const waiter of this.#readyWaiters) {
+      if (waiter.count <= this.ready) {
+        waiter.settle();
+      }
+    }
+  }
+
+  /**
+   * Resolves once the first `count` pieces are on disk and hashed (at once if they are);
+   * rejects when the blob is dropped first, or with `signal`'s reason when it fires.
+   */
+  untilReady(count: number, signal: AbortSignal): Promise<void> {
+    if (this.ready >= count) {
+      return Promise.resolve();
+    }
+    if (this.#closed) {
+      return Promise.reject(new Error(`${this.digest.toString()} was dropped`));
+    }
+    if (signal.aborted) {
+      return Promise.reject(signal.reason as Error);
+    }
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => waiter.settle(signal.reason as Error);
+      const waiter: ReadyWaiter = {
+        count,
+        settle: (error) => {
+          this.#readyWaiters.delete(waiter);
+          signal.removeEventListener('abort', onAbort);
+          if (error === undefined) {
+            resolve();
+          } else {
+            reject(error);
+          }
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#readyWaiters.add(waiter);
+    });
   }
 
   /** Requests using the blob now (pieces being served); a blob in use is never evicted. */
@@ -339,6 +385,9 @@ export class SeedBlob {
     if (!this.#closed) {
       this.#closed = true;
       this.#stopIdleTimer();
+      for (const waiter of this.#readyWaiters) {
+        waiter.settle(new Error(`${this.digest.toString()} was dropped`));
+      }
       // Nothing written any more; the handle is closed below (it is the writer's).
       this.#writer?.dropHeld();
       this.#writer = undefined;

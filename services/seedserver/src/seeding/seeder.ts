@@ -64,7 +64,7 @@ import { Announcer } from './announcer.js';
 import { FailureNotes } from './failures.js';
 import { GatewayWatch } from './gateway-watch.js';
 import { IntakeNotices } from './intake-notices.js';
-import { GatewayTee, PieceCutter } from './ingest.js';
+import { GatewayUpload, PieceCutter } from './ingest.js';
 import { SeedBlob, type PieceManifest } from './seed-blob.js';
 import { SeedCache } from './seed-cache.js';
 
@@ -173,10 +173,10 @@ export interface SeederDeps {
    */
   readonly gatewayBreaker: { readonly failures: number; readonly breakMs: number };
   /**
-   * Longest wait on the object gateway during a seed, in ms: for an answer, or for the next
-   * bytes of a body (`GatewayWatch`: past it the read counts as failed, and the origin is read
-   * instead), or for a streamed upload to take bytes (`GatewayTee`: past it the upload is left
-   * behind, and the copy made afterwards from the local file).
+   * Longest wait on the object gateway's read during a seed, in ms: for an answer, or for the
+   * next bytes of a body (`GatewayWatch`: past it the read counts as failed, and the origin is
+   * read instead). Its uploads are never waited on (`GatewayUpload`), but for the abort of
+   * one when a seed fails.
    */
   readonly gatewayIdleMs: number;
   readonly metrics: SeedMetrics;
@@ -746,7 +746,7 @@ export class Seeder {
     cleared: Promise<void>,
     notices: IntakeNotices,
     signal: AbortSignal,
-  ): Promise<{ blob: SeedBlob; announcer: Announcer; tee: GatewayTee | undefined }> {
+  ): Promise<{ blob: SeedBlob; announcer: Announcer; upload: GatewayUpload | undefined }> {
     const { cacheDir, js, self, metrics, store } = this.#deps;
     const { chunks, lent, size, source } = bytes;
     const key = digest.toString();
@@ -782,9 +782,9 @@ export class Seeder {
     const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
     // No copy streamed to a gateway that failed lately: a later request makes it.
-    const tee =
+    const upload =
       source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
-        ? new GatewayTee(store, key, size, signal, this.#deps.gatewayIdleMs)
+        ? new GatewayUpload(store, blob, signal)
         : undefined;
     // A gateway read carried on from the origin counts its rest as the origin's.
     const ingested = {
@@ -832,8 +832,6 @@ export class Seeder {
           // the rest streams in). A failed publication is redone by the next one.
           void announcer.progress().catch(() => undefined);
         }
-        // The gateway holds on to what it is given: a lent block goes as a copy.
-        await tee?.push(lent ? Buffer.from(chunk) : chunk);
       }
       const actual = await cutter
         .finish()
@@ -850,8 +848,7 @@ export class Seeder {
       // Verified: the last pieces are announced before the commit's fsync, which agents need
       // not wait for (they read the pieces from this file, and verify them themselves).
       void announcer.flush().catch(() => undefined);
-      // Verified: the gateway may complete its copy, and the local one is committed.
-      tee?.end();
+      // Verified: the local copy is committed (the gateway's goes on from its file).
       const finalPath = join(cacheDir, 'blobs', `${digest.algorithm}-${digest.hex}`);
       await blob
         .commit(finalPath)
@@ -862,14 +859,18 @@ export class Seeder {
         blob.stored = false;
         this.#owe(blob);
       }
-      return { blob, announcer, tee };
+      return { blob, announcer, upload };
     } catch (error) {
       // Nothing verified: the gateway stores nothing, the swarm is told, the file goes.
       notices.stop();
       announcer.stopPacing();
       bytes.cancel();
-      tee?.abort(error instanceof Error ? error : new Error(String(error)));
-      await tee?.done().catch(() => undefined);
+      // The store completes nothing it has not verified; its abort is waited for a moment, so
+      // that no upload is left open in the gateway either.
+      await upload?.abort(
+        error instanceof Error ? error : new Error(String(error)),
+        this.#deps.gatewayIdleMs,
+      );
       this.#cache.delete(blob);
       this.#reportCache();
       await announcer.withdraw().catch(() => undefined);
@@ -1004,14 +1005,15 @@ export class Seeder {
 
   /**
    * After a verified commit: the last announcement and, for a blob from the origin, the copy
-   * in the object gateway. A failure here (NATS, the gateway) leaves the blob held and served;
-   * the next request for it tries the rest again.
+   * in the object gateway (linked, or the upload streamed since the ingest began, which ends
+   * in the background at the gateway's pace). A failure here (NATS, the gateway) leaves the
+   * blob held and served; its copy is owed, and the next request for it tries the rest again.
    */
   async #announceAndStore(
     ingested: {
       blob: SeedBlob;
       announcer: Announcer;
-      tee: GatewayTee | undefined;
+      upload: GatewayUpload | undefined;
       source: 'store' | 'origin';
     },
     signal: AbortSignal,
@@ -1024,34 +1026,61 @@ export class Seeder {
         'could not consolidate the piece hashes; they stay in their batches',
       );
     });
-    if (ingested.source === 'origin' && ingested.tee === undefined && this.#gatewayBroken()) {
+    const { blob, upload } = ingested;
+    if (ingested.source !== 'origin') {
+      return;
+    }
+    if (upload !== undefined) {
+      this.#finishUpload(blob, upload, signal);
+    } else if (this.#gatewayBroken()) {
       // The gateway failed lately: its copy is made once the break is over.
-      ingested.blob.stored = false;
-      this.#owe(ingested.blob);
-    } else if (ingested.source === 'origin') {
+      blob.stored = false;
+      this.#owe(blob);
+    } else {
       try {
-        await this.#store(ingested.blob, signal, ingested.tee);
+        await this.#store(blob, signal);
       } catch (error) {
         if (signal.aborted) {
           throw error;
         }
-        if (ingested.tee?.leftBehind === true) {
-          // The gateway took nothing for a while: the seed went on without it, and the copy is
-          // made from the local file.
-          ingested.blob.stored = false;
-          this.#deps.metrics.gatewayUploadsLeftBehind.inc();
-        }
-        // Verified and committed: the blob is seeded and served; its gateway copy is made a
-        // moment later, or once the break is over if this failure opened the breaker.
-        this.#gatewayFailed(
-          'write',
-          ingested.blob.digest.toString(),
-          error,
-          'could not store a seeded blob in the object gateway',
-        );
-        this.#owe(ingested.blob);
+        this.#storeFailed(blob, error);
       }
     }
+  }
+
+  /**
+   * Waits in the background for the upload streamed during the ingest, then stores the piece
+   * manifest beside it. The seed's outcome does not wait for it: the blob is seeded and served,
+   * and a gateway that takes its time, or fails, holds up nobody (its copy is owed).
+   */
+  #finishUpload(blob: SeedBlob, upload: GatewayUpload, signal: AbortSignal): void {
+    const key = blob.digest.toString();
+    this.#storing.add(key);
+    void this.#store(blob, signal, upload)
+      .catch((error: unknown) => {
+        if (signal.aborted) {
+          // Shutting down: the copy is made by a later request.
+          return;
+        }
+        this.#storeFailed(blob, error);
+      })
+      .finally(() => this.#storing.delete(key));
+  }
+
+  /**
+   * A seeded blob's copy failed: counted and logged as a gateway write failure; the copy is
+   * made a moment later from the local file, or once the break is over if this failure
+   * opened the breaker.
+   */
+  #storeFailed(blob: SeedBlob, error: unknown): void {
+    blob.stored = false;
+    this.#gatewayFailed(
+      'write',
+      blob.digest.toString(),
+      error,
+      'could not store a seeded blob in the object gateway',
+    );
+    this.#owe(blob);
   }
 
   /** True while the breaker is open: the gateway is not to be asked (see `gatewayBreaker`). */
@@ -1257,11 +1286,11 @@ export class Seeder {
   }
 
   /**
-   * Writes a verified blob and its piece manifest to the object gateway: the bytes streamed
-   * during the ingest (`tee`), else the committed file linked into the gateway, else the file
-   * streamed to it (another filesystem, or the retry of a failed upload).
+   * Writes a verified blob and its piece manifest to the object gateway: the upload streamed
+   * since the ingest began (`upload`), else the committed file linked into the gateway, else
+   * the file streamed to it (another filesystem, or the retry of a failed upload).
    */
-  async #store(blob: SeedBlob, signal: AbortSignal, tee?: GatewayTee): Promise<void> {
+  async #store(blob: SeedBlob, signal: AbortSignal, upload?: GatewayUpload): Promise<void> {
     const { store, metrics } = this.#deps;
     const key = blob.digest.toString();
     const { size } = blob;
@@ -1270,8 +1299,8 @@ export class Seeder {
       { kind: SpanKind.CLIENT, attributes: { 'oci.digest': key, 'shoal.size': size } },
       async (span) => {
         let how: 'streamed' | 'linked' | 'copied' = 'streamed';
-        if (tee !== undefined) {
-          await tee.done();
+        if (upload !== undefined) {
+          await upload.done();
         } else if ((await store.linkVerified?.(key, blob.path, size, signal)) === true) {
           how = 'linked';
         } else {
