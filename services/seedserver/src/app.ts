@@ -279,6 +279,8 @@ export async function buildApp(
           breakMs: config.SHOAL_SEED_GATEWAY_BREAK_MS,
         },
         gatewayIdleMs: config.SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS,
+        // As many as seeds may run at once: the part buffers they hold stay bounded as before.
+        maxUploads: config.SHOAL_SEED_CONCURRENCY,
         metrics,
         logger,
       });

@@ -130,6 +130,11 @@ export function createSeedMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Times the object gateway breaker opened: SHOAL_SEED_GATEWAY_BREAKER_FAILURES gateway requests failed in a row, and the gateway was left alone for SHOAL_SEED_GATEWAY_BREAK_MS',
       registers,
     }),
+    gatewayUploads: new Gauge({
+      name: `${prefix}gateway_uploads`,
+      help: "Copies of blobs seeded from the origin being streamed to an S3 object gateway now, each at the gateway's pace (at most SHOAL_SEED_CONCURRENCY; a blob seeded while they are all busy has its copy made afterwards from the local file, one at a time)",
+      registers,
+    }),
     gatewayBreakerOpen: new Gauge({
       name: `${prefix}gateway_breaker_open`,
       help: '1 while the object gateway breaker is open (the gateway left alone, seeds read the origin), else 0',

@@ -179,6 +179,11 @@ export interface SeederDeps {
    * one when a seed fails.
    */
   readonly gatewayIdleMs: number;
+  /**
+   * Copies streamed to an S3 gateway at once (`GatewayUpload`, each holding its part buffers);
+   * a blob seeded while they are all busy has its copy made afterwards from the local file.
+   */
+  readonly maxUploads: number;
   readonly metrics: SeedMetrics;
   readonly logger: Logger;
 }
@@ -210,6 +215,8 @@ export class Seeder {
    * them again (nobody may: the agents get them from each other).
    */
   readonly #owed = new Map<string, OwedCopy>();
+  /** Copies streamed to the gateway now (`GatewayUpload`): at most `maxUploads`. */
+  #uploads = 0;
   #owedTimer: NodeJS.Timeout | undefined;
   /** `#copyOwed` is running: one at a time, it sets the next timer when done. */
   #copyingOwed = false;
@@ -781,10 +788,14 @@ export class Seeder {
     this.#reportCache();
     const announcer = new Announcer(js, this.#deps.jsm, self, blob, this.#deps.recordKey);
     const cutter = new PieceCutter(blob, digest.algorithm);
-    // No copy streamed to a gateway that failed lately: a later request makes it.
+    // No copy streamed to a gateway that failed lately (a later request makes it), nor past
+    // the uploads' limit (the copy is owed, made from the file afterwards).
     const upload =
-      source === 'origin' && store.linkVerified === undefined && !this.#gatewayBroken()
-        ? new GatewayUpload(store, blob, signal)
+      source === 'origin' &&
+      store.linkVerified === undefined &&
+      this.#uploads < this.#deps.maxUploads &&
+      !this.#gatewayBroken()
+        ? this.#startUpload(blob, signal)
         : undefined;
     // A gateway read carried on from the origin counts its rest as the origin's.
     const ingested = {
@@ -1018,6 +1029,11 @@ export class Seeder {
     },
     signal: AbortSignal,
   ): Promise<void> {
+    const { blob, upload } = ingested;
+    if (upload !== undefined) {
+      // Handed on first: whatever happens to the announcements, the upload ends accounted for.
+      this.#finishUpload(blob, upload, signal);
+    }
     await ingested.announcer.flush();
     // The hashes of a complete blob in the fewest messages: one read for a node joining later.
     await ingested.announcer.consolidate().catch((error: unknown) => {
@@ -1026,14 +1042,12 @@ export class Seeder {
         'could not consolidate the piece hashes; they stay in their batches',
       );
     });
-    const { blob, upload } = ingested;
-    if (ingested.source !== 'origin') {
+    if (ingested.source !== 'origin' || upload !== undefined) {
       return;
     }
-    if (upload !== undefined) {
-      this.#finishUpload(blob, upload, signal);
-    } else if (this.#gatewayBroken()) {
-      // The gateway failed lately: its copy is made once the break is over.
+    if (this.#gatewayBroken() || this.#deps.store.linkVerified === undefined) {
+      // The gateway failed lately, or every upload was busy: the copy is made from the file
+      // afterwards (once the break is over), in the background.
       blob.stored = false;
       this.#owe(blob);
     } else {
@@ -1048,23 +1062,48 @@ export class Seeder {
     }
   }
 
+  /** Streams the blob's copy to the gateway from its file as it is ingested (`GatewayUpload`). */
+  #startUpload(blob: SeedBlob, signal: AbortSignal): GatewayUpload {
+    const { store, metrics } = this.#deps;
+    const upload = new GatewayUpload(store, blob, signal);
+    this.#uploads += 1;
+    metrics.gatewayUploads.set(this.#uploads);
+    void upload
+      .done()
+      .catch(() => undefined)
+      .finally(() => {
+        this.#uploads -= 1;
+        metrics.gatewayUploads.set(this.#uploads);
+      });
+    return upload;
+  }
+
   /**
    * Waits in the background for the upload streamed during the ingest, then stores the piece
    * manifest beside it. The seed's outcome does not wait for it: the blob is seeded and served,
-   * and a gateway that takes its time, or fails, holds up nobody (its copy is owed).
+   * and a gateway that takes its time, or fails, holds up nobody (its copy is owed). The blob
+   * stays in use (not evicted) until its copy and manifest are there.
    */
   #finishUpload(blob: SeedBlob, upload: GatewayUpload, signal: AbortSignal): void {
     const key = blob.digest.toString();
     this.#storing.add(key);
+    const used = blob.acquire();
     void this.#store(blob, signal, upload)
       .catch((error: unknown) => {
         if (signal.aborted) {
-          // Shutting down: the copy is made by a later request.
+          // Shutting down: the copy is made once the blob is found missing there (a request
+          // for it, or the eviction that needs the room).
+          blob.stored = false;
           return;
         }
         this.#storeFailed(blob, error);
       })
-      .finally(() => this.#storing.delete(key));
+      .finally(() => {
+        this.#storing.delete(key);
+        if (used) {
+          blob.release();
+        }
+      });
   }
 
   /**
@@ -1365,6 +1404,10 @@ export class Seeder {
         (stored) => stored?.size === blob.size,
         () => undefined,
       );
+      if (blob.stored === false && !this.#storing.has(key)) {
+        // Not there (a copy cut short by a restart, say): made now, and evictable after.
+        this.#owe(blob);
+      }
       if (blob.stored !== true || !this.#evictable(blob)) {
         return false;
       }
