@@ -279,7 +279,7 @@ export async function buildApp(
           breakMs: config.SHOAL_SEED_GATEWAY_BREAK_MS,
         },
         gatewayIdleMs: config.SHOAL_SEED_GATEWAY_IDLE_TIMEOUT_MS,
-        // As many as seeds may run at once: the part buffers they hold stay bounded as before.
+        // As many copies streaming as seeds may run at once: their part buffers are bounded.
         maxUploads: config.SHOAL_SEED_CONCURRENCY,
         metrics,
         logger,

@@ -187,9 +187,13 @@ export const seedFields = z.object({
    * at once (`ctr` and nerdctl do), and a blob waiting in the queue has no piece hash: past
    * the agents' stall timeout they read it from the origin, every agent. With 4, a 12-layer
    * image sent 48 downloads of six nodes to the registry (3.4× the image). Each blob seeded
-   * is one origin GET at a time and holds its piece in memory, plus, with the S3 gateway, up
-   * to 5 parts of `SHOAL_S3_PART_SIZE_BYTES` for its copy: size the memory limit for it (16
-   * blobs with 8 MiB parts: about 640 MiB of part buffers at worst), or lower this.
+   * is one origin GET at a time and holds its piece in memory. With the S3 gateway it is also
+   * the number of copies streamed to the gateway at once, which go on in the background after
+   * their seeds, at the gateway's pace (a blob seeded while all are busy has its copy made from
+   * the file afterwards, one at a time); each holds up to 5 parts of
+   * `SHOAL_S3_PART_SIZE_BYTES`: size the memory limit for them (16 copies with 8 MiB parts:
+   * about 640 MiB of part buffers at worst, plus 40 MiB for the one copy made afterwards), or
+   * lower this.
    */
   SHOAL_SEED_CONCURRENCY: envInt(16),
   /**

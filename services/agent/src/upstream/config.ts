@@ -20,7 +20,7 @@ export const upstreamConfig = z.object({
    * node) is then asked again from where it stopped, on another connection, as one that broke
    * off is; a body sent straight to a client uncached is cut instead, for the client to ask
    * again. As long as the swarm's stall timeout (SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS): a stuck
-   * source costs the same wait wherever the bytes come from. For a registry whose bodies pause
+   * registry costs the same wait as a stuck swarm. For a registry whose bodies pause
    * longer (a proxy streaming from a slow upstream, a very lossy link) raise it. The agent's
    * other requests (manifests, tokens, HEADs, and the swarm's reads of a blob's rest after a
    * stall, which are not resumed) allow the larger of this and the headers timeout. Before, it

@@ -14,7 +14,7 @@
  * a cold ingest every piece request of the tail paid an open and a close.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { open, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 import { PieceFile } from '@shoal/pieces';
 import {
@@ -50,6 +50,11 @@ export interface PieceManifest {
    * manifest only): published again as it is after a restart, never signed anew from a file.
    */
   readonly record?: unknown;
+  /**
+   * The local manifest only: the object gateway held the blob when this was written (its copy
+   * made, or found there). A blob loaded without it has its copy checked for, and made.
+   */
+  readonly stored?: boolean;
 }
 
 /** One wait for pieces to be on disk: settled (with an error when it ends otherwise) once. */
@@ -163,6 +168,7 @@ export class SeedBlob {
     ) {
       blob.record = record.data;
     }
+    blob.stored = manifest.stored === true ? true : undefined;
     blob.#complete = true;
     return blob;
   }
@@ -253,7 +259,7 @@ export class SeedBlob {
 
   /** Moves the verified file to `finalPath` and writes its manifest (and record) beside it. */
   async commit(finalPath: string): Promise<void> {
-    const local: PieceManifest = { ...this.manifest, record: this.record };
+    const local = this.#localManifest();
     await this.writer.commit(finalPath, () =>
       writeFile(`${finalPath}.pieces.json`, JSON.stringify(local)),
     );
@@ -261,6 +267,29 @@ export class SeedBlob {
     this.#path = finalPath;
     this.#complete = true;
     this.#parkIfIdle();
+  }
+
+  /**
+   * The object gateway holds the blob: so noted, and in the local manifest of a complete blob
+   * (written aside, then renamed over it), so that a restart knows its copy needs no check.
+   */
+  async markStored(): Promise<void> {
+    this.stored = true;
+    if (!this.#complete || this.#closed) {
+      return;
+    }
+    const path = `${this.#path}.pieces.json`;
+    await writeFile(`${path}.tmp`, JSON.stringify(this.#localManifest()));
+    await rename(`${path}.tmp`, path);
+  }
+
+  /** The manifest kept beside the file: pieces, the seed's record, and whether it is stored. */
+  #localManifest(): PieceManifest {
+    return {
+      ...this.manifest,
+      record: this.record,
+      ...(this.stored === true ? { stored: true } : {}),
+    };
   }
 
   /** The file's path (the temp path until commit). */

@@ -288,6 +288,11 @@ export class Seeder {
         continue;
       }
       this.#cache.add(blob);
+      if (blob.stored !== true) {
+        // Its gateway copy was not known to be made (cut short by a stop or a crash, or an
+        // earlier version's cache): checked for, and made, in the background.
+        this.#owe(blob);
+      }
       // NATS trouble here is not the blob's fault: keep it, a later request announces it.
       await this.#ensureHashesPublished(blob).catch((error: unknown) => {
         logger.warn(
@@ -1030,10 +1035,22 @@ export class Seeder {
     signal: AbortSignal,
   ): Promise<void> {
     const { blob, upload } = ingested;
-    if (upload !== undefined) {
-      // Handed on first: whatever happens to the announcements, the upload ends accounted for.
+    // The copy is handed on, or owed, first: whatever happens to the announcements, it is
+    // accounted for.
+    const fromOrigin = ingested.source === 'origin';
+    if (fromOrigin && upload !== undefined) {
       this.#finishUpload(blob, upload, signal);
+    } else if (
+      fromOrigin &&
+      (this.#gatewayBroken() || this.#deps.store.linkVerified === undefined)
+    ) {
+      // The gateway failed lately, or every upload was busy: the copy is made from the file
+      // afterwards (once the break is over), in the background.
+      blob.stored = false;
+      this.#owe(blob);
     }
+    // The filesystem gateway: the file linked (or copied, from another filesystem) after.
+    const linkNow = fromOrigin && upload === undefined && blob.stored !== false;
     await ingested.announcer.flush();
     // The hashes of a complete blob in the fewest messages: one read for a node joining later.
     await ingested.announcer.consolidate().catch((error: unknown) => {
@@ -1042,15 +1059,7 @@ export class Seeder {
         'could not consolidate the piece hashes; they stay in their batches',
       );
     });
-    if (ingested.source !== 'origin' || upload !== undefined) {
-      return;
-    }
-    if (this.#gatewayBroken() || this.#deps.store.linkVerified === undefined) {
-      // The gateway failed lately, or every upload was busy: the copy is made from the file
-      // afterwards (once the break is over), in the background.
-      blob.stored = false;
-      this.#owe(blob);
-    } else {
+    if (linkNow) {
       try {
         await this.#store(blob, signal);
       } catch (error) {
@@ -1309,12 +1318,12 @@ export class Seeder {
     try {
       const stored = await this.#deps.store.stat(key, signal);
       this.#gatewayAnswered('read');
-      if (stored === undefined) {
+      if (stored?.size !== blob.size) {
         blob.stored = false;
         use = 'write';
         await this.#store(blob, signal);
       } else {
-        blob.stored = true;
+        await this.#markStored(blob);
       }
     } catch (error) {
       if (!signal.aborted) {
@@ -1322,6 +1331,16 @@ export class Seeder {
       }
       throw error;
     }
+  }
+
+  /** Notes that the gateway holds `blob`, beside it too (a failure to write that is logged). */
+  async #markStored(blob: SeedBlob): Promise<void> {
+    await blob.markStored().catch((error: unknown) => {
+      this.#deps.logger.warn(
+        { blob: blob.digest.toString(), err: error },
+        'could not note in the local manifest that the object gateway holds the blob',
+      );
+    });
   }
 
   /**
@@ -1350,7 +1369,7 @@ export class Seeder {
         await store.putMeta(key, PIECES_META, Buffer.from(JSON.stringify(blob.manifest)), signal);
       },
     );
-    blob.stored = true;
+    await this.#markStored(blob);
     this.#gatewayAnswered('write');
     metrics.storedBytes.inc(size);
   }
@@ -1398,14 +1417,18 @@ export class Seeder {
       return false;
     }
     const key = blob.digest.toString();
+    if (blob.stored !== true && (this.#owed.has(key) || this.#storing.has(key))) {
+      // Its copy is owed or being made: not there yet, and not to be put off.
+      return false;
+    }
     if (blob.stored !== true) {
       // Unknown (undefined) while the gateway does not answer: asked again next time.
       blob.stored = await store.stat(key).then(
         (stored) => stored?.size === blob.size,
         () => undefined,
       );
-      if (blob.stored === false && !this.#storing.has(key)) {
-        // Not there (a copy cut short by a restart, say): made now, and evictable after.
+      if (blob.stored === false && !this.#storing.has(key) && !this.#owed.has(key)) {
+        // Not there (a copy cut short, say): made now, and evictable after.
         this.#owe(blob);
       }
       if (blob.stored !== true || !this.#evictable(blob)) {
