@@ -145,6 +145,7 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
     const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> =>
       (await scrapeMetrics(url)).get(name, labels);
     const connection = nc;
+    let stopped: Promise<void> | undefined;
     return {
       app: started,
       nats,
@@ -196,13 +197,14 @@ async function startSeed(env: Record<string, string> = {}, base?: string): Promi
         assert.ok(decoded.ok, 'a valid record');
         return decoded.value;
       },
+      // Once: a test that stops it early leaves the rest of its teardown to do the same.
       stop: () =>
-        stopAll([
+        (stopped ??= stopAll([
           ['seed server', () => started.close()],
           ['NATS connection', () => connection.close()],
           ['nats-server', () => nats.stop()],
           ['directory', () => dir.remove()],
-        ]),
+        ])),
     };
   } catch (error) {
     await app?.close().catch(() => undefined);
@@ -356,14 +358,14 @@ async function seedPastGateway(
   return startedAt;
 }
 
-async function startSeedOnS3(env: Record<string, string> = {}): Promise<SeedOnS3> {
+async function startSeedOnS3(env: Record<string, string> = {}, base?: string): Promise<SeedOnS3> {
   const s3 = await startS3();
   const bucket = 'seed-gateway';
   await s3.createBucket(bucket);
   const gateway = await startFaultProxy({ upstream: s3.endpoint });
   const client = clientOf(s3);
   const gatewayEnv = s3Env(s3, gateway.url, bucket);
-  const seed = await startSeed({ ...gatewayEnv, ...env });
+  const seed = await startSeed({ ...gatewayEnv, ...env }, base);
   return {
     seed,
     gateway,
@@ -954,6 +956,42 @@ describe('seed server', () => {
       gateway.set(undefined);
       await stop();
       await slowDir.remove();
+    }
+  });
+
+  it("makes a blob's gateway copy after a restart, from its cache, when it was not made before", async () => {
+    const dir = await makeTempDir('seed-test-cut-copy');
+    const on = await startSeedOnS3({}, dir.path);
+    let second: SeedUnderTest | undefined;
+    try {
+      const blob = layer(2);
+      const readsBefore = (await registry.blobGets(blob.digest)).length;
+      // Seeded while the gateway refuses every upload; the seed server stops before its copy
+      // is made (the seed was acked: its request is not asked again, and what a process owes
+      // goes with it).
+      on.gateway.set({ kind: 'status', statuses: [503], methods: ['PUT', 'POST'] });
+      await on.seed.request(blob);
+      await on.seed.seeds('seeded', 1, 'origin');
+      await waitFor(
+        'the copy refused',
+        async () => (await on.seed.metric('shoal_seedserver_gateway_failures_total')) >= 1,
+        { timeoutMs: WAIT_MS, intervalMs: 100 },
+      );
+      await on.seed.stop();
+      on.gateway.set(undefined);
+      assert.equal(await on.stored(blob), false);
+      // Started again on the same cache: the blob's copy was never noted as made, so it is
+      // checked for and made from the cache, nothing asked of the origin.
+      second = await startSeed(on.gatewayEnv, dir.path);
+      await waitFor('the copy made after the restart', () => on.stored(blob), {
+        timeoutMs: WAIT_MS,
+        intervalMs: 250,
+      });
+      assert.equal((await registry.blobGets(blob.digest)).length, readsBefore + 1);
+    } finally {
+      await second?.stop();
+      await on.stop();
+      await dir.remove();
     }
   });
 
