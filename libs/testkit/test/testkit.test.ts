@@ -222,6 +222,7 @@ describe('startFaultProxy', () => {
         method: 'GET',
         url: '/v2/',
         authorization: 'Basic a2l0OnByb3h5',
+        range: undefined,
       });
     } finally {
       await proxy.stop();
