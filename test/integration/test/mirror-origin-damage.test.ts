@@ -8,7 +8,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import type { AgentProcess, FaultProxy, GeneratedImage, Registry } from '@shoal/testkit';
+import type {
+  AgentProcess,
+  FaultProxy,
+  GeneratedImage,
+  ProxiedRequest,
+  Registry,
+  RegistryFault,
+} from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
 import { streamDigest } from '../src/http.js';
@@ -41,6 +48,38 @@ describe('the origin damaging a blob on the way', () => {
   const failures = (): Promise<number> =>
     agent.metric('shoal_agent_verification_failures_total', { kind: 'blob' });
 
+  /**
+   * Streams the image's layer `index` through the agent while the origin meets `fault`, and
+   * asserts the response completes with the right digest. Returns the origin's GETs meanwhile,
+   * the agent's resumes, the bytes the origin sent, and how long the response took.
+   */
+  const fetchWhileDamaged = async (
+    index: number,
+    fault: RegistryFault,
+  ): Promise<{ gets: ProxiedRequest[]; resumes: number; bytes: number; tookMs: number }> => {
+    const layer = image.layers[index];
+    assert.ok(layer !== undefined);
+    const mark = proxy.received().length;
+    const sent = proxy.counts().bytes;
+    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
+    proxy.set(fault);
+    const started = Date.now();
+    const outcome = await streamDigest(blobUrl(layer.digest));
+    const tookMs = Date.now() - started;
+    proxy.set(undefined);
+    assert.equal(outcome.error, undefined, 'the response completes');
+    assert.equal(outcome.digest, layer.digest);
+    return {
+      gets: proxy
+        .received()
+        .slice(mark)
+        .filter((r) => r.method === 'GET'),
+      resumes: (await agent.metric('shoal_agent_origin_resumes_total')) - resumes,
+      bytes: proxy.counts().bytes - sent,
+      tookMs,
+    };
+  };
+
   it('cuts the response of a blob whose bytes the origin changed, and caches nothing', async () => {
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
@@ -61,27 +100,13 @@ describe('the origin damaging a blob on the way', () => {
   it('resumes a blob the origin cuts mid-stream from where it stopped, with range requests', async (t) => {
     const layer = image.layers[1];
     assert.ok(layer !== undefined);
-    const mark = proxy.received().length;
-    const sent = proxy.counts().bytes;
-    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
     // Every answer of the origin breaks off 1 MiB into its body while the fault is set.
-    proxy.set({ kind: 'damage', how: 'cut', atByte: MiB + 3 });
-    const outcome = await streamDigest(blobUrl(layer.digest));
-    proxy.set(undefined);
-    assert.equal(outcome.error, undefined, 'the response completes');
-    assert.equal(outcome.digest, layer.digest);
-    const gets = proxy
-      .received()
-      .slice(mark)
-      .filter((r) => r.method === 'GET').length;
+    const damaged = await fetchWhileDamaged(1, { kind: 'damage', how: 'cut', atByte: MiB + 3 });
+    const gets = damaged.gets.length;
     assert.ok(gets >= 4, `a GET per MiB at least: ${gets}`);
-    assert.equal(
-      await agent.metric('shoal_agent_origin_resumes_total'),
-      resumes + gets - 1,
-      'every GET after the first resumed the transfer',
-    );
+    assert.equal(damaged.resumes, gets - 1, 'every GET after the first resumed the transfer');
     // Each request starts where the last stopped: the blob crossed the link about once.
-    const bytes = proxy.counts().bytes - sent;
+    const { bytes } = damaged;
     t.diagnostic(
       `origin bytes sent / blob bytes: ${(bytes / layer.size).toFixed(2)} in ${gets} GETs`,
     );
@@ -91,27 +116,17 @@ describe('the origin damaging a blob on the way', () => {
   it('asks again, from where it stopped, a blob whose transfer stops with its connection open', async (t) => {
     const layer = image.layers[3];
     assert.ok(layer !== undefined);
-    const mark = proxy.received().length;
-    const sent = proxy.counts().bytes;
-    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
     // The origin's answer sends 1 MiB and then nothing, its connection left open (a stuck load
     // balancer or CDN node); the rest, asked for with a range, is shorter than that and comes.
     // The agent's idle timeout is at its default (10 s; it was 60 s).
-    proxy.set({ kind: 'damage', how: 'stall', atByte: MiB + 3 });
-    const started = Date.now();
-    const outcome = await streamDigest(blobUrl(layer.digest));
-    const tookMs = Date.now() - started;
-    proxy.set(undefined);
-    assert.equal(outcome.error, undefined, 'the response completes');
-    assert.equal(outcome.digest, layer.digest);
-    const gets = proxy
-      .received()
-      .slice(mark)
-      .filter((r) => r.method === 'GET');
+    const { gets, resumes, bytes, tookMs } = await fetchWhileDamaged(3, {
+      kind: 'damage',
+      how: 'stall',
+      atByte: MiB + 3,
+    });
     assert.equal(gets.length, 2, 'the GET and one resume');
     assert.equal(gets[1]?.range, `bytes=${MiB + 3}-`, 'the resume starts where it stopped');
-    assert.equal(await agent.metric('shoal_agent_origin_resumes_total'), resumes + 1);
-    const bytes = proxy.counts().bytes - sent;
+    assert.equal(resumes, 1);
     t.diagnostic(`stalled transfer served in ${tookMs} ms; origin sent ${bytes} bytes`);
     assert.ok(bytes < 1.1 * layer.size, `${bytes} bytes sent for a ${layer.size}-byte blob`);
     // The idle timeout, then the rest: well short of the old 60 s wait.

@@ -1100,8 +1100,8 @@ export class Seeder {
     void this.#store(blob, signal, upload)
       .catch((error: unknown) => {
         if (signal.aborted) {
-          // Shutting down: the copy is made once the blob is found missing there (a request
-          // for it, or the eviction that needs the room).
+          // Shutting down: the copy is made once the blob is found missing there (at the next
+          // start, its manifest holding no note of it; a request for it; an eviction).
           blob.stored = false;
           return;
         }
