@@ -631,11 +631,16 @@ describe('seed server', () => {
   });
 
   it("owes and retries a held blob's gateway copy that failed in the background", async () => {
-    const { seed, gateway, client, stored, stop } = await startSeedOnS3();
+    const on = await startSeedOnS3();
+    const { seed, gateway, client, stored, stop } = on;
     try {
-      await seed.request(layer(2));
-      await seed.seeds('seeded', 1, 'origin');
-      assert.ok(await stored(layer(2)));
+      await seedIntoGateway(on, layer(2));
+      // The copy (finished in the background) is done, its piece manifest too.
+      await waitFor(
+        'the copy accounted for',
+        async () => (await seed.metric('shoal_seedserver_stored_bytes_total')) === layer(2).size,
+        { timeoutMs: WAIT_MS, intervalMs: 50 },
+      );
       // The gateway lost it (a lifecycle rule, an operator): the next request for the held
       // blob copies it again, and that upload meets one failure (the client's three tries).
       await client.send(
