@@ -114,7 +114,9 @@ export class BlobReader {
    * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
    * broke off); its body comes in blocks when the answer is 206, or 200 (a registry that
    * ignores Range sends the whole blob: the caller skips what it has), and any other answer
-   * comes with its small body, as a refusal does.
+   * comes with its small body, as a refusal does. `until`: the read ends before this byte
+   * (`Range: bytes=<from>-<until - 1>`, a part of the blob); a registry that ignores Range
+   * sends the whole blob, which the caller cuts.
    */
   async open(
     registry: UpstreamRegistry,
@@ -123,6 +125,7 @@ export class BlobReader {
     signal: AbortSignal,
     forwarded?: { readonly authorization: string | undefined },
     from = 0,
+    until?: number,
   ): Promise<OpenedBlob> {
     const start = registryUrl(registry, `/v2/${repository}/blobs/${digest.toString()}`);
     let url = start;
@@ -134,7 +137,7 @@ export class BlobReader {
     let registryAsked = { authorization, answeredChallenge };
     let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
-      const answer = await this.#get(url, authorization, signal, from);
+      const answer = await this.#get(url, authorization, signal, rangeHeader(from, until));
       if (isStorageRefusal(start, url, answer.status)) {
         // The registry authorized the read and sent it to its storage, which refused it (a
         // signed URL past its expiry, a CDN edge failing): that is not the registry's answer
@@ -185,17 +188,17 @@ export class BlobReader {
   }
 
   /**
-   * One GET. A 200 (or a 206 when `from` is past 0) resolves at its head, its body streaming
+   * One GET. A 200 (or a 206 when `range` is sent) resolves at its head, its body streaming
    * into the blocks; any other answer resolves once its (small) body has been read and dropped.
    */
   #get(
     url: URL,
     authorization: string | undefined,
     signal: AbortSignal,
-    from: number,
+    range: string | undefined,
   ): Promise<OpenedBlob> {
     const isBody = (status: number | undefined): boolean =>
-      status === 200 || (from > 0 && status === 206);
+      status === 200 || (range !== undefined && status === 206);
     const { timeouts, userAgent } = this.#options;
     const stop = new AbortController();
     const headersTimer = setTimeout(() => {
@@ -232,7 +235,7 @@ export class BlobReader {
           headers: {
             'user-agent': userAgent,
             ...(authorization === undefined ? {} : { authorization }),
-            ...(from > 0 ? { range: `bytes=${from}-` } : {}),
+            ...(range === undefined ? {} : { range }),
           },
           signal: AbortSignal.any([signal, stop.signal]),
           // Before the head the headers timeout bounds the wait; `idleMs` is the body's.
@@ -305,6 +308,14 @@ export class BlobReader {
       );
     });
   }
+}
+
+/** The Range header for bytes `[from, until)` of a blob; undefined for the whole blob. */
+function rangeHeader(from: number, until: number | undefined): string | undefined {
+  if (until !== undefined) {
+    return `bytes=${String(from)}-${String(until - 1)}`;
+  }
+  return from > 0 ? `bytes=${String(from)}-` : undefined;
 }
 
 /** Where a body's blocks come from and go back to. */

@@ -43,6 +43,12 @@ export interface ResumeOptions {
    * it, a 200 of the whole blob after skipping that many bytes. Default: from byte 0.
    */
   readonly from?: { readonly byte: number; readonly size: number };
+  /**
+   * The read ends before this byte (`BlobReader.open`'s `until`: a part of the blob, read from
+   * `from.byte`): a transfer that breaks off past it is not asked again, and `reopen` asks for
+   * the range up to it. Default: the blob's end.
+   */
+  readonly until?: number;
 }
 
 /** A blob's body that resumes itself: its blocks, and a way to stop whichever transfer runs. */
@@ -53,10 +59,10 @@ export interface ResumingBody {
 }
 
 /**
- * The blocks of `opened` (a 200 with its size), and when the transfer breaks off before the
- * size, those of a range request from the byte it stopped at (the whole blob again when no
- * byte had come), up to `ORIGIN_RESUMES` times in a row without `RESUME_PROGRESS_BYTES` of
- * progress. A 206 from that byte goes on from it; a 200 of the whole blob (a registry that
+ * The blocks of `opened` (a 200 with its size; with `until`, bytes up to that one only), and
+ * when the transfer breaks off before the end, those of a range request from the byte it
+ * stopped at (the whole blob again when no byte had come), up to `ORIGIN_RESUMES` times in a
+ * row without `RESUME_PROGRESS_BYTES` of progress. A 206 from that byte goes on from it; a 200 of the whole blob (a registry that
  * ignores Range) goes on after skipping the bytes already received. A resume request that
  * fails (a reset, a timeout, a 5xx, a 206 from another byte) counts as a break without
  * progress and is asked again after a growing, jittered wait (250 ms doubling to 8 s), within
@@ -67,6 +73,8 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   const start = options.from?.byte ?? 0;
   /** The whole blob's size (a 200's Content-Length when read from its start). */
   const size = options.from?.size ?? opened.size;
+  /** Where the read ends: the range's end, or the blob's. */
+  const end = options.until ?? size;
   let current = opened;
   let cancelled: Error | undefined;
   // Read through a call: `cancel` sets it while a reopen is awaited, which narrowing misses.
@@ -81,8 +89,11 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
 
   /** Bytes of `next` (the answer to a resume from `from`) to skip; undefined: not usable. */
   const usable = (next: OpenedBlob, from: number): number | undefined => {
-    if (next.status === 206 && from > 0) {
-      return rangeStart(next.headers['content-range']) === from ? 0 : undefined;
+    // A range is asked for from a byte past 0, or up to `until`.
+    if (next.status === 206 && (from > 0 || options.until !== undefined)) {
+      const range = contentRange(next.headers['content-range']);
+      const sameBlob = range?.size === undefined || size === undefined || range.size === size;
+      return range?.first === from && sameBlob ? 0 : undefined;
     }
     if (next.status === 200 && (next.size === undefined || next.size === size)) {
       return from;
@@ -116,6 +127,12 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           }
           const rest = skip === 0 ? block : block.subarray(skip);
           skip = 0;
+          if (options.until !== undefined && received + rest.length > options.until) {
+            // The part ends in this block: a registry that ignores Range sends the rest of the
+            // blob too, whose transfer is cancelled as this loop ends.
+            yield rest.subarray(0, options.until - received);
+            return;
+          }
           received += rest.length;
           yield rest;
         }
@@ -130,8 +147,8 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
             stopped() !== undefined ||
             options.signal.aborted ||
             stalls > ORIGIN_RESUMES ||
-            size === undefined ||
-            received >= size
+            end === undefined ||
+            received >= end
           ) {
             throw stopped() ?? cause;
           }
@@ -189,9 +206,17 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   };
 }
 
-/** The first byte a `Content-Range: bytes <first>-<last>/<size>` names, or undefined. */
-function rangeStart(header: string | string[] | undefined): number | undefined {
+/**
+ * The first byte a `Content-Range: bytes <first>-<last>/<size>` names, and the blob's size
+ * unless it is `*`; undefined when the header is not one.
+ */
+function contentRange(
+  header: string | string[] | undefined,
+): { readonly first: number; readonly size: number | undefined } | undefined {
   const match =
     typeof header === 'string' ? /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(header.trim()) : null;
-  return match?.[1] === undefined ? undefined : Number(match[1]);
+  if (match?.[1] === undefined) {
+    return undefined;
+  }
+  return { first: Number(match[1]), size: match[2] === '*' ? undefined : Number(match[2]) };
 }

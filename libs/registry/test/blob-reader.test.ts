@@ -726,6 +726,82 @@ describe('BlobReader', () => {
     );
   });
 
+  it('reads a part of a blob, resumed within the part, and cuts a whole 200 to the part', async () => {
+    const bytes = await readFile(layer.path);
+    const from = MiB + 77;
+    const until = 3 * MiB + 5;
+    assert.ok(until < bytes.length, 'a part short of the end');
+    const ranges: (string | undefined)[] = [];
+    /** `cut`: the first answer, a 206 of the part, breaks off 1 MiB in; `whole`: 200s. */
+    const origin = (how: 'cut' | 'whole'): Promise<UpstreamRegistry> =>
+      serve(`part-${how}`, (request, response) => {
+        ranges.push(request.headers.range);
+        const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
+        if (how === 'whole' || match === null) {
+          response.writeHead(200, { 'content-length': bytes.length });
+          response.end(bytes);
+          return;
+        }
+        const [first, last] = [Number(match[1]), Number(match[2])];
+        response.writeHead(206, {
+          'content-length': last - first + 1,
+          'content-range': `bytes ${String(first)}-${String(last)}/${String(bytes.length)}`,
+        });
+        if (ranges.length === 1) {
+          response.write(bytes.subarray(first, first + MiB), () => response.destroy());
+        } else {
+          response.end(bytes.subarray(first, last + 1));
+        }
+      });
+    const readPart = async (
+      registry: UpstreamRegistry,
+    ): Promise<{ part: Buffer; resumedAt: number[] }> => {
+      const blobs = reader();
+      const signal = AbortSignal.timeout(30_000);
+      const digest = parseDigest(layer.digest);
+      const resumedAt: number[] = [];
+      const open = (at: number): Promise<OpenedBlob> =>
+        blobs.open(registry, repository, digest, signal, undefined, at, until);
+      const body = resumingBody(await open(from), {
+        signal,
+        reopen: open,
+        onResume: (at) => resumedAt.push(at),
+        random: () => 0,
+        from: { byte: from, size: bytes.length },
+        until,
+      });
+      const blocks: Buffer[] = [];
+      for await (const block of body.blocks) {
+        blocks.push(Buffer.from(block));
+      }
+      return { part: Buffer.concat(blocks), resumedAt };
+    };
+
+    const cut = await readPart(await origin('cut'));
+    assert.ok(cut.part.equals(bytes.subarray(from, until)), 'the part, exactly');
+    assert.deepEqual(cut.resumedAt, [from + MiB]);
+    assert.deepEqual(ranges, [
+      `bytes=${String(from)}-${String(until - 1)}`,
+      `bytes=${String(from + MiB)}-${String(until - 1)}`,
+    ]);
+
+    ranges.length = 0;
+    const whole = await readPart(await origin('whole'));
+    assert.ok(whole.part.equals(bytes.subarray(from, until)), 'the part of the whole blob');
+    assert.deepEqual(whole.resumedAt, []);
+    assert.deepEqual(ranges, [`bytes=${String(from)}-${String(until - 1)}`]);
+
+    // A 206 from the right byte of a blob of another size is not this blob's part.
+    const other = await serve('part-other-size', (_request, response) => {
+      response.writeHead(206, {
+        'content-length': until - from,
+        'content-range': `bytes ${String(from)}-${String(until - 1)}/${String(bytes.length + 1)}`,
+      });
+      response.end(bytes.subarray(from, until));
+    });
+    await assert.rejects(readPart(other), /reading from byte \d+: the origin answered 206/);
+  });
+
   it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {
     const bytes = await readFile(layer.path);
     const { origin, ranges } = await scripted('ignores-range', bytes, ['cut', 'whole']);
