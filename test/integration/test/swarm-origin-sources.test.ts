@@ -41,6 +41,7 @@ import {
   type AgentProcess,
   type FaultProxy,
   type GeneratedImage,
+  type ProxiedRequest,
   type Registry,
 } from '@shoal/testkit';
 
@@ -402,5 +403,89 @@ describe('late origin reads of a download shared across registries', () => {
     } finally {
       proxy.set(undefined);
     }
+  });
+
+  /**
+   * Streams a 3 MiB layer of the first registry through the agent while the first registry's
+   * blob answers meet `fault`, after the swarm stalled on its piece hashes (no seed server):
+   * the layer is read late from the origin, by range. Asserts the whole layer arrives; returns
+   * the blob GETs that reached the registry, the resumes counted, and how long it took.
+   */
+  const lateReadWhileDamaged = async (
+    seed: string,
+    fault: { readonly how: 'cut' | 'stall'; readonly atByte: number },
+  ): Promise<{ size: number; gets: ProxiedRequest[]; resumes: number; tookMs: number }> => {
+    const password = `alice-${seed}`;
+    await first.changePassword(password);
+    const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
+    await pushImage(image, first.host, 'one/app', { destCreds: `${one.username}:${password}` });
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    await publishHashes(image, layer.digest);
+    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
+    const stalls = await agent.metric('shoal_agent_swarm_fallbacks_total', { reason: 'stall' });
+    const mark = proxy.received().length;
+    proxy.set({ kind: 'damage', ...fault });
+    const started = Date.now();
+    try {
+      const got = await streamDigest(blobUrl(first, 'one/app', layer.digest), {
+        headers: { authorization: basic(one.username, password) },
+      });
+      assert.equal(got.status, 200);
+      assert.equal(got.error, undefined, 'the response completes');
+      assert.equal(got.digest, layer.digest, 'the whole layer');
+    } finally {
+      proxy.set(undefined);
+    }
+    const tookMs = Date.now() - started;
+    assert.equal(
+      await agent.metric('shoal_agent_swarm_fallbacks_total', { reason: 'stall' }),
+      stalls + 1,
+      'read late, after the swarm stalled',
+    );
+    return {
+      size: layer.size,
+      gets: proxy
+        .received()
+        .slice(mark)
+        .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`)),
+      resumes: (await agent.metric('shoal_agent_origin_resumes_total')) - resumes,
+      tookMs,
+    };
+  };
+
+  it('resumes a late read the origin cuts, from where it stopped, within the missing range', async () => {
+    const atByte = MiB + 3;
+    const { size, gets, resumes } = await lateReadWhileDamaged('origin-sources-cut', {
+      how: 'cut',
+      atByte,
+    });
+    // The missing range is the whole layer; each answer breaks off `atByte` in, and the next
+    // asks for the rest of the range from there.
+    const starts = Array.from({ length: Math.ceil(size / atByte) }, (_, i) => i * atByte);
+    assert.deepEqual(
+      gets.map((r) => r.range),
+      starts.map((start) => `bytes=${start}-${size - 1}`),
+    );
+    assert.equal(resumes, starts.length - 1);
+  });
+
+  it('asks again, from where it stopped, a late read whose transfer stops with its connection open', async () => {
+    const atByte = 2 * MiB + 3;
+    // The answer sends 2 MiB and then nothing, its connection left open; the agent's body idle
+    // timeout is at its default (10 s), after which the rest of the range is asked for, and
+    // comes (it is shorter than that).
+    const { size, gets, resumes, tookMs } = await lateReadWhileDamaged('origin-sources-stall', {
+      how: 'stall',
+      atByte,
+    });
+    assert.ok(size < 2 * atByte, `a ${size}-byte layer`);
+    assert.deepEqual(
+      gets.map((r) => r.range),
+      [`bytes=0-${size - 1}`, `bytes=${atByte}-${size - 1}`],
+      'the range, then its rest from where it stalled',
+    );
+    assert.equal(resumes, 1);
+    assert.ok(tookMs >= 9_000, `answered after ${tookMs} ms: the stall was waited out`);
   });
 });

@@ -45,7 +45,7 @@ import {
   type SeedFailed,
   type SeedIntake,
 } from '@shoal/proto';
-import { headerValue, readAnswer, type UpstreamResponse } from '@shoal/registry';
+import { resumingBody, type OpenedBlob, type ResumingBody } from '@shoal/registry';
 import { SpanKind, withSpan, withSpanOnFailure, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -59,7 +59,7 @@ import {
 } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally } from '../provenance/ledger.js';
-import { blobPath, type BlobTarget } from '../upstream/origin-fetcher.js';
+import type { BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import type { HashPath } from './hash-reader.js';
@@ -1216,17 +1216,22 @@ export class SwarmFetch {
   }
 
   /**
-   * GETs the blob (or `range` of it) at the origin. First with the source that served the
-   * last range (so a failing one is not tried first for every missing range), else with the
-   * credentials of the client that started the download, then with those of the clients
-   * reading it now, newest first. Each source is asked at its own registry: a credential never
-   * goes to another. A source that fails for any reason (refused, 404, 429, 5xx, no answer)
-   * does not end the read: its registry may be the only one in trouble, as the download is
-   * shared by digest across registries; the next is asked. One the registry refused (401, 403)
-   * is not asked again by this fetch. When every source failed, throws a `SourcesFailedError`
-   * carrying each one's outcome, so each reader gets its own registry's answer.
+   * GETs the blob (or bytes `[range.from, range.until)` of it) at the origin. First with the
+   * source that served the last range (so a failing one is not tried first for every missing
+   * range), else with the credentials of the client that started the download, then with
+   * those of the clients reading it now, newest first. Each source is asked at its own
+   * registry: a credential never goes to another. A source that fails for any reason (refused,
+   * 404, 429, 5xx, no answer) does not end the read: its registry may be the only one in
+   * trouble, as the download is shared by digest across registries; the next is asked. One the
+   * registry refused (401, 403) is not asked again by this fetch. When every source failed,
+   * throws a `SourcesFailedError` carrying each one's outcome, so each reader gets its own
+   * registry's answer. The body resumes itself from the byte it stopped at, with the source
+   * that answered, when the transfer breaks off (`resumingBody`).
    */
-  async #originGet(range: string | undefined, signal: AbortSignal): Promise<UpstreamResponse> {
+  async #originOpen(
+    range: { readonly from: number; readonly until: number; readonly size: number } | undefined,
+    signal: AbortSignal,
+  ): Promise<{ readonly opened: OpenedBlob; readonly body: AsyncGenerator<Buffer> }> {
     const own: OriginSource = {
       registry: this.#target.registry,
       name: this.#target.name,
@@ -1254,19 +1259,21 @@ export class SwarmFetch {
         failures.push(refused);
         continue;
       }
-      let response: UpstreamResponse;
-      try {
-        response = await this.#deps.requests.send({
+      const open = (from: number): Promise<OpenedBlob> =>
+        this.#deps.requests.openBlob({
           registry: source.registry,
-          method: 'GET',
-          kind: 'blob',
-          path: blobPath({ name: source.name, digest: this.#target.digest }),
-          headers: { authorization: source.authorization, range },
+          name: source.name,
+          digest: this.#target.digest,
+          authorization: source.authorization,
           signal,
+          ...(range === undefined ? { from } : { from, until: range.until }),
           // The client is already receiving this blob: a rate limit met by other requests
           // must not fail its pull; the registry answers for itself.
           started: true,
         });
+      let opened: OpenedBlob;
+      try {
+        opened = await open(range?.from ?? 0);
       } catch (error) {
         if (signal.aborted) {
           throw error;
@@ -1280,22 +1287,41 @@ export class SwarmFetch {
       }
       // A whole read wants the blob (200); a range, its part (206), or the whole blob from a
       // registry that ignores Range (200).
-      if (response.status === 200 || (range !== undefined && response.status === 206)) {
-        this.#served = source;
-        return response;
-      }
-      let answer: SourceFailure['answer'];
-      try {
-        answer = await readAnswer(response);
-      } catch (error) {
-        // Its answer broke off: a failure like any other, the next source is tried.
-        if (signal.aborted) {
-          throw error;
+      if (opened.status === 200 || (range !== undefined && opened.status === 206)) {
+        let body: ResumingBody;
+        try {
+          body = resumingBody(opened, {
+            signal,
+            reopen: open,
+            ...(range === undefined
+              ? {}
+              : { from: { byte: range.from, size: range.size }, until: range.until }),
+            onResume: (at, cause) => {
+              this.#deps.metrics.originResumes.inc();
+              this.#deps.logger.warn(
+                { blob: this.#blob, registry: source.registry.host, at, err: cause },
+                "the origin's blob transfer broke off: asked again from where it stopped",
+              );
+            },
+          });
+        } catch (error) {
+          // Another range than the one asked for, or another size: not this blob's part.
+          this.#deps.logger.info(
+            { blob: this.#blob, registry: source.registry.host, err: error },
+            'the origin answered a late read with another range; trying the next source',
+          );
+          failures.push({ source, answer: undefined });
+          continue;
         }
+        this.#served = source;
+        return { opened, body: body.blocks };
       }
-      const failure = { source, answer };
+      const failure = {
+        source,
+        answer: { status: opened.status, headers: opened.headers, body: opened.answer },
+      };
       failures.push(failure);
-      if (response.status === 401 || response.status === 403) {
+      if (opened.status === 401 || opened.status === 403) {
         this.#refused.push(failure);
       }
     }
@@ -1309,69 +1335,47 @@ export class SwarmFetch {
 
   /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */
   async #fromOrigin(signal: AbortSignal): Promise<void> {
-    const { metrics } = this.#deps;
+    const { metrics, pool } = this.#deps;
     const size = this.download.size;
     if (size === undefined || this.#picker.count === 0) {
       // Nothing is known about the blob: read it whole, in order.
-      const response = await this.#originGet(undefined, signal);
-      const length = headerValue(response.headers, 'content-length');
-      if (length !== undefined) {
-        this.download.setSize(Number(length));
+      const { opened, body } = await this.#originOpen(undefined, signal);
+      if (opened.size !== undefined) {
+        this.download.setSize(opened.size);
       }
       // No piece check: the download hashes the blob, whatever a record says.
       this.#unchecked = true;
       this.#releaseHash(0);
-      for await (const chunk of response.body as AsyncIterable<Buffer>) {
-        await this.download.append(chunk);
-        metrics.fetchedBytes.inc({ source: 'origin' }, chunk.length);
-        this.tally.add('origin', chunk.length);
+      for await (const block of body) {
+        // The block is lent until the next: the download keeps a copy of its own.
+        const copy = pool.take(block.length);
+        copy.set(block);
+        await this.download.append(copy, true);
+        metrics.fetchedBytes.inc({ source: 'origin' }, block.length);
+        this.tally.add('origin', block.length);
       }
       return;
     }
     for (const [first, last] of toRanges(this.#picker.missing())) {
-      const start = first * this.#pieceSize;
-      const end = Math.min(size, last * this.#pieceSize);
-      const response = await this.#originGet(`bytes=${start}-${end - 1}`, signal);
-      let skip = 0;
-      if (response.status === 200) {
-        // A registry (or a proxy before it) that ignores Range sends the whole blob: use the
-        // part we asked for.
-        skip = start;
-      } else if (
-        headerValue(response.headers, 'content-range')?.startsWith(`bytes ${start}-${end - 1}/`) !==
-        true
-      ) {
-        response.body.destroy();
-        throw new Error(`origin answered a different range than bytes=${start}-${end - 1}`);
-      }
-      await this.#piecesFromStream(response.body as AsyncIterable<Buffer>, first, last, skip);
-      response.body.destroy();
+      const from = first * this.#pieceSize;
+      const until = Math.min(size, last * this.#pieceSize);
+      const { body } = await this.#originOpen({ from, until, size }, signal);
+      await this.#piecesFromStream(body, first, last);
     }
   }
 
-  /** Cuts a ranged origin body into pieces `[first, last)`, checking known hashes. */
-  async #piecesFromStream(
-    body: AsyncIterable<Buffer>,
-    first: number,
-    last: number,
-    skip: number,
-  ): Promise<void> {
+  /**
+   * Cuts an origin body from piece `first` on into pieces `[first, last)`, checking known
+   * hashes; what comes after them is not read.
+   */
+  async #piecesFromStream(body: AsyncIterable<Buffer>, first: number, last: number): Promise<void> {
     const size = this.download.size ?? 0;
-    let toSkip = skip;
     let index = first;
     let bounds = pieceBounds(index, size, this.#pieceSize);
     let piece = this.#deps.pool.take(bounds.end - bounds.start);
     let filled = 0;
     for await (const chunk of body) {
       let rest = chunk;
-      if (toSkip > 0) {
-        const dropped = Math.min(toSkip, rest.length);
-        rest = rest.subarray(dropped);
-        toSkip -= dropped;
-      }
-      if (index >= last) {
-        break;
-      }
       while (rest.length > 0 && index < last) {
         const take = Math.min(rest.length, piece.length - filled);
         rest.copy(piece, filled, 0, take);
@@ -1401,6 +1405,11 @@ export class SwarmFetch {
             filled = 0;
           }
         }
+      }
+      if (index >= last) {
+        // A registry that ignores Range sends the rest of the blob too: its transfer is
+        // cancelled as the loop ends.
+        break;
       }
     }
     if (index < last) {

@@ -57,6 +57,13 @@ export interface BlobRequest {
   readonly signal: AbortSignal;
   /** The blob from this byte on, to resume a transfer that broke off (default 0: whole). */
   readonly from?: number;
+  /** The read ends before this byte (a part of the blob; default: its end). */
+  readonly until?: number;
+  /**
+   * A client is already receiving this blob (the swarm's late read of its rest): a rate limit
+   * met by other requests must not fail its pull. Default: when `from` is past 0 (a resume).
+   */
+  readonly started?: boolean;
 }
 
 /**
@@ -113,7 +120,15 @@ export class RegistryRequests {
       'origin GET blob',
       {
         kind: SpanKind.CLIENT,
-        attributes: { 'oci.registry': req.registry.host, 'http.request.method': 'GET' },
+        attributes: {
+          'oci.registry': req.registry.host,
+          'http.request.method': 'GET',
+          ...(req.from === undefined && req.until === undefined
+            ? {}
+            : {
+                'http.request.range': `bytes=${String(req.from ?? 0)}-${req.until === undefined ? '' : String(req.until - 1)}`,
+              }),
+        },
       },
       async (span) => {
         const limited: LimitedRequest = {
@@ -122,7 +137,7 @@ export class RegistryRequests {
           method: 'GET',
           authorization: req.authorization,
           // A resume carries on a transfer the client is already receiving.
-          started: (req.from ?? 0) > 0,
+          started: req.started ?? (req.from ?? 0) > 0,
         };
         const held = this.#held(limited);
         if (held !== undefined) {
@@ -144,6 +159,7 @@ export class RegistryRequests {
             req.signal,
             { authorization: req.authorization },
             req.from,
+            req.until,
           ),
         );
         span.setAttribute('http.response.status_code', opened.status);
