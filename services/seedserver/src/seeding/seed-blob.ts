@@ -87,6 +87,8 @@ export class SeedBlob {
   #path: string;
   #complete = false;
   #closed = false;
+  /** The local manifest's note that the gateway holds the blob, while written (never fails). */
+  #noting: Promise<void> | undefined;
   #users = 0;
   /** Piece reads under way. */
   #reads = 0;
@@ -279,8 +281,11 @@ export class SeedBlob {
       return;
     }
     const path = `${this.#path}.pieces.json`;
-    await writeFile(`${path}.tmp`, JSON.stringify(this.#localManifest()));
-    await rename(`${path}.tmp`, path);
+    const noting = writeFile(`${path}.tmp`, JSON.stringify(this.#localManifest())).then(() =>
+      rename(`${path}.tmp`, path),
+    );
+    this.#noting = noting.catch(() => undefined);
+    await noting;
   }
 
   /** The manifest kept beside the file: pieces, the seed's record, and whether it is stored. */
@@ -406,8 +411,11 @@ export class SeedBlob {
   /** Drops a complete blob from the disk (evicted): its file and its piece manifest. */
   async remove(): Promise<void> {
     await this.close();
+    // A note being written (`markStored`) lands first, or it would leave its manifest behind.
+    await this.#noting;
     await rm(this.#path, { force: true });
     await rm(`${this.#path}.pieces.json`, { force: true });
+    await rm(`${this.#path}.pieces.json.tmp`, { force: true });
   }
 
   async close(): Promise<void> {
