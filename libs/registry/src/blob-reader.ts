@@ -37,7 +37,7 @@ export const BLOB_HOLD_MS = 50;
 const BLOCKS_PER_BODY = 3;
 /** Blocks kept between bodies. */
 const MAX_IDLE_BLOCKS = 12;
-/** Largest body read from an answer other than the blob (an error, a redirect), in bytes. */
+/** Most of the body kept from an answer other than the blob (an error, a redirect), in bytes. */
 const MAX_ANSWER_BYTES = 64 * 1024;
 const MAX_REDIRECTIONS = 5;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -224,6 +224,8 @@ export class BlobReader {
         cancel: (reason) => stop.abort(reason),
       },
     );
+    /** Thrown to stop reading an answer other than the blob once its body passes the bound. */
+    const answerCut = new Error(`${url.host} answered with a body past ${MAX_ANSWER_BYTES} bytes`);
     return new Promise<OpenedBlob>((resolve, reject) => {
       let head: Omit<OpenedBlob, 'blocks' | 'cancel' | 'answer'> | undefined;
       /** The body of an answer other than 200, kept for the caller. */
@@ -275,12 +277,13 @@ export class BlobReader {
             if (isBody(head?.status)) {
               return body.write(bytes);
             }
+            // A view valid only during this call.
+            answer.push(Buffer.from(bytes.subarray(0, MAX_ANSWER_BYTES - answerBytes)));
             answerBytes += bytes.length;
             if (answerBytes > MAX_ANSWER_BYTES) {
-              throw new Error(`${url.host} answered ${head?.status} with a body too large`);
+              // Its start is enough to tell the answer (a CDN's or firewall's HTML page).
+              throw answerCut;
             }
-            // A view valid only during this call.
-            answer.push(Buffer.from(bytes));
             return undefined;
           },
         },
@@ -300,6 +303,17 @@ export class BlobReader {
         },
         (error: unknown) => {
           clearTimeout(headersTimer);
+          if (error === answerCut && head !== undefined) {
+            // The answer's status and headers stand; its body is kept to its first 64 KiB.
+            body.end();
+            resolve({
+              ...head,
+              answer: Buffer.concat(answer),
+              blocks: body,
+              cancel: () => undefined,
+            });
+            return;
+          }
           const failure = error instanceof Error ? error : new Error(String(error));
           body.fail(failure);
           // Before the head: the request failed. After it: the blocks throw.

@@ -45,8 +45,9 @@ export interface ResumeOptions {
   readonly from?: { readonly byte: number; readonly size: number };
   /**
    * The read ends before this byte (`BlobReader.open`'s `until`: a part of the blob, read from
-   * `from.byte`): a transfer that breaks off past it is not asked again, and `reopen` asks for
-   * the range up to it. Default: the blob's end.
+   * `from.byte`, which must be given): the blocks stop there, a transfer that breaks off at or
+   * past it is not asked again, one that ends short of it is, and `reopen` asks for the range
+   * up to it. Default: the blob's end.
    */
   readonly until?: number;
 }
@@ -62,8 +63,9 @@ export interface ResumingBody {
  * The blocks of `opened` (a 200 with its size; with `until`, bytes up to that one only), and
  * when the transfer breaks off before the end, those of a range request from the byte it
  * stopped at (the whole blob again when no byte had come), up to `ORIGIN_RESUMES` times in a
- * row without `RESUME_PROGRESS_BYTES` of progress. A 206 from that byte goes on from it; a 200 of the whole blob (a registry that
- * ignores Range) goes on after skipping the bytes already received. A resume request that
+ * row without `RESUME_PROGRESS_BYTES` of progress. A 206 from that byte goes on from it; a
+ * 200 of the whole blob (a registry that ignores Range) goes on after skipping the bytes
+ * already received. A resume request that
  * fails (a reset, a timeout, a 5xx, a 206 from another byte) counts as a break without
  * progress and is asked again after a growing, jittered wait (250 ms doubling to 8 s), within
  * the same budget; past it the body ends with the last error. Blocks are lent as `opened`'s
@@ -73,8 +75,13 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   const start = options.from?.byte ?? 0;
   /** The whole blob's size (a 200's Content-Length when read from its start). */
   const size = options.from?.size ?? opened.size;
+  const until = options.until;
+  if (until !== undefined && options.from === undefined) {
+    // The answer's Content-Length would be the part's, not the blob's.
+    throw new Error('a part of a blob is read with `from`, which gives the blob’s size');
+  }
   /** Where the read ends: the range's end, or the blob's. */
-  const end = options.until ?? size;
+  const end = until ?? size;
   let current = opened;
   let cancelled: Error | undefined;
   // Read through a call: `cancel` sets it while a reopen is awaited, which narrowing misses.
@@ -127,17 +134,33 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           }
           const rest = skip === 0 ? block : block.subarray(skip);
           skip = 0;
-          if (options.until !== undefined && received + rest.length > options.until) {
+          if (until !== undefined && received + rest.length > until) {
             // The part ends in this block: a registry that ignores Range sends the rest of the
             // blob too, whose transfer is cancelled as this loop ends.
-            yield rest.subarray(0, options.until - received);
+            const last = rest.subarray(0, until - received);
+            received = until;
+            if (last.length > 0) {
+              yield last;
+            }
             return;
           }
           received += rest.length;
           yield rest;
         }
+        if (until !== undefined && received < until) {
+          // A 206 shorter than the part asked for (a CDN capping its ranges): the rest is
+          // asked for as after a break.
+          throw new Error(
+            `the origin's answer ended at byte ${String(received)}, short of ${String(until)}`,
+          );
+        }
         return;
       } catch (error) {
+        if (until !== undefined && received >= until) {
+          // Broken off after the part's last byte (before the rest of a whole 200, or the end
+          // of the answer): the part is whole.
+          return;
+        }
         let cause = error instanceof Error ? error : new Error(String(error));
         let failedReopen = false;
         for (;;) {

@@ -217,6 +217,25 @@ describe('BlobReader', () => {
     assert.equal((await drain(opened)).bytes, 0);
   });
 
+  it("keeps a refusal's status and headers, and its body's first 64 KiB, however long its body", async () => {
+    const page = Buffer.alloc(200 * 1024, 'refused by the edge firewall. ');
+    for (const chunked of [false, true]) {
+      const edge = await serve(`long-refusal-${String(chunked)}`, (_request, response) => {
+        response.writeHead(403, {
+          'content-type': 'text/html',
+          'x-edge': 'waf',
+          ...(chunked ? {} : { 'content-length': page.length }),
+        });
+        response.end(page);
+      });
+      const opened = await openLayer(reader(), edge);
+      assert.equal(opened.status, 403, chunked ? 'chunked' : 'with a length');
+      assert.equal(opened.headers['x-edge'], 'waf');
+      assert.ok(opened.answer.equals(page.subarray(0, 64 * 1024)), 'the first 64 KiB');
+      assert.equal((await drain(opened)).bytes, 0, 'no blocks');
+    }
+  });
+
   it('sends a forwarded Authorization as it is and hands a challenge back with its body', async () => {
     const blobs = reader();
     const digest = parseDigest(layer.digest);
@@ -726,36 +745,51 @@ describe('BlobReader', () => {
     );
   });
 
-  it('reads a part of a blob, resumed within the part, and cuts a whole 200 to the part', async () => {
+  it('reads a part of a blob: resumed within it, a whole 200 cut to it, a short or foreign 206 not taken as it', async () => {
     const bytes = await readFile(layer.path);
     const from = MiB + 77;
-    const until = 3 * MiB + 5;
-    assert.ok(until < bytes.length, 'a part short of the end');
-    const ranges: (string | undefined)[] = [];
-    /** `cut`: the first answer, a 206 of the part, breaks off 1 MiB in; `whole`: 200s. */
-    const origin = (how: 'cut' | 'whole'): Promise<UpstreamRegistry> =>
-      serve(`part-${how}`, (request, response) => {
-        ranges.push(request.headers.range);
-        const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
-        if (how === 'whole' || match === null) {
-          response.writeHead(200, { 'content-length': bytes.length });
-          response.end(bytes);
-          return;
-        }
-        const [first, last] = [Number(match[1]), Number(match[2])];
-        response.writeHead(206, {
-          'content-length': last - first + 1,
-          'content-range': `bytes ${String(first)}-${String(last)}/${String(bytes.length)}`,
-        });
-        if (ranges.length === 1) {
-          response.write(bytes.subarray(first, first + MiB), () => response.destroy());
-        } else {
-          response.end(bytes.subarray(first, last + 1));
-        }
-      });
+    assert.ok(4 * MiB < bytes.length, 'parts short of the end');
+    /**
+     * How the n-th request for a part is answered: `part` a 206 of it; `cut` a 206 that breaks
+     * off 1 MiB in; `short` a 206 of its first MiB only (a CDN capping ranges); `foreign` a 206
+     * of a blob one byte longer; `whole` a 200 of the blob; `whole-to-end` a 200 that breaks
+     * off right after the part's last byte.
+     */
+    type Step = 'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end';
     const readPart = async (
-      registry: UpstreamRegistry,
-    ): Promise<{ part: Buffer; resumedAt: number[] }> => {
+      script: readonly Step[],
+      until: number,
+    ): Promise<{ part: Buffer; ranges: (string | undefined)[]; resumedAt: number[] }> => {
+      const ranges: (string | undefined)[] = [];
+      const registry = await serve(
+        `part-${script.join('-')}-${String(until)}`,
+        (request, response) => {
+          const step = script[Math.min(ranges.length, script.length - 1)];
+          ranges.push(request.headers.range);
+          const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
+          if (step === 'whole' || step === 'whole-to-end' || match === null) {
+            response.writeHead(200, { 'content-length': bytes.length });
+            if (step === 'whole-to-end') {
+              response.write(bytes.subarray(0, until), () => response.destroy());
+            } else {
+              response.end(bytes);
+            }
+            return;
+          }
+          const first = Number(match[1]);
+          const last = step === 'short' ? first + MiB - 1 : Number(match[2]);
+          const total = step === 'foreign' ? bytes.length + 1 : bytes.length;
+          response.writeHead(206, {
+            'content-length': last - first + 1,
+            'content-range': `bytes ${String(first)}-${String(last)}/${String(total)}`,
+          });
+          if (step === 'cut') {
+            response.write(bytes.subarray(first, first + MiB), () => response.destroy());
+          } else {
+            response.end(bytes.subarray(first, last + 1));
+          }
+        },
+      );
       const blobs = reader();
       const signal = AbortSignal.timeout(30_000);
       const digest = parseDigest(layer.digest);
@@ -774,32 +808,46 @@ describe('BlobReader', () => {
       for await (const block of body.blocks) {
         blocks.push(Buffer.from(block));
       }
-      return { part: Buffer.concat(blocks), resumedAt };
+      return { part: Buffer.concat(blocks), ranges, resumedAt };
     };
+    const asked = (start: number, until: number): string =>
+      `bytes=${String(start)}-${String(until - 1)}`;
 
-    const cut = await readPart(await origin('cut'));
+    const until = 3 * MiB + 5;
+    const cut = await readPart(['cut', 'part'], until);
     assert.ok(cut.part.equals(bytes.subarray(from, until)), 'the part, exactly');
     assert.deepEqual(cut.resumedAt, [from + MiB]);
-    assert.deepEqual(ranges, [
-      `bytes=${String(from)}-${String(until - 1)}`,
-      `bytes=${String(from + MiB)}-${String(until - 1)}`,
-    ]);
+    assert.deepEqual(cut.ranges, [asked(from, until), asked(from + MiB, until)]);
 
-    ranges.length = 0;
-    const whole = await readPart(await origin('whole'));
+    // A 206 shorter than asked: the rest is asked for, as after a break.
+    const short = await readPart(['short', 'part'], until);
+    assert.ok(short.part.equals(bytes.subarray(from, until)), 'the part after a short answer');
+    assert.deepEqual(short.resumedAt, [from + MiB]);
+    assert.deepEqual(short.ranges, [asked(from, until), asked(from + MiB, until)]);
+
+    const whole = await readPart(['whole'], until);
     assert.ok(whole.part.equals(bytes.subarray(from, until)), 'the part of the whole blob');
     assert.deepEqual(whole.resumedAt, []);
-    assert.deepEqual(ranges, [`bytes=${String(from)}-${String(until - 1)}`]);
+    assert.deepEqual(whole.ranges, [asked(from, until)]);
 
-    // A 206 from the right byte of a blob of another size is not this blob's part.
-    const other = await serve('part-other-size', (_request, response) => {
-      response.writeHead(206, {
-        'content-length': until - from,
-        'content-range': `bytes ${String(from)}-${String(until - 1)}/${String(bytes.length + 1)}`,
-      });
-      response.end(bytes.subarray(from, until));
-    });
-    await assert.rejects(readPart(other), /reading from byte \d+: the origin answered 206/);
+    // A whole 200 that breaks off right after the part's last byte, at the end of a block: the
+    // part is whole, and nothing is asked again.
+    const aligned = 4 * MiB;
+    const toEnd = await readPart(['whole-to-end'], aligned);
+    assert.ok(toEnd.part.equals(bytes.subarray(from, aligned)), 'the part up to the break');
+    assert.deepEqual(toEnd.resumedAt, []);
+    assert.deepEqual(toEnd.ranges, [asked(from, aligned)]);
+
+    // A 206 from the right byte of a blob of another size is not this blob's part: not at
+    // first, and not to resume either (asked again within the budget, then given up).
+    await assert.rejects(
+      readPart(['foreign'], until),
+      /reading from byte \d+: the origin answered 206/,
+    );
+    await assert.rejects(
+      readPart(['cut', 'foreign'], until),
+      /resuming at byte \d+: the origin answered 206/,
+    );
   });
 
   it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {

@@ -1229,9 +1229,12 @@ export class SwarmFetch {
    * that answered, when the transfer breaks off (`resumingBody`).
    */
   async #originOpen(
-    range: { readonly from: number; readonly until: number; readonly size: number } | undefined,
+    range: { readonly from: number; readonly until?: number; readonly size: number } | undefined,
     signal: AbortSignal,
   ): Promise<{ readonly opened: OpenedBlob; readonly body: AsyncGenerator<Buffer> }> {
+    // A part of the blob is asked for with a Range header; the whole blob (from byte 0 to its
+    // end, its size known or not) without.
+    const ranged = range !== undefined && (range.from > 0 || range.until !== undefined);
     const own: OriginSource = {
       registry: this.#target.registry,
       name: this.#target.name,
@@ -1266,7 +1269,8 @@ export class SwarmFetch {
           digest: this.#target.digest,
           authorization: source.authorization,
           signal,
-          ...(range === undefined ? { from } : { from, until: range.until }),
+          from,
+          ...(range?.until === undefined ? {} : { until: range.until }),
           // The client is already receiving this blob: a rate limit met by other requests
           // must not fail its pull; the registry answers for itself.
           started: true,
@@ -1287,15 +1291,14 @@ export class SwarmFetch {
       }
       // A whole read wants the blob (200); a range, its part (206), or the whole blob from a
       // registry that ignores Range (200).
-      if (opened.status === 200 || (range !== undefined && opened.status === 206)) {
+      if (opened.status === 200 || (ranged && opened.status === 206)) {
         let body: ResumingBody;
         try {
           body = resumingBody(opened, {
             signal,
             reopen: open,
-            ...(range === undefined
-              ? {}
-              : { from: { byte: range.from, size: range.size }, until: range.until }),
+            ...(range === undefined ? {} : { from: { byte: range.from, size: range.size } }),
+            ...(range?.until === undefined ? {} : { until: range.until }),
             onResume: (at, cause) => {
               this.#deps.metrics.originResumes.inc();
               this.#deps.logger.warn(
@@ -1338,8 +1341,12 @@ export class SwarmFetch {
     const { metrics, pool } = this.#deps;
     const size = this.download.size;
     if (size === undefined || this.#picker.count === 0) {
-      // Nothing is known about the blob: read it whole, in order.
-      const { opened, body } = await this.#originOpen(undefined, signal);
+      // Nothing is known about the pieces: the blob is read whole, in order (of the size the
+      // download knows, if it does: then resumable whatever the answer's headers say).
+      const { opened, body } = await this.#originOpen(
+        size === undefined ? undefined : { from: 0, size },
+        signal,
+      );
       if (opened.size !== undefined) {
         this.download.setSize(opened.size);
       }

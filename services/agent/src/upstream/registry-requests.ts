@@ -110,10 +110,11 @@ export class RegistryRequests {
   }
 
   /**
-   * GETs a whole blob, redirects followed (the client's credentials never go to another
-   * origin), counted and traced as `send` does; resolves at the final answer's head. The body
-   * of a 200 comes in lent blocks (each valid until the next is asked for); any other answer
-   * comes with its body (`answer`), for the client.
+   * GETs a blob (or the part `from`/`until` names), redirects followed (the client's
+   * credentials never go to another origin), counted and traced as `send` does; resolves at
+   * the final answer's head. The body of a 200 (or of a part's 206) comes in lent blocks (each
+   * valid until the next is asked for); any other answer comes with its body (`answer`, its
+   * first 64 KiB), for the client.
    */
   openBlob(req: BlobRequest): Promise<OpenedBlob> {
     return withSpan(
@@ -123,7 +124,7 @@ export class RegistryRequests {
         attributes: {
           'oci.registry': req.registry.host,
           'http.request.method': 'GET',
-          ...(req.from === undefined && req.until === undefined
+          ...((req.from ?? 0) === 0 && req.until === undefined
             ? {}
             : {
                 'http.request.range': `bytes=${String(req.from ?? 0)}-${req.until === undefined ? '' : String(req.until - 1)}`,
