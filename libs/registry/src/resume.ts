@@ -23,6 +23,9 @@ export const ORIGIN_RESUMES = 5;
  */
 export const RESUME_PROGRESS_BYTES = 1024 * 1024;
 
+/** Answers to a resume that end the body at once: the registry refused the credential. */
+const REFUSALS: ReadonlySet<number> = new Set([401, 403]);
+
 /** First wait before asking again after a resume request failed, in ms; it doubles each time. */
 const REOPEN_BACKOFF_MS = 250;
 /** The longest wait before asking again after a failed resume request, in ms. */
@@ -68,7 +71,8 @@ export interface ResumingBody {
  * already received. A resume request that
  * fails (a reset, a timeout, a 5xx, a 206 from another byte) counts as a break without
  * progress and is asked again after a growing, jittered wait (250 ms doubling to 8 s), within
- * the same budget; past it the body ends with the last error. Blocks are lent as `opened`'s
+ * the same budget; past it the body ends with the last error. A resume refused (401, 403)
+ * ends the body at once. Blocks are lent as `opened`'s
  * are; what the bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
@@ -209,6 +213,11 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
               { cause },
             );
             next.cancel(cause);
+            if (REFUSALS.has(next.status)) {
+              // The credential no longer opens the blob (a token expired mid-transfer): asking
+              // again with it cannot help; the client asks again with a fresh one.
+              throw cause;
+            }
             failedReopen = true;
             continue;
           }

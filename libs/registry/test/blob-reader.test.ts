@@ -755,18 +755,23 @@ describe('BlobReader', () => {
      * of a blob one byte longer; `whole` a 200 of the blob; `whole-to-end` a 200 that breaks
      * off right after the part's last byte.
      */
-    type Step = 'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end';
+    type Step = 'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end' | 'refused';
     const readPart = async (
       script: readonly Step[],
       until: number,
+      ranges: (string | undefined)[] = [],
     ): Promise<{ part: Buffer; ranges: (string | undefined)[]; resumedAt: number[] }> => {
-      const ranges: (string | undefined)[] = [];
       const registry = await serve(
         `part-${script.join('-')}-${String(until)}`,
         (request, response) => {
           const step = script[Math.min(ranges.length, script.length - 1)];
           ranges.push(request.headers.range);
           const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
+          if (step === 'refused') {
+            response.writeHead(401, { 'content-type': 'application/json' });
+            response.end('{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}');
+            return;
+          }
           if (step === 'whole' || step === 'whole-to-end' || match === null) {
             response.writeHead(200, { 'content-length': bytes.length });
             if (step === 'whole-to-end') {
@@ -848,6 +853,15 @@ describe('BlobReader', () => {
       readPart(['cut', 'foreign'], until),
       /resuming at byte \d+: the origin answered 206/,
     );
+
+    // A resume refused (a token that expired mid-transfer) ends the read at once: asked again
+    // with the same credential it would only be refused again.
+    const refusedRanges: (string | undefined)[] = [];
+    await assert.rejects(
+      readPart(['cut', 'refused'], until, refusedRanges),
+      /resuming at byte \d+: the origin answered 401/,
+    );
+    assert.deepEqual(refusedRanges, [asked(from, until), asked(from + MiB, until)]);
   });
 
   it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {
