@@ -114,7 +114,7 @@ export class BlobReader {
    * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
    * broke off); its body comes in blocks when the answer is 206, or 200 (a registry that
    * ignores Range sends the whole blob: the caller skips what it has), and any other answer
-   * comes with its small body, as a refusal does. `until`: the read ends before this byte
+   * comes with its body's first 64 KiB, as a refusal does. `until`: the read ends before this byte
    * (`Range: bytes=<from>-<until - 1>`, a part of the blob); a registry that ignores Range
    * sends the whole blob, which the caller cuts.
    */
@@ -189,7 +189,9 @@ export class BlobReader {
 
   /**
    * One GET. A 200 (or a 206 when `range` is sent) resolves at its head, its body streaming
-   * into the blocks; any other answer resolves once its (small) body has been read and dropped.
+   * into the blocks; any other answer resolves once its body has been read (its first 64 KiB
+   * kept), but one that is neither the blob nor a refusal (another 2xx: a 206 to a request
+   * without a range) fails the request.
    */
   #get(
     url: URL,
@@ -260,6 +262,12 @@ export class BlobReader {
         {
           onHead: (status, size, headers) => {
             clearTimeout(headersTimer);
+            if (status >= 200 && status < 300 && !isBody(status)) {
+              // Blob bytes perhaps, but not the ones asked for: never an answer for a client.
+              throw new Error(
+                `${url.host} answered ${String(status)} to a request for ${range ?? 'the whole blob'}`,
+              );
+            }
             head = { status, size, headers };
             if (isBody(status)) {
               resolve({

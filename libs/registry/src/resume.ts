@@ -23,6 +23,12 @@ export const ORIGIN_RESUMES = 5;
  */
 export const RESUME_PROGRESS_BYTES = 1024 * 1024;
 
+/**
+ * Bytes an answer that ended cleanly short of what was asked for (a CDN capping its ranges)
+ * must have brought for its end not to count against `ORIGIN_RESUMES`.
+ */
+const CAPPED_PROGRESS_BYTES = 64 * 1024;
+
 /** Answers to a resume that end the body at once: the registry refused the credential. */
 const REFUSALS: ReadonlySet<number> = new Set([401, 403]);
 
@@ -82,7 +88,9 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   const until = options.until;
   if (until !== undefined && options.from === undefined) {
     // The answer's Content-Length would be the part's, not the blob's.
-    throw new Error('a part of a blob is read with `from`, which gives the blob’s size');
+    const error = new Error('a part of a blob is read with `from`, which gives the blob’s size');
+    opened.cancel(error);
+    throw error;
   }
   /** Where the read ends: the range's end, or the blob's. */
   const end = until ?? size;
@@ -129,6 +137,8 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     let received = start;
     let resumedAt = start;
     let stalls = 0;
+    /** The last answer ended cleanly short of the end (a 206 of less than asked for). */
+    let endedShort = false;
     for (;;) {
       try {
         for await (const block of current.blocks) {
@@ -151,16 +161,22 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           received += rest.length;
           yield rest;
         }
-        if (until !== undefined && received < until) {
-          // A 206 shorter than the part asked for (a CDN capping its ranges): the rest is
-          // asked for as after a break.
+        if (end !== undefined && received < end) {
+          // An answer that ended cleanly short of what was asked for (a CDN capping its
+          // ranges): the rest is asked for as after a break.
+          endedShort = true;
           throw new Error(
-            `the origin's answer ended at byte ${String(received)}, short of ${String(until)}`,
+            `the origin's answer ended at byte ${String(received)}, short of ${String(end)}`,
           );
         }
         return;
       } catch (error) {
-        if (until !== undefined && received >= until) {
+        if (
+          until !== undefined &&
+          received >= until &&
+          stopped() === undefined &&
+          !options.signal.aborted
+        ) {
           // Broken off after the part's last byte (before the rest of a whole 200, or the end
           // of the answer): the part is whole.
           return;
@@ -168,7 +184,13 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
         let cause = error instanceof Error ? error : new Error(String(error));
         let failedReopen = false;
         for (;;) {
-          stalls = received - resumedAt >= RESUME_PROGRESS_BYTES ? 1 : stalls + 1;
+          const progress = received - resumedAt;
+          // A capped answer that brought what it said it would is progress too, however small
+          // the cap (not below `CAPPED_PROGRESS_BYTES`, though: that is an origin dribbling).
+          const progressed =
+            progress >= RESUME_PROGRESS_BYTES || (endedShort && progress >= CAPPED_PROGRESS_BYTES);
+          endedShort = false;
+          stalls = progressed ? 1 : stalls + 1;
           resumedAt = received;
           if (
             stopped() !== undefined ||

@@ -638,12 +638,13 @@ describe('BlobReader', () => {
   /**
    * A stand-in origin whose n-th request gets `script[n]` (the last one after that): `cut`
    * sends a 200 and closes after 2 MiB + 1234 bytes, `whole` a 200 of every byte whatever
-   * the Range, `range` a proper 206, `unavailable` a 503, `reset` closes with no answer.
+   * the Range, `range` a proper 206, `capped` a 206 of at most 256 KiB from the byte asked for
+   * (a CDN capping its ranges), `unavailable` a 503, `reset` closes with no answer.
    */
   const scripted = async (
     host: string,
     bytes: Buffer,
-    script: readonly ('cut' | 'whole' | 'range' | 'unavailable' | 'reset')[],
+    script: readonly ('cut' | 'whole' | 'range' | 'capped' | 'unavailable' | 'reset')[],
   ): Promise<{ origin: UpstreamRegistry; ranges: (string | undefined)[] }> => {
     const ranges: (string | undefined)[] = [];
     const origin = await serve(host, (request, response) => {
@@ -662,6 +663,13 @@ describe('BlobReader', () => {
           'content-range': `bytes ${String(from)}-${String(bytes.length - 1)}/${String(bytes.length)}`,
         });
         response.end(bytes.subarray(from));
+      } else if (step === 'capped') {
+        const end = Math.min(bytes.length, from + 256 * 1024);
+        response.writeHead(206, {
+          'content-length': end - from,
+          'content-range': `bytes ${String(from)}-${String(end - 1)}/${String(bytes.length)}`,
+        });
+        response.end(bytes.subarray(from, end));
       } else if (step === 'unavailable') {
         response.writeHead(503, { 'content-type': 'text/plain' });
         response.end('busy');
@@ -751,11 +759,13 @@ describe('BlobReader', () => {
     assert.ok(4 * MiB < bytes.length, 'parts short of the end');
     /**
      * How the n-th request for a part is answered: `part` a 206 of it; `cut` a 206 that breaks
-     * off 1 MiB in; `short` a 206 of its first MiB only (a CDN capping ranges); `foreign` a 206
+     * off 1 MiB in; `short` a 206 of its first 256 KiB only (a CDN capping ranges); `foreign` a 206
      * of a blob one byte longer; `whole` a 200 of the blob; `whole-to-end` a 200 that breaks
      * off right after the part's last byte.
      */
     type Step = 'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end' | 'refused';
+    /** The largest answer of a `short` step, in bytes. */
+    const CAP = 256 * 1024;
     const readPart = async (
       script: readonly Step[],
       until: number,
@@ -782,7 +792,8 @@ describe('BlobReader', () => {
             return;
           }
           const first = Number(match[1]);
-          const last = step === 'short' ? first + MiB - 1 : Number(match[2]);
+          const last =
+            step === 'short' ? Math.min(first + CAP, Number(match[2]) + 1) - 1 : Number(match[2]);
           const total = step === 'foreign' ? bytes.length + 1 : bytes.length;
           response.writeHead(206, {
             'content-length': last - first + 1,
@@ -824,11 +835,21 @@ describe('BlobReader', () => {
     assert.deepEqual(cut.resumedAt, [from + MiB]);
     assert.deepEqual(cut.ranges, [asked(from, until), asked(from + MiB, until)]);
 
-    // A 206 shorter than asked: the rest is asked for, as after a break.
-    const short = await readPart(['short', 'part'], until);
-    assert.ok(short.part.equals(bytes.subarray(from, until)), 'the part after a short answer');
-    assert.deepEqual(short.resumedAt, [from + MiB]);
-    assert.deepEqual(short.ranges, [asked(from, until), asked(from + MiB, until)]);
+    // Every 206 shorter than asked, 256 KiB at most: the rest is asked for each time, and a
+    // capped answer that brought its bytes is progress, however many the part takes (more
+    // than `ORIGIN_RESUMES` here).
+    const short = await readPart(['short'], until);
+    assert.ok(short.part.equals(bytes.subarray(from, until)), 'the part from capped answers');
+    const capped = Array.from(
+      { length: Math.ceil((until - from) / CAP) },
+      (_, i) => from + i * CAP,
+    );
+    assert.ok(capped.length > ORIGIN_RESUMES + 1, `${String(capped.length)} answers`);
+    assert.deepEqual(short.resumedAt, capped.slice(1));
+    assert.deepEqual(
+      short.ranges,
+      capped.map((start) => asked(start, until)),
+    );
 
     const whole = await readPart(['whole'], until);
     assert.ok(whole.part.equals(bytes.subarray(from, until)), 'the part of the whole blob');
@@ -862,6 +883,44 @@ describe('BlobReader', () => {
       /resuming at byte \d+: the origin answered 401/,
     );
     assert.deepEqual(refusedRanges, [asked(from, until), asked(from + MiB, until)]);
+
+    // A part without `from` (which gives the blob's size) is refused, its transfer stopped.
+    let stoppedWith: Error | undefined;
+    const stray: OpenedBlob = {
+      status: 206,
+      headers: {},
+      size: 10,
+      answer: Buffer.alloc(0),
+      blocks: (async function* () {})(),
+      cancel: (reason) => {
+        stoppedWith = reason;
+      },
+    };
+    assert.throws(
+      () =>
+        resumingBody(stray, {
+          signal: AbortSignal.timeout(1_000),
+          reopen: () => Promise.reject(new Error('not asked')),
+          until: 10,
+        }),
+      /read with `from`/,
+    );
+    assert.match(String(stoppedWith), /read with `from`/);
+  });
+
+  it('fails a 206 to a request for the whole blob rather than hand it on as an answer', async () => {
+    const bytes = await readFile(layer.path);
+    const partial = await serve('unasked-206', (_request, response) => {
+      response.writeHead(206, {
+        'content-length': 100,
+        'content-range': `bytes 0-99/${String(bytes.length)}`,
+      });
+      response.end(bytes.subarray(0, 100));
+    });
+    await assert.rejects(
+      openLayer(reader(), partial),
+      /answered 206 to a request for the whole blob/,
+    );
   });
 
   it('resumes from a registry that ignores Range: the whole-blob 200 goes on after the bytes received', async () => {
@@ -871,6 +930,20 @@ describe('BlobReader', () => {
     assert.equal(read.digest, layer.digest);
     assert.deepEqual(read.resumedAt, [2 * MiB + 1234]);
     assert.deepEqual(ranges, [undefined, `bytes=${String(2 * MiB + 1234)}-`]);
+  });
+
+  it('reads the rest of a blob from a CDN that caps its ranges, answer after answer', async () => {
+    const bytes = await readFile(layer.path);
+    const { origin, ranges } = await scripted('capped-ranges', bytes, ['cut', 'capped']);
+    const read = await readResuming(origin);
+    assert.equal(read.digest, layer.digest);
+    const resumes = Array.from(
+      { length: Math.ceil((bytes.length - (2 * MiB + 1234)) / (256 * 1024)) },
+      (_, i) => 2 * MiB + 1234 + i * 256 * 1024,
+    );
+    assert.ok(resumes.length > ORIGIN_RESUMES, `${String(resumes.length)} capped answers`);
+    assert.deepEqual(read.resumedAt, resumes);
+    assert.deepEqual(ranges, [undefined, ...resumes.map((at) => `bytes=${String(at)}-`)]);
   });
 
   it('asks again after a resume request answered 503 or reset, within the same budget', async () => {

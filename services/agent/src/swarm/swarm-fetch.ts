@@ -1308,10 +1308,10 @@ export class SwarmFetch {
             },
           });
         } catch (error) {
-          // Another range than the one asked for, or another size: not this blob's part.
+          // Another range than the one asked for, or another size: not this blob's bytes.
           this.#deps.logger.info(
             { blob: this.#blob, registry: source.registry.host, err: error },
-            'the origin answered a late read with another range; trying the next source',
+            'the origin answered a late read with another range or size; trying the next source',
           );
           failures.push({ source, answer: undefined });
           continue;
