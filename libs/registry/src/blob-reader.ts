@@ -114,9 +114,9 @@ export class BlobReader {
    * `from`: the blob from this byte on (`Range: bytes=<from>-`, to resume a transfer that
    * broke off); its body comes in blocks when the answer is 206, or 200 (a registry that
    * ignores Range sends the whole blob: the caller skips what it has), and any other answer
-   * comes with its body's first 64 KiB, as a refusal does. `until`: the read ends before this byte
-   * (`Range: bytes=<from>-<until - 1>`, a part of the blob); a registry that ignores Range
-   * sends the whole blob, which the caller cuts.
+   * comes with its body's first 64 KiB, as a refusal does. `until`: the read ends before this
+   * byte (`Range: bytes=<from>-<until - 1>`, a part of the blob); a registry that ignores
+   * Range sends the whole blob, which the caller cuts.
    */
   async open(
     registry: UpstreamRegistry,
@@ -137,7 +137,7 @@ export class BlobReader {
     let registryAsked = { authorization, answeredChallenge };
     let storageRetried = false;
     for (let hop = 0; ; hop += 1) {
-      const answer = await this.#get(url, authorization, signal, rangeHeader(from, until));
+      const answer = await this.#get(url, authorization, signal, blobRangeHeader(from, until));
       if (isStorageRefusal(start, url, answer.status)) {
         // The registry authorized the read and sent it to its storage, which refused it (a
         // signed URL past its expiry, a CDN edge failing): that is not the registry's answer
@@ -333,7 +333,7 @@ export class BlobReader {
 }
 
 /** The Range header for bytes `[from, until)` of a blob; undefined for the whole blob. */
-function rangeHeader(from: number, until: number | undefined): string | undefined {
+export function blobRangeHeader(from: number, until: number | undefined): string | undefined {
   if (until !== undefined) {
     return `bytes=${String(from)}-${String(until - 1)}`;
   }

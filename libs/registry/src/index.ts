@@ -39,6 +39,7 @@ export {
   BLOB_BLOCK_BYTES,
   BLOB_HOLD_MS,
   BlobReader,
+  blobRangeHeader,
   type BlobAuth,
   type BlobReaderOptions,
   type OpenedBlob,

@@ -74,12 +74,11 @@ export interface ResumingBody {
  * stopped at (the whole blob again when no byte had come), up to `ORIGIN_RESUMES` times in a
  * row without `RESUME_PROGRESS_BYTES` of progress. A 206 from that byte goes on from it; a
  * 200 of the whole blob (a registry that ignores Range) goes on after skipping the bytes
- * already received. A resume request that
- * fails (a reset, a timeout, a 5xx, a 206 from another byte) counts as a break without
- * progress and is asked again after a growing, jittered wait (250 ms doubling to 8 s), within
- * the same budget; past it the body ends with the last error. A resume refused (401, 403)
- * ends the body at once. Blocks are lent as `opened`'s
- * are; what the bytes are is for the caller to check.
+ * already received. A resume request that fails (a reset, a timeout, a 5xx, a 206 from
+ * another byte) counts as a break without progress and is asked again after a growing,
+ * jittered wait (250 ms doubling to 8 s), within the same budget; past it the body ends with
+ * the last error. A resume refused (401, 403) ends the body at once. Blocks are lent as
+ * `opened`'s are; what the bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
   const start = options.from?.byte ?? 0;

@@ -9,6 +9,7 @@ import { isAbortError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
 import type { AgentMetrics } from '../metrics.js';
 import { MirrorError } from '../mirror/errors.js';
 import {
+  blobRangeHeader,
   BlobReader,
   DEFAULT_USER_AGENT,
   heldAnswer,
@@ -117,6 +118,7 @@ export class RegistryRequests {
    * first 64 KiB), for the client.
    */
   openBlob(req: BlobRequest): Promise<OpenedBlob> {
+    const range = blobRangeHeader(req.from ?? 0, req.until);
     return withSpan(
       'origin GET blob',
       {
@@ -124,11 +126,7 @@ export class RegistryRequests {
         attributes: {
           'oci.registry': req.registry.host,
           'http.request.method': 'GET',
-          ...((req.from ?? 0) === 0 && req.until === undefined
-            ? {}
-            : {
-                'http.request.range': `bytes=${String(req.from ?? 0)}-${req.until === undefined ? '' : String(req.until - 1)}`,
-              }),
+          ...(range === undefined ? {} : { 'http.request.range': range }),
         },
       },
       async (span) => {
