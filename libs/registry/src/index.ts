@@ -44,7 +44,13 @@ export {
   type BlobReaderOptions,
   type OpenedBlob,
 } from './blob-reader.js';
-export { ORIGIN_RESUMES, resumingBody, type ResumeOptions, type ResumingBody } from './resume.js';
+export {
+  ORIGIN_RESUMES,
+  ResumeRefusedError,
+  resumingBody,
+  type ResumeOptions,
+  type ResumingBody,
+} from './resume.js';
 export {
   heldAnswer,
   MAX_HOLD_MS,

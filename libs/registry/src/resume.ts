@@ -6,7 +6,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { ShoalError } from '@shoal/runtime';
+
 import type { OpenedBlob } from './blob-reader.js';
+import type { UpstreamAnswer } from './client.js';
 
 /**
  * Times in a row a transfer is asked again without having brought `RESUME_PROGRESS_BYTES`
@@ -31,6 +34,32 @@ const CAPPED_PROGRESS_BYTES = 64 * 1024;
 
 /** Answers to a resume that end the body at once: the registry refused the credential. */
 const REFUSALS: ReadonlySet<number> = new Set([401, 403]);
+
+/**
+ * A resume the registry refused (401, 403): the credential that opened the transfer no longer
+ * opens the blob (a token that expired mid-transfer). `answer` is the refusal as it came (its
+ * body at most 64 KiB), for a caller holding other credentials to try those for the rest and,
+ * should they fail too, to hand its client its registry's own answer.
+ */
+export class ResumeRefusedError extends ShoalError<'RESUME_REFUSED'> {
+  override readonly name = 'ResumeRefusedError';
+  readonly answer: UpstreamAnswer;
+  /** The byte the refused resume asked from: every byte before it came. */
+  readonly at: number;
+
+  constructor(answer: UpstreamAnswer, at: number, cause: Error) {
+    // To a client that meets it, a failed upstream (502: it asks again, with a fresh token if
+    // it needs one); callers that hand clients their registry's own answer use `answer`.
+    super(
+      'RESUME_REFUSED',
+      502,
+      `resuming at byte ${String(at)}: the origin answered ${String(answer.status)}`,
+      { cause },
+    );
+    this.answer = answer;
+    this.at = at;
+  }
+}
 
 /** First wait before asking again after a resume request failed, in ms; it doubles each time. */
 const REOPEN_BACKOFF_MS = 250;
@@ -77,7 +106,8 @@ export interface ResumingBody {
  * already received. A resume request that fails (a reset, a timeout, a 5xx, a 206 from
  * another byte) counts as a break without progress and is asked again after a growing,
  * jittered wait (250 ms doubling to 8 s), within the same budget; past it the body ends with
- * the last error. A resume refused (401, 403) ends the body at once. Blocks are lent as
+ * the last error. A resume refused (401, 403) ends the body at once, with a
+ * `ResumeRefusedError`. Blocks are lent as
  * `opened`'s are; what the bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
@@ -229,16 +259,23 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
             throw reason;
           }
           if (skipped === undefined) {
+            if (REFUSALS.has(next.status)) {
+              // The credential no longer opens the blob (a token expired mid-transfer): asking
+              // again with it cannot help. The caller may hold another; else the client asks
+              // again with a fresh one.
+              const refused = new ResumeRefusedError(
+                { status: next.status, headers: next.headers, body: next.answer },
+                received,
+                cause,
+              );
+              next.cancel(refused);
+              throw refused;
+            }
             cause = new Error(
               `resuming at byte ${String(received)}: the origin answered ${String(next.status)}`,
               { cause },
             );
             next.cancel(cause);
-            if (REFUSALS.has(next.status)) {
-              // The credential no longer opens the blob (a token expired mid-transfer): asking
-              // again with it cannot help; the client asks again with a fresh one.
-              throw cause;
-            }
             failedReopen = true;
             continue;
           }

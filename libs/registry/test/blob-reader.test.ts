@@ -31,6 +31,7 @@ import {
   ORIGIN_RESUMES,
   RegistryAuth,
   readAnswer,
+  ResumeRefusedError,
   resumingBody,
   UpstreamClient,
   type BlobReaderOptions,
@@ -878,10 +879,17 @@ describe('BlobReader', () => {
     // A resume refused (a token that expired mid-transfer) ends the read at once: asked again
     // with the same credential it would only be refused again.
     const refusedRanges: (string | undefined)[] = [];
-    await assert.rejects(
-      readPart(['cut', 'refused'], until, refusedRanges),
-      /resuming at byte \d+: the origin answered 401/,
-    );
+    await assert.rejects(readPart(['cut', 'refused'], until, refusedRanges), (error) => {
+      // The refusal as it came and where the read stopped, for a caller holding other
+      // credentials to read the rest with.
+      assert.ok(error instanceof ResumeRefusedError, String(error));
+      assert.match(error.message, /resuming at byte \d+: the origin answered 401/);
+      assert.equal(error.at, from + MiB);
+      assert.equal(error.answer.status, 401);
+      assert.equal(error.answer.headers['content-type'], 'application/json');
+      assert.match(error.answer.body.toString(), /token expired/);
+      return true;
+    });
     assert.deepEqual(refusedRanges, [asked(from, until), asked(from + MiB, until)]);
 
     // A part without `from` (which gives the blob's size) is refused, its transfer stopped.

@@ -98,12 +98,16 @@ export type RegistryFault =
    * With `resumeDelayMs`, a GET with a Range header (a resume) is instead held that long, then
    * forwarded undamaged: a registry slow to answer the rest (one fetching it again from its
    * own storage, or from upstream).
+   * With `resumeStatus`, once a body was cut or stalled, every GET with a Range header (a
+   * resume) is answered that status instead: a registry refusing the rest to a token that
+   * expired mid-transfer.
    */
   | {
       readonly kind: 'damage';
       readonly how: 'cut' | 'flip' | 'stall';
       readonly atByte: number;
       readonly resumeDelayMs?: number;
+      readonly resumeStatus?: number;
     }
   /**
    * Every new blob GET the registry would answer 200 (or 206) is answered `status` (307 by default) to
@@ -219,7 +223,9 @@ function errorCode(status: number): string {
       ? 'UNAVAILABLE'
       : status === 403
         ? 'DENIED'
-        : 'UNKNOWN';
+        : status === 401
+          ? 'UNAUTHORIZED'
+          : 'UNKNOWN';
 }
 
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
@@ -228,6 +234,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const agent = new Agent({ keepAlive: true });
   let fault: RegistryFault | undefined;
   let statusTurn = 0;
+  /** A damage fault has cut or stalled a body since it was set (for its `resumeStatus`). */
+  let damagedBody = false;
   /** The Authorization headers an `expire-tokens` fault expired when it was set. */
   let expired = new Set<string>();
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
@@ -349,6 +357,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           return;
         }
         cut = true;
+        damagedBody = true;
         this.push(chunk.subarray(0, atByte - start));
         if (how === 'cut') {
           // Let the bytes before the cut leave, then drop the connection mid-body.
@@ -580,6 +589,17 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       refuse(res, current.statuses, current.retryAfterS === undefined ? 1 : current.retryAfterS);
       return;
     }
+    if (
+      current?.kind === 'damage' &&
+      current.resumeStatus !== undefined &&
+      damagedBody &&
+      req.method === 'GET' &&
+      req.headers.range !== undefined
+    ) {
+      req.resume();
+      refuse(res, [current.resumeStatus], null);
+      return;
+    }
     if (current?.kind === 'down') {
       counts.refused += 1;
       req.socket.destroy();
@@ -624,6 +644,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const set = (next: RegistryFault | undefined): void => {
     fault = next;
     statusTurn = 0;
+    damagedBody = false;
     expired = new Set(
       next?.kind === 'expire-tokens'
         ? received.flatMap((r) => (r.authorization?.startsWith('Bearer ') ? [r.authorization] : []))

@@ -489,4 +489,128 @@ describe('late origin reads of a download shared across registries', () => {
     // The swarm's stall timeout (4 s here), then the body's idle timeout (10 s), then the rest.
     assert.ok(tookMs >= 13_000, `answered after ${tookMs} ms: both waits were waited out`);
   });
+
+  /**
+   * Streams a 3 MiB layer held by both registries through the agent, alice through the first
+   * and bob (joining the download) through the second, after the swarm stalled; the first
+   * registry's answer breaks off 1 MiB + 3 bytes in, and it refuses the rest to alice's
+   * credential, as to a token that expired mid-transfer. With `hashes`, the seed's piece
+   * hashes are known (the late read asks for the missing pieces by range); without, the blob
+   * is read whole. Asserts both get the whole layer, the rest read with bob's credential at
+   * his registry only, once; returns what each registry was asked.
+   */
+  const refusedResume = async (
+    seed: string,
+    hashes: boolean,
+  ): Promise<{
+    size: number;
+    digest: string;
+    atByte: number;
+    alice: string;
+    atFirst: (readonly [string | undefined, string | undefined])[];
+    atSecond: (readonly [string, number])[];
+  }> => {
+    await first.changePassword(`alice-${seed}`);
+    await second.changePassword(`bob-${seed}`);
+    const alice = basic(one.username, `alice-${seed}`);
+    const bob = basic(two.username, `bob-${seed}`);
+    const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
+    await pushImage(image, first.host, 'one/app', { destCreds: `${one.username}:alice-${seed}` });
+    await pushImage(image, second.host, 'two/app', { destCreds: `${two.username}:bob-${seed}` });
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    if (hashes) {
+      await publishHashes(image, layer.digest);
+    }
+    const resumes = await agent.metric('shoal_agent_origin_resumes_total');
+    const refusals = await agent.metric('shoal_agent_upstream_requests_total', {
+      kind: 'blob',
+      status: '401',
+    });
+    const mark = proxy.received().length;
+    const atByte = MiB + 3;
+    proxy.set({ kind: 'damage', how: 'cut', atByte, resumeStatus: 401 });
+    try {
+      const a = streamDigest(blobUrl(first, 'one/app', layer.digest), {
+        headers: { authorization: alice },
+      });
+      await downloading();
+      // Bob reads the same download through the second registry before the swarm stalls.
+      const b = streamDigest(blobUrl(second, 'two/app', layer.digest), {
+        headers: { authorization: bob },
+      });
+      const [gotA, gotB] = await Promise.all([a, b]);
+      for (const [who, got] of [
+        ['alice', gotA],
+        ['bob', gotB],
+      ] as const) {
+        assert.equal(got.status, 200, who);
+        assert.equal(got.error, undefined, `${who}: the response completes`);
+        assert.equal(got.digest, layer.digest, `${who} got the whole layer`);
+      }
+    } finally {
+      proxy.set(undefined);
+    }
+    const atFirst = proxy
+      .received()
+      .slice(mark)
+      .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`));
+    assert.equal(
+      atFirst.filter((r) => r.authorization === bob).length,
+      0,
+      "bob's credential never reached the first registry",
+    );
+    assert.equal((await agent.metric('shoal_agent_origin_resumes_total')) - resumes, 1);
+    assert.equal(
+      (await agent.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' })) -
+        refusals,
+      1,
+      'the refused resume',
+    );
+    return {
+      size: layer.size,
+      digest: layer.digest,
+      atByte,
+      alice,
+      atFirst: atFirst.map((r) => [r.range, r.authorization] as const),
+      atSecond: (await second.blobGets(layer.digest)).map((r) => [r.uri, r.written] as const),
+    };
+  };
+
+  it("reads the missing pieces with another reader's credential when the origin refuses to resume", async () => {
+    const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
+      'origin-sources-refused-pieces',
+      true,
+    );
+    assert.deepEqual(
+      atFirst,
+      [
+        [`bytes=0-${size - 1}`, alice],
+        [`bytes=${atByte}-${size - 1}`, alice],
+      ],
+      "the missing range with alice's credential, then its rest from the cut, refused",
+    );
+    // The rest from the second registry, from the piece the cut left incomplete.
+    const pieceSize = pieceSizeFor(size);
+    const firstMissing = Math.floor(atByte / pieceSize) * pieceSize;
+    assert.ok(firstMissing < atByte);
+    assert.deepEqual(atSecond, [[`/v2/two/app/blobs/${digest}`, size - firstMissing]]);
+  });
+
+  it("reads the rest of a whole-blob read with another reader's credential when the origin refuses to resume", async () => {
+    // No piece hashes: the blob is read whole, and the rest from the byte the cut stopped at.
+    const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
+      'origin-sources-refused-whole',
+      false,
+    );
+    assert.deepEqual(
+      atFirst,
+      [
+        [undefined, alice],
+        [`bytes=${atByte}-`, alice],
+      ],
+      "the blob with alice's credential, then its rest from the cut, refused",
+    );
+    assert.deepEqual(atSecond, [[`/v2/two/app/blobs/${digest}`, size - atByte]]);
+  });
 });

@@ -45,7 +45,12 @@ import {
   type SeedFailed,
   type SeedIntake,
 } from '@shoal/proto';
-import { resumingBody, type OpenedBlob, type ResumingBody } from '@shoal/registry';
+import {
+  ResumeRefusedError,
+  resumingBody,
+  type OpenedBlob,
+  type ResumingBody,
+} from '@shoal/registry';
 import { SpanKind, withSpan, withSpanOnFailure, type Logger } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
@@ -1336,18 +1341,54 @@ export class SwarmFetch {
     throw new SourcesFailedError(ownFirst);
   }
 
-  /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */
+  /**
+   * Reads what the swarm did not deliver from the origin, with the clients' credentials. A
+   * transfer whose resume its registry refused (a token that expired mid-read:
+   * `ResumeRefusedError`) does not end the read while another source may still work: that
+   * source is not asked again, and what is still missing is read with the next one. Each
+   * refusal rules a source out, so this ends once every source has been refused.
+   */
   async #fromOrigin(signal: AbortSignal): Promise<void> {
+    for (;;) {
+      try {
+        await this.#readMissing(signal);
+        return;
+      } catch (error) {
+        const source = this.#served;
+        if (!(error instanceof ResumeRefusedError) || signal.aborted || source === undefined) {
+          throw error;
+        }
+        this.#refused.push({ source, answer: error.answer });
+        this.#served = undefined;
+        this.#deps.logger.warn(
+          { blob: this.#blob, registry: source.registry.host, at: error.at, err: error },
+          "the origin refused to resume a late read with its source's credential; " +
+            'reading the rest with the next source',
+        );
+      }
+    }
+  }
+
+  /** One pass of `#fromOrigin`: what is still missing, read with the first source that opens. */
+  async #readMissing(signal: AbortSignal): Promise<void> {
     const { metrics, pool } = this.#deps;
     const size = this.download.size;
     if (size === undefined || this.#picker.count === 0) {
-      // Nothing is known about the pieces: the blob is read whole, in order (of the size the
-      // download knows, if it does: then resumable whatever the answer's headers say).
+      // Nothing is known about the pieces: the blob is read whole, in order, from what an
+      // earlier pass appended on (of the size the download knows, if it does: then
+      // resumable whatever the answer's headers say).
+      const from = this.download.available;
+      if (size === undefined && from > 0) {
+        throw new Error(
+          `the origin read stopped at byte ${String(from)} of a blob of unknown size`,
+        );
+      }
       const { opened, body } = await this.#originOpen(
-        size === undefined ? undefined : { from: 0, size },
+        size === undefined ? undefined : { from, size },
         signal,
       );
-      if (opened.size !== undefined) {
+      if (size === undefined && opened.size !== undefined) {
+        // A whole read's answer (from byte 0): its length is the blob's.
         this.download.setSize(opened.size);
       }
       // No piece check: the download hashes the blob, whatever a record says.
