@@ -43,21 +43,26 @@ const REFUSALS: ReadonlySet<number> = new Set([401, 403]);
  */
 export class ResumeRefusedError extends ShoalError<'RESUME_REFUSED'> {
   override readonly name = 'ResumeRefusedError';
-  readonly answer: UpstreamAnswer;
+  /** Not a field: a logged error would carry the refusal's headers and body. */
+  readonly #answer: UpstreamAnswer;
   /** The byte the refused resume asked from: every byte before it came. */
   readonly at: number;
 
   constructor(answer: UpstreamAnswer, at: number, cause: Error) {
-    // To a client that meets it, a failed upstream (502: it asks again, with a fresh token if
-    // it needs one); callers that hand clients their registry's own answer use `answer`.
+    // An upstream failure: whoever reads the body had the answer's headers long before.
     super(
       'RESUME_REFUSED',
       502,
       `resuming at byte ${String(at)}: the origin answered ${String(answer.status)}`,
       { cause },
     );
-    this.answer = answer;
+    this.#answer = answer;
     this.at = at;
+  }
+
+  /** The refusal as it came (its body at most 64 KiB). */
+  get answer(): UpstreamAnswer {
+    return this.#answer;
   }
 }
 

@@ -98,9 +98,10 @@ export type RegistryFault =
    * With `resumeDelayMs`, a GET with a Range header (a resume) is instead held that long, then
    * forwarded undamaged: a registry slow to answer the rest (one fetching it again from its
    * own storage, or from upstream).
-   * With `resumeStatus`, once a body was cut or stalled, every GET with a Range header (a
-   * resume) is answered that status instead: a registry refusing the rest to a token that
-   * expired mid-transfer.
+   * With `resumeStatus`, once a body was cut or stalled under this fault, every GET with a
+   * Range header (a resume, of any blob, with any credential) is answered that status instead
+   * (a 401 with a Basic challenge): a registry refusing the rest to a token that expired
+   * mid-transfer. Before the first cut, such a GET is held `resumeDelayMs` if set.
    */
   | {
       readonly kind: 'damage';
@@ -236,6 +237,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let statusTurn = 0;
   /** A damage fault has cut or stalled a body since it was set (for its `resumeStatus`). */
   let damagedBody = false;
+  /** Counts `set` calls: a body damaged under an earlier fault does not arm a later one. */
+  let generation = 0;
   /** The Authorization headers an `expire-tokens` fault expired when it was set. */
   let expired = new Set<string>();
   // The shared link of a slow fault: when its next byte may leave, in ms (performance.now()).
@@ -321,6 +324,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
       ...(status === 429 && retryAfterS !== null ? { 'retry-after': String(retryAfterS) } : {}),
+      ...(status === 401 ? { 'www-authenticate': 'Basic realm="fault-proxy"' } : {}),
     });
     res.end(body);
   };
@@ -336,6 +340,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   ): Transform => {
     let seen = 0;
     let cut = false;
+    const setUnder = generation;
     counts.damaged += 1;
     return new Transform({
       transform(chunk: Buffer, _encoding, done: TransformCallback): void {
@@ -357,7 +362,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           return;
         }
         cut = true;
-        damagedBody = true;
+        damagedBody ||= setUnder === generation;
         this.push(chunk.subarray(0, atByte - start));
         if (how === 'cut') {
           // Let the bytes before the cut leave, then drop the connection mid-body.
@@ -645,6 +650,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     fault = next;
     statusTurn = 0;
     damagedBody = false;
+    generation += 1;
     expired = new Set(
       next?.kind === 'expire-tokens'
         ? received.flatMap((r) => (r.authorization?.startsWith('Bearer ') ? [r.authorization] : []))

@@ -494,14 +494,16 @@ describe('late origin reads of a download shared across registries', () => {
    * Streams a 3 MiB layer held by both registries through the agent, alice through the first
    * and bob (joining the download) through the second, after the swarm stalled; the first
    * registry's answer breaks off 1 MiB + 3 bytes in, and it refuses the rest to alice's
-   * credential, as to a token that expired mid-transfer. With `hashes`, the seed's piece
-   * hashes are known (the late read asks for the missing pieces by range); without, the blob
-   * is read whole. Asserts both get the whole layer, the rest read with bob's credential at
-   * his registry only, once; returns what each registry was asked.
+   * credential, as to a token that expired mid-transfer. `hashes`: the seed's piece hashes
+   * are `known` (the late read asks for the missing pieces by range), `none` (the blob is
+   * read whole), or come `late`, while the whole read waits on a transfer that stalled at
+   * that byte (until the agent's body idle timeout, 10 s). Asserts both get the whole layer,
+   * the rest read with bob's credential at his registry only, once; returns what each
+   * registry was asked.
    */
   const refusedResume = async (
     seed: string,
-    hashes: boolean,
+    hashes: 'known' | 'none' | 'late',
   ): Promise<{
     size: number;
     digest: string;
@@ -519,7 +521,7 @@ describe('late origin reads of a download shared across registries', () => {
     await pushImage(image, second.host, 'two/app', { destCreds: `${two.username}:bob-${seed}` });
     const layer = image.layers[0];
     assert.ok(layer !== undefined);
-    if (hashes) {
+    if (hashes === 'known') {
       await publishHashes(image, layer.digest);
     }
     const resumes = await agent.metric('shoal_agent_origin_resumes_total');
@@ -529,7 +531,12 @@ describe('late origin reads of a download shared across registries', () => {
     });
     const mark = proxy.received().length;
     const atByte = MiB + 3;
-    proxy.set({ kind: 'damage', how: 'cut', atByte, resumeStatus: 401 });
+    proxy.set({
+      kind: 'damage',
+      how: hashes === 'late' ? 'stall' : 'cut',
+      atByte,
+      resumeStatus: 401,
+    });
     try {
       const a = streamDigest(blobUrl(first, 'one/app', layer.digest), {
         headers: { authorization: alice },
@@ -539,6 +546,18 @@ describe('late origin reads of a download shared across registries', () => {
       const b = streamDigest(blobUrl(second, 'two/app', layer.digest), {
         headers: { authorization: bob },
       });
+      if (hashes === 'late') {
+        await waitFor(
+          'the late read to reach the first registry',
+          async () =>
+            proxy
+              .received()
+              .slice(mark)
+              .some((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`)),
+          { timeoutMs: 30_000, intervalMs: 50 },
+        );
+        await publishHashes(image, layer.digest);
+      }
       const [gotA, gotB] = await Promise.all([a, b]);
       for (const [who, got] of [
         ['alice', gotA],
@@ -580,7 +599,7 @@ describe('late origin reads of a download shared across registries', () => {
   it("reads the missing pieces with another reader's credential when the origin refuses to resume", async () => {
     const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
       'origin-sources-refused-pieces',
-      true,
+      'known',
     );
     assert.deepEqual(
       atFirst,
@@ -601,7 +620,7 @@ describe('late origin reads of a download shared across registries', () => {
     // No piece hashes: the blob is read whole, and the rest from the byte the cut stopped at.
     const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
       'origin-sources-refused-whole',
-      false,
+      'none',
     );
     assert.deepEqual(
       atFirst,
@@ -611,6 +630,20 @@ describe('late origin reads of a download shared across registries', () => {
       ],
       "the blob with alice's credential, then its rest from the cut, refused",
     );
+    assert.deepEqual(atSecond, [[`/v2/two/app/blobs/${digest}`, size - atByte]]);
+  });
+
+  it('keeps a whole-blob read whole when the piece hashes come before its resume is refused', async () => {
+    // The hashes come while the read waits on its stalled transfer: the bytes it appended are
+    // not pieces, and the rest is read from where it stopped, not from byte 0.
+    const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
+      'origin-sources-refused-late-hashes',
+      'late',
+    );
+    assert.deepEqual(atFirst, [
+      [undefined, alice],
+      [`bytes=${atByte}-`, alice],
+    ]);
     assert.deepEqual(atSecond, [[`/v2/two/app/blobs/${digest}`, size - atByte]]);
   });
 });

@@ -1373,10 +1373,13 @@ export class SwarmFetch {
   async #readMissing(signal: AbortSignal): Promise<void> {
     const { metrics, pool } = this.#deps;
     const size = this.download.size;
-    if (size === undefined || this.#picker.count === 0) {
+    // A read begun whole stays whole: piece hashes that came since do not make the bytes it
+    // appended pieces the picker holds.
+    if (size === undefined || this.#picker.count === 0 || this.#unchecked) {
       // Nothing is known about the pieces: the blob is read whole, in order, from what an
       // earlier pass appended on (of the size the download knows, if it does: then
-      // resumable whatever the answer's headers say).
+      // resumable whatever the answer's headers say). Only a read of known size is resumed,
+      // so only one is refused part-way: a later pass knows the size.
       const from = this.download.available;
       if (size === undefined && from > 0) {
         throw new Error(

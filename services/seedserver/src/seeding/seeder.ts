@@ -55,6 +55,7 @@ import {
   type OpenedBlob,
   type RegistryAuth,
   type UpstreamRegistry,
+  ResumeRefusedError,
   resumingBody,
 } from '@shoal/registry';
 import { markSpan, ShoalError, SpanKind, withSpan, type Logger } from '@shoal/runtime';
@@ -1541,7 +1542,9 @@ function failureReason(error: unknown): SeedFailureReason {
       ? 'verification'
       : 'origin';
   }
-  return 'other';
+  // The registry refused the rest of the blob (a token that expired mid-transfer), as it
+  // refuses one at the start.
+  return error instanceof ResumeRefusedError ? 'origin' : 'other';
 }
 
 /** An error's message, for a report to the operator. */
