@@ -101,7 +101,8 @@ export type RegistryFault =
    * With `resumeStatus`, once a body was cut or stalled under this fault, every GET with a
    * Range header (a resume, of any blob, with any credential) is answered that status instead
    * (a 401 with a Basic challenge): a registry refusing the rest to a token that expired
-   * mid-transfer. Before the first cut, such a GET is held `resumeDelayMs` if set.
+   * mid-transfer. With `resumeDelayMs` too, such a GET is held that long before either (its
+   * forwarding before the first cut, its refusal after).
    */
   | {
       readonly kind: 'damage';
@@ -602,7 +603,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       req.headers.range !== undefined
     ) {
       req.resume();
-      refuse(res, [current.resumeStatus], null);
+      const status = current.resumeStatus;
+      const timer = setTimeout(() => refuse(res, [status], null), current.resumeDelayMs ?? 0);
+      res.once('close', () => clearTimeout(timer));
       return;
     }
     if (current?.kind === 'down') {

@@ -496,8 +496,8 @@ describe('late origin reads of a download shared across registries', () => {
    * registry's answer breaks off 1 MiB + 3 bytes in, and it refuses the rest to alice's
    * credential, as to a token that expired mid-transfer. `hashes`: the seed's piece hashes
    * are `known` (the late read asks for the missing pieces by range), `none` (the blob is
-   * read whole), or come `late`, while the whole read waits on a transfer that stalled at
-   * that byte (until the agent's body idle timeout, 10 s). Asserts both get the whole layer,
+   * read whole), or come `late`, while the whole read's resume waits for its refusal (held
+   * 2 s). Asserts both get the whole layer,
    * the rest read with bob's credential at his registry only, once; returns what each
    * registry was asked.
    */
@@ -533,9 +533,10 @@ describe('late origin reads of a download shared across registries', () => {
     const atByte = MiB + 3;
     proxy.set({
       kind: 'damage',
-      how: hashes === 'late' ? 'stall' : 'cut',
+      how: 'cut',
       atByte,
       resumeStatus: 401,
+      ...(hashes === 'late' ? { resumeDelayMs: 2_000 } : {}),
     });
     try {
       const a = streamDigest(blobUrl(first, 'one/app', layer.digest), {
@@ -548,13 +549,15 @@ describe('late origin reads of a download shared across registries', () => {
       });
       if (hashes === 'late') {
         await waitFor(
-          'the late read to reach the first registry',
-          async () =>
-            proxy
-              .received()
-              .slice(mark)
-              .some((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`)),
-          { timeoutMs: 30_000, intervalMs: 50 },
+          'the resume of the late read to reach the first registry',
+          () =>
+            Promise.resolve(
+              proxy
+                .received()
+                .slice(mark)
+                .some((r) => r.url.includes(`/blobs/${layer.digest}`) && r.range !== undefined),
+            ),
+          { timeoutMs: 30_000, intervalMs: 20 },
         );
         await publishHashes(image, layer.digest);
       }
@@ -634,8 +637,8 @@ describe('late origin reads of a download shared across registries', () => {
   });
 
   it('keeps a whole-blob read whole when the piece hashes come before its resume is refused', async () => {
-    // The hashes come while the read waits on its stalled transfer: the bytes it appended are
-    // not pieces, and the rest is read from where it stopped, not from byte 0.
+    // The hashes come while the read's resume waits for its refusal: the bytes it appended
+    // are not pieces, and the rest is read from where it stopped, not from byte 0.
     const { size, digest, atByte, alice, atFirst, atSecond } = await refusedResume(
       'origin-sources-refused-late-hashes',
       'late',
