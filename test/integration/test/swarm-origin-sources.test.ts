@@ -636,6 +636,85 @@ describe('late origin reads of a download shared across registries', () => {
     assert.deepEqual(atSecond, [[`/v2/two/app/blobs/${digest}`, size - atByte]]);
   });
 
+  it("reads the rest of a plain mirror's fetch with another reader's credential when the origin refuses to resume", async () => {
+    // An agent without a swarm: the fetch that the first client started is the whole path.
+    const plain = await startAgent({
+      registries: `${first.host}=${proxy.url},${second.host}=${second.url}`,
+      defaultRegistry: first.host,
+    });
+    const seed = 'origin-sources-plain-refused';
+    try {
+      await first.changePassword(`alice-${seed}`);
+      await second.changePassword(`bob-${seed}`);
+      const alice = basic(one.username, `alice-${seed}`);
+      const bob = basic(two.username, `bob-${seed}`);
+      const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
+      await pushImage(image, first.host, 'one/app', {
+        destCreds: `${one.username}:alice-${seed}`,
+      });
+      await pushImage(image, second.host, 'two/app', {
+        destCreds: `${two.username}:bob-${seed}`,
+      });
+      const layer = image.layers[0];
+      assert.ok(layer !== undefined);
+      const via = (registry: Registry, repository: string): string =>
+        `${plain.url}/v2/${repository}/blobs/${layer.digest}?ns=${registry.host}`;
+      const mark = proxy.received().length;
+      const atByte = MiB + 3;
+      // Cut 1 MiB + 3 bytes in; the resume is held 2 s, then refused to alice's credential.
+      proxy.set({ kind: 'damage', how: 'cut', atByte, resumeStatus: 401, resumeDelayMs: 2_000 });
+      try {
+        const a = streamDigest(via(first, 'one/app'), { headers: { authorization: alice } });
+        await waitFor(
+          'the resume to reach the first registry',
+          () =>
+            Promise.resolve(
+              proxy
+                .received()
+                .slice(mark)
+                .some((r) => r.url.includes(`/blobs/${layer.digest}`) && r.range !== undefined),
+            ),
+          { timeoutMs: 30_000, intervalMs: 20 },
+        );
+        // Bob reads the same download through the second registry while the resume waits.
+        const b = streamDigest(via(second, 'two/app'), { headers: { authorization: bob } });
+        const [gotA, gotB] = await Promise.all([a, b]);
+        for (const [who, got] of [
+          ['alice', gotA],
+          ['bob', gotB],
+        ] as const) {
+          assert.equal(got.status, 200, who);
+          assert.equal(got.error, undefined, `${who}: the response completes`);
+          assert.equal(got.digest, layer.digest, `${who} got the whole layer`);
+        }
+      } finally {
+        proxy.set(undefined);
+      }
+      const atFirst = proxy
+        .received()
+        .slice(mark)
+        .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`))
+        .map((r) => [r.range, r.authorization]);
+      assert.deepEqual(atFirst, [
+        [undefined, alice],
+        [`bytes=${atByte}-`, alice],
+      ]);
+      assert.deepEqual(
+        (await second.blobGets(layer.digest)).map((r) => [r.uri, r.written]),
+        [[`/v2/two/app/blobs/${layer.digest}`, layer.size - atByte]],
+        'the rest, once, with bob’s credential at his registry',
+      );
+      assert.equal(await plain.metric('shoal_agent_origin_resumes_total'), 1);
+      assert.equal(
+        await plain.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
+        1,
+        'the refused resume',
+      );
+    } finally {
+      await plain.stop();
+    }
+  });
+
   it('keeps a whole-blob read whole when the piece hashes come before its resume is refused', async () => {
     // The hashes come while the read's resume waits for its refusal: the bytes it appended
     // are not pieces, and the rest is read from where it stopped, not from byte 0.

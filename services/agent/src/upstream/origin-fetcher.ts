@@ -9,9 +9,20 @@ import type { RateLimiter } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
-import { BlobDownload, fillInOrder, type DownloadState } from '../cache/download.js';
+import {
+  BlobDownload,
+  fillInOrder,
+  sameSource,
+  type DownloadState,
+  type OriginSource,
+} from '../cache/download.js';
 import { ByteTally } from '../provenance/ledger.js';
-import { resumingBody, type OpenedBlob, type UpstreamRegistry } from '@shoal/registry';
+import {
+  ResumeRefusedError,
+  resumingBody,
+  type OpenedBlob,
+  type UpstreamRegistry,
+} from '@shoal/registry';
 import type { RegistryRequests } from './registry-requests.js';
 
 /** What a blob fetch is for: the blob, where it lives, and whose credentials to use. */
@@ -40,6 +51,15 @@ export interface OriginFetcherDeps {
   readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
   /** The origin's transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
+  /**
+   * The registry refused to resume the transfer with `source`'s credential (`refusal`); the
+   * rest is asked for with another reader's, when one is left.
+   */
+  readonly onResumeRefused?: (
+    target: BlobTarget,
+    source: OriginSource,
+    refusal: ResumeRefusedError,
+  ) => void;
 }
 
 /**
@@ -86,24 +106,120 @@ export class OriginFetcher implements BlobFetcher {
     if (opened.size !== undefined) {
       download.setSize(opened.size);
     }
-    this.#fill(target, download, this.#resuming(target, opened, signal));
+    this.#fill(target, download, this.#body(target, download, opened, signal));
     return { kind: 'download', download };
   }
 
-  /** `opened`'s body, resumed from where it stopped when the transfer breaks off. */
-  #resuming(target: BlobTarget, opened: OpenedBlob, signal: AbortSignal): AsyncGenerator<Buffer> {
+  /**
+   * `opened`'s body, resumed from where it stopped when the transfer breaks off. When the
+   * registry refuses a resume (the starting client's token expired mid-transfer), the rest is
+   * read with the credentials of the other clients reading the download now, each at its own
+   * registry and each once, newest first; when none is left, or none answers with the rest,
+   * the body ends with the refusal.
+   */
+  async *#body(
+    target: BlobTarget,
+    download: BlobDownload,
+    opened: OpenedBlob,
+    signal: AbortSignal,
+  ): AsyncGenerator<Buffer> {
+    let source: OriginSource = {
+      registry: target.registry,
+      name: target.name,
+      authorization: target.authorization,
+    };
+    const tried = [source];
+    let body = this.#resuming(target, source, opened, undefined, signal);
+    for (;;) {
+      try {
+        yield* body;
+        return;
+      } catch (error) {
+        const size = download.size;
+        if (!(error instanceof ResumeRefusedError) || signal.aborted || size === undefined) {
+          throw error;
+        }
+        this.#deps.onResumeRefused?.(target, source, error);
+        const rest = await this.#rest(target, download, tried, { byte: error.at, size }, signal);
+        if (rest === undefined) {
+          throw error;
+        }
+        ({ source, body } = rest);
+      }
+    }
+  }
+
+  /**
+   * The blob from `from.byte` on, with the first source of the download's readers not tried
+   * yet that answers with it (each is then tried).
+   */
+  async #rest(
+    target: BlobTarget,
+    download: BlobDownload,
+    tried: OriginSource[],
+    from: { readonly byte: number; readonly size: number },
+    signal: AbortSignal,
+  ): Promise<{ source: OriginSource; body: AsyncGenerator<Buffer> } | undefined> {
+    for (const source of download.sources) {
+      if (tried.some((s) => sameSource(s, source))) {
+        continue;
+      }
+      tried.push(source);
+      let opened: OpenedBlob;
+      try {
+        opened = await this.#open(target, source, from.byte, signal);
+      } catch (error) {
+        if (signal.aborted) {
+          throw error;
+        }
+        continue;
+      }
+      if (opened.status !== 200 && opened.status !== 206) {
+        continue;
+      }
+      try {
+        return { source, body: this.#resuming(target, source, opened, from, signal) };
+      } catch {
+        // Another range or size than asked for: not this blob's rest.
+        continue;
+      }
+    }
+    return undefined;
+  }
+
+  /** The blob from byte `from` on, at `source`'s registry with its credential. */
+  #open(
+    target: BlobTarget,
+    source: OriginSource,
+    from: number,
+    signal: AbortSignal,
+  ): Promise<OpenedBlob> {
+    return this.#deps.requests.openBlob({
+      registry: source.registry,
+      name: source.name,
+      digest: target.digest,
+      authorization: source.authorization,
+      signal,
+      from,
+    });
+  }
+
+  /**
+   * `opened`'s body (with `from`: an answer from that byte of a blob of that size), resumed
+   * with `source` from where it stopped when the transfer breaks off.
+   */
+  #resuming(
+    target: BlobTarget,
+    source: OriginSource,
+    opened: OpenedBlob,
+    from: { readonly byte: number; readonly size: number } | undefined,
+    signal: AbortSignal,
+  ): AsyncGenerator<Buffer> {
     return resumingBody(opened, {
       signal,
-      reopen: (from) =>
-        this.#deps.requests.openBlob({
-          registry: target.registry,
-          name: target.name,
-          digest: target.digest,
-          authorization: target.authorization,
-          signal,
-          from,
-        }),
+      reopen: (at) => this.#open(target, source, at, signal),
       onResume: (at, cause) => this.#deps.onResume?.(target, at, cause),
+      ...(from === undefined ? {} : { from }),
     }).blocks;
   }
 
