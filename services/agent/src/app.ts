@@ -190,17 +190,7 @@ export async function buildApp(
         "the origin's blob transfer broke off: asked again from where it stopped",
       );
     },
-    onResumeRefused: (target, source, refusal) =>
-      logger.warn(
-        {
-          digest: target.digest.toString(),
-          registry: source.registry.host,
-          at: refusal.at,
-          err: refusal,
-        },
-        "the origin refused to resume a blob's transfer with a client's credential; " +
-          "asking for the rest with another reader's, if one is left",
-      ),
+    logger,
   });
 
   // Swarm: with NATS configured, misses join the blob's swarm; otherwise (and until NATS

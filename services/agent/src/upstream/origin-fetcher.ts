@@ -5,7 +5,7 @@
  */
 import { PieceBuffers } from '@shoal/pieces';
 import type { Digest } from '@shoal/proto';
-import type { RateLimiter } from '@shoal/runtime';
+import type { Logger, RateLimiter } from '@shoal/runtime';
 
 import type { FsContentStore } from '../cache/content-store.js';
 import type { DownloadTable, Flight } from '../cache/download-table.js';
@@ -51,15 +51,8 @@ export interface OriginFetcherDeps {
   readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
   /** The origin's transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
-  /**
-   * The registry refused to resume the transfer with `source`'s credential (`refusal`); the
-   * rest is asked for with another reader's, when one is left.
-   */
-  readonly onResumeRefused?: (
-    target: BlobTarget,
-    source: OriginSource,
-    refusal: ResumeRefusedError,
-  ) => void;
+  /** Where a refused resume, and what each other reader's source answered then, are told. */
+  readonly logger?: Logger;
 }
 
 /**
@@ -139,7 +132,16 @@ export class OriginFetcher implements BlobFetcher {
         if (!(error instanceof ResumeRefusedError) || signal.aborted || size === undefined) {
           throw error;
         }
-        this.#deps.onResumeRefused?.(target, source, error);
+        this.#deps.logger?.warn(
+          {
+            digest: target.digest.toString(),
+            registry: source.registry.host,
+            at: error.at,
+            err: error,
+          },
+          "the origin refused to resume a blob's transfer with a client's credential; " +
+            "asking for the rest with another reader's, if one is left",
+        );
         const rest = await this.#rest(target, download, tried, { byte: error.at, size }, signal);
         if (rest === undefined) {
           throw error;
@@ -151,7 +153,8 @@ export class OriginFetcher implements BlobFetcher {
 
   /**
    * The blob from `from.byte` on, with the first source of the download's readers not tried
-   * yet that answers with it (each is then tried).
+   * yet that answers with it (each is then tried). The readers are looked at again before
+   * each request: one that left meanwhile no longer offers its credential.
    */
   async #rest(
     target: BlobTarget,
@@ -160,11 +163,17 @@ export class OriginFetcher implements BlobFetcher {
     from: { readonly byte: number; readonly size: number },
     signal: AbortSignal,
   ): Promise<{ source: OriginSource; body: AsyncGenerator<Buffer> } | undefined> {
-    for (const source of download.sources) {
-      if (tried.some((s) => sameSource(s, source))) {
-        continue;
+    for (;;) {
+      const source = download.sources.find((s) => !tried.some((t) => sameSource(t, s)));
+      if (source === undefined) {
+        return undefined;
       }
       tried.push(source);
+      const failed = (why: unknown): void =>
+        this.#deps.logger?.info(
+          { digest: target.digest.toString(), registry: source.registry.host, err: why },
+          "another reader's source did not answer with the rest of the blob; trying the next",
+        );
       let opened: OpenedBlob;
       try {
         opened = await this.#open(target, source, from.byte, signal);
@@ -172,22 +181,26 @@ export class OriginFetcher implements BlobFetcher {
         if (signal.aborted) {
           throw error;
         }
+        failed(error);
         continue;
       }
       if (opened.status !== 200 && opened.status !== 206) {
+        failed(new Error(`the registry answered ${String(opened.status)}`));
         continue;
       }
       try {
         return { source, body: this.#resuming(target, source, opened, from, signal) };
-      } catch {
+      } catch (error) {
         // Another range or size than asked for: not this blob's rest.
-        continue;
+        failed(error);
       }
     }
-    return undefined;
   }
 
-  /** The blob from byte `from` on, at `source`'s registry with its credential. */
+  /**
+   * The blob from byte `from` on, at `source`'s registry with its credential. Its clients
+   * have had their answer's headers: a rate limit other requests met does not refuse it.
+   */
   #open(
     target: BlobTarget,
     source: OriginSource,
@@ -201,6 +214,7 @@ export class OriginFetcher implements BlobFetcher {
       authorization: source.authorization,
       signal,
       from,
+      started: true,
     });
   }
 
