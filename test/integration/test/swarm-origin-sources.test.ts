@@ -39,6 +39,7 @@ import {
   Teardown,
   waitFor,
   type AgentProcess,
+  type Descriptor,
   type FaultProxy,
   type GeneratedImage,
   type ProxiedRequest,
@@ -46,7 +47,7 @@ import {
 } from '@shoal/testkit';
 
 import { MiB } from '../src/files.js';
-import { ociCode, streamDigest } from '../src/http.js';
+import { ociCode, streamDigest, type StreamOutcome } from '../src/http.js';
 
 const one = { username: 'alice', password: 'alice-pw', realm: 'registry-one' };
 const two = { username: 'bob', password: 'bob-pw', realm: 'registry-two' };
@@ -491,6 +492,66 @@ describe('late origin reads of a download shared across registries', () => {
   });
 
   /**
+   * A 3 MiB layer in both registries, alice's at the first (`one/app`) and bob's at the second
+   * (`two/app`), with passwords of their own for this test.
+   */
+  const layerInBoth = async (
+    seed: string,
+  ): Promise<{
+    image: GeneratedImage;
+    layer: Descriptor;
+    alice: string;
+    bob: string;
+  }> => {
+    await first.changePassword(`alice-${seed}`);
+    await second.changePassword(`bob-${seed}`);
+    const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
+    await pushImage(image, first.host, 'one/app', { destCreds: `${one.username}:alice-${seed}` });
+    await pushImage(image, second.host, 'two/app', { destCreds: `${two.username}:bob-${seed}` });
+    const layer = image.layers[0];
+    assert.ok(layer !== undefined);
+    return {
+      image,
+      layer,
+      alice: basic(one.username, `alice-${seed}`),
+      bob: basic(two.username, `bob-${seed}`),
+    };
+  };
+
+  /** Resolves once a resume (a GET with a Range) of `digest` reached the proxy after `mark`. */
+  const resumeArrived = (mark: number, digest: string): Promise<void> =>
+    waitFor(
+      'the resume to reach the first registry',
+      () =>
+        Promise.resolve(
+          proxy
+            .received()
+            .slice(mark)
+            .some((r) => r.url.includes(`/blobs/${digest}`) && r.range !== undefined),
+        ),
+      { timeoutMs: 30_000, intervalMs: 20 },
+    );
+
+  /** Asserts alice's and bob's responses are 200s that brought the whole blob. */
+  const bothWhole = (got: readonly [StreamOutcome, StreamOutcome], digest: string): void => {
+    for (const [who, outcome] of [
+      ['alice', got[0]],
+      ['bob', got[1]],
+    ] as const) {
+      assert.equal(outcome.status, 200, who);
+      assert.equal(outcome.error, undefined, `${who}: the response completes`);
+      assert.equal(outcome.digest, digest, `${who} got the whole layer`);
+    }
+  };
+
+  /** The blob GETs of `digest` the first registry's proxy received after `mark`. */
+  const getsAtFirst = (mark: number, digest: string): ProxiedRequest[] =>
+    proxy
+      .received()
+      .slice(mark)
+      .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${digest}`));
+
+  /**
    * Streams a 3 MiB layer held by both registries through the agent, alice through the first
    * and bob (joining the download) through the second, after the swarm stalled; the first
    * registry's answer breaks off 1 MiB + 3 bytes in, and it refuses the rest to alice's
@@ -512,15 +573,7 @@ describe('late origin reads of a download shared across registries', () => {
     atFirst: (readonly [string | undefined, string | undefined])[];
     atSecond: (readonly [string, number])[];
   }> => {
-    await first.changePassword(`alice-${seed}`);
-    await second.changePassword(`bob-${seed}`);
-    const alice = basic(one.username, `alice-${seed}`);
-    const bob = basic(two.username, `bob-${seed}`);
-    const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
-    await pushImage(image, first.host, 'one/app', { destCreds: `${one.username}:alice-${seed}` });
-    await pushImage(image, second.host, 'two/app', { destCreds: `${two.username}:bob-${seed}` });
-    const layer = image.layers[0];
-    assert.ok(layer !== undefined);
+    const { image, layer, alice, bob } = await layerInBoth(seed);
     if (hashes === 'known') {
       await publishHashes(image, layer.digest);
     }
@@ -548,35 +601,14 @@ describe('late origin reads of a download shared across registries', () => {
         headers: { authorization: bob },
       });
       if (hashes === 'late') {
-        await waitFor(
-          'the resume of the late read to reach the first registry',
-          () =>
-            Promise.resolve(
-              proxy
-                .received()
-                .slice(mark)
-                .some((r) => r.url.includes(`/blobs/${layer.digest}`) && r.range !== undefined),
-            ),
-          { timeoutMs: 30_000, intervalMs: 20 },
-        );
+        await resumeArrived(mark, layer.digest);
         await publishHashes(image, layer.digest);
       }
-      const [gotA, gotB] = await Promise.all([a, b]);
-      for (const [who, got] of [
-        ['alice', gotA],
-        ['bob', gotB],
-      ] as const) {
-        assert.equal(got.status, 200, who);
-        assert.equal(got.error, undefined, `${who}: the response completes`);
-        assert.equal(got.digest, layer.digest, `${who} got the whole layer`);
-      }
+      bothWhole(await Promise.all([a, b]), layer.digest);
     } finally {
       proxy.set(undefined);
     }
-    const atFirst = proxy
-      .received()
-      .slice(mark)
-      .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`));
+    const atFirst = getsAtFirst(mark, layer.digest);
     assert.equal(
       atFirst.filter((r) => r.authorization === bob).length,
       0,
@@ -642,21 +674,8 @@ describe('late origin reads of a download shared across registries', () => {
       registries: `${first.host}=${proxy.url},${second.host}=${second.url}`,
       defaultRegistry: first.host,
     });
-    const seed = 'origin-sources-plain-refused';
     try {
-      await first.changePassword(`alice-${seed}`);
-      await second.changePassword(`bob-${seed}`);
-      const alice = basic(one.username, `alice-${seed}`);
-      const bob = basic(two.username, `bob-${seed}`);
-      const image = await generateImage(join(dir, seed), { layerSizes: [3 * MiB], seed });
-      await pushImage(image, first.host, 'one/app', {
-        destCreds: `${one.username}:alice-${seed}`,
-      });
-      await pushImage(image, second.host, 'two/app', {
-        destCreds: `${two.username}:bob-${seed}`,
-      });
-      const layer = image.layers[0];
-      assert.ok(layer !== undefined);
+      const { layer, alice, bob } = await layerInBoth('origin-sources-plain-refused');
       const via = (registry: Registry, repository: string): string =>
         `${plain.url}/v2/${repository}/blobs/${layer.digest}?ns=${registry.host}`;
       const mark = proxy.received().length;
@@ -665,36 +684,14 @@ describe('late origin reads of a download shared across registries', () => {
       proxy.set({ kind: 'damage', how: 'cut', atByte, resumeStatus: 401, resumeDelayMs: 2_000 });
       try {
         const a = streamDigest(via(first, 'one/app'), { headers: { authorization: alice } });
-        await waitFor(
-          'the resume to reach the first registry',
-          () =>
-            Promise.resolve(
-              proxy
-                .received()
-                .slice(mark)
-                .some((r) => r.url.includes(`/blobs/${layer.digest}`) && r.range !== undefined),
-            ),
-          { timeoutMs: 30_000, intervalMs: 20 },
-        );
+        await resumeArrived(mark, layer.digest);
         // Bob reads the same download through the second registry while the resume waits.
         const b = streamDigest(via(second, 'two/app'), { headers: { authorization: bob } });
-        const [gotA, gotB] = await Promise.all([a, b]);
-        for (const [who, got] of [
-          ['alice', gotA],
-          ['bob', gotB],
-        ] as const) {
-          assert.equal(got.status, 200, who);
-          assert.equal(got.error, undefined, `${who}: the response completes`);
-          assert.equal(got.digest, layer.digest, `${who} got the whole layer`);
-        }
+        bothWhole(await Promise.all([a, b]), layer.digest);
       } finally {
         proxy.set(undefined);
       }
-      const atFirst = proxy
-        .received()
-        .slice(mark)
-        .filter((r) => r.method === 'GET' && r.url.includes(`/blobs/${layer.digest}`))
-        .map((r) => [r.range, r.authorization]);
+      const atFirst = getsAtFirst(mark, layer.digest).map((r) => [r.range, r.authorization]);
       assert.deepEqual(atFirst, [
         [undefined, alice],
         [`bytes=${atByte}-`, alice],
