@@ -108,7 +108,8 @@ describe('the object gateway failing while the seed server seeds', () => {
       trackers: 1,
       agents: [{ peerId: 'agent-a' }, { peerId: 'agent-b' }],
       registry: { registry, image },
-      seedEnv: gatewayEnv,
+      // The breaker's break at 8 s, not 30: the tests wait one out (under 9 s of CI, not 30).
+      seedEnv: { ...gatewayEnv, SHOAL_SEED_GATEWAY_BREAK_MS: '8000' },
     });
     teardown.add('cluster', () => cluster.stop());
   });
