@@ -61,6 +61,11 @@ export interface LabHost {
    * `off` brings it back; its connections resume where TCP left them. Idempotent.
    */
   blackhole(on: boolean): Promise<void>;
+  /**
+   * Shapes the host's link as `shape` says, for a host added with `shapeLater` (one loaded
+   * first at the bridge's full speed, as a registry an image is pushed to). Idempotent.
+   */
+  shapeLink(): Promise<void>;
 }
 
 function isAlive(pid: number): boolean {
@@ -171,8 +176,16 @@ export class NetLab {
     return lab;
   }
 
-  /** Adds a host on the bridge with the `index`-th address, its link shaped both ways. */
-  async addHost(name: string, index: number, shape: LinkShape): Promise<LabHost> {
+  /**
+   * Adds a host on the bridge with the `index`-th address, its link shaped both ways: at once,
+   * or with `shapeLater` once the host's `shapeLink` is called.
+   */
+  async addHost(
+    name: string,
+    index: number,
+    shape: LinkShape,
+    options: { shapeLater?: boolean } = {},
+  ): Promise<LabHost> {
     if (!/^[a-z][a-z0-9]{0,7}$/.test(name) || index < 1 || index > 240) {
       throw new Error(`bad lab host ${name} #${index}`);
     }
@@ -186,9 +199,18 @@ export class NetLab {
     await ip([...inside, 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
     await ip([...inside, 'link', 'set', 'eth0', 'up']);
     await ip([...inside, 'link', 'set', 'lo', 'up']);
-    // Upload: the host's side; download: the bridge's side towards the host.
-    await this.#shape(netns, 'eth0', shape);
-    await this.#shape(this.#bridgeNs, name, shape);
+    let shaped = false;
+    const shapeLink = async (): Promise<void> => {
+      if (!shaped) {
+        shaped = true;
+        // Upload: the host's side; download: the bridge's side towards the host.
+        await this.#shape(netns, 'eth0', shape);
+        await this.#shape(this.#bridgeNs, name, shape);
+      }
+    };
+    if (options.shapeLater !== true) {
+      await shapeLink();
+    }
     let vanished = false;
     const host: LabHost = {
       name,
@@ -208,6 +230,7 @@ export class NetLab {
           vanished = on;
         }
       },
+      shapeLink,
     };
     this.#hosts.push(host);
     return host;

@@ -59,8 +59,8 @@ const IDLE_TIMEOUT_MS = 15_000;
  * here so that the pull that fails while the registry is gone fails sooner (it is bounded by
  * these either way; containerd's own try of the registry adds its dial timeout).
  */
-const UPSTREAM_CONNECT_TIMEOUT_MS = 3_000;
-const UPSTREAM_HEADERS_TIMEOUT_MS = 3_000;
+const UPSTREAM_CONNECT_TIMEOUT_MS = 1_500;
+const UPSTREAM_HEADERS_TIMEOUT_MS = 1_500;
 
 interface Node {
   readonly host: LabHost;
@@ -182,7 +182,8 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
   before(async () => {
     const lab = await NetLab.create((line) => process.stderr.write(`${line}\n`));
     teardown.add('network namespaces', () => lab.close());
-    registryHost = await lab.addHost('reg', 1, shape);
+    // Shaped once the images are in: pushed at the bridge's speed, not the link's.
+    registryHost = await lab.addHost('reg', 1, shape, { shapeLater: true });
     const control = await lab.addHost('ctl', 2, shape);
     controlHost = control;
     seedHost = await lab.addHost('seed', 3, shape);
@@ -196,7 +197,7 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
     for (const [name, layer] of [
       ['warm', 48 * MiB],
       ['cold', 24 * MiB],
-      ['origin', 24 * MiB],
+      ['origin', 12 * MiB],
       ['nats', 24 * MiB],
     ] as const) {
       const image = await generateImage(join(layout.path, name), {
@@ -209,6 +210,7 @@ describe('hosts that vanish mid-pull (packets dropped, no RST)', () => {
       );
       refs.set(name, await pushImage(image, registry.host, `team/${name}`));
     }
+    await registryHost.shapeLink();
 
     const placed = { netns: control.netns, host: control.address };
     const nats = await startNats(placed);
