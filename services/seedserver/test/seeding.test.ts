@@ -924,14 +924,14 @@ describe('seed server', () => {
       await pushImage(large, registry.host, REPOSITORY, { tag: 'slow-gateway' });
       const blob = large.layers[0];
       assert.ok(blob !== undefined);
-      // Uploads at 1.5 MiB/s: the copy takes about 21 s. The four parts in flight share the
-      // link, so the first is answered after about 13 s: a seed at the gateway's pace took at
+      // Uploads at 3 MiB/s: the copy takes about 11 s. The four parts in flight share the
+      // link, so the first is answered after about 6.5 s: a seed at the gateway's pace took at
       // least that long.
       const startedAt = await seedPastGateway(
         on,
         blob,
-        { kind: 'slow', delayMs: 0, rateBytes: 1.5 * MiB, uploads: true },
-        8_000,
+        { kind: 'slow', delayMs: 0, rateBytes: 3 * MiB, uploads: true },
+        4_000,
       );
       assert.equal(await seed.metric('shoal_seedserver_gateway_uploads'), 1);
       // Another blob meanwhile: seeded at once, its copy owed (the one upload is busy) and
@@ -946,7 +946,7 @@ describe('seed server', () => {
       });
       const copiedMs = performance.now() - startedAt;
       assert.ok(
-        copiedMs > 15_000,
+        copiedMs > 8_000,
         `the copy went at the gateway's pace: ${String(Math.round(copiedMs))} ms`,
       );
       await waitFor('the owed copy', () => stored(next), { timeoutMs: WAIT_MS, intervalMs: 250 });

@@ -164,7 +164,7 @@ describe('agent process lifecycle', () => {
     const nats = await startNats();
     // The stream a tracker declares: the agent's wants wait in it.
     const nc = await connect({ servers: nats.url, timeout: 5_000 });
-    const stallTimeoutMs = 4_000;
+    const stallTimeoutMs = 2_000;
     const peerId = 'life-wants';
     const agent = await startAgent({
       registries: `${registry.host}=${registry.url}`,

@@ -106,7 +106,7 @@ describe('a node preheat handed back at SIGTERM', () => {
   it('the task comes back and the restarted agent finishes it; nothing is reported failed', async () => {
     const first = await startNode();
     const pushed = await generateImage(join(workDir, 'image'), {
-      layerSizes: [6 * MiB, 6 * MiB],
+      layerSizes: [6 * MiB, 2 * MiB],
       seed: 'preheat-handback',
     });
     const { registry, watcher } = stack;
