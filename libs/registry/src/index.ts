@@ -48,6 +48,7 @@ export {
   ORIGIN_RESUMES,
   ResumeRefusedError,
   resumingBody,
+  type Reopen,
   type ResumeOptions,
   type ResumingBody,
 } from './resume.js';

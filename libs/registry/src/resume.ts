@@ -32,7 +32,10 @@ export const RESUME_PROGRESS_BYTES = 1024 * 1024;
  */
 const CAPPED_PROGRESS_BYTES = 64 * 1024;
 
-/** Answers to a resume that end the body at once: the registry refused the credential. */
+/**
+ * Answers to a resume that end the body's reading with its credential at once: the registry
+ * refused it (then `nextSource`, if given, may move the read to another).
+ */
 const REFUSALS: ReadonlySet<number> = new Set([401, 403]);
 
 /**
@@ -71,9 +74,20 @@ const REOPEN_BACKOFF_MS = 250;
 /** The longest wait before asking again after a failed resume request, in ms. */
 const MAX_REOPEN_BACKOFF_MS = 8000;
 
+/** Asks for a blob from byte `from` on (`BlobReader.open` with `from`). */
+export type Reopen = (from: number) => Promise<OpenedBlob>;
+
 export interface ResumeOptions {
   /** The blob from byte `from` on (`BlobReader.open` with `from`), with the same credentials. */
-  readonly reopen: (from: number) => Promise<OpenedBlob>;
+  readonly reopen: Reopen;
+  /**
+   * The source reading the blob can go no further (`why`): the registry refused its resume (a
+   * `ResumeRefusedError`), or, for a source this gave, its first answer failed or was not the
+   * rest. Returns how to ask another source (another client's credential, at its own
+   * registry) for the rest, from the byte the read stopped at, or undefined to end the body
+   * with `why`; may throw, to end it with that. Absent: a refused resume ends the body.
+   */
+  readonly nextSource?: (why: Error) => Reopen | undefined;
   /** The fetch was stopped: a failure then is not resumed. */
   readonly signal: AbortSignal;
   /** The transfer broke off at byte `at` and is asked again from there. */
@@ -111,9 +125,10 @@ export interface ResumingBody {
  * already received. A resume request that fails (a reset, a timeout, a 5xx, a 206 from
  * another byte) counts as a break without progress and is asked again after a growing,
  * jittered wait (250 ms doubling to 8 s), within the same budget; past it the body ends with
- * the last error. A resume refused (401, 403) ends the body at once, with a
- * `ResumeRefusedError`. Blocks are lent as
- * `opened`'s are; what the bytes are is for the caller to check.
+ * the last error. A resume refused (401, 403) moves the read to `nextSource`'s source, from
+ * the same byte, or ends the body at once with a `ResumeRefusedError`; a source moved to
+ * whose first answer fails moves it on again. Blocks are lent as `opened`'s are; what the
+ * bytes are is for the caller to check.
  */
 export function resumingBody(opened: OpenedBlob, options: ResumeOptions): ResumingBody {
   const start = options.from?.byte ?? 0;
@@ -139,6 +154,8 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
   const waitSignal = AbortSignal.any([options.signal, cancelling.signal]);
   /** Bytes still to skip at the head of `current` (a 200 answering a resume). */
   let skip = 0;
+  /** How the rest is asked for: `options.reopen`, or the source `nextSource` moved to. */
+  let reopen = options.reopen;
 
   /** Bytes of `next` (the answer to a resume from `from`) to skip; undefined: not usable. */
   const usable = (next: OpenedBlob, from: number): number | undefined => {
@@ -173,6 +190,18 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
     let stalls = 0;
     /** The last answer ended cleanly short of the end (a 206 of less than asked for). */
     let endedShort = false;
+    /** The next request goes to a source `nextSource` just gave: at once, its budget whole. */
+    let movedOn = false;
+    /** The source asked last is one `nextSource` gave, whose first answer has not come. */
+    let untried = false;
+    /** `nextSource`'s way to ask for the rest after `why`, or `why` thrown when none is left. */
+    const nextSource = (why: Error): Reopen => {
+      const next = options.nextSource?.(why);
+      if (next === undefined) {
+        throw why;
+      }
+      return next;
+    };
     for (;;) {
       try {
         for await (const block of current.blocks) {
@@ -218,24 +247,36 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
         let cause = error instanceof Error ? error : new Error(String(error));
         let failedReopen = false;
         for (;;) {
-          const progress = received - resumedAt;
-          // A capped answer that brought what it said it would is progress too, however small
-          // the cap (not below `CAPPED_PROGRESS_BYTES`, though: that is an origin dribbling).
-          const progressed =
-            progress >= RESUME_PROGRESS_BYTES || (endedShort && progress >= CAPPED_PROGRESS_BYTES);
-          endedShort = false;
-          stalls = progressed ? 1 : stalls + 1;
-          resumedAt = received;
-          if (
-            stopped() !== undefined ||
-            options.signal.aborted ||
-            stalls > ORIGIN_RESUMES ||
-            end === undefined ||
-            received >= end
-          ) {
-            throw stopped() ?? cause;
+          if (movedOn) {
+            // Another source, asked at once from the same byte, with a budget of its own.
+            movedOn = false;
+            stalls = 0;
+            resumedAt = received;
+            failedReopen = false;
+            if (stopped() !== undefined || aborted()) {
+              throw stopped() ?? cause;
+            }
+          } else {
+            const progress = received - resumedAt;
+            // A capped answer that brought what it said it would is progress too, however
+            // small the cap (not below `CAPPED_PROGRESS_BYTES`, though: an origin dribbling).
+            const progressed =
+              progress >= RESUME_PROGRESS_BYTES ||
+              (endedShort && progress >= CAPPED_PROGRESS_BYTES);
+            endedShort = false;
+            stalls = progressed ? 1 : stalls + 1;
+            resumedAt = received;
+            if (
+              stopped() !== undefined ||
+              options.signal.aborted ||
+              stalls > ORIGIN_RESUMES ||
+              end === undefined ||
+              received >= end
+            ) {
+              throw stopped() ?? cause;
+            }
+            options.onResume?.(received, cause);
           }
-          options.onResume?.(received, cause);
           if (failedReopen) {
             const ceiling = Math.min(MAX_REOPEN_BACKOFF_MS, REOPEN_BACKOFF_MS * 2 ** (stalls - 1));
             // Over at once when the body is cancelled or the fetch stopped (checked next).
@@ -248,20 +289,25 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
           }
           let next: OpenedBlob;
           try {
-            next = await options.reopen(received);
+            next = await reopen(received);
           } catch (reopenError) {
             if (stopped() !== undefined || aborted()) {
               throw stopped() ?? reopenError;
             }
             cause = reopenError instanceof Error ? reopenError : new Error(String(reopenError));
+            if (untried) {
+              reopen = nextSource(cause);
+              movedOn = true;
+            }
             failedReopen = true;
             continue;
           }
           const skipped = usable(next, received);
           const reason = stopped();
-          if (reason !== undefined) {
-            next.cancel(reason);
-            throw reason;
+          if (reason !== undefined || aborted()) {
+            // Stopped while asking: no next source is sought, and nothing is read.
+            next.cancel(reason ?? cause);
+            throw reason ?? cause;
           }
           if (skipped === undefined) {
             if (REFUSALS.has(next.status)) {
@@ -274,16 +320,25 @@ export function resumingBody(opened: OpenedBlob, options: ResumeOptions): Resumi
                 cause,
               );
               next.cancel(refused);
-              throw refused;
+              cause = refused;
+              reopen = nextSource(refused);
+              movedOn = true;
+              untried = true;
+              continue;
             }
             cause = new Error(
               `resuming at byte ${String(received)}: the origin answered ${String(next.status)}`,
               { cause },
             );
             next.cancel(cause);
+            if (untried) {
+              reopen = nextSource(cause);
+              movedOn = true;
+            }
             failedReopen = true;
             continue;
           }
+          untried = false;
           current = next;
           skip = skipped;
           break;

@@ -754,58 +754,79 @@ describe('BlobReader', () => {
     );
   });
 
+  /**
+   * How the n-th request for a part of the layer is answered: `part` a 206 of it; `cut` a 206
+   * that breaks off 1 MiB in; `short` a 206 of its first 256 KiB only (a CDN capping ranges);
+   * `foreign` a 206 of a blob one byte longer; `whole` a 200 of the blob; `whole-to-end` a
+   * 200 that breaks off right after the part's last byte (`until`); `refused` a 401 (a token
+   * expired); `unavailable` a 503.
+   */
+  type PartStep =
+    'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end' | 'refused' | 'unavailable';
+  /** The largest answer of a `short` step, in bytes. */
+  const CAP = 256 * 1024;
+
+  /** An origin answering the layer's parts by `script`; each request's Range goes to `ranges`. */
+  const partOrigin = async (
+    name: string,
+    script: readonly PartStep[],
+    until: number,
+    ranges: (string | undefined)[],
+  ): Promise<UpstreamRegistry> => {
+    const bytes = await readFile(layer.path);
+    return serve(name, (request, response) => {
+      const step = script[Math.min(ranges.length, script.length - 1)];
+      ranges.push(request.headers.range);
+      const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
+      if (step === 'refused') {
+        response.writeHead(401, { 'content-type': 'application/json' });
+        response.end('{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}');
+        return;
+      }
+      if (step === 'unavailable') {
+        response.writeHead(503, { 'content-type': 'text/plain' });
+        response.end('busy');
+        return;
+      }
+      if (step === 'whole' || step === 'whole-to-end' || match === null) {
+        response.writeHead(200, { 'content-length': bytes.length });
+        if (step === 'whole-to-end') {
+          response.write(bytes.subarray(0, until), () => response.destroy());
+        } else {
+          response.end(bytes);
+        }
+        return;
+      }
+      const first = Number(match[1]);
+      const last =
+        step === 'short' ? Math.min(first + CAP, Number(match[2]) + 1) - 1 : Number(match[2]);
+      const total = step === 'foreign' ? bytes.length + 1 : bytes.length;
+      response.writeHead(206, {
+        'content-length': last - first + 1,
+        'content-range': `bytes ${String(first)}-${String(last)}/${String(total)}`,
+      });
+      if (step === 'cut') {
+        response.write(bytes.subarray(first, first + MiB), () => response.destroy());
+      } else {
+        response.end(bytes.subarray(first, last + 1));
+      }
+    });
+  };
+
   it('reads a part of a blob: resumed within it, a whole 200 cut to it, a short or foreign 206 not taken as it', async () => {
     const bytes = await readFile(layer.path);
     const from = MiB + 77;
     assert.ok(4 * MiB < bytes.length, 'parts short of the end');
-    /**
-     * How the n-th request for a part is answered: `part` a 206 of it; `cut` a 206 that breaks
-     * off 1 MiB in; `short` a 206 of its first 256 KiB only (a CDN capping ranges); `foreign` a 206
-     * of a blob one byte longer; `whole` a 200 of the blob; `whole-to-end` a 200 that breaks
-     * off right after the part's last byte.
-     */
-    type Step = 'part' | 'cut' | 'short' | 'foreign' | 'whole' | 'whole-to-end' | 'refused';
-    /** The largest answer of a `short` step, in bytes. */
-    const CAP = 256 * 1024;
     const readPart = async (
-      script: readonly Step[],
+      script: readonly PartStep[],
       until: number,
       ranges: (string | undefined)[] = [],
     ): Promise<{ part: Buffer; ranges: (string | undefined)[]; resumedAt: number[] }> => {
-      const registry = await serve(
+      const registry = await partOrigin(
         `part-${script.join('-')}-${String(until)}`,
-        (request, response) => {
-          const step = script[Math.min(ranges.length, script.length - 1)];
-          ranges.push(request.headers.range);
-          const match = /^bytes=(\d+)-(\d+)$/.exec(request.headers.range ?? '');
-          if (step === 'refused') {
-            response.writeHead(401, { 'content-type': 'application/json' });
-            response.end('{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}');
-            return;
-          }
-          if (step === 'whole' || step === 'whole-to-end' || match === null) {
-            response.writeHead(200, { 'content-length': bytes.length });
-            if (step === 'whole-to-end') {
-              response.write(bytes.subarray(0, until), () => response.destroy());
-            } else {
-              response.end(bytes);
-            }
-            return;
-          }
-          const first = Number(match[1]);
-          const last =
-            step === 'short' ? Math.min(first + CAP, Number(match[2]) + 1) - 1 : Number(match[2]);
-          const total = step === 'foreign' ? bytes.length + 1 : bytes.length;
-          response.writeHead(206, {
-            'content-length': last - first + 1,
-            'content-range': `bytes ${String(first)}-${String(last)}/${String(total)}`,
-          });
-          if (step === 'cut') {
-            response.write(bytes.subarray(first, first + MiB), () => response.destroy());
-          } else {
-            response.end(bytes.subarray(first, last + 1));
-          }
-        },
+        script,
+        until,
+        ranges,
       );
       const blobs = reader();
       const signal = AbortSignal.timeout(30_000);
@@ -914,6 +935,107 @@ describe('BlobReader', () => {
       /read with `from`/,
     );
     assert.match(String(stoppedWith), /read with `from`/);
+  });
+
+  it('reads the rest of a part with the next source when a resume is refused, from the same byte, past a next source that fails', async () => {
+    const bytes = await readFile(layer.path);
+    const from = MiB + 77;
+    // Room for two cuts of 1 MiB inside the part.
+    const until = 4 * MiB + 5;
+    assert.ok(until < bytes.length, 'a part short of the end');
+    const asked = (start: number): string => `bytes=${String(start)}-${String(until - 1)}`;
+    /**
+     * The part read from the first of `scripts`' origins; a resume it refuses moves the read
+     * to the next (the order `nextSource` gives them in), each asked from the byte the read
+     * stopped at.
+     */
+    const readFrom = async (
+      name: string,
+      scripts: readonly (readonly PartStep[])[],
+    ): Promise<{
+      part: Promise<Buffer>;
+      ranges: (string | undefined)[][];
+      whys: Error[];
+      resumedAt: number[];
+    }> => {
+      const ranges = scripts.map((): (string | undefined)[] => []);
+      const origins = await Promise.all(
+        scripts.map((script, i) =>
+          partOrigin(`${name}-${String(i)}`, script, until, ranges[i] ?? []),
+        ),
+      );
+      const blobs = reader();
+      const signal = AbortSignal.timeout(30_000);
+      const digest = parseDigest(layer.digest);
+      const openAt =
+        (origin: UpstreamRegistry) =>
+        (at: number): Promise<OpenedBlob> =>
+          blobs.open(origin, repository, digest, signal, undefined, at, until);
+      const [firstOrigin, ...others] = origins;
+      assert.ok(firstOrigin !== undefined);
+      const whys: Error[] = [];
+      const resumedAt: number[] = [];
+      const body = resumingBody(await openAt(firstOrigin)(from), {
+        signal,
+        reopen: openAt(firstOrigin),
+        onResume: (at) => resumedAt.push(at),
+        random: () => 0,
+        from: { byte: from, size: bytes.length },
+        until,
+        nextSource: (why) => {
+          whys.push(why);
+          const next = others.shift();
+          return next === undefined ? undefined : openAt(next);
+        },
+      });
+      const part = (async () => {
+        const blocks: Buffer[] = [];
+        for await (const block of body.blocks) {
+          blocks.push(Buffer.from(block));
+        }
+        return Buffer.concat(blocks);
+      })();
+      return { part, ranges, whys, resumedAt };
+    };
+
+    // Cut 1 MiB in, its resume refused; the second source answers 503 at once, the third the
+    // rest: each asked once, from the byte the cut stopped at.
+    const moved = await readFrom('moved', [['cut', 'refused'], ['unavailable'], ['part']]);
+    assert.ok((await moved.part).equals(bytes.subarray(from, until)), 'the part, exactly');
+    assert.deepEqual(moved.ranges, [
+      [asked(from), asked(from + MiB)],
+      [asked(from + MiB)],
+      [asked(from + MiB)],
+    ]);
+    assert.deepEqual(moved.resumedAt, [from + MiB], 'one resume; the moves are not resumes');
+    const [refusal, unavailable] = moved.whys;
+    assert.equal(moved.whys.length, 2);
+    assert.ok(refusal instanceof ResumeRefusedError, String(refusal));
+    assert.equal(refusal.at, from + MiB);
+    assert.match(String(unavailable), /resuming at byte \d+: the origin answered 503/);
+
+    // The next source refuses too, and none is left: the body ends with its refusal.
+    const none = await readFrom('none-left', [['cut', 'refused'], ['refused']]);
+    await assert.rejects(none.part, (error) => {
+      assert.ok(error instanceof ResumeRefusedError, String(error));
+      assert.equal(error.at, from + MiB);
+      assert.equal(error.answer.status, 401);
+      return true;
+    });
+    assert.equal(none.whys.length, 2, 'asked for a third source');
+    assert.deepEqual(none.ranges, [[asked(from), asked(from + MiB)], [asked(from + MiB)]]);
+
+    // A moved-to source that answers and then breaks off is resumed as the first one was.
+    const resumed = await readFrom('resumed', [
+      ['cut', 'refused'],
+      ['cut', 'part'],
+    ]);
+    assert.ok((await resumed.part).equals(bytes.subarray(from, until)), 'the part, exactly');
+    assert.deepEqual(resumed.ranges, [
+      [asked(from), asked(from + MiB)],
+      [asked(from + MiB), asked(from + 2 * MiB)],
+    ]);
+    assert.deepEqual(resumed.resumedAt, [from + MiB, from + 2 * MiB]);
   });
 
   it('fails a 206 to a request for the whole blob rather than hand it on as an answer', async () => {

@@ -49,6 +49,7 @@ import {
   ResumeRefusedError,
   resumingBody,
   type OpenedBlob,
+  type Reopen,
   type ResumingBody,
 } from '@shoal/registry';
 import { SpanKind, withSpan, withSpanOnFailure, type Logger } from '@shoal/runtime';
@@ -1231,7 +1232,9 @@ export class SwarmFetch {
    * registry refused (401, 403) is not asked again by this fetch. When every source failed,
    * throws a `SourcesFailedError` carrying each one's outcome, so each reader gets its own
    * registry's answer. The body resumes itself from the byte it stopped at, with the source
-   * that answered, when the transfer breaks off (`resumingBody`).
+   * that answered, when the transfer breaks off (`resumingBody`); when that source's registry
+   * refuses the resume (a token that expired mid-read), it goes on from that byte with the
+   * next source (`#nextOriginSource`).
    */
   async #originOpen(
     range: { readonly from: number; readonly until?: number; readonly size: number } | undefined,
@@ -1267,19 +1270,7 @@ export class SwarmFetch {
         failures.push(refused);
         continue;
       }
-      const open = (from: number): Promise<OpenedBlob> =>
-        this.#deps.requests.openBlob({
-          registry: source.registry,
-          name: source.name,
-          digest: this.#target.digest,
-          authorization: source.authorization,
-          signal,
-          from,
-          ...(range?.until === undefined ? {} : { until: range.until }),
-          // The client is already receiving this blob: a rate limit met by other requests
-          // must not fail its pull; the registry answers for itself.
-          started: true,
-        });
+      const open = this.#originReader(source, range?.until, signal);
       let opened: OpenedBlob;
       try {
         opened = await open(range?.from ?? 0);
@@ -1298,6 +1289,9 @@ export class SwarmFetch {
       // registry that ignores Range (200).
       if (opened.status === 200 || (ranged && opened.status === 206)) {
         let body: ResumingBody;
+        /** The source reading now, and every one this read has asked. */
+        let reading = source;
+        const asked = [source];
         try {
           body = resumingBody(opened, {
             signal,
@@ -1307,9 +1301,16 @@ export class SwarmFetch {
             onResume: (at, cause) => {
               this.#deps.metrics.originResumes.inc();
               this.#deps.logger.warn(
-                { blob: this.#blob, registry: source.registry.host, at, err: cause },
+                { blob: this.#blob, registry: reading.registry.host, at, err: cause },
                 "the origin's blob transfer broke off: asked again from where it stopped",
               );
+            },
+            nextSource: (why) => {
+              const next = this.#nextOriginSource(reading, why, asked, own);
+              asked.push(next);
+              reading = next;
+              this.#served = next;
+              return this.#originReader(next, range?.until, signal);
             },
           });
         } catch (error) {
@@ -1342,44 +1343,83 @@ export class SwarmFetch {
   }
 
   /**
-   * Reads what the swarm did not deliver from the origin, with the clients' credentials. A
-   * transfer whose resume its registry refused (a token that expired mid-read:
-   * `ResumeRefusedError`) does not end the read while another source may still work: that
-   * source is not asked again, and what is still missing is read with the next one. Each
-   * refusal rules a source out, so this ends once every source has been refused.
+   * `(from) => ` the blob (up to byte `until`, if given) from byte `from` on, at `source`'s
+   * registry with its credential.
    */
-  async #fromOrigin(signal: AbortSignal): Promise<void> {
-    for (;;) {
-      try {
-        await this.#readMissing(signal);
-        return;
-      } catch (error) {
-        const source = this.#served;
-        if (!(error instanceof ResumeRefusedError) || signal.aborted || source === undefined) {
-          throw error;
-        }
-        this.#refused.push({ source, answer: error.answer });
-        this.#served = undefined;
-        this.#deps.logger.warn(
-          { blob: this.#blob, registry: source.registry.host, at: error.at, err: error },
-          "the origin refused to resume a late read with its source's credential; " +
-            'reading the rest with the next source',
-        );
-      }
-    }
+  #originReader(source: OriginSource, until: number | undefined, signal: AbortSignal): Reopen {
+    return (from) =>
+      this.#deps.requests.openBlob({
+        registry: source.registry,
+        name: source.name,
+        digest: this.#target.digest,
+        authorization: source.authorization,
+        signal,
+        from,
+        ...(until === undefined ? {} : { until }),
+        // The client is already receiving this blob: a rate limit met by other requests must
+        // not fail its pull; the registry answers for itself.
+        started: true,
+      });
   }
 
-  /** One pass of `#fromOrigin`: what is still missing, read with the first source that opens. */
-  async #readMissing(signal: AbortSignal): Promise<void> {
+  /**
+   * The source to read the rest of a late read with, once `reading` can go no further (`why`):
+   * its registry refused to resume (a token that expired mid-read: then it is not asked again
+   * by this fetch), or its first answer after a move failed. The download's own source, then
+   * the readers' now, newest first, skipping those refused and those this read `asked`.
+   * When none is left, throws a `SourcesFailedError` carrying each one's outcome, as a read
+   * that no source opened does.
+   */
+  #nextOriginSource(
+    reading: OriginSource,
+    why: Error,
+    asked: readonly OriginSource[],
+    own: OriginSource,
+  ): OriginSource {
+    const fields = { blob: this.#blob, registry: reading.registry.host };
+    if (why instanceof ResumeRefusedError) {
+      this.#refused.push({ source: reading, answer: why.answer });
+      this.#served = undefined;
+      this.#deps.logger.warn(
+        { ...fields, at: why.at, err: why },
+        "the origin refused to resume a late read with its source's credential; " +
+          'reading the rest with the next source',
+      );
+    } else {
+      this.#deps.logger.info(
+        { ...fields, err: why },
+        'the origin did not answer a late read with the rest; trying the next source',
+      );
+    }
+    const sources: OriginSource[] = [];
+    for (const source of [own, ...this.download.sources]) {
+      if (!sources.some((s) => sameSource(s, source))) {
+        sources.push(source);
+      }
+    }
+    const refused = (source: OriginSource): SourceFailure | undefined =>
+      this.#refused.find((r) => sameSource(r.source, source));
+    const next = sources.find(
+      (source) => refused(source) === undefined && !asked.some((a) => sameSource(a, source)),
+    );
+    if (next !== undefined) {
+      return next;
+    }
+    // The download's own outcome first: it is the one for whoever cannot be told their own.
+    throw new SourcesFailedError(
+      sources.map((source) => refused(source) ?? { source, answer: undefined }),
+    );
+  }
+
+  /** Reads what the swarm did not deliver from the origin, with the clients' credentials. */
+  async #fromOrigin(signal: AbortSignal): Promise<void> {
     const { metrics, pool } = this.#deps;
     const size = this.download.size;
-    // A read begun whole stays whole: piece hashes that came since do not make the bytes it
-    // appended pieces the picker holds.
-    if (size === undefined || this.#picker.count === 0 || this.#unchecked) {
-      // Nothing is known about the pieces: the blob is read whole, in order, from what an
-      // earlier pass appended on (of the size the download knows, if it does: then
-      // resumable whatever the answer's headers say). Only a read of known size is resumed,
-      // so only one is refused part-way: a later pass knows the size.
+    if (size === undefined || this.#picker.count === 0) {
+      // Nothing is known about the pieces: the blob is read whole, in order, from what was
+      // appended before on (of the size the download knows, if it does: then resumable
+      // whatever the answer's headers say). It stays whole, from whichever source, when piece
+      // hashes come meanwhile: the bytes it appended are not pieces the picker holds.
       const from = this.download.available;
       if (size === undefined && from > 0) {
         throw new Error(

@@ -106,95 +106,53 @@ export class OriginFetcher implements BlobFetcher {
   /**
    * `opened`'s body, resumed from where it stopped when the transfer breaks off. When the
    * registry refuses a resume (the starting client's token expired mid-transfer), the rest is
-   * read with the credentials of the other clients reading the download now, each at its own
-   * registry and each once, newest first; when none is left, or none answers with the rest,
-   * the body ends with the refusal.
+   * read from that byte with the credentials of the other clients reading the download then,
+   * each at its own registry and each once, newest first; when none is left, or none answers
+   * with the rest, the body ends with the last failure.
    */
-  async *#body(
+  #body(
     target: BlobTarget,
     download: BlobDownload,
     opened: OpenedBlob,
     signal: AbortSignal,
   ): AsyncGenerator<Buffer> {
-    let source: OriginSource = {
+    const own: OriginSource = {
       registry: target.registry,
       name: target.name,
       authorization: target.authorization,
     };
-    const tried = [source];
-    let body = this.#resuming(target, source, opened, undefined, signal);
-    for (;;) {
-      try {
-        yield* body;
-        return;
-      } catch (error) {
-        const size = download.size;
-        if (!(error instanceof ResumeRefusedError) || signal.aborted || size === undefined) {
-          throw error;
+    /** The source reading now, and every one tried. */
+    let source = own;
+    const tried = [own];
+    const logger = this.#deps.logger;
+    return resumingBody(opened, {
+      signal,
+      reopen: (at) => this.#open(target, own, at, signal),
+      onResume: (at, cause) => this.#deps.onResume?.(target, at, cause),
+      nextSource: (why) => {
+        const fields = { digest: target.digest.toString(), registry: source.registry.host };
+        if (why instanceof ResumeRefusedError) {
+          logger?.warn(
+            { ...fields, at: why.at, err: why },
+            "the origin refused to resume a blob's transfer with a client's credential; " +
+              "asking for the rest with another reader's, if one is left",
+          );
+        } else {
+          logger?.info(
+            { ...fields, err: why },
+            "another reader's source did not answer with the rest of the blob; trying the next",
+          );
         }
-        this.#deps.logger?.warn(
-          {
-            digest: target.digest.toString(),
-            registry: source.registry.host,
-            at: error.at,
-            err: error,
-          },
-          "the origin refused to resume a blob's transfer with a client's credential; " +
-            "asking for the rest with another reader's, if one is left",
-        );
-        const rest = await this.#rest(target, download, tried, { byte: error.at, size }, signal);
-        if (rest === undefined) {
-          throw error;
+        // The readers now: one that left meanwhile no longer offers its credential.
+        const next = download.sources.find((s) => !tried.some((t) => sameSource(t, s)));
+        if (next === undefined) {
+          return undefined;
         }
-        ({ source, body } = rest);
-      }
-    }
-  }
-
-  /**
-   * The blob from `from.byte` on, with the first source of the download's readers not tried
-   * yet that answers with it (each is then tried). The readers are looked at again before
-   * each request: one that left meanwhile no longer offers its credential.
-   */
-  async #rest(
-    target: BlobTarget,
-    download: BlobDownload,
-    tried: OriginSource[],
-    from: { readonly byte: number; readonly size: number },
-    signal: AbortSignal,
-  ): Promise<{ source: OriginSource; body: AsyncGenerator<Buffer> } | undefined> {
-    for (;;) {
-      const source = download.sources.find((s) => !tried.some((t) => sameSource(t, s)));
-      if (source === undefined) {
-        return undefined;
-      }
-      tried.push(source);
-      const failed = (why: unknown): void =>
-        this.#deps.logger?.info(
-          { digest: target.digest.toString(), registry: source.registry.host, err: why },
-          "another reader's source did not answer with the rest of the blob; trying the next",
-        );
-      let opened: OpenedBlob;
-      try {
-        opened = await this.#open(target, source, from.byte, signal);
-      } catch (error) {
-        if (signal.aborted) {
-          throw error;
-        }
-        failed(error);
-        continue;
-      }
-      if (opened.status !== 200 && opened.status !== 206) {
-        failed(new Error(`the registry answered ${String(opened.status)}`));
-        continue;
-      }
-      try {
-        return { source, body: this.#resuming(target, source, opened, from, signal) };
-      } catch (error) {
-        // Another range or size than asked for: not this blob's rest.
-        failed(error);
-      }
-    }
+        tried.push(next);
+        source = next;
+        return (at) => this.#open(target, next, at, signal);
+      },
+    }).blocks;
   }
 
   /**
@@ -216,25 +174,6 @@ export class OriginFetcher implements BlobFetcher {
       from,
       started: true,
     });
-  }
-
-  /**
-   * `opened`'s body (with `from`: an answer from that byte of a blob of that size), resumed
-   * with `source` from where it stopped when the transfer breaks off.
-   */
-  #resuming(
-    target: BlobTarget,
-    source: OriginSource,
-    opened: OpenedBlob,
-    from: { readonly byte: number; readonly size: number } | undefined,
-    signal: AbortSignal,
-  ): AsyncGenerator<Buffer> {
-    return resumingBody(opened, {
-      signal,
-      reopen: (at) => this.#open(target, source, at, signal),
-      onResume: (at, cause) => this.#deps.onResume?.(target, at, cause),
-      ...(from === undefined ? {} : { from }),
-    }).blocks;
   }
 
   /** Fills `download` from `body` in the background, counting the bytes as the origin's. */
