@@ -190,6 +190,7 @@ export async function buildApp(
         "the origin's blob transfer broke off: asked again from where it stopped",
       );
     },
+    onSourceMoved: (reason) => metrics.originSourceMoves.inc({ reason }),
     logger,
   });
 

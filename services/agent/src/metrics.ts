@@ -197,6 +197,12 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
       help: 'Origin blob transfers that broke off before their end and were asked again from the byte they stopped at (a range request)',
       registers,
     }),
+    originSourceMoves: new Counter({
+      name: `${prefix}origin_source_moves_total`,
+      help: "Origin blob reads moved to another client's credential at its own registry from the byte they stopped at, by reason (refused: the registry refused to resume with the one reading, a token that expired mid-transfer; failed: the source moved to did not answer with the rest)",
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     swarmFallbacks: new Counter({
       name: `${prefix}swarm_fallbacks_total`,
       help: 'Downloads that read the rest from the origin, by reason (stall: no piece bytes, counted at the rate floor, for SHOAL_AGENT_SWARM_STALL_TIMEOUT_MS; seed-failed: the seed server gave the blob up and no peer holds what is missing; nats-down: the connection to NATS down for the stall timeout and no known source able to go on)',

@@ -590,6 +590,9 @@ describe('late origin reads of a download shared across registries', () => {
       kind: 'blob',
       status: '401',
     });
+    const moves = async (): Promise<number> =>
+      agent.metric('shoal_agent_origin_source_moves_total', { reason: 'refused' });
+    const movesBefore = await moves();
     const mark = proxy.received().length;
     const atByte = MiB + 3;
     proxy.set({
@@ -629,6 +632,7 @@ describe('late origin reads of a download shared across registries', () => {
       1,
       'the refused resume',
     );
+    assert.equal((await moves()) - movesBefore, 1, "moved to bob's source once");
     return {
       size: layer.size,
       digest: layer.digest,
@@ -713,6 +717,11 @@ describe('late origin reads of a download shared across registries', () => {
         await plain.metric('shoal_agent_upstream_requests_total', { kind: 'blob', status: '401' }),
         1,
         'the refused resume',
+      );
+      assert.equal(
+        await plain.metric('shoal_agent_origin_source_moves_total', { reason: 'refused' }),
+        1,
+        "moved to bob's source once",
       );
     } finally {
       await plain.stop();

@@ -51,8 +51,21 @@ export interface OriginFetcherDeps {
   readonly onSettled?: (target: BlobTarget, tally: ByteTally, state: DownloadState) => void;
   /** The origin's transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
+  /**
+   * The read moved to another reader's source: its registry refused to resume with the one
+   * reading (`refused`), or the source moved to did not answer with the rest (`failed`).
+   */
+  readonly onSourceMoved?: (reason: SourceMoveReason) => void;
   /** Where a refused resume, and what each other reader's source answered then, are told. */
   readonly logger?: Logger;
+}
+
+/** Why an origin read moved to another source (`origin_source_moves_total`'s label). */
+export type SourceMoveReason = 'refused' | 'failed';
+
+/** `refused` for a refused resume, else `failed`. */
+export function sourceMoveReason(why: Error): SourceMoveReason {
+  return why instanceof ResumeRefusedError ? 'refused' : 'failed';
 }
 
 /**
@@ -150,6 +163,7 @@ export class OriginFetcher implements BlobFetcher {
         }
         tried.push(next);
         source = next;
+        this.#deps.onSourceMoved?.(sourceMoveReason(why));
         return (at) => this.#open(target, next, at, signal);
       },
     }).blocks;
