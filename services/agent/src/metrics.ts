@@ -199,7 +199,7 @@ export function createAgentMetrics({ registry, prefix }: ServiceMetrics) {
     }),
     originSourceMoves: new Counter({
       name: `${prefix}origin_source_moves_total`,
-      help: "Origin blob reads moved to another client's credential at its own registry from the byte they stopped at, by reason (refused: the registry refused to resume with the one reading, a token that expired mid-transfer; failed: the source moved to did not answer with the rest)",
+      help: "Moves of an origin blob read to another client's credential at its own registry, from the byte the read stopped at, by reason (refused: the registry answered 401 or 403 to the credential reading, the first or one moved to, as when a token expires mid-transfer; failed: a source moved to failed otherwise, with no answer, a 5xx or another range)",
       labelNames: ['reason'] as const,
       registers,
     }),

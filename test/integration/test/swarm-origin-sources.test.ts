@@ -590,9 +590,9 @@ describe('late origin reads of a download shared across registries', () => {
       kind: 'blob',
       status: '401',
     });
-    const moves = async (): Promise<number> =>
-      agent.metric('shoal_agent_origin_source_moves_total', { reason: 'refused' });
-    const movesBefore = await moves();
+    const moves = async (reason: 'refused' | 'failed'): Promise<number> =>
+      agent.metric('shoal_agent_origin_source_moves_total', { reason });
+    const movesBefore = { refused: await moves('refused'), failed: await moves('failed') };
     const mark = proxy.received().length;
     const atByte = MiB + 3;
     proxy.set({
@@ -632,7 +632,8 @@ describe('late origin reads of a download shared across registries', () => {
       1,
       'the refused resume',
     );
-    assert.equal((await moves()) - movesBefore, 1, "moved to bob's source once");
+    assert.equal((await moves('refused')) - movesBefore.refused, 1, "moved to bob's source once");
+    assert.equal((await moves('failed')) - movesBefore.failed, 0, 'which answered with the rest');
     return {
       size: layer.size,
       digest: layer.digest,

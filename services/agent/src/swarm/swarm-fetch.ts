@@ -65,7 +65,7 @@ import {
 } from '../cache/download.js';
 import type { AgentMetrics } from '../metrics.js';
 import { ByteTally } from '../provenance/ledger.js';
-import { sourceMoveReason, type BlobTarget } from '../upstream/origin-fetcher.js';
+import type { BlobTarget } from '../upstream/origin-fetcher.js';
 import type { RegistryRequests } from '../upstream/registry-requests.js';
 import type { SwarmClient } from './client.js';
 import type { HashPath } from './hash-reader.js';
@@ -1310,7 +1310,9 @@ export class SwarmFetch {
               asked.push(next);
               reading = next;
               this.#served = next;
-              this.#deps.metrics.originSourceMoves.inc({ reason: sourceMoveReason(why) });
+              this.#deps.metrics.originSourceMoves.inc({
+                reason: why instanceof ResumeRefusedError ? 'refused' : 'failed',
+              });
               return this.#originReader(next, range?.until, signal);
             },
           });

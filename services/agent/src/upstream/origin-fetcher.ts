@@ -52,20 +52,12 @@ export interface OriginFetcherDeps {
   /** The origin's transfer broke off at byte `at` and is asked again from there. */
   readonly onResume?: (target: BlobTarget, at: number, cause: Error) => void;
   /**
-   * The read moved to another reader's source: its registry refused to resume with the one
-   * reading (`refused`), or the source moved to did not answer with the rest (`failed`).
+   * The read moved to another reader's source: a registry answered 401 or 403 to the one
+   * reading (`refused`), or a source moved to failed otherwise (`failed`).
    */
-  readonly onSourceMoved?: (reason: SourceMoveReason) => void;
+  readonly onSourceMoved?: (reason: 'refused' | 'failed') => void;
   /** Where a refused resume, and what each other reader's source answered then, are told. */
   readonly logger?: Logger;
-}
-
-/** Why an origin read moved to another source (`origin_source_moves_total`'s label). */
-export type SourceMoveReason = 'refused' | 'failed';
-
-/** `refused` for a refused resume, else `failed`. */
-export function sourceMoveReason(why: Error): SourceMoveReason {
-  return why instanceof ResumeRefusedError ? 'refused' : 'failed';
 }
 
 /**
@@ -163,7 +155,7 @@ export class OriginFetcher implements BlobFetcher {
         }
         tried.push(next);
         source = next;
-        this.#deps.onSourceMoved?.(sourceMoveReason(why));
+        this.#deps.onSourceMoved?.(why instanceof ResumeRefusedError ? 'refused' : 'failed');
         return (at) => this.#open(target, next, at, signal);
       },
     }).blocks;
